@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Fixtures of one area live beside its tests."""
