@@ -1,0 +1,209 @@
+"""``mcpi-worker``: the command-line entry point.
+
+Order matters at start-up, and ``main`` keeps it:
+
+1. Parse arguments (``--help`` and ``--version`` still print to the real stdout).
+2. Move the protocol to a private duplicate of fd 1 and point fd 1 at stderr, so a
+   stray ``print`` (ours, a library's, or a child process's) cannot corrupt frames.
+3. Configure structlog for stderr, before the first log call.
+4. Ask Linux to signal us when our parent dies, as a backstop to stdin EOF.
+5. Serve until EOF, ``shutdown``, or a fatal protocol error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Final, NoReturn
+
+import structlog
+
+from mcpi_worker import __version__
+from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from mcpi_worker.protocol import Sample
+from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, ExitCode, Worker
+
+log = structlog.get_logger("mcpi_worker")
+
+PR_SET_PDEATHSIG: Final[int] = 1
+PARENT_DEATH_SIGNAL: Final = signal.SIGUSR1
+"""What the kernel sends us when our parent *thread* exits.
+
+Not SIGTERM: Linux fires the parent-death signal when the thread that spawned us
+exits, not the process, and Trio spawns children from a worker thread that retires
+after 10 idle seconds. A dedicated signal lets the handler check whether the parent
+process is really gone (we were re-parented) and ignore the signal otherwise, while
+SIGTERM keeps meaning "terminate now" for the coordinator's escalation.
+"""
+
+MAX_INFLIGHT_LIMIT: Final[int] = 1024
+
+
+class ParentExited(BaseException):
+    """Raised on the main thread when the process that started us has died.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the
+    way (a kernel's error handler, say) mistakes it for a failed request.
+    """
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: callers are often programs.
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _max_inflight(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_INFLIGHT_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_INFLIGHT_LIMIT}, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mcpi-worker",
+        description=(
+            "Monte Carlo sampling worker. Reads length-framed msgpack requests on stdin "
+            "and writes responses on stdout; logs go to stderr. Meant to be started by a "
+            "coordinator (mcpi, or your own program: see protocol.md). Run with "
+            "--self-check to see it work."
+        ),
+        epilog=(
+            "exit codes: 0 orderly end (stdin EOF or shutdown), 1 internal crash, "
+            "2 usage error, 3 fatal protocol error"
+        ),
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=_max_inflight,
+        default=DEFAULT_MAX_INFLIGHT,
+        metavar="N",
+        help=f"sample requests accepted at once; more are answered 'busy' "
+        f"(default {DEFAULT_MAX_INFLIGHT})",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(LOG_LEVELS),
+        default="info",
+        metavar="LEVEL",
+        help=f"least severe level logged on stderr: {', '.join(LOG_LEVELS)} (default info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="json",
+        help="stderr log lines as JSON objects (default) or human-readable text",
+    )
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="run a few requests through the protocol in-process, print a summary, exit",
+    )
+    parser.add_argument("--version", action="version", version=f"mcpi-worker {__version__}")
+    # Test hook: before each sample, write to stdout three ways (print, a raw write to
+    # fd 1, a child process). The tests check none of it reaches the protocol stream.
+    parser.add_argument("--test-stray-output", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parent_pid = os.getppid()
+    args = build_parser().parse_args(argv)
+    if args.self_check:
+        from mcpi_worker.self_check import run_self_check
+
+        configure_logging(sys.stderr, "warning", args.log_format)
+        return run_self_check(max_inflight=args.max_inflight)
+
+    try:
+        protocol_fd = _take_stdout()
+    except OSError as exc:
+        print(f"mcpi-worker: cannot set up stdout for the protocol: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL
+    configure_logging(sys.stderr, args.log_level, args.log_format)
+    if not os.isatty(0):
+        # Our stdin is a pipe: a program owns our lifetime and ends it with EOF,
+        # shutdown or SIGTERM. Ctrl-C in its terminal reaches our whole process group;
+        # the coordinator decides what it means, not us.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    worker = Worker(
+        0,
+        protocol_fd,
+        max_inflight=args.max_inflight,
+        on_sample=_emit_stray_output if args.test_stray_output else None,
+    )
+    try:
+        _watch_parent(parent_pid)
+        log.info("worker_started", version=__version__, max_inflight=args.max_inflight)
+        outcome = worker.serve()
+    except ParentExited:
+        log.warning("parent_exited", parent_pid=parent_pid)
+        return ExitCode.OK
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.exception("worker_crashed")
+        print(f"mcpi-worker: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL
+    if outcome.exit_code != ExitCode.OK:
+        # The one human line a person reading the coordinator's log needs.
+        print(f"mcpi-worker: {outcome.reason}", file=sys.stderr, flush=True)
+    return outcome.exit_code
+
+
+def _take_stdout() -> int:
+    """Move the protocol to a private fd; point fd 1 (and so ``print``) at stderr.
+
+    ``os.dup`` returns a non-inheritable fd, so child processes cannot write frames
+    either; fd 1 they inherit is stderr.
+    """
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    return protocol_fd
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the parent process dies, even if someone else keeps our stdin open."""
+    if not sys.platform.startswith("linux"):
+        return
+
+    def on_parent_death_signal(_signum: int, _frame: object) -> None:
+        if os.getppid() != parent_pid:
+            raise ParentExited
+        # The thread that spawned us ended but our parent process lives on: ignore.
+
+    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death_signal)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError) as exc:
+        log.warning("parent_death_signal_unavailable", error=str(exc))
+        return
+    # The parent may have died between our start and prctl; the signal would not come.
+    if os.getppid() != parent_pid:
+        raise ParentExited
+
+
+def _emit_stray_output(request: Sample) -> None:
+    import subprocess
+
+    print(f"stray print before request {request.id}", flush=True)
+    os.write(1, b"stray raw write to fd 1\n")
+    subprocess.run(
+        [sys.executable, "-c", "print('stray output from a child process')"], check=False
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
