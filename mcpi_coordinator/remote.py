@@ -1,0 +1,301 @@
+"""Workers on other machines: host specs, ssh command lines, and a launcher per pool slot.
+
+``mcpi-worker`` needs nothing but stdin and stdout, so anything that connects stdio to
+a process elsewhere carries it: ``ssh``, ``srun``, ``kubectl exec -i``, ``docker exec
+-i``. This module turns what the user typed (``--host``, ``--hosts-file``,
+``--ssh-option``, ``--remote-cmd``, ``--worker-cmd`` with ``{i}``) into one argument
+vector per pool slot, and into the pool's ``Launcher`` (slot index → started worker).
+
+Security: nothing here goes through a local shell. Every command is an argument
+vector handed to ``exec``. Host specs are validated strictly (no shell metacharacters,
+no whitespace, nothing starting with ``-`` that ssh would read as an option), and the
+``--`` after the destination ends ssh's own option parsing. ssh itself joins the
+remote command into one string that the *remote* login shell parses, so the remote
+command is quoted with ``shlex.join``: each word arrives as exactly that word, and no
+``;``, ``$(...)`` or quote in it can run anything else on the remote side either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import shlex
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from mcpi_coordinator.transport import Launcher, WorkerProcess
+
+SPEC_SYNTAX: Final = "[user@]host[:port][*N]"
+MAX_WORKERS_PER_HOST: Final = 1024
+"""A typo like ``*1000000`` should be an error, not a million ssh connections."""
+
+DEFAULT_REMOTE_COMMAND: Final = "mcpi-worker"
+
+WORKER_INDEX_PLACEHOLDER: Final = "{i}"
+
+# ssh reads these first, so the user cannot switch them off: without BatchMode a
+# password or host-key prompt would wait forever on a terminal nobody watches.
+_FORCED_SSH_OPTIONS: Final = ("BatchMode=yes",)
+
+# ssh keeps the *first* value it sees for an option, so these go after the user's
+# --ssh-option values and act as overridable defaults: give up on a host that does not
+# answer, and notice a host that dies mid-run instead of waiting on a silent TCP link.
+_DEFAULT_SSH_OPTIONS: Final = (
+    "ConnectTimeout=10",
+    "ServerAliveInterval=5",
+    "ServerAliveCountMax=3",
+)
+
+_NAME_CHARS: Final = re.compile(r"[A-Za-z0-9._-]+")
+_SPEC_CHARS: Final = re.compile(r"[A-Za-z0-9._@:*\[\]-]+")
+_DIGITS: Final = re.compile(r"[0-9]+")
+_SSH_OPTION_KEY: Final = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+class RemoteConfigError(ValueError):
+    """Bad host spec, hosts file, ssh option or worker command: one line for the user."""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One ``[user@]host[:port][*N]``: where to run ``workers`` workers over ssh."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    workers: int = 1
+
+    @property
+    def destination(self) -> str:
+        """What ssh takes as its destination argument."""
+        return self.host if self.user is None else f"{self.user}@{self.host}"
+
+    @property
+    def name(self) -> str:
+        """How the host is named in warnings: the spec without the worker count."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        text = host if self.user is None else f"{self.user}@{host}"
+        return text if self.port is None else f"{text}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.name if self.workers == 1 else f"{self.name}*{self.workers}"
+
+
+def parse_host_spec(text: str) -> HostSpec:
+    """Parse ``[user@]host[:port][*N]``; IPv6 addresses go in brackets: ``[::1]:2222``.
+
+    Raises ``RemoteConfigError`` naming the spec and what is wrong with it.
+    """
+
+    def invalid(reason: str) -> RemoteConfigError:
+        return RemoteConfigError(f"invalid host spec {text!r}: {reason} (expected {SPEC_SYNTAX})")
+
+    if not text:
+        raise invalid("it is empty")
+    for char in text:
+        if char.isspace():
+            raise invalid("whitespace is not allowed")
+        if not _SPEC_CHARS.fullmatch(char):
+            raise invalid(
+                f"character {char!r} is not allowed; use letters, digits, '.', '-', '_' "
+                "and the separators '@', ':', '*'"
+            )
+
+    rest, star, count_text = text.partition("*")
+    workers = 1
+    if star:
+        workers = _bounded_int(count_text, "the worker count N", 1, MAX_WORKERS_PER_HOST, invalid)
+
+    user: str | None = None
+    if "@" in rest:
+        user, _, rest = rest.partition("@")
+        if "@" in rest:
+            raise invalid("more than one '@'")
+        _check_name(user, "user name", invalid)
+
+    port: int | None = None
+    if rest.startswith("["):
+        address, bracket, after = rest[1:].partition("]")
+        if not bracket:
+            raise invalid("'[' without a closing ']'")
+        try:
+            host = str(ipaddress.IPv6Address(address))
+        except ValueError:
+            raise invalid(f"{address!r} in brackets is not an IPv6 address") from None
+        if after:
+            if not after.startswith(":"):
+                raise invalid("only ':port' may follow ']'")
+            port = _bounded_int(after[1:], "the port", 1, 65535, invalid)
+    else:
+        host, colon, port_text = rest.partition(":")
+        if colon:
+            if ":" in port_text:
+                raise invalid("more than one ':'; write IPv6 addresses in brackets: [::1]:22")
+            port = _bounded_int(port_text, "the port", 1, 65535, invalid)
+        _check_name(host, "host name", invalid)
+    return HostSpec(host=host, user=user, port=port, workers=workers)
+
+
+def host_spec_arg(text: str) -> HostSpec:
+    """argparse ``type=`` for ``--host``."""
+    try:
+        return parse_host_spec(text)
+    except RemoteConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def read_hosts_file(path: str | Path) -> list[HostSpec]:
+    """One spec a line; ``#`` starts a comment; blank lines are skipped.
+
+    Errors name ``file:line``.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise RemoteConfigError(
+            f"cannot read hosts file {str(path)!r}: {error.strerror or error}"
+        ) from None
+    except UnicodeDecodeError:
+        raise RemoteConfigError(f"hosts file {str(path)!r} is not UTF-8 text") from None
+    specs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        try:
+            specs.append(parse_host_spec(content))
+        except RemoteConfigError as error:
+            raise RemoteConfigError(f"{path}:{number}: {error}") from None
+    return specs
+
+
+def parse_ssh_option(text: str) -> str:
+    """Validate one ``--ssh-option KEY=VALUE``; returns it as ssh's ``-o`` takes it."""
+    key, equals, value = text.partition("=")
+    if not equals or not _SSH_OPTION_KEY.fullmatch(key) or not value.strip():
+        raise RemoteConfigError(
+            f"invalid ssh option {text!r}: expected KEY=VALUE, e.g. IdentityFile=~/.ssh/id_ed25519"
+        )
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise RemoteConfigError(f"invalid ssh option {text!r}: control characters are not allowed")
+    return f"{key}={value}"
+
+
+def ssh_option_arg(text: str) -> str:
+    """argparse ``type=`` for ``--ssh-option``."""
+    try:
+        return parse_ssh_option(text)
+    except RemoteConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def split_command(text: str, what: str) -> list[str]:
+    """Shell-style split of a command given on the command line, with one clear error."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        raise RemoteConfigError(f"invalid {what} {text!r}: {error}") from None
+    if not argv:
+        raise RemoteConfigError(f"invalid {what}: it is empty")
+    return argv
+
+
+def ssh_command(
+    spec: HostSpec,
+    remote_command: Sequence[str],
+    ssh_options: Sequence[str] = (),
+    ssh: str = "ssh",
+) -> list[str]:
+    """``ssh -T -o BatchMode=yes [-p port] [-o K=V ...] [user@]host -- 'REMOTE CMD'``.
+
+    ``-T``: no pseudo-terminal, so the frames pass through byte for byte. The remote
+    command travels as one ``shlex.join``-quoted string because ssh would join separate
+    words with spaces and let the remote shell re-split (and interpret) them.
+    """
+    argv = [ssh, "-T"]
+    for option in _FORCED_SSH_OPTIONS:
+        argv += ["-o", option]
+    if spec.port is not None:
+        argv += ["-p", str(spec.port)]
+    for option in (*ssh_options, *_DEFAULT_SSH_OPTIONS):
+        argv += ["-o", option]
+    return argv + [spec.destination, "--", shlex.join(remote_command)]
+
+
+def substitute_index(template: Sequence[str], index: int) -> list[str]:
+    """Replace ``{i}`` with the worker's index in every word of ``template``.
+
+    Plain replacement rather than ``str.format``: other braces (a kubectl jsonpath, a
+    shell ``${VAR}`` inside ``sh -c``) pass through untouched. It happens after the
+    split, so the index can never create or merge words.
+    """
+    return [word.replace(WORKER_INDEX_PLACEHOLDER, str(index)) for word in template]
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """What runs in one pool slot: its command, and the host it reaches (None: here)."""
+
+    command: tuple[str, ...]
+    host: HostSpec | None = None
+
+
+def plan_slots(
+    local_workers: int,
+    local_command: Sequence[str],
+    hosts: Iterable[HostSpec] = (),
+    ssh_options: Sequence[str] = (),
+    remote_command: Sequence[str] = (DEFAULT_REMOTE_COMMAND,),
+    ssh: str = "ssh",
+) -> list[WorkerSlot]:
+    """Slots in pool order: the local workers first, then each host's N workers.
+
+    ``{i}`` in ``local_command`` becomes the slot index (``kubectl exec -i mcpi-{i}``).
+    """
+    slots = [
+        WorkerSlot(tuple(substitute_index(local_command, index))) for index in range(local_workers)
+    ]
+    for spec in hosts:
+        command = tuple(ssh_command(spec, remote_command, ssh_options, ssh))
+        slots += [WorkerSlot(command, spec)] * spec.workers
+    return slots
+
+
+Spawn = Callable[[Sequence[str]], Awaitable[WorkerProcess]]
+"""Starts one worker process from an argument vector (the pool's own spawner)."""
+
+
+def slot_launcher(slots: Sequence[WorkerSlot], spawn: Spawn) -> Launcher:
+    """The pool's ``Launcher``: slot ``index`` always starts ``slots[index].command``,
+    so a replacement for a worker on host A goes to host A again."""
+    commands = [slot.command for slot in slots]
+
+    async def launch(index: int) -> WorkerProcess:
+        return await spawn(commands[index])
+
+    return launch
+
+
+def _check_name(
+    name: str, what: str, invalid: Callable[[str], RemoteConfigError]
+) -> None:
+    if not name:
+        raise invalid(f"the {what} is empty")
+    if name.startswith("-"):
+        raise invalid(f"the {what} starts with '-', which ssh would read as an option")
+    if not _NAME_CHARS.fullmatch(name):
+        raise invalid(f"the {what} {name!r} may contain only letters, digits, '.', '-' and '_'")
+
+
+def _bounded_int(
+    text: str, what: str, low: int, high: int, invalid: Callable[[str], RemoteConfigError]
+) -> int:
+    if not _DIGITS.fullmatch(text):
+        raise invalid(f"{what} must be a whole number from {low} to {high}, not {text!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise invalid(f"{what} must be from {low} to {high}, not {value}")
+    return value
