@@ -1,0 +1,386 @@
+"""Pictures: the lesson's quadrant scatter and the convergence of an estimate.
+
+matplotlib and Pillow come with the optional ``bench`` extra. They are imported
+inside the drawing functions, never at module import, so a run that draws nothing
+never pays for them, and their absence surfaces as one :class:`PlottingUnavailable`
+whose message says what to install. Figures are drawn on matplotlib's Agg canvas
+directly (no pyplot), so there is no global figure state and no GUI backend.
+
+The scatter draws the very points the numpy kernel counts
+(:func:`mcpi_worker.kernels.iter_point_blocks`), so the number of points coloured
+"inside" equals ``count_numpy(seed, stream, points)``. The convergence plot is
+drawn after a run from the per-chunk counts the run already keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from mcpi_worker.kernels import iter_point_blocks
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL.Image import Image
+
+INSTALL_HINT: Final[str] = "pip install 'mcpi[bench]'"
+
+Z95: Final[float] = statistics.NormalDist().inv_cdf(0.975)
+"""Standard normal quantile for a two-sided 95% interval (1.95996...)."""
+
+MAX_SCATTER_POINTS: Final[int] = 1_000_000
+"""Beyond this the quadrant is a solid fill: more points only cost memory and time."""
+
+MAX_FRAMES: Final[int] = 200
+"""Every GIF frame is held in memory (Pillow merges them on save): ~0.4 MB each."""
+
+MAX_CURVE_POINTS: Final[int] = 2_000
+"""The convergence curve is drawn at no more chunk counts than this, log-spaced."""
+
+INSIDE_COLOUR: Final[str] = "#2a6db0"
+OUTSIDE_COLOUR: Final[str] = "#e8833a"
+INK: Final[str] = "#222222"
+MUTED_INK: Final[str] = "#555555"
+
+PNG_SIGNATURE: Final[bytes] = b"\x89PNG\r\n\x1a\n"
+GIF_SIGNATURE: Final[bytes] = b"GIF89a"
+
+
+class PlottingUnavailable(Exception):
+    """matplotlib or Pillow cannot be imported. The message names the extra to install."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image file that was written."""
+
+    path: Path
+    format: str
+    """``"png"`` or ``"gif"``."""
+    width: int
+    height: int
+    frames: int
+    """1 for a PNG."""
+
+
+# --- statistics ---------------------------------------------------------------------
+
+
+def pi_and_half_width(inside: Any, points: Any) -> tuple[Any, Any]:
+    """The estimate ``4 * inside / points`` and the half-width of its 95% interval.
+
+    Works elementwise on numpy arrays as well as on plain numbers. The interval is
+    the normal approximation of the binomial: ``4 * Z95 * sqrt(p (1 - p) / points)``.
+    """
+    fraction = np.divide(inside, points, dtype=np.float64)
+    half_width = 4.0 * Z95 * np.sqrt(fraction * (1.0 - fraction) / np.asarray(points, np.float64))
+    return 4.0 * fraction, half_width
+
+
+def _signed(value: float, decimals: int) -> str:
+    """``+0.0012`` / ``−0.0012``, with a typographic minus that lines up with the plus."""
+    return f"{value:+.{decimals}f}".replace("-", "\u2212")
+
+
+def _plural(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def _decimals_for(half_width: float) -> int:
+    """Enough decimals to show the first two significant digits of the interval."""
+    if not half_width > 0:
+        return 4
+    return min(9, max(3, math.ceil(-math.log10(half_width)) + 1))
+
+
+# --- the one place that imports the extra -------------------------------------------
+
+
+def _require_extra() -> tuple[type[Figure], Any]:
+    """Import the Agg figure machinery and Pillow, or raise :class:`PlottingUnavailable`."""
+    try:
+        import PIL.Image
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        missing = (exc.name or "matplotlib").partition(".")[0]
+        raise PlottingUnavailable(
+            f"pictures need matplotlib and Pillow ({missing} is not installed): {INSTALL_HINT}"
+        ) from None
+
+    class AggFigure(Figure):
+        """A Figure that renders with Agg, whatever the default backend is."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            FigureCanvasAgg(self)
+
+    return AggFigure, PIL.Image
+
+
+def ensure_available() -> None:
+    """Raise :class:`PlottingUnavailable` now, e.g. before a long run that must plot at its end."""
+    _require_extra()
+
+
+# --- the quadrant scatter -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuadrantSample:
+    """The first ``points`` points of one seeded stream and which of them fall inside."""
+
+    seed: int
+    stream: int
+    xy: np.ndarray
+    """float32, shape (points, 2), in the kernel's order."""
+    inside: np.ndarray
+    """bool, shape (points,)."""
+
+    @property
+    def points(self) -> int:
+        return len(self.xy)
+
+    @property
+    def inside_count(self) -> int:
+        return int(np.count_nonzero(self.inside))
+
+
+def sample_quadrant(seed: int, stream: int, points: int) -> QuadrantSample:
+    """The numpy kernel's points for ``(seed, stream)`` and its inside test applied to each."""
+    xy = np.empty((points, 2), dtype=np.float32)
+    start = 0
+    for block in iter_point_blocks(seed, stream, points):
+        xy[start : start + len(block)] = block  # the kernel reuses its block buffer
+        start += len(block)
+    x, y = xy[:, 0], xy[:, 1]
+    # The kernel's test exactly: square and add in float32, compare with float32 1.0.
+    # Doing it in float64 would move a few points that lie within 1e-7 of the arc.
+    inside = (x * x + y * y) < np.float32(1.0)
+    return QuadrantSample(seed=seed, stream=stream, xy=xy, inside=inside)
+
+
+def _marker_area(points: int) -> float:
+    """Marker area in pt²: dots for a few thousand points, a fine grain for a million."""
+    return float(np.clip(30_000 / max(points, 1), 0.12, 10.0))
+
+
+class _QuadrantFigure:
+    """The scatter figure, redrawable for the first ``n`` points (one GIF frame per ``n``)."""
+
+    def __init__(self, figure_class: type[Figure], sample: QuadrantSample) -> None:
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Arc
+
+        self.sample = sample
+        self._inside_xy = sample.xy[sample.inside]
+        self._outside_xy = sample.xy[~sample.inside]
+        # inside_before[n] = how many of the first n points are inside, so frame n
+        # shows the prefixes inside_xy[:inside_before[n]] and outside_xy[:n - that].
+        self._inside_before = np.concatenate(([0], np.cumsum(sample.inside, dtype=np.int64)))
+        _, final_half_width = pi_and_half_width(sample.inside_count, max(sample.points, 1))
+        # One number format for every frame, so the title does not jitter in a GIF.
+        self._decimals = _decimals_for(float(final_half_width))
+
+        self.figure = figure_class(figsize=(5.0, 5.6), dpi=110, layout="constrained")
+        ax = self.figure.add_subplot()
+        area = _marker_area(sample.points)
+        style = {"s": area, "linewidths": 0, "marker": "o", "rasterized": True}
+        empty = np.empty((0, 2), dtype=np.float32)
+        self._inside_dots = ax.scatter(empty[:, 0], empty[:, 1], color=INSIDE_COLOUR, **style)
+        self._outside_dots = ax.scatter(empty[:, 0], empty[:, 1], color=OUTSIDE_COLOUR, **style)
+        ax.add_patch(Arc((0, 0), 2, 2, theta1=0, theta2=90, color=INK, linewidth=1.6, zorder=3))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xticks([0, 0.5, 1], labels=["0", "½", "1"])
+        ax.set_yticks([0, 0.5, 1], labels=["0", "½", "1"])
+        ax.set_xlabel("x")
+        ax.set_ylabel("y", rotation=0, labelpad=10)
+        for spine in ax.spines.values():
+            spine.set_color(MUTED_INK)
+        ax.tick_params(colors=MUTED_INK, labelcolor=INK)
+        legend_dot = {"marker": "o", "linestyle": "none", "markersize": 7}
+        self.figure.legend(
+            handles=[
+                Line2D([], [], color=INSIDE_COLOUR, label="inside: x² + y² < 1", **legend_dot),
+                Line2D([], [], color=OUTSIDE_COLOUR, label="outside", **legend_dot),
+            ],
+            loc="outside lower center",
+            ncol=2,
+            frameon=False,
+        )
+        self._title = ax.set_title("", fontsize=10.5, color=MUTED_INK, pad=8)
+        self._headline = self.figure.suptitle("", fontsize=14, fontweight="bold", color=INK)
+
+    def show_first(self, n: int) -> None:
+        inside_n = int(self._inside_before[n])
+        self._inside_dots.set_offsets(self._inside_xy[:inside_n])
+        self._outside_dots.set_offsets(self._outside_xy[: n - inside_n])
+        pi, half_width = pi_and_half_width(inside_n, n)
+        d = self._decimals
+        self._headline.set_text(f"π ≈ {pi:.{d}f} ± {half_width:.{d}f}  (95%)")
+        self._title.set_text(
+            f"{inside_n:,} of {n:,} points inside  ·  error {_signed(pi - math.pi, d)}\n"
+            f"seed {self.sample.seed}, stream {self.sample.stream}"
+        )
+
+    def counts_drawn(self) -> tuple[int, int]:
+        """(inside, outside) points the figure currently draws, read back from its artists."""
+        return len(self._inside_dots.get_offsets()), len(self._outside_dots.get_offsets())
+
+    def render_rgb(self, pil_image: Any) -> Image:
+        self.figure.canvas.draw()
+        return pil_image.fromarray(np.asarray(self.figure.canvas.buffer_rgba())).convert("RGB")
+
+
+def frame_point_counts(points: int, frames: int) -> list[int]:
+    """How many points each GIF frame shows: ``frames`` strictly increasing counts ending at
+    ``points``, spaced geometrically so early frames (where the estimate moves most) come
+    quickly, and never fewer than one new point per frame. Requires ``1 <= frames <= points``.
+    """
+    if not 1 <= frames <= points:
+        raise ValueError(f"need 1 <= frames <= points, got frames={frames}, points={points}")
+    first = max(1, points // 200)
+    counts = np.geomspace(first, points, num=frames).round().astype(np.int64)
+    counts[-1] = points
+    # Push counts up so each frame adds a point, then down so the tail still fits below points.
+    counts = np.maximum(counts, np.arange(1, frames + 1))
+    counts = np.maximum.accumulate(counts)
+    for i in range(1, frames):
+        counts[i] = max(counts[i], counts[i - 1] + 1)
+    counts = np.minimum(counts, points - np.arange(frames - 1, -1, -1))
+    return [int(c) for c in counts]
+
+
+def save_scatter(sample: QuadrantSample, out: Path, frames: int | None = None) -> Picture:
+    """Write the quadrant figure: a PNG of every point, or (``.gif``) ``frames`` frames as
+    the points accumulate. Raises :class:`PlottingUnavailable`, or ``OSError`` on write."""
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".gif"):
+        raise ValueError(f"{out}: the picture must be a .png or a .gif")
+    if sample.points < 1:
+        raise ValueError("a scatter needs at least one point")
+    figure_class, pil_image = _require_extra()
+    drawing = _QuadrantFigure(figure_class, sample)
+    try:
+        if suffix == ".png":
+            drawing.show_first(sample.points)
+            image = drawing.render_rgb(pil_image)
+            image.save(out, format="PNG", optimize=True)
+            return Picture(out, "png", image.width, image.height, 1)
+        return _save_animation(drawing, pil_image, out, frames or 1)
+    finally:
+        drawing.figure.clear()
+
+
+def _save_animation(drawing: _QuadrantFigure, pil_image: Any, out: Path, frames: int) -> Picture:
+    counts = frame_point_counts(drawing.sample.points, frames)
+    # The last frame has every colour any frame uses (all points, every glyph of the
+    # title font), so its palette serves all frames: no colour flicker between frames.
+    drawing.show_first(counts[-1])
+    palette = drawing.render_rgb(pil_image).quantize(colors=64, dither=pil_image.Dither.NONE)
+    images = []
+    for n in counts:
+        drawing.show_first(n)
+        rgb = drawing.render_rgb(pil_image)
+        images.append(rgb.quantize(palette=palette, dither=pil_image.Dither.NONE))
+    frame_ms = int(np.clip(6_000 / frames, 40, 250))
+    durations = [frame_ms] * (frames - 1) + [2_500]  # hold the finished picture
+    images[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=durations,
+        loop=0,
+        optimize=False,
+    )
+    return Picture(out, "gif", images[0].width, images[0].height, frames)
+
+
+# --- convergence of an estimate -----------------------------------------------------
+
+
+def curve_indices(chunks: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
+    """Which chunk completions to draw: all of them if few, else ``max_points`` log-spaced
+    (evenly spaced on the plot's log axis), always including the first and the last."""
+    if chunks <= max_points:
+        return np.arange(chunks)
+    return np.unique(np.geomspace(1, chunks, num=max_points).round().astype(np.int64)) - 1
+
+
+def plot_convergence(
+    chunks: Sequence[tuple[int, int]] | np.ndarray,
+    out: Path,
+    *,
+    subtitle: str | None = None,
+    max_curve_points: int = MAX_CURVE_POINTS,
+) -> Picture:
+    """Write a PNG of the running estimate after each completed chunk, against the points
+    used so far (log scale), with its 95% confidence band and a line at π.
+
+    ``chunks`` is one ``(points, inside)`` pair per chunk, in completion order. A run of a
+    million chunks draws a curve of ``max_curve_points`` points. Raises
+    :class:`PlottingUnavailable`, or ``OSError`` on write.
+    """
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"{out}: the convergence plot is a .png")
+    counts = np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
+    if len(counts) == 0 or counts[:, 0].sum() == 0:
+        raise ValueError("a convergence plot needs at least one chunk with points")
+    figure_class, _ = _require_extra()
+
+    used = np.cumsum(counts[:, 0])
+    inside = np.cumsum(counts[:, 1])
+    keep = curve_indices(len(counts), max_curve_points)
+    keep = keep[used[keep] > 0]
+    x = used[keep]
+    estimate, half_width = pi_and_half_width(inside[keep], x)
+    final_pi, final_half_width = float(estimate[-1]), float(half_width[-1])
+    d = _decimals_for(final_half_width)
+
+    figure = figure_class(figsize=(7.0, 4.2), dpi=110, layout="constrained")
+    try:
+        ax = figure.add_subplot()
+        band = ax.fill_between(
+            x, estimate - half_width, estimate + half_width,
+            color=INSIDE_COLOUR, alpha=0.18, linewidth=0, label="95% confidence interval",
+        )  # fmt: skip
+        if len(x) > 1:
+            ax.plot(x, estimate, color=INSIDE_COLOUR, linewidth=1.6, label="running estimate")
+        else:  # one chunk: a dot with error bars, since a band of one x is invisible
+            band.remove()
+            ax.errorbar(
+                x, estimate, yerr=half_width, fmt="o", color=INSIDE_COLOUR, capsize=4,
+                label="estimate, 95% interval",
+            )  # fmt: skip
+        ax.axhline(math.pi, color=INK, linestyle="--", linewidth=1.1, label="π")
+        ax.set_xscale("log")
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax.set_xlabel("points used (log scale)")
+        ax.set_ylabel("estimate of π")
+        ax.grid(True, which="major", color="#e4e4e4", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.legend(loc="best", frameon=False)
+        figure.suptitle(
+            f"π ≈ {final_pi:.{d}f} ± {final_half_width:.{d}f} (95%)  ·  "
+            f"error {_signed(final_pi - math.pi, d)}",
+            fontsize=13, fontweight="bold", color=INK,
+        )  # fmt: skip
+        ax.set_title(
+            subtitle or f"{int(used[-1]):,} points in {_plural(len(counts), 'chunk')}",
+            fontsize=10, color=MUTED_INK,
+        )  # fmt: skip
+        figure.savefig(out, format="png")
+        width, height = (round(v) for v in figure.get_size_inches() * figure.dpi)
+    finally:
+        figure.clear()
+    return Picture(out, "png", width, height, 1)
+

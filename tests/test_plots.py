@@ -1,0 +1,167 @@
+"""The drawing functions: valid files, the kernel's very points, sensible downsampling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mcpi_coordinator import plots
+from mcpi_worker.kernels import BLOCK_POINTS, count_numpy, iter_point_blocks
+
+
+def assert_png(path: Path, width: int, height: int) -> None:
+    assert path.read_bytes()[:8] == plots.PNG_SIGNATURE
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (width, height)
+        image.verify()
+
+
+def kernel_chunks(seed: int, chunks: int, chunk_points: int) -> list[tuple[int, int]]:
+    return [(chunk_points, count_numpy(seed, stream, chunk_points)) for stream in range(chunks)]
+
+
+# --- statistics ---------------------------------------------------------------------
+
+
+def test_estimate_and_interval_follow_the_binomial_formula() -> None:
+    pi, half_width = plots.pi_and_half_width(7_854, 10_000)
+    assert pi == pytest.approx(3.1416)
+    p = 0.7854
+    assert half_width == pytest.approx(4 * 1.959964 * math.sqrt(p * (1 - p) / 10_000), rel=1e-6)
+    # Elementwise on arrays: the convergence curve computes every point at once.
+    pis, widths = plots.pi_and_half_width(np.array([3, 7_854]), np.array([4, 10_000]))
+    assert pis.tolist() == pytest.approx([3.0, 3.1416])
+    assert widths[1] == pytest.approx(half_width)
+
+
+# --- the scatter's points are the kernel's points -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seed", "stream", "points"),
+    [(0, 0, 1), (7, 0, 5_000), (2**64 - 1, 12, BLOCK_POINTS + 1_234), (123, 4_000_000, 150_001)],
+)
+def test_sample_counts_exactly_what_the_numpy_kernel_counts(seed: int, stream: int, points: int) -> None:
+    sample = plots.sample_quadrant(seed, stream, points)
+    assert sample.points == points
+    assert sample.inside_count == count_numpy(seed, stream, points)
+
+
+def test_sample_is_the_kernels_point_sequence() -> None:
+    sample = plots.sample_quadrant(5, 2, BLOCK_POINTS + 10)
+    expected = np.concatenate([b.copy() for b in iter_point_blocks(5, 2, BLOCK_POINTS + 10)])
+    assert sample.xy.dtype == np.float32
+    assert np.array_equal(sample.xy, expected)
+
+
+# --- scatter files ------------------------------------------------------------------
+
+
+def test_scatter_png_draws_every_point_in_its_colour(tmp_path: Path) -> None:
+    sample = plots.sample_quadrant(7, 3, 30_000)
+    picture = plots.save_scatter(sample, tmp_path / "quadrant.png")
+    assert (picture.format, picture.frames) == ("png", 1)
+    assert_png(picture.path, picture.width, picture.height)
+    # Square axes in a portrait figure: room for the title above and the legend below.
+    assert 0.8 < picture.width / picture.height < 1.0
+    with Image.open(picture.path) as image:
+        colours = {rgb for _, rgb in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    inside_rgb = tuple(int(plots.INSIDE_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+    outside_rgb = tuple(int(plots.OUTSIDE_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+    assert inside_rgb in colours and outside_rgb in colours
+
+
+def test_every_animation_frame_draws_the_kernels_count_for_its_prefix() -> None:
+    figure_class, _ = plots._require_extra()
+    seed, stream, points = 11, 5, 9_000
+    drawing = plots._QuadrantFigure(figure_class, plots.sample_quadrant(seed, stream, points))
+    for n in plots.frame_point_counts(points, 12):
+        drawing.show_first(n)
+        inside, outside = drawing.counts_drawn()
+        assert inside == count_numpy(seed, stream, n)
+        assert inside + outside == n
+
+
+def test_scatter_gif_has_the_requested_frames(tmp_path: Path) -> None:
+    sample = plots.sample_quadrant(3, 0, 4_000)
+    picture = plots.save_scatter(sample, tmp_path / "quadrant.gif", frames=9)
+    assert picture.path.read_bytes()[:6] == plots.GIF_SIGNATURE
+    with Image.open(picture.path) as image:
+        assert image.format == "GIF"
+        assert image.n_frames == 9
+        assert image.size == (picture.width, picture.height)
+        assert image.info["loop"] == 0
+        durations = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            durations.append(image.info["duration"])
+    assert durations[-1] > durations[0]  # the finished picture is held
+
+
+@pytest.mark.parametrize(("points", "frames"), [(1, 1), (5, 5), (6, 5), (40, 40), (1_000_000, 200)])
+def test_frame_counts_grow_strictly_and_end_with_every_point(points: int, frames: int) -> None:
+    counts = plots.frame_point_counts(points, frames)
+    assert len(counts) == frames
+    assert counts[0] >= 1 and counts[-1] == points
+    assert all(a < b for a, b in zip(counts, counts[1:]))
+
+
+def test_frame_counts_come_quickly_at_first() -> None:
+    counts = plots.frame_point_counts(100_000, 40)
+    assert counts[0] == 500
+    assert counts[20] < 100_000 / 4  # geometric, not linear
+
+
+def test_frame_counts_reject_more_frames_than_points() -> None:
+    with pytest.raises(ValueError):
+        plots.frame_point_counts(3, 4)
+
+
+# --- convergence --------------------------------------------------------------------
+
+
+def test_convergence_png_from_kernel_chunks(tmp_path: Path) -> None:
+    chunks = kernel_chunks(seed=5, chunks=60, chunk_points=50_000)
+    picture = plots.plot_convergence(chunks, tmp_path / "convergence.png")
+    assert (picture.format, picture.frames) == ("png", 1)
+    assert_png(picture.path, picture.width, picture.height)
+    assert picture.width > picture.height
+
+
+def test_convergence_of_a_single_chunk(tmp_path: Path) -> None:
+    picture = plots.plot_convergence([(1_000, 790)], tmp_path / "one.png")
+    assert_png(picture.path, picture.width, picture.height)
+
+
+def test_convergence_of_a_million_chunks(tmp_path: Path) -> None:
+    # A 1e13-point run in chunks of 1e7; the curve is drawn at log-spaced chunk counts
+    # (see curve_indices), so this takes well under a second.
+    rng = np.random.default_rng(0)
+    chunk_points = 10_000_000
+    inside = rng.binomial(chunk_points, math.pi / 4, size=1_000_000)
+    chunks = np.column_stack([np.full(len(inside), chunk_points), inside])
+    picture = plots.plot_convergence(chunks, tmp_path / "million.png")
+    assert_png(picture.path, picture.width, picture.height)
+
+
+def test_curve_indices_are_log_spaced_and_keep_the_ends() -> None:
+    assert plots.curve_indices(5, max_points=10).tolist() == [0, 1, 2, 3, 4]
+    indices = plots.curve_indices(1_000_000, max_points=2_000)
+    assert len(indices) <= 2_000
+    assert indices[0] == 0 and indices[-1] == 999_999
+    assert np.all(np.diff(indices) > 0)
+    # Evenly spaced in log: about as many points in each decade of chunks.
+    decades = np.histogram(np.log10(indices + 1), bins=[0, 2, 4, 6])[0]
+    assert decades[1] > 500 and decades[2] > 500
+
+
+def test_convergence_rejects_empty_input_and_other_formats(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        plots.plot_convergence([], tmp_path / "empty.png")
+    with pytest.raises(ValueError):
+        plots.plot_convergence([(10, 8)], tmp_path / "plot.jpg")
