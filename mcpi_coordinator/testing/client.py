@@ -1,0 +1,100 @@
+"""A deliberately simple coordinator side, for tests that talk to one worker directly.
+
+``WorkerClient`` writes messages (or raw bytes) to a ``WorkerProcess``'s stdin and reads
+its responses one at a time, in arrival order, with no matching, retries or
+timeouts of its own: the test decides what to expect. It works with a real
+``mcpi-worker`` (a ``trio.Process``), a subprocess fake and an in-process fake alike,
+which is what the contract tests rely on. ``StderrTail`` drains a worker's stderr so a
+chatty worker never blocks on a full pipe.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import trio
+
+from mcpi_worker import protocol
+from mcpi_worker.protocol import NEED_DATA, Hello, Welcome, WorkerMessage
+from mcpi_coordinator.transport import WorkerProcess
+
+CLIENT_NAME: Final[str] = "mcpi-testing-client"
+
+
+class WorkerClient:
+    """Send to and receive from one worker. Wrap calls in ``trio.fail_after``."""
+
+    def __init__(self, process: WorkerProcess) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._decoder = protocol.FrameDecoder(protocol.WORKER_MESSAGES)
+        self._eof = False
+
+    async def send(self, *messages: protocol.Message) -> None:
+        """Encode ``messages`` and write them in one ``send_all`` (so they travel together)."""
+        await self._stdin.send_all(b"".join(protocol.encode(m) for m in messages))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._stdin.send_all(data)
+
+    async def close_stdin(self) -> None:
+        await self._stdin.aclose()
+
+    async def handshake(self, versions: tuple[int, ...] = protocol.PROTOCOL_VERSIONS) -> Welcome:
+        await self.send(Hello(versions=versions, client=CLIENT_NAME))
+        welcome = await self.receive()
+        if not isinstance(welcome, Welcome):
+            raise AssertionError(f"expected a welcome, got {welcome!r}")
+        return welcome
+
+    async def receive(self) -> WorkerMessage | None:
+        """The next message, or None at an orderly EOF. Raises the decoder's errors."""
+        while True:
+            message = self._decoder.next_message()
+            if message is not NEED_DATA:
+                return message  # type: ignore[return-value]
+            if self._eof:
+                return None
+            data = await self._stdout.receive_some(1 << 16)
+            if data:
+                self._decoder.feed(data)
+            else:
+                self._eof = True
+                self._decoder.feed_eof()
+
+    async def receive_until_eof(self) -> list[WorkerMessage]:
+        """Every message until the worker closes stdout."""
+        messages: list[WorkerMessage] = []
+        while (message := await self.receive()) is not None:
+            messages.append(message)
+        return messages
+
+
+class StderrTail:
+    """Drains a stream, counting bytes and keeping the last ``keep`` of them.
+
+    Start ``drain`` in a nursery; it returns at EOF.
+    """
+
+    def __init__(self, keep: int = 64 * 1024) -> None:
+        self.keep = keep
+        self.total = 0
+        self._tail = bytearray()
+        self.closed = trio.Event()
+
+    async def drain(self, stream: trio.abc.ReceiveStream) -> None:
+        try:
+            while data := await stream.receive_some(1 << 16):
+                self.total += len(data)
+                self._tail += data
+                del self._tail[: -self.keep]
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        finally:
+            self.closed.set()
+
+    @property
+    def text(self) -> str:
+        return self._tail.decode(errors="replace")
