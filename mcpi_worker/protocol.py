@@ -37,6 +37,9 @@ MAX_POINTS: Final[int] = 1 << 40
 MAX_TEXT: Final[int] = 4096
 """Longest string field (client/worker names, messages, kernel names) we accept."""
 
+MAX_LIST: Final[int] = 64
+"""Most entries in an array field (``versions``, ``kernels``)."""
+
 
 # --------------------------------------------------------------------------- errors
 
@@ -366,11 +369,17 @@ class FrameDecoder:
 
 
 def _plain_data_problem(value: Any, depth: int) -> str | None:
-    """Why ``value`` is not plain msgpack data (no ext types, bounded nesting), or None."""
+    """Why ``value`` is not plain msgpack data, or None.
+
+    Plain means: string map keys, no extension types, at most ``MAX_DEPTH`` levels.
+    """
     if depth > MAX_DEPTH:
         return f"nesting deeper than {MAX_DEPTH} levels"
     if isinstance(value, dict):
-        items = [*value.keys(), *value.values()]
+        # strict_map_key already refused non-string keys, except msgpack bin (bytes).
+        if not all(isinstance(key, str) for key in value):
+            return "map keys must be msgpack strings"
+        items = list(value.values())
     elif isinstance(value, list):
         items = value
     elif value is None or isinstance(value, (bool, int, float, str, bytes)):
@@ -437,13 +446,13 @@ def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
         if (
             not isinstance(value, list)
             or not value
-            or len(value) > 64
+            or len(value) > MAX_LIST
             or not all(_is_uint64(v) for v in value)
         ):
             raise bad("must be a non-empty array of version integers")
         value = tuple(value)
     elif rule == "names":
-        if not isinstance(value, list) or len(value) > 64 or not all(
+        if not isinstance(value, list) or len(value) > MAX_LIST or not all(
             isinstance(v, str) and len(v) <= MAX_TEXT for v in value
         ):
             raise bad("must be an array of strings")

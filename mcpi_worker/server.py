@@ -143,8 +143,9 @@ class Worker:
                 self._send_locked(response)
         with self._lock:
             if self._fatal is not None:
+                crashed = self._fatal.code == ErrorCode.INTERNAL  # our bug, not the peer's
                 return Outcome(
-                    ExitCode.PROTOCOL,
+                    ExitCode.INTERNAL if crashed else ExitCode.PROTOCOL,
                     f"fatal protocol error: {self._fatal.code}: {self._fatal.message}",
                 )
             reason = self._closing_reason or "closed"
