@@ -109,7 +109,8 @@ def _require_extra() -> tuple[type[Figure], Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        missing = (exc.name or "matplotlib").partition(".")[0]
+        module = (exc.name or "matplotlib").partition(".")[0]
+        missing = {"PIL": "Pillow"}.get(module, module)  # name the distribution, not the module
         raise PlottingUnavailable(
             f"pictures need matplotlib and Pillow ({missing} is not installed): {INSTALL_HINT}"
         ) from None

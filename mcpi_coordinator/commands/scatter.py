@@ -1,0 +1,158 @@
+"""``mcpi scatter``: the lesson's quadrant figure, drawn from the very points a run samples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import secrets
+import sys
+from pathlib import Path
+
+from mcpi_coordinator import cli_args, plots
+from mcpi_coordinator.exit_codes import ExitCode
+
+DEFAULT_POINTS = 20_000
+DEFAULT_FRAMES = 40
+DEFAULT_OUT = Path("mcpi-scatter.png")
+FORMATS = (".png", ".gif")
+
+DESCRIPTION = """\
+Draw random points on the unit square, the ones inside the quarter circle
+(x² + y² < 1) in one colour and the rest in another, with the estimate of π and
+its 95% interval in the title. The fraction inside tends to π/4.
+
+The points are the numpy kernel's own: stream K of seed S, exactly as a run of
+'mcpi estimate --seed S' samples its chunk K, so the picture's inside count equals
+the count a worker returns for that chunk (or for its first N points).
+
+With an --out ending in .gif, the picture is an animation of --frames frames in
+which the points accumulate, spaced so the early, jumpy estimates come quickly."""
+
+EPILOG = f"""\
+examples:
+  mcpi scatter --points 5000 --seed 7 --out quadrant.png
+  mcpi scatter --points 20000 --seed 7 --out quadrant.gif --frames 40
+  mcpi scatter --json
+
+Needs the 'bench' extra (matplotlib, Pillow): {plots.INSTALL_HINT}"""
+
+
+def _scatter_points(text: str) -> int:
+    number = cli_args.positive_count(text)
+    if number > plots.MAX_SCATTER_POINTS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too many points for a picture (at most {plots.MAX_SCATTER_POINTS:,};"
+            " beyond that the quadrant is a solid fill)"
+        )
+    return number
+
+
+def _frames(text: str) -> int:
+    number = cli_args.positive_count(text)
+    if number > plots.MAX_FRAMES:
+        raise argparse.ArgumentTypeError(f"{text!r} is too many frames (at most {plots.MAX_FRAMES})")
+    return number
+
+
+def _picture_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must end in .png (a picture) or .gif (an animation)"
+        )
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scatter",
+        help="draw the quadrant figure (PNG) or its animation (GIF)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--points", "-n", type=_scatter_points, default=DEFAULT_POINTS, metavar="N",
+        help=f"points to draw, 1 to {plots.MAX_SCATTER_POINTS:,} (default {DEFAULT_POINTS:,};"
+        " accepts 1e5, 100_000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", "-s", type=cli_args.seed, default=None, metavar="S",
+        help="seed of the random streams (default: drawn at random and printed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stream", type=cli_args.count, default=0, metavar="K",
+        help="which stream of the seed, i.e. which chunk of a run (default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", "-o", type=_picture_path, default=DEFAULT_OUT, metavar="FILE",
+        help=f"FILE.png for a picture, FILE.gif for an animation (default {DEFAULT_OUT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--frames", type=_frames, default=None, metavar="K",
+        help=f"frames of a .gif animation, 1 to {plots.MAX_FRAMES} (default {DEFAULT_FRAMES})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout instead of text"
+    )
+    parser.set_defaults(handler=run)
+
+
+def _fail(message: str, code: ExitCode) -> int:
+    print(f"mcpi scatter: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    is_gif = out.suffix.lower() == ".gif"
+    if args.frames is not None and not is_gif:
+        return _fail(f"--frames needs a .gif output, not {str(out)!r}", ExitCode.USAGE)
+    frames = (args.frames or min(DEFAULT_FRAMES, args.points)) if is_gif else 1
+    if frames > args.points:
+        return _fail(
+            f"--frames {frames} is more than --points {args.points}: every frame adds a point",
+            ExitCode.USAGE,
+        )
+    seed = args.seed if args.seed is not None else secrets.randbits(64)
+
+    try:
+        plots.ensure_available()  # before sampling: fail fast on a missing extra
+        sample = plots.sample_quadrant(seed, args.stream, args.points)
+        picture = plots.save_scatter(sample, out, frames=frames if is_gif else None)
+    except plots.PlottingUnavailable as exc:
+        return _fail(str(exc), ExitCode.FAILURE)
+    except OSError as exc:
+        return _fail(f"cannot write {str(out)!r}: {exc.strerror or exc}", ExitCode.FAILURE)
+
+    inside = sample.inside_count
+    pi, half_width = plots.pi_and_half_width(inside, sample.points)
+    pi, half_width = float(pi), float(half_width)
+    if args.json:
+        report = {
+            "out": str(picture.path),
+            "format": picture.format,
+            "width": picture.width,
+            "height": picture.height,
+            "frames": picture.frames,
+            "points": sample.points,
+            "inside": inside,
+            "seed": seed,
+            "stream": args.stream,
+            "pi": pi,
+            "std_error": half_width / plots.Z95,
+            "ci95": [pi - half_width, pi + half_width],
+            "error": pi - math.pi,
+        }
+        print(json.dumps(report))
+    else:
+        what = f"{picture.frames} frames, " if picture.format == "gif" else ""
+        print(f"wrote {picture.path} ({what}{picture.width}×{picture.height} px)")
+        print(
+            f"{inside:,} of {sample.points:,} points inside: π ≈ {pi:.5f} ± {half_width:.5f}"
+            f" (95%), seed {seed}, stream {args.stream}"
+        )
+    return ExitCode.OK
