@@ -1,0 +1,53 @@
+"""Timing records shared by every approach: one timed run, and an approach's measurement."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One timed run of a whole workload."""
+
+    wall_s: float
+    inside: int
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """``runs`` of one approach; ``startup_s`` is the one-time pool start, when it has one.
+
+    Persistent pools (process-pool, trio-pool) are started and warmed before the clock
+    runs, and their start-up is reported on its own: a pool is started once and then
+    serves many workloads, so charging its start to one run would measure the start,
+    not the approach. Per-chunk-process approaches pay a start per chunk inside the
+    wall time, because that *is* the approach.
+    """
+
+    approach: str
+    startup_s: float | None
+    runs: tuple[Run, ...]
+
+    @property
+    def wall_s(self) -> float:
+        return statistics.median(run.wall_s for run in self.runs)
+
+    @property
+    def counts(self) -> frozenset[int]:
+        """Every distinct ``inside`` the runs reported: one value when they agree."""
+        return frozenset(run.inside for run in self.runs)
+
+
+def timed(work: Callable[[], int]) -> Run:
+    started = time.perf_counter()
+    inside = work()
+    return Run(wall_s=time.perf_counter() - started, inside=inside)
+
+
+async def timed_async(work: Callable[[], Awaitable[int]]) -> Run:
+    started = time.perf_counter()
+    inside = await work()
+    return Run(wall_s=time.perf_counter() - started, inside=inside)

@@ -1,0 +1,153 @@
+"""Per-task overhead on tiny tasks: our pool against the libraries people would use instead.
+
+Two figures per approach, from one run of ``tasks`` tasks each:
+- ``round_trip_us``: median time of one task submitted alone and waited for (latency);
+- ``tasks_per_s``: ``tasks`` submitted at once to ``workers`` workers (throughput),
+  pipelined as far as the approach allows.
+
+Workers are started and warmed up before any clock runs: start-up is not overhead
+per task. The peers (trio-parallel, anyio) come with the optional ``bench`` extra; one
+that cannot be imported is reported as unavailable, never as a crash.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import trio
+
+from mcpi_coordinator.bench import tasks as shipped
+
+
+@dataclass(frozen=True, slots=True)
+class Overhead:
+    """One approach's figures, or why it could not be measured (``unavailable``)."""
+
+    approach: str
+    round_trip_us: float | None
+    tasks_per_s: float | None
+    unavailable: str | None = None
+
+    @classmethod
+    def missing(cls, approach: str, exc: ImportError) -> Overhead:
+        return cls(approach, None, None, unavailable=f"cannot import {exc.name or exc}: {exc}")
+
+
+def _median_us(samples_ns: list[int]) -> float:
+    return statistics.median(samples_ns) / 1000
+
+
+def _sync_round_trip_us(call: Callable[[], object], tasks: int) -> float:
+    samples = []
+    for _ in range(tasks):
+        started = time.perf_counter_ns()
+        call()
+        samples.append(time.perf_counter_ns() - started)
+    return _median_us(samples)
+
+
+async def _async_round_trip_us(call: Callable[[], Awaitable[object]], tasks: int) -> float:
+    samples = []
+    for _ in range(tasks):
+        started = time.perf_counter_ns()
+        await call()
+        samples.append(time.perf_counter_ns() - started)
+    return _median_us(samples)
+
+
+async def _trio_tasks_per_s(call: Callable[[], Awaitable[object]], tasks: int) -> float:
+    """``tasks`` calls started at once in one nursery; the approach limits concurrency."""
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(call)
+    return tasks / (time.perf_counter() - started)
+
+
+def _warm_up_count(workers: int) -> int:
+    return 4 * workers
+
+
+# ------------------------------------------------------------------- process-pool
+
+
+def process_pool(tasks: int, workers: int) -> Overhead:
+    with ProcessPoolExecutor(max_workers=workers) as executor:
+
+        def submit_all(count: int) -> None:
+            wait([executor.submit(shipped.noop) for _ in range(count)])
+
+        submit_all(_warm_up_count(workers))
+        round_trip = _sync_round_trip_us(lambda: executor.submit(shipped.noop).result(), tasks)
+        started = time.perf_counter()
+        submit_all(tasks)
+        per_s = tasks / (time.perf_counter() - started)
+    return Overhead("process-pool", round_trip, per_s)
+
+
+# ------------------------------------------------------------------- trio-parallel
+
+
+def trio_parallel(tasks: int, workers: int) -> Overhead:
+    try:
+        import trio_parallel as library
+    except ImportError as exc:
+        return Overhead.missing("trio-parallel", exc)
+
+    async def measure() -> Overhead:
+        limiter = trio.CapacityLimiter(workers)
+        async with library.open_worker_context() as context:
+
+            async def call() -> None:
+                await context.run_sync(shipped.noop, limiter=limiter)
+
+            await _trio_tasks_per_s(call, _warm_up_count(workers))
+            round_trip = await _async_round_trip_us(call, tasks)
+            per_s = await _trio_tasks_per_s(call, tasks)
+        return Overhead("trio-parallel", round_trip, per_s)
+
+    return trio.run(measure)
+
+
+# ---------------------------------------------------------------- anyio-to-process
+
+
+def anyio_to_process(tasks: int, workers: int) -> Overhead:
+    try:
+        import anyio
+        import anyio.to_process
+    except ImportError as exc:
+        return Overhead.missing("anyio-to-process", exc)
+
+    async def tasks_per_s(call: Callable[[], Awaitable[object]], count: int) -> float:
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(call)
+        return count / (time.perf_counter() - started)
+
+    async def measure() -> Overhead:
+        limiter = anyio.CapacityLimiter(workers)
+
+        async def call() -> None:
+            await anyio.to_process.run_sync(shipped.noop, limiter=limiter)
+
+        await tasks_per_s(call, _warm_up_count(workers))
+        round_trip = await _async_round_trip_us(call, tasks)
+        per_s = await tasks_per_s(call, tasks)
+        return Overhead("anyio-to-process", round_trip, per_s)
+
+    # anyio's default backend, asyncio: what a user of anyio.to_process gets.
+    return anyio.run(measure)
+
+
+OVERHEAD_APPROACHES: dict[str, Callable[[int, int], Overhead]] = {
+    "process-pool": process_pool,
+    "trio-parallel": trio_parallel,
+    "anyio-to-process": anyio_to_process,
+}
+"""Measured in this order; each is ``(tasks, workers) -> Overhead``."""

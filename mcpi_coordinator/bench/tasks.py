@@ -1,0 +1,19 @@
+"""The functions executor-based approaches ship to their workers.
+
+They live in their own small module, at top level, because ``ProcessPoolExecutor``,
+trio-parallel and anyio pickle a function *by reference*: the worker process imports
+this module to find it, so it must be importable and cheap to import.
+"""
+
+from __future__ import annotations
+
+from mcpi_worker.kernels import KERNELS
+
+
+def count_chunk(kernel: str, seed: int, stream: int, points: int) -> int:
+    """The chunk's ``inside`` count: the very function ``mcpi-worker`` runs for a sample."""
+    return KERNELS[kernel](seed, stream, points)
+
+
+def noop() -> None:
+    """A task that does nothing: what is left of its round trip is pure overhead."""
