@@ -287,6 +287,9 @@ def _save_animation(drawing: _QuadrantFigure, pil_image: Any, out: Path, frames:
     # title font), so its palette serves all frames: no colour flicker between frames.
     drawing.show_first(counts[-1])
     palette = drawing.render_rgb(pil_image).quantize(colors=64, dither=pil_image.Dither.NONE)
+    # Keep the layout just computed for the full picture: re-running it per frame could
+    # shift the axes by a pixel as the title's text changes, and the animation would shake.
+    drawing.figure.set_layout_engine("none")
     images = []
     for n in counts:
         drawing.show_first(n)
@@ -300,8 +303,7 @@ def _save_animation(drawing: _QuadrantFigure, pil_image: Any, out: Path, frames:
         save_all=True,
         append_images=images[1:],
         duration=durations,
-        loop=0,
-        optimize=False,
+        loop=0,  # repeat forever
     )
     return Picture(out, "gif", images[0].width, images[0].height, frames)
 
