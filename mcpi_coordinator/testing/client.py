@@ -5,11 +5,14 @@ its responses one at a time, in arrival order, with no matching, retries or
 timeouts of its own: the test decides what to expect. It works with a real
 ``mcpi-worker`` (a ``trio.Process``), a subprocess fake and an in-process fake alike,
 which is what the contract tests rely on. ``StderrTail`` drains a worker's stderr so a
-chatty worker never blocks on a full pipe.
+chatty worker never blocks on a full pipe; ``open_worker`` starts a command with both.
 """
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
@@ -98,3 +101,29 @@ class StderrTail:
     @property
     def text(self) -> str:
         return self._tail.decode(errors="replace")
+
+
+@asynccontextmanager
+async def open_worker(
+    command: Sequence[str], *, keep_stderr: int = 64 * 1024
+) -> AsyncIterator[tuple[trio.Process, WorkerClient, StderrTail]]:
+    """Start ``command`` as a worker process with piped stdio and stderr drained.
+
+    Yields the process, a ``WorkerClient`` on it and its ``StderrTail``. On exit the
+    process is killed if it is still running, and always reaped.
+    """
+    process = await trio.lowlevel.open_process(
+        list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            stderr = StderrTail(keep_stderr)
+            assert process.stderr is not None
+            nursery.start_soon(stderr.drain, process.stderr)
+            yield process, WorkerClient(process), stderr
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()

@@ -31,6 +31,7 @@ from typing import Final
 import trio
 
 from mcpi_coordinator.testing.script import (
+    EXIT_OK,
     Action,
     Exit,
     FakeBehaviour,
@@ -121,9 +122,9 @@ class FakeWorkerProcess:
             try:
                 code = await self._serve()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                # The coordinator closed our stdout or stderr: a real worker would
-                # get EPIPE and die of it.
-                code = 1
+                # The coordinator closed our stdout or stderr (EPIPE): nobody is
+                # listening any more, so end quietly, as the real worker does.
+                code = EXIT_OK
             self._end(code)
 
     async def _serve(self) -> int:

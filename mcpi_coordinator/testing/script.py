@@ -305,6 +305,8 @@ class FakeWorkerCore:
         if not self._handshake_done:
             assert isinstance(message, (Sample, Ping))
             return self._error(message.id, ErrorCode.HANDSHAKE_REQUIRED, "send hello first")
+        if any(job.request.id == message.id for job in self._jobs):
+            return self._error(message.id, ErrorCode.DUPLICATE_ID, f"id {message.id} is in flight")
         if isinstance(message, Ping):
             return [WriteStdout(protocol.encode(Pong(id=message.id)))]
         assert isinstance(message, Sample)
@@ -337,8 +339,6 @@ class FakeWorkerCore:
         return [WriteStdout(protocol.encode(welcome))]
 
     def _sample(self, sample: Sample, now: float) -> list[Action]:
-        if any(job.request.id == sample.id for job in self._jobs):
-            return self._error(sample.id, ErrorCode.DUPLICATE_ID, f"id {sample.id} is in flight")
         if sample.kernel not in self.behaviour.kernels:
             return self._error(
                 sample.id,
