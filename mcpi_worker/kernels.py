@@ -84,11 +84,18 @@ def iter_point_blocks(
         remaining -= n
 
 
-def count_numpy(seed: int, stream: int, points: int, should_stop: StopCheck = _never) -> int:
+def count_numpy(
+    seed: int,
+    stream: int,
+    points: int,
+    should_stop: StopCheck = _never,
+    *,
+    block_points: int = BLOCK_POINTS,
+) -> int:
     """Vectorised kernel: float32 coordinates from SFC64, inside iff x*x + y*y < 1 in float32."""
     inside = 0
-    is_inside = np.empty(BLOCK_POINTS, dtype=np.bool_)
-    for block in iter_point_blocks(seed, stream, points):
+    is_inside = np.empty(block_points, dtype=np.bool_)
+    for block in iter_point_blocks(seed, stream, points, block_points):
         if should_stop():
             raise Cancelled
         flat = block.reshape(-1)

@@ -447,9 +447,9 @@ def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
             not isinstance(value, list)
             or not value
             or len(value) > MAX_LIST
-            or not all(_is_uint64(v) for v in value)
+            or not all(_is_uint64(v) and v > 0 for v in value)
         ):
-            raise bad("must be a non-empty array of version integers")
+            raise bad("must be a non-empty array of positive version integers")
         value = tuple(value)
     elif rule == "names":
         if not isinstance(value, list) or len(value) > MAX_LIST or not all(

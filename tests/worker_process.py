@@ -1,0 +1,156 @@
+"""A blocking test harness around one real ``mcpi-worker`` process.
+
+Every wait has a timeout, so a misbehaving worker fails a test instead of hanging
+it. Two daemon threads drain stdout (decoding frames with the coordinator-side
+``FrameDecoder``) and stderr (keeping its lines), as a real coordinator must.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Final
+
+from mcpi_worker.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSIONS,
+    WORKER_MESSAGES,
+    FrameDecoder,
+    Hello,
+    Message,
+    ProtocolError,
+    Welcome,
+    encode,
+)
+
+TIMEOUT: Final[float] = 20.0
+"""Generous: CI is a loaded 2-core machine."""
+
+
+def worker_command() -> list[str]:
+    """The installed ``mcpi-worker`` script beside this interpreter, else ``-m``."""
+    script = Path(sys.executable).parent / "mcpi-worker"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "mcpi_worker"]
+
+
+class EndOfOutput(Exception):
+    """The worker's stdout reached end of file."""
+
+
+class WorkerProcess:
+    def __init__(self, *args: str, stdin: int | None = subprocess.PIPE) -> None:
+        self.proc = subprocess.Popen(
+            [*worker_command(), *args],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.raw_stdout = bytearray()
+        self._messages: queue.Queue[Message | ProtocolError | EndOfOutput] = queue.Queue()
+        self._stderr_lines: list[str] = []
+        self._stderr_done = threading.Event()
+        threading.Thread(target=self._drain_stdout, daemon=True).start()
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # -- writing
+
+    def send(self, message: Message) -> None:
+        self.send_bytes(encode(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    # -- reading
+
+    def receive(self, timeout: float = TIMEOUT) -> Message:
+        try:
+            item = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message from the worker within {timeout} s") from None
+        if isinstance(item, (ProtocolError, EndOfOutput)):
+            raise item
+        return item
+
+    def receive_many(self, count: int) -> list[Message]:
+        return [self.receive() for _ in range(count)]
+
+    def assert_no_message(self, timeout: float = 0.3) -> None:
+        try:
+            item = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected message from the worker: {item}")
+
+    def handshake(self) -> Welcome:
+        self.send(Hello(versions=PROTOCOL_VERSIONS, client="tests"))
+        welcome = self.receive()
+        assert isinstance(welcome, Welcome), welcome
+        return welcome
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr_text(self, timeout: float = TIMEOUT) -> str:
+        """All of stderr; waits until the worker has closed it (so, exited)."""
+        if not self._stderr_done.wait(timeout):
+            raise AssertionError("the worker's stderr is still open")
+        return "".join(self._stderr_lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=TIMEOUT)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    # -- draining
+
+    def _drain_stdout(self) -> None:
+        decoder = FrameDecoder(WORKER_MESSAGES)
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        try:
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    decoder.feed_eof()
+                    self._messages.put(EndOfOutput())
+                    return
+                self.raw_stdout += data
+                decoder.feed(data)
+                while (message := decoder.next_message()) is not NEED_DATA:
+                    self._messages.put(message)  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            self._messages.put(exc)
+        except OSError:
+            self._messages.put(EndOfOutput())
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        try:
+            for line in iter(self.proc.stderr.readline, b""):
+                self._stderr_lines.append(line.decode("utf-8", "replace"))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._stderr_done.set()
