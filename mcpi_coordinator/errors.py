@@ -1,0 +1,95 @@
+"""mcpi's own errors, and the one place low-level failures are translated into them.
+
+Everything a user may see is an ``McpiError`` whose ``str()`` is one line fit to print
+after ``mcpi: error:``. Pipe errors (``trio.BrokenResourceError``,
+``trio.ClosedResourceError``), ``OSError`` from spawning or signalling, and the
+protocol core's ``FatalProtocolError``/``RequestError`` never leave the pool: the
+connection code wraps its I/O in ``worker_failures(...)`` below and gets a
+``WorkerFailure`` instead, which the pool turns into a replaced worker (and, when
+nothing is left, a ``PoolExhausted``).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+from mcpi_worker.protocol import FatalProtocolError, RequestError
+
+
+class McpiError(Exception):
+    """Base of the errors mcpi reports to users. ``str(error)`` is one line."""
+
+
+class WorkerFailure(McpiError):
+    """One worker stopped being usable: it died, broke the protocol, or hung.
+
+    Raised to the caller of a request that was in flight on that worker. The pool
+    catches it, requeues the request elsewhere and replaces the worker; users of the
+    pool only see it inside a ``PoolExhausted`` message.
+    """
+
+
+class RequestFailed(McpiError):
+    """A worker answered one request with an ``error``. ``retryable`` says whether
+    sending it again may succeed (``busy``, ``internal``, ``cancelled``) or not (an
+    unknown kernel, a chunk larger than the worker accepts)."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ChunkFailed(McpiError):
+    """One chunk failed on several workers in a row (a poison chunk, or a worker
+    command that dies on every request)."""
+
+
+class PoolExhausted(McpiError):
+    """Every worker slot was retired after repeated start-up failures; nothing is left
+    to run the work. The message names the command, how it failed, and its stderr."""
+
+
+class PoolClosed(McpiError):
+    """The pool was used after its ``async with`` block ended."""
+
+
+@contextmanager
+def worker_failures(doing: str) -> Iterator[None]:
+    """Translate low-level failures while ``doing`` something with a worker into a
+    ``WorkerFailure`` with a one-line reason. ``doing`` completes "while ...".
+
+    Cancellation (``trio.Cancelled``) and programming errors pass through untouched.
+    """
+    try:
+        yield
+    except FatalProtocolError as error:
+        raise WorkerFailure(f"protocol error while {doing}: {error.code}: {error.message}") from error
+    except RequestError as error:
+        # A worker's message that frames fine but is invalid (wrong field type, unknown
+        # type): the coordinator cannot answer a worker, so the connection is over.
+        raise WorkerFailure(f"invalid message while {doing}: {error.code}: {error.message}") from error
+    except trio.BrokenResourceError as error:
+        raise WorkerFailure(f"pipe broken while {doing}") from error
+    except trio.ClosedResourceError as error:
+        raise WorkerFailure(f"pipe already closed while {doing}") from error
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        target = f": {error.filename!r}" if error.filename else ""
+        raise WorkerFailure(f"{reason}{target} while {doing}") from error
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``exit code 3``, ``killed by SIGKILL``, or ``still running``."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit code {returncode}"

@@ -1,0 +1,615 @@
+"""The persistent Trio pool: spawn, handshake, dispatch, recover, close.
+
+    async with WorkerPool(size=4) as pool:
+        result = await pool.sample(Chunk(seed=1, stream=0, points=10_000_000))
+        async with pool.imap_unordered(chunks) as results:
+            async for result in results:
+                ...
+
+How it fits together:
+
+- **Slots.** The pool has ``size`` slots. Each slot is one supervisor task that
+  launches a worker (through the ``launcher``: a local process by default, anything
+  speaking the protocol over stdio otherwise), completes the handshake within
+  ``startup_timeout``, serves until the worker fails, then kills and reaps it and
+  launches a replacement. A slot whose workers keep failing before doing any useful
+  work is retired after ``max_start_attempts`` tries (with back-off); when every
+  slot is retired, requests fail with ``PoolExhausted``.
+- **Lanes: work is pulled.** A ready worker offers ``depth`` lanes (the pipelining
+  depth: ``pipeline_depth``, capped by the ``max_inflight`` of its welcome) on one
+  shared channel, and offers a lane again each time it answers a request. A request
+  takes the next free lane, so a fast worker gets more work and a slow or remote one
+  less, without any scheduler deciding.
+- **Recovery.** A request whose worker dies, breaks the protocol or stalls past the
+  task timeout gets ``WorkerFailure``; ``sample`` then simply sends it again on the
+  next free lane. Chunks are deterministic, so a retried chunk counts the same.
+- **Cancellation.** Cancelling a caller of ``sample`` sends ``cancel`` for its
+  request. Leaving ``async with`` stops every slot: shutdown → close stdin → grace →
+  SIGTERM → SIGKILL, and returns only once every worker process has been reaped.
+  The slots run shielded from the caller's cancellation for exactly that reason:
+  the escalation must run to the end with every pipe task still alive, however the
+  block was left (an error, Ctrl-C, a deadline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+import structlog
+import trio
+
+from mcpi_coordinator import __version__
+from mcpi_coordinator.errors import (
+    ChunkFailed,
+    McpiError,
+    PoolClosed,
+    PoolExhausted,
+    RequestFailed,
+    WorkerFailure,
+    describe_exit,
+    worker_failures,
+)
+from mcpi_coordinator.launch import command_launcher, default_worker_command, describe_command
+from mcpi_coordinator.transport import Launcher, WorkerProcess
+from mcpi_coordinator.worker_connection import WorkerConnection
+from mcpi_worker.kernels import DEFAULT_KERNEL
+
+log = structlog.get_logger("mcpi.pool")
+
+CLIENT_NAME: Final[str] = f"mcpi-coordinator/{__version__}"
+
+TASK_TIMEOUT_FLOOR_S: Final[float] = 30.0
+TASK_TIMEOUT_PER_POINT_S: Final[float] = 1e-6
+"""The default task timeout is ``30 s + 1 µs per point`` of the request.
+
+Derived from nothing fragile: not from timings observed in this run (a cold start or
+a loaded machine would make those lie), only from the request's size. 1 µs per
+point is 10× slower than the pure-Python kernel here (0.1 µs/point) and 250× slower
+than numpy, so only a hung worker gets there; the 30 s floor covers start-up noise
+and slow links. A 10-million-point chunk gets 40 s.
+"""
+
+
+def default_task_timeout(points: int) -> float:
+    return TASK_TIMEOUT_FLOOR_S + points * TASK_TIMEOUT_PER_POINT_S
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One unit of work: count ``points`` of stream ``stream`` of ``seed`` with ``kernel``."""
+
+    seed: int
+    stream: int
+    points: int
+    kernel: str = DEFAULT_KERNEL
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    chunk: Chunk
+    inside: int
+    elapsed_s: float
+    """The worker's own measure of the time it spent computing the chunk."""
+    slot: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """One slot: its current worker (if any) and totals over all its workers."""
+
+    slot: int
+    state: str
+    """``starting``, ``ready``, ``restarting``, ``stopping``, ``retired`` or ``stopped``."""
+    pid: int | None
+    """The running worker's pid; None between workers."""
+    host: str | None
+    chunks: int
+    points: int
+    busy_s: float
+    """Seconds the slot's workers spent computing, by their own measure."""
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    size: int
+    alive: int
+    in_flight: int
+    completed: int
+    restarts: int
+    retired: int
+    workers: tuple[WorkerStats, ...]
+
+
+# --------------------------------------------------------------------------- slots
+
+
+class _Slot:
+    """Mutable state of one slot, owned by its supervisor task."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.state = "starting"
+        self.connection: WorkerConnection | None = None
+        self.host: str | None = None
+        self.pid: int | None = None
+        self.chunks = 0
+        self.points = 0
+        self.busy_s = 0.0
+        self.restarts = 0
+        self.last_failure: str | None = None
+        self.stop_scope: trio.CancelScope | None = None
+        self.settled = False
+        """Ready once, retired or stopped: ``WorkerPool.__aenter__`` waits for all."""
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            slot=self.index,
+            state=self.state,
+            pid=self.pid,
+            host=self.host,
+            chunks=self.chunks,
+            points=self.points,
+            busy_s=self.busy_s,
+            restarts=self.restarts,
+        )
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class WorkerPool:
+    """A persistent pool of ``size`` workers. Use as ``async with WorkerPool(...) as pool``.
+
+    ``command`` starts one worker (default: this interpreter's ``mcpi-worker``);
+    ``launcher`` replaces it entirely (ssh, fakes in tests: anything returning a
+    ``transport.WorkerProcess``). ``task_timeout`` is a fixed per-request limit in
+    seconds; ``None`` means ``default_task_timeout(points)``. Entering the pool waits
+    until every slot has a ready worker or has given up; it raises ``PoolExhausted``
+    if none is ready.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        command: Sequence[str] | None = None,
+        *,
+        launcher: Launcher | None = None,
+        pipeline_depth: int = 2,
+        startup_timeout: float = 10.0,
+        task_timeout: float | None = None,
+        max_start_attempts: int = 3,
+        max_chunk_attempts: int = 5,
+        shutdown_grace: float = 1.0,
+        backoff_s: float = 0.2,
+        client: str = CLIENT_NAME,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, not {size}")
+        if pipeline_depth < 1:
+            raise ValueError("pipeline_depth must be at least 1")
+        if launcher is not None and command is not None:
+            raise ValueError("pass either command or launcher, not both")
+        if launcher is None:
+            argv = list(command) if command is not None else default_worker_command()
+            launcher = command_launcher(lambda _index: argv)
+        self.size = size
+        self._launcher = launcher
+        self._pipeline_depth = pipeline_depth
+        self._startup_timeout = startup_timeout
+        self._task_budget: Callable[[int], float] = (
+            default_task_timeout if task_timeout is None else (lambda _points: task_timeout)
+        )
+        self._max_start_attempts = max_start_attempts
+        self._max_chunk_attempts = max_chunk_attempts
+        self._shutdown_grace = shutdown_grace
+        self._backoff_s = backoff_s
+        self._client = client
+        self._slots = [_Slot(i) for i in range(size)]
+        self._lanes_send, self._lanes_receive = trio.open_memory_channel[WorkerConnection](math.inf)
+        self._completed = 0
+        self._restarts = 0
+        self._unsettled = size  # slots that are neither ready once nor retired
+        self._settled = trio.Event()
+        self._deferred_warnings: list[tuple[str, dict[str, Any]]] = []
+        self._state = "new"  # new → open → closing → closed
+        self._exhausted: PoolExhausted | None = None
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._batch_scopes: set[trio.CancelScope] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> WorkerPool:
+        if self._state != "new":
+            raise RuntimeError("a WorkerPool can be entered only once")
+        self._state = "open"
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        for slot in self._slots:
+            self._nursery.start_soon(self._run_slot, slot, name=f"mcpi slot {slot.index}")
+        try:
+            await self._settled.wait()
+            if self._exhausted is not None:
+                raise PoolExhausted(str(self._exhausted))
+        except BaseException as error:
+            await self.__aexit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == "closed":
+            return
+        self._begin_close()
+        # A nursery always waits for its children, cancelled or not, so this returns
+        # only after every slot has reaped its worker. The body's own exception is
+        # not passed in: it propagates as it is, not wrapped in an ExceptionGroup.
+        try:
+            await self._nursery_manager.__aexit__(None, None, None)
+        finally:
+            self._state = "closed"
+
+    def _begin_close(self) -> None:
+        if self._state in ("closing", "closed"):
+            return
+        self._state = "closing"
+        self._lanes_send.close()
+        for scope in self._batch_scopes:
+            scope.cancel()
+        for slot in self._slots:
+            if slot.stop_scope is not None:
+                slot.stop_scope.cancel()
+
+    @property
+    def _closing(self) -> bool:
+        return self._state in ("closing", "closed")
+
+    # ------------------------------------------------------------------ public API
+
+    async def sample(self, chunk: Chunk) -> ChunkResult:
+        """Count one chunk on the next free worker, retrying on another if one fails.
+
+        Raises ``ChunkFailed`` after ``max_chunk_attempts`` failures in a row,
+        ``RequestFailed`` if a worker refuses the request for good (unknown kernel),
+        ``PoolExhausted`` when no worker is left, ``PoolClosed`` after the pool closed.
+        """
+        failures: list[str] = []
+        while True:
+            connection = await self._take_lane()
+            self._check_capabilities(connection, chunk)
+            try:
+                result = await connection.sample(chunk.seed, chunk.stream, chunk.points, chunk.kernel)
+            except (WorkerFailure, RequestFailed) as error:
+                if isinstance(error, RequestFailed) and not error.retryable:
+                    raise
+                failures.append(str(error))
+                if len(failures) >= self._max_chunk_attempts:
+                    raise ChunkFailed(
+                        f"chunk {chunk.stream} of seed {chunk.seed} failed {len(failures)} "
+                        f"times in a row; last: {failures[-1]}"
+                    ) from None
+                continue
+            slot = self._slots[connection.slot]
+            slot.chunks += 1
+            slot.points += result.points
+            slot.busy_s += result.elapsed_s
+            self._completed += 1
+            return ChunkResult(chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid)
+
+    @asynccontextmanager
+    async def imap_unordered(self, chunks: Iterable[Chunk]) -> AsyncIterator[AsyncIterator[ChunkResult]]:
+        """Run ``chunks`` (any iterable, consumed lazily) and yield results as they finish.
+
+        Leaving the block early cancels the chunks still running (their workers get
+        ``cancel`` and stay in the pool for more work). A failure (``PoolExhausted``,
+        ``ChunkFailed``, ...) is raised by the iterator.
+        """
+        nursery = self._require_open()
+        # At most this many chunks are in the pool at once: enough to keep every lane
+        # busy plus one waiting per worker, so a 10**13-point run never builds a list.
+        window = self.size * (self._pipeline_depth + 1)
+        send, receive = trio.open_memory_channel[ChunkResult | McpiError](window)
+        scope = trio.CancelScope()
+        finished = trio.Event()
+        self._batch_scopes.add(scope)
+        nursery.start_soon(self._run_batch, iter(chunks), window, send, scope, finished)
+        try:
+            yield _ResultStream(receive)
+        finally:
+            scope.cancel()
+            with trio.CancelScope(shield=True):
+                await finished.wait()  # immediate: cancelled requests unwind without waiting
+            self._batch_scopes.discard(scope)
+            receive.close()
+
+    @property
+    def stats(self) -> PoolStats:
+        workers = tuple(slot.stats() for slot in self._slots)
+        return PoolStats(
+            size=self.size,
+            alive=sum(1 for w in workers if w.state == "ready"),
+            in_flight=sum(
+                slot.connection.in_flight for slot in self._slots if slot.connection is not None
+            ),
+            completed=self._completed,
+            restarts=self._restarts,
+            retired=sum(1 for w in workers if w.state == "retired"),
+            workers=workers,
+        )
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"<WorkerPool {self._state} size={s.size} alive={s.alive} in_flight={s.in_flight} "
+            f"completed={s.completed} restarts={s.restarts} retired={s.retired}>"
+        )
+
+    # ------------------------------------------------------------------ lanes
+
+    def _offer_lane(self, connection: WorkerConnection) -> None:
+        try:
+            self._lanes_send.send_nowait(connection)
+        except trio.ClosedResourceError:
+            pass  # closing: nobody will take it
+
+    async def _take_lane(self) -> WorkerConnection:
+        self._require_open()
+        while True:
+            try:
+                connection = await self._lanes_receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if self._exhausted is not None:
+                    raise PoolExhausted(str(self._exhausted)) from None
+                raise PoolClosed("the worker pool is closed") from None
+            if connection.usable:
+                return connection
+            # A lane of a worker that has failed since it was offered: drop it.
+
+    def _check_capabilities(self, connection: WorkerConnection, chunk: Chunk) -> None:
+        welcome = connection.welcome
+        assert welcome is not None
+        problem = None
+        if chunk.kernel not in welcome.kernels:
+            problem = f"does not offer kernel {chunk.kernel!r} (it offers {', '.join(welcome.kernels)})"
+        elif chunk.points > welcome.max_points:
+            problem = f"accepts at most {welcome.max_points} points per request, not {chunk.points}"
+        if problem is not None:
+            self._offer_lane(connection)
+            raise RequestFailed(f"worker {connection.slot} ({welcome.worker}) {problem}")
+
+    def _require_open(self) -> trio.Nursery:
+        if self._state != "open" or self._nursery is None:
+            if self._exhausted is not None:
+                raise PoolExhausted(str(self._exhausted))
+            raise PoolClosed(f"the worker pool is {self._state}; use it inside 'async with'")
+        return self._nursery
+
+    # ------------------------------------------------------------------ batches
+
+    async def _run_batch(
+        self,
+        chunks: Iterator[Chunk],
+        window: int,
+        results: trio.MemorySendChannel[ChunkResult | McpiError],
+        scope: trio.CancelScope,
+        finished: trio.Event,
+    ) -> None:
+        try:
+            with scope:
+                async with results, trio.open_nursery() as nursery:
+                    room = trio.Semaphore(window)
+                    for chunk in chunks:
+                        await room.acquire()
+                        nursery.start_soon(self._run_one, chunk, results, room)
+        finally:
+            finished.set()
+
+    async def _run_one(
+        self,
+        chunk: Chunk,
+        results: trio.MemorySendChannel[ChunkResult | McpiError],
+        room: trio.Semaphore,
+    ) -> None:
+        try:
+            outcome: ChunkResult | McpiError = await self.sample(chunk)
+        except McpiError as error:
+            outcome = error
+        # The channel holds ``window`` items and at most ``window`` tasks exist, so
+        # this never waits on a slow reader while holding a worker.
+        await results.send(outcome)
+        room.release()
+
+    # ------------------------------------------------------------------ slot supervision
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self._supervise(slot)
+        except BaseException:
+            # A bug in one supervisor must not leave the others (shielded) running.
+            self._begin_close()
+            raise
+
+    async def _supervise(self, slot: _Slot) -> None:
+        failures_in_a_row = 0
+        while not self._closing:
+            failure, useful = await self._run_worker(slot)
+            if failure is None or self._closing:
+                break
+            slot.last_failure = failure
+            failures_in_a_row = 0 if useful else failures_in_a_row + 1
+            if failures_in_a_row >= self._max_start_attempts:
+                self._retire(slot, failures_in_a_row)
+                return
+            log.info("worker_failed", slot=slot.index, reason=failure, useful=useful)
+            slot.state = "restarting"
+            with self._stoppable(slot):
+                await trio.sleep(self._backoff_s * 2 ** max(failures_in_a_row - 1, 0))
+            if self._closing:
+                break
+            slot.restarts += 1
+            self._restarts += 1
+        slot.state = "stopped"
+        self._settle(slot)
+
+    async def _run_worker(self, slot: _Slot) -> tuple[str | None, bool]:
+        """Launch, handshake, serve and finally stop one worker in ``slot``.
+
+        Returns ``(failure, useful)``: a one-line description of why the worker ended
+        (``None`` when the pool closed it) and whether it answered any request.
+        """
+        slot.state = "starting"
+        process: WorkerProcess | None = None
+        failure: str | None = None
+        with self._stoppable(slot):
+            with trio.move_on_after(self._startup_timeout) as startup:
+                try:
+                    with worker_failures(f"starting worker {slot.index}"):
+                        process = await self._launcher(slot.index)
+                except WorkerFailure as error:
+                    failure = f"worker {slot.index} could not start: {error}"
+            if startup.cancelled_caught:
+                failure = f"worker {slot.index} was not started within {self._startup_timeout:g} s"
+        if process is None:
+            return (None if self._closing else failure), False
+
+        connection = WorkerConnection(process, slot.index, on_capacity=self._offer_lane)
+        slot.pid = process.pid
+        async with trio.open_nursery() as pipes:
+            pipes.start_soon(connection.run_pipes, name=f"mcpi worker {slot.index} pipes")
+            reason: str | None = None
+            try:
+                reason = await self._serve(slot, connection)
+            finally:
+                slot.state = "stopping" if reason is None else "restarting"
+                slot.connection = None
+                # Orderly close: ask nicely first. A failed worker cannot be trusted
+                # to listen (hung, speaking garbage): kill it at once.
+                grace = self._shutdown_grace if reason is None else 0.0
+                returncode = await connection.stop(grace=grace, term_grace=self._shutdown_grace)
+                slot.pid = None
+                # stderr may still hold the worker's last words (why it died); a
+                # grandchild holding the pipe open must not keep us here: bounded.
+                with trio.move_on_after(1.0):
+                    await connection.stderr_closed.wait()
+                pipes.cancel_scope.cancel()
+        if reason is None:
+            return None, connection.answered > 0
+        message = f"worker {slot.index} ({describe_command(process)}, pid {process.pid}): {reason}"
+        if returncode != 0 or "exited" in reason:
+            message += f"; {describe_exit(returncode)}"
+        tail = connection.stderr_tail()
+        if tail:
+            message += f"; stderr: {tail}"
+        return message, connection.answered > 0
+
+    async def _serve(self, slot: _Slot, connection: WorkerConnection) -> str | None:
+        """Handshake, offer lanes, and watch the worker until it fails (returns why)
+        or the pool closes (returns None)."""
+        with self._stoppable(slot):
+            with trio.move_on_after(self._startup_timeout) as startup:
+                try:
+                    welcome = await connection.handshake(self._client)
+                except WorkerFailure as error:
+                    return f"{error} (during the handshake)"
+            if startup.cancelled_caught:
+                return f"no welcome within the {self._startup_timeout:g} s start-up timeout"
+            slot.state = "ready"
+            slot.host = welcome.host
+            slot.connection = connection
+            self._settle(slot)
+            self._flush_deferred_warnings()
+            for _ in range(min(self._pipeline_depth, welcome.max_inflight)):
+                self._offer_lane(connection)
+            return await self._watch(connection)
+        return None
+
+    async def _watch(self, connection: WorkerConnection) -> str:
+        """Wait until the connection breaks, or fail it when a request overruns the
+        task timeout (a hung worker answers nothing, so only a clock can tell)."""
+        while connection.failure is None:
+            progress = connection.progress_event
+            deadline = connection.stall_deadline(self._task_budget)
+            with trio.move_on_at(deadline):
+                await progress.wait()
+                continue
+            budget = self._task_budget(connection.oldest_points())
+            connection.fail(WorkerFailure(f"no answer within the task timeout ({budget:g} s)"))
+        return str(connection.failure)
+
+    @contextmanager
+    def _stoppable(self, slot: _Slot) -> Iterator[None]:
+        """A scope that ``_begin_close`` cancels: what a slot may abandon when closing."""
+        with trio.CancelScope() as scope:
+            slot.stop_scope = scope
+            if self._closing:
+                scope.cancel()
+            try:
+                yield
+            finally:
+                slot.stop_scope = None
+
+    def _retire(self, slot: _Slot, attempts: int) -> None:
+        slot.state = "retired"
+        slot.connection = None
+        fields = {"slot": slot.index, "attempts": attempts, "reason": slot.last_failure}
+        if any(s.state == "ready" for s in self._slots):
+            log.warning("worker_retired", **fields)
+        else:
+            # Nobody is working yet: if nobody ever will, PoolExhausted says it all
+            # and these warnings would only repeat it.
+            self._deferred_warnings.append(("worker_retired", fields))
+        if all(s.state == "retired" for s in self._slots):
+            self._exhausted = PoolExhausted(
+                f"no worker left: every worker failed {attempts} times in a row before "
+                f"doing any work; last failure: {slot.last_failure}"
+            )
+            self._lanes_send.close()
+        self._settle(slot)
+
+    def _flush_deferred_warnings(self) -> None:
+        for event, fields in self._deferred_warnings:
+            log.warning(event, **fields)
+        self._deferred_warnings.clear()
+
+    def _settle(self, slot: _Slot) -> None:
+        """Count a slot as settled (ready once, retired or stopped) for ``__aenter__``."""
+        if slot.settled:
+            return
+        slot.settled = True
+        self._unsettled -= 1
+        if self._unsettled == 0:
+            self._settled.set()
+
+
+class _ResultStream:
+    """What ``imap_unordered`` yields: results in completion order; raises a failure."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[ChunkResult | McpiError]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> _ResultStream:
+        return self
+
+    async def __anext__(self) -> ChunkResult:
+        try:
+            item = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, McpiError):
+            raise item
+        return item
