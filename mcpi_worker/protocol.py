@@ -371,10 +371,11 @@ class FrameDecoder:
 def _plain_data_problem(value: Any, depth: int) -> str | None:
     """Why ``value`` is not plain msgpack data, or None.
 
-    Plain means: string map keys, no extension types, at most ``MAX_DEPTH`` levels.
+    Plain means: string map keys, no extension types, containers nested at most
+    ``MAX_DEPTH`` levels deep (the top-level map is level 1; scalars add no level).
     """
-    if depth > MAX_DEPTH:
-        return f"nesting deeper than {MAX_DEPTH} levels"
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        return f"containers nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, dict):
         # strict_map_key already refused non-string keys, except msgpack bin (bytes).
         if not all(isinstance(key, str) for key in value):
