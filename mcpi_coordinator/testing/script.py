@@ -14,8 +14,10 @@ so a fake and a real worker give identical answers (the contract tests check it)
 ``FakeBehaviour`` then asks it to misbehave in precise, countable ways.
 
 The fake runs one sample at a time, like a real worker's compute thread: each takes
-``behaviour.slow`` seconds of (fake) time, and its count is computed when it finishes.
-Pings are answered at once, even while a sample "runs".
+``behaviour.slow`` seconds of (fake) time, and its count is computed in one go when it
+is due. So pings, cancels and EOF are handled at once while a sample "runs" (waits
+out ``slow``), but not during the count itself: model long samples with ``slow`` and
+keep ``points`` small.
 """
 
 from __future__ import annotations
