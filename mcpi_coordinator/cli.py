@@ -16,7 +16,7 @@ from typing import Final
 
 from mcpi_coordinator.exit_codes import ExitCode
 
-COMMANDS: Final[tuple[str, ...]] = ("estimate",)
+COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter")
 """Subcommand modules under ``mcpi_coordinator.commands``, in --help order."""
 
 
@@ -24,8 +24,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with our exit code for usage errors and a one-line message."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+        # One line, not argparse's usage block: the reason is what a person (or a
+        # script's log) needs, and --help is one command away.
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,55 @@
+"""structlog configuration for the coordinator. Called once, by entry points only.
+
+Library code (the pool, the connection) just calls ``structlog.get_logger(...)``; an
+application embedding the pool configures structlog its own way. Log lines go to
+stderr, never stdout: stdout is for results (``--json`` output must stay parseable).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import structlog
+
+from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
+
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging"]
+
+
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is *now*.
+
+    Looked up at every call so that while a rich progress bar redirects stderr, log
+    lines are printed above the bar instead of tearing it.
+    """
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr closed: losing a log line is acceptable
+            pass
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> None:
+    """Send every structlog logger to stderr, filtered at ``level``, as text or JSON."""
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    logger = _StderrLogger()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level]),
+        logger_factory=lambda *_args: logger,
+        cache_logger_on_first_use=False,
+    )
