@@ -24,9 +24,12 @@ import shlex
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_coordinator.transport import Launcher, WorkerProcess
+
+if TYPE_CHECKING:
+    from mcpi_coordinator.pool import WorkerStats
 
 SPEC_SYNTAX: Final = "[user@]host[:port][*N]"
 MAX_WORKERS_PER_HOST: Final = 1024
@@ -245,7 +248,7 @@ class WorkerSlot:
 
 def plan_slots(
     local_workers: int,
-    local_command: Sequence[str],
+    local_command: Callable[[int], Sequence[str]],
     hosts: Iterable[HostSpec] = (),
     ssh_options: Sequence[str] = (),
     remote_command: Sequence[str] = (DEFAULT_REMOTE_COMMAND,),
@@ -253,11 +256,10 @@ def plan_slots(
 ) -> list[WorkerSlot]:
     """Slots in pool order: the local workers first, then each host's N workers.
 
-    ``{i}`` in ``local_command`` becomes the slot index (``kubectl exec -i mcpi-{i}``).
+    ``local_command(index)`` is the command of local slot ``index`` (``--worker-cmd``
+    with ``{i}`` substituted, see ``substitute_index``).
     """
-    slots = [
-        WorkerSlot(tuple(substitute_index(local_command, index))) for index in range(local_workers)
-    ]
+    slots = [WorkerSlot(tuple(local_command(index))) for index in range(local_workers)]
     for spec in hosts:
         command = tuple(ssh_command(spec, remote_command, ssh_options, ssh))
         slots += [WorkerSlot(command, spec)] * spec.workers
@@ -277,6 +279,75 @@ def slot_launcher(slots: Sequence[WorkerSlot], spawn: Spawn) -> Launcher:
         return await spawn(commands[index])
 
     return launch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The remote-worker options of ``mcpi estimate``, in a group of their own."""
+    group = parser.add_argument_group(
+        "remote workers",
+        "Workers on other machines over ssh, mixed with the --workers local ones.\n"
+        "Argument vectors only, never a local shell. See the README's 'remote' section.",
+    )
+    group.add_argument(
+        "--host", type=host_spec_arg, action="append", default=[], metavar="SPEC",
+        help=f"run workers on this host over ssh; SPEC is {SPEC_SYNTAX}, N workers "
+        "(default 1); repeatable. --workers 0 with hosts: remote workers only",
+    )
+    group.add_argument(
+        "--hosts-file", metavar="FILE",
+        help="read host specs from FILE, one a line; '#' starts a comment",
+    )
+    group.add_argument(
+        "--ssh-option", type=ssh_option_arg, action="append", default=[], metavar="KEY=VALUE",
+        help="passed to ssh as -o KEY=VALUE, e.g. IdentityFile=~/.ssh/mcpi; repeatable",
+    )
+    group.add_argument(
+        "--remote-cmd", default=DEFAULT_REMOTE_COMMAND, metavar="CMD",
+        help="the worker command on the hosts, shell-split here and quoted word for word "
+        "for the remote shell (default %(default)s; ssh gives it a minimal PATH, so an "
+        "absolute path like /opt/mcpi/bin/mcpi-worker is safest)",
+    )
+
+
+def slots_from_args(
+    args: argparse.Namespace, local_command: Callable[[int], Sequence[str]]
+) -> list[WorkerSlot]:
+    """Every slot the options of ``add_arguments`` (plus ``--workers``) ask for.
+
+    Raises ``RemoteConfigError`` for an unreadable or bad hosts file, a bad remote
+    command, or no worker at all.
+    """
+    hosts = list(args.host)
+    if args.hosts_file is not None:
+        hosts += read_hosts_file(args.hosts_file)
+    remote_command = split_command(args.remote_cmd, "--remote-cmd")
+    slots = plan_slots(args.workers, local_command, hosts, args.ssh_option, remote_command)
+    if not slots:
+        raise RemoteConfigError(
+            f"--workers {args.workers} and no hosts leave no worker to run: use "
+            "--workers 1 or more, or give --host / --hosts-file"
+        )
+    return slots
+
+
+def host_rows(workers: Sequence[WorkerStats], elapsed_s: float) -> list[dict[str, Any]]:
+    """Per-host figures for ``--json``: workers, chunks, points and points/s per host.
+
+    The host is the name each worker gave in its welcome (the machine's own host
+    name), so slots that never completed a handshake are not counted anywhere.
+    Points per second are over the whole run's wall time: what the host contributed.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for worker in workers:
+        if worker.host is None:
+            continue
+        row = rows.setdefault(worker.host, {"name": worker.host, "workers": 0, "chunks": 0, "points": 0})
+        row["workers"] += 1
+        row["chunks"] += worker.chunks
+        row["points"] += worker.points
+    for row in rows.values():
+        row["points_per_s"] = row["points"] / elapsed_s if elapsed_s > 0 else 0.0
+    return list(rows.values())
 
 
 def _check_name(

@@ -298,7 +298,8 @@ def test_substitute_index_replaces_every_occurrence_and_nothing_else() -> None:
 
 def test_plan_puts_local_workers_first_then_each_hosts_slots() -> None:
     hosts = [parse_host_spec("a*2"), parse_host_spec("bob@b:2200")]
-    slots = plan_slots(2, ["srun", "-N1", "--job-name=w{i}", "mcpi-worker"], hosts, ["X=1"])
+    template = ["srun", "-N1", "--job-name=w{i}", "mcpi-worker"]
+    slots = plan_slots(2, lambda index: substitute_index(template, index), hosts, ["X=1"])
     assert [slot.host for slot in slots] == [None, None, hosts[0], hosts[0], hosts[1]]
     assert slots[0].command == ("srun", "-N1", "--job-name=w0", "mcpi-worker")
     assert slots[1].command == ("srun", "-N1", "--job-name=w1", "mcpi-worker")
@@ -309,7 +310,7 @@ def test_plan_puts_local_workers_first_then_each_hosts_slots() -> None:
 
 def test_plan_remote_only_and_custom_remote_command() -> None:
     slots = plan_slots(
-        0, ["unused"], [parse_host_spec("h*2")], remote_command=["/opt/venv/bin/mcpi-worker"]
+        0, lambda _: ["unused"], [parse_host_spec("h*2")], remote_command=["/opt/venv/bin/mcpi-worker"]
     )
     assert len(slots) == 2
     assert all(slot.command[-1] == "/opt/venv/bin/mcpi-worker" for slot in slots)

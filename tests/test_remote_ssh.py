@@ -7,9 +7,15 @@ These tests skip only where OpenSSH is not installed, and say so in the summary;
 
 from __future__ import annotations
 
+import json
 import secrets
+import shlex
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -59,7 +65,7 @@ def slots_for(
 ) -> list[WorkerSlot]:
     spec = parse_host_spec(f"{daemon.user}@127.0.0.1:{port or daemon.port}*{remote}")
     remote_command = ["env", f"{MARKER_VARIABLE}={token}", remote_worker_command()]
-    return plan_slots(local, default_worker_command(), [spec], daemon.ssh_options(), remote_command)
+    return plan_slots(local, lambda _: default_worker_command(), [spec], daemon.ssh_options(), remote_command)
 
 
 def chunks(count: int, points: int) -> list[Chunk]:
@@ -133,7 +139,7 @@ async def test_unreachable_host_is_retired_and_the_run_completes(run_token: str)
     require_openssh()
     slots = plan_slots(
         1,
-        default_worker_command(),
+        lambda _: default_worker_command(),
         [parse_host_spec(f"127.0.0.1:{free_port()}*2")],  # nothing listens there
         ["ConnectTimeout=5", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"],
         ["env", f"{MARKER_VARIABLE}={run_token}", remote_worker_command()],
@@ -144,3 +150,128 @@ async def test_unreachable_host_is_retired_and_the_run_completes(run_token: str)
     assert inside == expected_inside(work)
     assert [w.state for w in stats.workers] == ["stopped", "retired", "retired"]
     assert stats.workers[0].chunks == len(work)
+
+
+# -- the mcpi command, end to end ------------------------------------------------------
+
+CLI_SEED = 424242
+CLI_POINTS = ["--points", "2e6", "--chunk-size", "2e5", "--seed", str(CLI_SEED), "--json"]
+CLI_CHUNKS = 10
+
+
+def mcpi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator.cli", "estimate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def estimate_json(*args: str) -> dict[str, Any]:
+    result = mcpi(*CLI_POINTS, *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def local_inside() -> int:
+    """The reference: the same run on local workers only."""
+    return int(estimate_json("--workers", "2")["inside"])
+
+
+def accepted_sessions(daemon: SshDaemon) -> int:
+    return daemon.log.read_text(errors="replace").count("Accepted publickey")
+
+
+def test_cli_two_ssh_workers_count_like_a_local_run(sshd: SshDaemon, local_inside: int) -> None:
+    sessions_before = accepted_sessions(sshd)
+    report = estimate_json("--workers", "0", *sshd.cli_args(workers=2))
+    assert report["inside"] == local_inside
+    assert report["workers"] == 2
+    assert accepted_sessions(sshd) - sessions_before == 2  # both really came through sshd
+    [host] = report["hosts"]
+    assert host["name"] == socket.gethostname()  # the welcome's host, sent over ssh
+    assert host["workers"] == 2
+    assert host["chunks"] == CLI_CHUNKS
+    assert host["points"] == report["points"]
+    assert host["points_per_s"] > 0
+
+
+def test_cli_mixes_local_and_ssh_workers(sshd: SshDaemon, local_inside: int) -> None:
+    sessions_before = accepted_sessions(sshd)
+    report = estimate_json("--workers", "1", *sshd.cli_args(workers=1))
+    assert report["inside"] == local_inside
+    assert report["workers"] == 2
+    assert accepted_sessions(sshd) - sessions_before == 1
+    assert [w["host"] for w in report["per_worker"]] == [socket.gethostname()] * 2
+    assert sum(w["chunks"] for w in report["per_worker"]) == CLI_CHUNKS
+
+
+def test_cli_unreachable_host_is_dropped_with_a_warning_and_the_run_completes(
+    local_inside: int,
+) -> None:
+    require_openssh()
+    port = free_port()  # nothing listens there: ssh exits 255, "Connection refused"
+    result = mcpi(*CLI_POINTS, "--workers", "1", "--host", f"127.0.0.1:{port}*2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["inside"] == local_inside
+    assert [w["state"] for w in report["per_worker"]] == ["ready", "retired", "retired"]
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings and all(f"port {port}" in line for line in warnings), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_no_reachable_worker_exits_1_with_one_clear_line() -> None:
+    require_openssh()
+    port = free_port()
+    result = mcpi(*CLI_POINTS, "--workers", "0", "--host", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mcpi: error:")]
+    assert len(errors) == 1 and "no worker left" in errors[0], result.stderr
+    assert "Connection refused" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_host_spec_with_shell_metacharacters_is_rejected(tmp_path: Path) -> None:
+    marker = tmp_path / "injected"
+    for spec in [f"127.0.0.1;touch {marker}", f"$(touch {marker})", f"`touch {marker}`"]:
+        result = mcpi(*CLI_POINTS, "--workers", "0", "--host", spec)
+        assert result.returncode == 2
+        assert "invalid host spec" in result.stderr and "is not allowed" in result.stderr
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text(f"# ok so far\nlocalhost\nnode2|touch {marker}\n")
+    result = mcpi(*CLI_POINTS, "--workers", "0", "--hosts-file", str(hosts_file))
+    assert result.returncode == 2
+    assert f"{hosts_file}:3: invalid host spec" in result.stderr
+    assert not marker.exists()
+
+
+def test_cli_remote_command_metacharacters_reach_the_remote_shell_inertly(
+    sshd: SshDaemon, tmp_path: Path, local_inside: int
+) -> None:
+    """``$(...)``, ``;`` and backquotes in --remote-cmd arrive as plain words on the
+    remote side: the worker still runs (the words are an env assignment's value) and
+    nothing else is executed there."""
+    marker = tmp_path / "injected"
+    hostile = f"INERT=$(touch {marker});`touch {marker}`"
+    args = sshd.cli_args(workers=1)
+    args[args.index("--remote-cmd") + 1] = shlex.join(["env", hostile, remote_worker_command()])
+    report = estimate_json("--workers", "0", *args)
+    assert report["inside"] == local_inside
+    assert not marker.exists()
+
+
+def test_cli_worker_cmd_index_placeholder_starts_each_worker_with_its_index(
+    tmp_path: Path, local_inside: int
+) -> None:
+    """The generic launcher (what srun and kubectl recipes use): {i} is the worker index."""
+    started = tmp_path / "started"
+    wrapper = tmp_path / "launch-worker"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {started}\nexec {remote_worker_command()}\n')
+    wrapper.chmod(0o755)
+    report = estimate_json("--workers", "3", "--worker-cmd", f"{wrapper} mcpi-{{i}}")
+    assert report["inside"] == local_inside
+    assert sorted(started.read_text().split()) == ["mcpi-0", "mcpi-1", "mcpi-2"]

@@ -21,11 +21,11 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from mcpi_coordinator import cli_args
+from mcpi_coordinator import cli_args, remote
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult, run_estimate
 from mcpi_coordinator.exit_codes import ExitCode
-from mcpi_coordinator.launch import command_launcher, default_worker_command
+from mcpi_coordinator.launch import default_worker_command, spawn_worker
 from mcpi_coordinator.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_coordinator.pool import WorkerPool
 from mcpi_coordinator.progress import points_progress, progress_wanted
@@ -41,6 +41,8 @@ examples:
   mcpi estimate --target-error 1e-4          stop once the 95% CI is ±1e-4
   mcpi estimate --max-time 5 --json          whatever 5 seconds give, as JSON
   mcpi estimate --worker-cmd "python -m mcpi_worker --log-level debug" --log-level info
+  mcpi estimate --workers 0 --host alice@node1*4 --host node2:2222*2
+                                             6 workers on two machines, over ssh
 
 exit codes: 0 estimate reported, 1 the run failed (one line says why),
             2 bad arguments, 130 interrupted (Ctrl-C; every worker is stopped first)
@@ -65,8 +67,9 @@ def register(subparsers: Any) -> None:
         help=f"random points to draw (default {DEFAULT_POINTS:.0e})",
     )
     parser.add_argument(
-        "--workers", type=cli_args.positive_count, default=os.cpu_count() or 1, metavar="W",
-        help="worker processes (default: the CPU count, %(default)s here)",
+        "--workers", type=cli_args.count, default=os.cpu_count() or 1, metavar="W",
+        help="local worker processes (default: the CPU count, %(default)s here); "
+        "0 with --host for remote workers only",
     )
     parser.add_argument(
         "--seed", type=cli_args.seed, default=None, metavar="S",
@@ -84,8 +87,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--worker-cmd", metavar="CMD", default=None,
-        help="command that starts one worker, shell-split (default: this Python's "
-        "mcpi-worker); any program speaking the protocol on stdio works",
+        help="command that starts one local worker, shell-split (default: this Python's "
+        "mcpi-worker); any program speaking the protocol on stdio works; {i} becomes "
+        "the worker's index: --worker-cmd \"kubectl exec -i mcpi-{i} -- mcpi-worker\"",
     )
     parser.add_argument(
         "--task-timeout", type=cli_args.seconds, default=None, metavar="S",
@@ -114,6 +118,7 @@ def register(subparsers: Any) -> None:
         "--log-format", choices=LOG_FORMATS, default="console",
         help="log lines as text (default) or JSON objects",
     )
+    remote.add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -125,7 +130,7 @@ def worker_command(worker_cmd: str | None, index: int) -> list[str]:
     argv = shlex.split(worker_cmd)
     if not argv:
         raise ValueError("it is empty")
-    return argv
+    return remote.substitute_index(argv, index)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,6 +171,10 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         worker_command(args.worker_cmd, 0)
     except ValueError as error:
         return f"--worker-cmd {args.worker_cmd!r}: {error}"
+    try:
+        args.slots = remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
+    except remote.RemoteConfigError as error:
+        return str(error)
     return None
 
 
@@ -194,10 +203,10 @@ async def _estimate_until_interrupted(
 
 async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
     started = trio.current_time()
-    launcher = command_launcher(lambda index: worker_command(args.worker_cmd, index))
+    launcher = remote.slot_launcher(args.slots, spawn_worker)
     with points_progress(args.points, enabled=progress_wanted()) as advance:
         async with WorkerPool(
-            args.workers,
+            len(args.slots),
             launcher=launcher,
             startup_timeout=args.startup_timeout,
             task_timeout=args.task_timeout,
@@ -238,6 +247,7 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "restarts": result.restarts,
         "stopped_early": result.stopped_early,
         "per_worker": [asdict(worker) for worker in result.pool.workers],
+        "hosts": remote.host_rows(result.pool.workers, result.elapsed_s),
     }
 
 
