@@ -17,10 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
 from mcpi_coordinator.bench import tasks as shipped
+from mcpi_coordinator.pool import Chunk, WorkerPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +147,34 @@ def anyio_to_process(tasks: int, workers: int) -> Overhead:
     return anyio.run(measure)
 
 
+# ------------------------------------------------------------------------ trio-pool
+
+EMPTY_CHUNK: Final = Chunk(seed=0, stream=0, points=0)
+"""Our no-op: a sample of 0 points. Not ``ping``: the worker answers ping on its
+reader thread at once, skipping the queue and compute thread that real work (and
+the peers' no-op function) goes through. A 0-point sample takes that whole path, and
+also pays the kernel's set-up (seeding a generator, ~11 µs), so it flatters us less."""
+
+
+def trio_pool(tasks: int, workers: int) -> Overhead:
+    async def measure() -> Overhead:
+        async with WorkerPool(workers) as pool:
+
+            async def call() -> None:
+                await pool.sample(EMPTY_CHUNK)
+
+            await _trio_tasks_per_s(call, _warm_up_count(workers))
+            round_trip = await _async_round_trip_us(call, tasks)
+            per_s = await _trio_tasks_per_s(call, tasks)
+        return Overhead("trio-pool", round_trip, per_s)
+
+    return trio.run(measure)
+
+
 OVERHEAD_APPROACHES: dict[str, Callable[[int, int], Overhead]] = {
     "process-pool": process_pool,
     "trio-parallel": trio_parallel,
     "anyio-to-process": anyio_to_process,
+    "trio-pool": trio_pool,
 }
 """Measured in this order; each is ``(tasks, workers) -> Overhead``."""

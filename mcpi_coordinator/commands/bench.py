@@ -1,0 +1,374 @@
+"""``mcpi bench``: the ways to spread CPU work over processes, side by side.
+
+``mcpi bench approaches`` runs one seeded workload through every approach and shows
+wall time, speed-up and agreement; ``mcpi bench overhead`` measures what one tiny
+task costs our pool and its peers. The approaches themselves live in
+``mcpi_coordinator.bench``; this module parses, runs and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+from mcpi_coordinator import cli_args, plots
+from mcpi_coordinator.bench import failures, report
+from mcpi_coordinator.bench.approaches import APPROACHES
+from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
+from mcpi_coordinator.bench.workload import Workload
+from mcpi_coordinator.commands.estimate import worker_command
+from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, chunk_count
+from mcpi_coordinator.exit_codes import ExitCode
+from mcpi_coordinator.logging import configure_logging
+from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
+from mcpi_worker.protocol import MAX_POINTS
+
+DEFAULT_POINTS = 100_000_000
+DEFAULT_REPEAT = 3
+DEFAULT_TASKS = 5_000
+
+APPROACHES_DESCRIPTION = """\
+Run the same seeded chunks through every way of spreading CPU work that the lesson
+compares, and show their wall times side by side:
+
+  sequential          every chunk in this process, one after another (the baseline)
+  threads             a ThreadPoolExecutor: one interpreter, so the GIL decides
+  process-pool        a ProcessPoolExecutor: the standard library's answer
+  asyncio-subprocess  a new mcpi-worker per chunk, asyncio + a Semaphore
+  trio-run-process    a new mcpi-worker per chunk, trio.run_process + a CapacityLimiter
+  trio-pool           mcpi's persistent pool of mcpi-worker processes
+
+Every approach counts the very same chunks with the same kernel, so all must report
+the same number of points inside; the table shows that they do, and the command
+fails if they ever disagree. Wall time is the median of --repeat runs. Persistent
+pools (process-pool, trio-pool) are started before the clock runs; their start-up
+is its own column. The per-chunk approaches pay a process start per chunk, inside
+their wall time: that cost is what they teach."""
+
+APPROACHES_EPILOG = f"""\
+examples:
+  mcpi bench approaches
+  mcpi bench approaches --points 1e9 --repeat 5 --plot approaches.png
+  mcpi bench approaches --kernel python --points 2e7 --only sequential,threads,trio-pool
+  mcpi bench approaches --json
+
+--plot needs the 'bench' extra (matplotlib): {plots.INSTALL_HINT}"""
+
+OVERHEAD_DESCRIPTION = """\
+What does one tiny task cost? Each approach runs --tasks tasks that do nothing,
+first one at a time (median round trip, in microseconds), then all at once on
+--workers workers (tasks per second, pipelined where the approach allows it).
+Workers are started and warmed up before the clock runs.
+
+  process-pool      ProcessPoolExecutor.submit of a no-op function
+  trio-parallel     trio_parallel.run_sync of a no-op ('bench' extra)
+  anyio-to-process  anyio.to_process.run_sync of a no-op ('bench' extra)
+  trio-pool         mcpi's pool: a sample of 0 points, the cheapest request that
+                    travels the whole path real work takes (queue, compute thread,
+                    result), like the peers' no-op; ping would skip the queue
+
+An optional peer that cannot be imported is listed as unavailable."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="compare the ways to spread CPU work over processes",
+        description="Benchmarks that run mcpi's pool and the alternatives side by side.",
+        epilog="Run 'mcpi bench BENCHMARK --help' for the options of one benchmark.",
+    )
+    benchmarks = bench.add_subparsers(
+        title="benchmarks", metavar="BENCHMARK", required=True, parser_class=type(bench)
+    )
+    _register_approaches(benchmarks)
+    _register_overhead(benchmarks)
+
+
+def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "approaches",
+        help="one workload through every approach: wall time, speed-up, agreement",
+        description=APPROACHES_DESCRIPTION,
+        epilog=APPROACHES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--points", "-n", type=cli_args.positive_count, default=DEFAULT_POINTS, metavar="N",
+        help=f"points per run (default {DEFAULT_POINTS:.0e}; accepts 1e9, 1_000_000)",
+    )  # fmt: skip
+    _add_workers(parser)
+    parser.add_argument(
+        "--seed", "-s", type=cli_args.seed, default=None, metavar="S",
+        help="seed of the random streams (default: drawn at random and printed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kernel", choices=tuple(KERNELS), default=DEFAULT_KERNEL,
+        help=f"sampling kernel every approach runs (default {DEFAULT_KERNEL})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE, metavar="C",
+        help=f"points per chunk, as in 'mcpi estimate' (default {DEFAULT_CHUNK_SIZE:,})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repeat", "-r", type=cli_args.positive_count, default=DEFAULT_REPEAT, metavar="R",
+        help=f"timed runs per approach; the median is shown (default {DEFAULT_REPEAT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-cmd", metavar="CMD", default=None,
+        help="command that starts one worker, shell-split, for the approaches that run "
+        "mcpi-worker (default: this Python's mcpi-worker)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", type=_approach_list, default=tuple(APPROACHES), metavar="A,B",
+        help=f"run only these approaches, comma-separated: {', '.join(APPROACHES)}",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--plot", type=_png_path, default=None, metavar="FILE.png",
+        help="also write a bar chart of the wall times to FILE.png",
+    )  # fmt: skip
+    parser.set_defaults(handler=run_approaches)
+
+
+def _register_overhead(benchmarks: argparse._SubParsersAction) -> None:
+    parser = benchmarks.add_parser(
+        "overhead",
+        help="per-task overhead of tiny tasks: our pool against its peers",
+        description=OVERHEAD_DESCRIPTION,
+        epilog="examples:\n  mcpi bench overhead\n  mcpi bench overhead --tasks 20000 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--tasks", type=cli_args.positive_count, default=DEFAULT_TASKS, metavar="N",
+        help=f"tasks per measurement (default {DEFAULT_TASKS:,})",
+    )  # fmt: skip
+    _add_workers(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(handler=run_overhead)
+
+
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    cpus = os.cpu_count() or 1
+    parser.add_argument(
+        "--workers", "-w", type=cli_args.positive_count, default=cpus, metavar="W",
+        help=f"worker processes (or threads) per approach (default: CPU count, {cpus})",
+    )  # fmt: skip
+
+
+def _chunk_size(text: str) -> int:
+    number = cli_args.positive_count(text)
+    if number > MAX_POINTS:
+        raise argparse.ArgumentTypeError(f"{text!r} is above the protocol's limit of {MAX_POINTS}")
+    return number
+
+
+def _approach_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in APPROACHES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown approach {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"choose from {', '.join(APPROACHES)}"
+        )
+    return tuple(name for name in APPROACHES if name in names)  # the table's usual order
+
+
+def _png_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .png")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+# --------------------------------------------------------------------------- running
+
+T = TypeVar("T")
+
+
+class _Failed(Exception):
+    """An approach failed in a way ``failures.describe`` could word."""
+
+
+def _fail(message: str) -> int:
+    print(f"mcpi bench: error: {message}", file=sys.stderr)
+    return ExitCode.FAILURE
+
+
+@contextmanager
+def _status(stderr: Console, text: str) -> Iterator[None]:
+    """A spinner on stderr while one approach runs, only when a person is watching."""
+    if stderr.is_terminal:
+        with stderr.status(text):
+            yield
+    else:
+        yield
+
+
+def _run_one(name: str, measure: Callable[[], T]) -> T:
+    try:
+        return measure()
+    except Exception as exc:
+        reason = failures.describe(exc)
+        if reason is None:
+            raise
+        raise _Failed(f"{name} failed: {reason}") from None
+
+
+def _stdout_console() -> Console:
+    # Piped output keeps whole rows rather than rich's 80-column guess for non-terminals.
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def run_approaches(args: argparse.Namespace) -> int:
+    try:
+        command = tuple(worker_command(args.worker_cmd, 0))
+    except ValueError as exc:
+        print(f"mcpi bench: error: --worker-cmd {args.worker_cmd!r}: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    configure_logging()  # warnings and errors only, on stderr: stdout carries the results
+    seed = args.seed if args.seed is not None else secrets.randbits(64)
+    workload = Workload(
+        points=args.points,
+        seed=seed,
+        kernel=args.kernel,
+        chunk_size=args.chunk_size,
+        workers=args.workers,
+        worker_command=command,
+    )
+    stderr = Console(stderr=True)
+    try:
+        if args.plot is not None:
+            plots.ensure_available()  # fail now, not after minutes of measuring
+        measurements = []
+        for name in args.only:
+            with _status(stderr, f"{name}: {args.repeat} run(s) of {args.points:,} points"):
+                measurements.append(_run_one(name, lambda: APPROACHES[name](workload, args.repeat)))
+    except (_Failed, plots.PlottingUnavailable) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("mcpi bench: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+    table = report.rows(workload, measurements)
+    if args.json:
+        print(json.dumps(report.to_json(workload, table)))
+    else:
+        _print_approaches(workload, args.repeat, table)
+    if args.plot is not None:
+        from mcpi_coordinator.bench.chart import save_bar_chart
+
+        try:
+            save_bar_chart(workload, table, args.plot)
+        except (plots.PlottingUnavailable, OSError) as exc:
+            return _fail(f"cannot write {args.plot}: {exc}")
+        if not args.json:
+            print(f"chart written to {args.plot}")
+    problem = report.disagreement(measurements)
+    if problem is not None:
+        return _fail(str(problem))
+    return ExitCode.OK
+
+
+def _print_approaches(workload: Workload, repeat: int, table: Sequence[report.ApproachRow]) -> None:
+    console = _stdout_console()
+    chunks = chunk_count(workload.points, workload.chunk_size)
+    console.print(
+        f"{workload.points:,} points in {chunks:,} chunks of {workload.chunk_size:,}, "
+        f"{workload.kernel} kernel, seed {workload.seed}, {workload.workers} workers; "
+        f"median of {repeat} run(s); {_load()}",
+        highlight=False,
+    )
+    grid = Table(show_edge=False, header_style="bold")
+    grid.add_column("approach")
+    for heading in ("wall (s)", "start-up (s)", "speed-up", "points/s", "π", "inside"):
+        grid.add_column(heading, justify="right")
+    agreed = len({row.inside for row in table}) == 1
+    for row in table:
+        grid.add_row(
+            row.approach,
+            f"{row.wall_s:.3f}",
+            "—" if row.startup_s is None else f"{row.startup_s:.3f}",
+            "—" if row.speedup is None else f"{row.speedup:.2f}×",
+            f"{row.points_per_s:.3g}",
+            f"{row.pi:.6f}",
+            f"{row.inside:,}" + (" ✓" if agreed else " ✗"),
+        )
+    console.print(grid)
+    if agreed and table:
+        console.print(f"all {len(table)} approaches counted the same {table[0].inside:,} points inside ✓")
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    configure_logging()
+    stderr = Console(stderr=True)
+    results: list[Overhead] = []
+    try:
+        for name, measure in OVERHEAD_APPROACHES.items():
+            with _status(stderr, f"{name}: {args.tasks:,} tasks"):
+                results.append(_run_one(name, lambda: measure(args.tasks, args.workers)))
+    except _Failed as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("mcpi bench: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+    for result in results:
+        if result.unavailable is not None and args.json:
+            print(f"mcpi bench: {result.approach} unavailable: {result.unavailable}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"results": [_overhead_json(r) for r in results]}))
+    else:
+        _print_overhead(args.tasks, args.workers, results)
+    return ExitCode.OK
+
+
+def _overhead_json(result: Overhead) -> dict[str, Any]:
+    return {
+        "approach": result.approach,
+        "round_trip_us": result.round_trip_us,
+        "tasks_per_s": result.tasks_per_s,
+    }
+
+
+def _print_overhead(tasks: int, workers: int, results: Sequence[Overhead]) -> None:
+    console = _stdout_console()
+    console.print(f"{tasks:,} no-op tasks per figure, {workers} workers; {_load()}", highlight=False)
+    reference = next((r for r in results if r.approach == "process-pool"), None)
+    grid = Table(show_edge=False, header_style="bold")
+    grid.add_column("approach")
+    for heading in ("round trip (µs)", "× process-pool", "tasks/s", "× process-pool"):
+        grid.add_column(heading, justify="right")
+    for r in results:
+        if r.round_trip_us is None or r.tasks_per_s is None:
+            grid.add_row(r.approach, f"unavailable: {r.unavailable}", "", "", "")
+            continue
+        grid.add_row(
+            r.approach,
+            f"{r.round_trip_us:.0f}",
+            _ratio(r.round_trip_us, reference.round_trip_us if reference else None),
+            f"{r.tasks_per_s:,.0f}",
+            _ratio(r.tasks_per_s, reference.tasks_per_s if reference else None),
+        )
+    console.print(grid)
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return "—" if reference is None else f"{value / reference:.2f}×"
