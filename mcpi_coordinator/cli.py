@@ -16,7 +16,7 @@ from typing import Final
 
 from mcpi_coordinator.exit_codes import ExitCode
 
-COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter")
+COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter", "bench")
 """Subcommand modules under ``mcpi_coordinator.commands``, in --help order."""
 
 
