@@ -198,8 +198,8 @@ class Worker:
                     self._close("end of input")
                     return
                 self._decoder.feed(data)
-                if not self._handle_buffered():
-                    return
+                if not self._handle_buffered() or self._closing_reason is not None:
+                    return  # shutdown, or nobody reads our responses any more
         except FatalProtocolError as exc:
             self._fail(exc)
         except BaseException as exc:  # never let the reader die silently
@@ -268,6 +268,9 @@ class Worker:
 
     def _handle_sample(self, request: Sample) -> None:
         with self._lock:
+            if self._closing_reason is not None:
+                # Only reachable when the response stream broke: drop it, like the rest.
+                return
             refusal = self._refusal_locked(request.id)
             if refusal is None and request.kernel not in self._kernels:
                 refusal = Error(

@@ -1,0 +1,529 @@
+"""The real ``mcpi-worker`` process, driven over its pipes.
+
+Each test starts a worker with ``WorkerProcess`` (tests/worker_process.py), whose
+every wait has a timeout, and kills it at the end whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from mcpi_worker.kernels import KERNELS
+from mcpi_worker.protocol import (
+    HEADER,
+    MAX_FRAME,
+    MAX_POINTS,
+    Cancel,
+    Error,
+    ErrorCode,
+    Hello,
+    Ping,
+    Pong,
+    Result,
+    Sample,
+    Shutdown,
+    encode,
+)
+from worker_process import TIMEOUT, EndOfOutput, WorkerProcess, worker_command
+
+LONG = MAX_POINTS  # a request that would run for an hour: only ever cancelled
+
+
+@pytest.fixture
+def worker() -> Iterator[WorkerProcess]:
+    process = WorkerProcess()
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+@pytest.fixture
+def serving(worker: WorkerProcess) -> WorkerProcess:
+    worker.handshake()
+    return worker
+
+
+def sample(request_id: int, points: int = 10_000, kernel: str = "numpy", **kw: int) -> Sample:
+    return Sample(
+        id=request_id, seed=kw.get("seed", 99), stream=kw.get("stream", 0), points=points,
+        kernel=kernel,
+    )  # fmt: skip
+
+
+def start_long_sample(worker: WorkerProcess, request_id: int) -> None:
+    """Send a sample that runs until cancelled, and know that the worker has taken it."""
+    worker.send(sample(request_id, LONG))
+    worker.send(Ping(request_id + 1000))
+    assert worker.receive() == Pong(request_id + 1000)
+
+
+def assert_cancelled(answer: object, request_id: int) -> None:
+    # "before it started" or "before it finished": a pong for a later ping proves the
+    # reader queued the sample, not that the compute thread has already taken it.
+    assert isinstance(answer, Error), answer
+    assert (answer.id, answer.code) == (request_id, ErrorCode.CANCELLED), answer
+
+
+def fatal_exit(worker: WorkerProcess, code: ErrorCode) -> str:
+    """Assert the worker ended on fatal ``code``; return its stderr."""
+    answer = worker.receive()
+    assert isinstance(answer, Error) and answer.id is None and answer.code == code, answer
+    with pytest.raises(EndOfOutput):
+        worker.receive()
+    assert worker.wait() == 3
+    stderr = worker.stderr_text()
+    assert f"mcpi-worker: fatal protocol error: {code}" in stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+# ------------------------------------------------------------------ serving
+
+
+def test_handshake() -> None:
+    worker = WorkerProcess("--max-inflight", "3")
+    try:
+        welcome = worker.handshake()
+        assert welcome.version == 1
+        assert welcome.worker.startswith("mcpi-worker/")
+        assert welcome.pid == worker.pid
+        assert welcome.kernels[0] == "numpy" and set(welcome.kernels) == set(KERNELS)
+        assert (welcome.max_inflight, welcome.max_frame, welcome.max_points) == (
+            3, MAX_FRAME, MAX_POINTS
+        )  # fmt: skip
+    finally:
+        worker.kill()
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_sample_is_deterministic_and_streams_differ(serving: WorkerProcess, kernel: str) -> None:
+    serving.send(sample(1, 50_000, kernel, stream=0))
+    serving.send(sample(2, 50_000, kernel, stream=0))
+    serving.send(sample(3, 50_000, kernel, stream=1))
+    results = {r.id: r for r in serving.receive_many(3)}
+    assert all(isinstance(r, Result) and r.points == 50_000 for r in results.values())
+    assert results[1].inside == results[2].inside == KERNELS[kernel](99, 0, 50_000, bool)
+    assert results[3].inside == KERNELS[kernel](99, 1, 50_000, bool) != results[1].inside
+    assert results[1].elapsed_s >= 0
+
+
+def test_pipelined_requests_are_answered_by_id(serving: WorkerProcess) -> None:
+    for request_id in (10, 11, 12, 13):
+        serving.send(sample(request_id, 20_000, stream=request_id))
+    serving.send(Ping(14))
+    answers = {a.id: a for a in serving.receive_many(5)}  # type: ignore[union-attr]
+    assert answers[14] == Pong(14)
+    for request_id in (10, 11, 12, 13):
+        answer = answers[request_id]
+        assert isinstance(answer, Result)
+        assert answer.inside == KERNELS["numpy"](99, request_id, 20_000, bool)
+
+
+def test_ping_is_answered_while_a_kernel_runs(serving: WorkerProcess) -> None:
+    serving.send(sample(1, LONG))
+    for request_id in (2, 3, 4):
+        serving.send(Ping(request_id))
+        assert serving.receive() == Pong(request_id)  # the sample is still running
+    serving.send(Cancel(1))
+    assert_cancelled(serving.receive(), 1)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_cancel_mid_computation(serving: WorkerProcess, kernel: str) -> None:
+    serving.send(Sample(id=1, seed=1, stream=0, points=LONG, kernel=kernel))
+    serving.send(Ping(2))
+    assert serving.receive() == Pong(2)
+    worker_cpu = psutil.Process(serving.pid)
+    cancelled_at = time.perf_counter()
+    serving.send(Cancel(1))
+    answer = serving.receive()
+    latency = time.perf_counter() - cancelled_at
+    assert_cancelled(answer, 1)
+    print(f"{kernel}: cancelled answered after {latency * 1e3:.1f} ms")
+    # The worker is idle again: it answers and serves the next request.
+    serving.send(sample(3, 1000))
+    assert isinstance(serving.receive(), Result)
+    assert worker_cpu.status() != psutil.STATUS_ZOMBIE
+
+
+def test_cancel_of_a_queued_request_and_idempotence(serving: WorkerProcess) -> None:
+    start_long_sample(serving, 1)
+    serving.send(sample(2, LONG))
+    serving.send(Cancel(2))  # queued: answered at once
+    assert serving.receive() == Error(2, ErrorCode.CANCELLED, "cancelled before it started")
+    serving.send(Cancel(2))  # already answered: nothing
+    serving.send(Cancel(12345))  # never sent: nothing
+    serving.assert_no_message()
+    serving.send(Cancel(1))
+    serving.send(Cancel(1))
+    assert_cancelled(serving.receive(), 1)
+    serving.assert_no_message()
+
+
+def test_cancel_after_the_result_changes_nothing(serving: WorkerProcess) -> None:
+    serving.send(sample(1, 1000))
+    assert isinstance(serving.receive(), Result)
+    serving.send(Cancel(1))
+    serving.send(Ping(2))
+    assert serving.receive() == Pong(2)
+
+
+def test_busy_beyond_max_inflight() -> None:
+    worker = WorkerProcess("--max-inflight", "2")
+    try:
+        worker.handshake()
+        start_long_sample(worker, 1)
+        worker.send(sample(2, LONG))
+        worker.send(sample(3, 1000))
+        busy = worker.receive()
+        assert isinstance(busy, Error) and (busy.id, busy.code) == (3, ErrorCode.BUSY)
+        assert busy.retryable
+        worker.send(Ping(4))  # pings do not count toward max_inflight
+        assert worker.receive() == Pong(4)
+        worker.send(Cancel(2))
+        assert worker.receive() == Error(2, ErrorCode.CANCELLED, "cancelled before it started")
+        worker.send(sample(5, 1000))  # a slot is free again: queued behind request 1
+        worker.send(Cancel(1))
+        answers = {a.id: a for a in worker.receive_many(2)}  # type: ignore[union-attr]
+        assert isinstance(answers[1], Error) and answers[1].code == ErrorCode.CANCELLED
+        assert isinstance(answers[5], Result)
+    finally:
+        worker.kill()
+
+
+def test_duplicate_id_is_refused_and_the_original_still_answered(serving: WorkerProcess) -> None:
+    start_long_sample(serving, 1)
+    serving.send(sample(1, 1000))
+    duplicate = serving.receive()
+    assert isinstance(duplicate, Error) and duplicate.code == ErrorCode.DUPLICATE_ID
+    serving.send(Cancel(1))
+    assert_cancelled(serving.receive(), 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"type": "sample", "id": 1, "seed": -1, "stream": 0, "points": 5, "kernel": "numpy"},
+         ErrorCode.INVALID_REQUEST),
+        ({"type": "sample", "id": 1, "seed": 1, "stream": 0, "points": True, "kernel": "numpy"},
+         ErrorCode.INVALID_REQUEST),
+        ({"type": "sample", "id": 1, "seed": 1, "stream": 0, "points": MAX_POINTS + 1,
+          "kernel": "numpy"}, ErrorCode.INVALID_REQUEST),
+        ({"type": "sample", "id": 1, "seed": 1, "stream": 0, "points": 5, "kernel": "cuda"},
+         ErrorCode.UNKNOWN_KERNEL),
+        ({"type": "sample", "id": 1, "seed": 1, "stream": 0}, ErrorCode.INVALID_REQUEST),
+        ({"type": "launch_missiles", "id": 1}, ErrorCode.UNKNOWN_TYPE),
+        ({"type": "result", "id": 1, "inside": 1, "points": 1, "elapsed_s": 0.1},
+         ErrorCode.UNKNOWN_TYPE),
+    ],
+)  # fmt: skip
+def test_invalid_request_is_answered_and_the_worker_keeps_serving(
+    serving: WorkerProcess, body: dict, code: ErrorCode
+) -> None:
+    import msgpack
+
+    payload = msgpack.packb(body)
+    serving.send_bytes(HEADER.pack(len(payload)) + payload)
+    answer = serving.receive()
+    assert isinstance(answer, Error) and (answer.id, answer.code) == (1, code), answer
+    assert not answer.fatal
+    serving.send(sample(2, 1000))
+    assert isinstance(serving.receive(), Result)
+
+
+def test_requests_before_hello_need_the_handshake(worker: WorkerProcess) -> None:
+    worker.send(sample(1))
+    worker.send(Ping(2))
+    worker.send(Cancel(1))  # a notification: ignored, no answer
+    assert worker.receive_many(2) == [
+        Error(1, ErrorCode.HANDSHAKE_REQUIRED, "send hello first"),
+        Error(2, ErrorCode.HANDSHAKE_REQUIRED, "send hello first"),
+    ]
+    worker.handshake()
+    worker.send(sample(3, 1000))
+    assert isinstance(worker.receive(), Result)
+
+
+# ------------------------------------------------------------------ orderly ends
+
+
+def test_eof_answers_everything_outstanding_and_exits_0(serving: WorkerProcess) -> None:
+    start_long_sample(serving, 1)
+    serving.send(sample(2, LONG))
+    serving.close_stdin()
+    answers = {a.id: a for a in serving.receive_many(2)}  # type: ignore[union-attr]
+    assert {a.code for a in answers.values()} == {ErrorCode.CANCELLED}  # type: ignore[union-attr]
+    with pytest.raises(EndOfOutput):
+        serving.receive()
+    assert serving.wait() == 0
+    assert "Traceback" not in serving.stderr_text()
+
+
+def test_eof_before_hello_exits_0(worker: WorkerProcess) -> None:
+    worker.close_stdin()
+    assert worker.wait() == 0
+
+
+def test_shutdown_answers_everything_outstanding_and_exits_0(serving: WorkerProcess) -> None:
+    start_long_sample(serving, 1)
+    serving.send(sample(2, LONG))
+    serving.send(Shutdown())
+    answers = serving.receive_many(2)
+    assert sorted(a.id for a in answers) == [1, 2]  # type: ignore[union-attr]
+    assert all(isinstance(a, Error) and a.code == ErrorCode.CANCELLED for a in answers)
+    assert serving.wait() == 0  # stdin is still open: shutdown alone is enough
+
+
+def test_closed_stdout_ends_the_worker_quietly() -> None:
+    proc = subprocess.Popen(
+        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdout.close()  # nobody will ever read the responses
+        proc.stdin.write(encode(Hello(versions=(1,), client="tests")) + encode(sample(1, LONG)))
+        proc.stdin.flush()
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0
+        assert b"Traceback" not in stderr and b"response stream closed" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------ fatal ends
+
+
+def test_text_instead_of_frames_is_fatal(worker: WorkerProcess) -> None:
+    worker.send_bytes(b"hello world\n")
+    fatal_exit(worker, ErrorCode.FRAME_TOO_LARGE)
+
+
+def test_4_gib_length_prefix_is_fatal_with_bounded_memory(serving: WorkerProcess) -> None:
+    serving.send_bytes(b"\xff\xff\xff\xff" + b"x" * 65536)
+    fatal_exit(serving, ErrorCode.FRAME_TOO_LARGE)
+    # ru_maxrss of waited-for children is the peak RSS of the largest one (KiB on Linux).
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 400 * 1024
+
+
+def test_eof_inside_a_frame_is_fatal_and_memory_stays_bounded(serving: WorkerProcess) -> None:
+    # Announce the largest legal frame and send most of it: the worker may buffer it.
+    serving.send_bytes(HEADER.pack(MAX_FRAME) + b"\x00" * (MAX_FRAME - 100))
+    serving.send(Ping(1))  # these bytes just continue the announced frame
+    rss_before_eof = psutil.Process(serving.pid).memory_info().rss
+    serving.close_stdin()
+    fatal_exit(serving, ErrorCode.TRUNCATED_FRAME)
+    assert rss_before_eof < 300 * 1024 * 1024
+
+
+def test_malformed_body_is_fatal(serving: WorkerProcess) -> None:
+    serving.send_bytes(HEADER.pack(3) + b"\x93\x01\x02")  # an array, not a map
+    fatal_exit(serving, ErrorCode.MALFORMED_FRAME)
+
+
+def test_request_without_a_usable_id_is_fatal(serving: WorkerProcess) -> None:
+    import msgpack
+
+    payload = msgpack.packb({"type": "sample", "id": "seven"})
+    serving.send_bytes(HEADER.pack(len(payload)) + payload)
+    fatal_exit(serving, ErrorCode.INVALID_REQUEST)
+
+
+def test_unsupported_version_is_fatal(worker: WorkerProcess) -> None:
+    worker.send(Hello(versions=(2, 3), client="from the future"))
+    fatal_exit(worker, ErrorCode.UNSUPPORTED_VERSION)
+
+
+def test_fatal_error_mid_computation_stops_it(serving: WorkerProcess) -> None:
+    start_long_sample(serving, 1)
+    serving.send_bytes(HEADER.pack(0))
+    fatal_exit(serving, ErrorCode.MALFORMED_FRAME)  # nothing after the fatal error
+
+
+# ------------------------------------------------------------------ hygiene
+
+
+def test_stray_output_never_reaches_the_protocol_stream() -> None:
+    worker = WorkerProcess("--test-stray-output")
+    try:
+        worker.handshake()
+        worker.send(sample(1, 1000))
+        assert isinstance(worker.receive(), Result)
+        worker.close_stdin()
+        with pytest.raises(EndOfOutput):
+            worker.receive()  # the decoder saw only whole, valid frames to the end
+        assert worker.wait() == 0
+        stderr = worker.stderr_text()
+        for line in ("stray print before request 1", "stray raw write to fd 1",
+                     "stray output from a child process"):  # fmt: skip
+            assert line in stderr
+        assert b"stray" not in worker.raw_stdout
+    finally:
+        worker.kill()
+
+
+def test_stderr_is_json_lines(serving: WorkerProcess) -> None:
+    serving.close_stdin()
+    assert serving.wait() == 0
+    records = [json.loads(line) for line in serving.stderr_text().splitlines()]
+    assert {"worker_started", "handshake", "worker_exiting"} <= {r["event"] for r in records}
+    for record in records:
+        assert {"event", "level", "timestamp", "pid"} <= set(record)
+        assert record["pid"] == serving.pid
+        assert record["timestamp"].endswith("Z")
+
+
+def test_sigint_is_left_to_the_coordinator(serving: WorkerProcess) -> None:
+    serving.proc.send_signal(signal.SIGINT)
+    serving.send(Ping(1))
+    assert serving.receive() == Pong(1)
+
+
+def test_sigterm_ends_the_worker(serving: WorkerProcess) -> None:
+    start_long_sample(serving, 1)
+    serving.proc.terminate()
+    assert serving.wait() == -signal.SIGTERM
+
+
+def test_worker_package_imports_no_trio() -> None:
+    code = textwrap.dedent(
+        """
+        import pkgutil, importlib, sys
+        import mcpi_worker
+        for module in pkgutil.iter_modules(mcpi_worker.__path__):
+            if module.name != "__main__":
+                importlib.import_module("mcpi_worker." + module.name)
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "trio"))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    importtime = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mcpi_worker", "--version"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    imported = [line.rsplit("|", 1)[-1].strip() for line in importtime.stderr.splitlines()]
+    assert "mcpi_worker.main" in imported
+    assert not [name for name in imported if name.split(".")[0] == "trio"]
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_self_check() -> None:
+    done = subprocess.run(
+        [*worker_command(), "--self-check"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "OK"
+    assert "cancel" in done.stdout and "pi ~ 3.1" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--max-inflight", "0"], ["--max-inflight", "many"], ["--log-level", "loud"], ["--bogus"]],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
+    done = subprocess.run(
+        [*worker_command(), *args], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("mcpi-worker: error:")
+
+
+def test_help_and_version_go_to_stdout() -> None:
+    done = subprocess.run([*worker_command(), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--max-inflight" in done.stdout and "exit codes" in done.stdout
+    assert "--test-stray-output" not in done.stdout
+    done = subprocess.run([*worker_command(), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("mcpi-worker ")
+
+
+# ------------------------------------------------------------------ parent death
+
+# An intermediate parent that starts a worker whose stdin it does NOT own (the test
+# holds the pipe open), so only the parent-death signal can end the worker. It waits
+# for the worker's "worker_started" log line (logged after prctl) before reporting the
+# worker's pid. With "thread", the worker is spawned from a thread that exits after
+# that, as Trio's thread cache does: the worker must outlive the thread.
+INTERMEDIATE = textwrap.dedent(
+    """
+    import subprocess, sys, threading, time
+    command, stdin_fd, mode = sys.argv[1:-2], int(sys.argv[-2]), sys.argv[-1]
+    started = []
+    def spawn():
+        worker = subprocess.Popen(command, stdin=stdin_fd, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, pass_fds=[stdin_fd])
+        for line in worker.stderr:
+            if b"worker_started" in line:
+                break
+        started.append(worker)
+    if mode == "thread":
+        thread = threading.Thread(target=spawn)
+        thread.start()
+        thread.join()
+    else:
+        spawn()
+    print(started[0].pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def spawn_through_intermediate(mode: str) -> tuple[subprocess.Popen[str], psutil.Process, int]:
+    read_fd, write_fd = os.pipe()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", INTERMEDIATE, *worker_command(), str(read_fd), mode],
+        stdout=subprocess.PIPE, text=True, pass_fds=[read_fd],
+    )  # fmt: skip
+    os.close(read_fd)
+    assert parent.stdout is not None
+    worker = psutil.Process(int(parent.stdout.readline()))
+    return parent, worker, write_fd
+
+
+def assert_exits(process: psutil.Process) -> None:
+    """Wait for a process that is not our child (so its exit code is not ours to read)."""
+    process.wait(TIMEOUT)
+    assert not process.is_running()
+
+
+def test_worker_exits_when_its_parent_dies() -> None:
+    parent, worker, stdin_write = spawn_through_intermediate("main")
+    try:
+        parent.kill()
+        parent.wait(TIMEOUT)
+        assert_exits(worker)  # from the process table: it is gone
+    finally:
+        os.close(stdin_write)
+        if worker.is_running():
+            worker.kill()
+
+
+def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
+    parent, worker, stdin_write = spawn_through_intermediate("thread")
+    try:
+        time.sleep(0.5)  # the spawning thread has exited; its death signal has come
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+        parent.kill()
+        parent.wait(TIMEOUT)
+        assert_exits(worker)
+    finally:
+        os.close(stdin_write)
+        if worker.is_running():
+            worker.kill()
