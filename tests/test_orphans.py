@@ -1,0 +1,165 @@
+"""No worker outlives its coordinator: SIGKILL and Ctrl-C, checked in the process table.
+
+Every assertion here is about pids in the process table (psutil), never about a
+flag the code under test sets. Workers are real ``mcpi-worker`` processes, busy with
+a request that would take minutes, so only a worker that notices its parent is
+gone (stdin EOF seen by its reader thread, PR_SET_PDEATHSIG as a backstop) can exit
+in time. The bounds are protocol.md's and the issue's: one second after a SIGKILL,
+two seconds after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from mcpi_worker.protocol import MAX_POINTS
+
+WORKERS = 2
+ORPHAN_DEADLINE_S = 1.0
+CTRL_C_DEADLINE_S = 2.0
+SETUP_TIMEOUT_S = 60.0  # generous: CI is a loaded 2-core box
+BUSY_CPU_S = 0.3
+"""CPU seconds a worker must have used before we call it busy (numpy, so ~70 M points)."""
+
+
+def _bin(name: str) -> str:
+    script = Path(sys.executable).with_name(name)
+    return str(script) if script.exists() else name
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids still running; a zombie (dead, not yet reaped) counts as gone."""
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def wait_gone(pids: list[int], deadline_s: float) -> tuple[list[int], float]:
+    """Poll the process table until every pid is gone or the deadline passes."""
+    start = time.monotonic()
+    while (left := alive(pids)) and time.monotonic() - start < deadline_s:
+        time.sleep(0.01)
+    return left, time.monotonic() - start
+
+
+@contextmanager
+def reaping(pids: list[int]) -> Iterator[None]:
+    """Whatever happens in the test, kill what is left so nothing leaks into CI."""
+    try:
+        yield
+    finally:
+        for pid in alive(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def busy_children(parent: psutil.Process, count: int) -> list[psutil.Process]:
+    """Wait until ``parent`` has ``count`` children that are all computing."""
+    start = time.monotonic()
+    while time.monotonic() - start < SETUP_TIMEOUT_S:
+        children = parent.children()
+        try:
+            if len(children) >= count and all(c.cpu_times().user >= BUSY_CPU_S for c in children):
+                return children
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{parent.pid} never had {count} busy workers: {parent.children()}")
+
+
+# A stand-in coordinator: real workers, a minutes-long request each, then it waits.
+PARENT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from mcpi_worker.protocol import Hello, Ping, Sample, encode
+    workers = [
+        subprocess.Popen([{worker!r}], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for _ in range({n})
+    ]
+    for w in workers:
+        w.stdin.write(encode(Hello(versions=(1,), client="orphan-test")))
+        w.stdin.write(encode(Sample(id=1, seed=1, stream=0, points={points}, kernel="numpy")))
+        w.stdin.flush()
+    print(" ".join(str(w.pid) for w in workers), flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def test_sigkilled_parent_leaves_no_busy_worker_behind() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(worker=_bin("mcpi-worker"), n=WORKERS, points=MAX_POINTS)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    with reaping([parent.pid, *pids]):
+        assert len(pids) == WORKERS
+        busy_children(psutil.Process(parent.pid), WORKERS)
+        parent.kill()
+        parent.wait()
+        left, took = wait_gone(pids, ORPHAN_DEADLINE_S)
+        assert left == [], f"workers {left} outlived their SIGKILLed parent by {took:.2f} s"
+
+
+def _start_estimate(*extra: str) -> tuple[subprocess.Popen[str], list[int]]:
+    # Its own session, like a shell job: the test can signal its group as a terminal
+    # would, without signalling pytest.
+    estimate = subprocess.Popen(
+        [_bin("mcpi"), "estimate", "--points", str(10**13), "--workers", str(WORKERS),
+         "--seed", "1", "--chunk-size", str(10**9), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        workers = busy_children(psutil.Process(estimate.pid), WORKERS)
+    except BaseException:
+        estimate.kill()
+        estimate.communicate()
+        raise
+    return estimate, [w.pid for w in workers]
+
+
+def test_sigkilled_mcpi_estimate_leaves_no_busy_worker_behind() -> None:
+    estimate, pids = _start_estimate()
+    with reaping([estimate.pid, *pids]):
+        estimate.kill()
+        estimate.communicate(timeout=SETUP_TIMEOUT_S)
+        left, took = wait_gone(pids, ORPHAN_DEADLINE_S)
+        assert left == [], f"workers {left} outlived SIGKILLed mcpi estimate by {took:.2f} s"
+
+
+def test_ctrl_c_on_mcpi_estimate_exits_130_quietly_and_reaps_every_worker() -> None:
+    estimate, pids = _start_estimate("--json")
+    with reaping([estimate.pid, *pids]):
+        start = time.monotonic()
+        os.killpg(estimate.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+        try:
+            out, err = estimate.communicate(timeout=CTRL_C_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"mcpi estimate still running {CTRL_C_DEADLINE_S} s after Ctrl-C") from None
+        took = time.monotonic() - start
+        assert estimate.returncode == 130, (estimate.returncode, err)
+        assert "Traceback" not in err and "Traceback" not in out
+        # The coordinator reaps its workers before it exits: they are gone already.
+        assert alive(pids) == [], f"workers {alive(pids)} still running after mcpi exited ({took:.2f} s)"
