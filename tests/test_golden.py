@@ -91,8 +91,8 @@ def test_golden_result_answers_the_golden_sample() -> None:
     result = parse_message(GOLDEN_FRAMES["result"][0], WORKER_MESSAGES)
     assert isinstance(sample, Sample) and isinstance(result, Result)
     assert result.id == sample.id and result.points == sample.points
-    count = kernels.KERNELS[sample.kernel](sample.seed, sample.stream, sample.points, lambda: False)
-    assert result.inside == count
+    kernel = kernels.KERNELS[sample.kernel]
+    assert result.inside == kernel(sample.seed, sample.stream, sample.points, lambda: False)
 
 
 def test_golden_fatal_error_is_what_the_decoder_says_about_text() -> None:
@@ -115,8 +115,8 @@ def test_the_real_worker_writes_the_golden_bytes() -> None:
         worker.send(Sample(id=2, seed=1, stream=0, points=10, kernel="cuda"))
         assert isinstance(worker.receive(), Error)
         worker.send_bytes(b"hello world\n")
-        assert worker.receive() == Error(None, ErrorCode.FRAME_TOO_LARGE, GOLDEN_FRAMES[
-            "fatal_error"][0]["message"])
+        fatal_message = GOLDEN_FRAMES["fatal_error"][0]["message"]
+        assert worker.receive() == Error(None, ErrorCode.FRAME_TOO_LARGE, fatal_message)
         assert worker.wait() == 3
         assert bytes(worker.raw_stdout[welcome_bytes:]) == (
             GOLDEN_FRAMES["pong"][1] + GOLDEN_FRAMES["error"][1] + GOLDEN_FRAMES["fatal_error"][1]

@@ -144,5 +144,5 @@ def test_python_kernel_polls_every_so_often() -> None:
 
 def test_iter_point_blocks_memory_is_flat() -> None:
     # Every block is a view of one reused buffer, whatever the number of points.
-    buffers = {b.__array_interface__["data"][0] for b in iter_point_blocks(1, 0, 10 * BLOCK_POINTS)}
-    assert len(buffers) == 1
+    blocks = iter_point_blocks(1, 0, 10 * BLOCK_POINTS)
+    assert len({block.__array_interface__["data"][0] for block in blocks}) == 1
