@@ -1,0 +1,316 @@
+"""mcpi bench: every approach counts the same chunks to the same total, and the CLI's
+outputs (table, --json, --plot, unavailable peers, failures) are what users rely on.
+
+Speed is never asserted here (benchmarks/ measures it); these tests check correctness
+with small workloads, with real mcpi-worker processes where an approach uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mcpi_coordinator.bench import approaches, overhead, report
+from mcpi_coordinator.bench.measure import Measurement, Run
+from mcpi_coordinator.bench.one_shot import OneShotError, OneShotExchange
+from mcpi_coordinator.bench.workload import Workload
+from mcpi_coordinator.cli import main
+from mcpi_coordinator.launch import default_worker_command
+from mcpi_worker import protocol
+from mcpi_worker.kernels import KERNELS
+
+SEED = 20240601
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _workload(kernel: str, points: int, chunk_size: int, workers: int = 2) -> Workload:
+    return Workload(
+        points=points,
+        seed=SEED,
+        kernel=kernel,
+        chunk_size=chunk_size,
+        workers=workers,
+        worker_command=tuple(default_worker_command()),
+    )
+
+
+def _expected_inside(workload: Workload) -> int:
+    return sum(
+        KERNELS[workload.kernel](workload.seed, chunk.stream, chunk.points)
+        for chunk in workload.chunks()
+    )
+
+
+def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _run_cli_subprocess(prelude: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``mcpi`` in a fresh interpreter after ``prelude`` ran: how we simulate a missing
+    optional package (``sys.modules[name] = None`` makes its import fail)."""
+    script = f"import sys\n{prelude}\nfrom mcpi_coordinator.cli import main\nsys.exit(main({args!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+
+
+# ------------------------------------------------------------------ the approaches
+
+
+# Three chunks, the last one short: the chunking is estimate's own, remainder included.
+@pytest.mark.parametrize(
+    ("kernel", "points", "chunk_size"), [("numpy", 250_000, 100_000), ("python", 25_000, 10_000)]
+)
+def test_every_approach_counts_the_same_chunks_to_the_same_total(
+    kernel: str, points: int, chunk_size: int
+) -> None:
+    workload = _workload(kernel, points, chunk_size)
+    expected = _expected_inside(workload)
+    for name, measure in approaches.APPROACHES.items():
+        measurement = measure(workload, 2)
+        assert measurement.approach == name
+        assert [run.inside for run in measurement.runs] == [expected, expected], name
+
+
+def test_persistent_pools_report_their_start_up_and_per_chunk_ones_do_not() -> None:
+    workload = _workload("numpy", 20_000, 10_000, workers=1)
+    assert approaches.APPROACHES["trio-pool"](workload, 1).startup_s is not None
+    assert approaches.APPROACHES["trio-run-process"](workload, 1).startup_s is None
+
+
+def test_disagreeing_counts_are_found_and_named() -> None:
+    agreeing = [Measurement("a", None, (Run(1.0, 7), Run(1.1, 7))), Measurement("b", 0.1, (Run(2.0, 7),))]
+    assert report.disagreement(agreeing) is None
+    split = [*agreeing, Measurement("c", None, (Run(1.0, 8),))]
+    problem = report.disagreement(split)
+    assert problem is not None
+    assert "c counted 8" in str(problem) and "a counted 7" in str(problem)
+
+
+def test_rows_give_median_wall_speedup_against_sequential_and_pi() -> None:
+    workload = _workload("numpy", 1000, 1000)
+    rows = report.rows(
+        workload,
+        [
+            Measurement("sequential", None, (Run(4.0, 785), Run(2.0, 785), Run(3.0, 785))),
+            Measurement("trio-pool", 0.3, (Run(1.0, 785),)),
+        ],
+    )
+    assert [row.wall_s for row in rows] == [3.0, 1.0]
+    assert [row.speedup for row in rows] == [1.0, 3.0]
+    assert rows[1].points_per_s == 1000.0
+    assert rows[1].pi == 4 * 785 / 1000
+
+
+# ------------------------------------------------------------------ one-shot exchange
+
+
+def _worker_bytes(*messages: protocol.Message) -> bytes:
+    return b"".join(protocol.encode(m) for m in messages)
+
+
+WELCOME = protocol.Welcome(1, "w", 1, "h", ("numpy",), 4, protocol.MAX_FRAME, protocol.MAX_POINTS)
+
+
+def test_one_shot_exchange_sends_hello_and_sample_then_reads_the_count_bytewise() -> None:
+    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    decoder = protocol.FrameDecoder(protocol.COORDINATOR_MESSAGES)
+    decoder.feed(exchange.opening + exchange.closing)
+    sent = [decoder.next_message() for _ in range(3)]
+    assert sent[0] == protocol.Hello(protocol.PROTOCOL_VERSIONS, "mcpi-bench")
+    assert sent[1] == protocol.Sample(id=1, seed=5, stream=3, points=100, kernel="numpy")
+    assert sent[2] == protocol.Shutdown()
+    answer = _worker_bytes(WELCOME, protocol.Result(1, 77, 100, 0.001))
+    counts = [exchange.receive(answer[i : i + 1]) for i in range(len(answer))]
+    assert counts[-1] == 77 and set(counts[:-1]) == {None}
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (_worker_bytes(WELCOME, protocol.Error(1, "unknown_kernel", "no such kernel")), "unknown_kernel"),
+        (_worker_bytes(protocol.Result(1, 1, 100, 0.0)), "expected welcome first"),
+        (_worker_bytes(WELCOME, protocol.Result(9, 1, 100, 0.0)), "result of request 1"),
+        (_worker_bytes(WELCOME, protocol.Result(1, 1, 99, 0.0)), "covers 99 points"),
+        (b"hello world\n", "broke the protocol"),
+    ],
+)
+def test_one_shot_exchange_rejects_anything_but_welcome_then_result(reply: bytes, message: str) -> None:
+    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    with pytest.raises(OneShotError, match=message):
+        exchange.receive(reply)
+
+
+def test_one_shot_exchange_words_an_early_end_of_stream() -> None:
+    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    assert exchange.receive(_worker_bytes(WELCOME)) is None
+    assert "before answering" in str(exchange.end_of_stream())
+    cut_short = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    cut_short.receive(_worker_bytes(WELCOME) + protocol.encode(protocol.Result(1, 1, 100, 0.0))[:5])
+    assert "truncated_frame" in str(cut_short.end_of_stream())
+
+
+# ------------------------------------------------------------------ mcpi bench approaches
+
+
+def test_approaches_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run_cli(
+        ["bench", "approaches", "--points", "30000", "--chunk-size", "10000", "--workers", "2",
+         "--seed", "7", "--repeat", "1", "--only", "sequential,process-pool,trio-pool", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    document = json.loads(out)
+    assert set(document) == {"points", "workers", "kernel", "seed", "results"}
+    assert (document["points"], document["workers"], document["kernel"], document["seed"]) == (
+        30000, 2, "numpy", 7,
+    )  # fmt: skip
+    assert [r["approach"] for r in document["results"]] == ["sequential", "process-pool", "trio-pool"]
+    for result in document["results"]:
+        assert set(result) == {"approach", "wall_s", "points_per_s", "speedup", "inside", "pi"}
+        assert result["wall_s"] > 0 and result["points_per_s"] > 0 and result["speedup"] > 0
+        assert result["pi"] == 4 * result["inside"] / 30000
+    assert len({r["inside"] for r in document["results"]}) == 1
+
+
+def test_approaches_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chart = tmp_path / "approaches.png"
+    code, out, err = _run_cli(
+        ["bench", "approaches", "--points", "20000", "--chunk-size", "10000", "--seed", "3",
+         "--repeat", "2", "--only", "threads,sequential", "--plot", str(chart)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.split()[:1] == ["sequential"] and "1.00×" in line for line in lines)
+    assert any(line.split()[:1] == ["threads"] for line in lines)
+    assert "all 2 approaches counted the same" in out
+    data = chart.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    from PIL import Image
+
+    with Image.open(chart) as image:
+        image.verify()
+        assert image.size[0] > 300 and image.size[1] > 150
+
+
+def test_approaches_without_matplotlib_fail_before_measuring_naming_the_extra(tmp_path: Path) -> None:
+    done = _run_cli_subprocess(
+        "sys.modules['matplotlib'] = None",
+        ["bench", "approaches", "--points", "1000", "--only", "sequential", "--plot", str(tmp_path / "c.png")],
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""  # nothing was measured
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "pip install 'mcpi[bench]'" in done.stderr and "Traceback" not in done.stderr
+
+
+LYING_WORKER = """\
+    # A worker that speaks the protocol but miscounts: every point is "inside".
+    import os, sys
+    from mcpi_worker import protocol as p
+    decoder = p.FrameDecoder(p.COORDINATOR_MESSAGES)
+    while data := os.read(0, 65536):
+        decoder.feed(data)
+        while (m := decoder.next_message()) is not p.NEED_DATA:
+            if isinstance(m, p.Hello):
+                reply = p.Welcome(1, "liar", os.getpid(), "h", ("numpy",), 4, p.MAX_FRAME, p.MAX_POINTS)
+            elif isinstance(m, p.Sample):
+                reply = p.Result(m.id, m.points, m.points, 0.0)
+            else:
+                sys.exit(0)
+            os.write(1, p.encode(reply))
+"""
+
+
+def test_approaches_that_disagree_fail_with_a_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    liar = tmp_path / "lying_worker.py"
+    liar.write_text(textwrap.dedent(LYING_WORKER))
+    code, out, err = _run_cli(
+        ["bench", "approaches", "--points", "2000", "--chunk-size", "1000", "--seed", "1",
+         "--repeat", "1", "--only", "sequential,trio-run-process",
+         "--worker-cmd", f"{sys.executable} {liar}", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    counts = {r["approach"]: r["inside"] for r in json.loads(out)["results"]}
+    assert counts["trio-run-process"] == 2000 and counts["sequential"] < 2000
+    assert err.startswith("mcpi bench: error: approaches disagree") and err.count("\n") == 1
+    assert "trio-run-process counted 2000" in err
+
+
+def test_a_worker_command_that_fails_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = _run_cli(
+        ["bench", "approaches", "--points", "1000", "--repeat", "1",
+         "--only", "asyncio-subprocess", "--worker-cmd", f"{sys.executable} -c 'import sys; sys.exit(4)'"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and out == ""
+    assert err == "mcpi bench: error: asyncio-subprocess failed: worker exited with code 4\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "sequential,warp-drive"], "unknown approach 'warp-drive'"),
+        (["--plot", "chart.svg"], "must end in .png"),
+        (["--points", "-5"], "negative"),
+        (["--workers", "0"], "at least 1"),
+        (["--kernel", "fortran"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "approaches", *args])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ mcpi bench overhead
+
+
+def test_overhead_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run_cli(["bench", "overhead", "--tasks", "40", "--workers", "2", "--json"], capsys)
+    assert code == 0
+    document = json.loads(out)
+    assert set(document) == {"results"}
+    assert [r["approach"] for r in document["results"]] == list(overhead.OVERHEAD_APPROACHES)
+    for result in document["results"]:
+        assert set(result) == {"approach", "round_trip_us", "tasks_per_s"}
+        assert result["round_trip_us"] > 0 and result["tasks_per_s"] > 0, result
+
+
+def test_a_missing_optional_peer_is_listed_as_unavailable() -> None:
+    done = _run_cli_subprocess(
+        "sys.modules['trio_parallel'] = None",
+        ["bench", "overhead", "--tasks", "20", "--workers", "1", "--json"],
+    )
+    assert done.returncode == 0, done.stderr
+    results = {r["approach"]: r for r in json.loads(done.stdout)["results"]}
+    assert results["trio-parallel"] == {"approach": "trio-parallel", "round_trip_us": None, "tasks_per_s": None}
+    assert results["trio-pool"]["tasks_per_s"] > 0 and results["process-pool"]["tasks_per_s"] > 0
+    assert "trio-parallel unavailable: cannot import trio_parallel" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_optional_peer_shows_in_the_table() -> None:
+    done = _run_cli_subprocess(
+        "sys.modules['anyio'] = None", ["bench", "overhead", "--tasks", "20", "--workers", "1"]
+    )
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith(" anyio-to-process"))
+    assert "unavailable: cannot import anyio" in row
+    assert "Traceback" not in done.stderr
