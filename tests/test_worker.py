@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from mcpi_worker.protocol import (
     HEADER,
     MAX_FRAME,
     MAX_POINTS,
+    NEED_DATA,
     Cancel,
     Error,
     ErrorCode,
@@ -384,6 +386,63 @@ def test_stderr_is_json_lines(serving: WorkerProcess) -> None:
         assert {"event", "level", "timestamp", "pid"} <= set(record)
         assert record["pid"] == serving.pid
         assert record["timestamp"].endswith("Z")
+
+
+def test_console_log_format_and_level() -> None:
+    worker = WorkerProcess("--log-format", "console", "--log-level", "debug")
+    try:
+        worker.handshake()
+        worker.send(sample(1, 1000))
+        assert isinstance(worker.receive(), Result)
+        worker.close_stdin()
+        assert worker.wait() == 0
+        lines = worker.stderr_text().splitlines()
+        assert any("worker_started" in line and not line.startswith("{") for line in lines)
+        assert any("sample_done" in line for line in lines)  # a debug event
+    finally:
+        worker.kill()
+    quiet = WorkerProcess("--log-level", "warning")
+    try:
+        quiet.close_stdin()
+        assert quiet.wait() == 0
+        assert quiet.stderr_text() == ""
+    finally:
+        quiet.kill()
+
+
+def test_a_failing_kernel_fails_one_request_and_the_worker_goes_on() -> None:
+    """In-process: ``Worker`` over OS pipes, with a kernel injected through its parameters."""
+    from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder
+    from mcpi_worker.server import ExitCode, Worker
+
+    def broken(seed: int, stream: int, points: int, should_stop: object) -> int:
+        raise ZeroDivisionError("kernel bug")
+
+    request_read, request_write = os.pipe()
+    response_read, response_write = os.pipe()
+    worker = Worker(
+        request_read, response_write, kernels={"broken": broken, "numpy": KERNELS["numpy"]}
+    )
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    thread.start()
+    requests = [Hello(versions=(1,), client="t"), sample(1, 10, "broken"), sample(2, 1000)]
+    os.write(request_write, b"".join(encode(m) for m in requests))
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    answers: list[object] = []
+    while len(answers) < 3:
+        decoder.feed(os.read(response_read, 65536))
+        while (message := decoder.next_message()) is not NEED_DATA:
+            answers.append(message)
+    os.close(request_write)  # end of input: the worker ends in order
+    thread.join(TIMEOUT)
+    assert outcome and outcome[0].exit_code == ExitCode.OK  # type: ignore[attr-defined]
+    _, failed, result = answers
+    assert failed == Error(1, ErrorCode.INTERNAL, "ZeroDivisionError: kernel bug")
+    assert failed.retryable  # type: ignore[attr-defined]
+    assert isinstance(result, Result) and result.id == 2
+    for fd in (request_read, response_read, response_write):
+        os.close(fd)
 
 
 def test_sigint_is_left_to_the_coordinator(serving: WorkerProcess) -> None:
