@@ -10,29 +10,34 @@ The scatter draws the very points the numpy kernel counts
 (:func:`mcpi_worker.kernels.iter_point_blocks`), so the number of points coloured
 "inside" equals ``count_numpy(seed, stream, points)``. The convergence plot is
 drawn after a run from the per-chunk counts the run already keeps.
+
+Failures a user can meet (the extra is missing, the file cannot be written) are
+raised as :class:`~mcpi_coordinator.errors.McpiError` subclasses with a one-line
+message; this module is the one place that translates them from ImportError/OSError.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.estimate import pi_statistics
 from mcpi_worker.kernels import iter_point_blocks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-INSTALL_HINT: Final[str] = "pip install 'mcpi[bench]'"
+    from mcpi_coordinator.estimate import EstimateResult
 
-Z95: Final[float] = statistics.NormalDist().inv_cdf(0.975)
-"""Standard normal quantile for a two-sided 95% interval (1.95996...)."""
+INSTALL_HINT: Final[str] = "pip install 'mcpi[bench]'"
 
 MAX_SCATTER_POINTS: Final[int] = 1_000_000
 """Beyond this the quadrant is a solid fill: more points only cost memory and time."""
@@ -52,8 +57,12 @@ PNG_SIGNATURE: Final[bytes] = b"\x89PNG\r\n\x1a\n"
 GIF_SIGNATURE: Final[bytes] = b"GIF89a"
 
 
-class PlottingUnavailable(Exception):
+class PlottingUnavailable(McpiError):
     """matplotlib or Pillow cannot be imported. The message names the extra to install."""
+
+
+class PictureNotWritten(McpiError):
+    """The image file could not be written (no such directory, no permission, ...)."""
 
 
 @dataclass(frozen=True)
@@ -69,18 +78,7 @@ class Picture:
     """1 for a PNG."""
 
 
-# --- statistics ---------------------------------------------------------------------
-
-
-def pi_and_half_width(inside: Any, points: Any) -> tuple[Any, Any]:
-    """The estimate ``4 * inside / points`` and the half-width of its 95% interval.
-
-    Works elementwise on numpy arrays as well as on plain numbers. The interval is
-    the normal approximation of the binomial: ``4 * Z95 * sqrt(p (1 - p) / points)``.
-    """
-    fraction = np.divide(inside, points, dtype=np.float64)
-    half_width = 4.0 * Z95 * np.sqrt(fraction * (1.0 - fraction) / np.asarray(points, np.float64))
-    return 4.0 * fraction, half_width
+# --- number formatting --------------------------------------------------------------
 
 
 def _signed(value: float, decimals: int) -> str:
@@ -128,6 +126,14 @@ def _require_extra() -> tuple[type[Figure], Any]:
 def ensure_available() -> None:
     """Raise :class:`PlottingUnavailable` now, e.g. before a long run that must plot at its end."""
     _require_extra()
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise PictureNotWritten(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
 
 
 # --- the quadrant scatter -----------------------------------------------------------
@@ -185,9 +191,9 @@ class _QuadrantFigure:
         # inside_before[n] = how many of the first n points are inside, so frame n
         # shows the prefixes inside_xy[:inside_before[n]] and outside_xy[:n - that].
         self._inside_before = np.concatenate(([0], np.cumsum(sample.inside, dtype=np.int64)))
-        _, final_half_width = pi_and_half_width(sample.inside_count, max(sample.points, 1))
+        final = pi_statistics(sample.inside_count, sample.points)
         # One number format for every frame, so the title does not jitter in a GIF.
-        self._decimals = _decimals_for(float(final_half_width))
+        self._decimals = _decimals_for(final.half_width)
 
         self.figure = figure_class(figsize=(5.0, 5.6), dpi=110, layout="constrained")
         ax = self.figure.add_subplot()
@@ -224,11 +230,11 @@ class _QuadrantFigure:
         inside_n = int(self._inside_before[n])
         self._inside_dots.set_offsets(self._inside_xy[:inside_n])
         self._outside_dots.set_offsets(self._outside_xy[: n - inside_n])
-        pi, half_width = pi_and_half_width(inside_n, n)
+        stats = pi_statistics(inside_n, n)
         d = self._decimals
-        self._headline.set_text(f"π ≈ {pi:.{d}f} ± {half_width:.{d}f}  (95%)")
+        self._headline.set_text(f"π ≈ {stats.pi:.{d}f} ± {stats.half_width:.{d}f}  (95%)")
         self._title.set_text(
-            f"{inside_n:,} of {n:,} points inside  ·  error {_signed(pi - math.pi, d)}\n"
+            f"{inside_n:,} of {n:,} points inside  ·  error {_signed(stats.pi - math.pi, d)}\n"
             f"seed {self.sample.seed}, stream {self.sample.stream}"
         )
 
@@ -262,7 +268,7 @@ def frame_point_counts(points: int, frames: int) -> list[int]:
 
 def save_scatter(sample: QuadrantSample, out: Path, frames: int | None = None) -> Picture:
     """Write the quadrant figure: a PNG of every point, or (``.gif``) ``frames`` frames as
-    the points accumulate. Raises :class:`PlottingUnavailable`, or ``OSError`` on write."""
+    the points accumulate. Raises :class:`PlottingUnavailable` or :class:`PictureNotWritten`."""
     suffix = out.suffix.lower()
     if suffix not in (".png", ".gif"):
         raise ValueError(f"{out}: the picture must be a .png or a .gif")
@@ -274,7 +280,8 @@ def save_scatter(sample: QuadrantSample, out: Path, frames: int | None = None) -
         if suffix == ".png":
             drawing.show_first(sample.points)
             image = drawing.render_rgb(pil_image)
-            image.save(out, format="PNG", optimize=True)
+            with _writing(out):
+                image.save(out, format="PNG", optimize=True)
             return Picture(out, "png", image.width, image.height, 1)
         return _save_animation(drawing, pil_image, out, frames or 1)
     finally:
@@ -297,14 +304,15 @@ def _save_animation(drawing: _QuadrantFigure, pil_image: Any, out: Path, frames:
         images.append(rgb.quantize(palette=palette, dither=pil_image.Dither.NONE))
     frame_ms = int(np.clip(6_000 / frames, 40, 250))
     durations = [frame_ms] * (frames - 1) + [2_500]  # hold the finished picture
-    images[0].save(
-        out,
-        format="GIF",
-        save_all=True,
-        append_images=images[1:],
-        duration=durations,
-        loop=0,  # repeat forever
-    )
+    with _writing(out):
+        images[0].save(
+            out,
+            format="GIF",
+            save_all=True,
+            append_images=images[1:],
+            duration=durations,
+            loop=0,  # repeat forever
+        )
     return Picture(out, "gif", images[0].width, images[0].height, frames)
 
 
@@ -320,7 +328,8 @@ def curve_indices(chunks: int, max_points: int = MAX_CURVE_POINTS) -> np.ndarray
 
 
 def plot_convergence(
-    chunks: Sequence[tuple[int, int]] | np.ndarray,
+    chunk_points: Sequence[int] | np.ndarray,
+    chunk_inside: Sequence[int] | np.ndarray,
     out: Path,
     *,
     subtitle: str | None = None,
@@ -329,37 +338,43 @@ def plot_convergence(
     """Write a PNG of the running estimate after each completed chunk, against the points
     used so far (log scale), with its 95% confidence band and a line at π.
 
-    ``chunks`` is one ``(points, inside)`` pair per chunk, in completion order. A run of a
-    million chunks draws a curve of ``max_curve_points`` points. Raises
-    :class:`PlottingUnavailable`, or ``OSError`` on write.
+    ``chunk_points[i]`` and ``chunk_inside[i]`` are the points and the inside count of
+    the i-th chunk to complete (``EstimateResult`` keeps them as two ``array('q')``). A
+    run of a million chunks draws a curve of ``max_curve_points`` points. Raises
+    :class:`PlottingUnavailable` or :class:`PictureNotWritten`.
     """
     if out.suffix.lower() != ".png":
         raise ValueError(f"{out}: the convergence plot is a .png")
-    counts = np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
-    if len(counts) == 0 or counts[:, 0].sum() == 0:
+    points = np.asarray(chunk_points, dtype=np.int64)
+    inside = np.asarray(chunk_inside, dtype=np.int64)
+    if points.shape != inside.shape or points.ndim != 1:
+        raise ValueError("chunk_points and chunk_inside must be two sequences of one length")
+    if points.sum() == 0:
         raise ValueError("a convergence plot needs at least one chunk with points")
     figure_class, _ = _require_extra()
 
-    used = np.cumsum(counts[:, 0])
-    inside = np.cumsum(counts[:, 1])
-    keep = curve_indices(len(counts), max_curve_points)
+    used = np.cumsum(points)
+    inside_so_far = np.cumsum(inside)
+    keep = curve_indices(len(points), max_curve_points)
     keep = keep[used[keep] > 0]
+    # At most max_curve_points calls: the statistics stay in one place (estimate.py).
+    curve = [pi_statistics(int(i), int(n)) for i, n in zip(inside_so_far[keep], used[keep])]
     x = used[keep]
-    estimate, half_width = pi_and_half_width(inside[keep], x)
-    final_pi, final_half_width = float(estimate[-1]), float(half_width[-1])
-    d = _decimals_for(final_half_width)
+    estimate = np.array([stats.pi for stats in curve])
+    half_width = np.array([stats.half_width for stats in curve])
+    final = curve[-1]
+    d = _decimals_for(final.half_width)
 
     figure = figure_class(figsize=(7.0, 4.2), dpi=110, layout="constrained")
     try:
         ax = figure.add_subplot()
-        band = ax.fill_between(
-            x, estimate - half_width, estimate + half_width,
-            color=INSIDE_COLOUR, alpha=0.18, linewidth=0, label="95% confidence interval",
-        )  # fmt: skip
         if len(x) > 1:
+            ax.fill_between(
+                x, estimate - half_width, estimate + half_width,
+                color=INSIDE_COLOUR, alpha=0.18, linewidth=0, label="95% confidence interval",
+            )  # fmt: skip
             ax.plot(x, estimate, color=INSIDE_COLOUR, linewidth=1.6, label="running estimate")
-        else:  # one chunk: a dot with error bars, since a band of one x is invisible
-            band.remove()
+        else:  # one chunk: a dot with error bars, since a band over one x is invisible
             ax.errorbar(
                 x, estimate, yerr=half_width, fmt="o", color=INSIDE_COLOUR, capsize=4,
                 label="estimate, 95% interval",
@@ -373,17 +388,30 @@ def plot_convergence(
         ax.set_axisbelow(True)
         ax.legend(loc="best", frameon=False)
         figure.suptitle(
-            f"π ≈ {final_pi:.{d}f} ± {final_half_width:.{d}f} (95%)  ·  "
-            f"error {_signed(final_pi - math.pi, d)}",
+            f"π ≈ {final.pi:.{d}f} ± {final.half_width:.{d}f} (95%)  ·  "
+            f"error {_signed(final.pi - math.pi, d)}",
             fontsize=13, fontweight="bold", color=INK,
         )  # fmt: skip
         ax.set_title(
-            subtitle or f"{int(used[-1]):,} points in {_plural(len(counts), 'chunk')}",
+            subtitle or f"{int(used[-1]):,} points in {_plural(len(points), 'chunk')}",
             fontsize=10, color=MUTED_INK,
         )  # fmt: skip
-        figure.savefig(out, format="png")
+        with _writing(out):
+            figure.savefig(out, format="png")
         width, height = (round(v) for v in figure.get_size_inches() * figure.dpi)
     finally:
         figure.clear()
     return Picture(out, "png", width, height, 1)
 
+
+def plot_estimate(result: EstimateResult, out: Path) -> Picture:
+    """:func:`plot_convergence` of a finished ``mcpi estimate`` run, its settings beneath
+    the title. Raises :class:`PlottingUnavailable` or :class:`PictureNotWritten`."""
+    subtitle = (
+        f"{result.points:,} points in {_plural(result.chunks, 'chunk')} of up to "
+        f"{result.chunk_size:,}  ·  {_plural(result.workers, 'worker')}  ·  "
+        f"{result.kernel} kernel  ·  seed {result.seed}"
+    )
+    if result.stopped_early is not None:
+        subtitle += "  ·  stopped early"
+    return plot_convergence(result.chunk_points, result.chunk_inside, out, subtitle=subtitle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +22,9 @@ def assert_png(path: Path, width: int, height: int) -> None:
         image.verify()
 
 
-def kernel_chunks(seed: int, chunks: int, chunk_points: int) -> list[tuple[int, int]]:
-    return [(chunk_points, count_numpy(seed, stream, chunk_points)) for stream in range(chunks)]
-
-
-# --- statistics ---------------------------------------------------------------------
-
-
-def test_estimate_and_interval_follow_the_binomial_formula() -> None:
-    pi, half_width = plots.pi_and_half_width(7_854, 10_000)
-    assert pi == pytest.approx(3.1416)
-    p = 0.7854
-    assert half_width == pytest.approx(4 * 1.959964 * math.sqrt(p * (1 - p) / 10_000), rel=1e-6)
-    # Elementwise on arrays: the convergence curve computes every point at once.
-    pis, widths = plots.pi_and_half_width(np.array([3, 7_854]), np.array([4, 10_000]))
-    assert pis.tolist() == pytest.approx([3.0, 3.1416])
-    assert widths[1] == pytest.approx(half_width)
+def kernel_chunks(seed: int, chunks: int, chunk_points: int) -> tuple[list[int], list[int]]:
+    """(points, inside) of each chunk of a run, counted by the numpy kernel itself."""
+    return [chunk_points] * chunks, [count_numpy(seed, k, chunk_points) for k in range(chunks)]
 
 
 # --- the scatter's points are the kernel's points -----------------------------------
@@ -126,15 +114,15 @@ def test_frame_counts_reject_more_frames_than_points() -> None:
 
 
 def test_convergence_png_from_kernel_chunks(tmp_path: Path) -> None:
-    chunks = kernel_chunks(seed=5, chunks=60, chunk_points=50_000)
-    picture = plots.plot_convergence(chunks, tmp_path / "convergence.png")
+    points, inside = kernel_chunks(seed=5, chunks=60, chunk_points=50_000)
+    picture = plots.plot_convergence(points, inside, tmp_path / "convergence.png")
     assert (picture.format, picture.frames) == ("png", 1)
     assert_png(picture.path, picture.width, picture.height)
     assert picture.width > picture.height
 
 
 def test_convergence_of_a_single_chunk(tmp_path: Path) -> None:
-    picture = plots.plot_convergence([(1_000, 790)], tmp_path / "one.png")
+    picture = plots.plot_convergence([1_000], [790], tmp_path / "one.png")
     assert_png(picture.path, picture.width, picture.height)
 
 
@@ -144,8 +132,8 @@ def test_convergence_of_a_million_chunks(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     chunk_points = 10_000_000
     inside = rng.binomial(chunk_points, math.pi / 4, size=1_000_000)
-    chunks = np.column_stack([np.full(len(inside), chunk_points), inside])
-    picture = plots.plot_convergence(chunks, tmp_path / "million.png")
+    points = array("q", [chunk_points]) * len(inside)  # as EstimateResult keeps them
+    picture = plots.plot_convergence(points, array("q", inside), tmp_path / "million.png")
     assert_png(picture.path, picture.width, picture.height)
 
 
@@ -162,6 +150,17 @@ def test_curve_indices_are_log_spaced_and_keep_the_ends() -> None:
 
 def test_convergence_rejects_empty_input_and_other_formats(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        plots.plot_convergence([], tmp_path / "empty.png")
+        plots.plot_convergence([], [], tmp_path / "empty.png")
     with pytest.raises(ValueError):
-        plots.plot_convergence([(10, 8)], tmp_path / "plot.jpg")
+        plots.plot_convergence([10, 10], [8], tmp_path / "mismatched.png")
+    with pytest.raises(ValueError):
+        plots.plot_convergence([10], [8], tmp_path / "plot.jpg")
+
+
+def test_unwritable_file_is_one_project_error(tmp_path: Path) -> None:
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    with pytest.raises(plots.PictureNotWritten, match="cannot write"):
+        plots.plot_convergence([10], [8], taken)
+    with pytest.raises(plots.PictureNotWritten, match="cannot write"):
+        plots.save_scatter(plots.sample_quadrant(1, 0, 10), taken)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from mcpi_coordinator import cli_args, plots
+from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.estimate import pi_statistics
 from mcpi_coordinator.exit_codes import ExitCode
 
 DEFAULT_POINTS = 20_000
@@ -123,14 +125,11 @@ def run(args: argparse.Namespace) -> int:
         plots.ensure_available()  # before sampling: fail fast on a missing extra
         sample = plots.sample_quadrant(seed, args.stream, args.points)
         picture = plots.save_scatter(sample, out, frames=frames if is_gif else None)
-    except plots.PlottingUnavailable as exc:
+    except McpiError as exc:  # the extra is missing, or the file cannot be written
         return _fail(str(exc), ExitCode.FAILURE)
-    except OSError as exc:
-        return _fail(f"cannot write {str(out)!r}: {exc.strerror or exc}", ExitCode.FAILURE)
 
     inside = sample.inside_count
-    pi, half_width = plots.pi_and_half_width(inside, sample.points)
-    pi, half_width = float(pi), float(half_width)
+    stats = pi_statistics(inside, sample.points)
     if args.json:
         report = {
             "out": str(picture.path),
@@ -142,17 +141,17 @@ def run(args: argparse.Namespace) -> int:
             "inside": inside,
             "seed": seed,
             "stream": args.stream,
-            "pi": pi,
-            "std_error": half_width / plots.Z95,
-            "ci95": [pi - half_width, pi + half_width],
-            "error": pi - math.pi,
+            "pi": stats.pi,
+            "std_error": stats.std_error,
+            "ci95": list(stats.ci95),
+            "error": stats.pi - math.pi,
         }
         print(json.dumps(report))
     else:
         what = f"{picture.frames} frames, " if picture.format == "gif" else ""
         print(f"wrote {picture.path} ({what}{picture.width}×{picture.height} px)")
         print(
-            f"{inside:,} of {sample.points:,} points inside: π ≈ {pi:.5f} ± {half_width:.5f}"
+            f"{inside:,} of {sample.points:,} points inside: π ≈ {stats.pi:.5f} ± {stats.half_width:.5f}"
             f" (95%), seed {seed}, stream {args.stream}"
         )
     return ExitCode.OK
