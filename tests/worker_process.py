@@ -12,6 +12,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -105,6 +106,19 @@ class WorkerProcess:
 
     def wait(self, timeout: float = TIMEOUT) -> int:
         return self.proc.wait(timeout=timeout)
+
+    def wait_with_peak_rss(self, timeout: float = TIMEOUT) -> tuple[int, int]:
+        """Reap the worker with ``wait4``: its exit code and its own peak RSS in bytes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not exit within {timeout} s")
+            time.sleep(0.01)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap again
+        return self.proc.returncode, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
 
     def stderr_text(self, timeout: float = TIMEOUT) -> str:
         """All of stderr; waits until the worker has closed it (so, exited)."""
