@@ -32,7 +32,7 @@ from mcpi_worker.protocol import (
     encode,
     parse_message,
 )
-from worker_process import WorkerProcess
+from worker_process import WorkerUnderTest
 
 SPEC = Path(__file__).resolve().parent.parent / "protocol.md"
 SPEC_TEXT = SPEC.read_text(encoding="utf-8")
@@ -106,7 +106,7 @@ def test_golden_fatal_error_is_what_the_decoder_says_about_text() -> None:
 
 def test_the_real_worker_writes_the_golden_bytes() -> None:
     """pong, the unknown-kernel error and the fatal error, byte for byte from mcpi-worker."""
-    worker = WorkerProcess()
+    worker = WorkerUnderTest()
     try:
         worker.handshake()
         welcome_bytes = len(worker.raw_stdout)
@@ -126,7 +126,7 @@ def test_the_real_worker_writes_the_golden_bytes() -> None:
 
 
 def test_a_golden_ping_before_hello_is_refused_by_the_real_worker() -> None:
-    worker = WorkerProcess()
+    worker = WorkerUnderTest()
     try:
         worker.send_bytes(GOLDEN_FRAMES["ping"][1])
         assert worker.receive() == Error(7, ErrorCode.HANDSHAKE_REQUIRED, "send hello first")

@@ -1,6 +1,6 @@
 """The real ``mcpi-worker`` process, driven over its pipes.
 
-Each test starts a worker with ``WorkerProcess`` (tests/worker_process.py), whose
+Each test starts a worker with ``WorkerUnderTest`` (tests/worker_process.py), whose
 every wait has a timeout, and kills it at the end whatever happened.
 """
 
@@ -36,14 +36,14 @@ from mcpi_worker.protocol import (
     Shutdown,
     encode,
 )
-from worker_process import TIMEOUT, EndOfOutput, WorkerProcess, worker_command
+from worker_process import TIMEOUT, EndOfOutput, WorkerUnderTest, worker_command
 
 LONG = MAX_POINTS  # a request that would run for an hour: only ever cancelled
 
 
 @pytest.fixture
-def worker() -> Iterator[WorkerProcess]:
-    process = WorkerProcess()
+def worker() -> Iterator[WorkerUnderTest]:
+    process = WorkerUnderTest()
     try:
         yield process
     finally:
@@ -51,7 +51,7 @@ def worker() -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture
-def serving(worker: WorkerProcess) -> WorkerProcess:
+def serving(worker: WorkerUnderTest) -> WorkerUnderTest:
     worker.handshake()
     return worker
 
@@ -63,7 +63,7 @@ def sample(request_id: int, points: int = 10_000, kernel: str = "numpy", **kw: i
     )  # fmt: skip
 
 
-def start_long_sample(worker: WorkerProcess, request_id: int) -> None:
+def start_long_sample(worker: WorkerUnderTest, request_id: int) -> None:
     """Send a sample that runs until cancelled, and know that the worker has taken it."""
     worker.send(sample(request_id, LONG))
     worker.send(Ping(request_id + 1000))
@@ -77,7 +77,7 @@ def assert_cancelled(answer: object, request_id: int) -> None:
     assert (answer.id, answer.code) == (request_id, ErrorCode.CANCELLED), answer
 
 
-def fatal_exit(worker: WorkerProcess, code: ErrorCode) -> tuple[str, int]:
+def fatal_exit(worker: WorkerUnderTest, code: ErrorCode) -> tuple[str, int]:
     """Assert the worker ended on fatal ``code``; return its stderr and peak RSS."""
     answer = worker.receive()
     assert isinstance(answer, Error) and answer.id is None and answer.code == code, answer
@@ -99,7 +99,7 @@ MEMORY_BOUND = 200 * 1024 * 1024
 
 
 def test_handshake() -> None:
-    worker = WorkerProcess("--max-inflight", "3")
+    worker = WorkerUnderTest("--max-inflight", "3")
     try:
         welcome = worker.handshake()
         assert welcome.version == 1
@@ -114,7 +114,7 @@ def test_handshake() -> None:
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
-def test_sample_is_deterministic_and_streams_differ(serving: WorkerProcess, kernel: str) -> None:
+def test_sample_is_deterministic_and_streams_differ(serving: WorkerUnderTest, kernel: str) -> None:
     serving.send(sample(1, 50_000, kernel, stream=0))
     serving.send(sample(2, 50_000, kernel, stream=0))
     serving.send(sample(3, 50_000, kernel, stream=1))
@@ -125,7 +125,7 @@ def test_sample_is_deterministic_and_streams_differ(serving: WorkerProcess, kern
     assert results[1].elapsed_s >= 0
 
 
-def test_pipelined_requests_are_answered_by_id(serving: WorkerProcess) -> None:
+def test_pipelined_requests_are_answered_by_id(serving: WorkerUnderTest) -> None:
     for request_id in (10, 11, 12, 13):
         serving.send(sample(request_id, 20_000, stream=request_id))
     serving.send(Ping(14))
@@ -137,7 +137,7 @@ def test_pipelined_requests_are_answered_by_id(serving: WorkerProcess) -> None:
         assert answer.inside == KERNELS["numpy"](99, request_id, 20_000, bool)
 
 
-def test_ping_is_answered_while_a_kernel_runs(serving: WorkerProcess) -> None:
+def test_ping_is_answered_while_a_kernel_runs(serving: WorkerUnderTest) -> None:
     serving.send(sample(1, LONG))
     for request_id in (2, 3, 4):
         serving.send(Ping(request_id))
@@ -147,7 +147,7 @@ def test_ping_is_answered_while_a_kernel_runs(serving: WorkerProcess) -> None:
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
-def test_cancel_mid_computation(serving: WorkerProcess, kernel: str) -> None:
+def test_cancel_mid_computation(serving: WorkerUnderTest, kernel: str) -> None:
     serving.send(Sample(id=1, seed=1, stream=0, points=LONG, kernel=kernel))
     serving.send(Ping(2))
     assert serving.receive() == Pong(2)
@@ -164,7 +164,7 @@ def test_cancel_mid_computation(serving: WorkerProcess, kernel: str) -> None:
     assert worker_cpu.status() != psutil.STATUS_ZOMBIE
 
 
-def test_cancel_of_a_queued_request_and_idempotence(serving: WorkerProcess) -> None:
+def test_cancel_of_a_queued_request_and_idempotence(serving: WorkerUnderTest) -> None:
     start_long_sample(serving, 1)
     serving.send(sample(2, LONG))
     serving.send(Cancel(2))  # queued: answered at once
@@ -178,7 +178,7 @@ def test_cancel_of_a_queued_request_and_idempotence(serving: WorkerProcess) -> N
     serving.assert_no_message()
 
 
-def test_cancel_after_the_result_changes_nothing(serving: WorkerProcess) -> None:
+def test_cancel_after_the_result_changes_nothing(serving: WorkerUnderTest) -> None:
     serving.send(sample(1, 1000))
     assert isinstance(serving.receive(), Result)
     serving.send(Cancel(1))
@@ -187,7 +187,7 @@ def test_cancel_after_the_result_changes_nothing(serving: WorkerProcess) -> None
 
 
 def test_busy_beyond_max_inflight() -> None:
-    worker = WorkerProcess("--max-inflight", "2")
+    worker = WorkerUnderTest("--max-inflight", "2")
     try:
         worker.handshake()
         start_long_sample(worker, 1)
@@ -209,7 +209,7 @@ def test_busy_beyond_max_inflight() -> None:
         worker.kill()
 
 
-def test_duplicate_id_is_refused_and_the_original_still_answered(serving: WorkerProcess) -> None:
+def test_duplicate_id_is_refused_and_the_original_still_answered(serving: WorkerUnderTest) -> None:
     start_long_sample(serving, 1)
     serving.send(sample(1, 1000))
     duplicate = serving.receive()
@@ -236,7 +236,7 @@ def test_duplicate_id_is_refused_and_the_original_still_answered(serving: Worker
     ],
 )  # fmt: skip
 def test_invalid_request_is_answered_and_the_worker_keeps_serving(
-    serving: WorkerProcess, body: dict, code: ErrorCode
+    serving: WorkerUnderTest, body: dict, code: ErrorCode
 ) -> None:
     import msgpack
 
@@ -249,7 +249,7 @@ def test_invalid_request_is_answered_and_the_worker_keeps_serving(
     assert isinstance(serving.receive(), Result)
 
 
-def test_requests_before_hello_need_the_handshake(worker: WorkerProcess) -> None:
+def test_requests_before_hello_need_the_handshake(worker: WorkerUnderTest) -> None:
     worker.send(sample(1))
     worker.send(Ping(2))
     worker.send(Cancel(1))  # a notification: ignored, no answer
@@ -265,7 +265,7 @@ def test_requests_before_hello_need_the_handshake(worker: WorkerProcess) -> None
 # ------------------------------------------------------------------ orderly ends
 
 
-def test_eof_answers_everything_outstanding_and_exits_0(serving: WorkerProcess) -> None:
+def test_eof_answers_everything_outstanding_and_exits_0(serving: WorkerUnderTest) -> None:
     start_long_sample(serving, 1)
     serving.send(sample(2, LONG))
     serving.close_stdin()
@@ -277,12 +277,12 @@ def test_eof_answers_everything_outstanding_and_exits_0(serving: WorkerProcess) 
     assert "Traceback" not in serving.stderr_text()
 
 
-def test_eof_before_hello_exits_0(worker: WorkerProcess) -> None:
+def test_eof_before_hello_exits_0(worker: WorkerUnderTest) -> None:
     worker.close_stdin()
     assert worker.wait() == 0
 
 
-def test_shutdown_answers_everything_outstanding_and_exits_0(serving: WorkerProcess) -> None:
+def test_shutdown_answers_everything_outstanding_and_exits_0(serving: WorkerUnderTest) -> None:
     start_long_sample(serving, 1)
     serving.send(sample(2, LONG))
     serving.send(Shutdown())
@@ -313,18 +313,18 @@ def test_closed_stdout_ends_the_worker_quietly() -> None:
 # ------------------------------------------------------------------ fatal ends
 
 
-def test_text_instead_of_frames_is_fatal(worker: WorkerProcess) -> None:
+def test_text_instead_of_frames_is_fatal(worker: WorkerUnderTest) -> None:
     worker.send_bytes(b"hello world\n")
     fatal_exit(worker, ErrorCode.FRAME_TOO_LARGE)
 
 
-def test_4_gib_length_prefix_is_fatal_with_bounded_memory(serving: WorkerProcess) -> None:
+def test_4_gib_length_prefix_is_fatal_with_bounded_memory(serving: WorkerUnderTest) -> None:
     serving.send_bytes(b"\xff\xff\xff\xff" + b"x" * 65536)
     _, peak_rss = fatal_exit(serving, ErrorCode.FRAME_TOO_LARGE)
     assert peak_rss < MEMORY_BOUND
 
 
-def test_eof_inside_a_frame_is_fatal_and_memory_stays_bounded(serving: WorkerProcess) -> None:
+def test_eof_inside_a_frame_is_fatal_and_memory_stays_bounded(serving: WorkerUnderTest) -> None:
     # Announce the largest legal frame and send most of it: the worker may buffer it.
     serving.send_bytes(HEADER.pack(MAX_FRAME) + b"\x00" * (MAX_FRAME - 100))
     serving.send(Ping(1))  # these bytes just continue the announced frame
@@ -333,12 +333,12 @@ def test_eof_inside_a_frame_is_fatal_and_memory_stays_bounded(serving: WorkerPro
     assert peak_rss < MEMORY_BOUND
 
 
-def test_malformed_body_is_fatal(serving: WorkerProcess) -> None:
+def test_malformed_body_is_fatal(serving: WorkerUnderTest) -> None:
     serving.send_bytes(HEADER.pack(3) + b"\x93\x01\x02")  # an array, not a map
     fatal_exit(serving, ErrorCode.MALFORMED_FRAME)
 
 
-def test_request_without_a_usable_id_is_fatal(serving: WorkerProcess) -> None:
+def test_request_without_a_usable_id_is_fatal(serving: WorkerUnderTest) -> None:
     import msgpack
 
     payload = msgpack.packb({"type": "sample", "id": "seven"})
@@ -346,12 +346,12 @@ def test_request_without_a_usable_id_is_fatal(serving: WorkerProcess) -> None:
     fatal_exit(serving, ErrorCode.INVALID_REQUEST)
 
 
-def test_unsupported_version_is_fatal(worker: WorkerProcess) -> None:
+def test_unsupported_version_is_fatal(worker: WorkerUnderTest) -> None:
     worker.send(Hello(versions=(2, 3), client="from the future"))
     fatal_exit(worker, ErrorCode.UNSUPPORTED_VERSION)
 
 
-def test_fatal_error_mid_computation_stops_it(serving: WorkerProcess) -> None:
+def test_fatal_error_mid_computation_stops_it(serving: WorkerUnderTest) -> None:
     start_long_sample(serving, 1)
     serving.send_bytes(HEADER.pack(0))
     fatal_exit(serving, ErrorCode.MALFORMED_FRAME)  # nothing after the fatal error
@@ -361,7 +361,7 @@ def test_fatal_error_mid_computation_stops_it(serving: WorkerProcess) -> None:
 
 
 def test_stray_output_never_reaches_the_protocol_stream() -> None:
-    worker = WorkerProcess("--test-stray-output")
+    worker = WorkerUnderTest("--test-stray-output")
     try:
         worker.handshake()
         worker.send(sample(1, 1000))
@@ -379,7 +379,7 @@ def test_stray_output_never_reaches_the_protocol_stream() -> None:
         worker.kill()
 
 
-def test_stderr_is_json_lines(serving: WorkerProcess) -> None:
+def test_stderr_is_json_lines(serving: WorkerUnderTest) -> None:
     serving.close_stdin()
     assert serving.wait() == 0
     records = [json.loads(line) for line in serving.stderr_text().splitlines()]
@@ -391,7 +391,7 @@ def test_stderr_is_json_lines(serving: WorkerProcess) -> None:
 
 
 def test_console_log_format_and_level() -> None:
-    worker = WorkerProcess("--log-format", "console", "--log-level", "debug")
+    worker = WorkerUnderTest("--log-format", "console", "--log-level", "debug")
     try:
         worker.handshake()
         worker.send(sample(1, 1000))
@@ -403,7 +403,7 @@ def test_console_log_format_and_level() -> None:
         assert any("sample_done" in line for line in lines)  # a debug event
     finally:
         worker.kill()
-    quiet = WorkerProcess("--log-level", "warning")
+    quiet = WorkerUnderTest("--log-level", "warning")
     try:
         quiet.close_stdin()
         assert quiet.wait() == 0
@@ -447,13 +447,13 @@ def test_a_failing_kernel_fails_one_request_and_the_worker_goes_on() -> None:
         os.close(fd)
 
 
-def test_sigint_is_left_to_the_coordinator(serving: WorkerProcess) -> None:
+def test_sigint_is_left_to_the_coordinator(serving: WorkerUnderTest) -> None:
     serving.proc.send_signal(signal.SIGINT)
     serving.send(Ping(1))
     assert serving.receive() == Pong(1)
 
 
-def test_sigterm_ends_the_worker(serving: WorkerProcess) -> None:
+def test_sigterm_ends_the_worker(serving: WorkerUnderTest) -> None:
     start_long_sample(serving, 1)
     serving.proc.terminate()
     assert serving.wait() == -signal.SIGTERM

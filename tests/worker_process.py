@@ -44,7 +44,7 @@ class EndOfOutput(Exception):
     """The worker's stdout reached end of file."""
 
 
-class WorkerProcess:
+class WorkerUnderTest:
     def __init__(self, *args: str, stdin: int | None = subprocess.PIPE) -> None:
         self.proc = subprocess.Popen(
             [*worker_command(), *args],
