@@ -1,0 +1,200 @@
+"""Per-task overhead: mcpi's pool against ProcessPoolExecutor, trio-parallel and anyio.
+
+Runs ``mcpi bench overhead``'s measurements (mcpi_coordinator.bench.overhead) for every
+approach in the same process run, ``--rounds`` times in rotating order, and prints the
+medians, the ratios to ProcessPoolExecutor and to every peer, and issue 4's targets:
+
+- trio-pool round trip <= 0.5x ProcessPoolExecutor's, and below every peer's;
+- trio-pool concurrent throughput >= 3x ProcessPoolExecutor's.
+
+``--floors`` adds what no pool can beat, measured against one real ``mcpi-worker``:
+a blocking client (write a frame, read the answer) and a bare Trio client (one task,
+no pool), each with ``ping`` (answered by the worker's reader thread) and with a
+0-point ``sample`` (trio-pool's no-op: it goes through the worker's compute thread).
+The gap between the two clients is Trio's share; between bare Trio and trio-pool,
+the pool's.
+
+    python benchmarks/overhead.py [--tasks 3000] [--rounds 5] [--workers 2] [--floors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import trio
+
+from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
+from mcpi_coordinator.launch import default_worker_command
+from mcpi_coordinator.logging import configure_logging
+from mcpi_worker import protocol
+
+REFERENCE = "process-pool"
+OURS = "trio-pool"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
+
+
+# --------------------------------------------------------------------------- floors
+
+
+def _requests(kind: str, count: int) -> list[bytes]:
+    if kind == "ping":
+        return [protocol.encode(protocol.Ping(id=i)) for i in range(1, count + 1)]
+    return [
+        protocol.encode(protocol.Sample(id=i, seed=0, stream=0, points=0, kernel="numpy"))
+        for i in range(1, count + 1)
+    ]
+
+
+def _hello() -> bytes:
+    return protocol.encode(protocol.Hello(versions=protocol.PROTOCOL_VERSIONS, client="floor"))
+
+
+def blocking_client_us(kind: str, tasks: int) -> float:
+    """Median round trip of a plain blocking client: os.write a frame, os.read the answer."""
+    worker = subprocess.Popen(
+        [*default_worker_command(), "--log-level", "warning"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    assert worker.stdin and worker.stdout
+    decoder = protocol.FrameDecoder(protocol.WORKER_MESSAGES)
+
+    def answer() -> protocol.Message:
+        while (message := decoder.next_message()) is protocol.NEED_DATA:
+            decoder.feed(os.read(worker.stdout.fileno(), 65536))  # type: ignore[union-attr]
+        return message  # type: ignore[return-value]
+
+    try:
+        os.write(worker.stdin.fileno(), _hello())
+        answer()
+        samples = []
+        for frame in _requests(kind, tasks):
+            started = time.perf_counter_ns()
+            os.write(worker.stdin.fileno(), frame)
+            answer()
+            samples.append(time.perf_counter_ns() - started)
+    finally:
+        worker.stdin.close()
+        worker.wait(timeout=10)
+    return statistics.median(samples) / 1000
+
+
+def bare_trio_client_us(kind: str, tasks: int) -> float:
+    """The same exchange from one Trio task: the floor for any Trio coordinator."""
+
+    async def measure() -> float:
+        worker = await trio.lowlevel.open_process(
+            [*default_worker_command(), "--log-level", "warning"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert worker.stdin and worker.stdout
+        decoder = protocol.FrameDecoder(protocol.WORKER_MESSAGES)
+
+        async def answer() -> None:
+            while decoder.next_message() is protocol.NEED_DATA:
+                decoder.feed(await worker.stdout.receive_some(65536))  # type: ignore[union-attr]
+
+        try:
+            await worker.stdin.send_all(_hello())
+            await answer()
+            samples = []
+            for frame in _requests(kind, tasks):
+                started = time.perf_counter_ns()
+                await worker.stdin.send_all(frame)
+                await answer()
+                samples.append(time.perf_counter_ns() - started)
+        finally:
+            await worker.stdin.aclose()
+            await worker.wait()
+        return statistics.median(samples) / 1000
+
+    return trio.run(measure)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--floors", action="store_true", help="also measure the single-worker floors")
+    args = parser.parse_args()
+    configure_logging()
+
+    print(f"overhead: {args.tasks} no-op tasks per figure, {args.workers} workers, {args.rounds} rounds")
+    print(f"before: {load()}")
+    names = list(OVERHEAD_APPROACHES)
+    figures: dict[str, list[Overhead]] = defaultdict(list)
+    for round_index in range(args.rounds):
+        # Rotate the order so no approach always runs first (cold caches) or last.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            result = OVERHEAD_APPROACHES[name](args.tasks, args.workers)
+            figures[name].append(result)
+            if result.unavailable:
+                print(f"  round {round_index + 1} {name:<17} unavailable: {result.unavailable}")
+            else:
+                print(
+                    f"  round {round_index + 1} {name:<17} {result.round_trip_us:8.1f} us"
+                    f" {result.tasks_per_s:10,.0f} tasks/s",
+                    flush=True,
+                )
+
+    medians: dict[str, tuple[float, float]] = {}
+    for name in names:
+        measured = [r for r in figures[name] if r.round_trip_us is not None and r.tasks_per_s is not None]
+        if measured:
+            medians[name] = (
+                statistics.median(r.round_trip_us for r in measured),  # type: ignore[misc]
+                statistics.median(r.tasks_per_s for r in measured),  # type: ignore[misc]
+            )
+    print(f"\nmedians over {args.rounds} rounds:")
+    reference_rt, reference_tp = medians.get(REFERENCE, (float("nan"), float("nan")))
+    print(f"  {'approach':<17} {'round trip':>12} {'x ' + REFERENCE:>16} {'tasks/s':>10} {'x ' + REFERENCE:>16}")
+    for name, (rt, tp) in medians.items():
+        print(f"  {name:<17} {rt:9.1f} us {rt / reference_rt:15.2f}x {tp:10,.0f} {tp / reference_tp:15.2f}x")
+
+    if OURS in medians and REFERENCE in medians:
+        rt, tp = medians[OURS]
+        peers = {n: m for n, m in medians.items() if n != OURS}
+        print("\ntargets (issue 4):")
+        print(f"  round trip <= 0.5x {REFERENCE}: {rt / reference_rt:.2f}x  {_verdict(rt <= 0.5 * reference_rt)}")
+        fastest = min(peers, key=lambda n: peers[n][0])
+        print(
+            f"  round trip below every peer: fastest peer {fastest} {peers[fastest][0]:.1f} us, "
+            f"ours {rt:.1f} us  {_verdict(rt < peers[fastest][0])}"
+        )
+        print(f"  throughput >= 3x {REFERENCE}: {tp / reference_tp:.2f}x  {_verdict(tp >= 3 * reference_tp)}")
+
+    if args.floors:
+        print("\nfloors against one mcpi-worker (median round trip, medians of rounds):")
+        floor_runs: dict[str, Callable[[str, int], float]] = {
+            "blocking client": blocking_client_us,
+            "bare trio client": bare_trio_client_us,
+        }
+        for label, measure in floor_runs.items():
+            for kind in ("ping", "sample"):
+                values = [measure(kind, args.tasks) for _ in range(args.rounds)]
+                what = "ping" if kind == "ping" else "0-point sample"
+                print(f"  {label:<17} {what:<15} {statistics.median(values):8.1f} us")
+    print(f"\nafter: {load()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
