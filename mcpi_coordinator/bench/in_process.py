@@ -42,9 +42,14 @@ def threads(workload: Workload, repeat: int) -> Measurement:
     return Measurement("threads", startup_s=None, runs=runs)
 
 
-def process_pool(workload: Workload, repeat: int) -> Measurement:
+def process_pool(
+    workload: Workload, repeat: int, *, initializer: Callable[[], object] | None = None
+) -> Measurement:
+    """``initializer`` runs in each worker process. benchmarks/ passes ``os.setsid``: each
+    worker in a session of its own, like mcpi-worker, so that on a loaded Linux box with
+    autogrouping the scheduler gives both pools the same share of the CPUs."""
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workload.workers) as executor:
+    with ProcessPoolExecutor(max_workers=workload.workers, initializer=initializer) as executor:
         # One no-op per worker makes the executor start them all before the clock runs.
         for warm_up in [executor.submit(tasks.noop) for _ in range(workload.workers)]:
             warm_up.result()

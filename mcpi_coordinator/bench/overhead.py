@@ -77,8 +77,10 @@ def _warm_up_count(workers: int) -> int:
 # ------------------------------------------------------------------- process-pool
 
 
-def process_pool(tasks: int, workers: int) -> Overhead:
-    with ProcessPoolExecutor(max_workers=workers) as executor:
+def process_pool(
+    tasks: int, workers: int, *, initializer: Callable[[], object] | None = None
+) -> Overhead:
+    with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as executor:
 
         def submit_all(count: int) -> None:
             wait([executor.submit(shipped.noop) for _ in range(count)])

@@ -141,17 +141,15 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     seed_drawn = args.seed is None
     seed = secrets.randbits(64) if seed_drawn else args.seed
-    if seed_drawn and not args.json:
-        print(f"seed {seed} (drawn at random; --seed {seed} repeats this run)", file=sys.stderr)
     try:
         outcome = trio.run(_estimate_until_interrupted, args, seed)
     except KeyboardInterrupt:  # Ctrl-C before or after the signal handler was in place
-        return _interrupted()
+        return _interrupted(seed)
     if isinstance(outcome, McpiError):
         print(f"mcpi: error: {outcome}", file=sys.stderr)
         return ExitCode.FAILURE
     if outcome is None:
-        return _interrupted()
+        return _interrupted(seed)
     if args.json:
         print(json.dumps(result_json(outcome)))
     else:
@@ -159,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _interrupted() -> int:
-    print(f"{PROG}: interrupted; every worker was stopped", file=sys.stderr)
+def _interrupted(seed: int) -> int:
+    print(f"{PROG}: interrupted (seed {seed}); every worker was stopped", file=sys.stderr)
     return ExitCode.INTERRUPTED
 
 
@@ -266,7 +264,8 @@ def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
         points += f"  (stopped early, {why[result.stopped_early]}; asked {result.requested_points:,})"
     table.add_row("points", points)
     table.add_row("workers", f"{result.workers}  ({result.restarts} restarts)")
-    table.add_row("seed", f"{result.seed}" + ("  (drawn at random)" if seed_drawn else ""))
+    drawn = f"  (drawn at random; --seed {result.seed} repeats this run)" if seed_drawn else ""
+    table.add_row("seed", f"{result.seed}{drawn}")
     table.add_row("kernel", result.kernel)
     table.add_row("wall time", f"{result.elapsed_s:.3f} s")
     table.add_row("points/s", f"{result.points_per_s / 1e6:,.1f} M")
