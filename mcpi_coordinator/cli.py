@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from mcpi_coordinator.exit_codes import ExitCode
 
@@ -22,6 +23,13 @@ COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter", "bench")
 
 class _Parser(argparse.ArgumentParser):
     """argparse with our exit code for usage errors and a one-line message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e9" for an option (it only knows "-5" and "-.5" as
+        # numbers) and would say "expected one argument"; counts accept exponents,
+        # so let the value through and have it refused as negative, which is the truth.
+        self._negative_number_matcher = re.compile(r"^-(?=\.?\d)[\d_]*\.?\d*([eE][+-]?\d+)?$")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         # One line, not argparse's usage block: the reason is what a person (or a

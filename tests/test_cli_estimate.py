@@ -1,0 +1,227 @@
+"""``mcpi estimate`` as users run it: real coordinator and real worker processes.
+
+Process-table checks use psutil. Point counts stay small (a run is ~1 s, mostly
+interpreter start-up); bounds on time are generous because CI is a loaded 2-core box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from mcpi_coordinator.cli import main
+from mcpi_coordinator.estimate import iter_chunks
+from mcpi_worker.kernels import count_numpy
+
+MCPI = [sys.executable, "-m", "mcpi_coordinator.cli"]
+FAKE_WORKER = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker"
+JSON_FIELDS = {
+    "pi", "inside", "points", "seed", "chunk_size", "kernel", "workers", "std_error",
+    "ci95", "error", "elapsed_s", "points_per_s", "restarts",
+}
+
+
+def mcpi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MCPI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def estimate_json(*args: str) -> dict[str, Any]:
+    run = mcpi("estimate", "--json", *args)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    return json.loads(run.stdout)
+
+
+def expected_inside(seed: int, points: int, chunk_size: int) -> int:
+    return sum(count_numpy(seed, c.stream, c.points) for c in iter_chunks(seed, points, chunk_size))
+
+
+def test_estimate_json_end_to_end_and_identical_for_1_and_3_workers() -> None:
+    args = ("--points", "3e6", "--chunk-size", "250_000", "--seed", "11")
+    one = estimate_json(*args, "--workers", "1")
+    three = estimate_json(*args, "--workers", "3")
+    assert JSON_FIELDS <= set(one)
+    expected = expected_inside(11, 3_000_000, 250_000)
+    assert one["inside"] == three["inside"] == expected
+    assert one["points"] == 3_000_000 and one["seed"] == 11 and one["chunk_size"] == 250_000
+    assert (one["workers"], three["workers"]) == (1, 3)
+    assert one["kernel"] == "numpy" and one["restarts"] == 0 and one["stopped_early"] is None
+    assert one["pi"] == pytest.approx(4 * expected / 3_000_000)
+    low, high = one["ci95"]
+    assert low < one["pi"] < high and abs(one["error"]) < 0.01
+    assert len(three["per_worker"]) == 3
+    assert sum(w["chunks"] for w in three["per_worker"]) == 12
+    assert {w["host"] for w in three["per_worker"]} == {os.uname().nodename}
+
+
+def test_human_output_names_every_figure_and_prints_a_drawn_seed() -> None:
+    run = mcpi("estimate", "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--kernel", "python")
+    assert run.returncode == 0, run.stderr
+    for label in ("π ≈", "error", "standard error", "95% CI", "points", "workers", "seed", "wall time", "points/s"):
+        assert label in run.stdout
+    seed_row = next(line for line in run.stdout.splitlines() if line.startswith("seed"))
+    assert "drawn at random" in seed_row
+    seed = int(seed_row.split()[1])
+    # The drawn seed repeats the run.
+    again = estimate_json("--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--kernel", "python", "--seed", str(seed))
+    assert f"{again['pi']:.10f}" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--points", "-5"], "negative"),
+        (["--points", "lots"], "not a whole number"),
+        (["--points", "1.5"], "not a whole number"),
+        (["--workers", "0"], "no worker"),
+        (["--kernel", "fortran"], "invalid choice"),
+        (["--chunk-size", "0"], "must be at least 1"),
+        (["--chunk-size", "1e13"], "above the protocol's limit"),
+        (["--seed", "1e20"], "too large"),
+        (["--max-time", "-1"], "positive number of seconds"),
+        (["--task-timeout", "soon"], "not a number of seconds"),
+        (["--worker-cmd", "'unclosed"], "No closing quotation"),
+        (["--log-level", "loud"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["estimate", *args])
+    except SystemExit as exit:
+        code = exit.code  # type: ignore[assignment]
+    assert code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert "Traceback" not in err
+
+
+def test_bad_arguments_in_a_real_process_print_one_line_and_exit_2() -> None:
+    run = mcpi("estimate", "--points", "-1e9")
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "negative" in run.stderr
+
+
+def test_ctrl_c_exits_130_quickly_and_leaves_no_worker() -> None:
+    process = psutil.Popen(
+        [*MCPI, "estimate", "--points", "1e13", "--workers", "2", "--seed", "1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(process.children()) < 2:
+            assert time.monotonic() < deadline, "workers never started"
+            time.sleep(0.05)
+        workers = process.children()
+        time.sleep(1.0)  # let them get busy computing
+        assert all(w.cpu_times().user > 0 for w in workers)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert took < 4.0, f"took {took:.1f} s to stop"  # "within a couple of seconds", with CI slack
+    assert "Traceback" not in err and "interrupted (seed 1)" in err
+    assert out == ""
+    for worker in workers:
+        assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_worker_flooding_stderr_does_not_stall_the_run_or_grow_memory() -> None:
+    process = psutil.Popen(
+        [*MCPI, "estimate", "--json", "--points", "2e6", "--chunk-size", "1e5", "--workers", "2",
+         "--seed", "3", "--worker-cmd", f"{FAKE_WORKER} --stderr-flood 100"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    peak_rss = 0
+    try:
+        while process.poll() is None:
+            try:
+                peak_rss = max(peak_rss, process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert json.loads(out)["inside"] == expected_inside(3, 2_000_000, 100_000)
+    assert peak_rss < 200 * 2**20  # 2 x 100 MB went through; the coordinator kept none of it
+
+
+def test_a_crash_looping_worker_command_ends_with_one_clear_line() -> None:
+    command = f"{shlex.quote(sys.executable)} -c \"import sys; sys.stderr.write('cannot start: no GPU here\\n'); sys.exit(7)\""
+    started = time.monotonic()
+    run = mcpi("estimate", "--points", "1e6", "--workers", "2", "--worker-cmd", command)
+    assert run.returncode == 1
+    assert time.monotonic() - started < 30
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "no worker left" in lines[0]
+    assert "exit code 7" in lines[0] and "cannot start: no GPU here" in lines[0]
+    assert "-c" in lines[0]  # the command is named
+    assert "Traceback" not in run.stderr
+
+
+def test_a_worker_speaking_garbage_ends_with_the_protocol_error() -> None:
+    run = mcpi("estimate", "--points", "1e6", "--workers", "1", "--worker-cmd", f"{FAKE_WORKER} --garbage")
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "frame_too_large" in run.stderr and "fake_worker" in run.stderr
+
+
+def test_an_unknown_worker_command_is_a_clear_error() -> None:
+    run = mcpi("estimate", "--points", "1e6", "--workers", "1", "--worker-cmd", "/nonexistent/mcpi-worker")
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "No such file or directory" in run.stderr and "/nonexistent/mcpi-worker" in run.stderr
+
+
+def test_hung_workers_are_replaced_at_the_task_timeout_and_the_count_is_exact() -> None:
+    result = estimate_json(
+        "--points", "8e5", "--chunk-size", "1e5", "--workers", "2", "--seed", "5",
+        "--task-timeout", "0.5", "--worker-cmd", f"{FAKE_WORKER} --hang-after 2",
+    )
+    assert result["inside"] == expected_inside(5, 800_000, 100_000)
+    assert result["restarts"] >= 2
+
+
+def test_crashing_workers_are_replaced_and_the_count_is_exact() -> None:
+    result = estimate_json(
+        "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--seed", "8",
+        "--worker-cmd", f"{FAKE_WORKER} --crash-after 3 --exit-code -9",
+    )
+    assert result["inside"] == expected_inside(8, 1_000_000, 100_000)
+    assert result["restarts"] >= 2
+
+
+def test_max_time_stops_early_with_a_valid_estimate() -> None:
+    result = estimate_json("--points", "1e13", "--workers", "2", "--max-time", "2", "--seed", "4")
+    assert result["stopped_early"] == "max_time"
+    assert 0 < result["points"] < 10**13 and result["requested_points"] == 10**13
+    assert result["elapsed_s"] < 10
+    low, high = result["ci95"]
+    assert low < result["pi"] < high and abs(result["error"]) < 0.01
+
+
+def test_target_error_stops_early_once_the_interval_is_narrow_enough() -> None:
+    result = estimate_json("--points", "1e13", "--workers", "2", "--target-error", "2e-4", "--seed", "4")
+    assert result["stopped_early"] == "target_error"
+    low, high = result["ci95"]
+    assert (high - low) / 2 <= 2e-4
+    assert result["points"] < 10**13
