@@ -18,8 +18,9 @@ message; this module is the one place that translates them from ImportError/OSEr
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,24 @@ def _require_extra() -> tuple[type[Figure], Any]:
 def ensure_available() -> None:
     """Raise :class:`PlottingUnavailable` now, e.g. before a long run that must plot at its end."""
     _require_extra()
+
+
+def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
+    """An argparse ``type`` for an output picture: one of ``suffixes``, in a directory that
+    exists, so a typo fails at once with exit 2 rather than after the work is done."""
+    expected = " or ".join(suffixes)
+
+    def picture_path(text: str) -> Path:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r} must end in {expected}")
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: directory {str(path.parent)!r} does not exist"
+            )
+        return path
+
+    return picture_path
 
 
 @contextmanager
@@ -365,7 +384,7 @@ def plot_convergence(
     final = curve[-1]
     d = _decimals_for(final.half_width)
 
-    figure = figure_class(figsize=(7.0, 4.2), dpi=110, layout="constrained")
+    figure = figure_class(figsize=(7.6, 4.4), dpi=110, layout="constrained")
     try:
         ax = figure.add_subplot()
         if len(x) > 1:
@@ -408,9 +427,8 @@ def plot_estimate(result: EstimateResult, out: Path) -> Picture:
     """:func:`plot_convergence` of a finished ``mcpi estimate`` run, its settings beneath
     the title. Raises :class:`PlottingUnavailable` or :class:`PictureNotWritten`."""
     subtitle = (
-        f"{result.points:,} points in {_plural(result.chunks, 'chunk')} of up to "
-        f"{result.chunk_size:,}  ·  {_plural(result.workers, 'worker')}  ·  "
-        f"{result.kernel} kernel  ·  seed {result.seed}"
+        f"{result.points:,} points  ·  {_plural(result.chunks, 'chunk')}  ·  "
+        f"{_plural(result.workers, 'worker')}  ·  {result.kernel} kernel  ·  seed {result.seed}"
     )
     if result.stopped_early is not None:
         subtitle += "  ·  stopped early"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from array import array
 from pathlib import Path
 
@@ -164,3 +167,70 @@ def test_unwritable_file_is_one_project_error(tmp_path: Path) -> None:
         plots.plot_convergence([10], [8], taken)
     with pytest.raises(plots.PictureNotWritten, match="cannot write"):
         plots.save_scatter(plots.sample_quadrant(1, 0, 10), taken)
+
+
+# --- mcpi estimate --plot -----------------------------------------------------------
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``mcpi`` in a child process: a real run with real ``mcpi-worker`` processes."""
+    return subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator.cli", *argv],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_estimate_plot_end_to_end_with_real_workers(tmp_path: Path) -> None:
+    plot = tmp_path / "convergence.png"
+    result = run_cli(
+        "estimate", "--points", "2e6", "--chunk-size", "1e5", "--workers", "2",
+        "--seed", "3", "--json", "--plot", str(plot),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # --plot leaves stdout one JSON object
+    assert report["inside"] == sum(count_numpy(3, k, 100_000) for k in range(20))
+    assert f"convergence plot written to {plot}" in result.stderr
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+        assert image.width > image.height > 300
+    assert plot.read_bytes()[:8] == plots.PNG_SIGNATURE
+
+
+def test_estimate_plot_needs_a_png_path(tmp_path: Path) -> None:
+    result = run_cli("estimate", "--points", "1e5", "--plot", str(tmp_path / "plot.jpg"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "must end in .png" in errors[0]
+
+
+def test_estimate_plot_without_the_extra_fails_before_any_worker_starts(tmp_path: Path) -> None:
+    started = tmp_path / "a-worker-started"
+    worker = f"{sys.executable} -c \"open({str(started)!r}, 'w')\""
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from mcpi_coordinator.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "estimate", "--points", "1e5", "--seed", "1",
+         "--worker-cmd", worker, "--plot", str(tmp_path / "plot.png")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "pip install 'mcpi[bench]'" in result.stderr and "Traceback" not in result.stderr
+    assert not started.exists()
+
+
+def test_estimate_result_is_kept_when_the_plot_cannot_be_written(tmp_path: Path) -> None:
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    result = run_cli(
+        "estimate", "--points", "1e5", "--workers", "1", "--seed", "2", "--json",
+        "--plot", str(taken),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["inside"] == count_numpy(2, 0, 100_000)
+    assert "cannot write" in result.stderr and "Traceback" not in result.stderr

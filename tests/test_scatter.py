@@ -79,7 +79,7 @@ def test_without_a_seed_one_is_drawn_and_printed(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--out", "quadrant.jpg"], "must end in .png"),
+        (["--out", "quadrant.jpg"], "must end in .png or .gif"),
         (["--points", "2e6"], "too many points"),
         (["--points", "0"], "must be at least 1"),
         (["--points", "lots"], "not a whole number"),

@@ -21,7 +21,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from mcpi_coordinator import cli_args, remote
+from mcpi_coordinator import cli_args, plots, remote
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult, run_estimate
 from mcpi_coordinator.exit_codes import ExitCode
@@ -110,6 +110,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
+        "--plot", type=plots.picture_path_type(".png"), default=None, metavar="FILE.png",
+        help="after the run, draw the running estimate and its 95%% band against the points "
+        f"used (log scale) to FILE.png; needs the 'bench' extra: {plots.INSTALL_HINT}",
+    )
+    parser.add_argument(
         "--log-level", choices=tuple(LOG_LEVELS), default="warning", metavar="LEVEL",
         help=f"least severe log level shown on stderr: {', '.join(LOG_LEVELS)} "
         "(default %(default)s)",
@@ -138,6 +143,12 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return ExitCode.USAGE
+    if args.plot is not None:
+        try:
+            plots.ensure_available()  # fail now, not after the run
+        except McpiError as error:
+            print(f"mcpi: error: {error}", file=sys.stderr)
+            return ExitCode.FAILURE
     configure_logging(args.log_level, args.log_format)
     seed_drawn = args.seed is None
     seed = secrets.randbits(64) if seed_drawn else args.seed
@@ -154,6 +165,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result_json(outcome)))
     else:
         print_result(outcome, seed_drawn=seed_drawn)
+    if args.plot is not None:  # drawn from the per-chunk counts the run kept anyway
+        try:
+            picture = plots.plot_estimate(outcome, args.plot)
+        except McpiError as error:
+            print(f"mcpi: error: {error}", file=sys.stderr)
+            return ExitCode.FAILURE
+        print(f"convergence plot written to {picture.path}", file=sys.stderr)
     return ExitCode.OK
 
 

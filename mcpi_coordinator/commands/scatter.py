@@ -17,7 +17,7 @@ from mcpi_coordinator.exit_codes import ExitCode
 DEFAULT_POINTS = 20_000
 DEFAULT_FRAMES = 40
 DEFAULT_OUT = Path("mcpi-scatter.png")
-FORMATS = (".png", ".gif")
+_picture_path = plots.picture_path_type(".png", ".gif")
 
 DESCRIPTION = """\
 Draw random points on the unit square, the ones inside the quarter circle
@@ -55,17 +55,6 @@ def _frames(text: str) -> int:
     if number > plots.MAX_FRAMES:
         raise argparse.ArgumentTypeError(f"{text!r} is too many frames (at most {plots.MAX_FRAMES})")
     return number
-
-
-def _picture_path(text: str) -> Path:
-    path = Path(text)
-    if path.suffix.lower() not in FORMATS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must end in .png (a picture) or .gif (an animation)"
-        )
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: directory {str(path.parent)!r} does not exist")
-    return path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
