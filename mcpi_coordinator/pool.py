@@ -175,7 +175,10 @@ class WorkerPool:
     ``transport.WorkerProcess``). ``task_timeout`` is a fixed per-request limit in
     seconds; ``None`` means ``default_task_timeout(points)``. Entering the pool waits
     until every slot has a ready worker or has given up; it raises ``PoolExhausted``
-    if none is ready.
+    if none is ready. ``slot_hosts`` names the host each slot's workers run on (None:
+    here); slots on one host are reported together: only the first of them to be
+    retired logs a warning, so an unreachable host is one warning line, not one per
+    worker (the others are logged at info).
     """
 
     def __init__(
@@ -192,9 +195,12 @@ class WorkerPool:
         shutdown_grace: float = 1.0,
         backoff_s: float = 0.2,
         client: str = CLIENT_NAME,
+        slot_hosts: Sequence[str | None] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
+        if slot_hosts is not None and len(slot_hosts) != size:
+            raise ValueError(f"slot_hosts names {len(slot_hosts)} slots, not {size}")
         if pipeline_depth < 1:
             raise ValueError("pipeline_depth must be at least 1")
         if launcher is not None and command is not None:
@@ -221,6 +227,8 @@ class WorkerPool:
         self._unsettled = size  # slots that are neither ready once nor retired
         self._settled = trio.Event()
         self._deferred_warnings: list[tuple[str, dict[str, Any]]] = []
+        self._slot_hosts = list(slot_hosts) if slot_hosts is not None else [None] * size
+        self._hosts_warned: set[str] = set()
         self._state = "new"  # new → open → closing → closed
         self._exhausted: PoolExhausted | None = None
         self._nursery_manager: Any = None
@@ -567,12 +575,20 @@ class WorkerPool:
         slot.state = "retired"
         slot.connection = None
         fields = {"slot": slot.index, "attempts": attempts, "reason": slot.last_failure}
-        if any(s.state == "ready" for s in self._slots):
+        host = self._slot_hosts[slot.index]
+        if host is not None:
+            fields["host"] = host
+        if host is not None and host in self._hosts_warned:
+            # Its host's first retired slot gave the warning; siblings fail alike.
+            log.info("worker_retired", **fields)
+        elif any(s.state == "ready" for s in self._slots):
             log.warning("worker_retired", **fields)
         else:
             # Nobody is working yet: if nobody ever will, PoolExhausted says it all
             # and these warnings would only repeat it.
             self._deferred_warnings.append(("worker_retired", fields))
+        if host is not None:
+            self._hosts_warned.add(host)
         if all(s.state == "retired" for s in self._slots):
             self._exhausted = PoolExhausted(
                 f"no worker left: every worker failed {attempts} times in a row before "

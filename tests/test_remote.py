@@ -13,9 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from mcpi_coordinator.pool import Chunk, WorkerPool
 from mcpi_coordinator.remote import (
     MAX_WORKERS_PER_HOST,
     SPEC_SYNTAX,
@@ -31,6 +34,8 @@ from mcpi_coordinator.remote import (
     ssh_command,
     substitute_index,
 )
+from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
+from mcpi_coordinator.testing.script import FakeBehaviour
 
 # -- host specs ------------------------------------------------------------------------
 
@@ -334,3 +339,33 @@ async def test_slot_launcher_starts_each_slots_command_and_replacements_go_to_th
     assert spawn.calls == [
         ("local-worker",), ("ssh", "a"), ("ssh", "b"), ("ssh", "a"), ("ssh", "a"),
     ]  # fmt: skip
+
+
+# -- an unreachable host is one warning, not one per worker ----------------------------
+
+
+async def test_pool_warns_once_per_host_when_its_workers_are_retired(autojump_clock: object) -> None:
+    unreachable = FakeBehaviour(exit_at_start=True, exit_code=255)  # what ssh does
+    slot_hosts = [None, "alice@node1", "alice@node1", "alice@node1", "node2"]
+    with capture_logs() as logs, trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(
+                nursery, by_slot({i: unreachable for i in range(1, 5)}, launches=None)
+            )
+            async with WorkerPool(5, launcher=launcher, slot_hosts=slot_hosts) as pool:
+                result = await pool.sample(Chunk(seed=1, stream=0, points=1000))
+                assert result.slot == 0
+            stats = pool.stats
+    assert [w.state for w in stats.workers] == ["stopped"] + ["retired"] * 4
+    retired = [entry for entry in logs if entry["event"] == "worker_retired"]
+    assert sorted((e["log_level"], e["host"]) for e in retired) == [
+        ("info", "alice@node1"),
+        ("info", "alice@node1"),
+        ("warning", "alice@node1"),
+        ("warning", "node2"),
+    ]
+
+
+def test_pool_rejects_slot_hosts_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError, match="slot_hosts names 1 slots, not 2"):
+        WorkerPool(2, slot_hosts=["a"])
