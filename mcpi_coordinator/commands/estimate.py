@@ -226,6 +226,7 @@ async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
             launcher=launcher,
             startup_timeout=args.startup_timeout,
             task_timeout=args.task_timeout,
+            slot_hosts=[None if slot.host is None else slot.host.name for slot in args.slots],
         ) as pool:
             return await run_estimate(
                 pool,
