@@ -33,7 +33,6 @@ How it fits together:
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from mcpi_coordinator.errors import (
     describe_exit,
     worker_failures,
 )
+from mcpi_coordinator.lanes import Lanes
 from mcpi_coordinator.launch import command_launcher, default_worker_command, describe_command
 from mcpi_coordinator.transport import Launcher, WorkerProcess
 from mcpi_coordinator.worker_connection import WorkerConnection
@@ -221,7 +221,7 @@ class WorkerPool:
         self._backoff_s = backoff_s
         self._client = client
         self._slots = [_Slot(i) for i in range(size)]
-        self._lanes_send, self._lanes_receive = trio.open_memory_channel[WorkerConnection](math.inf)
+        self._lanes: Lanes[WorkerConnection] = Lanes()
         self._completed = 0
         self._restarts = 0
         self._unsettled = size  # slots that are neither ready once nor retired
@@ -275,7 +275,7 @@ class WorkerPool:
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
-        self._lanes_send.close()
+        self._lanes.close(PoolClosed("the worker pool is closed"))
         for scope in self._batch_scopes:
             scope.cancel()
         for slot in self._slots:
@@ -291,32 +291,42 @@ class WorkerPool:
     async def sample(self, chunk: Chunk) -> ChunkResult:
         """Count one chunk on the next free worker, retrying on another if one fails.
 
-        Raises ``ChunkFailed`` after ``max_chunk_attempts`` failures in a row,
-        ``RequestFailed`` if a worker refuses the request for good (unknown kernel),
-        ``PoolExhausted`` when no worker is left, ``PoolClosed`` after the pool closed.
+        Raises ``ChunkFailed`` once ``max_chunk_attempts`` workers in a row failed
+        while computing it (a poison chunk), ``RequestFailed`` if a worker refuses the
+        request for good (unknown kernel), ``PoolExhausted`` when no worker is left,
+        ``PoolClosed`` after the pool closed.
         """
-        failures: list[str] = []
+        attempts = 0  # failures that count against this chunk
+        retrying = False
         while True:
-            connection = await self._take_lane()
+            connection = await self._take_lane(retry=retrying)
             self._check_capabilities(connection, chunk)
             try:
                 result = await connection.sample(chunk.seed, chunk.stream, chunk.points, chunk.kernel)
-            except (WorkerFailure, RequestFailed) as error:
-                if isinstance(error, RequestFailed) and not error.retryable:
+            except RequestFailed as error:
+                if not error.retryable:
                     raise
-                failures.append(str(error))
-                if len(failures) >= self._max_chunk_attempts:
-                    raise ChunkFailed(
-                        f"chunk {chunk.stream} of seed {chunk.seed} failed {len(failures)} "
-                        f"times in a row; last: {failures[-1]}"
-                    ) from None
-                continue
-            slot = self._slots[connection.slot]
-            slot.chunks += 1
-            slot.points += result.points
-            slot.busy_s += result.elapsed_s
-            self._completed += 1
-            return ChunkResult(chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid)
+                attempts += 1
+                last_error: McpiError = error
+            except WorkerFailure as error:
+                # Queued behind the request that broke the worker: not this chunk's fault.
+                attempts += error.was_running
+                last_error = error
+            else:
+                break
+            retrying = True
+            if attempts >= self._max_chunk_attempts:
+                reason = await self._why_it_ended(connection, last_error)
+                raise ChunkFailed(
+                    f"chunk {chunk.stream} of seed {chunk.seed} failed on {attempts} workers "
+                    f"in a row; last: {reason}"
+                ) from None
+        slot = self._slots[connection.slot]
+        slot.chunks += 1
+        slot.points += result.points
+        slot.busy_s += result.elapsed_s
+        self._completed += 1
+        return ChunkResult(chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid)
 
     @asynccontextmanager
     async def imap_unordered(self, chunks: Iterable[Chunk]) -> AsyncIterator[AsyncIterator[ChunkResult]]:
@@ -369,23 +379,18 @@ class WorkerPool:
     # ------------------------------------------------------------------ lanes
 
     def _offer_lane(self, connection: WorkerConnection) -> None:
-        try:
-            self._lanes_send.send_nowait(connection)
-        except trio.ClosedResourceError:
-            pass  # closing: nobody will take it
+        self._lanes.offer(connection)
 
-    async def _take_lane(self) -> WorkerConnection:
+    async def _take_lane(self, *, retry: bool = False) -> WorkerConnection:
         self._require_open()
-        while True:
-            try:
-                connection = await self._lanes_receive.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                if self._exhausted is not None:
-                    raise PoolExhausted(str(self._exhausted)) from None
-                raise PoolClosed("the worker pool is closed") from None
-            if connection.usable:
-                return connection
-            # A lane of a worker that has failed since it was offered: drop it.
+        return await self._lanes.take(retry=retry)
+
+    async def _why_it_ended(self, connection: WorkerConnection, error: McpiError) -> str:
+        """The slot's full account of a failed worker (command, exit status, stderr),
+        once it has been reaped; the bare error if that takes too long."""
+        with trio.move_on_after(self._shutdown_grace * 2 + 2.0):
+            await connection.ended.wait()
+        return connection.end_reason or str(error)
 
     def _check_capabilities(self, connection: WorkerConnection, chunk: Chunk) -> None:
         welcome = connection.welcome
@@ -515,15 +520,16 @@ class WorkerPool:
                 with trio.move_on_after(1.0):
                     await connection.stderr_closed.wait()
                 pipes.cancel_scope.cancel()
-        if reason is None:
-            return None, connection.answered > 0
-        message = f"worker {slot.index} ({describe_command(process)}, pid {process.pid}): {reason}"
-        if returncode != 0 or "exited" in reason:
-            message += f"; {describe_exit(returncode)}"
-        tail = connection.stderr_tail()
-        if tail:
-            message += f"; stderr: {tail}"
-        return message, connection.answered > 0
+        if reason is not None:
+            reason = f"worker {slot.index} ({describe_command(process)}, pid {process.pid}): {reason}"
+            if returncode != 0 or "exited" in reason:
+                reason += f"; {describe_exit(returncode)}"
+            tail = connection.stderr_tail()
+            if tail:
+                reason += f"; stderr: {tail}"
+        connection.end_reason = reason
+        connection.ended.set()
+        return reason, connection.answered > 0
 
     async def _serve(self, slot: _Slot, connection: WorkerConnection) -> str | None:
         """Handshake, offer lanes, and watch the worker until it fails (returns why)
@@ -594,7 +600,7 @@ class WorkerPool:
                 f"no worker left: every worker failed {attempts} times in a row before "
                 f"doing any work; last failure: {slot.last_failure}"
             )
-            self._lanes_send.close()
+            self._lanes.close(self._exhausted)
         self._settle(slot)
 
     def _flush_deferred_warnings(self) -> None:
