@@ -13,7 +13,8 @@ import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,67 @@ def test_cli_worker_cmd_index_placeholder_starts_each_worker_with_its_index(
     report = estimate_json("--workers", "3", "--worker-cmd", f"{wrapper} mcpi-{{i}}")
     assert report["inside"] == local_inside
     assert sorted(started.read_text().split()) == ["mcpi-0", "mcpi-1", "mcpi-2"]
+
+
+def test_cli_host_that_never_answers_is_dropped_after_the_startup_timeout(
+    local_inside: int,
+) -> None:
+    """TCP connects but no SSH banner ever comes (a hung machine, a black-holing
+    firewall): the handshake times out, the slot is retried, then dropped."""
+    require_openssh()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes connects; nobody ever speaks
+        port = silent.getsockname()[1]
+        result = mcpi(
+            *CLI_POINTS, "--workers", "1", "--startup-timeout", "1",
+            "--host", f"127.0.0.1:{port}",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["inside"] == local_inside
+    assert [w["state"] for w in report["per_worker"]] == ["ready", "retired"]
+    [warning] = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert f"host=127.0.0.1:{port}" in warning and "start-up timeout" in warning
+
+
+def test_coordinator_killed_leaves_no_ssh_client_or_remote_worker(
+    sshd: SshDaemon, run_token: str
+) -> None:
+    """SIGKILL to mcpi mid-run: the ssh clients see stdin EOF and pass it on, the
+    remote workers exit, the sessions close. Checked in the process table."""
+    args = sshd.cli_args(workers=2)
+    args[args.index("--remote-cmd") + 1] = shlex.join(
+        ["env", f"{MARKER_VARIABLE}={run_token}", remote_worker_command()]
+    )
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "mcpi_coordinator.cli", "estimate", "--points", "1e12",
+         "--seed", "1", "--workers", "0", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: len(remote_workers_running(run_token)) == 2, 30)
+        assert ssh_clients_running(run_token), "expected the ssh clients to be running"
+    finally:
+        coordinator.kill()
+        coordinator.wait(timeout=10)
+    assert wait_until(lambda: not remote_workers_running(run_token), 15), "remote workers left"
+    assert wait_until(lambda: not ssh_clients_running(run_token), 15), "ssh clients left"
+
+
+def ssh_clients_running(token: str) -> list[int]:
+    found = []
+    for process in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "ssh" and any(token in word for word in cmdline):
+            found.append(process.info["pid"])
+    return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
