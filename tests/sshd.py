@@ -12,8 +12,8 @@ setup cannot hide behind a skip.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -92,7 +92,8 @@ class SshDaemon:
         self.openssh = openssh or require_openssh()
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.user = getpass.getuser()
+        # The account sshd runs as is the only one it can log in (the euid, not $USER).
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
         self.port = free_port()
         self.host_key = self.dir / "host_key"
         self.client_key = self.dir / "client_key"
