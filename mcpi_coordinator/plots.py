@@ -190,8 +190,9 @@ def sample_quadrant(seed: int, stream: int, points: int) -> QuadrantSample:
         xy[start : start + len(block)] = block  # the kernel reuses its block buffer
         start += len(block)
     x, y = xy[:, 0], xy[:, 1]
-    # The kernel's test exactly: square and add in float32, compare with float32 1.0.
-    # Doing it in float64 would move a few points that lie within 1e-7 of the arc.
+    # The kernel's definition exactly: x*x + y*y < 1 in float32 (count_numpy makes the
+    # same test, bit for bit, on the unscaled draws). In float64 a few points lying
+    # within 1e-7 of the arc would change sides, and the counts would disagree.
     inside = (x * x + y * y) < np.float32(1.0)
     return QuadrantSample(seed=seed, stream=stream, xy=xy, inside=inside)
 
