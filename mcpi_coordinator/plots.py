@@ -191,8 +191,8 @@ def sample_quadrant(seed: int, stream: int, points: int) -> QuadrantSample:
         start += len(block)
     x, y = xy[:, 0], xy[:, 1]
     # The kernel's definition exactly: x*x + y*y < 1 in float32 (count_numpy makes the
-    # same test, bit for bit, on the unscaled draws). In float64 a few points lying
-    # within 1e-7 of the arc would change sides, and the counts would disagree.
+    # same test, bit for bit, on the unscaled draws). In float64, points within ~1e-7
+    # of the arc (about one in ten million) could change sides and break the equality.
     inside = (x * x + y * y) < np.float32(1.0)
     return QuadrantSample(seed=seed, stream=stream, xy=xy, inside=inside)
 
