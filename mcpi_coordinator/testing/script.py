@@ -444,9 +444,9 @@ class FakeWorkerCore:
         self.finished = True
         actions: list[Action] = []
         if why is not None:
-            actions.append(WriteStderr(log_line(why, level="warning", exit_code=code)))
+            actions.append(WriteStderr(log_line(why, exit_code=code)))
         return actions + [Exit(code)]
 
     def _hang(self, why: str) -> list[Action]:
         self.finished = True
-        return [WriteStderr(log_line(why, level="warning")), Hang()]
+        return [WriteStderr(log_line(why)), Hang()]
