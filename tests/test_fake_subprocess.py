@@ -195,3 +195,9 @@ def test_a_hanging_fake_does_not_outlive_its_parent() -> None:
     except psutil.NoSuchProcess:
         return  # already gone
     assert not alive, f"orphaned fake {pid} still running"
+
+
+def test_the_subprocess_fake_starts_without_trio() -> None:
+    # Like mcpi-worker, the fake must start fast and anywhere: no Trio on its import path.
+    check = "import sys, mcpi_coordinator.testing.fake_worker; assert 'trio' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=30)

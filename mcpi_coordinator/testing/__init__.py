@@ -16,12 +16,17 @@ One behaviour core, three ways to run it:
 - Sans-IO: ``FakeWorkerCore`` returns the ``Action`` objects the drivers perform, for
   anyone writing a driver of their own.
 
+The other way round, to test a worker of your own: ``open_worker(command)`` starts it
+and gives a ``WorkerClient``, a deliberately simple peer that sends messages or raw
+bytes and reads responses one by one (``StderrTail`` drains its stderr).
+
 The in-process names are imported lazily so that the subprocess fake, which lives
 in this package, starts without importing Trio.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from mcpi_coordinator.testing.script import (
@@ -38,6 +43,7 @@ from mcpi_coordinator.testing.script import (
 )
 
 if TYPE_CHECKING:
+    from mcpi_coordinator.testing.client import StderrTail, WorkerClient, open_worker
     from mcpi_coordinator.testing.inprocess import (
         FakeLauncher,
         FakeWorkerProcess,
@@ -47,9 +53,14 @@ if TYPE_CHECKING:
         start_fake_worker,
     )
 
-_INPROCESS = frozenset(
-    {"FakeLauncher", "FakeWorkerProcess", "by_launch", "by_slot", "fake_launcher", "start_fake_worker"}
-)
+_LAZY = {
+    **dict.fromkeys(
+        ["FakeLauncher", "FakeWorkerProcess", "by_launch", "by_slot", "fake_launcher", "start_fake_worker"],
+        "inprocess",
+    ),
+    **dict.fromkeys(["StderrTail", "WorkerClient", "open_worker"], "client"),
+}
+"""Names whose modules import Trio, by module: imported on first use."""
 
 __all__ = [
     "GARBAGE",
@@ -62,18 +73,20 @@ __all__ = [
     "FakeWorkerProcess",
     "FloodStderr",
     "Hang",
+    "StderrTail",
+    "WorkerClient",
     "WriteStderr",
     "WriteStdout",
     "by_launch",
     "by_slot",
     "fake_launcher",
+    "open_worker",
     "start_fake_worker",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _INPROCESS:
-        from mcpi_coordinator.testing import inprocess
-
-        return getattr(inprocess, name)
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
