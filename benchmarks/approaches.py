@@ -3,8 +3,10 @@
 Issue 4's target: trio-pool's wall time in ``mcpi bench approaches`` is at most 1.05x
 process-pool's at 1e8 points and more. This runs exactly those two approaches
 (mcpi_coordinator.bench: same chunks as ``mcpi estimate``, same numpy kernel),
-``--rounds`` times each, alternating which goes first, and prints the medians and
-the ratio for each point count.
+``--rounds`` rounds in rotating order; in each round an approach starts its pool once
+and times ``--repeat`` runs on it (the round's figure is their median). It prints the
+medians over rounds and the ratio for each point count. Runs at 1e8 points last
+~0.15 s here, so a single run is mostly noise on a shared machine: keep ``--repeat``.
 
 A third contender, ``process-pool/setsid``, is the same executor with each worker in
 a session of its own (``initializer=os.setsid``), as mcpi-worker is. On a loaded
@@ -19,7 +21,7 @@ script that starts a pool for one job pays it: ProcessPoolExecutor forks this
 interpreter (NumPy already imported); mcpi-worker is a fresh interpreter that
 imports NumPy itself.
 
-    python benchmarks/approaches.py [--points 1e8,1e9] [--rounds 5] [--workers 2]
+    python benchmarks/approaches.py [--points 1e8,1e9] [--rounds 5] [--repeat 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", default="1e8,1e9", help="comma-separated point counts")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per pool start")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--seed", type=int, default=2024)
@@ -84,7 +87,7 @@ def main() -> None:
         for round_index in range(args.rounds):
             shift = round_index % len(names)  # rotate who goes first
             for name in names[shift:] + names[:shift]:
-                measurement = CONTENDERS[name](workload, 1)
+                measurement = CONTENDERS[name](workload, args.repeat)
                 runs[name].append(measurement)
                 print(
                     f"  {points:.0e} round {round_index + 1} {name:<19} wall {measurement.wall_s:7.3f} s"
