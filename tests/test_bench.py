@@ -248,16 +248,21 @@ def test_approaches_that_disagree_fail_with_a_clear_line(
     assert "trio-run-process counted 2000" in err
 
 
+FAILING_WORKER = "-c 'import sys; print(\"no luck today\", file=sys.stderr); sys.exit(4)'"
+
+
+@pytest.mark.parametrize("approach", ["asyncio-subprocess", "trio-run-process", "trio-pool"])
 def test_a_worker_command_that_fails_is_one_line_and_exit_1(
-    capsys: pytest.CaptureFixture[str],
+    approach: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = _run_cli(
-        ["bench", "approaches", "--points", "1000", "--repeat", "1",
-         "--only", "asyncio-subprocess", "--worker-cmd", f"{sys.executable} -c 'import sys; sys.exit(4)'"],
+        ["bench", "approaches", "--points", "1000", "--repeat", "1", "--workers", "1",
+         "--only", approach, "--worker-cmd", f"{sys.executable} {FAILING_WORKER}"],
         capsys,
     )  # fmt: skip
     assert code == 1 and out == ""
-    assert err == "mcpi bench: error: asyncio-subprocess failed: worker exited with code 4\n"
+    assert err.startswith(f"mcpi bench: error: {approach} failed: ") and err.count("\n") == 1
+    assert "exit code 4" in err and "no luck today" in err
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import BrokenExecutor
 
 from mcpi_coordinator.bench.one_shot import OneShotError, exit_failure
+from mcpi_coordinator.errors import McpiError
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -26,7 +27,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 def describe(exc: BaseException) -> str | None:
     """A one-line reason for a failure we expect can happen, or None for a bug."""
     for leaf in _leaves(exc):
-        if isinstance(leaf, OneShotError):
+        if isinstance(leaf, (OneShotError, McpiError)):  # already one line
             return str(leaf)
         if isinstance(leaf, subprocess.CalledProcessError):
             return str(exit_failure(leaf.returncode, leaf.stderr or b""))

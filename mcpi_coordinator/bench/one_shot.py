@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from mcpi_coordinator.errors import describe_exit
 from mcpi_worker import protocol
 
 CLIENT_NAME: Final = "mcpi-bench"
@@ -87,6 +88,5 @@ class OneShotExchange:
 def exit_failure(returncode: int, stderr: bytes) -> OneShotError:
     """The error for a worker that exited ``returncode`` != 0, with its last stderr line."""
     lines = stderr.decode(errors="replace").strip().splitlines()
-    tail = f": {lines[-1]}" if lines else ""
-    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
-    return OneShotError(f"worker {how}{tail}")
+    tail = f"; stderr: {lines[-1]}" if lines else ""
+    return OneShotError(f"worker ended before its result ({describe_exit(returncode)}){tail}")
