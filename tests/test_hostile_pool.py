@@ -8,20 +8,18 @@ tests/test_pool.py checks each fault alone against in-process fakes. Here:
    any mix at all gives that count or one clear ``McpiError`` line; either way in
    bounded (fake) time and with every fake reaped;
 2. the same faults from real subprocess fakes (``fake_worker``), replacements being
-   real ``mcpi-worker`` processes, with the process table checked afterwards;
-3. ``mcpi estimate --worker-cmd`` end to end: a command whose every worker crashes, a
-   100 MB stderr flood (coordinator memory watched), and a crash loop.
+   real ``mcpi-worker`` processes, with the process table checked afterwards.
+
+``mcpi estimate --worker-cmd`` with subprocess fakes end to end (crashing and hung
+workers, a 100 MB stderr flood with the coordinator's RSS watched, crash loops) is
+tested in tests/test_cli_estimate.py.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -33,7 +31,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcpi_coordinator.errors import ChunkFailed, McpiError, PoolExhausted
-from mcpi_coordinator.estimate import iter_chunks
 from mcpi_coordinator.launch import spawn_worker
 from mcpi_coordinator.pool import Chunk, WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
@@ -279,79 +276,3 @@ async def test_subprocess_fault_is_replaced_by_a_real_worker_and_nothing_is_lost
     finally:
         for pid in running(launcher.pids):
             psutil.Process(pid).kill()
-
-
-# ------------------------------------------------------- 3. mcpi estimate end to end
-
-
-def estimate(worker_cmd: Sequence[str], *args: str, watch_rss: bool = False) -> tuple[int, str, str, int]:
-    """Run ``mcpi estimate --json`` with this worker command; return code, stdout,
-    stderr and the coordinator's peak RSS (0 unless watched)."""
-    command = [_bin("mcpi"), "estimate", "--json", "--seed", str(SEED), "--worker-cmd",
-               shlex.join(worker_cmd), *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    if watch_rss:
-        watched = psutil.Process(process.pid)
-        deadline = time.monotonic() + REAL_TIME_BOUND
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                peak = max(peak, watched.memory_info().rss)
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.02)
-    try:
-        out, err = process.communicate(timeout=REAL_TIME_BOUND)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        raise AssertionError(f"mcpi estimate hung; stderr: {err[-2000:]}") from None
-    return process.returncode, out, err, peak
-
-
-def expected_estimate(points: int, chunk_size: int) -> int:
-    return sum(count_numpy(c.seed, c.stream, c.points) for c in iter_chunks(SEED, points, chunk_size))
-
-
-def test_estimate_with_workers_that_all_keep_crashing_loses_nothing() -> None:
-    # Every worker, replacements included, is SIGKILLed by itself after 8 results: 30
-    # chunks need at least 4 worker lives. At most 4 deaths: no chunk can reach the 5
-    # attempts after which the pool takes it for a poison chunk.
-    fault = fake_worker_command(FakeBehaviour(crash_after=8, exit_code=-signal.SIGKILL))
-    code, out, err, _ = estimate(fault, "--points", "600000", "--chunk-size", "20000", "--workers", "2")
-    assert code == 0, err
-    report = json.loads(out)
-    assert report["inside"] == expected_estimate(600_000, 20_000)
-    assert report["restarts"] >= 2
-
-
-def test_estimate_drains_a_100_mb_stderr_flood_in_bounded_memory() -> None:
-    fault = fake_worker_command(FakeBehaviour(stderr_flood_mb=100))
-    code, out, err, peak_rss = estimate(
-        fault, "--points", "200000", "--chunk-size", "20000", "--workers", "1", watch_rss=True
-    )
-    assert code == 0, err[-2000:]
-    assert json.loads(out)["inside"] == expected_estimate(200_000, 20_000)
-    assert peak_rss < 200 * 2**20, f"coordinator peak RSS {peak_rss / 2**20:.0f} MiB"
-
-
-@pytest.mark.parametrize(
-    ("fault", "reason"),
-    [
-        (FakeBehaviour(exit_at_start=True, exit_code=7), "exit code 7"),
-        (FakeBehaviour(garbage=True), "frame_too_large"),
-    ],
-    ids=["exits-at-once", "garbage-on-every-first-request"],
-)
-def test_estimate_stops_a_crash_loop_with_one_clear_line(fault: FakeBehaviour, reason: str) -> None:
-    command = fake_worker_command(fault)
-    code, out, err, _ = estimate(command, "--points", "100000", "--chunk-size", "10000", "--workers", "2")
-    assert code == 1
-    assert out == ""
-    errors = [line for line in err.splitlines() if line.startswith("mcpi: error:")]
-    assert len(errors) == 1, err
-    assert err.rstrip("\n").endswith(errors[0])  # the last word, after any relayed log line
-    assert reason in errors[0]
-    assert "fake_worker" in errors[0]  # the command
-    assert "asked" in errors[0]  # the tail of its stderr ("... as asked")
-    assert "Traceback" not in err
