@@ -29,8 +29,14 @@ class WorkerFailure(McpiError):
 
     Raised to the caller of a request that was in flight on that worker. The pool
     catches it, requeues the request elsewhere and replaces the worker; users of the
-    pool only see it inside a ``PoolExhausted`` message.
+    pool only see it inside a ``PoolExhausted`` or ``ChunkFailed`` message.
+    ``was_running`` is False for a request that was only queued behind the one the
+    worker was computing: collateral damage, not a sign that the request is to blame.
     """
+
+    def __init__(self, message: str, *, was_running: bool = True) -> None:
+        super().__init__(message)
+        self.was_running = was_running
 
 
 class RequestFailed(McpiError):

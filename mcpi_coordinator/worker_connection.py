@@ -56,6 +56,8 @@ class _Request:
     answer: Result | Error | WorkerFailure | None = None
     abandoned: bool = False
     """The caller was cancelled: a ``cancel`` was sent, the final answer is dropped."""
+    was_running: bool = False
+    """Set on failure: this was the oldest request, the one the worker was computing."""
 
 
 class WorkerConnection:
@@ -84,6 +86,10 @@ class WorkerConnection:
         self.stderr_closed = trio.Event()
         self.answered = 0
         """Sample requests answered with a ``result`` (useful work done)."""
+        self.ended = trio.Event()
+        self.end_reason: str | None = None
+        """Set by the owner once the process is reaped: the one-line account of why it
+        ended (command, exit status, stderr tail), or None if it was closed on purpose."""
         self._on_capacity = on_capacity
         self._decoder = FrameDecoder(WORKER_MESSAGES)
         self._ids = itertools.count(1)  # ids are never reused on a connection
@@ -181,7 +187,7 @@ class WorkerConnection:
                 retryable=answer.retryable,
             )
         assert answer is not None
-        raise WorkerFailure(str(answer))
+        raise WorkerFailure(str(answer), was_running=request.was_running)
 
     def begin_shutdown(self) -> None:
         """Send ``shutdown`` (if the stream is still sound) and then EOF on stdin."""
@@ -196,8 +202,9 @@ class WorkerConnection:
         if self.failure is not None:
             return
         self.failure = failure
-        for request in self._requests.values():
+        for position, request in enumerate(self._requests.values()):
             request.answer = failure
+            request.was_running = position == 0  # one at a time, in order of arrival
             request.done.set()
         self._requests.clear()
         self._welcomed.set()

@@ -16,6 +16,7 @@ import trio
 from structlog.testing import capture_logs
 
 from mcpi_coordinator.errors import ChunkFailed, PoolClosed, PoolExhausted, RequestFailed
+from mcpi_coordinator.lanes import Lanes
 from mcpi_coordinator.logging import configure_logging
 from mcpi_coordinator.pool import Chunk, WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
@@ -510,3 +511,56 @@ def test_structlog_is_left_alone_by_the_library() -> None:
     WorkerPool(1)
     assert structlog.get_config() == before
     assert math.isfinite(default_task_timeout(1))
+
+
+async def test_workers_that_all_die_every_few_requests_lose_nothing(autojump_clock: object) -> None:
+    # Every worker, replacements included, dies when starting its 5th request. A
+    # retried chunk goes first in line for the next free worker, so no chunk is
+    # unlucky often enough to look like a poison chunk.
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, FakeBehaviour(crash_after=4, exit_code=-signal.SIGKILL))
+            async with WorkerPool(2, launcher=launcher) as pool:
+                assert await run_all(pool, chunks(60)) == expected_inside(60)
+                assert pool.stats.restarts >= 10
+
+
+async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: object) -> None:
+    # Every worker dies on its first request: the chunk is to blame after 2 workers
+    # in a row; the error names the command, the exit status and the stderr tail.
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, FakeBehaviour(crash_after=0, exit_code=7))
+            async with WorkerPool(2, launcher=launcher, max_chunk_attempts=2, max_start_attempts=5) as pool:
+                with pytest.raises(ChunkFailed) as raised:
+                    await pool.sample(Chunk(SEED, 0, POINTS))
+            message = str(raised.value)
+            assert "failed on 2 workers in a row" in message
+            assert "FakeWorkerProcess" in message and "exit code 7" in message
+            assert "crashing as asked" in message
+
+
+async def test_lanes_go_to_retries_first_then_in_arrival_order() -> None:
+    class Lane:
+        def __init__(self, name: str, usable: bool = True) -> None:
+            self.name, self.usable = name, usable
+
+    lanes: Lanes[Lane] = Lanes()
+    got: list[tuple[str, str]] = []
+
+    async def take(who: str, retry: bool) -> None:
+        got.append((who, (await lanes.take(retry=retry)).name))
+
+    async with trio.open_nursery() as nursery:
+        for who, retry in [("fresh1", False), ("fresh2", False), ("retry", True)]:
+            nursery.start_soon(take, who, retry)
+            await trio.testing.wait_all_tasks_blocked()
+        lanes.offer(Lane("stale", usable=False))  # a worker that failed: never handed out
+        for name in "ABC":
+            lanes.offer(Lane(name))
+    assert dict(got) == {"retry": "A", "fresh1": "B", "fresh2": "C"}
+    lanes.offer(Lane("D"))
+    assert (await lanes.take()).name == "D"
+    lanes.close(PoolClosed("closed"))
+    with pytest.raises(PoolClosed):
+        await lanes.take()
