@@ -319,3 +319,34 @@ def test_a_missing_optional_peer_shows_in_the_table() -> None:
     row = next(line for line in done.stdout.splitlines() if line.startswith(" anyio-to-process"))
     assert "unavailable: cannot import anyio" in row
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("approach", ["trio-run-process", "trio-pool"])
+def test_ctrl_c_exits_130_and_leaves_no_worker(approach: str) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "mcpi_coordinator.cli", "bench", "approaches", "--points", "1e12",
+         "--chunk-size", "1e9", "--workers", "2", "--only", approach],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = psutil.Process(bench.pid).children(recursive=True)
+            time.sleep(0.05)
+        assert len(workers) == 2, "the workers never started"
+        time.sleep(0.3)  # let them get into their chunks
+        bench.send_signal(signal.SIGINT)
+        _, err = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 130
+    assert err == "mcpi bench: interrupted\n"
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], f"left running: {alive}"

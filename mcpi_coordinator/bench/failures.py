@@ -24,6 +24,11 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, possibly wrapped by a Trio nursery into an exception group."""
+    return any(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc))
+
+
 def describe(exc: BaseException) -> str | None:
     """A one-line reason for a failure we expect can happen, or None for a bug."""
     for leaf in _leaves(exc):

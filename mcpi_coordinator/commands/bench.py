@@ -219,8 +219,10 @@ def _status(stderr: Console, text: str) -> Iterator[None]:
 def _run_one(name: str, measure: Callable[[], T]) -> T:
     try:
         return measure()
-    except Exception as exc:
-        reason = failures.describe(exc)
+    except BaseException as exc:
+        if failures.is_interrupt(exc):
+            raise KeyboardInterrupt from None
+        reason = failures.describe(exc) if isinstance(exc, Exception) else None
         if reason is None:
             raise
         raise _Failed(f"{name} failed: {reason}") from None
