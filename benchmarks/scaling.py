@@ -1,0 +1,192 @@
+"""Does the pool scale, does it keep up with ProcessPoolExecutor, is its memory flat in N?
+
+Everything is measured in one run, side by side, in rotating order, and reported as
+medians over ``--rounds`` (the machine is shared; print the load with the figures):
+
+1. **Scaling**: 1e9 points on a started pool of 1 worker vs 2 workers (warm: the pool
+   is up, only ``run_estimate`` is timed). Target speed-up >= 1.9.
+2. **Against ProcessPoolExecutor**: the same seeded chunks through the same numpy
+   kernel with a plain ``ProcessPoolExecutor(2).map`` (warm: executor started and
+   used once), and once more with each executor worker in a session of its own
+   (``initializer=os.setsid``, as mcpi-worker is: under load, Linux's scheduler
+   autogrouping shares CPU per session, which favours processes in their own).
+   Target: ours <= 1.0x the plain executor.
+   Then **cold**, as a user runs them: ``mcpi estimate --workers 2`` as a process vs a
+   plain executor script as a process, interpreter start-up included.
+3. **Memory flat in N**: the coordinator's peak RSS for ``mcpi estimate`` at 1e8
+   points vs 1e13 points stopped by ``--max-time`` (chunks are generated lazily; the
+   only per-chunk state is 16 bytes of (points, inside) kept for plots).
+
+    python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+
+import psutil
+import trio
+
+from mcpi_coordinator.cli_args import count
+from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
+from mcpi_coordinator.logging import configure_logging
+from mcpi_coordinator.pool import WorkerPool
+from mcpi_worker.kernels import count_numpy
+
+SEED = 20240611
+MCPI = [sys.executable, "-m", "mcpi_coordinator.cli"]
+
+PLAIN_EXECUTOR_SCRIPT = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from mcpi_worker.kernels import count_numpy
+seed, points, chunk, workers = map(int, sys.argv[1:])
+streams = range(-(-points // chunk))
+sizes = [min(chunk, points - s * chunk) for s in streams]
+with ProcessPoolExecutor(workers) as executor:
+    print(sum(executor.map(count_numpy, [seed] * len(sizes), streams, sizes)))
+"""
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+# ------------------------------------------------------------------ warm contenders
+
+
+def chunk_arguments(points: int) -> tuple[list[int], list[int], list[int]]:
+    chunks = list(iter_chunks(SEED, points, DEFAULT_CHUNK_SIZE))
+    return [c.seed for c in chunks], [c.stream for c in chunks], [c.points for c in chunks]
+
+
+async def _time_pool(workers: int, points: int) -> tuple[float, int]:
+    async with WorkerPool(workers) as pool:
+        started = time.perf_counter()
+        result = await run_estimate(pool, points=points, seed=SEED)
+        return time.perf_counter() - started, result.inside
+
+
+def trio_pool(workers: int) -> Callable[[int], tuple[float, int]]:
+    return lambda points: trio.run(_time_pool, workers, points)
+
+
+def process_pool(workers: int, setsid: bool = False) -> Callable[[int], tuple[float, int]]:
+    def run(points: int) -> tuple[float, int]:
+        seeds, streams, sizes = chunk_arguments(points)
+        with ProcessPoolExecutor(workers, initializer=os.setsid if setsid else None) as executor:
+            sum(executor.map(count_numpy, [SEED] * workers, range(workers), [1000] * workers))  # start
+            started = time.perf_counter()
+            inside = sum(executor.map(count_numpy, seeds, streams, sizes))
+            return time.perf_counter() - started, inside
+
+    return run
+
+
+# ------------------------------------------------------------------ cold contenders
+
+
+def cold_mcpi(points: int) -> tuple[float, int]:
+    started = time.perf_counter()
+    run = subprocess.run(
+        [*MCPI, "estimate", "--json", "--workers", "2", "--seed", str(SEED), "--points", str(points)],
+        capture_output=True, text=True, check=True,
+    )
+    return time.perf_counter() - started, json.loads(run.stdout)["inside"]
+
+
+def cold_executor_script(points: int) -> tuple[float, int]:
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-c", PLAIN_EXECUTOR_SCRIPT, str(SEED), str(points), str(DEFAULT_CHUNK_SIZE), "2"],
+        capture_output=True, text=True, check=True,
+    )
+    return time.perf_counter() - started, int(run.stdout)
+
+
+# ------------------------------------------------------------------ memory
+
+
+def peak_rss_mib(args: list[str]) -> tuple[float, dict[str, object]]:
+    process = psutil.Popen([*MCPI, "estimate", "--json", *args], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while process.poll() is None:
+        try:
+            peak = max(peak, process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    out, _ = process.communicate()
+    return peak / 2**20, json.loads(out)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=count, default=10**9)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-cold", action="store_true")
+    args = parser.parse_args()
+    configure_logging("warning")
+    points = args.points
+
+    contenders: dict[str, Callable[[int], tuple[float, int]]] = {
+        "trio-pool x1 (warm)": trio_pool(1),
+        "trio-pool x2 (warm)": trio_pool(2),
+        "process-pool x2 (warm)": process_pool(2),
+        "process-pool/setsid x2 (warm)": process_pool(2, setsid=True),
+    }
+    if not args.skip_cold:
+        contenders["mcpi estimate -w2 (cold)"] = cold_mcpi
+        contenders["executor script x2 (cold)"] = cold_executor_script
+
+    print(f"{points:.0e} points, chunks of {DEFAULT_CHUNK_SIZE:.0e}, {args.rounds} rounds; {load()}")
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    counts: dict[str, set[int]] = {name: set() for name in contenders}
+    names = list(contenders)
+    for round_number in range(args.rounds):
+        order = names[round_number % len(names):] + names[: round_number % len(names)]
+        for name in order:
+            seconds, inside = contenders[name](points)
+            times[name].append(seconds)
+            counts[name].add(inside)
+        print(f"  round {round_number + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) + f"; {load()}")
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print()
+    for name in names:
+        print(f"  {name:32} median {median[name]:6.3f} s   ({', '.join(f'{t:.2f}' for t in times[name])})")
+    all_counts = set().union(*counts.values())
+    print(f"  every contender counted the same inside: {len(all_counts) == 1} ({sorted(all_counts)})")
+    print()
+    speedup = median["trio-pool x1 (warm)"] / median["trio-pool x2 (warm)"]
+    print(f"scaling     1 -> 2 workers (warm):         speed-up {speedup:.2f}   (target >= 1.9)")
+    ratio = median["trio-pool x2 (warm)"] / median["process-pool x2 (warm)"]
+    print(f"vs executor trio-pool / process-pool (warm): {ratio:.3f}   (target <= 1.0)")
+    ratio = median["trio-pool x2 (warm)"] / median["process-pool/setsid x2 (warm)"]
+    print(f"vs executor trio-pool / process-pool+setsid (warm): {ratio:.3f}")
+    if not args.skip_cold:
+        ratio = median["mcpi estimate -w2 (cold)"] / median["executor script x2 (cold)"]
+        print(f"vs executor mcpi estimate / executor script (cold, start-up included): {ratio:.3f}")
+
+    print()
+    small, small_json = peak_rss_mib(["--points", "1e8", "--workers", "2", "--seed", str(SEED)])
+    huge, huge_json = peak_rss_mib(["--points", "1e13", "--max-time", "4", "--workers", "2", "--seed", str(SEED)])
+    print(f"memory      coordinator peak RSS: 1e8 points {small:.1f} MiB ({small_json['chunks']} chunks); "
+          f"1e13 points stopped after 4 s {huge:.1f} MiB ({huge_json['chunks']} chunks); {load()}")
+
+
+if __name__ == "__main__":
+    main()
