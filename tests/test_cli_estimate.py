@@ -225,3 +225,39 @@ def test_target_error_stops_early_once_the_interval_is_narrow_enough() -> None:
     low, high = result["ci95"]
     assert (high - low) / 2 <= 2e-4
     assert result["points"] < 10**13
+
+
+def test_worker_logs_are_reemitted_with_the_worker_id_and_pid_bound() -> None:
+    run = mcpi("estimate", "--points", "1e6", "--chunk-size", "5e5", "--workers", "2", "--seed", "1",
+               "--json", "--log-level", "info", "--log-format", "json")
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in run.stderr.splitlines()]
+    pids = {w["slot"]: w["pid"] for w in json.loads(run.stdout)["per_worker"]}
+    started = [r for r in records if r["event"] == "worker_started"]  # mcpi-worker's own log line
+    assert {(r["worker"], r["pid"]) for r in started} == set(pids.items())
+    assert all(r["level"] == "info" for r in started)
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_only() -> None:
+    import pty
+
+    args = [*MCPI, "estimate", "--points", "3e8", "--workers", "2", "--seed", "1", "--json"]
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and plain.stderr == ""  # not a terminal: no bar, nothing
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not data:
+            break
+        drawn += data
+    out, _ = process.communicate(timeout=120)
+    os.close(leader)
+    assert process.returncode == 0
+    assert json.loads(out)["inside"] == json.loads(plain.stdout)["inside"]
+    assert b"sampling" in drawn
