@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -97,20 +96,16 @@ def main() -> None:
         counts = {c for ms in runs.values() for m in ms for c in m.counts}
         assert len(counts) == 1, f"the approaches disagree: {counts}"
 
-        def median(name: str, cold: bool = False) -> float:
-            return statistics.median(
-                m.wall_s + ((m.startup_s or 0.0) if cold else 0.0) for m in runs[name]
-            )
 
         for name in CONTENDERS:
             startup = statistics.median(m.startup_s or 0.0 for m in runs[name])
             print(
-                f"  {points:.0e} median {name:<19} wall {median(name):7.3f} s ({points / median(name):.3g} points/s)"
+                f"  {points:.0e} median {name:<19} wall {median_wall(runs[name]):7.3f} s ({points / median_wall(runs[name]):.3g} points/s)"
                 f"  start-up {startup:6.3f} s"
             )
         for reference in (REFERENCE, SAME_FOOTING):
-            warm = median(OURS) / median(reference)
-            cold = median(OURS, cold=True) / median(reference, cold=True)
+            warm = median_wall(runs[OURS]) / median_wall(runs[reference])
+            cold = median_wall(runs[OURS], cold=True) / median_wall(runs[reference], cold=True)
             print(f"  {points:.0e} {OURS} / {reference}: {warm:.3f}x after start-up, {cold:.3f}x cold")
             verdicts.append((points, reference, warm))
         print()
@@ -129,5 +124,10 @@ def _autogroup() -> str:
         return "unknown (not Linux?)"
 
 
+def median_wall(measurements: list[Measurement], cold: bool = False) -> float:
+    """Median wall time; ``cold`` adds each pool's start-up, as a one-job script pays it."""
+    return statistics.median(m.wall_s + ((m.startup_s or 0.0) if cold else 0.0) for m in measurements)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -28,7 +28,6 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -115,7 +114,7 @@ def bare_trio_client_us(kind: str, tasks: int) -> float:
 
         async def answer() -> None:
             while decoder.next_message() is protocol.NEED_DATA:
-                decoder.feed(await worker.stdout.receive_some(65536))  # type: ignore[union-attr]
+                decoder.feed(bytes(await worker.stdout.receive_some(65536)))  # type: ignore[union-attr]
 
         try:
             await worker.stdin.send_all(_hello())
@@ -171,11 +170,12 @@ def main() -> None:
 
     medians: dict[str, tuple[float, float]] = {}
     for name in names:
-        measured = [r for r in figures[name] if r.round_trip_us is not None and r.tasks_per_s is not None]
+        pairs = [(r.round_trip_us, r.tasks_per_s) for r in figures[name]]
+        measured = [(rt, tp) for rt, tp in pairs if rt is not None and tp is not None]
         if measured:
             medians[name] = (
-                statistics.median(r.round_trip_us for r in measured),  # type: ignore[misc]
-                statistics.median(r.tasks_per_s for r in measured),  # type: ignore[misc]
+                statistics.median(rt for rt, _ in measured),
+                statistics.median(tp for _, tp in measured),
             )
     print(f"\nmedians over {args.rounds} rounds:")
     reference_rt, reference_tp = medians.get(REFERENCE, (float("nan"), float("nan")))
@@ -213,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

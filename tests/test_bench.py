@@ -18,11 +18,11 @@ import pytest
 from mcpi_coordinator.bench import approaches, overhead, report
 from mcpi_coordinator.bench.measure import Measurement, Run
 from mcpi_coordinator.bench.one_shot import OneShotError, OneShotExchange
+from mcpi_coordinator.bench.tasks import count_chunk
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import main
 from mcpi_coordinator.launch import default_worker_command
 from mcpi_worker import protocol
-from mcpi_worker.kernels import KERNELS
 
 SEED = 20240601
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +41,7 @@ def _workload(kernel: str, points: int, chunk_size: int, workers: int = 2) -> Wo
 
 def _expected_inside(workload: Workload) -> int:
     return sum(
-        KERNELS[workload.kernel](workload.seed, chunk.stream, chunk.points)
+        count_chunk(workload.kernel, workload.seed, chunk.stream, chunk.points)
         for chunk in workload.chunks()
     )
 

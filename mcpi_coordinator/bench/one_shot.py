@@ -46,16 +46,16 @@ class OneShotExchange:
         self._decoder = protocol.FrameDecoder(protocol.WORKER_MESSAGES)
         self._welcomed = False
 
-    def receive(self, data: bytes) -> int | None:
+    def receive(self, data: bytes | bytearray) -> int | None:
         """Feed stdout bytes; the ``inside`` count once the result is in, else None.
 
         Raises ``OneShotError`` for anything but welcome-then-result: an error reply
         or a stream that breaks the protocol.
         """
         try:
-            self._decoder.feed(data)
+            self._decoder.feed(bytes(data))
             while (message := self._decoder.next_message()) is not protocol.NEED_DATA:
-                inside = self._handle(message)
+                inside = self._handle(message)  # type: ignore[arg-type]
                 if inside is not None:
                     return inside
         except protocol.ProtocolError as exc:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -52,7 +52,10 @@ def _sync_round_trip_us(call: Callable[[], object], tasks: int) -> float:
     return _median_us(samples)
 
 
-async def _async_round_trip_us(call: Callable[[], Awaitable[object]], tasks: int) -> float:
+Task = Callable[[], Coroutine[Any, Any, None]]
+
+
+async def _async_round_trip_us(call: Task, tasks: int) -> float:
     samples = []
     for _ in range(tasks):
         started = time.perf_counter_ns()
@@ -61,7 +64,7 @@ async def _async_round_trip_us(call: Callable[[], Awaitable[object]], tasks: int
     return _median_us(samples)
 
 
-async def _trio_tasks_per_s(call: Callable[[], Awaitable[object]], tasks: int) -> float:
+async def _trio_tasks_per_s(call: Task, tasks: int) -> float:
     """``tasks`` calls started at once in one nursery; the approach limits concurrency."""
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -127,7 +130,7 @@ def anyio_to_process(tasks: int, workers: int) -> Overhead:
     except ImportError as exc:
         return Overhead.missing("anyio-to-process", exc)
 
-    async def tasks_per_s(call: Callable[[], Awaitable[object]], count: int) -> float:
+    async def tasks_per_s(call: Task, count: int) -> float:
         started = time.perf_counter()
         async with anyio.create_task_group() as group:
             for _ in range(count):

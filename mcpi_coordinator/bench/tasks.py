@@ -12,7 +12,11 @@ from mcpi_worker.kernels import KERNELS
 
 def count_chunk(kernel: str, seed: int, stream: int, points: int) -> int:
     """The chunk's ``inside`` count: the very function ``mcpi-worker`` runs for a sample."""
-    return KERNELS[kernel](seed, stream, points)
+    return KERNELS[kernel](seed, stream, points, _never_stop)
+
+
+def _never_stop() -> bool:
+    return False  # executors have no cooperative cancellation to offer a kernel
 
 
 def noop() -> None:

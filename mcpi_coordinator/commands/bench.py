@@ -216,9 +216,11 @@ def _status(stderr: Console, text: str) -> Iterator[None]:
         yield
 
 
-def _run_one(name: str, measure: Callable[[], T]) -> T:
+def _run_one(name: str, measure: Callable[..., T], *args: Any) -> T:
+    """``measure(*args)``, its expected failures turned into ``_Failed``, Ctrl-C into
+    ``KeyboardInterrupt`` (even from inside a Trio nursery's exception group)."""
     try:
-        return measure()
+        return measure(*args)
     except BaseException as exc:
         if failures.is_interrupt(exc):
             raise KeyboardInterrupt from None
@@ -262,7 +264,7 @@ def run_approaches(args: argparse.Namespace) -> int:
         measurements = []
         for name in args.only:
             with _status(stderr, f"{name}: {args.repeat} run(s) of {args.points:,} points"):
-                measurements.append(_run_one(name, lambda: APPROACHES[name](workload, args.repeat)))
+                measurements.append(_run_one(name, APPROACHES[name], workload, args.repeat))
     except (_Failed, plots.PlottingUnavailable) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -325,7 +327,7 @@ def run_overhead(args: argparse.Namespace) -> int:
     try:
         for name, measure in OVERHEAD_APPROACHES.items():
             with _status(stderr, f"{name}: {args.tasks:,} tasks"):
-                results.append(_run_one(name, lambda: measure(args.tasks, args.workers)))
+                results.append(_run_one(name, measure, args.tasks, args.workers))
     except _Failed as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
