@@ -104,7 +104,7 @@ def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--points", "-n", type=cli_args.positive_count, default=DEFAULT_POINTS, metavar="N",
-        help=f"points per run (default {DEFAULT_POINTS:.0e}; accepts 1e9, 1_000_000)",
+        help=f"points per run (default {DEFAULT_POINTS:,}; accepts 1e9, 1_000_000)",
     )  # fmt: skip
     _add_workers(parser)
     parser.add_argument(
