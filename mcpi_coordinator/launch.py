@@ -35,9 +35,9 @@ class SessionProcess:
     error messages.
     """
 
-    def __init__(self, process: trio.Process) -> None:
+    def __init__(self, process: trio.Process, args: Sequence[str]) -> None:
         self._process = process
-        self.args: list[str] = [os.fsdecode(a) for a in process.args]  # type: ignore[union-attr]
+        self.args = list(args)
         self.stdin = process.stdin
         self.stdout = process.stdout
         self.stderr = process.stderr
@@ -77,14 +77,15 @@ class SessionProcess:
 
 async def spawn_worker(argv: Sequence[str]) -> WorkerProcess:
     """Start one worker from an argument vector (never through a shell)."""
+    argv = list(argv)
     process = await trio.lowlevel.open_process(
-        list(argv),
+        argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    return SessionProcess(process)
+    return SessionProcess(process, argv)
 
 
 def command_launcher(command_for: Callable[[int], Sequence[str]]) -> Launcher:

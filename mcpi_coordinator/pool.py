@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import structlog
 import trio
@@ -54,7 +54,11 @@ from mcpi_coordinator.errors import (
     worker_failures,
 )
 from mcpi_coordinator.lanes import Lanes
-from mcpi_coordinator.launch import command_launcher, default_worker_command, describe_command
+from mcpi_coordinator.launch import (
+    command_launcher,
+    default_worker_command,
+    describe_command,
+)
 from mcpi_coordinator.transport import Launcher, WorkerProcess
 from mcpi_coordinator.worker_connection import WorkerConnection
 from mcpi_worker.kernels import DEFAULT_KERNEL
@@ -237,7 +241,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> WorkerPool:
+    async def __aenter__(self) -> Self:
         if self._state != "new":
             raise RuntimeError("a WorkerPool can be entered only once")
         self._state = "open"

@@ -19,7 +19,6 @@ import json
 from collections import deque
 from typing import Any, Final
 
-import structlog
 from structlog.processors import NAME_TO_LEVEL
 
 MAX_LINE: Final[int] = 8192
@@ -40,7 +39,7 @@ class StderrRelay:
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.bytes_seen = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self.bytes_seen += len(data)
         self._partial += data
         if b"\n" not in data and len(self._partial) <= MAX_LINE:

@@ -262,7 +262,7 @@ class WorkerConnection:
         try:
             with worker_failures("reading the worker's stdout"):
                 while data := await stdout.receive_some(RECEIVE_SIZE):
-                    self._decoder.feed(data)
+                    self._decoder.feed(bytes(data))
                     while (message := self._decoder.next_message()) is not NEED_DATA:
                         self._handle(message)  # type: ignore[arg-type]
                 self._decoder.feed_eof()

@@ -65,9 +65,10 @@ POINTS = 200_000
 CHUNK = 7_000  # 29 chunks, the last one short
 
 
-async def _estimate(
-    workers: int, behaviour: FakeBehaviour = FakeBehaviour(), **options: Any
-) -> EstimateResult:
+CORRECT = FakeBehaviour()
+
+
+async def _estimate(workers: int, behaviour: FakeBehaviour = CORRECT, **options: Any) -> EstimateResult:
     outcome: EstimateResult | McpiError
     async with trio.open_nursery() as nursery:  # where the fakes run
         launcher = fake_launcher(nursery, behaviour)

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 import signal
 import socket
+from collections.abc import Iterator
 
 import pytest
 import structlog
 import trio
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.errors import ChunkFailed, PoolClosed, PoolExhausted, RequestFailed
+from mcpi_coordinator.errors import (
+    ChunkFailed,
+    PoolClosed,
+    PoolExhausted,
+    RequestFailed,
+)
 from mcpi_coordinator.lanes import Lanes
 from mcpi_coordinator.logging import configure_logging
 from mcpi_coordinator.pool import Chunk, WorkerPool, default_task_timeout

@@ -23,7 +23,12 @@ from rich.table import Table
 
 from mcpi_coordinator import cli_args, plots, remote
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult, run_estimate
+from mcpi_coordinator.estimate import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_POINTS,
+    EstimateResult,
+    run_estimate,
+)
 from mcpi_coordinator.exit_codes import ExitCode
 from mcpi_coordinator.launch import default_worker_command, spawn_worker
 from mcpi_coordinator.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
