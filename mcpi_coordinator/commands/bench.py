@@ -15,7 +15,6 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -134,7 +133,7 @@ def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
-        "--plot", type=_png_path, default=None, metavar="FILE.png",
+        "--plot", type=plots.picture_path_type(".png"), default=None, metavar="FILE.png",
         help="also write a bar chart of the wall times to FILE.png",
     )  # fmt: skip
     parser.set_defaults(handler=run_approaches)
@@ -181,15 +180,6 @@ def _approach_list(text: str) -> tuple[str, ...]:
             f"choose from {', '.join(APPROACHES)}"
         )
     return tuple(name for name in APPROACHES if name in names)  # the table's usual order
-
-
-def _png_path(text: str) -> Path:
-    path = Path(text)
-    if path.suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"{text!r} must end in .png")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: directory {str(path.parent)!r} does not exist")
-    return path
 
 
 # --------------------------------------------------------------------------- running
