@@ -94,6 +94,8 @@ def test_human_output_names_every_figure_and_prints_a_drawn_seed() -> None:
         (["--task-timeout", "soon"], "not a number of seconds"),
         (["--worker-cmd", "'unclosed"], "No closing quotation"),
         (["--log-level", "loud"], "invalid choice"),
+        (["--target-error", "0"], "must be a positive number"),
+        (["--target-error", "tiny"], "is not a number"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
