@@ -420,6 +420,8 @@ class _ScriptedProcess:
     def exit(self, code: int) -> None:
         self.returncode = code
         self._exited.set()
+        self.peer_stdout.close()  # a dead process's pipes end
+        self.peer_stderr.close()
 
     def terminate(self) -> None:
         self.exit(-signal.SIGTERM)
@@ -456,8 +458,6 @@ async def test_out_of_order_responses_are_matched_by_id() -> None:
         [shutdown] = await _read_messages(process.peer_stdin, 1)
         assert isinstance(shutdown, protocol.Shutdown)
         process.exit(0)
-        await process.peer_stdout.aclose()
-        await process.peer_stderr.aclose()
 
     async def launch(index: int) -> _ScriptedProcess:
         return process
