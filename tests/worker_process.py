@@ -118,7 +118,12 @@ class WorkerUnderTest:
         return self.proc.wait(timeout=timeout)
 
     def wait_with_peak_rss(self, timeout: float = TIMEOUT) -> tuple[int, int]:
-        """Reap the worker with ``wait4``: its exit code and its own peak RSS in bytes."""
+        """Reap the worker with ``wait4``: its exit code and its peak RSS in bytes.
+
+        Linux carries the spawning process's RSS high-water mark into the child's
+        ``ru_maxrss`` across exec, so this is at least the test runner's own peak:
+        compare it with ``control_peak_rss()`` taken the same way, not with a constant.
+        """
         deadline = time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(self.pid, os.WNOHANG)
@@ -178,3 +183,16 @@ class WorkerUnderTest:
             pass
         finally:
             self._stderr_done.set()
+
+
+def control_peak_rss() -> int:
+    """Peak RSS, measured like ``wait_with_peak_rss``, of a worker that is only started
+    and told to stop: what every worker spawned from this test process reports even
+    when it allocates nothing for its input."""
+    control = WorkerUnderTest()
+    try:
+        control.close_stdin()
+        _, peak = control.wait_with_peak_rss()
+        return peak
+    finally:
+        control.kill()
