@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from mcpi_coordinator.cli_args import count, positive_count, seconds
+from mcpi_coordinator.testing.processes import still_running
 
 WORK_CPU_S = 0.1
 """CPU seconds beyond start-up after which a worker counts as having done work
@@ -125,17 +126,6 @@ def run_estimate(args: argparse.Namespace, *, chaos: bool, busy_cpu_s: float = 0
     if process.returncode != 0:
         sys.exit(f"mcpi estimate failed (exit {process.returncode}): {err.strip()[-2000:]}")
     return Run(json.loads(out), wall, kills, seen, err)
-
-
-def still_running(pids: set[int]) -> list[int]:
-    left = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                left.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return left
 
 
 def main() -> int:

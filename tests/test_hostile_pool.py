@@ -36,6 +36,7 @@ from mcpi_coordinator.pool import Chunk, WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.fake_worker import fake_worker_command
 from mcpi_coordinator.testing.inprocess import FakeLauncher, by_launch, fake_launcher
+from mcpi_coordinator.testing.processes import still_running
 from mcpi_coordinator.transport import WorkerProcess
 from mcpi_worker.kernels import count_numpy
 
@@ -240,17 +241,6 @@ class RecordingLauncher:
         return process
 
 
-def running(pids: list[int]) -> list[int]:
-    left = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                left.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return left
-
-
 @pytest.mark.parametrize(
     "fault",
     [
@@ -272,7 +262,7 @@ async def test_subprocess_fault_is_replaced_by_a_real_worker_and_nothing_is_lost
             async with WorkerPool(2, launcher=launcher, task_timeout=1.5) as pool:
                 assert await count_all(pool, chunks(16)) == expected_inside(16)
                 assert pool.stats.restarts >= 1
-        assert running(launcher.pids) == [], "the pool returned with workers still running"
+        assert still_running(launcher.pids) == [], "the pool returned with workers still running"
     finally:
-        for pid in running(launcher.pids):
+        for pid in still_running(launcher.pids):
             psutil.Process(pid).kill()

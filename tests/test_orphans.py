@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 from mcpi_worker.protocol import MAX_POINTS
 
 WORKERS = 2
@@ -37,33 +38,13 @@ def _bin(name: str) -> str:
     return str(script) if script.exists() else name
 
 
-def alive(pids: list[int]) -> list[int]:
-    """The pids still running; a zombie (dead, not yet reaped) counts as gone."""
-    running = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                running.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return running
-
-
-def wait_gone(pids: list[int], deadline_s: float) -> tuple[list[int], float]:
-    """Poll the process table until every pid is gone or the deadline passes."""
-    start = time.monotonic()
-    while (left := alive(pids)) and time.monotonic() - start < deadline_s:
-        time.sleep(0.01)
-    return left, time.monotonic() - start
-
-
 @contextmanager
 def reaping(pids: list[int]) -> Iterator[None]:
     """Whatever happens in the test, kill what is left so nothing leaks into CI."""
     try:
         yield
     finally:
-        for pid in alive(pids):
+        for pid in still_running(pids):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -116,7 +97,7 @@ def test_sigkilled_parent_leaves_no_busy_worker_behind() -> None:
         busy_children(psutil.Process(parent.pid), WORKERS)
         parent.kill()
         parent.wait()
-        left, took = wait_gone(pids, ORPHAN_DEADLINE_S)
+        left, took = wait_until_gone(pids, ORPHAN_DEADLINE_S)
         assert left == [], f"workers {left} outlived their SIGKILLed parent by {took:.2f} s"
 
 
@@ -145,7 +126,7 @@ def test_sigkilled_mcpi_estimate_leaves_no_busy_worker_behind() -> None:
     with reaping([estimate.pid, *pids]):
         estimate.kill()
         estimate.communicate(timeout=SETUP_TIMEOUT_S)
-        left, took = wait_gone(pids, ORPHAN_DEADLINE_S)
+        left, took = wait_until_gone(pids, ORPHAN_DEADLINE_S)
         assert left == [], f"workers {left} outlived SIGKILLed mcpi estimate by {took:.2f} s"
 
 
@@ -162,4 +143,4 @@ def test_ctrl_c_on_mcpi_estimate_exits_130_quietly_and_reaps_every_worker() -> N
         assert estimate.returncode == 130, (estimate.returncode, err)
         assert "Traceback" not in err and "Traceback" not in out
         # The coordinator reaps its workers before it exits: they are gone already.
-        assert alive(pids) == [], f"workers {alive(pids)} still running after mcpi exited ({took:.2f} s)"
+        assert still_running(pids) == [], f"workers {still_running(pids)} still running after mcpi exited ({took:.2f} s)"

@@ -20,6 +20,10 @@ The other way round, to test a worker of your own: ``open_worker(command)`` star
 and gives a ``WorkerClient``, a deliberately simple peer that sends messages or raw
 bytes and reads responses one by one (``StderrTail`` drains its stderr).
 
+To assert that nothing was left behind, ask the process table:
+``testing.processes.still_running(pids)`` and ``wait_until_gone(pids, timeout_s)``
+(zombies count as gone; needs psutil, in the ``test`` extra).
+
 The in-process names are imported lazily so that the subprocess fake, which lives
 in this package, starts without importing Trio.
 """
