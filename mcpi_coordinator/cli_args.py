@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 def count(text: str) -> int:
@@ -40,12 +41,24 @@ def seed(text: str) -> int:
     return number
 
 
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
+def number(unit: str = "", *, allow_zero: bool = False) -> Callable[[str], float]:
+    """An argparse type for a finite number (of ``unit``, named in its messages) that
+    is positive or, with ``allow_zero``, not negative."""
+    of_unit = f" of {unit}" if unit else ""
+    least = f"0 or more {unit}".rstrip() if allow_zero else f"a positive number{of_unit}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number{of_unit}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {least}")
+        return value
+
+    parse.__name__ = unit or "number"  # argparse names the type in some messages
+    return parse
+
+
+seconds = number("seconds")
+"""A positive, finite number of seconds."""

@@ -110,7 +110,7 @@ def register(subparsers: Any) -> None:
         help="stop after S seconds and report the estimate from the chunks completed",
     )
     parser.add_argument(
-        "--target-error", type=_positive_number, default=None, metavar="EPS",
+        "--target-error", type=cli_args.number(), default=None, metavar="EPS",
         help="stop once the 95%% confidence interval's half-width is at most EPS",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -130,16 +130,6 @@ def register(subparsers: Any) -> None:
     )
     remote.add_arguments(parser)
     parser.set_defaults(handler=run)
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
 
 
 def worker_command(worker_cmd: str | None, index: int) -> list[str]:

@@ -13,7 +13,6 @@ while a ``--slow`` sample "runs".
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import select
 import signal
@@ -22,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
+from mcpi_coordinator import cli_args
 from mcpi_coordinator.cli_args import count, positive_count
 from mcpi_coordinator.testing.script import (
     EXIT_OK,
@@ -70,26 +70,6 @@ exit codes: 0 orderly end (stdin EOF, shutdown, or stdout closed by the reader);
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more MiB")
-    return value
-
-
-def _seconds_or_zero(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more seconds")
-    return value
 
 
 def _kernel_names(text: str) -> tuple[str, ...]:
@@ -147,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answer the first N samples with a retryable 'internal' error")
 
     pace = parser.add_argument_group("pace and capabilities")
-    pace.add_argument("--slow", type=_seconds_or_zero, default=0.0, metavar="SECONDS",
+    pace.add_argument("--slow", type=cli_args.number("seconds", allow_zero=True), default=0.0, metavar="SECONDS",
                       help="each sample takes this long (one at a time; pings still answered)")
-    pace.add_argument("--stderr-flood", type=_megabytes, default=0.0, metavar="MB",
+    pace.add_argument("--stderr-flood", type=cli_args.number("MiB", allow_zero=True), default=0.0, metavar="MB",
                       help="write MB MiB of text to stderr before the first result")
     pace.add_argument("--kernels", type=_kernel_names, default=tuple(kernels.KERNELS),
                       metavar="LIST", help=f"kernels offered (default {','.join(kernels.KERNELS)})")
