@@ -47,6 +47,19 @@ async def until(condition: object) -> None:
         await trio.sleep(0.01)
 
 
+class PeakInFlight:
+    """The most requests ``pool`` had in flight, sampled every 0.1 (fake) seconds."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.value = 0
+
+    async def watch(self) -> None:
+        while True:
+            self.value = max(self.value, self.pool.stats.in_flight)
+            await trio.sleep(0.1)
+
+
 async def run_all(pool: WorkerPool, work: list[Chunk]) -> int:
     inside = 0
     async with pool.imap_unordered(work) as results:
@@ -89,20 +102,13 @@ async def test_requests_are_pipelined_up_to_the_depth_and_matched_by_id(autojump
         async with trio.open_nursery() as nursery:
             launcher = fake_launcher(nursery, FakeBehaviour(slow=1.0, max_inflight=4))
             async with WorkerPool(1, launcher=launcher, pipeline_depth=2) as pool:
-                peak = 0
-
-                async def watch() -> None:
-                    nonlocal peak
-                    while True:
-                        peak = max(peak, pool.stats.in_flight)
-                        await trio.sleep(0.1)
-
-                nursery.start_soon(watch)
+                peak = PeakInFlight(pool)
+                nursery.start_soon(peak.watch)
                 start = trio.current_time()
                 assert await run_all(pool, chunks(6)) == expected_inside(6)
                 # One worker, one sample at a time: 6 fake seconds, never idle.
                 assert trio.current_time() - start == pytest.approx(6.0, abs=0.2)
-                assert peak == 2
+                assert peak.value == 2
                 nursery.cancel_scope.cancel()
             samples = [m for m in launcher.launched[0].stats.received if isinstance(m, protocol.Sample)]
             ids = [m.id for m in samples]
@@ -114,17 +120,10 @@ async def test_depth_is_capped_by_the_workers_max_inflight(autojump_clock: objec
         async with trio.open_nursery() as nursery:
             launcher = fake_launcher(nursery, FakeBehaviour(slow=1.0, max_inflight=1))
             async with WorkerPool(1, launcher=launcher, pipeline_depth=4) as pool:
-                peak = 0
-
-                async def watch() -> None:
-                    nonlocal peak
-                    while True:
-                        peak = max(peak, pool.stats.in_flight)
-                        await trio.sleep(0.1)
-
-                nursery.start_soon(watch)
+                peak = PeakInFlight(pool)
+                nursery.start_soon(peak.watch)
                 assert await run_all(pool, chunks(4)) == expected_inside(4)
-                assert peak == 1
+                assert peak.value == 1
                 nursery.cancel_scope.cancel()
             assert not launcher.launched[0].stats.errors_sent  # never a 'busy'
 
