@@ -560,13 +560,15 @@ class WorkerPool:
         """Wait until the connection breaks, or fail it when a request overruns the
         task timeout (a hung worker answers nothing, so only a clock can tell)."""
         while connection.failure is None:
-            progress = connection.progress_event
-            deadline = connection.stall_deadline(self._task_budget)
-            with trio.move_on_at(deadline):
-                await progress.wait()
-                continue
-            budget = self._task_budget(connection.oldest_points())
-            connection.fail(WorkerFailure(f"no answer within the task timeout ({budget:g} s)"))
+            with trio.CancelScope() as clock:
+                connection.track_stalls(clock, self._task_budget)
+                await connection.broken.wait()
+            # The clock rang. An answer may have come in the same scheduler tick and
+            # moved the deadline on: only a request still overdue now is a stall.
+            overdue = trio.current_time() >= connection.stall_deadline(self._task_budget)
+            if connection.failure is None and overdue:
+                budget = self._task_budget(connection.oldest_points())
+                connection.fail(WorkerFailure(f"no answer within the task timeout ({budget:g} s)"))
         return str(connection.failure)
 
     @contextmanager

@@ -95,7 +95,8 @@ class WorkerConnection:
         self._ids = itertools.count(1)  # ids are never reused on a connection
         self._requests: dict[int, _Request] = {}  # insertion order = send order
         self._welcomed = trio.Event()
-        self._progress = trio.Event()
+        self._stall_clock: trio.CancelScope | None = None
+        self._stall_budget: Callable[[int], float] | None = None
         self._last_answer_at = -math.inf
         self._closing = False
         # Unbounded is safe: what goes in is bounded by the pool's lanes (at most
@@ -122,10 +123,16 @@ class WorkerConnection:
     def usable(self) -> bool:
         return self.failure is None and not self._closing and self.welcome is not None
 
-    @property
-    def progress_event(self) -> trio.Event:
-        """Set at the next request sent, answer received, or failure."""
-        return self._progress
+    def track_stalls(self, clock: trio.CancelScope, budget: Callable[[int], float]) -> None:
+        """Keep ``clock.deadline`` at ``stall_deadline(budget)`` from now on.
+
+        The deadline is moved synchronously at every request and answer, so the task
+        waiting in ``clock`` wakes only when the oldest request overruns its budget,
+        not twice per request: on the hot path of tiny requests those wake-ups were
+        two task switches each (benchmarks/overhead.py, tests/test_pool_hot_path.py).
+        """
+        self._stall_clock, self._stall_budget = clock, budget
+        clock.deadline = self.stall_deadline(budget)
 
     def stderr_tail(self) -> str:
         return self._stderr.tail()
@@ -338,8 +345,8 @@ class WorkerConnection:
             self._on_capacity(self)
 
     def _notify_progress(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._stall_clock is not None and self._stall_budget is not None:
+            self._stall_clock.deadline = self.stall_deadline(self._stall_budget)
 
 
 def _signal(send: Callable[[], None]) -> None:
