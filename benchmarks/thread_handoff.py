@@ -1,0 +1,124 @@
+"""The floor under a worker's reader-thread → compute-thread hand-off, on this machine.
+
+mcpi-worker answers ``ping`` on the thread that read it, but hands a ``sample`` to its
+compute thread (so that cancel, ping and EOF are still read while a kernel runs). This
+measures what that one extra cross-thread wake-up costs in bare Python, with no mcpi
+code at all, beside the worker's own figures: a blocking client's ``ping`` and
+0-point ``sample`` round trips. Their difference minus the hand-off is what mcpi adds.
+
+    python benchmarks/thread_handoff.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+
+from mcpi_worker.protocol import (
+    NEED_DATA,
+    WORKER_MESSAGES,
+    FrameDecoder,
+    Hello,
+    Message,
+    Ping,
+    Sample,
+    encode,
+)
+
+
+def bare_handoff_us(requests: int) -> float:
+    """Median round trip: main thread queues an item and notifies; the other thread
+    wakes, takes it and answers through a pipe (as the worker's compute loop does)."""
+    lock = threading.Lock()
+    wake = threading.Condition(lock)
+    queue: deque[int | None] = deque()
+    answer_r, answer_w = os.pipe()
+
+    def compute() -> None:
+        while True:
+            with lock:
+                while not queue:
+                    wake.wait()
+                item = queue.popleft()
+            if item is None:
+                return
+            os.write(answer_w, b"x")
+
+    thread = threading.Thread(target=compute)
+    thread.start()
+    times = []
+    for i in range(requests):
+        start = time.perf_counter()
+        with lock:
+            queue.append(i)
+            wake.notify()
+        os.read(answer_r, 1)
+        times.append(time.perf_counter() - start)
+    with lock:
+        queue.append(None)
+        wake.notify()
+    thread.join()
+    os.close(answer_r)
+    os.close(answer_w)
+    return statistics.median(times) * 1e6
+
+
+def worker_round_trips_us(requests: int) -> dict[str, float]:
+    """Median round trips of a blocking client to one real mcpi-worker."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mcpi_worker", "--log-level", "warning"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    decoder = FrameDecoder(WORKER_MESSAGES)
+
+    def receive() -> Message:
+        while (message := decoder.next_message()) is NEED_DATA:
+            decoder.feed(os.read(worker.stdout.fileno(), 65536))
+        return message  # type: ignore[return-value]
+
+    def round_trip(frame: bytes) -> float:
+        start = time.perf_counter()
+        os.write(worker.stdin.fileno(), frame)
+        receive()
+        return time.perf_counter() - start
+
+    os.write(worker.stdin.fileno(), encode(Hello(versions=(1,), client="thread_handoff")))
+    receive()
+    figures = {
+        "ping": statistics.median(round_trip(encode(Ping(i))) for i in range(1, requests + 1)),
+        "0-point sample": statistics.median(
+            round_trip(encode(Sample(i, 1, i, 0, "numpy")))
+            for i in range(requests + 1, 2 * requests + 1)
+        ),
+    }
+    worker.stdin.close()
+    worker.wait()
+    return {name: seconds * 1e6 for name, seconds in figures.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="round trips per figure")
+    args = parser.parse_args()
+    handoff = bare_handoff_us(args.requests)
+    worker = worker_round_trips_us(args.requests)
+    print(f"bare Python thread hand-off + pipe answer   {handoff:7.1f} us")
+    for name, micros in worker.items():
+        print(f"mcpi-worker, blocking client, {name:15s}{micros:7.1f} us")
+    extra = worker["0-point sample"] - worker["ping"]
+    print(f"sample - ping (the hand-off and the kernel call) {extra:7.1f} us, "
+          f"{extra / handoff:.2f}x the bare hand-off")
+    print("load average {:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
