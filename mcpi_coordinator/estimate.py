@@ -62,6 +62,11 @@ class PiStatistics:
     def half_width(self) -> float:
         return (self.ci95[1] - self.ci95[0]) / 2
 
+    @property
+    def error(self) -> float:
+        """The estimate minus ``math.pi``: what every report calls its error."""
+        return self.pi - math.pi
+
 
 def pi_statistics(inside: int, points: int) -> PiStatistics:
     """π̂ = 4·inside/points with its binomial standard error and 95% interval."""
@@ -123,7 +128,7 @@ class EstimateResult:
 
     @property
     def error(self) -> float:
-        return self.pi - math.pi
+        return self.statistics.error
 
     @property
     def chunks(self) -> int:

@@ -258,7 +258,7 @@ class _QuadrantFigure:
         d = self._decimals
         self._headline.set_text(f"π ≈ {stats.pi:.{d}f} ± {stats.half_width:.{d}f}  (95%)")
         self._title.set_text(
-            f"{inside_n:,} of {n:,} points inside  ·  error {_signed(stats.pi - math.pi, d)}\n"
+            f"{inside_n:,} of {n:,} points inside  ·  error {_signed(stats.error, d)}\n"
             f"seed {self.sample.seed}, stream {self.sample.stream}"
         )
 
@@ -414,7 +414,7 @@ def plot_convergence(
         ax.legend(loc="best", frameon=False)
         figure.suptitle(
             f"π ≈ {final.pi:.{d}f} ± {final.half_width:.{d}f} (95%)  ·  "
-            f"error {_signed(final.pi - math.pi, d)}",
+            f"error {_signed(final.error, d)}",
             fontsize=13, fontweight="bold", color=INK,
         )  # fmt: skip
         ax.set_title(

@@ -42,6 +42,7 @@ def test_statistics_formula() -> None:
     assert stats.pi == pytest.approx(4 * p)
     assert stats.std_error == pytest.approx(4 * math.sqrt(p * (1 - p) / 1_000_000))
     assert stats.half_width == pytest.approx(1.959964 * stats.std_error)
+    assert stats.error == pytest.approx(4 * p - math.pi)
     assert stats.ci95[0] < stats.pi < stats.ci95[1]
     with pytest.raises(ValueError):
         pi_statistics(0, 0)

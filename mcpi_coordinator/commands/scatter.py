@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import secrets
 import sys
 from pathlib import Path
@@ -133,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             "pi": stats.pi,
             "std_error": stats.std_error,
             "ci95": list(stats.ci95),
-            "error": stats.pi - math.pi,
+            "error": stats.error,
         }
         print(json.dumps(report))
     else:
