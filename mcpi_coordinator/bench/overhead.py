@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, wait
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,13 +65,27 @@ async def _async_round_trip_us(call: Task, tasks: int) -> float:
     return _median_us(samples)
 
 
-async def _trio_tasks_per_s(call: Task, tasks: int) -> float:
-    """``tasks`` calls started at once in one nursery; the approach limits concurrency."""
+TaskGroupFactory = Callable[[], AbstractAsyncContextManager[Any]]
+"""``trio.open_nursery`` or ``anyio.create_task_group``: both give ``start_soon``."""
+
+
+async def _tasks_per_s(open_group: TaskGroupFactory, call: Task, tasks: int) -> float:
+    """``tasks`` calls started at once in one task group; the approach limits concurrency."""
     started = time.perf_counter()
-    async with trio.open_nursery() as nursery:
+    async with open_group() as group:
         for _ in range(tasks):
-            nursery.start_soon(call)
+            group.start_soon(call)
     return tasks / (time.perf_counter() - started)
+
+
+async def _measure_async(
+    name: str, call: Task, tasks: int, workers: int, open_group: TaskGroupFactory
+) -> Overhead:
+    """Warm up, then the two figures: sequential round trip and concurrent throughput."""
+    await _tasks_per_s(open_group, call, _warm_up_count(workers))
+    round_trip = await _async_round_trip_us(call, tasks)
+    per_s = await _tasks_per_s(open_group, call, tasks)
+    return Overhead(name, round_trip, per_s)
 
 
 def _warm_up_count(workers: int) -> int:
@@ -112,10 +127,7 @@ def trio_parallel(tasks: int, workers: int) -> Overhead:
             async def call() -> None:
                 await context.run_sync(shipped.noop, limiter=limiter)
 
-            await _trio_tasks_per_s(call, _warm_up_count(workers))
-            round_trip = await _async_round_trip_us(call, tasks)
-            per_s = await _trio_tasks_per_s(call, tasks)
-        return Overhead("trio-parallel", round_trip, per_s)
+            return await _measure_async("trio-parallel", call, tasks, workers, trio.open_nursery)
 
     return trio.run(measure)
 
@@ -130,23 +142,15 @@ def anyio_to_process(tasks: int, workers: int) -> Overhead:
     except ImportError as exc:
         return Overhead.missing("anyio-to-process", exc)
 
-    async def tasks_per_s(call: Task, count: int) -> float:
-        started = time.perf_counter()
-        async with anyio.create_task_group() as group:
-            for _ in range(count):
-                group.start_soon(call)
-        return count / (time.perf_counter() - started)
-
     async def measure() -> Overhead:
         limiter = anyio.CapacityLimiter(workers)
 
         async def call() -> None:
             await anyio.to_process.run_sync(shipped.noop, limiter=limiter)
 
-        await tasks_per_s(call, _warm_up_count(workers))
-        round_trip = await _async_round_trip_us(call, tasks)
-        per_s = await tasks_per_s(call, tasks)
-        return Overhead("anyio-to-process", round_trip, per_s)
+        return await _measure_async(
+            "anyio-to-process", call, tasks, workers, anyio.create_task_group
+        )
 
     # anyio's default backend, asyncio: what a user of anyio.to_process gets.
     return anyio.run(measure)
@@ -173,10 +177,7 @@ def trio_pool(tasks: int, workers: int) -> Overhead:
             async def call() -> None:
                 await pool.sample(EMPTY_CHUNK)
 
-            await _trio_tasks_per_s(call, _warm_up_count(workers))
-            round_trip = await _async_round_trip_us(call, tasks)
-            per_s = await _trio_tasks_per_s(call, tasks)
-        return Overhead("trio-pool", round_trip, per_s)
+            return await _measure_async("trio-pool", call, tasks, workers, trio.open_nursery)
 
     return trio.run(measure)
 
