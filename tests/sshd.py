@@ -228,24 +228,21 @@ class SshDaemon:
         lines = self._config_lines()
         # OpenSSH >= 9.8 penalises sources whose sessions end badly; this test daemon
         # kills sessions on purpose, so switch it off where the option exists.
-        candidate = lines + ["PerSourcePenalties no"]
-        self.config.write_text("\n".join(candidate) + "\n")
-        check = subprocess.run(
+        check = self._write_and_test(lines + ["PerSourcePenalties no"])
+        if check.returncode != 0 and "PerSourcePenalties" in check.stderr:
+            check = self._write_and_test(lines)  # an older sshd: no such option
+        if check.returncode != 0:
+            raise RuntimeError(f"sshd rejects its test configuration: {check.stderr.strip()}")
+
+    def _write_and_test(self, lines: list[str]) -> subprocess.CompletedProcess[str]:
+        """Write ``lines`` as the config and let ``sshd -t`` judge it."""
+        self.config.write_text("\n".join(lines) + "\n")
+        return subprocess.run(
             [self.openssh.sshd, "-t", "-f", str(self.config)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
         )
-        if check.returncode != 0 and "PerSourcePenalties" in check.stderr:
-            self.config.write_text("\n".join(lines) + "\n")
-            check = subprocess.run(
-                [self.openssh.sshd, "-t", "-f", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-            )
-        if check.returncode != 0:
-            raise RuntimeError(f"sshd rejects its test configuration: {check.stderr.strip()}")
 
     def _accepts_connections(self) -> bool:
         # The "listening" line is written after bind+listen, so a connect then succeeds;
