@@ -39,6 +39,7 @@ from mcpi_coordinator.cli_args import count
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
 from mcpi_coordinator.logging import configure_logging
 from mcpi_coordinator.pool import WorkerPool
+from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 
 SEED = 20240611
@@ -118,13 +119,7 @@ def cold_executor_script(points: int) -> tuple[float, int]:
 
 def peak_rss_mib(args: list[str]) -> tuple[float, dict[str, object]]:
     process = psutil.Popen([*MCPI, "estimate", "--json", *args], stdout=subprocess.PIPE, text=True)
-    peak = 0
-    while process.poll() is None:
-        try:
-            peak = max(peak, process.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.02)
+    peak = peak_rss_until_exit(process)
     out, _ = process.communicate()
     return peak / 2**20, json.loads(out)
 

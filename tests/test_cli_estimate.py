@@ -20,6 +20,7 @@ import pytest
 
 from mcpi_coordinator.cli import main
 from mcpi_coordinator.estimate import iter_chunks
+from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator.cli"]
@@ -150,14 +151,8 @@ def test_a_worker_flooding_stderr_does_not_stall_the_run_or_grow_memory() -> Non
          "--seed", "3", "--worker-cmd", f"{FAKE_WORKER} --stderr-flood 100"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    peak_rss = 0
     try:
-        while process.poll() is None:
-            try:
-                peak_rss = max(peak_rss, process.memory_info().rss)
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.05)
+        peak_rss = peak_rss_until_exit(process, poll_s=0.05)
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 
-from mcpi_coordinator.testing.processes import still_running, wait_until_gone
+import psutil
+
+from mcpi_coordinator.testing.processes import peak_rss_until_exit, still_running, wait_until_gone
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -38,3 +40,17 @@ def test_wait_until_gone_reports_what_is_left_after_the_timeout() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_peak_rss_until_exit_sees_memory_the_child_really_held() -> None:
+    # 200 MB, touched page by page so it is resident, held long enough to be polled.
+    holder = [sys.executable, "-c",
+              "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)"]
+    child = psutil.Popen(holder)
+    try:
+        peak = peak_rss_until_exit(child, poll_s=0.01)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert peak > 150 * 2**20

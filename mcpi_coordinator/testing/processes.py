@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 
 def still_running(pids: Iterable[int]) -> list[int]:
@@ -36,3 +40,21 @@ def wait_until_gone(pids: Iterable[int], timeout_s: float) -> tuple[list[int], f
     while (left := still_running(wanted)) and time.monotonic() - start < timeout_s:
         time.sleep(0.01)
     return left, time.monotonic() - start
+
+
+def peak_rss_until_exit(process: psutil.Popen, poll_s: float = 0.02) -> int:
+    """Poll ``process``'s resident memory until it exits; the highest reading, in bytes.
+
+    Its pipes are not read meanwhile, so use it for processes whose output fits in a
+    pipe buffer (a ``--json`` summary), then collect that with ``communicate()``.
+    """
+    import psutil
+
+    peak = 0
+    while process.poll() is None:
+        try:
+            peak = max(peak, process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(poll_s)
+    return peak
