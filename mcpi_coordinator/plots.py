@@ -30,7 +30,7 @@ import numpy as np
 
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import pi_statistics
-from mcpi_worker.kernels import iter_point_blocks
+from mcpi_worker.kernels import inside_quarter_circle, iter_point_blocks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -189,12 +189,7 @@ def sample_quadrant(seed: int, stream: int, points: int) -> QuadrantSample:
     for block in iter_point_blocks(seed, stream, points):
         xy[start : start + len(block)] = block  # the kernel reuses its block buffer
         start += len(block)
-    x, y = xy[:, 0], xy[:, 1]
-    # The kernel's definition exactly: x*x + y*y < 1 in float32 (count_numpy makes the
-    # same test, bit for bit, on the unscaled draws). In float64, points within ~1e-7
-    # of the arc (about one in ten million) could change sides and break the equality.
-    inside = (x * x + y * y) < np.float32(1.0)
-    return QuadrantSample(seed=seed, stream=stream, xy=xy, inside=inside)
+    return QuadrantSample(seed=seed, stream=stream, xy=xy, inside=inside_quarter_circle(xy))
 
 
 def _marker_area(points: int) -> float:

@@ -16,6 +16,7 @@ from mcpi_worker.kernels import (
     Cancelled,
     count_numpy,
     count_python,
+    inside_quarter_circle,
     iter_point_blocks,
     python_seed,
 )
@@ -90,9 +91,10 @@ def test_numpy_count_is_the_float32_circle_test_on_those_points() -> None:
     points = 100_003
     xy = np.concatenate([b.copy() for b in iter_point_blocks(11, 2, points)])
     x, y = xy[:, 0], xy[:, 1]
-    expected = int(np.count_nonzero(x * x + y * y < np.float32(1)))
+    by_definition = x * x + y * y < np.float32(1)
     assert (x * x).dtype == np.float32
-    assert count_numpy(11, 2, points) == expected
+    assert count_numpy(11, 2, points) == int(np.count_nonzero(by_definition))
+    np.testing.assert_array_equal(inside_quarter_circle(xy), by_definition)
 
 
 def test_python_count_is_the_lessons_loop() -> None:
