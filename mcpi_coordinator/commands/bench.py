@@ -235,7 +235,7 @@ def run_approaches(args: argparse.Namespace) -> int:
     try:
         command = tuple(worker_command(args.worker_cmd, 0))
     except ValueError as exc:
-        print(f"mcpi bench: error: --worker-cmd {args.worker_cmd!r}: {exc}", file=sys.stderr)
+        print(f"mcpi bench: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     configure_logging()  # warnings and errors only, on stderr: stdout carries the results
     seed = args.seed if args.seed is not None else secrets.randbits(64)

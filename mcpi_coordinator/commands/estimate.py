@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import secrets
-import shlex
 import signal
 import sys
 from dataclasses import asdict
@@ -133,13 +132,11 @@ def register(subparsers: Any) -> None:
 
 def worker_command(worker_cmd: str | None, index: int) -> list[str]:
     """The argument vector that starts worker ``index``: ``--worker-cmd`` shell-split,
-    or this interpreter's ``mcpi-worker``. Raises ``ValueError`` for an unusable one."""
+    or this interpreter's ``mcpi-worker``. Raises ``RemoteConfigError`` (a
+    ``ValueError``) with one clear line for an unusable one."""
     if worker_cmd is None:
         return default_worker_command()
-    argv = shlex.split(worker_cmd)
-    if not argv:
-        raise ValueError("it is empty")
-    return remote.substitute_index(argv, index)
+    return remote.substitute_index(remote.split_command(worker_cmd, "--worker-cmd"), index)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,10 +185,7 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
     if args.chunk_size > MAX_POINTS:
         return f"--chunk-size {args.chunk_size} is above the protocol's limit of {MAX_POINTS}"
     try:
-        worker_command(args.worker_cmd, 0)
-    except ValueError as error:
-        return f"--worker-cmd {args.worker_cmd!r}: {error}"
-    try:
+        worker_command(args.worker_cmd, 0)  # checked even when every worker is remote
         args.slots = remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
     except remote.RemoteConfigError as error:
         return str(error)
