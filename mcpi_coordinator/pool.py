@@ -43,8 +43,9 @@ import structlog
 import trio
 
 from mcpi_coordinator import __version__
+from mcpi_coordinator.batch import Batch
+from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
 from mcpi_coordinator.errors import (
-    ChunkFailed,
     McpiError,
     PoolClosed,
     PoolExhausted,
@@ -61,7 +62,7 @@ from mcpi_coordinator.launch import (
 )
 from mcpi_coordinator.transport import Launcher, WorkerProcess
 from mcpi_coordinator.worker_connection import WorkerConnection
-from mcpi_worker.kernels import DEFAULT_KERNEL
+from mcpi_worker.protocol import Result
 
 log = structlog.get_logger("mcpi.pool")
 
@@ -84,26 +85,6 @@ def default_task_timeout(points: int) -> float:
 
 
 # --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One unit of work: count ``points`` of stream ``stream`` of ``seed`` with ``kernel``."""
-
-    seed: int
-    stream: int
-    points: int
-    kernel: str = DEFAULT_KERNEL
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkResult:
-    chunk: Chunk
-    inside: int
-    elapsed_s: float
-    """The worker's own measure of the time it spent computing the chunk."""
-    slot: int
-    pid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,37 +281,41 @@ class WorkerPool:
         request for good (unknown kernel), ``PoolExhausted`` when no worker is left,
         ``PoolClosed`` after the pool closed.
         """
-        attempts = 0  # failures that count against this chunk
-        retrying = False
+        await trio.lowlevel.checkpoint_if_cancelled()
+        attempts = Attempts(chunk, self._max_chunk_attempts)
         while True:
-            connection = await self._take_lane(retry=retrying)
+            connection = await self._take_lane(retry=attempts.tried)
             self._check_capabilities(connection, chunk)
             try:
                 result = await connection.sample(chunk.seed, chunk.stream, chunk.points, chunk.kernel)
-            except RequestFailed as error:
-                if not error.retryable:
+            except (RequestFailed, WorkerFailure) as error:
+                if not attempts.charge(error):
+                    raise attempts.failed(await self._why_it_ended(connection, error)) from None
+                continue
+            return self._record(connection, chunk, result)
+
+    async def ping(self) -> int:
+        """Send the protocol's cheapest request, ``ping``, through the pool and wait
+        for its ``pong``; return the slot that answered.
+
+        It takes the next free lane as a chunk does, so its round trip is the pool's
+        own cost per request with no work in it (``mcpi bench overhead``), and it
+        tells that a worker answers. A worker failing meanwhile is replaced and the
+        ping sent again, up to ``max_chunk_attempts`` times; then that failure is
+        raised (a ``WorkerFailure``). Raises ``PoolExhausted``/``PoolClosed`` as
+        ``sample`` does.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        for attempt in range(1, self._max_chunk_attempts + 1):
+            connection = await self._take_lane(retry=attempt > 1)
+            try:
+                await connection.ping()
+            except WorkerFailure:
+                if attempt == self._max_chunk_attempts:
                     raise
-                attempts += 1
-                last_error: McpiError = error
-            except WorkerFailure as error:
-                # Queued behind the request that broke the worker: not this chunk's fault.
-                attempts += error.was_running
-                last_error = error
-            else:
-                break
-            retrying = True
-            if attempts >= self._max_chunk_attempts:
-                reason = await self._why_it_ended(connection, last_error)
-                raise ChunkFailed(
-                    f"chunk {chunk.stream} of seed {chunk.seed} failed on {attempts} workers "
-                    f"in a row; last: {reason}"
-                ) from None
-        slot = self._slots[connection.slot]
-        slot.chunks += 1
-        slot.points += result.points
-        slot.busy_s += result.elapsed_s
-        self._completed += 1
-        return ChunkResult(chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid)
+                continue
+            return connection.slot
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def imap_unordered(self, chunks: Iterable[Chunk]) -> AsyncIterator[AsyncIterator[ChunkResult]]:
@@ -344,19 +329,28 @@ class WorkerPool:
         # At most this many chunks are in the pool at once: enough to keep every lane
         # busy plus one waiting per worker, so a 10**13-point run never builds a list.
         window = self.size * (self._pipeline_depth + 1)
-        send, receive = trio.open_memory_channel[ChunkResult | McpiError](window)
+        batch = Batch(
+            iter(chunks),
+            window,
+            take_free_lane=self._take_free_lane,
+            take_lane=self._take_lane,
+            check_capabilities=self._check_capabilities,
+            record=self._record,
+            why_it_ended=self._why_it_ended,
+            max_chunk_attempts=self._max_chunk_attempts,
+        )
         scope = trio.CancelScope()
         finished = trio.Event()
         self._batch_scopes.add(scope)
-        nursery.start_soon(self._run_batch, iter(chunks), window, send, scope, finished)
+        nursery.start_soon(self._run_batch, batch, scope, finished)
         try:
-            yield _ResultStream(receive)
+            yield batch.results
         finally:
             scope.cancel()
             with trio.CancelScope(shield=True):
-                await finished.wait()  # immediate: cancelled requests unwind without waiting
+                await finished.wait()  # immediate: in-flight requests are abandoned, not awaited
             self._batch_scopes.discard(scope)
-            receive.close()
+            batch.results.close()
 
     @property
     def stats(self) -> PoolStats:
@@ -385,9 +379,15 @@ class WorkerPool:
     def _offer_lane(self, connection: WorkerConnection) -> None:
         self._lanes.offer(connection)
 
-    async def _take_lane(self, *, retry: bool = False) -> WorkerConnection:
+    def _take_free_lane(self) -> WorkerConnection | None:
         self._require_open()
-        return await self._lanes.take(retry=retry)
+        return self._lanes.take_nowait()
+
+    async def _take_lane(self, *, retry: bool = False) -> WorkerConnection:
+        # A free lane is taken without a scheduler pass: ``sample`` waits for the
+        # answer right after, which is its checkpoint.
+        lane = self._take_free_lane()
+        return lane if lane is not None else await self._lanes.take(retry=retry)
 
     async def _why_it_ended(self, connection: WorkerConnection, error: McpiError) -> str:
         """The slot's full account of a failed worker (command, exit status, stderr),
@@ -417,38 +417,21 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ batches
 
-    async def _run_batch(
-        self,
-        chunks: Iterator[Chunk],
-        window: int,
-        results: trio.MemorySendChannel[ChunkResult | McpiError],
-        scope: trio.CancelScope,
-        finished: trio.Event,
-    ) -> None:
+    async def _run_batch(self, batch: Batch, scope: trio.CancelScope, finished: trio.Event) -> None:
         try:
             with scope:
-                async with results, trio.open_nursery() as nursery:
-                    room = trio.Semaphore(window)
-                    for chunk in chunks:
-                        await room.acquire()
-                        nursery.start_soon(self._run_one, chunk, results, room)
+                await batch.run()
         finally:
             finished.set()
 
-    async def _run_one(
-        self,
-        chunk: Chunk,
-        results: trio.MemorySendChannel[ChunkResult | McpiError],
-        room: trio.Semaphore,
-    ) -> None:
-        try:
-            outcome: ChunkResult | McpiError = await self.sample(chunk)
-        except McpiError as error:
-            outcome = error
-        # The channel holds ``window`` items and at most ``window`` tasks exist, so
-        # this never waits on a slow reader while holding a worker.
-        await results.send(outcome)
-        room.release()
+    def _record(self, connection: WorkerConnection, chunk: Chunk, result: Result) -> ChunkResult:
+        """Count a chunk's result in its slot's totals and the pool's."""
+        slot = self._slots[connection.slot]
+        slot.chunks += 1
+        slot.points += result.points
+        slot.busy_s += result.elapsed_s
+        self._completed += 1
+        return ChunkResult(chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid)
 
     # ------------------------------------------------------------------ slot supervision
 
@@ -622,22 +605,3 @@ class WorkerPool:
         self._unsettled -= 1
         if self._unsettled == 0:
             self._settled.set()
-
-
-class _ResultStream:
-    """What ``imap_unordered`` yields: results in completion order; raises a failure."""
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[ChunkResult | McpiError]) -> None:
-        self._receive = receive
-
-    def __aiter__(self) -> _ResultStream:
-        return self
-
-    async def __anext__(self) -> ChunkResult:
-        try:
-            item = await self._receive.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
-        if isinstance(item, McpiError):
-            raise item
-        return item

@@ -1,9 +1,15 @@
 """One worker process: its three pipes, the protocol state, and the requests in flight.
 
 A ``WorkerConnection`` is the async shell around the sans-IO core in
-``mcpi_worker.protocol``: one task writes stdin from an outbox, one reads stdout into
-a ``FrameDecoder`` and matches responses to requests by id, one drains stderr. The
-three run concurrently (``run_pipes``), so no pipe can fill up and deadlock the others.
+``mcpi_worker.protocol``: frames go to stdin, one task reads stdout into a
+``FrameDecoder`` and matches responses to requests by id, one drains stderr. The
+reading tasks run concurrently with every write (``run_pipes``), so no pipe can fill
+up and deadlock the others.
+
+A frame is written at once by whoever sends it when stdin is an idle OS pipe
+(``pipes.write_nowait``); otherwise, or for what the pipe has no room for, it goes
+through an outbox that a writer task drains with blocking writes. The writer owns
+stdin while anything is in the outbox, so frames never overtake each other.
 
 Anything that goes wrong on this connection (EOF, a broken pipe, a protocol
 violation, a fatal ``error`` from the worker, a stall noticed by the pool) ends up in
@@ -17,12 +23,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import structlog
 import trio
 
+from mcpi_coordinator import pipes
 from mcpi_coordinator.errors import RequestFailed, WorkerFailure, worker_failures
 from mcpi_coordinator.stderr_relay import StderrRelay
 from mcpi_coordinator.transport import WorkerProcess
@@ -36,6 +44,8 @@ from mcpi_worker.protocol import (
     Error,
     FrameDecoder,
     Hello,
+    Ping,
+    Pong,
     Result,
     Sample,
     Shutdown,
@@ -46,18 +56,51 @@ from mcpi_worker.protocol import (
 RECEIVE_SIZE: Final[int] = 64 * 1024
 
 
-@dataclass(eq=False)
+Answer = Result | Pong | Error | WorkerFailure
+"""The one final outcome of a request: the worker's ``result`` (to a sample), ``pong``
+(to a ping) or ``error``, or the failure of the connection before it answered."""
+
+OnAnswer = Callable[[Answer], None]
+
+
+@dataclass(eq=False, slots=True)
 class _Request:
     """A sample request the worker has not answered yet."""
 
     points: int
     sent_at: float
-    done: trio.Event = field(default_factory=trio.Event)
-    answer: Result | Error | WorkerFailure | None = None
-    abandoned: bool = False
-    """The caller was cancelled: a ``cancel`` was sent, the final answer is dropped."""
-    was_running: bool = False
-    """Set on failure: this was the oldest request, the one the worker was computing."""
+    on_answer: OnAnswer | None
+    """Called once with the final answer; None once the caller abandoned the request
+    (a ``cancel`` was sent, and the answer is dropped when it comes)."""
+    ping: bool = False
+    """A ``ping``, answered by ``pong``; otherwise a ``sample``, answered by ``result``."""
+
+
+class _Reply:
+    """The answer to one request that a task waits for."""
+
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.answer: Answer | None = None
+        self.done = trio.Event()
+
+    def deliver(self, answer: Answer) -> None:
+        self.answer = answer
+        self.done.set()
+
+
+def outcome(slot: int, answer: Answer) -> Result | Pong:
+    """``answer`` itself, or the mcpi error it stands for, raised: ``RequestFailed``
+    for the worker's ``error``, ``WorkerFailure`` as it is."""
+    if isinstance(answer, Result | Pong):
+        return answer
+    if isinstance(answer, Error):
+        raise RequestFailed(
+            f"worker {slot} refused the request: {answer.code}: {answer.message}",
+            retryable=answer.retryable,
+        )
+    raise answer
 
 
 class WorkerConnection:
@@ -102,6 +145,20 @@ class WorkerConnection:
         # Unbounded is safe: what goes in is bounded by the pool's lanes (at most
         # max_inflight samples, one cancel each, one hello, one shutdown).
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
+        self._outbox_closed = False
+        self._held: list[bytes] = []
+        self._queued_frames = 0
+        """Frames in the outbox or being written by the writer task. Direct writes
+        wait until it is 0, or a frame would overtake the ones queued before it."""
+        self._stdin_fd = pipes.pipe_fd(process.stdin)
+        """None for a stream that is not an OS pipe, and from the moment stdin starts
+        closing: a closed descriptor's number may be reused by the next open file."""
+        stdout_fd = pipes.pipe_fd(process.stdout)
+        self._receive_stdout = (
+            pipes.FdReceiver(stdout_fd, RECEIVE_SIZE).receive
+            if stdout_fd is not None
+            else partial(process.stdout.receive_some, RECEIVE_SIZE)
+        )
         logger = logger if logger is not None else structlog.get_logger("mcpi.worker")
         self._stderr = StderrRelay(logger.bind(worker=slot, pid=process.pid))
 
@@ -124,12 +181,16 @@ class WorkerConnection:
         return self.failure is None and not self._closing and self.welcome is not None
 
     def track_stalls(self, clock: trio.CancelScope, budget: Callable[[int], float]) -> None:
-        """Keep ``clock.deadline`` at ``stall_deadline(budget)`` from now on.
+        """Set ``clock.deadline`` to ``stall_deadline(budget)``, and from now on keep it
+        no later than that: the clock may ring early, never late.
 
-        The deadline is moved synchronously at every request and answer, so the task
-        waiting in ``clock`` wakes only when the oldest request overruns its budget,
-        not twice per request: on the hot path of tiny requests those wake-ups were
-        two task switches each (benchmarks/overhead.py, tests/test_pool_hot_path.py).
+        The deadline is moved synchronously, at a request or an answer, and only
+        when it has to come earlier, so the task waiting in ``clock`` does not wake
+        for every request (two task switches each on the hot path of tiny requests:
+        benchmarks/overhead.py, tests/test_pool_hot_path.py) and the deadline is not
+        re-filed with Trio twice per request either. When the clock rings, the pool
+        checks whether a request is really overdue and calls this again: with a
+        steady stream of answers that is one wake-up per task budget (≥ 30 s).
         """
         self._stall_clock, self._stall_budget = clock, budget
         clock.deadline = self.stall_deadline(budget)
@@ -163,38 +224,83 @@ class WorkerConnection:
         assert self.welcome is not None
         return self.welcome
 
+    def submit(
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        kernel: str,
+        on_answer: OnAnswer,
+        *,
+        hold: bool = False,
+    ) -> int:
+        """Send one ``sample`` request and return its id, without waiting. With
+        ``hold``, the request goes out at the next ``flush`` (or frame sent without it).
+
+        ``on_answer`` is called exactly once, synchronously, with the final answer:
+        from the task reading stdout for the worker's ``result`` or ``error``, or
+        with a ``WorkerFailure`` from whoever notices the connection break (possibly
+        before ``submit`` returns). It must not block or raise. A batch of requests
+        costs no task per request this way (``mcpi_coordinator.batch``).
+        """
+        request_id = next(self._ids)
+        if self.failure is not None:
+            on_answer(WorkerFailure(str(self.failure), was_running=False))
+            return request_id
+        self._requests[request_id] = _Request(points, trio.current_time(), on_answer)
+        sample = Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel)
+        self._send(sample, hold=hold)
+        self._notify_progress()
+        return request_id
+
+    def abandon(self, request_id: int) -> None:
+        """Give up on a request: send ``cancel``, drop its final answer when it comes.
+
+        The worker's capacity is handed out again only then (``on_capacity``), so a
+        lane never counts a request the worker may still be computing.
+        """
+        request = self._requests.get(request_id)
+        if request is not None and request.on_answer is not None:
+            request.on_answer = None
+            self._send(Cancel(id=request_id))
+
     async def sample(self, seed: int, stream: int, points: int, kernel: str) -> Result:
         """Send one ``sample`` request and wait for its answer.
 
         Raises ``WorkerFailure`` if the connection breaks first, ``RequestFailed`` if
-        the worker answers with an ``error``. If the caller is cancelled, a ``cancel``
-        goes to the worker; its final answer (result or ``cancelled``) is dropped when
-        it arrives, and only then is the worker's capacity handed out again.
+        the worker answers with an ``error``. If the caller is cancelled, the request
+        is abandoned (``abandon``).
         """
+        reply = _Reply()
+        request_id = self.submit(seed, stream, points, kernel, reply.deliver)
+        result = await self._wait_for(request_id, reply)
+        assert isinstance(result, Result)
+        return result
+
+    async def ping(self) -> None:
+        """Send ``ping`` and wait for its ``pong``: the protocol's cheapest round trip.
+
+        Raises ``WorkerFailure`` if the connection breaks first. A ping counts as a
+        request in flight here (and in the pool's lanes), though not in the worker's
+        ``max_inflight``: the pool hands the lane back when the pong comes."""
         if self.failure is not None:
-            raise WorkerFailure(str(self.failure))
+            raise WorkerFailure(str(self.failure), was_running=False)
+        reply = _Reply()
         request_id = next(self._ids)
-        request = _Request(points=points, sent_at=trio.current_time())
-        self._requests[request_id] = request
-        self._send(Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel))
+        self._requests[request_id] = _Request(0, trio.current_time(), reply.deliver, ping=True)
+        self._send(Ping(id=request_id))
         self._notify_progress()
+        await self._wait_for(request_id, reply)
+
+    async def _wait_for(self, request_id: int, reply: _Reply) -> Result | Pong:
         try:
-            await request.done.wait()
+            await reply.done.wait()
         except BaseException:
-            if not request.done.is_set():
-                request.abandoned = True
-                self._send(Cancel(id=request_id))
+            if reply.answer is None:
+                self.abandon(request_id)
             raise
-        answer = request.answer
-        if isinstance(answer, Result):
-            return answer
-        if isinstance(answer, Error):
-            raise RequestFailed(
-                f"worker {self.slot} refused the request: {answer.code}: {answer.message}",
-                retryable=answer.retryable,
-            )
-        assert answer is not None
-        raise WorkerFailure(str(answer), was_running=request.was_running)
+        assert reply.answer is not None
+        return outcome(self.slot, reply.answer)
 
     def begin_shutdown(self) -> None:
         """Send ``shutdown`` (if the stream is still sound) and then EOF on stdin."""
@@ -202,6 +308,7 @@ class WorkerConnection:
             return
         self._closing = True
         self._send(Shutdown())
+        self._outbox_closed = True
         self._outbox_send.close()  # the writer flushes what is queued, then closes stdin
 
     def fail(self, failure: WorkerFailure) -> None:
@@ -209,11 +316,13 @@ class WorkerConnection:
         if self.failure is not None:
             return
         self.failure = failure
-        for position, request in enumerate(self._requests.values()):
-            request.answer = failure
-            request.was_running = position == 0  # one at a time, in order of arrival
-            request.done.set()
+        requests = list(self._requests.values())
         self._requests.clear()
+        for position, request in enumerate(requests):
+            if request.on_answer is not None:
+                # The worker runs one request at a time, in order of arrival: the
+                # oldest was running, the rest only queued behind it.
+                request.on_answer(WorkerFailure(str(failure), was_running=position == 0))
         self._welcomed.set()
         self.broken.set()
         self._notify_progress()
@@ -257,10 +366,13 @@ class WorkerConnection:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     await stdin.send_all(b"".join(frames))
+                    self._queued_frames -= len(frames)
+                self._stdin_fd = None
                 await stdin.aclose()
         except WorkerFailure as failure:
             self.fail(failure)
         finally:
+            self._stdin_fd = None
             await trio.aclose_forcefully(stdin)
 
     async def _read_stdout(self) -> None:
@@ -268,7 +380,7 @@ class WorkerConnection:
         assert stdout is not None
         try:
             with worker_failures("reading the worker's stdout"):
-                while data := await stdout.receive_some(RECEIVE_SIZE):
+                while data := await self._receive_stdout():
                     self._decoder.feed(bytes(data))
                     while (message := self._decoder.next_message()) is not NEED_DATA:
                         self._handle(message)  # type: ignore[arg-type]
@@ -294,13 +406,38 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ internals
 
-    def _send(self, message: CoordinatorMessage) -> None:
-        if self.failure is not None:
+    def _send(self, message: CoordinatorMessage, *, hold: bool = False) -> None:
+        """Write ``message`` now if stdin is an idle OS pipe, else queue it for the writer.
+
+        Synchronous either way, so a frame is never torn by the caller's cancellation.
+        With ``hold``, the frame waits for ``flush`` or the next frame sent without it,
+        so that a burst goes out in one ``write(2)``: on a small VM each write that
+        wakes the worker costs ~15 µs, more than encoding and sending the frame.
+        """
+        if self.failure is not None or self._outbox_closed:
+            return  # broken, or shutting down: nothing more goes out
+        self._held.append(protocol.encode(message))
+        if not hold:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every frame held by ``_send(..., hold=True)``, in order."""
+        if not self._held or self.failure is not None:
             return
-        try:
-            self._outbox_send.send_nowait(protocol.encode(message))
-        except trio.ClosedResourceError:
-            pass  # shutting down: stdin is being closed, nothing more goes out
+        frame = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if self._queued_frames == 0 and self._stdin_fd is not None:
+            try:
+                with worker_failures("writing to the worker's stdin"):
+                    written = pipes.write_nowait(self._stdin_fd, frame)
+            except WorkerFailure as failure:
+                self.fail(failure)
+                return
+            if written == len(frame):
+                return
+            frame = frame[written:]  # the pipe is full: the writer waits for room
+        self._outbox_send.send_nowait(frame)
+        self._queued_frames += 1
 
     def _handle(self, message: WorkerMessage) -> None:
         """Apply one message from the worker; raise ``WorkerFailure`` if it breaks the rules."""
@@ -318,16 +455,19 @@ class WorkerConnection:
             raise WorkerFailure(f"reported a fatal error: {message.code}: {message.message}")
         if self.welcome is None:
             raise WorkerFailure(f"sent a {message.TYPE} before its welcome")
-        if isinstance(message, Result | Error):
+        if isinstance(message, Result | Pong | Error):
             assert message.id is not None
             self._answer(message.id, message)
             return
         raise WorkerFailure(f"sent an unexpected {message.TYPE} (id {message.id})")
 
-    def _answer(self, request_id: int, answer: Result | Error) -> None:
+    def _answer(self, request_id: int, answer: Result | Pong | Error) -> None:
         request = self._requests.pop(request_id, None)
         if request is None:
             raise WorkerFailure(f"answered request id {request_id}, which is not in flight")
+        if isinstance(answer, Result | Pong) and isinstance(answer, Pong) != request.ping:
+            asked = "ping" if request.ping else "sample"
+            raise WorkerFailure(f"answered the {asked} request id {request_id} with a {answer.TYPE}")
         if isinstance(answer, Result) and answer.points != request.points:
             raise WorkerFailure(
                 f"answered {answer.points} points for a request of {request.points}"
@@ -337,16 +477,17 @@ class WorkerConnection:
         self._last_answer_at = trio.current_time()
         if isinstance(answer, Result):
             self.answered += 1
-        if not request.abandoned:
-            request.answer = answer
-            request.done.set()
+        if request.on_answer is not None:
+            request.on_answer(answer)
         self._notify_progress()
         if not self._closing:
             self._on_capacity(self)
 
     def _notify_progress(self) -> None:
         if self._stall_clock is not None and self._stall_budget is not None:
-            self._stall_clock.deadline = self.stall_deadline(self._stall_budget)
+            due = self.stall_deadline(self._stall_budget)
+            if due < self._stall_clock.deadline:
+                self._stall_clock.deadline = due
 
 
 def _signal(send: Callable[[], None]) -> None:
