@@ -54,7 +54,7 @@ from mcpi_coordinator.errors import (
     describe_exit,
     worker_failures,
 )
-from mcpi_coordinator.lanes import Lanes
+from mcpi_coordinator.dispatch import Dispatcher
 from mcpi_coordinator.launch import (
     command_launcher,
     default_worker_command,
@@ -206,7 +206,7 @@ class WorkerPool:
         self._backoff_s = backoff_s
         self._client = client
         self._slots = [_Slot(i) for i in range(size)]
-        self._lanes: Lanes[WorkerConnection] = Lanes()
+        self._dispatcher = Dispatcher(record=self._record)
         self._completed = 0
         self._restarts = 0
         self._unsettled = size  # slots that are neither ready once nor retired
@@ -218,7 +218,6 @@ class WorkerPool:
         self._exhausted: PoolExhausted | None = None
         self._nursery_manager: Any = None
         self._nursery: trio.Nursery | None = None
-        self._batch_scopes: set[trio.CancelScope] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -260,9 +259,7 @@ class WorkerPool:
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
-        self._lanes.close(PoolClosed("the worker pool is closed"))
-        for scope in self._batch_scopes:
-            scope.cancel()
+        self._dispatcher.close(PoolClosed("the worker pool is closed"))
         for slot in self._slots:
             if slot.stop_scope is not None:
                 slot.stop_scope.cancel()
@@ -281,18 +278,19 @@ class WorkerPool:
         request for good (unknown kernel), ``PoolExhausted`` when no worker is left,
         ``PoolClosed`` after the pool closed.
         """
+        self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
         attempts = Attempts(chunk, self._max_chunk_attempts)
         while True:
-            connection = await self._take_lane(retry=attempts.tried)
-            self._check_capabilities(connection, chunk)
-            try:
-                result = await connection.sample(chunk.seed, chunk.stream, chunk.points, chunk.kernel)
-            except (RequestFailed, WorkerFailure) as error:
-                if not attempts.charge(error):
-                    raise attempts.failed(await self._why_it_ended(connection, error)) from None
-                continue
-            return self._record(connection, chunk, result)
+            request = await self._dispatcher.send_and_wait(chunk, retry=attempts.tried)
+            outcome = request.outcome
+            if isinstance(outcome, ChunkResult):
+                return outcome
+            if not isinstance(outcome, RequestFailed | WorkerFailure):
+                raise outcome  # type: ignore[misc]  # PoolClosed, PoolExhausted
+            if not attempts.charge(outcome):
+                assert request.connection is not None
+                raise attempts.failed(await self._why_it_ended(request.connection, outcome))
 
     async def ping(self) -> int:
         """Send the protocol's cheapest request, ``ping``, through the pool and wait
@@ -305,16 +303,15 @@ class WorkerPool:
         raised (a ``WorkerFailure``). Raises ``PoolExhausted``/``PoolClosed`` as
         ``sample`` does.
         """
+        self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
         for attempt in range(1, self._max_chunk_attempts + 1):
-            connection = await self._take_lane(retry=attempt > 1)
-            try:
-                await connection.ping()
-            except WorkerFailure:
-                if attempt == self._max_chunk_attempts:
-                    raise
-                continue
-            return connection.slot
+            request = await self._dispatcher.send_and_wait(None, retry=attempt > 1)
+            if request.outcome is None:
+                assert request.connection is not None
+                return request.connection.slot
+            if not isinstance(request.outcome, WorkerFailure) or attempt == self._max_chunk_attempts:
+                raise request.outcome
         raise AssertionError("unreachable")
 
     @asynccontextmanager
@@ -325,32 +322,24 @@ class WorkerPool:
         ``cancel`` and stay in the pool for more work). A failure (``PoolExhausted``,
         ``ChunkFailed``, ...) is raised by the iterator.
         """
-        nursery = self._require_open()
-        # At most this many chunks are in the pool at once: enough to keep every lane
-        # busy plus one waiting per worker, so a 10**13-point run never builds a list.
-        window = self.size * (self._pipeline_depth + 1)
+        self._require_open()
+        # At most this many chunks are in the pool at once, so a 10**13-point run
+        # never builds a list: every lane busy, and as many chunks again in line, so
+        # that a worker's answers start its next requests at once (``lanes``) rather
+        # than wait for the consumer to take their results.
+        window = 2 * self.size * self._pipeline_depth
         batch = Batch(
             iter(chunks),
             window,
-            take_free_lane=self._take_free_lane,
-            take_lane=self._take_lane,
-            check_capabilities=self._check_capabilities,
-            record=self._record,
+            self._dispatcher,
             why_it_ended=self._why_it_ended,
             max_chunk_attempts=self._max_chunk_attempts,
         )
-        scope = trio.CancelScope()
-        finished = trio.Event()
-        self._batch_scopes.add(scope)
-        nursery.start_soon(self._run_batch, batch, scope, finished)
         try:
-            yield batch.results
+            batch.start()
+            yield batch
         finally:
-            scope.cancel()
-            with trio.CancelScope(shield=True):
-                await finished.wait()  # immediate: in-flight requests are abandoned, not awaited
-            self._batch_scopes.discard(scope)
-            batch.results.close()
+            batch.close()
 
     @property
     def stats(self) -> PoolStats:
@@ -377,17 +366,7 @@ class WorkerPool:
     # ------------------------------------------------------------------ lanes
 
     def _offer_lane(self, connection: WorkerConnection) -> None:
-        self._lanes.offer(connection)
-
-    def _take_free_lane(self) -> WorkerConnection | None:
-        self._require_open()
-        return self._lanes.take_nowait()
-
-    async def _take_lane(self, *, retry: bool = False) -> WorkerConnection:
-        # A free lane is taken without a scheduler pass: ``sample`` waits for the
-        # answer right after, which is its checkpoint.
-        lane = self._take_free_lane()
-        return lane if lane is not None else await self._lanes.take(retry=retry)
+        self._dispatcher.offer(connection)
 
     async def _why_it_ended(self, connection: WorkerConnection, error: McpiError) -> str:
         """The slot's full account of a failed worker (command, exit status, stderr),
@@ -396,18 +375,6 @@ class WorkerPool:
             await connection.ended.wait()
         return connection.end_reason or str(error)
 
-    def _check_capabilities(self, connection: WorkerConnection, chunk: Chunk) -> None:
-        welcome = connection.welcome
-        assert welcome is not None
-        problem = None
-        if chunk.kernel not in welcome.kernels:
-            problem = f"does not offer kernel {chunk.kernel!r} (it offers {', '.join(welcome.kernels)})"
-        elif chunk.points > welcome.max_points:
-            problem = f"accepts at most {welcome.max_points} points per request, not {chunk.points}"
-        if problem is not None:
-            self._offer_lane(connection)
-            raise RequestFailed(f"worker {connection.slot} ({welcome.worker}) {problem}")
-
     def _require_open(self) -> trio.Nursery:
         if self._state != "open" or self._nursery is None:
             if self._exhausted is not None:
@@ -415,14 +382,7 @@ class WorkerPool:
             raise PoolClosed(f"the worker pool is {self._state}; use it inside 'async with'")
         return self._nursery
 
-    # ------------------------------------------------------------------ batches
-
-    async def _run_batch(self, batch: Batch, scope: trio.CancelScope, finished: trio.Event) -> None:
-        try:
-            with scope:
-                await batch.run()
-        finally:
-            finished.set()
+    # ------------------------------------------------------------------ results
 
     def _record(self, connection: WorkerConnection, chunk: Chunk, result: Result) -> ChunkResult:
         """Count a chunk's result in its slot's totals and the pool's."""
@@ -534,8 +494,9 @@ class WorkerPool:
             slot.connection = connection
             self._settle(slot)
             self._flush_deferred_warnings()
-            for _ in range(min(self._pipeline_depth, welcome.max_inflight)):
-                self._offer_lane(connection)
+            with connection.holding():  # the requests waiting for it go out in one write
+                for _ in range(min(self._pipeline_depth, welcome.max_inflight)):
+                    self._offer_lane(connection)
             return await self._watch(connection)
         return None
 
@@ -589,7 +550,7 @@ class WorkerPool:
                 f"no worker left: every worker failed {attempts} times in a row before "
                 f"doing any work; last failure: {slot.last_failure}"
             )
-            self._lanes.close(self._exhausted)
+            self._dispatcher.close(self._exhausted)
         self._settle(slot)
 
     def _flush_deferred_warnings(self) -> None:

@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from mcpi_coordinator import pipes
-from mcpi_coordinator.errors import RequestFailed, WorkerFailure, worker_failures
+from mcpi_coordinator.errors import WorkerFailure, worker_failures
 from mcpi_coordinator.stderr_relay import StderrRelay
 from mcpi_coordinator.transport import WorkerProcess
 from mcpi_worker import protocol
@@ -74,33 +74,6 @@ class _Request:
     (a ``cancel`` was sent, and the answer is dropped when it comes)."""
     ping: bool = False
     """A ``ping``, answered by ``pong``; otherwise a ``sample``, answered by ``result``."""
-
-
-class _Reply:
-    """The answer to one request that a task waits for."""
-
-    __slots__ = ("answer", "done")
-
-    def __init__(self) -> None:
-        self.answer: Answer | None = None
-        self.done = trio.Event()
-
-    def deliver(self, answer: Answer) -> None:
-        self.answer = answer
-        self.done.set()
-
-
-def outcome(slot: int, answer: Answer) -> Result | Pong:
-    """``answer`` itself, or the mcpi error it stands for, raised: ``RequestFailed``
-    for the worker's ``error``, ``WorkerFailure`` as it is."""
-    if isinstance(answer, Result | Pong):
-        return answer
-    if isinstance(answer, Error):
-        raise RequestFailed(
-            f"worker {slot} refused the request: {answer.code}: {answer.message}",
-            retryable=answer.retryable,
-        )
-    raise answer
 
 
 class WorkerConnection:
@@ -147,6 +120,8 @@ class WorkerConnection:
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
         self._outbox_closed = False
         self._held: list[bytes] = []
+        self._holding = False
+        """In a ``holding`` block: ``_send`` only adds to ``_held``."""
         self._queued_frames = 0
         """Frames in the outbox or being written by the writer task. Direct writes
         wait until it is 0, or a frame would overtake the ones queued before it."""
@@ -231,11 +206,8 @@ class WorkerConnection:
         points: int,
         kernel: str,
         on_answer: OnAnswer,
-        *,
-        hold: bool = False,
     ) -> int:
-        """Send one ``sample`` request and return its id, without waiting. With
-        ``hold``, the request goes out at the next ``flush`` (or frame sent without it).
+        """Send one ``sample`` request and return its id, without waiting.
 
         ``on_answer`` is called exactly once, synchronously, with the final answer:
         from the task reading stdout for the worker's ``result`` or ``error``, or
@@ -249,7 +221,7 @@ class WorkerConnection:
             return request_id
         self._requests[request_id] = _Request(points, trio.current_time(), on_answer)
         sample = Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel)
-        self._send(sample, hold=hold)
+        self._send(sample)
         self._notify_progress()
         return request_id
 
@@ -264,43 +236,19 @@ class WorkerConnection:
             request.on_answer = None
             self._send(Cancel(id=request_id))
 
-    async def sample(self, seed: int, stream: int, points: int, kernel: str) -> Result:
-        """Send one ``sample`` request and wait for its answer.
-
-        Raises ``WorkerFailure`` if the connection breaks first, ``RequestFailed`` if
-        the worker answers with an ``error``. If the caller is cancelled, the request
-        is abandoned (``abandon``).
-        """
-        reply = _Reply()
-        request_id = self.submit(seed, stream, points, kernel, reply.deliver)
-        result = await self._wait_for(request_id, reply)
-        assert isinstance(result, Result)
-        return result
-
-    async def ping(self) -> None:
-        """Send ``ping`` and wait for its ``pong``: the protocol's cheapest round trip.
-
-        Raises ``WorkerFailure`` if the connection breaks first. A ping counts as a
-        request in flight here (and in the pool's lanes), though not in the worker's
-        ``max_inflight``: the pool hands the lane back when the pong comes."""
-        if self.failure is not None:
-            raise WorkerFailure(str(self.failure), was_running=False)
-        reply = _Reply()
+    def send_ping(self, on_answer: OnAnswer) -> int:
+        """Send ``ping``, the protocol's cheapest request, and return its id; the
+        ``pong`` goes to ``on_answer`` as a sample's answer does. A ping counts as in
+        flight here (and in the pool's lanes), though not in the worker's
+        ``max_inflight``: the lane comes back with the pong."""
         request_id = next(self._ids)
-        self._requests[request_id] = _Request(0, trio.current_time(), reply.deliver, ping=True)
+        if self.failure is not None:
+            on_answer(WorkerFailure(str(self.failure), was_running=False))
+            return request_id
+        self._requests[request_id] = _Request(0, trio.current_time(), on_answer, ping=True)
         self._send(Ping(id=request_id))
         self._notify_progress()
-        await self._wait_for(request_id, reply)
-
-    async def _wait_for(self, request_id: int, reply: _Reply) -> Result | Pong:
-        try:
-            await reply.done.wait()
-        except BaseException:
-            if reply.answer is None:
-                self.abandon(request_id)
-            raise
-        assert reply.answer is not None
-        return outcome(self.slot, reply.answer)
+        return request_id
 
     def begin_shutdown(self) -> None:
         """Send ``shutdown`` (if the stream is still sound) and then EOF on stdin."""
@@ -382,8 +330,9 @@ class WorkerConnection:
             with worker_failures("reading the worker's stdout"):
                 while data := await self._receive_stdout():
                     self._decoder.feed(bytes(data))
-                    while (message := self._decoder.next_message()) is not NEED_DATA:
-                        self._handle(message)  # type: ignore[arg-type]
+                    with self.holding():
+                        while (message := self._decoder.next_message()) is not NEED_DATA:
+                            self._handle(message)  # type: ignore[arg-type]
                 self._decoder.feed_eof()
             raise WorkerFailure("closed its stdout" if self._closing else "exited or closed its stdout")
         except WorkerFailure as failure:
@@ -406,22 +355,30 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ internals
 
-    def _send(self, message: CoordinatorMessage, *, hold: bool = False) -> None:
-        """Write ``message`` now if stdin is an idle OS pipe, else queue it for the writer.
+    def holding(self) -> _Holding:
+        """``with connection.holding():`` holds the frames sent in the block and writes
+        them together at its end.
+
+        The task reading stdout holds while it acts on one read's worth of answers,
+        each of which may start the next request on this worker (``lanes``): one
+        ``write(2)`` then carries them all. On a small VM a write that wakes the
+        worker costs ~15 µs, more than encoding and sending the frame.
+        """
+        return _Holding(self)
+
+    def _send(self, message: CoordinatorMessage) -> None:
+        """Write ``message`` now if stdin is an idle OS pipe, else queue it for the writer
+        (or hold it, in a ``holding`` block).
 
         Synchronous either way, so a frame is never torn by the caller's cancellation.
-        With ``hold``, the frame waits for ``flush`` or the next frame sent without it,
-        so that a burst goes out in one ``write(2)``: on a small VM each write that
-        wakes the worker costs ~15 µs, more than encoding and sending the frame.
         """
         if self.failure is not None or self._outbox_closed:
             return  # broken, or shutting down: nothing more goes out
         self._held.append(protocol.encode(message))
-        if not hold:
-            self.flush()
+        if not self._holding:
+            self._flush()
 
-    def flush(self) -> None:
-        """Send every frame held by ``_send(..., hold=True)``, in order."""
+    def _flush(self) -> None:
         if not self._held or self.failure is not None:
             return
         frame = self._held[0] if len(self._held) == 1 else b"".join(self._held)
@@ -488,6 +445,26 @@ class WorkerConnection:
             due = self.stall_deadline(self._stall_budget)
             if due < self._stall_clock.deadline:
                 self._stall_clock.deadline = due
+
+
+class _Holding:
+    """The ``holding`` block (a class, not ``@contextmanager``: it runs once per read
+    on the hot path, and a generator-based one costs several µs)."""
+
+    __slots__ = ("_connection", "_outermost")
+
+    def __init__(self, connection: WorkerConnection) -> None:
+        self._connection = connection
+        self._outermost = False
+
+    def __enter__(self) -> None:
+        self._outermost = not self._connection._holding
+        self._connection._holding = True
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._outermost:
+            self._connection._holding = False
+            self._connection._flush()
 
 
 def _signal(send: Callable[[], None]) -> None:

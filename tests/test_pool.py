@@ -21,7 +21,7 @@ from mcpi_coordinator.errors import (
     PoolExhausted,
     RequestFailed,
 )
-from mcpi_coordinator.lanes import Lanes
+from mcpi_coordinator.lanes import Lanes, Ticket
 from mcpi_coordinator.logging import configure_logging
 from mcpi_coordinator.pool import Chunk, WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
@@ -318,6 +318,8 @@ async def test_leaving_imap_early_cancels_the_rest_and_the_pool_stays_usable(aut
                     async for _ in results:
                         if pool.stats.completed >= 5:
                             break
+                # Leaving wrote the cancels; let the in-process fakes read them.
+                await trio.testing.wait_all_tasks_blocked()
                 cancels = sum(
                     isinstance(m, protocol.Cancel) for f in launcher.launched for m in f.stats.received
                 )
@@ -544,27 +546,38 @@ async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: 
             assert "crashing as asked" in message
 
 
-async def test_lanes_go_to_retries_first_then_in_arrival_order() -> None:
+def test_lanes_go_to_retries_first_then_in_arrival_order() -> None:
     class Lane:
         def __init__(self, name: str, usable: bool = True) -> None:
             self.name, self.usable = name, usable
 
     lanes: Lanes[Lane] = Lanes()
-    got: list[tuple[str, str]] = []
+    started: list[tuple[str, str]] = []
+    refused: list[tuple[str, Exception]] = []
 
-    async def take(who: str, retry: bool) -> None:
-        got.append((who, (await lanes.take(retry=retry)).name))
+    def dispatch(who: str, retry: bool = False) -> Ticket[Lane]:
+        return lanes.dispatch(
+            lambda lane: started.append((who, lane.name)),
+            lambda error: refused.append((who, error)),
+            retry=retry,
+        )
 
-    async with trio.open_nursery() as nursery:
-        for who, retry in [("fresh1", False), ("fresh2", False), ("retry", True)]:
-            nursery.start_soon(take, who, retry)
-            await trio.testing.wait_all_tasks_blocked()
-        lanes.offer(Lane("stale", usable=False))  # a worker that failed: never handed out
-        for name in "ABC":
-            lanes.offer(Lane(name))
-    assert dict(got) == {"retry": "A", "fresh1": "B", "fresh2": "C"}
-    lanes.offer(Lane("D"))
-    assert (await lanes.take()).name == "D"
+    dispatch("fresh1")
+    dispatch("fresh2")
+    dispatch("retry", retry=True)
+    withdrawn = dispatch("withdrawn")
+    assert started == []  # no lane yet: all in line
+    assert lanes.withdraw(withdrawn) and not lanes.withdraw(withdrawn)
+    lanes.offer(Lane("stale", usable=False))  # a worker that failed: never handed out
+    for name in "ABC":
+        lanes.offer(Lane(name))  # each starts the next ticket, synchronously
+    assert started == [("retry", "A"), ("fresh1", "B"), ("fresh2", "C")]
+    lanes.offer(Lane("D"))  # nobody waiting: kept
+    ticket = dispatch("now")
+    assert started[-1] == ("now", "D") and ticket.lane is not None and ticket.lane.name == "D"
+    assert not lanes.withdraw(ticket)  # started: the caller abandons it instead
+    dispatch("late")
     lanes.close(PoolClosed("closed"))
+    assert [who for who, _ in refused] == ["late"] and isinstance(refused[0][1], PoolClosed)
     with pytest.raises(PoolClosed):
-        await lanes.take()
+        dispatch("after close")
