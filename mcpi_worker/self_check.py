@@ -35,7 +35,7 @@ from mcpi_worker.protocol import (
     encode,
 )
 from mcpi_worker.protocol import Message as _Message
-from mcpi_worker.server import ExitCode, Outcome, Worker
+from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, ExitCode, Outcome, Worker
 
 SELF_CHECK_POINTS: Final[dict[str, int]] = {"numpy": 4_000_000, "python": 200_000}
 SEED: Final[int] = 20240601
@@ -70,7 +70,7 @@ class _PipeClient:
         os.close(self._send_fd)
 
 
-def run_self_check(max_inflight: int = 4) -> int:
+def run_self_check(max_inflight: int = DEFAULT_MAX_INFLIGHT) -> int:
     request_read, request_write = os.pipe()
     response_read, response_write = os.pipe()
     worker = Worker(request_read, response_write, max_inflight=max_inflight)
