@@ -159,10 +159,9 @@ def anyio_to_process(tasks: int, workers: int) -> Overhead:
 # ------------------------------------------------------------------------ trio-pool
 
 EMPTY_CHUNK: Final = Chunk(seed=0, stream=0, points=0)
-"""Our no-op: a sample of 0 points. Not ``ping``: the worker answers ping on its
-reader thread at once, skipping the queue and compute thread that real work (and
-the peers' no-op function) goes through. A 0-point sample takes that whole path, and
-also pays the kernel's set-up (seeding a generator, ~11 µs), so it flatters us less."""
+"""A sample of 0 points: the least real work there is, for ``trio-pool/sample``. Unlike
+the peers' no-op it is not free: the worker still seeds a generator for the stream
+(~10-20 µs)."""
 
 
 AS_DEEP_AS_WORKERS_ALLOW: Final = 1 << 10
@@ -171,13 +170,44 @@ says how many requests it queues); tiny tasks want all of it."""
 
 
 def trio_pool(tasks: int, workers: int) -> Overhead:
+    """Our protocol's cheapest request, ``ping``, through the pool (``WorkerPool.ping``):
+    it takes a lane and comes back through the same dispatch as a chunk, with no work
+    in it, as the peers' no-op function has none. Concurrent: one task per call, as
+    for trio-parallel and anyio."""
+
+    async def measure() -> Overhead:
+        async with WorkerPool(workers, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW) as pool:
+
+            async def call() -> None:
+                await pool.ping()
+
+            return await _measure_async("trio-pool", call, tasks, workers, trio.open_nursery)
+
+    return trio.run(measure)
+
+
+def trio_pool_sample(tasks: int, workers: int) -> Overhead:
+    """A 0-point ``sample`` instead: the path real work takes, kernel call included.
+    Round trip: ``WorkerPool.sample`` alone. Concurrent: ``imap_unordered`` over
+    ``tasks`` such chunks, the pool's way to run many (as ``submit`` is the
+    executor's)."""
+
     async def measure() -> Overhead:
         async with WorkerPool(workers, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW) as pool:
 
             async def call() -> None:
                 await pool.sample(EMPTY_CHUNK)
 
-            return await _measure_async("trio-pool", call, tasks, workers, trio.open_nursery)
+            async def run_many(count: int) -> float:
+                started = time.perf_counter()
+                async with pool.imap_unordered(EMPTY_CHUNK for _ in range(count)) as results:
+                    async for _ in results:
+                        pass
+                return count / (time.perf_counter() - started)
+
+            await run_many(_warm_up_count(workers))
+            round_trip = await _async_round_trip_us(call, tasks)
+            return Overhead("trio-pool/sample", round_trip, await run_many(tasks))
 
     return trio.run(measure)
 
@@ -187,5 +217,6 @@ OVERHEAD_APPROACHES: dict[str, Callable[[int, int], Overhead]] = {
     "trio-parallel": trio_parallel,
     "anyio-to-process": anyio_to_process,
     "trio-pool": trio_pool,
+    "trio-pool/sample": trio_pool_sample,
 }
 """Measured in this order; each is ``(tasks, workers) -> Overhead``."""

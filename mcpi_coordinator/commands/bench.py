@@ -72,9 +72,11 @@ Workers are started and warmed up before the clock runs.
   process-pool      ProcessPoolExecutor.submit of a no-op function
   trio-parallel     trio_parallel.run_sync of a no-op ('bench' extra)
   anyio-to-process  anyio.to_process.run_sync of a no-op ('bench' extra)
-  trio-pool         mcpi's pool: a sample of 0 points, the cheapest request that
-                    travels the whole path real work takes (queue, compute thread,
-                    result), like the peers' no-op; ping would skip the queue
+  trio-pool         mcpi's pool: a ping, the protocol's cheapest request, through
+                    the pool's lanes (WorkerPool.ping); one task per call
+  trio-pool/sample  mcpi's pool: a sample of 0 points, the path real work takes
+                    (the worker still seeds a generator); one at a time with
+                    WorkerPool.sample, all at once with WorkerPool.imap_unordered
 
 An optional peer that cannot be imported is listed as unavailable."""
 
