@@ -117,7 +117,8 @@ class Worker:
     """Serves one connection over a pair of file descriptors.
 
     ``on_sample`` is a test seam: called on the compute thread before each kernel
-    runs (the CLI uses it for ``--test-stray-output``).
+    runs (the CLI uses it for ``--test-stray-output``). ``hold_limit_s`` bounds how
+    long a response waits for the rest of its burst (``HOLD_LIMIT_S``).
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class Worker:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         kernels: Mapping[str, Kernel] = KERNELS,
         on_sample: Callable[[Sample], None] | None = None,
+        hold_limit_s: float = HOLD_LIMIT_S,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -136,6 +138,7 @@ class Worker:
         self._max_inflight = max_inflight
         self._kernels = kernels
         self._on_sample = on_sample
+        self._hold_limit_s = hold_limit_s
         self._decoder = FrameDecoder(COORDINATOR_MESSAGES)
 
         # Everything below is guarded by _lock; writes to output_fd happen under it too.
@@ -416,7 +419,7 @@ class Worker:
 
     def _send_locked(self, message: Error | Pong | Welcome | Result) -> None:
         """Write one whole frame, or hold it while the reader acts on a burst (for at
-        most ``HOLD_LIMIT_S``). Nothing is written after a fatal error or EPIPE."""
+        most ``hold_limit_s``). Nothing is written after a fatal error or EPIPE."""
         if self._fatal is not None or self._output_closed:
             return
         frame = encode(message)
@@ -427,7 +430,7 @@ class Worker:
         if not self._held:
             self._held_since = now
         self._held.append(frame)
-        if now - self._held_since > HOLD_LIMIT_S:
+        if now - self._held_since > self._hold_limit_s:
             self._flush_locked()
 
     def _flush_locked(self) -> None:

@@ -286,6 +286,9 @@ async def test_an_unoffered_kernel_is_refused_with_a_clear_error() -> None:
             async with WorkerPool(1, launcher=launcher) as pool:
                 with pytest.raises(RequestFailed, match="does not offer kernel 'python'"):
                     await pool.sample(Chunk(SEED, 0, POINTS, kernel="python"))
+                mixed = [Chunk(SEED, 0, POINTS), Chunk(SEED, 1, POINTS, kernel="python")]
+                with pytest.raises(RequestFailed, match="does not offer kernel 'python'"):
+                    await run_all(pool, mixed)
                 # The pool is still fine for what the worker does offer.
                 assert (await pool.sample(Chunk(SEED, 0, POINTS))).inside == count_numpy(SEED, 0, POINTS)
 
@@ -531,7 +534,8 @@ async def test_workers_that_all_die_every_few_requests_lose_nothing(autojump_clo
                 assert pool.stats.restarts >= 10
 
 
-async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: object) -> None:
+@pytest.mark.parametrize("through", ["sample", "imap_unordered"])
+async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: object, through: str) -> None:
     # Every worker dies on its first request: the chunk is to blame after 2 workers
     # in a row; the error names the command, the exit status and the stderr tail.
     with trio.fail_after(300):
@@ -539,7 +543,10 @@ async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: 
             launcher = fake_launcher(nursery, FakeBehaviour(crash_after=0, exit_code=7))
             async with WorkerPool(2, launcher=launcher, max_chunk_attempts=2, max_start_attempts=5) as pool:
                 with pytest.raises(ChunkFailed) as raised:
-                    await pool.sample(Chunk(SEED, 0, POINTS))
+                    if through == "sample":
+                        await pool.sample(Chunk(SEED, 0, POINTS))
+                    else:
+                        await run_all(pool, [Chunk(SEED, 0, POINTS)])
             message = str(raised.value)
             assert "failed on 2 workers in a row" in message
             assert "FakeWorkerProcess" in message and "exit code 7" in message
@@ -581,3 +588,47 @@ def test_lanes_go_to_retries_first_then_in_arrival_order() -> None:
     assert [who for who, _ in refused] == ["late"] and isinstance(refused[0][1], PoolClosed)
     with pytest.raises(PoolClosed):
         dispatch("after close")
+
+async def test_ping_goes_through_the_pool_and_survives_a_dying_worker(autojump_clock: object) -> None:
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            # The first worker dies on its first sample; pings still find a worker.
+            launcher = fake_launcher(nursery, by_launch(FakeBehaviour(crash_after=0), FakeBehaviour()))
+            async with WorkerPool(1, launcher=launcher) as pool:
+                assert await pool.ping() == 0
+                assert (await pool.sample(Chunk(SEED, 0, POINTS))).inside == count_numpy(SEED, 0, POINTS)
+                assert await pool.ping() == 0 and pool.stats.restarts == 1
+                pings = [m for f in launcher.launched for m in f.stats.received if isinstance(m, protocol.Ping)]
+                assert len(pings) == 2
+            with pytest.raises(PoolClosed):
+                await pool.ping()
+
+
+async def test_ping_with_the_real_worker() -> None:
+    with trio.fail_after(60):
+        async with WorkerPool(2) as pool:
+            slots = {await pool.ping() for _ in range(20)}
+            assert slots <= {0, 1}
+            async with trio.open_nursery() as nursery:  # concurrent pings share the lanes
+                for _ in range(50):
+                    nursery.start_soon(pool.ping)
+            assert pool.stats.in_flight == 0 and pool.stats.completed == 0
+
+
+async def test_the_stall_clock_moves_earlier_for_a_request_with_a_smaller_budget(
+    autojump_clock: object,
+) -> None:
+    # The clock is only ever moved earlier between rings. A large chunk (budget
+    # 30 s + 10 s) is answered, then a tiny one (30 s) hangs: it must be caught at
+    # 30 s, not at the large chunk's 40 s.
+    large, tiny = Chunk(SEED, 0, 10_000_000), Chunk(SEED, 1, 10)
+    assert default_task_timeout(large.points) == pytest.approx(40.0)
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, by_launch(FakeBehaviour(hang_after=1), FakeBehaviour()))
+            async with WorkerPool(1, launcher=launcher) as pool:
+                await pool.sample(large)
+                start = trio.current_time()
+                assert (await pool.sample(tiny)).inside == count_numpy(SEED, 1, 10)
+                assert 30.0 <= trio.current_time() - start < 33.0
+                assert pool.stats.restarts == 1

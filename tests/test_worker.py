@@ -589,3 +589,83 @@ def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
         os.close(stdin_write)
         if worker.is_running():
             worker.kill()
+
+
+# ------------------------------------------------------------------ hot path (in-process)
+
+
+def _serve_in_process(
+    output_fd: int, **options: object
+) -> tuple[int, threading.Thread, list[object]]:
+    """A ``Worker`` on a thread: returns the fd to write requests to, the thread, and
+    the list its ``Outcome`` lands in."""
+    from mcpi_worker.server import Worker
+
+    request_read, request_write = os.pipe()
+    worker = Worker(request_read, output_fd, **options)  # type: ignore[arg-type]
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    thread.start()
+    return request_write, thread, outcome
+
+
+def test_small_samples_run_on_the_reader_thread_and_large_ones_on_the_compute_thread() -> None:
+    """A tiny sample is computed where it was read: handing it to another thread
+    would cost more than the kernel (benchmarks/thread_handoff.py)."""
+    from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder
+    from mcpi_worker.server import INLINE_MAX_POINTS
+
+    computed_on: dict[int, str] = {}
+    response_read, response_write = os.pipe()
+    request_write, thread, _ = _serve_in_process(
+        response_write,
+        on_sample=lambda request: computed_on.setdefault(request.id, threading.current_thread().name),
+    )
+    decoder = FrameDecoder(WORKER_MESSAGES)
+
+    def ask(message: object) -> object:
+        os.write(request_write, encode(message))  # type: ignore[arg-type]
+        while (answer := decoder.next_message()) is NEED_DATA:
+            decoder.feed(os.read(response_read, 65536))
+        return answer
+
+    ask(Hello(versions=(1,), client="t"))
+    small, large = ask(sample(1, INLINE_MAX_POINTS)), ask(sample(2, INLINE_MAX_POINTS + 1))
+    assert isinstance(small, Result) and small.inside == KERNELS["numpy"](99, 0, INLINE_MAX_POINTS)
+    assert isinstance(large, Result) and large.inside == KERNELS["numpy"](99, 0, INLINE_MAX_POINTS + 1)
+    assert computed_on[1] == "mcpi-reader"
+    assert computed_on[2] == thread.name  # the compute loop runs on the thread that called serve()
+    os.close(request_write)
+    thread.join(TIMEOUT)
+    for fd in (response_read, response_write):
+        os.close(fd)
+
+
+def test_a_burst_of_requests_is_answered_with_one_write() -> None:
+    """Each write wakes the coordinator: the answers to one read go out together.
+    A SEQPACKET socket keeps write boundaries, so each ``recv`` is one ``write``."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # No time limit on holding: the test must not depend on this machine's speed.
+    request_write, thread, outcome = _serve_in_process(theirs.fileno(), hold_limit_s=60.0)
+    os.write(request_write, encode(Hello(versions=(1,), client="t")))
+    welcome = ours.recv(65536)
+    burst = [Ping(i) for i in range(1, 11)] + [sample(i, 1000) for i in range(11, 21)]
+    os.write(request_write, b"".join(encode(m) for m in burst))  # one write: one read
+    packet = ours.recv(65536)
+    from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder
+
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    decoder.feed(welcome + packet)
+    answers = []
+    while (answer := decoder.next_message()) is not NEED_DATA:
+        answers.append(answer)
+    assert answers[0].TYPE == "welcome"  # type: ignore[attr-defined]
+    assert sorted(a.id for a in answers[1:]) == list(range(1, 21))  # type: ignore[attr-defined]
+    assert decoder.at_frame_boundary
+    os.close(request_write)
+    thread.join(TIMEOUT)
+    assert outcome
+    ours.close()
+    theirs.close()
