@@ -3,7 +3,7 @@
 The ``Dispatcher`` owns the pool's ``Lanes``. ``dispatch(request)`` starts a request
 on a free lane at once, or queues it; when a worker answers, the lane it frees starts
 the next request in line right away, in the task that read the answer
-(``lanes.Ticket``). Each request's one final answer is turned into its *outcome*, a
+(``Request.start``, a ``lanes.Ticket``). Each request's one final answer is turned into its *outcome*, a
 ``ChunkResult`` (``None`` for a ping's pong) or the ``McpiError`` it ended with, and
 handed to ``request.deliver``, synchronously.
 
@@ -14,15 +14,16 @@ by a task (``WorkerPool.sample``, ``WorkerPool.ping``), and callbacks for many a
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import trio
 
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError, RequestFailed
-from mcpi_coordinator.lanes import Lanes, Ticket
+from mcpi_coordinator.lanes import Lanes
 from mcpi_coordinator.worker_connection import Answer, WorkerConnection
 from mcpi_worker.protocol import Error, Pong, Result
 
@@ -32,17 +33,60 @@ Outcome = ChunkResult | McpiError | None
 
 @dataclass(eq=False, slots=True)
 class Request:
-    """One ``sample`` of ``chunk`` (or a ``ping`` when ``chunk`` is None)."""
+    """One ``sample`` of ``chunk`` (or a ``ping`` when ``chunk`` is None): the ticket
+    that waits in the lanes' line, then the request on a worker."""
 
     chunk: Chunk | None
     deliver: Callable[[Request, Outcome], None]
     """Called once with the outcome, synchronously, from whichever task learns it.
     It must not block or raise."""
-    ticket: Ticket[WorkerConnection] | None = None
     connection: WorkerConnection | None = None
     """The worker the request went to, once it has started."""
     request_id: int | None = None
     outcome: Outcome = None
+    queue: deque[Any] | None = None
+    """While in line for a lane: the line (``lanes.Ticket``)."""
+    record: Callable[[WorkerConnection, Chunk, Result], ChunkResult] | None = None
+    """Set by the ``Dispatcher``: how a result becomes the pool's ``ChunkResult``."""
+
+    def start(self, connection: WorkerConnection) -> None:
+        """A lane is free: send the request on it (``lanes.Ticket``)."""
+        self.connection = connection
+        chunk = self.chunk
+        if chunk is None:
+            self.request_id = connection.send_ping(self.answered)
+            return
+        problem = _capability_problem(connection, chunk)
+        if problem is not None:
+            self.deliver(self, RequestFailed(problem))
+            connection.offer_capacity()  # the lane was never used
+            return
+        self.request_id = connection.submit(
+            chunk.seed, chunk.stream, chunk.points, chunk.kernel, self.answered
+        )
+
+    def refuse(self, error: Exception) -> None:
+        """No lane will come: the pool closed (``lanes.Ticket``)."""
+        assert isinstance(error, McpiError)
+        self.deliver(self, error)
+
+    def answered(self, answer: Answer) -> None:
+        """The worker's final answer (or the connection's failure): deliver its outcome."""
+        outcome: Outcome
+        if isinstance(answer, Result):
+            assert self.chunk is not None and self.connection is not None and self.record is not None
+            outcome = self.record(self.connection, self.chunk, answer)
+        elif isinstance(answer, Pong):
+            outcome = None
+        elif isinstance(answer, Error):
+            assert self.connection is not None
+            outcome = RequestFailed(
+                f"worker {self.connection.slot} refused the request: {answer.code}: {answer.message}",
+                retryable=answer.retryable,
+            )
+        else:
+            outcome = answer
+        self.deliver(self, outcome)
 
 
 class Dispatcher:
@@ -64,13 +108,13 @@ class Dispatcher:
     def dispatch(self, request: Request, *, retry: bool = False) -> None:
         """Start ``request`` on a free lane now, or queue it (retries first).
         Raises the ``close`` error once closed."""
-        refuse = partial(request.deliver, request)
-        request.ticket = self._lanes.dispatch(partial(self._start, request), refuse, retry=retry)
+        request.record = self._record
+        self._lanes.dispatch(request, retry=retry)
 
     def withdraw(self, request: Request) -> None:
         """The caller gave up: take the request out of line, or abandon it on its
         worker (``cancel`` is sent; the worker's capacity comes back with its answer)."""
-        if request.ticket is not None and self._lanes.withdraw(request.ticket):
+        if self._lanes.withdraw(request):
             return
         if request.connection is not None and request.request_id is not None:
             request.connection.abandon(request.request_id)
@@ -93,40 +137,6 @@ class Dispatcher:
                 self.withdraw(request)
             raise
         return request
-
-    # ------------------------------------------------------------------ internals
-
-    def _start(self, request: Request, connection: WorkerConnection) -> None:
-        request.connection = connection
-        chunk = request.chunk
-        answered = partial(self._answered, request, connection)
-        if chunk is None:
-            request.request_id = connection.send_ping(answered)
-            return
-        problem = _capability_problem(connection, chunk)
-        if problem is not None:
-            request.deliver(request, RequestFailed(problem))
-            self.offer(connection)  # the lane was never used
-            return
-        request.request_id = connection.submit(
-            chunk.seed, chunk.stream, chunk.points, chunk.kernel, answered
-        )
-
-    def _answered(self, request: Request, connection: WorkerConnection, answer: Answer) -> None:
-        outcome: Outcome
-        if isinstance(answer, Result):
-            assert request.chunk is not None
-            outcome = self._record(connection, request.chunk, answer)
-        elif isinstance(answer, Pong):
-            outcome = None
-        elif isinstance(answer, Error):
-            outcome = RequestFailed(
-                f"worker {connection.slot} refused the request: {answer.code}: {answer.message}",
-                retryable=answer.retryable,
-            )
-        else:
-            outcome = answer
-        request.deliver(request, outcome)
 
 
 def _capability_problem(connection: WorkerConnection, chunk: Chunk) -> str | None:

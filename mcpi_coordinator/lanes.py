@@ -4,7 +4,7 @@ A lane is permission to have one more request in flight on one worker. A ready
 worker offers ``depth`` lanes, and one more each time it answers a request: work is
 pulled by whoever has room.
 
-A request waiting for a lane is a ``Ticket`` holding a synchronous ``start(lane)``.
+A request waiting for a lane is a ``Ticket``: it has a synchronous ``start(lane)``.
 When a lane is offered, the first ticket's ``start`` runs right there, in the task
 that offered it: usually the task that just read the worker's answer, which thereby
 sends the next request on the same worker with no other task woken and, batched with
@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Lane(Protocol):
@@ -35,18 +33,20 @@ class Lane(Protocol):
 
 
 L = TypeVar("L", bound=Lane)
+L_contra = TypeVar("L_contra", bound=Lane, contravariant=True)
 
 
-@dataclass(eq=False, slots=True)
-class Ticket(Generic[L]):
-    """One request's place in line; ``lane`` is set once it has started on one."""
+class Ticket(Protocol[L_contra]):
+    """One request's place in line (``mcpi_coordinator.dispatch.Request`` is one)."""
 
-    start: Callable[[L], None]
-    """Sends the request on the lane. Synchronous; must not raise."""
-    refuse: Callable[[Exception], None]
-    """Called instead, with the error given to ``Lanes.close``, if no lane ever comes."""
-    lane: L | None = None
-    queue: deque[Ticket[L]] | None = None
+    queue: deque[Any] | None
+    """The line it waits in; kept by ``Lanes``, None when not waiting."""
+
+    def start(self, lane: L_contra) -> None:
+        """Send the request on ``lane``. Synchronous; must not raise."""
+
+    def refuse(self, error: Exception) -> None:
+        """Called instead, with the error given to ``Lanes.close``, if no lane ever comes."""
 
 
 class Lanes(Generic[L]):
@@ -59,27 +59,19 @@ class Lanes(Generic[L]):
     def __repr__(self) -> str:
         return f"<Lanes free={len(self._free)} waiting={len(self._retries)}+{len(self._fresh)}>"
 
-    def dispatch(
-        self,
-        start: Callable[[L], None],
-        refuse: Callable[[Exception], None],
-        *,
-        retry: bool = False,
-    ) -> Ticket[L]:
-        """``start`` the request on a free usable lane now, or as soon as one is
-        offered (retries first, then in order of arrival). Raises the error given to
+    def dispatch(self, ticket: Ticket[L], *, retry: bool = False) -> None:
+        """Start ``ticket`` on a free usable lane now, or as soon as one is offered
+        (retries first, then in order of arrival). Raises the error given to
         ``close`` once closed."""
         if self._closed is not None:
             raise copy.copy(self._closed)  # one instance per raise: tracebacks differ
-        ticket = Ticket(start, refuse)
         while self._free:
             lane = self._free.popleft()
             if lane.usable:  # lanes of workers that failed meanwhile are dropped
-                self._start(ticket, lane)
-                return ticket
+                ticket.start(lane)
+                return
         ticket.queue = self._retries if retry else self._fresh
         ticket.queue.append(ticket)
-        return ticket
 
     def withdraw(self, ticket: Ticket[L]) -> bool:
         """Take a ticket out of line; False if it has started already (or was refused)."""
@@ -99,7 +91,7 @@ class Lanes(Generic[L]):
             if queue:
                 ticket = queue.popleft()
                 ticket.queue = None
-                self._start(ticket, lane)
+                ticket.start(lane)
                 return
         self._free.append(lane)
 
@@ -118,8 +110,3 @@ class Lanes(Generic[L]):
     @property
     def closed(self) -> bool:
         return self._closed is not None
-
-    @staticmethod
-    def _start(ticket: Ticket[L], lane: L) -> None:
-        ticket.lane = lane
-        ticket.start(lane)

@@ -45,6 +45,7 @@ import trio
 from mcpi_coordinator import __version__
 from mcpi_coordinator.batch import Batch
 from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
+from mcpi_coordinator.dispatch import Dispatcher
 from mcpi_coordinator.errors import (
     McpiError,
     PoolClosed,
@@ -54,7 +55,6 @@ from mcpi_coordinator.errors import (
     describe_exit,
     worker_failures,
 )
-from mcpi_coordinator.dispatch import Dispatcher
 from mcpi_coordinator.launch import (
     command_launcher,
     default_worker_command,
@@ -307,11 +307,13 @@ class WorkerPool:
         await trio.lowlevel.checkpoint_if_cancelled()
         for attempt in range(1, self._max_chunk_attempts + 1):
             request = await self._dispatcher.send_and_wait(None, retry=attempt > 1)
-            if request.outcome is None:
+            outcome = request.outcome
+            if outcome is None:
                 assert request.connection is not None
                 return request.connection.slot
-            if not isinstance(request.outcome, WorkerFailure) or attempt == self._max_chunk_attempts:
-                raise request.outcome
+            assert isinstance(outcome, McpiError)
+            if not isinstance(outcome, WorkerFailure) or attempt == self._max_chunk_attempts:
+                raise outcome
         raise AssertionError("unreachable")
 
     @asynccontextmanager

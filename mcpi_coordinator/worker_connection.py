@@ -250,6 +250,12 @@ class WorkerConnection:
         self._notify_progress()
         return request_id
 
+    def offer_capacity(self) -> None:
+        """Room for one more request: ``on_capacity``, unless the worker is closing.
+        Called for every final answer, and by whoever took a lane and did not use it."""
+        if not self._closing:
+            self._on_capacity(self)
+
     def begin_shutdown(self) -> None:
         """Send ``shutdown`` (if the stream is still sound) and then EOF on stdin."""
         if self._closing:
@@ -437,13 +443,13 @@ class WorkerConnection:
         if request.on_answer is not None:
             request.on_answer(answer)
         self._notify_progress()
-        if not self._closing:
-            self._on_capacity(self)
+        self.offer_capacity()
 
     def _notify_progress(self) -> None:
         if self._stall_clock is not None and self._stall_budget is not None:
             due = self.stall_deadline(self._stall_budget)
-            if due < self._stall_clock.deadline:
+            # Not min(): assigning the deadline re-files it with Trio even when unchanged.
+            if due < self._stall_clock.deadline:  # noqa: PLR1730
                 self._stall_clock.deadline = due
 
 

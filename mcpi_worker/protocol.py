@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
-from functools import cache
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Union
 
@@ -227,17 +226,18 @@ WORKER_MESSAGES: Final[dict[str, type]] = {
 # ------------------------------------------------------------------------ encoding
 
 
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    """A message class's wire fields, in wire order. Cached: ``dataclasses.fields``
-    costs more than the rest of encoding a small message."""
-    return tuple(field.name for field in fields(cls))
+_FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(field.name for field in fields(cls))
+    for cls in (*COORDINATOR_MESSAGES.values(), *WORKER_MESSAGES.values())
+}
+"""Each message class's wire fields, in wire order, worked out once: calling
+``dataclasses.fields`` cost more than the rest of encoding a small message."""
 
 
 def encode(message: Message) -> bytes:
     """One complete frame (length prefix included) carrying ``message``."""
     body: dict[str, Any] = {"type": message.TYPE}
-    for name in _field_names(type(message)):
+    for name in _FIELD_NAMES[type(message)]:
         value = getattr(message, name)
         body[name] = list(value) if isinstance(value, tuple) else value
     payload = msgpack.packb(body, use_bin_type=True)
@@ -419,7 +419,7 @@ def parse_message(body: dict[str, Any], accept: dict[str, type]) -> Message:
     if cls is None:
         raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}", reply_id)
     values: dict[str, Any] = {}
-    for name in _field_names(cls):
+    for name in _FIELD_NAMES[cls]:
         if name not in body:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST, f"{kind}: missing field {name!r}", reply_id
