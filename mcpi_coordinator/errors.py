@@ -72,20 +72,32 @@ def worker_failures(doing: str) -> Iterator[None]:
     """
     try:
         yield
-    except FatalProtocolError as error:
-        raise WorkerFailure(f"protocol error while {doing}: {error.code}: {error.message}") from error
-    except RequestError as error:
+    except LowLevelError as error:
+        raise worker_failure(error, doing) from error
+
+
+LowLevelError = (FatalProtocolError, RequestError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+"""What ``worker_failures`` translates: a broken stream, a broken pipe, the OS."""
+
+
+def worker_failure(error: BaseException, doing: str) -> WorkerFailure:
+    """The ``WorkerFailure`` that ``error`` (one of ``LowLevelError``), met while
+    ``doing`` something, stands for. For hot paths where a ``with worker_failures``
+    block costs more than the work in it."""
+    if isinstance(error, FatalProtocolError):
+        return WorkerFailure(f"protocol error while {doing}: {error.code}: {error.message}")
+    if isinstance(error, RequestError):
         # A worker's message that frames fine but is invalid (wrong field type, unknown
         # type): the coordinator cannot answer a worker, so the connection is over.
-        raise WorkerFailure(f"invalid message while {doing}: {error.code}: {error.message}") from error
-    except trio.BrokenResourceError as error:
-        raise WorkerFailure(f"pipe broken while {doing}") from error
-    except trio.ClosedResourceError as error:
-        raise WorkerFailure(f"pipe already closed while {doing}") from error
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        target = f": {error.filename!r}" if error.filename else ""
-        raise WorkerFailure(f"{reason}{target} while {doing}") from error
+        return WorkerFailure(f"invalid message while {doing}: {error.code}: {error.message}")
+    if isinstance(error, trio.BrokenResourceError):
+        return WorkerFailure(f"pipe broken while {doing}")
+    if isinstance(error, trio.ClosedResourceError):
+        return WorkerFailure(f"pipe already closed while {doing}")
+    assert isinstance(error, OSError), error
+    reason = error.strerror or type(error).__name__
+    target = f": {error.filename!r}" if error.filename else ""
+    return WorkerFailure(f"{reason}{target} while {doing}")
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -31,7 +31,7 @@ import structlog
 import trio
 
 from mcpi_coordinator import pipes
-from mcpi_coordinator.errors import WorkerFailure, worker_failures
+from mcpi_coordinator.errors import WorkerFailure, worker_failure, worker_failures
 from mcpi_coordinator.stderr_relay import StderrRelay
 from mcpi_coordinator.transport import WorkerProcess
 from mcpi_worker import protocol
@@ -391,10 +391,9 @@ class WorkerConnection:
         self._held.clear()
         if self._queued_frames == 0 and self._stdin_fd is not None:
             try:
-                with worker_failures("writing to the worker's stdin"):
-                    written = pipes.write_nowait(self._stdin_fd, frame)
-            except WorkerFailure as failure:
-                self.fail(failure)
+                written = pipes.write_nowait(self._stdin_fd, frame)
+            except OSError as error:  # not ``with worker_failures``: this runs per request
+                self.fail(worker_failure(error, "writing to the worker's stdin"))
                 return
             if written == len(frame):
                 return
