@@ -3,9 +3,10 @@
 The ``Dispatcher`` owns the pool's ``Lanes``. ``dispatch(request)`` starts a request
 on a free lane at once, or queues it; when a worker answers, the lane it frees starts
 the next request in line right away, in the task that read the answer
-(``Request.start``, a ``lanes.Ticket``). Each request's one final answer is turned into its *outcome*, a
-``ChunkResult`` (``None`` for a ping's pong) or the ``McpiError`` it ended with, and
-handed to ``request.deliver``, synchronously.
+(``Request.start``: a ``Request`` is its own ``lanes.Ticket``). Each request's one
+final answer is turned into its *outcome*, a ``ChunkResult`` (``None`` for a ping's
+pong) or the ``McpiError`` it ended with, and handed to ``request.deliver``,
+synchronously.
 
 Both ways of using the pool build on this: ``send_and_wait`` for one request awaited
 by a task (``WorkerPool.sample``, ``WorkerPool.ping``), and callbacks for many at once

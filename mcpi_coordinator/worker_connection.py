@@ -6,15 +6,18 @@ A ``WorkerConnection`` is the async shell around the sans-IO core in
 reading tasks run concurrently with every write (``run_pipes``), so no pipe can fill
 up and deadlock the others.
 
-A frame is written at once by whoever sends it when stdin is an idle OS pipe
-(``pipes.write_nowait``); otherwise, or for what the pipe has no room for, it goes
-through an outbox that a writer task drains with blocking writes. The writer owns
-stdin while anything is in the outbox, so frames never overtake each other.
+Requests are sent synchronously (``submit``, ``send_ping``) and their one final
+answer comes back through a callback, ``on_answer``: the connection knows nothing of
+who waits for it (``mcpi_coordinator.dispatch``). A frame is written at once by
+whoever sends it when stdin is an idle OS pipe (``pipes.write_nowait``); otherwise, or
+for what the pipe has no room for, it goes through an outbox that a writer task
+drains with blocking writes. The writer owns stdin while anything is in the outbox,
+so frames never overtake each other.
 
 Anything that goes wrong on this connection (EOF, a broken pipe, a protocol
 violation, a fatal ``error`` from the worker, a stall noticed by the pool) ends up in
-``fail()``: the first reason is kept, every request still waiting is woken with a
-``WorkerFailure``, and ``broken`` is set. The connection never retries or restarts
+``fail()``: the first reason is kept, every request still waiting gets a
+``WorkerFailure`` as its answer, and ``broken`` is set. The connection never retries or restarts
 anything itself; that is the pool's job (``mcpi_coordinator.pool``).
 """
 
@@ -65,7 +68,7 @@ OnAnswer = Callable[[Answer], None]
 
 @dataclass(eq=False, slots=True)
 class _Request:
-    """A sample request the worker has not answered yet."""
+    """A request the worker has not answered yet."""
 
     points: int
     sent_at: float
@@ -80,8 +83,8 @@ class WorkerConnection:
     """Speaks the protocol with one ``WorkerProcess``. Run ``run_pipes()`` in a nursery.
 
     ``on_capacity(self)`` is called each time the worker gives a final answer to a
-    sample request, i.e. each time it has room for one more. The pool hands out
-    "lanes" that way, which is what makes work pulled rather than pushed.
+    request, i.e. each time it has room for one more. The pool hands out "lanes"
+    that way, which is what makes work pulled rather than pushed.
     """
 
     def __init__(
@@ -116,7 +119,7 @@ class WorkerConnection:
         self._last_answer_at = -math.inf
         self._closing = False
         # Unbounded is safe: what goes in is bounded by the pool's lanes (at most
-        # max_inflight samples, one cancel each, one hello, one shutdown).
+        # max_inflight requests, one cancel each, one hello, one shutdown).
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
         self._outbox_closed = False
         self._held: list[bytes] = []
@@ -148,7 +151,7 @@ class WorkerConnection:
 
     @property
     def in_flight(self) -> int:
-        """Sample requests sent and not answered yet (cancelled ones included)."""
+        """Requests sent and not answered yet (pings and cancelled ones included)."""
         return len(self._requests)
 
     @property
@@ -206,23 +209,20 @@ class WorkerConnection:
         points: int,
         kernel: str,
         on_answer: OnAnswer,
-    ) -> int:
+    ) -> int | None:
         """Send one ``sample`` request and return its id, without waiting.
 
         ``on_answer`` is called exactly once, synchronously, with the final answer:
         from the task reading stdout for the worker's ``result`` or ``error``, or
-        with a ``WorkerFailure`` from whoever notices the connection break (possibly
-        before ``submit`` returns). It must not block or raise. A batch of requests
-        costs no task per request this way (``mcpi_coordinator.batch``).
+        with a ``WorkerFailure`` from whoever notices the connection break (before
+        ``submit`` returns, and then it returns None, if it is broken already). It
+        must not block or raise. A batch of requests costs no task per request this
+        way (``mcpi_coordinator.batch``).
         """
-        request_id = next(self._ids)
-        if self.failure is not None:
-            on_answer(WorkerFailure(str(self.failure), was_running=False))
-            return request_id
-        self._requests[request_id] = _Request(points, trio.current_time(), on_answer)
-        sample = Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel)
-        self._send(sample)
-        self._notify_progress()
+        request_id = self._register(points, on_answer)
+        if request_id is not None:
+            self._send(Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel))
+            self._notify_progress()
         return request_id
 
     def abandon(self, request_id: int) -> None:
@@ -236,18 +236,25 @@ class WorkerConnection:
             request.on_answer = None
             self._send(Cancel(id=request_id))
 
-    def send_ping(self, on_answer: OnAnswer) -> int:
+    def send_ping(self, on_answer: OnAnswer) -> int | None:
         """Send ``ping``, the protocol's cheapest request, and return its id; the
         ``pong`` goes to ``on_answer`` as a sample's answer does. A ping counts as in
         flight here (and in the pool's lanes), though not in the worker's
         ``max_inflight``: the lane comes back with the pong."""
-        request_id = next(self._ids)
+        request_id = self._register(0, on_answer, ping=True)
+        if request_id is not None:
+            self._send(Ping(id=request_id))
+            self._notify_progress()
+        return request_id
+
+    def _register(self, points: int, on_answer: OnAnswer, *, ping: bool = False) -> int | None:
+        """A new request's id, now counted in flight; None if the connection is broken
+        (``on_answer`` has had the failure then)."""
         if self.failure is not None:
             on_answer(WorkerFailure(str(self.failure), was_running=False))
-            return request_id
-        self._requests[request_id] = _Request(0, trio.current_time(), on_answer, ping=True)
-        self._send(Ping(id=request_id))
-        self._notify_progress()
+            return None
+        request_id = next(self._ids)
+        self._requests[request_id] = _Request(points, trio.current_time(), on_answer, ping)
         return request_id
 
     def offer_capacity(self) -> None:
