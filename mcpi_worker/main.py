@@ -17,7 +17,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
 import structlog
@@ -25,7 +25,7 @@ import structlog
 from mcpi_worker import __version__
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_worker.protocol import Sample
-from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, ExitCode, Worker
+from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
 
 log = structlog.get_logger("mcpi_worker")
 
@@ -41,6 +41,7 @@ SIGTERM keeps meaning "terminate now" for the coordinator's escalation.
 """
 
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
+MAX_SPIN_US: Final[int] = 10_000
 
 
 class ParentExited(BaseException):
@@ -57,14 +58,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _max_inflight(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= MAX_INFLIGHT_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_INFLIGHT_LIMIT}, got {value}")
-    return value
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-inflight",
-        type=_max_inflight,
+        type=_bounded_int(1, MAX_INFLIGHT_LIMIT),
         default=DEFAULT_MAX_INFLIGHT,
         metavar="N",
         help=f"sample requests accepted at once; more are answered 'busy' "
         f"(default {DEFAULT_MAX_INFLIGHT})",
+    )
+    parser.add_argument(
+        "--spin-us",
+        type=_bounded_int(0, MAX_SPIN_US),
+        default=round(DEFAULT_SPIN_S * 1e6),
+        metavar="US",
+        help="when idle after answering, poll stdin this many microseconds before "
+        "sleeping, so that a quick next request does not have to wake the worker "
+        f"(0: sleep at once; default {round(DEFAULT_SPIN_S * 1e6)})",
     )
     parser.add_argument(
         "--log-level",
@@ -139,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0,
         protocol_fd,
         max_inflight=args.max_inflight,
+        spin_s=args.spin_us / 1e6,
         on_sample=_emit_stray_output if args.test_stray_output else None,
     )
     try:

@@ -496,7 +496,14 @@ def test_self_check() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--max-inflight", "0"], ["--max-inflight", "many"], ["--log-level", "loud"], ["--bogus"]],
+    [
+        ["--max-inflight", "0"],
+        ["--max-inflight", "many"],
+        ["--spin-us", "-1"],
+        ["--spin-us", "10001"],
+        ["--log-level", "loud"],
+        ["--bogus"],
+    ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
     done = subprocess.run(
@@ -669,3 +676,15 @@ def test_a_burst_of_requests_is_answered_with_one_write() -> None:
     assert outcome
     ours.close()
     theirs.close()
+
+
+@pytest.mark.parametrize("spin_us", ["0", "10000"])
+def test_a_worker_serves_alike_whether_it_sleeps_at_once_or_polls_first(spin_us: str) -> None:
+    worker = WorkerUnderTest("--spin-us", spin_us)
+    worker.handshake()
+    worker.send(sample(1, 1000))
+    worker.send(Ping(2))
+    answers = {worker.receive().id: None for _ in range(2)}  # type: ignore[attr-defined]
+    assert set(answers) == {1, 2}
+    worker.close_stdin()
+    assert worker.wait() == 0
