@@ -1,10 +1,13 @@
-"""The floor under a worker's reader-thread → compute-thread hand-off, on this machine.
+"""What a worker's reader-thread → compute-thread hand-off costs, on this machine.
 
-mcpi-worker answers ``ping`` on the thread that read it, but hands a ``sample`` to its
-compute thread (so that cancel, ping and EOF are still read while a kernel runs). This
-measures what that one extra cross-thread wake-up costs in bare Python, with no mcpi
-code at all, beside the worker's own figures: a blocking client's ``ping`` and
-0-point ``sample`` round trips. Their difference minus the hand-off is what mcpi adds.
+mcpi-worker answers ``ping`` on the thread that read it. A ``sample`` larger than
+``INLINE_MAX_POINTS`` goes to its compute thread (so that cancel, ping and EOF are
+still read while a kernel runs); one of at most that many points that finds the
+worker idle is computed by the reader itself, because the hand-off would cost more
+than the kernel. This measures the hand-off in bare Python, with no mcpi code at
+all, beside the worker's own figures from a blocking client: ``ping``, a 0-point
+sample, and samples just at and just over the inline limit (same kernel time, one
+hand-off apart).
 
     python benchmarks/thread_handoff.py [--requests N]
 """
@@ -12,6 +15,7 @@ code at all, beside the worker's own figures: a blocking client's ``ping`` and
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -19,6 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from mcpi_worker.protocol import (
     NEED_DATA,
@@ -30,6 +35,7 @@ from mcpi_worker.protocol import (
     Sample,
     encode,
 )
+from mcpi_worker.server import INLINE_MAX_POINTS
 
 
 def bare_handoff_us(requests: int) -> float:
@@ -93,12 +99,16 @@ def worker_round_trips_us(requests: int) -> dict[str, float]:
 
     os.write(worker.stdin.fileno(), encode(Hello(versions=(1,), client="thread_handoff")))
     receive()
+    ids = itertools.count(1)
+
+    def median_us(make: Callable[[int], bytes]) -> float:
+        return statistics.median(round_trip(make(next(ids))) for _ in range(requests))
+
     figures = {
-        "ping": statistics.median(round_trip(encode(Ping(i))) for i in range(1, requests + 1)),
-        "0-point sample": statistics.median(
-            round_trip(encode(Sample(i, 1, i, 0, "numpy")))
-            for i in range(requests + 1, 2 * requests + 1)
-        ),
+        "ping": median_us(lambda i: encode(Ping(i))),
+        "0-point sample": median_us(lambda i: encode(Sample(i, 1, i, 0, "numpy"))),
+        "inline limit": median_us(lambda i: encode(Sample(i, 1, i, INLINE_MAX_POINTS, "numpy"))),
+        "limit + 1": median_us(lambda i: encode(Sample(i, 1, i, INLINE_MAX_POINTS + 1, "numpy"))),
     }
     worker.stdin.close()
     worker.wait()
@@ -114,8 +124,8 @@ def main() -> None:
     print(f"bare Python thread hand-off + pipe answer   {handoff:7.1f} us")
     for name, micros in worker.items():
         print(f"mcpi-worker, blocking client, {name:15s}{micros:7.1f} us")
-    extra = worker["0-point sample"] - worker["ping"]
-    print(f"sample - ping (the hand-off and the kernel call) {extra:7.1f} us, "
+    extra = worker["limit + 1"] - worker["inline limit"]
+    print(f"limit + 1 - inline limit (the worker's hand-off) {extra:7.1f} us, "
           f"{extra / handoff:.2f}x the bare hand-off")
     print("load average {:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg()))
 

@@ -16,10 +16,12 @@ How it fits together:
   work is retired after ``max_start_attempts`` tries (with back-off); when every
   slot is retired, requests fail with ``PoolExhausted``.
 - **Lanes: work is pulled.** A ready worker offers ``depth`` lanes (the pipelining
-  depth: ``pipeline_depth``, capped by the ``max_inflight`` of its welcome) on one
-  shared channel, and offers a lane again each time it answers a request. A request
-  takes the next free lane, so a fast worker gets more work and a slow or remote one
-  less, without any scheduler deciding.
+  depth: ``pipeline_depth``, capped by the ``max_inflight`` of its welcome), and
+  offers a lane again each time it answers a request. A request takes a free lane
+  or waits in line for one, so a fast worker gets more work and a slow or remote one
+  less, without any scheduler deciding. A freed lane starts the next request in
+  line at once, in the task that read the answer (``dispatch``, ``lanes``): a request
+  costs no task of its own, and ``imap_unordered`` none per chunk (``batch``).
 - **Recovery.** A request whose worker dies, breaks the protocol or stalls past the
   task timeout gets ``WorkerFailure``; ``sample`` then simply sends it again on the
   next free lane. Chunks are deterministic, so a retried chunk counts the same.
@@ -286,8 +288,9 @@ class WorkerPool:
             outcome = request.outcome
             if isinstance(outcome, ChunkResult):
                 return outcome
+            assert isinstance(outcome, McpiError)
             if not isinstance(outcome, RequestFailed | WorkerFailure):
-                raise outcome  # type: ignore[misc]  # PoolClosed, PoolExhausted
+                raise outcome  # PoolClosed, PoolExhausted
             if not attempts.charge(outcome):
                 assert request.connection is not None
                 raise attempts.failed(await self._why_it_ended(request.connection, outcome))
