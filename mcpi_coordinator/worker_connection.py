@@ -222,7 +222,6 @@ class WorkerConnection:
         request_id = self._register(points, on_answer)
         if request_id is not None:
             self._send(Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel))
-            self._notify_progress()
         return request_id
 
     def abandon(self, request_id: int) -> None:
@@ -244,7 +243,6 @@ class WorkerConnection:
         request_id = self._register(0, on_answer, ping=True)
         if request_id is not None:
             self._send(Ping(id=request_id))
-            self._notify_progress()
         return request_id
 
     def _register(self, points: int, on_answer: OnAnswer, *, ping: bool = False) -> int | None:
@@ -255,6 +253,10 @@ class WorkerConnection:
             return None
         request_id = next(self._ids)
         self._requests[request_id] = _Request(points, trio.current_time(), on_answer, ping)
+        if len(self._requests) == 1:
+            # Only the oldest request sets the stall deadline: one queued behind
+            # others changes nothing (``stall_deadline``).
+            self._notify_progress()
         return request_id
 
     def offer_capacity(self) -> None:

@@ -257,6 +257,14 @@ def test_body_ending_inside_its_object_is_fatal() -> None:
     assert decode_three_ways(raw_frame(payload)) == fatal(ErrorCode.MALFORMED_FRAME)
 
 
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_binary_map_keys_are_fatal(where: str) -> None:
+    inner = {"type": "ping", "id": 1, b"key": 2}
+    body = inner if where == "top" else {"type": "ping", "id": 1, "extra": [inner]}
+    payload = msgpack.packb(body, use_bin_type=True)
+    assert decode_three_ways(raw_frame(payload)) == fatal(ErrorCode.MALFORMED_FRAME)
+
+
 def test_invalid_msgpack_is_fatal() -> None:
     assert decode_three_ways(raw_frame(b"\xc1")) == fatal(ErrorCode.MALFORMED_FRAME)
 
