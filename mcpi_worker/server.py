@@ -16,7 +16,7 @@ one final response:
 - **Small samples run inline.** A sample of at most ``INLINE_MAX_POINTS`` that
   arrives while nothing is running or queued is computed by the reader thread
   itself. Handing it to the compute thread would cost more than the kernel: waking
-  another Python thread and winning the GIL back is ~70 µs on a small VM, a
+  another Python thread and winning the GIL back took 70–100 µs on a small VM, a
   0-point kernel ~10 µs (benchmarks/thread_handoff.py). Arrival order is kept (the
   queue is empty), and the reader is deaf for at most a few milliseconds.
 
@@ -129,8 +129,9 @@ class _OutputClosed(Exception):
 class Worker:
     """Serves one connection over a pair of file descriptors.
 
-    ``on_sample`` is a test seam: called on the compute thread before each kernel
-    runs (the CLI uses it for ``--test-stray-output``). ``hold_limit_s`` bounds how
+    ``on_sample`` is a test seam: called on the thread about to run a kernel (the
+    compute thread, or the reader for a small sample) before it does (the CLI uses it
+    for ``--test-stray-output``). ``hold_limit_s`` bounds how
     long a response waits for the rest of its burst (``HOLD_LIMIT_S``); ``spin_s`` how
     long an idle reader polls before it sleeps (``DEFAULT_SPIN_S``; 0: never).
     """
