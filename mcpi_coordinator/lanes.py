@@ -106,7 +106,3 @@ class Lanes(Generic[L]):
                 ticket = queue.popleft()
                 ticket.queue = None
                 ticket.refuse(copy.copy(error))
-
-    @property
-    def closed(self) -> bool:
-        return self._closed is not None
