@@ -1,0 +1,119 @@
+"""WorkerConnection's write path over real OS pipes, with the test as the worker.
+
+Frames go straight to an idle pipe from the sending task; what does not fit waits in
+an outbox for the writer task. Whatever the mix, the worker must read every frame
+whole and in the order it was sent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import trio
+import trio.testing
+
+from mcpi_coordinator.worker_connection import Answer, WorkerConnection
+from mcpi_worker import protocol
+
+PIPE_CAPACITY = 64 * 1024  # Linux's default; the test sends well beyond it
+
+
+class _PipeProcess:
+    """A ``WorkerProcess`` whose other pipe ends the test holds as raw descriptors."""
+
+    def __init__(self) -> None:
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, self.stdout_w = os.pipe()
+        stderr_r, self.stderr_w = os.pipe()
+        self.stdin_r = stdin_r
+        os.set_blocking(stdin_r, False)
+        self.stdin = trio.lowlevel.FdStream(stdin_w)
+        self.stdout = trio.lowlevel.FdStream(stdout_r)
+        self.stderr = trio.lowlevel.FdStream(stderr_r)
+        self.pid = 4243
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        return 0
+
+    def terminate(self) -> None:
+        self.returncode = -signal.SIGTERM
+
+    def kill(self) -> None:
+        self.returncode = -signal.SIGKILL
+
+    def close_worker_ends(self) -> None:
+        for fd in (self.stdin_r, self.stdout_w, self.stderr_w):
+            os.close(fd)
+
+    def read_available(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.stdin_r, 1 << 16)
+            except BlockingIOError:
+                return b"".join(chunks)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def _decode(data: bytes, *, whole: bool = True) -> list[protocol.Message]:
+    """The frames in ``data``; with ``whole``, ``data`` must end at a frame boundary."""
+    decoder = protocol.FrameDecoder(protocol.COORDINATOR_MESSAGES)
+    decoder.feed(data)
+    messages = []
+    while (message := decoder.next_message()) is not protocol.NEED_DATA:
+        messages.append(message)
+    assert decoder.at_frame_boundary or not whole
+    return messages  # type: ignore[return-value]
+
+
+def _ignore(_answer: Answer) -> None:
+    pass
+
+
+async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> None:
+    process = _PipeProcess()
+    connection = WorkerConnection(process, 0, on_capacity=lambda _c: None)
+    frame_size = len(protocol.encode(protocol.Sample(1, 2**63, 1, 1, "numpy")))
+    count = 3 * PIPE_CAPACITY // frame_size
+    data = bytearray()
+
+    async def read_frames(n: int) -> None:
+        """Drain stdin as the worker would, letting the writer task refill it."""
+        while len(_decode(bytes(data), whole=False)) < n:
+            data.extend(process.read_available())
+            await trio.sleep(0)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run_pipes)
+            for stream in range(count):
+                    connection.submit(2**63, stream, 1, "numpy", _ignore)
+            # Only what fitted went out directly; the rest waits for the writer task.
+            await trio.testing.wait_all_tasks_blocked()
+            data.extend(process.read_available())
+            assert 0 < len(data) <= PIPE_CAPACITY + frame_size
+            await read_frames(count)
+            await trio.testing.wait_all_tasks_blocked()
+            connection.submit(2**63, count, 1, "numpy", _ignore)  # direct again, after the rest
+            await read_frames(count + 1)
+            nursery.cancel_scope.cancel()
+    messages = _decode(bytes(data))
+    assert [m.id for m in messages] == list(range(1, count + 2))  # type: ignore[attr-defined]
+    assert [m.stream for m in messages] == list(range(count + 1))  # type: ignore[attr-defined]
+    process.close_worker_ends()
+
+
+async def test_frames_sent_while_holding_go_out_together_at_the_end() -> None:
+    process = _PipeProcess()
+    connection = WorkerConnection(process, 0, on_capacity=lambda _c: None)
+    with connection.holding():
+        for stream in range(3):
+            connection.submit(7, stream, 10, "numpy", _ignore)
+        assert process.read_available() == b""  # nothing written yet
+    messages = _decode(process.read_available())
+    assert [m.stream for m in messages] == [0, 1, 2]  # type: ignore[attr-defined]
+    process.close_worker_ends()
