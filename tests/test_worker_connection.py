@@ -85,7 +85,7 @@ async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> 
         """Drain stdin as the worker would, letting the writer task refill it."""
         while len(_decode(bytes(data), whole=False)) < n:
             data.extend(process.read_available())
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -93,17 +93,19 @@ async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> 
             for stream in range(count):
                     connection.submit(2**63, stream, 1, "numpy", _ignore)
             # Only what fitted went out directly; the rest waits for the writer task.
-            await trio.testing.wait_all_tasks_blocked()
+            # Make room before the writer task runs: the next frame must still queue
+            # behind the others rather than slip into the room.
             data.extend(process.read_available())
             assert 0 < len(data) <= PIPE_CAPACITY + frame_size
-            await read_frames(count)
-            await trio.testing.wait_all_tasks_blocked()
-            connection.submit(2**63, count, 1, "numpy", _ignore)  # direct again, after the rest
+            connection.submit(2**63, count, 1, "numpy", _ignore)
             await read_frames(count + 1)
+            await trio.testing.wait_all_tasks_blocked()
+            connection.submit(2**63, count + 1, 1, "numpy", _ignore)  # direct again
+            await read_frames(count + 2)
             nursery.cancel_scope.cancel()
     messages = _decode(bytes(data))
-    assert [m.id for m in messages] == list(range(1, count + 2))  # type: ignore[attr-defined]
-    assert [m.stream for m in messages] == list(range(count + 1))  # type: ignore[attr-defined]
+    assert [m.id for m in messages] == list(range(1, count + 3))  # type: ignore[attr-defined]
+    assert [m.stream for m in messages] == list(range(count + 2))  # type: ignore[attr-defined]
     process.close_worker_ends()
 
 
