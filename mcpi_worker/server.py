@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
@@ -119,11 +119,13 @@ class Outcome:
 @dataclass(slots=True)
 class _Job:
     request: Sample
-    stop: threading.Event = field(default_factory=threading.Event)
+    stopped: bool = False
+    """Set to stop the kernel: the job was cancelled or the connection is ending. A
+    plain flag, read by the kernel between blocks: assigning a bool is atomic, and a
+    ``threading.Event`` per request cost more than a 0-point kernel's bookkeeping."""
 
-
-class _OutputClosed(Exception):
-    """The response fd is gone (EPIPE): the coordinator went away."""
+    def should_stop(self) -> bool:
+        return self.stopped
 
 
 class Worker:
@@ -217,7 +219,7 @@ class Worker:
         kernel = self._kernels[request.kernel]  # checked when the request was queued
         started = time.perf_counter()
         try:
-            inside = kernel(request.seed, request.stream, request.points, job.stop.is_set)
+            inside = kernel(request.seed, request.stream, request.points, job.should_stop)
         except Cancelled:
             log.debug("sample_cancelled", id=request.id)
             return Error(request.id, ErrorCode.CANCELLED, "cancelled before it finished")
@@ -394,7 +396,7 @@ class Worker:
             if self._running is not None and self._running.request.id == request_id:
                 # The compute loop sends the one final response: "cancelled" if the
                 # kernel sees the flag, the result if it finished first.
-                self._running.stop.set()
+                self._running.stopped = True
                 return
             for job in self._queue:
                 if job.request.id == request_id:
@@ -432,7 +434,7 @@ class Worker:
                     Error(job.request.id, ErrorCode.CANCELLED, "worker is shutting down")
                 )
         if self._running is not None:
-            self._running.stop.set()
+            self._running.stopped = True
         self._wake.notify_all()
 
     # ------------------------------------------------------------------ bookkeeping
