@@ -82,6 +82,14 @@ and slow links. A 10-million-point chunk gets 40 s.
 """
 
 
+DEFAULT_PIPELINE_DEPTH: Final[int] = 2
+"""Requests in flight per worker: one computing and one ready, so a worker never waits
+for the coordinator between chunks of a millisecond or more, while a slow worker holds
+only one chunk back at the end of a run. Tiny chunks want more (``mcpi estimate
+--pipeline-depth``): 20,000 chunks of 1,000 points on 2 workers took 1.71 s at depth 2
+and 0.99 s at depth 16."""
+
+
 def default_task_timeout(points: int) -> float:
     return TASK_TIMEOUT_FLOOR_S + points * TASK_TIMEOUT_PER_POINT_S
 
@@ -174,7 +182,7 @@ class WorkerPool:
         command: Sequence[str] | None = None,
         *,
         launcher: Launcher | None = None,
-        pipeline_depth: int = 2,
+        pipeline_depth: int = DEFAULT_PIPELINE_DEPTH,
         startup_timeout: float = 10.0,
         task_timeout: float | None = None,
         max_start_attempts: int = 3,
@@ -499,8 +507,10 @@ class WorkerPool:
             slot.connection = connection
             self._settle(slot)
             self._flush_deferred_warnings()
+            depth = min(self._pipeline_depth, welcome.max_inflight)
+            log.info("worker_ready", slot=slot.index, pid=welcome.pid, host=welcome.host, depth=depth)
             with connection.holding():  # the requests waiting for it go out in one write
-                for _ in range(min(self._pipeline_depth, welcome.max_inflight)):
+                for _ in range(depth):
                     self._offer_lane(connection)
             return await self._watch(connection)
         return None

@@ -67,6 +67,17 @@ def test_estimate_json_end_to_end_and_identical_for_1_and_3_workers() -> None:
     assert {w["host"] for w in three["per_worker"]} == {os.uname().nodename}
 
 
+def test_a_deeper_pipeline_reaches_the_workers_and_gives_the_same_count() -> None:
+    args = ("--points", "2e5", "--chunk-size", "1e3", "--seed", "5", "--workers", "2")
+    deep = mcpi("estimate", "--json", *args, "--pipeline-depth", "16", "--log-level", "info", "--log-format", "json")
+    assert deep.returncode == 0, deep.stderr
+    ready = [json.loads(line) for line in deep.stderr.splitlines() if '"worker_ready"' in line]
+    assert sorted(event["slot"] for event in ready) == [0, 1]
+    assert {event["depth"] for event in ready} == {16}
+    inside = json.loads(deep.stdout)["inside"]
+    assert inside == estimate_json(*args)["inside"] == expected_inside(5, 200_000, 1_000)
+
+
 def test_human_output_names_every_figure_and_prints_a_drawn_seed() -> None:
     run = mcpi("estimate", "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--kernel", "python")
     assert run.returncode == 0, run.stderr
@@ -89,6 +100,7 @@ def test_human_output_names_every_figure_and_prints_a_drawn_seed() -> None:
         (["--workers", "0"], "no worker"),
         (["--kernel", "fortran"], "invalid choice"),
         (["--chunk-size", "0"], "must be at least 1"),
+        (["--pipeline-depth", "0"], "must be at least 1"),
         (["--chunk-size", "1e13"], "above the protocol's limit"),
         (["--seed", "1e20"], "too large"),
         (["--max-time", "-1"], "positive number of seconds"),

@@ -30,7 +30,7 @@ from mcpi_coordinator.estimate import (
 from mcpi_coordinator.exit_codes import ExitCode
 from mcpi_coordinator.launch import default_worker_command, spawn_worker
 from mcpi_coordinator.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from mcpi_coordinator.pool import WorkerPool
+from mcpi_coordinator.pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_coordinator.progress import points_progress, progress_wanted
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 from mcpi_worker.protocol import MAX_POINTS
@@ -93,6 +93,13 @@ def register(subparsers: Any) -> None:
         help="command that starts one local worker, shell-split (default: this Python's "
         "mcpi-worker); any program speaking the protocol on stdio works; {i} becomes "
         "the worker's index: --worker-cmd \"kubectl exec -i mcpi-{i} -- mcpi-worker\"",
+    )
+    parser.add_argument(
+        "--pipeline-depth", type=cli_args.positive_count, default=DEFAULT_PIPELINE_DEPTH,
+        metavar="D",
+        help="requests each worker is sent ahead (default %(default)s, capped by what the "
+        "worker accepts); raise it, to 16 say, for chunks under ~1e5 points, so workers "
+        "never wait for the coordinator between chunks; it never changes the count",
     )
     parser.add_argument(
         "--task-timeout", type=cli_args.seconds, default=None, metavar="S",
@@ -222,6 +229,7 @@ async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
         async with WorkerPool(
             len(args.slots),
             launcher=launcher,
+            pipeline_depth=args.pipeline_depth,
             startup_timeout=args.startup_timeout,
             task_timeout=args.task_timeout,
             slot_hosts=[None if slot.host is None else slot.host.name for slot in args.slots],
