@@ -63,6 +63,10 @@ class PoolClosed(McpiError):
     """The pool was used after its ``async with`` block ended."""
 
 
+LowLevelError = (FatalProtocolError, RequestError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+"""What ``worker_failures`` translates: a broken stream, a broken pipe, the OS."""
+
+
 @contextmanager
 def worker_failures(doing: str) -> Iterator[None]:
     """Translate low-level failures while ``doing`` something with a worker into a
@@ -74,10 +78,6 @@ def worker_failures(doing: str) -> Iterator[None]:
         yield
     except LowLevelError as error:
         raise worker_failure(error, doing) from error
-
-
-LowLevelError = (FatalProtocolError, RequestError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-"""What ``worker_failures`` translates: a broken stream, a broken pipe, the OS."""
 
 
 def worker_failure(error: BaseException, doing: str) -> WorkerFailure:

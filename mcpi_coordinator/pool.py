@@ -227,7 +227,6 @@ class WorkerPool:
         self._state = "new"  # new → open → closing → closed
         self._exhausted: PoolExhausted | None = None
         self._nursery_manager: Any = None
-        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -236,9 +235,9 @@ class WorkerPool:
             raise RuntimeError("a WorkerPool can be entered only once")
         self._state = "open"
         self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
+        nursery = await self._nursery_manager.__aenter__()
         for slot in self._slots:
-            self._nursery.start_soon(self._run_slot, slot, name=f"mcpi slot {slot.index}")
+            nursery.start_soon(self._run_slot, slot, name=f"mcpi slot {slot.index}")
         try:
             await self._settled.wait()
             if self._exhausted is not None:
@@ -388,12 +387,11 @@ class WorkerPool:
             await connection.ended.wait()
         return connection.end_reason or str(error)
 
-    def _require_open(self) -> trio.Nursery:
-        if self._state != "open" or self._nursery is None:
+    def _require_open(self) -> None:
+        if self._state != "open":
             if self._exhausted is not None:
                 raise PoolExhausted(str(self._exhausted))
             raise PoolClosed(f"the worker pool is {self._state}; use it inside 'async with'")
-        return self._nursery
 
     # ------------------------------------------------------------------ results
 
