@@ -36,9 +36,9 @@ from mcpi_coordinator.bench import in_process
 from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.measure import Measurement
 from mcpi_coordinator.bench.workload import Workload
+from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE
-from mcpi_coordinator.launch import default_worker_command
-from mcpi_coordinator.logging import configure_logging
+from mcpi_coordinator.launch.local import default_worker_command
 
 REFERENCE = "process-pool"
 SAME_FOOTING = "process-pool/setsid"

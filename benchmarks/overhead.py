@@ -39,8 +39,8 @@ import trio
 
 from mcpi_coordinator.bench import overhead
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
-from mcpi_coordinator.launch import default_worker_command
-from mcpi_coordinator.logging import configure_logging
+from mcpi_coordinator.cli.logging import configure_logging
+from mcpi_coordinator.launch.local import default_worker_command
 from mcpi_worker import protocol
 
 REFERENCE = "process-pool"

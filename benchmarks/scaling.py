@@ -35,15 +35,15 @@ from concurrent.futures import ProcessPoolExecutor
 import psutil
 import trio
 
-from mcpi_coordinator.cli_args import count
+from mcpi_coordinator.cli.args import count
+from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
-from mcpi_coordinator.logging import configure_logging
-from mcpi_coordinator.pool import WorkerPool
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 
 SEED = 20240611
-MCPI = [sys.executable, "-m", "mcpi_coordinator.cli"]
+MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 
 PLAIN_EXECUTOR_SCRIPT = """
 import sys

@@ -1,8 +1,104 @@
-"""The mcpi coordinator: a persistent pool of mcpi-worker processes driven from Trio."""
+"""The mcpi coordinator: a persistent pool of mcpi-worker processes driven from Trio.
 
+The public API is importable from here::
+
+    from mcpi_coordinator import Chunk, WorkerPool
+
+    async with WorkerPool(size=4) as pool:
+        result = await pool.sample(Chunk(seed=1, stream=0, points=10_000_000))
+
+Layers, from the bottom (each imports only from the ones above it in this list):
+
+- ``mcpi_worker.protocol``: the sans-IO protocol core, shared with the worker.
+- ``errors``: mcpi's own errors, and the one place low-level failures become them.
+- ``launch``: how a worker process is started and stopped (local, ssh, Slurm).
+- ``connection``: the Trio driver of one worker's pipes and protocol state.
+- ``pool``: slots and supervision, lanes, dispatch and batches: ``WorkerPool``.
+- ``estimate``: chunks and statistics for estimating pi on a pool.
+- ``cli``: the ``mcpi`` command: subcommands, arguments, progress, plots, exit codes.
+- ``testing``: fake workers and process-table checks for users' own tests.
+- ``bench``: the compared approaches behind ``mcpi bench``.
+"""
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("mcpi")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+# The public names are imported on first use (PEP 562), not here: the subprocess fake
+# worker (``python -m mcpi_coordinator.testing.fake_worker``) lives in this package and
+# must start without importing Trio, as a real worker does.
+_PUBLIC: dict[str, str] = {
+    "Chunk": "mcpi_coordinator.chunks",
+    "ChunkResult": "mcpi_coordinator.chunks",
+    "ChunkFailed": "mcpi_coordinator.errors",
+    "McpiError": "mcpi_coordinator.errors",
+    "PoolClosed": "mcpi_coordinator.errors",
+    "PoolExhausted": "mcpi_coordinator.errors",
+    "RequestFailed": "mcpi_coordinator.errors",
+    "WorkerFailure": "mcpi_coordinator.errors",
+    "command_launcher": "mcpi_coordinator.launch.local",
+    "default_worker_command": "mcpi_coordinator.launch.local",
+    "spawn_worker": "mcpi_coordinator.launch.local",
+    "Launcher": "mcpi_coordinator.launch.transport",
+    "WorkerProcess": "mcpi_coordinator.launch.transport",
+    "DEFAULT_PIPELINE_DEPTH": "mcpi_coordinator.pool.worker_pool",
+    "PoolStats": "mcpi_coordinator.pool.worker_pool",
+    "WorkerPool": "mcpi_coordinator.pool.worker_pool",
+    "WorkerStats": "mcpi_coordinator.pool.worker_pool",
+    "default_task_timeout": "mcpi_coordinator.pool.worker_pool",
+}
+
+if TYPE_CHECKING:
+    from mcpi_coordinator.chunks import Chunk, ChunkResult
+    from mcpi_coordinator.errors import (
+        ChunkFailed,
+        McpiError,
+        PoolClosed,
+        PoolExhausted,
+        RequestFailed,
+        WorkerFailure,
+    )
+    from mcpi_coordinator.launch.local import command_launcher, default_worker_command, spawn_worker
+    from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+    from mcpi_coordinator.pool.worker_pool import (
+        DEFAULT_PIPELINE_DEPTH,
+        PoolStats,
+        WorkerPool,
+        WorkerStats,
+        default_task_timeout,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mcpi_coordinator' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "DEFAULT_PIPELINE_DEPTH",
+    "Chunk",
+    "ChunkFailed",
+    "ChunkResult",
+    "Launcher",
+    "McpiError",
+    "PoolClosed",
+    "PoolExhausted",
+    "PoolStats",
+    "RequestFailed",
+    "WorkerFailure",
+    "WorkerPool",
+    "WorkerProcess",
+    "WorkerStats",
+    "__version__",
+    "command_launcher",
+    "default_task_timeout",
+    "default_worker_command",
+    "spawn_worker",
+]

@@ -1,6 +1,6 @@
 """Units of work, their results, and how many failures one chunk may cost.
 
-Shared by the pool's one-chunk ``sample`` and its batches (``mcpi_coordinator.batch``),
+Shared by the pool's one-chunk ``sample`` and its batches (``mcpi_coordinator.pool.batch``),
 so both retry by the same rule.
 """
 

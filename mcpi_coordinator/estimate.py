@@ -23,8 +23,9 @@ from typing import Final
 
 import trio
 
+from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.pool import Chunk, ChunkResult, PoolStats, WorkerPool
+from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
 DEFAULT_POINTS: Final[int] = 1_000_000_000

@@ -20,8 +20,8 @@ from mcpi_coordinator.bench.measure import Measurement, Run
 from mcpi_coordinator.bench.one_shot import OneShotError, OneShotExchange
 from mcpi_coordinator.bench.tasks import count_chunk
 from mcpi_coordinator.bench.workload import Workload
-from mcpi_coordinator.cli import main
-from mcpi_coordinator.launch import default_worker_command
+from mcpi_coordinator.cli.main import main
+from mcpi_coordinator.launch.local import default_worker_command
 from mcpi_worker import protocol
 
 SEED = 20240601
@@ -55,7 +55,7 @@ def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def _run_cli_subprocess(prelude: str, args: list[str]) -> subprocess.CompletedProcess[str]:
     """``mcpi`` in a fresh interpreter after ``prelude`` ran: how we simulate a missing
     optional package (``sys.modules[name] = None`` makes its import fail)."""
-    script = f"import sys\n{prelude}\nfrom mcpi_coordinator.cli import main\nsys.exit(main({args!r}))"
+    script = f"import sys\n{prelude}\nfrom mcpi_coordinator.cli.main import main\nsys.exit(main({args!r}))"
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
@@ -329,7 +329,7 @@ def test_ctrl_c_exits_130_and_leaves_no_worker(approach: str) -> None:
     import psutil
 
     bench = subprocess.Popen(
-        [sys.executable, "-m", "mcpi_coordinator.cli", "bench", "approaches", "--points", "1e12",
+        [sys.executable, "-m", "mcpi_coordinator", "bench", "approaches", "--points", "1e12",
          "--chunk-size", "1e9", "--workers", "2", "--only", approach],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -18,12 +18,12 @@ from typing import Any
 import psutil
 import pytest
 
-from mcpi_coordinator.cli import main
+from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.estimate import iter_chunks
 from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator.cli"]
+MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 FAKE_WORKER = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker"
 JSON_FIELDS = {
     "pi", "inside", "points", "seed", "chunk_size", "kernel", "workers", "std_error",

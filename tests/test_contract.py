@@ -24,10 +24,10 @@ import msgpack
 import pytest
 import trio
 
+from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_coordinator.testing import start_fake_worker
 from mcpi_coordinator.testing.client import StderrTail, WorkerClient, open_worker
 from mcpi_coordinator.testing.fake_worker import fake_worker_command
-from mcpi_coordinator.transport import WorkerProcess
 from mcpi_worker import kernels, protocol
 from mcpi_worker.protocol import (
     MAX_FRAME,

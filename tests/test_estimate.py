@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import (
     EstimateResult,
@@ -19,7 +20,7 @@ from mcpi_coordinator.estimate import (
     pi_statistics,
     run_estimate,
 )
-from mcpi_coordinator.pool import Chunk, WorkerPool
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import fake_launcher
 from mcpi_worker.kernels import count_numpy

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import msgpack
 import numpy as np
 import pytest
+from worker_process import WorkerUnderTest
 
 from mcpi_worker import kernels
 from mcpi_worker.protocol import (
@@ -32,7 +33,6 @@ from mcpi_worker.protocol import (
     encode,
     parse_message,
 )
-from worker_process import WorkerUnderTest
 
 SPEC = Path(__file__).resolve().parent.parent / "protocol.md"
 SPEC_TEXT = SPEC.read_text(encoding="utf-8")

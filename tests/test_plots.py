@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcpi_coordinator import plots
+from mcpi_coordinator.cli import plots
 from mcpi_worker.kernels import BLOCK_POINTS, count_numpy, iter_point_blocks
 
 
@@ -175,7 +175,7 @@ def test_unwritable_file_is_one_project_error(tmp_path: Path) -> None:
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``mcpi`` in a child process: a real run with real ``mcpi-worker`` processes."""
     return subprocess.run(
-        [sys.executable, "-m", "mcpi_coordinator.cli", *argv],
+        [sys.executable, "-m", "mcpi_coordinator", *argv],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -209,7 +209,7 @@ def test_estimate_plot_without_the_extra_fails_before_any_worker_starts(tmp_path
     script = (
         "import sys\n"
         "sys.modules['matplotlib'] = None\n"
-        "from mcpi_coordinator.cli import main\n"
+        "from mcpi_coordinator.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     result = subprocess.run(

@@ -16,15 +16,16 @@ import structlog
 import trio
 from structlog.testing import capture_logs
 
+from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import (
     ChunkFailed,
     PoolClosed,
     PoolExhausted,
     RequestFailed,
 )
-from mcpi_coordinator.lanes import Lanes
-from mcpi_coordinator.logging import configure_logging
-from mcpi_coordinator.pool import Chunk, WorkerPool, default_task_timeout
+from mcpi_coordinator.pool.lanes import Lanes
+from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_launch, by_slot, fake_launcher
 from mcpi_worker import protocol

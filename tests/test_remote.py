@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.pool import Chunk, WorkerPool
-from mcpi_coordinator.remote import (
+from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.launch.remote import (
     MAX_WORKERS_PER_HOST,
     SPEC_SYNTAX,
     HostSpec,
@@ -34,6 +34,7 @@ from mcpi_coordinator.remote import (
     ssh_command,
     substitute_index,
 )
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
 from mcpi_coordinator.testing.script import FakeBehaviour
 

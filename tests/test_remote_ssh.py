@@ -21,12 +21,13 @@ from typing import Any
 import psutil
 import pytest
 import trio
-
-from mcpi_coordinator.launch import default_worker_command, spawn_worker
-from mcpi_coordinator.pool import Chunk, PoolStats, WorkerPool
-from mcpi_coordinator.remote import WorkerSlot, parse_host_spec, plan_slots, slot_launcher
-from mcpi_worker.kernels import count_numpy
 from sshd import SshDaemon, free_port, remote_worker_command, require_openssh
+
+from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
+from mcpi_coordinator.launch.remote import WorkerSlot, parse_host_spec, plan_slots, slot_launcher
+from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
+from mcpi_worker.kernels import count_numpy
 
 SEED = 20240607
 MARKER_VARIABLE = "MCPI_REMOTE_TEST_RUN"
@@ -162,7 +163,7 @@ CLI_CHUNKS = 10
 
 def mcpi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mcpi_coordinator.cli", "estimate", *args],
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -312,7 +313,7 @@ def test_coordinator_killed_leaves_no_ssh_client_or_remote_worker(
         ["env", f"{MARKER_VARIABLE}={run_token}", remote_worker_command()]
     )
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "mcpi_coordinator.cli", "estimate", "--points", "1e12",
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "1e12",
          "--seed", "1", "--workers", "0", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

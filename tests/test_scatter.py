@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mcpi_coordinator import cli, plots
+from mcpi_coordinator.cli import main as cli
+from mcpi_coordinator.cli import plots
 from mcpi_worker.kernels import BLOCK_POINTS, count_numpy
 
 
@@ -119,7 +120,7 @@ MISSING_EXTRA_SCRIPT = textwrap.dedent(
     """
     import sys
     sys.modules[{module!r}] = None  # what Python does for a package that is not installed
-    from mcpi_coordinator.cli import main
+    from mcpi_coordinator.cli.main import main
     sys.exit(main(sys.argv[1:]))
     """
 )

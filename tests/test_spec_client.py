@@ -17,7 +17,6 @@ from typing import Any
 
 import msgpack
 import pytest
-
 from worker_process import TIMEOUT, worker_command
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from worker_process import TIMEOUT, EndOfOutput, WorkerUnderTest, control_peak_rss, worker_command
 
 from mcpi_worker.kernels import KERNELS
 from mcpi_worker.protocol import (
@@ -36,7 +37,6 @@ from mcpi_worker.protocol import (
     Shutdown,
     encode,
 )
-from worker_process import TIMEOUT, EndOfOutput, WorkerUnderTest, control_peak_rss, worker_command
 
 LONG = MAX_POINTS  # a request that would run for an hour: only ever cancelled
 

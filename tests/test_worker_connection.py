@@ -13,7 +13,7 @@ import signal
 import trio
 import trio.testing
 
-from mcpi_coordinator.worker_connection import Answer, WorkerConnection
+from mcpi_coordinator.connection.worker_connection import Answer, WorkerConnection
 from mcpi_worker import protocol
 
 PIPE_CAPACITY = 64 * 1024  # Linux's default; the test sends well beyond it

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from mcpi_coordinator import plots
 from mcpi_coordinator.bench.report import ApproachRow
 from mcpi_coordinator.bench.workload import Workload
+from mcpi_coordinator.cli import plots
 
 BAR_COLOUR = plots.INSIDE_COLOUR
 BASELINE_COLOUR = plots.OUTSIDE_COLOUR

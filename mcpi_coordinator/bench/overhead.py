@@ -23,7 +23,8 @@ from typing import Any, Final
 import trio
 
 from mcpi_coordinator.bench import tasks as shipped
-from mcpi_coordinator.pool import Chunk, WorkerPool
+from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 
 
 @dataclass(frozen=True, slots=True)

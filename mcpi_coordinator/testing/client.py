@@ -17,9 +17,9 @@ from typing import Final
 
 import trio
 
+from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_worker import protocol
 from mcpi_worker.protocol import NEED_DATA, Hello, Welcome, WorkerMessage
-from mcpi_coordinator.transport import WorkerProcess
 
 CLIENT_NAME: Final[str] = "mcpi-testing-client"
 

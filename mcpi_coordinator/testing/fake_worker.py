@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
-from mcpi_coordinator import cli_args
-from mcpi_coordinator.cli_args import count, positive_count
+from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli.args import count, positive_count
 from mcpi_coordinator.testing.script import (
     EXIT_OK,
     Action,

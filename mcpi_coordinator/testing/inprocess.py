@@ -1,6 +1,6 @@
 """In-process fake workers: ``FakeWorkerCore`` driven by a Trio task, wired like a process.
 
-A ``FakeWorkerProcess`` satisfies ``mcpi_coordinator.transport.WorkerProcess``: the
+A ``FakeWorkerProcess`` satisfies ``mcpi_coordinator.launch.transport.WorkerProcess``: the
 coordinator gets ``stdin``/``stdout``/``stderr`` streams, ``wait()``, ``terminate()``,
 ``kill()``, ``pid`` and ``returncode``, exactly as with ``trio.Process``. The streams are
 real OS pipes (``trio.lowlevel.FdStream``), so the coordinator sees a real pipe's
@@ -30,6 +30,7 @@ from typing import Final
 
 import trio
 
+from mcpi_coordinator.launch.transport import Launcher
 from mcpi_coordinator.testing.script import (
     EXIT_OK,
     Action,
@@ -43,7 +44,6 @@ from mcpi_coordinator.testing.script import (
     WriteStdout,
     flood_chunks,
 )
-from mcpi_coordinator.transport import Launcher
 
 _FAKE_PIDS: Final = itertools.count(10_000_000)
 """Fake pids start above Linux's largest possible pid (2**22), so a fake pid can never

@@ -1,6 +1,6 @@
 """``WorkerPool.imap_unordered``: many chunks through the pool, with no task per chunk.
 
-A ``Batch`` keeps ``window`` chunks dispatched (``mcpi_coordinator.dispatch``). Each
+A ``Batch`` keeps ``window`` chunks dispatched (``mcpi_coordinator.pool.dispatch``). Each
 outcome comes back as a callback in the task that read the worker's answer: a result
 goes to the ready queue, a chunk whose worker failed goes back in line (first, ahead
 of fresh work). The consumer's ``async for`` takes the next chunk from the iterator
@@ -23,9 +23,9 @@ from typing import Self
 import trio
 
 from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
-from mcpi_coordinator.dispatch import Dispatcher, Outcome, Request
+from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
-from mcpi_coordinator.worker_connection import WorkerConnection
+from mcpi_coordinator.pool.dispatch import Dispatcher, Outcome, Request
 
 WhyItEnded = Callable[[WorkerConnection, McpiError], Awaitable[str]]
 

@@ -10,7 +10,7 @@ synchronously.
 
 Both ways of using the pool build on this: ``send_and_wait`` for one request awaited
 by a task (``WorkerPool.sample``, ``WorkerPool.ping``), and callbacks for many at once
-(``mcpi_coordinator.batch``), which cost no task per chunk.
+(``mcpi_coordinator.pool.batch``), which cost no task per chunk.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import trio
 
 from mcpi_coordinator.chunks import Chunk, ChunkResult
+from mcpi_coordinator.connection.worker_connection import Answer, WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed
-from mcpi_coordinator.lanes import Lanes
-from mcpi_coordinator.worker_connection import Answer, WorkerConnection
+from mcpi_coordinator.pool.lanes import Lanes
 from mcpi_worker.protocol import Error, Pong, Result
 
 Outcome = ChunkResult | McpiError | None

@@ -8,10 +8,11 @@ import secrets
 import sys
 from pathlib import Path
 
-from mcpi_coordinator import cli_args, plots
+from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli import plots
+from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import pi_statistics
-from mcpi_coordinator.exit_codes import ExitCode
 
 DEFAULT_POINTS = 20_000
 DEFAULT_FRAMES = 40

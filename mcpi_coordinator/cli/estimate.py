@@ -19,7 +19,11 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from mcpi_coordinator import cli_args, plots, remote
+from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli import plots
+from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from mcpi_coordinator.cli.progress import points_progress, progress_wanted
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import (
     DEFAULT_CHUNK_SIZE,
@@ -27,11 +31,9 @@ from mcpi_coordinator.estimate import (
     EstimateResult,
     run_estimate,
 )
-from mcpi_coordinator.exit_codes import ExitCode
-from mcpi_coordinator.launch import default_worker_command, spawn_worker
-from mcpi_coordinator.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from mcpi_coordinator.pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
-from mcpi_coordinator.progress import points_progress, progress_wanted
+from mcpi_coordinator.launch import remote
+from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
+from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 from mcpi_worker.protocol import MAX_POINTS
 

@@ -45,9 +45,8 @@ import structlog
 import trio
 
 from mcpi_coordinator import __version__
-from mcpi_coordinator.batch import Batch
 from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
-from mcpi_coordinator.dispatch import Dispatcher
+from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import (
     McpiError,
     PoolClosed,
@@ -57,13 +56,14 @@ from mcpi_coordinator.errors import (
     describe_exit,
     worker_failures,
 )
-from mcpi_coordinator.launch import (
+from mcpi_coordinator.launch.local import (
     command_launcher,
     default_worker_command,
     describe_command,
 )
-from mcpi_coordinator.transport import Launcher, WorkerProcess
-from mcpi_coordinator.worker_connection import WorkerConnection
+from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+from mcpi_coordinator.pool.batch import Batch
+from mcpi_coordinator.pool.dispatch import Dispatcher
 from mcpi_worker.protocol import Result
 
 log = structlog.get_logger("mcpi.pool")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from mcpi_coordinator.transport import Launcher, WorkerProcess
+from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
 
 def default_worker_command() -> list[str]:

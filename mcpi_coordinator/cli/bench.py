@@ -20,15 +20,16 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from mcpi_coordinator import cli_args, plots
 from mcpi_coordinator.bench import failures, report
 from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
-from mcpi_coordinator.commands.estimate import worker_command
+from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli import plots
+from mcpi_coordinator.cli.estimate import worker_command
+from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, chunk_count
-from mcpi_coordinator.exit_codes import ExitCode
-from mcpi_coordinator.logging import configure_logging
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 from mcpi_worker.protocol import MAX_POINTS
 

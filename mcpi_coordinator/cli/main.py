@@ -1,6 +1,6 @@
 """The ``mcpi`` command: argument parsing, dispatch to a subcommand, exit codes.
 
-Each subcommand lives in ``mcpi_coordinator/commands/<name>.py`` and exposes
+Each subcommand lives in ``mcpi_coordinator/cli/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` (a function
 ``(argparse.Namespace) -> int`` returning the exit code). Adding a subcommand is one
 module and one line in ``COMMANDS``.
@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from mcpi_coordinator.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import ExitCode
 
 COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter", "bench")
-"""Subcommand modules under ``mcpi_coordinator.commands``, in --help order."""
+"""Subcommand modules under ``mcpi_coordinator.cli``, in --help order."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         title="commands", metavar="COMMAND", required=True, parser_class=_Parser
     )
     for name in COMMANDS:
-        importlib.import_module(f"mcpi_coordinator.commands.{name}").register(subparsers)
+        importlib.import_module(f"mcpi_coordinator.cli.{name}").register(subparsers)
     return parser
 
 

@@ -8,7 +8,7 @@ up and deadlock the others.
 
 Requests are sent synchronously (``submit``, ``send_ping``) and their one final
 answer comes back through a callback, ``on_answer``: the connection knows nothing of
-who waits for it (``mcpi_coordinator.dispatch``). A frame is written at once by
+who waits for it (``mcpi_coordinator.pool.dispatch``). A frame is written at once by
 whoever sends it when stdin is an idle OS pipe (``pipes.write_nowait``); otherwise, or
 for what the pipe has no room for, it goes through an outbox that a writer task
 drains with blocking writes. The writer owns stdin while anything is in the outbox,
@@ -18,7 +18,7 @@ Anything that goes wrong on this connection (EOF, a broken pipe, a protocol
 violation, a fatal ``error`` from the worker, a stall noticed by the pool) ends up in
 ``fail()``: the first reason is kept, every request still waiting gets a
 ``WorkerFailure`` as its answer, and ``broken`` is set. The connection never retries or restarts
-anything itself; that is the pool's job (``mcpi_coordinator.pool``).
+anything itself; that is the pool's job (``mcpi_coordinator.pool.worker_pool``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any, Final
 import structlog
 import trio
 
-from mcpi_coordinator import pipes
+from mcpi_coordinator.connection import pipes
+from mcpi_coordinator.connection.stderr_relay import StderrRelay
 from mcpi_coordinator.errors import WorkerFailure, worker_failure, worker_failures
-from mcpi_coordinator.stderr_relay import StderrRelay
-from mcpi_coordinator.transport import WorkerProcess
+from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_worker import protocol
 from mcpi_worker.protocol import (
     NEED_DATA,
@@ -217,7 +217,7 @@ class WorkerConnection:
         with a ``WorkerFailure`` from whoever notices the connection break (before
         ``submit`` returns, and then it returns None, if it is broken already). It
         must not block or raise. A batch of requests costs no task per request this
-        way (``mcpi_coordinator.batch``).
+        way (``mcpi_coordinator.pool.batch``).
         """
         request_id = self._register(points, on_answer)
         if request_id is not None:

@@ -37,7 +37,7 @@ L_contra = TypeVar("L_contra", bound=Lane, contravariant=True)
 
 
 class Ticket(Protocol[L_contra]):
-    """One request's place in line (``mcpi_coordinator.dispatch.Request`` is one)."""
+    """One request's place in line (``mcpi_coordinator.pool.dispatch.Request`` is one)."""
 
     queue: deque[Any] | None
     """The line it waits in; kept by ``Lanes``, None when not waiting."""

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from mcpi_coordinator.transport import Launcher, WorkerProcess
+from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
 if TYPE_CHECKING:
-    from mcpi_coordinator.pool import WorkerStats
+    from mcpi_coordinator.pool.worker_pool import WorkerStats
 
 SPEC_SYNTAX: Final = "[user@]host[:port][*N]"
 MAX_WORKERS_PER_HOST: Final = 1024
