@@ -7,6 +7,6 @@ can be embedded anywhere a process with stdin and stdout can run.
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("mcpi")
+    __version__ = version("mcpi-trio")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"

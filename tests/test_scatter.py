@@ -119,26 +119,37 @@ def test_unwritable_output_exits_1_with_one_line(
 MISSING_EXTRA_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.modules[{module!r}] = None  # what Python does for a package that is not installed
+    for module in {modules!r}:
+        sys.modules[module] = None  # what Python does for a package that is not installed
     from mcpi_coordinator.cli.main import main
     sys.exit(main(sys.argv[1:]))
     """
 )
 
 
-@pytest.mark.parametrize(("module", "package"), [("matplotlib", "matplotlib"), ("PIL", "Pillow")])
+@pytest.mark.parametrize(
+    ("modules", "missing"),
+    [
+        (["matplotlib"], "matplotlib is not installed"),
+        (["PIL"], "Pillow is not installed"),
+        (["matplotlib", "PIL"], "neither is installed"),
+    ],
+)
 def test_missing_extra_exits_1_with_one_line_naming_it(
-    module: str, package: str, tmp_path: Path
+    modules: list[str], missing: str, tmp_path: Path
 ) -> None:
     out_file = tmp_path / "q.png"
     result = subprocess.run(
-        [sys.executable, "-c", MISSING_EXTRA_SCRIPT.format(module=module),
+        [sys.executable, "-c", MISSING_EXTRA_SCRIPT.format(modules=modules),
          "scatter", "-n", "100", "-o", str(out_file)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "pip install 'mcpi[bench]'" in result.stderr
-    assert f"{package} is not installed" in result.stderr
+    assert "pip install 'mcpi-trio[bench]'" in result.stderr
+    assert result.stderr == (
+        f"mcpi scatter: error: pictures need matplotlib and Pillow ({missing}): "
+        "pip install 'mcpi-trio[bench]'\n"
+    )
     assert not out_file.exists()

@@ -19,6 +19,7 @@ message; this module is the one place that translates them from ImportError/OSEr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from mcpi_coordinator.estimate import EstimateResult
 
-INSTALL_HINT: Final[str] = "pip install 'mcpi[bench]'"
+INSTALL_HINT: Final[str] = "pip install 'mcpi-trio[bench]'"
 
 MAX_SCATTER_POINTS: Final[int] = 1_000_000
 """Beyond this the quadrant is a solid fill: more points only cost memory and time."""
@@ -111,12 +112,8 @@ def _require_extra() -> tuple[type[Figure], Any]:
         import PIL.Image
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as exc:
-        module = (exc.name or "matplotlib").partition(".")[0]
-        missing = {"PIL": "Pillow"}.get(module, module)  # name the distribution, not the module
-        raise PlottingUnavailable(
-            f"pictures need matplotlib and Pillow ({missing} is not installed): {INSTALL_HINT}"
-        ) from None
+    except ImportError:
+        raise PlottingUnavailable(_missing_extra_message()) from None
 
     class AggFigure(Figure):
         """A Figure that renders with Agg, whatever the default backend is."""
@@ -126,6 +123,23 @@ def _require_extra() -> tuple[type[Figure], Any]:
             FigureCanvasAgg(self)
 
     return AggFigure, PIL.Image
+
+
+_EXTRA_MODULES: Final[tuple[tuple[str, str], ...]] = (("matplotlib", "matplotlib"), ("PIL", "Pillow"))
+"""The bench extra's picture modules and the distributions that provide them."""
+
+
+def _missing_extra_message() -> str:
+    """Names every missing distribution, not only the first import that failed: a user
+    who installs the one named should not meet the next error straight after."""
+    # find_spec, not an import: matplotlib imports Pillow, so importing it would
+    # blame matplotlib for a missing Pillow.
+    missing = [dist for module, dist in _EXTRA_MODULES if importlib.util.find_spec(module) is None]
+    if len(missing) == len(_EXTRA_MODULES):
+        what = "neither is installed"
+    else:
+        what = f"{' and '.join(missing) or 'a part of them'} is not installed"
+    return f"pictures need matplotlib and Pillow ({what}): {INSTALL_HINT}"
 
 
 def ensure_available() -> None:
