@@ -3,14 +3,11 @@
 - ``iter_chunks`` splits N points into chunks of a fixed size, lazily: chunk ``k``
   is stream ``k`` of the seed, so the total count depends only on (seed, points,
   chunk size, kernel), never on the number of workers or the order of completion.
-- ``Tally`` combines chunk results as they finish and keeps each chunk's
-  (points, inside) in completion order, compactly (two ``array('q')``), for
-  convergence plots.
-- ``pi_statistics`` is the statistics: each point lands inside the quarter circle
-  with probability p = π/4, so inside ~ Binomial(n, p), π̂ = 4·inside/n, its standard
-  error is 4·sqrt(p̂(1 − p̂)/n), and the 95% interval is π̂ ± 1.96·SE.
-- ``run_estimate`` drives a ``WorkerPool`` and stops early on ``max_time`` or once the
-  interval's half-width is at most ``target_error``, reporting what completed.
+- ``prefix.Prefix`` decides which completed chunks count: the contiguous streams
+  0..k−1, so that an early stop reports the count of ``--points k·C`` exactly;
+  ``statistics`` holds the formulas and the ``--target-error`` rule.
+- ``run_estimate`` drives a ``WorkerPool`` over the streams still missing, and stops
+  early on ``max_time`` or once the prefix meets the target, reporting the prefix.
 """
 
 from __future__ import annotations
@@ -18,7 +15,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 import trio
@@ -26,16 +24,30 @@ import trio
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
+from mcpi_coordinator.prefix import Prefix
+from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
 from mcpi_worker.kernels import DEFAULT_KERNEL
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_POINTS",
+    "Z_95",
+    "EstimateResult",
+    "NothingCompleted",
+    "PiStatistics",
+    "Stop",
+    "chunk_count",
+    "iter_chunks",
+    "pi_statistics",
+    "repeat_command",
+    "run_estimate",
+]
 
 DEFAULT_POINTS: Final[int] = 1_000_000_000
 DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
 """40 ms of numpy work (1 s of pure Python): large enough that the ~0.1 ms a request
 costs is noise, small enough that workers finish within one chunk of each other, a
 progress bar moves smoothly and an early stop wastes little."""
-
-Z_95: Final[float] = 1.959963984540054
-"""The standard normal quantile for a two-sided 95% interval."""
 
 
 def chunk_count(points: int, chunk_size: int) -> int:
@@ -53,55 +65,26 @@ def iter_chunks(seed: int, points: int, chunk_size: int, kernel: str = DEFAULT_K
         yield Chunk(seed=seed, stream=full, points=rest, kernel=kernel)
 
 
-@dataclass(frozen=True, slots=True)
-class PiStatistics:
-    pi: float
-    std_error: float
-    ci95: tuple[float, float]
+class Stop(StrEnum):
+    """Why a run stopped before its last chunk (``EstimateResult.stopped_early``)."""
 
-    @property
-    def half_width(self) -> float:
-        return (self.ci95[1] - self.ci95[0]) / 2
-
-    @property
-    def error(self) -> float:
-        """The estimate minus ``math.pi``: what every report calls its error."""
-        return self.pi - math.pi
+    MAX_TIME = "max_time"
+    TARGET_ERROR = "target_error"
 
 
-def pi_statistics(inside: int, points: int) -> PiStatistics:
-    """π̂ = 4·inside/points with its binomial standard error and 95% interval."""
-    if points <= 0:
-        raise ValueError("no points: nothing to estimate")
-    p = inside / points
-    pi = 4.0 * p
-    std_error = 4.0 * math.sqrt(p * (1.0 - p) / points)
-    half = Z_95 * std_error
-    return PiStatistics(pi=pi, std_error=std_error, ci95=(pi - half, pi + half))
-
-
-@dataclass
-class Tally:
-    """Running totals, plus every chunk's (points, inside) in completion order."""
-
-    points: int = 0
-    inside: int = 0
-    chunk_points: array[int] = field(default_factory=lambda: array("q"))
-    chunk_inside: array[int] = field(default_factory=lambda: array("q"))
-
-    def add(self, points: int, inside: int) -> None:
-        self.points += points
-        self.inside += inside
-        self.chunk_points.append(points)
-        self.chunk_inside.append(inside)
-
-    def statistics(self) -> PiStatistics:
-        return pi_statistics(self.inside, self.points)
+def repeat_command(points: int, seed: int, chunk_size: int, kernel: str) -> str:
+    """The plain ``mcpi estimate`` command whose count equals a run of these figures."""
+    return f"mcpi estimate --points {points} --seed {seed} --chunk-size {chunk_size} --kernel {kernel}"
 
 
 @dataclass(frozen=True)
 class EstimateResult:
-    """One run's answer, with what is needed to repeat it and to plot its convergence."""
+    """One run's answer, with what is needed to repeat it and to plot its convergence.
+
+    ``inside`` and ``points`` are those of the prefix of streams 0..chunks−1, so
+    ``repeat_command`` (``--points points``, same seed, chunk size and kernel) gives
+    this very count on any pool, also after an early stop.
+    """
 
     inside: int
     points: int
@@ -111,13 +94,18 @@ class EstimateResult:
     kernel: str
     workers: int
     elapsed_s: float
-    stopped_early: str | None
-    """``None``, ``"max_time"`` or ``"target_error"``."""
+    stopped_early: Stop | None
     pool: PoolStats
     chunk_points: array[int]
-    """Points of each completed chunk, in completion order."""
+    """Points of each counted chunk, in stream order."""
     chunk_inside: array[int]
-    """Points inside the quarter circle of each completed chunk, same order."""
+    """Points inside the quarter circle of each counted chunk, same order."""
+    target_error: float | None = None
+    target_reached: bool | None = None
+    """Whether the prefix met ``target_error`` (None without a target). False when
+    ``--points`` ran out first, or ``max_time`` came first."""
+    discarded_chunks: int = 0
+    """Chunks that completed beyond the prefix (past a gap or past the stop): not counted."""
 
     @property
     def statistics(self) -> PiStatistics:
@@ -143,9 +131,16 @@ class EstimateResult:
     def points_per_s(self) -> float:
         return self.points / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def repeat_command(self) -> str:
+        return repeat_command(self.points, self.seed, self.chunk_size, self.kernel)
+
 
 class NothingCompleted(McpiError):
-    """An early stop came before any chunk finished: there is no estimate to report."""
+    """An early stop came before chunk 0 finished: there is no estimate to report."""
+
+
+OnChunk = Callable[[ChunkResult, Prefix], None]
 
 
 async def run_estimate(
@@ -157,40 +152,50 @@ async def run_estimate(
     kernel: str = DEFAULT_KERNEL,
     max_time: float | None = None,
     target_error: float | None = None,
-    on_chunk: Callable[[ChunkResult, Tally], None] | None = None,
+    on_chunk: OnChunk | None = None,
     started_at: float | None = None,
 ) -> EstimateResult:
     """Count ``points`` points on ``pool`` and combine them into an estimate of π.
 
     Stops early, cancelling the chunks still running, after ``max_time`` seconds or
-    once the 95% interval's half-width is at most ``target_error``; the result then
-    covers the chunks that completed. Raises ``NothingCompleted`` if that is none.
-    ``started_at`` (``trio.current_time()`` before the pool started) makes
-    ``elapsed_s`` and ``max_time`` count worker start-up too, as a user's clock does.
+    at the first prefix of streams whose 95% interval's half-width is at most
+    ``target_error``; the result is that prefix (``prefix`` module). Raises
+    ``NothingCompleted`` if the prefix is empty. ``started_at``
+    (``trio.current_time()`` before the pool started) makes ``elapsed_s`` and
+    ``max_time`` count worker start-up too, as a user's clock does.
     """
-    tally = Tally()
-    stopped_early: str | None = None
+    prefix = Prefix(points, chunk_size, StopRule(target_error))
     started = trio.current_time() if started_at is None else started_at
     deadline = math.inf if max_time is None else started + max_time
+
+    def missing_chunks() -> Iterator[Chunk]:
+        for stream in prefix.missing():
+            yield Chunk(seed, stream, prefix.chunk_points(stream), kernel)
+
     with trio.move_on_at(deadline) as clock:
-        async with pool.imap_unordered(iter_chunks(seed, points, chunk_size, kernel)) as results:
+        async with pool.imap_unordered(missing_chunks()) as results:
             async for result in results:
-                tally.add(result.chunk.points, result.inside)
+                prefix.add(result.chunk.stream, result.inside)
                 if on_chunk is not None:
-                    on_chunk(result, tally)
-                if target_error is not None and tally.statistics().half_width <= target_error:
-                    stopped_early = "target_error"
+                    on_chunk(result, prefix)
+                if prefix.finished:
                     break
-    if clock.cancelled_caught:
-        stopped_early = "max_time"
     elapsed = trio.current_time() - started
-    if tally.points == 0:
+    stopped_early: Stop | None = None
+    if prefix.stopped and not prefix.complete:
+        stopped_early = Stop.TARGET_ERROR
+    elif clock.cancelled_caught and not prefix.finished:
+        stopped_early = Stop.MAX_TIME
+    if prefix.k == 0:
+        beyond = f" ({prefix.beyond} later ones had)" if prefix.beyond else ""
         raise NothingCompleted(
-            f"no chunk completed within {max_time:g} s; a smaller --chunk-size would help"
+            f"no estimate within {max_time:g} s: chunk 0 had not completed{beyond}; "
+            "a smaller --chunk-size would help"
         )
+    chunk_points, chunk_inside = prefix.counted()
     return EstimateResult(
-        inside=tally.inside,
-        points=tally.points,
+        inside=prefix.inside,
+        points=prefix.points,
         requested_points=points,
         seed=seed,
         chunk_size=chunk_size,
@@ -199,6 +204,9 @@ async def run_estimate(
         elapsed_s=elapsed,
         stopped_early=stopped_early,
         pool=pool.stats,
-        chunk_points=tally.chunk_points,
-        chunk_inside=tally.chunk_inside,
+        chunk_points=chunk_points,
+        chunk_inside=chunk_inside,
+        target_error=target_error,
+        target_reached=None if target_error is None else prefix.stopped,
+        discarded_chunks=prefix.beyond,
     )

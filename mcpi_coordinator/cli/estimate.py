@@ -271,6 +271,11 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "points_per_s": result.points_per_s,
         "restarts": result.restarts,
         "stopped_early": result.stopped_early,
+        "discarded_chunks": result.discarded_chunks,
+        "repeat_points": result.points,
+        "repeat_command": result.repeat_command,
+        "target_error": result.target_error,
+        "target_reached": result.target_reached,
         "per_worker": [asdict(worker) for worker in result.pool.workers],
         "hosts": remote.host_rows(result.pool.workers, result.elapsed_s),
     }
@@ -290,10 +295,35 @@ def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
         why = {"max_time": "--max-time reached", "target_error": "--target-error reached"}
         points += f"  (stopped early, {why[result.stopped_early]}; asked {result.requested_points:,})"
     table.add_row("points", points)
+    for label, text in run_rows(result):
+        table.add_row(label, text)
     table.add_row("workers", f"{result.workers}  ({result.restarts} restarts)")
     drawn = f"  (drawn at random; --seed {result.seed} repeats this run)" if seed_drawn else ""
     table.add_row("seed", f"{result.seed}{drawn}")
     table.add_row("kernel", result.kernel)
     table.add_row("wall time", f"{result.elapsed_s:.3f} s")
     table.add_row("points/s", f"{result.points_per_s / 1e6:,.1f} M")
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(table)
+    repeat = repeat_line(result)
+    if repeat is not None:
+        console.print(repeat, soft_wrap=True)  # unwrapped: it is meant to be copied
+
+
+def run_rows(result: EstimateResult) -> list[tuple[str, str]]:
+    """A target that was not reached, plainly."""
+    if result.target_error is None or result.target_reached:
+        return []
+    half = result.statistics.half_width
+    when = "when --max-time came" if result.stopped_early == "max_time" else "after all --points"
+    return [("target error", f"{result.target_error:g} NOT reached (±{half:.3e} {when})")]
+
+
+def repeat_line(result: EstimateResult) -> str | None:
+    """After an early stop, the plain command that gives this very count."""
+    if result.stopped_early is None:
+        return None
+    discarded = result.discarded_chunks
+    chunks = "chunk that finished past them" if discarded == 1 else "chunks that finished past them"
+    beyond = f"; {discarded:,} {chunks} not counted" if discarded else ""
+    return f"repeat: {result.repeat_command}  (streams 0..{result.chunks - 1}{beyond})"

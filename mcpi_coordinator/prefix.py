@@ -1,0 +1,167 @@
+"""Which completed chunks an estimate counts: the contiguous prefix of streams 0..k−1.
+
+Chunks finish in whatever order the workers manage. An early stop that counted
+"whatever had finished" would report a count nobody can repeat: it would depend on
+timing, on the number of workers, on a slow host. Counting only the streams 0..k−1
+that all completed makes every reported count equal ``mcpi estimate --points k·C``
+(the last chunk of a run may be shorter: ``points`` says exactly), on any pool.
+Chunks that finished beyond the first gap are kept aside and counted once the gap
+fills; at a stop they are discarded (and reported as such).
+
+The ``--target-error`` rule is applied to the prefix at every k in turn, however
+many streams one arrival completes, so the stop is the *smallest* k whose prefix
+meets it: a pure function of (seed, points, chunk size, kernel, target), the same on
+1 worker or 1000, on a resumed run, on a run whose workers died and were replaced.
+``reference_prefix`` computes it without a pool, which is what makes the coverage
+of the stopping rule cheap to test over many seeds.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator
+
+from mcpi_coordinator.statistics import StopRule
+from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
+
+_MISSING = -1
+
+
+class Prefix:
+    """Completed chunks by stream, and the prefix an estimate counts.
+
+    ``k`` is the prefix length (streams 0..k−1 all completed, and counted in
+    ``inside``/``points``); ``stopped`` says the stop rule was reached at ``k``, after
+    which the prefix no longer grows. Memory is 8 bytes per stream up to the highest
+    one completed (``array('q')``), as the per-chunk counts for plots always took.
+    """
+
+    def __init__(self, points: int, chunk_size: int, rule: StopRule | None = None) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        if points < 0:
+            raise ValueError("points must be 0 or more")
+        self.requested_points = points
+        self.chunk_size = chunk_size
+        self.rule = rule if rule is not None else StopRule()
+        self.total_chunks = -(-points // chunk_size)
+        self.k = 0
+        self.inside = 0
+        self.points = 0
+        self.stopped = False
+        self._completed = 0
+        self._counts = array("q")  # inside count by stream; _MISSING until it completes
+
+    # ------------------------------------------------------------------ queries
+
+    def chunk_points(self, stream: int) -> int:
+        """The points of chunk ``stream``: ``chunk_size``, the last one what remains."""
+        if not 0 <= stream < self.total_chunks:
+            raise ValueError(f"stream {stream} is not a chunk of this run (0..{self.total_chunks - 1})")
+        return min(self.chunk_size, self.requested_points - stream * self.chunk_size)
+
+    def has(self, stream: int) -> bool:
+        return stream < len(self._counts) and self._counts[stream] != _MISSING
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk of the run is in the prefix."""
+        return self.k == self.total_chunks
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to compute: the rule stopped the prefix, or it is complete."""
+        return self.stopped or self.complete
+
+    @property
+    def completed(self) -> int:
+        """Chunks completed, in the prefix or beyond it."""
+        return self._completed
+
+    @property
+    def beyond(self) -> int:
+        """Completed chunks that the prefix does not count (past a gap, or past a stop)."""
+        return self._completed - self.k
+
+    def missing(self) -> Iterator[int]:
+        """The streams still to compute, in order, lazily: from ``k`` on, skipping those
+        completed beyond the gap; none once the prefix is finished."""
+        stream = self.k
+        while stream < self.total_chunks and not self.finished:
+            if not self.has(stream):
+                yield stream
+            stream += 1
+
+    def counted(self) -> tuple[array[int], array[int]]:
+        """The prefix's chunks, in stream order: (points of each, inside of each)."""
+        inside = self._counts[: self.k]
+        points = array("q", [self.chunk_size]) * self.k
+        if self.k and self.k == self.total_chunks:
+            points[-1] = self.chunk_points(self.k - 1)
+        return points, inside
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """Every completed chunk as (stream, inside), in stream order."""
+        for stream, inside in enumerate(self._counts):
+            if inside != _MISSING:
+                yield stream, inside
+
+    # ------------------------------------------------------------------ changes
+
+    def add(self, stream: int, inside: int) -> None:
+        """Count chunk ``stream``'s result; the prefix grows if it filled the gap."""
+        points = self.chunk_points(stream)
+        if not 0 <= inside <= points:
+            raise ValueError(f"chunk {stream}: {inside} inside of {points} points is impossible")
+        if self.has(stream):
+            raise ValueError(f"chunk {stream} was already counted")
+        if stream >= len(self._counts):
+            self._counts.extend(array("q", [_MISSING]) * (stream + 1 - len(self._counts)))
+        self._counts[stream] = inside
+        self._completed += 1
+        if stream == self.k:
+            self._advance()
+
+    def forget(self, streams: Iterable[int]) -> None:
+        """Un-count these chunks (their worker was caught lying): they are missing
+        again, and the prefix and its stop are worked out anew up to the first of them."""
+        earliest: int | None = None
+        for stream in streams:
+            if self.has(stream):
+                self._counts[stream] = _MISSING
+                self._completed -= 1
+                earliest = stream if earliest is None else min(earliest, stream)
+        if earliest is not None and earliest < self.k:
+            # Rare (a condemned worker), so the simple way: replay the rule from 0.
+            self.k = self.inside = self.points = 0
+            self.stopped = False
+            self._advance()
+
+    def _advance(self) -> None:
+        counts, rule = self._counts, self.rule
+        while not self.stopped and self.k < len(counts) and counts[self.k] != _MISSING:
+            self.inside += counts[self.k]
+            self.points += self.chunk_points(self.k)
+            self.k += 1
+            # Checked at every k, not once per arrival, so the stop is the first k
+            # that meets the rule whatever order the chunks came in.
+            self.stopped = rule.reached(self.inside, self.points)
+
+
+def reference_prefix(
+    seed: int,
+    points: int,
+    chunk_size: int,
+    *,
+    kernel: str = DEFAULT_KERNEL,
+    target_error: float | None = None,
+    rule: StopRule | None = None,
+) -> Prefix:
+    """What any pool must report for this run: the chunks counted in this process, in
+    stream order, until the prefix is finished. The stop rule is ``StopRule(target_error)``
+    unless ``rule`` is given."""
+    count = KERNELS[kernel]
+    prefix = Prefix(points, chunk_size, rule if rule is not None else StopRule(target_error))
+    for stream in prefix.missing():
+        prefix.add(stream, count(seed, stream, prefix.chunk_points(stream), lambda: False))
+    return prefix
