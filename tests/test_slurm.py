@@ -345,3 +345,96 @@ def test_the_readme_srun_command_puts_worker_i_on_node_i(cluster: SlurmCluster, 
     assert [w["state"] for w in result["per_worker"]] == ["ready", "retired"]
     assert "incompatible with count of allocated nodes" in done.stderr
     assert cluster.wait_for_empty_queue(CLEANUP_BOUND_S) == []
+
+# -- the --slurm building blocks, inside real allocations ---------------------------
+
+IN_ALLOCATION = textwrap.dedent(
+    """
+    import json, os, shlex, subprocess, sys
+    from mcpi_coordinator.launch.slurm import SlurmError, allocation_nodes, srun_worker_argv
+    mcpi, worker, workers, node_override, *estimate_args = sys.argv[1:]
+    try:
+        nodes = allocation_nodes(os.environ)
+    except SlurmError as error:
+        print(json.dumps({"error": str(error)}))
+        raise SystemExit(0)
+    node = nodes[0] if not node_override else type(nodes[0])(node_override, nodes[0].cpus)
+    command = srun_worker_argv(node, [worker])
+    done = subprocess.run(
+        [mcpi, "estimate", "--workers", workers, "--worker-cmd", shlex.join(command), *estimate_args],
+        capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
+    )
+    print(json.dumps({
+        "nodes": [[n.name, n.cpus] for n in nodes], "command": command,
+        "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr[-3000:],
+    }))
+    """
+)
+
+
+def in_allocation(cluster: SlurmCluster, tmp_path: Path, how: str, *, workers: int,
+                  node_override: str = "") -> dict[str, Any]:
+    """Run ``IN_ALLOCATION`` with Slurm's job environment, the way a user would:
+    ``salloc CMD``, ``salloc srun CMD`` (mcpi itself inside a step that holds every
+    CPU, as with a site's interactive-step salloc), or an ``sbatch`` script."""
+    script = tmp_path / "in_allocation.py"
+    script.write_text(IN_ALLOCATION)
+    command = [sys.executable, str(script), mcpi_bin(), worker_path(), str(workers), node_override,
+               *estimate_argv()[2:]]
+    shape = ["-N1", "-n1", f"--cpus-per-task={cluster.cpus}"]
+    if how == "sbatch":
+        batch = tmp_path / "job.sh"
+        batch.write_text(f"#!/bin/sh\nexec {shlex.join(command)}\n")
+        output = tmp_path / "job.out"
+        # Not ``sbatch --wait``: it polls the job's state at growing intervals, which
+        # added 8 s of idle waiting to a job that took 2.
+        job = cluster.run("sbatch", "--parsable", *shape, f"--output={output}", f"--chdir={tmp_path}",
+                          str(batch)).stdout.strip()
+        assert cluster.wait_for_empty_queue(RUN_TIMEOUT_S) == [], f"batch job {job} did not end"
+        text = output.read_text()
+    else:
+        if how == "salloc+srun":
+            command = [cluster.programs["srun"], *shape, "--quiet", "-u", *command]
+        done = cluster.run("salloc", *shape, "--quiet", *command, timeout=RUN_TIMEOUT_S, check=False)
+        assert done.returncode == 0, f"{how} exited {done.returncode}: {done.stderr} {done.stdout}"
+        text = done.stdout
+    assert text.strip(), f"{how} printed nothing\n{cluster.log_tails()}"
+    report: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
+    return report
+
+
+@pytest.mark.parametrize("how", ["salloc", "salloc+srun", "sbatch"])
+def test_building_blocks_inside_an_allocation_give_the_local_count(
+    cluster: SlurmCluster, tmp_path: Path, how: str, local_inside: int
+) -> None:
+    """The node and its CPUs come from the job's environment, and the step command
+    built from them runs workers that give the local count. Two steps share the
+    node's CPUs at once (``--overlap``), also when mcpi itself is a step holding
+    every CPU, where ``--exact`` steps are refused."""
+    report = in_allocation(cluster, tmp_path, how, workers=2)
+    assert report["nodes"] == [[cluster.node, cluster.cpus]]
+    assert report["returncode"] == 0, report["stderr"]
+    result = json.loads(report["stdout"])
+    assert result["inside"] == local_inside
+    assert result["restarts"] == 0, report["stderr"]
+    assert cluster.wait_for_empty_queue(CLEANUP_BOUND_S) == []
+
+
+def test_a_node_outside_the_allocation_fails_the_run_with_one_line(
+    cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    report = in_allocation(cluster, tmp_path, "salloc", workers=1, node_override="not-in-the-allocation")
+    assert report["returncode"] == 1
+    last_line = report["stderr"].strip().splitlines()[-1]
+    assert last_line.startswith("mcpi: error: no worker left") and "not-in-the-allocation" in last_line
+    assert cluster.wait_for_empty_queue(CLEANUP_BOUND_S) == []
+
+
+def test_outside_an_allocation_the_building_blocks_say_so(cluster: SlurmCluster, tmp_path: Path) -> None:
+    script = tmp_path / "outside.py"
+    script.write_text(IN_ALLOCATION)
+    done = subprocess.run([sys.executable, str(script), mcpi_bin(), worker_path(), "1", ""],
+                          check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          env=cluster.env())
+    assert done.returncode == 0, done.stderr
+    assert "SLURM_JOB_ID is not set" in json.loads(done.stdout)["error"]
