@@ -30,6 +30,8 @@ class ChunkResult:
     """The worker's own measure of the time it spent computing the chunk."""
     slot: int
     pid: int
+    host: str | None = None
+    """The host the worker said it runs on (its ``welcome``)."""
 
 
 @dataclass(slots=True)
@@ -47,7 +49,7 @@ class Attempts:
     """``ChunkFailed`` once this many workers in a row failed on the chunk."""
     charged: int = 0
     tried: bool = False
-    """Sent at least once and failed: a retry goes ahead of fresh work (``Lanes``)."""
+    """Sent at least once and failed: a retry goes ahead of fresh work (``dispatch``)."""
 
     def charge(self, error: RequestFailed | WorkerFailure) -> bool:
         """Count ``error`` against the chunk; True while it may be sent again.

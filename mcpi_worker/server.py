@@ -1,24 +1,23 @@
-"""The worker loop: a reader thread on the request fd, a compute loop, one writer lock.
+"""The worker process's driver: threads and file descriptors around the sans-IO ``WorkerEnd``.
 
-Two threads share one ``_Connection`` state, guarded by one lock that also
-serialises every write, so frames never interleave and every request gets exactly
-one final response:
+The protocol's rules live in ``mcpi_worker.protocol.worker_end``; this module only
+moves bytes and runs kernels. One lock guards the ``WorkerEnd`` and every write, so
+frames never interleave and nothing is written after the connection ends.
 
-- The **reader thread** reads the request fd with ``os.read`` (never a buffered
-  read, which would block waiting for a full buffer), feeds the sans-IO decoder and
-  acts on each message at once: it answers ``ping`` and ``hello``, rejects bad
-  requests, removes cancelled requests from the queue or flags the running one, and
-  queues ``sample`` requests. Because it never waits for a long kernel, ``cancel``,
-  ``ping`` and EOF are seen while a computation runs.
-- The **compute loop** (``Worker.serve``, the caller's thread) takes queued samples
-  one at a time and runs the kernel with a ``should_stop`` that turns true when the
-  request is cancelled or the connection ends.
-- **Small samples run inline.** A sample of at most ``INLINE_MAX_POINTS`` that
-  arrives while nothing is running or queued is computed by the reader thread
-  itself. Handing it to the compute thread would cost more than the kernel: waking
-  another Python thread and winning the GIL back took 70–100 µs on a small VM, a
-  0-point kernel ~10 µs (benchmarks/thread_handoff.py). Arrival order is kept (the
-  queue is empty), and the reader is deaf for at most a few milliseconds.
+- The **reader thread** reads the request fd with ``os.read`` (never a buffered read,
+  which would block waiting for a full buffer) and feeds the ``WorkerEnd``, which
+  answers ``hello``, ``ping`` and bad requests itself and says which samples to start
+  or stop. Because it never waits for a long kernel, ``cancel``, ``ping`` and EOF are
+  seen while a computation runs. The responses to one read go out in one write.
+- The **compute threads** (``jobs`` of them: ``serve``'s own thread and ``jobs - 1``
+  more) run the samples the ``WorkerEnd`` starts, with a ``should_stop`` that turns
+  true when the request is cancelled or the connection ends.
+- **Small samples run on the reader.** A sample of at most ``INLINE_MAX_POINTS`` is
+  computed by the reader thread itself when no more input is waiting: handing it to a
+  compute thread would cost more than the kernel (waking another Python thread and
+  winning the GIL back took 70–100 µs on a small VM, a 0-point kernel ~10 µs:
+  benchmarks/thread_handoff.py). Before each one the reader checks for input, so a
+  ``ping`` or ``cancel`` waits behind at most one small sample.
 
 protocol.md is the normative description of what this module does on the wire.
 """
@@ -26,14 +25,13 @@ protocol.md is the normative description of what this module does on the wire.
 from __future__ import annotations
 
 import os
+import queue
 import select
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Final
 
 import structlog
@@ -41,40 +39,41 @@ import structlog
 from mcpi_worker import __version__
 from mcpi_worker.kernels import KERNELS, Cancelled, Kernel
 from mcpi_worker.protocol import (
-    COORDINATOR_MESSAGES,
-    MAX_FRAME,
-    MAX_POINTS,
-    NEED_DATA,
-    PROTOCOL_VERSIONS,
-    Cancel,
-    Error,
+    ConnectionEnded,
     ErrorCode,
-    FatalProtocolError,
-    FrameDecoder,
-    Hello,
-    Ping,
-    Pong,
-    RequestError,
-    Result,
+    ExitCode,
     Sample,
-    Shutdown,
-    Welcome,
-    encode,
-    negotiate_version,
+    StartSample,
+    StopSample,
+    WorkerEnd,
+    WorkerEvent,
+    WorkerOffer,
+    WorkerState,
+    bounded_text,
 )
-from mcpi_worker.protocol import Message as _Message
 
 log = structlog.get_logger("mcpi_worker")
+
+__all__ = [
+    "DEFAULT_MAX_INFLIGHT",
+    "DEFAULT_SPIN_S",
+    "HOLD_LIMIT_S",
+    "INLINE_MAX_POINTS",
+    "WORKER_NAME",
+    "ExitCode",
+    "Outcome",
+    "Worker",
+]
 
 READ_SIZE: Final[int] = 65536
 """Bytes asked of each ``os.read``: one pipe buffer's worth."""
 
 DEFAULT_MAX_INFLIGHT: Final[int] = 64
-"""Sample requests a worker accepts at once (one running, the rest queued). Queued
-requests cost a few hundred bytes each; a coordinator that sends tiny chunks needs a
-deep pipeline to keep the worker busy (benchmarks/overhead.py: imap_unordered of
-0-point chunks ran ~1.8x faster at depth 64 than at 4). How deep it goes is the
-coordinator's choice: the pool's default depth is 2."""
+"""Sample requests a worker accepts at once (running and queued). Queued requests cost
+a few hundred bytes each; a coordinator that sends tiny chunks needs a deep pipeline to
+keep the worker busy (benchmarks/overhead.py: imap_unordered of 0-point chunks ran
+~1.8x faster at depth 64 than at 4). How deep it goes is the coordinator's choice: the
+pool's default depth is 2."""
 
 INLINE_MAX_POINTS: Final[int] = 1 << 16
 """The largest sample the reader thread computes itself: ~0.2 ms with the numpy
@@ -94,48 +93,48 @@ nothing to compute: the reader spins only with nothing running or queued, so it
 never takes the GIL from a kernel."""
 
 HOLD_LIMIT_S: Final[float] = 0.001
-"""How long a response may wait for the rest of its burst (see ``_send_locked``)."""
+"""How long the results of a run of small samples may wait to go out together."""
 
 WORKER_NAME: Final[str] = f"mcpi-worker/{__version__}"
 
 
-class ExitCode(IntEnum):
-    """Process exit codes of ``mcpi-worker`` (protocol.md, "Exit codes")."""
-
-    OK = 0
-    INTERNAL = 1
-    USAGE = 2
-    PROTOCOL = 3
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a connection ended: the exit code, and for fatal errors the one-line reason."""
+    """How a connection ended: the exit code, and a one-line reason."""
 
     exit_code: ExitCode
     reason: str
 
 
-@dataclass(slots=True)
 class _Job:
-    request: Sample
-    stopped: bool = False
-    """Set to stop the kernel: the job was cancelled or the connection is ending. A
-    plain flag, read by the kernel between blocks: assigning a bool is atomic, and a
-    ``threading.Event`` per request cost more than a 0-point kernel's bookkeeping."""
+    """One started sample and its stop flag."""
+
+    __slots__ = ("request", "stopped")
+
+    def __init__(self, request: Sample) -> None:
+        self.request = request
+        self.stopped = False
+        """Set to stop the kernel: the job was cancelled or the connection is ending. A
+        plain flag, read by the kernel between blocks: assigning a bool is atomic, and a
+        ``threading.Event`` per request cost more than a 0-point kernel's bookkeeping."""
 
     def should_stop(self) -> bool:
         return self.stopped
 
 
+_STOP: Final = None
+"""Put on the work queue once per compute thread when the connection has ended."""
+
+
 class Worker:
     """Serves one connection over a pair of file descriptors.
 
-    ``on_sample`` is a test seam: called on the thread about to run a kernel (the
-    compute thread, or the reader for a small sample) before it does (the CLI uses it
-    for ``--test-stray-output``). ``hold_limit_s`` bounds how
-    long a response waits for the rest of its burst (``HOLD_LIMIT_S``); ``spin_s`` how
-    long an idle reader polls before it sleeps (``DEFAULT_SPIN_S``; 0: never).
+    ``jobs`` samples run at once, each on a compute thread (a kernel that releases the
+    GIL runs them in parallel). ``on_sample`` is a test seam: called on the thread
+    about to run a kernel, before it does (the CLI uses it for
+    ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
+    together (``HOLD_LIMIT_S``); ``spin_s`` how long an idle reader polls before it
+    sleeps (``DEFAULT_SPIN_S``; 0: never).
     """
 
     def __init__(
@@ -144,6 +143,7 @@ class Worker:
         output_fd: int,
         *,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        jobs: int = 1,
         kernels: Mapping[str, Kernel] = KERNELS,
         on_sample: Callable[[Sample], None] | None = None,
         hold_limit_s: float = HOLD_LIMIT_S,
@@ -153,340 +153,188 @@ class Worker:
             raise ValueError("max_inflight must be at least 1")
         self._input_fd = input_fd
         self._output_fd = output_fd
-        self._max_inflight = max_inflight
         self._kernels = kernels
         self._on_sample = on_sample
         self._hold_limit_s = hold_limit_s
         self._spin_s = spin_s
-        self._decoder = FrameDecoder(COORDINATOR_MESSAGES)
-
+        self._jobs = jobs
+        offer = WorkerOffer(
+            worker=WORKER_NAME,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            kernels=tuple(kernels),
+            max_inflight=max_inflight,
+        )
         # Everything below is guarded by _lock; writes to output_fd happen under it too.
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._handshaken = False
-        self._queue: deque[_Job] = deque()
-        self._running: _Job | None = None
-        self._closing_reason: str | None = None  # set on EOF, shutdown or lost output
-        self._fatal: FatalProtocolError | None = None
-        self._output_closed = False
-        self._holding = False  # the reader is acting on a burst of frames
-        self._held: list[bytes] = []
-        self._held_since = 0.0
+        self._end = WorkerEnd(offer, jobs=jobs)
+        self._running: dict[int, _Job] = {}
+        self._inline: _Job | None = None
+        """A small sample started by what the reader just read, for the reader to run."""
+        self._held_since: float | None = None
+        self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 
-    # ------------------------------------------------------------------ compute loop
+    # ------------------------------------------------------------------ compute threads
 
     def serve(self) -> Outcome:
         """Run the connection to its end on the calling thread; return how it ended."""
         reader = threading.Thread(target=self._read_loop, name="mcpi-reader", daemon=True)
         reader.start()
-        while (job := self._next_job()) is not None:
-            self._run_and_answer(job)
+        for index in range(1, self._jobs):
+            threading.Thread(
+                target=self._compute_loop, name=f"mcpi-compute-{index}", daemon=True
+            ).start()
+        self._compute_loop()
         with self._lock:
-            if self._fatal is not None:
-                crashed = self._fatal.code == ErrorCode.INTERNAL  # our bug, not the peer's
-                return Outcome(
-                    ExitCode.INTERNAL if crashed else ExitCode.PROTOCOL,
-                    f"fatal protocol error: {self._fatal.code}: {self._fatal.message}",
-                )
-            reason = self._closing_reason or "closed"
-        log.info("worker_exiting", reason=reason)
-        return Outcome(ExitCode.OK, reason)
+            # The stop came from a thread still holding the lock, about to write the
+            # last frames (a fatal error, say): let it finish before we return.
+            end = self._end.end
+        assert end is not None, "compute threads stop only once the connection has ended"
+        log.info("worker_exiting", reason=end.reason, exit_code=int(end.exit_code))
+        return Outcome(end.exit_code, end.reason)
 
-    def _next_job(self) -> _Job | None:
-        """The next queued sample, or None once the connection is over and drained."""
-        with self._lock:
-            while True:
-                if self._fatal is not None:
-                    return None
-                if self._queue:
-                    self._running = self._queue.popleft()
-                    return self._running
-                if self._closing_reason is not None:
-                    return None
-                self._wake.wait()
+    def _compute_loop(self) -> None:
+        while (job := self._work.get()) is not _STOP:
+            report = self._compute(job)
+            with self._lock:
+                self._act(report(), on_reader=False)
+                self._flush_locked()
 
-    def _run_and_answer(self, job: _Job) -> None:
-        """Compute ``job`` (already ``_running``) and send its one final response."""
-        response = self._run(job)
-        with self._lock:
-            self._running = None
-            self._send_locked(response)
-
-    def _run(self, job: _Job) -> Result | Error:
+    def _compute(self, job: _Job) -> Callable[[], list[WorkerEvent]]:
+        """Run ``job``'s kernel (without the lock); return how to report its end to the
+        ``WorkerEnd``, to be called with the lock held, and acted on under the same
+        hold: a sample it starts must be known before anything can stop it."""
         request = job.request
         if self._on_sample is not None:
             self._on_sample(request)
-        kernel = self._kernels[request.kernel]  # checked when the request was queued
+        kernel = self._kernels[request.kernel]  # the WorkerEnd accepts offered kernels only
         started = time.perf_counter()
         try:
             inside = kernel(request.seed, request.stream, request.points, job.should_stop)
         except Cancelled:
             log.debug("sample_cancelled", id=request.id)
-            return Error(request.id, ErrorCode.CANCELLED, "cancelled before it finished")
+            why = "cancelled before it finished"
+            return lambda: self._report_failure(request.id, ErrorCode.CANCELLED, why)
         except Exception as exc:  # a kernel bug must fail one request, not the worker
             log.exception("kernel_failed", id=request.id, kernel=request.kernel)
-            return Error(request.id, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            why = f"{type(exc).__name__}: {exc}"
+            return lambda: self._report_failure(request.id, ErrorCode.INTERNAL, why)
         elapsed = time.perf_counter() - started
         log.debug("sample_done", id=request.id, points=request.points, elapsed_s=elapsed)
-        return Result(request.id, inside, request.points, elapsed)
 
-    # ------------------------------------------------------------------ reader thread
+        def report() -> list[WorkerEvent]:
+            del self._running[request.id]
+            return self._end.sample_finished(request.id, inside, elapsed)
+
+        return report
+
+    def _report_failure(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
+        del self._running[request_id]
+        return self._end.sample_failed(request_id, code, bounded_text(message))
+
+    # ------------------------------------------------------------------ the reader thread
 
     def _read_loop(self) -> None:
         try:
             poller = select.poll()
             poller.register(self._input_fd, select.POLLIN)
-            while True:
+            greeted = False
+            while self._reading():
                 self._spin_until_readable(poller)
                 try:
                     data = os.read(self._input_fd, READ_SIZE)
                 except OSError as exc:
-                    self._close(f"request stream failed: {exc}")
-                    return
-                if not data:
-                    self._decoder.feed_eof()  # raises if the stream ended mid-frame
-                    self._close("end of input")
-                    return
-                self._decoder.feed(data)
-                if not self._handle_buffered() or self._closing_reason is not None:
-                    return  # shutdown, or nobody reads our responses any more
-        except FatalProtocolError as exc:
-            self._fail(exc)
+                    log.warning("request_stream_failed", error=str(exc))
+                    data = b""
+                with self._lock:
+                    events = self._end.receive_data(data) if data else self._end.receive_eof()
+                    self._act(events, on_reader=True)
+                    self._flush_locked()
+                    hello, welcome = self._end.hello, self._end.welcome
+                if not greeted and hello is not None and welcome is not None:
+                    greeted = True
+                    log.info("handshake", client=hello.client, version=welcome.version)
+                self._run_inline(poller)
         except BaseException as exc:  # never let the reader die silently
             log.exception("reader_crashed")
-            self._fail(FatalProtocolError(ErrorCode.INTERNAL, f"reader crashed: {exc!r}"))
+            with self._lock:
+                self._act(self._end.fail_internal(f"reader crashed: {exc!r}"), on_reader=False)
+                self._flush_locked()
+
+    def _reading(self) -> bool:
+        with self._lock:
+            return self._end.state in (WorkerState.AWAIT_HELLO, WorkerState.SERVING)
 
     def _spin_until_readable(self, poller: select.poll) -> None:
         """While idle, poll the request fd for up to ``spin_s`` before blocking in read
-        (``DEFAULT_SPIN_S`` says why). Only this thread queues work, so the worker
-        stays idle for the whole spin."""
+        (``DEFAULT_SPIN_S`` says why). Only this thread reads input, so the worker stays
+        idle for the whole spin."""
         if self._spin_s <= 0:
             return
         with self._lock:
-            idle = self._running is None and not self._queue
+            idle = self._end.idle
         if not idle:
             return
         deadline = time.perf_counter() + self._spin_s
         while not poller.poll(0) and time.perf_counter() < deadline:
             pass
 
-    def _handle_buffered(self) -> bool:
-        """Act on every complete frame buffered; False once reading should stop.
-
-        Responses written meanwhile are held and go out together at the end, in one
-        write: a coordinator that pipelines sends requests in bursts, and each
-        write that wakes it costs it more than reading one more frame.
-        """
-        with self._lock:
-            self._holding = True
-        try:
-            return self._handle_frames()
-        finally:
-            with self._lock:
-                self._holding = False
-                self._flush_locked()
-
-    def _handle_frames(self) -> bool:
+    def _run_inline(self, poller: select.poll) -> None:
+        """Run the small samples the last read started, one by one, while no more input
+        waits; hand the rest to the compute threads."""
         while True:
-            try:
-                message = self._decoder.next_message()
-            except RequestError as exc:
-                if exc.request_id is None:
-                    # Nobody can be told which request was bad: the stream is untrustworthy.
-                    raise FatalProtocolError(exc.code, exc.message) from None
-                log.info("request_rejected", id=exc.request_id, code=exc.code, why=exc.message)
-                self._send(Error(exc.request_id, exc.code, exc.message))
-                continue
-            if message is NEED_DATA:
-                return True
-            if not self._handle(message):
-                return False
-
-    def _handle(self, message: _Message) -> bool:
-        match message:
-            case Hello():
-                self._handle_hello(message)
-            case Ping(id=request_id):
-                with self._lock:
-                    refusal = self._refusal_locked(request_id)
-                    self._send_locked(refusal or Pong(request_id))
-            case Sample():
-                self._handle_sample(message)
-            case Cancel(id=request_id):
-                self._cancel(request_id)
-            case Shutdown():
-                self._close("shutdown requested")
-                return False
-        return True
-
-    def _handle_hello(self, hello: Hello) -> None:
-        with self._lock:
-            if self._handshaken:
-                raise FatalProtocolError(ErrorCode.INVALID_REQUEST, "a second hello")
-            version = negotiate_version(hello.versions)
-            if version is None:
-                raise FatalProtocolError(
-                    ErrorCode.UNSUPPORTED_VERSION,
-                    f"no common protocol version: coordinator speaks {list(hello.versions)}, "
-                    f"this worker speaks {list(PROTOCOL_VERSIONS)}",
-                )
-            self._handshaken = True
-            self._send_locked(
-                Welcome(
-                    version=version,
-                    worker=WORKER_NAME,
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                    kernels=tuple(self._kernels),
-                    max_inflight=self._max_inflight,
-                    max_frame=MAX_FRAME,
-                    max_points=MAX_POINTS,
-                )
-            )
-        log.info("handshake", client=hello.client, version=version)
-
-    def _handle_sample(self, request: Sample) -> None:
-        with self._lock:
-            if self._closing_reason is not None:
-                # Only reachable when the response stream broke: drop it, like the rest.
-                return
-            refusal = self._refusal_locked(request.id)
-            if refusal is None and request.kernel not in self._kernels:
-                refusal = Error(
-                    request.id,
-                    ErrorCode.UNKNOWN_KERNEL,
-                    f"unknown kernel {request.kernel!r}; this worker offers "
-                    f"{', '.join(self._kernels)}",
-                )
-            if refusal is None and self._outstanding_locked() >= self._max_inflight:
-                refusal = Error(
-                    request.id,
-                    ErrorCode.BUSY,
-                    f"{self._max_inflight} sample requests already outstanding",
-                )
-            if refusal is not None:
-                self._send_locked(refusal)
-                return
-            job = _Job(request)
-            inline = (
-                request.points <= INLINE_MAX_POINTS and self._running is None and not self._queue
-            )
-            if inline:
-                self._running = job  # outstanding, so a duplicate id is still refused
-            else:
-                self._queue.append(job)
-                self._wake.notify()
-        if inline:
-            self._run_and_answer(job)
-        else:
-            log.debug("sample_queued", id=request.id, points=request.points, kernel=request.kernel)
-
-    def _refusal_locked(self, request_id: int) -> Error | None:
-        """The error answering a request that cannot be served in this state, if any."""
-        if not self._handshaken:
-            return Error(request_id, ErrorCode.HANDSHAKE_REQUIRED, "send hello first")
-        if self._is_outstanding_locked(request_id):
-            return Error(
-                request_id, ErrorCode.DUPLICATE_ID, f"id {request_id} is already outstanding"
-            )
-        return None
-
-    def _cancel(self, request_id: int) -> None:
-        with self._lock:
-            if self._running is not None and self._running.request.id == request_id:
-                # The compute loop sends the one final response: "cancelled" if the
-                # kernel sees the flag, the result if it finished first.
-                self._running.stopped = True
-                return
-            for job in self._queue:
-                if job.request.id == request_id:
-                    self._queue.remove(job)
-                    self._send_locked(
-                        Error(request_id, ErrorCode.CANCELLED, "cancelled before it started")
-                    )
+            with self._lock:
+                pending = self._inline
+                self._inline = None
+                if pending is None:
+                    self._flush_locked()
                     return
-        # Unknown or already answered: cancel is idempotent, nothing to do.
+                if poller.poll(0):  # input first: a ping must not wait behind a run of samples
+                    self._work.put(pending)
+                    self._flush_locked()
+                    return
+            report = self._compute(pending)
+            with self._lock:
+                self._act(report(), on_reader=True)
+                if self._held_since is None:
+                    self._held_since = time.monotonic()
+                elif time.monotonic() - self._held_since > self._hold_limit_s:
+                    self._flush_locked()
 
-    # ------------------------------------------------------------------ endings
+    # ------------------------------------------------------------------ acting on events
 
-    def _close(self, reason: str) -> None:
-        """Orderly end: answer every queued request ``cancelled``, stop the running one."""
-        with self._lock:
-            if self._closing_reason is None:
-                self._closing_reason = reason
-            self._abandon_locked(answer=True)
-        log.info("closing", reason=reason)
-
-    def _fail(self, error: FatalProtocolError) -> None:
-        """Fatal end: one ``error`` frame with a nil id, then nothing more is written."""
-        with self._lock:
-            if self._fatal is not None:
-                return
-            self._send_locked(Error(None, error.code, error.message))
-            self._fatal = error
-            self._abandon_locked(answer=False)
-
-    def _abandon_locked(self, *, answer: bool) -> None:
-        while self._queue:
-            job = self._queue.popleft()
-            if answer:
-                self._send_locked(
-                    Error(job.request.id, ErrorCode.CANCELLED, "worker is shutting down")
-                )
-        if self._running is not None:
-            self._running.stopped = True
-        self._wake.notify_all()
-
-    # ------------------------------------------------------------------ bookkeeping
-
-    def _outstanding_locked(self) -> int:
-        return len(self._queue) + (self._running is not None)
-
-    def _is_outstanding_locked(self, request_id: int) -> bool:
-        if self._running is not None and self._running.request.id == request_id:
-            return True
-        return any(job.request.id == request_id for job in self._queue)
-
-    # ------------------------------------------------------------------ writing
-
-    def _send(self, message: Error | Pong | Welcome | Result) -> None:
-        with self._lock:
-            self._send_locked(message)
-
-    def _send_locked(self, message: Error | Pong | Welcome | Result) -> None:
-        """Write one whole frame, or hold it while the reader acts on a burst (for at
-        most ``hold_limit_s``). Nothing is written after a fatal error or EPIPE."""
-        if self._fatal is not None or self._output_closed:
-            return
-        frame = encode(message)
-        if not self._holding:
-            self._write_locked(frame)
-            return
-        now = time.monotonic()
-        if not self._held:
-            self._held_since = now
-        self._held.append(frame)
-        if now - self._held_since > self._hold_limit_s:
-            self._flush_locked()
+    def _act(self, events: list[WorkerEvent], *, on_reader: bool) -> None:
+        """Carry out the ``WorkerEnd``'s events (the lock is held)."""
+        for event in events:
+            if isinstance(event, StartSample):
+                job = _Job(event.request)
+                self._running[event.request.id] = job
+                small = event.request.points <= INLINE_MAX_POINTS
+                if on_reader and small and self._inline is None:
+                    self._inline = job
+                else:
+                    self._work.put(job)
+            elif isinstance(event, StopSample):
+                stopping = self._running.get(event.request_id)
+                if stopping is not None:
+                    stopping.stopped = True
+            elif isinstance(event, ConnectionEnded):
+                log.info("closing", reason=event.reason)
+                if self._inline is not None:  # started, but it will never be run now
+                    self._inline.stopped = True
+                    self._work.put(self._inline)
+                    self._inline = None
+                for _ in range(self._jobs):
+                    self._work.put(_STOP)
 
     def _flush_locked(self) -> None:
-        if self._held:
-            frames = b"".join(self._held)
-            self._held.clear()
-            self._write_locked(frames)
-
-    def _write_locked(self, data: bytes) -> None:
-        if self._output_closed:
+        self._held_since = None
+        data = self._end.data_to_send()
+        if not data:
             return
-        frame = memoryview(data)
+        view = memoryview(data)
         try:
-            while frame:
-                written = os.write(self._output_fd, frame)
-                frame = frame[written:]
-        except (BrokenPipeError, ConnectionResetError):
-            # Nobody is reading our responses: the coordinator is gone. End quietly.
-            self._output_closed = True
-            if self._closing_reason is None:
-                self._closing_reason = "response stream closed by the coordinator"
-            self._abandon_locked(answer=False)
-
+            while view:
+                view = view[os.write(self._output_fd, view) :]
+        except OSError:  # EPIPE, mostly: nobody reads our responses any more
+            self._act(self._end.output_lost(), on_reader=False)

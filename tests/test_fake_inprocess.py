@@ -136,9 +136,10 @@ async def test_shutdown_cancels_outstanding_requests_and_exits_0(autojump_clock:
             await client.handshake()
             await client.send(sample(1), sample(2), Shutdown())
             rest = await client.receive_until_eof()
+            # The queued one is answered at once, the running one once it has stopped.
             assert [(m.id, m.code) for m in rest] == [  # type: ignore[union-attr]
-                (1, ErrorCode.CANCELLED),
                 (2, ErrorCode.CANCELLED),
+                (1, ErrorCode.CANCELLED),
             ]
             assert await process.wait() == 0
 

@@ -4,19 +4,20 @@ through the ``launcher`` parameter. Time-dependent tests use ``autojump_clock``:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import signal
 import socket
-from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
 import trio
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import (
     ChunkFailed,
@@ -24,7 +25,7 @@ from mcpi_coordinator.errors import (
     PoolExhausted,
     RequestFailed,
 )
-from mcpi_coordinator.pool.lanes import Lanes
+from mcpi_coordinator.pool.dispatch import Dispatcher, Request
 from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_launch, by_slot, fake_launcher
@@ -174,18 +175,25 @@ async def test_a_failing_worker_is_replaced_and_the_count_is_identical(
             assert faulty.returncode != 0 or faulty.signals  # it really was stopped
 
 
-async def test_a_hung_worker_is_killed_at_the_task_timeout(autojump_clock: object) -> None:
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+async def test_a_hung_worker_is_stopped_at_the_task_timeout(autojump_clock: object, ignores_sigterm: bool) -> None:
+    """No waiting for a hung worker to shut down, but SIGTERM before SIGKILL: a launcher
+    such as srun or ssh ends its remote side on SIGTERM (a SIGKILL to its group orphans
+    a Slurm job). One that ignores SIGTERM is killed after the grace period."""
     with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
-            launcher = fake_launcher(nursery, by_launch(FakeBehaviour(hang_after=0)))
-            async with WorkerPool(1, launcher=launcher, task_timeout=7.0) as pool:
+            hang = FakeBehaviour(hang_after=0, ignore_sigterm=ignores_sigterm)
+            launcher = fake_launcher(nursery, by_launch(hang))
+            async with WorkerPool(1, launcher=launcher, task_timeout=7.0, shutdown_grace=1.5) as pool:
                 start = trio.current_time()
                 result = await pool.sample(Chunk(SEED, 0, POINTS))
                 assert result.inside == count_numpy(SEED, 0, POINTS)
                 waited = trio.current_time() - start
-                assert 7.0 <= waited < 9.0  # the timeout, then a quick restart
+                # the timeout, the SIGTERM grace if it had to run out, a quick restart
+                assert 7.0 <= waited < 9.0 + 1.5 * ignores_sigterm
             hung = launcher.launched[0]
-            assert hung.signals == [signal.SIGKILL]  # no politeness for a hung worker
+            expected = [signal.SIGTERM, signal.SIGKILL] if ignores_sigterm else [signal.SIGTERM]
+            assert hung.signals == expected
             assert pool.stats.restarts == 1
 
 
@@ -286,10 +294,10 @@ async def test_an_unoffered_kernel_is_refused_with_a_clear_error() -> None:
         async with trio.open_nursery() as nursery:
             launcher = fake_launcher(nursery, FakeBehaviour(kernels=("numpy",)))
             async with WorkerPool(1, launcher=launcher) as pool:
-                with pytest.raises(RequestFailed, match="does not offer kernel 'python'"):
+                with pytest.raises(RequestFailed, match="no worker offers kernel 'python'"):
                     await pool.sample(Chunk(SEED, 0, POINTS, kernel="python"))
                 mixed = [Chunk(SEED, 0, POINTS), Chunk(SEED, 1, POINTS, kernel="python")]
-                with pytest.raises(RequestFailed, match="does not offer kernel 'python'"):
+                with pytest.raises(RequestFailed, match="no worker offers kernel 'python'"):
                     await run_all(pool, mixed)
                 # The pool is still fine for what the worker does offer.
                 assert (await pool.sample(Chunk(SEED, 0, POINTS))).inside == count_numpy(SEED, 0, POINTS)
@@ -418,12 +426,17 @@ class _ScriptedProcess:
         self.returncode: int | None = None
         self._exited = trio.Event()
 
-    async def wait(self) -> int:
+    async def wait_exited(self) -> int:
         await self._exited.wait()
         assert self.returncode is not None
         return self.returncode
 
+    async def wait(self) -> int:
+        return await self.wait_exited()
+
     def exit(self, code: int) -> None:
+        if self.returncode is not None:
+            return
         self.returncode = code
         self._exited.set()
         self.peer_stdout.close()  # a dead process's pipes end
@@ -512,7 +525,7 @@ async def test_a_response_to_an_unknown_id_fails_the_worker_not_the_caller() -> 
                 result = await pool.sample(Chunk(SEED, 0, 1000))
                 assert result.inside == count_numpy(SEED, 0, 1000)
                 assert pool.stats.restarts == 1
-        assert process.returncode == -signal.SIGKILL
+        assert process.returncode == -signal.SIGTERM  # a broken worker is stopped at once
 
 
 def test_structlog_is_left_alone_by_the_library() -> None:
@@ -555,51 +568,146 @@ async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: 
             assert "crashing as asked" in message
 
 
-def test_lanes_go_to_retries_first_then_in_arrival_order() -> None:
-    class Lane:
-        def __init__(self, name: str, usable: bool = True) -> None:
-            self.name, self.usable = name, usable
+class FakeConnection:
+    """What the dispatcher needs of a worker connection, without pipes: it records what
+    is sent, and the test answers by handing events to ``Dispatcher.on_events``."""
 
-    started: list[tuple[str, str]] = []
-    refused: list[tuple[str, Exception]] = []
+    def __init__(self, slot: int, kernels: tuple[str, ...] = ("numpy", "python"), usable: bool = True) -> None:
+        self.slot = slot
+        self.usable = usable
+        self.welcome = protocol.Welcome(1, "fake", 1, "host", kernels, 64, 1 << 20, protocol.MAX_POINTS)
+        self.sent: list[tuple[int, Any]] = []
+        self.cancelled: list[int] = []
+        self._ids = iter(range(1, 1 << 30))
 
-    class Waiting:
-        def __init__(self, who: str) -> None:
-            self.who = who
-            self.queue: deque[object] | None = None
+    @property
+    def in_flight(self) -> int:
+        return len(self.sent)
 
-        def start(self, lane: Lane) -> None:
-            started.append((self.who, lane.name))
+    def holding(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
-        def refuse(self, error: Exception) -> None:
-            refused.append((self.who, error))
+    def send_sample(self, seed: int, stream: int, points: int, kernel: str, token: Any) -> int:
+        assert self.usable
+        request_id = next(self._ids)
+        self.sent.append((request_id, token))
+        return request_id
 
-    lanes: Lanes[Lane] = Lanes()
+    def send_ping(self, token: Any) -> int:
+        return self.send_sample(0, 0, 0, "", token)
 
-    def dispatch(who: str, retry: bool = False) -> Waiting:
-        ticket = Waiting(who)
-        lanes.dispatch(ticket, retry=retry)
-        return ticket
+    def cancel(self, request_id: int) -> None:
+        self.cancelled.append(request_id)
 
-    dispatch("fresh1")
-    dispatch("fresh2")
-    dispatch("retry", retry=True)
-    withdrawn = dispatch("withdrawn")
-    assert started == []  # no lane yet: all in line
-    assert lanes.withdraw(withdrawn) and not lanes.withdraw(withdrawn)
-    lanes.offer(Lane("stale", usable=False))  # a worker that failed: never handed out
-    for name in "ABC":
-        lanes.offer(Lane(name))  # each starts the next ticket, synchronously
-    assert started == [("retry", "A"), ("fresh1", "B"), ("fresh2", "C")]
-    lanes.offer(Lane("D"))  # nobody waiting: kept
-    ticket = dispatch("now")
-    assert started[-1] == ("now", "D")
-    assert not lanes.withdraw(ticket)  # started: the caller abandons it instead
-    dispatch("late")
-    lanes.close(PoolClosed("closed"))
-    assert [who for who, _ in refused] == ["late"] and isinstance(refused[0][1], PoolClosed)
-    with pytest.raises(PoolClosed):
-        dispatch("after close")
+    def answer_all(self, dispatcher: Dispatcher) -> None:
+        sent, self.sent = self.sent, []
+        events: list[Any] = [
+            protocol.Answered(i, protocol.Result(i, 0, token.chunk.points, 0.0), token, False)
+            for i, token in sent
+        ]
+        dispatcher.on_events(self, events)  # type: ignore[arg-type]
+
+
+def _recorder() -> tuple[list[tuple[str, object]], Any]:
+    outcomes: list[tuple[str, object]] = []
+
+    def deliver(request: Request, outcome: object) -> None:
+        outcomes.append((request.chunk.kernel if request.chunk else "ping", outcome))
+
+    return outcomes, deliver
+
+
+def _record(connection: Any, chunk: Chunk, result: protocol.Result) -> ChunkResult:
+    return ChunkResult(chunk, result.inside, result.elapsed_s, connection.slot, 0)
+
+
+def test_requests_go_to_retries_first_then_in_arrival_order() -> None:
+    dispatcher = Dispatcher(_record)
+    outcomes, deliver = _recorder()
+    order: list[str] = []
+
+    def request(name: str) -> Request:
+        def named(r: Request, outcome: object) -> None:
+            order.append(name)
+            deliver(r, outcome)
+
+        return Request(Chunk(SEED, len(order), 10), named)
+
+    fresh1, fresh2, retry, withdrawn = (request(n) for n in ("fresh1", "fresh2", "retry", "withdrawn"))
+    for r in (fresh1, fresh2):
+        dispatcher.dispatch(r)
+    dispatcher.dispatch(retry, retry=True)
+    dispatcher.dispatch(withdrawn)
+    dispatcher.withdraw(withdrawn)
+    stale = FakeConnection(0, usable=False)
+    dispatcher.add_worker(stale, depth=4)  # type: ignore[arg-type]
+    assert stale.sent == []  # a worker that failed meanwhile gets nothing
+    worker = FakeConnection(1)
+    dispatcher.add_worker(worker, depth=2)  # type: ignore[arg-type]
+    assert [token for _, token in worker.sent] == [retry, fresh1]  # retries first
+    worker.answer_all(dispatcher)  # its room goes to the next in line, at once
+    assert [token for _, token in worker.sent] == [fresh2]
+    assert order == ["retry", "fresh1"]
+    late = request("late")
+    dispatcher.dispatch(late)  # room for one more: sent now
+    assert [token for _, token in worker.sent] == [fresh2, late]
+    queued = request("queued")
+    dispatcher.dispatch(queued)
+    dispatcher.close(PoolClosed("closed"))
+    assert order[-1] == "queued" and isinstance(outcomes[-1][1], PoolClosed)
+    dispatcher.dispatch(request("after close"))
+    assert order[-1] == "after close" and isinstance(outcomes[-1][1], PoolClosed)
+
+
+def test_requests_go_only_to_workers_that_offer_what_they_need() -> None:
+    dispatcher = Dispatcher(_record)
+    outcomes, deliver = _recorder()
+    numpy_only = FakeConnection(0, kernels=("numpy",))
+    python_only = FakeConnection(1, kernels=("python",))
+    dispatcher.add_worker(numpy_only, depth=1)  # type: ignore[arg-type]
+    dispatcher.add_worker(python_only, depth=1)  # type: ignore[arg-type]
+    dispatcher.dispatch(Request(Chunk(SEED, 0, 10, "numpy"), deliver))
+    dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "numpy"), deliver))  # waits for numpy_only
+    dispatcher.dispatch(Request(Chunk(SEED, 2, 10, "python"), deliver))  # overtakes it
+    assert [t.chunk.kernel for _, t in numpy_only.sent] == ["numpy"]
+    assert [t.chunk.kernel for _, t in python_only.sent] == ["python"]
+    python_only.answer_all(dispatcher)
+    assert python_only.sent == []  # the numpy chunk in line is not for it
+    numpy_only.answer_all(dispatcher)
+    assert [t.chunk.stream for _, t in numpy_only.sent] == [1]
+    dispatcher.dispatch(Request(Chunk(SEED, 3, 10, "cuda"), deliver))
+    kernel, failure = outcomes[-1]
+    assert kernel == "cuda" and isinstance(failure, RequestFailed) and not failure.retryable
+    assert "no worker offers kernel 'cuda'" in str(failure)
+    dispatcher.dispatch(Request(Chunk(SEED, 4, 10, "numpy"), deliver, avoid=frozenset({0})))
+    assert "slots [0] are avoided" in str(outcomes[-1][1])
+    solo = Dispatcher(_record)
+    solo.add_worker(FakeConnection(7), depth=1)  # type: ignore[arg-type]
+    solo.dispatch(Request(Chunk(SEED, 5, 10), deliver, avoid=frozenset({7})))
+    assert "every worker that could take it is avoided (slots [7])" in str(outcomes[-1][1])
+
+
+def test_a_thousand_refused_requests_are_a_loop_not_a_recursion() -> None:
+    """Issue 11, defect 2: each refusal used to start the next request from inside the
+    previous one's refusal; 1000 of them overflowed the stack."""
+    dispatcher = Dispatcher(_record)
+    outcomes, deliver = _recorder()
+    busy = FakeConnection(0, kernels=("numpy",))
+    dispatcher.add_worker(busy, depth=1)  # type: ignore[arg-type]
+    dispatcher.dispatch(Request(Chunk(SEED, 0, 10), deliver))  # holds the only room
+    again: list[int] = []
+
+    def retry_forever(request: Request, outcome: object) -> None:
+        # A caller that dispatches again from its delivery: still no recursion.
+        if len(again) < 5000 and isinstance(outcome, RequestFailed):
+            again.append(1)
+            dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "python"), retry_forever))
+
+    for stream in range(1000):
+        dispatcher.dispatch(Request(Chunk(SEED, stream, 10, "python"), retry_forever))
+    assert len(again) == 5000
+    busy.answer_all(dispatcher)
+    assert outcomes and isinstance(outcomes[0][1], ChunkResult)
 
 
 async def test_ping_with_the_real_worker() -> None:

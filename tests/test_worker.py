@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -648,9 +649,11 @@ def test_small_samples_run_on_the_reader_thread_and_large_ones_on_the_compute_th
         os.close(fd)
 
 
-def test_a_burst_of_requests_is_answered_with_one_write() -> None:
-    """Each write wakes the coordinator: the answers to one read go out together.
-    A SEQPACKET socket keeps write boundaries, so each ``recv`` is one ``write``."""
+def test_a_burst_of_requests_is_answered_in_two_writes() -> None:
+    """Each write wakes the coordinator: the answers to one read go out together, in
+    two writes at most: what is answered at once (pongs) first, so that no ping waits
+    for the burst's samples, then the results of the small samples computed on the
+    reader. A SEQPACKET socket keeps write boundaries, so each ``recv`` is one ``write``."""
     import socket
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -660,17 +663,21 @@ def test_a_burst_of_requests_is_answered_with_one_write() -> None:
     welcome = ours.recv(65536)
     burst = [Ping(i) for i in range(1, 11)] + [sample(i, 1000) for i in range(11, 21)]
     os.write(request_write, b"".join(encode(m) for m in burst))  # one write: one read
-    packet = ours.recv(65536)
+    pongs, results = ours.recv(65536), ours.recv(65536)
     from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder
 
-    decoder = FrameDecoder(WORKER_MESSAGES)
-    decoder.feed(welcome + packet)
-    answers = []
-    while (answer := decoder.next_message()) is not NEED_DATA:
-        answers.append(answer)
-    assert answers[0].TYPE == "welcome"  # type: ignore[attr-defined]
-    assert sorted(a.id for a in answers[1:]) == list(range(1, 21))  # type: ignore[attr-defined]
-    assert decoder.at_frame_boundary
+    def messages(packet: bytes) -> list[Any]:
+        decoder = FrameDecoder(WORKER_MESSAGES)
+        decoder.feed(packet)
+        found = []
+        while (answer := decoder.next_message()) is not NEED_DATA:
+            found.append(answer)
+        assert decoder.at_frame_boundary
+        return found
+
+    assert [m.TYPE for m in messages(welcome)] == ["welcome"]
+    assert [(m.TYPE, m.id) for m in messages(pongs)] == [("pong", i) for i in range(1, 11)]
+    assert sorted((m.TYPE, m.id) for m in messages(results)) == [("result", i) for i in range(11, 21)]
     os.close(request_write)
     thread.join(TIMEOUT)
     assert outcome

@@ -13,7 +13,7 @@ import signal
 import trio
 import trio.testing
 
-from mcpi_coordinator.connection.worker_connection import Answer, WorkerConnection
+from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_worker import protocol
 
 PIPE_CAPACITY = 64 * 1024  # Linux's default; the test sends well beyond it
@@ -33,6 +33,9 @@ class _PipeProcess:
         self.stderr = trio.lowlevel.FdStream(stderr_r)
         self.pid = 4243
         self.returncode: int | None = None
+
+    async def wait_exited(self) -> int:
+        await trio.sleep_forever()  # it never exits by itself
 
     async def wait(self) -> int:
         return 0
@@ -70,13 +73,22 @@ def _decode(data: bytes, *, whole: bool = True) -> list[protocol.Message]:
     return messages  # type: ignore[return-value]
 
 
-def _ignore(_answer: Answer) -> None:
-    pass
+def _connect(process: _PipeProcess) -> WorkerConnection:
+    """A connection that has had its worker's welcome (answers are not looked at here)."""
+    connection = WorkerConnection(
+        process, 0, client="tests", task_budget=lambda _points: 60.0, sink=lambda _c, _e: None
+    )
+    welcome = protocol.Welcome(1, "test", process.pid, "here", ("numpy",), 64, protocol.MAX_FRAME, 10**6)
+    hello = connection.end.data_to_send()  # what the handshake would write first
+    assert isinstance(_decode(hello)[0], protocol.Hello)
+    connection.end.receive_data(protocol.encode(welcome), 0.0)
+    assert connection.end.usable
+    return connection
 
 
 async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> None:
     process = _PipeProcess()
-    connection = WorkerConnection(process, 0, on_capacity=lambda _c: None)
+    connection = _connect(process)
     frame_size = len(protocol.encode(protocol.Sample(1, 2**63, 1, 1, "numpy")))
     count = 3 * PIPE_CAPACITY // frame_size
     data = bytearray()
@@ -91,16 +103,16 @@ async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connection.run_pipes)
             for stream in range(count):
-                    connection.submit(2**63, stream, 1, "numpy", _ignore)
+                    connection.send_sample(2**63, stream, 1, "numpy", None)
             # Only what fitted went out directly; the rest waits for the writer task.
             # Make room before the writer task runs: the next frame must still queue
             # behind the others rather than slip into the room.
             data.extend(process.read_available())
             assert 0 < len(data) <= PIPE_CAPACITY + frame_size
-            connection.submit(2**63, count, 1, "numpy", _ignore)
+            connection.send_sample(2**63, count, 1, "numpy", None)
             await read_frames(count + 1)
             await trio.testing.wait_all_tasks_blocked()
-            connection.submit(2**63, count + 1, 1, "numpy", _ignore)  # direct again
+            connection.send_sample(2**63, count + 1, 1, "numpy", None)  # direct again
             await read_frames(count + 2)
             nursery.cancel_scope.cancel()
     messages = _decode(bytes(data))
@@ -111,10 +123,10 @@ async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> 
 
 async def test_frames_sent_while_holding_go_out_together_at_the_end() -> None:
     process = _PipeProcess()
-    connection = WorkerConnection(process, 0, on_capacity=lambda _c: None)
+    connection = _connect(process)
     with connection.holding():
         for stream in range(3):
-            connection.submit(7, stream, 10, "numpy", _ignore)
+            connection.send_sample(7, stream, 10, "numpy", None)
         assert process.read_available() == b""  # nothing written yet
     messages = _decode(process.read_available())
     assert [m.stream for m in messages] == [0, 1, 2]  # type: ignore[attr-defined]

@@ -1,32 +1,29 @@
-"""One worker process: its three pipes, the protocol state, and the requests in flight.
+"""One worker process: the Trio driver of its pipes around the sans-IO ``CoordinatorEnd``.
 
-A ``WorkerConnection`` is the async shell around the sans-IO core in
-``mcpi_worker.protocol``: frames go to stdin, one task reads stdout into a
-``FrameDecoder`` and matches responses to requests by id, one drains stderr. The
-reading tasks run concurrently with every write (``run_pipes``), so no pipe can fill
-up and deadlock the others.
+The protocol's rules for a coordinator (ids, the in-flight table, answer checks, the
+stall deadline) live in ``mcpi_worker.protocol.coordinator_end``; this module moves
+bytes and watches the process. Four tasks run concurrently (``run_pipes``), so no
+pipe can fill up and deadlock the others: a stdin writer, a stdout reader, a stderr
+drain, and a watcher that notices the process exiting even when something it left
+behind keeps its stdout open.
 
-Requests are sent synchronously (``submit``, ``send_ping``) and their one final
-answer comes back through a callback, ``on_answer``: the connection knows nothing of
-who waits for it (``mcpi_coordinator.pool.dispatch``). A frame is written at once by
-whoever sends it when stdin is an idle OS pipe (``pipes.write_nowait``); otherwise, or
-for what the pipe has no room for, it goes through an outbox that a writer task
-drains with blocking writes. The writer owns stdin while anything is in the outbox,
-so frames never overtake each other.
+Requests are sent synchronously (``send_sample``, ``send_ping``, ``cancel``). A frame is
+written at once by whoever sends it when stdin is an idle OS pipe
+(``pipes.write_nowait``); otherwise, or for what the pipe has no room for, it goes
+through an outbox that the writer task drains with blocking writes. The writer owns
+stdin while anything is in the outbox, so frames never overtake each other.
 
-Anything that goes wrong on this connection (EOF, a broken pipe, a protocol
-violation, a fatal ``error`` from the worker, a stall noticed by the pool) ends up in
-``fail()``: the first reason is kept, every request still waiting gets a
-``WorkerFailure`` as its answer, and ``broken`` is set. The connection never retries or restarts
-anything itself; that is the pool's job (``mcpi_coordinator.pool.worker_pool``).
+What the ``CoordinatorEnd`` reports (answers, the connection breaking) goes to one
+``sink`` as a list of events: one call per read of stdout, inside a ``holding`` block,
+so every request the sink starts in response goes out in one write. The connection
+never retries or restarts anything itself; that is the pool's job.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
+import select
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
@@ -35,106 +32,81 @@ import trio
 
 from mcpi_coordinator.connection import pipes
 from mcpi_coordinator.connection.stderr_relay import StderrRelay
-from mcpi_coordinator.errors import WorkerFailure, worker_failure, worker_failures
+from mcpi_coordinator.errors import WorkerFailure, describe_exit, worker_failure, worker_failures
 from mcpi_coordinator.launch.transport import WorkerProcess
-from mcpi_worker import protocol
 from mcpi_worker.protocol import (
-    NEED_DATA,
-    PROTOCOL_VERSIONS,
-    WORKER_MESSAGES,
-    Cancel,
-    CoordinatorMessage,
-    Error,
-    FrameDecoder,
-    Hello,
-    Ping,
-    Pong,
+    Answered,
+    Broken,
+    CoordinatorEnd,
+    CoordinatorEvent,
+    CoordinatorState,
     Result,
-    Sample,
-    Shutdown,
+    TaskBudget,
     Welcome,
-    WorkerMessage,
+    Welcomed,
 )
 
 RECEIVE_SIZE: Final[int] = 64 * 1024
 
+DRAIN_AFTER_EXIT_S: Final[float] = 1.0
+"""How long, at most, the answers a worker wrote just before it exited may take to be
+read, before its exit is reported as the reason it ended."""
 
-Answer = Result | Pong | Error | WorkerFailure
-"""The one final outcome of a request: the worker's ``result`` (to a sample), ``pong``
-(to a ping) or ``error``, or the failure of the connection before it answered."""
-
-OnAnswer = Callable[[Answer], None]
-
-
-@dataclass(eq=False, slots=True)
-class _Request:
-    """A request the worker has not answered yet."""
-
-    points: int
-    sent_at: float
-    on_answer: OnAnswer | None
-    """Called once with the final answer; None once the caller abandoned the request
-    (a ``cancel`` was sent, and the answer is dropped when it comes)."""
-    ping: bool = False
-    """A ``ping``, answered by ``pong``; otherwise a ``sample``, answered by ``result``."""
+EventSink = Callable[["WorkerConnection", list[CoordinatorEvent]], None]
+"""Receives what the ``CoordinatorEnd`` reported, synchronously; must not block or raise."""
 
 
 class WorkerConnection:
-    """Speaks the protocol with one ``WorkerProcess``. Run ``run_pipes()`` in a nursery.
-
-    ``on_capacity(self)`` is called each time the worker gives a final answer to a
-    request, i.e. each time it has room for one more. The pool hands out "lanes"
-    that way, which is what makes work pulled rather than pushed.
-    """
+    """Speaks the protocol with one ``WorkerProcess``. Run ``run_pipes()`` in a nursery."""
 
     def __init__(
         self,
         process: WorkerProcess,
         slot: int,
         *,
-        on_capacity: Callable[[WorkerConnection], None],
+        client: str,
+        task_budget: TaskBudget,
+        sink: EventSink,
         logger: Any = None,
     ) -> None:
         if process.stdin is None or process.stdout is None or process.stderr is None:
             raise ValueError("a worker process needs stdin, stdout and stderr pipes")
         self.process = process
         self.slot = slot
+        self.end = CoordinatorEnd(client=client, task_budget=task_budget)
         self.welcome: Welcome | None = None
-        self.failure: WorkerFailure | None = None
+        self.failure: str | None = None
+        """Why the connection broke (one line), once it has."""
         self.broken = trio.Event()
         self.stderr_closed = trio.Event()
+        self.exit_status: int | None = None
+        """The process's exit status, once it has exited (reaped or not)."""
         self.answered = 0
         """Sample requests answered with a ``result`` (useful work done)."""
         self.ended = trio.Event()
         self.end_reason: str | None = None
         """Set by the owner once the process is reaped: the one-line account of why it
         ended (command, exit status, stderr tail), or None if it was closed on purpose."""
-        self._on_capacity = on_capacity
-        self._decoder = FrameDecoder(WORKER_MESSAGES)
-        self._ids = itertools.count(1)  # ids are never reused on a connection
-        self._requests: dict[int, _Request] = {}  # insertion order = send order
+        self._sink = sink
         self._welcomed = trio.Event()
         self._stall_clock: trio.CancelScope | None = None
-        self._stall_budget: Callable[[int], float] | None = None
-        self._last_answer_at = -math.inf
         self._closing = False
+        self._stdout_eof = False
         # Unbounded is safe: what goes in is bounded by the pool's lanes (at most
-        # max_inflight requests, one cancel each, one hello, one shutdown).
+        # pipeline-depth requests, one cancel each, one hello, one shutdown).
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
-        self._outbox_closed = False
-        self._held: list[bytes] = []
-        self._holding = False
-        """In a ``holding`` block: ``_send`` only adds to ``_held``."""
+        self._holding = 0
+        """Depth of ``holding`` blocks: while above 0, frames wait to go out together."""
         self._queued_frames = 0
-        """Frames in the outbox or being written by the writer task. Direct writes
-        wait until it is 0, or a frame would overtake the ones queued before it."""
+        """Writes in the outbox or being written by the writer task. Direct writes wait
+        until it is 0, or a frame would overtake the ones queued before it."""
         self._stdin_fd = pipes.pipe_fd(process.stdin)
         """None for a stream that is not an OS pipe, and from the moment stdin starts
         closing: a closed descriptor's number may be reused by the next open file."""
-        stdout_fd = pipes.pipe_fd(process.stdout)
+        self._stdout_fd = pipes.pipe_fd(process.stdout)
         self._receive_stdout = (
-            pipes.FdReceiver(stdout_fd, RECEIVE_SIZE).receive
-            if stdout_fd is not None
+            pipes.FdReceiver(self._stdout_fd, RECEIVE_SIZE).receive
+            if self._stdout_fd is not None
             else partial(process.stdout.receive_some, RECEIVE_SIZE)
         )
         logger = logger if logger is not None else structlog.get_logger("mcpi.worker")
@@ -152,168 +124,161 @@ class WorkerConnection:
     @property
     def in_flight(self) -> int:
         """Requests sent and not answered yet (pings and cancelled ones included)."""
-        return len(self._requests)
+        return self.end.in_flight
 
     @property
     def usable(self) -> bool:
-        return self.failure is None and not self._closing and self.welcome is not None
-
-    def track_stalls(self, clock: trio.CancelScope, budget: Callable[[int], float]) -> None:
-        """Set ``clock.deadline`` to ``stall_deadline(budget)``, and from now on keep it
-        no later than that: the clock may ring early, never late.
-
-        The deadline is moved synchronously, at a request or an answer, and only
-        when it has to come earlier, so the task waiting in ``clock`` does not wake
-        for every request (two task switches each on the hot path of tiny requests:
-        benchmarks/overhead.py, tests/test_pool_hot_path.py) and the deadline is not
-        re-filed with Trio twice per request either. When the clock rings, the pool
-        checks whether a request is really overdue and calls this again: with a
-        steady stream of answers that is one wake-up per task budget (≥ 30 s).
-        """
-        self._stall_clock, self._stall_budget = clock, budget
-        clock.deadline = self.stall_deadline(budget)
+        """Requests may be sent: welcomed, not broken, not closing."""
+        return self.end.state is CoordinatorState.SERVING and not self._closing
 
     def stderr_tail(self) -> str:
         return self._stderr.tail()
 
-    def stall_deadline(self, budget: Callable[[int], float]) -> float:
-        """When the oldest unanswered request will have overrun its time budget.
-
-        The worker answers in order of arrival per compute slot, so the oldest request
-        cannot have started before it was sent, nor before the previous answer came:
-        counting from the later of the two keeps a request queued behind another from
-        being charged for its neighbour's time. ``math.inf`` when idle.
-        """
-        if not self._requests:
-            return math.inf
-        oldest = next(iter(self._requests.values()))
-        return max(oldest.sent_at, self._last_answer_at) + budget(oldest.points)
-
-    def oldest_points(self) -> int:
-        return next(iter(self._requests.values())).points if self._requests else 0
-
     # ------------------------------------------------------------------ requests
 
-    async def handshake(self, client: str) -> Welcome:
-        self._send(Hello(versions=PROTOCOL_VERSIONS, client=client))
+    async def handshake(self) -> Welcome:
+        """Send ``hello`` (already first in line) and wait for the ``welcome``; raises
+        ``WorkerFailure`` if the connection breaks first."""
+        self._flush()
         await self._welcomed.wait()
-        if self.failure is not None:
-            raise WorkerFailure(str(self.failure))
-        assert self.welcome is not None
+        if self.welcome is None:
+            raise WorkerFailure(self.failure or "ended before its welcome")
         return self.welcome
 
-    def submit(
-        self,
-        seed: int,
-        stream: int,
-        points: int,
-        kernel: str,
-        on_answer: OnAnswer,
-    ) -> int | None:
-        """Send one ``sample`` request and return its id, without waiting.
+    def send_sample(self, seed: int, stream: int, points: int, kernel: str, token: Any) -> int:
+        """Send one ``sample``; its answer reaches the sink as ``Answered`` carrying
+        ``token``. The connection must be ``usable``."""
+        request_id = self.end.send_sample(
+            seed, stream, points, kernel, now=trio.current_time(), token=token
+        )
+        self._sent()
+        return request_id
 
-        ``on_answer`` is called exactly once, synchronously, with the final answer:
-        from the task reading stdout for the worker's ``result`` or ``error``, or
-        with a ``WorkerFailure`` from whoever notices the connection break (before
-        ``submit`` returns, and then it returns None, if it is broken already). It
-        must not block or raise. A batch of requests costs no task per request this
-        way (``mcpi_coordinator.pool.batch``).
+    def send_ping(self, token: Any) -> int:
+        """Send ``ping``, the protocol's cheapest request; answered like a sample."""
+        request_id = self.end.send_ping(now=trio.current_time(), token=token)
+        self._sent()
+        return request_id
+
+    def cancel(self, request_id: int) -> None:
+        """Give up on a request: send ``cancel``; its answer still comes (``abandoned``),
+        and only then is the worker's room for it handed out again."""
+        if self.end.cancel(request_id) and not self._holding:
+            self._flush()
+
+    def _sent(self) -> None:
+        clock = self._stall_clock
+        if clock is not None:
+            due = self.end.next_deadline()
+            # Not min(): assigning the deadline re-files it with Trio even when unchanged.
+            if due < clock.deadline:
+                clock.deadline = due
+        if not self._holding:
+            self._flush()
+
+    def holding(self) -> _Holding:
+        """``with connection.holding():`` holds the frames sent in the block and writes
+        them together at its end.
+
+        The task reading stdout holds while the sink acts on one read's worth of
+        answers, each of which may start the next request on this worker: one
+        ``write(2)`` then carries them all. On a small VM a write that wakes the worker
+        costs ~15 µs, more than encoding and sending the frame.
         """
-        request_id = self._register(points, on_answer)
-        if request_id is not None:
-            self._send(Sample(id=request_id, seed=seed, stream=stream, points=points, kernel=kernel))
-        return request_id
+        return _Holding(self)
 
-    def abandon(self, request_id: int) -> None:
-        """Give up on a request: send ``cancel``, drop its final answer when it comes.
+    # ------------------------------------------------------------------ stalls and failure
 
-        The worker's capacity is handed out again only then (``on_capacity``), so a
-        lane never counts a request the worker may still be computing.
+    def track_stalls(self, clock: trio.CancelScope) -> None:
+        """Set ``clock.deadline`` to the ``CoordinatorEnd``'s, and from now on keep it no
+        later than that: the clock may ring early, never late.
+
+        The deadline is moved synchronously, at a request or an answer, and only when
+        it has to come earlier, so the task waiting in ``clock`` does not wake for
+        every request (tests/test_pool_hot_path.py) and the deadline is not re-filed
+        with Trio twice per request either. When the clock rings the pool calls
+        ``check_stall``, then this again.
         """
-        request = self._requests.get(request_id)
-        if request is not None and request.on_answer is not None:
-            request.on_answer = None
-            self._send(Cancel(id=request_id))
+        self._stall_clock = clock
+        clock.deadline = self.end.next_deadline()
 
-    def send_ping(self, on_answer: OnAnswer) -> int | None:
-        """Send ``ping``, the protocol's cheapest request, and return its id; the
-        ``pong`` goes to ``on_answer`` as a sample's answer does. A ping counts as in
-        flight here (and in the pool's lanes), though not in the worker's
-        ``max_inflight``: the lane comes back with the pong."""
-        request_id = self._register(0, on_answer, ping=True)
-        if request_id is not None:
-            self._send(Ping(id=request_id))
-        return request_id
+    def check_stall(self) -> None:
+        """The stall clock rang: break the connection if a request really is overdue (an
+        answer in the same tick may have moved the deadline on)."""
+        self._deliver(self.end.advance(trio.current_time()))
 
-    def _register(self, points: int, on_answer: OnAnswer, *, ping: bool = False) -> int | None:
-        """A new request's id, now counted in flight; None if the connection is broken
-        (``on_answer`` has had the failure then)."""
-        if self.failure is not None:
-            on_answer(WorkerFailure(str(self.failure), was_running=False))
-            return None
-        request_id = next(self._ids)
-        self._requests[request_id] = _Request(points, trio.current_time(), on_answer, ping)
-        if len(self._requests) == 1:
-            # Only the oldest request sets the stall deadline: one queued behind
-            # others changes nothing (``stall_deadline``).
-            self._notify_progress()
-        return request_id
+    def fail(self, reason: str) -> None:
+        """Give up on the worker: every request in flight reaches the sink as an orphan of
+        ``Broken``; the first reason wins."""
+        self._deliver(self.end.fail(reason))
 
-    def offer_capacity(self) -> None:
-        """Room for one more request: ``on_capacity``, unless the worker is closing.
-        Called for every final answer, and by whoever took a lane and did not use it."""
-        if not self._closing:
-            self._on_capacity(self)
+    def _deliver(self, events: list[CoordinatorEvent]) -> None:
+        if not events:
+            return
+        for event in events:
+            if isinstance(event, Answered):
+                if isinstance(event.answer, Result):
+                    self.answered += 1
+            elif isinstance(event, Welcomed):
+                self.welcome = event.welcome
+                self._welcomed.set()
+            elif isinstance(event, Broken):
+                self.failure = event.reason
+                self._welcomed.set()
+                self.broken.set()
+        with self.holding():
+            self._sink(self, events)
+        clock = self._stall_clock
+        if clock is not None and self.failure is None:
+            due = self.end.next_deadline()
+            if due < clock.deadline:
+                clock.deadline = due
+
+    # ------------------------------------------------------------------ stopping
 
     def begin_shutdown(self) -> None:
         """Send ``shutdown`` (if the stream is still sound) and then EOF on stdin."""
         if self._closing:
             return
+        self.end.shutdown()
+        self._flush()
         self._closing = True
-        self._send(Shutdown())
-        self._outbox_closed = True
         self._outbox_send.close()  # the writer flushes what is queued, then closes stdin
 
-    def fail(self, failure: WorkerFailure) -> None:
-        """Mark the connection broken; the first reason wins. Wakes every waiter."""
-        if self.failure is not None:
-            return
-        self.failure = failure
-        requests = list(self._requests.values())
-        self._requests.clear()
-        for position, request in enumerate(requests):
-            if request.on_answer is not None:
-                # The worker runs one request at a time, in order of arrival: the
-                # oldest was running, the rest only queued behind it.
-                request.on_answer(WorkerFailure(str(failure), was_running=position == 0))
-        self._welcomed.set()
-        self.broken.set()
-        self._notify_progress()
-
     async def stop(self, grace: float, term_grace: float) -> int:
-        """The escalation: shutdown → close stdin → ``grace`` → SIGTERM → ``term_grace``
-        → SIGKILL; returns once the process is reaped. ``grace=0`` kills at once
-        (for a worker that cannot be trusted to listen). Call it in a shielded scope.
+        """End the worker and reap it; return its exit status. Call it shielded.
+
+        The escalation (protocol.md §9): ``shutdown`` and EOF on stdin, up to ``grace``
+        for it to exit; SIGTERM, up to ``term_grace``; SIGKILL to its process group. A
+        worker that has failed skips the first wait (``grace=0``) but still gets SIGTERM
+        first, so that a launcher such as ``srun`` or ``ssh`` can end its remote side.
+        Once it has exited, what it left in its process group (a child holding its
+        pipes) is killed before it is reaped.
         """
         self.begin_shutdown()
         process = self.process
-        if grace > 0:
-            with trio.move_on_after(grace):
-                return await process.wait()
-            _signal(process.terminate)
-            with trio.move_on_after(term_grace):
-                return await process.wait()
-        _signal(process.kill)
+        with trio.move_on_after(grace) as waiting:
+            await process.wait_exited()
+        if waiting.cancelled_caught:
+            process.terminate()
+            with trio.move_on_after(term_grace) as terminating:
+                await process.wait_exited()
+            if terminating.cancelled_caught:
+                process.kill()
+        await process.wait_exited()
+        process.kill()  # the group's leftovers; its id is still ours until we reap
         return await process.wait()
 
-    # ------------------------------------------------------------------ the three pipes
+    # ------------------------------------------------------------------ the four tasks
 
     async def run_pipes(self) -> None:
-        """Write stdin, read stdout, drain stderr, concurrently, until all three end."""
+        """Write stdin, read stdout, drain stderr and watch the process, concurrently,
+        until the pipes end. Cancel it to stop the watcher of a process left running."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_stdin)
             nursery.start_soon(self._read_stdout)
             nursery.start_soon(self._read_stderr)
+            nursery.start_soon(self._watch_exit)
 
     async def _write_stdin(self) -> None:
         stdin = self.process.stdin
@@ -333,7 +298,7 @@ class WorkerConnection:
                 self._stdin_fd = None
                 await stdin.aclose()
         except WorkerFailure as failure:
-            self.fail(failure)
+            self.fail(str(failure))
         finally:
             self._stdin_fd = None
             await trio.aclose_forcefully(stdin)
@@ -344,14 +309,12 @@ class WorkerConnection:
         try:
             with worker_failures("reading the worker's stdout"):
                 while data := await self._receive_stdout():
-                    self._decoder.feed(bytes(data))
-                    with self.holding():
-                        while (message := self._decoder.next_message()) is not NEED_DATA:
-                            self._handle(message)  # type: ignore[arg-type]
-                self._decoder.feed_eof()
-            raise WorkerFailure("closed its stdout" if self._closing else "exited or closed its stdout")
+                    self._deliver(self.end.receive_data(data, trio.current_time()))
+            self._stdout_eof = True
+            self._deliver(self.end.receive_eof(trio.current_time()))
         except WorkerFailure as failure:
-            self.fail(failure)
+            self._stdout_eof = True
+            self.fail(str(failure))
         finally:
             await trio.aclose_forcefully(stdout)
 
@@ -368,121 +331,64 @@ class WorkerConnection:
             self.stderr_closed.set()
             await trio.aclose_forcefully(stderr)
 
-    # ------------------------------------------------------------------ internals
+    async def _watch_exit(self) -> None:
+        """Notice the process exiting even if its stdout stays open (a child it forked
+        may hold it): then the exit is why the connection ends."""
+        self.exit_status = await self.process.wait_exited()
+        # What it wrote before it went is still in the pipe: let the reader take it.
+        with trio.move_on_after(DRAIN_AFTER_EXIT_S):
+            while not self._stdout_eof and self._stdout_readable():
+                await trio.sleep(0)
+        orderly = self.end.state in (CoordinatorState.CLOSING, CoordinatorState.CLOSED)
+        if not (orderly and self.end.in_flight == 0):
+            self.fail(f"exited ({describe_exit(self.exit_status)})")
 
-    def holding(self) -> _Holding:
-        """``with connection.holding():`` holds the frames sent in the block and writes
-        them together at its end.
+    def _stdout_readable(self) -> bool:
+        if self._stdout_fd is None:
+            return False
+        poller = select.poll()
+        try:
+            poller.register(self._stdout_fd, select.POLLIN)
+        except (OSError, ValueError):
+            return False  # closed meanwhile: nothing left to read
+        return bool(poller.poll(0))
 
-        The task reading stdout holds while it acts on one read's worth of answers,
-        each of which may start the next request on this worker (``lanes``): one
-        ``write(2)`` then carries them all. On a small VM a write that wakes the
-        worker costs ~15 µs, more than encoding and sending the frame.
-        """
-        return _Holding(self)
-
-    def _send(self, message: CoordinatorMessage) -> None:
-        """Write ``message`` now if stdin is an idle OS pipe, else queue it for the writer
-        (or hold it, in a ``holding`` block).
-
-        Synchronous either way, so a frame is never torn by the caller's cancellation.
-        """
-        if self.failure is not None or self._outbox_closed:
-            return  # broken, or shutting down: nothing more goes out
-        self._held.append(protocol.encode(message))
-        if not self._holding:
-            self._flush()
+    # ------------------------------------------------------------------ writing
 
     def _flush(self) -> None:
-        if not self._held or self.failure is not None:
-            return
-        frame = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held.clear()
+        """Write what the ``CoordinatorEnd`` has for the worker: now if stdin is an idle
+        OS pipe, else through the writer task. Synchronous either way, so a frame is
+        never torn by the caller's cancellation."""
+        data = self.end.data_to_send()
+        if not data or self._closing:
+            return  # after shutdown, stdin is closing: nothing more goes out
         if self._queued_frames == 0 and self._stdin_fd is not None:
             try:
-                written = pipes.write_nowait(self._stdin_fd, frame)
+                written = pipes.write_nowait(self._stdin_fd, data)
             except OSError as error:  # not ``with worker_failures``: this runs per request
-                self.fail(worker_failure(error, "writing to the worker's stdin"))
+                self.fail(str(worker_failure(error, "writing to the worker's stdin")))
                 return
-            if written == len(frame):
+            if written == len(data):
                 return
-            frame = frame[written:]  # the pipe is full: the writer waits for room
-        self._outbox_send.send_nowait(frame)
+            data = data[written:]  # the pipe is full: the writer waits for room
+        self._outbox_send.send_nowait(data)
         self._queued_frames += 1
-
-    def _handle(self, message: WorkerMessage) -> None:
-        """Apply one message from the worker; raise ``WorkerFailure`` if it breaks the rules."""
-        if isinstance(message, Welcome):
-            if self.welcome is not None:
-                raise WorkerFailure("sent a second welcome")
-            if message.version not in PROTOCOL_VERSIONS:
-                raise WorkerFailure(
-                    f"chose protocol version {message.version}; we offered {list(PROTOCOL_VERSIONS)}"
-                )
-            self.welcome = message
-            self._welcomed.set()
-            return
-        if isinstance(message, Error) and message.fatal:
-            raise WorkerFailure(f"reported a fatal error: {message.code}: {message.message}")
-        if self.welcome is None:
-            raise WorkerFailure(f"sent a {message.TYPE} before its welcome")
-        if isinstance(message, Result | Pong | Error):
-            assert message.id is not None
-            self._answer(message.id, message)
-            return
-        raise WorkerFailure(f"sent an unexpected {message.TYPE} (id {message.id})")
-
-    def _answer(self, request_id: int, answer: Result | Pong | Error) -> None:
-        request = self._requests.pop(request_id, None)
-        if request is None:
-            raise WorkerFailure(f"answered request id {request_id}, which is not in flight")
-        if isinstance(answer, Result | Pong) and isinstance(answer, Pong) != request.ping:
-            asked = "ping" if request.ping else "sample"
-            raise WorkerFailure(f"answered the {asked} request id {request_id} with a {answer.TYPE}")
-        if isinstance(answer, Result) and answer.points != request.points:
-            raise WorkerFailure(
-                f"answered {answer.points} points for a request of {request.points}"
-            )
-        if isinstance(answer, Result) and answer.inside > answer.points:
-            raise WorkerFailure(f"counted {answer.inside} inside out of {answer.points} points")
-        self._last_answer_at = trio.current_time()
-        if isinstance(answer, Result):
-            self.answered += 1
-        if request.on_answer is not None:
-            request.on_answer(answer)
-        self._notify_progress()
-        self.offer_capacity()
-
-    def _notify_progress(self) -> None:
-        if self._stall_clock is not None and self._stall_budget is not None:
-            due = self.stall_deadline(self._stall_budget)
-            # Not min(): assigning the deadline re-files it with Trio even when unchanged.
-            if due < self._stall_clock.deadline:  # noqa: PLR1730
-                self._stall_clock.deadline = due
 
 
 class _Holding:
     """The ``holding`` block (a class, not ``@contextmanager``: it runs once per read
     on the hot path, and a generator-based one costs several µs)."""
 
-    __slots__ = ("_connection", "_outermost")
+    __slots__ = ("_connection",)
 
     def __init__(self, connection: WorkerConnection) -> None:
         self._connection = connection
-        self._outermost = False
 
     def __enter__(self) -> None:
-        self._outermost = not self._connection._holding
-        self._connection._holding = True
+        self._connection._holding += 1
 
     def __exit__(self, *_exc: object) -> None:
-        if self._outermost:
-            self._connection._holding = False
-            self._connection._flush()
-
-
-def _signal(send: Callable[[], None]) -> None:
-    try:
-        send()
-    except ProcessLookupError:
-        pass  # it exited on its own between our check and the signal
+        connection = self._connection
+        connection._holding -= 1
+        if connection._holding == 0:
+            connection._flush()

@@ -4,9 +4,13 @@ Each worker starts in a session (and so a process group) of its own: Ctrl-C in t
 terminal goes to the terminal's foreground process group, i.e. to ``mcpi`` alone,
 and the coordinator decides what happens to its workers (cancel, shutdown, reap)
 instead of every process getting SIGINT at once and printing its own traceback.
-Because the group is the worker's own, ``terminate``/``kill`` signal the whole group:
-a worker started through a wrapper (``sh -c ...``, a script that runs
-``mcpi-worker``) is stopped with everything it started.
+
+Because the group is the worker's own, ``kill`` reaches everything the worker started
+(a wrapper's child, a forked helper still holding the worker's pipes). That is only
+safe while the group id is certainly ours: until the worker is reaped, its pid — the
+group's id — cannot be given to another process. So ``wait_exited`` waits through a
+pidfd, which says the process has exited without reaping it, and the connection kills
+what is left of the group before it reaps the worker (``WorkerConnection.stop``).
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ def default_worker_command() -> list[str]:
 
 
 class SessionProcess:
-    """A ``trio.Process`` whose signals go to its whole process group.
+    """A ``trio.Process`` in a session of its own, as a ``transport.WorkerProcess``.
 
-    Satisfies ``transport.WorkerProcess``. ``args`` is the argument vector, for
-    error messages.
+    ``args`` is the argument vector, for error messages.
     """
 
     def __init__(self, process: trio.Process, args: Sequence[str]) -> None:
@@ -41,9 +44,18 @@ class SessionProcess:
         self.stdin = process.stdin
         self.stdout = process.stdout
         self.stderr = process.stderr
+        self._reaped: int | None = None
+        self._exited: trio.Event | None = None
+        """Set once the process has exited; the first ``wait_exited`` watches for it."""
+        self._pidfd: int | None = None
+        try:
+            # Opened before anything can reap it, so this pidfd is certainly this process's.
+            self._pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: exit is seen only by reaping
+            self._pidfd = None
 
     def __repr__(self) -> str:
-        return f"<SessionProcess pid={self.pid} returncode={self.returncode} args={self.args!r}>"
+        return f"<SessionProcess pid={self.pid} returncode={self._reaped} args={self.args!r}>"
 
     @property
     def pid(self) -> int:
@@ -51,28 +63,73 @@ class SessionProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode
+        return self._reaped
+
+    async def wait_exited(self) -> int:
+        while True:
+            if self._reaped is not None:
+                return self._reaped
+            try:
+                status = _peek_exit_status(self.pid)
+            except ChildProcessError:  # reaped behind our back: nothing is left to guard
+                return await self.wait()
+            if status is not None:
+                return status
+            if self._pidfd is None:
+                return await self.wait()
+            if self._exited is None:
+                # One task watches the pidfd (Trio allows one waiter per fd); the others
+                # wait for it, and look again when it is done (or was cancelled).
+                self._exited = trio.Event()
+                try:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                finally:
+                    exited, self._exited = self._exited, None
+                    exited.set()
+            else:
+                await self._exited.wait()
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        if self._reaped is None:
+            self._reaped = await self._process.wait()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        return self._reaped
 
     def terminate(self) -> None:
-        self._signal_group(signal.SIGTERM)
+        try:
+            if self._reaped is None and _peek_exit_status(self.pid) is None:
+                os.kill(self.pid, signal.SIGTERM)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
     def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
-
-    def _signal_group(self, signum: signal.Signals) -> None:
-        # While the leader is unreaped its pid cannot be reused, so the group id is
-        # still ours; once it is reaped we must not signal that number at all.
-        if self._process.returncode is not None:
+        # Until the leader is reaped its pid cannot be reused, so the group id is still
+        # ours; once it is reaped we must not signal that number at all.
+        if self._reaped is not None:
             return
         try:
-            os.killpg(self._process.pid, signum)
+            os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         except PermissionError:  # the leader changed its group and uid: signal it alone
-            self._process.send_signal(signum)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _peek_exit_status(pid: int) -> int | None:
+    """The exit status of our child ``pid`` if it has exited (negative -N: killed by
+    signal N), without reaping it; None while it runs. ``ChildProcessError`` once it
+    has been reaped."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None or info.si_pid == 0:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    return -int(info.si_status)
 
 
 async def spawn_worker(argv: Sequence[str]) -> WorkerProcess:

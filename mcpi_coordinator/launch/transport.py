@@ -1,9 +1,16 @@
-"""What the pool needs of one worker process, so fakes can stand in for real ones.
+"""What the pool needs of one worker process, so fakes and other launchers can stand in.
 
-``trio.Process`` satisfies ``WorkerProcess`` as it is. Tests and the fake-worker kit
-(``mcpi_coordinator.testing``) provide in-process objects with the same shape, wired
-over Trio memory streams; they reach the pool through its ``launcher`` parameter,
-never by monkeypatching.
+A ``WorkerProcess`` is a running worker: its three pipes, and the means to watch, stop
+and reap it. ``launch.local.SessionProcess`` is the real one (a local process in a
+session of its own, also what ssh and srun launchers return); the fake-worker kit
+(``mcpi_coordinator.testing``) provides in-process objects with the same shape, wired
+over OS pipes; they reach the pool through its ``launcher`` parameter, never by
+monkeypatching.
+
+Exit and reaping are separate on purpose. ``wait_exited`` returns once the process has
+exited but leaves it unreaped (a zombie), so its process group id cannot be reused
+yet and ``kill`` still reaches whatever it left behind in that group (a child holding
+its pipes); ``wait`` reaps it, after which nothing may be signalled by that number.
 """
 
 from __future__ import annotations
@@ -21,17 +28,26 @@ class WorkerProcess(Protocol):
     def pid(self) -> int: ...
 
     @property
-    def returncode(self) -> int | None: ...
+    def returncode(self) -> int | None:
+        """The exit status once reaped (``wait``): negative -N for "killed by signal N"."""
 
     stdin: trio.abc.SendStream | None
     stdout: trio.abc.ReceiveStream | None
     stderr: trio.abc.ReceiveStream | None
 
-    async def wait(self) -> int: ...
+    async def wait_exited(self) -> int:
+        """Wait until the process has exited; return its exit status, without reaping it."""
 
-    def terminate(self) -> None: ...
+    async def wait(self) -> int:
+        """Wait until the process has exited, reap it, and return its exit status."""
 
-    def kill(self) -> None: ...
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM to the process itself, so a launcher such as ``srun``
+        or ``ssh`` can end its remote side in order). No effect once it has exited."""
+
+    def kill(self) -> None:
+        """Stop it and everything it started (SIGKILL to its process group). Also after
+        it has exited, until it is reaped: that ends what it left behind."""
 
 
 Launcher = Callable[[int], Awaitable[WorkerProcess]]

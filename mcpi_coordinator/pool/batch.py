@@ -114,13 +114,10 @@ class Batch:
     def _dispatch(self, attempts: Attempts) -> None:
         request = Request(attempts.chunk, self._on_outcome)
         self._pending[request] = attempts
-        try:
-            self._dispatcher.dispatch(request, retry=attempts.tried)
-        except McpiError as error:  # the pool closed or ran out of workers
-            self._on_outcome(request, error)
+        self._dispatcher.dispatch(request, retry=attempts.tried)
 
     def _on_outcome(self, request: Request, outcome: Outcome) -> None:
-        """Called synchronously by the dispatcher, from any task; never raises."""
+        """Called by the dispatcher's delivery loop, from any task; never raises."""
         if self._closed:
             return
         attempts = self._pending.pop(request)

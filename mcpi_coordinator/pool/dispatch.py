@@ -1,126 +1,210 @@
-"""Requests on their way through the pool: in line for a lane, then on a worker.
+"""Requests on their way through the pool: in line for a worker with room, then on it.
 
-The ``Dispatcher`` owns the pool's ``Lanes``. ``dispatch(request)`` starts a request
-on a free lane at once, or queues it; when a worker answers, the lane it frees starts
-the next request in line right away, in the task that read the answer
-(``Request.start``: a ``Request`` is its own ``lanes.Ticket``). Each request's one
-final answer is turned into its *outcome*, a ``ChunkResult`` (``None`` for a ping's
-pong) or the ``McpiError`` it ended with, and handed to ``request.deliver``,
-synchronously.
+The ``Dispatcher`` matches requests with workers. A ready worker has room for
+``depth`` requests in flight (the pipelining depth); work is pulled: whenever a worker
+has room — it just became ready, or it just answered — the first request in line
+that it can serve is sent to it, right there, in the task that learnt of the room
+(usually the task that read the worker's answer, which thereby sends the next
+request on the same worker with no other task woken, batched with the other answers
+of its read into one write). A request that finds a worker with room when it arrives
+is sent at once.
 
-Both ways of using the pool build on this: ``send_and_wait`` for one request awaited
-by a task (``WorkerPool.sample``, ``WorkerPool.ping``), and callbacks for many at once
-(``mcpi_coordinator.pool.batch``), which cost no task per chunk.
+Retries go first: a request whose worker died must not queue behind the fresh ones,
+where it would land deep in some worker's queue; a worker that dies after every N
+requests (a leak, an OOM killer) would then catch the same unlucky chunk over and
+over, until it looked like a poison chunk. First in line, a retried chunk is the next
+thing some worker computes.
+
+Routing. A request goes only to a worker whose ``welcome`` offers what it needs (its
+kernel, its size) and that it does not ``avoid``; one that no worker the pool knows of
+can serve fails at once, saying what is missing.
+
+No re-entrancy. Each request's one final outcome (a ``ChunkResult``, ``None`` for a
+ping's pong, or the ``McpiError`` it ended with) is handed to ``request.deliver``
+from a loop over a queue of outcomes (``_deliver_all``), never from inside the code
+that learnt of it: a delivery that sends more requests, or learns of more outcomes,
+only adds to the queue. So 1000 requests refused one after another cost a loop of
+1000 turns, not a recursion 1000 calls deep.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
 from mcpi_coordinator.chunks import Chunk, ChunkResult
-from mcpi_coordinator.connection.worker_connection import Answer, WorkerConnection
-from mcpi_coordinator.errors import McpiError, RequestFailed
-from mcpi_coordinator.pool.lanes import Lanes
-from mcpi_worker.protocol import Error, Pong, Result
+from mcpi_coordinator.connection.worker_connection import WorkerConnection
+from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
+from mcpi_worker.protocol import Answered, Broken, CoordinatorEvent, Error, Pong, Result, Welcome
 
 Outcome = ChunkResult | McpiError | None
 """What became of a request: its result (None: a ping was answered) or its error."""
 
+Record = Callable[[WorkerConnection, Chunk, Result], ChunkResult]
+"""How a worker's result becomes the pool's ``ChunkResult`` (and is counted)."""
+
 
 @dataclass(eq=False, slots=True)
 class Request:
-    """One ``sample`` of ``chunk`` (or a ``ping`` when ``chunk`` is None): the ticket
-    that waits in the lanes' line, then the request on a worker."""
+    """One ``sample`` of ``chunk`` (or a ``ping`` when ``chunk`` is None): in line for a
+    worker, then in flight on one, until its outcome is delivered."""
 
     chunk: Chunk | None
     deliver: Callable[[Request, Outcome], None]
-    """Called once with the outcome, synchronously, from whichever task learns it.
-    It must not block or raise."""
+    """Called once with the outcome, synchronously, from the dispatcher's delivery loop.
+    It must not block or raise; it may dispatch more requests."""
+    avoid: frozenset[int] = frozenset()
+    """Slots whose workers must not get it (to recompute a chunk elsewhere)."""
     connection: WorkerConnection | None = None
-    """The worker the request went to, once it has started."""
+    """The worker the request went to, once sent."""
     request_id: int | None = None
     outcome: Outcome = None
-    queue: deque[Any] | None = None
-    """While in line for a lane: the line (``lanes.Ticket``)."""
-    record: Callable[[WorkerConnection, Chunk, Result], ChunkResult] | None = None
-    """Set by the ``Dispatcher``: how a result becomes the pool's ``ChunkResult``."""
-
-    def start(self, connection: WorkerConnection) -> None:
-        """A lane is free: send the request on it (``lanes.Ticket``)."""
-        self.connection = connection
-        chunk = self.chunk
-        if chunk is None:
-            self.request_id = connection.send_ping(self.answered)
-            return
-        problem = _capability_problem(connection, chunk)
-        if problem is not None:
-            self.deliver(self, RequestFailed(problem))
-            connection.offer_capacity()  # the lane was never used
-            return
-        self.request_id = connection.submit(
-            chunk.seed, chunk.stream, chunk.points, chunk.kernel, self.answered
-        )
-
-    def refuse(self, error: Exception) -> None:
-        """No lane will come: the pool closed (``lanes.Ticket``)."""
-        assert isinstance(error, McpiError)
-        self.deliver(self, error)
-
-    def answered(self, answer: Answer) -> None:
-        """The worker's final answer (or the connection's failure): deliver its outcome."""
-        outcome: Outcome
-        if isinstance(answer, Result):
-            assert self.chunk is not None and self.connection is not None and self.record is not None
-            outcome = self.record(self.connection, self.chunk, answer)
-        elif isinstance(answer, Pong):
-            outcome = None
-        elif isinstance(answer, Error):
-            assert self.connection is not None
-            outcome = RequestFailed(
-                f"worker {self.connection.slot} refused the request: {answer.code}: {answer.message}",
-                retryable=answer.retryable,
-            )
-        else:
-            outcome = answer
-        self.deliver(self, outcome)
+    waiting: bool = False
+    """In line for a worker."""
 
 
 class Dispatcher:
-    """Matches requests with free lanes. ``record`` turns a worker's result into the
-    pool's ``ChunkResult`` (and counts it)."""
+    """Matches requests with workers that have room. See the module docstring."""
 
-    def __init__(self, record: Callable[[WorkerConnection, Chunk, Result], ChunkResult]) -> None:
-        self._lanes: Lanes[WorkerConnection] = Lanes()
+    def __init__(self, record: Record) -> None:
         self._record = record
+        self._retries: deque[Request] = deque()
+        self._fresh: deque[Request] = deque()
+        self._depth: dict[WorkerConnection, int] = {}
+        """Ready workers and how many requests each may have in flight."""
+        self._roomy: dict[WorkerConnection, None] = {}
+        """The ready workers with room for one more request (an ordered set). Invariant:
+        none of them can serve any request in line, or it would have been sent."""
+        self._known: dict[int, Welcome] = {}
+        """The last welcome of every slot that is not retired: who could serve what."""
+        self._largest: dict[str, int] | None = None
+        """The most points some known slot accepts, by kernel (None: to be worked out)."""
+        self._outcomes: deque[tuple[Request, Outcome]] = deque()
+        self._busy = False
+        """Inside a public method: outcomes learnt now wait for its delivery loop."""
+        self._closed: McpiError | None = None
 
-    def offer(self, connection: WorkerConnection) -> None:
-        """One more request fits on ``connection``: start the next one in line."""
-        self._lanes.offer(connection)
+    def __repr__(self) -> str:
+        return (
+            f"<Dispatcher workers={len(self._depth)} "
+            f"waiting={len(self._retries)}+{len(self._fresh)}>"
+        )
+
+    # ------------------------------------------------------------------ workers
+
+    def add_worker(self, connection: WorkerConnection, depth: int) -> None:
+        """``connection`` is ready (welcomed): give it up to ``depth`` requests in flight."""
+        outer = self._begin()
+        try:
+            assert connection.welcome is not None
+            self._depth[connection] = depth
+            self._known[connection.slot] = connection.welcome
+            self._largest = None
+            with connection.holding():  # the requests waiting for it go out in one write
+                self._fill(connection)
+        finally:
+            self._end(outer)
+
+    def forget_slot(self, slot: int) -> None:
+        """``slot`` is retired: nobody will serve from it again. Requests that only it
+        could have served fail now."""
+        outer = self._begin()
+        try:
+            self._known.pop(slot, None)
+            self._largest = None
+            for queue in (self._retries, self._fresh):
+                for request in list(queue):
+                    problem = self._unservable(request)
+                    if problem is not None:
+                        queue.remove(request)
+                        request.waiting = False
+                        self._outcomes.append((request, problem))
+        finally:
+            self._end(outer)
+
+    def on_events(self, connection: WorkerConnection, events: list[CoordinatorEvent]) -> None:
+        """The connection's sink: answers become outcomes, a broken connection's
+        requests become ``WorkerFailure``s, and the room freed goes to who waits."""
+        outer = self._begin()
+        try:
+            for event in events:
+                if isinstance(event, Answered):
+                    if not event.abandoned:
+                        request: Request = event.token
+                        self._outcomes.append((request, self._outcome(connection, request, event.answer)))
+                elif isinstance(event, Broken):
+                    self.worker_gone(connection)
+                    for orphan in event.orphans:
+                        if not orphan.abandoned:
+                            failure = WorkerFailure(event.reason, was_running=orphan.was_running)
+                            self._outcomes.append((orphan.token, failure))
+            if connection in self._depth:
+                self._fill(connection)
+        finally:
+            self._end(outer)
+
+    def worker_gone(self, connection: WorkerConnection) -> None:
+        """``connection`` is closing or closed: send it nothing more."""
+        self._depth.pop(connection, None)
+        self._roomy.pop(connection, None)
+
+    # ------------------------------------------------------------------ requests
+
+    def dispatch(self, request: Request, *, retry: bool = False) -> None:
+        """Send ``request`` to a worker with room now, or put it in line (retries first).
+        Its outcome comes through ``request.deliver`` in any case, never from inside
+        this call unless it is the outermost one."""
+        outer = self._begin()
+        try:
+            if self._closed is not None:
+                self._outcomes.append((request, _copy(self._closed)))
+            elif (problem := self._unservable(request)) is not None:
+                self._outcomes.append((request, problem))
+            elif not self._send_somewhere(request):
+                # By the invariant on _roomy, no request in line could have gone where this
+                # one goes now: sending it ahead of them keeps every worker's order fair.
+                request.waiting = True
+                (self._retries if retry else self._fresh).append(request)
+        finally:
+            self._end(outer)
+
+    def withdraw(self, request: Request) -> None:
+        """The caller gave up: take the request out of line, or abandon it on its worker
+        (``cancel`` is sent; the worker's room comes back with its answer)."""
+        outer = self._begin()
+        try:
+            if request.waiting:
+                request.waiting = False
+                (self._retries if request in self._retries else self._fresh).remove(request)
+            elif request.connection is not None and request.request_id is not None:
+                request.connection.cancel(request.request_id)
+        finally:
+            self._end(outer)
 
     def close(self, error: McpiError) -> None:
         """Deliver ``error`` to every request still in line; refuse new ones with it."""
-        self._lanes.close(error)
+        outer = self._begin()
+        try:
+            if self._closed is not None:
+                return
+            self._closed = error
+            self._depth.clear()
+            self._roomy.clear()
+            for queue in (self._retries, self._fresh):
+                while queue:
+                    request = queue.popleft()
+                    request.waiting = False
+                    self._outcomes.append((request, _copy(error)))
+        finally:
+            self._end(outer)
 
-    def dispatch(self, request: Request, *, retry: bool = False) -> None:
-        """Start ``request`` on a free lane now, or queue it (retries first).
-        Raises the ``close`` error once closed."""
-        request.record = self._record
-        self._lanes.dispatch(request, retry=retry)
-
-    def withdraw(self, request: Request) -> None:
-        """The caller gave up: take the request out of line, or abandon it on its
-        worker (``cancel`` is sent; the worker's capacity comes back with its answer)."""
-        if self._lanes.withdraw(request):
-            return
-        if request.connection is not None and request.request_id is not None:
-            request.connection.abandon(request.request_id)
-
-    async def send_and_wait(self, chunk: Chunk | None, *, retry: bool = False) -> Request:
+    async def send_and_wait(
+        self, chunk: Chunk | None, *, retry: bool = False, avoid: Iterable[int] = ()
+    ) -> Request:
         """Dispatch one request and wait for its outcome (``request.outcome``).
         A cancelled caller withdraws it."""
         done = trio.Event()
@@ -129,7 +213,7 @@ class Dispatcher:
             request.outcome = outcome
             done.set()
 
-        request = Request(chunk, deliver)
+        request = Request(chunk, deliver, frozenset(avoid))
         self.dispatch(request, retry=retry)
         try:
             await done.wait()
@@ -139,16 +223,138 @@ class Dispatcher:
             raise
         return request
 
+    # ------------------------------------------------------------------ matching
 
-def _capability_problem(connection: WorkerConnection, chunk: Chunk) -> str | None:
-    """Why ``connection``'s worker cannot take ``chunk`` (its welcome rules it out), or None."""
-    welcome = connection.welcome
-    assert welcome is not None
-    problem = None
-    if chunk.kernel not in welcome.kernels:
-        problem = f"does not offer kernel {chunk.kernel!r} (it offers {', '.join(welcome.kernels)})"
-    elif chunk.points > welcome.max_points:
-        problem = f"accepts at most {welcome.max_points} points per request, not {chunk.points}"
-    if problem is None:
+    def _fill(self, connection: WorkerConnection) -> None:
+        """Send waiting requests to ``connection`` while it has room and one it can
+        serve; then note whether it still has room."""
+        depth = self._depth.get(connection)
+        if depth is None:
+            return
+        while connection.usable and connection.in_flight < depth:
+            request = self._next_for(connection)
+            if request is None:
+                self._roomy[connection] = None
+                return
+            self._send(connection, request)
+        self._roomy.pop(connection, None)
+
+    def _next_for(self, connection: WorkerConnection) -> Request | None:
+        """The first request in line (retries first) that ``connection`` may serve."""
+        welcome = connection.welcome
+        assert welcome is not None
+        for queue in (self._retries, self._fresh):
+            for index, request in enumerate(queue):
+                if _serves(welcome, connection.slot, request):
+                    if index == 0:
+                        queue.popleft()
+                    else:
+                        del queue[index]
+                    request.waiting = False
+                    return request
         return None
-    return f"worker {connection.slot} ({welcome.worker}) {problem}"
+
+    def _send_somewhere(self, request: Request) -> bool:
+        """Send ``request`` to the first worker with room that serves it, if any."""
+        for connection in self._roomy:
+            welcome = connection.welcome
+            if welcome is not None and _serves(welcome, connection.slot, request):
+                self._send(connection, request)
+                depth = self._depth.get(connection)
+                if depth is None or not (connection.usable and connection.in_flight < depth):
+                    self._roomy.pop(connection, None)
+                return True
+        return False
+
+    def _send(self, connection: WorkerConnection, request: Request) -> None:
+        request.connection = connection
+        chunk = request.chunk
+        if chunk is None:
+            request.request_id = connection.send_ping(request)
+        else:
+            request.request_id = connection.send_sample(
+                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request
+            )
+
+    def _unservable(self, request: Request) -> RequestFailed | None:
+        """The error for a request that no slot the pool knows of can serve; None when
+        one can, or when no worker has said what it offers yet."""
+        chunk = request.chunk
+        if not self._known or chunk is None:
+            return None
+        if not request.avoid:  # the common case, without a look at every slot
+            if self._largest is None:
+                self._largest = {}
+                for welcome in self._known.values():
+                    for kernel in welcome.kernels:
+                        self._largest[kernel] = max(self._largest.get(kernel, 0), welcome.max_points)
+            if chunk.points <= self._largest.get(chunk.kernel, -1):
+                return None
+        problems = []
+        avoided = []
+        for slot, welcome in self._known.items():
+            problem = _problem(welcome, chunk)
+            if problem is None and slot not in request.avoid:
+                return None
+            if problem is None:
+                avoided.append(slot)
+            else:
+                problems.append(problem)
+        if not problems:
+            return RequestFailed(f"every worker that could take it is avoided (slots {sorted(avoided)})")
+        if avoided:
+            return RequestFailed(f"no worker can take it: slots {sorted(avoided)} are avoided, and {problems[0]}")
+        return RequestFailed(f"no worker can take it: {problems[0]}")
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _outcome(self, connection: WorkerConnection, request: Request, answer: Result | Pong | Error) -> Outcome:
+        if isinstance(answer, Result):
+            assert request.chunk is not None
+            return self._record(connection, request.chunk, answer)
+        if isinstance(answer, Pong):
+            return None
+        return RequestFailed(
+            f"worker {connection.slot} refused the request: {answer.code}: {answer.message}",
+            retryable=answer.retryable,
+        )
+
+    def _begin(self) -> bool:
+        """Enter a public method; True for the outermost one, which delivers."""
+        if self._busy:
+            return False
+        self._busy = True
+        return True
+
+    def _end(self, outer: bool) -> None:
+        """Leave a public method: the outermost hands out every outcome learnt, in order,
+        including those its deliveries lead to (see the module docstring)."""
+        if not outer:
+            return
+        try:
+            while self._outcomes:
+                request, outcome = self._outcomes.popleft()
+                request.deliver(request, outcome)
+        finally:
+            self._busy = False
+
+
+def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
+    if slot in request.avoid:
+        return False
+    return request.chunk is None or _problem(welcome, request.chunk) is None
+
+
+def _problem(welcome: Welcome, chunk: Chunk) -> str | None:
+    """Why a worker with this ``welcome`` cannot take ``chunk``, or None."""
+    if chunk.kernel not in welcome.kernels:
+        offered = ", ".join(welcome.kernels) or "none"
+        return f"no worker offers kernel {chunk.kernel!r} ({welcome.worker} offers {offered})"
+    if chunk.points > welcome.max_points:
+        return f"{welcome.worker} accepts at most {welcome.max_points} points per request, not {chunk.points}"
+    return None
+
+
+def _copy(error: McpiError) -> McpiError:
+    """One instance per delivery: each raise gets its own traceback."""
+    return copy.copy(error)

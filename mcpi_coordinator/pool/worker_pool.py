@@ -377,9 +377,6 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ lanes
 
-    def _offer_lane(self, connection: WorkerConnection) -> None:
-        self._dispatcher.offer(connection)
-
     async def _why_it_ended(self, connection: WorkerConnection, error: McpiError) -> str:
         """The slot's full account of a failed worker (command, exit status, stderr),
         once it has been reaped; the bare error if that takes too long."""
@@ -402,7 +399,9 @@ class WorkerPool:
         slot.points += result.points
         slot.busy_s += result.elapsed_s
         self._completed += 1
-        return ChunkResult(chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid)
+        return ChunkResult(
+            chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid, slot.host
+        )
 
     # ------------------------------------------------------------------ slot supervision
 
@@ -458,7 +457,13 @@ class WorkerPool:
         if process is None:
             return (None if self._closing else failure), False
 
-        connection = WorkerConnection(process, slot.index, on_capacity=self._offer_lane)
+        connection = WorkerConnection(
+            process,
+            slot.index,
+            client=self._client,
+            task_budget=self._task_budget,
+            sink=self._dispatcher.on_events,
+        )
         slot.pid = process.pid
         async with trio.open_nursery() as pipes:
             pipes.start_soon(connection.run_pipes, name=f"mcpi worker {slot.index} pipes")
@@ -468,8 +473,9 @@ class WorkerPool:
             finally:
                 slot.state = "stopping" if reason is None else "restarting"
                 slot.connection = None
+                self._dispatcher.worker_gone(connection)
                 # Orderly close: ask nicely first. A failed worker cannot be trusted
-                # to listen (hung, speaking garbage): kill it at once.
+                # to listen (hung, speaking garbage): SIGTERM at once, then SIGKILL.
                 grace = self._shutdown_grace if reason is None else 0.0
                 returncode = await connection.stop(grace=grace, term_grace=self._shutdown_grace)
                 slot.pid = None
@@ -480,7 +486,7 @@ class WorkerPool:
                 pipes.cancel_scope.cancel()
         if reason is not None:
             reason = f"worker {slot.index} ({describe_command(process)}, pid {process.pid}): {reason}"
-            if returncode != 0 or "exited" in reason:
+            if returncode != 0 and "exited (" not in reason:
                 reason += f"; {describe_exit(returncode)}"
             tail = connection.stderr_tail()
             if tail:
@@ -495,7 +501,7 @@ class WorkerPool:
         with self._stoppable(slot):
             with trio.move_on_after(self._startup_timeout) as startup:
                 try:
-                    welcome = await connection.handshake(self._client)
+                    welcome = await connection.handshake()
                 except WorkerFailure as error:
                     return f"{error} (during the handshake)"
             if startup.cancelled_caught:
@@ -507,9 +513,7 @@ class WorkerPool:
             self._flush_deferred_warnings()
             depth = min(self._pipeline_depth, welcome.max_inflight)
             log.info("worker_ready", slot=slot.index, pid=welcome.pid, host=welcome.host, depth=depth)
-            with connection.holding():  # the requests waiting for it go out in one write
-                for _ in range(depth):
-                    self._offer_lane(connection)
+            self._dispatcher.add_worker(connection, depth)
             return await self._watch(connection)
         return None
 
@@ -518,15 +522,12 @@ class WorkerPool:
         task timeout (a hung worker answers nothing, so only a clock can tell)."""
         while connection.failure is None:
             with trio.CancelScope() as clock:
-                connection.track_stalls(clock, self._task_budget)
+                connection.track_stalls(clock)
                 await connection.broken.wait()
             # The clock rang. An answer may have come in the same scheduler tick and
             # moved the deadline on: only a request still overdue now is a stall.
-            overdue = trio.current_time() >= connection.stall_deadline(self._task_budget)
-            if connection.failure is None and overdue:
-                budget = self._task_budget(connection.oldest_points())
-                connection.fail(WorkerFailure(f"no answer within the task timeout ({budget:g} s)"))
-        return str(connection.failure)
+            connection.check_stall()
+        return connection.failure
 
     @contextmanager
     def _stoppable(self, slot: _Slot) -> Iterator[None]:

@@ -1,8 +1,8 @@
 """In-process fake workers: ``FakeWorkerCore`` driven by a Trio task, wired like a process.
 
 A ``FakeWorkerProcess`` satisfies ``mcpi_coordinator.launch.transport.WorkerProcess``: the
-coordinator gets ``stdin``/``stdout``/``stderr`` streams, ``wait()``, ``terminate()``,
-``kill()``, ``pid`` and ``returncode``, exactly as with ``trio.Process``. The streams are
+coordinator gets ``stdin``/``stdout``/``stderr`` streams, ``wait_exited()``, ``wait()``,
+``terminate()``, ``kill()``, ``pid`` and ``returncode``, as with a real process. The streams are
 real OS pipes (``trio.lowlevel.FdStream``), so the coordinator sees a real pipe's
 64 KiB buffer, back-pressure, EOF and broken-pipe errors; only the worker's side runs
 as a task in a nursery the caller owns instead of in a child process.
@@ -98,19 +98,28 @@ class FakeWorkerProcess:
     def stats(self) -> FakeStats:
         return self._core.stats
 
-    async def wait(self) -> int:
+    async def wait_exited(self) -> int:
         await self._exited.wait()
         assert self._returncode is not None
         return self._returncode
 
+    async def wait(self) -> int:
+        """A fake leaves nothing to reap: the same as ``wait_exited``."""
+        return await self.wait_exited()
+
     def terminate(self) -> None:
-        """SIGTERM: ends the fake with returncode -15, unless it ignores SIGTERM."""
+        """SIGTERM: ends the fake with returncode -15, unless it ignores SIGTERM. Like a
+        signal to a process that has exited, it has no effect (and is not recorded) then."""
+        if self._returncode is not None:
+            return
         self.signals.append(signal.SIGTERM)
         if not self.behaviour.ignore_sigterm:
             self._end(-signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL: ends the fake with returncode -9 at once, whatever it is doing."""
+        if self._returncode is not None:
+            return
         self.signals.append(signal.SIGKILL)
         self._end(-signal.SIGKILL)
 

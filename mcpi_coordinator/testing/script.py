@@ -8,10 +8,12 @@ driver feeds it what arrived on stdin and the current time, and performs the
 ``Action`` objects it returns, in order. Time is a parameter, so an in-process fake
 under Trio's ``autojump_clock`` runs a "slow" worker instantly.
 
-Undisturbed, the core is a faithful worker: it speaks the real protocol through
-``mcpi_worker.protocol`` and computes counts with the real ``mcpi_worker.kernels``,
-so a fake and a real worker give identical answers (the contract tests check it).
-``FakeBehaviour`` then asks it to misbehave in precise, countable ways.
+Undisturbed, the core is a faithful worker: it drives the real worker's protocol
+state machine (``mcpi_worker.protocol.WorkerEnd``, the very rules ``mcpi-worker``
+follows) and computes counts with the real ``mcpi_worker.kernels``, so a fake and a
+real worker give identical answers (the contract tests check it). ``FakeBehaviour``
+then asks it to misbehave in precise, countable ways, on top of those rules: it
+replaces what the ``WorkerEnd`` would write, or stops before it writes.
 
 The fake runs one sample at a time, like a real worker's compute thread: each takes
 ``behaviour.slow`` seconds of (fake) time, and its count is computed in one go when it
@@ -22,36 +24,34 @@ keep ``points`` small.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Final, Union
+from typing import Any, Final
 
 from mcpi_worker import kernels, protocol
 from mcpi_worker.protocol import (
     MAX_FRAME,
-    MAX_POINTS,
-    NEED_DATA,
-    Cancel,
+    ConnectionEnded,
     Error,
     ErrorCode,
-    FatalProtocolError,
-    Hello,
-    Ping,
-    Pong,
-    RequestError,
+    ExitCode,
     Result,
     Sample,
-    Shutdown,
-    Welcome,
+    StartSample,
+    StopSample,
+    WorkerEnd,
+    WorkerEvent,
+    WorkerOffer,
 )
 
 FAKE_WORKER_NAME: Final[str] = "mcpi-fake-worker"
 
-EXIT_OK: Final[int] = 0
-EXIT_PROTOCOL: Final[int] = 3
+EXIT_OK: Final[int] = ExitCode.OK
+EXIT_PROTOCOL: Final[int] = ExitCode.PROTOCOL
 """The worker's documented exit codes: orderly end, fatal protocol error."""
 
 GARBAGE: Final[bytes] = b"Traceback (most recent call last):\n  a stray print on stdout\n"
@@ -101,6 +101,13 @@ class FakeBehaviour:
     """Send the result twice (every time, from ``misbehave_after`` on)."""
     eof_mid_frame: bool = False
     """Write the first half of the result frame, then exit with ``exit_code``."""
+    wrong_count: int = 0
+    """Add this to the counts it reports (a plausible, silently wrong answer, as a bad
+    DIMM or a different build would give), clamped to the sample's points; 0: honest."""
+    wrong_count_streams: tuple[int, ...] | None = None
+    """Only for these streams (None: every stream)."""
+    wrong_count_times: int | None = None
+    """Only for the first N wrong-able results (None: always)."""
     internal_errors: int = 0
     """Answer the first N samples with a retryable ``internal`` error instead of a result."""
 
@@ -126,9 +133,11 @@ class FakeBehaviour:
             raise ValueError("slow, stderr_flood_mb and misbehave_after must be >= 0")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
+        if self.wrong_count_times is not None and self.wrong_count_times < 0:
+            raise ValueError("wrong_count_times must be >= 0")
 
     @property
-    def faults(self) -> dict[str, object]:
+    def faults(self) -> dict[str, Any]:
         """The options that differ from a correct worker's, for logs and reprs."""
         default = FakeBehaviour()
         return {k: v for k, v in asdict(self).items() if getattr(default, k) != v}
@@ -170,7 +179,7 @@ class Hang:
     """Stop doing anything for ever: no reads, no writes, deaf to EOF."""
 
 
-Action = Union[WriteStdout, WriteStderr, FloodStderr, Exit, Hang]
+Action = WriteStdout | WriteStderr | FloodStderr | Exit | Hang
 
 
 def flood_chunks(nbytes: int, chunk: int = 1 << 16) -> Iterator[bytes]:
@@ -188,6 +197,10 @@ def flood_chunks(nbytes: int, chunk: int = 1 << 16) -> Iterator[bytes]:
         yield piece
 
 
+def _never() -> bool:
+    return False
+
+
 def log_line(event: str, level: str = "info", **fields: object) -> bytes:
     """One JSON log line for stderr, shaped like the real worker's (``event``, ``level``)."""
     return (json.dumps({"event": event, "level": level, **fields}, default=str) + "\n").encode()
@@ -199,9 +212,8 @@ def log_line(event: str, level: str = "info", **fields: object) -> bytes:
 @dataclass
 class _Job:
     request: Sample
-    ready_at: float | None = None
-    """When the sample finishes; None while it waits behind another. The head of
-    the queue is always running (has ``ready_at``) unless the core has finished."""
+    ready_at: float
+    """When the sample finishes (the fake runs one at a time, as ``jobs=1``)."""
 
 
 @dataclass
@@ -227,13 +239,21 @@ class FakeWorkerCore:
         self.behaviour = behaviour
         self.pid = pid
         self.host = host if host is not None else socket.gethostname()
-        self.stats = FakeStats()
         self.finished = False
-        self._decoder = protocol.FrameDecoder(protocol.COORDINATOR_MESSAGES)
-        self._handshake_done = False
-        self._jobs: deque[_Job] = deque()
+        offer = WorkerOffer(
+            worker=FAKE_WORKER_NAME,
+            pid=pid,
+            host=self.host,
+            kernels=behaviour.kernels,
+            max_inflight=behaviour.max_inflight,
+        )
+        self._end = WorkerEnd(offer, jobs=1, record=True)
+        assert self._end.received is not None
+        self.stats = FakeStats(received=self._end.received)
+        self._job: _Job | None = None
         self._flood_pending = behaviour.stderr_flood_mb > 0
         self._internal_errors_left = behaviour.internal_errors
+        self._wrong_counts_left = behaviour.wrong_count_times
 
     # -------------------------------------------------------------- driver interface
 
@@ -247,134 +267,85 @@ class FakeWorkerCore:
         """Bytes arrived on stdin at time ``now``."""
         if self.finished:
             return []
-        self._decoder.feed(data)
-        actions: list[Action] = []
-        while not self.finished:
-            try:
-                message = self._decoder.next_message()
-            except RequestError as exc:
-                actions += self._request_error(exc)
-                continue
-            except FatalProtocolError as exc:
-                actions += self._fatal(exc.code, exc.message)
-                break
-            if message is NEED_DATA:
-                break
-            self.stats.received.append(message)
-            actions += self._handle(message, now)
-        return actions
+        greeted = self._end.welcome is not None
+        events = self._end.receive_data(data)
+        welcome = self._end.welcome
+        if not greeted and welcome is not None:
+            if self.behaviour.silent:
+                self._end.data_to_send()  # the welcome it would have sent
+                return self._hang("silent: never answering hello")
+            if self.behaviour.bad_version:
+                honest = protocol.encode(welcome)
+                pending = self._end.data_to_send()
+                assert pending.startswith(honest), "the welcome is the first thing written"
+                lying = protocol.encode(dataclasses.replace(welcome, version=99))
+                return [WriteStdout(lying), *self._carry_out(events, now, pending[len(honest):])]
+        return self._carry_out(events, now)
 
     def receive_eof(self, now: float) -> list[Action]:
         """stdin ended at time ``now``: an orderly end between frames, fatal inside one."""
         if self.finished:
             return []
-        try:
-            self._decoder.feed_eof()
-        except FatalProtocolError as exc:
-            return self._fatal(exc.code, exc.message)
-        return self._shut_down("stdin closed")
+        return self._carry_out(self._end.receive_eof(), now)
 
     @property
     def deadline(self) -> float | None:
-        if self.finished or not self._jobs:
+        if self.finished or self._job is None:
             return None
-        return self._jobs[0].ready_at
+        return self._job.ready_at
 
     def advance(self, now: float) -> list[Action]:
-        """Finish every sample due by ``now`` and start the next ones."""
+        """Finish the running sample if it is due by ``now``, and start the next ones."""
         actions: list[Action] = []
-        while not self.finished and self._jobs:
-            job = self._jobs[0]
-            assert job.ready_at is not None, "the head of the queue is always running"
-            if job.ready_at > now:
-                break
-            self._jobs.popleft()
+        while not self.finished and self._job is not None and self._job.ready_at <= now:
+            job, self._job = self._job, None
             actions += self._finish(job)
-            if self._jobs and not self.finished:
-                # The next sample starts when this one ended, not when we noticed.
-                actions += self._start_job(self._jobs[0], job.ready_at)
         return actions
 
-    # -------------------------------------------------------------------- messages
+    # -------------------------------------------------------------------- events
 
-    def _handle(self, message: protocol.Message, now: float) -> list[Action]:
-        if isinstance(message, Hello):
-            return self._hello(message)
-        if isinstance(message, Shutdown):
-            return self._shut_down("shutdown requested")
-        if isinstance(message, Cancel):
-            return self._cancel(message.id, now)
-        if not self._handshake_done:
-            assert isinstance(message, (Sample, Ping))
-            return self._error(message.id, ErrorCode.HANDSHAKE_REQUIRED, "send hello first")
-        if any(job.request.id == message.id for job in self._jobs):
-            return self._error(message.id, ErrorCode.DUPLICATE_ID, f"id {message.id} is in flight")
-        if isinstance(message, Ping):
-            return [WriteStdout(protocol.encode(Pong(id=message.id)))]
-        assert isinstance(message, Sample)
-        return self._sample(message, now)
+    def _carry_out(self, events: list[WorkerEvent], now: float, written: bytes | None = None) -> list[Action]:
+        """Act on the ``WorkerEnd``'s events; what it writes goes out before any exit."""
+        actions: list[Action] = []
+        pending: deque[WorkerEvent] = deque(events)
+        while pending and not self.finished:
+            event = pending.popleft()
+            if isinstance(event, StartSample):
+                start = self._start(event.request, now)
+                if start:
+                    actions += self._output(written)
+                    written = None
+                    return actions + start
+            elif isinstance(event, StopSample):
+                if self._job is not None and self._job.request.id == event.request_id:
+                    self._job = None  # a fake sample stops at once
+                    pending += self._end.sample_failed(event.request_id, ErrorCode.CANCELLED, "cancelled")
+            elif isinstance(event, ConnectionEnded):
+                actions += self._output(written)
+                written = None
+                return actions + self._ended(event)
+        return actions + self._output(written)
 
-    def _hello(self, hello: Hello) -> list[Action]:
-        if self._handshake_done:
-            # A hello carries no id, so the complaint cannot name a request: fatal.
-            return self._fatal(ErrorCode.INVALID_REQUEST, "hello sent twice")
-        version = protocol.negotiate_version(hello.versions)
-        if version is None:
-            return self._fatal(
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"no common protocol version: offered {list(hello.versions)}, "
-                f"this worker speaks {list(protocol.PROTOCOL_VERSIONS)}",
-            )
-        if self.behaviour.silent:
-            return self._hang("silent: never answering hello")
-        self._handshake_done = True
-        welcome = Welcome(
-            version=99 if self.behaviour.bad_version else version,
-            worker=FAKE_WORKER_NAME,
-            pid=self.pid,
-            host=self.host,
-            kernels=self.behaviour.kernels,
-            max_inflight=self.behaviour.max_inflight,
-            max_frame=MAX_FRAME,
-            max_points=MAX_POINTS,
-        )
-        return [WriteStdout(protocol.encode(welcome))]
+    def _output(self, written: bytes | None = None) -> list[Action]:
+        data = (written or b"") + self._end.data_to_send()
+        self._note_sent()
+        return [WriteStdout(data)] if data else []
 
-    def _sample(self, sample: Sample, now: float) -> list[Action]:
-        if sample.kernel not in self.behaviour.kernels:
-            return self._error(
-                sample.id,
-                ErrorCode.UNKNOWN_KERNEL,
-                f"unknown kernel {sample.kernel!r}; offered: {list(self.behaviour.kernels)}",
-            )
-        if len(self._jobs) >= self.behaviour.max_inflight:
-            return self._error(
-                sample.id, ErrorCode.BUSY, f"{self.behaviour.max_inflight} requests in flight"
-            )
-        self._jobs.append(_Job(sample))
-        if len(self._jobs) == 1:
-            return self._start_job(self._jobs[0], now)
-        return []
+    def _note_sent(self) -> None:
+        sent = self._end.sent
+        assert sent is not None
+        self.stats.errors_sent += [m for m in sent if isinstance(m, Error)]
+        sent.clear()
 
-    def _cancel(self, request_id: int, now: float) -> list[Action]:
-        for job in self._jobs:
-            if job.request.id == request_id:
-                was_running = job is self._jobs[0]
-                self._jobs.remove(job)
-                actions = self._error(request_id, ErrorCode.CANCELLED, "cancelled")
-                if was_running and self._jobs:
-                    # Invariant: the head of the queue is always running.
-                    actions += self._start_job(self._jobs[0], now)
-                return actions
-        return []  # unknown or finished: ignored, as the protocol says
-
-    def _start_job(self, job: _Job, now: float) -> list[Action]:
+    def _start(self, request: Sample, now: float) -> list[Action]:
+        """The ``WorkerEnd`` started ``request``: run it for ``slow`` seconds, unless the
+        behaviour says to crash or hang right here (with work in flight)."""
         b = self.behaviour
         if b.crash_after is not None and self.stats.results_sent >= b.crash_after:
             return self._exit(b.exit_code, f"crashing as asked (crash_after={b.crash_after})")
         if b.hang_after is not None and self.stats.results_sent >= b.hang_after:
             return self._hang(f"hanging as asked (hang_after={b.hang_after})")
-        job.ready_at = now + b.slow
+        self._job = _Job(request, now + b.slow)
         return []
 
     def _finish(self, job: _Job) -> list[Action]:
@@ -384,60 +355,70 @@ class FakeWorkerCore:
         if self._flood_pending:
             self._flood_pending = False
             actions.append(FloodStderr(int(b.stderr_flood_mb * (1 << 20))))
+        actions += self._output()  # anything written before: not part of the result
         if self._internal_errors_left > 0:
             self._internal_errors_left -= 1
-            return actions + self._error(request.id, ErrorCode.INTERNAL, "fake internal error")
-        count = kernels.KERNELS[request.kernel](request.seed, request.stream, request.points)
+            events = self._end.sample_failed(request.id, ErrorCode.INTERNAL, "fake internal error")
+            return actions + self._carry_out(events, job.ready_at)
+        count = self._reported_count(request)
         misbehaving = self.stats.results_sent >= b.misbehave_after
         self.stats.results_sent += 1
-        result_id = (request.id + UINT64_HALF) % (1 << 64) if misbehaving and b.wrong_id else request.id
-        frame = protocol.encode(
-            Result(id=result_id, inside=count, points=request.points, elapsed_s=b.slow)
-        )
-        if not misbehaving:
-            return actions + [WriteStdout(frame)]
+        events = self._end.sample_finished(request.id, count, b.slow)
+        frame = self._end.data_to_send()  # the result frame, and nothing else
+        self._note_sent()
+        if misbehaving:
+            replaced = self._misbehave(request, count, frame)
+            if replaced is not None:
+                return actions + replaced
+        return actions + [WriteStdout(frame), *self._carry_out(events, job.ready_at)]
+
+    def _reported_count(self, request: Sample) -> int:
+        b = self.behaviour
+        count = kernels.KERNELS[request.kernel](request.seed, request.stream, request.points, _never)
+        if b.wrong_count == 0:
+            return count
+        if b.wrong_count_streams is not None and request.stream not in b.wrong_count_streams:
+            return count
+        if self._wrong_counts_left is not None:
+            if self._wrong_counts_left == 0:
+                return count
+            self._wrong_counts_left -= 1
+        wrong = count + b.wrong_count
+        if not 0 <= wrong <= request.points:  # keep it plausible: the other way
+            wrong = count - b.wrong_count
+        return min(max(wrong, 0), request.points)
+
+    def _misbehave(self, request: Sample, count: int, frame: bytes) -> list[Action] | None:
+        """What goes out instead of the honest result ``frame``; None: the frame itself."""
+        b = self.behaviour
         if b.garbage:
-            return actions + [WriteStderr(log_line("writing garbage as asked")), WriteStdout(GARBAGE)]
+            return [WriteStderr(log_line("writing garbage as asked")), WriteStdout(GARBAGE)]
         if b.oversize:
             body = b"\xc0" * (MAX_FRAME + 1)  # msgpack nil bytes: well-formed, just too many
-            return actions + [
+            return [
                 WriteStderr(log_line("writing an oversize frame as asked")),
                 WriteStdout(protocol.HEADER.pack(len(body)) + body),
             ]
         if b.eof_mid_frame:
-            actions.append(WriteStdout(frame[: len(frame) // 2]))
-            return actions + self._exit(b.exit_code, "ending stdout inside a frame as asked")
+            return [
+                WriteStdout(frame[: len(frame) // 2]),
+                *self._exit(b.exit_code, "ending stdout inside a frame as asked"),
+            ]
+        if b.wrong_id:
+            wrong = (request.id + UINT64_HALF) % (1 << 64)
+            return [WriteStdout(protocol.encode(Result(wrong, count, request.points, b.slow)))]
         if b.duplicate_id:
-            return actions + [WriteStdout(frame), WriteStdout(frame)]
-        return actions + [WriteStdout(frame)]
+            return [WriteStdout(frame + frame)]
+        return None
 
     # ---------------------------------------------------------------------- endings
 
-    def _shut_down(self, why: str) -> list[Action]:
-        actions: list[Action] = []
-        while self._jobs:
-            job = self._jobs.popleft()
-            actions += self._error(job.request.id, ErrorCode.CANCELLED, f"cancelled: {why}")
-        return actions + [WriteStderr(log_line("fake worker exiting", reason=why)), *self._exit(EXIT_OK)]
-
-    def _request_error(self, exc: RequestError) -> list[Action]:
-        if exc.request_id is None:
-            # No usable id to answer: the protocol makes an id-less error fatal.
-            return self._fatal(exc.code, exc.message)
-        return self._error(exc.request_id, exc.code, exc.message)
-
-    def _error(self, request_id: int, code: ErrorCode, message: str) -> list[Action]:
-        error = Error(id=request_id, code=code, message=message)
-        self.stats.errors_sent.append(error)
-        return [WriteStdout(protocol.encode(error))]
-
-    def _fatal(self, code: ErrorCode, message: str) -> list[Action]:
-        error = Error(id=None, code=code, message=message[: protocol.MAX_TEXT])
-        self.stats.errors_sent.append(error)
+    def _ended(self, end: ConnectionEnded) -> list[Action]:
+        if end.exit_code == ExitCode.OK:
+            return [WriteStderr(log_line("fake worker exiting", reason=end.reason)), *self._exit(EXIT_OK)]
         return [
-            WriteStdout(protocol.encode(error)),
-            WriteStderr(f"mcpi-fake-worker: fatal protocol error: {code}: {message}\n".encode()),
-            *self._exit(EXIT_PROTOCOL),
+            WriteStderr(f"mcpi-fake-worker: {end.reason}\n".encode()),
+            *self._exit(int(end.exit_code)),
         ]
 
     def _exit(self, code: int, why: str | None = None) -> list[Action]:

@@ -1,0 +1,137 @@
+"""The mcpi wire protocol, sans-IO: bytes and clock readings in, events and bytes out.
+
+Nothing here reads a pipe, starts a thread or sleeps. ``protocol.md`` at the top of the
+repository is the normative description; this package is its reference
+implementation, and the golden frames in that document are checked against it by the
+test suite. The layers:
+
+- ``messages``: limits, error codes, the message dataclasses and the rule each field
+  obeys (``parse_message``);
+- ``framing``: a 4-byte big-endian length and one msgpack map (``encode``,
+  ``FrameDecoder``);
+- ``worker_end``: the worker's end of a connection (``WorkerEnd``), driven by the real
+  worker and by the fake workers alike;
+- ``coordinator_end``: the coordinator's end (``CoordinatorEnd``), driven by the Trio
+  pool, the one-shot benchmark client and the testing client.
+"""
+
+from mcpi_worker.protocol.coordinator_end import (
+    Answered,
+    Broken,
+    CoordinatorEnd,
+    CoordinatorEvent,
+    CoordinatorState,
+    Orphan,
+    TaskBudget,
+    Welcomed,
+)
+from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, NeedData, encode
+from mcpi_worker.protocol.messages import (
+    COORDINATOR_MESSAGES,
+    FATAL_CODES,
+    HEADER,
+    MAX_DEPTH,
+    MAX_FRAME,
+    MAX_LIST,
+    MAX_POINTS,
+    MAX_TEXT,
+    PROTOCOL_VERSIONS,
+    QUOTE_LIMIT,
+    REQUEST_TYPES,
+    RETRYABLE_CODES,
+    UINT64_MAX,
+    WORKER_MESSAGES,
+    Cancel,
+    CoordinatorMessage,
+    Error,
+    ErrorCode,
+    FatalProtocolError,
+    Hello,
+    LocalProtocolError,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    RequestError,
+    Result,
+    Sample,
+    Shutdown,
+    Welcome,
+    WorkerMessage,
+    bounded_text,
+    is_uint64,
+    negotiate_version,
+    parse_message,
+    quote,
+    usable_id,
+)
+from mcpi_worker.protocol.worker_end import (
+    ConnectionEnded,
+    ExitCode,
+    StartSample,
+    StopSample,
+    WorkerEnd,
+    WorkerEvent,
+    WorkerOffer,
+    WorkerState,
+)
+
+__all__ = [
+    "COORDINATOR_MESSAGES",
+    "FATAL_CODES",
+    "HEADER",
+    "MAX_DEPTH",
+    "MAX_FRAME",
+    "MAX_LIST",
+    "MAX_POINTS",
+    "MAX_TEXT",
+    "NEED_DATA",
+    "PROTOCOL_VERSIONS",
+    "QUOTE_LIMIT",
+    "REQUEST_TYPES",
+    "RETRYABLE_CODES",
+    "UINT64_MAX",
+    "WORKER_MESSAGES",
+    "Answered",
+    "Broken",
+    "Cancel",
+    "ConnectionEnded",
+    "CoordinatorEnd",
+    "CoordinatorEvent",
+    "CoordinatorMessage",
+    "CoordinatorState",
+    "Error",
+    "ErrorCode",
+    "ExitCode",
+    "FatalProtocolError",
+    "FrameDecoder",
+    "Hello",
+    "LocalProtocolError",
+    "Message",
+    "NeedData",
+    "Orphan",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "RequestError",
+    "Result",
+    "Sample",
+    "Shutdown",
+    "StartSample",
+    "StopSample",
+    "TaskBudget",
+    "Welcome",
+    "Welcomed",
+    "WorkerEnd",
+    "WorkerEvent",
+    "WorkerMessage",
+    "WorkerOffer",
+    "WorkerState",
+    "bounded_text",
+    "encode",
+    "is_uint64",
+    "negotiate_version",
+    "parse_message",
+    "quote",
+    "usable_id",
+]

@@ -1,0 +1,416 @@
+"""The coordinator's end of a connection, sans-IO: ids, the in-flight table, answer checks,
+the stall deadline (protocol.md §5–§9, as a coordinator must apply them).
+
+``CoordinatorEnd`` is a synchronous state machine, driven by the Trio pool
+(``mcpi_coordinator.connection``), the one-shot benchmark client and the testing client
+alike. Requests go in with ``send_sample``/``send_ping`` (each returns its new id) and
+``cancel``; bytes from the worker go in with ``receive_data``/``receive_eof``; clock
+readings are parameters (``now``), so a test's fake clock drives the deadlines. Each
+call returns events (``Welcomed``, ``Answered``, ``Broken``) and leaves the bytes to
+write in ``data_to_send()``. Nothing here reads, writes, sleeps, or calls back.
+
+Every message from the worker is checked completely before anything is committed: an
+answer for an id not in flight, a ``pong`` for a sample, a ``result`` whose ``points``
+differ from the request's or whose ``inside`` exceeds them, a second ``welcome``, a
+fatal ``error`` — each breaks the connection (``Broken``) with the request still in
+the table, so it is handed back (``Broken.orphans``) exactly once, never lost.
+
+The stall deadline. A worker runs ``jobs`` samples at once (1 for protocol version 1),
+in arrival order, and answers pings at once. So each sample can be charged for its
+time only from when it could have started: its sending, or the moment it became one
+of the ``jobs`` oldest outstanding samples, whichever is later. ``next_deadline()`` is
+the earliest moment one of those, or the oldest ping, overruns its ``task_budget``;
+answers to other requests (a pong, a neighbour's result) never move it later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
+from mcpi_worker.protocol.messages import (
+    PROTOCOL_VERSIONS,
+    WORKER_MESSAGES,
+    Cancel,
+    Error,
+    FatalProtocolError,
+    Hello,
+    LocalProtocolError,
+    Ping,
+    Pong,
+    RequestError,
+    Result,
+    Sample,
+    Shutdown,
+    Welcome,
+    WorkerMessage,
+)
+
+
+class CoordinatorState(Enum):
+    AWAIT_WELCOME = "await_welcome"
+    SERVING = "serving"
+    CLOSING = "closing"
+    """``shutdown`` sent: no new requests; answers still arrive and are checked."""
+    CLOSED = "closed"
+    """The worker's output ended in order after ``shutdown``."""
+    BROKEN = "broken"
+    """The worker broke the rules, its stream ended early, or the driver gave up on it."""
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    welcome: Welcome
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The one final answer to request ``request_id``. ``token`` is what the request was
+    sent with; ``abandoned`` is True when it was cancelled (``cancel``) and nobody
+    waits for the answer any more — it still frees the worker's room for one request."""
+
+    request_id: int
+    answer: Result | Pong | Error
+    token: Any
+    abandoned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A request still in flight when the connection broke: it will never be answered.
+    ``was_running`` is False for one that was only queued behind the running ones."""
+
+    request_id: int
+    token: Any
+    was_running: bool
+    abandoned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """The connection is over: ``reason`` (one line), and every request it still had."""
+
+    reason: str
+    orphans: tuple[Orphan, ...]
+
+
+CoordinatorEvent = Welcomed | Answered | Broken
+
+
+class _InFlight:
+    __slots__ = ("abandoned", "budget_s", "could_start_at", "is_ping", "points", "running", "token")
+
+    def __init__(self, points: int, is_ping: bool, budget_s: float, token: Any) -> None:
+        self.points = points
+        self.is_ping = is_ping
+        self.budget_s = budget_s
+        self.token = token
+        self.abandoned = False
+        self.running = False
+        self.could_start_at = math.inf
+
+
+_Checked = tuple[int, _InFlight, Result | Pong | Error]
+"""An answer found valid: its id, its entry in the in-flight table, and the answer."""
+
+
+class _Violation(Exception):
+    """What the worker did wrong, found while checking a message (nothing committed yet)."""
+
+
+TaskBudget = Callable[[int], float]
+"""Seconds a request of so many points may take once it could have started."""
+
+
+class CoordinatorEnd:
+    """The coordinator side of one connection. See the module docstring.
+
+    The ``hello`` (with ``versions``, naming ``client``) is the first thing in
+    ``data_to_send()``. Requests may be sent once ``Welcomed`` (state ``SERVING``), and
+    only requests the ``welcome`` allows (``LocalProtocolError`` otherwise: a bug here,
+    not in the worker).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: str,
+        task_budget: TaskBudget,
+        versions: tuple[int, ...] = PROTOCOL_VERSIONS,
+    ) -> None:
+        self._versions = versions
+        self._task_budget = task_budget
+        self._state = CoordinatorState.AWAIT_WELCOME
+        self._decoder = FrameDecoder(WORKER_MESSAGES)
+        self.welcome: Welcome | None = None
+        self.broken: Broken | None = None
+        self._next_id = 1  # ids are never reused on a connection
+        self._jobs = 1
+        self._samples: dict[int, _InFlight] = {}  # insertion order = send order
+        self._pings: dict[int, _InFlight] = {}
+        self._running = 0  # samples flagged running: the first min(jobs, len) of _samples
+        self._deadline = math.inf
+        self._out: list[bytes] = [encode(Hello(versions=versions, client=client))]
+
+    def __repr__(self) -> str:
+        return f"<CoordinatorEnd {self._state.value} in_flight={self.in_flight}>"
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> CoordinatorState:
+        return self._state
+
+    @property
+    def usable(self) -> bool:
+        """Requests may be sent."""
+        return self._state is CoordinatorState.SERVING
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not finally answered (pings and abandoned ones included)."""
+        return len(self._samples) + len(self._pings)
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write, in order; each call returns what accumulated since the last."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def next_deadline(self) -> float:
+        """When the first request that could have started overruns its budget (``math.inf``
+        when nothing is in flight, or once the connection is over)."""
+        return self._deadline
+
+    # ------------------------------------------------------------------ requests
+
+    def send_sample(
+        self, seed: int, stream: int, points: int, kernel: str, *, now: float, token: Any = None
+    ) -> int:
+        """Send one ``sample``; return its id. ``token`` comes back with its answer."""
+        welcome = self._require_serving()
+        if kernel not in welcome.kernels:
+            raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
+        if points > welcome.max_points:
+            raise LocalProtocolError(f"{points} points is above the worker's max_points")
+        request_id = self._next_id
+        self._next_id = request_id + 1
+        request = _InFlight(points, False, self._task_budget(points), token)
+        if self._running < self._jobs:
+            request.running = True
+            request.could_start_at = now
+            self._running += 1
+            due = now + request.budget_s
+            self._deadline = min(self._deadline, due)
+        self._samples[request_id] = request
+        self._out.append(encode(Sample(request_id, seed, stream, points, kernel)))
+        return request_id
+
+    def send_ping(self, *, now: float, token: Any = None) -> int:
+        """Send one ``ping``; return its id. Answered at once by a worker, so it is charged
+        from its sending; it does not count toward ``max_inflight``."""
+        self._require_serving()
+        request_id = self._next_id
+        self._next_id = request_id + 1
+        request = _InFlight(0, True, self._task_budget(0), token)
+        request.running = True
+        request.could_start_at = now
+        if not self._pings:
+            due = now + request.budget_s
+            self._deadline = min(self._deadline, due)
+        self._pings[request_id] = request
+        self._out.append(encode(Ping(request_id)))
+        return request_id
+
+    def cancel(self, request_id: int) -> bool:
+        """Abandon a request: send ``cancel`` once; its answer will come as ``Answered``
+        with ``abandoned`` True. False (and nothing sent) if it is not in flight, already
+        abandoned, or the connection is over."""
+        request = self._samples.get(request_id) or self._pings.get(request_id)
+        if request is None or request.abandoned:
+            return False
+        request.abandoned = True
+        if self._state not in (CoordinatorState.SERVING, CoordinatorState.CLOSING):
+            return False
+        self._out.append(encode(Cancel(request_id)))
+        return True
+
+    def shutdown(self) -> None:
+        """Send ``shutdown``: the worker cancels what it has queued, answers everything and
+        exits. No request may follow it."""
+        if self._state in (CoordinatorState.AWAIT_WELCOME, CoordinatorState.SERVING):
+            self._out.append(encode(Shutdown()))
+            self._state = CoordinatorState.CLOSING
+
+    def _require_serving(self) -> Welcome:
+        if self._state is not CoordinatorState.SERVING or self.welcome is None:
+            raise LocalProtocolError(f"cannot send a request in state {self._state.value}")
+        return self.welcome
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[CoordinatorEvent]:
+        """Bytes arrived from the worker's stdout at time ``now``."""
+        if self.broken is not None or self._state is CoordinatorState.CLOSED:
+            return []
+        self._decoder.feed(data)
+        events: list[CoordinatorEvent] = []
+        while True:
+            try:
+                message = self._decoder.next_message()
+                if message is NEED_DATA:
+                    return events
+                event = self._check(message)  # type: ignore[arg-type]  # WORKER_MESSAGES only
+            except (FatalProtocolError, RequestError) as error:
+                # A worker's message that does not parse cannot be answered: the
+                # connection is over, whatever the code (protocol.md §5).
+                kind = "protocol error" if isinstance(error, FatalProtocolError) else "invalid message"
+                return [*events, self._break(f"{kind}: {error.code}: {error.message}")]
+            except _Violation as violation:
+                return [*events, self._break(str(violation))]
+            events.append(self._commit(event, now))
+
+    def receive_eof(self, now: float) -> list[CoordinatorEvent]:
+        """The worker's stdout ended. Orderly only after ``shutdown``, at a frame boundary,
+        with nothing left in flight."""
+        if self.broken is not None or self._state is CoordinatorState.CLOSED:
+            return []
+        try:
+            self._decoder.feed_eof()
+        except FatalProtocolError as error:
+            return [self._break(f"protocol error: {error.code}: {error.message}")]
+        if self._state is CoordinatorState.CLOSING and not self.in_flight:
+            self._state = CoordinatorState.CLOSED
+            self._deadline = math.inf
+            return []
+        if self._state is CoordinatorState.AWAIT_WELCOME:
+            return [self._break("closed its stdout before its welcome")]
+        if self._state is CoordinatorState.CLOSING:
+            unanswered = self.in_flight
+            return [self._break(f"closed its stdout after shutdown, {unanswered} requests unanswered")]
+        return [self._break("closed its stdout")]
+
+    def fail(self, reason: str) -> list[CoordinatorEvent]:
+        """The driver gave up on the worker (it exited, a pipe broke, the pool closed it):
+        ``[Broken]`` with every request still in flight, or ``[]`` if it already broke."""
+        if self.broken is not None or self._state is CoordinatorState.CLOSED:
+            return []
+        return [self._break(reason)]
+
+    def advance(self, now: float) -> list[CoordinatorEvent]:
+        """The clock reads ``now``: ``[Broken]`` if a request has overrun its budget."""
+        if self.broken is not None or now < self._deadline:
+            return []
+        overdue = min(
+            (r for r in (*self._pings.values(), *self._samples.values()) if r.running),
+            key=lambda r: r.could_start_at + r.budget_s,
+        )
+        return [self._break(f"no answer within the task timeout ({overdue.budget_s:g} s)")]
+
+    # ------------------------------------------------------------------ checking
+
+    def _check(self, message: WorkerMessage) -> Welcome | _Checked:
+        """Everything wrong with ``message``, as a ``_Violation``; nothing is changed here."""
+        if isinstance(message, Welcome):
+            if self.welcome is not None:
+                raise _Violation("sent a second welcome")
+            if message.version not in self._versions:
+                raise _Violation(
+                    f"chose protocol version {message.version}; we offered {list(self._versions)}"
+                )
+            return message
+        if isinstance(message, Error) and message.fatal:
+            raise _Violation(f"reported a fatal error: {message.code}: {message.message}")
+        if self.welcome is None:
+            raise _Violation(f"sent a {message.TYPE} before its welcome")
+        assert message.id is not None  # a nil id is fatal, above
+        request_id = message.id
+        request = self._samples.get(request_id) or self._pings.get(request_id)
+        if request is None:
+            raise _Violation(f"answered request id {request_id}, which is not in flight")
+        if isinstance(message, Pong) and not request.is_ping:
+            raise _Violation(f"answered the sample request id {request_id} with a pong")
+        if isinstance(message, Result):
+            if request.is_ping:
+                raise _Violation(f"answered the ping request id {request_id} with a result")
+            if message.points != request.points:
+                raise _Violation(
+                    f"answered {message.points} points for request id {request_id} "
+                    f"of {request.points}"
+                )
+            if message.inside > message.points:
+                raise _Violation(
+                    f"counted {message.inside} inside out of {message.points} points "
+                    f"(request id {request_id})"
+                )
+        return request_id, request, message
+
+    def _commit(self, checked: Welcome | _Checked, now: float) -> CoordinatorEvent:
+        if isinstance(checked, Welcome):
+            self.welcome = checked
+            if self._state is CoordinatorState.AWAIT_WELCOME:
+                self._state = CoordinatorState.SERVING
+            return Welcomed(checked)
+        request_id, request, answer = checked
+        if request.is_ping:
+            del self._pings[request_id]
+        else:
+            del self._samples[request_id]
+            if request.running:
+                self._running -= 1
+                self._start_next(now)
+        if request.running:
+            self._deadline = self._earliest_deadline()
+        return Answered(request_id, answer, request.token, request.abandoned)
+
+    def _start_next(self, now: float) -> None:
+        """A running sample was answered: the oldest queued one may start now."""
+        if len(self._samples) <= self._running:
+            return
+        for request in self._samples.values():
+            if not request.running:
+                request.running = True
+                request.could_start_at = now
+                self._running += 1
+                return
+
+    def _earliest_deadline(self) -> float:
+        deadline = math.inf
+        if self._pings:
+            first = next(iter(self._pings.values()))
+            deadline = first.could_start_at + first.budget_s
+        seen = 0
+        for request in self._samples.values():
+            if seen == self._running:
+                break
+            if request.running:
+                seen += 1
+                due = request.could_start_at + request.budget_s
+                deadline = min(deadline, due)
+        return deadline
+
+    def _break(self, reason: str) -> Broken:
+        orphans = tuple(
+            Orphan(request_id, request.token, request.running and not request.is_ping, request.abandoned)
+            for table in (self._samples, self._pings)
+            for request_id, request in table.items()
+        )
+        self._samples.clear()
+        self._pings.clear()
+        self._running = 0
+        self._deadline = math.inf
+        self._out.clear()  # nothing more goes to a worker we gave up on
+        self._state = CoordinatorState.BROKEN
+        self.broken = Broken(reason, orphans)
+        return self.broken
+

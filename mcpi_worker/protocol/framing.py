@@ -1,0 +1,215 @@
+"""Frames: a 4-byte big-endian length, then exactly one msgpack map (protocol.md §2–§3).
+
+``encode`` turns a message into one whole frame; ``FrameDecoder`` turns a byte stream
+back into validated messages, all-or-nothing per frame, with the size checked before
+anything is buffered on purpose.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Final, NoReturn
+
+import msgpack
+
+from mcpi_worker.protocol.messages import (
+    FIELD_NAMES,
+    HEADER,
+    MAX_DEPTH,
+    MAX_FRAME,
+    ErrorCode,
+    FatalProtocolError,
+    LocalProtocolError,
+    Message,
+    parse_message,
+)
+
+
+def encode(message: Message) -> bytes:
+    """One complete frame (length prefix included) carrying ``message``.
+
+    Raises ``LocalProtocolError`` for a message too large to send: every text field is
+    bounded (``MAX_TEXT``), so only a caller building one by hand gets there.
+    """
+    body: dict[str, Any] = {"type": message.TYPE}
+    for name in FIELD_NAMES[type(message)]:
+        value = getattr(message, name)
+        body[name] = list(value) if isinstance(value, tuple) else value
+    payload: bytes = msgpack.packb(body, use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame (limit {MAX_FRAME})")
+    return HEADER.pack(len(payload)) + payload
+
+
+class NeedData(Enum):
+    """``NEED_DATA`` is returned by ``FrameDecoder.next_message`` when a whole frame has
+    not arrived yet (an enum, so that ``message is NEED_DATA`` narrows the type)."""
+
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _map_without_duplicate_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack keeps the last of two equal keys; the protocol refuses the map instead,
+    or two readers of one frame could see two different messages."""
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise _DuplicateKey("a map has the same key twice")
+    return mapping
+
+
+class FrameDecoder:
+    """Turns a byte stream into validated messages, one frame at a time.
+
+    ``accept`` is the table of message types this side may receive
+    (``COORDINATOR_MESSAGES`` in a worker, ``WORKER_MESSAGES`` in a coordinator).
+
+    - ``feed(data)`` appends bytes; it never parses or raises.
+    - ``next_message()`` returns a message, or ``NEED_DATA``; raises ``RequestError``
+      for a well-framed but invalid message (the frame is consumed, decoding goes on)
+      and ``FatalProtocolError`` when the stream itself is broken.
+    - ``feed_eof()`` tells it the stream ended; it raises ``FatalProtocolError`` if
+      that happened inside a frame. ``at_frame_boundary`` says whether it would.
+    """
+
+    def __init__(self, accept: dict[str, type[Message]], max_frame: int = MAX_FRAME) -> None:
+        self._accept = accept
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+        self._error: FatalProtocolError | None = None
+        self._eof = False
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        return not self._buffer
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def broken(self) -> FatalProtocolError | None:
+        """The fatal error the stream broke with, once it has."""
+        return self._error
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof:
+            raise LocalProtocolError("feed() after feed_eof()")
+        self._buffer += data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._raise_if_broken()
+        if self._buffer and self._complete_frame_length() is None:
+            self._fail(
+                ErrorCode.TRUNCATED_FRAME,
+                f"stream ended inside a frame ({len(self._buffer)} bytes buffered)",
+            )
+
+    def next_message(self) -> Message | NeedData:
+        self._raise_if_broken()
+        length = self._complete_frame_length()
+        if length is None:
+            return NEED_DATA
+        payload = bytes(self._buffer[HEADER.size : HEADER.size + length])
+        del self._buffer[: HEADER.size + length]
+        return self._parse(payload)
+
+    def _complete_frame_length(self) -> int | None:
+        """The body length of the frame at the head of the buffer, once it is all here.
+
+        The size check happens as soon as the 4 header bytes are in, before any body
+        byte is buffered on purpose: "hell" read as a length is 1.75 GB, and must be
+        refused then, not after a 1.75 GB allocation.
+        """
+        if len(self._buffer) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buffer)
+        if length == 0:
+            self._fail(ErrorCode.MALFORMED_FRAME, "zero-length frame")
+        if length > self._max_frame:
+            self._fail(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {length} bytes exceeds the {self._max_frame}-byte limit",
+            )
+        if len(self._buffer) < HEADER.size + length:
+            return None
+        return int(length)
+
+    def _parse(self, payload: bytes) -> Message:
+        try:
+            body = msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                object_pairs_hook=_map_without_duplicate_keys,
+            )
+        except UnicodeDecodeError:
+            self._fail(ErrorCode.MALFORMED_FRAME, "string is not valid UTF-8")
+        except _DuplicateKey as exc:
+            self._fail(ErrorCode.MALFORMED_FRAME, str(exc))
+        except (ValueError, msgpack.UnpackException) as exc:
+            # ExtraData, StackError, FormatError, truncated body, non-str keys: all
+            # mean the sender is not speaking this protocol.
+            self._fail(ErrorCode.MALFORMED_FRAME, f"frame is not one msgpack object: {exc}")
+        if not isinstance(body, dict):
+            self._fail(
+                ErrorCode.MALFORMED_FRAME,
+                f"frame holds a msgpack {type(body).__name__}, not a map",
+            )
+        problem = _plain_data_problem(body, depth=1)
+        if problem is not None:
+            self._fail(ErrorCode.MALFORMED_FRAME, problem)
+        return parse_message(body, self._accept)
+
+    def _fail(self, code: ErrorCode, message: str) -> NoReturn:
+        self._error = FatalProtocolError(code, message)
+        self._buffer.clear()
+        raise self._error
+
+    def _raise_if_broken(self) -> None:
+        if self._error is not None:
+            raise FatalProtocolError(self._error.code, self._error.message)
+
+
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
+"""What msgpack decodes its scalars to (exact types: subclasses are not plain)."""
+
+
+def _plain_data_problem(value: Any, depth: int) -> str | None:
+    """Why ``value`` is not plain msgpack data, or None.
+
+    Plain means: string map keys, no extension types, containers nested at most
+    ``MAX_DEPTH`` levels deep (the top-level map is level 1; scalars add no level).
+    """
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        return f"containers nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, dict):
+        # strict_map_key already refused keys other than str and bytes (msgpack bin);
+        # ``in`` over ``map`` looks for bytes without a Python-level loop.
+        if bytes in map(type, value):
+            return "map keys must be msgpack strings"
+        items = list(value.values())
+    elif isinstance(value, list):
+        items = value
+    elif value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return None
+    else:
+        return f"msgpack extension types are not allowed ({type(value).__name__})"
+    for item in items:
+        if type(item) in _SCALARS:
+            continue  # most fields: no call needed
+        problem = _plain_data_problem(item, depth + 1)
+        if problem is not None:
+            return problem
+    return None

@@ -1,0 +1,374 @@
+"""The protocol's vocabulary: limits, error codes, messages, and the rules a field must obey.
+
+Everything here is data and pure functions: no I/O, no state. ``framing`` turns bytes
+into the maps that ``parse_message`` checks, and messages back into bytes; the two
+connection ends (``worker_end``, ``coordinator_end``) hold the rules about *when* a
+message may be sent. protocol.md §3–§4 and §8 are the normative text.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar, Final
+
+PROTOCOL_VERSIONS: Final[tuple[int, ...]] = (1,)
+"""Protocol versions this implementation speaks, oldest first."""
+
+HEADER: Final = struct.Struct(">I")
+MAX_FRAME: Final[int] = 1 << 20
+"""Largest frame body either side accepts (1 MiB). Checked before allocating."""
+
+MAX_DEPTH: Final[int] = 16
+"""Deepest container nesting accepted inside a message (the top-level map is depth 1)."""
+
+UINT64_MAX: Final[int] = (1 << 64) - 1
+MAX_POINTS: Final[int] = 1 << 40
+"""Largest ``points`` one sample request may ask for (about 1.1e12)."""
+
+MAX_TEXT: Final[int] = 4096
+"""Longest text field, in Unicode code points (names, messages, kernel names)."""
+
+MAX_LIST: Final[int] = 64
+"""Most entries in an array field (``versions``, ``kernels``)."""
+
+QUOTE_LIMIT: Final[int] = 64
+"""Most code points of a peer's value quoted in an error message. A message quoting a
+1 MiB ``type`` would itself be over ``MAX_TEXT``, and its frame over ``MAX_FRAME``."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``error`` message. See protocol.md §8."""
+
+    # Per-request: the connection stays up.
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_TYPE = "unknown_type"
+    UNKNOWN_KERNEL = "unknown_kernel"
+    HANDSHAKE_REQUIRED = "handshake_required"
+    DUPLICATE_ID = "duplicate_id"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+    # Fatal: the sender closes the connection after sending it.
+    MALFORMED_FRAME = "malformed_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    TRUNCATED_FRAME = "truncated_frame"
+    UNSUPPORTED_VERSION = "unsupported_version"
+
+
+FATAL_CODES: Final[frozenset[str]] = frozenset(
+    {
+        ErrorCode.MALFORMED_FRAME,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.TRUNCATED_FRAME,
+        ErrorCode.UNSUPPORTED_VERSION,
+    }
+)
+"""Codes after which the connection is over. Everything else is per-request."""
+
+RETRYABLE_CODES: Final[frozenset[str]] = frozenset(
+    {ErrorCode.BUSY, ErrorCode.INTERNAL, ErrorCode.CANCELLED}
+)
+"""Per-request codes for which sending the same request again may succeed."""
+
+
+class ProtocolError(Exception):
+    """Base of the errors about what a peer sent. ``code`` is an ``ErrorCode``."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        message = bounded_text(message)
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class FatalProtocolError(ProtocolError):
+    """The byte stream cannot be trusted any more; the connection must close.
+
+    After raising it, a ``FrameDecoder`` stays broken: every later call raises the
+    same error again, like h11's ERROR state.
+    """
+
+
+class RequestError(ProtocolError):
+    """One well-framed message was invalid; the connection goes on.
+
+    ``request_id`` is the message's usable id (``usable_id``), so the receiver can
+    answer it with an ``error`` message; ``None`` when there is none, and then the
+    error is fatal after all (protocol.md §8).
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: int | None) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+class LocalProtocolError(RuntimeError):
+    """This side tried something the protocol forbids (a bug in the caller, not the peer):
+    a request the ``welcome`` rules out, a message in the wrong state, an unknown id."""
+
+
+def bounded_text(text: str) -> str:
+    """``text`` cut to ``MAX_TEXT`` code points, so a message built from it stays sendable."""
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def quote(value: Any) -> str:
+    """``repr(value)``, cut to ``QUOTE_LIMIT`` code points: how error messages quote a
+    peer's values, so that no value makes the message too long to send."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 1] + "…"
+
+
+# ------------------------------------------------------------------------ messages
+#
+# Field order below is wire order (after "type"). Receivers must not depend on it;
+# our encoder keeps it fixed so that golden frames are byte-exact.
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Coordinator -> worker, first message: the versions the coordinator speaks."""
+
+    TYPE: ClassVar[str] = "hello"
+    versions: tuple[int, ...]
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Count points of stream ``stream`` of ``seed`` that fall inside the quarter circle."""
+
+    TYPE: ClassVar[str] = "sample"
+    id: int
+    seed: int
+    stream: int
+    points: int
+    kernel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The cheapest request; answered with ``Pong`` even while a kernel runs."""
+
+    TYPE: ClassVar[str] = "ping"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Notification: stop request ``id`` if it has not finished. Idempotent, no reply."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Notification: cancel everything outstanding, answer it, then exit 0."""
+
+    TYPE: ClassVar[str] = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Worker -> coordinator, first message: the chosen version and what the worker offers."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    worker: str
+    pid: int
+    host: str
+    kernels: tuple[str, ...]
+    max_inflight: int
+    max_frame: int
+    max_points: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The final response to a ``Sample``: ``inside`` of ``points`` landed in the circle."""
+
+    TYPE: ClassVar[str] = "result"
+    id: int
+    inside: int
+    points: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    TYPE: ClassVar[str] = "pong"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A failed request (``id`` set) or a fatal connection error (``id`` is None)."""
+
+    TYPE: ClassVar[str] = "error"
+    id: int | None
+    code: str
+    message: str
+
+    @property
+    def fatal(self) -> bool:
+        return self.id is None or self.code in FATAL_CODES
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_CODES
+
+
+CoordinatorMessage = Hello | Sample | Ping | Cancel | Shutdown
+WorkerMessage = Welcome | Result | Pong | Error
+Message = CoordinatorMessage | WorkerMessage
+
+COORDINATOR_MESSAGES: Final[dict[str, type[Message]]] = {
+    cls.TYPE: cls for cls in (Hello, Sample, Ping, Cancel, Shutdown)
+}
+"""What a worker accepts: the messages a coordinator sends."""
+
+WORKER_MESSAGES: Final[dict[str, type[Message]]] = {
+    cls.TYPE: cls for cls in (Welcome, Result, Pong, Error)
+}
+"""What a coordinator accepts: the messages a worker sends."""
+
+REQUEST_TYPES: Final[frozenset[str]] = frozenset({Sample.TYPE, Ping.TYPE})
+"""Messages answered by a response carrying their id."""
+
+FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(field.name for field in fields(cls))
+    for cls in (*COORDINATOR_MESSAGES.values(), *WORKER_MESSAGES.values())
+}
+"""Each message class's wire fields, in wire order, worked out once: calling
+``dataclasses.fields`` cost more than the rest of encoding a small message."""
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def is_uint64(value: Any) -> bool:
+    # bool is an int subclass in Python but a distinct msgpack type: reject it.
+    return type(value) is int and 0 <= value <= UINT64_MAX
+
+
+def usable_id(body: dict[str, Any], accept: dict[str, type[Message]]) -> int | None:
+    """The id an error about ``body`` can be reported under, or None.
+
+    Usable means: a uint64 ``id`` on a message that is not known here to go
+    unanswered. A ``sample`` or ``ping`` has one; so does a message of a type this side
+    does not accept (a newer peer's request gets ``unknown_type``, not a dead
+    connection). A known message that is never answered by id (``hello``, ``cancel``,
+    ``shutdown``; every worker message, for a coordinator) has none: an ``id`` key on a
+    ``hello`` is just an unknown key, and a problem with such a message is fatal.
+    """
+    kind = body.get("type")
+    if isinstance(kind, str) and kind in accept and kind not in REQUEST_TYPES:
+        return None
+    request_id = body.get("id")
+    return request_id if is_uint64(request_id) else None
+
+
+def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
+    """Validate one decoded top-level map and build its message. Raises ``RequestError``.
+
+    Checks in this order, and reports the first that fails (protocol.md §8 "Precedence"):
+    ``type`` present and a str; ``type`` accepted here; each field in wire order, present
+    and valid. Unknown keys are ignored.
+    """
+    reply_id = usable_id(body, accept)
+    kind = body.get("type")
+    if not isinstance(kind, str):
+        raise RequestError(ErrorCode.INVALID_REQUEST, "missing or non-string 'type'", reply_id)
+    cls = accept.get(kind)
+    if cls is None:
+        raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
+    values: dict[str, Any] = {}
+    for name in FIELD_NAMES[cls]:
+        if name not in body:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"{kind}: missing field {name!r}", reply_id)
+        values[name] = _check_field(kind, name, body[name], reply_id)
+    return cls(**values)
+
+
+def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
+    def bad(why: str) -> RequestError:
+        return RequestError(ErrorCode.INVALID_REQUEST, f"{kind}: {name!r} {why}", reply_id)
+
+    rule = _ERROR_ID_RULE if (kind, name) == (Error.TYPE, "id") else _FIELD_RULES[name]
+    if rule == "uint64":
+        if not is_uint64(value):
+            raise bad("must be an integer from 0 to 2**64-1")
+    elif rule == "points":
+        if not is_uint64(value) or value > MAX_POINTS:
+            raise bad(f"must be an integer from 0 to {MAX_POINTS}")
+    elif rule == "positive":
+        if not is_uint64(value) or value == 0:
+            raise bad("must be a positive integer")
+    elif rule == "optional_id":
+        if value is not None and not is_uint64(value):
+            raise bad("must be nil or an integer from 0 to 2**64-1")
+    elif rule == "text":
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise bad(f"must be a string of at most {MAX_TEXT} characters")
+    elif rule == "seconds":
+        # Informational, but reported to users (as JSON, which has no NaN): a peer
+        # that measures time as NaN, infinite or negative is not measuring it.
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise bad("must be a finite, non-negative number")
+        value = float(value)
+    elif rule == "versions":
+        if (
+            not isinstance(value, list)
+            or not value
+            or len(value) > MAX_LIST
+            or not all(is_uint64(v) and v > 0 for v in value)
+        ):
+            raise bad(f"must be a non-empty array of at most {MAX_LIST} positive integers")
+        value = tuple(value)
+    elif rule == "names":
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_LIST
+            or not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in value)
+        ):
+            raise bad(f"must be an array of at most {MAX_LIST} strings")
+        value = tuple(value)
+    return value
+
+
+_FIELD_RULES: Final[dict[str, str]] = {
+    "id": "uint64",
+    "seed": "uint64",
+    "stream": "uint64",
+    "points": "points",
+    "inside": "uint64",
+    "pid": "uint64",
+    "version": "positive",
+    "max_inflight": "positive",
+    "max_frame": "positive",
+    "max_points": "positive",
+    "kernel": "text",
+    "client": "text",
+    "worker": "text",
+    "host": "text",
+    "code": "text",
+    "message": "text",
+    "elapsed_s": "seconds",
+    "versions": "versions",
+    "kernels": "names",
+}
+# Error.id is the one field that may be nil; it overrides the generic "id" rule.
+_ERROR_ID_RULE: Final = "optional_id"
+
+
+def negotiate_version(offered: tuple[int, ...]) -> int | None:
+    """The highest version both sides speak, or None when they share none."""
+    common = set(offered) & set(PROTOCOL_VERSIONS)
+    return max(common) if common else None

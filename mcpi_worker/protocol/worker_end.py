@@ -1,0 +1,434 @@
+"""The worker's end of a connection, sans-IO: the rules of protocol.md §5–§9 for a worker.
+
+``WorkerEnd`` is a synchronous state machine. Its driver feeds it what arrived on the
+request stream (``receive_data``, ``receive_eof``) and what became of the samples it was
+told to start (``sample_finished``, ``sample_failed``); each call returns the events the
+driver must act on, in order, and leaves the bytes to write in ``data_to_send()``. It
+never reads, writes, sleeps or starts a thread. The real worker (``mcpi_worker.server``,
+threads over file descriptors) and the fake workers (``mcpi_coordinator.testing``, which
+misbehave on top of it) both drive this one copy of the rules.
+
+What it decides:
+
+- the connection's state (``WorkerState``): waiting for ``hello``, serving, closing
+  (``shutdown`` or end of input: queued requests answered ``cancelled``, running ones
+  told to stop and still answered), closed, or broken by a fatal error;
+- every request's fate, each input checked fully before anything changes: answered at
+  once (``pong``, a per-request ``error``), queued, or started (``StartSample``: at most
+  ``jobs`` at once, in arrival order) — and exactly one final response for each;
+- what ``cancel`` does: a queued request is answered ``cancelled`` at once, a running
+  one gets ``StopSample`` and is answered by whatever the driver reports.
+
+What it leaves to the driver: running kernels, and when to write (the driver may hold
+a burst's responses and write them together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Final
+
+from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
+from mcpi_worker.protocol.messages import (
+    COORDINATOR_MESSAGES,
+    MAX_FRAME,
+    MAX_POINTS,
+    PROTOCOL_VERSIONS,
+    Cancel,
+    Error,
+    ErrorCode,
+    FatalProtocolError,
+    Hello,
+    LocalProtocolError,
+    Message,
+    Ping,
+    Pong,
+    RequestError,
+    Result,
+    Sample,
+    Shutdown,
+    Welcome,
+    bounded_text,
+    negotiate_version,
+    quote,
+)
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of a worker (protocol.md §10.3)."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    PROTOCOL = 3
+
+
+class WorkerState(Enum):
+    AWAIT_HELLO = "await_hello"
+    SERVING = "serving"
+    CLOSING = "closing"
+    """``shutdown`` or end of input seen: nothing more is read; the running samples
+    still get their one final response, then the connection is ``CLOSED``."""
+    CLOSED = "closed"
+    """Orderly end (exit 0): everything answered, or nobody left to answer."""
+    ERROR = "error"
+    """A fatal error: one ``error`` with a nil id was the last thing written."""
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class StartSample:
+    """Run this sample now, and report its end with ``sample_finished`` or ``sample_failed``."""
+
+    request: Sample
+
+
+@dataclass(frozen=True, slots=True)
+class StopSample:
+    """The running sample ``request_id`` should stop (cancelled, or the connection is
+    ending). Its end must still be reported: a result, if it finished first."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEnded:
+    """The connection is over: exit with ``exit_code``; ``reason`` is one line for the log.
+    Always the last event; nothing is written after what ``data_to_send`` holds now."""
+
+    exit_code: ExitCode
+    reason: str
+
+
+WorkerEvent = StartSample | StopSample | ConnectionEnded
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOffer:
+    """What a worker says of itself in its ``welcome`` (besides the version chosen)."""
+
+    worker: str
+    pid: int
+    host: str
+    kernels: tuple[str, ...]
+    max_inflight: int
+    max_points: int = MAX_POINTS
+    max_frame: int = MAX_FRAME
+
+    def __post_init__(self) -> None:
+        if not self.kernels:
+            raise ValueError("a worker must offer at least one kernel")
+        if not self.max_inflight >= 1:
+            raise ValueError("max_inflight must be at least 1")
+        if not 1 <= self.max_points <= MAX_POINTS:
+            raise ValueError(f"max_points must be from 1 to {MAX_POINTS}")
+
+
+CLOSING_MESSAGE: Final = "worker is shutting down"
+CANCELLED_MESSAGE: Final = "cancelled before it started"
+
+
+class WorkerEnd:
+    """The worker side of one connection. See the module docstring.
+
+    ``jobs`` is how many samples may run at once (``StartSample`` events outstanding);
+    the rest queue in arrival order, up to ``offer.max_inflight`` in all. ``record``
+    keeps every message received and sent (``received``, ``sent``).
+    """
+
+    def __init__(self, offer: WorkerOffer, *, jobs: int = 1, record: bool = False) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.offer = offer
+        self.jobs = jobs
+        self.hello: Hello | None = None
+        self.welcome: Welcome | None = None
+        """The ``hello`` received and the ``welcome`` sent, once the handshake is done."""
+        self.end: ConnectionEnded | None = None
+        self._state = WorkerState.AWAIT_HELLO
+        self._decoder = FrameDecoder(COORDINATOR_MESSAGES, offer.max_frame)
+        self._running: dict[int, Sample] = {}
+        self._queued: dict[int, Sample] = {}  # insertion order = arrival order
+        self._out: list[bytes] = []
+        self._output_lost = False
+        self._closing_reason = ""
+        self.received: list[Message] | None = [] if record else None
+        self.sent: list[Message] | None = [] if record else None
+        """With ``record``: every well-formed message received and every message written,
+        in order (for test doubles that report what they saw)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkerEnd {self._state.value} running={len(self._running)} "
+            f"queued={len(self._queued)}>"
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> WorkerState:
+        return self._state
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing queued."""
+        return not self._running and not self._queued
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def outstanding(self) -> int:
+        """Samples accepted and not yet answered: running or queued."""
+        return len(self._running) + len(self._queued)
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write, in order; each call returns what accumulated since the last."""
+        if not self._out:
+            return b""
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        return data
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> list[WorkerEvent]:
+        """Bytes arrived on the request stream. Bytes after ``shutdown`` are not read."""
+        if self._state not in (WorkerState.AWAIT_HELLO, WorkerState.SERVING):
+            return []
+        self._decoder.feed(data)
+        events: list[WorkerEvent] = []
+        while self._state in (WorkerState.AWAIT_HELLO, WorkerState.SERVING):
+            try:
+                message = self._decoder.next_message()
+            except RequestError as error:
+                if error.request_id is None:
+                    # Nobody can be told which message was bad: the stream is untrustworthy.
+                    self._break(error.code, error.message, events)
+                else:
+                    self._send(Error(error.request_id, error.code, error.message))
+                continue
+            except FatalProtocolError as error:
+                self._break(error.code, error.message, events)
+                break
+            if message is NEED_DATA:
+                break
+            if self.received is not None:
+                self.received.append(message)
+            self._handle(message, events)
+        return events
+
+    def receive_eof(self) -> list[WorkerEvent]:
+        """The request stream ended: an orderly end at a frame boundary, fatal inside one."""
+        if self._state not in (WorkerState.AWAIT_HELLO, WorkerState.SERVING):
+            return []
+        events: list[WorkerEvent] = []
+        try:
+            self._decoder.feed_eof()
+        except FatalProtocolError as error:
+            self._break(error.code, error.message, events)
+            return events
+        self._close("end of input", events)
+        return events
+
+    def sample_finished(self, request_id: int, inside: int, elapsed_s: float) -> list[WorkerEvent]:
+        """A started sample counted ``inside`` of its points in ``elapsed_s`` seconds."""
+        request = self._finish(request_id)
+        if not 0 <= inside <= request.points:
+            raise LocalProtocolError(f"count {inside} is not between 0 and {request.points}")
+        self._send(Result(request_id, inside, request.points, max(0.0, elapsed_s)))
+        return self._after_finish()
+
+    def sample_failed(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
+        """A started sample ended without a count: ``cancelled`` (it saw its stop flag) or
+        ``internal`` (the kernel raised)."""
+        self._finish(request_id)
+        self._send(Error(request_id, code, message))
+        return self._after_finish()
+
+    def output_lost(self) -> list[WorkerEvent]:
+        """The response stream is closed (EPIPE): the coordinator is gone. Stop everything,
+        write nothing more; an orderly end (exit 0)."""
+        if self._output_lost:
+            return []
+        self._output_lost = True
+        self._out.clear()
+        events: list[WorkerEvent] = []
+        if self._state in (WorkerState.CLOSED, WorkerState.ERROR):
+            return events
+        self._queued.clear()
+        events += [StopSample(request_id) for request_id in self._running]
+        self._state = WorkerState.CLOSING
+        self._close_if_done("response stream closed by the coordinator", events)
+        return events
+
+    def fail_internal(self, message: str) -> list[WorkerEvent]:
+        """The worker itself broke (a bug): a fatal ``internal`` error, exit 1."""
+        events: list[WorkerEvent] = []
+        if self._state not in (WorkerState.CLOSED, WorkerState.ERROR):
+            self._break(ErrorCode.INTERNAL, message, events)
+        return events
+
+    # ------------------------------------------------------------------ messages
+
+    def _handle(self, message: Message, events: list[WorkerEvent]) -> None:
+        if isinstance(message, Sample):
+            self._sample(message, events)
+        elif isinstance(message, Ping):
+            self._send(self._refusal(message.id) or Pong(message.id))
+        elif isinstance(message, Cancel):
+            self._cancel(message.id, events)
+        elif isinstance(message, Hello):
+            self._hello(message, events)
+        elif isinstance(message, Shutdown):
+            self._close("shutdown requested", events)
+        else:  # the decoder accepts only the messages above
+            raise AssertionError(f"unexpected message {message!r}")
+
+    def _hello(self, hello: Hello, events: list[WorkerEvent]) -> None:
+        if self._state is WorkerState.SERVING:
+            # A hello carries no id, so the complaint cannot name a request: fatal.
+            self._break(ErrorCode.INVALID_REQUEST, "a second hello", events)
+            return
+        version = negotiate_version(hello.versions)
+        if version is None:
+            self._break(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"no common protocol version: the coordinator speaks {_versions(hello.versions)}, "
+                f"this worker speaks {list(PROTOCOL_VERSIONS)}",
+                events,
+            )
+            return
+        offer = self.offer
+        self.welcome = Welcome(
+            version=version,
+            worker=offer.worker,
+            pid=offer.pid,
+            host=offer.host,
+            kernels=offer.kernels,
+            max_inflight=offer.max_inflight,
+            max_frame=offer.max_frame,
+            max_points=offer.max_points,
+        )
+        self.hello = hello
+        self._state = WorkerState.SERVING
+        self._send(self.welcome)
+
+    def _sample(self, request: Sample, events: list[WorkerEvent]) -> None:
+        refusal = self._refusal(request.id)
+        if refusal is None and request.kernel not in self.offer.kernels:
+            refusal = Error(
+                request.id,
+                ErrorCode.UNKNOWN_KERNEL,
+                f"unknown kernel {quote(request.kernel)}; this worker offers "
+                f"{', '.join(self.offer.kernels)}",
+            )
+        if refusal is None and request.points > self.offer.max_points:
+            refusal = Error(
+                request.id,
+                ErrorCode.INVALID_REQUEST,
+                f"sample: 'points' {request.points} is above this worker's max_points "
+                f"{self.offer.max_points}",
+            )
+        if refusal is None and self.outstanding >= self.offer.max_inflight:
+            refusal = Error(
+                request.id,
+                ErrorCode.BUSY,
+                f"{self.offer.max_inflight} sample requests already outstanding",
+            )
+        if refusal is not None:
+            self._send(refusal)
+            return
+        if len(self._running) < self.jobs and not self._queued:
+            self._running[request.id] = request
+            events.append(StartSample(request))
+        else:
+            self._queued[request.id] = request
+
+    def _refusal(self, request_id: int) -> Error | None:
+        """The error answering a request that cannot be served in this state, if any.
+        Checked in this order (protocol.md §8, "Precedence")."""
+        if self._state is WorkerState.AWAIT_HELLO:
+            return Error(request_id, ErrorCode.HANDSHAKE_REQUIRED, "send hello first")
+        if request_id in self._running or request_id in self._queued:
+            return Error(request_id, ErrorCode.DUPLICATE_ID, f"id {request_id} is already outstanding")
+        return None
+
+    def _cancel(self, request_id: int, events: list[WorkerEvent]) -> None:
+        if request_id in self._queued:
+            del self._queued[request_id]
+            self._send(Error(request_id, ErrorCode.CANCELLED, CANCELLED_MESSAGE))
+        elif request_id in self._running:
+            # The driver reports the one final response: "cancelled" if the kernel sees
+            # its stop flag, the result if it finished first.
+            events.append(StopSample(request_id))
+        # Unknown, answered, or before hello: cancel is idempotent, nothing to do.
+
+    # ------------------------------------------------------------------ endings
+
+    def _finish(self, request_id: int) -> Sample:
+        request = self._running.pop(request_id, None)
+        if request is None:
+            raise LocalProtocolError(f"sample {request_id} is not running")
+        return request
+
+    def _after_finish(self) -> list[WorkerEvent]:
+        events: list[WorkerEvent] = []
+        if self._state is WorkerState.SERVING:
+            while self._queued and len(self._running) < self.jobs:
+                request_id = next(iter(self._queued))
+                request = self._queued.pop(request_id)
+                self._running[request_id] = request
+                events.append(StartSample(request))
+        elif self._state is WorkerState.CLOSING:
+            self._close_if_done(None, events)
+        return events
+
+    def _close(self, reason: str, events: list[WorkerEvent]) -> None:
+        """Orderly end: answer every queued request ``cancelled``, stop the running ones,
+        and close once they are answered (protocol.md §9)."""
+        self._state = WorkerState.CLOSING
+        for request_id in self._queued:
+            self._send(Error(request_id, ErrorCode.CANCELLED, CLOSING_MESSAGE))
+        self._queued.clear()
+        events += [StopSample(request_id) for request_id in self._running]
+        self._close_if_done(reason, events)
+
+    def _close_if_done(self, reason: str | None, events: list[WorkerEvent]) -> None:
+        if reason is not None:
+            self._closing_reason = reason
+        if self._running:
+            return
+        self._state = WorkerState.CLOSED
+        self._end(ExitCode.OK, self._closing_reason, events)
+
+    def _break(self, code: ErrorCode, message: str, events: list[WorkerEvent]) -> None:
+        """Fatal end: one ``error`` frame with a nil id, then nothing more is written."""
+        self._send(Error(None, code, message))
+        self._state = WorkerState.ERROR
+        self._queued.clear()
+        events += [StopSample(request_id) for request_id in self._running]
+        exit_code = ExitCode.INTERNAL if code is ErrorCode.INTERNAL else ExitCode.PROTOCOL
+        self._end(exit_code, f"fatal protocol error: {code}: {message}", events)
+
+    def _end(self, exit_code: ExitCode, reason: str, events: list[WorkerEvent]) -> None:
+        self.end = ConnectionEnded(exit_code, reason)
+        events.append(self.end)
+
+    def _send(self, message: Welcome | Result | Pong | Error) -> None:
+        if self._output_lost or self._state in (WorkerState.CLOSED, WorkerState.ERROR):
+            return  # nothing is written after the end (§5, §9)
+        if isinstance(message, Error):
+            message = Error(message.id, message.code, bounded_text(message.message))
+        if self.sent is not None:
+            self.sent.append(message)
+        self._out.append(encode(message))
+
+
+def _versions(versions: tuple[int, ...]) -> str:
+    shown = ", ".join(str(v) for v in versions[:8])
+    return f"[{shown}{', …' if len(versions) > 8 else ''}]"
