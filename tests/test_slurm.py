@@ -438,3 +438,26 @@ def test_outside_an_allocation_the_building_blocks_say_so(cluster: SlurmCluster,
                           env=cluster.env())
     assert done.returncode == 0, done.stderr
     assert "SLURM_JOB_ID is not set" in json.loads(done.stdout)["error"]
+
+
+
+# -- the coordinator's own kill path ------------------------------------------------
+
+
+def test_a_worker_killed_for_missing_its_deadline_leaves_no_job(cluster: SlurmCluster, token: str) -> None:
+    """The coordinator's own kill path, through srun. A worker that misses its task
+    timeout is killed; a SIGKILL to srun's whole process group also kills srun's
+    shepherd, which would have cancelled the job, so the job is orphaned and holds
+    its CPU until InactiveLimit ends it 25-45 s later (with Slurm's default of 0,
+    never), and every replacement is refused meanwhile. SIGTERM to srun ends the
+    step and its job in ~0.06 s."""
+    done = subprocess.run(
+        estimate_argv("--workers", str(cluster.cpus), "--worker-cmd", srun_worker_cmd(),
+                      "--task-timeout", "0.5", points=4 * 10**9, chunk=10**9),
+        check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        env=cluster.env(**{MARKER: token}),
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    jobs, processes = wait_for_nothing_left(cluster, token)
+    assert jobs == [], f"jobs left {CLEANUP_BOUND_S} s after the run failed: {jobs}"
+    assert processes == [], f"processes left {CLEANUP_BOUND_S} s after the run failed: {processes}"
