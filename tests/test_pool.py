@@ -738,3 +738,33 @@ async def test_the_stall_clock_moves_earlier_for_a_request_with_a_smaller_budget
                 assert (await pool.sample(tiny)).inside == count_numpy(SEED, 1, 10)
                 assert 30.0 <= trio.current_time() - start < 33.0
                 assert pool.stats.restarts == 1
+
+
+async def test_a_chunk_can_avoid_slots_and_a_retired_slot_is_never_restarted(autojump_clock: object) -> None:
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, by_slot({2: FakeBehaviour(slow=50.0)}))
+            async with WorkerPool(3, launcher=launcher) as pool:
+                elsewhere = await pool.sample(Chunk(SEED, 0, POINTS), avoid={0, 1, 2} - {1})
+                assert elsewhere.slot == 1 and elsewhere.host is not None
+
+                async def on_slot_2() -> None:
+                    with pytest.raises(RequestFailed, match=r"avoided \(slots \[0, 1\]\)"):
+                        await pool.sample(Chunk(SEED, 1, POINTS), avoid={0, 1})
+
+                with capture_logs() as logs:
+                    async with trio.open_nursery() as waiting:
+                        waiting.start_soon(on_slot_2)
+                        await until(lambda: pool.stats.in_flight == 1)
+                        pool.retire(2, "gave a wrong count")
+                        # Its chunk in flight could only go to slot 2: it fails, once, clearly.
+                await until(lambda: pool.stats.workers[2].state == "retired")
+                retired = [e for e in logs if e["event"] == "worker_retired"]
+                assert retired and retired[0]["log_level"] == "warning"
+                assert retired[0]["reason"] == "gave a wrong count"
+                assert len(launcher.launches_for(2)) == 1  # never restarted
+                with pytest.raises(RequestFailed, match="avoided"):
+                    await pool.sample(Chunk(SEED, 2, POINTS), avoid={0, 1})
+                result = await pool.sample(Chunk(SEED, 2, POINTS))
+                assert result.slot in (0, 1) and result.inside == count_numpy(SEED, 2, POINTS)
+                assert pool.stats.retired == 1

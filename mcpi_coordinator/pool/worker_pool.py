@@ -142,6 +142,8 @@ class _Slot:
         self.busy_s = 0.0
         self.restarts = 0
         self.last_failure: str | None = None
+        self.retire_reason: str | None = None
+        """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
         self.stop_scope: trio.CancelScope | None = None
         self.settled = False
         """Ready once, retired or stopped: ``WorkerPool.__aenter__`` waits for all."""
@@ -279,19 +281,22 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ public API
 
-    async def sample(self, chunk: Chunk) -> ChunkResult:
+    async def sample(self, chunk: Chunk, *, avoid: Iterable[int] = ()) -> ChunkResult:
         """Count one chunk on the next free worker, retrying on another if one fails.
 
-        Raises ``ChunkFailed`` once ``max_chunk_attempts`` workers in a row failed
-        while computing it (a poison chunk), ``RequestFailed`` if a worker refuses the
-        request for good (unknown kernel), ``PoolExhausted`` when no worker is left,
+        ``avoid`` names slots whose workers must not compute it (to check a count on a
+        different worker). Raises ``ChunkFailed`` once ``max_chunk_attempts`` workers in
+        a row failed while computing it (a poison chunk), ``RequestFailed`` if no worker
+        can take it (no live worker offers its kernel, or all that do are avoided) or
+        one refuses it for good, ``PoolExhausted`` when no worker is left,
         ``PoolClosed`` after the pool closed.
         """
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
         attempts = Attempts(chunk, self._max_chunk_attempts)
+        avoided = frozenset(avoid)
         while True:
-            request = await self._dispatcher.send_and_wait(chunk, retry=attempts.tried)
+            request = await self._dispatcher.send_and_wait(chunk, retry=attempts.tried, avoid=avoided)
             outcome = request.outcome
             if isinstance(outcome, ChunkResult):
                 return outcome
@@ -418,6 +423,9 @@ class WorkerPool:
         failures_in_a_row = 0
         while not self._closing:
             failure, useful = await self._run_worker(slot)
+            if slot.retire_reason is not None:
+                self._retire(slot, failures_in_a_row)
+                return
             if failure is None or self._closing:
                 break
             slot.last_failure = failure
@@ -429,6 +437,9 @@ class WorkerPool:
             slot.state = "restarting"
             with self._stoppable(slot):
                 await trio.sleep(self._backoff_s * 2 ** max(failures_in_a_row - 1, 0))
+            if slot.retire_reason is not None:
+                self._retire(slot, failures_in_a_row)
+                return
             if self._closing:
                 break
             slot.restarts += 1
@@ -534,21 +545,40 @@ class WorkerPool:
         """A scope that ``_begin_close`` cancels: what a slot may abandon when closing."""
         with trio.CancelScope() as scope:
             slot.stop_scope = scope
-            if self._closing:
+            if self._closing or slot.retire_reason is not None:
                 scope.cancel()
             try:
                 yield
             finally:
                 slot.stop_scope = None
 
+    def retire(self, slot: int, reason: str) -> None:
+        """Stop using ``slot`` for good (a worker found giving wrong counts, say): its
+        worker is stopped, what it had in flight goes to the others, and no
+        replacement is started. ``reason`` is logged as a warning."""
+        self._require_open()
+        target = self._slots[slot]
+        if target.state in ("retired", "stopped") or target.retire_reason is not None:
+            return
+        target.retire_reason = reason
+        if target.connection is not None:
+            target.connection.fail(f"retired: {reason}")
+        elif target.stop_scope is not None:
+            target.stop_scope.cancel()  # starting or backing off: stop that now
+
     def _retire(self, slot: _Slot, attempts: int) -> None:
         slot.state = "retired"
         slot.connection = None
-        fields = {"slot": slot.index, "attempts": attempts, "reason": slot.last_failure}
+        self._dispatcher.forget_slot(slot.index)
+        fields: dict[str, Any] = {"slot": slot.index, "attempts": attempts, "reason": slot.last_failure}
+        if slot.retire_reason is not None:
+            fields = {"slot": slot.index, "reason": slot.retire_reason}
         host = self._slot_hosts[slot.index]
         if host is not None:
             fields["host"] = host
-        if host is not None and host in self._hosts_warned:
+        if slot.retire_reason is not None:
+            log.warning("worker_retired", **fields)
+        elif host is not None and host in self._hosts_warned:
             # Its host's first retired slot gave the warning; siblings fail alike.
             log.info("worker_retired", **fields)
         elif any(s.state == "ready" for s in self._slots):
@@ -560,9 +590,13 @@ class WorkerPool:
         if host is not None:
             self._hosts_warned.add(host)
         if all(s.state == "retired" for s in self._slots):
+            why = (
+                f"every worker failed {attempts} times in a row before doing any work"
+                if slot.retire_reason is None
+                else "every worker was retired"
+            )
             self._exhausted = PoolExhausted(
-                f"no worker left: every worker failed {attempts} times in a row before "
-                f"doing any work; last failure: {slot.last_failure}"
+                f"no worker left: {why}; last failure: {slot.last_failure or slot.retire_reason}"
             )
             self._dispatcher.close(self._exhausted)
         self._settle(slot)

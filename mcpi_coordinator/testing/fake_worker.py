@@ -82,6 +82,16 @@ def _kernel_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _streams(text: str) -> tuple[int, ...]:
+    try:
+        streams = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated stream numbers") from None
+    if not streams or min(streams) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated stream numbers")
+    return streams
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m mcpi_coordinator.testing.fake_worker",
@@ -125,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="welcome with protocol version 99")
     stream.add_argument("--internal-errors", type=count, default=0, metavar="N",
                         help="answer the first N samples with a retryable 'internal' error")
+    stream.add_argument("--wrong-count", type=int, default=0, metavar="D",
+                        help="report counts off by D (kept between 0 and the points): a "
+                             "plausible, silently wrong answer")
+    stream.add_argument("--wrong-count-streams", type=_streams, default=None, metavar="LIST",
+                        help="only for these streams (comma-separated; default every stream)")
+    stream.add_argument("--wrong-count-times", type=count, default=None, metavar="N",
+                        help="only for the first N results it would falsify (default always)")
 
     pace = parser.add_argument_group("pace and capabilities")
     pace.add_argument("--slow", type=cli_args.number("seconds", allow_zero=True), default=0.0, metavar="SECONDS",
@@ -154,6 +171,9 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         duplicate_id=args.duplicate_id,
         eof_mid_frame=args.eof_mid_frame,
         internal_errors=args.internal_errors,
+        wrong_count=args.wrong_count,
+        wrong_count_streams=args.wrong_count_streams,
+        wrong_count_times=args.wrong_count_times,
         slow=args.slow,
         stderr_flood_mb=args.stderr_flood,
         kernels=args.kernels,
@@ -169,7 +189,7 @@ def behaviour_to_argv(behaviour: FakeBehaviour) -> list[str]:
         if value is True:
             argv.append(flag)
         elif isinstance(value, tuple):
-            argv += [flag, ",".join(value)]
+            argv += [flag, ",".join(str(v) for v in value)]
         else:
             argv += [flag, str(value)]
     return argv
