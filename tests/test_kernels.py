@@ -1,4 +1,10 @@
-"""Sampling kernels: determinism, independence of streams, the fast path, cancellation."""
+"""Sampling kernels: determinism, independence of streams, the fast path, cancellation.
+
+Tests of the numpy kernel that do not name an implementation run on whichever the
+process's policy picks (``MCPI_NUMPY_IMPL``: CI runs them once more with ``fused``);
+the ones about NumPy's blocks name ``Implementation.NUMPY``. tests/test_kernel_fused.py
+holds the two implementations against each other.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +20,16 @@ from mcpi_worker.kernels import (
     BLOCK_POINTS,
     KERNELS,
     Cancelled,
+    Implementation,
     count_numpy,
     count_python,
     inside_quarter_circle,
     iter_point_blocks,
     python_seed,
 )
+
+
+NUMPY = Implementation.NUMPY
 
 
 def never() -> bool:
@@ -77,14 +87,18 @@ def test_points_and_counts_do_not_depend_on_block_size(block_points: int) -> Non
             [b.copy() for b in iter_point_blocks(3, 4, points, block_points=block_points)]
         )
         np.testing.assert_array_equal(ours, reference)
-        assert count_numpy(3, 4, points, block_points=block_points) == count_numpy(3, 4, points)
+        assert count_numpy(
+            3, 4, points, implementation=NUMPY, block_points=block_points
+        ) == count_numpy(3, 4, points)
     else:
         small = 2_000
         ours = np.concatenate(
             [b.copy() for b in iter_point_blocks(3, 4, small, block_points=block_points)]
         )
         np.testing.assert_array_equal(ours, reference[:small])
-        assert count_numpy(3, 4, small, block_points=block_points) == count_numpy(3, 4, small)
+        assert count_numpy(
+            3, 4, small, implementation=NUMPY, block_points=block_points
+        ) == count_numpy(3, 4, small)
 
 
 def test_numpy_count_is_the_float32_circle_test_on_those_points() -> None:
@@ -93,7 +107,9 @@ def test_numpy_count_is_the_float32_circle_test_on_those_points() -> None:
     x, y = xy[:, 0], xy[:, 1]
     by_definition = x * x + y * y < np.float32(1)
     assert (x * x).dtype == np.float32
-    assert count_numpy(11, 2, points) == int(np.count_nonzero(by_definition))
+    for implementation in Implementation:
+        inside = count_numpy(11, 2, points, implementation=implementation)
+        assert inside == int(np.count_nonzero(by_definition))
     np.testing.assert_array_equal(inside_quarter_circle(xy), by_definition)
 
 
@@ -134,7 +150,7 @@ def test_kernels_stop_when_asked(kernel: str) -> None:
 
 def test_numpy_kernel_polls_once_per_block() -> None:
     calls: list[int] = []
-    count_numpy(1, 0, 5 * BLOCK_POINTS, lambda: bool(calls.append(0)))
+    count_numpy(1, 0, 5 * BLOCK_POINTS, lambda: bool(calls.append(0)), implementation=NUMPY)
     assert len(calls) == 5
 
 

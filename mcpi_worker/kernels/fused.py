@@ -1,0 +1,144 @@
+"""The ``numpy`` kernel's definition as one compiled loop (numba): the fast implementation.
+
+NumPy makes several passes over memory per block; this steps the SFC64 state itself
+and tests each point as it comes, so the only memory it touches is a 2 KiB buffer in
+L1. The count is identical to ``numpy_impl.count`` for every (seed, stream, points):
+same generator state (NumPy seeds it), same draws, same float32 test (protocol.md
+§11.2), which ``choice.py`` checks again each time it loads this module.
+
+Importing this module is loading the implementation: it imports numba (~0.12 s) and
+takes the machine code from numba's on-disk cache (~0.12 s), or compiles it (~0.3 s)
+and writes the cache for the next process. Only ``choice.py`` imports it, when the
+load has paid for itself.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numba
+import numpy as np
+import structlog
+
+from mcpi_worker.kernels.base import Cancelled, StopCheck, never, stream_seed_sequence
+
+log = structlog.get_logger("mcpi_worker")
+
+BLOCK_POINTS: Final[int] = 1 << 20
+"""Points per compiled call between two ``should_stop`` checks: ~1 ms of work, so a
+cancel is seen within milliseconds; a call costs ~1 µs, so the checks cost nothing."""
+
+WORDS_PER_PASS: Final[int] = 256
+"""SFC64 outputs generated before they are tested (2 KiB, in L1). The generator is a
+chain of dependent steps and the test is independent per point; done in two tight
+loops, the second one vectorises, and the whole runs ~1.6x faster than one loop
+doing both (benchmarks/kernel.py shows the two C loops)."""
+
+_U11: Final = np.uint64(11)
+_U3: Final = np.uint64(3)
+_U24: Final = np.uint64(24)
+_U40: Final = np.uint64(40)
+_U8: Final = np.uint64(8)
+_ONE: Final = np.uint64(1)
+_MASK24: Final = np.uint64(0xFFFFFF)
+_TWO_TO_48: Final = np.float32(2.0**48)
+
+
+def _count_outputs(state: np.ndarray, points: int, words: np.ndarray) -> int:
+    """Count the next ``points`` points of the SFC64 ``state`` (a, b, c, counter) inside
+    the quarter circle and leave ``state`` advanced past them.
+
+    A point is one 64-bit output: x from its low 32 bits, y from its high 32 bits, each
+    ``u >> 8`` (an integer below 2**24, exact in float32), tested unscaled as
+    ``x*x + y*y < 2**48`` as numpy_impl does. Every operation is a float32 operation,
+    rounded on its own: numba (LLVM without fast-math) never contracts ``x*x + y*y``
+    into a fused multiply-add, which would move a few points across the arc.
+    """
+    a = state[0]
+    b = state[1]
+    c = state[2]
+    counter = state[3]
+    inside = 0
+    done = 0
+    while done < points:
+        n = min(words.size, points - done)
+        for i in range(n):
+            out = a + b + counter
+            counter += _ONE
+            a = b ^ (b >> _U11)
+            b = c + (c << _U3)
+            c = ((c << _U24) | (c >> _U40)) + out
+            words[i] = out
+        for i in range(n):
+            # Through int64: converting uint64 to float takes several instructions.
+            x = np.float32(np.int64((words[i] >> _U8) & _MASK24))
+            y = np.float32(np.int64(words[i] >> _U40))
+            if x * x + y * y < _TWO_TO_48:
+                inside += 1
+        done += n
+    state[0] = a
+    state[1] = b
+    state[2] = c
+    state[3] = counter
+    return inside
+
+
+_SIGNATURE: Final[str] = "int64(uint64[::1], int64, uint64[::1])"
+
+
+def _compile() -> tuple[numba.core.registry.CPUDispatcher, str | None]:
+    """The compiled loop, and where its machine code is cached (None: in memory only).
+
+    nogil: the loop touches no Python object, so threads (``mcpi-worker --jobs``) run it
+    in parallel and the worker's reader thread keeps answering while it runs. With a
+    signature given, numba compiles (or loads from its cache) right here.
+    """
+    options = {"nogil": True, "error_model": "numpy", "fastmath": False}
+    try:
+        loop = numba.njit(_SIGNATURE, cache=True, **options)(_count_outputs)
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        log.warning(
+            "fused_kernel_cache_unavailable",
+            reason=str(exc),
+            consequence="compiling in memory in every worker process; set NUMBA_CACHE_DIR "
+            "to a writable directory to compile once",
+        )
+        return numba.njit(_SIGNATURE, cache=False, **options)(_count_outputs), None
+    return loop, loop.stats.cache_path
+
+
+_LOOP, CACHE_PATH = _compile()
+
+COMPILED: Final[bool] = sum(_LOOP.stats.cache_misses.values()) > 0
+"""Whether this process compiled the loop (True) or loaded it from the cache (False)."""
+
+
+def sfc64_state(seed: int, stream: int) -> np.ndarray:
+    """SFC64's (a, b, c, counter) for the stream, after NumPy's seeding and 12 discards."""
+    state = np.random.SFC64(stream_seed_sequence(seed, stream)).state["state"]["state"]
+    return np.ascontiguousarray(state, dtype=np.uint64).copy()
+
+
+def count(
+    seed: int,
+    stream: int,
+    points: int,
+    should_stop: StopCheck = never,
+    *,
+    block_points: int = BLOCK_POINTS,
+) -> int:
+    """The numpy kernel's count, in blocks of ``block_points`` with a stop check before
+    each. Memory is flat: the state and one buffer of ``WORDS_PER_PASS`` words."""
+    if block_points < 1:
+        raise ValueError("block_points must be at least 1")
+    state = sfc64_state(seed, stream)
+    words = np.empty(WORDS_PER_PASS, dtype=np.uint64)
+    inside = 0
+    remaining = points
+    while remaining > 0:
+        if should_stop():
+            raise Cancelled
+        n = min(block_points, remaining)
+        inside += int(_LOOP(state, n, words))
+        remaining -= n
+    return inside
