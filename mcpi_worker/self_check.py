@@ -3,7 +3,8 @@
 It exercises the same code a coordinator talks to (framing, handshake, both
 kernels, ping, cancel, shutdown) and prints what happened, so someone embedding
 the worker can see in a second that their installation works, and what a
-conversation looks like.
+conversation looks like. It also says which implementation runs the numpy kernel
+(loading the fused one, unless ``MCPI_NUMPY_IMPL=numpy``, to compare it with NumPy's).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import time
 from typing import Final
 
 from mcpi_worker import __version__
-from mcpi_worker.kernels import KERNELS
+from mcpi_worker.kernels import (
+    KERNELS,
+    NUMPY_KERNEL,
+    FusedUnavailable,
+    Implementation,
+    KernelConfigError,
+    Policy,
+)
 from mcpi_worker.protocol import (
     MAX_POINTS,
     NEED_DATA,
@@ -38,6 +46,7 @@ from mcpi_worker.protocol import Message as _Message
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, ExitCode, Outcome, Worker
 
 SELF_CHECK_POINTS: Final[dict[str, int]] = {"numpy": 4_000_000, "python": 200_000}
+COMPARISON_POINTS: Final[int] = 20_000_000
 SEED: Final[int] = 20240601
 
 
@@ -80,6 +89,7 @@ def run_self_check(max_inflight: int = DEFAULT_MAX_INFLIGHT) -> int:
     client = _PipeClient(request_write, response_read)
     print(f"mcpi-worker {__version__} self-check")
     try:
+        _compare_implementations()
         _converse(client)
         client.send(Shutdown())
         thread.join(timeout=10)
@@ -120,7 +130,10 @@ def _converse(client: _PipeClient) -> None:
         client.send(Sample(id=next_id, seed=SEED, stream=0, points=points, kernel=kernel))
         result = _expect(client.receive(), Result, next_id)
         assert isinstance(result, Result)
-        direct = KERNELS[kernel](SEED, 0, points, lambda: False)
+        if kernel == "numpy":  # whichever implementation served it, NumPy's must agree
+            direct = NUMPY_KERNEL.count(SEED, 0, points, implementation=Implementation.NUMPY)
+        else:
+            direct = KERNELS[kernel](SEED, 0, points, lambda: False)
         if result.inside != direct:
             raise SelfCheckFailed(f"{kernel}: protocol gave {result.inside}, kernel {direct}")
         estimate = 4 * result.inside / points
@@ -150,3 +163,49 @@ def _converse(client: _PipeClient) -> None:
         f"  cancel       a {MAX_POINTS:,}-point request, pinged while running, "
         f"stopped {(time.perf_counter() - started) * 1e3:.1f} ms after cancel"
     )
+
+
+def _rate(points: int, seconds: float) -> str:
+    return f"{points / seconds / 1e6:,.0f} M points/s" if seconds > 0 else "inf"
+
+
+def _compare_implementations() -> None:
+    """Say which implementation runs the numpy kernel, and time both side by side."""
+    try:
+        policy = NUMPY_KERNEL.policy
+    except KernelConfigError as exc:
+        raise SelfCheckFailed(str(exc)) from None
+    if policy is Policy.NUMPY:
+        print("  numpy impl   numpy (MCPI_NUMPY_IMPL=numpy: numba-fused not loaded)")
+        return
+    try:
+        NUMPY_KERNEL.count(SEED, 0, 1, implementation=Implementation.NUMBA_FUSED)
+    except FusedUnavailable as exc:
+        print(f"  numpy impl   numpy (numba-fused unavailable: {exc})")
+        return
+    status = NUMPY_KERNEL.status()
+    assert status.fused is not None
+    how = "compiled" if status.fused.compiled else "loaded from the cache"
+    where = status.fused.cache_path or "in memory only: no writable cache directory"
+    print(f"  numba-fused  {how} in {status.fused.load_s:.2f} s ({where})")
+    counts, rates = {}, {}
+    for implementation in (Implementation.NUMBA_FUSED, Implementation.NUMPY):
+        started = time.perf_counter()
+        counts[implementation] = NUMPY_KERNEL.count(
+            SEED, 2, COMPARISON_POINTS, implementation=implementation
+        )
+        rates[implementation] = _rate(COMPARISON_POINTS, time.perf_counter() - started)
+    if counts[Implementation.NUMBA_FUSED] != counts[Implementation.NUMPY]:
+        raise SelfCheckFailed(f"the numpy kernel's implementations disagree: {counts}")
+    print(
+        f"  numpy impl   {COMPARISON_POINTS:,} points: numba-fused "
+        f"{rates[Implementation.NUMBA_FUSED]}, numpy {rates[Implementation.NUMPY]}, "
+        f"same count {counts[Implementation.NUMPY]:,}"
+    )
+    if policy is Policy.FUSED:
+        print("  numpy impl   a worker runs numba-fused from its start (MCPI_NUMPY_IMPL=fused)")
+    else:
+        print(
+            f"  numpy impl   a worker runs numpy, then numba-fused once it has counted "
+            f"{status.switch_after_points:,} points (MCPI_NUMPY_IMPL=auto)"
+        )
