@@ -191,9 +191,7 @@ def _compare_implementations() -> None:
     counts, rates = {}, {}
     for implementation in (Implementation.NUMBA_FUSED, Implementation.NUMPY):
         started = time.perf_counter()
-        counts[implementation] = NUMPY_KERNEL.count(
-            SEED, 2, COMPARISON_POINTS, implementation=implementation
-        )
+        counts[implementation] = NUMPY_KERNEL.count(SEED, 2, COMPARISON_POINTS, implementation=implementation)
         rates[implementation] = _rate(COMPARISON_POINTS, time.perf_counter() - started)
     if counts[Implementation.NUMBA_FUSED] != counts[Implementation.NUMPY]:
         raise SelfCheckFailed(f"the numpy kernel's implementations disagree: {counts}")
@@ -203,7 +201,7 @@ def _compare_implementations() -> None:
         f"same count {counts[Implementation.NUMPY]:,}"
     )
     if policy is Policy.FUSED:
-        print("  numpy impl   a worker runs numba-fused from its start (MCPI_NUMPY_IMPL=fused)")
+        print("  numpy impl   a worker loads numba-fused as it starts (MCPI_NUMPY_IMPL=fused)")
     else:
         print(
             f"  numpy impl   a worker runs numpy, then numba-fused once it has counted "

@@ -16,18 +16,25 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from mcpi_worker.kernels import Cancelled, Implementation, NumpyKernel, Policy, numpy_impl
-from mcpi_worker.kernels import fused
 from test_golden import KERNEL_TABLE
+
+from mcpi_worker.kernels import Cancelled, Implementation, NumpyKernel, Policy, fused, numpy_impl
+from mcpi_worker.kernels.base import Continuation
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 
 BOUNDARIES = sorted(
     {
-        0, 1, 2, 3,
-        fused.WORDS_PER_PASS - 1, fused.WORDS_PER_PASS, fused.WORDS_PER_PASS + 1,
-        numpy_impl.BLOCK_POINTS - 1, numpy_impl.BLOCK_POINTS, numpy_impl.BLOCK_POINTS + 1,
+        0,
+        1,
+        2,
+        3,
+        fused.WORDS_PER_PASS - 1,
+        fused.WORDS_PER_PASS,
+        fused.WORDS_PER_PASS + 1,
+        numpy_impl.BLOCK_POINTS - 1,
+        numpy_impl.BLOCK_POINTS,
+        numpy_impl.BLOCK_POINTS + 1,
         2 * numpy_impl.BLOCK_POINTS + 7,
     }
 )
@@ -54,14 +61,34 @@ def stop_after(calls: int) -> tuple[Callable[[], bool], list[int]]:
 )
 @example(seed=0, stream=0, points=0, block_points=1)
 @example(seed=2**64 - 1, stream=2**64 - 1, points=1, block_points=1)
-def test_fused_counts_what_numpy_counts(
-    seed: int, stream: int, points: int, block_points: int
-) -> None:
+def test_fused_counts_what_numpy_counts(seed: int, stream: int, points: int, block_points: int) -> None:
     if block_points < 64:
         points = min(points, 5_000)  # one compiled call per point or so: keep it short
     assert fused.count(seed, stream, points, block_points=block_points) == numpy_impl.count(
         seed, stream, points
     )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=U64,
+    stream=U64,
+    points=st.integers(0, 200_000),
+    block_points=st.sampled_from([1_000, 4_099, 65_536]),
+    after_blocks=st.integers(1, 5),
+)
+def test_a_numpy_sample_handed_over_to_the_fused_loop_keeps_its_count(
+    seed: int, stream: int, points: int, block_points: int, after_blocks: int
+) -> None:
+    """What the auto policy does to a running sample once the loop is loaded."""
+    blocks = [0]
+
+    def switch(counted: int) -> Continuation | None:
+        blocks[0] += 1
+        return fused.count_from if blocks[0] >= after_blocks else None
+
+    handed_over = numpy_impl.count(seed, stream, points, block_points=block_points, switch=switch)
+    assert handed_over == numpy_impl.count(seed, stream, points)
 
 
 @pytest.mark.parametrize("points", BOUNDARIES)
@@ -70,7 +97,7 @@ def test_boundaries_one_point_at_a_time(points: int) -> None:
     lost or repeated at a boundary)."""
     if points == 0:
         return
-    state = fused.sfc64_state(42, 3)
+    state = fused.initial_state(42, 3)
     words = np.empty(fused.WORDS_PER_PASS, dtype=np.uint64)
     first = fused._LOOP(state, points - 1, words)
     last = fused._LOOP(state, 1, words)
@@ -79,7 +106,7 @@ def test_boundaries_one_point_at_a_time(points: int) -> None:
 
 def test_state_is_numpys_sfc64_state_and_advances_like_it() -> None:
     generator = np.random.SFC64(np.random.SeedSequence(12345, spawn_key=(0,)))
-    state = fused.sfc64_state(12345, 0)
+    state = fused.initial_state(12345, 0)
     np.testing.assert_array_equal(state, generator.state["state"]["state"])
     fused._LOOP(state, 1000, np.empty(fused.WORDS_PER_PASS, dtype=np.uint64))
     generator.random_raw(1000)
@@ -132,7 +159,7 @@ def test_fused_memory_is_flat_in_points() -> None:
 def test_the_compiled_loop_releases_the_gil() -> None:
     """While one long compiled call runs on a thread, this thread keeps running Python.
     (It could not run at all if the call held the GIL: no bytecode runs without it.)"""
-    state = fused.sfc64_state(5, 5)
+    state = fused.initial_state(5, 5)
     words = np.empty(fused.WORDS_PER_PASS, dtype=np.uint64)
     started, done = threading.Event(), threading.Event()
 

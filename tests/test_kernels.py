@@ -28,7 +28,6 @@ from mcpi_worker.kernels import (
     python_seed,
 )
 
-
 NUMPY = Implementation.NUMPY
 
 
@@ -83,22 +82,18 @@ def test_points_and_counts_do_not_depend_on_block_size(block_points: int) -> Non
     points = 150_001
     reference = np.concatenate([b.copy() for b in iter_point_blocks(3, 4, points)])
     if block_points >= 1000:  # block size 1 is too slow to walk 150k points
-        ours = np.concatenate(
-            [b.copy() for b in iter_point_blocks(3, 4, points, block_points=block_points)]
-        )
+        ours = np.concatenate([b.copy() for b in iter_point_blocks(3, 4, points, block_points=block_points)])
         np.testing.assert_array_equal(ours, reference)
-        assert count_numpy(
-            3, 4, points, implementation=NUMPY, block_points=block_points
-        ) == count_numpy(3, 4, points)
+        assert count_numpy(3, 4, points, implementation=NUMPY, block_points=block_points) == count_numpy(
+            3, 4, points
+        )
     else:
         small = 2_000
-        ours = np.concatenate(
-            [b.copy() for b in iter_point_blocks(3, 4, small, block_points=block_points)]
-        )
+        ours = np.concatenate([b.copy() for b in iter_point_blocks(3, 4, small, block_points=block_points)])
         np.testing.assert_array_equal(ours, reference[:small])
-        assert count_numpy(
-            3, 4, small, implementation=NUMPY, block_points=block_points
-        ) == count_numpy(3, 4, small)
+        assert count_numpy(3, 4, small, implementation=NUMPY, block_points=block_points) == count_numpy(
+            3, 4, small
+        )
 
 
 def test_numpy_count_is_the_float32_circle_test_on_those_points() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import structlog
 
 
 class Cancelled(Exception):
@@ -17,9 +20,38 @@ Kernel = Callable[[int, int, int, StopCheck], int]
 """``kernel(seed, stream, points, should_stop) -> inside``."""
 
 
+Continuation = Callable[[np.ndarray, int, StopCheck], int]
+"""``continue_from(state, points, should_stop) -> inside``: count the next ``points``
+points of an SFC64 generator whose state (a, b, c, counter) is ``state``."""
+
+Switch = Callable[[int], Continuation | None]
+"""Polled by the NumPy implementation after each block with the points it counted:
+a ``Continuation`` to finish the sample with (the compiled loop, once it is loaded),
+or None to go on. Both count the same points in the same order, so a sample handed
+over in the middle has the very count it would have had."""
+
+
 def never() -> bool:
     return False
 
 
 def stream_seed_sequence(seed: int, stream: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(stream,))
+
+
+def sfc64_state(bit_generator: np.random.SFC64) -> np.ndarray:
+    """The generator's (a, b, c, counter), a copy, as four contiguous uint64."""
+    return np.array(bit_generator.state["state"]["state"], dtype=np.uint64)
+
+
+def kernel_log() -> Any:
+    """The logger for what the kernels have to say (which implementation, a fallback).
+
+    structlog as the process configured it (the worker: JSON lines on stderr). Kernels
+    also run where nothing configured structlog, in a fake worker or a script, and
+    structlog's default prints to stdout, which must never happen in a process that
+    speaks the protocol on stdout: there, stderr.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger("mcpi_worker")
+    return structlog.wrap_logger(structlog.PrintLogger(sys.stderr))

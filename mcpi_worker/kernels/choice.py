@@ -7,24 +7,29 @@ Two implementations of one definition (protocol.md §11.2) give the identical co
 first process after an install also compiles, ~0.2 s more), which is more than a
 short run's whole sampling time. So the policy (``MCPI_NUMPY_IMPL``):
 
-- ``auto`` (default): count with numpy until this process has counted
-  ``SWITCH_AFTER_POINTS`` points, about as much numpy time as the load saves
-  afterwards; then load the fused loop before the next sample of at least
-  ``SWITCH_MIN_SAMPLE_POINTS`` and use it from then on. A short run never pays the
-  load; a long one pays it once, when it has already run long enough to earn it back
-  (the classic rent-or-buy rule: never more than the load worse than either choice
-  made in hindsight). A single sample that big loads first.
-- ``fused``: load before the first sample (``prepare_kernels`` at start-up loads it at
-  once): for a coordinator that knows its run is long.
+- ``auto`` (default): count with NumPy; once this process has counted
+  ``SWITCH_AFTER_POINTS`` points, about as long as the load would take to earn
+  itself back, load the compiled loop in the background and hand every sample over
+  to it, the running one included, at its next block boundary. A short run never
+  pays the load; a long one pays it once, after it has run long enough to earn it
+  back (the rent-or-buy rule: never worse than the better choice made in hindsight
+  by more than the load itself).
+- ``fused``: load as early as possible: ``prepare`` (``prepare_kernels`` at worker
+  start-up) loads it at once; without it, the first sample starts the background load.
+  For a coordinator that knows its run is long.
 - ``numpy``: never load numba.
 
-Where numba is missing, or the load fails, or the loaded loop does not reproduce the
-numpy implementation's counts, the worker says so once in its log and keeps numpy.
-Which implementation runs a sample never changes its count, only its speed.
+The load never runs on a computing thread: a sample goes on with NumPy meanwhile,
+polling its stop flag between blocks, so a cancel, end of input or the parent's death
+is still seen within milliseconds. Where numba is missing, the load fails, or the
+loaded loop does not reproduce NumPy's counts, the log says so once and NumPy stays.
+Which implementation counts a point never changes the count, only its speed.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import threading
 import time
@@ -33,25 +38,20 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Final, Protocol
 
-import structlog
-
 from mcpi_worker.kernels import numpy_impl
-from mcpi_worker.kernels.base import StopCheck, never
-
-log = structlog.get_logger("mcpi_worker")
+from mcpi_worker.kernels.base import Continuation, StopCheck, kernel_log, never
 
 ENVIRONMENT_VARIABLE: Final[str] = "MCPI_NUMPY_IMPL"
 
 SWITCH_AFTER_POINTS: Final[int] = 200_000_000
-"""``auto`` loads the fused loop once a process has counted this many points with
-numpy (~0.5 s of numpy work here). Loading costs ~0.25 s with a warm cache; each
-point counted fused afterwards saves ~1.5 ns (benchmarks/kernel.py): the load is
-earned back after ~1.7e8 points, so this is where renting stops paying."""
+"""``auto`` starts loading the compiled loop once a process has counted this many
+points with NumPy (~0.5 s of NumPy work here). The load costs ~0.25 s of CPU with a
+warm cache and each point counted fused afterwards saves ~1.5 ns (benchmarks/kernel.py),
+so it has earned itself back after ~1.7e8 more points: rent until then, then buy."""
 
-SWITCH_MIN_SAMPLE_POINTS: Final[int] = 1 << 20
-"""``auto`` loads only before a sample at least this big (~3 ms of numpy work), so a
-small sample, which the worker's reader thread may compute itself, never waits for
-the load and never leaves the reader deaf to a cancel for that long."""
+EXIT_WAIT_S: Final[float] = 10.0
+"""At interpreter exit, how long to wait for a load still running in the background:
+tearing LLVM down under a thread that is inside it could crash the exit."""
 
 
 class Policy(StrEnum):
@@ -96,7 +96,12 @@ class Counter(Protocol):
     """One implementation's count: ``numpy_impl.count`` or ``fused.count``."""
 
     def __call__(
-        self, seed: int, stream: int, points: int, should_stop: StopCheck = never, *,
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        should_stop: StopCheck = never,
+        *,
         block_points: int = ...,
     ) -> int: ...
 
@@ -104,6 +109,8 @@ class Counter(Protocol):
 @dataclass(frozen=True, slots=True)
 class LoadedFused:
     count: Counter
+    count_from: Continuation
+    """The rest of a sample from an SFC64 state: what a NumPy sample is handed over to."""
     load_s: float
     compiled: bool
     """This process compiled the loop (the cache was cold, or there is none)."""
@@ -120,17 +127,21 @@ _VERIFY_RUNS: Final[tuple[tuple[int, int, int, int], ...]] = (
 )
 
 
-def verify(count: Counter) -> None:
-    """Raise ``FusedUnavailable`` unless ``count`` gives the numpy implementation's counts
-    (a few milliseconds, across the compiled loop's buffer and blocks): a loop that a
-    compiler got wrong on some machine is never used."""
+def verify(count: Counter, count_from: Continuation) -> None:
+    """Raise ``FusedUnavailable`` unless the compiled loop gives NumPy's counts, from the
+    start and taking over a NumPy sample (a few milliseconds): a loop that a compiler
+    got wrong on some machine is never used."""
     for seed, stream, points, block_points in _VERIFY_RUNS:
-        ours = count(seed, stream, points, block_points=block_points)
         reference = numpy_impl.count(seed, stream, points)
-        if ours != reference:
+        ours = count(seed, stream, points, block_points=block_points)
+        handed_over = numpy_impl.count(
+            seed, stream, points, block_points=block_points, switch=lambda _: count_from
+        )
+        if ours != reference or handed_over != reference:
             raise FusedUnavailable(
-                f"the compiled loop counted {ours} inside for seed {seed}, stream {stream}, "
-                f"{points} points, where the numpy implementation counts {reference}"
+                f"the compiled loop counted {ours} inside ({handed_over} taking over from "
+                f"NumPy) for seed {seed}, stream {stream}, {points} points, where the numpy "
+                f"implementation counts {reference}"
             )
 
 
@@ -143,8 +154,10 @@ def load_fused() -> LoadedFused:
         raise NumbaNotInstalled(
             f"numba is not installed ({exc}); install the 'fast' extra for the fused kernel"
         ) from None
-    verify(fused.count)
-    return LoadedFused(fused.count, time.perf_counter() - started, fused.COMPILED, fused.CACHE_PATH)
+    verify(fused.count, fused.count_from)
+    return LoadedFused(
+        fused.count, fused.count_from, time.perf_counter() - started, fused.COMPILED, fused.CACHE_PATH
+    )
 
 
 class _Load(Enum):
@@ -158,9 +171,9 @@ class _Load(Enum):
 class NumpyKernelStatus:
     policy: Policy
     implementation: Implementation
-    """What runs the next big sample."""
+    """What counts the next block of points."""
     numpy_points: int
-    """Points this process has counted with the numpy implementation."""
+    """Points this process has counted with the NumPy implementation."""
     switch_after_points: int
     fused: LoadedFused | None
     unavailable: str | None
@@ -173,8 +186,8 @@ class NumpyKernel:
     ``policy`` None reads ``MCPI_NUMPY_IMPL`` at first use (so that importing this
     package never fails on a bad value; ``prepare`` reports it). ``loader`` is how the
     fused implementation is loaded: tests pass fakes (one that fails as a machine
-    without numba does, one that counts its calls). Thread-safe: while one thread
-    loads, the others go on with numpy.
+    without numba does, one that counts its calls, one that takes its time). Safe to
+    call from several threads at once.
     """
 
     def __init__(
@@ -183,20 +196,19 @@ class NumpyKernel:
         *,
         loader: Loader = load_fused,
         switch_after_points: int = SWITCH_AFTER_POINTS,
-        switch_min_sample_points: int = SWITCH_MIN_SAMPLE_POINTS,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
         self._policy = policy
         self._loader = loader
         self._switch_after_points = switch_after_points
-        self._switch_min_sample_points = switch_min_sample_points
         self._environ = environ
         self._lock = threading.Lock()
         self._load_done = threading.Condition(self._lock)
         self._load = _Load.NOT_TRIED
-        self._fused: LoadedFused | None = None
+        self._fused: LoadedFused | None = None  # read without the lock: one atomic load
         self._unavailable: str | None = None
         self._numpy_points = 0
+        self._background: threading.Thread | None = None
 
     @property
     def policy(self) -> Policy:
@@ -206,32 +218,34 @@ class NumpyKernel:
         return self._policy
 
     def prepare(self) -> Implementation:
-        """Check the policy, and under ``fused`` load now; what runs the next big sample."""
-        if self.policy is Policy.FUSED:
-            self._try_load("MCPI_NUMPY_IMPL=fused")
+        """Check the policy, and under ``fused`` load now (on this thread: at start-up,
+        before anything is served); what counts the next points."""
+        if self.policy is Policy.FUSED and self._claim_load():
+            self._run_load("MCPI_NUMPY_IMPL=fused, at start-up")
         return self.implementation()
 
     def implementation(self) -> Implementation:
+        return Implementation.NUMBA_FUSED if self._fused else Implementation.NUMPY
+
+    def wait_until_loaded(self, timeout: float | None = None) -> Implementation:
+        """Wait while a load is in progress (at most ``timeout`` s); what counts now."""
         with self._lock:
-            return Implementation.NUMBA_FUSED if self._fused else Implementation.NUMPY
+            self._load_done.wait_for(lambda: self._load is not _Load.LOADING, timeout)
+        return self.implementation()
 
     def status(self) -> NumpyKernelStatus:
         policy = self.policy
         with self._lock:
             return NumpyKernelStatus(
                 policy=policy,
-                implementation=(
-                    Implementation.NUMBA_FUSED if self._fused else Implementation.NUMPY
-                ),
+                implementation=self.implementation(),
                 numpy_points=self._numpy_points,
                 switch_after_points=self._switch_after_points,
                 fused=self._fused,
                 unavailable=self._unavailable,
             )
 
-    def __call__(
-        self, seed: int, stream: int, points: int, should_stop: StopCheck = never
-    ) -> int:
+    def __call__(self, seed: int, stream: int, points: int, should_stop: StopCheck = never) -> int:
         return self.count(seed, stream, points, should_stop)
 
     def count(
@@ -244,70 +258,88 @@ class NumpyKernel:
         implementation: Implementation | None = None,
         block_points: int | None = None,
     ) -> int:
-        """The kernel's count. ``implementation`` forces one (a fused one that cannot
-        be loaded raises ``FusedUnavailable``); None lets the policy choose."""
+        """The kernel's count. ``implementation`` forces one, start to end (a fused one
+        is loaded on this thread if need be, and one that cannot be raises
+        ``FusedUnavailable``); None lets the policy choose."""
+        counter: Counter
         if implementation is Implementation.NUMBA_FUSED:
             counter = self._require_fused().count
         elif implementation is Implementation.NUMPY:
             counter = numpy_impl.count
         else:
-            counter = self._choose(points)
+            counter = self._choose()
         if block_points is None:
             return counter(seed, stream, points, should_stop)
         return counter(seed, stream, points, should_stop, block_points=block_points)
 
-    def _choose(self, points: int) -> Counter:
+    # ------------------------------------------------------------------ the policy
+
+    def _choose(self) -> Counter:
         policy = self.policy
         if policy is Policy.NUMPY:
             return numpy_impl.count
-        with self._lock:
-            if self._fused is not None:
-                return self._fused.count
-            wanted = self._load is _Load.NOT_TRIED and (
-                policy is Policy.FUSED
-                or (
-                    points >= self._switch_min_sample_points
-                    and self._numpy_points + points >= self._switch_after_points
-                )
-            )
-            if not wanted:  # not yet, failed before, or another thread is loading
-                self._numpy_points += points
-                return numpy_impl.count
-        why = (
-            f"MCPI_NUMPY_IMPL={policy.value}"
-            if policy is Policy.FUSED
-            else f"MCPI_NUMPY_IMPL=auto, after {self._numpy_points + points} points"
-        )
-        loaded = self._try_load(why)
-        if loaded is None:
-            with self._lock:
-                self._numpy_points += points
-            return numpy_impl.count
-        return loaded.count
+        if (fused := self._fused) is not None:
+            return fused.count
+        if policy is Policy.FUSED:
+            self._start_background_load("MCPI_NUMPY_IMPL=fused")
+        return functools.partial(numpy_impl.count, switch=self._switch)
 
-    def _try_load(self, why: str) -> LoadedFused | None:
-        """The fused implementation, loading it if nobody has tried yet; None if it
-        failed, or while another thread is loading it (this one does not wait)."""
+    def _switch(self, counted: int) -> Continuation | None:
+        """After each NumPy block: account for it; start the load when renting stops
+        paying; once loaded, hand the rest of the sample over."""
+        with self._lock:
+            self._numpy_points += counted
+            if self._fused is not None:
+                return self._fused.count_from
+            due = self._load is _Load.NOT_TRIED and self._numpy_points >= self._switch_after_points
+            total = self._numpy_points
+        if due:
+            self._start_background_load(f"MCPI_NUMPY_IMPL=auto, after {total} points counted with NumPy")
+        return None
+
+    # ------------------------------------------------------------------ loading
+
+    def _claim_load(self) -> bool:
+        """True for the one caller that is to run the load."""
         with self._lock:
             if self._load is not _Load.NOT_TRIED:
-                return self._fused
+                return False
             self._load = _Load.LOADING
+            return True
+
+    def _start_background_load(self, why: str) -> None:
+        if not self._claim_load():
+            return
+        thread = threading.Thread(
+            target=self._run_load, args=(why,), name="mcpi-fused-kernel-load", daemon=True
+        )
+        self._background = thread
+        atexit.register(self._wait_for_background_load)
+        thread.start()
+
+    def _wait_for_background_load(self) -> None:
+        if self._background is not None:
+            self._background.join(EXIT_WAIT_S)
+
+    def _run_load(self, why: str) -> None:
+        """Load, after ``_claim_load`` said so; on any failure, NumPy stays."""
         try:
             loaded = self._loader()
-        except Exception as exc:  # no numba, a compiler error, a wrong count: keep numpy
+        except Exception as exc:  # no numba, a compiler error, a wrong count
             reason = str(exc) if isinstance(exc, FusedUnavailable) else f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self._load, self._unavailable = _Load.FAILED, reason
                 self._load_done.notify_all()
             expected = self._policy is Policy.AUTO and isinstance(exc, NumbaNotInstalled)
+            log = kernel_log()
             (log.info if expected else log.warning)(
                 "fused_kernel_unavailable",
                 reason=reason,
                 wanted=why,
                 implementation=Implementation.NUMPY.value,
             )
-            return None
-        except BaseException:  # KeyboardInterrupt mid-import: let a later call try again
+            return
+        except BaseException:  # KeyboardInterrupt in the middle: a later call may try again
             with self._lock:
                 self._load = _Load.NOT_TRIED
                 self._load_done.notify_all()
@@ -315,7 +347,7 @@ class NumpyKernel:
         with self._lock:
             self._load, self._fused = _Load.LOADED, loaded
             self._load_done.notify_all()
-        log.info(
+        kernel_log().info(
             "numpy_kernel_implementation",
             implementation=Implementation.NUMBA_FUSED.value,
             why=why,
@@ -323,13 +355,13 @@ class NumpyKernel:
             compiled=loaded.compiled,
             cache_path=loaded.cache_path,
         )
-        return loaded
 
     def _require_fused(self) -> LoadedFused:
-        while (loaded := self._try_load("asked for by name")) is None:
-            with self._lock:
-                while self._load is _Load.LOADING:
-                    self._load_done.wait()
-                if self._load is _Load.FAILED:
-                    raise FusedUnavailable(self._unavailable)
-        return loaded
+        if self._claim_load():
+            self._run_load("asked for by name")
+        with self._lock:
+            while self._load is _Load.LOADING:
+                self._load_done.wait()
+            if self._fused is None:
+                raise FusedUnavailable(self._unavailable or "not loaded")
+            return self._fused

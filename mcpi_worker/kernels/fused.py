@@ -14,15 +14,19 @@ load has paid for itself.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import numba
 import numpy as np
-import structlog
 
-from mcpi_worker.kernels.base import Cancelled, StopCheck, never, stream_seed_sequence
-
-log = structlog.get_logger("mcpi_worker")
+from mcpi_worker.kernels.base import (
+    Cancelled,
+    StopCheck,
+    kernel_log,
+    never,
+    sfc64_state,
+    stream_seed_sequence,
+)
 
 BLOCK_POINTS: Final[int] = 1 << 20
 """Points per compiled call between two ``should_stop`` checks: ~1 ms of work, so a
@@ -86,25 +90,31 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray) -> int:
 _SIGNATURE: Final[str] = "int64(uint64[::1], int64, uint64[::1])"
 
 
-def _compile() -> tuple[numba.core.registry.CPUDispatcher, str | None]:
-    """The compiled loop, and where its machine code is cached (None: in memory only).
+def _jit(*, cache: bool) -> Any:
+    """nogil: the loop touches no Python object, so threads (``mcpi-worker --jobs``) run
+    it in parallel and the worker's reader thread keeps answering while it runs. With a
+    signature given, numba compiles (or loads from its cache) right here. fastmath off
+    (the default, said out loud): no contraction into FMA, no reassociation."""
+    return numba.njit(_SIGNATURE, cache=cache, nogil=True, error_model="numpy", fastmath=False)(
+        _count_outputs
+    )
 
-    nogil: the loop touches no Python object, so threads (``mcpi-worker --jobs``) run it
-    in parallel and the worker's reader thread keeps answering while it runs. With a
-    signature given, numba compiles (or loads from its cache) right here.
-    """
-    options = {"nogil": True, "error_model": "numpy", "fastmath": False}
+
+def _compile() -> tuple[Any, str | None]:
+    """The compiled loop, and where its machine code is cached (None: in memory only)."""
     try:
-        loop = numba.njit(_SIGNATURE, cache=True, **options)(_count_outputs)
-    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-        log.warning(
+        loop = _jit(cache=True)
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc):  # numba's words for "nowhere to cache"
+            raise
+        kernel_log().warning(
             "fused_kernel_cache_unavailable",
             reason=str(exc),
             consequence="compiling in memory in every worker process; set NUMBA_CACHE_DIR "
             "to a writable directory to compile once",
         )
-        return numba.njit(_SIGNATURE, cache=False, **options)(_count_outputs), None
-    return loop, loop.stats.cache_path
+        return _jit(cache=False), None
+    return loop, str(loop.stats.cache_path)
 
 
 _LOOP, CACHE_PATH = _compile()
@@ -113,25 +123,23 @@ COMPILED: Final[bool] = sum(_LOOP.stats.cache_misses.values()) > 0
 """Whether this process compiled the loop (True) or loaded it from the cache (False)."""
 
 
-def sfc64_state(seed: int, stream: int) -> np.ndarray:
-    """SFC64's (a, b, c, counter) for the stream, after NumPy's seeding and 12 discards."""
-    state = np.random.SFC64(stream_seed_sequence(seed, stream)).state["state"]["state"]
-    return np.ascontiguousarray(state, dtype=np.uint64).copy()
+def initial_state(seed: int, stream: int) -> np.ndarray:
+    """The stream's SFC64 (a, b, c, counter), after NumPy's seeding and 12 discards."""
+    return sfc64_state(np.random.SFC64(stream_seed_sequence(seed, stream)))
 
 
-def count(
-    seed: int,
-    stream: int,
+def count_from(
+    state: np.ndarray,
     points: int,
     should_stop: StopCheck = never,
     *,
     block_points: int = BLOCK_POINTS,
 ) -> int:
-    """The numpy kernel's count, in blocks of ``block_points`` with a stop check before
-    each. Memory is flat: the state and one buffer of ``WORDS_PER_PASS`` words."""
+    """Count the next ``points`` points from SFC64 ``state`` (advanced past them), in
+    blocks of ``block_points`` with a stop check before each. Memory is flat: the
+    state and one buffer of ``WORDS_PER_PASS`` words, whatever ``points``."""
     if block_points < 1:
         raise ValueError("block_points must be at least 1")
-    state = sfc64_state(seed, stream)
     words = np.empty(WORDS_PER_PASS, dtype=np.uint64)
     inside = 0
     remaining = points
@@ -142,3 +150,15 @@ def count(
         inside += int(_LOOP(state, n, words))
         remaining -= n
     return inside
+
+
+def count(
+    seed: int,
+    stream: int,
+    points: int,
+    should_stop: StopCheck = never,
+    *,
+    block_points: int = BLOCK_POINTS,
+) -> int:
+    """The numpy kernel's count for (seed, stream, points)."""
+    return count_from(initial_state(seed, stream), points, should_stop, block_points=block_points)

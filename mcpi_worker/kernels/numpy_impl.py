@@ -14,7 +14,14 @@ from typing import Final
 
 import numpy as np
 
-from mcpi_worker.kernels.base import Cancelled, StopCheck, never, stream_seed_sequence
+from mcpi_worker.kernels.base import (
+    Cancelled,
+    StopCheck,
+    Switch,
+    never,
+    sfc64_state,
+    stream_seed_sequence,
+)
 
 BLOCK_POINTS: Final[int] = 1 << 16
 """Points per numpy block: 512 KiB of float32, small enough to stay in L2 and to
@@ -43,12 +50,10 @@ _TWO_TO_MINUS_24: Final = np.float32(2.0**-24)
 _TWO_TO_48: Final = np.float32(2.0**48)
 
 
-def _iter_draw_blocks(
-    seed: int, stream: int, points: int, block_points: int
-) -> Iterator[np.ndarray]:
+def _iter_draw_blocks(bit_generator: np.random.SFC64, points: int, block_points: int) -> Iterator[np.ndarray]:
     """The draws of ``points`` points as flat float32 blocks (x0, y0, x1, y1, ...) of
-    integers below 2**24. One buffer is reused for every block."""
-    bit_generator = np.random.SFC64(stream_seed_sequence(seed, stream))
+    integers below 2**24. One buffer is reused for every block; a block is drawn when
+    it is asked for, so the generator stands just past the blocks handed out."""
     buffer = np.empty(2 * block_points, dtype=np.float32)
     remaining = points
     while remaining > 0:
@@ -70,7 +75,8 @@ def iter_point_blocks(
     iterations: copy one to keep it. The plotting code uses this to draw the very
     points a run counts.
     """
-    for flat in _iter_draw_blocks(seed, stream, points, block_points):
+    bit_generator = np.random.SFC64(stream_seed_sequence(seed, stream))
+    for flat in _iter_draw_blocks(bit_generator, points, block_points):
         np.multiply(flat, _TWO_TO_MINUS_24, out=flat)
         yield flat.reshape(-1, 2)
 
@@ -83,7 +89,8 @@ def inside_quarter_circle(xy: np.ndarray) -> np.ndarray:
     one in ten million) could change sides and no longer match the kernel's count.
     """
     x, y = xy[:, 0], xy[:, 1]
-    return (x * x + y * y) < np.float32(1.0)
+    inside: np.ndarray = (x * x + y * y) < np.float32(1.0)
+    return inside
 
 
 def count(
@@ -93,6 +100,7 @@ def count(
     should_stop: StopCheck = never,
     *,
     block_points: int = BLOCK_POINTS,
+    switch: Switch | None = None,
 ) -> int:
     """Vectorised kernel: float32 coordinates from SFC64, inside iff x*x + y*y < 1 in float32.
 
@@ -100,11 +108,16 @@ def count(
     instead, saving a pass over memory. In float32 this is the same test, bit for
     bit: scaling by a power of two commutes with rounding as long as nothing
     overflows or goes subnormal, and every value here is 0 or between 1 and 2**49.
+
+    ``switch`` (see ``base.Switch``) may hand the rest of the sample to a faster
+    implementation between two blocks.
     """
     inside = 0
     radius2_buffer = np.empty(block_points, dtype=np.float32)
     is_inside = np.empty(block_points, dtype=np.bool_)
-    for flat in _iter_draw_blocks(seed, stream, points, block_points):
+    bit_generator = np.random.SFC64(stream_seed_sequence(seed, stream))
+    remaining = points
+    for flat in _iter_draw_blocks(bit_generator, points, block_points):
         if should_stop():
             raise Cancelled
         n = len(flat) // 2
@@ -117,4 +130,7 @@ def count(
         mask = is_inside[:n]
         np.less(radius2, _TWO_TO_48, out=mask)
         inside += int(np.count_nonzero(mask))
+        remaining -= n
+        if switch is not None and (faster := switch(n)) is not None and remaining > 0:
+            return inside + faster(sfc64_state(bit_generator), remaining, should_stop)
     return inside

@@ -1,0 +1,304 @@
+"""Which implementation runs the numpy kernel: the policy, the fallback, the hand-over.
+
+``NumpyKernel`` takes its loader as a parameter: the fakes here stand in for a
+machine without numba, a loader that fails, one that takes its time, and one that
+records each call, so the rules are checked without loading anything.
+tests/test_kernel_worker.py checks the same against real worker processes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from mcpi_worker import kernels
+from mcpi_worker.kernels import (
+    KERNELS,
+    Cancelled,
+    FusedUnavailable,
+    Implementation,
+    KernelConfigError,
+    NumpyKernel,
+    Policy,
+    numpy_impl,
+)
+from mcpi_worker.kernels.base import StopCheck, never
+from mcpi_worker.kernels.choice import (
+    ENVIRONMENT_VARIABLE,
+    LoadedFused,
+    Loader,
+    NumbaNotInstalled,
+    policy_from_environment,
+)
+
+TIMEOUT = 30
+
+
+def count_from_state(state: np.ndarray, points: int) -> int:
+    """protocol.md §11.2 from an SFC64 state, written out again with plain NumPy."""
+    generator = np.random.SFC64()
+    generator.state = {"bit_generator": "SFC64", "state": {"state": state}, "has_uint32": 0, "uinteger": 0}
+    words = generator.random_raw(points)
+    x = ((words & np.uint64(0xFFFFFFFF)) >> np.uint64(8)).astype(np.float32)
+    y = (words >> np.uint64(40)).astype(np.float32)
+    return int(np.count_nonzero(x * x + y * y < np.float32(2.0**48)))
+
+
+class FakeFused:
+    """A stand-in for the compiled implementation that keeps every call."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.calls: list[int] = []
+        self.handed_over: list[int] = []
+
+    def load(self) -> LoadedFused:
+        self.loads += 1
+        return LoadedFused(self.count, self.count_from, load_s=0.0, compiled=False, cache_path=None)
+
+    def count(
+        self, seed: int, stream: int, points: int, should_stop: StopCheck = never, *, block_points: int = 1
+    ) -> int:
+        self.calls.append(points)
+        return numpy_impl.count(seed, stream, points, should_stop)
+
+    def count_from(self, state: np.ndarray, points: int, should_stop: StopCheck) -> int:
+        self.handed_over.append(points)
+        return count_from_state(state, points)
+
+
+def failing(exc: Exception) -> Loader:
+    calls = []
+
+    def load() -> LoadedFused:
+        calls.append(1)
+        if len(calls) > 1:
+            raise AssertionError("a failed load is not tried again")
+        raise exc
+
+    return load
+
+
+def never_load() -> LoadedFused:
+    raise AssertionError("this policy must not load the fused implementation")
+
+
+def held(load: Loader) -> tuple[Loader, threading.Event, threading.Event]:
+    """``load`` held up: the loader, an event set once it is loading, one that releases it."""
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> LoadedFused:
+        loading.set()
+        assert release.wait(TIMEOUT)
+        return load()
+
+    return slow_load, loading, release
+
+
+def auto(fake_loader: Loader, switch_after_points: int) -> NumpyKernel:
+    return NumpyKernel(Policy.AUTO, loader=fake_loader, switch_after_points=switch_after_points)
+
+
+# ------------------------------------------------------------------ MCPI_NUMPY_IMPL
+
+
+@pytest.mark.parametrize(
+    ("value", "policy"),
+    [
+        (None, Policy.AUTO),
+        ("", Policy.AUTO),
+        ("auto", Policy.AUTO),
+        (" Fused\n", Policy.FUSED),
+        ("numpy", Policy.NUMPY),
+    ],
+)
+def test_policy_from_environment(value: str | None, policy: Policy) -> None:
+    environ = {} if value is None else {ENVIRONMENT_VARIABLE: value}
+    assert policy_from_environment(environ) is policy
+
+
+def test_a_bad_policy_is_one_clear_line_at_first_use() -> None:
+    environ = {ENVIRONMENT_VARIABLE: "cuda"}
+    kernel = NumpyKernel(environ=environ, loader=never_load)  # constructing it is fine
+    with pytest.raises(KernelConfigError) as caught:
+        kernel.prepare()
+    assert str(caught.value) == "MCPI_NUMPY_IMPL must be one of auto, fused, numpy, got 'cuda'"
+    with pytest.raises(KernelConfigError):
+        kernel(1, 0, 10, never)
+
+
+# ------------------------------------------------------------------ auto
+
+
+def test_auto_counts_with_numpy_until_the_switch_then_loads_once() -> None:
+    fake = FakeFused()
+    kernel = auto(fake.load, switch_after_points=1000)
+    assert kernel(1, 0, 600, never) == numpy_impl.count(1, 0, 600)
+    kernel(1, 1, 350, never)  # 950 points counted: still renting
+    assert (fake.loads, kernel.implementation()) == (0, Implementation.NUMPY)
+    assert kernel(1, 2, 100, never) == numpy_impl.count(1, 2, 100)  # 1050: the load starts
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+    kernel(1, 3, 5, never)
+    assert (fake.loads, fake.calls) == (1, [5])
+    status = kernel.status()
+    assert (status.policy, status.numpy_points, status.unavailable) == (Policy.AUTO, 1050, None)
+
+
+def test_a_running_sample_is_handed_over_at_a_block_boundary_with_the_same_count() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = auto(slow_load, switch_after_points=100)
+    polls = [0]
+
+    def should_stop() -> bool:
+        polls[0] += 1
+        if polls[0] == 3:  # blocks 1 and 2 counted; the load started after block 1
+            assert loading.is_set() and kernel.implementation() is Implementation.NUMPY
+            release.set()
+            assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+        return False
+
+    inside = kernel.count(5, 0, 10_000, should_stop, block_points=100)
+    assert inside == numpy_impl.count(5, 0, 10_000)
+    assert fake.handed_over == [10_000 - 300]  # the rest, after block 3
+    assert kernel.status().numpy_points == 300
+
+
+def test_only_points_actually_counted_bring_the_load_nearer() -> None:
+    """A huge sample cancelled at once starts no load: it counted two blocks."""
+    kernel = auto(never_load, switch_after_points=10**9)
+    polls = [0]
+
+    def should_stop() -> bool:
+        polls[0] += 1
+        return polls[0] == 3
+
+    with pytest.raises(Cancelled):
+        kernel(1, 0, 10**12, should_stop)
+    assert kernel.status().numpy_points == 2 * numpy_impl.BLOCK_POINTS
+
+
+def test_numpy_policy_never_loads() -> None:
+    kernel = NumpyKernel(Policy.NUMPY, loader=never_load, switch_after_points=1)
+    assert kernel.prepare() is Implementation.NUMPY
+    assert kernel(1, 0, 5000, never) == numpy_impl.count(1, 0, 5000)
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMPY
+
+
+def test_fused_policy_loads_at_prepare() -> None:
+    fake = FakeFused()
+    kernel = NumpyKernel(Policy.FUSED, loader=fake.load)
+    assert kernel.prepare() is Implementation.NUMBA_FUSED
+    assert fake.loads == 1
+    kernel(1, 0, 3, never)
+    assert fake.calls == [3]
+
+
+def test_fused_policy_without_prepare_starts_loading_at_the_first_sample() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = NumpyKernel(Policy.FUSED, loader=slow_load)
+    # Not held up by the load: NumPy counts while it runs.
+    assert kernel(1, 0, 1000, never) == numpy_impl.count(1, 0, 1000)
+    assert loading.wait(TIMEOUT)
+    assert kernel(2, 0, 1000, never) == numpy_impl.count(2, 0, 1000)
+    release.set()
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+    kernel(1, 0, 7, never)
+    assert (fake.loads, fake.calls) == (1, [7])
+
+
+# ------------------------------------------------------------------ fallback
+
+
+@pytest.mark.parametrize(("policy", "level"), [(Policy.AUTO, "info"), (Policy.FUSED, "warning")])
+def test_without_numba_numpy_runs_and_it_is_said_once(policy: Policy, level: str) -> None:
+    """A machine without the fast extra: expected under auto (info), not under fused."""
+    missing = NumbaNotInstalled("numba is not installed (No module named 'numba')")
+    kernel = NumpyKernel(policy, loader=failing(missing), switch_after_points=100)
+    with capture_logs() as logs:
+        counts = [kernel(5, stream, 1000, never) for stream in range(3)]
+        kernel.wait_until_loaded(TIMEOUT)
+        counts += [kernel(5, stream, 1000, never) for stream in range(3, 5)]
+    assert counts == [numpy_impl.count(5, stream, 1000) for stream in range(5)]
+    assert kernel.implementation() is Implementation.NUMPY
+    said = [entry for entry in logs if entry["event"] == "fused_kernel_unavailable"]
+    assert len(said) == 1
+    assert said[0]["log_level"] == level and "not installed" in said[0]["reason"]
+    assert kernel.status().unavailable == str(missing)
+
+
+def test_a_loader_that_crashes_leaves_numpy_running() -> None:
+    kernel = auto(failing(OSError("LLVM ran out of memory")), switch_after_points=1)
+    with capture_logs() as logs:
+        assert kernel(5, 0, 1000, never) == numpy_impl.count(5, 0, 1000)
+        assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMPY
+    (said,) = [entry for entry in logs if entry["event"] == "fused_kernel_unavailable"]
+    assert said["log_level"] == "warning" and said["reason"] == "OSError: LLVM ran out of memory"
+
+
+def test_asking_for_fused_by_name_where_it_cannot_load_raises() -> None:
+    kernel = NumpyKernel(Policy.AUTO, loader=failing(NumbaNotInstalled("numba is not installed")))
+    with pytest.raises(FusedUnavailable, match="not installed"):
+        kernel.count(1, 0, 10, implementation=Implementation.NUMBA_FUSED)
+    with pytest.raises(FusedUnavailable, match="not installed"):  # remembered, not retried
+        kernel.count(1, 0, 10, implementation=Implementation.NUMBA_FUSED)
+    assert kernel.count(1, 0, 10, implementation=Implementation.NUMPY) == numpy_impl.count(1, 0, 10)
+
+
+def test_asking_by_name_waits_for_a_load_in_progress() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = NumpyKernel(Policy.FUSED, loader=slow_load)
+    first = threading.Thread(target=kernel.prepare)
+    first.start()
+    assert loading.wait(TIMEOUT)
+    answers: list[int] = []
+
+    def by_name() -> None:
+        answers.append(kernel.count(1, 0, 7, implementation=Implementation.NUMBA_FUSED))
+
+    second = threading.Thread(target=by_name)
+    second.start()
+    release.set()
+    first.join(TIMEOUT)
+    second.join(TIMEOUT)
+    assert (fake.loads, fake.calls, answers) == (1, [7], [numpy_impl.count(1, 0, 7)])
+
+
+def test_threads_counting_at_once_share_one_load() -> None:
+    fake = FakeFused()
+    kernel = auto(fake.load, switch_after_points=1)
+    results: dict[int, int] = {}
+
+    def run(stream: int) -> None:
+        results[stream] = kernel(4, stream, 300_000, never)
+
+    threads = [threading.Thread(target=run, args=(stream,)) for stream in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert results == {stream: numpy_impl.count(4, stream, 300_000) for stream in range(4)}
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+    assert fake.loads == 1
+
+
+# ------------------------------------------------------------------ the module's API
+
+
+def test_kernel_implementations_names_every_kernel() -> None:
+    implementations = kernels.kernel_implementations()
+    assert list(implementations) == list(KERNELS)
+    assert implementations["numpy"] in {"numba-fused", "numpy"}
+    assert implementations["python"] == "python"
+    assert kernels.prepare_kernels() == kernels.kernel_implementations()
+
+
+def test_count_from_state_is_the_kernel() -> None:
+    """The fake's own implementation, checked, so the hand-over test checks something."""
+    state = np.array(np.random.SFC64(np.random.SeedSequence(3, spawn_key=(1,))).state["state"]["state"])
+    assert count_from_state(state, 50_000) == numpy_impl.count(3, 1, 50_000)

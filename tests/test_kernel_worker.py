@@ -1,0 +1,299 @@
+"""Real worker processes with each implementation of the numpy kernel, and each fallback.
+
+Every case starts ``mcpi-worker`` with its environment set up for the case (what
+``MCPI_NUMPY_IMPL`` asks for; numba hidden; nowhere to cache; a fresh cache), sends
+the golden samples and reads the answers and the JSON log lines on stderr. Then a
+``Worker`` over real pipes in this process, cancelled in the middle of a fused sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_golden import KERNEL_TABLE
+
+import mcpi_worker
+from mcpi_worker.kernels import NumpyKernel, Policy, StopCheck, count_python, numpy_impl
+from mcpi_worker.protocol import (
+    MAX_POINTS,
+    NEED_DATA,
+    PROTOCOL_VERSIONS,
+    WORKER_MESSAGES,
+    Cancel,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Message,
+    Result,
+    Sample,
+    Shutdown,
+    Welcome,
+    encode,
+)
+from mcpi_worker.server import ExitCode, Worker
+
+TIMEOUT = 120  # a worker that compiles on a loaded 2-core CI machine
+GOLDEN = [row[1:] for row in KERNEL_TABLE if row[0] == "numpy"]
+
+
+def worker_command() -> list[str]:
+    script = Path(sys.executable).with_name("mcpi-worker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
+
+
+def base_environment(**changes: str | None) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MCPI_", "NUMBA_"))}
+    for key, value in changes.items():
+        if value is not None:
+            environ[key] = value
+    return environ
+
+
+def run_worker(environ: dict[str, str]) -> tuple[list[Message], list[dict[str, Any]]]:
+    """Hello and every golden numpy sample; once all are answered, end of input. The
+    worker's answers, and its stderr log lines (a few: far below a pipe's capacity)."""
+    frames = [Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker")]
+    frames += [
+        Sample(id=i, seed=seed, stream=stream, points=points, kernel="numpy")
+        for i, (seed, stream, points, _) in enumerate(GOLDEN, start=1)
+    ]
+    process = subprocess.Popen(
+        worker_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(b"".join(encode(frame) for frame in frames))
+        process.stdin.flush()
+        decoder = FrameDecoder(WORKER_MESSAGES)
+        messages: list[Message] = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(messages) < len(frames):
+            ready, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+            assert ready, f"the worker answered {len(messages)} of {len(frames)} in {TIMEOUT} s"
+            data = os.read(process.stdout.fileno(), 65536)
+            assert data, "the worker closed its output early"
+            decoder.feed(data)
+            while (message := decoder.next_message()) is not NEED_DATA:
+                messages.append(message)  # type: ignore[arg-type]
+        process.stdin.close()
+        assert process.wait(timeout=TIMEOUT) == 0
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    logs = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    return messages, logs
+
+
+def assert_golden_answers(messages: list[Message]) -> None:
+    welcome, *results = messages
+    assert isinstance(welcome, Welcome)
+    assert sorted((r.id, r.inside) for r in results if isinstance(r, Result)) == [
+        (i, inside) for i, (*_, inside) in enumerate(GOLDEN, start=1)
+    ]
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry.get("event") == name]
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "numba-cache")
+
+
+def test_fused_compiles_once_per_cache_directory_then_loads(cache_dir: str) -> None:
+    environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir)
+    first_messages, first_logs = run_worker(environ)
+    second_messages, second_logs = run_worker(environ)
+    for messages in (first_messages, second_messages):
+        assert_golden_answers(messages)
+    (first,) = events(first_logs, "numpy_kernel_implementation")
+    (second,) = events(second_logs, "numpy_kernel_implementation")
+    assert first["implementation"] == second["implementation"] == "numba-fused"
+    assert (first["compiled"], second["compiled"]) == (True, False)
+    assert first["cache_path"] == second["cache_path"]
+    assert first["cache_path"].startswith(cache_dir)
+
+
+def test_auto_answers_short_work_without_loading_numba(cache_dir: str) -> None:
+    messages, logs = run_worker(base_environment(NUMBA_CACHE_DIR=cache_dir))
+    assert_golden_answers(messages)
+    assert not events(logs, "numpy_kernel_implementation")
+    assert not os.path.exists(cache_dir)  # numba never even looked for its cache
+
+
+def test_numpy_policy_never_loads_numba(cache_dir: str) -> None:
+    messages, logs = run_worker(base_environment(MCPI_NUMPY_IMPL="numpy", NUMBA_CACHE_DIR=cache_dir))
+    assert_golden_answers(messages)
+    assert not events(logs, "numpy_kernel_implementation")
+    assert not events(logs, "fused_kernel_unavailable")
+
+
+@pytest.fixture
+def without_numba(tmp_path: Path) -> str:
+    """A PYTHONPATH entry on which ``import numba`` fails, as where it is not installed."""
+    shadow = tmp_path / "shadow" / "numba"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'numba' (hidden)\")\n")
+    return str(shadow.parent)
+
+
+def test_without_numba_the_numpy_implementation_answers(without_numba: str) -> None:
+    messages, logs = run_worker(base_environment(MCPI_NUMPY_IMPL="fused", PYTHONPATH=without_numba))
+    assert_golden_answers(messages)
+    (said,) = events(logs, "fused_kernel_unavailable")  # once, not once per sample
+    assert said["level"] == "warning" and "numba is not installed" in said["reason"]
+    assert not events(logs, "numpy_kernel_implementation")
+
+
+def test_self_check_without_numba_says_numpy_runs(without_numba: str) -> None:
+    done = subprocess.run(
+        [*worker_command(), "--self-check"],
+        capture_output=True,
+        text=True,
+        env=base_environment(PYTHONPATH=without_numba),
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "numpy (numba-fused unavailable: numba is not installed" in done.stdout
+
+
+def test_self_check_with_numba_compares_both_implementations(cache_dir: str) -> None:
+    done = subprocess.run(
+        [*worker_command(), "--self-check"],
+        capture_output=True,
+        text=True,
+        env=base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir),
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "numba-fused  compiled in" in done.stdout
+    assert "same count" in done.stdout and "loads numba-fused as it starts" in done.stdout
+
+
+def test_where_nothing_can_be_cached_it_says_so_once_and_compiles_in_memory(tmp_path: Path) -> None:
+    """A read-only install and no writable user cache: numba has no cache directory."""
+    source = tmp_path / "src"
+    shutil.copytree(
+        Path(mcpi_worker.__file__).parent,
+        source / "mcpi_worker",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (source / "mcpi_worker" / "kernels" / "__pycache__").write_text("not a directory\n")
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    environ = base_environment(
+        MCPI_NUMPY_IMPL="fused", PYTHONPATH=str(source), XDG_CACHE_HOME=str(not_a_directory / "cache")
+    )
+    messages, logs = run_worker(environ)
+    assert_golden_answers(messages)
+    (said,) = events(logs, "fused_kernel_cache_unavailable")
+    assert said["level"] == "warning" and "NUMBA_CACHE_DIR" in said["consequence"]
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["implementation"] == "numba-fused"
+    assert (loaded["compiled"], loaded["cache_path"]) == (True, None)
+
+
+# ------------------------------------------------------------------ in-process, real pipes
+
+
+class PipeClient:
+    def __init__(self, send_fd: int, receive_fd: int) -> None:
+        self.send_fd, self.receive_fd = send_fd, receive_fd
+        self.decoder = FrameDecoder(WORKER_MESSAGES)
+
+    def send(self, message: Message) -> None:
+        os.write(self.send_fd, encode(message))
+
+    def receive(self) -> Message:
+        while (message := self.decoder.next_message()) is NEED_DATA:
+            data = os.read(self.receive_fd, 65536)
+            assert data, "the worker closed its output"
+            self.decoder.feed(data)
+        return message  # type: ignore[return-value]
+
+
+def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
+    """The cancel reaches the compiled loop between two of its blocks: the kernel has
+    already polled (so it is running), and polls again after the cancel."""
+    fused_kernel = NumpyKernel(Policy.FUSED)
+    fused_kernel.prepare()
+    polls: list[bool] = []
+    running = threading.Event()
+
+    def kernel(seed: int, stream: int, points: int, should_stop: StopCheck) -> int:
+        def polled() -> bool:
+            answer = should_stop()
+            polls.append(answer)
+            running.set()
+            return answer
+
+        return fused_kernel(seed, stream, points, polled)
+
+    request_read, request_write = os.pipe()
+    response_read, response_write = os.pipe()
+    worker = Worker(request_read, response_write, kernels={"numpy": kernel, "python": count_python})
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    thread.start()
+    client = PipeClient(request_write, response_read)
+    try:
+        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test"))
+        assert isinstance(client.receive(), Welcome)
+        client.send(Sample(id=1, seed=3, stream=0, points=MAX_POINTS, kernel="numpy"))
+        assert running.wait(TIMEOUT)
+        client.send(Cancel(1))
+        answer = client.receive()
+        assert isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED
+        assert answer.message == "cancelled before it finished"
+        assert polls[-1] is True and not any(polls[:-1])
+        client.send(Sample(id=2, seed=12345, stream=0, points=1_000_000, kernel="numpy"))
+        result = client.receive()
+        assert isinstance(result, Result) and result.inside == numpy_impl.count(12345, 0, 1_000_000)
+        client.send(Shutdown())
+        thread.join(TIMEOUT)
+        assert outcome and outcome[0].exit_code == ExitCode.OK
+    finally:
+        for fd in (request_write, response_read):
+            os.close(fd)
+
+
+def test_in_a_process_that_configured_no_logging_the_kernels_say_nothing_on_stdout() -> None:
+    """A fake worker runs the kernels too, and speaks the protocol on its stdout."""
+    script = (
+        "from mcpi_worker.kernels import Implementation, count_numpy\n"
+        "count_numpy(1, 0, 10, implementation=Implementation.NUMBA_FUSED)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=base_environment(),
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert done.stdout == ""
+    assert "numpy_kernel_implementation" in done.stderr
