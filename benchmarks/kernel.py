@@ -1,19 +1,27 @@
 """Points per second on one core: our kernels beside the references, in the same run.
 
-    python benchmarks/kernel.py [--repeat 7] [--numpy-points 20e6] [--python-points 1e6]
+    python benchmarks/kernel.py [--repeat 7] [--numpy-points 5e7] [--python-points 1e6]
+                                [--cc gcc] [--startup-rounds 5]
 
-Rows:
-- ``numpy kernel``: mcpi's default kernel (SFC64, float32, in-place blocks).
-- ``numpy, Generator.random(float32)``: the same points drawn the obvious way, to
-  show what the raw-bits fast path buys.
-- ``numpy, np.random.random float64``: the plain NumPy reference (legacy global
-  generator, float64, chunked like ours so memory stays flat).
-- ``python kernel``: mcpi's pure-Python kernel (seeded ``random.Random``).
-- ``lesson loop``: the lesson's ``random.random()`` x/y loop, verbatim.
+Rows (all but the last four count the very same points: seed, stream 0 of the numpy
+kernel's definition, protocol.md §11.2; the table says whether their counts agree):
+- ``numba-fused``: the numpy kernel's fused implementation (one compiled loop).
+- ``numpy``: the numpy kernel's NumPy implementation, today's fallback.
+- ``C, one loop``: the definition as one plain C loop, compiled here with
+  ``-O3 -march=native -ffp-contract=off`` (kernel_reference.c): the reference.
+- ``C, two passes``: the same C, generating 256 outputs before testing them, as the
+  fused kernel does (the test loop then vectorises): what this machine can do.
+- ``numpy, Generator.random(float32)``: the same points drawn the obvious way.
+- ``numpy, np.random.random float64``: the plain NumPy reference (legacy generator).
+- ``python kernel``, ``lesson loop``: the pure-Python loops.
 
-Each row is timed ``--repeat`` times; the median is reported, with the ratio to the
-lesson loop and to the plain NumPy reference. The machine may be shared: the load
-average is printed before and after.
+Rows are timed in interleaved rounds (each round runs every row once, in rotating
+order), ``--repeat`` rounds; the median is reported with ratios to the C loop, the
+numpy implementation and the lesson loop. The C rows time the loop inside the C
+program (no process start). Then, unless ``--startup-rounds 0``: how long a fresh
+``mcpi-worker`` takes from its start to the answer of its first sample with each
+implementation: NumPy; numba-fused from a warm cache; numba-fused compiling into an
+empty cache directory. The machine may be shared: the load average is printed.
 """
 
 from __future__ import annotations
@@ -21,15 +29,51 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from mcpi_worker.kernels import BLOCK_POINTS, count_numpy, count_python, stream_seed_sequence
+from mcpi_worker.kernels import (
+    BLOCK_POINTS,
+    Implementation,
+    count_numpy,
+    count_python,
+    stream_seed_sequence,
+)
+from mcpi_worker.kernels.fused import initial_state
+from mcpi_worker.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSIONS,
+    WORKER_MESSAGES,
+    FrameDecoder,
+    Hello,
+    Result,
+    Sample,
+    encode,
+)
 
 SEED = 20240601
+REFERENCE_SOURCE = Path(__file__).with_name("kernel_reference.c")
+C_FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
+
+Run = Callable[[int], tuple[float, int]]
+"""``run(points) -> (seconds, inside)``."""
+
+
+def timed(count: Callable[[int], int]) -> Run:
+    def run(points: int) -> tuple[float, int]:
+        started = time.perf_counter()
+        inside = count(points)
+        return time.perf_counter() - started, inside
+
+    return run
 
 
 def lesson_loop(points: int) -> int:
@@ -62,50 +106,187 @@ def numpy_random_float64(points: int) -> int:
     return inside
 
 
-def median_rate(run: Callable[[int], int], points: int, repeat: int) -> tuple[float, float]:
-    """Median and spread (max/min) of points per second over ``repeat`` timed runs."""
-    run(min(points, 100_000))  # warm up caches and lazy imports
-    rates = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run(points)
-        rates.append(points / (time.perf_counter() - started))
-    return statistics.median(rates), max(rates) / min(rates)
+def compile_reference(compiler: str, directory: Path) -> Path | None:
+    """The C reference, built with ``compiler``; None (and a note) where there is none."""
+    if shutil.which(compiler) is None:
+        print(f"no C compiler {compiler!r} here: the C rows are left out")
+        return None
+    binary = directory / "kernel_reference"
+    subprocess.run([compiler, *C_FLAGS, "-o", str(binary), str(REFERENCE_SOURCE)], check=True)
+    return binary
+
+
+def c_loop(binary: Path, variant: str) -> Run:
+    a, b, c, counter = (str(int(word)) for word in initial_state(SEED, 0))
+
+    def run(points: int) -> tuple[float, int]:
+        done = subprocess.run(
+            [str(binary), variant, a, b, c, counter, str(points)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        inside, seconds = done.stdout.split()
+        return float(seconds), int(inside)
+
+    return run
 
 
 def count(text: str) -> int:
     return int(float(text.replace("_", "")))
 
 
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ------------------------------------------------------------------ start-up
+
+
+def worker_command() -> list[str]:
+    script = Path(sys.executable).with_name("mcpi-worker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
+
+
+def first_answer_s(environ: dict[str, str]) -> float:
+    """Seconds from starting ``mcpi-worker`` to the result of its first sample (1e6 points)."""
+    frames = encode(Hello(versions=PROTOCOL_VERSIONS, client="bench")) + encode(
+        Sample(id=1, seed=SEED, stream=0, points=1_000_000, kernel="numpy")
+    )
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        worker_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=environ,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(frames)
+    process.stdin.flush()
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    while True:
+        data = os.read(process.stdout.fileno(), 65536)
+        if not data:
+            raise RuntimeError("the worker exited before answering")
+        decoder.feed(data)
+        while (message := decoder.next_message()) is not NEED_DATA:
+            if isinstance(message, Result):
+                elapsed = time.perf_counter() - started
+                process.stdin.close()
+                process.wait(timeout=60)
+                process.stdout.close()
+                return elapsed
+
+
+def startup(rounds: int) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MCPI_", "NUMBA_"))}
+    with tempfile.TemporaryDirectory() as scratch:
+        warm_dir = str(Path(scratch) / "warm")
+        first_answer_s({**base, "MCPI_NUMPY_IMPL": "fused", "NUMBA_CACHE_DIR": warm_dir})  # fill it
+        cases: dict[str, Callable[[int], dict[str, str]]] = {
+            "numpy (MCPI_NUMPY_IMPL=numpy)": lambda _: {**base, "MCPI_NUMPY_IMPL": "numpy"},
+            "numba-fused, warm cache": lambda _: {
+                **base,
+                "MCPI_NUMPY_IMPL": "fused",
+                "NUMBA_CACHE_DIR": warm_dir,
+            },
+            "numba-fused, empty cache (compiles)": lambda r: {
+                **base,
+                "MCPI_NUMPY_IMPL": "fused",
+                "NUMBA_CACHE_DIR": str(Path(scratch) / f"cold{r}"),
+            },
+        }
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for r in range(rounds):
+            for name, environ in cases.items():
+                times[name].append(first_answer_s(environ(r)))
+    print(f"\nworker start to its first result (1e6 points), median of {rounds}; load average {load()}")
+    numpy_s = statistics.median(times["numpy (MCPI_NUMPY_IMPL=numpy)"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:38} {median:6.3f} s   (+{median - numpy_s:.3f} s over numpy)")
+    warm = statistics.median(times["numba-fused, warm cache"])
+    cold = statistics.median(times["numba-fused, empty cache (compiles)"])
+    print(f"  compile cost (empty minus warm cache): {cold - warm:.3f} s, once per cache directory")
+
+
+# ------------------------------------------------------------------ main
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--numpy-points", type=count, default=20_000_000)
+    parser.add_argument("--numpy-points", type=count, default=50_000_000)
     parser.add_argument("--python-points", type=count, default=1_000_000)
+    parser.add_argument("--cc", default="gcc", help="C compiler for the reference rows (gcc)")
+    parser.add_argument("--startup-rounds", type=int, default=5)
     args = parser.parse_args()
+    fused_load = time.perf_counter()
+    count_numpy(SEED, 0, 1, implementation=Implementation.NUMBA_FUSED)
+    fused_load = time.perf_counter() - fused_load
 
-    rows: list[tuple[str, Callable[[int], int], int]] = [
-        ("numpy kernel (mcpi default)", lambda n: count_numpy(SEED, 0, n), args.numpy_points),
-        ("numpy, Generator.random(float32)", numpy_generator_float32, args.numpy_points),
-        ("numpy, np.random.random float64", numpy_random_float64, args.numpy_points),
-        ("python kernel (mcpi)", lambda n: count_python(SEED, 0, n), args.python_points),
-        ("lesson loop (random.random)", lesson_loop, args.python_points),
-    ]
-    print(f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{args.repeat} repetitions each; median points/s on one core\n")
-    rates = {}
-    spreads = {}
-    for name, run, points in rows:
-        rates[name], spreads[name] = median_rate(run, points, args.repeat)
-    lesson = rates["lesson loop (random.random)"]
-    reference = rates["numpy, np.random.random float64"]
-    print(f"{'':34} {'M points/s':>11} {'max/min':>8} {'x lesson':>9} {'x np float64':>13}")
-    for name, _, _ in rows:
+    with tempfile.TemporaryDirectory() as build:
+        binary = compile_reference(args.cc, Path(build))
+        fast, slow = args.numpy_points, args.python_points
+        rows: dict[str, tuple[Run, int]] = {
+            "numba-fused (numpy kernel)": (
+                timed(lambda n: count_numpy(SEED, 0, n, implementation=Implementation.NUMBA_FUSED)),
+                fast,
+            ),
+            "numpy (numpy kernel, fallback)": (
+                timed(lambda n: count_numpy(SEED, 0, n, implementation=Implementation.NUMPY)),
+                fast,
+            ),
+        }
+        if binary is not None:
+            rows["C, one loop (reference)"] = (c_loop(binary, "one"), fast)
+            rows["C, two passes"] = (c_loop(binary, "two-pass"), fast)
+        rows |= {
+            "numpy, Generator.random(float32)": (timed(numpy_generator_float32), fast),
+            "numpy, np.random.random float64": (timed(numpy_random_float64), fast),
+            "python kernel (mcpi)": (timed(lambda n: count_python(SEED, 0, n)), slow),
+            "lesson loop (random.random)": (timed(lesson_loop), slow),
+        }
+        print(f"load average before: {load()}")
+        print(f"numba-fused loaded in {fused_load:.3f} s (before timing)")
+        print(f"{args.repeat} interleaved rounds; median points/s on one core")
+        for run, points in rows.values():
+            run(min(points, 100_000))  # warm caches and lazy imports
+        seconds: dict[str, list[float]] = {name: [] for name in rows}
+        counts: dict[str, set[int]] = {name: set() for name in rows}
+        names = list(rows)
+        for round_number in range(args.repeat):
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                run, points = rows[name]
+                elapsed, inside = run(points)
+                seconds[name].append(elapsed)
+                counts[name].add(inside)
+
+    rate = {name: rows[name][1] / statistics.median(values) for name, values in seconds.items()}
+    spread = {name: max(values) / min(values) for name, values in seconds.items()}
+    reference = rate.get("C, one loop (reference)")
+    numpy_rate = rate["numpy (numpy kernel, fallback)"]
+    lesson = rate["lesson loop (random.random)"]
+    print(f"\n{'':34} {'M points/s':>11} {'max/min':>8} {'x C loop':>9} {'x numpy':>8} {'x lesson':>9}")
+    for name in names:
+        versus_c = f"{rate[name] / reference:9.2f}" if reference else f"{'-':>9}"
         print(
-            f"{name:34} {rates[name] / 1e6:11.1f} {spreads[name]:8.2f} "
-            f"{rates[name] / lesson:9.1f} {rates[name] / reference:13.2f}"
+            f"{name:34} {rate[name] / 1e6:11.1f} {spread[name]:8.2f} {versus_c} "
+            f"{rate[name] / numpy_rate:8.2f} {rate[name] / lesson:9.1f}"
         )
-    print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    same_points = [name for name in names if not name.startswith(("numpy, np.random", "python", "lesson"))]
+    agreed = {next(iter(counts[name])) for name in same_points if len(counts[name]) == 1}
+    print(f"counts of the rows drawing the same points agree: {len(agreed) == 1} ({sorted(agreed)})")
+    fused = rate["numba-fused (numpy kernel)"]
+    if reference:
+        print(f"numba-fused / C one loop:   {fused / reference:.2f}x  (target >= 0.9)")
+        print(f"numba-fused / C two passes: {fused / rate['C, two passes']:.2f}x")
+    print(f"numba-fused / numpy:        {fused / numpy_rate:.2f}x  (target >= 1.5)")
+    print(f"load average after: {load()}")
+    if args.startup_rounds > 0:
+        startup(args.startup_rounds)
 
 
 if __name__ == "__main__":
