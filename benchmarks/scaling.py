@@ -17,12 +17,21 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    points vs 1e13 points stopped by ``--max-time`` (chunks are generated lazily; the
    only per-chunk state is 16 bytes of (points, inside) kept for plots).
 
-    python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold]
+4. With ``--implementations`` (and nothing else): the numpy kernel's two
+   implementations side by side, in rotating order: 1e9 points on 2 started
+   workers, each worker having run a sample first (so under ``fused`` it has loaded
+   numba), with ``MCPI_NUMPY_IMPL=fused`` vs ``numpy`` (target: fused >= 1.4x faster);
+   then whole ``mcpi estimate --workers 2`` commands, start-up included, at 1e7
+   points (``auto``, the default, vs ``numpy``, today's path: no slower) and at
+   ``--points`` (``auto``, ``fused``, ``numpy``).
+
+    python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold] [--implementations]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -31,10 +40,12 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import psutil
 import trio
 
+from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.cli.args import count
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
@@ -60,6 +71,24 @@ with ProcessPoolExecutor(workers) as executor:
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def run_rounds(
+    contenders: dict[str, Callable[[], tuple[float, int]]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, set[int]]]:
+    """Every contender once a round, in rotating order: the seconds and counts of each."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    counts: dict[str, set[int]] = {name: set() for name in contenders}
+    names = list(contenders)
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds, inside = contenders[name]()
+            times[name].append(seconds)
+            counts[name].add(inside)
+        last = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+        print(f"  round {round_number + 1}: {last}; {load()}")
+    return times, counts
 
 
 # ------------------------------------------------------------------ warm contenders
@@ -114,6 +143,72 @@ def cold_executor_script(points: int) -> tuple[float, int]:
     return time.perf_counter() - started, int(run.stdout)
 
 
+# ------------------------------------------------------------------ numpy kernel implementations
+
+WORKER = str(Path(sys.executable).with_name("mcpi-worker"))
+
+
+async def _time_started_pool(implementation: str, workers: int, points: int) -> tuple[float, int]:
+    """``run_estimate`` timed on a pool whose every worker has answered a sample."""
+    command = ["env", f"MCPI_NUMPY_IMPL={implementation}", WORKER]
+    async with WorkerPool(workers, command) as pool:
+        stream = 10**9  # far from the streams the estimate uses
+        while min(worker.chunks for worker in pool.stats.workers) == 0:
+            warm = [Chunk(seed=SEED, stream=stream + i, points=2_000_000) for i in range(2 * workers)]
+            async with pool.imap_unordered(warm) as results:
+                async for _ in results:
+                    pass
+            stream += 2 * workers
+        started = time.perf_counter()
+        result = await run_estimate(pool, points=points, seed=SEED)
+        return time.perf_counter() - started, result.inside
+
+
+def cold_estimate(implementation: str, points: int) -> Callable[[], tuple[float, int]]:
+    def run() -> tuple[float, int]:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*MCPI, "estimate", "--json", "--workers", "2", "--seed", str(SEED), "--points", str(points)],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "MCPI_NUMPY_IMPL": implementation},
+        )
+        return time.perf_counter() - started, json.loads(done.stdout)["inside"]
+
+    return run
+
+
+def compare_implementations(points: int, rounds: int) -> None:
+    contenders: dict[str, Callable[[], tuple[float, int]]] = {
+        "x2 started, fused": lambda: trio.run(_time_started_pool, "fused", 2, points),
+        "x2 started, numpy": lambda: trio.run(_time_started_pool, "numpy", 2, points),
+        "estimate 1e7, auto": cold_estimate("auto", 10**7),
+        "estimate 1e7, numpy": cold_estimate("numpy", 10**7),
+        f"estimate {points:.0e}, auto": cold_estimate("auto", points),
+        f"estimate {points:.0e}, fused": cold_estimate("fused", points),
+        f"estimate {points:.0e}, numpy": cold_estimate("numpy", points),
+    }
+    print(f"numpy kernel implementations; {points:.0e} points, {rounds} rounds; {load()}")
+    times, counts = run_rounds(contenders, rounds)
+    names = list(contenders)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print()
+    for name in names:
+        print(f"  {name:26} median {median[name]:6.3f} s   ({', '.join(f'{t:.2f}' for t in times[name])})")
+    big = [name for name in names if "1e7" not in name]
+    small = [name for name in names if "1e7" in name]
+    for group in (big, small):
+        found = set().union(*(counts[name] for name in group))
+        print(f"  {', '.join(group)}: same inside: {len(found) == 1} ({sorted(found)})")
+    print()
+    ratio = median["x2 started, numpy"] / median["x2 started, fused"]
+    print(f"started pool, fused vs numpy:        {ratio:.2f}x faster   (target >= 1.4)")
+    ratio = median["estimate 1e7, auto"] / median["estimate 1e7, numpy"]
+    print(f"mcpi estimate 1e7, auto / numpy:     {ratio:.3f}   (target <= 1.0: no slower than before)")
+    for implementation in ("auto", "fused"):
+        ratio = median[f"estimate {points:.0e}, numpy"] / median[f"estimate {points:.0e}, {implementation}"]
+        print(f"mcpi estimate {points:.0e}, {implementation} vs numpy: {ratio:.2f}x faster")
+
+
 # ------------------------------------------------------------------ memory
 
 
@@ -132,9 +227,13 @@ def main() -> None:
     parser.add_argument("--points", type=count, default=10**9)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--implementations", action="store_true")
     args = parser.parse_args()
     configure_logging("warning")
     points = args.points
+    if args.implementations:
+        compare_implementations(points, args.rounds)
+        return
 
     contenders: dict[str, Callable[[int], tuple[float, int]]] = {
         "trio-pool x1 (warm)": trio_pool(1),
@@ -147,16 +246,9 @@ def main() -> None:
         contenders["executor script x2 (cold)"] = cold_executor_script
 
     print(f"{points:.0e} points, chunks of {DEFAULT_CHUNK_SIZE:.0e}, {args.rounds} rounds; {load()}")
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    counts: dict[str, set[int]] = {name: set() for name in contenders}
+    with_points = {name: functools.partial(run, points) for name, run in contenders.items()}
+    times, counts = run_rounds(with_points, args.rounds)
     names = list(contenders)
-    for round_number in range(args.rounds):
-        order = names[round_number % len(names):] + names[: round_number % len(names)]
-        for name in order:
-            seconds, inside = contenders[name](points)
-            times[name].append(seconds)
-            counts[name].add(inside)
-        print(f"  round {round_number + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) + f"; {load()}")
 
     median = {name: statistics.median(values) for name, values in times.items()}
     print()
