@@ -164,6 +164,8 @@ async def run_estimate(
     (``trio.current_time()`` before the pool started) makes ``elapsed_s`` and
     ``max_time`` count worker start-up too, as a user's clock does.
     """
+    if points < 1 or chunk_size < 1:
+        raise ValueError(f"points and chunk_size must be at least 1, not {points} and {chunk_size}")
     prefix = Prefix(points, chunk_size, StopRule(target_error))
     started = trio.current_time() if started_at is None else started_at
     deadline = math.inf if max_time is None else started + max_time

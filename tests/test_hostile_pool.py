@@ -84,7 +84,8 @@ after = st.integers(1, 3)
 def useful_first_fault(draw: st.DrawFn) -> FakeBehaviour:
     """A fault that strikes only after the worker answered at least one request."""
     kind = draw(st.sampled_from(["crash", "hang", "garbage", "oversize", "wrong_id",
-                                 "duplicate_id", "eof_mid_frame", "slow", "flood", "none"]))
+                                 "duplicate_id", "eof_mid_frame", "slow", "flood", "none",
+                                 "bad_answer"]))
     if kind == "crash":
         return FakeBehaviour(crash_after=draw(after), exit_code=draw(exit_codes))
     if kind == "hang":
@@ -95,6 +96,9 @@ def useful_first_fault(draw: st.DrawFn) -> FakeBehaviour:
         return FakeBehaviour(stderr_flood_mb=draw(st.sampled_from([0.1, 1.0])))
     if kind == "none":
         return FakeBehaviour()
+    if kind == "bad_answer":
+        answer = draw(st.sampled_from(["inside", "points", "pong", "nan"]))
+        return FakeBehaviour(misbehave_after=draw(after), bad_answer=answer)
     return FakeBehaviour(misbehave_after=draw(after), exit_code=draw(exit_codes), **{kind: True})
 
 
@@ -252,6 +256,10 @@ class RecordingLauncher:
         FakeBehaviour(misbehave_after=1, eof_mid_frame=True),
         FakeBehaviour(crash_after=1, exit_code=-signal.SIGKILL),
         FakeBehaviour(hang_after=1, ignore_sigterm=True),
+        FakeBehaviour(misbehave_after=1, bad_answer="inside"),
+        FakeBehaviour(misbehave_after=1, bad_answer="points"),
+        FakeBehaviour(misbehave_after=1, bad_answer="pong"),
+        FakeBehaviour(misbehave_after=1, bad_answer="nan"),
     ],
     ids=lambda b: ",".join(f"{k}={v}" for k, v in b.faults.items()),
 )

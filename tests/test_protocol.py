@@ -37,7 +37,6 @@ from mcpi_worker.protocol import (
     Message,
     Ping,
     Pong,
-    ProtocolError,
     RequestError,
     Result,
     Sample,
@@ -422,6 +421,34 @@ def test_unusable_id_leaves_no_request_id(bad_id: Any) -> None:
 def test_bad_hello_versions(versions: Any) -> None:
     data = frame({"type": "hello", "versions": versions, "client": "c"})
     assert decode_three_ways(data) == request_failure(ErrorCode.INVALID_REQUEST, None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "hello", "id": 5, "versions": "1", "client": "c"},
+        {"type": "hello", "id": 5, "versions": [1]},
+        {"type": "cancel", "id": "5"},
+    ],
+)
+def test_an_id_on_a_message_never_answered_by_id_is_not_usable(body: dict[str, Any]) -> None:
+    """A bad hello carrying an extra ``id`` key used to get a per-request error under
+    that id; a hello is never answered by id, so the error is fatal (protocol.md §8)."""
+    assert decode_three_ways(frame(body)) == request_failure(ErrorCode.INVALID_REQUEST, None)
+
+
+def test_a_valid_hello_with_an_extra_id_is_just_a_hello() -> None:
+    data = frame({"type": "hello", "id": 5, "versions": [1], "client": "c"})
+    assert decode_three_ways(data) == [Hello((1,), "c")]
+
+
+def test_a_map_with_a_key_twice_is_malformed() -> None:
+    """Two readers of one frame could otherwise see two different messages."""
+    payload = b"\x83" + msgpack.packb("type") + msgpack.packb("ping") + msgpack.packb("id") + b"\x01"
+    payload += msgpack.packb("id") + b"\x02"
+    data = HEADER.pack(len(payload)) + payload
+    [failure] = decode_three_ways(data)
+    assert failure == Failure(True, ErrorCode.MALFORMED_FRAME, None)
 
 
 def test_text_limits() -> None:

@@ -26,6 +26,7 @@ from mcpi_worker.protocol import (
     HEADER,
     MAX_FRAME,
     MAX_POINTS,
+    MAX_TEXT,
     NEED_DATA,
     Cancel,
     Error,
@@ -38,6 +39,7 @@ from mcpi_worker.protocol import (
     Shutdown,
     encode,
 )
+from mcpi_worker.server import INLINE_MAX_POINTS
 
 LONG = MAX_POINTS  # a request that would run for an hour: only ever cancelled
 
@@ -695,3 +697,41 @@ def test_a_worker_serves_alike_whether_it_sleeps_at_once_or_polls_first(spin_us:
     assert set(answers) == {1, 2}
     worker.close_stdin()
     assert worker.wait() == 0
+
+
+def test_a_ping_after_a_burst_of_small_samples_waits_for_none_of_them(serving: WorkerUnderTest) -> None:
+    """20 small python-kernel samples and a ping in one write: the samples used to run
+    one after another on the reader, the pong coming ~300 ms later, behind all of them.
+    The pong must come first (protocol.md §6: behind at most one small sample)."""
+    burst = [sample(i, INLINE_MAX_POINTS, kernel="python") for i in range(1, 21)] + [Ping(21)]
+    serving.send_bytes(b"".join(encode(m) for m in burst))
+    answers = serving.receive_many(21)
+    assert [getattr(m, "id", None) for m in answers[:2]].count(21) == 1, answers[:2]
+    assert isinstance(answers[0], Pong) or isinstance(answers[1], Pong)
+    assert sorted(m.id for m in answers) == list(range(1, 22))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "\x00" * 300_000, "id": 5},
+        {"type": "x" * 1_000_000, "id": 5},
+        {"type": "sample", "id": 5, "seed": 1, "stream": 0, "points": 10, "kernel": "k" * MAX_TEXT},
+        {"type": "sample", "id": 5, "seed": "\x00" * 300_000, "stream": 0, "points": 10, "kernel": "numpy"},
+    ],
+    ids=["nul-type", "1MB-type", "4096-char-kernel", "huge-bad-field"],
+)
+def test_a_huge_value_gets_a_bounded_error_and_the_worker_goes_on(
+    serving: WorkerUnderTest, body: dict[str, object]
+) -> None:
+    """Error messages quoted the peer's value whole: a 300,000-character type made a
+    1.2 MB error frame the worker refused to send, and it died with a traceback."""
+    import msgpack
+
+    payload = msgpack.packb(body)
+    serving.send_bytes(HEADER.pack(len(payload)) + payload)
+    answer = serving.receive()
+    assert isinstance(answer, Error) and answer.id == 5
+    assert len(answer.message) <= MAX_TEXT and len(answer.message) < 200
+    serving.send(Ping(6))
+    assert serving.receive() == Pong(6)  # still serving

@@ -24,6 +24,7 @@ from typing import Final, NoReturn
 from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli.args import count, positive_count
 from mcpi_coordinator.testing.script import (
+    BAD_ANSWERS,
     EXIT_OK,
     Action,
     Exit,
@@ -45,6 +46,8 @@ EXIT_USAGE: Final[int] = 2
 HANG_POLL_S: Final[float] = 0.2
 """How often a hanging fake checks whether its parent died (then it exits, so a hung
 fake never outlives the test or program that started it)."""
+
+LEFT_CHILD_LIFETIME_S: Final[float] = 60.0
 
 EPILOG = """\
 counting: "after N" counts sample results already sent. --crash-after and --hang-after
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exit with --exit-code at once, before reading anything")
     death.add_argument("--ignore-sigterm", action="store_true",
                        help="ignore SIGTERM, so only SIGKILL stops it")
+    death.add_argument("--leave-child", action="store_true",
+                       help="when crashing, leave a child process holding stdin, stdout "
+                            "and stderr open, as a careless wrapper would")
 
     stream = parser.add_argument_group("breaking the protocol")
     stream.add_argument("--misbehave-after", type=count, default=0, metavar="N",
@@ -135,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="welcome with protocol version 99")
     stream.add_argument("--internal-errors", type=count, default=0, metavar="N",
                         help="answer the first N samples with a retryable 'internal' error")
+    stream.add_argument("--bad-answer", choices=sorted(a for a in BAD_ANSWERS if a), default=None,
+                        help="answer samples breaking an answer's rules: more inside than "
+                             "points, other points, a pong, or a NaN elapsed_s")
     stream.add_argument("--wrong-count", type=int, default=0, metavar="D",
                         help="report counts off by D (kept between 0 and the points): a "
                              "plausible, silently wrong answer")
@@ -171,6 +180,8 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         duplicate_id=args.duplicate_id,
         eof_mid_frame=args.eof_mid_frame,
         internal_errors=args.internal_errors,
+        bad_answer=args.bad_answer,
+        leave_child=args.leave_child,
         wrong_count=args.wrong_count,
         wrong_count_streams=args.wrong_count_streams,
         wrong_count_times=args.wrong_count_times,
@@ -262,6 +273,18 @@ def _hang(parent: int) -> NoReturn:
     os._exit(EXIT_OK)  # re-parented: whoever would have killed us is gone
 
 
+def _leave_child() -> None:
+    """Fork a child that keeps our stdin, stdout and stderr open, in our process group,
+    and sleeps until it is killed: a grandchild of the coordinator's, holding its pipes.
+    It gives up after ``LEFT_CHILD_LIFETIME_S``, so a coordinator that fails to kill it
+    leaves it for a minute, not for ever."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(LEFT_CHILD_LIFETIME_S)
+        os._exit(0)
+    _write_all(STDERR, f"left a child {child}\n".encode())
+
+
 def _exit(code: int) -> NoReturn:
     if code < 0:
         signum = -code
@@ -282,7 +305,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if behaviour.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _exit(serve(behaviour, parent))
+    code = serve(behaviour, parent)
+    if behaviour.leave_child and behaviour.crash_after is not None and code == behaviour.exit_code:
+        _leave_child()
+    _exit(code)
 
 
 if __name__ == "__main__":

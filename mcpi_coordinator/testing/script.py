@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import socket
 from collections import deque
 from collections.abc import Iterator
@@ -59,6 +60,8 @@ GARBAGE: Final[bytes] = b"Traceback (most recent call last):\n  a stray print on
 header, "Trac" announces a 1.4 GB frame, which a careful reader refuses at once."""
 
 UINT64_HALF: Final[int] = 1 << 63
+
+BAD_ANSWERS: Final = frozenset({None, "inside", "points", "pong", "nan"})
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,14 @@ class FakeBehaviour:
     """Send the result twice (every time, from ``misbehave_after`` on)."""
     eof_mid_frame: bool = False
     """Write the first half of the result frame, then exit with ``exit_code``."""
+    bad_answer: str | None = None
+    """Answer samples with a result that breaks the protocol's rules for an answer:
+    ``"inside"`` (more inside than points), ``"points"`` (not the request's points),
+    ``"pong"`` (a pong instead of a result), ``"nan"`` (``elapsed_s`` NaN)."""
+    leave_child: bool = False
+    """When crashing (``crash_after``), leave a child process behind that holds the
+    worker's stdin, stdout and stderr open (subprocess fake only; it writes
+    ``left a child <pid>`` to stderr first)."""
     wrong_count: int = 0
     """Add this to the counts it reports (a plausible, silently wrong answer, as a bad
     DIMM or a different build would give), clamped to the sample's points; 0: honest."""
@@ -135,6 +146,8 @@ class FakeBehaviour:
             raise ValueError("max_inflight must be >= 1")
         if self.wrong_count_times is not None and self.wrong_count_times < 0:
             raise ValueError("wrong_count_times must be >= 0")
+        if self.bad_answer not in BAD_ANSWERS:
+            raise ValueError(f"bad_answer must be one of {sorted(a for a in BAD_ANSWERS if a)}")
 
     @property
     def faults(self) -> dict[str, Any]:
@@ -409,6 +422,14 @@ class FakeWorkerCore:
             return [WriteStdout(protocol.encode(Result(wrong, count, request.points, b.slow)))]
         if b.duplicate_id:
             return [WriteStdout(frame + frame)]
+        if b.bad_answer is not None:
+            bad: protocol.Message = {
+                "inside": Result(request.id, request.points + 1, request.points, b.slow),
+                "points": Result(request.id, count, request.points + 1, b.slow),
+                "pong": protocol.Pong(request.id),
+                "nan": Result(request.id, count, request.points, math.nan),
+            }[b.bad_answer]
+            return [WriteStdout(protocol.encode(bad))]
         return None
 
     # ---------------------------------------------------------------------- endings

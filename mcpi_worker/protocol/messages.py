@@ -282,19 +282,32 @@ def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Mes
     ``type`` present and a str; ``type`` accepted here; each field in wire order, present
     and valid. Unknown keys are ignored.
     """
-    reply_id = usable_id(body, accept)
     kind = body.get("type")
+    cls = accept.get(kind) if type(kind) is str else None
+    if cls is not None:
+        # The fast path, taken by every valid message: one cheap test per field. Only
+        # a message that fails one goes the slow way below, which says what is wrong.
+        values = []
+        for name, valid, convert in _FIELD_CHECKS[cls]:
+            value = body.get(name, _MISSING)
+            if not valid(value):
+                break
+            values.append(value if convert is None else convert(value))
+        else:
+            return cls(*values)
+    reply_id = usable_id(body, accept)
     if not isinstance(kind, str):
         raise RequestError(ErrorCode.INVALID_REQUEST, "missing or non-string 'type'", reply_id)
-    cls = accept.get(kind)
     if cls is None:
         raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
-    values: dict[str, Any] = {}
     for name in FIELD_NAMES[cls]:
         if name not in body:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"{kind}: missing field {name!r}", reply_id)
-        values[name] = _check_field(kind, name, body[name], reply_id)
-    return cls(**values)
+        _check_field(kind, name, body[name], reply_id)
+    raise AssertionError(f"{kind}: the fast and the slow checks disagree on {body!r}")
+
+
+_MISSING: Final = object()
 
 
 def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
@@ -366,6 +379,44 @@ _FIELD_RULES: Final[dict[str, str]] = {
 }
 # Error.id is the one field that may be nil; it overrides the generic "id" rule.
 _ERROR_ID_RULE: Final = "optional_id"
+
+
+def _valid_versions(value: Any) -> bool:
+    return (
+        type(value) is list
+        and 0 < len(value) <= MAX_LIST
+        and all(type(v) is int and 0 < v <= UINT64_MAX for v in value)
+    )
+
+
+def _valid_names(value: Any) -> bool:
+    return (
+        type(value) is list
+        and len(value) <= MAX_LIST
+        and all(type(v) is str and len(v) <= MAX_TEXT for v in value)
+    )
+
+
+_FAST_RULES: Final[dict[str, tuple[Any, Any]]] = {
+    # rule: (valid(value) -> bool, convert or None); the same rules as _check_field
+    "uint64": (is_uint64, None),
+    "points": (lambda v: type(v) is int and 0 <= v <= MAX_POINTS, None),
+    "positive": (lambda v: type(v) is int and 0 < v <= UINT64_MAX, None),
+    "optional_id": (lambda v: v is None or is_uint64(v), None),
+    "text": (lambda v: type(v) is str and len(v) <= MAX_TEXT, None),
+    "seconds": (lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0, float),
+    "versions": (_valid_versions, tuple),
+    "names": (_valid_names, tuple),
+}
+
+_FIELD_CHECKS: Final[dict[type, tuple[tuple[str, Any, Any], ...]]] = {
+    cls: tuple(
+        (name, *_FAST_RULES[_ERROR_ID_RULE if (cls is Error and name == "id") else _FIELD_RULES[name]])
+        for name in names
+    )
+    for cls, names in FIELD_NAMES.items()
+}
+"""Each message class's fields with the quick test and conversion their rule asks for."""
 
 
 def negotiate_version(offered: tuple[int, ...]) -> int | None:
