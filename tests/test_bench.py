@@ -119,33 +119,55 @@ def _worker_bytes(*messages: protocol.Message) -> bytes:
 WELCOME = protocol.Welcome(1, "w", 1, "h", ("numpy",), 4, protocol.MAX_FRAME, protocol.MAX_POINTS)
 
 
-def test_one_shot_exchange_sends_hello_and_sample_then_reads_the_count_bytewise() -> None:
-    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+def _sent(exchange: OneShotExchange) -> list[object]:
     decoder = protocol.FrameDecoder(protocol.COORDINATOR_MESSAGES)
-    decoder.feed(exchange.opening + exchange.closing)
-    sent = [decoder.next_message() for _ in range(3)]
-    assert sent[0] == protocol.Hello(protocol.PROTOCOL_VERSIONS, "mcpi-bench")
-    assert sent[1] == protocol.Sample(id=1, seed=5, stream=3, points=100, kernel="numpy")
-    assert sent[2] == protocol.Shutdown()
-    answer = _worker_bytes(WELCOME, protocol.Result(1, 77, 100, 0.001))
+    decoder.feed(exchange.data_to_send())
+    messages = []
+    while (message := decoder.next_message()) is not protocol.NEED_DATA:
+        messages.append(message)
+    return messages
+
+
+def test_one_shot_exchange_says_hello_then_sample_then_shutdown_and_reads_bytewise() -> None:
+    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    assert _sent(exchange) == [protocol.Hello(protocol.PROTOCOL_VERSIONS, "mcpi-bench")]
+    welcome = _worker_bytes(WELCOME)
+    assert [exchange.receive(welcome[i : i + 1]) for i in range(len(welcome))] == [None] * len(welcome)
+    assert _sent(exchange) == [protocol.Sample(id=1, seed=5, stream=3, points=100, kernel="numpy")]
+    answer = _worker_bytes(protocol.Result(1, 77, 100, 0.001))
     counts = [exchange.receive(answer[i : i + 1]) for i in range(len(answer))]
     assert counts[-1] == 77 and set(counts[:-1]) == {None}
+    assert _sent(exchange) == [protocol.Shutdown()]
 
 
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        (_worker_bytes(WELCOME, protocol.Error(1, "unknown_kernel", "no such kernel")), "unknown_kernel"),
-        (_worker_bytes(protocol.Result(1, 1, 100, 0.0)), "expected welcome first"),
-        (_worker_bytes(WELCOME, protocol.Result(9, 1, 100, 0.0)), "result of request 1"),
-        (_worker_bytes(WELCOME, protocol.Result(1, 1, 99, 0.0)), "covers 99 points"),
+        (_worker_bytes(protocol.Error(1, "unknown_kernel", "no such kernel")), "unknown_kernel"),
+        (_worker_bytes(protocol.Result(9, 1, 100, 0.0)), "id 9, which is not in flight"),
+        (_worker_bytes(protocol.Result(1, 1, 99, 0.0)), "answered 99 points"),
+        (_worker_bytes(protocol.Result(1, 101, 100, 0.0)), "counted 101 inside"),
+        (_worker_bytes(protocol.Pong(1)), "with a pong"),
         (b"hello world\n", "broke the protocol"),
     ],
 )
 def test_one_shot_exchange_rejects_anything_but_welcome_then_result(reply: bytes, message: str) -> None:
     exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    exchange.receive(_worker_bytes(WELCOME))
     with pytest.raises(OneShotError, match=message):
         exchange.receive(reply)
+
+
+def test_one_shot_exchange_wants_the_welcome_first() -> None:
+    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="numpy")
+    with pytest.raises(OneShotError, match="result before its welcome"):
+        exchange.receive(_worker_bytes(protocol.Result(1, 1, 100, 0.0)))
+
+
+def test_one_shot_exchange_refuses_a_worker_without_the_kernel() -> None:
+    exchange = OneShotExchange(seed=5, stream=3, points=100, kernel="python")
+    with pytest.raises(OneShotError, match="does not offer kernel 'python'"):
+        exchange.receive(_worker_bytes(WELCOME))
 
 
 def test_one_shot_exchange_words_an_early_end_of_stream() -> None:

@@ -26,7 +26,6 @@ from mcpi_worker.protocol import (
     ErrorCode,
     FatalProtocolError,
     FrameDecoder,
-    Ping,
     Pong,
     Result,
     Sample,
@@ -226,3 +225,19 @@ def test_debugging_vectors() -> None:
     assert int(vectors["python_seed"][0], 16) == kernels.python_seed(seed, stream)
     rnd = random.Random(kernels.python_seed(seed, stream))
     assert [float(v) for v in vectors["python_randoms"]] == [rnd.random() for _ in range(4)]
+
+
+@pytest.mark.parametrize("s", [0, 1, 2**32 - 1, 2**32, 2**127 + 12345, kernels.python_seed(12345, 0)])
+def test_spec_mt19937_is_cpythons_random(s: int) -> None:
+    """§11.3 spells out MT19937 (init_by_array, tempering) so the python kernel can be
+    written in another language: the printed definition must be CPython's generator."""
+    spec, cpython = REFERENCE.MT19937(s), random.Random(s)
+    assert [spec.random() for _ in range(1500)] == [cpython.random() for _ in range(1500)]
+
+
+@pytest.mark.parametrize(
+    ("seed", "stream", "points", "inside"),
+    [row[1:] for row in KERNEL_TABLE if row[0] == "python" and row[3] <= 20_000],
+)
+def test_spec_reference_reproduces_the_python_rows(seed: int, stream: int, points: int, inside: int) -> None:
+    assert REFERENCE.count_python(seed, stream, points) == inside

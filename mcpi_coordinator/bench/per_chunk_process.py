@@ -49,12 +49,12 @@ async def _asyncio_chunk(
         inside = None
         try:
             try:
-                process.stdin.write(exchange.opening)
+                process.stdin.write(exchange.data_to_send())  # the hello
                 await process.stdin.drain()
                 while inside is None and (data := await process.stdout.read(READ_SIZE)):
                     inside = exchange.receive(data)
-                if inside is not None:
-                    process.stdin.write(exchange.closing)
+                    process.stdin.write(exchange.data_to_send())  # the sample, then shutdown
+                    await process.stdin.drain()
                 process.stdin.close()
             except ConnectionError:
                 pass  # the worker is gone; its exit status below says why
@@ -112,11 +112,11 @@ async def _trio_chunk(
         )
         assert process.stdin and process.stdout
         try:
-            await process.stdin.send_all(exchange.opening)
+            await process.stdin.send_all(exchange.data_to_send())  # the hello
             while inside is None and (data := await process.stdout.receive_some(READ_SIZE)):
                 inside = exchange.receive(data)
-            if inside is not None:
-                await process.stdin.send_all(exchange.closing)
+                if pending := exchange.data_to_send():  # the sample, then shutdown
+                    await process.stdin.send_all(pending)
         except trio.BrokenResourceError:
             pass  # the worker is gone; run_process raises with its exit status and stderr
         await process.stdin.aclose()

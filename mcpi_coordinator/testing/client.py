@@ -1,8 +1,10 @@
 """A deliberately simple coordinator side, for tests that talk to one worker directly.
 
-``WorkerClient`` writes messages (or raw bytes) to a ``WorkerProcess``'s stdin and reads
-its responses one at a time, in arrival order, with no matching, retries or
-timeouts of its own: the test decides what to expect. It works with a real
+``WorkerClient`` writes messages (or raw bytes) to a worker's stdin and reads its
+responses one at a time, in arrival order, with no matching, retries or timeouts of its
+own: the test decides what to expect. It is a probe, not a coordinator: it uses the
+protocol's framing (``FrameDecoder``) but none of ``CoordinatorEnd``'s rules, because a
+test of a worker must see what the worker sent, right or wrong, to judge it. It works with a real
 ``mcpi-worker`` (a ``trio.Process``), a subprocess fake and an in-process fake alike,
 which is what the contract tests rely on. ``StderrTail`` drains a worker's stderr so a
 chatty worker never blocks on a full pipe; ``open_worker`` starts a command with both.
@@ -13,21 +15,30 @@ from __future__ import annotations
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
-from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_worker import protocol
 from mcpi_worker.protocol import NEED_DATA, Hello, Welcome, WorkerMessage
 
 CLIENT_NAME: Final[str] = "mcpi-testing-client"
 
 
+class Pipes(Protocol):
+    """What a ``WorkerClient`` needs of a process: its stdin and stdout."""
+
+    @property
+    def stdin(self) -> trio.abc.SendStream | None: ...
+
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream | None: ...
+
+
 class WorkerClient:
     """Send to and receive from one worker. Wrap calls in ``trio.fail_after``."""
 
-    def __init__(self, process: WorkerProcess) -> None:
+    def __init__(self, process: Pipes) -> None:
         assert process.stdin is not None and process.stdout is not None
         self.process = process
         self._stdin = process.stdin
