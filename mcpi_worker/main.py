@@ -40,6 +40,13 @@ process is really gone (we were re-parented) and ignore the signal otherwise, wh
 SIGTERM keeps meaning "terminate now" for the coordinator's escalation.
 """
 
+IN_A_TERMINAL: Final[str] = """\
+mcpi-worker: stdin is a terminal, but this program speaks a binary protocol meant for \
+another program (mcpi estimate, or yours: see protocol.md).
+To see it work:      mcpi-worker --self-check
+To run an estimate:  mcpi estimate
+To drive it by hand: pipe frames to it (the README's dozen-line Python client)."""
+
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
 MAX_SPIN_US: Final[int] = 10_000
 
@@ -82,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "exit codes: 0 orderly end (stdin EOF or shutdown), 1 internal crash, "
-            "2 usage error, 3 fatal protocol error"
+            "2 usage error (or started in a terminal), 3 fatal protocol error"
         ),
     )
     parser.add_argument(
@@ -135,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(sys.stderr, "warning", args.log_format)
         return run_self_check(max_inflight=args.max_inflight)
+    if os.isatty(0):
+        # A person typed mcpi-worker: they would see one log line, then binary frames
+        # answering whatever they type. Say what this is instead.
+        print(IN_A_TERMINAL, file=sys.stderr)
+        return ExitCode.USAGE
 
     try:
         protocol_fd = _take_stdout()

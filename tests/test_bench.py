@@ -190,13 +190,18 @@ def test_approaches_json_has_the_documented_shape(capsys: pytest.CaptureFixture[
     )  # fmt: skip
     assert code == 0
     document = json.loads(out)
-    assert set(document) == {"points", "workers", "kernel", "seed", "results"}
+    assert set(document) == {
+        "points", "chunk_size", "workers", "kernel", "seed", "repeat", "load_average", "results",
+    }  # fmt: skip
     assert (document["points"], document["workers"], document["kernel"], document["seed"]) == (
         30000, 2, "numpy", 7,
     )  # fmt: skip
+    assert (document["chunk_size"], document["repeat"], len(document["load_average"])) == (10000, 1, 2)
     assert [r["approach"] for r in document["results"]] == ["sequential", "process-pool", "trio-pool"]
     for result in document["results"]:
-        assert set(result) == {"approach", "wall_s", "points_per_s", "speedup", "inside", "pi"}
+        assert set(result) == {"approach", "wall_s", "startup_s", "points_per_s", "speedup", "inside", "pi"}
+        # The table's start-up column: the persistent pools' start, None where nothing starts ahead.
+        assert (result["startup_s"] is None) == (result["approach"] == "sequential")
         assert result["wall_s"] > 0 and result["points_per_s"] > 0 and result["speedup"] > 0
         assert result["pi"] == 4 * result["inside"] / 30000
     assert len({r["inside"] for r in document["results"]}) == 1
@@ -266,7 +271,7 @@ def test_approaches_that_disagree_fail_with_a_clear_line(
     assert code == 1
     counts = {r["approach"]: r["inside"] for r in json.loads(out)["results"]}
     assert counts["trio-run-process"] == 2000 and counts["sequential"] < 2000
-    assert err.startswith("mcpi bench: error: approaches disagree") and err.count("\n") == 1
+    assert err.startswith("mcpi bench approaches: error: approaches disagree") and err.count("\n") == 1
     assert "trio-run-process counted 2000" in err
 
 
@@ -283,7 +288,7 @@ def test_a_worker_command_that_fails_is_one_line_and_exit_1(
         capsys,
     )  # fmt: skip
     assert code == 1 and out == ""
-    assert err.startswith(f"mcpi bench: error: {approach} failed: ") and err.count("\n") == 1
+    assert err.startswith(f"mcpi bench approaches: error: {approach} failed: ") and err.count("\n") == 1
     assert "exit code 4" in err and "no luck today" in err
 
 
@@ -292,7 +297,9 @@ def test_a_worker_command_that_fails_is_one_line_and_exit_1(
     [
         (["--only", "sequential,warp-drive"], "unknown approach 'warp-drive'"),
         (["--plot", "chart.svg"], "must end in .png"),
-        (["--points", "-5"], "negative"),
+        (["--points", "-5"], "'-5' is too small; give at least 1"),
+        (["--points", "1e30"], "'1e30' is too large; the most is 100,000,000,000"),
+        (["--repeat", "1e4"], "'1e4' is too large; the most is 1,000"),
         (["--workers", "0"], "at least 1"),
         (["--kernel", "fortran"], "invalid choice"),
     ],
@@ -313,10 +320,11 @@ def test_overhead_json_has_the_documented_shape(capsys: pytest.CaptureFixture[st
     code, out, _ = _run_cli(["bench", "overhead", "--tasks", "40", "--workers", "2", "--json"], capsys)
     assert code == 0
     document = json.loads(out)
-    assert set(document) == {"results"}
+    assert set(document) == {"tasks", "workers", "load_average", "results"}
+    assert (document["tasks"], document["workers"]) == (40, 2)
     assert [r["approach"] for r in document["results"]] == list(overhead.OVERHEAD_APPROACHES)
     for result in document["results"]:
-        assert set(result) == {"approach", "round_trip_us", "tasks_per_s"}
+        assert set(result) == {"approach", "round_trip_us", "tasks_per_s", "unavailable"}
         assert result["round_trip_us"] > 0 and result["tasks_per_s"] > 0, result
 
 
@@ -327,7 +335,8 @@ def test_a_missing_optional_peer_is_listed_as_unavailable() -> None:
     )
     assert done.returncode == 0, done.stderr
     results = {r["approach"]: r for r in json.loads(done.stdout)["results"]}
-    assert results["trio-parallel"] == {"approach": "trio-parallel", "round_trip_us": None, "tasks_per_s": None}
+    assert results["trio-parallel"]["round_trip_us"] is None and results["trio-parallel"]["tasks_per_s"] is None
+    assert results["trio-parallel"]["unavailable"].startswith("cannot import trio_parallel")
     assert results["trio-pool"]["tasks_per_s"] > 0 and results["process-pool"]["tasks_per_s"] > 0
     assert "trio-parallel unavailable: cannot import trio_parallel" in done.stderr
     assert "Traceback" not in done.stderr
@@ -338,7 +347,7 @@ def test_a_missing_optional_peer_shows_in_the_table() -> None:
         "sys.modules['anyio'] = None", ["bench", "overhead", "--tasks", "20", "--workers", "1"]
     )
     assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if line.startswith(" anyio-to-process"))
+    row = next(line for line in done.stdout.splitlines() if line.startswith("anyio-to-process"))
     assert "unavailable: cannot import anyio" in row
     assert "Traceback" not in done.stderr
 
@@ -351,7 +360,7 @@ def test_ctrl_c_exits_130_and_leaves_no_worker(approach: str) -> None:
     import psutil
 
     bench = subprocess.Popen(
-        [sys.executable, "-m", "mcpi_coordinator", "bench", "approaches", "--points", "1e12",
+        [sys.executable, "-m", "mcpi_coordinator", "bench", "approaches", "--points", "1e11",
          "--chunk-size", "1e9", "--workers", "2", "--only", approach],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -369,6 +378,6 @@ def test_ctrl_c_exits_130_and_leaves_no_worker(approach: str) -> None:
         if bench.poll() is None:
             bench.kill()
     assert bench.returncode == 130
-    assert err == "mcpi bench: interrupted\n"
+    assert err == "mcpi bench approaches: interrupted; every worker was stopped\n"
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"left running: {alive}"

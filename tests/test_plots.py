@@ -189,7 +189,7 @@ def test_estimate_plot_end_to_end_with_real_workers(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # --plot leaves stdout one JSON object
     assert report["inside"] == sum(count_numpy(3, k, 100_000) for k in range(20))
-    assert f"convergence plot written to {plot}" in result.stderr
+    assert result.stderr == f"mcpi estimate: wrote {plot} (836×484 px)\n"
     with Image.open(plot) as image:
         assert image.format == "PNG"
         assert image.width > image.height > 300
@@ -225,12 +225,29 @@ def test_estimate_plot_without_the_extra_fails_before_any_worker_starts(tmp_path
 
 
 def test_estimate_result_is_kept_when_the_plot_cannot_be_written(tmp_path: Path) -> None:
-    taken = tmp_path / "taken.png"
-    taken.mkdir()
+    # The directory passes the check before the run and is gone when the plot is
+    # written: the worker command removes it before it starts the real worker.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    worker = f"sh -c 'rmdir {gone} && exec {sys.executable} -m mcpi_worker'"
     result = run_cli(
         "estimate", "--points", "1e5", "--workers", "1", "--seed", "2", "--json",
-        "--plot", str(taken),
+        "--worker-cmd", worker, "--plot", str(gone / "plot.png"),
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 1  # documented: 1 also when a requested output failed
     assert json.loads(result.stdout)["inside"] == count_numpy(2, 0, 100_000)
-    assert "cannot write" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"mcpi estimate: error: cannot write {str(gone / 'plot.png')!r}: No such file or "
+        "directory (the estimate above is complete)\n"
+    )
+
+
+def test_a_plot_path_that_cannot_be_written_is_refused_before_the_run(tmp_path: Path) -> None:
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    result = run_cli("estimate", "--points", "1e5", "--plot", str(taken))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"mcpi estimate: error: argument --plot: {str(taken)!r} is a directory "
+        "(see 'mcpi estimate --help')\n"
+    )

@@ -233,7 +233,7 @@ def test_cli_no_reachable_worker_exits_1_with_one_clear_line() -> None:
     port = free_port()
     result = mcpi(*CLI_POINTS, "--workers", "0", "--host", f"127.0.0.1:{port}")
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("mcpi: error:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mcpi estimate: error:")]
     assert len(errors) == 1 and "no worker left" in errors[0], result.stderr
     assert "Connection refused" in errors[0]
     assert "Traceback" not in result.stderr
@@ -299,8 +299,10 @@ def test_cli_host_that_never_answers_is_dropped_after_the_startup_timeout(
     report = json.loads(result.stdout)
     assert report["inside"] == local_inside
     assert [w["state"] for w in report["per_worker"]] == ["ready", "retired"]
-    [warning] = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert f"host=127.0.0.1:{port}" in warning and "start-up timeout" in warning
+    # One warning while it is slow to answer, one when it is dropped; both name the host.
+    slow, dropped = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert "worker_slow_to_start" in slow and f"host=127.0.0.1:{port}" in slow
+    assert f"host=127.0.0.1:{port}" in dropped and "start-up timeout" in dropped
 
 
 def test_coordinator_killed_leaves_no_ssh_client_or_remote_worker(

@@ -30,7 +30,7 @@ def test_png_json_reports_the_kernels_count(tmp_path: Path, capsys: pytest.Captu
     out_file = tmp_path / "quadrant.png"
     argv = ["scatter", "--points", "70_000", "--seed", "42", "--stream", "3", "--out", str(out_file)]
     code, out, err = run_mcpi([*argv, "--json"], capsys)
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, f"mcpi scatter: wrote {out_file} (550×616 px)\n")
     report = json.loads(out)
     assert report["inside"] == count_numpy(42, 3, points)
     assert (report["points"], report["seed"], report["stream"]) == (points, 42, 3)
@@ -62,10 +62,12 @@ def test_human_output_names_the_file_and_the_count(
 ) -> None:
     out_file = tmp_path / "q.png"
     code, out, err = run_mcpi(["scatter", "-n", "2000", "--seed", "9", "-o", str(out_file)], capsys)
-    assert (code, err) == (0, "")
-    assert str(out_file) in out
-    assert f"{count_numpy(9, 0, 2_000):,} of 2,000 points inside" in out
-    assert "seed 9" in out
+    # The result on stdout, the note of the file written on stderr, as every command does.
+    assert (code, err) == (0, f"mcpi scatter: wrote {out_file} (550×616 px)\n")
+    assert out.startswith(f"{count_numpy(9, 0, 2_000):,} of 2,000 points inside: π ≈ ")
+    assert out.endswith(", seed 9, stream 0\n") and out.count("\n") == 1
+    code, out, err = run_mcpi(["scatter", "-n", "2000", "--seed", "9", "-o", str(out_file), "-q"], capsys)
+    assert (code, err) == (0, "") and out.count("\n") == 1
 
 
 def test_without_a_seed_one_is_drawn_and_printed(
@@ -81,11 +83,13 @@ def test_without_a_seed_one_is_drawn_and_printed(
     ("args", "message"),
     [
         (["--out", "quadrant.jpg"], "must end in .png or .gif"),
-        (["--points", "2e6"], "too many points"),
-        (["--points", "0"], "must be at least 1"),
+        (["--points", "2e6"], "'2e6' is too large; the most is 1,000,000 (beyond that the quadrant is a solid fill)"),
+        (["--points", "0"], "'0' is too small; give at least 1"),
         (["--points", "lots"], "not a whole number"),
-        (["--out", "q.gif", "--frames", "0"], "must be at least 1"),
-        (["--out", "q.gif", "--frames", "100000"], "too many frames"),
+        (["--out", "q.gif", "--frames", "0"], "'0' is too small; give at least 1"),
+        (["--out", "q.gif", "--frames", "100000"], "the most is 200 (every frame is held in memory)"),
+        (["--stream", "1e30"], "'1e30' is too large; the most is 18,446,744,073,709,551,615"),
+        (["--stream", "1.5"], "'1.5' is not a whole number"),
         (["--out", "q.gif", "--points", "10", "--frames", "11"], "more than --points"),
         (["--out", "q.png", "--frames", "5"], "needs a .gif"),
         (["--out", "no/such/dir/q.png"], "does not exist"),
@@ -106,14 +110,17 @@ def test_bad_arguments_exit_2_with_one_error_line(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unwritable_output_exits_1_with_one_line(
+def test_an_output_path_that_is_a_directory_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     taken = tmp_path / "taken.png"
     taken.mkdir()  # a directory where the file should go
     code, out, err = run_mcpi(["scatter", "-n", "100", "-o", str(taken)], capsys)
-    assert (code, out) == (1, "")
-    assert err.count("\n") == 1 and "cannot write" in err
+    assert (code, out) == (2, "")
+    assert err == (
+        f"mcpi scatter: error: argument -o/--out: {str(taken)!r} is a directory "
+        "(see 'mcpi scatter --help')\n"
+    )
 
 
 MISSING_EXTRA_SCRIPT = textwrap.dedent(

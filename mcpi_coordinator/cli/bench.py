@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.table import Table
 
 from mcpi_coordinator.bench import failures, report
 from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import plots
+from mcpi_coordinator.cli import plots, signals, text
+from mcpi_coordinator.cli.estimate import MAX_LOCAL_WORKERS as MAX_WORKERS
 from mcpi_coordinator.cli.estimate import worker_command
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import configure_logging
@@ -36,6 +36,14 @@ from mcpi_worker.protocol import MAX_POINTS
 DEFAULT_POINTS = 100_000_000
 DEFAULT_REPEAT = 3
 DEFAULT_TASKS = 5_000
+
+MAX_POINTS_PER_RUN = 100_000_000_000
+"""The sequential baseline samples ~3.7e8 points/s on one core: 1e11 points is already
+~5 minutes a run, times --repeat, before the other approaches."""
+MAX_REPEAT = 1_000
+MAX_TASKS = 10_000_000
+"""A no-op task costs 25-250 µs here: 1e7 of them is up to ~40 minutes per approach."""
+
 
 APPROACHES_DESCRIPTION = """\
 Run the same seeded chunks through every way of spreading CPU work that the lesson
@@ -89,6 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Benchmarks that run mcpi's pool and the alternatives side by side.",
         epilog="Run 'mcpi bench BENCHMARK --help' for the options of one benchmark.",
     )
+    cli_args.add_version(bench)
+    bench.set_defaults(command_parser=bench)
     benchmarks = bench.add_subparsers(
         title="benchmarks", metavar="BENCHMARK", required=True, parser_class=type(bench)
     )
@@ -105,12 +115,14 @@ def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--points", "-n", type=cli_args.positive_count, default=DEFAULT_POINTS, metavar="N",
-        help=f"points per run (default {DEFAULT_POINTS:,}; accepts 1e9, 1_000_000)",
+        "-n", "--points", default=DEFAULT_POINTS, metavar="N",
+        type=cli_args.count_type(1, MAX_POINTS_PER_RUN, why="the sequential baseline takes minutes a run"),
+        help=f"points per run (default {DEFAULT_POINTS:,}, at most {MAX_POINTS_PER_RUN:,}; "
+        "accepts 1e9, 1_000_000)",
     )  # fmt: skip
     _add_workers(parser)
     parser.add_argument(
-        "--seed", "-s", type=cli_args.seed, default=None, metavar="S",
+        "-s", "--seed", type=cli_args.seed, default=None, metavar="S",
         help="seed of the random streams (default: drawn at random and printed)",
     )  # fmt: skip
     parser.add_argument(
@@ -118,17 +130,19 @@ def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
         help=f"sampling kernel every approach runs (default {DEFAULT_KERNEL})",
     )  # fmt: skip
     parser.add_argument(
-        "--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK_SIZE, metavar="C",
+        "--chunk-size", default=DEFAULT_CHUNK_SIZE, metavar="C",
+        type=cli_args.count_type(1, MAX_POINTS, why="the protocol's limit per request"),
         help=f"points per chunk, as in 'mcpi estimate' (default {DEFAULT_CHUNK_SIZE:,})",
     )  # fmt: skip
     parser.add_argument(
-        "--repeat", "-r", type=cli_args.positive_count, default=DEFAULT_REPEAT, metavar="R",
+        "-r", "--repeat", default=DEFAULT_REPEAT, metavar="R",
+        type=cli_args.count_type(1, MAX_REPEAT),
         help=f"timed runs per approach; the median is shown (default {DEFAULT_REPEAT})",
     )  # fmt: skip
     parser.add_argument(
-        "--worker-cmd", metavar="CMD", default=None,
+        "--worker-cmd", metavar="CMD", default=cli_args.env_default("MCPI_WORKER_CMD", None),
         help="command that starts one worker, shell-split, for the approaches that run "
-        "mcpi-worker (default: this Python's mcpi-worker)",
+        "mcpi-worker (default: this Python's mcpi-worker; env MCPI_WORKER_CMD)",
     )  # fmt: skip
     parser.add_argument(
         "--only", type=_approach_list, default=tuple(APPROACHES), metavar="A,B",
@@ -139,7 +153,8 @@ def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
         "--plot", type=plots.picture_path_type(".png"), default=None, metavar="FILE.png",
         help="also write a bar chart of the wall times to FILE.png",
     )  # fmt: skip
-    parser.set_defaults(handler=run_approaches)
+    _add_common(parser)
+    parser.set_defaults(handler=run_approaches, command_parser=parser)
 
 
 def _register_overhead(benchmarks: argparse._SubParsersAction) -> None:
@@ -151,27 +166,31 @@ def _register_overhead(benchmarks: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--tasks", type=cli_args.positive_count, default=DEFAULT_TASKS, metavar="N",
+        "-n", "--tasks", default=DEFAULT_TASKS, metavar="N",
+        type=cli_args.count_type(1, MAX_TASKS, why="up to ~40 minutes of no-ops per approach"),
         help=f"tasks per measurement (default {DEFAULT_TASKS:,})",
     )  # fmt: skip
     _add_workers(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(handler=run_overhead)
+    _add_common(parser)
+    parser.set_defaults(handler=run_overhead, command_parser=parser)
 
 
 def _add_workers(parser: argparse.ArgumentParser) -> None:
     cpus = os.cpu_count() or 1
     parser.add_argument(
-        "--workers", "-w", type=cli_args.positive_count, default=cpus, metavar="W",
+        "-w", "--workers", default=cpus, metavar="W",
+        type=cli_args.count_type(1, MAX_WORKERS, why="processes started per approach"),
         help=f"worker processes (or threads) per approach (default: CPU count, {cpus})",
     )  # fmt: skip
 
 
-def _chunk_size(text: str) -> int:
-    number = cli_args.positive_count(text)
-    if number > MAX_POINTS:
-        raise argparse.ArgumentTypeError(f"{text!r} is above the protocol's limit of {MAX_POINTS}")
-    return number
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="print the result only: no spinner, notes or warnings on stderr (errors still)",
+    )  # fmt: skip
+    cli_args.add_version(parser)
 
 
 def _approach_list(text: str) -> tuple[str, ...]:
@@ -194,16 +213,21 @@ class _Failed(Exception):
     """An approach failed in a way ``failures.describe`` could word."""
 
 
-def _fail(message: str) -> int:
-    print(f"mcpi bench: error: {message}", file=sys.stderr)
+def _fail(args: argparse.Namespace, message: str) -> int:
+    text.say(args.command_parser.prog, f"error: {message}")
     return ExitCode.FAILURE
 
 
+def _interrupted(args: argparse.Namespace) -> int:
+    text.say(args.command_parser.prog, f"{signals.stopped_words()}; every worker was stopped")
+    return ExitCode.for_signal(signals.stopped_by())
+
+
 @contextmanager
-def _status(stderr: Console, text: str) -> Iterator[None]:
+def _status(stderr: Console, message: str, quiet: bool) -> Iterator[None]:
     """A spinner on stderr while one approach runs, only when a person is watching."""
-    if stderr.is_terminal:
-        with stderr.status(text):
+    if stderr.is_terminal and not quiet:
+        with stderr.status(message):
             yield
     else:
         yield
@@ -223,24 +247,26 @@ def _run_one(name: str, measure: Callable[..., T], *args: Any) -> T:
         raise _Failed(f"{name} failed: {reason}") from None
 
 
-def _stdout_console() -> Console:
-    # Piped output keeps whole rows rather than rich's 80-column guess for non-terminals.
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
-
-
-def _load() -> str:
+def _load() -> tuple[float, float]:
     one, five, _ = os.getloadavg()
+    return one, five
+
+
+def _load_words() -> str:
+    one, five = _load()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def _stderr_console() -> Console:
+    return Console(stderr=True, color_system="auto" if text.styling_allowed(sys.stderr) else None)
 
 
 def run_approaches(args: argparse.Namespace) -> int:
     try:
         command = tuple(worker_command(args.worker_cmd, 0))
     except ValueError as exc:
-        print(f"mcpi bench: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    configure_logging()  # warnings and errors only, on stderr: stdout carries the results
+        args.command_parser.error(str(exc))
+    configure_logging("error" if args.quiet else "warning")  # stdout carries the results
     seed = args.seed if args.seed is not None else secrets.randbits(64)
     workload = Workload(
         points=args.points,
@@ -250,23 +276,25 @@ def run_approaches(args: argparse.Namespace) -> int:
         workers=args.workers,
         worker_command=command,
     )
-    stderr = Console(stderr=True)
+    stderr = _stderr_console()
     try:
         if args.plot is not None:
             plots.ensure_available()  # fail now, not after minutes of measuring
         measurements = []
         for name in args.only:
-            with _status(stderr, f"{name}: {args.repeat} run(s) of {args.points:,} points"):
+            runs = text.plural(args.repeat, "run")
+            with _status(stderr, f"{name}: {runs} of {args.points:,} points", args.quiet):
                 measurements.append(_run_one(name, APPROACHES[name], workload, args.repeat))
     except (_Failed, plots.PlottingUnavailable) as exc:
-        return _fail(str(exc))
+        return _fail(args, str(exc))
     except KeyboardInterrupt:
-        print("mcpi bench: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        return _interrupted(args)
 
     table = report.rows(workload, measurements)
     if args.json:
-        print(json.dumps(report.to_json(workload, table)))
+        one, five = _load()
+        figures = report.to_json(workload, table)
+        print(json.dumps({**figures, "repeat": args.repeat, "load_average": [one, five]}))
     else:
         _print_approaches(workload, args.repeat, table)
     if args.plot is not None:
@@ -275,31 +303,25 @@ def run_approaches(args: argparse.Namespace) -> int:
         try:
             save_bar_chart(workload, table, args.plot)
         except (plots.PlottingUnavailable, OSError) as exc:
-            return _fail(f"cannot write {args.plot}: {exc}")
-        if not args.json:
-            print(f"chart written to {args.plot}")
+            return _fail(args, f"cannot write {args.plot}: {exc} (the results above are complete)")
+        if not args.quiet:
+            text.say(args.command_parser.prog, f"wrote {args.plot}")
     problem = report.disagreement(measurements)
     if problem is not None:
-        return _fail(str(problem))
+        return _fail(args, str(problem))
     return ExitCode.OK
 
 
 def _print_approaches(workload: Workload, repeat: int, table: Sequence[report.ApproachRow]) -> None:
-    console = _stdout_console()
     chunks = chunk_count(workload.points, workload.chunk_size)
-    console.print(
-        f"{workload.points:,} points in {chunks:,} chunks of {workload.chunk_size:,}, "
-        f"{workload.kernel} kernel, seed {workload.seed}, {workload.workers} workers; "
-        f"median of {repeat} run(s); {_load()}",
-        highlight=False,
+    print(
+        f"{workload.points:,} points in {text.plural(chunks, 'chunk')} of {workload.chunk_size:,}, "
+        f"{workload.kernel} kernel, seed {workload.seed}, {text.plural(workload.workers, 'worker')}; "
+        f"median of {text.plural(repeat, 'run')}; {_load_words()}"
     )
-    grid = Table(show_edge=False, header_style="bold")
-    grid.add_column("approach")
-    for heading in ("wall (s)", "start-up (s)", "speed-up", "points/s", "π", "inside"):
-        grid.add_column(heading, justify="right")
     agreed = len({row.inside for row in table}) == 1
-    for row in table:
-        grid.add_row(
+    rows = [
+        [
             row.approach,
             f"{row.wall_s:.3f}",
             "—" if row.startup_s is None else f"{row.startup_s:.3f}",
@@ -307,31 +329,39 @@ def _print_approaches(workload: Workload, repeat: int, table: Sequence[report.Ap
             f"{row.points_per_s:.3g}",
             f"{row.pi:.6f}",
             f"{row.inside:,}" + (" ✓" if agreed else " ✗"),
-        )
-    console.print(grid)
+        ]
+        for row in table
+    ]
+    headings = ["approach", "wall (s)", "start-up (s)", "speed-up", "points/s", "π", "inside"]
+    print(text.table_text(headings, rows, [False] + [True] * 6))
     if agreed and table:
-        console.print(f"all {len(table)} approaches counted the same {table[0].inside:,} points inside ✓")
+        print(f"all {len(table)} approaches counted the same {table[0].inside:,} points inside ✓")
 
 
 def run_overhead(args: argparse.Namespace) -> int:
-    configure_logging()
-    stderr = Console(stderr=True)
+    configure_logging("error" if args.quiet else "warning")
+    stderr = _stderr_console()
     results: list[Overhead] = []
     try:
         for name, measure in OVERHEAD_APPROACHES.items():
-            with _status(stderr, f"{name}: {args.tasks:,} tasks"):
+            with _status(stderr, f"{name}: {args.tasks:,} tasks", args.quiet):
                 results.append(_run_one(name, measure, args.tasks, args.workers))
     except _Failed as exc:
-        return _fail(str(exc))
+        return _fail(args, str(exc))
     except KeyboardInterrupt:
-        print("mcpi bench: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        return _interrupted(args)
 
     for result in results:
-        if result.unavailable is not None and args.json:
-            print(f"mcpi bench: {result.approach} unavailable: {result.unavailable}", file=sys.stderr)
+        if result.unavailable is not None and args.json and not args.quiet:
+            text.say(args.command_parser.prog, f"{result.approach} unavailable: {result.unavailable}")
     if args.json:
-        print(json.dumps({"results": [_overhead_json(r) for r in results]}))
+        one, five = _load()
+        print(json.dumps({
+            "tasks": args.tasks,
+            "workers": args.workers,
+            "load_average": [one, five],
+            "results": [_overhead_json(r) for r in results],
+        }))  # fmt: skip
     else:
         _print_overhead(args.tasks, args.workers, results)
     return ExitCode.OK
@@ -342,29 +372,27 @@ def _overhead_json(result: Overhead) -> dict[str, Any]:
         "approach": result.approach,
         "round_trip_us": result.round_trip_us,
         "tasks_per_s": result.tasks_per_s,
+        "unavailable": result.unavailable,
     }
 
 
 def _print_overhead(tasks: int, workers: int, results: Sequence[Overhead]) -> None:
-    console = _stdout_console()
-    console.print(f"{tasks:,} no-op tasks per figure, {workers} workers; {_load()}", highlight=False)
+    print(f"{tasks:,} no-op tasks per figure, {text.plural(workers, 'worker')}; {_load_words()}")
     reference = next((r for r in results if r.approach == "process-pool"), None)
-    grid = Table(show_edge=False, header_style="bold")
-    grid.add_column("approach")
-    for heading in ("round trip (µs)", "× process-pool", "tasks/s", "× process-pool"):
-        grid.add_column(heading, justify="right")
+    rows = []
     for r in results:
         if r.round_trip_us is None or r.tasks_per_s is None:
-            grid.add_row(r.approach, f"unavailable: {r.unavailable}", "", "", "")
+            rows.append([r.approach, f"unavailable: {r.unavailable}", "", "", ""])
             continue
-        grid.add_row(
+        rows.append([
             r.approach,
             f"{r.round_trip_us:.0f}",
             _ratio(r.round_trip_us, reference.round_trip_us if reference else None),
             f"{r.tasks_per_s:,.0f}",
             _ratio(r.tasks_per_s, reference.tasks_per_s if reference else None),
-        )
-    console.print(grid)
+        ])  # fmt: skip
+    headings = ["approach", "round trip (µs)", "× process-pool", "tasks/s", "× process-pool"]
+    print(text.table_text(headings, rows, [False, True, True, True, True]))
 
 
 def _ratio(value: float, reference: float | None) -> str:

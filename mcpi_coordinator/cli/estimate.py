@@ -1,7 +1,8 @@
 """``mcpi estimate``: estimate π on a pool of workers and report it (text or JSON).
 
-Exit codes: 0 an estimate was reported (also after an early stop), 1 the run failed
-(one line on stderr says why), 2 bad arguments, 130 interrupted by Ctrl-C.
+Exit codes: 0 an estimate was reported (also after an early stop), 1 the run failed or
+the --plot could not be written (one line on stderr says why; an estimate is still
+printed first), 2 bad arguments, 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -10,47 +11,65 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import sys
+import shlex
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Final
 
 import trio
-from rich.console import Console
-from rich.table import Table
 
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import plots
+from mcpi_coordinator.cli import plots, progress, signals, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from mcpi_coordinator.cli.progress import points_progress, progress_wanted
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_POINTS,
     EstimateResult,
+    chunk_count,
     run_estimate,
 )
 from mcpi_coordinator.launch import remote
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
+from mcpi_worker.main import MAX_INFLIGHT_LIMIT
 from mcpi_worker.protocol import MAX_POINTS
 
 PROG = "mcpi estimate"
 
+_POINTS_LIMIT: Final[str] = "beyond 2**53 counts are not exact in JSON readers"
+
+MAX_TOTAL_POINTS: Final[int] = 2**53
+"""The most points a run may ask for: counts beyond 2**53 are no longer exact as
+doubles, which is how most JSON readers (jq, JavaScript) read ``--json``. It is also
+more than this 2-core machine samples in a month."""
+
+MAX_LOCAL_WORKERS: Final[int] = remote.MAX_WORKERS_PER_HOST
+"""A typo like ``--workers 100000`` should be an error, not a hundred thousand processes."""
+
+MAX_START_ATTEMPTS: Final[int] = 3
+"""Failed starts in a row before a worker slot is dropped (the pool's default, said
+here because the start-up line counts the attempts)."""
+
 EXAMPLES = """\
 examples:
   mcpi estimate                              1e9 points on every core
-  mcpi estimate --points 1e10 --seed 42      repeatable: same seed, same count
+  mcpi estimate -n 1e10 -s 42                repeatable: same seed, same count
   mcpi estimate --target-error 1e-4          stop once the 95% CI is ±1e-4
   mcpi estimate --max-time 5 --json          whatever 5 seconds give, as JSON
   mcpi estimate --worker-cmd "python -m mcpi_worker --log-level debug" --log-level info
   mcpi estimate --workers 0 --host alice@node1*4 --host node2:2222*2
                                              6 workers on two machines, over ssh
 
-exit codes: 0 estimate reported, 1 the run failed (one line says why),
-            2 bad arguments, 130 interrupted (Ctrl-C; every worker is stopped first)
+environment: MCPI_WORKER_CMD, MCPI_REMOTE_CMD, MCPI_LOG_LEVEL, MCPI_LOG_FORMAT set the
+defaults of --worker-cmd, --remote-cmd, --log-level, --log-format
+
+exit codes: 0 estimate reported (also after an early stop)
+            1 the run failed, or the --plot could not be written (one line says why;
+              an estimate, if there is one, is printed first)
+            2 bad arguments (nothing was started)
+            130, 143, 129 stopped by Ctrl-C, SIGTERM, SIGHUP (every worker is stopped first)
 """
 
 
@@ -68,21 +87,24 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--points", type=cli_args.positive_count, default=DEFAULT_POINTS, metavar="N",
-        help=f"random points to draw (default {DEFAULT_POINTS:.0e})",
+        "-n", "--points", type=cli_args.count_type(1, MAX_TOTAL_POINTS, why=_POINTS_LIMIT),
+        default=DEFAULT_POINTS, metavar="N",
+        help=f"random points to draw (default {DEFAULT_POINTS:,}; at most 2**53)",
     )
     parser.add_argument(
-        "--workers", type=cli_args.count, default=os.cpu_count() or 1, metavar="W",
+        "-w", "--workers", type=cli_args.count_type(0, MAX_LOCAL_WORKERS, why="local processes"),
+        default=os.cpu_count() or 1, metavar="W",
         help="local worker processes (default: the CPU count, %(default)s here); "
         "0 with --host for remote workers only",
     )
     parser.add_argument(
-        "--seed", type=cli_args.seed, default=None, metavar="S",
+        "-s", "--seed", type=cli_args.seed, default=None, metavar="S",
         help="seed below 2**64 (default: drawn at random and printed, to repeat the run)",
     )
     parser.add_argument(
-        "--chunk-size", type=cli_args.positive_count, default=DEFAULT_CHUNK_SIZE, metavar="C",
-        help=f"points per request to a worker (default {DEFAULT_CHUNK_SIZE:.0e}); part of "
+        "--chunk-size", type=cli_args.count_type(1, MAX_POINTS, why="the protocol's limit per request"),
+        default=DEFAULT_CHUNK_SIZE, metavar="C",
+        help=f"points per request to a worker (default {DEFAULT_CHUNK_SIZE:,}); part of "
         "what makes a run repeatable",
     )
     parser.add_argument(
@@ -91,33 +113,37 @@ def register(subparsers: Any) -> None:
         "default %(default)s",
     )
     parser.add_argument(
-        "--worker-cmd", metavar="CMD", default=None,
+        "--worker-cmd", metavar="CMD", default=cli_args.env_default("MCPI_WORKER_CMD", None),
         help="command that starts one local worker, shell-split (default: this Python's "
-        "mcpi-worker); any program speaking the protocol on stdio works; {i} becomes "
-        "the worker's index: --worker-cmd \"kubectl exec -i mcpi-{i} -- mcpi-worker\"",
+        "mcpi-worker; env MCPI_WORKER_CMD); any program speaking the protocol on stdio "
+        "works; {i} becomes the worker's index: --worker-cmd \"kubectl exec -i mcpi-{i} -- mcpi-worker\"",
     )
     parser.add_argument(
-        "--pipeline-depth", type=cli_args.positive_count, default=DEFAULT_PIPELINE_DEPTH,
-        metavar="D",
+        "--pipeline-depth",
+        type=cli_args.count_type(1, MAX_INFLIGHT_LIMIT, why="what a worker can queue"),
+        default=DEFAULT_PIPELINE_DEPTH, metavar="D",
         help="requests each worker is sent ahead (default %(default)s, capped by what the "
         "worker accepts); raise it, to 16 say, for chunks under ~1e5 points, so workers "
         "never wait for the coordinator between chunks; it never changes the count",
     )
     parser.add_argument(
-        "--task-timeout", type=cli_args.seconds, default=None, metavar="S",
+        "--task-timeout", type=cli_args.number("seconds", unset="the default"), default=None,
+        metavar="S",
         help="a worker that leaves a request unanswered this long is killed and replaced, "
         "and the chunk retried (default: 30 s + 1 µs per point of the chunk)",
     )
     parser.add_argument(
-        "--startup-timeout", type=cli_args.seconds, default=10.0, metavar="S",
-        help="time a worker has to start and answer the handshake (default %(default)g s)",
+        "--startup-timeout", type=cli_args.number("seconds", unset="the default"), default=10.0,
+        metavar="S",
+        help="time a worker has to start and answer the handshake (default %(default)g s); "
+        "a warning names workers still silent after half of it",
     )
     parser.add_argument(
-        "--max-time", type=cli_args.seconds, default=None, metavar="S",
+        "--max-time", type=cli_args.number("seconds", unset="no limit"), default=None, metavar="S",
         help="stop after S seconds and report the estimate from the chunks completed",
     )
     parser.add_argument(
-        "--target-error", type=cli_args.number(), default=None, metavar="EPS",
+        "--target-error", type=cli_args.number(unset="no target"), default=None, metavar="EPS",
         help="stop once the 95%% confidence interval's half-width is at most EPS",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -127,16 +153,26 @@ def register(subparsers: Any) -> None:
         f"used (log scale) to FILE.png; needs the 'bench' extra: {plots.INSTALL_HINT}",
     )
     parser.add_argument(
-        "--log-level", choices=tuple(LOG_LEVELS), default="warning", metavar="LEVEL",
-        help=f"least severe log level shown on stderr: {', '.join(LOG_LEVELS)} "
-        "(default %(default)s)",
+        "-q", "--quiet", action="store_true",
+        help="print the result only: no progress, notes or warnings on stderr (errors still)",
     )
     parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, default="console",
-        help="log lines as text (default) or JSON objects",
+        "--no-progress", action="store_true",
+        help="no progress line (it is drawn only when stderr is a terminal anyway)",
     )
-    remote.add_arguments(parser)
-    parser.set_defaults(handler=run)
+    parser.add_argument(
+        "--log-level", choices=tuple(LOG_LEVELS), metavar="LEVEL",
+        default=cli_args.env_default("MCPI_LOG_LEVEL", None),
+        help=f"least severe log level shown on stderr: {', '.join(LOG_LEVELS)} "
+        "(default warning, error with --quiet; env MCPI_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=cli_args.env_default("MCPI_LOG_FORMAT", "console"),
+        help="log lines as text (default) or JSON objects (env MCPI_LOG_FORMAT)",
+    )
+    cli_args.add_version(parser)
+    remote.add_arguments(parser, cli_args.env_default("MCPI_REMOTE_CMD", remote.DEFAULT_REMOTE_COMMAND))
+    parser.set_defaults(handler=run, command_parser=parser)
 
 
 def worker_command(worker_cmd: str | None, index: int) -> list[str]:
@@ -145,29 +181,32 @@ def worker_command(worker_cmd: str | None, index: int) -> list[str]:
     ``ValueError``) with one clear line for an unusable one."""
     if worker_cmd is None:
         return default_worker_command()
-    return remote.substitute_index(remote.split_command(worker_cmd, "--worker-cmd"), index)
+    what = cli_args.named(worker_cmd, "--worker-cmd")
+    return remote.substitute_index(remote.split_command(worker_cmd, what), index)
 
 
 def run(args: argparse.Namespace) -> int:
     problem = _check_arguments(args)
     if problem is not None:
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return ExitCode.USAGE
+        args.command_parser.error(problem)
     if args.plot is not None:
         try:
             plots.ensure_available()  # fail now, not after the run
         except McpiError as error:
-            print(f"mcpi: error: {error}", file=sys.stderr)
+            text.say(PROG, f"error: {error}")
             return ExitCode.FAILURE
-    configure_logging(args.log_level, args.log_format)
+    level = args.log_level or ("error" if args.quiet else "warning")
+    configure_logging(level, args.log_format)
     seed_drawn = args.seed is None
     seed = secrets.randbits(64) if seed_drawn else args.seed
+    if not args.quiet:
+        _hint_idle_workers(args)
     try:
-        outcome = trio.run(_estimate_until_interrupted, args, seed)
-    except KeyboardInterrupt:  # Ctrl-C before or after the signal handler was in place
+        outcome = trio.run(_estimate_until_stopped, args, seed)
+    except KeyboardInterrupt:  # Ctrl-C before or after the signal receiver was in place
         return _interrupted(seed)
     if isinstance(outcome, McpiError):
-        print(f"mcpi: error: {outcome}", file=sys.stderr)
+        text.say(PROG, f"error: {outcome}")
         return ExitCode.FAILURE
     if outcome is None:
         return _interrupted(seed)
@@ -179,20 +218,19 @@ def run(args: argparse.Namespace) -> int:
         try:
             picture = plots.plot_estimate(outcome, args.plot)
         except McpiError as error:
-            print(f"mcpi: error: {error}", file=sys.stderr)
+            text.say(PROG, f"error: {error} (the estimate above is complete)")
             return ExitCode.FAILURE
-        print(f"convergence plot written to {picture.path}", file=sys.stderr)
+        if not args.quiet:
+            text.say(PROG, f"wrote {picture.path} ({picture.width}×{picture.height} px)")
     return ExitCode.OK
 
 
 def _interrupted(seed: int) -> int:
-    print(f"{PROG}: interrupted (seed {seed}); every worker was stopped", file=sys.stderr)
-    return ExitCode.INTERRUPTED
+    text.say(PROG, f"{signals.stopped_words()} (seed {seed}); every worker was stopped")
+    return ExitCode.for_signal(signals.stopped_by())
 
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
-    if args.chunk_size > MAX_POINTS:
-        return f"--chunk-size {args.chunk_size} is above the protocol's limit of {MAX_POINTS}"
     try:
         worker_command(args.worker_cmd, 0)  # checked even when every worker is remote
         args.slots = remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
@@ -201,13 +239,40 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def _estimate_until_interrupted(
+def _hint_idle_workers(args: argparse.Namespace) -> None:
+    """A chunk size above points/workers leaves workers with nothing to do: say so."""
+    chunks = chunk_count(args.points, args.chunk_size)
+    workers = len(args.slots)
+    if chunks < workers <= args.points:
+        even = -(-args.points // workers)
+        text.say(
+            PROG,
+            f"note: {text.plural(chunks, 'chunk')} for {text.plural(workers, 'worker')} "
+            f"leaves {workers - chunks} idle; --chunk-size {even:,} would use them all",
+        )
+
+
+def _slot_names(args: argparse.Namespace) -> list[str]:
+    """How each slot's worker is started, as a person would recognise it."""
+    names = []
+    for slot in args.slots:
+        if slot.host is not None:
+            names.append(f"ssh {slot.host.name}")
+        elif args.worker_cmd is None:
+            names.append("mcpi-worker")
+        else:
+            names.append(shlex.join(slot.command))
+    return names
+
+
+async def _estimate_until_stopped(
     args: argparse.Namespace, seed: int
 ) -> EstimateResult | McpiError | None:
-    """Run the estimate; on SIGINT cancel it (the pool stops and reaps every worker)
-    and return None. Expected failures come back as a value, not an ExceptionGroup."""
+    """Run the estimate; on SIGINT, SIGTERM or SIGHUP cancel it (the pool stops and
+    reaps every worker) and return None. Expected failures come back as a value, not
+    an ExceptionGroup."""
     outcome: dict[str, EstimateResult | McpiError] = {}
-    with trio.open_signal_receiver(signal.SIGINT) as sigint:
+    with trio.open_signal_receiver(*signals.STOP_SIGNALS) as stop_signals:
         async with trio.open_nursery() as nursery:
 
             async def estimate() -> None:
@@ -218,7 +283,8 @@ async def _estimate_until_interrupted(
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(estimate)
-            async for _ in sigint:
+            async for signum in stop_signals:
+                signals.note(signum)
                 nursery.cancel_scope.cancel()
                 break
     return outcome.get("value")
@@ -227,26 +293,58 @@ async def _estimate_until_interrupted(
 async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
     started = trio.current_time()
     launcher = remote.slot_launcher(args.slots, spawn_worker)
-    with points_progress(args.points, enabled=progress_wanted()) as advance:
-        async with WorkerPool(
-            len(args.slots),
-            launcher=launcher,
-            pipeline_depth=args.pipeline_depth,
-            startup_timeout=args.startup_timeout,
-            task_timeout=args.task_timeout,
-            slot_hosts=[None if slot.host is None else slot.host.name for slot in args.slots],
-        ) as pool:
-            return await run_estimate(
-                pool,
-                points=args.points,
-                seed=seed,
-                chunk_size=args.chunk_size,
-                kernel=args.kernel,
-                max_time=args.max_time,
-                target_error=args.target_error,
-                on_chunk=lambda result, _tally: advance(result.chunk.points),
-                started_at=started,
-            )
+    hosts = [None if slot.host is None else slot.host.name for slot in args.slots]
+    shown = progress.progress_wanted(args.quiet, args.no_progress)
+    line = progress.RunProgress(total=args.points, workers=len(args.slots))
+    pool = WorkerPool(
+        len(args.slots),
+        launcher=launcher,
+        pipeline_depth=args.pipeline_depth,
+        startup_timeout=args.startup_timeout,
+        task_timeout=args.task_timeout,
+        max_start_attempts=MAX_START_ATTEMPTS,
+        slot_hosts=hosts,
+    )
+    failure: McpiError | None = None
+    with progress.shown(line, shown):
+        async with trio.open_nursery() as watching:
+            watching.start_soon(
+                lambda: progress.watch_pool(
+                    pool, line, _slot_names(args), hosts=hosts,
+                    startup_timeout=args.startup_timeout, max_start_attempts=MAX_START_ATTEMPTS,
+                )
+            )  # fmt: skip
+            try:
+                result = await _sample(pool, args, seed, line, started)
+            except McpiError as error:  # caught here, or the nursery wraps it in a group
+                failure = error
+            finally:
+                watching.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if shown:
+        why = {"max_time": "--max-time", "target_error": "--target-error"}.get(result.stopped_early or "")
+        text.say(PROG, progress.final_line(line, line.clock(), why))
+    return result
+
+
+async def _sample(
+    pool: WorkerPool, args: argparse.Namespace, seed: int, line: progress.RunProgress, started: float
+) -> EstimateResult:
+    """The pool's life: start it, run the estimate, stop it (McpiErrors propagate bare)."""
+    async with pool:
+        line.start_sampling()
+        return await run_estimate(
+            pool,
+            points=args.points,
+            seed=seed,
+            chunk_size=args.chunk_size,
+            kernel=args.kernel,
+            max_time=args.max_time,
+            target_error=args.target_error,
+            on_chunk=lambda result, prefix: line.add(result.chunk.points, prefix.points, prefix.inside),
+            started_at=started,
+        )
 
 
 # ------------------------------------------------------------------------ output
@@ -267,6 +365,7 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "chunks": result.chunks,
         "kernel": result.kernel,
         "workers": result.workers,
+        "workers_retired": result.pool.retired,
         "elapsed_s": result.elapsed_s,
         "points_per_s": result.points_per_s,
         "restarts": result.restarts,
@@ -281,33 +380,53 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
     }
 
 
+def workers_summary(result: EstimateResult) -> str:
+    """``2  (0 restarts)``, or ``1 of 3  (2 dropped: ...)``: who did the work, honestly.
+
+    A dropped (retired) slot did nothing after its last failures and its failed starts
+    are not restarts of a working worker, so they are counted apart.
+    """
+    stats = result.pool
+    working = [w for w in stats.workers if w.state != "retired"]
+    dropped = stats.size - len(working)
+    restarts = sum(w.restarts for w in working)
+    notes = [text.plural(restarts, "restart")]
+    if dropped:
+        failed_starts = sum(w.restarts + 1 for w in stats.workers if w.state == "retired")
+        notes.append(f"{dropped} dropped after {text.plural(failed_starts, 'failed start')}")
+    idle = sum(1 for w in working if w.chunks == 0)
+    if idle and result.chunks < len(working):
+        notes.append(f"{idle} idle: {text.plural(result.chunks, 'chunk')} to share")
+    count = f"{len(working)}" if not dropped else f"{len(working)} of {stats.size}"
+    return f"{count}  ({'; '.join(notes)})"
+
+
 def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
     stats = result.statistics
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("π ≈", f"{stats.pi:.10f}")
-    table.add_row("error", f"{stats.error:+.3e}  (estimate − math.pi)")
-    table.add_row("standard error", f"{stats.std_error:.3e}")
-    table.add_row("95% CI", f"[{stats.ci95[0]:.8f}, {stats.ci95[1]:.8f}]")
-    points = f"{result.points:,} in {result.chunks:,} chunks of up to {result.chunk_size:,}"
+    points = (
+        f"{result.points:,} in {text.plural(result.chunks, 'chunk')} of up to {result.chunk_size:,}"
+    )
     if result.stopped_early is not None:
         why = {"max_time": "--max-time reached", "target_error": "--target-error reached"}
         points += f"  (stopped early, {why[result.stopped_early]}; asked {result.requested_points:,})"
-    table.add_row("points", points)
-    for label, text in run_rows(result):
-        table.add_row(label, text)
-    table.add_row("workers", f"{result.workers}  ({result.restarts} restarts)")
     drawn = f"  (drawn at random; --seed {result.seed} repeats this run)" if seed_drawn else ""
-    table.add_row("seed", f"{result.seed}{drawn}")
-    table.add_row("kernel", result.kernel)
-    table.add_row("wall time", f"{result.elapsed_s:.3f} s")
-    table.add_row("points/s", f"{result.points_per_s / 1e6:,.1f} M")
-    console = Console(highlight=False)
-    console.print(table)
+    rows = [
+        ("π ≈", f"{stats.pi:.10f}"),
+        ("error", f"{stats.error:+.3e}  (estimate − math.pi)"),
+        ("standard error", f"{stats.std_error:.3e}"),
+        ("95% CI", f"[{stats.ci95[0]:.8f}, {stats.ci95[1]:.8f}]"),
+        ("points", points),
+        *run_rows(result),
+        ("workers", workers_summary(result)),
+        ("seed", f"{result.seed}{drawn}"),
+        ("kernel", result.kernel),
+        ("wall time", f"{result.elapsed_s:.3f} s"),
+        ("points/s", text.rate(result.points_per_s)),
+    ]
+    print(text.rows_text(rows))
     repeat = repeat_line(result)
     if repeat is not None:
-        console.print(repeat, soft_wrap=True)  # unwrapped: it is meant to be copied
+        print(repeat)  # never wrapped: it is meant to be copied
 
 
 def run_rows(result: EstimateResult) -> list[tuple[str, str]]:

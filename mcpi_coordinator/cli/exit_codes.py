@@ -1,13 +1,25 @@
-"""Exit codes of the ``mcpi`` command (documented in the README)."""
+"""Exit codes of the ``mcpi`` command (documented in the README and ``mcpi --help``)."""
 
+import signal
 from enum import IntEnum
 
 
 class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1
-    """The run could not finish: workers kept failing, none could be reached, ..."""
+    """The run could not finish (workers kept failing, none could be reached, ...), or
+    an output it was asked for (``--plot``) could not be written; one line says which.
+    An estimate that was computed is printed first even then."""
     USAGE = 2
     """Bad arguments. Nothing was started."""
-    INTERRUPTED = 130
-    """Ctrl-C (SIGINT): 128 + 2, as shells report it. Every worker was stopped."""
+    HUNG_UP = 128 + signal.SIGHUP
+    """129: the terminal went away (SIGHUP). Handled like Ctrl-C."""
+    INTERRUPTED = 128 + signal.SIGINT
+    """130: Ctrl-C (SIGINT), as shells report it. Every worker was stopped first."""
+    TERMINATED = 128 + signal.SIGTERM
+    """143: SIGTERM (``kill``, a job scheduler). Handled like Ctrl-C."""
+
+    @classmethod
+    def for_signal(cls, signum: int) -> "ExitCode":
+        """The conventional 128 + N of the signal that stopped us."""
+        return cls(128 + signum)

@@ -8,10 +8,12 @@ stderr, never stdout: stdout is for results (``--json`` output must stay parseab
 from __future__ import annotations
 
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
+from mcpi_coordinator.cli.text import styling_allowed
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging"]
@@ -33,18 +35,28 @@ class _StderrLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+def _worker_not_slot(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The pool logs a worker's ``slot``; the lines it relays from workers, and every
+    message mcpi prints, say ``worker``. One word for one thing on the user's screen."""
+    if "slot" in event and "worker" not in event:
+        event["worker"] = event.pop("slot")
+    return event
+
+
 def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> None:
     """Send every structlog logger to stderr, filtered at ``level``, as text or JSON."""
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # NO_COLOR means no styling at all, bold included: no escape codes whatever.
+        renderer = structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))
     logger = _StderrLogger()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _worker_not_slot,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,

@@ -4,59 +4,172 @@ Each subcommand lives in ``mcpi_coordinator/cli/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` (a function
 ``(argparse.Namespace) -> int`` returning the exit code). Adding a subcommand is one
 module and one line in ``COMMANDS``.
+
+Usage errors are one line that names the command they belong to (``mcpi estimate:
+error: ...``), suggest the nearest option or command for a typo, and exit 2. Options
+are never abbreviated: ``--po`` is not ``--points``, so a typo cannot silently become
+another option.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
+from mcpi_coordinator.cli import signals
+from mcpi_coordinator.cli.args import EnvValue, add_version
 from mcpi_coordinator.cli.exit_codes import ExitCode
 
-COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter", "bench")
+COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter", "bench", "completion")
 """Subcommand modules under ``mcpi_coordinator.cli``, in --help order."""
 
+DESCRIPTION: Final[str] = """\
+Estimate pi by Monte Carlo on a persistent pool of mcpi-worker processes, on this
+machine or others (ssh, srun, kubectl exec -i): the same seed, points, chunk size and
+kernel give the same count on 1 worker or 1000."""
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with our exit code for usage errors and a one-line message."""
+EPILOG: Final[str] = """\
+examples:
+  mcpi estimate                              1e9 points on every core
+  mcpi estimate -n 1e10 -s 42                repeatable: same seed, same count
+  mcpi estimate --target-error 1e-4 --json   stop at a precision; one JSON object
+  mcpi scatter -n 5000 -o quadrant.gif       the lesson's figure, animated
+  mcpi bench approaches                      every way to spread the work, timed
+
+Run 'mcpi COMMAND --help' for the options of one command.
+
+environment (a command-line option always wins):
+  MCPI_WORKER_CMD    default of --worker-cmd     MCPI_LOG_LEVEL     default of --log-level
+  MCPI_REMOTE_CMD    default of --remote-cmd     MCPI_LOG_FORMAT    default of --log-format
+  NO_COLOR           set: no colour or bold on the terminal
+
+exit codes: 0 done, 1 the run failed (one line says why), 2 bad arguments (nothing
+started), 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (every worker stopped first)
+
+shell completion: eval "$(mcpi completion bash)" (or zsh, fish)
+documentation: the README (the distribution is mcpi-trio) and protocol.md"""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse with our exit code for usage errors, one line naming the command,
+    no abbreviations, and a suggestion for a mistyped option or command."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         # argparse takes "-1e9" for an option (it only knows "-5" and "-.5" as
         # numbers) and would say "expected one argument"; counts accept exponents,
         # so let the value through and have it refused as negative, which is the truth.
         self._negative_number_matcher = re.compile(r"^-(?=\.?\d)[\d_]*\.?\d*([eE][+-]?\d+)?$")
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the reason is what a person (or a
         # script's log) needs, and --help is one command away.
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        reason = self._suggest(message)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {reason} (see '{self.prog} --help')\n")
+
+    def option_strings(self) -> list[str]:
+        return [option for action in self._actions for option in action.option_strings]
+
+    def command_names(self) -> list[str]:
+        return [
+            name
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        ]
+
+    def _suggest(self, message: str) -> str:
+        """argparse's message, reworded for the two mistakes people make most."""
+        choice = re.match(r"argument (COMMAND|BENCHMARK): invalid choice: '(.*?)'", message)
+        if choice is not None:
+            names = self.command_names()
+            what = "command" if choice.group(1) == "COMMAND" else "benchmark"
+            typed = choice.group(2)
+            if typed.startswith("-"):
+                return f"{typed} is not an option of {self.prog}; options go after the {what}"
+            return f"unknown {what} {typed!r}{_did_you_mean(typed, names)}; {what}s: {', '.join(names)}"
+        return message
+
+    def unrecognized(self, extras: Sequence[str]) -> NoReturn:
+        first_option = next((word for word in extras if word.startswith("-")), None)
+        hint = ""
+        if first_option is not None:
+            typed = first_option.partition("=")[0]
+            hint = _did_you_mean(typed, self.option_strings())
+        self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def _did_you_mean(typed: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean --points?)``: a name that starts with what was typed (the
+    abbreviation people expect to work), or else the closest spelling; or nothing."""
+    starting = [name for name in candidates if name.startswith(typed) and len(typed) > 2]
+    close = starting[:3] or difflib.get_close_matches(typed, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def build_parser() -> UsageParser:
+    parser = UsageParser(
         prog="mcpi",
-        description="Estimate pi by Monte Carlo on a persistent pool of worker processes.",
-        epilog="Run 'mcpi COMMAND --help' for the options of one command.",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from mcpi_coordinator import __version__
-
-    parser.add_argument("--version", action="version", version=f"mcpi {__version__}")
+    add_version(parser)
     subparsers = parser.add_subparsers(
-        title="commands", metavar="COMMAND", required=True, parser_class=_Parser
+        title="commands", metavar="COMMAND", required=True, parser_class=UsageParser
     )
     for name in COMMANDS:
         importlib.import_module(f"mcpi_coordinator.cli.{name}").register(subparsers)
     return parser
 
 
+def _options_before_command(parser: UsageParser, argv: Sequence[str]) -> None:
+    """``mcpi --workers 2 estimate``: say where the option goes, not "invalid choice: '2'"."""
+    commands = parser.command_names()
+    position = next((i for i, word in enumerate(argv) if word in commands), None)
+    if position is None:
+        return
+    top_level = set(parser.option_strings())
+    misplaced = [w for w in argv[:position] if w.startswith("-") and w.partition("=")[0] not in top_level]
+    if misplaced:
+        before = " ".join(argv[:position])
+        parser.error(
+            f"{misplaced[0]} is an option of the command, so it goes after it: "
+            f"mcpi {argv[position]} {before}"
+        )
+
+
+def _check_environment(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Defaults from the environment get the checks argparse gives typed values."""
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(value, EnvValue) and action.choices is not None and value not in action.choices:
+            command.error(
+                f"environment variable {value.variable}={str(value)!r} is not one of "
+                f"{', '.join(map(str, action.choices))} (it sets the default of {action.option_strings[0]})"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    from mcpi_coordinator.cli.completion import complete_if_asked
+
+    complete_if_asked(parser)  # returns at once unless a shell's TAB started us
+    _options_before_command(parser, words)
+    args, extras = parser.parse_known_args(words)
+    command: UsageParser = getattr(args, "command_parser", parser)
+    if extras:
+        command.unrecognized(extras)
+    _check_environment(command, args)
+    with signals.handled():
+        return int(args.handler(args))
 
 
 if __name__ == "__main__":

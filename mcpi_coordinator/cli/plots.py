@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,7 +150,9 @@ def ensure_available() -> None:
 
 def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
     """An argparse ``type`` for an output picture: one of ``suffixes``, in a directory that
-    exists, so a typo fails at once with exit 2 rather than after the work is done."""
+    exists, not a directory itself and writable, so a typo fails at once with exit 2
+    rather than after the work is done. (The write can still fail later, a full disk
+    say: then the command exits 1 after printing its result.)"""
     expected = " or ".join(suffixes)
 
     def picture_path(text: str) -> Path:
@@ -160,6 +163,10 @@ def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
             raise argparse.ArgumentTypeError(
                 f"{text!r}: directory {str(path.parent)!r} does not exist"
             )
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be written here (permission denied)")
         return path
 
     return picture_path

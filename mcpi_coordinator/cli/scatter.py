@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 from pathlib import Path
 
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import plots
+from mcpi_coordinator.cli import plots, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import pi_statistics
@@ -40,23 +39,6 @@ examples:
 Needs the 'bench' extra (matplotlib, Pillow): {plots.INSTALL_HINT}"""
 
 
-def _scatter_points(text: str) -> int:
-    number = cli_args.positive_count(text)
-    if number > plots.MAX_SCATTER_POINTS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is too many points for a picture (at most {plots.MAX_SCATTER_POINTS:,};"
-            " beyond that the quadrant is a solid fill)"
-        )
-    return number
-
-
-def _frames(text: str) -> int:
-    number = cli_args.positive_count(text)
-    if number > plots.MAX_FRAMES:
-        raise argparse.ArgumentTypeError(f"{text!r} is too many frames (at most {plots.MAX_FRAMES})")
-    return number
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "scatter",
@@ -66,47 +48,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--points", "-n", type=_scatter_points, default=DEFAULT_POINTS, metavar="N",
+        "-n", "--points", default=DEFAULT_POINTS, metavar="N",
+        type=cli_args.count_type(1, plots.MAX_SCATTER_POINTS, why="beyond that the quadrant is a solid fill"),
         help=f"points to draw, 1 to {plots.MAX_SCATTER_POINTS:,} (default {DEFAULT_POINTS:,};"
         " accepts 1e5, 100_000)",
     )  # fmt: skip
     parser.add_argument(
-        "--seed", "-s", type=cli_args.seed, default=None, metavar="S",
+        "-s", "--seed", type=cli_args.seed, default=None, metavar="S",
         help="seed of the random streams (default: drawn at random and printed)",
     )  # fmt: skip
     parser.add_argument(
-        "--stream", type=cli_args.count, default=0, metavar="K",
+        "--stream", type=cli_args.stream, default=0, metavar="K",
         help="which stream of the seed, i.e. which chunk of a run (default 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--out", "-o", type=_picture_path, default=DEFAULT_OUT, metavar="FILE",
+        "-o", "--out", type=_picture_path, default=DEFAULT_OUT, metavar="FILE",
         help=f"FILE.png for a picture, FILE.gif for an animation (default {DEFAULT_OUT})",
     )  # fmt: skip
     parser.add_argument(
-        "--frames", type=_frames, default=None, metavar="K",
+        "--frames", default=None, metavar="K",
+        type=cli_args.count_type(1, plots.MAX_FRAMES, why="every frame is held in memory"),
         help=f"frames of a .gif animation, 1 to {plots.MAX_FRAMES} (default {DEFAULT_FRAMES})",
     )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout instead of text"
     )
-    parser.set_defaults(handler=run)
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print the result only: no note of the file written"
+    )
+    cli_args.add_version(parser)
+    parser.set_defaults(handler=run, command_parser=parser)
 
 
-def _fail(message: str, code: ExitCode) -> int:
-    print(f"mcpi scatter: error: {message}", file=sys.stderr)
-    return code
+PROG = "mcpi scatter"
 
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     is_gif = out.suffix.lower() == ".gif"
     if args.frames is not None and not is_gif:
-        return _fail(f"--frames needs a .gif output, not {str(out)!r}", ExitCode.USAGE)
+        args.command_parser.error(f"--frames needs a .gif output, not {str(out)!r}")
     frames = (args.frames or min(DEFAULT_FRAMES, args.points)) if is_gif else 1
     if frames > args.points:
-        return _fail(
-            f"--frames {frames} is more than --points {args.points}: every frame adds a point",
-            ExitCode.USAGE,
+        args.command_parser.error(
+            f"--frames {frames} is more than --points {args.points}: every frame adds a point"
         )
     seed = args.seed if args.seed is not None else secrets.randbits(64)
 
@@ -115,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         sample = plots.sample_quadrant(seed, args.stream, args.points)
         picture = plots.save_scatter(sample, out, frames=frames if is_gif else None)
     except McpiError as exc:  # the extra is missing, or the file cannot be written
-        return _fail(str(exc), ExitCode.FAILURE)
+        text.say(PROG, f"error: {exc}")
+        return ExitCode.FAILURE
 
     inside = sample.inside_count
     stats = pi_statistics(inside, sample.points)
@@ -137,10 +123,11 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(report))
     else:
-        what = f"{picture.frames} frames, " if picture.format == "gif" else ""
-        print(f"wrote {picture.path} ({what}{picture.width}×{picture.height} px)")
         print(
             f"{inside:,} of {sample.points:,} points inside: π ≈ {stats.pi:.5f} ± {stats.half_width:.5f}"
             f" (95%), seed {seed}, stream {args.stream}"
         )
+    if not args.quiet:
+        what = f"{picture.frames} frames, " if picture.format == "gif" else ""
+        text.say(PROG, f"wrote {picture.path} ({what}{picture.width}×{picture.height} px)")
     return ExitCode.OK

@@ -281,8 +281,12 @@ def slot_launcher(slots: Sequence[WorkerSlot], spawn: Spawn) -> Launcher:
     return launch
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The remote-worker options of ``mcpi estimate``, in a group of their own."""
+def add_arguments(
+    parser: argparse.ArgumentParser, remote_command_default: str = DEFAULT_REMOTE_COMMAND
+) -> None:
+    """The remote-worker options of ``mcpi estimate``, in a group of their own.
+    ``remote_command_default`` is ``--remote-cmd``'s default (the CLI's may come from
+    the environment)."""
     group = parser.add_argument_group(
         "remote workers",
         "Workers on other machines over ssh, mixed with the --workers local ones.\n"
@@ -302,10 +306,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="passed to ssh as -o KEY=VALUE, e.g. IdentityFile=~/.ssh/mcpi; repeatable",
     )
     group.add_argument(
-        "--remote-cmd", default=DEFAULT_REMOTE_COMMAND, metavar="CMD",
+        "--remote-cmd", default=remote_command_default, metavar="CMD",
         help="the worker command on the hosts, shell-split here and quoted word for word "
-        "for the remote shell (default %(default)s; ssh gives it a minimal PATH, so an "
-        "absolute path like /opt/mcpi/bin/mcpi-worker is safest)",
+        f"for the remote shell (default {DEFAULT_REMOTE_COMMAND}; env MCPI_REMOTE_CMD; ssh "
+        "gives it a minimal PATH, so an absolute path like /opt/mcpi/bin/mcpi-worker is safest)",
     )
 
 
@@ -318,11 +322,18 @@ def slots_from_args(
     command, or no worker at all.
     """
     hosts = list(args.host)
+    from_file: list[HostSpec] = []
     if args.hosts_file is not None:
-        hosts += read_hosts_file(args.hosts_file)
-    remote_command = split_command(args.remote_cmd, "--remote-cmd")
+        from_file = read_hosts_file(args.hosts_file)
+        hosts += from_file
+    remote_command = split_command(args.remote_cmd, getattr(args.remote_cmd, "variable", "--remote-cmd"))
     slots = plan_slots(args.workers, local_command, hosts, args.ssh_option, remote_command)
     if not slots:
+        if args.hosts_file is not None and not from_file:
+            raise RemoteConfigError(
+                f"hosts file {str(args.hosts_file)!r} lists no hosts (only blank lines and "
+                f"comments) and --workers is {args.workers}: no worker to run"
+            )
         raise RemoteConfigError(
             f"--workers {args.workers} and no hosts leave no worker to run: use "
             "--workers 1 or more, or give --host / --hosts-file"

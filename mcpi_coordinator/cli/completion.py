@@ -1,0 +1,49 @@
+"""``mcpi completion SHELL``: print the shell code that completes ``mcpi``'s commands,
+options and choices as you type.
+
+The completions come from the very parser that parses the command line (argcomplete
+runs it when the shell asks), so they cannot fall out of step with the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Final
+
+import argcomplete
+from argcomplete.shell_integration import shellcode
+
+from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli.exit_codes import ExitCode
+
+SHELLS: Final[tuple[str, ...]] = ("bash", "zsh", "fish")
+
+EPILOG: Final[str] = """\
+set it up once:
+  bash   echo 'eval "$(mcpi completion bash)"' >> ~/.bashrc
+  zsh    echo 'eval "$(mcpi completion zsh)"' >> ~/.zshrc
+  fish   mcpi completion fish > ~/.config/fish/completions/mcpi.fish"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "completion",
+        help="print shell code that completes mcpi's commands and options (bash, zsh, fish)",
+        description="Print the shell code that makes TAB complete mcpi's commands, options "
+        "and their choices.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("shell", choices=SHELLS, help="the shell to print code for")
+    cli_args.add_version(parser)
+    parser.set_defaults(handler=run, command_parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(shellcode(["mcpi"], shell=args.shell), end="")
+    return ExitCode.OK
+
+
+def complete_if_asked(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell and exit, when the shell's completion code started us."""
+    argcomplete.autocomplete(parser)
