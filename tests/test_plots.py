@@ -251,3 +251,11 @@ def test_a_plot_path_that_cannot_be_written_is_refused_before_the_run(tmp_path: 
         f"mcpi estimate: error: argument --plot: {str(taken)!r} is a directory "
         "(see 'mcpi estimate --help')\n"
     )
+
+
+def test_the_convergence_subtitle_fits_with_a_20_digit_seed() -> None:
+    # 87 characters fit the 836-pixel figure at the subtitle's size (checked by eye on
+    # the worst case below); on one line, a 20-digit seed ran past the edge and was clipped.
+    subtitle = plots.estimate_subtitle(2**53, 900_719_926, 1024, "python", 2**64 - 1, True)
+    assert subtitle.splitlines()[1] == "seed 18446744073709551615  ·  stopped early"
+    assert max(len(line) for line in subtitle.splitlines()) <= 87

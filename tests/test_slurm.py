@@ -426,7 +426,7 @@ def test_a_node_outside_the_allocation_fails_the_run_with_one_line(
     report = in_allocation(cluster, tmp_path, "salloc", workers=1, node_override="not-in-the-allocation")
     assert report["returncode"] == 1
     last_line = report["stderr"].strip().splitlines()[-1]
-    assert last_line.startswith("mcpi: error: no worker left") and "not-in-the-allocation" in last_line
+    assert last_line.startswith("mcpi estimate: error: no worker left") and "not-in-the-allocation" in last_line
     assert cluster.wait_for_empty_queue(CLEANUP_BOUND_S) == []
 
 

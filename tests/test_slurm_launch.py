@@ -92,7 +92,7 @@ def test_outside_an_allocation_the_error_says_what_to_do() -> None:
         allocation_from_environment({"PATH": "/usr/bin", "SLURM_CONF": "/etc/slurm/slurm.conf"})
     assert str(caught.value) == OUTSIDE_ALLOCATION
     assert "SLURM_JOB_ID is not set" in OUTSIDE_ALLOCATION and "salloc" in OUTSIDE_ALLOCATION
-    assert isinstance(caught.value, McpiError)  # printed as one "mcpi: error:" line
+    assert isinstance(caught.value, McpiError)  # printed as one "mcpi estimate: error:" line
 
 
 def test_an_allocation_is_read_from_the_job_environment() -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shlex
+import sys
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -324,7 +325,9 @@ async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
         raise failure
     if shown:
         why = {"max_time": "--max-time", "target_error": "--target-error"}.get(result.stopped_early or "")
-        text.say(PROG, progress.final_line(line, line.clock(), why))
+        room = text.width_of(sys.stderr)
+        room = None if room is None else room - len(PROG) - 2
+        text.say(PROG, progress.final_line(line, line.clock(), why, room))
     return result
 
 

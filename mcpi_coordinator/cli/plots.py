@@ -445,13 +445,24 @@ def plot_convergence(
     return Picture(out, "png", width, height, 1)
 
 
+def estimate_subtitle(
+    points: int, chunks: int, workers: int, kernel: str, seed: int, stopped_early: bool
+) -> str:
+    """The settings beneath the convergence plot's title, in two lines: on one, a
+    20-digit seed pushed the line past the figure's edge and it was clipped."""
+    run = (
+        f"{points:,} points  ·  {_plural(chunks, 'chunk')}  ·  "
+        f"{_plural(workers, 'worker')}  ·  {kernel} kernel"
+    )
+    repeat = f"seed {seed}" + ("  ·  stopped early" if stopped_early else "")
+    return f"{run}\n{repeat}"
+
+
 def plot_estimate(result: EstimateResult, out: Path) -> Picture:
     """:func:`plot_convergence` of a finished ``mcpi estimate`` run, its settings beneath
     the title. Raises :class:`PlottingUnavailable` or :class:`PictureNotWritten`."""
-    subtitle = (
-        f"{result.points:,} points  ·  {_plural(result.chunks, 'chunk')}  ·  "
-        f"{_plural(result.workers, 'worker')}  ·  {result.kernel} kernel  ·  seed {result.seed}"
-    )
-    if result.stopped_early is not None:
-        subtitle += "  ·  stopped early"
+    subtitle = estimate_subtitle(
+        result.points, result.chunks, result.workers, result.kernel, result.seed,
+        result.stopped_early is not None,
+    )  # fmt: skip
     return plot_convergence(result.chunk_points, result.chunk_inside, out, subtitle=subtitle)

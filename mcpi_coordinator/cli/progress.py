@@ -170,15 +170,17 @@ def _fit(line: str, width: int) -> Text:
     return fitted
 
 
-def final_line(progress: RunProgress, now: float, stopped_early: str | None) -> str:
-    """The one line left on the terminal when the bar goes."""
+def final_line(progress: RunProgress, now: float, stopped_early: str | None, width: int | None = None) -> str:
+    """The one line left on the terminal when the bar goes; the rate is left out when
+    the line would not fit in ``width`` columns."""
     since = progress.started if progress.sampling_since is None else progress.sampling_since
     took = now - progress.started
     per_second = progress.points / (now - since) if now > since else 0.0
-    what = f"{progress.points:,} points in {took:.1f} s ({text.rate(per_second)} points/s)"
-    if stopped_early is not None:
-        return f"stopped early ({stopped_early}) after {what}"
-    return f"sampled {what}"
+    what = f"{progress.points:,} points in {took:.1f} s"
+    rate = f" ({text.rate(per_second)} points/s)"
+    head = f"stopped early ({stopped_early}) after " if stopped_early is not None else "sampled "
+    line = head + what + rate
+    return head + what if width is not None and len(line) > width else line
 
 
 class _Line:
