@@ -335,8 +335,9 @@ def test_a_missing_optional_peer_is_listed_as_unavailable() -> None:
     )
     assert done.returncode == 0, done.stderr
     results = {r["approach"]: r for r in json.loads(done.stdout)["results"]}
-    assert results["trio-parallel"]["round_trip_us"] is None and results["trio-parallel"]["tasks_per_s"] is None
-    assert results["trio-parallel"]["unavailable"].startswith("cannot import trio_parallel")
+    unavailable = results["trio-parallel"]
+    assert unavailable["round_trip_us"] is None and unavailable["tasks_per_s"] is None
+    assert unavailable["unavailable"].startswith("cannot import trio_parallel")
     assert results["trio-pool"]["tasks_per_s"] > 0 and results["process-pool"]["tasks_per_s"] > 0
     assert "trio-parallel unavailable: cannot import trio_parallel" in done.stderr
     assert "Traceback" not in done.stderr
@@ -352,8 +353,17 @@ def test_a_missing_optional_peer_shows_in_the_table() -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("approach", ["trio-run-process", "trio-pool"])
-def test_ctrl_c_exits_130_and_leaves_no_worker(approach: str) -> None:
+@pytest.mark.parametrize(
+    ("approach", "signal_name", "code", "words"),
+    [
+        ("trio-run-process", "SIGINT", 130, "interrupted"),
+        ("trio-pool", "SIGINT", 130, "interrupted"),
+        ("trio-pool", "SIGTERM", 143, "terminated (SIGTERM)"),  # stops like Ctrl-C
+    ],
+)
+def test_ctrl_c_and_sigterm_stop_in_order_and_leave_no_worker(
+    approach: str, signal_name: str, code: int, words: str
+) -> None:
     import signal
     import time
 
@@ -372,12 +382,12 @@ def test_ctrl_c_exits_130_and_leaves_no_worker(approach: str) -> None:
             time.sleep(0.05)
         assert len(workers) == 2, "the workers never started"
         time.sleep(0.3)  # let them get into their chunks
-        bench.send_signal(signal.SIGINT)
+        bench.send_signal(getattr(signal, signal_name))
         _, err = bench.communicate(timeout=60)
     finally:
         if bench.poll() is None:
             bench.kill()
-    assert bench.returncode == 130
-    assert err == "mcpi bench approaches: interrupted; every worker was stopped\n"
+    assert bench.returncode == code
+    assert err == f"mcpi bench approaches: {words}; every worker was stopped\n"
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"left running: {alive}"

@@ -100,21 +100,8 @@ def _json_of(*args: str) -> dict[str, Any]:
     "args",
     [
         ("estimate", "-n", "3000", "--chunk-size", "1000", "-w", "2", "--max-time", "60"),
-        ("estimate", "-n", "1e13", "-w", "1", "--max-time", "1"),  # the early-stop fields too
-        (
-            "bench",
-            "approaches",
-            "-n",
-            "2000",
-            "--chunk-size",
-            "1000",
-            "-w",
-            "1",
-            "-r",
-            "1",
-            "--only",
-            "sequential",
-        ),
+        ("estimate", "-n", "1e13", "--chunk-size", "1e4", "-w", "1", "--target-error", "1e-2"),  # early-stop fields
+        ("bench", "approaches", "-n", "2000", "--chunk-size", "1000", "-w", "1", "-r", "1", "--only", "sequential"),  # noqa: E501
         ("bench", "overhead", "-n", "10", "-w", "1"),
     ],
     ids=["estimate", "estimate-stopped", "bench-approaches", "bench-overhead"],
