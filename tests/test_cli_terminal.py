@@ -111,7 +111,8 @@ def _workers_of(seed: str, count: int, timeout: float = 60) -> list[psutil.Proce
 
 
 BAR = re.compile(
-    r"^━+ +(\d+)% · ([\d,]+)/([\d,]+) points · ETA [\d:?]+( · π ≈ \d\.\d+ ± \d\.\d+)?( · [\d.,]+ [kMGT]?/s)?$"
+    r"^━+ +(\d+)% · ([\d,.]+[kMGTP]?)/([\d,.]+[kMGTP]?) points · ETA [\d:?]+"
+    r"( · π ≈ \d\.\d+ ± \d\.\d+)?( · [\d.,]+ [kMGT]?/s)?$"
 )
 
 
@@ -124,7 +125,7 @@ def test_the_progress_bar_and_ctrl_c_in_a_real_terminal(terminal_of: Callable[[i
     )
     bar = next(line for line in screen if BAR.match(line))
     match = BAR.match(bar)
-    assert match is not None and match.group(3) == "10,000,000,000,000"
+    assert match is not None and match.group(3) in ("10,000,000,000,000", "10T")  # short when it must
     assert len(bar) <= 118  # two columns kept free for the terminal's ^C echo
     workers = _workers_of(seed, 2)
     terminal.ctrl_c()

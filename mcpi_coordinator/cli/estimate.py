@@ -79,10 +79,10 @@ def register(subparsers: Any) -> None:
         "estimate",
         help="estimate pi on a pool of worker processes",
         description=(
-            "Estimate pi by Monte Carlo: split the points into seeded chunks, count them "
-            "on a pool of persistent mcpi-worker processes, and combine the counts. The "
-            "count depends only on seed, points, chunk size and kernel, never on the "
-            "number of workers. Counts accept 1e9 and 1_000_000."
+            "Estimate pi by Monte Carlo: split the points into seeded chunks, count them\n"
+            "on a pool of persistent mcpi-worker processes, and combine the counts. The\n"
+            "count depends only on seed, points, chunk size and kernel, never on the\n"
+            "number of workers. Counts accept 1e9, 2.5e9 and 1_000_000, read exactly."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
