@@ -6,7 +6,7 @@ so both retry by the same rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mcpi_coordinator.errors import ChunkFailed, RequestFailed, WorkerFailure
 from mcpi_worker.kernels import DEFAULT_KERNEL
@@ -14,24 +14,50 @@ from mcpi_worker.kernels import DEFAULT_KERNEL
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One unit of work: count ``points`` of stream ``stream`` of ``seed`` with ``kernel``."""
+    """One unit of work: count ``points`` of stream ``stream`` of ``seed`` with ``kernel``;
+    with ``streams`` > 1, the same for each of that many consecutive streams (a range).
+
+    A range's count is the sum of its streams' counts, so how a run is cut into ranges
+    never changes its total. The pool may send a range in pieces sized for each worker
+    (``WorkerPool.imap_unordered``).
+    """
 
     seed: int
     stream: int
     points: int
     kernel: str = DEFAULT_KERNEL
+    streams: int = 1
+
+    @property
+    def total_points(self) -> int:
+        return self.points * self.streams
+
+    def split(self, streams: int) -> tuple[Chunk, Chunk]:
+        """The first ``streams`` streams, and the rest."""
+        if not 0 < streams < self.streams:
+            raise ValueError(f"cannot split {streams} streams off a range of {self.streams}")
+        head = replace(self, streams=streams)
+        return head, replace(self, stream=self.stream + streams, streams=self.streams - streams)
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkResult:
     chunk: Chunk
     inside: int
+    """Points inside, over all the chunk's streams."""
     elapsed_s: float
     """The worker's own measure of the time it spent computing the chunk."""
     slot: int
     pid: int
     host: str | None = None
     """The host the worker said it runs on (its ``welcome``)."""
+    insides: tuple[int, ...] = ()
+    """For a range, the count of each stream in order (empty for one stream)."""
+
+    @property
+    def stream_counts(self) -> tuple[int, ...]:
+        """The count of each of the chunk's streams, in order."""
+        return self.insides or (self.inside,)
 
 
 @dataclass(slots=True)

@@ -48,6 +48,7 @@ To run an estimate:  mcpi estimate
 To drive it by hand: pipe frames to it (the README's dozen-line Python client)."""
 
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
+MAX_JOBS: Final[int] = 1024
 MAX_SPIN_US: Final[int] = 10_000
 
 
@@ -78,6 +79,14 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _jobs(text: str) -> int:
+    if text == "auto":
+        from mcpi_worker.cpus import usable_cpus
+
+        return min(usable_cpus(), MAX_JOBS)
+    return _bounded_int(1, MAX_JOBS)(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mcpi-worker",
@@ -99,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"sample requests accepted at once; more are answered 'busy' "
         f"(default {DEFAULT_MAX_INFLIGHT})",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="samples computed at once, each on a thread of its own (a kernel that "
+        "releases the GIL, as numpy's does, runs them in parallel); 'auto': the CPUs this "
+        f"process may use (affinity, cgroup quota, SLURM_CPUS_PER_TASK). 1 to {MAX_JOBS} "
+        "(default 1)",
     )
     parser.add_argument(
         "--spin-us",
@@ -163,13 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = Worker(
         0,
         protocol_fd,
-        max_inflight=args.max_inflight,
+        max_inflight=max(args.max_inflight, args.jobs),
+        jobs=args.jobs,
         spin_s=args.spin_us / 1e6,
         on_sample=_emit_stray_output if args.test_stray_output else None,
     )
     try:
         _watch_parent(parent_pid)
-        log.info("worker_started", version=__version__, max_inflight=args.max_inflight)
+        log.info("worker_started", version=__version__, max_inflight=args.max_inflight, jobs=args.jobs)
         outcome = worker.serve()
     except ParentExited:
         log.warning("parent_exited", parent_pid=parent_pid)

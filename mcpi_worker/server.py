@@ -51,6 +51,7 @@ from mcpi_worker.protocol import (
     WorkerState,
     bounded_text,
 )
+from mcpi_worker.sampling import count_groups
 
 log = structlog.get_logger("mcpi_worker")
 
@@ -210,7 +211,7 @@ class Worker:
         kernel = self._kernels[request.kernel]  # the WorkerEnd accepts offered kernels only
         started = time.perf_counter()
         try:
-            inside = kernel(request.seed, request.stream, request.points, job.should_stop)
+            insides = count_groups(kernel, request, job.should_stop)
         except Cancelled:
             log.debug("sample_cancelled", id=request.id)
             why = "cancelled before it finished"
@@ -220,11 +221,11 @@ class Worker:
             why = f"{type(exc).__name__}: {exc}"
             return lambda: self._report_failure(request.id, ErrorCode.INTERNAL, why)
         elapsed = time.perf_counter() - started
-        log.debug("sample_done", id=request.id, points=request.points, elapsed_s=elapsed)
+        log.debug("sample_done", id=request.id, points=request.total_points, elapsed_s=elapsed)
 
         def report() -> list[WorkerEvent]:
             del self._running[request.id]
-            return self._end.sample_finished(request.id, inside, elapsed)
+            return self._end.sample_finished(request.id, insides, elapsed)
 
         return report
 
@@ -309,7 +310,7 @@ class Worker:
             if isinstance(event, StartSample):
                 job = _Job(event.request)
                 self._running[event.request.id] = job
-                small = event.request.points <= INLINE_MAX_POINTS
+                small = event.request.total_points <= INLINE_MAX_POINTS
                 if on_reader and small and self._inline is None:
                     self._inline = job
                 else:

@@ -32,6 +32,7 @@ from mcpi_worker import kernels, protocol
 from mcpi_worker.protocol import (
     MAX_FRAME,
     MAX_POINTS,
+    PROTOCOL_VERSIONS,
     Cancel,
     Error,
     ErrorCode,
@@ -115,7 +116,7 @@ async def test_handshake_fields(open_peer: OpenPeer) -> None:
     async with open_peer() as (process, client, _):
         with trio.fail_after(TIMEOUT):
             welcome = await client.handshake()
-    assert welcome.version == 1
+    assert welcome.version == max(PROTOCOL_VERSIONS)
     assert welcome.pid == process.pid
     assert set(welcome.kernels) >= {"numpy", "python"}
     assert welcome.max_inflight >= 1
@@ -289,7 +290,7 @@ async def test_fatal_errors_send_one_nil_id_error_and_exit_3(
 async def test_unsupported_version_is_fatal(open_peer: OpenPeer) -> None:
     async with open_peer() as (process, client, _):
         with trio.fail_after(TIMEOUT):
-            await client.send(Hello(versions=(2, 99), client="future"))
+            await client.send(Hello(versions=(3, 99), client="future"))
             responses = await client.receive_until_eof()
             assert await process.wait() == 3
     assert [(m.id, m.code) for m in responses] == [(None, ErrorCode.UNSUPPORTED_VERSION)]  # type: ignore[union-attr]

@@ -71,7 +71,7 @@ async def test_handshake_reports_fake_identity_and_limits() -> None:
     async with fake(FakeBehaviour(max_inflight=3, kernels=("python",))) as (process, client, _):
         with trio.fail_after(5):
             welcome = await client.handshake()
-    assert welcome.version == 1
+    assert welcome.version == 2
     assert welcome.pid == process.pid
     assert welcome.kernels == ("python",)
     assert welcome.max_inflight == 3

@@ -241,3 +241,32 @@ def test_spec_mt19937_is_cpythons_random(s: int) -> None:
 )
 def test_spec_reference_reproduces_the_python_rows(seed: int, stream: int, points: int, inside: int) -> None:
     assert REFERENCE.count_python(seed, stream, points) == inside
+
+
+def test_golden_range_result_answers_the_golden_range_sample() -> None:
+    sample = parse_message(GOLDEN_FRAMES["range_sample"][0], COORDINATOR_MESSAGES)
+    result = parse_message(GOLDEN_FRAMES["range_result"][0], WORKER_MESSAGES)
+    assert isinstance(sample, Sample) and isinstance(result, Result)
+    singles = [
+        kernels.KERNELS[sample.kernel](sample.seed, s, sample.points, lambda: False)
+        for s in range(sample.stream, sample.stream + sample.streams)
+    ]
+    assert sample.group == 2 and result.insides == (singles[0] + singles[1], singles[2] + singles[3])
+    assert result.inside == sum(singles) and result.points == sample.streams * sample.points
+
+
+def test_the_real_worker_answers_the_golden_range_sample() -> None:
+    worker = WorkerUnderTest()
+    try:
+        worker.send_bytes(GOLDEN_FRAMES["hello_v2"][1])
+        welcome = worker.receive()
+        assert getattr(welcome, "version", None) == 2
+        worker.send_bytes(GOLDEN_FRAMES["range_sample"][1])
+        answer = worker.receive()
+        golden = parse_message(GOLDEN_FRAMES["range_result"][0], WORKER_MESSAGES)
+        assert isinstance(answer, Result) and isinstance(golden, Result)
+        assert (answer.id, answer.inside, answer.points, answer.insides) == (
+            golden.id, golden.inside, golden.points, golden.insides
+        )  # fmt: skip
+    finally:
+        worker.kill()

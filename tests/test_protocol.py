@@ -22,6 +22,7 @@ from mcpi_worker.protocol import (
     HEADER,
     MAX_DEPTH,
     MAX_FRAME,
+    MAX_GROUPS,
     MAX_POINTS,
     MAX_TEXT,
     NEED_DATA,
@@ -193,7 +194,27 @@ def test_error_properties() -> None:
 def test_negotiate_version() -> None:
     assert negotiate_version((1,)) == 1
     assert negotiate_version((1, 7, 9)) == 1
-    assert negotiate_version((2, 3)) is None
+    assert negotiate_version((1, 2)) == 2
+    assert negotiate_version((2, 3)) == 2
+    assert negotiate_version((3, 4)) is None
+
+
+def test_fields_version_2_added_are_optional_and_left_out_at_their_default() -> None:
+    """A version-1 frame has none of them, and means their defaults; our encoder leaves
+    a field out when it holds its default, so version-1 frames keep their bytes."""
+    v1 = {"type": "sample", "id": 1, "seed": 2, "stream": 3, "points": 4, "kernel": "numpy"}
+    assert decode_three_ways(frame(v1)) == [Sample(1, 2, 3, 4, "numpy", streams=1, group=None)]
+    assert encode(Sample(1, 2, 3, 4, "numpy")) == frame(v1)
+    ranged = {**v1, "streams": 10, "group": 3}
+    assert decode_three_ways(frame(ranged)) == [Sample(1, 2, 3, 4, "numpy", streams=10, group=3)]
+    assert encode(Sample(1, 2, 3, 4, "numpy", 10, 3)) == frame(ranged)
+    assert Sample(1, 2, 3, 4, "numpy", 10, 3).groups == 4
+    result = {"type": "result", "id": 1, "inside": 5, "points": 40, "elapsed_s": 0.5, "insides": [1, 2, 1, 1]}
+    assert decode_three_ways(frame(result), WORKER_MESSAGES) == [Result(1, 5, 40, 0.5, (1, 2, 1, 1))]
+    for bad in ({**v1, "streams": 0}, {**v1, "group": 0}, {**v1, "streams": True}):
+        assert decode_three_ways(frame(bad)) == request_failure(ErrorCode.INVALID_REQUEST, 1)
+    too_many = {**result, "insides": [0] * (MAX_GROUPS + 1)}
+    assert decode([frame(too_many)], WORKER_MESSAGES) == [Failure(False, ErrorCode.INVALID_REQUEST, None)]
 
 
 def test_elapsed_accepts_integers_and_float32() -> None:
@@ -495,7 +516,8 @@ coordinator_messages = st.one_of(
     st.builds(Hello, versions=st.lists(st.integers(1, UINT64_MAX), min_size=1, max_size=8).map(
         tuple), client=text),
     st.builds(Sample, id=uint64, seed=uint64, stream=uint64,
-              points=st.integers(0, MAX_POINTS), kernel=text),
+              points=st.integers(0, MAX_POINTS), kernel=text, streams=st.integers(1, UINT64_MAX),
+              group=st.none() | st.integers(1, UINT64_MAX)),
     st.builds(Ping, id=uint64),
     st.builds(Cancel, id=uint64),
     st.just(Shutdown()),
@@ -503,9 +525,11 @@ coordinator_messages = st.one_of(
 worker_messages = st.one_of(
     st.builds(Welcome, version=st.integers(1, 9), worker=text, pid=uint64, host=text,
               kernels=st.lists(text, max_size=5).map(tuple), max_inflight=st.integers(1, 99),
-              max_frame=st.integers(1, MAX_FRAME), max_points=st.integers(1, MAX_POINTS)),
+              max_frame=st.integers(1, MAX_FRAME), max_points=st.integers(1, MAX_POINTS),
+              jobs=st.integers(1, UINT64_MAX)),
     st.builds(Result, id=uint64, inside=uint64, points=st.integers(0, MAX_POINTS),
-              elapsed_s=st.floats(min_value=0, allow_infinity=False)),
+              elapsed_s=st.floats(min_value=0, allow_infinity=False),
+              insides=st.none() | st.lists(uint64, max_size=50).map(tuple)),
     st.builds(Pong, id=uint64),
     st.builds(Error, id=st.none() | uint64, code=text, message=text),
 )  # fmt: skip

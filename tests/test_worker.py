@@ -106,7 +106,7 @@ def test_handshake() -> None:
     worker = WorkerUnderTest("--max-inflight", "3")
     try:
         welcome = worker.handshake()
-        assert welcome.version == 1
+        assert welcome.version == 2 and welcome.jobs == 1
         assert welcome.worker.startswith("mcpi-worker/")
         assert welcome.pid == worker.pid
         assert welcome.kernels[0] == "numpy" and set(welcome.kernels) == set(KERNELS)
@@ -351,7 +351,7 @@ def test_request_without_a_usable_id_is_fatal(serving: WorkerUnderTest) -> None:
 
 
 def test_unsupported_version_is_fatal(worker: WorkerUnderTest) -> None:
-    worker.send(Hello(versions=(2, 3), client="from the future"))
+    worker.send(Hello(versions=(3, 4), client="from the future"))
     fatal_exit(worker, ErrorCode.UNSUPPORTED_VERSION)
 
 
@@ -735,3 +735,73 @@ def test_a_huge_value_gets_a_bounded_error_and_the_worker_goes_on(
     assert len(answer.message) <= MAX_TEXT and len(answer.message) < 200
     serving.send(Ping(6))
     assert serving.receive() == Pong(6)  # still serving
+
+
+# ------------------------------------------------------------------ version 2
+
+
+def test_a_range_needs_version_2_and_stays_within_the_limits() -> None:
+    v1 = WorkerUnderTest()
+    try:
+        v1.send(Hello(versions=(1,), client="old"))
+        assert v1.receive().version == 1  # type: ignore[union-attr]
+        v1.send(Sample(1, 99, 0, 10, "numpy", streams=3))
+        answer = v1.receive()
+        assert isinstance(answer, Error) and answer.code == ErrorCode.INVALID_REQUEST
+        assert "need protocol version 2" in answer.message
+    finally:
+        v1.kill()
+    v2 = WorkerUnderTest()
+    try:
+        assert v2.handshake().version == 2
+        for request, why in [
+            (Sample(2, 99, 2**64 - 2, 10, "numpy", streams=3), "past 2**64-1"),
+            (Sample(3, 99, 0, MAX_POINTS, "numpy", streams=2), "above this worker's max_points"),
+            (Sample(4, 99, 0, 1, "numpy", streams=5000, group=1), "above the limit of 4096"),
+        ]:
+            v2.send(request)
+            answer = v2.receive()
+            assert isinstance(answer, Error) and answer.code == ErrorCode.INVALID_REQUEST, answer
+            assert why in answer.message
+        v2.send(Sample(5, 99, 7, 1000, "numpy", streams=5, group=2))
+        result = v2.receive()
+        singles = [KERNELS["numpy"](99, s, 1000) for s in range(7, 12)]
+        assert result == Result(5, sum(singles), 5000, result.elapsed_s,  # type: ignore[union-attr]
+                                (singles[0] + singles[1], singles[2] + singles[3], singles[4]))
+    finally:
+        v2.kill()
+
+
+def test_jobs_run_that_many_samples_at_once() -> None:
+    """Two long samples on --jobs 2 are both running: cancelled, each says it had not
+    finished (a queued one would say it had not started)."""
+    worker = WorkerUnderTest("--jobs", "2")
+    try:
+        assert worker.handshake().jobs == 2
+        worker.send(sample(1, LONG))
+        worker.send(sample(2, LONG))
+        worker.send(Ping(3))
+        assert worker.receive() == Pong(3)
+        worker.send(Cancel(1))
+        worker.send(Cancel(2))
+        answers = {m.id: m for m in worker.receive_many(2)}  # type: ignore[union-attr]
+        for request_id in (1, 2):
+            answer = answers[request_id]
+            assert isinstance(answer, Error) and answer.message == "cancelled before it finished"
+    finally:
+        worker.kill()
+
+
+def test_jobs_auto_is_the_cpus_this_process_may_use() -> None:
+    from mcpi_worker.cpus import usable_cpus
+
+    worker = WorkerUnderTest("--jobs", "auto")
+    try:
+        assert worker.handshake().jobs == usable_cpus()
+    finally:
+        worker.kill()
+    pinned = WorkerUnderTest("--jobs", "auto", env={"SLURM_CPUS_PER_TASK": "1"})
+    try:
+        assert pinned.handshake().jobs == 1
+    finally:
+        pinned.kill()

@@ -45,12 +45,15 @@ class EndOfOutput(Exception):
 
 
 class WorkerUnderTest:
-    def __init__(self, *args: str, stdin: int | None = subprocess.PIPE) -> None:
+    def __init__(
+        self, *args: str, stdin: int | None = subprocess.PIPE, env: dict[str, str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [*worker_command(), *args],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=None if env is None else {**os.environ, **env},
         )
         self.raw_stdout = bytearray()
         self._messages: queue.Queue[Message | ProtocolError | EndOfOutput] = queue.Queue()

@@ -145,11 +145,22 @@ class WorkerConnection:
             raise WorkerFailure(self.failure or "ended before its welcome")
         return self.welcome
 
-    def send_sample(self, seed: int, stream: int, points: int, kernel: str, token: Any) -> int:
-        """Send one ``sample``; its answer reaches the sink as ``Answered`` carrying
-        ``token``. The connection must be ``usable``."""
+    def send_sample(
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        kernel: str,
+        token: Any,
+        *,
+        streams: int = 1,
+        group: int | None = None,
+    ) -> int:
+        """Send one ``sample`` (a range of ``streams``, counted per ``group``, needs
+        version 2); its answer reaches the sink as ``Answered`` carrying ``token``. The
+        connection must be ``usable``."""
         request_id = self.end.send_sample(
-            seed, stream, points, kernel, now=trio.current_time(), token=token
+            seed, stream, points, kernel, streams=streams, group=group, now=trio.current_time(), token=token
         )
         self._sent()
         return request_id

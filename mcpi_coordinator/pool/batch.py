@@ -9,9 +9,13 @@ own task. Per chunk that is no task, no event and no scheduler pass of its own: 
 a task per chunk, tiny chunks cost the coordinator ~60 µs each and capped a 2-worker
 pool near 16k chunks/s (benchmarks/overhead.py).
 
-Bounded memory: at most ``window`` chunks are taken from the iterator and not yet
-received by the consumer (in line, in flight, or ready), so a 10**13-point run never
-builds a list.
+Bounded memory: a chunk is taken from the iterator only while fewer than ``window``
+are in line or in flight, so a 10**13-point run never builds a list.
+
+Ranges. A chunk of many streams is sent in pieces sized for each worker by the
+dispatcher (``Request.splitter``); each piece is a request of its own here, with its own
+attempts, and its result (counts per stream) comes back as a ``ChunkResult`` for just
+its streams.
 """
 
 from __future__ import annotations
@@ -66,9 +70,7 @@ class Batch:
         self._closed = False
 
     def start(self) -> None:
-        for _ in range(self._window):
-            if not self._take_chunk():
-                break
+        self._refill()
 
     def close(self) -> None:
         self._closed = True  # outcomes still to come are dropped
@@ -91,7 +93,7 @@ class Batch:
             await self._arrived.wait()
         item = self._ready.popleft()
         if isinstance(item, ChunkResult):
-            self._take_chunk()  # room for one more
+            self._refill()
             return item
         self.close()
         if isinstance(item, _OutOfAttempts):
@@ -100,21 +102,30 @@ class Batch:
 
     # ------------------------------------------------------------------ internals
 
-    def _take_chunk(self) -> bool:
-        """Dispatch the iterator's next chunk; False once it is exhausted."""
-        if self._iterator_done or self._closed:
-            return False
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            self._iterator_done = True
-            return False
-        self._dispatch(Attempts(chunk, self._max_chunk_attempts))
-        return True
+    def _refill(self) -> None:
+        """Take chunks from the iterator while fewer than ``window`` are outstanding."""
+        while len(self._pending) < self._window and not (self._iterator_done or self._closed):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._iterator_done = True
+                return
+            self._dispatch(Attempts(chunk, self._max_chunk_attempts))
 
     def _dispatch(self, attempts: Attempts) -> None:
-        request = Request(attempts.chunk, self._on_outcome)
+        request = Request(attempts.chunk, self._on_outcome, splitter=self._split)
         self._pending[request] = attempts
         self._dispatcher.dispatch(request, retry=attempts.tried)
+
+    def _split(self, request: Request, streams: int) -> Request:
+        """The dispatcher's ``Request.splitter``: a piece of ``streams`` streams off the
+        front of ``request``'s range, charged as the range was so far."""
+        attempts = self._pending[request]
+        assert request.chunk is not None
+        head, rest = request.chunk.split(streams)
+        piece = Request(head, self._on_outcome, request.avoid, splitter=self._split)
+        self._pending[piece] = Attempts(head, attempts.limit, attempts.charged, attempts.tried)
+        request.chunk = attempts.chunk = rest
+        return piece
 
     def _on_outcome(self, request: Request, outcome: Outcome) -> None:
         """Called by the dispatcher's delivery loop, from any task; never raises."""

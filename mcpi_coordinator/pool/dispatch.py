@@ -19,6 +19,12 @@ Routing. A request goes only to a worker whose ``welcome`` offers what it needs 
 kernel, its size) and that it does not ``avoid``; one that no worker the pool knows of
 can serve fails at once, saying what is missing.
 
+Ranges. A request for a range of streams whose owner can split it (``Request.splitter``)
+goes out in pieces sized for the worker that takes each one: as many streams as that
+worker computes in about ``TARGET_PIECE_S`` by its own answers so far (a worker speaking
+protocol version 1 gets one stream at a time). So per-request overhead stops mattering
+at any chunk size, while no worker holds more than a fraction of a second of the run.
+
 No re-entrancy. Each request's one final outcome (a ``ChunkResult``, ``None`` for a
 ping's pong, or the ``McpiError`` it ended with) is handed to ``request.deliver``
 from a loop over a queue of outcomes (``_deliver_all``), never from inside the code
@@ -33,13 +39,33 @@ import copy
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 import trio
 
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
-from mcpi_worker.protocol import Answered, Broken, CoordinatorEvent, Error, Pong, Result, Welcome
+from mcpi_worker.protocol import (
+    MAX_GROUPS,
+    RANGE_VERSION,
+    Answered,
+    Broken,
+    CoordinatorEvent,
+    Error,
+    Pong,
+    Result,
+    Welcome,
+)
+
+TARGET_PIECE_S: Final[float] = 0.25
+"""Seconds of work one piece of a range should carry for the worker that takes it."""
+
+FIRST_PIECE_POINTS: Final[int] = 1 << 22
+"""Points in the first piece a worker gets, before its speed is known (~10 ms of NumPy)."""
+
+RATE_WEIGHT: Final[float] = 0.3
+"""Weight of the newest answer in a worker's running speed (an exponential average)."""
 
 Outcome = ChunkResult | McpiError | None
 """What became of a request: its result (None: a ping was answered) or its error."""
@@ -65,6 +91,10 @@ class Request:
     outcome: Outcome = None
     waiting: bool = False
     """In line for a worker."""
+    splitter: Callable[[Request, int], Request] | None = None
+    """Set by an owner that can take a range in pieces: called with this request and a
+    number of streams, it returns a new request for that many streams off the front
+    (registered with the owner) and leaves this one with the rest."""
 
 
 class Dispatcher:
@@ -83,6 +113,8 @@ class Dispatcher:
         """The last welcome of every slot that is not retired: who could serve what."""
         self._largest: dict[str, int] | None = None
         """The most points some known slot accepts, by kernel (None: to be worked out)."""
+        self._rates: dict[WorkerConnection, float] = {}
+        """Each worker's speed so far: points per second on one of its jobs."""
         self._outcomes: deque[tuple[Request, Outcome]] = deque()
         self._busy = False
         """Inside a public method: outcomes learnt now wait for its delivery loop."""
@@ -133,6 +165,8 @@ class Dispatcher:
         try:
             for event in events:
                 if isinstance(event, Answered):
+                    if isinstance(event.answer, Result):
+                        self._note_speed(connection, event.answer)
                     if not event.abandoned:
                         request: Request = event.token
                         self._outcomes.append((request, self._outcome(connection, request, event.answer)))
@@ -151,6 +185,7 @@ class Dispatcher:
         """``connection`` is closing or closed: send it nothing more."""
         self._depth.pop(connection, None)
         self._roomy.pop(connection, None)
+        self._rates.pop(connection, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -232,15 +267,21 @@ class Dispatcher:
         if depth is None:
             return
         while connection.usable and connection.in_flight < depth:
-            request = self._next_for(connection)
-            if request is None:
+            found = self._next_for(connection)
+            if found is None:
                 self._roomy[connection] = None
                 return
-            self._send(connection, request)
+            request, queue = found
+            piece = self._piece_for(connection, request)
+            if piece is not request:  # the rest of the range waits where it was
+                request.waiting = True
+                queue.appendleft(request)
+            self._send(connection, piece)
         self._roomy.pop(connection, None)
 
-    def _next_for(self, connection: WorkerConnection) -> Request | None:
-        """The first request in line (retries first) that ``connection`` may serve."""
+    def _next_for(self, connection: WorkerConnection) -> tuple[Request, deque[Request]] | None:
+        """The first request in line (retries first) that ``connection`` may serve, taken
+        out of its line, and that line."""
         welcome = connection.welcome
         assert welcome is not None
         for queue in (self._retries, self._fresh):
@@ -251,29 +292,65 @@ class Dispatcher:
                     else:
                         del queue[index]
                     request.waiting = False
-                    return request
+                    return request, queue
         return None
 
     def _send_somewhere(self, request: Request) -> bool:
-        """Send ``request`` to the first worker with room that serves it, if any."""
-        for connection in self._roomy:
+        """Send ``request`` (in pieces, for a range) to workers with room that serve it;
+        False if some of it is left, still to be sent."""
+        for connection in list(self._roomy):
             welcome = connection.welcome
-            if welcome is not None and _serves(welcome, connection.slot, request):
-                self._send(connection, request)
-                depth = self._depth.get(connection)
-                if depth is None or not (connection.usable and connection.in_flight < depth):
-                    self._roomy.pop(connection, None)
-                return True
+            if welcome is None or not _serves(welcome, connection.slot, request):
+                continue
+            depth = self._depth.get(connection, 0)
+            while connection.usable and connection.in_flight < depth:
+                piece = self._piece_for(connection, request)
+                self._send(connection, piece)
+                if piece is request:
+                    if not (connection.usable and connection.in_flight < depth):
+                        self._roomy.pop(connection, None)
+                    return True
+            self._roomy.pop(connection, None)
         return False
+
+    def _piece_for(self, connection: WorkerConnection, request: Request) -> Request:
+        """What of ``request`` goes to ``connection`` now: all of it, or (a range its owner
+        can split) the streams this worker computes in about ``TARGET_PIECE_S``."""
+        chunk = request.chunk
+        if chunk is None or chunk.streams == 1 or request.splitter is None:
+            return request
+        welcome = connection.welcome
+        assert welcome is not None
+        if welcome.version < RANGE_VERSION:
+            streams = 1
+        else:
+            rate = self._rates.get(connection)
+            wanted = FIRST_PIECE_POINTS if rate is None else TARGET_PIECE_S * rate
+            most = min(MAX_GROUPS, welcome.max_points // max(chunk.points, 1))
+            streams = max(1, min(int(wanted // max(chunk.points, 1)), most))
+        if streams >= chunk.streams:
+            return request
+        return request.splitter(request, streams)
+
+    def _note_speed(self, connection: WorkerConnection, result: Result) -> None:
+        if result.elapsed_s <= 0 or result.points == 0:
+            return
+        rate = result.points / result.elapsed_s
+        previous = self._rates.get(connection)
+        self._rates[connection] = rate if previous is None else previous + RATE_WEIGHT * (rate - previous)
 
     def _send(self, connection: WorkerConnection, request: Request) -> None:
         request.connection = connection
         chunk = request.chunk
         if chunk is None:
             request.request_id = connection.send_ping(request)
-        else:
+        elif chunk.streams == 1:
             request.request_id = connection.send_sample(
                 chunk.seed, chunk.stream, chunk.points, chunk.kernel, request
+            )
+        else:  # a range, its count reported per stream
+            request.request_id = connection.send_sample(
+                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request, streams=chunk.streams, group=1
             )
 
     def _unservable(self, request: Request) -> RequestFailed | None:
@@ -282,7 +359,8 @@ class Dispatcher:
         chunk = request.chunk
         if not self._known or chunk is None:
             return None
-        if not request.avoid:  # the common case, without a look at every slot
+        if not request.avoid and (chunk.streams == 1 or request.splitter is not None):
+            # The common case, without a look at every slot.
             if self._largest is None:
                 self._largest = {}
                 for welcome in self._known.values():
@@ -293,7 +371,7 @@ class Dispatcher:
         problems = []
         avoided = []
         for slot, welcome in self._known.items():
-            problem = _problem(welcome, chunk)
+            problem = _problem(welcome, chunk, splittable=request.splitter is not None)
             if problem is None and slot not in request.avoid:
                 return None
             if problem is None:
@@ -342,16 +420,24 @@ class Dispatcher:
 def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
     if slot in request.avoid:
         return False
-    return request.chunk is None or _problem(welcome, request.chunk) is None
+    chunk = request.chunk
+    return chunk is None or _problem(welcome, chunk, splittable=request.splitter is not None) is None
 
 
-def _problem(welcome: Welcome, chunk: Chunk) -> str | None:
-    """Why a worker with this ``welcome`` cannot take ``chunk``, or None."""
+def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
+    """Why a worker with this ``welcome`` cannot take ``chunk`` (in pieces of one stream
+    or more, if ``splittable``), or None."""
     if chunk.kernel not in welcome.kernels:
         offered = ", ".join(welcome.kernels) or "none"
         return f"no worker offers kernel {chunk.kernel!r} ({welcome.worker} offers {offered})"
-    if chunk.points > welcome.max_points:
-        return f"{welcome.worker} accepts at most {welcome.max_points} points per request, not {chunk.points}"
+    points = chunk.points if splittable else chunk.total_points
+    if points > welcome.max_points:
+        return f"{welcome.worker} accepts at most {welcome.max_points} points per request, not {points}"
+    if not splittable and chunk.streams > 1:
+        if welcome.version < RANGE_VERSION:
+            return f"a range of streams needs protocol version {RANGE_VERSION} ({welcome.worker} speaks {welcome.version})"
+        if chunk.streams > MAX_GROUPS:
+            return f"a range of {chunk.streams} streams is more than one request reports ({MAX_GROUPS})"
     return None
 
 

@@ -405,7 +405,13 @@ class WorkerPool:
         slot.busy_s += result.elapsed_s
         self._completed += 1
         return ChunkResult(
-            chunk, result.inside, result.elapsed_s, slot.index, connection.process.pid, slot.host
+            chunk,
+            result.inside,
+            result.elapsed_s,
+            slot.index,
+            connection.process.pid,
+            slot.host,
+            result.insides or (),
         )
 
     # ------------------------------------------------------------------ slot supervision
@@ -522,8 +528,17 @@ class WorkerPool:
             slot.connection = connection
             self._settle(slot)
             self._flush_deferred_warnings()
-            depth = min(self._pipeline_depth, welcome.max_inflight)
-            log.info("worker_ready", slot=slot.index, pid=welcome.pid, host=welcome.host, depth=depth)
+            # Each of the worker's jobs gets the pipelining depth one worker would.
+            depth = min(self._pipeline_depth * welcome.jobs, welcome.max_inflight)
+            log.info(
+                "worker_ready",
+                slot=slot.index,
+                pid=welcome.pid,
+                host=welcome.host,
+                depth=depth,
+                jobs=welcome.jobs,
+                version=welcome.version,
+            )
             self._dispatcher.add_worker(connection, depth)
             return await self._watch(connection)
         return None

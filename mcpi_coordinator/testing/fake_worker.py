@@ -37,6 +37,7 @@ from mcpi_coordinator.testing.script import (
     flood_chunks,
 )
 from mcpi_worker import kernels
+from mcpi_worker.protocol import PROTOCOL_VERSIONS
 
 STDIN: Final[int] = 0
 STDOUT: Final[int] = 1
@@ -85,13 +86,13 @@ def _kernel_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _streams(text: str) -> tuple[int, ...]:
+def _numbers(text: str) -> tuple[int, ...]:
     try:
         streams = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated stream numbers") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers") from None
     if not streams or min(streams) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated stream numbers")
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers")
     return streams
 
 
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--wrong-count", type=int, default=0, metavar="D",
                         help="report counts off by D (kept between 0 and the points): a "
                              "plausible, silently wrong answer")
-    stream.add_argument("--wrong-count-streams", type=_streams, default=None, metavar="LIST",
+    stream.add_argument("--wrong-count-streams", type=_numbers, default=None, metavar="LIST",
                         help="only for these streams (comma-separated; default every stream)")
     stream.add_argument("--wrong-count-times", type=count, default=None, metavar="N",
                         help="only for the first N results it would falsify (default always)")
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="LIST", help=f"kernels offered (default {','.join(kernels.KERNELS)})")
     pace.add_argument("--max-inflight", type=positive_count, default=4, metavar="N",
                       help="sample requests accepted at once; more are answered busy (default 4)")
+    pace.add_argument("--versions", type=_numbers, default=PROTOCOL_VERSIONS, metavar="LIST",
+                      help="protocol versions it speaks (default "
+                           f"{','.join(map(str, PROTOCOL_VERSIONS))}; 1: before stream ranges)")
     return parser
 
 
@@ -189,6 +193,7 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         stderr_flood_mb=args.stderr_flood,
         kernels=args.kernels,
         max_inflight=args.max_inflight,
+        versions=args.versions,
     )
 
 

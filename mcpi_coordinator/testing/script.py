@@ -48,6 +48,7 @@ from mcpi_worker.protocol import (
     WorkerEvent,
     WorkerOffer,
 )
+from mcpi_worker.sampling import count_groups
 
 FAKE_WORKER_NAME: Final[str] = "mcpi-fake-worker"
 
@@ -131,6 +132,8 @@ class FakeBehaviour:
     """Kernels offered in the ``welcome``; each must be one of ``mcpi_worker.kernels``."""
     max_inflight: int = 4
     """Sample requests accepted at once; more are answered ``busy``."""
+    versions: tuple[int, ...] = protocol.PROTOCOL_VERSIONS
+    """Protocol versions it speaks: ``(1,)`` plays a worker from before stream ranges."""
 
     def __post_init__(self) -> None:
         unknown = set(self.kernels) - set(kernels.KERNELS)
@@ -210,10 +213,6 @@ def flood_chunks(nbytes: int, chunk: int = 1 << 16) -> Iterator[bytes]:
         yield piece
 
 
-def _never() -> bool:
-    return False
-
-
 def log_line(event: str, level: str = "info", **fields: object) -> bytes:
     """One JSON log line for stderr, shaped like the real worker's (``event``, ``level``)."""
     return (json.dumps({"event": event, "level": level, **fields}, default=str) + "\n").encode()
@@ -259,6 +258,7 @@ class FakeWorkerCore:
             host=self.host,
             kernels=behaviour.kernels,
             max_inflight=behaviour.max_inflight,
+            versions=behaviour.versions,
         )
         self._end = WorkerEnd(offer, jobs=1, record=True)
         assert self._end.received is not None
@@ -373,10 +373,11 @@ class FakeWorkerCore:
             self._internal_errors_left -= 1
             events = self._end.sample_failed(request.id, ErrorCode.INTERNAL, "fake internal error")
             return actions + self._carry_out(events, job.ready_at)
-        count = self._reported_count(request)
+        counts = self._reported_counts(request)
+        count = sum(counts)
         misbehaving = self.stats.results_sent >= b.misbehave_after
         self.stats.results_sent += 1
-        events = self._end.sample_finished(request.id, count, b.slow)
+        events = self._end.sample_finished(request.id, counts, b.slow)
         frame = self._end.data_to_send()  # the result frame, and nothing else
         self._note_sent()
         if misbehaving:
@@ -385,21 +386,27 @@ class FakeWorkerCore:
                 return actions + replaced
         return actions + [WriteStdout(frame), *self._carry_out(events, job.ready_at)]
 
-    def _reported_count(self, request: Sample) -> int:
+    def _reported_counts(self, request: Sample) -> list[int]:
+        """The counts it reports: the true ones, unless it is to lie about this sample
+        (then the first group's count is off by ``wrong_count``, staying plausible)."""
         b = self.behaviour
-        count = kernels.KERNELS[request.kernel](request.seed, request.stream, request.points, _never)
+        counts = count_groups(kernels.KERNELS[request.kernel], request)
         if b.wrong_count == 0:
-            return count
-        if b.wrong_count_streams is not None and request.stream not in b.wrong_count_streams:
-            return count
+            return counts
+        streams = range(request.stream, request.stream + request.streams)
+        if b.wrong_count_streams is not None and not set(b.wrong_count_streams) & set(streams):
+            return counts
         if self._wrong_counts_left is not None:
             if self._wrong_counts_left == 0:
-                return count
+                return counts
             self._wrong_counts_left -= 1
-        wrong = count + b.wrong_count
-        if not 0 <= wrong <= request.points:  # keep it plausible: the other way
-            wrong = count - b.wrong_count
-        return min(max(wrong, 0), request.points)
+        group = request.streams if request.group is None else request.group
+        most = min(group, request.streams) * request.points
+        wrong = counts[0] + b.wrong_count
+        if not 0 <= wrong <= most:  # keep it plausible: the other way
+            wrong = counts[0] - b.wrong_count
+        counts[0] = min(max(wrong, 0), most)
+        return counts
 
     def _misbehave(self, request: Sample, count: int, frame: bytes) -> list[Action] | None:
         """What goes out instead of the honest result ``frame``; None: the frame itself."""
@@ -419,16 +426,17 @@ class FakeWorkerCore:
             ]
         if b.wrong_id:
             wrong = (request.id + UINT64_HALF) % (1 << 64)
-            return [WriteStdout(protocol.encode(Result(wrong, count, request.points, b.slow)))]
+            return [WriteStdout(protocol.encode(Result(wrong, count, request.total_points, b.slow)))]
         if b.duplicate_id:
             return [WriteStdout(frame + frame)]
         if b.bad_answer is not None:
-            bad: protocol.Message = {
-                "inside": Result(request.id, request.points + 1, request.points, b.slow),
-                "points": Result(request.id, count, request.points + 1, b.slow),
+            bad: protocol.Message
+            bad = {
+                "inside": Result(request.id, request.total_points + 1, request.total_points, b.slow),
+                "points": Result(request.id, count, request.total_points + 1, b.slow),
                 "pong": protocol.Pong(request.id),
-                "nan": Result(request.id, count, request.points, math.nan),
-            }[b.bad_answer]
+                "nan": Result(request.id, count, request.total_points, math.nan),
+            }[b.bad_answer]  # type: ignore[assignment]
             return [WriteStdout(protocol.encode(bad))]
         return None
 

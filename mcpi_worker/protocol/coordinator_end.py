@@ -33,7 +33,9 @@ from typing import Any
 
 from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
+    MAX_GROUPS,
     PROTOCOL_VERSIONS,
+    RANGE_VERSION,
     WORKER_MESSAGES,
     Cancel,
     Error,
@@ -105,10 +107,17 @@ CoordinatorEvent = Welcomed | Answered | Broken
 
 
 class _InFlight:
-    __slots__ = ("abandoned", "budget_s", "could_start_at", "is_ping", "points", "running", "token")
+    __slots__ = (
+        "abandoned", "budget_s", "could_start_at", "group", "is_ping", "points", "running",
+        "stream_points", "streams", "token",
+    )  # fmt: skip
 
     def __init__(self, points: int, is_ping: bool, budget_s: float, token: Any) -> None:
         self.points = points
+        """All the points it asks for (every stream of a range)."""
+        self.stream_points = points
+        self.streams = 1
+        self.group: int | None = None
         self.is_ping = is_ping
         self.budget_s = budget_s
         self.token = token
@@ -195,17 +204,35 @@ class CoordinatorEnd:
     # ------------------------------------------------------------------ requests
 
     def send_sample(
-        self, seed: int, stream: int, points: int, kernel: str, *, now: float, token: Any = None
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        kernel: str,
+        *,
+        streams: int = 1,
+        group: int | None = None,
+        now: float,
+        token: Any = None,
     ) -> int:
-        """Send one ``sample``; return its id. ``token`` comes back with its answer."""
+        """Send one ``sample`` (``streams`` consecutive streams of ``points`` points each,
+        counted per ``group`` of streams: a range needs version 2); return its id.
+        ``token`` comes back with its answer."""
         welcome = self._require_serving()
+        sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
+        ranged = streams != 1 or group is not None
         if kernel not in welcome.kernels:
             raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
-        if points > welcome.max_points:
-            raise LocalProtocolError(f"{points} points is above the worker's max_points")
+        if ranged and welcome.version < RANGE_VERSION:
+            raise LocalProtocolError(f"a range of streams needs protocol version {RANGE_VERSION}")
+        if sample.total_points > welcome.max_points:
+            raise LocalProtocolError(f"{sample.total_points} points is above the worker's max_points")
+        if streams < 1 or (group is not None and group < 1) or sample.groups > MAX_GROUPS:
+            raise LocalProtocolError(f"not a valid range: {streams} streams in groups of {group}")
         request_id = self._next_id
         self._next_id = request_id + 1
-        request = _InFlight(points, False, self._task_budget(points), token)
+        request = _InFlight(sample.total_points, False, self._task_budget(sample.total_points), token)
+        request.stream_points, request.streams, request.group = points, streams, group
         if self._running < self._jobs:
             request.running = True
             request.could_start_at = now
@@ -213,7 +240,7 @@ class CoordinatorEnd:
             due = now + request.budget_s
             self._deadline = min(self._deadline, due)
         self._samples[request_id] = request
-        self._out.append(encode(Sample(request_id, seed, stream, points, kernel)))
+        self._out.append(encode(sample))
         return request_id
 
     def send_ping(self, *, now: float, token: Any = None) -> int:
@@ -353,11 +380,34 @@ class CoordinatorEnd:
                     f"counted {message.inside} inside out of {message.points} points "
                     f"(request id {request_id})"
                 )
+            self._check_groups(request_id, request, message)
         return request_id, request, message
+
+    @staticmethod
+    def _check_groups(request_id: int, request: _InFlight, result: Result) -> None:
+        """A range's counts per group: as many as it has groups, each possible, their
+        sum ``inside``; none for a plain sample."""
+        if request.streams == 1 and request.group is None:
+            if result.insides is not None:
+                raise _Violation(f"sent counts per group for the plain sample request id {request_id}")
+            return
+        insides = result.insides
+        group = request.streams if request.group is None else request.group
+        groups = -(-request.streams // group)
+        if insides is None or len(insides) != groups:
+            got = "none" if insides is None else len(insides)
+            raise _Violation(f"sent {got} counts for the {groups} groups of request id {request_id}")
+        for index, count in enumerate(insides):
+            most = min(group, request.streams - index * group) * request.stream_points
+            if count > most:
+                raise _Violation(f"counted {count} inside of {most} points in group {index} of request id {request_id}")
+        if sum(insides) != result.inside:
+            raise _Violation(f"its counts per group do not add up to its inside (request id {request_id})")
 
     def _commit(self, checked: Welcome | _Checked, now: float) -> CoordinatorEvent:
         if isinstance(checked, Welcome):
             self.welcome = checked
+            self._jobs = checked.jobs
             if self._state is CoordinatorState.AWAIT_WELCOME:
                 self._state = CoordinatorState.SERVING
             return Welcomed(checked)

@@ -17,6 +17,7 @@ from mcpi_worker.protocol.messages import (
     HEADER,
     MAX_DEPTH,
     MAX_FRAME,
+    OPTIONAL_FIELDS,
     ErrorCode,
     FatalProtocolError,
     LocalProtocolError,
@@ -32,8 +33,11 @@ def encode(message: Message) -> bytes:
     bounded (``MAX_TEXT``), so only a caller building one by hand gets there.
     """
     body: dict[str, Any] = {"type": message.TYPE}
+    optional = OPTIONAL_FIELDS[type(message)]
     for name in FIELD_NAMES[type(message)]:
         value = getattr(message, name)
+        if name in optional and value == optional[name]:
+            continue  # absent means that value (and keeps version 1's frames as they were)
         body[name] = list(value) if isinstance(value, tuple) else value
     payload: bytes = msgpack.packb(body, use_bin_type=True)
     if len(payload) > MAX_FRAME:

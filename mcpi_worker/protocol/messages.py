@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Final
 
-PROTOCOL_VERSIONS: Final[tuple[int, ...]] = (1,)
-"""Protocol versions this implementation speaks, oldest first."""
+PROTOCOL_VERSIONS: Final[tuple[int, ...]] = (1, 2)
+"""Protocol versions this implementation speaks, oldest first. Version 2 adds stream
+ranges (``Sample.streams``, ``Sample.group``, ``Result.insides``); both versions carry
+``Welcome.jobs``."""
+
+RANGE_VERSION: Final[int] = 2
+"""The first version in which a ``sample`` may cover more than one stream."""
 
 HEADER: Final = struct.Struct(">I")
 MAX_FRAME: Final[int] = 1 << 20
@@ -33,6 +38,9 @@ MAX_TEXT: Final[int] = 4096
 
 MAX_LIST: Final[int] = 64
 """Most entries in an array field (``versions``, ``kernels``)."""
+
+MAX_GROUPS: Final[int] = 4096
+"""Most counts one range result reports (``Result.insides``): about 37 KB of frame."""
 
 QUOTE_LIMIT: Final[int] = 64
 """Most code points of a peer's value quoted in an error message. A message quoting a
@@ -142,7 +150,11 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """Count points of stream ``stream`` of ``seed`` that fall inside the quarter circle."""
+    """Count points of stream ``stream`` of ``seed`` that fall inside the quarter circle.
+
+    From version 2, a range: ``streams`` consecutive streams from ``stream``, ``points``
+    each, reported as one count per ``group`` streams (``None``: one group).
+    """
 
     TYPE: ClassVar[str] = "sample"
     id: int
@@ -150,6 +162,18 @@ class Sample:
     stream: int
     points: int
     kernel: str
+    streams: int = 1
+    group: int | None = None
+
+    @property
+    def total_points(self) -> int:
+        return self.streams * self.points
+
+    @property
+    def groups(self) -> int:
+        """How many counts the result reports (``Result.insides``)."""
+        group = self.streams if self.group is None else self.group
+        return -(-self.streams // group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +212,8 @@ class Welcome:
     max_inflight: int
     max_frame: int
     max_points: int
+    jobs: int = 1
+    """How many samples it computes at once (each request still gets one answer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +225,8 @@ class Result:
     inside: int
     points: int
     elapsed_s: float
+    insides: tuple[int, ...] | None = None
+    """For a range (version 2): the count of each group of streams, in order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +277,14 @@ FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
 """Each message class's wire fields, in wire order, worked out once: calling
 ``dataclasses.fields`` cost more than the rest of encoding a small message."""
 
+OPTIONAL_FIELDS: Final[dict[type, dict[str, Any]]] = {
+    cls: {field.name: field.default for field in fields(cls) if field.default is not MISSING}
+    for cls in FIELD_NAMES
+}
+"""Fields a later version added, with the value their absence means. A receiver takes
+a missing one as that value; our encoder leaves one out when it has that value, so the
+frames of version 1 are byte for byte what they always were."""
+
 
 # ------------------------------------------------------------------------ validation
 
@@ -288,8 +324,12 @@ def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Mes
         # The fast path, taken by every valid message: one cheap test per field. Only
         # a message that fails one goes the slow way below, which says what is wrong.
         values = []
+        optional = OPTIONAL_FIELDS[cls]
         for name, valid, convert in _FIELD_CHECKS[cls]:
             value = body.get(name, _MISSING)
+            if value is _MISSING and name in optional:
+                values.append(optional[name])
+                continue
             if not valid(value):
                 break
             values.append(value if convert is None else convert(value))
@@ -302,6 +342,8 @@ def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Mes
         raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
     for name in FIELD_NAMES[cls]:
         if name not in body:
+            if name in OPTIONAL_FIELDS[cls]:
+                continue
             raise RequestError(ErrorCode.INVALID_REQUEST, f"{kind}: missing field {name!r}", reply_id)
         _check_field(kind, name, body[name], reply_id)
     raise AssertionError(f"{kind}: the fast and the slow checks disagree on {body!r}")
@@ -353,6 +395,10 @@ def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
         ):
             raise bad(f"must be an array of at most {MAX_LIST} strings")
         value = tuple(value)
+    elif rule == "counts":
+        if not _valid_counts(value):
+            raise bad(f"must be an array of at most {MAX_GROUPS} integers from 0 to 2**64-1")
+        value = tuple(value)
     return value
 
 
@@ -376,6 +422,10 @@ _FIELD_RULES: Final[dict[str, str]] = {
     "elapsed_s": "seconds",
     "versions": "versions",
     "kernels": "names",
+    "jobs": "positive",
+    "streams": "positive",
+    "group": "positive",
+    "insides": "counts",
 }
 # Error.id is the one field that may be nil; it overrides the generic "id" rule.
 _ERROR_ID_RULE: Final = "optional_id"
@@ -387,6 +437,10 @@ def _valid_versions(value: Any) -> bool:
         and 0 < len(value) <= MAX_LIST
         and all(type(v) is int and 0 < v <= UINT64_MAX for v in value)
     )
+
+
+def _valid_counts(value: Any) -> bool:
+    return type(value) is list and len(value) <= MAX_GROUPS and all(map(is_uint64, value))
 
 
 def _valid_names(value: Any) -> bool:
@@ -407,6 +461,7 @@ _FAST_RULES: Final[dict[str, tuple[Any, Any]]] = {
     "seconds": (lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0, float),
     "versions": (_valid_versions, tuple),
     "names": (_valid_names, tuple),
+    "counts": (_valid_counts, tuple),
 }
 
 _FIELD_CHECKS: Final[dict[type, tuple[tuple[str, Any, Any], ...]]] = {
@@ -419,7 +474,7 @@ _FIELD_CHECKS: Final[dict[type, tuple[tuple[str, Any, Any], ...]]] = {
 """Each message class's fields with the quick test and conversion their rule asks for."""
 
 
-def negotiate_version(offered: tuple[int, ...]) -> int | None:
+def negotiate_version(offered: tuple[int, ...], spoken: tuple[int, ...] = PROTOCOL_VERSIONS) -> int | None:
     """The highest version both sides speak, or None when they share none."""
-    common = set(offered) & set(PROTOCOL_VERSIONS)
+    common = set(offered) & set(spoken)
     return max(common) if common else None

@@ -25,6 +25,7 @@ a burst's responses and write them together).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
@@ -33,8 +34,11 @@ from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
     MAX_FRAME,
+    MAX_GROUPS,
     MAX_POINTS,
     PROTOCOL_VERSIONS,
+    RANGE_VERSION,
+    UINT64_MAX,
     Cancel,
     Error,
     ErrorCode,
@@ -117,6 +121,8 @@ class WorkerOffer:
     max_inflight: int
     max_points: int = MAX_POINTS
     max_frame: int = MAX_FRAME
+    versions: tuple[int, ...] = PROTOCOL_VERSIONS
+    """The protocol versions it speaks (a fake may pretend to be an older worker)."""
 
     def __post_init__(self) -> None:
         if not self.kernels:
@@ -235,12 +241,24 @@ class WorkerEnd:
         self._close("end of input", events)
         return events
 
-    def sample_finished(self, request_id: int, inside: int, elapsed_s: float) -> list[WorkerEvent]:
-        """A started sample counted ``inside`` of its points in ``elapsed_s`` seconds."""
-        request = self._finish(request_id)
-        if not 0 <= inside <= request.points:
-            raise LocalProtocolError(f"count {inside} is not between 0 and {request.points}")
-        self._send(Result(request_id, inside, request.points, max(0.0, elapsed_s)))
+    def sample_finished(
+        self, request_id: int, insides: Sequence[int], elapsed_s: float
+    ) -> list[WorkerEvent]:
+        """A started sample counted ``insides`` (one count per group of streams: one
+        count for a plain sample) in ``elapsed_s`` seconds."""
+        request = self._running.get(request_id)
+        if request is None:
+            raise LocalProtocolError(f"sample {request_id} is not running")
+        group = request.streams if request.group is None else request.group
+        if len(insides) != request.groups or not all(
+            0 <= count <= min(group, request.streams - i * group) * request.points
+            for i, count in enumerate(insides)
+        ):
+            raise LocalProtocolError(f"counts {list(insides)[:8]} do not fit sample {request}")
+        self._finish(request_id)
+        ranged = request.streams != 1 or request.group is not None
+        reported = tuple(insides) if ranged else None
+        self._send(Result(request_id, sum(insides), request.total_points, max(0.0, elapsed_s), reported))
         return self._after_finish()
 
     def sample_failed(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
@@ -294,12 +312,12 @@ class WorkerEnd:
             # A hello carries no id, so the complaint cannot name a request: fatal.
             self._break(ErrorCode.INVALID_REQUEST, "a second hello", events)
             return
-        version = negotiate_version(hello.versions)
+        version = negotiate_version(hello.versions, self.offer.versions)
         if version is None:
             self._break(
                 ErrorCode.UNSUPPORTED_VERSION,
                 f"no common protocol version: the coordinator speaks {_versions(hello.versions)}, "
-                f"this worker speaks {list(PROTOCOL_VERSIONS)}",
+                f"this worker speaks {list(self.offer.versions)}",
                 events,
             )
             return
@@ -313,6 +331,7 @@ class WorkerEnd:
             max_inflight=offer.max_inflight,
             max_frame=offer.max_frame,
             max_points=offer.max_points,
+            jobs=self.jobs,
         )
         self.hello = hello
         self._state = WorkerState.SERVING
@@ -327,13 +346,10 @@ class WorkerEnd:
                 f"unknown kernel {quote(request.kernel)}; this worker offers "
                 f"{', '.join(self.offer.kernels)}",
             )
-        if refusal is None and request.points > self.offer.max_points:
-            refusal = Error(
-                request.id,
-                ErrorCode.INVALID_REQUEST,
-                f"sample: 'points' {request.points} is above this worker's max_points "
-                f"{self.offer.max_points}",
-            )
+        if refusal is None:
+            problem = self._range_problem(request)
+            if problem is not None:
+                refusal = Error(request.id, ErrorCode.INVALID_REQUEST, f"sample: {problem}")
         if refusal is None and self.outstanding >= self.offer.max_inflight:
             refusal = Error(
                 request.id,
@@ -348,6 +364,23 @@ class WorkerEnd:
             events.append(StartSample(request))
         else:
             self._queued[request.id] = request
+
+    def _range_problem(self, request: Sample) -> str | None:
+        """What is wrong with the streams and points a sample asks for, on this connection."""
+        ranged = request.streams != 1 or request.group is not None
+        assert self.welcome is not None  # _refusal made sure the handshake is done
+        if ranged and self.welcome.version < RANGE_VERSION:
+            return f"'streams' and 'group' need protocol version {RANGE_VERSION} (this connection speaks {self.welcome.version})"
+        if request.stream + request.streams - 1 > UINT64_MAX:
+            return f"streams {request.stream} to {request.stream + request.streams - 1} go past 2**64-1"
+        if request.total_points > self.offer.max_points:
+            return (
+                f"{request.streams} x {request.points} points is above this worker's "
+                f"max_points {self.offer.max_points}"
+            )
+        if request.groups > MAX_GROUPS:
+            return f"{request.groups} groups of streams is above the limit of {MAX_GROUPS}"
+        return None
 
     def _refusal(self, request_id: int) -> Error | None:
         """The error answering a request that cannot be served in this state, if any.
