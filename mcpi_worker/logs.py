@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import MutableMapping
 from typing import Any, Final, Literal, TextIO
 
 import structlog
@@ -51,18 +52,16 @@ class StreamLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-def _add_pid(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _add_pid(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event_dict["pid"] = os.getpid()
     return event_dict
 
 
 def configure_logging(stream: TextIO, level: str = "info", fmt: LogFormat = "json") -> None:
     """Send every structlog logger of this process to ``stream``, filtered at ``level``."""
-    renderer: Any
-    if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
     stream_logger = StreamLogger(stream)
     structlog.configure(
         processors=[

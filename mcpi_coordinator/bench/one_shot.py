@@ -86,9 +86,8 @@ class OneShotExchange:
     def end_of_stream(self) -> OneShotError:
         """The error for a worker whose stdout ended (exit 0) before the result came."""
         for event in self._end.receive_eof(_NOW):
-            if isinstance(event, Broken):
-                if "truncated_frame" in event.reason:
-                    return OneShotError(f"worker broke the protocol: {event.reason}")
+            if isinstance(event, Broken) and "truncated_frame" in event.reason:
+                return OneShotError(f"worker broke the protocol: {event.reason}")
         return OneShotError("worker closed stdout before answering the sample")
 
 

@@ -435,7 +435,10 @@ def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
         return f"{welcome.worker} accepts at most {welcome.max_points} points per request, not {points}"
     if not splittable and chunk.streams > 1:
         if welcome.version < RANGE_VERSION:
-            return f"a range of streams needs protocol version {RANGE_VERSION} ({welcome.worker} speaks {welcome.version})"
+            return (
+                f"a range of streams needs protocol version {RANGE_VERSION} "
+                f"({welcome.worker} speaks {welcome.version})"
+            )
         if chunk.streams > MAX_GROUPS:
             return f"a range of {chunk.streams} streams is more than one request reports ({MAX_GROUPS})"
     return None

@@ -148,6 +148,12 @@ class _Slot:
         self.settled = False
         """Ready once, retired or stopped: ``WorkerPool.__aenter__`` waits for all."""
 
+    def retiring(self) -> bool:
+        """``WorkerPool.retire`` asked for it. A method, not an attribute test, because
+        the request may come while this slot's supervisor awaits (and a type checker
+        would otherwise carry what it saw before the await past it)."""
+        return self.retire_reason is not None
+
     def stats(self) -> WorkerStats:
         return WorkerStats(
             slot=self.index,
@@ -275,8 +281,8 @@ class WorkerPool:
             if slot.stop_scope is not None:
                 slot.stop_scope.cancel()
 
-    @property
     def _closing(self) -> bool:
+        """A method for the reason ``_Slot.retiring`` is one: closing starts meanwhile."""
         return self._state in ("closing", "closed")
 
     # ------------------------------------------------------------------ public API
@@ -427,12 +433,12 @@ class WorkerPool:
 
     async def _supervise(self, slot: _Slot) -> None:
         failures_in_a_row = 0
-        while not self._closing:
+        while not self._closing():
             failure, useful = await self._run_worker(slot)
-            if slot.retire_reason is not None:
+            if slot.retiring():
                 self._retire(slot, failures_in_a_row)
                 return
-            if failure is None or self._closing:
+            if failure is None or self._closing():
                 break
             slot.last_failure = failure
             failures_in_a_row = 0 if useful else failures_in_a_row + 1
@@ -443,10 +449,10 @@ class WorkerPool:
             slot.state = "restarting"
             with self._stoppable(slot):
                 await trio.sleep(self._backoff_s * 2 ** max(failures_in_a_row - 1, 0))
-            if slot.retire_reason is not None:
+            if slot.retiring():
                 self._retire(slot, failures_in_a_row)
                 return
-            if self._closing:
+            if self._closing():
                 break
             slot.restarts += 1
             self._restarts += 1
@@ -472,7 +478,7 @@ class WorkerPool:
             if startup.cancelled_caught:
                 failure = f"worker {slot.index} was not started within {self._startup_timeout:g} s"
         if process is None:
-            return (None if self._closing else failure), False
+            return (None if self._closing() else failure), False
 
         connection = WorkerConnection(
             process,
@@ -513,8 +519,9 @@ class WorkerPool:
         return reason, connection.answered > 0
 
     async def _serve(self, slot: _Slot, connection: WorkerConnection) -> str | None:
-        """Handshake, offer lanes, and watch the worker until it fails (returns why)
-        or the pool closes (returns None)."""
+        """Handshake, give the dispatcher the worker, and watch it until it fails
+        (returns why) or the pool closes (returns None)."""
+        reason: str | None = None
         with self._stoppable(slot):
             with trio.move_on_after(self._startup_timeout) as startup:
                 try:
@@ -540,8 +547,9 @@ class WorkerPool:
                 version=welcome.version,
             )
             self._dispatcher.add_worker(connection, depth)
-            return await self._watch(connection)
-        return None
+            reason = await self._watch(connection)
+        # Still None here if the pool closed it meanwhile: the scope swallowed the cancel.
+        return reason  # noqa: RET504 - a return inside the block hides that path from mypy
 
     async def _watch(self, connection: WorkerConnection) -> str:
         """Wait until the connection breaks, or fail it when a request overruns the
@@ -560,7 +568,7 @@ class WorkerPool:
         """A scope that ``_begin_close`` cancels: what a slot may abandon when closing."""
         with trio.CancelScope() as scope:
             slot.stop_scope = scope
-            if self._closing or slot.retire_reason is not None:
+            if self._closing() or slot.retire_reason is not None:
                 scope.cancel()
             try:
                 yield

@@ -370,7 +370,10 @@ class WorkerEnd:
         ranged = request.streams != 1 or request.group is not None
         assert self.welcome is not None  # _refusal made sure the handshake is done
         if ranged and self.welcome.version < RANGE_VERSION:
-            return f"'streams' and 'group' need protocol version {RANGE_VERSION} (this connection speaks {self.welcome.version})"
+            return (
+                f"'streams' and 'group' need protocol version {RANGE_VERSION} "
+                f"(this connection speaks {self.welcome.version})"
+            )
         if request.stream + request.streams - 1 > UINT64_MAX:
             return f"streams {request.stream} to {request.stream + request.streams - 1} go past 2**64-1"
         if request.total_points > self.offer.max_points:
