@@ -382,3 +382,20 @@ def _frame(body: dict[str, object]) -> bytes:
 
     payload = msgpack.packb(body)
     return protocol.HEADER.pack(len(payload)) + payload
+
+
+async def test_a_fake_with_jobs_runs_that_many_at_once_at_its_speed(autojump_clock: trio.abc.Clock) -> None:
+    """jobs=2 at 1000 points/s: two 1000-point samples end together after 1 s, a third
+    a second later; the welcome says 2 jobs."""
+    async with fake(FakeBehaviour(jobs=2, points_per_s=1000.0, max_inflight=3)) as (_, client, _):
+        with trio.fail_after(100):
+            welcome = await client.handshake()
+            assert welcome.jobs == 2
+            start = trio.current_time()
+            await client.send(sample(1, points=1000), sample(2, points=1000), sample(3, points=1000))
+            done = {}
+            for _ in range(3):
+                answer = await client.receive()
+                assert isinstance(answer, Result)
+                done[answer.id] = trio.current_time() - start
+            assert done == {1: pytest.approx(1.0), 2: pytest.approx(1.0), 3: pytest.approx(2.0)}

@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="LIST", help=f"kernels offered (default {','.join(kernels.KERNELS)})")
     pace.add_argument("--max-inflight", type=positive_count, default=4, metavar="N",
                       help="sample requests accepted at once; more are answered busy (default 4)")
+    pace.add_argument("--jobs", type=positive_count, default=1, metavar="N",
+                      help="samples computed at once (default 1)")
+    pace.add_argument("--points-per-s", type=cli_args.number("points per second"), default=None,
+                      metavar="RATE", help="also take points/RATE seconds per sample")
+    pace.add_argument("--made-up-counts", action="store_true",
+                      help="report a plausible made-up count instead of computing it "
+                           "(for benchmarks of a coordinator alone; never for counts)")
     pace.add_argument("--versions", type=_numbers, default=PROTOCOL_VERSIONS, metavar="LIST",
                       help="protocol versions it speaks (default "
                            f"{','.join(map(str, PROTOCOL_VERSIONS))}; 1: before stream ranges)")
@@ -194,6 +201,9 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         kernels=args.kernels,
         max_inflight=args.max_inflight,
         versions=args.versions,
+        jobs=args.jobs,
+        points_per_s=args.points_per_s,
+        made_up_counts=args.made_up_counts,
     )
 
 

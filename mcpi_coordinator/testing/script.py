@@ -15,8 +15,9 @@ real worker give identical answers (the contract tests check it). ``FakeBehaviou
 then asks it to misbehave in precise, countable ways, on top of those rules: it
 replaces what the ``WorkerEnd`` would write, or stops before it writes.
 
-The fake runs one sample at a time, like a real worker's compute thread: each takes
-``behaviour.slow`` seconds of (fake) time, and its count is computed in one go when it
+The fake runs ``behaviour.jobs`` samples at a time (one by default), like a real
+worker's compute threads: each takes ``behaviour.slow`` seconds of (fake) time, plus
+``points / behaviour.points_per_s`` if set, and its count is computed in one go when it
 is due. So pings, cancels and EOF are handled at once while a sample "runs" (waits
 out ``slow``), but not during the count itself: model long samples with ``slow`` and
 keep ``points`` small.
@@ -124,7 +125,17 @@ class FakeBehaviour:
     """Answer the first N samples with a retryable ``internal`` error instead of a result."""
 
     slow: float = 0.0
-    """Seconds each sample takes. Samples run one at a time, in arrival order."""
+    """Seconds each sample takes, on top of ``points_per_s``. Samples run ``jobs`` at a
+    time, in arrival order."""
+    points_per_s: float | None = None
+    """Also take ``points / points_per_s`` seconds per sample (None: no time per point),
+    so a fake can stand for a worker of a given speed (``benchmarks/scale.py``)."""
+    jobs: int = 1
+    """Samples it computes at once (its welcome's ``jobs``)."""
+    made_up_counts: bool = False
+    """Report ``points * 785398 // 1000000`` inside instead of computing the kernel: for
+    benchmarks of the coordinator alone, where the kernel's real cost would swamp it.
+    (The count is plausible, and wrong: never for tests of counts.)"""
     stderr_flood_mb: float = 0.0
     """Write this many MiB of text lines to stderr before the first result."""
 
@@ -145,8 +156,10 @@ class FakeBehaviour:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.slow < 0 or self.stderr_flood_mb < 0 or self.misbehave_after < 0:
             raise ValueError("slow, stderr_flood_mb and misbehave_after must be >= 0")
-        if self.max_inflight < 1:
-            raise ValueError("max_inflight must be >= 1")
+        if self.max_inflight < 1 or self.jobs < 1:
+            raise ValueError("max_inflight and jobs must be >= 1")
+        if self.points_per_s is not None and not self.points_per_s > 0:
+            raise ValueError("points_per_s must be > 0")
         if self.wrong_count_times is not None and self.wrong_count_times < 0:
             raise ValueError("wrong_count_times must be >= 0")
         if self.bad_answer not in BAD_ANSWERS:
@@ -225,7 +238,9 @@ def log_line(event: str, level: str = "info", **fields: object) -> bytes:
 class _Job:
     request: Sample
     ready_at: float
-    """When the sample finishes (the fake runs one at a time, as ``jobs=1``)."""
+    """When the sample finishes."""
+    took: float
+    """How long it "computed", as its result reports (``elapsed_s``)."""
 
 
 @dataclass
@@ -260,10 +275,10 @@ class FakeWorkerCore:
             max_inflight=behaviour.max_inflight,
             versions=behaviour.versions,
         )
-        self._end = WorkerEnd(offer, jobs=1, record=True)
+        self._end = WorkerEnd(offer, jobs=behaviour.jobs, record=True)
         assert self._end.received is not None
         self.stats = FakeStats(received=self._end.received)
-        self._job: _Job | None = None
+        self._jobs: list[_Job] = []  # running, at most behaviour.jobs
         self._flood_pending = behaviour.stderr_flood_mb > 0
         self._internal_errors_left = behaviour.internal_errors
         self._wrong_counts_left = behaviour.wrong_count_times
@@ -303,15 +318,18 @@ class FakeWorkerCore:
 
     @property
     def deadline(self) -> float | None:
-        if self.finished or self._job is None:
+        if self.finished or not self._jobs:
             return None
-        return self._job.ready_at
+        return min(job.ready_at for job in self._jobs)
 
     def advance(self, now: float) -> list[Action]:
         """Finish the running sample if it is due by ``now``, and start the next ones."""
         actions: list[Action] = []
-        while not self.finished and self._job is not None and self._job.ready_at <= now:
-            job, self._job = self._job, None
+        while not self.finished and self._jobs:
+            job = min(self._jobs, key=lambda j: j.ready_at)
+            if job.ready_at > now:
+                break
+            self._jobs.remove(job)
             actions += self._finish(job)
         return actions
 
@@ -330,8 +348,9 @@ class FakeWorkerCore:
                     written = None
                     return actions + start
             elif isinstance(event, StopSample):
-                if self._job is not None and self._job.request.id == event.request_id:
-                    self._job = None  # a fake sample stops at once
+                stopping = [job for job in self._jobs if job.request.id == event.request_id]
+                if stopping:  # a fake sample stops at once
+                    self._jobs.remove(stopping[0])
                     pending += self._end.sample_failed(event.request_id, ErrorCode.CANCELLED, "cancelled")
             elif isinstance(event, ConnectionEnded):
                 actions += self._output(written)
@@ -358,7 +377,8 @@ class FakeWorkerCore:
             return self._exit(b.exit_code, f"crashing as asked (crash_after={b.crash_after})")
         if b.hang_after is not None and self.stats.results_sent >= b.hang_after:
             return self._hang(f"hanging as asked (hang_after={b.hang_after})")
-        self._job = _Job(request, now + b.slow)
+        took = b.slow + (0.0 if b.points_per_s is None else request.total_points / b.points_per_s)
+        self._jobs.append(_Job(request, now + took, took))
         return []
 
     def _finish(self, job: _Job) -> list[Action]:
@@ -377,7 +397,7 @@ class FakeWorkerCore:
         count = sum(counts)
         misbehaving = self.stats.results_sent >= b.misbehave_after
         self.stats.results_sent += 1
-        events = self._end.sample_finished(request.id, counts, b.slow)
+        events = self._end.sample_finished(request.id, counts, job.took)
         frame = self._end.data_to_send()  # the result frame, and nothing else
         self._note_sent()
         if misbehaving:
@@ -390,6 +410,10 @@ class FakeWorkerCore:
         """The counts it reports: the true ones, unless it is to lie about this sample
         (then the first group's count is off by ``wrong_count``, staying plausible)."""
         b = self.behaviour
+        if b.made_up_counts:
+            group = request.streams if request.group is None else request.group
+            sizes = [min(group, request.streams - i) for i in range(0, request.streams, group)]
+            return [size * request.points * 785398 // 1000000 for size in sizes]
         counts = count_groups(kernels.KERNELS[request.kernel], request)
         if b.wrong_count == 0:
             return counts
