@@ -298,10 +298,13 @@ class Dispatcher:
     def _send_somewhere(self, request: Request) -> bool:
         """Send ``request`` (in pieces, for a range) to workers with room that serve it;
         False if some of it is left, still to be sent."""
-        for connection in list(self._roomy):
-            welcome = connection.welcome
-            if welcome is None or not _serves(welcome, connection.slot, request):
-                continue
+        while True:
+            for connection in self._roomy:  # found first, used after the loop: it may pop
+                welcome = connection.welcome
+                if welcome is not None and _serves(welcome, connection.slot, request):
+                    break
+            else:
+                return False
             depth = self._depth.get(connection, 0)
             while connection.usable and connection.in_flight < depth:
                 piece = self._piece_for(connection, request)
@@ -310,8 +313,7 @@ class Dispatcher:
                     if not (connection.usable and connection.in_flight < depth):
                         self._roomy.pop(connection, None)
                     return True
-            self._roomy.pop(connection, None)
-        return False
+            self._roomy.pop(connection, None)  # full now; the rest of the range goes on
 
     def _piece_for(self, connection: WorkerConnection, request: Request) -> Request:
         """What of ``request`` goes to ``connection`` now: all of it, or (a range its owner
@@ -418,10 +420,14 @@ class Dispatcher:
 
 
 def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
+    chunk = request.chunk
+    if chunk is None:
+        return slot not in request.avoid
+    if not request.avoid and chunk.streams == 1:  # the hot path: one stream, no one avoided
+        return chunk.kernel in welcome.kernels and chunk.points <= welcome.max_points
     if slot in request.avoid:
         return False
-    chunk = request.chunk
-    return chunk is None or _problem(welcome, chunk, splittable=request.splitter is not None) is None
+    return _problem(welcome, chunk, splittable=request.splitter is not None) is None
 
 
 def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
