@@ -18,15 +18,17 @@ kernel's definition, protocol.md §11.2; the table says whether their counts agr
 Rows are timed in interleaved rounds (each round runs every row once, in rotating
 order), ``--repeat`` rounds; the median is reported with ratios to the C loop, the
 numpy implementation and the lesson loop. The C rows time the loop inside the C
-program (no process start). Then, unless ``--startup-rounds 0``: how long a fresh
-``mcpi-worker`` takes from its start to the answer of its first sample with each
-implementation: NumPy; numba-fused from a warm cache; numba-fused compiling into an
-empty cache directory. The machine may be shared: the load average is printed.
+program (no process start). Then, unless ``--startup-rounds 0``: fresh ``mcpi-worker``
+processes answering one 1e6-point sample, under each policy, from start to that
+result and to their exit after end of input, with what the worker logged the fused
+load took: from a warm cache, and compiling into an empty cache directory. The
+machine may be shared: the load average is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -36,18 +38,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mcpi_worker.kernels import (
     BLOCK_POINTS,
+    NUMPY_KERNEL,
     Implementation,
     count_numpy,
     count_python,
     stream_seed_sequence,
 )
-from mcpi_worker.kernels.fused import initial_state
+from mcpi_worker.kernels.base import sfc64_state
 from mcpi_worker.protocol import (
     NEED_DATA,
     PROTOCOL_VERSIONS,
@@ -117,7 +121,9 @@ def compile_reference(compiler: str, directory: Path) -> Path | None:
 
 
 def c_loop(binary: Path, variant: str) -> Run:
-    a, b, c, counter = (str(int(word)) for word in initial_state(SEED, 0))
+    a, b, c, counter = (
+        str(int(word)) for word in sfc64_state(np.random.SFC64(stream_seed_sequence(SEED, 0)))
+    )
 
     def run(points: int) -> tuple[float, int]:
         done = subprocess.run(
@@ -148,67 +154,81 @@ def worker_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
 
 
-def first_answer_s(environ: dict[str, str]) -> float:
-    """Seconds from starting ``mcpi-worker`` to the result of its first sample (1e6 points)."""
+@dataclass(frozen=True)
+class StartUp:
+    first_result_s: float
+    """From starting the process to the result of its first sample (1e6 points)."""
+    exit_s: float
+    """From starting it to its exit after end of input (a load in progress is awaited)."""
+    load_s: float | None
+    """What the worker logged the fused load took (None: no load)."""
+    compiled: bool | None
+
+
+def start_worker_once(environ: dict[str, str]) -> StartUp:
     frames = encode(Hello(versions=PROTOCOL_VERSIONS, client="bench")) + encode(
         Sample(id=1, seed=SEED, stream=0, points=1_000_000, kernel="numpy")
     )
     started = time.perf_counter()
     process = subprocess.Popen(
-        worker_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=environ,
+        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
     )
-    assert process.stdin is not None and process.stdout is not None
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     process.stdin.write(frames)
     process.stdin.flush()
     decoder = FrameDecoder(WORKER_MESSAGES)
-    while True:
+    first_result_s = None
+    while first_result_s is None:
         data = os.read(process.stdout.fileno(), 65536)
         if not data:
             raise RuntimeError("the worker exited before answering")
         decoder.feed(data)
         while (message := decoder.next_message()) is not NEED_DATA:
             if isinstance(message, Result):
-                elapsed = time.perf_counter() - started
-                process.stdin.close()
-                process.wait(timeout=60)
-                process.stdout.close()
-                return elapsed
+                first_result_s = time.perf_counter() - started
+    process.stdin.close()
+    process.wait(timeout=120)
+    exit_s = time.perf_counter() - started
+    logs = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith(b"{")]
+    process.stdout.close()
+    process.stderr.close()
+    loaded = [entry for entry in logs if entry.get("event") == "numpy_kernel_implementation"]
+    if not loaded:
+        return StartUp(first_result_s, exit_s, None, None)
+    return StartUp(first_result_s, exit_s, loaded[0]["load_s"], loaded[0]["compiled"])
 
 
 def startup(rounds: int) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MCPI_", "NUMBA_"))}
     with tempfile.TemporaryDirectory() as scratch:
         warm_dir = str(Path(scratch) / "warm")
-        first_answer_s({**base, "MCPI_NUMPY_IMPL": "fused", "NUMBA_CACHE_DIR": warm_dir})  # fill it
+        start_worker_once({**base, "MCPI_NUMPY_IMPL": "fused", "NUMBA_CACHE_DIR": warm_dir})  # fill it
         cases: dict[str, Callable[[int], dict[str, str]]] = {
             "numpy (MCPI_NUMPY_IMPL=numpy)": lambda _: {**base, "MCPI_NUMPY_IMPL": "numpy"},
-            "numba-fused, warm cache": lambda _: {
-                **base,
-                "MCPI_NUMPY_IMPL": "fused",
-                "NUMBA_CACHE_DIR": warm_dir,
-            },
-            "numba-fused, empty cache (compiles)": lambda r: {
+            "auto (the default)": lambda _: {**base, "NUMBA_CACHE_DIR": warm_dir},
+            "fused, warm cache": lambda _: {**base, "MCPI_NUMPY_IMPL": "fused", "NUMBA_CACHE_DIR": warm_dir},
+            "fused, empty cache (compiles)": lambda r: {
                 **base,
                 "MCPI_NUMPY_IMPL": "fused",
                 "NUMBA_CACHE_DIR": str(Path(scratch) / f"cold{r}"),
             },
         }
-        times: dict[str, list[float]] = {name: [] for name in cases}
+        runs: dict[str, list[StartUp]] = {name: [] for name in cases}
         for r in range(rounds):
             for name, environ in cases.items():
-                times[name].append(first_answer_s(environ(r)))
-    print(f"\nworker start to its first result (1e6 points), median of {rounds}; load average {load()}")
-    numpy_s = statistics.median(times["numpy (MCPI_NUMPY_IMPL=numpy)"])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:38} {median:6.3f} s   (+{median - numpy_s:.3f} s over numpy)")
-    warm = statistics.median(times["numba-fused, warm cache"])
-    cold = statistics.median(times["numba-fused, empty cache (compiles)"])
-    print(f"  compile cost (empty minus warm cache): {cold - warm:.3f} s, once per cache directory")
+                runs[name].append(start_worker_once(environ(r)))
+    print(f"\nworker start-up, median of {rounds}; load average {load()}")
+    print(f"  {'':32} {'first result':>12} {'exit':>8} {'fused load':>11} (in the background)")
+    for name, values in runs.items():
+        first = statistics.median(v.first_result_s for v in values)
+        gone = statistics.median(v.exit_s for v in values)
+        loads = [v.load_s for v in values if v.load_s is not None]
+        load_text = f"{statistics.median(loads):10.3f}s" if loads else f"{'-':>11}"
+        compiled = {v.compiled for v in values if v.compiled is not None}
+        note = {frozenset({True}): " compiled", frozenset({False}): " from the cache"}.get(
+            frozenset(compiled), ""
+        )
+        print(f"  {name:32} {first:11.3f}s {gone:7.3f}s {load_text}{note}")
 
 
 # ------------------------------------------------------------------ main
@@ -222,9 +242,9 @@ def main() -> None:
     parser.add_argument("--cc", default="gcc", help="C compiler for the reference rows (gcc)")
     parser.add_argument("--startup-rounds", type=int, default=5)
     args = parser.parse_args()
-    fused_load = time.perf_counter()
     count_numpy(SEED, 0, 1, implementation=Implementation.NUMBA_FUSED)
-    fused_load = time.perf_counter() - fused_load
+    fused = NUMPY_KERNEL.status().fused
+    assert fused is not None
 
     with tempfile.TemporaryDirectory() as build:
         binary = compile_reference(args.cc, Path(build))
@@ -249,7 +269,8 @@ def main() -> None:
             "lesson loop (random.random)": (timed(lesson_loop), slow),
         }
         print(f"load average before: {load()}")
-        print(f"numba-fused loaded in {fused_load:.3f} s (before timing)")
+        how = "compiled" if fused.compiled else "loaded from the cache"
+        print(f"numba-fused {how} in {fused.load_s:.3f} s (before timing)")
         print(f"{args.repeat} interleaved rounds; median points/s on one core")
         for run, points in rows.values():
             run(min(points, 100_000))  # warm caches and lazy imports
