@@ -69,7 +69,7 @@ class _PipeClient:
         while True:
             message = self._decoder.next_message()
             if message is not NEED_DATA:
-                return message  # type: ignore[return-value]
+                return message
             data = os.read(self._receive_fd, 65536)
             if not data:
                 raise SelfCheckFailed("the worker closed its output early")
