@@ -1,7 +1,8 @@
 """The worker contract, run against every worker we ship, so the fakes cannot drift.
 
-One suite, three peers: the real ``mcpi-worker``, the subprocess fake with no
-misbehaviour, and the in-process fake. Each test speaks raw protocol through
+One suite, four peers: the real ``mcpi-worker``, the subprocess fake with no
+misbehaviour, the in-process fake, and ``spec_worker.py`` (written from protocol.md alone,
+importing nothing from mcpi). Each test speaks raw protocol through
 ``WorkerClient`` and checks only what protocol.md promises. Counts are checked
 against ``mcpi_worker.kernels`` directly, so all three agree with each other too.
 
@@ -79,10 +80,12 @@ async def _in_process_peer() -> AsyncIterator[Peer]:
             process.kill()
 
 
-@pytest.fixture(params=["mcpi-worker", "subprocess-fake", "in-process-fake"])
+@pytest.fixture(params=["mcpi-worker", "subprocess-fake", "in-process-fake", "spec-worker"])
 def open_peer(request: pytest.FixtureRequest) -> OpenPeer:
     if request.param == "mcpi-worker":
         return lambda: _subprocess_peer(_real_worker_command())
+    if request.param == "spec-worker":
+        return lambda: _subprocess_peer([sys.executable, str(Path(__file__).with_name("spec_worker.py"))])
     if request.param == "subprocess-fake":
         return lambda: _subprocess_peer(fake_worker_command())
     return _in_process_peer

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""A worker that breaks exactly one rule of protocol.md, for testing coordinators.
+
+    python tests/raw_worker.py FAULT
+
+Until the fault strikes it is a correct worker: it welcomes with version 2 (or the
+highest the hello offers), answers pings, and counts samples with ``spec_worker``'s
+kernels (written from protocol.md, importing nothing from mcpi). The fault strikes at
+the first ``sample`` (or, for a few, at the hello, the first ping or the shutdown):
+``FAULTS`` says what each one writes, as raw bytes built with ``struct`` and ``msgpack``.
+A bad answer carries a count that is wrong as well, so a coordinator that counted it
+would give a wrong total. After the fault it goes on reading stdin until end of file
+(or a signal) and writes nothing more, unless the fault says otherwise.
+
+Exit status: 0 at end of input or shutdown; 9 (with a line on stderr) when it saw the
+coordinator break a rule it watches for (``max_points``, ``max_frame``, ``max_inflight``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import threading
+from typing import Any
+
+import msgpack
+import spec_worker
+
+ELAPSED = 0.001
+FAULTS: dict[str, str] = {
+    # §2 framing
+    "zero_length": "a zero-length frame",
+    "oversize_header": "a length prefix of 4 GiB, then silence (stdout stays open)",
+    "trailing_bytes": "a result frame with a byte left over after its map",
+    "body_ends_early": "a frame whose body ends inside its map",
+    "eof_mid_frame": "half a result frame, then exit 0",
+    # §3 encoding
+    "not_a_map": "a frame holding an array",
+    "bin_key": "a result with a bin key nested in an unknown field",
+    "int_key": "a result with an integer key",
+    "bad_utf8": "a result with a string that is not UTF-8",
+    "ext_type": "a result carrying an extension type",
+    "timestamp": "a result carrying the timestamp extension",
+    "too_deep": "a result nesting 17 levels deep",
+    "duplicate_key": "a result holding 'inside' twice",
+    "no_type": "a result without 'type'",
+    "unknown_type": "an answer of a type no worker sends ('resultat')",
+    "bool_inside": "a result whose 'inside' is true",
+    "negative_elapsed": "a result whose elapsed_s is -0.5",
+    "infinite_elapsed": "a result whose elapsed_s is +inf",
+    "long_message": "an 'internal' error whose message is 4097 characters",
+    "long_kernels": "a welcome offering 65 kernels",
+    # §4.2, §8 error codes
+    "unknown_code": "a per-request error with a code from the future ('quantum_flux')",
+    "unknown_code_nil_id": "an error with a nil id and an unknown code",
+    "fatal_code_with_id": "an error carrying the sample's id and the fatal code malformed_frame",
+    # §5 the coordinator's checks
+    "second_welcome": "a second welcome, then the result",
+    "before_welcome": "a pong before the welcome",
+    "version_not_offered": "a welcome choosing version 3",
+    "max_points_over_2_40": "a welcome whose max_points is 2**40 + 1, more than a result can report",
+    "unknown_id": "a result for an id never sent",
+    "answered_twice": "the right result, twice",
+    "pong_for_sample": "a pong answering a sample",
+    "result_for_ping": "a result answering a ping",
+    "points_differ": "a result with one point more than asked",
+    "inside_exceeds": "a result with more inside than points",
+    "eof_outstanding": "exit 0 with the sample unanswered",
+    "eof_before_welcome": "exit 0 on hello, nothing written",
+    # §6.1 ranges
+    "insides_missing": "a range's result without 'insides'",
+    "insides_on_plain": "a plain sample's result with 'insides'",
+    "insides_wrong_length": "a range's result with one count too few",
+    "group_over_points": "a range's result with a group counting more than its points",
+    "insides_bad_sum": "a range's result whose counts do not add up to 'inside'",
+    # rules the coordinator must keep, watched (exit 9 if broken)
+    "max_points_1000": "welcome max_points 1000; a larger sample is an error of the coordinator",
+    "max_frame_40": "welcome max_frame 40; a larger frame is an error of the coordinator",
+    "max_inflight_1": "welcome max_inflight 1; a second outstanding sample is an error of the coordinator",
+    # §10.2 stderr
+    "stderr_not_json": "lines on stderr that are not JSON (nor UTF-8), then a correct worker",
+    "stderr_flood_on_shutdown": "on shutdown, 2 MiB on stderr before exiting 0",
+}
+
+
+CONTINUES = frozenset({"unknown_code"})
+"""Faults after which the worker serves on correctly (the rest fall silent)."""
+
+
+def frame(body: Any) -> bytes:
+    payload = msgpack.packb(body, use_bin_type=True)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def raw_frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def with_pair(body: dict[str, Any], key: bytes, value: bytes) -> bytes:
+    """``body`` packed with one more pair, given as raw msgpack bytes (a fixmap, < 15 keys)."""
+    packed = msgpack.packb(body)
+    assert packed[0] == 0x80 | len(body)
+    return bytes([0x80 | (len(body) + 1)]) + packed[1:] + key + value
+
+
+def fixmap(*pairs: tuple[str, Any]) -> bytes:
+    """A map built pair by pair, so that a key may appear twice (msgpack fixmap, < 16 pairs)."""
+    return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs)
+
+
+class RawWorker:
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        self.out = os.dup(1)
+        os.dup2(2, 1)
+        self.struck = False
+        self.outstanding = 0
+        self.violation: str | None = None
+        self.stop = threading.Event()
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.write(self.out, data)  # one small write: all of it or EPIPE
+        except OSError:
+            os._exit(0)
+
+    def welcome(self, versions: list[int]) -> bytes:
+        body = {
+            "type": "welcome", "version": max(set(versions) & {1, 2}), "worker": "raw-worker",
+            "pid": os.getpid(), "host": "raw", "kernels": ["numpy", "python"], "max_inflight": 4,
+            "max_frame": 1 << 20, "max_points": 1 << 40,
+        }  # fmt: skip
+        if self.fault == "version_not_offered":
+            body["version"] = 3
+        elif self.fault == "max_points_over_2_40":
+            body["max_points"] = (1 << 40) + 1
+        elif self.fault == "long_kernels":
+            body["kernels"] = ["numpy"] * 65
+        elif self.fault == "max_points_1000":
+            body["max_points"] = 1000
+        elif self.fault == "max_frame_40":
+            body["max_frame"] = 40
+        elif self.fault == "max_inflight_1":
+            body["max_inflight"] = 1
+        return frame(body)
+
+    def result(self, request: dict[str, Any], counts: list[int], *, lie: int = 0, **changes: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": "result", "id": request["id"], "inside": sum(counts) + lie,
+            "points": request.get("streams", 1) * request["points"], "elapsed_s": ELAPSED,
+        }  # fmt: skip
+        if spec_worker.is_range(request):
+            body["insides"] = counts
+        body.update(changes)
+        return body
+
+    def strike(self, request: dict[str, Any]) -> bytes | None:
+        """The bytes answering the first sample when the fault is in that answer (None:
+        this fault is not about samples). A bad answer says every point fell inside: a
+        count no coordinator may take (the true one is never that, for 10 points or more)."""
+        streams = request.get("streams", 1)
+        group = request.get("group", streams)
+        per_group = [min(group, streams - start) * request["points"] for start in range(0, streams, group)]
+        wrong = self.result(request, per_group)
+        rid, points = request["id"], wrong["points"]
+
+        def good() -> dict[str, Any]:
+            return self.result(request, spec_worker.count_range(request, self.stop))
+
+        answers: dict[str, Any] = {
+            "zero_length": lambda: struct.pack(">I", 0),
+            "oversize_header": lambda: struct.pack(">I", 0xFFFFFFFF),
+            "trailing_bytes": lambda: raw_frame(msgpack.packb(wrong) + b"\xc0"),
+            "body_ends_early": lambda: raw_frame(msgpack.packb(wrong)[:-3]),
+            "eof_mid_frame": lambda: frame(wrong)[:10],
+            "not_a_map": lambda: frame([wrong]),
+            "bin_key": lambda: frame({**wrong, "extra": {b"k": 1}}),
+            "int_key": lambda: raw_frame(with_pair(wrong, msgpack.packb(1), msgpack.packb(2))),
+            "bad_utf8": lambda: raw_frame(with_pair(wrong, msgpack.packb("x"), b"\xa2\xff\xfe")),
+            "ext_type": lambda: frame({**wrong, "extra": msgpack.ExtType(5, b"x")}),
+            "timestamp": lambda: frame({**wrong, "extra": msgpack.Timestamp(0)}),
+            "too_deep": lambda: frame({**wrong, "extra": _nested(16)}),  # the map, then 16 levels
+            "duplicate_key": lambda: raw_frame(
+                fixmap(
+                    ("type", "result"),
+                    ("id", rid),
+                    ("inside", points),
+                    ("points", points),
+                    ("elapsed_s", ELAPSED),
+                    ("inside", points - 1),
+                )
+            ),
+            "no_type": lambda: frame({k: v for k, v in wrong.items() if k != "type"}),
+            "unknown_type": lambda: frame({**wrong, "type": "resultat"}),
+            "bool_inside": lambda: frame({**wrong, "inside": True}),
+            "negative_elapsed": lambda: frame({**wrong, "elapsed_s": -0.5}),
+            "infinite_elapsed": lambda: frame({**wrong, "elapsed_s": float("inf")}),
+            "long_message": lambda: frame({"type": "error", "id": rid, "code": "internal", "message": "é" * 4097}),
+            "unknown_code": lambda: frame({"type": "error", "id": rid, "code": "quantum_flux", "message": "new"}),
+            "unknown_code_nil_id": lambda: frame({"type": "error", "id": None, "code": "quantum_flux", "message": "x"}),
+            "fatal_code_with_id": lambda: frame({"type": "error", "id": rid, "code": "malformed_frame", "message": ""}),
+            "second_welcome": lambda: self.welcome([1, 2]) + frame(wrong),
+            "unknown_id": lambda: frame({**wrong, "id": (rid + 2**63) % 2**64}),
+            "answered_twice": lambda: frame(good()) * 2,
+            "pong_for_sample": lambda: frame({"type": "pong", "id": rid}),
+            "points_differ": lambda: frame({**wrong, "points": points + 1}),
+            "inside_exceeds": lambda: frame({**wrong, "inside": points + 1}),
+            "eof_outstanding": lambda: b"",
+            "insides_missing": lambda: frame({k: v for k, v in wrong.items() if k != "insides"}),
+            "insides_on_plain": lambda: frame({**wrong, "insides": [points]}),
+            "insides_wrong_length": lambda: frame({**wrong, "insides": per_group[:-1]}),
+            # one group over its points, the next under, so that only that check can fail
+            "group_over_points": lambda: frame(
+                self.result(request, [per_group[0] + 1, per_group[1] - 1, *per_group[2:]])
+            ),
+            "insides_bad_sum": lambda: frame({**wrong, "inside": points - 1}),
+        }
+        answer = answers.get(self.fault)
+        return None if answer is None else answer()
+
+    def serve(self) -> int:
+        if self.fault == "stderr_not_json":
+            os.write(2, b'plain text, not JSON\n{"event": "half a JSON object\n\xff\xfe not UTF-8 \xc0\n')
+            os.write(2, b"x" * 10000 + b"\n")
+        buffer = b""
+        welcomed = False
+        while True:
+            data = os.read(0, 65536)
+            if not data:
+                return self.end()
+            buffer += data
+            replies = []
+            samples_in_read = 0
+            while len(buffer) >= 4:
+                (length,) = struct.unpack_from(">I", buffer)
+                if len(buffer) < 4 + length:
+                    break
+                if self.fault == "max_frame_40" and welcomed and length > 40:
+                    self.violation = f"the coordinator sent a {length}-byte frame; max_frame is 40"
+                body = spec_worker.decode_body(buffer[4 : 4 + length])
+                buffer = buffer[4 + length :]
+                kind = body.get("type")
+                if kind == "hello":
+                    if self.fault == "eof_before_welcome":
+                        return 0
+                    before = frame({"type": "pong", "id": 1}) if self.fault == "before_welcome" else b""
+                    replies.append(before + self.welcome(body["versions"]))
+                    welcomed = True
+                elif kind == "shutdown":
+                    self.write(b"".join(replies))
+                    if self.fault == "stderr_flood_on_shutdown":
+                        line = b"flood " + b"x" * 1017 + b"\n"
+                        for _ in range(2048):
+                            os.write(2, line)
+                    return self.end()
+                elif kind == "ping":
+                    if self.fault == "result_for_ping" and not self.struck:
+                        self.struck = True
+                        result = {"type": "result", "id": body["id"], "inside": 0, "points": 0, "elapsed_s": ELAPSED}
+                        replies.append(frame(result))
+                    elif not self.struck:
+                        replies.append(frame({"type": "pong", "id": body["id"]}))
+                elif kind == "sample":
+                    samples_in_read += 1
+                    replies.append(self.on_sample(body, samples_in_read))
+            self.write(b"".join(replies))
+            if self.fault in ("eof_mid_frame", "eof_outstanding") and self.struck:
+                return 0
+
+    def on_sample(self, request: dict[str, Any], in_read: int) -> bytes:
+        points = request.get("streams", 1) * request["points"]
+        if self.fault == "max_points_1000" and points > 1000:
+            self.violation = f"the coordinator sent a sample of {points} points; max_points is 1000"
+        if self.fault == "max_inflight_1" and in_read > 1:
+            # Each sample is answered in the write after the read that brought it, so
+            # two in one read were both outstanding at once.
+            self.violation = "the coordinator had 2 samples outstanding; max_inflight is 1"
+        if self.struck and self.fault not in CONTINUES:
+            return b""  # after the fault: silence
+        answer = None if self.struck else self.strike(request)
+        if answer is None:  # this fault is not in an answer, or has struck: a correct one
+            return frame(self.result(request, spec_worker.count_range(request, self.stop)))
+        self.struck = True
+        return answer
+
+    def end(self) -> int:
+        if self.violation is not None:
+            sys.stderr.write(f"raw-worker: {self.violation}\n")
+            return 9
+        return 0
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in FAULTS:
+        sys.exit(f"usage: raw_worker.py FAULT; faults: {', '.join(FAULTS)}")
+    status = RawWorker(sys.argv[1]).serve()
+    sys.stderr.flush()
+    os._exit(status)
