@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
 import trio
 
+from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_coordinator.prefix import Prefix
 from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
+from mcpi_coordinator.verify import Verifier, VerifyStats
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
 __all__ = [
@@ -106,6 +110,16 @@ class EstimateResult:
     ``--points`` ran out first, or ``max_time`` came first."""
     discarded_chunks: int = 0
     """Chunks that completed beyond the prefix (past a gap or past the stop): not counted."""
+    resumed_chunks: int = 0
+    """Chunks taken from a checkpoint rather than computed in this run."""
+    resumed_points: int = 0
+    """Points of the counted chunks that came from a checkpoint."""
+    verification: VerifyStats | None = None
+    """What ``verify`` did; None without it."""
+    checkpoint: str | None = None
+    """The checkpoint file's path, if the run had one."""
+    saved_chunks: int = 0
+    """Chunks the checkpoint holds at the end (counted or not)."""
 
     @property
     def statistics(self) -> PiStatistics:
@@ -129,7 +143,9 @@ class EstimateResult:
 
     @property
     def points_per_s(self) -> float:
-        return self.points / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Counted points computed by this run, per second of it."""
+        computed = self.points - self.resumed_points
+        return computed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def repeat_command(self) -> str:
@@ -143,8 +159,23 @@ class NothingCompleted(McpiError):
 OnChunk = Callable[[ChunkResult, Prefix], None]
 
 
+NO_POOL: Final[PoolStats] = PoolStats(
+    size=0, alive=0, in_flight=0, completed=0, restarts=0, retired=0, workers=()
+)
+"""The pool statistics of a run resumed from a checkpoint that had nothing left to do."""
+
+
+def resumed_prefix(checkpoint: Checkpoint) -> Prefix:
+    """The prefix a checkpoint's chunks make: ``finished`` if no worker is needed."""
+    parameters = checkpoint.parameters
+    prefix = Prefix(parameters.points, parameters.chunk_size, StopRule(parameters.target_error))
+    for stream, inside in checkpoint.stored():
+        prefix.add(stream, inside)
+    return prefix
+
+
 async def run_estimate(
-    pool: WorkerPool,
+    pool: WorkerPool | None,
     *,
     points: int,
     seed: int,
@@ -154,6 +185,8 @@ async def run_estimate(
     target_error: float | None = None,
     on_chunk: OnChunk | None = None,
     started_at: float | None = None,
+    checkpoint: Checkpoint | None = None,
+    verify: float = 0.0,
 ) -> EstimateResult:
     """Count ``points`` points on ``pool`` and combine them into an estimate of π.
 
@@ -163,25 +196,39 @@ async def run_estimate(
     ``NothingCompleted`` if the prefix is empty. ``started_at``
     (``trio.current_time()`` before the pool started) makes ``elapsed_s`` and
     ``max_time`` count worker start-up too, as a user's clock does.
+
+    With a ``checkpoint`` (whose parameters must be these), the chunks it holds are
+    counted first and only the missing ones computed; each completed chunk is
+    recorded in it, and what is buffered is committed however the run ends. ``pool``
+    may be None when the checkpoint's ``resumed_prefix`` is finished already.
+
+    ``verify`` (0 to 1) is the fraction of chunks computed a second time elsewhere and
+    compared before they count (``verify`` module); a worker caught giving a wrong
+    count is retired and its unchecked chunks computed again.
     """
     if points < 1 or chunk_size < 1:
         raise ValueError(f"points and chunk_size must be at least 1, not {points} and {chunk_size}")
     prefix = Prefix(points, chunk_size, StopRule(target_error))
+    resumed = 0
+    if checkpoint is not None:
+        asked = RunParameters(seed, points, chunk_size, kernel, target_error)
+        if checkpoint.parameters != asked:
+            raise ValueError(f"checkpoint {checkpoint.path} is for {checkpoint.parameters}, not {asked}")
+        prefix = resumed_prefix(checkpoint)
+        resumed = prefix.completed
     started = trio.current_time() if started_at is None else started_at
     deadline = math.inf if max_time is None else started + max_time
-
-    def missing_chunks() -> Iterator[Chunk]:
-        for stream in prefix.missing():
-            yield Chunk(seed, stream, prefix.chunk_points(stream), kernel)
-
-    with trio.move_on_at(deadline) as clock:
-        async with pool.imap_unordered(missing_chunks()) as results:
-            async for result in results:
-                prefix.add(result.chunk.stream, result.inside)
-                if on_chunk is not None:
-                    on_chunk(result, prefix)
-                if prefix.finished:
-                    break
+    run = _Run(prefix, seed, kernel, checkpoint, on_chunk)
+    resumed_streams = array("q", (stream for stream, _ in prefix.items()))
+    try:
+        with trio.move_on_at(deadline) as clock:
+            if not prefix.finished:  # a resumed run may have nothing left to do
+                if pool is None:
+                    raise ValueError("a run with chunks left to compute needs a pool")
+                await run.compute(pool, verify)
+    finally:
+        if checkpoint is not None:
+            checkpoint.commit()  # also on Ctrl-C or a failure: what completed is kept
     elapsed = trio.current_time() - started
     stopped_early: Stop | None = None
     if prefix.stopped and not prefix.complete:
@@ -195,6 +242,7 @@ async def run_estimate(
             "a smaller --chunk-size would help"
         )
     chunk_points, chunk_inside = prefix.counted()
+    resumed_points = sum(prefix.chunk_points(s) for s in resumed_streams if s < prefix.k and prefix.has(s))
     return EstimateResult(
         inside=prefix.inside,
         points=prefix.points,
@@ -202,13 +250,114 @@ async def run_estimate(
         seed=seed,
         chunk_size=chunk_size,
         kernel=kernel,
-        workers=pool.size,
+        workers=0 if pool is None else pool.size,
         elapsed_s=elapsed,
         stopped_early=stopped_early,
-        pool=pool.stats,
+        pool=NO_POOL if pool is None else pool.stats,
         chunk_points=chunk_points,
         chunk_inside=chunk_inside,
         target_error=target_error,
         target_reached=None if target_error is None else prefix.stopped,
         discarded_chunks=prefix.beyond,
+        resumed_chunks=resumed,
+        resumed_points=resumed_points,
+        checkpoint=None if checkpoint is None else str(checkpoint.path),
+        saved_chunks=0 if checkpoint is None else checkpoint.saved,
+        verification=None if run.verifier is None else run.verifier.stats(),
     )
+
+
+class _Run:
+    """The computing part of ``run_estimate``: hand the missing streams to the pool,
+    count what comes back (checked first, with ``verify``), until the prefix is finished."""
+
+    def __init__(
+        self, prefix: Prefix, seed: int, kernel: str, checkpoint: Checkpoint | None, on_chunk: OnChunk | None
+    ) -> None:
+        self.prefix = prefix
+        self.seed = seed
+        self.kernel = kernel
+        self.checkpoint = checkpoint
+        self.on_chunk = on_chunk
+        self.verifier: Verifier | None = None
+        self._redo: deque[int] = deque()
+        self._phase: trio.CancelScope | None = None
+
+    async def compute(self, pool: WorkerPool, verify: float) -> None:
+        if verify <= 0:
+            await self._phase_on(pool)  # no check can un-count a chunk: one pass does
+            return
+        async with _nursery_raising_mcpi_errors() as checks:
+            self.verifier = Verifier(pool, self.seed, verify, checks, settle=self.settle, forget=self.forget)
+            # A pass ends when the prefix is finished or every chunk has been handed
+            # out; then the checks still running are waited for. One that condemns a
+            # worker un-counts its chunks, so the prefix may be unfinished again.
+            while True:
+                if not self.prefix.finished:
+                    await self._phase_on(pool)
+                await self.verifier.wait_idle()
+                if self.prefix.finished:
+                    return
+
+    async def _phase_on(self, pool: WorkerPool) -> None:
+        self._redo.clear()  # this pass's scan of the missing streams finds them again
+        with trio.CancelScope() as self._phase:
+            async with pool.imap_unordered(self._missing_chunks()) as results:
+                async for result in results:
+                    if self.on_chunk is not None:
+                        self.on_chunk(result, self.prefix)
+                    if self.verifier is None:
+                        self.settle(result.chunk.stream, result.inside)
+                    else:
+                        self.verifier.accept(result)
+                    if self.prefix.finished:
+                        break
+
+    def _missing_chunks(self) -> Iterator[Chunk]:
+        pending = self.verifier.pending if self.verifier is not None else frozenset()
+        for stream in self.prefix.missing():
+            while self._redo:
+                yield self._chunk(self._redo.popleft())
+            if stream not in pending:
+                yield self._chunk(stream)
+        while self._redo and not self.prefix.finished:
+            yield self._chunk(self._redo.popleft())
+
+    def _chunk(self, stream: int) -> Chunk:
+        return Chunk(self.seed, stream, self.prefix.chunk_points(stream), self.kernel)
+
+    def settle(self, stream: int, inside: int) -> None:
+        """Count a chunk (once: a chunk sent again after its worker left may come twice)."""
+        if self.prefix.has(stream):
+            return
+        self.prefix.add(stream, inside)
+        if self.checkpoint is not None:
+            self.checkpoint.record(stream, inside)
+        if self.prefix.finished and self._phase is not None:
+            self._phase.cancel()  # settled by a check, not in the loop: stop the pass
+
+    def forget(self, streams: list[int]) -> None:
+        """Un-count these chunks and compute them again."""
+        counted = [stream for stream in streams if self.prefix.has(stream)]
+        if counted:
+            self.prefix.forget(counted)
+            if self.checkpoint is not None:
+                self.checkpoint.forget(counted)
+        self._redo.extend(streams)
+
+
+@asynccontextmanager
+async def _nursery_raising_mcpi_errors() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose ``McpiError`` comes out as itself, not inside an ExceptionGroup:
+    callers catch ``McpiError`` whether or not the run had tasks of its own."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        errors = group.subgroup(McpiError)
+        if errors is None:
+            raise
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None

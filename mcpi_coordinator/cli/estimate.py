@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shlex
 import sys
 from dataclasses import asdict
@@ -18,8 +17,9 @@ from typing import Any, Final
 
 import trio
 
+from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import plots, progress, signals, text
+from mcpi_coordinator.cli import plots, progress, runs, signals, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_coordinator.errors import McpiError
@@ -28,6 +28,7 @@ from mcpi_coordinator.estimate import (
     DEFAULT_POINTS,
     EstimateResult,
     chunk_count,
+    resumed_prefix,
     run_estimate,
 )
 from mcpi_coordinator.launch import remote
@@ -89,7 +90,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "-n", "--points", type=cli_args.count_type(1, MAX_TOTAL_POINTS, why=_POINTS_LIMIT),
-        default=DEFAULT_POINTS, metavar="N",
+        default=None, metavar="N",
         help=f"random points to draw (default {DEFAULT_POINTS:,}; at most 2**53)",
     )
     parser.add_argument(
@@ -104,14 +105,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--chunk-size", type=cli_args.count_type(1, MAX_POINTS, why="the protocol's limit per request"),
-        default=DEFAULT_CHUNK_SIZE, metavar="C",
+        default=None, metavar="C",
         help=f"points per request to a worker (default {DEFAULT_CHUNK_SIZE:,}); part of "
         "what makes a run repeatable",
     )
     parser.add_argument(
-        "--kernel", choices=tuple(KERNELS), default=DEFAULT_KERNEL,
+        "--kernel", choices=tuple(KERNELS), default=None,
         help="sampling kernel: numpy (fast, vectorised) or python (the plain loop); "
-        "default %(default)s",
+        f"default {DEFAULT_KERNEL}",
     )
     parser.add_argument(
         "--worker-cmd", metavar="CMD", default=cli_args.env_default("MCPI_WORKER_CMD", None),
@@ -171,6 +172,7 @@ def register(subparsers: Any) -> None:
         "--log-format", choices=LOG_FORMATS, default=cli_args.env_default("MCPI_LOG_FORMAT", "console"),
         help="log lines as text (default) or JSON objects (env MCPI_LOG_FORMAT)",
     )
+    runs.add_arguments(parser)
     cli_args.add_version(parser)
     remote.add_arguments(parser, cli_args.env_default("MCPI_REMOTE_CMD", remote.DEFAULT_REMOTE_COMMAND))
     parser.set_defaults(handler=run, command_parser=parser)
@@ -198,19 +200,26 @@ def run(args: argparse.Namespace) -> int:
             return ExitCode.FAILURE
     level = args.log_level or ("error" if args.quiet else "warning")
     configure_logging(level, args.log_format)
-    seed_drawn = args.seed is None
-    seed = secrets.randbits(64) if seed_drawn else args.seed
+    try:
+        prepared = runs.prepare(args)  # the run's options, its seed, its checkpoint (locked)
+    except CheckpointRefused as error:
+        text.say(PROG, f"error: {error}")
+        return ExitCode.USAGE
+    seed, seed_drawn = prepared.seed, prepared.seed_drawn
     if not args.quiet:
         _hint_idle_workers(args)
     try:
-        outcome = trio.run(_estimate_until_stopped, args, seed)
+        try:
+            outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
+        finally:
+            prepared.close()  # commits what completed, whatever happened
     except KeyboardInterrupt:  # Ctrl-C before or after the signal receiver was in place
-        return _interrupted(seed)
+        return _interrupted(seed, prepared)
     if isinstance(outcome, McpiError):
-        text.say(PROG, f"error: {outcome}")
+        text.say(PROG, f"error: {outcome}{prepared.saved_note()}")
         return ExitCode.FAILURE
     if outcome is None:
-        return _interrupted(seed)
+        return _interrupted(seed, prepared)
     if args.json:
         print(json.dumps(result_json(outcome)))
     else:
@@ -226,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _interrupted(seed: int) -> int:
-    text.say(PROG, f"{signals.stopped_words()} (seed {seed}); every worker was stopped")
+def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:
+    note = prepared.saved_note()
+    text.say(PROG, f"{signals.stopped_words()} (seed {seed}); every worker was stopped{note}")
     return ExitCode.for_signal(signals.stopped_by())
 
 
@@ -267,7 +277,7 @@ def _slot_names(args: argparse.Namespace) -> list[str]:
 
 
 async def _estimate_until_stopped(
-    args: argparse.Namespace, seed: int
+    args: argparse.Namespace, seed: int, checkpoint: Checkpoint | None
 ) -> EstimateResult | McpiError | None:
     """Run the estimate; on SIGINT, SIGTERM or SIGHUP cancel it (the pool stops and
     reaps every worker) and return None. Expected failures come back as a value, not
@@ -278,7 +288,7 @@ async def _estimate_until_stopped(
 
             async def estimate() -> None:
                 try:
-                    outcome["value"] = await _estimate(args, seed)
+                    outcome["value"] = await _estimate(args, seed, checkpoint)
                 except McpiError as error:
                     outcome["value"] = error
                 nursery.cancel_scope.cancel()
@@ -291,8 +301,10 @@ async def _estimate_until_stopped(
     return outcome.get("value")
 
 
-async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
+async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint | None) -> EstimateResult:
     started = trio.current_time()
+    if checkpoint is not None and resumed_prefix(checkpoint).finished:
+        return await run_estimate(None, **_run_options(args, seed, checkpoint))  # no worker needed
     launcher = remote.slot_launcher(args.slots, spawn_worker)
     hosts = [None if slot.host is None else slot.host.name for slot in args.slots]
     shown = progress.progress_wanted(args.quiet, args.no_progress)
@@ -316,7 +328,7 @@ async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
                 )
             )  # fmt: skip
             try:
-                result = await _sample(pool, args, seed, line, started)
+                result = await _sample(pool, args, seed, line, started, checkpoint)
             except McpiError as error:  # caught here, or the nursery wraps it in a group
                 failure = error
             finally:
@@ -332,22 +344,33 @@ async def _estimate(args: argparse.Namespace, seed: int) -> EstimateResult:
 
 
 async def _sample(
-    pool: WorkerPool, args: argparse.Namespace, seed: int, line: progress.RunProgress, started: float
+    pool: WorkerPool,
+    args: argparse.Namespace,
+    seed: int,
+    line: progress.RunProgress,
+    started: float,
+    checkpoint: Checkpoint | None,
 ) -> EstimateResult:
     """The pool's life: start it, run the estimate, stop it (McpiErrors propagate bare)."""
     async with pool:
         line.start_sampling()
+        if checkpoint is not None:  # what a resumed run counts already (not computed now)
+            resumed = resumed_prefix(checkpoint)
+            line.add(0, resumed.points, resumed.inside)
         return await run_estimate(
             pool,
-            points=args.points,
-            seed=seed,
-            chunk_size=args.chunk_size,
-            kernel=args.kernel,
-            max_time=args.max_time,
-            target_error=args.target_error,
             on_chunk=lambda result, prefix: line.add(result.chunk.points, prefix.points, prefix.inside),
             started_at=started,
+            **_run_options(args, seed, checkpoint),
         )
+
+
+def _run_options(args: argparse.Namespace, seed: int, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    return {
+        "points": args.points, "seed": seed, "chunk_size": args.chunk_size, "kernel": args.kernel,
+        "max_time": args.max_time, "target_error": args.target_error, "checkpoint": checkpoint,
+        "verify": args.verify,
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------ output
@@ -378,6 +401,10 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "repeat_command": result.repeat_command,
         "target_error": result.target_error,
         "target_reached": result.target_reached,
+        "checkpoint": result.checkpoint,
+        "resumed_chunks": result.resumed_chunks,
+        "saved_chunks": result.saved_chunks,
+        **runs.verify_json(result),
         "per_worker": [asdict(worker) for worker in result.pool.workers],
         "hosts": remote.host_rows(result.pool.workers, result.elapsed_s),
     }
@@ -427,18 +454,22 @@ def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
         ("points/s", text.rate(result.points_per_s)),
     ]
     print(text.rows_text(rows))
-    repeat = repeat_line(result)
-    if repeat is not None:
-        print(repeat)  # never wrapped: it is meant to be copied
+    for line in (repeat_line(result), runs.checkpoint_line(result)):
+        if line is not None:
+            print(line)  # never wrapped: meant to be copied
 
 
 def run_rows(result: EstimateResult) -> list[tuple[str, str]]:
-    """A target that was not reached, plainly."""
-    if result.target_error is None or result.target_reached:
-        return []
-    half = result.statistics.half_width
-    when = "when --max-time came" if result.stopped_early == "max_time" else "after all --points"
-    return [("target error", f"{result.target_error:g} NOT reached (±{half:.3e} {when})")]
+    """A target that was not reached, plainly; what --verify did."""
+    rows = []
+    if result.target_error is not None and not result.target_reached:
+        half = result.statistics.half_width
+        when = "when --max-time came" if result.stopped_early == "max_time" else "after all --points"
+        rows.append(("target error", f"{result.target_error:g} NOT reached (±{half:.3e} {when})"))
+    verified = runs.verify_row(result)
+    if verified is not None:
+        rows.append(verified)
+    return rows
 
 
 def repeat_line(result: EstimateResult) -> str | None:

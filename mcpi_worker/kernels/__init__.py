@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_KERNEL",
     "ENVIRONMENT_VARIABLE",
     "KERNELS",
+    "KERNEL_VERSIONS",
     "NUMPY_KERNEL",
     "PYTHON_POLL_EVERY",
     "Cancelled",
@@ -86,6 +87,13 @@ KERNELS: Final[dict[str, Kernel]] = {
 """Kernels by wire name. The first is the default."""
 
 DEFAULT_KERNEL: Final[str] = next(iter(KERNELS))
+
+KERNEL_VERSIONS: Final[dict[str, int]] = {"numpy": 1, "python": 1}
+"""The version of each kernel's *definition*: raised whenever a kernel would count any
+(seed, stream, points) differently (another generator, another inside test); never for
+a faster implementation of the same counts. Counts made under different versions are
+not the same quantity: a checkpoint records its kernel's version and is refused by a
+coordinator whose version differs. protocol.md's kernel vectors pin version 1."""
 
 
 def kernel_implementations() -> dict[str, str]:

@@ -1,0 +1,182 @@
+"""``mcpi estimate --checkpoint FILE``, ``--resume FILE`` and ``--verify FRACTION``: the
+options, the run they make before anything starts, and what they add to the report.
+
+``--resume`` takes the run's parameters (seed, points, chunk size, kernel, target)
+from the file; an option given as well must agree with it, or the file is refused:
+counts of two different runs are never merged. Every refusal is one line and exit 2,
+before a worker starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shlex
+from dataclasses import dataclass
+from typing import Any, Final
+
+from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused, RunParameters
+from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
+from mcpi_coordinator.verify import VerifyStats
+from mcpi_worker.kernels import DEFAULT_KERNEL
+
+RUN_OPTIONS: Final[dict[str, tuple[str, object]]] = {
+    "seed": ("--seed", None),
+    "points": ("--points", DEFAULT_POINTS),
+    "chunk_size": ("--chunk-size", DEFAULT_CHUNK_SIZE),
+    "kernel": ("--kernel", DEFAULT_KERNEL),
+    "target_error": ("--target-error", None),
+}
+"""The options a checkpoint fixes: attribute → (flag, default when not given). Their
+parser defaults are None, so that an option given on the command line can be told
+from one left out."""
+
+
+def fraction(text: str) -> float:
+    """A number from 0 to 1."""
+    value = cli_args.number(allow_zero=True)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than 1; a fraction is from 0 to 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verify", type=fraction, default=0.0, metavar="FRACTION",
+        help="compute this fraction of the chunks (chosen by the seed) a second time on "
+        "another worker, another host if there is one, and compare; a worker caught "
+        "giving a wrong count is retired and its unchecked chunks computed again. "
+        "1 checks every chunk, so no single wrong worker can change the answer (default 0)",
+    )  # fmt: skip
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--checkpoint", metavar="FILE", default=None,
+        help="record completed chunks in FILE (SQLite, new file) as the run goes, so that "
+        "a run that is killed can be carried on with --resume FILE",
+    )  # fmt: skip
+    group.add_argument(
+        "--resume", metavar="FILE", default=None,
+        help="carry on the run recorded in FILE (its seed, points, chunk size, kernel and "
+        "target), computing only what is missing; ends with the uninterrupted run's count",
+    )  # fmt: skip
+
+
+@dataclass
+class PreparedRun:
+    """The run's seed, and its checkpoint if it has one (open and locked)."""
+
+    seed: int
+    seed_drawn: bool
+    checkpoint: Checkpoint | None
+
+    def close(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.close()
+
+    def saved_note(self) -> str:
+        """How to carry the run on, for a run that ends unfinished ('' without a checkpoint)."""
+        if self.checkpoint is None:
+            return ""
+        saved = f"{self.checkpoint.saved:,} chunks saved in {self.checkpoint.path}"
+        return f"; {saved}: {resume_hint(self.checkpoint)}"
+
+
+def resume_hint(checkpoint: Checkpoint) -> str:
+    return f"carry on with: mcpi estimate --resume {shlex.quote(str(checkpoint.path))}"
+
+
+def prepare(args: argparse.Namespace) -> PreparedRun:
+    """Fill the run options in ``args`` (from the checkpoint being resumed, or their
+    defaults), draw the seed if none was given, and open or create the checkpoint.
+    Raises ``CheckpointRefused``."""
+    if args.resume is not None:
+        checkpoint = Checkpoint.resume(args.resume)
+        try:
+            _take_parameters(args, checkpoint)
+        except CheckpointRefused:
+            checkpoint.close()
+            raise
+        return PreparedRun(seed=args.seed, seed_drawn=False, checkpoint=checkpoint)
+    for name, (_, default) in RUN_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    seed_drawn = args.seed is None
+    if seed_drawn:
+        args.seed = secrets.randbits(64)
+    created = None
+    if args.checkpoint is not None:
+        created = Checkpoint.create(args.checkpoint, parameters_of(args))
+    return PreparedRun(seed=args.seed, seed_drawn=seed_drawn, checkpoint=created)
+
+
+def parameters_of(args: argparse.Namespace) -> RunParameters:
+    return RunParameters(
+        seed=args.seed, points=args.points, chunk_size=args.chunk_size, kernel=args.kernel,
+        target_error=args.target_error,
+    )  # fmt: skip
+
+
+def _take_parameters(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
+    recorded = checkpoint.parameters
+    for name, (flag, _) in RUN_OPTIONS.items():
+        given, theirs = getattr(args, name), getattr(recorded, name)
+        if given is not None and given != theirs:
+            raise CheckpointRefused(
+                f"checkpoint {checkpoint.path} is a run with {_option(flag, theirs)}, not "
+                f"{_option(flag, given)}: counts of two runs are never merged"
+            )
+        setattr(args, name, theirs)
+
+
+def _option(flag: str, value: Any) -> str:
+    if value is None:
+        return f"no {flag}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def verify_json(result: EstimateResult) -> dict[str, Any]:
+    stats = result.verification or VerifyStats(0.0, 0, 0, 0, 0, ())
+    return {
+        "verify": stats.fraction,
+        "verified_chunks": stats.verified_chunks,
+        "mismatches": stats.mismatches,
+        "local_checks": stats.local_checks,
+        "recomputed_chunks": stats.recomputed_chunks,
+        "wrong_workers": [
+            {"slot": w.slot, "pid": w.pid, "host": w.host, "caught_on_chunk": w.stream} for w in stats.retired
+        ],
+    }
+
+
+def verify_row(result: EstimateResult) -> tuple[str, str] | None:
+    stats = result.verification
+    if stats is None:
+        return None
+    text = f"{stats.verified_chunks:,} chunks checked on a second worker (--verify {stats.fraction:g})"
+    if stats.local_checks:
+        text += f", {stats.local_checks:,} of them by the coordinator itself"
+    if stats.mismatches:
+        text += f"; {stats.mismatches:,} mismatched"
+    for worker in stats.retired:
+        text += (
+            f"; worker {worker.slot} (host {worker.host}, pid {worker.pid}) was wrong on chunk "
+            f"{worker.stream} and retired"
+        )
+    if stats.recomputed_chunks:
+        text += f"; {stats.recomputed_chunks:,} of its chunks computed again"
+    return ("verified", text)
+
+
+def checkpoint_line(result: EstimateResult) -> str | None:
+    """Where the run is saved, and how to carry it on after --max-time."""
+    if result.checkpoint is None:
+        return None
+    taken = f", {result.resumed_chunks:,} of them from before" if result.resumed_chunks else ""
+    line = f"checkpoint: {result.checkpoint} ({result.saved_chunks:,} chunks saved{taken})"
+    if result.stopped_early == "max_time":
+        line += f"; carry on with: mcpi estimate --resume {shlex.quote(result.checkpoint)}"
+    return line

@@ -1,0 +1,214 @@
+"""``mcpi estimate --checkpoint`` / ``--resume`` as users run them: real coordinator, real
+workers, SIGKILL at random moments (the process table checked after each), Ctrl-C,
+and every refusal as one line with exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from mcpi_coordinator.prefix import reference_prefix
+from mcpi_coordinator.testing.processes import still_running, wait_until_gone
+
+MCPI = [sys.executable, "-m", "mcpi_coordinator"]
+POINTS, CHUNK, SEED = 400_000_000, 2_000_000, 31  # 200 chunks: ~1.6 s on 2 workers, after start-up
+RUN = ("--points", str(POINTS), "--chunk-size", str(CHUNK), "--seed", str(SEED))
+ORPHAN_DEADLINE_S = 5.0  # workers notice stdin EOF at once; slack for a loaded CI box
+
+
+@functools.cache
+def uninterrupted_inside() -> int:
+    return reference_prefix(SEED, POINTS, CHUNK).inside
+
+
+def mcpi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MCPI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
+
+
+def one_line_refusal(run: subprocess.CompletedProcess[str], message: str) -> None:
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert run.stdout == "" and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr, run.stderr
+
+
+def start(*args: str) -> psutil.Popen:
+    return psutil.Popen(
+        [*MCPI, "estimate", "--json", "--workers", "2", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Kill:
+    """When to SIGKILL a run: ``after_s`` seconds after it started, or (``after_s`` None)
+    ``extra_s`` seconds after its first commit (its write-ahead log grew)."""
+
+    after_s: float | None
+    extra_s: float = 0.0
+
+
+def run_or_kill(args: tuple[str, ...], kill: Kill | None, wal: Path) -> dict[str, Any] | None:
+    """Run ``mcpi estimate``; SIGKILL it when ``kill`` says unless it ended first.
+    Returns its JSON if it finished, None if it was killed (after checking that none of
+    its workers outlived it)."""
+    wal_at_start = wal.stat().st_size if wal.exists() else 0  # kept from a killed run
+    process = start(*args)
+    workers: set[int] = set()
+    started = time.monotonic()
+    kill_at = None if kill is None or kill.after_s is None else started + kill.after_s
+    try:
+        while process.poll() is None and time.monotonic() - started < 300:
+            try:
+                workers.update(child.pid for child in process.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+            if kill is not None and kill_at is None and wal.exists() and wal.stat().st_size > wal_at_start:
+                kill_at = time.monotonic() + kill.extra_s  # it has committed: mid-run from here
+            if kill_at is not None and time.monotonic() >= kill_at:
+                break
+            time.sleep(0.005)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+            left, _ = wait_until_gone(workers, ORPHAN_DEADLINE_S)
+            assert not left, f"workers {left} outlived their SIGKILLed coordinator"
+            return None
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in still_running(workers):  # never leak into CI, whatever failed
+            psutil.Process(pid).kill()
+    assert process.returncode == 0, err
+    assert not still_running(workers)
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("killer", [1, 2, 3])
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_count(
+    tmp_path: Path, killer: int
+) -> None:
+    rng = random.Random(killer)
+    path = tmp_path / "run.db"
+    # Four runs SIGKILLed at random moments: early (before the file exists, while the
+    # workers start) or mid-run (a random time after the run's first commit, so that on
+    # a slow machine too it has work to lose), then one left to finish.
+    early = Kill(after_s=rng.uniform(0.05, 0.8))
+    mid_runs = [Kill(after_s=None, extra_s=rng.uniform(0.0, 0.6)) for _ in range(2)]
+    either = rng.choice([Kill(rng.uniform(0.05, 0.8)), Kill(None, extra_s=rng.uniform(0.0, 0.6))])
+    kills, result = 0, None
+    for kill in [early, mid_runs[0], either, mid_runs[1], None]:
+        args = ("--resume", str(path)) if path.exists() else ("--checkpoint", str(path), *RUN)
+        result = run_or_kill(args, kill, tmp_path / "run.db-wal")
+        if result is not None:
+            break
+        kills += 1
+    assert result is not None and kills >= 3
+    assert (result["inside"], result["points"], result["seed"]) == (uninterrupted_inside(), POINTS, SEED)
+    assert result["checkpoint"] == str(path) and result["saved_chunks"] == POINTS // CHUNK
+    assert 0 < result["resumed_chunks"] < POINTS // CHUNK  # the mid-run kills lost work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.db"]
+
+
+def test_ctrl_c_of_a_checkpointed_run_says_how_to_resume_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    process = start("--checkpoint", str(path), "--points", "1e13", "--chunk-size", "1e6", "--seed", "9")
+    try:
+        deadline = time.monotonic() + 120
+        wal = tmp_path / "run.db-wal"
+        while not wal.exists() or wal.stat().st_size == 0 or len(process.children()) < 2:
+            assert time.monotonic() < deadline, "the run never committed a chunk"
+            time.sleep(0.05)  # until its first commit: some chunks are saved
+        workers = [child.pid for child in process.children()]
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"chunks saved in {path}: carry on with: mcpi estimate --resume {path}" in err
+    assert not wait_until_gone(workers, ORPHAN_DEADLINE_S)[0]
+    saved = sqlite3.connect(path).execute("SELECT stream, inside FROM chunks ORDER BY stream").fetchall()
+    assert len(saved) >= 1
+    # What was saved is what a plain run counts, chunk for chunk.
+    check = reference_prefix(9, len(saved) * 10**6, 10**6)
+    contiguous = [row for row in saved if row[0] < check.k]
+    assert [inside for _, inside in contiguous] == list(check.counted()[1])[: len(contiguous)]
+
+
+def test_max_time_then_resume_with_other_workers_gives_the_uninterrupted_count(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    slow = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.05"  # 5 s in all
+    run = mcpi("estimate", "--json", "--workers", "2", "--checkpoint", str(path), *RUN, "--max-time", "3",
+               "--worker-cmd", slow)
+    assert run.returncode == 0, run.stderr
+    first = json.loads(run.stdout)
+    assert first["stopped_early"] == "max_time" and 0 < first["saved_chunks"] < 200
+    human = mcpi("estimate", "--workers", "3", "--resume", str(path), "--seed", str(SEED))  # agreeing: fine
+    assert human.returncode == 0, human.stderr
+    summary = f"checkpoint: {path} (200 chunks saved, {first['saved_chunks']} of them from before)"
+    assert summary in human.stdout
+    again = mcpi("estimate", "--json", "--resume", str(path))  # nothing left: no worker started
+    result = json.loads(again.stdout)
+    assert result["inside"] == uninterrupted_inside() and result["workers"] == 0
+
+
+def test_refusals_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    done = mcpi("estimate", "--json", "--workers", "1", "--checkpoint", str(path), "--points", "1e6",
+                "--seed", "4", "--target-error", "1e-2")
+    assert done.returncode == 0, done.stderr
+
+    def resume(*more: str) -> subprocess.CompletedProcess[str]:
+        return mcpi("estimate", "--resume", str(path), *more)
+
+    again = mcpi("estimate", "--checkpoint", str(path))
+    one_line_refusal(again, "already exists: carry that run on with --resume")
+    one_line_refusal(resume("--seed", "5"), "is a run with --seed 4, not --seed 5")
+    one_line_refusal(resume("--points", "2e6"), "--points 1000000, not --points 2000000")
+    one_line_refusal(resume("--kernel", "python"), "--kernel numpy, not --kernel python")
+    one_line_refusal(resume("--target-error", "1e-3"), "--target-error 0.01, not --target-error 0.001")
+    one_line_refusal(resume("--checkpoint", str(path)), "not allowed with argument")
+    one_line_refusal(mcpi("estimate", "--resume", str(tmp_path / "none.db")), "no checkpoint at")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"\x00garbage" * 1000)
+    one_line_refusal(mcpi("estimate", "--resume", str(junk)), "corrupt or not a checkpoint")
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    connection.commit()
+    connection.close()
+    one_line_refusal(mcpi("estimate", "--resume", str(path)), "written by a newer mcpi")
+
+
+def test_two_runs_on_one_checkpoint_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run.db"
+    first = start("--checkpoint", str(path), "--points", "1e13", "--seed", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists() or len(first.children()) < 2:
+            assert time.monotonic() < deadline, "the first run never started"
+            time.sleep(0.05)
+        one_line_refusal(mcpi("estimate", "--resume", str(path)), "is in use by another mcpi run")
+        assert first.poll() is None  # the first run is untouched
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130
