@@ -50,7 +50,7 @@ def test_a_lying_worker_is_caught_retired_and_named_and_the_count_is_exact(verif
     result, stderr = estimate_json(*RUN, "--workers", "3", "--verify", verify, "--worker-cmd", liar_at_0(lie))
     assert result["inside"] == EXPECTED
     assert result["verify"] == float(verify) and result["mismatches"] >= 1
-    (retired,) = result["retired_workers"]
+    (retired,) = result["wrong_workers"]
     assert retired["slot"] == 0
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "worker_retired" in lines[0], stderr  # one warning
@@ -66,7 +66,7 @@ def test_without_verify_the_lie_is_taken_and_honest_workers_verify_clean() -> No
     assert lied["inside"] != EXPECTED and lied["verified_chunks"] == 0 and lied["mismatches"] == 0
     honest, stderr = estimate_json(*RUN, "--workers", "2", "--verify", "0.5")
     assert honest["inside"] == EXPECTED and stderr == ""
-    assert honest["mismatches"] == 0 and honest["retired_workers"] == [] and honest["local_checks"] == 0
+    assert honest["mismatches"] == 0 and honest["wrong_workers"] == [] and honest["local_checks"] == 0
     assert 30 < honest["verified_chunks"] < 70
 
 
