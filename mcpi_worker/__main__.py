@@ -2,6 +2,6 @@
 
 import sys
 
-from mcpi_worker.main import main
+from mcpi_worker.boot import main
 
 sys.exit(main())

@@ -2,18 +2,19 @@
 
 Order matters at start-up, and ``main`` keeps it:
 
+0. ``mcpi_worker.boot`` has already asked Linux to signal us when our parent dies, as
+   a backstop to stdin EOF, before this module's imports (``main`` asks too, for
+   callers that did not start there).
 1. Parse arguments (``--help`` and ``--version`` still print to the real stdout).
 2. Move the protocol to a private duplicate of fd 1 and point fd 1 at stderr, so a
    stray ``print`` (ours, a library's, or a child process's) cannot corrupt frames.
 3. Configure structlog for stderr, before the first log call.
-4. Ask Linux to signal us when our parent dies, as a backstop to stdin EOF.
-5. Serve until EOF, ``shutdown``, or a fatal protocol error.
+4. Serve until EOF, ``shutdown``, or a fatal protocol error.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import sys
@@ -23,22 +24,12 @@ from typing import Final, NoReturn
 import structlog
 
 from mcpi_worker import __version__
+from mcpi_worker.boot import arm_parent_death
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_worker.protocol import Sample
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
 
 log = structlog.get_logger("mcpi_worker")
-
-PR_SET_PDEATHSIG: Final[int] = 1
-PARENT_DEATH_SIGNAL: Final = signal.SIGUSR1
-"""What the kernel sends us when our parent *thread* exits.
-
-Not SIGTERM: Linux fires the parent-death signal when the thread that spawned us
-exits, not the process, and Trio spawns children from a worker thread that retires
-after 10 idle seconds. A dedicated signal lets the handler check whether the parent
-process is really gone (we were re-parented) and ignore the signal otherwise, while
-SIGTERM keeps meaning "terminate now" for the coordinator's escalation.
-"""
 
 IN_A_TERMINAL: Final[str] = """\
 mcpi-worker: stdin is a terminal, but this program speaks a binary protocol meant for \
@@ -50,14 +41,6 @@ To drive it by hand: pipe frames to it (the README's dozen-line Python client)."
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
 MAX_JOBS: Final[int] = 1024
 MAX_SPIN_US: Final[int] = 10_000
-
-
-class ParentExited(BaseException):
-    """Raised on the main thread when the process that started us has died.
-
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the
-    way (a kernel's error handler, say) mistakes it for a failed request.
-    """
 
 
 class _Parser(argparse.ArgumentParser):
@@ -154,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parent_pid = os.getppid()
+    lifeline = arm_parent_death()
     args = build_parser().parse_args(argv)
     if args.self_check:
         from mcpi_worker.self_check import run_self_check
@@ -173,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mcpi-worker: cannot set up stdout for the protocol: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL
     configure_logging(sys.stderr, args.log_level, args.log_format)
+    if lifeline.unavailable is not None:
+        log.warning("parent_death_signal_unavailable", error=lifeline.unavailable)
     if not os.isatty(0):
         # Our stdin is a pipe: a program owns our lifetime and ends it with EOF,
         # shutdown or SIGTERM. Ctrl-C in its terminal reaches our whole process group;
@@ -188,12 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_sample=_emit_stray_output if args.test_stray_output else None,
     )
     try:
-        _watch_parent(parent_pid)
         log.info("worker_started", version=__version__, max_inflight=args.max_inflight, jobs=args.jobs)
         outcome = worker.serve()
-    except ParentExited:
-        log.warning("parent_exited", parent_pid=parent_pid)
-        return ExitCode.OK
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
@@ -216,29 +197,6 @@ def _take_stdout() -> int:
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
     return protocol_fd
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the parent process dies, even if someone else keeps our stdin open."""
-    if not sys.platform.startswith("linux"):
-        return
-
-    def on_parent_death_signal(_signum: int, _frame: object) -> None:
-        if os.getppid() != parent_pid:
-            raise ParentExited
-        # The thread that spawned us ended but our parent process lives on: ignore.
-
-    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death_signal)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    except (OSError, AttributeError) as exc:
-        log.warning("parent_death_signal_unavailable", error=str(exc))
-        return
-    # The parent may have died between our start and prctl; the signal would not come.
-    if os.getppid() != parent_pid:
-        raise ParentExited
 
 
 def _emit_stray_output(request: Sample) -> None:
