@@ -27,6 +27,14 @@ import trio
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
 
+def default_max_starting() -> int:
+    """Local workers starting at once by default (``WorkerPool(max_starting=)``): two
+    per CPU. A start is CPU-bound (~0.2 s of imports), so more at once finish no
+    sooner, take CPU from the coordinator, and leave more workers between exec and
+    their parent-death backstop should the coordinator die (benchmarks/fleet.py)."""
+    return 2 * (os.cpu_count() or 1)
+
+
 def default_worker_command() -> list[str]:
     """This interpreter's ``mcpi-worker``: the same environment as the coordinator."""
     return [sys.executable, "-m", "mcpi_worker"]

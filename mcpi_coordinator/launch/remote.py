@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import trio
+
+from mcpi_coordinator.launch.local import default_max_starting
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
 if TYPE_CHECKING:
@@ -36,6 +39,14 @@ MAX_WORKERS_PER_HOST: Final = 1024
 """A typo like ``*1000000`` should be an error, not a million ssh connections."""
 
 DEFAULT_REMOTE_COMMAND: Final = "mcpi-worker"
+
+MAX_SSH_STARTS_PER_HOST: Final = 4
+"""Workers started at once on one ssh host (ssh handshake to welcome). sshd's default
+``MaxStartups 10:30:100`` starts refusing unauthenticated connections beyond 10 at
+once: ``--host 127.0.0.1*64`` all at once retired 37 of the 64 workers
+(``kex_exchange_identification: Connection closed by remote host``). Four stays
+clear of that with room for other clients, and keeps the host's CPU for the workers
+starting, as ``launch.local.default_max_starting`` does here."""
 
 WORKER_INDEX_PLACEHOLDER: Final = "{i}"
 
@@ -279,6 +290,33 @@ def slot_launcher(slots: Sequence[WorkerSlot], spawn: Spawn) -> Launcher:
         return await spawn(commands[index])
 
     return launch
+
+
+def starting_limits(
+    slots: Sequence[WorkerSlot], local: int | None = None
+) -> list[trio.CapacityLimiter]:
+    """One limiter per slot for ``WorkerPool(starting_limits=...)``: the local slots
+    share one of ``local`` (default ``default_max_starting()``), and the slots of
+    each ssh host (address and port: what one sshd serves) one of
+    ``MAX_SSH_STARTS_PER_HOST``."""
+    here = trio.CapacityLimiter(local or default_max_starting())
+    per_host: dict[tuple[str, int | None], trio.CapacityLimiter] = {}
+    limits = []
+    for slot in slots:
+        if slot.host is None:
+            limits.append(here)
+        else:
+            key = (slot.host.host, slot.host.port)
+            if key not in per_host:
+                per_host[key] = trio.CapacityLimiter(MAX_SSH_STARTS_PER_HOST)
+            limits.append(per_host[key])
+    return limits
+
+
+def concurrent_starts(limits: Sequence[trio.CapacityLimiter]) -> int:
+    """How many workers ``limits`` let start at once, in all."""
+    distinct = {id(limit): limit for limit in limits}
+    return sum(int(limit.total_tokens) for limit in distinct.values())
 
 
 def add_arguments(

@@ -22,6 +22,14 @@ How it fits together:
   less, without any scheduler deciding. A freed lane starts the next request in
   line at once, in the task that read the answer (``dispatch``, ``lanes``): a request
   costs no task of its own, and ``imap_unordered`` none per chunk (``batch``).
+- **Starting in turn.** At most ``max_starting`` workers are between launch and
+  welcome at once (per limiter: ``starting_limits`` gives each slot its own, so each
+  ssh host can have its own bound); the others wait in line (state ``queued``), and
+  the start-up timeout runs only once a worker's turn has come. A worker's start is
+  CPU-bound (imports), so starting 200 at once on 2 cores only made each slower,
+  starved the coordinator, and left 200 workers between exec and their parent-death
+  backstop when the coordinator died; ssh hosts refuse handshakes beyond
+  ``MaxStartups``.
 - **Recovery.** A request whose worker dies, breaks the protocol or stalls past the
   task timeout gets ``WorkerFailure``; ``sample`` then simply sends it again on the
   next free lane. Chunks are deterministic, so a retried chunk counts the same.
@@ -58,6 +66,7 @@ from mcpi_coordinator.errors import (
 )
 from mcpi_coordinator.launch.local import (
     command_launcher,
+    default_max_starting,
     default_worker_command,
     describe_command,
 )
@@ -103,7 +112,8 @@ class WorkerStats:
 
     slot: int
     state: str
-    """``starting``, ``ready``, ``restarting``, ``stopping``, ``retired`` or ``stopped``."""
+    """``queued`` (waiting for its turn to start), ``starting``, ``ready``, ``restarting``,
+    ``stopping``, ``retired`` or ``stopped``."""
     pid: int | None
     """The running worker's pid; None between workers."""
     host: str | None
@@ -133,7 +143,7 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.state = "starting"
+        self.state = "queued"
         self.connection: WorkerConnection | None = None
         self.host: str | None = None
         self.pid: int | None = None
@@ -145,6 +155,8 @@ class _Slot:
         self.retire_reason: str | None = None
         """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
         self.stop_scope: trio.CancelScope | None = None
+        self.start_permit: trio.CapacityLimiter | None = None
+        """Held from its turn to start until the welcome (or the start failing)."""
         self.settled = False
         """Ready once, retired or stopped: ``WorkerPool.__aenter__`` waits for all."""
 
@@ -181,7 +193,10 @@ class WorkerPool:
     if none is ready. ``slot_hosts`` names the host each slot's workers run on (None:
     here); slots on one host are reported together: only the first of them to be
     retired logs a warning, so an unreachable host is one warning line, not one per
-    worker (the others are logged at info).
+    worker (the others are logged at info). ``max_starting`` bounds the workers
+    between launch and welcome at once (default: ``default_max_starting()``);
+    ``starting_limits`` instead gives each slot a ``trio.CapacityLimiter``, and slots
+    sharing one share its bound (one per ssh host, say).
     """
 
     def __init__(
@@ -199,6 +214,8 @@ class WorkerPool:
         backoff_s: float = 0.2,
         client: str = CLIENT_NAME,
         slot_hosts: Sequence[str | None] | None = None,
+        max_starting: int | None = None,
+        starting_limits: Sequence[trio.CapacityLimiter] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
@@ -206,6 +223,12 @@ class WorkerPool:
             raise ValueError(f"slot_hosts names {len(slot_hosts)} slots, not {size}")
         if pipeline_depth < 1:
             raise ValueError("pipeline_depth must be at least 1")
+        if starting_limits is not None and len(starting_limits) != size:
+            raise ValueError(f"starting_limits has {len(starting_limits)} limiters, not {size}")
+        if max_starting is not None and starting_limits is not None:
+            raise ValueError("pass either max_starting or starting_limits, not both")
+        if max_starting is not None and max_starting < 1:
+            raise ValueError("max_starting must be at least 1")
         if launcher is not None and command is not None:
             raise ValueError("pass either command or launcher, not both")
         if launcher is None:
@@ -224,6 +247,9 @@ class WorkerPool:
         self._backoff_s = backoff_s
         self._client = client
         self._slots = [_Slot(i) for i in range(size)]
+        if starting_limits is None:
+            starting_limits = [trio.CapacityLimiter(max_starting or default_max_starting())] * size
+        self._starting_limits = list(starting_limits)
         self._dispatcher = Dispatcher(record=self._record)
         self._completed = 0
         self._restarts = 0
@@ -465,6 +491,13 @@ class WorkerPool:
         Returns ``(failure, useful)``: a one-line description of why the worker ended
         (``None`` when the pool closed it) and whether it answered any request.
         """
+        slot.state = "queued"
+        limiter = self._starting_limits[slot.index]
+        with self._stoppable(slot):
+            await limiter.acquire_on_behalf_of(slot)
+            slot.start_permit = limiter
+        if slot.start_permit is not limiter:  # the pool closed (or retired it) meanwhile
+            return None, False
         slot.state = "starting"
         process: WorkerProcess | None = None
         failure: str | None = None
@@ -478,6 +511,7 @@ class WorkerPool:
             if startup.cancelled_caught:
                 failure = f"worker {slot.index} was not started within {self._startup_timeout:g} s"
         if process is None:
+            self._end_start(slot)
             return (None if self._closing() else failure), False
 
         connection = WorkerConnection(
@@ -494,6 +528,7 @@ class WorkerPool:
             try:
                 reason = await self._serve(slot, connection)
             finally:
+                self._end_start(slot)  # no-op unless the welcome never came
                 slot.state = "stopping" if reason is None else "restarting"
                 slot.connection = None
                 self._dispatcher.worker_gone(connection)
@@ -528,6 +563,8 @@ class WorkerPool:
                     welcome = await connection.handshake()
                 except WorkerFailure as error:
                     return f"{error} (during the handshake)"
+                finally:
+                    self._end_start(slot)
             if startup.cancelled_caught:
                 return f"no welcome within the {self._startup_timeout:g} s start-up timeout"
             slot.state = "ready"
@@ -562,6 +599,12 @@ class WorkerPool:
             # moved the deadline on: only a request still overdue now is a stall.
             connection.check_stall()
         return connection.failure
+
+    def _end_start(self, slot: _Slot) -> None:
+        """The slot's start is over (welcomed or failed): the next in line may start."""
+        if slot.start_permit is not None:
+            slot.start_permit.release_on_behalf_of(slot)
+            slot.start_permit = None
 
     @contextmanager
     def _stoppable(self, slot: _Slot) -> Iterator[None]:
