@@ -84,14 +84,19 @@ def main() -> NoReturn:
     """The ``mcpi-worker`` command: arm the backstop, then import and run the worker.
 
     A worker that has served its connection leaves with ``os._exit`` too, once its
-    output is flushed: it writes the protocol with ``os.write``, runs no atexit work and
-    only daemon threads, so finalization would only cost time, ~55 ms of CPU with NumPy
-    loaded (benchmarks/fleet.py), when a whole fleet is told to stop at once.
+    exit handlers have run (the kernels' waits for a background load among them) and
+    its output is flushed. It writes the protocol with ``os.write`` and has only daemon
+    threads, so the rest of finalization, tearing every module down, would only cost
+    time: ~55 ms of CPU with NumPy loaded (benchmarks/fleet.py), when a whole fleet is
+    told to stop at once.
     """
     arm_parent_death()
     from mcpi_worker.main import main as run_worker
 
     code = run_worker()
+    import atexit
+
+    atexit._run_exitfuncs()  # what sys.exit would run first; CPython and PyPy have it
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
