@@ -25,7 +25,15 @@ from sshd import SshDaemon, free_port, remote_worker_command, require_openssh
 
 from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
-from mcpi_coordinator.launch.remote import WorkerSlot, parse_host_spec, plan_slots, slot_launcher
+from mcpi_coordinator.launch.remote import (
+    MAX_SSH_STARTS_PER_HOST,
+    WorkerSlot,
+    parse_host_spec,
+    plan_slots,
+    slot_launcher,
+    ssh_command,
+    starting_limits,
+)
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_worker.kernels import count_numpy
 
@@ -345,3 +353,56 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+# -- many connections to one sshd ------------------------------------------------------
+
+FLEET_CONNECTIONS = 64
+"""Far past sshd's default MaxStartups (10: it refuses unauthenticated connections
+beyond that), as ``--host 127.0.0.1*64`` was before connections started in turn."""
+
+
+async def test_64_connections_to_one_sshd_start_in_turn_and_none_is_refused(
+    sshd: SshDaemon, run_token: str
+) -> None:
+    spec = parse_host_spec(f"{sshd.user}@127.0.0.1:{sshd.port}")
+    command = ssh_command(
+        spec, ["env", f"{MARKER_VARIABLE}={run_token}", remote_worker_command()], sshd.ssh_options()
+    )
+    slots = [WorkerSlot(tuple(command), spec)] * FLEET_CONNECTIONS
+    work = chunks(2 * FLEET_CONNECTIONS, 100_000)
+    log_before = sshd.log.stat().st_size
+    most_starting = 0
+    inside = 0
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            pool = WorkerPool(
+                len(slots),
+                launcher=slot_launcher(slots, spawn_worker),
+                starting_limits=starting_limits(slots),
+                startup_timeout=60,
+                slot_hosts=[spec.name] * len(slots),
+            )
+
+            async def count_starting() -> None:
+                nonlocal most_starting
+                while True:
+                    starting = sum(1 for w in pool.stats.workers if w.state == "starting")
+                    most_starting = max(most_starting, starting)
+                    await trio.sleep(0.01)
+
+            nursery.start_soon(count_starting)
+            async with pool, pool.imap_unordered(work) as results:
+                async for result in results:
+                    inside += result.inside
+            stats = pool.stats
+            nursery.cancel_scope.cancel()
+    assert inside == expected_inside(work)
+    assert (stats.restarts, stats.retired) == (0, 0)
+    assert [w.state for w in stats.workers] == ["stopped"] * FLEET_CONNECTIONS
+    assert 1 <= most_starting <= MAX_SSH_STARTS_PER_HOST
+    with open(sshd.log, "rb") as log:
+        log.seek(log_before)
+        new_lines = log.read().decode(errors="replace")
+    assert new_lines.count("Accepted publickey") == FLEET_CONNECTIONS
+    assert "MaxStartups" not in new_lines

@@ -31,7 +31,7 @@ from mcpi_coordinator.estimate import (
     resumed_prefix,
     run_estimate,
 )
-from mcpi_coordinator.launch import remote
+from mcpi_coordinator.launch import capacity, remote
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
@@ -247,7 +247,11 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         args.slots = remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
     except remote.RemoteConfigError as error:
         return str(error)
-    return None
+    args.starting_limits = remote.starting_limits(args.slots)
+    starts = remote.concurrent_starts(args.starting_limits)
+    return capacity.check_slots(
+        args.slots, capacity.MachineLimits.here(), max_starting=starts, kernel=args.kernel
+    )
 
 
 def _hint_idle_workers(args: argparse.Namespace) -> None:
@@ -309,6 +313,9 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
     hosts = [None if slot.host is None else slot.host.name for slot in args.slots]
     shown = progress.progress_wanted(args.quiet, args.no_progress)
     line = progress.RunProgress(total=args.points, workers=len(args.slots))
+    capacity.raise_open_file_limit(
+        len(args.slots), max_starting=remote.concurrent_starts(args.starting_limits)
+    )
     pool = WorkerPool(
         len(args.slots),
         launcher=launcher,
@@ -317,6 +324,7 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
         task_timeout=args.task_timeout,
         max_start_attempts=MAX_START_ATTEMPTS,
         slot_hosts=hosts,
+        starting_limits=args.starting_limits,
     )
     failure: McpiError | None = None
     with progress.shown(line, shown):

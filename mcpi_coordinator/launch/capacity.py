@@ -1,0 +1,241 @@
+"""How many workers this machine can hold, so that ``--workers`` is refused above it.
+
+Two resources run out first, and each gives a cap:
+
+- **Open files.** Every worker, local or ssh client, costs the coordinator
+  ``FDS_PER_WORKER`` descriptors for as long as it runs, and ``FDS_PER_START`` more
+  while it is being spawned; the pool spawns at most ``max_starting`` at once. At
+  10,000 workers the limit was hit and the run drowned in 6,651 "Too many open
+  files" warnings. The coordinator may raise its soft limit up to the hard one
+  (``raise_open_file_limit``), so the hard limit is what counts.
+- **Memory.** A local worker has ``worker_memory()`` resident at its peak: 48 MiB
+  counting with NumPy, 160 MiB once it has loaded the numba-fused loop (which the
+  default ``MCPI_NUMPY_IMPL=auto`` does in every worker of a long run); the machine
+  has ``MemAvailable`` (or less, if our cgroup says so). Counting resident pages
+  (shared libraries included) rather than a worker's unique pages errs on the safe
+  side.
+
+The caps are worked out from a ``MachineLimits`` value, which ``MachineLimits.here``
+reads from this machine; tests inject their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from mcpi_worker.kernels import choice
+
+if TYPE_CHECKING:
+    from mcpi_coordinator.launch.remote import WorkerSlot
+
+FDS_PER_WORKER: Final[int] = 5
+"""What one running worker costs the coordinator: its stdin, stdout and stderr pipes,
+the pidfd ``launch.local.SessionProcess`` watches its exit with, and the pidfd
+``trio.Process`` waits on. Measured: 5.0 per worker with 1, 4 and 16 workers."""
+
+FDS_PER_START: Final[int] = 5
+"""Held only while a worker is being spawned: the child's ends of its three pipes and
+``subprocess``'s two-ended exec-error pipe, all closed once it has started."""
+
+FDS_RESERVED: Final[int] = 64
+"""For the coordinator itself: its stdio, Trio's epoll and wake-up descriptors, the
+thread cache, a plot or hosts file being read, a log. 11 are open before the first
+worker starts; the rest is headroom."""
+
+WORKER_RSS_BYTES: Final[int] = 48 * 2**20
+"""The resident memory of one ``mcpi-worker`` counting with NumPy: 43 MiB idle after
+its welcome, 47.7 MiB at its peak over samples of 1e5 to 1e9 points
+(benchmarks/fleet.py costs; tests/test_fleet.py checks a real worker stays below it)."""
+
+FUSED_WORKER_RSS_BYTES: Final[int] = 168 * 2**20
+"""The same once the worker has loaded numba and the fused loop: 159.6 MiB at its
+peak (measured as above), and a little headroom for numba's caches."""
+
+
+@dataclass(frozen=True)
+class MachineLimits:
+    """What the machine allows: the open-file limits and the memory at our disposal."""
+
+    open_files_soft: int
+    open_files_hard: int
+    memory_available: int | None
+    """Bytes a new process may still take; None where the machine does not say."""
+
+    @classmethod
+    def here(cls) -> MachineLimits:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:  # not on Linux, where nr_open bounds it
+            hard = soft
+        return cls(soft, hard, _memory_available())
+
+
+@dataclass(frozen=True)
+class FleetCap:
+    """The most local workers this machine holds beside ``remote`` ssh connections, and
+    the figures it was worked out from (for the one-line refusal)."""
+
+    local: int
+    remote: int
+    by_files: int
+    """Workers of any kind (local processes and ssh clients) the open-file limit allows."""
+    by_memory: int | None
+    """Local workers the memory allows; None if the machine does not say."""
+    worker_bytes: int
+    limits: MachineLimits
+
+    def why(self) -> str:
+        files = (
+            f"the open-file limit of {self.limits.open_files_hard:,} (ulimit -Hn) holds "
+            f"{self.by_files:,} at {FDS_PER_WORKER} descriptors each"
+        )
+        if self.remote:
+            files += f", {self.remote:,} of them ssh connections"
+        if self.by_memory is None:
+            return files
+        assert self.limits.memory_available is not None
+        memory = (
+            f"{self.limits.memory_available / 2**20:,.0f} MiB of memory available holds "
+            f"{self.by_memory:,} at {self.worker_bytes / 2**20:.0f} MiB each"
+        )
+        if self.by_memory <= self.by_files - self.remote:
+            return f"{memory}; {files}"
+        return f"{files}; {memory}"
+
+
+def worker_memory(kernel: str, environ: Mapping[str, str] = os.environ) -> int:
+    """The peak resident memory to count a local worker for: a ``numpy``-kernel worker
+    may load the fused loop unless ``MCPI_NUMPY_IMPL=numpy`` says it never will (or
+    numba is not installed, in this environment, which local workers share)."""
+    if kernel != "numpy":
+        return WORKER_RSS_BYTES
+    try:
+        if choice.policy_from_environment(environ) is choice.Policy.NUMPY:
+            return WORKER_RSS_BYTES
+    except choice.KernelConfigError:
+        pass  # the workers will say so; count them as they may grow
+    if importlib.util.find_spec("numba") is None:
+        return WORKER_RSS_BYTES
+    return FUSED_WORKER_RSS_BYTES
+
+
+def fleet_cap(
+    limits: MachineLimits,
+    *,
+    remote: int = 0,
+    max_starting: int = 1,
+    worker_bytes: int = WORKER_RSS_BYTES,
+) -> FleetCap:
+    """The cap on local workers of ``worker_bytes`` each beside ``remote`` ssh
+    connections, with a pool that spawns up to ``max_starting`` workers at once."""
+    spare = limits.open_files_hard - FDS_RESERVED - max_starting * FDS_PER_START
+    by_files = max(0, spare // FDS_PER_WORKER)
+    by_memory = None
+    if limits.memory_available is not None:
+        by_memory = max(0, limits.memory_available // worker_bytes)
+    local = by_files - remote if by_memory is None else min(by_files - remote, by_memory)
+    return FleetCap(max(0, local), remote, by_files, by_memory, worker_bytes, limits)
+
+
+def check_fleet(
+    local: int,
+    remote: int,
+    limits: MachineLimits,
+    *,
+    max_starting: int = 1,
+    worker_bytes: int = WORKER_RSS_BYTES,
+) -> str | None:
+    """One line saying why ``local`` workers and ``remote`` ssh connections are more
+    than the machine holds, or None if they fit."""
+    cap = fleet_cap(limits, remote=remote, max_starting=max_starting, worker_bytes=worker_bytes)
+    if remote > cap.by_files:
+        return f"{remote:,} ssh connections are more than this machine can hold: {cap.why()}"
+    if local <= cap.local:
+        return None
+    beside = f" beside {remote:,} ssh connections" if remote else ""
+    return (
+        f"--workers {local:,} is more than this machine can hold{beside}: at most "
+        f"{cap.local:,} local workers ({cap.why()})"
+    )
+
+
+def check_slots(
+    slots: Sequence[WorkerSlot], limits: MachineLimits, *, max_starting: int, kernel: str
+) -> str | None:
+    """``check_fleet`` for the slots ``mcpi estimate`` plans (``remote.plan_slots``),
+    its local workers counting with ``kernel``."""
+    remote = sum(1 for slot in slots if slot.host is not None)
+    return check_fleet(
+        len(slots) - remote, remote, limits, max_starting=max_starting, worker_bytes=worker_memory(kernel)
+    )
+
+
+def raise_open_file_limit(workers: int, *, max_starting: int = 1) -> None:
+    """Raise the soft open-file limit, if needed and allowed, to what ``workers``
+    workers take (``check_fleet`` has already said they fit under the hard limit).
+    Many systems start programs with a soft limit of 1,024 and a far higher hard one,
+    which is meant to be raised by programs that need it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = FDS_RESERVED + max_starting * FDS_PER_START + workers * FDS_PER_WORKER
+    if needed <= soft:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass  # then the pool's own errors say what ran out
+
+
+# ------------------------------------------------------------------ reading the machine
+
+
+def _memory_available(
+    meminfo: Path = Path("/proc/meminfo"),
+    cgroups: Path = Path("/sys/fs/cgroup"),
+    membership: Path = Path("/proc/self/cgroup"),
+) -> int | None:
+    """MemAvailable, or the room left under our cgroup's memory limit if smaller."""
+    available: int | None = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    room = _cgroup_room(cgroups, membership)
+    if room is not None and (available is None or room < available):
+        return room
+    return available
+
+
+def _cgroup_room(cgroups: Path, membership: Path) -> int | None:
+    """The room left under this process's cgroup memory limit (v2 ``memory.max``, or
+    v1 ``memory.limit_in_bytes``), if it has one."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            group, files = cgroups / path.lstrip("/"), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            group = cgroups / "memory" / path.lstrip("/")
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            limit = (group / files[0]).read_text().strip()
+            if limit != "max":
+                rooms.append(max(0, int(limit) - int((group / files[1]).read_text())))
+        except (OSError, ValueError):
+            continue
+    return min(rooms, default=None)
