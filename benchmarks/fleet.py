@@ -16,8 +16,9 @@
   start-up, while workers are still starting. Workers are found in the process table
   by a marker in their environment.
 - **ssh**: ``--host 127.0.0.1*N`` against one real sshd (``tests/sshd.py``, default
-  ``MaxStartups``) against ``--workers N`` locally: wall time, exact count, retired
-  workers, restarts, and the most ssh clients seen at once.
+  ``MaxStartups``: one connection running ``mcpi-worker --jobs N``) against ``--workers
+  N`` locally and one local ``mcpi-worker --jobs N``: wall time (start-up included),
+  exact count, retired workers, restarts, and the most ssh clients seen at once.
 
 Medians over ``--rounds``; the load average is printed with every figure (the machine
 is shared). Nothing here asserts a speed.
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import signal
 import statistics
 import subprocess
@@ -238,26 +240,34 @@ def ssh(workers: int, points: str, rounds: int) -> None:
     daemon.start()
     common = ["--points", points, "--seed", "3", "--startup-timeout", "120"]
     try:
-        walls: dict[str, list[float]] = {"local": [], "ssh": []}
+        walls: dict[str, list[float]] = {"local": [], "local --jobs": [], "ssh": []}
         counts = set()
+        one_process = shlex.join([sys.executable, "-m", "mcpi_worker", "--jobs", str(workers)])
         for round_number in range(rounds):
             wall, local, _ = _run(["--workers", str(workers), *common])
             walls["local"].append(wall)
+            counts.add(local["inside"])
+            wall, local, _ = _run(["--workers", "1", "--worker-cmd", one_process, *common])
+            walls["local --jobs"].append(wall)
             counts.add(local["inside"])
             wall, remote, peak = _run(["--workers", "0", *common, *daemon.cli_args(workers)], daemon.port)
             walls["ssh"].append(wall)
             counts.add(remote["inside"])
             retired = sum(1 for w in remote["per_worker"] if w["state"] == "retired")
-            hosts = [(h["name"], h["workers"]) for h in remote["hosts"]]
-            print(f"  round {round_number + 1}: local {walls['local'][-1]:.2f} s, ssh {wall:.2f} s: "
+            hosts = [(h["name"], h["workers"], h["jobs"]) for h in remote["hosts"]]
+            print(f"  round {round_number + 1}: local {walls['local'][-1]:.2f} s, "
+                  f"local --jobs {walls['local --jobs'][-1]:.2f} s, ssh {wall:.2f} s: "
                   f"{retired} retired, {remote['restarts']} restarts, at most {peak} ssh clients "
                   f"at once, hosts {hosts}; {load()}")
     finally:
         daemon.stop()
-    ratio = statistics.median(walls["ssh"]) / statistics.median(walls["local"])
+    ssh_wall = statistics.median(walls["ssh"])
     print(f"  --workers {workers}: {median(walls['local'])}")
+    print(f"  --workers 1 --worker-cmd 'mcpi-worker --jobs {workers}': {median(walls['local --jobs'])}")
     print(f"  --host 127.0.0.1*{workers}: {median(walls['ssh'])}")
-    print(f"  ratio ssh / local {ratio:.2f}; identical counts: {len(counts) == 1}; {load()}")
+    print(f"  ratio ssh / {workers} local workers {ssh_wall / statistics.median(walls['local']):.2f}, "
+          f"ssh / one local --jobs {workers} {ssh_wall / statistics.median(walls['local --jobs']):.2f}; "
+          f"identical counts: {len(counts) == 1}; {load()}")
 
 
 # ------------------------------------------------------------------ main

@@ -228,12 +228,13 @@ async def test_slots_wait_their_turn_as_queued_and_closing_empties_the_line(
 
 
 def test_ssh_hosts_get_a_starting_limit_each_and_local_workers_share_one() -> None:
-    hosts = [remote.parse_host_spec(s) for s in ("a*3", "alice@a*2", "a:2222*2", "b*1")]
-    slots = remote.plan_slots(2, lambda _: ["mcpi-worker"], hosts)
+    specs = [remote.parse_host_spec(s) for s in ("a", "alice@a", "a:2222", "b")]
+    local = [remote.WorkerSlot(("mcpi-worker",))] * 2
+    slots = local + [remote.WorkerSlot(("ssh",), spec) for spec in (specs[0], *specs)]
     limits_ = remote.starting_limits(slots, local=5)
-    local, a, alice_a, a_2222, b = limits_[0], limits_[2], limits_[5], limits_[7], limits_[9]
-    assert limits_[1] is local and local.total_tokens == 5
-    assert alice_a is a  # one sshd, whoever logs in
+    here, a, a_again, alice_a, a_2222, b = limits_[0], *limits_[2:]
+    assert limits_[1] is here and here.total_tokens == 5
+    assert a_again is a and alice_a is a  # one sshd, whoever logs in
     assert a_2222 is not a and b is not a
     assert {lim.total_tokens for lim in (a, a_2222, b)} == {remote.MAX_SSH_STARTS_PER_HOST}
     assert remote.concurrent_starts(limits_) == 5 + 3 * remote.MAX_SSH_STARTS_PER_HOST

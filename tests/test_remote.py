@@ -302,24 +302,39 @@ def test_substitute_index_replaces_every_occurrence_and_nothing_else() -> None:
     assert substitute_index(["mcpi-worker"], 3) == ["mcpi-worker"]
 
 
-def test_plan_puts_local_workers_first_then_each_hosts_slots() -> None:
+def test_plan_puts_local_workers_first_then_one_slot_per_host() -> None:
     hosts = [parse_host_spec("a*2"), parse_host_spec("bob@b:2200")]
     template = ["srun", "-N1", "--job-name=w{i}", "mcpi-worker"]
     slots = plan_slots(2, lambda index: substitute_index(template, index), hosts, ["X=1"])
-    assert [slot.host for slot in slots] == [None, None, hosts[0], hosts[0], hosts[1]]
+    assert [slot.host for slot in slots] == [None, None, hosts[0], hosts[1]]
+    assert [slot.jobs for slot in slots] == [1, 1, 2, 1]
     assert slots[0].command == ("srun", "-N1", "--job-name=w0", "mcpi-worker")
     assert slots[1].command == ("srun", "-N1", "--job-name=w1", "mcpi-worker")
-    assert slots[2].command == slots[3].command == tuple(ssh_command(hosts[0], ["mcpi-worker"], ["X=1"]))
-    assert slots[4].command[-3:] == ("bob@b", "--", "mcpi-worker")
-    assert "2200" in slots[4].command
+    # a*2 is one connection whose worker computes two samples at once.
+    assert slots[2].command == tuple(ssh_command(hosts[0], ["mcpi-worker", "--jobs", "2"], ["X=1"]))
+    assert slots[2].command[-1] == "mcpi-worker --jobs 2"
+    assert slots[3].command[-3:] == ("bob@b", "--", "mcpi-worker")  # nothing added for one
+    assert "2200" in slots[3].command
 
 
 def test_plan_remote_only_and_custom_remote_command() -> None:
     slots = plan_slots(
-        0, lambda _: ["unused"], [parse_host_spec("h*2")], remote_command=["/opt/venv/bin/mcpi-worker"]
+        0, lambda _: ["unused"], [parse_host_spec("h*64")], remote_command=["/opt/venv/bin/mcpi-worker"]
     )
-    assert len(slots) == 2
-    assert all(slot.command[-1] == "/opt/venv/bin/mcpi-worker" for slot in slots)
+    [slot] = slots
+    assert slot.command[-1] == "/opt/venv/bin/mcpi-worker --jobs 64"
+    assert slot.jobs == 64
+
+
+def test_specs_of_one_destination_are_one_connection_of_their_sum() -> None:
+    hosts = [parse_host_spec(s) for s in ("a*2", "b", "a*3", "alice@a", "a:2222*2", "b*4")]
+    slots = plan_slots(0, lambda _: ["unused"], hosts)
+    assert [(str(slot.host), slot.jobs) for slot in slots] == [
+        ("a*5", 5), ("b*5", 5), ("alice@a", 1), ("a:2222*2", 2),
+    ]  # fmt: skip
+    assert slots[0].command[-1] == "mcpi-worker --jobs 5"
+    with pytest.raises(RemoteConfigError, match="host a is given 1025 workers in all; one worker there"):
+        plan_slots(0, lambda _: ["unused"], [parse_host_spec("a*1024"), parse_host_spec("a")])
 
 
 class _RecordingSpawn:

@@ -22,7 +22,7 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -251,10 +251,12 @@ def substitute_index(template: Sequence[str], index: int) -> list[str]:
 
 @dataclass(frozen=True)
 class WorkerSlot:
-    """What runs in one pool slot: its command, and the host it reaches (None: here)."""
+    """What runs in one pool slot: its command, the host it reaches (None: here), and
+    how many samples its worker computes at once (``mcpi-worker --jobs``)."""
 
     command: tuple[str, ...]
     host: HostSpec | None = None
+    jobs: int = 1
 
 
 def plan_slots(
@@ -265,16 +267,40 @@ def plan_slots(
     remote_command: Sequence[str] = (DEFAULT_REMOTE_COMMAND,),
     ssh: str = "ssh",
 ) -> list[WorkerSlot]:
-    """Slots in pool order: the local workers first, then each host's N workers.
+    """Slots in pool order: the local workers first, then one per host.
 
     ``local_command(index)`` is the command of local slot ``index`` (``--worker-cmd``
-    with ``{i}`` substituted, see ``substitute_index``).
+    with ``{i}`` substituted, see ``substitute_index``). A host's N workers are one ssh
+    connection running ``REMOTE CMD --jobs N`` (nothing is added for N = 1): one
+    handshake instead of N, so sshd's ``MaxStartups`` and ``MaxSessions`` never come
+    into it, and one process on the host that computes N samples at once. Specs that
+    name one destination (``--host a*2 --host a*3``) are one connection of their sum.
+    Raises ``RemoteConfigError`` when that sum is more than one worker runs.
     """
     slots = [WorkerSlot(tuple(local_command(index))) for index in range(local_workers)]
-    for spec in hosts:
-        command = tuple(ssh_command(spec, remote_command, ssh_options, ssh))
-        slots += [WorkerSlot(command, spec)] * spec.workers
+    for spec in one_per_destination(hosts):
+        command = list(remote_command)
+        if spec.workers > 1:
+            command += ["--jobs", str(spec.workers)]
+        slots.append(WorkerSlot(tuple(ssh_command(spec, command, ssh_options, ssh)), spec, spec.workers))
     return slots
+
+
+def one_per_destination(hosts: Iterable[HostSpec]) -> list[HostSpec]:
+    """``hosts`` with the specs of one destination (user, host and port) merged into
+    the first of them, their worker counts added up."""
+    merged: dict[tuple[str | None, str, int | None], HostSpec] = {}
+    for spec in hosts:
+        key = (spec.user, spec.host, spec.port)
+        first = merged.get(key)
+        workers = spec.workers if first is None else first.workers + spec.workers
+        if workers > MAX_WORKERS_PER_HOST:
+            raise RemoteConfigError(
+                f"host {spec.name} is given {workers} workers in all; one worker there "
+                f"computes at most {MAX_WORKERS_PER_HOST} at once"
+            )
+        merged[key] = replace(first or spec, workers=workers)
+    return list(merged.values())
 
 
 Spawn = Callable[[Sequence[str]], Awaitable[WorkerProcess]]
@@ -380,7 +406,8 @@ def slots_from_args(
 
 
 def host_rows(workers: Sequence[WorkerStats], elapsed_s: float) -> list[dict[str, Any]]:
-    """Per-host figures for ``--json``: workers, chunks, points and points/s per host.
+    """Per-host figures for ``--json``: worker processes, the samples they compute at
+    once (``jobs``), chunks, points and points/s per host.
 
     The host is the name each worker gave in its welcome (the machine's own host
     name), so slots that never completed a handshake are not counted anywhere.
@@ -390,8 +417,11 @@ def host_rows(workers: Sequence[WorkerStats], elapsed_s: float) -> list[dict[str
     for worker in workers:
         if worker.host is None:
             continue
-        row = rows.setdefault(worker.host, {"name": worker.host, "workers": 0, "chunks": 0, "points": 0})
+        row = rows.setdefault(
+            worker.host, {"name": worker.host, "workers": 0, "jobs": 0, "chunks": 0, "points": 0}
+        )
         row["workers"] += 1
+        row["jobs"] += worker.jobs
         row["chunks"] += worker.chunks
         row["points"] += worker.points
     for row in rows.values():

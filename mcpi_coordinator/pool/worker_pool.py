@@ -122,6 +122,8 @@ class WorkerStats:
     busy_s: float
     """Seconds the slot's workers spent computing, by their own measure."""
     restarts: int
+    jobs: int = 1
+    """Samples its worker computes at once, as its last welcome said."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class _Slot:
         self.points = 0
         self.busy_s = 0.0
         self.restarts = 0
+        self.jobs = 1
         self.last_failure: str | None = None
         self.retire_reason: str | None = None
         """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
@@ -176,6 +179,7 @@ class _Slot:
             points=self.points,
             busy_s=self.busy_s,
             restarts=self.restarts,
+            jobs=self.jobs,
         )
 
 
@@ -569,6 +573,7 @@ class WorkerPool:
                 return f"no welcome within the {self._startup_timeout:g} s start-up timeout"
             slot.state = "ready"
             slot.host = welcome.host
+            slot.jobs = welcome.jobs
             slot.connection = connection
             self._settle(slot)
             self._flush_deferred_warnings()
