@@ -25,6 +25,7 @@ import structlog
 
 from mcpi_worker import __version__
 from mcpi_worker.boot import arm_parent_death
+from mcpi_worker.kernels import KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_worker.protocol import Sample
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
@@ -158,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(sys.stderr, args.log_level, args.log_format)
     if lifeline.unavailable is not None:
         log.warning("parent_death_signal_unavailable", error=lifeline.unavailable)
+    try:
+        implementations = prepare_kernels()  # under MCPI_NUMPY_IMPL=fused: loads numba now
+    except KernelConfigError as exc:
+        print(f"mcpi-worker: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    log.info("kernels", implementations=implementations)
     if not os.isatty(0):
         # Our stdin is a pipe: a program owns our lifetime and ends it with EOF,
         # shutdown or SIGTERM. Ctrl-C in its terminal reaches our whole process group;
@@ -169,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         protocol_fd,
         max_inflight=max(args.max_inflight, args.jobs),
         jobs=args.jobs,
+        implementations=kernel_implementations,
         spin_s=args.spin_us / 1e6,
         on_sample=_emit_stray_output if args.test_stray_output else None,
     )

@@ -131,7 +131,8 @@ class Worker:
     """Serves one connection over a pair of file descriptors.
 
     ``jobs`` samples run at once, each on a compute thread (a kernel that releases the
-    GIL runs them in parallel). ``on_sample`` is a test seam: called on the thread
+    GIL runs them in parallel). ``implementations`` says which implementation runs each
+    kernel now (``kernels.kernel_implementations``), for the welcome and each result. ``on_sample`` is a test seam: called on the thread
     about to run a kernel, before it does (the CLI uses it for
     ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
     together (``HOLD_LIMIT_S``); ``spin_s`` how long an idle reader polls before it
@@ -149,9 +150,11 @@ class Worker:
         on_sample: Callable[[Sample], None] | None = None,
         hold_limit_s: float = HOLD_LIMIT_S,
         spin_s: float = DEFAULT_SPIN_S,
+        implementations: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        self._implementations = implementations
         self._input_fd = input_fd
         self._output_fd = output_fd
         self._kernels = kernels
@@ -159,12 +162,14 @@ class Worker:
         self._hold_limit_s = hold_limit_s
         self._spin_s = spin_s
         self._jobs = jobs
+        now_running = implementations() if implementations is not None else {}
         offer = WorkerOffer(
             worker=WORKER_NAME,
             pid=os.getpid(),
             host=socket.gethostname(),
             kernels=tuple(kernels),
             max_inflight=max_inflight,
+            implementations=tuple(now_running.get(name, "") for name in kernels) if now_running else (),
         )
         # Everything below is guarded by _lock; writes to output_fd happen under it too.
         self._lock = threading.Lock()
@@ -223,9 +228,13 @@ class Worker:
         elapsed = time.perf_counter() - started
         log.debug("sample_done", id=request.id, points=request.total_points, elapsed_s=elapsed)
 
+        # Read after the sample: under MCPI_NUMPY_IMPL=auto the numpy kernel switches
+        # from NumPy to the fused loop once, and a sample may end on the new one.
+        implementation = self._implementations().get(request.kernel, "") if self._implementations else ""
+
         def report() -> list[WorkerEvent]:
             del self._running[request.id]
-            return self._end.sample_finished(request.id, insides, elapsed)
+            return self._end.sample_finished(request.id, insides, elapsed, implementation)
 
         return report
 

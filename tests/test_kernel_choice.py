@@ -57,7 +57,9 @@ class FakeFused:
 
     def load(self) -> LoadedFused:
         self.loads += 1
-        return LoadedFused(self.count, self.count_from, load_s=0.0, compiled=False, cache_path=None)
+        return LoadedFused(
+            self.count, self.count_from, self.count_streams, load_s=0.0, compiled=False, cache_path=None
+        )
 
     def count(
         self, seed: int, stream: int, points: int, should_stop: StopCheck = never, *, block_points: int = 1
@@ -68,6 +70,10 @@ class FakeFused:
     def count_from(self, state: np.ndarray, points: int, should_stop: StopCheck) -> int:
         self.handed_over.append(points)
         return count_from_state(state, points)
+
+    def count_streams(self, seed: int, first: int, streams: int, points: int, should_stop: StopCheck) -> list[int]:
+        self.calls.append(streams * points)
+        return [numpy_impl.count(seed, first + i, points) for i in range(streams)]
 
 
 def failing(exc: Exception) -> Loader:
@@ -302,3 +308,14 @@ def test_count_from_state_is_the_kernel() -> None:
     """The fake's own implementation, checked, so the hand-over test checks something."""
     state = np.array(np.random.SFC64(np.random.SeedSequence(3, spawn_key=(1,))).state["state"]["state"])
     assert count_from_state(state, 50_000) == numpy_impl.count(3, 1, 50_000)
+
+
+def test_a_range_goes_to_the_compiled_range_once_it_is_loaded() -> None:
+    fake = FakeFused()
+    kernel = NumpyKernel(Policy.FUSED, loader=fake.load)
+    kernel.prepare()
+    assert kernel.count_streams(3, 10, 4, 500) == [numpy_impl.count(3, 10 + i, 500) for i in range(4)]
+    assert fake.calls == [2000]  # one call for the whole range
+    numpy_only = NumpyKernel(Policy.NUMPY, loader=fake.load)
+    assert numpy_only.count_streams(3, 10, 4, 500) == [numpy_impl.count(3, 10 + i, 500) for i in range(4)]
+    assert fake.calls == [2000] and fake.loads == 1

@@ -766,8 +766,11 @@ def test_a_range_needs_version_2_and_stays_within_the_limits() -> None:
         v2.send(Sample(5, 99, 7, 1000, "numpy", streams=5, group=2))
         result = v2.receive()
         singles = [KERNELS["numpy"](99, s, 1000) for s in range(7, 12)]
-        assert result == Result(5, sum(singles), 5000, result.elapsed_s,  # type: ignore[union-attr]
-                                (singles[0] + singles[1], singles[2] + singles[3], singles[4]))
+        assert isinstance(result, Result)
+        assert (result.id, result.inside, result.points, result.insides) == (
+            5, sum(singles), 5000, (singles[0] + singles[1], singles[2] + singles[3], singles[4])
+        )  # fmt: skip
+        assert result.implementation in ("numpy", "numba-fused")
     finally:
         v2.kill()
 

@@ -17,6 +17,10 @@ class Cancelled(Exception):
 StopCheck = Callable[[], bool]
 
 Kernel = Callable[[int, int, int, StopCheck], int]
+
+StreamsCounter = Callable[[int, int, int, int, StopCheck], list[int]]
+"""``(seed, first, streams, points, should_stop)`` -> the count of each of ``streams``
+consecutive streams from ``first``: a kernel's fast way through a range (protocol v2)."""
 """``kernel(seed, stream, points, should_stop) -> inside``."""
 
 

@@ -39,7 +39,7 @@ from enum import Enum, StrEnum
 from typing import Final, Protocol
 
 from mcpi_worker.kernels import numpy_impl
-from mcpi_worker.kernels.base import Continuation, StopCheck, kernel_log, never
+from mcpi_worker.kernels.base import Continuation, StopCheck, StreamsCounter, kernel_log, never
 
 ENVIRONMENT_VARIABLE: Final[str] = "MCPI_NUMPY_IMPL"
 
@@ -110,6 +110,8 @@ class Counter(Protocol):
 class LoadedFused:
     count: Counter
     count_from: Continuation
+    count_streams: StreamsCounter
+    """A range of streams in one compiled call, stream set-up included (``fused_range``)."""
     """The rest of a sample from an SFC64 state: what a NumPy sample is handed over to."""
     load_s: float
     compiled: bool
@@ -149,15 +151,34 @@ def load_fused() -> LoadedFused:
     """Import the fused implementation (numba), then ``verify`` it."""
     started = time.perf_counter()
     try:
-        from mcpi_worker.kernels import fused
+        from mcpi_worker.kernels import fused, fused_range
     except ImportError as exc:
         raise NumbaNotInstalled(
             f"numba is not installed ({exc}); install the 'fast' extra for the fused kernel"
         ) from None
     verify(fused.count, fused.count_from)
+    verify_streams(fused_range.count_streams)
     return LoadedFused(
-        fused.count, fused.count_from, time.perf_counter() - started, fused.COMPILED, fused.CACHE_PATH
+        fused.count,
+        fused.count_from,
+        fused_range.count_streams,
+        time.perf_counter() - started,
+        fused.COMPILED,
+        fused.CACHE_PATH,
     )
+
+
+def verify_streams(count_streams: StreamsCounter) -> None:
+    """Raise ``FusedUnavailable`` unless the compiled range counts each stream as NumPy
+    does, across the set-up's edges (a stream index past 2**32, the largest seed)."""
+    for seed, first in ((12345, 0), (2**64 - 1, 2**32 - 1)):
+        reference = [numpy_impl.count(seed, first + i, 997) for i in range(3)]
+        ours = count_streams(seed, first, 3, 997, never)
+        if ours != reference:
+            raise FusedUnavailable(
+                f"the compiled range counted {ours} for seed {seed}, streams {first}..{first + 2}, "
+                f"where the numpy implementation counts {reference}"
+            )
 
 
 class _Load(Enum):
@@ -247,6 +268,16 @@ class NumpyKernel:
 
     def __call__(self, seed: int, stream: int, points: int, should_stop: StopCheck = never) -> int:
         return self.count(seed, stream, points, should_stop)
+
+    def count_streams(
+        self, seed: int, first: int, streams: int, points: int, should_stop: StopCheck = never
+    ) -> list[int]:
+        """The count of each of ``streams`` streams from ``first`` (a ``StreamsCounter``): in
+        one compiled call once the fused implementation is loaded, else stream by stream
+        (each one counting toward the switch, as a single sample does)."""
+        if (fused := self._fused) is not None and self.policy is not Policy.NUMPY:
+            return fused.count_streams(seed, first, streams, points, should_stop)
+        return [self.count(seed, first + i, points, should_stop) for i in range(streams)]
 
     def count(
         self,

@@ -214,6 +214,9 @@ class Welcome:
     max_points: int
     jobs: int = 1
     """How many samples it computes at once (each request still gets one answer)."""
+    implementations: tuple[str, ...] = ()
+    """Which implementation runs each of ``kernels`` now, in the same order (free-form
+    names, e.g. ``numba-fused``; empty: not said)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,8 @@ class Result:
     elapsed_s: float
     insides: tuple[int, ...] | None = None
     """For a range (version 2): the count of each group of streams, in order."""
+    implementation: str = ""
+    """Which implementation of the kernel counted it (free-form; empty: not said)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +371,9 @@ def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
     elif rule == "positive":
         if not is_uint64(value) or value == 0:
             raise bad("must be a positive integer")
+    elif rule == "points_limit":
+        if not is_uint64(value) or not 0 < value <= MAX_POINTS:
+            raise bad(f"must be an integer from 1 to {MAX_POINTS}")
     elif rule == "optional_id":
         if value is not None and not is_uint64(value):
             raise bad("must be nil or an integer from 0 to 2**64-1")
@@ -412,7 +420,7 @@ _FIELD_RULES: Final[dict[str, str]] = {
     "version": "positive",
     "max_inflight": "positive",
     "max_frame": "positive",
-    "max_points": "positive",
+    "max_points": "points_limit",
     "kernel": "text",
     "client": "text",
     "worker": "text",
@@ -426,6 +434,8 @@ _FIELD_RULES: Final[dict[str, str]] = {
     "streams": "positive",
     "group": "positive",
     "insides": "counts",
+    "implementations": "names",
+    "implementation": "text",
 }
 # Error.id is the one field that may be nil; it overrides the generic "id" rule.
 _ERROR_ID_RULE: Final = "optional_id"
@@ -456,6 +466,7 @@ _FAST_RULES: Final[dict[str, tuple[Any, Any]]] = {
     "uint64": (is_uint64, None),
     "points": (lambda v: type(v) is int and 0 <= v <= MAX_POINTS, None),
     "positive": (lambda v: type(v) is int and 0 < v <= UINT64_MAX, None),
+    "points_limit": (lambda v: type(v) is int and 0 < v <= MAX_POINTS, None),
     "optional_id": (lambda v: v is None or is_uint64(v), None),
     "text": (lambda v: type(v) is str and len(v) <= MAX_TEXT, None),
     "seconds": (lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0, float),

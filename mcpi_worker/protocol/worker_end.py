@@ -123,10 +123,14 @@ class WorkerOffer:
     max_frame: int = MAX_FRAME
     versions: tuple[int, ...] = PROTOCOL_VERSIONS
     """The protocol versions it speaks (a fake may pretend to be an older worker)."""
+    implementations: tuple[str, ...] = ()
+    """Which implementation runs each kernel, in the order of ``kernels`` (or none said)."""
 
     def __post_init__(self) -> None:
         if not self.kernels:
             raise ValueError("a worker must offer at least one kernel")
+        if self.implementations and len(self.implementations) != len(self.kernels):
+            raise ValueError("implementations, when given, name one per kernel")
         if not self.max_inflight >= 1:
             raise ValueError("max_inflight must be at least 1")
         if not 1 <= self.max_points <= MAX_POINTS:
@@ -242,23 +246,30 @@ class WorkerEnd:
         return events
 
     def sample_finished(
-        self, request_id: int, insides: Sequence[int], elapsed_s: float
+        self, request_id: int, insides: Sequence[int], elapsed_s: float, implementation: str = ""
     ) -> list[WorkerEvent]:
         """A started sample counted ``insides`` (one count per group of streams: one
-        count for a plain sample) in ``elapsed_s`` seconds."""
+        count for a plain sample) in ``elapsed_s`` seconds, with ``implementation``."""
         request = self._running.get(request_id)
         if request is None:
             raise LocalProtocolError(f"sample {request_id} is not running")
         group = request.streams if request.group is None else request.group
-        if len(insides) != request.groups or not all(
-            0 <= count <= min(group, request.streams - i * group) * request.points
-            for i, count in enumerate(insides)
+        groups = request.groups
+        last = (request.streams - (groups - 1) * group) * request.points
+        if (
+            len(insides) != groups
+            or min(insides) < 0
+            or (groups > 1 and max(insides[:-1]) > group * request.points)
+            or insides[-1] > last
         ):
             raise LocalProtocolError(f"counts {list(insides)[:8]} do not fit sample {request}")
         self._finish(request_id)
         ranged = request.streams != 1 or request.group is not None
         reported = tuple(insides) if ranged else None
-        self._send(Result(request_id, sum(insides), request.total_points, max(0.0, elapsed_s), reported))
+        result = Result(
+            request_id, sum(insides), request.total_points, max(0.0, elapsed_s), reported, implementation
+        )
+        self._send(result)
         return self._after_finish()
 
     def sample_failed(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
@@ -332,6 +343,7 @@ class WorkerEnd:
             max_frame=offer.max_frame,
             max_points=offer.max_points,
             jobs=self.jobs,
+            implementations=offer.implementations,
         )
         self.hello = hello
         self._state = WorkerState.SERVING
