@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pace = parser.add_argument_group("pace and capabilities")
     pace.add_argument("--slow", type=cli_args.number("seconds", allow_zero=True), default=0.0, metavar="SECONDS",
-                      help="each sample takes this long (one at a time; pings still answered)")
+                      help="each sample takes this long per stream it counts (pings still answered)")
     pace.add_argument("--stderr-flood", type=cli_args.number("MiB", allow_zero=True), default=0.0, metavar="MB",
                       help="write MB MiB of text to stderr before the first result")
     pace.add_argument("--kernels", type=_kernel_names, default=tuple(kernels.KERNELS),
@@ -237,6 +237,7 @@ def serve(behaviour: FakeBehaviour, parent: int) -> int:
     """
     core = FakeWorkerCore(behaviour, pid=os.getpid())
     code = _perform(core.start(), parent)
+    eof = False
     while code is None:
         now = time.monotonic()
         deadline = core.deadline
@@ -244,13 +245,18 @@ def serve(behaviour: FakeBehaviour, parent: int) -> int:
             code = _perform(core.advance(now), parent)
             continue
         timeout = None if deadline is None else deadline - now
-        readable, _, _ = select.select([STDIN], [], [], timeout)
+        # After end of input stdin stays readable for ever: only the samples still
+        # running are left to end, so wait for them, not for stdin.
+        readable, _, _ = select.select([] if eof else [STDIN], [], [], timeout if not eof else (timeout or HANG_POLL_S))
         now = time.monotonic()
         if not readable:
+            if eof and deadline is None and os.getppid() != parent:
+                return EXIT_OK  # nothing will ever end: whoever started us is gone
             actions = core.advance(now)
         elif data := os.read(STDIN, 1 << 16):
             actions = core.receive_data(data, now)
         else:
+            eof = True
             actions = core.receive_eof(now)
         code = _perform(actions, parent)
     return code

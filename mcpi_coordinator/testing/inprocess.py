@@ -139,6 +139,7 @@ class FakeWorkerProcess:
     async def _serve(self) -> int:
         core = self._core
         outcome = await self._perform(core.start())
+        eof = False
         while outcome is None:
             deadline = core.deadline
             now = trio.current_time()
@@ -147,7 +148,10 @@ class FakeWorkerProcess:
                 continue
             data = None
             with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                if eof:  # nothing more to read: only the running samples are left to end
+                    await trio.sleep_forever()
                 data = await self._in.receive_some(1 << 16)
+            eof = eof or data == b""
             now = trio.current_time()
             if data is None:
                 actions = core.advance(now)

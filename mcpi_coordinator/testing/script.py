@@ -125,8 +125,9 @@ class FakeBehaviour:
     """Answer the first N samples with a retryable ``internal`` error instead of a result."""
 
     slow: float = 0.0
-    """Seconds each sample takes, on top of ``points_per_s``. Samples run ``jobs`` at a
-    time, in arrival order."""
+    """Seconds each sample takes per stream it counts (a range of streams takes as long as
+    its streams one by one), on top of ``points_per_s``. Samples run ``jobs`` at a time, in
+    arrival order."""
     points_per_s: float | None = None
     """Also take ``points / points_per_s`` seconds per sample (None: no time per point),
     so a fake can stand for a worker of a given speed (``benchmarks/scale.py``)."""
@@ -377,7 +378,7 @@ class FakeWorkerCore:
             return self._exit(b.exit_code, f"crashing as asked (crash_after={b.crash_after})")
         if b.hang_after is not None and self.stats.results_sent >= b.hang_after:
             return self._hang(f"hanging as asked (hang_after={b.hang_after})")
-        took = b.slow + (0.0 if b.points_per_s is None else request.total_points / b.points_per_s)
+        took = b.slow * request.streams + (0.0 if b.points_per_s is None else request.total_points / b.points_per_s)
         self._jobs.append(_Job(request, now + took, took))
         return []
 
@@ -403,7 +404,9 @@ class FakeWorkerCore:
         if misbehaving:
             replaced = self._misbehave(request, count, frame)
             if replaced is not None:
-                return actions + replaced
+                # What the WorkerEnd goes on to do (start the next sample) still
+                # happens, unless the misbehaviour ended the process.
+                return actions + replaced + self._carry_out(events, job.ready_at)
         return actions + [WriteStdout(frame), *self._carry_out(events, job.ready_at)]
 
     def _reported_counts(self, request: Sample) -> list[int]:
