@@ -53,6 +53,8 @@ class ChunkResult:
     """The host the worker said it runs on (its ``welcome``)."""
     insides: tuple[int, ...] = ()
     """For a range, the count of each stream in order (empty for one stream)."""
+    implementation: str = ""
+    """Which implementation of the kernel counted it, as its worker said (may be empty)."""
 
     @property
     def stream_counts(self) -> tuple[int, ...]:

@@ -29,7 +29,7 @@ from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_coordinator.prefix import Prefix
 from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
-from mcpi_coordinator.verify import Verifier, VerifyStats
+from mcpi_coordinator.verify import LocalCounter, Verifier, VerifyStats, count_here
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
 __all__ = [
@@ -152,6 +152,12 @@ class EstimateResult:
         return repeat_command(self.points, self.seed, self.chunk_size, self.kernel)
 
 
+RANGE_STREAMS: Final[int] = 1 << 16
+"""Streams one range chunk of a run covers at most: enough that a chunk object stands for
+minutes of a worker's work at small chunk sizes, few enough that an early stop or a
+failure never has much of the run in one piece (the pool cuts it up anyway)."""
+
+
 class NothingCompleted(McpiError):
     """An early stop came before chunk 0 finished: there is no estimate to report."""
 
@@ -187,6 +193,7 @@ async def run_estimate(
     started_at: float | None = None,
     checkpoint: Checkpoint | None = None,
     verify: float = 0.0,
+    count_locally: LocalCounter = count_here,
 ) -> EstimateResult:
     """Count ``points`` points on ``pool`` and combine them into an estimate of π.
 
@@ -204,7 +211,9 @@ async def run_estimate(
 
     ``verify`` (0 to 1) is the fraction of chunks computed a second time elsewhere and
     compared before they count (``verify`` module); a worker caught giving a wrong
-    count is retired and its unchecked chunks computed again.
+    count is retired and its unchecked chunks computed again. ``count_locally`` is how
+    the coordinator counts a chunk itself when no other worker is left to check one
+    (a thread; a test under a mock clock passes one that counts inline).
     """
     if points < 1 or chunk_size < 1:
         raise ValueError(f"points and chunk_size must be at least 1, not {points} and {chunk_size}")
@@ -225,7 +234,7 @@ async def run_estimate(
             if not prefix.finished:  # a resumed run may have nothing left to do
                 if pool is None:
                     raise ValueError("a run with chunks left to compute needs a pool")
-                await run.compute(pool, verify)
+                await run.compute(pool, verify, count_locally)
     finally:
         if checkpoint is not None:
             checkpoint.commit()  # also on Ctrl-C or a failure: what completed is kept
@@ -283,12 +292,14 @@ class _Run:
         self._redo: deque[int] = deque()
         self._phase: trio.CancelScope | None = None
 
-    async def compute(self, pool: WorkerPool, verify: float) -> None:
+    async def compute(self, pool: WorkerPool, verify: float, count_locally: LocalCounter) -> None:
         if verify <= 0:
             await self._phase_on(pool)  # no check can un-count a chunk: one pass does
             return
         async with _nursery_raising_mcpi_errors() as checks:
-            self.verifier = Verifier(pool, self.seed, verify, checks, settle=self.settle, forget=self.forget)
+            self.verifier = Verifier(
+                pool, self.seed, verify, checks, settle=self.settle, forget=self.forget, count_locally=count_locally
+            )
             # A pass ends when the prefix is finished or every chunk has been handed
             # out; then the checks still running are waited for. One that condemns a
             # worker un-counts its chunks, so the prefix may be unfinished again.
@@ -307,14 +318,20 @@ class _Run:
                     if self.on_chunk is not None:
                         self.on_chunk(result, self.prefix)
                     if self.verifier is None:
-                        self.settle(result.chunk.stream, result.inside)
+                        first = result.chunk.stream
+                        for offset, inside in enumerate(result.stream_counts):
+                            self.settle(first + offset, inside)
                     else:
                         self.verifier.accept(result)
                     if self.prefix.finished:
                         break
 
     def _missing_chunks(self) -> Iterator[Chunk]:
-        pending = self.verifier.pending if self.verifier is not None else frozenset()
+        if self.verifier is None:
+            yield from self._missing_ranges()
+            return
+        # Verified chunks are checked one by one: one stream per chunk.
+        pending = self.verifier.pending
         for stream in self.prefix.missing():
             while self._redo:
                 yield self._chunk(self._redo.popleft())
@@ -322,6 +339,25 @@ class _Run:
                 yield self._chunk(stream)
         while self._redo and not self.prefix.finished:
             yield self._chunk(self._redo.popleft())
+
+    def _missing_ranges(self) -> Iterator[Chunk]:
+        """The missing streams as ranges of consecutive full chunks (the pool sends a
+        range in pieces sized for each worker), the run's shorter last chunk alone."""
+        full = self.prefix.chunk_size
+        start = run = 0
+        for stream in self.prefix.missing():
+            if run and stream == start + run and run < RANGE_STREAMS and self.prefix.chunk_points(stream) == full:
+                run += 1
+                continue
+            if run:
+                yield Chunk(self.seed, start, full, self.kernel, streams=run)
+            if self.prefix.chunk_points(stream) == full:
+                start, run = stream, 1
+            else:
+                start = run = 0
+                yield self._chunk(stream)
+        if run:
+            yield Chunk(self.seed, start, full, self.kernel, streams=run)
 
     def _chunk(self, stream: int) -> Chunk:
         return Chunk(self.seed, stream, self.prefix.chunk_points(stream), self.kernel)

@@ -87,6 +87,9 @@ FAULTS: dict[str, str] = {
 CONTINUES = frozenset({"unknown_code"})
 """Faults after which the worker serves on correctly (the rest fall silent)."""
 
+RANGE_FAULTS = frozenset({"insides_missing", "insides_wrong_length", "group_over_points", "insides_bad_sum"})
+"""Faults in the per-group counts of a range's result."""
+
 
 def frame(body: Any) -> bytes:
     payload = msgpack.packb(body, use_bin_type=True)
@@ -278,7 +281,11 @@ class RawWorker:
             self.violation = "the coordinator had 2 samples outstanding; max_inflight is 1"
         if self.struck and self.fault not in CONTINUES:
             return b""  # after the fault: silence
-        answer = None if self.struck else self.strike(request)
+        # A fault in the answer to a range waits for a range of two groups or more (the
+        # pool's first piece for a worker is one stream).
+        groups = -(-request.get("streams", 1) // (request.get("group") or request.get("streams", 1)))
+        unripe = self.fault in RANGE_FAULTS and groups < 2
+        answer = None if self.struck or unripe else self.strike(request)
         if answer is None:  # this fault is not in an answer, or has struck: a correct one
             return frame(self.result(request, spec_worker.count_range(request, self.stop)))
         self.struck = True

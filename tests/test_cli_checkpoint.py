@@ -1,5 +1,5 @@
 """``mcpi estimate --checkpoint`` / ``--resume`` as users run them: real coordinator, real
-workers, SIGKILL at random moments (the process table checked after each), Ctrl-C,
+worker processes (paced fakes where timing matters), SIGKILL at random moments (the process table checked after each), Ctrl-C,
 and every refusal as one line with exit 2."""
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from mcpi_worker.kernels import count_numpy
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 POINTS, CHUNK, SEED = 400_000_000, 2_000_000, 31  # 200 chunks: ~1.6 s on 2 workers, after start-up
 RUN = ("--points", str(POINTS), "--chunk-size", str(CHUNK), "--seed", str(SEED))
+# Workers that take 20 ms a stream (and count it for real): a run lasts ~2 s on any machine,
+# so a kill "mid-run" lands mid-run however fast the kernel is (real workers finished a
+# CI run between its first commit and the kill).
+PACED = ("--worker-cmd", f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.02")
 ORPHAN_DEADLINE_S = 5.0  # workers notice stdin EOF at once; slack for a loaded CI box
 
 
@@ -115,7 +119,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_count(
     kills, result = 0, None
     for kill in [early, mid_runs[0], either, mid_runs[1], None]:
         args = ("--resume", str(path)) if path.exists() else ("--checkpoint", str(path), *RUN)
-        result = run_or_kill(args, kill, tmp_path / "run.db-wal")
+        result = run_or_kill((*args, *PACED), kill, tmp_path / "run.db-wal")
         if result is not None:
             break
         kills += 1

@@ -12,6 +12,7 @@ import trio
 from structlog.testing import capture_logs
 
 from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
+from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import EstimateResult, run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
@@ -19,6 +20,7 @@ from mcpi_coordinator.prefix import reference_prefix
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import FakeLauncher, by_slot, fake_launcher
 from mcpi_coordinator.verify import COORDINATOR, Source, VerificationFailed, avoid_choices, selected
+from mcpi_worker.kernels import KERNELS
 
 POINTS, CHUNK, SEED = 3_000_000, 10_000, 5  # 300 chunks
 EXPECTED = reference_prefix(SEED, POINTS, CHUNK)
@@ -60,6 +62,13 @@ SOME = FakeBehaviour(wrong_count=3, wrong_count_streams=tuple(range(0, 300, 7)))
 LIARS = {"wrong once": ONCE, "wrong always": ALWAYS, "wrong for some streams": SOME}
 
 
+async def count_inline(chunk: Chunk) -> int:
+    """The coordinator's own count, without the thread ``count_here`` uses: under the
+    autojump clock, a task waiting on a thread looks idle, and the clock jumped to the
+    test's 600 s deadline while the coordinator counted."""
+    return KERNELS[chunk.kernel](chunk.seed, chunk.stream, chunk.points, lambda: False)
+
+
 async def estimate(
     behaviours: dict[int, FakeBehaviour], workers: int = 3, **options: Any
 ) -> tuple[EstimateResult, FakeLauncher, list[dict[str, Any]]]:
@@ -69,7 +78,9 @@ async def estimate(
             launcher = fake_launcher(nursery, by_slot(behaviours, then=FakeBehaviour(slow=0.01)))
             async with WorkerPool(workers, launcher=launcher) as pool:
                 try:
-                    outcome = await run_estimate(pool, points=POINTS, seed=SEED, chunk_size=CHUNK, **options)
+                    outcome = await run_estimate(
+                        pool, points=POINTS, seed=SEED, chunk_size=CHUNK, count_locally=count_inline, **options
+                    )
                 except McpiError as error:
                     outcome = error
     if isinstance(outcome, McpiError):

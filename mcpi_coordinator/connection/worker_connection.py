@@ -81,6 +81,8 @@ class WorkerConnection:
         self.stderr_closed = trio.Event()
         self.exit_status: int | None = None
         """The process's exit status, once it has exited (reaped or not)."""
+        self.signalled = False
+        """``stop`` had to signal it: it had not exited by itself within the grace period."""
         self.answered = 0
         """Sample requests answered with a ``result`` (useful work done)."""
         self.ended = trio.Event()
@@ -261,8 +263,9 @@ class WorkerConnection:
 
         The escalation (protocol.md §9): ``shutdown`` and EOF on stdin, up to ``grace``
         for it to exit; SIGTERM, up to ``term_grace``; SIGKILL to its process group. A
-        worker that has failed skips the first wait (``grace=0``) but still gets SIGTERM
-        first, so that a launcher such as ``srun`` or ``ssh`` can end its remote side.
+        worker that has failed gets a short first wait (the pool's 0.1 s: it may have
+        exited already) but still SIGTERM before SIGKILL, so that a launcher such as
+        ``srun`` or ``ssh`` can end its remote side.
         Once it has exited, what it left in its process group (a child holding its
         pipes) is killed before it is reaped.
         """
@@ -271,6 +274,7 @@ class WorkerConnection:
         with trio.move_on_after(grace) as waiting:
             await process.wait_exited()
         if waiting.cancelled_caught:
+            self.signalled = True
             process.terminate()
             with trio.move_on_after(term_grace) as terminating:
                 await process.wait_exited()

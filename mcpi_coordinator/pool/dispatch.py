@@ -21,9 +21,11 @@ can serve fails at once, saying what is missing.
 
 Ranges. A request for a range of streams whose owner can split it (``Request.splitter``)
 goes out in pieces sized for the worker that takes each one: as many streams as that
-worker computes in about ``TARGET_PIECE_S`` by its own answers so far (a worker speaking
-protocol version 1 gets one stream at a time). So per-request overhead stops mattering
-at any chunk size, while no worker holds more than a fraction of a second of the run.
+worker computes in about ``TARGET_PIECE_S`` by its own answers so far, reached from one
+stream by doubling (``RAMP``), and at most a share of what is left of the range
+(``SHARE_DIVISOR``); a worker speaking protocol version 1 gets one stream at a time. So per-request overhead stops mattering at any chunk size, while
+no worker holds more than a fraction of a second of the run, and a small run is spread
+over every worker.
 
 No re-entrancy. Each request's one final outcome (a ``ChunkResult``, ``None`` for a
 ping's pong, or the ``McpiError`` it ended with) is handed to ``request.deliver``
@@ -38,7 +40,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import trio
@@ -47,22 +49,33 @@ from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
 from mcpi_worker.protocol import (
+    HEADER,
     MAX_GROUPS,
     RANGE_VERSION,
+    UINT64_MAX,
     Answered,
     Broken,
     CoordinatorEvent,
     Error,
     Pong,
     Result,
+    Sample,
     Welcome,
+    encode,
 )
 
 TARGET_PIECE_S: Final[float] = 0.25
 """Seconds of work one piece of a range should carry for the worker that takes it."""
 
-FIRST_PIECE_POINTS: Final[int] = 1 << 22
-"""Points in the first piece a worker gets, before its speed is known (~10 ms of NumPy)."""
+RAMP: Final[int] = 2
+"""A worker's piece is at most RAMP times the largest piece it has answered (its first is
+one stream): a worker of unknown speed (a slow host, a slow kernel) is never handed
+minutes of work blind, and a fast one reaches its quarter-second pieces in a few answers."""
+
+SHARE_DIVISOR: Final[int] = 2
+"""A piece carries at most 1/(SHARE_DIVISOR x the pool's jobs) of what is left of its range
+(guided scheduling): a small run still reaches every worker, and pieces shrink toward the
+end of a range so that no worker is left computing a large piece while the others idle."""
 
 RATE_WEIGHT: Final[float] = 0.3
 """Weight of the newest answer in a worker's running speed (an exponential average)."""
@@ -100,8 +113,12 @@ class Request:
 class Dispatcher:
     """Matches requests with workers that have room. See the module docstring."""
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, slots: int = 1) -> None:
         self._record = record
+        self._live_slots = set(range(slots))
+        """Slots not retired: each computes its welcome's ``jobs`` at once (1 before it)."""
+        self._jobs: int | None = None
+        """The jobs of all live slots together (None: to be worked out)."""
         self._retries: deque[Request] = deque()
         self._fresh: deque[Request] = deque()
         self._depth: dict[WorkerConnection, int] = {}
@@ -115,6 +132,8 @@ class Dispatcher:
         """The most points some known slot accepts, by kernel (None: to be worked out)."""
         self._rates: dict[WorkerConnection, float] = {}
         """Each worker's speed so far: points per second on one of its jobs."""
+        self._answered: dict[WorkerConnection, int] = {}
+        """The most streams each worker has answered in one request."""
         self._outcomes: deque[tuple[Request, Outcome]] = deque()
         self._busy = False
         """Inside a public method: outcomes learnt now wait for its delivery loop."""
@@ -135,7 +154,7 @@ class Dispatcher:
             assert connection.welcome is not None
             self._depth[connection] = depth
             self._known[connection.slot] = connection.welcome
-            self._largest = None
+            self._largest = self._jobs = None
             with connection.holding():  # the requests waiting for it go out in one write
                 self._fill(connection)
         finally:
@@ -147,7 +166,8 @@ class Dispatcher:
         outer = self._begin()
         try:
             self._known.pop(slot, None)
-            self._largest = None
+            self._live_slots.discard(slot)
+            self._largest = self._jobs = None
             for queue in (self._retries, self._fresh):
                 for request in list(queue):
                     problem = self._unservable(request)
@@ -186,6 +206,7 @@ class Dispatcher:
         self._depth.pop(connection, None)
         self._roomy.pop(connection, None)
         self._rates.pop(connection, None)
+        self._answered.pop(connection, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -326,15 +347,27 @@ class Dispatcher:
         if welcome.version < RANGE_VERSION:
             streams = 1
         else:
+            points = max(chunk.points, 1)
+            wanted = max(1, RAMP * self._answered.get(connection, 0))
             rate = self._rates.get(connection)
-            wanted = FIRST_PIECE_POINTS if rate is None else TARGET_PIECE_S * rate
-            most = min(MAX_GROUPS, welcome.max_points // max(chunk.points, 1))
-            streams = max(1, min(int(wanted // max(chunk.points, 1)), most))
+            if rate is not None:
+                wanted = min(wanted, int(TARGET_PIECE_S * rate // points))
+            most = min(MAX_GROUPS, welcome.max_points // points)
+            share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
+            streams = max(1, min(wanted, most, share))
         if streams >= chunk.streams:
             return request
         return request.splitter(request, streams)
 
+    def _pool_jobs(self) -> int:
+        if self._jobs is None:
+            known = self._known
+            self._jobs = max(1, sum(known[s].jobs if s in known else 1 for s in self._live_slots))
+        return self._jobs
+
     def _note_speed(self, connection: WorkerConnection, result: Result) -> None:
+        streams = 1 if result.insides is None else len(result.insides)
+        self._answered[connection] = max(streams, self._answered.get(connection, 0))
         if result.elapsed_s <= 0 or result.points == 0:
             return
         rate = result.points / result.elapsed_s
@@ -366,6 +399,8 @@ class Dispatcher:
             if self._largest is None:
                 self._largest = {}
                 for welcome in self._known.values():
+                    if welcome.max_frame < ROOMY_FRAME:
+                        continue  # its frames are measured one by one, below
                     for kernel in welcome.kernels:
                         self._largest[kernel] = max(self._largest.get(kernel, 0), welcome.max_points)
             if chunk.points <= self._largest.get(chunk.kernel, -1):
@@ -423,7 +458,8 @@ def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
     chunk = request.chunk
     if chunk is None:
         return slot not in request.avoid
-    if not request.avoid and chunk.streams == 1:  # the hot path: one stream, no one avoided
+    if not request.avoid and chunk.streams == 1 and welcome.max_frame >= ROOMY_FRAME:
+        # The hot path: one stream, no one avoided, a worker taking any plain sample's frame.
         return chunk.kernel in welcome.kernels and chunk.points <= welcome.max_points
     if slot in request.avoid:
         return False
@@ -439,6 +475,9 @@ def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
     points = chunk.points if splittable else chunk.total_points
     if points > welcome.max_points:
         return f"{welcome.worker} accepts at most {welcome.max_points} points per request, not {points}"
+    frame = sample_frame_size(chunk if not splittable else replace(chunk, streams=1))
+    if frame > welcome.max_frame:
+        return f"{welcome.worker} takes frames of at most {welcome.max_frame} bytes, and this sample's is {frame}"
     if not splittable and chunk.streams > 1:
         if welcome.version < RANGE_VERSION:
             return (
@@ -448,6 +487,19 @@ def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
         if chunk.streams > MAX_GROUPS:
             return f"a range of {chunk.streams} streams is more than one request reports ({MAX_GROUPS})"
     return None
+
+
+ROOMY_FRAME: Final[int] = 1024
+"""A worker taking frames this large takes every plain sample of a kernel name under
+~950 characters: no need to measure each one."""
+
+
+def sample_frame_size(chunk: Chunk) -> int:
+    """The largest body a ``sample`` frame for ``chunk`` can have (its id at its widest)."""
+    ranged = chunk.streams != 1
+    sample = Sample(UINT64_MAX, chunk.seed, chunk.stream, chunk.points, chunk.kernel,
+                    chunk.streams, 1 if ranged else None)  # fmt: skip
+    return len(encode(sample)) - HEADER.size
 
 
 def _copy(error: McpiError) -> McpiError:

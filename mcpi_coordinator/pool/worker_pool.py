@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -91,6 +91,10 @@ and slow links. A 10-million-point chunk gets 40 s.
 """
 
 
+FAILED_WORKER_GRACE_S: Final[float] = 0.1
+"""How long a failed worker gets to exit by itself before SIGTERM: most failures (a
+crash, a closed stdout) already were exits, and their status is then reported as such."""
+
 DEFAULT_PIPELINE_DEPTH: Final[int] = 2
 """Requests in flight per worker: one computing and one ready, so a worker never waits
 for the coordinator between chunks of a millisecond or more, while a slow worker holds
@@ -124,6 +128,14 @@ class WorkerStats:
     restarts: int
     jobs: int = 1
     """Samples its worker computes at once, as its last welcome said."""
+    implementations: dict[str, str] = field(default_factory=dict)
+    """Kernel -> the implementation its worker said runs it, by its welcome and then by
+    its latest result (``numba-fused`` or ``numpy`` for the numpy kernel)."""
+    attempt: int = 1
+    """Which start this is of the slot's current worker: 1, or one more per start that
+    failed before doing any work (the slot retires after ``max_start_attempts``)."""
+    state_s: float = 0.0
+    """Seconds the slot has been in ``state`` (how long a worker has been starting, say)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +157,11 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.state = "queued"
+        self._state = "queued"
+        self.state_since: float | None = None
+        """Trio's clock when ``state`` last changed (None: not since the pool started)."""
+        self.failed_starts = 0
+        """Starts in a row that failed before the worker did any work."""
         self.connection: WorkerConnection | None = None
         self.host: str | None = None
         self.pid: int | None = None
@@ -155,6 +171,7 @@ class _Slot:
         self.restarts = 0
         self.jobs = 1
         self.last_failure: str | None = None
+        self.implementations: dict[str, str] = {}
         self.retire_reason: str | None = None
         """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
         self.stop_scope: trio.CancelScope | None = None
@@ -169,7 +186,17 @@ class _Slot:
         would otherwise carry what it saw before the await past it)."""
         return self.retire_reason is not None
 
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        self.state_since = trio.current_time()
+
     def stats(self) -> WorkerStats:
+        now = trio.current_time()
         return WorkerStats(
             slot=self.index,
             state=self.state,
@@ -180,6 +207,9 @@ class _Slot:
             busy_s=self.busy_s,
             restarts=self.restarts,
             jobs=self.jobs,
+            implementations=dict(self.implementations),
+            attempt=self.failed_starts + 1,
+            state_s=0.0 if self.state_since is None else now - self.state_since,
         )
 
 
@@ -254,7 +284,7 @@ class WorkerPool:
         if starting_limits is None:
             starting_limits = [trio.CapacityLimiter(max_starting or default_max_starting())] * size
         self._starting_limits = list(starting_limits)
-        self._dispatcher = Dispatcher(record=self._record)
+        self._dispatcher = Dispatcher(record=self._record, slots=size)
         self._completed = 0
         self._restarts = 0
         self._unsettled = size  # slots that are neither ready once nor retired
@@ -436,10 +466,16 @@ class WorkerPool:
     def _record(self, connection: WorkerConnection, chunk: Chunk, result: Result) -> ChunkResult:
         """Count a chunk's result in its slot's totals and the pool's."""
         slot = self._slots[connection.slot]
-        slot.chunks += 1
+        # A range is many chunks (streams) in one request: count chunks, not requests.
+        slot.chunks += chunk.streams
         slot.points += result.points
         slot.busy_s += result.elapsed_s
-        self._completed += 1
+        self._completed += chunk.streams
+        if result.implementation and slot.implementations.get(chunk.kernel) != result.implementation:
+            slot.implementations[chunk.kernel] = result.implementation
+            log.info(
+                "worker_implementation", slot=slot.index, kernel=chunk.kernel, implementation=result.implementation
+            )
         return ChunkResult(
             chunk,
             result.inside,
@@ -448,6 +484,7 @@ class WorkerPool:
             connection.process.pid,
             slot.host,
             result.insides or (),
+            result.implementation,
         )
 
     # ------------------------------------------------------------------ slot supervision
@@ -472,6 +509,7 @@ class WorkerPool:
                 break
             slot.last_failure = failure
             failures_in_a_row = 0 if useful else failures_in_a_row + 1
+            slot.failed_starts = failures_in_a_row
             if failures_in_a_row >= self._max_start_attempts:
                 self._retire(slot, failures_in_a_row)
                 return
@@ -508,10 +546,10 @@ class WorkerPool:
         with self._stoppable(slot):
             with trio.move_on_after(self._startup_timeout) as startup:
                 try:
-                    with worker_failures(f"starting worker {slot.index}"):
+                    with worker_failures("starting it"):
                         process = await self._launcher(slot.index)
                 except WorkerFailure as error:
-                    failure = f"worker {slot.index} could not start: {error}"
+                    failure = f"worker {slot.index}: {error}"
             if startup.cancelled_caught:
                 failure = f"worker {slot.index} was not started within {self._startup_timeout:g} s"
         if process is None:
@@ -537,8 +575,9 @@ class WorkerPool:
                 slot.connection = None
                 self._dispatcher.worker_gone(connection)
                 # Orderly close: ask nicely first. A failed worker cannot be trusted
-                # to listen (hung, speaking garbage): SIGTERM at once, then SIGKILL.
-                grace = self._shutdown_grace if reason is None else 0.0
+                # to listen (hung, speaking garbage): SIGTERM almost at once, then
+                # SIGKILL; the moment's wait tells a worker that exited by itself.
+                grace = self._shutdown_grace if reason is None else FAILED_WORKER_GRACE_S
                 returncode = await connection.stop(grace=grace, term_grace=self._shutdown_grace)
                 slot.pid = None
                 # stderr may still hold the worker's last words (why it died); a
@@ -548,7 +587,9 @@ class WorkerPool:
                 pipes.cancel_scope.cancel()
         if reason is not None:
             reason = f"worker {slot.index} ({describe_command(process)}, pid {process.pid}): {reason}"
-            if returncode != 0 and "exited (" not in reason:
+            # Its exit status says more than a broken pipe: always when it exited by
+            # itself (``true`` exits 0), else when our own signals were not what ended it.
+            if "exited (" not in reason and (not connection.signalled or returncode != 0):
                 reason += f"; {describe_exit(returncode)}"
             tail = connection.stderr_tail()
             if tail:
@@ -574,6 +615,7 @@ class WorkerPool:
             slot.state = "ready"
             slot.host = welcome.host
             slot.jobs = welcome.jobs
+            slot.implementations = dict(zip(welcome.kernels, welcome.implementations, strict=False))
             slot.connection = connection
             self._settle(slot)
             self._flush_deferred_warnings()

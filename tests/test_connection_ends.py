@@ -1,0 +1,255 @@
+"""The two sans-IO connection ends, alone and wired to each other: every request ends once.
+
+``CoordinatorEnd`` and ``WorkerEnd`` hold every rule of the protocol about *when* things
+happen. Here they are driven with no I/O at all: bytes from one are fed to the other,
+clock readings are numbers, and hypothesis chooses the interleaving — requests, answers,
+cancels, end of input, bad answers, a stall. Whatever it chooses, every request the
+coordinator sent ends exactly once: answered, or handed back as an orphan of ``Broken``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcpi_worker.protocol import (
+    Answered,
+    Broken,
+    CoordinatorEnd,
+    CoordinatorState,
+    Error,
+    ErrorCode,
+    LocalProtocolError,
+    Pong,
+    Result,
+    StartSample,
+    StopSample,
+    Welcome,
+    Welcomed,
+    WorkerEnd,
+    WorkerOffer,
+    WorkerState,
+    encode,
+)
+
+OFFER = WorkerOffer(worker="test", pid=1, host="h", kernels=("numpy",), max_inflight=8)
+WELCOME = Welcome(2, "test", 1, "h", ("numpy",), 8, 1 << 20, 1 << 40)
+
+
+def budget(points: int) -> float:
+    return 10.0 + points / 1000
+
+
+def serving(jobs: int = 1) -> CoordinatorEnd:
+    end = CoordinatorEnd(client="tests", task_budget=budget)
+    end.data_to_send()  # the hello
+    welcome = Welcome(2, "test", 1, "h", ("numpy",), 8, 1 << 20, 1 << 40, jobs=jobs)
+    assert end.receive_data(encode(welcome), 0.0) == [Welcomed(welcome)]
+    return end
+
+
+# ------------------------------------------------------------------ CoordinatorEnd alone
+
+
+def test_an_answer_is_checked_whole_before_the_request_is_let_go() -> None:
+    """A bad answer breaks the connection with its request still in the table: the
+    request comes back as an orphan, never lost (it used to be popped first)."""
+    for bad in (
+        Result(1, 11, 10, 0.1),  # more inside than points
+        Result(1, 5, 11, 0.1),  # not the request's points
+        Pong(1),  # a pong for a sample
+        Result(1, 5, 30, 0.1, (5, 0, 0)),  # counts per group for a plain sample
+    ):
+        end = serving()
+        end.send_sample(1, 0, 10, "numpy", now=0.0, token="chunk")
+        [broken] = end.receive_data(encode(bad), 1.0)
+        assert isinstance(broken, Broken), bad
+        assert [o.token for o in broken.orphans] == ["chunk"] and broken.orphans[0].was_running
+        assert end.state is CoordinatorState.BROKEN and end.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("insides", "why"),
+    [
+        (None, "sent none counts"),
+        ((30,), "sent 1 counts for the 2 groups"),
+        ((21, 9), "more inside than a group has points"),
+        ((9, 11), "more inside than a group has points"),
+        ((10, 9), "do not add up"),
+    ],
+)
+def test_a_range_s_counts_per_group_are_checked(insides: Any, why: str) -> None:
+    end = serving()
+    end.send_sample(1, 0, 10, "numpy", streams=3, group=2, now=0.0, token="range")
+    [broken] = end.receive_data(encode(Result(1, 20, 30, 0.1, insides)), 1.0)
+    assert isinstance(broken, Broken) and why in broken.reason
+    end = serving()
+    end.send_sample(1, 0, 10, "numpy", streams=3, group=2, now=0.0, token="range")
+    [answered] = end.receive_data(encode(Result(1, 20, 30, 0.1, (12, 8))), 1.0)
+    assert isinstance(answered, Answered) and answered.token == "range"
+
+
+def test_requests_the_welcome_rules_out_are_our_bug_not_the_worker_s() -> None:
+    end = serving()
+    with pytest.raises(LocalProtocolError, match="does not offer kernel"):
+        end.send_sample(1, 0, 10, "python", now=0.0)
+    with pytest.raises(LocalProtocolError, match="max_points"):
+        end.send_sample(1, 0, 1 << 41, "numpy", now=0.0)
+    v1 = CoordinatorEnd(client="tests", task_budget=budget)
+    v1.receive_data(encode(Welcome(1, "old", 1, "h", ("numpy",), 8, 1 << 20, 1 << 40)), 0.0)
+    with pytest.raises(LocalProtocolError, match="needs protocol version 2"):
+        v1.send_sample(1, 0, 10, "numpy", streams=2, now=0.0)
+    fresh = CoordinatorEnd(client="tests", task_budget=budget)
+    with pytest.raises(LocalProtocolError, match="await_welcome"):
+        fresh.send_ping(now=0.0)
+
+
+def test_the_stall_clock_charges_a_sample_only_from_when_it_could_start() -> None:
+    end = serving()
+    end.send_sample(1, 0, 10_000, "numpy", now=0.0)  # budget 20 s
+    end.send_sample(1, 1, 0, "numpy", now=0.0)  # budget 10 s, queued behind the first
+    assert end.next_deadline() == 20.0  # only the running one counts
+    end.receive_data(encode(Result(1, 7000, 10_000, 15.0)), 15.0)
+    assert end.next_deadline() == 25.0  # the second could start at 15
+    assert end.advance(24.9) == []
+    [broken] = end.advance(25.0)
+    assert isinstance(broken, Broken) and "task timeout (10 s)" in broken.reason
+
+
+def test_pongs_do_not_move_a_hung_sample_s_deadline() -> None:
+    end = serving()
+    end.send_sample(1, 0, 0, "numpy", now=0.0)  # budget 10 s
+    for t in range(1, 10):
+        request_id = end.send_ping(now=float(t))
+        end.receive_data(encode(Pong(request_id)), t + 0.001)
+        assert end.next_deadline() == 10.0
+    assert isinstance(end.advance(10.0)[0], Broken)
+
+
+def test_with_jobs_the_oldest_jobs_samples_run_and_are_charged() -> None:
+    end = serving(jobs=2)
+    for stream in range(3):
+        end.send_sample(1, stream, 0, "numpy", now=float(stream))  # 10 s each
+    assert end.next_deadline() == 10.0  # streams 0 and 1 run; 0 is the earlier
+    end.receive_data(encode(Result(1, 0, 0, 0.0)), 5.0)
+    assert end.next_deadline() == 11.0  # stream 1, sent at 1; stream 2 could start at 5
+    [broken] = end.fail("the driver gave up")
+    assert isinstance(broken, Broken)
+    assert [o.was_running for o in broken.orphans] == [True, True]
+
+
+def test_a_cancelled_request_still_ends_once_abandoned() -> None:
+    end = serving()
+    request_id = end.send_sample(1, 0, 10, "numpy", now=0.0, token="t")
+    assert end.cancel(request_id) and not end.cancel(request_id)  # once
+    [answered] = end.receive_data(encode(Error(request_id, ErrorCode.CANCELLED, "c")), 1.0)
+    assert isinstance(answered, Answered) and answered.abandoned and answered.token == "t"
+    assert end.in_flight == 0
+
+
+# ------------------------------------------------------------------ the two ends wired up
+
+
+class Link:
+    """A coordinator end and a worker end, and the worker's kernels done by hand."""
+
+    def __init__(self, jobs: int) -> None:
+        self.coordinator = CoordinatorEnd(client="tests", task_budget=budget)
+        self.worker = WorkerEnd(OFFER, jobs=jobs)
+        self.running: list[int] = []
+        self.stopping: set[int] = set()
+        self.now = 0.0
+        self.sent: dict[int, str] = {}
+        self.ended: dict[str, int] = {}
+
+    def note(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, Answered):
+                self.ended[event.token] = self.ended.get(event.token, 0) + 1
+            elif isinstance(event, Broken):
+                for orphan in event.orphans:
+                    self.ended[orphan.token] = self.ended.get(orphan.token, 0) + 1
+
+    def to_worker(self) -> None:
+        data = self.coordinator.data_to_send()
+        if data and self.worker.state in (WorkerState.AWAIT_HELLO, WorkerState.SERVING):
+            self.act(self.worker.receive_data(data))
+        self.to_coordinator()
+
+    def to_coordinator(self) -> None:
+        data = self.worker.data_to_send()
+        if data:
+            self.note(self.coordinator.receive_data(data, self.now))
+
+    def act(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, StartSample):
+                self.running.append(event.request.id)
+            elif isinstance(event, StopSample):
+                self.stopping.add(event.request_id)
+
+    def finish_one(self, cancelled: bool) -> None:
+        if not self.running:
+            return
+        request_id = self.running.pop(0)
+        if cancelled or request_id in self.stopping:
+            events = self.worker.sample_failed(request_id, ErrorCode.CANCELLED, "stopped")
+        else:
+            events = self.worker.sample_finished(request_id, [0], 0.0)
+        self.act(events)
+        self.to_coordinator()
+
+
+steps = st.lists(
+    st.sampled_from(["sample", "ping", "cancel", "finish", "stop", "tick", "eof", "shutdown", "garbage"]),
+    max_size=40,
+)
+
+
+@given(steps=steps, jobs=st.integers(1, 3))
+@settings(max_examples=300, deadline=None)
+def test_any_interleaving_ends_every_request_exactly_once(steps: list[str], jobs: int) -> None:
+    link = Link(jobs)
+    link.to_worker()  # hello, welcome
+    assert link.coordinator.usable
+    tokens = 0
+    for step in steps:
+        usable = link.coordinator.usable
+        if step in ("sample", "ping") and usable:
+            token = f"r{tokens}"
+            tokens += 1
+            if step == "sample":
+                request_id = link.coordinator.send_sample(1, tokens, 0, "numpy", now=link.now, token=token)
+            else:
+                request_id = link.coordinator.send_ping(now=link.now, token=token)
+            link.sent[request_id] = token
+            link.to_worker()
+        elif step == "cancel" and link.sent:
+            link.coordinator.cancel(max(link.sent))
+            link.to_worker()
+        elif step in ("finish", "stop"):
+            link.finish_one(cancelled=step == "stop")
+        elif step == "tick":
+            link.now += 7.0
+            link.note(link.coordinator.advance(link.now))
+        elif step == "eof":
+            link.act(link.worker.receive_eof())
+            link.to_coordinator()
+        elif step == "shutdown":
+            link.coordinator.shutdown()
+            link.to_worker()
+        elif step == "garbage":
+            link.note(link.coordinator.receive_data(b"\x00\x00\x00\x01\xc1", link.now))
+    # The worker finishes whatever it still runs; then the stream ends.
+    while link.running:
+        link.finish_one(cancelled=False)
+    link.note(link.coordinator.receive_eof(link.now))
+    link.note(link.coordinator.fail("the test is over"))
+    assert set(link.ended) == set(link.sent.values())
+    assert all(n == 1 for n in link.ended.values()), link.ended
+    assert link.coordinator.in_flight == 0
+    assert math.isinf(link.coordinator.next_deadline())
