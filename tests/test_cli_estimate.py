@@ -208,12 +208,21 @@ def test_an_unknown_worker_command_is_a_clear_error() -> None:
     assert run.returncode == 1
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "No such file or directory" in run.stderr and "/nonexistent/mcpi-worker" in run.stderr
+    assert run.stderr.count("worker 0") == 1, run.stderr  # said once, not twice
+
+
+def test_a_worker_command_that_exits_0_at_once_says_its_exit_status() -> None:
+    """``true`` as the worker: a broken pipe alone did not say the worker had exited 0."""
+    run = mcpi("estimate", "--points", "1", "--workers", "1", "--worker-cmd", "true")
+    assert run.returncode == 1
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("mcpi estimate: error: no worker left") and line.endswith("exit code 0"), line
 
 
 def test_hung_workers_are_replaced_at_the_task_timeout_and_the_count_is_exact() -> None:
     result = estimate_json(
         "--points", "8e5", "--chunk-size", "1e5", "--workers", "2", "--seed", "5",
-        "--task-timeout", "0.5", "--worker-cmd", f"{FAKE_WORKER} --hang-after 2",
+        "--task-timeout", "0.5", "--worker-cmd", f"{FAKE_WORKER} --hang-after 1",
     )
     assert result["inside"] == expected_inside(5, 800_000, 100_000)
     assert result["restarts"] >= 2
@@ -222,7 +231,7 @@ def test_hung_workers_are_replaced_at_the_task_timeout_and_the_count_is_exact() 
 def test_crashing_workers_are_replaced_and_the_count_is_exact() -> None:
     result = estimate_json(
         "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--seed", "8",
-        "--worker-cmd", f"{FAKE_WORKER} --crash-after 3 --exit-code -9",
+        "--worker-cmd", f"{FAKE_WORKER} --crash-after 1 --exit-code -9",
     )
     assert result["inside"] == expected_inside(8, 1_000_000, 100_000)
     assert result["restarts"] >= 2

@@ -57,7 +57,8 @@ def test_max_time_reports_a_count_that_its_repeat_command_gives_on_1_2_and_3_wor
     # Fakes computing the real kernel at a bounded pace (so the check here stays cheap),
     # then real workers, whose count the repeat command itself checks.
     paced = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.005"
-    args = ("--points", "1e12", "--chunk-size", "1e5", "--seed", "7", "--max-time", "2")
+    # --max-time counts worker start-up: 4 s leaves a loaded CI box room for the first chunk.
+    args = ("--points", "1e12", "--chunk-size", "1e5", "--seed", "7", "--max-time", "4")
     for workers in (1, 3):
         run = estimate_json(*args, "--workers", str(workers), "--worker-cmd", paced)
         assert run["stopped_early"] == "max_time" and run["target_reached"] is None

@@ -346,6 +346,33 @@ def test_the_readme_srun_command_puts_worker_i_on_node_i(cluster: SlurmCluster, 
     assert "incompatible with count of allocated nodes" in done.stderr
     assert cluster.wait_for_empty_queue(CLEANUP_BOUND_S) == []
 
+def test_estimate_slurm_runs_one_step_per_node_with_all_its_cpus(cluster: SlurmCluster, local_inside: int) -> None:
+    """``mcpi estimate --slurm`` inside an allocation: one srun step per node, its worker
+    told to run as many jobs as the node has CPUs in the allocation (one connection
+    per host), and the local count; nothing left in the queue afterwards."""
+    done = cluster.run("salloc", "-N1", "-n1", f"--cpus-per-task={cluster.cpus}", "--quiet",
+                       *estimate_argv("--slurm", "--log-level", "info"), timeout=RUN_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["inside"] == local_inside
+    assert [(w["state"], w["host"]) for w in result["per_worker"]] == [("ready", cluster.node)]
+    assert result["restarts"] == 0
+    ready = [line for line in done.stderr.splitlines() if "worker_ready" in line]
+    assert len(ready) == 1 and f"jobs={cluster.cpus}" in ready[0], ready
+    assert cluster.wait_for_empty_queue(CLEANUP_BOUND_S) == []
+
+
+def test_estimate_slurm_outside_an_allocation_is_a_usage_error(cluster: SlurmCluster) -> None:
+    env = {k: v for k, v in cluster.env().items() if not k.startswith("SLURM_JOB")}
+    done = subprocess.run(estimate_argv("--slurm"), check=False, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "mcpi estimate: error: --slurm needs a Slurm allocation, but SLURM_JOB_ID is not set: run mcpi "
+        "inside one, e.g. salloc -N2 mcpi estimate --slurm, or from an sbatch script (see 'mcpi estimate --help')"
+    ]
+
+
 # -- the --slurm building blocks, inside real allocations ---------------------------
 
 IN_ALLOCATION = textwrap.dedent(

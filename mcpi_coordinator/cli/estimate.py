@@ -31,7 +31,7 @@ from mcpi_coordinator.estimate import (
     resumed_prefix,
     run_estimate,
 )
-from mcpi_coordinator.launch import capacity, remote
+from mcpi_coordinator.launch import capacity, remote, slurm
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
@@ -95,9 +95,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "-w", "--workers", type=cli_args.count_type(0, MAX_LOCAL_WORKERS, why="local processes"),
-        default=os.cpu_count() or 1, metavar="W",
-        help="local worker processes (default: the CPU count, %(default)s here); "
-        "0 with --host for remote workers only",
+        default=None, metavar="W",
+        help=f"local worker processes (default: the CPU count, {os.cpu_count() or 1} here; 0 with "
+        "--slurm); 0 with --host for remote workers only",
     )
     parser.add_argument(
         "-s", "--seed", type=cli_args.seed, default=None, metavar="S",
@@ -175,6 +175,12 @@ def register(subparsers: Any) -> None:
     runs.add_arguments(parser)
     cli_args.add_version(parser)
     remote.add_arguments(parser, cli_args.env_default("MCPI_REMOTE_CMD", remote.DEFAULT_REMOTE_COMMAND))
+    parser.add_argument(
+        "--slurm", action="store_true",
+        help="inside a Slurm allocation (salloc, sbatch): one worker step per node (srun), "
+        "each running the worker command with --jobs set to the node's CPUs in the allocation; "
+        "adds to --workers (default 0 then) and --host",
+    )
     parser.set_defaults(handler=run, command_parser=parser)
 
 
@@ -242,11 +248,23 @@ def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:
 
 
 def _check_arguments(args: argparse.Namespace) -> str | None:
+    if args.workers is None:
+        args.workers = 0 if args.slurm else (os.cpu_count() or 1)
     try:
         worker_command(args.worker_cmd, 0)  # checked even when every worker is remote
-        args.slots = remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
-    except remote.RemoteConfigError as error:
+        nodes = slurm.allocation_nodes(os.environ) if args.slurm else ()
+        slots = [] if args.slurm and not (args.workers or args.host or args.hosts_file) else (
+            remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
+        )
+    except (remote.RemoteConfigError, slurm.SlurmError) as error:
         return str(error)
+    # One step per node, one connection each, all the node's CPUs as its jobs.
+    worker = worker_command(args.worker_cmd, 0)
+    args.slots = slots + [
+        remote.WorkerSlot(tuple(slurm.srun_worker_argv(node, [*worker, "--jobs", str(node.cpus)])),
+                          remote.HostSpec(node.name))
+        for node in nodes
+    ]
     args.starting_limits = remote.starting_limits(args.slots)
     starts = remote.concurrent_starts(args.starting_limits)
     return capacity.check_slots(
@@ -367,7 +385,7 @@ async def _sample(
             line.add(0, resumed.points, resumed.inside)
         return await run_estimate(
             pool,
-            on_chunk=lambda result, prefix: line.add(result.chunk.points, prefix.points, prefix.inside),
+            on_chunk=lambda result, prefix: line.add(result.chunk.total_points, prefix.points, prefix.inside),
             started_at=started,
             **_run_options(args, seed, checkpoint),
         )

@@ -223,12 +223,6 @@ def shown(progress: RunProgress, enabled: bool) -> Iterator[None]:
 # ------------------------------------------------------------------ the pool's start-up
 
 
-@dataclass
-class _Attempt:
-    since: float
-    warned: bool = False
-
-
 async def watch_pool(
     pool: WorkerPool,
     progress: RunProgress,
@@ -248,10 +242,8 @@ async def watch_pool(
     names it in its own.
     """
     slow_after = startup_timeout / 2 if warn_after is None else warn_after
-    attempts: dict[int, tuple[int, _Attempt]] = {}
     warned_slots: set[int] = set()
     while True:
-        now = trio.current_time()
         stats = pool.stats
         progress.ready = progress.alive = stats.alive
         waiting: list[str] = []
@@ -259,15 +251,10 @@ async def watch_pool(
         for worker in stats.workers:
             if worker.state != "starting":
                 continue
-            seen = attempts.get(worker.slot)
-            if seen is None or seen[0] != worker.restarts:
-                seen = (worker.restarts, _Attempt(now))
-                attempts[worker.slot] = seen
-            attempt = seen[1]
-            waited = now - attempt.since
+            waited = worker.state_s
             note = f"worker {worker.slot} ({commands[worker.slot]}) {waited:.0f} s"
-            if worker.restarts and progress.phase is Phase.STARTING:
-                note += f", attempt {min(worker.restarts + 1, max_start_attempts)} of {max_start_attempts}"
+            if worker.attempt > 1 and progress.phase is Phase.STARTING:
+                note += f", attempt {min(worker.attempt, max_start_attempts)} of {max_start_attempts}"
             waiting.append(note)
             if waited >= slow_after and worker.slot not in warned_slots:
                 warned_slots.add(worker.slot)
