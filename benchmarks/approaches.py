@@ -100,7 +100,8 @@ def main() -> None:
         for name in CONTENDERS:
             startup = statistics.median(m.startup_s or 0.0 for m in runs[name])
             print(
-                f"  {points:.0e} median {name:<19} wall {median_wall(runs[name]):7.3f} s ({points / median_wall(runs[name]):.3g} points/s)"
+                f"  {points:.0e} median {name:<19} wall {median_wall(runs[name]):7.3f} s "
+                f"({points / median_wall(runs[name]):.3g} points/s)"
                 f"  start-up {startup:6.3f} s"
             )
         for reference in (REFERENCE, SAME_FOOTING):

@@ -64,7 +64,7 @@ def test_one_input(data: bytes) -> None:
     provider = atheris.FuzzedDataProvider(data)
     cuts = sorted(provider.ConsumeIntListInRange(provider.ConsumeIntInRange(0, 8), 0, 4096))
     payload = provider.ConsumeBytes(provider.remaining_bytes())
-    pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+    pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
     for accept in TABLES:
         whole = outcomes([payload], accept)
         if whole != outcomes(pieces, accept):

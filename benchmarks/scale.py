@@ -118,7 +118,8 @@ async def _run(hosts: int, jobs: int, chunk_size: int, rate: float, requests: in
 
 def measure(hosts: int, jobs: int, chunk_size: int, rate: float, requests: int, versions: tuple[int, ...]) -> Row:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    return trio.run(_run, hosts, jobs, chunk_size, rate, requests, versions, clock=trio.testing.MockClock(autojump_threshold=0))
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(_run, hosts, jobs, chunk_size, rate, requests, versions, clock=clock)
 
 
 def _raise_fd_limit(hosts: int) -> None:

@@ -120,6 +120,23 @@ LocalCounter = Callable[[Chunk], Awaitable[int]]
 ForgetFn = Callable[[list[int]], None]
 
 
+async def count_here(chunk: Chunk) -> int:
+    """Count ``chunk`` in this process, in a thread (the kernel releases the GIL for most
+    of its work); stops within a block when cancelled."""
+    stop = False
+
+    def should_stop() -> bool:
+        return stop
+
+    kernel = KERNELS[chunk.kernel]
+    try:
+        return await trio.to_thread.run_sync(
+            kernel, chunk.seed, chunk.stream, chunk.points, should_stop, abandon_on_cancel=True
+        )
+    finally:
+        stop = True  # an abandoned thread sees it at its next block and ends
+
+
 @dataclass
 class Verifier:
     """The ``--verify`` side of one run. ``accept`` each result from the pool; checks
@@ -132,7 +149,7 @@ class Verifier:
     nursery: trio.Nursery
     settle: SettleFn
     forget: ForgetFn
-    count_locally: LocalCounter = field(default=lambda chunk: count_here(chunk))  # defined below
+    count_locally: LocalCounter = count_here
     """How the coordinator counts a chunk itself when no other worker is left to."""
     pending: set[int] = field(default_factory=set)
     """Streams being checked: computed once, not yet settled."""
@@ -274,20 +291,3 @@ def _majority(values: Iterable[int]) -> int | None:
         counts[value] = counts.get(value, 0) + 1
     best = max(counts, key=counts.__getitem__)
     return best if counts[best] >= 2 else None
-
-
-async def count_here(chunk: Chunk) -> int:
-    """Count ``chunk`` in this process, in a thread (the kernel releases the GIL for most
-    of its work); stops within a block when cancelled."""
-    stop = False
-
-    def should_stop() -> bool:
-        return stop
-
-    kernel = KERNELS[chunk.kernel]
-    try:
-        return await trio.to_thread.run_sync(
-            kernel, chunk.seed, chunk.stream, chunk.points, should_stop, abandon_on_cancel=True
-        )
-    finally:
-        stop = True  # an abandoned thread sees it at its next block and ends

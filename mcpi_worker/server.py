@@ -132,9 +132,9 @@ class Worker:
 
     ``jobs`` samples run at once, each on a compute thread (a kernel that releases the
     GIL runs them in parallel). ``implementations`` says which implementation runs each
-    kernel now (``kernels.kernel_implementations``), for the welcome and each result. ``on_sample`` is a test seam: called on the thread
-    about to run a kernel, before it does (the CLI uses it for
-    ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
+    kernel now (``kernels.kernel_implementations``), for the welcome and each result.
+    ``on_sample`` is a test seam: called on the thread about to run a kernel, before it
+    does (the CLI uses it for ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
     together (``HOLD_LIMIT_S``); ``spin_s`` how long an idle reader polls before it
     sleeps (``DEFAULT_SPIN_S``; 0: never).
     """

@@ -389,5 +389,5 @@ def test_ctrl_c_and_sigterm_stop_in_order_and_leave_no_worker(
             bench.kill()
     assert bench.returncode == code
     assert err == f"mcpi bench approaches: {words}; every worker was stopped\n"
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"left running: {alive}"

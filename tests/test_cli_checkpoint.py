@@ -1,6 +1,6 @@
 """``mcpi estimate --checkpoint`` / ``--resume`` as users run them: real coordinator, real
-worker processes (paced fakes where timing matters), SIGKILL at random moments (the process table checked after each), Ctrl-C,
-and every refusal as one line with exit 2."""
+worker processes (paced fakes where timing matters), SIGKILL at random moments (the
+process table checked after each), Ctrl-C, and every refusal as one line with exit 2."""
 
 from __future__ import annotations
 

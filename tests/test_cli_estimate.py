@@ -53,7 +53,7 @@ def test_estimate_json_end_to_end_and_identical_for_1_and_3_workers() -> None:
     args = ("--points", "3e6", "--chunk-size", "250_000", "--seed", "11")
     one = estimate_json(*args, "--workers", "1")
     three = estimate_json(*args, "--workers", "3")
-    assert JSON_FIELDS <= set(one)
+    assert set(one) >= JSON_FIELDS
     expected = expected_inside(11, 3_000_000, 250_000)
     assert one["inside"] == three["inside"] == expected
     assert one["points"] == 3_000_000 and one["seed"] == 11 and one["chunk_size"] == 250_000
@@ -87,7 +87,9 @@ def test_human_output_names_every_figure_and_prints_a_drawn_seed() -> None:
     assert "drawn at random" in seed_row
     seed = int(seed_row.split()[1])
     # The drawn seed repeats the run.
-    again = estimate_json("--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--kernel", "python", "--seed", str(seed))
+    again = estimate_json(
+        "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--kernel", "python", "--seed", str(seed)
+    )
     assert f"{again['pi']:.10f}" in run.stdout
 
 
@@ -184,7 +186,8 @@ def test_a_worker_flooding_stderr_does_not_stall_the_run_or_grow_memory() -> Non
 
 
 def test_a_crash_looping_worker_command_ends_with_one_clear_line() -> None:
-    command = f"{shlex.quote(sys.executable)} -c \"import sys; sys.stderr.write('cannot start: no GPU here\\n'); sys.exit(7)\""
+    script = "import sys; sys.stderr.write('cannot start: no GPU here\\n'); sys.exit(7)"
+    command = f"{shlex.quote(sys.executable)} -c \"{script}\""
     run = mcpi("estimate", "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--worker-cmd", command,
                timeout=30)
     assert run.returncode == 1

@@ -51,7 +51,9 @@ def expected(stream: int, points: int = POINTS, kernel: str = "numpy") -> int:
 
 
 @asynccontextmanager
-async def fake(behaviour: FakeBehaviour = FakeBehaviour()) -> AsyncIterator[tuple[FakeWorkerProcess, WorkerClient, StderrTail]]:
+async def fake(
+    behaviour: FakeBehaviour = FakeBehaviour(),  # noqa: B008 (frozen: one shared default is safe)
+) -> AsyncIterator[tuple[FakeWorkerProcess, WorkerClient, StderrTail]]:
     """One running fake with its stderr drained; killed at the end if still alive."""
     async with trio.open_nursery() as nursery:
         process = await start_fake_worker(nursery, behaviour)
@@ -239,7 +241,7 @@ async def test_silent_never_welcomes(autojump_clock: trio.abc.Clock) -> None:
 
 
 async def test_ignore_sigterm_needs_a_kill(autojump_clock: trio.abc.Clock) -> None:
-    async with fake(FakeBehaviour(silent=True, ignore_sigterm=True)) as (process, client, _):
+    async with fake(FakeBehaviour(silent=True, ignore_sigterm=True)) as (process, _client, _):
         process.terminate()
         with trio.move_on_after(60):
             await process.wait()

@@ -105,7 +105,7 @@ async def test_hang_after_is_deaf_to_eof_and_needs_a_signal() -> None:
 
 async def test_ignore_sigterm_survives_terminate() -> None:
     command = fake_worker_command(FakeBehaviour(silent=True, ignore_sigterm=True))
-    async with open_worker(command) as (process, client, stderr):
+    async with open_worker(command) as (process, client, _stderr):
         with trio.fail_after(30):
             await client.send(Ping(id=1))  # answered "handshake_required": it is up
             assert (await client.receive()).code == ErrorCode.HANDSHAKE_REQUIRED  # type: ignore[union-attr]
@@ -119,7 +119,7 @@ async def test_ignore_sigterm_survives_terminate() -> None:
 
 
 async def test_slow_samples_still_answer_ping_first() -> None:
-    async with open_worker(fake_worker_command(FakeBehaviour(slow=0.5))) as (process, client, _):
+    async with open_worker(fake_worker_command(FakeBehaviour(slow=0.5))) as (_process, client, _):
         with trio.fail_after(30):
             await client.handshake()
             await client.send(sample(1), Ping(id=2))
@@ -191,7 +191,7 @@ def test_a_hanging_fake_does_not_outlive_its_parent() -> None:
     done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=30)
     pid = int(done.stdout)
     try:
-        gone, alive = psutil.wait_procs([psutil.Process(pid)], timeout=10)
+        _gone, alive = psutil.wait_procs([psutil.Process(pid)], timeout=10)
     except psutil.NoSuchProcess:
         return  # already gone
     assert not alive, f"orphaned fake {pid} still running"

@@ -40,7 +40,7 @@ SPEC_TEXT = SPEC.read_text(encoding="utf-8")
 def fenced_blocks(label_pattern: str) -> dict[str, str]:
     """Fenced blocks whose info string matches ``label_pattern`` (one group: the name)."""
     found = re.findall(rf"^```{label_pattern}\n(.*?)^```$", SPEC_TEXT, re.M | re.S)
-    return {name: body for name, body in found}
+    return dict(found)
 
 
 def parse_golden_frame(block: str) -> tuple[dict, bytes]:

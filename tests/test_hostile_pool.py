@@ -125,7 +125,8 @@ def any_fault(draw: st.DrawFn) -> FakeBehaviour:
 
 
 def run_in_process(
-    behaviours: Sequence[FakeBehaviour], size: int, n_chunks: int, then: FakeBehaviour = FakeBehaviour()
+    behaviours: Sequence[FakeBehaviour], size: int, n_chunks: int,
+    then: FakeBehaviour = FakeBehaviour(),  # noqa: B008 (frozen: one shared default is safe)
 ) -> tuple[int | McpiError, FakeLauncher, float]:
     """Run ``n_chunks`` on a pool whose i-th launched worker gets ``behaviours[i]``
     (then ``then``), on a mock clock. Returns the count or the error, the launcher
@@ -192,7 +193,7 @@ def test_a_crash_loop_ending_in_chunk_failed_still_names_command_exit_code_and_s
     # been retired three times, so the run ends in ChunkFailed, not PoolExhausted.
     # Its one line must say as much as PoolExhausted's would.
     crash = FakeBehaviour(crash_after=0, exit_code=7)
-    outcome, launcher, _ = run_in_process([crash] * 10, size=2, n_chunks=1)
+    outcome, _launcher, _ = run_in_process([crash] * 10, size=2, n_chunks=1)
     assert isinstance(outcome, McpiError)
     message = str(outcome)
     assert "FakeWorkerProcess" in message  # the command (fakes have no argv)

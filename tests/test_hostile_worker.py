@@ -348,7 +348,7 @@ def decode_outcomes(chunks: list[bytes], accept: dict[str, type]) -> list[Outcom
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(data)) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -518,7 +518,7 @@ def _worker_command() -> list[str]:
 async def run_real_worker(data: bytes) -> tuple[int, list[Message], int]:
     """Feed ``data`` after the handshake, then EOF; return exit code, responses, peak RSS."""
     peak_rss = 0
-    async with open_worker(_worker_command()) as (process, client, stderr):
+    async with open_worker(_worker_command()) as (process, client, _stderr):
         with trio.fail_after(60):
             await client.handshake()
             responses: list[Message] = []

@@ -143,4 +143,5 @@ def test_ctrl_c_on_mcpi_estimate_exits_130_quietly_and_reaps_every_worker() -> N
         assert estimate.returncode == 130, (estimate.returncode, err)
         assert "Traceback" not in err and "Traceback" not in out
         # The coordinator reaps its workers before it exits: they are gone already.
-        assert still_running(pids) == [], f"workers {still_running(pids)} still running after mcpi exited ({took:.2f} s)"
+        left = still_running(pids)
+        assert left == [], f"workers {left} still running after mcpi exited ({took:.2f} s)"

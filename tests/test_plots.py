@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -99,7 +100,7 @@ def test_frame_counts_grow_strictly_and_end_with_every_point(points: int, frames
     counts = plots.frame_point_counts(points, frames)
     assert len(counts) == frames
     assert counts[0] >= 1 and counts[-1] == points
-    assert all(a < b for a, b in zip(counts, counts[1:]))
+    assert all(a < b for a, b in itertools.pairwise(counts))
 
 
 def test_frame_counts_come_quickly_at_first() -> None:

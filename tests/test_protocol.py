@@ -8,6 +8,7 @@ error but never after a fatal one.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -538,7 +539,7 @@ worker_messages = st.one_of(
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 @given(st.lists(coordinator_messages, max_size=8), st.lists(st.integers(0, 10_000), max_size=20))

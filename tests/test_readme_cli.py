@@ -101,7 +101,7 @@ def _json_of(*args: str) -> dict[str, Any]:
     [
         ("estimate", "-n", "3000", "--chunk-size", "1000", "-w", "2", "--max-time", "60"),
         ("estimate", "-n", "1e13", "--chunk-size", "1e4", "-w", "1", "--target-error", "1e-2"),  # early-stop fields
-        ("bench", "approaches", "-n", "2000", "--chunk-size", "1000", "-w", "1", "-r", "1", "--only", "sequential"),  # noqa: E501
+        ("bench", "approaches", "-n", "2000", "--chunk-size", "1000", "-w", "1", "-r", "1", "--only", "sequential"),
         ("bench", "overhead", "-n", "10", "-w", "1"),
     ],
     ids=["estimate", "estimate-stopped", "bench-approaches", "bench-overhead"],

@@ -183,7 +183,7 @@ def test_hosts_file_two_specs_on_a_line_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_or_binary_hosts_file(tmp_path: Path) -> None:
-    with pytest.raises(RemoteConfigError, match="cannot read hosts file .*No such file"):
+    with pytest.raises(RemoteConfigError, match=r"cannot read hosts file .*No such file"):
         read_hosts_file(tmp_path / "absent")
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe\x00node")
@@ -366,7 +366,7 @@ async def test_pool_warns_once_per_host_when_its_workers_are_retired(autojump_cl
     with capture_logs() as logs, trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             launcher = fake_launcher(
-                nursery, by_slot({i: unreachable for i in range(1, 5)}, launches=None)
+                nursery, by_slot(dict.fromkeys(range(1, 5), unreachable), launches=None)
             )
             async with WorkerPool(5, launcher=launcher, slot_hosts=slot_hosts) as pool:
                 result = await pool.sample(Chunk(seed=1, stream=0, points=1000))

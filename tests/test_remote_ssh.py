@@ -90,10 +90,9 @@ async def run_pool(slots: Sequence[WorkerSlot], work: Sequence[Chunk]) -> tuple[
     inside = 0
     async with WorkerPool(
         len(slots), launcher=slot_launcher(slots, spawn_worker), backoff_s=0.05
-    ) as pool:
-        async with pool.imap_unordered(work) as results:
-            async for result in results:
-                inside += result.inside
+    ) as pool, pool.imap_unordered(work) as results:
+        async for result in results:
+            inside += result.inside
     return inside, pool.stats  # after the block: every slot has stopped or retired
 
 
@@ -122,18 +121,17 @@ async def test_sshd_stopped_mid_run_drops_its_workers_and_the_count_stays_exact(
         with trio.fail_after(90):
             async with WorkerPool(
                 len(slots), launcher=slot_launcher(slots, spawn_worker), backoff_s=0.05
-            ) as pool:
-                async with pool.imap_unordered(work) as results:
-                    done = 0
-                    async for result in results:
-                        inside += result.inside
-                        done += 1
-                        if stopped_after is None and result.slot > 0:
-                            # A remote worker has answered: the host goes down now,
-                            # sessions and their workers with it.
-                            stopped_after = done
-                            await trio.to_thread.run_sync(daemon.stop)
-                            assert remote_workers_running(run_token) == []
+            ) as pool, pool.imap_unordered(work) as results:
+                done = 0
+                async for result in results:
+                    inside += result.inside
+                    done += 1
+                    if stopped_after is None and result.slot > 0:
+                        # A remote worker has answered: the host goes down now,
+                        # sessions and their workers with it.
+                        stopped_after = done
+                        await trio.to_thread.run_sync(daemon.stop)
+                        assert remote_workers_running(run_token) == []
             stats = pool.stats
     finally:
         daemon.stop()

@@ -90,7 +90,7 @@ Workers are started and warmed up before the clock runs.
 An optional peer that cannot be imported is listed as unavailable."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = subparsers.add_parser(
         "bench",
         help="compare the ways to spread CPU work over processes",
@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_overhead(benchmarks)
 
 
-def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
+def _register_approaches(benchmarks: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = benchmarks.add_parser(
         "approaches",
         help="one workload through every approach: wall time, speed-up, agreement",
@@ -157,7 +157,7 @@ def _register_approaches(benchmarks: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_approaches, command_parser=parser)
 
 
-def _register_overhead(benchmarks: argparse._SubParsersAction) -> None:
+def _register_overhead(benchmarks: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = benchmarks.add_parser(
         "overhead",
         help="per-task overhead of tiny tasks: our pool against its peers",

@@ -238,10 +238,11 @@ class _QuadrantFigure:
         self.figure = figure_class(figsize=(5.0, 5.6), dpi=110, layout="constrained")
         ax = self.figure.add_subplot()
         area = _marker_area(sample.points)
-        style = {"s": area, "linewidths": 0, "marker": "o", "rasterized": True}
         empty = np.empty((0, 2), dtype=np.float32)
-        self._inside_dots = ax.scatter(empty[:, 0], empty[:, 1], color=INSIDE_COLOUR, **style)
-        self._outside_dots = ax.scatter(empty[:, 0], empty[:, 1], color=OUTSIDE_COLOUR, **style)
+        self._inside_dots, self._outside_dots = (
+            ax.scatter(empty[:, 0], empty[:, 1], color=colour, s=area, linewidths=0, marker="o", rasterized=True)
+            for colour in (INSIDE_COLOUR, OUTSIDE_COLOUR)
+        )
         ax.add_patch(Arc((0, 0), 2, 2, theta1=0, theta2=90, color=INK, linewidth=1.6, zorder=3))
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -253,11 +254,10 @@ class _QuadrantFigure:
         for spine in ax.spines.values():
             spine.set_color(MUTED_INK)
         ax.tick_params(colors=MUTED_INK, labelcolor=INK)
-        legend_dot = {"marker": "o", "linestyle": "none", "markersize": 7}
         self.figure.legend(
             handles=[
-                Line2D([], [], color=INSIDE_COLOUR, label="inside: x² + y² < 1", **legend_dot),
-                Line2D([], [], color=OUTSIDE_COLOUR, label="outside", **legend_dot),
+                Line2D([], [], color=colour, label=label, marker="o", linestyle="none", markersize=7)
+                for colour, label in ((INSIDE_COLOUR, "inside: x² + y² < 1"), (OUTSIDE_COLOUR, "outside"))
             ],
             loc="outside lower center",
             ncol=2,
@@ -280,11 +280,13 @@ class _QuadrantFigure:
 
     def counts_drawn(self) -> tuple[int, int]:
         """(inside, outside) points the figure currently draws, read back from its artists."""
-        return len(self._inside_dots.get_offsets()), len(self._outside_dots.get_offsets())
+        return len(np.asarray(self._inside_dots.get_offsets())), len(np.asarray(self._outside_dots.get_offsets()))
 
     def render_rgb(self, pil_image: Any) -> Image:
-        self.figure.canvas.draw()
-        return pil_image.fromarray(np.asarray(self.figure.canvas.buffer_rgba())).convert("RGB")
+        canvas: Any = self.figure.canvas  # an Agg canvas (_require_extra), whose methods are untyped
+        canvas.draw()
+        image: Image = pil_image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+        return image
 
 
 def frame_point_counts(points: int, frames: int) -> list[int]:
@@ -399,7 +401,7 @@ def plot_convergence(
     keep = curve_indices(len(points), max_curve_points)
     keep = keep[used[keep] > 0]
     # At most max_curve_points calls: the statistics stay in one place (estimate.py).
-    curve = [pi_statistics(int(i), int(n)) for i, n in zip(inside_so_far[keep], used[keep])]
+    curve = [pi_statistics(int(i), int(n)) for i, n in zip(inside_so_far[keep], used[keep], strict=True)]
     x = used[keep]
     estimate = np.array([stats.pi for stats in curve])
     half_width = np.array([stats.half_width for stats in curve])

@@ -39,7 +39,7 @@ examples:
 Needs the 'bench' extra (matplotlib, Pillow): {plots.INSTALL_HINT}"""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "scatter",
         help="draw the quadrant figure (PNG) or its animation (GIF)",

@@ -23,9 +23,9 @@ Ranges. A request for a range of streams whose owner can split it (``Request.spl
 goes out in pieces sized for the worker that takes each one: as many streams as that
 worker computes in about ``TARGET_PIECE_S`` by its own answers so far, reached from one
 stream by doubling (``RAMP``), and at most a share of what is left of the range
-(``SHARE_DIVISOR``); a worker speaking protocol version 1 gets one stream at a time. So per-request overhead stops mattering at any chunk size, while
-no worker holds more than a fraction of a second of the run, and a small run is spread
-over every worker.
+(``SHARE_DIVISOR``); a worker speaking protocol version 1 gets one stream at a time. So
+per-request overhead stops mattering at any chunk size, while no worker holds more than a
+fraction of a second of the run, and a small run is spread over every worker.
 
 No re-entrancy. Each request's one final outcome (a ``ChunkResult``, ``None`` for a
 ping's pong, or the ``McpiError`` it ended with) is handed to ``request.deliver``
