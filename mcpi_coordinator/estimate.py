@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -318,9 +318,7 @@ class _Run:
                     if self.on_chunk is not None:
                         self.on_chunk(result, self.prefix)
                     if self.verifier is None:
-                        first = result.chunk.stream
-                        for offset, inside in enumerate(result.stream_counts):
-                            self.settle(first + offset, inside)
+                        self.settle_run(result.chunk.stream, result.stream_counts)
                     else:
                         self.verifier.accept(result)
                     if self.prefix.finished:
@@ -371,6 +369,20 @@ class _Run:
             self.checkpoint.record(stream, inside)
         if self.prefix.finished and self._phase is not None:
             self._phase.cancel()  # settled by a check, not in the loop: stop the pass
+
+    def settle_run(self, first: int, insides: Sequence[int]) -> None:
+        """``settle`` chunks ``first, first + 1, ...``: at once, unless one of them came
+        already (a piece sent again after its worker left), then one by one."""
+        if self.prefix.has_any(first, len(insides)):
+            for offset, inside in enumerate(insides):
+                self.settle(first + offset, inside)
+            return
+        self.prefix.add_run(first, insides)
+        if self.checkpoint is not None:
+            for offset, inside in enumerate(insides):
+                self.checkpoint.record(first + offset, inside)
+        if self.prefix.finished and self._phase is not None:
+            self._phase.cancel()
 
     def forget(self, streams: list[int]) -> None:
         """Un-count these chunks and compute them again."""

@@ -19,7 +19,9 @@ of the stopping rule cheap to test over many seeds.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from mcpi_coordinator.statistics import StopRule
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
@@ -62,6 +64,11 @@ class Prefix:
 
     def has(self, stream: int) -> bool:
         return stream < len(self._counts) and self._counts[stream] != _MISSING
+
+    def has_any(self, first: int, streams: int) -> bool:
+        """Some chunk of ``first .. first + streams - 1`` is counted already."""
+        end = min(first + streams, len(self._counts))
+        return end > first and bool((np.frombuffer(self._counts, np.int64)[first:end] != _MISSING).any())
 
     @property
     def complete(self) -> bool:
@@ -122,6 +129,32 @@ class Prefix:
         if stream == self.k:
             self._advance()
 
+    def add_run(self, first: int, insides: Sequence[int]) -> None:
+        """Count chunks ``first, first + 1, ...`` at once (a range's result): checked
+        in full before anything changes, like ``add`` one by one, at a fraction of the
+        cost (10 µs a chunk one by one kept a coordinator core busy at chunk size 1e4)."""
+        streams = len(insides)
+        if streams == 0:
+            return
+        last = first + streams - 1
+        if first < 0 or last >= self.total_chunks:
+            raise ValueError(f"chunks {first}..{last} are not all chunks of this run (0..{self.total_chunks - 1})")
+        counts = np.asarray(insides, dtype=np.int64)
+        limits = np.full(streams, self.chunk_size, dtype=np.int64)
+        limits[-1] = self.chunk_points(last)
+        bad = np.flatnonzero((counts < 0) | (counts > limits))
+        if bad.size:
+            at = int(bad[0])
+            raise ValueError(f"chunk {first + at}: {counts[at]} inside of {limits[at]} points is impossible")
+        if self.has_any(first, streams):
+            raise ValueError(f"a chunk of {first}..{last} was already counted")
+        if last >= len(self._counts):
+            self._counts.extend(array("q", [_MISSING]) * (last + 1 - len(self._counts)))
+        self._counts[first : last + 1] = array("q", counts.tobytes())
+        self._completed += streams
+        if first == self.k:
+            self._advance()
+
     def forget(self, streams: Iterable[int]) -> None:
         """Un-count these chunks (their worker was caught lying): they are missing
         again, and the prefix and its stop are worked out anew up to the first of them."""
@@ -139,6 +172,18 @@ class Prefix:
 
     def _advance(self) -> None:
         counts, rule = self._counts, self.rule
+        if rule.target_error is None and not self.stopped:
+            # No rule to check at every k: move over the completed run at once.
+            view = np.frombuffer(counts, np.int64)[self.k :]
+            gaps = np.flatnonzero(view == _MISSING)
+            end = self.k + (int(gaps[0]) if gaps.size else view.size)
+            self.inside += int(view[: end - self.k].sum())
+            del view  # a live view would stop the array from growing
+            self.points += (end - self.k) * self.chunk_size
+            if end == self.total_chunks and end > self.k:
+                self.points -= self.chunk_size - self.chunk_points(end - 1)
+            self.k = end
+            return
         while not self.stopped and self.k < len(counts) and counts[self.k] != _MISSING:
             self.inside += counts[self.k]
             self.points += self.chunk_points(self.k)

@@ -206,3 +206,39 @@ async def test_max_time_before_chunk_0_completes_is_a_clear_error(autojump_clock
     no_chunk_0 = "within 1 s: chunk 0 had not completed;"
     with trio.fail_after(600), pytest.raises(NothingCompleted, match=no_chunk_0):
         await pool_estimate(1, {0: FakeBehaviour(slow=10.0)}, max_time=1.0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("target", [None, 0.05])
+def test_counting_ranges_at_once_gives_the_prefix_chunks_one_by_one_give(seed: int, target: float | None) -> None:
+    """``Prefix.add_run`` (a range's result, counted at once) against ``add`` one chunk at
+    a time, over random ranges arriving in random order, with and without a stop rule."""
+    rng = random.Random(seed)
+    chunk, total = rng.choice([1, 7, 100]), rng.randint(1, 300)
+    points = chunk * total - rng.randint(0, chunk - 1)  # the last chunk may be shorter
+    one_by_one, at_once = Prefix(points, chunk, StopRule(target)), Prefix(points, chunk, StopRule(target))
+    insides = [rng.randint(0, one_by_one.chunk_points(s)) for s in range(total)]
+    cuts = sorted(rng.sample(range(1, total), min(total - 1, rng.randint(0, 12)))) if total > 1 else []
+    ranges = list(zip([0, *cuts], [*cuts, total], strict=True))
+    rng.shuffle(ranges)
+    for start, end in ranges:
+        for stream in range(start, end):
+            one_by_one.add(stream, insides[stream])
+        at_once.add_run(start, insides[start:end])
+        state = (at_once.k, at_once.inside, at_once.points, at_once.stopped, at_once.completed)
+        assert state == (one_by_one.k, one_by_one.inside, one_by_one.points, one_by_one.stopped, one_by_one.completed)
+    assert at_once.counted() == one_by_one.counted()
+
+
+def test_a_range_with_a_counted_or_impossible_chunk_changes_nothing() -> None:
+    prefix = Prefix(1000, 100)
+    prefix.add_run(2, [50, 60])
+    with pytest.raises(ValueError, match="already counted"):
+        prefix.add_run(0, [1, 2, 3])
+    with pytest.raises(ValueError, match="chunk 5: 101 inside of 100 points is impossible"):
+        prefix.add_run(4, [0, 101])
+    with pytest.raises(ValueError, match="not all chunks of this run"):
+        prefix.add_run(9, [1, 2])
+    assert (prefix.k, prefix.completed, list(prefix.items())) == (0, 2, [(2, 50), (3, 60)])
+    prefix.add_run(0, [10, 20])
+    assert (prefix.k, prefix.inside, prefix.points) == (4, 140, 400)
