@@ -11,7 +11,8 @@ Trio's mock clock, so a fleet of 64,000 cores "computes" without anyone waiting,
 numbers do not depend on the machine's load.
 
 For each fleet and chunk size, one run of ``imap_unordered`` over a range of streams
-(what ``mcpi estimate`` sends), until ``--requests`` requests have been answered:
+(what ``mcpi estimate`` sends), until ``--requests`` requests have been answered after
+a warm-up (the first pipeline's worth of requests a host, sent before its speed is known):
 
 - **CPU per request**: the process's CPU time over the requests answered. It includes
   the fakes' side of each exchange, so it is an upper bound on the coordinator's own.
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.cli.args import count
-from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import fake_launcher
 
@@ -86,11 +87,18 @@ async def _run(hosts: int, jobs: int, chunk_size: int, rate: float, requests: in
         async with WorkerPool(hosts, launcher=launcher, startup_timeout=1e6) as pool:
             # A range far longer than the run: the pool cuts it into pieces for each worker.
             streams = 10**15 // chunk_size
-            answered = 0
-            points = 0
+            # The first pieces go out before any worker's speed is known (a pipeline's
+            # worth a host): the steady state is measured after them.
+            warmup = hosts * min(DEFAULT_PIPELINE_DEPTH * jobs, behaviour.max_inflight)
+            answered = points = seen = 0
             started_cpu, started_clock = _cpu(), trio.current_time()
             async with pool.imap_unordered([Chunk(SEED, 0, chunk_size, streams=streams)]) as results:
                 async for result in results:
+                    seen += 1
+                    if seen == warmup:
+                        started_cpu, started_clock = _cpu(), trio.current_time()
+                    if seen <= warmup:
+                        continue
                     answered += 1
                     points += result.chunk.total_points
                     if answered >= requests:

@@ -21,8 +21,8 @@ can serve fails at once, saying what is missing.
 
 Ranges. A request for a range of streams whose owner can split it (``Request.splitter``)
 goes out in pieces sized for the worker that takes each one: as many streams as that
-worker computes in about ``TARGET_PIECE_S`` by its own answers so far, reached from one
-stream by doubling (``RAMP``), and at most a share of what is left of the range
+worker computes in about ``TARGET_PIECE_S`` by its own answers so far (before its first,
+growing from one stream, ``RAMP``), and at most a share of what is left of the range
 (``SHARE_DIVISOR``); a worker speaking protocol version 1 gets one stream at a time. So
 per-request overhead stops mattering at any chunk size, while no worker holds more than a
 fraction of a second of the run, and a small run is spread over every worker.
@@ -67,10 +67,15 @@ from mcpi_worker.protocol import (
 TARGET_PIECE_S: Final[float] = 0.25
 """Seconds of work one piece of a range should carry for the worker that takes it."""
 
+FIRST_PIECE_POINTS: Final[int] = 1 << 22
+"""The most points in a piece sent before the worker's speed is known (~10 ms of NumPy)."""
+
 RAMP: Final[int] = 2
-"""A worker's piece is at most RAMP times the largest piece it has answered (its first is
-one stream): a worker of unknown speed (a slow host, a slow kernel) is never handed
-minutes of work blind, and a fast one reaches its quarter-second pieces in a few answers."""
+"""Until its first answer, a worker's pieces grow from one stream by this factor per piece
+sent, up to ``FIRST_PIECE_POINTS``: a worker of unknown speed (a slow host, a slow kernel)
+answers its first piece soon, while a deep pipeline (many jobs) still fills with pieces
+worth sending. Growing per answer instead kept a 1000-host fleet on one-stream pieces for
+its first ~250 requests a host."""
 
 SHARE_DIVISOR: Final[int] = 2
 """A piece carries at most 1/(SHARE_DIVISOR x the pool's jobs) of what is left of its range
@@ -132,8 +137,8 @@ class Dispatcher:
         """The most points some known slot accepts, by kernel (None: to be worked out)."""
         self._rates: dict[WorkerConnection, float] = {}
         """Each worker's speed so far: points per second on one of its jobs."""
-        self._answered: dict[WorkerConnection, int] = {}
-        """The most streams each worker has answered in one request."""
+        self._blind: dict[WorkerConnection, int] = {}
+        """Streams in the last piece sent to each worker whose speed is not known yet."""
         self._outcomes: deque[tuple[Request, Outcome]] = deque()
         self._busy = False
         """Inside a public method: outcomes learnt now wait for its delivery loop."""
@@ -206,7 +211,7 @@ class Dispatcher:
         self._depth.pop(connection, None)
         self._roomy.pop(connection, None)
         self._rates.pop(connection, None)
-        self._answered.pop(connection, None)
+        self._blind.pop(connection, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -348,13 +353,17 @@ class Dispatcher:
             streams = 1
         else:
             points = max(chunk.points, 1)
-            wanted = max(1, RAMP * self._answered.get(connection, 0))
             rate = self._rates.get(connection)
-            if rate is not None:
-                wanted = min(wanted, int(TARGET_PIECE_S * rate // points))
+            if rate is None:
+                previous = self._blind.get(connection, 0)
+                wanted = max(1, min(RAMP * previous, FIRST_PIECE_POINTS // points))
+            else:
+                wanted = int(TARGET_PIECE_S * rate // points)
             most = min(MAX_GROUPS, welcome.max_points // points)
             share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
             streams = max(1, min(wanted, most, share))
+            if rate is None:
+                self._blind[connection] = streams
         if streams >= chunk.streams:
             return request
         return request.splitter(request, streams)
@@ -366,8 +375,6 @@ class Dispatcher:
         return self._jobs
 
     def _note_speed(self, connection: WorkerConnection, result: Result) -> None:
-        streams = 1 if result.insides is None else len(result.insides)
-        self._answered[connection] = max(streams, self._answered.get(connection, 0))
         if result.elapsed_s <= 0 or result.points == 0:
             return
         rate = result.points / result.elapsed_s
