@@ -244,7 +244,7 @@ def test_max_time_stops_early_with_a_valid_estimate() -> None:
     result = estimate_json("--points", "1e13", "--workers", "2", "--max-time", "2", "--seed", "4")
     assert result["stopped_early"] == "max_time"
     assert 0 < result["points"] < 10**13 and result["requested_points"] == 10**13
-    assert result["elapsed_s"] < 10
+    assert result["elapsed_s"] >= 2  # it ran until the limit, not to the end (1e13 points)
     low, high = result["ci95"]
     assert low < result["pi"] < high and abs(result["error"]) < 0.01
 
