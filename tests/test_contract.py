@@ -80,10 +80,12 @@ async def _in_process_peer() -> AsyncIterator[Peer]:
             process.kill()
 
 
-@pytest.fixture(params=["mcpi-worker", "subprocess-fake", "in-process-fake", "spec-worker"])
+@pytest.fixture(params=["mcpi-worker", "mcpi-worker-jobs-3", "subprocess-fake", "in-process-fake", "spec-worker"])
 def open_peer(request: pytest.FixtureRequest) -> OpenPeer:
     if request.param == "mcpi-worker":
         return lambda: _subprocess_peer(_real_worker_command())
+    if request.param == "mcpi-worker-jobs-3":  # several samples at once behind one stdio: the same contract
+        return lambda: _subprocess_peer([*_real_worker_command(), "--jobs", "3"])
     if request.param == "spec-worker":
         return lambda: _subprocess_peer([sys.executable, str(Path(__file__).with_name("spec_worker.py"))])
     if request.param == "subprocess-fake":
