@@ -1,6 +1,7 @@
 """What survives the coordinator: completed chunks in an SQLite file, for ``--resume``.
 
-A checkpoint holds a run's parameters (seed, points, chunk size, kernel, target), the
+A checkpoint holds a run's parameters (seed, points, chunk size, kernel, target, and
+the ``--part I/K`` it counts, if any), the
 versions that made its counts (mcpi, the kernel's definition, the file's format) and
 one row per completed chunk: (stream, inside, check). Resuming rebuilds the prefix
 from those rows and computes only what is missing, so a resumed run, after any number
@@ -50,6 +51,7 @@ from typing import Any, Final, Self
 
 from mcpi_coordinator import __version__
 from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.parts import Part
 from mcpi_worker.kernels import KERNEL_VERSIONS
 
 FORMAT: Final[int] = 1
@@ -78,10 +80,17 @@ class RunParameters:
     chunk_size: int
     kernel: str
     target_error: float | None
+    part: Part | None = None
+    """The part of the run this checkpoint counts; None for all of it."""
 
     @property
     def total_chunks(self) -> int:
         return -(-self.points // self.chunk_size)
+
+    @property
+    def streams(self) -> range:
+        """The chunks the checkpoint may hold: the run's, or its part's."""
+        return range(self.total_chunks) if self.part is None else self.part.streams(self.total_chunks)
 
     def chunk_points(self, stream: int) -> int:
         return min(self.chunk_size, self.points - stream * self.chunk_size)
@@ -334,9 +343,12 @@ def _read_parameters(connection: sqlite3.Connection, path: Path) -> RunParameter
             chunk_size=_whole(meta["chunk_size"], 1, None),
             kernel=str(meta["kernel"]),
             target_error=_target(meta["target_error"]),
+            part=_part(meta.get("part")),  # absent in files of whole runs written before parts
         )
         kernel_version = meta["kernel_version"]
-    except (KeyError, ValueError):
+        if parameters.part is not None and parameters.part.of > parameters.total_chunks:
+            raise ValueError(parameters.part)  # more parts than the run has chunks
+    except (KeyError, ValueError, TypeError):
         raise CheckpointRefused(f"checkpoint {path} is corrupt: its run parameters are invalid") from None
     ours = KERNEL_VERSIONS.get(parameters.kernel)
     if ours is None:
@@ -353,10 +365,10 @@ def _read_chunks(
     connection: sqlite3.Connection, path: Path, parameters: RunParameters
 ) -> list[tuple[int, int]]:
     stored = []
-    total = parameters.total_chunks
+    streams = parameters.streams
     for stream, inside, check in _rows(connection):
         valid = (
-            isinstance(stream, int) and isinstance(inside, int) and 0 <= stream < total
+            isinstance(stream, int) and isinstance(inside, int) and stream in streams
             and 0 <= inside <= parameters.chunk_points(stream)
             and check == check_value(parameters.seed, stream, inside)
         )  # fmt: skip
@@ -386,6 +398,14 @@ def _target(value: Any) -> float | None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(value)
     return float(value)
+
+
+def _part(value: Any) -> Part | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"index", "of"}:
+        raise ValueError(value)
+    return Part(_whole(value["index"], 1, None), _whole(value["of"], 1, None))
 
 
 def _remove_stale_partials(target: Path) -> None:

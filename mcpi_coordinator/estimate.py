@@ -8,6 +8,7 @@
   ``statistics`` holds the formulas and the ``--target-error`` rule.
 - ``run_estimate`` drives a ``WorkerPool`` over the streams still missing, and stops
   early on ``max_time`` or once the prefix meets the target, reporting the prefix.
+  With a ``part`` (``parts`` module) it counts only that part's streams.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import trio
 from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.parts import Part
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_coordinator.prefix import Prefix
 from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
@@ -76,9 +78,10 @@ class Stop(StrEnum):
     TARGET_ERROR = "target_error"
 
 
-def repeat_command(points: int, seed: int, chunk_size: int, kernel: str) -> str:
+def repeat_command(points: int, seed: int, chunk_size: int, kernel: str, part: Part | None = None) -> str:
     """The plain ``mcpi estimate`` command whose count equals a run of these figures."""
-    return f"mcpi estimate --points {points} --seed {seed} --chunk-size {chunk_size} --kernel {kernel}"
+    command = f"mcpi estimate --points {points} --seed {seed} --chunk-size {chunk_size} --kernel {kernel}"
+    return command if part is None else f"{command} --part {part}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class EstimateResult:
 
     ``inside`` and ``points`` are those of the prefix of streams 0..chunks−1, so
     ``repeat_command`` (``--points points``, same seed, chunk size and kernel) gives
-    this very count on any pool, also after an early stop.
+    this very count on any pool, also after an early stop. In a ``part`` of the run
+    they are those of streams first_chunk..first_chunk+chunks−1, the part's own.
     """
 
     inside: int
@@ -120,6 +124,25 @@ class EstimateResult:
     """The checkpoint file's path, if the run had one."""
     saved_chunks: int = 0
     """Chunks the checkpoint holds at the end (counted or not)."""
+    part: Part | None = None
+    """The part of the run counted; None for all of it."""
+
+    @property
+    def part_streams(self) -> range:
+        """The streams this run was to count: the whole run's, or its part's."""
+        total = chunk_count(self.requested_points, self.chunk_size)
+        return range(total) if self.part is None else self.part.streams(total)
+
+    @property
+    def first_chunk(self) -> int:
+        return self.part_streams.start
+
+    @property
+    def asked_points(self) -> int:
+        """The points this run was to count: ``requested_points``, or its part's."""
+        if self.part is None:
+            return self.requested_points
+        return self.part.points(self.requested_points, self.chunk_size)
 
     @property
     def statistics(self) -> PiStatistics:
@@ -148,8 +171,14 @@ class EstimateResult:
         return computed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
-    def repeat_command(self) -> str:
-        return repeat_command(self.points, self.seed, self.chunk_size, self.kernel)
+    def repeat_command(self) -> str | None:
+        """The command that gives this count again; None for a part that stopped early
+        (a prefix of a part is not a run of its own)."""
+        if self.part is None:
+            return repeat_command(self.points, self.seed, self.chunk_size, self.kernel)
+        if self.stopped_early is not None:
+            return None
+        return repeat_command(self.requested_points, self.seed, self.chunk_size, self.kernel, self.part)
 
 
 RANGE_STREAMS: Final[int] = 1 << 16
@@ -174,7 +203,7 @@ NO_POOL: Final[PoolStats] = PoolStats(
 def resumed_prefix(checkpoint: Checkpoint) -> Prefix:
     """The prefix a checkpoint's chunks make: ``finished`` if no worker is needed."""
     parameters = checkpoint.parameters
-    prefix = Prefix(parameters.points, parameters.chunk_size, StopRule(parameters.target_error))
+    prefix = Prefix(parameters.points, parameters.chunk_size, StopRule(parameters.target_error), parameters.part)
     for stream, inside in checkpoint.stored():
         prefix.add(stream, inside)
     return prefix
@@ -194,6 +223,7 @@ async def run_estimate(
     checkpoint: Checkpoint | None = None,
     verify: float = 0.0,
     count_locally: LocalCounter = count_here,
+    part: Part | None = None,
 ) -> EstimateResult:
     """Count ``points`` points on ``pool`` and combine them into an estimate of π.
 
@@ -214,13 +244,18 @@ async def run_estimate(
     count is retired and its unchecked chunks computed again. ``count_locally`` is how
     the coordinator counts a chunk itself when no other worker is left to check one
     (a thread; a test under a mock clock passes one that counts inline).
+
+    With a ``part``, only that part's streams are counted (and the result is the
+    part's count); ``target_error``, a rule over the whole run's prefix, is refused.
     """
     if points < 1 or chunk_size < 1:
         raise ValueError(f"points and chunk_size must be at least 1, not {points} and {chunk_size}")
-    prefix = Prefix(points, chunk_size, StopRule(target_error))
+    if part is not None and target_error is not None:
+        raise ValueError("a part of a run has no --target-error: the rule stops the whole run's prefix")
+    prefix = Prefix(points, chunk_size, StopRule(target_error), part)
     resumed = 0
     if checkpoint is not None:
-        asked = RunParameters(seed, points, chunk_size, kernel, target_error)
+        asked = RunParameters(seed, points, chunk_size, kernel, target_error, part)
         if checkpoint.parameters != asked:
             raise ValueError(f"checkpoint {checkpoint.path} is for {checkpoint.parameters}, not {asked}")
         prefix = resumed_prefix(checkpoint)
@@ -247,11 +282,12 @@ async def run_estimate(
     if prefix.k == 0:
         beyond = f" ({prefix.beyond} later ones had)" if prefix.beyond else ""
         raise NothingCompleted(
-            f"no estimate within {max_time:g} s: chunk 0 had not completed{beyond}; "
+            f"no estimate within {max_time:g} s: chunk {prefix.first} had not completed{beyond}; "
             "a smaller --chunk-size would help"
         )
     chunk_points, chunk_inside = prefix.counted()
-    resumed_points = sum(prefix.chunk_points(s) for s in resumed_streams if s < prefix.k and prefix.has(s))
+    counted_end = prefix.first + prefix.k
+    resumed_points = sum(prefix.chunk_points(s) for s in resumed_streams if s < counted_end and prefix.has(s))
     return EstimateResult(
         inside=prefix.inside,
         points=prefix.points,
@@ -273,6 +309,7 @@ async def run_estimate(
         checkpoint=None if checkpoint is None else str(checkpoint.path),
         saved_chunks=0 if checkpoint is None else checkpoint.saved,
         verification=None if run.verifier is None else run.verifier.stats(),
+        part=part,
     )
 
 

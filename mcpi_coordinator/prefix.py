@@ -14,6 +14,9 @@ meets it: a pure function of (seed, points, chunk size, kernel, target), the sam
 1 worker or 1000, on a resumed run, on a run whose workers died and were replaced.
 ``reference_prefix`` computes it without a pool, which is what makes the coverage
 of the stopping rule cheap to test over many seeds.
+
+A run's ``--part I/K`` (``parts`` module) is counted the same way over its own streams
+first..end−1: the prefix is first..first+k−1, and once complete it is the part's count.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from mcpi_coordinator.parts import Part
 from mcpi_coordinator.statistics import StopRule
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 
@@ -32,13 +36,16 @@ _MISSING = -1
 class Prefix:
     """Completed chunks by stream, and the prefix an estimate counts.
 
-    ``k`` is the prefix length (streams 0..k−1 all completed, and counted in
-    ``inside``/``points``); ``stopped`` says the stop rule was reached at ``k``, after
-    which the prefix no longer grows. Memory is 8 bytes per stream up to the highest
+    ``k`` is the prefix length (streams ``first``..``first``+k−1 all completed, and
+    counted in ``inside``/``points``; ``first`` is 0 but in a ``part`` of the run);
+    ``stopped`` says the stop rule was reached at ``k``, after which the prefix no
+    longer grows. Memory is 8 bytes per stream up to the highest
     one completed (``array('q')``), as the per-chunk counts for plots always took.
     """
 
-    def __init__(self, points: int, chunk_size: int, rule: StopRule | None = None) -> None:
+    def __init__(
+        self, points: int, chunk_size: int, rule: StopRule | None = None, part: Part | None = None
+    ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         if points < 0:
@@ -47,6 +54,10 @@ class Prefix:
         self.chunk_size = chunk_size
         self.rule = rule if rule is not None else StopRule()
         self.total_chunks = -(-points // chunk_size)
+        """The whole run's chunks, also in a part of it."""
+        self.part = part
+        span = range(self.total_chunks) if part is None else part.streams(self.total_chunks)
+        self.first, self.end = span.start, span.stop
         self.k = 0
         self.inside = 0
         self.points = 0
@@ -58,22 +69,30 @@ class Prefix:
 
     def chunk_points(self, stream: int) -> int:
         """The points of chunk ``stream``: ``chunk_size``, the last one what remains."""
-        if not 0 <= stream < self.total_chunks:
-            raise ValueError(f"stream {stream} is not a chunk of this run (0..{self.total_chunks - 1})")
+        if not self.first <= stream < self.end:
+            what = "run" if self.part is None else f"part {self.part}"
+            raise ValueError(f"stream {stream} is not a chunk of this {what} ({self.first}..{self.end - 1})")
         return min(self.chunk_size, self.requested_points - stream * self.chunk_size)
 
+    @property
+    def chunks(self) -> int:
+        """Chunks to count: the run's, or its part's."""
+        return self.end - self.first
+
     def has(self, stream: int) -> bool:
-        return stream < len(self._counts) and self._counts[stream] != _MISSING
+        index = stream - self.first
+        return 0 <= index < len(self._counts) and self._counts[index] != _MISSING
 
     def has_any(self, first: int, streams: int) -> bool:
         """Some chunk of ``first .. first + streams - 1`` is counted already."""
-        end = min(first + streams, len(self._counts))
-        return end > first and bool((np.frombuffer(self._counts, np.int64)[first:end] != _MISSING).any())
+        start = max(first - self.first, 0)
+        end = min(first + streams - self.first, len(self._counts))
+        return end > start and bool((np.frombuffer(self._counts, np.int64)[start:end] != _MISSING).any())
 
     @property
     def complete(self) -> bool:
-        """Every chunk of the run is in the prefix."""
-        return self.k == self.total_chunks
+        """Every chunk of the run (or part) is in the prefix."""
+        return self.k == self.chunks
 
     @property
     def finished(self) -> bool:
@@ -93,8 +112,8 @@ class Prefix:
     def missing(self) -> Iterator[int]:
         """The streams still to compute, in order, lazily: from ``k`` on, skipping those
         completed beyond the gap; none once the prefix is finished."""
-        stream = self.k
-        while stream < self.total_chunks and not self.finished:
+        stream = self.first + self.k
+        while stream < self.end and not self.finished:
             if not self.has(stream):
                 yield stream
             stream += 1
@@ -103,13 +122,13 @@ class Prefix:
         """The prefix's chunks, in stream order: (points of each, inside of each)."""
         inside = self._counts[: self.k]
         points = array("q", [self.chunk_size]) * self.k
-        if self.k and self.k == self.total_chunks:
-            points[-1] = self.chunk_points(self.k - 1)
+        if self.k and self.first + self.k == self.total_chunks:
+            points[-1] = self.chunk_points(self.total_chunks - 1)
         return points, inside
 
     def items(self) -> Iterator[tuple[int, int]]:
         """Every completed chunk as (stream, inside), in stream order."""
-        for stream, inside in enumerate(self._counts):
+        for stream, inside in enumerate(self._counts, start=self.first):
             if inside != _MISSING:
                 yield stream, inside
 
@@ -122,11 +141,12 @@ class Prefix:
             raise ValueError(f"chunk {stream}: {inside} inside of {points} points is impossible")
         if self.has(stream):
             raise ValueError(f"chunk {stream} was already counted")
-        if stream >= len(self._counts):
-            self._counts.extend(array("q", [_MISSING]) * (stream + 1 - len(self._counts)))
-        self._counts[stream] = inside
+        index = stream - self.first
+        if index >= len(self._counts):
+            self._counts.extend(array("q", [_MISSING]) * (index + 1 - len(self._counts)))
+        self._counts[index] = inside
         self._completed += 1
-        if stream == self.k:
+        if index == self.k:
             self._advance()
 
     def add_run(self, first: int, insides: Sequence[int]) -> None:
@@ -137,8 +157,9 @@ class Prefix:
         if streams == 0:
             return
         last = first + streams - 1
-        if first < 0 or last >= self.total_chunks:
-            raise ValueError(f"chunks {first}..{last} are not all chunks of this run (0..{self.total_chunks - 1})")
+        if first < self.first or last >= self.end:
+            what = "run" if self.part is None else f"part {self.part}"
+            raise ValueError(f"chunks {first}..{last} are not all chunks of this {what} ({self.first}..{self.end - 1})")
         counts = np.asarray(insides, dtype=np.int64)
         limits = np.full(streams, self.chunk_size, dtype=np.int64)
         limits[-1] = self.chunk_points(last)
@@ -148,11 +169,12 @@ class Prefix:
             raise ValueError(f"chunk {first + at}: {counts[at]} inside of {limits[at]} points is impossible")
         if self.has_any(first, streams):
             raise ValueError(f"a chunk of {first}..{last} was already counted")
-        if last >= len(self._counts):
-            self._counts.extend(array("q", [_MISSING]) * (last + 1 - len(self._counts)))
-        self._counts[first : last + 1] = array("q", counts.tobytes())
+        index, end = first - self.first, last + 1 - self.first
+        if end > len(self._counts):
+            self._counts.extend(array("q", [_MISSING]) * (end - len(self._counts)))
+        self._counts[index:end] = array("q", counts.tobytes())
         self._completed += streams
-        if first == self.k:
+        if index == self.k:
             self._advance()
 
     def forget(self, streams: Iterable[int]) -> None:
@@ -161,10 +183,10 @@ class Prefix:
         earliest: int | None = None
         for stream in streams:
             if self.has(stream):
-                self._counts[stream] = _MISSING
+                self._counts[stream - self.first] = _MISSING
                 self._completed -= 1
                 earliest = stream if earliest is None else min(earliest, stream)
-        if earliest is not None and earliest < self.k:
+        if earliest is not None and earliest < self.first + self.k:
             # Rare (a condemned worker), so the simple way: replay the rule from 0.
             self.k = self.inside = self.points = 0
             self.stopped = False
@@ -180,13 +202,14 @@ class Prefix:
             self.inside += int(view[: end - self.k].sum())
             del view  # a live view would stop the array from growing
             self.points += (end - self.k) * self.chunk_size
-            if end == self.total_chunks and end > self.k:
-                self.points -= self.chunk_size - self.chunk_points(end - 1)
+            if self.first + end == self.total_chunks and end > self.k:
+                self.points -= self.chunk_size - self.chunk_points(self.total_chunks - 1)
             self.k = end
+
             return
         while not self.stopped and self.k < len(counts) and counts[self.k] != _MISSING:
             self.inside += counts[self.k]
-            self.points += self.chunk_points(self.k)
+            self.points += self.chunk_points(self.first + self.k)
             self.k += 1
             # Checked at every k, not once per arrival, so the stop is the first k
             # that meets the rule whatever order the chunks came in.
@@ -201,12 +224,14 @@ def reference_prefix(
     kernel: str = DEFAULT_KERNEL,
     target_error: float | None = None,
     rule: StopRule | None = None,
+    part: Part | None = None,
 ) -> Prefix:
     """What any pool must report for this run: the chunks counted in this process, in
-    stream order, until the prefix is finished. The stop rule is ``StopRule(target_error)``
-    unless ``rule`` is given."""
+    stream order, until the prefix is finished (of the whole run, or of its ``part``).
+    The stop rule is ``StopRule(target_error)`` unless ``rule`` is given."""
+
     count = KERNELS[kernel]
-    prefix = Prefix(points, chunk_size, rule if rule is not None else StopRule(target_error))
+    prefix = Prefix(points, chunk_size, rule if rule is not None else StopRule(target_error), part)
     for stream in prefix.missing():
         prefix.add(stream, count(seed, stream, prefix.chunk_points(stream), lambda: False))
     return prefix

@@ -28,11 +28,13 @@ from mcpi_coordinator.estimate import (
     DEFAULT_POINTS,
     EstimateResult,
     chunk_count,
+    pi_statistics,
     resumed_prefix,
     run_estimate,
 )
 from mcpi_coordinator.launch import capacity, remote, slurm
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
+from mcpi_coordinator.parts import Part, parse_part, part_json
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 from mcpi_worker.main import MAX_INFLIGHT_LIMIT
@@ -63,6 +65,12 @@ examples:
   mcpi estimate --worker-cmd "python -m mcpi_worker --log-level debug" --log-level info
   mcpi estimate --workers 0 --host alice@node1*4 --host node2:2222*2
                                              6 workers on two machines, over ssh
+
+one run on several coordinators (a Slurm allocation each, say): the same seed,
+points and chunk size, one --part each, then add the counts up exactly:
+  sbatch --wrap "mcpi estimate --slurm -n 1e12 -s 7 --part 1/2 --json > part1.json"
+  sbatch --wrap "mcpi estimate --slurm -n 1e12 -s 7 --part 2/2 --json > part2.json"
+  mcpi combine part1.json part2.json         the count of one 1e12-point run, bit for bit
 
 environment: MCPI_WORKER_CMD, MCPI_REMOTE_CMD, MCPI_LOG_LEVEL, MCPI_LOG_FORMAT set the
 defaults of --worker-cmd, --remote-cmd, --log-level, --log-format
@@ -148,6 +156,13 @@ def register(subparsers: Any) -> None:
         "--target-error", type=cli_args.number(unset="no target"), default=None, metavar="EPS",
         help="stop once the 95%% confidence interval's half-width is at most EPS",
     )
+    parser.add_argument(
+        "--part", type=_part_type, default=None, metavar="I/K",
+        help="count only part I of the run's K parts (its chunks ⌊n(I-1)/K⌋..⌊nI/K⌋-1 of n) "
+        "and report that part's count alone; run every part 1/K..K/K with the same seed, "
+        "points, chunk size and kernel (anywhere, any worker count) and add them up with "
+        "'mcpi combine' (see the example below); not with --target-error",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
         "--plot", type=plots.picture_path_type(".png"), default=None, metavar="FILE.png",
@@ -194,8 +209,33 @@ def worker_command(worker_cmd: str | None, index: int) -> list[str]:
     return remote.substitute_index(remote.split_command(worker_cmd, what), index)
 
 
+def _part_type(text: str) -> Part:
+    try:
+        return parse_part(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _part_problem(args: argparse.Namespace) -> str | None:
+    """A --part that cannot be: with --target-error, or more parts than chunks."""
+    if args.part is None:
+        return None
+    if args.target_error is not None:
+        return (
+            "--part and --target-error do not mix: the target stops the whole run's prefix of "
+            "chunks, which no part sees; run the parts to their end (or drop --part)"
+        )
+    if args.resume is not None:
+        return None  # the checkpoint's parameters decide; a --part that differs is refused then
+    points = DEFAULT_POINTS if args.points is None else args.points
+    chunks = chunk_count(points, DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
+    if args.part.of > chunks:
+        return f"--part {args.part}: a run of {chunks:,} chunks has at most {chunks:,} parts"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    problem = _check_arguments(args)
+    problem = _part_problem(args) or _check_arguments(args)
     if problem is not None:
         args.command_parser.error(problem)
     if args.plot is not None:
@@ -274,15 +314,27 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
 
 def _hint_idle_workers(args: argparse.Namespace) -> None:
     """A chunk size above points/workers leaves workers with nothing to do: say so."""
-    chunks = chunk_count(args.points, args.chunk_size)
+    chunks = len(_streams(args))
     workers = len(args.slots)
-    if chunks < workers <= args.points:
-        even = -(-args.points // workers)
+    points = _asked_points(args)
+    if chunks < workers <= points:
+        even = -(-points // workers)
         text.say(
             PROG,
             f"note: {text.plural(chunks, 'chunk')} for {text.plural(workers, 'worker')} "
             f"leaves {workers - chunks} idle; --chunk-size {even:,} would use them all",
         )
+
+
+def _streams(args: argparse.Namespace) -> range:
+    """The chunks this coordinator counts: the run's, or its --part's."""
+    total = chunk_count(args.points, args.chunk_size)
+    return range(total) if args.part is None else args.part.streams(total)
+
+
+def _asked_points(args: argparse.Namespace) -> int:
+    points: int = args.points
+    return points if args.part is None else args.part.points(points, args.chunk_size)
 
 
 def _slot_names(args: argparse.Namespace) -> list[str]:
@@ -330,7 +382,7 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
     launcher = remote.slot_launcher(args.slots, spawn_worker)
     hosts = [None if slot.host is None else slot.host.name for slot in args.slots]
     shown = progress.progress_wanted(args.quiet, args.no_progress)
-    line = progress.RunProgress(total=args.points, workers=len(args.slots))
+    line = progress.RunProgress(total=_asked_points(args), workers=len(args.slots))
     capacity.raise_open_file_limit(
         len(args.slots), max_starting=remote.concurrent_starts(args.starting_limits)
     )
@@ -395,20 +447,22 @@ def _run_options(args: argparse.Namespace, seed: int, checkpoint: Checkpoint | N
     return {
         "points": args.points, "seed": seed, "chunk_size": args.chunk_size, "kernel": args.kernel,
         "max_time": args.max_time, "target_error": args.target_error, "checkpoint": checkpoint,
-        "verify": args.verify,
+        "verify": args.verify, "part": args.part,
     }  # fmt: skip
 
 
 # ------------------------------------------------------------------------ output
 
 
+def estimate_fields(inside: int, points: int) -> dict[str, Any]:
+    """The estimate's own JSON fields; ``mcpi combine`` writes a combined run's with these."""
+    stats = pi_statistics(inside, points)
+    return {"pi": stats.pi, "error": stats.error, "std_error": stats.std_error, "ci95": list(stats.ci95)}
+
+
 def result_json(result: EstimateResult) -> dict[str, Any]:
-    stats = result.statistics
     return {
-        "pi": stats.pi,
-        "error": stats.error,
-        "std_error": stats.std_error,
-        "ci95": list(stats.ci95),
+        **estimate_fields(result.inside, result.points),
         "inside": result.inside,
         "points": result.points,
         "requested_points": result.requested_points,
@@ -423,8 +477,9 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "restarts": result.restarts,
         "stopped_early": result.stopped_early,
         "discarded_chunks": result.discarded_chunks,
-        "repeat_points": result.points,
+        "repeat_points": None if result.repeat_command is None else result.points,
         "repeat_command": result.repeat_command,
+        "part": _part_json(result),
         "target_error": result.target_error,
         "target_reached": result.target_reached,
         "checkpoint": result.checkpoint,
@@ -434,6 +489,12 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "per_worker": [asdict(worker) for worker in result.pool.workers],
         "hosts": remote.host_rows(result.pool.workers, result.elapsed_s),
     }
+
+
+def _part_json(result: EstimateResult) -> dict[str, int] | None:
+    if result.part is None:
+        return None
+    return part_json(result.part, chunk_count(result.requested_points, result.chunk_size))
 
 
 def workers_summary(result: EstimateResult) -> str:
@@ -457,21 +518,47 @@ def workers_summary(result: EstimateResult) -> str:
     return f"{count}  ({'; '.join(notes)})"
 
 
-def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
-    stats = result.statistics
-    points = (
-        f"{result.points:,} in {text.plural(result.chunks, 'chunk')} of up to {result.chunk_size:,}"
-    )
-    if result.stopped_early is not None:
-        why = {"max_time": "--max-time reached", "target_error": "--target-error reached"}
-        points += f"  (stopped early, {why[result.stopped_early]}; asked {result.requested_points:,})"
-    drawn = f"  (drawn at random; --seed {result.seed} repeats this run)" if seed_drawn else ""
-    rows = [
+def estimate_rows(inside: int, points: int) -> list[tuple[str, str]]:
+    """The estimate's own rows (π, error, standard error, interval): ``mcpi combine``
+    prints a combined run's with these very words and digits."""
+    stats = pi_statistics(inside, points)
+    return [
         ("π ≈", f"{stats.pi:.10f}"),
         ("error", f"{stats.error:+.3e}  (estimate − math.pi)"),
         ("standard error", f"{stats.std_error:.3e}"),
         ("95% CI", f"[{stats.ci95[0]:.8f}, {stats.ci95[1]:.8f}]"),
+    ]
+
+
+def points_text(points: int, chunks: int, chunk_size: int) -> str:
+    return f"{points:,} in {text.plural(chunks, 'chunk')} of up to {chunk_size:,}"
+
+
+def part_row(result: EstimateResult) -> tuple[str, str] | None:
+    """What a --part run counted, and that its estimate is of that part alone."""
+    if result.part is None:
+        return None
+    span = result.part_streams
+    total = chunk_count(result.requested_points, result.chunk_size)
+    return (
+        "part",
+        f"{result.part.index} of {result.part.of}: chunks {span.start:,}..{span.stop - 1:,} of {total:,} "
+        f"({result.asked_points:,} of {result.requested_points:,} points); the estimate is of this part "
+        f"alone: mcpi combine all {result.part.of} parts' --json for the run's",
+    )
+
+
+def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
+    points = points_text(result.points, result.chunks, result.chunk_size)
+    if result.stopped_early is not None:
+        why = {"max_time": "--max-time reached", "target_error": "--target-error reached"}
+        points += f"  (stopped early, {why[result.stopped_early]}; asked {result.asked_points:,})"
+    drawn = f"  (drawn at random; --seed {result.seed} repeats this run)" if seed_drawn else ""
+    part = part_row(result)
+    rows = [
+        *estimate_rows(result.inside, result.points),
         ("points", points),
+        *([] if part is None else [part]),
         *run_rows(result),
         ("workers", workers_summary(result)),
         ("seed", f"{result.seed}{drawn}"),
@@ -499,10 +586,19 @@ def run_rows(result: EstimateResult) -> list[tuple[str, str]]:
 
 
 def repeat_line(result: EstimateResult) -> str | None:
-    """After an early stop, the plain command that gives this very count."""
+    """After an early stop, the plain command that gives this very count (a part that
+    stopped early has none: it says how to finish it instead)."""
     if result.stopped_early is None:
         return None
     discarded = result.discarded_chunks
     chunks = "chunk that finished past them" if discarded == 1 else "chunks that finished past them"
     beyond = f"; {discarded:,} {chunks} not counted" if discarded else ""
-    return f"repeat: {result.repeat_command}  (streams 0..{result.chunks - 1}{beyond})"
+    first = result.first_chunk
+    counted = f"streams {first}..{first + result.chunks - 1}{beyond}"
+    if result.repeat_command is None:
+        end = result.part_streams.stop - 1
+        return (
+            f"unfinished: part {result.part} counted {counted}, not all of {first}..{end}; "
+            "mcpi combine refuses it until it is run to its end"
+        )
+    return f"repeat: {result.repeat_command}  ({counted})"

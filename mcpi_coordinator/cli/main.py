@@ -25,7 +25,7 @@ from mcpi_coordinator.cli import signals
 from mcpi_coordinator.cli.args import EnvValue, add_version
 from mcpi_coordinator.cli.exit_codes import ExitCode
 
-COMMANDS: Final[tuple[str, ...]] = ("estimate", "scatter", "bench", "completion")
+COMMANDS: Final[tuple[str, ...]] = ("estimate", "combine", "scatter", "bench", "completion")
 """Subcommand modules under ``mcpi_coordinator.cli``, in --help order."""
 
 DESCRIPTION: Final[str] = """\
@@ -38,6 +38,8 @@ examples:
   mcpi estimate                              1e9 points on every core
   mcpi estimate -n 1e10 -s 42                repeatable: same seed, same count
   mcpi estimate --target-error 1e-4 --json   stop at a precision; one JSON object
+  mcpi estimate -s 7 --part 1/2 --json > p1.json   half a run (2/2 elsewhere), then:
+  mcpi combine p1.json p2.json               the whole run's count, bit for bit
   mcpi scatter -n 5000 -o quadrant.gif       the lesson's figure, animated
   mcpi bench approaches                      every way to spread the work, timed
 

@@ -1,7 +1,7 @@
 """``mcpi estimate --checkpoint FILE``, ``--resume FILE`` and ``--verify FRACTION``: the
 options, the run they make before anything starts, and what they add to the report.
 
-``--resume`` takes the run's parameters (seed, points, chunk size, kernel, target)
+``--resume`` takes the run's parameters (seed, points, chunk size, kernel, target, part)
 from the file; an option given as well must agree with it, or the file is refused:
 counts of two different runs are never merged. Every refusal is one line and exit 2,
 before a worker starts.
@@ -27,6 +27,7 @@ RUN_OPTIONS: Final[dict[str, tuple[str, object]]] = {
     "chunk_size": ("--chunk-size", DEFAULT_CHUNK_SIZE),
     "kernel": ("--kernel", DEFAULT_KERNEL),
     "target_error": ("--target-error", None),
+    "part": ("--part", None),
 }
 """The options a checkpoint fixes: attribute → (flag, default when not given). Their
 parser defaults are None, so that an option given on the command line can be told
@@ -57,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--resume", metavar="FILE", default=None,
-        help="carry on the run recorded in FILE (its seed, points, chunk size, kernel and "
-        "target), computing only what is missing; ends with the uninterrupted run's count",
+        help="carry on the run recorded in FILE (its seed, points, chunk size, kernel, "
+        "target and --part), computing only what is missing; ends with the uninterrupted run's count",
     )  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
 def parameters_of(args: argparse.Namespace) -> RunParameters:
     return RunParameters(
         seed=args.seed, points=args.points, chunk_size=args.chunk_size, kernel=args.kernel,
-        target_error=args.target_error,
+        target_error=args.target_error, part=args.part,
     )  # fmt: skip
 
 
