@@ -120,7 +120,7 @@ def test_exponents_and_decimals_that_are_whole_are_exact() -> None:
          "mcpi estimate --workers 2 (see 'mcpi --help')"),
         (["estimat"],
          "mcpi: error: unknown command 'estimat' (did you mean estimate?); commands: estimate, "
-         "scatter, bench, completion (see 'mcpi --help')"),
+         "combine, scatter, bench, completion (see 'mcpi --help')"),
         (["bench", "overhead", "--task", "5"],
          "mcpi bench overhead: error: unrecognized arguments: --task 5 (did you mean --tasks?) "
          "(see 'mcpi bench overhead --help')"),

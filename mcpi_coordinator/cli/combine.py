@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli import text
 from mcpi_coordinator.cli.estimate import estimate_fields, estimate_rows, points_text
 from mcpi_coordinator.cli.exit_codes import ExitCode
@@ -58,6 +59,7 @@ def register(subparsers: Any) -> None:
         help="a part's 'mcpi estimate --part I/K --json' output; - reads stdin (one JSON object a line)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    cli_args.add_version(parser)
     parser.set_defaults(handler=run, command_parser=parser)
 
 
