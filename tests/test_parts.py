@@ -186,11 +186,13 @@ def test_a_part_says_it_is_a_part_in_its_text() -> None:
 
 def test_parts_on_other_pools_and_orders_combine_to_the_same_count(runs: dict[str, Any]) -> None:
     folder: Path = runs["folder"]
-    # Part 1 one request at a time on 2 workers; part 2 on workers that crash after 4
-    # results (its chunks retried, out of order); part 3 checked chunk by chunk (--verify 1).
+    # Part 1 one request at a time on 2 workers; part 2 on workers that crash after 2
+    # results (its chunks retried, out of order: a piece carries at most a quarter of
+    # what is left, so 2 workers x 2 results never cover its 10 chunks); part 3 checked
+    # chunk by chunk (--verify 1).
     first = estimate_json(*RUN, "--workers", "2", "--pipeline-depth", "1", "--part", "1/3")
     crashing = estimate_json(*RUN, "--workers", "2", "--part", "2/3",
-                             "--worker-cmd", f"{FAKE} --crash-after 4")  # fmt: skip
+                             "--worker-cmd", f"{FAKE} --crash-after 2")  # fmt: skip
     checked = estimate_json(*RUN, "--workers", "2", "--verify", "1", "--part", "3/3")
     assert crashing["restarts"] >= 1 and checked["verified_chunks"] == 11
     others = [write(folder / f"other{i}.json", doc) for i, doc in enumerate((first, crashing, checked), 1)]
