@@ -62,6 +62,26 @@ async def test_a_bad_answer_replaces_the_worker_and_the_chunk_is_counted_elsewhe
                 assert pool.stats.restarts == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+async def test_a_range_retried_after_a_bad_answer_goes_out_whole(
+    autojump_clock: trio.abc.Clock, workers: int
+) -> None:
+    """Every worker lies once it has answered one request. A retried piece of a range
+    used to be split again on the next worker: its first answer went to the front, the
+    lie to the rest, which carried the failures along until the run gave up ("failed on
+    5 workers in a row")."""
+    liar = FakeBehaviour(bad_answer="inside", misbehave_after=1)
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            async with WorkerPool(workers, launcher=fake_launcher(nursery, liar), backoff_s=0) as pool:
+                total = 0
+                async with pool.imap_unordered([Chunk(SEED, 0, POINTS, streams=40)]) as results:
+                    async for result in results:
+                        total += result.inside
+                assert pool.stats.restarts >= 1
+    assert total == expected(40)
+
+
 async def test_pings_do_not_hide_a_sample_that_never_ends(autojump_clock: trio.abc.Clock) -> None:
     """Every answer, a pong included, used to move the stall clock: a worker that
     answered pings but sat on a sample was never found out."""

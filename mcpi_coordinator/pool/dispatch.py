@@ -113,6 +113,11 @@ class Request:
     """Set by an owner that can take a range in pieces: called with this request and a
     number of streams, it returns a new request for that many streams off the front
     (registered with the owner) and leaves this one with the rest."""
+    retried: bool = False
+    """Sent again after it failed: it goes out whole (if the worker takes its size). Split
+    again, the piece sent second would carry its failures while the new worker's first
+    answer went to the first, and a worker that fails after one answer would be blamed
+    for the same streams over and over."""
 
 
 class Dispatcher:
@@ -221,6 +226,7 @@ class Dispatcher:
         this call unless it is the outermost one."""
         outer = self._begin()
         try:
+            request.retried = retry
             if self._closed is not None:
                 self._outcomes.append((request, _copy(self._closed)))
             elif (problem := self._unservable(request)) is not None:
@@ -354,13 +360,15 @@ class Dispatcher:
         else:
             points = max(chunk.points, 1)
             rate = self._rates.get(connection)
-            if rate is None:
+            if request.retried:
+                wanted = chunk.streams
+            elif rate is None:
                 previous = self._blind.get(connection, 0)
                 wanted = max(1, min(RAMP * previous, FIRST_PIECE_POINTS // points))
             else:
                 wanted = int(TARGET_PIECE_S * rate // points)
             most = min(MAX_GROUPS, welcome.max_points // points)
-            share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
+            share = chunk.streams if request.retried else -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
             streams = max(1, min(wanted, most, share))
             if rate is None:
                 self._blind[connection] = streams
