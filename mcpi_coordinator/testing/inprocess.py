@@ -200,7 +200,10 @@ async def start_fake_worker(
     """
     process = FakeWorkerProcess(behaviour, index)
     nursery.start_soon(process.run, name=f"fake worker pid={process.pid}")
-    await trio.lowlevel.checkpoint()
+    # Shielded: a plain checkpoint let a cancelled caller (a pool closing while this slot
+    # restarted) lose the handle of a fake already started, which then waited for input
+    # for ever; a real spawn returns its process however the caller is cancelled.
+    await trio.lowlevel.cancel_shielded_checkpoint()
     return process
 
 
