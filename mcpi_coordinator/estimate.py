@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -399,27 +399,24 @@ class _Run:
 
     def settle(self, stream: int, inside: int) -> None:
         """Count a chunk (once: a chunk sent again after its worker left may come twice)."""
-        if self.prefix.has(stream):
-            return
-        self.prefix.add(stream, inside)
-        if self.checkpoint is not None:
-            self.checkpoint.record(stream, inside)
-        if self.prefix.finished and self._phase is not None:
-            self._phase.cancel()  # settled by a check, not in the loop: stop the pass
+        self.settle_run(stream, (inside,))
 
     def settle_run(self, first: int, insides: Sequence[int]) -> None:
-        """``settle`` chunks ``first, first + 1, ...``: at once, unless one of them came
-        already (a piece sent again after its worker left), then one by one."""
+        """Count chunks ``first, first + 1, ...``, each once: at once, unless one of them
+        came already (a piece sent again after its worker left), then those still new."""
+        fresh: Iterable[tuple[int, int]]
         if self.prefix.has_any(first, len(insides)):
-            for offset, inside in enumerate(insides):
-                self.settle(first + offset, inside)
-            return
-        self.prefix.add_run(first, insides)
+            fresh = [(first + i, inside) for i, inside in enumerate(insides) if not self.prefix.has(first + i)]
+            for stream, inside in fresh:
+                self.prefix.add(stream, inside)
+        else:
+            self.prefix.add_run(first, insides)
+            fresh = enumerate(insides, start=first)
         if self.checkpoint is not None:
-            for offset, inside in enumerate(insides):
-                self.checkpoint.record(first + offset, inside)
+            for stream, inside in fresh:
+                self.checkpoint.record(stream, inside)
         if self.prefix.finished and self._phase is not None:
-            self._phase.cancel()
+            self._phase.cancel()  # settled by a check, not in the loop: stop the pass
 
     def forget(self, streams: list[int]) -> None:
         """Un-count these chunks and compute them again."""

@@ -360,16 +360,16 @@ class Dispatcher:
         else:
             points = max(chunk.points, 1)
             rate = self._rates.get(connection)
-            if request.retried:
-                wanted = chunk.streams
-            elif rate is None:
-                previous = self._blind.get(connection, 0)
-                wanted = max(1, min(RAMP * previous, FIRST_PIECE_POINTS // points))
-            else:
-                wanted = int(TARGET_PIECE_S * rate // points)
             most = min(MAX_GROUPS, welcome.max_points // points)
-            share = chunk.streams if request.retried else -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
-            streams = max(1, min(wanted, most, share))
+            if request.retried:
+                streams = max(1, min(chunk.streams, most))
+            else:
+                if rate is None:
+                    wanted = max(1, min(RAMP * self._blind.get(connection, 0), FIRST_PIECE_POINTS // points))
+                else:
+                    wanted = int(TARGET_PIECE_S * rate // points)
+                share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
+                streams = max(1, min(wanted, most, share))
             if rate is None:
                 self._blind[connection] = streams
         if streams >= chunk.streams:
