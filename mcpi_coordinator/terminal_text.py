@@ -1,0 +1,63 @@
+"""Untrusted text made safe to write on a terminal: the one place that does it.
+
+Text mcpi did not write itself reaches the operator's terminal from many places: a
+worker's stderr and the tail of it quoted in an error, the ``worker`` and ``host``
+fields of a welcome, values read from a checkpoint or a ``combine`` file. Any of them
+may hold bytes a terminal obeys rather than shows: an escape sequence that sets the
+window title, clears the screen or colours what follows, a carriage return that moves
+back over the start of the line to print a forged ``mcpi estimate: error: ...`` over
+it, a newline that starts a line of its own, a right-to-left override that shows a
+command backwards. ``printable`` shows each such character escaped instead, in the
+form the JSON log format (``--log-format json``) already writes (``\\u001b``, ``\\n``),
+so the same line reads the same in both formats.
+
+What is escaped: every character of the Unicode categories Cc (C0 controls, DEL and
+the C1 controls, among them the 8-bit CSI ``\\x9b``), Cf (format characters: bidi
+overrides and isolates, zero-width characters, the byte order mark), Zl and Zp (line
+and paragraph separators) and Cs (lone surrogates, which ``surrogateescape`` makes of
+undecodable bytes). Everything else, accents and CJK and emoji included, is shown as it
+is. A backslash is not escaped: the result is meant for a person, not for parsing
+back, and leaving it alone makes ``printable`` idempotent, so text escaped where it
+was received (an error's stderr tail) and again where it is printed (``say``) is
+escaped once.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Final
+
+__all__ = ["printable"]
+
+_ESCAPED_CATEGORIES: Final[frozenset[str]] = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+_SHORT_FORMS: Final[dict[str, str]] = {
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+"""JSON's own short escapes (RFC 8259 section 7); every other character is ``\\uXXXX``."""
+
+
+def printable(value: object) -> str:
+    """``value`` as text with nothing in it a terminal would act on (see the module).
+
+    Non-``str`` values are turned into text with ``str`` first, so a field read from a
+    file can be passed as it is. Never raises.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():  # the common case, in C: no control, format or separator char
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if unicodedata.category(char) not in _ESCAPED_CATEGORIES:
+        return char  # e.g. a no-break space: not "printable" to Python, harmless on a screen
+    short = _SHORT_FORMS.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
