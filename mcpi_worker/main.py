@@ -37,7 +37,7 @@ mcpi-worker: stdin is a terminal, but this program speaks a binary protocol mean
 another program (mcpi estimate, or yours: see protocol.md).
 To see it work:      mcpi-worker --self-check
 To run an estimate:  mcpi estimate
-To drive it by hand: pipe frames to it (the README's dozen-line Python client)."""
+To drive it by hand: pipe frames to it (the dozen-line Python client in docs/worker.md)."""
 
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
 MAX_JOBS: Final[int] = 1024

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_readme_cli import README, _keys
+from test_readme_cli import DOCS, _keys
 
 from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.parts import Part, combine, parse_part, part_streams
@@ -374,10 +374,10 @@ def test_combine_is_a_pure_sum_of_checked_parts(documents: list[dict[str, Any]])
     assert combined.chunks == 31 and [p.part.index for p in combined.parts] == [1, 2, 3]
 
 
-def test_every_part_and_combine_json_field_is_in_the_readme(
+def test_every_part_and_combine_json_field_is_in_the_docs(
     runs: dict[str, Any], documents: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["combine", "--json", *runs["files"]]) == 0
     fields = set(_keys(documents[0])) | set(_keys(json.loads(capsys.readouterr().out)))
-    assert {field for field in fields if f"`{field}`" not in README and f'"{field}"' not in README} == set()
-    assert "### One run, many coordinators" in README
+    assert {field for field in fields if f"`{field}`" not in DOCS and f'"{field}"' not in DOCS} == set()
+    assert "## One run, many coordinators" in DOCS

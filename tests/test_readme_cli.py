@@ -1,7 +1,7 @@
-"""The README and the program say the same: every option documented exists and every
-option that exists is documented, every ``--json`` field (read from real output, so the
-check stays true as fields are added) is named, and the exit codes and environment
-variables match the code."""
+"""The documentation (the README and the site's pages, docs/*.md) and the program say
+the same: every option documented exists and every option that exists is documented,
+every ``--json`` field (read from real output, so the check stays true as fields are
+added) is named, and the exit codes and environment variables match the code."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.main import build_parser
 from mcpi_worker.main import build_parser as build_worker_parser
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = "\n".join(
+    path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+)
+"""The README and every page of the documentation site: the option tables, the JSON
+fields, the exit codes and the environment variables are on the site's pages."""
 EVERYWHERE = {"-h", "--help", "--version"}
 """Said once for every command: 'Every command also takes -h/--help and --version'."""
 
@@ -48,8 +53,8 @@ def existing_options(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def documented_options(prog: str) -> set[str] | None:
-    """The options in the README's table headed ``| `PROG` option |``, or None."""
-    lines = README.splitlines()
+    """The options in the documentation's table headed ``| `PROG` option |``, or None."""
+    lines = DOCS.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith(f"| `{prog}` option |")), None)
     if header is None:
         return None
@@ -65,15 +70,15 @@ def documented_options(prog: str) -> set[str] | None:
 @pytest.mark.parametrize("prog", [prog for prog, p in PARSERS.items() if existing_options(p)])
 def test_every_option_is_documented_and_every_documented_option_exists(prog: str) -> None:
     documented = documented_options(prog)
-    assert documented is not None, f"README has no '| `{prog}` option |' table"
+    assert documented is not None, f"the docs have no '| `{prog}` option |' table"
     existing = existing_options(PARSERS[prog])
-    assert existing - documented == set(), f"{prog}: options missing from the README"
-    assert documented - existing == set(), f"{prog}: the README documents options that do not exist"
+    assert existing - documented == set(), f"{prog}: options missing from the docs"
+    assert documented - existing == set(), f"{prog}: the docs document options that do not exist"
 
 
 def test_every_command_is_in_the_readme() -> None:
     for prog in PARSERS:
-        assert f"`{prog}" in README or f"{prog} " in README, prog
+        assert f"`{prog}" in DOCS or f"{prog} " in DOCS, prog
 
 
 def _keys(value: Any) -> Iterator[str]:
@@ -108,17 +113,17 @@ def _json_of(*args: str) -> dict[str, Any]:
 )
 def test_every_json_field_is_documented(args: tuple[str, ...], tmp_path: Path) -> None:
     fields = set(_keys(_json_of(*args)))
-    missing = {field for field in fields if f"`{field}`" not in README and f'"{field}"' not in README}
-    assert missing == set(), f"{' '.join(args)} --json: fields the README does not name"
+    missing = {field for field in fields if f"`{field}`" not in DOCS and f'"{field}"' not in DOCS}
+    assert missing == set(), f"{' '.join(args)} --json: fields the docs do not name"
 
 
 def test_every_scatter_json_field_is_documented(tmp_path: Path) -> None:
     fields = set(_keys(_json_of("scatter", "-n", "100", "-o", str(tmp_path / "q.png"))))
-    assert {f for f in fields if f"`{f}`" not in README} == set()
+    assert {f for f in fields if f"`{f}`" not in DOCS} == set()
 
 
 def test_the_exit_codes_table_is_the_code() -> None:
-    table = README[README.index("**Exit codes** (every command):") :]
+    table = DOCS[DOCS.index("**Exit codes** (every command):") :]
     table = table[: table.index("\n\n", table.index("| code |"))]
     documented = {int(code) for code in re.findall(r"^\| +(\d+) \|", table, re.MULTILINE)}
     assert documented == {int(code) for code in ExitCode}
@@ -126,5 +131,5 @@ def test_the_exit_codes_table_is_the_code() -> None:
 
 def test_every_environment_variable_is_documented() -> None:
     for variable, option in ENVIRONMENT.items():
-        assert f"| `{variable}` | `{option}`" in README, variable
-    assert "| `NO_COLOR` |" in README
+        assert f"| `{variable}` | `{option}`" in DOCS, variable
+    assert "| `NO_COLOR` |" in DOCS

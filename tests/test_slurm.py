@@ -332,7 +332,7 @@ def test_stopping_the_coordinator_leaves_no_job_step_or_worker(
 
 
 def test_the_readme_srun_command_puts_worker_i_on_node_i(cluster: SlurmCluster, local_inside: int) -> None:
-    """The README's ``--worker-cmd "srun ... --relative={i} ..."`` inside a one-node
+    """The docs' (docs/remote.md) ``--worker-cmd "srun ... --relative={i} ..."`` inside a one-node
     allocation: worker 0 runs on node 0; worker 1 has no node 1, is refused at once
     and dropped, and the count is the local one."""
     command = f"srun -N1 -n1 --relative={{i}} --quiet -u --immediate --overlap {worker_path()}"

@@ -1,4 +1,4 @@
-"""Exit codes of the ``mcpi`` command (documented in the README and ``mcpi --help``)."""
+"""Exit codes of the ``mcpi`` command (documented in docs/estimate.md and ``mcpi --help``)."""
 
 import signal
 from enum import IntEnum

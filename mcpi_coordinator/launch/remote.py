@@ -354,7 +354,7 @@ def add_arguments(
     group = parser.add_argument_group(
         "remote workers",
         "Workers on other machines over ssh, mixed with the --workers local ones.\n"
-        "Argument vectors only, never a local shell. See the README's 'remote' section.",
+        "Argument vectors only, never a local shell. See docs/remote.md.",
     )
     group.add_argument(
         "--host", type=host_spec_arg, action="append", default=[], metavar="SPEC",
