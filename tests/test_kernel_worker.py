@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from test_golden import KERNEL_TABLE
 
@@ -45,6 +46,14 @@ from mcpi_worker.server import ExitCode, Worker
 
 TIMEOUT = 120  # a worker that compiles on a loaded 2-core CI machine
 GOLDEN = [row[1:] for row in KERNEL_TABLE if row[0] == "numpy"]
+RANGE = Sample(id=len(GOLDEN) + 1, seed=12345, stream=2**32 - 30, points=1001, kernel="numpy", streams=75, group=10)
+"""A range of streams (lanes: a full group and a padded one, across stream words 1 -> 2)."""
+
+
+def range_insides(sample: Sample) -> tuple[int, ...]:
+    singles = [numpy_impl.count(sample.seed, sample.stream + i, sample.points) for i in range(sample.streams)]
+    group = sample.group or sample.streams
+    return tuple(sum(singles[i : i + group]) for i in range(0, sample.streams, group))
 
 
 def worker_command() -> list[str]:
@@ -68,6 +77,7 @@ def run_worker(environ: dict[str, str]) -> tuple[list[Message], list[dict[str, A
         Sample(id=i, seed=seed, stream=stream, points=points, kernel="numpy")
         for i, (seed, stream, points, _) in enumerate(GOLDEN, start=1)
     ]
+    frames.append(RANGE)
     process = subprocess.Popen(
         worker_command(),
         stdin=subprocess.PIPE,
@@ -108,9 +118,11 @@ def run_worker(environ: dict[str, str]) -> tuple[list[Message], list[dict[str, A
 def assert_golden_answers(messages: list[Message]) -> None:
     welcome, *results = messages
     assert isinstance(welcome, Welcome)
-    assert sorted((r.id, r.inside) for r in results if isinstance(r, Result)) == [
+    assert sorted((r.id, r.inside) for r in results if isinstance(r, Result) and r.id != RANGE.id) == [
         (i, inside) for i, (*_, inside) in enumerate(GOLDEN, start=1)
     ]
+    (in_range,) = [r for r in results if isinstance(r, Result) and r.id == RANGE.id]
+    assert in_range.insides == range_insides(RANGE)
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -279,6 +291,43 @@ def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
     finally:
         for fd in (request_write, response_read):
             os.close(fd)
+
+
+def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker(cache_dir: str) -> None:
+    """A real ``mcpi-worker`` counting minutes of a range in lanes: once it has spent CPU
+    time on it (psutil, not a flag), a cancel ends it with ``cancelled``; the worker
+    then answers a range exactly and exits 0 at end of input."""
+    process = subprocess.Popen(
+        worker_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir),
+    )
+    assert process.stdin is not None and process.stdout is not None
+    client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
+    try:
+        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker"))
+        assert isinstance(client.receive(), Welcome)  # under fused: loaded before the welcome
+        worker = psutil.Process(process.pid)
+        before = sum(worker.cpu_times()[:2])
+        client.send(Sample(id=1, seed=3, stream=0, points=2**33, kernel="numpy", streams=64))
+        deadline = time.monotonic() + TIMEOUT
+        while sum(worker.cpu_times()[:2]) < before + 0.3:  # counting, well inside the range
+            assert time.monotonic() < deadline, "the worker never started counting"
+            time.sleep(0.01)
+        client.send(Cancel(1))
+        answer = client.receive()
+        assert isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED
+        client.send(RANGE)
+        result = client.receive()
+        assert isinstance(result, Result) and result.insides == range_insides(RANGE)
+        process.stdin.close()
+        assert process.wait(timeout=TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
 
 
 def test_in_a_process_that_configured_no_logging_the_kernels_say_nothing_on_stdout() -> None:

@@ -6,7 +6,8 @@ so chunks are statistically independent and any worker computes any chunk to the
 same count. protocol.md, "Sampling", is the normative definition.
 
 The ``numpy`` kernel has two implementations of that one definition, with identical
-counts: ``numba-fused`` (``fused.py``, needs the ``fast`` extra) and ``numpy``
+counts: ``numba-fused`` (``fused.py`` for one stream, ``lanes.py`` for the streams of a
+range side by side in SIMD lanes; needs the ``fast`` extra) and ``numpy``
 (``numpy_impl.py``); ``choice.py`` decides which runs (``MCPI_NUMPY_IMPL``). The
 ``python`` kernel (``python_impl.py``) is the lesson's loop.
 

@@ -110,9 +110,9 @@ class Counter(Protocol):
 class LoadedFused:
     count: Counter
     count_from: Continuation
-    count_streams: StreamsCounter
-    """A range of streams in one compiled call, stream set-up included (``fused_range``)."""
     """The rest of a sample from an SFC64 state: what a NumPy sample is handed over to."""
+    count_streams: StreamsCounter
+    """A range of streams, many at once in SIMD lanes, stream set-up included (``lanes``)."""
     load_s: float
     compiled: bool
     """This process compiled the loop (the cache was cold, or there is none)."""
@@ -151,33 +151,43 @@ def load_fused() -> LoadedFused:
     """Import the fused implementation (numba), then ``verify`` it."""
     started = time.perf_counter()
     try:
-        from mcpi_worker.kernels import fused, fused_range
+        from mcpi_worker.kernels import fused, lanes
     except ImportError as exc:
         raise NumbaNotInstalled(
             f"numba is not installed ({exc}); install the 'fast' extra for the fused kernel"
         ) from None
     verify(fused.count, fused.count_from)
-    verify_streams(fused_range.count_streams)
+    verify_streams(lanes.count_streams)
     return LoadedFused(
         fused.count,
         fused.count_from,
-        fused_range.count_streams,
+        lanes.count_streams,
         time.perf_counter() - started,
         fused.COMPILED,
         fused.CACHE_PATH,
     )
 
 
+_VERIFY_RANGES: Final[tuple[tuple[int, int, int], ...]] = (
+    # seed, first stream, streams: one stream alone; a few in a padded group of lanes;
+    # a stream index past 2**32; the largest seed and the last streams there are.
+    (12345, 0, 1),
+    (12345, 0, 11),
+    (2**64 - 1, 2**32 - 1, 3),
+    (2**64 - 1, 2**64 - 5, 5),
+)
+
+
 def verify_streams(count_streams: StreamsCounter) -> None:
     """Raise ``FusedUnavailable`` unless the compiled range counts each stream as NumPy
-    does, across the set-up's edges (a stream index past 2**32, the largest seed)."""
-    for seed, first in ((12345, 0), (2**64 - 1, 2**32 - 1)):
-        reference = [numpy_impl.count(seed, first + i, 997) for i in range(3)]
-        ours = count_streams(seed, first, 3, 997, never)
+    does, across the set-up's and the lanes' edges (a few milliseconds)."""
+    for seed, first, streams in _VERIFY_RANGES:
+        reference = [numpy_impl.count(seed, first + i, 997) for i in range(streams)]
+        ours = count_streams(seed, first, streams, 997, never)
         if ours != reference:
             raise FusedUnavailable(
-                f"the compiled range counted {ours} for seed {seed}, streams {first}..{first + 2}, "
-                f"where the numpy implementation counts {reference}"
+                f"the compiled range counted {ours} for seed {seed}, streams {first}.."
+                f"{first + streams - 1}, where the numpy implementation counts {reference}"
             )
 
 

@@ -8,6 +8,9 @@ would double the work. Here the set-up is compiled too, beside the counting loop
 the set-up drops to well under a microsecond, and the count of every stream is the same
 as ``fused.count``'s (and so NumPy's), which the tests check stream by stream.
 
+``lanes.py`` counts ranges of several streams side by side with this seeding; the
+stream-by-stream loop here is for ranges of one or two streams.
+
 Imported only where ``fused`` already is (it needs numba).
 """
 

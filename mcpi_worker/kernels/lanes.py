@@ -1,0 +1,225 @@
+"""Many streams of a range counted at once, one per SIMD lane: the numpy kernel's range loop.
+
+Within one stream SFC64 is a single chain of dependent steps: each output needs the
+state the previous step left, so one stream runs at the latency of that chain whatever
+the machine's width. Across the streams of a range (protocol v2) nothing is dependent.
+This loop keeps the state of ``LANES`` streams in four arrays (a, b, c, counter) and
+steps them side by side: the loop over lanes is the innermost loop over arrays, which
+is the shape LLVM's loop vectoriser turns into SIMD code (numba leaves its SLP
+vectoriser off, so separate scalar variables, one per stream, are never vectorised).
+Each pass over the lanes loads a lane's state once, takes ``UNROLL`` generator steps in
+registers, tests each output as it comes, and stores the state back; the vectoriser
+interleaves several vectors of lanes, which are independent chains the core overlaps.
+
+Every stream's count is exactly ``numpy_impl.count``'s (protocol.md §11.2): same
+seeding (``fused_range``'s compiled §11.1), same draws, the same float32 test with two
+roundings (no fast-math, so LLVM never contracts ``x*x + y*y`` into a fused
+multiply-add). The tests hold it to NumPy stream by stream.
+
+A group of fewer than ``LANES`` streams (the end of a range) is padded to a multiple of
+``LANE_MULTIPLE`` with the streams that follow it, whose counts are dropped: a vector
+half full still beats the scalar loop that a lane count below one vector falls back
+to. Ranges of fewer than ``MIN_STREAMS`` streams go through the single-stream loop.
+
+Imported only where ``fused`` already is (it needs numba).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numba
+import numpy as np
+
+from mcpi_worker.kernels import fused, fused_range
+from mcpi_worker.kernels.base import Cancelled, StopCheck, never
+
+LANES: Final[int] = 64
+"""Streams stepped side by side: a few AVX-512 vectors of 8 lanes (or AVX2 vectors of
+4), enough independent chains to keep the vector units busy; their state (2 KiB) stays
+in L1."""
+
+LANE_MULTIPLE: Final[int] = 8
+"""A group is padded to a multiple of this many lanes: below one vector's width the
+vectoriser leaves the loop scalar."""
+
+MIN_STREAMS: Final[int] = 3
+"""Fewer streams than this are counted one by one with the single-stream loop: a group
+of 8 lanes carrying only 1 or 2 real streams is no faster than that loop."""
+
+UNROLL: Final[int] = 4
+"""Generator steps taken per lane per pass over the lanes (state in registers meanwhile)."""
+
+POINTS_PER_CALL: Final[int] = 1 << 21
+"""Points one compiled call counts between two ``should_stop`` checks (~0.5-2 ms), so a
+cancel, end of input or the parent's death is seen within milliseconds; a call costs
+a few microseconds, so the checks cost nothing."""
+
+_U11: Final = np.uint64(11)
+_U3: Final = np.uint64(3)
+_U24: Final = np.uint64(24)
+_U40: Final = np.uint64(40)
+_U8: Final = np.uint64(8)
+_ONE: Final = np.uint64(1)
+_MASK24: Final = np.uint64(0xFFFFFF)
+_TWO_TO_48: Final = np.float32(2.0**48)
+
+
+def _step_lanes(a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray, counts: np.ndarray, steps: int) -> None:
+    """Advance every lane's SFC64 state (a, b, c, counter) by ``steps`` outputs, adding to
+    ``counts[j]`` the points of lane ``j`` inside the quarter circle.
+
+    A point is one output: x its low 32 bits, y its high 32 bits, each ``u >> 8`` (below
+    2**24: exact in float32, and converted through int32, which vectorises as one
+    instruction), tested unscaled as ``x*x + y*y < 2**48`` as ``numpy_impl`` does.
+    """
+    lanes = a.size
+    passes = steps // UNROLL
+    for _ in range(passes):
+        for j in range(lanes):
+            sa = a[j]
+            sb = b[j]
+            sc = c[j]
+            sw = w[j]
+            inside = np.int64(0)
+            for _k in range(UNROLL):  # a constant trip count: LLVM unrolls it
+                out = sa + sb + sw
+                sw += _ONE
+                sa = sb ^ (sb >> _U11)
+                sb = sc + (sc << _U3)
+                sc = ((sc << _U24) | (sc >> _U40)) + out
+                x = np.float32(np.int32((out >> _U8) & _MASK24))
+                y = np.float32(np.int32(out >> _U40))
+                inside += np.int64(x * x + y * y < _TWO_TO_48)
+            a[j] = sa
+            b[j] = sb
+            c[j] = sc
+            w[j] = sw
+            counts[j] += inside
+    for _ in range(steps - passes * UNROLL):
+        for j in range(lanes):
+            out = a[j] + b[j] + w[j]
+            w[j] += _ONE
+            sb = b[j]
+            sc = c[j]
+            a[j] = sb ^ (sb >> _U11)
+            b[j] = sc + (sc << _U3)
+            c[j] = ((sc << _U24) | (sc >> _U40)) + out
+            x = np.float32(np.int32((out >> _U8) & _MASK24))
+            y = np.float32(np.int32(out >> _U40))
+            counts[j] += np.int64(x * x + y * y < _TWO_TO_48)
+
+
+def _seed_lanes(
+    seed: np.uint64, first: np.uint64, a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray
+) -> None:
+    """Lane ``j`` := stream ``first + j`` (modulo 2**64: a padding lane past the last
+    stream wraps around, and its count is dropped), as NumPy seeds it."""
+    state = np.empty(4, dtype=np.uint64)
+    for j in range(a.size):
+        fused_range._seed_state(seed, first + np.uint64(j), state)
+        a[j] = state[0]
+        b[j] = state[1]
+        c[j] = state[2]
+        w[j] = state[3]
+
+
+def _padded(streams: int) -> int:
+    return (streams + LANE_MULTIPLE - 1) // LANE_MULTIPLE * LANE_MULTIPLE
+
+
+def _count_short(seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray) -> None:
+    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``, in
+    groups of ``LANES`` (the last padded); all in one call, for streams short enough."""
+    a = np.empty(LANES, dtype=np.uint64)
+    b = np.empty(LANES, dtype=np.uint64)
+    c = np.empty(LANES, dtype=np.uint64)
+    w = np.empty(LANES, dtype=np.uint64)
+    group_counts = np.zeros(LANES, dtype=np.int64)
+    done = 0
+    while done < streams:
+        real = min(LANES, streams - done)
+        width = min(LANES, (real + LANE_MULTIPLE - 1) // LANE_MULTIPLE * LANE_MULTIPLE)
+        group_counts[:width] = 0
+        _seed_lanes(seed, first + np.uint64(done), a[:width], b[:width], c[:width], w[:width])
+        _step_lanes(a[:width], b[:width], c[:width], w[:width], group_counts[:width], points)
+        counts[done : done + real] = group_counts[:real]
+        done += real
+
+
+def _jit(function: Any, signature: str) -> Any:
+    """nogil: no Python object inside, so ``--jobs`` threads run in parallel and the
+    reader thread keeps answering. fastmath off (the default, said out loud)."""
+    return numba.njit(
+        signature, cache=fused.CACHE_PATH is not None, nogil=True, error_model="numpy", fastmath=False
+    )(function)
+
+
+_ARRAYS: Final[str] = "uint64[::1], uint64[::1], uint64[::1], uint64[::1]"
+_step_lanes = _jit(_step_lanes, f"void({_ARRAYS}, int64[::1], int64)")
+_seed_lanes = _jit(_seed_lanes, f"void(uint64, uint64, {_ARRAYS})")
+_COUNT_SHORT = _jit(_count_short, "void(uint64, uint64, int64, int64, int64[::1])")
+
+
+def _count_long(
+    seed: int,
+    first: int,
+    streams: int,
+    points: int,
+    should_stop: StopCheck,
+    counts: np.ndarray,
+    points_per_call: int,
+) -> None:
+    """Streams too long for one call each: a group at a time, seeded, then stepped in
+    calls of about ``points_per_call`` points with a stop check before each."""
+    done = 0
+    while done < streams:
+        real = min(LANES, streams - done)
+        width = _padded(real)
+        a, b, c, w = (np.empty(width, dtype=np.uint64) for _ in range(4))
+        group_counts = np.zeros(width, dtype=np.int64)
+        _seed_lanes(np.uint64(seed), np.uint64((first + done) % 2**64), a, b, c, w)
+        per_call = max(1, points_per_call // width)
+        stepped = 0
+        while stepped < points:
+            if should_stop():
+                raise Cancelled
+            n = min(per_call, points - stepped)
+            _step_lanes(a, b, c, w, group_counts, n)
+            stepped += n
+        counts[done : done + real] = group_counts[:real]
+        done += real
+
+
+def count_streams(
+    seed: int,
+    first: int,
+    streams: int,
+    points: int,
+    should_stop: StopCheck = never,
+    *,
+    points_per_call: int = POINTS_PER_CALL,
+) -> list[int]:
+    """The count of each of ``streams`` streams from ``first``, ``points`` each (a
+    ``StreamsCounter``): in SIMD lanes, with a stop check before each compiled call of
+    about ``points_per_call`` points (at least one pass of ``LANES`` streams over 1
+    point); fewer than ``MIN_STREAMS`` streams with the single-stream loop. Memory is
+    flat in ``points``: a group's state and counts. Raises ``Cancelled`` when
+    ``should_stop`` says so."""
+    if points_per_call < 1:
+        raise ValueError("points_per_call must be at least 1")
+    if streams < MIN_STREAMS:
+        return fused_range.count_streams(seed, first, streams, points, should_stop)
+    counts = np.zeros(streams, dtype=np.int64)
+    if points * LANES > points_per_call:
+        _count_long(seed, first, streams, points, should_stop, counts, points_per_call)
+        return [int(n) for n in counts]
+    per_call = max(LANES, points_per_call // max(points, 1) // LANES * LANES)
+    done = 0
+    while done < streams:
+        if should_stop():
+            raise Cancelled
+        n = min(per_call, streams - done)
+        _COUNT_SHORT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n])
+        done += n
+    return [int(n) for n in counts]

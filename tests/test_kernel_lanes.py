@@ -1,0 +1,138 @@
+"""The lane kernel: many streams of a range at once, each stream counted exactly as NumPy counts it.
+
+``lanes.count_streams`` seeds a group of streams in compiled code and steps them side by
+side in SIMD lanes; every stream's count must be ``numpy_impl.count``'s (protocol.md
+§11.2), whatever the seed, the stream indices (up to the last one there is), the number
+of streams (padded groups), the points (0, 1, odd, across the unrolled steps and the
+compiled calls). A stop is seen between calls; memory does not grow with the points.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from test_golden import KERNEL_TABLE
+
+from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, lanes, numpy_impl
+from mcpi_worker.kernels.choice import LoadedFused, NumbaNotInstalled, load_fused
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+POINT_EDGES = sorted(
+    {0, 1, 2, 3, lanes.UNROLL - 1, lanes.UNROLL, lanes.UNROLL + 1, 2 * lanes.UNROLL + 3, 255, 256, 257, 1001}
+)
+"""Point counts around the unrolled steps (the passes and the steps left over)."""
+
+CALL_SIZES = [1, 7, lanes.LANES * 3 + 5, 10_000, lanes.POINTS_PER_CALL]
+"""``points_per_call``: small ones send even short streams down the long path, a group
+at a time in many calls, with steps split anywhere."""
+
+
+def numpy_counts(seed: int, first: int, streams: int, points: int) -> list[int]:
+    return [numpy_impl.count(seed, first + i, points) for i in range(streams)]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    seed=U64,
+    first=st.one_of(U64, st.integers(2**64 - 200, 2**64 - 1), st.integers(2**32 - 70, 2**32 + 3)),
+    streams=st.integers(1, 2 * lanes.LANES + 11),
+    points=st.one_of(st.sampled_from(POINT_EDGES), st.integers(0, 3000)),
+    points_per_call=st.sampled_from(CALL_SIZES),
+)
+@example(seed=0, first=0, streams=lanes.LANES, points=1000, points_per_call=lanes.POINTS_PER_CALL)
+@example(seed=2**64 - 1, first=2**64 - 13, streams=13, points=7, points_per_call=1)  # last stream; padded
+@example(seed=2**64 - 1, first=2**32 - 5, streams=9, points=5, points_per_call=10_000)  # stream words 1 -> 2
+@example(seed=5, first=0, streams=lanes.LANES + 1, points=0, points_per_call=1)
+@example(seed=5, first=3, streams=lanes.MIN_STREAMS, points=1, points_per_call=lanes.POINTS_PER_CALL)
+def test_each_stream_counts_as_numpy_counts_it(
+    seed: int, first: int, streams: int, points: int, points_per_call: int
+) -> None:
+    streams = min(streams, 2**64 - first)
+    ours = lanes.count_streams(seed, first, streams, points, points_per_call=points_per_call)
+    assert ours == numpy_counts(seed, first, streams, points)
+
+
+def test_streams_long_enough_for_many_calls_each() -> None:
+    # Above POINTS_PER_CALL / LANES points a stream, a group is stepped in several calls.
+    points = lanes.POINTS_PER_CALL // lanes.LANES * 3 + 5
+    assert lanes.count_streams(7, 100, 70, points)[::23] == [
+        numpy_impl.count(7, s, points) for s in range(100, 170, 23)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seed", "stream", "points", "inside"), [row[1:] for row in KERNEL_TABLE if row[0] == "numpy"]
+)
+def test_the_golden_table_from_inside_a_range(seed: int, stream: int, points: int, inside: int) -> None:
+    # The golden stream is the last of a range of five (the range cannot go past 2**64 - 1).
+    first = max(0, stream - 4)
+    assert lanes.count_streams(seed, first, 5, points)[stream - first] == inside
+
+
+def stop_after(calls: int) -> tuple[Callable[[], bool], list[int]]:
+    """A should_stop turning true on its ``calls``-th call, and its call counter."""
+    counter = [0]
+
+    def should_stop() -> bool:
+        counter[0] += 1
+        return counter[0] >= calls
+
+    return should_stop, counter
+
+
+@pytest.mark.parametrize("points", [1000, lanes.POINTS_PER_CALL])
+def test_a_stop_between_calls_cancels(points: int) -> None:
+    should_stop, calls = stop_after(3)
+    with pytest.raises(Cancelled):
+        lanes.count_streams(5, 0, 100_000, points, should_stop)
+    assert calls[0] == 3
+
+
+def test_a_long_range_polls_at_least_every_call() -> None:
+    points = 5 * lanes.POINTS_PER_CALL // lanes.LANES
+    polls = [0]
+
+    def count_polls() -> bool:
+        polls[0] += 1
+        return False
+
+    lanes.count_streams(1, 0, 2 * lanes.LANES, points, count_polls)
+    assert polls[0] >= 2 * 5  # two groups, five calls of steps each
+
+
+def test_memory_stays_flat_in_the_points() -> None:
+    def peak(points: int) -> int:
+        tracemalloc.start()
+        try:
+            lanes.count_streams(3, 0, lanes.LANES, points, points_per_call=1 << 16)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(2000), peak(200_000)
+    assert large < small + 4096
+
+
+def test_fewer_streams_than_a_group_go_through_the_single_stream_loop() -> None:
+    for streams in range(1, lanes.MIN_STREAMS):
+        assert lanes.count_streams(9, 4, streams, 777) == numpy_counts(9, 4, streams, 777)
+
+
+def test_the_fused_implementation_counts_ranges_in_lanes() -> None:
+    loaded = load_fused()
+    assert loaded.count_streams is lanes.count_streams
+
+
+def test_without_numba_a_range_is_counted_by_numpy_stream_by_stream() -> None:
+    def loader() -> LoadedFused:
+        raise NumbaNotInstalled("numba is not installed (hidden)")
+
+    kernel = NumpyKernel(Policy.FUSED, loader=loader)
+    kernel.prepare()
+    assert kernel.status().unavailable == "numba is not installed (hidden)"
+    assert kernel.count_streams(3, 10, 11, 500) == numpy_counts(3, 10, 11, 500)
