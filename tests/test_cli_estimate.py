@@ -263,7 +263,8 @@ def test_worker_logs_are_reemitted_with_the_worker_id_and_pid_bound() -> None:
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in run.stderr.splitlines()]
     pids = {w["slot"]: w["pid"] for w in json.loads(run.stdout)["per_worker"]}
-    started = [r for r in records if r["event"] == "worker_started"]  # mcpi-worker's own log line
+    # mcpi-worker's own log line, its event named as the worker's (issue 23)
+    started = [r for r in records if r["event"] == f"worker {r['worker']}: worker_started"]
     assert {(r["worker"], r["pid"]) for r in started} == set(pids.items())
     assert all(r["level"] == "info" for r in started)
 

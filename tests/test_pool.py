@@ -387,7 +387,7 @@ async def test_worker_json_logs_are_reemitted_with_the_worker_bound() -> None:
             with capture_logs() as logs:
                 async with WorkerPool(2, launcher=launcher):
                     pass
-            started = [e for e in logs if e["event"] == "fake worker started"]
+            started = [e for e in logs if e["event"] == f"worker {e.get('worker')}: fake worker started"]
             assert {(e["worker"], e["pid"]) for e in started} == {
                 (p.index, p.pid) for p in launcher.launched
             }

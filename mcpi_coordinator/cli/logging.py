@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from mcpi_coordinator.cli.text import styling_allowed
+from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging"]
@@ -43,14 +44,32 @@ def _worker_not_slot(_logger: Any, _method: str, event: MutableMapping[str, Any]
     return event
 
 
+def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every key and text value escaped for the terminal (``terminal_text.printable``).
+
+    The console renderer writes an event, a key and a text value as they are, and a
+    worker chooses them (its log lines are relayed with their own event and fields).
+    Other values are written with ``repr``, which escapes control characters already;
+    a traceback keeps its line breaks, each line escaped. The JSON format needs none of
+    this: ``json.dumps`` escapes control characters itself.
+    """
+    shown: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in ("exception", "stack") and isinstance(value, str):
+            shown[key] = "\n".join(printable(line) for line in value.split("\n"))
+        else:
+            shown[printable(key)] = printable(value) if isinstance(value, str) else value
+    return shown
+
+
 def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> None:
     """Send every structlog logger to stderr, filtered at ``level``, as text or JSON."""
-    renderer: Any
+    renderers: list[Any]
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderers = [structlog.processors.JSONRenderer()]
     else:
         # NO_COLOR means no styling at all, bold included: no escape codes whatever.
-        renderer = structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))
+        renderers = [_printable, structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))]
     logger = _StderrLogger()
     structlog.configure(
         processors=[
@@ -59,7 +78,7 @@ def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> Non
             _worker_not_slot,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level]),
         logger_factory=lambda *_args: logger,

@@ -20,6 +20,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import Final, TextIO
 
+from mcpi_coordinator.terminal_text import printable
+
 GAP: Final[str] = "  "
 NARROWEST_WRAP: Final[int] = 24
 """Below this many columns for a value, wrapping would make things worse: let the
@@ -110,7 +112,8 @@ def rows_text(rows: Sequence[tuple[str, str]], stream: TextIO | None = None) -> 
     label_width = max((len(label) for label, _ in rows), default=0)
     indent = " " * (label_width + len(GAP))
     lines = []
-    for label, value in rows:
+    for label, raw_value in rows:
+        value = printable(raw_value)  # a host name from a welcome, a field from a file
         room = None if width is None else width - len(indent)
         if room is not None and room >= NARROWEST_WRAP and len(value) > room:
             parts = textwrap.wrap(value, room, break_on_hyphens=False) or [""]
@@ -154,8 +157,11 @@ def table_text(
 
 
 def say(prog: str, message: str) -> None:
-    """One line on stderr from ``prog``: a note, a warning, an error, a file written."""
+    """One line on stderr from ``prog``: a note, a warning, an error, a file written.
+
+    Always one line, and only characters mcpi chose to be there: an error's message may
+    quote a worker's stderr or welcome, or a file's contents (``printable``)."""
     try:
-        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+        print(f"{prog}: {printable(message)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr closed: the exit code still says it
         pass

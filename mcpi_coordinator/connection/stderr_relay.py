@@ -7,10 +7,26 @@ grow the coordinator's memory or starve its other tasks. So:
 
 - lines longer than ``MAX_LINE`` bytes are cut into pieces (memory is bounded by
   ``MAX_LINE`` whatever the input);
-- a JSON object line (what ``mcpi-worker`` writes) is re-emitted through structlog at
-  its own level with the worker's slot and pid bound; any other line is emitted as
-  text at ``info``, which the CLI's default ``warning`` level filters out cheaply;
+- a JSON object line (what ``mcpi-worker`` writes) is re-emitted through structlog as
+  ``<name>: <its event>`` (``worker 3: fused_kernel_cache_unavailable``), its other keys
+  under one ``fields`` key; any other line is emitted as ``worker_stderr`` with the text
+  as its ``line``, at ``info``, which the CLI's default ``warning`` level filters out
+  cheaply;
 - the last ``TAIL_LINES`` lines are kept for error messages ("...and its stderr said").
+
+A worker is not trusted (any ssh host is one), so what it writes is data, never
+instructions to the coordinator:
+
+- its keys are never keyword arguments: ``{"event": "x", "self": 1}`` or a key named
+  ``exc_info`` or ``_record`` would otherwise clash with the logging call's parameters
+  (a ``TypeError`` out of the pool) or steer the program's structlog processors;
+- the level it claims is capped at ``MOST_SEVERE_RELAYED`` (warning): the coordinator,
+  not the worker, decides what is an error, so ``mcpi estimate -q`` (errors only) shows
+  no worker line, and a worker's ``critical`` is kept as ``fields["level"]``;
+- the event carries the worker's name in front, so a line a worker writes cannot pass
+  for one of the coordinator's own;
+- its text reaches the operator's terminal only through ``terminal_text.printable``:
+  the tail here, and the console log renderer (``cli/logging.py``) for what is logged.
 """
 
 from __future__ import annotations
@@ -21,20 +37,31 @@ from typing import Any, Final
 
 from structlog.processors import NAME_TO_LEVEL
 
+from mcpi_coordinator.terminal_text import printable
+
 MAX_LINE: Final[int] = 8192
 """Longest stderr line handled as one; longer input is split (flood protection)."""
 
 TAIL_LINES: Final[int] = 12
 TAIL_LINE_CHARS: Final[int] = 240
 
-_RESERVED: Final[frozenset[str]] = frozenset({"event", "level", "worker", "slot"})
+MOST_SEVERE_RELAYED: Final[str] = "warning"
+"""The most severe level a worker's line is re-emitted at, whatever level it claims."""
+
+_DROPPED: Final[frozenset[str]] = frozenset({"timestamp", "pid"})
+"""Keys of a worker's record the coordinator's own record already carries (its time;
+the worker's pid is bound to the logger)."""
 
 
 class StderrRelay:
-    """Feed it a worker's stderr bytes; it logs each line and keeps a short tail."""
+    """Feed it a worker's stderr bytes; it logs each line and keeps a short tail.
 
-    def __init__(self, logger: Any) -> None:
+    ``name`` (``worker 3``) is put in front of every event the worker logs.
+    """
+
+    def __init__(self, logger: Any, name: str = "worker") -> None:
         self._log = logger
+        self._name = name
         self._partial = bytearray()
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.bytes_seen = 0
@@ -58,7 +85,8 @@ class StderrRelay:
             self._partial.clear()
 
     def tail(self) -> str:
-        """The last lines, joined with `` | `` so that an error message stays one line."""
+        """The last lines, joined with `` | `` so that an error message stays one line;
+        control characters shown escaped (``printable``)."""
         return " | ".join(self._tail)
 
     def _emit_long(self, line: bytes | bytearray) -> None:
@@ -71,14 +99,21 @@ class StderrRelay:
             return
         record = _json_record(text)
         if record is None:
-            self._tail.append(_shorten(text))
+            self._tail.append(_shorten(printable(text)))
             self._log.info("worker_stderr", line=text)
             return
-        event = str(record.pop("event", "worker_log"))
-        level_name = str(record.pop("level", "info")).lower()
-        fields = {k: v for k, v in record.items() if k not in _RESERVED}
-        self._tail.append(_shorten(f"{level_name}: {event}" + _brief(fields)))
-        self._log.log(NAME_TO_LEVEL.get(level_name, NAME_TO_LEVEL["info"]), event, **fields)
+        said = record.pop("event", "worker_log")
+        claimed = str(record.pop("level", "info")).lower()
+        level = NAME_TO_LEVEL.get(claimed, NAME_TO_LEVEL["info"])
+        if level > NAME_TO_LEVEL[MOST_SEVERE_RELAYED]:
+            level = NAME_TO_LEVEL[MOST_SEVERE_RELAYED]
+            record["level"] = claimed  # what the worker said, kept as data
+        fields = {key: value for key, value in record.items() if key not in _DROPPED}
+        self._tail.append(_shorten(printable(f"{claimed}: {said}" + _brief(fields))))
+        if fields:
+            self._log.log(level, f"{self._name}: {said}", fields=fields)
+        else:
+            self._log.log(level, f"{self._name}: {said}")
 
 
 def _json_record(text: str) -> dict[str, Any] | None:
@@ -86,14 +121,13 @@ def _json_record(text: str) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a line nested thousands deep is no log record
         return None
     return record if isinstance(record, dict) else None
 
 
 def _brief(fields: dict[str, Any]) -> str:
-    shown = {k: v for k, v in fields.items() if k not in ("timestamp", "pid")}
-    return "".join(f" {k}={v}" for k, v in shown.items())
+    return "".join(f" {key}={value}" for key, value in fields.items() if key != "level")
 
 
 def _shorten(text: str) -> str:

@@ -112,7 +112,7 @@ class WorkerConnection:
             else partial(process.stdout.receive_some, RECEIVE_SIZE)
         )
         logger = logger if logger is not None else structlog.get_logger("mcpi.worker")
-        self._stderr = StderrRelay(logger.bind(worker=slot, pid=process.pid))
+        self._stderr = StderrRelay(logger.bind(worker=slot, pid=process.pid), name=f"worker {slot}")
 
     def __repr__(self) -> str:
         state = "broken" if self.failure else ("ready" if self.welcome else "starting")
