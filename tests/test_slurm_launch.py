@@ -129,7 +129,15 @@ def test_nodes_pair_scontrols_names_with_the_cpu_counts_in_order() -> None:
     assert nodes == (
         SlurmNode("node1", 2), SlurmNode("node2", 2), SlurmNode("node3", 2), SlurmNode("gpu7", 1)
     )
-    assert calls == [["/opt/slurm/bin/scontrol", "show", "hostnames", "node[1-3],gpu7"]]
+    assert calls == [["/opt/slurm/bin/scontrol", "show", "hostnames", "--", "node[1-3],gpu7"]]
+
+
+@pytest.mark.parametrize("nodelist", ["--help", "-Mother", "-v"])
+def test_a_nodelist_that_looks_like_an_option_is_passed_after_a_double_dash(nodelist: str) -> None:
+    """SLURM_JOB_NODELIST comes from the environment: never an option of scontrol's."""
+    calls, run = fake_scontrol(["node1"])
+    expand_nodelist(nodelist, run=run)
+    assert calls == [["scontrol", "show", "hostnames", "--", nodelist]]
 
 
 @pytest.mark.parametrize(

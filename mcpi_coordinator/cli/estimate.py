@@ -234,8 +234,10 @@ def _part_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
-    problem = _part_problem(args) or _check_arguments(args)
+def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = None) -> int:
+    """``mcpi estimate``; ``machine`` stands for this machine's limits (tests)."""
+    machine = capacity.MachineLimits.here() if machine is None else machine
+    problem = _part_problem(args) or _check_arguments(args, machine)
     if problem is not None:
         args.command_parser.error(problem)
     if args.plot is not None:
@@ -251,6 +253,11 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointRefused as error:
         text.say(PROG, f"error: {error}")
         return ExitCode.USAGE
+    if not args.capacity_checked:  # a resumed run's kernel is known from its file only now
+        problem = _capacity_problem(args, machine)
+        if problem is not None:
+            prepared.close()
+            args.command_parser.error(problem)
     seed, seed_drawn = prepared.seed, prepared.seed_drawn
     if not args.quiet:
         _hint_idle_workers(args)
@@ -287,7 +294,7 @@ def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:
     return ExitCode.for_signal(signals.stopped_by())
 
 
-def _check_arguments(args: argparse.Namespace) -> str | None:
+def _check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -> str | None:
     if args.workers is None:
         args.workers = 0 if args.slurm else (os.cpu_count() or 1)
     try:
@@ -306,10 +313,18 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         for node in nodes
     ]
     args.starting_limits = remote.starting_limits(args.slots)
+    # The kernel that will run: --kernel, else a resumed checkpoint's (checked once the
+    # file is open, so that nothing is created for a run refused here), else the default.
+    args.capacity_checked = args.kernel is not None or args.resume is None
+    return _capacity_problem(args, machine) if args.capacity_checked else None
+
+
+def _capacity_problem(args: argparse.Namespace, machine: capacity.MachineLimits) -> str | None:
+    """Whether the machine holds the planned slots' workers, counting each local one
+    for the kernel the run will use (``args.kernel``; the default until it is set)."""
+    kernel = DEFAULT_KERNEL if args.kernel is None else args.kernel
     starts = remote.concurrent_starts(args.starting_limits)
-    return capacity.check_slots(
-        args.slots, capacity.MachineLimits.here(), max_starting=starts, kernel=args.kernel
-    )
+    return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel)
 
 
 def _hint_idle_workers(args: argparse.Namespace) -> None:

@@ -144,7 +144,9 @@ def expand_nodelist(
     nodelist: str, *, run: Callable[[Sequence[str]], str] = run_scontrol, scontrol: str = "scontrol"
 ) -> tuple[str, ...]:
     """The node names of a compressed nodelist, in Slurm's order, one per node."""
-    names = tuple(run([scontrol, "show", "hostnames", nodelist]).split())
+    # After "--": a nodelist comes from the environment, and one starting with "-"
+    # ("-M other-cluster", "--help") must stay a nodelist, never an option of scontrol's.
+    names = tuple(run([scontrol, "show", "hostnames", "--", nodelist]).split())
     if not names:
         raise SlurmError(f"scontrol show hostnames {nodelist!r} named no node")
     for name in names:

@@ -1,0 +1,68 @@
+"""The cap on ``--workers`` counts each local worker for the kernel that will run
+(issue 23, finding 5): the default kernel when ``--kernel`` is not given, a resumed
+checkpoint's kernel when it is resumed. The machine's limits are injected."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcpi_coordinator.cli import estimate
+from mcpi_coordinator.cli.main import build_parser
+from mcpi_coordinator.launch.capacity import MachineLimits, worker_memory
+from mcpi_worker.kernels import DEFAULT_KERNEL
+
+MiB = 2**20
+MACHINE = MachineLimits(10**6, 10**6, 24 * 1024 * MiB)
+"""Descriptors to spare; 24 GiB of memory available, so memory is the binding cap."""
+DEFAULT_CAP = MACHINE.memory_available // worker_memory(DEFAULT_KERNEL)  # type: ignore[operator]
+PYTHON_CAP = MACHINE.memory_available // worker_memory("python")  # type: ignore[operator]
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    args, extras = build_parser().parse_known_args(["estimate", *argv])
+    assert not extras
+    return args
+
+
+def refusal(args: argparse.Namespace, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        estimate.run(args, machine=MACHINE)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_without_kernel_workers_are_counted_for_the_default_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    each = f"at {worker_memory(DEFAULT_KERNEL) / MiB:.0f} MiB each"
+    err = refusal(parsed("--workers", str(DEFAULT_CAP + 1), "--points", "1e6"), capsys)
+    assert f"--workers {DEFAULT_CAP + 1:,} is more than this machine can hold: at most {DEFAULT_CAP:,}" in err
+    assert each in err
+    # The same as with the kernel named: the default is the kernel that runs.
+    assert each in refusal(parsed("--workers", str(DEFAULT_CAP + 1), "--kernel", DEFAULT_KERNEL), capsys)
+    err = refusal(parsed("--workers", str(PYTHON_CAP + 1), "--kernel", "python"), capsys)
+    assert f"at most {PYTHON_CAP:,} local workers" in err and f"at {worker_memory('python') / MiB:.0f} MiB" in err
+
+
+def test_a_resumed_run_is_counted_for_its_checkpoints_kernel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "run.db"
+    made = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "20000", "--kernel", "python",
+         "--workers", "1", "--seed", "3", "--checkpoint", str(saved)],
+        capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    # python workers are small: more of them than of the default kernel's fit.
+    if PYTHON_CAP > DEFAULT_CAP:
+        args = parsed("--resume", str(saved), "--workers", str(DEFAULT_CAP + 1), "--json")
+        assert estimate.run(args, machine=MACHINE) == 0  # finished: no worker started
+        assert '"kernel": "python"' in capsys.readouterr().out
+    err = refusal(parsed("--resume", str(saved), "--workers", str(PYTHON_CAP + 1)), capsys)
+    assert f"at most {PYTHON_CAP:,} local workers" in err
+    # The refused run left its checkpoint closed and unlocked: it resumes at once.
+    assert estimate.run(parsed("--resume", str(saved), "--workers", "1", "--json"), machine=MACHINE) == 0
