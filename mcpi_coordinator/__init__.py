@@ -20,14 +20,11 @@ Layers, from the bottom (each imports only from the ones above it in this list):
 - ``bench``: the compared approaches behind ``mcpi bench``.
 """
 
-import importlib
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-try:
-    __version__ = version("mcpi-trio")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+import importlib
+
+from mcpi_worker import __version__  # one version for the distribution, written there
 
 # The public names are imported on first use (PEP 562), not here: the subprocess fake
 # worker (``python -m mcpi_coordinator.testing.fake_worker``) lives in this package and
@@ -53,7 +50,13 @@ _PUBLIC: dict[str, str] = {
     "default_task_timeout": "mcpi_coordinator.pool.worker_pool",
 }
 
+# typing.TYPE_CHECKING without importing typing (mypy knows the name): the ``mcpi``
+# command imports this package before it can hold Ctrl-C (``cli.boot``), so the less
+# it loads here, the shorter that window.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from mcpi_coordinator.chunks import Chunk, ChunkResult
     from mcpi_coordinator.errors import (
         ChunkFailed,

@@ -18,6 +18,10 @@ class ExitCode(IntEnum):
     """130: Ctrl-C (SIGINT), as shells report it. Every worker was stopped first."""
     TERMINATED = 128 + signal.SIGTERM
     """143: SIGTERM (``kill``, a job scheduler). Handled like Ctrl-C."""
+    BROKEN_PIPE = 128 + signal.SIGPIPE
+    """141: whoever read stdout stopped reading (``| head -1``, ``| grep -m1``), as a
+    shell reports a tool that SIGPIPE ended. Nothing more is written, no traceback;
+    every worker was stopped first."""
 
     @classmethod
     def for_signal(cls, signum: int) -> "ExitCode":

@@ -9,6 +9,13 @@ Usage errors are one line that names the command they belong to (``mcpi estimate
 error: ...``), suggest the nearest option or command for a typo, and exit 2. Options
 are never abbreviated: ``--po`` is not ``--points``, so a typo cannot silently become
 another option.
+
+Two ends are normal for a command-line tool and get no traceback, whatever command
+runs and whenever they come: Ctrl-C before a command has its own handling (while
+Python imports it, say) exits 130 with one line; a reader of stdout that leaves early
+(``| head -1``) exits 141, as a shell reports a tool that SIGPIPE ended. Both come out
+of the command's own ``with``/``finally`` blocks, so every worker it started is
+stopped first.
 """
 
 from __future__ import annotations
@@ -16,14 +23,19 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from mcpi_coordinator.cli import signals
+from mcpi_coordinator.cli import boot, signals
 from mcpi_coordinator.cli.args import EnvValue, add_version
 from mcpi_coordinator.cli.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 COMMANDS: Final[tuple[str, ...]] = ("estimate", "combine", "scatter", "bench", "completion")
 """Subcommand modules under ``mcpi_coordinator.cli``, in --help order."""
@@ -51,7 +63,8 @@ environment (a command-line option always wins):
   NO_COLOR           set: no colour or bold on the terminal
 
 exit codes: 0 done, 1 the run failed (one line says why), 2 bad arguments (nothing
-started), 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (every worker stopped first)
+started), 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (every worker stopped first),
+141 the reader of stdout left early (| head -1)
 
 shell completion: eval "$(mcpi completion bash)" (or zsh, fish)
 documentation: the README (the distribution is mcpi-trio) and protocol.md"""
@@ -74,6 +87,18 @@ class UsageParser(argparse.ArgumentParser):
         # script's log) needs, and --help is one command away.
         reason = self._suggest(message)
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {reason} (see '{self.prog} --help')\n")
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops every OSError here; a reader of --help that left must end the
+        # command as it ends any other (BrokenPipeError: exit 141), as if it were read.
+        out = sys.stderr if file is None else file
+        try:
+            out.write(message)
+        except BrokenPipeError:
+            if out is sys.stdout:
+                raise
+        except (AttributeError, OSError):  # stderr closed: the exit code still says it
+            pass
 
     def option_strings(self) -> list[str]:
         return [option for action in self._actions for option in action.option_strings]
@@ -159,6 +184,40 @@ def _check_environment(command: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mcpi`` command line; the exit code. Raises ``SystemExit`` for --help,
+    --version and usage errors (argparse's way), nothing else."""
+    try:
+        try:
+            boot.release()  # a Ctrl-C held while the command's modules loaded comes out here
+            return _main(argv)
+        finally:
+            # A reader that left shows here, as BrokenPipeError, rather than in the
+            # interpreter's own flush at exit, which would print a traceback.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return ExitCode.BROKEN_PIPE
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+        from mcpi_coordinator.cli.text import say
+
+        say("mcpi", "interrupted")
+        return ExitCode.INTERRUPTED
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null, so that nothing still buffered fails
+    again when the interpreter flushes it at exit (the recipe of Python's ``signal``
+    documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no stdout descriptor at all: nothing to flush either
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     from mcpi_coordinator.cli.completion import complete_if_asked
