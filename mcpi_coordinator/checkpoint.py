@@ -28,9 +28,21 @@ once (``locking_mode=EXCLUSIVE``) and holds it until it closes; a second run get
 it dies with its process, SIGKILL included: a killed run never leaves a stale lock.
 Exclusive mode also keeps WAL's index in memory instead of a ``-shm`` file.
 
-A new checkpoint is written whole under a temporary name (``.NAME.PID.partial``) and
-linked into place, so a run killed while creating it leaves no half-made file under
-the user's name; the next ``--checkpoint NAME`` deletes such leftovers.
+A new checkpoint is made in memory, written whole under a temporary name of its own
+(``.NAME.PID.RANDOM.partial``, created exclusively) and linked into place, so a run
+killed while creating it leaves no half-made file under the user's name; the next
+``--checkpoint NAME`` deletes such leftovers (its user's only).
+
+Why another user sharing the directory cannot take it over (``/tmp``, a group's
+scratch space): no name mcpi writes to can be planted in advance. The temporary name
+is unpredictable and opened with ``O_EXCL | O_NOFOLLOW``; the link to NAME fails if
+anything holds NAME; ``NAME-wal`` and ``NAME-journal``, which SQLite opens by name
+(following symlinks, and replaying a journal it finds into the file), are created
+empty by mcpi before SQLite looks, or refused unless they are the user's own regular
+files. And a file given to ``--resume`` is refused before any statement could run
+code stored in it: its schema must be exactly mcpi's two tables (no trigger, view,
+index or other table), and every value is bounded (size, nesting, digits) before it
+is parsed.
 """
 
 from __future__ import annotations
@@ -41,15 +53,17 @@ import math
 import os
 import re
 import sqlite3
+import stat
 import time
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
-from mcpi_coordinator import __version__
+from mcpi_coordinator import __version__, files
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.parts import Part
 from mcpi_worker.kernels import KERNEL_VERSIONS
@@ -69,6 +83,12 @@ _SCHEMA: Final[tuple[str, ...]] = (
 
 class CheckpointRefused(McpiError):
     """A checkpoint that cannot be used as asked; ``str()`` is one line naming the file."""
+
+
+class CheckpointFailed(McpiError):
+    """Writing to an open checkpoint failed (a full disk, an I/O error): what was
+    committed before is intact, the rows of the failed transaction are not in the file
+    and will be computed again on resuming. ``str()`` is one line naming the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,10 @@ def check_value(seed: int, stream: int, inside: int) -> int:
     return zlib.crc32(f"{seed}/{stream}/{inside}".encode())
 
 
+_VERSION: Final[re.Pattern[str]] = re.compile(r"[0-9][0-9A-Za-z.+!_-]{0,39}")
+"""A version mcpi can have been (PEP 440, local part included), and nothing longer."""
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     """``"0.10.2rc1"`` → (0, 10, 2): enough to tell which of two releases is newer."""
     release = version.split("+", maxsplit=1)[0]
@@ -119,6 +143,8 @@ class Checkpoint:
         """Chunks committed to the file."""
         self.commits = 0
         self._connection: sqlite3.Connection | None = connection
+        self._real = path
+        """The file SQLite has open (``path`` with symlinks resolved)."""
         self._buffer: list[tuple[int, int, int]] = []
         self._last_commit = time.monotonic()
         # Every chunk the file holds or will hold once committed, so that one open
@@ -130,7 +156,14 @@ class Checkpoint:
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], parameters: RunParameters) -> Self:
-        """A new checkpoint at ``path`` for a run of ``parameters``; refused if the file exists."""
+        """A new checkpoint at ``path`` for a run of ``parameters``; refused if the file exists.
+
+        Safe in a directory other users can write (``/tmp``): the file is made in memory,
+        written to a temporary file of an unpredictable name created exclusively
+        (``files.create_exclusive``), and linked to ``path``, which fails if anything
+        (a symlink included) holds the name by then. The names SQLite will open beside
+        it (``NAME-wal``, ``NAME-journal``) are claimed first, the same way, so SQLite
+        never follows a symlink or replays a journal that another user planted there."""
         target = Path(path)
         if target.exists() or target.is_symlink():
             raise CheckpointRefused(
@@ -142,34 +175,28 @@ class Checkpoint:
         if parameters.kernel not in KERNEL_VERSIONS:
             raise ValueError(f"no kernel version for {parameters.kernel!r}")
         _remove_stale_partials(target)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        claimed: list[Path] = []
         try:
-            connection = sqlite3.connect(partial, isolation_level=None)
+            claimed = _claim_journals(target)
+            descriptor, partial = files.create_exclusive(
+                target.parent, f".{target.name}.{os.getpid()}.", ".partial"
+            )
             try:
-                # No fsync per step while the file is private: one fsync of the whole
-                # file below, before it takes the user's name, is as durable.
-                connection.execute("PRAGMA synchronous=OFF")
-                connection.execute("PRAGMA journal_mode=WAL")  # recorded in the file itself
-                connection.execute("BEGIN")
-                for statement in _SCHEMA:
-                    connection.execute(statement)
-                connection.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [(key, json.dumps(value)) for key, value in _meta(parameters).items()],
-                )
-                connection.execute("COMMIT")
+                with os.fdopen(descriptor, "wb") as written:
+                    written.write(_new_file(parameters))
+                    written.flush()
+                    os.fsync(written.fileno())  # durable before it takes the user's name
+                os.link(partial, target)  # never replaces: a name taken meanwhile fails
             finally:
-                connection.close()  # folds the WAL into the file: one file to link
-            with partial.open("rb+") as written:
-                os.fsync(written.fileno())
-            try:
-                os.link(partial, target)
-            except FileExistsError:
-                raise CheckpointRefused(f"checkpoint {target} was created meanwhile by another run") from None
-        except (OSError, sqlite3.Error) as error:
+                partial.unlink(missing_ok=True)
+        except FileExistsError:
+            _unclaim(claimed)
+            raise CheckpointRefused(f"checkpoint {target} was created meanwhile by another run") from None
+        except files.ForeignFile as error:
+            raise CheckpointRefused(f"cannot create checkpoint {target}: {_foreign(error)}") from None
+        except OSError as error:
+            _unclaim(claimed)
             raise CheckpointRefused(f"cannot create checkpoint {target}: {_reason(error)}") from None
-        finally:
-            partial.unlink(missing_ok=True)
         return cls._open(target, expect=parameters)
 
     @classmethod
@@ -184,14 +211,30 @@ class Checkpoint:
 
     @classmethod
     def _open(cls, path: Path, *, expect: RunParameters | None) -> Self:
+        # SQLite opens the file, and names its journals, by the path with symlinks resolved.
+        real = Path(os.path.realpath(path))
         try:
-            # timeout=0: a file another run holds is refused at once, not waited for.
-            connection = sqlite3.connect(path, timeout=0, isolation_level=None)
-        except sqlite3.Error as error:
+            if not stat.S_ISREG(os.stat(real).st_mode):
+                raise CheckpointRefused(f"{path} is not an mcpi checkpoint (not a regular file)")
+            created = _claim_journals(real)
+        except files.ForeignFile as error:
+            raise CheckpointRefused(f"checkpoint {path} is refused: {_foreign(error)}") from None
+        except OSError as error:
             raise CheckpointRefused(f"cannot open checkpoint {path}: {_reason(error)}") from None
         try:
+            # timeout=0: a file another run holds is refused at once, not waited for.
+            connection = sqlite3.connect(real, timeout=0, isolation_level=None)
+        except sqlite3.Error as error:
+            _unclaim(created)
+            raise CheckpointRefused(f"cannot open checkpoint {path}: {_reason(error)}") from None
+        try:
+            # A schema's views and defaults may not call functions with side effects.
+            connection.execute("PRAGMA trusted_schema=OFF")
             connection.execute("PRAGMA locking_mode=EXCLUSIVE")
             connection.execute("BEGIN EXCLUSIVE")  # the lock, held until close
+            # Before any other statement: a trigger fires at our first write, a view
+            # runs its query when read, so a file holding one is refused unread.
+            _check_schema(connection, path)
             parameters = _read_parameters(connection, path)
             if expect is not None and parameters != expect:
                 raise CheckpointRefused(f"checkpoint {path} changed while it was being created")
@@ -204,6 +247,7 @@ class Checkpoint:
             connection.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.OperationalError as error:
             connection.close()
+            _unclaim(created)
             if "locked" in str(error):
                 raise CheckpointRefused(
                     f"checkpoint {path} is in use by another mcpi run (one run per file)"
@@ -211,13 +255,16 @@ class Checkpoint:
             raise CheckpointRefused(f"checkpoint {path} cannot be read: {_reason(error)}") from None
         except sqlite3.DatabaseError as error:
             connection.close()
+            _unclaim(created)
             raise CheckpointRefused(
                 f"checkpoint {path} is corrupt or not a checkpoint: {_reason(error)}"
             ) from None
         except BaseException:
             connection.close()
+            _unclaim(created)
             raise
         checkpoint = cls(path, connection, parameters)
+        checkpoint._real = real
         checkpoint._streams = array("q", [stream for stream, _ in stored])
         checkpoint._insides = array("q", [inside for _, inside in stored])
         checkpoint.saved = len(stored)
@@ -244,31 +291,43 @@ class Checkpoint:
             self.commit()
 
     def forget(self, streams: Iterable[int]) -> None:
-        """Delete chunks (their worker was caught lying), committed at once."""
+        """Delete chunks (their worker was caught lying), committed at once. Raises
+        ``CheckpointFailed``."""
         doomed = set(streams)
         self._buffer = [row for row in self._buffer if row[0] not in doomed]
         kept = [(s, i) for s, i in self.stored() if s not in doomed]
         self._streams = array("q", [s for s, _ in kept])
         self._insides = array("q", [i for _, i in kept])
         connection = self._require_open()
-        connection.execute("BEGIN")
-        before = connection.total_changes
-        connection.executemany("DELETE FROM chunks WHERE stream = ?", [(s,) for s in sorted(doomed)])
-        self.saved -= connection.total_changes - before
-        connection.execute("COMMIT")
+        with self._transaction(connection):
+            before = connection.total_changes
+            connection.executemany("DELETE FROM chunks WHERE stream = ?", [(s,) for s in sorted(doomed)])
+            deleted = connection.total_changes - before
+        self.saved -= deleted
 
     def commit(self) -> None:
-        """Write the buffered rows in one transaction."""
+        """Write the buffered rows in one transaction. Raises ``CheckpointFailed`` (the
+        rows are dropped: the file keeps what it had, and a resumed run computes them again)."""
         connection = self._require_open()
         self._last_commit = time.monotonic()
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
-        connection.execute("BEGIN")
-        connection.executemany("INSERT INTO chunks (stream, inside, check_value) VALUES (?, ?, ?)", rows)
-        connection.execute("COMMIT")
+        with self._transaction(connection):
+            connection.executemany("INSERT INTO chunks (stream, inside, check_value) VALUES (?, ?, ?)", rows)
         self.saved += len(rows)
         self.commits += 1
+
+    @contextmanager
+    def _transaction(self, connection: sqlite3.Connection) -> Iterator[None]:
+        try:
+            connection.execute("BEGIN")
+            yield
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            with suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")  # after a failed COMMIT the transaction is still open
+            raise CheckpointFailed(f"cannot write checkpoint {self.path}: {_reason(error)}") from None
 
     def close(self) -> None:
         """Commit what is buffered and release the file (and its lock). Idempotent."""
@@ -279,6 +338,9 @@ class Checkpoint:
         finally:
             self._connection.close()
             self._connection = None
+            # The journal claimed at opening (empty: WAL mode never writes it); SQLite
+            # deletes its own -wal as it closes.
+            files.remove_if(_journal(self._real, "-journal"), lambda status: status.st_size > 0)
 
     @property
     def resume_command(self) -> str:
@@ -308,19 +370,80 @@ def _meta(parameters: RunParameters) -> dict[str, Any]:
     }
 
 
+_MAX_META: Final[int] = 32
+"""Rows of ``meta`` a checkpoint may have (it has 10), and below: characters of one key
+and one value (a value is a number, a name or a part, at most ~60 characters)."""
+_MAX_META_KEY: Final[int] = 64
+_MAX_META_VALUE: Final[int] = 256
+
+MAX_POINTS: Final[int] = 2**53
+"""The most points a checkpoint's run may have: the most ``mcpi estimate --points``
+takes (``cli.estimate.MAX_TOTAL_POINTS``)."""
+
+
+def _schema_of(statements: Iterable[str]) -> frozenset[tuple[str, str, str, str | None]]:
+    connection = sqlite3.connect(":memory:")
+    try:
+        for statement in statements:
+            connection.execute(statement)
+        return frozenset(connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    finally:
+        connection.close()
+
+
+_OUR_SCHEMA: Final = _schema_of(_SCHEMA)
+"""What ``sqlite_master`` of an mcpi checkpoint holds: its two tables and meta's key index."""
+
+
+_KINDS: Final[dict[str, str]] = {"index": "indexes", "table": "tables", "trigger": "triggers", "view": "views"}
+
+
+def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file whose schema is anything but mcpi's: a trigger would run at every
+    commit, a view run its query when read, another table or a different definition of
+    ours is not something mcpi wrote. Reads only ``sqlite_master``, and only so much
+    of it (a hostile file may hold any number of objects, with any text)."""
+    rows = connection.execute(
+        "SELECT type, name, tbl_name, CASE WHEN length(sql) > 1000 THEN '' ELSE sql END "
+        f"FROM sqlite_master LIMIT {len(_OUR_SCHEMA) + 8}"
+    ).fetchall()
+    names = {(row[0], row[1]) for row in rows}
+    if not {("table", "meta"), ("table", "chunks")} <= names:
+        raise CheckpointRefused(f"{path} is not an mcpi checkpoint (it has no run parameters)")
+    extra = sorted({row[0] for row in rows if row not in _OUR_SCHEMA})
+    if extra or len(rows) != len(_OUR_SCHEMA):
+        kinds = ", ".join(_KINDS[kind] for kind in extra if kind in _KINDS)
+        raise CheckpointRefused(
+            f"checkpoint {path} is refused: its schema holds {kinds or 'definitions'} mcpi never "
+            "writes (a checkpoint has only mcpi's two tables)"
+        )
+
+
+def _read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """The run's parameters and versions as written, each value bounded in size, depth
+    and digits before it is parsed."""
+    corrupt = CheckpointRefused(f"checkpoint {path} is corrupt: its parameters are not readable")
+    rows = connection.execute(
+        "SELECT key, value FROM meta WHERE typeof(key) = 'text' AND typeof(value) = 'text' "
+        f"AND length(key) <= {_MAX_META_KEY} AND length(value) <= {_MAX_META_VALUE} "
+        f"LIMIT {_MAX_META + 1}"
+    ).fetchall()
+    (count,) = connection.execute(f"SELECT count(*) FROM (SELECT 1 FROM meta LIMIT {_MAX_META + 1})").fetchone()
+    if count != len(rows) or count > _MAX_META:
+        raise corrupt
+    try:
+        return {key: files.json_loads_limited(value) for key, value in rows}
+    except ValueError:
+        raise corrupt from None
+
+
 def _read_parameters(connection: sqlite3.Connection, path: Path) -> RunParameters:
     if connection.execute("PRAGMA quick_check").fetchone() != ("ok",):
         raise CheckpointRefused(f"checkpoint {path} is corrupt (SQLite's quick_check failed)")
-    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {"meta", "chunks"} <= tables:
-        raise CheckpointRefused(f"{path} is not an mcpi checkpoint (it has no run parameters)")
-    try:
-        meta = {key: json.loads(value) for key, value in connection.execute("SELECT key, value FROM meta")}
-    except (json.JSONDecodeError, TypeError):
-        raise CheckpointRefused(f"checkpoint {path} is corrupt: its parameters are not readable") from None
+    meta = _read_meta(connection, path)
     written_by = meta.get("mcpi_version")
     fmt = meta.get("format")
-    if not isinstance(fmt, int) or not isinstance(written_by, str):
+    if not isinstance(fmt, int) or not isinstance(written_by, str) or not _VERSION.fullmatch(written_by):
         raise CheckpointRefused(f"{path} is not an mcpi checkpoint (no format or version in it)")
     if fmt > FORMAT or (fmt == FORMAT and _version_key(written_by) > _version_key(__version__)):
         raise CheckpointRefused(
@@ -339,13 +462,13 @@ def _read_parameters(connection: sqlite3.Connection, path: Path) -> RunParameter
     try:
         parameters = RunParameters(
             seed=_whole(meta["seed"], 0, 2**64),
-            points=_whole(meta["points"], 1, None),
-            chunk_size=_whole(meta["chunk_size"], 1, None),
+            points=_whole(meta["points"], 1, MAX_POINTS + 1),
+            chunk_size=_whole(meta["chunk_size"], 1, MAX_POINTS + 1),
             kernel=str(meta["kernel"]),
             target_error=_target(meta["target_error"]),
             part=_part(meta.get("part")),  # absent in files of whole runs written before parts
         )
-        kernel_version = meta["kernel_version"]
+        kernel_version = _whole(meta["kernel_version"], 0, 2**31)
         if parameters.part is not None and parameters.part.of > parameters.total_chunks:
             raise ValueError(parameters.part)  # more parts than the run has chunks
     except (KeyError, ValueError, TypeError):
@@ -379,13 +502,17 @@ def _read_chunks(
 
 
 def _rows(connection: sqlite3.Connection) -> Iterator[tuple[Any, Any, Any]]:
-    yield from connection.execute("SELECT stream, inside, check_value FROM chunks ORDER BY stream")
+    # A value of another type (a blob may be of any size) is read as NULL, which fails the check.
+    yield from connection.execute(
+        "SELECT stream, CASE typeof(inside) WHEN 'integer' THEN inside END, "
+        "CASE typeof(check_value) WHEN 'integer' THEN check_value END FROM chunks ORDER BY stream"
+    )
 
 
-def _whole(value: Any, low: int, high: int | None) -> int:
+def _whole(value: Any, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(value)
-    if value < low or (high is not None and value >= high):
+    if value < low or value >= high:
         raise ValueError(value)
     return value
 
@@ -405,22 +532,88 @@ def _part(value: Any) -> Part | None:
         return None
     if not isinstance(value, dict) or set(value) != {"index", "of"}:
         raise ValueError(value)
-    return Part(_whole(value["index"], 1, None), _whole(value["of"], 1, None))
+    return Part(_whole(value["index"], 1, MAX_POINTS + 1), _whole(value["of"], 1, MAX_POINTS + 1))
 
 
 def _remove_stale_partials(target: Path) -> None:
-    """Delete what runs killed while creating ``target`` left (``.NAME.PID.partial``,
-    PID no longer running): never read, so only clutter."""
+    """Delete what runs killed while creating ``target`` left (``.NAME.PID.RANDOM.partial``,
+    or ``.NAME.PID.partial`` of earlier versions; PID no longer running, the file this
+    user's): never read, so only clutter. Another user's file of that name, or a
+    symlink, is left alone, as is anything not removable."""
     for partial in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
-        pid = partial.name[len(target.name) + 2 : -len(".partial")]
+        pid = partial.name[len(target.name) + 2 : -len(".partial")].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            partial.unlink(missing_ok=True)
+            files.remove_if(partial, keep=_not_ours)
         except PermissionError:
             pass  # alive, someone else's
+
+
+def _not_ours(status: os.stat_result) -> bool:
+    return not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid()
+
+
+def _journal(database: Path, suffix: str) -> Path:
+    return database.with_name(database.name + suffix)
+
+
+def _journals(database: Path) -> list[Path]:
+    """The files SQLite opens beside ``database`` (its real path) by name: the WAL, and
+    the rollback journal it replays into the file if one is there when it opens (``-shm``
+    is never used: the file is opened in exclusive locking mode)."""
+    return [_journal(database, "-wal"), _journal(database, "-journal")]
+
+
+def _claim_journals(database: Path) -> list[Path]:
+    """Make sure each of ``_journals`` is this user's own regular file, creating the
+    missing ones empty and exclusively (an empty WAL or journal holds nothing for SQLite
+    to replay), so that no one else can plant one before SQLite opens it: the directory
+    may be shared, and SQLite follows symlinks and replays a journal it finds. Returns
+    those created; raises ``files.ForeignFile`` (the ones created are removed again)
+    or ``OSError``."""
+    created: list[Path] = []
+    try:
+        for journal in _journals(database):
+            if files.claim(journal):
+                created.append(journal)
+    except BaseException:
+        _unclaim(created)
+        raise
+    return created
+
+
+def _unclaim(created: Iterable[Path]) -> None:
+    for journal in created:
+        journal.unlink(missing_ok=True)
+
+
+def _foreign(error: files.ForeignFile) -> str:
+    return f"{error}, which SQLite would open as its journal: remove it if it is yours"
+
+
+def _new_file(parameters: RunParameters) -> bytes:
+    """A new checkpoint's bytes: made in memory, so that SQLite never opens a file
+    in the (maybe shared) directory before it has its name."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        connection.execute("BEGIN")
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        connection.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [(key, json.dumps(value)) for key, value in _meta(parameters).items()],
+        )
+        connection.execute("COMMIT")
+        image = bytearray(connection.serialize())
+    finally:
+        connection.close()
+    # The file format's read and write versions (bytes 18 and 19): 2 is WAL mode, as
+    # "PRAGMA journal_mode=WAL" records it in a file (https://sqlite.org/fileformat.html).
+    image[18:20] = b"\x02\x02"
+    return bytes(image)
 
 
 def _reason(error: BaseException) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused, RunParameters
 from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli.text import plural
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
 from mcpi_coordinator.verify import VerifyStats
 from mcpi_worker.kernels import DEFAULT_KERNEL
@@ -79,7 +80,7 @@ class PreparedRun:
         """How to carry the run on, for a run that ends unfinished ('' without a checkpoint)."""
         if self.checkpoint is None:
             return ""
-        saved = f"{self.checkpoint.saved:,} chunks saved in {self.checkpoint.path}"
+        saved = f"{plural(self.checkpoint.saved, 'chunk')} saved in {self.checkpoint.path}"
         return f"; {saved}: {resume_hint(self.checkpoint)}"
 
 

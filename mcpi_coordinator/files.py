@@ -1,0 +1,183 @@
+"""Files mcpi does not trust: reading them within limits, and writing beside others' files.
+
+Two kinds of file reach mcpi from outside its control. Files it *reads* that someone
+else may have written (a checkpoint given to ``--resume``, a part given to ``mcpi
+combine``, a hosts file): each is read with a size limit, so ``/dev/zero`` or a 1 GiB
+file ends in one line rather than a ``MemoryError``, and its JSON with a depth and a
+digit limit, so a document nested 100,000 deep or a 5,000-digit number is refused
+before Python's parser recurses or converts it. And files it *writes* into a
+directory others may share (``/tmp``): created under an unpredictable name with
+``O_CREAT | O_EXCL | O_NOFOLLOW``, so no name another user planted in advance (a
+symlink to ``/etc/passwd``, a file they own and can rewrite later) is ever opened,
+then renamed or linked into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any, Final
+
+MAX_JSON_DEPTH: Final[int] = 32
+"""Nesting of arrays and objects mcpi accepts in a file: what it writes is 3 deep."""
+
+MAX_NUMBER_CHARS: Final[int] = 40
+"""Characters of one JSON number: a 20-digit seed fits, ``10**400`` does not (Python
+would convert a 4,300-digit integer before any bound could be checked)."""
+
+_CREATE_FLAGS: Final[int] = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_STRINGS: Final[re.Pattern[str]] = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS: Final[re.Pattern[str]] = re.compile(r"[\[\]{}]")
+
+
+class TooLarge(ValueError):
+    """A file longer than its limit; ``str()`` says so in a few words."""
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The whole of ``path`` if it has at most ``limit`` bytes. Raises ``TooLarge``, and
+    ``OSError`` for a file that cannot be opened or read (a directory: ``IsADirectoryError``).
+
+    At most ``limit + 1`` bytes are ever read, so a device or a pipe that never ends
+    (``/dev/zero``) is refused as soon as it passes the limit."""
+    with open(path, "rb") as file:
+        return read_stream_limited(file, limit)
+
+
+def read_stream_limited(stream: IO[bytes], limit: int) -> bytes:
+    """What ``stream`` holds until its end, if at most ``limit`` bytes; ``TooLarge`` otherwise."""
+    content = stream.read(limit + 1)
+    if len(content) > limit:
+        raise TooLarge(f"longer than {_size(limit)}")
+    return content
+
+
+def _size(limit: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if limit >= size and limit % size == 0:
+            return f"{limit // size} {unit}"
+    return f"{limit:,} bytes"
+
+
+def json_loads_limited(text: str) -> Any:
+    """``json.loads`` for a file mcpi did not write itself: ValueError (one line) for
+    text that is not JSON, nests deeper than ``MAX_JSON_DEPTH``, holds a number of more
+    than ``MAX_NUMBER_CHARS`` characters or one that is not finite (``NaN``, ``1e400``)."""
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {depth:,} deep, deeper than the {MAX_JSON_DEPTH} mcpi accepts")
+    return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings
+    not counted), found without recursion: 0 for a scalar."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text):,} digits, more than mcpi writes")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text):,} characters, more than mcpi writes")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is beyond a float")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number mcpi writes")
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def create_exclusive(directory: Path, prefix: str, suffix: str, mode: int = 0o666) -> tuple[int, Path]:
+    """A new file in ``directory`` named ``prefix + <random> + suffix``, created by this
+    call (``O_EXCL``: never a file or symlink that was there before), open for writing:
+    (descriptor, path). ``mode`` is narrowed by the umask as for any new file. Raises
+    ``OSError`` (``PermissionError`` for a directory this user cannot write)."""
+    while True:
+        path = directory / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            return os.open(path, _CREATE_FLAGS, mode), path
+        except FileExistsError:
+            continue  # 2**-64 a try: someone planted this very name; draw another
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[IO[bytes]]:
+    """A file to write ``target``'s new content into: created exclusively beside it and
+    renamed over it when the ``with`` block ends without an error (so an existing
+    ``target`` symlink is replaced, never written through, and no half-written file
+    ever has its name); removed on an error. Raises ``OSError``."""
+    descriptor, temporary = create_exclusive(target.parent, f".{target.name}.", ".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+        os.replace(temporary, target)
+    except BaseException:
+        with suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def claim(path: Path, *, owner: int | None = None) -> bool:
+    """Make sure ``path`` is a regular file of this process's user with one link,
+    creating it empty (mode 0600, exclusively) if it does not exist; True if it was
+    created. Raises ``ForeignFile`` naming what is wrong with a name someone else
+    holds: a symlink, a FIFO or device, another user's file, a hard link."""
+    try:
+        os.close(os.open(path, _CREATE_FLAGS, 0o600))
+        return True
+    except FileExistsError:
+        pass
+    check_own_file(path, owner=owner)
+    return False
+
+
+class ForeignFile(OSError):
+    """A name in the way that this user did not make; ``str()`` says what it is."""
+
+
+def check_own_file(path: Path, *, owner: int | None = None) -> os.stat_result:
+    """``path``'s status if it is a regular file owned by ``owner`` (this process's
+    effective user by default) with a single link; ``ForeignFile`` otherwise, and
+    ``OSError`` if it cannot be looked at. The symlink itself is looked at, never
+    followed."""
+    status = os.lstat(path)
+    expected = os.geteuid() if owner is None else owner
+    if stat.S_ISLNK(status.st_mode):
+        raise ForeignFile(f"{path} is a symlink")
+    if not stat.S_ISREG(status.st_mode):
+        raise ForeignFile(f"{path} is not a regular file")
+    if status.st_uid != expected:
+        raise ForeignFile(f"{path} belongs to another user (uid {status.st_uid})")
+    if status.st_nlink != 1:
+        raise ForeignFile(f"{path} has {status.st_nlink} hard links")
+    return status
+
+
+def remove_if(path: Path, keep: Callable[[os.stat_result], bool]) -> None:
+    """Delete ``path`` unless ``keep`` its status; nothing if it is gone or not removable."""
+    with suppress(OSError):
+        if not keep(os.lstat(path)):
+            path.unlink()
