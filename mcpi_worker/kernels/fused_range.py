@@ -46,7 +46,20 @@ def _mix(x: np.uint64, y: np.uint64) -> np.uint64:
 def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray) -> None:
     """SFC64 (a, b, c, counter) for ``SeedSequence(seed, spawn_key=(stream,))``, after
     the 12 discarded outputs: protocol.md §11.1–11.2, step by step."""
-    entropy = np.zeros(6, dtype=np.uint64)
+    _seed_state_into(seed, stream, state, np.zeros(SCRATCH_WORDS, dtype=np.uint64))
+
+
+SCRATCH_WORDS: Final[int] = 16
+"""uint64 words of working memory ``_seed_state_into`` needs: entropy, pool, output."""
+
+
+def _seed_state_into(seed: np.uint64, stream: np.uint64, state: np.ndarray, scratch: np.ndarray) -> None:
+    """``_seed_state`` in the caller's ``scratch`` (``SCRATCH_WORDS`` words): seeding many
+    streams allocates nothing per stream."""
+    entropy = scratch[0:6]
+    pool = scratch[6:10]
+    words = scratch[10:16]
+    entropy[:] = 0
     entropy[0] = seed & _M32
     entropy[1] = seed >> _M64_SHIFT
     entropy[4] = stream & _M32
@@ -54,7 +67,6 @@ def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray) -> None:
     if stream >> _M64_SHIFT:
         entropy[5] = stream >> _M64_SHIFT
         n = 6
-    pool = np.zeros(4, dtype=np.uint64)
     hash_const = np.uint64(0x43B0D7E5)
     for i in range(4):
         pool[i], hash_const = _hashmix(entropy[i], hash_const)
@@ -68,7 +80,6 @@ def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray) -> None:
             mixed, hash_const = _hashmix(entropy[k], hash_const)
             pool[dst] = _mix(pool[dst], mixed)
     out_const = np.uint64(0x8B51F9DD)
-    words = np.zeros(6, dtype=np.uint64)
     for i in range(6):
         value = (pool[i % 4] ^ out_const) & _M32
         out_const = (out_const * np.uint64(0x58F38DED)) & _M32
@@ -106,6 +117,7 @@ def _jit(function: Any, signature: str, *, cache: bool) -> Any:
 count_outputs = fused._LOOP  # the counting loop, compiled once, called from compiled code
 _hashmix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_hashmix)
 _mix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_mix)
+_seed_state_into = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_seed_state_into)
 _seed_state = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_seed_state)
 _COUNT = _jit(
     _count_streams, "void(uint64, uint64, int64, int64, int64[::1])", cache=fused.CACHE_PATH is not None

@@ -8,8 +8,9 @@ steps them side by side: the loop over lanes is the innermost loop over arrays, 
 is the shape LLVM's loop vectoriser turns into SIMD code (numba leaves its SLP
 vectoriser off, so separate scalar variables, one per stream, are never vectorised).
 Each pass over the lanes loads a lane's state once, takes ``UNROLL`` generator steps in
-registers, tests each output as it comes, and stores the state back; the vectoriser
-interleaves several vectors of lanes, which are independent chains the core overlaps.
+registers, tests each output as it comes, and stores the state back. Each iteration
+takes two lanes half a group apart, so the vectorised loop carries two vectors of
+independent chains that the core overlaps (LLVM, left to itself, interleaves one).
 
 Every stream's count is exactly ``numpy_impl.count``'s (protocol.md §11.2): same
 seeding (``fused_range``'s compiled §11.1), same draws, the same float32 test with two
@@ -17,9 +18,9 @@ roundings (no fast-math, so LLVM never contracts ``x*x + y*y`` into a fused
 multiply-add). The tests hold it to NumPy stream by stream.
 
 A group of fewer than ``LANES`` streams (the end of a range) is padded to a multiple of
-``LANE_MULTIPLE`` with the streams that follow it, whose counts are dropped: a vector
-half full still beats the scalar loop that a lane count below one vector falls back
-to. Ranges of fewer than ``MIN_STREAMS`` streams go through the single-stream loop.
+``LANE_MULTIPLE`` with the streams that follow it, whose counts are dropped: vectors
+part full still beat the scalar loop that a lane count below one vector falls back to.
+Ranges of fewer than ``MIN_STREAMS`` streams go through the single-stream loop.
 
 Imported only where ``fused`` already is (it needs numba).
 """
@@ -39,13 +40,14 @@ LANES: Final[int] = 64
 4), enough independent chains to keep the vector units busy; their state (2 KiB) stays
 in L1."""
 
-LANE_MULTIPLE: Final[int] = 8
-"""A group is padded to a multiple of this many lanes: below one vector's width the
-vectoriser leaves the loop scalar."""
+LANE_MULTIPLE: Final[int] = 16
+"""A group is padded to a multiple of this many lanes: two vectors of 8 (the loop takes
+lanes in pairs, see ``_step_lanes``); below a vector's width the vectoriser leaves the
+loop scalar."""
 
 MIN_STREAMS: Final[int] = 3
 """Fewer streams than this are counted one by one with the single-stream loop: a group
-of 8 lanes carrying only 1 or 2 real streams is no faster than that loop."""
+of 16 lanes carrying only 1 or 2 real streams is no faster than that loop."""
 
 UNROLL: Final[int] = 4
 """Generator steps taken per lane per pass over the lanes (state in registers meanwhile)."""
@@ -67,37 +69,61 @@ _TWO_TO_48: Final = np.float32(2.0**48)
 
 def _step_lanes(a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray, counts: np.ndarray, steps: int) -> None:
     """Advance every lane's SFC64 state (a, b, c, counter) by ``steps`` outputs, adding to
-    ``counts[j]`` the points of lane ``j`` inside the quarter circle.
+    ``counts[j]`` the points of lane ``j`` inside the quarter circle. The number of lanes
+    is even (a multiple of ``LANE_MULTIPLE``).
 
     A point is one output: x its low 32 bits, y its high 32 bits, each ``u >> 8`` (below
     2**24: exact in float32, and converted through int32, which vectorises as one
     instruction), tested unscaled as ``x*x + y*y < 2**48`` as ``numpy_impl`` does.
+
+    Each pass over the lanes takes lane ``j`` and lane ``j + half`` in one iteration:
+    two independent vectors of chains in flight where LLVM would otherwise interleave
+    one (numba gives no way to ask its vectoriser for more).
     """
-    lanes = a.size
+    half = a.size // 2
     passes = steps // UNROLL
     for _ in range(passes):
-        for j in range(lanes):
-            sa = a[j]
-            sb = b[j]
-            sc = c[j]
-            sw = w[j]
-            inside = np.int64(0)
-            for _k in range(UNROLL):  # a constant trip count: LLVM unrolls it
-                out = sa + sb + sw
-                sw += _ONE
-                sa = sb ^ (sb >> _U11)
-                sb = sc + (sc << _U3)
-                sc = ((sc << _U24) | (sc >> _U40)) + out
-                x = np.float32(np.int32((out >> _U8) & _MASK24))
-                y = np.float32(np.int32(out >> _U40))
-                inside += np.int64(x * x + y * y < _TWO_TO_48)
-            a[j] = sa
-            b[j] = sb
-            c[j] = sc
-            w[j] = sw
-            counts[j] += inside
+        for j in range(half):
+            k = j + half
+            a0 = a[j]
+            b0 = b[j]
+            c0 = c[j]
+            w0 = w[j]
+            a1 = a[k]
+            b1 = b[k]
+            c1 = c[k]
+            w1 = w[k]
+            inside0 = np.int32(0)
+            inside1 = np.int32(0)
+            for _step in range(UNROLL):  # a constant trip count: LLVM unrolls it
+                out0 = a0 + b0 + w0
+                w0 += _ONE
+                a0 = b0 ^ (b0 >> _U11)
+                b0 = c0 + (c0 << _U3)
+                c0 = ((c0 << _U24) | (c0 >> _U40)) + out0
+                x0 = np.float32(np.int32((out0 >> _U8) & _MASK24))
+                y0 = np.float32(np.int32(out0 >> _U40))
+                inside0 += np.int32(x0 * x0 + y0 * y0 < _TWO_TO_48)
+                out1 = a1 + b1 + w1
+                w1 += _ONE
+                a1 = b1 ^ (b1 >> _U11)
+                b1 = c1 + (c1 << _U3)
+                c1 = ((c1 << _U24) | (c1 >> _U40)) + out1
+                x1 = np.float32(np.int32((out1 >> _U8) & _MASK24))
+                y1 = np.float32(np.int32(out1 >> _U40))
+                inside1 += np.int32(x1 * x1 + y1 * y1 < _TWO_TO_48)
+            a[j] = a0
+            b[j] = b0
+            c[j] = c0
+            w[j] = w0
+            counts[j] += inside0
+            a[k] = a1
+            b[k] = b1
+            c[k] = c1
+            w[k] = w1
+            counts[k] += inside1
     for _ in range(steps - passes * UNROLL):
-        for j in range(lanes):
+        for j in range(a.size):
             out = a[j] + b[j] + w[j]
             w[j] += _ONE
             sb = b[j]
@@ -116,8 +142,9 @@ def _seed_lanes(
     """Lane ``j`` := stream ``first + j`` (modulo 2**64: a padding lane past the last
     stream wraps around, and its count is dropped), as NumPy seeds it."""
     state = np.empty(4, dtype=np.uint64)
+    scratch = np.empty(fused_range.SCRATCH_WORDS, dtype=np.uint64)
     for j in range(a.size):
-        fused_range._seed_state(seed, first + np.uint64(j), state)
+        fused_range._seed_state_into(seed, first + np.uint64(j), state, scratch)
         a[j] = state[0]
         b[j] = state[1]
         c[j] = state[2]
