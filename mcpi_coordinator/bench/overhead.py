@@ -6,7 +6,11 @@ Two figures per approach, from one run of ``tasks`` tasks each:
   pipelined as far as the approach allows.
 
 Workers are started and warmed up before any clock runs: start-up is not overhead
-per task. The peers (trio-parallel, anyio) come with the optional ``bench`` extra; one
+per task. The peers are the pools a Python user reaches for: the standard library's
+``multiprocessing.Pool`` (``apply_async`` one call at a time; ``imap_unordered``, its
+fastest way through many) and ``ProcessPoolExecutor``; joblib (``Parallel`` with
+``batch_size='auto'``, and the loky executor underneath it), pebble, trio-parallel and
+anyio. Those outside the standard library come with the optional ``bench`` extra; one
 that cannot be imported is reported as unavailable, never as a crash.
 """
 
@@ -15,16 +19,19 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from mcpi_coordinator.bench import tasks as shipped
 from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
+
+if TYPE_CHECKING:
+    import multiprocessing.pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +107,137 @@ def process_pool(
     tasks: int, workers: int, *, initializer: Callable[[], object] | None = None
 ) -> Overhead:
     with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as executor:
+        return _executor_figures("process-pool", executor, tasks, workers)
 
-        def submit_all(count: int) -> None:
-            wait([executor.submit(shipped.noop) for _ in range(count)])
 
-        submit_all(_warm_up_count(workers))
-        round_trip = _sync_round_trip_us(lambda: executor.submit(shipped.noop).result(), tasks)
+def _executor_figures(name: str, executor: Executor, tasks: int, workers: int) -> Overhead:
+    """A ``concurrent.futures``-style executor: ``submit(...).result()`` one at a time,
+    then ``tasks`` submitted at once and waited for."""
+
+    def submit_all(count: int) -> None:
+        wait([executor.submit(shipped.noop) for _ in range(count)])
+
+    submit_all(_warm_up_count(workers))
+    round_trip = _sync_round_trip_us(lambda: executor.submit(shipped.noop).result(), tasks)
+    started = time.perf_counter()
+    submit_all(tasks)
+    return Overhead(name, round_trip, tasks / (time.perf_counter() - started))
+
+
+# ------------------------------------------------------------- multiprocessing.Pool
+
+
+def mp_pool_apply_async(tasks: int, workers: int) -> Overhead:
+    """``multiprocessing.Pool.apply_async``: one ``.get()`` at a time, then ``tasks``
+    calls in flight at once."""
+    import multiprocessing
+
+    with multiprocessing.Pool(workers) as pool:
+
+        def apply_all(count: int) -> None:
+            for pending in [pool.apply_async(shipped.noop) for _ in range(count)]:
+                pending.get()
+
+        apply_all(_warm_up_count(workers))
+        round_trip = _sync_round_trip_us(lambda: pool.apply_async(shipped.noop).get(), tasks)
         started = time.perf_counter()
-        submit_all(tasks)
+        apply_all(tasks)
         per_s = tasks / (time.perf_counter() - started)
-    return Overhead("process-pool", round_trip, per_s)
+        _close_gracefully(pool)
+    return Overhead("mp-pool/apply_async", round_trip, per_s)
+
+
+def mp_pool_imap_unordered(tasks: int, workers: int) -> Overhead:
+    """``multiprocessing.Pool.imap_unordered`` (its default ``chunksize=1``, so a task
+    is a task, as for every other approach): a map of one item at a time, then one map
+    over ``tasks`` items."""
+    import multiprocessing
+
+    with multiprocessing.Pool(workers) as pool:
+
+        def map_all(count: int) -> None:
+            for _ in pool.imap_unordered(shipped.noop_of, range(count)):
+                pass
+
+        map_all(_warm_up_count(workers))
+        round_trip = _sync_round_trip_us(lambda: map_all(1), tasks)
+        started = time.perf_counter()
+        map_all(tasks)
+        per_s = tasks / (time.perf_counter() - started)
+        _close_gracefully(pool)
+    return Overhead("mp-pool/imap_unordered", round_trip, per_s)
+
+
+def _close_gracefully(pool: multiprocessing.pool.Pool) -> None:
+    """Let the workers finish rather than ``terminate`` them (what leaving ``with`` does):
+    SIGTERM reaches a forked worker through the handler it inherited from the command
+    (``mcpi bench`` turns SIGTERM into Ctrl-C), which prints a traceback."""
+    pool.close()
+    pool.join()
+
+
+# ------------------------------------------------------------------ joblib, loky
+
+
+def joblib_parallel(tasks: int, workers: int) -> Overhead:
+    """joblib's ``Parallel`` (its loky backend, ``batch_size='auto'``: joblib groups tiny
+    tasks into batches by their measured duration), kept open across calls: a call of
+    one task at a time, then one call of ``tasks`` tasks."""
+    try:
+        import joblib
+    except ImportError as exc:
+        return Overhead.missing("joblib", exc)
+
+    with joblib.Parallel(n_jobs=workers, batch_size="auto") as parallel:
+        call = joblib.delayed(shipped.noop)
+
+        def run_all(count: int) -> None:
+            parallel(call() for _ in range(count))
+
+        run_all(_warm_up_count(workers))
+        round_trip = _sync_round_trip_us(lambda: run_all(1), tasks)
+        started = time.perf_counter()
+        run_all(tasks)
+        per_s = tasks / (time.perf_counter() - started)
+    return Overhead("joblib", round_trip, per_s)
+
+
+def loky_executor(tasks: int, workers: int) -> Overhead:
+    """loky's reusable executor (joblib's process pool), used directly: ``submit``."""
+    try:
+        from joblib.externals.loky import get_reusable_executor
+    except ImportError as exc:
+        return Overhead.missing("loky", exc)
+
+    executor = get_reusable_executor(max_workers=workers, reuse=False)
+    try:
+        return _executor_figures("loky", executor, tasks, workers)
+    finally:
+        executor.shutdown(wait=True)
+
+
+# ------------------------------------------------------------------------- pebble
+
+
+def pebble_pool(tasks: int, workers: int) -> Overhead:
+    """pebble's ``ProcessPool``: ``schedule(...).result()``, then ``tasks`` scheduled at once."""
+    try:
+        import pebble
+    except ImportError as exc:
+        return Overhead.missing("pebble", exc)
+
+    with pebble.ProcessPool(max_workers=workers) as pool:
+
+        def schedule_all(count: int) -> None:
+            futures: list[Future[None]] = [pool.schedule(shipped.noop) for _ in range(count)]
+            wait(futures)
+
+        schedule_all(_warm_up_count(workers))
+        round_trip = _sync_round_trip_us(lambda: pool.schedule(shipped.noop).result(), tasks)
+        started = time.perf_counter()
+        schedule_all(tasks)
+        per_s = tasks / (time.perf_counter() - started)
+    return Overhead("pebble", round_trip, per_s)
 
 
 # ------------------------------------------------------------------- trio-parallel
@@ -215,6 +343,11 @@ def trio_pool_sample(tasks: int, workers: int) -> Overhead:
 
 OVERHEAD_APPROACHES: dict[str, Callable[[int, int], Overhead]] = {
     "process-pool": process_pool,
+    "mp-pool/apply_async": mp_pool_apply_async,
+    "mp-pool/imap_unordered": mp_pool_imap_unordered,
+    "joblib": joblib_parallel,
+    "loky": loky_executor,
+    "pebble": pebble_pool,
     "trio-parallel": trio_parallel,
     "anyio-to-process": anyio_to_process,
     "trio-pool": trio_pool,

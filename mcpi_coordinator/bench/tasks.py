@@ -21,3 +21,7 @@ def _never_stop() -> bool:
 
 def noop() -> None:
     """A task that does nothing: what is left of its round trip is pure overhead."""
+
+
+def noop_of(_item: object) -> None:
+    """``noop`` for the APIs that map a function over items (``imap_unordered``)."""

@@ -78,14 +78,22 @@ first one at a time (median round trip, in microseconds), then all at once on
 --workers workers (tasks per second, pipelined where the approach allows it).
 Workers are started and warmed up before the clock runs.
 
-  process-pool      ProcessPoolExecutor.submit of a no-op function
-  trio-parallel     trio_parallel.run_sync of a no-op ('bench' extra)
-  anyio-to-process  anyio.to_process.run_sync of a no-op ('bench' extra)
-  trio-pool         mcpi's pool: a ping, the protocol's cheapest request, through
-                    the pool's lanes (WorkerPool.ping); one task per call
-  trio-pool/sample  mcpi's pool: a sample of 0 points, the path real work takes
-                    (the worker still seeds a generator); one at a time with
-                    WorkerPool.sample, all at once with WorkerPool.imap_unordered
+  process-pool            ProcessPoolExecutor.submit of a no-op function
+  mp-pool/apply_async     multiprocessing.Pool.apply_async of a no-op
+  mp-pool/imap_unordered  multiprocessing.Pool.imap_unordered (chunksize 1)
+  joblib                  joblib.Parallel, batch_size='auto' (it batches tiny tasks
+                          once it has timed some: its tasks/s are of batches)
+  loky                    loky's reusable executor (joblib's pool), submit
+  pebble                  pebble.ProcessPool.schedule
+  trio-parallel           trio_parallel.run_sync of a no-op
+  anyio-to-process        anyio.to_process.run_sync of a no-op
+  trio-pool               mcpi's pool: a ping, the protocol's cheapest request, through
+                          the pool's lanes (WorkerPool.ping); one task per call
+  trio-pool/sample        mcpi's pool: a sample of 0 points, the path real work takes
+                          (the worker still seeds a generator); one at a time with
+                          WorkerPool.sample, all at once with WorkerPool.imap_unordered
+
+joblib, loky, pebble, trio-parallel and anyio come with the 'bench' extra.
 
 An optional peer that cannot be imported is listed as unavailable."""
 
