@@ -231,10 +231,11 @@ def test_a_chunk_size_that_leaves_workers_idle_says_so() -> None:
     assert run.returncode == 0
     assert (
         run.stderr
-        == "mcpi estimate: note: 1 chunk for 2 workers leaves 1 idle; --chunk-size 500 would use them all\n"
+        == "mcpi estimate: note: 1 chunk for 2 workers: starting 1 (1 would be idle); "
+        "--chunk-size 500 would use them all\n"
     )
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in run.stdout.splitlines() if "  " in line)
-    assert rows["workers"] == "2  (0 restarts; 1 idle: 1 chunk to share)"
+    assert rows["workers"] == "1  (0 restarts)"  # the idle one was never started
     assert rows["points"] == "1,000 in 1 chunk of up to 10,000,000"
     assert re.fullmatch(r"[\d.]+( k)?", rows["points/s"]), rows["points/s"]  # never "0.0 M"
 

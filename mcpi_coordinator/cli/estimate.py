@@ -259,8 +259,10 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
             prepared.close()
             args.command_parser.error(problem)
     seed, seed_drawn = prepared.seed, prepared.seed_drawn
+    asked_workers = len(args.slots)
+    _drop_unusable_slots(args)
     if not args.quiet:
-        _hint_idle_workers(args)
+        _hint_idle_workers(args, asked_workers)
     try:
         try:
             outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
@@ -327,17 +329,34 @@ def _capacity_problem(args: argparse.Namespace, machine: capacity.MachineLimits)
     return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel)
 
 
-def _hint_idle_workers(args: argparse.Namespace) -> None:
-    """A chunk size above points/workers leaves workers with nothing to do: say so."""
+def _drop_unusable_slots(args: argparse.Namespace) -> None:
+    """Start no worker the run cannot use: a chunk is the least one worker computes, so
+    slots beyond the run's chunks (counting each slot's jobs) would only start, idle
+    and stop; on a few cores their start-up would also delay the ones that work. With
+    --verify one more is kept, so that a check can run on another worker."""
+    wanted = len(_streams(args)) + (1 if args.verify else 0)
+    kept = jobs = 0
+    for slot in args.slots:
+        if jobs >= wanted:
+            break
+        kept += 1
+        jobs += slot.jobs
+    args.slots = args.slots[:kept]
+    args.starting_limits = args.starting_limits[:kept]
+
+
+def _hint_idle_workers(args: argparse.Namespace, asked: int) -> None:
+    """A chunk size above points/workers leaves workers with nothing to do: say so, and
+    that only the workers the run can use are started."""
     chunks = len(_streams(args))
-    workers = len(args.slots)
     points = _asked_points(args)
-    if chunks < workers <= points:
-        even = -(-points // workers)
+    if chunks < asked <= points:
+        even = -(-points // asked)
+        started = len(args.slots)
         text.say(
             PROG,
-            f"note: {text.plural(chunks, 'chunk')} for {text.plural(workers, 'worker')} "
-            f"leaves {workers - chunks} idle; --chunk-size {even:,} would use them all",
+            f"note: {text.plural(chunks, 'chunk')} for {text.plural(asked, 'worker')}: starting "
+            f"{started} ({asked - started} would be idle); --chunk-size {even:,} would use them all",
         )
 
 
@@ -410,6 +429,9 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
         max_start_attempts=MAX_START_ATTEMPTS,
         slot_hosts=hosts,
         starting_limits=args.starting_limits,
+        # Work starts at the first ready worker. --verify waits for every worker: its
+        # checks go to another host when one is up, which it knows from their welcomes.
+        wait_for_all=bool(args.verify),
     )
     failure: McpiError | None = None
     with progress.shown(line, shown):

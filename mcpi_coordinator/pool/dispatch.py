@@ -163,10 +163,13 @@ class Dispatcher:
         try:
             assert connection.welcome is not None
             self._depth[connection] = depth
+            first_welcome = connection.slot not in self._known
             self._known[connection.slot] = connection.welcome
             self._largest = self._jobs = None
             with connection.holding():  # the requests waiting for it go out in one write
                 self._fill(connection)
+            if first_welcome and self._all_known():
+                self._refuse_unservable()  # they waited to hear from every slot
         finally:
             self._end(outer)
 
@@ -178,15 +181,23 @@ class Dispatcher:
             self._known.pop(slot, None)
             self._live_slots.discard(slot)
             self._largest = self._jobs = None
-            for queue in (self._retries, self._fresh):
-                for request in list(queue):
-                    problem = self._unservable(request)
-                    if problem is not None:
-                        queue.remove(request)
-                        request.waiting = False
-                        self._outcomes.append((request, problem))
+            self._refuse_unservable()
         finally:
             self._end(outer)
+
+    def _refuse_unservable(self) -> None:
+        """Fail the requests in line that no slot the pool knows of can serve."""
+        for queue in (self._retries, self._fresh):
+            for request in list(queue):
+                problem = self._unservable(request)
+                if problem is not None:
+                    queue.remove(request)
+                    request.waiting = False
+                    self._outcomes.append((request, problem))
+
+    def _all_known(self) -> bool:
+        """Every slot that is not retired has said what it offers (welcomed once)."""
+        return len(self._known) >= len(self._live_slots)
 
     def on_events(self, connection: WorkerConnection, events: list[CoordinatorEvent]) -> None:
         """The connection's sink: answers become outcomes, a broken connection's
@@ -405,9 +416,10 @@ class Dispatcher:
 
     def _unservable(self, request: Request) -> RequestFailed | None:
         """The error for a request that no slot the pool knows of can serve; None when
-        one can, or when no worker has said what it offers yet."""
+        one can, or while some slot has not said what it offers yet (a pool that starts
+        work at its first ready worker: one still starting may offer it)."""
         chunk = request.chunk
-        if not self._known or chunk is None:
+        if chunk is None or not self._known or not self._all_known():
             return None
         if not request.avoid and (chunk.streams == 1 or request.splitter is not None):
             # The common case, without a look at every slot.

@@ -223,8 +223,10 @@ class WorkerPool:
     ``launcher`` replaces it entirely (ssh, fakes in tests: anything returning a
     ``transport.WorkerProcess``). ``task_timeout`` is a fixed per-request limit in
     seconds; ``None`` means ``default_task_timeout(points)``. Entering the pool waits
-    until every slot has a ready worker or has given up; it raises ``PoolExhausted``
-    if none is ready. ``slot_hosts`` names the host each slot's workers run on (None:
+    until every slot has a ready worker or has given up (with ``wait_for_all=False``,
+    only until the first worker is ready: work starts then, and each other worker
+    takes its share once it is ready); it raises ``PoolExhausted`` if none is ready.
+    ``slot_hosts`` names the host each slot's workers run on (None:
     here); slots on one host are reported together: only the first of them to be
     retired logs a warning, so an unreachable host is one warning line, not one per
     worker (the others are logged at info). ``max_starting`` bounds the workers
@@ -250,6 +252,7 @@ class WorkerPool:
         slot_hosts: Sequence[str | None] | None = None,
         max_starting: int | None = None,
         starting_limits: Sequence[trio.CapacityLimiter] | None = None,
+        wait_for_all: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
@@ -288,6 +291,7 @@ class WorkerPool:
         self._completed = 0
         self._restarts = 0
         self._unsettled = size  # slots that are neither ready once nor retired
+        self._wait_for_all = wait_for_all
         self._settled = trio.Event()
         self._deferred_warnings: list[tuple[str, dict[str, Any]]] = []
         self._slot_hosts = list(slot_hosts) if slot_hosts is not None else [None] * size
@@ -617,7 +621,7 @@ class WorkerPool:
             slot.jobs = welcome.jobs
             slot.implementations = dict(zip(welcome.kernels, welcome.implementations, strict=False))
             slot.connection = connection
-            self._settle(slot)
+            self._settle(slot, ready=True)
             self._flush_deferred_warnings()
             # Each of the worker's jobs gets the pipelining depth one worker would.
             depth = min(self._pipeline_depth * welcome.jobs, welcome.max_inflight)
@@ -719,11 +723,12 @@ class WorkerPool:
             log.warning(event, **fields)
         self._deferred_warnings.clear()
 
-    def _settle(self, slot: _Slot) -> None:
-        """Count a slot as settled (ready once, retired or stopped) for ``__aenter__``."""
+    def _settle(self, slot: _Slot, *, ready: bool = False) -> None:
+        """Count a slot as settled (ready once, retired or stopped) for ``__aenter__``,
+        which goes on once all are (or, without ``wait_for_all``, one is ``ready``)."""
         if slot.settled:
             return
         slot.settled = True
         self._unsettled -= 1
-        if self._unsettled == 0:
+        if self._unsettled == 0 or (ready and not self._wait_for_all):
             self._settled.set()
