@@ -38,12 +38,16 @@ def refusal(args: argparse.Namespace, capsys: pytest.CaptureFixture[str]) -> str
 
 def test_without_kernel_workers_are_counted_for_the_default_kernel(capsys: pytest.CaptureFixture[str]) -> None:
     each = f"at {worker_memory(DEFAULT_KERNEL) / MiB:.0f} MiB each"
-    err = refusal(parsed("--workers", str(DEFAULT_CAP + 1), "--points", "1e6"), capsys)
+    # --points 1e13: chunks for every worker (workers a run cannot use are not started,
+    # and so not counted against the machine).
+    err = refusal(parsed("--workers", str(DEFAULT_CAP + 1), "--points", "1e13"), capsys)
     assert f"--workers {DEFAULT_CAP + 1:,} is more than this machine can hold: at most {DEFAULT_CAP:,}" in err
     assert each in err
     # The same as with the kernel named: the default is the kernel that runs.
-    assert each in refusal(parsed("--workers", str(DEFAULT_CAP + 1), "--kernel", DEFAULT_KERNEL), capsys)
-    err = refusal(parsed("--workers", str(PYTHON_CAP + 1), "--kernel", "python"), capsys)
+    assert each in refusal(
+        parsed("--workers", str(DEFAULT_CAP + 1), "--kernel", DEFAULT_KERNEL, "--points", "1e13"), capsys
+    )
+    err = refusal(parsed("--workers", str(PYTHON_CAP + 1), "--kernel", "python", "--points", "1e13"), capsys)
     assert f"at most {PYTHON_CAP:,} local workers" in err and f"at {worker_memory('python') / MiB:.0f} MiB" in err
 
 
@@ -53,7 +57,7 @@ def test_a_resumed_run_is_counted_for_its_checkpoints_kernel(
     saved = tmp_path / "run.db"
     made = subprocess.run(
         [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "20000", "--kernel", "python",
-         "--workers", "1", "--seed", "3", "--checkpoint", str(saved)],
+         "--chunk-size", "10", "--workers", "1", "--seed", "3", "--checkpoint", str(saved)],
         capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr

@@ -253,16 +253,15 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
     except CheckpointRefused as error:
         text.say(PROG, f"error: {error}")
         return ExitCode.USAGE
+    _drop_unusable_slots(args)  # a resumed run's points are known from its file only now
     if not args.capacity_checked:  # a resumed run's kernel is known from its file only now
         problem = _capacity_problem(args, machine)
         if problem is not None:
             prepared.close()
             args.command_parser.error(problem)
     seed, seed_drawn = prepared.seed, prepared.seed_drawn
-    asked_workers = len(args.slots)
-    _drop_unusable_slots(args)
     if not args.quiet:
-        _hint_idle_workers(args, asked_workers)
+        _hint_idle_workers(args)
     try:
         try:
             outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
@@ -315,6 +314,9 @@ def _check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) 
         for node in nodes
     ]
     args.starting_limits = remote.starting_limits(args.slots)
+    args.asked_workers = len(args.slots)
+    if args.resume is None:
+        _drop_unusable_slots(args)  # the machine need only hold the workers that will start
     # The kernel that will run: --kernel, else a resumed checkpoint's (checked once the
     # file is open, so that nothing is created for a run refused here), else the default.
     args.capacity_checked = args.kernel is not None or args.resume is None
@@ -345,11 +347,12 @@ def _drop_unusable_slots(args: argparse.Namespace) -> None:
     args.starting_limits = args.starting_limits[:kept]
 
 
-def _hint_idle_workers(args: argparse.Namespace, asked: int) -> None:
+def _hint_idle_workers(args: argparse.Namespace) -> None:
     """A chunk size above points/workers leaves workers with nothing to do: say so, and
     that only the workers the run can use are started."""
     chunks = len(_streams(args))
     points = _asked_points(args)
+    asked: int = args.asked_workers
     if chunks < asked <= points:
         even = -(-points // asked)
         started = len(args.slots)
@@ -361,8 +364,10 @@ def _hint_idle_workers(args: argparse.Namespace, asked: int) -> None:
 
 
 def _streams(args: argparse.Namespace) -> range:
-    """The chunks this coordinator counts: the run's, or its --part's."""
-    total = chunk_count(args.points, args.chunk_size)
+    """The chunks this coordinator counts: the run's, or its --part's (for options not
+    known yet, a resumed run's before its file is open, their defaults)."""
+    points = DEFAULT_POINTS if args.points is None else args.points
+    total = chunk_count(points, DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
     return range(total) if args.part is None else args.part.streams(total)
 
 
