@@ -32,8 +32,8 @@ BLOCK_POINTS: Final[int] = 1 << 20
 """Points per compiled call between two ``should_stop`` checks: ~1 ms of work, so a
 cancel is seen within milliseconds; a call costs ~1 µs, so the checks cost nothing."""
 
-WORDS_PER_PASS: Final[int] = 256
-"""SFC64 outputs generated before they are tested (2 KiB, in L1). The generator is a
+WORDS_PER_PASS: Final[int] = 1024
+"""SFC64 outputs generated before they are tested (8 KiB, in L1). The generator is a
 chain of dependent steps and the test is independent per point; done in two tight
 loops, the second one vectorises, and the whole runs ~1.6x faster than one loop
 doing both (benchmarks/kernel.py shows the two C loops)."""
@@ -48,15 +48,23 @@ _MASK24: Final = np.uint64(0xFFFFFF)
 _TWO_TO_48: Final = np.float32(2.0**48)
 
 
-def _count_outputs(state: np.ndarray, points: int, words: np.ndarray) -> int:
+def _count_outputs(state: np.ndarray, points: int, words: np.ndarray, zero: np.uint64) -> int:
     """Count the next ``points`` points of the SFC64 ``state`` (a, b, c, counter) inside
-    the quarter circle and leave ``state`` advanced past them.
+    the quarter circle and leave ``state`` advanced past them. ``zero`` must be 0.
 
     A point is one 64-bit output: x from its low 32 bits, y from its high 32 bits, each
-    ``u >> 8`` (an integer below 2**24, exact in float32), tested unscaled as
-    ``x*x + y*y < 2**48`` as numpy_impl does. Every operation is a float32 operation,
-    rounded on its own: numba (LLVM without fast-math) never contracts ``x*x + y*y``
-    into a fused multiply-add, which would move a few points across the arc.
+    ``u >> 8`` (an integer below 2**24, exact in float32, converted through int32,
+    which vectorises), tested unscaled as ``x*x + y*y < 2**48`` as numpy_impl does.
+    Every operation is a float32 operation, rounded on its own: numba (LLVM without
+    fast-math) never contracts ``x*x + y*y`` into a fused multiply-add, which would move
+    a few points across the arc.
+
+    Why ``zero``: the generator is one chain of dependent steps, and its speed is the
+    length of that chain. Left to itself, LLVM unrolls the loop and rewrites the steps
+    algebraically across iterations (``b = 9c`` folded into later sums as ``81c``,
+    ``729c``), which lengthens the chain and spills state to the stack. An output
+    XORed with a value LLVM cannot see (a 0 from the caller) is opaque to that
+    rewriting and costs one instruction off the chain.
     """
     a = state[0]
     b = state[1]
@@ -67,18 +75,18 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray) -> int:
     while done < points:
         n = min(words.size, points - done)
         for i in range(n):
-            out = a + b + counter
+            out = (a + b + counter) ^ zero
             counter += _ONE
             a = b ^ (b >> _U11)
             b = c + (c << _U3)
             c = ((c << _U24) | (c >> _U40)) + out
             words[i] = out
+        part = np.int32(0)  # n is at most WORDS_PER_PASS: no overflow
         for i in range(n):
-            # Through int64: converting uint64 to float takes several instructions.
-            x = np.float32(np.int64((words[i] >> _U8) & _MASK24))
-            y = np.float32(np.int64(words[i] >> _U40))
-            if x * x + y * y < _TWO_TO_48:
-                inside += 1
+            x = np.float32(np.int32((words[i] >> _U8) & _MASK24))
+            y = np.float32(np.int32(words[i] >> _U40))
+            part += np.int32(x * x + y * y < _TWO_TO_48)
+        inside += part
         done += n
     state[0] = a
     state[1] = b
@@ -87,7 +95,10 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray) -> int:
     return inside
 
 
-_SIGNATURE: Final[str] = "int64(uint64[::1], int64, uint64[::1])"
+ZERO: Final = np.uint64(0)
+"""The ``zero`` every caller passes to the loop (see ``_count_outputs``)."""
+
+_SIGNATURE: Final[str] = "int64(uint64[::1], int64, uint64[::1], uint64)"
 
 
 def _jit(*, cache: bool) -> Any:
@@ -147,7 +158,7 @@ def count_from(
         if should_stop():
             raise Cancelled
         n = min(block_points, remaining)
-        inside += int(_LOOP(state, n, words))
+        inside += int(_LOOP(state, n, words, ZERO))
         remaining -= n
     return inside
 

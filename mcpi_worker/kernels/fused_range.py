@@ -43,19 +43,15 @@ def _mix(x: np.uint64, y: np.uint64) -> np.uint64:
     return r ^ (r >> np.uint64(16))
 
 
-def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray) -> None:
-    """SFC64 (a, b, c, counter) for ``SeedSequence(seed, spawn_key=(stream,))``, after
-    the 12 discarded outputs: protocol.md §11.1–11.2, step by step."""
-    _seed_state_into(seed, stream, state, np.zeros(SCRATCH_WORDS, dtype=np.uint64))
-
-
 SCRATCH_WORDS: Final[int] = 16
-"""uint64 words of working memory ``_seed_state_into`` needs: entropy, pool, output."""
+"""uint64 words of working memory ``_seed_state`` needs: entropy, pool, output."""
 
 
-def _seed_state_into(seed: np.uint64, stream: np.uint64, state: np.ndarray, scratch: np.ndarray) -> None:
-    """``_seed_state`` in the caller's ``scratch`` (``SCRATCH_WORDS`` words): seeding many
-    streams allocates nothing per stream."""
+def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray, scratch: np.ndarray) -> None:
+    """SFC64 (a, b, c, counter) for ``SeedSequence(seed, spawn_key=(stream,))``, after
+    the 12 discarded outputs: protocol.md §11.1–11.2, step by step. ``scratch``
+    (``SCRATCH_WORDS`` words) is the caller's: seeding many streams allocates nothing
+    per stream."""
     entropy = scratch[0:6]
     pool = scratch[6:10]
     words = scratch[10:16]
@@ -101,13 +97,17 @@ def _seed_state_into(seed: np.uint64, stream: np.uint64, state: np.ndarray, scra
     state[3] = counter
 
 
-def _count_streams(seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray) -> None:
-    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``."""
+def _count_streams(
+    seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray, zero: np.uint64
+) -> None:
+    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``
+    (``zero``: ``fused.ZERO``, passed on to the loop)."""
     state = np.zeros(4, dtype=np.uint64)
+    scratch = np.empty(SCRATCH_WORDS, dtype=np.uint64)
     words = np.empty(fused.WORDS_PER_PASS, dtype=np.uint64)
     for i in range(streams):
-        _seed_state(seed, first + np.uint64(i), state)
-        counts[i] = count_outputs(state, points, words)
+        _seed_state(seed, first + np.uint64(i), state, scratch)
+        counts[i] = count_outputs(state, points, words, zero)
 
 
 def _jit(function: Any, signature: str, *, cache: bool) -> Any:
@@ -117,10 +117,9 @@ def _jit(function: Any, signature: str, *, cache: bool) -> Any:
 count_outputs = fused._LOOP  # the counting loop, compiled once, called from compiled code
 _hashmix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_hashmix)
 _mix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_mix)
-_seed_state_into = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_seed_state_into)
 _seed_state = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_seed_state)
 _COUNT = _jit(
-    _count_streams, "void(uint64, uint64, int64, int64, int64[::1])", cache=fused.CACHE_PATH is not None
+    _count_streams, "void(uint64, uint64, int64, int64, int64[::1], uint64)", cache=fused.CACHE_PATH is not None
 )
 
 
@@ -138,6 +137,6 @@ def count_streams(
         if should_stop():
             raise Cancelled
         n = min(per_call, streams - done)
-        _COUNT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n])
+        _COUNT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n], fused.ZERO)
         done += n
     return [int(c) for c in counts]

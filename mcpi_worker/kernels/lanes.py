@@ -144,7 +144,7 @@ def _seed_lanes(
     state = np.empty(4, dtype=np.uint64)
     scratch = np.empty(fused_range.SCRATCH_WORDS, dtype=np.uint64)
     for j in range(a.size):
-        fused_range._seed_state_into(seed, first + np.uint64(j), state, scratch)
+        fused_range._seed_state(seed, first + np.uint64(j), state, scratch)
         a[j] = state[0]
         b[j] = state[1]
         c[j] = state[2]
