@@ -86,7 +86,7 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray, zero: np.u
             x = np.float32(np.int32((words[i] >> _U8) & _MASK24))
             y = np.float32(np.int32(words[i] >> _U40))
             part += np.int32(x * x + y * y < _TWO_TO_48)
-        inside += part
+        inside += int(part)
         done += n
     state[0] = a
     state[1] = b
