@@ -21,14 +21,15 @@ the only one given, so a script can treat one coordinator as K = 1.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mcpi_coordinator import files
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.statistics import pi_statistics
+from mcpi_worker.kernels import KERNEL_VERSIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,16 +134,17 @@ class Combined:
 
 MCPI_WRITES: Final[str] = "mcpi estimate --part I/K --json"
 
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number mcpi writes")
+MAX_COUNT: Final[int] = 2**53
+"""The most points (and so chunks, chunk size, parts, inside) a run has: the most
+``mcpi estimate --points`` takes."""
 
 
 def load_document(source: str, text: str) -> dict[str, Any]:
-    """The JSON object in ``text``; CombineRefused (naming ``source``) if it is none."""
+    """The JSON object in ``text``; CombineRefused (naming ``source``) if it is none,
+    or nests, or holds numbers, beyond what mcpi writes (``files.json_loads_limited``)."""
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as error:  # JSONDecodeError is one; so is a NaN or Infinity
+        document = files.json_loads_limited(text)
+    except ValueError as error:  # JSONDecodeError is one; so is a NaN or a 1e400
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CombineRefused(f"{source}: not the JSON {MCPI_WRITES} prints ({reason})") from None
     if not isinstance(document, dict):
@@ -150,46 +152,58 @@ def load_document(source: str, text: str) -> dict[str, Any]:
     return document
 
 
-def _whole(document: Mapping[str, Any], name: str, source: str, low: int) -> int:
+def _shown(value: Any) -> str:
+    """A value from the file, for a message: its repr, cut short (a file may hold a
+    16 MiB string). Control characters are escaped as the message is printed."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _whole(document: Mapping[str, Any], name: str, source: str, low: int, high: int = MAX_COUNT) -> int:
     value = document.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        shown = "missing" if name not in document else f"{value!r}"
+        shown = "missing" if name not in document else _shown(value)
         raise CombineRefused(f"{source}: {name} is {shown}, not a whole number >= {low}")
+    if value > high:
+        raise CombineRefused(f"{source}: {name} is {value:,}, more than mcpi writes (at most {high:,})")
     return value
 
 
 def read_part(source: str, document: Mapping[str, Any]) -> PartCount:
     """Check one document alone: a complete part (or a complete whole run) of a run."""
-    seed = _whole(document, "seed", source, 0)
+    seed = _whole(document, "seed", source, 0, 2**64 - 1)
     requested = _whole(document, "requested_points", source, 1)
     chunk_size = _whole(document, "chunk_size", source, 1)
     inside = _whole(document, "inside", source, 0)
     points = _whole(document, "points", source, 1)
     kernel = document.get("kernel")
-    if not isinstance(kernel, str):
-        raise CombineRefused(f"{source}: kernel is {kernel!r}, not a kernel's name")
+    if not isinstance(kernel, str) or kernel not in KERNEL_VERSIONS:
+        # Checked against the kernels mcpi has: the name is printed in a command to copy.
+        raise CombineRefused(f"{source}: kernel is {_shown(kernel)}, not a kernel mcpi has")
     total = -(-requested // chunk_size)
     raw = document.get("part")
     if raw is None:
         part, what = Part(1, 1), "the whole run"
     else:
         if not isinstance(raw, dict):
-            raise CombineRefused(f"{source}: part is {raw!r}, not a part object")
+            raise CombineRefused(f"{source}: part is {_shown(raw)}, not a part object")
         index, of = _whole(raw, "index", source, 1), _whole(raw, "of", source, 1)
         if index > of or of > total:
             raise CombineRefused(f"{source}: part {index}/{of} is not a part of a run of {total:,} chunks")
         part, what = Part(index, of), f"part {index} of {of}"
         span = part.streams(total)
-        if (_whole(raw, "first_chunk", source, 0), _whole(raw, "chunks", source, 1)) != (span.start, len(span)):
+        first_chunk, chunks = _whole(raw, "first_chunk", source, 0), _whole(raw, "chunks", source, 1)
+        if (first_chunk, chunks) != (span.start, len(span)):
             raise CombineRefused(
                 f"{source}: {what} of {total:,} chunks is chunks {span.start}..{span.stop - 1}, "
-                f"not the {raw['chunks']} from {raw['first_chunk']} it names"
+                f"not the {chunks} from {first_chunk} it names"
             )
     stopped = document.get("stopped_early")
     expected = part.points(requested, chunk_size)
     if stopped is not None:
         raise CombineRefused(
-            f"{source}: {what} stopped early ({stopped}) after {points:,} of its {expected:,} points: "
+            f"{source}: {what} stopped early ({stopped if stopped in _STOPS else _shown(stopped)}) after "
+            f"{points:,} of its {expected:,} points: "
             "run it to the end (--resume its checkpoint, or run it again) before combining"
         )
     if points != expected:
@@ -198,8 +212,10 @@ def read_part(source: str, document: Mapping[str, Any]) -> PartCount:
         raise CombineRefused(f"{source}: {inside:,} inside of {points:,} points is impossible")
     pi = document.get("pi")
     if pi is not None and pi != pi_statistics(inside, points).pi:
-        raise CombineRefused(f"{source}: its pi {pi!r} is not that of its counts: the file was changed")
+        raise CombineRefused(f"{source}: its pi {_shown(pi)} is not that of its counts: the file was changed")
     workers = document.get("workers", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= MAX_COUNT:
+        workers = 0  # only shown: not worth refusing a part for
     elapsed = document.get("elapsed_s", 0.0)
     return PartCount(
         source=source,
@@ -209,9 +225,13 @@ def read_part(source: str, document: Mapping[str, Any]) -> PartCount:
         chunks=len(part.streams(total)),
         inside=inside,
         points=points,
-        workers=workers if isinstance(workers, int) and not isinstance(workers, bool) else 0,
+        workers=workers,
         elapsed_s=float(elapsed) if isinstance(elapsed, int | float) and math.isfinite(elapsed) else 0.0,
     )
+
+
+_STOPS: Final[tuple[str, ...]] = ("max_time", "target_error")
+"""The values of ``stopped_early`` that mcpi writes (``estimate.Stop``), shown as they are."""
 
 
 def combine(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> Combined:

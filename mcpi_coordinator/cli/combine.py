@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final
 
 from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli import text
 from mcpi_coordinator.cli.estimate import estimate_fields, estimate_rows, points_text
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.estimate import repeat_command
-from mcpi_coordinator.parts import Combined, CombineRefused, combine, load_document
+from mcpi_coordinator.files import TooLarge, read_limited, read_stream_limited
+from mcpi_coordinator.parts import MCPI_WRITES, Combined, CombineRefused, combine, load_document
 
 PROG = "mcpi combine"
 
@@ -63,27 +66,43 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run, command_parser=parser)
 
 
+MAX_FILE_BYTES: Final[int] = 16 * 2**20
+"""The most a file given to combine may hold: a part's --json is a few KiB (with
+per-worker rows, ~200 bytes a worker). Read no further, so /dev/zero or a 1 GiB file
+is one line, not minutes of reading and a MemoryError."""
+MAX_STDIN_BYTES: Final[int] = 4 * MAX_FILE_BYTES
+"""The most stdin may hold: several parts, one a line."""
+
+
 def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, document) of each file; stdin may hold several, one a line."""
+    """(name, document) of each file; stdin may hold several, one a line. Raises
+    ``CombineRefused`` (one line) for a file that cannot be read, is larger than
+    ``MAX_FILE_BYTES``, is not UTF-8 or not the JSON mcpi writes."""
     if files.count("-") > 1:
         raise CombineRefused("- (stdin) is given more than once")
     documents = []
     for name in files:
         if name == "-":
-            lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+            content = _read("stdin", partial(read_stream_limited, sys.stdin.buffer, MAX_STDIN_BYTES))
+            lines = [line for line in content.splitlines() if line.strip()]
             if not lines:
                 raise CombineRefused("stdin: empty, no part to combine")
             names = ["stdin"] if len(lines) == 1 else [f"stdin line {n}" for n in range(1, len(lines) + 1)]
             documents += [(shown, load_document(shown, line)) for shown, line in zip(names, lines, strict=True)]
             continue
-        try:
-            with open(name, encoding="utf-8") as file:
-                content = file.read()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise CombineRefused(f"{name}: cannot read it: {reason}") from None
+        content = _read(name, partial(read_limited, name, MAX_FILE_BYTES))
         documents.append((name, load_document(name, content)))
     return documents
+
+
+def _read(name: str, read: Callable[[], bytes]) -> str:
+    try:
+        return read().decode("utf-8")
+    except TooLarge as error:
+        raise CombineRefused(f"{name}: {error}: not the JSON {MCPI_WRITES} prints") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise CombineRefused(f"{name}: cannot read it: {reason}") from None
 
 
 def run(args: argparse.Namespace) -> int:

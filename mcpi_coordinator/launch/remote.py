@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from mcpi_coordinator import files
 from mcpi_coordinator.launch.local import default_max_starting
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
@@ -161,13 +162,20 @@ def host_spec_arg(text: str) -> HostSpec:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+MAX_HOSTS_FILE_BYTES: Final[int] = 2**20
+"""The most a hosts file may hold (thousands of hosts, with comments): read no further,
+so ``--hosts-file /dev/zero`` is one line rather than reading until ``MemoryError``."""
+
+
 def read_hosts_file(path: str | Path) -> list[HostSpec]:
     """One spec a line; ``#`` starts a comment; blank lines are skipped.
 
     Errors name ``file:line``.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = files.read_limited(path, MAX_HOSTS_FILE_BYTES).decode("utf-8")
+    except files.TooLarge as error:
+        raise RemoteConfigError(f"hosts file {str(path)!r} is {error}: not a list of hosts") from None
     except OSError as error:
         raise RemoteConfigError(
             f"cannot read hosts file {str(path)!r}: {error.strerror or error}"

@@ -1,0 +1,124 @@
+"""Issue 23, findings 6 and 7: files given to ``mcpi combine`` and ``--hosts-file``, and
+pictures written where a symlink waits. Each hostile file is one line and exit 2.
+
+Commands that read without a bound would read ``/dev/zero`` until ``MemoryError``: they
+run in a child whose address space is capped, so that code fails in seconds here
+rather than filling the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpi_coordinator.cli.main import main
+from mcpi_coordinator.files import MAX_JSON_DEPTH, json_depth, json_loads_limited
+
+MCPI = [sys.executable, "-m", "mcpi_coordinator"]
+WHOLE: dict[str, Any] = {
+    "seed": 1, "requested_points": 1_000, "chunk_size": 100, "inside": 785, "points": 1_000, "kernel": "numpy",
+}  # fmt: skip
+"""A whole run's --json, as little of it as combine needs."""
+
+
+def capped() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+
+def mcpi(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(
+        [*MCPI, *args], input=stdin, capture_output=True, timeout=120, preexec_fn=capped, check=False,
+    )  # fmt: skip
+    return subprocess.CompletedProcess(run.args, run.returncode, run.stdout.decode(), run.stderr.decode())
+
+
+def one_line_exit_2(run: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert (run.returncode, run.stdout) == (2, ""), run.stderr[-2000:]
+    assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    for part in expected:
+        assert part in run.stderr, run.stderr
+
+
+def combine_in_process(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str, str]:
+    code = main(["combine", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- mcpi combine
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"seed": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested 100,001 deep"),
+        (json.dumps({**WHOLE, "seed": 10**400}), "a number of 401 digits"),
+        (json.dumps({**WHOLE, "seed": 2**64}), "seed is 18,446,744,073,709,551,616, more than mcpi writes"),
+        (json.dumps({**WHOLE, "chunk_size": 10**30}), "more than mcpi writes"),
+        (json.dumps({**WHOLE, **dict.fromkeys(("requested_points", "points", "inside"), 10**20)}), "more than mcpi"),
+        (json.dumps(WHOLE)[:-1] + ', "pi": 1e400}', "1e400 is beyond a float"),
+        (json.dumps({**WHOLE, "kernel": "numpy; touch /tmp/mcpi-owned"}), "not a kernel mcpi has"),
+        (json.dumps({**WHOLE, "kernel": "python3"}), "kernel is 'python3', not a kernel mcpi has"),
+    ],
+)
+def test_combine_refuses_what_mcpi_never_writes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = tmp_path / "part.json"
+    path.write_text(text)
+    code, out, err = combine_in_process(capsys, path)
+    assert (code, out) == (2, ""), err[-2000:]
+    assert err.startswith("mcpi combine: error: ") and len(err.splitlines()) == 1 and len(err) < 400, err[-2000:]
+    assert expected in err, err
+
+
+def test_a_long_string_from_the_file_is_cut_short_in_the_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "part.json"
+    path.write_text(json.dumps({**WHOLE, "kernel": "\x1b]0;owned\x07" + "x" * 1_000_000}))
+    code, _, err = combine_in_process(capsys, path)
+    assert code == 2 and len(err) < 400 and "\x1b" not in err and "\x07" not in err, err[:400]
+
+
+def test_combine_of_a_huge_file_stops_reading_at_its_limit(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as file:
+        file.truncate(2**30)  # 1 GiB (sparse): was read whole, then parsed
+    one_line_exit_2(mcpi("combine", str(huge)), "huge.json: longer than 16 MiB")
+
+
+@pytest.mark.parametrize("args", [("combine", "/dev/zero"), ("combine", "-")])
+def test_combine_of_an_endless_input_is_one_line(args: tuple[str, ...]) -> None:
+    stdin = b"{" * (65 * 2**20) if args[-1] == "-" else b""
+    one_line_exit_2(mcpi(*args, stdin=stdin), "longer than")
+
+
+# ---------------------------------------------------------------- --hosts-file
+
+
+def test_a_hosts_file_that_never_ends_is_one_line() -> None:
+    one_line_exit_2(
+        mcpi("estimate", "-n", "1e3", "--hosts-file", "/dev/zero"),
+        "hosts file '/dev/zero' is longer than 1 MiB: not a list of hosts",
+    )
+
+
+# ---------------------------------------------------------------- the JSON reader
+
+
+def test_depth_is_counted_without_recursion_and_strings_are_not_brackets() -> None:
+    assert json_depth('{"a": [1, {"b": "[[[[{{{"}]}') == 3
+    assert json_depth('"\\"[[["') == 0
+    assert json_depth("[" * 1_000_000) == 1_000_000
+    assert json_loads_limited("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH) is not None
+    with pytest.raises(ValueError, match="deeper than"):
+        json_loads_limited("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1))
+    with pytest.raises(ValueError, match="NaN is not a number mcpi writes"):
+        json_loads_limited('{"x": NaN}')
