@@ -19,6 +19,7 @@ from typing import Any, Final
 import numba
 import numpy as np
 
+from mcpi_worker import numba_cache
 from mcpi_worker.kernels.base import (
     Cancelled,
     StopCheck,
@@ -113,6 +114,16 @@ def _jit(*, cache: bool) -> Any:
 
 def _compile() -> tuple[Any, str | None]:
     """The compiled loop, and where its machine code is cached (None: in memory only)."""
+    unsafe = numba_cache.refusal(_count_outputs)  # numba unpickles what it finds there
+    if unsafe is not None:
+        kernel_log().warning(
+            "fused_kernel_cache_refused",
+            reason=unsafe,
+            consequence="compiling in memory in every worker process: numba loads its cache "
+            "with pickle, so whoever can write there could run code in this worker; point "
+            "NUMBA_CACHE_DIR at a directory only you can write (mode 700) to compile once",
+        )
+        return _jit(cache=False), None
     try:
         loop = _jit(cache=True)
     except RuntimeError as exc:
@@ -122,7 +133,7 @@ def _compile() -> tuple[Any, str | None]:
             "fused_kernel_cache_unavailable",
             reason=str(exc),
             consequence="compiling in memory in every worker process; set NUMBA_CACHE_DIR "
-            "to a writable directory to compile once",
+            "to a directory only you can write (mode 700) to compile once",
         )
         return _jit(cache=False), None
     return loop, str(loop.stats.cache_path)

@@ -1,0 +1,146 @@
+"""numba's cache directory is used only when no one else can write it (issue 23,
+finding 4): numba unpickles the index it finds there. A real ``mcpi-worker`` is given a
+cache directory holding a planted index whose unpickling writes a marker file; in a
+world-writable directory, or one owned by another user (``nobody``, via chown: needs
+root, which CI is), it must refuse the directory, say so once, compile in memory, and
+count as always."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_kernel_worker import assert_golden_answers, base_environment, events, run_worker
+
+from mcpi_worker.numba_cache import directory_refusal, refusal
+
+NOBODY = 65534
+
+
+class _Planted:
+    """Unpickling it creates ``marker``: what an attacker's index would do, harmlessly."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def populated_cache(tmp_path: Path) -> Path:
+    """A cache directory a real fused worker has filled (mode 0700: accepted)."""
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    cache.chmod(0o700)
+    messages, logs = run_worker(base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(cache)))
+    assert_golden_answers(messages)
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["implementation"] == "numba-fused" and loaded["cache_path"].startswith(str(cache))
+    assert not events(logs, "fused_kernel_cache_refused")
+    return cache
+
+
+def plant(cache: Path, marker: Path) -> None:
+    """Replace every index numba wrote with one that runs code when it is loaded."""
+    indexes = list(cache.rglob("*.nbi"))
+    assert indexes
+    for index in indexes:
+        index.write_bytes(pickle.dumps(_Planted(marker)))
+
+
+def run_on(cache: Path) -> list[dict[str, Any]]:
+    messages, logs = run_worker(base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(cache)))
+    assert_golden_answers(messages)  # the counts never depend on the cache
+    return logs
+
+
+def assert_refused(logs: list[dict[str, Any]], why: str) -> None:
+    (refused,) = events(logs, "fused_kernel_cache_refused")  # said once
+    assert why in refused["reason"] and "NUMBA_CACHE_DIR" in refused["consequence"]
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["implementation"] == "numba-fused"
+    assert loaded["cache_path"] is None and loaded["compiled"] is True
+
+
+def test_a_world_writable_cache_directory_is_refused(tmp_path: Path) -> None:
+    cache = populated_cache(tmp_path)
+    marker = tmp_path / "planted-code-ran"
+    plant(cache, marker)
+    for directory in [cache, *(p for p in cache.rglob("*") if p.is_dir())]:
+        directory.chmod(0o777)
+    logs = run_on(cache)
+    assert not marker.exists(), "numba unpickled the planted index"
+    assert_refused(logs, "is writable by others (mode 0777)")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
+def test_a_cache_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    cache = populated_cache(tmp_path)
+    marker = tmp_path / "planted-code-ran"
+    plant(cache, marker)
+    for path in [cache, *cache.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+    logs = run_on(cache)
+    assert not marker.exists(), "numba unpickled the planted index"
+    assert_refused(logs, f"is owned by uid {NOBODY}")
+
+
+def test_a_file_another_user_left_in_the_cache_directory_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o700)
+    (cache / "x.nbi").write_bytes(b"")
+    me = os.geteuid()
+    assert directory_refusal(cache, uid=me) is None
+    if me == 0:
+        os.chown(cache / "x.nbi", NOBODY, NOBODY)
+        assert f"x.nbi is owned by uid {NOBODY}" in str(directory_refusal(cache, uid=me))
+    # As seen by another user, every one of these is someone else's.
+    assert "not by this user (uid 4242)" in str(directory_refusal(cache, uid=4242))
+
+
+def test_rules_for_the_directories_above(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: world-writable, sticky
+    mine = shared / "mine"
+    mine.mkdir()
+    mine.chmod(0o700)
+    assert directory_refusal(mine) is None  # nobody can rename or replace it
+    # ...but not as NUMBA_CACHE_DIR itself: the directory named for the cache is the user's alone.
+    assert "writable by others" in str(directory_refusal(mine, also_strict=shared))
+    shared.chmod(0o777)  # not sticky: anyone can swap "mine" for their own
+    assert f"{shared} is writable by others" in str(directory_refusal(mine))
+    shared.chmod(0o775)
+    assert f"{shared} is writable by its group" in str(directory_refusal(mine))
+    shared.chmod(0o755)
+    # A symbolic link is judged by where it leads, and by where it is.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o777)
+    link = shared / "link"
+    link.symlink_to(elsewhere)
+    assert "writable by others" in str(directory_refusal(link))
+
+
+def test_numbas_default_cache_location_is_checked_too(tmp_path: Path) -> None:
+    """With no NUMBA_CACHE_DIR, numba caches beside the source file (``__pycache__``):
+    a module in a directory anyone can write gets its cache refused."""
+    pytest.importorskip("numba")
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        pytest.skip("NUMBA_CACHE_DIR is set: numba's default location is not used")
+    source_dir = tmp_path / "open"
+    source_dir.mkdir()
+    source_dir.chmod(0o777)
+    (source_dir / "planted_module.py").write_text("def f(x):\n    return x + 1\n")
+    spec = importlib.util.spec_from_file_location("planted_module", source_dir / "planted_module.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert f"{source_dir} is writable by others" in str(refusal(module.f))
+    source_dir.chmod(0o755)
+    assert refusal(module.f) is None
