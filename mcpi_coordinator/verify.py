@@ -40,15 +40,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-import structlog
 import trio
 
+from mcpi_coordinator import logs
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError, RequestFailed
 from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
 from mcpi_worker.kernels import KERNELS
 
-log = structlog.get_logger("mcpi.verify")
+log = logs.get_logger("mcpi.verify")
 
 _KEY: Final[bytes] = b"mcpi --verify v1"
 """The hash key of the selection rule: part of its definition, like the seed."""

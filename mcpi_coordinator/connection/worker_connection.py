@@ -27,9 +27,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final
 
-import structlog
 import trio
 
+from mcpi_coordinator import logs
 from mcpi_coordinator.connection import pipes
 from mcpi_coordinator.connection.stderr_relay import StderrRelay
 from mcpi_coordinator.errors import WorkerFailure, describe_exit, worker_failure, worker_failures
@@ -111,7 +111,7 @@ class WorkerConnection:
             if self._stdout_fd is not None
             else partial(process.stdout.receive_some, RECEIVE_SIZE)
         )
-        logger = logger if logger is not None else structlog.get_logger("mcpi.worker")
+        logger = logger if logger is not None else logs.get_logger("mcpi.worker")
         self._stderr = StderrRelay(logger.bind(worker=slot, pid=process.pid), name=f"worker {slot}")
 
     def __repr__(self) -> str:

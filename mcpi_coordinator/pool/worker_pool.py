@@ -49,10 +49,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
-import structlog
 import trio
 
-from mcpi_coordinator import __version__
+from mcpi_coordinator import __version__, logs
 from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import (
@@ -75,7 +74,7 @@ from mcpi_coordinator.pool.batch import Batch
 from mcpi_coordinator.pool.dispatch import Dispatcher
 from mcpi_worker.protocol import Result
 
-log = structlog.get_logger("mcpi.pool")
+log = logs.get_logger("mcpi.pool")
 
 CLIENT_NAME: Final[str] = f"mcpi-coordinator/{__version__}"
 
