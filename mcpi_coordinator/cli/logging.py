@@ -1,8 +1,10 @@
 """structlog configuration for the coordinator. Called once, by entry points only.
 
-Library code (the pool, the connection) just calls ``structlog.get_logger(...)``; an
-application embedding the pool configures structlog its own way. Log lines go to
-stderr, never stdout: stdout is for results (``--json`` output must stay parseable).
+Library code (the pool, the connection) logs through ``mcpi_coordinator.logs``, which
+is structlog as configured here once this has run (and, before anything configured
+structlog, warnings on stderr only); an application embedding the pool configures
+structlog its own way. Log lines go to stderr, never stdout: stdout is for results
+(``--json`` output must stay parseable).
 """
 
 from __future__ import annotations
