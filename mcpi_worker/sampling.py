@@ -8,9 +8,18 @@ streams: the result is bit-identical to one request per stream, summed, on any w
 
 from __future__ import annotations
 
+from typing import Final
+
 from mcpi_worker.kernels import Cancelled, Kernel, StopCheck
 from mcpi_worker.kernels.base import StreamsCounter, never
-from mcpi_worker.protocol import Sample
+from mcpi_worker.protocol import STREAM_COST_POINTS, Sample
+
+SLICE_WORK: Final[int] = 1 << 20
+"""The most work (in points, ``Sample.work``) counted between two stop checks of a range.
+A kernel checks its stop flag between blocks of points, so a stream with no points (or a
+few) never checks it: a range of 300,000 zero-point streams ignored ``cancel`` for
+seconds. Cut into slices of about this much work, a range stops within milliseconds
+however short its streams are."""
 
 
 def count_groups(kernel: Kernel, request: Sample, should_stop: StopCheck = never) -> list[int]:
@@ -18,19 +27,27 @@ def count_groups(kernel: Kernel, request: Sample, should_stop: StopCheck = never
     a plain sample). Raises ``Cancelled`` as soon as ``should_stop`` says so.
 
     A kernel with a ``count_streams`` method (the ``numpy`` kernel: one compiled call
-    for many short streams once its fused implementation is loaded) counts a range its
-    own way; any other is called stream by stream.
+    for many short streams once its fused implementation is loaded) counts each slice of
+    a range its own way; any other is called stream by stream. Only the group counts are
+    kept, never one count per stream.
     """
     if request.streams == 1:
         return [kernel(request.seed, request.stream, request.points, should_stop)]
     count_streams: StreamsCounter | None = getattr(kernel, "count_streams", None)
-    if count_streams is not None:
-        singles = count_streams(request.seed, request.stream, request.streams, request.points, should_stop)
-    else:
-        singles = []
-        for stream in range(request.stream, request.stream + request.streams):
-            if should_stop():
-                raise Cancelled
-            singles.append(kernel(request.seed, stream, request.points, should_stop))
-    group = request.streams if request.group is None else request.group
-    return [sum(singles[i : i + group]) for i in range(0, request.streams, group)]
+    group = request.group_size
+    per_slice = max(1, SLICE_WORK // (request.points + STREAM_COST_POINTS))
+    counts = [0] * request.groups
+    done = 0
+    while done < request.streams:
+        if should_stop():
+            raise Cancelled
+        n = min(per_slice, request.streams - done)
+        first = request.stream + done
+        if count_streams is not None:
+            singles = count_streams(request.seed, first, n, request.points, should_stop)
+        else:
+            singles = [kernel(request.seed, first + i, request.points, should_stop) for i in range(n)]
+        for offset, inside in enumerate(singles, done):
+            counts[offset // group] += inside
+        done += n
+    return counts

@@ -12,12 +12,14 @@ frames never interleave and nothing is written after the connection ends.
 - The **compute threads** (``jobs`` of them: ``serve``'s own thread and ``jobs - 1``
   more) run the samples the ``WorkerEnd`` starts, with a ``should_stop`` that turns
   true when the request is cancelled or the connection ends.
-- **Small samples run on the reader.** A sample of at most ``INLINE_MAX_POINTS`` is
-  computed by the reader thread itself when no more input is waiting: handing it to a
-  compute thread would cost more than the kernel (waking another Python thread and
-  winning the GIL back took 70–100 µs on a small VM, a 0-point kernel ~10 µs:
-  benchmarks/thread_handoff.py). Before each one the reader checks for input, so a
-  ``ping`` or ``cancel`` waits behind at most one small sample.
+- **Small samples run on the reader.** A sample whose work (``Sample.work``: its points
+  and each stream's set-up) is at most ``INLINE_MAX_WORK`` is computed by the reader
+  thread itself when no more input is waiting: handing it to a compute thread would
+  cost more than the kernel (waking another Python thread and winning the GIL back
+  took 70–100 µs on a small VM, a 0-point kernel ~10 µs: benchmarks/thread_handoff.py).
+  Before each one the reader checks for input, so a ``ping`` or ``cancel`` waits
+  behind at most one small sample. Work, not points: a range of 65,536 one-point
+  streams is mostly set-up, and on the reader it kept a ``ping`` waiting for a second.
 
 protocol.md is the normative description of what this module does on the wire.
 """
@@ -39,6 +41,7 @@ import structlog
 from mcpi_worker import __version__
 from mcpi_worker.kernels import KERNELS, Cancelled, Kernel
 from mcpi_worker.protocol import (
+    STREAM_COST_POINTS,
     ConnectionEnded,
     ErrorCode,
     ExitCode,
@@ -60,6 +63,7 @@ __all__ = [
     "DEFAULT_SPIN_S",
     "HOLD_LIMIT_S",
     "INLINE_MAX_POINTS",
+    "INLINE_MAX_WORK",
     "WORKER_NAME",
     "ExitCode",
     "Outcome",
@@ -77,9 +81,13 @@ keep the worker busy (benchmarks/overhead.py: imap_unordered of 0-point chunks r
 pool's default depth is 2."""
 
 INLINE_MAX_POINTS: Final[int] = 1 << 16
-"""The largest sample the reader thread computes itself: ~0.2 ms with the numpy
-kernel, ~5 ms with the python one, so a ``ping`` or ``cancel`` read behind it waits
-no longer than that (protocol.md §6)."""
+"""The largest plain sample the reader thread computes itself (``INLINE_MAX_WORK``)."""
+
+INLINE_MAX_WORK: Final[int] = INLINE_MAX_POINTS + STREAM_COST_POINTS
+"""The most work (``Sample.work``) the reader thread computes itself: a plain sample of
+65,536 points (~0.2 ms with the numpy kernel, ~5 ms with the python one), or a range of
+a few short streams, so a ``ping`` or ``cancel`` read behind it waits no longer than
+that (protocol.md §6)."""
 
 DEFAULT_SPIN_S: Final[float] = 100e-6
 """How long an idle reader polls for the next request before it sleeps in ``read``.
@@ -319,7 +327,7 @@ class Worker:
             if isinstance(event, StartSample):
                 job = _Job(event.request)
                 self._running[event.request.id] = job
-                small = event.request.total_points <= INLINE_MAX_POINTS
+                small = event.request.work <= INLINE_MAX_WORK
                 if on_reader and small and self._inline is None:
                     self._inline = job
                 else:

@@ -37,6 +37,7 @@ UINT64_MAX = (1 << 64) - 1
 MAX_TEXT = 4096  # §3 rule 11, code points
 MAX_LIST = 64
 MAX_GROUPS = 4096  # §6.1
+MAX_STREAMS = 1 << 20  # §6.1
 MAX_DEPTH = 16  # §3 rule 5
 QUOTE = 64  # §8 "Messages"
 KERNELS = ("numpy", "python")
@@ -265,6 +266,8 @@ def count_range(request: dict[str, Any], stop: threading.Event) -> list[int]:
     group = request.get("group", streams)
     counts: list[int] = []
     for offset in range(streams):
+        if stop.is_set():  # a stream of no points checks nothing itself (§7: stop within ~50 ms)
+            raise InterruptedError
         inside = COUNT[request["kernel"]](request["seed"], request["stream"] + offset, request["points"], stop)
         if offset % group == 0:
             counts.append(0)
@@ -393,6 +396,8 @@ class Connection:
             self.error(request_id, "invalid_request", "'streams' and 'group' need protocol version 2")
         elif request["stream"] + streams - 1 > UINT64_MAX:
             self.error(request_id, "invalid_request", "the range goes past stream 2**64-1")
+        elif streams > MAX_STREAMS:
+            self.error(request_id, "invalid_request", f"{streams} streams is above {MAX_STREAMS}")
         elif streams * request["points"] > MAX_POINTS:
             self.error(request_id, "invalid_request", f"{streams} x {request['points']} points is above max_points")
         elif groups > MAX_GROUPS:

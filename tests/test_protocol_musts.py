@@ -330,6 +330,12 @@ RULES: dict[str, Rule] = {
         "test_worker.py::test_duplicate_id_is_refused_and_the_original_still_answered",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[duplicate_before_kernel]",
     ),
+    "worker_stays_responsive": rule(
+        "A worker MUST keep reading its input while it computes, so that a `ping` is answered",
+        "test_hostile_ranges.py::test_a_worker_holding_a_range_answers_ping_and_obeys_cancel_shutdown_and_eof",
+        "test_hostile_ranges.py::test_a_worker_computing_the_largest_range_answers_ping_and_obeys_shutdown",
+        "test_hostile_ranges.py::test_a_range_of_zero_point_streams_sees_its_stop_flag",
+    ),
     # ---------------------------------------------------------------- §6.1 ranges
     "range_refused_on_version_1": rule(
         "A worker MUST refuse a range on a version-1 connection",
@@ -346,6 +352,13 @@ RULES: dict[str, Rule] = {
         "`stream` + `streams` − 1 MUST NOT exceed 2⁶⁴−1",
         "test_worker.py::test_a_range_needs_version_2_and_stays_within_the_limits",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[range_past_2_64]",
+    ),
+    "range_streams_bounded": rule(
+        "`streams` MUST NOT exceed **1 048 576**",
+        "test_hostile_ranges.py::test_the_worker_end_refuses_a_range_above_max_streams_and_takes_the_largest",
+        "test_hostile_ranges.py::test_the_coordinator_end_never_sends_a_range_a_worker_must_refuse",
+        "test_hostile_ranges.py::test_a_range_of_2_64_zero_point_streams_is_refused_and_the_worker_serves_on",
+        f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[streams_over_2_20]",
     ),
     "range_points_and_groups": rule(
         "`streams` × `points` MUST NOT exceed the worker's `max_points`",
@@ -779,6 +792,7 @@ PER_REQUEST: dict[str, Expect] = {
     "range_past_2_64": Expect(frame(sample(15, stream=2**64 - 1, streams=2)), 15, "invalid_request"),
     "range_over_max_points": Expect(frame(sample(16, streams=2, points=1 << 40)), 16, "invalid_request"),
     "groups_4097": Expect(frame(sample(17, streams=4097, group=1, points=0)), 17, "invalid_request"),
+    "streams_over_2_20": Expect(frame(sample(24, streams=2**20 + 1, group=2**20, points=0)), 24, "invalid_request"),
     "groups_4096": Expect(frame(sample(18, streams=4096, group=1, points=0)), 18, "result", _insides((0,) * 4096)),
     "streams_1_is_plain": Expect(frame(sample(19, streams=1)), 19, "result", _insides(None)),
     "group_1_is_a_range": Expect(

@@ -35,9 +35,7 @@ from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     HEADER,
     MAX_FRAME,
-    MAX_GROUPS,
     PROTOCOL_VERSIONS,
-    RANGE_VERSION,
     WORKER_MESSAGES,
     Cancel,
     Error,
@@ -110,16 +108,14 @@ CoordinatorEvent = Welcomed | Answered | Broken
 
 class _InFlight:
     __slots__ = (
-        "abandoned", "budget_s", "could_start_at", "group", "is_ping", "points", "running",
-        "stream_points", "streams", "token",
+        "abandoned", "budget_s", "could_start_at", "is_ping", "points", "running", "sample", "token",
     )  # fmt: skip
 
     def __init__(self, points: int, is_ping: bool, budget_s: float, token: Any) -> None:
         self.points = points
         """All the points it asks for (every stream of a range)."""
-        self.stream_points = points
-        self.streams = 1
-        self.group: int | None = None
+        self.sample: Sample | None = None
+        """The sample sent (None for a ping): what its result must fit."""
         self.is_ping = is_ping
         self.budget_s = budget_s
         self.token = token
@@ -137,7 +133,8 @@ class _Violation(Exception):
 
 
 TaskBudget = Callable[[int], float]
-"""Seconds a request of so many points may take once it could have started."""
+"""Seconds a request may take once it could have started, given its work counted in
+points (``Sample.work``: its points and each stream's set-up; 0 for a ping)."""
 
 
 class CoordinatorEnd:
@@ -222,21 +219,19 @@ class CoordinatorEnd:
         ``token`` comes back with its answer."""
         welcome = self._require_serving()
         sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
-        ranged = streams != 1 or group is not None
         if kernel not in welcome.kernels:
             raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
-        if ranged and welcome.version < RANGE_VERSION:
-            raise LocalProtocolError(f"a range of streams needs protocol version {RANGE_VERSION}")
-        if sample.total_points > welcome.max_points:
-            raise LocalProtocolError(f"{sample.total_points} points is above the worker's max_points")
-        if streams < 1 or (group is not None and group < 1) or sample.groups > MAX_GROUPS:
+        if streams < 1 or (group is not None and group < 1):
             raise LocalProtocolError(f"not a valid range: {streams} streams in groups of {group}")
+        problem = sample.range_problem(welcome.version, welcome.max_points)
+        if problem is not None:
+            raise LocalProtocolError(f"the worker would refuse it: {problem}")
         frame = encode(sample)
         self._check_frame(frame, welcome)
         request_id = self._next_id
         self._next_id = request_id + 1
-        request = _InFlight(sample.total_points, False, self._task_budget(sample.total_points), token)
-        request.stream_points, request.streams, request.group = points, streams, group
+        request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token)
+        request.sample = sample
         if self._running < self._jobs:
             request.running = True
             request.could_start_at = now
@@ -399,21 +394,11 @@ class CoordinatorEnd:
     def _check_groups(request_id: int, request: _InFlight, result: Result) -> None:
         """A range's counts per group: as many as it has groups, each possible, their
         sum ``inside``; none for a plain sample."""
-        if request.streams == 1 and request.group is None:
-            if result.insides is not None:
-                raise _Violation(f"sent counts per group for the plain sample request id {request_id}")
-            return
-        insides = result.insides
-        group = request.streams if request.group is None else request.group
-        groups = -(-request.streams // group)
-        if insides is None or len(insides) != groups:
-            got = "none" if insides is None else len(insides)
-            raise _Violation(f"sent {got} counts for the {groups} groups of request id {request_id}")
-        # max() and sum() rather than a loop: a range may report 4096 counts.
-        full, last = group * request.stream_points, (request.streams - (groups - 1) * group) * request.stream_points
-        if (groups > 1 and max(insides[:-1]) > full) or insides[-1] > last:
-            raise _Violation(f"counted more inside than a group has points (request id {request_id})")
-        if sum(insides) != result.inside:
+        assert request.sample is not None  # a result answering a ping is caught before
+        problem = request.sample.insides_problem(result.insides)
+        if problem is not None:
+            raise _Violation(f"sent {problem} (request id {request_id})")
+        if result.insides is not None and sum(result.insides) != result.inside:
             raise _Violation(f"its counts per group do not add up to its inside (request id {request_id})")
 
     def _commit(self, checked: Welcome | _Checked, now: float) -> CoordinatorEvent:

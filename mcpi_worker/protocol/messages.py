@@ -42,6 +42,18 @@ MAX_LIST: Final[int] = 64
 MAX_GROUPS: Final[int] = 4096
 """Most counts one range result reports (``Result.insides``): about 37 KB of frame."""
 
+MAX_STREAMS: Final[int] = 1 << 20
+"""Most streams one range may cover. A stream costs its set-up even with no points
+(``STREAM_COST_POINTS``), so without this bound a range of 2**64-1 zero-point streams,
+which ``max_points`` lets through, would never be answered."""
+
+STREAM_COST_POINTS: Final[int] = 1 << 14
+"""What setting up one stream costs, counted in points (``Sample.work``): a stream's
+``SeedSequence`` and generator set-up take as long as counting thousands of points
+(benchmarks/kernel_ranges.py), and a range of many tiny streams is mostly set-up. Used
+for the work a request may do on the worker's reader thread and for the stall budget
+of protocol.md §9: a range's budget grows with its streams as well as its points."""
+
 QUOTE_LIMIT: Final[int] = 64
 """Most code points of a peer's value quoted in an error message. A message quoting a
 1 MiB ``type`` would itself be over ``MAX_TEXT``, and its frame over ``MAX_FRAME``."""
@@ -170,10 +182,59 @@ class Sample:
         return self.streams * self.points
 
     @property
+    def is_range(self) -> bool:
+        """A range (protocol.md §6.1): ``streams`` other than 1, or a ``group`` given
+        (whatever its value). Its result must carry ``insides``; a plain sample's must not."""
+        return self.streams != 1 or self.group is not None
+
+    @property
+    def group_size(self) -> int:
+        """Streams per reported count (the last group may be shorter)."""
+        return self.streams if self.group is None else self.group
+
+    @property
     def groups(self) -> int:
         """How many counts the result reports (``Result.insides``)."""
-        group = self.streams if self.group is None else self.group
-        return -(-self.streams // group)
+        return -(-self.streams // self.group_size)
+
+    @property
+    def work(self) -> int:
+        """What computing it costs, counted in points: its points and each stream's set-up
+        (``STREAM_COST_POINTS``). Zero-point streams are not free."""
+        return self.streams * (self.points + STREAM_COST_POINTS)
+
+    def range_problem(self, version: int, max_points: int) -> str | None:
+        """What makes this sample one a worker must refuse (``invalid_request``) on a
+        connection of protocol ``version`` to a worker announcing ``max_points``, or None.
+        protocol.md §6.1 and §8 step 7, in that order; the worker's end refuses by it and
+        the coordinator's end never sends what it refuses."""
+        if self.is_range and version < RANGE_VERSION:
+            return f"'streams' and 'group' need protocol version {RANGE_VERSION} (this connection speaks {version})"
+        if self.stream + self.streams - 1 > UINT64_MAX:
+            return f"streams {self.stream} to {self.stream + self.streams - 1} go past 2**64-1"
+        if self.streams > MAX_STREAMS:
+            return f"{self.streams} streams is above the limit of {MAX_STREAMS} a range"
+        if self.total_points > max_points:
+            return f"{self.streams} x {self.points} points is above this worker's max_points {max_points}"
+        if self.groups > MAX_GROUPS:
+            return f"{self.groups} groups of streams is above the limit of {MAX_GROUPS}"
+        return None
+
+    def insides_problem(self, insides: tuple[int, ...] | list[int] | None) -> str | None:
+        """What is wrong with ``insides`` as the counts per group answering this sample
+        (protocol.md §6.1: present exactly for a range, one per group, none above its
+        group's points), or None. Their sum is ``inside``: the caller checks that."""
+        if not self.is_range:
+            return None if insides is None else "counts per group for the plain sample"
+        groups = self.groups
+        if insides is None or len(insides) != groups:
+            return f"{'none' if insides is None else len(insides)} counts for the {groups} groups"
+        group = self.group_size
+        # max() rather than a loop: a range may report 4096 counts.
+        full, last = group * self.points, (self.streams - (groups - 1) * group) * self.points
+        if (groups > 1 and max(insides[:-1]) > full) or insides[-1] > last:
+            return "more inside than a group has points"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,11 +34,8 @@ from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
     MAX_FRAME,
-    MAX_GROUPS,
     MAX_POINTS,
     PROTOCOL_VERSIONS,
-    RANGE_VERSION,
-    UINT64_MAX,
     Cancel,
     Error,
     ErrorCode,
@@ -253,21 +250,15 @@ class WorkerEnd:
         request = self._running.get(request_id)
         if request is None:
             raise LocalProtocolError(f"sample {request_id} is not running")
-        group = request.streams if request.group is None else request.group
-        groups = request.groups
-        last = (request.streams - (groups - 1) * group) * request.points
-        if (
-            len(insides) != groups
-            or min(insides) < 0
-            or (groups > 1 and max(insides[:-1]) > group * request.points)
-            or insides[-1] > last
-        ):
-            raise LocalProtocolError(f"counts {list(insides)[:8]} do not fit sample {request}")
+        counts = tuple(insides)
+        problem = request.insides_problem(counts if request.is_range else None)
+        total = sum(counts)
+        if problem is not None or len(counts) != request.groups or min(counts) < 0 or total > request.total_points:
+            raise LocalProtocolError(f"counts {list(counts)[:8]} do not fit sample {request}: {problem}")
         self._finish(request_id)
-        ranged = request.streams != 1 or request.group is not None
-        reported = tuple(insides) if ranged else None
+        reported = counts if request.is_range else None
         result = Result(
-            request_id, sum(insides), request.total_points, max(0.0, elapsed_s), reported, implementation
+            request_id, total, request.total_points, max(0.0, elapsed_s), reported, implementation
         )
         self._send(result)
         return self._after_finish()
@@ -379,23 +370,8 @@ class WorkerEnd:
 
     def _range_problem(self, request: Sample) -> str | None:
         """What is wrong with the streams and points a sample asks for, on this connection."""
-        ranged = request.streams != 1 or request.group is not None
         assert self.welcome is not None  # _refusal made sure the handshake is done
-        if ranged and self.welcome.version < RANGE_VERSION:
-            return (
-                f"'streams' and 'group' need protocol version {RANGE_VERSION} "
-                f"(this connection speaks {self.welcome.version})"
-            )
-        if request.stream + request.streams - 1 > UINT64_MAX:
-            return f"streams {request.stream} to {request.stream + request.streams - 1} go past 2**64-1"
-        if request.total_points > self.offer.max_points:
-            return (
-                f"{request.streams} x {request.points} points is above this worker's "
-                f"max_points {self.offer.max_points}"
-            )
-        if request.groups > MAX_GROUPS:
-            return f"{request.groups} groups of streams is above the limit of {MAX_GROUPS}"
-        return None
+        return request.range_problem(self.welcome.version, self.offer.max_points)
 
     def _refusal(self, request_id: int) -> Error | None:
         """The error answering a request that cannot be served in this state, if any.
