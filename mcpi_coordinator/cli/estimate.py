@@ -514,6 +514,8 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
         "kernel": result.kernel,
         "workers": result.workers,
         "workers_retired": result.pool.retired,
+        "workers_failed": len(result.pool.failures),
+        "failures": [asdict(failure) for failure in result.pool.failures],
         "elapsed_s": result.elapsed_s,
         "points_per_s": result.points_per_s,
         "restarts": result.restarts,

@@ -135,6 +135,25 @@ class WorkerStats:
     failed before doing any work (the slot retires after ``max_start_attempts``)."""
     state_s: float = 0.0
     """Seconds the slot has been in ``state`` (how long a worker has been starting, say)."""
+    failed: int = 0
+    """Workers of this slot the pool gave up on (``PoolStats.failures`` says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWorker:
+    """A worker the pool gave up on: it died, broke the protocol, stalled, was retired, or
+    never got as far as its welcome. Every one is in ``PoolStats.failures`` and was
+    logged as one warning line (``worker_failed``, or ``worker_retired`` for a slot
+    retired by ``WorkerPool.retire``), unless it is one of several failed starts on one
+    host, which that host's first warning stands for."""
+
+    slot: int
+    pid: int | None
+    """None when it could not even be started."""
+    host: str | None
+    reason: str
+    welcomed: bool
+    """It had answered the handshake (it failed at work, not at its start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +165,8 @@ class PoolStats:
     restarts: int
     retired: int
     workers: tuple[WorkerStats, ...]
+    failures: tuple[FailedWorker, ...] = ()
+    """Every worker given up on, in order (``FailedWorker``)."""
 
 
 # --------------------------------------------------------------------------- slots
@@ -170,6 +191,13 @@ class _Slot:
         self.restarts = 0
         self.jobs = 1
         self.last_failure: str | None = None
+        self.failed = 0
+        self.last_pid: int | None = None
+        """The pid of its last worker, kept after the worker is gone (for its failure)."""
+        self.welcomed = False
+        """Its current (or last) worker has sent its welcome."""
+        self.unreported: list[dict[str, Any]] = []
+        """Its failed starts not yet shown as warnings (``WorkerPool._given_up``)."""
         self.implementations: dict[str, str] = {}
         self.retire_reason: str | None = None
         """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
@@ -209,6 +237,7 @@ class _Slot:
             implementations=dict(self.implementations),
             attempt=self.failed_starts + 1,
             state_s=0.0 if self.state_since is None else now - self.state_since,
+            failed=self.failed,
         )
 
 
@@ -295,6 +324,7 @@ class WorkerPool:
         self._deferred_warnings: list[tuple[str, dict[str, Any]]] = []
         self._slot_hosts = list(slot_hosts) if slot_hosts is not None else [None] * size
         self._hosts_warned: set[str] = set()
+        self._failures: list[FailedWorker] = []
         self._state = "new"  # new → open → closing → closed
         self._exhausted: PoolExhausted | None = None
         self._nursery_manager: Any = None
@@ -440,6 +470,7 @@ class WorkerPool:
             restarts=self._restarts,
             retired=sum(1 for w in workers if w.state == "retired"),
             workers=workers,
+            failures=tuple(self._failures),
         )
 
     def __repr__(self) -> str:
@@ -505,6 +536,12 @@ class WorkerPool:
         failures_in_a_row = 0
         while not self._closing():
             failure, useful = await self._run_worker(slot)
+            if useful:
+                self._report_failed_starts(slot)  # they were not the slot's end
+            if failure is not None:
+                # Recorded and shown even when the run is over or the slot retires: a
+                # worker given up on is never a silent event.
+                self._given_up(slot, failure, useful=useful, warn=not slot.retiring())
             if slot.retiring():
                 self._retire(slot, failures_in_a_row)
                 return
@@ -516,7 +553,6 @@ class WorkerPool:
             if failures_in_a_row >= self._max_start_attempts:
                 self._retire(slot, failures_in_a_row)
                 return
-            log.info("worker_failed", slot=slot.index, reason=failure, useful=useful)
             slot.state = "restarting"
             with self._stoppable(slot):
                 await trio.sleep(self._backoff_s * 2 ** max(failures_in_a_row - 1, 0))
@@ -527,6 +563,7 @@ class WorkerPool:
                 break
             slot.restarts += 1
             self._restarts += 1
+        self._report_failed_starts(slot)  # the pool closed before the slot's fate was known
         slot.state = "stopped"
         self._settle(slot)
 
@@ -537,6 +574,7 @@ class WorkerPool:
         (``None`` when the pool closed it) and whether it answered any request.
         """
         slot.state = "queued"
+        slot.last_pid, slot.welcomed = None, False
         limiter = self._starting_limits[slot.index]
         with self._stoppable(slot):
             await limiter.acquire_on_behalf_of(slot)
@@ -566,7 +604,7 @@ class WorkerPool:
             task_budget=self._task_budget,
             sink=self._dispatcher.on_events,
         )
-        slot.pid = process.pid
+        slot.pid = slot.last_pid = process.pid
         async with trio.open_nursery() as pipes:
             pipes.start_soon(connection.run_pipes, name=f"mcpi worker {slot.index} pipes")
             reason: str | None = None
@@ -616,6 +654,7 @@ class WorkerPool:
             if startup.cancelled_caught:
                 return f"no welcome within the {self._startup_timeout:g} s start-up timeout"
             slot.state = "ready"
+            slot.welcomed = True
             slot.host = welcome.host
             slot.jobs = welcome.jobs
             slot.implementations = dict(zip(welcome.kernels, welcome.implementations, strict=False))
@@ -682,7 +721,40 @@ class WorkerPool:
         elif target.stop_scope is not None:
             target.stop_scope.cancel()  # starting or backing off: stop that now
 
+    def _given_up(self, slot: _Slot, reason: str, *, useful: bool, warn: bool) -> None:
+        """Record a worker the pool gave up on, and say so in one warning line (``warn``
+        False: ``_retire``'s line says it).
+
+        A worker that failed before it answered anything (``useful`` False: it could not
+        start, or broke at once) waits for its slot's fate, as it counts toward the slot's
+        retirement: if the slot retires, its one ``worker_retired`` line stands for those
+        failed starts (one line per host, and none at all when no worker is left, where
+        ``PoolExhausted`` says it); if a later worker of the slot answers, or the pool
+        closes first, each gets its own warning then."""
+        slot.failed += 1
+        host = self._slot_hosts[slot.index]
+        record = FailedWorker(slot.index, slot.last_pid, host or slot.host, reason, slot.welcomed)
+        self._failures.append(record)
+        fields: dict[str, Any] = {"slot": slot.index, "pid": record.pid, "reason": reason}
+        if host is not None:
+            fields["host"] = host
+        if not warn:
+            log.info("worker_failed", **fields)
+        elif useful or self._closing():
+            log.warning("worker_failed", **fields)
+        else:
+            slot.unreported.append(fields)
+
+    def _report_failed_starts(self, slot: _Slot) -> None:
+        """The slot's failed starts were not its end (see ``_given_up``): one warning each."""
+        for fields in slot.unreported:
+            log.warning("worker_failed", **fields)
+        slot.unreported.clear()
+
     def _retire(self, slot: _Slot, attempts: int) -> None:
+        for unreported in slot.unreported:  # the one warning below stands for them
+            log.info("worker_failed", **unreported)
+        slot.unreported.clear()
         slot.state = "retired"
         slot.connection = None
         self._dispatcher.forget_slot(slot.index)

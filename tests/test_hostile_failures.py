@@ -1,0 +1,79 @@
+"""No worker given up on goes unseen: each is in ``PoolStats.failures`` (and ``--json``)
+and is one warning line, also when the run finishes before the pool could replace it.
+
+The hostile peer is ``raw_worker.py points_differ``: a correct worker until its first
+``sample``, which it answers with one point too many (and a wrong count). The pool gives
+up on it at once; its requests go to the honest worker beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import trio
+from structlog.testing import capture_logs
+
+from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.launch.local import command_launcher
+from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_worker.kernels import KERNELS
+
+TESTS = Path(__file__).resolve().parent
+RAW_WORKER = str(TESTS / "raw_worker.py")
+TIMEOUT = 120.0  # seconds; reached only by a hang
+PYTHON = shlex.quote(sys.executable)
+
+
+async def test_a_worker_given_up_on_while_the_run_ends_is_recorded_and_warned_once() -> None:
+    """Slot 0 runs the hostile worker; its replacement would start only after a back-off
+    longer than the run, so the run ends first (the case that left no line at all and
+    ``restarts: 0``)."""
+    commands = {0: [sys.executable, RAW_WORKER, "points_differ"], 1: [sys.executable, "-m", "mcpi_worker"]}
+    chunks = [Chunk(seed=5, stream=s, points=2000) for s in range(6)]
+    with capture_logs() as logs, trio.fail_after(TIMEOUT):
+        async with WorkerPool(
+            2, launcher=command_launcher(lambda i: commands[i]), backoff_s=3600.0, pipeline_depth=1
+        ) as pool:
+            hostile_pid = pool.stats.workers[0].pid
+            async with pool.imap_unordered(chunks) as results:
+                inside = sum([r.inside async for r in results])
+            assert pool.stats.workers[0].state == "restarting"  # still backing off
+        stats = pool.stats
+    assert inside == sum(KERNELS["numpy"](5, s, 2000) for s in range(6))
+    assert stats.restarts == 0
+    [failure] = stats.failures
+    assert (failure.slot, failure.pid, failure.welcomed) == (0, hostile_pid, True)
+    assert "points for request" in failure.reason
+    assert [w.failed for w in stats.workers] == [1, 0]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [(e["event"], e["pid"]) for e in warnings] == [("worker_failed", hostile_pid)]
+    assert hostile_pid is not None and not psutil.pid_exists(hostile_pid)
+
+
+def test_mcpi_estimate_json_and_stderr_name_every_worker_given_up_on() -> None:
+    script = (
+        f"if [ {{i}} = 0 ]; then exec {PYTHON} {shlex.quote(RAW_WORKER)} points_differ; "
+        f"else exec {PYTHON} -m mcpi_worker; fi"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "20000", "--chunk-size", "1000", "-s", "3",
+         "--workers", "2", "--json", "--worker-cmd", f"sh -c {shlex.quote(script)}"],
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["inside"] == sum(KERNELS["numpy"](3, s, 1000) for s in range(20))
+    failures = report["failures"]
+    assert report["workers_failed"] == len(failures) >= 1
+    assert all(f["slot"] == 0 and "points for request" in f["reason"] for f in failures)
+    assert sum(w["failed"] for w in report["per_worker"]) == len(failures)
+    lines = [line for line in run.stderr.splitlines() if "worker_failed" in line]
+    assert len(lines) == len(failures), run.stderr
+    for failure, line in zip(failures, lines, strict=True):
+        assert "warning" in line and f"pid={failure['pid']}" in line
+    assert "Traceback" not in run.stderr
