@@ -346,3 +346,30 @@ def test_in_a_process_that_configured_no_logging_the_kernels_say_nothing_on_stdo
     )
     assert done.stdout == ""
     assert "numpy_kernel_implementation" in done.stderr
+
+
+def test_workers_started_from_a_directory_holding_another_mcpi_worker_do_not_import_it(tmp_path: Path) -> None:
+    """``mcpi estimate`` run from a checkout of some other version: its workers run the
+    coordinator's own package, not the one in the current directory."""
+    mcpi = Path(sys.executable).with_name("mcpi")
+    if not mcpi.exists():
+        pytest.skip("no installed mcpi command beside this interpreter")
+    marker = tmp_path / "imported"
+    other = tmp_path / "checkout" / "mcpi_worker"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit('the other mcpi_worker was imported')\n"
+    )
+    command = [str(mcpi), "estimate", "--points", "1e5", "--workers", "1", "--seed", "5", "--json"]
+
+    def run(directory: Path) -> dict[str, Any]:
+        done = subprocess.run(
+            command, cwd=directory, capture_output=True, text=True, env=base_environment(), timeout=TIMEOUT, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    from_checkout = run(other.parent)
+    assert not marker.exists()
+    assert from_checkout["inside"] == run(tmp_path)["inside"]

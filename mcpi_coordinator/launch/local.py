@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import trio
 
@@ -36,8 +37,23 @@ def default_max_starting() -> int:
 
 
 def default_worker_command() -> list[str]:
-    """This interpreter's ``mcpi-worker``: the same environment as the coordinator."""
-    return [sys.executable, "-m", "mcpi_worker"]
+    """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
+    process imported.
+
+    ``python -m`` puts the current directory first on the module path: started from a
+    directory holding another ``mcpi_worker`` (a checkout of another version), the
+    workers would run that code, not the coordinator's, and numba would compile a second
+    cache beside it. ``-P`` leaves the current directory out; only a coordinator whose
+    own package comes from the current directory starts its workers without it.
+    """
+    import mcpi_worker
+
+    package_parent = Path(mcpi_worker.__file__).resolve().parent.parent
+    try:
+        from_here = package_parent == Path.cwd().resolve()
+    except OSError:  # the current directory was removed: nothing to import from it
+        from_here = False
+    return [sys.executable, *([] if from_here else ["-P"]), "-m", "mcpi_worker"]
 
 
 class SessionProcess:
