@@ -319,3 +319,23 @@ def test_a_range_goes_to_the_compiled_range_once_it_is_loaded() -> None:
     numpy_only = NumpyKernel(Policy.NUMPY, loader=fake.load)
     assert numpy_only.count_streams(3, 10, 4, 500) == [numpy_impl.count(3, 10 + i, 500) for i in range(4)]
     assert fake.calls == [2000] and fake.loads == 1
+
+
+def test_a_load_done_in_the_middle_of_a_range_takes_the_rest_of_it() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = auto(slow_load, switch_after_points=500)  # the first stream's block starts the load
+    looks = 0
+
+    def load_ends_as_the_third_stream_starts() -> bool:
+        nonlocal looks
+        looks += 1
+        if looks == 3:  # one look per stream (one block of 500 points each)
+            assert loading.wait(TIMEOUT)
+            release.set()
+            assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+        return False
+
+    counts = kernel.count_streams(3, 10, 6, 500, load_ends_as_the_third_stream_starts)
+    assert counts == [numpy_impl.count(3, 10 + i, 500) for i in range(6)]
+    assert fake.calls == [3 * 500]  # streams 13..15 in one call of the range loop

@@ -282,12 +282,18 @@ class NumpyKernel:
     def count_streams(
         self, seed: int, first: int, streams: int, points: int, should_stop: StopCheck = never
     ) -> list[int]:
-        """The count of each of ``streams`` streams from ``first`` (a ``StreamsCounter``): in
-        one compiled call once the fused implementation is loaded, else stream by stream
-        (each one counting toward the switch, as a single sample does)."""
-        if (fused := self._fused) is not None and self.policy is not Policy.NUMPY:
-            return fused.count_streams(seed, first, streams, points, should_stop)
-        return [self.count(seed, first + i, points, should_stop) for i in range(streams)]
+        """The count of each of ``streams`` streams from ``first`` (a ``StreamsCounter``): by
+        the fused implementation's range loop (lanes) once it is loaded, else stream by
+        stream (each one counting toward the switch, as a single sample does) until it
+        is: a load that completes in the middle of a range takes the rest of it."""
+        counts: list[int] = []
+        numpy_allowed = self.policy is not Policy.NUMPY
+        while len(counts) < streams:
+            if (fused := self._fused) is not None and numpy_allowed:
+                done = len(counts)
+                return counts + fused.count_streams(seed, first + done, streams - done, points, should_stop)
+            counts.append(self.count(seed, first + len(counts), points, should_stop))
+        return counts
 
     def count(
         self,
