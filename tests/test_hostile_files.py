@@ -122,3 +122,23 @@ def test_depth_is_counted_without_recursion_and_strings_are_not_brackets() -> No
         json_loads_limited("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1))
     with pytest.raises(ValueError, match="NaN is not a number mcpi writes"):
         json_loads_limited('{"x": NaN}')
+
+
+# ---------------------------------------------------------------- --plot and --out (finding 7)
+
+
+@pytest.mark.parametrize("name", ["convergence.png", "scatter.png", "scatter.gif"])
+def test_a_picture_replaces_a_symlink_at_its_path_rather_than_writing_through_it(tmp_path: Path, name: str) -> None:
+    plots = pytest.importorskip("mcpi_coordinator.cli.plots")
+    pytest.importorskip("matplotlib")
+    victim = tmp_path / "precious"
+    victim.write_bytes(b"someone's own data\n")
+    out = tmp_path / name
+    out.symlink_to(victim)  # left in a shared directory by another user, say
+    if name.startswith("convergence"):
+        plots.plot_convergence([100, 100], [80, 77], out)
+    else:
+        plots.save_scatter(plots.sample_quadrant(1, 0, 50), out, frames=3)
+    assert victim.read_bytes() == b"someone's own data\n"
+    assert not out.is_symlink() and out.read_bytes()[:4] in (b"\x89PNG", b"GIF8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "precious"])  # no temporary left

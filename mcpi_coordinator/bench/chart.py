@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mcpi_coordinator import files
 from mcpi_coordinator.bench.report import ApproachRow
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import plots
@@ -47,6 +48,7 @@ def save_bar_chart(workload: Workload, table: Sequence[ApproachRow], out: Path) 
         )
         ax.spines[["top", "right"]].set_visible(False)
         figure.suptitle("mcpi bench approaches", fontsize=13, fontweight="bold", color=plots.INK)
-        figure.savefig(out, format="png")
+        with files.replacing(out) as file:  # a symlink at out is replaced, not written through
+            figure.savefig(file, format="png")
     finally:
         figure.clear()

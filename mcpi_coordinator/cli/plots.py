@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from mcpi_coordinator import files
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import pi_statistics
 from mcpi_worker.kernels import inside_quarter_circle, iter_point_blocks
@@ -165,7 +166,8 @@ def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
             )
         if path.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-        if not os.access(path if path.exists() else path.parent, os.W_OK):
+        # The picture is written beside it and renamed over it: the directory is written.
+        if not os.access(path.parent, os.W_OK):
             raise argparse.ArgumentTypeError(f"{text!r} cannot be written here (permission denied)")
         return path
 
@@ -173,9 +175,13 @@ def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
 
 
 @contextmanager
-def _writing(out: Path) -> Iterator[None]:
+def _writing(out: Path) -> Iterator[IO[bytes]]:
+    """The file to write ``out``'s picture into: a new file beside it, renamed over it
+    once written (``files.replacing``), so a symlink at ``out`` is replaced rather than
+    written through, and a failed write leaves ``out`` as it was."""
     try:
-        yield
+        with files.replacing(out) as file:
+            yield file
     except OSError as exc:
         raise PictureNotWritten(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
 
@@ -323,8 +329,8 @@ def save_scatter(sample: QuadrantSample, out: Path, frames: int | None = None) -
             drawing.show_first(sample.points)
             image = drawing.render_rgb(pil_image)
             image = image.quantize(colors=PALETTE_COLOURS, dither=pil_image.Dither.NONE)
-            with _writing(out):
-                image.save(out, format="PNG", optimize=True)
+            with _writing(out) as file:
+                image.save(file, format="PNG", optimize=True)
             return Picture(out, "png", image.width, image.height, 1)
         return _save_animation(drawing, pil_image, out, frames or 1)
     finally:
@@ -347,9 +353,9 @@ def _save_animation(drawing: _QuadrantFigure, pil_image: Any, out: Path, frames:
         images.append(rgb.quantize(palette=palette, dither=pil_image.Dither.NONE))
     frame_ms = int(np.clip(6_000 / frames, 40, 250))
     durations = [frame_ms] * (frames - 1) + [2_500]  # hold the finished picture
-    with _writing(out):
+    with _writing(out) as file:
         images[0].save(
-            out,
+            file,
             format="GIF",
             save_all=True,
             append_images=images[1:],
@@ -439,8 +445,8 @@ def plot_convergence(
             subtitle or f"{int(used[-1]):,} points in {_plural(len(points), 'chunk')}",
             fontsize=10, color=MUTED_INK,
         )  # fmt: skip
-        with _writing(out):
-            figure.savefig(out, format="png")
+        with _writing(out) as file:
+            figure.savefig(file, format="png")
         width, height = (round(v) for v in figure.get_size_inches() * figure.dpi)
     finally:
         figure.clear()
