@@ -179,8 +179,8 @@ class Checkpoint:
         try:
             claimed = _claim_journals(target)
             descriptor, partial = files.create_exclusive(
-                target.parent, f".{target.name}.{os.getpid()}.", ".partial"
-            )
+                target.parent, f".{target.name}.{os.getpid()}.", ".partial", mode=0o644
+            )  # SQLite's own mode for a new file
             try:
                 with os.fdopen(descriptor, "wb") as written:
                     written.write(_new_file(parameters))
@@ -214,8 +214,10 @@ class Checkpoint:
         # SQLite opens the file, and names its journals, by the path with symlinks resolved.
         real = Path(os.path.realpath(path))
         try:
-            if not stat.S_ISREG(os.stat(real).st_mode):
+            status = os.stat(real)
+            if not stat.S_ISREG(status.st_mode):
                 raise CheckpointRefused(f"{path} is not an mcpi checkpoint (not a regular file)")
+            _check_writers(path, status)
             created = _claim_journals(real)
         except files.ForeignFile as error:
             raise CheckpointRefused(f"checkpoint {path} is refused: {_foreign(error)}") from None
@@ -550,6 +552,22 @@ def _remove_stale_partials(target: Path) -> None:
             files.remove_if(partial, keep=_not_ours)
         except PermissionError:
             pass  # alive, someone else's
+
+
+def _check_writers(path: Path, status: os.stat_result) -> None:
+    """Refuse a checkpoint that someone else may have rewritten: another user's file, or
+    one anyone may write. Its check values are CRCs, not signatures, so whoever can
+    write it can make ``--resume`` print any count."""
+    if status.st_uid != os.geteuid():
+        raise CheckpointRefused(
+            f"checkpoint {path} belongs to another user (uid {status.st_uid}), who could have changed "
+            f"its counts: resume a copy of it that is yours (cp {path} mine.db)"
+        )
+    if status.st_mode & stat.S_IWOTH:
+        raise CheckpointRefused(
+            f"checkpoint {path} may be written by anyone, who could have changed its counts: "
+            f"resume a copy only you can write (cp {path} mine.db)"
+        )
 
 
 def _not_ours(status: os.stat_result) -> bool:

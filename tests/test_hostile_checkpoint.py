@@ -364,3 +364,21 @@ def test_a_full_disk_during_a_run_is_one_line_with_the_resume_hint(tiny_disk: Pa
             shutil.copy(tiny_disk / name, tmp_path / name)
     with Checkpoint.resume(tmp_path / "run.db") as saved:
         assert saved.parameters.seed == 7 and saved.saved >= 1
+
+
+@needs_root
+def test_a_checkpoint_another_user_owns_or_anyone_may_write_is_refused(shared: Path) -> None:
+    # Its check values are CRCs: whoever can write the file can forge the counts.
+    path = shared / "run.db"
+    in_child_as(NOBODY, lambda: Checkpoint.create(path, PARAMETERS).close())
+    with pytest.raises(CheckpointRefused) as caught:
+        Checkpoint.resume(path)
+    one_line(caught.value, f"belongs to another user (uid {NOBODY})", f"cp {path} mine.db")
+    mine = shared / "mine.db"
+    shutil.copy(path, mine)
+    mine.chmod(0o666)
+    with pytest.raises(CheckpointRefused) as caught:
+        Checkpoint.resume(mine)
+    one_line(caught.value, "may be written by anyone")
+    mine.chmod(0o644)
+    Checkpoint.resume(mine).close()
