@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from dataclasses import asdict
 from typing import Any, Final
@@ -34,6 +33,7 @@ from mcpi_coordinator.estimate import (
 )
 from mcpi_coordinator.launch import capacity, remote, slurm
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
+from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.parts import Part, parse_part, part_json
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
@@ -385,7 +385,7 @@ def _slot_names(args: argparse.Namespace) -> list[str]:
         elif args.worker_cmd is None:
             names.append("mcpi-worker")
         else:
-            names.append(shlex.join(slot.command))
+            names.append(shown_command(slot.command))  # no secret in a warning
     return names
 
 

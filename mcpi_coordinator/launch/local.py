@@ -16,7 +16,6 @@ what is left of the group before it reaps the worker (``WorkerConnection.stop``)
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
 
@@ -179,8 +179,9 @@ def command_launcher(command_for: Callable[[int], Sequence[str]]) -> Launcher:
 
 
 def describe_command(process: WorkerProcess) -> str:
-    """The worker's command line for error messages, or a placeholder for fakes."""
+    """The worker's command line for error messages (secret values left out:
+    ``redact``), or a placeholder for fakes."""
     args = getattr(process, "args", None)
     if isinstance(args, list | tuple) and args:
-        return shlex.join(str(a) for a in args)
+        return shown_command([str(a) for a in args])
     return type(process).__name__

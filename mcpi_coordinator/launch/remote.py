@@ -30,7 +30,8 @@ import trio
 
 from mcpi_coordinator import files
 from mcpi_coordinator.launch.local import default_max_starting
-from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+from mcpi_coordinator.launch.redact import redacted
+from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
 
 if TYPE_CHECKING:
     from mcpi_coordinator.pool.worker_pool import WorkerStats
@@ -48,6 +49,13 @@ once: ``--host 127.0.0.1*64`` all at once retired 37 of the 64 workers
 (``kex_exchange_identification: Connection closed by remote host``). Four stays
 clear of that with room for other clients, and keeps the host's CPU for the workers
 starting, as ``launch.local.default_max_starting`` does here."""
+
+MAX_SSH_STARTS: Final = 32
+"""ssh clients starting at once over all hosts (ssh handshake to welcome), beside each
+host's ``MAX_SSH_STARTS_PER_HOST``. Each client starting does a key exchange and an
+authentication on this machine's CPU: 300 hosts started 300 ssh processes within a
+second. 32 is pdsh's default fanout (``pdsh -f``) for the same job; a host whose turn
+has not come waits as ``queued``, its start-up timeout not yet running."""
 
 WORKER_INDEX_PLACEHOLDER: Final = "{i}"
 
@@ -219,7 +227,7 @@ def split_command(text: str, what: str) -> list[str]:
     try:
         argv = shlex.split(text)
     except ValueError as error:
-        raise RemoteConfigError(f"invalid {what} {text!r}: {error}") from None
+        raise RemoteConfigError(f"invalid {what} {redacted(text)!r}: {error}") from None
     if not argv:
         raise RemoteConfigError(f"invalid {what}: it is empty")
     return argv
@@ -327,30 +335,70 @@ def slot_launcher(slots: Sequence[WorkerSlot], spawn: Spawn) -> Launcher:
 
 
 def starting_limits(
-    slots: Sequence[WorkerSlot], local: int | None = None
-) -> list[trio.CapacityLimiter]:
+    slots: Sequence[WorkerSlot], local: int | None = None, *, ssh_total: int = MAX_SSH_STARTS
+) -> list[StartLimiter]:
     """One limiter per slot for ``WorkerPool(starting_limits=...)``: the local slots
-    share one of ``local`` (default ``default_max_starting()``), and the slots of
-    each ssh host (address and port: what one sshd serves) one of
-    ``MAX_SSH_STARTS_PER_HOST``."""
+    share one of ``local`` (default ``default_max_starting()``); the slots of each ssh
+    host (address and port: what one sshd serves) one that takes a turn from the
+    host's ``MAX_SSH_STARTS_PER_HOST`` and then one from the ``ssh_total`` shared by
+    every host."""
     here = trio.CapacityLimiter(local or default_max_starting())
-    per_host: dict[tuple[str, int | None], trio.CapacityLimiter] = {}
-    limits = []
+    every_host = trio.CapacityLimiter(ssh_total)
+    per_host: dict[tuple[str, int | None], HostStarts] = {}
+    limits: list[StartLimiter] = []
     for slot in slots:
         if slot.host is None:
             limits.append(here)
         else:
             key = (slot.host.host, slot.host.port)
             if key not in per_host:
-                per_host[key] = trio.CapacityLimiter(MAX_SSH_STARTS_PER_HOST)
+                per_host[key] = HostStarts(trio.CapacityLimiter(MAX_SSH_STARTS_PER_HOST), every_host)
             limits.append(per_host[key])
     return limits
 
 
-def concurrent_starts(limits: Sequence[trio.CapacityLimiter]) -> int:
-    """How many workers ``limits`` let start at once, in all."""
-    distinct = {id(limit): limit for limit in limits}
-    return sum(int(limit.total_tokens) for limit in distinct.values())
+class HostStarts:
+    """The starting bound of one ssh host's slots: a turn from the host's own limiter,
+    then one from the limiter every host shares (a ``StartLimiter``).
+
+    The host's first: a slot waiting for the shared turn then holds its host's, which
+    only other slots of that host want, and never the shared one while its host is busy.
+    """
+
+    def __init__(self, host: trio.CapacityLimiter, every_host: trio.CapacityLimiter) -> None:
+        self.host = host
+        self.every_host = every_host
+
+    @property
+    def total_tokens(self) -> int | float:
+        return min(self.host.total_tokens, self.every_host.total_tokens)
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        await self.host.acquire_on_behalf_of(borrower)
+        try:
+            await self.every_host.acquire_on_behalf_of(borrower)
+        except BaseException:  # cancelled while waiting: hold nothing
+            self.host.release_on_behalf_of(borrower)
+            raise
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self.every_host.release_on_behalf_of(borrower)
+        self.host.release_on_behalf_of(borrower)
+
+
+def concurrent_starts(limits: Sequence[StartLimiter]) -> int:
+    """How many workers ``limits`` let start at once, in all (what the open-file
+    budget reserves for starting workers)."""
+    plain = {id(limit): limit for limit in limits if not isinstance(limit, HostStarts)}
+    hosts = [limit for limit in limits if isinstance(limit, HostStarts)]
+    own = {id(limit.host): limit.host for limit in hosts}
+    shared = {id(limit.every_host): limit.every_host for limit in hosts}
+    ssh = min(_tokens(own.values()), _tokens(shared.values()))
+    return _tokens(plain.values()) + ssh
+
+
+def _tokens(limits: Iterable[StartLimiter]) -> int:
+    return sum(int(limit.total_tokens) for limit in limits)
 
 
 def add_arguments(

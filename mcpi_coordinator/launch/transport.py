@@ -50,6 +50,22 @@ class WorkerProcess(Protocol):
         it has exited, until it is reaped: that ends what it left behind."""
 
 
+class StartLimiter(Protocol):
+    """What bounds the workers between launch and welcome at once: the part of
+    ``trio.CapacityLimiter`` the pool uses, so that a bound made of several limiters
+    (an ssh host's and every host's together: ``launch.remote``) can stand in for one.
+    The pool holds one token per starting slot, the slot itself the borrower."""
+
+    @property
+    def total_tokens(self) -> int | float: ...
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Wait for a token (cancellable: then nothing is held)."""
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give back what ``acquire_on_behalf_of`` took for ``borrower``."""
+
+
 Launcher = Callable[[int], Awaitable[WorkerProcess]]
 """Starts the worker for pool slot ``index`` (0-based) and returns it, pipes open.
 

@@ -69,7 +69,7 @@ from mcpi_coordinator.launch.local import (
     default_worker_command,
     describe_command,
 )
-from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
 from mcpi_coordinator.pool.batch import Batch
 from mcpi_coordinator.pool.dispatch import Dispatcher
 from mcpi_worker.protocol import Result
@@ -202,7 +202,7 @@ class _Slot:
         self.retire_reason: str | None = None
         """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
         self.stop_scope: trio.CancelScope | None = None
-        self.start_permit: trio.CapacityLimiter | None = None
+        self.start_permit: StartLimiter | None = None
         """Held from its turn to start until the welcome (or the start failing)."""
         self.settled = False
         """Ready once, retired or stopped: ``WorkerPool.__aenter__`` waits for all."""
@@ -259,8 +259,8 @@ class WorkerPool:
     retired logs a warning, so an unreachable host is one warning line, not one per
     worker (the others are logged at info). ``max_starting`` bounds the workers
     between launch and welcome at once (default: ``default_max_starting()``);
-    ``starting_limits`` instead gives each slot a ``trio.CapacityLimiter``, and slots
-    sharing one share its bound (one per ssh host, say).
+    ``starting_limits`` instead gives each slot a ``trio.CapacityLimiter`` (or any
+    ``StartLimiter``), and slots sharing one share its bound (one per ssh host, say).
     """
 
     def __init__(
@@ -279,7 +279,7 @@ class WorkerPool:
         client: str = CLIENT_NAME,
         slot_hosts: Sequence[str | None] | None = None,
         max_starting: int | None = None,
-        starting_limits: Sequence[trio.CapacityLimiter] | None = None,
+        starting_limits: Sequence[StartLimiter] | None = None,
         wait_for_all: bool = True,
     ) -> None:
         if size < 1:
