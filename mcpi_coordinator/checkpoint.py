@@ -73,6 +73,9 @@ FORMAT: Final[int] = 1
 
 COMMIT_EVERY_S: Final[float] = 0.5
 
+_SQLITE_MAGIC: Final[bytes] = b"SQLite format 3\x00"
+"""How every SQLite database file begins (https://sqlite.org/fileformat.html)."""
+
 _SCHEMA: Final[tuple[str, ...]] = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE chunks (stream INTEGER PRIMARY KEY, inside INTEGER NOT NULL, check_value INTEGER NOT NULL)",
@@ -218,6 +221,9 @@ class Checkpoint:
             if not stat.S_ISREG(status.st_mode):
                 raise CheckpointRefused(f"{path} is not an mcpi checkpoint (not a regular file)")
             _check_writers(path, status)
+            with open(real, "rb") as file:  # nothing is created beside a file that is not SQLite's
+                if status.st_size and file.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                    raise CheckpointRefused(f"checkpoint {path} is corrupt or not a checkpoint: file is not a database")
             created = _claim_journals(real)
         except files.ForeignFile as error:
             raise CheckpointRefused(f"checkpoint {path} is refused: {_foreign(error)}") from None
@@ -342,7 +348,7 @@ class Checkpoint:
             self._connection = None
             # The journal claimed at opening (empty: WAL mode never writes it); SQLite
             # deletes its own -wal as it closes.
-            files.remove_if(_journal(self._real, "-journal"), lambda status: status.st_size > 0)
+            files.remove_if(_journal(self._real, "-journal"), keep=_not_an_empty_file_of_ours)
 
     @property
     def resume_command(self) -> str:
@@ -572,6 +578,10 @@ def _check_writers(path: Path, status: os.stat_result) -> None:
 
 def _not_ours(status: os.stat_result) -> bool:
     return not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid()
+
+
+def _not_an_empty_file_of_ours(status: os.stat_result) -> bool:
+    return status.st_size > 0 or _not_ours(status)
 
 
 def _journal(database: Path, suffix: str) -> Path:
