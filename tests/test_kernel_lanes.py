@@ -48,6 +48,8 @@ def numpy_counts(seed: int, first: int, streams: int, points: int) -> list[int]:
 @example(seed=2**64 - 1, first=2**64 - 13, streams=13, points=7, points_per_call=1)  # last stream; padded
 @example(seed=2**64 - 1, first=2**32 - 5, streams=9, points=5, points_per_call=10_000)  # stream words 1 -> 2
 @example(seed=5, first=0, streams=lanes.LANES + 1, points=0, points_per_call=1)
+@example(seed=11, first=2**64 - 6, streams=6, points=9, points_per_call=7)  # one narrow vector, padded
+@example(seed=11, first=0, streams=lanes.NARROW + 1, points=13, points_per_call=10_000)  # the first pair width
 @example(seed=5, first=3, streams=lanes.MIN_STREAMS, points=1, points_per_call=lanes.POINTS_PER_CALL)
 def test_each_stream_counts_as_numpy_counts_it(
     seed: int, first: int, streams: int, points: int, points_per_call: int

@@ -45,9 +45,14 @@ LANE_MULTIPLE: Final[int] = 16
 lanes in pairs, see ``_step_lanes``); below a vector's width the vectoriser leaves the
 loop scalar."""
 
-MIN_STREAMS: Final[int] = 3
-"""Fewer streams than this are counted one by one with the single-stream loop: a group
-of 16 lanes carrying only 1 or 2 real streams is no faster than that loop."""
+NARROW: Final[int] = 8
+"""A group of this many streams or fewer is stepped in one vector of 8 lanes, one lane an
+iteration (a few long streams: the start of a run, when the coordinator's pieces are
+one, two, four streams)."""
+
+MIN_STREAMS: Final[int] = 4
+"""Fewer streams than this are counted one by one with the single-stream loop: a vector
+of 8 lanes carrying only 1 to 3 real streams is no faster than that loop."""
 
 UNROLL: Final[int] = 4
 """Generator steps taken per lane per pass over the lanes (state in registers meanwhile)."""
@@ -67,10 +72,12 @@ _MASK24: Final = np.uint64(0xFFFFFF)
 _TWO_TO_48: Final = np.float32(2.0**48)
 
 
-def _step_lanes(a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray, counts: np.ndarray, steps: int) -> None:
+def _step_lanes(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray, counts: np.ndarray, steps: int, pairs: bool
+) -> None:
     """Advance every lane's SFC64 state (a, b, c, counter) by ``steps`` outputs, adding to
     ``counts[j]`` the points of lane ``j`` inside the quarter circle. The number of lanes
-    is even (a multiple of ``LANE_MULTIPLE``).
+    is ``NARROW`` or a multiple of ``LANE_MULTIPLE`` (``_width``).
 
     A point is one output: x its low 32 bits, y its high 32 bits, each ``u >> 8`` (below
     2**24: exact in float32, and converted through int32, which vectorises as one
@@ -80,9 +87,33 @@ def _step_lanes(a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray, coun
     two independent vectors of chains in flight where LLVM would otherwise interleave
     one (numba gives no way to ask its vectoriser for more).
     """
-    half = a.size // 2
     passes = steps // UNROLL
-    for _ in range(passes):
+    # ``pairs`` is the caller's (``_width(...) > NARROW``) rather than tested here: told
+    # that a loop runs at most 8 times, LLVM would not vectorise it at all.
+    if not pairs:  # one vector: a pair would leave the second half empty
+        for _ in range(passes):
+            for j in range(a.size):
+                sa = a[j]
+                sb = b[j]
+                sc = c[j]
+                sw = w[j]
+                inside = np.int64(0)
+                for _step in range(UNROLL):
+                    out = sa + sb + sw
+                    sw += _ONE
+                    sa = sb ^ (sb >> _U11)
+                    sb = sc + (sc << _U3)
+                    sc = ((sc << _U24) | (sc >> _U40)) + out
+                    x = np.float32(np.int32((out >> _U8) & _MASK24))
+                    y = np.float32(np.int32(out >> _U40))
+                    inside += np.int64(x * x + y * y < _TWO_TO_48)
+                a[j] = sa
+                b[j] = sb
+                c[j] = sc
+                w[j] = sw
+                counts[j] += inside
+    half = a.size // 2
+    for _ in range(passes if pairs else 0):
         for j in range(half):
             k = j + half
             a0 = a[j]
@@ -151,7 +182,11 @@ def _seed_lanes(
         w[j] = state[3]
 
 
-def _padded(streams: int) -> int:
+def _width(streams: int) -> int:
+    """Lanes for a group of ``streams`` (at most ``LANES``): ``NARROW`` (one vector) for a
+    few, else padded to a multiple of ``LANE_MULTIPLE``."""
+    if streams <= NARROW:
+        return NARROW
     return (streams + LANE_MULTIPLE - 1) // LANE_MULTIPLE * LANE_MULTIPLE
 
 
@@ -166,10 +201,10 @@ def _count_short(seed: np.uint64, first: np.uint64, streams: int, points: int, c
     done = 0
     while done < streams:
         real = min(LANES, streams - done)
-        width = min(LANES, (real + LANE_MULTIPLE - 1) // LANE_MULTIPLE * LANE_MULTIPLE)
+        width = _width(real)
         group_counts[:width] = 0
         _seed_lanes(seed, first + np.uint64(done), a[:width], b[:width], c[:width], w[:width])
-        _step_lanes(a[:width], b[:width], c[:width], w[:width], group_counts[:width], points)
+        _step_lanes(a[:width], b[:width], c[:width], w[:width], group_counts[:width], points, width > NARROW)
         counts[done : done + real] = group_counts[:real]
         done += real
 
@@ -183,7 +218,8 @@ def _jit(function: Any, signature: str) -> Any:
 
 
 _ARRAYS: Final[str] = "uint64[::1], uint64[::1], uint64[::1], uint64[::1]"
-_step_lanes = _jit(_step_lanes, f"void({_ARRAYS}, int64[::1], int64)")
+_width = _jit(_width, "int64(int64)")
+_step_lanes = _jit(_step_lanes, f"void({_ARRAYS}, int64[::1], int64, boolean)")
 _seed_lanes = _jit(_seed_lanes, f"void(uint64, uint64, {_ARRAYS})")
 _COUNT_SHORT = _jit(_count_short, "void(uint64, uint64, int64, int64, int64[::1])")
 
@@ -202,7 +238,7 @@ def _count_long(
     done = 0
     while done < streams:
         real = min(LANES, streams - done)
-        width = _padded(real)
+        width = _width(real)
         a, b, c, w = (np.empty(width, dtype=np.uint64) for _ in range(4))
         group_counts = np.zeros(width, dtype=np.int64)
         _seed_lanes(np.uint64(seed), np.uint64((first + done) % 2**64), a, b, c, w)
@@ -212,7 +248,7 @@ def _count_long(
             if should_stop():
                 raise Cancelled
             n = min(per_call, points - stepped)
-            _step_lanes(a, b, c, w, group_counts, n)
+            _step_lanes(a, b, c, w, group_counts, n, width > NARROW)
             stepped += n
         counts[done : done + real] = group_counts[:real]
         done += real
