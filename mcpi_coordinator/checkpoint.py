@@ -52,6 +52,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 import stat
 import time
@@ -177,10 +178,11 @@ class Checkpoint:
             raise CheckpointRefused(f"cannot create checkpoint {target}: no directory {target.parent}")
         if parameters.kernel not in KERNEL_VERSIONS:
             raise ValueError(f"no kernel version for {parameters.kernel!r}")
+        _check_directory(target)
         _remove_stale_partials(target)
         claimed: list[Path] = []
         try:
-            claimed = _claim_journals(target)
+            claimed = _claim_journals(Path(os.path.realpath(target)))  # named as SQLite will
             descriptor, partial = files.create_exclusive(
                 target.parent, f".{target.name}.{os.getpid()}.", ".partial", mode=0o644
             )  # SQLite's own mode for a new file
@@ -221,6 +223,7 @@ class Checkpoint:
             if not stat.S_ISREG(status.st_mode):
                 raise CheckpointRefused(f"{path} is not an mcpi checkpoint (not a regular file)")
             _check_writers(path, status)
+            _check_directory(real)
             with open(real, "rb") as file:  # nothing is created beside a file that is not SQLite's
                 if status.st_size and file.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
                     raise CheckpointRefused(f"checkpoint {path} is corrupt or not a checkpoint: file is not a database")
@@ -379,7 +382,7 @@ def _meta(parameters: RunParameters) -> dict[str, Any]:
 
 
 _MAX_META: Final[int] = 32
-"""Rows of ``meta`` a checkpoint may have (it has 10), and below: characters of one key
+"""Rows of ``meta`` a checkpoint may have (it has 9), and below: characters of one key
 and one value (a value is a number, a name or a part, at most ~60 characters)."""
 _MAX_META_KEY: Final[int] = 64
 _MAX_META_VALUE: Final[int] = 256
@@ -567,12 +570,24 @@ def _check_writers(path: Path, status: os.stat_result) -> None:
     if status.st_uid != os.geteuid():
         raise CheckpointRefused(
             f"checkpoint {path} belongs to another user (uid {status.st_uid}), who could have changed "
-            f"its counts: resume a copy of it that is yours (cp {path} mine.db)"
+            f"its counts: resume a copy of it that is yours (cp {shlex.quote(str(path))} mine.db)"
         )
     if status.st_mode & stat.S_IWOTH:
         raise CheckpointRefused(
             f"checkpoint {path} may be written by anyone, who could have changed its counts: "
-            f"resume a copy only you can write (cp {path} mine.db)"
+            f"resume a copy only you can write (cp {shlex.quote(str(path))} mine.db)"
+        )
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse a checkpoint in a directory anyone may write that lacks the sticky bit
+    (``/tmp`` has it): there anyone may rename or replace anyone's files, the checkpoint
+    and its journals included, and nothing mcpi checks first would hold."""
+    mode = os.stat(path.parent).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise CheckpointRefused(
+            f"checkpoint {path}: its directory {path.parent} may be written by anyone and has no sticky bit, "
+            "so anyone could replace the file: use a directory only you can write, or chmod +t it"
         )
 
 

@@ -140,7 +140,7 @@ def replacing(target: Path) -> Iterator[IO[bytes]]:
         raise
 
 
-def claim(path: Path, *, owner: int | None = None) -> bool:
+def claim(path: Path) -> bool:
     """Make sure ``path`` is a regular file of this process's user with one link,
     creating it empty (mode 0600, exclusively) if it does not exist; True if it was
     created. Raises ``ForeignFile`` naming what is wrong with a name someone else
@@ -150,7 +150,7 @@ def claim(path: Path, *, owner: int | None = None) -> bool:
         return True
     except FileExistsError:
         pass
-    check_own_file(path, owner=owner)
+    check_own_file(path)
     return False
 
 
@@ -158,13 +158,12 @@ class ForeignFile(OSError):
     """A name in the way that this user did not make; ``str()`` says what it is."""
 
 
-def check_own_file(path: Path, *, owner: int | None = None) -> os.stat_result:
-    """``path``'s status if it is a regular file owned by ``owner`` (this process's
-    effective user by default) with a single link; ``ForeignFile`` otherwise, and
-    ``OSError`` if it cannot be looked at. The symlink itself is looked at, never
-    followed."""
+def check_own_file(path: Path) -> os.stat_result:
+    """``path``'s status if it is a regular file of this process's effective user with a
+    single link; ``ForeignFile`` otherwise, and ``OSError`` if it cannot be looked at.
+    A symlink itself is looked at, never followed."""
     status = os.lstat(path)
-    expected = os.geteuid() if owner is None else owner
+    expected = os.geteuid()
     if stat.S_ISLNK(status.st_mode):
         raise ForeignFile(f"{path} is a symlink")
     if not stat.S_ISREG(status.st_mode):

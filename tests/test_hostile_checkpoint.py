@@ -382,3 +382,22 @@ def test_a_checkpoint_another_user_owns_or_anyone_may_write_is_refused(shared: P
     one_line(caught.value, "may be written by anyone")
     mine.chmod(0o644)
     Checkpoint.resume(mine).close()
+
+
+def test_a_directory_anyone_may_write_without_the_sticky_bit_is_refused(tmp_path: Path) -> None:
+    # There anyone may rename anyone's files: no check on a name would hold.
+    open_to_all = tmp_path / "scratch"
+    open_to_all.mkdir()
+    Checkpoint.create(open_to_all / "before.db", PARAMETERS).close()
+    open_to_all.chmod(0o777)
+    attempts = [
+        lambda: Checkpoint.create(open_to_all / "run.db", PARAMETERS),
+        lambda: Checkpoint.resume(open_to_all / "before.db"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(CheckpointRefused) as caught:
+            attempt()
+        one_line(caught.value, "may be written by anyone and has no sticky bit", "chmod +t")
+    open_to_all.chmod(0o1777)
+    Checkpoint.create(open_to_all / "run.db", PARAMETERS).close()
+    Checkpoint.resume(open_to_all / "before.db").close()
