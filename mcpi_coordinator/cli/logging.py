@@ -9,7 +9,6 @@ structlog its own way. Log lines go to stderr, never stdout: stdout is for resul
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -65,17 +64,12 @@ def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> M
     return shown
 
 
-def _json_line(value: Any, **options: Any) -> str:
-    """``json.dumps``, with DEL escaped as well: it escapes every other control
-    character a worker could send, but DEL is ASCII and would pass as it is."""
-    return json.dumps(value, **options).replace("\x7f", "\\u007f")
-
-
 def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> None:
     """Send every structlog logger to stderr, filtered at ``level``, as text or JSON."""
     renderers: list[Any]
     if fmt == "json":
-        renderers = [structlog.processors.JSONRenderer(serializer=_json_line)]
+        # json.dumps escapes every control character (DEL and C1 too) and all non-ASCII.
+        renderers = [structlog.processors.JSONRenderer()]
     else:
         # NO_COLOR means no styling at all, bold included: no escape codes whatever.
         renderers = [_printable, structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))]
