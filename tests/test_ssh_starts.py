@@ -6,33 +6,14 @@ from __future__ import annotations
 
 import pytest
 import trio
+from test_fleet import StartWatch  # every start takes 2 (fake) seconds; counts the peak
 
 from mcpi_coordinator.launch import remote
 from mcpi_coordinator.pool.worker_pool import WorkerPool
-from mcpi_coordinator.testing import FakeBehaviour
-from mcpi_coordinator.testing.inprocess import FakeWorkerProcess, fake_launcher
 
 HOSTS = 300
 START_S = 2.0
-
-
-class StartWatch:
-    """A launcher around the fakes' whose every start takes START_S (fake) seconds; it
-    records the most starts in progress at once."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._fakes = fake_launcher(nursery, FakeBehaviour())
-        self.starting = 0
-        self.peak = 0
-
-    async def __call__(self, index: int) -> FakeWorkerProcess:
-        self.starting += 1
-        self.peak = max(self.peak, self.starting)
-        try:
-            await trio.sleep(START_S)
-            return await self._fakes(index)
-        finally:
-            self.starting -= 1
+"""How long StartWatch takes to start a worker."""
 
 
 def host_slots(count: int) -> list[remote.WorkerSlot]:
