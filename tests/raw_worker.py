@@ -60,6 +60,10 @@ FAULTS: dict[str, str] = {
     "before_welcome": "a pong before the welcome",
     "version_not_offered": "a welcome choosing version 3",
     "max_points_over_2_40": "a welcome whose max_points is 2**40 + 1, more than a result can report",
+    "jobs_over_max_inflight": "a welcome announcing 5 jobs with max_inflight 4",
+    "jobs_1025": "a welcome announcing 1025 jobs (and max_inflight 1025), above the limit of 1024",
+    "implementations_short": "a welcome naming 1 implementation for its 2 kernels",
+    "serial_jobs_1024": "a welcome announcing 1024 jobs (max_inflight 1024); it computes one sample at a time",
     "unknown_id": "a result for an id never sent",
     "answered_twice": "the right result, twice",
     "pong_for_sample": "a pong answering a sample",
@@ -84,7 +88,7 @@ FAULTS: dict[str, str] = {
 }
 
 
-CONTINUES = frozenset({"unknown_code"})
+CONTINUES = frozenset({"unknown_code", "serial_jobs_1024"})
 """Faults after which the worker serves on correctly (the rest fall silent)."""
 
 RANGE_FAULTS = frozenset({"insides_missing", "insides_wrong_length", "group_over_points", "insides_bad_sum"})
@@ -146,6 +150,12 @@ class RawWorker:
             body["max_frame"] = 40
         elif self.fault == "max_inflight_1":
             body["max_inflight"] = 1
+        elif self.fault == "jobs_over_max_inflight":
+            body["jobs"] = 5
+        elif self.fault in ("jobs_1025", "serial_jobs_1024"):
+            body["jobs"] = body["max_inflight"] = 1025 if self.fault == "jobs_1025" else 1024
+        elif self.fault == "implementations_short":
+            body["implementations"] = ["numpy"]
         return frame(body)
 
     def result(self, request: dict[str, Any], counts: list[int], *, lie: int = 0, **changes: Any) -> dict[str, Any]:
@@ -267,6 +277,9 @@ class RawWorker:
                 elif kind == "sample":
                     samples_in_read += 1
                     replies.append(self.on_sample(body, samples_in_read))
+                    if self.fault == "serial_jobs_1024":  # each answer as soon as it is counted
+                        self.write(b"".join(replies))
+                        replies.clear()
             self.write(b"".join(replies))
             if self.fault in ("eof_mid_frame", "eof_outstanding") and self.struck:
                 return 0

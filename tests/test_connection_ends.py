@@ -49,7 +49,7 @@ def budget(work: int) -> float:
 def serving(jobs: int = 1) -> CoordinatorEnd:
     end = CoordinatorEnd(client="tests", task_budget=budget)
     end.data_to_send()  # the hello
-    welcome = Welcome(2, "test", 1, "h", ("numpy",), 8, 1 << 20, 1 << 40, jobs=jobs)
+    welcome = Welcome(2, "test", 1, "h", ("numpy",), max(8, jobs), 1 << 20, 1 << 40, jobs=jobs)
     assert end.receive_data(encode(welcome), 0.0) == [Welcomed(welcome)]
     return end
 
@@ -132,16 +132,32 @@ def test_pongs_do_not_move_a_hung_sample_s_deadline() -> None:
     assert isinstance(end.advance(10.0)[0], Broken)
 
 
-def test_with_jobs_the_oldest_jobs_samples_run_and_are_charged() -> None:
+def test_with_jobs_only_the_oldest_sample_is_charged_from_when_it_became_the_oldest() -> None:
     end = serving(jobs=2)
     for stream in range(3):
         end.send_sample(1, stream, 0, "numpy", now=float(stream))  # 10 s each
-    assert end.next_deadline() == 10.0  # streams 0 and 1 run; 0 is the earlier
+    assert end.next_deadline() == 10.0  # stream 0, the oldest, sent at 0
+    end.receive_data(encode(Result(2, 0, 0, 0.0)), 4.0)  # a newer one answered first
+    assert end.next_deadline() == 10.0  # never moves the oldest's deadline later
     end.receive_data(encode(Result(1, 0, 0, 0.0)), 5.0)
-    assert end.next_deadline() == 11.0  # stream 1, sent at 1; stream 2 could start at 5
+    assert end.next_deadline() == 15.0  # stream 2 became the oldest at 5
     [broken] = end.fail("the driver gave up")
     assert isinstance(broken, Broken)
-    assert [o.was_running for o in broken.orphans] == [True, True]
+    assert [o.was_running for o in broken.orphans] == [True]  # one of the jobs oldest
+
+
+def test_a_serial_worker_overstating_its_jobs_is_not_taken_for_a_stalled_one() -> None:
+    """A worker announcing 1024 jobs that computes one sample at a time, each within its
+    budget: charged from their sending, the later samples overran theirs (queued, not
+    stalled) and the worker was killed."""
+    end = serving(jobs=1024)
+    for stream in range(8):
+        end.send_sample(1, stream, 0, "numpy", now=0.0)  # 10 s each, all sent at once
+    for request_id in range(1, 9):
+        now = 9.0 * request_id  # one answer every 9 s
+        assert end.advance(now - 0.5) == []
+        assert end.receive_data(encode(Result(request_id, 0, 0, 9.0)), now)[0].request_id == request_id  # type: ignore[union-attr]
+    assert end.in_flight == 0 and end.broken is None
 
 
 def test_a_cancelled_request_still_ends_once_abandoned() -> None:

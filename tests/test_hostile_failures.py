@@ -27,6 +27,7 @@ TESTS = Path(__file__).resolve().parent
 RAW_WORKER = str(TESTS / "raw_worker.py")
 TIMEOUT = 120.0  # seconds; reached only by a hang
 PYTHON = shlex.quote(sys.executable)
+POINTS = 1_000_000
 
 
 async def test_a_worker_given_up_on_while_the_run_ends_is_recorded_and_warned_once() -> None:
@@ -77,3 +78,21 @@ def test_mcpi_estimate_json_and_stderr_name_every_worker_given_up_on() -> None:
     for failure, line in zip(failures, lines, strict=True):
         assert "warning" in line and f"pid={failure['pid']}" in line
     assert "Traceback" not in run.stderr
+
+
+async def test_a_serial_worker_announcing_1024_jobs_is_not_killed_for_what_it_only_queued() -> None:
+    """``raw_worker.py serial_jobs_1024`` welcomes with 1024 jobs and counts one sample at a
+    time, answering each as it is counted (the spec worker's pure-Python ``python``
+    kernel: a million-point chunk takes about 0.3 s, 16 of them several seconds). Every
+    chunk is sent to it at once; charged from their sending against a 3 s task timeout,
+    the later ones overran it while only queued, and the worker was killed. Only the
+    oldest is charged now: the run is exact and nobody is given up on."""
+    chunks = [Chunk(seed=9, stream=0, points=POINTS, kernel="python", streams=16)]  # in pieces, all at once
+    command = [sys.executable, RAW_WORKER, "serial_jobs_1024"]
+    with trio.fail_after(TIMEOUT * 2):
+        async with WorkerPool(1, launcher=command_launcher(lambda _i: command), task_timeout=3.0) as pool:
+            async with pool.imap_unordered(chunks) as results:
+                inside = sum([r.inside async for r in results])
+            stats = pool.stats
+    assert inside == sum(KERNELS["python"](9, s, POINTS) for s in range(16))
+    assert (stats.restarts, stats.failures) == (0, ())

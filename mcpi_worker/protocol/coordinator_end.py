@@ -15,12 +15,15 @@ differ from the request's or whose ``inside`` exceeds them, a second ``welcome``
 fatal ``error`` — each breaks the connection (``Broken``) with the request still in
 the table, so it is handed back (``Broken.orphans``) exactly once, never lost.
 
-The stall deadline. A worker runs ``jobs`` samples at once (1 for protocol version 1),
-in arrival order, and answers pings at once. So each sample can be charged for its
-time only from when it could have started: its sending, or the moment it became one
-of the ``jobs`` oldest outstanding samples, whichever is later. ``next_deadline()`` is
-the earliest moment one of those, or the oldest ping, overruns its ``task_budget``;
-answers to other requests (a pong, a neighbour's result) never move it later.
+The stall deadline. A worker starts samples in arrival order and answers pings at once.
+Only the oldest outstanding sample is charged for its time, from the later of its
+sending and the moment it became the oldest: that one the worker is surely computing,
+whatever its ``welcome.jobs`` says (a worker overstating ``jobs`` computes the others
+one after another, and charging them from their sending killed it for samples it had
+only queued). A sample hung beside others that are answered becomes the oldest, and is
+charged, once those are. ``next_deadline()`` is the earliest moment the oldest sample,
+or the oldest ping, overruns its ``task_budget``; answers to other requests (a pong, a
+newer sample's result) never move it later.
 """
 
 from __future__ import annotations
@@ -233,11 +236,11 @@ class CoordinatorEnd:
         request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token)
         request.sample = sample
         if self._running < self._jobs:
-            request.running = True
-            request.could_start_at = now
+            request.running = True  # blamed if the worker breaks: it may have been computing it
             self._running += 1
-            due = now + request.budget_s
-            self._deadline = min(self._deadline, due)
+        if not self._samples:  # the oldest: charged from now
+            request.could_start_at = now
+            self._deadline = min(self._deadline, now + request.budget_s)
         self._samples[request_id] = request
         self._out.append(frame)
         return request_id
@@ -345,10 +348,8 @@ class CoordinatorEnd:
         """The clock reads ``now``: ``[Broken]`` if a request has overrun its budget."""
         if self.broken is not None or now < self._deadline:
             return []
-        overdue = min(
-            (r for r in (*self._pings.values(), *self._samples.values()) if r.running),
-            key=lambda r: r.could_start_at + r.budget_s,
-        )
+        charged = [next(iter(table.values())) for table in (self._pings, self._samples) if table]
+        overdue = min(charged, key=lambda r: r.could_start_at + r.budget_s)
         return [self._break(f"no answer within the task timeout ({overdue.budget_s:g} s)")]
 
     # ------------------------------------------------------------------ checking
@@ -362,6 +363,8 @@ class CoordinatorEnd:
                 raise _Violation(
                     f"chose protocol version {message.version}; we offered {list(self._versions)}"
                 )
+            if (problem := message.problem) is not None:
+                raise _Violation(problem)
             return message
         if isinstance(message, Error) and message.fatal:
             raise _Violation(f"reported a fatal error: {message.code}: {message.message}")
@@ -412,38 +415,33 @@ class CoordinatorEnd:
         if request.is_ping:
             del self._pings[request_id]
         else:
+            oldest = next(iter(self._samples)) == request_id
             del self._samples[request_id]
             if request.running:
                 self._running -= 1
-                self._start_next(now)
+                self._start_next()
+            if oldest and self._samples:
+                next(iter(self._samples.values())).could_start_at = now
         if request.running:
             self._deadline = self._earliest_deadline()
         return Answered(request_id, answer, request.token, request.abandoned)
 
-    def _start_next(self, now: float) -> None:
+    def _start_next(self) -> None:
         """A running sample was answered: the oldest queued one may start now."""
         if len(self._samples) <= self._running:
             return
         for request in self._samples.values():
             if not request.running:
                 request.running = True
-                request.could_start_at = now
                 self._running += 1
                 return
 
     def _earliest_deadline(self) -> float:
         deadline = math.inf
-        if self._pings:
-            first = next(iter(self._pings.values()))
-            deadline = first.could_start_at + first.budget_s
-        seen = 0
-        for request in self._samples.values():
-            if seen == self._running:
-                break
-            if request.running:
-                seen += 1
-                due = request.could_start_at + request.budget_s
-                deadline = min(deadline, due)
+        for table in (self._pings, self._samples):
+            if table:
+                first = next(iter(table.values()))
+                deadline = min(deadline, first.could_start_at + first.budget_s)
         return deadline
 
     def _break(self, reason: str) -> Broken:

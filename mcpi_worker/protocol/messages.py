@@ -42,6 +42,9 @@ MAX_LIST: Final[int] = 64
 MAX_GROUPS: Final[int] = 4096
 """Most counts one range result reports (``Result.insides``): about 37 KB of frame."""
 
+MAX_JOBS: Final[int] = 1024
+"""Most samples a worker may say it computes at once (``Welcome.jobs``)."""
+
 MAX_STREAMS: Final[int] = 1 << 20
 """Most streams one range may cover. A stream costs its set-up even with no points
 (``STREAM_COST_POINTS``), so without this bound a range of 2**64-1 zero-point streams,
@@ -278,6 +281,20 @@ class Welcome:
     implementations: tuple[str, ...] = ()
     """Which implementation runs each of ``kernels`` now, in the same order (free-form
     names, e.g. ``numba-fused``; empty: not said)."""
+
+    @property
+    def problem(self) -> str | None:
+        """What makes this welcome one a coordinator must treat as broken, beyond its
+        fields' own types (protocol.md §4.2, §5), or None: ``jobs`` above its
+        ``max_inflight`` (it could never have that many samples to compute) or above
+        ``MAX_JOBS``, or ``implementations`` not naming one per kernel."""
+        if self.jobs > self.max_inflight:
+            return f"announced {self.jobs} jobs, more than its max_inflight {self.max_inflight}"
+        if self.jobs > MAX_JOBS:
+            return f"announced {self.jobs} jobs, more than the limit of {MAX_JOBS}"
+        if self.implementations and len(self.implementations) != len(self.kernels):
+            return f"named {len(self.implementations)} implementations for {len(self.kernels)} kernels"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
     MAX_FRAME,
+    MAX_JOBS,
     MAX_POINTS,
     PROTOCOL_VERSIONS,
     Cancel,
@@ -147,8 +148,8 @@ class WorkerEnd:
     """
 
     def __init__(self, offer: WorkerOffer, *, jobs: int = 1, record: bool = False) -> None:
-        if jobs < 1:
-            raise ValueError("jobs must be at least 1")
+        if not 1 <= jobs <= min(offer.max_inflight, MAX_JOBS):
+            raise ValueError(f"jobs must be from 1 to max_inflight ({offer.max_inflight}) and {MAX_JOBS}")
         self.offer = offer
         self.jobs = jobs
         self.hello: Hello | None = None
