@@ -24,6 +24,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Final
 
+import numpy as np
+
 MAX_JSON_DEPTH: Final[int] = 32
 """Nesting of arrays and objects mcpi accepts in a file: what it writes is 3 deep."""
 
@@ -32,8 +34,8 @@ MAX_NUMBER_CHARS: Final[int] = 40
 would convert a 4,300-digit integer before any bound could be checked)."""
 
 _CREATE_FLAGS: Final[int] = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_STRINGS: Final[re.Pattern[str]] = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS: Final[re.Pattern[str]] = re.compile(r"[\[\]{}]")
+_STRINGS: Final[re.Pattern[str]] = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+"""A JSON string, written as an unrolled loop: linear, and fast on a long string."""
 
 
 class TooLarge(ValueError):
@@ -80,12 +82,11 @@ def json_loads_limited(text: str) -> Any:
 
 def json_depth(text: str) -> int:
     """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings
-    not counted), found without recursion: 0 for a scalar."""
-    depth = deepest = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+    not counted), found without recursion, in NumPy: 0 for a scalar."""
+    codes = np.frombuffer(_STRINGS.sub("", text).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    opening = (codes == ord("[")) | (codes == ord("{"))
+    steps = opening.astype(np.int64) - ((codes == ord("]")) | (codes == ord("}")))
+    return max(0, int(np.cumsum(steps).max())) if len(steps) else 0
 
 
 def _int(text: str) -> int:

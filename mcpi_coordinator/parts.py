@@ -154,7 +154,7 @@ def load_document(source: str, text: str) -> dict[str, Any]:
 
 def _shown(value: Any) -> str:
     """A value from the file, for a message: its repr, cut short (a file may hold a
-    16 MiB string). Control characters are escaped as the message is printed."""
+    4 MiB string). Control characters are escaped as the message is printed."""
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
 

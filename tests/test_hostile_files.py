@@ -91,7 +91,7 @@ def test_combine_of_a_huge_file_stops_reading_at_its_limit(tmp_path: Path) -> No
     huge = tmp_path / "huge.json"
     with huge.open("wb") as file:
         file.truncate(2**30)  # 1 GiB (sparse): was read whole, then parsed
-    one_line_exit_2(mcpi("combine", str(huge)), "huge.json: longer than 16 MiB")
+    one_line_exit_2(mcpi("combine", str(huge)), "huge.json: longer than 4 MiB")
 
 
 @pytest.mark.parametrize("args", [("combine", "/dev/zero"), ("combine", "-")])

@@ -66,11 +66,11 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run, command_parser=parser)
 
 
-MAX_FILE_BYTES: Final[int] = 16 * 2**20
+MAX_FILE_BYTES: Final[int] = 4 * 2**20
 """The most a file given to combine may hold: a part's --json is a few KiB (with
-per-worker rows, ~200 bytes a worker). Read no further, so /dev/zero or a 1 GiB file
+per-worker rows, ~200 bytes a worker: ~200 KiB for 1,024 workers). Read no further, so /dev/zero or a 1 GiB file
 is one line, not minutes of reading and a MemoryError."""
-MAX_STDIN_BYTES: Final[int] = 4 * MAX_FILE_BYTES
+MAX_STDIN_BYTES: Final[int] = 16 * MAX_FILE_BYTES
 """The most stdin may hold: several parts, one a line."""
 
 
