@@ -169,6 +169,10 @@ class Checkpoint:
         it (``NAME-wal``, ``NAME-journal``) are claimed first, the same way, so SQLite
         never follows a symlink or replays a journal that another user planted there."""
         target = Path(path)
+        if target.is_dir():
+            raise CheckpointRefused(
+                f"checkpoint {target} is a directory; name a new file in it, e.g. --checkpoint {target / 'run.ckpt'}"
+            )
         if target.exists() or target.is_symlink():
             raise CheckpointRefused(
                 f"checkpoint {target} already exists: carry that run on with --resume {target}, "
@@ -212,6 +216,8 @@ class Checkpoint:
             raise CheckpointRefused(
                 f"no checkpoint at {target}: start the run with --checkpoint {target}"
             )
+        if target.is_dir():
+            raise CheckpointRefused(f"checkpoint {target} is a directory, not a checkpoint file")
         return cls._open(target, expect=None)
 
     @classmethod

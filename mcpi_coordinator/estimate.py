@@ -126,6 +126,10 @@ class EstimateResult:
     """Chunks the checkpoint holds at the end (counted or not)."""
     part: Part | None = None
     """The part of the run counted; None for all of it."""
+    implementations: tuple[tuple[str, int], ...] = ()
+    """(implementation, points) of the chunks this run computed, by what the workers
+    said counted them (``numba-fused``, ``numpy``, ...), most points first; chunks
+    whose worker did not say are left out."""
 
     @property
     def part_streams(self) -> range:
@@ -310,6 +314,7 @@ async def run_estimate(
         saved_chunks=0 if checkpoint is None else checkpoint.saved,
         verification=None if run.verifier is None else run.verifier.stats(),
         part=part,
+        implementations=tuple(sorted(run.implementations.items(), key=lambda item: (-item[1], item[0]))),
     )
 
 
@@ -328,6 +333,7 @@ class _Run:
         self.verifier: Verifier | None = None
         self._redo: deque[int] = deque()
         self._phase: trio.CancelScope | None = None
+        self.implementations: dict[str, int] = {}
 
     async def compute(self, pool: WorkerPool, verify: float, count_locally: LocalCounter) -> None:
         if verify <= 0:
@@ -352,6 +358,9 @@ class _Run:
         with trio.CancelScope() as self._phase:
             async with pool.imap_unordered(self._missing_chunks()) as results:
                 async for result in results:
+                    if result.implementation:
+                        done = self.implementations.get(result.implementation, 0)
+                        self.implementations[result.implementation] = done + result.chunk.total_points
                     if self.on_chunk is not None:
                         self.on_chunk(result, self.prefix)
                     if self.verifier is None:

@@ -161,9 +161,10 @@ def _shown(value: Any) -> str:
 
 def _whole(document: Mapping[str, Any], name: str, source: str, low: int, high: int = MAX_COUNT) -> int:
     value = document.get(name)
+    if name not in document:  # not a wrong value: a document of another kind altogether
+        raise CombineRefused(f"{source}: not the JSON {MCPI_WRITES} prints (it has no {name!r})")
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        shown = "missing" if name not in document else _shown(value)
-        raise CombineRefused(f"{source}: {name} is {shown}, not a whole number >= {low}")
+        raise CombineRefused(f"{source}: {name} is {_shown(value)}, not a whole number >= {low}")
     if value > high:
         raise CombineRefused(f"{source}: {name} is {value:,}, more than mcpi writes (at most {high:,})")
     return value

@@ -61,6 +61,16 @@ def pi_statistics(inside: int, points: int, z: float = Z_95) -> PiStatistics:
     return PiStatistics(pi=pi, std_error=std_error, ci95=(pi - half, pi + half))
 
 
+def points_to_reach(target_error: float, z: float = Z_95) -> int:
+    """The most points ``StopRule(target_error)`` can need: p̂(1 − p̂) is at most 1/4,
+    so the half-width z·4·sqrt(p̂(1 − p̂)/n) is at most 2z/sqrt(n), which is at most
+    ``target_error`` from n = (2z/target_error)² on, whatever the points drawn. (A run
+    stops near (z·4·sqrt(p(1 − p))/target_error)², about 0.67 of it: p̂ ≈ π/4.)"""
+    if not target_error > 0:
+        raise ValueError(f"target_error must be positive, not {target_error}")
+    return math.ceil((2 * z / target_error) ** 2)
+
+
 @dataclass(frozen=True, slots=True)
 class StopRule:
     """``--target-error``: stop once the 95% interval's half-width is at most

@@ -2,7 +2,8 @@
 
 It exercises the same code a coordinator talks to (framing, handshake, both
 kernels, ping, cancel, shutdown) and prints what happened, so someone embedding
-the worker can see in a second that their installation works, and what a
+the worker can see in seconds (more the first time: numba compiles the fused
+loop, then caches it) that their installation works, and what a
 conversation looks like. It also says which implementation runs the numpy kernel
 (loading the fused one, unless ``MCPI_NUMPY_IMPL=numpy``, to compare it with NumPy's).
 """
@@ -178,6 +179,9 @@ def _compare_implementations() -> None:
     if policy is Policy.NUMPY:
         print("  numpy impl   numpy (MCPI_NUMPY_IMPL=numpy: numba-fused not loaded)")
         return
+    # Loading the fused loop compiles it the first time (seconds), then reads numba's
+    # cache: say so before the wait, so that a silent pause is not taken for a hang.
+    print("  loading      numba-fused (compiled the first time, several seconds; cached after)", flush=True)
     try:
         NUMPY_KERNEL.count(SEED, 0, 1, implementation=Implementation.NUMBA_FUSED)
     except FusedUnavailable as exc:

@@ -342,7 +342,7 @@ def test_combine_refuses_what_does_not_make_one_whole_run(
          f"parts such as {one}"),
         ((one, two, three, whole), f"{whole}: a whole run (no --part), which combines only alone"),
         ((whole, whole), f"{whole}: part 1/1 again"),
-        ((write(tmp_path / "{}.json", {}),), "seed is missing"),
+        ((write(tmp_path / "{}.json", {}),), "not the JSON mcpi estimate --part I/K --json prints (it has no 'seed')"),
         (("-", "-"), "- (stdin) is given more than once"),
     ]  # fmt: skip
     for files, message in cases:

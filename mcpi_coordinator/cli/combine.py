@@ -100,9 +100,10 @@ def _read(name: str, read: Callable[[], bytes]) -> str:
         return read().decode("utf-8")
     except TooLarge as error:
         raise CombineRefused(f"{name}: {error}: not the JSON {MCPI_WRITES} prints") from None
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise CombineRefused(f"{name}: cannot read it: {reason}") from None
+    except UnicodeDecodeError:
+        raise CombineRefused(f"{name}: not text, so not the JSON {MCPI_WRITES} prints") from None
+    except OSError as error:
+        raise CombineRefused(f"{name}: cannot read it: {error.strerror or error}") from None
 
 
 def run(args: argparse.Namespace) -> int:

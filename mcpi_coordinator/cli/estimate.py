@@ -99,7 +99,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-n", "--points", type=cli_args.count_type(1, MAX_TOTAL_POINTS, why=_POINTS_LIMIT),
         default=None, metavar="N",
-        help=f"random points to draw (default {DEFAULT_POINTS:,}; at most 2**53)",
+        help=f"random points to draw (default {DEFAULT_POINTS:,}; with --target-error, as many as "
+        "the target can take; at most 2**53)",
     )
     parser.add_argument(
         "-w", "--workers", type=cli_args.count_type(0, MAX_LOCAL_WORKERS, why="local processes"),
@@ -154,7 +155,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--target-error", type=cli_args.number(unset="no target"), default=None, metavar="EPS",
-        help="stop once the 95%% confidence interval's half-width is at most EPS",
+        help="stop once the 95%% confidence interval's half-width is at most EPS; without "
+        "--points the run goes on until it is: it may draw (2×1.96/EPS)² points, 1.54e9 for "
+        "1e-4, and stops near two thirds of that (1.04e9 for 1e-4)",
     )
     parser.add_argument(
         "--part", type=_part_type, default=None, metavar="I/K",
@@ -237,7 +240,7 @@ def _part_problem(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = None) -> int:
     """``mcpi estimate``; ``machine`` stands for this machine's limits (tests)."""
     machine = capacity.MachineLimits.here() if machine is None else machine
-    problem = _part_problem(args) or _check_arguments(args, machine)
+    problem = _part_problem(args) or runs.fill_target_budget(args, MAX_TOTAL_POINTS) or _check_arguments(args, machine)
     if problem is not None:
         args.command_parser.error(problem)
     if args.plot is not None:
@@ -260,8 +263,6 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
             prepared.close()
             args.command_parser.error(problem)
     seed, seed_drawn = prepared.seed, prepared.seed_drawn
-    if not args.quiet:
-        _hint_idle_workers(args)
     try:
         try:
             outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
@@ -278,6 +279,8 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         print(json.dumps(result_json(outcome)))
     else:
         print_result(outcome, seed_drawn=seed_drawn)
+    if not args.quiet:  # advice for the next run: after this one worked, not before a failure
+        _hint_idle_workers(args)
     if args.plot is not None:  # drawn from the per-chunk counts the run kept anyway
         try:
             picture = plots.plot_estimate(outcome, args.plot)
@@ -459,7 +462,8 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
         why = {"max_time": "--max-time", "target_error": "--target-error"}.get(result.stopped_early or "")
         room = text.width_of(sys.stderr)
         room = None if room is None else room - len(PROG) - 2
-        text.say(PROG, progress.final_line(line, line.clock(), why, room))
+        computed = result.points - result.resumed_points
+        text.say(PROG, progress.final_line(computed, result.elapsed_s, result.points_per_s, why, room))
     return result
 
 
@@ -476,7 +480,8 @@ async def _sample(
         line.start_sampling()
         if checkpoint is not None:  # what a resumed run counts already (not computed now)
             resumed = resumed_prefix(checkpoint)
-            line.add(0, resumed.points, resumed.inside)
+            saved = sum(resumed.chunk_points(stream) for stream, _ in resumed.items())
+            line.add_resumed(saved, resumed.points, resumed.inside)
         return await run_estimate(
             pool,
             on_chunk=lambda result, prefix: line.add(result.chunk.total_points, prefix.points, prefix.inside),
@@ -541,6 +546,27 @@ def _part_json(result: EstimateResult) -> dict[str, int] | None:
     return part_json(result.part, chunk_count(result.requested_points, result.chunk_size))
 
 
+def kernel_text(result: EstimateResult) -> str:
+    """``numpy (numba-fused)``: the kernel asked for, and what counted its chunks as the
+    workers said, with each one's share of the points when there were several
+    (``numpy (numba-fused 70%, numpy 30%)``: a worker switches once it has counted enough)."""
+    used = result.implementations
+    total = sum(points for _, points in used)
+    if not total or [name for name, _ in used] == [result.kernel]:
+        return result.kernel
+    if len(used) == 1:
+        return f"{result.kernel} ({used[0][0]})"
+    shares = ", ".join(f"{name} {points / total:.0%}" for name, points in used)
+    return f"{result.kernel} ({shares})"
+
+
+def rate_text(result: EstimateResult) -> str:
+    """The run's points/s; a resumed run that computed nothing has none to show."""
+    if result.points == result.resumed_points:
+        return "none computed: every counted chunk came from the checkpoint"
+    return text.rate(result.points_per_s)
+
+
 def workers_summary(result: EstimateResult) -> str:
     """``2  (0 restarts)``, or ``1 of 3  (2 dropped: ...)``: who did the work, honestly.
 
@@ -548,6 +574,8 @@ def workers_summary(result: EstimateResult) -> str:
     are not restarts of a working worker, so they are counted apart.
     """
     stats = result.pool
+    if stats.size == 0:
+        return "none needed: every chunk came from the checkpoint"
     working = [w for w in stats.workers if w.state != "retired"]
     dropped = stats.size - len(working)
     restarts = sum(w.restarts for w in working)
@@ -606,9 +634,9 @@ def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
         *run_rows(result),
         ("workers", workers_summary(result)),
         ("seed", f"{result.seed}{drawn}"),
-        ("kernel", result.kernel),
+        ("kernel", kernel_text(result)),
         ("wall time", f"{result.elapsed_s:.3f} s"),
-        ("points/s", text.rate(result.points_per_s)),
+        ("points/s", rate_text(result)),
     ]
     print(text.rows_text(rows))
     for line in (repeat_line(result), runs.checkpoint_line(result)):

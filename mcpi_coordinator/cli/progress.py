@@ -73,7 +73,9 @@ class RunProgress:
     waiting_on: str = ""
     alive: int = 0
     points: int = 0
-    """Points of every completed chunk: the bar."""
+    """Points of every completed chunk: the bar (a resumed run's saved ones included)."""
+    resumed_points: int = 0
+    """Of ``points``, those a resumed run took from its checkpoint: not in the rate."""
     counted_points: int = 0
     counted_inside: int = 0
     """What the estimate counts so far (streams 0..k-1, which can lag the bar)."""
@@ -86,6 +88,12 @@ class RunProgress:
         self.phase = Phase.SAMPLING
         self.sampling_since = self.clock()
 
+    def add_resumed(self, chunk_points: int, counted_points: int, counted_inside: int) -> None:
+        """A resumed run's checkpoint holds chunks of ``chunk_points``: the bar starts
+        there, the estimate counts these, and the rate leaves them out."""
+        self.resumed_points += chunk_points
+        self.add(chunk_points, counted_points, counted_inside)
+
     def add(self, chunk_points: int, counted_points: int, counted_inside: int) -> None:
         """A chunk of ``chunk_points`` completed; the estimate now counts these."""
         self.points += chunk_points
@@ -93,9 +101,10 @@ class RunProgress:
         self.counted_inside = counted_inside
 
     def rate(self, now: float) -> float | None:
-        if self.sampling_since is None or self.points == 0 or now <= self.sampling_since:
+        computed = self.points - self.resumed_points
+        if self.sampling_since is None or computed == 0 or now <= self.sampling_since:
             return None
-        return self.points / (now - self.sampling_since)
+        return computed / (now - self.sampling_since)
 
 
 def progress_line(progress: RunProgress, now: float, width: int) -> Text:
@@ -170,13 +179,13 @@ def _fit(line: str, width: int) -> Text:
     return fitted
 
 
-def final_line(progress: RunProgress, now: float, stopped_early: str | None, width: int | None = None) -> str:
-    """The one line left on the terminal when the bar goes; the rate is left out when
-    the line would not fit in ``width`` columns."""
-    since = progress.started if progress.sampling_since is None else progress.sampling_since
-    took = now - progress.started
-    per_second = progress.points / (now - since) if now > since else 0.0
-    what = f"{progress.points:,} points in {took:.1f} s"
+def final_line(points: int, seconds: float, per_second: float, stopped_early: str | None,
+               width: int | None = None) -> str:  # fmt: skip
+    """The one line left on the terminal when the bar goes: ``points`` computed in
+    ``seconds`` at ``per_second``, the very figures of the result's table (its points/s
+    is points over its wall time, start-up included, as a user's clock counts it); the
+    rate is left out when the line would not fit in ``width`` columns."""
+    what = f"{points:,} points in {seconds:.1f} s"
     rate = f" ({text.rate(per_second)} points/s)"
     head = f"stopped early ({stopped_early}) after " if stopped_early is not None else "sampled "
     line = head + what + rate

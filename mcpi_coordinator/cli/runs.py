@@ -19,6 +19,7 @@ from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused, RunParame
 from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli.text import plural
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
+from mcpi_coordinator.statistics import points_to_reach
 from mcpi_coordinator.verify import VerifyStats
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
@@ -86,6 +87,23 @@ class PreparedRun:
 
 def resume_hint(checkpoint: Checkpoint) -> str:
     return f"carry on with: mcpi estimate --resume {shlex.quote(str(checkpoint.path))}"
+
+
+def fill_target_budget(args: argparse.Namespace, most: int) -> str | None:
+    """A --target-error without --points runs until the target is reached: its points
+    are the most the target can take (``statistics.points_to_reach``; the default
+    1e9 would cut short any target under ~1.02e-4). Sets ``args.points`` to them, or
+    says why it cannot (more than ``most``)."""
+    if args.points is not None or args.target_error is None or args.resume is not None:
+        return None
+    needed = points_to_reach(args.target_error)
+    if needed > most:
+        return (
+            f"--target-error {args.target_error:g} can take up to {needed:.3g} points, more than a "
+            f"run may draw ({most:,}); give --points N to stop after N points whatever the error"
+        )
+    args.points = needed
+    return None
 
 
 def prepare(args: argparse.Namespace) -> PreparedRun:
@@ -158,7 +176,7 @@ def verify_row(result: EstimateResult) -> tuple[str, str] | None:
     stats = result.verification
     if stats is None:
         return None
-    text = f"{stats.verified_chunks:,} chunks checked on a second worker (--verify {stats.fraction:g})"
+    text = f"{plural(stats.verified_chunks, 'chunk')} checked on a second worker (--verify {stats.fraction:g})"
     if stats.local_checks:
         text += f", {stats.local_checks:,} of them by the coordinator itself"
     if stats.mismatches:
@@ -178,7 +196,7 @@ def checkpoint_line(result: EstimateResult) -> str | None:
     if result.checkpoint is None:
         return None
     taken = f", {result.resumed_chunks:,} of them from before" if result.resumed_chunks else ""
-    line = f"checkpoint: {result.checkpoint} ({result.saved_chunks:,} chunks saved{taken})"
+    line = f"checkpoint: {result.checkpoint} ({plural(result.saved_chunks, 'chunk')} saved{taken})"
     if result.stopped_early == "max_time":
         line += f"; carry on with: mcpi estimate --resume {shlex.quote(result.checkpoint)}"
     return line
