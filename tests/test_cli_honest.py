@@ -180,7 +180,8 @@ def test_one_chunk_is_one_chunk(tmp_path: Path) -> None:
 
 def test_the_kernel_row_names_what_counted() -> None:
     """The workers said numba-fused counted; the row said 'numpy'."""
-    run = mcpi("estimate", "-n", "2e6", "-w", "1", "-s", "1", env={"MCPI_NUMPY_IMPL": "fused"})
+    run = mcpi("estimate", "-n", "2e6", "-w", "1", "-s", "1", "--startup-timeout", "300",  # a first compile
+               env={"MCPI_NUMPY_IMPL": "fused"})
     assert run.returncode == 0, run.stderr
     assert rows_of(run.stdout)["kernel"] == "numpy (numba-fused)"
     plain = mcpi("estimate", "-n", "2e6", "-w", "1", "-s", "1", env={"MCPI_NUMPY_IMPL": "numpy"})
@@ -222,17 +223,6 @@ def test_combine_of_a_binary_file_or_of_other_json_says_what_it_is(tmp_path: Pat
         mcpi("combine", str(fake)),
         f"mcpi combine: error: {fake}: not the JSON mcpi estimate --part I/K --json prints (it has no 'seed')",
     )
-
-
-def test_a_note_about_idle_workers_does_not_precede_a_failure() -> None:
-    """'note: 1 chunk for 2 workers leaves 1 idle' came before the failure it has
-    nothing to do with: advice on a run that worked comes after it, or not at all."""
-    failing = mcpi("estimate", "-n", "1000", "-w", "2", "--worker-cmd", f"{FAKE} --crash-after 0")
-    assert failing.returncode == 1
-    assert "note:" not in failing.stderr, failing.stderr
-    working = mcpi("estimate", "-n", "1000", "-w", "2", "-s", "1")
-    assert working.returncode == 0
-    assert working.stderr.startswith("mcpi estimate: note: 1 chunk for 2 workers"), working.stderr
 
 
 def test_the_self_check_says_it_compiles_before_it_waits() -> None:

@@ -263,6 +263,8 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
             prepared.close()
             args.command_parser.error(problem)
     seed, seed_drawn = prepared.seed, prepared.seed_drawn
+    if not args.quiet:
+        _hint_idle_workers(args)
     try:
         try:
             outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
@@ -279,8 +281,6 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         print(json.dumps(result_json(outcome)))
     else:
         print_result(outcome, seed_drawn=seed_drawn)
-    if not args.quiet:  # advice for the next run: after this one worked, not before a failure
-        _hint_idle_workers(args)
     if args.plot is not None:  # drawn from the per-chunk counts the run kept anyway
         try:
             picture = plots.plot_estimate(outcome, args.plot)
