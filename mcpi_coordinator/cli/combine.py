@@ -67,9 +67,10 @@ def register(subparsers: Any) -> None:
 
 
 MAX_FILE_BYTES: Final[int] = 4 * 2**20
-"""The most a file given to combine may hold: a part's --json is a few KiB (with
-per-worker rows, ~200 bytes a worker: ~200 KiB for 1,024 workers). Read no further, so /dev/zero or a 1 GiB file
-is one line, not minutes of reading and a MemoryError."""
+"""The most a file given to combine may hold: a part's --json is a few KiB (its
+per-worker rows take ~200 bytes a worker: ~200 KiB for 1,024 workers). Read no
+further, so /dev/zero or a 1 GiB file is one line, not minutes of reading and a
+MemoryError."""
 MAX_STDIN_BYTES: Final[int] = 16 * MAX_FILE_BYTES
 """The most stdin may hold: several parts, one a line."""
 
