@@ -15,7 +15,7 @@ fails is not used at all: the worker compiles in memory and says why once in its
 
 Group-writable is refused even where the group has only this user in it (a "user
 private group"): telling the two apart needs the group database, and the cost of a
-refusal is only the compile time (a fraction of a second per worker process).
+refusal is only the compile time, paid in each worker process that loads the kernel.
 """
 
 from __future__ import annotations

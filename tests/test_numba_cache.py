@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,21 @@ def test_numbas_default_cache_location_is_checked_too(tmp_path: Path) -> None:
     assert f"{source_dir} is writable by others" in str(refusal(module.f))
     source_dir.chmod(0o755)
     assert refusal(module.f) is None
+
+
+def test_the_refusal_is_one_warning_however_many_workers(tmp_path: Path) -> None:
+    """Every local worker refuses the same directory for the same reason: ``mcpi
+    estimate`` shows that once, not once per worker."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "--workers", "2", "--points", "2e6",
+         "--chunk-size", "1e6", "--seed", "1", "--startup-timeout", "600"],  # each compiles: seconds
+        env=base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(shared)),
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    refusals = [line for line in done.stderr.splitlines() if "fused_kernel_cache_refused" in line]
+    assert len(refusals) == 1, done.stderr
+    assert f"{shared} is writable by others (mode 0777)" in refusals[0]

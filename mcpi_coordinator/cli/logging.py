@@ -9,9 +9,10 @@ structlog its own way. Log lines go to stderr, never stdout: stdout is for resul
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -44,6 +45,38 @@ def _worker_not_slot(_logger: Any, _method: str, event: MutableMapping[str, Any]
     if "slot" in event and "worker" not in event:
         event["worker"] = event.pop("slot")
     return event
+
+
+_RELAYED: Final = re.compile(r"worker ([0-9]+): (.*)", re.DOTALL)
+"""A worker's own log line as the pool relays it (``connection.stderr_relay``)."""
+
+MAX_REMEMBERED: Final[int] = 1024
+"""Distinct worker warnings remembered; beyond them, repeats are shown again (memory
+stays bounded however many different lines workers write)."""
+
+
+class _WorkerWarningsOnce:
+    """A warning every worker logs alike (``fused_kernel_cache_refused``, the same reason
+    on 16 local workers) is shown once, for the first worker that says it: it says the
+    same thing about the same cause, and 16 copies would bury the rest. A warning that
+    differs in any field (another host's path) is shown too. Lines below warning (the
+    ``--log-level info`` chatter) are all shown."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def __call__(self, _logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if method not in ("warning", "warn"):
+            return event
+        relayed = _RELAYED.fullmatch(str(event.get("event", "")))
+        if relayed is None or str(event.get("worker")) != relayed[1]:
+            return event
+        said = (relayed[2], repr(event.get("fields")))
+        if said in self._seen:
+            raise structlog.DropEvent
+        if len(self._seen) < MAX_REMEMBERED:
+            self._seen.add(said)
+        return event
 
 
 def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -79,6 +112,7 @@ def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> Non
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             _worker_not_slot,
+            _WorkerWarningsOnce(),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             *renderers,
