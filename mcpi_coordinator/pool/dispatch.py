@@ -48,6 +48,7 @@ import trio
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
+from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.protocol import (
     HEADER,
     MAX_GROUPS,
@@ -495,21 +496,23 @@ def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
 
 def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
     """Why a worker with this ``welcome`` cannot take ``chunk`` (in pieces of one stream
-    or more, if ``splittable``), or None."""
+    or more, if ``splittable``), or None. The worker's own words in it (its name, its
+    kernels' names) are shown escaped: the message may reach a terminal."""
+    worker = printable(welcome.worker)
     if chunk.kernel not in welcome.kernels:
-        offered = ", ".join(welcome.kernels) or "none"
-        return f"no worker offers kernel {chunk.kernel!r} ({welcome.worker} offers {offered})"
+        offered = printable(", ".join(welcome.kernels)) or "none"
+        return f"no worker offers kernel {chunk.kernel!r} ({worker} offers {offered})"
     points = chunk.points if splittable else chunk.total_points
     if points > welcome.max_points:
-        return f"{welcome.worker} accepts at most {welcome.max_points} points per request, not {points}"
+        return f"{worker} accepts at most {welcome.max_points} points per request, not {points}"
     frame = sample_frame_size(chunk if not splittable else replace(chunk, streams=1))
     if frame > welcome.max_frame:
-        return f"{welcome.worker} takes frames of at most {welcome.max_frame} bytes, and this sample's is {frame}"
+        return f"{worker} takes frames of at most {welcome.max_frame} bytes, and this sample's is {frame}"
     if not splittable and chunk.streams > 1:
         if welcome.version < RANGE_VERSION:
             return (
                 f"a range of streams needs protocol version {RANGE_VERSION} "
-                f"({welcome.worker} speaks {welcome.version})"
+                f"({worker} speaks {welcome.version})"
             )
         if chunk.streams > MAX_GROUPS:
             return f"a range of {chunk.streams} streams is more than one request reports ({MAX_GROUPS})"
