@@ -17,8 +17,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_golden import KERNEL_TABLE
 
-from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, lanes, numpy_impl
+from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck, lanes, numpy_impl
+from mcpi_worker.kernels.base import never
 from mcpi_worker.kernels.choice import LoadedFused, NumbaNotInstalled, load_fused
+from mcpi_worker.protocol import Sample
+from mcpi_worker.sampling import count_groups
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 
@@ -138,3 +141,28 @@ def test_without_numba_a_range_is_counted_by_numpy_stream_by_stream() -> None:
     kernel.prepare()
     assert kernel.status().unavailable == "numba is not installed (hidden)"
     assert kernel.count_streams(3, 10, 11, 500) == numpy_counts(3, 10, 11, 500)
+
+
+def test_a_range_of_long_streams_reaches_the_lanes_whole() -> None:
+    """The worker's range loop (sampling.count_groups) slices a range by work for the stop
+    checks; a kernel that counts ranges itself gets at least a group of lanes a slice."""
+    slices: list[int] = []
+
+    class RangeKernel:
+        def __call__(self, seed: int, stream: int, points: int, should_stop: StopCheck = never) -> int:
+            raise AssertionError("a range goes to count_streams")
+
+        def count_streams(self, seed: int, first: int, streams: int, points: int, should_stop: StopCheck) -> list[int]:
+            slices.append(streams)
+            return [1] * streams
+
+    request = Sample(id=1, seed=1, stream=0, points=10_000_000, kernel="numpy", streams=100, group=1)
+    assert count_groups(RangeKernel(), request) == [1] * 100
+    assert slices == [lanes.LANES, 100 - lanes.LANES]
+
+
+def test_zero_point_streams_still_see_the_stop_flag_every_call() -> None:
+    should_stop, calls = stop_after(2)
+    with pytest.raises(Cancelled):
+        lanes.count_streams(1, 0, 2**20, 0, should_stop)
+    assert calls[0] == 2

@@ -62,6 +62,10 @@ POINTS_PER_CALL: Final[int] = 1 << 21
 cancel, end of input or the parent's death is seen within milliseconds; a call costs
 a few microseconds, so the checks cost nothing."""
 
+SEED_COST_POINTS: Final[int] = 256
+"""What seeding one stream costs in this loop, counted in points (~60 ns): a call of
+zero-point streams still ends, and checks the stop flag, within ``POINTS_PER_CALL``."""
+
 _U11: Final = np.uint64(11)
 _U3: Final = np.uint64(3)
 _U24: Final = np.uint64(24)
@@ -277,7 +281,7 @@ def count_streams(
     if points * LANES > points_per_call:
         _count_long(seed, first, streams, points, should_stop, counts, points_per_call)
         return [int(n) for n in counts]
-    per_call = max(LANES, points_per_call // max(points, 1) // LANES * LANES)
+    per_call = max(LANES, points_per_call // (points + SEED_COST_POINTS) // LANES * LANES)
     done = 0
     while done < streams:
         if should_stop():
