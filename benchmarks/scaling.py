@@ -25,7 +25,17 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    points (``auto``, the default, vs ``numpy``, today's path: no slower) and at
    ``--points`` (``auto``, ``fused``, ``numpy``).
 
+5. With ``--cold`` (and nothing else): issue 18's whole cold commands, what a user runs
+   (fresh processes, the default ``MCPI_NUMPY_IMPL=auto``), each in interleaved rounds,
+   wall time and the CPU time of the command and its children:
+   - ``mcpi estimate --points 1e9 --workers 2`` vs ``benchmarks/executor_numpy.py 1e9``,
+     ProcessPoolExecutor + NumPy on 2 processes as a user writes it (target <= 0.4x);
+   - ``--workers 1`` vs ``--workers 2`` at ``--big`` points (1e10; target speed-up >= 1.8);
+   - ``--workers 1 --worker-cmd "mcpi-worker --jobs 2"`` vs ``--workers 2`` (<= 1.1x);
+   - ``--chunk-size 1e4`` vs ``1e7`` at 1e9 points (<= 1.3x).
+
     python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold] [--implementations]
+    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10]
 """
 
 from __future__ import annotations
@@ -209,6 +219,77 @@ def compare_implementations(points: int, rounds: int) -> None:
         print(f"mcpi estimate {points:.0e}, {implementation} vs numpy: {ratio:.2f}x faster")
 
 
+# ------------------------------------------------------------------ issue 18: whole cold commands
+
+EXECUTOR_NUMPY = str(Path(__file__).with_name("executor_numpy.py"))
+
+
+def cold_command(argv: list[str], parse: Callable[[str], int]) -> Callable[[], tuple[float, float, int]]:
+    """``run() -> (wall seconds, CPU seconds of the command and its children, inside)``."""
+
+    def run() -> tuple[float, float, int]:
+        before = os.times()
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - started
+        after = os.times()
+        cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        return wall, cpu, parse(done.stdout)
+
+    return run
+
+
+def mcpi_estimate(points: int, *options: str) -> Callable[[], tuple[float, float, int]]:
+    argv = [*MCPI, "estimate", "--json", "--seed", str(SEED), "--points", str(points), *options]
+    return cold_command(argv, lambda out: int(json.loads(out)["inside"]))
+
+
+def cold_targets(points: int, big: int, rounds: int) -> None:
+    worker = str(Path(sys.executable).with_name("mcpi-worker"))
+    contenders: dict[str, Callable[[], tuple[float, float, int]]] = {
+        "mcpi -w2": mcpi_estimate(points, "--workers", "2"),
+        "executor+numpy x2": cold_command(
+            [sys.executable, EXECUTOR_NUMPY, str(points), "--workers", "2"], lambda out: int(out.split()[0])
+        ),
+        "mcpi -w2 chunk 1e4": mcpi_estimate(points, "--workers", "2", "--chunk-size", "1e4"),
+        "mcpi -w1 big": mcpi_estimate(big, "--workers", "1"),
+        "mcpi -w2 big": mcpi_estimate(big, "--workers", "2"),
+        "mcpi -w1 --jobs 2 big": mcpi_estimate(big, "--workers", "1", "--worker-cmd", f"{worker} --jobs 2"),
+    }
+    print(f"issue 18, whole cold commands: {points:.0e} and big = {big:.0e} points, {rounds} rounds; {load()}")
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    counts: dict[str, set[int]] = {name: set() for name in contenders}
+    names = list(contenders)
+    for round_number in range(rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            wall, cpu, inside = contenders[name]()
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            counts[name].add(inside)
+        print(f"  round {round_number + 1}: " + ", ".join(f"{n} {walls[n][-1]:.2f}s" for n in names) + f"; {load()}")
+    wall = {name: statistics.median(values) for name, values in walls.items()}
+    cpu = {name: statistics.median(values) for name, values in cpus.items()}
+    print(f"\n  {'':24} {'wall s':>8} {'CPU s':>8}   (every round's wall)")
+    for name in names:
+        print(f"  {name:24} {wall[name]:8.3f} {cpu[name]:8.3f}   ({', '.join(f'{t:.2f}' for t in walls[name])})")
+    # The same seed, points and chunk size give the same count on any number of workers.
+    same = [counts[name] for name in ("mcpi -w2", "mcpi -w2 chunk 1e4")]
+    same.append(counts["mcpi -w1 big"] | counts["mcpi -w2 big"] | counts["mcpi -w1 --jobs 2 big"])
+    print(f"  mcpi counts agree (per chunk size, across workers and rounds): {all(len(c) == 1 for c in same)}")
+    print()
+
+    def ratio(a: str, b: str, what: str, target: str) -> None:
+        print(f"  {what:58} wall {wall[a] / wall[b]:5.2f}x  CPU {cpu[a] / cpu[b]:5.2f}x   (target {target})")
+
+    ratio("mcpi -w2", "executor+numpy x2", f"mcpi -w2 / executor+NumPy x2 at {points:.0e}", "<= 0.4")
+    ratio("mcpi -w1 big", "mcpi -w2 big", f"speed-up 1 -> 2 workers at {big:.0e}", ">= 1.8")
+    ratio("mcpi -w1 --jobs 2 big", "mcpi -w2 big", "--workers 1 --jobs 2 / --workers 2", "<= 1.1")
+    ratio("mcpi -w2 chunk 1e4", "mcpi -w2", "chunk 1e4 / chunk 1e7", "<= 1.3")
+    print(f"  {load()}")
+
+
 # ------------------------------------------------------------------ memory
 
 
@@ -228,9 +309,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--implementations", action="store_true")
+    parser.add_argument("--cold", action="store_true", help="issue 18's whole cold commands")
+    parser.add_argument("--big", type=count, default=10**10, help="points of --cold's scaling runs")
     args = parser.parse_args()
     configure_logging("warning")
     points = args.points
+    if args.cold:
+        cold_targets(points, args.big, args.rounds)
+        return
     if args.implementations:
         compare_implementations(points, args.rounds)
         return
