@@ -279,8 +279,11 @@ def test_more_parameters_than_mcpi_writes_are_refused(tmp_path: Path, sql: str) 
     one_line(caught.value, "corrupt")
 
 
-@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "directory"])
-def test_a_resume_of_something_not_a_file_is_refused(tmp_path: Path, target: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("/dev/zero", "not a regular file"), ("fifo", "not a regular file"), ("directory", "is a directory")],
+)
+def test_a_resume_of_something_not_a_file_is_refused(tmp_path: Path, target: str, expected: str) -> None:
     path = Path(target)
     if target == "fifo":
         path = tmp_path / "fifo"
@@ -289,7 +292,7 @@ def test_a_resume_of_something_not_a_file_is_refused(tmp_path: Path, target: str
         path = tmp_path
     with pytest.raises(CheckpointRefused) as caught:
         Checkpoint.resume(path)
-    one_line(caught.value, "not a regular file")
+    one_line(caught.value, expected)
 
 
 def test_crafted_checkpoints_through_the_command_are_one_line_and_exit_2(tmp_path: Path) -> None:
