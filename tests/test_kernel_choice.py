@@ -339,3 +339,43 @@ def test_a_load_done_in_the_middle_of_a_range_takes_the_rest_of_it() -> None:
     counts = kernel.count_streams(3, 10, 6, 500, load_ends_as_the_third_stream_starts)
     assert counts == [numpy_impl.count(3, 10 + i, 500) for i in range(6)]
     assert fake.calls == [3 * 500]  # streams 13..15 in one call of the range loop
+
+
+class FakeCache:
+    """numba's cache, cold until told otherwise; counts what is asked of it."""
+
+    def __init__(self) -> None:
+        self.warm_now = False
+        self.warmings = 0
+        self.marks = 0
+
+    def is_warm(self) -> bool:
+        return self.warm_now
+
+    def warm(self) -> None:
+        self.warmings += 1
+
+    def mark_warm(self) -> None:
+        self.marks += 1
+
+
+def test_auto_with_a_cold_cache_warms_it_elsewhere_and_loads_once_it_is_warm() -> None:
+    fake, cache = FakeFused(), FakeCache()
+    kernel = NumpyKernel(Policy.AUTO, loader=fake.load, switch_after_points=1000, cache=cache)
+    for stream in range(3):  # 1500 points: the switch was due, the cache cold
+        assert kernel.count(1, stream, 500) == numpy_impl.count(1, stream, 500)
+    assert (cache.warmings, fake.loads, kernel.implementation()) == (1, 0, Implementation.NUMPY)
+    for stream in range(3, 6):  # looked at again after a quarter of the switch: still cold
+        kernel.count(1, stream, 500)
+    assert (cache.warmings, fake.loads) == (1, 0)  # warmed once, not once a look
+    cache.warm_now = True  # the other process is done
+    kernel.count(1, 6, 500)
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+    assert (cache.warmings, fake.loads, cache.marks) == (1, 1, 1)
+
+
+def test_a_load_marks_the_cache_warm_under_every_policy() -> None:
+    fake, cache = FakeFused(), FakeCache()
+    kernel = NumpyKernel(Policy.FUSED, loader=fake.load, cache=cache)
+    kernel.prepare()
+    assert (fake.loads, cache.marks, cache.warmings) == (1, 1, 0)  # fused: loads, even from cold

@@ -373,3 +373,78 @@ def test_workers_started_from_a_directory_holding_another_mcpi_worker_do_not_imp
     from_checkout = run(other.parent)
     assert not marker.exists()
     assert from_checkout["inside"] == run(tmp_path)["inside"]
+
+
+def warmers(cache_dir: str) -> list[psutil.Process]:
+    """The cache-warming processes working on ``cache_dir`` (NUMBA_CACHE_DIR)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "mcpi_worker.kernels.warm" in (process.info["cmdline"] or []) and (
+                process.environ().get("NUMBA_CACHE_DIR") == cache_dir
+            ):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def long_sample_answers(environ: dict[str, str]) -> tuple[list[Message], list[dict[str, Any]]]:
+    """One sample past auto's switch (2.5e8 points: ~0.7 s of NumPy); once it is answered,
+    end of input."""
+    process = subprocess.Popen(
+        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
+    )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    try:
+        client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
+        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker"))
+        client.send(Sample(id=1, seed=7, stream=0, points=250_000_000, kernel="numpy"))
+        messages = [client.receive(), client.receive()]
+        process.stdin.close()
+        stderr = process.stderr.read()
+        assert process.wait(timeout=TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    logs = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    return messages, logs
+
+
+def test_auto_never_compiles_in_the_worker_a_cold_cache_is_warmed_by_another_process(cache_dir: str) -> None:
+    """The first run after an install: the worker counts on with NumPy (no compile on its
+    CPU, no wait at its exit) and a separate process compiles into numba's cache."""
+    environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
+    try:
+        messages, logs = long_sample_answers(environ)
+        (result,) = [m for m in messages if isinstance(m, Result)]
+        assert result.inside == numpy_impl.count(7, 0, 250_000_000)
+        assert events(logs, "fused_kernel_cache_cold")
+        assert not events(logs, "numpy_kernel_implementation")  # nothing loaded, nor compiled, here
+        deadline = time.monotonic() + TIMEOUT
+        while not warmers(cache_dir):  # it may be starting still: the worker did not wait for it
+            assert time.monotonic() < deadline, "no process warms the cache"
+            time.sleep(0.05)
+    finally:
+        for process in warmers(cache_dir):
+            process.kill()
+
+
+def test_auto_loads_from_a_warm_cache_in_the_worker(cache_dir: str) -> None:
+    environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
+    warm = subprocess.run(
+        [sys.executable, "-c", "from mcpi_worker.kernels.warm import main; main(niceness=0)"],
+        env=environ,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert warm.returncode == 0, warm.stderr
+    messages, logs = long_sample_answers(environ)
+    (result,) = [m for m in messages if isinstance(m, Result)]
+    assert result.inside == numpy_impl.count(7, 0, 250_000_000)
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["compiled"] is False and not events(logs, "fused_kernel_cache_cold")

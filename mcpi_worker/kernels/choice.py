@@ -13,7 +13,10 @@ short run's whole sampling time. So the policy (``MCPI_NUMPY_IMPL``):
   to it, the running one included, at its next block boundary. A short run never
   pays the load; a long one pays it once, after it has run long enough to earn it
   back (the rent-or-buy rule: never worse than the better choice made in hindsight
-  by more than the load itself).
+  by more than the load itself). Only from a warm cache: where numba's cache is cold
+  (the first run after an install), compiling (~5 s of CPU) would make the run slower
+  than NumPy alone, so another process compiles it at the lowest priority
+  (``warm.py``) while this one counts on with NumPy, and loads once it is warm.
 - ``fused``: load as early as possible: ``prepare`` (``prepare_kernels`` at worker
   start-up) loads it at once; without it, the first sample starts the background load.
   For a coordinator that knows its run is long.
@@ -122,6 +125,35 @@ class LoadedFused:
 
 Loader = Callable[[], LoadedFused]
 
+
+class FusedCache(Protocol):
+    """numba's on-disk cache of the fused implementation (``warm.NumbaCache``)."""
+
+    def is_warm(self) -> bool:
+        """Whether a load in this process takes the machine code from the cache."""
+        ...
+
+    def warm(self) -> None:
+        """Start filling it off this process, at the lowest priority."""
+        ...
+
+    def mark_warm(self) -> None:
+        """Note that a load here has filled it (or found it full)."""
+        ...
+
+
+class AlwaysWarm:
+    """The cache of a loader that has none (a test's fake): loading is all there is."""
+
+    def is_warm(self) -> bool:
+        return True
+
+    def warm(self) -> None:
+        pass
+
+    def mark_warm(self) -> None:
+        pass
+
 _VERIFY_RUNS: Final[tuple[tuple[int, int, int, int], ...]] = (
     # seed, stream, points, block_points: across the loop's buffer and its blocks.
     (12345, 0, 100_003, 65_536),
@@ -217,8 +249,9 @@ class NumpyKernel:
     ``policy`` None reads ``MCPI_NUMPY_IMPL`` at first use (so that importing this
     package never fails on a bad value; ``prepare`` reports it). ``loader`` is how the
     fused implementation is loaded: tests pass fakes (one that fails as a machine
-    without numba does, one that counts its calls, one that takes its time). Safe to
-    call from several threads at once.
+    without numba does, one that counts its calls, one that takes its time). ``cache``
+    is numba's cache as ``auto`` sees it (default: ``warm.NumbaCache`` for the real
+    loader, ``AlwaysWarm`` for any other). Safe to call from several threads at once.
     """
 
     def __init__(
@@ -228,9 +261,13 @@ class NumpyKernel:
         loader: Loader = load_fused,
         switch_after_points: int = SWITCH_AFTER_POINTS,
         environ: Mapping[str, str] = os.environ,
+        cache: FusedCache | None = None,
     ) -> None:
         self._policy = policy
         self._loader = loader
+        self._cache = cache
+        self._warming = False
+        self._next_look = switch_after_points
         self._switch_after_points = switch_after_points
         self._environ = environ
         self._lock = threading.Lock()
@@ -333,16 +370,40 @@ class NumpyKernel:
 
     def _switch(self, counted: int) -> Continuation | None:
         """After each NumPy block: account for it; start the load when renting stops
-        paying; once loaded, hand the rest of the sample over."""
+        paying, from a warm cache only (a cold one is warmed by another process, and
+        looked at again every quarter of the switch's points); once loaded, hand the
+        rest of the sample over."""
         with self._lock:
             self._numpy_points += counted
             if self._fused is not None:
                 return self._fused.count_from
-            due = self._load is _Load.NOT_TRIED and self._numpy_points >= self._switch_after_points
+            due = self._load is _Load.NOT_TRIED and self._numpy_points >= self._next_look
+            if due:
+                self._next_look = self._numpy_points + max(1, self._switch_after_points // 4)
             total = self._numpy_points
         if due:
-            self._start_background_load(f"MCPI_NUMPY_IMPL=auto, after {total} points counted with NumPy")
+            cache = self._fused_cache()
+            if cache.is_warm():
+                self._start_background_load(f"MCPI_NUMPY_IMPL=auto, after {total} points counted with NumPy")
+            elif not self._warming:
+                self._warming = True
+                cache.warm()
+                kernel_log().info(
+                    "fused_kernel_cache_cold",
+                    consequence="compiling it in a separate process at the lowest priority; NumPy "
+                    "counts until it is done (this run, if it lasts, or the next one)",
+                )
         return None
+
+    def _fused_cache(self) -> FusedCache:
+        if self._cache is None:
+            if self._loader is load_fused:
+                from mcpi_worker.kernels.warm import NumbaCache
+
+                self._cache = NumbaCache()
+            else:
+                self._cache = AlwaysWarm()
+        return self._cache
 
     # ------------------------------------------------------------------ loading
 
@@ -394,6 +455,7 @@ class NumpyKernel:
         with self._lock:
             self._load, self._fused = _Load.LOADED, loaded
             self._load_done.notify_all()
+        self._fused_cache().mark_warm()
         kernel_log().info(
             "numpy_kernel_implementation",
             implementation=Implementation.NUMBA_FUSED.value,

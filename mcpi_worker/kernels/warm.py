@@ -1,0 +1,127 @@
+"""numba's cache for the fused kernels: whether it is warm, and warming it off the run.
+
+Loading the fused implementation from numba's on-disk cache costs a worker ~0.4 s of
+CPU; compiling it (the first time after an install, or after numba or the kernels
+changed) costs ~5-6 s. Under ``MCPI_NUMPY_IMPL=auto`` a worker must never be slower
+than NumPy alone would have been, so it loads in its own process only from a warm
+cache; a cold one is compiled by a separate process at the lowest CPU priority
+(``python -m mcpi_worker.kernels.warm``), which takes only CPU time nobody else wants,
+keeps going after the run that started it has ended, and marks the cache warm for the
+next run (or for this one, if it is still counting by then).
+
+Warm means: a marker file, written after a load in this environment succeeded, named
+by what the machine code depends on (numba's version, the kernels' sources, the
+interpreter, ``NUMBA_CACHE_DIR``). Checking it imports nothing heavy. A cache removed
+behind the marker's back only costs one in-process compile, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+KERNEL_SOURCES: Final[tuple[str, ...]] = ("fused.py", "fused_range.py", "lanes.py")
+"""The modules numba compiles (their text is part of the marker's name)."""
+
+_HERE: Final[Path] = Path(__file__).resolve().parent
+
+
+@cache
+def marker_directory() -> Path | None:
+    """Where markers go: beside numba's own cache of these modules when that is writable,
+    else the user's cache directory; None when neither is."""
+    candidates = [_HERE / "__pycache__"]
+    user_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    candidates.append(Path(user_cache) / "mcpi")
+    for directory in candidates:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(directory, os.W_OK):
+            return directory
+    return None
+
+
+@cache
+def marker_path() -> Path | None:
+    """This environment's marker (None: nowhere to keep one)."""
+    directory = marker_directory()
+    if directory is None:
+        return None
+    key = hashlib.sha256()
+    try:
+        key.update(importlib.metadata.version("numba").encode())
+    except importlib.metadata.PackageNotFoundError:
+        return None  # no numba: nothing to warm
+    key.update(sys.version.encode())
+    key.update(os.environ.get("NUMBA_CACHE_DIR", "").encode())
+    for name in KERNEL_SOURCES:
+        key.update((_HERE / name).read_bytes())
+    return directory / f"mcpi-fused-{key.hexdigest()[:16]}.warm"
+
+
+class NumbaCache:
+    """numba's cache for the fused kernels, as ``choice.NumpyKernel`` sees it."""
+
+    def is_warm(self) -> bool:
+        """True when a load in this process would take the machine code from the cache
+        (or when there is no marker to go by: then loading is all there is to do)."""
+        path = marker_path()
+        return path is None or path.exists()
+
+    def mark_warm(self) -> None:
+        path = marker_path()
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.touch()
+
+    def warm(self) -> None:
+        """Start ``python -m mcpi_worker.kernels.warm`` in a session of its own, its
+        output discarded: it outlives this worker on purpose (the compile is bounded,
+        and its work is what the next run loads). Running the package this process
+        runs, not one the current directory may hold."""
+        package_parent = str(_HERE.parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
+        with contextlib.suppress(OSError):
+            subprocess.Popen(
+                [sys.executable, "-P", "-m", "mcpi_worker.kernels.warm"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=environ,
+            )
+
+
+def main(niceness: int = 19) -> int:
+    """Compile (or load) the fused kernels at the lowest priority (``niceness`` added to
+    this process's) and mark the cache warm; at most one such process at a time per
+    marker (the others leave at once)."""
+    os.nice(niceness)
+    path = marker_path()
+    if path is None or path.exists():
+        return 0
+    with open(path.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 0  # another process is warming it
+        from mcpi_worker.kernels.choice import load_fused
+
+        load_fused()  # compiles into numba's cache, and checks the counts
+        NumbaCache().mark_warm()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
