@@ -58,7 +58,7 @@ class FakeFused:
     def load(self) -> LoadedFused:
         self.loads += 1
         return LoadedFused(
-            self.count, self.count_from, self.count_streams, load_s=0.0, compiled=False, cache_path=None
+            self.count, self.count_from, self.count_streams, load_s=0.0, compiled=False, cache_path="/cache"
         )
 
     def count(
@@ -379,3 +379,17 @@ def test_a_load_marks_the_cache_warm_under_every_policy() -> None:
     kernel = NumpyKernel(Policy.FUSED, loader=fake.load, cache=cache)
     kernel.prepare()
     assert (fake.loads, cache.marks, cache.warmings) == (1, 1, 0)  # fused: loads, even from cold
+
+
+def test_a_load_compiled_in_memory_only_does_not_mark_the_cache_warm() -> None:
+    fake, cache = FakeFused(), FakeCache()
+
+    def in_memory() -> LoadedFused:
+        loaded = fake.load()
+        return LoadedFused(
+            loaded.count, loaded.count_from, loaded.count_streams, load_s=0.0, compiled=True, cache_path=None
+        )
+
+    kernel = NumpyKernel(Policy.FUSED, loader=in_memory, cache=cache)
+    kernel.prepare()
+    assert (fake.loads, cache.marks) == (1, 0)

@@ -455,7 +455,8 @@ class NumpyKernel:
         with self._lock:
             self._load, self._fused = _Load.LOADED, loaded
             self._load_done.notify_all()
-        self._fused_cache().mark_warm()
+        if loaded.cache_path is not None:  # compiled in memory only: the cache is no warmer
+            self._fused_cache().mark_warm()
         kernel_log().info(
             "numpy_kernel_implementation",
             implementation=Implementation.NUMBA_FUSED.value,

@@ -118,8 +118,10 @@ def main(niceness: int = 19) -> int:
             return 0  # another process is warming it
         from mcpi_worker.kernels.choice import load_fused
 
-        load_fused()  # compiles into numba's cache, and checks the counts
-        NumbaCache().mark_warm()
+        if load_fused().cache_path is not None:  # compiled into numba's cache, counts checked
+            NumbaCache().mark_warm()
+        # else numba may not cache here (no writable or no safe directory): a worker would
+        # compile in its own process every time, so auto stays with NumPy there.
     return 0
 
 
