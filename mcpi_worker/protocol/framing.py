@@ -7,6 +7,7 @@ anything is buffered on purpose.
 
 from __future__ import annotations
 
+import threading
 from enum import Enum
 from typing import Any, Final, NoReturn
 
@@ -25,6 +26,27 @@ from mcpi_worker.protocol.messages import (
     parse_message,
 )
 
+_REQUIRED: Final = object()
+
+_ENCODING: Final[dict[type, tuple[tuple[str, Any], ...]]] = {
+    cls: tuple((name, OPTIONAL_FIELDS[cls].get(name, _REQUIRED)) for name in names)
+    for cls, names in FIELD_NAMES.items()
+}
+"""Each message class's wire fields in order, with the value whose absence a field means
+(``_REQUIRED``: always sent), worked out once: encoding is on every request's path."""
+
+_packers = threading.local()
+"""A ``msgpack.Packer`` per thread, kept: ``packb`` builds one per call, which cost as
+much as the rest of encoding a ``sample``. Per thread, because a worker encodes on its
+reader and its compute threads."""
+
+
+def _packer() -> msgpack.Packer:
+    packer: msgpack.Packer | None = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)  # what packb(use_bin_type=True) uses
+    return packer
+
 
 def encode(message: Message) -> bytes:
     """One complete frame (length prefix included) carrying ``message``.
@@ -33,13 +55,12 @@ def encode(message: Message) -> bytes:
     bounded (``MAX_TEXT``), so only a caller building one by hand gets there.
     """
     body: dict[str, Any] = {"type": message.TYPE}
-    optional = OPTIONAL_FIELDS[type(message)]
-    for name in FIELD_NAMES[type(message)]:
+    for name, absent in _ENCODING[type(message)]:
         value = getattr(message, name)
-        if name in optional and value == optional[name]:
+        if absent is not _REQUIRED and value == absent:
             continue  # absent means that value (and keeps version 1's frames as they were)
-        body[name] = list(value) if isinstance(value, tuple) else value
-    payload: bytes = msgpack.packb(body, use_bin_type=True)
+        body[name] = list(value) if type(value) is tuple else value
+    payload: bytes = _packer().pack(body)
     if len(payload) > MAX_FRAME:
         raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame (limit {MAX_FRAME})")
     return HEADER.pack(len(payload)) + payload
