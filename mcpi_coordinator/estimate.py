@@ -27,6 +27,7 @@ import trio
 from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.launch import early
 from mcpi_coordinator.parts import Part
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_coordinator.prefix import Prefix
@@ -49,11 +50,9 @@ __all__ = [
     "run_estimate",
 ]
 
-DEFAULT_POINTS: Final[int] = 1_000_000_000
-DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
-"""40 ms of numpy work (1 s of pure Python): large enough that the ~0.1 ms a request
-costs is noise, small enough that workers finish within one chunk of each other, a
-progress bar moves smoothly and an early stop wastes little."""
+# Defined where the command reads them before it has loaded this module (launch.early).
+DEFAULT_POINTS: Final[int] = early.DEFAULT_POINTS
+DEFAULT_CHUNK_SIZE: Final[int] = early.DEFAULT_CHUNK_SIZE
 
 
 def chunk_count(points: int, chunk_size: int) -> int:

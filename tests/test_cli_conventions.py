@@ -213,16 +213,16 @@ def test_a_worker_slow_to_welcome_is_named_while_the_run_waits() -> None:
 
 
 def test_dropped_workers_are_not_counted_as_working_ones() -> None:
-    # Worker 0 is a real worker; workers 1 and 2 exit at once, every time.
+    # Worker 0 is a real worker; workers 1 and 2 exit at once, every time. --verify makes
+    # the pool wait for every worker to be ready or dropped before work starts (without
+    # it, work starts at the first ready one and the run may end before they are dropped).
     command = f"sh -c 'test {{i}} = 0 && exec {PYTHON} -m mcpi_worker; exit 3'"
-    run = mcpi(
-        "estimate", "-n", "4000", "--chunk-size", "1000", "-w", "3", "-s", "1", "--worker-cmd", command
-    )
+    args = ("-n", "4000", "--chunk-size", "1000", "-w", "3", "-s", "1", "--verify", "1", "--worker-cmd", command)
+    run = mcpi("estimate", *args)
     assert run.returncode == 0, run.stderr
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in run.stdout.splitlines() if "  " in line)
     assert rows["workers"] == "1 of 3  (0 restarts; 2 dropped after 6 failed starts)"
-    report = json.loads(mcpi("estimate", "-n", "4000", "--chunk-size", "1000", "-w", "3", "-s", "1", "--json",
-                             "--worker-cmd", command).stdout)  # fmt: skip
+    report = json.loads(mcpi("estimate", *args, "--json").stdout)
     assert (report["workers"], report["workers_retired"]) == (3, 2)
 
 
@@ -270,7 +270,12 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(signum: int, code: int, words: str)
     )  # fmt: skip
     try:
         workers = _children_of(process, 2)
-        time.sleep(0.5)  # into their chunks
+        # Into their chunks: more CPU than a worker's start-up (~0.3 s), which runs beside
+        # the coordinator's own (workers start as the command begins).
+        deadline = time.monotonic() + 60
+        while not all(w.cpu_times().user > 1.0 for w in workers):
+            assert time.monotonic() < deadline, "the workers never got busy"
+            time.sleep(0.05)
         process.send_signal(signum)
         out, err = process.communicate(timeout=30)
     finally:

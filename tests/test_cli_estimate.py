@@ -64,7 +64,8 @@ def test_estimate_json_end_to_end_and_identical_for_1_and_3_workers() -> None:
     assert low < one["pi"] < high and abs(one["error"]) < 0.01
     assert len(three["per_worker"]) == 3
     assert sum(w["chunks"] for w in three["per_worker"]) == 12
-    assert {w["host"] for w in three["per_worker"]} == {os.uname().nodename}
+    # Work starts at the first ready worker: one still starting when the run ends has no host.
+    assert {w["host"] for w in three["per_worker"] if w["chunks"]} == {os.uname().nodename}
 
 
 def test_a_deeper_pipeline_reaches_the_workers_and_gives_the_same_count() -> None:
@@ -152,7 +153,9 @@ def test_ctrl_c_exits_130_quickly_and_leaves_no_worker() -> None:
             assert time.monotonic() < deadline, "workers never started"
             time.sleep(0.05)
         workers = process.children()
-        while not all(w.cpu_times().user > 0.1 for w in workers):  # busy computing
+        # Busy computing: more CPU than a worker's start-up takes (workers start as the
+        # command begins, beside the coordinator's own start-up).
+        while not all(w.cpu_times().user > 1.0 for w in workers):
             assert time.monotonic() < deadline, "workers never got busy"
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)

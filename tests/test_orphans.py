@@ -29,8 +29,10 @@ WORKERS = 2
 ORPHAN_DEADLINE_S = 1.0
 CTRL_C_DEADLINE_S = 2.0
 SETUP_TIMEOUT_S = 60.0  # generous: CI is a loaded 2-core box
-BUSY_CPU_S = 0.3
-"""CPU seconds a worker must have used before we call it busy (numpy, so ~70 M points)."""
+BUSY_CPU_S = 1.0
+"""CPU seconds a worker must have used before we call it busy: more than its own start-up
+(~0.3 s of imports, which now runs beside the coordinator's: workers start as the command
+begins), so the coordinator is past its own start-up too and the workers are counting."""
 
 
 def _bin(name: str) -> str:

@@ -9,6 +9,7 @@ table.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import trio
 
 from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import RequestFailed
+from mcpi_coordinator.launch import early
 from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
@@ -138,3 +140,122 @@ def test_the_workers_a_run_can_use_are_all_started(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         assert sorted(starts.read_text().split()) == [str(i) for i in range(expected)]
         assert json.loads(run.stdout)["inside"] == sum(count_numpy(4, s, 1000) for s in range(3))
+
+
+# ------------------------------------------------------------------ workers started early
+
+
+def test_only_a_command_line_read_for_certain_starts_workers_early() -> None:
+    env: dict[str, str] = {}
+    assert early.plan(["estimate", "--points", "1000"], env, cpus=2) == 1  # one chunk
+    assert early.plan(["estimate", "-n", "1e8", "-s", "3", "--json", "-q"], env, cpus=2) == 2
+    assert early.plan(["estimate", "--points=3e7", "--workers=8"], env, cpus=4) == 3  # three chunks
+    assert early.plan(["estimate"], env, cpus=2) == 2  # 1e9 points: every CPU
+    assert early.plan(["estimate", "-w", "1"], env, cpus=2) == 1
+    assert early.plan(["estimate", "--chunk-size", "10", "-n", "100", "-w", "64"], env, cpus=2) == 2
+    for refused in (
+        [],
+        ["scatter"],
+        ["estimate", "-w", "0"],  # remote workers only
+        ["estimate", "--points", "0"],  # a usage error: nothing may start
+        ["estimate", "--points", "1.5"],
+        ["estimate", "--points"],
+        ["estimate", "-n=5"],
+        ["estimate", "--seed", str(2**64)],
+        ["estimate", "--workers", "1025"],
+        ["estimate", "--worker-cmd", "x"],
+        ["estimate", "--host", "a"],
+        ["estimate", "--resume", "f"],
+        ["estimate", "--verify", "1"],
+        ["estimate", "--kernel", "python"],
+        ["estimate", "--help"],
+    ):
+        assert early.plan(refused, env, cpus=2) == 0, refused
+    assert early.plan(["estimate"], {"MCPI_WORKER_CMD": "python -m mcpi_worker"}, cpus=2) == 0
+
+
+def test_early_bounds_are_the_commands_own() -> None:
+    """A value early.plan accepts is one the command's parser accepts, at each bound."""
+    from mcpi_coordinator.cli.main import build_parser
+
+    parser = build_parser()
+    for option, key in (("--points", "points"), ("--workers", "workers"), ("--seed", "seed"),
+                        ("--chunk-size", "chunk_size")):  # fmt: skip
+        low, high = early._LIMITS[key]
+        for value in (low, high):
+            parser.parse_args(["estimate", option, str(value)])  # no SystemExit
+
+
+def test_workers_started_early_and_not_taken_are_killed_and_reaped() -> None:
+    started = early.start(["estimate", "-n", "1e9", "-w", "2"], {})
+    try:
+        pids = [w.process.pid for w in early._started]
+        assert started == len(pids) == min(2, os.cpu_count() or 1)
+        assert all(psutil.pid_exists(pid) for pid in pids)
+    finally:
+        early.discard()
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # killed, and reaped: no zombie
+    assert early.take(early.worker_argv()) is None
+
+
+def test_a_plain_estimate_takes_the_worker_started_as_it_began() -> None:
+    env = {**os.environ, "MCPI_LOG_LEVEL": "debug", "MCPI_LOG_FORMAT": "json"}
+    env.pop("MCPI_WORKER_CMD", None)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    run = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "1000", "-s", "4", "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    early_pids = [e["pid"] for e in events if e["event"] == "worker_started_early"]
+    assert early_pids == [report["per_worker"][0]["pid"]]  # the one worker is the early one
+    assert sum(1 for e in events if e["event"] == "worker_launching") == 1
+    assert report["inside"] == count_numpy(4, 0, 1000)
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_a_command_refused_after_its_workers_started_early_leaves_none() -> None:
+    """The capacity check refuses 1000 workers for 1e13 points after two were started
+    early: they are killed and reaped before the usage error's exit."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    run = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "1e13", "-w", "1000", "-s", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2 and "more than this machine can hold" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+    # Not reaped, they would have been handed to init: none of this interpreter's is there.
+    ours = early.worker_argv()
+    orphans = [p for p in psutil.process_iter(["cmdline", "ppid"]) if p.info["ppid"] == 1 and p.info["cmdline"] == ours]
+    assert not orphans, orphans
+
+
+def test_workers_not_ready_when_the_run_ended_are_not_counted_as_working() -> None:
+    from array import array
+
+    from mcpi_coordinator.cli.estimate import workers_summary
+    from mcpi_coordinator.estimate import EstimateResult
+    from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerStats
+
+    def worker(slot: int, host: str | None, chunks: int, restarts: int = 0, state: str = "stopped") -> WorkerStats:
+        return WorkerStats(slot, state, None, host, chunks, chunks * 10, 0.0, restarts)
+
+    def summary(*workers: WorkerStats) -> str:
+        pool = PoolStats(len(workers), 0, 0, 4, 0, 0, workers)
+        result = EstimateResult(
+            inside=31, points=40, requested_points=40, seed=1, chunk_size=10, kernel="numpy", workers=len(workers),
+            elapsed_s=0.1, stopped_early=None, pool=pool, chunk_points=array("q", [10] * 4),
+            chunk_inside=array("q", [8] * 4),
+        )  # fmt: skip
+        return workers_summary(result)
+
+    assert summary(worker(0, "vm", 4), worker(1, None, 0, restarts=2)) == (
+        "1 of 2  (0 restarts; 1 not ready before the run ended)"
+    )
+    assert summary(worker(0, "vm", 3), worker(1, "vm", 1)) == "2  (0 restarts)"
+    assert summary(worker(0, "vm", 4), worker(1, None, 0, restarts=2, state="retired")) == (
+        "1 of 2  (0 restarts; 1 dropped after 3 failed starts)"
+    )

@@ -571,22 +571,27 @@ def workers_summary(result: EstimateResult) -> str:
     """``2  (0 restarts)``, or ``1 of 3  (2 dropped: ...)``: who did the work, honestly.
 
     A dropped (retired) slot did nothing after its last failures and its failed starts
-    are not restarts of a working worker, so they are counted apart.
+    are not restarts of a working worker, so they are counted apart. Work starts at the
+    first ready worker, so a slot may also never have been ready (no welcome, so no
+    host) when the run ended: it did nothing either.
     """
     stats = result.pool
     if stats.size == 0:
         return "none needed: every chunk came from the checkpoint"
-    working = [w for w in stats.workers if w.state != "retired"]
-    dropped = stats.size - len(working)
+    unready = [w for w in stats.workers if w.state != "retired" and w.host is None]
+    working = [w for w in stats.workers if w.state != "retired" and w.host is not None]
+    dropped = stats.size - len(working) - len(unready)
     restarts = sum(w.restarts for w in working)
     notes = [text.plural(restarts, "restart")]
     if dropped:
         failed_starts = sum(w.restarts + 1 for w in stats.workers if w.state == "retired")
         notes.append(f"{dropped} dropped after {text.plural(failed_starts, 'failed start')}")
+    if unready:
+        notes.append(f"{len(unready)} not ready before the run ended")
     idle = sum(1 for w in working if w.chunks == 0)
     if idle and result.chunks < len(working):
         notes.append(f"{idle} idle: {text.plural(result.chunks, 'chunk')} to share")
-    count = f"{len(working)}" if not dropped else f"{len(working)} of {stats.size}"
+    count = f"{len(working)}" if len(working) == stats.size else f"{len(working)} of {stats.size}"
     return f"{count}  ({'; '.join(notes)})"
 
 

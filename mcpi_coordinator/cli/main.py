@@ -219,6 +219,10 @@ def _stdout_to_devnull() -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the command itself: its workers start now, beside its imports
+        from mcpi_coordinator.launch import early
+
+        early.start(words)
     parser = build_parser()
     from mcpi_coordinator.cli.completion import complete_if_asked
 

@@ -18,14 +18,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import Protocol
 
+import structlog
 import trio
 
+from mcpi_coordinator.launch import early
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+
+log = structlog.get_logger("mcpi.launch")
 
 
 def default_max_starting() -> int:
@@ -38,22 +41,43 @@ def default_max_starting() -> int:
 
 def default_worker_command() -> list[str]:
     """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
-    process imported.
+    process imported (``launch.early.worker_argv``, which says why)."""
+    return early.worker_argv()
 
-    ``python -m`` puts the current directory first on the module path: started from a
-    directory holding another ``mcpi_worker`` (a checkout of another version), the
-    workers would run that code, not the coordinator's, and numba would compile a second
-    cache beside it. ``-P`` leaves the current directory out; only a coordinator whose
-    own package comes from the current directory starts its workers without it.
-    """
-    import mcpi_worker
 
-    package_parent = Path(mcpi_worker.__file__).resolve().parent.parent
-    try:
-        from_here = package_parent == Path.cwd().resolve()
-    except OSError:  # the current directory was removed: nothing to import from it
-        from_here = False
-    return [sys.executable, *([] if from_here else ["-P"]), "-m", "mcpi_worker"]
+class _Child(Protocol):
+    """What ``SessionProcess`` needs of the child it wraps (a ``trio.Process`` has it)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    stdin: trio.abc.SendStream | None
+    stdout: trio.abc.ReceiveStream | None
+    stderr: trio.abc.ReceiveStream | None
+
+    async def wait(self) -> int: ...
+
+
+class _EarlyChild:
+    """A worker started early (``launch.early``), as a ``_Child``: its pipe ends become
+    Trio streams, and reaping waits in a thread (``SessionProcess`` calls ``wait`` once
+    the pidfd says the process has exited, where there is one)."""
+
+    def __init__(self, started: early.EarlyWorker) -> None:
+        self._popen = started.process
+        self.stdin: trio.abc.SendStream | None = trio.lowlevel.FdStream(started.stdin)
+        self.stdout: trio.abc.ReceiveStream | None = trio.lowlevel.FdStream(started.stdout)
+        self.stderr: trio.abc.ReceiveStream | None = trio.lowlevel.FdStream(started.stderr)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    async def wait(self) -> int:
+        code = self._popen.poll()
+        if code is None:
+            code = await trio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+        return code
 
 
 class SessionProcess:
@@ -62,7 +86,7 @@ class SessionProcess:
     ``args`` is the argument vector, for error messages.
     """
 
-    def __init__(self, process: trio.Process, args: Sequence[str]) -> None:
+    def __init__(self, process: _Child, args: Sequence[str]) -> None:
         self._process = process
         self.args = list(args)
         self.stdin = process.stdin
@@ -157,8 +181,13 @@ def _peek_exit_status(pid: int) -> int | None:
 
 
 async def spawn_worker(argv: Sequence[str]) -> WorkerProcess:
-    """Start one worker from an argument vector (never through a shell)."""
+    """Start one worker from an argument vector (never through a shell), or take one
+    started with it as the command began (``launch.early``)."""
     argv = list(argv)
+    started = early.take(argv)
+    if started is not None:
+        log.debug("worker_started_early", pid=started.process.pid)
+        return SessionProcess(_EarlyChild(started), argv)
     process = await trio.lowlevel.open_process(
         argv,
         stdin=subprocess.PIPE,

@@ -1,0 +1,178 @@
+"""Local workers started as ``mcpi estimate`` begins, so their start-up and ours overlap.
+
+A tiny run's wall is mostly start-up: the coordinator's own imports (Trio, NumPy,
+structlog, its modules) and then each worker's, one after the other, because the pool
+launches a worker only once it runs. ``start`` launches, first thing, the local workers
+a plain ``mcpi estimate`` command line will certainly use, before the command loads
+anything heavy; the two start-ups then run on separate cores. The pool's launcher takes
+them (``take``, from ``launch.local.spawn_worker``) instead of launching new ones.
+
+Only a command line this module reads for certain starts anything (``plan``):
+``estimate`` followed only by the few options below, each value a plain whole number in
+range; no ``--worker-cmd``, ``MCPI_WORKER_CMD``, host, Slurm, checkpoint or part. Anything
+else starts nothing early, and the run starts its workers as it always did. At most one
+worker per CPU is started early, and no more than the run has chunks for (the run starts
+no worker it cannot use). Workers started early and not taken (a run refused after all,
+a Ctrl-C during the imports) are killed and reaped by ``discard``, which also runs at
+exit; should the coordinator die, each worker's parent-death signal ends it
+(``mcpi_worker.boot``).
+
+This module imports only the standard library and ``cli.args`` (itself light), so that
+starting the workers costs the command almost nothing before they run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from mcpi_coordinator.cli.args import parse_whole_number
+
+DEFAULT_POINTS: Final[int] = 1_000_000_000
+"""``mcpi estimate``'s default points (``estimate.DEFAULT_POINTS`` is this one)."""
+DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
+"""``mcpi estimate``'s default chunk size (``estimate.DEFAULT_CHUNK_SIZE`` is this one):
+40 ms of numpy work (1 s of pure Python), large enough that the ~0.1 ms a request costs
+is noise, small enough that workers finish within one chunk of each other, a progress
+bar moves smoothly and an early stop wastes little."""
+
+_VALUED: Final[dict[str, str]] = {
+    "-n": "points", "--points": "points",
+    "-w": "workers", "--workers": "workers",
+    "-s": "seed", "--seed": "seed",
+    "--chunk-size": "chunk_size",
+}  # fmt: skip
+_FLAGS: Final[frozenset[str]] = frozenset({"--json", "-q", "--quiet", "--no-progress"})
+_LIMITS: Final[dict[str, tuple[int, int]]] = {
+    "points": (1, 2**53),
+    "workers": (0, 1024),
+    "seed": (0, 2**64 - 1),
+    "chunk_size": (1, 2**40),
+}
+"""The command's own bounds (tests/test_start_up.py holds them to its parser): a value
+outside them is refused there, so nothing starts early for it."""
+
+
+def worker_argv() -> list[str]:
+    """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
+    process imported (``launch.local.default_worker_command`` is this).
+
+    ``python -m`` puts the current directory first on the module path: started from a
+    directory holding another ``mcpi_worker`` (a checkout of another version), the
+    workers would run that code, not the coordinator's, and numba would compile a second
+    cache beside it. ``-P`` leaves the current directory out; only a coordinator whose
+    own package comes from the current directory starts its workers without it.
+    """
+    import mcpi_worker
+
+    package_parent = Path(mcpi_worker.__file__).resolve().parent.parent
+    try:
+        from_here = package_parent == Path.cwd().resolve()
+    except OSError:  # the current directory was removed: nothing to import from it
+        from_here = False
+    return [sys.executable, *([] if from_here else ["-P"]), "-m", "mcpi_worker"]
+
+
+def plan(argv: Sequence[str], environ: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
+    """How many local workers the ``mcpi`` command line ``argv`` (without the program
+    name) will certainly start with ``worker_argv()``, at most one per CPU; 0 when that
+    is not certain."""
+    if not argv or argv[0] != "estimate" or environ.get("MCPI_WORKER_CMD"):
+        return 0
+    values: dict[str, int] = {}
+    words = list(argv[1:])
+    while words:
+        word = words.pop(0)
+        if word in _FLAGS:
+            continue
+        name, has_value, value = word.partition("=")
+        if name not in _VALUED or (has_value and not name.startswith("--")):
+            return 0
+        if not has_value:
+            if not words:
+                return 0
+            value = words.pop(0)
+        number = parse_whole_number(value)
+        key = _VALUED[name]
+        low, high = _LIMITS[key]
+        if number is None or not low <= number <= high:
+            return 0
+        values[key] = number
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    workers = values.get("workers", cpus)
+    chunks = math.ceil(values.get("points", DEFAULT_POINTS) / values.get("chunk_size", DEFAULT_CHUNK_SIZE))
+    return min(workers, chunks, cpus)
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyWorker:
+    """A worker started early: the process, and our ends of its three pipes (file
+    descriptors this process owns until they are wrapped in Trio streams)."""
+
+    process: subprocess.Popen[bytes]
+    stdin: int
+    stdout: int
+    stderr: int
+
+
+_started: list[EarlyWorker] = []
+
+
+def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
+    """Start the workers ``plan`` says this command line will use; how many started.
+    Never raises: a worker that cannot be started early is simply started later."""
+    wanted = plan(argv, environ)
+    if wanted and not _started:
+        atexit.register(discard)
+    for _ in range(wanted):
+        try:
+            _started.append(_spawn(worker_argv()))
+        except OSError:
+            break
+    return len(_started)
+
+
+def take(argv: Sequence[str]) -> EarlyWorker | None:
+    """A worker started early with exactly ``argv``, now the caller's; None if none is left."""
+    if not _started or list(argv) != worker_argv():
+        return None
+    return _started.pop(0)
+
+
+def discard() -> None:
+    """Kill and reap the workers started early that nobody took."""
+    while _started:
+        worker = _started.pop()
+        for fd in (worker.stdin, worker.stdout, worker.stderr):
+            os.close(fd)
+        try:
+            os.killpg(worker.process.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        worker.process.wait()
+
+
+def _spawn(argv: list[str]) -> EarlyWorker:
+    """One worker in a session of its own (as ``launch.local.spawn_worker`` starts them),
+    over pipes whose ends we keep as bare descriptors (close-on-exec, so no later child
+    inherits them)."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    try:
+        process = subprocess.Popen(argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, start_new_session=True)
+    except OSError:
+        for fd in (stdin_w, stdout_r, stderr_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+    return EarlyWorker(process, stdin_w, stdout_r, stderr_r)
