@@ -582,6 +582,7 @@ class WorkerPool:
         if slot.start_permit is not limiter:  # the pool closed (or retired it) meanwhile
             return None, False
         slot.state = "starting"
+        log.debug("worker_launching", slot=slot.index)  # with the others, a start-up's timeline
         process: WorkerProcess | None = None
         failure: str | None = None
         with self._stoppable(slot):
@@ -620,6 +621,7 @@ class WorkerPool:
                 # SIGKILL; the moment's wait tells a worker that exited by itself.
                 grace = self._shutdown_grace if reason is None else FAILED_WORKER_GRACE_S
                 returncode = await connection.stop(grace=grace, term_grace=self._shutdown_grace)
+                log.debug("worker_reaped", slot=slot.index, pid=process.pid, returncode=returncode)
                 slot.pid = None
                 # stderr may still hold the worker's last words (why it died); a
                 # grandchild holding the pipe open must not keep us here: bounded.

@@ -1,0 +1,113 @@
+"""A tiny run as a whole command: ``mcpi estimate --points 1000`` against the plain script.
+
+Issue 22's target: the wall of ``mcpi estimate --points 1000`` from a cold start is at
+most 1.5x that of ``benchmarks/ppe_numpy.py`` (ProcessPoolExecutor + NumPy counting the
+same 1000 points on 2 processes), medians of 9, the two interleaved so that both see the
+same load. Both print their count; the benchmark checks they agree (the same points).
+
+A third row, ``mcpi (pool starts)``, runs the same command with ``MCPI_WORKER_CMD`` set to
+the very worker command: then nothing is started early (launch/early.py), and the pool
+launches its worker once the coordinator has loaded, as before issue 22.
+
+``--timeline`` adds one run of ``mcpi estimate`` with debug logs as JSON lines:
+when, after the command was started, each logged event came (the worker's start, its
+welcome, the request, the shutdown, the exit), so that the start-up's parts can be told
+apart. ``python -X importtime -m mcpi_coordinator estimate ...`` and pyinstrument show the
+coordinator's own share.
+
+    python benchmarks/tiny.py [--rounds 9] [--points 1000] [--workers 2] [--timeline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGET = 1.5
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} CPUs"
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str, str]:
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{argv} failed ({done.returncode}): {done.stderr.strip()}")
+    return wall, done.stdout, done.stderr
+
+
+def timeline(argv: list[str]) -> None:
+    started = datetime.now().astimezone()
+    t0 = time.perf_counter()
+    env = {**os.environ, "MCPI_LOG_LEVEL": "debug", "MCPI_LOG_FORMAT": "json"}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - t0
+    print(f"\ntimeline of one run ({wall:.3f} s in all, from the command's start):")
+    for line in done.stderr.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        when = datetime.fromisoformat(record.get("timestamp", "").replace("Z", "+00:00"))
+        who = f"worker {record['worker']}" if "worker" in record else "coordinator"
+        print(f"  {(when - started).total_seconds():7.3f} s  {who:<12} {record.get('event')}")
+    print(f"  {wall:7.3f} s  {'coordinator':<12} exited")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeline", action="store_true")
+    args = parser.parse_args()
+    common = ["--points", str(args.points), "--seed", str(args.seed)]
+    ours = [sys.executable, "-m", "mcpi_coordinator", "estimate", *common, "--workers", str(args.workers), "--json"]
+    reference = [sys.executable, str(HERE / "ppe_numpy.py"), *common, "--workers", str(args.workers)]
+    print(f"tiny run: {args.points} points, {args.workers} workers, {args.rounds} rounds, interleaved")
+    print(f"before: {load()}")
+    late = {**os.environ, "MCPI_WORKER_CMD": shlex.join([sys.executable, "-m", "mcpi_worker"])}
+    runs: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("mcpi estimate", ours, None),
+        ("ppe+numpy script", reference, None),
+        ("mcpi (pool starts)", ours, late),
+    ]
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    for round_index in range(args.rounds):
+        shift = round_index % len(runs)  # no command always first (or last)
+        counts = {}
+        for name, argv, env in runs[shift:] + runs[:shift]:
+            wall, out, _ = timed(argv, env)
+            walls[name].append(wall)
+            counts[name] = json.loads(out)["inside"]
+        if len(set(counts.values())) != 1:
+            raise SystemExit(f"the two counted different points: {counts}")
+        print(f"  round {round_index + 1}: " + ", ".join(f"{n} {walls[n][-1]:.3f} s" for n in walls), flush=True)
+    medians = {name: statistics.median(w) for name, w in walls.items()}
+    reference_s = medians["ppe+numpy script"]
+    print(f"\nmedians of {args.rounds}:")
+    for name, wall in medians.items():
+        print(f"  {name:<20} {wall:.3f} s  {wall / reference_s:.2f}x the script")
+    ratio = medians["mcpi estimate"] / reference_s
+    print(f"target: mcpi estimate <= {TARGET}x the script: {ratio:.2f}x {'MET' if ratio <= TARGET else 'NOT MET'}")
+    print(f"after: {load()}")
+    if args.timeline:
+        timeline(ours)
+
+
+if __name__ == "__main__":
+    main()
