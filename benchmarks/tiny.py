@@ -31,6 +31,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from mcpi_coordinator.launch import early
+
 HERE = Path(__file__).resolve().parent
 TARGET = 1.5
 
@@ -80,7 +82,7 @@ def main() -> None:
     reference = [sys.executable, str(HERE / "ppe_numpy.py"), *common, "--workers", str(args.workers)]
     print(f"tiny run: {args.points} points, {args.workers} workers, {args.rounds} rounds, interleaved")
     print(f"before: {load()}")
-    late = {**os.environ, "MCPI_WORKER_CMD": shlex.join([sys.executable, "-m", "mcpi_worker"])}
+    late = {**os.environ, "MCPI_WORKER_CMD": shlex.join(early.worker_argv())}
     runs: list[tuple[str, list[str], dict[str, str] | None]] = [
         ("mcpi estimate", ours, None),
         ("ppe+numpy script", reference, None),
