@@ -259,3 +259,21 @@ def test_workers_not_ready_when_the_run_ended_are_not_counted_as_working() -> No
     assert summary(worker(0, "vm", 4), worker(1, None, 0, restarts=2, state="retired")) == (
         "1 of 2  (0 restarts; 1 dropped after 3 failed starts)"
     )
+
+
+def test_a_worker_does_not_load_what_it_does_not_use() -> None:
+    """structlog loads rich (console colours, pretty tracebacks) when it is installed: a
+    worker, which writes JSON lines, starts without it. Checked in the worker's own exit
+    handlers, which mcpi_worker.boot runs before it leaves."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'"
+        " and sys.modules[m] is not None), file=sys.stderr))\n"
+        "from mcpi_worker.boot import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "[]", done.stderr
