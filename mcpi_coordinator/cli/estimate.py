@@ -334,6 +334,15 @@ def _capacity_problem(args: argparse.Namespace, machine: capacity.MachineLimits)
     return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel)
 
 
+def _wait_for_every_worker(args: argparse.Namespace) -> bool:
+    """Whether work waits for every worker's welcome. Local mcpi-workers are alike, so
+    work starts at the first ready one. Other workers (--worker-cmd, ssh, Slurm) may
+    differ in what they offer (kernels, sizes, hosts), and the pool refuses a request
+    no worker can serve only once it knows what each offers; --verify sends its checks
+    to another host when one is up, which it knows from the welcomes."""
+    return bool(args.verify) or args.worker_cmd is not None or any(slot.host is not None for slot in args.slots)
+
+
 def _drop_unusable_slots(args: argparse.Namespace) -> None:
     """Start no worker the run cannot use: a chunk is the least one worker computes, so
     slots beyond the run's chunks (counting each slot's jobs) would only start, idle
@@ -437,9 +446,7 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
         max_start_attempts=MAX_START_ATTEMPTS,
         slot_hosts=hosts,
         starting_limits=args.starting_limits,
-        # Work starts at the first ready worker. --verify waits for every worker: its
-        # checks go to another host when one is up, which it knows from their welcomes.
-        wait_for_all=bool(args.verify),
+        wait_for_all=_wait_for_every_worker(args),
     )
     failure: McpiError | None = None
     with progress.shown(line, shown):
