@@ -22,6 +22,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -64,6 +65,9 @@ FAULTS: dict[str, str] = {
     "jobs_1025": "a welcome announcing 1025 jobs (and max_inflight 1025), above the limit of 1024",
     "implementations_short": "a welcome naming 1 implementation for its 2 kernels",
     "serial_jobs_1024": "a welcome announcing 1024 jobs (max_inflight 1024); it computes one sample at a time",
+    # what a worker leaves behind
+    "setsid_child": "answers its first sample, forks a child that calls setsid() and keeps the worker's stdout "
+    "and stderr (its pid appended to the file $RAW_WORKER_PIDFILE), and exits 0",
     "unknown_id": "a result for an id never sent",
     "answered_twice": "the right result, twice",
     "pong_for_sample": "a pong answering a sample",
@@ -277,6 +281,10 @@ class RawWorker:
                 elif kind == "sample":
                     samples_in_read += 1
                     replies.append(self.on_sample(body, samples_in_read))
+                    if self.fault == "setsid_child":
+                        self.write(b"".join(replies))
+                        self.leave_setsid_child()
+                        return 0
                     if self.fault == "serial_jobs_1024":  # each answer as soon as it is counted
                         self.write(b"".join(replies))
                         replies.clear()
@@ -303,6 +311,23 @@ class RawWorker:
             return frame(self.result(request, spec_worker.count_range(request, self.stop)))
         self.struck = True
         return answer
+
+    def leave_setsid_child(self) -> None:
+        """Fork a child in a session of its own (no process group of the coordinator's
+        reaches it) holding our stdout and stderr; it sleeps for a minute at most."""
+        ready_r, ready_w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.setsid()
+            os.close(ready_w)  # in its own session now: the worker may exit
+            time.sleep(60)
+            os._exit(0)
+        os.close(ready_w)
+        os.read(ready_r, 1)  # end of file once the child has closed its end
+        path = os.environ.get("RAW_WORKER_PIDFILE")
+        if path:
+            with open(path, "a", encoding="ascii") as pids:
+                pids.write(f"{child}\n")
 
     def end(self) -> int:
         if self.violation is not None:

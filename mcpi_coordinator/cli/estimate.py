@@ -32,7 +32,7 @@ from mcpi_coordinator.estimate import (
     run_estimate,
 )
 from mcpi_coordinator.launch import capacity, remote, slurm
-from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
+from mcpi_coordinator.launch.local import adopting_orphans, default_worker_command, spawn_worker
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.parts import Part, parse_part, part_json
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
@@ -267,7 +267,10 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         _hint_idle_workers(args)
     try:
         try:
-            outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
+            # What a worker leaves behind (a child in a session of its own) is ended
+            # before this returns, on Linux (launch.local.adopting_orphans).
+            with adopting_orphans():
+                outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
         finally:
             prepared.close()  # commits what completed, whatever happened
     except KeyboardInterrupt:  # Ctrl-C before or after the signal receiver was in place

@@ -11,15 +11,24 @@ safe while the group id is certainly ours: until the worker is reaped, its pid â
 group's id â€” cannot be given to another process. So ``wait_exited`` waits through a
 pidfd, which says the process has exited without reaping it, and the connection kills
 what is left of the group before it reaps the worker (``WorkerConnection.stop``).
+
+A process the worker started in a session of its own (``setsid``) is in no group of
+ours, and outlived the run. On Linux the ``mcpi`` command makes itself a *child
+subreaper* (``adopting_orphans``): whatever its workers leave behind is re-parented to
+it when they exit, not to init, and it kills and reaps every such orphan before it
+returns. See ``adopting_orphans`` for what this does not catch.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
-from typing import Protocol
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final, Protocol
 
 import structlog
 import trio
@@ -29,6 +38,104 @@ from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
 log = structlog.get_logger("mcpi.launch")
+
+PR_SET_CHILD_SUBREAPER: Final[int] = 36
+"""``prctl`` option (Linux 3.4+): orphaned descendants are re-parented to this process."""
+
+ORPHAN_ROUNDS: Final[int] = 100
+"""Rounds of killing adopted orphans: killing one re-parents its own children to us,
+which the next round kills; a process forking faster than that is given up on."""
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux): a descendant whose parent exits is
+    re-parented to it instead of to init. False where that is not possible (another
+    system, or ``prctl`` refused)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def own_children() -> dict[int, str]:
+    """This process's children, from ``/proc`` (none elsewhere): pid -> state (``Z``: a
+    zombie, exited and not yet reaped)."""
+    me = os.getpid()
+    children: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if int(fields[1]) == me:  # fields: state, ppid, ...
+            children[int(entry)] = fields[0].decode()
+    return children
+
+
+def end_orphans(spare: Callable[[int], bool] = lambda _pid: False) -> list[int]:
+    """Kill (SIGKILL, with its process group when it leads one) and reap every child of
+    this process that ``spare`` does not keep, round after round until none is left;
+    return the pids of those that were still running (the dead are only reaped). For a
+    subreaper these are the orphans its workers left behind, once every worker has been
+    reaped. A child we have not reaped keeps its pid, and so its group id, ours: the
+    signal cannot reach a stranger."""
+    ended: list[int] = []
+    for _ in range(ORPHAN_ROUNDS):
+        children = own_children()
+        orphans = [pid for pid in children if not spare(pid)]
+        if not orphans:
+            break
+        for pid in orphans:
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in orphans:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # reaped by someone else meanwhile
+                pass
+            if children[pid] != "Z":
+                ended.append(pid)
+    return ended
+
+
+@contextmanager
+def adopting_orphans() -> Iterator[bool]:
+    """For the length of the block, adopt what workers leave behind, and end it on the
+    way out (yields whether this is possible here). For a process that owns all its
+    children, such as the ``mcpi`` command: every child left when the block ends (the
+    pool has reaped its workers by then) is an orphan of theirs, and is killed.
+
+    What it does not catch: a process that left our tree by other means (started by a
+    service manager, ``at``, ``systemd-run``, a container runtime, an ssh connection to
+    this host), one that changed its user (no permission to signal it), one adopted by
+    a nearer subreaper inside the tree that outlives the block, anything on another
+    machine (remote workers are ssh's and srun's to end), and everything when this
+    process is itself killed by SIGKILL (a cgroup per run would catch that, but needs a
+    delegated cgroup: ``systemd-run --user --scope`` or a writable cgroup v2 subtree).
+    """
+    adopting = become_subreaper()
+    try:
+        yield adopting
+    finally:
+        if adopting:
+            ended = end_orphans()
+            if ended:
+                log.warning("orphans_ended", pids=ended, why="left behind by workers")
 
 
 def default_max_starting() -> int:

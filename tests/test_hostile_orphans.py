@@ -1,0 +1,97 @@
+"""Nothing a worker leaves behind outlives ``mcpi estimate``, even in a session of its own.
+
+The hostile peer is ``raw_worker.py setsid_child``: it answers its first sample, forks a
+child that calls ``setsid()`` (so no process-group kill of ours reaches it) and keeps the
+worker's stdout and stderr, and exits. On Linux the coordinator is a child subreaper:
+the child is re-parented to it, and killed and reaped before the command returns. The
+process table is the judge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcpi_worker.kernels import KERNELS
+
+TESTS = Path(__file__).resolve().parent
+RAW_WORKER = str(TESTS / "raw_worker.py")
+PYTHON = shlex.quote(sys.executable)
+TIMEOUT = 300  # seconds; reached only by a hang
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux's")
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is dead: it only waits for its parent to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def pidfile(tmp_path: Path) -> Iterator[Path]:
+    """Where the hostile workers write their children's pids; any still running at the
+    end is killed, so a failing test leaves nothing either."""
+    path = tmp_path / "children"
+    yield path
+    for pid in left_children(path):
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def left_children(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_a_setsid_grandchild_is_gone_when_mcpi_estimate_returns(pidfile: Path) -> None:
+    script = (
+        f"if [ {{i}} = 0 ]; then exec {PYTHON} {shlex.quote(RAW_WORKER)} setsid_child; "
+        f"else exec {PYTHON} -m mcpi_worker; fi"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "40000", "--chunk-size", "1000", "-s", "4",
+         "--workers", "2", "--json", "--worker-cmd", f"sh -c {shlex.quote(script)}"],
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+        env={**os.environ, "RAW_WORKER_PIDFILE": str(pidfile)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    children = left_children(pidfile)
+    assert children, "the hostile worker never got a sample: nothing was tested"
+    assert [pid for pid in children if alive(pid)] == []
+    assert "orphans_ended" in run.stderr  # one warning line says so
+    report = json.loads(run.stdout)
+    assert report["inside"] == sum(KERNELS["numpy"](4, s, 1000) for s in range(40))
+
+
+ADOPT = """
+import json, os, subprocess, sys
+from mcpi_coordinator.launch.local import become_subreaper, end_orphans, own_children
+assert become_subreaper()
+subprocess.run(["sh", "-c", "setsid sleep 60 & setsid sh -c 'sleep 60 & sleep 60' &"],
+               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+adopted = sorted(own_children())
+print(json.dumps({"adopted": adopted, "ended": sorted(end_orphans()), "left": sorted(own_children())}))
+"""
+
+
+def test_a_subreaper_adopts_and_ends_a_whole_orphaned_tree() -> None:
+    """In a process of its own (a subreaper adopts every orphan below it): a shell starts
+    two sessions, one holding a child of its own, and exits; the three sleeping
+    processes are adopted (or re-parented on the way) and all ended."""
+    run = subprocess.run([sys.executable, "-c", ADOPT], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert len(report["adopted"]) >= 2 and report["left"] == []
+    assert len(report["ended"]) == 3, report  # the grandchild was adopted once its parent died
+    assert [pid for pid in report["ended"] if alive(pid)] == []
