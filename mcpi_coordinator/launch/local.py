@@ -117,8 +117,9 @@ def end_orphans(spare: Callable[[int], bool] = lambda _pid: False) -> list[int]:
 def adopting_orphans() -> Iterator[bool]:
     """For the length of the block, adopt what workers leave behind, and end it on the
     way out (yields whether this is possible here). For a process that owns all its
-    children, such as the ``mcpi`` command: every child left when the block ends (the
-    pool has reaped its workers by then) is an orphan of theirs, and is killed.
+    children, such as the ``mcpi`` command: every child left when the block ends that
+    was not there when it began (the pool has reaped its workers by then) is an orphan
+    of theirs, and is killed.
 
     What it does not catch: a process that left our tree by other means (started by a
     service manager, ``at``, ``systemd-run``, a container runtime, an ssh connection to
@@ -129,11 +130,14 @@ def adopting_orphans() -> Iterator[bool]:
     delegated cgroup: ``systemd-run --user --scope`` or a writable cgroup v2 subtree).
     """
     adopting = become_subreaper()
+    # Children from before the block are not orphans (workers started early, before
+    # the run: ``launch.early`` discards those the run did not take).
+    before = set(own_children()) if adopting else set()
     try:
         yield adopting
     finally:
         if adopting:
-            ended = end_orphans()
+            ended = end_orphans(spare=before.__contains__)
             if ended:
                 log.warning("orphans_ended", pids=ended, why="left behind by workers")
 
