@@ -160,6 +160,21 @@ def test_a_serial_worker_overstating_its_jobs_is_not_taken_for_a_stalled_one() -
     assert end.in_flight == 0 and end.broken is None
 
 
+def test_jobs_are_believed_only_as_far_as_results_show_them_computed_at_once() -> None:
+    end = serving(jobs=4)
+    for stream in range(8):
+        end.send_sample(1, stream, 0, "numpy", now=0.0)
+    assert end.jobs_shown == 1
+    end.receive_data(encode(Result(1, 0, 0, 10.0)), 10.0)  # ran 0..10
+    end.receive_data(encode(Result(2, 0, 0, 10.0)), 20.0)  # 10..20: after it, not beside it
+    end.receive_data(encode(Result(3, 0, 0, 0.0005)) + encode(Result(4, 0, 0, 0.0005)), 20.0)  # too short to tell
+    assert end.jobs_shown == 1
+    end.receive_data(encode(Result(5, 0, 0, 9.0)) + encode(Result(6, 0, 0, 8.0)), 29.5)  # 20.5..29.5 and 21.5..29.5
+    assert end.jobs_shown == 2
+    end.receive_data(encode(Result(7, 0, 0, 9.0)) + encode(Result(8, 0, 0, 9.0)), 30.0)  # 21..30, both: 4 at once
+    assert end.jobs_shown == 4  # never more than the welcome's jobs
+
+
 def test_a_cancelled_request_still_ends_once_abandoned() -> None:
     end = serving()
     request_id = end.send_sample(1, 0, 10, "numpy", now=0.0, token="t")

@@ -96,3 +96,22 @@ async def test_a_serial_worker_announcing_1024_jobs_is_not_killed_for_what_it_on
             stats = pool.stats
     assert inside == sum(KERNELS["python"](9, s, POINTS) for s in range(16))
     assert (stats.restarts, stats.failures) == (0, ())
+
+
+async def test_a_welcome_claiming_1024_jobs_does_not_take_the_work_of_the_worker_beside_it() -> None:
+    """The same serial worker claiming 1024 jobs, beside a real one-job ``mcpi-worker``
+    (about three times faster with the ``python`` kernel). Trusting the claim, the pool
+    gave it a pipeline of 1024 requests and it took every piece of the range (the real
+    worker got 0 to 3 of its 20 streams); now each worker gets requests for the jobs it
+    has shown computing at once, and the faster worker does most of the work."""
+    commands = {0: [sys.executable, RAW_WORKER, "serial_jobs_1024"], 1: [sys.executable, "-m", "mcpi_worker"]}
+    chunks = [Chunk(seed=2, stream=0, points=POINTS, kernel="python", streams=20)]
+    with trio.fail_after(TIMEOUT * 2):
+        async with WorkerPool(2, launcher=command_launcher(lambda i: commands[i])) as pool:
+            async with pool.imap_unordered(chunks) as results:
+                inside = sum([r.inside async for r in results])
+            stats = pool.stats
+    assert inside == sum(KERNELS["python"](2, s, POINTS) for s in range(20))
+    liar, real = stats.workers
+    assert liar.chunks + real.chunks == 20 and real.chunks >= 8, (liar.chunks, real.chunks)
+    assert stats.failures == ()

@@ -133,6 +133,7 @@ class Dispatcher:
         self._retries: deque[Request] = deque()
         self._fresh: deque[Request] = deque()
         self._depth: dict[WorkerConnection, int] = {}
+        self._per_job: dict[WorkerConnection, int] = {}
         """Ready workers and how many requests each may have in flight."""
         self._roomy: dict[WorkerConnection, None] = {}
         """The ready workers with room for one more request (an ordered set). Invariant:
@@ -158,12 +159,17 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ workers
 
-    def add_worker(self, connection: WorkerConnection, depth: int) -> None:
-        """``connection`` is ready (welcomed): give it up to ``depth`` requests in flight."""
+    def add_worker(self, connection: WorkerConnection, depth: int, per_job: int | None = None) -> None:
+        """``connection`` is ready (welcomed): give it up to ``depth`` requests in flight,
+        and, with ``per_job``, no more than ``per_job`` for each job it has shown it
+        computes at once (``CoordinatorEnd.jobs_shown``): a welcome claiming 1024 jobs
+        does not take every request in line before it has computed two at once."""
         outer = self._begin()
         try:
             assert connection.welcome is not None
             self._depth[connection] = depth
+            if per_job is not None:
+                self._per_job[connection] = per_job
             first_welcome = connection.slot not in self._known
             self._known[connection.slot] = connection.welcome
             self._largest = self._jobs = None
@@ -226,6 +232,7 @@ class Dispatcher:
     def worker_gone(self, connection: WorkerConnection) -> None:
         """``connection`` is closing or closed: send it nothing more."""
         self._depth.pop(connection, None)
+        self._per_job.pop(connection, None)
         self._roomy.pop(connection, None)
         self._rates.pop(connection, None)
         self._blind.pop(connection, None)
@@ -272,6 +279,7 @@ class Dispatcher:
                 return
             self._closed = error
             self._depth.clear()
+            self._per_job.clear()
             self._roomy.clear()
             for queue in (self._retries, self._fresh):
                 while queue:
@@ -307,7 +315,7 @@ class Dispatcher:
     def _fill(self, connection: WorkerConnection) -> None:
         """Send waiting requests to ``connection`` while it has room and one it can
         serve; then note whether it still has room."""
-        depth = self._depth.get(connection)
+        depth = self._depth_now(connection)
         if depth is None:
             return
         while connection.usable and connection.in_flight < depth:
@@ -349,7 +357,7 @@ class Dispatcher:
                     break
             else:
                 return False
-            depth = self._depth.get(connection, 0)
+            depth = self._depth_now(connection) or 0
             while connection.usable and connection.in_flight < depth:
                 piece = self._piece_for(connection, request)
                 self._send(connection, piece)
@@ -387,6 +395,14 @@ class Dispatcher:
         if streams >= chunk.streams:
             return request
         return request.splitter(request, streams)
+
+    def _depth_now(self, connection: WorkerConnection) -> int | None:
+        """Requests ``connection`` may have in flight now (None: it is not serving)."""
+        depth = self._depth.get(connection)
+        per_job = self._per_job.get(connection)
+        if depth is None or per_job is None:
+            return depth
+        return min(depth, per_job * connection.end.jobs_shown)
 
     def _pool_jobs(self) -> int:
         if self._jobs is None:

@@ -674,7 +674,7 @@ class WorkerPool:
                 jobs=welcome.jobs,
                 version=welcome.version,
             )
-            self._dispatcher.add_worker(connection, depth)
+            self._dispatcher.add_worker(connection, depth, per_job=self._pipeline_depth)
             reason = await self._watch(connection)
         # Still None here if the pool closed it meanwhile: the scope swallowed the cancel.
         return reason  # noqa: RET504 - a return inside the block hides that path from mypy

@@ -29,6 +29,7 @@ newer sample's result) never move it later.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -135,6 +136,17 @@ class _Violation(Exception):
     """What the worker did wrong, found while checking a message (nothing committed yet)."""
 
 
+SHOWN_MIN_S = 0.001
+"""Results whose kernels ran less than this show nothing of how many run at once: a
+burst of tiny ones read together would look concurrent."""
+
+SHOWN_OVERLAP = 0.5
+"""Two results count as computed together when their kernels' times overlap for more
+than this fraction of the shorter one (see ``CoordinatorEnd.jobs_shown``)."""
+
+SHOWN_WINDOW = 64
+"""Latest results remembered for ``jobs_shown`` (at least twice the worker's ``jobs``)."""
+
 TaskBudget = Callable[[int], float]
 """Seconds a request may take once it could have started, given its work counted in
 points (``Sample.work``: its points and each stream's set-up; 0 for a ping)."""
@@ -165,6 +177,9 @@ class CoordinatorEnd:
         self._next_id = 1  # ids are never reused on a connection
         self._jobs = 1
         self._samples: dict[int, _InFlight] = {}  # insertion order = send order
+        self._jobs_shown = 1
+        self._computed: deque[tuple[float, float]] = deque(maxlen=SHOWN_WINDOW)
+        """When the latest results' kernels ran, by this side's clock: (start, end)."""
         self._pings: dict[int, _InFlight] = {}
         self._running = 0  # samples flagged running: the first min(jobs, len) of _samples
         self._deadline = math.inf
@@ -183,6 +198,16 @@ class CoordinatorEnd:
     def usable(self) -> bool:
         """Requests may be sent."""
         return self._state is CoordinatorState.SERVING
+
+    @property
+    def jobs_shown(self) -> int:
+        """How many samples the worker has been seen computing at once (1 at first, at
+        most ``welcome.jobs``): the most results whose kernels ran at the same time, by
+        when each arrived less its ``elapsed_s``, two counting together only when they
+        overlapped for most of the shorter one's time (results read together overlap
+        only by as long as the read was late). A worker claiming more ``jobs`` than it
+        computes at once never shows them; a coordinator sizes its pipeline on this."""
+        return self._jobs_shown
 
     @property
     def in_flight(self) -> int:
@@ -408,10 +433,13 @@ class CoordinatorEnd:
         if isinstance(checked, Welcome):
             self.welcome = checked
             self._jobs = checked.jobs
+            self._computed = deque(maxlen=max(SHOWN_WINDOW, 2 * checked.jobs))
             if self._state is CoordinatorState.AWAIT_WELCOME:
                 self._state = CoordinatorState.SERVING
             return Welcomed(checked)
         request_id, request, answer = checked
+        if isinstance(answer, Result) and self._jobs_shown < self._jobs:
+            self._note_computed(now - answer.elapsed_s, now)
         if request.is_ping:
             del self._pings[request_id]
         else:
@@ -425,6 +453,18 @@ class CoordinatorEnd:
         if request.running:
             self._deadline = self._earliest_deadline()
         return Answered(request_id, answer, request.token, request.abandoned)
+
+    def _note_computed(self, start: float, end: float) -> None:
+        length = end - start
+        if length >= SHOWN_MIN_S:
+            together = 1 + sum(
+                1
+                for other_start, other_end in self._computed
+                if min(end, other_end) - max(start, other_start)
+                > SHOWN_OVERLAP * min(length, other_end - other_start)
+            )
+            self._jobs_shown = min(self._jobs, max(self._jobs_shown, together))
+            self._computed.append((start, end))
 
     def _start_next(self) -> None:
         """A running sample was answered: the oldest queued one may start now."""
