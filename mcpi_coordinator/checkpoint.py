@@ -67,7 +67,7 @@ from typing import Any, Final, Self
 from mcpi_coordinator import __version__, files
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.parts import Part
-from mcpi_worker.kernels import KERNEL_VERSIONS
+from mcpi_worker.constants import KERNEL_VERSIONS
 
 FORMAT: Final[int] = 1
 """The checkpoint format this mcpi writes and reads."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mcpi_coordinator.errors import ChunkFailed, RequestFailed, WorkerFailure
-from mcpi_worker.kernels import DEFAULT_KERNEL
+from mcpi_worker.constants import DEFAULT_KERNEL
 
 
 @dataclass(frozen=True, slots=True)

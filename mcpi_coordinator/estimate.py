@@ -33,7 +33,7 @@ from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_coordinator.prefix import Prefix
 from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
 from mcpi_coordinator.verify import LocalCounter, Verifier, VerifyStats, count_here
-from mcpi_worker.kernels import DEFAULT_KERNEL
+from mcpi_worker.constants import DEFAULT_KERNEL
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

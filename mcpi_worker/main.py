@@ -25,6 +25,7 @@ import structlog
 
 from mcpi_worker import __version__
 from mcpi_worker.boot import arm_parent_death
+from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_worker.protocol import Sample
@@ -39,7 +40,6 @@ To see it work:      mcpi-worker --self-check
 To run an estimate:  mcpi estimate
 To drive it by hand: pipe frames to it (the dozen-line Python client in docs/worker.md)."""
 
-MAX_INFLIGHT_LIMIT: Final[int] = 1024
 MAX_JOBS: Final[int] = 1024
 MAX_SPIN_US: Final[int] = 10_000
 

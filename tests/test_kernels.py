@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mcpi_worker import kernels
+from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS
 from mcpi_worker.kernels import (
     BLOCK_POINTS,
     KERNELS,
@@ -33,6 +34,13 @@ NUMPY = Implementation.NUMPY
 
 def never() -> bool:
     return False
+
+
+def test_kernel_names_agree_with_their_light_home() -> None:
+    # mcpi_worker.constants holds the names, order and versions for the coordinator,
+    # which must not import this package; the kernels themselves are listed here.
+    assert list(KERNELS) == list(KERNEL_VERSIONS)
+    assert next(iter(KERNELS)) == DEFAULT_KERNEL == kernels.DEFAULT_KERNEL
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))

@@ -36,8 +36,8 @@ from mcpi_coordinator.launch.local import adopting_orphans, default_worker_comma
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.parts import Part, parse_part, part_json
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
+from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
-from mcpi_worker.main import MAX_INFLIGHT_LIMIT
 from mcpi_worker.protocol import MAX_POINTS
 
 PROG = "mcpi estimate"

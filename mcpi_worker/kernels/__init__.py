@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS
 from mcpi_worker.kernels.base import Cancelled, Kernel, StopCheck, never, stream_seed_sequence
 from mcpi_worker.kernels.choice import (
     ENVIRONMENT_VARIABLE,
@@ -85,16 +86,9 @@ KERNELS: Final[dict[str, Kernel]] = {
     "numpy": NUMPY_KERNEL,
     "python": count_python,
 }
-"""Kernels by wire name. The first is the default."""
-
-DEFAULT_KERNEL: Final[str] = next(iter(KERNELS))
-
-KERNEL_VERSIONS: Final[dict[str, int]] = {"numpy": 1, "python": 1}
-"""The version of each kernel's *definition*: raised whenever a kernel would count any
-(seed, stream, points) differently (another generator, another inside test); never for
-a faster implementation of the same counts. Counts made under different versions are
-not the same quantity: a checkpoint records its kernel's version and is refused by a
-coordinator whose version differs. protocol.md's kernel vectors pin version 1."""
+"""Kernels by wire name, in ``KERNEL_VERSIONS``' order: the first, ``DEFAULT_KERNEL``,
+is the default. The names, their order and their versions are written in
+``mcpi_worker.constants``, which a coordinator reads without loading NumPy."""
 
 
 def kernel_implementations() -> dict[str, str]:

@@ -1,0 +1,30 @@
+"""The worker's numbers and names that a coordinator needs: its kernels' wire names and
+the versions of their definitions, and its command line's bound on ``--max-inflight``.
+
+They live here, in a module that imports nothing, rather than with the code they
+describe (``kernels``, ``main``), because a coordinator-side module that only needs a
+name or a bound (``Chunk``'s default kernel, a checkpoint's kernel version, the
+``--max-inflight`` that ``mcpi estimate`` passes on) must not load the worker's kernels,
+and so NumPy and structlog, or its command line, and so the whole worker. ``kernels``
+and ``main`` import them from here; the import contracts in pyproject.toml keep the
+coordinator's lower layers from reaching past this module.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+KERNEL_VERSIONS: Final[dict[str, int]] = {"numpy": 1, "python": 1}
+"""Each kernel a worker offers, by wire name, the default first, and the version of its
+*definition*: raised whenever a kernel would count any (seed, stream, points)
+differently (another generator, another inside test); never for a faster implementation
+of the same counts. Counts made under different versions are not the same quantity: a
+checkpoint records its kernel's version and is refused by a coordinator whose version
+differs. protocol.md's kernel vectors pin version 1. ``kernels.KERNELS`` has the same
+names in the same order."""
+
+DEFAULT_KERNEL: Final[str] = next(iter(KERNEL_VERSIONS))
+"""The kernel a request names when its caller names none: ``numpy``."""
+
+MAX_INFLIGHT_LIMIT: Final[int] = 1024
+"""The most ``mcpi-worker --max-inflight`` accepts (protocol.md §10.5)."""
