@@ -24,7 +24,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -32,9 +32,6 @@ from mcpi_coordinator import files
 from mcpi_coordinator.launch.local import default_max_starting
 from mcpi_coordinator.launch.redact import redacted
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
-
-if TYPE_CHECKING:
-    from mcpi_coordinator.pool.worker_pool import WorkerStats
 
 SPEC_SYNTAX: Final = "[user@]host[:port][*N]"
 MAX_WORKERS_PER_HOST: Final = 1024
@@ -461,7 +458,22 @@ def slots_from_args(
     return slots
 
 
-def host_rows(workers: Sequence[WorkerStats], elapsed_s: float) -> list[dict[str, Any]]:
+class HostFigures(Protocol):
+    """What ``host_rows`` reads of one worker slot: ``pool.worker_pool.WorkerStats`` has
+    it. Written here, not imported, because the pool imports the launchers, not the
+    other way round (the layers in pyproject.toml)."""
+
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def jobs(self) -> int: ...
+    @property
+    def chunks(self) -> int: ...
+    @property
+    def points(self) -> int: ...
+
+
+def host_rows(workers: Sequence[HostFigures], elapsed_s: float) -> list[dict[str, Any]]:
     """Per-host figures for ``--json``: worker processes, the samples they compute at
     once (``jobs``), chunks, points and points/s per host.
 
