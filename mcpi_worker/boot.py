@@ -90,14 +90,14 @@ def main() -> NoReturn:
     time: ~55 ms of CPU with NumPy loaded (benchmarks/fleet.py), when a whole fleet is
     told to stop at once.
     """
-    arm_parent_death()
+    lifeline = arm_parent_death()
     # structlog loads rich, when it is installed, for pretty console output and
     # tracebacks: ~0.1 s of CPU at every start, for a process that writes JSON lines.
     # An entry of None makes ``import rich`` fail, so structlog takes its plain path.
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from mcpi_worker.main import main as run_worker
 
-    code = run_worker()
+    code = run_worker(parent_death_unavailable=lifeline.unavailable)
     import atexit
 
     atexit._run_exitfuncs()  # what sys.exit would run first; CPython and PyPy have it

@@ -1,10 +1,11 @@
-"""``mcpi-worker``: the command-line entry point.
+"""``mcpi-worker``'s command line, run by ``mcpi_worker.boot.main``, the one way in (the
+``mcpi-worker`` command and ``python -m mcpi_worker``).
 
 Order matters at start-up, and ``main`` keeps it:
 
 0. ``mcpi_worker.boot`` has already asked Linux to signal us when our parent dies, as
-   a backstop to stdin EOF, before this module's imports (``main`` asks too, for
-   callers that did not start there).
+   a backstop to stdin EOF, before this module's imports. This module does not import
+   ``boot`` (``boot`` imports it) and is not a way in itself.
 1. Parse arguments (``--help`` and ``--version`` still print to the real stdout).
 2. Move the protocol to a private duplicate of fd 1 and point fd 1 at stderr, so a
    stray ``print`` (ours, a library's, or a child process's) cannot corrupt frames.
@@ -24,7 +25,6 @@ from typing import Final, NoReturn
 import structlog
 
 from mcpi_worker import __version__
-from mcpi_worker.boot import arm_parent_death
 from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    lifeline = arm_parent_death()
+def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | None = None) -> int:
+    """Run the worker; return its exit code. ``boot.main`` calls it once the parent-death
+    backstop is armed, with why it could not be (``parent_death_unavailable``; None if
+    it was), to be logged once logging is configured."""
     args = build_parser().parse_args(argv)
     if args.self_check:
         from mcpi_worker.self_check import run_self_check
@@ -157,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mcpi-worker: cannot set up stdout for the protocol: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL
     configure_logging(sys.stderr, args.log_level, args.log_format)
-    if lifeline.unavailable is not None:
-        log.warning("parent_death_signal_unavailable", error=lifeline.unavailable)
+    if parent_death_unavailable is not None:
+        log.warning("parent_death_signal_unavailable", error=parent_death_unavailable)
     try:
         implementations = prepare_kernels()  # under MCPI_NUMPY_IMPL=fused: loads numba now
     except KernelConfigError as exc:
@@ -215,7 +217,3 @@ def _emit_stray_output(request: Sample) -> None:
     subprocess.run(
         [sys.executable, "-c", "print('stray output from a child process')"], check=False
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
