@@ -7,17 +7,26 @@ The public API is importable from here::
     async with WorkerPool(size=4) as pool:
         result = await pool.sample(Chunk(seed=1, stream=0, points=10_000_000))
 
-Layers, from the bottom (each imports only from the ones above it in this list):
+Layers, from the bottom (each imports only from the ones above it in this list; the
+contracts under ``[tool.importlinter]`` in pyproject.toml are the exact statement, and
+CI's ``lint-imports`` holds the code to them):
 
-- ``mcpi_worker.protocol``: the sans-IO protocol core, shared with the worker.
+- ``mcpi_worker.protocol`` and ``mcpi_worker.constants``: the sans-IO protocol core,
+  shared with the worker, and the worker's kernel names and limits. Nothing here
+  imports the worker's process (``main``, ``server``), and nothing below the run
+  imports its kernels (NumPy, structlog) but the one exception the contracts list.
+- ``terminal_text``, then ``logs`` and ``files``: untrusted text made safe for a
+  terminal; the library's loggers; files mcpi does not trust, read and written.
 - ``errors``: mcpi's own errors, and the one place low-level failures become them.
 - ``launch``: how a worker process is started and stopped (local, ssh, Slurm).
 - ``connection``: the Trio driver of one worker's pipes and protocol state.
-- ``pool``: slots and supervision, lanes, dispatch and batches: ``WorkerPool``.
-- ``estimate``: chunks and statistics for estimating pi on a pool.
+- ``chunks``: the pool's units of work and their results.
+- ``pool``: slots and supervision, dispatch and batches: ``WorkerPool``.
+- the run: ``statistics``, ``parts``, then ``checkpoint``, ``prefix`` and ``verify``,
+  then ``estimate``: estimating pi on a pool.
+- ``bench`` and ``testing``, neither importing the other: the compared approaches
+  behind ``mcpi bench``; fake workers and process-table checks for users' own tests.
 - ``cli``: the ``mcpi`` command: subcommands, arguments, progress, plots, exit codes.
-- ``testing``: fake workers and process-table checks for users' own tests.
-- ``bench``: the compared approaches behind ``mcpi bench``.
 """
 
 from __future__ import annotations
