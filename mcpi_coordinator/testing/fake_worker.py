@@ -199,7 +199,7 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         slow=args.slow,
         stderr_flood_mb=args.stderr_flood,
         kernels=args.kernels,
-        max_inflight=args.max_inflight,
+        max_inflight=max(args.max_inflight, args.jobs),  # as mcpi-worker: jobs <= max_inflight
         versions=args.versions,
         jobs=args.jobs,
         points_per_s=args.points_per_s,

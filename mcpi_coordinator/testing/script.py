@@ -159,6 +159,8 @@ class FakeBehaviour:
             raise ValueError("slow, stderr_flood_mb and misbehave_after must be >= 0")
         if self.max_inflight < 1 or self.jobs < 1:
             raise ValueError("max_inflight and jobs must be >= 1")
+        if self.jobs > self.max_inflight:  # protocol.md 6.1: a welcome must not claim more
+            raise ValueError(f"jobs ({self.jobs}) must be at most max_inflight ({self.max_inflight})")
         if self.points_per_s is not None and not self.points_per_s > 0:
             raise ValueError("points_per_s must be > 0")
         if self.wrong_count_times is not None and self.wrong_count_times < 0:
