@@ -28,8 +28,9 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
 5. With ``--cold`` (and nothing else): issue 18's whole cold commands, what a user runs
    (fresh processes, the default ``MCPI_NUMPY_IMPL=auto``), each in interleaved rounds,
    wall time and the CPU time of the command and its children:
-   - ``mcpi estimate --points 1e9 --workers 2`` vs ``benchmarks/executor_numpy.py 1e9``,
-     ProcessPoolExecutor + NumPy on 2 processes as a user writes it (target <= 0.4x);
+   - ``mcpi estimate --points 1e9 --workers 2`` vs ``benchmarks/ppe_numpy.py``,
+     ProcessPoolExecutor + NumPy on 2 processes as a user writes it, counting the same
+     points (target <= 0.4x);
    - ``--workers 1`` vs ``--workers 2`` at ``--big`` points (1e10; target speed-up >= 1.8);
    - ``--workers 1 --worker-cmd "mcpi-worker --jobs 2"`` vs ``--workers 2`` (<= 1.1x);
    - ``--chunk-size 1e4`` vs ``1e7`` at 1e9 points (<= 1.3x).
@@ -221,7 +222,7 @@ def compare_implementations(points: int, rounds: int) -> None:
 
 # ------------------------------------------------------------------ issue 18: whole cold commands
 
-EXECUTOR_NUMPY = str(Path(__file__).with_name("executor_numpy.py"))
+PPE_NUMPY = str(Path(__file__).with_name("ppe_numpy.py"))
 
 
 def cold_command(argv: list[str], parse: Callable[[str], int]) -> Callable[[], tuple[float, float, int]]:
@@ -249,7 +250,8 @@ def cold_targets(points: int, big: int, rounds: int) -> None:
     contenders: dict[str, Callable[[], tuple[float, float, int]]] = {
         "mcpi -w2": mcpi_estimate(points, "--workers", "2"),
         "executor+numpy x2": cold_command(
-            [sys.executable, EXECUTOR_NUMPY, str(points), "--workers", "2"], lambda out: int(out.split()[0])
+            [sys.executable, PPE_NUMPY, "--points", str(points), "--seed", str(SEED), "--workers", "2"],
+            lambda out: int(json.loads(out)["inside"]),
         ),
         "mcpi -w2 chunk 1e4": mcpi_estimate(points, "--workers", "2", "--chunk-size", "1e4"),
         "mcpi -w1 big": mcpi_estimate(big, "--workers", "1"),
@@ -275,9 +277,9 @@ def cold_targets(points: int, big: int, rounds: int) -> None:
     for name in names:
         print(f"  {name:24} {wall[name]:8.3f} {cpu[name]:8.3f}   ({', '.join(f'{t:.2f}' for t in walls[name])})")
     # The same seed, points and chunk size give the same count on any number of workers.
-    same = [counts[name] for name in ("mcpi -w2", "mcpi -w2 chunk 1e4")]
+    same = [counts["mcpi -w2"] | counts["executor+numpy x2"], counts["mcpi -w2 chunk 1e4"]]
     same.append(counts["mcpi -w1 big"] | counts["mcpi -w2 big"] | counts["mcpi -w1 --jobs 2 big"])
-    print(f"  mcpi counts agree (per chunk size, across workers and rounds): {all(len(c) == 1 for c in same)}")
+    print(f"  counts agree (per chunk size, across workers, rounds and the executor): {all(len(c) == 1 for c in same)}")
     print()
 
     def ratio(a: str, b: str, what: str, target: str) -> None:

@@ -10,12 +10,12 @@ compiled calls). A stop is seen between calls; memory does not grow with the poi
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Callable
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_golden import KERNEL_TABLE
+from test_kernel_fused import stop_after
 
 from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck, lanes, numpy_impl
 from mcpi_worker.kernels.base import never
@@ -77,17 +77,6 @@ def test_the_golden_table_from_inside_a_range(seed: int, stream: int, points: in
     # The golden stream is the last of a range of five (the range cannot go past 2**64 - 1).
     first = max(0, stream - 4)
     assert lanes.count_streams(seed, first, 5, points)[stream - first] == inside
-
-
-def stop_after(calls: int) -> tuple[Callable[[], bool], list[int]]:
-    """A should_stop turning true on its ``calls``-th call, and its call counter."""
-    counter = [0]
-
-    def should_stop() -> bool:
-        counter[0] += 1
-        return counter[0] >= calls
-
-    return should_stop, counter
 
 
 @pytest.mark.parametrize("points", [1000, lanes.POINTS_PER_CALL])

@@ -8,6 +8,7 @@ the golden samples and reads the answers and the JSON log lines on stderr. Then 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,21 +295,33 @@ def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
             os.close(fd)
 
 
-def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker(cache_dir: str) -> None:
+@contextlib.contextmanager
+def worker_process(environ: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], PipeClient]]:
+    """A real ``mcpi-worker`` past its welcome and a client on its pipes; killed at the end
+    if it is still running."""
+    process = subprocess.Popen(
+        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
+    )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    try:
+        client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
+        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker"))
+        assert isinstance(client.receive(), Welcome)
+        yield process, client
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+
+
+def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker() -> None:
     """A real ``mcpi-worker`` counting minutes of a range in lanes: once it has spent CPU
     time on it (psutil, not a flag), a cancel ends it with ``cancelled``; the worker
     then answers a range exactly and exits 0 at end of input."""
-    process = subprocess.Popen(
-        worker_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir),
-    )
-    assert process.stdin is not None and process.stdout is not None
-    client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
-    try:
-        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker"))
-        assert isinstance(client.receive(), Welcome)  # under fused: loaded before the welcome
+    environ = base_environment(MCPI_NUMPY_IMPL="fused")  # numba's own cache: compiled once
+    with worker_process(environ) as (process, client):  # under fused: loaded before the welcome
         worker = psutil.Process(process.pid)
         before = sum(worker.cpu_times()[:2])
         client.send(Sample(id=1, seed=3, stream=0, points=2**33, kernel="numpy", streams=64))
@@ -321,13 +335,9 @@ def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker(cache
         client.send(RANGE)
         result = client.receive()
         assert isinstance(result, Result) and result.insides == range_insides(RANGE)
+        assert process.stdin is not None
         process.stdin.close()
         assert process.wait(timeout=TIMEOUT) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
 
 
 def test_in_a_process_that_configured_no_logging_the_kernels_say_nothing_on_stdout() -> None:
@@ -391,25 +401,14 @@ def warmers(cache_dir: str) -> list[psutil.Process]:
 
 def long_sample_answers(environ: dict[str, str]) -> tuple[list[Message], list[dict[str, Any]]]:
     """One sample past auto's switch (2.5e8 points: ~0.7 s of NumPy); once it is answered,
-    end of input."""
-    process = subprocess.Popen(
-        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
-    )
-    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-    try:
-        client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
-        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker"))
+    end of input. The answer, and the worker's log lines."""
+    with worker_process(environ) as (process, client):
         client.send(Sample(id=1, seed=7, stream=0, points=250_000_000, kernel="numpy"))
-        messages = [client.receive(), client.receive()]
+        messages = [client.receive()]
+        assert process.stdin is not None and process.stderr is not None
         process.stdin.close()
         stderr = process.stderr.read()
         assert process.wait(timeout=TIMEOUT) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
     logs = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     return messages, logs
 
