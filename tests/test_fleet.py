@@ -55,8 +55,11 @@ from mcpi_worker.kernels import count_numpy
 MiB = 2**20
 SETUP_TIMEOUT_S = 90.0
 """Generous: CI is a loaded 2-core machine, and a dozen workers start there."""
-SIGKILL_DEADLINE_S = 3.0
-CTRL_C_DEADLINE_S = 5.0
+# Bounds against a hang, not claims of speed: on a loaded 2-core CI machine a dozen
+# processes can take seconds to be scheduled and reaped, and a test must wait for the
+# event itself. How fast cleanup really is, is measured in benchmarks/fleet.py (cleanup).
+SIGKILL_DEADLINE_S = 60.0
+CTRL_C_DEADLINE_S = 60.0
 
 # ------------------------------------------------------------------ the cap, worked out
 

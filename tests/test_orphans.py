@@ -26,8 +26,11 @@ from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 from mcpi_worker.protocol import MAX_POINTS
 
 WORKERS = 2
-ORPHAN_DEADLINE_S = 1.0
-CTRL_C_DEADLINE_S = 2.0
+# Bounds against a hang, not claims of speed: on a loaded 2-core CI machine a dozen
+# processes can take seconds to be scheduled and reaped, and a test must wait for the
+# event itself. How fast cleanup really is, is measured in benchmarks/fleet.py (cleanup).
+ORPHAN_DEADLINE_S = 60.0
+CTRL_C_DEADLINE_S = 60.0
 SETUP_TIMEOUT_S = 60.0  # generous: CI is a loaded 2-core box
 BUSY_CPU_S = 1.0
 """CPU seconds a worker must have used before we call it busy: more than its own start-up
