@@ -34,6 +34,7 @@ import numpy as np
 
 from mcpi_worker.kernels import fused, fused_range
 from mcpi_worker.kernels.base import Cancelled, StopCheck, never
+from mcpi_worker.kernels.fused import _MASK24, _ONE, _TWO_TO_48, _U3, _U8, _U11, _U24, _U40
 
 LANES: Final[int] = 64
 """Streams stepped side by side: a few AVX-512 vectors of 8 lanes (or AVX2 vectors of
@@ -66,14 +67,17 @@ SEED_COST_POINTS: Final[int] = 256
 """What seeding one stream costs in this loop, counted in points (~60 ns): a call of
 zero-point streams still ends, and checks the stop flag, within ``POINTS_PER_CALL``."""
 
-_U11: Final = np.uint64(11)
-_U3: Final = np.uint64(3)
-_U24: Final = np.uint64(24)
-_U40: Final = np.uint64(40)
-_U8: Final = np.uint64(8)
-_ONE: Final = np.uint64(1)
-_MASK24: Final = np.uint64(0xFFFFFF)
-_TWO_TO_48: Final = np.float32(2.0**48)
+def _sfc64(a: np.uint64, b: np.uint64, c: np.uint64, w: np.uint64) -> tuple[np.uint64, ...]:
+    """One SFC64 step (protocol.md §11.2): the output, then the next (a, b, c, counter)."""
+    out = a + b + w
+    return out, b ^ (b >> _U11), c + (c << _U3), ((c << _U24) | (c >> _U40)) + out, w + _ONE
+
+
+def _inside(out: np.uint64) -> np.int32:
+    """1 if the output's point is inside the quarter circle, else 0 (as ``fused`` tests it)."""
+    x = np.float32(np.int32((out >> _U8) & _MASK24))
+    y = np.float32(np.int32(out >> _U40))
+    return np.int32(x * x + y * y < _TWO_TO_48)
 
 
 def _step_lanes(
@@ -97,78 +101,34 @@ def _step_lanes(
     if not pairs:  # one vector: a pair would leave the second half empty
         for _ in range(passes):
             for j in range(a.size):
-                sa = a[j]
-                sb = b[j]
-                sc = c[j]
-                sw = w[j]
+                sa, sb, sc, sw = a[j], b[j], c[j], w[j]
                 inside = np.int64(0)
-                for _step in range(UNROLL):
-                    out = sa + sb + sw
-                    sw += _ONE
-                    sa = sb ^ (sb >> _U11)
-                    sb = sc + (sc << _U3)
-                    sc = ((sc << _U24) | (sc >> _U40)) + out
-                    x = np.float32(np.int32((out >> _U8) & _MASK24))
-                    y = np.float32(np.int32(out >> _U40))
-                    inside += np.int64(x * x + y * y < _TWO_TO_48)
-                a[j] = sa
-                b[j] = sb
-                c[j] = sc
-                w[j] = sw
+                for _step in range(UNROLL):  # a constant trip count: LLVM unrolls it
+                    out, sa, sb, sc, sw = _sfc64(sa, sb, sc, sw)
+                    inside += _inside(out)
+                a[j], b[j], c[j], w[j] = sa, sb, sc, sw
                 counts[j] += inside
     half = a.size // 2
     for _ in range(passes if pairs else 0):
         for j in range(half):
             k = j + half
-            a0 = a[j]
-            b0 = b[j]
-            c0 = c[j]
-            w0 = w[j]
-            a1 = a[k]
-            b1 = b[k]
-            c1 = c[k]
-            w1 = w[k]
+            a0, b0, c0, w0 = a[j], b[j], c[j], w[j]
+            a1, b1, c1, w1 = a[k], b[k], c[k], w[k]
             inside0 = np.int32(0)
             inside1 = np.int32(0)
-            for _step in range(UNROLL):  # a constant trip count: LLVM unrolls it
-                out0 = a0 + b0 + w0
-                w0 += _ONE
-                a0 = b0 ^ (b0 >> _U11)
-                b0 = c0 + (c0 << _U3)
-                c0 = ((c0 << _U24) | (c0 >> _U40)) + out0
-                x0 = np.float32(np.int32((out0 >> _U8) & _MASK24))
-                y0 = np.float32(np.int32(out0 >> _U40))
-                inside0 += np.int32(x0 * x0 + y0 * y0 < _TWO_TO_48)
-                out1 = a1 + b1 + w1
-                w1 += _ONE
-                a1 = b1 ^ (b1 >> _U11)
-                b1 = c1 + (c1 << _U3)
-                c1 = ((c1 << _U24) | (c1 >> _U40)) + out1
-                x1 = np.float32(np.int32((out1 >> _U8) & _MASK24))
-                y1 = np.float32(np.int32(out1 >> _U40))
-                inside1 += np.int32(x1 * x1 + y1 * y1 < _TWO_TO_48)
-            a[j] = a0
-            b[j] = b0
-            c[j] = c0
-            w[j] = w0
+            for _step in range(UNROLL):
+                out0, a0, b0, c0, w0 = _sfc64(a0, b0, c0, w0)
+                inside0 += _inside(out0)
+                out1, a1, b1, c1, w1 = _sfc64(a1, b1, c1, w1)
+                inside1 += _inside(out1)
+            a[j], b[j], c[j], w[j] = a0, b0, c0, w0
             counts[j] += inside0
-            a[k] = a1
-            b[k] = b1
-            c[k] = c1
-            w[k] = w1
+            a[k], b[k], c[k], w[k] = a1, b1, c1, w1
             counts[k] += inside1
     for _ in range(steps - passes * UNROLL):
         for j in range(a.size):
-            out = a[j] + b[j] + w[j]
-            w[j] += _ONE
-            sb = b[j]
-            sc = c[j]
-            a[j] = sb ^ (sb >> _U11)
-            b[j] = sc + (sc << _U3)
-            c[j] = ((sc << _U24) | (sc >> _U40)) + out
-            x = np.float32(np.int32((out >> _U8) & _MASK24))
-            y = np.float32(np.int32(out >> _U40))
-            counts[j] += np.int64(x * x + y * y < _TWO_TO_48)
+            out, a[j], b[j], c[j], w[j] = _sfc64(a[j], b[j], c[j], w[j])
+            counts[j] += _inside(out)
 
 
 def _seed_lanes(
@@ -222,6 +182,8 @@ def _jit(function: Any, signature: str) -> Any:
 
 
 _ARRAYS: Final[str] = "uint64[::1], uint64[::1], uint64[::1], uint64[::1]"
+_sfc64 = numba.njit(inline="always", cache=fused.CACHE_PATH is not None)(_sfc64)
+_inside = numba.njit(inline="always", cache=fused.CACHE_PATH is not None)(_inside)
 _width = _jit(_width, "int64(int64)")
 _step_lanes = _jit(_step_lanes, f"void({_ARRAYS}, int64[::1], int64, boolean)")
 _seed_lanes = _jit(_seed_lanes, f"void(uint64, uint64, {_ARRAYS})")
