@@ -13,7 +13,9 @@ The examples are the fenced code blocks of README.md and docs/*.md, found by Syb
   scratch HOME. A command must exit 0 (or the status an ``<!-- exits: N -->`` comment
   before its block gives), with no traceback, and never say that a target was ``NOT
   reached`` (finding 1: the README's ``--target-error 1e-4`` could never stop early).
-  Commands with ``--target-error`` or ``--max-time`` must finish on their own; any other
+  Commands with ``--target-error`` or ``--max-time`` must finish on their own (a
+  ``--max-time`` run may also end with exit 1 and "no estimate within", what mcpi says when
+  a machine too busy to start its workers completes no chunk in that time); any other
   still running after ``BUDGET_S`` (``--points 1e13``, long benchmarks) gets Ctrl-C and
   must then stop with 130 and no traceback, having started and run that long as it
   should. A command whose program is not installed (``jq``) is not run, with a warning.
@@ -174,6 +176,8 @@ def run_shell(example: Example) -> None:
         )
         if outcome.interrupted:
             assert outcome.status == 130, f"exit {outcome.status} after Ctrl-C (130 expected): {said}"
+        elif "--max-time" in command and outcome.status == 1 and "no estimate within" in outcome.stderr:
+            pass  # a machine too busy to start workers and finish one chunk in time: said plainly
         else:
             assert outcome.status == expected, f"exit {outcome.status}, not {expected}: {said}"
         assert "Traceback" not in outcome.stderr, said
