@@ -16,7 +16,7 @@ The examples are the fenced code blocks of README.md and docs/*.md, found by Syb
   Commands with ``--target-error`` or ``--max-time`` must finish on their own (a
   ``--max-time`` run may also end with exit 1 and "no estimate within", what mcpi says when
   a machine too busy to start its workers completes no chunk in that time); any other
-  still running after ``BUDGET_S`` (``--points 1e13``, long benchmarks) gets Ctrl-C and
+  still running after ``BUDGET_S`` (``--points 1e13``, long benchmarks) gets SIGINT and
   must then stop with 130 and no traceback, having started and run that long as it
   should. A command whose program is not installed (``jq``) is not run, with a warning.
 - ``<!-- skip: next "why" -->`` (Sybil's) skips the next block, for what needs other
@@ -30,6 +30,7 @@ after it). The same command in several documents runs once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -43,6 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
@@ -53,7 +55,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md")
 """docs/protocol.md only includes protocol.md, whose vectors tests/test_golden.py checks."""
 
 BUDGET_S = 20.0
-"""How long a command that does not stop by itself runs before it gets Ctrl-C."""
+"""How long a command that does not stop by itself runs before it gets SIGINT."""
 
 TIMEOUT_S = 900.0
 """A command (or script) still running this long has hung: the test fails."""
@@ -107,7 +109,7 @@ def _environment(scratch: Path) -> dict[str, str]:
 
 
 def _run(argv: list[str], scratch: Path, budget_s: float | None) -> Outcome:
-    """Run ``argv`` in its own session; past ``budget_s``, Ctrl-C to the whole group."""
+    """Run ``argv`` in its own session; past ``budget_s``, SIGINT (``_interrupt``)."""
     process = subprocess.Popen(
         argv, cwd=scratch, env=_environment(scratch), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -121,14 +123,30 @@ def _run(argv: list[str], scratch: Path, budget_s: float | None) -> Outcome:
             stdout, stderr = process.communicate()
             pytest.fail(f"{shlex.join(argv)} did not finish within {TIMEOUT_S:.0f} s:\n{stderr[-3000:]}")
         interrupted = True
-        os.killpg(process.pid, signal.SIGINT)
+        _interrupt(process.pid)
         try:
             stdout, stderr = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             stdout, stderr = process.communicate()
-            pytest.fail(f"{shlex.join(argv)} did not stop within 60 s of Ctrl-C:\n{stderr[-3000:]}")
+            pytest.fail(f"{shlex.join(argv)} did not stop within 60 s of SIGINT:\n{stderr[-3000:]}")
     return Outcome(process.returncode, stdout, stderr, interrupted)
+
+
+def _interrupt(pid: int) -> None:
+    """SIGINT to the command: the process ``bash -c`` became (it execs a lone command), or
+    each process of the pipeline it runs. Not to the whole process group: the processes
+    those commands start themselves (an executor's forked workers) are theirs to stop,
+    as with ``kill -INT``. A terminal's Ctrl-C, which reaches the whole foreground group,
+    is tests/test_cli_terminal.py's and tests/test_cli_ends.py's to check."""
+    try:
+        leader = psutil.Process(pid)
+        targets = leader.children() if leader.name() == "bash" else [leader]
+    except psutil.NoSuchProcess:
+        return  # it has just ended by itself
+    for target in targets:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            target.send_signal(signal.SIGINT)
 
 
 def _commands(source: str) -> Iterator[str]:
@@ -175,7 +193,7 @@ def run_shell(example: Example) -> None:
             f"stdout:\n{outcome.stdout[-3000:]}\nstderr:\n{outcome.stderr[-3000:]}"
         )
         if outcome.interrupted:
-            assert outcome.status == 130, f"exit {outcome.status} after Ctrl-C (130 expected): {said}"
+            assert outcome.status == 130, f"exit {outcome.status} after SIGINT (130 expected): {said}"
         elif "--max-time" in command and outcome.status == 1 and "no estimate within" in outcome.stderr:
             pass  # a machine too busy to start workers and finish one chunk in time: said plainly
         else:
