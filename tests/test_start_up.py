@@ -116,12 +116,12 @@ def test_200_workers_for_one_chunk_start_one(tmp_path: Path) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     run = subprocess.run(
         [sys.executable, "-m", "mcpi_coordinator", "estimate", "--workers", "200", "-n", "1e6", "-s", "4",
-         "--json", "--worker-cmd", command],
+         "--json", "--startup-timeout", "60", "--worker-cmd", command],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert starts.read_text().split() == ["0"]
+    assert set(starts.read_text().split()) == {"0"}  # a start that timed out may have been retried
     assert report["workers"] == 1 and report["inside"] == count_numpy(4, 0, 1_000_000)
     assert "note: 1 chunk for 200 workers: starting 1 (199 would be idle)" in run.stderr
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
@@ -134,11 +134,13 @@ def test_the_workers_a_run_can_use_are_all_started(tmp_path: Path) -> None:
         command = f"sh -c 'echo {{i}} >> {shlex.quote(str(starts))}; exec {PYTHON} -m mcpi_worker'"
         run = subprocess.run(
             [sys.executable, "-m", "mcpi_coordinator", "estimate", "--workers", "5", "-n", "3000",
-             "--chunk-size", "1000", "-s", "4", "--json", "--worker-cmd", command, *extra],
+             "--chunk-size", "1000", "-s", "4", "--json", "--startup-timeout", "60", "--worker-cmd", command,
+             *extra],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
-        assert sorted(starts.read_text().split()) == [str(i) for i in range(expected)]
+        # Which slots started (a start that timed out on a busy machine may have been retried).
+        assert set(starts.read_text().split()) == {str(i) for i in range(expected)}
         assert json.loads(run.stdout)["inside"] == sum(count_numpy(4, s, 1000) for s in range(3))
 
 
