@@ -1,12 +1,16 @@
-"""What the command line itself costs: a usage error, a TAB completion, and the progress
-line against none on a real run, all as whole ``mcpi`` processes.
+"""What the command line itself costs, as whole ``mcpi`` processes from a cold start.
 
-    python benchmarks/cli.py [--rounds 5] [--points 1e9] [--workers 2]
+    python benchmarks/cli.py [--rounds 21]                 # start-up, against python3 -c pass
+    python benchmarks/cli.py --progress [--points 1e9]     # the progress line against none
 
-Prints medians over the rounds and the ratio of the run with the progress line to the
-run without; the load average is printed with every figure (the machine is shared).
-The progress run has its stderr on a pseudo-terminal, as a person's would be, so the
-line is really drawn; the other run gets the same terminal and ``--no-progress``.
+Start-up (issue 20): ``mcpi --help``, ``mcpi --version``, a usage error and a TAB
+completion request, each run in turn with ``python3 -c pass`` (this interpreter, so
+the same site-packages start-up) in every round, in a rotated order so none always runs
+on a warmer machine. Prints each one's median and its ratio to the reference's median
+of the same run (the target: at most 5), and the load average (the machine is shared).
+
+``--progress``: ``mcpi estimate`` with its stderr on a pseudo-terminal, as a person's
+would be, so the line is really drawn, against the same run with ``--no-progress``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
+_SCRIPT = Path(sys.executable).with_name("mcpi")
+MCPI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "mcpi_coordinator"]
+"""The installed console script, as a user runs it (``python -m`` from a source tree)."""
 
 
 def load() -> str:
@@ -33,12 +40,6 @@ def timed(run: Callable[[], None]) -> float:
     started = time.perf_counter()
     run()
     return time.perf_counter() - started
-
-
-def usage_error() -> None:
-    argv = [*MCPI, "estimate", "--points", "1e30"]
-    done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
-    assert done.returncode == 2, done.stderr
 
 
 def completion() -> None:
@@ -70,33 +71,67 @@ def estimate_on_a_terminal(extra: Sequence[str], points: str, workers: int) -> C
     return run
 
 
+def reference() -> None:
+    subprocess.run([sys.executable, "-c", "pass"], capture_output=True, timeout=60, check=True)
+
+
+def answer(*args: str, code: int = 0) -> Callable[[], None]:
+    def run() -> None:
+        done = subprocess.run([*MCPI, *args], capture_output=True, timeout=60, check=False)
+        assert done.returncode == code, done.stderr
+
+    return run
+
+
+def start_up(rounds: int) -> None:
+    contenders: list[tuple[str, Callable[[], None]]] = [
+        ("python3 -c pass", reference),
+        ("mcpi --help", answer("--help")),
+        ("mcpi --version", answer("--version")),
+        ("usage error (mcpi estimate --points 1e30)", answer("estimate", "--points", "1e30", code=2)),
+        ("TAB completion (mcpi estimate --poi)", completion),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    for round_number in range(rounds):
+        shift = round_number % len(contenders)
+        for name, run in contenders[shift:] + contenders[:shift]:
+            times[name].append(timed(run))
+    base = statistics.median(times["python3 -c pass"])
+    print(f"start-up, medians of {rounds} rounds; {load()}")
+    for name, taken in times.items():
+        median = statistics.median(taken)
+        print(f"  {name:45s} {median * 1000:7.1f} ms   {median / base:5.2f}x python3 -c pass")
+
+
+def progress_line(rounds: int, points: str, workers: int) -> None:
+    with_bar, without = [], []
+    for round_number in range(rounds):
+        # Alternate the order, so neither always runs on a warmer machine.
+        pair = [("bar", []), ("none", ["--no-progress"])]
+        for kind, extra in pair if round_number % 2 == 0 else pair[::-1]:
+            took = timed(estimate_on_a_terminal(extra, points, workers))
+            (with_bar if kind == "bar" else without).append(took)
+    bar, none = statistics.median(with_bar), statistics.median(without)
+    print(
+        f"mcpi estimate -n {points} -w {workers} on a terminal: with the progress line "
+        f"{bar:.3f} s, --no-progress {none:.3f} s (medians of {rounds}); "
+        f"ratio {bar / none:.3f}; {load()}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=None, help="default 21 (start-up), 5 (--progress)")
+    parser.add_argument("--progress", action="store_true", help="time the progress line instead")
     parser.add_argument("--points", default="1e9")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-
-    for name, run in (("usage error (mcpi estimate --points 1e30)", usage_error),
-                      ("TAB completion (mcpi estimate --poi)", completion)):  # fmt: skip
-        times = [timed(run) for _ in range(args.rounds * 2)]
-        print(f"{name}: median {statistics.median(times) * 1000:.0f} ms over {len(times)}; {load()}")
-
-    with_bar, without = [], []
-    for round_number in range(args.rounds):
-        # Alternate the order, so neither always runs on a warmer machine.
-        pair = [("bar", []), ("none", ["--no-progress"])]
-        for kind, extra in pair if round_number % 2 == 0 else pair[::-1]:
-            took = timed(estimate_on_a_terminal(extra, args.points, args.workers))
-            (with_bar if kind == "bar" else without).append(took)
-    bar, none = statistics.median(with_bar), statistics.median(without)
-    print(
-        f"mcpi estimate -n {args.points} -w {args.workers} on a terminal: with the progress line "
-        f"{bar:.3f} s, --no-progress {none:.3f} s (medians of {args.rounds}); "
-        f"ratio {bar / none:.3f}; {load()}"
-    )
+    if args.progress:
+        progress_line(args.rounds or 5, args.points, args.workers)
+    else:
+        start_up(args.rounds or 21)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import decimal
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final, TypeVar
 
 T = TypeVar("T")
@@ -160,3 +161,28 @@ def add_version(parser: argparse.ArgumentParser) -> None:
     from mcpi_coordinator import __version__
 
     parser.add_argument("--version", action="version", version=f"mcpi {__version__}")
+
+
+def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
+    """An argparse ``type`` for an output picture: one of ``suffixes``, in a directory that
+    exists, not a directory itself and writable, so a typo fails at once with exit 2
+    rather than after the work is done. (The write can still fail later, a full disk
+    say: then the command exits 1 after printing its result.)"""
+    expected = " or ".join(suffixes)
+
+    def picture_path(text: str) -> Path:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r} must end in {expected}")
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: directory {str(path.parent)!r} does not exist"
+            )
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+        # The picture is written beside it and renamed over it: the directory is written.
+        if not os.access(path.parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be written here (permission denied)")
+        return path
+
+    return picture_path

@@ -24,9 +24,9 @@ from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import plots, signals, text
-from mcpi_coordinator.cli.estimate import MAX_LOCAL_WORKERS as MAX_WORKERS
+from mcpi_coordinator.cli import commands, facts, plots, signals, text
 from mcpi_coordinator.cli.estimate import worker_command
+from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, chunk_count
@@ -70,7 +70,7 @@ examples:
   mcpi bench approaches --kernel python --points 2e7 --only sequential,threads,trio-pool
   mcpi bench approaches --json
 
---plot needs the 'bench' extra (matplotlib): {plots.INSTALL_HINT}"""
+--plot needs the 'bench' extra (matplotlib): {facts.INSTALL_HINT}"""
 
 OVERHEAD_DESCRIPTION = """\
 What does one tiny task cost? Each approach runs --tasks tasks that do nothing,
@@ -101,7 +101,7 @@ An optional peer that cannot be imported is listed as unavailable."""
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = subparsers.add_parser(
         "bench",
-        help="compare the ways to spread CPU work over processes",
+        help=commands.summary("bench"),
         description="Benchmarks that run mcpi's pool and the alternatives side by side.",
         epilog="Run 'mcpi bench BENCHMARK --help' for the options of one benchmark.",
     )
@@ -158,7 +158,7 @@ def _register_approaches(benchmarks: argparse._SubParsersAction[argparse.Argumen
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
-        "--plot", type=plots.picture_path_type(".png"), default=None, metavar="FILE.png",
+        "--plot", type=cli_args.picture_path_type(".png"), default=None, metavar="FILE.png",
         help="also write a bar chart of the wall times to FILE.png",
     )  # fmt: skip
     _add_common(parser)

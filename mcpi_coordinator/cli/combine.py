@@ -13,15 +13,16 @@ import json
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import text
-from mcpi_coordinator.cli.estimate import estimate_fields, estimate_rows, points_text
+from mcpi_coordinator.cli import commands, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
-from mcpi_coordinator.estimate import repeat_command
-from mcpi_coordinator.files import TooLarge, read_limited, read_stream_limited
-from mcpi_coordinator.parts import MCPI_WRITES, Combined, CombineRefused, combine, load_document
+
+# What combining needs is imported where it is used: parsing (--help, a usage error,
+# a TAB completion) imports none of it (``cli.commands``).
+if TYPE_CHECKING:
+    from mcpi_coordinator.parts import Combined
 
 PROG = "mcpi combine"
 
@@ -52,7 +53,7 @@ exit codes: 0 the run's estimate was printed
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "combine",
-        help="add up the --part outputs of one run into its estimate",
+        help=commands.summary("combine"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,6 +80,9 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """(name, document) of each file; stdin may hold several, one a line. Raises
     ``CombineRefused`` (one line) for a file that cannot be read, is larger than
     ``MAX_FILE_BYTES``, is not UTF-8 or not the JSON mcpi writes."""
+    from mcpi_coordinator.files import read_limited, read_stream_limited
+    from mcpi_coordinator.parts import CombineRefused, load_document
+
     if files.count("-") > 1:
         raise CombineRefused("- (stdin) is given more than once")
     documents = []
@@ -97,6 +101,9 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _read(name: str, read: Callable[[], bytes]) -> str:
+    from mcpi_coordinator.files import TooLarge
+    from mcpi_coordinator.parts import MCPI_WRITES, CombineRefused
+
     try:
         return read().decode("utf-8")
     except TooLarge as error:
@@ -108,6 +115,8 @@ def _read(name: str, read: Callable[[], bytes]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mcpi_coordinator.parts import CombineRefused, combine
+
     try:
         combined = combine(read_documents(args.files))
     except CombineRefused as error:
@@ -121,12 +130,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _repeat(combined: Combined) -> str:
+    from mcpi_coordinator.estimate import repeat_command
+
     key = combined.key
     return repeat_command(key.requested_points, key.seed, key.chunk_size, key.kernel)
 
 
 def combined_json(combined: Combined) -> dict[str, Any]:
     """The fields of ``mcpi estimate --json`` that a sum of parts has, and the parts."""
+    from mcpi_coordinator.cli.estimate import estimate_fields
+
     key = combined.key
     return {
         **estimate_fields(combined.inside, combined.points),
@@ -159,6 +172,8 @@ def combined_json(combined: Combined) -> dict[str, Any]:
 
 
 def print_combined(combined: Combined) -> None:
+    from mcpi_coordinator.cli.estimate import estimate_rows, points_text
+
     key = combined.key
     parts = "; ".join(
         f"{p.part.index} {p.source} (chunks {p.first_chunk:,}..{p.first_chunk + p.chunks - 1:,})"

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Final
 
-import argcomplete
-from argcomplete.shell_integration import shellcode
-
 from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator.cli import commands
 from mcpi_coordinator.cli.exit_codes import ExitCode
 
 SHELLS: Final[tuple[str, ...]] = ("bash", "zsh", "fish")
@@ -28,7 +26,7 @@ set it up once:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "completion",
-        help="print shell code that completes mcpi's commands and options (bash, zsh, fish)",
+        help=commands.summary("completion"),
         description="Print the shell code that makes TAB complete mcpi's commands, options "
         "and their choices.",
         epilog=EPILOG,
@@ -40,10 +38,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from argcomplete.shell_integration import shellcode  # here: parsing other commands never needs it
+
     print(shellcode(["mcpi"], shell=args.shell), end="")
     return ExitCode.OK
 
 
 def complete_if_asked(parser: argparse.ArgumentParser) -> None:
     """Answer the shell and exit, when the shell's completion code started us."""
+    import argcomplete
+
     argcomplete.autocomplete(parser)

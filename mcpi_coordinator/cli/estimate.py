@@ -1,5 +1,8 @@
 """``mcpi estimate``: estimate π on a pool of workers and report it (text or JSON).
 
+Its parser lives apart (``cli.estimate_parser``), so that parsing imports none of what a
+run needs: this module is imported by the parser's handler, once the line has parsed.
+
 Exit codes: 0 an estimate was reported (also after an early stop), 1 the run failed or
 the --plot could not be written (one line on stderr says why; an estimate is still
 printed first), 2 bad arguments, 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP.
@@ -19,8 +22,9 @@ import trio
 from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused
 from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli import plots, progress, runs, signals, text
+from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
 from mcpi_coordinator.cli.exit_codes import ExitCode
-from mcpi_coordinator.cli.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import (
     DEFAULT_CHUNK_SIZE,
@@ -34,173 +38,15 @@ from mcpi_coordinator.estimate import (
 from mcpi_coordinator.launch import capacity, remote, slurm
 from mcpi_coordinator.launch.local import adopting_orphans, default_worker_command, spawn_worker
 from mcpi_coordinator.launch.redact import shown_command
-from mcpi_coordinator.parts import Part, parse_part, part_json
-from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
-from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
-from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
-from mcpi_worker.protocol import MAX_POINTS
+from mcpi_coordinator.parts import part_json
+from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_worker.kernels import DEFAULT_KERNEL
 
 PROG = "mcpi estimate"
-
-_POINTS_LIMIT: Final[str] = "beyond 2**53 counts are not exact in JSON readers"
-
-MAX_TOTAL_POINTS: Final[int] = 2**53
-"""The most points a run may ask for: counts beyond 2**53 are no longer exact as
-doubles, which is how most JSON readers (jq, JavaScript) read ``--json``. It is also
-more than this 2-core machine samples in a month."""
-
-MAX_LOCAL_WORKERS: Final[int] = remote.MAX_WORKERS_PER_HOST
-"""A typo like ``--workers 100000`` should be an error, not a hundred thousand processes."""
 
 MAX_START_ATTEMPTS: Final[int] = 3
 """Failed starts in a row before a worker slot is dropped (the pool's default, said
 here because the start-up line counts the attempts)."""
-
-EXAMPLES = """\
-examples:
-  mcpi estimate                              1e9 points on every core
-  mcpi estimate -n 1e10 -s 42                repeatable: same seed, same count
-  mcpi estimate --target-error 1e-4          stop once the 95% CI is ±1e-4
-  mcpi estimate --max-time 5 --json          whatever 5 seconds give, as JSON
-  mcpi estimate --worker-cmd "python -m mcpi_worker --log-level debug" --log-level info
-  mcpi estimate --workers 0 --host alice@node1*4 --host node2:2222*2
-                                             6 workers on two machines, over ssh
-
-one run on several coordinators (a Slurm allocation each, say): the same seed,
-points and chunk size, one --part each, then add the counts up exactly:
-  sbatch --wrap "mcpi estimate --slurm -n 1e12 -s 7 --part 1/2 --json > part1.json"
-  sbatch --wrap "mcpi estimate --slurm -n 1e12 -s 7 --part 2/2 --json > part2.json"
-  mcpi combine part1.json part2.json         the count of one 1e12-point run, bit for bit
-
-environment: MCPI_WORKER_CMD, MCPI_REMOTE_CMD, MCPI_LOG_LEVEL, MCPI_LOG_FORMAT set the
-defaults of --worker-cmd, --remote-cmd, --log-level, --log-format
-
-exit codes: 0 estimate reported (also after an early stop)
-            1 the run failed, or the --plot could not be written (one line says why;
-              an estimate, if there is one, is printed first)
-            2 bad arguments (nothing was started)
-            130, 143, 129 stopped by Ctrl-C, SIGTERM, SIGHUP (every worker is stopped first)
-"""
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "estimate",
-        help="estimate pi on a pool of worker processes",
-        description=(
-            "Estimate pi by Monte Carlo: split the points into seeded chunks, count them\n"
-            "on a pool of persistent mcpi-worker processes, and combine the counts. The\n"
-            "count depends only on seed, points, chunk size and kernel, never on the\n"
-            "number of workers. Counts accept 1e9, 2.5e9 and 1_000_000, read exactly."
-        ),
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "-n", "--points", type=cli_args.count_type(1, MAX_TOTAL_POINTS, why=_POINTS_LIMIT),
-        default=None, metavar="N",
-        help=f"random points to draw (default {DEFAULT_POINTS:,}; with --target-error, as many as "
-        "the target can take; at most 2**53)",
-    )
-    parser.add_argument(
-        "-w", "--workers", type=cli_args.count_type(0, MAX_LOCAL_WORKERS, why="local processes"),
-        default=None, metavar="W",
-        help=f"local worker processes (default: the CPU count, {os.cpu_count() or 1} here; 0 with "
-        "--slurm); 0 with --host for remote workers only",
-    )
-    parser.add_argument(
-        "-s", "--seed", type=cli_args.seed, default=None, metavar="S",
-        help="seed below 2**64 (default: drawn at random and printed, to repeat the run)",
-    )
-    parser.add_argument(
-        "--chunk-size", type=cli_args.count_type(1, MAX_POINTS, why="the protocol's limit per request"),
-        default=None, metavar="C",
-        help=f"points per request to a worker (default {DEFAULT_CHUNK_SIZE:,}); part of "
-        "what makes a run repeatable",
-    )
-    parser.add_argument(
-        "--kernel", choices=tuple(KERNELS), default=None,
-        help="sampling kernel: numpy (fast, vectorised) or python (the plain loop); "
-        f"default {DEFAULT_KERNEL}",
-    )
-    parser.add_argument(
-        "--worker-cmd", metavar="CMD", default=cli_args.env_default("MCPI_WORKER_CMD", None),
-        help="command that starts one local worker, shell-split (default: this Python's "
-        "mcpi-worker; env MCPI_WORKER_CMD); any program speaking the protocol on stdio "
-        "works; {i} becomes the worker's index: --worker-cmd \"kubectl exec -i mcpi-{i} -- mcpi-worker\"",
-    )
-    parser.add_argument(
-        "--pipeline-depth",
-        type=cli_args.count_type(1, MAX_INFLIGHT_LIMIT, why="what a worker can queue"),
-        default=DEFAULT_PIPELINE_DEPTH, metavar="D",
-        help="requests each worker is sent ahead (default %(default)s, capped by what the "
-        "worker accepts); raise it, to 16 say, for chunks under ~1e5 points, so workers "
-        "never wait for the coordinator between chunks; it never changes the count",
-    )
-    parser.add_argument(
-        "--task-timeout", type=cli_args.number("seconds", unset="the default"), default=None,
-        metavar="S",
-        help="a worker that leaves a request unanswered this long is killed and replaced, "
-        "and the chunk retried (default: 30 s + 1 µs per point of the chunk)",
-    )
-    parser.add_argument(
-        "--startup-timeout", type=cli_args.number("seconds", unset="the default"), default=10.0,
-        metavar="S",
-        help="time a worker has to start and answer the handshake (default %(default)g s); "
-        "a warning names workers still silent after half of it",
-    )
-    parser.add_argument(
-        "--max-time", type=cli_args.number("seconds", unset="no limit"), default=None, metavar="S",
-        help="stop after S seconds and report the estimate from the chunks completed",
-    )
-    parser.add_argument(
-        "--target-error", type=cli_args.number(unset="no target"), default=None, metavar="EPS",
-        help="stop once the 95%% confidence interval's half-width is at most EPS; without "
-        "--points the run goes on until it is: it may draw (2×1.96/EPS)² points, 1.54e9 for "
-        "1e-4, and stops near two thirds of that (1.04e9 for 1e-4)",
-    )
-    parser.add_argument(
-        "--part", type=_part_type, default=None, metavar="I/K",
-        help="count only part I of the run's K parts (its chunks ⌊n(I-1)/K⌋..⌊nI/K⌋-1 of n) "
-        "and report that part's count alone; run every part 1/K..K/K with the same seed, "
-        "points, chunk size and kernel (anywhere, any worker count) and add them up with "
-        "'mcpi combine' (see the example below); not with --target-error",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument(
-        "--plot", type=plots.picture_path_type(".png"), default=None, metavar="FILE.png",
-        help="after the run, draw the running estimate and its 95%% band against the points "
-        f"used (log scale) to FILE.png; needs the 'bench' extra: {plots.INSTALL_HINT}",
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true",
-        help="print the result only: no progress, notes or warnings on stderr (errors still)",
-    )
-    parser.add_argument(
-        "--no-progress", action="store_true",
-        help="no progress line (it is drawn only when stderr is a terminal anyway)",
-    )
-    parser.add_argument(
-        "--log-level", choices=tuple(LOG_LEVELS), metavar="LEVEL",
-        default=cli_args.env_default("MCPI_LOG_LEVEL", None),
-        help=f"least severe log level shown on stderr: {', '.join(LOG_LEVELS)} "
-        "(default warning, error with --quiet; env MCPI_LOG_LEVEL)",
-    )
-    parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, default=cli_args.env_default("MCPI_LOG_FORMAT", "console"),
-        help="log lines as text (default) or JSON objects (env MCPI_LOG_FORMAT)",
-    )
-    runs.add_arguments(parser)
-    cli_args.add_version(parser)
-    remote.add_arguments(parser, cli_args.env_default("MCPI_REMOTE_CMD", remote.DEFAULT_REMOTE_COMMAND))
-    parser.add_argument(
-        "--slurm", action="store_true",
-        help="inside a Slurm allocation (salloc, sbatch): one worker step per node (srun), "
-        "each running the worker command with --jobs set to the node's CPUs in the allocation; "
-        "adds to --workers (default 0 then) and --host",
-    )
-    parser.set_defaults(handler=run, command_parser=parser)
-
 
 def worker_command(worker_cmd: str | None, index: int) -> list[str]:
     """The argument vector that starts worker ``index``: ``--worker-cmd`` shell-split,
@@ -210,13 +56,6 @@ def worker_command(worker_cmd: str | None, index: int) -> list[str]:
         return default_worker_command()
     what = cli_args.named(worker_cmd, "--worker-cmd")
     return remote.substitute_index(remote.split_command(worker_cmd, what), index)
-
-
-def _part_type(text: str) -> Part:
-    try:
-        return parse_part(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _part_problem(args: argparse.Namespace) -> str | None:

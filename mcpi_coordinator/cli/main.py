@@ -1,9 +1,12 @@
 """The ``mcpi`` command: argument parsing, dispatch to a subcommand, exit codes.
 
-Each subcommand lives in ``mcpi_coordinator/cli/<name>.py`` and exposes
-``register(subparsers)``, which adds its parser and sets ``handler`` (a function
+Each subcommand's parser is built by a module under ``mcpi_coordinator/cli/`` that
+exposes ``register(subparsers)``, which adds its parser and sets ``handler`` (a function
 ``(argparse.Namespace) -> int`` returning the exit code). Adding a subcommand is one
-module and one line in ``COMMANDS``.
+module and one line in ``cli.commands.COMMANDS``. Parsing imports only what parsing
+needs: the command being run builds its own parser, the others are stubs, and what a
+command does is imported by its handler (``--help``, ``--version``, a usage error and a
+TAB completion answer in about the time the interpreter takes to start).
 
 Usage errors are one line that names the command they belong to (``mcpi estimate:
 error: ...``), suggest the nearest option or command for a typo, and exit 2. Options
@@ -32,13 +35,11 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from mcpi_coordinator.cli import boot, signals
 from mcpi_coordinator.cli.args import EnvValue, add_version
+from mcpi_coordinator.cli.commands import COMMANDS
 from mcpi_coordinator.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
-
-COMMANDS: Final[tuple[str, ...]] = ("estimate", "combine", "scatter", "bench", "completion")
-"""Subcommand modules under ``mcpi_coordinator.cli``, in --help order."""
 
 DESCRIPTION: Final[str] = """\
 Estimate pi by Monte Carlo on a persistent pool of mcpi-worker processes, on this
@@ -140,7 +141,12 @@ def _did_you_mean(typed: str, candidates: Sequence[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def build_parser() -> UsageParser:
+def build_parser(words: Sequence[str] | None = None) -> UsageParser:
+    """The ``mcpi`` parser. Given ``words`` (a command line), only the command they name
+    is built in full and the others as stubs (name and summary, ``cli.commands``): all
+    that parsing, completing or explaining those words needs, and none of the other
+    commands' modules is imported. Without ``words``, every command in full (for the
+    documentation, and tests that walk every parser)."""
     parser = UsageParser(
         prog="mcpi",
         description=DESCRIPTION,
@@ -151,9 +157,23 @@ def build_parser() -> UsageParser:
     subparsers = parser.add_subparsers(
         title="commands", metavar="COMMAND", required=True, parser_class=UsageParser
     )
-    for name in COMMANDS:
-        importlib.import_module(f"mcpi_coordinator.cli.{name}").register(subparsers)
+    named = next((word for word in words if word in COMMANDS), None) if words is not None else None
+    for name, (module, summary) in COMMANDS.items():
+        if words is None or name == named:
+            importlib.import_module(f"mcpi_coordinator.cli.{module}").register(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary)
     return parser
+
+
+def _typed_so_far() -> list[str] | None:
+    """The words before the cursor when a shell's TAB started us (argcomplete's
+    protocol), without the program's name; None otherwise."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return None
+    line = os.environ.get("COMP_LINE", "")
+    point = os.environ.get("COMP_POINT", "")
+    return line[: int(point) if point.isdigit() else len(line)].split()[1:]
 
 
 def _options_before_command(parser: UsageParser, argv: Sequence[str]) -> None:
@@ -219,14 +239,16 @@ def _stdout_to_devnull() -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    if argv is None:  # the command itself: its workers start now, beside its imports
+    typed = _typed_so_far()
+    if typed is not None:  # a shell's TAB: answer it and exit
+        from mcpi_coordinator.cli.completion import complete_if_asked
+
+        complete_if_asked(build_parser(typed))
+    if argv is None and words[:1] == ["estimate"]:  # its workers start now, beside its imports
         from mcpi_coordinator.launch import early
 
         early.start(words)
-    parser = build_parser()
-    from mcpi_coordinator.cli.completion import complete_if_asked
-
-    complete_if_asked(parser)  # returns at once unless a shell's TAB started us
+    parser = build_parser(words)
     _options_before_command(parser, words)
     args, extras = parser.parse_known_args(words)
     command: UsageParser = getattr(args, "command_parser", parser)

@@ -18,11 +18,9 @@ message; this module is the one place that translates them from ImportError/OSEr
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import numpy as np
 
 from mcpi_coordinator import files
+from mcpi_coordinator.cli.facts import INSTALL_HINT
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.estimate import pi_statistics
 from mcpi_worker.kernels import inside_quarter_circle, iter_point_blocks
@@ -40,14 +39,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from mcpi_coordinator.estimate import EstimateResult
-
-INSTALL_HINT: Final[str] = "pip install 'mcpi-trio[bench]'"
-
-MAX_SCATTER_POINTS: Final[int] = 1_000_000
-"""Beyond this the quadrant is a solid fill: more points only cost memory and time."""
-
-MAX_FRAMES: Final[int] = 200
-"""Every GIF frame is held in memory (Pillow merges them on save): ~0.4 MB each."""
 
 PALETTE_COLOURS: Final[int] = 64
 """Scatter images are saved with a palette: a few flat colours and their antialiased
@@ -147,31 +138,6 @@ def _missing_extra_message() -> str:
 def ensure_available() -> None:
     """Raise :class:`PlottingUnavailable` now, e.g. before a long run that must plot at its end."""
     _require_extra()
-
-
-def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
-    """An argparse ``type`` for an output picture: one of ``suffixes``, in a directory that
-    exists, not a directory itself and writable, so a typo fails at once with exit 2
-    rather than after the work is done. (The write can still fail later, a full disk
-    say: then the command exits 1 after printing its result.)"""
-    expected = " or ".join(suffixes)
-
-    def picture_path(text: str) -> Path:
-        path = Path(text)
-        if path.suffix.lower() not in suffixes:
-            raise argparse.ArgumentTypeError(f"{text!r} must end in {expected}")
-        if not path.parent.is_dir():
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: directory {str(path.parent)!r} does not exist"
-            )
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-        # The picture is written beside it and renamed over it: the directory is written.
-        if not os.access(path.parent, os.W_OK):
-            raise argparse.ArgumentTypeError(f"{text!r} cannot be written here (permission denied)")
-        return path
-
-    return picture_path
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused, RunParameters
-from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli.text import plural
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
 from mcpi_coordinator.statistics import points_to_reach
@@ -34,35 +33,6 @@ RUN_OPTIONS: Final[dict[str, tuple[str, object]]] = {
 """The options a checkpoint fixes: attribute → (flag, default when not given). Their
 parser defaults are None, so that an option given on the command line can be told
 from one left out."""
-
-
-def fraction(text: str) -> float:
-    """A number from 0 to 1."""
-    value = cli_args.number(allow_zero=True)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is more than 1; a fraction is from 0 to 1")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--verify", type=fraction, default=0.0, metavar="FRACTION",
-        help="compute this fraction of the chunks (chosen by the seed) a second time on "
-        "another worker, another host if there is one, and compare; a worker caught "
-        "giving a wrong count is retired and its unchecked chunks computed again. "
-        "1 checks every chunk, so no single wrong worker can change the answer (default 0)",
-    )  # fmt: skip
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--checkpoint", metavar="FILE", default=None,
-        help="record completed chunks in FILE (SQLite, new file) as the run goes, so that "
-        "a run that is killed can be carried on with --resume FILE",
-    )  # fmt: skip
-    group.add_argument(
-        "--resume", metavar="FILE", default=None,
-        help="carry on the run recorded in FILE (its seed, points, chunk size, kernel, "
-        "target and --part), computing only what is missing; ends with the uninterrupted run's count",
-    )  # fmt: skip
 
 
 @dataclass

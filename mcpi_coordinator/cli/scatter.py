@@ -8,15 +8,14 @@ import secrets
 from pathlib import Path
 
 from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli import plots, text
+from mcpi_coordinator.cli import commands, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
-from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import pi_statistics
+from mcpi_coordinator.cli.facts import INSTALL_HINT, MAX_FRAMES, MAX_SCATTER_POINTS
 
 DEFAULT_POINTS = 20_000
 DEFAULT_FRAMES = 40
 DEFAULT_OUT = Path("mcpi-scatter.png")
-_picture_path = plots.picture_path_type(".png", ".gif")
+_picture_path = cli_args.picture_path_type(".png", ".gif")
 
 DESCRIPTION = """\
 Draw random points on the unit square, the ones inside the quarter circle
@@ -36,21 +35,21 @@ examples:
   mcpi scatter --points 20000 --seed 7 --out quadrant.gif --frames 40
   mcpi scatter --json
 
-Needs the 'bench' extra (matplotlib, Pillow): {plots.INSTALL_HINT}"""
+Needs the 'bench' extra (matplotlib, Pillow): {INSTALL_HINT}"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "scatter",
-        help="draw the quadrant figure (PNG) or its animation (GIF)",
+        help=commands.summary("scatter"),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "-n", "--points", default=DEFAULT_POINTS, metavar="N",
-        type=cli_args.count_type(1, plots.MAX_SCATTER_POINTS, why="beyond that the quadrant is a solid fill"),
-        help=f"points to draw, 1 to {plots.MAX_SCATTER_POINTS:,} (default {DEFAULT_POINTS:,};"
+        type=cli_args.count_type(1, MAX_SCATTER_POINTS, why="beyond that the quadrant is a solid fill"),
+        help=f"points to draw, 1 to {MAX_SCATTER_POINTS:,} (default {DEFAULT_POINTS:,};"
         " accepts 1e5, 100_000)",
     )  # fmt: skip
     parser.add_argument(
@@ -67,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )  # fmt: skip
     parser.add_argument(
         "--frames", default=None, metavar="K",
-        type=cli_args.count_type(1, plots.MAX_FRAMES, why="every frame is held in memory"),
-        help=f"frames of a .gif animation, 1 to {plots.MAX_FRAMES} (default {DEFAULT_FRAMES})",
+        type=cli_args.count_type(1, MAX_FRAMES, why="every frame is held in memory"),
+        help=f"frames of a .gif animation, 1 to {MAX_FRAMES} (default {DEFAULT_FRAMES})",
     )  # fmt: skip
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout instead of text"
@@ -94,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
             f"--frames {frames} is more than --points {args.points}: every frame adds a point"
         )
     seed = args.seed if args.seed is not None else secrets.randbits(64)
+    # Here, not at the top: parsing (--help, a usage error) never needs NumPy.
+    from mcpi_coordinator.cli import plots
+    from mcpi_coordinator.errors import McpiError
+    from mcpi_coordinator.estimate import pi_statistics
 
     try:
         plots.ensure_available()  # before sampling: fail fast on a missing extra

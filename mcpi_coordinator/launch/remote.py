@@ -398,38 +398,6 @@ def _tokens(limits: Iterable[StartLimiter]) -> int:
     return sum(int(limit.total_tokens) for limit in limits)
 
 
-def add_arguments(
-    parser: argparse.ArgumentParser, remote_command_default: str = DEFAULT_REMOTE_COMMAND
-) -> None:
-    """The remote-worker options of ``mcpi estimate``, in a group of their own.
-    ``remote_command_default`` is ``--remote-cmd``'s default (the CLI's may come from
-    the environment)."""
-    group = parser.add_argument_group(
-        "remote workers",
-        "Workers on other machines over ssh, mixed with the --workers local ones.\n"
-        "Argument vectors only, never a local shell. See docs/remote.md.",
-    )
-    group.add_argument(
-        "--host", type=host_spec_arg, action="append", default=[], metavar="SPEC",
-        help=f"run workers on this host over ssh; SPEC is {SPEC_SYNTAX}, N workers "
-        "(default 1); repeatable. --workers 0 with hosts: remote workers only",
-    )
-    group.add_argument(
-        "--hosts-file", metavar="FILE",
-        help="read host specs from FILE, one a line; '#' starts a comment",
-    )
-    group.add_argument(
-        "--ssh-option", type=ssh_option_arg, action="append", default=[], metavar="KEY=VALUE",
-        help="passed to ssh as -o KEY=VALUE, e.g. IdentityFile=~/.ssh/mcpi; repeatable",
-    )
-    group.add_argument(
-        "--remote-cmd", default=remote_command_default, metavar="CMD",
-        help="the worker command on the hosts, shell-split here and quoted word for word "
-        f"for the remote shell (default {DEFAULT_REMOTE_COMMAND}; env MCPI_REMOTE_CMD; ssh "
-        "gives it a minimal PATH, so an absolute path like /opt/mcpi/bin/mcpi-worker is safest)",
-    )
-
-
 def slots_from_args(
     args: argparse.Namespace, local_command: Callable[[int], Sequence[str]]
 ) -> list[WorkerSlot]:

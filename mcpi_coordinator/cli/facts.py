@@ -1,0 +1,50 @@
+"""The numbers and names ``mcpi``'s parsers show and check, here so that parsing imports
+none of the heavy modules that own them.
+
+Their owners (the run, the kernels, the protocol, the pool, the ssh launcher, the
+worker's logging) import NumPy, Trio or structlog, hundreds of milliseconds that
+``--help``, ``--version``, a usage error or a TAB completion has no use for. Each value
+is a copy of its owner's, named after it, and ``tests/test_cli_startup.py`` holds every
+copy equal to its owner, so a change to one fails the tests until both agree; what a
+light module owns (``mcpi_worker.constants``) is imported from it, not copied.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS, MAX_INFLIGHT_LIMIT
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE", "DEFAULT_KERNEL", "DEFAULT_PIPELINE_DEPTH", "DEFAULT_POINTS", "DEFAULT_REMOTE_COMMAND",
+    "INSTALL_HINT", "KERNEL_NAMES", "LOG_FORMATS", "LOG_LEVELS", "MAX_FRAMES", "MAX_INFLIGHT_LIMIT", "MAX_POINTS",
+    "MAX_SCATTER_POINTS", "MAX_WORKERS_PER_HOST", "SPEC_SYNTAX",
+]  # fmt: skip
+
+DEFAULT_POINTS: Final[int] = 1_000_000_000
+"""``mcpi_coordinator.estimate.DEFAULT_POINTS``."""
+DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
+"""``mcpi_coordinator.estimate.DEFAULT_CHUNK_SIZE``."""
+KERNEL_NAMES: Final[tuple[str, ...]] = tuple(KERNEL_VERSIONS)
+"""The kernels' names, the default first (``mcpi_worker.constants``, light, is their home)."""
+MAX_POINTS: Final[int] = 1 << 40
+"""``mcpi_worker.protocol.MAX_POINTS``: the most points one request may ask for."""
+DEFAULT_PIPELINE_DEPTH: Final[int] = 2
+"""``mcpi_coordinator.pool.worker_pool.DEFAULT_PIPELINE_DEPTH``."""
+MAX_WORKERS_PER_HOST: Final[int] = 1024
+"""``mcpi_coordinator.launch.remote.MAX_WORKERS_PER_HOST``."""
+SPEC_SYNTAX: Final[str] = "[user@]host[:port][*N]"
+"""``mcpi_coordinator.launch.remote.SPEC_SYNTAX``."""
+DEFAULT_REMOTE_COMMAND: Final[str] = "mcpi-worker"
+"""``mcpi_coordinator.launch.remote.DEFAULT_REMOTE_COMMAND``."""
+LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
+"""``tuple(mcpi_worker.logs.LOG_LEVELS)``."""
+LOG_FORMATS: Final[tuple[str, ...]] = ("json", "console")
+"""``mcpi_worker.logs.LOG_FORMATS``."""
+
+# The drawing options' own values: ``cli.plots`` takes them from here (one home).
+INSTALL_HINT: Final[str] = "pip install 'mcpi-trio[bench]'"
+MAX_SCATTER_POINTS: Final[int] = 1_000_000
+"""Beyond this the quadrant is a solid fill: more points only cost memory and time."""
+MAX_FRAMES: Final[int] = 200
+"""Every GIF frame is held in memory (Pillow merges them on save): ~0.4 MB each."""

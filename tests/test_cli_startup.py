@@ -1,0 +1,114 @@
+"""What ``mcpi`` imports to answer without running anything (issue 20, item 10):
+``--help``, ``--version``, a usage error and a TAB completion load none of Trio, NumPy,
+structlog, rich or the worker's kernels. Checked on the module list ``python -X
+importtime`` prints, never on a clock (``benchmarks/cli.py`` measures the time).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from mcpi_coordinator.cli import facts
+from mcpi_coordinator.cli.commands import COMMANDS
+from mcpi_coordinator.cli.main import build_parser
+
+HEAVY = (
+    "trio",
+    "numpy",
+    "structlog",
+    "rich",
+    "msgpack",
+    "mcpi_worker.kernels",
+    "mcpi_worker.protocol",
+    "mcpi_coordinator.pool",
+    "mcpi_coordinator.estimate",
+    "mcpi_coordinator.checkpoint",
+    "mcpi_coordinator.launch",
+    "mcpi_coordinator.cli.estimate",
+    "importlib.metadata",
+)
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MCPI_")}
+
+
+def imported_by(args: list[str], env: Mapping[str, str] | None = None) -> tuple[int, set[str]]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", *args],
+        capture_output=True, text=True, timeout=120, env={**CLEAN_ENV, **(env or {})}, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    modules = {
+        line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    return done.returncode, modules
+
+
+def heavy_among(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["estimate", "--help"], 0),
+        (["estimate", "--version"], 0),
+        (["estimate", "--points", "1e30"], 2),
+        (["estimate", "--kernel", "nump"], 2),
+        (["estimate", "--pionts", "5"], 2),
+        (["estimat"], 2),
+        (["combine", "--help"], 0),
+        (["scatter", "--frames", "0"], 2),
+        (["completion", "--help"], 0),
+    ],
+)
+def test_answers_without_running_import_nothing_heavy(args: list[str], code: int) -> None:
+    returncode, modules = imported_by(args)
+    assert returncode == code
+    assert "mcpi_coordinator.cli.main" in modules  # the list is real
+    assert heavy_among(modules) == []
+
+
+@pytest.mark.parametrize("line", ["mcpi estimate --poi", "mcpi est", "mcpi estimate --kernel ", "mcpi scatter -"])
+def test_a_tab_completion_imports_nothing_heavy(line: str, tmp_path: Path) -> None:
+    out = tmp_path / "completions"
+    env = {"_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}  # fmt: skip
+    _, modules = imported_by([], env)
+    assert out.read_text().strip(), "no completion was offered"
+    assert heavy_among(modules) == []
+
+
+def test_the_parsers_facts_are_their_owners() -> None:
+    """``cli.facts`` copies values so that parsing imports none of their owners: each
+    copy must stay what its owner says."""
+    from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS
+    from mcpi_coordinator.launch import remote
+    from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH
+    from mcpi_worker import logs
+    from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
+    from mcpi_worker.protocol import MAX_POINTS
+
+    assert (facts.DEFAULT_POINTS, facts.DEFAULT_CHUNK_SIZE) == (DEFAULT_POINTS, DEFAULT_CHUNK_SIZE)
+    assert (tuple(KERNELS), DEFAULT_KERNEL) == (facts.KERNEL_NAMES, facts.DEFAULT_KERNEL)
+    assert facts.MAX_POINTS == MAX_POINTS
+    assert facts.DEFAULT_PIPELINE_DEPTH == DEFAULT_PIPELINE_DEPTH
+    assert facts.MAX_WORKERS_PER_HOST == remote.MAX_WORKERS_PER_HOST
+    assert facts.SPEC_SYNTAX == remote.SPEC_SYNTAX
+    assert facts.DEFAULT_REMOTE_COMMAND == remote.DEFAULT_REMOTE_COMMAND
+    assert (tuple(logs.LOG_LEVELS), logs.LOG_FORMATS) == (facts.LOG_LEVELS, facts.LOG_FORMATS)
+
+
+def test_a_stub_says_what_the_command_says() -> None:
+    """``mcpi --help`` lists stubs; ``mcpi estimate ...`` builds estimate in full: the
+    same commands in the same order with the same summaries either way."""
+    full = build_parser().format_help()
+    assert build_parser(["--help"]).format_help() == full
+    for name in COMMANDS:
+        assert build_parser([name]).format_help() == full
