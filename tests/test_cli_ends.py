@@ -28,6 +28,8 @@ CLEAN_ENV = {
     k: v for k, v in os.environ.items() if not k.startswith("MCPI_") and k not in ("NO_COLOR", "COLUMNS")
 }
 MARK = "MCPI_TEST_RUN_MARK"
+PATIENT = ("--startup-timeout", "300")
+"""A worker may take long to start on a loaded machine: these tests are not about that."""
 
 
 def _marked(mark: str) -> list[int]:
@@ -70,8 +72,8 @@ def run_into_closed_pipe(args: list[str], cwd: Path | None = None) -> tuple[subp
 @pytest.fixture
 def part_file(tmp_path: Path) -> Iterator[Path]:
     done = subprocess.run(
-        [*MCPI, "estimate", "-n", "2000", "--chunk-size", "1000", "-w", "1", "-s", "3", "--json", "-q"],
-        capture_output=True, text=True, env=CLEAN_ENV, timeout=120, check=False,
+        [*MCPI, "estimate", "-n", "2000", "--chunk-size", "1000", "-w", "1", "-s", "3", "--json", "-q", *PATIENT],
+        capture_output=True, text=True, env=CLEAN_ENV, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     json.loads(done.stdout)
@@ -81,14 +83,14 @@ def part_file(tmp_path: Path) -> Iterator[Path]:
 
 
 STDOUT_COMMANDS = {
-    "estimate": ["estimate", "-n", "2e6", "-w", "2", "-s", "1", "-q"],
-    "estimate --json": ["estimate", "-n", "2e6", "-w", "2", "-s", "1", "--json"],
+    "estimate": ["estimate", "-n", "2e6", "-w", "2", "-s", "1", "-q", *PATIENT],
+    "estimate --json": ["estimate", "-n", "2e6", "-w", "2", "-s", "1", "--json", *PATIENT],
     "estimate, a resumed finished run": ["estimate", "--resume", "{checkpoint}", "-q"],
     "scatter": ["scatter", "-n", "100", "-s", "1", "-o", "{tmp}/q.png", "-q"],
     "scatter --json": ["scatter", "-n", "100", "-s", "1", "-o", "{tmp}/q.png", "--json"],
     "combine": ["combine", "{part}"],
     "combine --json": ["combine", "{part}", "--json"],
-    "bench overhead": ["bench", "overhead", "-n", "30", "-w", "1"],
+    "bench overhead": ["bench", "overhead", "-n", "30", "-w", "1"],  # its workers start under its own timeouts
     "bench approaches": ["bench", "approaches", "-n", "1e5", "-r", "1", "-w", "1", "--only", "sequential,trio-pool"],
     "completion": ["completion", "bash"],
     "--help": ["--help"],
@@ -103,8 +105,8 @@ def test_a_reader_that_left_ends_every_command_quietly(name: str, tmp_path: Path
     if "{checkpoint}" in STDOUT_COMMANDS[name]:
         made = subprocess.run(
             [*MCPI, "estimate", "-n", "3000", "--chunk-size", "1000", "-w", "1", "-s", "5", "-q",
-             "--checkpoint", str(checkpoint)],
-            capture_output=True, text=True, env=CLEAN_ENV, timeout=120, check=False,
+             "--checkpoint", str(checkpoint), *PATIENT],
+            capture_output=True, text=True, env=CLEAN_ENV, timeout=600, check=False,
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
     args = [
@@ -121,11 +123,8 @@ def test_grep_m1_and_true_on_a_real_shell_pipeline(tmp_path: Path) -> None:
     before or after the writes; either way no traceback, and the status of each
     side is the usual one)."""
     mark = uuid.uuid4().hex
-    python = sys.executable
-    script = (
-        f"set -o pipefail; '{python}' -m mcpi_coordinator estimate -q -n 2e6 -w 1 | grep -m1 '^π'; "
-        f"echo status $?; '{python}' -m mcpi_coordinator estimate -q -n 2e6 -w 1 | true; echo status $?"
-    )
+    estimate = f"'{sys.executable}' -m mcpi_coordinator estimate -q -n 2e6 -w 1 --startup-timeout 300"
+    script = f"set -o pipefail; {estimate} | grep -m1 '^π'; echo status $?; {estimate} | true; echo status $?"
     done = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, env=_env(mark), timeout=300, check=False
     )
@@ -157,7 +156,8 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
     on a fast machine, a little later), never on a guess of the real clock."""
     mark = uuid.uuid4().hex
     process = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", "estimate", "-n", "1e9", "-w", "2", "-s", "1"],
+        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator",
+         "estimate", "-n", "1e9", "-w", "2", "-s", "1", *PATIENT],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
     )  # fmt: skip
     try:

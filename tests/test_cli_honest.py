@@ -32,7 +32,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 
 def mcpi(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        [*MCPI, *args], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
         env={**CLEAN_ENV, **(env or {})}, check=False,
     )  # fmt: skip
 
