@@ -29,7 +29,10 @@ HEAVY = (
     "mcpi_coordinator.pool",
     "mcpi_coordinator.estimate",
     "mcpi_coordinator.checkpoint",
-    "mcpi_coordinator.launch",
+    "mcpi_coordinator.launch.local",  # launch.early, stdlib only, starts an estimate's workers
+    "mcpi_coordinator.launch.remote",
+    "mcpi_coordinator.launch.transport",
+    "mcpi_coordinator.launch.capacity",
     "mcpi_coordinator.cli.estimate",
     "importlib.metadata",
 )
