@@ -1,12 +1,14 @@
 """mcpi's own errors, and the one place low-level failures are translated into them.
 
 Everything a user may see is an ``McpiError`` whose ``str()`` is one line fit to print
-after ``mcpi: error:``. Pipe errors (``trio.BrokenResourceError``,
-``trio.ClosedResourceError``), ``OSError`` from spawning or signalling, and the
-protocol core's ``FatalProtocolError``/``RequestError`` never leave the pool: the
-connection code wraps its I/O in ``worker_failures(...)`` below and gets a
-``WorkerFailure`` instead, which the pool turns into a replaced worker (and, when
-nothing is left, a ``PoolExhausted``).
+after ``mcpi: error:``. Low-level failures never leave the pool. A worker's bytes that
+do not parse or break a rule never raise here: the protocol core's ``CoordinatorEnd``
+catches its own ``FatalProtocolError``/``RequestError`` and reports ``Broken``. Pipe
+errors (``trio.BrokenResourceError``, ``trio.ClosedResourceError``) and ``OSError``
+from launching a worker or writing to it are caught by ``worker_failures(...)`` (or
+``worker_failure`` on the per-request write) below. Either way the connection fails,
+every request in flight on it gets a ``WorkerFailure``, and the pool sends those again
+and replaces the worker (and, when nothing is left, raises ``PoolExhausted``).
 """
 
 from __future__ import annotations

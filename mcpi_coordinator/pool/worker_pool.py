@@ -20,7 +20,7 @@ How it fits together:
   offers a lane again each time it answers a request. A request takes a free lane
   or waits in line for one, so a fast worker gets more work and a slow or remote one
   less, without any scheduler deciding. A freed lane starts the next request in
-  line at once, in the task that read the answer (``dispatch``, ``lanes``): a request
+  line at once, in the task that read the answer (``dispatch``): a request
   costs no task of its own, and ``imap_unordered`` none per chunk (``batch``).
 - **Starting in turn.** At most ``max_starting`` workers are between launch and
   welcome at once (per limiter: ``starting_limits`` gives each slot its own, so each
@@ -441,7 +441,7 @@ class WorkerPool:
         self._require_open()
         # At most this many chunks are in the pool at once, so a 10**13-point run
         # never builds a list: every lane busy, and as many chunks again in line, so
-        # that a worker's answers start its next requests at once (``lanes``) rather
+        # that a worker's answers start its next requests at once (``dispatch``) rather
         # than wait for the consumer to take their results.
         window = 2 * self.size * self._pipeline_depth
         batch = Batch(
@@ -480,7 +480,7 @@ class WorkerPool:
             f"completed={s.completed} restarts={s.restarts} retired={s.retired}>"
         )
 
-    # ------------------------------------------------------------------ lanes
+    # ------------------------------------------------------------------ for the public calls
 
     async def _why_it_ended(self, connection: WorkerConnection, error: McpiError) -> str:
         """The slot's full account of a failed worker (command, exit status, stderr),

@@ -12,7 +12,7 @@ test suite. The layers:
 - ``worker_end``: the worker's end of a connection (``WorkerEnd``), driven by the real
   worker and by the fake workers alike;
 - ``coordinator_end``: the coordinator's end (``CoordinatorEnd``), driven by the Trio
-  pool, the one-shot benchmark client and the testing client.
+  pool and the one-shot benchmark client.
 """
 
 from mcpi_worker.protocol.coordinator_end import (

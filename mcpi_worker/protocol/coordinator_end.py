@@ -2,12 +2,14 @@
 the stall deadline (protocol.md §5–§9, as a coordinator must apply them).
 
 ``CoordinatorEnd`` is a synchronous state machine, driven by the Trio pool
-(``mcpi_coordinator.connection``), the one-shot benchmark client and the testing client
-alike. Requests go in with ``send_sample``/``send_ping`` (each returns its new id) and
-``cancel``; bytes from the worker go in with ``receive_data``/``receive_eof``; clock
-readings are parameters (``now``), so a test's fake clock drives the deadlines. Each
-call returns events (``Welcomed``, ``Answered``, ``Broken``) and leaves the bytes to
-write in ``data_to_send()``. Nothing here reads, writes, sleeps, or calls back.
+(``mcpi_coordinator.connection``) and the one-shot benchmark client alike (the testing
+client, ``mcpi_coordinator.testing.client``, uses only the framing: it must see what a
+worker sent, right or wrong). Requests go in with ``send_sample``/``send_ping`` (each
+returns its new id) and ``cancel``; bytes from the worker go in with
+``receive_data``/``receive_eof``; clock readings are parameters (``now``), so a test's
+fake clock drives the deadlines. Each call returns events (``Welcomed``, ``Answered``,
+``Broken``) and leaves the bytes to write in ``data_to_send()``. Nothing here reads,
+writes, sleeps, or calls back.
 
 Every message from the worker is checked completely before anything is committed: an
 answer for an id not in flight, a ``pong`` for a sample, a ``result`` whose ``points``
