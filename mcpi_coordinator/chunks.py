@@ -20,6 +20,11 @@ class Chunk:
     A range's count is the sum of its streams' counts, so how a run is cut into ranges
     never changes its total. The pool may send a range in pieces sized for each worker
     (``WorkerPool.imap_unordered``).
+
+    The fields are not checked here (a frozen value, cheap to make by the million): the
+    protocol takes ``seed``, ``stream`` and ``points`` from 0 to 2**64 - 1 and
+    ``streams`` from 1, and ``kernel`` must be one a worker offers. What the pool does
+    with a chunk outside them is in ``WorkerPool.sample``.
     """
 
     seed: int
@@ -30,10 +35,12 @@ class Chunk:
 
     @property
     def total_points(self) -> int:
+        """Points over all its streams: ``points`` × ``streams``."""
         return self.points * self.streams
 
     def split(self, streams: int) -> tuple[Chunk, Chunk]:
-        """The first ``streams`` streams, and the rest."""
+        """The first ``streams`` streams, and the rest, as two ranges. Raises
+        ``ValueError`` unless 0 < ``streams`` < ``self.streams``."""
         if not 0 < streams < self.streams:
             raise ValueError(f"cannot split {streams} streams off a range of {self.streams}")
         head = replace(self, streams=streams)
@@ -42,13 +49,20 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class ChunkResult:
+    """What one worker counted for one chunk (or for one piece of a range: ``chunk``
+    names the streams it covers)."""
+
     chunk: Chunk
     inside: int
     """Points inside, over all the chunk's streams."""
     elapsed_s: float
     """The worker's own measure of the time it spent computing the chunk."""
     slot: int
+    """The pool slot whose worker counted it."""
     pid: int
+    """The pid of the local process the pool runs for that worker (``WorkerProcess.pid``:
+    for an ssh or Slurm worker, its ``ssh`` or ``srun``; the worker's own is in its
+    welcome)."""
     host: str | None = None
     """The host the worker said it runs on (its ``welcome``)."""
     insides: tuple[int, ...] = ()

@@ -103,6 +103,9 @@ and 0.99 s at depth 16."""
 
 
 def default_task_timeout(points: int) -> float:
+    """Seconds a request of ``points`` points may take once it could have started, when
+    ``WorkerPool(task_timeout=None)``: ``TASK_TIMEOUT_FLOOR_S`` plus
+    ``TASK_TIMEOUT_PER_POINT_S`` per point. Pure; never raises."""
     return TASK_TIMEOUT_FLOOR_S + points * TASK_TIMEOUT_PER_POINT_S
 
 
@@ -158,13 +161,22 @@ class FailedWorker:
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
+    """The pool at one moment (``WorkerPool.stats``)."""
+
     size: int
+    """Slots, as the pool was made."""
     alive: int
+    """Slots whose worker is ``ready`` (welcomed and taking work)."""
     in_flight: int
+    """Requests sent to workers and not yet answered (pings and cancelled ones too)."""
     completed: int
+    """Chunks counted so far; a range counts one per stream."""
     restarts: int
+    """Workers started to replace one that failed, over all slots."""
     retired: int
+    """Slots retired for good (failed starts in a row, or ``WorkerPool.retire``)."""
     workers: tuple[WorkerStats, ...]
+    """One per slot, in slot order."""
     failures: tuple[FailedWorker, ...] = ()
     """Every worker given up on, in order (``FailedWorker``)."""
 
@@ -247,20 +259,40 @@ class _Slot:
 class WorkerPool:
     """A persistent pool of ``size`` workers. Use as ``async with WorkerPool(...) as pool``.
 
-    ``command`` starts one worker (default: this interpreter's ``mcpi-worker``);
-    ``launcher`` replaces it entirely (ssh, fakes in tests: anything returning a
-    ``transport.WorkerProcess``). ``task_timeout`` is a fixed per-request limit in
-    seconds; ``None`` means ``default_task_timeout(points)``. Entering the pool waits
-    until every slot has a ready worker or has given up (with ``wait_for_all=False``,
-    only until the first worker is ready: work starts then, and each other worker
-    takes its share once it is ready); it raises ``PoolExhausted`` if none is ready.
-    ``slot_hosts`` names the host each slot's workers run on (None:
-    here); slots on one host are reported together: only the first of them to be
-    retired logs a warning, so an unreachable host is one warning line, not one per
-    worker (the others are logged at info). ``max_starting`` bounds the workers
-    between launch and welcome at once (default: ``default_max_starting()``);
-    ``starting_limits`` instead gives each slot a ``trio.CapacityLimiter`` (or any
-    ``StartLimiter``), and slots sharing one share its bound (one per ssh host, say).
+    ``size`` is the number of slots, each running one worker at a time. ``command``
+    starts one worker (default: this interpreter's ``mcpi-worker``); ``launcher``
+    replaces it entirely (ssh, fakes in tests: anything returning a
+    ``transport.WorkerProcess``). ``pipeline_depth`` is how many requests each of a
+    worker's jobs may have in flight (at most its ``max_inflight`` in all).
+    ``startup_timeout`` (seconds) bounds a start from the worker's turn to start to its
+    welcome; ``max_start_attempts`` starts in a row that fail before any useful work
+    retire a slot, with ``backoff_s`` doubled after each. ``task_timeout`` is a fixed
+    per-request limit in seconds; ``None`` means ``default_task_timeout(points)``.
+    ``max_chunk_attempts`` workers in a row failing on one chunk make it a
+    ``ChunkFailed``. ``shutdown_grace`` (seconds) is how long a worker asked to shut
+    down gets before SIGTERM, and again before SIGKILL. ``client`` is the name sent in
+    the ``hello``.
+
+    ``slot_hosts`` names the host each slot's workers run on (None: here); slots on one
+    host are reported together: only the first of them to be retired logs a warning,
+    so an unreachable host is one warning line, not one per worker (the others are
+    logged at info). ``max_starting`` bounds the workers between launch and welcome at
+    once (default: ``default_max_starting()``); ``starting_limits`` instead gives each
+    slot a ``trio.CapacityLimiter`` (or any ``StartLimiter``), and slots sharing one
+    share its bound (one per ssh host, say).
+
+    Raises ``ValueError`` at once for a ``size``, ``pipeline_depth`` or
+    ``max_starting`` below 1, a ``slot_hosts`` or ``starting_limits`` whose length is
+    not ``size``, or both of ``command`` and ``launcher`` (or of ``max_starting`` and
+    ``starting_limits``). Nothing starts until the pool is entered.
+
+    Entering the pool starts every slot and waits until each has a ready worker or has
+    given up (with ``wait_for_all=False``, only until the first worker is ready: work
+    starts then, and each other worker takes its share once it is ready). It raises
+    ``PoolExhausted`` if every slot retired before any worker was ready (having stopped
+    everything it started), and ``RuntimeError`` if the pool was entered before.
+    Leaving it stops and reaps every worker, however the block is left; the block's
+    own exception propagates unchanged.
     """
 
     def __init__(
@@ -381,14 +413,24 @@ class WorkerPool:
     # ------------------------------------------------------------------ public API
 
     async def sample(self, chunk: Chunk, *, avoid: Iterable[int] = ()) -> ChunkResult:
-        """Count one chunk on the next free worker, retrying on another if one fails.
+        """Count one chunk on the next free worker, retrying on another if one fails;
+        return its ``ChunkResult`` (for a range, with ``insides``: each stream's count).
 
         ``avoid`` names slots whose workers must not compute it (to check a count on a
-        different worker). Raises ``ChunkFailed`` once ``max_chunk_attempts`` workers in
-        a row failed while computing it (a poison chunk), ``RequestFailed`` if no worker
-        can take it (no live worker offers its kernel, or all that do are avoided) or
-        one refuses it for good, ``PoolExhausted`` when no worker is left,
-        ``PoolClosed`` after the pool closed.
+        different worker). A worker that dies, breaks the protocol or stalls is
+        replaced and the chunk sent again; that ``WorkerFailure`` is not raised.
+
+        Raises ``ChunkFailed`` once ``max_chunk_attempts`` workers in a row failed while
+        computing it or refused it with a retryable error (a poison chunk);
+        ``RequestFailed`` if no worker can take it (no worker offers its kernel or
+        accepts its size, or all that do are avoided) or one refuses it for good (a
+        worker's non-retryable error, such as ``invalid_request`` for a seed, stream or
+        points out of the protocol's range); ``PoolExhausted`` when no worker is left;
+        ``PoolClosed`` once the pool is closing or closed; ``trio.Cancelled`` as any
+        Trio call does (the worker is sent ``cancel`` and stays in the pool).
+        ``Chunk`` does not check its own fields: ``streams`` below 1 raises the
+        protocol core's ``LocalProtocolError`` and an integer too wide for 64 bits
+        msgpack's ``OverflowError``, both before anything is sent.
         """
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -410,12 +452,13 @@ class WorkerPool:
         """Send the protocol's cheapest request, ``ping``, through the pool and wait
         for its ``pong``; return the slot that answered.
 
-        It takes the next free lane as a chunk does, so its round trip is the pool's
-        own cost per request with no work in it (``mcpi bench overhead``), and it
-        tells that a worker answers. A worker failing meanwhile is replaced and the
+        It takes the next worker with room as a chunk does, so its round trip is the
+        pool's own cost per request with no work in it (``mcpi bench overhead``), and
+        it tells that a worker answers. A worker failing meanwhile is replaced and the
         ping sent again, up to ``max_chunk_attempts`` times; then that failure is
-        raised (a ``WorkerFailure``). Raises ``PoolExhausted``/``PoolClosed`` as
-        ``sample`` does.
+        raised (a ``WorkerFailure``). A worker answering the ping with an ``error``
+        raises ``RequestFailed`` at once. Raises ``PoolExhausted``/``PoolClosed`` and
+        ``trio.Cancelled`` as ``sample`` does.
         """
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -434,9 +477,20 @@ class WorkerPool:
     async def imap_unordered(self, chunks: Iterable[Chunk]) -> AsyncIterator[AsyncIterator[ChunkResult]]:
         """Run ``chunks`` (any iterable, consumed lazily) and yield results as they finish.
 
-        Leaving the block early cancels the chunks still running (their workers get
-        ``cancel`` and stay in the pool for more work). A failure (``PoolExhausted``,
-        ``ChunkFailed``, ...) is raised by the iterator.
+        ``async with pool.imap_unordered(chunks) as results`` gives an async iterator of
+        ``ChunkResult``s in completion order. A range (``Chunk.streams`` > 1) may be
+        sent in pieces sized for each worker: then each result is one piece's, its
+        ``chunk`` naming the streams it counted, and the pieces together cover the range
+        once. Chunks are taken from ``chunks`` only as room frees up, in the consumer's
+        task, so an exception from ``chunks`` itself is raised by the iterator (or on
+        entering the block, for the first ones).
+
+        Entering raises ``PoolExhausted``/``PoolClosed`` if the pool is not open. The
+        iterator raises what ``sample`` would for a chunk (``ChunkFailed``,
+        ``RequestFailed``, ``PoolExhausted``, ``PoolClosed``) at the first chunk that
+        ends so, and stops taking chunks then. Leaving the block early, by an error or
+        a ``break``, cancels the chunks still running (their workers get ``cancel`` and
+        stay in the pool for more work).
         """
         self._require_open()
         # At most this many chunks are in the pool at once, so a 10**13-point run
@@ -459,6 +513,8 @@ class WorkerPool:
 
     @property
     def stats(self) -> PoolStats:
+        """A snapshot of the pool and of each slot (read inside ``trio.run``: the
+        slots' ``state_s`` reads Trio's clock). Never raises there, open or closed."""
         workers = tuple(slot.stats() for slot in self._slots)
         return PoolStats(
             size=self.size,
@@ -710,9 +766,15 @@ class WorkerPool:
                 slot.stop_scope = None
 
     def retire(self, slot: int, reason: str) -> None:
-        """Stop using ``slot`` for good (a worker found giving wrong counts, say): its
-        worker is stopped, what it had in flight goes to the others, and no
-        replacement is started. ``reason`` is logged as a warning."""
+        """Stop using ``slot`` (0 to ``size`` - 1) for good (a worker found giving wrong
+        counts, say): its worker is stopped, what it had in flight goes to the others,
+        and no replacement is started. ``reason`` is logged as a warning and recorded in
+        ``PoolStats.failures``. Returns at once; the slot reads ``retired`` once its
+        worker is reaped. Retiring a slot already retired or stopped does nothing; the
+        last slot retired leaves the pool exhausted (every request waiting then, or
+        made later, fails with ``PoolExhausted``).
+        Raises ``PoolExhausted``/``PoolClosed`` if the pool is not open, and
+        ``IndexError`` for a slot at or beyond ``size``."""
         self._require_open()
         target = self._slots[slot]
         if target.state in ("retired", "stopped") or target.retire_reason is not None:
