@@ -391,7 +391,7 @@ class NumpyKernel:
                 kernel_log().info(
                     "fused_kernel_cache_cold",
                     consequence="compiling it in a separate process at the lowest priority; NumPy "
-                    "counts until it is done (this run, if it lasts, or the next one)",
+                    "counts until it is done; to compile it at once: python -m mcpi_worker.kernels.warm",
                 )
         return None
 

@@ -5,9 +5,11 @@ CPU; compiling it (the first time after an install, or after numba or the kernel
 changed) costs ~5-6 s. Under ``MCPI_NUMPY_IMPL=auto`` a worker must never be slower
 than NumPy alone would have been, so it loads in its own process only from a warm
 cache; a cold one is compiled by a separate process at the lowest CPU priority
-(``python -m mcpi_worker.kernels.warm``), which takes only CPU time nobody else wants,
-keeps going after the run that started it has ended, and marks the cache warm for the
-next run (or for this one, if it is still counting by then).
+(``python -m mcpi_worker.kernels.warm``), which takes only CPU time nobody else wants and
+marks the cache warm for this run, if it is still counting by then, or the next. A
+coordinator that ends what its workers leave behind (``mcpi estimate`` does) ends it
+with the run; numba keeps each function it finished compiling, so the cache fills over
+a few long runs, or at once by running this module.
 
 Warm means: a marker file, written after a load in this environment succeeded, named
 by what the machine code depends on (numba's version, the kernels' sources, the
@@ -86,9 +88,10 @@ class NumbaCache:
 
     def warm(self) -> None:
         """Start ``python -m mcpi_worker.kernels.warm`` in a session of its own, its
-        output discarded: it outlives this worker on purpose (the compile is bounded,
-        and its work is what the next run loads). Running the package this process
-        runs, not one the current directory may hold."""
+        output discarded: it may outlive this worker (the compile is bounded, and its
+        work is what the next run loads), unless the coordinator ends what its workers
+        leave behind. Running the package this process runs, not one the current
+        directory may hold."""
         package_parent = str(_HERE.parent.parent)
         path = os.environ.get("PYTHONPATH")
         environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
