@@ -29,11 +29,12 @@ class McpiError(Exception):
 class WorkerFailure(McpiError):
     """One worker stopped being usable: it died, broke the protocol, or hung.
 
-    Raised to the caller of a request that was in flight on that worker. The pool
-    catches it, requeues the request elsewhere and replaces the worker; users of the
-    pool only see it inside a ``PoolExhausted`` or ``ChunkFailed`` message.
-    ``was_running`` is False for a request that was only queued behind the one the
-    worker was computing: collateral damage, not a sign that the request is to blame.
+    Delivered to each request that was in flight on that worker. The pool sends the
+    request again elsewhere and replaces the worker, so users of the pool see it raised
+    only by ``WorkerPool.ping`` after ``max_chunk_attempts`` failed tries; otherwise
+    only inside a ``ChunkFailed`` or ``PoolExhausted`` message. ``was_running`` is
+    False for a request that was only queued behind the one the worker was computing:
+    collateral damage, not a sign that the request is to blame.
     """
 
     def __init__(self, message: str, *, was_running: bool = True) -> None:
@@ -42,9 +43,16 @@ class WorkerFailure(McpiError):
 
 
 class RequestFailed(McpiError):
-    """A worker answered one request with an ``error``. ``retryable`` says whether
-    sending it again may succeed (``busy``, ``internal``, ``cancelled``) or not (an
-    unknown kernel, a chunk larger than the worker accepts)."""
+    """A request that no worker did or could carry out: a worker answered it with an
+    ``error``, or no worker the pool knows of can take it (none offers its kernel or
+    accepts its size, or all that do are avoided). ``retryable`` says whether sending it
+    again may succeed (``busy``, ``internal``, ``cancelled``) or not (an unknown kernel,
+    a chunk larger than the worker accepts, an invalid field; always False for "no
+    worker can take it").
+
+    ``WorkerPool.sample`` and ``imap_unordered`` raise it only when it is not
+    retryable (retryable ones are sent again and, past ``max_chunk_attempts``, become
+    ``ChunkFailed``); ``WorkerPool.ping`` raises any at once."""
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
@@ -52,17 +60,24 @@ class RequestFailed(McpiError):
 
 
 class ChunkFailed(McpiError):
-    """One chunk failed on several workers in a row (a poison chunk, or a worker
-    command that dies on every request)."""
+    """One chunk failed on ``max_chunk_attempts`` workers in a row (a poison chunk, or
+    a worker command that dies on every request), raised by ``WorkerPool.sample`` and
+    ``imap_unordered``'s iterator. The message names the chunk and the last worker's
+    failure (its command, exit status and stderr when known)."""
 
 
 class PoolExhausted(McpiError):
-    """Every worker slot was retired after repeated start-up failures; nothing is left
-    to run the work. The message names the command, how it failed, and its stderr."""
+    """Every worker slot was retired (after repeated start-up failures, or by
+    ``WorkerPool.retire``); nothing is left to run the work. Raised by entering the
+    pool when no worker ever became ready, and from then on by every call that needs a
+    worker, and to every request that was waiting. The message names the command, how
+    it failed, and its stderr."""
 
 
 class PoolClosed(McpiError):
-    """The pool was used after its ``async with`` block ended."""
+    """The pool was used outside its ``async with`` block (before entering it, or once
+    it began closing). A request still waiting for a worker when the pool closes, or
+    whose worker is stopped before it answers, ends with it too."""
 
 
 LowLevelError = (FatalProtocolError, RequestError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -85,7 +100,10 @@ def worker_failures(doing: str) -> Iterator[None]:
 def worker_failure(error: BaseException, doing: str) -> WorkerFailure:
     """The ``WorkerFailure`` that ``error`` (one of ``LowLevelError``), met while
     ``doing`` something, stands for. For hot paths where a ``with worker_failures``
-    block costs more than the work in it."""
+    block costs more than the work in it.
+
+    No caller today reaches the ``FatalProtocolError`` and ``RequestError`` branches:
+    ``CoordinatorEnd`` turns those into ``Broken`` itself (issue 19 records it)."""
     if isinstance(error, FatalProtocolError):
         return WorkerFailure(f"protocol error while {doing}: {error.code}: {error.message}")
     if isinstance(error, RequestError):
