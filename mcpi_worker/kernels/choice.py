@@ -14,7 +14,7 @@ short run's whole sampling time. So the policy (``MCPI_NUMPY_IMPL``):
   pays the load; a long one pays it once, after it has run long enough to earn it
   back (the rent-or-buy rule: never worse than the better choice made in hindsight
   by more than the load itself). Only from a warm cache: where numba's cache is cold
-  (the first run after an install), compiling (~5 s of CPU) would make the run slower
+  (the first run after an install), compiling (seconds of CPU) would make the run slower
   than NumPy alone, so another process compiles it at the lowest priority
   (``warm.py``) while this one counts on with NumPy, and loads once it is warm.
 - ``fused``: load as early as possible: ``prepare`` (``prepare_kernels`` at worker

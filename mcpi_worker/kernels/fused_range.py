@@ -9,7 +9,7 @@ the set-up drops to well under a microsecond, and the count of every stream is t
 as ``fused.count``'s (and so NumPy's), which the tests check stream by stream.
 
 ``lanes.py`` counts ranges of several streams side by side with this seeding; the
-stream-by-stream loop here is for ranges of one or two streams.
+stream-by-stream loop here is for ranges of fewer than ``lanes.MIN_STREAMS``.
 
 Imported only where ``fused`` already is (it needs numba).
 """

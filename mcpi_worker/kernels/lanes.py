@@ -17,9 +17,10 @@ seeding (``fused_range``'s compiled §11.1), same draws, the same float32 test w
 roundings (no fast-math, so LLVM never contracts ``x*x + y*y`` into a fused
 multiply-add). The tests hold it to NumPy stream by stream.
 
-A group of fewer than ``LANES`` streams (the end of a range) is padded to a multiple of
-``LANE_MULTIPLE`` with the streams that follow it, whose counts are dropped: vectors
-part full still beat the scalar loop that a lane count below one vector falls back to.
+A group of fewer than ``LANES`` streams (the end of a range) is padded with the streams
+that follow it, whose counts are dropped, to one vector of ``NARROW`` lanes or to a
+multiple of ``LANE_MULTIPLE``: vectors part full still beat the scalar loop that a lane
+count below one vector falls back to.
 Ranges of fewer than ``MIN_STREAMS`` streams go through the single-stream loop.
 
 Imported only where ``fused`` already is (it needs numba).
@@ -59,12 +60,12 @@ UNROLL: Final[int] = 4
 """Generator steps taken per lane per pass over the lanes (state in registers meanwhile)."""
 
 POINTS_PER_CALL: Final[int] = 1 << 21
-"""Points one compiled call counts between two ``should_stop`` checks (~0.5-2 ms), so a
-cancel, end of input or the parent's death is seen within milliseconds; a call costs
-a few microseconds, so the checks cost nothing."""
+"""Points one compiled call counts between two ``should_stop`` checks (well under a
+millisecond of work), so a cancel, end of input or the parent's death is seen within
+milliseconds; a call costs a few microseconds, so the checks cost nothing."""
 
 SEED_COST_POINTS: Final[int] = 256
-"""What seeding one stream costs in this loop, counted in points (~60 ns): a call of
+"""What seeding one stream costs in this loop, counted in points: a call of
 zero-point streams still ends, and checks the stop flag, within ``POINTS_PER_CALL``."""
 
 def _sfc64(a: np.uint64, b: np.uint64, c: np.uint64, w: np.uint64) -> tuple[np.uint64, ...]:

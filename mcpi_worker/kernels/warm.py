@@ -1,15 +1,16 @@
 """numba's cache for the fused kernels: whether it is warm, and warming it off the run.
 
-Loading the fused implementation from numba's on-disk cache costs a worker ~0.4 s of
-CPU; compiling it (the first time after an install, or after numba or the kernels
-changed) costs ~5-6 s. Under ``MCPI_NUMPY_IMPL=auto`` a worker must never be slower
-than NumPy alone would have been, so it loads in its own process only from a warm
-cache; a cold one is compiled by a separate process at the lowest CPU priority
-(``python -m mcpi_worker.kernels.warm``), which takes only CPU time nobody else wants and
-marks the cache warm for this run, if it is still counting by then, or the next. A
-coordinator that ends what its workers leave behind (``mcpi estimate`` does) ends it
-with the run; numba keeps each function it finished compiling, so the cache fills over
-a few long runs, or at once by running this module.
+Loading the fused implementation from numba's on-disk cache costs a worker a fraction of
+a second of CPU; compiling it (the first time after an install, or after numba or the
+kernels changed) costs over ten times that (docs/worker.md, "First use"). Under
+``MCPI_NUMPY_IMPL=auto`` a worker must never be slower than NumPy alone would have been,
+so it loads in its own process only from a warm cache; a cold one is compiled by a
+separate process at the lowest CPU priority (``python -m mcpi_worker.kernels.warm``),
+which takes only CPU time nobody else wants and marks the cache warm for this run, if it
+is still counting by then, or the next. A coordinator that ends what its workers leave
+behind (``mcpi estimate`` does) ends it with the run; numba keeps each function it
+finished compiling, so the cache fills over a few long runs, or at once by running this
+module.
 
 Warm means: a marker file, written after a load in this environment succeeded, named
 by what the machine code depends on (numba's version, the kernels' sources, the
