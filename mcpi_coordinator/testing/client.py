@@ -36,7 +36,13 @@ class Pipes(Protocol):
 
 
 class WorkerClient:
-    """Send to and receive from one worker. Wrap calls in ``trio.fail_after``."""
+    """Send to and receive from one worker. Wrap calls in ``trio.fail_after``.
+
+    ``process`` is anything with a ``stdin`` and a ``stdout`` stream (``Pipes``: a
+    ``trio.Process`` or a fake); both must be set (``AssertionError`` otherwise). The
+    sending calls raise ``trio.BrokenResourceError`` once the worker has closed its
+    stdin, and ``trio.ClosedResourceError`` after ``close_stdin``.
+    """
 
     def __init__(self, process: Pipes) -> None:
         assert process.stdin is not None and process.stdout is not None
@@ -51,12 +57,17 @@ class WorkerClient:
         await self._stdin.send_all(b"".join(protocol.encode(m) for m in messages))
 
     async def send_bytes(self, data: bytes) -> None:
+        """Write ``data`` as it is (a torn frame, garbage: the test's choice)."""
         await self._stdin.send_all(data)
 
     async def close_stdin(self) -> None:
+        """Close the worker's stdin: EOF, which a worker takes as the end."""
         await self._stdin.aclose()
 
     async def handshake(self, versions: tuple[int, ...] = protocol.PROTOCOL_VERSIONS) -> Welcome:
+        """Send a ``hello`` offering ``versions`` and return the worker's ``welcome``.
+        Raises ``AssertionError`` if the next message is anything else (or EOF), and
+        what ``receive`` raises."""
         await self.send(Hello(versions=versions, client=CLIENT_NAME))
         welcome = await self.receive()
         if not isinstance(welcome, Welcome):
@@ -64,7 +75,9 @@ class WorkerClient:
         return welcome
 
     async def receive(self) -> WorkerMessage | None:
-        """The next message, or None at an orderly EOF. Raises the decoder's errors."""
+        """The next message, or None at an orderly EOF. Raises the decoder's errors:
+        ``FatalProtocolError`` for bytes that are not a frame (or EOF inside one),
+        ``RequestError`` for a frame that is not a valid worker message."""
         while True:
             message = self._decoder.next_message()
             if message is not NEED_DATA:
@@ -121,7 +134,8 @@ async def open_worker(
     """Start ``command`` as a worker process with piped stdio and stderr drained.
 
     Yields the process, a ``WorkerClient`` on it and its ``StderrTail``. On exit the
-    process is killed if it is still running, and always reaped.
+    process is killed if it is still running, and always reaped. Raises ``OSError``
+    (``FileNotFoundError``, ``PermissionError``) if ``command`` cannot be started.
     """
     process = await trio.lowlevel.open_process(
         list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -192,11 +192,15 @@ class FakeWorkerProcess:
 async def start_fake_worker(
     nursery: trio.Nursery, behaviour: FakeBehaviour = FakeBehaviour(), index: int | None = None
 ) -> FakeWorkerProcess:
-    """Start one fake worker whose body runs as a task in ``nursery``.
+    """Start one fake worker whose body runs as a task in ``nursery``; return it, with
+    its pipes open and its handshake not yet done.
 
-    The task ends when the fake exits or is killed; a fake that hangs keeps the
-    nursery open until someone calls ``kill()``, just as a hung child process keeps
-    a parent waiting.
+    ``behaviour`` is what it does (default: a correct worker); ``index`` is recorded as
+    its ``index`` (the pool slot it stands for, or None). The task ends when the fake
+    exits or is killed; a fake that hangs keeps the nursery open until someone calls
+    ``kill()``, just as a hung child process keeps a parent waiting. Raises
+    ``RuntimeError`` if ``nursery`` is closed (as ``start_soon`` does), and ``OSError``
+    if its pipes cannot be made (out of file descriptors).
     """
     process = FakeWorkerProcess(behaviour, index)
     nursery.start_soon(process.run, name=f"fake worker pid={process.pid}")
@@ -223,15 +227,19 @@ class FakeLauncher:
         self.launched: list[FakeWorkerProcess] = []
 
     async def __call__(self, index: int) -> FakeWorkerProcess:
+        """Start a fake for slot ``index`` with the behaviour chosen for it (the pool
+        calls this); raises as ``start_fake_worker`` does."""
         behaviour = self._behaviour_for(index)
         process = await start_fake_worker(self._nursery, behaviour, index)
         self.launched.append(process)
         return process
 
     def launches_for(self, index: int) -> list[FakeWorkerProcess]:
+        """The fakes started for slot ``index``, in order (empty if none)."""
         return [p for p in self.launched if p.index == index]
 
     def alive(self) -> list[FakeWorkerProcess]:
+        """The fakes started and not yet exited (no ``returncode``)."""
         return [p for p in self.launched if p.returncode is None]
 
     @property
@@ -244,7 +252,11 @@ def fake_launcher(nursery: trio.Nursery, behaviour_for: BehaviourFor | FakeBehav
     """A launcher of in-process fakes for ``WorkerPool(launcher=...)``.
 
     ``behaviour_for`` is one ``FakeBehaviour`` for every launch, or a function called
-    at each launch with the pool slot index (see ``by_launch`` and ``by_slot``).
+    at each launch with the pool slot index (see ``by_launch`` and ``by_slot``). The
+    fakes' tasks run in ``nursery``, which must outlive the pool. Returns the
+    ``FakeLauncher``, which records every launch. Never raises itself; an exception
+    from ``behaviour_for`` at a launch is the test's bug and propagates out of the pool
+    (only an ``OSError`` counts as a failed start).
     """
     launcher = FakeLauncher(nursery, behaviour_for)
     _: Launcher = launcher  # a FakeLauncher is a transport.Launcher

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 
 def still_running(pids: Iterable[int]) -> list[int]:
-    """The pids among ``pids`` that name a live process (zombies excluded)."""
+    """The pids among ``pids`` that name a live process (zombies excluded), in order.
+
+    Raises ``ImportError`` without psutil (the ``test`` extra)."""
     import psutil  # the test extra; imported here so the kit loads without it
 
     running = []
@@ -33,7 +35,10 @@ def still_running(pids: Iterable[int]) -> list[int]:
 def wait_until_gone(pids: Iterable[int], timeout_s: float) -> tuple[list[int], float]:
     """Poll until none of ``pids`` runs or ``timeout_s`` passes.
 
-    Returns the pids still running (empty on success) and the seconds it took.
+    Returns the pids still running (empty on success) and the seconds it took. It is
+    synchronous and sleeps between polls: from Trio, run it in a thread
+    (``trio.to_thread.run_sync``) or after the event loop is done. Raises as
+    ``still_running`` does.
     """
     wanted = list(pids)
     start = time.monotonic()
