@@ -42,8 +42,11 @@ def marker_directory() -> Path | None:
     """Where markers go: beside numba's own cache of these modules when that is writable,
     else the user's cache directory; None when neither is."""
     candidates = [_HERE / "__pycache__"]
-    user_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    candidates.append(Path(user_cache) / "mcpi")
+    try:
+        user_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        candidates.append(Path(user_cache) / "mcpi")
+    except (RuntimeError, KeyError):  # no home directory to be found
+        pass
     for directory in candidates:
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -67,8 +70,11 @@ def marker_path() -> Path | None:
         return None  # no numba: nothing to warm
     key.update(sys.version.encode())
     key.update(os.environ.get("NUMBA_CACHE_DIR", "").encode())
-    for name in KERNEL_SOURCES:
-        key.update((_HERE / name).read_bytes())
+    try:
+        for name in KERNEL_SOURCES:
+            key.update((_HERE / name).read_bytes())
+    except OSError:  # sources not on disk (a zip): nothing to name the marker by
+        return None
     return directory / f"mcpi-fused-{key.hexdigest()[:16]}.warm"
 
 
