@@ -157,9 +157,12 @@ def test_ctrl_c_of_a_checkpointed_run_says_how_to_resume_it(tmp_path: Path) -> N
 
 def test_max_time_then_resume_with_other_workers_gives_the_uninterrupted_count(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
-    slow = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.05"  # 5 s in all
-    run = mcpi("estimate", "--json", "--workers", "2", "--checkpoint", str(path), *RUN, "--max-time", "3",
-               "--worker-cmd", slow)
+    # Each worker answers two requests, then never again: the run cannot end before
+    # --max-time however fast the machine, nor lack chunks to save however slow (10 s is
+    # room for a loaded machine to start the workers), whatever the clock does meanwhile.
+    stalling = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --hang-after 2"
+    run = mcpi("estimate", "--json", "--workers", "2", "--checkpoint", str(path), *RUN, "--max-time", "10",
+               "--worker-cmd", stalling, "--startup-timeout", "300")
     assert run.returncode == 0, run.stderr
     first = json.loads(run.stdout)
     assert first["stopped_early"] == "max_time" and 0 < first["saved_chunks"] < 200
