@@ -6,8 +6,10 @@ goes to the ready queue, a chunk whose worker failed goes back in line (first, a
 of fresh work). The consumer's ``async for`` takes the next chunk from the iterator
 each time it receives a result, so the user's iterator only ever runs in the user's
 own task. Per chunk that is no task, no event and no scheduler pass of its own: with
-a task per chunk, tiny chunks cost the coordinator ~60 µs each and capped a 2-worker
-pool near 16k chunks/s (benchmarks/overhead.py).
+a task per chunk, starting and waking those tasks was most of the coordinator's cost
+for tiny chunks, and it capped the chunks a second a small pool could take (the
+pool's cost per request is measured by ``benchmarks/overhead.py``, figures in
+docs/bench.md).
 
 Bounded memory: a chunk is taken from the iterator only while fewer than ``window``
 are in line or in flight, so a 10**13-point run never builds a list.

@@ -69,7 +69,10 @@ TARGET_PIECE_S: Final[float] = 0.25
 """Seconds of work one piece of a range should carry for the worker that takes it."""
 
 FIRST_PIECE_POINTS: Final[int] = 1 << 22
-"""The most points in a piece sent before the worker's speed is known (~10 ms of NumPy)."""
+"""The most points in a piece sent before the worker's speed is known: a small fraction of
+``TARGET_PIECE_S`` at the numpy kernel's speed (measured by ``benchmarks/kernel.py``,
+figures in docs/worker.md), so a worker of unknown speed holds little before its first
+answer."""
 
 RAMP: Final[int] = 2
 """Until its first answer, a worker's pieces grow from one stream by this factor per piece

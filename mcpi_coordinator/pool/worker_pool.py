@@ -84,9 +84,10 @@ TASK_TIMEOUT_PER_POINT_S: Final[float] = 1e-6
 
 Derived from nothing fragile: not from timings observed in this run (a cold start or
 a loaded machine would make those lie), only from the request's size. 1 µs per
-point is 10× slower than the pure-Python kernel here (0.1 µs/point) and 250× slower
-than numpy, so only a hung worker gets there; the 30 s floor covers start-up noise
-and slow links. A 10-million-point chunk gets 40 s.
+point is many times slower than the slowest kernel (the pure-Python one; each
+kernel's speed is measured by ``benchmarks/kernel.py``, figures in docs/worker.md),
+so only a hung worker gets there; the 30 s floor covers start-up noise and slow
+links. A 10-million-point chunk gets 40 s.
 """
 
 
@@ -98,8 +99,9 @@ DEFAULT_PIPELINE_DEPTH: Final[int] = 2
 """Requests in flight per worker: one computing and one ready, so a worker never waits
 for the coordinator between chunks of a millisecond or more, while a slow worker holds
 only one chunk back at the end of a run. Tiny chunks want more (``mcpi estimate
---pipeline-depth``): 20,000 chunks of 1,000 points on 2 workers took 1.71 s at depth 2
-and 0.99 s at depth 16."""
+--pipeline-depth``): when a chunk takes less than the coordinator's round trip, a
+worker with one chunk ready still waits between chunks (the measured gain is in
+docs/estimate.md, ``--pipeline-depth``)."""
 
 
 def default_task_timeout(points: int) -> float:
