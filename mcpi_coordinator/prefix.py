@@ -152,7 +152,8 @@ class Prefix:
     def add_run(self, first: int, insides: Sequence[int]) -> None:
         """Count chunks ``first, first + 1, ...`` at once (a range's result): checked
         in full before anything changes, like ``add`` one by one, at a fraction of the
-        cost (10 µs a chunk one by one kept a coordinator core busy at chunk size 1e4)."""
+        cost (one by one, this bookkeeping kept a coordinator core busy at small chunk
+        sizes; ``benchmarks/scale.py`` measures the coordinator's CPU per request)."""
         streams = len(insides)
         if streams == 0:
             return

@@ -38,11 +38,13 @@ DEFAULT_REPEAT = 3
 DEFAULT_TASKS = 5_000
 
 MAX_POINTS_PER_RUN = 100_000_000_000
-"""The sequential baseline samples ~3.7e8 points/s on one core: 1e11 points is already
-~5 minutes a run, times --repeat, before the other approaches."""
+"""The sequential baseline counts every point on one core: at its speed (measured by
+``mcpi bench approaches``, docs/bench.md) 1e11 points is already minutes a run, times
+--repeat, before the other approaches."""
 MAX_REPEAT = 1_000
 MAX_TASKS = 10_000_000
-"""A no-op task costs 25-250 µs here: 1e7 of them is up to ~40 minutes per approach."""
+"""Every approach pays its cost per task for each no-op (measured by ``mcpi bench
+overhead``, docs/bench.md): 1e7 of them is tens of minutes for the slowest approaches."""
 
 
 APPROACHES_DESCRIPTION = """\

@@ -1,11 +1,11 @@
 """The worker's pipes without a scheduler pass per frame, when they are OS pipes.
 
-A tiny request's round trip is made of Trio task steps (~10 µs each on a small VM),
-not of bytes. Going through ``trio.abc`` streams costs steps the protocol does not
-need: ``FdStream.send_all`` and ``receive_some`` each begin with a checkpoint, and a
-writer task that owns stdin must be woken for every frame. When a stream is a
-``trio.lowlevel.FdStream`` (what ``trio.Process`` and the in-process fakes give), the
-connection uses these instead:
+A tiny request's round trip is made of Trio task steps, not of bytes (what one costs is
+measured by ``benchmarks/overhead.py``, figures in docs/bench.md). Going through
+``trio.abc`` streams costs steps the protocol does not need: ``FdStream.send_all`` and
+``receive_some`` each begin with a checkpoint, and a writer task that owns stdin must be
+woken for every frame. When a stream is a ``trio.lowlevel.FdStream`` (what
+``trio.Process`` and the in-process fakes give), the connection uses these instead:
 
 - ``write_nowait``: a frame goes out with one non-blocking ``write(2)`` from the
   task that made it, synchronously, so it can neither be torn by a cancellation nor

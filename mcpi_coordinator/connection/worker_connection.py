@@ -195,8 +195,9 @@ class WorkerConnection:
 
         The task reading stdout holds while the sink acts on one read's worth of
         answers, each of which may start the next request on this worker: one
-        ``write(2)`` then carries them all. On a small VM a write that wakes the worker
-        costs ~15 µs, more than encoding and sending the frame.
+        ``write(2)`` then carries them all. A write that wakes the worker costs more
+        than encoding and sending the frame (a cross-CPU wake-up; the pool's cost per
+        request is measured by ``benchmarks/overhead.py``).
         """
         return _Holding(self)
 

@@ -39,9 +39,11 @@ DEFAULT_POINTS: Final[int] = 1_000_000_000
 """``mcpi estimate``'s default points (``estimate.DEFAULT_POINTS`` is this one)."""
 DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
 """``mcpi estimate``'s default chunk size (``estimate.DEFAULT_CHUNK_SIZE`` is this one):
-40 ms of numpy work (1 s of pure Python), large enough that the ~0.1 ms a request costs
-is noise, small enough that workers finish within one chunk of each other, a progress
-bar moves smoothly and an early stop wastes little."""
+a small fraction of a second of the numpy kernel, large enough that what a request costs the
+pool is noise beside it, small enough that workers finish within one chunk of each
+other, a progress bar moves smoothly and an early stop wastes little (the kernels'
+speeds: ``benchmarks/kernel.py``, docs/worker.md; the cost of a request:
+``benchmarks/overhead.py``, docs/bench.md)."""
 
 _VALUED: Final[dict[str, str]] = {
     "-n": "points", "--points": "points",

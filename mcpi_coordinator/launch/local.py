@@ -144,7 +144,7 @@ def adopting_orphans() -> Iterator[bool]:
 
 def default_max_starting() -> int:
     """Local workers starting at once by default (``WorkerPool(max_starting=)``): two
-    per CPU. A start is CPU-bound (~0.2 s of imports), so more at once finish no
+    per CPU. A start is CPU-bound (its imports), so more at once finish no
     sooner, take CPU from the coordinator, and leave more workers between exec and
     their parent-death backstop should the coordinator die (benchmarks/fleet.py)."""
     return 2 * (os.cpu_count() or 1)

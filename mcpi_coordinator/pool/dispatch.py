@@ -78,8 +78,8 @@ RAMP: Final[int] = 2
 """Until its first answer, a worker's pieces grow from one stream by this factor per piece
 sent, up to ``FIRST_PIECE_POINTS``: a worker of unknown speed (a slow host, a slow kernel)
 answers its first piece soon, while a deep pipeline (many jobs) still fills with pieces
-worth sending. Growing per answer instead kept a 1000-host fleet on one-stream pieces for
-its first ~250 requests a host."""
+worth sending. Growing per answer instead kept a large fleet on one-stream pieces for
+hundreds of requests a host (``benchmarks/scale.py`` runs such fleets, docs/scale.md)."""
 
 SHARE_DIVISOR: Final[int] = 2
 """A piece carries at most 1/(SHARE_DIVISOR x the pool's jobs) of what is left of its range
