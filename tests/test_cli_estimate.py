@@ -245,10 +245,15 @@ def test_crashing_workers_are_replaced_and_the_count_is_exact() -> None:
 
 
 def test_max_time_stops_early_with_a_valid_estimate() -> None:
-    result = estimate_json("--points", "1e13", "--workers", "2", "--max-time", "2", "--seed", "4")
+    # Workers that count two requests truly and then never answer again: the run has
+    # chunks to report and cannot end before --max-time, whatever the machine's speed
+    # (10 s is room for a loaded machine to start them), rather than racing the clock.
+    stalling = f"{FAKE_WORKER} --hang-after 2"
+    result = estimate_json("--points", "1e13", "--workers", "2", "--max-time", "10", "--seed", "4",
+                           "--worker-cmd", stalling, "--startup-timeout", "300")  # fmt: skip
     assert result["stopped_early"] == "max_time"
     assert 0 < result["points"] < 10**13 and result["requested_points"] == 10**13
-    assert result["elapsed_s"] >= 2  # it ran until the limit, not to the end (1e13 points)
+    assert result["elapsed_s"] >= 10  # it ran until the limit, not to the end (1e13 points)
     low, high = result["ci95"]
     assert low < result["pi"] < high and abs(result["error"]) < 0.01
 

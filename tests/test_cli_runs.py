@@ -56,9 +56,11 @@ def test_target_error_stops_at_the_same_count_on_1_2_and_3_workers_and_repeats()
 def test_max_time_reports_a_count_that_its_repeat_command_gives_on_1_2_and_3_workers() -> None:
     # Fakes computing the real kernel at a bounded pace (so the check here stays cheap),
     # then real workers, whose count the repeat command itself checks.
-    paced = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.005"
-    # --max-time counts worker start-up: 4 s leaves a loaded CI box room for the first chunk.
-    args = ("--points", "1e12", "--chunk-size", "1e5", "--seed", "7", "--max-time", "4")
+    # They answer three requests each and then never again, so a run has chunks to report
+    # and stops at --max-time whatever the machine's speed; --max-time counts worker
+    # start-up, and 10 s leaves a loaded machine room to start them.
+    paced = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.005 --hang-after 3"
+    args = ("--points", "1e12", "--chunk-size", "1e5", "--seed", "7", "--max-time", "10", "--startup-timeout", "300")
     for workers in (1, 3):
         run = estimate_json(*args, "--workers", str(workers), "--worker-cmd", paced)
         assert run["stopped_early"] == "max_time" and run["target_reached"] is None
