@@ -2,10 +2,11 @@
 first, everything else after.
 
 A worker notices its coordinator's death by stdin EOF, but only once it serves, and
-it gets there only after importing NumPy, structlog and the protocol: ~0.3 s of CPU,
-and many seconds when a whole fleet starts on a few cores. A coordinator SIGKILLed
-meanwhile left every starting worker running (200 workers killed 4 s in: 200 of 200
-alive 20 s later). So this module, which imports nothing but the standard library's
+it gets there only after importing NumPy, structlog and the protocol: CPU-bound work
+that takes many seconds when a whole fleet starts on a few cores. A coordinator
+SIGKILLed meanwhile left every starting worker running (``benchmarks/fleet.py
+cleanup`` kills a coordinator during its fleet's start-up and measures what is
+left). So this module, which imports nothing but the standard library's
 ``os``, ``signal`` and ``ctypes``, asks the kernel for the parent-death signal before
 the first heavy import, and the signal is acted on wherever the main thread is: in an
 import, in argument parsing, or serving.
@@ -25,7 +26,8 @@ with NumPy loaded costs would add up to seconds before the last one went.
 from __future__ import annotations
 
 # Only what the interpreter has loaded anyway (and ctypes, below): no dataclasses, no
-# typing at run time, which alone would cost ~20 ms of the window this module closes.
+# typing at run time, whose import alone is a noticeable part of the window this module
+# closes.
 import os
 import signal
 import sys
@@ -87,12 +89,13 @@ def main() -> NoReturn:
     exit handlers have run (the kernels' waits for a background load among them) and
     its output is flushed. It writes the protocol with ``os.write`` and has only daemon
     threads, so the rest of finalization, tearing every module down, would only cost
-    time: ~55 ms of CPU with NumPy loaded (benchmarks/fleet.py), when a whole fleet is
-    told to stop at once.
+    CPU time, more with NumPy loaded (``benchmarks/fleet.py cleanup`` measures a
+    fleet's stop), when a whole fleet is told to stop at once.
     """
     lifeline = arm_parent_death()
     # structlog loads rich, when it is installed, for pretty console output and
-    # tracebacks: ~0.1 s of CPU at every start, for a process that writes JSON lines.
+    # tracebacks: a noticeable part of a start's CPU (``benchmarks/fleet.py startup``
+    # times whole starts), for a process that writes JSON lines.
     # An entry of None makes ``import rich`` fail, so structlog takes its plain path.
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from mcpi_worker.main import main as run_worker

@@ -180,7 +180,8 @@ def _close_gracefully(pool: multiprocessing.pool.Pool) -> None:
 
 
 JOBLIB_ROUND_TRIPS: Final = 100
-"""Round trips measured for joblib: each is a whole ``Parallel`` call (~10 ms)."""
+"""Round trips measured for joblib: each is a whole ``Parallel`` call, far slower than
+the others' tasks (``mcpi bench overhead`` reports it), so it gets fewer of them."""
 
 
 def joblib_parallel(tasks: int, workers: int) -> Overhead:
@@ -295,7 +296,7 @@ def anyio_to_process(tasks: int, workers: int) -> Overhead:
 EMPTY_CHUNK: Final = Chunk(seed=0, stream=0, points=0)
 """A sample of 0 points: the least real work there is, for ``trio-pool/sample``. Unlike
 the peers' no-op it is not free: the worker still seeds a generator for the stream
-(~10-20 µs)."""
+(part of what ``mcpi bench overhead`` reports for it)."""
 
 
 AS_DEEP_AS_WORKERS_ALLOW: Final = 1 << 10

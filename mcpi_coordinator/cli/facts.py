@@ -47,4 +47,5 @@ INSTALL_HINT: Final[str] = "pip install 'mcpi-trio[bench]'"
 MAX_SCATTER_POINTS: Final[int] = 1_000_000
 """Beyond this the quadrant is a solid fill: more points only cost memory and time."""
 MAX_FRAMES: Final[int] = 200
-"""Every GIF frame is held in memory (Pillow merges them on save): ~0.4 MB each."""
+"""Every GIF frame is held in memory (Pillow merges them on save), so memory grows with
+the frames: this bounds it."""

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 PALETTE_COLOURS: Final[int] = 64
 """Scatter images are saved with a palette: a few flat colours and their antialiased
-edges fit in 64 entries with no visible change, and the files are 3x smaller."""
+edges fit in 64 entries with no visible change, and the files are several times
+smaller."""
 
 MAX_CURVE_POINTS: Final[int] = 2_000
 """The convergence curve is drawn at no more chunk counts than this, log-spaced."""
