@@ -152,7 +152,8 @@ def default_max_starting() -> int:
 
 def default_worker_command() -> list[str]:
     """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
-    process imported (``launch.early.worker_argv``, which says why)."""
+    process imported (``launch.early.worker_argv``, which says why): the argument vector
+    ``WorkerPool`` uses when given no ``command``. A new list at each call."""
     return early.worker_argv()
 
 
@@ -293,7 +294,13 @@ def _peek_exit_status(pid: int) -> int | None:
 
 async def spawn_worker(argv: Sequence[str]) -> WorkerProcess:
     """Start one worker from an argument vector (never through a shell), or take one
-    started with it as the command began (``launch.early``)."""
+    started with it as the command began (``launch.early``); return it as a
+    ``WorkerProcess`` with its three pipes open, in a session (and process group) of
+    its own. It has not answered the handshake yet: that is the pool's to do.
+
+    Raises ``OSError`` if the command cannot be started (``FileNotFoundError``,
+    ``PermissionError``, out of processes or descriptors); the pool's
+    ``worker_failures`` turns that into a failed start."""
     argv = list(argv)
     started = early.take(argv)
     if started is not None:
@@ -310,7 +317,9 @@ async def spawn_worker(argv: Sequence[str]) -> WorkerProcess:
 
 
 def command_launcher(command_for: Callable[[int], Sequence[str]]) -> Launcher:
-    """A ``Launcher`` that starts ``command_for(slot_index)`` as a local process."""
+    """A ``Launcher`` that starts ``command_for(slot_index)`` as a local process
+    (``spawn_worker``), for ``WorkerPool(launcher=...)`` when slots need different
+    commands. Raises what ``spawn_worker`` and ``command_for`` raise, at each launch."""
 
     async def launch(index: int) -> WorkerProcess:
         return await spawn_worker(command_for(index))

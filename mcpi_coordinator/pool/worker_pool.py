@@ -125,11 +125,15 @@ class WorkerStats:
     pid: int | None
     """The running worker's pid; None between workers."""
     host: str | None
+    """The host its latest welcomed worker said it runs on; None before any welcome."""
     chunks: int
+    """Chunks its workers counted (a range counts one per stream)."""
     points: int
+    """Points its workers counted."""
     busy_s: float
     """Seconds the slot's workers spent computing, by their own measure."""
     restarts: int
+    """Workers started in this slot to replace one that failed."""
     jobs: int = 1
     """Samples its worker computes at once, as its last welcome said."""
     implementations: dict[str, str] = field(default_factory=dict)
