@@ -75,6 +75,10 @@ class FakeBehaviour:
     coordinator always has work in flight when it happens. The stream faults
     (``garbage``, ``oversize``, ``wrong_id``, ``duplicate_id``, ``eof_mid_frame``) replace
     the response of the sample that would have been result number ``misbehave_after + 1``.
+
+    Making one raises ``ValueError`` for options no worker could have: an unknown
+    kernel, a negative count or rate, ``jobs`` or ``max_inflight`` below 1, ``jobs``
+    above ``max_inflight``, an unknown ``bad_answer``.
     """
 
     crash_after: int | None = None
@@ -262,7 +266,9 @@ class FakeWorkerCore:
 
     ``deadline`` is the time at which ``advance`` has something to do (None: nothing
     until more input). ``finished`` turns True after an ``Exit`` or ``Hang`` action; from
-    then on every method returns no actions.
+    then on every method returns no actions. What the coordinator sends, however
+    malformed, never raises here: the protocol core (``WorkerEnd``) turns it into the
+    ``error`` frames (and, when fatal, the exit) a real worker would produce.
     """
 
     def __init__(self, behaviour: FakeBehaviour, pid: int, host: str | None = None) -> None:
