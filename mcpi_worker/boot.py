@@ -19,8 +19,9 @@ the signal otherwise.
 
 When the parent really is gone, nobody reads anything the worker could still say, so
 it leaves with ``os._exit(0)``: no unwinding, no interpreter finalization. On a
-2-core machine with hundreds of workers, the ~30 ms of CPU each one's finalization
-with NumPy loaded costs would add up to seconds before the last one went.
+2-core machine with hundreds of workers, the CPU each one's finalization costs with
+NumPy loaded would add up to seconds before the last one went (``benchmarks/fleet.py
+cleanup`` measures how long a fleet takes to go).
 """
 
 from __future__ import annotations
