@@ -28,3 +28,9 @@ DEFAULT_KERNEL: Final[str] = next(iter(KERNEL_VERSIONS))
 
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
 """The most ``mcpi-worker --max-inflight`` accepts (protocol.md §10.5)."""
+
+CACHE_WARMED_BY_PARENT: Final[str] = "MCPI_CACHE_WARMED_BY_PARENT"
+"""Set to ``1`` in a worker's environment by a coordinator that warms numba's cache
+itself (``mcpi estimate``): the worker then starts no warming process of its own. One
+a worker starts is the worker's orphan once it exits, and a coordinator that ends what
+its workers leave behind ends it with the run, before the cache is warm."""

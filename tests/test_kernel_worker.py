@@ -447,3 +447,27 @@ def test_auto_loads_from_a_warm_cache_in_the_worker(cache_dir: str) -> None:
     assert result.inside == numpy_impl.count(7, 0, 250_000_000)
     (loaded,) = events(logs, "numpy_kernel_implementation")
     assert loaded["compiled"] is False and not events(logs, "fused_kernel_cache_cold")
+
+
+def test_mcpi_estimate_warms_a_cold_cache_itself_and_ends_no_process_of_it(cache_dir: str) -> None:
+    """The first run after an install: its workers pass their cold cache, and so NumPy's
+    switch point, and a process warms the cache. It is the coordinator's, not a worker's:
+    a worker's would be its orphan, ended with the run ('orphans_ended', a warning on
+    every first run) before the cache was ever warm."""
+    environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
+    command = [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "3e8", "--workers", "1",
+               "--seed", "3", "--json", "--startup-timeout", "300"]
+    try:
+        done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["inside"] == sum(
+            numpy_impl.count(3, stream, 10_000_000) for stream in range(30)
+        )
+        assert "orphans_ended" not in done.stderr, done.stderr
+        deadline = time.monotonic() + TIMEOUT  # a bound against a hang, not a claim of speed
+        while not warmers(cache_dir) and not list(Path(cache_dir).rglob("*.nbi")):
+            assert time.monotonic() < deadline, "nothing warms the cache, and it is not warm"
+            time.sleep(0.05)
+    finally:
+        for process in warmers(cache_dir):
+            process.kill()

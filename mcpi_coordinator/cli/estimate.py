@@ -11,9 +11,11 @@ printed first), 2 bad arguments, 130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -40,6 +42,7 @@ from mcpi_coordinator.launch.local import adopting_orphans, default_worker_comma
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.parts import part_json
 from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
 PROG = "mcpi estimate"
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         try:
             # What a worker leaves behind (a child in a session of its own) is ended
             # before this returns, on Linux (launch.local.adopting_orphans).
-            with adopting_orphans():
+            with _cache_warmed_here(args), adopting_orphans():
                 outcome = trio.run(_estimate_until_stopped, args, seed, prepared.checkpoint)
         finally:
             prepared.close()  # commits what completed, whatever happened
@@ -132,6 +135,34 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         if not args.quiet:
             text.say(PROG, f"wrote {picture.path} ({picture.width}×{picture.height} px)")
     return ExitCode.OK
+
+
+@contextlib.contextmanager
+def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
+    """While the run lasts, its workers leave numba's cache to us (``CACHE_WARMED_BY_PARENT``
+    in the environment they inherit), and a cold cache is warmed by a process of ours,
+    started before orphans are adopted: a worker's own warming process is its orphan once
+    it exits, and would be ended with the run (``adopting_orphans``), before the cache is
+    warm. Ours is this process's child, not a worker's, so it is spared, and it outlives
+    the run at the lowest priority until the cache is warm (``kernels.warm``)."""
+    if args.workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
+        from mcpi_worker.kernels import choice, warm
+
+        try:
+            uses_numba = choice.policy_from_environment() is not choice.Policy.NUMPY
+        except choice.KernelConfigError:
+            uses_numba = False  # the workers refuse it, and say why
+        if uses_numba and not warm.NumbaCache().is_warm():
+            warm.start_warming()
+    before = os.environ.get(CACHE_WARMED_BY_PARENT)
+    os.environ[CACHE_WARMED_BY_PARENT] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CACHE_WARMED_BY_PARENT]
+        else:
+            os.environ[CACHE_WARMED_BY_PARENT] = before
 
 
 def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from mcpi_coordinator.cli.args import parse_whole_number
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 
 DEFAULT_POINTS: Final[int] = 1_000_000_000
 """``mcpi estimate``'s default points (``estimate.DEFAULT_POINTS`` is this one)."""
@@ -169,7 +170,12 @@ def _spawn(argv: list[str]) -> EarlyWorker:
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     try:
-        process = subprocess.Popen(argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, start_new_session=True)
+        # An early worker belongs to a plain ``mcpi estimate``, which warms numba's cache
+        # itself (cli.estimate._cache_warmed_here says why).
+        environ = {**os.environ, CACHE_WARMED_BY_PARENT: "1"}
+        process = subprocess.Popen(
+            argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, start_new_session=True, env=environ
+        )
     except OSError:
         for fd in (stdin_w, stdout_r, stderr_r):
             os.close(fd)

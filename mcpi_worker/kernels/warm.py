@@ -8,9 +8,8 @@ so it loads in its own process only from a warm cache; a cold one is compiled by
 separate process at the lowest CPU priority (``python -m mcpi_worker.kernels.warm``),
 which takes only CPU time nobody else wants and marks the cache warm for this run, if it
 is still counting by then, or the next. A coordinator that ends what its workers leave
-behind (``mcpi estimate`` does) ends it with the run; numba keeps each function it
-finished compiling, so the cache fills over a few long runs, or at once by running this
-module.
+behind (``mcpi estimate`` does) would end a worker's warming process with the run, so it
+starts one itself and tells its workers not to (``CACHE_WARMED_BY_PARENT``).
 
 Warm means: a marker file, written after a load in this environment succeeded, named
 by what the machine code depends on (numba's version, the kernels' sources, the
@@ -30,6 +29,8 @@ import sys
 from functools import cache
 from pathlib import Path
 from typing import Final
+
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 
 KERNEL_SOURCES: Final[tuple[str, ...]] = ("fused.py", "fused_range.py", "lanes.py")
 """The modules numba compiles (their text is part of the marker's name)."""
@@ -94,23 +95,31 @@ class NumbaCache:
                 path.touch()
 
     def warm(self) -> None:
-        """Start ``python -m mcpi_worker.kernels.warm`` in a session of its own, its
-        output discarded: it may outlive this worker (the compile is bounded, and its
-        work is what the next run loads), unless the coordinator ends what its workers
-        leave behind. Running the package this process runs, not one the current
-        directory may hold."""
-        package_parent = str(_HERE.parent.parent)
-        path = os.environ.get("PYTHONPATH")
-        environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
-        with contextlib.suppress(OSError):
-            subprocess.Popen(
-                [sys.executable, "-P", "-m", "mcpi_worker.kernels.warm"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                env=environ,
-            )
+        """Start the warming process (``start_warming``), unless the process that
+        started this one said it warms the cache itself (``CACHE_WARMED_BY_PARENT``):
+        a coordinator that ends what its workers leave behind would end ours with the
+        run, before the cache is warm."""
+        if os.environ.get(CACHE_WARMED_BY_PARENT) != "1":
+            start_warming()
+
+
+def start_warming() -> None:
+    """Start ``python -m mcpi_worker.kernels.warm`` in a session of its own, its output
+    discarded, running the package this process runs (not one the current directory may
+    hold). It may outlive its parent: the compile is bounded, at the lowest priority, and
+    its work is what the next run loads. Never raises: a cache left cold costs speed only."""
+    package_parent = str(_HERE.parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "mcpi_worker.kernels.warm"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=environ,
+        )
 
 
 def main(niceness: int = 19) -> int:
