@@ -228,7 +228,7 @@ def _run_until_first_commit(args: tuple[str, ...], wal: Path) -> None:
         assert process.poll() is None, "the part finished before it could be killed mid-run"
         process.kill()
         process.wait(timeout=30)
-        left, _ = wait_until_gone(workers, 5.0)
+        left, _ = wait_until_gone(workers, 60.0)  # a bound against a hang
         assert not left, f"workers {left} outlived their SIGKILLed coordinator"
     finally:
         if process.poll() is None:

@@ -328,13 +328,13 @@ def test_coordinator_killed_leaves_no_ssh_client_or_remote_worker(
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        assert wait_until(lambda: len(remote_workers_running(run_token)) == 1, 30)  # two jobs
+        assert wait_until(lambda: len(remote_workers_running(run_token)) == 1, 60)  # two jobs
         assert ssh_clients_running(run_token), "expected the ssh clients to be running"
     finally:
         coordinator.kill()
         coordinator.wait(timeout=10)
-    assert wait_until(lambda: not remote_workers_running(run_token), 15), "remote workers left"
-    assert wait_until(lambda: not ssh_clients_running(run_token), 15), "ssh clients left"
+    assert wait_until(lambda: not remote_workers_running(run_token), 60), "remote workers left"
+    assert wait_until(lambda: not ssh_clients_running(run_token), 60), "ssh clients left"
 
 
 def ssh_clients_running(token: str) -> list[int]:
