@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -180,4 +181,39 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
     assert process.returncode == 130, said
     assert out == ""
     assert len(said) == 1 and "interrupted" in said[0], said
+    _assert_nothing_left(mark)
+
+
+BENCH_POOLS = {
+    "bench overhead (process-pool)": ["bench", "overhead", "-n", "1000000", "-w", "2"],
+    "bench approaches (process-pool)": ["bench", "approaches", "--only", "process-pool", "-n", "1e11", "-w", "2"],
+}
+
+
+@pytest.mark.parametrize("name", list(BENCH_POOLS))
+def test_ctrl_c_in_a_terminal_while_a_bench_pool_works_is_one_line(name: str) -> None:
+    """A terminal's Ctrl-C goes to the whole foreground process group, and a pool's forked
+    workers are in it: each used to print its own KeyboardInterrupt traceback. The
+    command runs in a group of its own here, which stands for the terminal's, and the
+    signal goes to the group once the pool's workers are working."""
+    mark = uuid.uuid4().hex
+    process = subprocess.Popen(
+        [*MCPI, *BENCH_POOLS[name]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=_env(mark), start_new_session=True,
+    )  # fmt: skip
+    try:
+        command = psutil.Process(process.pid)
+        deadline = time.monotonic() + 300  # a bound against a hang: workers start slowly on a busy machine
+        while len([child for child in command.children() if child.cpu_times().user > 0.05]) < 2:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the pool's workers never worked"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     _assert_nothing_left(mark)

@@ -43,9 +43,10 @@ def threads(workload: Workload, repeat: int) -> Measurement:
 
 
 def process_pool(
-    workload: Workload, repeat: int, *, initializer: Callable[[], object] | None = None
+    workload: Workload, repeat: int, *, initializer: Callable[[], object] = tasks.ignore_interrupts
 ) -> Measurement:
-    """``initializer`` runs in each worker process. benchmarks/ passes ``os.setsid``: each
+    """``initializer`` runs in each worker process: by default it ignores Ctrl-C, which the
+    command handles for them (``tasks.ignore_interrupts``). benchmarks/ passes ``os.setsid``: each
     worker in a session of its own, like mcpi-worker, so that on a loaded Linux box with
     autogrouping the scheduler gives both pools the same share of the CPUs."""
     started = time.perf_counter()

@@ -7,6 +7,8 @@ this module to find it, so it must be importable and cheap to import.
 
 from __future__ import annotations
 
+import signal
+
 from mcpi_worker.kernels import KERNELS
 
 
@@ -25,3 +27,11 @@ def noop() -> None:
 
 def noop_of(_item: object) -> None:
     """``noop`` for the APIs that map a function over items (``imap_unordered``)."""
+
+
+def ignore_interrupts() -> None:
+    """The pools' worker initializer: Ctrl-C in a terminal goes to the whole foreground
+    process group, and a forked pool worker is in ours. Without this each worker prints
+    its own ``KeyboardInterrupt`` traceback while ``mcpi bench`` stops them; with it, the
+    command alone hears Ctrl-C and closes its pools, which ends their workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
