@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from mcpi_coordinator.cli.args import count, positive_count, seconds
+from mcpi_coordinator.arguments import count, positive_count, seconds
 from mcpi_coordinator.testing.processes import still_running
 
 WORK_CPU_S = 0.1

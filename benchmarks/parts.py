@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcpi_coordinator.cli.args import count
+from mcpi_coordinator.arguments import count
 
 SEED = 20261202
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scaling import load, run_rounds
 
-from mcpi_coordinator.cli.args import count
+from mcpi_coordinator.arguments import count
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool

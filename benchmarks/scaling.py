@@ -56,8 +56,8 @@ from pathlib import Path
 import psutil
 import trio
 
+from mcpi_coordinator.arguments import count
 from mcpi_coordinator.chunks import Chunk
-from mcpi_coordinator.cli.args import count
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool

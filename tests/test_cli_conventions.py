@@ -94,7 +94,7 @@ def test_a_seed_with_an_exponent_is_the_number_typed_not_the_nearest_double() ->
 
 
 def test_exponents_and_decimals_that_are_whole_are_exact() -> None:
-    from mcpi_coordinator.cli.args import parse_whole_number
+    from mcpi_coordinator.arguments import parse_whole_number
 
     assert parse_whole_number("2.5e9") == 2_500_000_000
     assert parse_whole_number("1_000_000") == 1_000_000

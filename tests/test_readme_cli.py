@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mcpi_coordinator.cli.args import ENVIRONMENT
+from mcpi_coordinator.arguments import ENVIRONMENT
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.main import build_parser
 from mcpi_worker.main import build_parser as build_worker_parser

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
+from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.bench import failures, report
 from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
-from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli import commands, facts, plots, signals, text
 from mcpi_coordinator.cli.estimate import worker_command
 from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
@@ -308,7 +308,7 @@ def run_approaches(args: argparse.Namespace) -> int:
     else:
         _print_approaches(workload, args.repeat, table)
     if args.plot is not None:
-        from mcpi_coordinator.bench.chart import save_bar_chart
+        from mcpi_coordinator.cli.bench_chart import save_bar_chart
 
         try:
             save_bar_chart(workload, table, args.plot)

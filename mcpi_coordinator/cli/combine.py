@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Final
 
-from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands
 from mcpi_coordinator.cli.exit_codes import ExitCode
 

@@ -21,8 +21,8 @@ from typing import Any, Final
 
 import trio
 
+from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused
-from mcpi_coordinator.cli import args as cli_args
 from mcpi_coordinator.cli import plots, progress, runs, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
 from mcpi_coordinator.cli.exit_codes import ExitCode

@@ -14,7 +14,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any, Final
 
-from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, facts
 
 if TYPE_CHECKING:

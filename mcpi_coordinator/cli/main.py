@@ -33,8 +33,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from mcpi_coordinator.arguments import EnvValue, add_version
 from mcpi_coordinator.cli import boot, signals
-from mcpi_coordinator.cli.args import EnvValue, add_version
 from mcpi_coordinator.cli.commands import COMMANDS
 from mcpi_coordinator.cli.exit_codes import ExitCode
 

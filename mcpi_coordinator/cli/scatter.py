@@ -7,7 +7,7 @@ import json
 import secrets
 from pathlib import Path
 
-from mcpi_coordinator.cli import args as cli_args
+from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, text
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.facts import INSTALL_HINT, MAX_FRAMES, MAX_SCATTER_POINTS

@@ -17,8 +17,8 @@ a Ctrl-C during the imports) are killed and reaped by ``discard``, which also ru
 exit; should the coordinator die, each worker's parent-death signal ends it
 (``mcpi_worker.boot``).
 
-This module imports only the standard library and ``cli.args`` (itself light), so that
-starting the workers costs the command almost nothing before they run.
+This module imports only the standard library and ``mcpi_coordinator.arguments`` (itself
+light), so that starting the workers costs the command almost nothing before they run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mcpi_coordinator.cli.args import parse_whole_number
+from mcpi_coordinator.arguments import parse_whole_number
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 
 DEFAULT_POINTS: Final[int] = 1_000_000_000

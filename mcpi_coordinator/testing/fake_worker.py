@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
-from mcpi_coordinator.cli import args as cli_args
-from mcpi_coordinator.cli.args import count, positive_count
+from mcpi_coordinator import arguments as cli_args
+from mcpi_coordinator.arguments import count, positive_count
 from mcpi_coordinator.testing.script import (
     BAD_ANSWERS,
     EXIT_OK,

@@ -2,7 +2,9 @@
 
 matplotlib is optional (the ``bench`` extra) and imported only here, after
 ``plots.ensure_available()`` has turned its absence into one ``PlottingUnavailable``
-naming what to install, the same way every picture of mcpi does.
+naming what to install, the same way every picture of mcpi does. It lives in ``cli``,
+beside ``plots`` whose palette and guard it uses: ``bench`` sits below ``cli`` and does
+not import it.
 """
 
 from __future__ import annotations
