@@ -11,12 +11,15 @@ Layers, from the bottom (each imports only from the ones above it in this list; 
 contracts under ``[tool.importlinter]`` in pyproject.toml are the exact statement, and
 CI's ``lint-imports`` holds the code to them):
 
-- ``mcpi_worker.protocol`` and ``mcpi_worker.constants``: the sans-IO protocol core,
-  shared with the worker, and the worker's kernel names and limits. Nothing here
-  imports the worker's process (``main``, ``server``), and nothing below the run
-  imports its kernels (NumPy, structlog) but the one exception the contracts list.
-- ``terminal_text``, then ``logs`` and ``files``: untrusted text made safe for a
-  terminal; the library's loggers; files mcpi does not trust, read and written.
+- ``mcpi_worker.protocol``, ``mcpi_worker.constants`` and ``mcpi_worker.kernel_policy``:
+  the sans-IO protocol core, shared with the worker; the worker's kernel names and
+  limits; how ``MCPI_NUMPY_IMPL`` is read. Nothing here imports the worker's process
+  (``main``, ``server``), and nothing below the run imports its kernels (NumPy,
+  structlog).
+- ``terminal_text`` and ``arguments``, then ``logs`` and ``files``: untrusted text made
+  safe for a terminal; argparse value types (exact whole numbers, stated bounds), which
+  the command, the fake worker and ``launch.early`` read numbers with; the library's
+  loggers; files mcpi does not trust, read and written.
 - ``errors``: mcpi's own errors, and the one place low-level failures become them.
 - ``launch``: how a worker process is started and stopped (local, ssh, Slurm).
 - ``connection``: the Trio driver of one worker's pipes and protocol state.

@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mcpi_worker import kernels
+from mcpi_worker.kernel_policy import ENVIRONMENT_VARIABLE, policy_from_environment
 from mcpi_worker.kernels import (
     KERNELS,
     Cancelled,
@@ -26,13 +27,7 @@ from mcpi_worker.kernels import (
     numpy_impl,
 )
 from mcpi_worker.kernels.base import StopCheck, never
-from mcpi_worker.kernels.choice import (
-    ENVIRONMENT_VARIABLE,
-    LoadedFused,
-    Loader,
-    NumbaNotInstalled,
-    policy_from_environment,
-)
+from mcpi_worker.kernels.choice import LoadedFused, Loader, NumbaNotInstalled
 
 TIMEOUT = 30
 

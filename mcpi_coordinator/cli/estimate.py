@@ -146,11 +146,12 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
     warm. Ours is this process's child, not a worker's, so it is spared, and it outlives
     the run at the lowest priority until the cache is warm (``kernels.warm``)."""
     if args.workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
-        from mcpi_worker.kernels import choice, warm
+        from mcpi_worker import kernel_policy
+        from mcpi_worker.kernels import warm
 
         try:
-            uses_numba = choice.policy_from_environment() is not choice.Policy.NUMPY
-        except choice.KernelConfigError:
+            uses_numba = kernel_policy.policy_from_environment() is not kernel_policy.Policy.NUMPY
+        except kernel_policy.KernelConfigError:
             uses_numba = False  # the workers refuse it, and say why
         if uses_numba and not warm.NumbaCache().is_warm():
             warm.start_warming()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from mcpi_worker.kernels import choice
+from mcpi_worker import kernel_policy
 
 if TYPE_CHECKING:
     from mcpi_coordinator.launch.remote import WorkerSlot
@@ -118,9 +118,9 @@ def worker_memory(kernel: str, environ: Mapping[str, str] = os.environ) -> int:
     if kernel != "numpy":
         return WORKER_RSS_BYTES
     try:
-        if choice.policy_from_environment(environ) is choice.Policy.NUMPY:
+        if kernel_policy.policy_from_environment(environ) is kernel_policy.Policy.NUMPY:
             return WORKER_RSS_BYTES
-    except choice.KernelConfigError:
+    except kernel_policy.KernelConfigError:
         pass  # the workers will say so; count them as they may grow
     if importlib.util.find_spec("numba") is None:
         return WORKER_RSS_BYTES

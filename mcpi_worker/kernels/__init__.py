@@ -20,15 +20,13 @@ from __future__ import annotations
 from typing import Final
 
 from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS
+from mcpi_worker.kernel_policy import ENVIRONMENT_VARIABLE, KernelConfigError, Policy
 from mcpi_worker.kernels.base import Cancelled, Kernel, StopCheck, never, stream_seed_sequence
 from mcpi_worker.kernels.choice import (
-    ENVIRONMENT_VARIABLE,
     FusedUnavailable,
     Implementation,
-    KernelConfigError,
     NumpyKernel,
     NumpyKernelStatus,
-    Policy,
 )
 from mcpi_worker.kernels.numpy_impl import BLOCK_POINTS, inside_quarter_circle, iter_point_blocks
 from mcpi_worker.kernels.python_impl import PYTHON_POLL_EVERY, count_python, python_seed

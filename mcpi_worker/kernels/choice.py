@@ -22,6 +22,9 @@ short run's whole sampling time. So the policy (``MCPI_NUMPY_IMPL``):
   For a coordinator that knows its run is long.
 - ``numpy``: never load numba.
 
+The variable is read by ``mcpi_worker.kernel_policy`` (``Policy``,
+``policy_from_environment``), a light module the coordinator reads it with too.
+
 The load never runs on a computing thread: a sample goes on with NumPy meanwhile,
 polling its stop flag between blocks, so a cancel, end of input or the parent's death
 is still seen within milliseconds. Where numba is missing, the load fails, or the
@@ -41,10 +44,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Final, Protocol
 
+from mcpi_worker.kernel_policy import Policy, policy_from_environment
 from mcpi_worker.kernels import numpy_impl
 from mcpi_worker.kernels.base import Continuation, StopCheck, StreamsCounter, kernel_log, never
-
-ENVIRONMENT_VARIABLE: Final[str] = "MCPI_NUMPY_IMPL"
 
 SWITCH_AFTER_POINTS: Final[int] = 200_000_000
 """``auto`` starts loading the compiled loop once a process has counted this many
@@ -57,23 +59,11 @@ EXIT_WAIT_S: Final[float] = 10.0
 tearing LLVM down under a thread that is inside it could crash the exit."""
 
 
-class Policy(StrEnum):
-    """What ``MCPI_NUMPY_IMPL`` asks for."""
-
-    AUTO = "auto"
-    FUSED = "fused"
-    NUMPY = "numpy"
-
-
 class Implementation(StrEnum):
     """What runs the ``numpy`` kernel (the names the welcome and logs report)."""
 
     NUMBA_FUSED = "numba-fused"
     NUMPY = "numpy"
-
-
-class KernelConfigError(ValueError):
-    """``MCPI_NUMPY_IMPL`` holds something else than a policy name (one-line message)."""
 
 
 class FusedUnavailable(Exception):
@@ -82,17 +72,6 @@ class FusedUnavailable(Exception):
 
 class NumbaNotInstalled(FusedUnavailable):
     """The expected case on a plain install: the ``fast`` extra is not there."""
-
-
-def policy_from_environment(environ: Mapping[str, str] = os.environ) -> Policy:
-    text = environ.get(ENVIRONMENT_VARIABLE, "").strip().lower() or Policy.AUTO.value
-    try:
-        return Policy(text)
-    except ValueError:
-        choices = ", ".join(p.value for p in Policy)
-        raise KernelConfigError(
-            f"{ENVIRONMENT_VARIABLE} must be one of {choices}, got {environ[ENVIRONMENT_VARIABLE]!r}"
-        ) from None
 
 
 class Counter(Protocol):
