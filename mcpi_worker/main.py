@@ -28,7 +28,7 @@ from mcpi_worker import __version__
 from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
-from mcpi_worker.protocol import Sample
+from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
 
 log = structlog.get_logger("mcpi_worker")
@@ -40,7 +40,6 @@ To see it work:      mcpi-worker --self-check
 To run an estimate:  mcpi estimate
 To drive it by hand: pipe frames to it (the dozen-line Python client in docs/worker.md)."""
 
-MAX_JOBS: Final[int] = 1024
 MAX_SPIN_US: Final[int] = 10_000
 
 
