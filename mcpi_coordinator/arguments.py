@@ -1,10 +1,11 @@
 """argparse value types shared by every subcommand: exact numbers, stated bounds, one
 clear message for bad input.
 
-It imports only the standard library and sits at the bottom of the coordinator's
-layers, so that what reads a number below ``cli`` reads it as the command does: the
-fake worker's command line (``testing.fake_worker``) and ``launch.early``, which reads
-the estimate's command line before anything heavy loads.
+It imports only the standard library (and, for ``--version``, ``mcpi_worker``'s
+``__version__``) and sits at the bottom of the coordinator's layers, so that what reads
+a number below ``cli`` reads it as the command does: the fake worker's command line
+(``testing.fake_worker``) and ``launch.early``, which reads the estimate's command line
+before anything heavy loads.
 
 Every count is parsed exactly: ``1e6``, ``1_000_000`` and ``2.5e9`` are read as decimal
 numbers (``decimal.Decimal``), never through a float, so ``--seed 9007199254740993e0``
