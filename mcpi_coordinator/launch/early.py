@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mcpi_coordinator.arguments import parse_whole_number
+from mcpi_coordinator.arguments import SEED_LIMIT, parse_whole_number
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 
 DEFAULT_POINTS: Final[int] = 1_000_000_000
@@ -56,7 +56,7 @@ _FLAGS: Final[frozenset[str]] = frozenset({"--json", "-q", "--quiet", "--no-prog
 _LIMITS: Final[dict[str, tuple[int, int]]] = {
     "points": (1, 2**53),
     "workers": (0, 1024),
-    "seed": (0, 2**64 - 1),
+    "seed": (0, SEED_LIMIT),
     "chunk_size": (1, 2**40),
 }
 """The command's own bounds (tests/test_start_up.py holds them to its parser): a value
