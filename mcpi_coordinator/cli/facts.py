@@ -1,22 +1,21 @@
 """The numbers and names ``mcpi``'s parsers show and check, here so that parsing imports
 none of the heavy modules that own them.
 
-What a light module owns is imported from it, not copied: the kernels' names and
-``--max-inflight``'s bound (``mcpi_worker.constants``), and the estimate's default points
-and chunk size (``launch.early``, which reads the command line before anything heavy
-loads, and which ``estimate`` takes them from). The other owners load what ``--help``,
-``--version``, a usage error or a TAB completion has no use for: the protocol package
-(msgpack and its whole core), the pool and the ssh launcher (Trio), the worker's
-logging (structlog). Those values are copies, each named after its owner, and
-``tests/test_cli_startup.py`` holds every copy equal to its owner, so a change to one
-fails the tests until both agree.
+What a module that imports nothing owns is imported from it, not copied: the kernels'
+names and ``--max-inflight``'s bound (``mcpi_worker.constants``). The other owners load
+what ``--help``, ``--version``, a usage error or a TAB completion has no use for: the
+protocol package (msgpack and its whole core), the pool and the ssh launcher (Trio), the
+worker's logging (structlog), and ``launch.early``, home of the estimate's default points
+and chunk size (subprocess, threading and dataclasses, which would slow the parsing of
+``mcpi scatter`` and ``mcpi bench``; ``mcpi estimate`` loads it anyway). Those values are
+copies, each named after its owner, and ``tests/test_cli_startup.py`` holds every copy
+equal to its owner, so a change to one fails the tests until both agree.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from mcpi_coordinator.launch.early import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS
 from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS, MAX_INFLIGHT_LIMIT
 
 __all__ = [
@@ -25,6 +24,10 @@ __all__ = [
     "MAX_SCATTER_POINTS", "MAX_WORKERS_PER_HOST", "SPEC_SYNTAX",
 ]  # fmt: skip
 
+DEFAULT_POINTS: Final[int] = 1_000_000_000
+"""``mcpi_coordinator.launch.early.DEFAULT_POINTS`` (``estimate.DEFAULT_POINTS``)."""
+DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
+"""``mcpi_coordinator.launch.early.DEFAULT_CHUNK_SIZE`` (``estimate.DEFAULT_CHUNK_SIZE``)."""
 KERNEL_NAMES: Final[tuple[str, ...]] = tuple(KERNEL_VERSIONS)
 """The kernels' names, the default first (``mcpi_worker.constants``, light, is their home)."""
 MAX_POINTS: Final[int] = 1 << 40
