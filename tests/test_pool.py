@@ -29,6 +29,7 @@ from mcpi_coordinator.pool.dispatch import Dispatcher, Request
 from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_launch, by_slot, fake_launcher
+from mcpi_coordinator.testing.processes import still_running
 from mcpi_worker import protocol
 from mcpi_worker.kernels import count_numpy
 
@@ -403,6 +404,20 @@ async def test_using_a_closed_pool_is_a_clear_error() -> None:
             pass
         with pytest.raises(PoolClosed):
             await pool.sample(Chunk(SEED, 0, POINTS))
+
+
+async def test_retire_refuses_a_slot_the_pool_does_not_have() -> None:
+    """``retire(-1)`` used to retire the last slot (Python's negative indexing): the
+    real worker of slot 1 was stopped. Now it is refused, and both workers still run."""
+    with trio.fail_after(300):  # a bound against a hang: real workers start slowly on a busy machine
+        async with WorkerPool(2, startup_timeout=300) as pool:
+            for slot in (-1, -2, 2):
+                with pytest.raises(IndexError, match=rf"no slot {slot}: the pool's slots are 0 to 1"):
+                    pool.retire(slot, "a wrong count")
+            await pool.ping()  # a retirement is asynchronous: let a wrongly retired worker go
+            workers = pool.stats.workers
+            assert [w.state for w in workers] == ["ready", "ready"] and pool.stats.retired == 0
+            assert still_running(w.pid for w in workers if w.pid is not None) == [w.pid for w in workers]
 
 
 def test_pool_arguments_are_checked() -> None:

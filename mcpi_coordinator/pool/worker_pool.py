@@ -780,8 +780,11 @@ class WorkerPool:
         last slot retired leaves the pool exhausted (every request waiting then, or
         made later, fails with ``PoolExhausted``).
         Raises ``PoolExhausted``/``PoolClosed`` if the pool is not open, and
-        ``IndexError`` for a slot at or beyond ``size``."""
+        ``IndexError`` for a slot that is not one of the pool's: a negative number too,
+        which Python's indexing would otherwise take as counted from the end."""
         self._require_open()
+        if not 0 <= slot < len(self._slots):
+            raise IndexError(f"no slot {slot}: the pool's slots are 0 to {len(self._slots) - 1}")
         target = self._slots[slot]
         if target.state in ("retired", "stopped") or target.retire_reason is not None:
             return
