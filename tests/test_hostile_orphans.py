@@ -115,3 +115,65 @@ def test_a_subreaper_adopts_and_ends_a_whole_orphaned_tree(tmp_path: Path) -> No
     # The inner child may be seen alive once more, adopted as its parent dies first.
     assert len(report["adopted"]) == 2 and set(report["adopted"]) <= set(report["ended"]), report
     assert report["children"] == [] and report["left"] == [], report
+
+
+GIVEN_BACK = """
+import ctypes, json, os, subprocess, sys
+import psutil
+from mcpi_coordinator.launch.local import adopting_orphans
+
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def is_subreaper():  # the kernel's word, not the code's: PR_GET_CHILD_SUBREAPER
+    setting = ctypes.c_int(-1)
+    assert prctl(37, ctypes.byref(setting), 0, 0, 0) == 0
+    return bool(setting.value)
+
+
+def orphan(pidfile):
+    # A shell that starts a sleep and exits at once: the sleep is orphaned, and
+    # re-parented (before the shell's exit is reported) to the nearest subreaper, or init.
+    subprocess.run(["sh", "-c", f"setsid sleep 60 >/dev/null 2>&1 & echo $! > {pidfile}"], check=True)
+    with open(pidfile) as file:
+        return int(file.read())
+
+
+report = {"before": is_subreaper()}
+with adopting_orphans() as adopting:
+    report["adopting"] = adopting
+    inside = orphan(sys.argv[1])
+    report["inside_parent"] = psutil.Process(inside).ppid() == os.getpid()
+report["after"] = is_subreaper()
+report["inside_running"] = psutil.pid_exists(inside)  # ended and reaped: not even a zombie
+later = orphan(sys.argv[2])
+report["later_parent"] = psutil.Process(later).ppid() == os.getpid()
+os.kill(later, 9)
+report["children"] = [(c.pid, c.status()) for c in psutil.Process().children()]
+assert prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER: a process that was a subreaper already stays one
+with adopting_orphans():
+    pass
+report["kept"] = is_subreaper()
+print(json.dumps(report))
+"""
+
+
+def test_the_subreaper_role_ends_with_the_block(tmp_path: Path) -> None:
+    """``adopting_orphans`` used to leave its process a subreaper for good: pytest running
+    ``cli.estimate.run`` in-process (or a program embedding it) then adopted every later
+    orphan of its descendants and, never expecting them, never reaped them. In a process
+    of its own: an orphan made inside the block is adopted, then ended and reaped; after
+    the block the process is no subreaper (as before it), an orphan made then goes
+    elsewhere, and no child of it is left, zombie or not. A process that was a subreaper
+    before the block stays one."""
+    run = subprocess.run(
+        [sys.executable, "-c", GIVEN_BACK, str(tmp_path / "inside"), str(tmp_path / "later")],
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    *logged, last = run.stdout.splitlines()  # structlog unconfigured writes to stdout
+    report = json.loads(last)
+    assert report["before"] is False and report["adopting"] is True and report["inside_parent"] is True, report
+    assert report["inside_running"] is False and "orphans_ended" in "".join(logged), report
+    assert report["after"] is False and report["later_parent"] is False, report
+    assert report["children"] == [] and report["kept"] is True, report

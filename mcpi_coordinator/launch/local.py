@@ -16,7 +16,8 @@ A process the worker started in a session of its own (``setsid``) is in no group
 ours, and outlived the run. On Linux the ``mcpi`` command makes itself a *child
 subreaper* (``adopting_orphans``): whatever its workers leave behind is re-parented to
 it when they exit, not to init, and it kills and reaps every such orphan before it
-returns. See ``adopting_orphans`` for what this does not catch.
+returns, then gives the role back. See ``adopting_orphans`` for what this does not
+catch.
 """
 
 from __future__ import annotations
@@ -42,22 +43,50 @@ log = structlog.get_logger("mcpi.launch")
 PR_SET_CHILD_SUBREAPER: Final[int] = 36
 """``prctl`` option (Linux 3.4+): orphaned descendants are re-parented to this process."""
 
+PR_GET_CHILD_SUBREAPER: Final[int] = 37
+"""``prctl`` option: whether this process is a child subreaper (written to an ``int``)."""
+
 ORPHAN_ROUNDS: Final[int] = 100
 """Rounds of killing adopted orphans: killing one re-parents its own children to us,
 which the next round kills; a process forking faster than that is given up on."""
 
 
-def become_subreaper() -> bool:
-    """Make this process a child subreaper (Linux): a descendant whose parent exits is
-    re-parented to it instead of to init. False where that is not possible (another
-    system, or ``prctl`` refused)."""
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux; None elsewhere or where it cannot be found."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
+    return prctl
+
+
+def is_subreaper() -> bool | None:
+    """Whether this process is a child subreaper now; None where that cannot be told
+    (another system, or ``prctl`` refused)."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    setting = ctypes.c_int(0)
+    if prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(setting), 0, 0, 0) != 0:
+        return None
+    return bool(setting.value)
+
+
+def set_subreaper(on: bool) -> bool:
+    """Make this process a child subreaper (Linux), or stop it being one: while it is, a
+    descendant whose parent exits is re-parented to it instead of to init. False where
+    that is not possible (another system, or ``prctl`` refused)."""
+    prctl = _prctl()
+    return prctl is not None and prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def become_subreaper() -> bool:
+    """``set_subreaper(True)``, for good: for a process of its own that means to adopt
+    until it exits. A block of a longer-lived process uses ``adopting_orphans``, which
+    gives the role back."""
+    return set_subreaper(True)
 
 
 def own_children() -> dict[int, str]:
@@ -116,7 +145,8 @@ def end_orphans(spare: Callable[[int], bool] = lambda _pid: False) -> list[int]:
 @contextmanager
 def adopting_orphans() -> Iterator[bool]:
     """For the length of the block, adopt what workers leave behind, and end it on the
-    way out (yields whether this is possible here). For a process that owns all its
+    way out (yields whether this is possible here); afterwards the process adopts
+    nothing more, unless it was a subreaper before the block. For a process that owns all its
     children, such as the ``mcpi`` command: every child left when the block ends that
     was not there when it began (the pool has reaped its workers by then) is an orphan
     of theirs, and is killed.
@@ -129,7 +159,12 @@ def adopting_orphans() -> Iterator[bool]:
     process is itself killed by SIGKILL (a cgroup per run would catch that, but needs a
     delegated cgroup: ``systemd-run --user --scope`` or a writable cgroup v2 subtree).
     """
-    adopting = become_subreaper()
+    # The role is given back when the block ends: a process that stays a subreaper
+    # adopts every orphan of its descendants from then on, and a process that never
+    # expected children it did not start (pytest running ``cli.estimate.run``, a
+    # program embedding the CLI) never reaps them, so they stay zombies.
+    was_subreaper = is_subreaper()
+    adopting = was_subreaper is not None and set_subreaper(True)
     # Children from before the block are not orphans (workers started early, before
     # the run: ``launch.early`` discards those the run did not take).
     before = set(own_children()) if adopting else set()
@@ -137,7 +172,13 @@ def adopting_orphans() -> Iterator[bool]:
         yield adopting
     finally:
         if adopting:
+            # Killing an orphan re-parents its children to us, so the role is kept while
+            # the rounds run; then given back, and one more pass ends what was adopted
+            # between the last round and that moment.
             ended = end_orphans(spare=before.__contains__)
+            if not was_subreaper:
+                set_subreaper(False)
+                ended += end_orphans(spare=before.__contains__)
             if ended:
                 log.warning("orphans_ended", pids=ended, why="left behind by workers")
 
