@@ -46,6 +46,7 @@ from mcpi_coordinator import logs
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError, RequestFailed
 from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
+from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.kernels import KERNELS
 
 log = logs.get_logger("mcpi.verify")
@@ -77,9 +78,13 @@ class Source:
     host: str | None
 
     def __str__(self) -> str:
+        # A worker's host is its welcome's word, quoted in ``VerificationFailed`` and in
+        # the reason a slot is retired, which a program embedding the run may print as
+        # they are: escaped here, where the text is made (``terminal_text``).
+        host = printable(self.host)
         if self.slot is None:
-            return f"the coordinator (host {self.host}, pid {self.pid})"
-        return f"worker {self.slot} (host {self.host}, pid {self.pid})"
+            return f"the coordinator (host {host}, pid {self.pid})"
+        return f"worker {self.slot} (host {host}, pid {self.pid})"
 
 
 COORDINATOR: Final[Source] = Source(None, os.getpid(), socket.gethostname())

