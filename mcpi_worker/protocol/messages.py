@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Final
@@ -353,22 +354,6 @@ WORKER_MESSAGES: Final[dict[str, type[Message]]] = {
 REQUEST_TYPES: Final[frozenset[str]] = frozenset({Sample.TYPE, Ping.TYPE})
 """Messages answered by a response carrying their id."""
 
-FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {
-    cls: tuple(field.name for field in fields(cls))
-    for cls in (*COORDINATOR_MESSAGES.values(), *WORKER_MESSAGES.values())
-}
-"""Each message class's wire fields, in wire order, worked out once: calling
-``dataclasses.fields`` cost more than the rest of encoding a small message."""
-
-OPTIONAL_FIELDS: Final[dict[type, dict[str, Any]]] = {
-    cls: {field.name: field.default for field in fields(cls) if field.default is not MISSING}
-    for cls in FIELD_NAMES
-}
-"""Fields a later version added, with the value their absence means. A receiver takes
-a missing one as that value; our encoder leaves one out when it has that value, so the
-frames of version 1 are byte for byte what they always were."""
-
-
 # ------------------------------------------------------------------------ validation
 
 
@@ -377,146 +362,19 @@ def is_uint64(value: Any) -> bool:
     return type(value) is int and 0 <= value <= UINT64_MAX
 
 
-def usable_id(body: dict[str, Any], accept: dict[str, type[Message]]) -> int | None:
-    """The id an error about ``body`` can be reported under, or None.
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """What one wire field's value must be (protocol.md §4): ``valid(value)`` says whether
+    it is; ``expects`` ends the error message about a value that is not ("must be ...");
+    ``convert``, if any, turns a valid value into the message's (an array into a tuple,
+    an integer number of seconds into a float).
 
-    Usable means: a uint64 ``id`` on a message that is not known here to go
-    unanswered. A ``sample`` or ``ping`` has one; so does a message of a type this side
-    does not accept (a newer peer's request gets ``unknown_type``, not a dead
-    connection). A known message that is never answered by id (``hello``, ``cancel``,
-    ``shutdown``; every worker message, for a coordinator) has none: an ``id`` key on a
-    ``hello`` is just an unknown key, and a problem with such a message is fatal.
-    """
-    kind = body.get("type")
-    if isinstance(kind, str) and kind in accept and kind not in REQUEST_TYPES:
-        return None
-    request_id = body.get("id")
-    return request_id if is_uint64(request_id) else None
+    ``valid`` takes exact types only (``type(v) is int``, never ``isinstance``): msgpack
+    decodes to exact types, and ``bool`` is an ``int`` in Python but not on the wire."""
 
-
-def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
-    """Validate one decoded top-level map and build its message. Raises ``RequestError``.
-
-    Checks in this order, and reports the first that fails (protocol.md §8 "Precedence"):
-    ``type`` present and a str; ``type`` accepted here; each field in wire order, present
-    and valid. Unknown keys are ignored.
-    """
-    kind = body.get("type")
-    cls = accept.get(kind) if type(kind) is str else None
-    if cls is not None:
-        # The fast path, taken by every valid message: one cheap test per field. Only
-        # a message that fails one goes the slow way below, which says what is wrong.
-        values = []
-        optional = OPTIONAL_FIELDS[cls]
-        for name, valid, convert in _FIELD_CHECKS[cls]:
-            value = body.get(name, _MISSING)
-            if value is _MISSING and name in optional:
-                values.append(optional[name])
-                continue
-            if not valid(value):
-                break
-            values.append(value if convert is None else convert(value))
-        else:
-            return cls(*values)
-    reply_id = usable_id(body, accept)
-    if not isinstance(kind, str):
-        raise RequestError(ErrorCode.INVALID_REQUEST, "missing or non-string 'type'", reply_id)
-    if cls is None:
-        raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
-    for name in FIELD_NAMES[cls]:
-        if name not in body:
-            if name in OPTIONAL_FIELDS[cls]:
-                continue
-            raise RequestError(ErrorCode.INVALID_REQUEST, f"{kind}: missing field {name!r}", reply_id)
-        _check_field(kind, name, body[name], reply_id)
-    raise AssertionError(f"{kind}: the fast and the slow checks disagree on {body!r}")
-
-
-_MISSING: Final = object()
-
-
-def _check_field(kind: str, name: str, value: Any, reply_id: int | None) -> Any:
-    def bad(why: str) -> RequestError:
-        return RequestError(ErrorCode.INVALID_REQUEST, f"{kind}: {name!r} {why}", reply_id)
-
-    rule = _ERROR_ID_RULE if (kind, name) == (Error.TYPE, "id") else _FIELD_RULES[name]
-    if rule == "uint64":
-        if not is_uint64(value):
-            raise bad("must be an integer from 0 to 2**64-1")
-    elif rule == "points":
-        if not is_uint64(value) or value > MAX_POINTS:
-            raise bad(f"must be an integer from 0 to {MAX_POINTS}")
-    elif rule == "positive":
-        if not is_uint64(value) or value == 0:
-            raise bad("must be a positive integer")
-    elif rule == "points_limit":
-        if not is_uint64(value) or not 0 < value <= MAX_POINTS:
-            raise bad(f"must be an integer from 1 to {MAX_POINTS}")
-    elif rule == "optional_id":
-        if value is not None and not is_uint64(value):
-            raise bad("must be nil or an integer from 0 to 2**64-1")
-    elif rule == "text":
-        if not isinstance(value, str) or len(value) > MAX_TEXT:
-            raise bad(f"must be a string of at most {MAX_TEXT} characters")
-    elif rule == "seconds":
-        # Informational, but reported to users (as JSON, which has no NaN): a peer
-        # that measures time as NaN, infinite or negative is not measuring it.
-        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-            raise bad("must be a finite, non-negative number")
-        value = float(value)
-    elif rule == "versions":
-        if (
-            not isinstance(value, list)
-            or not value
-            or len(value) > MAX_LIST
-            or not all(is_uint64(v) and v > 0 for v in value)
-        ):
-            raise bad(f"must be a non-empty array of at most {MAX_LIST} positive integers")
-        value = tuple(value)
-    elif rule == "names":
-        if (
-            not isinstance(value, list)
-            or len(value) > MAX_LIST
-            or not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in value)
-        ):
-            raise bad(f"must be an array of at most {MAX_LIST} strings")
-        value = tuple(value)
-    elif rule == "counts":
-        if not _valid_counts(value):
-            raise bad(f"must be an array of at most {MAX_GROUPS} integers from 0 to 2**64-1")
-        value = tuple(value)
-    return value
-
-
-_FIELD_RULES: Final[dict[str, str]] = {
-    "id": "uint64",
-    "seed": "uint64",
-    "stream": "uint64",
-    "points": "points",
-    "inside": "uint64",
-    "pid": "uint64",
-    "version": "positive",
-    "max_inflight": "positive",
-    "max_frame": "positive",
-    "max_points": "points_limit",
-    "kernel": "text",
-    "client": "text",
-    "worker": "text",
-    "host": "text",
-    "code": "text",
-    "message": "text",
-    "elapsed_s": "seconds",
-    "versions": "versions",
-    "kernels": "names",
-    "jobs": "positive",
-    "streams": "positive",
-    "group": "positive",
-    "insides": "counts",
-    "implementations": "names",
-    "implementation": "text",
-}
-# Error.id is the one field that may be nil; it overrides the generic "id" rule.
-_ERROR_ID_RULE: Final = "optional_id"
+    valid: Callable[[Any], bool]
+    expects: str
+    convert: Callable[[Any], Any] | None = None
 
 
 def _valid_versions(value: Any) -> bool:
@@ -539,28 +397,144 @@ def _valid_names(value: Any) -> bool:
     )
 
 
-_FAST_RULES: Final[dict[str, tuple[Any, Any]]] = {
-    # rule: (valid(value) -> bool, convert or None); the same rules as _check_field
-    "uint64": (is_uint64, None),
-    "points": (lambda v: type(v) is int and 0 <= v <= MAX_POINTS, None),
-    "positive": (lambda v: type(v) is int and 0 < v <= UINT64_MAX, None),
-    "points_limit": (lambda v: type(v) is int and 0 < v <= MAX_POINTS, None),
-    "optional_id": (lambda v: v is None or is_uint64(v), None),
-    "text": (lambda v: type(v) is str and len(v) <= MAX_TEXT, None),
-    "seconds": (lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0, float),
-    "versions": (_valid_versions, tuple),
-    "names": (_valid_names, tuple),
-    "counts": (_valid_counts, tuple),
-}
+def _valid_seconds(value: Any) -> bool:
+    # Informational, but reported to users (as JSON, which has no NaN): a peer that
+    # measures time as NaN, infinite or negative is not measuring it.
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
-_FIELD_CHECKS: Final[dict[type, tuple[tuple[str, Any, Any], ...]]] = {
-    cls: tuple(
-        (name, *_FAST_RULES[_ERROR_ID_RULE if (cls is Error and name == "id") else _FIELD_RULES[name]])
-        for name in names
-    )
-    for cls, names in FIELD_NAMES.items()
+
+UINT64: Final = FieldRule(is_uint64, "must be an integer from 0 to 2**64-1")
+POINTS: Final = FieldRule(
+    lambda v: type(v) is int and 0 <= v <= MAX_POINTS, f"must be an integer from 0 to {MAX_POINTS}"
+)
+POSITIVE: Final = FieldRule(lambda v: type(v) is int and 0 < v <= UINT64_MAX, "must be a positive integer")
+POINTS_LIMIT: Final = FieldRule(
+    lambda v: type(v) is int and 0 < v <= MAX_POINTS, f"must be an integer from 1 to {MAX_POINTS}"
+)
+OPTIONAL_ID: Final = FieldRule(
+    lambda v: v is None or is_uint64(v), "must be nil or an integer from 0 to 2**64-1"
+)
+TEXT: Final = FieldRule(
+    lambda v: type(v) is str and len(v) <= MAX_TEXT, f"must be a string of at most {MAX_TEXT} characters"
+)
+SECONDS: Final = FieldRule(_valid_seconds, "must be a finite, non-negative number", float)
+VERSIONS: Final = FieldRule(
+    _valid_versions, f"must be a non-empty array of at most {MAX_LIST} positive integers", tuple
+)
+NAMES: Final = FieldRule(_valid_names, f"must be an array of at most {MAX_LIST} strings", tuple)
+COUNTS: Final = FieldRule(
+    _valid_counts, f"must be an array of at most {MAX_GROUPS} integers from 0 to 2**64-1", tuple
+)
+
+FIELDS: Final[dict[type[Message], dict[str, FieldRule]]] = {
+    Hello: {"versions": VERSIONS, "client": TEXT},
+    Sample: {
+        "id": UINT64, "seed": UINT64, "stream": UINT64, "points": POINTS, "kernel": TEXT,
+        "streams": POSITIVE, "group": POSITIVE,
+    },
+    Ping: {"id": UINT64},
+    Cancel: {"id": UINT64},
+    Shutdown: {},
+    Welcome: {
+        "version": POSITIVE, "worker": TEXT, "pid": UINT64, "host": TEXT, "kernels": NAMES,
+        "max_inflight": POSITIVE, "max_frame": POSITIVE, "max_points": POINTS_LIMIT, "jobs": POSITIVE,
+        "implementations": NAMES,
+    },
+    Result: {
+        "id": UINT64, "inside": UINT64, "points": POINTS, "elapsed_s": SECONDS, "insides": COUNTS,
+        "implementation": TEXT,
+    },
+    Pong: {"id": UINT64},
+    Error: {"id": OPTIONAL_ID, "code": TEXT, "message": TEXT},
+}  # fmt: skip
+"""The one statement of every field rule: for each message, its wire fields in wire order
+(after ``type``), each with the rule its value obeys. A field is required unless its
+dataclass gives it a default, which is what its absence means (``OPTIONAL_FIELDS``).
+``parse_message`` accepts and refuses by this table alone, and its error messages come
+from it, so the two cannot disagree; the encoder sends the fields in this order."""
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = tuple(FIELDS[cls])
+    declared = tuple(field.name for field in fields(cls))
+    if names != declared:  # a field added to a message but not to the table, or reordered
+        raise TypeError(f"FIELDS[{cls.__name__}] names {names}, its dataclass {declared}")
+    return names
+
+
+FIELD_NAMES: Final[dict[type, tuple[str, ...]]] = {cls: _field_names(cls) for cls in FIELDS}
+"""Each message class's wire fields, in wire order, worked out once: calling
+``dataclasses.fields`` cost more than the rest of encoding a small message."""
+
+OPTIONAL_FIELDS: Final[dict[type, dict[str, Any]]] = {
+    cls: {field.name: field.default for field in fields(cls) if field.default is not MISSING}
+    for cls in FIELD_NAMES
 }
-"""Each message class's fields with the quick test and conversion their rule asks for."""
+"""Fields a later version added, with the value their absence means. A receiver takes
+a missing one as that value; our encoder leaves one out when it has that value, so the
+frames of version 1 are byte for byte what they always were."""
+
+
+def usable_id(body: dict[str, Any], accept: dict[str, type[Message]]) -> int | None:
+    """The id an error about ``body`` can be reported under, or None.
+
+    Usable means: a uint64 ``id`` on a message that is not known here to go
+    unanswered. A ``sample`` or ``ping`` has one; so does a message of a type this side
+    does not accept (a newer peer's request gets ``unknown_type``, not a dead
+    connection). A known message that is never answered by id (``hello``, ``cancel``,
+    ``shutdown``; every worker message, for a coordinator) has none: an ``id`` key on a
+    ``hello`` is just an unknown key, and a problem with such a message is fatal.
+    """
+    kind = body.get("type")
+    if isinstance(kind, str) and kind in accept and kind not in REQUEST_TYPES:
+        return None
+    request_id = body.get("id")
+    return request_id if is_uint64(request_id) else None
+
+
+_MISSING: Final = object()
+_REQUIRED: Final = object()
+
+_FIELD_CHECKS: Final[dict[type, tuple[tuple[str, Callable[[Any], bool], Callable[[Any], Any] | None, Any], ...]]] = {
+    cls: tuple(
+        (name, rule.valid, rule.convert, OPTIONAL_FIELDS[cls].get(name, _REQUIRED))
+        for name, rule in rules.items()
+    )
+    for cls, rules in FIELDS.items()
+}
+"""``FIELDS`` unpacked for ``parse_message``'s loop: (name, valid, convert, the value its
+absence means or ``_REQUIRED``)."""
+
+
+def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
+    """Validate one decoded top-level map and build its message. Raises ``RequestError``
+    (never anything else, whatever ``body`` holds).
+
+    Checks in this order, and reports the first that fails (protocol.md §8 "Precedence"):
+    ``type`` present and a str; ``type`` accepted here; each field in wire order, present
+    (unless optional) and valid by its rule in ``FIELDS``. Unknown keys are ignored.
+    """
+    kind = body.get("type")
+    cls = accept.get(kind) if type(kind) is str else None
+    if cls is None:
+        reply_id = usable_id(body, accept)
+        if not isinstance(kind, str):
+            raise RequestError(ErrorCode.INVALID_REQUEST, "missing or non-string 'type'", reply_id)
+        raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
+    values = []
+    for name, valid, convert, absent in _FIELD_CHECKS[cls]:
+        value = body.get(name, _MISSING)
+        if value is _MISSING:
+            if absent is _REQUIRED:
+                why = f"{kind}: missing field {name!r}"
+                raise RequestError(ErrorCode.INVALID_REQUEST, why, usable_id(body, accept))
+            values.append(absent)
+        elif valid(value):
+            values.append(value if convert is None else convert(value))
+        else:
+            why = f"{kind}: {name!r} {FIELDS[cls][name].expects}"
+            raise RequestError(ErrorCode.INVALID_REQUEST, why, usable_id(body, accept))
+    return cls(*values)
 
 
 def negotiate_version(offered: tuple[int, ...], spoken: tuple[int, ...] = PROTOCOL_VERSIONS) -> int | None:
