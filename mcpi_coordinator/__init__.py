@@ -56,9 +56,10 @@ _PUBLIC: dict[str, str] = {
     "Launcher": "mcpi_coordinator.launch.transport",
     "WorkerProcess": "mcpi_coordinator.launch.transport",
     "DEFAULT_PIPELINE_DEPTH": "mcpi_coordinator.pool.worker_pool",
-    "PoolStats": "mcpi_coordinator.pool.worker_pool",
+    "PoolStats": "mcpi_coordinator.pool.stats",
+    "SlotState": "mcpi_coordinator.pool.stats",
     "WorkerPool": "mcpi_coordinator.pool.worker_pool",
-    "WorkerStats": "mcpi_coordinator.pool.worker_pool",
+    "WorkerStats": "mcpi_coordinator.pool.stats",
     "default_task_timeout": "mcpi_coordinator.pool.worker_pool",
 }
 
@@ -80,13 +81,8 @@ if TYPE_CHECKING:
     )
     from mcpi_coordinator.launch.local import command_launcher, default_worker_command, spawn_worker
     from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
-    from mcpi_coordinator.pool.worker_pool import (
-        DEFAULT_PIPELINE_DEPTH,
-        PoolStats,
-        WorkerPool,
-        WorkerStats,
-        default_task_timeout,
-    )
+    from mcpi_coordinator.pool.stats import PoolStats, SlotState, WorkerStats
+    from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool, default_task_timeout
 
 
 def __getattr__(name: str) -> Any:
@@ -107,6 +103,7 @@ __all__ = [
     "PoolExhausted",
     "PoolStats",
     "RequestFailed",
+    "SlotState",
     "WorkerFailure",
     "WorkerPool",
     "WorkerProcess",

@@ -29,7 +29,8 @@ from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.launch import early
 from mcpi_coordinator.parts import Part
-from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
+from mcpi_coordinator.pool.stats import PoolStats
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.prefix import Prefix
 from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
 from mcpi_coordinator.verify import LocalCounter, Verifier, VerifyStats, count_here

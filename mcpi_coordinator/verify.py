@@ -45,7 +45,8 @@ import trio
 from mcpi_coordinator import logs
 from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError, RequestFailed
-from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
+from mcpi_coordinator.pool.stats import SlotState, WorkerStats
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.kernels import KERNELS
 
@@ -280,7 +281,7 @@ def avoid_choices(
     that counted it or was condemned (if another is up). Empty: only the coordinator is left."""
     used_slots = {s.slot for s in used if s.slot is not None} | set(condemned)
     used_hosts = {s.host for s in used if s.slot is not None}
-    up = [w for w in workers if w.state not in ("retired", "stopped") and w.slot not in used_slots]
+    up = [w for w in workers if w.state not in (SlotState.RETIRED, SlotState.STOPPED) and w.slot not in used_slots]
     elsewhere = {w.slot for w in up if w.host is not None and w.host not in used_hosts}
     choices = []
     if elsewhere:

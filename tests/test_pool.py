@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import signal
 import socket
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ from mcpi_coordinator.errors import (
     RequestFailed,
 )
 from mcpi_coordinator.pool.dispatch import Dispatcher, Request
+from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_launch, by_slot, fake_launcher
@@ -99,6 +102,18 @@ async def test_handshake_stats_and_repr() -> None:
                 assert isinstance(fake.stats.received[-1], protocol.Shutdown)
                 assert fake.signals == []
             assert "closed" in repr(pool) and pool.stats.alive == 0
+
+
+async def test_slot_states_are_enums_that_read_as_the_words_of_the_json() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, FakeBehaviour())
+            async with WorkerPool(1, launcher=launcher) as pool:
+                (ready,) = pool.stats.workers
+                assert ready.state is SlotState.READY
+                assert json.dumps(asdict(ready)["state"]) == '"ready"'  # mcpi estimate --json
+                assert f"{ready.state}" == "ready"
+            assert pool.stats.workers[0].state is SlotState.STOPPED
 
 
 async def test_requests_are_pipelined_up_to_the_depth_and_matched_by_id(autojump_clock: object) -> None:

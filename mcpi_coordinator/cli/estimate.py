@@ -41,6 +41,7 @@ from mcpi_coordinator.launch import capacity, remote, slurm
 from mcpi_coordinator.launch.local import adopting_orphans, default_worker_command, spawn_worker
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.parts import part_json
+from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 from mcpi_worker.kernels import DEFAULT_KERNEL
@@ -459,13 +460,13 @@ def workers_summary(result: EstimateResult) -> str:
     stats = result.pool
     if stats.size == 0:
         return "none needed: every chunk came from the checkpoint"
-    unready = [w for w in stats.workers if w.state != "retired" and w.host is None]
-    working = [w for w in stats.workers if w.state != "retired" and w.host is not None]
+    unready = [w for w in stats.workers if w.state != SlotState.RETIRED and w.host is None]
+    working = [w for w in stats.workers if w.state != SlotState.RETIRED and w.host is not None]
     dropped = stats.size - len(working) - len(unready)
     restarts = sum(w.restarts for w in working)
     notes = [text.plural(restarts, "restart")]
     if dropped:
-        failed_starts = sum(w.restarts + 1 for w in stats.workers if w.state == "retired")
+        failed_starts = sum(w.restarts + 1 for w in stats.workers if w.state == SlotState.RETIRED)
         notes.append(f"{dropped} dropped after {text.plural(failed_starts, 'failed start')}")
     if unready:
         notes.append(f"{len(unready)} not ready before the run ended")

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from mcpi_coordinator.cli import text
 from mcpi_coordinator.estimate import pi_statistics
+from mcpi_coordinator.pool.stats import SlotState
 
 if TYPE_CHECKING:
     from mcpi_coordinator.pool.worker_pool import WorkerPool
@@ -258,7 +259,7 @@ async def watch_pool(
         waiting: list[str] = []
         newly_slow: list[int] = []
         for worker in stats.workers:
-            if worker.state != "starting":
+            if worker.state != SlotState.STARTING:
                 continue
             waited = worker.state_s
             note = f"worker {worker.slot} ({commands[worker.slot]}) {waited:.0f} s"

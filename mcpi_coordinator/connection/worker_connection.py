@@ -86,9 +86,10 @@ class WorkerConnection:
         self.answered = 0
         """Sample requests answered with a ``result`` (useful work done)."""
         self.ended = trio.Event()
+        """Set by ``ended_because``: the process is reaped and ``end_reason`` final."""
         self.end_reason: str | None = None
-        """Set by the owner once the process is reaped: the one-line account of why it
-        ended (command, exit status, stderr tail), or None if it was closed on purpose."""
+        """The one-line account of why it ended (command, exit status, stderr tail), or
+        None if it was closed on purpose; final once ``ended`` is set."""
         self._sink = sink
         self._welcomed = trio.Event()
         self._stall_clock: trio.CancelScope | None = None
@@ -135,6 +136,13 @@ class WorkerConnection:
 
     def stderr_tail(self) -> str:
         return self._stderr.tail()
+
+    def ended_because(self, reason: str | None) -> None:
+        """The owner has reaped the process: record ``reason`` (its one-line account of
+        why the worker ended, None if it was closed on purpose) and wake whoever waits
+        on ``ended``. Called once; never raises."""
+        self.end_reason = reason
+        self.ended.set()
 
     # ------------------------------------------------------------------ requests
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -72,7 +71,18 @@ from mcpi_coordinator.launch.local import (
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
 from mcpi_coordinator.pool.batch import Batch
 from mcpi_coordinator.pool.dispatch import Dispatcher
+from mcpi_coordinator.pool.stats import FailedWorker, PoolState, PoolStats, SlotState, WorkerStats
 from mcpi_worker.protocol import Result
+
+__all__ = [
+    "CLIENT_NAME",
+    "DEFAULT_PIPELINE_DEPTH",
+    "FailedWorker",
+    "PoolStats",
+    "WorkerPool",
+    "WorkerStats",
+    "default_task_timeout",
+]
 
 log = logs.get_logger("mcpi.pool")
 
@@ -111,82 +121,6 @@ def default_task_timeout(points: int) -> float:
     return TASK_TIMEOUT_FLOOR_S + points * TASK_TIMEOUT_PER_POINT_S
 
 
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStats:
-    """One slot: its current worker (if any) and totals over all its workers."""
-
-    slot: int
-    state: str
-    """``queued`` (waiting for its turn to start), ``starting``, ``ready``, ``restarting``,
-    ``stopping``, ``retired`` or ``stopped``."""
-    pid: int | None
-    """The running worker's pid; None between workers."""
-    host: str | None
-    """The host its latest welcomed worker said it runs on; None before any welcome."""
-    chunks: int
-    """Chunks its workers counted (a range counts one per stream)."""
-    points: int
-    """Points its workers counted."""
-    busy_s: float
-    """Seconds the slot's workers spent computing, by their own measure."""
-    restarts: int
-    """Workers started in this slot to replace one that failed."""
-    jobs: int = 1
-    """Samples its worker computes at once, as its last welcome said."""
-    implementations: dict[str, str] = field(default_factory=dict)
-    """Kernel -> the implementation its worker said runs it, by its welcome and then by
-    its latest result (``numba-fused`` or ``numpy`` for the numpy kernel)."""
-    attempt: int = 1
-    """Which start this is of the slot's current worker: 1, or one more per start that
-    failed before doing any work (the slot retires after ``max_start_attempts``)."""
-    state_s: float = 0.0
-    """Seconds the slot has been in ``state`` (how long a worker has been starting, say)."""
-    failed: int = 0
-    """Workers of this slot the pool gave up on (``PoolStats.failures`` says why)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FailedWorker:
-    """A worker the pool gave up on: it died, broke the protocol, stalled, was retired, or
-    never got as far as its welcome. Every one is in ``PoolStats.failures`` and was
-    logged as one warning line (``worker_failed``, or ``worker_retired`` for a slot
-    retired by ``WorkerPool.retire``), unless it is one of several failed starts on one
-    host, which that host's first warning stands for."""
-
-    slot: int
-    pid: int | None
-    """None when it could not even be started."""
-    host: str | None
-    reason: str
-    welcomed: bool
-    """It had answered the handshake (it failed at work, not at its start)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """The pool at one moment (``WorkerPool.stats``)."""
-
-    size: int
-    """Slots, as the pool was made."""
-    alive: int
-    """Slots whose worker is ``ready`` (welcomed and taking work)."""
-    in_flight: int
-    """Requests sent to workers and not yet answered (pings and cancelled ones too)."""
-    completed: int
-    """Chunks counted so far; a range counts one per stream."""
-    restarts: int
-    """Workers started to replace one that failed, over all slots."""
-    retired: int
-    """Slots retired for good (failed starts in a row, or ``WorkerPool.retire``)."""
-    workers: tuple[WorkerStats, ...]
-    """One per slot, in slot order."""
-    failures: tuple[FailedWorker, ...] = ()
-    """Every worker given up on, in order (``FailedWorker``)."""
-
-
 # --------------------------------------------------------------------------- slots
 
 
@@ -195,7 +129,7 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self._state = "queued"
+        self._state = SlotState.QUEUED
         self.state_since: float | None = None
         """Trio's clock when ``state`` last changed (None: not since the pool started)."""
         self.failed_starts = 0
@@ -232,11 +166,11 @@ class _Slot:
         return self.retire_reason is not None
 
     @property
-    def state(self) -> str:
+    def state(self) -> SlotState:
         return self._state
 
     @state.setter
-    def state(self, value: str) -> None:
+    def state(self, value: SlotState) -> None:
         self._state = value
         self.state_since = trio.current_time()
 
@@ -363,16 +297,16 @@ class WorkerPool:
         self._slot_hosts = list(slot_hosts) if slot_hosts is not None else [None] * size
         self._hosts_warned: set[str] = set()
         self._failures: list[FailedWorker] = []
-        self._state = "new"  # new → open → closing → closed
+        self._state = PoolState.NEW
         self._exhausted: PoolExhausted | None = None
         self._nursery_manager: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        if self._state != "new":
+        if self._state is not PoolState.NEW:
             raise RuntimeError("a WorkerPool can be entered only once")
-        self._state = "open"
+        self._state = PoolState.OPEN
         self._nursery_manager = trio.open_nursery()
         nursery = await self._nursery_manager.__aenter__()
         for slot in self._slots:
@@ -392,7 +326,7 @@ class WorkerPool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state == "closed":
+        if self._state is PoolState.CLOSED:
             return
         self._begin_close()
         # A nursery always waits for its children, cancelled or not, so this returns
@@ -401,12 +335,12 @@ class WorkerPool:
         try:
             await self._nursery_manager.__aexit__(None, None, None)
         finally:
-            self._state = "closed"
+            self._state = PoolState.CLOSED
 
     def _begin_close(self) -> None:
-        if self._state in ("closing", "closed"):
+        if self._closing():
             return
-        self._state = "closing"
+        self._state = PoolState.CLOSING
         self._dispatcher.close(PoolClosed("the worker pool is closed"))
         for slot in self._slots:
             if slot.stop_scope is not None:
@@ -414,7 +348,7 @@ class WorkerPool:
 
     def _closing(self) -> bool:
         """A method for the reason ``_Slot.retiring`` is one: closing starts meanwhile."""
-        return self._state in ("closing", "closed")
+        return self._state in (PoolState.CLOSING, PoolState.CLOSED)
 
     # ------------------------------------------------------------------ public API
 
@@ -524,13 +458,13 @@ class WorkerPool:
         workers = tuple(slot.stats() for slot in self._slots)
         return PoolStats(
             size=self.size,
-            alive=sum(1 for w in workers if w.state == "ready"),
+            alive=sum(1 for w in workers if w.state is SlotState.READY),
             in_flight=sum(
                 slot.connection.in_flight for slot in self._slots if slot.connection is not None
             ),
             completed=self._completed,
             restarts=self._restarts,
-            retired=sum(1 for w in workers if w.state == "retired"),
+            retired=sum(1 for w in workers if w.state is SlotState.RETIRED),
             workers=workers,
             failures=tuple(self._failures),
         )
@@ -552,7 +486,7 @@ class WorkerPool:
         return connection.end_reason or str(error)
 
     def _require_open(self) -> None:
-        if self._state != "open":
+        if self._state is not PoolState.OPEN:
             if self._exhausted is not None:
                 raise PoolExhausted(str(self._exhausted))
             raise PoolClosed(f"the worker pool is {self._state}; use it inside 'async with'")
@@ -615,7 +549,7 @@ class WorkerPool:
             if failures_in_a_row >= self._max_start_attempts:
                 self._retire(slot, failures_in_a_row)
                 return
-            slot.state = "restarting"
+            slot.state = SlotState.RESTARTING
             with self._stoppable(slot):
                 await trio.sleep(self._backoff_s * 2 ** max(failures_in_a_row - 1, 0))
             if slot.retiring():
@@ -626,7 +560,7 @@ class WorkerPool:
             slot.restarts += 1
             self._restarts += 1
         self._report_failed_starts(slot)  # the pool closed before the slot's fate was known
-        slot.state = "stopped"
+        slot.state = SlotState.STOPPED
         self._settle(slot)
 
     async def _run_worker(self, slot: _Slot) -> tuple[str | None, bool]:
@@ -635,7 +569,7 @@ class WorkerPool:
         Returns ``(failure, useful)``: a one-line description of why the worker ended
         (``None`` when the pool closed it) and whether it answered any request.
         """
-        slot.state = "queued"
+        slot.state = SlotState.QUEUED
         slot.last_pid, slot.welcomed = None, False
         limiter = self._starting_limits[slot.index]
         with self._stoppable(slot):
@@ -643,7 +577,7 @@ class WorkerPool:
             slot.start_permit = limiter
         if slot.start_permit is not limiter:  # the pool closed (or retired it) meanwhile
             return None, False
-        slot.state = "starting"
+        slot.state = SlotState.STARTING
         log.debug("worker_launching", slot=slot.index)  # with the others, a start-up's timeline
         process: WorkerProcess | None = None
         failure: str | None = None
@@ -675,7 +609,7 @@ class WorkerPool:
                 reason = await self._serve(slot, connection)
             finally:
                 self._end_start(slot)  # no-op unless the welcome never came
-                slot.state = "stopping" if reason is None else "restarting"
+                slot.state = SlotState.STOPPING if reason is None else SlotState.RESTARTING
                 slot.connection = None
                 self._dispatcher.worker_gone(connection)
                 # Orderly close: ask nicely first. A failed worker cannot be trusted
@@ -699,8 +633,7 @@ class WorkerPool:
             tail = connection.stderr_tail()
             if tail:
                 reason += f"; stderr: {tail}"
-        connection.end_reason = reason
-        connection.ended.set()
+        connection.ended_because(reason)
         return reason, connection.answered > 0
 
     async def _serve(self, slot: _Slot, connection: WorkerConnection) -> str | None:
@@ -717,7 +650,7 @@ class WorkerPool:
                     self._end_start(slot)
             if startup.cancelled_caught:
                 return f"no welcome within the {self._startup_timeout:g} s start-up timeout"
-            slot.state = "ready"
+            slot.state = SlotState.READY
             slot.welcomed = True
             slot.host = welcome.host
             slot.jobs = welcome.jobs
@@ -786,7 +719,7 @@ class WorkerPool:
         if not 0 <= slot < len(self._slots):
             raise IndexError(f"no slot {slot}: the pool's slots are 0 to {len(self._slots) - 1}")
         target = self._slots[slot]
-        if target.state in ("retired", "stopped") or target.retire_reason is not None:
+        if target.state in (SlotState.RETIRED, SlotState.STOPPED) or target.retire_reason is not None:
             return
         target.retire_reason = reason
         if target.connection is not None:
@@ -828,7 +761,7 @@ class WorkerPool:
         for unreported in slot.unreported:  # the one warning below stands for them
             log.info("worker_failed", **unreported)
         slot.unreported.clear()
-        slot.state = "retired"
+        slot.state = SlotState.RETIRED
         slot.connection = None
         self._dispatcher.forget_slot(slot.index)
         fields: dict[str, Any] = {"slot": slot.index, "attempts": attempts, "reason": slot.last_failure}
@@ -842,7 +775,7 @@ class WorkerPool:
         elif host is not None and host in self._hosts_warned:
             # Its host's first retired slot gave the warning; siblings fail alike.
             log.info("worker_retired", **fields)
-        elif any(s.state == "ready" for s in self._slots):
+        elif any(s.state is SlotState.READY for s in self._slots):
             log.warning("worker_retired", **fields)
         else:
             # Nobody is working yet: if nobody ever will, PoolExhausted says it all
@@ -850,7 +783,7 @@ class WorkerPool:
             self._deferred_warnings.append(("worker_retired", fields))
         if host is not None:
             self._hosts_warned.add(host)
-        if all(s.state == "retired" for s in self._slots):
+        if all(s.state is SlotState.RETIRED for s in self._slots):
             why = (
                 f"every worker failed {attempts} times in a row before doing any work"
                 if slot.retire_reason is None
