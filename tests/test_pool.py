@@ -10,7 +10,7 @@ import json
 import math
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -27,7 +27,8 @@ from mcpi_coordinator.errors import (
     PoolExhausted,
     RequestFailed,
 )
-from mcpi_coordinator.pool.dispatch import Dispatcher, Request
+from mcpi_coordinator.launch.transport import WorkerProcess
+from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Request
 from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
@@ -48,9 +49,9 @@ def expected_inside(n: int, points: int = POINTS) -> int:
     return sum(count_numpy(SEED, i, points) for i in range(n))
 
 
-async def until(condition: object) -> None:
+async def until(condition: Callable[[], bool]) -> None:
     """Wait (in small steps of the test's clock) until ``condition()`` holds."""
-    while not condition():  # type: ignore[operator]
+    while not condition():
         await trio.sleep(0.01)
 
 
@@ -435,11 +436,15 @@ async def test_retire_refuses_a_slot_the_pool_does_not_have() -> None:
             assert still_running(w.pid for w in workers if w.pid is not None) == [w.pid for w in workers]
 
 
+async def _never_launched(index: int) -> WorkerProcess:
+    raise AssertionError(f"slot {index} was launched")
+
+
 def test_pool_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         WorkerPool(0)
     with pytest.raises(ValueError, match="either command or launcher"):
-        WorkerPool(1, ["x"], launcher=lambda i: None)  # type: ignore[arg-type,return-value]
+        WorkerPool(1, ["x"], launcher=_never_launched)
 
 
 # A scripted peer rather than a fake worker: the test itself decides the exact bytes
@@ -450,6 +455,9 @@ class _ScriptedProcess:
     """The coordinator's view of a process whose other ends the test holds."""
 
     def __init__(self) -> None:
+        self.stdin: trio.abc.SendStream | None
+        self.stdout: trio.abc.ReceiveStream | None
+        self.stderr: trio.abc.ReceiveStream | None
         self.stdin, self.peer_stdin = trio.testing.memory_stream_one_way_pair()
         self.peer_stdout, self.stdout = trio.testing.memory_stream_one_way_pair()
         self.peer_stderr, self.stderr = trio.testing.memory_stream_one_way_pair()
@@ -486,7 +494,7 @@ async def _read_messages(stream: trio.abc.ReceiveStream, n: int) -> list[protoco
     while len(messages) < n:
         decoder.feed(await stream.receive_some())
         while (message := decoder.next_message()) is not protocol.NEED_DATA:
-            messages.append(message)  # type: ignore[arg-type]
+            messages.append(message)
     return messages
 
 
@@ -531,7 +539,7 @@ async def test_out_of_order_responses_are_matched_by_id() -> None:
 
 async def test_a_response_to_an_unknown_id_fails_the_worker_not_the_caller() -> None:
     process = _ScriptedProcess()
-    replacement = None
+    replacement: bool | None = None
 
     async def peer() -> None:
         await _read_messages(process.peer_stdin, 1)
@@ -543,7 +551,7 @@ async def test_a_response_to_an_unknown_id_fails_the_worker_not_the_caller() -> 
     async with trio.open_nursery() as nursery:
         fakes = fake_launcher(nursery, FakeBehaviour())
 
-        async def launch(index: int) -> object:
+        async def launch(index: int) -> WorkerProcess:
             nonlocal replacement
             if replacement is None:
                 replacement = True
@@ -552,7 +560,7 @@ async def test_a_response_to_an_unknown_id_fails_the_worker_not_the_caller() -> 
 
         nursery.start_soon(peer)
         with trio.fail_after(10):
-            async with WorkerPool(1, launcher=launch) as pool:  # type: ignore[arg-type]
+            async with WorkerPool(1, launcher=launch) as pool:
                 result = await pool.sample(Chunk(SEED, 0, 1000))
                 assert result.inside == count_numpy(SEED, 0, 1000)
                 assert pool.stats.restarts == 1
@@ -600,14 +608,21 @@ async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: 
 
 
 class FakeConnection:
-    """What the dispatcher needs of a worker connection, without pipes: it records what
-    is sent, and the test answers by handing events to ``Dispatcher.on_events``."""
+    """What the dispatcher needs of a worker connection (``dispatch.Connection``, which
+    mypy checks it against), without pipes: it records what is sent, and the test
+    answers by handing events to ``Dispatcher.on_events``."""
 
     def __init__(self, slot: int, kernels: tuple[str, ...] = ("numpy", "python"), usable: bool = True) -> None:
         self.slot = slot
+        self.pid = 1000 + slot
         self.usable = usable
-        self.welcome = protocol.Welcome(1, "fake", 1, "host", kernels, 64, 1 << 20, protocol.MAX_POINTS)
-        self.sent: list[tuple[int, Any]] = []
+        self.welcome: protocol.Welcome | None = protocol.Welcome(
+            1, "fake", 1, "host", kernels, 64, 1 << 20, protocol.MAX_POINTS
+        )
+        self.jobs_shown = 1
+        self.ended = trio.Event()
+        self.end_reason: str | None = None
+        self.sent: list[tuple[int, Any]] = []  # (request id, token): the tests read its chunk
         self.cancelled: list[int] = []
         self._ids = iter(range(1, 1 << 30))
 
@@ -618,13 +633,23 @@ class FakeConnection:
     def holding(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def send_sample(self, seed: int, stream: int, points: int, kernel: str, token: Any) -> int:
+    def send_sample(
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        kernel: str,
+        token: Request,
+        *,
+        streams: int = 1,
+        group: int | None = None,
+    ) -> int:
         assert self.usable
         request_id = next(self._ids)
         self.sent.append((request_id, token))
         return request_id
 
-    def send_ping(self, token: Any) -> int:
+    def send_ping(self, token: Request) -> int:
         return self.send_sample(0, 0, 0, "", token)
 
     def cancel(self, request_id: int) -> None:
@@ -632,11 +657,11 @@ class FakeConnection:
 
     def answer_all(self, dispatcher: Dispatcher) -> None:
         sent, self.sent = self.sent, []
-        events: list[Any] = [
-            protocol.Answered(i, protocol.Result(i, 0, token.chunk.points, 0.0), token, False)
-            for i, token in sent
-        ]
-        dispatcher.on_events(self, events)  # type: ignore[arg-type]
+        events: list[protocol.CoordinatorEvent] = []
+        for i, token in sent:
+            assert token.chunk is not None
+            events.append(protocol.Answered(i, protocol.Result(i, 0, token.chunk.points, 0.0), token, False))
+        dispatcher.on_events(self, events)
 
 
 def _recorder() -> tuple[list[tuple[str, object]], Any]:
@@ -648,8 +673,8 @@ def _recorder() -> tuple[list[tuple[str, object]], Any]:
     return outcomes, deliver
 
 
-def _record(connection: Any, chunk: Chunk, result: protocol.Result) -> ChunkResult:
-    return ChunkResult(chunk, result.inside, result.elapsed_s, connection.slot, 0)
+def _record(connection: Connection, chunk: Chunk, result: protocol.Result) -> ChunkResult:
+    return ChunkResult(chunk, result.inside, result.elapsed_s, connection.slot, connection.pid)
 
 
 def test_requests_go_to_retries_first_then_in_arrival_order() -> None:
@@ -671,10 +696,10 @@ def test_requests_go_to_retries_first_then_in_arrival_order() -> None:
     dispatcher.dispatch(withdrawn)
     dispatcher.withdraw(withdrawn)
     stale = FakeConnection(0, usable=False)
-    dispatcher.add_worker(stale, depth=4)  # type: ignore[arg-type]
+    dispatcher.add_worker(stale, depth=4)
     assert stale.sent == []  # a worker that failed meanwhile gets nothing
     worker = FakeConnection(1)
-    dispatcher.add_worker(worker, depth=2)  # type: ignore[arg-type]
+    dispatcher.add_worker(worker, depth=2)
     assert [token for _, token in worker.sent] == [retry, fresh1]  # retries first
     worker.answer_all(dispatcher)  # its room goes to the next in line, at once
     assert [token for _, token in worker.sent] == [fresh2]
@@ -695,8 +720,8 @@ def test_requests_go_only_to_workers_that_offer_what_they_need() -> None:
     outcomes, deliver = _recorder()
     numpy_only = FakeConnection(0, kernels=("numpy",))
     python_only = FakeConnection(1, kernels=("python",))
-    dispatcher.add_worker(numpy_only, depth=1)  # type: ignore[arg-type]
-    dispatcher.add_worker(python_only, depth=1)  # type: ignore[arg-type]
+    dispatcher.add_worker(numpy_only, depth=1)
+    dispatcher.add_worker(python_only, depth=1)
     dispatcher.dispatch(Request(Chunk(SEED, 0, 10, "numpy"), deliver))
     dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "numpy"), deliver))  # waits for numpy_only
     dispatcher.dispatch(Request(Chunk(SEED, 2, 10, "python"), deliver))  # overtakes it
@@ -713,7 +738,7 @@ def test_requests_go_only_to_workers_that_offer_what_they_need() -> None:
     dispatcher.dispatch(Request(Chunk(SEED, 4, 10, "numpy"), deliver, avoid=frozenset({0})))
     assert "slots [0] are avoided" in str(outcomes[-1][1])
     solo = Dispatcher(_record)
-    solo.add_worker(FakeConnection(7), depth=1)  # type: ignore[arg-type]
+    solo.add_worker(FakeConnection(7), depth=1)
     solo.dispatch(Request(Chunk(SEED, 5, 10), deliver, avoid=frozenset({7})))
     assert "every worker that could take it is avoided (slots [7])" in str(outcomes[-1][1])
 
@@ -724,7 +749,7 @@ def test_a_thousand_refused_requests_are_a_loop_not_a_recursion() -> None:
     dispatcher = Dispatcher(_record)
     outcomes, deliver = _recorder()
     busy = FakeConnection(0, kernels=("numpy",))
-    dispatcher.add_worker(busy, depth=1)  # type: ignore[arg-type]
+    dispatcher.add_worker(busy, depth=1)
     dispatcher.dispatch(Request(Chunk(SEED, 0, 10), deliver))  # holds the only room
     again: list[int] = []
 

@@ -130,6 +130,17 @@ class WorkerConnection:
         return self.end.in_flight
 
     @property
+    def pid(self) -> int:
+        """The worker process's id."""
+        return self.process.pid
+
+    @property
+    def jobs_shown(self) -> int:
+        """The most requests the worker has been seen computing at once
+        (``CoordinatorEnd.jobs_shown``)."""
+        return self.end.jobs_shown
+
+    @property
     def usable(self) -> bool:
         """Requests may be sent: welcomed, not broken, not closing."""
         return self.end.state is CoordinatorState.SERVING and not self._closing

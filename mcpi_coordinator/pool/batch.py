@@ -29,18 +29,17 @@ from typing import Self
 import trio
 
 from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
-from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
-from mcpi_coordinator.pool.dispatch import Dispatcher, Outcome, Request
+from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Outcome, Request
 
-WhyItEnded = Callable[[WorkerConnection, McpiError], Awaitable[str]]
+WhyItEnded = Callable[[Connection, McpiError], Awaitable[str]]
 
 
 class _OutOfAttempts:
     """A chunk that failed on ``max_chunk_attempts`` workers in a row: the consumer
     waits for the last worker's full account and raises ``ChunkFailed``."""
 
-    def __init__(self, attempts: Attempts, connection: WorkerConnection, error: McpiError) -> None:
+    def __init__(self, attempts: Attempts, connection: Connection, error: McpiError) -> None:
         self.attempts, self.connection, self.error = attempts, connection, error
 
 

@@ -39,14 +39,14 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
 from mcpi_coordinator.chunks import Chunk, ChunkResult
-from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
 from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.protocol import (
@@ -92,8 +92,91 @@ RATE_WEIGHT: Final[float] = 0.3
 Outcome = ChunkResult | McpiError | None
 """What became of a request: its result (None: a ping was answered) or its error."""
 
-Record = Callable[[WorkerConnection, Chunk, Result], ChunkResult]
-"""How a worker's result becomes the pool's ``ChunkResult`` (and is counted)."""
+
+
+class Connection(Protocol):
+    """What the dispatcher needs of a worker connection: ``WorkerConnection`` is one, the
+    tests' fakes others (checked against this by mypy). A connection must be hashable by
+    identity: the dispatcher keys its tables by it."""
+
+    @property
+    def slot(self) -> int:
+        """The pool's slot it serves (stable for its life)."""
+
+    @property
+    def pid(self) -> int:
+        """Its worker's process id (in the ``ChunkResult``s of its answers)."""
+
+    @property
+    def welcome(self) -> Welcome | None:
+        """Its worker's welcome, once received: what it offers (kernels, sizes, jobs)."""
+
+    @property
+    def usable(self) -> bool:
+        """Requests may be sent to it now."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+
+    @property
+    def jobs_shown(self) -> int:
+        """The most requests its worker has been seen computing at once."""
+
+    @property
+    def ended(self) -> trio.Event:
+        """Set once its worker is reaped and ``end_reason`` is final (for the request's
+        owner, which says why a chunk failed)."""
+
+    @property
+    def end_reason(self) -> str | None:
+        """Why its worker ended, in one line (None: closed on purpose)."""
+
+    def holding(self) -> AbstractContextManager[None]:
+        """Frames sent inside the block go out together at its end."""
+
+    def send_sample(
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        kernel: str,
+        token: Request,
+        *,
+        streams: int = 1,
+        group: int | None = None,
+    ) -> int:
+        """Send a ``sample`` (only while ``usable``); return its request id. Its answer
+        comes back through ``Dispatcher.on_events`` carrying ``token``."""
+
+    def send_ping(self, token: Request) -> int:
+        """Send a ``ping`` (only while ``usable``); answered as a sample is."""
+
+    def cancel(self, request_id: int) -> None:
+        """Give up on a request; its answer still comes, as abandoned."""
+
+
+class Deliver(Protocol):
+    """A request's owner taking its one outcome (``Request.deliver``)."""
+
+    def __call__(self, request: Request, outcome: Outcome, /) -> None:
+        """Called once, synchronously, from the dispatcher's delivery loop. Must not
+        block or raise; may dispatch more requests."""
+
+
+class Splitter(Protocol):
+    """A request's owner that takes a range in pieces (``Request.splitter``)."""
+
+    def __call__(self, request: Request, streams: int, /) -> Request:
+        """Return a new request for ``streams`` streams off the front of ``request``'s
+        range (registered with the owner), leaving ``request`` with the rest."""
+
+
+class Record(Protocol):
+    """The pool turning a worker's result into its ``ChunkResult``, and counting it."""
+
+    def __call__(self, connection: Connection, chunk: Chunk, result: Result, /) -> ChunkResult:
+        """Called from the delivery path of the task that read the answer; never raises."""
 
 
 @dataclass(eq=False, slots=True)
@@ -102,21 +185,18 @@ class Request:
     worker, then in flight on one, until its outcome is delivered."""
 
     chunk: Chunk | None
-    deliver: Callable[[Request, Outcome], None]
-    """Called once with the outcome, synchronously, from the dispatcher's delivery loop.
-    It must not block or raise; it may dispatch more requests."""
+    deliver: Deliver
+    """Called once with the outcome (see ``Deliver``)."""
     avoid: frozenset[int] = frozenset()
     """Slots whose workers must not get it (to recompute a chunk elsewhere)."""
-    connection: WorkerConnection | None = None
+    connection: Connection | None = None
     """The worker the request went to, once sent."""
     request_id: int | None = None
     outcome: Outcome = None
     waiting: bool = False
     """In line for a worker."""
-    splitter: Callable[[Request, int], Request] | None = None
-    """Set by an owner that can take a range in pieces: called with this request and a
-    number of streams, it returns a new request for that many streams off the front
-    (registered with the owner) and leaves this one with the rest."""
+    splitter: Splitter | None = None
+    """Set by an owner that can take a range in pieces (see ``Splitter``)."""
     retried: bool = False
     """Sent again after it failed: it goes out whole (if the worker takes its size). Split
     again, the piece sent second would carry its failures while the new worker's first
@@ -135,19 +215,19 @@ class Dispatcher:
         """The jobs of all live slots together (None: to be worked out)."""
         self._retries: deque[Request] = deque()
         self._fresh: deque[Request] = deque()
-        self._depth: dict[WorkerConnection, int] = {}
-        self._per_job: dict[WorkerConnection, int] = {}
+        self._depth: dict[Connection, int] = {}
+        self._per_job: dict[Connection, int] = {}
         """Ready workers and how many requests each may have in flight."""
-        self._roomy: dict[WorkerConnection, None] = {}
+        self._roomy: dict[Connection, None] = {}
         """The ready workers with room for one more request (an ordered set). Invariant:
         none of them can serve any request in line, or it would have been sent."""
         self._known: dict[int, Welcome] = {}
         """The last welcome of every slot that is not retired: who could serve what."""
         self._largest: dict[str, int] | None = None
         """The most points some known slot accepts, by kernel (None: to be worked out)."""
-        self._rates: dict[WorkerConnection, float] = {}
+        self._rates: dict[Connection, float] = {}
         """Each worker's speed so far: points per second on one of its jobs."""
-        self._blind: dict[WorkerConnection, int] = {}
+        self._blind: dict[Connection, int] = {}
         """Streams in the last piece sent to each worker whose speed is not known yet."""
         self._outcomes: deque[tuple[Request, Outcome]] = deque()
         self._busy = False
@@ -162,7 +242,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ workers
 
-    def add_worker(self, connection: WorkerConnection, depth: int, per_job: int | None = None) -> None:
+    def add_worker(self, connection: Connection, depth: int, per_job: int | None = None) -> None:
         """``connection`` is ready (welcomed): give it up to ``depth`` requests in flight,
         and, with ``per_job``, no more than ``per_job`` for each job it has shown it
         computes at once (``CoordinatorEnd.jobs_shown``): a welcome claiming 1024 jobs
@@ -209,7 +289,7 @@ class Dispatcher:
         """Every slot that is not retired has said what it offers (welcomed once)."""
         return len(self._known) >= len(self._live_slots)
 
-    def on_events(self, connection: WorkerConnection, events: list[CoordinatorEvent]) -> None:
+    def on_events(self, connection: Connection, events: list[CoordinatorEvent]) -> None:
         """The connection's sink: answers become outcomes, a broken connection's
         requests become ``WorkerFailure``s, and the room freed goes to who waits."""
         outer = self._begin()
@@ -232,7 +312,7 @@ class Dispatcher:
         finally:
             self._end(outer)
 
-    def worker_gone(self, connection: WorkerConnection) -> None:
+    def worker_gone(self, connection: Connection) -> None:
         """``connection`` is closing or closed: send it nothing more."""
         self._depth.pop(connection, None)
         self._per_job.pop(connection, None)
@@ -315,7 +395,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ matching
 
-    def _fill(self, connection: WorkerConnection) -> None:
+    def _fill(self, connection: Connection) -> None:
         """Send waiting requests to ``connection`` while it has room and one it can
         serve; then note whether it still has room."""
         depth = self._depth_now(connection)
@@ -334,7 +414,7 @@ class Dispatcher:
             self._send(connection, piece)
         self._roomy.pop(connection, None)
 
-    def _next_for(self, connection: WorkerConnection) -> tuple[Request, deque[Request]] | None:
+    def _next_for(self, connection: Connection) -> tuple[Request, deque[Request]] | None:
         """The first request in line (retries first) that ``connection`` may serve, taken
         out of its line, and that line."""
         welcome = connection.welcome
@@ -370,7 +450,7 @@ class Dispatcher:
                     return True
             self._roomy.pop(connection, None)  # full now; the rest of the range goes on
 
-    def _piece_for(self, connection: WorkerConnection, request: Request) -> Request:
+    def _piece_for(self, connection: Connection, request: Request) -> Request:
         """What of ``request`` goes to ``connection`` now: all of it, or (a range its owner
         can split) the streams this worker computes in about ``TARGET_PIECE_S``."""
         chunk = request.chunk
@@ -399,13 +479,13 @@ class Dispatcher:
             return request
         return request.splitter(request, streams)
 
-    def _depth_now(self, connection: WorkerConnection) -> int | None:
+    def _depth_now(self, connection: Connection) -> int | None:
         """Requests ``connection`` may have in flight now (None: it is not serving)."""
         depth = self._depth.get(connection)
         per_job = self._per_job.get(connection)
         if depth is None or per_job is None:
             return depth
-        return min(depth, per_job * connection.end.jobs_shown)
+        return min(depth, per_job * connection.jobs_shown)
 
     def _pool_jobs(self) -> int:
         if self._jobs is None:
@@ -413,14 +493,14 @@ class Dispatcher:
             self._jobs = max(1, sum(known[s].jobs if s in known else 1 for s in self._live_slots))
         return self._jobs
 
-    def _note_speed(self, connection: WorkerConnection, result: Result) -> None:
+    def _note_speed(self, connection: Connection, result: Result) -> None:
         if result.elapsed_s <= 0 or result.points == 0:
             return
         rate = result.points / result.elapsed_s
         previous = self._rates.get(connection)
         self._rates[connection] = rate if previous is None else previous + RATE_WEIGHT * (rate - previous)
 
-    def _send(self, connection: WorkerConnection, request: Request) -> None:
+    def _send(self, connection: Connection, request: Request) -> None:
         request.connection = connection
         chunk = request.chunk
         if chunk is None:
@@ -470,7 +550,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _outcome(self, connection: WorkerConnection, request: Request, answer: Result | Pong | Error) -> Outcome:
+    def _outcome(self, connection: Connection, request: Request, answer: Result | Pong | Error) -> Outcome:
         if isinstance(answer, Result):
             assert request.chunk is not None
             return self._record(connection, request.chunk, answer)

@@ -70,7 +70,7 @@ from mcpi_coordinator.launch.local import (
 )
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
 from mcpi_coordinator.pool.batch import Batch
-from mcpi_coordinator.pool.dispatch import Dispatcher
+from mcpi_coordinator.pool.dispatch import Connection, Dispatcher
 from mcpi_coordinator.pool.stats import FailedWorker, PoolState, PoolStats, SlotState, WorkerStats
 from mcpi_worker.protocol import Result
 
@@ -478,7 +478,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ for the public calls
 
-    async def _why_it_ended(self, connection: WorkerConnection, error: McpiError) -> str:
+    async def _why_it_ended(self, connection: Connection, error: McpiError) -> str:
         """The slot's full account of a failed worker (command, exit status, stderr),
         once it has been reaped; the bare error if that takes too long."""
         with trio.move_on_after(self._shutdown_grace * 2 + 2.0):
@@ -493,7 +493,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ results
 
-    def _record(self, connection: WorkerConnection, chunk: Chunk, result: Result) -> ChunkResult:
+    def _record(self, connection: Connection, chunk: Chunk, result: Result) -> ChunkResult:
         """Count a chunk's result in its slot's totals and the pool's."""
         slot = self._slots[connection.slot]
         # A range is many chunks (streams) in one request: count chunks, not requests.
@@ -511,7 +511,7 @@ class WorkerPool:
             result.inside,
             result.elapsed_s,
             slot.index,
-            connection.process.pid,
+            connection.pid,
             slot.host,
             result.insides or (),
             result.implementation,
