@@ -8,7 +8,7 @@
 
 How it fits together:
 
-- **Slots.** The pool has ``size`` slots. Each slot is one supervisor task that
+- **Slots.** The pool has ``size`` slots (``slot``). Each slot is one supervisor task that
   launches a worker (through the ``launcher``: a local process by default, anything
   speaking the protocol over stdio otherwise), completes the handshake within
   ``startup_timeout``, serves until the worker fails, then kills and reaps it and
@@ -43,8 +43,8 @@ How it fits together:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -52,25 +52,12 @@ import trio
 
 from mcpi_coordinator import __version__, logs
 from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
-from mcpi_coordinator.connection.worker_connection import WorkerConnection
-from mcpi_coordinator.errors import (
-    McpiError,
-    PoolClosed,
-    PoolExhausted,
-    RequestFailed,
-    WorkerFailure,
-    describe_exit,
-    worker_failures,
-)
-from mcpi_coordinator.launch.local import (
-    command_launcher,
-    default_max_starting,
-    default_worker_command,
-    describe_command,
-)
-from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
+from mcpi_coordinator.errors import McpiError, PoolClosed, PoolExhausted, RequestFailed, WorkerFailure
+from mcpi_coordinator.launch.local import command_launcher, default_max_starting, default_worker_command
+from mcpi_coordinator.launch.transport import Launcher, StartLimiter
 from mcpi_coordinator.pool.batch import Batch
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher
+from mcpi_coordinator.pool.slot import Slot, SlotSettings
 from mcpi_coordinator.pool.stats import FailedWorker, PoolState, PoolStats, SlotState, WorkerStats
 from mcpi_worker.protocol import Result
 
@@ -101,10 +88,6 @@ links. A 10-million-point chunk gets 40 s.
 """
 
 
-FAILED_WORKER_GRACE_S: Final[float] = 0.1
-"""How long a failed worker gets to exit by itself before SIGTERM: most failures (a
-crash, a closed stdout) already were exits, and their status is then reported as such."""
-
 DEFAULT_PIPELINE_DEPTH: Final[int] = 2
 """Requests in flight per worker: one computing and one ready, so a worker never waits
 for the coordinator between chunks of a millisecond or more, while a slow worker holds
@@ -119,78 +102,6 @@ def default_task_timeout(points: int) -> float:
     ``WorkerPool(task_timeout=None)``: ``TASK_TIMEOUT_FLOOR_S`` plus
     ``TASK_TIMEOUT_PER_POINT_S`` per point. Pure; never raises."""
     return TASK_TIMEOUT_FLOOR_S + points * TASK_TIMEOUT_PER_POINT_S
-
-
-# --------------------------------------------------------------------------- slots
-
-
-class _Slot:
-    """Mutable state of one slot, owned by its supervisor task."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self._state = SlotState.QUEUED
-        self.state_since: float | None = None
-        """Trio's clock when ``state`` last changed (None: not since the pool started)."""
-        self.failed_starts = 0
-        """Starts in a row that failed before the worker did any work."""
-        self.connection: WorkerConnection | None = None
-        self.host: str | None = None
-        self.pid: int | None = None
-        self.chunks = 0
-        self.points = 0
-        self.busy_s = 0.0
-        self.restarts = 0
-        self.jobs = 1
-        self.last_failure: str | None = None
-        self.failed = 0
-        self.last_pid: int | None = None
-        """The pid of its last worker, kept after the worker is gone (for its failure)."""
-        self.welcomed = False
-        """Its current (or last) worker has sent its welcome."""
-        self.unreported: list[dict[str, Any]] = []
-        """Its failed starts not yet shown as warnings (``WorkerPool._given_up``)."""
-        self.implementations: dict[str, str] = {}
-        self.retire_reason: str | None = None
-        """Set by ``WorkerPool.retire``: the slot stops for good once its worker has."""
-        self.stop_scope: trio.CancelScope | None = None
-        self.start_permit: StartLimiter | None = None
-        """Held from its turn to start until the welcome (or the start failing)."""
-        self.settled = False
-        """Ready once, retired or stopped: ``WorkerPool.__aenter__`` waits for all."""
-
-    def retiring(self) -> bool:
-        """``WorkerPool.retire`` asked for it. A method, not an attribute test, because
-        the request may come while this slot's supervisor awaits (and a type checker
-        would otherwise carry what it saw before the await past it)."""
-        return self.retire_reason is not None
-
-    @property
-    def state(self) -> SlotState:
-        return self._state
-
-    @state.setter
-    def state(self, value: SlotState) -> None:
-        self._state = value
-        self.state_since = trio.current_time()
-
-    def stats(self) -> WorkerStats:
-        now = trio.current_time()
-        return WorkerStats(
-            slot=self.index,
-            state=self.state,
-            pid=self.pid,
-            host=self.host,
-            chunks=self.chunks,
-            points=self.points,
-            busy_s=self.busy_s,
-            restarts=self.restarts,
-            jobs=self.jobs,
-            implementations=dict(self.implementations),
-            attempt=self.failed_starts + 1,
-            state_s=0.0 if self.state_since is None else now - self.state_since,
-            failed=self.failed,
-        )
 
 
 # --------------------------------------------------------------------------- the pool
@@ -272,29 +183,30 @@ class WorkerPool:
             argv = list(command) if command is not None else default_worker_command()
             launcher = command_launcher(lambda _index: argv)
         self.size = size
-        self._launcher = launcher
         self._pipeline_depth = pipeline_depth
-        self._startup_timeout = startup_timeout
-        self._task_budget: Callable[[int], float] = (
-            default_task_timeout if task_timeout is None else (lambda _points: task_timeout)
-        )
-        self._max_start_attempts = max_start_attempts
         self._max_chunk_attempts = max_chunk_attempts
         self._shutdown_grace = shutdown_grace
-        self._backoff_s = backoff_s
-        self._client = client
-        self._slots = [_Slot(i) for i in range(size)]
+        self._wait_for_all = wait_for_all
+        settings = SlotSettings(
+            launcher=launcher,
+            client=client,
+            task_budget=default_task_timeout if task_timeout is None else (lambda _points: task_timeout),
+            pipeline_depth=pipeline_depth,
+            startup_timeout=startup_timeout,
+            max_start_attempts=max_start_attempts,
+            shutdown_grace=shutdown_grace,
+            backoff_s=backoff_s,
+        )
         if starting_limits is None:
             starting_limits = [trio.CapacityLimiter(max_starting or default_max_starting())] * size
-        self._starting_limits = list(starting_limits)
+        hosts = list(slot_hosts) if slot_hosts is not None else [None] * size
         self._dispatcher = Dispatcher(record=self._record, slots=size)
-        self._completed = 0
-        self._restarts = 0
+        self._slots = [
+            Slot(i, self, self._dispatcher, settings, starting_limits[i], hosts[i]) for i in range(size)
+        ]
         self._unsettled = size  # slots that are neither ready once nor retired
-        self._wait_for_all = wait_for_all
-        self._settled = trio.Event()
+        self._settled_all = trio.Event()
         self._deferred_warnings: list[tuple[str, dict[str, Any]]] = []
-        self._slot_hosts = list(slot_hosts) if slot_hosts is not None else [None] * size
         self._hosts_warned: set[str] = set()
         self._failures: list[FailedWorker] = []
         self._state = PoolState.NEW
@@ -310,9 +222,9 @@ class WorkerPool:
         self._nursery_manager = trio.open_nursery()
         nursery = await self._nursery_manager.__aenter__()
         for slot in self._slots:
-            nursery.start_soon(self._run_slot, slot, name=f"mcpi slot {slot.index}")
+            nursery.start_soon(slot.run, name=f"mcpi slot {slot.index}")
         try:
-            await self._settled.wait()
+            await self._settled_all.wait()
             if self._exhausted is not None:
                 raise PoolExhausted(str(self._exhausted))
         except BaseException as error:
@@ -343,11 +255,10 @@ class WorkerPool:
         self._state = PoolState.CLOSING
         self._dispatcher.close(PoolClosed("the worker pool is closed"))
         for slot in self._slots:
-            if slot.stop_scope is not None:
-                slot.stop_scope.cancel()
+            slot.stop()
 
     def _closing(self) -> bool:
-        """A method for the reason ``_Slot.retiring`` is one: closing starts meanwhile."""
+        """A method for the reason ``Slot.retiring`` is one: closing starts meanwhile."""
         return self._state in (PoolState.CLOSING, PoolState.CLOSED)
 
     # ------------------------------------------------------------------ public API
@@ -462,8 +373,8 @@ class WorkerPool:
             in_flight=sum(
                 slot.connection.in_flight for slot in self._slots if slot.connection is not None
             ),
-            completed=self._completed,
-            restarts=self._restarts,
+            completed=sum(w.chunks for w in workers),
+            restarts=sum(w.restarts for w in workers),
             retired=sum(1 for w in workers if w.state is SlotState.RETIRED),
             workers=workers,
             failures=tuple(self._failures),
@@ -494,215 +405,8 @@ class WorkerPool:
     # ------------------------------------------------------------------ results
 
     def _record(self, connection: Connection, chunk: Chunk, result: Result) -> ChunkResult:
-        """Count a chunk's result in its slot's totals and the pool's."""
-        slot = self._slots[connection.slot]
-        # A range is many chunks (streams) in one request: count chunks, not requests.
-        slot.chunks += chunk.streams
-        slot.points += result.points
-        slot.busy_s += result.elapsed_s
-        self._completed += chunk.streams
-        if result.implementation and slot.implementations.get(chunk.kernel) != result.implementation:
-            slot.implementations[chunk.kernel] = result.implementation
-            log.info(
-                "worker_implementation", slot=slot.index, kernel=chunk.kernel, implementation=result.implementation
-            )
-        return ChunkResult(
-            chunk,
-            result.inside,
-            result.elapsed_s,
-            slot.index,
-            connection.pid,
-            slot.host,
-            result.insides or (),
-            result.implementation,
-        )
-
-    # ------------------------------------------------------------------ slot supervision
-
-    async def _run_slot(self, slot: _Slot) -> None:
-        try:
-            with trio.CancelScope(shield=True):
-                await self._supervise(slot)
-        except BaseException:
-            # A bug in one supervisor must not leave the others (shielded) running.
-            self._begin_close()
-            raise
-
-    async def _supervise(self, slot: _Slot) -> None:
-        failures_in_a_row = 0
-        while not self._closing():
-            failure, useful = await self._run_worker(slot)
-            if useful:
-                self._report_failed_starts(slot)  # they were not the slot's end
-            if failure is not None:
-                # Recorded and shown even when the run is over or the slot retires: a
-                # worker given up on is never a silent event.
-                self._given_up(slot, failure, useful=useful, warn=not slot.retiring())
-            if slot.retiring():
-                self._retire(slot, failures_in_a_row)
-                return
-            if failure is None or self._closing():
-                break
-            slot.last_failure = failure
-            failures_in_a_row = 0 if useful else failures_in_a_row + 1
-            slot.failed_starts = failures_in_a_row
-            if failures_in_a_row >= self._max_start_attempts:
-                self._retire(slot, failures_in_a_row)
-                return
-            slot.state = SlotState.RESTARTING
-            with self._stoppable(slot):
-                await trio.sleep(self._backoff_s * 2 ** max(failures_in_a_row - 1, 0))
-            if slot.retiring():
-                self._retire(slot, failures_in_a_row)
-                return
-            if self._closing():
-                break
-            slot.restarts += 1
-            self._restarts += 1
-        self._report_failed_starts(slot)  # the pool closed before the slot's fate was known
-        slot.state = SlotState.STOPPED
-        self._settle(slot)
-
-    async def _run_worker(self, slot: _Slot) -> tuple[str | None, bool]:
-        """Launch, handshake, serve and finally stop one worker in ``slot``.
-
-        Returns ``(failure, useful)``: a one-line description of why the worker ended
-        (``None`` when the pool closed it) and whether it answered any request.
-        """
-        slot.state = SlotState.QUEUED
-        slot.last_pid, slot.welcomed = None, False
-        limiter = self._starting_limits[slot.index]
-        with self._stoppable(slot):
-            await limiter.acquire_on_behalf_of(slot)
-            slot.start_permit = limiter
-        if slot.start_permit is not limiter:  # the pool closed (or retired it) meanwhile
-            return None, False
-        slot.state = SlotState.STARTING
-        log.debug("worker_launching", slot=slot.index)  # with the others, a start-up's timeline
-        process: WorkerProcess | None = None
-        failure: str | None = None
-        with self._stoppable(slot):
-            with trio.move_on_after(self._startup_timeout) as startup:
-                try:
-                    with worker_failures("starting it"):
-                        process = await self._launcher(slot.index)
-                except WorkerFailure as error:
-                    failure = f"worker {slot.index}: {error}"
-            if startup.cancelled_caught:
-                failure = f"worker {slot.index} was not started within {self._startup_timeout:g} s"
-        if process is None:
-            self._end_start(slot)
-            return (None if self._closing() else failure), False
-
-        connection = WorkerConnection(
-            process,
-            slot.index,
-            client=self._client,
-            task_budget=self._task_budget,
-            sink=self._dispatcher.on_events,
-        )
-        slot.pid = slot.last_pid = process.pid
-        async with trio.open_nursery() as pipes:
-            pipes.start_soon(connection.run_pipes, name=f"mcpi worker {slot.index} pipes")
-            reason: str | None = None
-            try:
-                reason = await self._serve(slot, connection)
-            finally:
-                self._end_start(slot)  # no-op unless the welcome never came
-                slot.state = SlotState.STOPPING if reason is None else SlotState.RESTARTING
-                slot.connection = None
-                self._dispatcher.worker_gone(connection)
-                # Orderly close: ask nicely first. A failed worker cannot be trusted
-                # to listen (hung, speaking garbage): SIGTERM almost at once, then
-                # SIGKILL; the moment's wait tells a worker that exited by itself.
-                grace = self._shutdown_grace if reason is None else FAILED_WORKER_GRACE_S
-                returncode = await connection.stop(grace=grace, term_grace=self._shutdown_grace)
-                log.debug("worker_reaped", slot=slot.index, pid=process.pid, returncode=returncode)
-                slot.pid = None
-                # stderr may still hold the worker's last words (why it died); a
-                # grandchild holding the pipe open must not keep us here: bounded.
-                with trio.move_on_after(1.0):
-                    await connection.stderr_closed.wait()
-                pipes.cancel_scope.cancel()
-        if reason is not None:
-            reason = f"worker {slot.index} ({describe_command(process)}, pid {process.pid}): {reason}"
-            # Its exit status says more than a broken pipe: always when it exited by
-            # itself (``true`` exits 0), else when our own signals were not what ended it.
-            if "exited (" not in reason and (not connection.signalled or returncode != 0):
-                reason += f"; {describe_exit(returncode)}"
-            tail = connection.stderr_tail()
-            if tail:
-                reason += f"; stderr: {tail}"
-        connection.ended_because(reason)
-        return reason, connection.answered > 0
-
-    async def _serve(self, slot: _Slot, connection: WorkerConnection) -> str | None:
-        """Handshake, give the dispatcher the worker, and watch it until it fails
-        (returns why) or the pool closes (returns None)."""
-        reason: str | None = None
-        with self._stoppable(slot):
-            with trio.move_on_after(self._startup_timeout) as startup:
-                try:
-                    welcome = await connection.handshake()
-                except WorkerFailure as error:
-                    return f"{error} (during the handshake)"
-                finally:
-                    self._end_start(slot)
-            if startup.cancelled_caught:
-                return f"no welcome within the {self._startup_timeout:g} s start-up timeout"
-            slot.state = SlotState.READY
-            slot.welcomed = True
-            slot.host = welcome.host
-            slot.jobs = welcome.jobs
-            slot.implementations = dict(zip(welcome.kernels, welcome.implementations, strict=False))
-            slot.connection = connection
-            self._settle(slot, ready=True)
-            self._flush_deferred_warnings()
-            # Each of the worker's jobs gets the pipelining depth one worker would.
-            depth = min(self._pipeline_depth * welcome.jobs, welcome.max_inflight)
-            log.info(
-                "worker_ready",
-                slot=slot.index,
-                pid=welcome.pid,
-                host=welcome.host,
-                depth=depth,
-                jobs=welcome.jobs,
-                version=welcome.version,
-            )
-            self._dispatcher.add_worker(connection, depth, per_job=self._pipeline_depth)
-            reason = await self._watch(connection)
-        # Still None here if the pool closed it meanwhile: the scope swallowed the cancel.
-        return reason  # noqa: RET504 - a return inside the block hides that path from mypy
-
-    async def _watch(self, connection: WorkerConnection) -> str:
-        """Wait until the connection breaks, or fail it when a request overruns the
-        task timeout (a hung worker answers nothing, so only a clock can tell)."""
-        while connection.failure is None:
-            with trio.CancelScope() as clock:
-                connection.track_stalls(clock)
-                await connection.broken.wait()
-            # The clock rang. An answer may have come in the same scheduler tick and
-            # moved the deadline on: only a request still overdue now is a stall.
-            connection.check_stall()
-        return connection.failure
-
-    def _end_start(self, slot: _Slot) -> None:
-        """The slot's start is over (welcomed or failed): the next in line may start."""
-        if slot.start_permit is not None:
-            slot.start_permit.release_on_behalf_of(slot)
-            slot.start_permit = None
-
-    @contextmanager
-    def _stoppable(self, slot: _Slot) -> Iterator[None]:
-        """A scope that ``_begin_close`` cancels: what a slot may abandon when closing."""
-        with trio.CancelScope() as scope:
-            slot.stop_scope = scope
-            if self._closing() or slot.retire_reason is not None:
-                scope.cancel()
-            try:
-                yield
-            finally:
-                slot.stop_scope = None
+        """The dispatcher's ``Record``: the result counts in its slot's totals."""
+        return self._slots[connection.slot].record(connection, chunk, result)
 
     def retire(self, slot: int, reason: str) -> None:
         """Stop using ``slot`` (0 to ``size`` - 1) for good (a worker found giving wrong
@@ -718,58 +422,33 @@ class WorkerPool:
         self._require_open()
         if not 0 <= slot < len(self._slots):
             raise IndexError(f"no slot {slot}: the pool's slots are 0 to {len(self._slots) - 1}")
-        target = self._slots[slot]
-        if target.state in (SlotState.RETIRED, SlotState.STOPPED) or target.retire_reason is not None:
-            return
-        target.retire_reason = reason
-        if target.connection is not None:
-            target.connection.fail(f"retired: {reason}")
-        elif target.stop_scope is not None:
-            target.stop_scope.cancel()  # starting or backing off: stop that now
+        self._slots[slot].retire(reason)
 
-    def _given_up(self, slot: _Slot, reason: str, *, useful: bool, warn: bool) -> None:
-        """Record a worker the pool gave up on, and say so in one warning line (``warn``
-        False: ``_retire``'s line says it).
+    # ------------------------------------------------------------------ what its slots tell it
 
-        A worker that failed before it answered anything (``useful`` False: it could not
-        start, or broke at once) waits for its slot's fate, as it counts toward the slot's
-        retirement: if the slot retires, its one ``worker_retired`` line stands for those
-        failed starts (one line per host, and none at all when no worker is left, where
-        ``PoolExhausted`` says it); if a later worker of the slot answers, or the pool
-        closes first, each gets its own warning then."""
-        slot.failed += 1
-        host = self._slot_hosts[slot.index]
-        record = FailedWorker(slot.index, slot.last_pid, host or slot.host, reason, slot.welcomed)
-        self._failures.append(record)
-        fields: dict[str, Any] = {"slot": slot.index, "pid": record.pid, "reason": reason}
-        if host is not None:
-            fields["host"] = host
-        if not warn:
-            log.info("worker_failed", **fields)
-        elif useful or self._closing():
-            log.warning("worker_failed", **fields)
-        else:
-            slot.unreported.append(fields)
+    def _settled(self, slot: Slot, *, ready: bool) -> None:
+        """``SlotOwner``: count a slot as settled (ready once, retired or stopped) for
+        ``__aenter__``, which goes on once all are (or, without ``wait_for_all``, one is
+        ``ready``)."""
+        self._unsettled -= 1
+        if self._unsettled == 0 or (ready and not self._wait_for_all):
+            self._settled_all.set()
 
-    def _report_failed_starts(self, slot: _Slot) -> None:
-        """The slot's failed starts were not its end (see ``_given_up``): one warning each."""
-        for fields in slot.unreported:
-            log.warning("worker_failed", **fields)
-        slot.unreported.clear()
+    def _worker_ready(self, slot: Slot) -> None:
+        """``SlotOwner``: someone is working now, so the retirements held back (see
+        ``_slot_retired``) are news after all."""
+        for event, fields in self._deferred_warnings:
+            log.warning(event, **fields)
+        self._deferred_warnings.clear()
 
-    def _retire(self, slot: _Slot, attempts: int) -> None:
-        for unreported in slot.unreported:  # the one warning below stands for them
-            log.info("worker_failed", **unreported)
-        slot.unreported.clear()
-        slot.state = SlotState.RETIRED
-        slot.connection = None
-        self._dispatcher.forget_slot(slot.index)
-        fields: dict[str, Any] = {"slot": slot.index, "attempts": attempts, "reason": slot.last_failure}
-        if slot.retire_reason is not None:
-            fields = {"slot": slot.index, "reason": slot.retire_reason}
-        host = self._slot_hosts[slot.index]
-        if host is not None:
-            fields["host"] = host
+    def _worker_failed(self, failure: FailedWorker) -> None:
+        """``SlotOwner``: one more worker given up on, for ``PoolStats.failures``."""
+        self._failures.append(failure)
+
+    def _slot_retired(self, slot: Slot, fields: dict[str, Any], attempts: int) -> None:
+        """``SlotOwner``: log the slot's retirement once per host, at warning level only if
+        it is news, and fail every request for good if it was the last slot."""
+        host = slot.named_host
         if slot.retire_reason is not None:
             log.warning("worker_retired", **fields)
         elif host is not None and host in self._hosts_warned:
@@ -793,19 +472,3 @@ class WorkerPool:
                 f"no worker left: {why}; last failure: {slot.last_failure or slot.retire_reason}"
             )
             self._dispatcher.close(self._exhausted)
-        self._settle(slot)
-
-    def _flush_deferred_warnings(self) -> None:
-        for event, fields in self._deferred_warnings:
-            log.warning(event, **fields)
-        self._deferred_warnings.clear()
-
-    def _settle(self, slot: _Slot, *, ready: bool = False) -> None:
-        """Count a slot as settled (ready once, retired or stopped) for ``__aenter__``,
-        which goes on once all are (or, without ``wait_for_all``, one is ``ready``)."""
-        if slot.settled:
-            return
-        slot.settled = True
-        self._unsettled -= 1
-        if self._unsettled == 0 or (ready and not self._wait_for_all):
-            self._settled.set()
