@@ -28,9 +28,10 @@ from typing import Self
 
 import trio
 
-from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
-from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
+from mcpi_coordinator.chunks import Chunk, ChunkResult
+from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Outcome, Request
+from mcpi_coordinator.pool.retry import Attempts, Verdict
 
 WhyItEnded = Callable[[Connection, McpiError], Awaitable[str]]
 
@@ -134,22 +135,12 @@ class Batch:
             return
         attempts = self._pending.pop(request)
         self._arrived.set()
-        if isinstance(outcome, ChunkResult):
-            self._ready.append(outcome)
-        elif isinstance(outcome, RequestFailed | WorkerFailure):
-            self._on_failure(request, attempts, outcome)
-        else:
-            assert isinstance(outcome, McpiError)
-            self._ready.append(outcome)
-
-    def _on_failure(self, request: Request, attempts: Attempts, error: RequestFailed | WorkerFailure) -> None:
-        try:
-            again = attempts.charge(error)
-        except RequestFailed as final:  # no retry can mend it (an unknown kernel)
-            self._ready.append(final)
-            return
-        if again:
+        verdict = attempts.judge(outcome)
+        if verdict is Verdict.AGAIN:
             self._dispatch(attempts)
+        elif verdict is Verdict.SPENT:
+            assert request.connection is not None and isinstance(outcome, McpiError)
+            self._ready.append(_OutOfAttempts(attempts, request.connection, outcome))
         else:
-            assert request.connection is not None
-            self._ready.append(_OutOfAttempts(attempts, request.connection, error))
+            assert outcome is not None  # a chunk's outcome: never a pong
+            self._ready.append(outcome)

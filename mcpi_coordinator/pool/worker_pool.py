@@ -51,12 +51,13 @@ from typing import Any, Final, Self
 import trio
 
 from mcpi_coordinator import __version__, logs
-from mcpi_coordinator.chunks import Attempts, Chunk, ChunkResult
-from mcpi_coordinator.errors import McpiError, PoolClosed, PoolExhausted, RequestFailed, WorkerFailure
+from mcpi_coordinator.chunks import Chunk, ChunkResult
+from mcpi_coordinator.errors import McpiError, PoolClosed, PoolExhausted
 from mcpi_coordinator.launch.local import command_launcher, default_max_starting, default_worker_command
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter
 from mcpi_coordinator.pool.batch import Batch
-from mcpi_coordinator.pool.dispatch import Connection, Dispatcher
+from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Request
+from mcpi_coordinator.pool.retry import Attempts, Verdict
 from mcpi_coordinator.pool.slot import Slot, SlotSettings
 from mcpi_coordinator.pool.stats import FailedWorker, PoolState, PoolStats, SlotState, WorkerStats
 from mcpi_worker.protocol import Result
@@ -285,19 +286,9 @@ class WorkerPool:
         """
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
-        attempts = Attempts(chunk, self._max_chunk_attempts)
-        avoided = frozenset(avoid)
-        while True:
-            request = await self._dispatcher.send_and_wait(chunk, retry=attempts.tried, avoid=avoided)
-            outcome = request.outcome
-            if isinstance(outcome, ChunkResult):
-                return outcome
-            assert isinstance(outcome, McpiError)
-            if not isinstance(outcome, RequestFailed | WorkerFailure):
-                raise outcome  # PoolClosed, PoolExhausted
-            if not attempts.charge(outcome):
-                assert request.connection is not None
-                raise attempts.failed(await self._why_it_ended(request.connection, outcome))
+        request = await self._until_final(Attempts(chunk, self._max_chunk_attempts), frozenset(avoid))
+        assert isinstance(request.outcome, ChunkResult)
+        return request.outcome
 
     async def ping(self) -> int:
         """Send the protocol's cheapest request, ``ping``, through the pool and wait
@@ -313,16 +304,9 @@ class WorkerPool:
         """
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()
-        for attempt in range(1, self._max_chunk_attempts + 1):
-            request = await self._dispatcher.send_and_wait(None, retry=attempt > 1)
-            outcome = request.outcome
-            if outcome is None:
-                assert request.connection is not None
-                return request.connection.slot
-            assert isinstance(outcome, McpiError)
-            if not isinstance(outcome, WorkerFailure) or attempt == self._max_chunk_attempts:
-                raise outcome
-        raise AssertionError("unreachable")
+        request = await self._until_final(Attempts(None, self._max_chunk_attempts))
+        assert request.connection is not None
+        return request.connection.slot
 
     @asynccontextmanager
     async def imap_unordered(self, chunks: Iterable[Chunk]) -> AsyncIterator[AsyncIterator[ChunkResult]]:
@@ -388,6 +372,23 @@ class WorkerPool:
         )
 
     # ------------------------------------------------------------------ for the public calls
+
+    async def _until_final(self, attempts: Attempts, avoid: frozenset[int] = frozenset()) -> Request:
+        """Send ``attempts``' chunk (or ping) until ``Attempts.judge`` calls an outcome
+        final; return that request. Raises its error if the outcome is one, and
+        ``ChunkFailed`` for a chunk out of attempts (a ping raises its last failure)."""
+        while True:
+            request = await self._dispatcher.send_and_wait(attempts.chunk, retry=attempts.tried, avoid=avoid)
+            outcome = request.outcome
+            verdict = attempts.judge(outcome)
+            if verdict is Verdict.AGAIN:
+                continue
+            if not isinstance(outcome, McpiError):
+                return request
+            if verdict is Verdict.SPENT and attempts.chunk is not None:
+                assert request.connection is not None
+                raise attempts.failed(await self._why_it_ended(request.connection, outcome))
+            raise outcome
 
     async def _why_it_ended(self, connection: Connection, error: McpiError) -> str:
         """The slot's full account of a failed worker (command, exit status, stderr),
