@@ -13,9 +13,12 @@ exception: a directory the user named for the cache must be the user's alone); e
 entry already in the cache directory must be this user's or root's. A directory that
 fails is not used at all: the worker compiles in memory and says why once in its log.
 
-Group-writable is refused even where the group has only this user in it (a "user
-private group"): telling the two apart needs the group database, and the cost of a
-refusal is only the compile time, paid in each worker process that loads the kernel.
+Group-writable is allowed only where the group is this user's alone: a "user private
+group" (Debian's and Fedora's default, so a umask of 002 makes every new directory
+group-writable), where the group database names no other member, neither in the
+group's member list nor as anyone's primary group. Any other group is refused, and
+the reason names its other members. A member the database cannot list (a network
+directory that does not enumerate) is not seen.
 """
 
 from __future__ import annotations
@@ -75,10 +78,14 @@ def directory_refusal(
             return f"{place} cannot be examined ({error.strerror})"
         if info.st_uid not in (me, 0):
             return f"{place} is owned by uid {info.st_uid}, not by this user (uid {me}) or root"
-        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if writable and (is_cache or not info.st_mode & stat.S_ISVTX):
-            who = "others" if info.st_mode & stat.S_IWOTH else "its group"
-            return f"{place} is writable by {who} (mode {stat.S_IMODE(info.st_mode):04o})"
+        if is_cache or not info.st_mode & stat.S_ISVTX:
+            mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
+            if info.st_mode & stat.S_IWOTH:
+                return f"{place} is writable by others ({mode})"
+            if info.st_mode & stat.S_IWGRP:
+                why = _group_refusal(info.st_gid, me)
+                if why is not None:
+                    return f"{place} is writable by its group ({mode}), and {why}"
     try:
         entries = list(os.scandir(directory))
     except OSError as error:
@@ -91,6 +98,39 @@ def directory_refusal(
         if owner not in (me, 0):
             return f"{entry.path} is owned by uid {owner}, not by this user (uid {me}) or root"
     return None
+
+
+def _group_refusal(gid: int, uid: int) -> str | None:
+    """Why group ``gid`` is not user ``uid``'s alone, or None if it is: the user is in
+    it (as their primary group or listed), and no other user is."""
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return f"gid {gid} is not in the group database, so its members are unknown"
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return f"this user (uid {uid}) is not in the user database"
+    members: set[str] = set(group.gr_mem)
+    members.update(entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid)
+    others = sorted(name for name in members if name != user.pw_name and _uid_of(name) != uid)
+    if others:
+        return f"group {group.gr_name} has other members ({', '.join(others)})"
+    if user.pw_name not in members:
+        return f"group {group.gr_name} is not this user's ({user.pw_name})"
+    return None
+
+
+def _uid_of(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
 
 
 def _directories(directory: Path) -> Iterator[tuple[Path, bool]]:

@@ -2,14 +2,17 @@
 finding 4): numba unpickles the index it finds there. A real ``mcpi-worker`` is given a
 cache directory holding a planted index whose unpickling writes a marker file; in a
 world-writable directory, or one owned by another user (``nobody``, via chown: needs
-root, which CI is), it must refuse the directory, say so once, compile in memory, and
-count as always."""
+root, which CI is), or one writable by a group with other members, it must refuse the
+directory, say so once, compile in memory, and count as always. A directory of the
+user's private group (no other member in the real group database) is used."""
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import os
 import pickle
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +24,30 @@ from test_kernel_worker import assert_golden_answers, base_environment, events, 
 from mcpi_worker.numba_cache import directory_refusal, refusal
 
 NOBODY = 65534
+SOMEONE_ELSE = 4242
+"""A uid in no group database: no group is this user's alone."""
+
+
+def private_group(uid: int) -> int | None:
+    """The primary group of ``uid`` if the real group database names no other member
+    of it (a user private group), else None."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    group = grp.getgrgid(user.pw_gid)
+    primary_of = {entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == group.gr_gid}
+    listed = {pwd.getpwnam(name).pw_uid for name in group.gr_mem}
+    return group.gr_gid if primary_of | listed <= {uid} else None
+
+
+def shared_group(uid: int) -> grp.struct_group | None:
+    """A group in the real database with members other than ``uid``, if there is one."""
+    for group in grp.getgrall():
+        members = {entry.pw_uid for entry in pwd.getpwall() if entry.pw_gid == group.gr_gid}
+        if members - {uid}:
+            return group
+    return None
 
 
 class _Planted:
@@ -79,6 +106,59 @@ def test_a_world_writable_cache_directory_is_refused(tmp_path: Path) -> None:
     assert_refused(logs, "is writable by others (mode 0777)")
 
 
+@pytest.mark.skipif(private_group(os.geteuid()) is None, reason="this user's primary group has other members")
+def test_a_group_writable_cache_directory_of_the_users_private_group_is_used(tmp_path: Path) -> None:
+    """A user private group (Debian's default): a umask of 002 makes the cache directory
+    group-writable, and the group has no member but this user. It was refused, and every
+    worker compiled in memory; now a real worker loads from it."""
+    cache = populated_cache(tmp_path)
+    for directory in [cache, *(p for p in cache.rglob("*") if p.is_dir())]:
+        os.chown(directory, -1, private_group(os.geteuid()))
+        directory.chmod(0o2775)
+    logs = run_on(cache)
+    assert not events(logs, "fused_kernel_cache_refused")
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["cache_path"].startswith(str(cache)) and loaded["compiled"] is False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chgrp to a group of others needs root (CI runs as root)")
+def test_a_group_writable_cache_directory_of_a_shared_group_is_refused_and_says_who(tmp_path: Path) -> None:
+    group = shared_group(os.geteuid())
+    if group is None:
+        pytest.skip("no group in the database has members other than this user")
+    cache = populated_cache(tmp_path)
+    marker = tmp_path / "planted-code-ran"
+    plant(cache, marker)
+    for directory in [cache, *(p for p in cache.rglob("*") if p.is_dir())]:
+        os.chown(directory, -1, group.gr_gid)
+        directory.chmod(0o775)
+    logs = run_on(cache)
+    assert not marker.exists(), "numba unpickled the planted index"
+    assert_refused(logs, f"is writable by its group (mode 0775), and group {group.gr_name} has other members (")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
+def test_group_rules_seen_as_another_real_user(tmp_path: Path) -> None:
+    """The rule for another user of the real databases: their private group's
+    directory is theirs alone; a group they share, or one that is not theirs, is not."""
+    others = [entry for entry in pwd.getpwall() if entry.pw_uid != 0 and private_group(entry.pw_uid) is not None]
+    if not others:
+        pytest.skip("no other user with a private group in the database")
+    user = others[0]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.chown(cache, user.pw_uid, user.pw_gid)
+    cache.chmod(0o770)
+    assert directory_refusal(cache, uid=user.pw_uid) is None
+    os.chown(cache, user.pw_uid, 0)  # root's private group
+    assert "and group root has other members (root)" in str(directory_refusal(cache, uid=user.pw_uid))
+    primaries = {entry.pw_gid for entry in pwd.getpwall()}
+    empty = [group for group in grp.getgrall() if not group.gr_mem and group.gr_gid not in primaries]
+    if empty:  # a group nobody is in, as far as the database says: still not theirs
+        os.chown(cache, user.pw_uid, empty[0].gr_gid)
+        assert f"and group {empty[0].gr_name} is not this user's" in str(directory_refusal(cache, uid=user.pw_uid))
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
 def test_a_cache_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     cache = populated_cache(tmp_path)
@@ -118,7 +198,8 @@ def test_rules_for_the_directories_above(tmp_path: Path) -> None:
     shared.chmod(0o777)  # not sticky: anyone can swap "mine" for their own
     assert f"{shared} is writable by others" in str(directory_refusal(mine))
     shared.chmod(0o775)
-    assert f"{shared} is writable by its group" in str(directory_refusal(mine))
+    why = f"is writable by its group (mode 0775), and this user (uid {SOMEONE_ELSE}) is not in the user database"
+    assert f"{shared} {why}" in str(directory_refusal(mine, uid=SOMEONE_ELSE))
     shared.chmod(0o755)
     # A symbolic link is judged by where it leads, and by where it is.
     elsewhere = tmp_path / "elsewhere"
