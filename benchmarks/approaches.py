@@ -37,8 +37,8 @@ from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.measure import Measurement
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE
 from mcpi_coordinator.launch.local import default_worker_command
+from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE
 
 REFERENCE = "process-pool"
 SAME_FOOTING = "process-pool/setsid"

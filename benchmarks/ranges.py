@@ -34,8 +34,8 @@ from scaling import load, run_rounds
 
 from mcpi_coordinator.arguments import count
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.estimate import run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.estimate import run_estimate
 
 SEED = 20261202
 WORKER = [sys.executable, "-m", "mcpi_worker"]

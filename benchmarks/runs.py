@@ -30,10 +30,10 @@ from typing import Any
 import trio
 
 from mcpi_coordinator.arguments import count
-from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
+from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, run_estimate
 
 SEED = 20240611
 

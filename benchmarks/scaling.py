@@ -57,10 +57,10 @@ import psutil
 import trio
 
 from mcpi_coordinator.arguments import count
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, iter_chunks, run_estimate
 from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 

@@ -23,10 +23,12 @@ CI's ``lint-imports`` holds the code to them):
 - ``errors``: mcpi's own errors, and the one place low-level failures become them.
 - ``launch``: how a worker process is started and stopped (local, ssh, Slurm).
 - ``connection``: the Trio driver of one worker's pipes and protocol state.
-- ``chunks``: the pool's units of work and their results.
-- ``pool``: slots and supervision, dispatch and batches: ``WorkerPool``.
-- the run: ``statistics``, ``parts``, then ``checkpoint``, ``prefix`` and ``verify``,
-  then ``estimate``: estimating pi on a pool.
+- ``pool``: slots and supervision, dispatch and batches: ``WorkerPool``; and
+  ``pool.chunks``, its units of work and their results.
+- ``run``: estimating pi on a pool (``run.estimate``), what survives the coordinator
+  (``run.checkpoint``), which chunks count (``run.prefix``), counting chunks again
+  (``run.verify``), a run split over coordinators (``run.parts``), the interval and the
+  stopping rule (``run.statistics``); ``run/__init__.py`` gives their order.
 - ``bench`` and ``testing``, neither importing the other: the compared approaches
   behind ``mcpi bench``; fake workers and process-table checks for users' own tests.
 - ``cli``: the ``mcpi`` command: subcommands, arguments, progress, plots, exit codes.
@@ -42,8 +44,8 @@ from mcpi_worker import __version__  # one version for the distribution, written
 # worker (``python -m mcpi_coordinator.testing.fake_worker``) lives in this package and
 # must start without importing Trio, as a real worker does.
 _PUBLIC: dict[str, str] = {
-    "Chunk": "mcpi_coordinator.chunks",
-    "ChunkResult": "mcpi_coordinator.chunks",
+    "Chunk": "mcpi_coordinator.pool.chunks",
+    "ChunkResult": "mcpi_coordinator.pool.chunks",
     "ChunkFailed": "mcpi_coordinator.errors",
     "McpiError": "mcpi_coordinator.errors",
     "PoolClosed": "mcpi_coordinator.errors",
@@ -61,6 +63,9 @@ _PUBLIC: dict[str, str] = {
     "WorkerPool": "mcpi_coordinator.pool.worker_pool",
     "WorkerStats": "mcpi_coordinator.pool.stats",
     "default_task_timeout": "mcpi_coordinator.pool.worker_pool",
+    "EstimateResult": "mcpi_coordinator.run.estimate",
+    "iter_chunks": "mcpi_coordinator.run.estimate",
+    "run_estimate": "mcpi_coordinator.run.estimate",
 }
 
 # typing.TYPE_CHECKING without importing typing (mypy knows the name): the ``mcpi``
@@ -70,7 +75,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from mcpi_coordinator.chunks import Chunk, ChunkResult
     from mcpi_coordinator.errors import (
         ChunkFailed,
         McpiError,
@@ -81,8 +85,10 @@ if TYPE_CHECKING:
     )
     from mcpi_coordinator.launch.local import command_launcher, default_worker_command, spawn_worker
     from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+    from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
     from mcpi_coordinator.pool.stats import PoolStats, SlotState, WorkerStats
     from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool, default_task_timeout
+    from mcpi_coordinator.run.estimate import EstimateResult, iter_chunks, run_estimate
 
 
 def __getattr__(name: str) -> Any:
@@ -97,6 +103,7 @@ __all__ = [
     "Chunk",
     "ChunkFailed",
     "ChunkResult",
+    "EstimateResult",
     "Launcher",
     "McpiError",
     "PoolClosed",
@@ -112,5 +119,7 @@ __all__ = [
     "command_launcher",
     "default_task_timeout",
     "default_worker_command",
+    "iter_chunks",
+    "run_estimate",
     "spawn_worker",
 ]

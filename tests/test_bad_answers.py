@@ -21,9 +21,9 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import ChunkFailed, RequestFailed
 from mcpi_coordinator.launch.local import spawn_worker
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.fake_worker import fake_worker_command

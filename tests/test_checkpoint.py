@@ -15,11 +15,11 @@ import pytest
 import trio
 
 from mcpi_coordinator import __version__
-from mcpi_coordinator.checkpoint import FORMAT, Checkpoint, CheckpointRefused, RunParameters
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import EstimateResult, run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool
-from mcpi_coordinator.prefix import reference_prefix
+from mcpi_coordinator.run.checkpoint import FORMAT, Checkpoint, CheckpointRefused, RunParameters
+from mcpi_coordinator.run.estimate import EstimateResult, run_estimate
+from mcpi_coordinator.run.prefix import reference_prefix
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_launch, fake_launcher
 
@@ -183,7 +183,7 @@ def test_a_checkpoint_in_use_by_another_process_is_refused(tmp_path: Path) -> No
     filled(path)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from mcpi_coordinator.checkpoint import Checkpoint; "
+         "import sys; from mcpi_coordinator.run.checkpoint import Checkpoint; "
          "c = Checkpoint.resume(sys.argv[1]); print('locked', flush=True); sys.stdin.read(); c.close()",
          str(path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mcpi_coordinator.prefix import reference_prefix
+from mcpi_coordinator.run.prefix import reference_prefix
 from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 from mcpi_worker.kernels import count_numpy
 

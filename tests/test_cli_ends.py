@@ -145,7 +145,7 @@ STARTUP_MOMENTS = [
     "numpy",
     "structlog",
     "mcpi_coordinator.pool.worker_pool",
-    "mcpi_coordinator.checkpoint",
+    "mcpi_coordinator.run.checkpoint",
 ]
 """Modules ``mcpi estimate`` imports as it starts; Ctrl-C comes just after each one."""
 

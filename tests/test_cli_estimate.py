@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from mcpi_coordinator.cli.main import main
-from mcpi_coordinator.estimate import iter_chunks
+from mcpi_coordinator.run.estimate import iter_chunks
 from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
-from mcpi_coordinator.statistics import Z_95, pi_statistics, points_to_reach
+from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
+from mcpi_coordinator.run.statistics import Z_95, pi_statistics, points_to_reach
 from mcpi_worker.kernels import count_numpy
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
-from mcpi_coordinator.prefix import reference_prefix
+from mcpi_coordinator.run.prefix import reference_prefix
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 

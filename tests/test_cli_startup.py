@@ -27,8 +27,8 @@ HEAVY = (
     "mcpi_worker.kernels",
     "mcpi_worker.protocol",
     "mcpi_coordinator.pool",
-    "mcpi_coordinator.estimate",
-    "mcpi_coordinator.checkpoint",
+    "mcpi_coordinator.run.estimate",
+    "mcpi_coordinator.run.checkpoint",
     "mcpi_coordinator.launch.local",  # launch.early, stdlib only, starts an estimate's workers
     "mcpi_coordinator.launch.remote",
     "mcpi_coordinator.launch.transport",
@@ -91,9 +91,9 @@ def test_a_tab_completion_imports_nothing_heavy(line: str, tmp_path: Path) -> No
 def test_the_parsers_facts_are_their_owners() -> None:
     """``cli.facts`` copies values so that parsing imports none of their owners: each
     copy must stay what its owner says."""
-    from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS
     from mcpi_coordinator.launch import remote
     from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH
+    from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS
     from mcpi_worker import logs
     from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
     from mcpi_worker.protocol import MAX_POINTS

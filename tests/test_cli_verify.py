@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mcpi_coordinator.prefix import reference_prefix
+from mcpi_coordinator.run.prefix import reference_prefix
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 PYTHON = shlex.quote(sys.executable)

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import trio
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import (
+from mcpi_coordinator.pool.chunks import Chunk
+from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.estimate import (
     EstimateResult,
     NothingCompleted,
     chunk_count,
@@ -20,7 +21,6 @@ from mcpi_coordinator.estimate import (
     pi_statistics,
     run_estimate,
 )
-from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import fake_launcher
 from mcpi_worker.kernels import count_numpy
@@ -125,8 +125,8 @@ async def test_max_time_before_any_chunk_is_a_clear_error(autojump_clock: object
 
 async def test_run_estimate_refuses_an_empty_run_with_a_clear_error() -> None:
     """points=0 used to fail deep inside with a TypeError from an f-string."""
-    from mcpi_coordinator.estimate import run_estimate
     from mcpi_coordinator.pool.worker_pool import WorkerPool
+    from mcpi_coordinator.run.estimate import run_estimate
     from mcpi_coordinator.testing import FakeBehaviour
     from mcpi_coordinator.testing.inprocess import fake_launcher
 

@@ -33,7 +33,6 @@ import pytest
 import trio
 from worker_process import worker_command
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.launch import capacity, remote
 from mcpi_coordinator.launch.capacity import (
     FDS_PER_START,
@@ -46,6 +45,7 @@ from mcpi_coordinator.launch.capacity import (
     fleet_cap,
 )
 from mcpi_coordinator.launch.local import default_max_starting
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import FakeWorkerProcess, fake_launcher

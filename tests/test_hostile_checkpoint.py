@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from mcpi_coordinator import __version__
-from mcpi_coordinator.checkpoint import Checkpoint, CheckpointFailed, CheckpointRefused, RunParameters
+from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointFailed, CheckpointRefused, RunParameters
 
 PARAMETERS = RunParameters(seed=7, points=1_000_000, chunk_size=10_000, kernel="numpy", target_error=None)
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]
@@ -182,7 +182,7 @@ def test_a_checkpoint_leaves_no_journal_and_a_killed_runs_wal_is_kept(tmp_path: 
     # A run killed after a commit leaves its -wal, which holds that commit: it is read.
     killed = subprocess.run(
         [sys.executable, "-c",
-         "import os, sys; from mcpi_coordinator.checkpoint import Checkpoint\n"
+         "import os, sys; from mcpi_coordinator.run.checkpoint import Checkpoint\n"
          "c = Checkpoint.resume(sys.argv[1]); c.record(1, 7_900); c.commit(); os._exit(9)", str(path)],
         check=False, timeout=60,
     )  # fmt: skip

@@ -18,8 +18,8 @@ import psutil
 import trio
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.launch.local import command_launcher
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.kernels import KERNELS
 

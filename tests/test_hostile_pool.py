@@ -30,10 +30,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import ChunkFailed, McpiError, PoolExhausted
 from mcpi_coordinator.launch.local import spawn_worker
 from mcpi_coordinator.launch.transport import WorkerProcess
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.fake_worker import fake_worker_command

@@ -18,9 +18,9 @@ import trio
 from structlog.testing import capture_logs
 
 from mcpi_coordinator import Chunk, WorkerPool
-from mcpi_coordinator.estimate import run_estimate
 from mcpi_coordinator.pool.dispatch import _problem
-from mcpi_coordinator.verify import VerificationFailed
+from mcpi_coordinator.run.estimate import run_estimate
+from mcpi_coordinator.run.verify import VerificationFailed
 from mcpi_worker.kernels import count_numpy
 from mcpi_worker.protocol import Welcome
 

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from test_readme_cli import DOCS, _keys
 
 from mcpi_coordinator.cli.main import main
-from mcpi_coordinator.parts import Part, combine, parse_part, part_streams
-from mcpi_coordinator.prefix import Prefix, reference_prefix
-from mcpi_coordinator.statistics import pi_statistics
+from mcpi_coordinator.run.parts import Part, combine, parse_part, part_streams
+from mcpi_coordinator.run.prefix import Prefix, reference_prefix
+from mcpi_coordinator.run.statistics import pi_statistics
 from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]

@@ -19,7 +19,6 @@ import structlog
 import trio
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import (
     ChunkFailed,
@@ -28,6 +27,7 @@ from mcpi_coordinator.errors import (
     RequestFailed,
 )
 from mcpi_coordinator.launch.transport import WorkerProcess
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Request
 from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import fake_launcher

@@ -44,10 +44,10 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import RequestFailed
 from mcpi_coordinator.launch.local import spawn_worker
 from mcpi_coordinator.launch.transport import WorkerProcess
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.client import WorkerClient, open_worker

@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.launch.remote import (
     MAX_WORKERS_PER_HOST,
     SPEC_SYNTAX,
@@ -34,6 +33,7 @@ from mcpi_coordinator.launch.remote import (
     ssh_command,
     substitute_index,
 )
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
 from mcpi_coordinator.testing.script import FakeBehaviour

@@ -23,7 +23,6 @@ import pytest
 import trio
 from sshd import SshDaemon, free_port, remote_worker_command, require_openssh
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
 from mcpi_coordinator.launch.remote import (
     MAX_SSH_STARTS_PER_HOST,
@@ -34,6 +33,7 @@ from mcpi_coordinator.launch.remote import (
     ssh_command,
     starting_limits,
 )
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_worker.kernels import count_numpy
 

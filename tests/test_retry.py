@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import ChunkFailed, McpiError, PoolClosed, PoolExhausted, RequestFailed, WorkerFailure
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.retry import Attempts, Verdict
 
 CHUNK = Chunk(seed=7, stream=3, points=100)

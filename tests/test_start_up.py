@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import trio
 
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import RequestFailed
 from mcpi_coordinator.launch import early
 from mcpi_coordinator.launch.transport import WorkerProcess
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import FakeLauncher, fake_launcher
@@ -239,8 +239,8 @@ def test_workers_not_ready_when_the_run_ended_are_not_counted_as_working() -> No
     from array import array
 
     from mcpi_coordinator.cli.estimate import workers_summary
-    from mcpi_coordinator.estimate import EstimateResult
     from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerStats
+    from mcpi_coordinator.run.estimate import EstimateResult
 
     def worker(slot: int, host: str | None, chunks: int, restarts: int = 0, state: str = "stopped") -> WorkerStats:
         return WorkerStats(slot, state, None, host, chunks, chunks * 10, 0.0, restarts)

@@ -1,6 +1,6 @@
 """Early stops that reproduce, and a stopping rule whose intervals are honest.
 
-The prefix (``mcpi_coordinator.prefix``) makes a stopped run's count a pure function of
+The prefix (``mcpi_coordinator.run.prefix``) makes a stopped run's count a pure function of
 (seed, points, chunk size, kernel, target), so its statistics can be measured over many
 seeds in this process with ``reference_prefix``; a smaller test proves that the pool
 path, on any number of workers and in any completion order, stops at the same k.
@@ -16,10 +16,10 @@ import pytest
 import trio
 
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import EstimateResult, NothingCompleted, run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool
-from mcpi_coordinator.prefix import Prefix, reference_prefix
-from mcpi_coordinator.statistics import MIN_EACH_SIDE, StopRule, pi_statistics
+from mcpi_coordinator.run.estimate import EstimateResult, NothingCompleted, run_estimate
+from mcpi_coordinator.run.prefix import Prefix, reference_prefix
+from mcpi_coordinator.run.statistics import MIN_EACH_SIDE, StopRule, pi_statistics
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
 from mcpi_worker.kernels import count_numpy

@@ -11,15 +11,15 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
-from mcpi_coordinator.chunks import Chunk
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import EstimateResult, run_estimate
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
-from mcpi_coordinator.prefix import reference_prefix
+from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
+from mcpi_coordinator.run.estimate import EstimateResult, run_estimate
+from mcpi_coordinator.run.prefix import reference_prefix
+from mcpi_coordinator.run.verify import COORDINATOR, Source, VerificationFailed, avoid_choices, selected
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import FakeLauncher, by_slot, fake_launcher
-from mcpi_coordinator.verify import COORDINATOR, Source, VerificationFailed, avoid_choices, selected
 from mcpi_worker.kernels import KERNELS
 
 POINTS, CHUNK, SEED = 3_000_000, 10_000, 5  # 300 chunks

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from mcpi_coordinator.bench import tasks as shipped
-from mcpi_coordinator.chunks import Chunk
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 
 if TYPE_CHECKING:

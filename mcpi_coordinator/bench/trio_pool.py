@@ -13,8 +13,8 @@ import trio
 
 from mcpi_coordinator.bench.measure import Measurement, timed_async
 from mcpi_coordinator.bench.workload import Workload
-from mcpi_coordinator.estimate import run_estimate
 from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.estimate import run_estimate
 
 
 async def _count(pool: WorkerPool, workload: Workload) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mcpi_coordinator.chunks import Chunk
-from mcpi_coordinator.estimate import iter_chunks
+from mcpi_coordinator.pool.chunks import Chunk
+from mcpi_coordinator.run.estimate import iter_chunks
 
 
 @dataclass(frozen=True, slots=True)

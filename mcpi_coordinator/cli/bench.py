@@ -29,7 +29,7 @@ from mcpi_coordinator.cli.estimate import worker_command
 from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, chunk_count
+from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, chunk_count
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 from mcpi_worker.protocol import MAX_POINTS
 

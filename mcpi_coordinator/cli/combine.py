@@ -22,7 +22,7 @@ from mcpi_coordinator.cli.exit_codes import ExitCode
 # What combining needs is imported where it is used: parsing (--help, a usage error,
 # a TAB completion) imports none of it (``cli.commands``).
 if TYPE_CHECKING:
-    from mcpi_coordinator.parts import Combined
+    from mcpi_coordinator.run.parts import Combined
 
 PROG = "mcpi combine"
 
@@ -81,7 +81,7 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
     ``CombineRefused`` (one line) for a file that cannot be read, is larger than
     ``MAX_FILE_BYTES``, is not UTF-8 or not the JSON mcpi writes."""
     from mcpi_coordinator.files import read_limited, read_stream_limited
-    from mcpi_coordinator.parts import CombineRefused, load_document
+    from mcpi_coordinator.run.parts import CombineRefused, load_document
 
     if files.count("-") > 1:
         raise CombineRefused("- (stdin) is given more than once")
@@ -102,7 +102,7 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
 
 def _read(name: str, read: Callable[[], bytes]) -> str:
     from mcpi_coordinator.files import TooLarge
-    from mcpi_coordinator.parts import MCPI_WRITES, CombineRefused
+    from mcpi_coordinator.run.parts import MCPI_WRITES, CombineRefused
 
     try:
         return read().decode("utf-8")
@@ -115,7 +115,7 @@ def _read(name: str, read: Callable[[], bytes]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mcpi_coordinator.parts import CombineRefused, combine
+    from mcpi_coordinator.run.parts import CombineRefused, combine
 
     try:
         combined = combine(read_documents(args.files))
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _repeat(combined: Combined) -> str:
-    from mcpi_coordinator.estimate import repeat_command
+    from mcpi_coordinator.run.estimate import repeat_command
 
     key = combined.key
     return repeat_command(key.requested_points, key.seed, key.chunk_size, key.kernel)

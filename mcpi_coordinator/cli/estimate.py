@@ -22,13 +22,18 @@ from typing import Any, Final
 import trio
 
 from mcpi_coordinator import arguments as cli_args
-from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused
 from mcpi_coordinator.cli import plots, progress, runs, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import (
+from mcpi_coordinator.launch import capacity, remote, slurm
+from mcpi_coordinator.launch.local import adopting_orphans, default_worker_command, spawn_worker
+from mcpi_coordinator.launch.redact import shown_command
+from mcpi_coordinator.pool.stats import SlotState
+from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused
+from mcpi_coordinator.run.estimate import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_POINTS,
     EstimateResult,
@@ -37,12 +42,7 @@ from mcpi_coordinator.estimate import (
     resumed_prefix,
     run_estimate,
 )
-from mcpi_coordinator.launch import capacity, remote, slurm
-from mcpi_coordinator.launch.local import adopting_orphans, default_worker_command, spawn_worker
-from mcpi_coordinator.launch.redact import shown_command
-from mcpi_coordinator.parts import part_json
-from mcpi_coordinator.pool.stats import SlotState
-from mcpi_coordinator.pool.worker_pool import WorkerPool
+from mcpi_coordinator.run.parts import part_json
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 from mcpi_worker.kernels import DEFAULT_KERNEL
 

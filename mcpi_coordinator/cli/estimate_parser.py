@@ -19,7 +19,7 @@ from mcpi_coordinator.cli import commands, facts
 
 if TYPE_CHECKING:
     from mcpi_coordinator.launch.remote import HostSpec
-    from mcpi_coordinator.parts import Part
+    from mcpi_coordinator.run.parts import Part
 
 _POINTS_LIMIT: Final[str] = "beyond 2**53 counts are not exact in JSON readers"
 
@@ -178,7 +178,7 @@ def register(subparsers: Any) -> None:
 
 
 def _part_type(text: str) -> Part:
-    from mcpi_coordinator.parts import parse_part  # only when --part is given
+    from mcpi_coordinator.run.parts import parse_part  # only when --part is given
 
     try:
         return parse_part(text)

@@ -31,14 +31,14 @@ import numpy as np
 from mcpi_coordinator import files
 from mcpi_coordinator.cli.facts import INSTALL_HINT
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.estimate import pi_statistics
+from mcpi_coordinator.run.estimate import pi_statistics
 from mcpi_worker.kernels import inside_quarter_circle, iter_point_blocks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL.Image import Image
 
-    from mcpi_coordinator.estimate import EstimateResult
+    from mcpi_coordinator.run.estimate import EstimateResult
 
 PALETTE_COLOURS: Final[int] = 64
 """Scatter images are saved with a palette: a few flat colours and their antialiased

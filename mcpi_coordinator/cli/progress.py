@@ -30,8 +30,8 @@ from rich.live import Live
 from rich.text import Text
 
 from mcpi_coordinator.cli import text
-from mcpi_coordinator.estimate import pi_statistics
 from mcpi_coordinator.pool.stats import SlotState
+from mcpi_coordinator.run.estimate import pi_statistics
 
 if TYPE_CHECKING:
     from mcpi_coordinator.pool.worker_pool import WorkerPool

@@ -15,11 +15,11 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Final
 
-from mcpi_coordinator.checkpoint import Checkpoint, CheckpointRefused, RunParameters
 from mcpi_coordinator.cli.text import plural
-from mcpi_coordinator.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
-from mcpi_coordinator.statistics import points_to_reach
-from mcpi_coordinator.verify import VerifyStats
+from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused, RunParameters
+from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
+from mcpi_coordinator.run.statistics import points_to_reach
+from mcpi_coordinator.run.verify import VerifyStats
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
 RUN_OPTIONS: Final[dict[str, tuple[str, object]]] = {

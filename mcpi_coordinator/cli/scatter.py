@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     # Here, not at the top: parsing (--help, a usage error) never needs NumPy.
     from mcpi_coordinator.cli import plots
     from mcpi_coordinator.errors import McpiError
-    from mcpi_coordinator.estimate import pi_statistics
+    from mcpi_coordinator.run.estimate import pi_statistics
 
     try:
         plots.ensure_available()  # before sampling: fail fast on a missing extra

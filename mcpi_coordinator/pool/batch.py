@@ -28,8 +28,8 @@ from typing import Self
 
 import trio
 
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Outcome, Request
 from mcpi_coordinator.pool.retry import Attempts, Verdict
 

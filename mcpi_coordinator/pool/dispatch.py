@@ -46,8 +46,8 @@ from typing import Final, Protocol
 
 import trio
 
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.protocol import (
     HEADER,

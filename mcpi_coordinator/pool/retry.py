@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import ChunkFailed, McpiError, RequestFailed, WorkerFailure
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 
 
 class Verdict(Enum):

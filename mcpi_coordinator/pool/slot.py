@@ -26,11 +26,11 @@ from typing import Any, Final, Protocol
 import trio
 
 from mcpi_coordinator import logs
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import WorkerFailure, describe_exit, worker_failures
 from mcpi_coordinator.launch.local import describe_command
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher
 from mcpi_coordinator.pool.stats import FailedWorker, SlotState, WorkerStats
 from mcpi_worker.protocol import Result

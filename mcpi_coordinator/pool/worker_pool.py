@@ -50,16 +50,17 @@ from typing import Any, Final, Self
 
 import trio
 
-from mcpi_coordinator import __version__, logs
-from mcpi_coordinator.chunks import Chunk, ChunkResult
+from mcpi_coordinator import logs
 from mcpi_coordinator.errors import McpiError, PoolClosed, PoolExhausted
 from mcpi_coordinator.launch.local import command_launcher, default_max_starting, default_worker_command
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter
 from mcpi_coordinator.pool.batch import Batch
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Request
 from mcpi_coordinator.pool.retry import Attempts, Verdict
 from mcpi_coordinator.pool.slot import Slot, SlotSettings
 from mcpi_coordinator.pool.stats import FailedWorker, PoolState, PoolStats, SlotState, WorkerStats
+from mcpi_worker import __version__  # not mcpi_coordinator's: its __init__ names the layers above
 from mcpi_worker.protocol import Result
 
 __all__ = [

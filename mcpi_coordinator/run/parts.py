@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from mcpi_coordinator import files
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.statistics import pi_statistics
+from mcpi_coordinator.run.statistics import pi_statistics
 from mcpi_worker.constants import KERNEL_VERSIONS
 
 

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mcpi_coordinator.parts import Part
-from mcpi_coordinator.statistics import StopRule
+from mcpi_coordinator.run.parts import Part
+from mcpi_coordinator.run.statistics import StopRule
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 
 _MISSING = -1

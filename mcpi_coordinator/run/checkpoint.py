@@ -64,9 +64,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
-from mcpi_coordinator import __version__, files
+from mcpi_coordinator import files
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.parts import Part
+from mcpi_coordinator.run.parts import Part
+from mcpi_worker import __version__  # not mcpi_coordinator's: its __init__ names the layers above
 from mcpi_worker.constants import KERNEL_VERSIONS
 
 FORMAT: Final[int] = 1

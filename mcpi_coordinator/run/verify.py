@@ -43,8 +43,8 @@ from typing import Final
 import trio
 
 from mcpi_coordinator import logs
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError, RequestFailed
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.stats import SlotState, WorkerStats
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.terminal_text import printable

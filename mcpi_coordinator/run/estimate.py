@@ -24,16 +24,16 @@ from typing import Final
 
 import trio
 
-from mcpi_coordinator.checkpoint import Checkpoint, RunParameters
-from mcpi_coordinator.chunks import Chunk, ChunkResult
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.launch import early
-from mcpi_coordinator.parts import Part
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.stats import PoolStats
 from mcpi_coordinator.pool.worker_pool import WorkerPool
-from mcpi_coordinator.prefix import Prefix
-from mcpi_coordinator.statistics import Z_95, PiStatistics, StopRule, pi_statistics
-from mcpi_coordinator.verify import LocalCounter, Verifier, VerifyStats, count_here
+from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
+from mcpi_coordinator.run.parts import Part
+from mcpi_coordinator.run.prefix import Prefix
+from mcpi_coordinator.run.statistics import Z_95, PiStatistics, StopRule, pi_statistics
+from mcpi_coordinator.run.verify import LocalCounter, Verifier, VerifyStats, count_here
 from mcpi_worker.constants import DEFAULT_KERNEL
 
 __all__ = [
