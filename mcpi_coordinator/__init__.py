@@ -20,9 +20,10 @@ CI's ``lint-imports`` holds the code to them):
   safe for a terminal; argparse value types (exact whole numbers, stated bounds), which
   the command, the fake worker and ``launch.early`` read numbers with; the library's
   loggers; files mcpi does not trust, read and written.
-- ``errors``: mcpi's own errors, and the one place low-level failures become them.
+- ``errors``: mcpi's own errors (``McpiError`` and its kinds), which every layer raises.
 - ``launch``: how a worker process is started and stopped (local, ssh, Slurm).
-- ``connection``: the Trio driver of one worker's pipes and protocol state.
+- ``connection``: the Trio driver of one worker's pipes and protocol state, and the one
+  place its low-level failures become a ``WorkerFailure`` (``connection.failures``).
 - ``pool``: slots and supervision, dispatch and batches: ``WorkerPool``; and
   ``pool.chunks``, its units of work and their results.
 - ``run``: estimating pi on a pool (``run.estimate``), what survives the coordinator

@@ -1,25 +1,18 @@
-"""mcpi's own errors, and the one place low-level failures are translated into them.
+"""mcpi's own errors: everything a user of the pool or the command may see.
 
-Everything a user may see is an ``McpiError`` whose ``str()`` is one line fit to print
-after ``mcpi: error:``. Low-level failures never leave the pool. A worker's bytes that
-do not parse or break a rule never raise here: the protocol core's ``CoordinatorEnd``
-catches its own ``FatalProtocolError``/``RequestError`` and reports ``Broken``. Pipe
-errors (``trio.BrokenResourceError``, ``trio.ClosedResourceError``) and ``OSError``
-from launching a worker or writing to it are caught by ``worker_failures(...)`` (or
-``worker_failure`` on the per-request write) below. Either way the connection fails,
-every request in flight on it gets a ``WorkerFailure``, and the pool sends those again
-and replaces the worker (and, when nothing is left, raises ``PoolExhausted``).
+Each is an ``McpiError`` whose ``str()`` is one line fit to print after ``mcpi: error:``.
+Every layer raises them, so this module imports nothing of mcpi's, nor Trio.
+
+Low-level failures never leave the pool. A worker's bytes that do not parse or break a
+rule never raise: the protocol core's ``CoordinatorEnd`` catches its own
+``FatalProtocolError``/``RequestError`` and reports ``Broken``. Pipe errors and
+``OSError`` from launching a worker, writing to it or reading from it become a
+``WorkerFailure`` in one place, ``connection.failures``. Either way the connection
+fails, every request in flight on it gets a ``WorkerFailure``, and the pool sends those
+again and replaces the worker (and, when nothing is left, raises ``PoolExhausted``).
 """
 
 from __future__ import annotations
-
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import trio
-
-from mcpi_worker.protocol import FatalProtocolError, RequestError
 
 
 class McpiError(Exception):
@@ -78,56 +71,3 @@ class PoolClosed(McpiError):
     """The pool was used outside its ``async with`` block (before entering it, or once
     it began closing). A request still waiting for a worker when the pool closes, or
     whose worker is stopped before it answers, ends with it too."""
-
-
-LowLevelError = (FatalProtocolError, RequestError, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-"""What ``worker_failures`` translates: a broken stream, a broken pipe, the OS."""
-
-
-@contextmanager
-def worker_failures(doing: str) -> Iterator[None]:
-    """Translate low-level failures while ``doing`` something with a worker into a
-    ``WorkerFailure`` with a one-line reason. ``doing`` completes "while ...".
-
-    Cancellation (``trio.Cancelled``) and programming errors pass through untouched.
-    """
-    try:
-        yield
-    except LowLevelError as error:
-        raise worker_failure(error, doing) from error
-
-
-def worker_failure(error: BaseException, doing: str) -> WorkerFailure:
-    """The ``WorkerFailure`` that ``error`` (one of ``LowLevelError``), met while
-    ``doing`` something, stands for. For hot paths where a ``with worker_failures``
-    block costs more than the work in it.
-
-    No caller today reaches the ``FatalProtocolError`` and ``RequestError`` branches:
-    ``CoordinatorEnd`` turns those into ``Broken`` itself (issue 19 records it)."""
-    if isinstance(error, FatalProtocolError):
-        return WorkerFailure(f"protocol error while {doing}: {error.code}: {error.message}")
-    if isinstance(error, RequestError):
-        # A worker's message that frames fine but is invalid (wrong field type, unknown
-        # type): the coordinator cannot answer a worker, so the connection is over.
-        return WorkerFailure(f"invalid message while {doing}: {error.code}: {error.message}")
-    if isinstance(error, trio.BrokenResourceError):
-        return WorkerFailure(f"pipe broken while {doing}")
-    if isinstance(error, trio.ClosedResourceError):
-        return WorkerFailure(f"pipe already closed while {doing}")
-    assert isinstance(error, OSError), error
-    reason = error.strerror or type(error).__name__
-    target = f": {error.filename!r}" if error.filename else ""
-    return WorkerFailure(f"{reason}{target} while {doing}")
-
-
-def describe_exit(returncode: int | None) -> str:
-    """``exit code 3``, ``killed by SIGKILL``, or ``still running``."""
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exit code {returncode}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from mcpi_coordinator.errors import describe_exit
+from mcpi_coordinator.connection.failures import describe_exit
 from mcpi_worker.protocol import (
     Answered,
     Broken,

@@ -1,2 +1,3 @@
 """The Trio driver of one worker: its pipes (``pipes``), its protocol state
-(``worker_connection``) and its log lines (``stderr_relay``)."""
+(``worker_connection``), its log lines (``stderr_relay``), and how its low-level
+failures become a ``WorkerFailure`` (``failures``)."""

@@ -15,7 +15,7 @@ woken for every frame. When a stream is a ``trio.lowlevel.FdStream`` (what
   would first yield, then read, usually get ``EAGAIN`` and only then wait.
 
 Any other stream (a test's memory stream, a user's custom transport) falls back to the
-plain ``trio.abc`` calls. Errors are left as ``OSError`` for ``errors`` (``worker_failure``),
+plain ``trio.abc`` calls. Errors are left as ``OSError`` for ``failures`` (``worker_failure``),
 the one place they are translated.
 """
 

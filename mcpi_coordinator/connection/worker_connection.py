@@ -31,8 +31,9 @@ import trio
 
 from mcpi_coordinator import logs
 from mcpi_coordinator.connection import pipes
+from mcpi_coordinator.connection.failures import describe_exit, worker_failure, worker_failures
 from mcpi_coordinator.connection.stderr_relay import StderrRelay
-from mcpi_coordinator.errors import WorkerFailure, describe_exit, worker_failure, worker_failures
+from mcpi_coordinator.errors import WorkerFailure
 from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_worker.protocol import (
     Answered,

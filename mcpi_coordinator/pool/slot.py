@@ -26,8 +26,9 @@ from typing import Any, Final, Protocol
 import trio
 
 from mcpi_coordinator import logs
+from mcpi_coordinator.connection.failures import describe_exit, worker_failures
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
-from mcpi_coordinator.errors import WorkerFailure, describe_exit, worker_failures
+from mcpi_coordinator.errors import WorkerFailure
 from mcpi_coordinator.launch.local import describe_command
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
