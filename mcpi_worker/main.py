@@ -26,7 +26,7 @@ import structlog
 
 from mcpi_worker import __version__
 from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
-from mcpi_worker.kernels import KernelConfigError, kernel_implementations, prepare_kernels
+from mcpi_worker.kernels import NUMPY_KERNEL, KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
         max_inflight=max(args.max_inflight, args.jobs),
         jobs=args.jobs,
         implementations=kernel_implementations,
+        expect=NUMPY_KERNEL.expect,
         spin_s=args.spin_us / 1e6,
         on_sample=_emit_stray_output if args.test_stray_output else None,
     )

@@ -144,7 +144,9 @@ class Worker:
     ``on_sample`` is a test seam: called on the thread about to run a kernel, before it
     does (the CLI uses it for ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
     together (``HOLD_LIMIT_S``); ``spin_s`` how long an idle reader polls before it
-    sleeps (``DEFAULT_SPIN_S``; 0: never).
+    sleeps (``DEFAULT_SPIN_S``; 0: never). ``expect`` receives the ``hello``'s size hint
+    (protocol.md §5.1), when it carries one, on the reader thread before any sample
+    starts (``NumpyKernel.expect``: it must return at once).
     """
 
     def __init__(
@@ -159,10 +161,12 @@ class Worker:
         hold_limit_s: float = HOLD_LIMIT_S,
         spin_s: float = DEFAULT_SPIN_S,
         implementations: Callable[[], Mapping[str, str]] | None = None,
+        expect: Callable[[int], None] | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self._implementations = implementations
+        self._expect = expect
         self._input_fd = input_fd
         self._output_fd = output_fd
         self._kernels = kernels
@@ -264,14 +268,23 @@ class Worker:
                 except OSError as exc:
                     log.warning("request_stream_failed", error=str(exc))
                     data = b""
+                greeting = None
                 with self._lock:
                     events = self._end.receive_data(data) if data else self._end.receive_eof()
+                    hello, welcome = self._end.hello, self._end.welcome
+                    if not greeted and hello is not None and welcome is not None:
+                        greeted, greeting = True, (hello, welcome)
+                        if hello.expected_points is not None and self._expect is not None:
+                            self._flush_locked()  # the welcome goes out first
+                            self._expect(hello.expected_points)  # before the samples read with it start
                     self._act(events, on_reader=True)
                     self._flush_locked()
-                    hello, welcome = self._end.hello, self._end.welcome
-                if not greeted and hello is not None and welcome is not None:
-                    greeted = True
-                    log.info("handshake", client=hello.client, version=welcome.version)
+                if greeting is not None:
+                    hello, welcome = greeting
+                    log.info(
+                        "handshake", client=hello.client, version=welcome.version,
+                        expected_points=hello.expected_points,
+                    )  # fmt: skip
                 self._run_inline(poller)
         except BaseException as exc:  # never let the reader die silently
             log.exception("reader_crashed")

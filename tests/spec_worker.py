@@ -174,7 +174,7 @@ def _versions(value: Any) -> bool:
 
 # §4.1, in table order (the order fields are checked in, §8 precedence step 3).
 FIELDS: dict[str, list[tuple[str, Any, bool]]] = {
-    "hello": [("versions", _versions, True), ("client", _text, True)],
+    "hello": [("versions", _versions, True), ("client", _text, True), ("expected_points", _uint64, False)],
     "sample": [
         ("id", _uint64, True), ("seed", _uint64, True), ("stream", _uint64, True),
         ("points", _points, True), ("kernel", _text, True),

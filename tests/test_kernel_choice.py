@@ -9,6 +9,7 @@ tests/test_kernel_worker.py checks the same against real worker processes.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from mcpi_worker.kernels import (
     numpy_impl,
 )
 from mcpi_worker.kernels.base import StopCheck, never
-from mcpi_worker.kernels.choice import LoadedFused, Loader, NumbaNotInstalled
+from mcpi_worker.kernels.choice import WAIT_MIN_POINTS, LoadedFused, Loader, NumbaNotInstalled
 
 TIMEOUT = 30
 
@@ -388,3 +389,136 @@ def test_a_load_compiled_in_memory_only_does_not_mark_the_cache_warm() -> None:
     kernel = NumpyKernel(Policy.FUSED, loader=in_memory, cache=cache)
     kernel.prepare()
     assert (fake.loads, cache.marks) == (1, 0)
+
+
+# ------------------------------------------------------------------ the size hint (hello.expected_points)
+
+
+def hinted(fake: FakeFused, cache: FakeCache | None = None, loader: Loader | None = None) -> NumpyKernel:
+    return NumpyKernel(
+        Policy.AUTO, loader=loader or fake.load, switch_after_points=10**12, load_at_once_points=1000, cache=cache
+    )
+
+
+BIG = WAIT_MIN_POINTS + 3
+"""A sample that waits for a hinted load."""
+
+
+def until_waiting(kernel: NumpyKernel, thread: threading.Thread) -> None:
+    """Until ``thread``'s sample waits for the load (the kernel says so)."""
+    deadline = time.monotonic() + TIMEOUT  # a bound against a hang, not a claim of speed
+    while not kernel.status().waiting:
+        assert thread.is_alive() and time.monotonic() < deadline, "the sample never waited for the load"
+        time.sleep(0.001)
+
+
+def test_a_long_hint_loads_at_once_and_the_first_sample_counts_fused_from_its_first_point() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = hinted(fake, loader=slow_load)
+    kernel.expect(1000)
+    assert loading.wait(TIMEOUT)  # loading already, before any sample
+    answers: list[int] = []
+    first = threading.Thread(target=lambda: answers.append(kernel.count(3, 0, BIG)))
+    first.start()
+    until_waiting(kernel, first)
+    assert kernel.status().numpy_points == 0  # waiting, not counting with NumPy
+    release.set()
+    first.join(TIMEOUT)
+    assert answers == [numpy_impl.count(3, 0, BIG)]
+    assert (fake.loads, fake.calls, fake.handed_over, kernel.status().numpy_points) == (1, [BIG], [], 0)
+
+
+def test_a_range_after_a_long_hint_goes_to_the_lanes_whole() -> None:
+    fake = FakeFused()
+    kernel = hinted(fake)
+    kernel.expect(10**12)
+    points = WAIT_MIN_POINTS // 4 + 1
+    assert kernel.count_streams(3, 5, 4, points) == [numpy_impl.count(3, 5 + i, points) for i in range(4)]
+    assert fake.calls == [4 * points]  # one call of the range loop, no stream counted with NumPy first
+
+
+def test_only_one_sample_waits_for_a_hinted_load_the_others_count_with_numpy() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = hinted(fake, loader=slow_load)
+    kernel.expect(5000)
+    assert loading.wait(TIMEOUT)
+    waiting = threading.Thread(target=kernel.count, args=(3, 0, BIG))
+    waiting.start()
+    until_waiting(kernel, waiting)
+    # A second job's sample does not wait behind the load (a free core is not left idle),
+    # and neither does a small one (the worker's reader thread runs those).
+    assert kernel.count(3, 1, BIG + 1) == numpy_impl.count(3, 1, BIG + 1)
+    assert kernel.count(3, 2, 600) == numpy_impl.count(3, 2, 600)
+    assert kernel.status().numpy_points == BIG + 601
+    release.set()
+    waiting.join(TIMEOUT)
+    assert fake.calls == [BIG]
+
+
+def test_a_small_sample_never_waits_for_a_hinted_load() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = hinted(fake, loader=slow_load)
+    kernel.expect(5000)
+    assert loading.wait(TIMEOUT)
+    assert kernel.count(3, 2, WAIT_MIN_POINTS - 1) == numpy_impl.count(3, 2, WAIT_MIN_POINTS - 1)
+    assert kernel.count_streams(3, 0, 2, 1000) == [numpy_impl.count(3, i, 1000) for i in range(2)]
+    release.set()
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+
+
+def test_a_sample_waiting_for_a_hinted_load_is_cancelled() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = hinted(fake, loader=slow_load)
+    kernel.expect(5000)
+    assert loading.wait(TIMEOUT)
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            kernel.count(3, 0, BIG, stop.is_set)
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=run)
+    waiting.start()
+    until_waiting(kernel, waiting)
+    stop.set()
+    waiting.join(TIMEOUT)
+    assert not waiting.is_alive() and len(outcome) == 1  # while the load still runs
+    release.set()
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+
+
+@pytest.mark.parametrize("points", [0, 1, 999])
+def test_a_short_hint_loads_nothing(points: int) -> None:
+    fake = FakeFused()
+    kernel = hinted(fake)
+    kernel.expect(points)
+    assert kernel.count(3, 0, 700) == numpy_impl.count(3, 0, 700)
+    assert (fake.loads, kernel.implementation()) == (0, Implementation.NUMPY)
+
+
+def test_a_long_hint_with_a_cold_cache_warms_it_elsewhere_and_counts_with_numpy() -> None:
+    fake, cache = FakeFused(), FakeCache()
+    kernel = hinted(fake, cache)
+    kernel.expect(10**9)
+    assert (cache.warmings, fake.loads) == (1, 0)
+    assert kernel.count(3, 0, 700) == numpy_impl.count(3, 0, 700)
+    kernel.expect(10**9)
+    assert (cache.warmings, fake.loads, kernel.implementation()) == (1, 0, Implementation.NUMPY)
+
+
+@pytest.mark.parametrize("policy", [Policy.NUMPY, Policy.FUSED])
+def test_the_hint_changes_nothing_under_numpy_or_fused(policy: Policy) -> None:
+    fake, cache = FakeFused(), FakeCache()
+    kernel = NumpyKernel(policy, loader=fake.load if policy is Policy.FUSED else never_load, cache=cache,
+                         load_at_once_points=1)  # fmt: skip
+    kernel.prepare()
+    loads = fake.loads
+    kernel.expect(10**12)
+    assert (fake.loads, cache.warmings) == (loads, 0)

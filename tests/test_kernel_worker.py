@@ -295,17 +295,51 @@ def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
             os.close(fd)
 
 
+@pytest.mark.parametrize("expected_points", [None, 0, 123])
+def test_the_size_hint_reaches_the_kernel_before_the_samples_sent_with_the_hello(expected_points: int | None) -> None:
+    order: list[tuple[str, int]] = []
+    request_read, request_write = os.pipe()
+    response_read, response_write = os.pipe()
+    worker = Worker(
+        request_read,
+        response_write,
+        expect=lambda points: order.append(("expect", points)),
+        on_sample=lambda sample: order.append(("sample", sample.id)),
+    )
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    thread.start()
+    client = PipeClient(request_write, response_read)
+    try:
+        big = Sample(id=1, seed=3, stream=0, points=2_000_000, kernel="numpy")  # on a compute thread
+        small = Sample(id=2, seed=3, stream=1, points=10, kernel="numpy")  # on the reader
+        os.write(request_write, encode(Hello(PROTOCOL_VERSIONS, "t", expected_points)) + encode(big) + encode(small))
+        assert isinstance(client.receive(), Welcome)
+        answers = {client.receive().id for _ in range(2)}  # type: ignore[attr-defined]
+        assert answers == {1, 2}
+        client.send(Shutdown())
+        thread.join(TIMEOUT)
+        assert outcome and outcome[0].exit_code == ExitCode.OK
+    finally:
+        for fd in (request_write, response_read):
+            os.close(fd)
+    hinted = [] if expected_points is None else [("expect", expected_points)]
+    assert order[: len(hinted)] == hinted and sorted(order[len(hinted) :]) == [("sample", 1), ("sample", 2)]
+
+
 @contextlib.contextmanager
-def worker_process(environ: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], PipeClient]]:
-    """A real ``mcpi-worker`` past its welcome and a client on its pipes; killed at the end
-    if it is still running."""
+def worker_process(
+    environ: dict[str, str], expected_points: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], PipeClient]]:
+    """A real ``mcpi-worker`` past its welcome (its hello carrying ``expected_points``) and
+    a client on its pipes; killed at the end if it is still running."""
     process = subprocess.Popen(
         worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
     )
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     try:
         client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
-        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test_kernel_worker"))
+        client.send(Hello(PROTOCOL_VERSIONS, "test_kernel_worker", expected_points))
         assert isinstance(client.receive(), Welcome)
         yield process, client
     finally:
@@ -432,8 +466,8 @@ def test_auto_never_compiles_in_the_worker_a_cold_cache_is_warmed_by_another_pro
             process.kill()
 
 
-def test_auto_loads_from_a_warm_cache_in_the_worker(cache_dir: str) -> None:
-    environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
+def warm_cache(environ: dict[str, str]) -> None:
+    """Compile the fused kernels into the cache ``environ`` names, and mark it warm."""
     warm = subprocess.run(
         [sys.executable, "-c", "from mcpi_worker.kernels.warm import main; main(niceness=0)"],
         env=environ,
@@ -442,11 +476,77 @@ def test_auto_loads_from_a_warm_cache_in_the_worker(cache_dir: str) -> None:
         check=False,
     )
     assert warm.returncode == 0, warm.stderr
+
+
+def test_auto_loads_from_a_warm_cache_in_the_worker(cache_dir: str) -> None:
+    environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
+    warm_cache(environ)
     messages, logs = long_sample_answers(environ)
     (result,) = [m for m in messages if isinstance(m, Result)]
     assert result.inside == numpy_impl.count(7, 0, 250_000_000)
     (loaded,) = events(logs, "numpy_kernel_implementation")
     assert loaded["compiled"] is False and not events(logs, "fused_kernel_cache_cold")
+
+
+HINTED = (
+    Sample(id=1, seed=7, stream=0, points=20_000_000, kernel="numpy"),
+    Sample(id=2, seed=7, stream=1, points=2_000_000, kernel="numpy", streams=10, group=3),
+    Sample(id=3, seed=12345, stream=0, points=1_000_000, kernel="numpy"),
+)
+"""A long run's first samples: each far below auto's switch point (2e8 points)."""
+
+
+def hinted_answers(environ: dict[str, str], expected_points: int | None) -> tuple[list[Result], list[dict[str, Any]]]:
+    with worker_process(environ, expected_points) as (process, client):
+        results = []
+        for sample in HINTED:  # one at a time: the first is the first the worker counts
+            client.send(sample)
+            result = client.receive()
+            assert isinstance(result, Result), result
+            results.append(result)
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.close()  # ends in order, not waiting for the points the hint announced
+        stderr = process.stderr.read()
+        assert process.wait(timeout=TIMEOUT) == 0
+    return results, [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def warm_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A numba cache compiled and marked warm once, for this module's tests that need one."""
+    directory = str(tmp_path_factory.mktemp("warm") / "numba-cache")
+    warm_cache(base_environment(NUMBA_CACHE_DIR=directory))
+    return directory
+
+
+def test_a_long_hinted_run_counts_in_the_lanes_from_its_first_sample(warm_cache_dir: str) -> None:
+    """protocol.md §5.1: a hello announcing 1e10 points makes auto load at once (from a
+    warm cache), and the first sample waits for it rather than count with NumPy; the
+    counts are those of a run without the hint, which counts with NumPy."""
+    environ = base_environment(NUMBA_CACHE_DIR=warm_cache_dir)
+    hinted, logs = hinted_answers(environ, 10**10)
+    plain, plain_logs = hinted_answers(environ, None)
+    assert [r.implementation for r in hinted] == ["numba-fused"] * len(HINTED)
+    assert [r.implementation for r in plain] == ["numpy"] * len(HINTED)
+    assert [(r.inside, r.insides) for r in hinted] == [(r.inside, r.insides) for r in plain]
+    assert hinted[0].inside == numpy_impl.count(7, 0, 20_000_000)
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["numpy_points"] == 0 and "hint of 10000000000 points" in loaded["why"]
+    assert not events(plain_logs, "numpy_kernel_implementation")
+
+
+def test_mcpi_estimate_hints_each_worker_its_share_and_long_runs_load_at_once(warm_cache_dir: str) -> None:
+    environ = base_environment(NUMBA_CACHE_DIR=warm_cache_dir)
+    command = [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "3e8", "--workers", "2",
+               "--seed", "3", "--json", "--log-level", "info", "--log-format", "json"]  # fmt: skip
+    done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["inside"] == sum(numpy_impl.count(3, stream, 10_000_000) for stream in range(30))
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    hints = [e["fields"]["expected_points"] for e in logs if e["event"].endswith(": handshake")]
+    assert hints == [150_000_000, 150_000_000]
+    loads = [e["fields"] for e in logs if e["event"].endswith(": numpy_kernel_implementation")]
+    assert [(load["numpy_points"], "hint" in load["why"]) for load in loads] == [(0, True)] * 2
 
 
 def test_mcpi_estimate_warms_a_cold_cache_itself_and_ends_no_process_of_it(cache_dir: str) -> None:

@@ -30,7 +30,7 @@ from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Request
 from mcpi_coordinator.pool.stats import SlotState
-from mcpi_coordinator.pool.worker_pool import WorkerPool, default_task_timeout
+from mcpi_coordinator.pool.worker_pool import CLIENT_NAME, WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_launch, by_slot, fake_launcher
 from mcpi_coordinator.testing.processes import still_running
@@ -75,6 +75,18 @@ async def run_all(pool: WorkerPool, work: list[Chunk]) -> int:
             assert result.inside == count_numpy(SEED, result.chunk.stream, result.chunk.points)
             inside += result.inside
     return inside
+
+
+@pytest.mark.parametrize("expected_points", [None, 0, 10**10])
+async def test_every_worker_s_hello_carries_the_pool_s_size_hint(expected_points: int | None) -> None:
+    """protocol.md §5.1: ``WorkerPool(expected_points=)`` goes in each hello; none by default."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, FakeBehaviour())
+            async with WorkerPool(2, launcher=launcher, expected_points=expected_points) as pool:
+                assert await run_all(pool, chunks(4)) == expected_inside(4)
+            hellos = [fake.stats.received[0] for fake in launcher.launched]
+            assert hellos == [protocol.Hello(protocol.PROTOCOL_VERSIONS, CLIENT_NAME, expected_points)] * 2
 
 
 async def test_handshake_stats_and_repr() -> None:

@@ -459,6 +459,25 @@ def test_an_id_on_a_message_never_answered_by_id_is_not_usable(body: dict[str, A
     assert decode_three_ways(frame(body)) == request_failure(ErrorCode.INVALID_REQUEST, None)
 
 
+def test_the_size_hint_is_optional_left_out_when_absent_and_any_uint64() -> None:
+    """protocol.md §5.1: absent means not said (None), and a hello without it keeps its
+    bytes; 0 and 2**64-1 are valid."""
+    plain = {"type": "hello", "versions": [1, 2], "client": "c"}
+    assert decode_three_ways(frame(plain)) == [Hello((1, 2), "c", None)]
+    assert encode(Hello((1, 2), "c")) == frame(plain)
+    for points in (0, 1, 10**10, UINT64_MAX):
+        hinted = {**plain, "expected_points": points}
+        assert decode_three_ways(frame(hinted)) == [Hello((1, 2), "c", points)]
+        assert encode(Hello((1, 2), "c", points)) == frame(hinted)
+
+
+@pytest.mark.parametrize("points", ["1e9", -1, 1.5e9, 1e9, True, None, [10], {"points": 1}])
+def test_a_hello_with_a_bad_size_hint_is_fatal(points: Any) -> None:
+    """Not a uint64: the hello breaks §4, and a hello has no usable id (§5.1, §8)."""
+    data = frame({"type": "hello", "versions": [1, 2], "client": "c", "expected_points": points})
+    assert decode_three_ways(data) == request_failure(ErrorCode.INVALID_REQUEST, None)
+
+
 def test_a_valid_hello_with_an_extra_id_is_just_a_hello() -> None:
     data = frame({"type": "hello", "id": 5, "versions": [1], "client": "c"})
     assert decode_three_ways(data) == [Hello((1,), "c")]
@@ -515,7 +534,7 @@ uint64 = st.integers(0, UINT64_MAX)
 text = st.text(max_size=40)
 coordinator_messages = st.one_of(
     st.builds(Hello, versions=st.lists(st.integers(1, UINT64_MAX), min_size=1, max_size=8).map(
-        tuple), client=text),
+        tuple), client=text, expected_points=st.none() | uint64),
     st.builds(Sample, id=uint64, seed=uint64, stream=uint64,
               points=st.integers(0, MAX_POINTS), kernel=text, streams=st.integers(1, UINT64_MAX),
               group=st.none() | st.integers(1, UINT64_MAX)),

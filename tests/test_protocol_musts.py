@@ -466,6 +466,21 @@ RULES: dict[str, Rule] = {
         f"{M}::test_precedence_on_a_version_1_connection",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[first_bad_field_named]",
     ),
+    "size_hint_changes_no_count": rule(
+        "A worker MUST NOT let the hint change any count",
+        "test_kernel_worker.py::test_a_long_hinted_run_counts_in_the_lanes_from_its_first_sample",
+        "test_kernel_choice.py::test_a_short_hint_loads_nothing",
+        "test_kernel_choice.py::test_a_sample_waiting_for_a_hinted_load_is_cancelled",
+    ),
+    "size_hint_must_be_uint64": rule(
+        "breaks §3/§4 and MUST be refused with the fatal `invalid_request`",
+        "test_protocol.py::test_a_hello_with_a_bad_size_hint_is_fatal",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_hint_string]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_hint_negative]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_hint_float]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_hint_bool]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_hint_nil]",
+    ),
     "precedence_hello": rule(
         "4. `hello` when already serving (fatal `invalid_request`)",
         f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[second_hello_bad_versions]",
@@ -680,6 +695,8 @@ def nested(levels: int) -> Any:
 
 PING = {"type": "ping", "id": 1}
 HELLO_V2 = frame({"type": "hello", "versions": [1, 2], "client": "hostile"})
+HELLO_HINT = {"type": "hello", "versions": [1, 2], "client": "hostile"}
+"""A hello to add a bad size hint to (protocol.md §5.1)."""
 
 
 def sample(id: int, **fields: Any) -> dict[str, Any]:
@@ -739,6 +756,11 @@ FATAL_FRAMES: dict[str, tuple[bytes, str, bool]] = {
         frame({"type": "hello", "id": 7, "versions": [], "client": "x"}), "invalid_request", True,
     ),
     "second_hello_bad_versions": (frame({"type": "hello", "versions": [0], "client": "x"}), "invalid_request", False),
+    "hello_hint_string": (frame({**HELLO_HINT, "expected_points": "1e9"}), "invalid_request", True),
+    "hello_hint_negative": (frame({**HELLO_HINT, "expected_points": -1}), "invalid_request", True),
+    "hello_hint_float": (frame({**HELLO_HINT, "expected_points": 1e9}), "invalid_request", True),
+    "hello_hint_bool": (frame({**HELLO_HINT, "expected_points": True}), "invalid_request", True),
+    "hello_hint_nil": (frame({**HELLO_HINT, "expected_points": None}), "invalid_request", True),
     "shutdown_with_a_junk_id": (frame({"type": "shutdown", "id": "junk"}), "", False),
 }  # fmt: skip
 """Frames after which the only thing a worker may write is one error with a nil id

@@ -322,6 +322,7 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
         slot_hosts=hosts,
         starting_limits=args.starting_limits,
         wait_for_all=_wait_for_every_worker(args),
+        expected_points=-(-_asked_points(args) // len(args.slots)),  # each worker's share: a hint
     )
     failure: McpiError | None = None
     with progress.shown(line, shown):

@@ -58,7 +58,11 @@ EventSink = Callable[["WorkerConnection", list[CoordinatorEvent]], None]
 
 
 class WorkerConnection:
-    """Speaks the protocol with one ``WorkerProcess``. Run ``run_pipes()`` in a nursery."""
+    """Speaks the protocol with one ``WorkerProcess``. Run ``run_pipes()`` in a nursery.
+
+    ``expected_points``, when given, goes in the ``hello`` as the size hint (protocol.md
+    §5.1): the points this worker is expected to count, so it can load its fast kernel at
+    once for a long run."""
 
     def __init__(
         self,
@@ -69,12 +73,13 @@ class WorkerConnection:
         task_budget: TaskBudget,
         sink: EventSink,
         logger: Any = None,
+        expected_points: int | None = None,
     ) -> None:
         if process.stdin is None or process.stdout is None or process.stderr is None:
             raise ValueError("a worker process needs stdin, stdout and stderr pipes")
         self.process = process
         self.slot = slot
-        self.end = CoordinatorEnd(client=client, task_budget=task_budget)
+        self.end = CoordinatorEnd(client=client, task_budget=task_budget, expected_points=expected_points)
         self.welcome: Welcome | None = None
         self.failure: str | None = None
         """Why the connection broke (one line), once it has."""

@@ -56,6 +56,7 @@ class SlotSettings:
     max_start_attempts: int
     shutdown_grace: float
     backoff_s: float
+    expected_points: int | None = None
 
 
 class SlotOwner(Protocol):
@@ -300,6 +301,7 @@ class Slot:
             client=settings.client,
             task_budget=settings.task_budget,
             sink=self._dispatcher.on_events,
+            expected_points=settings.expected_points,
         )
         self.pid = self.last_pid = process.pid
         async with trio.open_nursery() as pipes:

@@ -124,7 +124,8 @@ class WorkerPool:
     ``max_chunk_attempts`` workers in a row failing on one chunk make it a
     ``ChunkFailed``. ``shutdown_grace`` (seconds) is how long a worker asked to shut
     down gets before SIGTERM, and again before SIGKILL. ``client`` is the name sent in
-    the ``hello``.
+    the ``hello``, and ``expected_points`` the size hint sent with it (protocol.md §5.1:
+    the points each worker is expected to count; None sends none).
 
     ``slot_hosts`` names the host each slot's workers run on (None: here); slots on one
     host are reported together: only the first of them to be retired logs a warning,
@@ -166,6 +167,7 @@ class WorkerPool:
         max_starting: int | None = None,
         starting_limits: Sequence[StartLimiter] | None = None,
         wait_for_all: bool = True,
+        expected_points: int | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
@@ -198,6 +200,7 @@ class WorkerPool:
             max_start_attempts=max_start_attempts,
             shutdown_grace=shutdown_grace,
             backoff_s=backoff_s,
+            expected_points=expected_points,
         )
         if starting_limits is None:
             starting_limits = [trio.CapacityLimiter(max_starting or default_max_starting())] * size

@@ -17,6 +17,12 @@ short run's whole sampling time. So the policy (``MCPI_NUMPY_IMPL``):
   (the first run after an install), compiling (seconds of CPU) would make the run slower
   than NumPy alone, so another process compiles it at the lowest priority
   (``warm.py``) while this one counts on with NumPy, and loads once it is warm.
+  A coordinator that knows the run is long says so in its ``hello`` (the size hint,
+  protocol.md §5.1, ``expect``): from a hint of at least ``LOAD_AT_ONCE_POINTS`` the
+  load starts at once, and the first sample waits for it rather than count on NumPy
+  beside it, so a long run counts in the lanes from its first point. Only one sample at
+  a time waits: under ``--jobs N`` the others count with NumPy meanwhile, on the cores
+  the load (one thread) leaves free.
 - ``fused``: load as early as possible: ``prepare`` (``prepare_kernels`` at worker
   start-up) loads it at once; without it, the first sample starts the background load.
   For a coordinator that knows its run is long.
@@ -53,6 +59,19 @@ SWITCH_AFTER_POINTS: Final[int] = 200_000_000
 points with NumPy (~0.5 s of NumPy work here). The load costs ~0.25 s of CPU with a
 warm cache and each point counted fused afterwards saves ~1.5 ns (benchmarks/kernel.py),
 so it has earned itself back after ~1.7e8 more points: rent until then, then buy."""
+
+LOAD_AT_ONCE_POINTS: Final[int] = 100_000_000
+"""A size hint (``expect``) of at least this many points makes ``auto`` load at once: about
+the points after which the load from a warm cache has earned itself back, counted by the
+compiled loop instead of NumPy (docs/worker.md, "The size hint", has the measurements)."""
+
+WAIT_MIN_POINTS: Final[int] = 1 << 20
+"""The fewest points of a sample that waits for a hinted load: a smaller one costs NumPy
+no more than a few milliseconds, and the worker's reader thread runs small samples
+itself (``server.INLINE_MAX_WORK``), which must never wait for a load."""
+
+WAIT_POLL_S: Final[float] = 0.005
+"""How often a sample waiting for a hinted load looks at its stop flag."""
 
 EXIT_WAIT_S: Final[float] = 10.0
 """At interpreter exit, how long to wait for a load still running in the background:
@@ -220,6 +239,8 @@ class NumpyKernelStatus:
     fused: LoadedFused | None
     unavailable: str | None
     """Why the fused implementation is not used, once a load was tried and failed."""
+    waiting: bool = False
+    """A sample is waiting for a load that a size hint started (``expect``)."""
 
 
 class NumpyKernel:
@@ -239,10 +260,15 @@ class NumpyKernel:
         *,
         loader: Loader = load_fused,
         switch_after_points: int = SWITCH_AFTER_POINTS,
+        load_at_once_points: int = LOAD_AT_ONCE_POINTS,
         environ: Mapping[str, str] = os.environ,
         cache: FusedCache | None = None,
     ) -> None:
         self._policy = policy
+        self._load_at_once_points = load_at_once_points
+        self._hinted = False
+        """The load was started by a size hint: a sample waits for it (``_await_hinted_load``)."""
+        self._waiting = False
         self._loader = loader
         self._cache = cache
         self._warming = False
@@ -271,6 +297,22 @@ class NumpyKernel:
             self._run_load("MCPI_NUMPY_IMPL=fused, at start-up")
         return self.implementation()
 
+    def expect(self, points: int) -> None:
+        """The size hint (protocol.md §5.1): this process expects to count ``points`` in
+        all. Under ``auto``, from ``LOAD_AT_ONCE_POINTS`` on, start loading the fused
+        implementation now (from a warm cache; a cold one starts warming now instead).
+        It changes no count, and nothing under ``fused`` or ``numpy``. Quick: it never
+        loads on the calling thread (the worker's reader)."""
+        if self.policy is not Policy.AUTO or points < self._load_at_once_points:
+            return
+        cache = self._fused_cache()
+        if not cache.is_warm():
+            self._warm_cache(cache)
+            return
+        with self._lock:
+            self._hinted = self._load is _Load.NOT_TRIED
+        self._start_background_load(f"MCPI_NUMPY_IMPL=auto, a hint of {points} points expected")
+
     def implementation(self) -> Implementation:
         return Implementation.NUMBA_FUSED if self._fused else Implementation.NUMPY
 
@@ -290,6 +332,7 @@ class NumpyKernel:
                 switch_after_points=self._switch_after_points,
                 fused=self._fused,
                 unavailable=self._unavailable,
+                waiting=self._waiting,
             )
 
     def __call__(self, seed: int, stream: int, points: int, should_stop: StopCheck = never) -> int:
@@ -304,6 +347,7 @@ class NumpyKernel:
         is: a load that completes in the middle of a range takes the rest of it."""
         counts: list[int] = []
         numpy_allowed = self.policy is not Policy.NUMPY
+        self._await_hinted_load(streams * points, should_stop)
         while len(counts) < streams:
             if (fused := self._fused) is not None and numpy_allowed:
                 done = len(counts)
@@ -330,6 +374,7 @@ class NumpyKernel:
         elif implementation is Implementation.NUMPY:
             counter = numpy_impl.count
         else:
+            self._await_hinted_load(points, should_stop)
             counter = self._choose()
         if block_points is None:
             return counter(seed, stream, points, should_stop)
@@ -346,6 +391,25 @@ class NumpyKernel:
         if policy is Policy.FUSED:
             self._start_background_load("MCPI_NUMPY_IMPL=fused")
         return functools.partial(numpy_impl.count, switch=self._switch)
+
+    def _await_hinted_load(self, points: int, should_stop: StopCheck) -> None:
+        """While a load that a size hint started runs, let one sample of ``points`` (at
+        least ``WAIT_MIN_POINTS``) wait for it, until it ends or ``should_stop`` says so,
+        instead of counting with NumPy: the load holds the GIL for most of its time, and
+        on a busy core NumPy beside it only delays the lanes. Every other sample goes on
+        at once, with NumPy: under ``--jobs N`` a core the load leaves free is not left
+        idle."""
+        if not self._hinted or points < WAIT_MIN_POINTS:
+            return
+        with self._lock:
+            if self._waiting or self._load is not _Load.LOADING:
+                return
+            self._waiting = True
+            try:
+                while self._load is _Load.LOADING and not should_stop():
+                    self._load_done.wait(WAIT_POLL_S)
+            finally:
+                self._waiting = False
 
     def _switch(self, counted: int) -> Continuation | None:
         """After each NumPy block: account for it; start the load when renting stops
@@ -364,15 +428,22 @@ class NumpyKernel:
             cache = self._fused_cache()
             if cache.is_warm():
                 self._start_background_load(f"MCPI_NUMPY_IMPL=auto, after {total} points counted with NumPy")
-            elif not self._warming:
-                self._warming = True
-                cache.warm()
-                kernel_log().info(
-                    "fused_kernel_cache_cold",
-                    consequence="compiling it in a separate process at the lowest priority; NumPy "
-                    "counts until it is done; to compile it at once: python -m mcpi_worker.kernels.warm",
-                )
+            else:
+                self._warm_cache(cache)
         return None
+
+    def _warm_cache(self, cache: FusedCache) -> None:
+        """Have a cold cache warmed by another process, once (``warm.py``)."""
+        with self._lock:
+            if self._warming:
+                return
+            self._warming = True
+        cache.warm()
+        kernel_log().info(
+            "fused_kernel_cache_cold",
+            consequence="compiling it in a separate process at the lowest priority; NumPy "
+            "counts until it is done; to compile it at once: python -m mcpi_worker.kernels.warm",
+        )
 
     def _fused_cache(self) -> FusedCache:
         if self._cache is None:
@@ -434,12 +505,14 @@ class NumpyKernel:
         with self._lock:
             self._load, self._fused = _Load.LOADED, loaded
             self._load_done.notify_all()
+            numpy_points = self._numpy_points
         if loaded.cache_path is not None:  # compiled in memory only: the cache is no warmer
             self._fused_cache().mark_warm()
         kernel_log().info(
             "numpy_kernel_implementation",
             implementation=Implementation.NUMBA_FUSED.value,
             why=why,
+            numpy_points=numpy_points,  # counted with NumPy before it was loaded
             load_s=round(loaded.load_s, 4),
             compiled=loaded.compiled,
             cache_path=loaded.cache_path,

@@ -157,10 +157,10 @@ points (``Sample.work``: its points and each stream's set-up; 0 for a ping)."""
 class CoordinatorEnd:
     """The coordinator side of one connection. See the module docstring.
 
-    The ``hello`` (with ``versions``, naming ``client``) is the first thing in
-    ``data_to_send()``. Requests may be sent once ``Welcomed`` (state ``SERVING``), and
-    only requests the ``welcome`` allows (``LocalProtocolError`` otherwise: a bug here,
-    not in the worker).
+    The ``hello`` (with ``versions``, naming ``client``, and ``expected_points`` when
+    given: the size hint of protocol.md §5.1) is the first thing in ``data_to_send()``.
+    Requests may be sent once ``Welcomed`` (state ``SERVING``), and only requests the
+    ``welcome`` allows (``LocalProtocolError`` otherwise: a bug here, not in the worker).
     """
 
     def __init__(
@@ -169,6 +169,7 @@ class CoordinatorEnd:
         client: str,
         task_budget: TaskBudget,
         versions: tuple[int, ...] = PROTOCOL_VERSIONS,
+        expected_points: int | None = None,
     ) -> None:
         self._versions = versions
         self._task_budget = task_budget
@@ -185,7 +186,7 @@ class CoordinatorEnd:
         self._pings: dict[int, _InFlight] = {}
         self._running = 0  # samples flagged running: the first min(jobs, len) of _samples
         self._deadline = math.inf
-        self._out: list[bytes] = [encode(Hello(versions=versions, client=client))]
+        self._out: list[bytes] = [encode(Hello(versions, client, expected_points))]
 
     def __repr__(self) -> str:
         return f"<CoordinatorEnd {self._state.value} in_flight={self.in_flight}>"

@@ -162,6 +162,10 @@ class Hello:
     TYPE: ClassVar[str] = "hello"
     versions: tuple[int, ...]
     client: str
+    expected_points: int | None = None
+    """Optional, either version: the points in all the coordinator expects to ask of this
+    worker (a hint, protocol.md §5.1: it changes no count and limits nothing; None: not
+    said). A worker may load a faster implementation at once for a long run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +431,7 @@ COUNTS: Final = FieldRule(
 )
 
 FIELDS: Final[dict[type[Message], dict[str, FieldRule]]] = {
-    Hello: {"versions": VERSIONS, "client": TEXT},
+    Hello: {"versions": VERSIONS, "client": TEXT, "expected_points": UINT64},
     Sample: {
         "id": UINT64, "seed": UINT64, "stream": UINT64, "points": POINTS, "kernel": TEXT,
         "streams": POSITIVE, "group": POSITIVE,
