@@ -31,8 +31,9 @@ How it fits together:
   backstop when the coordinator died; ssh hosts refuse handshakes beyond
   ``MaxStartups``.
 - **Recovery.** A request whose worker dies, breaks the protocol or stalls past the
-  task timeout gets ``WorkerFailure``; ``sample`` then simply sends it again on the
-  next free lane. Chunks are deterministic, so a retried chunk counts the same.
+  task timeout gets ``WorkerFailure``; ``sample``, ``ping`` and batches then send it
+  again on the next free lane, by the one rule of ``retry``. Chunks are deterministic,
+  so a retried chunk counts the same.
 - **Cancellation.** Cancelling a caller of ``sample`` sends ``cancel`` for its
   request. Leaving ``async with`` stops every slot: shutdown → close stdin → grace →
   SIGTERM → SIGKILL, and returns only once every worker process has been reaped.
@@ -350,6 +351,22 @@ class WorkerPool:
         finally:
             batch.close()
 
+    def retire(self, slot: int, reason: str) -> None:
+        """Stop using ``slot`` (0 to ``size`` - 1) for good (a worker found giving wrong
+        counts, say): its worker is stopped, what it had in flight goes to the others,
+        and no replacement is started. ``reason`` is logged as a warning and recorded in
+        ``PoolStats.failures``. Returns at once; the slot reads ``retired`` once its
+        worker is reaped. Retiring a slot already retired or stopped does nothing; the
+        last slot retired leaves the pool exhausted (every request waiting then, or
+        made later, fails with ``PoolExhausted``).
+        Raises ``PoolExhausted``/``PoolClosed`` if the pool is not open, and
+        ``IndexError`` for a slot that is not one of the pool's: a negative number too,
+        which Python's indexing would otherwise take as counted from the end."""
+        self._require_open()
+        if not 0 <= slot < len(self._slots):
+            raise IndexError(f"no slot {slot}: the pool's slots are 0 to {len(self._slots) - 1}")
+        self._slots[slot].retire(reason)
+
     @property
     def stats(self) -> PoolStats:
         """A snapshot of the pool and of each slot (read inside ``trio.run``: the
@@ -412,22 +429,6 @@ class WorkerPool:
     def _record(self, connection: Connection, chunk: Chunk, result: Result) -> ChunkResult:
         """The dispatcher's ``Record``: the result counts in its slot's totals."""
         return self._slots[connection.slot].record(connection, chunk, result)
-
-    def retire(self, slot: int, reason: str) -> None:
-        """Stop using ``slot`` (0 to ``size`` - 1) for good (a worker found giving wrong
-        counts, say): its worker is stopped, what it had in flight goes to the others,
-        and no replacement is started. ``reason`` is logged as a warning and recorded in
-        ``PoolStats.failures``. Returns at once; the slot reads ``retired`` once its
-        worker is reaped. Retiring a slot already retired or stopped does nothing; the
-        last slot retired leaves the pool exhausted (every request waiting then, or
-        made later, fails with ``PoolExhausted``).
-        Raises ``PoolExhausted``/``PoolClosed`` if the pool is not open, and
-        ``IndexError`` for a slot that is not one of the pool's: a negative number too,
-        which Python's indexing would otherwise take as counted from the end."""
-        self._require_open()
-        if not 0 <= slot < len(self._slots):
-            raise IndexError(f"no slot {slot}: the pool's slots are 0 to {len(self._slots) - 1}")
-        self._slots[slot].retire(reason)
 
     # ------------------------------------------------------------------ what its slots tell it
 
