@@ -4,7 +4,6 @@ through the ``launcher`` parameter. Time-dependent tests use ``autojump_clock``:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -12,7 +11,6 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Any
 
 import pytest
 import structlog
@@ -27,8 +25,7 @@ from mcpi_coordinator.errors import (
     RequestFailed,
 )
 from mcpi_coordinator.launch.transport import WorkerProcess
-from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
-from mcpi_coordinator.pool.dispatch import Connection, Dispatcher, Request
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.pool.worker_pool import CLIENT_NAME, WorkerPool, default_task_timeout
 from mcpi_coordinator.testing import FakeBehaviour
@@ -617,165 +614,6 @@ async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: 
             assert "failed on 2 workers in a row" in message
             assert "FakeWorkerProcess" in message and "exit code 7" in message
             assert "crashing as asked" in message
-
-
-class FakeConnection:
-    """What the dispatcher needs of a worker connection (``dispatch.Connection``, which
-    mypy checks it against), without pipes: it records what is sent, and the test
-    answers by handing events to ``Dispatcher.on_events``."""
-
-    def __init__(self, slot: int, kernels: tuple[str, ...] = ("numpy", "python"), usable: bool = True) -> None:
-        self.slot = slot
-        self.pid = 1000 + slot
-        self.usable = usable
-        self.welcome: protocol.Welcome | None = protocol.Welcome(
-            1, "fake", 1, "host", kernels, 64, 1 << 20, protocol.MAX_POINTS
-        )
-        self.jobs_shown = 1
-        self.ended = trio.Event()
-        self.end_reason: str | None = None
-        self.sent: list[tuple[int, Any]] = []  # (request id, token): the tests read its chunk
-        self.cancelled: list[int] = []
-        self._ids = iter(range(1, 1 << 30))
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.sent)
-
-    def holding(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def send_sample(
-        self,
-        seed: int,
-        stream: int,
-        points: int,
-        kernel: str,
-        token: Request,
-        *,
-        streams: int = 1,
-        group: int | None = None,
-    ) -> int:
-        assert self.usable
-        request_id = next(self._ids)
-        self.sent.append((request_id, token))
-        return request_id
-
-    def send_ping(self, token: Request) -> int:
-        return self.send_sample(0, 0, 0, "", token)
-
-    def cancel(self, request_id: int) -> None:
-        self.cancelled.append(request_id)
-
-    def answer_all(self, dispatcher: Dispatcher) -> None:
-        sent, self.sent = self.sent, []
-        events: list[protocol.CoordinatorEvent] = []
-        for i, token in sent:
-            assert token.chunk is not None
-            events.append(protocol.Answered(i, protocol.Result(i, 0, token.chunk.points, 0.0), token, False))
-        dispatcher.on_events(self, events)
-
-
-def _recorder() -> tuple[list[tuple[str, object]], Any]:
-    outcomes: list[tuple[str, object]] = []
-
-    def deliver(request: Request, outcome: object) -> None:
-        outcomes.append((request.chunk.kernel if request.chunk else "ping", outcome))
-
-    return outcomes, deliver
-
-
-def _record(connection: Connection, chunk: Chunk, result: protocol.Result) -> ChunkResult:
-    return ChunkResult(chunk, result.inside, result.elapsed_s, connection.slot, connection.pid)
-
-
-def test_requests_go_to_retries_first_then_in_arrival_order() -> None:
-    dispatcher = Dispatcher(_record)
-    outcomes, deliver = _recorder()
-    order: list[str] = []
-
-    def request(name: str) -> Request:
-        def named(r: Request, outcome: object) -> None:
-            order.append(name)
-            deliver(r, outcome)
-
-        return Request(Chunk(SEED, len(order), 10), named)
-
-    fresh1, fresh2, retry, withdrawn = (request(n) for n in ("fresh1", "fresh2", "retry", "withdrawn"))
-    for r in (fresh1, fresh2):
-        dispatcher.dispatch(r)
-    dispatcher.dispatch(retry, retry=True)
-    dispatcher.dispatch(withdrawn)
-    dispatcher.withdraw(withdrawn)
-    stale = FakeConnection(0, usable=False)
-    dispatcher.add_worker(stale, depth=4)
-    assert stale.sent == []  # a worker that failed meanwhile gets nothing
-    worker = FakeConnection(1)
-    dispatcher.add_worker(worker, depth=2)
-    assert [token for _, token in worker.sent] == [retry, fresh1]  # retries first
-    worker.answer_all(dispatcher)  # its room goes to the next in line, at once
-    assert [token for _, token in worker.sent] == [fresh2]
-    assert order == ["retry", "fresh1"]
-    late = request("late")
-    dispatcher.dispatch(late)  # room for one more: sent now
-    assert [token for _, token in worker.sent] == [fresh2, late]
-    queued = request("queued")
-    dispatcher.dispatch(queued)
-    dispatcher.close(PoolClosed("closed"))
-    assert order[-1] == "queued" and isinstance(outcomes[-1][1], PoolClosed)
-    dispatcher.dispatch(request("after close"))
-    assert order[-1] == "after close" and isinstance(outcomes[-1][1], PoolClosed)
-
-
-def test_requests_go_only_to_workers_that_offer_what_they_need() -> None:
-    dispatcher = Dispatcher(_record)
-    outcomes, deliver = _recorder()
-    numpy_only = FakeConnection(0, kernels=("numpy",))
-    python_only = FakeConnection(1, kernels=("python",))
-    dispatcher.add_worker(numpy_only, depth=1)
-    dispatcher.add_worker(python_only, depth=1)
-    dispatcher.dispatch(Request(Chunk(SEED, 0, 10, "numpy"), deliver))
-    dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "numpy"), deliver))  # waits for numpy_only
-    dispatcher.dispatch(Request(Chunk(SEED, 2, 10, "python"), deliver))  # overtakes it
-    assert [t.chunk.kernel for _, t in numpy_only.sent] == ["numpy"]
-    assert [t.chunk.kernel for _, t in python_only.sent] == ["python"]
-    python_only.answer_all(dispatcher)
-    assert python_only.sent == []  # the numpy chunk in line is not for it
-    numpy_only.answer_all(dispatcher)
-    assert [t.chunk.stream for _, t in numpy_only.sent] == [1]
-    dispatcher.dispatch(Request(Chunk(SEED, 3, 10, "cuda"), deliver))
-    kernel, failure = outcomes[-1]
-    assert kernel == "cuda" and isinstance(failure, RequestFailed) and not failure.retryable
-    assert "no worker offers kernel 'cuda'" in str(failure)
-    dispatcher.dispatch(Request(Chunk(SEED, 4, 10, "numpy"), deliver, avoid=frozenset({0})))
-    assert "slots [0] are avoided" in str(outcomes[-1][1])
-    solo = Dispatcher(_record)
-    solo.add_worker(FakeConnection(7), depth=1)
-    solo.dispatch(Request(Chunk(SEED, 5, 10), deliver, avoid=frozenset({7})))
-    assert "every worker that could take it is avoided (slots [7])" in str(outcomes[-1][1])
-
-
-def test_a_thousand_refused_requests_are_a_loop_not_a_recursion() -> None:
-    """Issue 11, defect 2: each refusal used to start the next request from inside the
-    previous one's refusal; 1000 of them overflowed the stack."""
-    dispatcher = Dispatcher(_record)
-    outcomes, deliver = _recorder()
-    busy = FakeConnection(0, kernels=("numpy",))
-    dispatcher.add_worker(busy, depth=1)
-    dispatcher.dispatch(Request(Chunk(SEED, 0, 10), deliver))  # holds the only room
-    again: list[int] = []
-
-    def retry_forever(request: Request, outcome: object) -> None:
-        # A caller that dispatches again from its delivery: still no recursion.
-        if len(again) < 5000 and isinstance(outcome, RequestFailed):
-            again.append(1)
-            dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "python"), retry_forever))
-
-    for stream in range(1000):
-        dispatcher.dispatch(Request(Chunk(SEED, stream, 10, "python"), retry_forever))
-    assert len(again) == 5000
-    busy.answer_all(dispatcher)
-    assert outcomes and isinstance(outcomes[0][1], ChunkResult)
 
 
 async def test_ping_with_the_real_worker() -> None:

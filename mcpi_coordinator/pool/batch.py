@@ -89,8 +89,8 @@ class Batch:
         if self._ready:
             await trio.lowlevel.cancel_shielded_checkpoint()  # Trio's rule: always a checkpoint
         while not self._ready:
-            if self._iterator_done and not self._pending:
-                raise StopAsyncIteration
+            if (self._iterator_done or self._closed) and not self._pending:
+                raise StopAsyncIteration  # closed: nothing more is coming, never wait for it
             self._arrived = trio.Event()
             await self._arrived.wait()
         item = self._ready.popleft()

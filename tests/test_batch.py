@@ -1,0 +1,110 @@
+"""``pool.batch``: many chunks through the dispatcher with no task per chunk, driven by hand.
+
+A real ``Dispatcher`` and ``FakeConnection``s (no process, no pipes): the test makes the
+workers answer, refuse or break, and reads what the batch's consumer gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import trio
+from fake_connection import FakeConnection, record
+
+from mcpi_coordinator.errors import ChunkFailed, McpiError, RequestFailed
+from mcpi_coordinator.pool.batch import Batch
+from mcpi_coordinator.pool.chunks import Chunk
+from mcpi_coordinator.pool.dispatch import Connection, Dispatcher
+from mcpi_worker import protocol
+
+SEED = 5
+
+
+async def why_it_ended(connection: Connection, error: McpiError) -> str:
+    return f"worker {connection.slot}'s whole story ({error})"
+
+
+class Taken:
+    """An iterator of one-stream chunks that counts how many were taken from it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for stream in range(self.count):
+            self.taken += 1
+            yield Chunk(SEED, stream, 10)
+
+
+def batch_of(chunks: Iterator[Chunk], dispatcher: Dispatcher, *, window: int = 4, attempts: int = 2) -> Batch:
+    return Batch(chunks, window, dispatcher, why_it_ended=why_it_ended, max_chunk_attempts=attempts)
+
+
+def started(chunks: Iterator[Chunk], *, depth: int, window: int = 4) -> tuple[Dispatcher, FakeConnection, Batch]:
+    """A dispatcher with one worker of ``depth`` lanes, and a batch of ``chunks`` started on it."""
+    dispatcher = Dispatcher(record)
+    worker = FakeConnection(0)
+    dispatcher.add_worker(worker, depth=depth)
+    batch = batch_of(chunks, dispatcher, window=window)
+    batch.start()
+    return dispatcher, worker, batch
+
+
+async def test_chunks_are_taken_only_as_room_frees_up() -> None:
+    source = Taken(100)
+    dispatcher, worker, batch = started(iter(source), depth=1, window=3)
+    assert (source.taken, worker.in_flight) == (3, 1)  # the window: one sent, two in line
+    worker.answer_all(dispatcher)
+    assert source.taken == 3  # the consumer has not taken its result yet
+    result = await batch.__anext__()
+    assert result.chunk.stream == 0 and source.taken == 4
+    batch.close()
+
+
+async def test_a_failed_chunk_goes_first_in_line_and_a_poison_chunk_ends_with_its_workers_story() -> None:
+    dispatcher = Dispatcher(record, slots=1)
+    first = FakeConnection(0)
+    dispatcher.add_worker(first, depth=2)
+    batch = batch_of(iter(Taken(3)), dispatcher, window=3, attempts=2)
+    batch.start()
+    first.break_down(dispatcher)  # stream 0 was running on it, stream 1 queued behind it
+    second = FakeConnection(0)
+    dispatcher.add_worker(second, depth=3)
+    # The two failed chunks are retries: they go ahead of stream 2, which waited fresh.
+    assert [(token.chunk.stream, token.retried) for _, token in second.sent] == [(0, True), (1, True), (2, False)]
+    second.break_down(dispatcher)  # stream 0 fails on a second worker in a row: poison
+    with pytest.raises(ChunkFailed) as failed:
+        with trio.fail_after(5):
+            await batch.__anext__()
+    assert str(failed.value) == (
+        "chunk 0 of seed 5 failed on 2 workers in a row; "
+        "last: worker 0's whole story (exited (exit code 9))"
+    )
+
+
+async def test_a_refusal_for_good_is_raised_and_the_rest_cancelled() -> None:
+    dispatcher, worker, batch = started(iter(Taken(2)), depth=2)
+    request_ids = [i for i, _ in worker.sent]
+    refusal = protocol.Error(request_ids[0], "invalid_request", "no")
+    events: list[protocol.CoordinatorEvent] = [protocol.Answered(request_ids[0], refusal, worker.sent[0][1], False)]
+    dispatcher.on_events(worker, events)
+    with pytest.raises(RequestFailed, match="invalid_request: no"):
+        await batch.__anext__()
+    assert worker.cancelled == [request_ids[1]]  # closed: what was still in flight is abandoned
+    with pytest.raises(StopAsyncIteration), trio.fail_after(5):
+        await batch.__anext__()  # asked again: it has ended
+
+
+async def test_closing_a_batch_drops_the_outcomes_still_to_come_and_ends_its_iteration() -> None:
+    """Iterating a closed batch (say, again after it raised) used to wait forever for
+    outcomes that ``close`` had dropped."""
+    source = Taken(10)
+    dispatcher, worker, batch = started(iter(source), depth=2, window=4)
+    batch.close()
+    assert worker.cancelled == [i for i, _ in worker.sent] and len(worker.cancelled) == 2
+    worker.answer_all(dispatcher)
+    with trio.fail_after(5):
+        assert [result async for result in batch] == []
+    assert source.taken == 4

@@ -1,0 +1,255 @@
+"""``pool.dispatch``: requests matched with workers that have room, driven by hand.
+
+No process, no pipes, no Trio run: ``FakeConnection`` stands for a worker's connection
+(typed as ``dispatch.Connection``) and the test hands the dispatcher the events its
+worker's answers would make. Each test pins one rule of the module's docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fake_connection import FakeConnection, record
+
+from mcpi_coordinator.errors import McpiError, PoolClosed, RequestFailed, WorkerFailure
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
+from mcpi_coordinator.pool.dispatch import RAMP, Dispatcher, Outcome, Request
+from mcpi_worker import protocol
+
+SEED = 11
+
+
+class Owner:
+    """A request's owner: keeps each outcome, and splits ranges as ``Batch`` does."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[Request, Outcome]] = []
+
+    def deliver(self, request: Request, outcome: Outcome) -> None:
+        self.outcomes.append((request, outcome))
+
+    def split(self, request: Request, streams: int) -> Request:
+        assert request.chunk is not None
+        head, request.chunk = request.chunk.split(streams)
+        return Request(head, self.deliver, request.avoid, splitter=self.split)
+
+    def request(self, chunk: Chunk | None) -> Request:
+        return Request(chunk, self.deliver)
+
+
+def in_line(request: Request) -> bool:
+    """``request.waiting``, read through a call: mypy would keep what an earlier assert
+    narrowed it to past the dispatcher's calls that change it."""
+    return request.waiting
+
+
+def sent_streams(worker: FakeConnection) -> list[int]:
+    return [worker.streams[i] for i, _ in worker.sent]
+
+
+def test_a_range_goes_out_in_pieces_that_grow_until_the_worker_has_answered() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record)
+    v2 = FakeConnection(0, version=protocol.RANGE_VERSION)
+    dispatcher.add_worker(v2, depth=3)
+    whole = Request(Chunk(SEED, 0, 1000, streams=100), owner.deliver, splitter=owner.split)
+    dispatcher.dispatch(whole)
+    # Its speed unknown, the worker gets one stream, then RAMP times more per piece.
+    assert sent_streams(v2) == [1, RAMP, RAMP * RAMP]
+    assert in_line(whole) and whole.chunk is not None and whole.chunk.stream == 1 + RAMP + RAMP * RAMP
+    v2.answer_all(dispatcher, elapsed_s=1e-3)  # now it is known: ~0.25 s of work a piece
+    assert [r.chunk.streams for r, _ in owner.outcomes if r.chunk] == [1, RAMP, RAMP * RAMP]
+    assert sent_streams(v2)[0] > RAMP * RAMP
+    pieces = [token.chunk for _, token in v2.sent]
+    assert pieces[0].stream == whole.chunk.stream - sum(p.streams for p in pieces)  # in order, no gap
+
+
+def test_a_version_1_worker_gets_a_range_one_stream_at_a_time() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record)
+    v1 = FakeConnection(0, version=1)
+    dispatcher.add_worker(v1, depth=2)
+    dispatcher.dispatch(Request(Chunk(SEED, 0, 1000, streams=5), owner.deliver, splitter=owner.split))
+    assert sent_streams(v1) == [1, 1]
+    v1.answer_all(dispatcher, elapsed_s=1e-3)
+    assert sent_streams(v1) == [1, 1]
+    v1.answer_all(dispatcher, elapsed_s=1e-3)
+    assert sent_streams(v1) == [1]
+    v1.answer_all(dispatcher)
+    assert sorted(r.chunk.stream for r, _ in owner.outcomes if r.chunk) == [0, 1, 2, 3, 4]
+
+
+def test_a_broken_worker_fails_its_requests_over_and_gets_nothing_more() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record, slots=2)
+    doomed, spare = FakeConnection(0), FakeConnection(1)
+    dispatcher.add_worker(doomed, depth=3)
+    running, queued, withdrawn = (owner.request(Chunk(SEED, s, 10)) for s in range(3))
+    for request in (running, queued, withdrawn):
+        dispatcher.dispatch(request)
+    dispatcher.withdraw(withdrawn)  # cancelled: its outcome is nobody's any more
+    doomed.break_down(dispatcher, "exited (exit code 9)")
+    failures = {request.chunk.stream: outcome for request, outcome in owner.outcomes if request.chunk}
+    assert set(failures) == {0, 1}
+    assert all(isinstance(f, WorkerFailure) and str(f) == "exited (exit code 9)" for f in failures.values())
+    assert [f.was_running for f in failures.values() if isinstance(f, WorkerFailure)] == [True, False]
+    dispatcher.add_worker(spare, depth=1)
+    dispatcher.dispatch(owner.request(Chunk(SEED, 3, 10)))
+    assert doomed.sent == [] and [t.chunk.stream for _, t in spare.sent] == [3]
+
+
+def test_withdrawing_cancels_a_sent_request_and_takes_a_waiting_one_out_of_line() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record)
+    worker = FakeConnection(0)
+    dispatcher.add_worker(worker, depth=1)
+    sent, waiting = owner.request(Chunk(SEED, 0, 10)), owner.request(Chunk(SEED, 1, 10))
+    dispatcher.dispatch(sent)
+    dispatcher.dispatch(waiting)
+    assert in_line(waiting)
+    dispatcher.withdraw(waiting)
+    dispatcher.withdraw(sent)
+    assert worker.cancelled == [sent.request_id] and not in_line(waiting)
+    worker.answer_all(dispatcher)  # the cancelled one's answer frees the room; nobody gets it
+    assert owner.outcomes == [] and worker.sent == []
+
+
+def test_a_worker_takes_no_more_per_job_than_it_has_shown_it_computes_at_once() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record)
+    wide = FakeConnection(0, jobs=4)
+    dispatcher.add_worker(wide, depth=8, per_job=2)  # its welcome claims 4 jobs
+    for stream in range(10):
+        dispatcher.dispatch(owner.request(Chunk(SEED, stream, 10)))
+    assert wide.in_flight == 2
+    wide.jobs_shown = 3  # it has been seen computing three at once
+    wide.answer_all(dispatcher)
+    assert wide.in_flight == 6
+
+
+def test_requests_wait_for_every_slot_to_say_what_it_offers_then_fail_if_none_can() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record, slots=2)
+    dispatcher.add_worker(FakeConnection(0, kernels=("numpy",)), depth=1)
+    python = owner.request(Chunk(SEED, 0, 10, "python"))
+    dispatcher.dispatch(python)
+    assert in_line(python) and owner.outcomes == []  # slot 1 may still offer it
+    dispatcher.forget_slot(1)  # it never will: retired
+    ((request, outcome),) = owner.outcomes
+    assert request is python and not in_line(python)
+    assert isinstance(outcome, RequestFailed) and "no worker offers kernel 'python'" in str(outcome)
+
+
+def test_a_refusal_is_the_requests_outcome_and_a_pong_is_none() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record)
+    worker = FakeConnection(3)
+    dispatcher.add_worker(worker, depth=2)
+    dispatcher.dispatch(owner.request(Chunk(SEED, 0, 10)))
+    dispatcher.dispatch(owner.request(None))
+    worker.refuse_all(dispatcher, protocol.ErrorCode.BUSY)
+    (_, refused), (_, ping) = owner.outcomes
+    assert isinstance(refused, RequestFailed) and refused.retryable
+    assert str(refused) == "worker 3 refused the request: busy: as the test asked"
+    assert isinstance(ping, McpiError)  # a ping refused is refused like a sample
+    dispatcher.dispatch(owner.request(None))
+    worker.answer_all(dispatcher)
+    assert owner.outcomes[-1][1] is None
+
+
+def _recorder() -> tuple[list[tuple[str, object]], Any]:
+    outcomes: list[tuple[str, object]] = []
+
+    def deliver(request: Request, outcome: object) -> None:
+        outcomes.append((request.chunk.kernel if request.chunk else "ping", outcome))
+
+    return outcomes, deliver
+
+
+def test_requests_go_to_retries_first_then_in_arrival_order() -> None:
+    dispatcher = Dispatcher(record)
+    outcomes, deliver = _recorder()
+    order: list[str] = []
+
+    def request(name: str) -> Request:
+        def named(r: Request, outcome: object) -> None:
+            order.append(name)
+            deliver(r, outcome)
+
+        return Request(Chunk(SEED, len(order), 10), named)
+
+    fresh1, fresh2, retry, withdrawn = (request(n) for n in ("fresh1", "fresh2", "retry", "withdrawn"))
+    for r in (fresh1, fresh2):
+        dispatcher.dispatch(r)
+    dispatcher.dispatch(retry, retry=True)
+    dispatcher.dispatch(withdrawn)
+    dispatcher.withdraw(withdrawn)
+    stale = FakeConnection(0, usable=False)
+    dispatcher.add_worker(stale, depth=4)
+    assert stale.sent == []  # a worker that failed meanwhile gets nothing
+    worker = FakeConnection(1)
+    dispatcher.add_worker(worker, depth=2)
+    assert [token for _, token in worker.sent] == [retry, fresh1]  # retries first
+    worker.answer_all(dispatcher)  # its room goes to the next in line, at once
+    assert [token for _, token in worker.sent] == [fresh2]
+    assert order == ["retry", "fresh1"]
+    late = request("late")
+    dispatcher.dispatch(late)  # room for one more: sent now
+    assert [token for _, token in worker.sent] == [fresh2, late]
+    queued = request("queued")
+    dispatcher.dispatch(queued)
+    dispatcher.close(PoolClosed("closed"))
+    assert order[-1] == "queued" and isinstance(outcomes[-1][1], PoolClosed)
+    dispatcher.dispatch(request("after close"))
+    assert order[-1] == "after close" and isinstance(outcomes[-1][1], PoolClosed)
+
+
+def test_requests_go_only_to_workers_that_offer_what_they_need() -> None:
+    dispatcher = Dispatcher(record)
+    outcomes, deliver = _recorder()
+    numpy_only = FakeConnection(0, kernels=("numpy",))
+    python_only = FakeConnection(1, kernels=("python",))
+    dispatcher.add_worker(numpy_only, depth=1)
+    dispatcher.add_worker(python_only, depth=1)
+    dispatcher.dispatch(Request(Chunk(SEED, 0, 10, "numpy"), deliver))
+    dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "numpy"), deliver))  # waits for numpy_only
+    dispatcher.dispatch(Request(Chunk(SEED, 2, 10, "python"), deliver))  # overtakes it
+    assert [t.chunk.kernel for _, t in numpy_only.sent] == ["numpy"]
+    assert [t.chunk.kernel for _, t in python_only.sent] == ["python"]
+    python_only.answer_all(dispatcher)
+    assert python_only.sent == []  # the numpy chunk in line is not for it
+    numpy_only.answer_all(dispatcher)
+    assert [t.chunk.stream for _, t in numpy_only.sent] == [1]
+    dispatcher.dispatch(Request(Chunk(SEED, 3, 10, "cuda"), deliver))
+    kernel, failure = outcomes[-1]
+    assert kernel == "cuda" and isinstance(failure, RequestFailed) and not failure.retryable
+    assert "no worker offers kernel 'cuda'" in str(failure)
+    dispatcher.dispatch(Request(Chunk(SEED, 4, 10, "numpy"), deliver, avoid=frozenset({0})))
+    assert "slots [0] are avoided" in str(outcomes[-1][1])
+    solo = Dispatcher(record)
+    solo.add_worker(FakeConnection(7), depth=1)
+    solo.dispatch(Request(Chunk(SEED, 5, 10), deliver, avoid=frozenset({7})))
+    assert "every worker that could take it is avoided (slots [7])" in str(outcomes[-1][1])
+
+
+def test_a_thousand_refused_requests_are_a_loop_not_a_recursion() -> None:
+    """Issue 11, defect 2: each refusal used to start the next request from inside the
+    previous one's refusal; 1000 of them overflowed the stack."""
+    dispatcher = Dispatcher(record)
+    outcomes, deliver = _recorder()
+    busy = FakeConnection(0, kernels=("numpy",))
+    dispatcher.add_worker(busy, depth=1)
+    dispatcher.dispatch(Request(Chunk(SEED, 0, 10), deliver))  # holds the only room
+    again: list[int] = []
+
+    def retry_forever(request: Request, outcome: object) -> None:
+        # A caller that dispatches again from its delivery: still no recursion.
+        if len(again) < 5000 and isinstance(outcome, RequestFailed):
+            again.append(1)
+            dispatcher.dispatch(Request(Chunk(SEED, 1, 10, "python"), retry_forever))
+
+    for stream in range(1000):
+        dispatcher.dispatch(Request(Chunk(SEED, stream, 10, "python"), retry_forever))
+    assert len(again) == 5000
+    busy.answer_all(dispatcher)
+    assert outcomes and isinstance(outcomes[0][1], ChunkResult)
