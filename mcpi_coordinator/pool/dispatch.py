@@ -50,10 +50,7 @@ from mcpi_coordinator.errors import McpiError, RequestFailed, WorkerFailure
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.terminal_text import printable
 from mcpi_worker.protocol import (
-    HEADER,
-    MAX_GROUPS,
     RANGE_VERSION,
-    UINT64_MAX,
     Answered,
     Broken,
     CoordinatorEvent,
@@ -62,8 +59,8 @@ from mcpi_worker.protocol import (
     Result,
     Sample,
     Welcome,
-    encode,
 )
+from mcpi_worker.protocol.admission import Unfit, most_streams, plain_verdict, sending_problem
 
 TARGET_PIECE_S: Final[float] = 0.25
 """Seconds of work one piece of a range should carry for the worker that takes it."""
@@ -458,12 +455,12 @@ class Dispatcher:
             return request
         welcome = connection.welcome
         assert welcome is not None
-        if welcome.version < RANGE_VERSION:
+        most = most_streams(welcome, chunk.stream, chunk.points)
+        if most <= 1:  # a worker of protocol version 1 (or one taking one stream at most)
             streams = 1
         else:
             points = max(chunk.points, 1)
             rate = self._rates.get(connection)
-            most = min(MAX_GROUPS, welcome.max_points // points)
             if request.retried:
                 streams = max(1, min(chunk.streams, most))
             else:
@@ -526,10 +523,9 @@ class Dispatcher:
             if self._largest is None:
                 self._largest = {}
                 for welcome in self._known.values():
-                    if welcome.max_frame < ROOMY_FRAME:
-                        continue  # its frames are measured one by one, below
-                    for kernel in welcome.kernels:
-                        self._largest[kernel] = max(self._largest.get(kernel, 0), welcome.max_points)
+                    for kernel in welcome.kernels:  # plain_verdict grows no truer with fewer points
+                        if plain_verdict(welcome, kernel, welcome.max_points):
+                            self._largest[kernel] = max(self._largest.get(kernel, 0), welcome.max_points)
             if chunk.points <= self._largest.get(chunk.kernel, -1):
                 return None
         problems = []
@@ -585,9 +581,11 @@ def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
     chunk = request.chunk
     if chunk is None:
         return slot not in request.avoid
-    if not request.avoid and chunk.streams == 1 and welcome.max_frame >= ROOMY_FRAME:
-        # The hot path: one stream, no one avoided, a worker taking any plain sample's frame.
-        return chunk.kernel in welcome.kernels and chunk.points <= welcome.max_points
+    if not request.avoid and chunk.streams == 1:
+        # The hot path: one stream, no one avoided, a worker whose frames fit any plain sample.
+        verdict = plain_verdict(welcome, chunk.kernel, chunk.points)
+        if verdict is not None:
+            return verdict
     if slot in request.avoid:
         return False
     return _problem(welcome, chunk, splittable=request.splitter is not None) is None
@@ -595,40 +593,31 @@ def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
 
 def _problem(welcome: Welcome, chunk: Chunk, *, splittable: bool) -> str | None:
     """Why a worker with this ``welcome`` cannot take ``chunk`` (in pieces of one stream
-    or more, if ``splittable``), or None. The worker's own words in it (its name, its
-    kernels' names) are shown escaped: the message may reach a terminal."""
+    or more, if ``splittable``), or None: the protocol's ``sending_problem`` for the first
+    sample of it that would go out, put in the pool's words. The worker's own words in it
+    (its name, its kernels' names) are shown escaped: the message may reach a terminal."""
+    sample = _first_sample(chunk if not splittable else replace(chunk, streams=1))
+    problem = sending_problem(welcome, sample)
+    if problem is None:
+        return None
     worker = printable(welcome.worker)
-    if chunk.kernel not in welcome.kernels:
+    if isinstance(problem, str):
+        return f"{worker} cannot take it: {problem}"
+    if problem.rule is Unfit.KERNEL:
         offered = printable(", ".join(welcome.kernels)) or "none"
         return f"no worker offers kernel {chunk.kernel!r} ({worker} offers {offered})"
-    points = chunk.points if splittable else chunk.total_points
-    if points > welcome.max_points:
-        return f"{worker} accepts at most {welcome.max_points} points per request, not {points}"
-    frame = sample_frame_size(chunk if not splittable else replace(chunk, streams=1))
-    if frame > welcome.max_frame:
-        return f"{worker} takes frames of at most {welcome.max_frame} bytes, and this sample's is {frame}"
-    if not splittable and chunk.streams > 1:
-        if welcome.version < RANGE_VERSION:
-            return (
-                f"a range of streams needs protocol version {RANGE_VERSION} "
-                f"({worker} speaks {welcome.version})"
-            )
-        if chunk.streams > MAX_GROUPS:
-            return f"a range of {chunk.streams} streams is more than one request reports ({MAX_GROUPS})"
-    return None
+    if problem.rule is Unfit.POINTS:
+        return f"{worker} accepts at most {welcome.max_points} points per request, not {sample.total_points}"
+    if problem.rule is Unfit.VERSION:
+        return f"a range of streams needs protocol version {RANGE_VERSION} ({worker} speaks {welcome.version})"
+    return f"{worker} cannot take it: {printable(problem.message)}"
 
 
-ROOMY_FRAME: Final[int] = 1024
-"""A worker taking frames this large takes every plain sample of a kernel name under
-~950 characters: no need to measure each one."""
-
-
-def sample_frame_size(chunk: Chunk) -> int:
-    """The largest body a ``sample`` frame for ``chunk`` can have (its id at its widest)."""
-    ranged = chunk.streams != 1
-    sample = Sample(UINT64_MAX, chunk.seed, chunk.stream, chunk.points, chunk.kernel,
-                    chunk.streams, 1 if ranged else None)  # fmt: skip
-    return len(encode(sample)) - HEADER.size
+def _first_sample(chunk: Chunk) -> Sample:
+    """The ``sample`` that sends ``chunk`` (a range's count reported per stream), its id
+    left at 0: the protocol's checks do not look at it."""
+    return Sample(0, chunk.seed, chunk.stream, chunk.points, chunk.kernel,
+                  chunk.streams, 1 if chunk.streams != 1 else None)  # fmt: skip
 
 
 def _copy(error: McpiError) -> McpiError:

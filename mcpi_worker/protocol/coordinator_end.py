@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
+from mcpi_worker.protocol.admission import Unfit, refusal
+from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode, frame_problem
 from mcpi_worker.protocol.messages import (
     HEADER,
-    MAX_FRAME,
     PROTOCOL_VERSIONS,
     WORKER_MESSAGES,
     Cancel,
@@ -56,6 +56,7 @@ from mcpi_worker.protocol.messages import (
     Shutdown,
     Welcome,
     WorkerMessage,
+    field_problem,
 )
 
 
@@ -250,13 +251,13 @@ class CoordinatorEnd:
         ``token`` comes back with its answer."""
         welcome = self._require_serving()
         sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
-        if kernel not in welcome.kernels:
+        unfit = refusal(welcome, sample)  # before the fields: a count above MAX_POINTS is above max_points
+        if unfit is not None and unfit.rule is Unfit.KERNEL:
             raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
-        if streams < 1 or (group is not None and group < 1):
-            raise LocalProtocolError(f"not a valid range: {streams} streams in groups of {group}")
-        problem = sample.range_problem(welcome.version, welcome.max_points)
-        if problem is not None:
-            raise LocalProtocolError(f"the worker would refuse it: {problem}")
+        if unfit is not None:
+            raise LocalProtocolError(f"the worker would refuse it: {unfit.message}")
+        if (invalid := field_problem(sample)) is not None:
+            raise LocalProtocolError(f"not a valid sample: {invalid}")
         frame = encode(sample)
         self._check_frame(frame, welcome)
         request_id = self._next_id
@@ -313,9 +314,8 @@ class CoordinatorEnd:
 
     @staticmethod
     def _check_frame(frame: bytes, welcome: Welcome) -> None:
-        body = len(frame) - HEADER.size
-        if body > min(welcome.max_frame, MAX_FRAME):
-            raise LocalProtocolError(f"a {body}-byte frame is above the worker's max_frame {welcome.max_frame}")
+        if (problem := frame_problem(len(frame) - HEADER.size, welcome.max_frame)) is not None:
+            raise LocalProtocolError(f"the worker would refuse it: {problem}")
 
     def _require_serving(self) -> Welcome:
         if self._state is not CoordinatorState.SERVING or self.welcome is None:

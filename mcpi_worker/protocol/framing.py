@@ -61,9 +61,19 @@ def encode(message: Message) -> bytes:
             continue  # absent means that value (and keeps version 1's frames as they were)
         body[name] = list(value) if type(value) is tuple else value
     payload: bytes = _packer().pack(body)
-    if len(payload) > MAX_FRAME:
-        raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame (limit {MAX_FRAME})")
+    if (problem := frame_problem(len(payload))) is not None:
+        raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame: {problem}")
     return HEADER.pack(len(payload)) + payload
+
+
+def frame_problem(size: int, max_frame: int = MAX_FRAME) -> str | None:
+    """Why a frame body of ``size`` bytes may not go to a receiver that takes at most
+    ``max_frame`` (its ``welcome.max_frame``; ``MAX_FRAME`` by default), or None: no
+    frame is larger than ``MAX_FRAME``, whatever a receiver announces (protocol.md §2).
+    The one statement of the frame-size limit: the encoder, the decoder and every sender
+    that checks a frame against a worker's ``max_frame`` ask it."""
+    limit = min(max_frame, MAX_FRAME)
+    return None if size <= limit else f"frame of {size} bytes exceeds the {limit}-byte limit"
 
 
 class NeedData(Enum):
@@ -161,11 +171,8 @@ class FrameDecoder:
         (length,) = HEADER.unpack_from(self._buffer)
         if length == 0:
             self._fail(ErrorCode.MALFORMED_FRAME, "zero-length frame")
-        if length > self._max_frame:
-            self._fail(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"frame of {length} bytes exceeds the {self._max_frame}-byte limit",
-            )
+        if (problem := frame_problem(length, self._max_frame)) is not None:
+            self._fail(ErrorCode.FRAME_TOO_LARGE, problem)
         if len(self._buffer) < HEADER.size + length:
             return None
         return int(length)

@@ -211,23 +211,6 @@ class Sample:
         (``STREAM_COST_POINTS``). Zero-point streams are not free."""
         return self.streams * (self.points + STREAM_COST_POINTS)
 
-    def range_problem(self, version: int, max_points: int) -> str | None:
-        """What makes this sample one a worker must refuse (``invalid_request``) on a
-        connection of protocol ``version`` to a worker announcing ``max_points``, or None.
-        protocol.md §6.1 and §8 step 7, in that order; the worker's end refuses by it and
-        the coordinator's end never sends what it refuses."""
-        if self.is_range and version < RANGE_VERSION:
-            return f"'streams' and 'group' need protocol version {RANGE_VERSION} (this connection speaks {version})"
-        if self.stream + self.streams - 1 > UINT64_MAX:
-            return f"streams {self.stream} to {self.stream + self.streams - 1} go past 2**64-1"
-        if self.streams > MAX_STREAMS:
-            return f"{self.streams} streams is above the limit of {MAX_STREAMS} a range"
-        if self.total_points > max_points:
-            return f"{self.streams} x {self.points} points is above this worker's max_points {max_points}"
-        if self.groups > MAX_GROUPS:
-            return f"{self.groups} groups of streams is above the limit of {MAX_GROUPS}"
-        return None
-
     def insides_problem(self, insides: tuple[int, ...] | list[int] | None) -> str | None:
         """What is wrong with ``insides`` as the counts per group answering this sample
         (protocol.md §6.1: present exactly for a range, one per group, none above its
@@ -539,6 +522,21 @@ def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Mes
             why = f"{kind}: {name!r} {FIELDS[cls][name].expects}"
             raise RequestError(ErrorCode.INVALID_REQUEST, why, usable_id(body, accept))
     return cls(*values)
+
+
+def field_problem(message: Message) -> str | None:
+    """What breaks the field table (``FIELDS``) in a message this side built, or None: the
+    check ``parse_message`` makes on the receiving end, for a sender that must not send
+    what its peer would refuse. A field left at the value its absence means is not sent,
+    so it is not checked."""
+    optional = OPTIONAL_FIELDS[type(message)]
+    for name, rule in FIELDS[type(message)].items():
+        value = getattr(message, name)
+        if name in optional and value == optional[name]:
+            continue
+        if not rule.valid(list(value) if type(value) is tuple else value):
+            return f"{message.TYPE}: {name!r} {rule.expects}"
+    return None
 
 
 def negotiate_version(offered: tuple[int, ...], spoken: tuple[int, ...] = PROTOCOL_VERSIONS) -> int | None:

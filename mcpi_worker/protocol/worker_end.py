@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
 
+from mcpi_worker.protocol.admission import Unfit, refusal
 from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
@@ -53,7 +54,6 @@ from mcpi_worker.protocol.messages import (
     Welcome,
     bounded_text,
     negotiate_version,
-    quote,
 )
 
 
@@ -342,37 +342,27 @@ class WorkerEnd:
         self._send(self.welcome)
 
     def _sample(self, request: Sample, events: list[WorkerEvent]) -> None:
-        refusal = self._refusal(request.id)
-        if refusal is None and request.kernel not in self.offer.kernels:
-            refusal = Error(
-                request.id,
-                ErrorCode.UNKNOWN_KERNEL,
-                f"unknown kernel {quote(request.kernel)}; this worker offers "
-                f"{', '.join(self.offer.kernels)}",
-            )
-        if refusal is None:
-            problem = self._range_problem(request)
-            if problem is not None:
-                refusal = Error(request.id, ErrorCode.INVALID_REQUEST, f"sample: {problem}")
-        if refusal is None and self.outstanding >= self.offer.max_inflight:
-            refusal = Error(
+        refused = self._refusal(request.id)
+        if refused is None:
+            assert self.welcome is not None  # _refusal made sure the handshake is done
+            unfit = refusal(self.welcome, request)
+            if unfit is not None:
+                words = unfit.message if unfit.rule is Unfit.KERNEL else f"sample: {unfit.message}"
+                refused = Error(request.id, unfit.code, words)
+        if refused is None and self.outstanding >= self.offer.max_inflight:
+            refused = Error(
                 request.id,
                 ErrorCode.BUSY,
                 f"{self.offer.max_inflight} sample requests already outstanding",
             )
-        if refusal is not None:
-            self._send(refusal)
+        if refused is not None:
+            self._send(refused)
             return
         if len(self._running) < self.jobs and not self._queued:
             self._running[request.id] = request
             events.append(StartSample(request))
         else:
             self._queued[request.id] = request
-
-    def _range_problem(self, request: Sample) -> str | None:
-        """What is wrong with the streams and points a sample asks for, on this connection."""
-        assert self.welcome is not None  # _refusal made sure the handshake is done
-        return request.range_problem(self.welcome.version, self.offer.max_points)
 
     def _refusal(self, request_id: int) -> Error | None:
         """The error answering a request that cannot be served in this state, if any.
