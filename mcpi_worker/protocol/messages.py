@@ -529,13 +529,12 @@ def field_problem(message: Message) -> str | None:
     check ``parse_message`` makes on the receiving end, for a sender that must not send
     what its peer would refuse. A field left at the value its absence means is not sent,
     so it is not checked."""
-    optional = OPTIONAL_FIELDS[type(message)]
-    for name, rule in FIELDS[type(message)].items():
+    for name, valid, _, absent in _FIELD_CHECKS[type(message)]:
         value = getattr(message, name)
-        if name in optional and value == optional[name]:
+        if absent is not _REQUIRED and value == absent:
             continue
-        if not rule.valid(list(value) if type(value) is tuple else value):
-            return f"{message.TYPE}: {name!r} {rule.expects}"
+        if not valid(list(value) if type(value) is tuple else value):
+            return f"{message.TYPE}: {name!r} {FIELDS[type(message)][name].expects}"
     return None
 
 
