@@ -422,8 +422,7 @@ class FakeWorkerCore:
         (then the first group's count is off by ``wrong_count``, staying plausible)."""
         b = self.behaviour
         if b.made_up_counts:
-            group = request.streams if request.group is None else request.group
-            sizes = [min(group, request.streams - i) for i in range(0, request.streams, group)]
+            sizes = [request.group_streams(index) for index in range(request.groups)]
             return [size * request.points * 785398 // 1000000 for size in sizes]
         counts = count_groups(kernels.KERNELS[request.kernel], request)
         if b.wrong_count == 0:
@@ -435,8 +434,7 @@ class FakeWorkerCore:
             if self._wrong_counts_left == 0:
                 return counts
             self._wrong_counts_left -= 1
-        group = request.streams if request.group is None else request.group
-        most = min(group, request.streams) * request.points
+        most = request.group_streams(0) * request.points
         wrong = counts[0] + b.wrong_count
         if not 0 <= wrong <= most:  # keep it plausible: the other way
             wrong = counts[0] - b.wrong_count

@@ -205,6 +205,12 @@ class Sample:
         """How many counts the result reports (``Result.insides``)."""
         return -(-self.streams // self.group_size)
 
+    def group_streams(self, index: int) -> int:
+        """How many streams group ``index`` (from 0) covers: ``group_size``, but the last
+        group covers what is left. The one statement of that rule: the counts a range
+        reports are checked against it (``insides_problem``) and made up by it."""
+        return min(self.group_size, self.streams - index * self.group_size)
+
     @property
     def work(self) -> int:
         """What computing it costs, counted in points: its points and each stream's set-up
@@ -220,9 +226,8 @@ class Sample:
         groups = self.groups
         if insides is None or len(insides) != groups:
             return f"{'none' if insides is None else len(insides)} counts for the {groups} groups"
-        group = self.group_size
         # max() rather than a loop: a range may report 4096 counts.
-        full, last = group * self.points, (self.streams - (groups - 1) * group) * self.points
+        full, last = self.group_streams(0) * self.points, self.group_streams(groups - 1) * self.points
         if (groups > 1 and max(insides[:-1]) > full) or insides[-1] > last:
             return "more inside than a group has points"
         return None
