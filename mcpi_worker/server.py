@@ -14,12 +14,13 @@ frames never interleave and nothing is written after the connection ends.
   true when the request is cancelled or the connection ends.
 - **Small samples run on the reader.** A sample whose work (``Sample.work``: its points
   and each stream's set-up) is at most ``INLINE_MAX_WORK`` is computed by the reader
-  thread itself when no more input is waiting: handing it to a compute thread would
-  cost more than the kernel (waking another Python thread and winning the GIL back
-  took 70–100 µs on a small VM, a 0-point kernel ~10 µs: benchmarks/thread_handoff.py).
-  Before each one the reader checks for input, so a ``ping`` or ``cancel`` waits
-  behind at most one small sample. Work, not points: a range of 65,536 one-point
-  streams is mostly set-up, and on the reader it kept a ``ping`` waiting for a second.
+  thread itself: handing it to a compute thread would cost more than the kernel
+  (waking another Python thread and winning the GIL back costs more than a 0-point
+  kernel: benchmarks/thread_handoff.py). Before each one the reader reads and acts on
+  the input waiting, so a ``ping`` is answered and a ``cancel`` or EOF seen behind at
+  most one small sample, and a pipelined stream of small samples never crosses to
+  another thread. Work, not points: a range of 65,536 one-point streams is mostly
+  set-up, and on the reader it kept a ``ping`` waiting for a second.
 
 protocol.md is the normative description of what this module does on the wire.
 """
@@ -188,7 +189,9 @@ class Worker:
         self._end = WorkerEnd(offer, jobs=jobs)
         self._running: dict[int, _Job] = {}
         self._inline: _Job | None = None
-        """A small sample started by what the reader just read, for the reader to run."""
+        """A small sample started by what the reader read (or by the end of the one it
+        ran), for the reader to run."""
+        self._greeted = False
         self._held_since: float | None = None
         self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 
@@ -260,37 +263,41 @@ class Worker:
         try:
             poller = select.poll()
             poller.register(self._input_fd, select.POLLIN)
-            greeted = False
             while self._reading():
                 self._spin_until_readable(poller)
-                try:
-                    data = os.read(self._input_fd, READ_SIZE)
-                except OSError as exc:
-                    log.warning("request_stream_failed", error=str(exc))
-                    data = b""
-                greeting = None
-                with self._lock:
-                    events = self._end.receive_data(data) if data else self._end.receive_eof()
-                    hello, welcome = self._end.hello, self._end.welcome
-                    if not greeted and hello is not None and welcome is not None:
-                        greeted, greeting = True, (hello, welcome)
-                        if hello.expected_points is not None and self._expect is not None:
-                            self._flush_locked()  # the welcome goes out first
-                            self._expect(hello.expected_points)  # before the samples read with it start
-                    self._act(events, on_reader=True)
-                    self._flush_locked()
-                if greeting is not None:
-                    hello, welcome = greeting
-                    log.info(
-                        "handshake", client=hello.client, version=welcome.version,
-                        expected_points=hello.expected_points,
-                    )  # fmt: skip
+                self._receive()
                 self._run_inline(poller)
         except BaseException as exc:  # never let the reader die silently
             log.exception("reader_crashed")
             with self._lock:
                 self._act(self._end.fail_internal(f"reader crashed: {exc!r}"), on_reader=False)
                 self._flush_locked()
+
+    def _receive(self) -> None:
+        """One read of the request fd (blocking if nothing waits), fed to the ``WorkerEnd``
+        and acted on; its answers (and any held results) go out in one write."""
+        try:
+            data = os.read(self._input_fd, READ_SIZE)
+        except OSError as exc:
+            log.warning("request_stream_failed", error=str(exc))
+            data = b""
+        greeting = None
+        with self._lock:
+            events = self._end.receive_data(data) if data else self._end.receive_eof()
+            hello, welcome = self._end.hello, self._end.welcome
+            if not self._greeted and hello is not None and welcome is not None:
+                self._greeted, greeting = True, (hello, welcome)
+                if hello.expected_points is not None and self._expect is not None:
+                    self._flush_locked()  # the welcome goes out first
+                    self._expect(hello.expected_points)  # before the samples read with it start
+            self._act(events, on_reader=True)
+            self._flush_locked()
+        if greeting is not None:
+            hello, welcome = greeting
+            log.info(
+                "handshake", client=hello.client, version=welcome.version,
+                expected_points=hello.expected_points,
+            )  # fmt: skip
 
     def _reading(self) -> bool:
         with self._lock:
@@ -311,20 +318,26 @@ class Worker:
             pass
 
     def _run_inline(self, poller: select.poll) -> None:
-        """Run the small samples the last read started, one by one, while no more input
-        waits; hand the rest to the compute threads."""
+        """Run the small samples the reads start, one by one, on this thread. Before each,
+        input waiting is read and acted on first (one read, ``READ_SIZE`` bytes: a flood
+        of input cannot keep the sample from ever running), so a ``ping``, ``cancel`` or
+        EOF waits behind at most one small sample. A sample that read stops is still run
+        (its kernel sees the flag and answers ``cancelled``, unless it has no points to
+        count); one the connection's end takes away (``_act``: ``ConnectionEnded``) goes
+        to the compute threads."""
         while True:
             with self._lock:
-                pending = self._inline
-                self._inline = None
-                if pending is None:
+                job = self._inline
+                if job is None:
                     self._flush_locked()
                     return
-                if poller.poll(0):  # input first: a ping must not wait behind a run of samples
-                    self._work.put(pending)
-                    self._flush_locked()
-                    return
-            report = self._compute(pending)
+            if poller.poll(0) and self._reading():
+                self._receive()
+            with self._lock:
+                if self._inline is not job:
+                    continue  # the connection ended: the compute threads have it
+                self._inline = None  # taken: only this thread runs it now
+            report = self._compute(job)
             with self._lock:
                 self._act(report(), on_reader=True)
                 if self._held_since is None:
