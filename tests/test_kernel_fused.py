@@ -29,6 +29,10 @@ BOUNDARIES = sorted(
         1,
         2,
         3,
+        fused.UNROLL_STEPS - 1,
+        fused.UNROLL_STEPS,
+        fused.UNROLL_STEPS + 1,
+        2 * fused.UNROLL_STEPS + 3,
         fused.WORDS_PER_PASS - 1,
         fused.WORDS_PER_PASS,
         fused.WORDS_PER_PASS + 1,
@@ -38,7 +42,8 @@ BOUNDARIES = sorted(
         2 * numpy_impl.BLOCK_POINTS + 7,
     }
 )
-"""Point counts at the edges of the fused loop's buffer and of NumPy's blocks."""
+"""Point counts at the edges of the fused loop's unrolled steps, of its buffer and of
+NumPy's blocks."""
 
 
 def stop_after(calls: int) -> tuple[Callable[[], bool], list[int]]:
@@ -99,8 +104,8 @@ def test_boundaries_one_point_at_a_time(points: int) -> None:
         return
     state = fused.initial_state(42, 3)
     words = np.empty(fused.WORDS_PER_PASS, dtype=np.uint64)
-    first = fused._LOOP(state, points - 1, words, fused.ZERO)
-    last = fused._LOOP(state, 1, words, fused.ZERO)
+    first = fused._LOOP(state, points - 1, words)
+    last = fused._LOOP(state, 1, words)
     assert first + last == numpy_impl.count(42, 3, points)
 
 
@@ -108,7 +113,7 @@ def test_state_is_numpys_sfc64_state_and_advances_like_it() -> None:
     generator = np.random.SFC64(np.random.SeedSequence(12345, spawn_key=(0,)))
     state = fused.initial_state(12345, 0)
     np.testing.assert_array_equal(state, generator.state["state"]["state"])
-    fused._LOOP(state, 1000, np.empty(fused.WORDS_PER_PASS, dtype=np.uint64), fused.ZERO)
+    fused._LOOP(state, 1000, np.empty(fused.WORDS_PER_PASS, dtype=np.uint64))
     generator.random_raw(1000)
     np.testing.assert_array_equal(state, generator.state["state"]["state"])
 
@@ -165,7 +170,7 @@ def test_the_compiled_loop_releases_the_gil() -> None:
 
     def long_call() -> None:
         started.set()
-        fused._LOOP(state, 300_000_000, words, fused.ZERO)
+        fused._LOOP(state, 300_000_000, words)
         done.set()
 
     thread = threading.Thread(target=long_call)

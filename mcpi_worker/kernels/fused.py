@@ -14,10 +14,13 @@ load has paid for itself.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, cast
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.core.extending import intrinsic
 
 from mcpi_worker import numba_cache
 from mcpi_worker.kernels.base import (
@@ -39,6 +42,9 @@ chain of dependent steps and the test is independent per point; done in two tigh
 loops, the second one vectorises, and the whole runs ~1.6x faster than one loop
 doing both (benchmarks/kernel.py shows the two C loops)."""
 
+UNROLL_STEPS: Final[int] = 8
+"""Generator steps per iteration of the generator's loop (``_count_outputs``)."""
+
 _U11: Final = np.uint64(11)
 _U3: Final = np.uint64(3)
 _U24: Final = np.uint64(24)
@@ -49,9 +55,26 @@ _MASK24: Final = np.uint64(0xFFFFFF)
 _TWO_TO_48: Final = np.float32(2.0**48)
 
 
-def _count_outputs(state: np.ndarray, points: int, words: np.ndarray, zero: np.uint64) -> int:
+def _opaque_typing(typingctx: Any, value: Any) -> Any:
+    """``_opaque``'s numba typing and code: ``value`` unchanged, through an empty
+    inline-assembly statement. No instruction is emitted, but LLVM can no longer see how
+    the value was computed (``_count_outputs`` says why that matters)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        word = llvm_ir.IntType(64)
+        barrier = llvm_ir.InlineAsm(llvm_ir.FunctionType(word, [word]), "", "=r,0", side_effect=False)
+        return builder.call(barrier, args)
+
+    return value(value), codegen
+
+
+_opaque = cast(Callable[[np.uint64], np.uint64], intrinsic(_opaque_typing))
+"""A uint64 unchanged, LLVM's algebra stopped at it (callable from compiled code only)."""
+
+
+def _count_outputs(state: np.ndarray, points: int, words: np.ndarray) -> int:
     """Count the next ``points`` points of the SFC64 ``state`` (a, b, c, counter) inside
-    the quarter circle and leave ``state`` advanced past them. ``zero`` must be 0.
+    the quarter circle and leave ``state`` advanced past them.
 
     A point is one 64-bit output: x from its low 32 bits, y from its high 32 bits, each
     ``u >> 8`` (an integer below 2**24, exact in float32, converted through int32,
@@ -60,12 +83,14 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray, zero: np.u
     fast-math) never contracts ``x*x + y*y`` into a fused multiply-add, which would move
     a few points across the arc.
 
-    Why ``zero``: the generator is one chain of dependent steps, and its speed is the
-    length of that chain. Left to itself, LLVM unrolls the loop and rewrites the steps
-    algebraically across iterations (``b = 9c`` folded into later sums as ``81c``,
-    ``729c``), which lengthens the chain and spills state to the stack. An output
-    XORed with a value LLVM cannot see (a 0 from the caller) is opaque to that
-    rewriting and costs one instruction off the chain.
+    Two passes per ``words.size`` outputs: the generator fills the buffer, then the test
+    runs over it (that loop vectorises). The generator is one chain of dependent steps,
+    and its speed is the length of that chain and the instructions per step. Left to
+    itself, LLVM rewrites the steps algebraically across iterations (``b = 9c`` folded
+    into later sums as ``81c``, ``729c``), which lengthens the chain and spills state to
+    the stack. Each output passes through ``_opaque``, which LLVM cannot see through
+    and which costs no instruction; the loop is unrolled by hand (``UNROLL_STEPS``
+    steps an iteration), which LLVM no longer does once the barrier is there.
     """
     a = state[0]
     b = state[1]
@@ -75,13 +100,24 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray, zero: np.u
     done = 0
     while done < points:
         n = min(words.size, points - done)
-        for i in range(n):
-            out = (a + b + counter) ^ zero
+        i = 0
+        while i + UNROLL_STEPS <= n:
+            for k in range(UNROLL_STEPS):  # a constant trip count: LLVM unrolls it
+                out = _opaque(a + b + counter)
+                counter += _ONE
+                a = b ^ (b >> _U11)
+                b = c + (c << _U3)
+                c = ((c << _U24) | (c >> _U40)) + out
+                words[i + k] = out
+            i += UNROLL_STEPS
+        while i < n:
+            out = _opaque(a + b + counter)
             counter += _ONE
             a = b ^ (b >> _U11)
             b = c + (c << _U3)
             c = ((c << _U24) | (c >> _U40)) + out
             words[i] = out
+            i += 1
         part = np.int32(0)  # n is at most WORDS_PER_PASS: no overflow
         for i in range(n):
             x = np.float32(np.int32((words[i] >> _U8) & _MASK24))
@@ -96,10 +132,7 @@ def _count_outputs(state: np.ndarray, points: int, words: np.ndarray, zero: np.u
     return inside
 
 
-ZERO: Final = np.uint64(0)
-"""The ``zero`` every caller passes to the loop (see ``_count_outputs``)."""
-
-_SIGNATURE: Final[str] = "int64(uint64[::1], int64, uint64[::1], uint64)"
+_SIGNATURE: Final[str] = "int64(uint64[::1], int64, uint64[::1])"
 
 
 def _jit(*, cache: bool) -> Any:
@@ -169,7 +202,7 @@ def count_from(
         if should_stop():
             raise Cancelled
         n = min(block_points, remaining)
-        inside += int(_LOOP(state, n, words, ZERO))
+        inside += int(_LOOP(state, n, words))
         remaining -= n
     return inside
 

@@ -97,17 +97,14 @@ def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray, scratch: 
     state[3] = counter
 
 
-def _count_streams(
-    seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray, zero: np.uint64
-) -> None:
-    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``
-    (``zero``: ``fused.ZERO``, passed on to the loop)."""
+def _count_streams(seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray) -> None:
+    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``."""
     state = np.zeros(4, dtype=np.uint64)
     scratch = np.empty(SCRATCH_WORDS, dtype=np.uint64)
     words = np.empty(fused.WORDS_PER_PASS, dtype=np.uint64)
     for i in range(streams):
         _seed_state(seed, first + np.uint64(i), state, scratch)
-        counts[i] = count_outputs(state, points, words, zero)
+        counts[i] = count_outputs(state, points, words)
 
 
 def _jit(function: Any, signature: str, *, cache: bool) -> Any:
@@ -119,7 +116,7 @@ _hashmix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_hashmix)
 _mix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_mix)
 _seed_state = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_seed_state)
 _COUNT = _jit(
-    _count_streams, "void(uint64, uint64, int64, int64, int64[::1], uint64)", cache=fused.CACHE_PATH is not None
+    _count_streams, "void(uint64, uint64, int64, int64, int64[::1])", cache=fused.CACHE_PATH is not None
 )
 
 
@@ -137,6 +134,6 @@ def count_streams(
         if should_stop():
             raise Cancelled
         n = min(per_call, streams - done)
-        _COUNT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n], fused.ZERO)
+        _COUNT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n])
         done += n
     return [int(c) for c in counts]
