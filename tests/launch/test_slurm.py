@@ -169,7 +169,7 @@ ABANDONING = textwrap.dedent(
 
 
 def test_a_cluster_whose_starter_was_killed_is_torn_down_by_the_next(slurm_cluster: SlurmCluster) -> None:
-    starter = subprocess.Popen([sys.executable, "-c", ABANDONING.format(tests=str(Path(__file__).parent))],
+    starter = subprocess.Popen([sys.executable, "-c", ABANDONING.format(tests=str(Path(__file__).parents[1]))],
                                stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         assert starter.stdout is not None

@@ -2,7 +2,7 @@
 
 Tests of the numpy kernel that do not name an implementation run on whichever the
 process's policy picks (``MCPI_NUMPY_IMPL``: CI runs them once more with ``fused``);
-the ones about NumPy's blocks name ``Implementation.NUMPY``. tests/test_kernel_fused.py
+the ones about NumPy's blocks name ``Implementation.NUMPY``. tests/worker/test_kernel_fused.py
 holds the two implementations against each other.
 """
 

@@ -23,7 +23,7 @@ from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.kernels import KERNELS
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 RAW_WORKER = str(TESTS / "raw_worker.py")
 TIMEOUT = 120.0  # seconds; reached only by a hang
 PYTHON = shlex.quote(sys.executable)

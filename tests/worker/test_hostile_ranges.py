@@ -60,7 +60,7 @@ from mcpi_worker.sampling import SLICE_WORK, count_groups
 from mcpi_worker.server import Worker
 
 TIMEOUT = 60.0  # seconds; reached only by a worker that stopped listening
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 OFFER = WorkerOffer(worker="test", pid=1, host="h", kernels=("numpy",), max_inflight=8)
 LARGEST = MAX_STREAMS
 

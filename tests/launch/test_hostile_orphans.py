@@ -23,7 +23,7 @@ import pytest
 
 from mcpi_worker.kernels import KERNELS
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 RAW_WORKER = str(TESTS / "raw_worker.py")
 PYTHON = shlex.quote(sys.executable)
 TIMEOUT = 300  # seconds; reached only by a hang

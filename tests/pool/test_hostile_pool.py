@@ -1,7 +1,7 @@
 """Hostile workers into the coordinator: every fault ends in a replaced worker or one
 clear error, in bounded time, with nothing left running and nothing lost.
 
-tests/test_pool.py checks each fault alone against in-process fakes. Here:
+tests/pool/test_pool.py checks each fault alone against in-process fakes. Here:
 
 1. generated *sequences* of faults (hypothesis), in-process, on a mock clock: any mix of
    faults that let a worker do some work first gives exactly the undisturbed count;
@@ -12,7 +12,7 @@ tests/test_pool.py checks each fault alone against in-process fakes. Here:
 
 ``mcpi estimate --worker-cmd`` with subprocess fakes end to end (crashing and hung
 workers, a 100 MB stderr flood with the coordinator's RSS watched, crash loops) is
-tested in tests/test_cli_estimate.py.
+tested in tests/cli/test_cli_estimate.py.
 """
 
 from __future__ import annotations

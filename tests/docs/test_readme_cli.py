@@ -15,18 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from documentation import DOCS, json_keys
 
 from mcpi_coordinator.arguments import ENVIRONMENT
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.main import build_parser
 from mcpi_worker.main import build_parser as build_worker_parser
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = "\n".join(
-    path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-)
-"""The README and every page of the documentation site: the option tables, the JSON
-fields, the exit codes and the environment variables are on the site's pages."""
 EVERYWHERE = {"-h", "--help", "--version"}
 """Said once for every command: 'Every command also takes -h/--help and --version'."""
 
@@ -81,16 +76,6 @@ def test_every_command_is_in_the_readme() -> None:
         assert f"`{prog}" in DOCS or f"{prog} " in DOCS, prog
 
 
-def _keys(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield key
-            yield from _keys(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            yield from _keys(inner)
-
-
 def _json_of(*args: str) -> dict[str, Any]:
     run = subprocess.run(
         [sys.executable, "-m", "mcpi_coordinator", *args, "--json"],
@@ -112,13 +97,13 @@ def _json_of(*args: str) -> dict[str, Any]:
     ids=["estimate", "estimate-stopped", "bench-approaches", "bench-overhead"],
 )
 def test_every_json_field_is_documented(args: tuple[str, ...], tmp_path: Path) -> None:
-    fields = set(_keys(_json_of(*args)))
+    fields = set(json_keys(_json_of(*args)))
     missing = {field for field in fields if f"`{field}`" not in DOCS and f'"{field}"' not in DOCS}
     assert missing == set(), f"{' '.join(args)} --json: fields the docs do not name"
 
 
 def test_every_scatter_json_field_is_documented(tmp_path: Path) -> None:
-    fields = set(_keys(_json_of("scatter", "-n", "100", "-o", str(tmp_path / "q.png"))))
+    fields = set(json_keys(_json_of("scatter", "-n", "100", "-o", str(tmp_path / "q.png"))))
     assert {f for f in fields if f"`{f}`" not in DOCS} == set()
 
 

@@ -3,7 +3,7 @@
 ``NumpyKernel`` takes its loader as a parameter: the fakes here stand in for a
 machine without numba, a loader that fails, one that takes its time, and one that
 records each call, so the rules are checked without loading anything.
-tests/test_kernel_worker.py checks the same against real worker processes.
+tests/worker/test_kernel_worker.py checks the same against real worker processes.
 """
 
 from __future__ import annotations

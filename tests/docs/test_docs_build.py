@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_readme_cli import PARSERS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Under CI (which installs the docs extra) a missing Sphinx is a failure, not a skip.
 pytestmark = pytest.mark.skipif(

@@ -50,9 +50,9 @@ from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
 from sybil.parsers.myst import CodeBlockParser, SkipParser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "protocol.md")]
-"""docs/protocol.md only includes protocol.md, whose vectors tests/test_golden.py checks."""
+"""docs/protocol.md only includes protocol.md, whose vectors tests/worker/test_golden.py checks."""
 
 BUDGET_S = 20.0
 """How long a command that does not stop by itself runs before it gets SIGINT."""
@@ -138,7 +138,7 @@ def _interrupt(pid: int) -> None:
     each process of the pipeline it runs. Not to the whole process group: the processes
     those commands start themselves (an executor's forked workers) are theirs to stop,
     as with ``kill -INT``. A terminal's Ctrl-C, which reaches the whole foreground group,
-    is tests/test_cli_terminal.py's and tests/test_cli_ends.py's to check."""
+    is tests/cli/test_cli_terminal.py's and tests/cli/test_cli_ends.py's to check."""
     try:
         leader = psutil.Process(pid)
         targets = leader.children() if leader.name() == "bash" else [leader]

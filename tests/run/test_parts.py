@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 import pytest
+from documentation import DOCS, json_keys
 from hypothesis import given
 from hypothesis import strategies as st
-from test_readme_cli import DOCS, _keys
 
 from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.run.parts import Part, combine, parse_part, part_streams
@@ -381,6 +381,6 @@ def test_every_part_and_combine_json_field_is_in_the_docs(
     runs: dict[str, Any], documents: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["combine", "--json", *runs["files"]]) == 0
-    fields = set(_keys(documents[0])) | set(_keys(json.loads(capsys.readouterr().out)))
+    fields = set(json_keys(documents[0])) | set(json_keys(json.loads(capsys.readouterr().out)))
     assert {field for field in fields if f"`{field}`" not in DOCS and f'"{field}"' not in DOCS} == set()
     assert "## One run, many coordinators" in DOCS

@@ -33,7 +33,7 @@ from mcpi_worker.protocol import (
     parse_message,
 )
 
-SPEC = Path(__file__).resolve().parent.parent / "protocol.md"
+SPEC = Path(__file__).resolve().parents[2] / "protocol.md"
 SPEC_TEXT = SPEC.read_text(encoding="utf-8")
 
 

@@ -55,7 +55,7 @@ from mcpi_coordinator.testing.inprocess import fake_launcher
 from mcpi_worker.kernels import KERNELS
 from mcpi_worker.protocol import Error, Pong, Result, Welcome, WorkerMessage
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 PROTOCOL_MD = TESTS.parent / "protocol.md"
 SPEC_WORKER = str(TESTS / "spec_worker.py")
 RAW_WORKER = str(TESTS / "raw_worker.py")
@@ -643,9 +643,16 @@ def test_every_rule_is_still_in_protocol_md() -> None:
     assert all(e in text for e in EXEMPT)
 
 
+def module_path(file: str) -> Path | None:
+    """The test module named ``file``: RULES name modules by file name, and tests/ keeps
+    them in subdirectories under names that are unique (pytest imports them by name)."""
+    found = list(TESTS.glob(f"*/{file}"))
+    return found[0] if len(found) == 1 else None
+
+
 @cache
-def defined_tests(file: str) -> frozenset[str]:
-    tree = ast.parse((TESTS / file).read_text(encoding="utf-8"))
+def defined_tests(path: Path) -> frozenset[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     return frozenset(
         node.name
         for node in tree.body
@@ -661,8 +668,10 @@ def test_every_rule_names_tests_that_exist() -> None:
             match = re.fullmatch(r"([\w.]+\.py)::(test_\w+)(?:\[([\w-]+)\])?", reference)
             assert match, f"{key}: {reference!r} is not file.py::test_name[case]"
             file, name, case = match.groups()
-            exists = (TESTS / file).exists() and name in defined_tests(file)
-            if not exists or (case is not None and f'"{case}"' not in (TESTS / file).read_text(encoding="utf-8")):
+            path = module_path(file)
+            if path is None or name not in defined_tests(path) or (
+                case is not None and f'"{case}"' not in path.read_text(encoding="utf-8")
+            ):
                 missing.append(reference)
     assert missing == [], f"referenced tests that do not exist: {missing}"
 

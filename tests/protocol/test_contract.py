@@ -87,7 +87,7 @@ def open_peer(request: pytest.FixtureRequest) -> OpenPeer:
     if request.param == "mcpi-worker-jobs-3":  # several samples at once behind one stdio: the same contract
         return lambda: _subprocess_peer([*_real_worker_command(), "--jobs", "3"])
     if request.param == "spec-worker":
-        return lambda: _subprocess_peer([sys.executable, str(Path(__file__).with_name("spec_worker.py"))])
+        return lambda: _subprocess_peer([sys.executable, str(Path(__file__).parents[1] / "spec_worker.py")])
     if request.param == "subprocess-fake":
         return lambda: _subprocess_peer(fake_worker_command())
     return _in_process_peer
