@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the protocol decoder with atheris (optional, not in CI).
 
-CI fuzzes with hypothesis (tests/test_hostile_worker.py). This script digs deeper
+CI fuzzes with hypothesis (tests/worker/test_hostile_worker.py). This script digs deeper
 for as long as you let it: libFuzzer mutates inputs toward new branches of
 ``mcpi_worker.protocol`` and the msgpack unpacker, feeding each input split at
 fuzzer-chosen points to both decoders (the worker's and the coordinator's) and to the

@@ -8,7 +8,7 @@ protocol package (msgpack and its whole core), the pool and the ssh launcher (Tr
 worker's logging (structlog), and ``launch.early``, home of the estimate's default points
 and chunk size (subprocess, threading and dataclasses, which would slow the parsing of
 ``mcpi scatter`` and ``mcpi bench``; ``mcpi estimate`` loads it anyway). Those values are
-copies, each named after its owner, and ``tests/test_cli_startup.py`` holds every copy
+copies, each named after its owner, and ``tests/cli/test_cli_startup.py`` holds every copy
 equal to its owner, so a change to one fails the tests until both agree.
 """
 

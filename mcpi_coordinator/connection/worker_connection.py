@@ -234,7 +234,7 @@ class WorkerConnection:
 
         The deadline is moved synchronously, at a request or an answer, and only when
         it has to come earlier, so the task waiting in ``clock`` does not wake for
-        every request (tests/test_pool_hot_path.py) and the deadline is not re-filed
+        every request (tests/pool/test_pool_hot_path.py) and the deadline is not re-filed
         with Trio twice per request either. When the clock rings the pool calls
         ``check_stall``, then this again.
         """

@@ -51,14 +51,14 @@ worker starts; the rest is headroom."""
 WORKER_RSS_BYTES: Final[int] = 48 * 2**20
 """The resident memory of one ``mcpi-worker`` counting with NumPy: 43 MiB idle after
 its welcome, 47.7 MiB at its peak over samples of 1e5 to 1e9 points
-(benchmarks/fleet.py costs; tests/test_fleet.py checks a real worker stays below it)."""
+(benchmarks/fleet.py costs; tests/launch/test_fleet.py checks a real worker stays below it)."""
 
 FUSED_WORKER_RSS_BYTES: Final[int] = 224 * 2**20
 """The same once the worker has loaded numba and the fused loop. A worker that finds
 numba's cache empty (the first run after an install, or a new ``NUMBA_CACHE_DIR``)
 compiles the loops itself, and compiling peaks far above loading from the cache; every
 worker of a first run may compile at once, so the cap counts that peak
-(tests/test_fleet.py checks a real worker stays below it with an empty cache)."""
+(tests/launch/test_fleet.py checks a real worker stays below it with an empty cache)."""
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ _LIMITS: Final[dict[str, tuple[int, int]]] = {
     "seed": (0, SEED_LIMIT),
     "chunk_size": (1, 2**40),
 }
-"""The command's own bounds (tests/test_start_up.py holds them to its parser): a value
+"""The command's own bounds (tests/launch/test_start_up.py holds them to its parser): a value
 outside them is refused there, so nothing starts early for it."""
 
 

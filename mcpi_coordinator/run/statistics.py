@@ -11,7 +11,7 @@ to look precise. Here the half-width is 1.96·4·sqrt(p̂(1 − p̂)/n), and p̂
 O(1/sqrt(n)) around π/4 where p(1 − p) is flat to first order, so the half-width is
 very nearly a function of n alone: the rule stops every run at almost the same n
 (over 1000 seeds at ε = 5e-3 with chunks of 1e4 points, all at the same 42 chunks;
-``tests/test_stopping.py``), which is a fixed-n plan in all but name, and a fixed-n
+``tests/run/test_stopping.py``), which is a fixed-n plan in all but name, and a fixed-n
 interval covers π 95% of the time. The test measures it: 93.9% of those 1000.
 
 One case would break this: tiny samples, where p̂ can be 0 or 1 and the standard
