@@ -52,6 +52,7 @@ _PUBLIC: dict[str, str] = {
     "PoolClosed": "mcpi_coordinator.errors",
     "PoolExhausted": "mcpi_coordinator.errors",
     "RequestFailed": "mcpi_coordinator.errors",
+    "InvalidChunk": "mcpi_coordinator.errors",
     "WorkerFailure": "mcpi_coordinator.errors",
     "command_launcher": "mcpi_coordinator.launch.local",
     "default_worker_command": "mcpi_coordinator.launch.local",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
 
     from mcpi_coordinator.errors import (
         ChunkFailed,
+        InvalidChunk,
         McpiError,
         PoolClosed,
         PoolExhausted,
@@ -105,6 +107,7 @@ __all__ = [
     "ChunkFailed",
     "ChunkResult",
     "EstimateResult",
+    "InvalidChunk",
     "Launcher",
     "McpiError",
     "PoolClosed",

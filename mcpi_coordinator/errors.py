@@ -52,6 +52,13 @@ class RequestFailed(McpiError):
         self.retryable = retryable
 
 
+class InvalidChunk(RequestFailed, ValueError):
+    """A ``Chunk`` that no request can carry: a ``seed``, ``stream`` or ``points`` outside
+    the protocol's range, ``streams`` below 1 or going past stream 2**64 - 1, a kernel
+    name too long (protocol.md §4). Raised where the chunk is made; never retryable. A
+    ``RequestFailed`` (what sending it would have ended in) and a ``ValueError``."""
+
+
 class ChunkFailed(McpiError):
     """One chunk failed on ``max_chunk_attempts`` workers in a row (a poison chunk, or
     a worker command that dies on every request), raised by ``WorkerPool.sample`` and

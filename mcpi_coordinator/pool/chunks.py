@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from mcpi_coordinator.errors import InvalidChunk
 from mcpi_worker.constants import DEFAULT_KERNEL
+from mcpi_worker.protocol import Sample
+from mcpi_worker.protocol.admission import sample_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,10 +19,12 @@ class Chunk:
     never changes its total. The pool may send a range in pieces sized for each worker
     (``WorkerPool.imap_unordered``).
 
-    The fields are not checked here (a frozen value, cheap to make by the million): the
-    protocol takes ``seed``, ``stream`` and ``points`` from 0 to 2**64 - 1 and
-    ``streams`` from 1, and ``kernel`` must be one a worker offers. What the pool does
-    with a chunk outside them is in ``WorkerPool.sample``.
+    Raises ``InvalidChunk`` (a ``RequestFailed`` and a ``ValueError``) when it is made
+    with fields no request can carry: the protocol's own check of the ``sample`` it
+    becomes (``protocol.admission.sample_problem``: ``seed``, ``stream`` from 0 to
+    2**64 - 1, ``points`` to 2**40, ``streams`` from 1 and not past stream 2**64 - 1,
+    ``kernel`` at most 4096 characters). Whether a worker offers its ``kernel`` and
+    takes its size is the pool's to say (``WorkerPool.sample``).
     """
 
     seed: int
@@ -27,6 +32,13 @@ class Chunk:
     points: int
     kernel: str = DEFAULT_KERNEL
     streams: int = 1
+
+    def __post_init__(self) -> None:
+        sample = Sample(0, self.seed, self.stream, self.points, self.kernel,
+                        self.streams, 1 if self.streams != 1 else None)  # fmt: skip
+        problem = sample_problem(sample)
+        if problem is not None:
+            raise InvalidChunk(f"not a valid chunk: {problem}")
 
     @property
     def total_points(self) -> int:

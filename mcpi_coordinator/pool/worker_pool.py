@@ -281,13 +281,11 @@ class WorkerPool:
         computing it or refused it with a retryable error (a poison chunk);
         ``RequestFailed`` if no worker can take it (no worker offers its kernel or
         accepts its size, or all that do are avoided) or one refuses it for good (a
-        worker's non-retryable error, such as ``invalid_request`` for a seed, stream or
-        points out of the protocol's range); ``PoolExhausted`` when no worker is left;
+        worker's non-retryable error); ``PoolExhausted`` when no worker is left;
         ``PoolClosed`` once the pool is closing or closed; ``trio.Cancelled`` as any
-        Trio call does (the worker is sent ``cancel`` and stays in the pool).
-        ``Chunk`` does not check its own fields: ``streams`` below 1 raises the
-        protocol core's ``LocalProtocolError`` and an integer too wide for 64 bits
-        msgpack's ``OverflowError``, both before anything is sent.
+        Trio call does (the worker is sent ``cancel`` and stays in the pool). A chunk
+        whose fields are out of the protocol's range never gets here: ``Chunk`` raises
+        ``InvalidChunk`` (a ``RequestFailed``) where it is made.
         """
         self._require_open()
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -28,6 +28,7 @@ from mcpi_worker.protocol.messages import (
     ErrorCode,
     Sample,
     Welcome,
+    field_problem,
     quote,
 )
 
@@ -76,9 +77,8 @@ def refusal(welcome: Welcome, sample: Sample) -> Refusal | None:
     if sample.is_range and version < RANGE_VERSION:
         why = f"'streams' and 'group' need protocol version {RANGE_VERSION} (this connection speaks {version})"
         return Refusal(Unfit.VERSION, why)
-    if sample.stream + sample.streams - 1 > UINT64_MAX:
-        why = f"streams {sample.stream} to {sample.stream + sample.streams - 1} go past 2**64-1"
-        return Refusal(Unfit.PAST_END, why)
+    if (past := _past_end(sample)) is not None:
+        return Refusal(Unfit.PAST_END, past)
     if sample.streams > MAX_STREAMS:
         return Refusal(Unfit.STREAMS, f"{sample.streams} streams is above the limit of {MAX_STREAMS} a range")
     if sample.total_points > welcome.max_points:
@@ -87,6 +87,18 @@ def refusal(welcome: Welcome, sample: Sample) -> Refusal | None:
     if sample.group_size > 0 and sample.groups > MAX_GROUPS:  # below 1: a field's rule (FIELDS)
         return Refusal(Unfit.GROUPS, f"{sample.groups} groups of streams is above the limit of {MAX_GROUPS}")
     return None
+
+
+def _past_end(sample: Sample) -> str | None:
+    last = sample.stream + sample.streams - 1
+    return f"streams {sample.stream} to {last} go past 2**64-1" if last > UINT64_MAX else None
+
+
+def sample_problem(sample: Sample) -> str | None:
+    """What makes ``sample`` one that no worker takes, whatever its welcome, or None: a
+    field against the field table (``field_problem``), or streams going past 2**64-1.
+    For a sender that checks its work where it is made (``Chunk``)."""
+    return field_problem(sample) or _past_end(sample)
 
 
 def sample_frame_size(sample: Sample) -> int:
