@@ -90,7 +90,6 @@ Outcome = ChunkResult | McpiError | None
 """What became of a request: its result (None: a ping was answered) or its error."""
 
 
-
 class Connection(Protocol):
     """What the dispatcher needs of a worker connection: ``WorkerConnection`` is one, the
     tests' fakes others (checked against this by mypy). A connection must be hashable by
