@@ -25,8 +25,8 @@ from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import commands, facts, plots, signals, text
-from mcpi_coordinator.cli.estimate import worker_command
 from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
+from mcpi_coordinator.cli.estimate_plan import worker_command
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, chunk_count

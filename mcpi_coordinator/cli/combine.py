@@ -138,7 +138,7 @@ def _repeat(combined: Combined) -> str:
 
 def combined_json(combined: Combined) -> dict[str, Any]:
     """The fields of ``mcpi estimate --json`` that a sum of parts has, and the parts."""
-    from mcpi_coordinator.cli.estimate import estimate_fields
+    from mcpi_coordinator.cli.estimate_json import estimate_fields
 
     key = combined.key
     return {
@@ -172,7 +172,7 @@ def combined_json(combined: Combined) -> dict[str, Any]:
 
 
 def print_combined(combined: Combined) -> None:
-    from mcpi_coordinator.cli.estimate import estimate_rows, points_text
+    from mcpi_coordinator.cli.estimate_text import estimate_rows, points_text
 
     key = combined.key
     parts = "; ".join(

@@ -1,7 +1,12 @@
 """``mcpi estimate``: estimate π on a pool of workers and report it (text or JSON).
 
-Its parser lives apart (``cli.estimate_parser``), so that parsing imports none of what a
-run needs: this module is imported by the parser's handler, once the line has parsed.
+This module is the command's course: the arguments checked together, the run on its
+pool until it ends or a signal stops it, the result printed, the exit code. Each job
+around it has a module of its own: the parser (``cli.estimate_parser``, apart so that
+parsing imports none of what a run needs: this module is imported by the parser's
+handler, once the line has parsed), the checks of options together and the worker slots
+(``cli.estimate_plan``), the JSON object (``cli.estimate_json``) and the text table
+(``cli.estimate_text``).
 
 Exit codes: 0 an estimate was reported (also after an early stop), 1 the run failed or
 the --plot could not be written (one line on stderr says why; an estimate is still
@@ -16,33 +21,20 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any, Final
 
 import trio
 
-from mcpi_coordinator import arguments as cli_args
-from mcpi_coordinator.cli import plots, progress, runs, signals, text
+from mcpi_coordinator.cli import estimate_json, estimate_plan, estimate_text, plots, progress, runs, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
 from mcpi_coordinator.cli.exit_codes import ExitCode
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.launch import capacity, remote, slurm
-from mcpi_coordinator.launch.local import adopting_orphans, default_worker_command, spawn_worker
-from mcpi_coordinator.launch.redact import shown_command
-from mcpi_coordinator.pool.stats import SlotState
+from mcpi_coordinator.launch import capacity, remote
+from mcpi_coordinator.launch.local import adopting_orphans, spawn_worker
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused
-from mcpi_coordinator.run.estimate import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_POINTS,
-    EstimateResult,
-    chunk_count,
-    pi_statistics,
-    resumed_prefix,
-    run_estimate,
-)
-from mcpi_coordinator.run.parts import part_json
+from mcpi_coordinator.run.estimate import EstimateResult, resumed_prefix, run_estimate
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 from mcpi_worker.kernels import DEFAULT_KERNEL
 
@@ -52,38 +44,17 @@ MAX_START_ATTEMPTS: Final[int] = 3
 """Failed starts in a row before a worker slot is dropped (the pool's default, said
 here because the start-up line counts the attempts)."""
 
-def worker_command(worker_cmd: str | None, index: int) -> list[str]:
-    """The argument vector that starts worker ``index``: ``--worker-cmd`` shell-split,
-    or this interpreter's ``mcpi-worker``. Raises ``RemoteConfigError`` (a
-    ``ValueError``) with one clear line for an unusable one."""
-    if worker_cmd is None:
-        return default_worker_command()
-    what = cli_args.named(worker_cmd, "--worker-cmd")
-    return remote.substitute_index(remote.split_command(worker_cmd, what), index)
-
-
-def _part_problem(args: argparse.Namespace) -> str | None:
-    """A --part that cannot be: with --target-error, or more parts than chunks."""
-    if args.part is None:
-        return None
-    if args.target_error is not None:
-        return (
-            "--part and --target-error do not mix: the target stops the whole run's prefix of "
-            "chunks, which no part sees; run the parts to their end (or drop --part)"
-        )
-    if args.resume is not None:
-        return None  # the checkpoint's parameters decide; a --part that differs is refused then
-    points = DEFAULT_POINTS if args.points is None else args.points
-    chunks = chunk_count(points, DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
-    if args.part.of > chunks:
-        return f"--part {args.part}: a run of {chunks:,} chunks has at most {chunks:,} parts"
-    return None
-
 
 def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = None) -> int:
-    """``mcpi estimate``; ``machine`` stands for this machine's limits (tests)."""
+    """``mcpi estimate`` with the parsed ``args``: returns its exit code (``ExitCode``).
+    Options that do not go together end it through ``args.command_parser.error``
+    (``SystemExit`` 2, one line). ``machine`` stands for this machine's limits (tests)."""
     machine = capacity.MachineLimits.here() if machine is None else machine
-    problem = _part_problem(args) or runs.fill_target_budget(args, MAX_TOTAL_POINTS) or _check_arguments(args, machine)
+    problem = (
+        estimate_plan.part_problem(args)
+        or runs.fill_target_budget(args, MAX_TOTAL_POINTS)
+        or estimate_plan.check_arguments(args, machine)
+    )
     if problem is not None:
         args.command_parser.error(problem)
     if args.plot is not None:
@@ -99,15 +70,16 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
     except CheckpointRefused as error:
         text.say(PROG, f"error: {error}")
         return ExitCode.USAGE
-    _drop_unusable_slots(args)  # a resumed run's points are known from its file only now
+    estimate_plan.drop_unusable_slots(args)  # a resumed run's points are known from its file only now
     if not args.capacity_checked:  # a resumed run's kernel is known from its file only now
-        problem = _capacity_problem(args, machine)
+        problem = estimate_plan.capacity_problem(args, machine)
         if problem is not None:
             prepared.close()
             args.command_parser.error(problem)
     seed, seed_drawn = prepared.seed, prepared.seed_drawn
-    if not args.quiet:
-        _hint_idle_workers(args)
+    note = None if args.quiet else estimate_plan.idle_workers_note(args)
+    if note is not None:
+        text.say(PROG, note)
     try:
         try:
             # What a worker leaves behind (a child in a session of its own) is ended
@@ -124,9 +96,9 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
     if outcome is None:
         return _interrupted(seed, prepared)
     if args.json:
-        print(json.dumps(result_json(outcome)))
+        print(json.dumps(estimate_json.result_json(outcome)))
     else:
-        print_result(outcome, seed_drawn=seed_drawn)
+        estimate_text.print_result(outcome, seed_drawn=seed_drawn)
     if args.plot is not None:  # drawn from the per-chunk counts the run kept anyway
         try:
             picture = plots.plot_estimate(outcome, args.plot)
@@ -173,109 +145,6 @@ def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:
     return ExitCode.for_signal(signals.stopped_by())
 
 
-def _check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -> str | None:
-    if args.workers is None:
-        args.workers = 0 if args.slurm else (os.cpu_count() or 1)
-    try:
-        worker_command(args.worker_cmd, 0)  # checked even when every worker is remote
-        nodes = slurm.allocation_nodes(os.environ) if args.slurm else ()
-        slots = [] if args.slurm and not (args.workers or args.host or args.hosts_file) else (
-            remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
-        )
-    except (remote.RemoteConfigError, slurm.SlurmError) as error:
-        return str(error)
-    # One step per node, one connection each, all the node's CPUs as its jobs.
-    worker = worker_command(args.worker_cmd, 0)
-    args.slots = slots + [
-        remote.WorkerSlot(tuple(slurm.srun_worker_argv(node, [*worker, "--jobs", str(node.cpus)])),
-                          remote.HostSpec(node.name))
-        for node in nodes
-    ]
-    args.starting_limits = remote.starting_limits(args.slots)
-    args.asked_workers = len(args.slots)
-    if args.resume is None:
-        _drop_unusable_slots(args)  # the machine need only hold the workers that will start
-    # The kernel that will run: --kernel, else a resumed checkpoint's (checked once the
-    # file is open, so that nothing is created for a run refused here), else the default.
-    args.capacity_checked = args.kernel is not None or args.resume is None
-    return _capacity_problem(args, machine) if args.capacity_checked else None
-
-
-def _capacity_problem(args: argparse.Namespace, machine: capacity.MachineLimits) -> str | None:
-    """Whether the machine holds the planned slots' workers, counting each local one
-    for the kernel the run will use (``args.kernel``; the default until it is set)."""
-    kernel = DEFAULT_KERNEL if args.kernel is None else args.kernel
-    starts = remote.concurrent_starts(args.starting_limits)
-    return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel)
-
-
-def _wait_for_every_worker(args: argparse.Namespace) -> bool:
-    """Whether work waits for every worker's welcome. Local mcpi-workers are alike, so
-    work starts at the first ready one. Other workers (--worker-cmd, ssh, Slurm) may
-    differ in what they offer (kernels, sizes, hosts), and the pool refuses a request
-    no worker can serve only once it knows what each offers; --verify sends its checks
-    to another host when one is up, which it knows from the welcomes."""
-    return bool(args.verify) or args.worker_cmd is not None or any(slot.host is not None for slot in args.slots)
-
-
-def _drop_unusable_slots(args: argparse.Namespace) -> None:
-    """Start no worker the run cannot use: a chunk is the least one worker computes, so
-    slots beyond the run's chunks (counting each slot's jobs) would only start, idle
-    and stop; on a few cores their start-up would also delay the ones that work. With
-    --verify one more is kept, so that a check can run on another worker."""
-    wanted = len(_streams(args)) + (1 if args.verify else 0)
-    kept = jobs = 0
-    for slot in args.slots:
-        if jobs >= wanted:
-            break
-        kept += 1
-        jobs += slot.jobs
-    args.slots = args.slots[:kept]
-    args.starting_limits = args.starting_limits[:kept]
-
-
-def _hint_idle_workers(args: argparse.Namespace) -> None:
-    """A chunk size above points/workers leaves workers with nothing to do: say so, and
-    that only the workers the run can use are started."""
-    chunks = len(_streams(args))
-    points = _asked_points(args)
-    asked: int = args.asked_workers
-    if chunks < asked <= points:
-        even = -(-points // asked)
-        started = len(args.slots)
-        text.say(
-            PROG,
-            f"note: {text.plural(chunks, 'chunk')} for {text.plural(asked, 'worker')}: starting "
-            f"{started} ({asked - started} would be idle); --chunk-size {even:,} would use them all",
-        )
-
-
-def _streams(args: argparse.Namespace) -> range:
-    """The chunks this coordinator counts: the run's, or its --part's (for options not
-    known yet, a resumed run's before its file is open, their defaults)."""
-    points = DEFAULT_POINTS if args.points is None else args.points
-    total = chunk_count(points, DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
-    return range(total) if args.part is None else args.part.streams(total)
-
-
-def _asked_points(args: argparse.Namespace) -> int:
-    points: int = args.points
-    return points if args.part is None else args.part.points(points, args.chunk_size)
-
-
-def _slot_names(args: argparse.Namespace) -> list[str]:
-    """How each slot's worker is started, as a person would recognise it."""
-    names = []
-    for slot in args.slots:
-        if slot.host is not None:
-            names.append(f"ssh {slot.host.name}")
-        elif args.worker_cmd is None:
-            names.append("mcpi-worker")
-        else:
-            names.append(shown_command(slot.command))  # no secret in a warning
-    return names
-
-
 async def _estimate_until_stopped(
     args: argparse.Namespace, seed: int, checkpoint: Checkpoint | None
 ) -> EstimateResult | McpiError | None:
@@ -308,7 +177,7 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
     launcher = remote.slot_launcher(args.slots, spawn_worker)
     hosts = [None if slot.host is None else slot.host.name for slot in args.slots]
     shown = progress.progress_wanted(args.quiet, args.no_progress)
-    line = progress.RunProgress(total=_asked_points(args), workers=len(args.slots))
+    line = progress.RunProgress(total=estimate_plan.asked_points(args), workers=len(args.slots))
     capacity.raise_open_file_limit(
         len(args.slots), max_starting=remote.concurrent_starts(args.starting_limits)
     )
@@ -321,15 +190,15 @@ async def _estimate(args: argparse.Namespace, seed: int, checkpoint: Checkpoint 
         max_start_attempts=MAX_START_ATTEMPTS,
         slot_hosts=hosts,
         starting_limits=args.starting_limits,
-        wait_for_all=_wait_for_every_worker(args),
-        expected_points=-(-_asked_points(args) // len(args.slots)),  # each worker's share: a hint
+        wait_for_all=estimate_plan.wait_for_every_worker(args),
+        expected_points=-(-estimate_plan.asked_points(args) // len(args.slots)),  # each worker's share: a hint
     )
     failure: McpiError | None = None
     with progress.shown(line, shown):
         async with trio.open_nursery() as watching:
             watching.start_soon(
                 lambda: progress.watch_pool(
-                    pool, line, _slot_names(args), hosts=hosts,
+                    pool, line, estimate_plan.slot_names(args), hosts=hosts,
                     startup_timeout=args.startup_timeout, max_start_attempts=MAX_START_ATTEMPTS,
                 )
             )  # fmt: skip
@@ -379,186 +248,3 @@ def _run_options(args: argparse.Namespace, seed: int, checkpoint: Checkpoint | N
         "max_time": args.max_time, "target_error": args.target_error, "checkpoint": checkpoint,
         "verify": args.verify, "part": args.part,
     }  # fmt: skip
-
-
-# ------------------------------------------------------------------------ output
-
-
-def estimate_fields(inside: int, points: int) -> dict[str, Any]:
-    """The estimate's own JSON fields; ``mcpi combine`` writes a combined run's with these."""
-    stats = pi_statistics(inside, points)
-    return {"pi": stats.pi, "error": stats.error, "std_error": stats.std_error, "ci95": list(stats.ci95)}
-
-
-def result_json(result: EstimateResult) -> dict[str, Any]:
-    return {
-        **estimate_fields(result.inside, result.points),
-        "inside": result.inside,
-        "points": result.points,
-        "requested_points": result.requested_points,
-        "seed": result.seed,
-        "chunk_size": result.chunk_size,
-        "chunks": result.chunks,
-        "kernel": result.kernel,
-        "workers": result.workers,
-        "workers_retired": result.pool.retired,
-        "workers_failed": len(result.pool.failures),
-        "failures": [asdict(failure) for failure in result.pool.failures],
-        "elapsed_s": result.elapsed_s,
-        "points_per_s": result.points_per_s,
-        "restarts": result.restarts,
-        "stopped_early": result.stopped_early,
-        "discarded_chunks": result.discarded_chunks,
-        "repeat_points": None if result.repeat_command is None else result.points,
-        "repeat_command": result.repeat_command,
-        "part": _part_json(result),
-        "target_error": result.target_error,
-        "target_reached": result.target_reached,
-        "checkpoint": result.checkpoint,
-        "resumed_chunks": result.resumed_chunks,
-        "saved_chunks": result.saved_chunks,
-        **runs.verify_json(result),
-        "per_worker": [asdict(worker) for worker in result.pool.workers],
-        "hosts": remote.host_rows(result.pool.workers, result.elapsed_s),
-    }
-
-
-def _part_json(result: EstimateResult) -> dict[str, int] | None:
-    if result.part is None:
-        return None
-    return part_json(result.part, chunk_count(result.requested_points, result.chunk_size))
-
-
-def kernel_text(result: EstimateResult) -> str:
-    """``numpy (numba-fused)``: the kernel asked for, and what counted its chunks as the
-    workers said, with each one's share of the points when there were several
-    (``numpy (numba-fused 70%, numpy 30%)``: a worker switches once it has counted enough)."""
-    used = result.implementations
-    total = sum(points for _, points in used)
-    if not total or [name for name, _ in used] == [result.kernel]:
-        return result.kernel
-    if len(used) == 1:
-        return f"{result.kernel} ({used[0][0]})"
-    shares = ", ".join(f"{name} {points / total:.0%}" for name, points in used)
-    return f"{result.kernel} ({shares})"
-
-
-def rate_text(result: EstimateResult) -> str:
-    """The run's points/s; a resumed run that computed nothing has none to show."""
-    if result.points == result.resumed_points:
-        return "none computed: every counted chunk came from the checkpoint"
-    return text.rate(result.points_per_s)
-
-
-def workers_summary(result: EstimateResult) -> str:
-    """``2  (0 restarts)``, or ``1 of 3  (2 dropped: ...)``: who did the work, honestly.
-
-    A dropped (retired) slot did nothing after its last failures and its failed starts
-    are not restarts of a working worker, so they are counted apart. Work starts at the
-    first ready worker, so a slot may also never have been ready (no welcome, so no
-    host) when the run ended: it did nothing either.
-    """
-    stats = result.pool
-    if stats.size == 0:
-        return "none needed: every chunk came from the checkpoint"
-    unready = [w for w in stats.workers if w.state != SlotState.RETIRED and w.host is None]
-    working = [w for w in stats.workers if w.state != SlotState.RETIRED and w.host is not None]
-    dropped = stats.size - len(working) - len(unready)
-    restarts = sum(w.restarts for w in working)
-    notes = [text.plural(restarts, "restart")]
-    if dropped:
-        failed_starts = sum(w.restarts + 1 for w in stats.workers if w.state == SlotState.RETIRED)
-        notes.append(f"{dropped} dropped after {text.plural(failed_starts, 'failed start')}")
-    if unready:
-        notes.append(f"{len(unready)} not ready before the run ended")
-    idle = sum(1 for w in working if w.chunks == 0)
-    if idle and result.chunks < len(working):
-        notes.append(f"{idle} idle: {text.plural(result.chunks, 'chunk')} to share")
-    count = f"{len(working)}" if len(working) == stats.size else f"{len(working)} of {stats.size}"
-    return f"{count}  ({'; '.join(notes)})"
-
-
-def estimate_rows(inside: int, points: int) -> list[tuple[str, str]]:
-    """The estimate's own rows (π, error, standard error, interval): ``mcpi combine``
-    prints a combined run's with these very words and digits."""
-    stats = pi_statistics(inside, points)
-    return [
-        ("π ≈", f"{stats.pi:.10f}"),
-        ("error", f"{stats.error:+.3e}  (estimate − math.pi)"),
-        ("standard error", f"{stats.std_error:.3e}"),
-        ("95% CI", f"[{stats.ci95[0]:.8f}, {stats.ci95[1]:.8f}]"),
-    ]
-
-
-def points_text(points: int, chunks: int, chunk_size: int) -> str:
-    return f"{points:,} in {text.plural(chunks, 'chunk')} of up to {chunk_size:,}"
-
-
-def part_row(result: EstimateResult) -> tuple[str, str] | None:
-    """What a --part run counted, and that its estimate is of that part alone."""
-    if result.part is None:
-        return None
-    span = result.part_streams
-    total = chunk_count(result.requested_points, result.chunk_size)
-    return (
-        "part",
-        f"{result.part.index} of {result.part.of}: chunks {span.start:,}..{span.stop - 1:,} of {total:,} "
-        f"({result.asked_points:,} of {result.requested_points:,} points); the estimate is of this part "
-        f"alone: mcpi combine all {result.part.of} parts' --json for the run's",
-    )
-
-
-def print_result(result: EstimateResult, *, seed_drawn: bool) -> None:
-    points = points_text(result.points, result.chunks, result.chunk_size)
-    if result.stopped_early is not None:
-        why = {"max_time": "--max-time reached", "target_error": "--target-error reached"}
-        points += f"  (stopped early, {why[result.stopped_early]}; asked {result.asked_points:,})"
-    drawn = f"  (drawn at random; --seed {result.seed} repeats this run)" if seed_drawn else ""
-    part = part_row(result)
-    rows = [
-        *estimate_rows(result.inside, result.points),
-        ("points", points),
-        *([] if part is None else [part]),
-        *run_rows(result),
-        ("workers", workers_summary(result)),
-        ("seed", f"{result.seed}{drawn}"),
-        ("kernel", kernel_text(result)),
-        ("wall time", f"{result.elapsed_s:.3f} s"),
-        ("points/s", rate_text(result)),
-    ]
-    print(text.rows_text(rows))
-    for line in (repeat_line(result), runs.checkpoint_line(result)):
-        if line is not None:
-            print(line)  # never wrapped: meant to be copied
-
-
-def run_rows(result: EstimateResult) -> list[tuple[str, str]]:
-    """A target that was not reached, plainly; what --verify did."""
-    rows = []
-    if result.target_error is not None and not result.target_reached:
-        half = result.statistics.half_width
-        when = "when --max-time came" if result.stopped_early == "max_time" else "after all --points"
-        rows.append(("target error", f"{result.target_error:g} NOT reached (±{half:.3e} {when})"))
-    verified = runs.verify_row(result)
-    if verified is not None:
-        rows.append(verified)
-    return rows
-
-
-def repeat_line(result: EstimateResult) -> str | None:
-    """After an early stop, the plain command that gives this very count (a part that
-    stopped early has none: it says how to finish it instead)."""
-    if result.stopped_early is None:
-        return None
-    discarded = result.discarded_chunks
-    chunks = "chunk that finished past them" if discarded == 1 else "chunks that finished past them"
-    beyond = f"; {discarded:,} {chunks} not counted" if discarded else ""
-    first = result.first_chunk
-    counted = f"streams {first}..{first + result.chunks - 1}{beyond}"
-    if result.repeat_command is None:
-        end = result.part_streams.stop - 1
-        return (
-            f"unfinished: part {result.part} counted {counted}, not all of {first}..{end}; "
-            "mcpi combine refuses it until it is run to its end"
-        )
-    return f"repeat: {result.repeat_command}  ({counted})"

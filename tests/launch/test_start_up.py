@@ -238,7 +238,7 @@ def test_a_command_refused_after_its_workers_started_early_leaves_none() -> None
 def test_workers_not_ready_when_the_run_ended_are_not_counted_as_working() -> None:
     from array import array
 
-    from mcpi_coordinator.cli.estimate import workers_summary
+    from mcpi_coordinator.cli.estimate_text import workers_summary
     from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerStats
     from mcpi_coordinator.run.estimate import EstimateResult
 
