@@ -168,7 +168,12 @@ class Checkpoint:
         (``files.create_exclusive``), and linked to ``path``, which fails if anything
         (a symlink included) holds the name by then. The names SQLite will open beside
         it (``NAME-wal``, ``NAME-journal``) are claimed first, the same way, so SQLite
-        never follows a symlink or replays a journal that another user planted there."""
+        never follows a symlink or replays a journal that another user planted there.
+
+        Returns it open and locked. Raises ``CheckpointRefused`` (one line naming the
+        file) when ``path`` exists, is a directory, has no directory, is in a directory
+        anyone may write that lacks the sticky bit, or cannot be written or opened;
+        ``ValueError`` for a kernel with no definition version (``KERNEL_VERSIONS``)."""
         target = Path(path)
         if target.is_dir():
             raise CheckpointRefused(
@@ -211,7 +216,13 @@ class Checkpoint:
 
     @classmethod
     def resume(cls, path: str | os.PathLike[str]) -> Self:
-        """The checkpoint at ``path``, checked whole and locked; its rows in ``stored``."""
+        """The checkpoint at ``path``, checked whole and locked; its rows in ``stored``.
+
+        Raises ``CheckpointRefused`` (one line naming the file) when there is none, or it
+        is not a regular file, not an mcpi checkpoint, corrupt or with a row that fails
+        its check, written by a newer mcpi or for another kernel version, another user's
+        or writable by anyone, in a directory anyone may write that lacks the sticky
+        bit, or in use by another run."""
         target = Path(path)
         if not target.exists():
             raise CheckpointRefused(
@@ -301,7 +312,8 @@ class Checkpoint:
         return len(self._streams)
 
     def record(self, stream: int, inside: int) -> None:
-        """Keep a completed chunk; committed with others at most every ``commit_every_s``."""
+        """Keep a completed chunk; committed with others at most every ``commit_every_s``.
+        Raises ``CheckpointFailed`` when that commit fails, ``RuntimeError`` once closed."""
         self._buffer.append((stream, inside, check_value(self.parameters.seed, stream, inside)))
         self._streams.append(stream)
         self._insides.append(inside)
@@ -310,7 +322,7 @@ class Checkpoint:
 
     def forget(self, streams: Iterable[int]) -> None:
         """Delete chunks (their worker was caught lying), committed at once. Raises
-        ``CheckpointFailed``."""
+        ``CheckpointFailed`` when the write fails, ``RuntimeError`` once closed."""
         doomed = set(streams)
         self._buffer = [row for row in self._buffer if row[0] not in doomed]
         kept = [(s, i) for s, i in self.stored() if s not in doomed]
@@ -325,7 +337,8 @@ class Checkpoint:
 
     def commit(self) -> None:
         """Write the buffered rows in one transaction. Raises ``CheckpointFailed`` (the
-        rows are dropped: the file keeps what it had, and a resumed run computes them again)."""
+        rows are dropped: the file keeps what it had, and a resumed run computes them again),
+        and ``RuntimeError`` once it is closed."""
         connection = self._require_open()
         self._last_commit = time.monotonic()
         if not self._buffer:
@@ -348,7 +361,8 @@ class Checkpoint:
             raise CheckpointFailed(f"cannot write checkpoint {self.path}: {_reason(error)}") from None
 
     def close(self) -> None:
-        """Commit what is buffered and release the file (and its lock). Idempotent."""
+        """Commit what is buffered and release the file (and its lock). Idempotent. Raises
+        ``CheckpointFailed`` if that last commit fails (the file is released all the same)."""
         if self._connection is None:
             return
         try:
@@ -396,7 +410,7 @@ _MAX_META_VALUE: Final[int] = 256
 
 MAX_POINTS: Final[int] = 2**53
 """The most points a checkpoint's run may have: the most ``mcpi estimate --points``
-takes (``cli.estimate.MAX_TOTAL_POINTS``)."""
+takes (``cli.estimate_parser.MAX_TOTAL_POINTS``)."""
 
 
 def _schema_of(statements: Iterable[str]) -> frozenset[tuple[str, str, str, str | None]]:

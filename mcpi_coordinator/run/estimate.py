@@ -57,11 +57,17 @@ DEFAULT_CHUNK_SIZE: Final[int] = early.DEFAULT_CHUNK_SIZE
 
 
 def chunk_count(points: int, chunk_size: int) -> int:
+    """How many chunks ``iter_chunks`` cuts ``points`` into (the last may be short)."""
     return -(-points // chunk_size)
 
 
 def iter_chunks(seed: int, points: int, chunk_size: int, kernel: str = DEFAULT_KERNEL) -> Iterator[Chunk]:
-    """Chunk ``k`` is stream ``k``: ``chunk_size`` points each, the last one what remains."""
+    """The chunks of a run of ``points`` points of ``seed``, lazily: chunk ``k`` is stream
+    ``k``, with ``chunk_size`` points each, the last one what remains, all of ``kernel``.
+
+    Raises ``ValueError`` (when the first chunk is asked for) if ``chunk_size`` is below
+    1. The values are not checked against the protocol's bounds (``Chunk`` says what the
+    pool does with one outside them)."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     full, rest = divmod(points, chunk_size)
@@ -251,6 +257,22 @@ async def run_estimate(
 
     With a ``part``, only that part's streams are counted (and the result is the
     part's count); ``target_error``, a rule over the whole run's prefix, is refused.
+
+    Returns the ``EstimateResult``. Raises:
+
+    - ``ValueError`` for arguments no run can have: ``points`` or ``chunk_size`` below
+      1, a ``part`` with a ``target_error``, a ``checkpoint`` whose parameters are not
+      these, ``verify`` above 1 (or NaN; 0 or less verifies nothing), or no ``pool``
+      while chunks are left to compute;
+    - ``NothingCompleted`` when ``max_time`` came before the prefix's first chunk;
+    - what the pool raises for the work (``ChunkFailed``, ``RequestFailed``,
+      ``PoolExhausted``, ``PoolClosed``: ``WorkerPool.imap_unordered`` says when);
+    - with ``verify``, ``VerificationFailed`` when the counts of a chunk disagree and no
+      majority settles them (no two agree, or no other source is left to count it);
+    - with a ``checkpoint``, ``CheckpointFailed`` when writing to it fails.
+
+    Each of these ``McpiError``s comes out as itself, never inside an
+    ``ExceptionGroup``. Cancelling it (or ``max_time``) cancels the chunks in flight.
     """
     if points < 1 or chunk_size < 1:
         raise ValueError(f"points and chunk_size must be at least 1, not {points} and {chunk_size}")

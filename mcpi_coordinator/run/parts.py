@@ -34,7 +34,8 @@ from mcpi_worker.constants import KERNEL_VERSIONS
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """Part ``index`` (1..``of``) of a run cut into ``of`` parts."""
+    """Part ``index`` (1..``of``) of a run cut into ``of`` parts. Making one raises
+    ``ValueError`` unless 1 <= ``index`` <= ``of``."""
 
     index: int
     of: int
@@ -47,13 +48,15 @@ class Part:
         return f"{self.index}/{self.of}"
 
     def streams(self, total_chunks: int) -> range:
-        """The part's chunks (streams) of a run of ``total_chunks`` chunks."""
+        """The part's chunks (streams) of a run of ``total_chunks`` chunks. Raises
+        ``ValueError`` (a line for the user) when the run has fewer chunks than parts."""
         if self.of > total_chunks:
             raise ValueError(f"--part {self}: a run of {total_chunks:,} chunks has at most {total_chunks:,} parts")
         return part_streams(total_chunks, self.index, self.of)
 
     def points(self, points: int, chunk_size: int) -> int:
-        """The points of the part's chunks, the run's shorter last chunk included."""
+        """The points of the part's chunks, the run's shorter last chunk included; raises
+        as ``streams`` does."""
         span = self.streams(-(-points // chunk_size))
         return min(span.stop * chunk_size, points) - span.start * chunk_size
 
@@ -75,6 +78,8 @@ def parse_part(text: str) -> Part:
 
 
 def part_json(part: Part, total_chunks: int) -> dict[str, int]:
+    """The ``part`` object of ``mcpi estimate --json`` (what ``read_part`` checks);
+    raises as ``Part.streams`` does."""
     span = part.streams(total_chunks)
     return {"index": part.index, "of": part.of, "first_chunk": span.start, "chunks": len(span)}
 
@@ -171,7 +176,10 @@ def _whole(document: Mapping[str, Any], name: str, source: str, low: int, high: 
 
 
 def read_part(source: str, document: Mapping[str, Any]) -> PartCount:
-    """Check one document alone: a complete part (or a complete whole run) of a run."""
+    """Check one document alone: a complete part (or a complete whole run) of a run.
+    Returns what it counted; raises ``CombineRefused`` (naming ``source``) for a field
+    missing or out of range, a part that stopped early or is not whole, or counts that
+    contradict each other."""
     seed = _whole(document, "seed", source, 0, 2**64 - 1)
     requested = _whole(document, "requested_points", source, 1)
     chunk_size = _whole(document, "chunk_size", source, 1)

@@ -41,6 +41,9 @@ class Prefix:
     ``stopped`` says the stop rule was reached at ``k``, after which the prefix no
     longer grows. Memory is 8 bytes per stream up to the highest
     one completed (``array('q')``), as the per-chunk counts for plots always took.
+
+    Making one raises ``ValueError`` for a ``chunk_size`` below 1, negative ``points``,
+    or a ``part`` the run has too few chunks for.
     """
 
     def __init__(
@@ -68,7 +71,8 @@ class Prefix:
     # ------------------------------------------------------------------ queries
 
     def chunk_points(self, stream: int) -> int:
-        """The points of chunk ``stream``: ``chunk_size``, the last one what remains."""
+        """The points of chunk ``stream``: ``chunk_size``, the last one what remains.
+        Raises ``ValueError`` for a stream outside the run (or its part)."""
         if not self.first <= stream < self.end:
             what = "run" if self.part is None else f"part {self.part}"
             raise ValueError(f"stream {stream} is not a chunk of this {what} ({self.first}..{self.end - 1})")
@@ -135,7 +139,9 @@ class Prefix:
     # ------------------------------------------------------------------ changes
 
     def add(self, stream: int, inside: int) -> None:
-        """Count chunk ``stream``'s result; the prefix grows if it filled the gap."""
+        """Count chunk ``stream``'s result; the prefix grows if it filled the gap. Raises
+        ``ValueError``, counting nothing, for a stream outside the run, an impossible
+        count, or a chunk counted already."""
         points = self.chunk_points(stream)
         if not 0 <= inside <= points:
             raise ValueError(f"chunk {stream}: {inside} inside of {points} points is impossible")
@@ -153,7 +159,8 @@ class Prefix:
         """Count chunks ``first, first + 1, ...`` at once (a range's result): checked
         in full before anything changes, like ``add`` one by one, at a fraction of the
         cost (one by one, this bookkeeping kept a coordinator core busy at small chunk
-        sizes; ``benchmarks/scale.py`` measures the coordinator's CPU per request)."""
+        sizes; ``benchmarks/scale.py`` measures the coordinator's CPU per request).
+        Raises ``ValueError``, counting none of them, as ``add`` would for any one."""
         streams = len(insides)
         if streams == 0:
             return

@@ -36,6 +36,8 @@ n·p ≥ 10 and n·(1 − p) ≥ 10 for a binomial's normal approximation."""
 
 @dataclass(frozen=True, slots=True)
 class PiStatistics:
+    """An estimate of π from a count, with its standard error and 95% interval."""
+
     pi: float
     std_error: float
     ci95: tuple[float, float]
@@ -51,7 +53,8 @@ class PiStatistics:
 
 
 def pi_statistics(inside: int, points: int, z: float = Z_95) -> PiStatistics:
-    """π̂ = 4·inside/points with its binomial standard error and ``z`` interval (95%)."""
+    """π̂ = 4·inside/points with its binomial standard error and ``z`` interval (95%).
+    Raises ``ValueError`` when ``points`` is 0 or less."""
     if points <= 0:
         raise ValueError("no points: nothing to estimate")
     p = inside / points
@@ -65,7 +68,8 @@ def points_to_reach(target_error: float, z: float = Z_95) -> int:
     """The most points ``StopRule(target_error)`` can need: p̂(1 − p̂) is at most 1/4,
     so the half-width z·4·sqrt(p̂(1 − p̂)/n) is at most 2z/sqrt(n), which is at most
     ``target_error`` from n = (2z/target_error)² on, whatever the points drawn. (A run
-    stops near (z·4·sqrt(p(1 − p))/target_error)², about 0.67 of it: p̂ ≈ π/4.)"""
+    stops near (z·4·sqrt(p(1 − p))/target_error)², about 0.67 of it: p̂ ≈ π/4.)
+    Raises ``ValueError`` unless ``target_error`` is positive."""
     if not target_error > 0:
         raise ValueError(f"target_error must be positive, not {target_error}")
     return math.ceil((2 * z / target_error) ** 2)

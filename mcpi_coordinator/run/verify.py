@@ -147,7 +147,11 @@ async def count_here(chunk: Chunk) -> int:
 class Verifier:
     """The ``--verify`` side of one run. ``accept`` each result from the pool; checks
     run as tasks in ``nursery``; ``settle(stream, inside)`` is called for every count
-    that may be counted, ``forget(streams)`` for counts that must no longer be."""
+    that may be counted, ``forget(streams)`` for counts that must no longer be.
+
+    Making one raises ``ValueError`` unless 0 <= ``fraction`` <= 1. A check that finds
+    no majority raises ``VerificationFailed`` in its task, and so out of ``nursery``;
+    ``run_estimate`` hands it on as itself (an ``ExceptionGroup`` unwrapped)."""
 
     pool: WorkerPool
     seed: int

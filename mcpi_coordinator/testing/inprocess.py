@@ -266,7 +266,8 @@ def fake_launcher(nursery: trio.Nursery, behaviour_for: BehaviourFor | FakeBehav
 def by_launch(*behaviours: FakeBehaviour, then: FakeBehaviour = FakeBehaviour()) -> BehaviourFor:
     """The i-th launch (counting every slot, replacements included) gets ``behaviours[i]``;
     every launch after them gets ``then``. ``by_launch(FakeBehaviour(crash_after=1))``: the
-    first worker started crashes, all others are well behaved."""
+    first worker started crashes, all others are well behaved. Returns the function to
+    give ``fake_launcher``; neither raises."""
     launches = itertools.count()
 
     def behaviour_for(index: int) -> FakeBehaviour:
@@ -283,7 +284,8 @@ def by_slot(
     then: FakeBehaviour = FakeBehaviour(),
 ) -> BehaviourFor:
     """Slot ``i`` gets ``behaviours[i]`` for its first ``launches`` launches (None: for
-    ever, a crash loop); other slots, and replacements after that, get ``then``."""
+    ever, a crash loop); other slots, and replacements after that, get ``then``. Returns
+    the function to give ``fake_launcher``; neither raises."""
     counts: dict[int, int] = {}
 
     def behaviour_for(index: int) -> FakeBehaviour:
