@@ -20,7 +20,7 @@ frames never interleave and nothing is written after the connection ends.
   the input waiting, so a ``ping`` is answered and a ``cancel`` or EOF seen behind at
   most one small sample, and a pipelined stream of small samples never crosses to
   another thread. Work, not points: a range of 65,536 one-point streams is mostly
-  set-up, and on the reader it kept a ``ping`` waiting for a second.
+  set-up, and on the reader it would keep a ``ping`` waiting as long as a large sample.
 
 protocol.md is the normative description of what this module does on the wire.
 """
@@ -77,8 +77,8 @@ READ_SIZE: Final[int] = 65536
 DEFAULT_MAX_INFLIGHT: Final[int] = 64
 """Sample requests a worker accepts at once (running and queued). Queued requests cost
 a few hundred bytes each; a coordinator that sends tiny chunks needs a deep pipeline to
-keep the worker busy (benchmarks/overhead.py: imap_unordered of 0-point chunks ran
-~1.8x faster at depth 64 than at 4). How deep it goes is the coordinator's choice: the
+keep the worker busy (``mcpi estimate --pipeline-depth``; docs/estimate.md shows what
+depth does to a run of small chunks). How deep it goes is the coordinator's choice: the
 pool's default depth is 2."""
 
 INLINE_MAX_POINTS: Final[int] = 1 << 16
@@ -86,21 +86,21 @@ INLINE_MAX_POINTS: Final[int] = 1 << 16
 
 INLINE_MAX_WORK: Final[int] = INLINE_MAX_POINTS + STREAM_COST_POINTS
 """The most work (``Sample.work``) the reader thread computes itself: a plain sample of
-65,536 points (~0.2 ms with the numpy kernel, ~5 ms with the python one), or a range of
-a few short streams, so a ``ping`` or ``cancel`` read behind it waits no longer than
+65,536 points (what that takes each kernel: ``python benchmarks/kernel.py``), or a range
+of a few short streams, so a ``ping`` or ``cancel`` read behind it waits no longer than
 that (protocol.md §6)."""
 
 DEFAULT_SPIN_S: Final[float] = 100e-6
 """How long an idle reader polls for the next request before it sleeps in ``read``.
 
 Waking a thread asleep in ``read`` costs the writer, here the coordinator, a
-cross-CPU wake-up: on a small VM that made a pipe write ~30 µs and added as much
-again before the worker ran. A coordinator sending its next request within 100 µs of
-an answer (a pipelined or sequential client does) finds the worker awake: a ping
-through the pool took ~65 µs instead of ~130 (benchmarks/overhead.py). The price is
-at most 100 µs of one core per burst of answers, and only when the worker has
-nothing to compute: the reader spins only with nothing running or queued, so it
-never takes the GIL from a kernel."""
+cross-CPU wake-up, paid on the pipe write and again before the worker runs. A
+coordinator sending its next request within this time of an answer (a pipelined or
+sequential client does) finds the worker awake, and a ping through the pool returns
+sooner (``python benchmarks/overhead.py`` measures it; docs/bench.md has the figures).
+The price is at most this long on one core per burst of answers, and only when the
+worker has nothing to compute: the reader spins only with nothing running or queued,
+so it never takes the GIL from a kernel."""
 
 HOLD_LIMIT_S: Final[float] = 0.001
 """How long the results of a run of small samples may wait to go out together."""

@@ -4,16 +4,16 @@ Two resources run out first, and each gives a cap:
 
 - **Open files.** Every worker, local or ssh client, costs the coordinator
   ``FDS_PER_WORKER`` descriptors for as long as it runs, and ``FDS_PER_START`` more
-  while it is being spawned; the pool spawns at most ``max_starting`` at once. At
-  10,000 workers the limit was hit and the run drowned in 6,651 "Too many open
-  files" warnings. The coordinator may raise its soft limit up to the hard one
-  (``raise_open_file_limit``), so the hard limit is what counts.
-- **Memory.** A local worker has ``worker_memory()`` resident at its peak: 48 MiB
-  counting with NumPy, 160 MiB once it has loaded the numba-fused loop (which the
-  default ``MCPI_NUMPY_IMPL=auto`` does in every worker of a long run); the machine
-  has ``MemAvailable`` (or less, if our cgroup says so). Counting resident pages
-  (shared libraries included) rather than a worker's unique pages errs on the safe
-  side.
+  while it is being spawned; the pool spawns at most ``max_starting`` at once. Past
+  the limit, a run drowns in "Too many open files" warnings instead of starting. The
+  coordinator may raise its soft limit up to the hard one (``raise_open_file_limit``),
+  so the hard limit is what counts.
+- **Memory.** A local worker has ``worker_memory()`` resident at its peak:
+  ``WORKER_RSS_BYTES`` counting with NumPy, ``FUSED_WORKER_RSS_BYTES`` once it uses
+  numba's loops (which the default ``MCPI_NUMPY_IMPL=auto`` does in every worker of a
+  long run); docs/estimate.md gives the figures. The machine has ``MemAvailable``
+  (or less, if our cgroup says so). Counting resident pages (shared libraries
+  included) rather than a worker's unique pages errs on the safe side.
 
 The caps are worked out from a ``MachineLimits`` value, which ``MachineLimits.here``
 reads from this machine; tests inject their own.
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 FDS_PER_WORKER: Final[int] = 5
 """What one running worker costs the coordinator: its stdin, stdout and stderr pipes,
 the pidfd ``launch.local.SessionProcess`` watches its exit with, and the pidfd
-``trio.Process`` waits on. Measured: 5.0 per worker with 1, 4 and 16 workers."""
+``trio.Process`` waits on (``python benchmarks/fleet.py costs`` counts them)."""
 
 FDS_PER_START: Final[int] = 5
 """Held only while a worker is being spawned: the child's ends of its three pipes and
@@ -49,9 +49,9 @@ thread cache, a plot or hosts file being read, a log. 11 are open before the fir
 worker starts; the rest is headroom."""
 
 WORKER_RSS_BYTES: Final[int] = 48 * 2**20
-"""The resident memory of one ``mcpi-worker`` counting with NumPy: 43 MiB idle after
-its welcome, 47.7 MiB at its peak over samples of 1e5 to 1e9 points
-(benchmarks/fleet.py costs; tests/launch/test_fleet.py checks a real worker stays below it)."""
+"""The resident memory of one ``mcpi-worker`` counting with NumPy, at its peak over
+samples of 1e5 to 1e9 points (``python benchmarks/fleet.py costs`` measures it;
+tests/launch/test_fleet.py checks a real worker stays below it)."""
 
 FUSED_WORKER_RSS_BYTES: Final[int] = 224 * 2**20
 """The same once the worker has loaded numba and the fused loop. A worker that finds
