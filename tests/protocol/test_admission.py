@@ -102,7 +102,7 @@ def test_the_most_streams_of_a_piece_are_what_the_rule_allows(welcome: Welcome, 
     Welcome(2, "w", 1, "h", (LONG_KERNEL,), 4, 1024, MAX_POINTS), Sample(0, 1, 2, 3, LONG_KERNEL), False
 )
 def test_the_dispatcher_s_quick_path_agrees_with_its_full_check(welcome: Welcome, sample: Sample, split: bool) -> None:
-    assume(sample_problem(sample) is None)  # else no Chunk can be made of it (test_chunk_fields.py)
+    assume(sample_problem(sample) is None)  # else no Chunk can be made of it (tests/pool/test_chunk_fields.py)
     chunk = Chunk(sample.seed, sample.stream, sample.points, sample.kernel, sample.streams)
     request = Request(chunk, lambda request, outcome: None, splitter=(lambda r, n: r) if split else None)
     assert _serves(welcome, 0, request) == (_problem(welcome, chunk, splittable=split) is None)
