@@ -241,6 +241,8 @@ class Worker:
             why = f"{type(exc).__name__}: {exc}"
             return lambda: self._report_failure(request.id, ErrorCode.INTERNAL, why)
         elapsed = time.perf_counter() - started
+        if (waited := getattr(kernel, "take_waited_s", None)) is not None:
+            elapsed = max(0.0, elapsed - waited())  # waiting for a load is not kernel time
         log.debug("sample_done", id=request.id, points=request.total_points, elapsed_s=elapsed)
 
         # Read after the sample: under MCPI_NUMPY_IMPL=auto the numpy kernel switches

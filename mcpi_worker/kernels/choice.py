@@ -269,6 +269,8 @@ class NumpyKernel:
         self._hinted = False
         """The load was started by a size hint: a sample waits for it (``_await_hinted_load``)."""
         self._waiting = False
+        self._waited = threading.local()
+        """Per thread: seconds its samples waited for a hinted load (``take_waited_s``)."""
         self._loader = loader
         self._cache = cache
         self._warming = False
@@ -312,6 +314,15 @@ class NumpyKernel:
         with self._lock:
             self._hinted = self._load is _Load.NOT_TRIED
         self._start_background_load(f"MCPI_NUMPY_IMPL=auto, a hint of {points} points expected")
+
+    def take_waited_s(self) -> float:
+        """Seconds the calling thread's samples spent waiting for a hinted load since its
+        last call (then 0 again): time in which no point was counted, which the worker
+        leaves out of a result's ``elapsed_s`` (a coordinator sizes its next requests by
+        that speed, and a first answer slowed by the load made them tiny)."""
+        waited: float = getattr(self._waited, "seconds", 0.0)
+        self._waited.seconds = 0.0
+        return waited
 
     def implementation(self) -> Implementation:
         return Implementation.NUMBA_FUSED if self._fused else Implementation.NUMPY
@@ -405,11 +416,13 @@ class NumpyKernel:
             if self._waiting or self._load is not _Load.LOADING:
                 return
             self._waiting = True
+            started = time.perf_counter()
             try:
                 while self._load is _Load.LOADING and not should_stop():
                     self._load_done.wait(WAIT_POLL_S)
             finally:
                 self._waiting = False
+                self._waited.seconds = getattr(self._waited, "seconds", 0.0) + time.perf_counter() - started
 
     def _switch(self, counted: int) -> Continuation | None:
         """After each NumPy block: account for it; start the load when renting stops

@@ -522,3 +522,25 @@ def test_the_hint_changes_nothing_under_numpy_or_fused(policy: Policy) -> None:
     loads = fake.loads
     kernel.expect(10**12)
     assert (fake.loads, cache.warmings) == (loads, 0)
+
+
+def test_the_wait_for_a_hinted_load_is_told_apart_from_kernel_time() -> None:
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = hinted(fake, loader=slow_load)
+    kernel.expect(5000)
+    assert loading.wait(TIMEOUT)
+    waited: list[float] = []
+
+    def run() -> None:
+        kernel.count(3, 0, BIG)
+        waited.append(kernel.take_waited_s())
+        waited.append(kernel.take_waited_s())
+
+    waiting = threading.Thread(target=run)
+    waiting.start()
+    until_waiting(kernel, waiting)
+    release.set()
+    waiting.join(TIMEOUT)
+    assert waited[0] > 0 and waited[1] == 0  # taken once, by the thread that waited
+    assert kernel.take_waited_s() == 0  # another thread waited for nothing

@@ -327,6 +327,41 @@ def test_the_size_hint_reaches_the_kernel_before_the_samples_sent_with_the_hello
     assert order[: len(hinted)] == hinted and sorted(order[len(hinted) :]) == [("sample", 1), ("sample", 2)]
 
 
+class WaitedForALoad:
+    """A numpy kernel whose every sample says it waited 10 s for a load (``take_waited_s``)."""
+
+    def __call__(self, seed: int, stream: int, points: int, should_stop: StopCheck) -> int:
+        return numpy_impl.count(seed, stream, points, should_stop)
+
+    def take_waited_s(self) -> float:
+        return 10.0
+
+
+def test_a_result_s_elapsed_leaves_out_the_wait_for_a_load() -> None:
+    """``elapsed_s`` is the time the kernel ran: a coordinator sizes its next requests by
+    it, and a first answer slowed by the load made them one stream each."""
+    request_read, request_write = os.pipe()
+    response_read, response_write = os.pipe()
+    worker = Worker(request_read, response_write, kernels={"numpy": WaitedForALoad(), "python": count_python})
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    thread.start()
+    client = PipeClient(request_write, response_read)
+    try:
+        client.send(Hello(PROTOCOL_VERSIONS, "t"))
+        assert isinstance(client.receive(), Welcome)
+        client.send(Sample(id=1, seed=3, stream=0, points=2_000_000, kernel="numpy"))
+        result = client.receive()
+        assert isinstance(result, Result) and result.inside == numpy_impl.count(3, 0, 2_000_000)
+        assert result.elapsed_s == 0.0  # its time less the 10 s it says it waited, never below 0
+        client.send(Shutdown())
+        thread.join(TIMEOUT)
+        assert outcome and outcome[0].exit_code == ExitCode.OK
+    finally:
+        for fd in (request_write, response_read):
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def worker_process(
     environ: dict[str, str], expected_points: int | None = None
