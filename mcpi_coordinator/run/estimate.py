@@ -145,6 +145,7 @@ class EstimateResult:
 
     @property
     def first_chunk(self) -> int:
+        """The first stream counted: 0, or its part's first."""
         return self.part_streams.start
 
     @property
@@ -156,22 +157,27 @@ class EstimateResult:
 
     @property
     def statistics(self) -> PiStatistics:
+        """The estimate of ``inside``/``points``: π, its standard error, its 95% interval."""
         return pi_statistics(self.inside, self.points)
 
     @property
     def pi(self) -> float:
+        """The estimate of π: 4·inside/points."""
         return self.statistics.pi
 
     @property
     def error(self) -> float:
+        """The estimate minus ``math.pi``."""
         return self.statistics.error
 
     @property
     def chunks(self) -> int:
+        """Chunks counted (the prefix's length)."""
         return len(self.chunk_points)
 
     @property
     def restarts(self) -> int:
+        """Workers started to replace one that failed, over all slots (``PoolStats.restarts``)."""
         return self.pool.restarts
 
     @property
