@@ -5,14 +5,47 @@ repository is the normative description; this package is its reference
 implementation, and the golden frames in that document are checked against it by the
 test suite. The layers:
 
-- ``messages``: limits, error codes, the message dataclasses and the rule each field
-  obeys (``parse_message``);
+- ``messages``: limits, error codes, the message dataclasses and the table of the rule
+  each field obeys (``FIELDS``, read by ``parse_message``);
 - ``framing``: a 4-byte big-endian length and one msgpack map (``encode``,
-  ``FrameDecoder``);
+  ``FrameDecoder``), and the frame-size limit;
+- ``admission``: whether a worker takes a sample;
 - ``worker_end``: the worker's end of a connection (``WorkerEnd``), driven by the real
   worker and by the fake workers alike;
 - ``coordinator_end``: the coordinator's end (``CoordinatorEnd``), driven by the Trio
   pool and the one-shot benchmark client.
+
+Each rule has one home, a function or table here that every party asks (the worker's
+end, the coordinator's end, the pool's dispatcher, ``Chunk``, the fakes):
+
+- what each field of each message may hold, and which fields are required:
+  ``messages.FIELDS`` (applied on receipt by ``parse_message``, before sending by
+  ``messages.field_problem``; a field is optional when its dataclass gives a default);
+- the order in which a bad message's problems are reported, and the id an error is
+  reported under: ``messages.parse_message``, ``messages.usable_id``;
+- which messages each side accepts: ``COORDINATOR_MESSAGES``, ``WORKER_MESSAGES``;
+- the version both sides speak: ``messages.negotiate_version``;
+- the frame-size limit (``MAX_FRAME``, and a worker's ``max_frame``):
+  ``framing.frame_problem``;
+- what a frame may hold (one map of plain data, nested at most ``MAX_DEPTH``, no key
+  twice, valid UTF-8): ``framing.FrameDecoder``;
+- whether a worker takes a sample (its kernel, a range needs ``RANGE_VERSION``, streams
+  not past 2**64-1, ``MAX_STREAMS``, ``max_points``, ``MAX_GROUPS``):
+  ``admission.refusal``; with the frame against its ``max_frame``:
+  ``admission.sending_problem``; the dispatcher's quick forms of it, held equal to it by
+  the tests: ``admission.plain_verdict``, ``admission.most_streams``; what no worker takes,
+  whatever its welcome (for ``Chunk``): ``admission.sample_problem``;
+- what a welcome may announce beyond its fields (``jobs`` within ``max_inflight`` and
+  ``MAX_JOBS``, one implementation per kernel): ``Welcome.problem``;
+- what a range is, its groups and the counts it reports: ``Sample.is_range``,
+  ``Sample.groups``, ``Sample.group_streams``, ``Sample.insides_problem``;
+- what a request costs (the worker's reader thread, the stall budget): ``Sample.work``;
+- which errors end the connection and which may be retried: ``FATAL_CODES``,
+  ``RETRYABLE_CODES`` (``Error.fatal``, ``Error.retryable``);
+- when each message may be sent, and what becomes of each request on a worker (queued,
+  started, ``busy``, cancelled, answered at shutdown): ``WorkerEnd``; what an answer
+  must be to count (the request in flight, its points, its counts) and the stall
+  deadline: ``CoordinatorEnd``.
 """
 
 from mcpi_worker.protocol.coordinator_end import (
