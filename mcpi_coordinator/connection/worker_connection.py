@@ -83,7 +83,8 @@ class WorkerConnection:
         self.welcome: Welcome | None = None
         self.failure: str | None = None
         """Why the connection broke (one line), once it has."""
-        self.broken = trio.Event()
+        self.failure_known = trio.Event()
+        """Set when the connection breaks; ``failure`` says why."""
         self.stderr_closed = trio.Event()
         self.exit_status: int | None = None
         """The process's exit status, once it has exited (reaped or not)."""
@@ -264,7 +265,7 @@ class WorkerConnection:
             elif isinstance(event, Broken):
                 self.failure = event.reason
                 self._welcomed.set()
-                self.broken.set()
+                self.failure_known.set()
         with self.holding():
             self._sink(self, events)
         clock = self._stall_clock

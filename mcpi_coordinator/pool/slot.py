@@ -454,7 +454,7 @@ async def _watch(connection: WorkerConnection) -> str:
     while connection.failure is None:
         with trio.CancelScope() as clock:
             connection.track_stalls(clock)
-            await connection.broken.wait()
+            await connection.failure_known.wait()
         # The clock rang. An answer may have come in the same scheduler tick and moved
         # the deadline on: only a request still overdue now is a stall.
         connection.check_stall()
