@@ -79,7 +79,7 @@ class WorkerConnection:
             raise ValueError("a worker process needs stdin, stdout and stderr pipes")
         self.process = process
         self.slot = slot
-        self.end = CoordinatorEnd(client=client, task_budget=task_budget, expected_points=expected_points)
+        self.coordinator_end = CoordinatorEnd(client=client, task_budget=task_budget, expected_points=expected_points)
         self.welcome: Welcome | None = None
         self.failure: str | None = None
         """Why the connection broke (one line), once it has."""
@@ -134,7 +134,7 @@ class WorkerConnection:
     @property
     def in_flight(self) -> int:
         """Requests sent and not answered yet (pings and cancelled ones included)."""
-        return self.end.in_flight
+        return self.coordinator_end.in_flight
 
     @property
     def pid(self) -> int:
@@ -145,12 +145,12 @@ class WorkerConnection:
     def jobs_shown(self) -> int:
         """The most requests the worker has been seen computing at once
         (``CoordinatorEnd.jobs_shown``)."""
-        return self.end.jobs_shown
+        return self.coordinator_end.jobs_shown
 
     @property
     def usable(self) -> bool:
         """Requests may be sent: welcomed, not broken, not closing."""
-        return self.end.state is CoordinatorState.SERVING and not self._closing
+        return self.coordinator_end.state is CoordinatorState.SERVING and not self._closing
 
     def stderr_tail(self) -> str:
         return self._stderr.tail()
@@ -187,7 +187,7 @@ class WorkerConnection:
         """Send one ``sample`` (a range of ``streams``, counted per ``group``, needs
         version 2); its answer reaches the sink as ``Answered`` carrying ``token``. The
         connection must be ``usable``."""
-        request_id = self.end.send_sample(
+        request_id = self.coordinator_end.send_sample(
             seed, stream, points, kernel, streams=streams, group=group, now=trio.current_time(), token=token
         )
         self._sent()
@@ -195,20 +195,20 @@ class WorkerConnection:
 
     def send_ping(self, token: Any) -> int:
         """Send ``ping``, the protocol's cheapest request; answered like a sample."""
-        request_id = self.end.send_ping(now=trio.current_time(), token=token)
+        request_id = self.coordinator_end.send_ping(now=trio.current_time(), token=token)
         self._sent()
         return request_id
 
     def cancel(self, request_id: int) -> None:
         """Give up on a request: send ``cancel``; its answer still comes (``abandoned``),
         and only then is the worker's room for it handed out again."""
-        if self.end.cancel(request_id) and not self._holding:
+        if self.coordinator_end.cancel(request_id) and not self._holding:
             self._flush()
 
     def _sent(self) -> None:
         clock = self._stall_clock
         if clock is not None:
-            due = self.end.next_deadline()
+            due = self.coordinator_end.next_deadline()
             # Not min(): assigning the deadline re-files it with Trio even when unchanged.
             if due < clock.deadline:
                 clock.deadline = due
@@ -240,17 +240,17 @@ class WorkerConnection:
         ``check_stall``, then this again.
         """
         self._stall_clock = clock
-        clock.deadline = self.end.next_deadline()
+        clock.deadline = self.coordinator_end.next_deadline()
 
     def check_stall(self) -> None:
         """The stall clock rang: break the connection if a request really is overdue (an
         answer in the same tick may have moved the deadline on)."""
-        self._deliver(self.end.advance(trio.current_time()))
+        self._deliver(self.coordinator_end.advance(trio.current_time()))
 
     def fail(self, reason: str) -> None:
         """Give up on the worker: every request in flight reaches the sink as an orphan of
         ``Broken``; the first reason wins."""
-        self._deliver(self.end.fail(reason))
+        self._deliver(self.coordinator_end.fail(reason))
 
     def _deliver(self, events: list[CoordinatorEvent]) -> None:
         if not events:
@@ -270,7 +270,7 @@ class WorkerConnection:
             self._sink(self, events)
         clock = self._stall_clock
         if clock is not None and self.failure is None:
-            due = self.end.next_deadline()
+            due = self.coordinator_end.next_deadline()
             if due < clock.deadline:
                 clock.deadline = due
 
@@ -280,7 +280,7 @@ class WorkerConnection:
         """Send ``shutdown`` (if the stream is still sound) and then EOF on stdin."""
         if self._closing:
             return
-        self.end.shutdown()
+        self.coordinator_end.shutdown()
         self._flush()
         self._closing = True
         self._outbox_send.close()  # the writer flushes what is queued, then closes stdin
@@ -351,9 +351,9 @@ class WorkerConnection:
         try:
             with worker_failures("reading the worker's stdout"):
                 while data := await self._receive_stdout():
-                    self._deliver(self.end.receive_data(data, trio.current_time()))
+                    self._deliver(self.coordinator_end.receive_data(data, trio.current_time()))
             self._stdout_eof = True
-            self._deliver(self.end.receive_eof(trio.current_time()))
+            self._deliver(self.coordinator_end.receive_eof(trio.current_time()))
         except WorkerFailure as failure:
             self._stdout_eof = True
             self.fail(str(failure))
@@ -381,8 +381,8 @@ class WorkerConnection:
         with trio.move_on_after(DRAIN_AFTER_EXIT_S):
             while not self._stdout_eof and self._stdout_readable():
                 await trio.sleep(0)
-        orderly = self.end.state in (CoordinatorState.CLOSING, CoordinatorState.CLOSED)
-        if not (orderly and self.end.in_flight == 0):
+        orderly = self.coordinator_end.state in (CoordinatorState.CLOSING, CoordinatorState.CLOSED)
+        if not (orderly and self.coordinator_end.in_flight == 0):
             self.fail(f"exited ({describe_exit(self.exit_status)})")
 
     def _stdout_readable(self) -> bool:
@@ -401,7 +401,7 @@ class WorkerConnection:
         """Write what the ``CoordinatorEnd`` has for the worker: now if stdin is an idle
         OS pipe, else through the writer task. Synchronous either way, so a frame is
         never torn by the caller's cancellation."""
-        data = self.end.data_to_send()
+        data = self.coordinator_end.data_to_send()
         if not data or self._closing:
             return  # after shutdown, stdin is closing: nothing more goes out
         if self._queued_frames == 0 and self._stdin_fd is not None:

@@ -79,10 +79,10 @@ def _connect(process: _PipeProcess) -> WorkerConnection:
         process, 0, client="tests", task_budget=lambda _points: 60.0, sink=lambda _c, _e: None
     )
     welcome = protocol.Welcome(1, "test", process.pid, "here", ("numpy",), 64, protocol.MAX_FRAME, 10**6)
-    hello = connection.end.data_to_send()  # what the handshake would write first
+    hello = connection.coordinator_end.data_to_send()  # what the handshake would write first
     assert isinstance(_decode(hello)[0], protocol.Hello)
-    connection.end.receive_data(protocol.encode(welcome), 0.0)
-    assert connection.end.usable
+    connection.coordinator_end.receive_data(protocol.encode(welcome), 0.0)
+    assert connection.coordinator_end.usable
     return connection
 
 
