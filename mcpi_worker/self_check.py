@@ -44,7 +44,7 @@ from mcpi_worker.protocol import (
     encode,
 )
 from mcpi_worker.protocol import Message as _Message
-from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, ExitCode, Outcome, Worker
+from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, ConnectionEnded, ExitCode, Worker
 
 SELF_CHECK_POINTS: Final[dict[str, int]] = {"numpy": 4_000_000, "python": 200_000}
 COMPARISON_POINTS: Final[int] = 20_000_000
@@ -84,7 +84,7 @@ def run_self_check(max_inflight: int = DEFAULT_MAX_INFLIGHT) -> int:
     request_read, request_write = os.pipe()
     response_read, response_write = os.pipe()
     worker = Worker(request_read, response_write, max_inflight=max_inflight)
-    outcome: list[Outcome] = []
+    outcome: list[ConnectionEnded] = []
     thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
     thread.start()
     client = _PipeClient(request_write, response_read)

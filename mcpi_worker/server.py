@@ -34,7 +34,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Final
 
 import structlog
@@ -66,8 +65,8 @@ __all__ = [
     "INLINE_MAX_POINTS",
     "INLINE_MAX_WORK",
     "WORKER_NAME",
+    "ConnectionEnded",
     "ExitCode",
-    "Outcome",
     "Worker",
 ]
 
@@ -106,14 +105,6 @@ HOLD_LIMIT_S: Final[float] = 0.001
 """How long the results of a run of small samples may wait to go out together."""
 
 WORKER_NAME: Final[str] = f"mcpi-worker/{__version__}"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a connection ended: the exit code, and a one-line reason."""
-
-    exit_code: ExitCode
-    reason: str
 
 
 class _Job:
@@ -197,8 +188,9 @@ class Worker:
 
     # ------------------------------------------------------------------ compute threads
 
-    def serve(self) -> Outcome:
-        """Run the connection to its end on the calling thread; return how it ended."""
+    def serve(self) -> ConnectionEnded:
+        """Run the connection to its end on the calling thread; return how it ended (the
+        ``WorkerEnd``'s last event: the exit code, and a one-line reason)."""
         reader = threading.Thread(target=self._read_loop, name="mcpi-reader", daemon=True)
         reader.start()
         for index in range(1, self._jobs):
@@ -209,10 +201,10 @@ class Worker:
         with self._lock:
             # The stop came from a thread still holding the lock, about to write the
             # last frames (a fatal error, say): let it finish before we return.
-            end = self._end.end
-        assert end is not None, "compute threads stop only once the connection has ended"
-        log.info("worker_exiting", reason=end.reason, exit_code=int(end.exit_code))
-        return Outcome(end.exit_code, end.reason)
+            ended = self._end.end
+        assert ended is not None, "compute threads stop only once the connection has ended"
+        log.info("worker_exiting", reason=ended.reason, exit_code=int(ended.exit_code))
+        return ended
 
     def _compute_loop(self) -> None:
         while (job := self._work.get()) is not _STOP:

@@ -608,7 +608,7 @@ def _serve_in_process(
     output_fd: int, **options: object
 ) -> tuple[int, threading.Thread, list[object]]:
     """A ``Worker`` on a thread: returns the fd to write requests to, the thread, and
-    the list its ``Outcome`` lands in."""
+    the list its ``ConnectionEnded`` lands in."""
     from mcpi_worker.server import Worker
 
     request_read, request_write = os.pipe()
