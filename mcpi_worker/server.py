@@ -177,7 +177,7 @@ class Worker:
         )
         # Everything below is guarded by _lock; writes to output_fd happen under it too.
         self._lock = threading.Lock()
-        self._end = WorkerEnd(offer, jobs=jobs)
+        self._worker_end = WorkerEnd(offer, jobs=jobs)
         self._running: dict[int, _Job] = {}
         self._inline: _Job | None = None
         """A small sample started by what the reader read (or by the end of the one it
@@ -201,7 +201,7 @@ class Worker:
         with self._lock:
             # The stop came from a thread still holding the lock, about to write the
             # last frames (a fatal error, say): let it finish before we return.
-            ended = self._end.end
+            ended = self._worker_end.end
         assert ended is not None, "compute threads stop only once the connection has ended"
         log.info("worker_exiting", reason=ended.reason, exit_code=int(ended.exit_code))
         return ended
@@ -243,13 +243,13 @@ class Worker:
 
         def report() -> list[WorkerEvent]:
             del self._running[request.id]
-            return self._end.sample_finished(request.id, insides, elapsed, implementation)
+            return self._worker_end.sample_finished(request.id, insides, elapsed, implementation)
 
         return report
 
     def _report_failure(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
         del self._running[request_id]
-        return self._end.sample_failed(request_id, code, bounded_text(message))
+        return self._worker_end.sample_failed(request_id, code, bounded_text(message))
 
     # ------------------------------------------------------------------ the reader thread
 
@@ -264,7 +264,7 @@ class Worker:
         except BaseException as exc:  # never let the reader die silently
             log.exception("reader_crashed")
             with self._lock:
-                self._act(self._end.fail_internal(f"reader crashed: {exc!r}"), on_reader=False)
+                self._act(self._worker_end.fail_internal(f"reader crashed: {exc!r}"), on_reader=False)
                 self._flush_locked()
 
     def _receive(self) -> None:
@@ -277,8 +277,8 @@ class Worker:
             data = b""
         greeting = None
         with self._lock:
-            events = self._end.receive_data(data) if data else self._end.receive_eof()
-            hello, welcome = self._end.hello, self._end.welcome
+            events = self._worker_end.receive_data(data) if data else self._worker_end.receive_eof()
+            hello, welcome = self._worker_end.hello, self._worker_end.welcome
             if not self._greeted and hello is not None and welcome is not None:
                 self._greeted, greeting = True, (hello, welcome)
                 if hello.expected_points is not None and self._expect is not None:
@@ -295,7 +295,7 @@ class Worker:
 
     def _reading(self) -> bool:
         with self._lock:
-            return self._end.state in (WorkerState.AWAIT_HELLO, WorkerState.SERVING)
+            return self._worker_end.state in (WorkerState.AWAIT_HELLO, WorkerState.SERVING)
 
     def _spin_until_readable(self, poller: select.poll) -> None:
         """While idle, poll the request fd for up to ``spin_s`` before blocking in read
@@ -304,7 +304,7 @@ class Worker:
         if self._spin_s <= 0:
             return
         with self._lock:
-            idle = self._end.idle
+            idle = self._worker_end.idle
         if not idle:
             return
         deadline = time.perf_counter() + self._spin_s
@@ -367,7 +367,7 @@ class Worker:
 
     def _flush_locked(self) -> None:
         self._held_since = None
-        data = self._end.data_to_send()
+        data = self._worker_end.data_to_send()
         if not data:
             return
         view = memoryview(data)
@@ -375,4 +375,4 @@ class Worker:
             while view:
                 view = view[os.write(self._output_fd, view) :]
         except OSError:  # EPIPE, mostly: nobody reads our responses any more
-            self._act(self._end.output_lost(), on_reader=False)
+            self._act(self._worker_end.output_lost(), on_reader=False)
