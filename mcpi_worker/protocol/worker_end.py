@@ -35,7 +35,6 @@ from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
     MAX_FRAME,
-    MAX_JOBS,
     MAX_POINTS,
     PROTOCOL_VERSIONS,
     Cancel,
@@ -53,6 +52,7 @@ from mcpi_worker.protocol.messages import (
     Shutdown,
     Welcome,
     bounded_text,
+    field_problem,
     negotiate_version,
 )
 
@@ -125,14 +125,10 @@ class WorkerOffer:
     """Which implementation runs each kernel, in the order of ``kernels`` (or none said)."""
 
     def __post_init__(self) -> None:
+        # What else the welcome made of it must be is checked by the protocol's own rules
+        # for a welcome, when a WorkerEnd is made of it (with its jobs).
         if not self.kernels:
             raise ValueError("a worker must offer at least one kernel")
-        if self.implementations and len(self.implementations) != len(self.kernels):
-            raise ValueError("implementations, when given, name one per kernel")
-        if not self.max_inflight >= 1:
-            raise ValueError("max_inflight must be at least 1")
-        if not 1 <= self.max_points <= MAX_POINTS:
-            raise ValueError(f"max_points must be from 1 to {MAX_POINTS}")
 
 
 CLOSING_MESSAGE: Final = "worker is shutting down"
@@ -148,10 +144,12 @@ class WorkerEnd:
     """
 
     def __init__(self, offer: WorkerOffer, *, jobs: int = 1, record: bool = False) -> None:
-        if not 1 <= jobs <= min(offer.max_inflight, MAX_JOBS):
-            raise ValueError(f"jobs must be from 1 to max_inflight ({offer.max_inflight}) and {MAX_JOBS}")
         self.offer = offer
         self.jobs = jobs
+        announced = self._welcome(max(offer.versions))
+        problem = field_problem(announced) or announced.problem
+        if problem is not None:  # the rules a coordinator judges the welcome by (protocol.md §4.2, §5)
+            raise ValueError(f"this worker's welcome would break the protocol: {problem}")
         self.hello: Hello | None = None
         self.welcome: Welcome | None = None
         """The ``hello`` received and the ``welcome`` sent, once the handshake is done."""
@@ -324,8 +322,15 @@ class WorkerEnd:
                 events,
             )
             return
+        self.welcome = self._welcome(version)
+        self.hello = hello
+        self._state = WorkerState.SERVING
+        self._send(self.welcome)
+
+    def _welcome(self, version: int) -> Welcome:
+        """The ``welcome`` this worker sends on a connection of protocol ``version``."""
         offer = self.offer
-        self.welcome = Welcome(
+        return Welcome(
             version=version,
             worker=offer.worker,
             pid=offer.pid,
@@ -337,9 +342,6 @@ class WorkerEnd:
             jobs=self.jobs,
             implementations=offer.implementations,
         )
-        self.hello = hello
-        self._state = WorkerState.SERVING
-        self._send(self.welcome)
 
     def _sample(self, request: Sample, events: list[WorkerEvent]) -> None:
         refused = self._refusal(request.id)

@@ -10,6 +10,7 @@ never produces but a direct caller may pass, such as a ``str`` subclass).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -28,6 +29,8 @@ from mcpi_worker.protocol import (
     WORKER_MESSAGES,
     Message,
     RequestError,
+    WorkerEnd,
+    WorkerOffer,
     parse_message,
 )
 from mcpi_worker.protocol.messages import FIELDS
@@ -144,3 +147,23 @@ def test_python_subclasses_are_refused_with_the_rules_words(body: dict[str, Any]
 def test_every_message_field_has_one_rule_in_wire_order() -> None:
     for cls in (*COORDINATOR_MESSAGES.values(), *WORKER_MESSAGES.values()):
         assert tuple(FIELDS[cls]) == tuple(f.name for f in fields(cls))
+
+
+@pytest.mark.parametrize(
+    ("offer", "jobs", "why"),
+    [
+        ({"host": "h" * (MAX_TEXT + 1)}, 1, f"welcome: 'host' must be a string of at most {MAX_TEXT} characters"),
+        ({"worker": Text("w")}, 1, "welcome: 'worker' must be a string"),
+        ({"max_points": MAX_POINTS + 1}, 1, "welcome: 'max_points' must be an integer from 1 to"),
+        ({"max_frame": 0}, 1, "welcome: 'max_frame' must be a positive integer"),
+        ({"max_inflight": 4}, 5, "announced 5 jobs, more than its max_inflight 4"),
+        ({"implementations": ("a", "b")}, 1, "named 2 implementations for 1 kernels"),
+    ],
+)  # fmt: skip
+def test_a_worker_s_end_refuses_an_offer_whose_welcome_its_peer_would_refuse(
+    offer: dict[str, Any], jobs: int, why: str
+) -> None:
+    # The same table (and Welcome.problem) the coordinator judges the welcome by.
+    with pytest.raises(ValueError, match=re.escape(why)):
+        WorkerEnd(WorkerOffer(**{"worker": "w", "pid": 1, "host": "h", "kernels": ("numpy",),
+                                 "max_inflight": 4, **offer}), jobs=jobs)  # fmt: skip
