@@ -1,11 +1,12 @@
 """Which implementation runs the ``numpy`` kernel, and when the fast one is loaded.
 
 Two implementations of one definition (protocol.md §11.2) give the identical count:
-``numba-fused`` (``fused.py``, one compiled loop, ~2.4x faster) and ``numpy``
-(``numpy_impl.py``, always there). Loading the fused one costs a worker process
-~0.25 s of CPU (importing numba and taking the machine code from numba's cache; the
-first process after an install also compiles, ~0.2 s more), which is more than a
-short run's whole sampling time. So the policy (``MCPI_NUMPY_IMPL``):
+``numba-fused`` (``fused.py`` and ``lanes.py``, compiled loops, several times faster)
+and ``numpy`` (``numpy_impl.py``, always there). Loading the fused one costs a worker
+process a fraction of a second of CPU (importing numba and taking the machine code from
+numba's cache; compiling, after an install, costs far more), which is more than a short
+run's whole sampling time (docs/worker.md has the measurements). So the policy
+(``MCPI_NUMPY_IMPL``):
 
 - ``auto`` (default): count with NumPy; once this process has counted
   ``SWITCH_AFTER_POINTS`` points, about as long as the load would take to earn
@@ -55,10 +56,10 @@ from mcpi_worker.kernels import numpy_impl
 from mcpi_worker.kernels.base import Continuation, StopCheck, StreamsCounter, kernel_log, never
 
 SWITCH_AFTER_POINTS: Final[int] = 200_000_000
-"""``auto`` starts loading the compiled loop once a process has counted this many
-points with NumPy (~0.5 s of NumPy work here). The load costs ~0.25 s of CPU with a
-warm cache and each point counted fused afterwards saves ~1.5 ns (benchmarks/kernel.py),
-so it has earned itself back after ~1.7e8 more points: rent until then, then buy."""
+"""Without a size hint, ``auto`` starts loading the compiled loop once a process has
+counted this many points with NumPy: about as many as the load, counted in NumPy's time,
+is worth (rent until the rent has cost the price, then buy; docs/worker.md has the
+measurements)."""
 
 LOAD_AT_ONCE_POINTS: Final[int] = 100_000_000
 """A size hint (``expect``) of at least this many points makes ``auto`` load at once: about

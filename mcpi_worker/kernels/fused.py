@@ -6,10 +6,10 @@ L1. The count is identical to ``numpy_impl.count`` for every (seed, stream, poin
 same generator state (NumPy seeds it), same draws, same float32 test (protocol.md
 §11.2), which ``choice.py`` checks again each time it loads this module.
 
-Importing this module is loading the implementation: it imports numba (~0.12 s) and
-takes the machine code from numba's on-disk cache (~0.12 s), or compiles it (~0.3 s)
-and writes the cache for the next process. Only ``choice.py`` imports it, when the
-load has paid for itself.
+Importing this module is loading the implementation: it imports numba and takes the
+machine code from numba's on-disk cache, or compiles it (many times longer) and writes
+the cache for the next process (docs/worker.md has the figures). Only ``choice.py``
+imports it, when the load pays for itself.
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ from mcpi_worker.kernels.base import (
 )
 
 BLOCK_POINTS: Final[int] = 1 << 20
-"""Points per compiled call between two ``should_stop`` checks: ~1 ms of work, so a
-cancel is seen within milliseconds; a call costs ~1 µs, so the checks cost nothing."""
+"""Points per compiled call between two ``should_stop`` checks: about a millisecond of
+work, so a cancel is seen within milliseconds; a call costs microseconds, so the checks
+cost nothing."""
 
 WORDS_PER_PASS: Final[int] = 1024
 """SFC64 outputs generated before they are tested (8 KiB, in L1). The generator is a
 chain of dependent steps and the test is independent per point; done in two tight
-loops, the second one vectorises, and the whole runs ~1.6x faster than one loop
-doing both (benchmarks/kernel.py shows the two C loops)."""
+loops, the second one vectorises, and the whole runs faster than one loop doing both
+(benchmarks/kernel.py shows the two C loops side by side)."""
 
 UNROLL_STEPS: Final[int] = 8
 """Generator steps per iteration of the generator's loop (``_count_outputs``)."""

@@ -2,10 +2,11 @@
 
 Counting a stream costs a fixed set-up before its first point: NumPy's ``SeedSequence``
 (protocol.md §11.1) and the SFC64 seeding with its 12 discarded outputs. Through NumPy
-that is ~12 µs a stream; with chunks of 10,000 points (~15 µs of fused counting) it
-would double the work. Here the set-up is compiled too, beside the counting loop of
-``fused.py``, and a range of streams is counted in one call with the GIL released:
-the set-up drops to well under a microsecond, and the count of every stream is the same
+that costs about as much as counting 10,000 points with the fused loop, so chunks of
+that size would do twice the work. Here the set-up is compiled too, beside the counting
+loop of ``fused.py``, and a range of streams is counted in one call with the GIL
+released: the set-up drops to a small fraction of that (docs/worker.md has the figures),
+and the count of every stream is the same
 as ``fused.count``'s (and so NumPy's), which the tests check stream by stream.
 
 ``lanes.py`` counts ranges of several streams side by side with this seeding; the
@@ -25,7 +26,8 @@ from mcpi_worker.kernels import fused
 from mcpi_worker.kernels.base import Cancelled, StopCheck, never
 
 POINTS_PER_CALL: Final[int] = 1 << 20
-"""Points one compiled call counts between two ``should_stop`` checks (~1-2 ms)."""
+"""Points one compiled call counts between two ``should_stop`` checks (a millisecond or
+two of work)."""
 
 _M32: Final = np.uint64(0xFFFFFFFF)
 _M64_SHIFT: Final = np.uint64(32)

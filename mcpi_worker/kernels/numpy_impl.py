@@ -25,7 +25,7 @@ from mcpi_worker.kernels.base import (
 
 BLOCK_POINTS: Final[int] = 1 << 16
 """Points per numpy block: 512 KiB of float32, small enough to stay in L2 and to
-poll for cancellation every ~0.3 ms, large enough to amortise Python overhead.
+poll for cancellation every fraction of a millisecond, large enough to amortise Python overhead.
 Memory is flat in ``points``; the count does not depend on this value."""
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from mcpi_worker.kernels.base import Cancelled, StopCheck, never, stream_seed_sequence
 
 PYTHON_POLL_EVERY: Final[int] = 1 << 14
-"""The pure-Python loop checks ``should_stop`` this often (~5 ms of work)."""
+"""The pure-Python loop checks ``should_stop`` this often (a few milliseconds of work)."""
 
 
 def python_seed(seed: int, stream: int) -> int:
