@@ -122,11 +122,32 @@ def start_warming() -> None:
         )
 
 
+AUTOGROUP: Final[Path] = Path("/proc/self/autogroup")
+
+
+def lower_session_priority(niceness: int, autogroup: Path = AUTOGROUP) -> bool:
+    """Give this process's session ``niceness`` too, where Linux shares CPU by session
+    (autogroup, on by default on desktops and many servers): there a process's own nice
+    value ranks it only against its own session, and the warming process has a session of
+    its own (``start_warming``), so at nice 19 alone it still took a whole session's share
+    from the run it was warming for. Only in a session this process leads: run from a
+    terminal, it must not lower the priority of everything else in that terminal's
+    session. False where nothing was changed (not a session leader, no autogroup)."""
+    if os.getsid(0) != os.getpid():
+        return False
+    try:
+        autogroup.write_text(f"{niceness}\n")
+    except OSError:  # no autogroup here (the file is missing), or not allowed
+        return False
+    return True
+
+
 def main(niceness: int = 19) -> int:
     """Compile (or load) the fused kernels at the lowest priority (``niceness`` added to
     this process's) and mark the cache warm; at most one such process at a time per
     marker (the others leave at once)."""
     os.nice(niceness)
+    lower_session_priority(niceness)
     path = marker_path()
     if path is None or path.exists():
         return 0

@@ -496,9 +496,42 @@ def test_auto_never_compiles_in_the_worker_a_cold_cache_is_warmed_by_another_pro
         while not warmers(cache_dir):  # it may be starting still: the worker did not wait for it
             assert time.monotonic() < deadline, "no process warms the cache"
             time.sleep(0.05)
+        (warmer,) = warmers(cache_dir)
+        if AUTOGROUP_SCHEDULING:  # its session too is at nice 19, not only the process
+            while " nice 19" not in session_priority(warmer.pid):
+                assert time.monotonic() < deadline, f"the warming session is at {session_priority(warmer.pid)!r}"
+                time.sleep(0.05)
     finally:
         for process in warmers(cache_dir):
             process.kill()
+
+
+AUTOGROUP_SCHEDULING = Path("/proc/self/autogroup").exists()
+"""Linux shares CPU by session here (a process's nice value ranks it within its session)."""
+
+
+def session_priority(pid: int) -> str:
+    """``/autogroup-N nice K``: the session's scheduling group and its nice value."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().strip()
+    except OSError:
+        return ""  # it exited meanwhile
+
+
+@pytest.mark.skipif(not AUTOGROUP_SCHEDULING, reason="no autogroup scheduling on this system")
+def test_the_warming_process_lowers_its_own_session_only() -> None:
+    """In a session of its own (as ``start_warming`` starts it) the warming process gives
+    the session nice 19; run from a terminal's session, it leaves that session alone."""
+    script = "from mcpi_worker.kernels.warm import lower_session_priority as l; print(l(19))"
+    for own_session, expected in ((True, "True"), (False, "False")):
+        done = subprocess.run(
+            [sys.executable, "-c", script + "; print(open('/proc/self/autogroup').read().strip())"],
+            capture_output=True, text=True, timeout=TIMEOUT, check=True, start_new_session=own_session,
+        )  # fmt: skip
+        changed, group = done.stdout.splitlines()
+        assert changed == expected
+        assert group.endswith(" nice 19") == own_session, group
+    assert not session_priority(os.getpid()).endswith(" nice 19")
 
 
 def warm_cache(environ: dict[str, str]) -> None:
