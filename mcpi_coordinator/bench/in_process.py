@@ -43,14 +43,15 @@ def threads(workload: Workload, repeat: int) -> Measurement:
 
 
 def process_pool(
-    workload: Workload, repeat: int, *, initializer: Callable[[], object] = tasks.ignore_interrupts
+    workload: Workload, repeat: int, *, initializer: Callable[[], object] | None = None
 ) -> Measurement:
     """``initializer`` runs in each worker process: by default it ignores Ctrl-C, which the
-    command handles for them (``tasks.ignore_interrupts``). benchmarks/ passes ``os.setsid``: each
+    command handles for them, and ends the worker with the command (``tasks.start_worker``).
+    benchmarks/ passes ``os.setsid``: each
     worker in a session of its own, like mcpi-worker, so that on a loaded Linux box with
     autogrouping the scheduler gives both pools the same share of the CPUs."""
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workload.workers, initializer=initializer) as executor:
+    with ProcessPoolExecutor(max_workers=workload.workers, initializer=initializer or tasks.initializer()) as executor:
         # One no-op per worker makes the executor start them all before the clock runs.
         for warm_up in [executor.submit(tasks.noop) for _ in range(workload.workers)]:
             warm_up.result()

@@ -103,10 +103,9 @@ def _warm_up_count(workers: int) -> int:
 # ------------------------------------------------------------------- process-pool
 
 
-def process_pool(
-    tasks: int, workers: int, *, initializer: Callable[[], object] = shipped.ignore_interrupts
-) -> Overhead:
-    with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as executor:
+def process_pool(tasks: int, workers: int, *, initializer: Callable[[], object] | None = None) -> Overhead:
+    """``initializer`` (default ``tasks.initializer()``) runs first in each worker."""
+    with ProcessPoolExecutor(max_workers=workers, initializer=initializer or shipped.initializer()) as executor:
         return _executor_figures("process-pool", executor, tasks, workers)
 
 
@@ -132,7 +131,7 @@ def mp_pool_apply_async(tasks: int, workers: int) -> Overhead:
     calls in flight at once."""
     import multiprocessing
 
-    with multiprocessing.Pool(workers, initializer=shipped.ignore_interrupts) as pool:
+    with multiprocessing.Pool(workers, initializer=shipped.initializer()) as pool:
 
         def apply_all(count: int) -> None:
             for pending in [pool.apply_async(shipped.noop) for _ in range(count)]:
@@ -153,7 +152,7 @@ def mp_pool_imap_unordered(tasks: int, workers: int) -> Overhead:
     over ``tasks`` items."""
     import multiprocessing
 
-    with multiprocessing.Pool(workers, initializer=shipped.ignore_interrupts) as pool:
+    with multiprocessing.Pool(workers, initializer=shipped.initializer()) as pool:
 
         def map_all(count: int) -> None:
             for _ in pool.imap_unordered(shipped.noop_of, range(count)):
@@ -193,9 +192,10 @@ def joblib_parallel(tasks: int, workers: int) -> Overhead:
     except ImportError as exc:
         return Overhead.missing("joblib", exc)
 
-    with joblib.Parallel(
-        n_jobs=workers, batch_size="auto", backend_kwargs={"initializer": shipped.ignore_interrupts}
-    ) as parallel:
+    # The initializer is a keyword of Parallel itself, which hands its unknown keywords
+    # to the backend: backend_kwargs={"initializer": ...} was one unknown keyword, and
+    # joblib's workers never ran it.
+    with joblib.Parallel(n_jobs=workers, batch_size="auto", initializer=shipped.initializer()) as parallel:
         call = joblib.delayed(shipped.noop)
 
         def run_all(count: int) -> None:
@@ -217,7 +217,7 @@ def loky_executor(tasks: int, workers: int) -> Overhead:
     except ImportError as exc:
         return Overhead.missing("loky", exc)
 
-    executor = get_reusable_executor(max_workers=workers, reuse=False, initializer=shipped.ignore_interrupts)
+    executor = get_reusable_executor(max_workers=workers, reuse=False, initializer=shipped.initializer())
     try:
         return _executor_figures("loky", executor, tasks, workers)
     finally:
@@ -234,7 +234,7 @@ def pebble_pool(tasks: int, workers: int) -> Overhead:
     except ImportError as exc:
         return Overhead.missing("pebble", exc)
 
-    with pebble.ProcessPool(max_workers=workers, initializer=shipped.ignore_interrupts) as pool:
+    with pebble.ProcessPool(max_workers=workers, initializer=shipped.initializer()) as pool:
 
         def schedule_all(count: int) -> None:
             futures: list[Future[None]] = [pool.schedule(shipped.noop) for _ in range(count)]
@@ -259,7 +259,7 @@ def trio_parallel(tasks: int, workers: int) -> Overhead:
 
     async def measure() -> Overhead:
         limiter = trio.CapacityLimiter(workers)
-        async with library.open_worker_context(init=shipped.ignore_interrupts) as context:
+        async with library.open_worker_context(init=shipped.initializer()) as context:
 
             async def call() -> None:
                 await context.run_sync(shipped.noop, limiter=limiter)

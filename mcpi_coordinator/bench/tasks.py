@@ -7,7 +7,13 @@ this module to find it, so it must be importable and cheap to import.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import signal
+import sys
+from collections.abc import Callable
+from typing import Final
 
 from mcpi_worker.kernels import KERNELS
 
@@ -29,9 +35,65 @@ def noop_of(_item: object) -> None:
     """``noop`` for the APIs that map a function over items (``imap_unordered``)."""
 
 
-def ignore_interrupts() -> None:
-    """The pools' worker initializer: Ctrl-C in a terminal goes to the whole foreground
-    process group, and a forked pool worker is in ours. Without this each worker prints
-    its own ``KeyboardInterrupt`` traceback while ``mcpi bench`` stops them; with it, the
-    command alone hears Ctrl-C and closes its pools, which ends their workers."""
+PARENT_DEATH_SIGNAL: Final = signal.SIGUSR1
+"""What the kernel sends a pool worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``),
+as it does ``mcpi-worker`` (``mcpi_worker.boot``, protocol.md §10.4)."""
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def initializer() -> Callable[[], None]:
+    """The initializer for a pool this process is about to start (every pool of
+    ``mcpi bench``): ``start_worker`` with this process as the owner its workers die
+    with. A ``partial`` of a top-level function, so pools that pickle their
+    initializer (loky, trio-parallel) can ship it."""
+    return functools.partial(start_worker, os.getpid())
+
+
+def start_worker(owner: int) -> None:
+    """Run first in each pool worker: ignore Ctrl-C, and die with ``owner`` (Linux).
+
+    Ctrl-C in a terminal goes to the whole foreground process group, and a forked pool
+    worker is in ours. Without this each worker prints its own ``KeyboardInterrupt``
+    traceback while ``mcpi bench`` stops them; with it, the command alone hears Ctrl-C
+    and closes its pools, which ends their workers.
+
+    A command that cannot close its pools (SIGKILLed) left their workers running: a
+    ``ProcessPoolExecutor`` or ``multiprocessing.Pool`` worker waits on a queue whose
+    write end every forked sibling holds too, so it never sees end of file, and it
+    keeps the command's stdout and stderr open, so whoever waits for those to close
+    waits forever. So the worker asks the kernel for a signal when its parent dies, as
+    ``mcpi-worker`` does, and leaves with ``os._exit`` then. The parent is ``owner``
+    itself for a forked worker; under a fork server it is the server, which exits
+    when ``owner`` does. The signal comes also when the parent *thread* that started
+    the worker ends (pebble's and trio-parallel's start workers from threads), so the
+    handler leaves only once the worker has been re-parented.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not sys.platform.startswith("linux"):
+        return  # no parent-death signal: the pools' own shutdown is all there is
+    parent = os.getppid()
+
+    def on_parent_death(_signum: int, _frame: object) -> None:
+        if os.getppid() != parent:
+            os._exit(0)
+
+    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # refused: as on other systems
+    # The signal does not come for a parent that died before it was asked for: the
+    # parent read above may already be whoever adopted us.
+    if os.getppid() != parent or (parent != owner and not _running(owner)):
+        os._exit(0)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` names a process that has not exited (a zombie has), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")

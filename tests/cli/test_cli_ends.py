@@ -9,6 +9,7 @@ so "left behind" means any live process with that mark.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -217,3 +218,101 @@ def test_ctrl_c_in_a_terminal_while_a_bench_pool_works_is_one_line(name: str) ->
     assert process.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     _assert_nothing_left(mark)
+
+
+# ------------------------------------------------ a SIGKILLed bench and its pools' workers
+
+
+def _pool_workers(command: psutil.Process) -> list[psutil.Process]:
+    """The command's children that are its pool's workers: forked copies of it, or a
+    pool's own worker processes (not a helper it runs, such as ``ldconfig``)."""
+    workers = []
+    for child in command.children():
+        try:
+            line = child.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if line == command.cmdline() or any("loky" in word or "spawn_main" in word for word in line):
+            workers.append(child)
+    return workers
+
+
+def _busy(process: psutil.Process) -> bool:
+    try:
+        times = process.cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return times.user + times.system > 0.05
+
+
+def _running_its_command(process: psutil.Process) -> bool:
+    """The command has parsed its arguments and runs (it catches SIGTERM then): a child
+    forked before that is not a pool's (``ctypes.util`` forks for ``ldconfig``)."""
+    with open(f"/proc/{process.pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+MOMENTS: dict[str, Callable[[psutil.Process], bool]] = {
+    # The first worker forked: its initializer may not have run yet.
+    "starting": lambda command: _running_its_command(command) and len(_pool_workers(command)) >= 1,
+    "working": lambda command: len([w for w in _pool_workers(command) if _busy(w)]) >= 2,
+}
+
+
+def _sigkill_when(argv: list[str], moment: str) -> str:
+    """Start ``argv`` in a session of its own, SIGKILL it (it alone) at ``moment`` of its
+    pool's life, and return its mark once its stdout and stderr have closed: a worker
+    left running holds them open."""
+    mark = uuid.uuid4().hex
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(mark), start_new_session=True,
+    )  # fmt: skip
+    try:
+        command = psutil.Process(process.pid)
+        deadline = time.monotonic() + 300  # a bound against a hang: pools start slowly on a busy machine
+        while not MOMENTS[moment](command):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"the pool never got to {moment!r}"
+            time.sleep(0.002)
+        process.kill()
+        process.wait()
+        left, _ = wait_until_gone(_marked(mark), timeout_s=60)
+        assert left == [], f"processes of the SIGKILLed command still running: {left}"
+        process.communicate(timeout=60)  # nothing holds its pipes any more
+    finally:
+        for pid in _marked(mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+    return mark
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_sigkill_of_mcpi_bench_ends_its_pools_workers(moment: str) -> None:
+    """A ``ProcessPoolExecutor`` worker waits on a queue whose write end its forked
+    siblings hold too, so it never saw its command die: it ran on, holding the command's
+    stdout and stderr, and a harness waiting for those to close waited for good (what
+    hung last session's stress run). Each pool worker now dies with its command
+    (``bench.tasks.start_worker``), even one forked a moment before the SIGKILL."""
+    _sigkill_when([*MCPI, "bench", "approaches", "--only", "process-pool", "-n", "1e11", "-w", "2"], moment)
+
+
+DRIVE_ONE_POOL = """
+import sys
+from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES
+print(OVERHEAD_APPROACHES[sys.argv[1]](10**9, 2))
+"""
+"""``mcpi bench overhead``'s code for one pool, with more no-op tasks than it will live for."""
+
+
+@pytest.mark.parametrize("pool", ["process-pool", "joblib"])
+def test_sigkill_while_a_bench_overhead_pool_works_ends_its_workers(pool: str) -> None:
+    """The pools of ``mcpi bench overhead`` whose workers outlived it, killed while they
+    work: now they go with it. joblib's loky workers never ran the initializer at all
+    (it was passed where joblib ignores it). ``multiprocessing.Pool``, loky's executor
+    and pebble close the queue ends they do not use, so their workers see their command
+    die already (tried the same way: none was left)."""
+    _sigkill_when([sys.executable, "-c", DRIVE_ONE_POOL, pool], "working")
