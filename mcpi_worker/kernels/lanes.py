@@ -191,6 +191,29 @@ _seed_lanes = _jit(_seed_lanes, f"void(uint64, uint64, {_ARRAYS})")
 _COUNT_SHORT = _jit(_count_short, "void(uint64, uint64, int64, int64, int64[::1])")
 
 
+def long_groups(streams: int) -> list[int]:
+    """How many streams each group of a range of long streams takes, in order: groups of
+    ``LANES``, then the rest in one group padded to a multiple of ``LANE_MULTIPLE``,
+    except that what lies past the last full multiple, when it is ``NARROW`` streams or
+    fewer, goes on its own: one vector of ``NARROW`` lanes from ``MIN_STREAMS`` streams,
+    else one stream at a time through the single-stream loop. Every lane costs a step
+    whether its stream is real or padding: 17 streams padded to 32 lanes took nearly twice
+    the time of 16 lanes and one stream alone (docs/worker.md has the measured costs)."""
+    groups = [LANES] * (streams // LANES)
+    rest = streams % LANES
+    whole = rest // LANE_MULTIPLE * LANE_MULTIPLE
+    left = rest - whole
+    if left > NARROW:  # padding the last group costs less than a vector and single streams
+        whole, left = rest, 0
+    if whole:
+        groups.append(whole)
+    if left >= MIN_STREAMS:
+        groups.append(left)
+    else:
+        groups.extend([1] * left)
+    return groups
+
+
 def _count_long(
     seed: int,
     first: int,
@@ -200,11 +223,17 @@ def _count_long(
     counts: np.ndarray,
     points_per_call: int,
 ) -> None:
-    """Streams too long for one call each: a group at a time, seeded, then stepped in
-    calls of about ``points_per_call`` points with a stop check before each."""
+    """Streams too long for one call each: a group at a time (``long_groups``), seeded,
+    then stepped in calls of about ``points_per_call`` points with a stop check before
+    each; a group of one stream goes through the single-stream loop."""
     done = 0
-    while done < streams:
-        real = min(LANES, streams - done)
+    for real in long_groups(streams):
+        if should_stop():
+            raise Cancelled
+        if real == 1:
+            counts[done] = fused.count(seed, (first + done) % 2**64, points, should_stop)
+            done += 1
+            continue
         width = _width(real)
         a, b, c, w = (np.empty(width, dtype=np.uint64) for _ in range(4))
         group_counts = np.zeros(width, dtype=np.int64)

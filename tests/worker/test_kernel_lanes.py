@@ -112,6 +112,26 @@ def test_memory_stays_flat_in_the_points() -> None:
     assert large < small + 4096
 
 
+@pytest.mark.parametrize(
+    ("streams", "groups"),
+    [
+        (4, [4]), (8, [8]), (9, [9]), (16, [16]), (17, [16, 1]), (19, [16, 1, 1, 1]), (20, [16, 4]),
+        (24, [16, 8]), (25, [25]), (33, [32, 1]), (64, [64]), (65, [64, 1]), (70, [64, 6]), (80, [64, 16]),
+        (130, [64, 64, 1, 1]),
+    ],
+)  # fmt: skip
+def test_long_streams_are_grouped_so_that_few_lanes_step_padding(streams: int, groups: list[int]) -> None:
+    assert lanes.long_groups(streams) == groups
+
+
+@pytest.mark.parametrize("streams", [17, 20, 35, 67])
+def test_each_group_of_long_streams_counts_as_numpy_counts_it(streams: int) -> None:
+    """Groups of lanes, a narrow vector and single streams in one range, across calls."""
+    assert lanes.count_streams(8, 2**32 - 9, streams, 301, points_per_call=1000) == numpy_counts(
+        8, 2**32 - 9, streams, 301
+    )
+
+
 def test_fewer_streams_than_a_group_go_through_the_single_stream_loop() -> None:
     for streams in range(1, lanes.MIN_STREAMS):
         assert lanes.count_streams(9, 4, streams, 777) == numpy_counts(9, 4, streams, 777)
