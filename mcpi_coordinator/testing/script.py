@@ -242,7 +242,9 @@ def log_line(event: str, level: str = "info", **fields: object) -> bytes:
 
 
 @dataclass
-class _Job:
+class _ScheduledSample:
+    """A started sample and when the fake finishes it (its counts are computed then)."""
+
     request: Sample
     ready_at: float
     """When the sample finishes."""
@@ -287,7 +289,7 @@ class FakeWorkerCore:
         self._end = WorkerEnd(offer, jobs=behaviour.jobs, record=True)
         assert self._end.received is not None
         self.stats = FakeStats(received=self._end.received)
-        self._jobs: list[_Job] = []  # running, at most behaviour.jobs
+        self._jobs: list[_ScheduledSample] = []  # running, at most behaviour.jobs
         self._flood_pending = behaviour.stderr_flood_mb > 0
         self._internal_errors_left = behaviour.internal_errors
         self._wrong_counts_left = behaviour.wrong_count_times
@@ -387,10 +389,10 @@ class FakeWorkerCore:
         if b.hang_after is not None and self.stats.results_sent >= b.hang_after:
             return self._hang(f"hanging as asked (hang_after={b.hang_after})")
         took = b.slow * request.streams + (0.0 if b.points_per_s is None else request.total_points / b.points_per_s)
-        self._jobs.append(_Job(request, now + took, took))
+        self._jobs.append(_ScheduledSample(request, now + took, took))
         return []
 
-    def _finish(self, job: _Job) -> list[Action]:
+    def _finish(self, job: _ScheduledSample) -> list[Action]:
         b = self.behaviour
         request = job.request
         actions: list[Action] = []
