@@ -49,13 +49,13 @@ class OneShotExchange:
     """Client side of "hello, one sample, shutdown" for chunk ``stream`` of ``seed``."""
 
     def __init__(self, seed: int, stream: int, points: int, kernel: str) -> None:
-        self._end = CoordinatorEnd(client=CLIENT_NAME, task_budget=lambda _points: math.inf)
+        self._coordinator_end = CoordinatorEnd(client=CLIENT_NAME, task_budget=lambda _points: math.inf)
         self._sample = (seed, stream, points, kernel)
         self._inside: int | None = None
 
     def data_to_send(self) -> bytes:
         """What to write to the worker's stdin now (may be empty)."""
-        return self._end.data_to_send()
+        return self._coordinator_end.data_to_send()
 
     def receive(self, data: bytes | bytearray) -> int | None:
         """Feed stdout bytes; the ``inside`` count once the result is in, else None.
@@ -63,7 +63,7 @@ class OneShotExchange:
         Raises ``OneShotError`` for anything but welcome-then-result: an error reply, a
         worker that does not offer the kernel, or a stream that breaks the protocol.
         """
-        events = self._end.receive_data(data, _NOW)
+        events = self._coordinator_end.receive_data(data, _NOW)
         for event in events:
             if isinstance(event, Broken):  # last in the list; what came before is moot
                 raise OneShotError(f"worker broke the protocol: {event.reason}")
@@ -71,7 +71,7 @@ class OneShotExchange:
             if isinstance(event, Welcomed):
                 seed, stream, points, kernel = self._sample
                 try:
-                    self._end.send_sample(seed, stream, points, kernel, now=_NOW)
+                    self._coordinator_end.send_sample(seed, stream, points, kernel, now=_NOW)
                 except LocalProtocolError as exc:
                     raise OneShotError(f"cannot send the sample: {exc}") from None
             elif isinstance(event, Answered):
@@ -80,12 +80,12 @@ class OneShotExchange:
                     raise OneShotError(f"worker answered error {answer.code}: {answer.message}")
                 assert isinstance(answer, Result)  # the end checked it answers the sample
                 self._inside = answer.inside
-                self._end.shutdown()
+                self._coordinator_end.shutdown()
         return self._inside
 
     def end_of_stream(self) -> OneShotError:
         """The error for a worker whose stdout ended (exit 0) before the result came."""
-        for event in self._end.receive_eof(_NOW):
+        for event in self._coordinator_end.receive_eof(_NOW):
             if isinstance(event, Broken) and "truncated_frame" in event.reason:
                 return OneShotError(f"worker broke the protocol: {event.reason}")
         return OneShotError("worker closed stdout before answering the sample")

@@ -286,9 +286,9 @@ class FakeWorkerCore:
             max_inflight=behaviour.max_inflight,
             versions=behaviour.versions,
         )
-        self._end = WorkerEnd(offer, jobs=behaviour.jobs, record=True)
-        assert self._end.received is not None
-        self.stats = FakeStats(received=self._end.received)
+        self._worker_end = WorkerEnd(offer, jobs=behaviour.jobs, record=True)
+        assert self._worker_end.received is not None
+        self.stats = FakeStats(received=self._worker_end.received)
         self._jobs: list[_ScheduledSample] = []  # running, at most behaviour.jobs
         self._flood_pending = behaviour.stderr_flood_mb > 0
         self._internal_errors_left = behaviour.internal_errors
@@ -306,16 +306,16 @@ class FakeWorkerCore:
         """Bytes arrived on stdin at time ``now``."""
         if self.finished:
             return []
-        greeted = self._end.welcome is not None
-        events = self._end.receive_data(data)
-        welcome = self._end.welcome
+        greeted = self._worker_end.welcome is not None
+        events = self._worker_end.receive_data(data)
+        welcome = self._worker_end.welcome
         if not greeted and welcome is not None:
             if self.behaviour.silent:
-                self._end.data_to_send()  # the welcome it would have sent
+                self._worker_end.data_to_send()  # the welcome it would have sent
                 return self._hang("silent: never answering hello")
             if self.behaviour.bad_version:
                 honest = protocol.encode(welcome)
-                pending = self._end.data_to_send()
+                pending = self._worker_end.data_to_send()
                 assert pending.startswith(honest), "the welcome is the first thing written"
                 lying = protocol.encode(dataclasses.replace(welcome, version=99))
                 return [WriteStdout(lying), *self._carry_out(events, now, pending[len(honest):])]
@@ -325,7 +325,7 @@ class FakeWorkerCore:
         """stdin ended at time ``now``: an orderly end between frames, fatal inside one."""
         if self.finished:
             return []
-        return self._carry_out(self._end.receive_eof(), now)
+        return self._carry_out(self._worker_end.receive_eof(), now)
 
     @property
     def deadline(self) -> float | None:
@@ -362,7 +362,7 @@ class FakeWorkerCore:
                 stopping = [job for job in self._jobs if job.request.id == event.request_id]
                 if stopping:  # a fake sample stops at once
                     self._jobs.remove(stopping[0])
-                    pending += self._end.sample_failed(event.request_id, ErrorCode.CANCELLED, "cancelled")
+                    pending += self._worker_end.sample_failed(event.request_id, ErrorCode.CANCELLED, "cancelled")
             elif isinstance(event, ConnectionEnded):
                 actions += self._output(written)
                 written = None
@@ -370,12 +370,12 @@ class FakeWorkerCore:
         return actions + self._output(written)
 
     def _output(self, written: bytes | None = None) -> list[Action]:
-        data = (written or b"") + self._end.data_to_send()
+        data = (written or b"") + self._worker_end.data_to_send()
         self._note_sent()
         return [WriteStdout(data)] if data else []
 
     def _note_sent(self) -> None:
-        sent = self._end.sent
+        sent = self._worker_end.sent
         assert sent is not None
         self.stats.errors_sent += [m for m in sent if isinstance(m, Error)]
         sent.clear()
@@ -402,14 +402,14 @@ class FakeWorkerCore:
         actions += self._output()  # anything written before: not part of the result
         if self._internal_errors_left > 0:
             self._internal_errors_left -= 1
-            events = self._end.sample_failed(request.id, ErrorCode.INTERNAL, "fake internal error")
+            events = self._worker_end.sample_failed(request.id, ErrorCode.INTERNAL, "fake internal error")
             return actions + self._carry_out(events, job.ready_at)
         counts = self._reported_counts(request)
         count = sum(counts)
         misbehaving = self.stats.results_sent >= b.misbehave_after
         self.stats.results_sent += 1
-        events = self._end.sample_finished(request.id, counts, job.took)
-        frame = self._end.data_to_send()  # the result frame, and nothing else
+        events = self._worker_end.sample_finished(request.id, counts, job.took)
+        frame = self._worker_end.data_to_send()  # the result frame, and nothing else
         self._note_sent()
         if misbehaving:
             replaced = self._misbehave(request, count, frame)
