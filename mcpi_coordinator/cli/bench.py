@@ -27,7 +27,7 @@ from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import commands, facts, plots, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
 from mcpi_coordinator.cli.estimate_plan import worker_command
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, chunk_count
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
@@ -225,12 +225,12 @@ class _Failed(Exception):
 
 def _fail(args: argparse.Namespace, message: str) -> int:
     text.say(args.command_parser.prog, f"error: {message}")
-    return ExitCode.FAILURE
+    return McpiExitCode.FAILURE
 
 
 def _interrupted(args: argparse.Namespace) -> int:
     text.say(args.command_parser.prog, f"{signals.stopped_words()}; every worker was stopped")
-    return ExitCode.for_signal(signals.stopped_by())
+    return McpiExitCode.for_signal(signals.stopped_by())
 
 
 @contextmanager
@@ -319,7 +319,7 @@ def run_approaches(args: argparse.Namespace) -> int:
     problem = report.disagreement(measurements)
     if problem is not None:
         return _fail(args, str(problem))
-    return ExitCode.OK
+    return McpiExitCode.OK
 
 
 def _print_approaches(workload: Workload, repeat: int, table: Sequence[report.ApproachRow]) -> None:
@@ -374,7 +374,7 @@ def run_overhead(args: argparse.Namespace) -> int:
         }))  # fmt: skip
     else:
         _print_overhead(args.tasks, args.workers, results)
-    return ExitCode.OK
+    return McpiExitCode.OK
 
 
 def _overhead_json(result: Overhead) -> dict[str, Any]:

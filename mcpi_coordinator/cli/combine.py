@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, text
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 
 # What combining needs is imported where it is used: parsing (--help, a usage error,
 # a TAB completion) imports none of it (``cli.commands``).
@@ -121,12 +121,12 @@ def run(args: argparse.Namespace) -> int:
         combined = combine(read_documents(args.files))
     except CombineRefused as error:
         text.say(PROG, f"error: {error}")
-        return ExitCode.USAGE
+        return McpiExitCode.USAGE
     if args.json:
         print(json.dumps(combined_json(combined)))
     else:
         print_combined(combined)
-    return ExitCode.OK
+    return McpiExitCode.OK
 
 
 def _repeat(combined: Combined) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 
 SHELLS: Final[tuple[str, ...]] = ("bash", "zsh", "fish")
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from argcomplete.shell_integration import shellcode  # here: parsing other commands never needs it
 
     print(shellcode(["mcpi"], shell=args.shell), end="")
-    return ExitCode.OK
+    return McpiExitCode.OK
 
 
 def complete_if_asked(parser: argparse.ArgumentParser) -> None:

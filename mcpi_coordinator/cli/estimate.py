@@ -27,7 +27,7 @@ import trio
 
 from mcpi_coordinator.cli import estimate_json, estimate_plan, estimate_text, plots, progress, runs, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.launch import capacity, remote
@@ -46,7 +46,7 @@ here because the start-up line counts the attempts)."""
 
 
 def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = None) -> int:
-    """``mcpi estimate`` with the parsed ``args``: returns its exit code (``ExitCode``).
+    """``mcpi estimate`` with the parsed ``args``: returns its exit code (``McpiExitCode``).
     Options that do not go together end it through ``args.command_parser.error``
     (``SystemExit`` 2, one line). ``machine`` stands for this machine's limits (tests)."""
     machine = capacity.MachineLimits.here() if machine is None else machine
@@ -62,14 +62,14 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
             plots.ensure_available()  # fail now, not after the run
         except McpiError as error:
             text.say(PROG, f"error: {error}")
-            return ExitCode.FAILURE
+            return McpiExitCode.FAILURE
     level = args.log_level or ("error" if args.quiet else "warning")
     configure_logging(level, args.log_format)
     try:
         prepared = runs.prepare(args)  # the run's options, its seed, its checkpoint (locked)
     except CheckpointRefused as error:
         text.say(PROG, f"error: {error}")
-        return ExitCode.USAGE
+        return McpiExitCode.USAGE
     estimate_plan.drop_unusable_slots(args)  # a resumed run's points are known from its file only now
     if not args.capacity_checked:  # a resumed run's kernel is known from its file only now
         problem = estimate_plan.capacity_problem(args, machine)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         return _interrupted(seed, prepared)
     if isinstance(outcome, McpiError):
         text.say(PROG, f"error: {outcome}{prepared.saved_note()}")
-        return ExitCode.FAILURE
+        return McpiExitCode.FAILURE
     if outcome is None:
         return _interrupted(seed, prepared)
     if args.json:
@@ -104,10 +104,10 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
             picture = plots.plot_estimate(outcome, args.plot)
         except McpiError as error:
             text.say(PROG, f"error: {error} (the estimate above is complete)")
-            return ExitCode.FAILURE
+            return McpiExitCode.FAILURE
         if not args.quiet:
             text.say(PROG, f"wrote {picture.path} ({picture.width}×{picture.height} px)")
-    return ExitCode.OK
+    return McpiExitCode.OK
 
 
 @contextlib.contextmanager
@@ -142,7 +142,7 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
 def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:
     note = prepared.saved_note()
     text.say(PROG, f"{signals.stopped_words()} (seed {seed}); every worker was stopped{note}")
-    return ExitCode.for_signal(signals.stopped_by())
+    return McpiExitCode.for_signal(signals.stopped_by())
 
 
 async def _estimate_until_stopped(

@@ -4,7 +4,10 @@ import signal
 from enum import IntEnum
 
 
-class ExitCode(IntEnum):
+class McpiExitCode(IntEnum):
+    """How the ``mcpi`` command exits (the worker's own codes are
+    ``mcpi_worker.protocol.ExitCode``)."""
+
     OK = 0
     FAILURE = 1
     """The run could not finish (workers kept failing, none could be reached, ...), or
@@ -24,6 +27,6 @@ class ExitCode(IntEnum):
     every worker was stopped first."""
 
     @classmethod
-    def for_signal(cls, signum: int) -> "ExitCode":
+    def for_signal(cls, signum: int) -> "McpiExitCode":
         """The conventional 128 + N of the signal that stopped us."""
         return cls(128 + signum)

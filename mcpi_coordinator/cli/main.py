@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from mcpi_coordinator.arguments import EnvValue, add_version
 from mcpi_coordinator.cli import boot, signals
 from mcpi_coordinator.cli.commands import COMMANDS
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -87,7 +87,7 @@ class UsageParser(argparse.ArgumentParser):
         # One line, not argparse's usage block: the reason is what a person (or a
         # script's log) needs, and --help is one command away.
         reason = self._suggest(message)
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {reason} (see '{self.prog} --help')\n")
+        self.exit(McpiExitCode.USAGE, f"{self.prog}: error: {reason} (see '{self.prog} --help')\n")
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         # argparse drops every OSError here; a reader of --help that left must end the
@@ -216,13 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
     except BrokenPipeError:
         _stdout_to_devnull()
-        return ExitCode.BROKEN_PIPE
+        return McpiExitCode.BROKEN_PIPE
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
         from mcpi_coordinator.cli.text import say
 
         say("mcpi", "interrupted")
-        return ExitCode.INTERRUPTED
+        return McpiExitCode.INTERRUPTED
 
 
 def _stdout_to_devnull() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, text
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.facts import INSTALL_HINT, MAX_FRAMES, MAX_SCATTER_POINTS
 
 DEFAULT_POINTS = 20_000
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         picture = plots.save_scatter(sample, out, frames=frames if is_gif else None)
     except McpiError as exc:  # the extra is missing, or the file cannot be written
         text.say(PROG, f"error: {exc}")
-        return ExitCode.FAILURE
+        return McpiExitCode.FAILURE
 
     inside = sample.inside_count
     stats = pi_statistics(inside, sample.points)
@@ -133,4 +133,4 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         what = f"{picture.frames} frames, " if picture.format == "gif" else ""
         text.say(PROG, f"wrote {picture.path} ({what}{picture.width}×{picture.height} px)")
-    return ExitCode.OK
+    return McpiExitCode.OK

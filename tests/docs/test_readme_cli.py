@@ -18,7 +18,7 @@ import pytest
 from documentation import DOCS, json_keys
 
 from mcpi_coordinator.arguments import ENVIRONMENT
-from mcpi_coordinator.cli.exit_codes import ExitCode
+from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.main import build_parser
 from mcpi_worker.main import build_parser as build_worker_parser
 
@@ -111,7 +111,7 @@ def test_the_exit_codes_table_is_the_code() -> None:
     table = DOCS[DOCS.index("**Exit codes** (every command):") :]
     table = table[: table.index("\n\n", table.index("| code |"))]
     documented = {int(code) for code in re.findall(r"^\| +(\d+) \|", table, re.MULTILINE)}
-    assert documented == {int(code) for code in ExitCode}
+    assert documented == {int(code) for code in McpiExitCode}
 
 
 def test_every_environment_variable_is_documented() -> None:
