@@ -90,14 +90,17 @@ runpy.run_path(SCRIPT, run_name="__main__")
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CommandResult:
+    """How one example's command ran: exit status, output, and whether its budget ran
+    out (then it was sent SIGINT)."""
+
     status: int
     stdout: str
     stderr: str
     interrupted: bool
 
 
-_RAN: dict[str, Outcome] = {}
+_RAN: dict[str, CommandResult] = {}
 """Commands already run in this session, by their text (the README's tour repeats
 commands of the pages)."""
 
@@ -108,7 +111,7 @@ def _environment(scratch: Path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(home)}
 
 
-def _run(argv: list[str], scratch: Path, budget_s: float | None) -> Outcome:
+def _run(argv: list[str], scratch: Path, budget_s: float | None) -> CommandResult:
     """Run ``argv`` in its own session; past ``budget_s``, SIGINT (``_interrupt``)."""
     process = subprocess.Popen(
         argv, cwd=scratch, env=_environment(scratch), stdin=subprocess.DEVNULL,
@@ -130,7 +133,7 @@ def _run(argv: list[str], scratch: Path, budget_s: float | None) -> Outcome:
             os.killpg(process.pid, signal.SIGKILL)
             stdout, stderr = process.communicate()
             pytest.fail(f"{shlex.join(argv)} did not stop within 60 s of SIGINT:\n{stderr[-3000:]}")
-    return Outcome(process.returncode, stdout, stderr, interrupted)
+    return CommandResult(process.returncode, stdout, stderr, interrupted)
 
 
 def _interrupt(pid: int) -> None:
