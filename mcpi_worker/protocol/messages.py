@@ -534,12 +534,14 @@ def field_problem(message: Message) -> str | None:
     check ``parse_message`` makes on the receiving end, for a sender that must not send
     what its peer would refuse. A field left at the value its absence means is not sent,
     so it is not checked."""
-    for name, valid, _, absent in _FIELD_CHECKS[type(message)]:
+    cls = type(message)
+    for name, valid, _, absent in _FIELD_CHECKS[cls]:
         value = getattr(message, name)
-        if absent is not _REQUIRED and value == absent:
+        if valid(list(value) if type(value) is tuple else value):
             continue
-        if not valid(list(value) if type(value) is tuple else value):
-            return f"{message.TYPE}: {name!r} {FIELDS[type(message)][name].expects}"
+        if absent is not _REQUIRED and type(value) is type(absent) and value == absent:
+            continue  # left out of the frame: its absence means this value
+        return f"{message.TYPE}: {name!r} {FIELDS[cls][name].expects}"
     return None
 
 
