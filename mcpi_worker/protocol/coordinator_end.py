@@ -248,7 +248,12 @@ class CoordinatorEnd:
     ) -> int:
         """Send one ``sample`` (``streams`` consecutive streams of ``points`` points each,
         counted per ``group`` of streams: a range needs version 2); return its id.
-        ``token`` comes back with its answer."""
+        ``token`` comes back with its answer.
+
+        Raises ``LocalProtocolError``, with nothing sent, outside state ``SERVING``, and
+        for a sample the worker would refuse (``admission.refusal``), whose fields break
+        the field table (``messages.field_problem``) or whose frame is above the worker's
+        ``max_frame`` (``framing.frame_problem``)."""
         welcome = self._require_serving()
         sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
         unfit = refusal(welcome, sample)  # before the fields: a count above MAX_POINTS is above max_points
