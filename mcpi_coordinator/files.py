@@ -24,8 +24,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Final
 
-import numpy as np
-
 MAX_JSON_DEPTH: Final[int] = 32
 """Nesting of arrays and objects mcpi accepts in a file: what it writes is 3 deep."""
 
@@ -83,6 +81,8 @@ def json_loads_limited(text: str) -> Any:
 def json_depth(text: str) -> int:
     """How deep the arrays and objects of JSON ``text`` nest (brackets inside strings
     not counted), found without recursion, in NumPy: 0 for a scalar."""
+    import numpy as np  # loaded by the commands that read a file, not by every run
+
     codes = np.frombuffer(_STRINGS.sub("", text).encode("utf-8", "surrogatepass"), dtype=np.uint8)
     opening = (codes == ord("[")) | (codes == ord("{"))
     steps = opening.astype(np.int64) - ((codes == ord("]")) | (codes == ord("}")))

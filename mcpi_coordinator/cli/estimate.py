@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import trio
 
-from mcpi_coordinator.cli import estimate_json, estimate_plan, estimate_text, plots, progress, runs, signals, text
+from mcpi_coordinator.cli import estimate_json, estimate_plan, estimate_text, progress, runs, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.logging import configure_logging
@@ -35,8 +35,7 @@ from mcpi_coordinator.launch.local import adopting_orphans, spawn_worker
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused
 from mcpi_coordinator.run.estimate import EstimateResult, resumed_prefix, run_estimate
-from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
-from mcpi_worker.kernels import DEFAULT_KERNEL
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL
 
 PROG = "mcpi estimate"
 
@@ -58,6 +57,8 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
     if problem is not None:
         args.command_parser.error(problem)
     if args.plot is not None:
+        from mcpi_coordinator.cli import plots  # NumPy and matplotlib: only for a --plot
+
         try:
             plots.ensure_available()  # fail now, not after the run
         except McpiError as error:
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
     else:
         estimate_text.print_result(outcome, seed_drawn=seed_drawn)
     if args.plot is not None:  # drawn from the per-chunk counts the run kept anyway
+        from mcpi_coordinator.cli import plots
+
         try:
             picture = plots.plot_estimate(outcome, args.plot)
         except McpiError as error:

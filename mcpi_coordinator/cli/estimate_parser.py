@@ -247,6 +247,9 @@ def _add_remote_arguments(parser: argparse.ArgumentParser, remote_command_defaul
 
 
 def _run(args: argparse.Namespace) -> int:
+    from mcpi_coordinator.cli import boot
+
+    boot.load_structlog_without_rich()
     from mcpi_coordinator.cli import estimate
 
     return estimate.run(args)

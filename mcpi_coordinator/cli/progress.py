@@ -10,6 +10,10 @@ file, never see any of it; the slow-start warning is a log line, so they do.
 
 The pool is watched by polling ``WorkerPool.stats`` (a few times a second, nothing
 on the hot path): the pool exposes no start-up events yet.
+
+rich draws the line, and is imported only to draw one: a run that shows no bar (``-q``,
+``--json`` with stderr not a terminal, a script) does not load it
+(tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import trio
-from rich.console import Console, ConsoleOptions, RenderResult
-from rich.live import Live
-from rich.text import Text
 
 from mcpi_coordinator.cli import text
 from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.run.estimate import pi_statistics
 
 if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
+    from rich.text import Text
+
     from mcpi_coordinator.pool.worker_pool import WorkerPool
 
 log = structlog.get_logger("mcpi.cli")
@@ -155,6 +159,8 @@ def progress_line(progress: RunProgress, now: float, width: int) -> Text:
             break
     bar_width = max(0, min(bar_width, usable - len(tail) - 1))
     done = round(bar_width * min(fraction, 1.0))
+    from rich.text import Text  # only to draw (the module docstring says why)
+
     drawn = Text(no_wrap=True, overflow="ellipsis")
     drawn.append("━" * done, style="green")
     drawn.append("━" * (bar_width - done), style="dim")
@@ -175,6 +181,8 @@ def _decimals(half_width: float) -> int:
 
 
 def _fit(line: str, width: int) -> Text:
+    from rich.text import Text
+
     fitted = Text(line, no_wrap=True, overflow="ellipsis")
     fitted.truncate(max(width - RESERVED, 1), overflow="ellipsis")
     return fitted
@@ -214,6 +222,9 @@ def shown(progress: RunProgress, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+    from rich.console import Console
+    from rich.live import Live
+
     console = Console(
         file=sys.stderr,
         color_system="auto" if text.styling_allowed(sys.stderr) else None,

@@ -20,7 +20,7 @@ from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused, RunPa
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
 from mcpi_coordinator.run.statistics import points_to_reach
 from mcpi_coordinator.run.verify import VerifyStats
-from mcpi_worker.kernels import DEFAULT_KERNEL
+from mcpi_worker.constants import DEFAULT_KERNEL
 
 RUN_OPTIONS: Final[dict[str, tuple[str, object]]] = {
     "seed": ("--seed", None),

@@ -23,15 +23,19 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-
-import numpy as np
+from typing import Final
 
 from mcpi_coordinator.run.parts import Part
 from mcpi_coordinator.run.statistics import StopRule
-from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
+from mcpi_worker.constants import DEFAULT_KERNEL
 
 _MISSING = -1
 
+FEW: Final[int] = 256
+"""Streams an arrival or a scan handles in plain Python; past this many, NumPy. The
+answers are the same either way: NumPy is the faster way through many streams (a
+large run's ranges), and a small run need not load it at all (its import is a large
+share of a small run's start-up: ``benchmarks/tiny.py``)."""
 
 class Prefix:
     """Completed chunks by stream, and the prefix an estimate counts.
@@ -91,7 +95,12 @@ class Prefix:
         """Some chunk of ``first .. first + streams - 1`` is counted already."""
         start = max(first - self.first, 0)
         end = min(first + streams - self.first, len(self._counts))
-        return end > start and bool((np.frombuffer(self._counts, np.int64)[start:end] != _MISSING).any())
+        if end <= start:
+            return False
+        if end - start <= FEW:
+            return any(inside != _MISSING for inside in self._counts[start:end])
+        import numpy as np
+        return bool((np.frombuffer(self._counts, np.int64)[start:end] != _MISSING).any())
 
     @property
     def complete(self) -> bool:
@@ -168,19 +177,28 @@ class Prefix:
         if first < self.first or last >= self.end:
             what = "run" if self.part is None else f"part {self.part}"
             raise ValueError(f"chunks {first}..{last} are not all chunks of this {what} ({self.first}..{self.end - 1})")
-        counts = np.asarray(insides, dtype=np.int64)
-        limits = np.full(streams, self.chunk_size, dtype=np.int64)
-        limits[-1] = self.chunk_points(last)
-        bad = np.flatnonzero((counts < 0) | (counts > limits))
-        if bad.size:
-            at = int(bad[0])
-            raise ValueError(f"chunk {first + at}: {counts[at]} inside of {limits[at]} points is impossible")
+        if streams <= FEW:
+            for at, inside in enumerate(insides):
+                limit = self.chunk_size if at < streams - 1 else self.chunk_points(last)
+                if not 0 <= inside <= limit:
+                    raise ValueError(f"chunk {first + at}: {inside} inside of {limit} points is impossible")
+            new = array("q", insides)
+        else:
+            import numpy as np
+            counts = np.asarray(insides, dtype=np.int64)
+            limits = np.full(streams, self.chunk_size, dtype=np.int64)
+            limits[-1] = self.chunk_points(last)
+            bad = np.flatnonzero((counts < 0) | (counts > limits))
+            if bad.size:
+                at = int(bad[0])
+                raise ValueError(f"chunk {first + at}: {counts[at]} inside of {limits[at]} points is impossible")
+            new = array("q", counts.tobytes())
         if self.has_any(first, streams):
             raise ValueError(f"a chunk of {first}..{last} was already counted")
         index, end = first - self.first, last + 1 - self.first
         if end > len(self._counts):
             self._counts.extend(array("q", [_MISSING]) * (end - len(self._counts)))
-        self._counts[index:end] = array("q", counts.tobytes())
+        self._counts[index:end] = new
         self._completed += streams
         if index == self.k:
             self._advance()
@@ -204,11 +222,18 @@ class Prefix:
         counts, rule = self._counts, self.rule
         if rule.target_error is None and not self.stopped:
             # No rule to check at every k: move over the completed run at once.
-            view = np.frombuffer(counts, np.int64)[self.k :]
-            gaps = np.flatnonzero(view == _MISSING)
-            end = self.k + (int(gaps[0]) if gaps.size else view.size)
-            self.inside += int(view[: end - self.k].sum())
-            del view  # a live view would stop the array from growing
+            if len(counts) - self.k <= FEW:
+                end = self.k
+                while end < len(counts) and counts[end] != _MISSING:
+                    end += 1
+                self.inside += sum(counts[self.k : end])
+            else:
+                import numpy as np
+                view = np.frombuffer(counts, np.int64)[self.k :]
+                gaps = np.flatnonzero(view == _MISSING)
+                end = self.k + (int(gaps[0]) if gaps.size else view.size)
+                self.inside += int(view[: end - self.k].sum())
+                del view  # a live view would stop the array from growing
             self.points += (end - self.k) * self.chunk_size
             if self.first + end == self.total_chunks and end > self.k:
                 self.points -= self.chunk_size - self.chunk_points(self.total_chunks - 1)
@@ -237,6 +262,8 @@ def reference_prefix(
     """What any pool must report for this run: the chunks counted in this process, in
     stream order, until the prefix is finished (of the whole run, or of its ``part``).
     The stop rule is ``StopRule(target_error)`` unless ``rule`` is given."""
+
+    from mcpi_worker.kernels import KERNELS
 
     count = KERNELS[kernel]
     prefix = Prefix(points, chunk_size, rule if rule is not None else StopRule(target_error), part)

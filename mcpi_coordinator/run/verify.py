@@ -48,7 +48,6 @@ from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.stats import SlotState, WorkerStats
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.terminal_text import printable
-from mcpi_worker.kernels import KERNELS
 
 log = logs.get_logger("mcpi.verify")
 
@@ -133,6 +132,8 @@ async def count_here(chunk: Chunk) -> int:
 
     def should_stop() -> bool:
         return stop
+
+    from mcpi_worker.kernels import KERNELS  # NumPy: loaded only by a run that checks here
 
     kernel = KERNELS[chunk.kernel]
     try:

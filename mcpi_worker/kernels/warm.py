@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -58,17 +58,43 @@ def marker_directory() -> Path | None:
     return None
 
 
+def numba_version() -> str | None:
+    """The installed numba's version, without importing it; None without numba.
+
+    Read from the name of the ``numba-VERSION.dist-info`` directory beside the package,
+    where pip puts it: ``importlib.metadata`` would say the same, but its import and its
+    walk over every installed distribution were a large share of a small run's start-up
+    (``mcpi estimate`` checks the marker at every run). It answers where that name is
+    not there to read (another kind of install)."""
+    try:
+        spec = importlib.util.find_spec("numba")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    for location in spec.submodule_search_locations or ():
+        infos = list(Path(location).parent.glob("numba-*.dist-info"))
+        if len(infos) == 1:
+            return infos[0].name.removeprefix("numba-").removesuffix(".dist-info")
+    from importlib import metadata
+
+    try:
+        return metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 @cache
 def marker_path() -> Path | None:
     """This environment's marker (None: nowhere to keep one)."""
     directory = marker_directory()
     if directory is None:
         return None
-    key = hashlib.sha256()
-    try:
-        key.update(importlib.metadata.version("numba").encode())
-    except importlib.metadata.PackageNotFoundError:
+    version = numba_version()
+    if version is None:
         return None  # no numba: nothing to warm
+    key = hashlib.sha256()
+    key.update(version.encode())
     key.update(sys.version.encode())
     key.update(os.environ.get("NUMBA_CACHE_DIR", "").encode())
     try:

@@ -6,6 +6,7 @@ importtime`` prints, never on a clock (``benchmarks/cli.py`` measures the time).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,39 @@ def test_a_stub_says_what_the_command_says() -> None:
     assert build_parser(["--help"]).format_help() == full
     for name in COMMANDS:
         assert build_parser([name]).format_help() == full
+
+
+TINY_RUN_UNUSED = (
+    "rich",  # structlog's pretty tracebacks, and the progress bar, which a --json run to a pipe does not draw
+    "pygments",
+    "importlib.metadata",  # numba's version, for the cache marker: read from its dist-info's name
+    "email",
+    "matplotlib",
+    "mcpi_coordinator.cli.plots",
+)
+"""What a small ``mcpi estimate`` once loaded without using it (issue 22)."""
+
+
+def test_a_small_run_loads_nothing_it_does_not_use() -> None:
+    """The modules loaded by ``mcpi estimate -n 1000 --json`` (stdout and stderr pipes:
+    no progress bar), listed in the command's own exit handlers, which ``cli.boot`` runs
+    before it leaves; a module whose import failed on purpose (None) is not loaded."""
+    script = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print('MODULES', json.dumps(sorted(m for m, v in sys.modules.items()"
+        " if v is not None)), file=sys.stderr))\n"
+        "sys.argv = ['mcpi', 'estimate', '-n', '1000', '-s', '3', '-w', '1', '--json']\n"
+        "from mcpi_coordinator.cli.boot import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        env=CLEAN_ENV,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["points"] == 1000  # the output was flushed before the command left
+    (listing,) = [line for line in done.stderr.splitlines() if line.startswith("MODULES ")]
+    modules = set(json.loads(listing.removeprefix("MODULES ")))
+    assert "mcpi_coordinator.run.estimate" in modules  # the list is real
+    unused = sorted(m for m in modules if any(m == u or m.startswith(u + ".") for u in TINY_RUN_UNUSED))
+    assert unused == []

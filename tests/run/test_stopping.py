@@ -18,7 +18,7 @@ import trio
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.run.estimate import EstimateResult, NothingCompleted, run_estimate
-from mcpi_coordinator.run.prefix import Prefix, reference_prefix
+from mcpi_coordinator.run.prefix import FEW, Prefix, reference_prefix
 from mcpi_coordinator.run.statistics import MIN_EACH_SIDE, StopRule, pi_statistics
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
@@ -242,3 +242,21 @@ def test_a_range_with_a_counted_or_impossible_chunk_changes_nothing() -> None:
     assert (prefix.k, prefix.completed, list(prefix.items())) == (0, 2, [(2, 50), (3, 60)])
     prefix.add_run(0, [10, 20])
     assert (prefix.k, prefix.inside, prefix.points) == (4, 140, 400)
+
+
+@pytest.mark.parametrize("streams", [1, FEW - 3, FEW - 2, FEW + 1, 4 * FEW])
+def test_a_range_counts_alike_in_python_and_in_numpy(streams: int) -> None:
+    """A range of up to ``FEW`` streams is checked and counted in plain Python (a small
+    run need not load NumPy), a longer one in NumPy: the same counts, the same refusals."""
+    prefix = Prefix(points=10 * (streams + 3), chunk_size=10)
+    insides = [(7 * s) % 11 for s in range(streams)]  # 0..10
+    prefix.add_run(3, insides)  # beyond a gap of 3 chunks
+    assert (prefix.k, prefix.completed, prefix.has_any(3, streams), prefix.has_any(0, 3)) == (0, streams, True, False)
+    prefix.add_run(0, [1, 2, 3])  # the gap fills: the prefix moves over all of it at once
+    assert (prefix.k, prefix.inside, prefix.points) == (streams + 3, 6 + sum(insides), 10 * (streams + 3))
+    for bad, at in ((11, streams - 1), (-1, streams // 2)):
+        fresh = Prefix(points=10 * streams, chunk_size=10)
+        wrong = insides[:at] + [bad] + insides[at + 1 :]
+        with pytest.raises(ValueError, match=rf"^chunk {at}: {bad} inside of 10 points is impossible$"):
+            fresh.add_run(0, wrong)
+        assert fresh.completed == 0
