@@ -66,8 +66,51 @@ def load_structlog_without_rich() -> None:
             del sys.modules["rich"]
 
 
+_exit_at_once: list[bool] = []
+
+
+def exit_at_once() -> None:
+    """Let the command leave with ``os._exit`` once it has finished (``main`` says how).
+
+    Called by a command whose every process is its own to reap and whose files are
+    closed when it returns: ``mcpi estimate``. Not by one that runs other libraries'
+    process pools (``mcpi bench``): those stop their workers in the interpreter's own
+    exit (``concurrent.futures`` in threading's exit hooks, ``multiprocessing`` in
+    atexit's), which ``os._exit`` would skip, leaving the workers running."""
+    _exit_at_once.append(True)
+
+
 def main() -> int:
-    """The ``mcpi`` console script: ``cli.main.main`` imported while Ctrl-C is held."""
+    """The ``mcpi`` console script: ``cli.main.main`` imported while Ctrl-C is held.
+
+    A command that asked for it (``exit_at_once``) leaves with ``os._exit`` once it has
+    finished, its exit handlers have run (``launch.early``'s, which reaps workers
+    nobody took) and its output is flushed: everything it wrote is closed by then (a
+    checkpoint is committed and closed before the result is printed, a plot written and
+    closed), its workers are reaped, and tearing every module down would only cost a
+    small run a noticeable part of its time (``benchmarks/tiny.py``). numba's
+    cache-warming process, when one was started, is meant to outlive the command and
+    does either way. A non-daemon thread still running would be killed by ``os._exit``,
+    and a profiler or coverage tool watching the command writes its report at the usual
+    exit: with either, the command ends the usual way.
+    """
     from mcpi_coordinator.cli.main import main as run
 
-    return run()
+    code = run()
+    import os
+    import sys
+    import threading
+
+    others = [thread for thread in threading.enumerate() if thread is not threading.current_thread()]
+    watched = sys.getprofile() is not None or sys.gettrace() is not None  # a profiler's report comes at exit
+    if _exit_at_once and not watched and all(thread.daemon for thread in others):
+        import atexit
+
+        atexit._run_exitfuncs()  # what sys.exit would run (after joining non-daemon threads: none)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # nobody reads it any more, or it is closed
+                pass
+        os._exit(code)
+    return code
