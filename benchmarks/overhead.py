@@ -20,7 +20,8 @@ benchmarks/approaches.py). Compare throughput against it when the load is high.
 
 ``trio-pool`` sends ``ping``, the protocol's cheapest request, through the pool (as
 the issue defines it); ``trio-pool/sample`` a 0-point ``sample``, the path real work
-takes (the worker seeds a generator for it), with ``imap_unordered`` for throughput.
+takes (every check of the request and of the answer; no generator for no points), with
+``imap_unordered`` for throughput.
 
 ``--floors`` adds what no pool can beat, measured against one real ``mcpi-worker``:
 a blocking client (write a frame, read the answer) and a bare Trio client (one task,

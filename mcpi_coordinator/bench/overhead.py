@@ -296,9 +296,10 @@ def anyio_to_process(tasks: int, workers: int) -> Overhead:
 # ------------------------------------------------------------------------ trio-pool
 
 EMPTY_CHUNK: Final = Chunk(seed=0, stream=0, points=0)
-"""A sample of 0 points: the least real work there is, for ``trio-pool/sample``. Unlike
-the peers' no-op it is not free: the worker still seeds a generator for the stream
-(part of what ``mcpi bench overhead`` reports for it)."""
+"""A sample of 0 points: the least real work there is, for ``trio-pool/sample``. It takes
+the path of any sample, every check of the request and of its answer included; like the
+peers' no-op it computes nothing (a stream of no points counts 0 without its generator:
+``mcpi_worker.sampling.count_groups``)."""
 
 
 AS_DEEP_AS_WORKERS_ALLOW: Final = 1 << 10
@@ -324,7 +325,8 @@ def trio_pool(tasks: int, workers: int) -> Overhead:
 
 
 def trio_pool_sample(tasks: int, workers: int) -> Overhead:
-    """A 0-point ``sample`` instead: the path real work takes, kernel call included.
+    """A 0-point ``sample`` instead: the path real work takes through the pool and the
+    worker (with nothing to count, no kernel runs).
     Round trip: ``WorkerPool.sample`` alone. Concurrent: ``imap_unordered`` over
     ``tasks`` such chunks, the pool's way to run many (as ``submit`` is the
     executor's)."""

@@ -92,8 +92,8 @@ Workers are started and warmed up before the clock runs.
   trio-pool               mcpi's pool: a ping, the protocol's cheapest request, through
                           the pool's lanes (WorkerPool.ping); one task per call
   trio-pool/sample        mcpi's pool: a sample of 0 points, the path real work takes
-                          (the worker still seeds a generator); one at a time with
-                          WorkerPool.sample, all at once with WorkerPool.imap_unordered
+                          (every check of the request and of its answer); one at a time
+                          with WorkerPool.sample, all at once with WorkerPool.imap_unordered
 
 joblib, loky, pebble, trio-parallel and anyio come with the 'bench' extra.
 
