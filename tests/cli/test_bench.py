@@ -65,6 +65,7 @@ def _run_cli_subprocess(prelude: str, args: list[str]) -> subprocess.CompletedPr
 
 
 # Three chunks, the last one short: the chunking is estimate's own, remainder included.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kernel", "points", "chunk_size"), [("numpy", 250_000, 100_000), ("python", 25_000, 10_000)]
 )
@@ -316,6 +317,7 @@ def test_bad_arguments_are_usage_errors(
 # ------------------------------------------------------------------ mcpi bench overhead
 
 
+@pytest.mark.slow
 def test_overhead_json_has_the_documented_shape(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run_cli(["bench", "overhead", "--tasks", "40", "--workers", "2", "--json"], capsys)
     assert code == 0
@@ -328,6 +330,7 @@ def test_overhead_json_has_the_documented_shape(capsys: pytest.CaptureFixture[st
         assert result["round_trip_us"] > 0 and result["tasks_per_s"] > 0, result
 
 
+@pytest.mark.slow
 def test_a_missing_optional_peer_is_listed_as_unavailable() -> None:
     done = _run_cli_subprocess(
         "sys.modules['trio_parallel'] = None",
@@ -343,6 +346,7 @@ def test_a_missing_optional_peer_is_listed_as_unavailable() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_optional_peer_shows_in_the_table() -> None:
     done = _run_cli_subprocess(
         "sys.modules['anyio'] = None", ["bench", "overhead", "--tasks", "20", "--workers", "1"]
@@ -353,6 +357,7 @@ def test_a_missing_optional_peer_shows_in_the_table() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("approach", "signal_name", "code", "words"),
     [

@@ -104,6 +104,7 @@ def run_or_kill(args: tuple[str, ...], kill: Kill | None, wal: Path) -> dict[str
     return json.loads(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killer", [1, 2, 3])
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_count(
     tmp_path: Path, killer: int
@@ -155,6 +156,7 @@ def test_ctrl_c_of_a_checkpointed_run_says_how_to_resume_it(tmp_path: Path) -> N
     assert saved == [(stream, count_numpy(9, stream, 10**6)) for stream, _ in saved]
 
 
+@pytest.mark.slow
 def test_max_time_then_resume_with_other_workers_gives_the_uninterrupted_count(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     # Each worker answers two requests, then never again: the run cannot end before
@@ -175,6 +177,7 @@ def test_max_time_then_resume_with_other_workers_gives_the_uninterrupted_count(t
     assert result["inside"] == uninterrupted_inside() and result["workers"] == 0
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line_and_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     done = mcpi("estimate", "--json", "--workers", "1", "--checkpoint", str(path), "--points", "1e6",

@@ -200,6 +200,7 @@ def test_a_bad_value_in_the_environment_names_the_variable() -> None:
 # ------------------------------------------------------------------ start-up, workers, runtime errors
 
 
+@pytest.mark.slow
 def test_a_worker_slow_to_welcome_is_named_while_the_run_waits() -> None:
     run = mcpi("estimate", "-n", "1000", "-w", "1", "--worker-cmd", "sleep 1000",
                "--startup-timeout", "1", "--log-format", "json")  # fmt: skip
@@ -257,6 +258,7 @@ def _children_of(process: psutil.Popen, count: int, timeout: float = 60) -> list
     return children
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "words"),
     [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGHUP, 129, "hung up (SIGHUP)")],
@@ -288,6 +290,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(signum: int, code: int, words: str)
 # ------------------------------------------------------------------ pipes, terminals, NO_COLOR
 
 
+@pytest.mark.slow
 def test_piped_output_is_plain_whole_lines() -> None:
     run = mcpi("estimate", "-n", "2000", "--chunk-size", "1000", "-w", "1", "--target-error", "1e-9")
     assert run.returncode == 0, run.stderr
@@ -334,6 +337,7 @@ def run_in_terminal(args: list[str], columns: int, env: Mapping[str, str] | None
     return code, seen.decode()
 
 
+@pytest.mark.slow
 def test_a_narrow_terminal_gets_wrapped_rows_and_stacked_tables() -> None:
     code, screen = run_in_terminal(
         ["estimate", "-n", "2000", "--chunk-size", "1000", "-w", "1", "--no-progress"], 60

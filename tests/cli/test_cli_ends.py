@@ -101,6 +101,7 @@ STDOUT_COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(STDOUT_COMMANDS))
 def test_a_reader_that_left_ends_every_command_quietly(name: str, tmp_path: Path, part_file: Path) -> None:
     checkpoint = tmp_path / "run.ckpt"
@@ -120,6 +121,7 @@ def test_a_reader_that_left_ends_every_command_quietly(name: str, tmp_path: Path
     _assert_nothing_left(mark)
 
 
+@pytest.mark.slow
 def test_grep_m1_and_true_on_a_real_shell_pipeline(tmp_path: Path) -> None:
     """The issue's own commands, as a shell runs them (a race: the reader may leave
     before or after the writes; either way no traceback, and the status of each
@@ -191,6 +193,7 @@ BENCH_POOLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BENCH_POOLS))
 def test_ctrl_c_in_a_terminal_while_a_bench_pool_works_is_one_line(name: str) -> None:
     """A terminal's Ctrl-C goes to the whole foreground process group, and a pool's forked

@@ -49,6 +49,7 @@ def expected_inside(seed: int, points: int, chunk_size: int) -> int:
     return sum(count_numpy(seed, c.stream, c.points) for c in iter_chunks(seed, points, chunk_size))
 
 
+@pytest.mark.slow
 def test_estimate_json_end_to_end_and_identical_for_1_and_3_workers() -> None:
     args = ("--points", "3e6", "--chunk-size", "250_000", "--seed", "11")
     one = estimate_json(*args, "--workers", "1")
@@ -143,6 +144,7 @@ def test_bad_arguments_in_a_real_process_print_one_line_and_exit_2() -> None:
     )
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_quickly_and_leaves_no_worker() -> None:
     process = psutil.Popen(
         [*MCPI, "estimate", "--points", "1e13", "--workers", "2", "--seed", "1"],
@@ -172,6 +174,7 @@ def test_ctrl_c_exits_130_quickly_and_leaves_no_worker() -> None:
         assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow
 def test_a_worker_flooding_stderr_does_not_stall_the_run_or_grow_memory() -> None:
     process = psutil.Popen(
         [*MCPI, "estimate", "--json", "--points", "2e6", "--chunk-size", "1e5", "--workers", "2",
@@ -226,6 +229,7 @@ def test_a_worker_command_that_exits_0_at_once_says_its_exit_status() -> None:
     assert line.startswith("mcpi estimate: error: no worker left") and line.endswith("exit code 0"), line
 
 
+@pytest.mark.slow
 def test_hung_workers_are_replaced_at_the_task_timeout_and_the_count_is_exact() -> None:
     result = estimate_json(
         "--points", "8e5", "--chunk-size", "1e5", "--workers", "2", "--seed", "5",
@@ -235,6 +239,7 @@ def test_hung_workers_are_replaced_at_the_task_timeout_and_the_count_is_exact() 
     assert result["restarts"] >= 2
 
 
+@pytest.mark.slow
 def test_crashing_workers_are_replaced_and_the_count_is_exact() -> None:
     result = estimate_json(
         "--points", "1e6", "--chunk-size", "1e5", "--workers", "2", "--seed", "8",
@@ -244,6 +249,7 @@ def test_crashing_workers_are_replaced_and_the_count_is_exact() -> None:
     assert result["restarts"] >= 2
 
 
+@pytest.mark.slow
 def test_max_time_stops_early_with_a_valid_estimate() -> None:
     # Workers that count two requests truly and then never answer again: the run has
     # chunks to report and cannot end before --max-time, whatever the machine's speed
@@ -279,6 +285,7 @@ def test_worker_logs_are_reemitted_with_the_worker_id_and_pid_bound() -> None:
     assert all(r["level"] == "info" for r in started)
 
 
+@pytest.mark.slow
 def test_a_progress_bar_is_drawn_on_a_terminal_only() -> None:
     import pty
 

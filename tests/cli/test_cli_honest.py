@@ -17,6 +17,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.run.statistics import Z_95, pi_statistics, points_to_reach
 from mcpi_worker.kernels import count_numpy
@@ -178,6 +180,7 @@ def test_one_chunk_is_one_chunk(tmp_path: Path) -> None:
     assert "(1 chunk saved)" in run.stdout
 
 
+@pytest.mark.slow
 def test_the_kernel_row_names_what_counted() -> None:
     """The workers said numba-fused counted; the row said 'numpy'."""
     run = mcpi("estimate", "-n", "2e6", "-w", "1", "-s", "1", "--startup-timeout", "300",  # a first compile

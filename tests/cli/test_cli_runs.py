@@ -12,6 +12,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from mcpi_coordinator.run.prefix import reference_prefix
 
 MCPI = [sys.executable, "-m", "mcpi_coordinator"]
@@ -40,6 +42,7 @@ def repeated(result: dict[str, Any]) -> dict[str, Any]:
     return again
 
 
+@pytest.mark.slow
 def test_target_error_stops_at_the_same_count_on_1_2_and_3_workers_and_repeats() -> None:
     args = ("--points", "1e9", "--chunk-size", "1e4", "--seed", "42", "--target-error", "2e-3")
     runs = [estimate_json(*args, "--workers", str(w)) for w in (1, 2, 3, 3, 2)]
@@ -53,6 +56,7 @@ def test_target_error_stops_at_the_same_count_on_1_2_and_3_workers_and_repeats()
     assert repeated(runs[0])["inside"] == reference.inside
 
 
+@pytest.mark.slow
 def test_max_time_reports_a_count_that_its_repeat_command_gives_on_1_2_and_3_workers() -> None:
     # Fakes computing the real kernel at a bounded pace (so the check here stays cheap),
     # then real workers, whose count the repeat command itself checks.
@@ -71,6 +75,7 @@ def test_max_time_reports_a_count_that_its_repeat_command_gives_on_1_2_and_3_wor
     assert repeated(real)["inside"] == real["inside"]
 
 
+@pytest.mark.slow
 def test_the_human_output_names_the_repeat_command_and_an_unreached_target() -> None:
     stopped = mcpi("estimate", "--points", "1e9", "--chunk-size", "1e4", "--seed", "3",
                    "--target-error", "5e-3", "--workers", "2")

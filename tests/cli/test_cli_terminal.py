@@ -24,10 +24,13 @@ import psutil
 import pytest
 
 # Under CI (which installs tmux) a missing tmux is a failure, not a skip.
-pytestmark = pytest.mark.skipif(
-    shutil.which("tmux") is None and not os.environ.get("CI"),
-    reason="tmux is not installed (.ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("tmux") is None and not os.environ.get("CI"),
+        reason="tmux is not installed (.ci/run installs it)",
+    ),
+]
 
 PYTHON = shlex.quote(sys.executable)
 FAKE_WORKER = f"{PYTHON} -m mcpi_coordinator.testing.fake_worker"

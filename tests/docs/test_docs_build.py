@@ -19,10 +19,14 @@ from test_readme_cli import PARSERS
 ROOT = Path(__file__).resolve().parents[2]
 
 # Under CI (which installs the docs extra) a missing Sphinx is a failure, not a skip.
-pytestmark = pytest.mark.skipif(
-    not all(importlib.util.find_spec(name) for name in ("sphinx", "furo", "myst_parser")) and not os.environ.get("CI"),
-    reason="the docs extra is not installed (pip install -e '.[docs]'; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(importlib.util.find_spec(name) for name in ("sphinx", "furo", "myst_parser"))
+        and not os.environ.get("CI"),
+        reason="the docs extra is not installed (pip install -e '.[docs]'; .ci/run installs it)",
+    ),
+]
 
 
 def test_the_site_builds_with_no_warning_and_has_its_pages(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
 from sybil.parsers.myst import CodeBlockParser, SkipParser
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "protocol.md")]
 """docs/protocol.md only includes protocol.md, whose vectors tests/worker/test_golden.py checks."""

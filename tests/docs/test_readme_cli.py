@@ -86,6 +86,7 @@ def _json_of(*args: str) -> dict[str, Any]:
     return document
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [
@@ -102,6 +103,7 @@ def test_every_json_field_is_documented(args: tuple[str, ...], tmp_path: Path) -
     assert missing == set(), f"{' '.join(args)} --json: fields the docs do not name"
 
 
+@pytest.mark.slow
 def test_every_scatter_json_field_is_documented(tmp_path: Path) -> None:
     fields = set(json_keys(_json_of("scatter", "-n", "100", "-o", str(tmp_path / "q.png"))))
     assert {f for f in fields if f"`{f}`" not in DOCS} == set()

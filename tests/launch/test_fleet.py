@@ -140,6 +140,7 @@ def test_a_numpy_kernel_worker_is_counted_as_it_may_grow() -> None:
     assert fleet_cap(plenty, worker_bytes=FUSED_WORKER_RSS_BYTES).local == 1000 * MiB // FUSED_WORKER_RSS_BYTES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("implementation", "cache", "counted_for"),
     [
@@ -467,6 +468,7 @@ def test_at_the_cap_ctrl_c_while_workers_import_exits_130(importing: Importing) 
         assert still_running(importing.pids()) == []
 
 
+@pytest.mark.slow
 def test_at_the_cap_sigkill_while_workers_compute_leaves_none() -> None:
     with estimating(capped_at(CAP), *at_the_cap()) as estimate:
         workers = estimate.busy(CAP)
@@ -476,6 +478,7 @@ def test_at_the_cap_sigkill_while_workers_compute_leaves_none() -> None:
         assert left == [], f"{len(left)} busy workers outlived SIGKILLed mcpi by {took:.2f} s"
 
 
+@pytest.mark.slow
 def test_at_the_cap_ctrl_c_while_workers_compute_exits_130_and_reaps_them() -> None:
     with estimating(capped_at(CAP), *at_the_cap()) as estimate:
         workers = estimate.busy(CAP)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+import pytest
 
 from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 from mcpi_worker.protocol import MAX_POINTS
@@ -89,6 +90,7 @@ PARENT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkilled_parent_leaves_no_busy_worker_behind() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT.format(worker=_bin("mcpi-worker"), n=WORKERS, points=MAX_POINTS)],
@@ -135,6 +137,7 @@ def test_sigkilled_mcpi_estimate_leaves_no_busy_worker_behind() -> None:
         assert left == [], f"workers {left} outlived SIGKILLed mcpi estimate by {took:.2f} s"
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_mcpi_estimate_exits_130_quietly_and_reaps_every_worker() -> None:
     estimate, pids = _start_estimate("--json")
     with reaping([estimate.pid, *pids]):

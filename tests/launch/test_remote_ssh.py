@@ -37,6 +37,8 @@ from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import PoolStats, WorkerPool
 from mcpi_worker.kernels import count_numpy
 
+pytestmark = pytest.mark.slow
+
 SEED = 20240607
 MARKER_VARIABLE = "MCPI_REMOTE_TEST_RUN"
 

@@ -42,6 +42,8 @@ from slurm import (
 
 from mcpi_coordinator.testing.processes import still_running
 
+pytestmark = pytest.mark.slow
+
 SEED = 20240607
 POINTS = 4 * 10**7
 CHUNK = 10**6

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
+import pytest
 import trio
 
 from mcpi_coordinator.errors import RequestFailed
@@ -127,6 +128,7 @@ def test_200_workers_for_one_chunk_start_one(tmp_path: Path) -> None:
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
+@pytest.mark.slow
 def test_the_workers_a_run_can_use_are_all_started(tmp_path: Path) -> None:
     """Three chunks on five workers: three start; with --verify, one more for the checks."""
     for extra, expected in (((), 3), (("--verify", "1"), 4)):

@@ -177,6 +177,7 @@ async def test_a_worker_that_exits_leaving_a_child_on_its_pipes_is_replaced_at_o
     assert still == []
 
 
+@pytest.mark.slow
 def test_json_stays_json_when_a_worker_reports_nan() -> None:
     """``"busy_s": NaN`` used to reach --json. A NaN ``elapsed_s`` now breaks the
     protocol: that worker is replaced (each one here lies after one honest answer)."""
@@ -196,6 +197,7 @@ def test_json_stays_json_when_a_worker_reports_nan() -> None:
     assert result["restarts"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", ["inside", "points", "pong"])
 def test_the_cli_finishes_exact_when_the_first_worker_answers_badly(answer: str) -> None:
     """Through the real CLI, where the run used to hang for ever: every worker lies once

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 import trio
 from structlog.testing import capture_logs
 
@@ -80,6 +81,7 @@ def test_mcpi_estimate_json_and_stderr_name_every_worker_given_up_on() -> None:
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 async def test_a_serial_worker_announcing_1024_jobs_is_not_killed_for_what_it_only_queued() -> None:
     """``raw_worker.py serial_jobs_1024`` welcomes with 1024 jobs and counts one sample at a
     time, answering each as it is counted (the spec worker's pure-Python ``python``
@@ -98,6 +100,7 @@ async def test_a_serial_worker_announcing_1024_jobs_is_not_killed_for_what_it_on
     assert (stats.restarts, stats.failures) == (0, ())
 
 
+@pytest.mark.slow
 async def test_a_welcome_claiming_1024_jobs_does_not_take_the_work_of_the_worker_beside_it() -> None:
     """The same serial worker claiming 1024 jobs, beside a real one-job ``mcpi-worker``
     (about three times faster with the ``python`` kernel). Trusting the claim, the pool

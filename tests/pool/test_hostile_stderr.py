@@ -165,6 +165,7 @@ def test_the_command_says_a_verification_error_as_before(tmp_path: Path) -> None
     assert active_characters(run.stderr) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line", CRASH_LINES, ids=["self", "nested"])
 def test_one_stderr_line_does_not_end_the_run(tmp_path: Path, line: str) -> None:
     run = estimate("--workers", "1", "--worker-cmd", hostile_worker(tmp_path, [line]))

@@ -296,6 +296,7 @@ def test_a_resume_of_something_not_a_file_is_refused(tmp_path: Path, target: str
     one_line(caught.value, expected)
 
 
+@pytest.mark.slow
 def test_crafted_checkpoints_through_the_command_are_one_line_and_exit_2(tmp_path: Path) -> None:
     for name in ("points", "trigger", "deep"):
         (tmp_path / name).mkdir()

@@ -144,6 +144,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"single": single, "files": files, "folder": folder}
 
 
+@pytest.mark.slow
 def test_three_parts_on_real_workers_combine_to_the_single_run(runs: dict[str, Any]) -> None:
     single, files = runs["single"], runs["files"]
     parts = [json.loads(Path(f).read_text()) for f in files]
@@ -184,6 +185,7 @@ def test_a_part_says_it_is_a_part_in_its_text() -> None:
     assert "points          1,000,000 in 10 chunks of up to 100,000" in run.stdout
 
 
+@pytest.mark.slow
 def test_parts_on_other_pools_and_orders_combine_to_the_same_count(runs: dict[str, Any]) -> None:
     folder: Path = runs["folder"]
     # Part 1 one request at a time on 2 workers; part 2 on workers that crash after 2
@@ -237,6 +239,7 @@ def _run_until_first_commit(args: tuple[str, ...], wal: Path) -> None:
             psutil.Process(pid).kill()
 
 
+@pytest.mark.slow
 def test_a_checkpointed_part_stopped_and_killed_resumes_to_the_same_count(runs: dict[str, Any], tmp_path: Path) -> None:
     path, wal = tmp_path / "part2.db", tmp_path / "part2.db-wal"
     # The stop does not race the clock: the worker answers three requests, then never

@@ -110,6 +110,7 @@ def stopped_coverage(z: float) -> tuple[float, list[int]]:
     return covered / SEEDS, stops
 
 
+@pytest.mark.slow
 def test_intervals_of_runs_stopped_by_target_error_cover_pi_95_percent_of_the_time() -> None:
     # 1000 runs (fixed seeds: deterministic), each stopped by --target-error 5e-3 on
     # chunks of 1e4 points (~41 chunks, 1.6 s for the lot). Honest coverage is ~0.95
@@ -123,6 +124,7 @@ def test_intervals_of_runs_stopped_by_target_error_cover_pi_95_percent_of_the_ti
     assert max(stops) - min(stops) <= 2, (min(stops), max(stops))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("z", "expected"), [(1.6448536269514722, 0.90), (2.5758293035489004, 0.99)])
 def test_the_coverage_harness_catches_intervals_that_are_not_95_percent(z: float, expected: float) -> None:
     coverage, _ = stopped_coverage(z)

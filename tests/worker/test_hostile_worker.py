@@ -351,6 +351,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
+@pytest.mark.slow
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.lists(st.integers(0, 400), max_size=12))
 def test_decoder_outcomes_follow_the_oracle_for_any_split(scenario: Scenario, cuts: list[int]) -> None:
@@ -394,6 +395,7 @@ hostile_bodies = st.dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150)
 @given(hostile_bodies, st.sampled_from([COORDINATOR_MESSAGES, WORKER_MESSAGES]))
 def test_any_map_is_a_valid_message_or_a_documented_error(body: dict[str, Any], accept: dict[str, type]) -> None:
@@ -408,6 +410,7 @@ def test_any_map_is_a_valid_message_or_a_documented_error(body: dict[str, Any], 
     assert again == message
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=10),
        st.sampled_from([COORDINATOR_MESSAGES, WORKER_MESSAGES]))
@@ -488,6 +491,7 @@ def _split_welcome(output: bytes) -> tuple[Message, bytes]:
     return welcome, output[HEADER.size + length :]
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.lists(st.integers(0, 400), max_size=6))
 def test_worker_loop_keeps_the_protocols_promises(scenario: Scenario, cuts: list[int]) -> None:
@@ -549,6 +553,7 @@ async def run_real_worker(data: bytes) -> tuple[int, list[Message], int]:
     return exit_code, responses, peak_rss
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 async def test_real_worker_keeps_the_protocols_promises(scenario: Scenario) -> None:
@@ -557,6 +562,7 @@ async def test_real_worker_keeps_the_protocols_promises(scenario: Scenario) -> N
     assert peak_rss < RSS_LIMIT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "exit_code"),
     [

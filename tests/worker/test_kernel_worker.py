@@ -136,6 +136,7 @@ def cache_dir(tmp_path: Path) -> str:
     return str(tmp_path / "numba-cache")
 
 
+@pytest.mark.slow
 def test_fused_compiles_once_per_cache_directory_then_loads(cache_dir: str) -> None:
     environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir)
     first_messages, first_logs = run_worker(environ)
@@ -194,6 +195,7 @@ def test_self_check_without_numba_says_numpy_runs(without_numba: str) -> None:
     assert "numpy (numba-fused unavailable: numba is not installed" in done.stdout
 
 
+@pytest.mark.slow
 def test_self_check_with_numba_compares_both_implementations(cache_dir: str) -> None:
     done = subprocess.run(
         [*worker_command(), "--self-check"],
@@ -208,6 +210,7 @@ def test_self_check_with_numba_compares_both_implementations(cache_dir: str) -> 
     assert "same count" in done.stdout and "loads numba-fused as it starts" in done.stdout
 
 
+@pytest.mark.slow
 def test_where_nothing_can_be_cached_it_says_so_once_and_compiles_in_memory(tmp_path: Path) -> None:
     """A read-only install and no writable user cache: numba has no cache directory."""
     source = tmp_path / "src"
@@ -546,6 +549,7 @@ def warm_cache(environ: dict[str, str]) -> None:
     assert warm.returncode == 0, warm.stderr
 
 
+@pytest.mark.slow
 def test_auto_loads_from_a_warm_cache_in_the_worker(cache_dir: str) -> None:
     environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
     warm_cache(environ)
@@ -617,6 +621,7 @@ def test_mcpi_estimate_hints_each_worker_its_share_and_long_runs_load_at_once(wa
     assert [(load["numpy_points"], "hint" in load["why"]) for load in loads] == [(0, True)] * 2
 
 
+@pytest.mark.slow
 def test_mcpi_estimate_warms_a_cold_cache_itself_and_ends_no_process_of_it(cache_dir: str) -> None:
     """The first run after an install: its workers pass their cold cache, and so NumPy's
     switch point, and a process warms the cache. It is the coordinator's, not a worker's:

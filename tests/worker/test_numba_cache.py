@@ -23,6 +23,8 @@ from test_kernel_worker import assert_golden_answers, base_environment, events, 
 
 from mcpi_worker.numba_cache import directory_refusal, refusal
 
+pytestmark = pytest.mark.slow
+
 NOBODY = 65534
 SOMEONE_ELSE = 4242
 """A uid in no group database: no group is this user's alone."""
