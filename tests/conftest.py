@@ -17,3 +17,23 @@ def _structlog_defaults() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def quiet_structlog() -> Iterator[None]:
+    """structlog at ``critical`` only, for a test that runs the worker loop in this process
+    (its lines would fill the captured output).
+
+    Function-scoped on purpose: ``_structlog_defaults`` resets the configuration before
+    every test, after any wider-scoped fixture has run. A hypothesis test asks for it with
+    ``pytest.mark.usefixtures``: its health check refuses a function-scoped fixture among
+    the test's arguments, not one set up around the test as a whole.
+    """
+    saved = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(50),
+        cache_logger_on_first_use=False,
+    )
+    yield
+    structlog.configure(**saved)

@@ -30,6 +30,11 @@ from mcpi_worker.protocol import (
 
 TIMEOUT: Final[float] = 20.0
 """Generous: CI is a loaded 2-core machine."""
+TESTS: Final = Path(__file__).resolve().parent
+RAW_WORKER: Final = str(TESTS / "raw_worker.py")
+"""A worker that breaks exactly one rule: ``python RAW_WORKER FAULT``."""
+SPEC_WORKER: Final = str(TESTS / "spec_worker.py")
+"""A worker written from protocol.md alone: ``python SPEC_WORKER``."""
 
 
 def worker_command() -> list[str]:

@@ -19,36 +19,24 @@ from typing import Any
 
 import psutil
 import pytest
+from command_line import FAKE_WORKER, MCPI, mcpi, one_line_refusal
 
 from mcpi_coordinator.run.prefix import reference_prefix
 from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 from mcpi_worker.kernels import count_numpy
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 POINTS, CHUNK, SEED = 400_000_000, 2_000_000, 31  # 200 chunks: ~1.6 s on 2 workers, after start-up
 RUN = ("--points", str(POINTS), "--chunk-size", str(CHUNK), "--seed", str(SEED))
 # Workers that take 20 ms a stream (and count it for real): a run lasts ~2 s on any machine,
 # so a kill "mid-run" lands mid-run however fast the kernel is (real workers finished a
 # CI run between its first commit and the kill).
-PACED = ("--worker-cmd", f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker --slow 0.02")
+PACED = ("--worker-cmd", f"{FAKE_WORKER} --slow 0.02")
 ORPHAN_DEADLINE_S = 60.0  # a bound against a hang on a loaded CI box; the speed is benchmarks/fleet.py's
 
 
 @functools.cache
 def uninterrupted_inside() -> int:
     return reference_prefix(SEED, POINTS, CHUNK).inside
-
-
-def mcpi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
-    )
-
-
-def one_line_refusal(run: subprocess.CompletedProcess[str], message: str) -> None:
-    assert run.returncode == 2, (run.returncode, run.stderr)
-    assert run.stdout == "" and "Traceback" not in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr, run.stderr
 
 
 def start(*args: str) -> psutil.Popen:

@@ -11,38 +11,21 @@ import json
 import os
 import pty
 import re
-import shlex
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from command_line import CLEAN_ENV, MCPI, PYTHON, run_in_terminal
+from command_line import mcpi_clean as mcpi
 
 from mcpi_coordinator import __version__
 from mcpi_coordinator.cli.main import build_parser
 from mcpi_worker.kernels import count_numpy
-
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
-PYTHON = shlex.quote(sys.executable)
-FAKE_WORKER = f"{PYTHON} -m mcpi_coordinator.testing.fake_worker"
-CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith("MCPI_") and k not in ("NO_COLOR", "COLUMNS")
-}
-
-
-def mcpi(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        env={**CLEAN_ENV, **(env or {})}, check=False,
-    )  # fmt: skip
 
 
 def first_line(text: str) -> str:
@@ -304,37 +287,6 @@ def test_piped_output_is_plain_whole_lines() -> None:
     table = bench.stdout.splitlines()[1:]
     assert all(line == line.rstrip() and len(line) <= 100 for line in table), table
     assert table[0].startswith("approach") and table[1].startswith("process-pool")
-
-
-def _set_size(fd: int, columns: int, rows: int = 40) -> None:
-    import fcntl
-
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-
-
-def run_in_terminal(args: list[str], columns: int, env: Mapping[str, str] | None = None,
-                    timeout: float = 120) -> tuple[int, str]:  # fmt: skip
-    """Run ``mcpi`` with stdout and stderr on a pseudo-terminal of ``columns`` columns."""
-    leader, follower = pty.openpty()
-    _set_size(follower, columns)
-    process = subprocess.Popen(
-        [*MCPI, *args], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
-        env={**CLEAN_ENV, "TERM": "xterm-256color", **(env or {})},
-    )  # fmt: skip
-    os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: every writer closed the terminal
-            break
-        if not data:
-            break
-        seen += data
-    code = process.wait(timeout=10)
-    os.close(leader)
-    return code, seen.decode()
 
 
 @pytest.mark.slow

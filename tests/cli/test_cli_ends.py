@@ -22,13 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from command_line import CLEAN_ENV, MCPI
 
 from mcpi_coordinator.testing.processes import wait_until_gone
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
-CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith("MCPI_") and k not in ("NO_COLOR", "COLUMNS")
-}
 MARK = "MCPI_TEST_RUN_MARK"
 PATIENT = ("--startup-timeout", "300")
 """A worker may take long to start on a loaded machine: these tests are not about that."""

@@ -13,36 +13,20 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import psutil
 import pytest
+from command_line import FAKE_WORKER, MCPI, estimate_json, mcpi, read_until_closed
 
 from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.run.estimate import iter_chunks
 from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import count_numpy
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
-FAKE_WORKER = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker"
 JSON_FIELDS = {
     "pi", "inside", "points", "seed", "chunk_size", "kernel", "workers", "std_error",
     "ci95", "error", "elapsed_s", "points_per_s", "restarts",
 }
-
-
-def mcpi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def estimate_json(*args: str) -> dict[str, Any]:
-    run = mcpi("estimate", "--json", *args)
-    assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr
-    return json.loads(run.stdout)
 
 
 def expected_inside(seed: int, points: int, chunk_size: int) -> int:
@@ -295,15 +279,7 @@ def test_a_progress_bar_is_drawn_on_a_terminal_only() -> None:
     leader, follower = pty.openpty()
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL)
     os.close(follower)
-    drawn = b""
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the terminal's other side closed
-            break
-        if not data:
-            break
-        drawn += data
+    drawn = read_until_closed(leader)
     out, _ = process.communicate(timeout=120)
     os.close(leader)
     assert process.returncode == 0

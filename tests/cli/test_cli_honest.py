@@ -8,62 +8,30 @@ the clock.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from command_line import CLEAN_ENV, FAKE_WORKER, mcpi_clean, run_in_terminal
 
 from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.run.statistics import Z_95, pi_statistics, points_to_reach
 from mcpi_worker.kernels import count_numpy
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
-PYTHON = shlex.quote(sys.executable)
-FAKE = f"{PYTHON} -m mcpi_coordinator.testing.fake_worker"
-CLEAN_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith("MCPI_") and k not in ("NO_COLOR", "COLUMNS")
-}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 
 
 def mcpi(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-        env={**CLEAN_ENV, **(env or {})}, check=False,
-    )  # fmt: skip
+    return mcpi_clean(*args, env=env, timeout=600)
 
 
 def in_terminal(args: list[str], columns: int = 160) -> tuple[int, str]:
     """Run ``mcpi`` with stdout and stderr on a pseudo-terminal; all it drew, as text."""
-    import fcntl
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    process = subprocess.Popen(
-        [*MCPI, *args], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
-        env={**CLEAN_ENV, "TERM": "xterm-256color", "NO_COLOR": "1"},
-    )  # fmt: skip
-    os.close(follower)
-    seen = b""
-    while True:  # until every writer has closed the terminal: the process's end
-        try:
-            data = os.read(leader, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        seen += data
-    code = process.wait(timeout=60)
-    os.close(leader)
-    return code, ANSI.sub("", seen.decode())
+    code, seen = run_in_terminal(args, columns, env={"NO_COLOR": "1"}, timeout=600)
+    return code, ANSI.sub("", seen)
 
 
 def rows_of(text: str) -> dict[str, str]:
@@ -92,7 +60,7 @@ def test_a_target_without_points_is_run_until_it_is_reached() -> None:
     points the half-width is ~1.018e-4 for any seed. (Made-up counts, p = 0.785398,
     so the 1e9 points cost nothing but the coordinator's work.)"""
     run = mcpi("estimate", "--target-error", "1e-4", "-s", "1", "-w", "2", "--json",
-               "--worker-cmd", f"{FAKE} --made-up-counts")  # fmt: skip
+               "--worker-cmd", f"{FAKE_WORKER} --made-up-counts")  # fmt: skip
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["target_reached"] is True
@@ -126,7 +94,7 @@ def test_the_closing_line_says_what_the_table_says() -> None:
     327.1 M: the line's rate left the workers' start-up out, the table's did not. One
     run, one clock: the closing line's figures are the table's."""
     code, screen = in_terminal(["estimate", "-n", "4e5", "--chunk-size", "1e4", "-w", "2", "-s", "1",
-                                "--worker-cmd", f"{FAKE} --slow 0.02"])  # fmt: skip
+                                "--worker-cmd", f"{FAKE_WORKER} --slow 0.02"])  # fmt: skip
     assert code == 0, screen
     points, seconds, rate = _closing_line(screen)
     rows = rows_of(screen)
@@ -150,7 +118,7 @@ def test_the_bar_of_a_resumed_run_starts_where_the_run_is(tmp_path: Path) -> Non
     path = tmp_path / "run.ckpt"
     _checkpoint_of(path, range(6), points=10_000, chunk=1_000, seed=4)
     code, screen = in_terminal(["estimate", "--resume", str(path), "-w", "1",
-                                "--worker-cmd", f"{FAKE} --slow 0.6"])  # fmt: skip
+                                "--worker-cmd", f"{FAKE_WORKER} --slow 0.6"])  # fmt: skip
     assert code == 0, screen
     shown = [int(p) for p in re.findall(r"━+ +(\d+)%", screen)]
     assert shown, f"no bar was drawn: {screen!r}"

@@ -6,31 +6,14 @@ Early stops report the prefix of streams 0..k−1, so their count is the plain
 
 from __future__ import annotations
 
-import json
 import shlex
-import subprocess
 import sys
 from typing import Any
 
 import pytest
+from command_line import estimate_json, mcpi
 
 from mcpi_coordinator.run.prefix import reference_prefix
-
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
-
-
-def mcpi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def estimate_json(*args: str) -> dict[str, Any]:
-    run = mcpi("estimate", "--json", *args)
-    assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr
-    return json.loads(run.stdout)
 
 
 def repeated(result: dict[str, Any]) -> dict[str, Any]:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
+from command_line import FAKE_WORKER, PYTHON
 
 # Under CI (which installs tmux) a missing tmux is a failure, not a skip.
 pytestmark = [
@@ -32,8 +31,6 @@ pytestmark = [
     ),
 ]
 
-PYTHON = shlex.quote(sys.executable)
-FAKE_WORKER = f"{PYTHON} -m mcpi_coordinator.testing.fake_worker"
 
 
 class Terminal:

@@ -3,43 +3,30 @@ that lies (``--wrong-count``), chosen per worker index through ``--worker-cmd``'
 
 from __future__ import annotations
 
-import json
-import shlex
 import subprocess
-import sys
 from typing import Any
 
+import command_line
 import pytest
+from command_line import FAKE_WORKER, estimate_json_and_stderr, slot_0_runs
 
 from mcpi_coordinator.run.prefix import reference_prefix
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
-PYTHON = shlex.quote(sys.executable)
 POINTS, CHUNK, SEED = 20_000_000, 200_000, 12  # 100 chunks
 RUN = ("--points", str(POINTS), "--chunk-size", str(CHUNK), "--seed", str(SEED))
 
 
 def liar_at_0(lie: str) -> str:
     """A --worker-cmd: worker 0 is a fake that lies as ``lie`` says, the others real workers."""
-    script = (
-        f"if [ {{i}} = 0 ]; then exec {PYTHON} -m mcpi_coordinator.testing.fake_worker {lie}; "
-        f"else exec {PYTHON} -m mcpi_worker; fi"
-    )
-    return f"sh -c {shlex.quote(script)}"
+    return slot_0_runs(f"{FAKE_WORKER} {lie}")
 
 
 def mcpi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, "estimate", *args], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return command_line.mcpi("estimate", *args, timeout=300)
 
 
 def estimate_json(*args: str) -> tuple[dict[str, Any], str]:
-    run = mcpi("--json", *args)
-    assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr
-    return json.loads(run.stdout), run.stderr
+    return estimate_json_and_stderr(*args, timeout=300)
 
 
 EXPECTED = reference_prefix(SEED, POINTS, CHUNK).inside

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from command_line import MCPI
 
 from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.files import MAX_JSON_DEPTH, json_depth, json_loads_limited
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 WHOLE: dict[str, Any] = {
     "seed": 1, "requested_points": 1_000, "chunk_size": 100, "inside": 785, "points": 1_000, "kernel": "numpy",
 }  # fmt: skip

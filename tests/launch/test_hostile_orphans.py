@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -20,12 +19,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from command_line import raw_worker_in_slot_0
 
 from mcpi_worker.kernels import KERNELS
 
-TESTS = Path(__file__).resolve().parents[1]
-RAW_WORKER = str(TESTS / "raw_worker.py")
-PYTHON = shlex.quote(sys.executable)
 TIMEOUT = 300  # seconds; reached only by a hang
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux's")
@@ -55,13 +52,9 @@ def left_children(path: Path) -> list[int]:
 
 
 def test_a_setsid_grandchild_is_gone_when_mcpi_estimate_returns(pidfile: Path) -> None:
-    script = (
-        f"if [ {{i}} = 0 ]; then exec {PYTHON} {shlex.quote(RAW_WORKER)} setsid_child; "
-        f"else exec {PYTHON} -m mcpi_worker; fi"
-    )
     run = subprocess.run(
         [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "40000", "--chunk-size", "1000", "-s", "4",
-         "--workers", "2", "--json", "--worker-cmd", f"sh -c {shlex.quote(script)}"],
+         "--workers", "2", "--json", "--worker-cmd", raw_worker_in_slot_0("setsid_child")],
         capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
         env={**os.environ, "RAW_WORKER_PIDFILE": str(pidfile)},
     )  # fmt: skip

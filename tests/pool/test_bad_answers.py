@@ -13,12 +13,12 @@ import math
 import re
 import shlex
 import subprocess
-import sys
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from command_line import MCPI
 from structlog.testing import capture_logs
 
 from mcpi_coordinator.errors import ChunkFailed, RequestFailed
@@ -33,7 +33,6 @@ from mcpi_worker.kernels import count_numpy
 
 SEED = 7
 POINTS = 3_000
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 
 
 def expected(n: int) -> int:

@@ -9,25 +9,22 @@ up on it at once; its requests go to the honest worker beside it.
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import psutil
 import pytest
 import trio
+from command_line import raw_worker_in_slot_0
 from structlog.testing import capture_logs
+from worker_process import RAW_WORKER
 
 from mcpi_coordinator.launch.local import command_launcher
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.kernels import KERNELS
 
-TESTS = Path(__file__).resolve().parents[1]
-RAW_WORKER = str(TESTS / "raw_worker.py")
 TIMEOUT = 120.0  # seconds; reached only by a hang
-PYTHON = shlex.quote(sys.executable)
 POINTS = 1_000_000
 
 
@@ -58,13 +55,9 @@ async def test_a_worker_given_up_on_while_the_run_ends_is_recorded_and_warned_on
 
 
 def test_mcpi_estimate_json_and_stderr_name_every_worker_given_up_on() -> None:
-    script = (
-        f"if [ {{i}} = 0 ]; then exec {PYTHON} {shlex.quote(RAW_WORKER)} points_differ; "
-        f"else exec {PYTHON} -m mcpi_worker; fi"
-    )
     run = subprocess.run(
         [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "20000", "--chunk-size", "1000", "-s", "3",
-         "--workers", "2", "--json", "--worker-cmd", f"sh -c {shlex.quote(script)}"],
+         "--workers", "2", "--json", "--worker-cmd", raw_worker_in_slot_0("points_differ")],
         capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

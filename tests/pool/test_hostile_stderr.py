@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from command_line import MCPI, PYTHON, slot_0_runs
 from structlog.testing import capture_logs
 
 from mcpi_coordinator import Chunk, WorkerPool
@@ -23,9 +24,6 @@ from mcpi_coordinator.run.estimate import run_estimate
 from mcpi_coordinator.run.verify import VerificationFailed
 from mcpi_worker.kernels import count_numpy
 from mcpi_worker.protocol import Welcome
-
-MCPI = [sys.executable, "-m", "mcpi_coordinator", "estimate"]
-PYTHON = shlex.quote(sys.executable)
 
 TERMINAL_LINES = [  # finding 2: bytes for the terminal
     "\x1b]0;OWNED\x07\x1b[2J\x1b[31mred\x1b[0m\x7f",  # window title, clear screen, colour, DEL
@@ -61,7 +59,7 @@ def hostile_worker(tmp_path: Path, lines: list[str] = HOSTILE_LINES, *, then: st
 
 def estimate(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [*MCPI, "--points", "200000", "--seed", "7", *args],
+        [*MCPI, "estimate", "--points", "200000", "--seed", "7", *args],
         capture_output=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
     )
 
@@ -124,12 +122,8 @@ def test_a_host_name_from_a_welcome_is_escaped_in_the_verified_row(tmp_path: Pat
     """A lying worker whose welcome names a hostile host is caught by --verify and named
     in the ``verified`` row on stdout, and in the warning on stderr."""
     liar = hostile_host_liar(tmp_path)
-    script = (
-        f"if [ {{i}} = 0 ]; then exec {PYTHON} {shlex.quote(str(liar))} --wrong-count 1; "
-        f"else exec {PYTHON} -m mcpi_worker; fi"
-    )
     run = estimate("--workers", "2", "--chunk-size", "20000", "--verify", "1",
-                   "--worker-cmd", f"sh -c {shlex.quote(script)}")
+                   "--worker-cmd", slot_0_runs(f"{PYTHON} {shlex.quote(str(liar))} --wrong-count 1"))
     assert run.returncode == 0, run.stderr.decode(errors="replace")
     row = next(line for line in run.stdout.decode().splitlines() if line.startswith("verified"))
     assert HOSTILE_HOST_SHOWN in row, row

@@ -19,11 +19,11 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 
 import msgpack
 import pytest
 import trio
+from worker_process import SPEC_WORKER, worker_command
 
 from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_coordinator.testing import start_fake_worker
@@ -52,11 +52,6 @@ MEDIUM = 30_000_000  # a tenth of a second or so
 TIMEOUT = 60  # generous: CI is a loaded 2-core box
 
 
-def _real_worker_command() -> list[str]:
-    script = Path(sys.executable).with_name("mcpi-worker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
-
-
 Peer = tuple[WorkerProcess, WorkerClient, StderrTail]
 OpenPeer = Callable[[], AbstractAsyncContextManager[Peer]]
 
@@ -83,11 +78,11 @@ async def _in_process_peer() -> AsyncIterator[Peer]:
 @pytest.fixture(params=["mcpi-worker", "mcpi-worker-jobs-3", "subprocess-fake", "in-process-fake", "spec-worker"])
 def open_peer(request: pytest.FixtureRequest) -> OpenPeer:
     if request.param == "mcpi-worker":
-        return lambda: _subprocess_peer(_real_worker_command())
+        return lambda: _subprocess_peer(worker_command())
     if request.param == "mcpi-worker-jobs-3":  # several samples at once behind one stdio: the same contract
-        return lambda: _subprocess_peer([*_real_worker_command(), "--jobs", "3"])
+        return lambda: _subprocess_peer([*worker_command(), "--jobs", "3"])
     if request.param == "spec-worker":
-        return lambda: _subprocess_peer([sys.executable, str(Path(__file__).parents[1] / "spec_worker.py")])
+        return lambda: _subprocess_peer([sys.executable, SPEC_WORKER])
     if request.param == "subprocess-fake":
         return lambda: _subprocess_peer(fake_worker_command())
     return _in_process_peer

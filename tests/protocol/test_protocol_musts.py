@@ -43,6 +43,7 @@ import msgpack
 import pytest
 import trio
 from structlog.testing import capture_logs
+from worker_process import RAW_WORKER, SPEC_WORKER, worker_command
 
 from mcpi_coordinator.errors import RequestFailed
 from mcpi_coordinator.launch.local import spawn_worker
@@ -57,8 +58,6 @@ from mcpi_worker.protocol import Error, Pong, Result, Welcome, WorkerMessage
 
 TESTS = Path(__file__).resolve().parents[1]
 PROTOCOL_MD = TESTS.parent / "protocol.md"
-SPEC_WORKER = str(TESTS / "spec_worker.py")
-RAW_WORKER = str(TESTS / "raw_worker.py")
 TIMEOUT = 60  # seconds; reached only by a hang (CI is a loaded 2-core machine)
 SEED = 20240601
 
@@ -712,13 +711,8 @@ def sample(id: int, **fields: Any) -> dict[str, Any]:
     return {"type": "sample", "id": id, "seed": SEED, "stream": 0, "points": 1000, "kernel": "numpy", **fields}
 
 
-def real_worker_command() -> list[str]:
-    script = Path(sys.executable).with_name("mcpi-worker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
-
-
 PEERS: dict[str, list[str]] = {
-    "mcpi-worker": real_worker_command(),
+    "mcpi-worker": worker_command(),
     "spec-worker": [sys.executable, SPEC_WORKER],
 }
 
@@ -1041,7 +1035,7 @@ async def test_the_pool_gets_the_real_worker_s_counts_from_the_spec_worker_on_ve
 
     with trio.fail_after(TIMEOUT * 2):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "real", real_worker_command())
+            nursery.start_soon(run, "real", worker_command())
             nursery.start_soon(run, "spec", [sys.executable, SPEC_WORKER])
             nursery.start_soon(run, "spec-v1", [sys.executable, SPEC_WORKER, "--versions", "1"])
     real = per_stream(outcomes["real"][0])
@@ -1059,7 +1053,7 @@ def test_mcpi_estimate_with_the_spec_worker_gives_the_real_worker_s_count() -> N
     base = [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "3e6", "--chunk-size", "2.5e5",
             "--seed", str(SEED), "--workers", "2", "--json", "--no-progress"]  # fmt: skip
     worker_cmds = {
-        "real": shlex.join(real_worker_command()),
+        "real": shlex.join(worker_command()),
         "spec": shlex.join([sys.executable, SPEC_WORKER]),
         "spec-v1": shlex.join([sys.executable, SPEC_WORKER, "--versions", "1"]),
     }

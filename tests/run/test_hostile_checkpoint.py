@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from command_line import MCPI
 
 from mcpi_coordinator import __version__
 from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointFailed, CheckpointRefused, RunParameters
 
 PARAMETERS = RunParameters(seed=7, points=1_000_000, chunk_size=10_000, kernel="numpy", target_error=None)
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 NOBODY = 65534
 OTHER = 61_234  # a second unprivileged uid, for the attack on an unprivileged run
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from command_line import FAKE_WORKER, MCPI, estimate_json, mcpi, one_line_refusal
 from documentation import DOCS, json_keys
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,34 +29,12 @@ from mcpi_coordinator.run.prefix import Prefix, reference_prefix
 from mcpi_coordinator.run.statistics import pi_statistics
 from mcpi_coordinator.testing.processes import still_running, wait_until_gone
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator"]
 # An odd count: 31 chunks, the last of 1 point. Parts of 3: chunks 0..9, 10..19, 20..30.
 POINTS, CHUNK, SEED = 3_000_001, 100_000, 2026
 RUN = ("--points", str(POINTS), "--chunk-size", str(CHUNK), "--seed", str(SEED))
-FAKE = f"{shlex.quote(sys.executable)} -m mcpi_coordinator.testing.fake_worker"
 SAME = ("inside", "points", "requested_points", "seed", "chunk_size", "chunks", "kernel",
         "pi", "error", "std_error", "ci95", "repeat_command")  # fmt: skip
 """What a combined run shares with the single run, value for value."""
-
-
-def mcpi(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MCPI, *args], capture_output=True, text=True, timeout=120, check=False,
-        input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def estimate_json(*args: str) -> dict[str, Any]:
-    run = mcpi("estimate", "--json", *args)
-    assert run.returncode == 0, run.stderr
-    document: dict[str, Any] = json.loads(run.stdout)
-    return document
-
-
-def one_line_refusal(run: subprocess.CompletedProcess[str], message: str) -> None:
-    assert run.returncode == 2, (run.returncode, run.stderr)
-    assert run.stdout == "" and "Traceback" not in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1 and message in run.stderr, run.stderr
 
 
 def write(path: Path, document: dict[str, Any]) -> str:
@@ -194,7 +171,7 @@ def test_parts_on_other_pools_and_orders_combine_to_the_same_count(runs: dict[st
     # chunk by chunk (--verify 1).
     first = estimate_json(*RUN, "--workers", "2", "--pipeline-depth", "1", "--part", "1/3")
     crashing = estimate_json(*RUN, "--workers", "2", "--part", "2/3",
-                             "--worker-cmd", f"{FAKE} --crash-after 2")  # fmt: skip
+                             "--worker-cmd", f"{FAKE_WORKER} --crash-after 2")  # fmt: skip
     checked = estimate_json(*RUN, "--workers", "2", "--verify", "1", "--part", "3/3")
     assert crashing["restarts"] >= 1 and checked["verified_chunks"] == 11
     others = [write(folder / f"other{i}.json", doc) for i, doc in enumerate((first, crashing, checked), 1)]
@@ -245,7 +222,7 @@ def test_a_checkpointed_part_stopped_and_killed_resumes_to_the_same_count(runs: 
     # The stop does not race the clock: the worker answers three requests, then never
     # again, so the part cannot end before --max-time however slow the machine, and
     # --max-time is long enough for a loaded machine to start the worker and count them.
-    stalling = ("--worker-cmd", f"{FAKE} --hang-after 3", "--workers", "1", "--startup-timeout", "300")
+    stalling = ("--worker-cmd", f"{FAKE_WORKER} --hang-after 3", "--workers", "1", "--startup-timeout", "300")
     stopped = estimate_json(*RUN, *stalling, "--part", "2/3", "--checkpoint", str(path), "--max-time", "10")
     assert stopped["stopped_early"] == "max_time" and stopped["part"]["index"] == 2
     assert stopped["repeat_command"] is None and stopped["points"] < 1_000_000
@@ -260,7 +237,7 @@ def test_a_checkpointed_part_stopped_and_killed_resumes_to_the_same_count(runs: 
     assert 3 <= held < 10  # three answers, of one or more chunks each
     # 0.3 s a stream on one worker (one stream a request: more is over the pool's 0.25 s
     # a piece): a kill after the first commit lands mid-run however fast the box.
-    paced = ("--worker-cmd", f"{FAKE} --slow 0.3", "--workers", "1")
+    paced = ("--worker-cmd", f"{FAKE_WORKER} --slow 0.3", "--workers", "1")
     _run_until_first_commit(("--resume", str(path), *paced), wal)
     resumed = estimate_json("--resume", str(path), "--workers", "2")
     assert resumed["part"] == {"index": 2, "of": 3, "first_chunk": 10, "chunks": 10}

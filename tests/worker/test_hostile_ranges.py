@@ -22,14 +22,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-import structlog
 import trio
+from worker_process import SPEC_WORKER, worker_command
 
 from mcpi_coordinator.testing.client import WorkerClient, open_worker
 from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck
@@ -60,7 +58,6 @@ from mcpi_worker.sampling import SLICE_WORK, count_groups
 from mcpi_worker.server import Worker
 
 TIMEOUT = 60.0  # seconds; reached only by a worker that stopped listening
-TESTS = Path(__file__).resolve().parents[1]
 OFFER = WorkerOffer(worker="test", pid=1, host="h", kernels=("numpy",), max_inflight=8)
 LARGEST = MAX_STREAMS
 
@@ -170,25 +167,13 @@ class _Pipes:
         self.stdout = stdout
 
 
-@pytest.fixture
-def quiet_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(50),
-        cache_logger_on_first_use=False,
-    )
-    yield
-    structlog.configure(**saved)
-
-
 RANGES = {
     "65536_one_point_streams": (65_536, 1),
     "largest_range_of_zero_point_streams": (LARGEST, 0),
 }
 
 
-@pytest.mark.usefixtures("quiet_logs")
+@pytest.mark.usefixtures("quiet_structlog")
 @pytest.mark.parametrize("size", sorted(RANGES))
 @pytest.mark.parametrize("end", ["cancel", "shutdown", "eof"])
 async def test_a_worker_holding_a_range_answers_ping_and_obeys_cancel_shutdown_and_eof(
@@ -237,14 +222,9 @@ async def test_a_worker_holding_a_range_answers_ping_and_obeys_cancel_shutdown_a
 # ------------------------------------------------------------------ real processes
 
 
-def real_worker_command() -> list[str]:
-    script = Path(sys.executable).with_name("mcpi-worker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
-
-
 PEERS: dict[str, list[str]] = {
-    "mcpi-worker": real_worker_command(),
-    "spec-worker": [sys.executable, str(TESTS / "spec_worker.py")],
+    "mcpi-worker": worker_command(),
+    "spec-worker": [sys.executable, SPEC_WORKER],
 }
 
 

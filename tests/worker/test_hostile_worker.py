@@ -18,20 +18,17 @@ memory", are thrown at each level too.
 from __future__ import annotations
 
 import os
-import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import psutil
 import pytest
-import structlog
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from worker_process import worker_command
 
 from mcpi_coordinator.testing.client import open_worker
 from mcpi_worker import protocol
@@ -425,19 +422,6 @@ def test_arbitrary_bytes_end_in_documented_outcomes_only(
 # ------------------------------------------------------------ 2. the worker loop
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quiet_worker_logs() -> Iterator[None]:
-    """The in-process worker logs through structlog; keep it off stdout here."""
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(50),
-        cache_logger_on_first_use=False,
-    )
-    yield
-    structlog.configure(**saved)
-
-
 def run_worker_loop(data: bytes, chunks: list[bytes] | None = None) -> tuple[int, bytes]:
     """Serve ``hello + data`` then EOF with a real ``Worker`` over OS pipes; return
     its exit code and everything it wrote after the welcome."""
@@ -492,6 +476,7 @@ def _split_welcome(output: bytes) -> tuple[Message, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quiet_structlog")  # the worker loop logs through structlog
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.lists(st.integers(0, 400), max_size=6))
 def test_worker_loop_keeps_the_protocols_promises(scenario: Scenario, cuts: list[int]) -> None:
@@ -499,6 +484,7 @@ def test_worker_loop_keeps_the_protocols_promises(scenario: Scenario, cuts: list
     check_outcome(scenario, exit_code, decode_all(output))
 
 
+@pytest.mark.usefixtures("quiet_structlog")
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2000))
 def test_worker_loop_survives_arbitrary_bytes(data: bytes) -> None:
@@ -514,15 +500,10 @@ def test_worker_loop_survives_arbitrary_bytes(data: bytes) -> None:
 # ---------------------------------------------------------- 3. the real process
 
 
-def _worker_command() -> list[str]:
-    script = Path(sys.executable).with_name("mcpi-worker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
-
-
 async def run_real_worker(data: bytes) -> tuple[int, list[Message], int]:
     """Feed ``data`` after the handshake, then EOF; return exit code, responses, peak RSS."""
     peak_rss = 0
-    async with open_worker(_worker_command()) as (process, client, _stderr):
+    async with open_worker(worker_command()) as (process, client, _stderr):
         with trio.fail_after(60):
             await client.handshake()
             responses: list[Message] = []

@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 from test_golden import KERNEL_TABLE
+from worker_process import worker_command
 
 import mcpi_worker
 from mcpi_worker.kernels import NumpyKernel, Policy, StopCheck, count_python, numpy_impl
@@ -56,11 +57,6 @@ def range_insides(sample: Sample) -> tuple[int, ...]:
     singles = [numpy_impl.count(sample.seed, sample.stream + i, sample.points) for i in range(sample.streams)]
     group = sample.group or sample.streams
     return tuple(sum(singles[i : i + group]) for i in range(0, sample.streams, group))
-
-
-def worker_command() -> list[str]:
-    script = Path(sys.executable).with_name("mcpi-worker")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mcpi_worker"]
 
 
 def base_environment(**changes: str | None) -> dict[str, str]:

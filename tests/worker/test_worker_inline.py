@@ -25,13 +25,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-import structlog
 import trio
 
 from mcpi_coordinator.testing.client import WorkerClient, open_worker
@@ -86,18 +84,6 @@ class _Pipes:
         self.stdout = stdout
 
 
-@pytest.fixture
-def quiet_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(50),
-        cache_logger_on_first_use=False,
-    )
-    yield
-    structlog.configure(**saved)
-
-
 async def _serve_held(kernel: FirstCallHeld, steps: Any) -> None:
     """Run a ``Worker`` over OS pipes with ``kernel`` as ``numpy`` and drive it with
     ``steps(client)``; end it with EOF and join its thread."""
@@ -126,7 +112,7 @@ def _small(request_id: int, points: int = 10) -> Sample:
     return Sample(request_id, 3, request_id, points, "numpy")
 
 
-@pytest.mark.usefixtures("quiet_logs")
+@pytest.mark.usefixtures("quiet_structlog")
 async def test_samples_arriving_while_a_small_one_runs_are_read_then_run_on_the_reader() -> None:
     kernel = FirstCallHeld()
 
@@ -147,7 +133,7 @@ async def test_samples_arriving_while_a_small_one_runs_are_read_then_run_on_the_
     await _serve_held(kernel, steps)
 
 
-@pytest.mark.usefixtures("quiet_logs")
+@pytest.mark.usefixtures("quiet_structlog")
 async def test_a_cancel_read_behind_a_small_sample_stops_the_next_before_it_counts() -> None:
     kernel = FirstCallHeld()
 
