@@ -119,6 +119,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_count(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.db"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_a_checkpointed_run_says_how_to_resume_it(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     process = start("--checkpoint", str(path), "--points", "1e13", "--chunk-size", "1e6", "--seed", "9")

@@ -153,6 +153,7 @@ def test_top_level_help_carries_the_essentials() -> None:
 # ------------------------------------------------------------------ environment
 
 
+@pytest.mark.slow
 def test_the_environment_sets_defaults_and_the_command_line_wins() -> None:
     env = {"MCPI_WORKER_CMD": "/nonexistent/from-env", "MCPI_LOG_FORMAT": "json"}
     run = mcpi("estimate", "-n", "1000", "-w", "1", env=env)
@@ -196,6 +197,7 @@ def test_a_worker_slow_to_welcome_is_named_while_the_run_waits() -> None:
     assert "no welcome within the 1 s start-up timeout" in lines[-1]
 
 
+@pytest.mark.slow
 def test_dropped_workers_are_not_counted_as_working_ones() -> None:
     # Worker 0 is a real worker; workers 1 and 2 exit at once, every time.
     command = f"sh -c 'test {{i}} = 0 && exec {PYTHON} -m mcpi_worker; exit 3'"

@@ -190,6 +190,7 @@ def test_a_crash_looping_worker_command_ends_with_one_clear_line() -> None:
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_speaking_garbage_ends_with_the_protocol_error() -> None:
     run = mcpi("estimate", "--points", "1e6", "--workers", "1", "--worker-cmd", f"{FAKE_WORKER} --garbage")
     assert run.returncode == 1
@@ -248,6 +249,7 @@ def test_max_time_stops_early_with_a_valid_estimate() -> None:
     assert low < result["pi"] < high and abs(result["error"]) < 0.01
 
 
+@pytest.mark.slow
 def test_target_error_stops_early_once_the_interval_is_narrow_enough() -> None:
     result = estimate_json("--points", "1e13", "--workers", "2", "--target-error", "2e-4", "--seed", "4")
     assert result["stopped_early"] == "target_error"

@@ -112,6 +112,7 @@ def _checkpoint_of(path: Path, done: range, *, points: int, chunk: int, seed: in
     checkpoint.close()
 
 
+@pytest.mark.slow
 def test_the_bar_of_a_resumed_run_starts_where_the_run_is(tmp_path: Path) -> None:
     """Six of ten chunks saved: the bar shows 60% or more from its first frame (it
     showed 0%, rising to 40%, while its ± already counted the six)."""

@@ -48,6 +48,7 @@ def test_a_lying_worker_is_caught_retired_and_named_and_the_count_is_exact(verif
         assert 0 < result["verified_chunks"] < POINTS // CHUNK
 
 
+@pytest.mark.slow
 def test_without_verify_the_lie_is_taken_and_honest_workers_verify_clean() -> None:
     lied, _ = estimate_json(*RUN, "--workers", "3", "--worker-cmd", liar_at_0("--wrong-count 1"))
     assert lied["inside"] != EXPECTED and lied["verified_chunks"] == 0 and lied["mismatches"] == 0
@@ -57,6 +58,7 @@ def test_without_verify_the_lie_is_taken_and_honest_workers_verify_clean() -> No
     assert 30 < honest["verified_chunks"] < 70
 
 
+@pytest.mark.slow
 def test_the_human_output_says_what_was_checked_and_who_was_retired() -> None:
     run = mcpi(*RUN, "--workers", "3", "--verify", "1", "--worker-cmd", liar_at_0("--wrong-count 1"))
     assert run.returncode == 0, run.stderr

@@ -181,6 +181,7 @@ def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_estimate_plot_end_to_end_with_real_workers(tmp_path: Path) -> None:
     plot = tmp_path / "convergence.png"
     result = run_cli(
@@ -225,6 +226,7 @@ def test_estimate_plot_without_the_extra_fails_before_any_worker_starts(tmp_path
     assert not started.exists()
 
 
+@pytest.mark.slow
 def test_estimate_result_is_kept_when_the_plot_cannot_be_written(tmp_path: Path) -> None:
     # The directory passes the check before the run and is gone when the plot is
     # written: the worker command removes it before it starts the real worker.

@@ -170,6 +170,7 @@ async def test_exit_at_start() -> None:
     assert "exiting at start" in stderr.text
 
 
+@pytest.mark.slow
 def test_a_hanging_fake_does_not_outlive_its_parent() -> None:
     # The parent starts a silent fake and dies without killing it; the fake notices
     # it was re-parented and exits, so hung fakes never pile up after a test crash.

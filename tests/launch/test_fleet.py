@@ -424,6 +424,7 @@ def test_one_worker_above_the_cap_is_refused_with_one_line() -> None:
         assert f"the open-file limit of {capped_at(CAP)} (ulimit -Hn) holds {CAP}" in line
 
 
+@pytest.mark.slow
 def test_exactly_at_the_cap_the_run_completes_with_the_exact_count() -> None:
     """The descriptors counted per worker are what the coordinator really uses: a run
     at the cap under that very limit never runs out of them."""
@@ -445,6 +446,7 @@ def at_the_cap(*extra: str) -> list[str]:
             "--startup-timeout", "120", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_at_the_cap_sigkill_while_workers_import_leaves_none(importing: Importing) -> None:
     starting = default_max_starting()
     with estimating(capped_at(CAP), *at_the_cap("--worker-cmd", shlex.join(importing.command))) as estimate:
@@ -457,6 +459,7 @@ def test_at_the_cap_sigkill_while_workers_import_leaves_none(importing: Importin
         assert len(importing.pids()) == starting
 
 
+@pytest.mark.slow
 def test_at_the_cap_ctrl_c_while_workers_import_exits_130(importing: Importing) -> None:
     starting = default_max_starting()
     with estimating(capped_at(CAP), *at_the_cap("--worker-cmd", shlex.join(importing.command))) as estimate:

@@ -51,6 +51,7 @@ def left_children(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_a_setsid_grandchild_is_gone_when_mcpi_estimate_returns(pidfile: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "40000", "--chunk-size", "1000", "-s", "4",

@@ -128,6 +128,7 @@ def _start_estimate(*extra: str) -> tuple[subprocess.Popen[str], list[int]]:
     return estimate, [w.pid for w in workers]
 
 
+@pytest.mark.slow
 def test_sigkilled_mcpi_estimate_leaves_no_busy_worker_behind() -> None:
     estimate, pids = _start_estimate()
     with reaping([estimate.pid, *pids]):

@@ -47,6 +47,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_named_without_its_secrets() -> None:
     worker = shlex.join([sys.executable, "-c", "import sys; sys.exit(7)", "--token", "hunter2",
                          "--db-password=s3cr3t", "API_KEY=k3y", "https://me:pa55@h/"])  # fmt: skip

@@ -109,6 +109,7 @@ async def test_a_request_no_worker_serves_fails_once_every_worker_has_said_so() 
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 def test_200_workers_for_one_chunk_start_one(tmp_path: Path) -> None:
     """The issue's command, with a worker command that logs each start: one worker is
     started (not 200), the count is the chunk's, and nothing is left running."""

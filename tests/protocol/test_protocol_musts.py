@@ -1048,6 +1048,7 @@ async def test_the_pool_gets_the_real_worker_s_counts_from_the_spec_worker_on_ve
     assert any(r.chunk.streams > 1 for r in outcomes["spec"][0]), "the version-2 spec worker got no range"
 
 
+@pytest.mark.slow
 def test_mcpi_estimate_with_the_spec_worker_gives_the_real_worker_s_count() -> None:
     """Through the CLI, on the same seed, points and chunk size: bit for bit."""
     base = [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "3e6", "--chunk-size", "2.5e5",
@@ -1264,6 +1265,7 @@ async def test_the_coordinator_keeps_the_limits_a_welcome_sets(fault: str) -> No
         assert "plain text, not JSON" in relayed and '{"event": "half a JSON object' in relayed, relayed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["oversize_header", "second_welcome"])
 def test_mcpi_estimate_ends_with_one_line_when_every_worker_breaks_a_rule(fault: str) -> None:
     command = shlex.join([sys.executable, RAW_WORKER, fault])

@@ -352,6 +352,7 @@ def tiny_disk() -> Iterator[Path]:
         directory.rmdir()
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_run_is_one_line_with_the_resume_hint(tiny_disk: Path, tmp_path: Path) -> None:
     path = tiny_disk / "run.db"
     run = subprocess.run(

@@ -96,6 +96,7 @@ def retired_warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == "worker_retired" and e["log_level"] == "warning"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("liar", list(LIARS))
 async def test_verify_1_gives_the_exact_count_and_retires_the_wrong_worker(
     liar: str, autojump_clock: object

@@ -384,6 +384,7 @@ def worker_process(
             stream.close()
 
 
+@pytest.mark.slow
 def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker() -> None:
     """A real ``mcpi-worker`` counting minutes of a range in lanes: once it has spent CPU
     time on it (psutil, not a flag), a cancel ends it with ``cancelled``; the worker
@@ -408,6 +409,7 @@ def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker() -> 
         assert process.wait(timeout=TIMEOUT) == 0
 
 
+@pytest.mark.slow
 def test_in_a_process_that_configured_no_logging_the_kernels_say_nothing_on_stdout() -> None:
     """A fake worker runs the kernels too, and speaks the protocol on its stdout."""
     script = (
@@ -426,6 +428,7 @@ def test_in_a_process_that_configured_no_logging_the_kernels_say_nothing_on_stdo
     assert "numpy_kernel_implementation" in done.stderr
 
 
+@pytest.mark.slow
 def test_workers_started_from_a_directory_holding_another_mcpi_worker_do_not_import_it(tmp_path: Path) -> None:
     """``mcpi estimate`` run from a checkout of some other version: its workers run the
     coordinator's own package, not the one in the current directory."""
@@ -481,6 +484,7 @@ def long_sample_answers(environ: dict[str, str]) -> tuple[list[Message], list[di
     return messages, logs
 
 
+@pytest.mark.slow
 def test_auto_never_compiles_in_the_worker_a_cold_cache_is_warmed_by_another_process(cache_dir: str) -> None:
     """The first run after an install: the worker counts on with NumPy (no compile on its
     CPU, no wait at its exit) and a separate process compiles into numba's cache."""
@@ -587,6 +591,7 @@ def warm_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return directory
 
 
+@pytest.mark.slow
 def test_a_long_hinted_run_counts_in_the_lanes_from_its_first_sample(warm_cache_dir: str) -> None:
     """protocol.md §5.1: a hello announcing 1e10 points makes auto load at once (from a
     warm cache), and the first sample waits for it rather than count with NumPy; the
@@ -603,6 +608,7 @@ def test_a_long_hinted_run_counts_in_the_lanes_from_its_first_sample(warm_cache_
     assert not events(plain_logs, "numpy_kernel_implementation")
 
 
+@pytest.mark.slow
 def test_mcpi_estimate_hints_each_worker_its_share_and_long_runs_load_at_once(warm_cache_dir: str) -> None:
     environ = base_environment(NUMBA_CACHE_DIR=warm_cache_dir)
     command = [sys.executable, "-m", "mcpi_coordinator", "estimate", "--points", "3e8", "--workers", "2",

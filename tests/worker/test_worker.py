@@ -463,6 +463,7 @@ def test_sigterm_ends_the_worker(serving: WorkerUnderTest) -> None:
     assert serving.wait() == -signal.SIGTERM
 
 
+@pytest.mark.slow
 def test_worker_package_imports_no_trio() -> None:
     code = textwrap.dedent(
         """
@@ -488,6 +489,7 @@ def test_worker_package_imports_no_trio() -> None:
 # ------------------------------------------------------------------ command line
 
 
+@pytest.mark.slow
 def test_self_check() -> None:
     done = subprocess.run(
         [*worker_command(), "--self-check"], capture_output=True, text=True, timeout=TIMEOUT
@@ -518,6 +520,7 @@ def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
     assert done.stderr.startswith("mcpi-worker: error:")
 
 
+@pytest.mark.slow
 def test_help_and_version_go_to_stdout() -> None:
     done = subprocess.run([*worker_command(), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--max-inflight" in done.stdout and "exit codes" in done.stdout
@@ -575,6 +578,7 @@ def assert_exits(process: psutil.Process) -> None:
     assert not process.is_running()
 
 
+@pytest.mark.slow
 def test_worker_exits_when_its_parent_dies() -> None:
     parent, worker, stdin_write = spawn_through_intermediate("main")
     try:
@@ -587,6 +591,7 @@ def test_worker_exits_when_its_parent_dies() -> None:
             worker.kill()
 
 
+@pytest.mark.slow
 def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
     parent, worker, stdin_write = spawn_through_intermediate("thread")
     try:

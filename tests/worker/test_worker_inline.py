@@ -189,6 +189,7 @@ async def test_a_fatal_frame_read_between_small_samples_ends_the_worker_with_exi
     _gone(process.pid)
 
 
+@pytest.mark.slow
 async def test_a_flood_of_pings_beside_small_samples_starves_none_of_them() -> None:
     floods, per_flood = 40, 500
     async with open_worker([_bin("mcpi-worker")]) as (process, client, _stderr):
@@ -246,6 +247,7 @@ STREAMING_PARENT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_worker_streaming_small_samples_does_not_outlive_its_sigkilled_parent() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", STREAMING_PARENT.format(worker=_bin("mcpi-worker"))],
