@@ -13,7 +13,7 @@ on the hot path): the pool exposes no start-up events yet.
 
 rich draws the line, and is imported only to draw one: a run that shows no bar (``-q``,
 ``--json`` with stderr not a terminal, a script) does not load it
-(tests/test_cli_startup.py).
+(tests/cli/test_cli_startup.py).
 """
 
 from __future__ import annotations
