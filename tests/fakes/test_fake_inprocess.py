@@ -9,21 +9,19 @@ real time.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from running_fake import running_fake as fake
 
 from mcpi_coordinator.testing import (
     FakeBehaviour,
-    FakeWorkerProcess,
     by_launch,
     by_slot,
     fake_launcher,
     start_fake_worker,
 )
-from mcpi_coordinator.testing.client import StderrTail, WorkerClient
+from mcpi_coordinator.testing.client import WorkerClient
 from mcpi_worker import kernels, protocol
 from mcpi_worker.protocol import (
     Cancel,
@@ -48,22 +46,6 @@ def sample(id: int, stream: int | None = None, points: int = POINTS, kernel: str
 
 def expected(stream: int, points: int = POINTS, kernel: str = "numpy") -> int:
     return kernels.KERNELS[kernel](SEED, stream, points)
-
-
-@asynccontextmanager
-async def fake(
-    behaviour: FakeBehaviour = FakeBehaviour(),  # noqa: B008 (frozen: one shared default is safe)
-) -> AsyncIterator[tuple[FakeWorkerProcess, WorkerClient, StderrTail]]:
-    """One running fake with its stderr drained; killed at the end if still alive."""
-    async with trio.open_nursery() as nursery:
-        process = await start_fake_worker(nursery, behaviour)
-        stderr = StderrTail()
-        assert process.stderr is not None
-        nursery.start_soon(stderr.drain, process.stderr)
-        try:
-            yield process, WorkerClient(process), stderr
-        finally:
-            process.kill()
 
 
 # ------------------------------------------------------------------ a correct worker

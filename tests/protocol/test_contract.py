@@ -23,10 +23,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import msgpack
 import pytest
 import trio
+from running_fake import running_fake
 from worker_process import SPEC_WORKER, worker_command
 
 from mcpi_coordinator.launch.transport import WorkerProcess
-from mcpi_coordinator.testing import start_fake_worker
 from mcpi_coordinator.testing.client import StderrTail, WorkerClient, open_worker
 from mcpi_coordinator.testing.fake_worker import fake_worker_command
 from mcpi_worker import kernels, protocol
@@ -62,19 +62,6 @@ async def _subprocess_peer(command: list[str]) -> AsyncIterator[Peer]:
         yield process, client, stderr
 
 
-@asynccontextmanager
-async def _in_process_peer() -> AsyncIterator[Peer]:
-    async with trio.open_nursery() as nursery:
-        process = await start_fake_worker(nursery)
-        stderr = StderrTail()
-        assert process.stderr is not None
-        nursery.start_soon(stderr.drain, process.stderr)
-        try:
-            yield process, WorkerClient(process), stderr
-        finally:
-            process.kill()
-
-
 @pytest.fixture(params=["mcpi-worker", "mcpi-worker-jobs-3", "subprocess-fake", "in-process-fake", "spec-worker"])
 def open_peer(request: pytest.FixtureRequest) -> OpenPeer:
     if request.param == "mcpi-worker":
@@ -85,7 +72,7 @@ def open_peer(request: pytest.FixtureRequest) -> OpenPeer:
         return lambda: _subprocess_peer([sys.executable, SPEC_WORKER])
     if request.param == "subprocess-fake":
         return lambda: _subprocess_peer(fake_worker_command())
-    return _in_process_peer
+    return running_fake
 
 
 def sample(id: int, points: int = 50_000, stream: int | None = None, kernel: str = "numpy") -> Sample:
