@@ -35,8 +35,13 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    - ``--workers 1 --worker-cmd "mcpi-worker --jobs 2"`` vs ``--workers 2`` (<= 1.1x);
    - ``--chunk-size 1e4`` vs ``1e7`` at 1e9 points (<= 1.3x).
 
+6. With ``--first-run`` (and nothing else): the first run after an install, numba's cache
+   cold (a fresh ``NUMBA_CACHE_DIR`` each command): ``mcpi estimate --points 1e9
+   --workers 2`` under ``auto`` vs ``MCPI_NUMPY_IMPL=numpy`` (target: not slower).
+
     python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold] [--implementations]
     python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10]
+    python benchmarks/scaling.py --first-run [--rounds 3]
 """
 
 from __future__ import annotations
@@ -292,6 +297,49 @@ def cold_targets(points: int, big: int, rounds: int) -> None:
     print(f"  {load()}")
 
 
+def first_run_after_install(points: int, rounds: int) -> None:
+    """``mcpi estimate --workers 2`` with a fresh ``NUMBA_CACHE_DIR`` each time (numba's
+    cache cold, as after an install) under ``auto``, against ``MCPI_NUMPY_IMPL=numpy``;
+    the warming process each cold run starts is ended before the next command."""
+    import tempfile
+
+    def run(implementation: str) -> tuple[float, float, int]:
+        cache = tempfile.mkdtemp(prefix="mcpi-first-run-")
+        argv = [*MCPI, "estimate", "--json", "--seed", str(SEED), "--points", str(points), "--workers", "2"]
+        environ = {**os.environ, "NUMBA_CACHE_DIR": cache, "MCPI_NUMPY_IMPL": implementation}
+        before = os.times()
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, env=environ)
+        wall = time.perf_counter() - started
+        after = os.times()
+        cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if "mcpi_worker.kernels.warm" in (process.info["cmdline"] or []) and (
+                    process.environ().get("NUMBA_CACHE_DIR") == cache
+                ):
+                    process.kill()
+            except psutil.Error:
+                continue
+        return wall, cpu, int(json.loads(done.stdout)["inside"])
+
+    names = ("auto, cold cache", "numpy")
+    print(f"first run after an install: {points:.0e} points on 2 workers, {rounds} rounds; {load()}")
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        for name in names if round_number % 2 == 0 else reversed(names):
+            results[name].append(run("auto" if name.startswith("auto") else "numpy"))
+        walls = ", ".join(f"{n} {results[n][-1][0]:.2f}s" for n in names)
+        print(f"  round {round_number + 1}: {walls}; {load()}")
+    wall = {n: statistics.median(r[0] for r in results[n]) for n in names}
+    cpu = {n: statistics.median(r[1] for r in results[n]) for n in names}
+    for name in names:
+        print(f"  {name:18} wall {wall[name]:6.2f} s  CPU {cpu[name]:5.2f} s")
+    agree = len({r[2] for n in names for r in results[n]}) == 1
+    print(f"  auto with a cold cache / numpy: wall {wall[names[0]] / wall[names[1]]:.2f}x, "
+          f"CPU {cpu[names[0]] / cpu[names[1]]:.2f}x (target: not slower); counts agree: {agree}; {load()}")
+
+
 # ------------------------------------------------------------------ memory
 
 
@@ -313,11 +361,17 @@ def main() -> None:
     parser.add_argument("--implementations", action="store_true")
     parser.add_argument("--cold", action="store_true", help="issue 18's whole cold commands")
     parser.add_argument("--big", type=count, default=10**10, help="points of --cold's scaling runs")
+    parser.add_argument(
+        "--first-run", action="store_true", help="a cold numba cache under auto vs MCPI_NUMPY_IMPL=numpy"
+    )
     args = parser.parse_args()
     configure_logging("warning")
     points = args.points
     if args.cold:
         cold_targets(points, args.big, args.rounds)
+        return
+    if args.first_run:
+        first_run_after_install(points, args.rounds)
         return
     if args.implementations:
         compare_implementations(points, args.rounds)
