@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from mcpi_coordinator.bench import tasks
-from mcpi_coordinator.bench.measure import Measurement, timed
+from mcpi_coordinator.bench.measure import Measurement, dropping_queued_work, timed
 from mcpi_coordinator.bench.workload import Workload
 
 MapFunction = Callable[..., Iterable[Any]]
@@ -37,7 +37,7 @@ def sequential(workload: Workload, repeat: int) -> Measurement:
 
 
 def threads(workload: Workload, repeat: int) -> Measurement:
-    with ThreadPoolExecutor(max_workers=workload.workers) as executor:
+    with dropping_queued_work(ThreadPoolExecutor(max_workers=workload.workers)) as executor:
         runs = tuple(timed(lambda: _count_with(executor.map, workload)) for _ in range(repeat))
     return Measurement("threads", startup_s=None, runs=runs)
 
@@ -47,11 +47,12 @@ def process_pool(
 ) -> Measurement:
     """``initializer`` runs in each worker process: by default it ignores Ctrl-C, which the
     command handles for them, and ends the worker with the command (``tasks.start_worker``).
-    benchmarks/ passes ``os.setsid``: each
-    worker in a session of its own, like mcpi-worker, so that on a loaded Linux box with
-    autogrouping the scheduler gives both pools the same share of the CPUs."""
+    benchmarks/ passes ``os.setsid``: each worker in a session of its own, like
+    mcpi-worker, so that on a loaded Linux box with autogrouping the scheduler gives both
+    pools the same share of the CPUs."""
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workload.workers, initializer=initializer or tasks.initializer()) as executor:
+    pool = ProcessPoolExecutor(max_workers=workload.workers, initializer=initializer or tasks.initializer())
+    with dropping_queued_work(pool) as executor:
         # One no-op per worker makes the executor start them all before the clock runs.
         for warm_up in [executor.submit(tasks.noop) for _ in range(workload.workers)]:
             warm_up.result()

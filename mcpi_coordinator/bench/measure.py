@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
+
+E = TypeVar("E", bound=Executor)
+
+
+@contextmanager
+def dropping_queued_work(executor: E) -> Iterator[E]:
+    """``executor`` for the block, shut down when it ends with the work still queued
+    cancelled. Leaving ``with executor`` waits for every task submitted, and a map
+    submits all of them at once: interrupted (Ctrl-C, SIGTERM) while it submitted or
+    worked, ``mcpi bench`` waited for the whole workload before it could stop. Only
+    the tasks already handed to a worker are waited for."""
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from mcpi_coordinator.bench import tasks as shipped
+from mcpi_coordinator.bench.measure import dropping_queued_work
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 
@@ -105,7 +106,8 @@ def _warm_up_count(workers: int) -> int:
 
 def process_pool(tasks: int, workers: int, *, initializer: Callable[[], object] | None = None) -> Overhead:
     """``initializer`` (default ``tasks.initializer()``) runs first in each worker."""
-    with ProcessPoolExecutor(max_workers=workers, initializer=initializer or shipped.initializer()) as executor:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=initializer or shipped.initializer())
+    with dropping_queued_work(pool) as executor:
         return _executor_figures("process-pool", executor, tasks, workers)
 
 
@@ -219,9 +221,12 @@ def loky_executor(tasks: int, workers: int) -> Overhead:
 
     executor = get_reusable_executor(max_workers=workers, reuse=False, initializer=shipped.initializer())
     try:
-        return _executor_figures("loky", executor, tasks, workers)
-    finally:
-        executor.shutdown(wait=True)
+        figures = _executor_figures("loky", executor, tasks, workers)
+    except BaseException:  # interrupted: not after every task submitted (dropping_queued_work)
+        executor.shutdown(wait=True, kill_workers=True)
+        raise
+    executor.shutdown(wait=True)
+    return figures
 
 
 # ------------------------------------------------------------------------- pebble
@@ -243,7 +248,11 @@ def pebble_pool(tasks: int, workers: int) -> Overhead:
         schedule_all(_warm_up_count(workers))
         round_trip = _sync_round_trip_us(lambda: pool.schedule(shipped.noop).result(), tasks)
         started = time.perf_counter()
-        schedule_all(tasks)
+        try:
+            schedule_all(tasks)
+        except BaseException:  # interrupted: not after every task scheduled (dropping_queued_work)
+            pool.stop()  # type: ignore[no-untyped-call]  # pebble has no annotations
+            raise
         per_s = tasks / (time.perf_counter() - started)
     return Overhead("pebble", round_trip, per_s)
 

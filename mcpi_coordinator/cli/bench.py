@@ -229,8 +229,22 @@ def _fail(args: argparse.Namespace, message: str) -> int:
 
 
 def _interrupted(args: argparse.Namespace) -> int:
+    _end_pool_workers()
     text.say(args.command_parser.prog, f"{signals.stopped_words()}; every worker was stopped")
     return McpiExitCode.for_signal(signals.stopped_by())
+
+
+def _end_pool_workers() -> None:
+    """Kill the pool workers an interrupted pool left: ``multiprocessing`` joins every
+    worker process at the interpreter's exit, and a ``ProcessPoolExecutor`` interrupted
+    while it started its workers (before its manager thread ran) never tells them to
+    stop, so the command, its message said, waited for them for good. A pool closed in
+    order has joined its workers already: none is left to kill then."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return  # no pool of multiprocessing's was ever started: nothing to join
+    for worker in multiprocessing.active_children():
+        worker.kill()
 
 
 @contextmanager

@@ -11,8 +11,12 @@ would be unsafe inside Trio, which protects its own internals only from SIGINT.
 
 from __future__ import annotations
 
+import _thread
 import signal
-from collections.abc import Iterator
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Final
@@ -50,15 +54,58 @@ def _as_ctrl_c(signum: int, _frame: FrameType | None) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+RESEND_AFTER_S: Final = 0.05
+"""How long a dropped Ctrl-C waits to be sent again: long enough for the main thread to
+have left the hook that dropped it (a fork's hooks take microseconds)."""
+
+
+def _interrupt_again(unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook`` while a command runs: a Ctrl-C that Python dropped is
+    sent again.
+
+    A signal handler runs wherever the main thread next executes Python code, and some
+    code cannot raise: a fork's at-fork hooks, ``__del__`` methods, weakref callbacks.
+    ``logging`` releases its lock in an at-fork hook after every ``os.fork``, and a
+    signal that comes while the process forks waits for that hook. A
+    ``KeyboardInterrupt`` raised there was printed as "Exception ignored" and dropped,
+    and the command ran on as if Ctrl-C (or SIGTERM, which becomes it) had never come:
+    ``mcpi bench`` signalled while a pool forked its workers went on measuring. Sending
+    SIGINT again from here would run the handler in this hook again, so a thread sends
+    it a moment later, as a real signal, which also interrupts a main thread waiting on
+    a lock by then; dropped again, it comes round again."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        main = threading.main_thread().ident
+        if main is not None:
+            # Not threading.Thread: its start() waits for the thread, a wait that the
+            # signal it sends would interrupt, here, where nothing can raise.
+            _thread.start_new_thread(_resend, (main,))
+            return
+    _hooks[-1](unraisable)
+
+
+def _resend(main: int) -> None:
+    time.sleep(RESEND_AFTER_S)
+    signal.pthread_kill(main, signal.SIGINT)
+
+
+_hooks: list[Callable[[sys.UnraisableHookArgs], object]] = [sys.__unraisablehook__]
+"""The ``sys.unraisablehook`` each ``handled`` block replaced (the last is in force
+under it), for whatever is not a dropped ``KeyboardInterrupt``."""
+
+
 @contextmanager
 def handled() -> Iterator[None]:
-    """SIGTERM and SIGHUP act as Ctrl-C while the block runs (the command's whole life)."""
+    """SIGTERM and SIGHUP act as Ctrl-C while the block runs (the command's whole life),
+    and a Ctrl-C that Python would drop comes again (``_interrupt_again``)."""
     _received.clear()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     for signum in previous:
         signal.signal(signum, _as_ctrl_c)
+    _hooks.append(sys.unraisablehook)
+    sys.unraisablehook = _interrupt_again
     try:
         yield
     finally:
+        sys.unraisablehook = _hooks.pop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

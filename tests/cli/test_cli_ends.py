@@ -290,6 +290,7 @@ def _sigkill_when(argv: list[str], moment: str) -> str:
     return mark
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_sigkill_of_mcpi_bench_ends_its_pools_workers(moment: str) -> None:
     """A ``ProcessPoolExecutor`` worker waits on a queue whose write end its forked
@@ -308,6 +309,7 @@ print(OVERHEAD_APPROACHES[sys.argv[1]](10**9, 2))
 """``mcpi bench overhead``'s code for one pool, with more no-op tasks than it will live for."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["process-pool", "joblib"])
 def test_sigkill_while_a_bench_overhead_pool_works_ends_its_workers(pool: str) -> None:
     """The pools of ``mcpi bench overhead`` whose workers outlived it, killed while they
@@ -316,3 +318,42 @@ def test_sigkill_while_a_bench_overhead_pool_works_ends_its_workers(pool: str) -
     and pebble close the queue ends they do not use, so their workers see their command
     die already (tried the same way: none was left)."""
     _sigkill_when([sys.executable, "-c", DRIVE_ONE_POOL, pool], "working")
+
+
+STOPS = {"Ctrl-C": (signal.SIGINT, 130, "interrupted"), "SIGTERM": (signal.SIGTERM, 143, "terminated (SIGTERM)")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_while_a_bench_pool_starts_is_heard(stop: str) -> None:
+    """A signal that comes while a process forks is handled at the next line of Python,
+    which in the parent is ``logging``'s at-fork hook, where an exception cannot be
+    raised: Python printed "Exception ignored" and dropped the ``KeyboardInterrupt``,
+    and ``mcpi bench`` went on with a workload of hours. Now the dropped Ctrl-C is sent
+    again, the executor's queued chunks are dropped, and the command ends as on any
+    Ctrl-C, with nothing left. Ctrl-C goes to the group, as a terminal's does."""
+    signum, code, words = STOPS[stop]
+    mark = uuid.uuid4().hex
+    process = subprocess.Popen(
+        [*MCPI, "bench", "approaches", "--only", "process-pool", "-n", "1e11", "-w", "2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        command = psutil.Process(process.pid)
+        deadline = time.monotonic() + 300  # a bound against a hang: pools start slowly on a busy machine
+        while not MOMENTS["starting"](command):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the pool never started"
+            time.sleep(0.002)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        _, err = process.communicate(timeout=300)  # a bound against a hang: the run would take hours
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == code, err
+    assert err == f"mcpi bench approaches: {words}; every worker was stopped\n", err
+    _assert_nothing_left(mark)
