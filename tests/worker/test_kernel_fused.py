@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import threading
 import tracemalloc
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from stop_checks import stop_after
 from test_golden import KERNEL_TABLE
 
 from mcpi_worker.kernels import Cancelled, Implementation, NumpyKernel, Policy, fused, numpy_impl
@@ -44,17 +44,6 @@ BOUNDARIES = sorted(
 )
 """Point counts at the edges of the fused loop's unrolled steps, of its buffer and of
 NumPy's blocks."""
-
-
-def stop_after(calls: int) -> tuple[Callable[[], bool], list[int]]:
-    """A should_stop turning true on its ``calls``-th call, and its call counter."""
-    counter = [0]
-
-    def should_stop() -> bool:
-        counter[0] += 1
-        return counter[0] >= calls
-
-    return should_stop, counter
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,8 +14,8 @@ import tracemalloc
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from stop_checks import stop_after
 from test_golden import KERNEL_TABLE
-from test_kernel_fused import stop_after
 
 from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck, lanes, numpy_impl
 from mcpi_worker.kernels.base import never

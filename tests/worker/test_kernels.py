@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from stop_checks import stop_after
 
 from mcpi_worker import kernels
 from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS
@@ -130,17 +130,6 @@ def test_python_seed_uses_128_bits_of_the_stream() -> None:
     seeds = {python_seed(1, stream) for stream in range(50)}
     assert len(seeds) == 50
     assert max(seeds).bit_length() > 100
-
-
-def stop_after(calls: int) -> tuple[Callable[[], bool], list[int]]:
-    """A should_stop that turns true on its ``calls``-th call, and its call counter."""
-    counter = [0]
-
-    def should_stop() -> bool:
-        counter[0] += 1
-        return counter[0] >= calls
-
-    return should_stop, counter
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
