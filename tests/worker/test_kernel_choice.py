@@ -400,6 +400,17 @@ def hinted(fake: FakeFused, cache: FakeCache | None = None, loader: Loader | Non
     )
 
 
+def loading_on_a_hint() -> tuple[FakeFused, NumpyKernel, threading.Event]:
+    """A kernel told of a long run, its load (of a ``FakeFused``) started by the hint and
+    held until the event returned is set."""
+    fake = FakeFused()
+    slow_load, loading, release = held(fake.load)
+    kernel = hinted(fake, loader=slow_load)
+    kernel.expect(5000)
+    assert loading.wait(TIMEOUT)  # loading already, before any sample
+    return fake, kernel, release
+
+
 BIG = WAIT_MIN_POINTS + 3
 """A sample that waits for a hinted load."""
 
@@ -413,11 +424,7 @@ def until_waiting(kernel: NumpyKernel, thread: threading.Thread) -> None:
 
 
 def test_a_long_hint_loads_at_once_and_the_first_sample_counts_fused_from_its_first_point() -> None:
-    fake = FakeFused()
-    slow_load, loading, release = held(fake.load)
-    kernel = hinted(fake, loader=slow_load)
-    kernel.expect(1000)
-    assert loading.wait(TIMEOUT)  # loading already, before any sample
+    fake, kernel, release = loading_on_a_hint()
     answers: list[int] = []
     first = threading.Thread(target=lambda: answers.append(kernel.count(3, 0, BIG)))
     first.start()
@@ -439,11 +446,7 @@ def test_a_range_after_a_long_hint_goes_to_the_lanes_whole() -> None:
 
 
 def test_only_one_sample_waits_for_a_hinted_load_the_others_count_with_numpy() -> None:
-    fake = FakeFused()
-    slow_load, loading, release = held(fake.load)
-    kernel = hinted(fake, loader=slow_load)
-    kernel.expect(5000)
-    assert loading.wait(TIMEOUT)
+    fake, kernel, release = loading_on_a_hint()
     waiting = threading.Thread(target=kernel.count, args=(3, 0, BIG))
     waiting.start()
     until_waiting(kernel, waiting)
@@ -458,11 +461,7 @@ def test_only_one_sample_waits_for_a_hinted_load_the_others_count_with_numpy() -
 
 
 def test_a_small_sample_never_waits_for_a_hinted_load() -> None:
-    fake = FakeFused()
-    slow_load, loading, release = held(fake.load)
-    kernel = hinted(fake, loader=slow_load)
-    kernel.expect(5000)
-    assert loading.wait(TIMEOUT)
+    _, kernel, release = loading_on_a_hint()
     assert kernel.count(3, 2, WAIT_MIN_POINTS - 1) == numpy_impl.count(3, 2, WAIT_MIN_POINTS - 1)
     assert kernel.count_streams(3, 0, 2, 1000) == [numpy_impl.count(3, i, 1000) for i in range(2)]
     release.set()
@@ -470,11 +469,7 @@ def test_a_small_sample_never_waits_for_a_hinted_load() -> None:
 
 
 def test_a_sample_waiting_for_a_hinted_load_is_cancelled() -> None:
-    fake = FakeFused()
-    slow_load, loading, release = held(fake.load)
-    kernel = hinted(fake, loader=slow_load)
-    kernel.expect(5000)
-    assert loading.wait(TIMEOUT)
+    _, kernel, release = loading_on_a_hint()
     stop = threading.Event()
     outcome: list[BaseException] = []
 
@@ -525,11 +520,7 @@ def test_the_hint_changes_nothing_under_numpy_or_fused(policy: Policy) -> None:
 
 
 def test_the_wait_for_a_hinted_load_is_told_apart_from_kernel_time() -> None:
-    fake = FakeFused()
-    slow_load, loading, release = held(fake.load)
-    kernel = hinted(fake, loader=slow_load)
-    kernel.expect(5000)
-    assert loading.wait(TIMEOUT)
+    _, kernel, release = loading_on_a_hint()
     waited: list[float] = []
 
     def run() -> None:

@@ -249,6 +249,27 @@ class PipeClient:
         return message  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def in_process_worker(**options: Any) -> Iterator[PipeClient]:
+    """A ``Worker(**options)`` serving over real pipes on a thread of this process, and a
+    client on them; at the end, a ``shutdown`` it must obey with exit code 0."""
+    request_read, request_write = os.pipe()
+    response_read, response_write = os.pipe()
+    worker = Worker(request_read, response_write, **options)
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    thread.start()
+    client = PipeClient(request_write, response_read)
+    try:
+        yield client
+        client.send(Shutdown())
+        thread.join(TIMEOUT)
+        assert outcome and outcome[0].exit_code == ExitCode.OK
+    finally:
+        for fd in (request_write, response_read):
+            os.close(fd)
+
+
 def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
     """The cancel reaches the compiled loop between two of its blocks: the kernel has
     already polled (so it is running), and polls again after the cancel."""
@@ -266,14 +287,7 @@ def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
 
         return fused_kernel(seed, stream, points, polled)
 
-    request_read, request_write = os.pipe()
-    response_read, response_write = os.pipe()
-    worker = Worker(request_read, response_write, kernels={"numpy": kernel, "python": count_python})
-    outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
-    thread.start()
-    client = PipeClient(request_write, response_read)
-    try:
+    with in_process_worker(kernels={"numpy": kernel, "python": count_python}) as client:
         client.send(Hello(versions=PROTOCOL_VERSIONS, client="test"))
         assert isinstance(client.receive(), Welcome)
         client.send(Sample(id=1, seed=3, stream=0, points=MAX_POINTS, kernel="numpy"))
@@ -286,42 +300,21 @@ def test_a_fused_sample_is_cancelled_in_the_middle() -> None:
         client.send(Sample(id=2, seed=12345, stream=0, points=1_000_000, kernel="numpy"))
         result = client.receive()
         assert isinstance(result, Result) and result.inside == numpy_impl.count(12345, 0, 1_000_000)
-        client.send(Shutdown())
-        thread.join(TIMEOUT)
-        assert outcome and outcome[0].exit_code == ExitCode.OK
-    finally:
-        for fd in (request_write, response_read):
-            os.close(fd)
 
 
 @pytest.mark.parametrize("expected_points", [None, 0, 123])
 def test_the_size_hint_reaches_the_kernel_before_the_samples_sent_with_the_hello(expected_points: int | None) -> None:
     order: list[tuple[str, int]] = []
-    request_read, request_write = os.pipe()
-    response_read, response_write = os.pipe()
-    worker = Worker(
-        request_read,
-        response_write,
+    with in_process_worker(
         expect=lambda points: order.append(("expect", points)),
         on_sample=lambda sample: order.append(("sample", sample.id)),
-    )
-    outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
-    thread.start()
-    client = PipeClient(request_write, response_read)
-    try:
+    ) as client:
         big = Sample(id=1, seed=3, stream=0, points=2_000_000, kernel="numpy")  # on a compute thread
         small = Sample(id=2, seed=3, stream=1, points=10, kernel="numpy")  # on the reader
-        os.write(request_write, encode(Hello(PROTOCOL_VERSIONS, "t", expected_points)) + encode(big) + encode(small))
+        os.write(client.send_fd, encode(Hello(PROTOCOL_VERSIONS, "t", expected_points)) + encode(big) + encode(small))
         assert isinstance(client.receive(), Welcome)
         answers = {client.receive().id for _ in range(2)}  # type: ignore[attr-defined]
         assert answers == {1, 2}
-        client.send(Shutdown())
-        thread.join(TIMEOUT)
-        assert outcome and outcome[0].exit_code == ExitCode.OK
-    finally:
-        for fd in (request_write, response_read):
-            os.close(fd)
     hinted = [] if expected_points is None else [("expect", expected_points)]
     assert order[: len(hinted)] == hinted and sorted(order[len(hinted) :]) == [("sample", 1), ("sample", 2)]
 
@@ -339,26 +332,13 @@ class WaitedForALoad:
 def test_a_result_s_elapsed_leaves_out_the_wait_for_a_load() -> None:
     """``elapsed_s`` is the time the kernel ran: a coordinator sizes its next requests by
     it, and a first answer slowed by the load made them one stream each."""
-    request_read, request_write = os.pipe()
-    response_read, response_write = os.pipe()
-    worker = Worker(request_read, response_write, kernels={"numpy": WaitedForALoad(), "python": count_python})
-    outcome = []
-    thread = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
-    thread.start()
-    client = PipeClient(request_write, response_read)
-    try:
+    with in_process_worker(kernels={"numpy": WaitedForALoad(), "python": count_python}) as client:
         client.send(Hello(PROTOCOL_VERSIONS, "t"))
         assert isinstance(client.receive(), Welcome)
         client.send(Sample(id=1, seed=3, stream=0, points=2_000_000, kernel="numpy"))
         result = client.receive()
         assert isinstance(result, Result) and result.inside == numpy_impl.count(3, 0, 2_000_000)
         assert result.elapsed_s == 0.0  # its time less the 10 s it says it waited, never below 0
-        client.send(Shutdown())
-        thread.join(TIMEOUT)
-        assert outcome and outcome[0].exit_code == ExitCode.OK
-    finally:
-        for fd in (request_write, response_read):
-            os.close(fd)
 
 
 @contextlib.contextmanager
