@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import mcpi
 from PIL import Image
 
 from mcpi_coordinator.cli import plots
@@ -175,10 +176,7 @@ def test_unwritable_file_is_one_project_error(tmp_path: Path) -> None:
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``mcpi`` in a child process: a real run with real ``mcpi-worker`` processes."""
-    return subprocess.run(
-        [sys.executable, "-m", "mcpi_coordinator", *argv],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return mcpi(*argv, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from command_line import mcpi
 from documentation import DOCS, json_keys
 
 from mcpi_coordinator.arguments import ENVIRONMENT
@@ -77,10 +76,7 @@ def test_every_command_is_in_the_readme() -> None:
 
 
 def _json_of(*args: str) -> dict[str, Any]:
-    run = subprocess.run(
-        [sys.executable, "-m", "mcpi_coordinator", *args, "--json"],
-        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+    run = mcpi(*args, "--json", timeout=180)
     assert run.returncode == 0, run.stderr
     document: dict[str, Any] = json.loads(run.stdout)
     return document

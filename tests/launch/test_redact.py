@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from command_line import mcpi
 
 from mcpi_coordinator.launch.redact import redacted, shown_command
 
-MCPI = [sys.executable, "-m", "mcpi_coordinator", "estimate"]
 SECRETS = ("hunter2", "s3cr3t", "pa55", "k3y", "t0kv")
 
 
@@ -43,8 +43,7 @@ def test_a_whole_line_is_redacted_inside_quotes_too() -> None:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MCPI, "--points", "1e5", *args], capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    return mcpi("estimate", "--points", "1e5", *args)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import command_line
 import psutil
 import pytest
 import trio
@@ -184,13 +185,7 @@ CLI_CHUNKS = 10
 
 
 def mcpi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcpi_coordinator", "estimate", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return command_line.mcpi("estimate", *args, timeout=timeout)
 
 
 def estimate_json(*args: str) -> dict[str, Any]:
