@@ -305,8 +305,10 @@ def test_closed_stdout_ends_the_worker_quietly() -> None:
         proc.stdout.close()  # nobody will ever read the responses
         proc.stdin.write(encode(Hello(versions=(1,), client="tests")) + encode(sample(1, LONG)))
         proc.stdin.flush()
+        # stdin stays open until the worker has gone: an end of input read before its first
+        # write failed would end it in order too, without noticing that nobody reads.
+        assert proc.wait(timeout=TIMEOUT) == 0
         _, stderr = proc.communicate(timeout=TIMEOUT)
-        assert proc.returncode == 0
         assert b"Traceback" not in stderr and b"response stream closed" in stderr
     finally:
         if proc.poll() is None:
