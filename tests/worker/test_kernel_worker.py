@@ -501,6 +501,7 @@ def session_priority(pid: int) -> str:
         return ""  # it exited meanwhile
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AUTOGROUP_SCHEDULING, reason="no autogroup scheduling on this system")
 def test_the_warming_process_lowers_its_own_session_only() -> None:
     """In a session of its own (as ``start_warming`` starts it) the warming process gives
