@@ -419,7 +419,7 @@ class WorkerConnection:
 
 class _Holding:
     """The ``holding`` block (a class, not ``@contextmanager``: it runs once per read
-    on the hot path, and a generator-based one costs several µs)."""
+    on the hot path, where a generator-based one costs more: ``benchmarks/overhead.py`` measures that path)."""
 
     __slots__ = ("_connection",)
 
