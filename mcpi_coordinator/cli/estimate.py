@@ -123,7 +123,7 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
     the run at the lowest priority until the cache is warm (``kernels.warm``)."""
     if args.workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
         from mcpi_worker import kernel_policy
-        from mcpi_worker.kernels import warm
+        from mcpi_worker import numba_marker as warm  # the marker alone: no NumPy
 
         try:
             uses_numba = kernel_policy.policy_from_environment() is not kernel_policy.Policy.NUMPY

@@ -462,7 +462,7 @@ class NumpyKernel:
     def _fused_cache(self) -> FusedCache:
         if self._cache is None:
             if self._loader is load_fused:
-                from mcpi_worker.kernels.warm import NumbaCache
+                from mcpi_worker.numba_marker import NumbaCache
 
                 self._cache = NumbaCache()
             else:

@@ -125,6 +125,8 @@ TINY_RUN_UNUSED = (
     "email",
     "matplotlib",
     "mcpi_coordinator.cli.plots",
+    "numpy",  # mcpi_worker.kernels' package import, for the numba cache's marker: mcpi_worker.numba_marker
+    "mcpi_worker.kernels",
 )
 """What a small ``mcpi estimate`` once loaded without using it (issue 22)."""
 
