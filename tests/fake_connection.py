@@ -78,9 +78,9 @@ class FakeConnection:
     def cancel(self, request_id: int) -> None:
         self.cancelled.append(request_id)
 
-    def answer_all(self, dispatcher: Dispatcher, *, elapsed_s: float = 0.0) -> None:
+    def answer_all(self, dispatcher: Dispatcher, *, elapsed_s: float = 0.0, implementation: str = "") -> None:
         """Its worker answers everything in flight (each stream counting 0 inside), in
-        one read."""
+        one read, saying ``implementation`` counted it."""
         sent, self.sent = self.sent, []
         events: list[protocol.CoordinatorEvent] = []
         for i, token in sent:
@@ -90,7 +90,9 @@ class FakeConnection:
                 continue
             streams = self.streams[i]
             insides = (0,) * streams if streams > 1 else None
-            result = protocol.Result(i, 0, chunk.points * streams, elapsed_s, insides=insides)
+            result = protocol.Result(
+                i, 0, chunk.points * streams, elapsed_s, insides=insides, implementation=implementation
+            )
             events.append(protocol.Answered(i, result, token, i in self.cancelled))
         dispatcher.on_events(self, events)
 

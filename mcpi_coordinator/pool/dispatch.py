@@ -23,7 +23,8 @@ Ranges. A request for a range of streams whose owner can split it (``Request.spl
 goes out in pieces sized for the worker that takes each one: as many streams as that
 worker computes in about ``TARGET_PIECE_S`` by its own answers so far (before its first,
 growing from one stream, ``RAMP``), and at most a share of what is left of the range
-(``SHARE_DIVISOR``); a worker speaking protocol version 1 gets one stream at a time. So
+(``SHARE_DIVISOR``), for a worker that counts ranges in SIMD lanes a whole number of lane
+groups (``LANE_WIDTH``); a worker speaking protocol version 1 gets one stream at a time. So
 per-request overhead stops mattering at any chunk size, while no worker holds more than a
 fraction of a second of the run, and a small run is spread over every worker.
 
@@ -82,6 +83,19 @@ SHARE_DIVISOR: Final[int] = 2
 """A piece carries at most 1/(SHARE_DIVISOR x the pool's jobs) of what is left of its range
 (guided scheduling): a small run still reaches every worker, and pieces shrink toward the
 end of a range so that no worker is left computing a large piece while the others idle."""
+
+LANE_WIDTH: Final[int] = 16
+"""A worker whose answers say ``LANE_IMPLEMENTATION`` counts a range's streams side by side
+in groups of lanes padded to a multiple of this many (``LANE_MULTIPLE`` in
+``mcpi_worker/kernels/lanes.py``): 9 streams take as long as 16, and 17 as 16 plus one
+stream alone. Its pieces, once its speed is known, are rounded to the nearest multiple
+(halves down), one group at least, within what it admits: rounding up from 9 only fills
+lanes it pays for anyway, rounding down drops a tail it counts at a lower rate, and the
+end of a range goes in groups, not in the shrinking shares that would leave lanes idle.
+Which streams go in which piece never changes a stream's count."""
+
+LANE_IMPLEMENTATION: Final[str] = "numba-fused"
+"""The implementation name (``Result.implementation``) of a worker counting in lanes."""
 
 RATE_WEIGHT: Final[float] = 0.3
 """Weight of the newest answer in a worker's running speed (an exponential average)."""
@@ -225,6 +239,8 @@ class Dispatcher:
         """Each worker's speed so far: points per second on one of its jobs."""
         self._blind: dict[Connection, int] = {}
         """Streams in the last piece sent to each worker whose speed is not known yet."""
+        self._lanes: set[Connection] = set()
+        """The workers whose last answer was counted in lanes (``LANE_IMPLEMENTATION``)."""
         self._outcomes: deque[tuple[Request, Outcome]] = deque()
         self._busy = False
         """Inside a public method: outcomes learnt now wait for its delivery loop."""
@@ -315,6 +331,7 @@ class Dispatcher:
         self._roomy.pop(connection, None)
         self._rates.pop(connection, None)
         self._blind.pop(connection, None)
+        self._lanes.discard(connection)
 
     # ------------------------------------------------------------------ requests
 
@@ -469,6 +486,8 @@ class Dispatcher:
                     wanted = int(TARGET_PIECE_S * rate // points)
                 share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
                 streams = max(1, min(wanted, most, share))
+                if rate is not None and connection in self._lanes:
+                    streams = _whole_lanes(streams, most)
             if rate is None:
                 self._blind[connection] = streams
         if streams >= chunk.streams:
@@ -490,6 +509,10 @@ class Dispatcher:
         return self._jobs
 
     def _note_speed(self, connection: Connection, result: Result) -> None:
+        if result.implementation == LANE_IMPLEMENTATION:
+            self._lanes.add(connection)
+        else:
+            self._lanes.discard(connection)
         if result.elapsed_s <= 0 or result.points == 0:
             return
         rate = result.points / result.elapsed_s
@@ -574,6 +597,16 @@ class Dispatcher:
                 request.deliver(request, outcome)
         finally:
             self._busy = False
+
+
+def _whole_lanes(streams: int, most: int) -> int:
+    """``streams`` rounded to the nearest multiple of ``LANE_WIDTH`` (halves down, one at
+    least), but no more than ``most`` (what the worker admits); ``streams`` as it is when
+    the worker admits fewer than ``LANE_WIDTH``."""
+    rounded = max(LANE_WIDTH, (streams + LANE_WIDTH // 2 - 1) // LANE_WIDTH * LANE_WIDTH)
+    if rounded > most:
+        rounded = most // LANE_WIDTH * LANE_WIDTH
+    return rounded if rounded > 0 else streams
 
 
 def _serves(welcome: Welcome, slot: int, request: Request) -> bool:

@@ -13,7 +13,16 @@ from fake_connection import FakeConnection, record
 
 from mcpi_coordinator.errors import McpiError, PoolClosed, RequestFailed, WorkerFailure
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
-from mcpi_coordinator.pool.dispatch import RAMP, Dispatcher, Outcome, Request
+from mcpi_coordinator.pool.dispatch import (
+    LANE_IMPLEMENTATION,
+    LANE_WIDTH,
+    RAMP,
+    TARGET_PIECE_S,
+    Dispatcher,
+    Outcome,
+    Request,
+    _whole_lanes,
+)
 from mcpi_worker import protocol
 
 SEED = 11
@@ -253,3 +262,42 @@ def test_a_thousand_refused_requests_are_a_loop_not_a_recursion() -> None:
     assert len(again) == 5000
     busy.answer_all(dispatcher)
     assert outcomes and isinstance(outcomes[0][1], ChunkResult)
+
+
+def test_a_lane_worker_gets_whole_lane_groups_once_its_speed_is_known() -> None:
+    """After its first answers say it counts in lanes, every piece a worker gets is a
+    multiple of the lane width (its speed asks for 11 streams a piece, padded to 16 lanes
+    anyway), except the rest of the range; a worker counting otherwise keeps its 11."""
+    pieces: dict[str, list[int]] = {}
+    for implementation in (LANE_IMPLEMENTATION, "numpy"):
+        owner = Owner()
+        dispatcher = Dispatcher(record)
+        worker = FakeConnection(0, version=protocol.RANGE_VERSION)
+        dispatcher.add_worker(worker, depth=1)
+        whole = Request(Chunk(SEED, 0, 1000, streams=100), owner.deliver, splitter=owner.split)
+        dispatcher.dispatch(whole)
+        assert sent_streams(worker) == [1]  # speed unknown: one stream
+        # 1000 points in 1000 / 44 s: 44 000 points/s, 11 streams in TARGET_PIECE_S.
+        elapsed = 1000 / (11 / TARGET_PIECE_S * 1000)
+        worker.answer_all(dispatcher, elapsed_s=elapsed, implementation=implementation)
+        for _ in range(100):
+            if not worker.sent:
+                break
+            worker.answer_all(dispatcher, elapsed_s=elapsed * sent_streams(worker)[0], implementation=implementation)
+        assert not worker.sent and not in_line(whole)
+        sizes = [r.chunk.streams for r, _ in owner.outcomes if r.chunk]
+        assert sum(sizes) == 100
+        pieces[implementation] = sizes[1:]
+    lanes = pieces[LANE_IMPLEMENTATION]
+    assert all(size % LANE_WIDTH == 0 for size in lanes[:-1]), lanes
+    assert lanes[-1] <= LANE_WIDTH, lanes
+    assert 11 in pieces["numpy"], pieces
+
+
+def test_a_lane_piece_is_never_larger_than_the_worker_admits() -> None:
+    assert _whole_lanes(11, most=1000) == LANE_WIDTH
+    assert _whole_lanes(24, most=1000) == LANE_WIDTH  # halves round down
+    assert _whole_lanes(25, most=1000) == 2 * LANE_WIDTH
+    assert _whole_lanes(40, most=40) == 2 * LANE_WIDTH  # 48 rounded down to what it admits
+    assert _whole_lanes(11, most=11) == 11  # it admits less than a lane group
+    assert _whole_lanes(3, most=1000) == LANE_WIDTH  # one group at least
