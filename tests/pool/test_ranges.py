@@ -146,3 +146,12 @@ async def test_a_real_lane_worker_gets_whole_lane_groups() -> None:
     assert sizes[0] == 1 and len(sizes) > 2, sizes
     assert all(size % LANE_WIDTH == 0 for size in sizes[1:-1]), sizes
     assert per_stream(results) == {s: count_numpy(SEED, s, 20_000) for s in range(200)}
+
+
+def test_the_dispatcher_s_lane_figures_are_the_worker_s() -> None:
+    """The coordinator cannot import the worker's kernels: its copies are held to them here."""
+    from mcpi_worker.kernels import lanes
+    from mcpi_worker.kernels.choice import Implementation
+
+    assert LANE_WIDTH == lanes.LANE_MULTIPLE
+    assert Implementation.NUMBA_FUSED.value == LANE_IMPLEMENTATION
