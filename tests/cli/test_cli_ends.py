@@ -142,7 +142,7 @@ STARTUP_MOMENTS = [
     "mcpi_coordinator.cli.main",  # the command's own code begins
     "argparse",
     "trio",
-    "numpy",
+    "msgpack",  # a compiled extension (NumPy was one, until the command stopped loading it)
     "structlog",
     "mcpi_coordinator.pool.worker_pool",
     "mcpi_coordinator.run.checkpoint",
