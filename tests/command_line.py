@@ -53,16 +53,23 @@ def mcpi_clean(
     return mcpi(*args, timeout=timeout, env={**CLEAN_ENV, **(env or {})})
 
 
-def estimate_json_and_stderr(*args: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
-    """``mcpi estimate --json ARGS``, which must succeed: its document and its stderr."""
-    run = mcpi("estimate", "--json", *args, timeout=timeout)
+PATIENT = ("--startup-timeout", "300")
+"""For a run that must succeed and is not about the start-up timeout: its real-clock
+default (10 s) can pass on a machine at extreme load. A later ``--startup-timeout`` in a
+test's own arguments wins."""
+
+
+def estimate_json_and_stderr(*args: str, timeout: float = 600) -> tuple[dict[str, Any], str]:
+    """``mcpi estimate --json ARGS``, which must succeed (its workers are given ``PATIENT``
+    start-up): its document and its stderr."""
+    run = mcpi("estimate", "--json", *PATIENT, *args, timeout=timeout)
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     document: dict[str, Any] = json.loads(run.stdout)
     return document, run.stderr
 
 
-def estimate_json(*args: str, timeout: float = 120) -> dict[str, Any]:
+def estimate_json(*args: str, timeout: float = 600) -> dict[str, Any]:
     """``mcpi estimate --json ARGS``, which must succeed: its document."""
     return estimate_json_and_stderr(*args, timeout=timeout)[0]
 

@@ -30,6 +30,11 @@ from mcpi_worker.protocol import (
 
 TIMEOUT: Final[float] = 20.0
 """Generous: CI is a loaded 2-core machine."""
+PATIENT_START_S: Final[float] = 300.0
+"""``startup_timeout`` for a pool of real workers in a test not about that timeout: the
+default 10 s is a real-clock bound that a start can pass on a machine at extreme load
+(a start slower than that is retried, and each retry can be as slow)."""
+
 TESTS: Final = Path(__file__).resolve().parent
 RAW_WORKER: Final = str(TESTS / "raw_worker.py")
 """A worker that breaks exactly one rule: ``python RAW_WORKER FAULT``."""
@@ -176,7 +181,7 @@ class WorkerUnderTest:
                 self.raw_stdout += data
                 decoder.feed(data)
                 while (message := decoder.next_message()) is not NEED_DATA:
-                    self._messages.put(message)  # type: ignore[arg-type]
+                    self._messages.put(message)
         except ProtocolError as exc:
             self._messages.put(exc)
         except OSError:

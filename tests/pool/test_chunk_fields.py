@@ -11,6 +11,7 @@ import pytest
 import trio
 from hypothesis import example, given
 from hypothesis import strategies as st
+from worker_process import PATIENT_START_S
 
 from mcpi_coordinator.errors import InvalidChunk, RequestFailed
 from mcpi_coordinator.pool.chunks import Chunk
@@ -42,8 +43,8 @@ def test_a_chunk_out_of_the_protocol_s_range_is_refused_where_it_is_made(fields:
 
 
 async def test_a_real_pool_never_sees_a_bad_chunk_and_counts_those_at_the_limits() -> None:
-    with trio.fail_after(120):
-        async with WorkerPool(1) as pool:
+    with trio.fail_after(300):  # a bound against a hang: a worker starts slowly on a busy machine
+        async with WorkerPool(1, startup_timeout=PATIENT_START_S) as pool:
             with pytest.raises(InvalidChunk):  # before: a round trip, the worker's invalid_request
                 await pool.sample(Chunk(-1, 0, 1000))
             # The widest seed and stream a request can carry, and ranges up to the last stream.

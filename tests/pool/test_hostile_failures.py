@@ -17,7 +17,7 @@ import pytest
 import trio
 from command_line import raw_worker_in_slot_0
 from structlog.testing import capture_logs
-from worker_process import RAW_WORKER
+from worker_process import PATIENT_START_S, RAW_WORKER
 
 from mcpi_coordinator.launch.local import command_launcher
 from mcpi_coordinator.pool.chunks import Chunk
@@ -36,7 +36,8 @@ async def test_a_worker_given_up_on_while_the_run_ends_is_recorded_and_warned_on
     chunks = [Chunk(seed=5, stream=s, points=2000) for s in range(6)]
     with capture_logs() as logs, trio.fail_after(TIMEOUT):
         async with WorkerPool(
-            2, launcher=command_launcher(lambda i: commands[i]), backoff_s=3600.0, pipeline_depth=1
+            2, launcher=command_launcher(lambda i: commands[i]), backoff_s=3600.0, pipeline_depth=1,
+            startup_timeout=PATIENT_START_S,
         ) as pool:
             hostile_pid = pool.stats.workers[0].pid
             async with pool.imap_unordered(chunks) as results:

@@ -17,6 +17,7 @@ import pytest
 import trio
 from command_line import MCPI, PYTHON, slot_0_runs
 from structlog.testing import capture_logs
+from worker_process import PATIENT_START_S
 
 from mcpi_coordinator import Chunk, WorkerPool
 from mcpi_coordinator.pool.dispatch import _problem
@@ -176,7 +177,7 @@ async def test_a_program_embedding_the_pool_gets_worker_fields_as_data(tmp_path:
     """Was: ``TypeError: ... got multiple values for argument 'self'`` out of the pool."""
     command = shlex.split(hostile_worker(tmp_path))
     with capture_logs() as logs, trio.fail_after(120):
-        async with WorkerPool(1, command) as pool:
+        async with WorkerPool(1, command, startup_timeout=PATIENT_START_S) as pool:
             result = await pool.sample(Chunk(7, 0, 10_000))
         assert result.inside == count_numpy(7, 0, 10_000)
     relayed = [entry for entry in logs if str(entry["event"]).startswith("worker 0: boom")]
@@ -198,7 +199,7 @@ async def test_a_program_that_configured_no_logging_gets_the_warnings_escaped(
     warnings on stderr, a worker's relayed ones among them, through ``printable``."""
     command = shlex.split(hostile_worker(tmp_path, TERMINAL_LINES))
     with trio.fail_after(120):
-        async with WorkerPool(1, command) as pool:
+        async with WorkerPool(1, command, startup_timeout=PATIENT_START_S) as pool:
             await pool.sample(Chunk(7, 0, 10_000))
     out, err = capsys.readouterr()
     assert out == ""

@@ -16,6 +16,7 @@ import pytest
 import structlog
 import trio
 from structlog.testing import capture_logs
+from worker_process import PATIENT_START_S
 
 from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import (
@@ -617,8 +618,8 @@ async def test_a_poison_chunk_fails_with_the_workers_full_story(autojump_clock: 
 
 
 async def test_ping_with_the_real_worker() -> None:
-    with trio.fail_after(60):
-        async with WorkerPool(2) as pool:
+    with trio.fail_after(300):  # a bound against a hang: workers start slowly on a busy machine
+        async with WorkerPool(2, startup_timeout=PATIENT_START_S) as pool:
             slots = {await pool.ping() for _ in range(20)}
             assert slots <= {0, 1}
             async with trio.open_nursery() as nursery:  # concurrent pings share the lanes

@@ -9,6 +9,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from worker_process import PATIENT_START_S
 
 from mcpi_coordinator.errors import RequestFailed
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
@@ -122,8 +123,8 @@ async def test_ranges_through_the_real_worker_with_two_jobs() -> None:
     import sys
 
     command = [sys.executable, "-m", "mcpi_worker", "--jobs", "2"]
-    with trio.fail_after(120):
-        async with WorkerPool(1, command) as pool:
+    with trio.fail_after(300):  # a bound against a hang: a worker starts slowly on a busy machine
+        async with WorkerPool(1, command, startup_timeout=PATIENT_START_S) as pool:
             assert pool.stats.workers[0].state == "ready"
             results = await run(pool, [Chunk(SEED, 0, 20_000, streams=200)])
     counts = per_stream(results)

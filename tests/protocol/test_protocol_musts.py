@@ -43,7 +43,7 @@ import msgpack
 import pytest
 import trio
 from structlog.testing import capture_logs
-from worker_process import RAW_WORKER, SPEC_WORKER, worker_command
+from worker_process import PATIENT_START_S, RAW_WORKER, SPEC_WORKER, worker_command
 
 from mcpi_coordinator.errors import RequestFailed
 from mcpi_coordinator.launch.local import spawn_worker
@@ -1021,7 +1021,7 @@ RUN = [
 
 
 async def _run(command: list[str], chunks: list[Chunk]) -> tuple[list[ChunkResult], int]:
-    async with WorkerPool(2, command) as pool:
+    async with WorkerPool(2, command, startup_timeout=PATIENT_START_S) as pool:
         async with pool.imap_unordered(chunks) as results:
             collected = [result async for result in results]
         return collected, pool.stats.restarts
@@ -1074,7 +1074,8 @@ async def test_a_cancelled_range_is_waited_for_and_the_spec_worker_serves_on() -
     """Leaving ``imap_unordered`` cancels a huge range; its ``cancelled`` answer comes later
     and must find its id still known, or the worker would be replaced for it."""
     with trio.fail_after(TIMEOUT):
-        async with WorkerPool(1, [sys.executable, SPEC_WORKER], pipeline_depth=2) as pool:
+        spec_worker = [sys.executable, SPEC_WORKER]
+        async with WorkerPool(1, spec_worker, pipeline_depth=2, startup_timeout=PATIENT_START_S) as pool:
             chunks = [Chunk(SEED, 0, 1000), Chunk(SEED, 1, 1 << 30, streams=1000)]
             async with pool.imap_unordered(chunks) as results:
                 async for first in results:
