@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,8 +23,14 @@ def dropping_queued_work(executor: E) -> Iterator[E]:
     the tasks already handed to a worker are waited for."""
     try:
         yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # Interrupted while it started its manager thread, it has none to join (a
+        # RuntimeError): its workers, never told to stop, are the command's to kill
+        # (cli.bench._end_pool_workers).
+        with contextlib.suppress(RuntimeError):
+            executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True, slots=True)

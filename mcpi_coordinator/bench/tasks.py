@@ -46,8 +46,35 @@ def initializer() -> Callable[[], None]:
     """The initializer for a pool this process is about to start (every pool of
     ``mcpi bench``): ``start_worker`` with this process as the owner its workers die
     with. A ``partial`` of a top-level function, so pools that pickle their
-    initializer (loky, trio-parallel) can ship it."""
+    initializer (loky, trio-parallel) can ship it.
+
+    Also makes this process fork with Ctrl-C held back (``_forks_hold_ctrl_c``)."""
+    _forks_hold_ctrl_c()
     return functools.partial(start_worker, os.getpid())
+
+
+@functools.cache
+def _forks_hold_ctrl_c() -> None:
+    """From now on, each fork of this process holds SIGINT back in the forking thread,
+    and so in the child, which starts with it blocked; ``start_worker`` ignores it and
+    then lets it through. A forked worker is in the command's process group, and a
+    Ctrl-C that reached it before its initializer ran raised ``KeyboardInterrupt`` in
+    the worker: a traceback on the terminal, and a pool broken under the command,
+    which then reported a failure rather than the interruption. The parent lets it
+    through again as soon as the fork is done, and hears it then.
+
+    The hooks are ``partial`` objects of builtins, which run no Python line: a signal
+    handler cannot run inside them (``cli.signals`` sends a Ctrl-C dropped in a hook
+    again). They stay for the process's life (Python cannot remove an at-fork hook): a
+    child forked later by something other than a pool also starts with SIGINT blocked,
+    which ``mcpi bench`` does not do (its other children are started by ``subprocess``,
+    which runs no at-fork hook)."""
+    if hasattr(os, "register_at_fork") and hasattr(signal, "pthread_sigmask"):
+        ctrl_c = {signal.SIGINT}
+        os.register_at_fork(
+            before=functools.partial(signal.pthread_sigmask, signal.SIG_BLOCK, ctrl_c),
+            after_in_parent=functools.partial(signal.pthread_sigmask, signal.SIG_UNBLOCK, ctrl_c),
+        )
 
 
 def start_worker(owner: int) -> None:
@@ -70,6 +97,8 @@ def start_worker(owner: int) -> None:
     handler leaves only once the worker has been re-parented.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since the fork: ignored now
     if not sys.platform.startswith("linux"):
         return  # no parent-death signal: the pools' own shutdown is all there is
     parent = os.getppid()
