@@ -102,12 +102,6 @@ def main() -> NoReturn:
     from mcpi_worker.main import main as run_worker
 
     code = run_worker(parent_death_unavailable=lifeline.unavailable)
-    import atexit
+    from mcpi_worker.leaving import leave
 
-    atexit._run_exitfuncs()  # what sys.exit would run first; CPython and PyPy have it
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # nobody reads it any more, or it is closed
-            pass
-    os._exit(code)
+    leave(code)

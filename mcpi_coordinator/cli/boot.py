@@ -97,20 +97,13 @@ def main() -> int:
     from mcpi_coordinator.cli.main import main as run
 
     code = run()
-    import os
     import sys
     import threading
 
     others = [thread for thread in threading.enumerate() if thread is not threading.current_thread()]
     watched = sys.getprofile() is not None or sys.gettrace() is not None  # a profiler's report comes at exit
     if _exit_at_once and not watched and all(thread.daemon for thread in others):
-        import atexit
+        from mcpi_worker.leaving import leave  # no non-daemon thread for sys.exit to join first
 
-        atexit._run_exitfuncs()  # what sys.exit would run (after joining non-daemon threads: none)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # nobody reads it any more, or it is closed
-                pass
-        os._exit(code)
+        leave(code)
     return code
