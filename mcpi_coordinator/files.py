@@ -43,14 +43,45 @@ class TooLarge(ValueError):
 # ---------------------------------------------------------------------- reading
 
 
-def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The whole of ``path`` if it has at most ``limit`` bytes. Raises ``TooLarge``, and
-    ``OSError`` for a file that cannot be opened or read (a directory: ``IsADirectoryError``).
+_OPEN_FD: Final[re.Pattern[str]] = re.compile(r"/(?:dev|proc/self)/fd/[0-9]+")
+"""A name for a descriptor this process already holds: what a shell's ``<(...)`` gives."""
 
-    At most ``limit + 1`` bytes are ever read, so a device or a pipe that never ends
-    (``/dev/zero``) is refused as soon as it passes the limit."""
-    with open(path, "rb") as file:
+
+class NotRegular(OSError):
+    """A name that is not a regular file to read (a FIFO, a device, a directory);
+    ``str()`` says what it is."""
+
+
+def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The whole of ``path`` if it has at most ``limit`` bytes. Raises ``TooLarge``;
+    ``NotRegular`` for a name that is not a regular file, unless it names a pipe this
+    process already holds open (``/dev/fd/N``, what a shell's ``<(...)`` passes); and
+    ``OSError`` for a file that cannot be opened or read.
+
+    Opened without blocking, so a named FIFO that no one writes is refused at once
+    rather than waited on for ever; at most ``limit + 1`` bytes are ever read."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISFIFO(mode) and _OPEN_FD.fullmatch(os.fspath(path)):
+            os.set_blocking(descriptor, True)  # a pipe from <(...): its writer is running
+        elif not stat.S_ISREG(mode):
+            raise NotRegular(f"{_kind(mode)}, not a regular file")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with open(descriptor, "rb") as file:
         return read_stream_limited(file, limit)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def read_stream_limited(stream: IO[bytes], limit: int) -> bytes:
@@ -124,12 +155,31 @@ def create_exclusive(directory: Path, prefix: str, suffix: str, mode: int = 0o66
             continue  # 2**-64 a try: someone planted this very name; draw another
 
 
+class UnsafeDirectory(OSError):
+    """A directory anyone may write that lacks the sticky bit; ``str()`` says so."""
+
+
+def check_directory(directory: Path) -> None:
+    """Refuse to write into ``directory`` if anyone may write it and it lacks the sticky
+    bit (``/tmp`` has it): there anyone may rename or replace anyone's files, so no
+    check on a name, nor an exclusive create, would hold. Raises ``UnsafeDirectory``,
+    and ``OSError`` if the directory cannot be looked at."""
+    mode = os.stat(directory).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise UnsafeDirectory(
+            f"its directory {directory} may be written by anyone and has no sticky bit, so anyone "
+            "could replace the file: use a directory only you can write, or chmod +t it"
+        )
+
+
 @contextmanager
 def replacing(target: Path) -> Iterator[IO[bytes]]:
     """A file to write ``target``'s new content into: created exclusively beside it and
     renamed over it when the ``with`` block ends without an error (so an existing
     ``target`` symlink is replaced, never written through, and no half-written file
-    ever has its name); removed on an error. Raises ``OSError``."""
+    ever has its name); removed on an error. Raises ``UnsafeDirectory``
+    (``check_directory``) before anything is written, and ``OSError``."""
+    check_directory(target.parent)
     descriptor, temporary = create_exclusive(target.parent, f".{target.name}.", ".tmp")
     try:
         with os.fdopen(descriptor, "wb") as file:

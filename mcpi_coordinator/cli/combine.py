@@ -101,13 +101,15 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _read(name: str, read: Callable[[], bytes]) -> str:
-    from mcpi_coordinator.files import TooLarge
+    from mcpi_coordinator.files import NotRegular, TooLarge
     from mcpi_coordinator.run.parts import MCPI_WRITES, CombineRefused
 
     try:
         return read().decode("utf-8")
     except TooLarge as error:
         raise CombineRefused(f"{name}: {error}: not the JSON {MCPI_WRITES} prints") from None
+    except NotRegular as error:
+        raise CombineRefused(f"{name}: {error}; give what it holds on stdin with - instead") from None
     except UnicodeDecodeError:
         raise CombineRefused(f"{name}: not text, so not the JSON {MCPI_WRITES} prints") from None
     except OSError as error:

@@ -64,6 +64,11 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         except McpiError as error:
             text.say(PROG, f"error: {error}")
             return McpiExitCode.FAILURE
+        try:
+            plots.check_destination(args.plot)  # a directory it would be refused in, now
+        except McpiError as error:
+            text.say(PROG, f"error: {error}")
+            return McpiExitCode.USAGE
     level = args.log_level or ("error" if args.quiet else "warning")
     configure_logging(level, args.log_format)
     try:

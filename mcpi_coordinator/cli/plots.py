@@ -141,6 +141,19 @@ def ensure_available() -> None:
     _require_extra()
 
 
+def check_destination(out: Path) -> None:
+    """Raise :class:`PictureNotWritten` now for a picture ``files.replacing`` would refuse
+    to write at ``out`` (a directory anyone may write without the sticky bit), so that a
+    long run is not made only to have its picture refused. A directory that cannot be
+    looked at is left for the write to report."""
+    try:
+        files.check_directory(out.parent)
+    except files.UnsafeDirectory as exc:
+        raise PictureNotWritten(f"cannot write {str(out)!r}: {exc}") from None
+    except OSError:
+        pass
+
+
 @contextmanager
 def _writing(out: Path) -> Iterator[IO[bytes]]:
     """The file to write ``out``'s picture into: a new file beside it, renamed over it

@@ -267,6 +267,7 @@ class Checkpoint:
             parameters = _read_parameters(connection, path)
             if expect is not None and parameters != expect:
                 raise CheckpointRefused(f"checkpoint {path} changed while it was being created")
+            _check_size(connection, path, parameters, status)
             stored = _read_chunks(connection, path, parameters)
             connection.execute("COMMIT")
             # Checked first, changed after: only now is the file known to be ours.
@@ -294,9 +295,8 @@ class Checkpoint:
             raise
         checkpoint = cls(path, connection, parameters)
         checkpoint._real = real
-        checkpoint._streams = array("q", [stream for stream, _ in stored])
-        checkpoint._insides = array("q", [inside for _, inside in stored])
-        checkpoint.saved = len(stored)
+        checkpoint._streams, checkpoint._insides = stored
+        checkpoint.saved = len(stored[0])
         return checkpoint
 
     # ------------------------------------------------------------------ use
@@ -516,10 +516,37 @@ def _read_parameters(connection: sqlite3.Connection, path: Path) -> RunParameter
     return parameters
 
 
+_BYTES_PER_CHUNK: Final[int] = 128
+"""The most file a chunk's row may take: a row holds three integers (at most ~40 bytes
+with its cell's header and pointer), and a B-tree filled in any order keeps its pages at
+least about a third full; mcpi's own files take about 20 bytes a chunk."""
+_BYTES_BASE: Final[int] = 2**20
+"""Besides the rows: the header, the schema, the parameters and free pages."""
+
+
+def _check_size(
+    connection: sqlite3.Connection, path: Path, parameters: RunParameters, status: os.stat_result
+) -> None:
+    """Refuse, before reading a row, a file larger than any mcpi writes for its run: the
+    rows are read whole, so a crafted file of a small run holding gigabytes (of pages,
+    or of a size its header claims) would otherwise be read for minutes."""
+    chunks = len(parameters.streams)
+    limit = _BYTES_BASE + _BYTES_PER_CHUNK * chunks
+    (pages,) = connection.execute("PRAGMA page_count").fetchone()
+    (page_size,) = connection.execute("PRAGMA page_size").fetchone()
+    size = max(status.st_size, pages * page_size)
+    if size > limit:
+        raise CheckpointRefused(
+            f"checkpoint {path} is corrupt or not mcpi's: {size:,} bytes, more than mcpi writes for "
+            f"a run of {chunks:,} chunks (at most {limit:,})"
+        )
+
+
 def _read_chunks(
     connection: sqlite3.Connection, path: Path, parameters: RunParameters
-) -> list[tuple[int, int]]:
-    stored = []
+) -> tuple[array[int], array[int]]:
+    """(streams, insides) of every row, in stream order, into arrays of 8 bytes a value."""
+    stored = array("q"), array("q")
     streams = parameters.streams
     for stream, inside, check in _rows(connection):
         valid = (
@@ -529,7 +556,8 @@ def _read_chunks(
         )  # fmt: skip
         if not valid:
             raise CheckpointRefused(f"checkpoint {path} is corrupt: chunk {stream} fails its check")
-        stored.append((stream, inside))
+        stored[0].append(stream)
+        stored[1].append(inside)
     return stored
 
 
@@ -604,12 +632,10 @@ def _check_directory(path: Path) -> None:
     """Refuse a checkpoint in a directory anyone may write that lacks the sticky bit
     (``/tmp`` has it): there anyone may rename or replace anyone's files, the checkpoint
     and its journals included, and nothing mcpi checks first would hold."""
-    mode = os.stat(path.parent).st_mode
-    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        raise CheckpointRefused(
-            f"checkpoint {path}: its directory {path.parent} may be written by anyone and has no sticky bit, "
-            "so anyone could replace the file: use a directory only you can write, or chmod +t it"
-        )
+    try:
+        files.check_directory(path.parent)
+    except files.UnsafeDirectory as error:
+        raise CheckpointRefused(f"checkpoint {path}: {error}") from None
 
 
 def _not_ours(status: os.stat_result) -> bool:

@@ -9,6 +9,7 @@ rather than filling the machine.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 from pathlib import Path
@@ -93,19 +94,50 @@ def test_combine_of_a_huge_file_stops_reading_at_its_limit(tmp_path: Path) -> No
     one_line_exit_2(mcpi("combine", str(huge)), "huge.json: longer than 4 MiB")
 
 
-@pytest.mark.parametrize("args", [("combine", "/dev/zero"), ("combine", "-")])
-def test_combine_of_an_endless_input_is_one_line(args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("args", "expected"), [(("combine", "/dev/zero"), "a device"), (("combine", "-"), "longer than")]
+)
+def test_combine_of_an_endless_input_is_one_line(args: tuple[str, ...], expected: str) -> None:
     stdin = b"{" * (65 * 2**20) if args[-1] == "-" else b""
-    one_line_exit_2(mcpi(*args, stdin=stdin), "longer than")
+    one_line_exit_2(mcpi(*args, stdin=stdin), expected)
+
+
+def test_combine_of_a_fifo_no_one_writes_is_one_line_not_a_wait(tmp_path: Path) -> None:
+    fifo = tmp_path / "part.json"
+    os.mkfifo(fifo)  # opening it to read waited for a writer that never comes
+    one_line_exit_2(mcpi("combine", str(fifo)), "part.json: a FIFO (named pipe), not a regular file", "stdin with -")
+    directory = tmp_path / "parts"
+    directory.mkdir()
+    one_line_exit_2(mcpi("combine", str(directory)), "parts: a directory, not a regular file")
+
+
+def test_combine_reads_a_pipe_the_shell_passes_as_dev_fd(tmp_path: Path) -> None:
+    # bash's `mcpi combine <(ssh host cat part.json)` passes /dev/fd/N: an open pipe.
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps(WHOLE).encode())
+    os.close(write_end)
+    run = subprocess.run(
+        [*MCPI, "combine", "--json", f"/dev/fd/{read_end}"], pass_fds=[read_end],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    os.close(read_end)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["inside"] == WHOLE["inside"]
 
 
 # ---------------------------------------------------------------- --hosts-file
 
 
-def test_a_hosts_file_that_never_ends_is_one_line() -> None:
+def test_a_hosts_file_that_never_ends_is_one_line(tmp_path: Path) -> None:
     one_line_exit_2(
         mcpi("estimate", "-n", "1e3", "--hosts-file", "/dev/zero"),
-        "hosts file '/dev/zero' is longer than 1 MiB: not a list of hosts",
+        "hosts file '/dev/zero': a device, not a regular file",
+    )
+    huge = tmp_path / "hosts"
+    with huge.open("wb") as file:
+        file.truncate(2**30)
+    one_line_exit_2(
+        mcpi("estimate", "-n", "1e3", "--hosts-file", str(huge)), "is longer than 1 MiB: not a list of hosts"
     )
 
 
@@ -126,6 +158,22 @@ def test_depth_is_counted_without_recursion_and_strings_are_not_brackets() -> No
 # ---------------------------------------------------------------- --plot and --out (finding 7)
 
 
+def test_a_picture_is_not_written_into_a_directory_anyone_may_write_without_the_sticky_bit(tmp_path: Path) -> None:
+    # There anyone may rename or replace anyone's files: the picture could be swapped.
+    pytest.importorskip("matplotlib")
+    open_to_all = tmp_path / "scratch"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    run = mcpi("estimate", "-n", "2e3", "--chunk-size", "1000", "-w", "1", "--plot", str(open_to_all / "run.png"))
+    one_line_exit_2(run, "may be written by anyone and has no sticky bit", "chmod +t")
+    assert "may be written by anyone and has no sticky bit" in run.stderr and "chmod +t" in run.stderr, run.stderr
+    assert list(open_to_all.iterdir()) == []
+    open_to_all.chmod(0o1777)
+    run = mcpi("estimate", "-n", "2e3", "--chunk-size", "1000", "-w", "1", "--plot", str(open_to_all / "run.png"))
+    assert run.returncode == 0, run.stderr
+    assert [p.name for p in open_to_all.iterdir()] == ["run.png"]
+
+
 @pytest.mark.parametrize("name", ["convergence.png", "scatter.png", "scatter.gif"])
 def test_a_picture_replaces_a_symlink_at_its_path_rather_than_writing_through_it(tmp_path: Path, name: str) -> None:
     plots = pytest.importorskip("mcpi_coordinator.cli.plots")
@@ -141,3 +189,12 @@ def test_a_picture_replaces_a_symlink_at_its_path_rather_than_writing_through_it
     assert victim.read_bytes() == b"someone's own data\n"
     assert not out.is_symlink() and out.read_bytes()[:4] in (b"\x89PNG", b"GIF8")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "precious"])  # no temporary left
+
+
+def test_files_replacing_refuses_a_directory_anyone_may_write_without_the_sticky_bit(tmp_path: Path) -> None:
+    from mcpi_coordinator.files import UnsafeDirectory, replacing
+
+    tmp_path.chmod(0o777)
+    with pytest.raises(UnsafeDirectory, match="no sticky bit"), replacing(tmp_path / "chart.png") as file:
+        file.write(b"never")
+    assert list(tmp_path.iterdir()) == []

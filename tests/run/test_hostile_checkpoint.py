@@ -412,3 +412,47 @@ def test_a_directory_anyone_may_write_without_the_sticky_bit_is_refused(tmp_path
     open_to_all.chmod(0o1777)
     Checkpoint.create(open_to_all / "run.db", PARAMETERS).close()
     Checkpoint.resume(open_to_all / "before.db").close()
+
+
+# ---------------------------------------------------------------- a file larger than its run
+
+
+@pytest.mark.parametrize("grown", ["sparse", "pages"])
+def test_a_checkpoint_larger_than_its_run_could_be_is_refused_before_its_rows_are_read(
+    tmp_path: Path, grown: str
+) -> None:
+    # PARAMETERS is a run of 100 chunks: mcpi writes ~20 bytes a chunk; a crafted file of
+    # gigabytes would be read whole, row by row, before anything could refuse it.
+    path = crafted(tmp_path)
+    if grown == "sparse":
+        os.truncate(path, 2**33)  # 8 GiB that take no disk
+    else:  # pages SQLite counts: rows of a run it does not have, then deleted (free pages)
+        connection = sqlite3.connect(path)
+        connection.execute("PRAGMA journal_mode=DELETE")
+        connection.execute(
+            "INSERT INTO chunks WITH RECURSIVE n(i) AS (SELECT 1000 UNION ALL SELECT i + 1 FROM n LIMIT 200000) "
+            "SELECT i, 1, 1 FROM n"
+        )
+        connection.execute("DELETE FROM chunks WHERE stream >= 1000")
+        connection.commit()
+        connection.close()
+    with pytest.raises(CheckpointRefused) as caught:
+        Checkpoint.resume(path)
+    one_line(caught.value, "more than mcpi writes for a run of 100 chunks")
+    run = subprocess.run(
+        [*MCPI, "estimate", "-w", "1", "--resume", str(path)],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert (run.returncode, run.stdout) == (2, ""), run.stderr
+    assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_checkpoint_of_many_chunks_written_in_any_order_is_within_the_bound(tmp_path: Path) -> None:
+    parameters = RunParameters(seed=7, points=50_000 * 1_000, chunk_size=1_000, kernel="numpy", target_error=None)
+    with Checkpoint.create(tmp_path / "run.db", parameters) as checkpoint:
+        for stream in [*range(1, 50_000, 2), *range(0, 50_000, 2)]:
+            checkpoint.record(stream, 700)
+            if stream % 97 == 0:
+                checkpoint.commit()
+    with Checkpoint.resume(tmp_path / "run.db") as again:
+        assert again.held == 50_000
