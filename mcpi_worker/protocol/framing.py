@@ -193,7 +193,8 @@ class FrameDecoder:
         except (ValueError, msgpack.UnpackException) as exc:
             # ExtraData, StackError, FormatError, truncated body, non-str keys: all
             # mean the sender is not speaking this protocol.
-            self._fail(ErrorCode.MALFORMED_FRAME, f"frame is not one msgpack object: {exc}")
+            # FormatError (a byte such as 0xc1 that begins no object) has no text of its own.
+            self._fail(ErrorCode.MALFORMED_FRAME, f"frame is not one msgpack object: {str(exc) or type(exc).__name__}")
         if not isinstance(body, dict):
             self._fail(
                 ErrorCode.MALFORMED_FRAME,

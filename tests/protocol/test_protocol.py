@@ -264,6 +264,17 @@ def test_zero_length_frame_is_fatal() -> None:
     assert decode_three_ways(HEADER.pack(0)) == fatal(ErrorCode.MALFORMED_FRAME)
 
 
+@pytest.mark.parametrize("body", [b"\xc1", b"\x81\xa4type\xc1"], ids=["alone", "as_a_value"])
+def test_a_byte_that_begins_no_msgpack_object_is_fatal_with_a_reason(body: bytes) -> None:
+    # msgpack's FormatError for 0xc1 says nothing: the message ended in ": ".
+    decoder = FrameDecoder(COORDINATOR_MESSAGES)
+    decoder.feed(HEADER.pack(len(body)) + body)
+    with pytest.raises(FatalProtocolError) as caught:
+        decoder.next_message()
+    assert caught.value.code == ErrorCode.MALFORMED_FRAME
+    assert caught.value.message == "frame is not one msgpack object: FormatError"
+
+
 @pytest.mark.parametrize(
     "body", [[1, 2], 7, "ping", None, b"bytes", 1.5, True], ids=lambda b: type(b).__name__
 )

@@ -717,9 +717,12 @@ PEERS: dict[str, list[str]] = {
 }
 
 
-@pytest.fixture(params=sorted(PEERS))
+@pytest.fixture(params=[*sorted(PEERS), "c-peer"])
 def peer(request: pytest.FixtureRequest) -> list[str]:
-    """The command of a worker under test: the real one, and the one written from the spec."""
+    """The command of a worker under test: the real one, and the two written from the spec
+    (in Python, and in C: ``tests/protocol/test_c_peer.py``)."""
+    if request.param == "c-peer":
+        return [str(request.getfixturevalue("c_peer")), "worker"]
     return PEERS[request.param]
 
 
