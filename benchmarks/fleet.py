@@ -46,8 +46,7 @@ import psutil
 import trio
 
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.launch.capacity import MachineLimits, fleet_cap
-from mcpi_coordinator.launch.local import default_max_starting
+from mcpi_coordinator.launch.capacity import MachineLimits, default_max_starting, fleet_cap
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 

@@ -18,6 +18,11 @@ sources again, which the script, one file, hardly pays. ``--against PYTHON`` add
 for another installation's ``mcpi`` (a worktree of the code before a change, with its
 own venv), run from a neutral directory like the others, so each imports its own code.
 
+``--mcpi-args "WORDS"`` adds words to every ``mcpi estimate`` row's command line (not to the
+script's): ``--mcpi-args "--log-level debug --log-format json --startup-timeout 300"``
+times the command lines a timeline or the tests use, which started no worker early
+before issue 22's third round.
+
 ``--timeline`` adds one run of ``mcpi estimate`` with debug logs as JSON lines:
 when, after the command was started, each logged event came (the worker's start, its
 welcome, the request, the shutdown, the exit), so that the start-up's parts can be told
@@ -25,6 +30,7 @@ apart. ``python -X importtime -m mcpi_coordinator estimate ...`` and pyinstrumen
 coordinator's own share.
 
     python benchmarks/tiny.py [--rounds 9] [--points 1000] [--workers 2] [--timeline] [--against PYTHON]
+                              [--mcpi-args "WORDS"]
 """
 
 from __future__ import annotations
@@ -105,11 +111,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--against", metavar="PYTHON", help="also time this interpreter's mcpi estimate")
+    parser.add_argument("--mcpi-args", default="", metavar="WORDS", help="more words for each mcpi command line")
     args = parser.parse_args()
     common = ["--points", str(args.points), "--seed", str(args.seed)]
+    more = shlex.split(args.mcpi_args)
     ours = [sys.executable, "-m", "mcpi_coordinator", "estimate", *common, "--workers", str(args.workers), "--json"]
+    ours += more
     reference = [sys.executable, str(HERE / "ppe_numpy.py"), *common, "--workers", str(args.workers)]
     print(f"tiny run: {args.points} points, {args.workers} workers, {args.rounds} rounds, interleaved")
+    if more:
+        print(f"mcpi estimate rows with: {shlex.join(more)}")
     print(f"before: {load()}")
     late = environment({"MCPI_WORKER_CMD": shlex.join(early.worker_argv())})
     runs: list[tuple[str, list[str], dict[str, str]]] = [

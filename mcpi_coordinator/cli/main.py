@@ -221,8 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
         from mcpi_coordinator.cli.text import say
 
-        say("mcpi", "interrupted")
-        return McpiExitCode.INTERRUPTED
+        # SIGTERM and SIGHUP come as Ctrl-C once the command runs (cli.signals), also
+        # while it still imports what it runs: the line and the code name the one that came.
+        say("mcpi", signals.stopped_words())
+        return McpiExitCode.for_signal(signals.stopped_by())
 
 
 def _stdout_to_devnull() -> None:
@@ -245,9 +247,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
         complete_if_asked(build_parser(typed))
     if argv is None and words[:1] == ["estimate"]:  # its workers start now, beside its imports
+        from mcpi_coordinator.cli import facts
         from mcpi_coordinator.launch import early
 
-        early.start(words)
+        early.start(words, choices={"--log-level": facts.LOG_LEVELS, "--log-format": facts.LOG_FORMATS})
     parser = build_parser(words)
     _options_before_command(parser, words)
     args, extras = parser.parse_known_args(words)

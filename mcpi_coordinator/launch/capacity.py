@@ -111,6 +111,16 @@ class FleetCap:
         return f"{files}; {memory}"
 
 
+def default_max_starting() -> int:
+    """Local workers starting at once by default (``WorkerPool(max_starting=)``): two
+    per CPU. A start is CPU-bound (its imports), so more at once finish no
+    sooner, take CPU from the coordinator, and leave more workers between exec and
+    their parent-death backstop should the coordinator die (benchmarks/fleet.py). It
+    lives here, beside the open-file budget it enters, so that ``launch.early`` counts
+    with it before anything heavy is loaded."""
+    return 2 * (os.cpu_count() or 1)
+
+
 def worker_memory(kernel: str, environ: Mapping[str, str] = os.environ) -> int:
     """The peak resident memory to count a local worker for: a ``numpy``-kernel worker
     may load the fused loop unless ``MCPI_NUMPY_IMPL=numpy`` says it never will (or

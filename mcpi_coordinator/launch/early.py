@@ -1,40 +1,52 @@
 """Local workers started as ``mcpi estimate`` begins, so their start-up and ours overlap.
 
-A tiny run's wall is mostly start-up: the coordinator's own imports (Trio, NumPy,
-structlog, its modules) and then each worker's, one after the other, because the pool
+A tiny run's wall is mostly start-up: the coordinator's own imports (Trio, structlog,
+msgpack, its modules) and then each worker's, one after the other, because the pool
 launches a worker only once it runs. ``start`` launches, first thing, the local workers
 a plain ``mcpi estimate`` command line will certainly use, before the command loads
 anything heavy; the two start-ups then run on separate cores. The pool's launcher takes
 them (``take``, from ``launch.local.spawn_worker``) instead of launching new ones.
 
 Only a command line this module reads for certain starts anything (``plan``):
-``estimate`` followed only by the few options below, each value a plain whole number in
-range; no ``--worker-cmd``, ``MCPI_WORKER_CMD``, host, Slurm, checkpoint or part. Anything
-else starts nothing early, and the run starts its workers as it always did. At most one
-worker per CPU is started early, and no more than the run has chunks for (the run starts
-no worker it cannot use). Workers started early and not taken (a run refused after all,
-a Ctrl-C during the imports) are killed and reaped by ``discard``, which also runs at
-exit; should the coordinator die, each worker's parent-death signal ends it
-(``mcpi_worker.boot``).
+``estimate`` followed only by the options below, each value one the command's parser
+takes (the same value types from ``mcpi_coordinator.arguments``; for ``--log-level`` and
+``--log-format``, the choices the caller passes, and their environment variables, which
+the command checks too, hold one of them); no ``--worker-cmd``, ``MCPI_WORKER_CMD``,
+host, Slurm, checkpoint or part. Nor when the machine cannot hold the run's workers,
+which the command refuses (``capacity.check_fleet``, with the figures the command
+uses): a command that ends with a usage error starts nothing. Anything else starts
+nothing early, and the run starts its workers as it always did. At most one worker per
+CPU is started early, and no more than the run has chunks for (the run starts no worker
+it cannot use). Workers started early and not taken (a run refused after all, a Ctrl-C
+during the imports) are killed and reaped by ``discard``, which also runs at exit;
+should the coordinator die, each worker's parent-death signal ends it
+(``mcpi_worker.boot``), or, if it died before the worker could ask for one, the end of
+the worker's input.
 
-This module imports only the standard library and ``mcpi_coordinator.arguments`` (itself
-light), so that starting the workers costs the command almost nothing before they run.
+This module imports only the standard library and the light ``mcpi_coordinator.arguments``
+(and ``launch.capacity`` once a run would start workers), so that starting the workers
+costs the command almost nothing before they run.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
 
-from mcpi_coordinator.arguments import SEED_LIMIT, parse_whole_number
-from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
+from mcpi_coordinator.arguments import ENVIRONMENT, SEED_LIMIT, parse_whole_number, seconds
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL, MAX_INFLIGHT_LIMIT
+
+if TYPE_CHECKING:
+    from mcpi_coordinator.launch.capacity import MachineLimits
 
 DEFAULT_POINTS: Final[int] = 1_000_000_000
 """``mcpi estimate``'s default points (``estimate.DEFAULT_POINTS`` is this one)."""
@@ -51,6 +63,9 @@ _VALUED: Final[dict[str, str]] = {
     "-w": "workers", "--workers": "workers",
     "-s": "seed", "--seed": "seed",
     "--chunk-size": "chunk_size",
+    "--pipeline-depth": "pipeline_depth",
+    "--startup-timeout": "seconds", "--task-timeout": "seconds", "--max-time": "seconds",
+    "--log-level": "name", "--log-format": "name",
 }  # fmt: skip
 _FLAGS: Final[frozenset[str]] = frozenset({"--json", "-q", "--quiet", "--no-progress"})
 _LIMITS: Final[dict[str, tuple[int, int]]] = {
@@ -58,9 +73,14 @@ _LIMITS: Final[dict[str, tuple[int, int]]] = {
     "workers": (0, 1024),
     "seed": (0, SEED_LIMIT),
     "chunk_size": (1, 2**40),
+    "pipeline_depth": (1, MAX_INFLIGHT_LIMIT),
 }
 """The command's own bounds (tests/launch/test_start_up.py holds them to its parser): a value
-outside them is refused there, so nothing starts early for it."""
+outside them is refused there, so nothing starts early for it. A ``seconds`` value is read
+by ``arguments.seconds``, the parser's own type for those options; a ``name`` must be one of
+the choices the caller passes for its option."""
+
+_NO_CHOICES: Final[Mapping[str, Collection[str]]] = MappingProxyType({})
 
 
 def worker_argv() -> list[str]:
@@ -83,12 +103,26 @@ def worker_argv() -> list[str]:
     return [sys.executable, *([] if from_here else ["-P"]), "-m", "mcpi_worker"]
 
 
-def plan(argv: Sequence[str], environ: Mapping[str, str] = os.environ, cpus: int | None = None) -> int:
+def plan(
+    argv: Sequence[str],
+    environ: Mapping[str, str] = os.environ,
+    cpus: int | None = None,
+    *,
+    choices: Mapping[str, Collection[str]] = _NO_CHOICES,
+    machine: MachineLimits | None = None,
+) -> int:
     """How many local workers the ``mcpi`` command line ``argv`` (without the program
     name) will certainly start with ``worker_argv()``, at most one per CPU; 0 when that
-    is not certain."""
+    is not certain. ``choices`` holds, by option (``--log-level``, ``--log-format``),
+    the names the command's parser accepts for it: an option with none given is not read
+    for certain. ``machine`` stands for this machine's limits (tests; read here when
+    needed otherwise)."""
     if not argv or argv[0] != "estimate" or environ.get("MCPI_WORKER_CMD"):
         return 0
+    for variable, option in ENVIRONMENT.items():  # the command refuses a name not among them
+        value = environ.get(variable)
+        if value and option in choices and value not in choices[option]:
+            return 0
     values: dict[str, int] = {}
     words = list(argv[1:])
     while words:
@@ -102,8 +136,18 @@ def plan(argv: Sequence[str], environ: Mapping[str, str] = os.environ, cpus: int
             if not words:
                 return 0
             value = words.pop(0)
-        number = parse_whole_number(value)
         key = _VALUED[name]
+        if key == "name":
+            if value not in choices.get(name, ()):
+                return 0
+            continue
+        if key == "seconds":
+            try:
+                seconds(value)
+            except argparse.ArgumentTypeError:
+                return 0
+            continue
+        number = parse_whole_number(value)
         low, high = _LIMITS[key]
         if number is None or not low <= number <= high:
             return 0
@@ -111,7 +155,32 @@ def plan(argv: Sequence[str], environ: Mapping[str, str] = os.environ, cpus: int
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
     workers = values.get("workers", cpus)
     chunks = math.ceil(values.get("points", DEFAULT_POINTS) / values.get("chunk_size", DEFAULT_CHUNK_SIZE))
+    if workers and _more_than_the_machine_holds(min(workers, chunks), environ, machine):
+        return 0
     return min(workers, chunks, cpus)
+
+
+def _more_than_the_machine_holds(workers: int, environ: Mapping[str, str], machine: MachineLimits | None) -> bool:
+    """Whether the command will refuse ``workers`` local workers as more than the machine
+    holds: its own check (``cli.estimate_plan.capacity_problem``) for the slots it keeps,
+    one per chunk at most, with the figures it uses for local workers of the default
+    kernel. Read a moment apart, the memory available may differ a little between the
+    two; should the command refuse after all, ``discard`` ends what started here.
+    ``launch.capacity`` is imported here, for a run that would start workers: ``mcpi
+    estimate --help`` and a usage error read no more than the command line."""
+    from mcpi_coordinator.launch import capacity
+
+    limits = capacity.MachineLimits.here() if machine is None else machine
+    return (
+        capacity.check_fleet(
+            workers,
+            0,
+            limits,
+            max_starting=capacity.default_max_starting(),
+            worker_bytes=capacity.worker_memory(DEFAULT_KERNEL, environ),
+        )
+        is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +197,16 @@ class EarlyWorker:
 _started: list[EarlyWorker] = []
 
 
-def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
-    """Start the workers ``plan`` says this command line will use; how many started.
-    Never raises: a worker that cannot be started early is simply started later."""
-    wanted = plan(argv, environ)
+def start(
+    argv: Sequence[str],
+    environ: Mapping[str, str] = os.environ,
+    *,
+    choices: Mapping[str, Collection[str]] = _NO_CHOICES,
+) -> int:
+    """Start the workers ``plan`` says this command line will use (``choices`` as for
+    ``plan``); how many started. Never raises: a worker that cannot be started early is
+    simply started later."""
+    wanted = plan(argv, environ, choices=choices)
     if wanted and not _started:
         atexit.register(discard)
     for _ in range(wanted):

@@ -183,14 +183,6 @@ def adopting_orphans() -> Iterator[bool]:
                 log.warning("orphans_ended", pids=ended, why="left behind by workers")
 
 
-def default_max_starting() -> int:
-    """Local workers starting at once by default (``WorkerPool(max_starting=)``): two
-    per CPU. A start is CPU-bound (its imports), so more at once finish no
-    sooner, take CPU from the coordinator, and leave more workers between exec and
-    their parent-death backstop should the coordinator die (benchmarks/fleet.py)."""
-    return 2 * (os.cpu_count() or 1)
-
-
 def default_worker_command() -> list[str]:
     """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
     process imported (``launch.early.worker_argv``, which says why): the argument vector

@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from mcpi_coordinator import files
-from mcpi_coordinator.launch.local import default_max_starting
+from mcpi_coordinator.launch.capacity import default_max_starting
 from mcpi_coordinator.launch.redact import redacted
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
 
@@ -45,7 +45,7 @@ MAX_SSH_STARTS_PER_HOST: Final = 4
 once: ``--host 127.0.0.1*64`` all at once retired 37 of the 64 workers
 (``kex_exchange_identification: Connection closed by remote host``). Four stays
 clear of that with room for other clients, and keeps the host's CPU for the workers
-starting, as ``launch.local.default_max_starting`` does here."""
+starting, as ``launch.capacity.default_max_starting`` does here."""
 
 MAX_SSH_STARTS: Final = 32
 """ssh clients starting at once over all hosts (ssh handshake to welcome), beside each

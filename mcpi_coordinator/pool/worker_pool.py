@@ -53,7 +53,8 @@ import trio
 
 from mcpi_coordinator import logs
 from mcpi_coordinator.errors import McpiError, PoolClosed, PoolExhausted
-from mcpi_coordinator.launch.local import command_launcher, default_max_starting, default_worker_command
+from mcpi_coordinator.launch.capacity import default_max_starting
+from mcpi_coordinator.launch.local import command_launcher, default_worker_command
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter
 from mcpi_coordinator.pool.batch import Batch
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult

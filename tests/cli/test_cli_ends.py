@@ -182,6 +182,84 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
     _assert_nothing_left(mark)
 
 
+# ------------------------------------------------------------------ the early window
+
+LEAD_TIMELINE = ["-n", "1e10", "-w", "1", "-s", "1", "--log-level", "debug", "--log-format", "json",
+                 "--no-progress", *PATIENT]  # fmt: skip
+"""The command line a start-up timeline is read from (issue 22): its workers start early."""
+
+
+def _start_until(module: str, mark: str) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
+    """``mcpi estimate LEAD_TIMELINE`` under ``-X importtime``, read until the first module
+    of package ``module`` has loaded (a line on stderr as each import completes: counted,
+    not timed); the command's children at that moment. The caller ends the process."""
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", "estimate", *LEAD_TIMELINE],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        name = line.rpartition("|")[2].strip()
+        if name == module or name.startswith(f"{module}."):
+            return process, psutil.Process(process.pid).children()
+    process.kill()
+    process.wait()
+    pytest.fail(f"{module} was never imported: {''.join(seen)[-2000:]}")
+
+
+def _workers(children: list[psutil.Process]) -> list[psutil.Process]:
+    return [child for child in children if "mcpi_worker" in child.cmdline()]
+
+
+def test_the_workers_start_before_trio_is_imported() -> None:
+    """The early path (launch.early) spawns the run's worker before the command imports
+    Trio, also with the options a timeline is read from; the pool then takes it."""
+    mark = uuid.uuid4().hex
+    process, children = _start_until("trio", mark)
+    try:
+        assert len(_workers(children)) == 1, [child.cmdline() for child in children]
+        _, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err[-3000:]
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [e["pid"] for e in events if e["event"] == "worker_started_early"] == [children[0].pid]
+    _assert_nothing_left(mark)
+
+
+@pytest.mark.parametrize("module", ["trio", "mcpi_coordinator.pool"])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_stop_between_the_early_start_and_the_pool_leaves_no_worker(module: str, stop: signal.Signals) -> None:
+    """Ctrl-C, SIGTERM or SIGKILL of the coordinator once its worker has started early and
+    before the pool has taken it: no process of the run is left (the process table).
+    Ctrl-C and SIGTERM (which comes as Ctrl-C: cli.signals) end the command with one line
+    and 130 or 143, the early worker killed and reaped on the way out (``early.discard``);
+    SIGTERM said "interrupted" and 130 while the command still imported. After SIGKILL
+    the worker goes by its parent-death signal, or by the end of its input should the
+    coordinator die before the worker asked for that signal."""
+    mark = uuid.uuid4().hex
+    process, children = _start_until(module, mark)
+    try:
+        assert _workers(children), [child.cmdline() for child in children]
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    said = [line for line in err.splitlines() if not line.startswith("import time:")]
+    if stop == signal.SIGKILL:
+        assert process.returncode == -stop, said
+    else:
+        assert process.returncode == 128 + stop, said
+        assert said == [{signal.SIGINT: "mcpi: interrupted", signal.SIGTERM: "mcpi: terminated (SIGTERM)"}[stop]]
+    _assert_nothing_left(mark)
+
+
 BENCH_POOLS = {
     "bench overhead (process-pool)": ["bench", "overhead", "-n", "1000000", "-w", "2"],
     "bench approaches (process-pool)": ["bench", "approaches", "--only", "process-pool", "-n", "1e11", "-w", "2"],

@@ -42,9 +42,9 @@ from mcpi_coordinator.launch.capacity import (
     WORKER_RSS_BYTES,
     MachineLimits,
     check_fleet,
+    default_max_starting,
     fleet_cap,
 )
-from mcpi_coordinator.launch.local import default_max_starting
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour

@@ -15,13 +15,16 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import trio
+from command_line import CLEAN_ENV
 
+from mcpi_coordinator.cli import facts
 from mcpi_coordinator.errors import RequestFailed
-from mcpi_coordinator.launch import early
+from mcpi_coordinator.launch import capacity, early
 from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
@@ -150,14 +153,30 @@ def test_the_workers_a_run_can_use_are_all_started(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ workers started early
 
 
+ROOMY = capacity.MachineLimits(open_files_soft=1024, open_files_hard=1 << 20, memory_available=1 << 40)
+"""A machine that holds any worker count these tests plan."""
+
+LOGS = {"--log-level": facts.LOG_LEVELS, "--log-format": facts.LOG_FORMATS}
+"""The choices ``cli.main`` passes to ``early.start``."""
+
+
+def planned(argv: list[str], env: dict[str, str] | None = None, cpus: int = 2, **kwargs: Any) -> int:
+    return early.plan(argv, {} if env is None else env, cpus=cpus, **{"choices": LOGS, "machine": ROOMY, **kwargs})
+
+
 def test_only_a_command_line_read_for_certain_starts_workers_early() -> None:
-    env: dict[str, str] = {}
-    assert early.plan(["estimate", "--points", "1000"], env, cpus=2) == 1  # one chunk
-    assert early.plan(["estimate", "-n", "1e8", "-s", "3", "--json", "-q"], env, cpus=2) == 2
-    assert early.plan(["estimate", "--points=3e7", "--workers=8"], env, cpus=4) == 3  # three chunks
-    assert early.plan(["estimate"], env, cpus=2) == 2  # 1e9 points: every CPU
-    assert early.plan(["estimate", "-w", "1"], env, cpus=2) == 1
-    assert early.plan(["estimate", "--chunk-size", "10", "-n", "100", "-w", "64"], env, cpus=2) == 2
+    assert planned(["estimate", "--points", "1000"]) == 1  # one chunk
+    assert planned(["estimate", "-n", "1e8", "-s", "3", "--json", "-q"]) == 2
+    assert planned(["estimate", "--points=3e7", "--workers=8"], cpus=4) == 3  # three chunks
+    assert planned(["estimate"]) == 2  # 1e9 points: every CPU
+    assert planned(["estimate", "-w", "1"]) == 1
+    assert planned(["estimate", "--chunk-size", "10", "-n", "100", "-w", "64"]) == 2
+    # What changes neither which workers start nor how: the start-up timeout the tests
+    # give, the logs a timeline is read from (issue 22: they used to start nothing early).
+    assert planned(["estimate", "-n", "1e10", "-w", "1", "--log-level", "debug", "--log-format", "json"]) == 1
+    assert planned(["estimate", "--startup-timeout", "300", "--task-timeout=2.5", "--max-time", "1e3"]) == 2
+    assert planned(["estimate", "--pipeline-depth", "16", "--log-level=info"]) == 2
+    assert planned(["estimate"], {"MCPI_LOG_LEVEL": "debug", "MCPI_LOG_FORMAT": "json"}) == 2
     for refused in (
         [],
         ["scatter"],
@@ -168,6 +187,14 @@ def test_only_a_command_line_read_for_certain_starts_workers_early() -> None:
         ["estimate", "-n=5"],
         ["estimate", "--seed", str(2**64)],
         ["estimate", "--workers", "1025"],
+        ["estimate", "--pipeline-depth", "0"],
+        ["estimate", "--startup-timeout", "-1"],
+        ["estimate", "--startup-timeout", "inf"],
+        ["estimate", "--task-timeout", "0"],
+        ["estimate", "--max-time", "soon"],
+        ["estimate", "--log-level", "loud"],
+        ["estimate", "--log-format", "xml"],
+        ["estimate", "--log-level"],
         ["estimate", "--worker-cmd", "x"],
         ["estimate", "--host", "a"],
         ["estimate", "--resume", "f"],
@@ -175,20 +202,25 @@ def test_only_a_command_line_read_for_certain_starts_workers_early() -> None:
         ["estimate", "--kernel", "python"],
         ["estimate", "--help"],
     ):
-        assert early.plan(refused, env, cpus=2) == 0, refused
-    assert early.plan(["estimate"], {"MCPI_WORKER_CMD": "python -m mcpi_worker"}, cpus=2) == 0
+        assert planned(refused) == 0, refused
+    assert planned(["estimate"], {"MCPI_WORKER_CMD": "python -m mcpi_worker"}) == 0
+    # The command refuses a name from the environment that is not one of the choices.
+    assert planned(["estimate"], {"MCPI_LOG_FORMAT": "xml"}) == 0
+    assert planned(["estimate", "--log-format", "json"], {"MCPI_LOG_LEVEL": "loud"}) == 0
+    # A caller that passes no choices has the log options read as uncertain.
+    assert planned(["estimate", "--log-level", "debug"], choices={}) == 0
 
 
-def test_early_bounds_are_the_commands_own() -> None:
-    """A value early.plan accepts is one the command's parser accepts, at each bound."""
-    from mcpi_coordinator.cli.main import build_parser
-
-    parser = build_parser()
-    for option, key in (("--points", "points"), ("--workers", "workers"), ("--seed", "seed"),
-                        ("--chunk-size", "chunk_size")):  # fmt: skip
-        low, high = early._LIMITS[key]
-        for value in (low, high):
-            parser.parse_args(["estimate", option, str(value)])  # no SystemExit
+def test_a_run_the_machine_cannot_hold_starts_nothing_early() -> None:
+    """The command refuses more workers than the machine holds (exit 2, one line); early
+    counts the run's workers (one per chunk at most) with the command's own figures."""
+    worker = capacity.worker_memory("numpy", {})
+    small = capacity.MachineLimits(open_files_soft=1024, open_files_hard=1 << 20, memory_available=3 * worker)
+    assert planned(["estimate", "-w", "3", "-n", "3e7"], machine=small) == 2  # three fit; two CPUs
+    assert planned(["estimate", "-w", "4", "-n", "3e7"], machine=small) == 2  # three chunks: three kept
+    assert planned(["estimate", "-w", "4", "-n", "4e7"], machine=small) == 0
+    files = capacity.MachineLimits(open_files_soft=64, open_files_hard=capacity.FDS_RESERVED, memory_available=None)
+    assert planned(["estimate", "-w", "1"], machine=files) == 0
 
 
 def test_workers_started_early_and_not_taken_are_killed_and_reaped() -> None:
@@ -221,21 +253,42 @@ def test_a_plain_estimate_takes_the_worker_started_as_it_began() -> None:
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
-def test_a_command_refused_after_its_workers_started_early_leaves_none() -> None:
-    """The capacity check refuses 1000 workers for 1e13 points after two were started
-    early: they are killed and reaped before the usage error's exit."""
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+SPAWNS_SEEN = """\
+import sys
+def seen(event, args):
+    if event == "subprocess.Popen" and any("mcpi_worker" in str(word) for word in args[1]):
+        sys.stderr.write("spawned: mcpi_worker\\n")
+sys.addaudithook(seen)
+sys.argv = ["mcpi", *sys.argv[1:]]
+from mcpi_coordinator.cli.boot import main
+sys.exit(main())
+"""
+"""The ``mcpi`` command, with a line on stderr for each worker it spawns (an audit hook
+sees every ``subprocess.Popen``: counted, however briefly the process lived)."""
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["-n", "1e13", "-w", "1000"], {}),  # more than the machine holds (capacity)
+        (["-n", "1000"], {"MCPI_LOG_FORMAT": "xml"}),
+        (["-n", "1000"], {"MCPI_LOG_LEVEL": "loud"}),
+        (["-n", "1000", "--startup-timeout", "-1"], {}),
+        (["-n", "1000", "--log-level", "loud"], {}),
+        (["-n", "0"], {}),
+    ],
+)
+def test_a_command_refused_for_its_arguments_starts_no_worker(args: list[str], env: dict[str, str]) -> None:
+    """Bad arguments: one line, exit 2, and no worker ever spawned. The machine's capacity
+    and the log options' environment variables used to be checked only once the workers
+    started early were running (they were killed and reaped before the exit)."""
     run = subprocess.run(
-        [sys.executable, "-m", "mcpi_coordinator", "estimate", "-n", "1e13", "-w", "1000", "-s", "4"],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", SPAWNS_SEEN, "estimate", *args],
+        capture_output=True, text=True, timeout=300, env={**CLEAN_ENV, **env},
     )  # fmt: skip
-    assert run.returncode == 2 and "more than this machine can hold" in run.stderr, run.stderr
-    assert "Traceback" not in run.stderr
-    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
-    # Not reaped, they would have been handed to init: none of this interpreter's is there.
-    ours = early.worker_argv()
-    orphans = [p for p in psutil.process_iter(["cmdline", "ppid"]) if p.info["ppid"] == 1 and p.info["cmdline"] == ours]
-    assert not orphans, orphans
+    said = run.stderr.splitlines()
+    assert run.returncode == 2, run.stderr
+    assert len(said) == 1 and said[0].startswith("mcpi estimate: error: "), said
 
 
 def test_workers_not_ready_when_the_run_ended_are_not_counted_as_working() -> None:
