@@ -11,6 +11,14 @@ for tiny chunks, and it capped the chunks a second a small pool could take (the
 pool's cost per request is measured by ``benchmarks/overhead.py``, figures in
 docs/bench.md).
 
+One schedule point per burst. The iterator is a cancel point at every result, but it
+lets other tasks run (a schedule point) once per burst: the results that were ready
+when it last yielded or woke are handed out one after another without a scheduler
+pass each. No result can arrive while the consumer runs (only the readers, other
+tasks, add them), so a burst is at most the ``window``, and usually what one read of
+a worker's stdout brought. A scheduler pass per result was a sixth of the
+coordinator's CPU per tiny chunk (``benchmarks/request_cpu.py``).
+
 Bounded memory: a chunk is taken from the iterator only while fewer than ``window``
 are in line or in flight, so a 10**13-point run never builds a list.
 
@@ -68,6 +76,9 @@ class Batch:
         self._pending: dict[Request, Attempts] = {}  # dispatched, outcome not yet known
         self._ready: deque[ChunkResult | McpiError | _OutOfAttempts] = deque()
         self._arrived = trio.Event()
+        self._burst = 0
+        """Results still to hand out of those ready at the consumer's last schedule
+        point (at most ``len(_ready)``): they need none of their own."""
         self._iterator_done = False
         self._closed = False
 
@@ -85,14 +96,18 @@ class Batch:
         return self
 
     async def __anext__(self) -> ChunkResult:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._ready:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # Trio's rule: always a checkpoint
-        while not self._ready:
-            if (self._iterator_done or self._closed) and not self._pending:
-                raise StopAsyncIteration  # closed: nothing more is coming, never wait for it
-            self._arrived = trio.Event()
-            await self._arrived.wait()
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel point at every result
+        if not self._burst:
+            # A new burst: let the other tasks run once (see the module docstring).
+            if self._ready:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            while not self._ready:
+                if (self._iterator_done or self._closed) and not self._pending:
+                    raise StopAsyncIteration  # closed: nothing more is coming, never wait for it
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+            self._burst = len(self._ready)
+        self._burst -= 1
         item = self._ready.popleft()
         if isinstance(item, ChunkResult):
             self._refill()

@@ -322,7 +322,9 @@ class WorkerPool:
         ``chunk`` naming the streams it counted, and the pieces together cover the range
         once. Chunks are taken from ``chunks`` only as room frees up, in the consumer's
         task, so an exception from ``chunks`` itself is raised by the iterator (or on
-        entering the block, for the first ones).
+        entering the block, for the first ones). The iterator is a cancel point at
+        every result, and lets other tasks run once per burst of results that arrived
+        together, not once per result (``pool.batch``).
 
         Entering raises ``PoolExhausted``/``PoolClosed`` if the pool is not open. The
         iterator raises what ``sample`` would for a chunk (``ChunkFailed``,

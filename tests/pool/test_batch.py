@@ -108,3 +108,69 @@ async def test_closing_a_batch_drops_the_outcomes_still_to_come_and_ends_its_ite
     with trio.fail_after(5):
         assert [result async for result in batch] == []
     assert source.taken == 4
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the scheduler steps of one task (a schedule point costs one)."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += task is self.task
+
+
+async def test_the_answers_of_one_read_are_handed_out_with_one_schedule_point() -> None:
+    """Counted, not timed: the results one read brought go to the consumer with one
+    scheduler pass in all, where each used to take one of its own."""
+    dispatcher, worker, batch = started(iter(Taken(8)), depth=8, window=8)
+    worker.answer_all(dispatcher)  # eight answers, as one read of stdout brings them
+    steps = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        with trio.fail_after(5):
+            streams = [(await batch.__anext__()).chunk.stream for _ in range(8)]
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert sorted(streams) == list(range(8))
+    assert steps.steps == 1
+    batch.close()
+
+
+async def test_a_burst_is_still_cancelled_at_every_result_and_ends_each_chunk_once() -> None:
+    """Without a schedule point per result, each result is still a cancel point, and a
+    refusal in the middle of one read's answers is raised in its place: every chunk of
+    the read ends exactly once (a result, or the error)."""
+    dispatcher, worker, batch = started(iter(Taken(6)), depth=6, window=6)
+    sent = list(worker.sent)
+    events: list[protocol.CoordinatorEvent] = []
+    for position, (request_id, token) in enumerate(sent):
+        answer: protocol.Result | protocol.Error
+        if position == 3:
+            answer = protocol.Error(request_id, "invalid_request", "no")
+        else:
+            answer = protocol.Result(request_id, 0, 10, 0.0)
+        events.append(protocol.Answered(request_id, answer, token, False))
+    worker.sent = []
+    steps = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        dispatcher.on_events(worker, events)  # one read: results, a refusal for good, results
+        with trio.CancelScope() as scope:
+            first = await batch.__anext__()
+            scope.cancel()
+            await batch.__anext__()  # ready, but the scope is cancelled: raises
+        assert scope.cancelled_caught
+        handed = [first.chunk.stream]
+        with pytest.raises(RequestFailed, match="invalid_request: no"), trio.fail_after(5):
+            while True:
+                handed.append((await batch.__anext__()).chunk.stream)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    # The burst's one schedule point, and the two steps of delivering the cancellation;
+    # a schedule point per result took six.
+    assert steps.steps == 3
+    with trio.fail_after(5):
+        rest = [result.chunk.stream async for result in batch]  # read with it: still theirs
+    assert (handed, rest) == ([0, 1, 2], [4, 5])  # in the order read; stream 3 was refused
