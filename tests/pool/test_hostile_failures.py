@@ -23,6 +23,7 @@ from mcpi_coordinator.launch.local import command_launcher
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.kernels import KERNELS
+from mcpi_worker.kernels.base import never
 
 TIMEOUT = 120.0  # seconds; reached only by a hang
 POINTS = 1_000_000
@@ -44,7 +45,7 @@ async def test_a_worker_given_up_on_while_the_run_ends_is_recorded_and_warned_on
                 inside = sum([r.inside async for r in results])
             assert pool.stats.workers[0].state == "restarting"  # still backing off
         stats = pool.stats
-    assert inside == sum(KERNELS["numpy"](5, s, 2000) for s in range(6))
+    assert inside == sum(KERNELS["numpy"](5, s, 2000, never) for s in range(6))
     assert stats.restarts == 0
     [failure] = stats.failures
     assert (failure.slot, failure.pid, failure.welcomed) == (0, hostile_pid, True)
@@ -63,7 +64,7 @@ def test_mcpi_estimate_json_and_stderr_name_every_worker_given_up_on() -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["inside"] == sum(KERNELS["numpy"](3, s, 1000) for s in range(20))
+    assert report["inside"] == sum(KERNELS["numpy"](3, s, 1000, never) for s in range(20))
     failures = report["failures"]
     assert report["workers_failed"] == len(failures) >= 1
     assert all(f["slot"] == 0 and "points for request" in f["reason"] for f in failures)
@@ -90,7 +91,7 @@ async def test_a_serial_worker_announcing_1024_jobs_is_not_killed_for_what_it_on
             async with pool.imap_unordered(chunks) as results:
                 inside = sum([r.inside async for r in results])
             stats = pool.stats
-    assert inside == sum(KERNELS["python"](9, s, POINTS) for s in range(16))
+    assert inside == sum(KERNELS["python"](9, s, POINTS, never) for s in range(16))
     assert (stats.restarts, stats.failures) == (0, ())
 
 
@@ -108,7 +109,7 @@ async def test_a_welcome_claiming_1024_jobs_does_not_take_the_work_of_the_worker
             async with pool.imap_unordered(chunks) as results:
                 inside = sum([r.inside async for r in results])
             stats = pool.stats
-    assert inside == sum(KERNELS["python"](2, s, POINTS) for s in range(20))
+    assert inside == sum(KERNELS["python"](2, s, POINTS, never) for s in range(20))
     liar, real = stats.workers
     assert liar.chunks + real.chunks == 20 and real.chunks >= 8, (liar.chunks, real.chunks)
     assert stats.failures == ()

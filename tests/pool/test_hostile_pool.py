@@ -99,7 +99,16 @@ def useful_first_fault(draw: st.DrawFn) -> FakeBehaviour:
     if kind == "bad_answer":
         answer = draw(st.sampled_from(["inside", "points", "pong", "nan"]))
         return FakeBehaviour(misbehave_after=draw(after), bad_answer=answer)
-    return FakeBehaviour(misbehave_after=draw(after), exit_code=draw(exit_codes), **{kind: True})
+    # A fault of the stream itself, in place of answer number misbehave_after + 1.
+    misbehave_after, exit_code = draw(after), draw(exit_codes)
+    stream_faults = {
+        "garbage": FakeBehaviour(misbehave_after=misbehave_after, exit_code=exit_code, garbage=True),
+        "oversize": FakeBehaviour(misbehave_after=misbehave_after, exit_code=exit_code, oversize=True),
+        "wrong_id": FakeBehaviour(misbehave_after=misbehave_after, exit_code=exit_code, wrong_id=True),
+        "duplicate_id": FakeBehaviour(misbehave_after=misbehave_after, exit_code=exit_code, duplicate_id=True),
+        "eof_mid_frame": FakeBehaviour(misbehave_after=misbehave_after, exit_code=exit_code, eof_mid_frame=True),
+    }
+    return stream_faults[kind]
 
 
 @st.composite

@@ -28,9 +28,10 @@ class _PipeProcess:
         stderr_r, self.stderr_w = os.pipe()
         self.stdin_r = stdin_r
         os.set_blocking(stdin_r, False)
-        self.stdin = trio.lowlevel.FdStream(stdin_w)
-        self.stdout = trio.lowlevel.FdStream(stdout_r)
-        self.stderr = trio.lowlevel.FdStream(stderr_r)
+        # Typed as WorkerProcess's (a protocol's attributes are invariant).
+        self.stdin: trio.abc.SendStream | None = trio.lowlevel.FdStream(stdin_w)
+        self.stdout: trio.abc.ReceiveStream | None = trio.lowlevel.FdStream(stdout_r)
+        self.stderr: trio.abc.ReceiveStream | None = trio.lowlevel.FdStream(stderr_r)
         self.pid = 4243
         self.returncode: int | None = None
 
@@ -51,7 +52,7 @@ class _PipeProcess:
             os.close(fd)
 
     def read_available(self) -> bytes:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             try:
                 data = os.read(self.stdin_r, 1 << 16)
@@ -66,11 +67,19 @@ def _decode(data: bytes, *, whole: bool = True) -> list[protocol.Message]:
     """The frames in ``data``; with ``whole``, ``data`` must end at a frame boundary."""
     decoder = protocol.FrameDecoder(protocol.COORDINATOR_MESSAGES)
     decoder.feed(data)
-    messages = []
-    while (message := decoder.next_message()) is not protocol.NEED_DATA:
+    messages: list[protocol.Message] = []
+    while not isinstance(message := decoder.next_message(), protocol.NeedData):
         messages.append(message)
     assert decoder.at_frame_boundary or not whole
-    return messages  # type: ignore[return-value]
+    return messages
+
+
+def _samples(data: bytes) -> list[protocol.Sample]:
+    """The frames in ``data``, which must all be samples and end at a frame boundary."""
+    messages = _decode(data)
+    samples = [message for message in messages if isinstance(message, protocol.Sample)]
+    assert samples == messages, messages
+    return samples
 
 
 def _connect(process: _PipeProcess) -> WorkerConnection:
@@ -103,7 +112,7 @@ async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connection.run_pipes)
             for stream in range(count):
-                    connection.send_sample(2**63, stream, 1, "numpy", None)
+                connection.send_sample(2**63, stream, 1, "numpy", None)
             # Only what fitted went out directly; the rest waits for the writer task.
             # Make room before the writer task runs: the next frame must still queue
             # behind the others rather than slip into the room.
@@ -115,9 +124,9 @@ async def test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order() -> 
             connection.send_sample(2**63, count + 1, 1, "numpy", None)  # direct again
             await read_frames(count + 2)
             nursery.cancel_scope.cancel()
-    messages = _decode(bytes(data))
-    assert [m.id for m in messages] == list(range(1, count + 3))  # type: ignore[attr-defined]
-    assert [m.stream for m in messages] == list(range(count + 2))  # type: ignore[attr-defined]
+    samples = _samples(bytes(data))
+    assert [m.id for m in samples] == list(range(1, count + 3))
+    assert [m.stream for m in samples] == list(range(count + 2))
     process.close_worker_ends()
 
 
@@ -128,6 +137,5 @@ async def test_frames_sent_while_holding_go_out_together_at_the_end() -> None:
         for stream in range(3):
             connection.send_sample(7, stream, 10, "numpy", None)
         assert process.read_available() == b""  # nothing written yet
-    messages = _decode(process.read_available())
-    assert [m.stream for m in messages] == [0, 1, 2]  # type: ignore[attr-defined]
+    assert [m.stream for m in _samples(process.read_available())] == [0, 1, 2]
     process.close_worker_ends()
