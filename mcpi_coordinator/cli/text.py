@@ -45,12 +45,20 @@ def rate(per_second: float) -> str:
     return f"{per_second:.3g}" if per_second > 0 else "0"
 
 
+_COUNT_PREFIXES: Final = ((10**15, "P"), (10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "k"))
+
+
 def short_count(number: int) -> str:
-    """``450M``, ``1.07G``, ``20.0G``: a count in three digits, for a narrow line."""
-    for threshold, prefix in ((10**15, "P"), (10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "k")):
+    """``450M``, ``1.07G``, ``20G``: a count in three digits at most, for a narrow line.
+    A count that would round up to four (``999,999``) takes the next prefix: ``1M``."""
+    for index, (threshold, prefix) in enumerate(_COUNT_PREFIXES):
         if number >= threshold:
             scaled = number / threshold
-            return f"{scaled:.3g}{prefix}" if scaled < 100 else f"{scaled:.0f}{prefix}"
+            digits = f"{scaled:.3g}" if scaled < 100 else f"{scaled:.0f}"
+            if float(digits) >= 1000 and index > 0:
+                larger, larger_prefix = _COUNT_PREFIXES[index - 1]
+                return f"{number / larger:.3g}{larger_prefix}"
+            return f"{digits}{prefix}"
     return str(number)
 
 
@@ -135,7 +143,7 @@ def table_text(
     too narrow for it, each row becomes a block of ``heading  value`` lines instead, so
     nothing is cut to ``appro…``."""
     out = sys.stdout if stream is None else stream
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headings)]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headings)]
 
     def line(cells: Sequence[str], style: bool = False) -> str:
         padded = [
