@@ -5,8 +5,8 @@ and stops answering (anyio's deadlock advisory). Draining must also stay cheap a
 bounded: a worker that floods 100 MB of stderr, with or without newlines, must not
 grow the coordinator's memory or starve its other tasks. So:
 
-- lines longer than ``MAX_LINE`` bytes are cut into pieces (memory is bounded by
-  ``MAX_LINE`` whatever the input);
+- lines longer than ``MAX_LINE`` bytes are cut into pieces, never inside a UTF-8
+  character (memory is bounded by ``MAX_LINE`` whatever the input);
 - a JSON object line (what ``mcpi-worker`` writes) is re-emitted through structlog as
   ``<name>: <its event>`` (``worker 3: fused_kernel_cache_unavailable``), its other keys
   under one ``fields`` key; any other line is emitted as ``worker_stderr`` with the text
@@ -75,9 +75,12 @@ class StderrRelay:
         for line in lines:
             self._emit_long(line)
         self._partial = bytearray(rest)
-        if len(self._partial) > MAX_LINE:
-            self._emit_long(bytes(self._partial))
-            self._partial.clear()
+        # A line still growing past MAX_LINE: its whole pieces go now, the rest waits
+        # for more (a piece cut between two reads would break a character in two).
+        while len(self._partial) > MAX_LINE:
+            cut = _piece_end(self._partial, 0)
+            self._emit(bytes(self._partial[:cut]))
+            del self._partial[:cut]
 
     def feed_eof(self) -> None:
         if self._partial:
@@ -90,8 +93,13 @@ class StderrRelay:
         return " | ".join(self._tail)
 
     def _emit_long(self, line: bytes | bytearray) -> None:
-        for start in range(0, max(len(line), 1), MAX_LINE):
-            self._emit(bytes(line[start : start + MAX_LINE]))
+        start = 0
+        while True:
+            end = _piece_end(line, start)
+            self._emit(bytes(line[start:end]))
+            if end >= len(line):
+                return
+            start = end
 
     def _emit(self, raw: bytes) -> None:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
@@ -114,6 +122,25 @@ class StderrRelay:
             self._log.log(level, f"{self._name}: {said}", fields=fields)
         else:
             self._log.log(level, f"{self._name}: {said}")
+
+
+_CONTINUATION_MASK: Final = 0xC0
+_CONTINUATION: Final = 0x80
+"""A UTF-8 continuation byte is 0b10xxxxxx: it never starts a character."""
+
+
+def _piece_end(data: bytes | bytearray, start: int) -> int:
+    """Where the piece of ``data`` from ``start`` ends: after at most MAX_LINE bytes, and
+    not inside a UTF-8 character (a character has at most three continuation bytes;
+    input that is not UTF-8 may be cut anywhere), so that no piece of a long line
+    decodes to a replacement character that was not in the line."""
+    end = start + MAX_LINE
+    if end >= len(data):
+        return len(data)
+    for back in range(4):  # the byte at the cut, and up to three before it
+        if data[end - back] & _CONTINUATION_MASK != _CONTINUATION:
+            return end - back
+    return end
 
 
 def _json_record(text: str) -> dict[str, Any] | None:
