@@ -50,7 +50,13 @@ def stopped_words() -> str:
 
 
 def _as_ctrl_c(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM or SIGHUP: noted, then Ctrl-C's path. A process whose SIGINT is ignored
+    (a job a script put in the background: the shell ignores SIGINT for it) would drop
+    that SIGINT, and SIGTERM stopped nothing: the ``KeyboardInterrupt`` is raised here
+    then, as Python's own SIGINT handler would have raised it."""
     note(signum)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 
