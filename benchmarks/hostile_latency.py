@@ -13,44 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from mcpi_worker.protocol import (
-    MAX_STREAMS,
-    NEED_DATA,
-    WORKER_MESSAGES,
-    FrameDecoder,
-    Hello,
-    Message,
-    Ping,
-    Sample,
-    Shutdown,
-    encode,
-)
+from blocking_worker import BlockingWorker
+
+from mcpi_worker.protocol import MAX_STREAMS, Ping, Sample, Shutdown
 
 
-class Client:
+class Client(BlockingWorker):
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mcpi_worker", "--spin-us", "0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.stdin, self.stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
-        self.decoder = FrameDecoder(WORKER_MESSAGES)
-        self.send(Hello(versions=(2,), client="hostile-latency"))
-        self.receive()
-
-    def send(self, *messages: Message) -> None:
-        os.write(self.stdin, b"".join(encode(m) for m in messages))
-
-    def receive(self) -> Message:
-        while (message := self.decoder.next_message()) is NEED_DATA:
-            self.decoder.feed(os.read(self.stdout, 65536))
-        assert not isinstance(message, type(NEED_DATA))
-        return message
+        super().__init__([sys.executable, "-m", "mcpi_worker", "--spin-us", "0"], "hostile-latency", (2,))
 
     def ping_ms(self, request_id: int) -> float:
         started = time.perf_counter()

@@ -18,23 +18,15 @@ import argparse
 import itertools
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
-from mcpi_worker.protocol import (
-    NEED_DATA,
-    WORKER_MESSAGES,
-    FrameDecoder,
-    Hello,
-    Message,
-    Ping,
-    Sample,
-    encode,
-)
+from blocking_worker import BlockingWorker
+
+from mcpi_worker.protocol import Ping, Sample, encode
 from mcpi_worker.server import INLINE_MAX_POINTS
 
 
@@ -77,28 +69,16 @@ def bare_handoff_us(requests: int) -> float:
 
 def worker_round_trips_us(requests: int) -> dict[str, float]:
     """Median round trips of a blocking client to one real mcpi-worker."""
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "mcpi_worker", "--log-level", "warning"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        bufsize=0,
+    worker = BlockingWorker(
+        [sys.executable, "-m", "mcpi_worker", "--log-level", "warning"], "thread_handoff", (1,), stderr=None
     )
-    assert worker.stdin is not None and worker.stdout is not None
-    decoder = FrameDecoder(WORKER_MESSAGES)
-
-    def receive() -> Message:
-        while (message := decoder.next_message()) is NEED_DATA:
-            decoder.feed(os.read(worker.stdout.fileno(), 65536))
-        return message  # type: ignore[return-value]
 
     def round_trip(frame: bytes) -> float:
         start = time.perf_counter()
-        os.write(worker.stdin.fileno(), frame)
-        receive()
+        worker.write(frame)
+        worker.receive()
         return time.perf_counter() - start
 
-    os.write(worker.stdin.fileno(), encode(Hello(versions=(1,), client="thread_handoff")))
-    receive()
     ids = itertools.count(1)
 
     def median_us(make: Callable[[int], bytes]) -> float:
@@ -110,8 +90,7 @@ def worker_round_trips_us(requests: int) -> dict[str, float]:
         "inline limit": median_us(lambda i: encode(Sample(i, 1, i, INLINE_MAX_POINTS, "numpy"))),
         "limit + 1": median_us(lambda i: encode(Sample(i, 1, i, INLINE_MAX_POINTS + 1, "numpy"))),
     }
-    worker.stdin.close()
-    worker.wait()
+    worker.close()
     return {name: seconds * 1e6 for name, seconds in figures.items()}
 
 
