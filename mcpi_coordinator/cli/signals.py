@@ -6,7 +6,9 @@ safe point, or a command's own signal receiver cancels its run). Rather than a s
 path, the handlers installed here note which signal came and raise SIGINT in this
 process, so every command takes that same path; the exit code and message then name
 the signal that really came. Raising ``KeyboardInterrupt`` from the handler directly
-would be unsafe inside Trio, which protects its own internals only from SIGINT.
+would be unsafe inside Trio, which protects its own internals only from SIGINT; it is
+done only where SIGINT is ignored, and so would be dropped (Trio leaves an ignored
+SIGINT alone, and protects nothing then either).
 """
 
 from __future__ import annotations
