@@ -6,6 +6,7 @@ with real checkpoint files and the parsed options built by hand."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 from array import array
 from pathlib import Path
@@ -26,17 +27,19 @@ from mcpi_worker.constants import DEFAULT_KERNEL
 def options(**given: Any) -> argparse.Namespace:
     """``mcpi estimate``'s parsed options as its parser leaves them: None for each one
     not given (so that one given can be told from one left out)."""
-    parsed = {name: None for name in runs.RUN_OPTIONS}
-    return argparse.Namespace(**{**parsed, "checkpoint": None, "resume": None, **given})
+    parsed: dict[str, Any] = dict.fromkeys([*runs.RUN_OPTIONS, "checkpoint", "resume"])
+    return argparse.Namespace(**{**parsed, **given})
+
+
+A_RESULT = EstimateResult(
+    inside=31, points=40, requested_points=40, seed=1, chunk_size=10, kernel="numpy", workers=1,
+    elapsed_s=0.1, stopped_early=None, pool=PoolStats(1, 1, 0, 4, 0, 0, ()),
+    chunk_points=array("q", [10] * 4), chunk_inside=array("q", [8] * 4),
+)  # fmt: skip
 
 
 def result(**fields: Any) -> EstimateResult:
-    figures: dict[str, Any] = dict(
-        inside=31, points=40, requested_points=40, seed=1, chunk_size=10, kernel="numpy", workers=1,
-        elapsed_s=0.1, stopped_early=None, pool=PoolStats(1, 1, 0, 4, 0, 0, ()),
-        chunk_points=array("q", [10] * 4), chunk_inside=array("q", [8] * 4),
-    )  # fmt: skip
-    return EstimateResult(**{**figures, **fields})
+    return dataclasses.replace(A_RESULT, **fields)
 
 
 # ----------------------------------------------------------------- --target-error
@@ -102,8 +105,8 @@ def test_the_note_of_an_unfinished_run_says_how_to_carry_it_on(tmp_path: Path) -
 
 def _checkpoint(tmp_path: Path, **parameters: Any) -> Path:
     path = tmp_path / "run.ckpt"
-    figures: dict[str, Any] = dict(seed=5, points=1000, chunk_size=100, kernel="numpy", target_error=None)
-    Checkpoint.create(path, RunParameters(**{**figures, **parameters})).close()
+    figures = RunParameters(seed=5, points=1000, chunk_size=100, kernel="numpy", target_error=None)
+    Checkpoint.create(path, dataclasses.replace(figures, **parameters)).close()
     return path
 
 
