@@ -171,3 +171,43 @@ def test_the_subreaper_role_ends_with_the_block(tmp_path: Path) -> None:
     assert report["inside_running"] is False and "orphans_ended" in "".join(logged), report
     assert report["after"] is False and report["later_parent"] is False, report
     assert report["children"] == [] and report["kept"] is True, report
+
+
+OWN_CHILDREN_READS = """
+import json, subprocess, sys, threading
+from mcpi_coordinator.launch.local import own_children
+reads = []
+sys.addaudithook(lambda event, args: reads.append(str(args[0])) if event == "open" else None)
+running = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+# A child of another thread counts too: the kernel lists each thread's own children.
+thread = threading.Thread(target=lambda: running.append(subprocess.Popen(["sleep", "60"])))
+thread.start()
+thread.join()
+zombie = subprocess.Popen(["true"])  # exits, and stays a zombie: nothing here reaps it
+while own_children().get(zombie.pid) != "Z":
+    pass
+reaped = subprocess.Popen(["true"])
+reaped.wait()  # no longer a child
+reads.clear()
+found = own_children()
+stats = [path for path in reads if path.endswith("/stat")]
+for process in running:
+    process.kill()
+    process.wait()
+zombie.wait()
+print(json.dumps({"found": found, "running": [p.pid for p in running], "zombie": zombie.pid,
+                  "reaped": reaped.pid, "stats": stats}))
+"""
+
+
+def test_own_children_reads_only_this_processs_children() -> None:
+    """The kernel lists each thread's children, so ``own_children`` reads the ``stat`` of
+    those alone, not of every process on the machine (an orphan check runs at the start and
+    end of every run); it finds the children of every thread, zombies included."""
+    done = subprocess.run([sys.executable, "-c", OWN_CHILDREN_READS], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    found = {int(pid): state for pid, state in seen["found"].items()}
+    expected = dict.fromkeys(seen["running"], "S") | {seen["zombie"]: "Z"}
+    assert {pid: "Z" if state == "Z" else "S" for pid, state in found.items()} == expected, seen
+    assert len(seen["stats"]) == len(found), seen  # one stat read per child, no more
