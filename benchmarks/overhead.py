@@ -26,7 +26,10 @@ takes (every check of the request and of the answer; no generator for no points)
 ``--floors`` adds what no pool can beat, measured against one real ``mcpi-worker``:
 a blocking client (write a frame, read the answer) and a bare Trio client (one task,
 no pool), each with ``ping`` and with a 0-point ``sample``. The gap between the two
-clients is Trio's share; between bare Trio and trio-pool, the pool's.
+clients is Trio's share; between bare Trio and trio-pool, the pool's. Under those, the
+same two clients against ``cat`` (a C program echoing the frame back: no Python, no
+protocol on the other side): what a pipe round trip to another process costs on this
+machine at all, blocking and from Trio.
 
     python benchmarks/overhead.py [--tasks 3000] [--rounds 5] [--workers 2] [--floors]
 """
@@ -142,6 +145,55 @@ def bare_trio_client_us(kind: str, tasks: int) -> float:
     return trio.run(measure)
 
 
+def _echo_frame() -> bytes:
+    """A 0-point sample's frame: what the echo floors send, and get back."""
+    return _requests("sample", 1)[0]
+
+
+def blocking_echo_us(tasks: int) -> float:
+    """Median round trip of a frame through ``cat`` from a blocking client."""
+    frame = _echo_frame()
+    echo = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert echo.stdin and echo.stdout
+    samples = []
+    try:
+        for _ in range(tasks):
+            started = time.perf_counter_ns()
+            os.write(echo.stdin.fileno(), frame)
+            back = 0
+            while back < len(frame):
+                back += len(os.read(echo.stdout.fileno(), 65536))
+            samples.append(time.perf_counter_ns() - started)
+    finally:
+        echo.stdin.close()
+        echo.wait(timeout=10)
+    return statistics.median(samples) / 1000
+
+
+def trio_echo_us(tasks: int) -> float:
+    """The same through ``cat`` from one Trio task: a Trio process's pipe round trip."""
+    frame = _echo_frame()
+
+    async def measure() -> float:
+        echo = await trio.lowlevel.open_process(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert echo.stdin and echo.stdout
+        samples = []
+        try:
+            for _ in range(tasks):
+                started = time.perf_counter_ns()
+                await echo.stdin.send_all(frame)
+                back = 0
+                while back < len(frame):
+                    back += len(await echo.stdout.receive_some(65536))
+                samples.append(time.perf_counter_ns() - started)
+        finally:
+            await echo.stdin.aclose()
+            await echo.wait()
+        return statistics.median(samples) / 1000
+
+    return trio.run(measure)
+
+
 # --------------------------------------------------------------------------- main
 
 BATCHING = ("joblib",)
@@ -243,6 +295,14 @@ def main() -> None:
                 values = [measure(kind, args.tasks) for _ in range(args.rounds)]
                 what = "ping" if kind == "ping" else "0-point sample"
                 print(f"  {label:<17} {what:<15} {statistics.median(values):8.1f} us")
+        print("floors against cat, a C echo (median round trip of a 0-point sample's frame, medians of rounds):")
+        echo_runs: dict[str, Callable[[int], float]] = {
+            "blocking client": blocking_echo_us,
+            "bare trio client": trio_echo_us,
+        }
+        for label, echo_measure in echo_runs.items():
+            values = [echo_measure(args.tasks) for _ in range(args.rounds)]
+            print(f"  {label:<17} {'echo':<15} {statistics.median(values):8.1f} us")
     print(f"\nafter: {load()}")
 
 
