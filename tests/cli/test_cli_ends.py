@@ -184,17 +184,18 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
 
 # ------------------------------------------------------------------ the early window
 
-LEAD_TIMELINE = ["-n", "1e10", "-w", "1", "-s", "1", "--log-level", "debug", "--log-format", "json",
-                 "--no-progress", *PATIENT]  # fmt: skip
-"""The command line a start-up timeline is read from (issue 22): its workers start early."""
+TIMELINE_RUN = ["-n", "2e7", "-w", "1", "-s", "1", "--log-level", "debug", "--log-format", "json",
+                "--no-progress", "--json", *PATIENT]  # fmt: skip
+"""A run with the options a start-up timeline is read from (issue 22: ``--log-level debug
+--log-format json``) and the tests' start-up timeout: its worker starts early."""
 
 
 def _start_until(module: str, mark: str) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
-    """``mcpi estimate LEAD_TIMELINE`` under ``-X importtime``, read until the first module
+    """``mcpi estimate TIMELINE_RUN`` under ``-X importtime``, read until the first module
     of package ``module`` has loaded (a line on stderr as each import completes: counted,
     not timed); the command's children at that moment. The caller ends the process."""
     process = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", "estimate", *LEAD_TIMELINE],
+        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", "estimate", *TIMELINE_RUN],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
     )  # fmt: skip
     assert process.stderr is not None
@@ -228,6 +229,27 @@ def test_the_workers_start_before_trio_is_imported() -> None:
     assert process.returncode == 0, err[-3000:]
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [e["pid"] for e in events if e["event"] == "worker_started_early"] == [children[0].pid]
+    assert any(e["event"] == "worker 0: handshake" for e in events)  # its stderr relayed as any worker's
+    _assert_nothing_left(mark)
+
+
+def test_a_worker_started_early_that_dies_before_the_pool_takes_it_is_restarted() -> None:
+    """The pool takes the early worker as it would a worker it launched: one killed before
+    the pool runs is a failed start, retried with a worker of its own."""
+    mark = uuid.uuid4().hex
+    process, children = _start_until("trio", mark)
+    try:
+        (worker,) = _workers(children)
+        worker.kill()
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err[-3000:]
+    report = json.loads(out)
+    assert report["points"] == 2 * 10**7 and report["restarts"] == 1, report
+    assert report["per_worker"][0]["pid"] != worker.pid
     _assert_nothing_left(mark)
 
 
