@@ -12,7 +12,12 @@ once (``imap_unordered``: the rate), with the CPU time of the coordinator's proc
 (a worktree of the code before a change, with its own venv), interleaved with ours
 round by round, from a neutral directory so that each imports its own code.
 
-    python benchmarks/request_cpu.py [--requests 30000] [--rounds 3] [--workers 2] [--against PYTHON]
+``--mp-pool`` adds the same two measurements of ``multiprocessing.Pool`` with a no-op
+task (``apply_async(...).get()`` one at a time, and ``imap_unordered``), its parent's CPU
+and its workers' per task: on a machine whose cores are all busy, the CPU both sides
+spend per request is what bounds how many requests a second go through.
+
+    python benchmarks/request_cpu.py [--requests 30000] [--rounds 3] [--workers 2] [--against PYTHON] [--mp-pool]
 """
 
 from __future__ import annotations
@@ -77,18 +82,65 @@ def measure(mode: str, requests: int, workers: int) -> dict[str, float]:
     return trio.run(run)
 
 
+def measure_mp_pool(mode: str, requests: int, workers: int) -> dict[str, float]:
+    """The same measurement of ``multiprocessing.Pool`` with a no-op task."""
+    import multiprocessing
+
+    import psutil
+
+    from mcpi_coordinator.bench import tasks
+
+    with multiprocessing.Pool(workers, initializer=tasks.initializer()) as pool:
+        for _ in pool.imap_unordered(tasks.noop_of, range(4 * workers)):
+            pass
+        children = psutil.Process().children(recursive=True)
+
+        def workers_cpu_s() -> float:
+            return sum(sum(child.cpu_times()[:2]) for child in children)
+
+        own, theirs = _cpu_s(), workers_cpu_s()
+        started = time.perf_counter()
+        figure: float
+        if mode == "sequential":
+            trips = []
+            for _ in range(requests):
+                begun = time.perf_counter_ns()
+                pool.apply_async(tasks.noop).get()
+                trips.append(time.perf_counter_ns() - begun)
+            figure = statistics.median(trips) / 1000
+        else:
+            for _ in pool.imap_unordered(tasks.noop_of, range(requests)):
+                pass
+            figure = requests / (time.perf_counter() - started)
+        result = {
+            "figure": figure,
+            "coordinator_us": (_cpu_s() - own) / requests * 1e6,
+            "workers_us": (workers_cpu_s() - theirs) / requests * 1e6,
+        }
+        pool.close()  # not terminate(): see mcpi_coordinator.bench.overhead._close_gracefully
+        pool.join()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--against", metavar="PYTHON", help="also measure this interpreter's mcpi")
+    parser.add_argument("--mp-pool", action="store_true", help="also measure multiprocessing.Pool")
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--mp-one", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.requests, args.workers)))
         return
+    if args.mp_one:
+        print(json.dumps(measure_mp_pool(args.mp_one, args.requests, args.workers)))
+        return
     pythons = {"ours": sys.executable, **({"against": args.against} if args.against else {})}
+    if args.mp_pool:
+        pythons["mp-pool"] = sys.executable
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     print(f"0-point samples, {args.requests} per figure, {args.workers} workers, {args.rounds} rounds")
@@ -99,8 +151,9 @@ def main() -> None:
             order.reverse()
         for mode in MODES:
             for name, python in order:
+                which = "--mp-one" if name == "mp-pool" else "--one"
                 done = subprocess.run(
-                    [python, os.path.abspath(__file__), "--one", mode, "--requests", str(args.requests),
+                    [python, os.path.abspath(__file__), which, mode, "--requests", str(args.requests),
                      "--workers", str(args.workers)],
                     capture_output=True, text=True, check=True, env=env, cwd=tempfile.gettempdir(),
                 )  # fmt: skip
@@ -113,8 +166,9 @@ def main() -> None:
             figure = statistics.median(r["figure"] for r in rows)
             coordinator = statistics.median(r["coordinator_us"] for r in rows)
             workers = statistics.median(r["workers_us"] for r in rows)
+            side = "parent" if name == "mp-pool" else "coordinator"
             print(f"  {mode:<15} {name:<8} {figure:>10,.1f} {unit:<14} CPU per request: "
-                  f"coordinator {coordinator:6.1f} us, workers {workers:6.1f} us")  # fmt: skip
+                  f"{side} {coordinator:6.1f} us, workers {workers:6.1f} us")  # fmt: skip
     print(f"after: load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
+from worker_process import PATIENT_START_S
 
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import fake_launcher
+from mcpi_worker.kernels import count_numpy
 
 REQUESTS = 200
 
@@ -118,3 +120,25 @@ async def test_a_batch_costs_no_task_per_chunk() -> None:
     assert consumer <= readers + 1, census.steps.most_common(5)
     assert 0 < readers <= REQUESTS, census.steps.most_common(5)
     assert census.coordinator_steps() == consumer + readers, census.steps.most_common(5)
+
+
+async def test_a_batch_through_real_workers_takes_one_consumer_step_per_read() -> None:
+    """The real ``mcpi-worker`` answers a pipelined stream of small samples a read's worth
+    at a time; the consumer takes each read's answers with one step, and every chunk
+    comes back once, counted right."""
+    census = _Census()
+    trio.lowlevel.add_instrument(census)
+    try:
+        with trio.fail_after(300):  # a bound against a hang: workers start slowly on a busy machine
+            async with WorkerPool(2, pipeline_depth=64, startup_timeout=PATIENT_START_S) as pool:
+                work = [Chunk(seed=1, stream=s, points=10) for s in range(REQUESTS)]
+                with census.counting():
+                    async with pool.imap_unordered(work) as results:
+                        done = [result async for result in results]
+    finally:
+        trio.lowlevel.remove_instrument(census)
+    assert sorted(result.chunk.stream for result in done) == list(range(REQUESTS))
+    assert sum(result.inside for result in done) == sum(count_numpy(1, s, 10) for s in range(REQUESTS))
+    consumer = census.steps["<test 'test_a_batch_through_real_workers_takes_one_consumer_step_per_read'>"]
+    readers = sum(n for name, n in census.steps.items() if name.endswith("WorkerConnection._read_stdout"))
+    assert 0 < consumer <= readers + 1 < REQUESTS, census.steps.most_common(8)
