@@ -174,3 +174,41 @@ async def test_a_burst_is_still_cancelled_at_every_result_and_ends_each_chunk_on
     with trio.fail_after(5):
         rest = [result.chunk.stream async for result in batch]  # read with it: still theirs
     assert (handed, rest) == ([0, 1, 2], [4, 5])  # in the order read; stream 3 was refused
+
+
+async def test_a_worker_breaking_in_the_middle_of_a_read_ends_each_chunk_once() -> None:
+    """One read brings two results and then the end of the worker (a bad answer, say,
+    after which ``CoordinatorEnd`` reports ``Broken`` with the rest as orphans): the two
+    are handed out in one burst, the orphans go to the next worker, and every chunk
+    comes back exactly once, each read's results with one schedule point."""
+    dispatcher = Dispatcher(record, slots=1)
+    first = FakeConnection(0)
+    dispatcher.add_worker(first, depth=5)
+    batch = batch_of(iter(Taken(5)), dispatcher, window=5, attempts=3)
+    batch.start()
+    sent, first.sent = list(first.sent), []
+    first.usable = False
+    events: list[protocol.CoordinatorEvent] = [
+        protocol.Answered(request_id, protocol.Result(request_id, 0, 10, 0.0), token, False)
+        for request_id, token in sent[:2]
+    ]
+    orphans = tuple(
+        protocol.Orphan(request_id, token, was_running=index == 0, abandoned=False)
+        for index, (request_id, token) in enumerate(sent[2:])
+    )
+    events.append(protocol.Broken("invalid message: as the test asked", orphans))
+    dispatcher.on_events(first, events)
+    second = FakeConnection(0)
+    dispatcher.add_worker(second, depth=5)
+    assert [token.chunk.stream for _, token in second.sent] == [2, 3, 4]  # retried, in order
+    steps = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        handed = [(await batch.__anext__()).chunk.stream for _ in range(2)]
+        second.answer_all(dispatcher)
+        with trio.fail_after(5):
+            handed += [result.chunk.stream async for result in batch]
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert sorted(handed) == [0, 1, 2, 3, 4] and handed[:2] == [0, 1]
+    assert steps.steps == 2  # one schedule point for each read's burst (five before)
