@@ -42,3 +42,14 @@ def policy_from_environment(environ: Mapping[str, str] = os.environ) -> Policy:
         raise KernelConfigError(
             f"{ENVIRONMENT_VARIABLE} must be one of {choices}, got {environ[ENVIRONMENT_VARIABLE]!r}"
         ) from None
+
+
+OBJECT_CACHE_VARIABLE: Final[str] = "MCPI_OBJECT_CACHE"
+"""``off`` makes a worker load the fused implementation through numba even where our
+object cache of its machine code is there (``kernels.native``): the load before that
+cache, for comparing the two (``benchmarks/hint.py``). Any other value, or none: use it."""
+
+
+def object_cache_wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``environ`` lets a worker load the fused kernels from our object cache."""
+    return environ.get(OBJECT_CACHE_VARIABLE, "").strip().lower() != "off"

@@ -24,10 +24,11 @@ from typing import Final
 
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 
-KERNEL_SOURCES: Final[tuple[str, ...]] = ("fused.py", "fused_range.py", "lanes.py")
-"""The modules numba compiles (their text is part of the marker's name)."""
+KERNEL_SOURCES: Final[tuple[str, ...]] = ("drive.py", "fused.py", "fused_range.py", "lanes.py", "export.py")
+"""The modules numba compiles (their text is part of the marker's name, and of the key
+of the object cache, ``kernels.native``)."""
 
-_KERNELS: Final[Path] = Path(__file__).resolve().parent / "kernels"
+KERNELS: Final[Path] = Path(__file__).resolve().parent / "kernels"
 """The kernels' package directory: their sources, and numba's cache beside them."""
 
 
@@ -35,7 +36,7 @@ _KERNELS: Final[Path] = Path(__file__).resolve().parent / "kernels"
 def marker_directory() -> Path | None:
     """Where markers go: beside numba's own cache of these modules when that is writable,
     else the user's cache directory; None when neither is."""
-    candidates = [_KERNELS / "__pycache__"]
+    candidates = [KERNELS / "__pycache__"]
     try:
         user_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         candidates.append(Path(user_cache) / "mcpi")
@@ -92,7 +93,7 @@ def marker_path() -> Path | None:
     key.update(os.environ.get("NUMBA_CACHE_DIR", "").encode())
     try:
         for name in KERNEL_SOURCES:
-            key.update((_KERNELS / name).read_bytes())
+            key.update((KERNELS / name).read_bytes())
     except OSError:  # sources not on disk (a zip): nothing to name the marker by
         return None
     return directory / f"mcpi-fused-{key.hexdigest()[:16]}.warm"
@@ -127,7 +128,7 @@ def start_warming() -> None:
     discarded, running the package this process runs (not one the current directory may
     hold). It may outlive its parent: the compile is bounded, at the lowest priority, and
     its work is what the next run loads. Never raises: a cache left cold costs speed only."""
-    package_parent = str(_KERNELS.parent.parent)
+    package_parent = str(KERNELS.parent.parent)
     path = os.environ.get("PYTHONPATH")
     environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
     with contextlib.suppress(OSError):

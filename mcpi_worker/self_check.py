@@ -25,6 +25,7 @@ from mcpi_worker.kernels import (
     KernelConfigError,
     Policy,
 )
+from mcpi_worker.kernels.choice import LoadedFrom
 from mcpi_worker.protocol import (
     MAX_POINTS,
     NEED_DATA,
@@ -189,7 +190,10 @@ def _compare_implementations() -> None:
         return
     status = NUMPY_KERNEL.status()
     assert status.fused is not None
-    how = "compiled" if status.fused.compiled else "loaded from the cache"
+    if status.fused.loaded_from is LoadedFrom.OBJECT_CACHE:
+        how = "loaded from the object cache, without numba,"
+    else:
+        how = "compiled" if status.fused.compiled else "loaded from numba's cache"
     where = status.fused.cache_path or "in memory only: no writable cache directory"
     print(f"  numba-fused  {how} in {status.fused.load_s:.2f} s ({where})")
     counts, rates = {}, {}

@@ -3,9 +3,11 @@
 Two implementations of one definition (protocol.md §11.2) give the identical count:
 ``numba-fused`` (``fused.py`` and ``lanes.py``, compiled loops, several times faster)
 and ``numpy`` (``numpy_impl.py``, always there). Loading the fused one costs a worker
-process a fraction of a second of CPU (importing numba and taking the machine code from
-numba's cache; compiling, after an install, costs far more), which is more than a short
-run's whole sampling time (docs/worker.md has the measurements). So the policy
+process CPU: a few hundredths of a second from our object cache of its machine code
+(``native.py``, no ``import numba``), a fraction of a second through numba when that
+cache is not there (importing numba and taking the machine code from numba's cache;
+compiling, after an install, costs far more), which is more than a short run's whole
+sampling time (docs/worker.md has the measurements). So the policy
 (``MCPI_NUMPY_IMPL``):
 
 - ``auto`` (default): count with NumPy; once this process has counted
@@ -42,6 +44,7 @@ Which implementation counts a point never changes the count, only its speed.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import os
 import threading
@@ -49,9 +52,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from pathlib import Path
 from typing import Final, Protocol
 
-from mcpi_worker.kernel_policy import Policy, policy_from_environment
+from mcpi_worker.kernel_policy import Policy, object_cache_wanted, policy_from_environment
 from mcpi_worker.kernels import numpy_impl
 from mcpi_worker.kernels.base import Continuation, StopCheck, StreamsCounter, kernel_log, never
 
@@ -108,6 +112,15 @@ class Counter(Protocol):
     ) -> int: ...
 
 
+class LoadedFrom(StrEnum):
+    """Where a fused implementation's machine code came from (the log says which)."""
+
+    OBJECT_CACHE = "object cache"
+    """Our own cache of the object code, loaded without numba (``native.py``)."""
+    NUMBA = "numba"
+    """numba: imported, its cache read (or the code compiled)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedFused:
     count: Counter
@@ -119,7 +132,11 @@ class LoadedFused:
     compiled: bool
     """This process compiled the loop (the cache was cold, or there is none)."""
     cache_path: str | None
-    """numba's cache directory for it; None when it could only compile in memory."""
+    """numba's cache directory for it, or the object cache's file; None when it could only
+    compile in memory."""
+    loaded_from: LoadedFrom = LoadedFrom.NUMBA
+    native_refused: str | None = None
+    """Why the object cache was not used, when numba was loaded instead."""
 
 
 Loader = Callable[[], LoadedFused]
@@ -178,9 +195,61 @@ def verify(count: Counter, count_from: Continuation) -> None:
             )
 
 
-def load_fused() -> LoadedFused:
-    """Import the fused implementation (numba), then ``verify`` it."""
+def load_fused(object_directory: Path | None = None) -> LoadedFused:
+    """Load the fused implementation: from our object cache without numba (a few
+    hundredths of a second; in ``object_directory``, default ``native.cache_directory``),
+    else, saying why in one warning line, through numba (``load_numba``); either way
+    ``verify`` it. Raises ``NumbaNotInstalled`` without numba, ``FusedUnavailable`` when
+    no loaded loop counts as NumPy does. ``MCPI_OBJECT_CACHE=off``: numba only."""
     started = time.perf_counter()
+    if not object_cache_wanted():
+        return load_numba(started)
+    try:
+        return load_native(started, object_directory)
+    except FusedUnavailable as refused:
+        loaded = load_numba(started)  # raises NumbaNotInstalled: then the refusal is moot
+        kernel_log().warning(
+            "fused_kernel_object_cache_refused",
+            reason=str(refused),
+            consequence="loaded through numba instead (slower to load); the process that "
+            "warms numba's cache writes the object cache: python -m mcpi_worker.kernels.warm",
+        )
+        return dataclasses.replace(loaded, native_refused=str(refused))
+
+
+def load_native(started: float | None = None, directory: Path | None = None) -> LoadedFused:
+    """The fused implementation from our object cache in ``directory`` (``native.load``),
+    ``verify``-ed. Raises ``FusedUnavailable`` with the reason where it cannot be used."""
+    started = time.perf_counter() if started is None else started
+    from mcpi_worker.kernels import drive, native
+
+    try:
+        loaded = native.load(directory)
+    except native.NativeUnavailable as exc:
+        raise FusedUnavailable(str(exc)) from None
+    except Exception as exc:  # llvmlite or LLVM refusing the object: numba's path is left
+        raise FusedUnavailable(f"{type(exc).__name__}: {exc}") from None
+    compiled = loaded.compiled
+    count = functools.partial(drive.count, compiled)
+    count_from = functools.partial(drive.count_from, compiled)
+    count_streams = functools.partial(drive.count_streams, compiled)
+    verify(count, count_from)
+    verify_streams(count_streams)
+    return LoadedFused(
+        count,
+        count_from,
+        count_streams,
+        time.perf_counter() - started,
+        False,
+        str(loaded.path),
+        LoadedFrom.OBJECT_CACHE,
+    )
+
+
+def load_numba(started: float | None = None) -> LoadedFused:
+    """Import the fused implementation through numba (from numba's cache, or compiled),
+    then ``verify`` it. Raises ``NumbaNotInstalled``, ``FusedUnavailable``."""
+    started = time.perf_counter() if started is None else started
     try:
         from mcpi_worker.kernels import fused, lanes
     except ImportError as exc:
@@ -528,6 +597,7 @@ class NumpyKernel:
             why=why,
             numpy_points=numpy_points,  # counted with NumPy before it was loaded
             load_s=round(loaded.load_s, 4),
+            loaded_from=loaded.loaded_from.value,
             compiled=loaded.compiled,
             cache_path=loaded.cache_path,
         )

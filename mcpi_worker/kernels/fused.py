@@ -6,10 +6,12 @@ L1. The count is identical to ``numpy_impl.count`` for every (seed, stream, poin
 same generator state (NumPy seeds it), same draws, same float32 test (protocol.md
 §11.2), which ``choice.py`` checks again each time it loads this module.
 
-Importing this module is loading the implementation: it imports numba and takes the
-machine code from numba's on-disk cache, or compiles it (many times longer) and writes
-the cache for the next process (docs/worker.md has the figures). Only ``choice.py``
-imports it, when the load pays for itself.
+Importing this module is loading the implementation through numba: it imports numba and
+takes the machine code from numba's on-disk cache, or compiles it (many times longer)
+and writes the cache for the next process (docs/worker.md has the figures). Only
+``choice.py`` imports it, when the load pays for itself and our object cache of the same
+machine code (``native.py``, loaded without numba) cannot be used; and ``export.py``,
+which writes that cache. The loops around the compiled call are ``drive.py``'s.
 """
 
 from __future__ import annotations
@@ -23,25 +25,11 @@ from llvmlite import ir as llvm_ir
 from numba.core.extending import intrinsic
 
 from mcpi_worker import numba_cache
-from mcpi_worker.kernels.base import (
-    Cancelled,
-    StopCheck,
-    kernel_log,
-    never,
-    sfc64_state,
-    stream_seed_sequence,
-)
+from mcpi_worker.kernels import drive
+from mcpi_worker.kernels.base import StopCheck, kernel_log, never
 
-BLOCK_POINTS: Final[int] = 1 << 20
-"""Points per compiled call between two ``should_stop`` checks: about a millisecond of
-work, so a cancel is seen within milliseconds; a call costs microseconds, so the checks
-cost nothing."""
-
-WORDS_PER_PASS: Final[int] = 1024
-"""SFC64 outputs generated before they are tested (8 KiB, in L1). The generator is a
-chain of dependent steps and the test is independent per point; done in two tight
-loops, the second one vectorises, and the whole runs faster than one loop doing both
-(benchmarks/kernel.py shows the two C loops side by side)."""
+BLOCK_POINTS: Final[int] = drive.BLOCK_POINTS
+WORDS_PER_PASS: Final[int] = drive.WORDS_PER_PASS
 
 UNROLL_STEPS: Final[int] = 8
 """Generator steps per iteration of the generator's loop (``_count_outputs``)."""
@@ -179,9 +167,14 @@ COMPILED: Final[bool] = sum(_LOOP.stats.cache_misses.values()) > 0
 """Whether this process compiled the loop (True) or loaded it from the cache (False)."""
 
 
-def initial_state(seed: int, stream: int) -> np.ndarray:
-    """The stream's SFC64 (a, b, c, counter), after NumPy's seeding and 12 discards."""
-    return sfc64_state(np.random.SFC64(stream_seed_sequence(seed, stream)))
+class NumbaSingle:
+    """The single-stream entry point as numba compiled it (``drive.SingleStream``)."""
+
+    def count_outputs(self, state: np.ndarray, points: int, words: np.ndarray) -> int:
+        return int(_LOOP(state, points, words))
+
+
+initial_state = drive.initial_state
 
 
 def count_from(
@@ -191,21 +184,8 @@ def count_from(
     *,
     block_points: int = BLOCK_POINTS,
 ) -> int:
-    """Count the next ``points`` points from SFC64 ``state`` (advanced past them), in
-    blocks of ``block_points`` with a stop check before each. Memory is flat: the
-    state and one buffer of ``WORDS_PER_PASS`` words, whatever ``points``."""
-    if block_points < 1:
-        raise ValueError("block_points must be at least 1")
-    words = np.empty(WORDS_PER_PASS, dtype=np.uint64)
-    inside = 0
-    remaining = points
-    while remaining > 0:
-        if should_stop():
-            raise Cancelled
-        n = min(block_points, remaining)
-        inside += int(_LOOP(state, n, words))
-        remaining -= n
-    return inside
+    """``drive.count_from`` through numba's entry point."""
+    return drive.count_from(_SINGLE, state, points, should_stop, block_points=block_points)
 
 
 def count(
@@ -216,5 +196,8 @@ def count(
     *,
     block_points: int = BLOCK_POINTS,
 ) -> int:
-    """The numpy kernel's count for (seed, stream, points)."""
-    return count_from(initial_state(seed, stream), points, should_stop, block_points=block_points)
+    """The numpy kernel's count for (seed, stream, points) (``drive.count``)."""
+    return drive.count(_SINGLE, seed, stream, points, should_stop, block_points=block_points)
+
+
+_SINGLE: Final = NumbaSingle()

@@ -22,12 +22,11 @@ from typing import Any, Final
 import numba
 import numpy as np
 
-from mcpi_worker.kernels import fused
-from mcpi_worker.kernels.base import Cancelled, StopCheck, never
+from mcpi_worker.kernels import drive, fused
+from mcpi_worker.kernels.base import StopCheck, never
+from mcpi_worker.kernels.drive import SCRATCH_AT, STATE_AT, WORDS_AT
 
-POINTS_PER_CALL: Final[int] = 1 << 20
-"""Points one compiled call counts between two ``should_stop`` checks (a millisecond or
-two of work)."""
+POINTS_PER_CALL: Final[int] = drive.RANGE_POINTS_PER_CALL
 
 _M32: Final = np.uint64(0xFFFFFFFF)
 _M64_SHIFT: Final = np.uint64(32)
@@ -45,8 +44,7 @@ def _mix(x: np.uint64, y: np.uint64) -> np.uint64:
     return r ^ (r >> np.uint64(16))
 
 
-SCRATCH_WORDS: Final[int] = 16
-"""uint64 words of working memory ``_seed_state`` needs: entropy, pool, output."""
+SCRATCH_WORDS: Final[int] = drive.SCRATCH_WORDS
 
 
 def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray, scratch: np.ndarray) -> None:
@@ -99,11 +97,14 @@ def _seed_state(seed: np.uint64, stream: np.uint64, state: np.ndarray, scratch: 
     state[3] = counter
 
 
-def _count_streams(seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray) -> None:
-    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``."""
-    state = np.zeros(4, dtype=np.uint64)
-    scratch = np.empty(SCRATCH_WORDS, dtype=np.uint64)
-    words = np.empty(fused.WORDS_PER_PASS, dtype=np.uint64)
+def _count_streams(
+    seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray, work: np.ndarray
+) -> None:
+    """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``;
+    ``work``: ``drive.WORK_WORDS`` words of scratch."""
+    state = work[STATE_AT : STATE_AT + 4]
+    scratch = work[SCRATCH_AT : SCRATCH_AT + SCRATCH_WORDS]
+    words = work[WORDS_AT : WORDS_AT + fused.WORDS_PER_PASS]
     for i in range(streams):
         _seed_state(seed, first + np.uint64(i), state, scratch)
         counts[i] = count_outputs(state, points, words)
@@ -118,24 +119,26 @@ _hashmix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_hashmix)
 _mix = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_mix)
 _seed_state = numba.njit(cache=fused.CACHE_PATH is not None, nogil=True)(_seed_state)
 _COUNT = _jit(
-    _count_streams, "void(uint64, uint64, int64, int64, int64[::1])", cache=fused.CACHE_PATH is not None
+    _count_streams,
+    "void(uint64, uint64, int64, int64, int64[::1], uint64[::1])",
+    cache=fused.CACHE_PATH is not None,
 )
+
+
+class NumbaRange(fused.NumbaSingle):
+    """The entry points as numba compiled them, up to the stream-by-stream range loop."""
+
+    def count_range(
+        self, seed: int, first: int, streams: int, points: int, counts: np.ndarray, work: np.ndarray
+    ) -> None:
+        _COUNT(np.uint64(seed), np.uint64(first), streams, points, counts, work)
 
 
 def count_streams(
     seed: int, first: int, streams: int, points: int, should_stop: StopCheck = never
 ) -> list[int]:
-    """The count of each of ``streams`` streams from ``first``, ``points`` each: in calls of
-    about ``POINTS_PER_CALL`` points, with a stop check before each."""
-    counts = np.zeros(streams, dtype=np.int64)
-    per_call = max(1, POINTS_PER_CALL // max(points, 1))
-    if points >= POINTS_PER_CALL:  # long streams: one by one, each in stoppable blocks
-        return [fused.count(seed, first + i, points, should_stop) for i in range(streams)]
-    done = 0
-    while done < streams:
-        if should_stop():
-            raise Cancelled
-        n = min(per_call, streams - done)
-        _COUNT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n])
-        done += n
-    return [int(c) for c in counts]
+    """``drive.count_range`` through numba's entry points."""
+    return drive.count_range(_RANGE, seed, first, streams, points, should_stop)
+
+
+_RANGE: Final = NumbaRange()

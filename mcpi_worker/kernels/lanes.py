@@ -23,7 +23,9 @@ multiple of ``LANE_MULTIPLE``: vectors part full still beat the scalar loop that
 count below one vector falls back to.
 Ranges of fewer than ``MIN_STREAMS`` streams go through the single-stream loop.
 
-Imported only where ``fused`` already is (it needs numba).
+The loops around the compiled calls (groups, stop checks) are ``drive.py``'s, shared with
+the same machine code loaded from our object cache (``native.py``). Imported only where
+``fused`` already is (it needs numba).
 """
 
 from __future__ import annotations
@@ -33,40 +35,21 @@ from typing import Any, Final
 import numba
 import numpy as np
 
-from mcpi_worker.kernels import fused, fused_range
-from mcpi_worker.kernels.base import Cancelled, StopCheck, never
+from mcpi_worker.kernels import drive, fused, fused_range
+from mcpi_worker.kernels.base import StopCheck, never
+from mcpi_worker.kernels.drive import LANE_STATE_AT, SCRATCH_AT, STATE_AT
 from mcpi_worker.kernels.fused import _MASK24, _ONE, _TWO_TO_48, _U3, _U8, _U11, _U24, _U40
 
-LANES: Final[int] = 64
-"""Streams stepped side by side: a few AVX-512 vectors of 8 lanes (or AVX2 vectors of
-4), enough independent chains to keep the vector units busy; their state (2 KiB) stays
-in L1."""
-
-LANE_MULTIPLE: Final[int] = 16
-"""A group is padded to a multiple of this many lanes: two vectors of 8 (the loop takes
-lanes in pairs, see ``_step_lanes``); below a vector's width the vectoriser leaves the
-loop scalar."""
-
-NARROW: Final[int] = 8
-"""A group of this many streams or fewer is stepped in one vector of 8 lanes, one lane an
-iteration (a few long streams: the start of a run, when the coordinator's pieces are
-one, two, four streams)."""
-
-MIN_STREAMS: Final[int] = 4
-"""Fewer streams than this are counted one by one with the single-stream loop: a vector
-of 8 lanes carrying only 1 to 3 real streams is no faster than that loop."""
+LANES: Final[int] = drive.LANES
+LANE_MULTIPLE: Final[int] = drive.LANE_MULTIPLE
+NARROW: Final[int] = drive.NARROW
+MIN_STREAMS: Final[int] = drive.MIN_STREAMS
+POINTS_PER_CALL: Final[int] = drive.LANES_POINTS_PER_CALL
+SEED_COST_POINTS: Final[int] = drive.SEED_COST_POINTS
 
 UNROLL: Final[int] = 4
 """Generator steps taken per lane per pass over the lanes (state in registers meanwhile)."""
 
-POINTS_PER_CALL: Final[int] = 1 << 21
-"""Points one compiled call counts between two ``should_stop`` checks (well under a
-millisecond of work), so a cancel, end of input or the parent's death is seen within
-milliseconds; a call costs a few microseconds, so the checks cost nothing."""
-
-SEED_COST_POINTS: Final[int] = 256
-"""What seeding one stream costs in this loop, counted in points: a call of
-zero-point streams still ends, and checks the stop flag, within ``POINTS_PER_CALL``."""
 
 def _sfc64(a: np.uint64, b: np.uint64, c: np.uint64, w: np.uint64) -> tuple[np.uint64, ...]:
     """One SFC64 step (protocol.md §11.2): the output, then the next (a, b, c, counter)."""
@@ -133,12 +116,19 @@ def _step_lanes(
 
 
 def _seed_lanes(
-    seed: np.uint64, first: np.uint64, a: np.ndarray, b: np.ndarray, c: np.ndarray, w: np.ndarray
+    seed: np.uint64,
+    first: np.uint64,
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    w: np.ndarray,
+    work: np.ndarray,
 ) -> None:
     """Lane ``j`` := stream ``first + j`` (modulo 2**64: a padding lane past the last
-    stream wraps around, and its count is dropped), as NumPy seeds it."""
-    state = np.empty(4, dtype=np.uint64)
-    scratch = np.empty(fused_range.SCRATCH_WORDS, dtype=np.uint64)
+    stream wraps around, and its count is dropped), as NumPy seeds it; ``work``:
+    ``drive.WORK_WORDS`` words of scratch (its lane state left alone)."""
+    state = work[STATE_AT : STATE_AT + 4]
+    scratch = work[SCRATCH_AT : SCRATCH_AT + fused_range.SCRATCH_WORDS]
     for j in range(a.size):
         fused_range._seed_state(seed, first + np.uint64(j), state, scratch)
         a[j] = state[0]
@@ -147,28 +137,28 @@ def _seed_lanes(
         w[j] = state[3]
 
 
-def _width(streams: int) -> int:
-    """Lanes for a group of ``streams`` (at most ``LANES``): ``NARROW`` (one vector) for a
-    few, else padded to a multiple of ``LANE_MULTIPLE``."""
-    if streams <= NARROW:
-        return NARROW
-    return (streams + LANE_MULTIPLE - 1) // LANE_MULTIPLE * LANE_MULTIPLE
-
-
-def _count_short(seed: np.uint64, first: np.uint64, streams: int, points: int, counts: np.ndarray) -> None:
+def _count_short(
+    seed: np.uint64,
+    first: np.uint64,
+    streams: int,
+    points: int,
+    counts: np.ndarray,
+    work: np.ndarray,
+    group_counts: np.ndarray,
+) -> None:
     """``counts[i]`` = the count of stream ``first + i``, for ``i`` below ``streams``, in
-    groups of ``LANES`` (the last padded); all in one call, for streams short enough."""
-    a = np.empty(LANES, dtype=np.uint64)
-    b = np.empty(LANES, dtype=np.uint64)
-    c = np.empty(LANES, dtype=np.uint64)
-    w = np.empty(LANES, dtype=np.uint64)
-    group_counts = np.zeros(LANES, dtype=np.int64)
+    groups of ``LANES`` (the last padded); all in one call, for streams short enough.
+    ``work``: ``drive.WORK_WORDS`` words of scratch; ``group_counts``: ``LANES`` more."""
+    a = work[LANE_STATE_AT : LANE_STATE_AT + LANES]
+    b = work[LANE_STATE_AT + LANES : LANE_STATE_AT + 2 * LANES]
+    c = work[LANE_STATE_AT + 2 * LANES : LANE_STATE_AT + 3 * LANES]
+    w = work[LANE_STATE_AT + 3 * LANES : LANE_STATE_AT + 4 * LANES]
     done = 0
     while done < streams:
         real = min(LANES, streams - done)
         width = _width(real)
         group_counts[:width] = 0
-        _seed_lanes(seed, first + np.uint64(done), a[:width], b[:width], c[:width], w[:width])
+        _seed_lanes(seed, first + np.uint64(done), a[:width], b[:width], c[:width], w[:width], work)
         _step_lanes(a[:width], b[:width], c[:width], w[:width], group_counts[:width], points, width > NARROW)
         counts[done : done + real] = group_counts[:real]
         done += real
@@ -185,69 +175,56 @@ def _jit(function: Any, signature: str) -> Any:
 _ARRAYS: Final[str] = "uint64[::1], uint64[::1], uint64[::1], uint64[::1]"
 _sfc64 = numba.njit(inline="always", cache=fused.CACHE_PATH is not None)(_sfc64)
 _inside = numba.njit(inline="always", cache=fused.CACHE_PATH is not None)(_inside)
-_width = _jit(_width, "int64(int64)")
+_width = _jit(drive.width, "int64(int64)")
 _step_lanes = _jit(_step_lanes, f"void({_ARRAYS}, int64[::1], int64, boolean)")
-_seed_lanes = _jit(_seed_lanes, f"void(uint64, uint64, {_ARRAYS})")
-_COUNT_SHORT = _jit(_count_short, "void(uint64, uint64, int64, int64, int64[::1])")
+_seed_lanes = _jit(_seed_lanes, f"void(uint64, uint64, {_ARRAYS}, uint64[::1])")
+_COUNT_SHORT = _jit(_count_short, "void(uint64, uint64, int64, int64, int64[::1], uint64[::1], int64[::1])")
 
 
-def long_groups(streams: int) -> list[int]:
-    """How many streams each group of a range of long streams takes, in order: groups of
-    ``LANES``, then the rest in one group padded to a multiple of ``LANE_MULTIPLE``,
-    except that what lies past the last full multiple, when it is ``NARROW`` streams or
-    fewer, goes on its own: one vector of ``NARROW`` lanes from ``MIN_STREAMS`` streams,
-    else one stream at a time through the single-stream loop. Every lane costs a step
-    whether its stream is real or padding: 17 streams padded to 32 lanes took nearly twice
-    the time of 16 lanes and one stream alone (docs/worker.md has the measured costs)."""
-    groups = [LANES] * (streams // LANES)
-    rest = streams % LANES
-    whole = rest // LANE_MULTIPLE * LANE_MULTIPLE
-    left = rest - whole
-    if left > NARROW:  # padding the last group costs less than a vector and single streams
-        whole, left = rest, 0
-    if whole:
-        groups.append(whole)
-    if left >= MIN_STREAMS:
-        groups.append(left)
-    else:
-        groups.extend([1] * left)
-    return groups
+class NumbaCompiled(fused_range.NumbaRange):
+    """Every entry point of ``drive.Compiled`` as numba compiled it."""
+
+    def seed_lanes(
+        self,
+        seed: int,
+        first: int,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray,
+        w: np.ndarray,
+        work: np.ndarray,
+    ) -> None:
+        _seed_lanes(np.uint64(seed), np.uint64(first), a, b, c, w, work)
+
+    def step_lanes(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        steps: int,
+        pairs: bool,
+    ) -> None:
+        _step_lanes(a, b, c, w, counts, steps, pairs)
+
+    def count_short(
+        self,
+        seed: int,
+        first: int,
+        streams: int,
+        points: int,
+        counts: np.ndarray,
+        work: np.ndarray,
+        group_counts: np.ndarray,
+    ) -> None:
+        _COUNT_SHORT(np.uint64(seed), np.uint64(first), streams, points, counts, work, group_counts)
 
 
-def _count_long(
-    seed: int,
-    first: int,
-    streams: int,
-    points: int,
-    should_stop: StopCheck,
-    counts: np.ndarray,
-    points_per_call: int,
-) -> None:
-    """Streams too long for one call each: a group at a time (``long_groups``), seeded,
-    then stepped in calls of about ``points_per_call`` points with a stop check before
-    each; a group of one stream goes through the single-stream loop."""
-    done = 0
-    for real in long_groups(streams):
-        if should_stop():
-            raise Cancelled
-        if real == 1:
-            counts[done] = fused.count(seed, (first + done) % 2**64, points, should_stop)
-            done += 1
-            continue
-        width = _width(real)
-        a, b, c, w = (np.empty(width, dtype=np.uint64) for _ in range(4))
-        group_counts = np.zeros(width, dtype=np.int64)
-        _seed_lanes(np.uint64(seed), np.uint64((first + done) % 2**64), a, b, c, w)
-        per_call = max(1, points_per_call // width)
-        stepped = 0
-        while stepped < points:
-            if should_stop():
-                raise Cancelled
-            n = min(per_call, points - stepped)
-            _step_lanes(a, b, c, w, group_counts, n, width > NARROW)
-            stepped += n
-        counts[done : done + real] = group_counts[:real]
-        done += real
+NUMBA: Final = NumbaCompiled()
+"""numba's entry points, for ``drive``'s loops."""
+
+long_groups = drive.long_groups
 
 
 def count_streams(
@@ -259,26 +236,5 @@ def count_streams(
     *,
     points_per_call: int = POINTS_PER_CALL,
 ) -> list[int]:
-    """The count of each of ``streams`` streams from ``first``, ``points`` each (a
-    ``StreamsCounter``): in SIMD lanes, with a stop check before each compiled call of
-    about ``points_per_call`` points (at least one pass of ``LANES`` streams over 1
-    point); fewer than ``MIN_STREAMS`` streams with the single-stream loop. Memory is
-    flat in ``points``: a group's state and counts. Raises ``Cancelled`` when
-    ``should_stop`` says so."""
-    if points_per_call < 1:
-        raise ValueError("points_per_call must be at least 1")
-    if streams < MIN_STREAMS:
-        return fused_range.count_streams(seed, first, streams, points, should_stop)
-    counts = np.zeros(streams, dtype=np.int64)
-    if points * LANES > points_per_call:
-        _count_long(seed, first, streams, points, should_stop, counts, points_per_call)
-        return [int(n) for n in counts]
-    per_call = max(LANES, points_per_call // (points + SEED_COST_POINTS) // LANES * LANES)
-    done = 0
-    while done < streams:
-        if should_stop():
-            raise Cancelled
-        n = min(per_call, streams - done)
-        _COUNT_SHORT(np.uint64(seed), np.uint64(first + done), n, points, counts[done : done + n])
-        done += n
-    return [int(n) for n in counts]
+    """``drive.count_streams`` through numba's entry points."""
+    return drive.count_streams(NUMBA, seed, first, streams, points, should_stop, points_per_call=points_per_call)

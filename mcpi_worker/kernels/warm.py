@@ -1,23 +1,29 @@
-"""numba's cache for the fused kernels: whether it is warm, and warming it off the run.
+"""numba's cache and our object cache for the fused kernels: warming them off the run.
 
-Loading the fused implementation from numba's on-disk cache costs a worker a fraction of
-a second of CPU; compiling it (the first time after an install, or after numba or the
-kernels changed) costs over ten times that (docs/worker.md, "First use"). Under
+Loading the fused implementation costs a worker a few hundredths of a second from our
+object cache of its machine code (``native.py``), a fraction of a second from numba's
+on-disk cache (``import numba`` is most of it); compiling it (the first time after an
+install, or after numba or the kernels changed) costs over ten times that
+(docs/worker.md, "First use"). Under
 ``MCPI_NUMPY_IMPL=auto`` a worker must never be slower than NumPy alone would have been,
 so it loads in its own process only from a warm cache; a cold one is compiled by a
 separate process at the lowest CPU priority (``python -m mcpi_worker.kernels.warm``),
-which takes only CPU time nobody else wants and marks the cache warm for this run, if it
-is still counting by then, or the next. A coordinator that ends what its workers leave
-behind (``mcpi estimate`` does) would end a worker's warming process with the run, so it
-starts one itself and tells its workers not to (``CACHE_WARMED_BY_PARENT``).
+which takes only CPU time nobody else wants, writes our object cache too (``export.py``:
+the same machine code, compiled once more in memory as C entry points, a few seconds),
+and marks the cache warm for this run, if it is still counting by then, or the next. A
+coordinator that ends what its workers leave behind (``mcpi estimate`` does) would end a
+worker's warming process with the run, so it starts one itself and tells its workers not
+to (``CACHE_WARMED_BY_PARENT``).
 
-Warm means: a marker file, written after a load in this environment succeeded
+Warm means: a marker file, written after a load through numba in this environment
+succeeded and the object cache was written (or could not be)
 (``mcpi_worker.numba_marker``, which also starts this process: looking at the marker
 imports nothing heavy, where this package loads NumPy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sys
@@ -46,27 +52,61 @@ def lower_session_priority(niceness: int, autogroup: Path = AUTOGROUP) -> bool:
     return True
 
 
-def main(niceness: int = 19) -> int:
+def main(niceness: int = 19, *, wait: bool = False) -> int:
     """Compile (or load) the fused kernels at the lowest priority (``niceness`` added to
-    this process's) and mark the cache warm; at most one such process at a time per
-    marker (the others leave at once)."""
-    os.nice(niceness)
-    lower_session_priority(niceness)
+    this process's), write our object cache of them (``export.py``), and mark the cache
+    warm; at most one such process at a time per marker: the others leave at once, or,
+    with ``wait`` (a benchmark that must time warm caches), wait for it and look again."""
+    if niceness:
+        os.nice(niceness)
+        lower_session_priority(niceness)
     path = marker_path()
-    if path is None or path.exists():
+    if path is None or (path.exists() and _object_cache_loads()):
         return 0
     with open(path.with_suffix(".lock"), "w") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             return 0  # another process is warming it
-        from mcpi_worker.kernels.choice import load_fused
+        if path.exists() and _object_cache_loads():
+            return 0  # warmed while this one waited
+        from mcpi_worker.kernels.choice import load_numba
 
-        if load_fused().cache_path is not None:  # compiled into numba's cache, counts checked
-            NumbaCache().mark_warm()
-        # else numba may not cache here (no writable or no safe directory): a worker would
-        # compile in its own process every time, so auto stays with NumPy there.
+        if load_numba().cache_path is None:
+            # numba may not cache here (no writable or no safe directory): a worker would
+            # compile in its own process every time, so auto stays with NumPy there.
+            return 0
+        if (why := export_object_cache()) is not None:  # said where someone may read it
+            print(f"mcpi_worker.kernels.warm: no object cache: {why}", file=sys.stderr)
+        NumbaCache().mark_warm()  # compiled into numba's cache, counts checked
     return 0
+
+
+def _object_cache_loads() -> bool:
+    from mcpi_worker.kernels.choice import FusedUnavailable, load_native
+
+    try:
+        load_native()
+    except FusedUnavailable:
+        return False
+    return True
+
+
+def export_object_cache() -> str | None:
+    """Write our object cache of the fused kernels (``export.py``) and check that it
+    loads and counts as NumPy does (removing it if not): None, or why there is none.
+    The compile is in memory, a few seconds of CPU at this process's priority."""
+    from mcpi_worker.kernels import export, native
+
+    try:
+        written = export.export()
+    except (export.ExportRefused, native.NativeUnavailable, OSError) as exc:
+        return str(exc)
+    if not _object_cache_loads():
+        with contextlib.suppress(OSError):
+            written.unlink()
+        return f"{written} was written, but does not load or count as NumPy does; removed"
+    return None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from test_golden import KERNEL_TABLE
 
 from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck, lanes, numpy_impl
 from mcpi_worker.kernels.base import never
-from mcpi_worker.kernels.choice import LoadedFused, NumbaNotInstalled, load_fused
+from mcpi_worker.kernels.choice import LoadedFused, NumbaNotInstalled, load_numba
 from mcpi_worker.protocol import Sample
 from mcpi_worker.sampling import count_groups
 
@@ -138,8 +138,7 @@ def test_fewer_streams_than_a_group_go_through_the_single_stream_loop() -> None:
 
 
 def test_the_fused_implementation_counts_ranges_in_lanes() -> None:
-    loaded = load_fused()
-    assert loaded.count_streams is lanes.count_streams
+    assert load_numba().count_streams is lanes.count_streams
 
 
 def test_without_numba_a_range_is_counted_by_numpy_stream_by_stream() -> None:

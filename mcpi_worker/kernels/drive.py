@@ -1,0 +1,325 @@
+"""The fused kernels' Python side: the loops that call the compiled code, without numba.
+
+The compiled code (``fused.py``, ``fused_range.py``, ``lanes.py``) is five entry points
+over arrays (``Compiled``): it allocates nothing, touches no Python object and holds no
+GIL. Everything around them is here: the buffers, the blocks between two ``should_stop``
+checks (so a cancel, end of input or the parent's death is seen within milliseconds),
+how a range is cut into groups of lanes. Two sets of entry points run under these
+loops: numba's own (``fused.NUMBA``, after ``import numba``) and the same machine code
+loaded from our object cache without numba (``native.py``), so which one a worker
+loaded changes no count and no stop behaviour, only how long the load took.
+
+Importing this module imports NumPy only.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+import numpy as np
+
+from mcpi_worker.kernels.base import Cancelled, StopCheck, never, sfc64_state, stream_seed_sequence
+
+BLOCK_POINTS: Final[int] = 1 << 20
+"""Points per compiled call of the single-stream loop between two ``should_stop``
+checks: about a millisecond of work, so a cancel is seen within milliseconds; a call
+costs microseconds, so the checks cost nothing."""
+
+WORDS_PER_PASS: Final[int] = 1024
+"""SFC64 outputs the single-stream loop generates before it tests them (8 KiB, in L1).
+The generator is a chain of dependent steps and the test is independent per point;
+done in two tight loops, the second one vectorises, and the whole runs faster than one
+loop doing both (benchmarks/kernel.py shows the two C loops side by side)."""
+
+SCRATCH_WORDS: Final[int] = 16
+"""uint64 words of working memory seeding one stream needs: entropy, pool, output."""
+
+RANGE_POINTS_PER_CALL: Final[int] = 1 << 20
+"""Points one compiled call of the stream-by-stream range loop counts between two
+``should_stop`` checks (a millisecond or two of work)."""
+
+LANES: Final[int] = 64
+"""Streams stepped side by side: a few AVX-512 vectors of 8 lanes (or AVX2 vectors of
+4), enough independent chains to keep the vector units busy; their state (2 KiB) stays
+in L1."""
+
+LANE_MULTIPLE: Final[int] = 16
+"""A group is padded to a multiple of this many lanes: two vectors of 8 (the loop takes
+lanes in pairs, see ``lanes._step_lanes``); below a vector's width the vectoriser leaves
+the loop scalar."""
+
+NARROW: Final[int] = 8
+"""A group of this many streams or fewer is stepped in one vector of 8 lanes, one lane an
+iteration (a few long streams: the start of a run, when the coordinator's pieces are
+one, two, four streams)."""
+
+MIN_STREAMS: Final[int] = 4
+"""Fewer streams than this are counted one by one with the single-stream loop: a vector
+of 8 lanes carrying only 1 to 3 real streams is no faster than that loop."""
+
+LANES_POINTS_PER_CALL: Final[int] = 1 << 21
+"""Points one compiled call of the lane loop counts between two ``should_stop`` checks
+(well under a millisecond of work), so a cancel, end of input or the parent's death is
+seen within milliseconds; a call costs a few microseconds, so the checks cost nothing."""
+
+SEED_COST_POINTS: Final[int] = 256
+"""What seeding one stream costs in the lane loop, counted in points: a call of
+zero-point streams still ends, and checks the stop flag, within ``LANES_POINTS_PER_CALL``."""
+
+# The working memory every entry point that needs some takes (``work``), one uint64
+# array: no compiled call allocates (so none needs numba's runtime), and a range
+# allocates it once, not once a call.
+STATE_AT: Final[int] = 0
+SCRATCH_AT: Final[int] = STATE_AT + 4
+WORDS_AT: Final[int] = SCRATCH_AT + SCRATCH_WORDS
+LANE_STATE_AT: Final[int] = WORDS_AT + WORDS_PER_PASS
+WORK_WORDS: Final[int] = LANE_STATE_AT + 4 * LANES
+
+
+class SingleStream(Protocol):
+    """The single-stream entry point. Every array is C-contiguous, of the dtype named;
+    none is kept after the call."""
+
+    def count_outputs(self, state: np.ndarray, points: int, words: np.ndarray) -> int:
+        """Count the next ``points`` points of the SFC64 ``state`` (a, b, c, counter;
+        uint64[4]) inside the quarter circle, and leave ``state`` advanced past them.
+        ``words``: uint64[WORDS_PER_PASS], scratch."""
+        ...
+
+
+class StreamByStream(SingleStream, Protocol):
+    """With the range loop that counts one stream after the other. ``work`` is
+    ``WORK_WORDS`` uint64 words of scratch."""
+
+    def count_range(
+        self, seed: int, first: int, streams: int, points: int, counts: np.ndarray, work: np.ndarray
+    ) -> None:
+        """``counts[i]`` (int64[streams]) := the count of stream ``first + i``, one stream
+        after the other."""
+        ...
+
+
+class Compiled(StreamByStream, Protocol):
+    """Every compiled entry point: with the lanes."""
+
+    def seed_lanes(
+        self,
+        seed: int,
+        first: int,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray,
+        w: np.ndarray,
+        work: np.ndarray,
+    ) -> None:
+        """Lane ``j`` of (a, b, c, w) (uint64 arrays of one length) := the SFC64 state of
+        stream ``first + j`` (modulo 2**64), as NumPy seeds it."""
+        ...
+
+    def step_lanes(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        c: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        steps: int,
+        pairs: bool,
+    ) -> None:
+        """Advance every lane by ``steps`` outputs, adding each lane's points inside to
+        ``counts`` (int64, as long as the lanes; ``width`` lanes, see ``width``; ``pairs``:
+        ``width > NARROW``)."""
+        ...
+
+    def count_short(
+        self,
+        seed: int,
+        first: int,
+        streams: int,
+        points: int,
+        counts: np.ndarray,
+        work: np.ndarray,
+        group_counts: np.ndarray,
+    ) -> None:
+        """``counts[i]`` (int64[streams]) := the count of stream ``first + i``, in groups
+        of ``LANES`` lanes (the last one padded), all in one call. ``group_counts``:
+        int64[LANES], scratch."""
+        ...
+
+
+def work_array() -> np.ndarray:
+    """Fresh scratch for the entry points that take ``work``."""
+    return np.empty(WORK_WORDS, dtype=np.uint64)
+
+
+def width(streams: int) -> int:
+    """Lanes for a group of ``streams`` (at most ``LANES``): ``NARROW`` (one vector) for a
+    few, else padded to a multiple of ``LANE_MULTIPLE``."""
+    if streams <= NARROW:
+        return NARROW
+    return (streams + LANE_MULTIPLE - 1) // LANE_MULTIPLE * LANE_MULTIPLE
+
+
+def initial_state(seed: int, stream: int) -> np.ndarray:
+    """The stream's SFC64 (a, b, c, counter), after NumPy's seeding and 12 discards."""
+    return sfc64_state(np.random.SFC64(stream_seed_sequence(seed, stream)))
+
+
+def count_from(
+    compiled: SingleStream,
+    state: np.ndarray,
+    points: int,
+    should_stop: StopCheck = never,
+    *,
+    block_points: int = BLOCK_POINTS,
+) -> int:
+    """Count the next ``points`` points from SFC64 ``state`` (advanced past them), in
+    blocks of ``block_points`` with a stop check before each. Memory is flat: the
+    state and one buffer of ``WORDS_PER_PASS`` words, whatever ``points``. Raises
+    ``Cancelled`` when ``should_stop`` says so, ``ValueError`` for a block below 1."""
+    if block_points < 1:
+        raise ValueError("block_points must be at least 1")
+    words = np.empty(WORDS_PER_PASS, dtype=np.uint64)
+    inside = 0
+    remaining = points
+    while remaining > 0:
+        if should_stop():
+            raise Cancelled
+        n = min(block_points, remaining)
+        inside += int(compiled.count_outputs(state, n, words))
+        remaining -= n
+    return inside
+
+
+def count(
+    compiled: SingleStream,
+    seed: int,
+    stream: int,
+    points: int,
+    should_stop: StopCheck = never,
+    *,
+    block_points: int = BLOCK_POINTS,
+) -> int:
+    """The numpy kernel's count for (seed, stream, points)."""
+    return count_from(compiled, initial_state(seed, stream), points, should_stop, block_points=block_points)
+
+
+def count_range(
+    compiled: StreamByStream, seed: int, first: int, streams: int, points: int, should_stop: StopCheck = never
+) -> list[int]:
+    """The count of each of ``streams`` streams from ``first``, ``points`` each, one
+    stream after the other: in calls of about ``RANGE_POINTS_PER_CALL`` points, with a
+    stop check before each. Raises ``Cancelled`` when ``should_stop`` says so."""
+    if points >= RANGE_POINTS_PER_CALL:  # long streams: one by one, each in stoppable blocks
+        return [count(compiled, seed, (first + i) % 2**64, points, should_stop) for i in range(streams)]
+    counts = np.zeros(streams, dtype=np.int64)
+    work = work_array()
+    per_call = max(1, RANGE_POINTS_PER_CALL // max(points, 1))
+    done = 0
+    while done < streams:
+        if should_stop():
+            raise Cancelled
+        n = min(per_call, streams - done)
+        compiled.count_range(seed, (first + done) % 2**64, n, points, counts[done : done + n], work)
+        done += n
+    return [int(c) for c in counts]
+
+
+def long_groups(streams: int) -> list[int]:
+    """How many streams each group of a range of long streams takes, in order: groups of
+    ``LANES``, then the rest in one group padded to a multiple of ``LANE_MULTIPLE``,
+    except that what lies past the last full multiple, when it is ``NARROW`` streams or
+    fewer, goes on its own: one vector of ``NARROW`` lanes from ``MIN_STREAMS`` streams,
+    else one stream at a time through the single-stream loop. Every lane costs a step
+    whether its stream is real or padding: 17 streams padded to 32 lanes took nearly twice
+    the time of 16 lanes and one stream alone (docs/worker.md has the measured costs)."""
+    groups = [LANES] * (streams // LANES)
+    rest = streams % LANES
+    whole = rest // LANE_MULTIPLE * LANE_MULTIPLE
+    left = rest - whole
+    if left > NARROW:  # padding the last group costs less than a vector and single streams
+        whole, left = rest, 0
+    if whole:
+        groups.append(whole)
+    if left >= MIN_STREAMS:
+        groups.append(left)
+    else:
+        groups.extend([1] * left)
+    return groups
+
+
+def _count_long(
+    compiled: Compiled,
+    seed: int,
+    first: int,
+    streams: int,
+    points: int,
+    should_stop: StopCheck,
+    counts: np.ndarray,
+    points_per_call: int,
+) -> None:
+    """Streams too long for one call each: a group at a time (``long_groups``), seeded,
+    then stepped in calls of about ``points_per_call`` points with a stop check before
+    each; a group of one stream goes through the single-stream loop."""
+    done = 0
+    work = work_array()
+    for real in long_groups(streams):
+        if should_stop():
+            raise Cancelled
+        if real == 1:
+            counts[done] = count(compiled, seed, (first + done) % 2**64, points, should_stop)
+            done += 1
+            continue
+        lanes = width(real)
+        a, b, c, w = (np.empty(lanes, dtype=np.uint64) for _ in range(4))
+        group_counts = np.zeros(lanes, dtype=np.int64)
+        compiled.seed_lanes(seed, (first + done) % 2**64, a, b, c, w, work)
+        per_call = max(1, points_per_call // lanes)
+        stepped = 0
+        while stepped < points:
+            if should_stop():
+                raise Cancelled
+            n = min(per_call, points - stepped)
+            compiled.step_lanes(a, b, c, w, group_counts, n, lanes > NARROW)
+            stepped += n
+        counts[done : done + real] = group_counts[:real]
+        done += real
+
+
+def count_streams(
+    compiled: Compiled,
+    seed: int,
+    first: int,
+    streams: int,
+    points: int,
+    should_stop: StopCheck = never,
+    *,
+    points_per_call: int = LANES_POINTS_PER_CALL,
+) -> list[int]:
+    """The count of each of ``streams`` streams from ``first``, ``points`` each (a
+    ``StreamsCounter`` once ``compiled`` is bound): in SIMD lanes, with a stop check
+    before each compiled call of about ``points_per_call`` points (at least one pass of
+    ``LANES`` streams over 1 point); fewer than ``MIN_STREAMS`` streams one stream after
+    the other. Memory is flat in ``points``: a group's state and counts. Raises
+    ``Cancelled`` when ``should_stop`` says so, ``ValueError`` for a call below 1 point."""
+    if points_per_call < 1:
+        raise ValueError("points_per_call must be at least 1")
+    if streams < MIN_STREAMS:
+        return count_range(compiled, seed, first, streams, points, should_stop)
+    counts = np.zeros(streams, dtype=np.int64)
+    if points * LANES > points_per_call:
+        _count_long(compiled, seed, first, streams, points, should_stop, counts, points_per_call)
+        return [int(n) for n in counts]
+    per_call = max(LANES, points_per_call // (points + SEED_COST_POINTS) // LANES * LANES)
+    work = work_array()
+    group_counts = np.zeros(LANES, dtype=np.int64)
+    done = 0
+    while done < streams:
+        if should_stop():
+            raise Cancelled
+        n = min(per_call, streams - done)
+        compiled.count_short(
+            seed, (first + done) % 2**64, n, points, counts[done : done + n], work, group_counts
+        )
+        done += n
+    return [int(n) for n in counts]

@@ -1,0 +1,371 @@
+"""Our object cache of the fused kernels' machine code, loaded without numba (issue 18).
+
+The object ``export.py`` writes is loaded by ``native.load`` (llvmlite's JIT linker and
+ctypes, no ``import numba``) and run under the same Python loops as numba's own entry
+points (``drive.py``): every count must be NumPy's and numba's, stream by stream, and a
+stop is still seen between calls. A file that is missing, truncated, corrupt, made for
+another key, crafted (a valid checksum over something that is not our object), in a
+directory others can write, or not this user's is refused with the reason before LLVM
+sees it, and ``load_fused`` then loads through numba with one warning and the same
+counts. Last, real ``mcpi-worker`` processes: one loads the object (its log says so),
+others are handed broken files and count through numba.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import psutil
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from stop_checks import stop_after
+from structlog.testing import capture_logs
+from test_kernel_worker import (
+    RANGE,
+    TIMEOUT,
+    assert_golden_answers,
+    base_environment,
+    events,
+    range_insides,
+    run_worker,
+    warm_cache,
+    worker_process,
+)
+
+from mcpi_worker.kernels import Cancelled, drive, export, fused, lanes, native, numpy_impl
+from mcpi_worker.kernels.choice import LoadedFrom, load_fused, verify, verify_streams
+from mcpi_worker.protocol import Cancel, Error, ErrorCode, Result, Sample
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+NOBODY = 65534
+
+
+def numpy_counts(seed: int, first: int, streams: int, points: int) -> list[int]:
+    return [numpy_impl.count(seed, (first + i) % 2**64, points) for i in range(streams)]
+
+
+@pytest.fixture(scope="module")
+def object_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the object for this process's key (compiled here, in memory)."""
+    directory = tmp_path_factory.mktemp("object-cache")
+    directory.chmod(0o700)
+    export.export(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def loaded(object_dir: Path) -> native.NativeCompiled:
+    return native.load(object_dir).compiled
+
+
+def object_file(directory: Path) -> Path:
+    (path,) = directory.glob("mcpi-kernels-*.bin")
+    return path
+
+
+@pytest.fixture
+def copy_dir(object_dir: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of ``object_dir`` for a test to break."""
+    directory = tmp_path / "copy"
+    shutil.copytree(object_dir, directory)
+    directory.chmod(0o700)
+    yield directory
+
+
+def this_key() -> dict[str, str]:
+    return native.host_key(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+
+
+# ------------------------------------------------------------------ the counts
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    seed=U64,
+    first=st.one_of(U64, st.integers(2**64 - 200, 2**64 - 1), st.integers(2**32 - 70, 2**32 + 3)),
+    streams=st.integers(1, 2 * drive.LANES + 11),
+    points=st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5, 8, 255, 256, 257, 1001]), st.integers(0, 3000)),
+    points_per_call=st.sampled_from([1, 7, drive.LANES * 3 + 5, 10_000, drive.LANES_POINTS_PER_CALL]),
+)
+@example(seed=2**64 - 1, first=2**64 - 13, streams=13, points=7, points_per_call=1)  # the last stream; padded
+@example(seed=11, first=0, streams=drive.NARROW + 1, points=13, points_per_call=10_000)
+@example(seed=5, first=3, streams=drive.MIN_STREAMS - 1, points=9, points_per_call=10_000)  # stream by stream
+def test_each_stream_counts_as_numba_and_numpy_count_it(
+    loaded: native.NativeCompiled, seed: int, first: int, streams: int, points: int, points_per_call: int
+) -> None:
+    streams = min(streams, 2**64 - first)
+    ours = drive.count_streams(loaded, seed, first, streams, points, points_per_call=points_per_call)
+    assert ours == lanes.count_streams(seed, first, streams, points, points_per_call=points_per_call)
+    assert ours == numpy_counts(seed, first, streams, points)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=U64,
+    stream=U64,
+    points=st.one_of(st.sampled_from([0, 1, 7, 8, 9, 1023, 1024, 1025]), st.integers(0, 50_000)),
+    block_points=st.sampled_from([1, 8, 1000, drive.BLOCK_POINTS]),
+)
+def test_a_single_stream_counts_as_numba_and_numpy_count_it(
+    loaded: native.NativeCompiled, seed: int, stream: int, points: int, block_points: int
+) -> None:
+    ours = drive.count(loaded, seed, stream, points, block_points=block_points)
+    assert ours == fused.count(seed, stream, points, block_points=block_points)
+    assert ours == numpy_impl.count(seed, stream, points)
+
+
+def test_the_load_checks_pass_and_a_numpy_sample_is_taken_over(loaded: native.NativeCompiled) -> None:
+    """``choice.verify``: from the start, and continuing a NumPy sample's generator."""
+    verify(lambda *a, **k: drive.count(loaded, *a, **k), lambda *a, **k: drive.count_from(loaded, *a, **k))
+    verify_streams(lambda *a: drive.count_streams(loaded, *a))
+
+
+@pytest.mark.parametrize("streams, points", [(200, 100), (70, 100_000), (2, 2_000_000)])
+def test_a_stop_between_calls_cancels(loaded: native.NativeCompiled, streams: int, points: int) -> None:
+    should_stop, calls = stop_after(3)
+    with pytest.raises(Cancelled):
+        drive.count_streams(loaded, 1, 0, streams, points, should_stop, points_per_call=1000)
+    assert calls[0] == 3
+
+
+# ------------------------------------------------------------------ what is refused
+
+
+def refusal(directory: Path) -> str:
+    with pytest.raises(native.NativeUnavailable) as raised:
+        native.load(directory)
+    return str(raised.value)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    assert "there is no object cache" in refusal(tmp_path)
+
+
+def test_a_truncated_file_is_refused(copy_dir: Path) -> None:
+    path = object_file(copy_dir)
+    data = path.read_bytes()
+    for keep in (len(data) - 1, len(data) // 2, 40, 10):
+        path.write_bytes(data[:keep])
+        assert "not whole" in refusal(copy_dir) or "not an object cache file" in refusal(copy_dir)
+
+
+def test_a_corrupt_object_is_refused(copy_dir: Path) -> None:
+    path = object_file(copy_dir)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert "checksum differs" in refusal(copy_dir)
+
+
+def test_a_file_made_for_another_cpu_is_refused(copy_dir: Path) -> None:
+    path = object_file(copy_dir)
+    symbols, code = native.decode(path.read_bytes(), this_key())
+    other = {**this_key(), "cpu": "some-other-cpu"}
+    path.write_bytes(native.encode(other, symbols, code))
+    assert refusal(copy_dir) == "it was made for another cpu"
+
+
+def crafted(directory: Path, code: bytes) -> None:
+    """A file whose header, key and checksum are right, over ``code``."""
+    path = object_file(directory)
+    symbols, _ = native.decode(path.read_bytes(), this_key())
+    path.write_bytes(native.encode(this_key(), symbols, code))
+
+
+def test_a_crafted_file_that_is_no_elf_object_is_refused(copy_dir: Path) -> None:
+    crafted(copy_dir, b"\x7fELF" + b"\0" * 100)
+    assert "not a relocatable ELF64 object" in refusal(copy_dir)
+
+
+def test_a_crafted_object_needing_an_unknown_symbol_is_refused_before_llvm_links_it(copy_dir: Path) -> None:
+    """LLVM ends the process on an unresolved symbol: it must never get such an object."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    module = llvm.parse_assembly(
+        "declare i64 @mcpi_no_such_symbol(i64)\n"
+        "define i64 @f(i64 %x) {\n  %y = call i64 @mcpi_no_such_symbol(i64 %x)\n  ret i64 %y\n}\n"
+    )
+    machine = llvm.Target.from_default_triple().create_target_machine(jit=True)
+    crafted(copy_dir, machine.emit_object(module))
+    assert refusal(copy_dir) == "the object needs mcpi_no_such_symbol, which this process does not have"
+
+
+def test_a_crafted_object_with_tables_outside_it_is_refused(copy_dir: Path) -> None:
+    code = bytearray(native.decode(object_file(copy_dir).read_bytes(), this_key())[1])
+    struct.pack_into("<Q", code, 0x28, len(code) + 4096)  # e_shoff: the section headers
+    crafted(copy_dir, bytes(code))
+    assert "tables are not whole" in refusal(copy_dir)
+
+
+def test_a_file_others_can_write_is_refused(copy_dir: Path) -> None:
+    object_file(copy_dir).chmod(0o664)
+    assert "is writable by others (mode 0664)" in refusal(copy_dir)
+
+
+def test_a_directory_others_can_write_is_refused(copy_dir: Path) -> None:
+    copy_dir.chmod(0o777)
+    assert "its directory is unsafe" in refusal(copy_dir) and "writable by others" in refusal(copy_dir)
+
+
+def test_a_symbolic_link_is_refused(copy_dir: Path, tmp_path: Path) -> None:
+    path = object_file(copy_dir)
+    target = tmp_path / "elsewhere.bin"
+    path.rename(target)
+    path.symlink_to(target)
+    assert "cannot be opened" in refusal(copy_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_file_of_another_user_is_refused(copy_dir: Path) -> None:
+    path = object_file(copy_dir)
+    os.chown(path, NOBODY, NOBODY)
+    reason = refusal(copy_dir)
+    assert f"owned by uid {NOBODY}, not by this user" in reason
+
+
+def test_load_fused_falls_back_to_numba_with_one_warning_and_the_same_counts(copy_dir: Path) -> None:
+    path = object_file(copy_dir)
+    path.write_bytes(path.read_bytes()[:-1])
+    with capture_logs() as logs:
+        loaded = load_fused(copy_dir)
+    assert loaded.loaded_from is LoadedFrom.NUMBA and "not whole" in (loaded.native_refused or "")
+    (said,) = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert said["event"] == "fused_kernel_object_cache_refused" and "not whole" in said["reason"]
+    assert loaded.count_streams(3, 10, 70, 999, lambda: False) == numpy_counts(3, 10, 70, 999)
+
+
+def test_load_fused_takes_the_object_when_it_is_there(object_dir: Path) -> None:
+    with capture_logs() as logs:
+        loaded = load_fused(object_dir)
+    assert loaded.loaded_from is LoadedFrom.OBJECT_CACHE and loaded.cache_path == str(object_file(object_dir))
+    assert not logs
+    assert loaded.count(3, 10, 100_003) == numpy_impl.count(3, 10, 100_003)
+
+
+# ------------------------------------------------------------------ real workers
+
+
+@pytest.fixture(scope="module")
+def warm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """numba's cache and our object cache, both written by the warming process."""
+    directory = tmp_path_factory.mktemp("warm") / "numba-cache"
+    warm_cache(base_environment(NUMBA_CACHE_DIR=str(directory)))
+    object_file(directory)  # the warming process wrote it
+    return directory
+
+
+def worker_logs(directory: Path) -> list[dict[str, object]]:
+    messages, logs = run_worker(base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(directory)))
+    assert_golden_answers(messages)  # the golden table and a range in lanes, as NumPy counts them
+    return logs
+
+
+@pytest.mark.slow
+def test_a_real_worker_loads_the_object_without_numba(warm_dir: Path) -> None:
+    logs = worker_logs(warm_dir)
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["loaded_from"] == "object cache" and loaded["cache_path"] == str(object_file(warm_dir))
+    assert not [entry for entry in logs if entry["level"] == "warning"]
+
+
+@pytest.mark.slow
+def test_a_real_worker_counting_from_the_object_is_cancelled_in_the_middle(warm_dir: Path) -> None:
+    """Minutes of a range in lanes through the object's entry points: once the worker has
+    spent CPU time on it (psutil, not a flag), a cancel ends it with ``cancelled``; then
+    it answers a range exactly and exits 0 at end of input, having said where its
+    machine code came from."""
+    environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(warm_dir))
+    with worker_process(environ) as (process, client):  # under fused: loaded before the welcome
+        worker = psutil.Process(process.pid)
+        before = sum(worker.cpu_times()[:2])
+        client.send(Sample(id=1, seed=3, stream=0, points=2**33, kernel="numpy", streams=64))
+        deadline = time.monotonic() + TIMEOUT
+        while sum(worker.cpu_times()[:2]) < before + 0.3:  # counting, well inside the range
+            assert time.monotonic() < deadline, "the worker never started counting"
+            time.sleep(0.01)
+        client.send(Cancel(1))
+        answer = client.receive()
+        assert isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED
+        client.send(RANGE)
+        result = client.receive()
+        assert isinstance(result, Result) and result.insides == range_insides(RANGE)
+        assert process.stdin is not None and process.stderr is not None
+        process.stdin.close()
+        assert process.wait(timeout=TIMEOUT) == 0
+        lines = [json.loads(line) for line in process.stderr.read().decode().splitlines() if line.startswith("{")]
+    (loaded,) = events(lines, "numpy_kernel_implementation")
+    assert loaded["loaded_from"] == "object cache"
+
+
+@pytest.mark.slow
+def test_without_numba_a_worker_with_an_object_cache_counts_with_numpy_and_says_so_once(
+    warm_dir: Path, tmp_path: Path
+) -> None:
+    """The object needs numba's C helpers: where ``import numba`` fails, the worker
+    neither loads the object nor crashes; it counts with NumPy and says why once."""
+    shadow = tmp_path / "shadow" / "numba"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'numba' (hidden)\")\n")
+    environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(warm_dir), PYTHONPATH=str(shadow.parent))
+    messages, logs = run_worker(environ)
+    assert_golden_answers(messages)
+    (said,) = [entry for entry in logs if entry["level"] == "warning"]
+    assert said["event"] == "fused_kernel_unavailable" and "numba is not installed" in str(said["reason"])
+    assert not events(logs, "numpy_kernel_implementation")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def for_another_cpu(path: Path) -> None:
+    data = path.read_bytes()
+    at = len(native.MAGIC) + 4
+    (length,) = struct.unpack_from("<I", data, len(native.MAGIC))
+    header = json.loads(data[at : at + length])
+    header["key"]["cpu"] = "some-other-cpu"
+    text = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(native.MAGIC + struct.pack("<I", len(text)) + text + data[at + length :])
+
+
+def another_owner(path: Path) -> None:
+    os.chown(path, NOBODY, NOBODY)
+
+
+BREAKS = {
+    "truncated": (truncate, "not whole"),
+    "corrupt": (corrupt, "checksum differs"),
+    "another cpu": (for_another_cpu, "made for another cpu"),
+    "another owner": (another_owner, f"owned by uid {NOBODY}"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BREAKS))
+def test_a_real_worker_handed_a_broken_file_counts_through_numba(warm_dir: Path, tmp_path: Path, name: str) -> None:
+    if name == "another owner" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    directory = tmp_path / "numba-cache"
+    shutil.copytree(warm_dir, directory)
+    breaks, reason = BREAKS[name]
+    breaks(object_file(directory))
+    logs = worker_logs(directory)
+    (said,) = [entry for entry in logs if entry["level"] == "warning"]
+    assert said["event"] == "fused_kernel_object_cache_refused" and reason in str(said["reason"])
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["loaded_from"] == "numba" and loaded["compiled"] is False  # numba's cache was warm
