@@ -1,8 +1,12 @@
 """What the size hint (protocol.md §5.1) saves one worker: a real ``mcpi-worker`` under the
-default ``MCPI_NUMPY_IMPL=auto`` (numba's cache warm), its ``hello`` with and without
+default ``MCPI_NUMPY_IMPL=auto`` (numba's cache and our object cache warm: this script runs
+``python -m mcpi_worker.kernels.warm`` first), its ``hello`` with and without
 ``expected_points``, then one range of ``--points`` points (streams of 1e7 points) and end
-of input. Interleaved rounds; the worker's CPU time (user + system, from its exit) and the
-wall time from start to answer, medians; the counts must agree.
+of input; and the hinted run once more with ``MCPI_OBJECT_CACHE=off``, the fused kernels
+loaded through ``import numba`` as before the object cache (``kernels/native.py``).
+Interleaved rounds; the worker's CPU time (user + system, from its exit), the wall time
+from start to answer and the worker's own ``load_s`` (its log), medians; the counts must
+agree.
 
     python benchmarks/hint.py [--points 1e9] [--rounds 5]
 """
@@ -10,6 +14,7 @@ wall time from start to answer, medians; the counts must agree.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,13 +37,20 @@ STREAM_POINTS = 10_000_000
 SEED = 20240611
 
 
-def one_run(points: int, hint: int | None) -> tuple[float, float, int, str]:
-    """(wall s, worker CPU s, inside, the implementation that answered)."""
-    environ = {k: v for k, v in os.environ.items() if k != "MCPI_NUMPY_IMPL"}
+WARM_NOW = "from mcpi_worker.kernels.warm import main; main(niceness=0, wait=True)"
+"""numba's cache and our object cache warm before any timing, at this priority (waiting
+for a warming process already at work)."""
+
+
+def one_run(points: int, hint: int | None, object_cache: bool = True) -> tuple[float, float, int, str, float | None]:
+    """(wall s, worker CPU s, inside, the implementation that answered, its load_s)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("MCPI_NUMPY_IMPL", "MCPI_OBJECT_CACHE")}
+    if not object_cache:
+        environ["MCPI_OBJECT_CACHE"] = "off"
     started = time.perf_counter()
     worker = subprocess.Popen(
         [sys.executable, "-P", "-m", "mcpi_worker"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environ,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ,
     )  # fmt: skip
     assert worker.stdin is not None and worker.stdout is not None
     sample = Sample(1, SEED, 0, STREAM_POINTS, "numpy", streams=points // STREAM_POINTS)
@@ -55,13 +67,24 @@ def one_run(points: int, hint: int | None) -> tuple[float, float, int, str]:
             answers.append(message)
     wall = time.perf_counter() - started
     worker.stdin.close()
+    assert worker.stderr is not None
+    stderr = worker.stderr.read().decode()  # a few log lines: read after the answer
     _, status, usage = os.wait4(worker.pid, 0)
     worker.returncode = os.waitstatus_to_exitcode(status)
     worker.stdout.close()
+    worker.stderr.close()
     result = answers[1]
     if not isinstance(result, Result):
         raise SystemExit(f"the worker answered {result!r}")
-    return wall, usage.ru_utime + usage.ru_stime, result.inside, result.implementation
+    return wall, usage.ru_utime + usage.ru_stime, result.inside, result.implementation, load_s(stderr)
+
+
+def load_s(stderr: str) -> float | None:
+    """The worker's ``load_s`` for the fused kernels (None: it did not load them)."""
+    for line in stderr.splitlines():
+        if line.startswith("{") and (entry := json.loads(line)).get("event") == "numpy_kernel_implementation":
+            return float(entry["load_s"])
+    return None
 
 
 def main() -> None:
@@ -70,23 +93,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     points = max(STREAM_POINTS, args.points // STREAM_POINTS * STREAM_POINTS)
-    cases = {"no hint": None, "hint": points}
+    subprocess.run([sys.executable, "-P", "-c", WARM_NOW], check=True)
+    cases = {"no hint": (None, True), "hint": (points, True), "hint, numba": (points, False)}
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"one worker, {points:.0e} points in one range; {args.rounds} rounds; load average {load}")
-    runs: dict[str, list[tuple[float, float, int, str]]] = {name: [] for name in cases}
+    runs: dict[str, list[tuple[float, float, int, str, float | None]]] = {name: [] for name in cases}
     names = list(cases)
     for round_number in range(args.rounds):
         for name in names if round_number % 2 == 0 else names[::-1]:
-            runs[name].append(one_run(points, cases[name]))
+            runs[name].append(one_run(points, *cases[name]))
+    wall, cpu = {}, {}
     for name in names:
-        wall = statistics.median(r[0] for r in runs[name])
-        cpu = statistics.median(r[1] for r in runs[name])
+        wall[name] = statistics.median(r[0] for r in runs[name])
+        cpu[name] = statistics.median(r[1] for r in runs[name])
         each = ", ".join(f"{r[1]:.2f}" for r in runs[name])
-        print(f"  {name:8} wall {wall:6.2f} s  worker CPU {cpu:5.2f} s  ({each})")
-    cpu_ratio = statistics.median(r[1] for r in runs["hint"]) / statistics.median(r[1] for r in runs["no hint"])
+        loads = [r[4] for r in runs[name] if r[4] is not None]
+        loaded = f"load_s {statistics.median(loads):.3f}" if loads else "no load"
+        print(f"  {name:12} wall {wall[name]:6.2f} s  worker CPU {cpu[name]:5.2f} s  {loaded:13} (CPU {each})")
     agree = len({r[2] for rs in runs.values() for r in rs}) == 1
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"  hint / no hint: worker CPU {cpu_ratio:.2f}x; counts agree: {agree}; load average {load}")
+    hinted = f"worker CPU {cpu['hint'] / cpu['no hint']:.2f}x, wall {wall['hint'] / wall['no hint']:.2f}x"
+    print(f"  hint / no hint: {hinted}")
+    print(
+        f"  object cache / numba load (both hinted): worker CPU {cpu['hint'] / cpu['hint, numba']:.2f}x, "
+        f"wall {wall['hint'] / wall['hint, numba']:.2f}x; counts agree: {agree}; load average {load}"
+    )
 
 
 if __name__ == "__main__":

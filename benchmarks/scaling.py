@@ -40,7 +40,7 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    --workers 2`` under ``auto`` vs ``MCPI_NUMPY_IMPL=numpy`` (target: not slower).
 
     python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold] [--implementations]
-    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10]
+    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10] [--compare-load]
     python benchmarks/scaling.py --first-run [--rounds 3]
 """
 
@@ -82,6 +82,11 @@ sizes = [min(chunk, points - s * chunk) for s in streams]
 with ProcessPoolExecutor(workers) as executor:
     print(sum(executor.map(count_numpy, [seed] * len(sizes), streams, sizes)))
 """
+
+
+WARM_NOW = "from mcpi_worker.kernels.warm import main; main(niceness=0, wait=True)"
+"""numba's cache and our object cache warm before any timing, at this priority (waiting
+for a warming process already at work)."""
 
 
 def load() -> str:
@@ -230,13 +235,16 @@ def compare_implementations(points: int, rounds: int) -> None:
 PPE_NUMPY = str(Path(__file__).with_name("ppe_numpy.py"))
 
 
-def cold_command(argv: list[str], parse: Callable[[str], int]) -> Callable[[], tuple[float, float, int]]:
-    """``run() -> (wall seconds, CPU seconds of the command and its children, inside)``."""
+def cold_command(
+    argv: list[str], parse: Callable[[str], int], environ: dict[str, str] | None = None
+) -> Callable[[], tuple[float, float, int]]:
+    """``run() -> (wall seconds, CPU seconds of the command and its children, inside)``;
+    ``environ``: what to set in the command's environment."""
 
     def run() -> tuple[float, float, int]:
         before = os.times()
         started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, **(environ or {})})
         wall = time.perf_counter() - started
         after = os.times()
         cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
@@ -245,12 +253,15 @@ def cold_command(argv: list[str], parse: Callable[[str], int]) -> Callable[[], t
     return run
 
 
-def mcpi_estimate(points: int, *options: str) -> Callable[[], tuple[float, float, int]]:
+def mcpi_estimate(
+    points: int, *options: str, environ: dict[str, str] | None = None
+) -> Callable[[], tuple[float, float, int]]:
     argv = [*MCPI, "estimate", "--json", "--seed", str(SEED), "--points", str(points), *options]
-    return cold_command(argv, lambda out: int(json.loads(out)["inside"]))
+    return cold_command(argv, lambda out: int(json.loads(out)["inside"]), environ)
 
 
-def cold_targets(points: int, big: int, rounds: int) -> None:
+def cold_targets(points: int, big: int, rounds: int, compare_load: bool = False) -> None:
+    subprocess.run([sys.executable, "-P", "-c", WARM_NOW], check=True)
     worker = str(Path(sys.executable).with_name("mcpi-worker"))
     contenders: dict[str, Callable[[], tuple[float, float, int]]] = {
         "mcpi -w2": mcpi_estimate(points, "--workers", "2"),
@@ -263,6 +274,10 @@ def cold_targets(points: int, big: int, rounds: int) -> None:
         "mcpi -w2 big": mcpi_estimate(big, "--workers", "2"),
         "mcpi -w1 --jobs 2 big": mcpi_estimate(big, "--workers", "1", "--worker-cmd", f"{worker} --jobs 2"),
     }
+    if compare_load:
+        through_numba = {"MCPI_OBJECT_CACHE": "off"}
+        contenders["mcpi -w1 big, numba"] = mcpi_estimate(big, "--workers", "1", environ=through_numba)
+        contenders["mcpi -w2 big, numba"] = mcpi_estimate(big, "--workers", "2", environ=through_numba)
     print(f"issue 18, whole cold commands: {points:.0e} and big = {big:.0e} points, {rounds} rounds; {load()}")
     walls: dict[str, list[float]] = {name: [] for name in contenders}
     cpus: dict[str, list[float]] = {name: [] for name in contenders}
@@ -283,7 +298,7 @@ def cold_targets(points: int, big: int, rounds: int) -> None:
         print(f"  {name:24} {wall[name]:8.3f} {cpu[name]:8.3f}   ({', '.join(f'{t:.2f}' for t in walls[name])})")
     # The same seed, points and chunk size give the same count on any number of workers.
     same = [counts["mcpi -w2"] | counts["executor+numpy x2"], counts["mcpi -w2 chunk 1e4"]]
-    same.append(counts["mcpi -w1 big"] | counts["mcpi -w2 big"] | counts["mcpi -w1 --jobs 2 big"])
+    same.append(set().union(*(counts[name] for name in names if "big" in name)))
     print(f"  counts agree (per chunk size, across workers, rounds and the executor): {all(len(c) == 1 for c in same)}")
     print()
 
@@ -294,6 +309,10 @@ def cold_targets(points: int, big: int, rounds: int) -> None:
     ratio("mcpi -w1 big", "mcpi -w2 big", f"speed-up 1 -> 2 workers at {big:.0e}", ">= 1.8")
     ratio("mcpi -w1 --jobs 2 big", "mcpi -w2 big", "--workers 1 --jobs 2 / --workers 2", "<= 1.1")
     ratio("mcpi -w2 chunk 1e4", "mcpi -w2", "chunk 1e4 / chunk 1e7", "<= 1.3")
+    if compare_load:
+        ratio("mcpi -w1 big, numba", "mcpi -w2 big, numba", f"loaded through numba: speed-up at {big:.0e}", "")
+        ratio("mcpi -w1 big", "mcpi -w1 big, numba", "object cache / numba load, --workers 1", "")
+        ratio("mcpi -w2 big", "mcpi -w2 big, numba", "object cache / numba load, --workers 2", "")
     print(f"  {load()}")
 
 
@@ -362,13 +381,16 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="issue 18's whole cold commands")
     parser.add_argument("--big", type=count, default=10**10, help="points of --cold's scaling runs")
     parser.add_argument(
+        "--compare-load", action="store_true", help="--cold: the big runs again, loaded through numba"
+    )
+    parser.add_argument(
         "--first-run", action="store_true", help="a cold numba cache under auto vs MCPI_NUMPY_IMPL=numpy"
     )
     args = parser.parse_args()
     configure_logging("warning")
     points = args.points
     if args.cold:
-        cold_targets(points, args.big, args.rounds)
+        cold_targets(points, args.big, args.rounds, args.compare_load)
         return
     if args.first_run:
         first_run_after_install(points, args.rounds)
