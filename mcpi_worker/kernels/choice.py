@@ -170,31 +170,6 @@ class AlwaysWarm:
     def mark_warm(self) -> None:
         pass
 
-_VERIFY_RUNS: Final[tuple[tuple[int, int, int, int], ...]] = (
-    # seed, stream, points, block_points: across the loop's buffer and its blocks.
-    (12345, 0, 100_003, 65_536),
-    (2**64 - 1, 2**64 - 1, 4_099, 1_000),
-)
-
-
-def verify(count: Counter, count_from: Continuation) -> None:
-    """Raise ``FusedUnavailable`` unless the compiled loop gives NumPy's counts, from the
-    start and taking over a NumPy sample (a few milliseconds): a loop that a compiler
-    got wrong on some machine is never used."""
-    for seed, stream, points, block_points in _VERIFY_RUNS:
-        reference = numpy_impl.count(seed, stream, points)
-        ours = count(seed, stream, points, block_points=block_points)
-        handed_over = numpy_impl.count(
-            seed, stream, points, block_points=block_points, switch=lambda _: count_from
-        )
-        if ours != reference or handed_over != reference:
-            raise FusedUnavailable(
-                f"the compiled loop counted {ours} inside ({handed_over} taking over from "
-                f"NumPy) for seed {seed}, stream {stream}, {points} points, where the numpy "
-                f"implementation counts {reference}"
-            )
-
-
 def load_fused(object_directory: Path | None = None) -> LoadedFused:
     """Load the fused implementation: from our object cache without numba (a few
     hundredths of a second; in ``object_directory``, default ``native.cache_directory``),
@@ -222,6 +197,7 @@ def load_native(started: float | None = None, directory: Path | None = None) -> 
     ``verify``-ed. Raises ``FusedUnavailable`` with the reason where it cannot be used."""
     started = time.perf_counter() if started is None else started
     from mcpi_worker.kernels import drive, native
+    from mcpi_worker.kernels.checks import verify
 
     try:
         loaded = native.load(directory)
@@ -230,15 +206,11 @@ def load_native(started: float | None = None, directory: Path | None = None) -> 
     except Exception as exc:  # llvmlite or LLVM refusing the object: numba's path is left
         raise FusedUnavailable(f"{type(exc).__name__}: {exc}") from None
     compiled = loaded.compiled
-    count = functools.partial(drive.count, compiled)
-    count_from = functools.partial(drive.count_from, compiled)
-    count_streams = functools.partial(drive.count_streams, compiled)
-    verify(count, count_from)
-    verify_streams(count_streams)
+    verify(compiled)
     return LoadedFused(
-        count,
-        count_from,
-        count_streams,
+        functools.partial(drive.count, compiled),
+        functools.partial(drive.count_from, compiled),
+        functools.partial(drive.count_streams, compiled),
         time.perf_counter() - started,
         False,
         str(loaded.path),
@@ -250,14 +222,15 @@ def load_numba(started: float | None = None) -> LoadedFused:
     """Import the fused implementation through numba (from numba's cache, or compiled),
     then ``verify`` it. Raises ``NumbaNotInstalled``, ``FusedUnavailable``."""
     started = time.perf_counter() if started is None else started
+    from mcpi_worker.kernels.checks import verify
+
     try:
         from mcpi_worker.kernels import fused, lanes
     except ImportError as exc:
         raise NumbaNotInstalled(
             f"numba is not installed ({exc}); install the 'fast' extra for the fused kernel"
         ) from None
-    verify(fused.count, fused.count_from)
-    verify_streams(lanes.count_streams)
+    verify(lanes.NUMBA)
     return LoadedFused(
         fused.count,
         fused.count_from,
@@ -266,29 +239,6 @@ def load_numba(started: float | None = None) -> LoadedFused:
         fused.COMPILED,
         fused.CACHE_PATH,
     )
-
-
-_VERIFY_RANGES: Final[tuple[tuple[int, int, int], ...]] = (
-    # seed, first stream, streams: one stream alone; a few in a padded group of lanes;
-    # a stream index past 2**32; the largest seed and the last streams there are.
-    (12345, 0, 1),
-    (12345, 0, 11),
-    (2**64 - 1, 2**32 - 1, 3),
-    (2**64 - 1, 2**64 - 5, 5),
-)
-
-
-def verify_streams(count_streams: StreamsCounter) -> None:
-    """Raise ``FusedUnavailable`` unless the compiled range counts each stream as NumPy
-    does, across the set-up's and the lanes' edges (a few milliseconds)."""
-    for seed, first, streams in _VERIFY_RANGES:
-        reference = [numpy_impl.count(seed, first + i, 997) for i in range(streams)]
-        ours = count_streams(seed, first, streams, 997, never)
-        if ours != reference:
-            raise FusedUnavailable(
-                f"the compiled range counted {ours} for seed {seed}, streams {first}.."
-                f"{first + streams - 1}, where the numpy implementation counts {reference}"
-            )
 
 
 class _Load(Enum):

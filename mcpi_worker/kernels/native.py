@@ -41,7 +41,6 @@ import os
 import stat
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +171,8 @@ def write(directory: Path, key: Mapping[str, str], symbols: Mapping[str, str], c
     """Write the object for ``key`` into ``directory`` (whole or not at all: a
     temporary file, renamed into place; mode 600). Returns its path; raises
     ``OSError``."""
+    import tempfile  # only the warming process writes
+
     path = directory / file_name(key)
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".mcpi-kernels-", suffix=".tmp")
     try:

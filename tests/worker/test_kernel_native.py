@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import llvmlite.binding as llvm
 import psutil
@@ -41,7 +42,8 @@ from test_kernel_worker import (
 )
 
 from mcpi_worker.kernels import Cancelled, drive, export, fused, lanes, native, numpy_impl
-from mcpi_worker.kernels.choice import LoadedFrom, load_fused, verify, verify_streams
+from mcpi_worker.kernels.checks import VERIFY_RANGES, VERIFY_SAMPLES, verify
+from mcpi_worker.kernels.choice import FusedUnavailable, LoadedFrom, load_fused
 from mcpi_worker.protocol import Cancel, Error, ErrorCode, Result, Sample
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -122,10 +124,32 @@ def test_a_single_stream_counts_as_numba_and_numpy_count_it(
     assert ours == numpy_impl.count(seed, stream, points)
 
 
-def test_the_load_checks_pass_and_a_numpy_sample_is_taken_over(loaded: native.NativeCompiled) -> None:
-    """``choice.verify``: from the start, and continuing a NumPy sample's generator."""
-    verify(lambda *a, **k: drive.count(loaded, *a, **k), lambda *a, **k: drive.count_from(loaded, *a, **k))
-    verify_streams(lambda *a: drive.count_streams(loaded, *a))
+def test_the_load_checks_table_is_what_numpy_counts() -> None:
+    """``checks.verify`` compares with counts kept in a table (no NumPy sampling at load
+    time): they must be NumPy's, from the state NumPy seeds each stream with."""
+    for sample in VERIFY_SAMPLES:
+        assert tuple(int(word) for word in drive.initial_state(sample.seed, sample.stream)) == sample.state
+        assert numpy_impl.count(sample.seed, sample.stream, sample.points) == sample.inside
+    for case in VERIFY_RANGES:
+        assert tuple(numpy_counts(case.seed, case.first, case.streams, case.points)) == case.insides
+
+
+def test_the_load_checks_pass_for_both_sets_of_entry_points(loaded: native.NativeCompiled) -> None:
+    verify(loaded)
+    verify(lanes.NUMBA)
+
+
+class OffByOne(lanes.NumbaCompiled):
+    """numba's entry points, but the lanes count one point too many per call."""
+
+    def step_lanes(self, *args: Any) -> None:
+        super().step_lanes(*args)
+        args[4][0] += 1
+
+
+def test_entry_points_that_count_wrong_are_refused() -> None:
+    with pytest.raises(FusedUnavailable, match="the compiled range counted"):
+        verify(OffByOne())
 
 
 @pytest.mark.parametrize("streams, points", [(200, 100), (70, 100_000), (2, 2_000_000)])
