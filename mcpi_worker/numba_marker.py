@@ -18,6 +18,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -78,6 +79,19 @@ def numba_version() -> str | None:
         return None
 
 
+OBJECT_CACHE_PREFIX: Final[str] = "mcpi-kernels-"
+OBJECT_CACHE_SUFFIX: Final[str] = ".bin"
+"""Our object cache of the fused kernels' machine code: ``mcpi-kernels-<key>.bin``
+(``kernels.native``)."""
+
+
+def object_cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """Where our object cache goes: the directory ``NUMBA_CACHE_DIR`` names, where the
+    user put numba's cache; else beside the markers (``marker_directory``); None: nowhere."""
+    named = environ.get("NUMBA_CACHE_DIR", "")
+    return Path(named) if named else marker_directory()
+
+
 @cache
 def marker_path() -> Path | None:
     """This environment's marker (None: nowhere to keep one)."""
@@ -107,6 +121,22 @@ class NumbaCache:
         (or when there is no marker to go by: then loading is all there is to do)."""
         path = marker_path()
         return path is None or path.exists()
+
+    def has_object(self) -> bool:
+        """Whether an object cache file is there (``kernels.native``): then a load
+        usually takes a tenth of the CPU (one for another CPU sharing the directory
+        would make it numba's after all). One look at a directory, no import."""
+        directory = object_cache_directory()
+        if directory is None:
+            return False
+        try:
+            with os.scandir(directory) as entries:
+                return any(
+                    entry.name.startswith(OBJECT_CACHE_PREFIX) and entry.name.endswith(OBJECT_CACHE_SUFFIX)
+                    for entry in entries
+                )
+        except OSError:
+            return False
 
     def mark_warm(self) -> None:
         path = marker_path()

@@ -70,6 +70,13 @@ LOAD_AT_ONCE_POINTS: Final[int] = 100_000_000
 the points after which the load from a warm cache has earned itself back, counted by the
 compiled loop instead of NumPy (docs/worker.md, "The size hint", has the measurements)."""
 
+OBJECT_CACHE_LOAD_POINTS: Final[int] = 20_000_000
+"""Where our object cache of the machine code is there (``FusedCache.has_object``), a
+load takes about a tenth of the CPU it takes through numba, so both thresholds come down
+to this: a size hint of this many points loads at once, and without a hint the load
+starts once this many points were counted with NumPy (docs/worker.md, "Loading without
+numba", has the measurements)."""
+
 WAIT_MIN_POINTS: Final[int] = 1 << 20
 """The fewest points of a sample that waits for a hinted load: a smaller one costs NumPy
 no more than a few milliseconds, and the worker's reader thread runs small samples
@@ -157,6 +164,11 @@ class FusedCache(Protocol):
         """Note that a load here has filled it (or found it full)."""
         ...
 
+    def has_object(self) -> bool:
+        """Whether our object cache of the machine code is there (``native.py``): a load
+        costs a tenth of the CPU (``OBJECT_CACHE_LOAD_POINTS``)."""
+        ...
+
 
 class AlwaysWarm:
     """The cache of a loader that has none (a test's fake): loading is all there is."""
@@ -169,6 +181,9 @@ class AlwaysWarm:
 
     def mark_warm(self) -> None:
         pass
+
+    def has_object(self) -> bool:
+        return False
 
 def load_fused(object_directory: Path | None = None) -> LoadedFused:
     """Load the fused implementation: from our object cache without numba (a few
@@ -281,11 +296,16 @@ class NumpyKernel:
         loader: Loader = load_fused,
         switch_after_points: int = SWITCH_AFTER_POINTS,
         load_at_once_points: int = LOAD_AT_ONCE_POINTS,
+        object_load_points: int = OBJECT_CACHE_LOAD_POINTS,
         environ: Mapping[str, str] = os.environ,
         cache: FusedCache | None = None,
     ) -> None:
         self._policy = policy
         self._load_at_once_points = load_at_once_points
+        self._object_load_points = object_load_points
+        self._cheap_load: bool | None = None
+        """Whether a load would be from our object cache (``_load_is_cheap``), once looked at."""
+        self._switch_settled = False
         self._hinted = False
         """The load was started by a size hint: a sample waits for it (``_await_hinted_load``)."""
         self._waiting = False
@@ -321,11 +341,14 @@ class NumpyKernel:
 
     def expect(self, points: int) -> None:
         """The size hint (protocol.md §5.1): this process expects to count ``points`` in
-        all. Under ``auto``, from ``LOAD_AT_ONCE_POINTS`` on, start loading the fused
-        implementation now (from a warm cache; a cold one starts warming now instead).
-        It changes no count, and nothing under ``fused`` or ``numpy``. Quick: it never
-        loads on the calling thread (the worker's reader)."""
-        if self.policy is not Policy.AUTO or points < self._load_at_once_points:
+        all. Under ``auto``, from ``LOAD_AT_ONCE_POINTS`` on (``OBJECT_CACHE_LOAD_POINTS``
+        where our object cache is there), start loading the fused implementation now
+        (from a warm cache; a cold one starts warming now instead). It changes no count,
+        and nothing under ``fused`` or ``numpy``. Quick: it never loads on the calling
+        thread (the worker's reader), and looks at a directory at most once."""
+        if self.policy is not Policy.AUTO or points < min(self._load_at_once_points, self._object_load_points):
+            return
+        if points < (self._object_load_points if self._load_is_cheap() else self._load_at_once_points):
             return
         cache = self._fused_cache()
         if not cache.is_warm():
@@ -444,11 +467,24 @@ class NumpyKernel:
                 self._waiting = False
                 self._waited.seconds = getattr(self._waited, "seconds", 0.0) + time.perf_counter() - started
 
+    def _load_is_cheap(self) -> bool:
+        """Whether a load would come from our object cache: it is there, and
+        ``MCPI_OBJECT_CACHE`` does not say ``off``. Looked at once per process."""
+        if self._cheap_load is None:
+            self._cheap_load = object_cache_wanted(self._environ) and self._fused_cache().has_object()
+        return self._cheap_load
+
     def _switch(self, counted: int) -> Continuation | None:
         """After each NumPy block: account for it; start the load when renting stops
-        paying, from a warm cache only (a cold one is warmed by another process, and
-        looked at again every quarter of the switch's points); once loaded, hand the
-        rest of the sample over."""
+        paying (after ``switch_after_points``, or ``OBJECT_CACHE_LOAD_POINTS`` where our
+        object cache is there), from a warm cache only (a cold one is warmed by another
+        process, and looked at again every quarter of the switch's points); once loaded,
+        hand the rest of the sample over."""
+        if not self._switch_settled:  # the process's first block: the object cache lowers the switch
+            self._switch_settled = True
+            if self._load_is_cheap():
+                with self._lock:
+                    self._next_look = min(self._next_look, self._object_load_points)
         with self._lock:
             self._numpy_points += counted
             if self._fused is not None:

@@ -122,7 +122,8 @@ def file_name(key: Mapping[str, str]) -> str:
     """The object's file name for ``key``: another key (another CPU sharing the
     directory, other sources) has another file."""
     text = json.dumps(dict(key), sort_keys=True).encode()
-    return f"mcpi-kernels-{hashlib.sha256(text).hexdigest()[:16]}.bin"
+    digest = hashlib.sha256(text).hexdigest()[:16]
+    return f"{numba_marker.OBJECT_CACHE_PREFIX}{digest}{numba_marker.OBJECT_CACHE_SUFFIX}"
 
 
 def encode(key: Mapping[str, str], symbols: Mapping[str, str], code: bytes) -> bytes:
@@ -357,11 +358,10 @@ class NativeCompiled:
 
 
 def cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
-    """Where the object goes: the directory ``NUMBA_CACHE_DIR`` names, where the user
-    put numba's cache; else beside numba's marker (``numba_marker.marker_directory``:
-    the kernels' ``__pycache__``, else the user's cache directory); None: nowhere."""
-    named = environ.get("NUMBA_CACHE_DIR", "")
-    return Path(named) if named else numba_marker.marker_directory()
+    """Where the object goes (``numba_marker.object_cache_directory``): the directory
+    ``NUMBA_CACHE_DIR`` names, else the kernels' ``__pycache__``, else the user's cache
+    directory; None: nowhere."""
+    return numba_marker.object_cache_directory(environ)
 
 
 def load(directory: Path | None = None, *, uid: int | None = None) -> Loaded:

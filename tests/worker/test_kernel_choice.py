@@ -340,8 +340,9 @@ def test_a_load_done_in_the_middle_of_a_range_takes_the_rest_of_it() -> None:
 class FakeCache:
     """numba's cache, cold until told otherwise; counts what is asked of it."""
 
-    def __init__(self) -> None:
-        self.warm_now = False
+    def __init__(self, *, warm: bool = False, has_object: bool = False) -> None:
+        self.warm_now = warm
+        self.object_there = has_object
         self.warmings = 0
         self.marks = 0
 
@@ -353,6 +354,9 @@ class FakeCache:
 
     def mark_warm(self) -> None:
         self.marks += 1
+
+    def has_object(self) -> bool:
+        return self.object_there
 
 
 def test_auto_with_a_cold_cache_warms_it_elsewhere_and_loads_once_it_is_warm() -> None:
@@ -506,6 +510,36 @@ def test_a_long_hint_with_a_cold_cache_warms_it_elsewhere_and_counts_with_numpy(
     assert kernel.count(3, 0, 700) == numpy_impl.count(3, 0, 700)
     kernel.expect(10**9)
     assert (cache.warmings, fake.loads, kernel.implementation()) == (1, 0, Implementation.NUMPY)
+
+
+@pytest.mark.parametrize(
+    ("has_object", "environ", "loads"),
+    [(True, {}, 1), (False, {}, 0), (True, {"MCPI_OBJECT_CACHE": "off"}, 0)],
+)
+def test_where_the_object_cache_is_there_a_shorter_hint_loads_at_once(
+    has_object: bool, environ: dict[str, str], loads: int
+) -> None:
+    """A load from our object cache costs a tenth: a hint of ``object_load_points`` is long
+    enough, unless there is no object cache or ``MCPI_OBJECT_CACHE=off`` (numba's load)."""
+    fake, cache = FakeFused(), FakeCache(warm=True, has_object=has_object)
+    kernel = NumpyKernel(Policy.AUTO, loader=fake.load, switch_after_points=10**12, load_at_once_points=10**9,
+                         object_load_points=5000, cache=cache, environ=environ)  # fmt: skip
+    kernel.expect(4999)
+    assert fake.loads == 0
+    kernel.expect(5000)
+    kernel.wait_until_loaded(TIMEOUT)
+    assert fake.loads == loads
+
+
+@pytest.mark.parametrize(("has_object", "loads"), [(True, 1), (False, 0)])
+def test_where_the_object_cache_is_there_auto_switches_sooner(has_object: bool, loads: int) -> None:
+    fake, cache = FakeFused(), FakeCache(warm=True, has_object=has_object)
+    kernel = NumpyKernel(Policy.AUTO, loader=fake.load, switch_after_points=10**12, object_load_points=1000,
+                         cache=cache, environ={})  # fmt: skip
+    for stream in range(3):  # 1500 points counted with NumPy
+        assert kernel.count(1, stream, 500) == numpy_impl.count(1, stream, 500)
+    kernel.wait_until_loaded(TIMEOUT)
+    assert fake.loads == loads
 
 
 @pytest.mark.parametrize("policy", [Policy.NUMPY, Policy.FUSED])

@@ -30,11 +30,13 @@ from hypothesis import strategies as st
 from stop_checks import stop_after
 from structlog.testing import capture_logs
 from test_kernel_worker import (
+    HINTED,
     RANGE,
     TIMEOUT,
     assert_golden_answers,
     base_environment,
     events,
+    hinted_answers,
     range_insides,
     run_worker,
     warm_cache,
@@ -345,6 +347,22 @@ def test_without_numba_a_worker_with_an_object_cache_counts_with_numpy_and_says_
     (said,) = [entry for entry in logs if entry["level"] == "warning"]
     assert said["event"] == "fused_kernel_unavailable" and "numba is not installed" in str(said["reason"])
     assert not events(logs, "numpy_kernel_implementation")
+
+
+@pytest.mark.slow
+def test_with_the_object_cache_a_hint_of_a_fifth_of_the_old_threshold_loads_at_once(warm_dir: Path) -> None:
+    """A hint of 3e7 points (numba's load wants 1e8): from the object cache the lanes count
+    from the first sample; through numba (``MCPI_OBJECT_CACHE=off``) NumPy does, as before.
+    The counts are the same."""
+    environ = base_environment(NUMBA_CACHE_DIR=str(warm_dir))
+    cheap, logs = hinted_answers(environ, 30_000_000)
+    dear, dear_logs = hinted_answers({**environ, "MCPI_OBJECT_CACHE": "off"}, 30_000_000)
+    assert [r.implementation for r in cheap] == ["numba-fused"] * len(HINTED)
+    assert [r.implementation for r in dear] == ["numpy"] * len(HINTED)
+    assert [(r.inside, r.insides) for r in cheap] == [(r.inside, r.insides) for r in dear]
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["loaded_from"] == "object cache" and loaded["numpy_points"] == 0
+    assert not events(dear_logs, "numpy_kernel_implementation")
 
 
 def truncate(path: Path) -> None:
