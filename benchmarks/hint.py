@@ -1,12 +1,13 @@
 """What the size hint (protocol.md §5.1) saves one worker: a real ``mcpi-worker`` under the
 default ``MCPI_NUMPY_IMPL=auto`` (numba's cache and our object cache warm: this script runs
-``python -m mcpi_worker.kernels.warm`` first), its ``hello`` with and without
+``mcpi_worker.kernels.warm`` first, at its own priority), its ``hello`` with and without
 ``expected_points``, then one range of ``--points`` points (streams of 1e7 points) and end
 of input; and the hinted run once more with ``MCPI_OBJECT_CACHE=off``, the fused kernels
 loaded through ``import numba`` as before the object cache (``kernels/native.py``).
 Interleaved rounds; the worker's CPU time (user + system, from its exit), the wall time
 from start to answer and the worker's own ``load_s`` (its log), medians; the counts must
-agree.
+agree. Below 1e8 points (2e7 with the object cache) a hint loads nothing, and no hint loads
+once 2e8 points (2e7) were counted with NumPy (``kernels/choice.py``).
 
     python benchmarks/hint.py [--points 1e9] [--rounds 5]
 """
