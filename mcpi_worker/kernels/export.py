@@ -15,6 +15,7 @@ only the warming process does, at the lowest priority.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -121,7 +122,8 @@ def compile_object() -> tuple[dict[str, str], bytes]:
 
 def export(directory: Path | None = None) -> Path:
     """Compile the object and write it for this host's key into ``directory`` (default:
-    ``native.cache_directory()``). Returns its path; raises ``ExportRefused``,
+    ``native.cache_directory()``), and remove this host's stale ones there
+    (``native.stale_files``). Returns its path; raises ``ExportRefused``,
     ``native.NativeUnavailable`` (no directory, sources unreadable) or ``OSError``."""
     directory = native.cache_directory() if directory is None else directory
     if directory is None:
@@ -129,4 +131,8 @@ def export(directory: Path | None = None) -> Path:
     key = native.host_key(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
     symbols, code = compile_object()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return native.write(directory, key, symbols, code)
+    written = native.write(directory, key, symbols, code)
+    for stale in native.stale_files(directory, key):  # else has_object would see them
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    return written

@@ -187,6 +187,32 @@ def write(directory: Path, key: Mapping[str, str], symbols: Mapping[str, str], c
     return path
 
 
+_SAME_HOST: Final[tuple[str, ...]] = ("cpu", "cpu_features", "machine")
+
+
+def stale_files(directory: Path, key: Mapping[str, str]) -> list[Path]:
+    """This host's object cache files in ``directory`` made for another ``key`` (older
+    sources or versions: no process here loads them again), and files of that name that
+    are not whole. Files for another CPU (a directory shared by several machines) are
+    not among them. Reads a header at most of each."""
+    ours = file_name(key)
+    stale: list[Path] = []
+    for path in directory.glob(f"{numba_marker.OBJECT_CACHE_PREFIX}*{numba_marker.OBJECT_CACHE_SUFFIX}"):
+        if path.name == ours:
+            continue
+        try:
+            with open(path, "rb") as file:
+                head = file.read(len(MAGIC) + _HEADER_LENGTH.size)
+                (length,) = _HEADER_LENGTH.unpack_from(head, len(MAGIC))
+                other = json.loads(file.read(min(length, 1 << 20)))["key"]
+            same_host = all(other.get(name) == key.get(name) for name in _SAME_HOST)
+        except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError):
+            same_host = True  # not whole: nobody's
+        if same_host:
+            stale.append(path)
+    return stale
+
+
 def read(path: Path, *, uid: int | None = None) -> bytes:
     """The file at ``path``, after the checks the module describes. Raises
     ``NativeUnavailable``."""

@@ -277,6 +277,20 @@ def test_load_fused_takes_the_object_when_it_is_there(object_dir: Path) -> None:
     assert loaded.count(3, 10, 100_003) == numpy_impl.count(3, 10, 100_003)
 
 
+def test_stale_files_are_this_hosts_for_other_keys_and_broken_ones(copy_dir: Path) -> None:
+    """What the warming process removes once it has written the object: this host's files
+    for older sources, and broken ones; never another CPU's (a shared directory)."""
+    ours = object_file(copy_dir)
+    symbols, code = native.decode(ours.read_bytes(), this_key())
+    older = {**this_key(), "sources": "0" * 64}
+    other_cpu = {**this_key(), "cpu": "some-other-cpu"}
+    for key in (older, other_cpu):
+        (copy_dir / native.file_name(key)).write_bytes(native.encode(key, symbols, code))
+    broken = copy_dir / "mcpi-kernels-0000000000000000.bin"
+    broken.write_bytes(b"mcpi")
+    assert sorted(native.stale_files(copy_dir, this_key())) == sorted([copy_dir / native.file_name(older), broken])
+
+
 # ------------------------------------------------------------------ real workers
 
 
