@@ -43,8 +43,9 @@ class TooLarge(ValueError):
 # ---------------------------------------------------------------------- reading
 
 
-_OPEN_FD: Final[re.Pattern[str]] = re.compile(r"/(?:dev|proc/self)/fd/[0-9]+")
-"""A name for a descriptor this process already holds: what a shell's ``<(...)`` gives."""
+_OPEN_FD: Final[re.Pattern[str]] = re.compile(r"/dev/stdin|/(?:dev|proc/self)/fd/[0-9]+")
+"""A name for a descriptor this process already holds: what a shell's ``<(...)`` gives,
+or ``/dev/stdin``."""
 
 
 class NotRegular(OSError):
@@ -55,7 +56,8 @@ class NotRegular(OSError):
 def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
     """The whole of ``path`` if it has at most ``limit`` bytes. Raises ``TooLarge``;
     ``NotRegular`` for a name that is not a regular file, unless it names a pipe this
-    process already holds open (``/dev/fd/N``, what a shell's ``<(...)`` passes); and
+    process already holds open (``/dev/fd/N``, what a shell's ``<(...)`` passes, or
+    ``/dev/stdin``); and
     ``OSError`` for a file that cannot be opened or read.
 
     Opened without blocking, so a named FIFO that no one writes is refused at once

@@ -111,7 +111,7 @@ def test_combine_of_a_fifo_no_one_writes_is_one_line_not_a_wait(tmp_path: Path) 
     one_line_exit_2(mcpi("combine", str(directory)), "parts: a directory, not a regular file")
 
 
-def test_combine_reads_a_pipe_the_shell_passes_as_dev_fd(tmp_path: Path) -> None:
+def test_combine_reads_a_pipe_the_shell_passes_as_dev_fd_or_dev_stdin(tmp_path: Path) -> None:
     # bash's `mcpi combine <(ssh host cat part.json)` passes /dev/fd/N: an open pipe.
     read_end, write_end = os.pipe()
     os.write(write_end, json.dumps(WHOLE).encode())
@@ -123,6 +123,8 @@ def test_combine_reads_a_pipe_the_shell_passes_as_dev_fd(tmp_path: Path) -> None
     os.close(read_end)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["inside"] == WHOLE["inside"]
+    piped = mcpi("combine", "--json", "/dev/stdin", stdin=json.dumps(WHOLE).encode())
+    assert piped.returncode == 0, piped.stderr
 
 
 # ---------------------------------------------------------------- --hosts-file
