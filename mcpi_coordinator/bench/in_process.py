@@ -7,6 +7,9 @@ differ only in who makes the calls, which is the whole lesson:
   NumPy releases it inside its loops, so the numpy kernel may scale a little;
 - ``process-pool``: a ``ProcessPoolExecutor``, one interpreter per worker; the classic
   answer for CPU-bound Python.
+
+The two executors are driven from a thread of their own (``off_main.off_main_thread``),
+so that Ctrl-C never lands inside ``concurrent.futures``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from mcpi_coordinator.bench import tasks
 from mcpi_coordinator.bench.measure import Measurement, dropping_queued_work, timed
+from mcpi_coordinator.bench.off_main import off_main_thread
 from mcpi_coordinator.bench.workload import Workload
 
 MapFunction = Callable[..., Iterable[Any]]
@@ -36,12 +40,14 @@ def sequential(workload: Workload, repeat: int) -> Measurement:
     return Measurement("sequential", startup_s=None, runs=runs)
 
 
+@off_main_thread
 def threads(workload: Workload, repeat: int) -> Measurement:
     with dropping_queued_work(ThreadPoolExecutor(max_workers=workload.workers)) as executor:
         runs = tuple(timed(lambda: _count_with(executor.map, workload)) for _ in range(repeat))
     return Measurement("threads", startup_s=None, runs=runs)
 
 
+@off_main_thread
 def process_pool(
     workload: Workload, repeat: int, *, initializer: Callable[[], object] | None = None
 ) -> Measurement:

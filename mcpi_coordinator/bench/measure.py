@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -10,6 +11,8 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
+
+from mcpi_coordinator.bench import off_main
 
 E = TypeVar("E", bound=Executor)
 
@@ -20,16 +23,19 @@ def dropping_queued_work(executor: E) -> Iterator[E]:
     cancelled. Leaving ``with executor`` waits for every task submitted, and a map
     submits all of them at once: interrupted (Ctrl-C, SIGTERM) while it submitted or
     worked, ``mcpi bench`` waited for the whole workload before it could stop. Only
-    the tasks already handed to a worker are waited for."""
-    try:
-        yield executor
-    except BaseException:
-        # Interrupted while it started its manager thread, it has none to join (a
-        # RuntimeError): its workers, never told to stop, are the command's to kill
-        # (cli.bench._end_pool_workers).
-        with contextlib.suppress(RuntimeError):
-            executor.shutdown(wait=True, cancel_futures=True)
-        raise
+    the tasks already handed to a worker are waited for.
+
+    Run off the main thread (``off_main.off_main_thread``), the block's executor is also
+    the run's to shut down without waiting, on a stop signal (``off_main.on_stop``).
+    Raises ``off_main.Stopped`` if that run has been stopped already."""
+    with off_main.on_stop(functools.partial(executor.shutdown, wait=False, cancel_futures=True)):
+        try:
+            yield executor
+        except BaseException:
+            # Shut down by a stop already, or broken: no work is left to wait for.
+            with contextlib.suppress(RuntimeError):
+                executor.shutdown(wait=True, cancel_futures=True)
+            raise
     executor.shutdown(wait=True, cancel_futures=True)
 
 

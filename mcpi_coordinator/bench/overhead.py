@@ -28,6 +28,7 @@ import trio
 
 from mcpi_coordinator.bench import tasks as shipped
 from mcpi_coordinator.bench.measure import dropping_queued_work
+from mcpi_coordinator.bench.off_main import off_main_thread, on_stop
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 
@@ -104,6 +105,7 @@ def _warm_up_count(workers: int) -> int:
 # ------------------------------------------------------------------- process-pool
 
 
+@off_main_thread
 def process_pool(tasks: int, workers: int, *, initializer: Callable[[], object] | None = None) -> Overhead:
     """``initializer`` (default ``tasks.initializer()``) runs first in each worker."""
     pool = ProcessPoolExecutor(max_workers=workers, initializer=initializer or shipped.initializer())
@@ -128,12 +130,13 @@ def _executor_figures(name: str, executor: Executor, tasks: int, workers: int) -
 # ------------------------------------------------------------- multiprocessing.Pool
 
 
+@off_main_thread
 def mp_pool_apply_async(tasks: int, workers: int) -> Overhead:
     """``multiprocessing.Pool.apply_async``: one ``.get()`` at a time, then ``tasks``
     calls in flight at once."""
     import multiprocessing
 
-    with multiprocessing.Pool(workers, initializer=shipped.initializer()) as pool:
+    with multiprocessing.Pool(workers, initializer=shipped.initializer()) as pool, on_stop(pool.terminate):
 
         def apply_all(count: int) -> None:
             for pending in [pool.apply_async(shipped.noop) for _ in range(count)]:
@@ -148,13 +151,14 @@ def mp_pool_apply_async(tasks: int, workers: int) -> Overhead:
     return Overhead("mp-pool/apply_async", round_trip, per_s)
 
 
+@off_main_thread
 def mp_pool_imap_unordered(tasks: int, workers: int) -> Overhead:
     """``multiprocessing.Pool.imap_unordered`` (its default ``chunksize=1``, so a task
     is a task, as for every other approach): a map of one item at a time, then one map
     over ``tasks`` items."""
     import multiprocessing
 
-    with multiprocessing.Pool(workers, initializer=shipped.initializer()) as pool:
+    with multiprocessing.Pool(workers, initializer=shipped.initializer()) as pool, on_stop(pool.terminate):
 
         def map_all(count: int) -> None:
             for _ in pool.imap_unordered(shipped.noop_of, range(count)):
@@ -171,8 +175,8 @@ def mp_pool_imap_unordered(tasks: int, workers: int) -> Overhead:
 
 def _close_gracefully(pool: multiprocessing.pool.Pool) -> None:
     """Let the workers finish rather than ``terminate`` them (what leaving ``with`` does):
-    SIGTERM reaches a forked worker through the handler it inherited from the command
-    (``mcpi bench`` turns SIGTERM into Ctrl-C), which prints a traceback."""
+    the pool ends as a program that is done with it ends it, each worker leaving its
+    loop, rather than by SIGTERM in the middle of it."""
     pool.close()
     pool.join()
 
@@ -185,6 +189,7 @@ JOBLIB_ROUND_TRIPS: Final = 100
 the others' tasks (``mcpi bench overhead`` reports it), so it gets fewer of them."""
 
 
+@off_main_thread
 def joblib_parallel(tasks: int, workers: int) -> Overhead:
     """joblib's ``Parallel`` (its loky backend, ``batch_size='auto'``: joblib groups tiny
     tasks into batches by their measured duration), kept open across calls: a call of
@@ -212,6 +217,7 @@ def joblib_parallel(tasks: int, workers: int) -> Overhead:
     return Overhead("joblib", round_trip, per_s)
 
 
+@off_main_thread
 def loky_executor(tasks: int, workers: int) -> Overhead:
     """loky's reusable executor (joblib's process pool), used directly: ``submit``."""
     try:
@@ -221,7 +227,8 @@ def loky_executor(tasks: int, workers: int) -> Overhead:
 
     executor = get_reusable_executor(max_workers=workers, reuse=False, initializer=shipped.initializer())
     try:
-        figures = _executor_figures("loky", executor, tasks, workers)
+        with on_stop(lambda: executor.shutdown(wait=False, kill_workers=True)):
+            figures = _executor_figures("loky", executor, tasks, workers)
     except BaseException:  # interrupted: not after every task submitted (dropping_queued_work)
         executor.shutdown(wait=True, kill_workers=True)
         raise
@@ -232,6 +239,7 @@ def loky_executor(tasks: int, workers: int) -> Overhead:
 # ------------------------------------------------------------------------- pebble
 
 
+@off_main_thread
 def pebble_pool(tasks: int, workers: int) -> Overhead:
     """pebble's ``ProcessPool``: ``schedule(...).result()``, then ``tasks`` scheduled at once."""
     try:
@@ -239,7 +247,7 @@ def pebble_pool(tasks: int, workers: int) -> Overhead:
     except ImportError as exc:
         return Overhead.missing("pebble", exc)
 
-    with pebble.ProcessPool(max_workers=workers, initializer=shipped.initializer()) as pool:
+    with pebble.ProcessPool(max_workers=workers, initializer=shipped.initializer()) as pool, on_stop(pool.stop):
 
         def schedule_all(count: int) -> None:
             futures: list[Future[None]] = [pool.schedule(shipped.noop) for _ in range(count)]

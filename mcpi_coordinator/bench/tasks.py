@@ -83,7 +83,10 @@ def start_worker(owner: int) -> None:
     Ctrl-C in a terminal goes to the whole foreground process group, and a forked pool
     worker is in ours. Without this each worker prints its own ``KeyboardInterrupt``
     traceback while ``mcpi bench`` stops them; with it, the command alone hears Ctrl-C
-    and closes its pools, which ends their workers.
+    and closes its pools, which ends their workers. SIGTERM and SIGHUP end a worker
+    as they end any process: a forked worker had the command's handlers for them,
+    which turn them into a Ctrl-C (``cli.signals``), that the worker ignores or raises
+    as a traceback, and a pool's ``terminate`` (SIGTERM) did not end it.
 
     A command that cannot close its pools (SIGKILLed) left their workers running: a
     ``ProcessPoolExecutor`` or ``multiprocessing.Pool`` worker waits on a queue whose
@@ -97,6 +100,8 @@ def start_worker(owner: int) -> None:
     handler leaves only once the worker has been re-parented.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)  # not the command's handlers, forked with it
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since the fork: ignored now
     if not sys.platform.startswith("linux"):

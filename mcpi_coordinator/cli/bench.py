@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from mcpi_coordinator import arguments as cli_args
-from mcpi_coordinator.bench import failures, report
+from mcpi_coordinator.bench import failures, off_main, report
 from mcpi_coordinator.bench.approaches import APPROACHES
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
@@ -229,22 +229,9 @@ def _fail(args: argparse.Namespace, message: str) -> int:
 
 
 def _interrupted(args: argparse.Namespace) -> int:
-    _end_pool_workers()
+    off_main.kill_pool_workers()  # a pool driven from the main thread may have left some
     text.say(args.command_parser.prog, f"{signals.stopped_words()}; every worker was stopped")
     return McpiExitCode.for_signal(signals.stopped_by())
-
-
-def _end_pool_workers() -> None:
-    """Kill the pool workers an interrupted pool left: ``multiprocessing`` joins every
-    worker process at the interpreter's exit, and a ``ProcessPoolExecutor`` interrupted
-    while it started its workers (before its manager thread ran) never tells them to
-    stop, so the command, its message said, waited for them for good. A pool closed in
-    order has joined its workers already: none is left to kill then."""
-    multiprocessing = sys.modules.get("multiprocessing")
-    if multiprocessing is None:
-        return  # no pool of multiprocessing's was ever started: nothing to join
-    for worker in multiprocessing.active_children():
-        worker.kill()
 
 
 @contextmanager
@@ -259,9 +246,14 @@ def _status(stderr: Console, message: str, quiet: bool) -> Iterator[None]:
 
 def _run_one(name: str, measure: Callable[..., T], *args: Any) -> T:
     """``measure(*args)``, its expected failures turned into ``_Failed``, Ctrl-C into
-    ``KeyboardInterrupt`` (even from inside a Trio nursery's exception group)."""
+    ``KeyboardInterrupt`` (even from inside a Trio nursery's exception group). A stop
+    signal that an approach run off the main thread heard is noted as the one that
+    stopped the command (its handlers stood aside meanwhile: ``bench.off_main``)."""
     try:
         return measure(*args)
+    except off_main.Interrupted as exc:
+        signals.note(exc.signum)
+        raise KeyboardInterrupt from None
     except BaseException as exc:
         if failures.is_interrupt(exc):
             raise KeyboardInterrupt from None

@@ -1,0 +1,154 @@
+"""``bench.off_main``: an approach driven from a helper thread, the main thread waiting for
+it or for a stop signal, never inside a pool's library; and the signals of a pool's
+forked worker (``bench.tasks.start_worker``). The command's end to end check is
+``tests/cli/test_cli_ends.py::test_a_stop_while_a_bench_pool_starts_is_heard``; here the
+contract itself, with signals this process sends itself and events, never the clock."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from typing import Any
+
+import pytest
+
+from mcpi_coordinator.bench import tasks
+from mcpi_coordinator.bench.off_main import Interrupted, Stopped, off_main_thread, on_stop
+from mcpi_coordinator.cli import signals
+
+PATIENCE_S = 120
+"""A bound on a wait for an event that comes at once unless the code under test is broken."""
+
+
+def test_the_result_and_the_thread() -> None:
+    @off_main_thread
+    def work(a: int, *, b: int) -> tuple[int, bool]:
+        return a + b, threading.current_thread() is threading.main_thread()
+
+    assert work(1, b=2) == (3, False)
+
+
+def test_what_the_work_raises_is_raised_in_the_caller() -> None:
+    @off_main_thread
+    def work() -> None:
+        raise ValueError("broken pool")
+
+    with pytest.raises(ValueError, match="broken pool"):
+        work()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_runs_the_stop_actions_and_raises_interrupted(signum: int) -> None:
+    """The signal is heard while the work waits on its pool: the main thread shuts the
+    pool down (the stop action), which is what wakes the work, and raises ``Interrupted``
+    naming the signal. The handlers in force before are back afterwards."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    shut_down = threading.Event()
+    woke = threading.Event()
+
+    @off_main_thread
+    def work() -> None:
+        with on_stop(shut_down.set):
+            os.kill(os.getpid(), signum)
+            if shut_down.wait(PATIENCE_S):
+                woke.set()
+
+    with pytest.raises(Interrupted) as caught:
+        work()
+    assert caught.value.signum == signum
+    assert isinstance(caught.value, KeyboardInterrupt)  # what the command already handles
+    assert shut_down.is_set()
+    assert woke.wait(PATIENCE_S)
+    assert {number: signal.getsignal(number) for number in handlers} == handlers
+
+
+def test_a_pool_registered_after_the_stop_is_shut_down_there_and_then() -> None:
+    first_stopped = threading.Event()
+    late: list[str] = []
+    outcome: list[BaseException] = []
+    finished = threading.Event()
+
+    @off_main_thread
+    def work() -> None:
+        try:
+            with on_stop(first_stopped.set):
+                os.kill(os.getpid(), signal.SIGINT)
+                assert first_stopped.wait(PATIENCE_S)
+            with on_stop(lambda: late.append("shut down")):
+                late.append("ran a task")  # never: the pool is shut down as it is registered
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            finished.set()
+
+    with pytest.raises(Interrupted):
+        work()
+    assert finished.wait(PATIENCE_S)
+    assert late == ["shut down"]
+    assert len(outcome) == 1 and isinstance(outcome[0], Stopped)
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # as a pool's terminate() does to its worker
+
+
+def test_a_signal_to_a_forked_worker_is_not_the_run_s() -> None:
+    """A child forked by the helper (a pool's worker) had the parent's signal wakeup
+    pipe: its SIGTERM was written there, and the run stopped as if the command had
+    been sent it (``mcpi bench overhead`` ended 'terminated' when a pool closed)."""
+
+    @off_main_thread
+    def work() -> int | None:
+        child = multiprocessing.get_context("fork").Process(target=_terminate_self)
+        child.start()
+        child.join()
+        return child.exitcode
+
+    assert work() == -signal.SIGTERM  # it ended the child, and the run went on
+
+
+def test_outside_a_run_on_stop_does_nothing_and_a_nested_run_is_a_plain_call() -> None:
+    called: list[str] = []
+    with on_stop(lambda: called.append("stop")):
+        pass
+    assert called == []
+
+    @off_main_thread
+    def outer() -> tuple[str, str]:
+        @off_main_thread
+        def where() -> str:
+            return threading.current_thread().name
+
+        return threading.current_thread().name, where()
+
+    here, there = outer()
+    assert here == there != threading.main_thread().name  # the inner call ran in the helper itself
+
+
+def _a_pool_worker(owner: int, ready: Any) -> None:
+    tasks.start_worker(owner)
+    ready.set()
+    signal.pause()  # until a signal ends it
+
+
+def test_sigterm_ends_a_forked_pool_worker_quietly() -> None:
+    """A worker forked while the command ran had its SIGTERM handler, which turns it
+    into a Ctrl-C: ignored in a worker (its pool's ``terminate`` did not end it), or,
+    since SIGTERM raises where Ctrl-C is ignored (``cli.signals``), a
+    ``KeyboardInterrupt`` traceback. ``start_worker`` gives SIGTERM back its default."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    with signals.handled():
+        worker = context.Process(target=_a_pool_worker, args=(os.getpid(), ready))
+        worker.start()
+        try:
+            assert ready.wait(PATIENCE_S)
+            os.kill(worker.pid or 0, signal.SIGTERM)
+            worker.join(PATIENCE_S)
+        finally:
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join()
+    assert worker.exitcode == -signal.SIGTERM
