@@ -23,11 +23,13 @@ from typing import Any
 
 import psutil
 import pytest
+import structlog
 from test_golden import KERNEL_TABLE
 from worker_process import worker_command
 
 import mcpi_worker
 from mcpi_worker.kernels import NumpyKernel, Policy, StopCheck, count_python, numpy_impl
+from mcpi_worker.logs import LOG_LEVELS
 from mcpi_worker.protocol import (
     MAX_POINTS,
     NEED_DATA,
@@ -629,3 +631,37 @@ def test_mcpi_estimate_warms_a_cold_cache_itself_and_ends_no_process_of_it(cache
     finally:
         for process in warmers(cache_dir):
             process.kill()
+
+
+
+def _counting_logger(level: str, calls: list[str]) -> type:
+    """structlog's filtering logger at ``level``, noting every ``debug`` call made to it."""
+    filtering: Any = structlog.make_filtering_bound_logger(LOG_LEVELS[level])
+
+    class Counting(filtering):  # type: ignore[misc]
+        def debug(self, event: str, *args: Any, **kw: Any) -> Any:
+            calls.append(event)
+            return super().debug(event, *args, **kw)
+
+    return Counting
+
+
+@pytest.mark.parametrize(("level", "logged"), [("info", 0), ("debug", 20)])
+def test_a_sample_makes_no_log_call_its_level_filters_out(level: str, logged: int) -> None:
+    """Counted, not timed: at the entry point's ``info`` a sample's end reaches no logger
+    method (the ``sample_done`` debug line cost a look-up through structlog's lazy proxy
+    and a dict of arguments per sample, on the path of every request); at ``debug``
+    each sample still logs it."""
+    calls: list[str] = []
+    structlog.configure(
+        wrapper_class=_counting_logger(level, calls),
+        processors=[structlog.processors.KeyValueRenderer()],
+        logger_factory=structlog.ReturnLoggerFactory(),
+    )
+    with in_process_worker() as client:
+        client.send(Hello(versions=PROTOCOL_VERSIONS, client="test"))
+        assert isinstance(client.receive(), Welcome)
+        for request_id in range(1, 21):
+            client.send(Sample(id=request_id, seed=3, stream=request_id, points=0, kernel="numpy"))
+            assert isinstance(client.receive(), Result)
+    assert calls.count("sample_done") == logged, calls
