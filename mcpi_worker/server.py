@@ -197,8 +197,8 @@ class Worker:
         """Each sample's end is logged (``sample_done``): the level allows it. Asked once,
         when the worker is made (after the entry point has configured logging): on the
         path of every sample, a call filtered out still cost a look-up through
-        structlog's lazy proxy and a dict of its arguments, more than the rest of a
-        0-point sample's accounting."""
+        structlog's lazy proxy and a dict of its arguments (``benchmarks/request_cpu.py``
+        measures the workers' CPU per request)."""
 
     # ------------------------------------------------------------------ compute threads
 

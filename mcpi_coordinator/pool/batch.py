@@ -14,10 +14,11 @@ docs/bench.md).
 One schedule point per burst. The iterator is a cancel point at every result, but it
 lets other tasks run (a schedule point) once per burst: the results that were ready
 when it last yielded or woke are handed out one after another without a scheduler
-pass each. No result can arrive while the consumer runs (only the readers, other
-tasks, add them), so a burst is at most the ``window``, and usually what one read of
-a worker's stdout brought. A scheduler pass per result was a sixth of the
-coordinator's CPU per tiny chunk (``benchmarks/request_cpu.py``).
+pass each. No answer can arrive while the consumer runs (only the readers, other
+tasks, deliver them), so a burst is what the readers delivered while the consumer was
+away: usually what one read of a worker's stdout brought. A scheduler pass per result
+was a large share of the coordinator's CPU per tiny chunk (``benchmarks/request_cpu.py``
+measures it; figures in docs/bench.md).
 
 Bounded memory: a chunk is taken from the iterator only while fewer than ``window``
 are in line or in flight, so a 10**13-point run never builds a list.
