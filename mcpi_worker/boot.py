@@ -83,6 +83,25 @@ def arm_parent_death() -> Lifeline:
     return Lifeline(parent_pid, unavailable)
 
 
+def leave_ctrl_c_to_the_owner() -> None:
+    """Ignore SIGINT when stdin is not a terminal, from the very start.
+
+    Then a program owns our stdin and our lifetime, and ends it with the end of our
+    input, ``shutdown`` or SIGTERM; Ctrl-C in its terminal reaches our whole process
+    group, and the coordinator decides what it means, not us. Set here, before the
+    first heavy import: a SIGINT that came while the worker still imported argparse,
+    structlog or NumPy printed a ``KeyboardInterrupt`` traceback and ended it, where
+    the same SIGINT a moment later was ignored. Typed in a terminal, the worker keeps
+    Python's Ctrl-C (it says what it is and exits 2 anyway). Called as this module is
+    imported, which only the worker's ways in do (``__main__`` and the console script):
+    what is left unguarded is the interpreter's own start."""
+    if not os.isatty(0):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+leave_ctrl_c_to_the_owner()
+
+
 def main() -> NoReturn:
     """The ``mcpi-worker`` command: arm the backstop, then import and run the worker.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
@@ -166,11 +165,7 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
         print(f"mcpi-worker: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     log.info("kernels", implementations=implementations)
-    if not os.isatty(0):
-        # Our stdin is a pipe: a program owns our lifetime and ends it with EOF,
-        # shutdown or SIGTERM. Ctrl-C in its terminal reaches our whole process group;
-        # the coordinator decides what it means, not us.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C: ignored from the start when our stdin is a pipe (boot.leave_ctrl_c_to_the_owner).
 
     worker = Worker(
         0,
