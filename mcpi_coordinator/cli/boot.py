@@ -8,7 +8,10 @@ one line), but only from inside its ``try``; this module, which imports nothing 
 ``signal``, closes the gap before it: a Ctrl-C that comes while the command's modules
 load is held here, and raised as ``KeyboardInterrupt`` inside that ``try`` (``release``),
 where Python's own handler is put back for the rest of the run (Trio installs its
-handler only over Python's). What is left unguarded is the interpreter's own start.
+handler only over Python's). SIGTERM and SIGHUP, Ctrl-C's equals once the command runs
+(``cli.signals``), are held the same way: before, either killed the command by its default
+action, without a word, where a moment later it said so and exited 143 or 129. What is
+left unguarded is the interpreter's own start.
 
 Only the command's way in imports this module: code that imports ``mcpi_coordinator``
 as a library keeps its SIGINT handling untouched.
@@ -18,7 +21,19 @@ from __future__ import annotations
 
 import signal
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
 _held: list[int] = []
+
+_STOPS: dict[int, Callable[[int, FrameType | None], object] | int] = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGHUP: signal.SIG_DFL,
+}
+"""The signals held, each with the handler it is held only from (and given back)."""
 
 
 def _hold(signum: int, _frame: object) -> None:
@@ -26,19 +41,27 @@ def _hold(signum: int, _frame: object) -> None:
 
 
 def hold() -> None:
-    """Hold Ctrl-C until ``release``. A SIGINT that is ignored (``nohup``, a background
-    job of a script) stays ignored."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _hold)
+    """Hold Ctrl-C, SIGTERM and SIGHUP until ``release``. One that is ignored, or handled
+    by whoever started us (``nohup``, a background job of a script), is left as it is."""
+    for signum, default in _STOPS.items():
+        if signal.getsignal(signum) is default:
+            signal.signal(signum, _hold)
 
 
-def release() -> None:
-    """Give Ctrl-C back to Python; raise ``KeyboardInterrupt`` if one came while held.
-    Does nothing where ``hold`` did not hold it (``main`` called from Python)."""
-    if signal.getsignal(signal.SIGINT) is _hold:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def release(note: Callable[[int], object] | None = None) -> None:
+    """Give the held signals their handlers back; if any came while held, pass each to
+    ``note`` in order (``cli.signals.note``: the first decides the command's line and exit
+    code) and raise ``KeyboardInterrupt``. Does nothing where ``hold`` did not hold them
+    (``main`` called from Python)."""
+    for signum, default in _STOPS.items():
+        if signal.getsignal(signum) is _hold:
+            signal.signal(signum, default)
     if _held:
+        came = list(_held)
         _held.clear()
+        for held in came:
+            if note is not None:
+                note(held)
         raise KeyboardInterrupt
 
 

@@ -208,8 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     --version and usage errors (argparse's way), nothing else."""
     try:
         try:
-            boot.release()  # a Ctrl-C held while the command's modules loaded comes out here
-            return _main(argv)
+            # A Ctrl-C, SIGTERM or SIGHUP held while the command's modules loaded comes out
+            # here; from here on, SIGTERM and SIGHUP come as Ctrl-C (cli.signals), also
+            # while the command line is read and the early workers start.
+            boot.release(signals.note)
+            with signals.handled():
+                return _main(argv)
         finally:
             # A reader that left shows here, as BrokenPipeError, rather than in the
             # interpreter's own flush at exit, which would print a traceback.
@@ -258,8 +262,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if extras:
         command.unrecognized(extras)
     _check_environment(command, args)
-    with signals.handled():
-        return int(args.handler(args))
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

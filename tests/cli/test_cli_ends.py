@@ -182,6 +182,52 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
     _assert_nothing_left(mark)
 
 
+BEFORE_THE_HANDLERS = [
+    "mcpi_coordinator.cli.boot",  # Ctrl-C is held from here
+    "argparse",
+    "mcpi_coordinator.cli.main",
+    "mcpi_coordinator.launch.early",  # the early workers start after this one
+]
+"""Modules ``mcpi estimate`` imports before its command runs under ``cli.signals.handled``."""
+
+
+@pytest.mark.parametrize("module", BEFORE_THE_HANDLERS)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_sigterm_or_sighup_while_the_command_starts_is_a_quiet_143_or_129(module: str, stop: signal.Signals) -> None:
+    """SIGTERM and SIGHUP are Ctrl-C's equals (cli.signals) from the moment Ctrl-C is
+    held, not only once the command runs: sent just after ``module`` is imported (read
+    from ``-X importtime``'s lines, not timed), each killed the command by its default
+    action, with no line, where a moment later it said so and exited 143 or 129 (the
+    signals sweep, benchmarks/signals.py, found the window)."""
+    mark = uuid.uuid4().hex
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator",
+         "estimate", "-n", "1e9", "-w", "2", "-s", "1", *PATIENT],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if line.rpartition("|")[2].strip() == module:
+                process.send_signal(stop)
+                break
+        else:
+            pytest.fail(f"{module} was never imported: {''.join(seen)[-2000:]}")
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    said = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert process.returncode == 128 + stop, said
+    assert out == ""
+    assert said == [{signal.SIGTERM: "mcpi: terminated (SIGTERM)", signal.SIGHUP: "mcpi: hung up (SIGHUP)"}[stop]]
+    _assert_nothing_left(mark)
+
+
 # ------------------------------------------------------------------ the early window
 
 TIMELINE_RUN = ["-n", "2e7", "-w", "1", "-s", "1", "--log-level", "debug", "--log-format", "json",
@@ -350,17 +396,26 @@ def _busy(process: psutil.Process) -> bool:
     return times.user + times.system > 0.05
 
 
-def _running_its_command(process: psutil.Process) -> bool:
-    """The command has parsed its arguments and runs (it catches SIGTERM then): a child
-    forked before that is not a pool's (``ctypes.util`` forks for ``ldconfig``)."""
+def _catches_sigterm(process: psutil.Process) -> bool:
     with open(f"/proc/{process.pid}/status") as status:
         caught = next(line for line in status if line.startswith("SigCgt:")).split()[1]
     return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
 
 
+def _forked_by_the_run(worker: psutil.Process) -> bool:
+    """A pool's worker forked while the command runs its pool has SIGTERM at its default
+    (``bench.off_main._forget_the_run``); a child forked before that (``ctypes.util``
+    forks for ``ldconfig``), until its exec, still catches SIGTERM as the command does
+    from its start (``cli.boot`` holds it)."""
+    try:
+        return not _catches_sigterm(worker)
+    except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
+        return False
+
+
 MOMENTS: dict[str, Callable[[psutil.Process], bool]] = {
     # The first worker forked: its initializer may not have run yet.
-    "starting": lambda command: _running_its_command(command) and len(_pool_workers(command)) >= 1,
+    "starting": lambda command: any(_forked_by_the_run(worker) for worker in _pool_workers(command)),
     "working": lambda command: len([w for w in _pool_workers(command) if _busy(w)]) >= 2,
 }
 
