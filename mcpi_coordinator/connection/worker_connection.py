@@ -31,7 +31,13 @@ import trio
 
 from mcpi_coordinator import logs
 from mcpi_coordinator.connection import pipes
-from mcpi_coordinator.connection.failures import describe_exit, worker_failure, worker_failures
+from mcpi_coordinator.connection.failures import (
+    describe_exit,
+    exit_first,
+    is_broken_pipe,
+    worker_failure,
+    worker_failures,
+)
 from mcpi_coordinator.connection.stderr_relay import StderrRelay
 from mcpi_coordinator.errors import WorkerFailure
 from mcpi_coordinator.launch.transport import WorkerProcess
@@ -48,6 +54,9 @@ from mcpi_worker.protocol import (
 )
 
 RECEIVE_SIZE: Final[int] = 64 * 1024
+
+HEAD_SIZE: Final[int] = 256
+"""How much of a worker's first read of stdout is kept (``stdout_head``)."""
 
 DRAIN_AFTER_EXIT_S: Final[float] = 1.0
 """How long, at most, the answers a worker wrote just before it exited may take to be
@@ -88,6 +97,13 @@ class WorkerConnection:
         self.stderr_closed = trio.Event()
         self.exit_status: int | None = None
         """The process's exit status, once it has exited (reaped or not)."""
+        self.exited = trio.Event()
+        """Set once the process has exited and, if that broke the connection, ``failure``
+        says so: what a broken pipe or closed stdout waits for (``exit_first``)."""
+        self.exit_reported = False
+        """Its exit is the reason the connection broke (``failure``)."""
+        self.stdout_head = b""
+        """The start of the worker's first read of stdout (``failures.not_frames``)."""
         self.signalled = False
         """``stop`` had to signal it: it had not exited by itself within the grace period."""
         self.answered = 0
@@ -340,6 +356,8 @@ class WorkerConnection:
                 self._stdin_fd = None
                 await stdin.aclose()
         except WorkerFailure as failure:
+            if is_broken_pipe(failure.__cause__):
+                await exit_first(self.exited)  # its exit says more: reported first if it came
             self.fail(str(failure))
         finally:
             self._stdin_fd = None
@@ -350,9 +368,14 @@ class WorkerConnection:
         assert stdout is not None
         try:
             with worker_failures("reading the worker's stdout"):
-                while data := await self._receive_stdout():
+                data = await self._receive_stdout()
+                self.stdout_head = bytes(data[:HEAD_SIZE])
+                while data:
                     self._deliver(self.coordinator_end.receive_data(data, trio.current_time()))
+                    data = await self._receive_stdout()
             self._stdout_eof = True
+            if self.welcome is None:  # most often it exited: that is reported first
+                await exit_first(self.exited)
             self._deliver(self.coordinator_end.receive_eof(trio.current_time()))
         except WorkerFailure as failure:
             self._stdout_eof = True
@@ -383,7 +406,11 @@ class WorkerConnection:
                 await trio.sleep(0)
         orderly = self.coordinator_end.state in (CoordinatorState.CLOSING, CoordinatorState.CLOSED)
         if not (orderly and self.coordinator_end.in_flight == 0):
-            self.fail(f"exited ({describe_exit(self.exit_status)})")
+            before = "" if self.welcome is not None else " before its handshake"
+            reason = f"exited{before} ({describe_exit(self.exit_status)})"
+            self.fail(reason)
+            self.exit_reported = self.failure == reason  # the first reason wins
+        self.exited.set()
 
     def _stdout_readable(self) -> bool:
         if self._stdout_fd is None:
@@ -407,6 +434,8 @@ class WorkerConnection:
         if self._queued_frames == 0 and self._stdin_fd is not None:
             try:
                 written = pipes.write_nowait(self._stdin_fd, data)
+            except BrokenPipeError:  # the writer task meets it too, and waits for the exit first
+                self._stdin_fd, written = None, 0
             except OSError as error:  # not ``with worker_failures``: this runs per request
                 self.fail(str(worker_failure(error, "writing to the worker's stdin")))
                 return

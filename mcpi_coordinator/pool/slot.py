@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from mcpi_coordinator import logs
-from mcpi_coordinator.connection.failures import describe_exit, worker_failures
+from mcpi_coordinator.connection.failures import describe_exit, not_frames, worker_failures
 from mcpi_coordinator.connection.worker_connection import WorkerConnection
 from mcpi_coordinator.errors import WorkerFailure
 from mcpi_coordinator.launch.local import describe_command
@@ -330,7 +330,7 @@ class Slot:
             reason = f"worker {self.index} ({describe_command(process)}, pid {process.pid}): {reason}"
             # Its exit status says more than a broken pipe: always when it exited by
             # itself (``true`` exits 0), else when our own signals were not what ended it.
-            if "exited (" not in reason and (not connection.signalled or returncode != 0):
+            if not connection.exit_reported and (not connection.signalled or returncode != 0):
                 reason += f"; {describe_exit(returncode)}"
             tail = connection.stderr_tail()
             if tail:
@@ -348,7 +348,13 @@ class Slot:
                 try:
                     welcome = await connection.handshake()
                 except WorkerFailure as error:
-                    return f"{error} (during the handshake)"
+                    # A wrong --worker-cmd: what happened, not the broken pipe or the
+                    # protocol error that followed from it.
+                    said = str(error) if connection.exit_reported else f"{error} (during the handshake)"
+                    if (quote := not_frames(connection.stdout_head)) is not None:
+                        wrote = f"wrote {quote} on stdout instead of a frame"
+                        return f"{wrote} and {said}" if connection.exit_reported else f"{wrote} (during the handshake)"
+                    return said
                 finally:
                     self._end_start()
             if startup.cancelled_caught:

@@ -206,12 +206,31 @@ def test_an_unknown_worker_command_is_a_clear_error() -> None:
     assert run.stderr.count("worker 0") == 1, run.stderr  # said once, not twice
 
 
-def test_a_worker_command_that_exits_0_at_once_says_its_exit_status() -> None:
-    """``true`` as the worker: a broken pipe alone did not say the worker had exited 0."""
-    run = mcpi("estimate", "--points", "1", "--workers", "1", "--worker-cmd", "true")
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("true", "(true, pid {pid}): exited before its handshake (exit code 0)"),
+        ("sh -c 'echo oops >&2; exit 3'", "exited before its handshake (exit code 3); stderr: oops"),
+        ("echo hello", "wrote 'hello' on stdout instead of a frame"),
+        (
+            f"{sys.executable} -c 'print(\"I am not a worker\"); input()'",
+            "wrote 'I am not a worker' on stdout instead of a frame",
+        ),
+    ],
+)
+def test_a_worker_command_that_is_no_worker_says_what_happened(command: str, said: str) -> None:
+    """A first mistake: a worker command that exits at once (``true``, a script failing
+    before its handshake) or prints text. Its exit status, its stderr and what it wrote in
+    place of frames, not the broken pipe or the protocol error that followed from them."""
+    run = mcpi("estimate", "--points", "1e6", "--workers", "1", "--worker-cmd", command)
     assert run.returncode == 1
     [line] = run.stderr.strip().splitlines()
-    assert line.startswith("mcpi estimate: error: no worker left") and line.endswith("exit code 0"), line
+    assert line.startswith("mcpi estimate: error: no worker left"), line
+    pid = line.split(", pid ")[1].split(")")[0]
+    assert said.format(pid=pid) in line, line
+    assert "pipe" not in line.lower() and "protocol error" not in line, line
+    if "exit" in command:
+        assert line.count("exit code 3") == 1, line
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import signal
 import pytest
 import trio
 
-from mcpi_coordinator.connection.failures import describe_exit, worker_failure, worker_failures
+from mcpi_coordinator.connection.failures import describe_exit, not_frames, worker_failure, worker_failures
 from mcpi_coordinator.errors import WorkerFailure
 
 
@@ -65,3 +65,16 @@ async def test_cancellation_passes_through_untouched() -> None:
 )
 def test_an_exit_status_in_words(returncode: int | None, words: str) -> None:
     assert describe_exit(returncode) == words
+
+
+@pytest.mark.parametrize(
+    ("head", "quoted"),
+    [
+        (b"", None),
+        (b"\x00\x00\x00\x10\x81\xa4type", None),  # a frame's length opens with a 0 byte
+        (b"hello\n", "'hello'"),
+        (b"\x1b[31mred\n", "'\\u001b[31mred'"),  # nothing a terminal would act on
+    ],
+)
+def test_what_a_worker_wrote_instead_of_frames_is_quoted(head: bytes, quoted: str | None) -> None:
+    assert not_frames(head) == quoted
