@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
+from mcpi_worker.kernel_policy import object_cache_wanted
 
 KERNEL_SOURCES: Final[tuple[str, ...]] = ("drive.py", "fused.py", "fused_range.py", "lanes.py", "export.py")
 """The modules numba compiles (their text is part of the marker's name, and of the key
@@ -137,6 +138,15 @@ class NumbaCache:
                 )
         except OSError:
             return False
+
+    def wants_warming(self) -> bool:
+        """Whether the warming process has work to do here: numba's cache is cold, or our
+        object cache is wanted (``MCPI_OBJECT_CACHE``) and has no file (an install from
+        before it, a cleaned directory). False without numba or a place for the marker.
+        Looks at two paths, imports nothing heavy."""
+        if marker_path() is None:
+            return False
+        return not self.is_warm() or (object_cache_wanted() and not self.has_object())
 
     def mark_warm(self) -> None:
         path = marker_path()

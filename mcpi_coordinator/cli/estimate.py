@@ -121,11 +121,12 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
 @contextlib.contextmanager
 def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
     """While the run lasts, its workers leave numba's cache to us (``CACHE_WARMED_BY_PARENT``
-    in the environment they inherit), and a cold cache is warmed by a process of ours,
-    started before orphans are adopted: a worker's own warming process is its orphan once
-    it exits, and would be ended with the run (``adopting_orphans``), before the cache is
-    warm. Ours is this process's child, not a worker's, so it is spared, and it outlives
-    the run at the lowest priority until the cache is warm (``kernels.warm``)."""
+    in the environment they inherit), and a cold cache (or a missing object cache) is
+    warmed by a process of ours, started before orphans are adopted: a worker's own
+    warming process is its orphan once it exits, and would be ended with the run
+    (``adopting_orphans``), before the cache is warm. Ours is this process's child, not a
+    worker's, so it is spared, and it outlives the run at the lowest priority until the
+    cache is warm (``kernels.warm``)."""
     if args.workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
         from mcpi_worker import kernel_policy
         from mcpi_worker import numba_marker as warm  # the marker alone: no NumPy
@@ -134,7 +135,7 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
             uses_numba = kernel_policy.policy_from_environment() is not kernel_policy.Policy.NUMPY
         except kernel_policy.KernelConfigError:
             uses_numba = False  # the workers refuse it, and say why
-        if uses_numba and not warm.NumbaCache().is_warm():
+        if uses_numba and warm.NumbaCache().wants_warming():
             warm.start_warming()
     before = os.environ.get(CACHE_WARMED_BY_PARENT)
     os.environ[CACHE_WARMED_BY_PARENT] = "1"

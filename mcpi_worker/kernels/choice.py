@@ -105,6 +105,11 @@ class NumbaNotInstalled(FusedUnavailable):
     """The expected case on a plain install: the ``fast`` extra is not there."""
 
 
+class ObjectCacheMissing(FusedUnavailable):
+    """Our object cache has no file for this process (``native.ObjectMissing``): loaded
+    through numba this time, and written by the warming process for the next loads."""
+
+
 class Counter(Protocol):
     """One implementation's count: ``numpy_impl.count`` or ``fused.count``."""
 
@@ -144,6 +149,9 @@ class LoadedFused:
     loaded_from: LoadedFrom = LoadedFrom.NUMBA
     native_refused: str | None = None
     """Why the object cache was not used, when numba was loaded instead."""
+    object_missing: bool = False
+    """The object cache was not used because it has no file here (``ObjectCacheMissing``):
+    not worth a warning; the loader's caller has it written (``NumpyKernel``)."""
 
 
 Loader = Callable[[], LoadedFused]
@@ -188,14 +196,20 @@ class AlwaysWarm:
 def load_fused(object_directory: Path | None = None) -> LoadedFused:
     """Load the fused implementation: from our object cache without numba (a few
     hundredths of a second; in ``object_directory``, default ``native.cache_directory``),
-    else, saying why in one warning line, through numba (``load_numba``); either way
-    ``verify`` it. Raises ``NumbaNotInstalled`` without numba, ``FusedUnavailable`` when
-    no loaded loop counts as NumPy does. ``MCPI_OBJECT_CACHE=off``: numba only."""
+    else through numba (``load_numba``); either way ``verify`` it. A file that is there
+    but refused (corrupt, unsafe, another user's) is worth a look: one warning line says
+    why. One that is simply not there is marked ``object_missing``, without a warning: the
+    caller has it written (``NumpyKernel``: the warming process). Raises
+    ``NumbaNotInstalled`` without numba, ``FusedUnavailable`` when no loaded loop counts
+    as NumPy does. ``MCPI_OBJECT_CACHE=off``: numba only."""
     started = time.perf_counter()
     if not object_cache_wanted():
         return load_numba(started)
     try:
         return load_native(started, object_directory)
+    except ObjectCacheMissing as missing:
+        loaded = load_numba(started)
+        return dataclasses.replace(loaded, native_refused=str(missing), object_missing=True)
     except FusedUnavailable as refused:
         loaded = load_numba(started)  # raises NumbaNotInstalled: then the refusal is moot
         kernel_log().warning(
@@ -209,13 +223,16 @@ def load_fused(object_directory: Path | None = None) -> LoadedFused:
 
 def load_native(started: float | None = None, directory: Path | None = None) -> LoadedFused:
     """The fused implementation from our object cache in ``directory`` (``native.load``),
-    ``verify``-ed. Raises ``FusedUnavailable`` with the reason where it cannot be used."""
+    ``verify``-ed. Raises ``FusedUnavailable`` with the reason where it cannot be used
+    (``ObjectCacheMissing`` where there is no file for this process)."""
     started = time.perf_counter() if started is None else started
     from mcpi_worker.kernels import drive, native
     from mcpi_worker.kernels.checks import verify
 
     try:
         loaded = native.load(directory)
+    except native.ObjectMissing as exc:
+        raise ObjectCacheMissing(str(exc)) from None
     except native.NativeUnavailable as exc:
         raise FusedUnavailable(str(exc)) from None
     except Exception as exc:  # llvmlite or LLVM refusing the object: numba's path is left
@@ -501,13 +518,23 @@ class NumpyKernel:
                 self._warm_cache(cache)
         return None
 
-    def _warm_cache(self, cache: FusedCache) -> None:
-        """Have a cold cache warmed by another process, once (``warm.py``)."""
+    def _warm_cache(self, cache: FusedCache, *, object_missing: str | None = None) -> None:
+        """Have a cold cache warmed by another process, once (``warm.py``); or, where the
+        load went through numba because our object cache has no file here
+        (``object_missing``, why), have that process write it, which it does too."""
         with self._lock:
             if self._warming:
                 return
             self._warming = True
         cache.warm()
+        if object_missing is not None:
+            kernel_log().info(
+                "fused_kernel_object_cache_missing",
+                reason=object_missing,
+                consequence="loaded through numba this time; a separate process at the lowest "
+                "priority writes it for the next loads; to write it at once: python -m mcpi_worker.kernels.warm",
+            )
+            return
         kernel_log().info(
             "fused_kernel_cache_cold",
             consequence="compiling it in a separate process at the lowest priority; NumPy "
@@ -577,6 +604,8 @@ class NumpyKernel:
             numpy_points = self._numpy_points
         if loaded.cache_path is not None:  # compiled in memory only: the cache is no warmer
             self._fused_cache().mark_warm()
+        if loaded.object_missing:
+            self._warm_cache(self._fused_cache(), object_missing=loaded.native_refused)
         kernel_log().info(
             "numpy_kernel_implementation",
             implementation=Implementation.NUMBA_FUSED.value,

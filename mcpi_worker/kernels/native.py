@@ -90,6 +90,11 @@ class NativeUnavailable(Exception):
     """The object cache cannot be used here; the message says why, in one line."""
 
 
+class ObjectMissing(NativeUnavailable):
+    """There is simply no file for this process's key (an install from before the object
+    cache, a cleaned directory, another CPU): nothing is wrong, it is to be written."""
+
+
 def sources_digest() -> str:
     """A hash of every kernel source the machine code was compiled from."""
     digest = hashlib.sha256()
@@ -220,13 +225,13 @@ def read(path: Path, *, uid: int | None = None) -> bytes:
     refusal = numba_cache.directory_refusal(path.parent, uid=uid)
     if refusal is not None:
         if not path.parent.exists():
-            raise NativeUnavailable(missing)
+            raise ObjectMissing(missing)
         raise NativeUnavailable(f"its directory is unsafe: {refusal}")
     me = os.geteuid() if uid is None else uid
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise NativeUnavailable(missing) from None
+        raise ObjectMissing(missing) from None
     except OSError as error:
         raise NativeUnavailable(f"{path} cannot be opened ({error.strerror})") from None
     with os.fdopen(fd, "rb") as file:

@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -377,6 +379,74 @@ def test_with_the_object_cache_a_hint_of_a_fifth_of_the_old_threshold_loads_at_o
     (loaded,) = events(logs, "numpy_kernel_implementation")
     assert loaded["loaded_from"] == "object cache" and loaded["numpy_points"] == 0
     assert not events(dear_logs, "numpy_kernel_implementation")
+
+
+def warmers_of(directory: Path) -> list[psutil.Process]:
+    """The warming processes (``python -m mcpi_worker.kernels.warm``) working for ``directory``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.cmdline()[-3:] == ["-P", "-m", "mcpi_worker.kernels.warm"] and process.environ().get(
+                "NUMBA_CACHE_DIR"
+            ) == str(directory):
+                found.append(process)
+        except psutil.Error:  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_real_worker_without_the_object_file_has_it_written_without_a_warning(
+    warm_dir: Path, tmp_path: Path
+) -> None:
+    """numba's cache warm and our object file simply not there (an install from before it,
+    a cleaned directory): the worker loads through numba without a warning, says so at
+    info, and its warming process (nice 19) writes the object, waited for by its exit;
+    the next worker loads from it."""
+    directory = tmp_path / "numba-cache"
+    shutil.copytree(warm_dir, directory)
+    object_file(directory).unlink()
+    logs = worker_logs(directory)
+    assert not [entry for entry in logs if entry["level"] == "warning"], logs
+    (said,) = events(logs, "fused_kernel_object_cache_missing")
+    assert "there is no object cache" in str(said["reason"])
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["loaded_from"] == "numba" and loaded["compiled"] is False
+    warmers = warmers_of(directory)
+    assert len(warmers) <= 1  # one per worker, and none left over from elsewhere
+    _, alive = psutil.wait_procs(warmers, timeout=TIMEOUT)
+    assert not alive
+    object_file(directory)  # written (also when it was done before we looked)
+    logs = worker_logs(directory)
+    assert not [entry for entry in logs if entry["level"] == "warning"], logs
+    assert not events(logs, "fused_kernel_object_cache_missing")
+    (loaded,) = events(logs, "numpy_kernel_implementation")
+    assert loaded["loaded_from"] == "object cache" and loaded["cache_path"] == str(object_file(directory))
+
+
+def wants_warming(environ: dict[str, str]) -> bool:
+    """``NumbaCache.wants_warming`` for the cache ``environ`` names, its marker written
+    first (numba's cache is warm: a copy of a warm one, whose marker is named by the path)."""
+    script = "from mcpi_worker.numba_marker import NumbaCache as C; C().mark_warm(); print(C().wants_warming())"
+    said = subprocess.run(
+        [sys.executable, "-c", script],
+        env=environ, capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    )  # fmt: skip
+    return {"True\n": True, "False\n": False}[said.stdout]
+
+
+@pytest.mark.slow
+def test_mcpi_estimate_has_a_missing_object_file_written_too(warm_dir: Path, tmp_path: Path) -> None:
+    """``mcpi estimate`` warms for its workers (they leave it to it): what it asks
+    (``NumbaCache.wants_warming``) says yes where numba's cache is warm but the object
+    file is missing, unless ``MCPI_OBJECT_CACHE=off``."""
+    directory = tmp_path / "numba-cache"
+    shutil.copytree(warm_dir, directory)
+    environ = base_environment(NUMBA_CACHE_DIR=str(directory))
+    assert wants_warming(environ) is False
+    object_file(directory).unlink()
+    assert wants_warming(environ) is True
+    assert wants_warming({**environ, "MCPI_OBJECT_CACHE": "off"}) is False
 
 
 def truncate(path: Path) -> None:

@@ -136,7 +136,9 @@ def cache_dir(tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_fused_compiles_once_per_cache_directory_then_loads(cache_dir: str) -> None:
-    environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir)
+    # numba's own cache: without MCPI_OBJECT_CACHE=off the first worker's warming process
+    # writes our object cache meanwhile, and the second may load that instead.
+    environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=cache_dir, MCPI_OBJECT_CACHE="off")
     first_messages, first_logs = run_worker(environ)
     second_messages, second_logs = run_worker(environ)
     for messages in (first_messages, second_messages):
