@@ -35,6 +35,12 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    - ``--workers 1 --worker-cmd "mcpi-worker --jobs 2"`` vs ``--workers 2`` (<= 1.1x);
    - ``--chunk-size 1e4`` vs ``1e7`` at 1e9 points (<= 1.3x).
 
+   "Cold" is a fresh process, as after an install and a first run: numba's and the object
+   cache are warmed first, and Python's bytecode caches are allowed (an untimed round
+   writes them; ``PYTHONDONTWRITEBYTECODE`` is dropped from the environment, as
+   ``tiny.py`` does), since forbidding them makes every mcpi process compile its sources
+   on each start, which no installed package does.
+
 6. With ``--first-run`` (and nothing else): the first run after an install, numba's cache
    cold (a fresh ``NUMBA_CACHE_DIR`` each command): ``mcpi estimate --points 1e9
    --workers 2`` under ``auto`` vs ``MCPI_NUMPY_IMPL=numpy`` (target: not slower).
@@ -101,6 +107,8 @@ def run_rounds(
     times: dict[str, list[float]] = {name: [] for name in contenders}
     counts: dict[str, set[int]] = {name: set() for name in contenders}
     names = list(contenders)
+    for name in names:  # untimed: writes the bytecode caches, starts nothing cold in the rounds
+        contenders[name]()
     for round_number in range(rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
@@ -283,6 +291,8 @@ def cold_targets(points: int, big: int, rounds: int, compare_load: bool = False)
     cpus: dict[str, list[float]] = {name: [] for name in contenders}
     counts: dict[str, set[int]] = {name: set() for name in contenders}
     names = list(contenders)
+    for name in names:  # untimed: writes the bytecode caches, starts nothing cold in the rounds
+        contenders[name]()
     for round_number in range(rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
@@ -388,6 +398,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     configure_logging("warning")
+    # Every command runs as from an installed package, with bytecode caches allowed: where
+    # PYTHONDONTWRITEBYTECODE forbids them, each mcpi command (coordinator and workers)
+    # compiles its own sources again on every start, which the one-file executor script
+    # hardly pays. The first round of each list below writes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     points = args.points
     if args.cold:
         cold_targets(points, args.big, args.rounds, args.compare_load)
