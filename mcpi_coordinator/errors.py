@@ -78,3 +78,10 @@ class PoolClosed(McpiError):
     """The pool was used outside its ``async with`` block (before entering it, or once
     it began closing). A request still waiting for a worker when the pool closes, or
     whose worker is stopped before it answers, ends with it too."""
+
+
+class CheckpointRefused(McpiError):
+    """A checkpoint that cannot be used as asked; ``str()`` is one line naming the file.
+
+    Raised by ``run.checkpoint``; defined here so that ``mcpi estimate`` can catch it
+    without importing that module (and sqlite3) on a run without a checkpoint."""

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -29,13 +29,15 @@ from mcpi_coordinator.cli import estimate_json, estimate_plan, estimate_text, pr
 from mcpi_coordinator.cli.estimate_parser import MAX_TOTAL_POINTS
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.logging import configure_logging
-from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.errors import CheckpointRefused, McpiError
 from mcpi_coordinator.launch import capacity, remote
 from mcpi_coordinator.launch.local import adopting_orphans, spawn_worker
 from mcpi_coordinator.pool.worker_pool import WorkerPool
-from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused
 from mcpi_coordinator.run.estimate import EstimateResult, resumed_prefix, run_estimate
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL
+
+if TYPE_CHECKING:  # sqlite3 and the checkpoint module: loaded by --checkpoint/--resume only (cli.runs)
+    from mcpi_coordinator.run.checkpoint import Checkpoint
 
 PROG = "mcpi estimate"
 

@@ -13,7 +13,6 @@ from typing import Any
 from mcpi_coordinator.cli import runs
 from mcpi_coordinator.launch import remote
 from mcpi_coordinator.run.estimate import EstimateResult, chunk_count, pi_statistics
-from mcpi_coordinator.run.parts import part_json
 
 
 def estimate_fields(inside: int, points: int) -> dict[str, Any]:
@@ -60,4 +59,6 @@ def result_json(result: EstimateResult) -> dict[str, Any]:
 def _part_json(result: EstimateResult) -> dict[str, int] | None:
     if result.part is None:
         return None
+    from mcpi_coordinator.run.parts import part_json  # a --part run only
+
     return part_json(result.part, chunk_count(result.requested_points, result.chunk_size))

@@ -13,14 +13,16 @@ import argparse
 import secrets
 import shlex
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_coordinator.cli.text import plural
-from mcpi_coordinator.run.checkpoint import Checkpoint, CheckpointRefused, RunParameters
+from mcpi_coordinator.errors import CheckpointRefused
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, EstimateResult
 from mcpi_coordinator.run.statistics import points_to_reach
-from mcpi_coordinator.run.verify import VerifyStats
 from mcpi_worker.constants import DEFAULT_KERNEL
+
+if TYPE_CHECKING:  # imported where used: a run without --checkpoint/--resume loads neither sqlite3 nor this
+    from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
 
 RUN_OPTIONS: Final[dict[str, tuple[str, object]]] = {
     "seed": ("--seed", None),
@@ -81,6 +83,8 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     defaults), draw the seed if none was given, and open or create the checkpoint.
     Raises ``CheckpointRefused``."""
     if args.resume is not None:
+        from mcpi_coordinator.run.checkpoint import Checkpoint
+
         checkpoint = Checkpoint.resume(args.resume)
         try:
             _take_parameters(args, checkpoint)
@@ -96,11 +100,15 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         args.seed = secrets.randbits(64)
     created = None
     if args.checkpoint is not None:
+        from mcpi_coordinator.run.checkpoint import Checkpoint
+
         created = Checkpoint.create(args.checkpoint, parameters_of(args))
     return PreparedRun(seed=args.seed, seed_drawn=seed_drawn, checkpoint=created)
 
 
 def parameters_of(args: argparse.Namespace) -> RunParameters:
+    from mcpi_coordinator.run.checkpoint import RunParameters
+
     return RunParameters(
         seed=args.seed, points=args.points, chunk_size=args.chunk_size, kernel=args.kernel,
         target_error=args.target_error, part=args.part,
@@ -129,7 +137,11 @@ def _option(flag: str, value: Any) -> str:
 
 
 def verify_json(result: EstimateResult) -> dict[str, Any]:
-    stats = result.verification or VerifyStats(0.0, 0, 0, 0, 0, ())
+    """The --verify fields, zero for a run without it (which does not load ``run.verify``)."""
+    stats = result.verification
+    if stats is None:
+        return {"verify": 0.0, "verified_chunks": 0, "mismatches": 0, "local_checks": 0, "recomputed_chunks": 0,
+                "wrong_workers": []}  # fmt: skip
     return {
         "verify": stats.fraction,
         "verified_chunks": stats.verified_chunks,

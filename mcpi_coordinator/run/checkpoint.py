@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from mcpi_coordinator import files
-from mcpi_coordinator.errors import McpiError
+from mcpi_coordinator.errors import CheckpointRefused, McpiError  # CheckpointRefused: raised here, defined there
 from mcpi_coordinator.run.parts import Part
 from mcpi_worker import __version__  # not mcpi_coordinator's: its __init__ names the layers above
 from mcpi_worker.constants import KERNEL_VERSIONS
@@ -84,10 +84,6 @@ _SCHEMA: Final[tuple[str, ...]] = (
 )
 """One table of parameters and versions (JSON values: a seed may exceed SQLite's
 64-bit signed integers), one row per completed chunk."""
-
-
-class CheckpointRefused(McpiError):
-    """A checkpoint that cannot be used as asked; ``str()`` is one line naming the file."""
 
 
 class CheckpointFailed(McpiError):

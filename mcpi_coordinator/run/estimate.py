@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -29,12 +29,14 @@ from mcpi_coordinator.launch import early
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.stats import PoolStats
 from mcpi_coordinator.pool.worker_pool import WorkerPool
-from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
-from mcpi_coordinator.run.parts import Part
 from mcpi_coordinator.run.prefix import Prefix
 from mcpi_coordinator.run.statistics import Z_95, PiStatistics, StopRule, pi_statistics
-from mcpi_coordinator.run.verify import LocalCounter, Verifier, VerifyStats, count_here
 from mcpi_worker.constants import DEFAULT_KERNEL
+
+if TYPE_CHECKING:  # each imported where its option is used: a plain run loads none of them (nor sqlite3)
+    from mcpi_coordinator.run.checkpoint import Checkpoint
+    from mcpi_coordinator.run.parts import Part
+    from mcpi_coordinator.run.verify import LocalCounter, Verifier, VerifyStats
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -238,7 +240,7 @@ async def run_estimate(
     started_at: float | None = None,
     checkpoint: Checkpoint | None = None,
     verify: float = 0.0,
-    count_locally: LocalCounter = count_here,
+    count_locally: LocalCounter | None = None,
     part: Part | None = None,
 ) -> EstimateResult:
     """Count ``points`` points on ``pool`` and combine them into an estimate of π.
@@ -259,7 +261,8 @@ async def run_estimate(
     compared before they count (``verify`` module); a worker caught giving a wrong
     count is retired and its unchecked chunks computed again. ``count_locally`` is how
     the coordinator counts a chunk itself when no other worker is left to check one
-    (a thread; a test under a mock clock passes one that counts inline).
+    (None: ``verify.count_here``, a thread; a test under a mock clock passes one that
+    counts inline).
 
     With a ``part``, only that part's streams are counted (and the result is the
     part's count); ``target_error``, a rule over the whole run's prefix, is refused.
@@ -287,6 +290,8 @@ async def run_estimate(
     prefix = Prefix(points, chunk_size, StopRule(target_error), part)
     resumed = 0
     if checkpoint is not None:
+        from mcpi_coordinator.run.checkpoint import RunParameters
+
         asked = RunParameters(seed, points, chunk_size, kernel, target_error, part)
         if checkpoint.parameters != asked:
             raise ValueError(f"checkpoint {checkpoint.path} is for {checkpoint.parameters}, not {asked}")
@@ -363,10 +368,13 @@ class _Run:
         self._phase: trio.CancelScope | None = None
         self.implementations: dict[str, int] = {}
 
-    async def compute(self, pool: WorkerPool, verify: float, count_locally: LocalCounter) -> None:
+    async def compute(self, pool: WorkerPool, verify: float, count_locally: LocalCounter | None) -> None:
         if verify <= 0:
             await self._phase_on(pool)  # no check can un-count a chunk: one pass does
             return
+        from mcpi_coordinator.run.verify import Verifier, count_here
+
+        count_locally = count_here if count_locally is None else count_locally
         async with _nursery_raising_mcpi_errors() as checks:
             self.verifier = Verifier(
                 pool, self.seed, verify, checks, settle=self.settle, forget=self.forget, count_locally=count_locally

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from mcpi_coordinator.run.parts import Part
 from mcpi_coordinator.run.statistics import StopRule
 from mcpi_worker.constants import DEFAULT_KERNEL
+
+if TYPE_CHECKING:
+    from mcpi_coordinator.run.parts import Part
 
 _MISSING = -1
 

@@ -131,15 +131,26 @@ TINY_RUN_UNUSED = (
 """What a small ``mcpi estimate`` once loaded without using it (issue 22)."""
 
 
-def test_a_small_run_loads_nothing_it_does_not_use() -> None:
-    """The modules loaded by ``mcpi estimate -n 1000 --json`` (stdout and stderr pipes:
-    no progress bar), listed in the command's own exit handlers, which ``cli.boot`` runs
-    before it leaves; a module whose import failed on purpose (None) is not loaded."""
+PLAIN_RUN_UNUSED = (
+    "sqlite3",  # --checkpoint and --resume
+    "mcpi_coordinator.run.checkpoint",
+    "mcpi_coordinator.run.verify",  # --verify
+    "mcpi_coordinator.run.parts",  # --part (and mcpi combine)
+)
+"""What only an option loads: a run without it does not (a plain run's start-up is its
+workers' wait for the handshake)."""
+
+
+def loaded_by_estimate(*args: str) -> set[str]:
+    """The modules loaded by ``mcpi estimate -n 1000 -s 3 -w 1 --json ARGS`` (stdout and
+    stderr pipes: no progress bar), listed in the command's own exit handlers, which
+    ``cli.boot`` runs before it leaves; a module whose import failed on purpose (None) is
+    not loaded."""
     script = (
         "import atexit, json, sys\n"
         "atexit.register(lambda: print('MODULES', json.dumps(sorted(m for m, v in sys.modules.items()"
         " if v is not None)), file=sys.stderr))\n"
-        "sys.argv = ['mcpi', 'estimate', '-n', '1000', '-s', '3', '-w', '1', '--json']\n"
+        f"sys.argv = ['mcpi', 'estimate', '-n', '1000', '-s', '3', '-w', '1', '--json', *{list(args)!r}]\n"
         "from mcpi_coordinator.cli.boot import main\n"
         "sys.exit(main())\n"
     )
@@ -148,9 +159,25 @@ def test_a_small_run_loads_nothing_it_does_not_use() -> None:
         env=CLEAN_ENV,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["points"] == 1000  # the output was flushed before the command left
+    result = json.loads(done.stdout)  # the output was flushed before the command left
+    assert (result["points"], result["inside"]) == (1000, 780)  # the same count, with or without the options
     (listing,) = [line for line in done.stderr.splitlines() if line.startswith("MODULES ")]
     modules = set(json.loads(listing.removeprefix("MODULES ")))
     assert "mcpi_coordinator.run.estimate" in modules  # the list is real
-    unused = sorted(m for m in modules if any(m == u or m.startswith(u + ".") for u in TINY_RUN_UNUSED))
-    assert unused == []
+    return modules
+
+
+def among(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == u or m.startswith(u + ".") for u in names))
+
+
+def test_a_small_run_loads_nothing_it_does_not_use() -> None:
+    assert among(loaded_by_estimate(), TINY_RUN_UNUSED + PLAIN_RUN_UNUSED) == []
+
+
+def test_an_option_loads_what_it_uses(tmp_path: Path) -> None:
+    """The other side of the plain run: the modules it leaves out are loaded, and do
+    their work, when their option is given."""
+    modules = loaded_by_estimate("--checkpoint", str(tmp_path / "run.db"), "--verify", "1", "--part", "1/1")
+    assert set(PLAIN_RUN_UNUSED) <= modules
+    assert (tmp_path / "run.db").stat().st_size > 0
