@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from mcpi_worker.protocol.admission import Unfit, refusal
+from mcpi_worker.protocol.admission import Unfit, plain_verdict, refusal
 from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode, frame_problem
 from mcpi_worker.protocol.messages import (
     HEADER,
@@ -256,15 +256,21 @@ class CoordinatorEnd:
         ``max_frame`` (``framing.frame_problem``)."""
         welcome = self._require_serving()
         sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
-        unfit = refusal(welcome, sample)  # before the fields: a count above MAX_POINTS is above max_points
-        if unfit is not None and unfit.rule is Unfit.KERNEL:
-            raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
-        if unfit is not None:
-            raise LocalProtocolError(f"the worker would refuse it: {unfit.message}")
+        # A plain sample the quick form of the rule takes (``plain_verdict``: held equal to
+        # ``sending_problem`` for valid fields) is neither refused nor too large a frame
+        # once its fields are found valid below: the common case asks the rule once.
+        taken = streams == 1 and group is None and plain_verdict(welcome, kernel, points) is True
+        if not taken:
+            unfit = refusal(welcome, sample)  # before the fields: a count above MAX_POINTS is above max_points
+            if unfit is not None and unfit.rule is Unfit.KERNEL:
+                raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
+            if unfit is not None:
+                raise LocalProtocolError(f"the worker would refuse it: {unfit.message}")
         if (invalid := field_problem(sample)) is not None:
             raise LocalProtocolError(f"not a valid sample: {invalid}")
         frame = encode(sample)
-        self._check_frame(frame, welcome)
+        if not taken:
+            self._check_frame(frame, welcome)
         request_id = self._next_id
         self._next_id = request_id + 1
         request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token)
