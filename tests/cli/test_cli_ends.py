@@ -143,17 +143,15 @@ STARTUP_MOMENTS = [
     "msgpack",  # a compiled extension (NumPy was one, until the command stopped loading it)
     "structlog",
     "mcpi_coordinator.pool.worker_pool",
-    "mcpi_coordinator.run.checkpoint",
+    "mcpi_coordinator.run.estimate",  # the run's own module, among the last (checkpoint loads only with --checkpoint)
 ]
 """Modules ``mcpi estimate`` imports as it starts; Ctrl-C comes just after each one."""
 
 
-@pytest.mark.parametrize("module", STARTUP_MOMENTS)
-def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
-    """``-X importtime`` writes a line to stderr as each import completes: the signal
-    is sent on reading the module's line, so it lands while the next ones load (or,
-    on a fast machine, a little later), never on a guess of the real clock."""
-    mark = uuid.uuid4().hex
+def _signal_just_after_import(module: str, stop: signal.Signals, mark: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``mcpi estimate`` run under ``-X importtime`` and
+    sent ``stop`` on reading ``module``'s import line: the moment is an event of the
+    command's own start-up, never a guess of the real clock."""
     process = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator",
          "estimate", "-n", "1e9", "-w", "2", "-s", "1", *PATIENT],
@@ -165,7 +163,7 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
         for line in process.stderr:
             seen.append(line)
             if line.rpartition("|")[2].strip() == module:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(stop)
                 break
         else:
             pytest.fail(f"{module} was never imported: {''.join(seen)[-2000:]}")
@@ -174,9 +172,19 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize("module", STARTUP_MOMENTS)
+def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
+    """``-X importtime`` writes a line to stderr as each import completes: the signal
+    is sent on reading the module's line, so it lands while the next ones load (or,
+    on a fast machine, a little later), never on a guess of the real clock."""
+    mark = uuid.uuid4().hex
+    returncode, out, err = _signal_just_after_import(module, signal.SIGINT, mark)
     said = [line for line in err.splitlines() if not line.startswith("import time:")]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
-    assert process.returncode == 130, said
+    assert returncode == 130, said
     assert out == ""
     assert len(said) == 1 and "interrupted" in said[0], said
     _assert_nothing_left(mark)
@@ -200,29 +208,10 @@ def test_sigterm_or_sighup_while_the_command_starts_is_a_quiet_143_or_129(module
     action, with no line, where a moment later it said so and exited 143 or 129 (the
     signals sweep, benchmarks/signals.py, found the window)."""
     mark = uuid.uuid4().hex
-    process = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator",
-         "estimate", "-n", "1e9", "-w", "2", "-s", "1", *PATIENT],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        seen = []
-        for line in process.stderr:
-            seen.append(line)
-            if line.rpartition("|")[2].strip() == module:
-                process.send_signal(stop)
-                break
-        else:
-            pytest.fail(f"{module} was never imported: {''.join(seen)[-2000:]}")
-        out, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    returncode, out, err = _signal_just_after_import(module, stop, mark)
     said = [line for line in err.splitlines() if not line.startswith("import time:")]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
-    assert process.returncode == 128 + stop, said
+    assert returncode == 128 + stop, said
     assert out == ""
     assert said == [{signal.SIGTERM: "mcpi: terminated (SIGTERM)", signal.SIGHUP: "mcpi: hung up (SIGHUP)"}[stop]]
     _assert_nothing_left(mark)
