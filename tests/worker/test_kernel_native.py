@@ -19,7 +19,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,12 @@ from stop_checks import stop_after
 from structlog.testing import capture_logs
 from test_kernel_worker import (
     HINTED,
-    RANGE,
     TIMEOUT,
     assert_golden_answers,
     base_environment,
+    cancel_a_long_range_in_the_middle,
     events,
     hinted_answers,
-    range_insides,
     run_worker,
     warm_cache,
     worker_process,
@@ -48,7 +46,6 @@ from test_kernel_worker import (
 from mcpi_worker.kernels import Cancelled, drive, export, fused, lanes, native, numpy_impl
 from mcpi_worker.kernels.checks import VERIFY_RANGES, VERIFY_SAMPLES, verify
 from mcpi_worker.kernels.choice import FusedUnavailable, LoadedFrom, load_fused
-from mcpi_worker.protocol import Cancel, Error, ErrorCode, Result, Sample
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 NOBODY = 65534
@@ -327,19 +324,7 @@ def test_a_real_worker_counting_from_the_object_is_cancelled_in_the_middle(warm_
     machine code came from."""
     environ = base_environment(MCPI_NUMPY_IMPL="fused", NUMBA_CACHE_DIR=str(warm_dir))
     with worker_process(environ) as (process, client):  # under fused: loaded before the welcome
-        worker = psutil.Process(process.pid)
-        before = sum(worker.cpu_times()[:2])
-        client.send(Sample(id=1, seed=3, stream=0, points=2**33, kernel="numpy", streams=64))
-        deadline = time.monotonic() + TIMEOUT
-        while sum(worker.cpu_times()[:2]) < before + 0.3:  # counting, well inside the range
-            assert time.monotonic() < deadline, "the worker never started counting"
-            time.sleep(0.01)
-        client.send(Cancel(1))
-        answer = client.receive()
-        assert isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED
-        client.send(RANGE)
-        result = client.receive()
-        assert isinstance(result, Result) and result.insides == range_insides(RANGE)
+        cancel_a_long_range_in_the_middle(process, client)
         assert process.stdin is not None and process.stderr is not None
         process.stdin.close()
         assert process.wait(timeout=TIMEOUT) == 0

@@ -375,22 +375,29 @@ def test_a_long_range_in_lanes_is_cancelled_in_the_middle_by_a_real_worker() -> 
     then answers a range exactly and exits 0 at end of input."""
     environ = base_environment(MCPI_NUMPY_IMPL="fused")  # numba's own cache: compiled once
     with worker_process(environ) as (process, client):  # under fused: loaded before the welcome
-        worker = psutil.Process(process.pid)
-        before = sum(worker.cpu_times()[:2])
-        client.send(Sample(id=1, seed=3, stream=0, points=2**33, kernel="numpy", streams=64))
-        deadline = time.monotonic() + TIMEOUT
-        while sum(worker.cpu_times()[:2]) < before + 0.3:  # counting, well inside the range
-            assert time.monotonic() < deadline, "the worker never started counting"
-            time.sleep(0.01)
-        client.send(Cancel(1))
-        answer = client.receive()
-        assert isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED
-        client.send(RANGE)
-        result = client.receive()
-        assert isinstance(result, Result) and result.insides == range_insides(RANGE)
+        cancel_a_long_range_in_the_middle(process, client)
         assert process.stdin is not None
         process.stdin.close()
         assert process.wait(timeout=TIMEOUT) == 0
+
+
+def cancel_a_long_range_in_the_middle(process: subprocess.Popen[bytes], client: PipeClient) -> None:
+    """Send a fused worker minutes of a range in lanes, cancel it once the worker has spent
+    CPU time on it (psutil: the moment is the worker's own progress; ``TIMEOUT`` only
+    bounds a hang), expect ``cancelled``, then a range answered exactly."""
+    worker = psutil.Process(process.pid)
+    before = sum(worker.cpu_times()[:2])
+    client.send(Sample(id=1, seed=3, stream=0, points=2**33, kernel="numpy", streams=64))
+    deadline = time.monotonic() + TIMEOUT
+    while sum(worker.cpu_times()[:2]) < before + 0.3:  # counting, well inside the range
+        assert time.monotonic() < deadline, "the worker never started counting"
+        time.sleep(0.01)
+    client.send(Cancel(1))
+    answer = client.receive()
+    assert isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED
+    client.send(RANGE)
+    result = client.receive()
+    assert isinstance(result, Result) and result.insides == range_insides(RANGE)
 
 
 @pytest.mark.slow
