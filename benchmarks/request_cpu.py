@@ -41,9 +41,28 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _CpuSince:
+    """CPU spent from now on by this process and by its children of now (the workers)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._children = psutil.Process().children(recursive=True)
+        self._own, self._theirs = _cpu_s(), self._workers_cpu_s()
+
+    def _workers_cpu_s(self) -> float:
+        return sum(sum(child.cpu_times()[:2]) for child in self._children)
+
+    def per_request(self, figure: float, requests: int) -> dict[str, float]:
+        return {
+            "figure": figure,
+            "coordinator_us": (_cpu_s() - self._own) / requests * 1e6,
+            "workers_us": (self._workers_cpu_s() - self._theirs) / requests * 1e6,
+        }
+
+
 def measure(mode: str, requests: int, workers: int) -> dict[str, float]:
     """One measurement in this process (what ``--one`` prints)."""
-    import psutil
     import trio
 
     from mcpi_coordinator.bench.overhead import AS_DEEP_AS_WORKERS_ALLOW, EMPTY_CHUNK
@@ -53,12 +72,7 @@ def measure(mode: str, requests: int, workers: int) -> dict[str, float]:
         async with WorkerPool(workers, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW) as pool:
             for _ in range(4 * workers):
                 await pool.sample(EMPTY_CHUNK)
-            children = psutil.Process().children(recursive=True)
-
-            def workers_cpu_s() -> float:
-                return sum(sum(child.cpu_times()[:2]) for child in children)
-
-            own, theirs = _cpu_s(), workers_cpu_s()
+            spent = _CpuSince()
             started = time.perf_counter()
             figure: float
             if mode == "sequential":
@@ -73,11 +87,7 @@ def measure(mode: str, requests: int, workers: int) -> dict[str, float]:
                     async for _ in results:
                         pass
                 figure = requests / (time.perf_counter() - started)
-            return {
-                "figure": figure,
-                "coordinator_us": (_cpu_s() - own) / requests * 1e6,
-                "workers_us": (workers_cpu_s() - theirs) / requests * 1e6,
-            }
+            return spent.per_request(figure, requests)
 
     return trio.run(run)
 
@@ -86,19 +96,12 @@ def measure_mp_pool(mode: str, requests: int, workers: int) -> dict[str, float]:
     """The same measurement of ``multiprocessing.Pool`` with a no-op task."""
     import multiprocessing
 
-    import psutil
-
     from mcpi_coordinator.bench import tasks
 
     with multiprocessing.Pool(workers, initializer=tasks.initializer()) as pool:
         for _ in pool.imap_unordered(tasks.noop_of, range(4 * workers)):
             pass
-        children = psutil.Process().children(recursive=True)
-
-        def workers_cpu_s() -> float:
-            return sum(sum(child.cpu_times()[:2]) for child in children)
-
-        own, theirs = _cpu_s(), workers_cpu_s()
+        spent = _CpuSince()
         started = time.perf_counter()
         figure: float
         if mode == "sequential":
@@ -112,11 +115,7 @@ def measure_mp_pool(mode: str, requests: int, workers: int) -> dict[str, float]:
             for _ in pool.imap_unordered(tasks.noop_of, range(requests)):
                 pass
             figure = requests / (time.perf_counter() - started)
-        result = {
-            "figure": figure,
-            "coordinator_us": (_cpu_s() - own) / requests * 1e6,
-            "workers_us": (workers_cpu_s() - theirs) / requests * 1e6,
-        }
+        result = spent.per_request(figure, requests)
         pool.close()  # not terminate(): see mcpi_coordinator.bench.overhead._close_gracefully
         pool.join()
     return result
