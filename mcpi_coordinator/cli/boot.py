@@ -25,10 +25,14 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy kno
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
+    from typing import TypeAlias
+
+    _Handler: TypeAlias = "Callable[[int, FrameType | None], object] | int | signal.Handlers | None"
+    """What ``signal.getsignal`` returns."""
 
 _held: list[int] = []
 
-_STOPS: dict[int, Callable[[int, FrameType | None], object] | int] = {
+_STOPS: dict[int, _Handler] = {
     signal.SIGINT: signal.default_int_handler,
     signal.SIGTERM: signal.SIG_DFL,
     signal.SIGHUP: signal.SIG_DFL,
@@ -48,11 +52,20 @@ def hold() -> None:
             signal.signal(signum, _hold)
 
 
+def given_back(signum: int, handler: _Handler) -> _Handler:
+    """The handler ``release`` gives ``signum`` back when ``handler`` is this module's
+    holder, else ``handler``: what a caller that takes a held signal over (``cli.signals.handled``)
+    must restore when it is done, rather than the holder."""
+    return _STOPS[signum] if handler is _hold and signum in _STOPS else handler
+
+
 def release(note: Callable[[int], object] | None = None) -> None:
     """Give the held signals their handlers back; if any came while held, pass each to
     ``note`` in order (``cli.signals.note``: the first decides the command's line and exit
     code) and raise ``KeyboardInterrupt``. Does nothing where ``hold`` did not hold them
-    (``main`` called from Python)."""
+    (``main`` called from Python), nor for a signal whose handler someone else has put
+    in place of the holder since (``cli.signals.handled``, entered first so that SIGTERM
+    and SIGHUP never pass through their default action, which ends the process)."""
     for signum, default in _STOPS.items():
         if signal.getsignal(signum) is _hold:
             signal.signal(signum, default)

@@ -208,11 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     --version and usage errors (argparse's way), nothing else."""
     try:
         try:
-            # A Ctrl-C, SIGTERM or SIGHUP held while the command's modules loaded comes out
-            # here; from here on, SIGTERM and SIGHUP come as Ctrl-C (cli.signals), also
-            # while the command line is read and the early workers start.
-            boot.release(signals.note)
+            # From here on SIGTERM and SIGHUP come as Ctrl-C (cli.signals), also while the
+            # command line is read and the early workers start; handled() takes them over
+            # from boot's holder before release, so that neither passes through its default
+            # action (the end of the process, without a word) in between. A Ctrl-C, SIGTERM
+            # or SIGHUP held while the command's modules loaded comes out at release.
             with signals.handled():
+                boot.release(signals.note)
                 return _main(argv)
         finally:
             # A reader that left shows here, as BrokenPipeError, rather than in the

@@ -105,8 +105,11 @@ under it), for whatever is not a dropped ``KeyboardInterrupt``."""
 def handled() -> Iterator[None]:
     """SIGTERM and SIGHUP act as Ctrl-C while the block runs (the command's whole life),
     and a Ctrl-C that Python would drop comes again (``_interrupt_again``)."""
+    from mcpi_coordinator.cli import boot  # imports only signal
+
     _received.clear()
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    # From boot's holder straight to ours, and back to the handler boot held them from.
+    previous = {signum: boot.given_back(signum, signal.getsignal(signum)) for signum in (signal.SIGTERM, signal.SIGHUP)}
     for signum in previous:
         signal.signal(signum, _as_ctrl_c)
     _hooks.append(sys.unraisablehook)
