@@ -1,6 +1,7 @@
 """One real ``mcpi-worker`` driven by a blocking client over its pipes: for the benchmarks
-that time single requests with no event loop in the way (hostile_latency.py,
-thread_handoff.py; each imports this file from beside it).
+that time single requests or a worker's start with no event loop in the way
+(hostile_latency.py, thread_handoff.py, hint.py, kernel.py; each imports this file from
+beside it).
 
 The frames are the protocol's own (``encode`` and ``FrameDecoder``); only the blocking
 reads and writes are here.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder, Hello, Message, NeedData, encode
@@ -20,17 +21,29 @@ READ_SIZE: Final = 65536
 
 class BlockingWorker:
     """``argv`` started with its stdin and stdout as pipes, said hello to as ``client``
-    with ``versions``; its welcome in ``welcome``. Its stderr is ``stderr`` (a
-    ``subprocess`` destination: None leaves it on ours)."""
+    with ``versions`` (and the size hint ``expected_points``); its welcome in ``welcome``.
+    ``then``: requests written in the same write as the hello, so that a benchmark timing
+    a worker from its start does not wait for the welcome first. Its stderr is ``stderr``
+    (a ``subprocess`` destination: None leaves it on ours); ``env`` its environment."""
 
     def __init__(
-        self, argv: Sequence[str], client: str, versions: tuple[int, ...], stderr: int | None = subprocess.DEVNULL
+        self,
+        argv: Sequence[str],
+        client: str,
+        versions: tuple[int, ...],
+        stderr: int | None = subprocess.DEVNULL,
+        *,
+        expected_points: int | None = None,
+        then: Sequence[Message] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        self.process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        self.process = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
+        )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
         self._decoder = FrameDecoder(WORKER_MESSAGES)
-        self.send(Hello(versions=versions, client=client))
+        self.send(Hello(versions=versions, client=client, expected_points=expected_points), *then)
         self.welcome = self.receive()
 
     def send(self, *messages: Message) -> None:

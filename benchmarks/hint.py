@@ -22,17 +22,10 @@ import subprocess
 import sys
 import time
 
+from blocking_worker import BlockingWorker
+
 from mcpi_coordinator.arguments import count
-from mcpi_worker.protocol import (
-    NEED_DATA,
-    PROTOCOL_VERSIONS,
-    WORKER_MESSAGES,
-    FrameDecoder,
-    Hello,
-    Result,
-    Sample,
-    encode,
-)
+from mcpi_worker.protocol import PROTOCOL_VERSIONS, Result, Sample
 
 STREAM_POINTS = 10_000_000
 SEED = 20240611
@@ -49,32 +42,21 @@ def one_run(points: int, hint: int | None, object_cache: bool = True) -> tuple[f
     if not object_cache:
         environ["MCPI_OBJECT_CACHE"] = "off"
     started = time.perf_counter()
-    worker = subprocess.Popen(
-        [sys.executable, "-P", "-m", "mcpi_worker"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ,
-    )  # fmt: skip
-    assert worker.stdin is not None and worker.stdout is not None
     sample = Sample(1, SEED, 0, STREAM_POINTS, "numpy", streams=points // STREAM_POINTS)
-    worker.stdin.write(encode(Hello(PROTOCOL_VERSIONS, "benchmarks/hint.py", hint)) + encode(sample))
-    worker.stdin.flush()
-    decoder = FrameDecoder(WORKER_MESSAGES)
-    answers: list[object] = []
-    while len(answers) < 2:  # the welcome, then the result
-        data = os.read(worker.stdout.fileno(), 65536)
-        if not data:
-            raise SystemExit("the worker closed its output early")
-        decoder.feed(data)
-        while (message := decoder.next_message()) is not NEED_DATA:
-            answers.append(message)
+    worker = BlockingWorker(
+        [sys.executable, "-P", "-m", "mcpi_worker"], "benchmarks/hint.py", PROTOCOL_VERSIONS,
+        subprocess.PIPE, expected_points=hint, then=[sample], env=environ,
+    )  # fmt: skip
+    result = worker.receive()
     wall = time.perf_counter() - started
-    worker.stdin.close()
-    assert worker.stderr is not None
-    stderr = worker.stderr.read().decode()  # a few log lines: read after the answer
-    _, status, usage = os.wait4(worker.pid, 0)
-    worker.returncode = os.waitstatus_to_exitcode(status)
-    worker.stdout.close()
-    worker.stderr.close()
-    result = answers[1]
+    process = worker.process
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    process.stdin.close()
+    stderr = process.stderr.read().decode()  # a few log lines: read after the answer
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stdout.close()
+    process.stderr.close()
     if not isinstance(result, Result):
         raise SystemExit(f"the worker answered {result!r}")
     return wall, usage.ru_utime + usage.ru_stime, result.inside, result.implementation, load_s(stderr)

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from blocking_worker import BlockingWorker
 
 from mcpi_worker.kernels import (
     BLOCK_POINTS,
@@ -61,16 +62,7 @@ from mcpi_worker.kernels import (
     stream_seed_sequence,
 )
 from mcpi_worker.kernels.base import sfc64_state
-from mcpi_worker.protocol import (
-    NEED_DATA,
-    PROTOCOL_VERSIONS,
-    WORKER_MESSAGES,
-    FrameDecoder,
-    Hello,
-    Result,
-    Sample,
-    encode,
-)
+from mcpi_worker.protocol import PROTOCOL_VERSIONS, Result, Sample
 
 SEED = 20240601
 REFERENCE_SOURCE = Path(__file__).with_name("kernel_reference.c")
@@ -263,26 +255,16 @@ class StartUp:
 
 
 def start_worker_once(environ: dict[str, str]) -> StartUp:
-    frames = encode(Hello(versions=PROTOCOL_VERSIONS, client="bench")) + encode(
-        Sample(id=1, seed=SEED, stream=0, points=1_000_000, kernel="numpy")
-    )
     started = time.perf_counter()
-    process = subprocess.Popen(
-        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
-    )
+    worker = BlockingWorker(
+        worker_command(), "bench", PROTOCOL_VERSIONS, subprocess.PIPE,
+        then=[Sample(id=1, seed=SEED, stream=0, points=1_000_000, kernel="numpy")], env=environ,
+    )  # fmt: skip
+    while not isinstance(worker.receive(), Result):
+        pass
+    first_result_s = time.perf_counter() - started
+    process = worker.process
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-    process.stdin.write(frames)
-    process.stdin.flush()
-    decoder = FrameDecoder(WORKER_MESSAGES)
-    first_result_s = None
-    while first_result_s is None:
-        data = os.read(process.stdout.fileno(), 65536)
-        if not data:
-            raise RuntimeError("the worker exited before answering")
-        decoder.feed(data)
-        while (message := decoder.next_message()) is not NEED_DATA:
-            if isinstance(message, Result):
-                first_result_s = time.perf_counter() - started
     process.stdin.close()
     process.wait(timeout=120)
     exit_s = time.perf_counter() - started
