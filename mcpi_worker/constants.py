@@ -1,13 +1,15 @@
 """The worker's numbers and names that a coordinator needs: its kernels' wire names and
-the versions of their definitions, and its command line's bound on ``--max-inflight``.
+the versions of their definitions, its command line's bound on ``--max-inflight``, and
+the protocol's bound on a request's points (which ``mcpi``'s parsers check).
 
 They live here, in a module that imports nothing, rather than with the code they
 describe (``kernels``, ``main``), because a coordinator-side module that only needs a
 name or a bound (``Chunk``'s default kernel, a checkpoint's kernel version, the
 ``--max-inflight`` that ``mcpi estimate`` passes on) must not load the worker's kernels,
 and so NumPy and structlog, or its command line, and so the whole worker. ``kernels``
-and ``main`` import them from here; the import contracts in pyproject.toml keep the
-coordinator's lower layers from reaching past this module.
+and ``main`` import them from here, and so does the protocol's core (``MAX_POINTS``);
+the import contracts in pyproject.toml keep the coordinator's lower layers from reaching
+past this module.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ names in the same order."""
 
 DEFAULT_KERNEL: Final[str] = next(iter(KERNEL_VERSIONS))
 """The kernel a request names when its caller names none: ``numpy``."""
+
+MAX_POINTS: Final[int] = 1 << 40
+"""Largest ``points`` one sample request may ask for (about 1.1e12; protocol.md §4's
+``points`` type). Its home is here, not in ``protocol.messages`` which re-exports it,
+because ``mcpi``'s parsers check ``--chunk-size`` against it and must not import the
+protocol package (msgpack and its whole core) to do so."""
 
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
 """The most ``mcpi-worker --max-inflight`` accepts (protocol.md §10.5)."""

@@ -2,21 +2,22 @@
 none of the heavy modules that own them.
 
 What a module that imports nothing owns is imported from it, not copied: the kernels'
-names and ``--max-inflight``'s bound (``mcpi_worker.constants``). The other owners load
-what ``--help``, ``--version``, a usage error or a TAB completion has no use for: the
-protocol package (msgpack and its whole core), the pool and the ssh launcher (Trio), the
-worker's logging (structlog), and ``launch.early``, home of the estimate's default points
-and chunk size (subprocess, threading and dataclasses, which would slow the parsing of
-``mcpi scatter`` and ``mcpi bench``; ``mcpi estimate`` loads it anyway). Those values are
-copies, each named after its owner, and ``tests/cli/test_cli_startup.py`` holds every copy
-equal to its owner, so a change to one fails the tests until both agree.
+names, ``--max-inflight``'s bound and the protocol's most points a request
+(``mcpi_worker.constants``). The other owners load what ``--help``, ``--version``, a
+usage error or a TAB completion has no use for: the protocol package (msgpack and its
+whole core), the pool and the ssh launcher (Trio), the worker's logging (structlog), and
+``launch.early``, home of the estimate's default points and chunk size (subprocess,
+threading and dataclasses, which would slow the parsing of ``mcpi scatter`` and ``mcpi
+bench``; ``mcpi estimate`` loads it anyway). Those values are copies, each named after
+its owner, and ``tests/cli/test_cli_startup.py`` holds every copy equal to its owner, so
+a change to one fails the tests until both agree.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS, MAX_INFLIGHT_LIMIT
+from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS, MAX_INFLIGHT_LIMIT, MAX_POINTS
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "DEFAULT_KERNEL", "DEFAULT_PIPELINE_DEPTH", "DEFAULT_POINTS", "DEFAULT_REMOTE_COMMAND",
@@ -30,8 +31,6 @@ DEFAULT_CHUNK_SIZE: Final[int] = 10_000_000
 """``mcpi_coordinator.launch.early.DEFAULT_CHUNK_SIZE`` (``estimate.DEFAULT_CHUNK_SIZE``)."""
 KERNEL_NAMES: Final[tuple[str, ...]] = tuple(KERNEL_VERSIONS)
 """The kernels' names, the default first (``mcpi_worker.constants``, light, is their home)."""
-MAX_POINTS: Final[int] = 1 << 40
-"""``mcpi_worker.protocol.MAX_POINTS``: the most points one request may ask for."""
 DEFAULT_PIPELINE_DEPTH: Final[int] = 2
 """``mcpi_coordinator.pool.worker_pool.DEFAULT_PIPELINE_DEPTH``."""
 MAX_WORKERS_PER_HOST: Final[int] = 1024

@@ -48,6 +48,7 @@ end, the coordinator's end, the pool's dispatcher, ``Chunk``, the fakes):
   deadline: ``CoordinatorEnd``.
 """
 
+from mcpi_worker.constants import MAX_POINTS
 from mcpi_worker.protocol.coordinator_end import (
     Answered,
     Broken,
@@ -68,7 +69,6 @@ from mcpi_worker.protocol.messages import (
     MAX_GROUPS,
     MAX_JOBS,
     MAX_LIST,
-    MAX_POINTS,
     MAX_STREAMS,
     MAX_TEXT,
     OPTIONAL_FIELDS,

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from mcpi_worker.constants import MAX_POINTS
 from mcpi_worker.protocol.framing import encode, frame_problem
 from mcpi_worker.protocol.messages import (
     HEADER,
     MAX_GROUPS,
-    MAX_POINTS,
     MAX_STREAMS,
     MAX_TEXT,
     RANGE_VERSION,

@@ -15,6 +15,8 @@ from dataclasses import MISSING, dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Final
 
+from mcpi_worker.constants import MAX_POINTS
+
 PROTOCOL_VERSIONS: Final[tuple[int, ...]] = (1, 2)
 """Protocol versions this implementation speaks, oldest first. Version 2 adds stream
 ranges (``Sample.streams``, ``Sample.group``, ``Result.insides``); both versions carry
@@ -31,9 +33,6 @@ MAX_DEPTH: Final[int] = 16
 """Deepest container nesting accepted inside a message (the top-level map is depth 1)."""
 
 UINT64_MAX: Final[int] = (1 << 64) - 1
-MAX_POINTS: Final[int] = 1 << 40
-"""Largest ``points`` one sample request may ask for (about 1.1e12)."""
-
 MAX_TEXT: Final[int] = 4096
 """Longest text field, in Unicode code points (names, messages, kernel names)."""
 

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
 
+from mcpi_worker.constants import MAX_POINTS
 from mcpi_worker.protocol.admission import Unfit, refusal
 from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
     MAX_FRAME,
-    MAX_POINTS,
     PROTOCOL_VERSIONS,
     Cancel,
     Error,

@@ -97,16 +97,39 @@ def test_the_parsers_facts_are_their_owners() -> None:
     from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS
     from mcpi_worker import logs
     from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
-    from mcpi_worker.protocol import MAX_POINTS
 
     assert (facts.DEFAULT_POINTS, facts.DEFAULT_CHUNK_SIZE) == (DEFAULT_POINTS, DEFAULT_CHUNK_SIZE)
     assert (tuple(KERNELS), DEFAULT_KERNEL) == (facts.KERNEL_NAMES, facts.DEFAULT_KERNEL)
-    assert facts.MAX_POINTS == MAX_POINTS
     assert facts.DEFAULT_PIPELINE_DEPTH == DEFAULT_PIPELINE_DEPTH
     assert facts.MAX_WORKERS_PER_HOST == remote.MAX_WORKERS_PER_HOST
     assert facts.SPEC_SYNTAX == remote.SPEC_SYNTAX
     assert facts.DEFAULT_REMOTE_COMMAND == remote.DEFAULT_REMOTE_COMMAND
     assert (tuple(logs.LOG_LEVELS), logs.LOG_FORMATS) == (facts.LOG_LEVELS, facts.LOG_FORMATS)
+
+
+def test_the_protocol_s_max_points_has_one_home() -> None:
+    """The parsers' bound on ``--chunk-size`` is the protocol's own constant, imported from
+    its one home (``mcpi_worker.constants``, which imports nothing), not a copy of it."""
+    from mcpi_worker import constants, protocol
+    from mcpi_worker.protocol import messages
+
+    assert facts.MAX_POINTS is constants.MAX_POINTS  # the same object: imported, not written again
+    assert protocol.MAX_POINTS is messages.MAX_POINTS is constants.MAX_POINTS
+    assert "MAX_POINTS" not in _assigned_names(facts.__file__)
+    assert "MAX_POINTS" not in _assigned_names(messages.__file__)
+
+
+def _assigned_names(path: str) -> set[str]:
+    """The names a module's own top-level statements assign (not those it imports)."""
+    import ast
+
+    tree = ast.parse(Path(path).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(target.id for target in targets if isinstance(target, ast.Name))
+    return names
 
 
 def test_a_stub_says_what_the_command_says() -> None:
