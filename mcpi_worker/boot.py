@@ -101,6 +101,22 @@ def leave_ctrl_c_to_the_owner() -> None:
 
 leave_ctrl_c_to_the_owner()
 
+BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
+
+
+def one_blas_thread() -> None:
+    """Keep the BLAS that NumPy loads from starting a pool of threads: unless the
+    environment says otherwise (``OPENBLAS_NUM_THREADS``), one thread, the caller's.
+
+    NumPy's wheels link OpenBLAS into NumPy's core, and loading it starts one thread
+    per further CPU, each of which spins waiting for work for a while before it sleeps
+    (``benchmarks/worker_cpu.py`` measures what a worker spends beside its counting).
+    A worker never multiplies a matrix; its CPUs are for its kernels, and on a machine
+    where every core counts (two workers on two cores) those spinning threads took CPU
+    time from the other worker's count. Read by OpenBLAS when NumPy is first imported,
+    so set before anything imports it; child processes (the cache warmer) inherit it."""
+    os.environ.setdefault(BLAS_THREADS_VARIABLE, "1")
+
 
 def main() -> NoReturn:
     """The ``mcpi-worker`` command: arm the backstop, then import and run the worker.
@@ -113,6 +129,7 @@ def main() -> NoReturn:
     fleet's stop), when a whole fleet is told to stop at once.
     """
     lifeline = arm_parent_death()
+    one_blas_thread()
     # structlog loads rich, when it is installed, for pretty console output and
     # tracebacks: a noticeable part of a start's CPU (``benchmarks/fleet.py startup``
     # times whole starts), for a process that writes JSON lines.
