@@ -19,6 +19,7 @@ coordinator break a rule it watches for (``max_points``, ``max_frame``, ``max_in
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 import threading
@@ -68,6 +69,20 @@ FAULTS: dict[str, str] = {
     # what a worker leaves behind
     "setsid_child": "answers its first sample, forks a child that calls setsid() and keeps the worker's stdout "
     "and stderr (its pid appended to the file $RAW_WORKER_PIDFILE), and exits 0",
+    "child_holds_pipes": "at its first sample forks a child in its own process group that keeps the worker's "
+    "stdout and stderr (its pid appended to $RAW_WORKER_PIDFILE), and exits 0 with the sample unanswered",
+    "setpgid_child": "as child_holds_pipes, but the child first moves to a process group of its own (setpgid)",
+    # what a worker does to its pipes and to itself
+    "dribble": "answers its first sample correctly, one byte every 0.1 s",
+    "stall_mid_frame": "half a result frame, then silence with stdout open (it reads on)",
+    "max_frame_then_eof": "a length prefix of exactly max_frame (1 MiB), then exit 0",
+    "max_frame_then_stall": "a length prefix of exactly max_frame (1 MiB) and half its body, then silence",
+    "close_stdout": "closes its stdout at its first sample and reads on, answering nothing",
+    "close_stdin": "closes its stdin at its first sample, answers it, and sleeps for a minute",
+    "sigstop": "stops itself (SIGSTOP) at its first sample",
+    "deaf": "ignores SIGTERM, SIGINT and SIGHUP and sleeps for a minute at its first sample, reading nothing",
+    "slow_welcome": "waits $RAW_WORKER_DELAY seconds before its welcome",
+    "dev_tty": "opens /dev/tty and writes a line on it at the hello (the outcome on stderr), then serves",
     "unknown_id": "a result for an id never sent",
     "answered_twice": "the right result, twice",
     "pong_for_sample": "a pong answering a sample",
@@ -92,8 +107,13 @@ FAULTS: dict[str, str] = {
 }
 
 
-CONTINUES = frozenset({"unknown_code", "serial_jobs_1024"})
+CONTINUES = frozenset({"unknown_code", "serial_jobs_1024", "dribble", "sigstop", "dev_tty"})
 """Faults after which the worker serves on correctly (the rest fall silent)."""
+
+PROCESS_FAULTS = frozenset(
+    {"child_holds_pipes", "setpgid_child", "dribble", "close_stdout", "close_stdin", "sigstop", "deaf"}
+)
+"""Faults in what the worker does at its first sample rather than in what it answers."""
 
 RANGE_FAULTS = frozenset({"insides_missing", "insides_wrong_length", "group_over_points", "insides_bad_sum"})
 """Faults in the per-group counts of a range's result."""
@@ -131,6 +151,8 @@ class RawWorker:
         self.stop = threading.Event()
 
     def write(self, data: bytes) -> None:
+        if not data:
+            return  # nothing to say (its stdout may be closed: close_stdout)
         try:
             os.write(self.out, data)  # one small write: all of it or EPIPE
         except OSError:
@@ -191,6 +213,9 @@ class RawWorker:
             "trailing_bytes": lambda: raw_frame(msgpack.packb(wrong) + b"\xc0"),
             "body_ends_early": lambda: raw_frame(msgpack.packb(wrong)[:-3]),
             "eof_mid_frame": lambda: frame(wrong)[:10],
+            "stall_mid_frame": lambda: frame(wrong)[:10],
+            "max_frame_then_eof": lambda: struct.pack(">I", 1 << 20),
+            "max_frame_then_stall": lambda: struct.pack(">I", 1 << 20) + bytes(1 << 19),
             "not_a_map": lambda: frame([wrong]),
             "bin_key": lambda: frame({**wrong, "extra": {b"k": 1}}),
             "int_key": lambda: raw_frame(with_pair(wrong, msgpack.packb(1), msgpack.packb(2))),
@@ -261,6 +286,10 @@ class RawWorker:
                 if kind == "hello":
                     if self.fault == "eof_before_welcome":
                         return 0
+                    if self.fault == "slow_welcome":
+                        time.sleep(float(os.environ["RAW_WORKER_DELAY"]))
+                    if self.fault == "dev_tty":
+                        self.write_to_terminal()
                     before = frame({"type": "pong", "id": 1}) if self.fault == "before_welcome" else b""
                     replies.append(before + self.welcome(body["versions"]))
                     welcomed = True
@@ -278,6 +307,13 @@ class RawWorker:
                         replies.append(frame(result))
                     elif not self.struck:
                         replies.append(frame({"type": "pong", "id": body["id"]}))
+                elif kind == "sample" and not self.struck and self.fault in PROCESS_FAULTS:
+                    self.write(b"".join(replies))
+                    replies.clear()
+                    self.struck = True
+                    ended = self.process_fault(body)
+                    if ended is not None:
+                        return ended
                 elif kind == "sample":
                     samples_in_read += 1
                     replies.append(self.on_sample(body, samples_in_read))
@@ -289,7 +325,7 @@ class RawWorker:
                         self.write(b"".join(replies))
                         replies.clear()
             self.write(b"".join(replies))
-            if self.fault in ("eof_mid_frame", "eof_outstanding") and self.struck:
+            if self.fault in ("eof_mid_frame", "eof_outstanding", "max_frame_then_eof") and self.struck:
                 return 0
 
     def on_sample(self, request: dict[str, Any], in_read: int) -> bytes:
@@ -312,14 +348,58 @@ class RawWorker:
         self.struck = True
         return answer
 
+    def process_fault(self, request: dict[str, Any]) -> int | None:
+        """Strike a fault of ``PROCESS_FAULTS`` at the first sample, ``request``; return
+        the exit status if the worker ends here, None if it reads on."""
+        if self.fault in ("child_holds_pipes", "setpgid_child"):
+            self.leave_child(os.setpgrp if self.fault == "setpgid_child" else None)
+            return 0
+        if self.fault == "dribble":
+            for byte in frame(self.result(request, spec_worker.count_range(request, self.stop))):
+                self.write(bytes([byte]))
+                time.sleep(0.1)
+        elif self.fault == "close_stdout":
+            os.close(self.out)
+        elif self.fault == "close_stdin":
+            os.close(0)
+            self.write(frame(self.result(request, spec_worker.count_range(request, self.stop))))
+            time.sleep(60)
+            return 0
+        elif self.fault == "sigstop":
+            os.kill(os.getpid(), signal.SIGSTOP)
+            self.write(frame(self.result(request, spec_worker.count_range(request, self.stop))))
+        elif self.fault == "deaf":
+            for deaf_to in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(deaf_to, signal.SIG_IGN)
+            time.sleep(60)
+            return 0
+        return None
+
+    def write_to_terminal(self) -> None:
+        """Try to write on the controlling terminal; say on stderr how that went."""
+        try:
+            with open("/dev/tty", "w", encoding="ascii") as terminal:
+                terminal.write("raw-worker was here, on your terminal\n")
+        except OSError as error:
+            os.write(2, f"dev_tty: {error.strerror}\n".encode())
+        else:
+            os.write(2, b"dev_tty: written\n")
+
     def leave_setsid_child(self) -> None:
         """Fork a child in a session of its own (no process group of the coordinator's
         reaches it) holding our stdout and stderr; it sleeps for a minute at most."""
+        self.leave_child(os.setsid)
+
+    def leave_child(self, leave: Any) -> None:
+        """Fork a child holding our stdout and stderr, after it calls ``leave`` (None: it
+        stays in our process group); it sleeps for a minute at most. Its pid is appended
+        to $RAW_WORKER_PIDFILE."""
         ready_r, ready_w = os.pipe()
         child = os.fork()
         if child == 0:
-            os.setsid()
-            os.close(ready_w)  # in its own session now: the worker may exit
+            if leave is not None:
+                leave()
+            os.close(ready_w)  # where it is going now: the worker may exit
             time.sleep(60)
             os._exit(0)
         os.close(ready_w)

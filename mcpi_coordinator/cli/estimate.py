@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ from mcpi_coordinator.cli.logging import configure_logging
 from mcpi_coordinator.errors import CheckpointRefused, McpiError
 from mcpi_coordinator.launch import capacity, remote
 from mcpi_coordinator.launch.local import adopting_orphans, spawn_worker
+from mcpi_coordinator.pool.stats import PoolStats
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.run.estimate import EstimateResult, resumed_prefix, run_estimate
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL
@@ -238,19 +240,33 @@ async def _sample(
     started: float,
     checkpoint: Checkpoint | None,
 ) -> EstimateResult:
-    """The pool's life: start it, run the estimate, stop it (McpiErrors propagate bare)."""
+    """The pool's life: start it, run the estimate, stop it (McpiErrors propagate bare).
+
+    The result's failures are the closed pool's (``_with_failures_of``); its other pool
+    figures are the run's, as the run ended (each slot's worker and its pid)."""
     async with pool:
         line.start_sampling()
         if checkpoint is not None:  # what a resumed run counts already (not computed now)
             resumed = resumed_prefix(checkpoint)
             saved = sum(resumed.chunk_points(stream) for stream, _ in resumed.items())
             line.add_resumed(saved, resumed.points, resumed.inside)
-        return await run_estimate(
+        result = await run_estimate(
             pool,
             on_chunk=lambda result, prefix: line.add(result.chunk.total_points, prefix.points, prefix.inside),
             started_at=started,
             **_run_options(args, seed, checkpoint),
         )
+    return dataclasses.replace(result, pool=_with_failures_of(pool.stats, result.pool))
+
+
+def _with_failures_of(closed: PoolStats, running: PoolStats) -> PoolStats:
+    """``running`` (the pool as the run ended) with the workers given up on as the
+    ``closed`` pool knows them: a worker that failed as the run ended is recorded only
+    once its slot has stopped it, which can take longer than what was left of the run (a
+    worker deaf to SIGTERM, a child of its holding its stderr open)."""
+    failed = {worker.slot: worker.failed for worker in closed.workers}
+    workers = tuple(dataclasses.replace(worker, failed=failed[worker.slot]) for worker in running.workers)
+    return dataclasses.replace(running, workers=workers, failures=closed.failures)
 
 
 def _run_options(args: argparse.Namespace, seed: int, checkpoint: Checkpoint | None) -> dict[str, Any]:
