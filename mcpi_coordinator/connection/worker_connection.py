@@ -310,7 +310,8 @@ class WorkerConnection:
         exited already) but still SIGTERM before SIGKILL, so that a launcher such as
         ``srun`` or ``ssh`` can end its remote side.
         Once it has exited, what it left in its process group (a child holding its
-        pipes) is killed before it is reaped.
+        pipes) is killed before it is reaped; by a local worker's ``kill``, also what it
+        left elsewhere in its session while its pipes are held (``launch.local``).
         """
         self.begin_shutdown()
         process = self.process

@@ -11,9 +11,12 @@ safe while the group id is certainly ours: until the worker is reaped, its pid â
 group's id â€” cannot be given to another process. So ``wait_exited`` waits through a
 pidfd, which says the process has exited without reaping it, and the connection kills
 what is left of the group before it reaps the worker (``WorkerConnection.stop``).
+The session id is the worker's pid too: when something still holds the worker's pipes
+after its group is killed, every process of its session is killed as well
+(``end_session``), which reaches a child that moved to a group of its own.
 
-A process the worker started in a session of its own (``setsid``) is in no group of
-ours, and outlived the run. On Linux the ``mcpi`` command makes itself a *child
+A process the worker started in a session of its own (``setsid``) is in no group or
+session of ours, and outlived the run. On Linux the ``mcpi`` command makes itself a *child
 subreaper* (``adopting_orphans``): whatever its workers leave behind is re-parented to
 it when they exit, not to init, and it kills and reaps every such orphan before it
 returns, then gives the role back. See ``adopting_orphans`` for what this does not
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -325,8 +329,8 @@ class SessionProcess:
             pass
 
     def kill(self) -> None:
-        # Until the leader is reaped its pid cannot be reused, so the group id is still
-        # ours; once it is reaped we must not signal that number at all.
+        # Until the leader is reaped its pid cannot be reused, so the group id (and the
+        # session id) is still ours; once it is reaped we must not signal that number at all.
         if self._reaped is not None:
             return
         try:
@@ -338,6 +342,63 @@ class SessionProcess:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if _held_open(self.stdout) or _held_open(self.stderr):
+            end_session(self.pid)
+
+
+def _held_open(stream: trio.abc.ReceiveStream | None) -> bool:
+    """Whether some process still holds the writing end of the pipe ``stream`` reads: no
+    hang-up is seen on it. False for a stream closed here (its end of file came), or one
+    that is not an OS pipe."""
+    if not isinstance(stream, trio.lowlevel.FdStream):
+        return False
+    fd = stream.fileno()
+    if fd < 0:
+        return False  # closed here already
+    poller = select.poll()
+    try:
+        poller.register(fd, select.POLLIN)
+    except (OSError, ValueError):
+        return False
+    return not any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
+
+
+def end_session(sid: int) -> list[int]:
+    """SIGKILL every live process of the session ``sid`` but its leader; return their pids.
+
+    A worker leads a session of its own (``spawn_worker``), and killing its process group
+    misses what it started in another group of that session: a shell's background job
+    under job control (``set -m``), GNU ``timeout``'s child. ``WorkerPool`` is no
+    subreaper (only the ``mcpi`` command is: ``adopting_orphans``), so such a process,
+    holding the worker's pipes, outlived the pool. Call it only while the leader is not
+    reaped, which keeps ``sid`` ours. Every process is looked at (``getsid``, a system
+    call each), so the caller does it only when something of the worker's still holds
+    its pipes. Linux (``/proc``) only; nothing is found elsewhere."""
+    ended: list[int] = []
+    for _ in range(ORPHAN_ROUNDS):  # one forking as it is killed: its child is in the session too
+        new = False
+        for pid in _all_processes():
+            try:
+                if pid == sid or os.getsid(pid) != sid or _is_zombie(pid):
+                    continue
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+            if pid not in ended:  # one killed already and not dead yet is not looked for again
+                ended.append(pid)
+                new = True
+        if not new:
+            break
+    return ended
+
+
+def _is_zombie(pid: int) -> bool:
+    """``pid`` has exited and waits to be reaped (its state in ``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True  # gone meanwhile
 
 
 def _peek_exit_status(pid: int) -> int | None:

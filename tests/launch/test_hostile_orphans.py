@@ -1,4 +1,5 @@
-"""Nothing a worker leaves behind outlives ``mcpi estimate``, even in a session of its own.
+"""Nothing a worker leaves behind outlives ``mcpi estimate``, even in a session of its own,
+nor the pool, in a process group of its own.
 
 The hostile peer is ``raw_worker.py setsid_child``: it answers its first sample, forks a
 child that calls ``setsid()`` (so no process-group kill of ours reaches it) and keeps the
@@ -19,8 +20,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+import trio
 from command_line import raw_worker_in_slot_0
+from worker_process import PATIENT_START_S, RAW_WORKER
 
+from mcpi_coordinator.launch.local import command_launcher
+from mcpi_coordinator.pool.chunks import Chunk
+from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.kernels import KERNELS
 
 TIMEOUT = 300  # seconds; reached only by a hang
@@ -211,3 +217,29 @@ def test_own_children_reads_only_this_processs_children() -> None:
     expected = dict.fromkeys(seen["running"], "S") | {seen["zombie"]: "Z"}
     assert {pid: "Z" if state == "Z" else "S" for pid, state in found.items()} == expected, seen
     assert len(seen["stats"]) == len(found), seen  # one stat read per child, no more
+
+
+@pytest.mark.parametrize("fault", ["child_holds_pipes", "setpgid_child"])
+async def test_a_child_left_in_the_workers_session_is_ended_by_the_pool_itself(
+    fault: str, pidfile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No subreaper here (a program using ``WorkerPool`` is none): the worker's child,
+    holding its pipes, in the worker's process group or in a group of its own (as a
+    shell's background job under job control, or GNU ``timeout``'s child, is), is still
+    in the worker's session, whose id stays ours until the worker is reaped. The pool
+    ends it before it reaps the worker; it used to end only the group."""
+    monkeypatch.setenv("RAW_WORKER_PIDFILE", str(pidfile))
+    commands = {0: [sys.executable, RAW_WORKER, fault], 1: [sys.executable, "-m", "mcpi_worker"]}
+    chunks = [Chunk(seed=5, stream=s, points=2000) for s in range(6)]
+    with trio.fail_after(TIMEOUT):
+        async with (
+            WorkerPool(
+                2, launcher=command_launcher(commands.__getitem__), pipeline_depth=1, startup_timeout=PATIENT_START_S
+            ) as pool,
+            pool.imap_unordered(chunks) as results,
+        ):
+            inside = sum([result.inside async for result in results])
+    assert inside == sum(KERNELS["numpy"](5, s, 2000) for s in range(6))
+    children = left_children(pidfile)
+    assert children, "the hostile worker never got a sample: nothing was tested"
+    assert [pid for pid in children if alive(pid)] == []
