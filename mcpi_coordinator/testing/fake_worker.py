@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--bad-answer", choices=sorted(a for a in BAD_ANSWERS if a), default=None,
                         help="answer samples breaking an answer's rules: more inside than "
                              "points, other points, a pong, or a NaN elapsed_s")
+    stream.add_argument("--claimed-elapsed-s", type=float, default=None, metavar="S",
+                        help="report S as every result's elapsed_s, whatever it took (a lie "
+                             "that breaks no rule)")
     stream.add_argument("--wrong-count", type=int, default=0, metavar="D",
                         help="report counts off by D (kept between 0 and the points): a "
                              "plausible, silently wrong answer")
@@ -191,6 +194,7 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         duplicate_id=args.duplicate_id,
         eof_mid_frame=args.eof_mid_frame,
         internal_errors=args.internal_errors,
+        claimed_elapsed_s=args.claimed_elapsed_s,
         bad_answer=args.bad_answer,
         leave_child=args.leave_child,
         wrong_count=args.wrong_count,

@@ -127,6 +127,10 @@ class FakeBehaviour:
     """Only for the first N wrong-able results (None: always)."""
     internal_errors: int = 0
     """Answer the first N samples with a retryable ``internal`` error instead of a result."""
+    claimed_elapsed_s: float | None = None
+    """Report this as every result's ``elapsed_s``, whatever it took (None: what it took):
+    a worker lying about its time, which breaks no rule (the field is informational,
+    valid when finite and not negative; ``bad_answer="nan"`` sends an invalid one)."""
 
     slow: float = 0.0
     """Seconds each sample takes per stream it counts (a range of streams takes as long as
@@ -169,6 +173,8 @@ class FakeBehaviour:
             raise ValueError("points_per_s must be > 0")
         if self.wrong_count_times is not None and self.wrong_count_times < 0:
             raise ValueError("wrong_count_times must be >= 0")
+        if self.claimed_elapsed_s is not None and not 0 <= self.claimed_elapsed_s < math.inf:
+            raise ValueError("claimed_elapsed_s must be finite and >= 0")
         if self.bad_answer not in BAD_ANSWERS:
             raise ValueError(f"bad_answer must be one of {sorted(a for a in BAD_ANSWERS if a)}")
 
@@ -408,7 +414,8 @@ class FakeWorkerCore:
         count = sum(counts)
         misbehaving = self.stats.results_sent >= b.misbehave_after
         self.stats.results_sent += 1
-        events = self._worker_end.sample_finished(request.id, counts, job.took)
+        took = job.took if b.claimed_elapsed_s is None else b.claimed_elapsed_s
+        events = self._worker_end.sample_finished(request.id, counts, took)
         frame = self._worker_end.data_to_send()  # the result frame, and nothing else
         self._note_sent()
         if misbehaving:

@@ -17,6 +17,15 @@ differ from the request's or whose ``inside`` exceeds them, a second ``welcome``
 fatal ``error`` — each breaks the connection (``Broken``) with the request still in
 the table, so it is handed back (``Broken.orphans``) exactly once, never lost.
 
+A result's ``elapsed_s`` (seconds its kernel ran: informational, by the worker's own
+clock) is valid when finite and not negative (the field table); it is also bounded
+here by what this side saw, since a kernel runs after its request was sent: a longer
+claim (a worker that lies, or whose clock runs fast) comes out of ``Answered`` cut to
+the time from the sending to ``now``. Everything the coordinator derives from it (the
+jobs the worker shows, its speed, a slot's busy seconds) is then bounded by its own
+clock: a worker claiming 1e300 s could otherwise show every job of its welcome at work
+at once, and two such answers added up made a slot's ``busy_s`` infinite.
+
 The stall deadline. A worker starts samples in arrival order and answers pings at once.
 Only the oldest outstanding sample is charged for its time, from the later of its
 sending and the moment it became the oldest: that one the worker is surely computing,
@@ -33,7 +42,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -115,10 +124,10 @@ CoordinatorEvent = Welcomed | Answered | Broken
 
 class _InFlight:
     __slots__ = (
-        "abandoned", "budget_s", "could_start_at", "is_ping", "points", "running", "sample", "token",
+        "abandoned", "budget_s", "could_start_at", "is_ping", "points", "running", "sample", "sent_at", "token",
     )  # fmt: skip
 
-    def __init__(self, points: int, is_ping: bool, budget_s: float, token: Any) -> None:
+    def __init__(self, points: int, is_ping: bool, budget_s: float, token: Any, sent_at: float) -> None:
         self.points = points
         """All the points it asks for (every stream of a range)."""
         self.sample: Sample | None = None
@@ -129,6 +138,8 @@ class _InFlight:
         self.abandoned = False
         self.running = False
         self.could_start_at = math.inf
+        self.sent_at = sent_at
+        """When it was sent: its kernel cannot have run for longer than since then."""
 
 
 _Checked = tuple[int, _InFlight, Result | Pong | Error]
@@ -207,10 +218,13 @@ class CoordinatorEnd:
     def jobs_shown(self) -> int:
         """How many samples the worker has been seen computing at once (1 at first, at
         most ``welcome.jobs``): the most results whose kernels ran at the same time, by
-        when each arrived less its ``elapsed_s``, two counting together only when they
+        when each arrived less its ``elapsed_s`` (no earlier than its sending: the module
+        docstring), two counting together only when they
         overlapped for most of the shorter one's time (results read together overlap
         only by as long as the read was late). A worker claiming more ``jobs`` than it
-        computes at once never shows them; a coordinator sizes its pipeline on this."""
+        computes at once never shows them; a coordinator sizes its pipeline on this. (A
+        worker that says each kernel ran from the moment it was sent still shows up to
+        as many as it had in flight: a claim can be bounded, not checked.)"""
         return self._jobs_shown
 
     @property
@@ -273,7 +287,7 @@ class CoordinatorEnd:
             self._check_frame(frame, welcome)
         request_id = self._next_id
         self._next_id = request_id + 1
-        request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token)
+        request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token, now)
         request.sample = sample
         if self._running < self._jobs:
             request.running = True  # blamed if the worker breaks: it may have been computing it
@@ -293,7 +307,7 @@ class CoordinatorEnd:
         self._check_frame(frame, welcome)
         request_id = self._next_id
         self._next_id = request_id + 1
-        request = _InFlight(0, True, self._task_budget(0), token)
+        request = _InFlight(0, True, self._task_budget(0), token, now)
         request.running = True
         request.could_start_at = now
         if not self._pings:
@@ -452,8 +466,12 @@ class CoordinatorEnd:
                 self._state = CoordinatorState.SERVING
             return Welcomed(checked)
         request_id, request, answer = checked
-        if isinstance(answer, Result) and self._jobs_shown < self._jobs:
-            self._note_computed(now - answer.elapsed_s, now)
+        if isinstance(answer, Result):
+            seen_s = now - request.sent_at
+            if answer.elapsed_s > seen_s:  # longer than since it was sent (module docstring)
+                answer = replace(answer, elapsed_s=max(seen_s, 0.0))
+            if self._jobs_shown < self._jobs:
+                self._note_computed(now - answer.elapsed_s, now)
         if request.is_ping:
             del self._pings[request_id]
         else:

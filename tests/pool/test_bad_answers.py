@@ -198,6 +198,30 @@ def test_json_stays_json_when_a_worker_reports_nan() -> None:
 
 
 @pytest.mark.slow
+def test_a_worker_claiming_a_huge_kernel_time_is_believed_no_further_than_the_coordinator_saw() -> None:
+    """A finite ``elapsed_s`` near the float maximum breaks no rule (it is informational),
+    so the worker is kept; two such answers added up made its ``busy_s`` infinite, and
+    ``--json`` printed ``Infinity``. Each claim is cut to the time since its request was
+    sent, so a slot's busy seconds stay within the run's."""
+    fake = shlex.join(fake_worker_command(FakeBehaviour(claimed_elapsed_s=1.5e308)))
+    completed = subprocess.run(
+        [*MCPI, "estimate", "--points", "2e5", "--chunk-size", "2e4", "--seed", str(SEED),
+         "--workers", "1", "--worker-cmd", fake, "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"--json printed {constant}, which is not JSON")
+
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout, parse_constant=refuse)
+    assert result["inside"] == sum(count_numpy(SEED, s, 20_000) for s in range(10))
+    [worker] = result["per_worker"]
+    assert result["restarts"] == 0 and worker["chunks"] == 10
+    assert 0 <= worker["busy_s"] <= result["elapsed_s"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", ["inside", "points", "pong"])
 def test_the_cli_finishes_exact_when_the_first_worker_answers_badly(answer: str) -> None:
     """Through the real CLI, where the run used to hang for ever: every worker lies once

@@ -175,6 +175,25 @@ def test_jobs_are_believed_only_as_far_as_results_show_them_computed_at_once() -
     assert end.jobs_shown == 4  # never more than the welcome's jobs
 
 
+def test_a_worker_lying_about_its_kernels_time_is_believed_no_further_than_this_side_saw() -> None:
+    """``elapsed_s`` is the worker's word. A worker of 4 jobs answering one sample at a time
+    and claiming 1e300 s each (valid: finite, not negative) made every answer overlap
+    every other, so it showed 4 jobs at once (and its slot's busy seconds added up to
+    infinity); bounded by the time since each was sent, it shows 1, and each answer says
+    what this side saw."""
+    end = serving(jobs=4)
+    for stream in range(4):
+        sent = 10.0 * stream
+        end.send_sample(1, stream, 0, "numpy", now=sent)
+        [answered] = end.receive_data(encode(Result(stream + 1, 0, 0, 1e300)), sent + 9.0)
+        assert isinstance(answered, Answered) and isinstance(answered.answer, Result)
+        assert answered.answer.elapsed_s == 9.0
+    assert end.jobs_shown == 1
+    end.send_sample(1, 4, 0, "numpy", now=50.0)
+    [answered] = end.receive_data(encode(Result(5, 0, 0, 2.5)), 59.0)  # an honest claim stays as it is
+    assert isinstance(answered, Answered) and answered.answer == Result(5, 0, 0, 2.5)
+
+
 def test_a_cancelled_request_still_ends_once_abandoned() -> None:
     end = serving()
     request_id = end.send_sample(1, 0, 10, "numpy", now=0.0, token="t")
