@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+from collections.abc import Sequence
 
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import text
@@ -31,6 +33,25 @@ def worker_command(worker_cmd: str | None, index: int) -> list[str]:
         return default_worker_command()
     what = cli_args.named(worker_cmd, "--worker-cmd")
     return remote.substitute_index(remote.split_command(worker_cmd, what), index)
+
+
+def missing_program(slots: Sequence[remote.WorkerSlot], worker_cmd: str | None) -> str | None:
+    """The one-line problem if a program the slots start here (the ``--worker-cmd``, or
+    ``ssh`` and ``srun`` for remote workers) is not there to run, or None. Found now,
+    it is a usage error with nothing started; found by the pool, it was three failed
+    starts of every worker and "no worker left" (exit 1) for a typo. Looked up as
+    ``subprocess`` will: on ``PATH``, or as the path it is when it has a slash."""
+    for program in dict.fromkeys(slot.command[0] for slot in slots):
+        if shutil.which(program) is not None:
+            continue
+        if os.sep in program:
+            why = "is not an executable file" if os.path.exists(program) else "does not exist"
+        else:
+            why = "is not a program on PATH"
+        if worker_cmd is not None and any(slot.host is None and slot.command[0] == program for slot in slots):
+            return f"invalid {cli_args.named(worker_cmd, '--worker-cmd')}: {program!r} {why}"
+        return f"cannot start the workers: {program!r} {why}"
+    return None
 
 
 def part_problem(args: argparse.Namespace) -> str | None:
@@ -74,6 +95,8 @@ def check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -
                           remote.HostSpec(node.name))
         for node in nodes
     ]
+    if (missing := missing_program(args.slots, args.worker_cmd)) is not None:
+        return missing
     args.starting_limits = remote.starting_limits(args.slots)
     args.asked_workers = len(args.slots)
     if args.resume is None:

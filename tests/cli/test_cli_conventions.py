@@ -157,9 +157,11 @@ def test_top_level_help_carries_the_essentials() -> None:
 def test_the_environment_sets_defaults_and_the_command_line_wins() -> None:
     env = {"MCPI_WORKER_CMD": "/nonexistent/from-env", "MCPI_LOG_FORMAT": "json"}
     run = mcpi("estimate", "-n", "1000", "-w", "1", env=env)
-    assert run.returncode == 1
-    assert first_line(run.stderr).startswith("mcpi estimate: error: no worker left")
-    assert "/nonexistent/from-env" in run.stderr
+    assert (run.returncode, run.stderr) == (
+        2,
+        "mcpi estimate: error: invalid MCPI_WORKER_CMD: '/nonexistent/from-env' does not exist "
+        "(see 'mcpi estimate --help')\n",
+    )
     ok = mcpi(
         "estimate", "-n", "1000", "-w", "1", "--json", "--worker-cmd", f"{PYTHON} -m mcpi_worker", env=env
     )
