@@ -109,10 +109,12 @@ def check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -
 
 def capacity_problem(args: argparse.Namespace, machine: capacity.MachineLimits) -> str | None:
     """Whether the machine holds the planned slots' workers, counting each local one
-    for the kernel the run will use (``args.kernel``; the default until it is set)."""
+    for the kernel the run will use (``args.kernel``; the default until it is set), or,
+    for a ``--worker-cmd``, for its descriptors alone (``capacity.check_slots``)."""
     kernel = DEFAULT_KERNEL if args.kernel is None else args.kernel
     starts = remote.concurrent_starts(args.starting_limits)
-    return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel)
+    own_worker = args.worker_cmd is None
+    return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel, own_worker=own_worker)
 
 
 def wait_for_every_worker(args: argparse.Namespace) -> bool:

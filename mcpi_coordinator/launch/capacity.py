@@ -88,8 +88,9 @@ class FleetCap:
     by_files: int
     """Workers of any kind (local processes and ssh clients) the open-file limit allows."""
     by_memory: int | None
-    """Local workers the memory allows; None if the machine does not say."""
-    worker_bytes: int
+    """Local workers the memory allows; None if the machine does not say, or what a
+    worker takes is not known (``worker_bytes`` None)."""
+    worker_bytes: int | None
     limits: MachineLimits
 
     def why(self) -> str:
@@ -101,7 +102,7 @@ class FleetCap:
             files += f", {self.remote:,} of them ssh connections"
         if self.by_memory is None:
             return files
-        assert self.limits.memory_available is not None
+        assert self.limits.memory_available is not None and self.worker_bytes is not None
         memory = (
             f"{self.limits.memory_available / 2**20:,.0f} MiB of memory available holds "
             f"{self.by_memory:,} at {self.worker_bytes / 2**20:.0f} MiB each"
@@ -142,14 +143,15 @@ def fleet_cap(
     *,
     remote: int = 0,
     max_starting: int = 1,
-    worker_bytes: int = WORKER_RSS_BYTES,
+    worker_bytes: int | None = WORKER_RSS_BYTES,
 ) -> FleetCap:
-    """The cap on local workers of ``worker_bytes`` each beside ``remote`` ssh
-    connections, with a pool that spawns up to ``max_starting`` workers at once."""
+    """The cap on local workers of ``worker_bytes`` each (None: not known, so the open
+    files alone cap them) beside ``remote`` ssh connections, with a pool that spawns up
+    to ``max_starting`` workers at once."""
     spare = limits.open_files_hard - FDS_RESERVED - max_starting * FDS_PER_START
     by_files = max(0, spare // FDS_PER_WORKER)
     by_memory = None
-    if limits.memory_available is not None:
+    if limits.memory_available is not None and worker_bytes is not None:
         by_memory = max(0, limits.memory_available // worker_bytes)
     local = by_files - remote if by_memory is None else min(by_files - remote, by_memory)
     return FleetCap(max(0, local), remote, by_files, by_memory, worker_bytes, limits)
@@ -161,7 +163,7 @@ def check_fleet(
     limits: MachineLimits,
     *,
     max_starting: int = 1,
-    worker_bytes: int = WORKER_RSS_BYTES,
+    worker_bytes: int | None = WORKER_RSS_BYTES,
 ) -> str | None:
     """One line saying why ``local`` workers and ``remote`` ssh connections are more
     than the machine holds, or None if they fit."""
@@ -178,14 +180,17 @@ def check_fleet(
 
 
 def check_slots(
-    slots: Sequence[WorkerSlot], limits: MachineLimits, *, max_starting: int, kernel: str
+    slots: Sequence[WorkerSlot], limits: MachineLimits, *, max_starting: int, kernel: str, own_worker: bool = True
 ) -> str | None:
     """``check_fleet`` for the slots ``mcpi estimate`` plans (``remote.plan_slots``),
-    its local workers counting with ``kernel``."""
+    its local workers counting with ``kernel`` when they run ``mcpi-worker``
+    (``own_worker``). Another program's (``--worker-cmd``: a ``kubectl exec`` or ``ssh``
+    client, a fake worker, a worker in another language) memory is not known, and
+    counting it as a worker compiling numba's loops refused a fleet of small clients
+    at a fraction of what the machine holds; its descriptors are counted all the same."""
     remote = sum(1 for slot in slots if slot.host is not None)
-    return check_fleet(
-        len(slots) - remote, remote, limits, max_starting=max_starting, worker_bytes=worker_memory(kernel)
-    )
+    worker_bytes = worker_memory(kernel) if own_worker else None
+    return check_fleet(len(slots) - remote, remote, limits, max_starting=max_starting, worker_bytes=worker_bytes)
 
 
 def raise_open_file_limit(workers: int, *, max_starting: int = 1) -> None:

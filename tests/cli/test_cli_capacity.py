@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpi_coordinator.cli import estimate
+from mcpi_coordinator.cli import estimate, estimate_plan
 from mcpi_coordinator.cli.main import build_parser
 from mcpi_coordinator.launch.capacity import MachineLimits, worker_memory
 from mcpi_worker.kernels import DEFAULT_KERNEL
@@ -70,3 +70,24 @@ def test_a_resumed_run_is_counted_for_its_checkpoints_kernel(
     assert f"at most {PYTHON_CAP:,} local workers" in err
     # The refused run left its checkpoint closed and unlocked: it resumes at once.
     assert estimate.run(parsed("--resume", str(saved), "--workers", "1", "--json"), machine=MACHINE) == 0
+
+
+def test_a_worker_command_of_unknown_memory_is_capped_by_descriptors_alone() -> None:
+    """A ``--worker-cmd`` runs some other program (a ``kubectl exec`` or ``ssh`` client, a
+    fake worker): counting each as an mcpi-worker compiling numba's loops refused 300
+    small clients on a machine of 24 GiB. The descriptors each costs the coordinator
+    are known, and still cap them."""
+    many = "1000"  # above DEFAULT_CAP, with or without numba
+    command = f"{sys.executable} -m mcpi_coordinator.testing.fake_worker"
+    own = parsed("--workers", many, "--points", "1e13")
+    assert "MiB each" in str(estimate_plan.check_arguments(own, MACHINE))
+    assert (
+        estimate_plan.check_arguments(parsed("--workers", many, "--points", "1e13", "--worker-cmd", command), MACHINE)
+        is None
+    )
+    few_files = MachineLimits(1000, 1000, MACHINE.memory_available)
+    problem = estimate_plan.check_arguments(
+        parsed("--workers", many, "--points", "1e13", "--worker-cmd", command), few_files
+    )
+    assert problem is not None and problem.startswith("--workers 1,000 is more than this machine can hold")
+    assert "(the open-file limit of 1,000 (ulimit -Hn) holds" in problem and "MiB" not in problem
