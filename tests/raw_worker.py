@@ -104,6 +104,7 @@ FAULTS: dict[str, str] = {
     # §10.2 stderr
     "stderr_not_json": "lines on stderr that are not JSON (nor UTF-8), then a correct worker",
     "stderr_flood_on_shutdown": "on shutdown, 2 MiB on stderr before exiting 0",
+    "stderr_no_newlines": "64 MiB on stderr without a newline, then 16 lines of 1 MiB each, then a correct worker",
 }
 
 
@@ -265,6 +266,13 @@ class RawWorker:
         if self.fault == "stderr_not_json":
             os.write(2, b'plain text, not JSON\n{"event": "half a JSON object\n\xff\xfe not UTF-8 \xc0\n')
             os.write(2, b"x" * 10000 + b"\n")
+        if self.fault == "stderr_no_newlines":
+            block = b"no newline " * (1 << 16)
+            for _ in range((64 << 20) // len(block)):
+                os.write(2, block)
+            for _ in range(16):
+                os.write(2, b"\n" + b"y" * (1 << 20))
+            os.write(2, b"\n")
         buffer = b""
         welcomed = False
         while True:
@@ -350,7 +358,12 @@ class RawWorker:
 
     def process_fault(self, request: dict[str, Any]) -> int | None:
         """Strike a fault of ``PROCESS_FAULTS`` at the first sample, ``request``; return
-        the exit status if the worker ends here, None if it reads on."""
+        the exit status if the worker ends here, None if it reads on. Its pid is first
+        appended to $RAW_WORKER_STRUCK, if set: a test waits for that, not for a time."""
+        struck = os.environ.get("RAW_WORKER_STRUCK")
+        if struck:
+            with open(struck, "a", encoding="ascii") as notice:
+                notice.write(f"{os.getpid()}\n")
         if self.fault in ("child_holds_pipes", "setpgid_child"):
             self.leave_child(os.setpgrp if self.fault == "setpgid_child" else None)
             return 0

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import shlex
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from command_line import MCPI, PATIENT, raw_worker_in_slot_0
+from command_line import MCPI, PATIENT, raw_worker_in_slot_0, read_until_closed
+from worker_process import RAW_WORKER
 
+from mcpi_coordinator.testing.processes import peak_rss_until_exit
 from mcpi_worker.kernels import KERNELS
 
 TIMEOUT = 300  # seconds; reached only by a hang
@@ -119,3 +124,85 @@ def test_a_worker_silent_on_its_sample_costs_one_task_timeout_and_is_ended(
     run, left = hostile_run(fault, tmp_path, "--task-timeout", "10")
     failure = one_failure_of_worker_0(run, left)
     assert "no answer within the task timeout (10 s)" in failure["reason"] and ended_by in failure["reason"]
+
+
+def test_a_worker_cannot_write_on_the_terminal_mcpi_runs_in() -> None:
+    """A worker leads a session of its own, which has no controlling terminal: its
+    ``open("/dev/tty")`` fails (ENXIO), so nothing it writes there reaches the user's
+    screen past the coordinator's escaping of its stderr, and it cannot read the user's
+    keys. ``dev_tty`` tries, and says on stderr (relayed at ``info``) how it went. ``mcpi``
+    runs with a pseudo-terminal as its controlling terminal, as in a user's shell."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*MCPI, "estimate", *PATIENT, "-n", "40000", "--chunk-size", "1000", "--kernel", "python", "--workers", "2",
+         "--log-level", "info", "--log-format", "json", "--worker-cmd", raw_worker_in_slot_0("dev_tty")],
+        preexec_fn=lambda: os.login_tty(follower), pass_fds=(follower,),  # noqa: PLW1509 (no threads here)
+    )  # fmt: skip
+    os.close(follower)
+    seen = read_until_closed(leader, TIMEOUT).decode()
+    code = process.wait(timeout=TIMEOUT)
+    os.close(leader)
+    assert code == 0, seen
+    assert "dev_tty: No such device or address" in seen  # it tried, and could not
+    assert "raw-worker was here" not in seen
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_or_deaf_to_sigterm_and_sigint_costs_nothing_when_a_run_is_interrupted(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) while worker
+    0 ignores SIGTERM, SIGINT and SIGHUP, and worker 1 has stopped itself (SIGSTOP), each
+    on its first sample: exit 130 with one line, and no process of the run left (SIGKILL
+    after SIGTERM's grace ends both, stopped or not). The signal is sent once both have
+    struck, which they say in a file."""
+    mark, struck = uuid.uuid4().hex, tmp_path / "struck"
+    worker = f"{shlex.quote(sys.executable)} {shlex.quote(RAW_WORKER)}"
+    command = f"sh -c 'if [ {{i}} = 0 ]; then exec {worker} deaf; else exec {worker} sigstop; fi'"
+    process = subprocess.Popen(
+        [*MCPI, "estimate", *PATIENT, "-n", "1e9", "--kernel", "python", "--workers", "2", "--task-timeout", "600",
+         "--worker-cmd", command],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, MARK: mark, "RAW_WORKER_STRUCK": str(struck)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (struck.exists() and len(struck.read_text().split()) == 2):
+            assert process.poll() is None and time.monotonic() < deadline, "the workers never struck"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    left = marked(mark)
+    for leftover in left:
+        leftover.send_signal(signal.SIGKILL)
+    assert process.returncode == 130, err
+    assert out == "" and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert [leftover.pid for leftover in left] == []
+
+
+@pytest.mark.slow
+def test_a_stderr_flood_without_newlines_and_with_1_mib_lines_keeps_the_coordinator_small() -> None:
+    """``stderr_no_newlines`` writes 64 MiB without a newline, then sixteen 1 MiB lines,
+    before its welcome: the coordinator relays it in pieces of bounded size, and its peak
+    memory stays far below what went through it."""
+    process = psutil.Popen(
+        [*MCPI, "estimate", "--json", *PATIENT, "-n", str(CHUNKS * CHUNK), "--chunk-size", str(CHUNK),
+         "-s", str(SEED), "--kernel", "python", "--workers", "2",
+         "--worker-cmd", raw_worker_in_slot_0("stderr_no_newlines")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        peak_rss = peak_rss_until_exit(process, poll_s=0.05)
+        out, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    report = json.loads(out)
+    assert report["inside"] == sum(KERNELS["python"](SEED, s, CHUNK) for s in range(CHUNKS))
+    assert report["failures"] == []
+    assert peak_rss < 80 * 2**20  # 80 MiB went through; the coordinator kept none of it
