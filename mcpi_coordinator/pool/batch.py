@@ -21,7 +21,14 @@ was a large share of the coordinator's CPU per tiny chunk (``benchmarks/request_
 measures it; figures in docs/bench.md).
 
 Bounded memory: a chunk is taken from the iterator only while fewer than ``window``
-are in line or in flight, so a 10**13-point run never builds a list.
+are in line or in flight and fewer than ``window`` results wait for the consumer, so a
+10**13-point run never builds a list. A range's pieces are cut by the dispatcher
+whenever a worker has room, whether or not the consumer keeps up: once ``window``
+results wait, the ranges still in line are taken out of it (held) until the consumer
+takes one. A consumer that lags so holds the workers back, and the ready queue stays
+within ``window`` results and twice what the workers hold in flight (what was in flight
+when the ranges were held, and the pieces the dispatcher cut for the room freed by the
+answers that filled the queue, before they were delivered here), for a run of any size.
 
 Ranges. A chunk of many streams is sent in pieces sized for each worker by the
 dispatcher (``Request.splitter``); each piece is a request of its own here, with its own
@@ -80,6 +87,10 @@ class Batch:
         self._burst = 0
         """Results still to hand out of those ready at the consumer's last schedule
         point (at most ``len(_ready)``): they need none of their own."""
+        self._ranges: dict[Request, None] = {}
+        """The ranges dispatched whole, not yet ended: pieces are cut off their front."""
+        self._held: list[Request] = []
+        """Ranges taken out of line while ``window`` results wait (module docstring)."""
         self._iterator_done = False
         self._closed = False
 
@@ -88,6 +99,7 @@ class Batch:
 
     def close(self) -> None:
         self._closed = True  # outcomes still to come are dropped
+        self._held.clear()  # out of line, never sent: nothing to withdraw
         pending = list(self._pending)
         self._pending.clear()
         for request in pending:
@@ -111,6 +123,8 @@ class Batch:
         self._burst -= 1
         item = self._ready.popleft()
         if isinstance(item, ChunkResult):
+            if self._held and len(self._ready) < self._window:
+                self._release()
             self._refill()
             return item
         self.close()
@@ -121,7 +135,10 @@ class Batch:
     # ------------------------------------------------------------------ internals
 
     def _refill(self) -> None:
-        """Take chunks from the iterator while fewer than ``window`` are outstanding."""
+        """Take chunks from the iterator while fewer than ``window`` are outstanding and
+        fewer than ``window`` results wait."""
+        if len(self._ready) >= self._window:
+            return
         while len(self._pending) < self._window and not (self._iterator_done or self._closed):
             chunk = next(self._chunks, None)
             if chunk is None:
@@ -132,6 +149,8 @@ class Batch:
     def _dispatch(self, attempts: Attempts) -> None:
         request = Request(attempts.chunk, self._on_outcome, splitter=self._split)
         self._pending[request] = attempts
+        if attempts.chunk is not None and attempts.chunk.streams > 1:
+            self._ranges[request] = None
         self._dispatcher.dispatch(request, retry=attempts.tried)
 
     def _split(self, request: Request, streams: int) -> Request:
@@ -150,6 +169,8 @@ class Batch:
         if self._closed:
             return
         attempts = self._pending.pop(request)
+        if self._ranges:
+            self._ranges.pop(request, None)
         self._arrived.set()
         verdict = attempts.judge(outcome)
         if verdict is Verdict.AGAIN:
@@ -160,3 +181,21 @@ class Batch:
         else:
             assert outcome is not None  # a chunk's outcome: never a pong
             self._ready.append(outcome)
+        if len(self._ready) >= self._window and self._ranges:
+            self._hold()
+
+    def _hold(self) -> None:
+        """Take the ranges waiting in line out of it: no more pieces are cut off them
+        until the consumer takes a result (``_release``). Called in the dispatcher's
+        delivery loop, where a range that has pieces out is back in line."""
+        for request in self._ranges:
+            if request.waiting:
+                self._dispatcher.withdraw(request)
+                self._held.append(request)
+
+    def _release(self) -> None:
+        """Put the held ranges back in line. Withdrawing one left nothing on any worker:
+        a request waiting in line has never been sent (a retry is a new request)."""
+        held, self._held = self._held, []
+        for request in held:
+            self._dispatcher.dispatch(request, retry=request.retried)

@@ -212,3 +212,44 @@ async def test_a_worker_breaking_in_the_middle_of_a_read_ends_each_chunk_once() 
         trio.lowlevel.remove_instrument(steps)
     assert sorted(handed) == [0, 1, 2, 3, 4] and handed[:2] == [0, 1]
     assert steps.steps == 2  # one schedule point for each read's burst (five before)
+
+
+async def test_a_consumer_that_lags_takes_no_more_chunks_than_the_window_allows() -> None:
+    """A consumer taking one result while its worker answered twice used to let the
+    window fill again at each result: the ready queue grew by three every round. Now no
+    chunk is taken while ``window`` results wait."""
+    source = Taken(10_000)
+    dispatcher, worker, batch = started(iter(source), depth=2, window=4)
+    with trio.fail_after(5):
+        for consumed in range(1, 101):
+            worker.answer_all(dispatcher)
+            worker.answer_all(dispatcher)
+            await batch.__anext__()
+            assert source.taken <= consumed + 2 * 4  # the results waiting, and a window in flight
+    batch.close()
+
+
+async def test_a_consumer_that_lags_holds_a_range_back_instead_of_its_pieces_piling_up() -> None:
+    """The dispatcher cuts a range's pieces whenever a worker has room: with a consumer
+    that took nothing, every read of the worker's answers added pieces to the ready
+    queue, without limit. Now the range waits out of line once ``window`` results wait,
+    and goes back in as soon as fewer do; the pieces still cover it once."""
+    streams = 300
+    dispatcher, worker, batch = started(iter([Chunk(SEED, 0, 10, streams=streams)]), depth=2, window=4)
+    answered = 0
+    for _ in range(50):  # one stream a piece (a version-1 worker), two in flight
+        answered += worker.in_flight
+        worker.answer_all(dispatcher)
+    assert worker.in_flight == 0 and answered == 4 + 2  # held at the window; the two in flight came back
+    seen: list[int] = []
+    with trio.fail_after(5):
+        while True:
+            try:
+                result = await batch.__anext__()
+            except StopAsyncIteration:
+                break
+            seen.append(result.chunk.stream)
+            answered += worker.in_flight
+            worker.answer_all(dispatcher)
+            assert answered - len(seen) <= 4 + 2  # never more waiting than that
+    assert sorted(seen) == list(range(streams))

@@ -108,6 +108,32 @@ async def test_pieces_grow_to_the_worker_s_speed(autojump_clock: trio.abc.Clock)
     assert max(sizes) <= MAX_GROUPS
 
 
+async def test_a_consumer_that_lags_holds_the_workers_back_for_a_run_of_any_size(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A range of a million streams on two fast fakes, consumed one result a second: the
+    answers received and not yet consumed used to grow with the run (every answer freed
+    room for another piece); they stay within the batch's window and twice what the
+    workers hold in flight (what was in flight when the range was held, and the pieces
+    cut for the room its answers freed before the batch heard of them)."""
+    fast = FakeBehaviour(made_up_counts=True, points_per_s=1e9, jobs=2, max_inflight=4)
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            launcher = fake_launcher(nursery, fast)
+            async with WorkerPool(2, launcher=launcher) as pool:
+                window, in_flight = 2 * 2 * 2, 2 * 4  # 2 x workers x pipeline depth; 2 x max_inflight
+                async with pool.imap_unordered([Chunk(SEED, 0, 1000, streams=10**6)]) as results:
+                    consumed = 0
+                    async for _ in results:
+                        consumed += 1
+                        await trio.sleep(1.0)  # the fakes answer a piece in microseconds
+                        received = sum(fake.stats.results_sent for fake in launcher.alive())
+                        assert received - consumed <= window + 2 * in_flight
+                        if consumed == 200:
+                            break
+            nursery.cancel_scope.cancel()
+
+
 async def test_sample_of_a_range_needs_a_version_2_worker(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(100):
         async with trio.open_nursery() as nursery:
