@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bounded_int(0, MAX_SPIN_US),
         default=round(DEFAULT_SPIN_S * 1e6),
         metavar="US",
-        help="when idle after answering, poll stdin this many microseconds before "
-        "sleeping, so that a quick next request does not have to wake the worker "
+        help="when idle after answering, and while some CPU of the machine is idle, poll "
+        "stdin this many microseconds before sleeping, so that a quick next request does "
+        "not have to wake the worker "
         f"(0: sleep at once; default {round(DEFAULT_SPIN_S * 1e6)})",
     )
     parser.add_argument(

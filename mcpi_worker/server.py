@@ -56,6 +56,7 @@ from mcpi_worker.protocol import (
     bounded_text,
 )
 from mcpi_worker.sampling import count_groups
+from mcpi_worker.spare_cpu import SpareCpu
 
 log = structlog.get_logger("mcpi_worker")
 
@@ -91,7 +92,8 @@ of a few short streams, so a ``ping`` or ``cancel`` read behind it waits no long
 that (protocol.md §6)."""
 
 DEFAULT_SPIN_S: Final[float] = 100e-6
-"""How long an idle reader polls for the next request before it sleeps in ``read``.
+"""How long an idle reader polls for the next request before it sleeps in ``read``,
+while the machine has a CPU to spare (``spare_cpu``, which says why only then).
 
 Waking a thread asleep in ``read`` costs the writer, here the coordinator, a
 cross-CPU wake-up, paid on the pipe write and again before the worker runs. A
@@ -144,7 +146,8 @@ class Worker:
     ``on_sample`` is a test seam: called on the thread about to run a kernel, before it
     does (the CLI uses it for ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
     together (``HOLD_LIMIT_S``); ``spin_s`` how long an idle reader polls before it
-    sleeps (``DEFAULT_SPIN_S``; 0: never). ``expect`` receives the ``hello``'s size hint
+    sleeps (``DEFAULT_SPIN_S``; 0: never), and ``spare_cpu`` whether it may now (default
+    ``spare_cpu.SpareCpu()``: while some CPU of the machine is idle). ``expect`` receives the ``hello``'s size hint
     (protocol.md §5.1), when it carries one, on the reader thread before any sample
     starts (``NumpyKernel.expect``: it must return at once).
     """
@@ -160,6 +163,7 @@ class Worker:
         on_sample: Callable[[Sample], None] | None = None,
         hold_limit_s: float = HOLD_LIMIT_S,
         spin_s: float = DEFAULT_SPIN_S,
+        spare_cpu: Callable[[], bool] | None = None,
         implementations: Callable[[], Mapping[str, str]] | None = None,
         expect: Callable[[int], None] | None = None,
     ) -> None:
@@ -173,6 +177,7 @@ class Worker:
         self._on_sample = on_sample
         self._hold_limit_s = hold_limit_s
         self._spin_s = spin_s
+        self._spare_cpu = spare_cpu if spare_cpu is not None else SpareCpu()
         self._jobs = jobs
         now_running = implementations() if implementations is not None else {}
         offer = WorkerOffer(
@@ -314,13 +319,13 @@ class Worker:
 
     def _spin_until_readable(self, poller: select.poll) -> None:
         """While idle, poll the request fd for up to ``spin_s`` before blocking in read
-        (``DEFAULT_SPIN_S`` says why). Only this thread reads input, so the worker stays
-        idle for the whole spin."""
+        (``DEFAULT_SPIN_S`` says why), unless every CPU is taken (``spare_cpu``). Only this
+        thread reads input, so the worker stays idle for the whole spin."""
         if self._spin_s <= 0:
             return
         with self._lock:
             idle = self._worker_end.idle
-        if not idle:
+        if not idle or not self._spare_cpu():
             return
         deadline = time.perf_counter() + self._spin_s
         while not poller.poll(0) and time.perf_counter() < deadline:
