@@ -10,17 +10,20 @@ a program's stdout is its own output (``mcpi estimate --json``, a user's script)
 until something calls ``structlog.configure``, a library logger falls back to what
 Python's own ``logging`` does for a library nobody set up (its "last resort" handler):
 warnings and errors, one line each, on stderr; debug and info dropped.
+
+The loggers are ``mcpi_worker.logs.LazyLogger``: structlog is imported only for a line
+that passes the level (that module's docstring says why), so a run that writes no log
+line never loads it.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import Any
-
-import structlog
+from types import ModuleType
+from typing import Any, Final
 
 from mcpi_coordinator.terminal_text import printable_fields
+from mcpi_worker.logs import LOG_LEVELS, LazyLogger, Unconfigured
 
 
 class _CurrentStderr:
@@ -37,44 +40,27 @@ class _CurrentStderr:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-_FALLBACK_PROCESSORS: list[Any] = [
-    structlog.processors.add_log_level,
-    structlog.processors.format_exc_info,
-    printable_fields,  # a worker's relayed warning may hold escape sequences
-    structlog.dev.ConsoleRenderer(colors=False),
-]
+def _warnings_on_stderr(structlog: ModuleType) -> Any:
+    return structlog.wrap_logger(
+        _CurrentStderr(),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            printable_fields,  # a worker's relayed warning may hold escape sequences
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS["warning"]),
+    )
 
 
-class LibraryLogger:
-    """A logger that asks, at every call, whether structlog has been configured.
+WARNINGS_ON_STDERR: Final = Unconfigured(LOG_LEVELS["warning"], _warnings_on_stderr)
+"""Where nothing configured structlog: warnings and errors on stderr, as console lines."""
 
-    Module-level loggers are made at import, before any entry point could configure
-    anything, so the choice cannot be made once: ``mcpi`` configures structlog in
-    ``main``, long after ``mcpi_coordinator.pool`` was imported. Any attribute
+
+def get_logger(name: str) -> LazyLogger:
+    """The logger library code uses: see the module's docstring. Any method
     (``info``, ``warning``, ``bind``, ...) is that of ``structlog.get_logger(name)``
-    once structlog is configured, else of the stderr fallback at ``warning``.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._fallback: Any = structlog.wrap_logger(
-            _CurrentStderr(),
-            processors=_FALLBACK_PROCESSORS,
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        )
-
-    def _target(self) -> Any:
-        if structlog.is_configured():
-            return structlog.get_logger(self._name)
-        return self._fallback
-
-    def __getattr__(self, method: str) -> Any:
-        return getattr(self._target(), method)
-
-    def __repr__(self) -> str:
-        return f"<LibraryLogger {self._name!r}>"
-
-
-def get_logger(name: str) -> LibraryLogger:
-    """The logger library code uses: see the module's docstring."""
-    return LibraryLogger(name)
+    once structlog is configured, else of the stderr fallback at ``warning``; the choice
+    is made at each call, since module-level loggers are made at import, before any
+    entry point could configure anything."""
+    return LazyLogger(name, WARNINGS_ON_STDERR)

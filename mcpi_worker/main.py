@@ -9,7 +9,8 @@ Order matters at start-up, and ``main`` keeps it:
 1. Parse arguments (``--help`` and ``--version`` still print to the real stdout).
 2. Move the protocol to a private duplicate of fd 1 and point fd 1 at stderr, so a
    stray ``print`` (ours, a library's, or a child process's) cannot corrupt frames.
-3. Configure structlog for stderr, before the first log call.
+3. Configure logging for stderr, before the first log call (structlog itself is
+   imported by the first line that passes the level: ``mcpi_worker.logs``).
 4. Serve until EOF, ``shutdown``, or a fatal protocol error.
 """
 
@@ -21,16 +22,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
-import structlog
-
 from mcpi_worker import __version__
 from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import NUMPY_KERNEL, KernelConfigError, kernel_implementations, prepare_kernels
-from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
 
-log = structlog.get_logger("mcpi_worker")
+log = get_logger("mcpi_worker")
 
 IN_A_TERMINAL: Final[str] = """\
 mcpi-worker: stdin is a terminal, but this program speaks a binary protocol meant for \

@@ -36,11 +36,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
-import structlog
-
 from mcpi_worker import __version__
 from mcpi_worker.kernels import KERNELS, Cancelled, Kernel
-from mcpi_worker.logs import LOG_LEVELS
+from mcpi_worker.logs import LOG_LEVELS, get_logger
 from mcpi_worker.protocol import (
     STREAM_COST_POINTS,
     ConnectionEnded,
@@ -58,7 +56,7 @@ from mcpi_worker.protocol import (
 from mcpi_worker.sampling import count_groups
 from mcpi_worker.spare_cpu import SpareCpu
 
-log = structlog.get_logger("mcpi_worker")
+log = get_logger("mcpi_worker")
 
 __all__ = [
     "DEFAULT_MAX_INFLIGHT",
@@ -111,10 +109,9 @@ WORKER_NAME: Final[str] = f"mcpi-worker/{__version__}"
 
 
 def _logs_debug() -> bool:
-    """Whether this process's structlog configuration lets a debug line through now
-    (True for a logger that cannot say)."""
-    is_enabled_for = getattr(log.bind(), "is_enabled_for", None)
-    return True if is_enabled_for is None else bool(is_enabled_for(LOG_LEVELS["debug"]))
+    """Whether this process's logging lets a debug line through now (True for a
+    structlog logger that cannot say)."""
+    return log.is_enabled_for(LOG_LEVELS["debug"])
 
 
 class _Job:

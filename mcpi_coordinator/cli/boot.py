@@ -81,27 +81,6 @@ def release(note: Callable[[int], object] | None = None) -> None:
 hold()
 
 
-def load_structlog_without_rich() -> None:
-    """Import structlog with rich out of its sight, unless it is loaded already.
-
-    structlog looks for rich once, as it is imported, to format tracebacks in console
-    logs, and loads it (with pygments) when it finds it: a large share of a small run's
-    imports, for tracebacks the command never prints (its errors are one line). rich
-    stays importable afterwards, for the progress bar that draws with it."""
-    import sys
-
-    if "structlog" in sys.modules:
-        return
-    hide = "rich" not in sys.modules
-    if hide:
-        sys.modules["rich"] = None  # type: ignore[assignment]  # makes ``import rich`` fail
-    try:
-        import structlog  # noqa: F401  # structlog.dev looks for rich here, once
-    finally:
-        if hide:
-            del sys.modules["rich"]
-
-
 _exit_at_once: list[bool] = []
 
 

@@ -249,7 +249,6 @@ def _add_remote_arguments(parser: argparse.ArgumentParser, remote_command_defaul
 def _run(args: argparse.Namespace) -> int:
     from mcpi_coordinator.cli import boot
 
-    boot.load_structlog_without_rich()
     boot.exit_at_once()  # its workers are reaped and its files closed when it returns
     from mcpi_coordinator.cli import estimate
 

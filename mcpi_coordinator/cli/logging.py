@@ -2,7 +2,8 @@
 
 Library code (the pool, the connection) logs through ``mcpi_coordinator.logs``, which
 is structlog as configured here once this has run (and, before anything configured
-structlog, warnings on stderr only); an application embedding the pool configures
+structlog, warnings on stderr only); structlog itself is imported at the first line
+that passes the level (``mcpi_worker.logs``). An application embedding the pool configures
 structlog its own way. Log lines go to stderr, never stdout: stdout is for results
 (``--json`` output must stay parseable).
 """
@@ -14,11 +15,9 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, Final
 
-import structlog
-
 from mcpi_coordinator.cli.text import styling_allowed
 from mcpi_coordinator.terminal_text import printable_fields
-from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
+from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, configure_when_needed
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "configure_logging"]
 
@@ -73,33 +72,50 @@ class _WorkerWarningsOnce:
             return event
         said = (relayed[2], repr(event.get("fields")))
         if said in self._seen:
-            raise structlog.DropEvent
+            from structlog import DropEvent  # loaded already: this runs inside structlog
+
+            raise DropEvent
         if len(self._seen) < MAX_REMEMBERED:
             self._seen.add(said)
         return event
 
 
 def configure_logging(level: str = "warning", fmt: LogFormat = "console") -> None:
-    """Send every structlog logger to stderr, filtered at ``level``, as text or JSON."""
-    renderers: list[Any]
-    if fmt == "json":
-        # json.dumps escapes every control character (DEL and C1 too) and all non-ASCII.
-        renderers = [structlog.processors.JSONRenderer()]
-    else:
-        # NO_COLOR means no styling at all, bold included: no escape codes whatever.
-        renderers = [printable_fields, structlog.dev.ConsoleRenderer(colors=styling_allowed(sys.stderr))]
-    logger = _StderrLogger()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _worker_not_slot,
-            _WorkerWarningsOnce(),
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            *renderers,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level]),
-        logger_factory=lambda *_args: logger,
-        cache_logger_on_first_use=False,
-    )
+    """Send every structlog logger to stderr, filtered at ``level``, as text or JSON,
+    from the first line that passes ``level`` (``mcpi_worker.logs.configure_when_needed``:
+    a run that logs nothing never imports structlog)."""
+    # Asked now, of the stderr the command started with: a progress bar redirects it.
+    colors = styling_allowed(sys.stderr)
+
+    def apply() -> None:
+        import structlog
+
+        renderers: list[Any]
+        if fmt == "json":
+            # json.dumps escapes every control character (DEL and C1 too) and all non-ASCII.
+            renderers = [structlog.processors.JSONRenderer()]
+        else:
+            # NO_COLOR means no styling at all, bold included: no escape codes whatever.
+            # Tracebacks plain, whether or not a progress bar has loaded rich by the time
+            # of the first line (mcpi_worker.logs.import_structlog keeps it out of sight).
+            renderers = [
+                printable_fields,
+                structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback),
+            ]
+        logger = _StderrLogger()
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                _worker_not_slot,
+                _WorkerWarningsOnce(),
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+                *renderers,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level]),
+            logger_factory=lambda *_args: logger,
+            cache_logger_on_first_use=False,
+        )
+
+    configure_when_needed(LOG_LEVELS[level], apply)

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
 import trio
 
+from mcpi_coordinator import logs
 from mcpi_coordinator.cli import text
 from mcpi_coordinator.pool.stats import SlotState
 from mcpi_coordinator.run.estimate import pi_statistics
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from mcpi_coordinator.pool.worker_pool import WorkerPool
 
-log = structlog.get_logger("mcpi.cli")
+log = logs.get_logger("mcpi.cli")
 
 POLL_S: Final[float] = 0.2
 """How often the pool's state is read while a run is watched."""

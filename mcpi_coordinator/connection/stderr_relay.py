@@ -35,9 +35,8 @@ import json
 from collections import deque
 from typing import Any, Final
 
-from structlog.processors import NAME_TO_LEVEL
-
 from mcpi_coordinator.terminal_text import printable
+from mcpi_worker.logs import NAME_TO_LEVEL  # structlog's names, without loading structlog
 
 MAX_LINE: Final[int] = 8192
 """Longest stderr line handled as one; longer input is split (flood protection)."""

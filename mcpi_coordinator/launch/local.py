@@ -35,14 +35,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, Protocol
 
-import structlog
 import trio
 
+from mcpi_coordinator import logs
 from mcpi_coordinator.launch import early
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
 
-log = structlog.get_logger("mcpi.launch")
+log = logs.get_logger("mcpi.launch")
 
 PR_SET_CHILD_SUBREAPER: Final[int] = 36
 """``prctl`` option (Linux 3.4+): orphaned descendants are re-parented to this process."""

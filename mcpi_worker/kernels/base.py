@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-import structlog
+
+from mcpi_worker.logs import LazyLogger, get_logger
 
 
 class Cancelled(Exception):
@@ -48,14 +47,12 @@ def sfc64_state(bit_generator: np.random.SFC64) -> np.ndarray:
     return np.array(bit_generator.state["state"]["state"], dtype=np.uint64)
 
 
-def kernel_log() -> Any:
+def kernel_log() -> LazyLogger:
     """The logger for what the kernels have to say (which implementation, a fallback).
 
     structlog as the process configured it (the worker: JSON lines on stderr). Kernels
     also run where nothing configured structlog, in a fake worker or a script, and
     structlog's default prints to stdout, which must never happen in a process that
-    speaks the protocol on stdout: there, stderr.
+    speaks the protocol on stdout: there, stderr (``mcpi_worker.logs.get_logger``).
     """
-    if structlog.is_configured():
-        return structlog.get_logger("mcpi_worker")
-    return structlog.wrap_logger(structlog.PrintLogger(sys.stderr))
+    return get_logger("mcpi_worker")

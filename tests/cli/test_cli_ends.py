@@ -141,7 +141,7 @@ STARTUP_MOMENTS = [
     "argparse",
     "trio",
     "msgpack",  # a compiled extension (NumPy was one, until the command stopped loading it)
-    "structlog",
+    "mcpi_coordinator.cli.logging",  # the log set-up (structlog itself loads with the first line written: none here)
     "mcpi_coordinator.pool.worker_pool",
     "mcpi_coordinator.run.estimate",  # the run's own module, among the last (checkpoint loads only with --checkpoint)
 ]

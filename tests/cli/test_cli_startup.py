@@ -142,6 +142,8 @@ def test_a_stub_says_what_the_command_says() -> None:
 
 
 TINY_RUN_UNUSED = (
+    "structlog",  # imported by the first log line written, and a plain run at the default level writes none
+    "asyncio",  # structlog.stdlib's
     "rich",  # structlog's pretty tracebacks, and the progress bar, which a --json run to a pipe does not draw
     "pygments",
     "importlib.metadata",  # numba's version, for the cache marker: read from its dist-info's name
@@ -204,3 +206,35 @@ def test_an_option_loads_what_it_uses(tmp_path: Path) -> None:
     modules = loaded_by_estimate("--checkpoint", str(tmp_path / "run.db"), "--verify", "1", "--part", "1/1")
     assert set(PLAIN_RUN_UNUSED) <= modules
     assert (tmp_path / "run.db").stat().st_size > 0
+
+
+WRAPPER = """
+import os, sys
+sys.stderr.write('{"event": "test_warning", "level": "warning", "said": "x"}\\n')
+sys.stderr.flush()
+os.execv(sys.executable, [sys.executable, "-P", "-m", "mcpi_worker"])
+"""
+
+
+def test_a_relayed_warning_is_the_line_that_loads_structlog(tmp_path: Path) -> None:
+    """At the default level a run loads structlog only for a line it writes: here a
+    worker's warning, relayed as ever (its event named as the worker's, at warning, its
+    fields kept). ``-X importtime`` writes each import's line on stderr as it ends, in
+    order with the log lines: structlog's comes after the run's modules and just before
+    the warning, not with the command's imports."""
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(WRAPPER, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", "estimate", "-n", "1000", "-w", "1", "-s", "3",
+         "--json", "--worker-cmd", f"{sys.executable} {wrapper}"],
+        capture_output=True, text=True, timeout=120, env=CLEAN_ENV, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["inside"] == 780
+    lines = done.stderr.splitlines()
+    imported = [line.rpartition("|")[2].strip() if line.startswith("import time:") else None for line in lines]
+    (relayed,) = [i for i, line in enumerate(lines) if "worker 0: test_warning" in line]
+    assert "[warning" in lines[relayed] and "fields={'said': 'x'}" in lines[relayed] and "worker=0" in lines[relayed]
+    assert imported.index("mcpi_coordinator.run.estimate") < imported.index("structlog") < relayed
+    assert [line for line in lines if not line.startswith("import time:")] == [lines[relayed]]
+
