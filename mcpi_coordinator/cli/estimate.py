@@ -73,8 +73,7 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
         except McpiError as error:
             text.say(PROG, f"error: {error}")
             return McpiExitCode.USAGE
-    level = args.log_level or ("error" if args.quiet else "warning")
-    configure_logging(level, args.log_format)
+    configure_logging(estimate_plan.shown_level(args), args.log_format)
     try:
         prepared = runs.prepare(args)  # the run's options, its seed, its checkpoint (locked)
     except CheckpointRefused as error:

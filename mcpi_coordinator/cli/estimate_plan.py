@@ -25,12 +25,20 @@ from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, ch
 from mcpi_worker.constants import DEFAULT_KERNEL
 
 
-def worker_command(worker_cmd: str | None, index: int) -> list[str]:
+def shown_level(args: argparse.Namespace) -> str:
+    """The least log level the command shows: ``--log-level``, else ``error`` with
+    ``--quiet``, else ``warning`` (``launch.early.shown_level`` reads the same from the
+    command line, for the workers it starts before parsing)."""
+    return str(args.log_level or ("error" if args.quiet else "warning"))
+
+
+def worker_command(worker_cmd: str | None, index: int, shown: str = "info") -> list[str]:
     """The argument vector that starts worker ``index``: ``--worker-cmd`` shell-split,
-    or this interpreter's ``mcpi-worker``. Raises ``RemoteConfigError`` (a
+    or this interpreter's ``mcpi-worker``, writing the lines a coordinator showing
+    ``shown`` can show (``launch.early.worker_argv``). Raises ``RemoteConfigError`` (a
     ``ValueError``) with one clear line for an unusable one."""
     if worker_cmd is None:
-        return default_worker_command()
+        return default_worker_command(shown)
     what = cli_args.named(worker_cmd, "--worker-cmd")
     return remote.substitute_index(remote.split_command(worker_cmd, what), index)
 
@@ -81,15 +89,16 @@ def check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -
     if args.workers is None:
         args.workers = 0 if args.slurm else (os.cpu_count() or 1)
     try:
+        shown = shown_level(args)
         worker_command(args.worker_cmd, 0)  # checked even when every worker is remote
         nodes = slurm.allocation_nodes(os.environ) if args.slurm else ()
         slots = [] if args.slurm and not (args.workers or args.host or args.hosts_file) else (
-            remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i))
+            remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i, shown))
         )
     except (remote.RemoteConfigError, slurm.SlurmError) as error:
         return str(error)
     # One step per node, one connection each, all the node's CPUs as its jobs.
-    worker = worker_command(args.worker_cmd, 0)
+    worker = worker_command(args.worker_cmd, 0, shown)
     args.slots = slots + [
         remote.WorkerSlot(tuple(slurm.srun_worker_argv(node, [*worker, "--jobs", str(node.cpus)])),
                           remote.HostSpec(node.name))

@@ -1,7 +1,7 @@
 """Local workers started as ``mcpi estimate`` begins, so their start-up and ours overlap.
 
-A tiny run's wall is mostly start-up: the coordinator's own imports (Trio, structlog,
-msgpack, its modules) and then each worker's, one after the other, because the pool
+A tiny run's wall is mostly start-up: the coordinator's own imports (Trio, msgpack,
+its modules) and then each worker's, one after the other, because the pool
 launches a worker only once it runs. ``start`` launches, first thing, the local workers
 a plain ``mcpi estimate`` command line will certainly use, before the command loads
 anything heavy; the two start-ups then run on separate cores. The pool's launcher takes
@@ -83,9 +83,21 @@ the choices the caller passes for its option."""
 _NO_CHOICES: Final[Mapping[str, Collection[str]]] = MappingProxyType({})
 
 
-def worker_argv() -> list[str]:
+_SHOWS_WORKER_INFO: Final[frozenset[str]] = frozenset({"debug", "info"})
+"""The coordinator levels at which a worker's lines below warning can be shown."""
+
+
+def worker_argv(shown: str = "info") -> list[str]:
     """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
     process imported (``launch.local.default_worker_command`` is this).
+
+    ``shown`` is the least level the coordinator shows (``mcpi estimate``'s
+    ``--log-level``; a program embedding the pool leaves it at ``info``). Where it is
+    above ``info`` (the command's ``warning``, ``-q``'s ``error``), no line a worker
+    writes below warning would be shown: the worker is told ``--log-level warning`` and
+    writes none of them, so a plain run's worker writes nothing and never loads
+    structlog (``mcpi_worker.logs``). Its warnings and errors are written as ever, for
+    the log and for the tail an error message quotes.
 
     ``python -m`` puts the current directory first on the module path: started from a
     directory holding another ``mcpi_worker`` (a checkout of another version), the
@@ -100,7 +112,8 @@ def worker_argv() -> list[str]:
         from_here = package_parent == Path.cwd().resolve()
     except OSError:  # the current directory was removed: nothing to import from it
         from_here = False
-    return [sys.executable, *([] if from_here else ["-P"]), "-m", "mcpi_worker"]
+    quiet = [] if shown in _SHOWS_WORKER_INFO else ["--log-level", "warning"]
+    return [sys.executable, *([] if from_here else ["-P"]), "-m", "mcpi_worker", *quiet]
 
 
 def plan(
@@ -160,6 +173,21 @@ def plan(
     return min(workers, chunks, cpus)
 
 
+def shown_level(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> str:
+    """The least level the command line ``argv`` (one ``plan`` starts workers for) shows,
+    as its parser will read it: the last ``--log-level``, else ``MCPI_LOG_LEVEL``, else
+    ``error`` with ``-q``/``--quiet`` and ``warning`` without
+    (``cli.estimate_plan.shown_level`` reads the same from the parsed arguments)."""
+    level = environ.get("MCPI_LOG_LEVEL") or None
+    words = list(argv[1:])
+    for at, word in enumerate(words):
+        name, has_value, value = word.partition("=")
+        if name == "--log-level":
+            level = value if has_value else words[at + 1]
+    quiet = any(word in ("-q", "--quiet") for word in words)
+    return level or ("error" if quiet else "warning")
+
+
 def _more_than_the_machine_holds(workers: int, environ: Mapping[str, str], machine: MachineLimits | None) -> bool:
     """Whether the command will refuse ``workers`` local workers as more than the machine
     holds: its own check (``cli.estimate_plan.capacity_problem``) for the slots it keeps,
@@ -189,6 +217,7 @@ class EarlyWorker:
     descriptors this process owns until they are wrapped in Trio streams)."""
 
     process: subprocess.Popen[bytes]
+    argv: tuple[str, ...]
     stdin: int
     stdout: int
     stderr: int
@@ -209,9 +238,10 @@ def start(
     wanted = plan(argv, environ, choices=choices)
     if wanted and not _started:
         atexit.register(discard)
+    command = worker_argv(shown_level(argv, environ)) if wanted else []
     for _ in range(wanted):
         try:
-            _started.append(_spawn(worker_argv()))
+            _started.append(_spawn(command))
         except OSError:
             break
     return len(_started)
@@ -219,7 +249,7 @@ def start(
 
 def take(argv: Sequence[str]) -> EarlyWorker | None:
     """A worker started early with exactly ``argv``, now the caller's; None if none is left."""
-    if not _started or list(argv) != worker_argv():
+    if not _started or tuple(argv) != _started[0].argv:
         return None
     return _started.pop(0)
 
@@ -258,4 +288,4 @@ def _spawn(argv: list[str]) -> EarlyWorker:
     finally:
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
-    return EarlyWorker(process, stdin_w, stdout_r, stderr_r)
+    return EarlyWorker(process, tuple(argv), stdin_w, stdout_r, stderr_r)

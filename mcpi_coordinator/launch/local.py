@@ -214,11 +214,12 @@ def adopting_orphans() -> Iterator[bool]:
                 log.warning("orphans_ended", pids=ended, why="left behind by workers")
 
 
-def default_worker_command() -> list[str]:
+def default_worker_command(shown: str = "info") -> list[str]:
     """This interpreter's ``mcpi-worker``, running the very ``mcpi_worker`` package this
-    process imported (``launch.early.worker_argv``, which says why): the argument vector
+    process imported, writing the log lines a coordinator showing ``shown`` and above
+    can show (``launch.early.worker_argv``, which says why): the argument vector
     ``WorkerPool`` uses when given no ``command``. A new list at each call."""
-    return early.worker_argv()
+    return early.worker_argv(shown)
 
 
 class _Child(Protocol):

@@ -238,3 +238,45 @@ def test_a_relayed_warning_is_the_line_that_loads_structlog(tmp_path: Path) -> N
     assert imported.index("mcpi_coordinator.run.estimate") < imported.index("structlog") < relayed
     assert [line for line in lines if not line.startswith("import time:")] == [lines[relayed]]
 
+
+AT_EXIT = """
+import atexit, json, os, sys
+
+def _write() -> None:
+    path = os.path.join(os.environ["MODULES_AT_EXIT_DIR"], f"{os.getpid()}.json")
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({"argv": sys.argv, "modules": sorted(m for m, v in sys.modules.items() if v is not None)}, out)
+
+atexit.register(_write)
+"""
+"""A ``sitecustomize`` for every process of a run (the command and the workers it starts
+inherit its environment): each writes its arguments and modules as it leaves (both
+run their exit handlers before ``os._exit``)."""
+
+
+@pytest.mark.parametrize(("level", "structlog_loaded"), [(None, False), ("info", True)])
+def test_a_plain_run_loads_structlog_in_no_process(level: str | None, structlog_loaded: bool, tmp_path: Path) -> None:
+    """At the default level neither the command nor its workers write a log line, so
+    none loads structlog: the workers are told to write nothing below warning
+    (``--log-level warning``), which the command would not show. At ``info`` both do, the
+    workers' lines being shown."""
+    hook, out = tmp_path / "hook", tmp_path / "out"
+    hook.mkdir()
+    out.mkdir()
+    (hook / "sitecustomize.py").write_text(AT_EXIT, encoding="utf-8")
+    env = {**CLEAN_ENV, "PYTHONPATH": str(hook), "MODULES_AT_EXIT_DIR": str(out)}
+    args = ["estimate", "-n", "2e4", "--chunk-size", "1e4", "-w", "2", "-s", "3", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpi_coordinator", *args, *(["--log-level", level] if level else [])],
+        capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["points"] == 20_000
+    reports = [json.loads(path.read_text(encoding="utf-8")) for path in out.iterdir()]
+    workers = [r for r in reports if "mcpi_worker.server" in r["modules"]]
+    (command,) = [r for r in reports if "mcpi_coordinator.run.estimate" in r["modules"]]
+    assert len(workers) == 2 and len(reports) == 3, [r["argv"] for r in reports]
+    for report in [command, *workers]:
+        assert ("structlog" in report["modules"]) is structlog_loaded, report["argv"]
+    assert all((r["argv"][1:] == ["--log-level", "warning"]) is (level is None) for r in workers)
+    assert ("worker 0: worker_started" in done.stderr) is structlog_loaded

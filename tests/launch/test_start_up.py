@@ -211,6 +211,40 @@ def test_only_a_command_line_read_for_certain_starts_workers_early() -> None:
     assert planned(["estimate", "--log-level", "debug"], choices={}) == 0
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "shown"),
+    [
+        ([], {}, "warning"),
+        (["-q"], {}, "error"),
+        (["--quiet", "--log-level", "info"], {}, "info"),
+        (["--log-level=debug", "--log-level", "critical"], {}, "critical"),
+        ([], {"MCPI_LOG_LEVEL": "info"}, "info"),
+        (["--log-level", "error"], {"MCPI_LOG_LEVEL": "debug"}, "error"),
+        (["-q"], {"MCPI_LOG_LEVEL": ""}, "error"),
+    ],
+)
+def test_workers_started_early_write_the_lines_the_command_shows(
+    args: list[str], env: dict[str, str], shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The level ``early`` reads from a command line is the one the command's parser
+    reads (``estimate_plan.shown_level``), so that an early worker has the very command
+    line the run asks for: ``--log-level warning`` unless the command shows info."""
+    from mcpi_coordinator.cli import estimate_plan
+    from mcpi_coordinator.cli.main import build_parser
+
+    argv = ["estimate", "-n", "1000", *args]
+    assert planned(argv, env) == 1
+    for variable in ("MCPI_LOG_LEVEL", "MCPI_LOG_FORMAT"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    parsed = build_parser(argv).parse_args(argv)
+    assert early.shown_level(argv, env) == estimate_plan.shown_level(parsed) == shown
+    quiet = early.worker_argv(shown)[-2:] == ["--log-level", "warning"]
+    assert quiet is (shown not in ("debug", "info"))
+    assert early.worker_argv()[-2:] == ["-m", "mcpi_worker"]  # a program's pool: the worker's own default
+
+
 def test_a_run_the_machine_cannot_hold_starts_nothing_early() -> None:
     """The command refuses more workers than the machine holds (exit 2, one line); early
     counts the run's workers (one per chunk at most) with the command's own figures."""
