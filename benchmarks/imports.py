@@ -1,4 +1,4 @@
-"""What a plain ``mcpi estimate`` imports before its workers' handshake, by ``-X importtime``.
+"""What a plain ``mcpi estimate`` and its worker import before the handshake, by ``-X importtime``.
 
     python benchmarks/imports.py [--rounds 5] [--against PYTHON] [MODULE ...]
 
@@ -13,11 +13,17 @@ for each MODULE named its least self and cumulative times. ``--against PYTHON`` 
 same for another installation (a worktree of the code before a change, with its own venv),
 each round run beside ours so that both see the same load. CPU spent importing, not wall:
 ``benchmarks/tiny.py`` times the whole command.
+
+The same for the worker, started as that installation's ``mcpi estimate`` starts it at its
+default log level (``launch.early.worker_argv``: ``python -P -m mcpi_worker --log-level
+warning`` since its workers write no line below warning there; without the option before),
+its input at an end at once: everything it imports before it reads a request.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,14 +33,34 @@ COMMAND = ["-X", "importtime", "-m", "mcpi_coordinator", "estimate", "-n", "1000
            "-s", "1"]  # fmt: skip
 SHOWN = ("mcpi_coordinator.cli.estimate", "mcpi_coordinator.cli.runs", "mcpi_coordinator.run.estimate",
          "mcpi_coordinator.run.checkpoint", "sqlite3", "mcpi_coordinator.run.verify", "mcpi_coordinator.run.parts",
-         "structlog", "structlog.dev", "asyncio", "trio")  # fmt: skip
+         "mcpi_coordinator.launch.remote", "structlog", "structlog.dev", "asyncio", "trio")  # fmt: skip
+WORKER_SHOWN = ("mcpi_worker.main", "mcpi_worker.kernels", "numpy", "msgpack", "structlog", "asyncio")
+WORKER_ARGV = """
+import json
+from mcpi_coordinator.launch import early
+try:
+    argv = early.worker_argv("warning")
+except TypeError:  # an installation whose workers are started alike at every level
+    argv = early.worker_argv()
+print(json.dumps(argv[1:]))
+"""
+"""The worker's arguments as that installation's ``mcpi estimate`` gives them at its default level."""
 
 
-def one_run(python: str, cwd: str) -> dict[str, tuple[int, int]]:
-    """Each module's (self, cumulative) microseconds in one run of ``COMMAND``."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("MCPI_")}
-    done = subprocess.run([python, *COMMAND], env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, check=True)  # fmt: skip
+def environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("MCPI_")}
+
+
+def worker_command(python: str, cwd: str) -> list[str]:
+    done = subprocess.run([python, "-c", WORKER_ARGV], env=environment(), cwd=cwd, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, check=True)  # fmt: skip
+    return ["-X", "importtime", *json.loads(done.stdout)]
+
+
+def one_run(python: str, cwd: str, command: list[str]) -> dict[str, tuple[int, int]]:
+    """Each module's (self, cumulative) microseconds in one run of ``command``."""
+    done = subprocess.run([python, *command], env=environment(), cwd=cwd, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, check=True)  # fmt: skip
     times: dict[str, tuple[int, int]] = {}
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
@@ -67,14 +93,19 @@ def main() -> None:
     pythons = {"mcpi": sys.executable} | ({"--against": args.against} if args.against else {})
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as neutral:  # each imports its own installation, not a checkout here
-        for python in pythons.values():
-            one_run(python, neutral)  # untimed: writes the bytecode caches
-        rounds: dict[str, list[dict[str, tuple[int, int]]]] = {label: [] for label in pythons}
+        commands = {
+            (f"{label} estimate", python, tuple(COMMAND)) for label, python in pythons.items()
+        } | {(f"{label} worker", python, tuple(worker_command(python, neutral))) for label, python in pythons.items()}
+        runs = sorted(commands)
+        for _, python, command in runs:
+            one_run(python, neutral, list(command))  # untimed: writes the bytecode caches
+        rounds: dict[str, list[dict[str, tuple[int, int]]]] = {label: [] for label, _, _ in runs}
         for _ in range(args.rounds):
-            for label, python in pythons.items():
-                rounds[label].append(one_run(python, neutral))
-    for label in pythons:
-        report(label, rounds[label], tuple(args.modules))
+            for label, python, command in runs:
+                rounds[label].append(one_run(python, neutral, list(command)))
+    for label, _, command in runs:
+        print(f"{label}: python {' '.join(command)}")
+        report(label, rounds[label], tuple(args.modules) if label.endswith("estimate") else WORKER_SHOWN)
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) after")
 
 

@@ -122,7 +122,7 @@ def main() -> None:
     if more:
         print(f"mcpi estimate rows with: {shlex.join(more)}")
     print(f"before: {load()}")
-    late = environment({"MCPI_WORKER_CMD": shlex.join(early.worker_argv())})
+    late = environment({"MCPI_WORKER_CMD": shlex.join(early.worker_argv("warning"))})  # the default level's
     runs: list[tuple[str, list[str], dict[str, str]]] = [
         ("mcpi estimate", ours, environment()),
         ("ppe+numpy script", reference, environment()),
