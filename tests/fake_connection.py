@@ -96,6 +96,19 @@ class FakeConnection:
             events.append(protocol.Answered(i, result, token, i in self.cancelled))
         dispatcher.on_events(self, events)
 
+    def answer_first(self, dispatcher: Dispatcher, elapsed_s: float, implementation: str = "") -> Chunk:
+        """Its worker answers the first request in flight (each stream counting 0 inside),
+        computed in ``elapsed_s``; that request's chunk."""
+        i, token = self.sent.pop(0)
+        streams = self.streams[i]
+        chunk: Chunk = token.chunk
+        insides = (0,) * streams if streams > 1 else None
+        result = protocol.Result(
+            i, 0, chunk.points * streams, elapsed_s, insides=insides, implementation=implementation
+        )
+        dispatcher.on_events(self, [protocol.Answered(i, result, token, i in self.cancelled)])
+        return chunk
+
     def refuse_all(self, dispatcher: Dispatcher, code: str) -> None:
         """Its worker answers everything in flight with an ``error`` of ``code``."""
         sent, self.sent = self.sent, []

@@ -26,7 +26,11 @@ growing from one stream, ``RAMP``), and at most a share of what is left of the r
 (``SHARE_DIVISOR``), for a worker that counts ranges in SIMD lanes a whole number of lane
 groups (``LANE_WIDTH``); a worker speaking protocol version 1 gets one stream at a time. So
 per-request overhead stops mattering at any chunk size, while no worker holds more than a
-fraction of a second of the run, and a small run is spread over every worker.
+fraction of a second of the run, and a small run is spread over every worker. The end of a
+range (``TAIL_S``), once every worker's speed is known, is shared by those speeds instead:
+each piece is what its worker should count for every worker to end at once, given what each
+one still holds (``_balanced_share``), so the last pieces stay whole lane groups of full
+speed and no worker idles while another counts a piece it took too early.
 
 No re-entrancy. Each request's one final outcome (a ``ChunkResult``, ``None`` for a
 ping's pong, or the ``McpiError`` it ended with) is handed to ``request.deliver``
@@ -39,8 +43,9 @@ only adds to the queue. So 1000 requests refused one after another cost a loop o
 from __future__ import annotations
 
 import copy
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
@@ -97,8 +102,18 @@ Which streams go in which piece never changes a stream's count."""
 LANE_IMPLEMENTATION: Final[str] = "numba-fused"
 """The implementation name (``Result.implementation``) of a worker counting in lanes."""
 
+TAIL_S: Final[float] = 4 * TARGET_PIECE_S
+"""What is left of a range, in seconds of the ready workers' speed together, below which
+its pieces are sized for every worker to end at once (``_balanced_share``)."""
+
+BALANCED_WORKERS: Final[int] = 64
+"""The most ready workers for which the end of a range is balanced: each piece then looks
+at every worker."""
+
 RATE_WEIGHT: Final[float] = 0.3
-"""Weight of the newest answer in a worker's running speed (an exponential average)."""
+"""How much of the weight of a worker's older answers each new one takes away: its speed is
+the ratio of its answers' points and seconds, each answer weighing ``1 - RATE_WEIGHT`` times
+the one after it."""
 
 Outcome = ChunkResult | McpiError | None
 """What became of a request: its result (None: a ping was answered) or its error."""
@@ -217,8 +232,9 @@ class Request:
 class Dispatcher:
     """Matches requests with workers that have room. See the module docstring."""
 
-    def __init__(self, record: Record, slots: int = 1) -> None:
+    def __init__(self, record: Record, slots: int = 1, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._record = record
+        self._clock = clock
         self._live_slots = set(range(slots))
         """Slots not retired: each computes its welcome's ``jobs`` at once (1 before it)."""
         self._jobs: int | None = None
@@ -237,10 +253,22 @@ class Dispatcher:
         """The most points some known slot accepts, by kernel (None: to be worked out)."""
         self._rates: dict[Connection, float] = {}
         """Each worker's speed so far: points per second on one of its jobs."""
+        self._measured: dict[Connection, tuple[float, float]] = {}
+        """The points and seconds of each worker's answers, older ones weighing less
+        (``RATE_WEIGHT``): its rate is their ratio."""
         self._blind: dict[Connection, int] = {}
         """Streams in the last piece sent to each worker whose speed is not known yet."""
         self._lanes: set[Connection] = set()
         """The workers whose last answer was counted in lanes (``LANE_IMPLEMENTATION``)."""
+        self._out: dict[Connection, int] = {}
+        """Points in flight on each worker (sent, not answered yet)."""
+        self._out_total = 0
+        self._speeds: dict[Connection, float] = {}
+        """Each ready worker's points per second, all its jobs together, once known."""
+        self._speed_total = 0.0
+        self._since: dict[Connection, float] = {}
+        """When each worker last answered, or was sent work with none in flight: since
+        then it has been counting what it holds at its speed."""
         self._outcomes: deque[tuple[Request, Outcome]] = deque()
         self._busy = False
         """Inside a public method: outcomes learnt now wait for its delivery loop."""
@@ -308,6 +336,7 @@ class Dispatcher:
         try:
             for event in events:
                 if isinstance(event, Answered):
+                    self._landed(connection, event.token)
                     if isinstance(event.answer, Result):
                         self._note_speed(connection, event.answer)
                     if not event.abandoned:
@@ -330,8 +359,12 @@ class Dispatcher:
         self._per_job.pop(connection, None)
         self._roomy.pop(connection, None)
         self._rates.pop(connection, None)
+        self._measured.pop(connection, None)
         self._blind.pop(connection, None)
         self._lanes.discard(connection)
+        self._out_total -= self._out.pop(connection, 0)
+        self._since.pop(connection, None)
+        self._speed_total -= self._speeds.pop(connection, 0.0)
 
     # ------------------------------------------------------------------ requests
 
@@ -484,7 +517,9 @@ class Dispatcher:
                     wanted = max(1, min(RAMP * self._blind.get(connection, 0), FIRST_PIECE_POINTS // points))
                 else:
                     wanted = int(TARGET_PIECE_S * rate // points)
-                share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
+                share = self._balanced_share(connection, chunk) if rate is not None else None
+                if share is None:
+                    share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
                 streams = max(1, min(wanted, most, share))
                 if rate is not None and connection in self._lanes:
                     streams = _whole_lanes(streams, most)
@@ -493,6 +528,40 @@ class Dispatcher:
         if streams >= chunk.streams:
             return request
         return request.splitter(request, streams)
+
+    def _balanced_share(self, connection: Connection, chunk: Chunk) -> int | None:
+        """The streams of what is left of ``chunk``'s range that ``connection`` takes for
+        every ready worker to end at once: what the ready workers hold and what is left,
+        shared by their speeds, less what ``connection`` holds already (one stream at
+        least). None while a slot's worker is not ready, or its speed is not known yet, or
+        it has not been seen computing as many samples at once as its welcome claims (a
+        welcome claiming 1024 jobs): then what it would take is not known either."""
+        speed = self._speeds.get(connection)
+        if speed is None or len(self._speeds) < len(self._depth) or len(self._depth) < len(self._live_slots):
+            return None  # a worker is still starting, or its speed is not known yet
+        if chunk.total_points > self._speed_total * TAIL_S or len(self._depth) > BALANCED_WORKERS:
+            return None  # far from the end (or a fleet): the share would not bind
+        if sum(other.jobs_shown for other in self._depth) < self._pool_jobs():
+            return None  # a job some welcome claims has not been seen computing: its speed is not known
+        now = self._clock()
+        held = {other: self._held(other, now) for other in self._depth}
+        end_s = (chunk.total_points + sum(held.values())) / self._speed_total
+        return max(1, -(-int(end_s * speed - held[connection]) // max(chunk.points, 1)))
+
+    def _held(self, connection: Connection, now: float) -> float:
+        """Points ``connection`` still has to count of what it was sent, by its speed."""
+        out = self._out.get(connection, 0)
+        since = self._since.get(connection)
+        speed = self._speeds.get(connection, 0.0)
+        return out if since is None else max(0.0, out - (now - since) * speed)
+
+    def _landed(self, connection: Connection, request: Request) -> None:
+        """``request``'s answer came: its points are no longer in flight on ``connection``."""
+        if request.chunk is not None and connection in self._out:
+            points = request.chunk.total_points
+            self._out[connection] -= points
+            self._out_total -= points
+            self._since[connection] = self._clock()
 
     def _depth_now(self, connection: Connection) -> int | None:
         """Requests ``connection`` may have in flight now (None: it is not serving)."""
@@ -515,13 +584,26 @@ class Dispatcher:
             self._lanes.discard(connection)
         if result.elapsed_s <= 0 or result.points == 0:
             return
-        rate = result.points / result.elapsed_s
-        previous = self._rates.get(connection)
-        self._rates[connection] = rate if previous is None else previous + RATE_WEIGHT * (rate - previous)
+        # Weighed by their points: a worker's first, one-stream pieces run its slower
+        # single-stream loop, and must not hold down the speed its large pieces show.
+        points, seconds = self._measured.get(connection, (0.0, 0.0))
+        points = points * (1 - RATE_WEIGHT) + result.points
+        seconds = seconds * (1 - RATE_WEIGHT) + result.elapsed_s
+        self._measured[connection] = (points, seconds)
+        self._rates[connection] = points / seconds
+        if connection in self._depth:
+            speed = self._rates[connection] * max(1, connection.jobs_shown)
+            self._speed_total += speed - self._speeds.get(connection, 0.0)
+            self._speeds[connection] = speed
 
     def _send(self, connection: Connection, request: Request) -> None:
         request.connection = connection
         chunk = request.chunk
+        if chunk is not None:
+            if not self._out.get(connection):
+                self._since[connection] = self._clock()
+            self._out[connection] = self._out.get(connection, 0) + chunk.total_points
+            self._out_total += chunk.total_points
         if chunk is None:
             request.request_id = connection.send_ping(request)
         elif chunk.streams == 1:

@@ -70,7 +70,9 @@ def test_a_range_goes_out_in_pieces_that_grow_until_the_worker_has_answered() ->
     assert [r.chunk.streams for r, _ in owner.outcomes if r.chunk] == [1, RAMP, RAMP * RAMP]
     assert sent_streams(v2)[0] > RAMP * RAMP
     pieces = [token.chunk for _, token in v2.sent]
-    assert pieces[0].stream == whole.chunk.stream - sum(p.streams for p in pieces)  # in order, no gap
+    assert pieces[0].stream == 1 + RAMP + RAMP * RAMP  # in order, no gap
+    # The only worker, and the rest well within its TARGET_PIECE_S: all of it goes out now.
+    assert not in_line(whole) and sum(p.streams for p in pieces) == 100 - pieces[0].stream
 
 
 def test_a_version_1_worker_gets_a_range_one_stream_at_a_time() -> None:
@@ -301,3 +303,92 @@ def test_a_lane_piece_is_never_larger_than_the_worker_admits() -> None:
     assert _whole_lanes(40, most=40) == 2 * LANE_WIDTH  # 48 rounded down to what it admits
     assert _whole_lanes(11, most=11) == 11  # it admits less than a lane group
     assert _whole_lanes(3, most=1000) == LANE_WIDTH  # one group at least
+
+
+LANE_STREAM_S = {1: 6.5e-3, 2: 6.4e-3, 3: 6.4e-3, 4: 6.2e-3, 8: 3.1e-3, 16: 2.2e-3, 32: 1.85e-3}
+"""Seconds per stream of 1e7 points in a piece of that many streams, roughly as the numba
+lane kernel takes them on one core (``benchmarks/kernel.py``): one to three streams go
+through the single-stream loop, a few fill one vector, 32 or more run at full speed."""
+
+
+def lane_piece_s(streams: int) -> float:
+    width = max((w for w in LANE_STREAM_S if w <= streams), default=1)
+    return streams * LANE_STREAM_S[width]
+
+
+def run_range_on_lane_workers(workers: int, streams: int, starts: list[float]) -> list[tuple[int, float, float, Chunk]]:
+    """A range of ``streams`` streams of 1e7 points through the dispatcher to ``workers``
+    lane workers (depth 2, one job each) that become ready at ``starts`` and compute each
+    piece in ``lane_piece_s``, on a simulated clock. Every piece: (slot, start, end, chunk)."""
+    owner = Owner()
+    now = 0.0
+    dispatcher = Dispatcher(record, workers, clock=lambda: now)
+    fakes = [FakeConnection(slot, version=protocol.RANGE_VERSION) for slot in range(workers)]
+    busy_until = dict.fromkeys(range(workers), 0.0)
+    ends: dict[tuple[int, int], tuple[float, float]] = {}
+    pieces: list[tuple[int, float, float, Chunk]] = []
+    whole = Request(Chunk(SEED, 0, 10**7, streams=streams), owner.deliver, splitter=owner.split)
+    ready = sorted(range(workers), key=lambda slot: starts[slot])
+
+    def plan() -> None:  # each worker computes what it holds in order, one piece at a time
+        for fake in fakes:
+            for request_id, token in fake.sent:
+                if (fake.slot, request_id) not in ends:
+                    begin = max(busy_until[fake.slot], now)
+                    busy_until[fake.slot] = begin + lane_piece_s(token.chunk.streams)
+                    ends[fake.slot, request_id] = (begin, busy_until[fake.slot])
+
+    for _ in range(10 * streams):
+        due = [(ends[f.slot, f.sent[0][0]][1], f.slot) for f in fakes if f.sent]
+        if ready and (not due or starts[ready[0]] <= min(due)[0]):
+            slot = ready.pop(0)
+            now = busy_until[slot] = starts[slot]
+            dispatcher.add_worker(fakes[slot], depth=2)
+            if not pieces and whole.connection is None and not in_line(whole):
+                dispatcher.dispatch(whole)
+        elif due:
+            now, slot = min(due)
+            begin, end = ends[slot, fakes[slot].sent[0][0]]
+            chunk = fakes[slot].answer_first(dispatcher, end - begin, LANE_IMPLEMENTATION)
+            pieces.append((slot, begin, end, chunk))
+        else:
+            break
+        plan()
+    return pieces
+
+
+def test_a_worker_s_one_stream_pieces_do_not_hold_down_the_speed_its_lanes_show() -> None:
+    """A lane worker's first pieces, one stream each, run its single-stream loop, several
+    times slower a point than its lanes; once a piece in lanes has answered, the next
+    piece is sized by the lanes' speed (about ``TARGET_PIECE_S`` of it), not by an average
+    still held down by the first answers."""
+    owner = Owner()
+    dispatcher = Dispatcher(record)
+    worker = FakeConnection(0, version=protocol.RANGE_VERSION)
+    dispatcher.add_worker(worker, depth=1)
+    dispatcher.dispatch(Request(Chunk(SEED, 0, 10**7, streams=1000), owner.deliver, splitter=owner.split))
+    worker.answer_first(dispatcher, lane_piece_s(1), LANE_IMPLEMENTATION)
+    lanes = sent_streams(worker)[0]
+    assert lanes >= LANE_WIDTH
+    worker.answer_first(dispatcher, lane_piece_s(lanes), LANE_IMPLEMENTATION)
+    lane_speed = 1e7 / LANE_STREAM_S[32]
+    assert sent_streams(worker)[0] >= 0.8 * TARGET_PIECE_S * lane_speed / 1e7
+
+
+def test_the_end_of_a_range_is_shared_for_both_workers_to_end_at_once() -> None:
+    """Two lane workers, ready together or one a little later: every stream goes out once,
+    in order; the pieces stay at whole lane groups of full speed to the end (no tail of
+    small, slower shares), and the two end within one piece of 16 streams of each other
+    and of an even split of the work."""
+    for starts in ([0.0, 0.0], [0.0, 0.03]):
+        pieces = run_range_on_lane_workers(2, 1000, starts)
+        chunks = sorted((chunk for *_, chunk in pieces), key=lambda chunk: chunk.stream)
+        assert [c.stream for c in chunks] == [sum(c.streams for c in chunks[:i]) for i in range(len(chunks))]
+        assert sum(c.streams for c in chunks) == 1000
+        ends = [max(end for slot, _, end, _ in pieces if slot == s) for s in (0, 1)]
+        work = sum(end - begin for _, begin, end, _ in pieces)
+        group_s = lane_piece_s(LANE_WIDTH)
+        assert abs(ends[0] - ends[1]) <= group_s, (starts, ends)
+        assert max(ends) <= (work + sum(starts)) / 2 + group_s, (starts, ends, work)
+        lane_pieces = [c.streams for c in chunks if c.streams >= LANE_WIDTH]
+        assert min(lane_pieces) >= 2 * LANE_WIDTH, (starts, sorted(c.streams for c in chunks))
