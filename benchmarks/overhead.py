@@ -31,7 +31,11 @@ same two clients against ``cat`` (a C program echoing the frame back: no Python,
 protocol on the other side): what a pipe round trip to another process costs on this
 machine at all, blocking and from Trio.
 
-    python benchmarks/overhead.py [--tasks 3000] [--rounds 5] [--workers 2] [--floors]
+``--busy N`` runs it all beside N CPU-bound loops, each in a session of its own as another
+user's jobs are (``--busy-same-session``: in this one, as jobs from the same shell are;
+benchmarks/busy_loops.py), so that a busy machine's figures can be rerun at will.
+
+    python benchmarks/overhead.py [--tasks 3000] [--rounds 5] [--workers 2] [--floors] [--busy N]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from collections.abc import Callable
 from functools import partial
 
 import trio
+from busy_loops import busy_loops, described
 
 from mcpi_coordinator.bench import overhead
 from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
@@ -233,10 +238,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--floors", action="store_true", help="also measure the single-worker floors")
+    parser.add_argument("--busy", type=int, default=0, metavar="N", help="run beside N CPU-bound loops")
+    parser.add_argument("--busy-same-session", action="store_true", help="the loops in this session")
     args = parser.parse_args()
+    if args.busy < 0:
+        parser.error(f"--busy takes a number of loops, 0 or more, not {args.busy}")
     configure_logging()
+    with busy_loops(args.busy, same_session=args.busy_same_session):
+        _measure(args)
 
+
+def _measure(args: argparse.Namespace) -> None:
     print(f"overhead: {args.tasks} no-op tasks per figure, {args.workers} workers, {args.rounds} rounds")
+    print(f"  {described(args.busy, same_session=args.busy_same_session)}")
     print(f"before: {load()}")
     names = list(CONTENDERS)
     figures: dict[str, list[Overhead]] = defaultdict(list)

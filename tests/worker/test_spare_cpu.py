@@ -56,9 +56,7 @@ class Runnable:
     ("runnable", "spare"),
     [(1, True), (2, True), (3, False), (40, False), (1.5, True), (2.01, False), (None, True)],
 )
-def test_a_cpu_is_spare_while_the_runnable_tasks_are_no_more_than_the_cpus(
-    runnable: float | None, spare: bool
-) -> None:
+def test_a_cpu_is_spare_while_the_runnable_tasks_are_no_more_than_the_cpus(runnable: float | None, spare: bool) -> None:
     assert SpareCpu(cpus=2, runnable=Runnable(runnable), clock=Clock())() is spare
 
 

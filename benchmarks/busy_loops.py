@@ -1,0 +1,59 @@
+"""A busy machine on demand: CPU-bound loops beside a benchmark (``overhead.py --busy N``).
+
+Latency figures depend on how busy the machine is (an idle CPU wakes more slowly than a
+busy one, and a process that keeps a CPU while others wait for one costs them its
+time), and a shared machine is busy more often than not. ``busy_loops(n)`` runs ``n``
+pure-Python loops for as long as its ``with`` block runs, so anyone can rerun a figure
+"beside N CPU-bound jobs" instead of waiting for a busy moment.
+
+Each loop is in a session of its own, as another user's job, or one started from
+another terminal, is (with scheduler autogrouping, Linux shares CPU time between
+sessions first); ``same_session=True`` keeps them in this process's session, as jobs
+started from the same shell are. A loop ends itself once its parent is gone, so a
+benchmark killed outright leaves none behind; otherwise they are killed and reaped,
+by pid, when the block is left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+LOOP = """\
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
+"""Pure Python on one CPU, looking every 100,000 rounds whether its parent (whose pid it
+is given: one that died before the loop started would have left it init's) still lives."""
+
+
+@contextmanager
+def busy_loops(count: int, *, same_session: bool = False) -> Iterator[list[int]]:
+    """Run ``count`` CPU-bound loops for the block; yield their pids. Raises ``OSError``
+    if one cannot be started (those already started are ended first)."""
+    loops: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(count):
+            loops.append(
+                subprocess.Popen([sys.executable, "-c", LOOP, str(os.getpid())], start_new_session=not same_session)
+            )
+        yield [loop.pid for loop in loops]
+    finally:
+        for loop in loops:
+            loop.kill()
+        for loop in loops:
+            loop.wait()
+
+
+def described(count: int, *, same_session: bool = False) -> str:
+    """How a run says what it ran beside."""
+    if not count:
+        return "nothing of its own beside it"
+    where = "this session" if same_session else "a session of its own each"
+    return f"beside {count} CPU-bound loop{'s' if count != 1 else ''} ({where})"

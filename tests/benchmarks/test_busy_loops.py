@@ -1,0 +1,73 @@
+"""``benchmarks/busy_loops.py``, the busy machine that ``overhead.py --busy N`` runs beside:
+its loops run in the sessions it says while the block runs, are gone when it is left,
+and end themselves when the benchmark is killed outright (the process table is the judge)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcpi_coordinator.testing.processes import still_running, wait_until_gone
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+TIMEOUT = 60.0  # seconds; a bound against a hang, far above what any step takes
+
+
+def _holder(same_session: bool, then: str) -> subprocess.Popen[str]:
+    """A process that enters ``busy_loops(2)``, prints its own session and the loops' pids
+    and sessions as one JSON line, then does ``then`` inside the block."""
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(BENCHMARKS)!r})
+        from busy_loops import busy_loops
+        with busy_loops(2, same_session={same_session!r}) as pids:
+            print(json.dumps({{"sid": os.getsid(0), "loops": {{p: os.getsid(p) for p in pids}}}}), flush=True)
+            {then}
+    """)
+    return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _running(holder: subprocess.Popen[str]) -> tuple[int, dict[int, int]]:
+    assert holder.stdout is not None
+    seen = json.loads(holder.stdout.readline())
+    return seen["sid"], {int(pid): sid for pid, sid in seen["loops"].items()}
+
+
+@pytest.mark.parametrize("same_session", [False, True])
+def test_the_loops_run_in_the_sessions_asked_for_and_are_gone_when_the_block_is_left(same_session: bool) -> None:
+    holder = _holder(same_session, then="sys.stdin.read()")
+    try:
+        sid, loops = _running(holder)
+        assert len(loops) == 2 and not set(loops) & {holder.pid}
+        if same_session:
+            assert set(loops.values()) == {sid}
+        else:
+            assert list(loops.values()) == list(loops)  # each leads a session of its own
+        assert still_running(loops) == list(loops)
+        assert all(psutil.Process(pid).ppid() == holder.pid for pid in loops)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()  # the block ends
+        assert holder.wait(TIMEOUT) == 0
+    assert still_running(loops) == []  # killed and reaped by the holder before it returned
+
+
+def test_the_loops_end_themselves_when_the_benchmark_is_killed_outright() -> None:
+    holder = _holder(False, then="sys.stdin.read()")
+    try:
+        _, loops = _running(holder)
+        os.kill(holder.pid, signal.SIGKILL)  # no finally of its own runs
+        holder.wait(TIMEOUT)
+        left, _ = wait_until_gone(loops, TIMEOUT)
+        assert left == []
+    finally:
+        for pid in still_running(locals().get("loops", {})):
+            os.kill(pid, signal.SIGKILL)
