@@ -17,7 +17,6 @@ says the bound.
 from __future__ import annotations
 
 import argparse
-import decimal
 import math
 import os
 from collections.abc import Callable
@@ -43,6 +42,10 @@ def parse_whole_number(text: str) -> int | None:
     cleaned = text.strip()
     if not cleaned or cleaned.startswith("_") or "__" in cleaned:
         return None
+    if len(cleaned) <= _MAX_EXPONENT and cleaned.isascii() and cleaned.isdigit():
+        return int(cleaned)  # plain digits (-n 1000), read without loading decimal
+    import decimal  # a command line's first number in another spelling loads it
+
     try:
         value = decimal.Decimal(cleaned)  # exact: no binary rounding, accepts 1_000 and 1e6
     except decimal.InvalidOperation:

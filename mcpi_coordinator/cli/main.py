@@ -24,7 +24,6 @@ stopped first.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import re
@@ -136,6 +135,8 @@ class UsageParser(argparse.ArgumentParser):
 def _did_you_mean(typed: str, candidates: Sequence[str]) -> str:
     """`` (did you mean --points?)``: a name that starts with what was typed (the
     abbreviation people expect to work), or else the closest spelling; or nothing."""
+    import difflib  # a mistyped option's suggestion: no run needs it
+
     starting = [name for name in candidates if name.startswith(typed) and len(typed) > 2]
     close = starting[:3] or difflib.get_close_matches(typed, candidates, n=1, cutoff=0.6)
     return f" (did you mean {' or '.join(close)}?)" if close else ""

@@ -82,6 +82,10 @@ def test_exponents_and_decimals_that_are_whole_are_exact() -> None:
     assert parse_whole_number("2.5e9") == 2_500_000_000
     assert parse_whole_number("1_000_000") == 1_000_000
     assert parse_whole_number("18446744073709551615e0") == 2**64 - 1
+    # Plain digits are read without decimal (arguments.py), the same numbers as through it.
+    digits = ("0", "007", " 1000 ", "9" * 40, "١٢", "１２")
+    assert [parse_whole_number(t) for t in digits] == [0, 7, 1000, 10**40 - 1, 12, 12]
+    assert parse_whole_number("1" + "0" * 41) == parse_whole_number("1" + "0" * 60) == 10**41  # above every bound
     for bad in ("1.5", "inf", "nan", "0x10", "1__0", "_1", "", "1e-3"):
         assert parse_whole_number(bad) is None, bad
 

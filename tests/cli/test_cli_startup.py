@@ -144,6 +144,8 @@ def test_a_stub_says_what_the_command_says() -> None:
 TINY_RUN_UNUSED = (
     "structlog",  # imported by the first log line written, and a plain run at the default level writes none
     "asyncio",  # structlog.stdlib's
+    "decimal",  # a count written 1e6 or 1_000: plain digits are read without it
+    "difflib",  # the suggestion for a mistyped option
     "rich",  # structlog's pretty tracebacks, and the progress bar, which a --json run to a pipe does not draw
     "pygments",
     "importlib.metadata",  # numba's version, for the cache marker: read from its dist-info's name
