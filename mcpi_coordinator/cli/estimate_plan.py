@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import text
-from mcpi_coordinator.launch import capacity, remote, slurm
+from mcpi_coordinator.launch import capacity, remote
 from mcpi_coordinator.launch.local import default_worker_command
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, chunk_count
@@ -88,6 +88,11 @@ def check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -
     None."""
     if args.workers is None:
         args.workers = 0 if args.slurm else (os.cpu_count() or 1)
+    refused: tuple[type[Exception], ...] = (remote.RemoteConfigError,)
+    if args.slurm:
+        from mcpi_coordinator.launch import slurm  # its allocation and steps: only for --slurm
+
+        refused += (slurm.SlurmError,)
     try:
         shown = shown_level(args)
         worker_command(args.worker_cmd, 0)  # checked even when every worker is remote
@@ -95,15 +100,17 @@ def check_arguments(args: argparse.Namespace, machine: capacity.MachineLimits) -
         slots = [] if args.slurm and not (args.workers or args.host or args.hosts_file) else (
             remote.slots_from_args(args, lambda i: worker_command(args.worker_cmd, i, shown))
         )
-    except (remote.RemoteConfigError, slurm.SlurmError) as error:
+    except refused as error:
         return str(error)
-    # One step per node, one connection each, all the node's CPUs as its jobs.
-    worker = worker_command(args.worker_cmd, 0, shown)
-    args.slots = slots + [
-        remote.WorkerSlot(tuple(slurm.srun_worker_argv(node, [*worker, "--jobs", str(node.cpus)])),
-                          remote.HostSpec(node.name))
-        for node in nodes
-    ]
+    args.slots = slots
+    if nodes:
+        # One step per node, one connection each, all the node's CPUs as its jobs.
+        worker = worker_command(args.worker_cmd, 0, shown)
+        args.slots += [
+            remote.WorkerSlot(tuple(slurm.srun_worker_argv(node, [*worker, "--jobs", str(node.cpus)])),
+                              remote.HostSpec(node.name))
+            for node in nodes
+        ]
     if (missing := missing_program(args.slots, args.worker_cmd)) is not None:
         return missing
     args.starting_limits = remote.starting_limits(args.slots)

@@ -146,6 +146,7 @@ TINY_RUN_UNUSED = (
     "asyncio",  # structlog.stdlib's
     "decimal",  # a count written 1e6 or 1_000: plain digits are read without it
     "difflib",  # the suggestion for a mistyped option
+    "mcpi_coordinator.launch.slurm",  # --slurm
     "rich",  # structlog's pretty tracebacks, and the progress bar, which a --json run to a pipe does not draw
     "pygments",
     "importlib.metadata",  # numba's version, for the cache marker: read from its dist-info's name
