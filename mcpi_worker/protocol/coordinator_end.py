@@ -443,7 +443,9 @@ class CoordinatorEnd:
                     f"counted {message.inside} inside out of {message.points} points "
                     f"(request id {request_id})"
                 )
-            self._check_groups(request_id, request, message)
+            assert request.sample is not None  # not a ping
+            if message.insides is not None or request.sample.is_range:  # else nothing to check
+                self._check_groups(request_id, request, message)
         return request_id, request, message
 
     @staticmethod

@@ -361,11 +361,33 @@ class FieldRule:
     an integer number of seconds into a float).
 
     ``valid`` takes exact types only (``type(v) is int``, never ``isinstance``): msgpack
-    decodes to exact types, and ``bool`` is an ``int`` in Python but not on the wire."""
+    decodes to exact types, and ``bool`` is an ``int`` in Python but not on the wire.
+
+    ``sized``, for a rule made by ``sized_rule``: the type (``int`` or ``str``) and the
+    bounds that ``valid`` checks, so that the loops on every message's path
+    (``parse_message``, ``field_problem``) check the rule without a call."""
 
     valid: Callable[[Any], bool]
     expects: str
     convert: Callable[[Any], Any] | None = None
+    sized: tuple[type, int, int] | None = None
+
+
+def sized_rule(kind: type[int] | type[str], low: int, high: int, expects: str) -> FieldRule:
+    """The rule "exactly a ``kind`` from ``low`` to ``high``": an integer's value, or a
+    string's length in code points, within the bounds. Its ``valid`` and its ``sized``
+    both come from these three values, so the two forms of the check cannot disagree."""
+    if kind is int:
+
+        def valid(value: Any) -> bool:
+            return type(value) is int and low <= value <= high
+
+    else:
+
+        def valid(value: Any) -> bool:
+            return type(value) is str and low <= len(value) <= high
+
+    return FieldRule(valid, expects, sized=(kind, low, high))
 
 
 def _valid_versions(value: Any) -> bool:
@@ -394,20 +416,14 @@ def _valid_seconds(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
-UINT64: Final = FieldRule(is_uint64, "must be an integer from 0 to 2**64-1")
-POINTS: Final = FieldRule(
-    lambda v: type(v) is int and 0 <= v <= MAX_POINTS, f"must be an integer from 0 to {MAX_POINTS}"
-)
-POSITIVE: Final = FieldRule(lambda v: type(v) is int and 0 < v <= UINT64_MAX, "must be a positive integer")
-POINTS_LIMIT: Final = FieldRule(
-    lambda v: type(v) is int and 0 < v <= MAX_POINTS, f"must be an integer from 1 to {MAX_POINTS}"
-)
+UINT64: Final = sized_rule(int, 0, UINT64_MAX, "must be an integer from 0 to 2**64-1")
+POINTS: Final = sized_rule(int, 0, MAX_POINTS, f"must be an integer from 0 to {MAX_POINTS}")
+POSITIVE: Final = sized_rule(int, 1, UINT64_MAX, "must be a positive integer")
+POINTS_LIMIT: Final = sized_rule(int, 1, MAX_POINTS, f"must be an integer from 1 to {MAX_POINTS}")
 OPTIONAL_ID: Final = FieldRule(
     lambda v: v is None or is_uint64(v), "must be nil or an integer from 0 to 2**64-1"
 )
-TEXT: Final = FieldRule(
-    lambda v: type(v) is str and len(v) <= MAX_TEXT, f"must be a string of at most {MAX_TEXT} characters"
-)
+TEXT: Final = sized_rule(str, 0, MAX_TEXT, f"must be a string of at most {MAX_TEXT} characters")
 SECONDS: Final = FieldRule(_valid_seconds, "must be a finite, non-negative number", float)
 VERSIONS: Final = FieldRule(
     _valid_versions, f"must be a non-empty array of at most {MAX_LIST} positive integers", tuple
@@ -486,15 +502,19 @@ def usable_id(body: dict[str, Any], accept: dict[str, type[Message]]) -> int | N
 _MISSING: Final = object()
 _REQUIRED: Final = object()
 
-_FIELD_CHECKS: Final[dict[type, tuple[tuple[str, Callable[[Any], bool], Callable[[Any], Any] | None, Any], ...]]] = {
+_FieldCheck = tuple[str, Callable[[Any], bool], Callable[[Any], Any] | None, Any, type | None, int, int]
+
+_FIELD_CHECKS: Final[dict[type, tuple[_FieldCheck, ...]]] = {
     cls: tuple(
-        (name, rule.valid, rule.convert, OPTIONAL_FIELDS[cls].get(name, _REQUIRED))
+        (name, rule.valid, rule.convert, OPTIONAL_FIELDS[cls].get(name, _REQUIRED), *(rule.sized or (None, 0, 0)))
         for name, rule in rules.items()
     )
     for cls, rules in FIELDS.items()
 }
-"""``FIELDS`` unpacked for ``parse_message``'s loop: (name, valid, convert, the value its
-absence means or ``_REQUIRED``)."""
+"""``FIELDS`` unpacked for the loops of ``parse_message`` and ``field_problem``: (name,
+valid, convert, the value its absence means or ``_REQUIRED``, and the rule's ``sized``
+type and bounds, or None, 0, 0). A sized rule is checked in the loop itself: these two
+loops run for every message sent and received, and a call per field was most of them."""
 
 
 def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
@@ -512,19 +532,28 @@ def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Mes
         if not isinstance(kind, str):
             raise RequestError(ErrorCode.INVALID_REQUEST, "missing or non-string 'type'", reply_id)
         raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
-    values = []
-    for name, valid, convert, absent in _FIELD_CHECKS[cls]:
+    values: list[Any] = []
+    for name, valid, convert, absent, sized, low, high in _FIELD_CHECKS[cls]:
         value = body.get(name, _MISSING)
+        if sized is int:
+            if type(value) is int and low <= value <= high:
+                values.append(value)
+                continue
+        elif sized is str:
+            if type(value) is str and low <= len(value) <= high:
+                values.append(value)
+                continue
+        elif value is not _MISSING and valid(value):
+            values.append(value if convert is None else convert(value))
+            continue
         if value is _MISSING:
             if absent is _REQUIRED:
                 why = f"{kind}: missing field {name!r}"
                 raise RequestError(ErrorCode.INVALID_REQUEST, why, usable_id(body, accept))
             values.append(absent)
-        elif valid(value):
-            values.append(value if convert is None else convert(value))
-        else:
-            why = f"{kind}: {name!r} {FIELDS[cls][name].expects}"
-            raise RequestError(ErrorCode.INVALID_REQUEST, why, usable_id(body, accept))
+            continue
+        why = f"{kind}: {name!r} {FIELDS[cls][name].expects}"
+        raise RequestError(ErrorCode.INVALID_REQUEST, why, usable_id(body, accept))
     return cls(*values)
 
 
@@ -534,9 +563,15 @@ def field_problem(message: Message) -> str | None:
     what its peer would refuse. A field left at the value its absence means is not sent,
     so it is not checked."""
     cls = type(message)
-    for name, valid, _, absent in _FIELD_CHECKS[cls]:
+    for name, valid, _, absent, sized, low, high in _FIELD_CHECKS[cls]:
         value = getattr(message, name)
-        if valid(list(value) if type(value) is tuple else value):
+        if sized is int:
+            if type(value) is int and low <= value <= high:
+                continue
+        elif sized is str:
+            if type(value) is str and low <= len(value) <= high:
+                continue
+        elif valid(list(value) if type(value) is tuple else value):
             continue
         if absent is not _REQUIRED and type(value) is type(absent) and value == absent:
             continue  # left out of the frame: its absence means this value

@@ -249,16 +249,21 @@ class WorkerEnd:
         request = self._running.get(request_id)
         if request is None:
             raise LocalProtocolError(f"sample {request_id} is not running")
+        if request.streams == 1 and request.group is None:
+            # A plain sample (not ``is_range``), the common case, checked without the
+            # general rule's calls: one count, from 0 to its points.
+            if len(insides) == 1 and 0 <= (total := insides[0]) <= request.points:
+                del self._running[request_id]
+                self._send(Result(request_id, total, request.points, max(0.0, elapsed_s), None, implementation))
+                return self._after_finish()
+            raise LocalProtocolError(f"counts {list(insides)[:8]} do not fit sample {request}: one count expected")
         counts = tuple(insides)
-        problem = request.insides_problem(counts if request.is_range else None)
+        problem = request.insides_problem(counts)
         total = sum(counts)
         if problem is not None or len(counts) != request.groups or min(counts) < 0 or total > request.total_points:
             raise LocalProtocolError(f"counts {list(counts)[:8]} do not fit sample {request}: {problem}")
-        self._finish(request_id)
-        reported = counts if request.is_range else None
-        result = Result(
-            request_id, total, request.total_points, max(0.0, elapsed_s), reported, implementation
-        )
+        del self._running[request_id]
+        result = Result(request_id, total, request.total_points, max(0.0, elapsed_s), counts, implementation)
         self._send(result)
         return self._after_finish()
 
