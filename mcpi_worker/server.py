@@ -337,16 +337,16 @@ class Worker:
         count); one the connection's end takes away (``_act``: ``ConnectionEnded``) goes
         to the compute threads."""
         while True:
-            with self._lock:
-                job = self._inline
-                if job is None:
-                    self._flush_locked()
-                    return
+            # Input first, then the sample: what that read stops or ends, the sample sees
+            # (one look under the lock for both: a 0-point sample costs less than a
+            # second one). After the last sample this polls once more, for nothing.
             if poller.poll(0) and self._reading():
                 self._receive()
             with self._lock:
-                if self._inline is not job:
-                    continue  # the connection ended: the compute threads have it
+                job = self._inline
+                if job is None:  # none left, or the connection ended: the compute threads have it
+                    self._flush_locked()
+                    return
                 self._inline = None  # taken: only this thread runs it now
             report = self._compute(job)
             with self._lock:
