@@ -123,6 +123,9 @@ class WorkerConnection:
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](math.inf)
         self._holding = 0
         """Depth of ``holding`` blocks: while above 0, frames wait to go out together."""
+        self._held_at = 0.0
+        """Trio's clock when the outermost ``holding`` block began: the time the requests
+        sent in the block are charged from (one reading for a read's worth of them)."""
         self._queued_frames = 0
         """Writes in the outbox or being written by the writer task. Direct writes wait
         until it is 0, or a frame would overtake the ones queued before it."""
@@ -204,14 +207,14 @@ class WorkerConnection:
         version 2); its answer reaches the sink as ``Answered`` carrying ``token``. The
         connection must be ``usable``."""
         request_id = self.coordinator_end.send_sample(
-            seed, stream, points, kernel, streams=streams, group=group, now=trio.current_time(), token=token
+            seed, stream, points, kernel, streams=streams, group=group, now=self._now(), token=token
         )
         self._sent()
         return request_id
 
     def send_ping(self, token: Any) -> int:
         """Send ``ping``, the protocol's cheapest request; answered like a sample."""
-        request_id = self.coordinator_end.send_ping(now=trio.current_time(), token=token)
+        request_id = self.coordinator_end.send_ping(now=self._now(), token=token)
         self._sent()
         return request_id
 
@@ -221,15 +224,25 @@ class WorkerConnection:
         if self.coordinator_end.cancel(request_id) and not self._holding:
             self._flush()
 
+    def _now(self) -> float:
+        """When a request sent now is charged from: the start of the ``holding`` block it
+        is sent in (a little early, so its deadline can only come sooner), else now."""
+        return self._held_at if self._holding else trio.current_time()
+
     def _sent(self) -> None:
+        if not self._holding:  # else the block's end does both, once for all it sent
+            self._move_clock()
+            self._flush()
+
+    def _move_clock(self) -> None:
+        """Bring the stall clock forward to the ``CoordinatorEnd``'s deadline, if that is
+        sooner (``track_stalls``)."""
         clock = self._stall_clock
-        if clock is not None:
+        if clock is not None and self.failure is None:
             due = self.coordinator_end.next_deadline()
             # Not min(): assigning the deadline re-files it with Trio even when unchanged.
             if due < clock.deadline:
                 clock.deadline = due
-        if not self._holding:
-            self._flush()
 
     def holding(self) -> _Holding:
         """``with connection.holding():`` holds the frames sent in the block and writes
@@ -282,13 +295,8 @@ class WorkerConnection:
                 self.failure = event.reason
                 self._welcomed.set()
                 self.failure_known.set()
-        with self.holding():
+        with self.holding():  # its end moves the stall clock, for the answers and the requests
             self._sink(self, events)
-        clock = self._stall_clock
-        if clock is not None and self.failure is None:
-            due = self.coordinator_end.next_deadline()
-            if due < clock.deadline:
-                clock.deadline = due
 
     # ------------------------------------------------------------------ stopping
 
@@ -457,10 +465,14 @@ class _Holding:
         self._connection = connection
 
     def __enter__(self) -> None:
-        self._connection._holding += 1
+        connection = self._connection
+        if not connection._holding:
+            connection._held_at = trio.current_time()
+        connection._holding += 1
 
     def __exit__(self, *_exc: object) -> None:
         connection = self._connection
         connection._holding -= 1
         if connection._holding == 0:
+            connection._move_clock()
             connection._flush()
