@@ -504,6 +504,23 @@ def test_a_map_with_a_key_twice_is_malformed() -> None:
     assert failure == Failure(True, ErrorCode.MALFORMED_FRAME, None)
 
 
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        # A flat map (one fixmap of scalars): decoded without a hook, its keys counted.
+        b"\x83\xa4type\xa4ping\xa2id\x01\xa2id\x02",
+        b"\x83\xa2id\x01\xa4type\xa4ping\xa2id\x01",
+        # A map inside a fixmap: decoded with every check, down to the inner map.
+        b"\x83\xa4type\xa4ping\xa2id\x01\xa1x\x82\xa1a\x01\xa1a\x02",
+        b"\x83\xa4type\xa4ping\xa2id\x01\xa1x\x91\x82\xa1a\x01\xa1a\x02",
+    ],
+    ids=["top level", "top level, same value", "inner map", "map in an array"],
+)
+def test_a_key_twice_is_malformed_at_any_level_of_a_small_map(pairs: bytes) -> None:
+    [failure] = decode_three_ways(HEADER.pack(len(pairs)) + pairs)
+    assert failure == Failure(True, ErrorCode.MALFORMED_FRAME, None)
+
+
 def test_text_limits() -> None:
     ok = frame({"type": "hello", "versions": [1], "client": "é" * MAX_TEXT})
     assert decode_three_ways(ok) == [Hello((1,), "é" * MAX_TEXT)]
