@@ -14,8 +14,7 @@ CI's ``lint-imports`` holds the code to them):
 - ``mcpi_worker.protocol``, ``mcpi_worker.constants`` and ``mcpi_worker.kernel_policy``:
   the sans-IO protocol core, shared with the worker; the worker's kernel names and
   limits; how ``MCPI_NUMPY_IMPL`` is read. Nothing here imports the worker's process
-  (``main``, ``server``), and nothing below the run imports its kernels (NumPy,
-  structlog).
+  (``main``, ``server``), and nothing below the run imports its kernels (NumPy).
 - ``terminal_text`` and ``arguments``, then ``logs`` and ``files``: untrusted text made
   safe for a terminal; argparse value types (exact whole numbers, stated bounds), which
   the command, the fake worker and ``launch.early`` read numbers with; the library's

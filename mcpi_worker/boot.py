@@ -2,7 +2,7 @@
 first, everything else after.
 
 A worker notices its coordinator's death by stdin EOF, but only once it serves, and
-it gets there only after importing NumPy, structlog and the protocol: CPU-bound work
+it gets there only after importing NumPy and the protocol: CPU-bound work
 that takes many seconds when a whole fleet starts on a few cores. A coordinator
 SIGKILLed meanwhile left every starting worker running (``benchmarks/fleet.py
 cleanup`` kills a coordinator during its fleet's start-up and measures what is

@@ -6,7 +6,7 @@ They live here, in a module that imports nothing, rather than with the code they
 describe (``kernels``, ``main``), because a coordinator-side module that only needs a
 name or a bound (``Chunk``'s default kernel, a checkpoint's kernel version, the
 ``--max-inflight`` that ``mcpi estimate`` passes on) must not load the worker's kernels,
-and so NumPy and structlog, or its command line, and so the whole worker. ``kernels``
+and so NumPy, or its command line, and so the whole worker. ``kernels``
 and ``main`` import them from here, and so does the protocol's core (``MAX_POINTS``);
 the import contracts in pyproject.toml keep the coordinator's lower layers from reaching
 past this module.

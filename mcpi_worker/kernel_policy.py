@@ -5,7 +5,7 @@ than in ``kernels.choice`` which acts on it, because a coordinator reads it too:
 ``launch.capacity`` counts a local worker's memory by whether it may load the fused
 loop, and ``mcpi estimate`` warms numba's cache only when its workers will use it.
 Both read the variable as the workers do, without loading the kernels (NumPy,
-structlog). ``kernels.choice`` (and so ``kernels``) imports these names from here.
+``kernels.choice`` (and so ``kernels``) imports these names from here.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The numbers and names ``mcpi``'s parsers show and check, here so that parsing imports
 none of the heavy modules that own them.
 
-What a module that imports nothing owns is imported from it, not copied: the kernels'
-names, ``--max-inflight``'s bound and the protocol's most points a request
-(``mcpi_worker.constants``). The other owners load what ``--help``, ``--version``, a
-usage error or a TAB completion has no use for: the protocol package (msgpack and its
-whole core), the pool and the ssh launcher (Trio), the worker's logging (structlog), and
+What a module that imports nothing heavy owns is imported from it, not copied: the
+kernels' names, ``--max-inflight``'s bound and the protocol's most points a request
+(``mcpi_worker.constants``), the log levels and formats (``mcpi_worker.logs``, which
+imports structlog only for a line it writes). The other owners load what ``--help``,
+``--version``, a usage error or a TAB completion has no use for: the protocol package
+(msgpack and its whole core), the pool and the ssh launcher (Trio), and
 ``launch.early``, home of the estimate's default points and chunk size (subprocess,
 threading and dataclasses, which would slow the parsing of ``mcpi scatter`` and ``mcpi
 bench``; ``mcpi estimate`` loads it anyway). Those values are copies, each named after
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from mcpi_worker import logs
 from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS, MAX_INFLIGHT_LIMIT, MAX_POINTS
 
 __all__ = [
@@ -39,10 +41,9 @@ SPEC_SYNTAX: Final[str] = "[user@]host[:port][*N]"
 """``mcpi_coordinator.launch.remote.SPEC_SYNTAX``."""
 DEFAULT_REMOTE_COMMAND: Final[str] = "mcpi-worker"
 """``mcpi_coordinator.launch.remote.DEFAULT_REMOTE_COMMAND``."""
-LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
-"""``tuple(mcpi_worker.logs.LOG_LEVELS)``."""
-LOG_FORMATS: Final[tuple[str, ...]] = ("json", "console")
-"""``mcpi_worker.logs.LOG_FORMATS``."""
+LOG_LEVELS: Final[tuple[str, ...]] = tuple(logs.LOG_LEVELS)
+"""The log levels' names, least severe first (``mcpi_worker.logs``, light, is their home)."""
+LOG_FORMATS: Final[tuple[str, ...]] = logs.LOG_FORMATS
 
 # The drawing options' own values: ``cli.plots`` takes them from here (one home).
 INSTALL_HINT: Final[str] = "pip install 'mcpi-trio[bench]'"

@@ -95,7 +95,6 @@ def test_the_parsers_facts_are_their_owners() -> None:
     from mcpi_coordinator.launch import remote
     from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH
     from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS
-    from mcpi_worker import logs
     from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 
     assert (facts.DEFAULT_POINTS, facts.DEFAULT_CHUNK_SIZE) == (DEFAULT_POINTS, DEFAULT_CHUNK_SIZE)
@@ -104,7 +103,6 @@ def test_the_parsers_facts_are_their_owners() -> None:
     assert facts.MAX_WORKERS_PER_HOST == remote.MAX_WORKERS_PER_HOST
     assert facts.SPEC_SYNTAX == remote.SPEC_SYNTAX
     assert facts.DEFAULT_REMOTE_COMMAND == remote.DEFAULT_REMOTE_COMMAND
-    assert (tuple(logs.LOG_LEVELS), logs.LOG_FORMATS) == (facts.LOG_LEVELS, facts.LOG_FORMATS)
 
 
 def test_the_protocol_s_max_points_has_one_home() -> None:
