@@ -151,7 +151,8 @@ class FrameDecoder:
             )
 
     def next_message(self) -> Message | NeedData:
-        self._raise_if_broken()
+        if self._error is not None:  # ``_raise_if_broken``, without a call per frame
+            self._raise_if_broken()
         length = self._complete_frame_length()
         if length is None:
             return NEED_DATA

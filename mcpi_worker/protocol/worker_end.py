@@ -31,7 +31,7 @@ from enum import Enum, IntEnum
 from typing import Final
 
 from mcpi_worker.constants import MAX_POINTS
-from mcpi_worker.protocol.admission import Unfit, refusal
+from mcpi_worker.protocol.admission import Unfit, plain_verdict, refusal
 from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
@@ -351,8 +351,13 @@ class WorkerEnd:
     def _sample(self, request: Sample, events: list[WorkerEvent]) -> None:
         refused = self._refusal(request.id)
         if refused is None:
-            assert self.welcome is not None  # _refusal made sure the handshake is done
-            unfit = refusal(self.welcome, request)
+            welcome = self.welcome
+            assert welcome is not None  # _refusal made sure the handshake is done
+            # A plain sample (its fields valid: it was parsed) that the quick form of the
+            # rule takes is taken by the rule (plain_verdict: held equal to it).
+            plain = request.streams == 1 and request.group is None
+            taken = plain and plain_verdict(welcome, request.kernel, request.points) is True
+            unfit = None if taken else refusal(welcome, request)
             if unfit is not None:
                 words = unfit.message if unfit.rule is Unfit.KERNEL else f"sample: {unfit.message}"
                 refused = Error(request.id, unfit.code, words)
