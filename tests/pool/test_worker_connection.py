@@ -7,6 +7,7 @@ whole and in the order it was sent.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -138,4 +139,26 @@ async def test_frames_sent_while_holding_go_out_together_at_the_end() -> None:
             connection.send_sample(7, stream, 10, "numpy", None)
         assert process.read_available() == b""  # nothing written yet
     assert [m.stream for m in _samples(process.read_available())] == [0, 1, 2]
+    process.close_worker_ends()
+
+
+async def test_requests_sent_while_holding_move_the_stall_clock_once_at_the_end() -> None:
+    """Counted, not timed: a read's worth of requests sent in one ``holding`` block
+    looks at the stall deadline once, at the block's end, and is charged from the
+    block's start (a little early: the clock may ring early, never late)."""
+    process = _PipeProcess()
+    connection = _connect(process)
+    clock = trio.CancelScope()
+    connection.track_stalls(clock)
+    assert clock.deadline == math.inf  # nothing in flight
+    before = trio.current_time()
+    with connection.holding():
+        for stream in range(3):
+            connection.send_sample(7, stream, 10, "numpy", None)
+            assert clock.deadline == math.inf  # not moved per request
+    after = trio.current_time()
+    assert before + 60.0 <= clock.deadline <= after + 60.0  # the budget, from the block's start
+    assert [m.stream for m in _samples(process.read_available())] == [0, 1, 2]
+    connection.send_sample(7, 3, 10, "numpy", None)  # outside a block: moved at once if sooner
+    assert before + 60.0 <= clock.deadline <= after + 60.0
     process.close_worker_ends()
