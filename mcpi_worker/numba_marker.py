@@ -82,8 +82,72 @@ def numba_version() -> str | None:
 
 OBJECT_CACHE_PREFIX: Final[str] = "mcpi-kernels-"
 OBJECT_CACHE_SUFFIX: Final[str] = ".bin"
-"""Our object cache of the fused kernels' machine code: ``mcpi-kernels-<key>.bin``
-(``kernels.native``)."""
+"""Our object cache of the fused kernels' machine code: ``mcpi-kernels-<name>.bin``
+(``kernels.native``), ``<name>`` a hash of ``OBJECT_NAME_FIELDS``."""
+
+OBJECT_NAME_FIELDS: Final[tuple[str, ...]] = ("host", "machine", "python", "numba", "sources")
+"""The parts of the object cache's key (``kernels.native.host_key``) that name its file:
+those this module works out without llvmlite, whose words for the CPU (the key's
+``cpu`` and ``cpu_features``) take a fifth of a second to get; ``host``
+(``cpu_identity``) stands for the CPU. So ``has_object`` finds this host's file by its
+name alone, and a file another CPU wrote into a shared directory has another name: it
+is never opened here. The whole key, checked inside the file, stays the judge."""
+
+_CPU_FIELDS: Final[frozenset[str]] = frozenset({
+    "vendor_id", "cpu family", "model", "model name", "stepping", "flags",  # x86
+    "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "CPU revision", "Features",  # arm
+})  # fmt: skip
+"""What ``/proc/cpuinfo`` says of a CPU that sets it apart from another (its make,
+model and features), and not of its state (clock, microcode, which core)."""
+
+
+@cache
+def cpu_identity() -> str:
+    """This machine's CPU in a few lines, read without importing anything: the machine
+    (``uname``) and, on Linux, what ``/proc/cpuinfo`` says of its first processor
+    (``_CPU_FIELDS``). Two CPUs that differ in model or features differ here."""
+    lines = [os.uname().machine]
+    try:
+        with open("/proc/cpuinfo", "rb") as file:
+            text = file.read(1 << 16).decode(errors="replace")
+    except OSError:  # not Linux: the machine alone
+        return lines[0]
+    for line in text.split("\n\n", 1)[0].splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in _CPU_FIELDS:
+            lines.append(f"{name.strip()}: {value.strip()}")
+    return "\n".join(lines)
+
+
+def sources_digest() -> str:
+    """A hash of every kernel source the machine code is compiled from. Raises ``OSError``."""
+    digest = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        digest.update((KERNELS / name).read_bytes())
+    return digest.hexdigest()
+
+
+def object_file_name(key: Mapping[str, str]) -> str:
+    """The object cache file's name for ``key`` (its ``OBJECT_NAME_FIELDS``)."""
+    named_by = "\0".join(f"{field}={key.get(field, '')}" for field in OBJECT_NAME_FIELDS)
+    digest = hashlib.sha256(named_by.encode()).hexdigest()[:16]
+    return f"{OBJECT_CACHE_PREFIX}{digest}{OBJECT_CACHE_SUFFIX}"
+
+
+@cache
+def object_name_here() -> str | None:
+    """The name this process's object cache file has (``object_file_name``); None
+    without numba, or where the kernels' sources cannot be read."""
+    version = numba_version()
+    if version is None:
+        return None
+    try:
+        sources = sources_digest()
+    except OSError:
+        return None
+    here = {"host": cpu_identity(), "machine": os.uname().machine, "python": sys.version,
+            "numba": version, "sources": sources}  # fmt: skip
+    return object_file_name(here)
 
 
 def object_cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -124,20 +188,17 @@ class NumbaCache:
         return path is None or path.exists()
 
     def has_object(self) -> bool:
-        """Whether an object cache file is there (``kernels.native``): then a load
-        usually takes a tenth of the CPU (one for another CPU sharing the directory
-        would make it numba's after all). One look at a directory, no import."""
+        """Whether this host's object cache file is there (``kernels.native``): then a
+        load usually takes a tenth of the CPU. Looked for by its name
+        (``object_name_here``): a file of another CPU sharing the directory is not this
+        host's (counting it made ``auto`` load early, then through numba, and kept
+        ``mcpi estimate`` from having this host's file written). One look at one path,
+        no import."""
         directory = object_cache_directory()
-        if directory is None:
+        name = object_name_here()
+        if directory is None or name is None:
             return False
-        try:
-            with os.scandir(directory) as entries:
-                return any(
-                    entry.name.startswith(OBJECT_CACHE_PREFIX) and entry.name.endswith(OBJECT_CACHE_SUFFIX)
-                    for entry in entries
-                )
-        except OSError:
-            return False
+        return (directory / name).is_file()
 
     def wants_warming(self) -> bool:
         """Whether the warming process has work to do here: numba's cache is cold, or our

@@ -132,7 +132,7 @@ def export(directory: Path | None = None) -> Path:
     symbols, code = compile_object()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = native.write(directory, key, symbols, code)
-    for stale in native.stale_files(directory, key):  # else has_object would see them
+    for stale in native.stale_files(directory, key):  # never loaded again here
         with contextlib.suppress(OSError):
             stale.unlink()
     return written

@@ -50,8 +50,9 @@ import numpy as np
 
 from mcpi_worker import numba_cache, numba_marker
 
-FORMAT_VERSION: Final[int] = 1
-"""This file format's version: part of the key."""
+FORMAT_VERSION: Final[int] = 2
+"""This file format's version: part of the key (2: the key has ``host``, and names the
+file by ``numba_marker.OBJECT_NAME_FIELDS``)."""
 
 MAGIC: Final[bytes] = b"mcpi-kernels-object\n"
 
@@ -96,14 +97,12 @@ class ObjectMissing(NativeUnavailable):
 
 
 def sources_digest() -> str:
-    """A hash of every kernel source the machine code was compiled from."""
-    digest = hashlib.sha256()
-    for name in numba_marker.KERNEL_SOURCES:
-        try:
-            digest.update((numba_marker.KERNELS / name).read_bytes())
-        except OSError as error:
-            raise NativeUnavailable(f"the kernel source {name} cannot be read ({error.strerror})") from None
-    return digest.hexdigest()
+    """A hash of every kernel source the machine code was compiled from
+    (``numba_marker.sources_digest``). Raises ``NativeUnavailable``."""
+    try:
+        return numba_marker.sources_digest()
+    except OSError as error:
+        raise NativeUnavailable(f"a kernel source cannot be read ({error.strerror})") from None
 
 
 def host_key(cpu_name: str, cpu_features: str) -> dict[str, str]:
@@ -115,6 +114,7 @@ def host_key(cpu_name: str, cpu_features: str) -> dict[str, str]:
         "format": str(FORMAT_VERSION),
         "cpu": cpu_name,
         "cpu_features": cpu_features,
+        "host": numba_marker.cpu_identity(),
         "machine": os.uname().machine,
         "python": sys.version,
         "numba": numba_marker.numba_version() or "",
@@ -124,11 +124,10 @@ def host_key(cpu_name: str, cpu_features: str) -> dict[str, str]:
 
 
 def file_name(key: Mapping[str, str]) -> str:
-    """The object's file name for ``key``: another key (another CPU sharing the
-    directory, other sources) has another file."""
-    text = json.dumps(dict(key), sort_keys=True).encode()
-    digest = hashlib.sha256(text).hexdigest()[:16]
-    return f"{numba_marker.OBJECT_CACHE_PREFIX}{digest}{numba_marker.OBJECT_CACHE_SUFFIX}"
+    """The object's file name for ``key`` (``numba_marker.object_file_name``: by the parts
+    of it known without llvmlite): another CPU sharing the directory, other sources or
+    versions have another file."""
+    return numba_marker.object_file_name(key)
 
 
 def encode(key: Mapping[str, str], symbols: Mapping[str, str], code: bytes) -> bytes:
@@ -193,6 +192,7 @@ def write(directory: Path, key: Mapping[str, str], symbols: Mapping[str, str], c
 
 
 _SAME_HOST: Final[tuple[str, ...]] = ("cpu", "cpu_features", "machine")
+"""A file whose key has these of ours, and our ``host`` or none (format 1), is this host's."""
 
 
 def stale_files(directory: Path, key: Mapping[str, str]) -> list[Path]:
@@ -210,7 +210,9 @@ def stale_files(directory: Path, key: Mapping[str, str]) -> list[Path]:
                 head = file.read(len(MAGIC) + _HEADER_LENGTH.size)
                 (length,) = _HEADER_LENGTH.unpack_from(head, len(MAGIC))
                 other = json.loads(file.read(min(length, 1 << 20)))["key"]
-            same_host = all(other.get(name) == key.get(name) for name in _SAME_HOST)
+            same_host = all(other.get(name) == key.get(name) for name in _SAME_HOST) and other.get(
+                "host", key.get("host")
+            ) == key.get("host")
         except (OSError, struct.error, ValueError, TypeError, KeyError, AttributeError):
             same_host = True  # not whole: nobody's
         if same_host:

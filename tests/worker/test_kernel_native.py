@@ -282,7 +282,7 @@ def test_stale_files_are_this_hosts_for_other_keys_and_broken_ones(copy_dir: Pat
     ours = object_file(copy_dir)
     symbols, code = native.decode(ours.read_bytes(), this_key())
     older = {**this_key(), "sources": "0" * 64}
-    other_cpu = {**this_key(), "cpu": "some-other-cpu"}
+    other_cpu = {**this_key(), "cpu": "some-other-cpu", "host": "x86_64\nmodel name: some other cpu"}
     for key in (older, other_cpu):
         (copy_dir / native.file_name(key)).write_bytes(native.encode(key, symbols, code))
     broken = copy_dir / "mcpi-kernels-0000000000000000.bin"
@@ -432,6 +432,56 @@ def test_mcpi_estimate_has_a_missing_object_file_written_too(warm_dir: Path, tmp
     object_file(directory).unlink()
     assert wants_warming(environ) is True
     assert wants_warming({**environ, "MCPI_OBJECT_CACHE": "off"}) is False
+
+
+def cache_view(environ: dict[str, str]) -> tuple[bool, bool]:
+    """``NumbaCache.has_object`` and ``wants_warming`` in a process of their own, for the
+    cache ``environ`` names (numba's cache warm: its marker written first)."""
+    script = (
+        "from mcpi_worker.numba_marker import NumbaCache as C; C().mark_warm(); "
+        "print(C().has_object(), C().wants_warming())"
+    )
+    said = subprocess.run(
+        [sys.executable, "-c", script],
+        env=environ, capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    )  # fmt: skip
+    has_object, wants = said.stdout.split()
+    return has_object == "True", wants == "True"
+
+
+def only_another_cpus_file(directory: Path) -> Path:
+    """Replace this host's object in ``directory`` by the file another CPU sharing the
+    directory would write (the same object under another CPU's key, by its name)."""
+    ours = object_file(directory)
+    symbols, code = native.decode(ours.read_bytes(), this_key())
+    other = {**this_key(), "cpu": "some-other-cpu", "host": "x86_64\nmodel name: some other cpu"}
+    theirs = directory / native.file_name(other)
+    theirs.write_bytes(native.encode(other, symbols, code))
+    theirs.chmod(0o600)
+    ours.unlink()
+    return theirs
+
+
+@pytest.mark.slow
+def test_another_cpus_file_in_a_shared_directory_is_not_this_hosts_object(warm_dir: Path, tmp_path: Path) -> None:
+    """The quick look went by any file of the cache's pattern: another CPU's file made
+    ``auto`` take its load as cheap (then pay numba's, a quarter of a second, at a fifth
+    of the points) and kept ``mcpi estimate`` from having this host's file written. It is
+    not looked at now (a file of its name is not this host's), and never opened."""
+    directory = tmp_path / "numba-cache"
+    shutil.copytree(warm_dir, directory)
+    environ = base_environment(NUMBA_CACHE_DIR=str(directory))
+    assert cache_view(environ) == (True, False)
+    only_another_cpus_file(directory)
+    assert cache_view(environ) == (False, True)  # not there: mcpi estimate has it written
+    with pytest.raises(native.ObjectMissing):  # not "made for another cpu": never opened
+        native.load(directory)
+    # A hint of 3e7 points loads at once from this host's object (the test above), not
+    # from another's: NumPy counts, as without an object cache, and nothing is refused.
+    answers, logs = hinted_answers(environ, 30_000_000)
+    assert [r.implementation for r in answers] == ["numpy"] * len(HINTED)
+    assert not events(logs, "numpy_kernel_implementation")
+    assert not [entry for entry in logs if entry["level"] == "warning"], logs
 
 
 def truncate(path: Path) -> None:
