@@ -18,11 +18,12 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Final
 
+from mcpi_worker import numba_cache
 from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
 from mcpi_worker.kernel_policy import object_cache_wanted
 
@@ -37,21 +38,40 @@ KERNELS: Final[Path] = Path(__file__).resolve().parent / "kernels"
 @cache
 def marker_directory() -> Path | None:
     """Where markers go: beside numba's own cache of these modules when that is writable,
-    else the user's cache directory; None when neither is."""
+    else the user's cache directory; None when neither is (``first_own_directory``)."""
     candidates = [KERNELS / "__pycache__"]
     try:
         user_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         candidates.append(Path(user_cache) / "mcpi")
     except (RuntimeError, KeyError):  # no home directory to be found
         pass
+    return first_own_directory(candidates)
+
+
+def first_own_directory(candidates: Iterable[Path]) -> Path | None:
+    """The first of ``candidates`` (made if missing) that this user can write and no
+    other user can: the rule numba's cache is held to (``numba_cache.directory_refusal``).
+    What goes there steers this user's processes: a marker says numba's cache is warm,
+    our object cache (``kernels.native``) is read from there, and the warming process
+    opens its lock there. In a directory another user could write (``XDG_CACHE_HOME``
+    or ``HOME`` in ``/tmp``, where whoever comes first makes ``.cache/mcpi``, mode 777 if
+    they like) they could plant markers, or a lock that is a symbolic link to a file of
+    this user's, which opening it for writing emptied. None: no such directory."""
     for directory in candidates:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError:
             continue
-        if os.access(directory, os.W_OK):
+        if os.access(directory, os.W_OK) and numba_cache.directory_refusal(directory) is None:
             return directory
     return None
+
+
+def open_own_file(path: Path) -> int:
+    """A descriptor of ``path`` opened for writing, made if missing (mode 644), never
+    through a symbolic link and never truncated. Raises ``OSError``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, 0o644)
 
 
 def numba_version() -> str | None:
@@ -213,7 +233,7 @@ class NumbaCache:
         path = marker_path()
         if path is not None:
             with contextlib.suppress(OSError):
-                path.touch()
+                os.close(open_own_file(path))
 
     def warm(self) -> None:
         """Start the warming process (``start_warming``), unless the process that

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from mcpi_worker.numba_marker import NumbaCache, marker_path
+from mcpi_worker.numba_marker import NumbaCache, marker_path, open_own_file
 
 AUTOGROUP: Final[Path] = Path("/proc/self/autogroup")
 
@@ -63,7 +63,11 @@ def main(niceness: int = 19, *, wait: bool = False) -> int:
     path = marker_path()
     if path is None or (path.exists() and _object_cache_loads()):
         return 0
-    with open(path.with_suffix(".lock"), "w") as lock:
+    try:
+        lock = os.fdopen(open_own_file(path.with_suffix(".lock")), "w")
+    except OSError:
+        return 0  # a lock that is a symbolic link (planted), or no room: left cold
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:

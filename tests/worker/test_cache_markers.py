@@ -1,0 +1,84 @@
+"""The directory of numba's markers and our object cache (``numba_marker.marker_directory``)
+is one no other user can write, and its lock is never opened through a symbolic link.
+
+``XDG_CACHE_HOME`` or ``HOME`` in ``/tmp`` (a service account's, a container's) made the
+markers' directory ``/tmp/.cache/mcpi``, which whoever comes first creates: any
+directory this user could write was used, so another user who made it mode 777 could
+plant markers there, or the warming process's lock as a symbolic link to a file of this
+user's, which ``open(lock, "w")`` emptied.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from second_user import as_second_user, second_user
+
+from mcpi_worker.numba_marker import first_own_directory, open_own_file
+
+
+def test_the_first_directory_no_other_user_can_write_is_chosen(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    own = tmp_path / "home" / ".cache" / "mcpi"  # missing: made
+    assert first_own_directory([shared, own]) == own and own.is_dir()
+    assert first_own_directory([shared]) is None
+    shared.chmod(0o755)
+    assert first_own_directory([shared, own]) == shared
+
+
+def test_a_lock_is_opened_without_following_a_link_or_emptying_it(tmp_path: Path) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine\n")
+    planted = tmp_path / "mcpi-fused-0123456789abcdef.lock"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError):
+        os.close(open_own_file(planted))
+    assert victim.read_text() == "mine\n"
+    lock = tmp_path / "mcpi-fused-fedcba9876543210.lock"
+    lock.write_text("held\n")
+    os.close(open_own_file(lock))  # an existing lock of ours: opened as it is
+    assert lock.read_text() == "held\n"
+    os.close(open_own_file(tmp_path / "new.lock"))
+    assert stat.S_IMODE((tmp_path / "new.lock").stat().st_mode) & 0o022 == 0
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory like ``/tmp`` (mode 1777) that the second user can reach: pytest's
+    ``tmp_path`` is under a directory of this user's alone."""
+    top = Path(tempfile.mkdtemp(prefix="mcpi-shared-"))
+    try:
+        top.chmod(0o1777)
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_second_user_cannot_steer_the_markers_through_a_shared_cache_home(shared_tmp: Path, tmp_path: Path) -> None:
+    """A real second user gets to ``$XDG_CACHE_HOME/mcpi`` first, mode 777, with a lock
+    linked to one of this user's files: that directory is passed over, and the lock
+    could not be opened through the link anyway."""
+    other = second_user()
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine\n")
+    planted_dir = shared_tmp / ".cache" / "mcpi"
+    as_second_user(["mkdir", "-p", str(planted_dir)])
+    as_second_user(["chmod", "777", str(planted_dir)])
+    as_second_user(["ln", "-s", str(victim), str(planted_dir / "mcpi-fused-0123456789abcdef.lock")])
+    assert planted_dir.stat().st_uid == other.pw_uid
+    own = tmp_path / "cache" / "mcpi"
+    assert first_own_directory([planted_dir, own]) == own
+    with pytest.raises(OSError):
+        os.close(open_own_file(planted_dir / "mcpi-fused-0123456789abcdef.lock"))
+    assert victim.read_text() == "mine\n"
+    # Not world-writable, still the other user's: the markers it holds are theirs, not ours.
+    as_second_user(["chmod", "755", str(planted_dir)])
+    assert first_own_directory([planted_dir]) is None
