@@ -29,6 +29,7 @@ import trio
 from mcpi_coordinator.bench import tasks as shipped
 from mcpi_coordinator.bench.measure import dropping_queued_work
 from mcpi_coordinator.bench.off_main import off_main_thread, on_stop
+from mcpi_coordinator.launch.transport import Launcher
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 
@@ -341,15 +342,15 @@ def trio_pool(tasks: int, workers: int) -> Overhead:
     return trio.run(measure)
 
 
-def trio_pool_sample(tasks: int, workers: int) -> Overhead:
+def trio_pool_sample(tasks: int, workers: int, *, launcher: Launcher | None = None) -> Overhead:
     """A 0-point ``sample`` instead: the path real work takes through the pool and the
     worker (with nothing to count, no kernel runs).
     Round trip: ``WorkerPool.sample`` alone. Concurrent: ``imap_unordered`` over
     ``tasks`` such chunks, the pool's way to run many (as ``submit`` is the
-    executor's)."""
+    executor's). ``launcher``: how the pool starts its workers (its default's if None)."""
 
     async def measure() -> Overhead:
-        async with WorkerPool(workers, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW) as pool:
+        async with WorkerPool(workers, launcher=launcher, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW) as pool:
 
             async def call() -> None:
                 await pool.sample(EMPTY_CHUNK)
