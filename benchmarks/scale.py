@@ -11,14 +11,19 @@ Trio's mock clock, so a fleet of 64,000 cores "computes" without anyone waiting,
 numbers do not depend on the machine's load.
 
 For each fleet and chunk size, one run of ``imap_unordered`` over a range of streams
-(what ``mcpi estimate`` sends), until ``--requests`` requests have been answered after
-a warm-up (the first pipeline's worth of requests a host, sent before its speed is known):
+(what ``mcpi estimate`` sends), from the end of a warm-up (the first pipeline's worth of
+requests a host, sent before its speed is known, consumed) until the fakes have sent
+``--requests`` more answers (looked at every ``CHECK_EVERY`` results consumed):
 
-- **CPU per request**: the process's CPU time over the requests answered. It includes
-  the fakes' side of each exchange, so it is an upper bound on the coordinator's own.
-- **work per request**: the mean points of one request (pieces are sized from each
-  worker's answers to carry ~0.25 s of work; a chunk larger than that is one request)
-  and the seconds of one core that is.
+- **CPU per request**: the process's CPU time over that window, divided by the answers
+  the fakes sent (and the pool received) in it, not by the results the loop consumed:
+  a consumer that lags consumes in the window results answered before it (they wait in
+  the batch's ready queue), whose CPU was spent before the window, and dividing by them
+  gave too low a figure. It includes the fakes' side of each exchange, so it is an upper
+  bound on the coordinator's own.
+- **work per request**: the mean points of the answers received in the window (pieces
+  are sized from each worker's answers to carry ~0.25 s of work; a chunk larger than
+  that is one request) and the seconds of one core that is.
 - **cores one coordinator keeps busy** = seconds of work per request ÷ CPU seconds per
   request: each request keeps one core busy for its work and costs the coordinator its
   CPU, so this many cores saturate one coordinator core.
@@ -48,9 +53,11 @@ from mcpi_coordinator.arguments import count
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
-from mcpi_coordinator.testing.inprocess import fake_launcher
+from mcpi_coordinator.testing.inprocess import FakeLauncher, fake_launcher
 
 SEED = 2026
+CHECK_EVERY = 100
+"""Results consumed between two looks at the answers sent (a look reads every fake)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,13 @@ def _rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _received(launcher: FakeLauncher, pool: WorkerPool) -> tuple[int, int]:
+    """Answers the fakes have sent so far, and the points the pool has counted from them
+    (``PoolStats``: recorded as each answer is read, whether or not it was consumed)."""
+    answers = sum(fake.stats.results_sent for fake in launcher.alive())
+    return answers, sum(worker.points for worker in pool.stats.workers)
+
+
 async def _run(hosts: int, jobs: int, chunk_size: int, rate: float, requests: int, versions: tuple[int, ...]) -> Row:
     behaviour = FakeBehaviour(
         jobs=jobs, points_per_s=rate, made_up_counts=True, max_inflight=4 * jobs, versions=versions
@@ -90,22 +104,25 @@ async def _run(hosts: int, jobs: int, chunk_size: int, rate: float, requests: in
             # The first pieces go out before any worker's speed is known (a pipeline's
             # worth a host): the steady state is measured after them.
             warmup = hosts * min(DEFAULT_PIPELINE_DEPTH * jobs, behaviour.max_inflight)
-            answered = points = seen = 0
+            consumed = seen = 0  # results, counted from the end of the warm-up
+            started: tuple[int, int] = (0, 0)
             started_cpu, started_clock = _cpu(), trio.current_time()
             async with pool.imap_unordered([Chunk(SEED, 0, chunk_size, streams=streams)]) as results:
-                async for result in results:
+                async for _ in results:
                     seen += 1
                     if seen == warmup:
+                        started = _received(launcher, pool)
                         started_cpu, started_clock = _cpu(), trio.current_time()
                     if seen <= warmup:
                         continue
-                    answered += 1
-                    points += result.chunk.total_points
-                    if answered >= requests:
+                    consumed += 1
+                    if consumed % CHECK_EVERY == 0 and _received(launcher, pool)[0] - started[0] >= requests:
                         break
-            cpu = _cpu() - started_cpu
+                cpu = _cpu() - started_cpu
+                ended = _received(launcher, pool)
             simulated = trio.current_time() - started_clock
         nursery.cancel_scope.cancel()
+    answered, points = ended[0] - started[0], ended[1] - started[1]
     cpu_per_request = cpu / answered
     points_per_request = points / answered
     work_s = points_per_request / rate
