@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from worker_pipes import TIMEOUT, serving_over_pipes
 
-from mcpi_coordinator.testing.client import WorkerClient
 from mcpi_worker.protocol import Ping, Pong
 from mcpi_worker.server import Worker
 from mcpi_worker.spare_cpu import SpareCpu, runnable_tasks
 
-TIMEOUT = 60.0  # seconds; a bound against a hang, reached only by a reader that never sleeps
 AN_HOUR_S = 3600.0
 """A spin far longer than any test: a reader that spins is still spinning when it is looked at."""
 
@@ -133,37 +132,17 @@ def wchan_shows_pipe_reads() -> None:
         os.close(write_end)
 
 
-class _Pipes:
-    def __init__(self, stdin: trio.lowlevel.FdStream, stdout: trio.lowlevel.FdStream) -> None:
-        self.stdin = stdin
-        self.stdout = stdout
-
-
 async def _answered_ping_then(spare_cpu: Callable[[], bool], look: Callable[[int], Awaitable[None]]) -> None:
     """A ``Worker`` spinning up to an hour once idle, asked ``spare_cpu``: handshake and one
-    ping, then ``look(reader_thread_id)``; then EOF, and the worker's thread joined."""
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    worker = Worker(in_r, out_w, spin_s=AN_HOUR_S, spare_cpu=spare_cpu)
-    serving = threading.Thread(target=worker.serve, daemon=True)
-    serving.start()
-    stdin, stdout = trio.lowlevel.FdStream(in_w), trio.lowlevel.FdStream(out_r)  # they own the fds
-    try:
-        with trio.fail_after(TIMEOUT):
-            client = WorkerClient(_Pipes(stdin, stdout))
+    ping, then ``look(reader_thread_id)``; then EOF, which a spinning reader sees too."""
+    with trio.fail_after(TIMEOUT):
+        async with serving_over_pipes(lambda i, o: Worker(i, o, spin_s=AN_HOUR_S, spare_cpu=spare_cpu)) as client:
             await client.handshake()
             await client.send(Ping(1))
             assert isinstance(await client.receive(), Pong)
             (reader,) = [t for t in threading.enumerate() if t.name == "mcpi-reader"]
             assert reader.native_id is not None
             await look(reader.native_id)
-    finally:
-        await stdin.aclose()  # EOF: a spinning reader sees it too, and the worker ends
-        await trio.to_thread.run_sync(serving.join, TIMEOUT)
-        await stdout.aclose()
-        for fd in (in_r, out_w):
-            os.close(fd)
-    assert not serving.is_alive()
 
 
 @pytest.mark.usefixtures("quiet_structlog", "wchan_shows_pipe_reads")

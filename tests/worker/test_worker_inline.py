@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
+from worker_pipes import serving_over_pipes
 
 from mcpi_coordinator.testing.client import WorkerClient, open_worker
 from mcpi_coordinator.testing.processes import still_running, wait_until_gone
@@ -78,34 +79,16 @@ class FirstCallHeld:
         return points // 2
 
 
-class _Pipes:
-    def __init__(self, stdin: trio.lowlevel.FdStream, stdout: trio.lowlevel.FdStream) -> None:
-        self.stdin = stdin
-        self.stdout = stdout
-
-
 async def _serve_held(kernel: FirstCallHeld, steps: Any) -> None:
     """Run a ``Worker`` over OS pipes with ``kernel`` as ``numpy`` and drive it with
     ``steps(client)``; end it with EOF and join its thread."""
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    worker = Worker(in_r, out_w, kernels={"numpy": kernel}, spin_s=0)
-    serving = threading.Thread(target=worker.serve, daemon=True)
-    serving.start()
-    stdin, stdout = trio.lowlevel.FdStream(in_w), trio.lowlevel.FdStream(out_r)  # they own the fds
-    try:
-        with trio.fail_after(TIMEOUT):
-            client = WorkerClient(_Pipes(stdin, stdout))
-            await client.handshake()
-            await steps(client)
-    finally:
-        kernel.release.set()
-        await stdin.aclose()
-        await trio.to_thread.run_sync(serving.join, TIMEOUT)
-        await stdout.aclose()
-        for fd in (in_r, out_w):
-            os.close(fd)
-    assert not serving.is_alive()
+    async with serving_over_pipes(lambda i, o: Worker(i, o, kernels={"numpy": kernel}, spin_s=0)) as client:
+        try:
+            with trio.fail_after(TIMEOUT):
+                await client.handshake()
+                await steps(client)
+        finally:
+            kernel.release.set()
 
 
 def _small(request_id: int, points: int = 10) -> Sample:
