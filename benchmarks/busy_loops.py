@@ -16,6 +16,7 @@ by pid, when the block is left.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -57,3 +58,20 @@ def described(count: int, *, same_session: bool = False) -> str:
         return "nothing of its own beside it"
     where = "this session" if same_session else "a session of its own each"
     return f"beside {count} CPU-bound loop{'s' if count != 1 else ''} ({where})"
+
+
+def add_busy_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--busy N`` and ``--busy-same-session``, for a script to pass to ``busy_loops``; a
+    negative or non-numeric N is the parser's usage error (one line, exit 2)."""
+    parser.add_argument("--busy", type=_loop_count, default=0, metavar="N", help="run beside N CPU-bound loops")
+    parser.add_argument("--busy-same-session", action="store_true", help="the loops in this session")
+
+
+def _loop_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"takes a number of loops, 0 or more, not {count}")
+    return count

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from functools import partial
 
 import trio
-from busy_loops import busy_loops, described
+from busy_loops import add_busy_arguments, busy_loops, described
 
 from mcpi_coordinator.bench.overhead import Overhead, trio_pool_sample
 from mcpi_coordinator.cli.logging import configure_logging
@@ -53,11 +53,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--busy", type=int, default=0, metavar="N", help="run beside N CPU-bound loops")
-    parser.add_argument("--busy-same-session", action="store_true", help="the loops in this session")
+    add_busy_arguments(parser)
     args = parser.parse_args()
-    if args.busy < 0:
-        parser.error(f"--busy takes a number of loops, 0 or more, not {args.busy}")
     configure_logging()
     with busy_loops(args.busy, same_session=args.busy_same_session):
         print(
