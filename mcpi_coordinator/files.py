@@ -53,22 +53,52 @@ class NotRegular(OSError):
     ``str()`` says what it is."""
 
 
-def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
+class NotOwn(OSError):
+    """A file of instructions that someone else may have written (``owner_refusal``);
+    ``str()`` says who may."""
+
+
+def owner_refusal(status: os.stat_result) -> str | None:
+    """Why a file whose content instructs mcpi (a hosts file: which machines run the
+    workers, and so give the counts) must not be read, or None: it is another user's
+    (root's is fine), or writable by others, or by a group with any member but this
+    user (a "user private group" and a umask of 002 make every file group-writable:
+    ``numba_cache.group_refusal``). ssh's rule for its own configuration (``Bad owner
+    or permissions``, with Debian's allowance for private groups), which the file is like."""
+    me = os.geteuid()
+    if status.st_uid not in (me, 0):
+        return f"is another user's (uid {status.st_uid})"
+    mode = f"mode {stat.S_IMODE(status.st_mode):04o}"
+    if status.st_mode & stat.S_IWOTH:
+        return f"may be written by others ({mode})"
+    if status.st_mode & stat.S_IWGRP:
+        from mcpi_worker.numba_cache import group_refusal  # grp and pwd: only for such a file
+
+        if (why := group_refusal(status.st_gid, me)) is not None:
+            return f"may be written by its group ({mode}), and {why}"
+    return None
+
+
+def read_limited(path: str | os.PathLike[str], limit: int, *, own: bool = False) -> bytes:
     """The whole of ``path`` if it has at most ``limit`` bytes. Raises ``TooLarge``;
     ``NotRegular`` for a name that is not a regular file, unless it names a pipe this
     process already holds open (``/dev/fd/N``, what a shell's ``<(...)`` passes, or
-    ``/dev/stdin``); and
+    ``/dev/stdin``); with ``own``, ``NotOwn`` for a file someone else may have written
+    (``owner_refusal``); and
     ``OSError`` for a file that cannot be opened or read.
 
     Opened without blocking, so a named FIFO that no one writes is refused at once
     rather than waited on for ever; at most ``limit + 1`` bytes are ever read."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        mode = os.fstat(descriptor).st_mode
+        status = os.fstat(descriptor)
+        mode = status.st_mode
         if stat.S_ISFIFO(mode) and _OPEN_FD.fullmatch(os.fspath(path)):
             os.set_blocking(descriptor, True)  # a pipe from <(...): its writer is running
         elif not stat.S_ISREG(mode):
             raise NotRegular(f"{_kind(mode)}, not a regular file")
+        elif own and (why := owner_refusal(status)) is not None:
+            raise NotOwn(why)
     except BaseException:
         os.close(descriptor)
         raise

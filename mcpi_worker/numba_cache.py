@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_directory", "directory_refusal", "refusal"]
+__all__ = ["cache_directory", "directory_refusal", "group_refusal", "refusal"]
 
 
 def refusal(function: Callable[..., Any], *, uid: int | None = None) -> str | None:
@@ -83,7 +83,7 @@ def directory_refusal(
             if info.st_mode & stat.S_IWOTH:
                 return f"{place} is writable by others ({mode})"
             if info.st_mode & stat.S_IWGRP:
-                why = _group_refusal(info.st_gid, me)
+                why = group_refusal(info.st_gid, me)
                 if why is not None:
                     return f"{place} is writable by its group ({mode}), and {why}"
     try:
@@ -100,7 +100,7 @@ def directory_refusal(
     return None
 
 
-def _group_refusal(gid: int, uid: int) -> str | None:
+def group_refusal(gid: int, uid: int) -> str | None:
     """Why group ``gid`` is not user ``uid``'s alone, or None if it is: the user is in
     it (as their primary group or listed), and no other user is."""
     import grp

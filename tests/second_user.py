@@ -6,7 +6,9 @@ person sharing the machine would (``chown`` to a uid only imitates that).
 directory, no login shell) the first time a test needs it: that takes root, which CI
 runs as; elsewhere the test is skipped with the reason. ``as_second_user`` runs a
 command of the base system (``/bin/sh``, ``mkdir``, ``ln``: every user can run them,
-where the interpreter running the tests may sit in root's home) as that user.
+where the interpreter running the tests may sit in root's home) as that user;
+``shared_directory`` is a directory like ``/tmp`` where both can make files (pytest's
+``tmp_path`` is under a directory of this user's alone).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +53,15 @@ def as_second_user(argv: Sequence[str]) -> None:
         capture_output=True, text=True, check=False, timeout=60, env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, f"{list(argv)} as {NAME}: {done.stderr}"
+
+
+@contextmanager
+def shared_directory() -> Iterator[Path]:
+    """A new directory of mode 1777 (world-writable, sticky: like ``/tmp``) under the
+    system's temporary directory, removed afterwards."""
+    top = Path(tempfile.mkdtemp(prefix="mcpi-shared-"))
+    try:
+        top.chmod(0o1777)
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -173,14 +173,20 @@ so ``--hosts-file /dev/zero`` is one line rather than reading until ``MemoryErro
 
 
 def read_hosts_file(path: str | Path) -> list[HostSpec]:
-    """One spec a line; ``#`` starts a comment; blank lines are skipped.
+    """One spec a line; ``#`` starts a comment; blank lines are skipped. A file that is
+    another user's or that others may write is refused (``files.owner_refusal``).
 
     Errors name ``file:line``.
     """
     try:
-        text = files.read_limited(path, MAX_HOSTS_FILE_BYTES).decode("utf-8")
+        text = files.read_limited(path, MAX_HOSTS_FILE_BYTES, own=True).decode("utf-8")
     except files.TooLarge as error:
         raise RemoteConfigError(f"hosts file {str(path)!r} is {error}: not a list of hosts") from None
+    except files.NotOwn as error:
+        raise RemoteConfigError(
+            f"hosts file {str(path)!r} {error}: whoever can write it chooses the machines that give "
+            "the counts; use a file only you can write"
+        ) from None
     except OSError as error:
         raise RemoteConfigError(
             f"cannot read hosts file {str(path)!r}: {error.strerror or error}"

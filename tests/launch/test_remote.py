@@ -16,6 +16,7 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from second_user import as_second_user, second_user, shared_directory
 from structlog.testing import capture_logs
 
 from mcpi_coordinator.launch.remote import (
@@ -189,6 +190,33 @@ def test_missing_or_binary_hosts_file(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00node")
     with pytest.raises(RemoteConfigError, match="not UTF-8"):
         read_hosts_file(binary)
+
+
+def test_a_hosts_file_others_may_write_is_refused(tmp_path: Path) -> None:
+    """Whoever can write the hosts file chooses the machines that give the counts (as
+    with a checkpoint, which is refused on the same ground): ssh's rule for its config."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node1*4\n")
+    hosts.chmod(0o666)
+    with pytest.raises(RemoteConfigError) as caught:
+        read_hosts_file(hosts)
+    assert str(caught.value) == (
+        f"hosts file {str(hosts)!r} may be written by others (mode 0666): whoever can write it chooses "
+        "the machines that give the counts; use a file only you can write"
+    )
+    hosts.chmod(0o644)
+    assert read_hosts_file(hosts) == [HostSpec("node1", workers=4)]
+
+
+def test_a_hosts_file_of_a_real_second_user_is_refused() -> None:
+    other = second_user()
+    with shared_directory() as shared:
+        hosts = shared / "hosts"
+        as_second_user(["sh", "-c", f"echo 'mallory@their-host*64' > {shlex.quote(str(hosts))}"])
+        assert hosts.stat().st_uid == other.pw_uid and hosts.stat().st_mode & 0o022 == 0
+        theirs = rf"is another user's \(uid {other.pw_uid}\): whoever can write"
+        with pytest.raises(RemoteConfigError, match=theirs):
+            read_hosts_file(hosts)
 
 
 # -- ssh options and commands ----------------------------------------------------------

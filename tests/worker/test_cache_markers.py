@@ -11,14 +11,12 @@ user's, which ``open(lock, "w")`` emptied.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from second_user import as_second_user, second_user
+from second_user import as_second_user, second_user, shared_directory
 
 from mcpi_worker.numba_marker import first_own_directory, open_own_file
 
@@ -52,14 +50,8 @@ def test_a_lock_is_opened_without_following_a_link_or_emptying_it(tmp_path: Path
 
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
-    """A directory like ``/tmp`` (mode 1777) that the second user can reach: pytest's
-    ``tmp_path`` is under a directory of this user's alone."""
-    top = Path(tempfile.mkdtemp(prefix="mcpi-shared-"))
-    try:
-        top.chmod(0o1777)
-        yield top
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    with shared_directory() as directory:
+        yield directory
 
 
 def test_a_second_user_cannot_steer_the_markers_through_a_shared_cache_home(shared_tmp: Path, tmp_path: Path) -> None:
