@@ -62,6 +62,10 @@ DRAIN_AFTER_EXIT_S: Final[float] = 1.0
 """How long, at most, the answers a worker wrote just before it exited may take to be
 read, before its exit is reported as the reason it ended."""
 
+KILL_WAIT_S: Final[float] = 10.0
+"""How long ``stop`` waits for a worker's exit after SIGKILL, which ends a process at
+once but one in uninterruptible sleep, or one that no signal of ours reaches."""
+
 EventSink = Callable[["WorkerConnection", list[CoordinatorEvent]], None]
 """Receives what the ``CoordinatorEnd`` reported, synchronously; must not block or raise."""
 
@@ -309,8 +313,9 @@ class WorkerConnection:
         self._closing = True
         self._outbox_send.close()  # the writer flushes what is queued, then closes stdin
 
-    async def stop(self, grace: float, term_grace: float) -> int:
-        """End the worker and reap it; return its exit status. Call it shielded.
+    async def stop(self, grace: float, term_grace: float) -> int | None:
+        """End the worker and reap it; return its exit status, or None if it was left
+        running (below). Call it shielded.
 
         The escalation (protocol.md §9): ``shutdown`` and EOF on stdin, up to ``grace``
         for it to exit; SIGTERM, up to ``term_grace``; SIGKILL to its process group. A
@@ -320,6 +325,10 @@ class WorkerConnection:
         Once it has exited, what it left in its process group (a child holding its
         pipes) is killed before it is reaped; by a local worker's ``kill``, also what it
         left elsewhere in its session while its pipes are held (``launch.local``).
+
+        A worker that has not exited ``KILL_WAIT_S`` after SIGKILL is left running, not
+        reaped, and not waited for any longer: no signal of ours reaches it (it runs as
+        another user now), or none acts yet (uninterruptible sleep: a hung NFS read).
         """
         self.begin_shutdown()
         process = self.process
@@ -332,9 +341,11 @@ class WorkerConnection:
                 await process.wait_exited()
             if terminating.cancelled_caught:
                 process.kill()
-        await process.wait_exited()
-        process.kill()  # the group's leftovers; its id is still ours until we reap
-        return await process.wait()
+        with trio.move_on_after(KILL_WAIT_S):
+            await process.wait_exited()
+            process.kill()  # the group's leftovers; its id is still ours until we reap
+            return await process.wait()
+        return None
 
     # ------------------------------------------------------------------ the four tasks
 

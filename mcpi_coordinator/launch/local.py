@@ -31,6 +31,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, Protocol
@@ -49,6 +50,9 @@ PR_SET_CHILD_SUBREAPER: Final[int] = 36
 
 PR_GET_CHILD_SUBREAPER: Final[int] = 37
 """``prctl`` option: whether this process is a child subreaper (written to an ``int``)."""
+
+ORPHAN_WAIT_S: Final[float] = 5.0
+"""How long ``end_orphans`` waits, in all, for the orphans it killed to exit."""
 
 ORPHAN_ROUNDS: Final[int] = 100
 """Rounds of killing adopted orphans: killing one re-parents its own children to us,
@@ -148,11 +152,15 @@ def end_orphans(spare: Callable[[int], bool] = lambda _pid: False) -> list[int]:
     return the pids of those that were still running (the dead are only reaped). For a
     subreaper these are the orphans its workers left behind, once every worker has been
     reaped. A child we have not reaped keeps its pid, and so its group id, ours: the
-    signal cannot reach a stranger."""
+    signal cannot reach a stranger. One still there ``ORPHAN_WAIT_S`` after SIGKILL (no
+    signal of ours reaches it, or it is in uninterruptible sleep) is left running, and
+    named in one ``orphans_left_running`` warning, rather than waited for without end."""
     ended: list[int] = []
+    unmoved: set[int] = set()
+    deadline = time.monotonic() + ORPHAN_WAIT_S
     for _ in range(ORPHAN_ROUNDS):
         children = own_children()
-        orphans = [pid for pid in children if not spare(pid)]
+        orphans = [pid for pid in children if not spare(pid) and pid not in unmoved]
         if not orphans:
             break
         for pid in orphans:
@@ -164,13 +172,29 @@ def end_orphans(spare: Callable[[int], bool] = lambda _pid: False) -> list[int]:
             except (ProcessLookupError, PermissionError):
                 pass
         for pid in orphans:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:  # reaped by someone else meanwhile
-                pass
-            if children[pid] != "Z":
+            if not _reaped_by(pid, deadline):
+                unmoved.add(pid)
+            elif children[pid] != "Z":
                 ended.append(pid)
+    if unmoved:
+        log.warning("orphans_left_running", pids=sorted(unmoved), why=f"not gone {ORPHAN_WAIT_S:g} s after SIGKILL")
     return ended
+
+
+def _reaped_by(pid: int, deadline: float) -> bool:
+    """Reap our child ``pid``, waiting for its exit until ``deadline`` (``time.monotonic``)
+    at most; whether it is reaped (also by someone else meanwhile)."""
+    pause = 0.0005
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] != 0:
+                return True
+        except ChildProcessError:  # reaped by someone else meanwhile
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
 
 
 @contextmanager
@@ -328,6 +352,8 @@ class SessionProcess:
                 os.kill(self.pid, signal.SIGTERM)
         except (ProcessLookupError, ChildProcessError):
             pass
+        except PermissionError:  # it runs as another user now: see WorkerConnection.stop
+            pass
 
     def kill(self) -> None:
         # Until the leader is reaped its pid cannot be reused, so the group id (and the
@@ -341,7 +367,7 @@ class SessionProcess:
         except PermissionError:  # the leader changed its group and uid: signal it alone
             try:
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):  # PermissionError: see WorkerConnection.stop
                 pass
         if _held_open(self.stdout) or _held_open(self.stderr):
             end_session(self.pid)

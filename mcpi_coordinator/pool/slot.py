@@ -27,7 +27,7 @@ import trio
 
 from mcpi_coordinator import logs
 from mcpi_coordinator.connection.failures import describe_exit, not_frames, worker_failures
-from mcpi_coordinator.connection.worker_connection import WorkerConnection
+from mcpi_coordinator.connection.worker_connection import KILL_WAIT_S, WorkerConnection
 from mcpi_coordinator.errors import WorkerFailure
 from mcpi_coordinator.launch.local import describe_command
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
@@ -37,6 +37,9 @@ from mcpi_coordinator.pool.stats import FailedWorker, SlotState, WorkerStats
 from mcpi_worker.protocol import Result
 
 log = logs.get_logger("mcpi.pool")
+
+LEFT_RUNNING: Final[str] = f"left running: not gone {KILL_WAIT_S:g} s after SIGKILL"
+"""What is said of a worker that ``WorkerConnection.stop`` had to leave running."""
 
 FAILED_WORKER_GRACE_S: Final[float] = 0.1
 """How long a failed worker gets to exit by itself before SIGTERM: most failures (a
@@ -319,7 +322,10 @@ class Slot:
                 # SIGKILL; the moment's wait tells a worker that exited by itself.
                 grace = settings.shutdown_grace if reason is None else FAILED_WORKER_GRACE_S
                 returncode = await connection.stop(grace=grace, term_grace=settings.shutdown_grace)
-                log.debug("worker_reaped", slot=self.index, pid=process.pid, returncode=returncode)
+                if returncode is not None:
+                    log.debug("worker_reaped", slot=self.index, pid=process.pid, returncode=returncode)
+                elif reason is None:  # closed on purpose: no failure will say it
+                    log.warning("worker_left_running", slot=self.index, pid=process.pid, why=LEFT_RUNNING)
                 self.pid = None
                 # stderr may still hold the worker's last words (why it died); a
                 # grandchild holding the pipe open must not keep us here: bounded.
@@ -330,7 +336,9 @@ class Slot:
             reason = f"worker {self.index} ({describe_command(process)}, pid {process.pid}): {reason}"
             # Its exit status says more than a broken pipe: always when it exited by
             # itself (``true`` exits 0), else when our own signals were not what ended it.
-            if not connection.exit_reported and (not connection.signalled or returncode != 0):
+            if returncode is None:
+                reason += f"; {LEFT_RUNNING}"
+            elif not connection.exit_reported and (not connection.signalled or returncode != 0):
                 reason += f"; {describe_exit(returncode)}"
             tail = connection.stderr_tail()
             if tail:
