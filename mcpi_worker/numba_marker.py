@@ -105,7 +105,12 @@ OBJECT_CACHE_SUFFIX: Final[str] = ".bin"
 """Our object cache of the fused kernels' machine code: ``mcpi-kernels-<name>.bin``
 (``kernels.native``), ``<name>`` a hash of ``OBJECT_NAME_FIELDS``."""
 
-OBJECT_NAME_FIELDS: Final[tuple[str, ...]] = ("host", "machine", "python", "numba", "sources")
+OBJECT_FORMAT: Final[int] = 2
+"""The object cache file's format version (``kernels.native.FORMAT_VERSION``; 2: the key
+has ``host``, and the file is named by ``OBJECT_NAME_FIELDS``). Its home is here so that
+it names the file: a file of another format is not looked at, rather than refused."""
+
+OBJECT_NAME_FIELDS: Final[tuple[str, ...]] = ("format", "host", "machine", "python", "numba", "sources")
 """The parts of the object cache's key (``kernels.native.host_key``) that name its file:
 those this module works out without llvmlite, whose words for the CPU (the key's
 ``cpu`` and ``cpu_features``) take a fifth of a second to get; ``host``
@@ -165,8 +170,8 @@ def object_name_here() -> str | None:
         sources = sources_digest()
     except OSError:
         return None
-    here = {"host": cpu_identity(), "machine": os.uname().machine, "python": sys.version,
-            "numba": version, "sources": sources}  # fmt: skip
+    here = {"format": str(OBJECT_FORMAT), "host": cpu_identity(), "machine": os.uname().machine,
+            "python": sys.version, "numba": version, "sources": sources}  # fmt: skip
     return object_file_name(here)
 
 

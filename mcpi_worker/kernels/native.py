@@ -50,9 +50,8 @@ import numpy as np
 
 from mcpi_worker import numba_cache, numba_marker
 
-FORMAT_VERSION: Final[int] = 2
-"""This file format's version: part of the key (2: the key has ``host``, and names the
-file by ``numba_marker.OBJECT_NAME_FIELDS``)."""
+FORMAT_VERSION: Final[int] = numba_marker.OBJECT_FORMAT
+"""This file format's version: part of the key, and of the file's name."""
 
 MAGIC: Final[bytes] = b"mcpi-kernels-object\n"
 

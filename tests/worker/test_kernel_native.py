@@ -43,6 +43,7 @@ from test_kernel_worker import (
     worker_process,
 )
 
+from mcpi_worker import numba_marker
 from mcpi_worker.kernels import Cancelled, drive, export, fused, lanes, native, numpy_impl
 from mcpi_worker.kernels.checks import VERIFY_RANGES, VERIFY_SAMPLES, verify
 from mcpi_worker.kernels.choice import FusedUnavailable, LoadedFrom, load_fused
@@ -274,6 +275,15 @@ def test_load_fused_takes_the_object_when_it_is_there(object_dir: Path) -> None:
     assert loaded.loaded_from is LoadedFrom.OBJECT_CACHE and loaded.cache_path == str(object_file(object_dir))
     assert not logs
     assert loaded.count(3, 10, 100_003) == numpy_impl.count(3, 10, 100_003)
+
+
+def test_the_file_is_named_by_what_the_quick_look_knows_the_format_among_it() -> None:
+    """``has_object`` looks for the name ``numba_marker`` works out without llvmlite: it
+    must be the name the key gives, and another format's (or CPU's) file another name."""
+    key = this_key()
+    assert native.file_name(key) == numba_marker.object_name_here()
+    for other in ({"format": "1"}, {"host": "x86_64\nmodel name: some other cpu"}, {"sources": "0" * 64}):
+        assert native.file_name({**key, **other}) != native.file_name(key)
 
 
 def test_stale_files_are_this_hosts_for_other_keys_and_broken_ones(copy_dir: Path) -> None:
