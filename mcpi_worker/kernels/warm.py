@@ -74,6 +74,12 @@ def main(niceness: int = 19, *, wait: bool = False) -> int:
             return 0  # another process is warming it
         if path.exists() and _object_cache_loads():
             return 0  # warmed while this one waited
+        if (why := cache_refusal()) is not None:
+            # Compiled in memory, the loops would be thrown away: nothing to warm, and a
+            # worker under auto stays with NumPy. (It was compiled all the same, seconds
+            # of CPU for every worker that found the cache cold, and none of it kept.)
+            print(f"mcpi_worker.kernels.warm: numba's cache is refused, nothing to warm: {why}", file=sys.stderr)
+            return 0
         from mcpi_worker.kernels.choice import load_numba
 
         if load_numba().cache_path is None:
@@ -84,6 +90,22 @@ def main(niceness: int = 19, *, wait: bool = False) -> int:
             print(f"mcpi_worker.kernels.warm: no object cache: {why}", file=sys.stderr)
         NumbaCache().mark_warm()  # compiled into numba's cache, counts checked
     return 0
+
+
+def _beside_the_kernels() -> None:
+    """Defined in the kernels' directory, whose numba cache directory is theirs: numba
+    chooses it by the source file's directory (``numba_cache.refusal``)."""
+
+
+def cache_refusal() -> str | None:
+    """Why numba's cache directory for the kernels is refused (``numba_cache.refusal``),
+    or None; imports numba, compiles nothing."""
+    from mcpi_worker import numba_cache
+
+    try:
+        return numba_cache.refusal(_beside_the_kernels)
+    except ImportError:
+        return None  # no numba: load_numba says so
 
 
 def _object_cache_loads() -> bool:

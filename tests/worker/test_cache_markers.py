@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +76,29 @@ def test_a_second_user_cannot_steer_the_markers_through_a_shared_cache_home(shar
     # Not world-writable, still the other user's: the markers it holds are theirs, not ours.
     as_second_user(["chmod", "755", str(planted_dir)])
     assert first_own_directory([planted_dir]) is None
+
+
+def test_a_refused_numba_cache_is_not_compiled_in_vain_by_the_warming_process(shared_tmp: Path) -> None:
+    """``NUMBA_CACHE_DIR`` that a real second user made first (their umask: mode 755) is
+    refused, so the warming process has nothing it could keep: it says so and leaves
+    before compiling. It compiled the loops in memory all the same (seconds of CPU at
+    nice 19, thrown away), and the next worker or run that found the cache cold started
+    another: on a loaded machine a test run left a dozen of them compiling."""
+    other = second_user()
+    cache = shared_tmp / "numba"
+    as_second_user(["mkdir", str(cache)])
+    assert cache.stat().st_uid == other.pw_uid
+    script = (
+        "import sys\n"
+        "from mcpi_worker.kernels.warm import main\n"
+        "print(main(niceness=0), 'mcpi_worker.kernels.fused' in sys.modules)\n"
+    )
+    environ = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "MCPI_NUMPY_IMPL": "auto"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "0 False\n"), done.stderr
+    assert done.stderr == (
+        "mcpi_worker.kernels.warm: numba's cache is refused, nothing to warm: "
+        f"{cache} is owned by uid {other.pw_uid}, not by this user (uid {os.geteuid()}) or root\n"
+    )
