@@ -256,7 +256,7 @@ class WorkerEnd:
                 del self._running[request_id]
                 self._send(Result(request_id, total, request.points, max(0.0, elapsed_s), None, implementation))
                 return self._after_finish()
-            raise LocalProtocolError(f"counts {list(insides)[:8]} do not fit sample {request}: one count expected")
+            raise LocalProtocolError(f"counts {list(insides)[:8]} do not fit sample {request}: one count of its points")
         counts = tuple(insides)
         problem = request.insides_problem(counts)
         total = sum(counts)
