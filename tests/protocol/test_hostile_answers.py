@@ -2,9 +2,11 @@
 §8), sans-IO: ``CoordinatorEnd`` fed any welcome and any answers a hostile worker could
 write, valid or not, split at any points.
 
-Whatever arrives, the coordinator raises nothing, and every request it sent ends exactly
-once: answered, or handed back as an orphan when the connection breaks; nothing is
-answered after the break. An answer it accepts keeps every rule of §5 and §6.1 (its
+Whatever arrives, and whatever the coordinator's own side does between two reads (cancel
+requests, shut down, see its stall clock ring, give up on the worker), the coordinator
+raises nothing, and every request it sent ends exactly once: answered (marked abandoned
+if, and only if, it was cancelled), or handed back as an orphan when the connection
+breaks; nothing is answered after the break. An answer it accepts keeps every rule of §5 and §6.1 (its
 request's points, ``inside`` at most them, one count per group adding up to ``inside``).
 """
 
@@ -123,9 +125,25 @@ def test_any_answers_end_every_request_exactly_once_and_only_valid_ones_count(da
             sent[request_id] = (points, groups, streams)
     answers = data.draw(st.lists(st.composite(answer_of)(sent), max_size=10))
     chunks = split(b"".join(frame(answer) for answer in answers), data.draw(st.lists(st.integers(0, 400))))
+    cancelled: set[int] = set()
+    now = 1.0
     for chunk in chunks:
-        events += end.receive_data(chunk, now=1.0)
-    events += end.receive_eof(now=2.0)
+        # What the coordinator's side may do between two reads: give requests up, shut
+        # down, see its stall clock ring (a little or long after the last answer), give up.
+        for action in data.draw(st.lists(st.sampled_from(["none"] * 6 + ["cancel", "shutdown", "tick", "fail"]))):
+            if action == "cancel" and sent:
+                request_id = data.draw(st.sampled_from(sorted(sent)))
+                if end.cancel(request_id):
+                    cancelled.add(request_id)
+            elif action == "shutdown":
+                end.shutdown()
+            elif action == "tick":
+                now += data.draw(st.sampled_from([0.5, 29.0, 31.0, 1e6]))
+                events += end.advance(now)
+            elif action == "fail":
+                events += end.fail("given up on")
+        events += end.receive_data(chunk, now=now)
+    events += end.receive_eof(now=now + 1.0)
     for event in events:
         assert not broken, ("an event after the connection broke", events)
         if isinstance(event, Broken):
@@ -135,6 +153,7 @@ def test_any_answers_end_every_request_exactly_once_and_only_valid_ones_count(da
                 ended[orphan.token] = ended.get(orphan.token, 0) + 1
         elif isinstance(event, Answered):
             ended[event.token] = ended.get(event.token, 0) + 1
+            assert event.abandoned == (event.request_id in cancelled), event
             points, groups, streams = sent[event.request_id]
             answer = event.answer
             assert isinstance(answer, Result | Pong | Error)
