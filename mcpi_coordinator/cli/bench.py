@@ -26,9 +26,10 @@ from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import commands, facts, plots, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
-from mcpi_coordinator.cli.estimate_plan import worker_command
+from mcpi_coordinator.cli.estimate_plan import missing_program, worker_command
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.logging import configure_logging
+from mcpi_coordinator.launch.remote import WorkerSlot
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, chunk_count
 from mcpi_worker.kernels import DEFAULT_KERNEL, KERNELS
 from mcpi_worker.protocol import MAX_POINTS
@@ -282,6 +283,8 @@ def run_approaches(args: argparse.Namespace) -> int:
         command = tuple(worker_command(args.worker_cmd, 0))
     except ValueError as exc:
         args.command_parser.error(str(exc))
+    if (missing := missing_program([WorkerSlot(command)], args.worker_cmd)) is not None:
+        args.command_parser.error(missing)
     configure_logging("error" if args.quiet else "warning")  # stdout carries the results
     seed = args.seed if args.seed is not None else secrets.randbits(64)
     workload = Workload(

@@ -303,6 +303,7 @@ def test_a_worker_command_that_fails_is_one_line_and_exit_1(
         (["--repeat", "1e4"], "'1e4' is too large; the most is 1,000"),
         (["--workers", "0"], "at least 1"),
         (["--kernel", "fortran"], "invalid choice"),
+        (["--worker-cmd", "mcpi-wroker"], "invalid --worker-cmd: 'mcpi-wroker' is not a program on PATH"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
