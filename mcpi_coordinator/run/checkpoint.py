@@ -176,6 +176,15 @@ class Checkpoint:
                 f"checkpoint {target} is a directory; name a new file in it, e.g. --checkpoint {target / 'run.ckpt'}"
             )
         if target.exists() or target.is_symlink():
+            try:
+                owner = target.lstat().st_uid
+            except OSError:
+                owner = os.geteuid()  # gone meanwhile: the plain refusal below
+            if owner != os.geteuid():  # --resume refuses it (``_check_writers``): say so now
+                raise CheckpointRefused(
+                    f"checkpoint {target} already exists and belongs to another user (uid {owner}): "
+                    "choose a new file"
+                )
             raise CheckpointRefused(
                 f"checkpoint {target} already exists: carry that run on with --resume {target}, "
                 "or choose a new file"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+from second_user import as_second_user, second_user, shared_directory
 
 from mcpi_coordinator import __version__
 from mcpi_coordinator.errors import McpiError
@@ -97,6 +98,20 @@ def test_an_existing_file_is_never_overwritten_by_a_new_checkpoint(tmp_path: Pat
     with pytest.raises(CheckpointRefused, match=r"cannot create checkpoint .*: no directory"):
         Checkpoint.create(tmp_path / "no" / "such" / "dir.db", PARAMETERS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.db"]
+
+
+def test_a_new_checkpoint_over_a_real_second_users_file_does_not_offer_to_resume_it() -> None:
+    """--resume refuses another user's checkpoint; the refusal of --checkpoint offered it."""
+    other = second_user()
+    with shared_directory() as shared:
+        path = shared / "run.db"
+        as_second_user(["sh", "-c", f"echo their run > {path}"])
+        with pytest.raises(CheckpointRefused) as refused:
+            Checkpoint.create(path, PARAMETERS)
+        assert str(refused.value) == (
+            f"checkpoint {path} already exists and belongs to another user (uid {other.pw_uid}): choose a new file"
+        )
+        assert path.read_text() == "their run\n"
 
 
 def test_leftovers_of_runs_killed_while_creating_a_checkpoint_are_removed(tmp_path: Path) -> None:
