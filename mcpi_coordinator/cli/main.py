@@ -132,13 +132,14 @@ class UsageParser(argparse.ArgumentParser):
         self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
-def _did_you_mean(typed: str, candidates: Sequence[str]) -> str:
+def _did_you_mean(typed: str, candidates: Sequence[str], cutoff: float = 0.6) -> str:
     """`` (did you mean --points?)``: a name that starts with what was typed (the
-    abbreviation people expect to work), or else the closest spelling; or nothing."""
+    abbreviation people expect to work), or else the closest spelling (at least
+    ``cutoff`` alike, difflib's ratio); or nothing."""
     import difflib  # a mistyped option's suggestion: no run needs it
 
     starting = [name for name in candidates if name.startswith(typed) and len(typed) > 2]
-    close = starting[:3] or difflib.get_close_matches(typed, candidates, n=1, cutoff=0.6)
+    close = starting[:3] or difflib.get_close_matches(typed, candidates, n=1, cutoff=cutoff)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
@@ -181,9 +182,17 @@ def _options_before_command(parser: UsageParser, argv: Sequence[str]) -> None:
     """``mcpi --workers 2 estimate``: say where the option goes, not "invalid choice: '2'"."""
     commands = parser.command_names()
     position = next((i for i, word in enumerate(argv) if word in commands), None)
-    if position is None:
-        return
     top_level = set(parser.option_strings())
+    if position is None:
+        # No command: "the following arguments are required: COMMAND" hid the mistake
+        # in ``mcpi --verison``. Only a close spelling of mcpi's own few options is
+        # suggested (--json is no typo of --version).
+        unknown = [w for w in argv if w.startswith("-") and w.partition("=")[0] not in top_level]
+        if unknown:
+            hint = _did_you_mean(unknown[0].partition("=")[0], sorted(top_level), cutoff=0.8)
+            where = hint or f"; a command's options go after it: mcpi COMMAND {unknown[0]}"
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{where}")
+        return
     misplaced = [w for w in argv[:position] if w.startswith("-") and w.partition("=")[0] not in top_level]
     if misplaced:
         before = " ".join(argv[:position])

@@ -105,6 +105,11 @@ def test_exponents_and_decimals_that_are_whole_are_exact() -> None:
         (["--workers", "2", "estimate"],
          "mcpi: error: --workers is an option of the command, so it goes after it: "
          "mcpi estimate --workers 2 (see 'mcpi --help')"),
+        (["--verison"],
+         "mcpi: error: unrecognized arguments: --verison (did you mean --version?) (see 'mcpi --help')"),
+        (["--json"],
+         "mcpi: error: unrecognized arguments: --json; a command's options go after it: mcpi COMMAND --json "
+         "(see 'mcpi --help')"),
         (["estimat"],
          "mcpi: error: unknown command 'estimat' (did you mean estimate?); commands: estimate, "
          "combine, scatter, bench, completion (see 'mcpi --help')"),
