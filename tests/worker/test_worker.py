@@ -694,6 +694,64 @@ def test_a_burst_of_requests_is_answered_in_two_writes() -> None:
     theirs.close()
 
 
+def _burst_then(what: bytes | None) -> tuple[list[Any], list[object]]:
+    """20 small samples in one write to an in-process worker; as the first is about to
+    run, ``what`` is written (None: the request stream is closed). Returns every answer
+    and what ``serve`` returned."""
+    from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder
+
+    response_read, response_write = os.pipe()
+    pipe: list[int] = []
+
+    def on_sample(request: Sample) -> None:
+        if request.id == 1:  # between the burst's read and its second sample
+            if what is None:
+                os.close(pipe[0])
+            else:
+                os.write(pipe[0], what)
+
+    request_write, thread, outcome = _serve_in_process(response_write, on_sample=on_sample)
+    pipe.append(request_write)
+    os.write(request_write, encode(Hello(versions=(1,), client="t")))
+    os.write(request_write, b"".join(encode(sample(i, 1000)) for i in range(1, 21)))
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    answers: list[Any] = []
+    while len(answers) < 21:  # the welcome, then one final answer per sample
+        while (answer := decoder.next_message()) is NEED_DATA:
+            decoder.feed(os.read(response_read, 65536))
+        answers.append(answer)
+    if what is not None:
+        os.close(request_write)
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    for fd in (response_read, response_write):
+        os.close(fd)
+    return answers[1:], outcome
+
+
+def test_a_cancel_inside_a_burst_of_small_samples_ends_each_one_once() -> None:
+    """Input is read before each small sample the reader runs: cancels that arrive
+    while the burst's first one runs are acted on before the second, so the samples
+    still queued are answered ``cancelled`` at once, and every sample gets exactly
+    one final answer."""
+    answers, _ = _burst_then(b"".join(encode(Cancel(i)) for i in range(5, 21)))
+    assert sorted(m.id for m in answers) == list(range(1, 21))
+    by_id = {m.id: m for m in answers}
+    assert all(isinstance(by_id[i], Result) for i in range(1, 5)), answers
+    assert all(isinstance(by_id[i], Error) and by_id[i].code == ErrorCode.CANCELLED for i in range(5, 21))
+
+
+def test_the_end_of_input_inside_a_burst_of_small_samples_ends_each_one_once() -> None:
+    """The request stream closing while the burst's first sample runs is seen before
+    the second: that one finishes, the queued ones are answered ``cancelled``, and the
+    worker exits 0."""
+    answers, outcome = _burst_then(None)
+    assert sorted(m.id for m in answers) == list(range(1, 21))
+    assert isinstance(answers[0], Result) and answers[0].id == 1
+    assert all(isinstance(m, Error) and m.code == ErrorCode.CANCELLED for m in answers[1:])
+    assert [getattr(ended, "exit_code", None) for ended in outcome] == [0]
+
+
 @pytest.mark.parametrize("spin_us", ["0", "10000"])
 def test_a_worker_serves_alike_whether_it_sleeps_at_once_or_polls_first(spin_us: str) -> None:
     worker = WorkerUnderTest("--spin-us", spin_us)
