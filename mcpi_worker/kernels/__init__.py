@@ -17,7 +17,7 @@ worker's reader thread stops a long computation within milliseconds.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_worker.constants import DEFAULT_KERNEL, KERNEL_VERSIONS
 from mcpi_worker.kernel_policy import ENVIRONMENT_VARIABLE, KernelConfigError, Policy
@@ -28,7 +28,6 @@ from mcpi_worker.kernels.choice import (
     NumpyKernel,
     NumpyKernelStatus,
 )
-from mcpi_worker.kernels.numpy_impl import BLOCK_POINTS, inside_quarter_circle, iter_point_blocks
 from mcpi_worker.kernels.python_impl import PYTHON_POLL_EVERY, count_python, python_seed
 
 __all__ = [
@@ -57,6 +56,22 @@ __all__ = [
     "python_seed",
     "stream_seed_sequence",
 ]
+
+if TYPE_CHECKING:
+    from mcpi_worker.kernels.numpy_impl import BLOCK_POINTS, inside_quarter_circle, iter_point_blocks
+
+_NUMPY_IMPL_NAMES: Final = frozenset({"BLOCK_POINTS", "inside_quarter_circle", "iter_point_blocks"})
+
+
+def __getattr__(name: str) -> Any:
+    """The NumPy implementation's names, imported when first asked for: importing this
+    package does not import NumPy (a worker counting with our object cache never does)."""
+    if name in _NUMPY_IMPL_NAMES:
+        from mcpi_worker.kernels import numpy_impl
+
+        return getattr(numpy_impl, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 NUMPY_KERNEL: Final[NumpyKernel] = NumpyKernel()
 """This process's ``numpy`` kernel, its policy from ``MCPI_NUMPY_IMPL``."""

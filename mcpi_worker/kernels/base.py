@@ -1,10 +1,14 @@
-"""What every kernel implementation shares: streams, the stop check, cancellation."""
+"""What every kernel implementation shares: streams, the stop check, cancellation.
+
+Importing this module does not import NumPy: a worker whose fused kernels come from our
+object cache (``native.py``) counts without it. The two functions that need NumPy's
+seeding import it when called.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mcpi_worker.logs import LazyLogger, get_logger
 
@@ -23,7 +27,10 @@ consecutive streams from ``first``: a kernel's fast way through a range (protoco
 """``kernel(seed, stream, points, should_stop) -> inside``."""
 
 
-Continuation = Callable[[np.ndarray, int, StopCheck], int]
+if TYPE_CHECKING:
+    import numpy as np
+
+Continuation = Callable[["np.ndarray", int, StopCheck], int]
 """``continue_from(state, points, should_stop) -> inside``: count the next ``points``
 points of an SFC64 generator whose state (a, b, c, counter) is ``state``."""
 
@@ -39,11 +46,15 @@ def never() -> bool:
 
 
 def stream_seed_sequence(seed: int, stream: int) -> np.random.SeedSequence:
+    import numpy as np
+
     return np.random.SeedSequence(seed, spawn_key=(stream,))
 
 
 def sfc64_state(bit_generator: np.random.SFC64) -> np.ndarray:
     """The generator's (a, b, c, counter), a copy, as four contiguous uint64."""
+    import numpy as np
+
     return np.array(bit_generator.state["state"]["state"], dtype=np.uint64)
 
 

@@ -4,15 +4,16 @@ A loop that a compiler got wrong on some machine must never be used, so right af
 load (through numba or from our object cache) every compiled entry point counts a few
 cases whose counts NumPy gave (kept in the tables below; a test holds them to
 ``numpy_impl``): the check needs no NumPy sampling, nor ``numpy.random``'s import, and
-takes about a millisecond. Imported only when a load happens.
+takes about a millisecond. Imported only when a load happens. The states of the table are
+also the check of the compiled seeding of one stream (``drive.first_state``), by which a
+worker counts a stream without NumPy.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Final
-
-import numpy as np
 
 from mcpi_worker.kernels import drive
 from mcpi_worker.kernels.choice import FusedUnavailable
@@ -79,7 +80,13 @@ def verify(compiled: drive.Compiled) -> None:
     """Raise ``FusedUnavailable`` unless every compiled entry point gives NumPy's counts
     (``VERIFY_SAMPLES``, ``VERIFY_RANGES``)."""
     for sample in VERIFY_SAMPLES:
-        state = np.array(sample.state, dtype=np.uint64)
+        seeded = tuple(int(word) for word in drive.first_state(compiled, sample.seed, sample.stream))
+        if seeded != sample.state:
+            raise FusedUnavailable(
+                f"the compiled seeding gave stream {sample.stream} of seed {sample.seed} the state "
+                f"{seeded}, where NumPy gives {sample.state}"
+            )
+        state = array("Q", sample.state)
         ours = drive.count_from(compiled, state, sample.points, block_points=sample.block_points)
         if ours != sample.inside:
             raise FusedUnavailable(

@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from mcpi_worker.kernel_policy import Policy, object_cache_wanted, policy_from_environment
-from mcpi_worker.kernels import numpy_impl
 from mcpi_worker.kernels.base import Continuation, StopCheck, StreamsCounter, kernel_log, never
 
 SWITCH_AFTER_POINTS: Final[int] = 200_000_000
@@ -443,6 +442,8 @@ class NumpyKernel:
         if implementation is Implementation.NUMBA_FUSED:
             counter = self._require_fused().count
         elif implementation is Implementation.NUMPY:
+            from mcpi_worker.kernels import numpy_impl
+
             counter = numpy_impl.count
         else:
             self._await_hinted_load(points, should_stop)
@@ -455,10 +456,14 @@ class NumpyKernel:
 
     def _choose(self) -> Counter:
         policy = self.policy
+        if (fused := self._fused) is not None and policy is not Policy.NUMPY:
+            return fused.count
+        # NumPy is imported by the first sample that counts with it, not before: a worker
+        # whose fused kernels come from our object cache may never need it.
+        from mcpi_worker.kernels import numpy_impl
+
         if policy is Policy.NUMPY:
             return numpy_impl.count
-        if (fused := self._fused) is not None:
-            return fused.count
         if policy is Policy.FUSED:
             self._start_background_load("MCPI_NUMPY_IMPL=fused")
         return functools.partial(numpy_impl.count, switch=self._switch)

@@ -9,16 +9,29 @@ loops: numba's own (``fused.NUMBA``, after ``import numba``) and the same machin
 loaded from our object cache without numba (``native.py``), so which one a worker
 loaded changes no count and no stop behaviour, only how long the load took.
 
-Importing this module imports NumPy only.
+The buffers are the standard library's ``array.array`` (uint64 ``"Q"``, int64 ``"q"``), and
+a stream is seeded by the compiled code itself where the entry points can (``first_state``):
+a worker counting with our object cache never imports NumPy. numba's entry points take
+NumPy arrays, made over the same memory (``fused.as_u64``); any C-contiguous buffer of the
+right item size will do, NumPy's arrays included.
+
+Importing this module imports nothing outside the standard library and this package.
 """
 
 from __future__ import annotations
 
-from typing import Final, Protocol
-
-import numpy as np
+from array import array
+from typing import TYPE_CHECKING, Final, Protocol
 
 from mcpi_worker.kernels.base import Cancelled, StopCheck, never, sfc64_state, stream_seed_sequence
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import numpy as np
+
+    Words: TypeAlias = array[int] | memoryview | np.ndarray
+    """What the entry points take: a C-contiguous, writable buffer of 8-byte words."""
 
 BLOCK_POINTS: Final[int] = 1 << 20
 """Points per compiled call of the single-stream loop between two ``should_stop``
@@ -80,7 +93,7 @@ class SingleStream(Protocol):
     """The single-stream entry point. Every array is C-contiguous, of the dtype named;
     none is kept after the call."""
 
-    def count_outputs(self, state: np.ndarray, points: int, words: np.ndarray) -> int:
+    def count_outputs(self, state: Words, points: int, words: Words) -> int:
         """Count the next ``points`` points of the SFC64 ``state`` (a, b, c, counter;
         uint64[4]) inside the quarter circle, and leave ``state`` advanced past them.
         ``words``: uint64[WORDS_PER_PASS], scratch."""
@@ -92,7 +105,7 @@ class StreamByStream(SingleStream, Protocol):
     ``WORK_WORDS`` uint64 words of scratch."""
 
     def count_range(
-        self, seed: int, first: int, streams: int, points: int, counts: np.ndarray, work: np.ndarray
+        self, seed: int, first: int, streams: int, points: int, counts: Words, work: Words
     ) -> None:
         """``counts[i]`` (int64[streams]) := the count of stream ``first + i``, one stream
         after the other."""
@@ -106,11 +119,11 @@ class Compiled(StreamByStream, Protocol):
         self,
         seed: int,
         first: int,
-        a: np.ndarray,
-        b: np.ndarray,
-        c: np.ndarray,
-        w: np.ndarray,
-        work: np.ndarray,
+        a: Words,
+        b: Words,
+        c: Words,
+        w: Words,
+        work: Words,
     ) -> None:
         """Lane ``j`` of (a, b, c, w) (uint64 arrays of one length) := the SFC64 state of
         stream ``first + j`` (modulo 2**64), as NumPy seeds it."""
@@ -118,11 +131,11 @@ class Compiled(StreamByStream, Protocol):
 
     def step_lanes(
         self,
-        a: np.ndarray,
-        b: np.ndarray,
-        c: np.ndarray,
-        w: np.ndarray,
-        counts: np.ndarray,
+        a: Words,
+        b: Words,
+        c: Words,
+        w: Words,
+        counts: Words,
         steps: int,
         pairs: bool,
     ) -> None:
@@ -137,9 +150,9 @@ class Compiled(StreamByStream, Protocol):
         first: int,
         streams: int,
         points: int,
-        counts: np.ndarray,
-        work: np.ndarray,
-        group_counts: np.ndarray,
+        counts: Words,
+        work: Words,
+        group_counts: Words,
     ) -> None:
         """``counts[i]`` (int64[streams]) := the count of stream ``first + i``, in groups
         of ``LANES`` lanes (the last one padded), all in one call. ``group_counts``:
@@ -147,9 +160,23 @@ class Compiled(StreamByStream, Protocol):
         ...
 
 
-def work_array() -> np.ndarray:
+def u64(words: int) -> array[int]:
+    """``words`` zeroed uint64."""
+    return array("Q", (0,)) * words  # no temporary of the whole size
+
+
+def i64(words: int) -> array[int]:
+    """``words`` zeroed int64."""
+    return array("q", (0,)) * words
+
+
+if array("Q").itemsize != 8 or array("q").itemsize != 8:  # C's long long: 8 bytes wherever numba runs
+    raise ImportError("array.array's 'Q' and 'q' are not 8 bytes here")
+
+
+def work_array() -> array[int]:
     """Fresh scratch for the entry points that take ``work``."""
-    return np.empty(WORK_WORDS, dtype=np.uint64)
+    return u64(WORK_WORDS)
 
 
 def width(streams: int) -> int:
@@ -161,13 +188,28 @@ def width(streams: int) -> int:
 
 
 def initial_state(seed: int, stream: int) -> np.ndarray:
-    """The stream's SFC64 (a, b, c, counter), after NumPy's seeding and 12 discards."""
+    """The stream's SFC64 (a, b, c, counter), after NumPy's seeding and 12 discards (by
+    NumPy, imported here)."""
+    import numpy as np
+
     return sfc64_state(np.random.SFC64(stream_seed_sequence(seed, stream)))
+
+
+def first_state(compiled: SingleStream, seed: int, stream: int) -> Words:
+    """The stream's SFC64 (a, b, c, counter) as ``initial_state`` gives it: seeded by the
+    compiled code (a lane group of one) where ``compiled`` has the lanes' entry points,
+    else by NumPy. ``checks.verify`` holds the two equal after every load."""
+    seed_lanes = getattr(compiled, "seed_lanes", None)
+    if seed_lanes is None:
+        return initial_state(seed, stream)
+    a, b, c, w = u64(1), u64(1), u64(1), u64(1)
+    seed_lanes(seed, stream, a, b, c, w, work_array())
+    return array("Q", (a[0], b[0], c[0], w[0]))
 
 
 def count_from(
     compiled: SingleStream,
-    state: np.ndarray,
+    state: Words,
     points: int,
     should_stop: StopCheck = never,
     *,
@@ -179,7 +221,7 @@ def count_from(
     ``Cancelled`` when ``should_stop`` says so, ``ValueError`` for a block below 1."""
     if block_points < 1:
         raise ValueError("block_points must be at least 1")
-    words = np.empty(WORDS_PER_PASS, dtype=np.uint64)
+    words = u64(WORDS_PER_PASS)
     inside = 0
     remaining = points
     while remaining > 0:
@@ -201,7 +243,7 @@ def count(
     block_points: int = BLOCK_POINTS,
 ) -> int:
     """The numpy kernel's count for (seed, stream, points)."""
-    return count_from(compiled, initial_state(seed, stream), points, should_stop, block_points=block_points)
+    return count_from(compiled, first_state(compiled, seed, stream), points, should_stop, block_points=block_points)
 
 
 def count_range(
@@ -212,7 +254,7 @@ def count_range(
     stop check before each. Raises ``Cancelled`` when ``should_stop`` says so."""
     if points >= RANGE_POINTS_PER_CALL:  # long streams: one by one, each in stoppable blocks
         return [count(compiled, seed, (first + i) % 2**64, points, should_stop) for i in range(streams)]
-    counts = np.zeros(streams, dtype=np.int64)
+    counts = i64(streams)
     work = work_array()
     per_call = max(1, RANGE_POINTS_PER_CALL // max(points, 1))
     done = 0
@@ -220,9 +262,9 @@ def count_range(
         if should_stop():
             raise Cancelled
         n = min(per_call, streams - done)
-        compiled.count_range(seed, (first + done) % 2**64, n, points, counts[done : done + n], work)
+        compiled.count_range(seed, (first + done) % 2**64, n, points, memoryview(counts)[done : done + n], work)
         done += n
-    return [int(c) for c in counts]
+    return counts.tolist()
 
 
 def long_groups(streams: int) -> list[int]:
@@ -255,7 +297,7 @@ def _count_long(
     streams: int,
     points: int,
     should_stop: StopCheck,
-    counts: np.ndarray,
+    counts: array[int],
     points_per_call: int,
 ) -> None:
     """Streams too long for one call each: a group at a time (``long_groups``), seeded,
@@ -271,8 +313,8 @@ def _count_long(
             done += 1
             continue
         lanes = width(real)
-        a, b, c, w = (np.empty(lanes, dtype=np.uint64) for _ in range(4))
-        group_counts = np.zeros(lanes, dtype=np.int64)
+        a, b, c, w = u64(lanes), u64(lanes), u64(lanes), u64(lanes)
+        group_counts = i64(lanes)
         compiled.seed_lanes(seed, (first + done) % 2**64, a, b, c, w, work)
         per_call = max(1, points_per_call // lanes)
         stepped = 0
@@ -306,20 +348,20 @@ def count_streams(
         raise ValueError("points_per_call must be at least 1")
     if streams < MIN_STREAMS:
         return count_range(compiled, seed, first, streams, points, should_stop)
-    counts = np.zeros(streams, dtype=np.int64)
+    counts = i64(streams)
     if points * LANES > points_per_call:
         _count_long(compiled, seed, first, streams, points, should_stop, counts, points_per_call)
-        return [int(n) for n in counts]
+        return counts.tolist()
     per_call = max(LANES, points_per_call // (points + SEED_COST_POINTS) // LANES * LANES)
     work = work_array()
-    group_counts = np.zeros(LANES, dtype=np.int64)
+    group_counts = i64(LANES)
     done = 0
     while done < streams:
         if should_stop():
             raise Cancelled
         n = min(per_call, streams - done)
         compiled.count_short(
-            seed, (first + done) % 2**64, n, points, counts[done : done + n], work, group_counts
+            seed, (first + done) % 2**64, n, points, memoryview(counts)[done : done + n], work, group_counts
         )
         done += n
-    return [int(n) for n in counts]
+    return counts.tolist()

@@ -17,7 +17,7 @@ which writes that cache. The loops around the compiled call are ``drive.py``'s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numba
 import numpy as np
@@ -27,6 +27,9 @@ from numba.core.extending import intrinsic
 from mcpi_worker import numba_cache
 from mcpi_worker.kernels import drive
 from mcpi_worker.kernels.base import StopCheck, kernel_log, never
+
+if TYPE_CHECKING:
+    from mcpi_worker.kernels.drive import Words
 
 BLOCK_POINTS: Final[int] = drive.BLOCK_POINTS
 WORDS_PER_PASS: Final[int] = drive.WORDS_PER_PASS
@@ -167,18 +170,29 @@ COMPILED: Final[bool] = sum(_LOOP.stats.cache_misses.values()) > 0
 """Whether this process compiled the loop (True) or loaded it from the cache (False)."""
 
 
+def as_u64(buffer: Words) -> np.ndarray:
+    """A uint64 NumPy array over ``buffer``'s memory (``drive``'s buffers are ``array.array``):
+    what numba's entry points take, written through to the buffer."""
+    return np.frombuffer(buffer, dtype=np.uint64)
+
+
+def as_i64(buffer: Words) -> np.ndarray:
+    """An int64 NumPy array over ``buffer``'s memory (``as_u64``)."""
+    return np.frombuffer(buffer, dtype=np.int64)
+
+
 class NumbaSingle:
     """The single-stream entry point as numba compiled it (``drive.SingleStream``)."""
 
-    def count_outputs(self, state: np.ndarray, points: int, words: np.ndarray) -> int:
-        return int(_LOOP(state, points, words))
+    def count_outputs(self, state: Words, points: int, words: Words) -> int:
+        return int(_LOOP(as_u64(state), points, as_u64(words)))
 
 
 initial_state = drive.initial_state
 
 
 def count_from(
-    state: np.ndarray,
+    state: Words,
     points: int,
     should_stop: StopCheck = never,
     *,

@@ -17,7 +17,7 @@ Imported only where ``fused`` already is (it needs numba).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numba
 import numpy as np
@@ -25,6 +25,9 @@ import numpy as np
 from mcpi_worker.kernels import drive, fused
 from mcpi_worker.kernels.base import StopCheck, never
 from mcpi_worker.kernels.drive import SCRATCH_AT, STATE_AT, WORDS_AT
+
+if TYPE_CHECKING:
+    from mcpi_worker.kernels.drive import Words
 
 POINTS_PER_CALL: Final[int] = drive.RANGE_POINTS_PER_CALL
 
@@ -128,10 +131,8 @@ _COUNT = _jit(
 class NumbaRange(fused.NumbaSingle):
     """The entry points as numba compiled them, up to the stream-by-stream range loop."""
 
-    def count_range(
-        self, seed: int, first: int, streams: int, points: int, counts: np.ndarray, work: np.ndarray
-    ) -> None:
-        _COUNT(np.uint64(seed), np.uint64(first), streams, points, counts, work)
+    def count_range(self, seed: int, first: int, streams: int, points: int, counts: Words, work: Words) -> None:
+        _COUNT(np.uint64(seed), np.uint64(first), streams, points, fused.as_i64(counts), fused.as_u64(work))
 
 
 def count_streams(

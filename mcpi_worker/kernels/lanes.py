@@ -30,7 +30,7 @@ the same machine code loaded from our object cache (``native.py``). Imported onl
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numba
 import numpy as np
@@ -39,6 +39,9 @@ from mcpi_worker.kernels import drive, fused, fused_range
 from mcpi_worker.kernels.base import StopCheck, never
 from mcpi_worker.kernels.drive import LANE_STATE_AT, SCRATCH_AT, STATE_AT
 from mcpi_worker.kernels.fused import _MASK24, _ONE, _TWO_TO_48, _U3, _U8, _U11, _U24, _U40
+
+if TYPE_CHECKING:
+    from mcpi_worker.kernels.drive import Words
 
 LANES: Final[int] = drive.LANES
 LANE_MULTIPLE: Final[int] = drive.LANE_MULTIPLE
@@ -184,41 +187,21 @@ _COUNT_SHORT = _jit(_count_short, "void(uint64, uint64, int64, int64, int64[::1]
 class NumbaCompiled(fused_range.NumbaRange):
     """Every entry point of ``drive.Compiled`` as numba compiled it."""
 
-    def seed_lanes(
-        self,
-        seed: int,
-        first: int,
-        a: np.ndarray,
-        b: np.ndarray,
-        c: np.ndarray,
-        w: np.ndarray,
-        work: np.ndarray,
-    ) -> None:
-        _seed_lanes(np.uint64(seed), np.uint64(first), a, b, c, w, work)
+    def seed_lanes(self, seed: int, first: int, a: Words, b: Words, c: Words, w: Words, work: Words) -> None:
+        u64 = fused.as_u64
+        _seed_lanes(np.uint64(seed), np.uint64(first), u64(a), u64(b), u64(c), u64(w), u64(work))
 
-    def step_lanes(
-        self,
-        a: np.ndarray,
-        b: np.ndarray,
-        c: np.ndarray,
-        w: np.ndarray,
-        counts: np.ndarray,
-        steps: int,
-        pairs: bool,
-    ) -> None:
-        _step_lanes(a, b, c, w, counts, steps, pairs)
+    def step_lanes(self, a: Words, b: Words, c: Words, w: Words, counts: Words, steps: int, pairs: bool) -> None:
+        u64 = fused.as_u64
+        _step_lanes(u64(a), u64(b), u64(c), u64(w), fused.as_i64(counts), steps, pairs)
 
     def count_short(
-        self,
-        seed: int,
-        first: int,
-        streams: int,
-        points: int,
-        counts: np.ndarray,
-        work: np.ndarray,
-        group_counts: np.ndarray,
+        self, seed: int, first: int, streams: int, points: int, counts: Words, work: Words, group_counts: Words
     ) -> None:
-        _COUNT_SHORT(np.uint64(seed), np.uint64(first), streams, points, counts, work, group_counts)
+        i64 = fused.as_i64
+        _COUNT_SHORT(
+            np.uint64(seed), np.uint64(first), streams, points, i64(counts), fused.as_u64(work), i64(group_counts)
+        )
 
 
 NUMBA: Final = NumbaCompiled()

@@ -25,8 +25,10 @@ other user can write there), and the file must be this user's (or root's) and wr
 by nobody else. It lives where ``NUMBA_CACHE_DIR`` puts numba's cache, else beside
 numba's marker (``cache_directory``).
 
-Importing this module imports only the standard library and NumPy; ``load`` imports
-``llvmlite.binding`` and numba's two C helper extensions, not numba.
+Importing this module imports only the standard library; ``load`` imports
+``llvmlite.binding`` and loads numba's two C helper extensions, not numba, nor NumPy
+(whose import those extensions' module initialisation makes: ``_numba_helpers``). The
+buffers the entry points take are any C-contiguous ones (``drive`` makes ``array.array``).
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from array import array
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_worker import numba_cache, numba_marker
+
+if TYPE_CHECKING:
+    from mcpi_worker.kernels.drive import Words
 
 FORMAT_VERSION: Final[int] = numba_marker.OBJECT_FORMAT
 """This file format's version: part of the key, and of the file's name."""
@@ -255,36 +259,52 @@ _SHT_SYMTAB: Final[int] = 2
 _ELF_MACHINES: Final[Mapping[str, int]] = {"x86_64": 62, "aarch64": 183}
 
 
-def undefined_symbols(code: bytes) -> list[str]:
-    """The names an ELF64 little-endian relocatable object for this machine needs from
-    outside itself. Raises ``NativeUnavailable`` for anything else, or an object whose
-    tables point outside it."""
+_ET_REL: Final[int] = 1
+_ET_DYN: Final[int] = 3
+_STT_FUNC: Final[int] = 2
+
+
+def _symbols(code: bytes, kind: int) -> list[tuple[str, int, int, int]]:
+    """(name, type, section, value) of each named entry of the symbol tables (``.symtab``)
+    of an ELF64 little-endian file of ``kind`` (``_ET_REL``, ``_ET_DYN``) for this
+    machine. Raises ``NativeUnavailable`` for anything else, or tables pointing outside it."""
     machine = _ELF_MACHINES.get(os.uname().machine)
     try:
-        ident, kind, elf_machine, *_, shoff, _, _, _, _, shentsize, shnum, _ = _ELF_HEADER.unpack_from(code)
-        if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1 or kind != 1 or elf_machine != machine:
-            raise NativeUnavailable("the object is not a relocatable ELF64 object for this machine")
+        ident, found, elf_machine, *_, shoff, _, _, _, _, shentsize, shnum, _ = _ELF_HEADER.unpack_from(code)
+        if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1 or found != kind or elf_machine != machine:
+            what = "relocatable" if kind == _ET_REL else "shared"
+            raise NativeUnavailable(f"the object is not a {what} ELF64 object for this machine")
         sections = [_SECTION.unpack_from(code, shoff + i * shentsize) for i in range(shnum)]
-        names: list[str] = []
+        symbols: list[tuple[str, int, int, int]] = []
         for _, sh_type, _, _, offset, size, link, _, _, entsize in sections:
             if sh_type != _SHT_SYMTAB:
                 continue
             strings_at, strings_size = sections[link][4], sections[link][5]
             strings = code[strings_at : strings_at + strings_size]
             for at in range(offset + entsize, offset + size, entsize):  # entry 0 is the null symbol
-                name_at, _, _, section, _, _ = _SYMBOL.unpack_from(code, at)
-                if section == 0 and name_at:
+                name_at, info, _, section, value, _ = _SYMBOL.unpack_from(code, at)
+                if name_at:
                     end = strings.index(b"\0", name_at)
-                    names.append(strings[name_at:end].decode())
-        return names
+                    symbols.append((strings[name_at:end].decode(), info & 0xF, section, value))
+        return symbols
     except (struct.error, IndexError, ValueError, UnicodeDecodeError):
         raise NativeUnavailable("the object's tables are not whole") from None
 
 
-def _numba_helpers() -> dict[str, int]:
+def undefined_symbols(code: bytes) -> list[str]:
+    """The names an ELF64 little-endian relocatable object for this machine needs from
+    outside itself. Raises ``NativeUnavailable`` for anything else, or an object whose
+    tables point outside it."""
+    return [name for name, _, section, _ in _symbols(code, _ET_REL) if section == 0]
+
+
+def _numba_helpers(needed: Collection[str] = ()) -> dict[str, int]:
     """The addresses numba registers with LLVM for its C helpers, from its two small C
     extension modules, loaded from numba's package directory without importing numba
-    (whose ``__init__`` is the cost this module avoids)."""
+    (whose ``__init__`` is the cost this module avoids). Each module's initialisation
+    imports NumPy (and builds the table of its helpers), so where the ``needed`` names
+    are all in the module file's symbol table, the file is loaded without it
+    (``_helpers_uninitialised``); else, or once the module is imported, from its table."""
     try:
         spec = importlib.util.find_spec("numba")
     except (ImportError, ValueError):
@@ -294,24 +314,71 @@ def _numba_helpers() -> dict[str, int]:
     package = Path(next(iter(spec.submodule_search_locations)))
     addresses: dict[str, int] = {}
     for module_name, prefix in _NUMBA_HELPERS:
-        module = sys.modules.get(module_name) or _load_extension(package, module_name)
+        location = _extension_file(package, module_name)
+        module = sys.modules.get(module_name)
+        if module is None:
+            names = [name for name in needed if name.startswith(prefix)]
+            found = _helpers_uninitialised(location, module_name, names)
+            if found is not None:
+                addresses.update(found)
+                continue
+            module = _load_extension(location, module_name)
         helpers: Mapping[str, int] = module.c_helpers
         addresses.update({prefix + name: address for name, address in helpers.items() if not name.startswith("_")})
     return addresses
 
 
-def _load_extension(package: Path, module_name: str) -> Any:
+_INITIALISERS: Final[Mapping[str, tuple[str, ...]]] = {
+    # What a module's initialisation does for its helpers, NumPy's import left out:
+    # numba's runtime sets its allocator (the helpers that allocate use it).
+    "numba.core.runtime._nrt_python": ("NRT_MemSys_init",),
+}
+
+
+def _helpers_uninitialised(location: Path, module_name: str, names: Collection[str]) -> dict[str, int] | None:
+    """The addresses of the functions ``names`` in the extension at ``location``, loaded
+    with ``dlopen`` (``ctypes``) but not initialised as a module: by their offsets from the
+    module's exported ``PyInit_`` in the file's symbol table. What the initialisation does
+    for the helpers themselves is done (``_INITIALISERS``); its import of NumPy is not.
+    None where the table lacks one of them (a stripped build)."""
+    entry = "PyInit_" + module_name.rsplit(".", 1)[1]
+    initialisers = _INITIALISERS.get(module_name, ())
+    try:
+        functions = {
+            name: value
+            for name, kind, section, value in _symbols(location.read_bytes(), _ET_DYN)
+            if kind == _STT_FUNC and section != 0
+        }
+    except (OSError, NativeUnavailable):
+        return None
+    if not all(name in functions for name in (entry, *initialisers, *names)):
+        return None
+    library = ctypes.CDLL(str(location))
+    origin = ctypes.cast(getattr(library, entry), ctypes.c_void_p).value
+    if origin is None:
+        return None
+    origin -= functions[entry]
+    for name in initialisers:
+        ctypes.CFUNCTYPE(None)(origin + functions[name])()
+    return {name: origin + functions[name] for name in names}
+
+
+def _extension_file(package: Path, module_name: str) -> Path:
     relative = Path(*module_name.split(".")[1:])
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         location = package / relative.with_name(relative.name + suffix)
         if location.is_file():
-            spec = importlib.util.spec_from_file_location(module_name, location)
-            if spec is None or spec.loader is None:
-                break
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
+            return location
     raise NativeUnavailable(f"numba's C extension {module_name} is not where numba keeps it")
+
+
+def _load_extension(location: Path, module_name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(module_name, location)
+    if spec is None or spec.loader is None:
+        raise NativeUnavailable(f"numba's C extension {module_name} cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _process_symbol(name: str) -> int | None:
@@ -320,6 +387,18 @@ def _process_symbol(name: str) -> int | None:
         return ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, name))
     except ValueError:
         return None
+
+
+def _address(buffer: Words) -> int:
+    """Where a writable, C-contiguous buffer's memory starts (an ``array.array``, a slice of
+    one through ``memoryview``, a NumPy array), for a pointer argument of an entry point."""
+    if isinstance(buffer, array):
+        start: int = buffer.buffer_info()[0]
+        return start
+    if isinstance(buffer, memoryview):
+        return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    address: int = buffer.ctypes.data  # a NumPy array (a test's, or NumPy's state handed over)
+    return address
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,39 +420,39 @@ class NativeCompiled:
         self._count_short = functions["count_short"]
         self._keep_alive = keep_alive
 
-    def count_outputs(self, state: np.ndarray, points: int, words: np.ndarray) -> int:
-        return int(self._count_outputs(state.ctypes.data, points, words.ctypes.data))
+    def count_outputs(self, state: Words, points: int, words: Words) -> int:
+        return int(self._count_outputs(_address(state), points, _address(words)))
 
     def count_range(
-        self, seed: int, first: int, streams: int, points: int, counts: np.ndarray, work: np.ndarray
+        self, seed: int, first: int, streams: int, points: int, counts: Words, work: Words
     ) -> None:
-        self._count_range(seed, first, streams, points, counts.ctypes.data, work.ctypes.data)
+        self._count_range(seed, first, streams, points, _address(counts), _address(work))
 
     def seed_lanes(
         self,
         seed: int,
         first: int,
-        a: np.ndarray,
-        b: np.ndarray,
-        c: np.ndarray,
-        w: np.ndarray,
-        work: np.ndarray,
+        a: Words,
+        b: Words,
+        c: Words,
+        w: Words,
+        work: Words,
     ) -> None:
-        pointers = (a.ctypes.data, b.ctypes.data, c.ctypes.data, w.ctypes.data, work.ctypes.data)
-        self._seed_lanes(seed, first, a.size, *pointers)
+        pointers = (_address(a), _address(b), _address(c), _address(w), _address(work))
+        self._seed_lanes(seed, first, len(a), *pointers)
 
     def step_lanes(
         self,
-        a: np.ndarray,
-        b: np.ndarray,
-        c: np.ndarray,
-        w: np.ndarray,
-        counts: np.ndarray,
+        a: Words,
+        b: Words,
+        c: Words,
+        w: Words,
+        counts: Words,
         steps: int,
         pairs: bool,
     ) -> None:
         self._step_lanes(
-            a.size, a.ctypes.data, b.ctypes.data, c.ctypes.data, w.ctypes.data, counts.ctypes.data, steps, int(pairs)
+            len(a), _address(a), _address(b), _address(c), _address(w), _address(counts), steps, int(pairs)
         )
 
     def count_short(
@@ -382,11 +461,11 @@ class NativeCompiled:
         first: int,
         streams: int,
         points: int,
-        counts: np.ndarray,
-        work: np.ndarray,
-        group_counts: np.ndarray,
+        counts: Words,
+        work: Words,
+        group_counts: Words,
     ) -> None:
-        self._count_short(seed, first, streams, points, counts.ctypes.data, work.ctypes.data, group_counts.ctypes.data)
+        self._count_short(seed, first, streams, points, _address(counts), _address(work), _address(group_counts))
 
 
 def cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -412,8 +491,9 @@ def load(directory: Path | None = None, *, uid: int | None = None) -> Loaded:
     key = host_key(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
     path = directory / file_name(key)
     symbols, code = decode(read(path, uid=uid), key)
-    helpers = _numba_helpers()
-    for name in undefined_symbols(code):
+    needed = undefined_symbols(code)
+    helpers = _numba_helpers(needed)
+    for name in needed:
         address = helpers.get(name) or _process_symbol(name)
         if address is None:
             raise NativeUnavailable(f"the object needs {name}, which this process does not have")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import random
 from typing import Final
 
-import numpy as np
-
 from mcpi_worker.kernels.base import Cancelled, StopCheck, never, stream_seed_sequence
 
 PYTHON_POLL_EVERY: Final[int] = 1 << 14
@@ -15,6 +13,8 @@ PYTHON_POLL_EVERY: Final[int] = 1 << 14
 
 def python_seed(seed: int, stream: int) -> int:
     """The integer that seeds ``random.Random`` for the python kernel (128 bits of the stream)."""
+    import numpy as np  # the stream's seed is NumPy's; the worker may run without NumPy otherwise
+
     words = stream_seed_sequence(seed, stream).generate_state(4, dtype=np.uint32)
     return int.from_bytes(words.astype("<u4").tobytes(), "little")
 

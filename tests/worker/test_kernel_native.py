@@ -126,6 +126,51 @@ def test_a_single_stream_counts_as_numba_and_numpy_count_it(
     assert ours == numpy_impl.count(seed, stream, points)
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=U64, stream=st.one_of(U64, st.integers(2**64 - 3, 2**64 - 1), st.integers(2**32 - 2, 2**32 + 1)))
+def test_the_compiled_seeding_of_one_stream_is_numpys(loaded: native.NativeCompiled, seed: int, stream: int) -> None:
+    """``drive.first_state``: the state a stream is counted from, seeded by the compiled
+    code (no NumPy), is the state NumPy seeds it with, for both sets of entry points."""
+    numpy_state = tuple(int(word) for word in drive.initial_state(seed, stream))
+    for compiled in (loaded, lanes.NUMBA):
+        assert tuple(int(word) for word in drive.first_state(compiled, seed, stream)) == numpy_state
+
+
+HELPERS_SCRIPT = """
+import importlib, json, sys
+from mcpi_worker.kernels import native
+package = native.Path(next(iter(importlib.util.find_spec("numba").submodule_search_locations)))
+found = {}
+for module_name, prefix in native._NUMBA_HELPERS:
+    location = native._extension_file(package, module_name)
+    names = [name for name, kind, section, _ in native._symbols(location.read_bytes(), native._ET_DYN)
+             if name.startswith(prefix) and kind == native._STT_FUNC and section != 0]
+    found.update(native._helpers_uninitialised(location, module_name, names))
+numpy_before = "numpy" in sys.modules
+given = {}
+for module_name, prefix in native._NUMBA_HELPERS:
+    module = importlib.import_module(module_name)
+    given.update({prefix + name: address for name, address in module.c_helpers.items()})
+print(json.dumps([numpy_before, found, given]))
+"""
+
+
+def test_numba_s_helpers_found_without_its_modules_are_those_its_modules_give() -> None:
+    """``native._helpers_uninitialised`` finds numba's C helpers by the symbol tables of its
+    extension files, loaded without their initialisation (which imports NumPy): every
+    helper it finds by a name numba gives is at the very address numba gives for it, and
+    it finds most of them (among them those our object needs); NumPy is not imported."""
+    done = subprocess.run([sys.executable, "-c", HELPERS_SCRIPT], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    numpy_before, found, given = json.loads(done.stdout)
+    assert numpy_before is False
+    both = set(found) & set(given)
+    assert len(both) >= 0.8 * len(given), sorted(set(given) - set(found))
+    assert {name: found[name] for name in both} == {name: given[name] for name in both}
+    needed = {"numba_gil_ensure", "numba_gil_release", "numba_do_raise", "numba_unpickle", "NRT_Allocate", "NRT_Free"}
+    assert needed <= both
+
+
 def test_the_load_checks_table_is_what_numpy_counts() -> None:
     """``checks.verify`` compares with counts kept in a table (no NumPy sampling at load
     time): they must be NumPy's, from the state NumPy seeds each stream with."""

@@ -602,6 +602,38 @@ def test_a_long_hinted_run_counts_in_the_lanes_from_its_first_sample(warm_cache_
     assert not events(plain_logs, "numpy_kernel_implementation")
 
 
+def maps_numpy(pid: int) -> bool:
+    """Whether NumPy's core extension is loaded in process ``pid`` (its memory map)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return "_multiarray_umath" in maps.read()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the worker's memory map in /proc")
+@pytest.mark.parametrize("policy", ["auto", "numpy"])
+def test_a_worker_counting_from_the_object_cache_never_imports_numpy(warm_cache_dir: str, policy: str) -> None:
+    """A hinted worker whose fused kernels come from our object cache counts one stream, a
+    range and a short stream, each seeded by the compiled code, with NumPy's counts and
+    without NumPy ever loaded in it (its import is most of what such a worker would spend
+    beside its counting); under MCPI_NUMPY_IMPL=numpy the same worker loads it."""
+    environ = base_environment(NUMBA_CACHE_DIR=warm_cache_dir, MCPI_NUMPY_IMPL=policy)
+    with worker_process(environ, 10**10) as (process, client):
+        results = []
+        for sample in HINTED:
+            client.send(sample)
+            result = client.receive()
+            assert isinstance(result, Result), result
+            results.append(result)
+        assert maps_numpy(process.pid) is (policy == "numpy")
+    expected = [
+        (numpy_impl.count(7, 0, 20_000_000), None),
+        (sum(range_insides(HINTED[1])), range_insides(HINTED[1])),
+        (numpy_impl.count(12345, 0, 1_000_000), None),
+    ]
+    assert [(r.inside, r.insides) for r in results] == expected
+    assert {r.implementation for r in results} == {"numba-fused" if policy == "auto" else "numpy"}
+
+
 @pytest.mark.slow
 def test_mcpi_estimate_hints_each_worker_its_share_and_long_runs_load_at_once(warm_cache_dir: str) -> None:
     environ = base_environment(NUMBA_CACHE_DIR=warm_cache_dir)
