@@ -120,9 +120,14 @@ def import_structlog() -> ModuleType:
             finally:
                 if hide:
                     del sys.modules["rich"]
-        deferred, _waiting.deferred = _waiting.deferred, None
+        deferred = _waiting.deferred
         if deferred is not None:
-            deferred.apply()
+            # Cleared only once applied: a line of another thread that sees it cleared
+            # takes the quick path above, which must find structlog configured.
+            try:
+                deferred.apply()
+            finally:
+                _waiting.deferred = None
     return sys.modules["structlog"]
 
 

@@ -122,3 +122,41 @@ def test_the_level_names_are_structlogs() -> None:
     assert NAME_TO_LEVEL == structlog.processors.NAME_TO_LEVEL
     assert all(NAME_TO_LEVEL[name] == value for name, value in LOG_LEVELS.items())
 
+
+WHILE_APPLYING = textwrap.dedent(
+    """
+    import sys
+    from mcpi_worker import logs
+    log = logs.get_logger("t")
+    seen = []
+    def apply():
+        # What a line of another thread sees while the first line's thread configures:
+        # it must still be filtered at the deferred level and wait for the lock, not
+        # take the quick path to a structlog nobody configured yet.
+        seen.append(log.is_enabled_for(logs.LOG_LEVELS["debug"]))
+        import structlog
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logs.LOG_LEVELS["warning"]),
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        )
+    logs.configure_when_needed(logs.LOG_LEVELS["warning"], apply)
+    log.warning("first")
+    seen.append(log.is_enabled_for(logs.LOG_LEVELS["debug"]))
+    print(seen)
+    """
+)
+
+
+def test_a_line_written_while_the_configuration_is_applied_waits_for_it() -> None:
+    """The deferred configuration stays in place until it is applied: a second thread's
+    line in the meantime is held to its level and waits for the lock, instead of going
+    to a structlog nobody configured yet (every level, in structlog's own format, on
+    stderr rather than the stream asked for). Looked at from the applying thread, which
+    sees what another thread would."""
+    done = subprocess.run(
+        [sys.executable, "-c", WHILE_APPLYING],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[False, False]"
+    assert "first" in done.stderr
