@@ -177,11 +177,10 @@ async def test_a_worker_that_exits_leaving_a_child_on_its_pipes_is_replaced_at_o
     assert still == []
 
 
-@pytest.mark.slow
-def test_json_stays_json_when_a_worker_reports_nan() -> None:
-    """``"busy_s": NaN`` used to reach --json. A NaN ``elapsed_s`` now breaks the
-    protocol: that worker is replaced (each one here lies after one honest answer)."""
-    fake = shlex.join(fake_worker_command(FakeBehaviour(bad_answer="nan", misbehave_after=1)))
+def _estimate_json(behaviour: FakeBehaviour) -> Any:
+    """``mcpi estimate --json``'s result over one fake worker behaving so (2e5 points in 10
+    chunks), checked to be JSON: no NaN nor Infinity, which ``json.dumps`` prints."""
+    fake = shlex.join(fake_worker_command(behaviour))
     completed = subprocess.run(
         [*MCPI, "estimate", "--points", "2e5", "--chunk-size", "2e4", "--seed", str(SEED),
          "--workers", "1", "--worker-cmd", fake, "--json"],
@@ -192,7 +191,14 @@ def test_json_stays_json_when_a_worker_reports_nan() -> None:
         raise AssertionError(f"--json printed {constant}, which is not JSON")
 
     assert completed.returncode == 0, completed.stderr
-    result = json.loads(completed.stdout, parse_constant=refuse)
+    return json.loads(completed.stdout, parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_json_stays_json_when_a_worker_reports_nan() -> None:
+    """``"busy_s": NaN`` used to reach --json. A NaN ``elapsed_s`` now breaks the
+    protocol: that worker is replaced (each one here lies after one honest answer)."""
+    result = _estimate_json(FakeBehaviour(bad_answer="nan", misbehave_after=1))
     assert result["inside"] == sum(count_numpy(SEED, s, 20_000) for s in range(10))
     assert result["restarts"] >= 1
 
@@ -203,18 +209,7 @@ def test_a_worker_claiming_a_huge_kernel_time_is_believed_no_further_than_the_co
     so the worker is kept; two such answers added up made its ``busy_s`` infinite, and
     ``--json`` printed ``Infinity``. Each claim is cut to the time since its request was
     sent, so a slot's busy seconds stay within the run's."""
-    fake = shlex.join(fake_worker_command(FakeBehaviour(claimed_elapsed_s=1.5e308)))
-    completed = subprocess.run(
-        [*MCPI, "estimate", "--points", "2e5", "--chunk-size", "2e4", "--seed", str(SEED),
-         "--workers", "1", "--worker-cmd", fake, "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"--json printed {constant}, which is not JSON")
-
-    assert completed.returncode == 0, completed.stderr
-    result = json.loads(completed.stdout, parse_constant=refuse)
+    result = _estimate_json(FakeBehaviour(claimed_elapsed_s=1.5e308))
     assert result["inside"] == sum(count_numpy(SEED, s, 20_000) for s in range(10))
     [worker] = result["per_worker"]
     assert result["restarts"] == 0 and worker["chunks"] == 10
