@@ -405,11 +405,7 @@ def end_session(sid: int) -> list[int]:
     for _ in range(ORPHAN_ROUNDS):  # one forking as it is killed: its child is in the session too
         new = False
         for pid in _all_processes():
-            try:
-                if pid == sid or os.getsid(pid) != sid or _is_zombie(pid):
-                    continue
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            if pid == sid or not _kill_in_session(pid, sid):
                 continue
             if pid not in ended:  # one killed already and not dead yet is not looked for again
                 ended.append(pid)
@@ -417,6 +413,34 @@ def end_session(sid: int) -> list[int]:
         if not new:
             break
     return ended
+
+
+def _kill_in_session(pid: int, sid: int) -> bool:
+    """SIGKILL ``pid`` if it is a live process of the session ``sid``; whether it was.
+
+    The process is held by a pidfd before its session is looked at: ``pid`` is no child
+    of ours, so it may exit, be reaped by its parent and be given to a stranger between
+    the look and the signal, and a pidfd signals the process it was opened on or none.
+    Without pidfds (Linux before 5.3) the signal goes by pid."""
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except OSError:  # no pidfd_open here, or no descriptor left
+        pidfd = None
+    try:
+        if os.getsid(pid) != sid or _is_zombie(pid):
+            return False
+        if pidfd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return True
 
 
 def _is_zombie(pid: int) -> bool:

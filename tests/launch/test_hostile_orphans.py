@@ -24,7 +24,7 @@ import trio
 from command_line import raw_worker_in_slot_0
 from worker_process import PATIENT_START_S, RAW_WORKER
 
-from mcpi_coordinator.launch.local import command_launcher
+from mcpi_coordinator.launch.local import _kill_in_session, command_launcher
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_worker.kernels import KERNELS
@@ -243,3 +243,27 @@ async def test_a_child_left_in_the_workers_session_is_ended_by_the_pool_itself(
     children = left_children(pidfile)
     assert children, "the hostile worker never got a sample: nothing was tested"
     assert [pid for pid in children if alive(pid)] == []
+
+
+def test_kill_in_session_signals_only_a_live_process_of_that_session() -> None:
+    """``end_session``'s one signal: a process of the worker's session (here a shell's
+    background child) is killed; one of another session (this test's) and a pid that is
+    gone are left alone and said so."""
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 600 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert leader.stdout is not None
+        child = int(leader.stdout.readline())
+        assert os.getsid(child) == leader.pid
+        assert not _kill_in_session(os.getpid(), leader.pid)  # another session: not signalled
+        assert not _kill_in_session(child, os.getpid())
+        assert alive(child)
+        assert _kill_in_session(child, leader.pid)
+        leader.wait(TIMEOUT)  # its ``wait`` returns once the child is killed
+        assert not alive(child)
+        assert not _kill_in_session(child, leader.pid)  # gone (reaped by the shell)
+    finally:
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)  # its group holds the child too
+        leader.wait(TIMEOUT)
