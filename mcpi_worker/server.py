@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Final
 
 from mcpi_worker import __version__
@@ -146,7 +147,9 @@ class Worker:
     sleeps (``DEFAULT_SPIN_S``; 0: never), and ``spare_cpu`` whether it may now (default
     ``spare_cpu.SpareCpu()``: while some CPU of the machine is idle). ``expect`` receives the ``hello``'s size hint
     (protocol.md §5.1), when it carries one, on the reader thread before any sample
-    starts (``NumpyKernel.expect``: it must return at once).
+    starts (``NumpyKernel.expect``: it must return at once). ``lock`` is a test seam: the
+    lock that guards the ``WorkerEnd`` and every write (default a ``threading.Lock``), so a
+    test can hold a thread back between two holds and force an interleaving.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class Worker:
         spare_cpu: Callable[[], bool] | None = None,
         implementations: Callable[[], Mapping[str, str]] | None = None,
         expect: Callable[[int], None] | None = None,
+        lock: AbstractContextManager[object] | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -186,7 +190,7 @@ class Worker:
             implementations=tuple(now_running.get(name, "") for name in kernels) if now_running else (),
         )
         # Everything below is guarded by _lock; writes to output_fd happen under it too.
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else threading.Lock()
         self._worker_end = WorkerEnd(offer, jobs=jobs)
         self._running: dict[int, _Job] = {}
         self._inline: _Job | None = None
@@ -216,7 +220,11 @@ class Worker:
         self._compute_loop()
         with self._lock:
             # The stop came from a thread still holding the lock, about to write the
-            # last frames (a fatal error, say): let it finish before we return.
+            # last frames (a fatal error, say): let it finish before we return. And write
+            # what is still held: the reader ends the connection with the last small
+            # sample's answer held (``_run_inline`` writes it at its next hold), and once
+            # we return the process exits and the reader thread dies with it.
+            self._flush_locked()
             ended = self._worker_end.end
         assert ended is not None, "compute threads stop only once the connection has ended"
         log.info("worker_exiting", reason=ended.reason, exit_code=int(ended.exit_code))

@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -727,6 +727,68 @@ def _burst_then(what: bytes | None) -> tuple[list[Any], list[object]]:
     for fd in (response_read, response_write):
         os.close(fd)
     return answers[1:], outcome
+
+
+class _ReaderWaitsOnceEnded:
+    """A ``Worker`` lock (its ``lock`` seam) that, once the connection has ended, holds the
+    reader thread back after each release until ``serve`` has returned: the interleaving in
+    which the thread that runs ``serve`` takes the lock before the reader takes it again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ended: Callable[[], bool] = lambda: False
+        self.serve_returned = threading.Event()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        ended = self.ended()  # read while held, as the worker's own reads are
+        self._lock.release()
+        if ended and threading.current_thread().name == "mcpi-reader":
+            self.serve_returned.wait(TIMEOUT)
+
+
+def test_a_small_sample_that_ends_the_connection_is_answered_before_serve_returns() -> None:
+    """One 0-point sample, then the end of input: the reader sees the end before it runs
+    the sample, whose answer then closes the connection with the answer held for the
+    reader's next hold. Once ``serve`` returns the process exits and the reader thread
+    dies, so the answer must be written by then, whichever thread takes the lock first."""
+    from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder
+    from mcpi_worker.server import Worker
+
+    lock = _ReaderWaitsOnceEnded()
+    request_read, request_write = os.pipe()
+    response_read, response_write = os.pipe()
+    worker = Worker(request_read, response_write, jobs=1, spin_s=0, lock=lock)
+    lock.ended = lambda: worker._worker_end.end is not None
+    os.write(request_write, encode(Hello(versions=(1,), client="t")) + encode(sample(0, 0)))
+    os.close(request_write)  # the sample and the end of input wait together
+    outcome: list[object] = []
+    serving = threading.Thread(target=lambda: outcome.append(worker.serve()), daemon=True)
+    serving.start()
+    serving.join(TIMEOUT)
+    assert not serving.is_alive()
+    os.set_blocking(response_read, False)
+    written = bytearray()
+    try:
+        while piece := os.read(response_read, 65536):  # what was written by serve's return
+            written += piece
+    except BlockingIOError:
+        pass
+    lock.serve_returned.set()
+    for thread in threading.enumerate():
+        if thread.name == "mcpi-reader":
+            thread.join(TIMEOUT)
+    for fd in (request_read, response_read, response_write):
+        os.close(fd)
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    decoder.feed(bytes(written))
+    answers = []
+    while (answer := decoder.next_message()) is not NEED_DATA:
+        answers.append(answer)
+    assert [type(m).__name__ for m in answers[1:]] == ["Result"], answers
+    assert [getattr(ended, "exit_code", None) for ended in outcome] == [0]
 
 
 def test_a_cancel_inside_a_burst_of_small_samples_ends_each_one_once() -> None:
