@@ -36,7 +36,7 @@ from functools import cache
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Final, NoReturn
 
 PR_SET_PDEATHSIG = 1
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
@@ -101,7 +101,7 @@ def leave_ctrl_c_to_the_owner() -> None:
 
 leave_ctrl_c_to_the_owner()
 
-BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
+BLAS_THREADS_VARIABLE: Final = "OPENBLAS_NUM_THREADS"
 
 
 def one_blas_thread() -> None:

@@ -262,7 +262,6 @@ class Dispatcher:
         """The workers whose last answer was counted in lanes (``LANE_IMPLEMENTATION``)."""
         self._out: dict[Connection, int] = {}
         """Points in flight on each worker (sent, not answered yet)."""
-        self._out_total = 0
         self._speeds: dict[Connection, float] = {}
         """Each ready worker's points per second, all its jobs together, once known."""
         self._speed_total = 0.0
@@ -362,7 +361,7 @@ class Dispatcher:
         self._measured.pop(connection, None)
         self._blind.pop(connection, None)
         self._lanes.discard(connection)
-        self._out_total -= self._out.pop(connection, 0)
+        self._out.pop(connection, None)
         self._since.pop(connection, None)
         self._speed_total -= self._speeds.pop(connection, 0.0)
 
@@ -558,9 +557,7 @@ class Dispatcher:
     def _landed(self, connection: Connection, request: Request) -> None:
         """``request``'s answer came: its points are no longer in flight on ``connection``."""
         if request.chunk is not None and connection in self._out:
-            points = request.chunk.total_points
-            self._out[connection] -= points
-            self._out_total -= points
+            self._out[connection] -= request.chunk.total_points
             self._since[connection] = self._clock()
 
     def _depth_now(self, connection: Connection) -> int | None:
@@ -603,7 +600,6 @@ class Dispatcher:
             if not self._out.get(connection):
                 self._since[connection] = self._clock()
             self._out[connection] = self._out.get(connection, 0) + chunk.total_points
-            self._out_total += chunk.total_points
         if chunk is None:
             request.request_id = connection.send_ping(request)
         elif chunk.streams == 1:
