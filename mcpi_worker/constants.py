@@ -37,6 +37,14 @@ protocol package (msgpack and its whole core) to do so."""
 MAX_INFLIGHT_LIMIT: Final[int] = 1024
 """The most ``mcpi-worker --max-inflight`` accepts (protocol.md §10.5)."""
 
+WARM_NICENESS: Final[str] = "MCPI_WARM_NICENESS"
+"""The environment variable that sets how much the warming process
+(``python -m mcpi_worker.kernels.warm``) lowers its priority: a whole number from 0 to
+19, added to its own niceness and given its session too (``kernels.warm.niceness``);
+19 when unset or not such a number. A process started with a lower value (a test on a
+loaded machine, a user who wants the compile now) finishes sooner at others' expense;
+at 19 it takes only CPU nobody else wants, which on a busy machine may be none."""
+
 CACHE_WARMED_BY_PARENT: Final[str] = "MCPI_CACHE_WARMED_BY_PARENT"
 """Set to ``1`` in a worker's environment by a coordinator that warms numba's cache
 itself (``mcpi estimate``): the worker then starts no warming process of its own. One

@@ -27,12 +27,29 @@ import contextlib
 import fcntl
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from mcpi_worker.constants import WARM_NICENESS
 from mcpi_worker.numba_marker import NumbaCache, marker_path, open_own_file
 
 AUTOGROUP: Final[Path] = Path("/proc/self/autogroup")
+
+LOWEST_PRIORITY: Final[int] = 19
+"""The niceness the warming process adds to its own unless ``MCPI_WARM_NICENESS`` says
+otherwise: the lowest priority there is."""
+
+
+def niceness_wanted(environ: Mapping[str, str] = os.environ) -> int:
+    """How much the warming process lowers its priority: ``MCPI_WARM_NICENESS``
+    (``constants.WARM_NICENESS``) when it is a whole number from 0 to 19, else 19. Never
+    raises: the process's output is discarded, and a value it cannot read must leave it
+    at the lowest priority, not at the run's."""
+    value = environ.get(WARM_NICENESS, "").strip()
+    if value.isdigit() and int(value) <= LOWEST_PRIORITY:
+        return int(value)
+    return LOWEST_PRIORITY
 
 
 def lower_session_priority(niceness: int, autogroup: Path = AUTOGROUP) -> bool:
@@ -52,11 +69,12 @@ def lower_session_priority(niceness: int, autogroup: Path = AUTOGROUP) -> bool:
     return True
 
 
-def main(niceness: int = 19, *, wait: bool = False) -> int:
+def main(niceness: int = LOWEST_PRIORITY, *, wait: bool = False) -> int:
     """Compile (or load) the fused kernels at the lowest priority (``niceness`` added to
-    this process's), write our object cache of them (``export.py``), and mark the cache
-    warm; at most one such process at a time per marker: the others leave at once, or,
-    with ``wait`` (a benchmark that must time warm caches), wait for it and look again."""
+    this process's and given its session; run as a program, ``MCPI_WARM_NICENESS``'s),
+    write our object cache of them (``export.py``), and mark the cache warm; at most one
+    such process at a time per marker: the others leave at once, or, with ``wait`` (a
+    benchmark that must time warm caches), wait for it and look again."""
     if niceness:
         os.nice(niceness)
         lower_session_priority(niceness)
@@ -136,4 +154,4 @@ def export_object_cache() -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(niceness_wanted()))

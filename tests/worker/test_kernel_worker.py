@@ -50,6 +50,10 @@ from mcpi_worker.protocol import (
 from mcpi_worker.server import ExitCode, Worker
 
 TIMEOUT = 120  # a worker that compiles on a loaded 2-core CI machine
+WARMING_TIMEOUT = 1800
+"""A bound against a hang for a warming process to finish, compile and object cache: ~10 s
+of CPU, which at this machine's worst load (a few per cent of a core at nice 0) takes
+minutes; reached only by a warming process that never ends."""
 GOLDEN = [row[1:] for row in KERNEL_TABLE if row[0] == "numpy"]
 RANGE = Sample(id=len(GOLDEN) + 1, seed=12345, stream=2**32 - 30, points=1001, kernel="numpy", streams=75, group=10)
 """A range of streams (lanes: a full group and a padded one, across stream words 1 -> 2)."""
@@ -535,7 +539,7 @@ def warm_cache(environ: dict[str, str]) -> None:
         [sys.executable, "-c", "from mcpi_worker.kernels.warm import main; main(niceness=0)"],
         env=environ,
         capture_output=True,
-        timeout=TIMEOUT,
+        timeout=WARMING_TIMEOUT,
         check=False,
     )
     assert warm.returncode == 0, warm.stderr
@@ -706,3 +710,14 @@ def test_a_sample_makes_no_log_call_its_level_filters_out(level: str, logged: in
             client.send(Sample(id=request_id, seed=3, stream=request_id, points=0, kernel="numpy"))
             assert isinstance(client.receive(), Result)
     assert calls.count("sample_done") == logged, calls
+
+
+@pytest.mark.parametrize(
+    ("value", "niceness"),
+    [(None, 19), ("0", 0), ("7", 7), ("19", 19), ("20", 19), ("-5", 19), ("", 19), ("low", 19), (" 3 ", 3)],
+)
+def test_the_warming_process_reads_its_niceness_from_the_environment(value: str | None, niceness: int) -> None:
+    """``MCPI_WARM_NICENESS``: a whole number from 0 to 19, else the lowest priority."""
+    from mcpi_worker.kernels.warm import niceness_wanted
+
+    assert niceness_wanted(base_environment(MCPI_WARM_NICENESS=value)) == niceness
