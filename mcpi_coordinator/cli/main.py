@@ -223,15 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             # from boot's holder before release, so that neither passes through its default
             # action (the end of the process, without a word) in between. A Ctrl-C, SIGTERM
             # or SIGHUP held while the command's modules loaded comes out at release.
+            # handled() flushes stdout and stderr before it gives the handlers back, so that
+            # no signal after it can take a result still in a buffer with the process.
             with signals.handled():
                 boot.release(signals.note)
                 return _main(argv)
         finally:
-            # A reader that left shows here, as BrokenPipeError, rather than in the
-            # interpreter's own flush at exit, which would print a traceback.
+            # A reader that left shows here (or in handled()'s flush), as BrokenPipeError,
+            # rather than in the interpreter's own flush at exit, which would print a
+            # traceback. Nothing is left to write by now, short of a stop during the flush.
             sys.stdout.flush()
     except BrokenPipeError:
-        _stdout_to_devnull()
+        signals.drop_unwritten(sys.stdout)  # it would fail again at exit
         return McpiExitCode.BROKEN_PIPE
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
@@ -241,18 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # while it still imports what it runs: the line and the code name the one that came.
         say("mcpi", signals.stopped_words())
         return McpiExitCode.for_signal(signals.stopped_by())
-
-
-def _stdout_to_devnull() -> None:
-    """Point stdout's descriptor at /dev/null, so that nothing still buffered fails
-    again when the interpreter flushes it at exit (the recipe of Python's ``signal``
-    documentation, "Note on SIGPIPE")."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # no stdout descriptor at all: nothing to flush either
-        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -104,7 +104,10 @@ under it), for whatever is not a dropped ``KeyboardInterrupt``."""
 @contextmanager
 def handled() -> Iterator[None]:
     """SIGTERM and SIGHUP act as Ctrl-C while the block runs (the command's whole life),
-    and a Ctrl-C that Python would drop comes again (``_interrupt_again``)."""
+    and a Ctrl-C that Python would drop comes again (``_interrupt_again``). stdout and
+    stderr are flushed before the handlers are given back (``_flush_output``): after the
+    block, SIGTERM and SIGHUP end the process by their default action, and a result
+    still in stdout's buffer (stdout a pipe or a file) would go with it."""
     from mcpi_coordinator.cli import boot  # imports only signal
 
     _received.clear()
@@ -114,9 +117,78 @@ def handled() -> Iterator[None]:
         signal.signal(signum, _as_ctrl_c)
     _hooks.append(sys.unraisablehook)
     sys.unraisablehook = _interrupt_again
+    stopping = False
     try:
-        yield
+        try:
+            yield
+        except BaseException as leaving:
+            stopping = True
+            if isinstance(leaving, KeyboardInterrupt) and not _received:
+                note(signal.SIGINT)  # a plain Ctrl-C: the first stop, whatever comes during the flush
+            raise
+        finally:
+            _flush_output(stopping=stopping)
     finally:
         sys.unraisablehook = _hooks.pop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _flush_output(*, stopping: bool) -> None:
+    """Flush stdout and stderr with the stop signals noted, not acted on: whatever the
+    command wrote (its result) reaches them whole. A stop signal that comes meanwhile
+    (Ctrl-C, SIGTERM, SIGHUP) is reported once the output is out: ``KeyboardInterrupt``
+    then, unless the command is ``stopping`` already (leaving by an exception, which
+    goes on), so the exit code and line name the first signal, 130, 143 or 129, with
+    the result whole on stdout. A flush that blocks (a reader that stopped reading, its
+    pipe full) would hold the command for good: a second stop signal during it ends the
+    flush (``KeyboardInterrupt``, raised where the write was waiting) and what was not
+    written is dropped (``drop_unwritten``), so that nothing tries to write it again on
+    the way out; the reader then has part of the output, and the exit code says the
+    command was stopped. Raises ``BrokenPipeError`` as a flush does (a reader that left)."""
+    came: list[int] = []
+
+    def noted(signum: int, _frame: FrameType | None) -> None:
+        note(signum)
+        came.append(signum)
+        if len(came) > 1:
+            raise KeyboardInterrupt
+
+    given_back = {}
+    for signum in STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not signal.SIG_IGN:  # an ignored Ctrl-C (a background job) stays ignored
+            given_back[signum] = handler
+            signal.signal(signum, noted)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is None:
+                continue
+            try:
+                stream.flush()
+            except KeyboardInterrupt:
+                drop_unwritten(stream)
+                raise
+            except ValueError:  # closed: nothing of it left to write
+                pass
+    finally:
+        for signum, handler in given_back.items():
+            signal.signal(signum, handler)
+    if came and not stopping:
+        raise KeyboardInterrupt
+
+
+def drop_unwritten(stream: object) -> None:
+    """Point ``stream``'s descriptor at /dev/null, so that what is still in its buffer is
+    not written (or fails) again when it is flushed later, at exit (the recipe of
+    Python's ``signal`` documentation, "Note on SIGPIPE"). Nothing where it has no
+    descriptor."""
+    import os
+
+    try:
+        fileno = stream.fileno()  # type: ignore[attr-defined]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fileno)
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no descriptor at all: nothing to flush either
+        pass

@@ -511,3 +511,59 @@ def test_a_stop_while_a_bench_pool_starts_is_heard(stop: str) -> None:
     # (which left a half-built finalizer Python reported at exit), no worker's traceback.
     assert err.splitlines() == [f"mcpi bench approaches: {words}; every worker was stopped"], err
     _assert_nothing_left(mark)
+
+
+# ------------------------------------------------------------------ a stop after the result
+
+SIGNAL_AT_THE_FLUSH = """
+import io, os, signal, sys
+
+_signum = int(os.environ.pop("SIGNAL_AT_THE_FLUSH"))  # this process only, not its workers
+
+
+class _SignalAtTheFlush(io.TextIOWrapper):
+    written = ""
+
+    def write(self, text):
+        type(self).written += text
+        return super().write(text)
+
+    def flush(self):
+        if type(self).written.endswith("}\\n"):  # the JSON result is written, not yet flushed
+            type(self).written = ""
+            os.kill(os.getpid(), _signum)
+        super().flush()
+
+
+_buffer = sys.stdout.buffer
+sys.stdout = _SignalAtTheFlush(sys.stdout.detach(), encoding="utf-8", errors="strict")
+"""
+"""A ``sitecustomize`` whose process sends itself a signal at the first flush of stdout
+after a JSON result was written to it: the moment after the result is written, before
+it has left Python's buffer (stdout a pipe), an event of the run, not a guess of the
+clock."""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_after_the_result_is_written_leaves_it_whole_on_the_pipe(stop: signal.Signals, tmp_path: Path) -> None:
+    """A stop signal that comes once the result is written, while it is still in
+    stdout's buffer: SIGTERM and SIGHUP ended the command by their default action there
+    (their handlers were given back before stdout was flushed) and the result went with
+    the process. stdout is flushed before the handlers are given back now: the result is
+    whole on the pipe, and the exit code and the one line name the signal."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_AT_THE_FLUSH, encoding="utf-8")
+    mark = uuid.uuid4().hex
+    # MCPI_NUMPY_IMPL=numpy: no numba cache to warm, so no warming process (meant to outlive the run)
+    env = _env(mark, {"PYTHONPATH": str(hook), "SIGNAL_AT_THE_FLUSH": str(int(stop)), "MCPI_NUMPY_IMPL": "numpy"})
+    done = subprocess.run(
+        [*MCPI, "estimate", "-n", "2e4", "--chunk-size", "1e4", "-w", "2", "-s", "3", "--json", "--no-progress",
+         *PATIENT],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 128 + stop, (done.returncode, done.stderr[-3000:])
+    assert json.loads(done.stdout)["points"] == 20_000
+    words = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
+    assert done.stderr.splitlines() == [f"mcpi: {words[stop]}"], done.stderr
+    _assert_nothing_left(mark)
