@@ -14,7 +14,9 @@ from types import FrameType
 
 import pytest
 
-from mcpi_coordinator.cli import signals
+from mcpi_coordinator.cli import boot, signals
+
+assert boot  # imported here, not first inside a test's handled(): its import holds Ctrl-C (boot.hold())
 
 PATIENCE_S = 120.0
 """A bound on waiting for a ``KeyboardInterrupt`` that comes at once unless the code is broken."""
