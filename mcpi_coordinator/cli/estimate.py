@@ -160,11 +160,11 @@ def _interrupted(seed: int, prepared: runs.PreparedRun) -> int:
 async def _estimate_until_stopped(
     args: argparse.Namespace, seed: int, checkpoint: Checkpoint | None
 ) -> EstimateResult | McpiError | None:
-    """Run the estimate; on SIGINT, SIGTERM or SIGHUP cancel it (the pool stops and
+    """Run the estimate; on SIGINT, SIGTERM or SIGHUP (those not ignored) cancel it (the pool stops and
     reaps every worker) and return None. Expected failures come back as a value, not
     an ExceptionGroup."""
     outcome: dict[str, EstimateResult | McpiError] = {}
-    with trio.open_signal_receiver(*signals.STOP_SIGNALS) as stop_signals:
+    with trio.open_signal_receiver(*signals.heard()) as stop_signals:
         async with trio.open_nursery() as nursery:
 
             async def estimate() -> None:

@@ -101,20 +101,31 @@ _hooks: list[Callable[[sys.UnraisableHookArgs], object]] = [sys.__unraisablehook
 under it), for whatever is not a dropped ``KeyboardInterrupt``."""
 
 
+def heard() -> tuple[signal.Signals, ...]:
+    """The ``STOP_SIGNALS`` this process has not been told to ignore: what a command's
+    signal receiver listens for. One ignored by whoever started us stays ignored:
+    SIGHUP under ``nohup`` (a long run meant to outlive the login), SIGINT for a job a
+    script put in the background; receiving them anyway ended a ``nohup mcpi estimate``
+    at the first hang-up."""
+    return tuple(signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN)
+
+
 @contextmanager
 def handled() -> Iterator[None]:
     """SIGTERM and SIGHUP act as Ctrl-C while the block runs (the command's whole life),
-    and a Ctrl-C that Python would drop comes again (``_interrupt_again``). stdout and
-    stderr are flushed before the handlers are given back (``_flush_output``): after the
-    block, SIGTERM and SIGHUP end the process by their default action, and a result
-    still in stdout's buffer (stdout a pipe or a file) would go with it."""
+    unless ignored (``heard``), and a Ctrl-C that Python would drop comes again
+    (``_interrupt_again``). stdout and stderr are flushed before the handlers are given
+    back (``_flush_output``): after the block, SIGTERM and SIGHUP end the process by
+    their default action, and a result still in stdout's buffer (stdout a pipe or a
+    file) would go with it."""
     from mcpi_coordinator.cli import boot  # imports only signal
 
     _received.clear()
     # From boot's holder straight to ours, and back to the handler boot held them from.
     previous = {signum: boot.given_back(signum, signal.getsignal(signum)) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    for signum in previous:
-        signal.signal(signum, _as_ctrl_c)
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, _as_ctrl_c)
     _hooks.append(sys.unraisablehook)
     sys.unraisablehook = _interrupt_again
     stopping = False

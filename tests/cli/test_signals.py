@@ -6,13 +6,18 @@ test_cli_estimate.py. Each test waits for the ``KeyboardInterrupt`` itself, neve
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
+import psutil
 import pytest
+from command_line import MCPI, PATIENT
 
 from mcpi_coordinator.cli import boot, signals
 
@@ -136,3 +141,59 @@ def test_any_other_unraisable_goes_to_the_hook_that_was_there() -> None:
     finally:
         sys.unraisablehook = before
     assert seen == [error]
+
+
+@pytest.fixture
+def sighup_ignored() -> Iterator[None]:
+    """SIGHUP ignored, as ``nohup`` leaves it for the command it starts."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGHUP, before)
+
+
+def test_an_ignored_stop_signal_stays_ignored(sighup_ignored: None) -> None:
+    """Under ``nohup`` SIGHUP is ignored so that a run outlives the login: ``handled``
+    put its own handler over that, and ``nohup mcpi estimate`` ended (exit 129) at the
+    first hang-up. The signal receiver listens only for what is ``heard``."""
+    assert signals.heard() == (signal.SIGINT, signal.SIGTERM)
+    with signals.handled(), pytest.raises(KeyboardInterrupt):
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGHUP)  # nothing
+        _send_to_self(signal.SIGINT)
+    assert signals.stopped_by() == signal.SIGINT
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_nohup_mcpi_estimate_outlives_a_hang_up() -> None:
+    """A real ``mcpi estimate`` under ``nohup``, hung up while its worker counts, then
+    sent SIGTERM: the SIGTERM is what ends it (143), not the SIGHUP (129)."""
+    nohup = shutil.which("nohup") or "/usr/bin/nohup"  # coreutils: SIGHUP ignored, then exec
+    command = [nohup, *MCPI, "estimate", "--workers", "1", "--points", "1e13", "--seed", "1", *PATIENT]
+    run = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        coordinator = psutil.Process(run.pid)
+        deadline = time.monotonic() + PATIENCE_S
+        while not [w for w in coordinator.children() if _counting(w)]:  # the run has begun
+            assert time.monotonic() < deadline and run.poll() is None, "no worker counting"
+            time.sleep(0.05)
+        workers = coordinator.children(recursive=True)
+        run.send_signal(signal.SIGHUP)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=PATIENCE_S)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "hung up" not in err
+    _, alive = psutil.wait_procs(workers, timeout=PATIENCE_S)
+    assert not alive
+
+
+def _counting(process: psutil.Process) -> bool:
+    """A worker that has been counting for a while (its start-up is a fraction of this)."""
+    try:
+        return "mcpi_worker" in " ".join(process.cmdline()) and process.cpu_times().user > 1.0
+    except psutil.Error:
+        return False
