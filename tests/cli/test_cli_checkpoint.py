@@ -68,7 +68,13 @@ def run_or_kill(args: tuple[str, ...], kill: Kill | None, wal: Path) -> dict[str
     try:
         while process.poll() is None and time.monotonic() - started < 300:
             try:
-                workers.update(child.pid for child in process.children(recursive=True))
+                # Not numba's cache-warming process, which mcpi estimate starts when the cache
+                # is cold and which is meant to outlive the run (kernels.warm).
+                workers.update(
+                    child.pid
+                    for child in process.children(recursive=True)
+                    if "mcpi_worker.kernels.warm" not in child.cmdline()
+                )
             except psutil.NoSuchProcess:
                 pass
             if kill is not None and kill_at is None and wal.exists() and wal.stat().st_size > wal_at_start:

@@ -29,12 +29,19 @@ from mcpi_coordinator.testing.processes import wait_until_gone
 MARK = "MCPI_TEST_RUN_MARK"
 
 
+WARMER = "mcpi_worker.kernels.warm"
+"""numba's cache-warming process, which ``mcpi estimate`` starts when the cache is cold
+(a fresh install, a new checkout's sources) and which is meant to outlive the run, at
+nice 19 (``kernels.warm``): not a process the run left behind."""
+
+
 def _marked(mark: str) -> list[int]:
-    """Live processes whose environment carries ``mark``: the run's, and its children's."""
+    """Live processes whose environment carries ``mark``: the run's, and its children's,
+    but for the cache-warming process (``WARMER``)."""
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get(MARK) == mark:
+            if process.environ().get(MARK) == mark and WARMER not in process.cmdline():
                 found.append(process.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
@@ -225,24 +232,59 @@ TIMELINE_RUN = ["-n", "2e7", "-w", "1", "-s", "1", "--log-level", "debug", "--lo
 --log-format json``) and the tests' start-up timeout: its worker starts early."""
 
 
-def _start_until(module: str, mark: str) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
-    """``mcpi estimate TIMELINE_RUN`` under ``-X importtime``, read until the first module
-    of package ``module`` has loaded (a line on stderr as each import completes: counted,
-    not timed); the command's children at that moment. The caller ends the process."""
+STOP_AT_IMPORT = """
+import os, signal, sys
+
+_module = os.environ.pop("STOP_AT_IMPORT")  # this process only, not the workers it starts
+_stopped = []
+
+
+def _stop_at(event, args):
+    if event == "import" and not _stopped and (args[0] == _module or args[0].startswith(_module + ".")):
+        _stopped.append(True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+sys.addaudithook(_stop_at)
+"""
+"""A ``sitecustomize`` whose process stops itself (SIGSTOP) as the first module of a
+package begins to load (the ``import`` audit event): the moment holds until the test has
+looked and signalled, however far behind a loaded machine leaves the test."""
+
+
+def _start_until(module: str, mark: str, hook: Path) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
+    """``mcpi estimate TIMELINE_RUN``, stopped (SIGSTOP, by ``STOP_AT_IMPORT`` in a
+    ``sitecustomize`` written to ``hook``) as the first module of package ``module``
+    begins to load; the command's children at that moment. The caller sends what it
+    sends, then continues the command (``_resume``) and ends it.
+
+    It used to read ``-X importtime``'s lines and signal on reading the module's: that
+    moment was only the earliest the signal could land. The command ran on while the
+    test read, and on a loaded machine the signal came once the run had begun (Ctrl-C
+    said "mcpi estimate: interrupted (seed 1); every worker was stopped", not the
+    start-up's line), or after it had ended (exit 0)."""
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(STOP_AT_IMPORT, encoding="utf-8")
     process = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "mcpi_coordinator", "estimate", *TIMELINE_RUN],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
+        [sys.executable, "-m", "mcpi_coordinator", "estimate", *TIMELINE_RUN],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(mark, {"PYTHONPATH": str(hook), "STOP_AT_IMPORT": module}),
     )  # fmt: skip
-    assert process.stderr is not None
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        name = line.rpartition("|")[2].strip()
-        if name == module or name.startswith(f"{module}."):
-            return process, psutil.Process(process.pid).children()
-    process.kill()
-    process.wait()
-    pytest.fail(f"{module} was never imported: {''.join(seen)[-2000:]}")
+    command = psutil.Process(process.pid)
+    deadline = time.monotonic() + 300  # a bound against a hang: the command starts slowly on a busy machine
+    while command.status() != psutil.STATUS_STOPPED:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            _, err = process.communicate()
+            pytest.fail(f"{module} was never imported (exit {process.returncode}): {err[-2000:]}")
+        time.sleep(0.01)
+    return process, command.children()
+
+
+def _resume(process: subprocess.Popen[str]) -> None:
+    """Continue a command ``_start_until`` left stopped (gone already: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGCONT)
 
 
 def _workers(children: list[psutil.Process]) -> list[psutil.Process]:
@@ -256,13 +298,14 @@ def _workers(children: list[psutil.Process]) -> list[psutil.Process]:
     return workers
 
 
-def test_the_workers_start_before_trio_is_imported() -> None:
+def test_the_workers_start_before_trio_is_imported(tmp_path: Path) -> None:
     """The early path (launch.early) spawns the run's worker before the command imports
     Trio, also with the options a timeline is read from; the pool then takes it."""
     mark = uuid.uuid4().hex
-    process, children = _start_until("trio", mark)
+    process, children = _start_until("trio", mark, tmp_path / "hook")
     try:
         (worker,) = _workers(children)
+        _resume(process)
         _, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
@@ -275,14 +318,15 @@ def test_the_workers_start_before_trio_is_imported() -> None:
     _assert_nothing_left(mark)
 
 
-def test_a_worker_started_early_that_dies_before_the_pool_takes_it_is_restarted() -> None:
+def test_a_worker_started_early_that_dies_before_the_pool_takes_it_is_restarted(tmp_path: Path) -> None:
     """The pool takes the early worker as it would a worker it launched: one killed before
     the pool runs is a failed start, retried with a worker of its own."""
     mark = uuid.uuid4().hex
-    process, children = _start_until("trio", mark)
+    process, children = _start_until("trio", mark, tmp_path / "hook")
     try:
         (worker,) = _workers(children)
-        worker.kill()
+        worker.kill()  # while the command is stopped: dead before the pool can take it
+        _resume(process)
         out, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
@@ -297,7 +341,9 @@ def test_a_worker_started_early_that_dies_before_the_pool_takes_it_is_restarted(
 
 @pytest.mark.parametrize("module", ["trio", "mcpi_coordinator.pool"])
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_a_stop_between_the_early_start_and_the_pool_leaves_no_worker(module: str, stop: signal.Signals) -> None:
+def test_a_stop_between_the_early_start_and_the_pool_leaves_no_worker(
+    module: str, stop: signal.Signals, tmp_path: Path
+) -> None:
     """Ctrl-C, SIGTERM or SIGKILL of the coordinator once its worker has started early and
     before the pool has taken it: no process of the run is left (the process table).
     Ctrl-C and SIGTERM (which comes as Ctrl-C: cli.signals) end the command with one line
@@ -306,10 +352,11 @@ def test_a_stop_between_the_early_start_and_the_pool_leaves_no_worker(module: st
     the worker goes by its parent-death signal, or by the end of its input should the
     coordinator die before the worker asked for that signal."""
     mark = uuid.uuid4().hex
-    process, children = _start_until(module, mark)
+    process, children = _start_until(module, mark, tmp_path / "hook")
     try:
         assert _workers(children), children
-        process.send_signal(stop)
+        process.send_signal(stop)  # it comes as the command continues, at the moment it stopped
+        _resume(process)
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
