@@ -129,8 +129,12 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
     warming process is its orphan once it exits, and would be ended with the run
     (``adopting_orphans``), before the cache is warm. Ours is this process's child, not a
     worker's, so it is spared, and it outlives the run at the lowest priority until the
-    cache is warm (``kernels.warm``)."""
-    if args.workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
+    cache is warm (``kernels.warm``). Only when some of the run's workers are local
+    mcpi-workers of ours: the cache warmed is this install's, on this machine, which a
+    ``--worker-cmd``'s workers, a host's or a Slurm node's do not load, and the warming
+    would only take a CPU from the user."""
+    local_workers = args.worker_cmd is None and any(slot.host is None for slot in args.slots)
+    if local_workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
         from mcpi_worker import kernel_policy
         from mcpi_worker import numba_marker as warm  # the marker alone: no NumPy
 

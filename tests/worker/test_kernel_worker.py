@@ -24,10 +24,12 @@ from typing import Any
 import psutil
 import pytest
 import structlog
+from command_line import FAKE_WORKER, MCPI
 from test_golden import KERNEL_TABLE
 from worker_process import worker_command
 
 import mcpi_worker
+from mcpi_coordinator.testing.processes import still_running
 from mcpi_worker.kernels import NumpyKernel, Policy, StopCheck, count_python, numpy_impl
 from mcpi_worker.logs import LOG_LEVELS
 from mcpi_worker.protocol import (
@@ -676,6 +678,33 @@ def test_mcpi_estimate_warms_a_cold_cache_itself_and_ends_no_process_of_it(cache
     finally:
         for process in warmers(cache_dir):
             process.kill()
+
+
+@pytest.mark.slow
+def test_mcpi_estimate_warms_no_cache_for_workers_that_are_not_its_own_here(cache_dir: str) -> None:
+    """A cold cache, but workers that are not mcpi-workers started here (``--worker-cmd``;
+    ``--host`` and ``--slurm`` alike): they do not load this install's cache on this
+    machine, so no process warms it (it would only take a CPU from the user), and the
+    run leaves no process behind."""
+    environ = base_environment(NUMBA_CACHE_DIR=cache_dir)
+    command = [*MCPI, "estimate", "--points", "4e6", "--chunk-size", "1e6", "--workers", "2",
+               "--worker-cmd", FAKE_WORKER, "--seed", "3", "--json"]  # fmt: skip
+    process = psutil.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: set[int] = set()
+    try:
+        while process.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                children.update(child.pid for child in process.children(recursive=True))
+            time.sleep(0.005)
+        _, err = process.communicate(timeout=TIMEOUT)
+        assert process.returncode == 0, err
+        assert not warmers(cache_dir)  # a warmer outlives the run by design: it would be here
+        assert not still_running(children)
+    finally:
+        for warmer in warmers(cache_dir):
+            warmer.kill()
+        for pid in still_running(children):
+            psutil.Process(pid).kill()
 
 
 
