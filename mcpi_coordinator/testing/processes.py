@@ -4,13 +4,18 @@ Orphan and crash tests must check the process table, not a flag the code under t
 sets. A zombie (exited, not yet reaped by its parent) has stopped running, so it
 counts as gone: whether the parent reaps it is a separate question, asked by
 whoever owns the parent. Needs psutil (in the ``test`` extra).
+
+Nor is every child of ``mcpi estimate`` a worker: with numba's cache cold it (or a
+worker) starts the cache-warming process, ``python -m mcpi_worker.kernels.warm``, at the
+lowest priority and meant to outlive the run (``numba_marker.start_warming``). A test
+that judges "workers left" leaves it out with ``not_warming`` / ``workers_among``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     import psutil
@@ -30,6 +35,53 @@ def still_running(pids: Iterable[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return running
+
+
+WARMING_MODULE: Final = "mcpi_worker.kernels.warm"
+"""The module the cache-warming process runs (``-m``): how its command line names it."""
+
+
+def is_warming(process: psutil.Process) -> bool:
+    """Whether ``process`` is a cache-warming process (no worker). False once it is gone
+    or cannot be read. Judge it when it matters, not when first seen: for a moment after
+    its fork, a child still has its parent's command line."""
+    import psutil
+
+    try:
+        return WARMING_MODULE in process.cmdline()
+    except psutil.Error:
+        return False
+
+
+def not_warming(pids: Iterable[int]) -> list[int]:
+    """The pids among ``pids`` that are not a cache-warming process now, in order (gone
+    ones kept: ``still_running`` and ``wait_until_gone`` leave them out anyway)."""
+    import psutil
+
+    kept = []
+    for pid in pids:
+        try:
+            warming = is_warming(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            warming = False
+        if not warming:
+            kept.append(pid)
+    return kept
+
+
+def workers_among(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The workers among ``processes`` (a coordinator's ``children()``): running, not
+    zombies, not cache-warming processes, in order."""
+    import psutil
+
+    workers = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and not is_warming(process):
+                workers.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return workers
 
 
 def wait_until_gone(pids: Iterable[int], timeout_s: float) -> tuple[list[int], float]:

@@ -22,6 +22,7 @@ from mcpi_coordinator.bench.tasks import count_chunk
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.launch.local import default_worker_command
+from mcpi_coordinator.testing.processes import workers_among
 from mcpi_worker import protocol
 
 SEED = 20240601
@@ -384,7 +385,7 @@ def test_ctrl_c_and_sigterm_stop_in_order_and_leave_no_worker(
         deadline = time.monotonic() + 60
         workers: list[psutil.Process] = []
         while len(workers) < 2 and time.monotonic() < deadline:
-            workers = psutil.Process(bench.pid).children(recursive=True)
+            workers = workers_among(psutil.Process(bench.pid).children(recursive=True))
             time.sleep(0.05)
         assert len(workers) == 2, "the workers never started"
         time.sleep(0.3)  # let them get into their chunks

@@ -25,6 +25,7 @@ from command_line import mcpi_clean as mcpi
 
 from mcpi_coordinator import __version__
 from mcpi_coordinator.cli.main import build_parser
+from mcpi_coordinator.testing.processes import workers_among
 from mcpi_worker.kernels import count_numpy
 
 
@@ -248,7 +249,7 @@ def test_an_empty_hosts_file_is_named(tmp_path: Path) -> None:
 
 def _children_of(process: psutil.Popen, count: int, timeout: float = 60) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
-    while len(children := process.children(recursive=True)) < count:
+    while len(children := workers_among(process.children(recursive=True))) < count:
         assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.05)
     return children

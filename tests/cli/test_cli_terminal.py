@@ -22,6 +22,8 @@ import psutil
 import pytest
 from command_line import FAKE_WORKER, PYTHON
 
+from mcpi_coordinator.testing.processes import workers_among
+
 # Under CI (which installs tmux) a missing tmux is a failure, not a skip.
 pytestmark = [
     pytest.mark.slow,
@@ -103,7 +105,7 @@ def _workers_of(seed: str, count: int, timeout: float = 60) -> list[psutil.Proce
     deadline = time.monotonic() + timeout
     while True:
         coordinators = _mcpi_processes(seed)
-        workers = [w for c in coordinators for w in c.children(recursive=True)]
+        workers = [w for c in coordinators for w in workers_among(c.children(recursive=True))]
         if len(workers) >= count:
             return workers
         assert time.monotonic() < deadline, "the workers never started"

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcpi_coordinator.testing.processes import still_running, wait_until_gone
+from mcpi_coordinator.testing.processes import still_running, wait_until_gone, workers_among
 from mcpi_worker.protocol import MAX_POINTS
 
 WORKERS = 2
@@ -67,17 +67,13 @@ def busy_children(parent: psutil.Process, count: int) -> list[psutil.Process]:
     start = time.monotonic()
     while time.monotonic() - start < SETUP_TIMEOUT_S:
         try:
-            children = [c for c in parent.children() if c.status() != psutil.STATUS_ZOMBIE and not _warming(c)]
+            children = workers_among(parent.children())
             if len(children) >= count and all(c.cpu_times().user >= BUSY_CPU_S for c in children):
                 return children
         except psutil.NoSuchProcess:
             pass
         time.sleep(0.05)
     raise AssertionError(f"{parent.pid} never had {count} busy workers: {parent.children()}")
-
-
-def _warming(process: psutil.Process) -> bool:
-    return "mcpi_worker.kernels.warm" in process.cmdline()
 
 
 # A stand-in coordinator: real workers, a minutes-long request each, then it waits.

@@ -27,7 +27,7 @@ from mcpi_coordinator.cli.main import main
 from mcpi_coordinator.run.parts import Part, combine, parse_part, part_streams
 from mcpi_coordinator.run.prefix import Prefix, reference_prefix
 from mcpi_coordinator.run.statistics import pi_statistics
-from mcpi_coordinator.testing.processes import still_running, wait_until_gone
+from mcpi_coordinator.testing.processes import not_warming, still_running, wait_until_gone
 
 # An odd count: 31 chunks, the last of 1 point. Parts of 3: chunks 0..9, 10..19, 20..30.
 POINTS, CHUNK, SEED = 3_000_001, 100_000, 2026
@@ -207,6 +207,7 @@ def _run_until_first_commit(args: tuple[str, ...], wal: Path) -> None:
         assert process.poll() is None, "the part finished before it could be killed mid-run"
         process.kill()
         process.wait(timeout=30)
+        workers = set(not_warming(workers))  # numba's cache-warming process is no worker
         left, _ = wait_until_gone(workers, 60.0)  # a bound against a hang
         assert not left, f"workers {left} outlived their SIGKILLed coordinator"
     finally:
