@@ -69,13 +69,7 @@ def run_or_kill(args: tuple[str, ...], kill: Kill | None, wal: Path) -> dict[str
     try:
         while process.poll() is None and time.monotonic() - started < 300:
             try:
-                # Not numba's cache-warming process, which mcpi estimate starts when the cache
-                # is cold and which is meant to outlive the run (kernels.warm).
-                workers.update(
-                    child.pid
-                    for child in process.children(recursive=True)
-                    if "mcpi_worker.kernels.warm" not in child.cmdline()
-                )
+                workers.update(child.pid for child in process.children(recursive=True))
             except psutil.NoSuchProcess:
                 pass
             if kill is not None and kill_at is None and wal.exists() and wal.stat().st_size > wal_at_start:
@@ -83,7 +77,9 @@ def run_or_kill(args: tuple[str, ...], kill: Kill | None, wal: Path) -> dict[str
             if kill_at is not None and time.monotonic() >= kill_at:
                 break
             time.sleep(0.005)
-        workers = set(not_warming(workers))  # judged now: a child just forked has its parent's name
+        # Not numba's cache-warming process, which mcpi estimate starts when the cache is
+        # cold, meant to outlive the run; judged now: a child just forked has its parent's name.
+        workers = set(not_warming(workers))
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)

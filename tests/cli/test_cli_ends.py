@@ -24,24 +24,19 @@ import psutil
 import pytest
 from command_line import CLEAN_ENV, MCPI, PATIENT
 
-from mcpi_coordinator.testing.processes import wait_until_gone
+from mcpi_coordinator.testing.processes import is_warming, wait_until_gone
 
 MARK = "MCPI_TEST_RUN_MARK"
 
 
-WARMER = "mcpi_worker.kernels.warm"
-"""numba's cache-warming process, which ``mcpi estimate`` starts when the cache is cold
-(a fresh install, a new checkout's sources) and which is meant to outlive the run, at
-nice 19 (``kernels.warm``): not a process the run left behind."""
-
-
 def _marked(mark: str) -> list[int]:
     """Live processes whose environment carries ``mark``: the run's, and its children's,
-    but for the cache-warming process (``WARMER``)."""
+    but for numba's cache-warming process, which ``mcpi estimate`` starts when the cache
+    is cold and which is meant to outlive the run (``testing.processes.is_warming``)."""
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get(MARK) == mark and WARMER not in process.cmdline():
+            if process.environ().get(MARK) == mark and not is_warming(process):
                 found.append(process.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
