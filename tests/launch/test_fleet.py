@@ -9,9 +9,10 @@
   its cap with one line, runs exactly at the cap, and at the cap leaves nothing
   behind after Ctrl-C or SIGKILL, with workers still starting or computing.
 
-"Still importing" is made deterministic by a stand-in ``numpy`` package put first on
-the worker's ``PYTHONPATH``: it notes the worker's pid in a directory and then
-blocks, so the test knows exactly which workers are mid-import when it strikes.
+"Still importing" is made deterministic by a stand-in ``msgpack`` package (the first
+package from outside the standard library a starting worker imports: NumPy is imported
+only when a NumPy path first counts) put first on the worker's ``PYTHONPATH``: it notes
+the worker's pid in a directory and then blocks, so the test knows exactly which workers are mid-import when it strikes.
 """
 
 from __future__ import annotations
@@ -259,28 +260,28 @@ def test_pool_refuses_inconsistent_starting_options() -> None:
 
 # ------------------------------------------------------------------ real processes
 
-STUB_NUMPY = textwrap.dedent(
+STUB_MSGPACK = textwrap.dedent(
     """
-    # A stand-in for numpy: the worker importing it says so, then blocks in the import.
+    # A stand-in for msgpack: the worker importing it says so, then blocks in the import.
     import os, time
     open(os.path.join({directory!r}, str(os.getpid())), "w").close()
     time.sleep(600)
-    raise ImportError("the test's stand-in numpy never finishes importing")
+    raise ImportError("the test's stand-in msgpack never finishes importing")
     """
 )
 
 
 class Importing:
-    """A worker command whose workers block while importing numpy, and the directory
+    """A worker command whose workers block while importing msgpack, and the directory
     where each notes its pid (``PYTHONPATH`` for the worker alone: ``env`` execs it, so
     its parent is whoever ran the command)."""
 
     def __init__(self, directory: Path) -> None:
         stub = directory / "stub"
-        (stub / "numpy").mkdir(parents=True)
+        (stub / "msgpack").mkdir(parents=True)
         self.noted = directory / "importing"
         self.noted.mkdir()
-        (stub / "numpy" / "__init__.py").write_text(STUB_NUMPY.format(directory=str(self.noted)))
+        (stub / "msgpack" / "__init__.py").write_text(STUB_MSGPACK.format(directory=str(self.noted)))
         self.command = ["env", f"PYTHONPATH={stub}", *worker_command()]
 
     def pids(self) -> list[int]:
@@ -329,7 +330,7 @@ def test_a_worker_whose_parent_dies_while_it_imports_exits(importing: Importing)
         os.close(read_fd)
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
-        wait_for(lambda: importing.pids() == [worker], "the worker to be importing numpy")
+        wait_for(lambda: importing.pids() == [worker], "the worker to be importing msgpack")
         parent.kill()
         parent.wait()
         left, took = wait_until_gone([worker], SIGKILL_DEADLINE_S)
@@ -450,7 +451,7 @@ def at_the_cap(*extra: str) -> list[str]:
 def test_at_the_cap_sigkill_while_workers_import_leaves_none(importing: Importing) -> None:
     starting = default_max_starting()
     with estimating(capped_at(CAP), *at_the_cap("--worker-cmd", shlex.join(importing.command))) as estimate:
-        wait_for(lambda: len(importing.pids()) == starting, f"{starting} workers importing numpy")
+        wait_for(lambda: len(importing.pids()) == starting, f"{starting} workers importing msgpack")
         estimate.process.kill()
         estimate.process.wait()
         left, took = wait_until_gone(importing.pids(), SIGKILL_DEADLINE_S)
@@ -463,7 +464,7 @@ def test_at_the_cap_sigkill_while_workers_import_leaves_none(importing: Importin
 def test_at_the_cap_ctrl_c_while_workers_import_exits_130(importing: Importing) -> None:
     starting = default_max_starting()
     with estimating(capped_at(CAP), *at_the_cap("--worker-cmd", shlex.join(importing.command))) as estimate:
-        wait_for(lambda: len(importing.pids()) == starting, f"{starting} workers importing numpy")
+        wait_for(lambda: len(importing.pids()) == starting, f"{starting} workers importing msgpack")
         os.killpg(estimate.process.pid, signal.SIGINT)
         _, err = estimate.process.communicate(timeout=CTRL_C_DEADLINE_S)
         assert estimate.process.returncode == 130, err
