@@ -9,9 +9,10 @@ loops: numba's own (``fused.NUMBA``, after ``import numba``) and the same machin
 loaded from our object cache without numba (``native.py``), so which one a worker
 loaded changes no count and no stop behaviour, only how long the load took.
 
-The buffers are the standard library's ``array.array`` (uint64 ``"Q"``, int64 ``"q"``), and
-a stream is seeded by the compiled code itself where the entry points can (``first_state``):
-a worker counting with our object cache never imports NumPy. numba's entry points take
+The buffers are the standard library's ``array.array`` (uint64 ``"Q"``, int64 ``"q"``),
+seen through views that start on cache lines of their own (``u64``), and a stream is
+seeded by the compiled code itself where the entry points can (``first_state``): a
+worker counting with our object cache never imports NumPy. numba's entry points take
 NumPy arrays, made over the same memory (``fused.as_u64``); any C-contiguous buffer of the
 right item size will do, NumPy's arrays included.
 
@@ -160,21 +161,42 @@ class Compiled(StreamByStream, Protocol):
         ...
 
 
-def u64(words: int) -> array[int]:
-    """``words`` zeroed uint64."""
-    return array("Q", (0,)) * words  # no temporary of the whole size
+LINE_BYTES: Final[int] = 64
+"""A cache line: the unit in which cores share memory."""
 
 
-def i64(words: int) -> array[int]:
-    """``words`` zeroed int64."""
-    return array("q", (0,)) * words
+def _words_on_lines_of_their_own(typecode: str, words: int) -> memoryview:
+    """``words`` zeroed 8-byte words starting on a cache line, on lines no other buffer uses.
+
+    The jobs of one worker (``--jobs N``) run the compiled code side by side, each on its
+    own buffers, and the entry points write their state and counts as they go. Small
+    ``array.array`` buffers come from one pool of the interpreter's, side by side, so two
+    jobs' buffers could share a line, and every write of one job then took the line away
+    from the other's core (false sharing: a ``--jobs 2`` worker spent up to half as much
+    CPU again, as it happened to be allocated). Rounded up to whole lines, with a line to
+    spare for the alignment; the view keeps its array alive."""
+    line_words = LINE_BYTES // 8
+    padded = -(-max(words, 1) // line_words) * line_words
+    raw = array(typecode, (0,)) * (padded + line_words)
+    skip = (-raw.buffer_info()[0] % LINE_BYTES) // 8
+    return memoryview(raw)[skip : skip + words]
+
+
+def u64(words: int) -> memoryview:
+    """``words`` zeroed uint64, on cache lines of their own (``_words_on_lines_of_their_own``)."""
+    return _words_on_lines_of_their_own("Q", words)
+
+
+def i64(words: int) -> memoryview:
+    """``words`` zeroed int64, on cache lines of their own."""
+    return _words_on_lines_of_their_own("q", words)
 
 
 if array("Q").itemsize != 8 or array("q").itemsize != 8:  # C's long long: 8 bytes wherever numba runs
     raise ImportError("array.array's 'Q' and 'q' are not 8 bytes here")
 
 
-def work_array() -> array[int]:
+def work_array() -> memoryview:
     """Fresh scratch for the entry points that take ``work``."""
     return u64(WORK_WORDS)
 
@@ -204,7 +226,9 @@ def first_state(compiled: SingleStream, seed: int, stream: int) -> Words:
         return initial_state(seed, stream)
     a, b, c, w = u64(1), u64(1), u64(1), u64(1)
     seed_lanes(seed, stream, a, b, c, w, work_array())
-    return array("Q", (a[0], b[0], c[0], w[0]))
+    state = u64(4)  # count_from writes it back after every block: on lines of its own too
+    state[0], state[1], state[2], state[3] = a[0], b[0], c[0], w[0]
+    return state
 
 
 def count_from(
@@ -297,7 +321,7 @@ def _count_long(
     streams: int,
     points: int,
     should_stop: StopCheck,
-    counts: array[int],
+    counts: memoryview,
     points_per_call: int,
 ) -> None:
     """Streams too long for one call each: a group at a time (``long_groups``), seeded,

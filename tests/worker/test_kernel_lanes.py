@@ -9,6 +9,7 @@ compiled calls). A stop is seen between calls; memory does not grow with the poi
 
 from __future__ import annotations
 
+import ctypes
 import tracemalloc
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from stop_checks import stop_after
 from test_golden import KERNEL_TABLE
 
-from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck, lanes, numpy_impl
+from mcpi_worker.kernels import Cancelled, NumpyKernel, Policy, StopCheck, drive, lanes, numpy_impl
 from mcpi_worker.kernels.base import never
 from mcpi_worker.kernels.choice import LoadedFused, NumbaNotInstalled, load_numba
 from mcpi_worker.protocol import Sample
@@ -174,3 +175,21 @@ def test_zero_point_streams_still_see_the_stop_flag_every_call() -> None:
     with pytest.raises(Cancelled):
         lanes.count_streams(1, 0, 2**20, 0, should_stop)
     assert calls[0] == 2
+
+
+@pytest.mark.parametrize("words", [1, 4, 7, 8, 64, 65, 1000])
+def test_buffers_of_two_jobs_share_no_cache_line(words: int) -> None:
+    """The compiled code writes its state and counts as it goes, and a worker's jobs run it
+    side by side on buffers made one after the other: a line shared by two jobs' buffers
+    bounces between their cores at every write (false sharing; small ``array.array``
+    buffers are laid side by side in one pool). Every buffer starts on a line and no line
+    it touches holds another's words."""
+    buffers = [make(words) for make in (drive.u64, drive.i64) for _ in range(8)]
+    lines: set[int] = set()
+    for buffer in buffers:
+        start = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+        assert start % drive.LINE_BYTES == 0
+        assert len(buffer) == words and buffer.itemsize == 8 and not any(buffer)
+        touched = set(range(start // drive.LINE_BYTES, (start + 8 * words - 1) // drive.LINE_BYTES + 1))
+        assert not touched & lines
+        lines |= touched
