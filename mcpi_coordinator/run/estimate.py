@@ -424,20 +424,12 @@ class _Run:
         """The missing streams as ranges of consecutive full chunks (the pool sends a
         range in pieces sized for each worker), the run's shorter last chunk alone."""
         full = self.prefix.chunk_size
-        start = run = 0
-        for stream in self.prefix.missing():
-            if run and stream == start + run and run < RANGE_STREAMS and self.prefix.chunk_points(stream) == full:
-                run += 1
-                continue
-            if run:
-                yield Chunk(self.seed, start, full, self.kernel, streams=run)
-            if self.prefix.chunk_points(stream) == full:
-                start, run = stream, 1
-            else:
-                start = run = 0
-                yield self._chunk(stream)
-        if run:
-            yield Chunk(self.seed, start, full, self.kernel, streams=run)
+        for run in self.prefix.missing_runs(RANGE_STREAMS):
+            short = self.prefix.chunk_points(run[-1]) != full
+            if len(run) > short:
+                yield Chunk(self.seed, run.start, full, self.kernel, streams=len(run) - short)
+            if short:
+                yield self._chunk(run[-1])
 
     def _chunk(self, stream: int) -> Chunk:
         return Chunk(self.seed, stream, self.prefix.chunk_points(stream), self.kernel)

@@ -8,12 +8,17 @@ path, on any number of workers and in any completion order, stops at the same k.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.pool.worker_pool import WorkerPool
@@ -247,9 +252,9 @@ def test_a_range_with_a_counted_or_impossible_chunk_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize("streams", [1, FEW - 3, FEW - 2, FEW + 1, 4 * FEW])
-def test_a_range_counts_alike_in_python_and_in_numpy(streams: int) -> None:
-    """A range of up to ``FEW`` streams is checked and counted in plain Python (a small
-    run need not load NumPy), a longer one in NumPy: the same counts, the same refusals."""
+def test_a_range_counts_alike_one_by_one_and_in_c_loops(streams: int) -> None:
+    """A range of up to ``FEW`` streams is checked and counted one by one, a longer one by
+    the array's C loops: the same counts, the same refusals."""
     prefix = Prefix(points=10 * (streams + 3), chunk_size=10)
     insides = [(7 * s) % 11 for s in range(streams)]  # 0..10
     prefix.add_run(3, insides)  # beyond a gap of 3 chunks
@@ -262,3 +267,54 @@ def test_a_range_counts_alike_in_python_and_in_numpy(streams: int) -> None:
         with pytest.raises(ValueError, match=rf"^chunk {at}: {bad} inside of 10 points is impossible$"):
             fresh.add_run(0, wrong)
         assert fresh.completed == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.integers(1, 400),
+    counted=st.sets(st.integers(0, 399)),
+    longest=st.integers(1, 50),
+    consumed_before_counting=st.integers(0, 5),
+)
+def test_missing_runs_are_what_missing_gives_a_run_at_a_time(
+    chunks: int, counted: set[int], longest: int, consumed_before_counting: int
+) -> None:
+    """``missing_runs`` (what a run sends as ranges) names exactly the streams ``missing``
+    names, in order, in runs of consecutive streams of at most ``longest``; chunks counted
+    while the runs are being taken (a checkpoint's, a result that came meanwhile) are not
+    named afterwards, as ``missing`` would not name them."""
+    prefix, twin = Prefix(chunks * 10, 10), Prefix(chunks * 10, 10)
+    early = sorted(stream for stream in counted if stream < chunks)[: len(counted) // 2]
+    late = sorted(stream for stream in counted if stream < chunks and stream not in early)
+    for stream in early:
+        prefix.add(stream, 3)
+        twin.add(stream, 3)
+    runs = prefix.missing_runs(longest)
+    named = [list(run) for run in itertools.islice(runs, consumed_before_counting)]
+    for stream in late:
+        prefix.add(stream, 3)
+        twin.add(stream, 3)
+    named += [list(run) for run in runs]
+    streams = [stream for run in named for stream in run]
+    assert all(1 <= len(run) <= longest and run == list(range(run[0], run[-1] + 1)) for run in named)
+    already = [stream for run in named[:consumed_before_counting] for stream in run]
+    assert streams == already + [s for s in twin.missing() if not already or s > already[-1]]
+
+
+def test_the_bookkeeping_of_many_streams_loads_no_numpy() -> None:
+    """A run of many small chunks (ranges of thousands of streams) is checked, counted and
+    scanned without NumPy in the coordinator: its import was a twentieth of a second of
+    such a run (``benchmarks/scaling.py --cold``, chunk size 1e4)."""
+    script = (
+        "import sys\n"
+        "from mcpi_coordinator.run.prefix import Prefix\n"
+        "prefix = Prefix(points=10 * 9000, chunk_size=10)\n"
+        "prefix.add_run(4000, [3] * 5000)\n"
+        "prefix.add_run(0, [4] * 4000)\n"
+        "assert prefix.has_any(0, 9000) and (prefix.k, prefix.inside) == (9000, 4 * 4000 + 3 * 5000)\n"
+        "assert list(prefix.missing_runs(100)) == []\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
