@@ -264,7 +264,6 @@ class Dispatcher:
         """Points in flight on each worker (sent, not answered yet)."""
         self._speeds: dict[Connection, float] = {}
         """Each ready worker's points per second, all its jobs together, once known."""
-        self._speed_total = 0.0
         self._since: dict[Connection, float] = {}
         """When each worker last answered, or was sent work with none in flight: since
         then it has been counting what it holds at its speed."""
@@ -363,7 +362,7 @@ class Dispatcher:
         self._lanes.discard(connection)
         self._out.pop(connection, None)
         self._since.pop(connection, None)
-        self._speed_total -= self._speeds.pop(connection, 0.0)
+        self._speeds.pop(connection, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -538,13 +537,16 @@ class Dispatcher:
         speed = self._speeds.get(connection)
         if speed is None or len(self._speeds) < len(self._depth) or len(self._depth) < len(self._live_slots):
             return None  # a worker is still starting, or its speed is not known yet
-        if chunk.total_points > self._speed_total * TAIL_S or len(self._depth) > BALANCED_WORKERS:
-            return None  # far from the end (or a fleet): the share would not bind
+        if len(self._depth) > BALANCED_WORKERS:
+            return None  # a fleet: each piece would look at every worker
+        speed_total = sum(self._speeds.values())
+        if chunk.total_points > speed_total * TAIL_S:
+            return None  # far from the end: the share would not bind
         if sum(other.jobs_shown for other in self._depth) < self._pool_jobs():
             return None  # a job some welcome claims has not been seen computing: its speed is not known
         now = self._clock()
         held = {other: self._held(other, now) for other in self._depth}
-        end_s = (chunk.total_points + sum(held.values())) / self._speed_total
+        end_s = (chunk.total_points + sum(held.values())) / speed_total
         return max(1, -(-int(end_s * speed - held[connection]) // max(chunk.points, 1)))
 
     def _held(self, connection: Connection, now: float) -> float:
@@ -589,9 +591,7 @@ class Dispatcher:
         self._measured[connection] = (points, seconds)
         self._rates[connection] = points / seconds
         if connection in self._depth:
-            speed = self._rates[connection] * max(1, connection.jobs_shown)
-            self._speed_total += speed - self._speeds.get(connection, 0.0)
-            self._speeds[connection] = speed
+            self._speeds[connection] = self._rates[connection] * max(1, connection.jobs_shown)
 
     def _send(self, connection: Connection, request: Request) -> None:
         request.connection = connection
