@@ -177,13 +177,14 @@ async def test_a_worker_that_exits_leaving_a_child_on_its_pipes_is_replaced_at_o
     assert still == []
 
 
-def _estimate_json(behaviour: FakeBehaviour) -> Any:
+def _estimate_json(behaviour: FakeBehaviour, *options: str) -> Any:
     """``mcpi estimate --json``'s result over one fake worker behaving so (2e5 points in 10
-    chunks), checked to be JSON: no NaN nor Infinity, which ``json.dumps`` prints."""
+    chunks, and ``options``), checked to be JSON: no NaN nor Infinity, which ``json.dumps``
+    prints."""
     fake = shlex.join(fake_worker_command(behaviour))
     completed = subprocess.run(
         [*MCPI, "estimate", "--points", "2e5", "--chunk-size", "2e4", "--seed", str(SEED),
-         "--workers", "1", "--worker-cmd", fake, "--json"],
+         "--workers", "1", "--worker-cmd", fake, "--json", *options],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -208,8 +209,10 @@ def test_a_worker_claiming_a_huge_kernel_time_is_believed_no_further_than_the_co
     """A finite ``elapsed_s`` near the float maximum breaks no rule (it is informational),
     so the worker is kept; two such answers added up made its ``busy_s`` infinite, and
     ``--json`` printed ``Infinity``. Each claim is cut to the time since its request was
-    sent, so a slot's busy seconds stay within the run's."""
-    result = _estimate_json(FakeBehaviour(claimed_elapsed_s=1.5e308))
+    sent, so a slot's busy seconds stay within the run's while it has one request in flight
+    at a time (with more, the times since each was sent overlap, and on a loaded machine
+    their sum passed the run's elapsed time)."""
+    result = _estimate_json(FakeBehaviour(claimed_elapsed_s=1.5e308), "--pipeline-depth", "1")
     assert result["inside"] == sum(count_numpy(SEED, s, 20_000) for s in range(10))
     [worker] = result["per_worker"]
     assert result["restarts"] == 0 and worker["chunks"] == 10
