@@ -23,10 +23,12 @@ script's): ``--mcpi-args "--log-level debug --log-format json --startup-timeout 
 times the command lines a timeline or the tests use, which started no worker early
 before issue 22's third round.
 
-``--timeline`` adds one run of ``mcpi estimate`` with debug logs as JSON lines:
-when, after the command was started, each logged event came (the worker's start, its
-welcome, the request, the shutdown, the exit), so that the start-up's parts can be told
-apart. ``python -X importtime -m mcpi_coordinator estimate ...`` and pyinstrument show the
+``benchmarks/timeline.py`` shows where the wall goes, both processes, from strace's
+timestamps (the spawn, the handshake, the sample, the end). ``--timeline`` adds one run
+of ``mcpi estimate`` with debug logs as JSON lines: when, after the command was started,
+each logged event came (the worker's start, its welcome, the request, the shutdown, the
+exit); at that level both processes load structlog first, which moves every moment.
+``python -X importtime -m mcpi_coordinator estimate ...`` and pyinstrument show the
 coordinator's own share.
 
     python benchmarks/tiny.py [--rounds 9] [--points 1000] [--workers 2] [--timeline] [--against PYTHON]
