@@ -13,15 +13,19 @@ would give a wrong total. After the fault it goes on reading stdin until end of 
 (or a signal) and writes nothing more, unless the fault says otherwise.
 
 Exit status: 0 at end of input or shutdown; 9 (with a line on stderr) when it saw the
-coordinator break a rule it watches for (``max_points``, ``max_frame``, ``max_inflight``).
+coordinator break a rule it watches for: the limits of its welcome (``max_points``,
+``max_frame``, ``max_inflight``), whatever the fault, a message not of protocol.md §4.1, and
+anything sent after ``shutdown`` (it reads on until end of input to see it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import struct
 import sys
+import termios
 import threading
 import time
 from typing import Any
@@ -97,6 +101,13 @@ FAULTS: dict[str, str] = {
     "insides_wrong_length": "a range's result with one count too few",
     "group_over_points": "a range's result with a group counting more than its points",
     "insides_bad_sum": "a range's result whose counts do not add up to 'inside'",
+    # §2: frames need not line up with reads
+    "split_frames": "a correct worker whose every write is cut into pieces of 1 to 7 bytes (inside headers, "
+    "across frames), each written once the coordinator has read the one before",
+    # §3 rule 12
+    "implementation_nil": "a result whose optional 'implementation' is nil (nil is not absence)",
+    # §3 rule 10: a value two implementers could read differently, and valid
+    "negative_zero_elapsed": "its first result with elapsed_s -0.0 (equal to 0: valid), then a correct worker",
     # rules the coordinator must keep, watched (exit 9 if broken)
     "max_points_1000": "welcome max_points 1000; a larger sample is an error of the coordinator",
     "max_frame_40": "welcome max_frame 40; a larger frame is an error of the coordinator",
@@ -108,7 +119,7 @@ FAULTS: dict[str, str] = {
 }
 
 
-CONTINUES = frozenset({"unknown_code", "serial_jobs_1024", "dribble", "sigstop", "dev_tty"})
+CONTINUES = frozenset({"unknown_code", "serial_jobs_1024", "dribble", "sigstop", "dev_tty", "negative_zero_elapsed"})
 """Faults after which the worker serves on correctly (the rest fall silent)."""
 
 PROCESS_FAULTS = frozenset(
@@ -118,6 +129,10 @@ PROCESS_FAULTS = frozenset(
 
 RANGE_FAULTS = frozenset({"insides_missing", "insides_wrong_length", "group_over_points", "insides_bad_sum"})
 """Faults in the per-group counts of a range's result."""
+
+
+COORDINATOR_TYPES = frozenset({"hello", "sample", "ping", "cancel", "shutdown"})
+"""The messages a coordinator may send (protocol.md §4.1), on either version."""
 
 
 def frame(body: Any) -> bytes:
@@ -154,10 +169,32 @@ class RawWorker:
     def write(self, data: bytes) -> None:
         if not data:
             return  # nothing to say (its stdout may be closed: close_stdout)
+        if self.fault == "split_frames":
+            self.write_in_pieces(data)
+            return
         try:
             os.write(self.out, data)  # one small write: all of it or EPIPE
         except OSError:
             os._exit(0)
+
+    def write_in_pieces(self, data: bytes) -> None:
+        """Write ``data`` in pieces of 1, 2, ... 7 bytes, each once the coordinator has read
+        all before it (the pipe's unread bytes, FIONREAD, are 0), so each is a read of its
+        own; after 10 s of waiting for a reader it writes on regardless."""
+        start, size = 0, 1
+        while start < len(data):
+            try:
+                os.write(self.out, data[start : start + size])
+            except OSError:
+                os._exit(0)
+            start, size = start + size, size % 7 + 1
+            deadline = time.monotonic() + 10
+            while self.unread() > 0 and time.monotonic() < deadline:
+                time.sleep(0.0005)
+
+    def unread(self) -> int:
+        """Bytes in our stdout pipe the coordinator has not read (Linux: FIONREAD on either end)."""
+        return int(struct.unpack("i", fcntl.ioctl(self.out, termios.FIONREAD, b"\0" * 4))[0])
 
     def welcome(self, versions: list[int]) -> bytes:
         body = {
@@ -258,6 +295,8 @@ class RawWorker:
                 self.result(request, [per_group[0] + 1, per_group[1] - 1, *per_group[2:]])
             ),
             "insides_bad_sum": lambda: frame({**wrong, "inside": points - 1}),
+            "implementation_nil": lambda: frame({**wrong, "implementation": None}),
+            "negative_zero_elapsed": lambda: frame({**good(), "elapsed_s": -0.0}),
         }
         answer = answers.get(self.fault)
         return None if answer is None else answer()
@@ -291,6 +330,8 @@ class RawWorker:
                 body = spec_worker.decode_body(buffer[4 : 4 + length])
                 buffer = buffer[4 + length :]
                 kind = body.get("type")
+                if kind not in COORDINATOR_TYPES:
+                    self.violation = f"the coordinator sent a message of type {kind!r}"
                 if kind == "hello":
                     if self.fault == "eof_before_welcome":
                         return 0
@@ -307,7 +348,7 @@ class RawWorker:
                         line = b"flood " + b"x" * 1017 + b"\n"
                         for _ in range(2048):
                             os.write(2, line)
-                    return self.end()
+                    return self.after_shutdown(buffer)
                 elif kind == "ping":
                     if self.fault == "result_for_ping" and not self.struck:
                         self.struck = True
@@ -421,6 +462,20 @@ class RawWorker:
         if path:
             with open(path, "a", encoding="ascii") as pids:
                 pids.write(f"{child}\n")
+
+    def after_shutdown(self, buffer: bytes) -> int:
+        """Read on until end of input (a worker reads nothing after ``shutdown``; this one
+        watches): any byte after the ``shutdown`` frame is the coordinator's error (§9)."""
+        while not buffer:
+            try:
+                buffer = os.read(0, 65536)
+            except OSError:
+                break
+            if not buffer:
+                break
+        if buffer:
+            self.violation = f"the coordinator sent {buffer[:16].hex()}... after shutdown"
+        return self.end()
 
     def end(self) -> int:
         if self.violation is not None:

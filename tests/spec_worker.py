@@ -105,7 +105,7 @@ def _plain(value: Any, depth: int) -> None:
 
 
 def decode_body(payload: bytes) -> dict[str, Any]:
-    """Rules 1-6, for the whole frame, before anything else (rule 12)."""
+    """Rules 1-6, for the whole frame, before anything else (rule 13)."""
     try:
         body = msgpack.unpackb(
             payload, raw=False, strict_map_key=False, object_pairs_hook=_pairs, ext_hook=_ext, use_list=True

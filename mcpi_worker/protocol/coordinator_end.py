@@ -320,12 +320,13 @@ class CoordinatorEnd:
     def cancel(self, request_id: int) -> bool:
         """Abandon a request: send ``cancel`` once; its answer will come as ``Answered``
         with ``abandoned`` True. False (and nothing sent) if it is not in flight, already
-        abandoned, or the connection is over."""
+        abandoned, or the connection is closing or over: nothing may follow ``shutdown``
+        (protocol.md §9), which stops every request anyway."""
         request = self._samples.get(request_id) or self._pings.get(request_id)
         if request is None or request.abandoned:
             return False
         request.abandoned = True
-        if self._state not in (CoordinatorState.SERVING, CoordinatorState.CLOSING):
+        if self._state is not CoordinatorState.SERVING:
             return False
         self._out.append(encode(Cancel(request_id)))
         return True

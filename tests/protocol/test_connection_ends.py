@@ -27,6 +27,7 @@ from mcpi_worker.protocol import (
     LocalProtocolError,
     Pong,
     Result,
+    Shutdown,
     StartSample,
     StopSample,
     Welcome,
@@ -108,6 +109,33 @@ def test_requests_the_welcome_rules_out_are_our_bug_not_the_worker_s() -> None:
     fresh = CoordinatorEnd(client="tests", task_budget=budget)
     with pytest.raises(LocalProtocolError, match="await_welcome"):
         fresh.send_ping(now=0.0)
+
+
+def test_nothing_follows_shutdown() -> None:
+    """protocol.md §9: after ``shutdown`` the worker reads nothing, so the coordinator's end
+    sends nothing more: no request (refused here, our bug), and no ``cancel`` either (the
+    shutdown stops every request; the one in flight is still answered and waited for)."""
+    end = serving()
+    request_id = end.send_sample(1, 0, 10, "numpy", now=0.0, token="chunk")
+    end.shutdown()
+    assert end.data_to_send().endswith(encode(Shutdown()))
+    assert end.cancel(request_id) is False
+    end.shutdown()  # twice is once
+    for send in (lambda: end.send_sample(1, 1, 10, "numpy", now=0.0), lambda: end.send_ping(now=0.0)):
+        with pytest.raises(LocalProtocolError, match="closing"):
+            send()
+    assert end.data_to_send() == b""
+    [answered] = end.receive_data(encode(Error(request_id, ErrorCode.CANCELLED, "closing")), 1.0)
+    assert isinstance(answered, Answered) and answered.abandoned and answered.token == "chunk"
+    assert end.receive_eof(2.0) == [] and end.state is CoordinatorState.CLOSED
+
+
+def test_end_of_file_before_shutdown_breaks_the_worker_even_with_nothing_outstanding() -> None:
+    """protocol.md §5: a worker that ends by itself can serve no more; only after our
+    ``shutdown``, with every request answered, is end of file the orderly end."""
+    end = serving()
+    [broken] = end.receive_eof(1.0)
+    assert isinstance(broken, Broken) and broken.orphans == () and "closed its stdout" in broken.reason
 
 
 def test_the_stall_clock_charges_a_sample_only_from_when_it_could_start() -> None:

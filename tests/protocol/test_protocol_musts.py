@@ -26,12 +26,14 @@ table in that file lists for the test.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import re
 import shlex
 import struct
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,7 +92,7 @@ RULES: dict[str, Rule] = {
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[oversize_header]",
     ),
     "frame_length_within_welcome_max_frame": rule(
-        "also at most the `welcome.max_frame` it announced",
+        "also at most the `welcome.max_frame` it announces",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_frame_40]",
     ),
     "length_checked_before_the_body": rule(
@@ -113,6 +115,12 @@ RULES: dict[str, Rule] = {
         "A sender MUST write each frame whole before any other frame",
         f"{M}::test_frames_from_several_threads_never_interleave",
         "test_worker_connection.py::test_frames_beyond_the_pipe_s_capacity_arrive_whole_and_in_order",
+    ),
+    "frames_split_across_reads": rule(
+        "A receiver MUST accept a frame that arrives split at any byte",
+        f"{M}::test_frames_split_across_reads_and_several_in_one_read_are_read_whole",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[split_frames]",
+        "test_protocol.py::test_arbitrary_bytes_only_ever_raise_protocol_errors",
     ),
     "eof_inside_a_frame": rule(
         "**End of file inside a frame** (after 1 to 3 header bytes, or inside a body) is the fatal error",
@@ -187,6 +195,7 @@ RULES: dict[str, Rule] = {
     "floats_finite_non_negative": rule(
         "and MUST be finite and not negative",
         "test_protocol.py::test_elapsed_accepts_integers_and_float32",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[negative_zero_elapsed]",
         "test_bad_answers.py::test_a_bad_answer_replaces_the_worker_and_the_chunk_is_counted_elsewhere[nan]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[negative_elapsed]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[infinite_elapsed]",
@@ -196,8 +205,16 @@ RULES: dict[str, Rule] = {
         "test_protocol.py::test_text_limits",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[kernel_4096_code_points]",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[kernel_4097_code_points]",
+        f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[kernel_bin]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[long_message]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[long_kernels]",
+    ),
+    "optional_fields_present_are_typed": rule(
+        "one that is present MUST hold a value of its type",
+        f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[streams_nil]",
+        f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[group_nil]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_hint_nil]",
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[implementation_nil]",
     ),
     "framing_rules_first": rule(
         "Rules 1–6 are checked first, for the whole frame",
@@ -216,6 +233,11 @@ RULES: dict[str, Rule] = {
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[unknown_code_nil_id]",
         "test_protocol.py::test_round_trip",
     ),
+    "coordinator_sends_only_its_messages": rule(
+        "A coordinator MUST send only the messages of §4.1, on either version",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[unknown_type_without_id]",
+    ),
     "welcome_max_points_at_most_2_40": rule(
         "`max_points`: an integer from 1 to 2⁴⁰",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[max_points_over_2_40]",
@@ -226,6 +248,11 @@ RULES: dict[str, Rule] = {
         "test_golden.py::test_a_golden_ping_before_hello_is_refused_by_the_real_worker",
         "test_golden.py::test_the_real_worker_writes_the_golden_bytes",
         f"{M}::test_the_spec_worker_accepts_the_golden_frames",
+    ),
+    "highest_common_version": rule(
+        "The worker MUST choose the highest version in `versions` that it also speaks",
+        f"{M}::test_the_worker_chooses_the_highest_common_version_whatever_the_list",
+        "test_contract.py::test_unsupported_version_is_fatal",
     ),
     "await_hello": rule(
         "A `sample` or `ping` before `hello` is answered with the per-request error",
@@ -307,7 +334,8 @@ RULES: dict[str, Rule] = {
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[inside_exceeds]",
     ),
     "check_eof": rule(
-        "end of file on stdout while requests are outstanding, or before the `welcome`",
+        "end of file on stdout before the `welcome`, while requests are outstanding, or before the coordinator ended",
+        "test_connection_ends.py::test_end_of_file_before_shutdown_breaks_the_worker_even_with_nothing_outstanding",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[eof_outstanding]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[eof_before_welcome]",
         "test_pool.py::test_a_crash_loop_at_start_ends_with_one_clear_error[exit-7]",
@@ -340,6 +368,7 @@ RULES: dict[str, Rule] = {
     "duplicate_id": rule(
         "A request whose `id` equals that of a request still outstanding",
         "test_worker.py::test_duplicate_id_is_refused_and_the_original_still_answered",
+        f"{M}::test_pings_and_samples_share_one_id_space_and_a_cancel_reaches_only_what_was_read",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[duplicate_before_kernel]",
     ),
     "worker_stays_responsive": rule(
@@ -512,6 +541,11 @@ RULES: dict[str, Rule] = {
         "test_worker.py::test_shutdown_answers_everything_outstanding_and_exits_0",
         "test_contract.py::test_stdin_eof_cancels_outstanding_work_and_exits_0",
     ),
+    "nothing_after_shutdown": rule(
+        "a coordinator MUST NOT send anything after `shutdown`",
+        "test_connection_ends.py::test_nothing_follows_shutdown",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets",
+    ),
     "coordinator_reaps": rule(
         "MUST always wait for (reap) the process whatever happens",
         "test_orphans.py::test_sigkilled_parent_leaves_no_busy_worker_behind",
@@ -613,7 +647,7 @@ def implied_rules() -> dict[str, list[str]]:
         if not block.startswith("- "):
             break
         checks.append(block)
-    assert len(encoding) == 12 and len(codes) == 12 and len(precedence) == 8 and len(checks) == 7, (
+    assert len(encoding) == 13 and len(codes) == 12 and len(precedence) == 8 and len(checks) == 7, (
         "protocol.md's lists changed shape: update implied_rules()"
     )
     return {"§3 rule": encoding, "§8 code": codes, "§8 precedence step": precedence, "§5 check": checks}
@@ -846,6 +880,9 @@ PER_REQUEST: dict[str, Expect] = {
     "first_bad_field_named": Expect(
         frame(sample(23, seed=-1, points=-1)), 23, "invalid_request", lambda m: "seed" in m.message  # type: ignore[union-attr]
     ),
+    "streams_nil": Expect(frame(sample(25, streams=None)), 25, "invalid_request"),
+    "group_nil": Expect(frame(sample(26, streams=2, group=None)), 26, "invalid_request"),
+    "kernel_bin": Expect(frame(sample(27, kernel=b"numpy")), 27, "invalid_request"),
     "running": Expect(frame(sample(30, points=BIG)), 30, "cancelled"),
     "duplicate_before_kernel": Expect(frame(sample(30, kernel="cuda")), 30, "duplicate_id"),
 }  # fmt: skip
@@ -949,6 +986,85 @@ async def test_frames_from_several_threads_never_interleave(peer: list[str]) -> 
             assert message.inside == KERNELS["numpy"](SEED, message.id, points)
         else:
             assert isinstance(message, Pong)
+
+
+def unread(stream: Any) -> int:
+    """Bytes in the pipe behind ``stream`` (our end of a worker's stdin) that the worker has
+    not read yet: Linux answers FIONREAD on either end of a pipe."""
+    return int(struct.unpack("i", fcntl.ioctl(stream.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+async def send_in_pieces(process: trio.Process, client: WorkerClient, data: bytes, cuts: list[int]) -> None:
+    """Write ``data`` cut at ``cuts``, each piece only once the worker has read the one
+    before: so each piece is a read of its own, whatever the scheduler does."""
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        await client.send_bytes(data[start:end])
+        while unread(process.stdin) > 0:
+            await trio.sleep(0.001)  # polls the event itself; bounded by the caller
+
+
+async def test_frames_split_across_reads_and_several_in_one_read_are_read_whole(peer: list[str]) -> None:
+    """§2: a frame may arrive cut at any byte (inside its header too) and one read may end
+    one frame and start the next; every answer is the one for the whole frames."""
+    hello = HELLO_V2
+    ping, probe, last = frame({"type": "ping", "id": 1}), frame(sample(2)), frame({"type": "ping", "id": 3})
+    data = hello + ping + probe + last
+    cuts = [1, 3, 4, 9, len(hello) + 2, len(hello) + len(ping) + 3, len(hello) + len(ping) + 20, len(data) - 1]
+    async with open_worker(peer) as (process, client, _):
+        with trio.fail_after(TIMEOUT):
+            await send_in_pieces(process, client, data, cuts)
+            welcome = await client.receive()
+            answers = {m.id: m for m in [await client.receive() for _ in range(3)]}  # type: ignore[union-attr]
+            responses, status = await finish(client, process)
+    assert isinstance(welcome, Welcome) and welcome.version == 2
+    assert answers[1] == Pong(1) and answers[3] == Pong(3)
+    assert isinstance(answers[2], Result) and answers[2].inside == KERNELS["numpy"](SEED, 0, 1000)
+    assert (responses, status) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("versions", "chosen"),
+    [([7, 2, 2, 1, 2**64 - 1], 2), ([1, 7, 2], 2), ([1, 1], 1), ([2, 1], 2), ([3, 1], 1)],
+    ids=["unsorted_repeated_unknown", "ascending_with_unknown", "repeated", "descending", "unknown_and_1"],
+)
+async def test_the_worker_chooses_the_highest_common_version_whatever_the_list(
+    peer: list[str], versions: list[int], chosen: int
+) -> None:
+    """§5: any order, repeats, versions the worker does not know: the highest common one."""
+    async with open_worker(peer) as (process, client, _):
+        with trio.fail_after(TIMEOUT):
+            await client.send_bytes(frame({"type": "hello", "versions": versions, "client": ""}))
+            welcome = await client.receive()
+            responses, status = await finish(client, process)
+    assert isinstance(welcome, Welcome) and welcome.version == chosen
+    assert (responses, status) == ([], 0)
+
+
+async def test_pings_and_samples_share_one_id_space_and_a_cancel_reaches_only_what_was_read(
+    peer: list[str],
+) -> None:
+    """§6: a ping with an outstanding sample's id is ``duplicate_id`` (the sample unharmed);
+    an id reused once answered is served. §7: a cancel for an id not yet read does nothing,
+    not even to the request with that id that follows it."""
+    async with open_worker(peer) as (process, client, _):
+        with trio.fail_after(TIMEOUT):
+            await client.handshake()
+            await client.send_bytes(frame({"type": "cancel", "id": 5}) + frame(sample(5)))
+            early = await client.receive()
+            await client.send_bytes(frame(sample(6, points=BIG)) + frame({"type": "ping", "id": 6}))
+            duplicate = await client.receive()
+            await client.send_bytes(frame({"type": "cancel", "id": 6}))
+            cancelled = await client.receive()
+            await client.send_bytes(frame({"type": "ping", "id": 6}) + frame(sample(5, stream=1)))
+            reused = {m.id: m for m in [await client.receive() for _ in range(2)]}  # type: ignore[union-attr]
+            await client.send_bytes(frame({"type": "shutdown"}))
+            responses, status = await finish(client, process)
+    assert isinstance(early, Result) and (early.id, early.inside) == (5, KERNELS["numpy"](SEED, 0, 1000))
+    assert isinstance(duplicate, Error) and (duplicate.id, duplicate.code) == (6, "duplicate_id")
+    assert isinstance(cancelled, Error) and (cancelled.id, cancelled.code) == (6, "cancelled")
+    assert reused[6] == Pong(6)
+    assert isinstance(reused[5], Result) and reused[5].inside == KERNELS["numpy"](SEED, 1, 1000)
+    assert (responses, status) == ([], 0)
 
 
 # ------------------------------------------------------------------ the spec worker itself
@@ -1144,6 +1260,7 @@ BROKEN: dict[str, Case] = {
     "insides_wrong_length": Case(r"counts for the \d+ groups", RANGE),
     "group_over_points": Case("more inside than a group has points", RANGE),
     "insides_bad_sum": Case("do not add up", RANGE),
+    "implementation_nil": Case("'implementation'"),
 }
 KNOWN_BUGS: dict[str, str] = {}
 """Rules our coordinator breaks today: their cases are strict xfails, to pass once fixed."""
@@ -1248,11 +1365,15 @@ KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
     "max_inflight_1": (_several, {"pipeline_depth": 4}),
     "stderr_not_json": (_several, {}),
     "stderr_flood_on_shutdown": (_several, {"shutdown_grace": TIMEOUT / 2}),
+    "negative_zero_elapsed": (_several, {}),
+    "split_frames": (_several, {}),
 }
 """Workers that keep the rules while our coordinator must keep its own: the limits their
-welcome sets, an unknown error code taken as a per-request refusal, stderr read whatever
-it holds and for as long as the worker runs. The worker exits 9 if the coordinator broke
-a limit, and is never replaced."""
+welcome sets, an unknown error code taken as a per-request refusal, an ``elapsed_s`` of
+−0.0 taken as the 0 it equals, stderr read whatever it holds and for as long as the worker
+runs. Every one of them also watches that the coordinator sends only the messages of §4.1
+and nothing after ``shutdown``. The worker exits 9 if the coordinator broke a rule it
+watches, and is never replaced."""
 
 
 @pytest.mark.parametrize("fault", _case_params(KEPT))
