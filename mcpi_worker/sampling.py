@@ -33,16 +33,17 @@ def count_groups(kernel: Kernel, request: Sample, should_stop: StopCheck = never
     """The inside count of each group of ``request``'s streams, in order (one count for
     a plain sample). Raises ``Cancelled`` as soon as ``should_stop`` says so.
 
-    A plain sample of no points counts 0 without calling the kernel: every kernel's
-    count is of the points drawn, and seeding a generator for none was most of the
-    worker's time for such a request. A kernel with a ``count_streams`` method (the ``numpy`` kernel: one compiled call
-    for many short streams once its fused implementation is loaded) counts each slice of
-    a range its own way; any other is called stream by stream. Only the group counts are
-    kept, never one count per stream.
+    A sample of no points (plain or a range) counts 0 in every group without calling the
+    kernel: every kernel's count is of the points drawn, and seeding a generator for none
+    was most of the worker's time for such a request (for a range, per stream). A kernel
+    with a ``count_streams`` method (the ``numpy`` kernel: one compiled call for many
+    short streams once its fused implementation is loaded) counts each slice of a range
+    its own way; any other is called stream by stream. Only the group counts are kept,
+    never one count per stream.
     """
+    if request.points == 0:
+        return [0] * request.groups  # no point can be inside: no stream needs a generator (§11)
     if request.streams == 1:
-        if request.points == 0:
-            return [0]  # no point can be inside: the count needs no generator (§11)
         return [kernel(request.seed, request.stream, request.points, should_stop)]
     count_streams: StreamsCounter | None = getattr(kernel, "count_streams", None)
     group = request.group_size

@@ -2,13 +2,16 @@
 
 A range costs its streams' set-up as well as its points: 65,536 one-point streams were
 computed on the worker's reader thread (a ``ping`` waited a second, ``cancel`` and
-``shutdown`` went unseen), zero-point streams never looked at their stop flag, and a
-range of 2**64-1 zero-point streams in one group was never answered, nor were
-``shutdown`` and end of input. What must hold instead, checked four ways:
+``shutdown`` went unseen), zero-point streams never looked at their stop flag (each
+seeded a generator then; a stream of no points needs none now, but a kernel's short
+streams may still not look at it), and a range of 2**64-1 zero-point streams in one group
+was never answered, nor were ``shutdown`` and end of input. What must hold instead,
+checked four ways:
 
 - the sans-IO ends: a range of more than ``MAX_STREAMS`` streams is refused by the
   worker's end and never sent by the coordinator's;
-- ``count_groups``: a range of zero-point streams sees its stop flag;
+- ``count_groups``: a range whose kernel never looks at its stop flag sees it between
+  slices; a range of zero-point streams is counted without its kernel;
 - the worker loop (``server.Worker`` over OS pipes) with a kernel the test holds in the
   range's first stream, so that what the reader does meanwhile is decided by the test,
   not by a clock: a ``ping`` is answered, and ``cancel``, ``shutdown`` or end of input
@@ -108,21 +111,43 @@ def test_a_range_s_stall_budget_counts_its_streams_set_up() -> None:
 # ------------------------------------------------------------------ count_groups
 
 
-def test_a_range_of_zero_point_streams_sees_its_stop_flag() -> None:
-    """NumPy counts a stream of no points without looking at its stop flag; the range
-    must still look between slices (the issue: 300,000 of them ignored ``cancel``)."""
+def test_a_range_whose_kernel_never_looks_at_its_stop_flag_sees_it_between_slices() -> None:
+    """A kernel may count a short stream without looking at its stop flag (NumPy did so
+    for a stream of no points); the range must still look between slices (the issue:
+    300,000 such streams ignored ``cancel``)."""
     checks = 0
+    calls = 0
 
     def stop_after_the_first_check() -> bool:
         nonlocal checks
         checks += 1
         return checks > 1
 
-    kernel = NumpyKernel(Policy.NUMPY)
-    request = Sample(1, 7, 0, 0, "numpy", streams=300_000, group=300_000)
+    def deaf_kernel(seed: int, stream: int, points: int, should_stop: StopCheck) -> int:
+        nonlocal calls
+        calls += 1
+        return 0
+
+    request = Sample(1, 7, 0, 1, "numpy", streams=300_000, group=300_000)
     with pytest.raises(Cancelled):
-        count_groups(kernel, request, stop_after_the_first_check)
-    assert checks <= 3
+        count_groups(deaf_kernel, request, stop_after_the_first_check)
+    assert checks <= 3 and calls <= SLICE_WORK // 16_385
+
+
+def test_a_range_of_zero_point_streams_is_counted_without_its_kernel() -> None:
+    """No point of a stream of no points can be inside, so no stream of such a range
+    needs its generator (§11): every group counts 0, at once, with the kernel (which
+    would seed a generator per stream) never called and the stop flag never asked."""
+
+    def no_kernel(seed: int, stream: int, points: int, should_stop: StopCheck) -> int:
+        raise AssertionError("a zero-point stream needs no kernel")
+
+    def no_stop() -> bool:
+        raise AssertionError("nothing to stop")
+
+    request = Sample(1, 7, 0, 0, "numpy", streams=4096, group=3)
+    assert count_groups(no_kernel, request, no_stop) == [0] * request.groups
+    assert count_groups(NumpyKernel(Policy.NUMPY), request) == [0] * 1366
 
 
 def test_count_groups_keeps_every_group_s_count_across_slices() -> None:
@@ -169,7 +194,7 @@ class _Pipes:
 
 RANGES = {
     "65536_one_point_streams": (65_536, 1),
-    "largest_range_of_zero_point_streams": (LARGEST, 0),
+    "largest_range_of_one_point_streams": (LARGEST, 1),
 }
 
 
@@ -254,14 +279,14 @@ async def test_a_range_of_2_64_zero_point_streams_is_refused_and_the_worker_serv
 
 @pytest.mark.parametrize("peer", sorted(PEERS))
 async def test_a_worker_computing_the_largest_range_answers_ping_and_obeys_shutdown(peer: str) -> None:
-    """The largest range a worker must take: ``MAX_STREAMS`` zero-point streams of the
-    ``python`` kernel (seconds of stream set-up). The ``pong`` comes before the range's
-    answer, and ``shutdown`` ends it: answered (``cancelled``, or its result had it
-    just finished), then exit 0 and no process left."""
+    """The largest range a worker must take: ``MAX_STREAMS`` one-point streams of the
+    ``python`` kernel (seconds of stream set-up; zero-point streams need none). The
+    ``pong`` comes before the range's answer, and ``shutdown`` ends it: answered
+    (``cancelled``, or its result had it just finished), then exit 0 and no process left."""
     async with open_worker(PEERS[peer]) as (process, client, stderr):
         with trio.fail_after(TIMEOUT):
             await client.handshake()
-            await client.send(Sample(1, 3, 0, 0, "python", streams=LARGEST, group=LARGEST))
+            await client.send(Sample(1, 3, 0, 1, "python", streams=LARGEST, group=LARGEST))
             await client.send(Ping(2))
             first = await client.receive()
             assert first == Pong(2), (first, stderr.text)
@@ -270,7 +295,7 @@ async def test_a_worker_computing_the_largest_range_answers_ping_and_obeys_shutd
             assert len(messages) == 1 and messages[0].id == 1
             answer = messages[0]
             assert (isinstance(answer, Error) and answer.code == ErrorCode.CANCELLED) or (
-                isinstance(answer, Result) and answer.insides == (0,)
+                isinstance(answer, Result) and answer.insides is not None and len(answer.insides) == 1
             )
             assert await process.wait() == 0
             await _gone(process)
