@@ -21,6 +21,9 @@ frames never interleave and nothing is written after the connection ends.
   most one small sample, and a pipelined stream of small samples never crosses to
   another thread. Work, not points: a range of 65,536 one-point streams is mostly
   set-up, and on the reader it would keep a ``ping`` waiting as long as a large sample.
+  A sample of no points runs on the reader whatever its streams: it runs no kernel and
+  seeds no generator (``count_groups``: its counts are zeros, one per group, at most
+  ``MAX_GROUPS``), so it takes microseconds, less than the hand-off it would cost.
 
 protocol.md is the normative description of what this module does on the wire.
 """
@@ -372,7 +375,7 @@ class Worker:
             if isinstance(event, StartSample):
                 job = _Job(event.request)
                 self._running[event.request.id] = job
-                small = event.request.work <= INLINE_MAX_WORK
+                small = event.request.work <= INLINE_MAX_WORK or event.request.points == 0
                 if on_reader and small and self._inline is None:
                     self._inline = job
                 else:

@@ -39,6 +39,8 @@ from mcpi_worker.kernels import KERNELS, Cancelled, StopCheck
 from mcpi_worker.kernels.base import never
 from mcpi_worker.protocol import (
     HEADER,
+    MAX_GROUPS,
+    MAX_STREAMS,
     Cancel,
     Error,
     ErrorCode,
@@ -49,7 +51,7 @@ from mcpi_worker.protocol import (
     encode,
 )
 from mcpi_worker.sampling import count_groups
-from mcpi_worker.server import Worker
+from mcpi_worker.server import INLINE_MAX_WORK, Worker
 
 TIMEOUT = 60.0  # seconds; a bound against a hang, reached only by a worker that stopped listening
 BUSY_CPU_S = 1.0
@@ -265,3 +267,30 @@ def test_a_plain_sample_of_no_points_counts_0_without_its_kernel() -> None:
     # The same count the kernels give for no points, whatever the seed and stream.
     for seed, stream in ((0, 0), (1, 7), (2**64 - 1, 2**64 - 1)):
         assert [KERNELS[name](seed, stream, 0, never) for name in KERNELS] == [0] * len(KERNELS)
+
+
+@pytest.mark.usefixtures("quiet_structlog")
+async def test_a_range_of_no_points_runs_on_the_reader_whatever_its_streams() -> None:
+    """A range of zero-point streams runs no kernel, so the reader computes it whatever
+    its streams (its work, counted as their set-up, is far above ``INLINE_MAX_WORK``):
+    no hand-off to a compute thread per range. One with points of that work still goes
+    to a compute thread."""
+    ran_on: dict[int, str] = {}
+
+    def note(request: Sample) -> None:
+        ran_on[request.id] = threading.current_thread().name
+
+    def make(input_fd: int, output_fd: int) -> Worker:
+        return Worker(input_fd, output_fd, kernels={"numpy": KERNELS["numpy"]}, on_sample=note, spin_s=0)
+
+    async with serving_over_pipes(make) as client:
+        with trio.fail_after(TIMEOUT):
+            await client.handshake()
+            zero = Sample(1, 3, 0, 0, "numpy", streams=MAX_STREAMS, group=MAX_STREAMS // MAX_GROUPS)
+            some = Sample(2, 3, 0, 1, "numpy", streams=8, group=1)
+            assert zero.work > INLINE_MAX_WORK and some.work > INLINE_MAX_WORK
+            await client.send(zero, some)
+            answers = {a.id: a for a in [await client.receive(), await client.receive()]}
+    assert isinstance(answers[1], Result) and answers[1].insides == (0,) * MAX_GROUPS
+    assert isinstance(answers[2], Result) and answers[2].insides is not None and len(answers[2].insides) == 8
+    assert ran_on[1] == "mcpi-reader" and ran_on[2] != "mcpi-reader", ran_on
