@@ -1,4 +1,5 @@
-"""A busy machine on demand: CPU-bound loops beside a benchmark (``overhead.py --busy N``).
+"""A busy machine on demand: CPU-bound loops beside a benchmark (``mcpi bench overhead
+--busy N``, ``benchmarks/overhead.py --busy N``).
 
 Latency figures depend on how busy the machine is (an idle CPU wakes more slowly than a
 busy one, and a process that keeps a CPU while others wait for one costs them its
@@ -22,6 +23,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
+
+from mcpi_coordinator.arguments import count_type
 
 LOOP = """\
 import os, sys
@@ -60,18 +64,18 @@ def described(count: int, *, same_session: bool = False) -> str:
     return f"beside {count} CPU-bound loop{'s' if count != 1 else ''} ({where})"
 
 
+MAX_LOOPS: Final = 1024
+"""The most loops ``--busy`` starts: each is a process, and a busier machine than that
+measures nothing more."""
+
+
 def add_busy_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--busy N`` and ``--busy-same-session``, for a script to pass to ``busy_loops``; a
-    negative or non-numeric N is the parser's usage error (one line, exit 2)."""
-    parser.add_argument("--busy", type=_loop_count, default=0, metavar="N", help="run beside N CPU-bound loops")
-    parser.add_argument("--busy-same-session", action="store_true", help="the loops in this session")
-
-
-def _loop_count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"takes a number of loops, 0 or more, not {count}")
-    return count
+    """``--busy N`` and ``--busy-same-session``, for a command to pass to ``busy_loops``; a
+    negative, non-numeric or too large N is the parser's usage error (one line, exit 2)."""
+    parser.add_argument(
+        "--busy", type=count_type(0, MAX_LOOPS, why="a process each"), default=0, metavar="N",
+        help="run beside N CPU-bound loops, each in a session of its own (default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--busy-same-session", action="store_true", help="the --busy loops in this session, not their own"
+    )

@@ -12,6 +12,12 @@ fastest way through many) and ``ProcessPoolExecutor``; joblib (``Parallel`` with
 ``batch_size='auto'``, and the loky executor underneath it), pebble, trio-parallel and
 anyio. Those outside the standard library come with the optional ``bench`` extra; one
 that cannot be imported is reported as unavailable, never as a crash.
+
+Two rows are of batches (``BATCHED``): joblib's, which sends many tiny tasks in one
+message once it has timed a few, and mcpi's own way of doing that, ``trio-pool/range``
+(``trio_pool_range``: the tasks as one range of streams, cut into pieces by the pool's
+dispatcher). Their tasks/s are held against each other; the other rows send one task
+per message.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -369,11 +375,53 @@ def trio_pool_sample(tasks: int, workers: int, *, launcher: Launcher | None = No
     return trio.run(measure)
 
 
+def trio_pool_range(tasks: int, workers: int) -> Overhead:
+    """0-point chunks batched as ``mcpi estimate`` batches a run's small chunks, as joblib's
+    ``batch_size='auto'`` batches tiny tasks: ``tasks`` chunks (consecutive streams, 0
+    points each) given to ``imap_unordered`` as one range, ``Chunk(streams=tasks)``, which
+    the dispatcher cuts into pieces sized for each worker; a piece is one ``sample``,
+    answered with each of its streams' counts, every one checked. Its tasks/s counts
+    chunks, and the counts of every chunk are checked to have come back (each 0).
+    Round trip: one chunk alone through the same call (a range of one stream is a plain
+    sample), as joblib's is a ``Parallel`` call of one task. Raises ``RuntimeError`` if
+    the results do not cover every chunk once."""
+
+    async def measure() -> Overhead:
+        async with WorkerPool(workers, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW) as pool:
+
+            async def run(count: int) -> None:
+                counts: list[int] = []
+                async with pool.imap_unordered([replace(EMPTY_CHUNK, streams=count)]) as results:
+                    async for result in results:
+                        counts.extend(result.stream_counts)
+                if len(counts) != count or any(counts):
+                    raise RuntimeError(f"{count} zero-point chunks came back as {len(counts)} counts")
+
+            async def call() -> None:
+                await run(1)
+
+            await run(_warm_up_count(workers))
+            round_trip = await _async_round_trip_us(call, tasks)
+            started = time.perf_counter()
+            await run(tasks)
+            return Overhead(RANGE_ROW, round_trip, tasks / (time.perf_counter() - started))
+
+    return trio.run(measure)
+
+
+RANGE_ROW: Final = "trio-pool/range"
+"""``trio_pool_range``'s row: mcpi's batched one, beside joblib's."""
+
+BATCHED: Final = frozenset({"joblib", RANGE_ROW})
+"""The rows whose tasks/s are of batches: many tasks in one message."""
+
+
 OVERHEAD_APPROACHES: dict[str, Callable[[int, int], Overhead]] = {
     "process-pool": process_pool,
     "mp-pool/apply_async": mp_pool_apply_async,
     "mp-pool/imap_unordered": mp_pool_imap_unordered,
     "joblib": joblib_parallel,
+    RANGE_ROW: trio_pool_range,
     "loky": loky_executor,
     "pebble": pebble_pool,
     "trio-parallel": trio_parallel,
@@ -381,4 +429,5 @@ OVERHEAD_APPROACHES: dict[str, Callable[[int, int], Overhead]] = {
     "trio-pool": trio_pool,
     "trio-pool/sample": trio_pool_sample,
 }
-"""Measured in this order; each is ``(tasks, workers) -> Overhead``."""
+"""Measured in this order (the batched rows side by side); each is ``(tasks, workers) ->
+Overhead``."""

@@ -22,7 +22,8 @@ from rich.console import Console
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.bench import failures, off_main, report
 from mcpi_coordinator.bench.approaches import APPROACHES
-from mcpi_coordinator.bench.overhead import OVERHEAD_APPROACHES, Overhead
+from mcpi_coordinator.bench.busy import add_busy_arguments, busy_loops, described
+from mcpi_coordinator.bench.overhead import BATCHED, OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import commands, facts, plots, signals, text
 from mcpi_coordinator.cli.estimate_parser import MAX_LOCAL_WORKERS as MAX_WORKERS
@@ -95,8 +96,16 @@ Workers are started and warmed up before the clock runs.
   trio-pool/sample        mcpi's pool: a sample of 0 points, the path real work takes
                           (every check of the request and of its answer); one at a time
                           with WorkerPool.sample, all at once with WorkerPool.imap_unordered
+  trio-pool/range         mcpi's pool, batched: the 0-point chunks as one range of
+                          streams, cut into pieces by the pool as mcpi estimate's small
+                          chunks are, each piece one sample answered with every chunk's
+                          count (its tasks/s are of batches, like joblib's)
 
 joblib, loky, pebble, trio-parallel and anyio come with the 'bench' extra.
+
+--busy N runs every approach beside N CPU-bound loops (each in a session of its own,
+as another user's jobs are; --busy-same-session: in this one), to rerun the figures
+of a busy machine at will.
 
 An optional peer that cannot be imported is listed as unavailable."""
 
@@ -173,7 +182,10 @@ def _register_overhead(benchmarks: argparse._SubParsersAction[argparse.ArgumentP
         "overhead",
         help="per-task overhead of tiny tasks: our pool against its peers",
         description=OVERHEAD_DESCRIPTION,
-        epilog="examples:\n  mcpi bench overhead\n  mcpi bench overhead --tasks 20000 --json",
+        epilog=(
+            "examples:\n  mcpi bench overhead\n  mcpi bench overhead --tasks 20000 --json\n"
+            "  mcpi bench overhead --busy 8"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -182,6 +194,7 @@ def _register_overhead(benchmarks: argparse._SubParsersAction[argparse.ArgumentP
         help=f"tasks per measurement (default {DEFAULT_TASKS:,})",
     )  # fmt: skip
     _add_workers(parser)
+    add_busy_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _add_common(parser)
     parser.set_defaults(handler=run_overhead, command_parser=parser)
@@ -362,11 +375,14 @@ def run_overhead(args: argparse.Namespace) -> int:
     stderr = _stderr_console()
     results: list[Overhead] = []
     try:
-        for name, measure in OVERHEAD_APPROACHES.items():
-            with _status(stderr, f"{name}: {args.tasks:,} tasks", args.quiet):
-                results.append(_run_one(name, measure, args.tasks, args.workers))
+        with busy_loops(args.busy, same_session=args.busy_same_session):
+            for name, measure in OVERHEAD_APPROACHES.items():
+                with _status(stderr, f"{name}: {args.tasks:,} tasks", args.quiet):
+                    results.append(_run_one(name, measure, args.tasks, args.workers))
     except _Failed as exc:
         return _fail(args, str(exc))
+    except OSError as exc:  # a busy loop that could not be started (none is left running)
+        return _fail(args, f"cannot start the --busy loops: {exc}")
     except KeyboardInterrupt:
         return _interrupted(args)
 
@@ -378,11 +394,13 @@ def run_overhead(args: argparse.Namespace) -> int:
         print(json.dumps({
             "tasks": args.tasks,
             "workers": args.workers,
+            "busy": args.busy,
+            "busy_same_session": args.busy_same_session,
             "load_average": [one, five],
             "results": [_overhead_json(r) for r in results],
         }))  # fmt: skip
     else:
-        _print_overhead(args.tasks, args.workers, results)
+        _print_overhead(args, results)
     return McpiExitCode.OK
 
 
@@ -391,12 +409,14 @@ def _overhead_json(result: Overhead) -> dict[str, Any]:
         "approach": result.approach,
         "round_trip_us": result.round_trip_us,
         "tasks_per_s": result.tasks_per_s,
+        "batched": result.approach in BATCHED,
         "unavailable": result.unavailable,
     }
 
 
-def _print_overhead(tasks: int, workers: int, results: Sequence[Overhead]) -> None:
-    print(f"{tasks:,} no-op tasks per figure, {text.plural(workers, 'worker')}; {_load_words()}")
+def _print_overhead(args: argparse.Namespace, results: Sequence[Overhead]) -> None:
+    beside = f", {described(args.busy, same_session=args.busy_same_session)}" if args.busy else ""
+    print(f"{args.tasks:,} no-op tasks per figure, {text.plural(args.workers, 'worker')}{beside}; {_load_words()}")
     reference = next((r for r in results if r.approach == "process-pool"), None)
     rows = []
     for r in results:
@@ -404,7 +424,7 @@ def _print_overhead(tasks: int, workers: int, results: Sequence[Overhead]) -> No
             rows.append([r.approach, f"unavailable: {r.unavailable}", "", "", ""])
             continue
         rows.append([
-            r.approach,
+            f"{r.approach} (batched)" if r.approach in BATCHED else r.approach,
             f"{r.round_trip_us:.0f}",
             _ratio(r.round_trip_us, reference.round_trip_us if reference else None),
             f"{r.tasks_per_s:,.0f}",
@@ -412,6 +432,8 @@ def _print_overhead(tasks: int, workers: int, results: Sequence[Overhead]) -> No
         ])  # fmt: skip
     headings = ["approach", "round trip (µs)", "× process-pool", "tasks/s", "× process-pool"]
     print(text.table_text(headings, rows, [False, True, True, True, True]))
+    if any(r.approach in BATCHED for r in results):
+        print("(batched): many tasks go in one message, so tasks/s is of batches; the round trip is of one task alone")
 
 
 def _ratio(value: float, reference: float | None) -> str:

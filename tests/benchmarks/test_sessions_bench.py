@@ -61,6 +61,6 @@ def test_a_negative_busy_is_refused_in_one_line() -> None:
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
     )  # fmt: skip
     assert run.returncode == 2
-    refusal = "sessions.py: error: argument --busy: takes a number of loops, 0 or more, not -1"
+    refusal = "sessions.py: error: argument --busy: '-1' is negative; give 0 or more"
     assert run.stderr.splitlines()[-1] == refusal
     assert "Traceback" not in run.stderr

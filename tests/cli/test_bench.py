@@ -8,6 +8,7 @@ with small workloads, with real mcpi-worker processes where an approach uses the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -324,12 +325,76 @@ def test_overhead_json_has_the_documented_shape(capsys: pytest.CaptureFixture[st
     code, out, _ = _run_cli(["bench", "overhead", "--tasks", "40", "--workers", "2", "--json"], capsys)
     assert code == 0
     document = json.loads(out)
-    assert set(document) == {"tasks", "workers", "load_average", "results"}
-    assert (document["tasks"], document["workers"]) == (40, 2)
+    assert set(document) == {"tasks", "workers", "busy", "busy_same_session", "load_average", "results"}
+    assert (document["tasks"], document["workers"], document["busy"]) == (40, 2, 0)
+    assert document["busy_same_session"] is False
     assert [r["approach"] for r in document["results"]] == list(overhead.OVERHEAD_APPROACHES)
     for result in document["results"]:
-        assert set(result) == {"approach", "round_trip_us", "tasks_per_s", "unavailable"}
+        assert set(result) == {"approach", "round_trip_us", "tasks_per_s", "batched", "unavailable"}
         assert result["round_trip_us"] > 0 and result["tasks_per_s"] > 0, result
+    assert {r["approach"] for r in document["results"] if r["batched"]} == {"joblib", "trio-pool/range"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("same_session", [False, True], ids=["own-sessions", "same-session"])
+def test_overhead_busy_runs_beside_that_many_loops_and_leaves_none(same_session: bool) -> None:
+    """``--busy N``: N CPU-bound loops run while the pools are measured, in sessions of
+    their own (or the command's with ``--busy-same-session``), and none outlives the
+    command; the figures say what they ran beside. The process table is the judge."""
+    import time
+
+    import psutil
+
+    from mcpi_coordinator.testing.processes import still_running
+
+    args = ["bench", "overhead", "--tasks", "20", "--workers", "1", "--busy", "2", "--json"]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "mcpi_coordinator", *args, *(["--busy-same-session"] if same_session else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        command = psutil.Process(bench.pid)
+        deadline = time.monotonic() + 120  # a bound against a hang: the loops start first
+        loops: dict[int, int] = {}
+        while len(loops) < 2:
+            assert bench.poll() is None, bench.communicate()
+            assert time.monotonic() < deadline, "the loops never started"
+            for child in command.children():
+                try:
+                    if "os.getppid() == parent" in " ".join(child.cmdline()):
+                        loops[child.pid] = os.getsid(child.pid)
+                except (psutil.NoSuchProcess, ProcessLookupError):
+                    pass
+            time.sleep(0.01)
+        out, err = bench.communicate(timeout=300)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 0, err
+    if same_session:
+        assert set(loops.values()) == {os.getsid(0)}  # the command's, which it shares with this test
+    else:
+        assert list(loops.values()) == list(loops)  # each leads a session of its own
+    assert still_running(loops) == []  # killed and reaped before the command ended
+    document = json.loads(out)
+    assert (document["busy"], document["busy_same_session"]) == (2, same_session)
+    assert all(r["tasks_per_s"] > 0 for r in document["results"] if r["unavailable"] is None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--busy", "-1"], "argument --busy: '-1' is negative; give 0 or more"),
+        (["--busy", "2000"], "argument --busy: '2000' is too large; the most is 1,024 (a process each)"),
+        (["--busy", "many"], "argument --busy: 'many' is not a whole number"),
+    ],
+)
+def test_a_bad_busy_is_a_usage_error(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "overhead", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1] and "Traceback" not in err
 
 
 @pytest.mark.slow
