@@ -22,6 +22,8 @@ from mcpi_coordinator.testing.inprocess import fake_launcher
 from mcpi_worker.kernels import count_numpy
 
 REQUESTS = 200
+RANGE_STREAMS = 2000
+"""Streams of the ranges below: cut into a few dozen pieces by the dispatcher."""
 
 
 class _Census(trio.abc.Instrument):
@@ -142,3 +144,81 @@ async def test_a_batch_through_real_workers_takes_one_consumer_step_per_read() -
     consumer = census.steps["<test 'test_a_batch_through_real_workers_takes_one_consumer_step_per_read'>"]
     readers = sum(n for name, n in census.steps.items() if name.endswith("WorkerConnection._read_stdout"))
     assert 0 < consumer <= readers + 1 < REQUESTS, census.steps.most_common(8)
+
+
+def _readers(census: _Census) -> int:
+    return sum(n for name, n in census.steps.items() if name.endswith("WorkerConnection._read_stdout"))
+
+
+async def test_a_range_costs_no_task_and_no_scheduler_pass_per_piece() -> None:
+    """A range given to ``imap_unordered`` goes out in pieces, cut by the dispatcher in
+    the task that learnt of a worker's room; each piece is a request with its result,
+    and costs no task of its own, nor a scheduler pass: the readers take one step per
+    read (one answer or more), the consumer at most one per read, nothing else runs.
+    A task per piece (or per range) breaks ``spawned``; a pass per piece, the steps."""
+    async with counted_pool(2, pipeline_depth=4) as (pool, census):
+        with census.counting():
+            work = [Chunk(seed=1, stream=0, points=10, streams=RANGE_STREAMS)]
+            async with pool.imap_unordered(work) as results:
+                done = [result async for result in results]
+    pieces = len(done)
+    assert sorted(s for r in done for s in range(r.chunk.stream, r.chunk.stream + r.chunk.streams)) == list(
+        range(RANGE_STREAMS)
+    )
+    assert 1 < pieces < RANGE_STREAMS
+    assert census.spawned == 0
+    consumer = census.steps["<test 'test_a_range_costs_no_task_and_no_scheduler_pass_per_piece'>"]
+    readers = _readers(census)
+    assert consumer <= readers + 1, census.steps.most_common(5)
+    assert 0 < readers <= pieces, census.steps.most_common(5)
+    assert census.coordinator_steps() == consumer + readers, census.steps.most_common(5)
+
+
+async def test_ranges_one_after_another_cost_one_step_per_piece_and_nothing_per_range() -> None:
+    """Ranges one after another (each its own ``imap_unordered``, as the bench's batched
+    row sends them), on one worker with one request in flight, so that every piece is
+    one answer in one read: the reader takes one step per piece, the consumer one (woken
+    with its result), and nothing else runs; no task is spawned. A scheduler pass or a
+    task per range, or per piece, breaks the equalities."""
+    pieces = 0
+    async with counted_pool(1, pipeline_depth=1) as (pool, census):
+        with census.counting():
+            for first in range(0, 20 * 50, 50):
+                work = [Chunk(seed=1, stream=first, points=0, streams=50)]
+                async with pool.imap_unordered(work) as results:
+                    done = [result async for result in results]
+                assert sum(r.chunk.streams for r in done) == 50
+                assert all(r.stream_counts == (0,) * r.chunk.streams for r in done)
+                pieces += len(done)
+    assert census.spawned == 0
+    consumer = census.steps["<test 'test_ranges_one_after_another_cost_one_step_per_piece_and_nothing_per_range'>"]
+    assert pieces > 20 and consumer == _readers(census) == pieces, (pieces, census.steps.most_common(5))
+    assert census.coordinator_steps() == 2 * pieces, census.steps.most_common(5)
+
+
+async def test_a_zero_point_range_through_real_workers_takes_one_consumer_step_per_read() -> None:
+    """``mcpi bench overhead``'s batched row on the real ``mcpi-worker``: a range of
+    zero-point streams comes back in pieces, every stream's count 0 and each once, the
+    consumer taking at most one step per read of the workers' answers and no task spawned."""
+    census = _Census()
+    trio.lowlevel.add_instrument(census)
+    try:
+        with trio.fail_after(300):  # a bound against a hang: workers start slowly on a busy machine
+            async with WorkerPool(2, pipeline_depth=64, startup_timeout=PATIENT_START_S) as pool:
+                work = [Chunk(seed=1, stream=0, points=0, streams=RANGE_STREAMS)]
+                with census.counting():
+                    async with pool.imap_unordered(work) as results:
+                        done = [result async for result in results]
+    finally:
+        trio.lowlevel.remove_instrument(census)
+    counts = {
+        s: n
+        for r in done
+        for s, n in zip(range(r.chunk.stream, r.chunk.stream + r.chunk.streams), r.stream_counts, strict=True)
+    }
+    assert counts == dict.fromkeys(range(RANGE_STREAMS), 0)
+    assert sum(r.chunk.streams for r in done) == RANGE_STREAMS
+    assert census.spawned == 0
+    consumer = census.steps["<test 'test_a_zero_point_range_through_real_workers_takes_one_consumer_step_per_read'>"]
+    readers = _readers(census)
+    assert 0 < consumer <= readers + 1 <= len(done) + 1, census.steps.most_common(8)
