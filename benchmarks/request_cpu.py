@@ -1,12 +1,16 @@
-"""CPU per request on mcpi's request path, the coordinator's and the workers', for 0-point samples.
+"""CPU per request on mcpi's request path, the coordinator's and the workers', for 0-point chunks.
 
 The pool's round trip and throughput (``benchmarks/overhead.py``) move a lot with the
 machine's load; the CPU time each side spends per request moves much less, and says
 which side a change made cheaper. Each measurement runs in a process of its own: a
 ``WorkerPool`` of ``--workers`` real ``mcpi-worker`` processes, then ``--requests``
 0-point samples, one at a time (``WorkerPool.sample``: the median round trip) and all at
-once (``imap_unordered``: the rate), with the CPU time of the coordinator's process
-(``RUSAGE_SELF``) and of its workers (psutil) over each part, divided by the requests.
+once (``imap_unordered``: the rate), and ``--range-chunks`` 0-point chunks in ranges of
+``--range-size`` (``range``: ``imap_unordered`` of ``Chunk(streams=range_size)``, which
+the pool cuts into pieces, as ``mcpi bench overhead``'s batched row sends them: chunks a
+second; far more of them, as they cost far less), with the CPU time of the coordinator's
+process (``RUSAGE_SELF``) and of its workers (psutil) over each part, divided by the
+requests (for ``range``, by the chunks).
 
 ``--against PYTHON`` runs the same measurement with another installation's interpreter
 (a worktree of the code before a change, with its own venv), interleaved with ours
@@ -18,6 +22,7 @@ and its workers' per task: on a machine whose cores are all busy, the CPU both s
 spend per request is what bounds how many requests a second go through.
 
     python benchmarks/request_cpu.py [--requests 30000] [--rounds 3] [--workers 2] [--against PYTHON] [--mp-pool]
+                                     [--range-chunks 1000000] [--range-size 2000]
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ import tempfile
 import time
 from typing import Any
 
-MODES = ("sequential", "imap_unordered")
+MODES = ("sequential", "imap_unordered", "range")
+MP_MODES = ("sequential", "imap_unordered")
+"""``multiprocessing.Pool`` has no ``range`` row: its batches are ``chunksize``, another
+question (``benchmarks/overhead.py`` holds the batched rows against joblib's)."""
 
 
 def _cpu_s() -> float:
@@ -61,8 +69,10 @@ class _CpuSince:
         }
 
 
-def measure(mode: str, requests: int, workers: int) -> dict[str, float]:
+def measure(mode: str, requests: int, workers: int, range_size: int = 2000) -> dict[str, float]:
     """One measurement in this process (what ``--one`` prints)."""
+    from dataclasses import replace
+
     import trio
 
     from mcpi_coordinator.bench.overhead import AS_DEEP_AS_WORKERS_ALLOW, EMPTY_CHUNK
@@ -82,11 +92,22 @@ def measure(mode: str, requests: int, workers: int) -> dict[str, float]:
                     await pool.sample(EMPTY_CHUNK)
                     trips.append(time.perf_counter_ns() - begun)
                 figure = statistics.median(trips) / 1000
-            else:
+            elif mode == "imap_unordered":
                 async with pool.imap_unordered(EMPTY_CHUNK for _ in range(requests)) as results:
                     async for _ in results:
                         pass
                 figure = requests / (time.perf_counter() - started)
+            else:
+                chunks = 0
+                for first in range(0, requests, range_size):
+                    streams = min(range_size, requests - first)
+                    work = [replace(EMPTY_CHUNK, stream=first, streams=streams)]
+                    async with pool.imap_unordered(work) as results:
+                        async for result in results:
+                            chunks += len(result.stream_counts)
+                figure = requests / (time.perf_counter() - started)
+                if chunks != requests:
+                    raise RuntimeError(f"{requests} chunks came back as {chunks} counts")
             return spent.per_request(figure, requests)
 
     return trio.run(run)
@@ -128,11 +149,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--against", metavar="PYTHON", help="also measure this interpreter's mcpi")
     parser.add_argument("--mp-pool", action="store_true", help="also measure multiprocessing.Pool")
+    parser.add_argument("--range-chunks", type=int, default=1_000_000, help="0-point chunks of the range figure")
+    parser.add_argument("--range-size", type=int, default=2000, help="chunks per range of the range figure")
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--mp-one", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--mp-one", choices=MP_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.requests, args.workers)))
+        print(json.dumps(measure(args.one, args.requests, args.workers, args.range_size)))
         return
     if args.mp_one:
         print(json.dumps(measure_mp_pool(args.mp_one, args.requests, args.workers)))
@@ -142,7 +165,10 @@ def main() -> None:
         pythons["mp-pool"] = sys.executable
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    print(f"0-point samples, {args.requests} per figure, {args.workers} workers, {args.rounds} rounds")
+    print(
+        f"0-point chunks, {args.requests} per figure ({args.range_chunks} in ranges of {args.range_size} for the"
+        f" range figure), {args.workers} workers, {args.rounds} rounds"
+    )
     print(f"before: load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
     for round_index in range(args.rounds):
         order = list(pythons.items())
@@ -150,17 +176,22 @@ def main() -> None:
             order.reverse()
         for mode in MODES:
             for name, python in order:
+                if name == "mp-pool" and mode not in MP_MODES:
+                    continue
                 which = "--mp-one" if name == "mp-pool" else "--one"
+                count = args.range_chunks if mode == "range" else args.requests
                 done = subprocess.run(
-                    [python, os.path.abspath(__file__), which, mode, "--requests", str(args.requests),
-                     "--workers", str(args.workers)],
+                    [python, os.path.abspath(__file__), which, mode, "--requests", str(count),
+                     "--workers", str(args.workers), "--range-size", str(args.range_size)],
                     capture_output=True, text=True, check=True, env=env, cwd=tempfile.gettempdir(),
                 )  # fmt: skip
                 found.setdefault((name, mode), []).append(json.loads(done.stdout))
     print("medians of the rounds:")
     for mode in MODES:
-        unit = "us round trip" if mode == "sequential" else "requests/s"
+        unit = {"sequential": "us round trip", "imap_unordered": "requests/s", "range": "chunks/s"}[mode]
         for name in pythons:
+            if (name, mode) not in found:
+                continue
             rows = found[(name, mode)]
             figure = statistics.median(r["figure"] for r in rows)
             coordinator = statistics.median(r["coordinator_us"] for r in rows)
