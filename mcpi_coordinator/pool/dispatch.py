@@ -30,7 +30,8 @@ fraction of a second of the run, and a small run is spread over every worker. Th
 range (``TAIL_S``), once every worker's speed is known, is shared by those speeds instead:
 each piece is what its worker should count for every worker to end at once, given what each
 one still holds (``_balanced_share``), so the last pieces stay whole lane groups of full
-speed and no worker idles while another counts a piece it took too early.
+speed and no worker idles while another counts a piece it took too early; the streams left
+past the last whole group are shared too, not counted by one worker alone.
 
 No re-entrancy. Each request's one final outcome (a ``ChunkResult``, ``None`` for a
 ping's pong, or the ``McpiError`` it ended with) is handed to ``request.deliver``
@@ -97,6 +98,10 @@ stream alone. Its pieces, once its speed is known, are rounded to the nearest mu
 (halves down), one group at least, within what it admits: rounding up from 9 only fills
 lanes it pays for anyway, rounding down drops a tail it counts at a lower rate, and the
 end of a range goes in groups, not in the shrinking shares that would leave lanes idle.
+Except the last streams of a range, fewer than one group: rounded up, all of them went to
+the first worker to ask, which counted them alone (in one vector of 8 lanes or one stream
+after the other, several times slower a stream than full lanes) while the others idled;
+they are shared by the share as they are (a 4-stream rest: two single streams each).
 Which streams go in which piece never changes a stream's count."""
 
 LANE_IMPLEMENTATION: Final[str] = "numba-fused"
@@ -519,7 +524,7 @@ class Dispatcher:
                 if share is None:
                     share = -(-chunk.streams // (SHARE_DIVISOR * self._pool_jobs()))
                 streams = max(1, min(wanted, most, share))
-                if rate is not None and connection in self._lanes:
+                if rate is not None and connection in self._lanes and chunk.streams >= LANE_WIDTH:
                     streams = _whole_lanes(streams, most)
             if rate is None:
                 self._blind[connection] = streams

@@ -392,3 +392,16 @@ def test_the_end_of_a_range_is_shared_for_both_workers_to_end_at_once() -> None:
         assert max(ends) <= (work + sum(starts)) / 2 + group_s, (starts, ends, work)
         lane_pieces = [c.streams for c in chunks if c.streams >= LANE_WIDTH]
         assert min(lane_pieces) >= 2 * LANE_WIDTH, (starts, sorted(c.streams for c in chunks))
+
+
+def test_the_streams_past_the_last_lane_group_are_shared_not_counted_by_one_worker_alone() -> None:
+    """1000 streams on two lane workers ready together leave 4 streams past the last whole
+    lane groups. Rounded up to a group, all four went to the worker that asked first, which
+    counted them alone (a piece of 4 streams, several times slower a stream than full lanes)
+    while the other had ended; shared, each worker's last piece is a part of them, and the
+    two end closer together than that piece takes."""
+    pieces = run_range_on_lane_workers(2, 1000, [0.0, 0.0])
+    last = {slot: max((end, chunk.streams) for s, _, end, chunk in pieces if s == slot) for slot in (0, 1)}
+    assert all(streams < LANE_WIDTH for _, streams in last.values()), last
+    assert sum(chunk.streams for *_, chunk in pieces) == 1000
+    assert abs(last[0][0] - last[1][0]) < lane_piece_s(4), last
