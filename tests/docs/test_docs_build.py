@@ -39,7 +39,8 @@ def test_the_site_builds_with_no_warning_and_has_its_pages(tmp_path: Path) -> No
     assert run.returncode == 0, run.stderr
     pages = {page.stem for page in html.glob("*.html")}
     expected = {"index", "getting-started", "estimate", "worker", "embedding", "remote", "scale", "faults"}
-    assert expected | {"pictures", "shell", "cli", "api", "protocol", "overview", "benchmarks", "bench"} <= pages
+    reference = {"cli", "api", "protocol", "protocol-tests"}
+    assert expected | reference | {"pictures", "shell", "overview", "benchmarks", "bench"} <= pages
 
     cli = (html / "cli.html").read_text(encoding="utf-8")
     for prog in PARSERS:

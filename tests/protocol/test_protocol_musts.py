@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import fcntl
 import json
+import os
 import re
 import shlex
 import struct
@@ -674,6 +675,97 @@ def test_every_rule_is_still_in_protocol_md() -> None:
     gone = [key for key, r in RULES.items() if normalized(r.fragment) not in text]
     assert gone == [], f"these rules' text is no longer in protocol.md: {gone}"
     assert all(e in text for e in EXEMPT)
+
+
+DOCS_PAGE = TESTS.parent / "docs" / "protocol-tests.md"
+UPDATE_DOCS = "MCPI_UPDATE_DOCS"
+"""Set to 1 to have ``test_the_docs_page_lists_every_rule_and_its_tests`` write the page."""
+
+
+def section_titles() -> dict[str, str]:
+    return dict(re.findall(r"^## (\d+)\. (.*)$", protocol_text(), flags=re.M))
+
+
+def section_of(fragment: str) -> str:
+    """The number of the protocol.md section (``## N.``) that holds ``fragment``."""
+    found = [n for n, text in sections(protocol_text()).items() if normalized(fragment) in normalized(text)]
+    assert found, fragment
+    return found[0]
+
+
+def as_markdown(fragment: str) -> str:
+    """``fragment`` as inline Markdown: as written when its backticks and bold marks pair
+    up, else in plain words (a fragment may begin or end inside a marked span)."""
+    text = normalized(fragment)
+    if text.count("`") % 2 == 0 and text.count("**") % 2 == 0 and not text.startswith("|"):
+        return text
+    return text.replace("`", "").replace("**", "").replace("|", "/").strip(" /")
+
+
+def docs_page() -> str:
+    """docs/protocol-tests.md: every rule of ``RULES`` under its protocol.md section, in
+    the order of the document, with the tests that hold it."""
+    titles = section_titles()
+    texts = {number: normalized(text) for number, text in sections(protocol_text()).items()}
+
+    def place(key: str) -> tuple[int, int]:
+        number = section_of(RULES[key].fragment)
+        return int(number), texts[number].index(normalized(RULES[key].fragment))
+
+    order = sorted(RULES, key=place)
+    lines = [
+        "# Every MUST of the protocol, and its tests",
+        "",
+        "% Generated from RULES in tests/protocol/test_protocol_musts.py: do not edit by hand.",
+        f"% Rewrite it with: {UPDATE_DOCS}=1 python -m pytest tests/protocol/test_protocol_musts.py -k docs_page",
+        "",
+        "Each rule of [the wire protocol](protocol.md) that says MUST or MUST NOT, each encoding",
+        "rule of its §3, each check a coordinator makes (§5), each error code and each step of the",
+        "error precedence (§8) is listed here with the tests that a peer breaking it fails. The",
+        "list is `RULES` in `tests/protocol/test_protocol_musts.py`; its audit tests parse",
+        "protocol.md and fail when a MUST sentence or one of those rules is claimed by no rule,",
+        "when a rule's words have left protocol.md, or when a test named here does not exist,",
+        "and `test_the_docs_page_lists_every_rule_and_its_tests` fails when this page is not",
+        "what `RULES` says. So a new MUST without a test fails CI.",
+        "",
+        "The peers the tests drive, as processes speaking raw bytes on their pipes:",
+        "",
+        "- the real `mcpi-worker`, and two workers written from protocol.md alone:",
+        "  `tests/spec_worker.py` (Python, importing nothing of mcpi) and the C peer",
+        "  (`tests/protocol/peers/mcpi_peer.c`); the tests that take the `peer` fixture run",
+        "  against all three, writing hostile frames built byte by byte;",
+        "- our coordinator (`WorkerPool`, `mcpi estimate`) against `tests/raw_worker.py FAULT`,",
+        "  a worker that breaks exactly one rule (or, for the `keeps_the_limits` cases, keeps",
+        "  every rule and watches that the coordinator keeps its own: the limits its `welcome`",
+        "  sets, only the messages of §4.1, nothing after `shutdown`);",
+        "- the protocol core (`mcpi_worker/protocol/`) alone, fed bytes and clock readings.",
+        "",
+        "A test named `file.py::test[case]` is one case of a parametrized test (or one of the",
+        "cases a table in that file lists for it); `file.py::test` is every case.",
+    ]
+    current = None
+    for key in order:
+        rule = RULES[key]
+        number = section_of(rule.fragment)
+        if number != current:
+            current = number
+            anchor = re.sub(r"[^a-z0-9 -]", "", f"{number}. {titles[number]}".lower()).replace(" ", "-")
+            lines += ["", f"## §{number} {titles[number]}", "", f"[protocol.md §{number}](protocol.md#{anchor})", ""]
+        lines.append(f"- {as_markdown(rule.fragment)} (`{key}`)")
+        lines += [f"  - `{test}`" for test in rule.tests]
+    if EXEMPT:
+        lines += ["", "## Sentences with MUST that state no rule", ""]
+        lines += [f"- {as_markdown(sentence)}: {why}" for sentence, why in EXEMPT.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_docs_page_lists_every_rule_and_its_tests() -> None:
+    page = docs_page()
+    if os.environ.get(UPDATE_DOCS) == "1":
+        DOCS_PAGE.write_text(page, encoding="utf-8")
+    assert DOCS_PAGE.read_text(encoding="utf-8") == page, (
+        f"{DOCS_PAGE.name} is stale: {UPDATE_DOCS}=1 python -m pytest {Path(__file__).name} -k docs_page"
+    )
 
 
 def module_path(file: str) -> Path | None:

@@ -124,6 +124,24 @@ def test_the_real_worker_writes_the_golden_bytes() -> None:
         worker.kill()
 
 
+def test_the_real_worker_answers_the_golden_cancel_with_the_golden_cancelled_bytes() -> None:
+    """A running sample with id 1 (2**40 points: it cannot finish first), then the golden
+    ``cancel``: the answer is the golden ``cancelled`` frame, byte for byte, and shutdown
+    then finds nothing left to answer."""
+    worker = WorkerUnderTest()
+    try:
+        worker.handshake()
+        welcome_bytes = len(worker.raw_stdout)
+        worker.send(Sample(id=1, seed=12345, stream=0, points=1 << 40, kernel="numpy"))
+        worker.send_bytes(GOLDEN_FRAMES["cancel"][1])
+        assert worker.receive() == Error(1, ErrorCode.CANCELLED, GOLDEN_FRAMES["cancelled"][0]["message"])
+        worker.send_bytes(GOLDEN_FRAMES["shutdown"][1])
+        assert worker.wait() == 0
+        assert bytes(worker.raw_stdout[welcome_bytes:]) == GOLDEN_FRAMES["cancelled"][1]
+    finally:
+        worker.kill()
+
+
 def test_a_golden_ping_before_hello_is_refused_by_the_real_worker() -> None:
     worker = WorkerUnderTest()
     try:
