@@ -28,8 +28,10 @@ from mcpi_worker.protocol import (
     encode,
 )
 
-TIMEOUT: Final[float] = 20.0
-"""Generous: CI is a loaded 2-core machine."""
+TIMEOUT: Final[float] = 60.0
+"""A hang guard, not a deadline: CI is a loaded 2-core machine, where a worker's start
+has taken more than 20 s once (a frame sent before it started was answered only after
+the guard had fired, with no sign of why: ``receive`` now says what the worker was doing)."""
 PATIENT_START_S: Final[float] = 300.0
 """``startup_timeout`` for a pool of real workers in a test not about that timeout: the
 default 10 s is a real-clock bound that a start can pass on a machine at extreme load
@@ -106,10 +108,28 @@ class WorkerUnderTest:
         try:
             item = self._messages.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no message from the worker within {timeout} s") from None
+            raise AssertionError(f"no message from the worker within {timeout} s; {self.doing()}") from None
         if isinstance(item, (ProtocolError, EndOfOutput)):
             raise item
         return item
+
+    def doing(self) -> str:
+        """What the worker is doing, for a failure's message: whether it runs, where each of
+        its threads waits in the kernel, and its stderr so far."""
+        code = self.proc.poll()
+        if code is not None:
+            where = f"exited with {code}"
+        else:
+            threads = []
+            for task in sorted(Path(f"/proc/{self.pid}/task").glob("*")):
+                try:
+                    stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    wchan = (task / "wchan").read_text() or "-"
+                except OSError:
+                    continue  # a thread that ended meanwhile
+                threads.append(f"{task.name} {stat[0]} {wchan} cpu {int(stat[11]) + int(stat[12])} ticks")
+            where = "running; threads: " + ", ".join(threads)
+        return f"the worker (pid {self.pid}) is {where}; stderr so far: {''.join(self._stderr_lines)!r}"
 
     def receive_many(self, count: int) -> list[Message]:
         return [self.receive() for _ in range(count)]
