@@ -253,12 +253,14 @@ RULES: dict[str, Rule] = {
     "highest_common_version": rule(
         "The worker MUST choose the highest version in `versions` that it also speaks",
         f"{M}::test_the_worker_chooses_the_highest_common_version_whatever_the_list",
+        "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
         "test_contract.py::test_unsupported_version_is_fatal",
     ),
     "await_hello": rule(
         "A `sample` or `ping` before `hello` is answered with the per-request error",
         "test_contract.py::test_requests_before_hello_are_refused",
         "test_worker.py::test_eof_before_hello_exits_0",
+        "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
         f"{M}::test_precedence_on_a_version_1_connection",
     ),
     "coordinator_checks_the_version": rule(
@@ -383,6 +385,7 @@ RULES: dict[str, Rule] = {
         "A worker MUST refuse a range on a version-1 connection",
         "test_worker.py::test_a_range_needs_version_2_and_stays_within_the_limits",
         f"{M}::test_precedence_on_a_version_1_connection",
+        "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
     ),
     "range_definition": rule(
         "`streams: 1` without `group` is a plain sample",
@@ -574,11 +577,13 @@ RULES: dict[str, Rule] = {
     "golden_frames_accepted": rule(
         "An implementation of this protocol MUST accept each frame as the message shown",
         "test_golden.py::test_code_accepts_and_produces_exactly_the_golden_bytes",
+        "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
         f"{M}::test_the_spec_worker_accepts_the_golden_frames",
     ),
     "golden_kernel_table": rule(
         "A worker offering a kernel MUST reproduce its rows exactly",
         "test_golden.py::test_kernels_reproduce_the_golden_table",
+        "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
         f"{M}::test_the_spec_worker_reproduces_the_golden_kernel_table",
     ),
 }
@@ -738,6 +743,9 @@ def docs_page() -> str:
         "  a worker that breaks exactly one rule (or, for the `keeps_the_limits` cases, keeps",
         "  every rule and watches that the coordinator keeps its own: the limits its `welcome`",
         "  sets, only the messages of §4.1, nothing after `shutdown`);",
+        "- the real `mcpi-worker` driven by coordinators written from protocol.md alone: the C",
+        "  peer's client and a JavaScript one (`tests/protocol/peers/mcpi_coordinator.mjs`, run",
+        "  by `test_node_peer.py`), each with its own strict msgpack decoder;",
         "- the protocol core (`mcpi_worker/protocol/`) alone, fed bytes and clock readings.",
         "",
         "A test named `file.py::test[case]` is one case of a parametrized test (or one of the",
