@@ -7,6 +7,7 @@ worker's answers would make. Each test pins one rule of the module's docstring.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fake_connection import FakeConnection, record
@@ -316,10 +317,14 @@ def lane_piece_s(streams: int) -> float:
     return streams * LANE_STREAM_S[width]
 
 
-def run_range_on_lane_workers(workers: int, streams: int, starts: list[float]) -> list[tuple[int, float, float, Chunk]]:
+def run_range_on_lane_workers(
+    workers: int, streams: int, starts: list[float], cost: Callable[[int], float] = lane_piece_s
+) -> list[tuple[int, float, float, Chunk]]:
     """A range of ``streams`` streams of 1e7 points through the dispatcher to ``workers``
-    lane workers (depth 2, one job each) that become ready at ``starts`` and compute each
-    piece in ``lane_piece_s``, on a simulated clock. Every piece: (slot, start, end, chunk)."""
+    lane workers (depth 2, one job each) that become ready at ``starts`` and compute a
+    piece of n streams in ``cost(n)`` seconds (default ``lane_piece_s``), on a simulated
+    clock. Every piece: (slot, start, end, chunk). ``benchmarks/tail_balance.py`` runs it
+    with costs measured on the machine it runs on."""
     owner = Owner()
     now = 0.0
     dispatcher = Dispatcher(record, workers, clock=lambda: now)
@@ -335,7 +340,7 @@ def run_range_on_lane_workers(workers: int, streams: int, starts: list[float]) -
             for request_id, token in fake.sent:
                 if (fake.slot, request_id) not in ends:
                     begin = max(busy_until[fake.slot], now)
-                    busy_until[fake.slot] = begin + lane_piece_s(token.chunk.streams)
+                    busy_until[fake.slot] = begin + cost(token.chunk.streams)
                     ends[fake.slot, request_id] = (begin, busy_until[fake.slot])
 
     for _ in range(10 * streams):
