@@ -14,8 +14,9 @@ would give a wrong total. After the fault it goes on reading stdin until end of 
 
 Exit status: 0 at end of input or shutdown; 9 (with a line on stderr) when it saw the
 coordinator break a rule it watches for: the limits of its welcome (``max_points``,
-``max_frame``, ``max_inflight``), whatever the fault, a message not of protocol.md §4.1, and
-anything sent after ``shutdown`` (it reads on until end of input to see it).
+``max_frame``, ``max_inflight``), and whatever the fault: a message not of protocol.md §4.1,
+a request id used twice (§6), and anything sent after ``shutdown`` (it reads on until end
+of input to see it).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class RawWorker:
         self.struck = False
         self.outstanding = 0
         self.violation: str | None = None
+        self.request_ids: set[Any] = set()
         self.stop = threading.Event()
 
     def write(self, data: bytes) -> None:
@@ -332,6 +334,10 @@ class RawWorker:
                 kind = body.get("type")
                 if kind not in COORDINATOR_TYPES:
                     self.violation = f"the coordinator sent a message of type {kind!r}"
+                if kind in ("sample", "ping"):
+                    if body.get("id") in self.request_ids:
+                        self.violation = f"the coordinator used request id {body.get('id')} twice"
+                    self.request_ids.add(body.get("id"))
                 if kind == "hello":
                     if self.fault == "eof_before_welcome":
                         return 0

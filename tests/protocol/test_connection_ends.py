@@ -130,6 +130,19 @@ def test_nothing_follows_shutdown() -> None:
     assert end.receive_eof(2.0) == [] and end.state is CoordinatorState.CLOSED
 
 
+def test_request_ids_count_up_and_are_never_reused() -> None:
+    """protocol.md §6: one id space for samples and pings, and an id is not used again once
+    its request is answered (a worker would take a late answer for the new request)."""
+    end = serving()
+    first = [end.send_sample(1, 0, 10, "numpy", now=0.0), end.send_ping(now=0.0)]
+    for request_id in first:
+        answer = Pong(request_id) if request_id == first[1] else Result(request_id, 7, 10, 0.1)
+        [answered] = end.receive_data(encode(answer), 1.0)
+        assert isinstance(answered, Answered)
+    later = [end.send_sample(1, 1, 10, "numpy", now=2.0), end.send_ping(now=2.0)]
+    assert len(set(first + later)) == 4 and sorted(first + later) == first + later
+
+
 def test_end_of_file_before_shutdown_breaks_the_worker_even_with_nothing_outstanding() -> None:
     """protocol.md §5: a worker that ends by itself can serve no more; only after our
     ``shutdown``, with every request answered, is end of file the orderly end."""

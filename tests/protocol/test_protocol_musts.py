@@ -358,6 +358,11 @@ RULES: dict[str, Rule] = {
         f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[shutdown_with_a_junk_id]",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[no_type]",
     ),
+    "ids_never_reused": rule(
+        "an unsigned 64-bit integer that MUST be **unique for the life of the connection and never reused**",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets",
+        "test_connection_ends.py::test_request_ids_count_up_and_are_never_reused",
+    ),
     "one_final_response": rule(
         "The worker answers each request with **exactly one final response**",
         "test_contract.py::test_cancel_gives_exactly_one_final_response",
@@ -1471,9 +1476,9 @@ KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
 """Workers that keep the rules while our coordinator must keep its own: the limits their
 welcome sets, an unknown error code taken as a per-request refusal, an ``elapsed_s`` of
 −0.0 taken as the 0 it equals, stderr read whatever it holds and for as long as the worker
-runs. Every one of them also watches that the coordinator sends only the messages of §4.1
-and nothing after ``shutdown``. The worker exits 9 if the coordinator broke a rule it
-watches, and is never replaced."""
+runs. Every one of them also watches that the coordinator sends only the messages of §4.1,
+never a request id twice, and nothing after ``shutdown``. The worker exits 9 if the
+coordinator broke a rule it watches, and is never replaced."""
 
 
 @pytest.mark.parametrize("fault", _case_params(KEPT))
