@@ -105,6 +105,10 @@ FAULTS: dict[str, str] = {
     # §2: frames need not line up with reads
     "split_frames": "a correct worker whose every write is cut into pieces of 1 to 7 bytes (inside headers, "
     "across frames), each written once the coordinator has read the one before",
+    # §3 rules 8-10: what a receiver must accept
+    "unknown_keys": "a correct worker whose every message carries unknown keys (nested maps, bin, nil, floats)",
+    "wide_encodings": "a correct worker encoding every value in its widest form: uint64, float 32, str 32, "
+    "array 32, map 32",
     # §3 rule 12
     "implementation_nil": "a result whose optional 'implementation' is nil (nil is not absence)",
     # §3 rule 10: a value two implementers could read differently, and valid
@@ -143,6 +147,24 @@ def frame(body: Any) -> bytes:
 
 def raw_frame(payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + payload
+
+
+def wide(value: Any) -> bytes:
+    """``value`` in msgpack's widest encodings (valid, never the shortest): integers as uint64
+    or int64, floats as float 32, str 32, array 32, map 32."""
+    if isinstance(value, bool) or value is None:
+        return msgpack.packb(value)
+    if isinstance(value, int):
+        return b"\xcf" + struct.pack(">Q", value) if value >= 0 else b"\xd3" + struct.pack(">q", value)
+    if isinstance(value, float):
+        return b"\xca" + struct.pack(">f", value)
+    if isinstance(value, str):
+        data = value.encode()
+        return b"\xdb" + struct.pack(">I", len(data)) + data
+    if isinstance(value, list):
+        return b"\xdd" + struct.pack(">I", len(value)) + b"".join(map(wide, value))
+    assert isinstance(value, dict)
+    return b"\xdf" + struct.pack(">I", len(value)) + b"".join(wide(k) + wide(v) for k, v in value.items())
 
 
 def with_pair(body: dict[str, Any], key: bytes, value: bytes) -> bytes:
@@ -198,6 +220,16 @@ class RawWorker:
         """Bytes in our stdout pipe the coordinator has not read (Linux: FIONREAD on either end)."""
         return int(struct.unpack("i", fcntl.ioctl(self.out, termios.FIONREAD, b"\0" * 4))[0])
 
+    def encode(self, body: dict[str, Any]) -> bytes:
+        """One correct message as a frame, in the forms ``unknown_keys`` and
+        ``wide_encodings`` choose (msgpack's shortest otherwise)."""
+        if self.fault == "unknown_keys":
+            future = {"nested": [1, b"\x00bin", None, {"k": 2.5}], "flag": True}
+            return frame({"zz_future": future, **body, "aa_later": -7})
+        if self.fault == "wide_encodings":
+            return raw_frame(wide(body))
+        return frame(body)
+
     def welcome(self, versions: list[int]) -> bytes:
         body = {
             "type": "welcome", "version": max(set(versions) & {1, 2}), "worker": "raw-worker",
@@ -222,7 +254,7 @@ class RawWorker:
             body["jobs"] = body["max_inflight"] = 1025 if self.fault == "jobs_1025" else 1024
         elif self.fault == "implementations_short":
             body["implementations"] = ["numpy"]
-        return frame(body)
+        return self.encode(body)
 
     def result(self, request: dict[str, Any], counts: list[int], *, lie: int = 0, **changes: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -361,7 +393,7 @@ class RawWorker:
                         result = {"type": "result", "id": body["id"], "inside": 0, "points": 0, "elapsed_s": ELAPSED}
                         replies.append(frame(result))
                     elif not self.struck:
-                        replies.append(frame({"type": "pong", "id": body["id"]}))
+                        replies.append(self.encode({"type": "pong", "id": body["id"]}))
                 elif kind == "sample" and not self.struck and self.fault in PROCESS_FAULTS:
                     self.write(b"".join(replies))
                     replies.clear()
@@ -399,7 +431,7 @@ class RawWorker:
         unripe = self.fault in RANGE_FAULTS and groups < 2
         answer = None if self.struck or unripe else self.strike(request)
         if answer is None:  # this fault is not in an answer, or has struck: a correct one
-            return frame(self.result(request, spec_worker.count_range(request, self.stop)))
+            return self.encode(self.result(request, spec_worker.count_range(request, self.stop)))
         self.struck = True
         return answer
 

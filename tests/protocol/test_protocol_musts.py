@@ -183,6 +183,7 @@ RULES: dict[str, Rule] = {
         "**Unknown keys are ignored**",
         "test_contract.py::test_per_request_errors_answer_by_id_and_the_worker_serves_on",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[unknown_key]",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[unknown_keys]",
     ),
     "integers_strict": rule(
         "an integer field MUST be a msgpack integer, and **booleans are not integers**",
@@ -191,12 +192,14 @@ RULES: dict[str, Rule] = {
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[seed_float]",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[id_uint64_encoding]",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[id_int8_encoding]",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[wide_encodings]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[bool_inside]",
     ),
     "floats_finite_non_negative": rule(
         "and MUST be finite and not negative",
         "test_protocol.py::test_elapsed_accepts_integers_and_float32",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[negative_zero_elapsed]",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[wide_encodings]",
         "test_bad_answers.py::test_a_bad_answer_replaces_the_worker_and_the_chunk_is_counted_elsewhere[nan]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[negative_elapsed]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[infinite_elapsed]",
@@ -1463,6 +1466,13 @@ async def _several(pool: WorkerPool) -> None:
     assert await count(pool, chunks) == truth(chunks)
 
 
+async def _several_and_a_ping(pool: WorkerPool) -> None:
+    await _several(pool)
+    assert await pool.ping() == 0
+    chunks = (Chunk(SEED, 8, 2000, streams=5),)  # a range: its insides too
+    assert await count(pool, chunks) == truth(chunks)
+
+
 KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
     "unknown_code": (_unknown_code, {}),
     "max_points_1000": (_max_points, {}),
@@ -1472,10 +1482,13 @@ KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
     "stderr_flood_on_shutdown": (_several, {"shutdown_grace": TIMEOUT / 2}),
     "negative_zero_elapsed": (_several, {}),
     "split_frames": (_several, {}),
+    "unknown_keys": (_several_and_a_ping, {}),
+    "wide_encodings": (_several_and_a_ping, {}),
 }
 """Workers that keep the rules while our coordinator must keep its own: the limits their
 welcome sets, an unknown error code taken as a per-request refusal, an ``elapsed_s`` of
-−0.0 taken as the 0 it equals, stderr read whatever it holds and for as long as the worker
+−0.0 taken as the 0 it equals, unknown keys ignored and every msgpack encoding of a value
+taken (not only the shortest), stderr read whatever it holds and for as long as the worker
 runs. Every one of them also watches that the coordinator sends only the messages of §4.1,
 never a request id twice, and nothing after ``shutdown``. The worker exits 9 if the
 coordinator broke a rule it watches, and is never replaced."""
