@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from slurm import in_ci
 from worker_process import RAW_WORKER, SPEC_WORKER, worker_command
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -34,18 +35,25 @@ SCENARIOS = (
     "eof_cancels_and_exits_0", "fatal_text_instead_of_hello",
 )  # fmt: skip
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(NODE is None, reason="needs Node.js (node) on PATH to run the JavaScript peer"),
-]
+pytestmark = pytest.mark.slow
+
+
+def node() -> str:
+    """``node`` on PATH; a skip without it, and a failure under ``CI=true`` (``.ci/run``
+    installs Debian's nodejs as root), so that a CI run never passes without the peer."""
+    if NODE is None:
+        reason = "needs Node.js (node) on PATH to run the JavaScript peer; .ci/run installs nodejs as root"
+        if in_ci():
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return NODE
 
 
 def drive(worker: list[str], *only: str) -> tuple[int, list[str]]:
     """Run the peer against ``worker``: its exit status and its lines."""
-    assert NODE is not None
     selection = ["--only", ",".join(only)] if only else []
     run = subprocess.run(
-        [NODE, str(PEER), str(PROTOCOL_MD), *selection, "--", *worker],
+        [node(), str(PEER), str(PROTOCOL_MD), *selection, "--", *worker],
         capture_output=True, text=True, timeout=TIMEOUT, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert run.stderr == "", run.stderr
