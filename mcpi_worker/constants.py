@@ -50,3 +50,11 @@ CACHE_WARMED_BY_PARENT: Final[str] = "MCPI_CACHE_WARMED_BY_PARENT"
 itself (``mcpi estimate``): the worker then starts no warming process of its own. One
 a worker starts is the worker's orphan once it exits, and a coordinator that ends what
 its workers leave behind ends it with the run, before the cache is warm."""
+
+EXPECTED_POINTS: Final[str] = "MCPI_EXPECTED_POINTS"
+"""The size hint of protocol.md §5.1 (the ``hello``'s ``expected_points``: the points in all
+the coordinator expects to ask of this worker), given in a worker's environment by a
+coordinator that starts it before it can send the ``hello``: ``mcpi estimate``'s workers
+started as the command begins (``launch.early``), whose ``hello`` comes only once the
+command has imported Trio and the pool. The worker acts on it as on the ``hello``'s, at
+its own start (a whole number; anything else is ignored)."""

@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from mcpi_coordinator.arguments import ENVIRONMENT, SEED_LIMIT, parse_whole_number, seconds
-from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL, MAX_INFLIGHT_LIMIT
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL, EXPECTED_POINTS, MAX_INFLIGHT_LIMIT
 
 if TYPE_CHECKING:
     from mcpi_coordinator.launch.capacity import MachineLimits
@@ -130,12 +130,24 @@ def plan(
     the names the command's parser accepts for it: an option with none given is not read
     for certain. ``machine`` stands for this machine's limits (tests; read here when
     needed otherwise)."""
+    return _plan(argv, environ, cpus, choices=choices, machine=machine)[0]
+
+
+def _plan(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    cpus: int | None,
+    *,
+    choices: Mapping[str, Collection[str]],
+    machine: MachineLimits | None,
+) -> tuple[int, int]:
+    """``plan``'s workers, and each one's share of the points (the ``hello``'s hint)."""
     if not argv or argv[0] != "estimate" or environ.get("MCPI_WORKER_CMD"):
-        return 0
+        return 0, 0
     for variable, option in ENVIRONMENT.items():  # the command refuses a name not among them
         value = environ.get(variable)
         if value and option in choices and value not in choices[option]:
-            return 0
+            return 0, 0
     values: dict[str, int] = {}
     words = list(argv[1:])
     while words:
@@ -144,33 +156,35 @@ def plan(
             continue
         name, has_value, value = word.partition("=")
         if name not in _VALUED or (has_value and not name.startswith("--")):
-            return 0
+            return 0, 0
         if not has_value:
             if not words:
-                return 0
+                return 0, 0
             value = words.pop(0)
         key = _VALUED[name]
         if key == "name":
             if value not in choices.get(name, ()):
-                return 0
+                return 0, 0
             continue
         if key == "seconds":
             try:
                 seconds(value)
             except argparse.ArgumentTypeError:
-                return 0
+                return 0, 0
             continue
         number = parse_whole_number(value)
         low, high = _LIMITS[key]
         if number is None or not low <= number <= high:
-            return 0
+            return 0, 0
         values[key] = number
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
     workers = values.get("workers", cpus)
-    chunks = math.ceil(values.get("points", DEFAULT_POINTS) / values.get("chunk_size", DEFAULT_CHUNK_SIZE))
-    if workers and _more_than_the_machine_holds(min(workers, chunks), environ, machine):
-        return 0
-    return min(workers, chunks, cpus)
+    points = values.get("points", DEFAULT_POINTS)
+    chunks = math.ceil(points / values.get("chunk_size", DEFAULT_CHUNK_SIZE))
+    slots = min(workers, chunks)  # the run keeps a slot per chunk at most (estimate_plan.drop_unusable_slots)
+    if not slots or _more_than_the_machine_holds(slots, environ, machine):
+        return 0, 0
+    return min(slots, cpus), -(-points // slots)
 
 
 def shown_level(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> str:
@@ -235,13 +249,13 @@ def start(
     """Start the workers ``plan`` says this command line will use (``choices`` as for
     ``plan``); how many started. Never raises: a worker that cannot be started early is
     simply started later."""
-    wanted = plan(argv, environ, choices=choices)
+    wanted, share = _plan(argv, environ, None, choices=choices, machine=None)
     if wanted and not _started:
         atexit.register(discard)
     command = worker_argv(shown_level(argv, environ)) if wanted else []
     for _ in range(wanted):
         try:
-            _started.append(_spawn(command))
+            _started.append(_spawn(command, share))
         except OSError:
             break
     return len(_started)
@@ -267,17 +281,20 @@ def discard() -> None:
         worker.process.wait()
 
 
-def _spawn(argv: list[str]) -> EarlyWorker:
+def _spawn(argv: list[str], expected_points: int) -> EarlyWorker:
     """One worker in a session of its own (as ``launch.local.spawn_worker`` starts them),
     over pipes whose ends we keep as bare descriptors (close-on-exec, so no later child
-    inherits them)."""
+    inherits them), told its share of the run's points (``EXPECTED_POINTS``): its
+    ``hello``, which carries the same hint, comes only once the command has imported Trio
+    and the pool, and the worker can get ready for the run's size meanwhile (a small run
+    counts with NumPy, whose import then overlaps the command's)."""
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     try:
         # An early worker belongs to a plain ``mcpi estimate``, which warms numba's cache
         # itself (cli.estimate._cache_warmed_here says why).
-        environ = {**os.environ, CACHE_WARMED_BY_PARENT: "1"}
+        environ = {**os.environ, CACHE_WARMED_BY_PARENT: "1", EXPECTED_POINTS: str(expected_points)}
         process = subprocess.Popen(
             argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, start_new_session=True, env=environ
         )

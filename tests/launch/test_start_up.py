@@ -269,6 +269,59 @@ def test_workers_started_early_and_not_taken_are_killed_and_reaped() -> None:
     assert early.take(early.worker_argv()) is None
 
 
+def environment_of(pid: int) -> dict[str, str]:
+    """Process ``pid``'s environment as it was given at its exec. ``Popen`` returns as soon as
+    the kernel lets the parent go on, which is before it has laid out the new program's
+    environment (``/proc/PID/environ`` reads empty until then): read until it is there."""
+    for _ in range(1_000_000):  # a bound against a hang; the layout takes microseconds
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            entries = [entry for entry in environ.read().split(b"\0") if entry]
+        if entries:
+            break
+        os.sched_yield()
+    else:
+        pytest.fail(f"process {pid} never showed an environment")
+    pairs = [entry.partition(b"=") for entry in entries]
+    return {name.decode(): value.decode() for name, _, value in pairs}
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the workers' environment in /proc")
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["-n", "1000"],  # one chunk: one worker, all of it
+        ["-n", "1e9", "-w", "2"],
+        ["--points=3e7", "--workers", "8"],  # three chunks: three slots, though at most a CPU each starts early
+        ["-n", "1e8", "-w", "3", "--chunk-size", "1e6", "-s", "4", "--json"],
+    ],
+)
+def test_workers_started_early_are_told_the_hint_their_hello_carries(
+    words: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """protocol.md §5.1's size hint comes in the ``hello``, which a worker started early gets
+    only once the command has imported Trio and the pool: the same hint is in its
+    environment (``MCPI_EXPECTED_POINTS``) from its start, so that it can get ready for the
+    run's size meanwhile. It is the hint ``cli.estimate`` puts in every hello: the asked
+    points over the run's slots, rounded up."""
+    from mcpi_coordinator.cli import estimate_plan
+    from mcpi_coordinator.cli.main import build_parser
+
+    for variable in ("MCPI_WORKER_CMD", "MCPI_LOG_LEVEL", "MCPI_LOG_FORMAT"):
+        monkeypatch.delenv(variable, raising=False)
+    argv = ["estimate", *words]
+    parsed = build_parser(argv).parse_args(argv)
+    assert estimate_plan.check_arguments(parsed, ROOMY) is None
+    estimate_plan.drop_unusable_slots(parsed)
+    hello_hint = -(-estimate_plan.asked_points(parsed) // len(parsed.slots))  # as cli.estimate._estimate
+    started = early.start(argv, {}, choices=LOGS)
+    try:
+        assert started == min(len(parsed.slots), os.cpu_count() or 1)
+        for worker in early._started:
+            assert environment_of(worker.process.pid)["MCPI_EXPECTED_POINTS"] == str(hello_hint)
+    finally:
+        early.discard()
+
+
 def test_a_plain_estimate_takes_the_worker_started_as_it_began() -> None:
     env = {**os.environ, "MCPI_LOG_LEVEL": "debug", "MCPI_LOG_FORMAT": "json"}
     env.pop("MCPI_WORKER_CMD", None)
