@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
 from mcpi_worker import __version__
-from mcpi_worker.constants import MAX_INFLIGHT_LIMIT
+from mcpi_worker.constants import EXPECTED_POINTS, MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import NUMPY_KERNEL, KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
@@ -165,6 +165,9 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
         print(f"mcpi-worker: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     log.info("kernels", implementations=implementations)
+    hint = os.environ.get(EXPECTED_POINTS, "")
+    if hint.isdecimal():  # the hello's size hint, given before it (constants.EXPECTED_POINTS)
+        NUMPY_KERNEL.expect(int(hint))
     # Ctrl-C: ignored from the start when our stdin is a pipe (boot.leave_ctrl_c_to_the_owner).
 
     worker = Worker(

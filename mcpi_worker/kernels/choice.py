@@ -44,6 +44,7 @@ Which implementation counts a point never changes the count, only its speed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import os
@@ -294,6 +295,13 @@ class NumpyKernelStatus:
     """A sample is waiting for a load that a size hint started (``expect``)."""
 
 
+def _import_numpy() -> None:
+    """``NumpyKernel._import_numpy_soon``'s thread: the NumPy implementation's module, and
+    NumPy with it. A failure here is the first sample's to report, as before."""
+    with contextlib.suppress(Exception):
+        from mcpi_worker.kernels import numpy_impl  # noqa: F401
+
+
 class NumpyKernel:
     """The ``numpy`` kernel (a ``Kernel``): one definition, the implementation per the policy.
 
@@ -302,7 +310,9 @@ class NumpyKernel:
     fused implementation is loaded: tests pass fakes (one that fails as a machine
     without numba does, one that counts its calls, one that takes its time). ``cache``
     is numba's cache as ``auto`` sees it (default: ``warm.NumbaCache`` for the real
-    loader, ``AlwaysWarm`` for any other). Safe to call from several threads at once.
+    loader, ``AlwaysWarm`` for any other). ``import_numpy`` is what a hint that the samples
+    will count with NumPy runs on a thread of its own (default: import it; tests pass one
+    that counts its calls). Safe to call from several threads at once.
     """
 
     def __init__(
@@ -315,8 +325,10 @@ class NumpyKernel:
         object_load_points: int = OBJECT_CACHE_LOAD_POINTS,
         environ: Mapping[str, str] = os.environ,
         cache: FusedCache | None = None,
+        import_numpy: Callable[[], None] | None = None,
     ) -> None:
         self._policy = policy
+        self._import_numpy = _import_numpy if import_numpy is None else import_numpy
         self._load_at_once_points = load_at_once_points
         self._object_load_points = object_load_points
         self._cheap_load: bool | None = None
@@ -340,6 +352,7 @@ class NumpyKernel:
         self._unavailable: str | None = None
         self._numpy_points = 0
         self._background: threading.Thread | None = None
+        self._numpy_import: threading.Thread | None = None
 
     @property
     def policy(self) -> Policy:
@@ -359,20 +372,43 @@ class NumpyKernel:
         """The size hint (protocol.md §5.1): this process expects to count ``points`` in
         all. Under ``auto``, from ``LOAD_AT_ONCE_POINTS`` on (``OBJECT_CACHE_LOAD_POINTS``
         where our object cache is there), start loading the fused implementation now
-        (from a warm cache; a cold one starts warming now instead). It changes no count,
-        and nothing under ``fused`` or ``numpy``. Quick: it never loads on the calling
-        thread (the worker's reader), and looks at a directory at most once."""
-        if self.policy is not Policy.AUTO or points < min(self._load_at_once_points, self._object_load_points):
+        (from a warm cache; a cold one starts warming now instead). Where the samples will
+        count with NumPy instead (a smaller hint, a cold cache, or ``numpy``), import NumPy
+        now (``_import_numpy_soon``). It changes no count, and nothing under ``fused``.
+        Quick: it never loads or imports on the calling thread (the worker's reader), and
+        looks at a directory at most once. A second hint (the ``hello``'s, after the one
+        in the environment: ``constants.EXPECTED_POINTS``) starts nothing more."""
+        policy = self.policy
+        if policy is Policy.FUSED:
+            return
+        if policy is Policy.NUMPY or points < min(self._load_at_once_points, self._object_load_points):
+            self._import_numpy_soon()
             return
         if points < (self._object_load_points if self._load_is_cheap() else self._load_at_once_points):
+            self._import_numpy_soon()
             return
         cache = self._fused_cache()
         if not cache.is_warm():
             self._warm_cache(cache)
+            self._import_numpy_soon()
             return
         with self._lock:
-            self._hinted = self._load is _Load.NOT_TRIED
+            self._hinted = self._hinted or self._load is _Load.NOT_TRIED
         self._start_background_load(f"MCPI_NUMPY_IMPL=auto, a hint of {points} points expected")
+
+    def _import_numpy_soon(self) -> None:
+        """Import NumPy on a thread of its own, once, where the samples will count with it:
+        a worker's first sample otherwise pays the whole import after its request came
+        (the reader thread runs a small sample itself), while a worker told the run's size
+        at its start (``constants.EXPECTED_POINTS``) has the time before its ``hello``
+        idle. The first sample finds NumPy imported, or waits on the import underway
+        (Python's import lock) rather than starting its own. A daemon thread: a worker
+        leaves with ``os._exit``, and one told to stop meanwhile need not wait for it."""
+        with self._lock:
+            if self._numpy_import is not None:
+                return
+            self._numpy_import = threading.Thread(target=self._import_numpy, name="mcpi-numpy-import", daemon=True)
+        self._numpy_import.start()
 
     def take_waited_s(self) -> float:
         """Seconds the calling thread's samples spent waiting for a hinted load since its

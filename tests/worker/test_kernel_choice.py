@@ -543,7 +543,7 @@ def test_where_the_object_cache_is_there_auto_switches_sooner(has_object: bool, 
 
 
 @pytest.mark.parametrize("policy", [Policy.NUMPY, Policy.FUSED])
-def test_the_hint_changes_nothing_under_numpy_or_fused(policy: Policy) -> None:
+def test_the_hint_loads_and_warms_nothing_under_numpy_or_fused(policy: Policy) -> None:
     fake, cache = FakeFused(), FakeCache()
     kernel = NumpyKernel(policy, loader=fake.load if policy is Policy.FUSED else never_load, cache=cache,
                          load_at_once_points=1)  # fmt: skip
@@ -569,3 +569,69 @@ def test_the_wait_for_a_hinted_load_is_told_apart_from_kernel_time() -> None:
     waiting.join(TIMEOUT)
     assert waited[0] > 0 and waited[1] == 0  # taken once, by the thread that waited
     assert kernel.take_waited_s() == 0  # another thread waited for nothing
+
+
+class NumpyImports:
+    """Stands in for the import a hint starts: records the thread that ran it each time."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.done = threading.Event()
+
+    def __call__(self) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.done.set()
+
+
+def kernel_with(
+    policy: Policy, imports: NumpyImports, cache: FakeCache | None = None, fake: FakeFused | None = None
+) -> NumpyKernel:
+    return NumpyKernel(policy, loader=(fake or FakeFused()).load, switch_after_points=10**12,
+                       load_at_once_points=1000, object_load_points=1000, cache=cache or FakeCache(warm=True),
+                       environ={}, import_numpy=imports)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("policy", "points", "warm"),
+    [(Policy.AUTO, 999, True), (Policy.AUTO, 0, True), (Policy.NUMPY, 10**12, True), (Policy.AUTO, 10**9, False)],
+)
+def test_a_hint_whose_samples_count_with_numpy_imports_it_at_once_on_a_thread_of_its_own(
+    policy: Policy, points: int, warm: bool
+) -> None:
+    """A worker's first small sample paid NumPy's whole import after its request came (the
+    reader thread runs it); a hint that the samples will count with NumPy (short, under
+    ``numpy``, or long with a cold cache, which is warmed elsewhere meanwhile) has it
+    imported at once, on a thread of its own, once however many hints come."""
+    imports, fake = NumpyImports(), FakeFused()
+    kernel = kernel_with(policy, imports, FakeCache(warm=warm), fake)
+    kernel.expect(points)
+    assert imports.done.wait(TIMEOUT)
+    kernel.expect(points)  # the hello's, after the environment's
+    assert kernel.count(3, 0, 700) == numpy_impl.count(3, 0, 700)
+    assert imports.threads == ["mcpi-numpy-import"]
+    assert fake.loads == 0
+
+
+@pytest.mark.parametrize("policy", [Policy.AUTO, Policy.FUSED])
+def test_a_hint_whose_samples_count_fused_imports_no_numpy(policy: Policy) -> None:
+    imports, fake = NumpyImports(), FakeFused()
+    kernel = kernel_with(policy, imports, fake=fake)
+    kernel.prepare()
+    kernel.expect(10**12)
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+    assert imports.threads == [] and fake.loads == 1
+
+
+def test_a_second_long_hint_leaves_the_first_samples_wait_for_the_load() -> None:
+    """A worker told the run's size in its environment and again in its hello: the second
+    hint finds the load underway, and the first big sample still waits for it rather than
+    count with NumPy beside it."""
+    fake, kernel, release = loading_on_a_hint()
+    kernel.expect(5000)  # the hello's
+    first = threading.Thread(target=kernel.count, args=(3, 0, BIG))
+    first.start()
+    until_waiting(kernel, first)
+    assert kernel.status().numpy_points == 0
+    release.set()
+    first.join(TIMEOUT)
+    assert (fake.loads, fake.calls) == (1, [BIG])
