@@ -21,8 +21,14 @@ task (``apply_async(...).get()`` one at a time, and ``imap_unordered``), its par
 and its workers' per task: on a machine whose cores are all busy, the CPU both sides
 spend per request is what bounds how many requests a second go through.
 
+Beside the CPU, the context switches per request of each side, voluntary (a thread went
+to sleep: a wait for the other side) and involuntary (it was preempted), summed over
+every thread of the process (``/proc/PID/task/*/status``): how many sleeps and wake-ups
+one round trip costs. ``--busy N`` runs it all beside N CPU-bound loops
+(``benchmarks/busy_loops.py``), as ``overhead.py --busy N`` does.
+
     python benchmarks/request_cpu.py [--requests 30000] [--rounds 3] [--workers 2] [--against PYTHON] [--mp-pool]
-                                     [--range-chunks 1000000] [--range-size 2000]
+                                     [--range-chunks 1000000] [--range-size 2000] [--busy N]
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import tempfile
 import time
 from typing import Any
 
+from busy_loops import add_busy_arguments, busy_loops, described
+
 MODES = ("sequential", "imap_unordered", "range")
 MP_MODES = ("sequential", "imap_unordered")
 """``multiprocessing.Pool`` has no ``range`` row: its batches are ``chunksize``, another
@@ -49,23 +57,51 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every thread of ``pid`` so far (one
+    that ended meanwhile is left out: the figures are of the threads that serve)."""
+    voluntary = involuntary = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as status:
+                for line in status:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        involuntary += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return voluntary, involuntary
+
+
 class _CpuSince:
-    """CPU spent from now on by this process and by its children of now (the workers)."""
+    """CPU spent, and context switches made, from now on by this process and by its
+    children of now (the workers)."""
 
     def __init__(self) -> None:
         import psutil
 
         self._children = psutil.Process().children(recursive=True)
         self._own, self._theirs = _cpu_s(), self._workers_cpu_s()
+        self._own_switches, self._their_switches = _switches(os.getpid()), self._workers_switches()
 
     def _workers_cpu_s(self) -> float:
         return sum(sum(child.cpu_times()[:2]) for child in self._children)
 
+    def _workers_switches(self) -> tuple[int, int]:
+        each = [_switches(child.pid) for child in self._children]
+        return sum(v for v, _ in each), sum(i for _, i in each)
+
     def per_request(self, figure: float, requests: int) -> dict[str, float]:
+        own, theirs = _switches(os.getpid()), self._workers_switches()
         return {
             "figure": figure,
             "coordinator_us": (_cpu_s() - self._own) / requests * 1e6,
             "workers_us": (self._workers_cpu_s() - self._theirs) / requests * 1e6,
+            "coordinator_voluntary": (own[0] - self._own_switches[0]) / requests,
+            "coordinator_involuntary": (own[1] - self._own_switches[1]) / requests,
+            "workers_voluntary": (theirs[0] - self._their_switches[0]) / requests,
+            "workers_involuntary": (theirs[1] - self._their_switches[1]) / requests,
         }
 
 
@@ -151,6 +187,7 @@ def main() -> None:
     parser.add_argument("--mp-pool", action="store_true", help="also measure multiprocessing.Pool")
     parser.add_argument("--range-chunks", type=int, default=1_000_000, help="0-point chunks of the range figure")
     parser.add_argument("--range-size", type=int, default=2000, help="chunks per range of the range figure")
+    add_busy_arguments(parser)
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--mp-one", choices=MP_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,6 +197,11 @@ def main() -> None:
     if args.mp_one:
         print(json.dumps(measure_mp_pool(args.mp_one, args.requests, args.workers)))
         return
+    with busy_loops(args.busy, same_session=args.busy_same_session):
+        _compare(args)
+
+
+def _compare(args: argparse.Namespace) -> None:
     pythons = {"ours": sys.executable, **({"against": args.against} if args.against else {})}
     if args.mp_pool:
         pythons["mp-pool"] = sys.executable
@@ -169,6 +211,7 @@ def main() -> None:
         f"0-point chunks, {args.requests} per figure ({args.range_chunks} in ranges of {args.range_size} for the"
         f" range figure), {args.workers} workers, {args.rounds} rounds"
     )
+    print(f"  {described(args.busy, same_session=args.busy_same_session)}")
     print(f"before: load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
     for round_index in range(args.rounds):
         order = list(pythons.items())
@@ -197,8 +240,15 @@ def main() -> None:
             coordinator = statistics.median(r["coordinator_us"] for r in rows)
             workers = statistics.median(r["workers_us"] for r in rows)
             side = "parent" if name == "mp-pool" else "coordinator"
+            vol, invol, wvol, winvol = (
+                statistics.median(r[key] for r in rows)
+                for key in (
+                    "coordinator_voluntary", "coordinator_involuntary", "workers_voluntary", "workers_involuntary"
+                )
+            )
             print(f"  {mode:<15} {name:<8} {figure:>10,.1f} {unit:<14} CPU per request: "
-                  f"{side} {coordinator:6.1f} us, workers {workers:6.1f} us")  # fmt: skip
+                  f"{side} {coordinator:6.1f} us, workers {workers:6.1f} us; switches (voluntary/involuntary): "
+                  f"{side} {vol:.2f}/{invol:.2f}, workers {wvol:.2f}/{winvol:.2f}")  # fmt: skip
     print(f"after: load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
