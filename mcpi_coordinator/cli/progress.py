@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logs.get_logger("mcpi.cli")
 
 POLL_S: Final[float] = 0.2
-"""How often the pool's state is read while a run is watched."""
+"""How often the pool's state is read while some worker is starting (``watch_pool``; with
+none starting, it waits for a slot's state to change instead)."""
 
 MIN_BAR: Final[int] = 10
 """Narrower than this, a bar says nothing: the other parts give way first."""
@@ -256,7 +257,10 @@ async def watch_pool(
 ) -> None:
     """Keep ``progress`` up to date with the pool's slots, and log one warning when
     workers have not answered the handshake after ``warn_after`` seconds (default: half
-    the start-up timeout), naming them and their command. Runs until cancelled.
+    the start-up timeout), naming them and their command. Runs until cancelled. Reads the
+    pool every ``POLL_S`` while some worker is starting, and otherwise only when a slot's
+    state changes (``WorkerPool.state_changed``): while the workers count it never wakes,
+    since on a machine whose every core counts each wake-up is taken from a worker.
 
     ``commands[i]`` is how slot ``i``'s worker is started, as the user would recognise it;
     ``hosts[i]`` the host it reaches (None: here), named in the warning as the pool
@@ -283,7 +287,10 @@ async def watch_pool(
         progress.waiting_on = _first_and_more(waiting)
         if newly_slow:
             _warn_slow(newly_slow, commands, hosts, slow_after, startup_timeout)
-        await trio.sleep(POLL_S)
+        if waiting:  # how long each has waited grows, and a warning may come due
+            await trio.sleep(POLL_S)
+        else:  # nothing shown here changes until a slot's state does: no wake-up meanwhile
+            await pool.state_changed()
 
 
 def _first_and_more(items: Sequence[str]) -> str:

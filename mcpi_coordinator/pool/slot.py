@@ -86,6 +86,9 @@ class SlotOwner(Protocol):
         fit, and end the pool's service if no slot is left (``attempts``: its failed
         starts in a row)."""
 
+    def _slot_changed(self, slot: Slot) -> None:
+        """``slot``'s ``state`` has just changed (for whoever waits for that)."""
+
 
 class Slot:
     """One slot: its worker's life, run by ``run`` in a task of its own, and the totals of
@@ -152,6 +155,7 @@ class Slot:
     def state(self, value: SlotState) -> None:
         self._state = value
         self.state_since = trio.current_time()
+        self._owner._slot_changed(self)
 
     def retiring(self) -> bool:
         """``retire`` asked for it. A method, not an attribute test, because the request

@@ -213,6 +213,8 @@ class WorkerPool:
         ]
         self._unsettled = size  # slots that are neither ready once nor retired
         self._settled_all = trio.Event()
+        self._changed = trio.Event()
+        """Set (and replaced) whenever a slot's state changes: ``state_changed``."""
         self._deferred_warnings: list[tuple[str, dict[str, Any]]] = []
         self._hosts_warned: set[str] = set()
         self._failures: list[FailedWorker] = []
@@ -368,6 +370,13 @@ class WorkerPool:
             raise IndexError(f"no slot {slot}: the pool's slots are 0 to {len(self._slots) - 1}")
         self._slots[slot].retire(reason)
 
+    async def state_changed(self) -> None:
+        """Return once some slot's state (``WorkerStats.state``) changes after the call: a
+        worker becomes ready, fails, is restarted or retired. For a watcher of the slots
+        that has nothing to do until then (``cli.progress.watch_pool``): waiting here
+        costs no wake-up while the workers count."""
+        await self._changed.wait()
+
     @property
     def stats(self) -> PoolStats:
         """A snapshot of the pool and of each slot (read inside ``trio.run``: the
@@ -440,6 +449,11 @@ class WorkerPool:
         self._unsettled -= 1
         if self._unsettled == 0 or (ready and not self._wait_for_all):
             self._settled_all.set()
+
+    def _slot_changed(self, slot: Slot) -> None:
+        """``SlotOwner``: wake whoever waits in ``state_changed``."""
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
 
     def _worker_ready(self, slot: Slot) -> None:
         """``SlotOwner``: someone is working now, so the retirements held back (see

@@ -49,6 +49,9 @@ class FakeOwner:
         self.told.append("slot_retired")
         self.retired.append((fields, attempts))
 
+    def _slot_changed(self, slot: Slot) -> None:
+        pass
+
 
 def slot_of(owner: FakeOwner, launcher: Launcher, *, host: str | None = None) -> Slot:
     settings = SlotSettings(
