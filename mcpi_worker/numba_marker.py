@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import importlib.util
 import os
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -254,6 +253,8 @@ def start_warming() -> None:
     discarded, running the package this process runs (not one the current directory may
     hold). It may outlive its parent: the compile is bounded, at the lowest priority, and
     its work is what the next run loads. Never raises: a cache left cold costs speed only."""
+    import subprocess  # here, not at the top: a worker imports this module on its critical path
+
     package_parent = str(KERNELS.parent.parent)
     path = os.environ.get("PYTHONPATH")
     environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}

@@ -353,13 +353,14 @@ def test_a_result_s_elapsed_leaves_out_the_wait_for_a_load() -> None:
 
 @contextlib.contextmanager
 def worker_process(
-    environ: dict[str, str], expected_points: int | None = None
+    environ: dict[str, str], expected_points: int | None = None, arguments: tuple[str, ...] = ()
 ) -> Iterator[tuple[subprocess.Popen[bytes], PipeClient]]:
-    """A real ``mcpi-worker`` past its welcome (its hello carrying ``expected_points``) and
-    a client on its pipes; killed at the end if it is still running."""
+    """A real ``mcpi-worker`` (with ``arguments``) past its welcome (its hello carrying
+    ``expected_points``) and a client on its pipes; killed at the end if it is still running."""
     process = subprocess.Popen(
-        worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ
-    )
+        [*worker_command(), *arguments],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ,
+    )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     try:
         client = PipeClient(process.stdin.fileno(), process.stdout.fileno())
@@ -638,6 +639,25 @@ def test_a_worker_counting_from_the_object_cache_never_imports_numpy(warm_cache_
     ]
     assert [(r.inside, r.insides) for r in results] == expected
     assert {r.implementation for r in results} == {"numba-fused" if policy == "auto" else "numpy"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the worker's memory map in /proc")
+def test_a_hinted_worker_loading_from_a_warm_cache_starts_no_process_machinery(warm_cache_dir: str) -> None:
+    """The size hint's look at the cache (``numba_marker``) is on the path from the hello
+    to a long run's first count: it imported ``subprocess`` (its C half, ``_posixsubprocess``,
+    shows in the memory map) for the warming process, which a warm cache never starts. At
+    ``--log-level warning``, as ``mcpi estimate`` starts its local workers (structlog, which
+    a worker logging at info loads, imports ``subprocess`` itself)."""
+    environ = base_environment(NUMBA_CACHE_DIR=warm_cache_dir, MCPI_NUMPY_IMPL="auto")
+    with worker_process(environ, 10**10, ("--log-level", "warning")) as (process, client):
+        client.send(HINTED[1])
+        result = client.receive()
+        assert isinstance(result, Result), result
+        with open(f"/proc/{process.pid}/maps") as maps:
+            assert "_posixsubprocess" not in maps.read()
+    assert result.insides == range_insides(HINTED[1])
+    assert result.implementation == "numba-fused"
 
 
 @pytest.mark.slow
