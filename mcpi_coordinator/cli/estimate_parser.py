@@ -252,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
     boot.exit_at_once()  # its workers are reaped and its files closed when it returns
     from mcpi_coordinator.cli import estimate
 
+    boot.collections_back()  # off while the command imported (boot.hold_collections)
     return estimate.run(args)
 
 
