@@ -14,7 +14,10 @@ command gone; then the intervals between them that make up the wall. ``--imports
 traces file opens, to mark where the command starts importing Trio and where the worker
 starts importing NumPy (it slows every import a little: read the other moments without
 it). The debug logs (``benchmarks/tiny.py --timeline``) show fewer moments and move them:
-at ``--log-level debug`` both processes load structlog first.
+at ``--log-level debug`` both processes load structlog first. strace slows a worker's
+threads beside each other (a worker told of a small run imports NumPy on a thread of its
+own before its first request: under strace that import still runs when the ``sample``
+comes, without it it is done), so read the whole command's wall from ``tiny.py``.
 
 Needs ``strace`` (5.3 or later, for ``--seccomp-bpf``); bytecode caches are allowed, as for
 an installed package. Run it with the interpreter of the installation to time.
