@@ -11,11 +11,24 @@ left). So this module, which imports nothing but the standard library's
 the first heavy import, and the signal is acted on wherever the main thread is: in an
 import, in argument parsing, or serving.
 
-The design is the one protocol.md §10.4 describes. The signal is SIGUSR1, not
-SIGTERM, because Linux sends it when the parent *thread* that spawned us exits (Trio
-spawns from a worker thread that retires after 10 idle seconds), so the handler
-checks whether the parent process is really gone (we were re-parented) and ignores
-the signal otherwise.
+Which signal (protocol.md §10.4). Linux sends it when the parent *thread* that spawned
+us exits, not the parent process. SIGKILL, which ends a worker even when someone has
+stopped it (SIGSTOP: any other signal waits for a SIGCONT that never comes once the
+coordinator is gone), is asked for when that thread lasts as long as its process:
+
+- the spawner says so, for only it knows which of its threads spawned us: it asked for
+  SIGKILL itself, between its fork and our exec (the death signal survives ``exec``), or
+  it named itself in ``MCPI_KILLED_WITH`` (``constants.KILLED_WITH_PARENT``) and is our
+  parent. ``mcpi`` spawns its own workers with the second (it costs no fork) and every
+  other local command (the first process of a ``--worker-cmd``) with the first, from the
+  thread that runs the pool (``mcpi_coordinator.launch.early.spawn``); or
+- our parent has a single thread (a shell, ``timeout``, ``sshd``: a launcher between the
+  coordinator and us), which is then the one that spawned us.
+
+Otherwise (a multi-threaded parent that did not ask: Trio's ``open_process`` spawns from
+a cached thread that retires after 10 idle seconds) the signal is SIGUSR1, whose handler
+checks whether the parent process is really gone (we were re-parented) and ignores the
+signal otherwise.
 
 When the parent really is gone, nobody reads anything the worker could still say, so
 it leaves with ``os._exit(0)``: no unwinding, no interpreter finalization. On a
@@ -39,7 +52,11 @@ if TYPE_CHECKING:
     from typing import Final, NoReturn
 
 PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
+"""The death signal asked for when the parent may have spawned us from a passing thread."""
+KILLED_WITH_PARENT = "MCPI_KILLED_WITH"
+"""``mcpi_worker.constants.KILLED_WITH_PARENT``, spelled out: that module imports ``typing``."""
 
 
 class Lifeline:
@@ -66,13 +83,20 @@ def arm_parent_death() -> Lifeline:
 
     unavailable: str | None = None
     if sys.platform.startswith("linux"):
-        signal.signal(PARENT_DEATH_SIGNAL, on_parent_death_signal)
         try:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+            asked = ctypes.c_int(0)
+            if libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(asked), 0, 0, 0) != 0:
+                asked.value = 0
+            if asked.value != signal.SIGKILL:  # else: our spawner asked for it, and keeps it
+                named = os.environ.get(KILLED_WITH_PARENT) == str(parent_pid)
+                wanted = signal.SIGKILL if named or _single_threaded(parent_pid) else PARENT_DEATH_SIGNAL
+                if wanted == PARENT_DEATH_SIGNAL:
+                    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death_signal)
+                if libc.prctl(PR_SET_PDEATHSIG, int(wanted), 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         except (OSError, AttributeError, ImportError) as exc:
             unavailable = str(exc)
     else:
@@ -81,6 +105,17 @@ def arm_parent_death() -> Lifeline:
     if os.getppid() != parent_pid:
         os._exit(0)
     return Lifeline(parent_pid, unavailable)
+
+
+def _single_threaded(pid: int) -> bool:
+    """Whether process ``pid`` has one thread now (``/proc/PID/task``). A child is
+    re-parented to another thread of its parent when the thread that spawned it exits,
+    so with one thread left that thread is our parent, and it ends only with its
+    process. False when it cannot be told."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) == 1
+    except OSError:
+        return False
 
 
 def leave_ctrl_c_to_the_owner() -> None:

@@ -58,3 +58,10 @@ coordinator that starts it before it can send the ``hello``: ``mcpi estimate``'s
 started as the command begins (``launch.early``), whose ``hello`` comes only once the
 command has imported Trio and the pool. The worker acts on it as on the ``hello``'s, at
 its own start (a whole number; anything else is ignored)."""
+
+KILLED_WITH_PARENT: Final[str] = "MCPI_KILLED_WITH"
+"""Set to its own pid in a worker's environment by a coordinator that spawns it from a
+thread that lasts as long as the coordinator (``mcpi_coordinator.launch.early.spawn``):
+a worker whose parent is that pid asks for SIGKILL as its parent-death signal, which ends
+it even when it is stopped (``mcpi_worker.boot``, which spells the name out: it imports
+nothing of ours)."""

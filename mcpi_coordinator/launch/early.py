@@ -32,18 +32,26 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import math
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from mcpi_coordinator.arguments import ENVIRONMENT, SEED_LIMIT, parse_whole_number, seconds
-from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, DEFAULT_KERNEL, EXPECTED_POINTS, MAX_INFLIGHT_LIMIT
+from mcpi_worker.constants import (
+    CACHE_WARMED_BY_PARENT,
+    DEFAULT_KERNEL,
+    EXPECTED_POINTS,
+    KILLED_WITH_PARENT,
+    MAX_INFLIGHT_LIMIT,
+)
 
 if TYPE_CHECKING:
     from mcpi_coordinator.launch.capacity import MachineLimits
@@ -255,7 +263,14 @@ def start(
     command = worker_argv(shown_level(argv, environ)) if wanted else []
     for _ in range(wanted):
         try:
-            _started.append(_spawn(command, share))
+            # An early worker belongs to a plain ``mcpi estimate``, which warms numba's
+            # cache itself (cli.estimate._cache_warmed_here says why), and is told its
+            # share of the run's points (``EXPECTED_POINTS``): its ``hello``, which carries
+            # the same hint, comes only once the command has imported Trio and the pool,
+            # and the worker can get ready for the run's size meanwhile (a small run
+            # counts with NumPy, whose import then overlaps the command's).
+            environ = {**os.environ, CACHE_WARMED_BY_PARENT: "1", EXPECTED_POINTS: str(share)}
+            _started.append(spawn(command, environ))
         except OSError:
             break
     return len(_started)
@@ -281,22 +296,37 @@ def discard() -> None:
         worker.process.wait()
 
 
-def _spawn(argv: list[str], expected_points: int) -> EarlyWorker:
-    """One worker in a session of its own (as ``launch.local.spawn_worker`` starts them),
-    over pipes whose ends we keep as bare descriptors (close-on-exec, so no later child
-    inherits them), told its share of the run's points (``EXPECTED_POINTS``): its
-    ``hello``, which carries the same hint, comes only once the command has imported Trio
-    and the pool, and the worker can get ready for the run's size meanwhile (a small run
-    counts with NumPy, whose import then overlaps the command's)."""
+def spawn(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> EarlyWorker:
+    """Start one process from ``argv`` (``environ``, or ours) in a session of its own, over
+    pipes whose ends we keep as bare descriptors (close-on-exec, so no later child
+    inherits them): a worker started early, and every local worker the pool launches
+    (``launch.local.spawn_worker``). Raises ``OSError`` when it cannot be started.
+
+    The process dies with the thread calling this (the thread that runs the command or
+    the pool, which ends with the process), even if someone has stopped it (SIGSTOP),
+    where a catchable signal would wait for a SIGCONT: this install's own worker
+    (``worker_argv``) is told to ask for SIGKILL at its parent's death
+    (``KILLED_WITH_PARENT``: ``mcpi_worker.boot``); any other command is asked for it by the
+    kernel, between fork and exec (``_killed_with_us``), so that a launcher (``sh -c``,
+    ``timeout``) dies with us, and an ``mcpi-worker`` behind it asks for SIGKILL at its own
+    parent's death. Pools must not call this from a thread that may end before they are
+    closed (Trio's ``open_process`` spawns from its thread cache, whose threads retire
+    when idle)."""
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
+    ours = _runs_our_worker(argv)
+    if ours:
+        environ = {**(os.environ if environ is None else environ), KILLED_WITH_PARENT: str(os.getpid())}
     try:
-        # An early worker belongs to a plain ``mcpi estimate``, which warms numba's cache
-        # itself (cli.estimate._cache_warmed_here says why).
-        environ = {**os.environ, CACHE_WARMED_BY_PARENT: "1", EXPECTED_POINTS: str(expected_points)}
         process = subprocess.Popen(
-            argv, stdin=stdin_r, stdout=stdout_w, stderr=stderr_w, start_new_session=True, env=environ
+            list(argv),
+            stdin=stdin_r,
+            stdout=stdout_w,
+            stderr=stderr_w,
+            start_new_session=True,
+            env=environ,
+            preexec_fn=None if ours else _killed_with_us(),  # noqa: PLW1509 (one libc call: _killed_with_us)
         )
     except OSError:
         for fd in (stdin_w, stdout_r, stderr_r):
@@ -306,3 +336,36 @@ def _spawn(argv: list[str], expected_points: int) -> EarlyWorker:
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
     return EarlyWorker(process, tuple(argv), stdin_w, stdout_r, stderr_r)
+
+
+def _runs_our_worker(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs this install's ``mcpi-worker`` as ``worker_argv`` does (this
+    interpreter, ``-m mcpi_worker``), which reads ``KILLED_WITH_PARENT``."""
+    head = [word for word in argv[:4] if word != "-P"][:3]
+    return head == [sys.executable, "-m", "mcpi_worker"]
+
+
+PR_SET_PDEATHSIG: Final[int] = 1
+
+
+@functools.cache
+def _killed_with_us() -> Callable[[], object] | None:
+    """What runs in a child between fork and exec: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``,
+    with libc's ``prctl`` found here, in the parent, so the child only calls it. None
+    where there is no such call (not Linux): the child then ends by its input's end.
+
+    A ``preexec_fn`` makes ``subprocess`` fork rather than vfork, copying this process's
+    page tables: a few milliseconds for the coordinator, which is why its own workers are
+    told by ``KILLED_WITH_PARENT`` instead. Python warns that code run there can deadlock
+    on a lock another thread held at the fork; this is one call of libc's ``prctl``
+    through ctypes, found beforehand."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    kill = int(signal.SIGKILL)
+    return functools.partial(prctl, PR_SET_PDEATHSIG, kill, 0, 0, 0)

@@ -29,7 +29,6 @@ import ctypes
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -259,10 +258,10 @@ class _Child(Protocol):
     async def wait(self) -> int: ...
 
 
-class _EarlyChild:
-    """A worker started early (``launch.early``), as a ``_Child``: its pipe ends become
-    Trio streams, and reaping waits in a thread (``SessionProcess`` calls ``wait`` once
-    the pidfd says the process has exited, where there is one)."""
+class _PopenChild:
+    """A worker started by ``launch.early.spawn`` (early, or by the pool), as a ``_Child``:
+    its pipe ends become Trio streams, and reaping waits in a thread (``SessionProcess``
+    calls ``wait`` once the pidfd says the process has exited, where there is one)."""
 
     def __init__(self, started: early.EarlyWorker) -> None:
         self._popen = started.process
@@ -477,15 +476,11 @@ async def spawn_worker(argv: Sequence[str]) -> WorkerProcess:
     started = early.take(argv)
     if started is not None:
         log.debug("worker_started_early", pid=started.process.pid)
-        return SessionProcess(_EarlyChild(started), argv)
-    process = await trio.lowlevel.open_process(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    return SessionProcess(process, argv)
+    else:
+        # From this thread, the one running the pool, not from Trio's thread cache
+        # (``open_process``): the child dies with the thread that spawned it (``early.spawn``).
+        started = early.spawn(argv)
+    return SessionProcess(_PopenChild(started), argv)
 
 
 def command_launcher(command_for: Callable[[int], Sequence[str]]) -> Launcher:

@@ -10,6 +10,8 @@ two seconds after Ctrl-C.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import signal
 import subprocess
@@ -23,8 +25,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcpi_coordinator.testing.processes import still_running, wait_until_gone, workers_among
+from mcpi_coordinator.testing.processes import not_warming, still_running, wait_until_gone, workers_among
+from mcpi_worker import constants
 from mcpi_worker.protocol import MAX_POINTS
+
+boot_spec = importlib.util.find_spec("mcpi_worker.boot")
+assert boot_spec is not None
 
 WORKERS = 2
 # Bounds against a hang, not claims of speed: on a loaded 2-core CI machine a dozen
@@ -95,6 +101,20 @@ PARENT = textwrap.dedent(
 )
 
 
+def test_the_worker_reads_the_variable_the_coordinator_sets() -> None:
+    """``mcpi_worker.boot`` spells ``constants.KILLED_WITH_PARENT`` out (it imports no
+    module of ours), and importing it here would ignore pytest's Ctrl-C: read its source."""
+    tree = ast.parse(Path(boot_spec.origin or "").read_text())
+    spelled = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(target, ast.Name) and target.id == "KILLED_WITH_PARENT" for target in node.targets)
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert spelled == [constants.KILLED_WITH_PARENT]
+
+
 @pytest.mark.slow
 def test_sigkilled_parent_leaves_no_busy_worker_behind() -> None:
     parent = subprocess.Popen(
@@ -111,6 +131,68 @@ def test_sigkilled_parent_leaves_no_busy_worker_behind() -> None:
         parent.wait()
         left, took = wait_until_gone(pids, ORPHAN_DEADLINE_S)
         assert left == [], f"workers {left} outlived their SIGKILLed parent by {took:.2f} s"
+
+
+def busy_descendants(parent: psutil.Process, count: int) -> list[psutil.Process]:
+    """Wait until ``parent`` has ``count`` busy workers among its descendants (behind a
+    launcher such as ``sh -c``, a worker is a grandchild); return them, and leave the
+    launchers out (they never use ``BUSY_CPU_S``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < SETUP_TIMEOUT_S:
+        try:
+            busy = [c for c in workers_among(parent.children(recursive=True)) if c.cpu_times().user >= BUSY_CPU_S]
+            if len(busy) >= count:
+                return busy
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{parent.pid} never had {count} busy workers: {parent.children(recursive=True)}")
+
+
+def stop_and_wait(process: psutil.Process) -> None:
+    """SIGSTOP ``process`` and wait until the process table says it is stopped."""
+    process.send_signal(signal.SIGSTOP)
+    start = time.monotonic()
+    while process.status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() - start < SETUP_TIMEOUT_S, f"{process.pid} never stopped"
+        time.sleep(0.01)
+
+
+STOPPED_WORKER_COMMANDS = {
+    "local": [],  # started early, as the command begins (launch.early)
+    "local-by-the-pool": ["--kernel", "numpy"],  # an option launch.early does not read: the pool starts them
+    "worker-cmd": ["--worker-cmd", _bin("mcpi-worker")],
+    # The shell forks for the worker (a command follows it) and waits: a launcher that
+    # outlives the coordinator unless it dies with it.
+    "sh-launcher": ["--worker-cmd", f"sh -c '{_bin('mcpi-worker')}; true'"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", list(STOPPED_WORKER_COMMANDS))
+def test_a_stopped_worker_dies_with_its_sigkilled_mcpi_estimate(how: str) -> None:
+    """A worker someone stopped (SIGSTOP) acts on no catchable signal until a SIGCONT
+    that never comes once its coordinator is SIGKILLed: only a death signal of SIGKILL,
+    for it and for a launcher between them, ends it (``launch.early.spawn``,
+    ``mcpi_worker.boot``). Before, the stopped worker (and its shell) stayed for ever."""
+    estimate = subprocess.Popen(
+        [_bin("mcpi"), "estimate", "--points", str(10**13), "--workers", str(WORKERS),
+         "--seed", "1", "--chunk-size", str(10**9), *STOPPED_WORKER_COMMANDS[how]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    coordinator = psutil.Process(estimate.pid)
+    with reaping([estimate.pid]):
+        workers = busy_descendants(coordinator, WORKERS)
+        everything = not_warming(p.pid for p in coordinator.children(recursive=True))  # launchers too
+        with reaping(everything):
+            stop_and_wait(workers[0])
+            estimate.kill()
+            estimate.wait(timeout=SETUP_TIMEOUT_S)
+            left, took = wait_until_gone(everything, ORPHAN_DEADLINE_S)
+            stopped = workers[0].pid
+            assert left == [], f"{left} outlived SIGKILLed mcpi estimate by {took:.2f} s ({stopped} stopped)"
 
 
 def _start_estimate(*extra: str) -> tuple[subprocess.Popen[str], list[int]]:
