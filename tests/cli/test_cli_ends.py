@@ -619,3 +619,74 @@ def test_a_stop_after_the_result_is_written_leaves_it_whole_on_the_pipe(stop: si
     words = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
     assert done.stderr.splitlines() == [f"mcpi: {words[stop]}"], done.stderr
     _assert_nothing_left(mark)
+
+
+SIGNAL_AT_A_BLOCKED_FLUSH = SIGNAL_AT_THE_FLUSH.replace(
+    "            os.kill(os.getpid(), _signum)\n",
+    "            os.kill(os.getpid(), _signum)\n            open(os.environ['SIGNALLED_FILE'], 'x').close()\n",
+)
+"""``SIGNAL_AT_THE_FLUSH``, which also creates the file ``SIGNALLED_FILE`` names once the
+first signal is sent (and, Python's handler having run, noted): the test's moment for the
+second."""
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full and whose reader stays but never reads: a write to it
+    blocks, as stdout to a reader that stopped reading (a paused pager, a stuck consumer)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(signal.SIGTERM, signal.SIGINT), (signal.SIGHUP, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)],
+    ids=lambda s: s.name,
+)
+def test_a_second_stop_ends_a_flush_that_blocks_and_the_first_names_the_end(
+    first: signal.Signals, second: signal.Signals, tmp_path: Path
+) -> None:
+    """The result's flush blocks (stdout's reader stopped reading): the first stop signal
+    is only noted there, so that a result the pipe can take arrives whole; the second ends
+    the flush (``cli.signals._flush_output``), what was not written is dropped, and the
+    command exits at once with the first signal's code and its one line, nothing left
+    running. Without the second signal's way out, the command waited on the pipe for good."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_AT_A_BLOCKED_FLUSH, encoding="utf-8")
+    signalled = tmp_path / "signalled"
+    mark = uuid.uuid4().hex
+    env = _env(mark, {"PYTHONPATH": str(hook), "SIGNAL_AT_THE_FLUSH": str(int(first)),
+                      "SIGNALLED_FILE": str(signalled), "MCPI_NUMPY_IMPL": "numpy"})  # fmt: skip
+    read_end, write_end = _full_pipe()
+    try:
+        try:
+            process = subprocess.Popen(
+                [*MCPI, "estimate", "-n", "2e4", "--chunk-size", "1e4", "-w", "2", "-s", "3", "--json",
+                 "--no-progress", *PATIENT],
+                stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)  # the command holds it now: the reader alone stays here
+        try:
+            deadline = time.monotonic() + 300  # a bound against a hang, not a claim of speed
+            while not signalled.exists():
+                assert process.poll() is None, process.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "the result was never flushed"
+                time.sleep(0.01)
+            process.send_signal(second)
+            _, err = process.communicate(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        os.close(read_end)
+    assert process.returncode == 128 + first, (process.returncode, err[-3000:])
+    words = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
+    assert err.splitlines() == [f"mcpi: {words[first]}"], err
+    _assert_nothing_left(mark)
