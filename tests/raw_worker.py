@@ -111,6 +111,8 @@ FAULTS: dict[str, str] = {
     "array 32, map 32",
     # §3 rule 12
     "implementation_nil": "a result whose optional 'implementation' is nil (nil is not absence)",
+    # §8: an error's message is one line
+    "multiline_message": "an 'internal' error whose message runs over two lines",
     # §3 rule 10: a value two implementers could read differently, and valid
     "negative_zero_elapsed": "its first result with elapsed_s -0.0 (equal to 0: valid), then a correct worker",
     # rules the coordinator must keep, watched (exit 9 if broken)
@@ -330,6 +332,7 @@ class RawWorker:
             ),
             "insides_bad_sum": lambda: frame({**wrong, "inside": points - 1}),
             "implementation_nil": lambda: frame({**wrong, "implementation": None}),
+            "multiline_message": lambda: frame({"type": "error", "id": rid, "code": "internal", "message": "a\nb"}),
             "negative_zero_elapsed": lambda: frame({**good(), "elapsed_s": -0.0}),
         }
         answer = answers.get(self.fault)

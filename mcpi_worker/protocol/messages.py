@@ -137,8 +137,18 @@ class LocalProtocolError(RuntimeError):
 
 
 def bounded_text(text: str) -> str:
-    """``text`` cut to ``MAX_TEXT`` code points, so a message built from it stays sendable."""
+    """``text`` as an error's ``message`` must be (protocol.md §8): one line, each line
+    break (CR LF, CR or LF) made `` / ``, cut to ``MAX_TEXT`` code points. Error messages
+    are built from exceptions (a kernel's, numba's run over several lines) and quoted
+    values; without this a peer that checks §4 would take a per-request error for a
+    broken worker."""
+    if "\n" in text or "\r" in text:
+        text = " / ".join(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def _one_line(value: Any) -> bool:
+    return type(value) is str and len(value) <= MAX_TEXT and "\n" not in value and "\r" not in value
 
 
 def quote(value: Any) -> str:
@@ -425,6 +435,7 @@ OPTIONAL_ID: Final = FieldRule(
 )
 TEXT: Final = sized_rule(str, 0, MAX_TEXT, f"must be a string of at most {MAX_TEXT} characters")
 SECONDS: Final = FieldRule(_valid_seconds, "must be a finite, non-negative number", float)
+LINE: Final = FieldRule(_one_line, f"must be one line (no CR or LF) of at most {MAX_TEXT} characters")
 VERSIONS: Final = FieldRule(
     _valid_versions, f"must be a non-empty array of at most {MAX_LIST} positive integers", tuple
 )
@@ -452,7 +463,7 @@ FIELDS: Final[dict[type[Message], dict[str, FieldRule]]] = {
         "implementation": TEXT,
     },
     Pong: {"id": UINT64},
-    Error: {"id": OPTIONAL_ID, "code": TEXT, "message": TEXT},
+    Error: {"id": OPTIONAL_ID, "code": TEXT, "message": LINE},
 }  # fmt: skip
 """The one statement of every field rule: for each message, its wire fields in wire order
 (after ``type``), each with the rule its value obeys. A field is required unless its

@@ -46,6 +46,7 @@ import msgpack
 import pytest
 import trio
 from structlog.testing import capture_logs
+from worker_pipes import serving_over_pipes
 from worker_process import PATIENT_START_S, RAW_WORKER, SPEC_WORKER, worker_command
 
 from mcpi_coordinator.errors import RequestFailed
@@ -57,7 +58,18 @@ from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.client import WorkerClient, open_worker
 from mcpi_coordinator.testing.inprocess import fake_launcher
 from mcpi_worker.kernels import KERNELS
-from mcpi_worker.protocol import Error, Pong, Result, Welcome, WorkerMessage
+from mcpi_worker.protocol import (
+    WORKER_MESSAGES,
+    Error,
+    ErrorCode,
+    Pong,
+    Result,
+    Welcome,
+    WorkerMessage,
+    encode,
+    parse_message,
+)
+from mcpi_worker.server import Worker
 
 TESTS = Path(__file__).resolve().parents[1]
 PROTOCOL_MD = TESTS.parent / "protocol.md"
@@ -543,8 +555,10 @@ RULES: dict[str, Rule] = {
         f"{M}::test_precedence_on_a_version_1_connection",
     ),
     "error_messages_bounded": rule(
-        "An error's `message` is one line of at most 4096 characters",
+        "An error's `message` MUST be one line of at most 4096 characters",
         "test_worker.py::test_a_huge_value_gets_a_bounded_error_and_the_worker_goes_on",
+        f"{M}::test_a_kernel_s_multi_line_exception_is_answered_in_one_bounded_line",
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[multiline_message]",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[kernel_4096_code_points]",
     ),
     # ---------------------------------------------------------------- §9 shutdown
@@ -1175,6 +1189,32 @@ async def test_pings_and_samples_share_one_id_space_and_a_cancel_reaches_only_wh
     assert (responses, status) == ([], 0)
 
 
+async def test_a_kernel_s_multi_line_exception_is_answered_in_one_bounded_line() -> None:
+    """§8: the worker's ``internal`` error for a kernel whose exception runs over several
+    lines, and past 4096 characters, is one line within the limit; our coordinator's
+    checks take it as the per-request error it is, and the worker serves on."""
+
+    def failing(seed: int, stream: int, points: int, should_stop: object) -> int:
+        raise ValueError("first line\nsecond line\r\nthird\r" + "é" * 5000)
+
+    def make(input_fd: int, output_fd: int) -> Worker:
+        return Worker(input_fd, output_fd, kernels={"failing": failing, "numpy": KERNELS["numpy"]})
+
+    with trio.fail_after(TIMEOUT):
+        async with serving_over_pipes(make) as client:
+            await client.handshake()
+            await client.send_bytes(frame(sample(1, kernel="failing")) + frame(sample(2)))
+            answers = {m.id: m for m in [await client.receive() for _ in range(2)]}  # type: ignore[union-attr]
+    failed = answers[1]
+    assert isinstance(failed, Error) and failed.code == "internal"
+    assert failed.message.startswith("ValueError: first line / second line / third / éé")
+    assert len(failed.message) == 4096 and failed.message.endswith("…")
+    assert Error(1, ErrorCode.INTERNAL, failed.message) == parse_message(
+        msgpack.unpackb(encode(failed)[4:]), WORKER_MESSAGES
+    )  # what a coordinator checking §4 reads: a valid error
+    assert isinstance(answers[2], Result) and answers[2].inside == KERNELS["numpy"](SEED, 0, 1000)
+
+
 # ------------------------------------------------------------------ the spec worker itself
 
 
@@ -1369,6 +1409,7 @@ BROKEN: dict[str, Case] = {
     "group_over_points": Case("more inside than a group has points", RANGE),
     "insides_bad_sum": Case("do not add up", RANGE),
     "implementation_nil": Case("'implementation'"),
+    "multiline_message": Case("'message' must be one line"),
 }
 KNOWN_BUGS: dict[str, str] = {}
 """Rules our coordinator breaks today: their cases are strict xfails, to pass once fixed."""
