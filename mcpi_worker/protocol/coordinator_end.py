@@ -318,14 +318,17 @@ class CoordinatorEnd:
         return request_id
 
     def cancel(self, request_id: int) -> bool:
-        """Abandon a request: send ``cancel`` once; its answer will come as ``Answered``
-        with ``abandoned`` True. False (and nothing sent) if it is not in flight, already
-        abandoned, or the connection is closing or over: nothing may follow ``shutdown``
-        (protocol.md §9), which stops every request anyway."""
+        """Abandon a request: its answer will come as ``Answered`` with ``abandoned`` True.
+        Sends ``cancel`` once while serving; after ``shutdown`` nothing may follow
+        (protocol.md §9), and the shutdown stops every request anyway. True if the request
+        is abandoned now; False (and nothing sent) if it is not in flight, already
+        abandoned, or the connection is over."""
         request = self._samples.get(request_id) or self._pings.get(request_id)
         if request is None or request.abandoned:
             return False
         request.abandoned = True
+        if self._state is CoordinatorState.CLOSING:
+            return True
         if self._state is not CoordinatorState.SERVING:
             return False
         self._out.append(encode(Cancel(request_id)))

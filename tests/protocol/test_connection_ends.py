@@ -119,6 +119,7 @@ def test_nothing_follows_shutdown() -> None:
     request_id = end.send_sample(1, 0, 10, "numpy", now=0.0, token="chunk")
     end.shutdown()
     assert end.data_to_send().endswith(encode(Shutdown()))
+    assert end.cancel(request_id) is True  # abandoned: its answer is nobody's now
     assert end.cancel(request_id) is False
     end.shutdown()  # twice is once
     for send in (lambda: end.send_sample(1, 1, 10, "numpy", now=0.0), lambda: end.send_ping(now=0.0)):
