@@ -247,7 +247,7 @@ def _compare(args: argparse.Namespace) -> None:
                 )
             )
             print(f"  {mode:<15} {name:<8} {figure:>10,.1f} {unit:<14} CPU per request: "
-                  f"{side} {coordinator:6.1f} us, workers {workers:6.1f} us; switches (voluntary/involuntary): "
+                  f"{side} {coordinator:6.2f} us, workers {workers:6.2f} us; switches (voluntary/involuntary): "
                   f"{side} {vol:.2f}/{invol:.2f}, workers {wvol:.2f}/{winvol:.2f}")  # fmt: skip
     print(f"after: load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -261,6 +261,8 @@ def _plain_data_problem(value: Any, depth: int) -> str | None:
             return "map keys must be msgpack strings"
         items = list(value.values())
     elif isinstance(value, list):
+        if _SCALARS.issuperset(map(type, value)):
+            return None  # a list of scalars (a range's counts): one C loop, not one turn each
         items = value
     elif value is None or isinstance(value, (bool, int, float, str, bytes)):
         return None
