@@ -433,7 +433,7 @@ def _print_overhead(args: argparse.Namespace, results: Sequence[Overhead]) -> No
     headings = ["approach", "round trip (µs)", "× process-pool", "tasks/s", "× process-pool"]
     print(text.table_text(headings, rows, [False, True, True, True, True]))
     if any(r.approach in BATCHED for r in results):
-        print("(batched): many tasks go in one message, so tasks/s is of batches; the round trip is of one task alone")
+        print("(batched): many tasks in one message; tasks/s counts the tasks, the round trip is one alone")
 
 
 def _ratio(value: float, reference: float | None) -> str:
