@@ -217,6 +217,13 @@ class Checkpoint:
         except OSError as error:
             _unclaim(claimed)
             raise CheckpointRefused(f"cannot create checkpoint {target}: {_reason(error)}") from None
+        except BaseException:
+            # A stop (Ctrl-C, SIGTERM, SIGHUP) while the file is made: once it has the
+            # user's name, what was claimed beside it is the file's (``--resume`` opens
+            # it); before, nothing of this run is left under that name.
+            if not target.exists():
+                _unclaim(claimed)
+            raise
         return cls._open(target, expect=parameters)
 
     @classmethod

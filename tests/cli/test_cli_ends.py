@@ -690,3 +690,138 @@ def test_a_second_stop_ends_a_flush_that_blocks_and_the_first_names_the_end(
     words = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
     assert err.splitlines() == [f"mcpi: {words[first]}"], err
     _assert_nothing_left(mark)
+
+
+# ------------------------------------------------------------------ a stop and the checkpoint
+
+SIGNAL_AT_AN_AUDIT_EVENT = """
+import os, signal, sys
+
+_event = os.environ.pop("SIGNAL_AT_EVENT")  # this process only, not its workers
+_naming = os.environ.pop("SIGNAL_AT_EVENT_NAMING")
+_signum = int(os.environ.pop("SIGNAL_AT_EVENT_SIGNUM"))
+_sent = []
+
+
+def _signal_at(event, args):
+    if not _sent and event == _event and _naming in repr(args):
+        _sent.append(True)
+        os.kill(os.getpid(), _signum)
+
+
+sys.addaudithook(_signal_at)
+"""
+"""A ``sitecustomize`` whose process sends itself a signal at the first audit event
+``SIGNAL_AT_EVENT`` whose arguments name ``SIGNAL_AT_EVENT_NAMING``: a moment of the
+checkpoint's own life (``os.link``: the new file written under its temporary name, not
+yet under the user's; ``sqlite3.connect``: linked, being opened), never a guess of the
+clock."""
+
+CHECKPOINT_MOMENTS = {
+    "the file written, not yet linked": ("os.link", ".partial"),
+    "the file linked, being opened": ("sqlite3.connect", "run.db"),
+}
+CHECKPOINT_RUN = ("-n", "2e7", "--chunk-size", "1e6", "-w", "2", "-s", "7", "--json", "--no-progress", *PATIENT)
+CHECKPOINT_RUN_INSIDE = 15_705_905
+"""``sum(count_numpy(7, stream, 10**6) for stream in range(20))``: the undisturbed count
+(checked by ``test_the_undisturbed_count_of_the_checkpoint_run``)."""
+
+
+def test_the_undisturbed_count_of_the_checkpoint_run() -> None:
+    from mcpi_worker.kernels import count_numpy
+
+    assert sum(count_numpy(7, stream, 10**6) for stream in range(20)) == CHECKPOINT_RUN_INSIDE
+
+
+def _resumed_inside(path: Path, mark: str) -> int:
+    """``mcpi estimate --resume PATH --json``'s count, which must succeed."""
+    done = subprocess.run(
+        [*MCPI, "estimate", "--resume", str(path), "--json", *PATIENT],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(mark), timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    inside: int = json.loads(done.stdout)["inside"]
+    return inside
+
+
+@pytest.mark.parametrize("moment", list(CHECKPOINT_MOMENTS))
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_while_the_checkpoint_is_made_leaves_it_resumable_or_absent(
+    moment: str, stop: signal.Signals, tmp_path: Path
+) -> None:
+    """A stop as the checkpoint is created: the command ends with the signal's code and
+    one line, nothing left running; then either there is no checkpoint (it never took the
+    user's name: no file of the run's is left under its names, and the same
+    ``--checkpoint`` starts afresh) or ``--resume`` finishes it to the undisturbed count,
+    bit for bit. A stop before the link left ``run.db-wal`` and ``run.db-journal``, empty,
+    claimed for SQLite (``run.checkpoint``): harmless, but a file of a run that never was."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_AT_AN_AUDIT_EVENT, encoding="utf-8")
+    event, naming = CHECKPOINT_MOMENTS[moment]
+    mark = uuid.uuid4().hex
+    path = tmp_path / "run.db"
+    env = _env(mark, {"PYTHONPATH": str(hook), "SIGNAL_AT_EVENT": event, "SIGNAL_AT_EVENT_NAMING": naming,
+                      "SIGNAL_AT_EVENT_SIGNUM": str(int(stop))})  # fmt: skip
+    done = subprocess.run(
+        [*MCPI, "estimate", *CHECKPOINT_RUN, "--checkpoint", str(path)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 128 + stop, (done.returncode, done.stderr[-3000:])
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    _assert_nothing_left(mark)
+    left_beside = sorted(name.name for name in tmp_path.iterdir() if name.name.startswith((".run.db", "run.db")))
+    if path.exists():
+        assert set(left_beside) <= {"run.db", "run.db-journal", "run.db-wal"}, left_beside
+        assert _resumed_inside(path, mark) == CHECKPOINT_RUN_INSIDE
+    else:
+        # Nothing under the run's names: neither the temporary file nor the journals
+        # claimed for SQLite (empty files that a stop left there before).
+        assert left_beside == [], left_beside
+        assert "--resume" not in done.stderr, done.stderr  # nothing to carry on from
+        again = subprocess.run(
+            [*MCPI, "estimate", *CHECKPOINT_RUN, "--checkpoint", str(path)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(mark), timeout=600, check=False,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["inside"] == CHECKPOINT_RUN_INSIDE
+    _assert_nothing_left(mark)
+
+
+@pytest.mark.parametrize("worker_cmd", [False, True], ids=["local", "worker-cmd"])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_once_chunks_are_saved_leaves_a_checkpoint_that_resumes_to_the_count(
+    stop: signal.Signals, worker_cmd: bool, tmp_path: Path
+) -> None:
+    """A stop once the run has committed chunks (its write-ahead log has grown: the
+    event, not a delay), mid-run or, on a fast machine, as it ends: the signal's code (or
+    0 if the run finished first) and one line, nothing left, and ``--resume`` ends with
+    the undisturbed count."""
+    mark = uuid.uuid4().hex
+    path = tmp_path / "run.db"
+    wal = tmp_path / "run.db-wal"
+    extra = ["--worker-cmd", str(Path(sys.executable).with_name("mcpi-worker"))] if worker_cmd else []
+    process = subprocess.Popen(
+        [*MCPI, "estimate", *CHECKPOINT_RUN, "--checkpoint", str(path), *extra],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # a bound against a hang, not a claim of speed
+        while process.poll() is None and not (wal.exists() and wal.stat().st_size > 0):
+            assert time.monotonic() < deadline, "the run never committed a chunk"
+            time.sleep(0.005)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(stop)
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode in (0, 128 + stop), (process.returncode, err[-3000:])
+    assert "Traceback" not in err
+    if process.returncode:
+        assert out == "" and len(err.splitlines()) == 1, err
+    _assert_nothing_left(mark)
+    assert _resumed_inside(path, mark) == CHECKPOINT_RUN_INSIDE
+    _assert_nothing_left(mark)
