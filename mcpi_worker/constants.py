@@ -47,9 +47,13 @@ at 19 it takes only CPU nobody else wants, which on a busy machine may be none."
 
 CACHE_WARMED_BY_PARENT: Final[str] = "MCPI_CACHE_WARMED_BY_PARENT"
 """Set to ``1`` in a worker's environment by a coordinator that warms numba's cache
-itself (``mcpi estimate``): the worker then starts no warming process of its own. One
-a worker starts is the worker's orphan once it exits, and a coordinator that ends what
-its workers leave behind ends it with the run, before the cache is warm."""
+itself (``mcpi estimate``, for its own local workers only): the worker then starts no
+warming process of its own, which would compile the same cache a second time."""
+
+WARMING_MODULE: Final[str] = "mcpi_worker.kernels.warm"
+"""The module the cache-warming process runs (``python -m``): how its command line names
+it. It is meant to outlive whoever started it, so the ``mcpi`` command's orphan pass spares
+it (``mcpi_coordinator.launch.local.adopting_orphans``)."""
 
 EXPECTED_POINTS: Final[str] = "MCPI_EXPECTED_POINTS"
 """The size hint of protocol.md §5.1 (the ``hello``'s ``expected_points``: the points in all

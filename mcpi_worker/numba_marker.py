@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from mcpi_worker import numba_cache
-from mcpi_worker.constants import CACHE_WARMED_BY_PARENT
+from mcpi_worker.constants import CACHE_WARMED_BY_PARENT, WARMING_MODULE
 from mcpi_worker.kernel_policy import object_cache_wanted
 
 KERNEL_SOURCES: Final[tuple[str, ...]] = ("drive.py", "fused.py", "fused_range.py", "lanes.py", "export.py")
@@ -260,7 +260,7 @@ def start_warming() -> None:
     environ = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-P", "-m", "mcpi_worker.kernels.warm"],
+            [sys.executable, "-P", "-m", WARMING_MODULE],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -123,8 +123,8 @@ def run(args: argparse.Namespace, *, machine: capacity.MachineLimits | None = No
 
 @contextlib.contextmanager
 def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
-    """While the run lasts, its workers leave numba's cache to us (``CACHE_WARMED_BY_PARENT``
-    in the environment they inherit), and a cold cache (or a missing object cache) is
+    """While the run lasts, its local workers of ours leave numba's cache to us
+    (``CACHE_WARMED_BY_PARENT`` in the environment they inherit), and a cold cache (or a missing object cache) is
     warmed by a process of ours, started before orphans are adopted: a worker's own
     warming process is its orphan once it exits, and would be ended with the run
     (``adopting_orphans``), before the cache is warm. Ours is this process's child, not a
@@ -132,7 +132,10 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
     cache is warm (``kernels.warm``). Only when some of the run's workers are local
     mcpi-workers of ours: the cache warmed is this install's, on this machine, which a
     ``--worker-cmd``'s workers, a host's or a Slurm node's do not load, and the warming
-    would only take a CPU from the user."""
+    would only take a CPU from the user. Those are told nothing either (they inherited the
+    variable before, and srun passes it to Slurm's nodes): it would be false for them, and
+    an ``mcpi-worker`` among them warms its own cache when it needs it; the warming process
+    it starts outlives the run (``launch.local.adopting_orphans`` spares it)."""
     local_workers = args.worker_cmd is None and any(slot.host is None for slot in args.slots)
     if local_workers and (args.kernel or DEFAULT_KERNEL) == "numpy":
         from mcpi_worker import kernel_policy
@@ -144,6 +147,9 @@ def _cache_warmed_here(args: argparse.Namespace) -> Iterator[None]:
             uses_numba = False  # the workers refuse it, and say why
         if uses_numba and warm.NumbaCache().wants_warming():
             warm.start_warming()
+    if not local_workers:
+        yield
+        return
     before = os.environ.get(CACHE_WARMED_BY_PARENT)
     os.environ[CACHE_WARMED_BY_PARENT] = "1"
     try:

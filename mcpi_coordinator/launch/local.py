@@ -41,6 +41,7 @@ from mcpi_coordinator import logs
 from mcpi_coordinator.launch import early
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.launch.transport import Launcher, WorkerProcess
+from mcpi_worker.constants import WARMING_MODULE
 
 log = logs.get_logger("mcpi.launch")
 
@@ -229,12 +230,28 @@ def adopting_orphans() -> Iterator[bool]:
             # Killing an orphan re-parents its children to us, so the role is kept while
             # the rounds run; then given back, and one more pass ends what was adopted
             # between the last round and that moment.
-            ended = end_orphans(spare=before.__contains__)
+            def spare(pid: int) -> bool:
+                return pid in before or _is_warming(pid)
+
+            ended = end_orphans(spare=spare)
             if not was_subreaper:
                 set_subreaper(False)
-                ended += end_orphans(spare=before.__contains__)
+                ended += end_orphans(spare=spare)
             if ended:
                 log.warning("orphans_ended", pids=ended, why="left behind by workers")
+
+
+def _is_warming(pid: int) -> bool:
+    """Whether ``pid`` is numba's cache-warming process (``constants.WARMING_MODULE``), which
+    an ``mcpi-worker`` started by ``--worker-cmd`` (told nothing by ``CACHE_WARMED_BY_PARENT``)
+    may start, and which is meant to outlive whoever started it: at the lowest priority,
+    bounded, writing what the next run loads. Killed with the run, it never finished, and
+    every run started another. False when it cannot be read (gone, or not ours)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return WARMING_MODULE.encode() in cmdline.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def default_worker_command(shown: str = "info") -> list[str]:

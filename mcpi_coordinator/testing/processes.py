@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
+
+from mcpi_worker.constants import WARMING_MODULE
 
 if TYPE_CHECKING:
     import psutil
@@ -37,8 +39,6 @@ def still_running(pids: Iterable[int]) -> list[int]:
     return running
 
 
-WARMING_MODULE: Final = "mcpi_worker.kernels.warm"
-"""The module the cache-warming process runs (``-m``): how its command line names it."""
 
 
 def is_warming(process: psutil.Process) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -241,3 +242,50 @@ def test_ctrl_c_on_mcpi_estimate_exits_130_quietly_and_reaps_every_worker() -> N
         # The coordinator reaps its workers before it exits: they are gone already.
         left = still_running(pids)
         assert left == [], f"workers {left} still running after mcpi exited ({took:.2f} s)"
+
+
+def _run_estimate(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_bin("mcpi"), "estimate", "-n", "2e6", "--chunk-size", "1e6", "-w", "1", "-s", "1", "--json",
+         "--startup-timeout", "300", *extra],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_worker_cmd_is_not_told_that_mcpi_warms_its_cache(tmp_path: Path) -> None:
+    """``MCPI_CACHE_WARMED_BY_PARENT`` says "the process that started you warms numba's
+    cache": true of ``mcpi estimate``'s own local workers only. A ``--worker-cmd`` was told
+    it too (the variable was set in the command's whole environment), though nothing warms
+    a cache for it."""
+    seen = tmp_path / "seen"
+    script = f'printf "[%s]" "$MCPI_CACHE_WARMED_BY_PARENT" > {shlex.quote(str(seen))}; exec {_bin("mcpi-worker")}'
+    done = _run_estimate("--worker-cmd", f"sh -c {shlex.quote(script)}")
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text() == "[]"
+
+
+@pytest.mark.slow
+def test_a_cache_warming_process_a_worker_left_outlives_the_run(tmp_path: Path) -> None:
+    """An ``mcpi-worker`` that warms its own cache (one started by ``--worker-cmd``) starts
+    ``python -m mcpi_worker.kernels.warm`` in a session of its own, meant to outlive it;
+    once the worker exits, ``mcpi estimate`` adopts it as an orphan, and used to kill it
+    with the run (``orphans_ended``), so it never finished. A stand-in with the warmer's
+    command line (it sleeps instead of compiling) is spared now, and anything else such a
+    worker leaves is still ended (``tests/launch/test_hostile_orphans.py``)."""
+    pid_file = tmp_path / "warmer.pid"
+    warmer = (
+        f"{shlex.quote(sys.executable)} -c 'import os, sys, time; open(sys.argv[1], \"w\").write(str(os.getpid())); "
+        f"time.sleep(600)' {shlex.quote(str(pid_file))} {constants.WARMING_MODULE}"
+    )
+    script = f"setsid {warmer} </dev/null >/dev/null 2>&1 & exec {_bin('mcpi-worker')}"
+    done = _run_estimate("--worker-cmd", f"sh -c {shlex.quote(script)}")
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the stand-in warmer never started"
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    with reaping([pid]):
+        assert done.returncode == 0, done.stderr
+        assert "orphans_ended" not in done.stderr, done.stderr
+        assert still_running([pid]) == [pid]
