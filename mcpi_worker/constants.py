@@ -61,7 +61,7 @@ the coordinator expects to ask of this worker), given in a worker's environment 
 coordinator that starts it before it can send the ``hello``: ``mcpi estimate``'s workers
 started as the command begins (``launch.early``), whose ``hello`` comes only once the
 command has imported Trio and the pool. The worker acts on it as on the ``hello``'s, at
-its own start (a whole number; anything else is ignored)."""
+its own start (decimal digits, at most as many as a uint64 has; anything else is ignored)."""
 
 KILLED_WITH_PARENT: Final[str] = "MCPI_KILLED_WITH"
 """Set to its own pid in a worker's environment by a coordinator that spawns it from a

@@ -40,6 +40,9 @@ To drive it by hand: pipe frames to it (the dozen-line Python client in docs/wor
 
 MAX_SPIN_US: Final[int] = 10_000
 
+MAX_HINT_DIGITS: Final[int] = len(str(2**64 - 1))
+"""The most digits of ``constants.EXPECTED_POINTS`` acted on: the ``hello``'s hint is a uint64."""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -166,7 +169,10 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
         return ExitCode.USAGE
     log.info("kernels", implementations=implementations)
     hint = os.environ.get(EXPECTED_POINTS, "")
-    if hint.isdecimal():  # the hello's size hint, given before it (constants.EXPECTED_POINTS)
+    # The hello's size hint, given before it (constants.EXPECTED_POINTS). Anything but
+    # decimal digits, or more of them than a uint64 has, is ignored: int() of a hint past
+    # 4300 digits raised ValueError, a traceback at the worker's start.
+    if hint.isdecimal() and len(hint) <= MAX_HINT_DIGITS:
         NUMPY_KERNEL.expect(int(hint))
     # Ctrl-C: ignored from the start when our stdin is a pipe (boot.leave_ctrl_c_to_the_owner).
 

@@ -71,3 +71,20 @@ def test_a_worker_told_of_a_small_run_at_its_start_imports_numpy_before_its_firs
     finally:
         worker.close_stdin()
         assert worker.wait() == 0
+
+
+@pytest.mark.parametrize("hint", ["9" * 5000, "1e9", "-1", " 7"])
+def test_a_worker_ignores_an_environment_hint_that_is_not_a_uint64s_digits(hint: str) -> None:
+    """``MCPI_EXPECTED_POINTS`` is acted on only as a uint64's decimal digits. A hint of
+    thousands of digits made the worker's start end in ``int()``'s ValueError (past 4300
+    digits), a traceback and no ``welcome``; now it is ignored as any other bad value."""
+    worker = WorkerUnderTest(env={"MCPI_EXPECTED_POINTS": hint})
+    try:
+        worker.handshake()
+        worker.send(Sample(id=1, seed=1, stream=0, points=1000, kernel="numpy"))
+        result = worker.receive()
+        assert isinstance(result, Result) and result.inside == count_numpy(1, 0, 1000)
+    finally:
+        worker.close_stdin()
+        assert worker.wait() == 0
+    assert "Traceback" not in worker.stderr_text()
