@@ -28,14 +28,19 @@ from typing import Final
 from mcpi_coordinator.arguments import count_type
 
 LOOP = """\
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 parent = int(sys.argv[1])
 while os.getppid() == parent:
     for _ in range(100_000):
         pass
 """
 """Pure Python on one CPU, looking every 100,000 rounds whether its parent (whose pid it
-is given: one that died before the loop started would have left it init's) still lives."""
+is given: one that died before the loop started would have left it init's) still lives.
+It ignores Ctrl-C, which reaches it with ``same_session`` (in the terminal's foreground
+process group) and would end it with a ``KeyboardInterrupt`` traceback on the terminal:
+the benchmark that started it ends it (``busy_loops``); it writes nowhere (stderr is
+``/dev/null``), so a Ctrl-C during its own start prints nothing either."""
 
 
 @contextmanager
@@ -46,7 +51,11 @@ def busy_loops(count: int, *, same_session: bool = False) -> Iterator[list[int]]
     try:
         for _ in range(count):
             loops.append(
-                subprocess.Popen([sys.executable, "-c", LOOP, str(os.getpid())], start_new_session=not same_session)
+                subprocess.Popen(
+                    [sys.executable, "-c", LOOP, str(os.getpid())],
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=not same_session,
+                )
             )
         yield [loop.pid for loop in loops]
     finally:

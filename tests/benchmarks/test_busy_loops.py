@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -71,3 +72,51 @@ def test_the_loops_end_themselves_when_the_benchmark_is_killed_outright() -> Non
     finally:
         for pid in still_running(locals().get("loops", {})):
             os.kill(pid, signal.SIGKILL)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (its ``SigIgn`` mask in ``/proc``)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the loops' signal masks in /proc")
+def test_a_ctrl_c_leaves_the_same_session_loops_to_the_benchmark_and_prints_nothing() -> None:
+    """With ``same_session`` the loops are in the terminal's foreground process group, so
+    Ctrl-C reaches them too: each ended with a ``KeyboardInterrupt`` traceback on the
+    terminal beside the benchmark's own one line. They ignore it now, and the benchmark
+    ends them as it leaves the block. The holder leads a session of its own (Ctrl-C is
+    sent to its group, not to pytest's)."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(BENCHMARKS)!r})
+        from busy_loops import busy_loops
+        with busy_loops(2, same_session=True) as pids:
+            print(json.dumps(pids), flush=True)
+            try:
+                sys.stdin.read()
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        loops = [psutil.Process(pid) for pid in json.loads(holder.stdout.readline())]
+        for loop in loops:  # into its loop: far more CPU than an interpreter's start
+            started = time.monotonic()
+            while loop.cpu_times().user < 0.2:
+                assert time.monotonic() - started < TIMEOUT, f"loop {loop.pid} never got busy"
+                time.sleep(0.05)
+        assert [_ignores_sigint(loop.pid) for loop in loops] == [True, True]
+        os.killpg(holder.pid, signal.SIGINT)  # Ctrl-C in the holder's terminal
+        out, err = holder.communicate(timeout=TIMEOUT)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert (holder.returncode, out, err) == (0, "interrupted\n", "")
+    assert still_running(loop.pid for loop in loops) == []
