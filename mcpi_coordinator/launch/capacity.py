@@ -34,10 +34,12 @@ from mcpi_worker import kernel_policy
 if TYPE_CHECKING:
     from mcpi_coordinator.launch.remote import WorkerSlot
 
-FDS_PER_WORKER: Final[int] = 5
-"""What one running worker costs the coordinator: its stdin, stdout and stderr pipes,
-the pidfd ``launch.local.SessionProcess`` watches its exit with, and the pidfd
-``trio.Process`` waits on (``python benchmarks/fleet.py costs`` counts them)."""
+FDS_PER_WORKER: Final[int] = 4
+"""What one running worker costs the coordinator: its stdin, stdout and stderr pipes, and
+the pidfd ``launch.local.SessionProcess`` watches its exit with (``python
+benchmarks/fleet.py costs`` counts them; every local worker is started by
+``launch.early.spawn``, a ``subprocess.Popen``, which holds no pidfd of its own as
+``trio.Process`` did)."""
 
 FDS_PER_START: Final[int] = 5
 """Held only while a worker is being spawned: the child's ends of its three pipes and

@@ -17,6 +17,7 @@ the worker's pid in a directory and then blocks, so the test knows exactly which
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -75,7 +76,8 @@ def test_the_open_file_limit_caps_the_fleet() -> None:
     assert (cap.local, cap.by_files, cap.by_memory) == (100, 100, None)
     assert fleet_cap(limits(files - 1, None), max_starting=4).local == 99
     # Each worker spawned at once holds FDS_PER_START more while it starts.
-    assert fleet_cap(limits(files, None), max_starting=5).local == 99
+    fewer = -(-FDS_PER_START // FDS_PER_WORKER)  # workers' worth of descriptors one more start holds
+    assert fleet_cap(limits(files, None), max_starting=5).local == 100 - fewer
     # ssh clients are processes of ours too: they take from the same descriptors.
     assert fleet_cap(limits(files, None), remote=30, max_starting=4).local == 70
 
@@ -88,12 +90,13 @@ def test_memory_caps_the_fleet_when_it_runs_out_first() -> None:
 
 
 def test_refusal_is_one_line_naming_the_cap_and_why() -> None:
-    machine = limits(FDS_RESERVED + 4 * FDS_PER_START + 50 * FDS_PER_WORKER, 96 * 48)
+    files = FDS_RESERVED + 4 * FDS_PER_START + 50 * FDS_PER_WORKER
+    machine = limits(files, 96 * 48)
     assert check_fleet(50, 0, machine, max_starting=4) is None
     problem = check_fleet(51, 0, machine, max_starting=4)
     assert problem is not None and "\n" not in problem
     assert problem.startswith("--workers 51 is more than this machine can hold: at most 50 local workers")
-    assert "open-file limit of 334 (ulimit -Hn) holds 50" in problem
+    assert f"open-file limit of {files} (ulimit -Hn) holds 50 at {FDS_PER_WORKER} descriptors each" in problem
     assert "memory available holds 96" in problem
     # The binding limit is named first.
     memory_bound = limits(10**6, 20 * 48)
@@ -173,6 +176,45 @@ def test_the_real_worker_stays_within_the_memory_it_is_counted_for(
 
     peak = trio.run(peak_rss)
     assert peak <= counted_for, f"a worker ({implementation}) used {peak / MiB:.1f} MiB"
+
+
+def descriptors_for(pid: int) -> int:
+    """How many of this process's descriptors are there for worker ``pid``: each one on a
+    pipe or other object the worker has open too, and each pidfd of it (its ``fdinfo``
+    names the pid). Read from ``/proc``, so that no descriptor opened or closed meanwhile
+    by anything else in this process counts."""
+    theirs = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            theirs.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text(encoding="utf-8")
+        except OSError:  # the listing's own descriptor, gone by now
+            continue
+        shared = target in theirs and not target.startswith("/")  # a file both opened is not the worker's
+        count += shared or (target == "anon_inode:[pidfd]" and f"Pid:\t{pid}\n" in info)
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").exists(), reason="reads descriptors in /proc")
+def test_a_running_worker_costs_the_coordinator_the_descriptors_it_is_counted_for() -> None:
+    """``FDS_PER_WORKER`` is a measurement (``benchmarks/fleet.py costs``), and the cap and
+    its refusal line are worked out from it: since every local worker is started by
+    ``launch.early.spawn`` (23dfd9b), not ``trio.lowlevel.open_process``, there is no
+    ``trio.Process`` pidfd beside ``SessionProcess``'s, and each worker cost one descriptor
+    less than it was counted for (the cap refused fleets that fit)."""
+
+    async def per_worker() -> list[int]:
+        async with WorkerPool(2, command=worker_command(), startup_timeout=60) as pool:
+            with trio.fail_after(SETUP_TIMEOUT_S):
+                while pool.stats.alive < 2:  # both started and past their handshake
+                    await pool.state_changed()
+            return [descriptors_for(worker.pid) for worker in pool.stats.workers if worker.pid is not None]
+
+    assert trio.run(per_worker) == [FDS_PER_WORKER] * 2
 
 
 # ------------------------------------------------------------------ starting in turn
