@@ -263,7 +263,8 @@ def default_worker_command(shown: str = "info") -> list[str]:
 
 
 class _Child(Protocol):
-    """What ``SessionProcess`` needs of the child it wraps (a ``trio.Process`` has it)."""
+    """What ``SessionProcess`` needs of the child it wraps (``_PopenChild`` has it, and so
+    has a ``trio.Process``)."""
 
     @property
     def pid(self) -> int: ...
@@ -298,7 +299,8 @@ class _PopenChild:
 
 
 class SessionProcess:
-    """A ``trio.Process`` in a session of its own, as a ``transport.WorkerProcess``.
+    """A child in a session of its own (a worker ``launch.early.spawn`` started, as a
+    ``_PopenChild``; or a ``trio.Process``), as a ``transport.WorkerProcess``.
 
     ``args`` is the argument vector, for error messages.
     """
