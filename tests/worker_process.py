@@ -7,10 +7,13 @@ it. Two daemon threads drain stdout (decoding frames with the coordinator-side
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -71,7 +74,13 @@ class WorkerUnderTest:
         self._messages: queue.Queue[Message | ProtocolError | EndOfOutput] = queue.Queue()
         self._stderr_lines: list[str] = []
         self._stderr_done = threading.Event()
-        threading.Thread(target=self._drain_stdout, daemon=True).start()
+        # The drain thread reads a duplicate of the pipe's fd that only it closes: reading
+        # ``proc.stdout``'s own fd by number, it went on reading after ``kill`` closed that
+        # fd, from the next worker's stdout pipe once the number was reused, and took that
+        # worker's answers (its test then timed out with nothing unread in its pipe).
+        assert self.proc.stdout is not None
+        stdout_fd = os.dup(self.proc.stdout.fileno())
+        threading.Thread(target=self._drain_stdout, args=(stdout_fd,), daemon=True).start()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
 
     @property
@@ -129,7 +138,17 @@ class WorkerUnderTest:
                     continue  # a thread that ended meanwhile
                 threads.append(f"{task.name} {stat[0]} {wchan} cpu {int(stat[11]) + int(stat[12])} ticks")
             where = "running; threads: " + ", ".join(threads)
-        return f"the worker (pid {self.pid}) is {where}; stderr so far: {''.join(self._stderr_lines)!r}"
+        pipes = []
+        for name, stream in (("stdin", self.proc.stdin), ("stdout", self.proc.stdout)):
+            try:  # Linux answers FIONREAD on either end of a pipe: bytes written, not yet read
+                unread = struct.unpack("i", fcntl.ioctl(stream.fileno(), termios.FIONREAD, b"\0" * 4))[0]  # type: ignore[union-attr]
+            except (OSError, ValueError, AttributeError):
+                continue
+            pipes.append(f"{unread} bytes unread in its {name} pipe")
+        return (
+            f"the worker (pid {self.pid}) is {where}; {', '.join(pipes)}; {len(self.raw_stdout)} bytes read from "
+            f"its stdout; stderr so far: {''.join(self._stderr_lines)!r}"
+        )
 
     def receive_many(self, count: int) -> list[Message]:
         return [self.receive() for _ in range(count)]
@@ -187,10 +206,10 @@ class WorkerUnderTest:
 
     # -- draining
 
-    def _drain_stdout(self) -> None:
+    def _drain_stdout(self, fd: int) -> None:
+        """Read ``fd`` (this thread's own duplicate of the worker's stdout) to its end, and
+        close it."""
         decoder = FrameDecoder(WORKER_MESSAGES)
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
         try:
             while True:
                 data = os.read(fd, 65536)
@@ -206,6 +225,8 @@ class WorkerUnderTest:
             self._messages.put(exc)
         except OSError:
             self._messages.put(EndOfOutput())
+        finally:
+            os.close(fd)
 
     def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None
