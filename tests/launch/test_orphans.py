@@ -11,6 +11,7 @@ two seconds after Ctrl-C.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 import shlex
@@ -19,12 +20,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
+import trio
 
 from mcpi_coordinator.testing.processes import not_warming, still_running, wait_until_gone, workers_among
 from mcpi_worker import constants
@@ -289,3 +291,68 @@ def test_a_cache_warming_process_a_worker_left_outlives_the_run(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         assert "orphans_ended" not in done.stderr, done.stderr
         assert still_running([pid]) == [pid]
+
+
+# ------------------------------------------------------------------ WorkerPool as a library, cancelled
+
+POOL_MOMENTS = ("while the workers start", "mid-request", "while the pool closes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", POOL_MOMENTS)
+async def test_a_pool_cancelled_at_an_awkward_moment_has_reaped_every_worker_when_it_returns(moment: str) -> None:
+    """``WorkerPool`` in a program of its own (no subreaper, no signal handling of ours),
+    real ``mcpi-worker``s, cancelled by a cancel scope at an event of the pool's life: as
+    the last worker is launched (none has said ``welcome``), once a worker is busy with a
+    minutes-long request (the process table says so), and once the pool's close has begun
+    with those requests in flight. When the ``async with`` is left, every worker has
+    been reaped: none is in the process table, not even as a zombie."""
+    from mcpi_coordinator import Chunk, PoolClosed, WorkerPool
+    from mcpi_coordinator.launch.local import default_worker_command, spawn_worker
+    from mcpi_coordinator.launch.transport import WorkerProcess
+
+    pids: list[int] = []
+    launched = trio.Event()
+
+    async def launch(_index: int) -> WorkerProcess:
+        process = await spawn_worker(default_worker_command())
+        pids.append(process.pid)
+        if len(pids) == WORKERS:
+            launched.set()
+        return process
+
+    async def busy() -> None:
+        """Until a worker is counting (the pool may pipeline both requests to one)."""
+        while not any(psutil.Process(pid).cpu_times().user >= BUSY_CPU_S for pid in pids):
+            await trio.sleep(0.05)  # polling the process table for the event, not a guess of the clock
+
+    async def request(pool: WorkerPool, stream: int) -> None:
+        with contextlib.suppress(PoolClosed):  # the close, which the test brings about, ends it so
+            await pool.sample(Chunk(seed=1, stream=stream, points=MAX_POINTS))
+
+    with trio.fail_after(SETUP_TIMEOUT_S * 5):  # a bound against a hang: the test fails, never waits for ever
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as requests:
+                if moment == "while the workers start":
+                    requests.start_soon(_cancel_at, launched.wait, scope)
+                pool = WorkerPool(WORKERS, launcher=launch, startup_timeout=SETUP_TIMEOUT_S)
+                async with pool:
+                    for stream in range(WORKERS):
+                        requests.start_soon(request, pool, stream)
+                    await busy()
+                    if moment == "mid-request":
+                        scope.cancel()
+                        await trio.sleep_forever()
+                    closing = trio.Event()
+                    requests.start_soon(_cancel_at, closing.wait, scope)
+                    closing.set()  # the close begins as the block is left, with both requests in flight
+        assert scope.cancelled_caught
+    assert len(pids) == WORKERS
+    for pid in pids:  # reaped: gone from the table, not a zombie waiting for us
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).ppid() != os.getpid(), pid
+    assert still_running(pids) == []
+
+
+async def _cancel_at(event: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+    await event()
+    scope.cancel()
