@@ -630,6 +630,26 @@ first signal is sent (and, Python's handler having run, noted): the test's momen
 second."""
 
 
+def _signal_once(
+    process: subprocess.Popen[str], ready: Callable[[], bool], stop: signal.Signals, never: str
+) -> tuple[str, str]:
+    """Wait until ``ready()`` (an event of the run, polled) or the process's end, send it
+    ``stop`` (if it still runs), and return its output; it is killed if anything fails.
+    ``never`` says what did not happen, should the wait pass its bound."""
+    try:
+        deadline = time.monotonic() + 300  # a bound against a hang, not a claim of speed
+        while process.poll() is None and not ready():
+            assert time.monotonic() < deadline, never
+            time.sleep(0.005)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(stop)
+        return process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _full_pipe() -> tuple[int, int]:
     """A pipe whose buffer is full and whose reader stays but never reads: a write to it
     blocks, as stdout to a reader that stopped reading (a paused pager, a stuck consumer)."""
@@ -672,18 +692,7 @@ def test_a_second_stop_ends_a_flush_that_blocks_and_the_first_names_the_end(
             )  # fmt: skip
         finally:
             os.close(write_end)  # the command holds it now: the reader alone stays here
-        try:
-            deadline = time.monotonic() + 300  # a bound against a hang, not a claim of speed
-            while not signalled.exists():
-                assert process.poll() is None, process.communicate()[1][-3000:]
-                assert time.monotonic() < deadline, "the result was never flushed"
-                time.sleep(0.01)
-            process.send_signal(second)
-            _, err = process.communicate(timeout=300)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _, err = _signal_once(process, signalled.exists, second, "the result was never flushed")
     finally:
         os.close(read_end)
     assert process.returncode == 128 + first, (process.returncode, err[-3000:])
@@ -806,18 +815,9 @@ def test_a_stop_once_chunks_are_saved_leaves_a_checkpoint_that_resumes_to_the_co
         [*MCPI, "estimate", *CHECKPOINT_RUN, "--checkpoint", str(path), *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(mark),
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300  # a bound against a hang, not a claim of speed
-        while process.poll() is None and not (wal.exists() and wal.stat().st_size > 0):
-            assert time.monotonic() < deadline, "the run never committed a chunk"
-            time.sleep(0.005)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(stop)
-        out, err = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    out, err = _signal_once(
+        process, lambda: wal.exists() and wal.stat().st_size > 0, stop, "the run never committed a chunk"
+    )
     assert process.returncode in (0, 128 + stop), (process.returncode, err[-3000:])
     assert "Traceback" not in err
     if process.returncode:
