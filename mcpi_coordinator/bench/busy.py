@@ -43,20 +43,27 @@ the benchmark that started it ends it (``busy_loops``); it writes nowhere (stder
 ``/dev/null``), so a Ctrl-C during its own start prints nothing either."""
 
 
+class LoopsNotStarted(Exception):
+    """A loop could not be started (no process or descriptor left): its own type, so that a
+    command says so only of the loops, not of an ``OSError`` from what runs beside them."""
+
+
 @contextmanager
 def busy_loops(count: int, *, same_session: bool = False) -> Iterator[list[int]]:
-    """Run ``count`` CPU-bound loops for the block; yield their pids. Raises ``OSError``
-    if one cannot be started (those already started are ended first)."""
+    """Run ``count`` CPU-bound loops for the block; yield their pids. Raises
+    ``LoopsNotStarted`` if one cannot be started (those already started are ended first)."""
     loops: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(count):
-            loops.append(
-                subprocess.Popen(
+            try:
+                loop = subprocess.Popen(
                     [sys.executable, "-c", LOOP, str(os.getpid())],
                     stderr=subprocess.DEVNULL,
                     start_new_session=not same_session,
                 )
-            )
+            except OSError as exc:
+                raise LoopsNotStarted(f"cannot start the --busy loops: {exc}") from exc
+            loops.append(loop)
         yield [loop.pid for loop in loops]
     finally:
         for loop in loops:

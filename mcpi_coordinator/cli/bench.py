@@ -22,7 +22,7 @@ from rich.console import Console
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.bench import failures, off_main, report
 from mcpi_coordinator.bench.approaches import APPROACHES
-from mcpi_coordinator.bench.busy import add_busy_arguments, busy_loops, described
+from mcpi_coordinator.bench.busy import LoopsNotStarted, add_busy_arguments, busy_loops, described
 from mcpi_coordinator.bench.overhead import BATCHED, OVERHEAD_APPROACHES, Overhead
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.cli import commands, facts, plots, signals, text
@@ -381,8 +381,8 @@ def run_overhead(args: argparse.Namespace) -> int:
                     results.append(_run_one(name, measure, args.tasks, args.workers))
     except _Failed as exc:
         return _fail(args, str(exc))
-    except OSError as exc:  # a busy loop that could not be started (none is left running)
-        return _fail(args, f"cannot start the --busy loops: {exc}")
+    except LoopsNotStarted as exc:  # none of them is left running
+        return _fail(args, str(exc))
     except KeyboardInterrupt:
         return _interrupted(args)
 

@@ -120,3 +120,23 @@ def test_a_ctrl_c_leaves_the_same_session_loops_to_the_benchmark_and_prints_noth
             holder.wait()
     assert (holder.returncode, out, err) == (0, "interrupted\n", "")
     assert still_running(loop.pid for loop in loops) == []
+
+
+def test_loops_that_cannot_start_raise_their_own_error() -> None:
+    """Out of descriptors (the open-file limit lowered to what the process holds), the
+    first loop's start fails: ``LoopsNotStarted``, not a bare ``OSError`` that a command
+    could not tell from one raised by what it runs beside the loops."""
+    script = textwrap.dedent("""
+        import os, resource
+        from mcpi_coordinator.bench.busy import LoopsNotStarted, busy_loops
+        held = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
+        resource.setrlimit(resource.RLIMIT_NOFILE, (held, held))
+        try:
+            with busy_loops(2):
+                print("started")
+        except LoopsNotStarted as exc:
+            print("refused:", exc)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("refused: cannot start the --busy loops:"), run.stdout
