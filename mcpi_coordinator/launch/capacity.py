@@ -4,7 +4,9 @@ Two resources run out first, and each gives a cap:
 
 - **Open files.** Every worker, local or ssh client, costs the coordinator
   ``FDS_PER_WORKER`` descriptors for as long as it runs, and ``FDS_PER_START`` more
-  while it is being spawned; the pool spawns at most ``max_starting`` at once. Past
+  while it is being spawned. Room is kept for ``max_starting`` spawns at once, the most
+  starts the pool has under way; the spawns themselves now run one after the other on
+  the pool's thread (``launch.early.spawn``), so that room is more than is used. Past
   the limit, a run drowns in "Too many open files" warnings instead of starting. The
   coordinator may raise its soft limit up to the hard one (``raise_open_file_limit``),
   so the hard limit is what counts.
