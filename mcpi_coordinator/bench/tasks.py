@@ -7,13 +7,13 @@ this module to find it, so it must be importable and cheap to import.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
+import select
 import signal
 import sys
+import threading
 from collections.abc import Callable
-from typing import Final
 
 from mcpi_worker.kernels import KERNELS
 
@@ -33,13 +33,6 @@ def noop() -> None:
 
 def noop_of(_item: object) -> None:
     """``noop`` for the APIs that map a function over items (``imap_unordered``)."""
-
-
-PARENT_DEATH_SIGNAL: Final = signal.SIGUSR1
-"""What the kernel sends a pool worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``),
-as it does ``mcpi-worker`` (``mcpi_worker.boot``, protocol.md §10.4)."""
-
-_PR_SET_PDEATHSIG: Final = 1
 
 
 def initializer() -> Callable[[], None]:
@@ -92,42 +85,49 @@ def start_worker(owner: int) -> None:
     ``ProcessPoolExecutor`` or ``multiprocessing.Pool`` worker waits on a queue whose
     write end every forked sibling holds too, so it never sees end of file, and it
     keeps the command's stdout and stderr open, so whoever waits for those to close
-    waits forever. So the worker asks the kernel for a signal when its parent dies, as
-    ``mcpi-worker`` does, and leaves with ``os._exit`` then. The parent is ``owner``
-    itself for a forked worker; under a fork server it is the server, which exits
-    when ``owner`` does. The signal comes also when the parent *thread* that started
-    the worker ends (pebble's and trio-parallel's start workers from threads), so the
-    handler leaves only once the worker has been re-parented.
+    waits forever. So each worker ends itself when ``owner`` has exited
+    (``_exit_with``): its parent for a forked worker, its parent's parent under a
+    fork server, and the one process that outlives every thread a pool starts its
+    workers from (pebble's and trio-parallel's threads).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)  # not the command's handlers, forked with it
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since the fork: ignored now
-    if not sys.platform.startswith("linux"):
-        return  # no parent-death signal: the pools' own shutdown is all there is
-    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        _exit_with(owner)
+    # Elsewhere no pidfd: the pools' own shutdown is all there is.
 
-    def on_parent_death(_signum: int, _frame: object) -> None:
-        if os.getppid() != parent:
-            os._exit(0)
 
-    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death)
+def _exit_with(owner: int) -> None:
+    """End this process with ``os._exit(0)`` once process ``owner`` has exited: from a
+    daemon thread that waits for ``owner``'s pidfd to become readable.
+
+    Not a parent-death signal with a handler, as before: a worker blocked on its pool's
+    queue lock, which a sibling killed with the command had held, was left for good
+    (about 1 SIGKILLed ``mcpi bench overhead`` in 30 beside two busy loops). Linux
+    signals a child at each re-parenting, to another thread of the dying command first
+    (the handler rightly ignored that one, the parent process being the same) and then
+    to init; when the second came while the handler of the first was still running,
+    CPython left its handler for the main thread's next line of Python, and the main
+    thread was back waiting in ``sem_wait``, which no further signal interrupted. A
+    thread of its own that exits the process does not depend on the main thread ever
+    running Python again; nor does a pidfd on a thread of ``owner`` that ends (it is
+    the process's).
+
+    Where pidfds are refused (Linux before 5.3, a seccomp filter), nothing is armed."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # refused: as on other systems
-    # The signal does not come for a parent that died before it was asked for: the
-    # parent read above may already be whoever adopted us.
-    if os.getppid() != parent or (parent != owner and not _running(owner)):
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:  # gone before we looked: nobody will read our results
         os._exit(0)
+    except OSError:
+        return
+    threading.Thread(target=_exit_when_readable, args=(pidfd,), name="mcpi-bench-exit-with-owner", daemon=True).start()
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` names a process that has not exited (a zombie has), from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
+def _exit_when_readable(pidfd: int) -> None:
+    """A pidfd is readable once its process has exited (a zombie: the test of that is
+    the kernel's ``thread_group_exited``), and stays so."""
+    select.select([pidfd], [], [])
+    os._exit(0)

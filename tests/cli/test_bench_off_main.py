@@ -9,9 +9,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
+import psutil
 import pytest
 
 from mcpi_coordinator.bench import tasks
@@ -152,3 +155,90 @@ def test_sigterm_ends_a_forked_pool_worker_quietly() -> None:
                 worker.kill()
                 worker.join()
     assert worker.exitcode == -signal.SIGTERM
+
+
+OWNER_OF_A_STUCK_WORKER = """
+import os, signal
+from mcpi_coordinator.bench import tasks
+
+owner = os.getpid()
+never_read, never_written = os.pipe()
+worker = os.fork()
+if worker == 0:
+    tasks.start_worker(owner)
+    # The main thread never runs another line of Python: as a worker's does when a signal
+    # handler is left pending while it waits in C (sem_wait on its pool's queue lock).
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals))
+    os.read(never_read, 1)  # we hold the write end too: no end of file either
+    os._exit(3)
+print(worker, flush=True)
+signal.pause()
+"""
+
+
+def test_a_pool_worker_whose_main_thread_is_stuck_in_c_dies_with_its_owner() -> None:
+    """A ``ProcessPoolExecutor`` worker outlived its SIGKILLed command (1 run in ~30 of
+    ``tests/cli/test_cli_ends.py``'s test beside two busy loops): its parent-death
+    signal's handler was left pending while the main thread waited on its queue's lock,
+    held for good by a sibling killed with the command. The worker now leaves from a
+    thread of its own once the owner's pidfd says it has exited."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_OF_A_STUCK_WORKER], stdout=subprocess.PIPE, text=True)
+    worker: psutil.Process | None = None
+    try:
+        assert owner.stdout is not None
+        worker = psutil.Process(int(owner.stdout.readline()))
+        owner.kill()
+        owner.wait()
+        _, left = psutil.wait_procs([worker], timeout=PATIENCE_S)
+        assert left == [], "the worker outlived its owner"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        if worker is not None and worker.is_running():
+            worker.kill()
+
+
+OWNER_FORKING_FROM_A_THREAD = """
+import os, threading
+from mcpi_coordinator.bench import tasks
+
+owner = os.getpid()
+to_worker_read, to_worker = os.pipe()
+from_worker, from_worker_write = os.pipe()
+forked = []
+
+def fork_a_worker():
+    worker = os.fork()
+    if worker == 0:
+        tasks.start_worker(owner)
+        while os.read(to_worker_read, 1):
+            os.write(from_worker_write, b"pong")
+        os._exit(3)
+    forked.append(worker)
+
+thread = threading.Thread(target=fork_a_worker)
+thread.start()
+thread.join()  # the thread that forked the worker has ended
+os.write(to_worker, b"?")
+assert os.read(from_worker, 4) == b"pong"
+print(forked[0], flush=True)
+os._exit(0)  # its pipes' ends stay open in the worker: no end of file tells it
+"""
+
+
+def test_a_pool_worker_forked_from_a_passing_thread_lives_until_its_owner_exits() -> None:
+    """pebble and trio-parallel start workers from threads that end before their
+    process: the worker answers after that thread has gone, and goes once the owner
+    process itself exits (normally, here)."""
+    owner = subprocess.run(
+        [sys.executable, "-c", OWNER_FORKING_FROM_A_THREAD], capture_output=True, text=True, timeout=PATIENCE_S
+    )
+    assert owner.returncode == 0, owner.stderr
+    try:
+        worker = psutil.Process(int(owner.stdout))
+    except psutil.NoSuchProcess:
+        return  # already gone, as it should be
+    _, left = psutil.wait_procs([worker], timeout=PATIENCE_S)
+    if left:
+        worker.kill()
+    assert left == [], "the worker outlived its owner"

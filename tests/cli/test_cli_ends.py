@@ -427,31 +427,42 @@ def _busy(process: psutil.Process) -> bool:
     return times.user + times.system > 0.05
 
 
-def _caught(process: psutil.Process) -> int:
-    """The signals ``process`` has a handler for, as a mask (bit ``n - 1`` for signal ``n``)."""
+def _signal_mask(process: psutil.Process, field: str) -> int:
+    """A signal mask of ``process``'s status (``SigCgt``: those it has a handler for;
+    ``SigIgn``: those it ignores), as bits (bit ``n - 1`` for signal ``n``)."""
     with open(f"/proc/{process.pid}/status") as status:
-        return int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
+        return int(next(line for line in status if line.startswith(f"{field}:")).split()[1], 16)
 
 
 _LIBC_OWN_SIGNALS = (1 << 31) | (1 << 32)
 """Signals 32 and 33, which glibc keeps for its threads: caught in every process."""
 
 
+def _bit(signum: int) -> int:
+    return 1 << (int(signum) - 1)
+
+
 def _forked_by_the_run(worker: psutil.Process) -> bool:
     """A pool's worker forked while the command runs its pool has SIGTERM at its default
-    (``bench.off_main._forget_the_run``) and still catches what else the command catches
-    (SIGINT, with the run's handler). Two other children look like it for a moment, with
+    (``bench.off_main._forget_the_run``), and it still catches what else the command
+    catches (SIGINT, with the run's handler) until its initializer ignores SIGINT
+    (``bench.tasks.start_worker``). Two other children look like it for a moment, with
     the command's command line until their exec: one forked before the run (``ctypes.util``
     forks for ``ldconfig`` as Trio is imported) still catches SIGTERM, as the command does
     from its start (``cli.boot`` holds it); and, forked by ``subprocess`` with ``vfork``,
     it catches nothing at all but glibc's own signals (``_posixsubprocess`` resets every
-    handler in the child before its exec). Taking that one for a pool worker, the test
-    signalled during the command's imports (1 run in ~15 at load 5)."""
+    handler in the child before its exec) and ignores nothing the command does not.
+    Taking that one for a pool worker, the test signalled during the command's imports
+    (1 run in ~15 at load 5)."""
     try:
-        caught = _caught(worker)
+        caught = _signal_mask(worker, "SigCgt")
+        ignored = _signal_mask(worker, "SigIgn")
     except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
         return False
-    return not caught & (1 << (signal.SIGTERM - 1)) and bool(caught & ~_LIBC_OWN_SIGNALS)
+    before_its_initializer = bool(caught & ~_LIBC_OWN_SIGNALS)
+    after_it = bool(ignored & _bit(signal.SIGINT))
+    catches_sigterm = bool(caught & _bit(signal.SIGTERM))
+    return not catches_sigterm and (before_its_initializer or after_it)
 
 
 MOMENTS: dict[str, Callable[[psutil.Process], bool]] = {
