@@ -67,6 +67,21 @@ pools (process-pool, trio-pool) are started before the clock runs; their start-u
 is its own column. The per-chunk approaches pay a process start per chunk, inside
 their wall time: that cost is what they teach."""
 
+STOPPED = "            130, 143, 129 stopped by Ctrl-C, SIGTERM, SIGHUP (every worker is stopped first)"
+
+APPROACHES_EXIT_CODES = f"""\
+exit codes: 0 the table was printed
+            1 an approach failed, the approaches' counts disagreed, or the --plot could
+              not be written (one line says which)
+            2 bad arguments (nothing was run)
+{STOPPED}"""
+
+OVERHEAD_EXIT_CODES = f"""\
+exit codes: 0 the table was printed
+            1 an approach failed, or the --busy loops could not be started (one line says which)
+            2 bad arguments (nothing was run)
+{STOPPED}"""
+
 APPROACHES_EPILOG = f"""\
 examples:
   mcpi bench approaches
@@ -74,7 +89,9 @@ examples:
   mcpi bench approaches --kernel python --points 2e7 --only sequential,threads,trio-pool
   mcpi bench approaches --json
 
---plot needs the 'bench' extra (matplotlib): {facts.INSTALL_HINT}"""
+--plot needs the 'bench' extra (matplotlib): {facts.INSTALL_HINT}
+
+{APPROACHES_EXIT_CODES}"""
 
 OVERHEAD_DESCRIPTION = """\
 What does one tiny task cost? Each approach runs --tasks tasks that do nothing,
@@ -184,7 +201,7 @@ def _register_overhead(benchmarks: argparse._SubParsersAction[argparse.ArgumentP
         description=OVERHEAD_DESCRIPTION,
         epilog=(
             "examples:\n  mcpi bench overhead\n  mcpi bench overhead --tasks 20000 --json\n"
-            "  mcpi bench overhead --busy 8"
+            f"  mcpi bench overhead --busy 8\n\n{OVERHEAD_EXIT_CODES}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -67,7 +67,8 @@ started), 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (every worker stopped
 141 the reader of stdout left early (| head -1)
 
 shell completion: eval "$(mcpi completion bash)" (or zsh, fish)
-documentation: the README (the distribution is mcpi-trio) and protocol.md"""
+documentation: docs/ in the source (a Sphinx site: the README says how to build it;
+  the distribution is mcpi-trio), and protocol.md for the wire protocol"""
 
 
 class UsageParser(argparse.ArgumentParser):

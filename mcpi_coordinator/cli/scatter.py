@@ -35,7 +35,11 @@ examples:
   mcpi scatter --points 20000 --seed 7 --out quadrant.gif --frames 40
   mcpi scatter --json
 
-Needs the 'bench' extra (matplotlib, Pillow): {INSTALL_HINT}"""
+Needs the 'bench' extra (matplotlib, Pillow): {INSTALL_HINT}
+
+exit codes: 0 the picture was written
+            1 it could not be (the extra is missing, or the file cannot be written)
+            2 bad arguments (nothing was drawn)"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
