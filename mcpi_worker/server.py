@@ -23,7 +23,11 @@ frames never interleave and nothing is written after the connection ends.
   set-up, and on the reader it would keep a ``ping`` waiting as long as a large sample.
   A sample of no points runs on the reader whatever its streams: it runs no kernel and
   seeds no generator (``count_groups``: its counts are zeros, one per group, at most
-  ``MAX_GROUPS``), so it takes microseconds, less than the hand-off it would cost.
+  ``MAX_GROUPS``), so it takes microseconds, less than the hand-off it would cost. It is
+  answered right where the read that brought it is acted on, under the same hold of the
+  lock (``Worker._answer_empty``), not put aside for ``_run_inline`` as a job: a stop
+  could not change its answer anyway, and the job cost three more holds of the lock and
+  its bookkeeping per sample (tests/worker/test_worker_inline.py counts the holds).
 
 protocol.md is the normative description of what this module does on the wire.
 """
@@ -36,6 +40,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Final
@@ -275,6 +280,22 @@ class Worker:
 
         return report
 
+    def _answer_empty(self, request: Sample) -> list[WorkerEvent]:
+        """Count a sample of no points now, on the reader with the lock held, and report it
+        to the ``WorkerEnd``; return what that starts. Its counts are ``count_groups``'
+        (zeros: no kernel runs, no generator is seeded), so it ends in microseconds and
+        nothing can stop it first: a ``cancel`` behind it finds it answered, as it would
+        have found a job of no points (whose kernel never looks at its stop flag)."""
+        if self._on_sample is not None:
+            self._on_sample(request)
+        started = time.perf_counter()
+        insides = count_groups(self._kernels[request.kernel], request)  # the WorkerEnd accepts offered kernels only
+        elapsed = time.perf_counter() - started
+        if self._log_samples:
+            log.debug("sample_done", id=request.id, points=0, elapsed_s=elapsed)
+        implementation = self._implementations().get(request.kernel, "") if self._implementations else ""
+        return self._worker_end.sample_finished(request.id, insides, elapsed, implementation)
+
     def _report_failure(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
         del self._running[request_id]
         return self._worker_end.sample_failed(request_id, code, bounded_text(message))
@@ -288,7 +309,10 @@ class Worker:
             while self._reading():
                 self._spin_until_readable(poller)
                 self._receive()
-                self._run_inline(poller)
+                # Only this thread makes ``_inline`` a job, so a look without the lock is
+                # safe: a job the connection's end took meanwhile is found gone under it.
+                if self._inline is not None:
+                    self._run_inline(poller)
         except BaseException as exc:  # never let the reader die silently
             log.exception("reader_crashed")
             with self._lock:
@@ -370,13 +394,20 @@ class Worker:
     # ------------------------------------------------------------------ acting on events
 
     def _act(self, events: list[WorkerEvent], *, on_reader: bool) -> None:
-        """Carry out the ``WorkerEnd``'s events (the lock is held)."""
-        for event in events:
+        """Carry out the ``WorkerEnd``'s events (the lock is held). On the reader, a sample
+        of no points is answered here (``_answer_empty``), and what its answer starts (the
+        next one queued) is carried out after the events before it."""
+        pending = deque(events)
+        while pending:
+            event = pending.popleft()
             if isinstance(event, StartSample):
-                job = _Job(event.request)
-                self._running[event.request.id] = job
-                small = event.request.work <= INLINE_MAX_WORK or event.request.points == 0
-                if on_reader and small and self._inline is None:
+                request = event.request
+                if on_reader and request.points == 0:
+                    pending.extend(self._answer_empty(request))
+                    continue
+                job = _Job(request)
+                self._running[request.id] = job
+                if on_reader and request.work <= INLINE_MAX_WORK and self._inline is None:
                     self._inline = job
                 else:
                     self._work.put(job)

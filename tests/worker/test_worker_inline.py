@@ -295,3 +295,51 @@ async def test_a_range_of_no_points_runs_on_the_reader_whatever_its_streams() ->
     one_point_counts = tuple(KERNELS["numpy"](3, stream, 1, never) for stream in range(8))
     assert isinstance(answers[2], Result) and answers[2].insides == one_point_counts
     assert ran_on[1] == "mcpi-reader" and ran_on[2] != "mcpi-reader", ran_on
+
+
+class CountedLock:
+    """The worker's lock (its ``lock`` seam), counting how often it is taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holds = 0
+
+    def __enter__(self) -> bool:
+        taken = self._lock.acquire()
+        self.holds += 1
+        return taken
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.usefixtures("quiet_structlog")
+@pytest.mark.parametrize("streams", [1, 64])
+async def test_a_sample_of_no_points_is_answered_in_the_hold_that_read_it(streams: int) -> None:
+    """Hot path, counted: one sample of no points (plain, or a range) at a time, each one
+    read alone, costs the reader two holds of the lock, the look at its state before it
+    reads and the hold in which the read is acted on, where the sample is answered; no
+    job is made of it and no second pass over it (``_run_inline``) takes the lock again
+    (five holds a sample before). Fails if a hold, or a hand-off, per sample creeps back."""
+    lock = CountedLock()
+    requests = 20
+
+    def make(input_fd: int, output_fd: int) -> Worker:
+        return Worker(input_fd, output_fd, kernels={"numpy": KERNELS["numpy"]}, spin_s=0, lock=lock)
+
+    async with serving_over_pipes(make) as client:
+        with trio.fail_after(TIMEOUT):
+            await client.handshake()
+            group = 1 if streams > 1 else None
+            await client.send(Sample(1, 3, 0, 0, "numpy", streams=streams, group=group))
+            assert isinstance(await client.receive(), Result)
+            before = lock.holds
+            for request_id in range(2, requests + 2):
+                await client.send(Sample(request_id, 3, request_id, 0, "numpy", streams=streams, group=group))
+                answer = await client.receive()
+                assert isinstance(answer, Result) and answer.id == request_id and answer.inside == 0
+                assert answer.insides == (None if streams == 1 else (0,) * streams)
+            holds = lock.holds - before
+    # The reader's look at its state after an answer may come before or after the
+    # test's reading of the count, at the first answer and at the last: one hold either way.
+    assert 2 * requests - 1 <= holds <= 2 * requests + 1, holds
