@@ -130,7 +130,9 @@ def capacity_problem(args: argparse.Namespace, machine: capacity.MachineLimits) 
     kernel = DEFAULT_KERNEL if args.kernel is None else args.kernel
     starts = remote.concurrent_starts(args.starting_limits)
     own_worker = args.worker_cmd is None
-    return capacity.check_slots(args.slots, machine, max_starting=starts, kernel=kernel, own_worker=own_worker)
+    return capacity.check_slots(
+        args.slots, machine, max_starting=starts, kernel=kernel, own_worker=own_worker, asked=args.workers
+    )
 
 
 def wait_for_every_worker(args: argparse.Namespace) -> bool:

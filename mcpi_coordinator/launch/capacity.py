@@ -168,23 +168,33 @@ def check_fleet(
     *,
     max_starting: int = 1,
     worker_bytes: int | None = WORKER_RSS_BYTES,
+    asked: int | None = None,
 ) -> str | None:
     """One line saying why ``local`` workers and ``remote`` ssh connections are more
-    than the machine holds, or None if they fit."""
+    than the machine holds, or None if they fit. ``asked``: the ``--workers`` the user
+    gave, when the run would start fewer (``local``, those with chunks to count), so
+    that the line names the number typed as well as the number refused."""
     cap = fleet_cap(limits, remote=remote, max_starting=max_starting, worker_bytes=worker_bytes)
     if remote > cap.by_files:
         return f"{remote:,} ssh connections are more than this machine can hold: {cap.why()}"
     if local <= cap.local:
         return None
     beside = f" beside {remote:,} ssh connections" if remote else ""
+    workers = f"{local:,}" if asked is None or asked == local else f"{asked:,} ({local:,} of them with chunks to count)"
     return (
-        f"--workers {local:,} is more than this machine can hold{beside}: at most "
+        f"--workers {workers} is more than this machine can hold{beside}: at most "
         f"{cap.local:,} local workers ({cap.why()})"
     )
 
 
 def check_slots(
-    slots: Sequence[WorkerSlot], limits: MachineLimits, *, max_starting: int, kernel: str, own_worker: bool = True
+    slots: Sequence[WorkerSlot],
+    limits: MachineLimits,
+    *,
+    max_starting: int,
+    kernel: str,
+    own_worker: bool = True,
+    asked: int | None = None,
 ) -> str | None:
     """``check_fleet`` for the slots ``mcpi estimate`` plans (``remote.plan_slots``),
     its local workers counting with ``kernel`` when they run ``mcpi-worker``
@@ -194,7 +204,9 @@ def check_slots(
     at a fraction of what the machine holds; its descriptors are counted all the same."""
     remote = sum(1 for slot in slots if slot.host is not None)
     worker_bytes = worker_memory(kernel) if own_worker else None
-    return check_fleet(len(slots) - remote, remote, limits, max_starting=max_starting, worker_bytes=worker_bytes)
+    return check_fleet(
+        len(slots) - remote, remote, limits, max_starting=max_starting, worker_bytes=worker_bytes, asked=asked
+    )
 
 
 def raise_open_file_limit(workers: int, *, max_starting: int = 1) -> None:

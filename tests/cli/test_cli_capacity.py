@@ -91,3 +91,16 @@ def test_a_worker_command_of_unknown_memory_is_capped_by_descriptors_alone() -> 
     )
     assert problem is not None and problem.startswith("--workers 1,000 is more than this machine can hold")
     assert "(the open-file limit of 1,000 (ulimit -Hn) holds" in problem and "MiB" not in problem
+
+
+def test_the_refusal_names_the_workers_typed_when_fewer_have_chunks(capsys: pytest.CaptureFixture[str]) -> None:
+    # 1e9 points in chunks of 1e7 are 100 chunks: --workers 1000 would start 100, and
+    # the line said "--workers 100 is more than ...", a number nobody typed.
+    few = MachineLimits(10**6, 10**6, 50 * worker_memory(DEFAULT_KERNEL))  # type: ignore[operator]
+    problem = estimate_plan.check_arguments(parsed("--workers", "1000", "--points", "1e9"), few)
+    assert problem is not None
+    assert problem.startswith(
+        "--workers 1,000 (100 of them with chunks to count) is more than this machine can hold: at most 50"
+    ), problem
+    problem = estimate_plan.check_arguments(parsed("--workers", "100", "--points", "1e9"), few)
+    assert problem is not None and problem.startswith("--workers 100 is more than"), problem
