@@ -109,8 +109,10 @@ def register(subparsers: Any) -> None:
         type=cli_args.count_type(1, facts.MAX_INFLIGHT_LIMIT, why="what a worker can queue"),
         default=facts.DEFAULT_PIPELINE_DEPTH, metavar="D",
         help="requests each worker is sent ahead (default %(default)s, capped by what the "
-        "worker accepts); raise it, to 16 say, for chunks under ~1e5 points, so workers "
-        "never wait for the coordinator between chunks; it never changes the count",
+        "worker accepts); it never changes the count. Small chunks go to mcpi-worker as "
+        "ranges of many chunks a request; for a worker speaking only protocol version 1, "
+        "raise it, to 16 say, for chunks under ~1e5 points, so it never waits for the "
+        "coordinator between chunks",
     )
     parser.add_argument(
         "--task-timeout", type=cli_args.number("seconds", unset="the default"), default=None,
