@@ -163,6 +163,9 @@ def main() -> NoReturn:
     CPU time, more with NumPy loaded (``benchmarks/fleet.py cleanup`` measures a
     fleet's stop), when a whole fleet is told to stop at once.
     """
+    from mcpi_worker.standard_fds import fill_closed
+
+    fill_closed()  # before anything can take a missing one's number (and the protocol's fd 1)
     lifeline = arm_parent_death()
     one_blas_thread()
     # structlog loads rich, when it is installed, for pretty console output and

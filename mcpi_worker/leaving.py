@@ -21,6 +21,8 @@ def leave(code: int) -> NoReturn:
     not an error here: the process is leaving either way. Never returns."""
     atexit._run_exitfuncs()  # what sys.exit would run first; CPython and PyPy have it
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # the interpreter found the descriptor closed at its start
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # nobody reads it any more, or it is closed

@@ -147,7 +147,14 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
         from mcpi_worker.self_check import run_self_check
 
         configure_logging(sys.stderr, "warning", args.log_format)
-        return run_self_check(max_inflight=args.max_inflight)
+        try:
+            code = run_self_check(max_inflight=args.max_inflight)
+            sys.stdout.flush()
+        except OSError as exc:  # stdout full (/dev/full), closed (boot's standard_fds), broken
+            _drop_unwritten_stdout()
+            print(f"mcpi-worker: cannot write the self-check's report to stdout: {exc.strerror}", file=sys.stderr)
+            return ExitCode.INTERNAL
+        return code
     if os.isatty(0):
         # A person typed mcpi-worker: they would see one log line, then binary frames
         # answering whatever they type. Say what this is instead.
@@ -199,6 +206,14 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
         # The one human line a person reading the coordinator's log needs.
         print(f"mcpi-worker: {outcome.reason}", file=sys.stderr, flush=True)
     return outcome.exit_code
+
+
+def _drop_unwritten_stdout() -> None:
+    """Point descriptor 1 at /dev/null, so that what stdout could not write is not tried
+    again (and does not fail again) on the way out."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
 
 
 def _take_stdout() -> int:

@@ -143,6 +143,9 @@ def main() -> int:
     """
     import sys
 
+    from mcpi_worker.standard_fds import fill_closed
+
+    fill_closed()  # before anything can take a missing one's number: a worker's pipe, a checkpoint
     if sys.argv[1:2] == ["estimate"]:
         hold_collections()
     from mcpi_coordinator.cli.main import main as run

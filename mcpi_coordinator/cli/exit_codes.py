@@ -11,7 +11,8 @@ class McpiExitCode(IntEnum):
     OK = 0
     FAILURE = 1
     """The run could not finish (workers kept failing, none could be reached, ...), or
-    an output it was asked for (``--plot``) could not be written; one line says which.
+    an output it was asked for (``--plot``) could not be written, or stdout would not take
+    the output (a full disk, a descriptor closed when it started); one line says which.
     An estimate that was computed is printed first even then."""
     USAGE = 2
     """Bad arguments. Nothing was started."""
@@ -22,10 +23,9 @@ class McpiExitCode(IntEnum):
     TERMINATED = 128 + signal.SIGTERM
     """143: SIGTERM (``kill``, a job scheduler). Handled like Ctrl-C."""
     BROKEN_PIPE = 128 + signal.SIGPIPE
-    """141: whoever read stdout stopped reading before the command wrote to it (``|
-    true``), as a shell reports a tool that SIGPIPE ended. Nothing more is written, no
-    traceback; every worker was stopped first. (``| head -1`` usually leaves after the
-    result, written at once, is in the pipe: that is a 0.)"""
+    """141: whoever read stdout stopped reading (``| head -1``, ``| grep -m1``), as a
+    shell reports a tool that SIGPIPE ended. Nothing more is written, no traceback;
+    every worker was stopped first."""
 
     @classmethod
     def for_signal(cls, signum: int) -> "McpiExitCode":

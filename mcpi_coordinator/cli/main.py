@@ -15,8 +15,8 @@ another option.
 
 Two ends are normal for a command-line tool and get no traceback, whatever command
 runs and whenever they come: Ctrl-C before a command has its own handling (while
-Python imports it, say) exits 130 with one line; a reader of stdout that leaves before the
-command writes (``| true``) exits 141, as a shell reports a tool that SIGPIPE ended. Both come out
+Python imports it, say) exits 130 with one line; a reader of stdout that leaves early
+(``| head -1``) exits 141, as a shell reports a tool that SIGPIPE ended. Both come out
 of the command's own ``with``/``finally`` blocks, so every worker it started is
 stopped first.
 """
@@ -64,7 +64,7 @@ environment (a command-line option always wins):
 
 exit codes: 0 done, 1 the run failed (one line says why), 2 bad arguments (nothing
 started), 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (every worker stopped first),
-141 the reader of stdout left before mcpi wrote to it (| true)
+141 the reader of stdout left early (| head -1)
 
 shell completion: eval "$(mcpi completion bash)" (or zsh, fish)
 documentation: docs/ in the source (a Sphinx site: the README says how to build it;
@@ -233,10 +233,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A reader that left shows here (or in handled()'s flush), as BrokenPipeError,
             # rather than in the interpreter's own flush at exit, which would print a
             # traceback. Nothing is left to write by now, short of a stop during the flush.
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None: run in-process by a program started without fd 1
+                sys.stdout.flush()
     except BrokenPipeError:
         signals.drop_unwritten(sys.stdout)  # it would fail again at exit
         return McpiExitCode.BROKEN_PIPE
+    except OSError as error:
+        # stdout a full disk (ENOSPC, /dev/full), a closed descriptor (EBADF: boot's
+        # standard_fds keeps it failing so), a dead device (EIO): the output was not
+        # delivered, and a traceback would not say so. Every worker is reaped by now (the
+        # output is written after the run). Any other OSError is a bug, with its traceback.
+        if not _failed_writing_stdout(error):
+            raise
+        signals.drop_unwritten(sys.stdout)  # it would fail again at exit
+        from mcpi_coordinator.cli.text import say
+
+        say("mcpi", f"error: cannot write the output to stdout: {error.strerror}")
+        return McpiExitCode.FAILURE
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
         from mcpi_coordinator.cli.text import say
@@ -245,6 +258,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # while it still imports what it runs: the line and the code name the one that came.
         say("mcpi", signals.stopped_words())
         return McpiExitCode.for_signal(signals.stopped_by())
+
+
+def _failed_writing_stdout(error: OSError) -> bool:
+    """Whether ``error``, escaping the command, is stdout refusing its output: a write
+    to a full disk or device, over quota, too large, or broken (EPIPE, a reader that
+    left, is ``BrokenPipeError``: exit 141). A failed write to a stream names no file,
+    where the files mcpi opens itself do (and its own writes to them become one line
+    where they happen: a checkpoint's, a plot's); EBADF is stdout's when descriptor 1
+    cannot be written at all (closed when we started). Imports on the way out only."""
+    import errno
+
+    if error.filename is not None:
+        return False
+    if error.errno == errno.EBADF:
+        import fcntl
+
+        try:
+            return fcntl.fcntl(1, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        except OSError:
+            return True  # descriptor 1 is not open at all
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -1,0 +1,141 @@
+"""Both commands started with a standard descriptor closed (``>&-``, ``2>&-``, ``<&-``), or
+with stdout a device that refuses every write (``/dev/full``), as a judge's shell or a
+peer's spawner may start them.
+
+Before: ``mcpi estimate >&-`` and ``>/dev/full`` ended in a traceback (exit 1); with
+``2>&-`` it printed its result and exited 1, without a word; ``mcpi-worker`` with stderr
+closed exited 1 before its ``welcome``, and with stdout closed in a traceback; its
+``--self-check`` on a full or closed stdout too. Now: a closed stdin reads as empty, a
+closed stderr as ``/dev/null``, and a stdout that takes no output is one line and exit 1
+(``mcpi``), or the end of the connection (``mcpi-worker``: nobody reads its answers,
+exit 0, as on EPIPE). Each command runs under ``/bin/sh -c 'exec "$@" REDIRECTION'``, as
+a shell starts it; nothing of a run is left in the process table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from command_line import CLEAN_ENV, MCPI
+from worker_process import worker_command
+
+from mcpi_coordinator.testing.processes import is_warming, wait_until_gone
+from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder, Hello, Ping, Shutdown, encode
+
+MARK = "MCPI_TEST_STREAMS_MARK"
+ESTIMATE = ("estimate", "-n", "2e6", "--chunk-size", "1e6", "-w", "2", "-s", "5", "--startup-timeout", "300")
+
+
+def in_shell(argv: list[str], redirection: str, mark: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    """``argv`` run as ``exec argv REDIRECTION`` by ``/bin/sh``, its stdout and stderr
+    captured where the redirection leaves them; its environment carries ``mark``."""
+    return subprocess.run(
+        ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh", *argv], capture_output=True, timeout=300,
+        check=False, env={**CLEAN_ENV, MARK: mark}, **kwargs,  # type: ignore[call-overload]
+    )  # fmt: skip
+
+
+def assert_nothing_left(mark: str) -> None:
+    """No live process carries ``mark`` (numba's cache warmer apart: it outlives runs)."""
+    marked = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARK) == mark and not is_warming(process):
+                marked.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    left, _ = wait_until_gone(marked, timeout_s=30)
+    assert left == [], f"processes of the run still running: {left}"
+
+
+@pytest.mark.parametrize(
+    ("redirection", "reason"),
+    [(">&-", "Bad file descriptor"), (">/dev/full", "No space left on device"),
+     ("<&- >&-", "Bad file descriptor")],
+)  # fmt: skip
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_estimate_whose_stdout_takes_nothing_says_so_in_one_line_and_exits_1(
+    redirection: str, reason: str, output: str
+) -> None:
+    mark = uuid.uuid4().hex
+    done = in_shell([*MCPI, *ESTIMATE, *(["--json"] if output == "json" else [])], redirection, mark)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 1, err
+    assert err == f"mcpi: error: cannot write the output to stdout: {reason}\n"
+    assert_nothing_left(mark)
+
+
+@pytest.mark.parametrize("redirection", ["2>&-", "<&-", "<&- 2>&-"])
+def test_estimate_without_stdin_or_stderr_reports_its_result_and_exits_0(redirection: str) -> None:
+    mark = uuid.uuid4().hex
+    done = in_shell([*MCPI, *ESTIMATE, "--json"], redirection, mark)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert json.loads(done.stdout)["points"] == 2_000_000
+    assert_nothing_left(mark)
+
+
+def conversation() -> bytes:
+    return encode(Hello(versions=(1, 2), client="test")) + encode(Ping(id=1)) + encode(Shutdown())
+
+
+def test_a_worker_without_stderr_serves_and_ends_in_order() -> None:
+    mark = uuid.uuid4().hex
+    done = in_shell(worker_command(), "2>&-", mark, input=conversation())
+    assert done.returncode == 0
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    decoder.feed(done.stdout)
+    assert [type(decoder.next_message()).__name__ for _ in range(2)] == ["Welcome", "Pong"]
+    assert_nothing_left(mark)
+
+
+@pytest.mark.parametrize("redirection", [">&-", "<&-", "<&- >&- 2>&-"])
+def test_a_worker_without_stdin_or_stdout_ends_in_order_without_a_traceback(redirection: str) -> None:
+    mark = uuid.uuid4().hex
+    stdin = {} if redirection.startswith("<&-") else {"input": conversation()}
+    done = in_shell(worker_command(), redirection, mark, **stdin)
+    err = done.stderr.decode(errors="replace")
+    assert (done.returncode, done.stdout) == (0, b""), err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert_nothing_left(mark)
+
+
+@pytest.mark.parametrize(("redirection", "reason"), [(">&-", "Bad file descriptor"), (">/dev/full", "No space left")])
+def test_the_self_check_on_a_stdout_that_takes_nothing_is_one_line_and_exit_1(redirection: str, reason: str) -> None:
+    done = in_shell([*worker_command(), "--self-check"], redirection, uuid.uuid4().hex)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 1, err
+    assert err.startswith("mcpi-worker: cannot write the self-check's report to stdout: " + reason), err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_fill_closed_gives_each_missing_descriptor_dev_null_and_a_stream(tmp_path: Path) -> None:
+    """In a process started with 0, 1 and 2 closed: each is /dev/null again (stdout
+    read-only, so that a write still fails), inheritable, and ``sys`` has a stream on it."""
+    script = tmp_path / "fill.py"
+    report = tmp_path / "report.json"
+    script.write_text(
+        "import json, os, sys\n"
+        "from mcpi_worker.standard_fds import fill_closed\n"
+        "before = [getattr(sys, n) is None for n in ('stdin', 'stdout', 'stderr')]\n"
+        "filled = fill_closed()\n"
+        f"with open({str(report)!r}, 'w') as out:\n"
+        "    json.dump({'before': before, 'filled': filled,\n"
+        "               'targets': [os.readlink(f'/proc/self/fd/{fd}') for fd in (0, 1, 2)],\n"
+        "               'modes': [os.O_ACCMODE & __import__('fcntl').fcntl(fd, 3) for fd in (0, 1, 2)],\n"
+        "               'inheritable': [os.get_inheritable(fd) for fd in (0, 1, 2)],\n"
+        "               'streams': [getattr(sys, n).fileno() for n in ('stdin', 'stdout', 'stderr')]}, out)\n"
+    )
+    done = in_shell([sys.executable, str(script)], "<&- >&- 2>&-", uuid.uuid4().hex)
+    assert done.returncode == 0
+    seen = json.loads(report.read_text())
+    assert seen == {
+        "before": [True, True, True], "filled": [0, 1, 2], "targets": [os.devnull] * 3,
+        "modes": [os.O_RDONLY, os.O_RDONLY, os.O_WRONLY], "inheritable": [True] * 3, "streams": [0, 1, 2],
+    }  # fmt: skip
