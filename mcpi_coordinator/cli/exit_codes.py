@@ -23,9 +23,10 @@ class McpiExitCode(IntEnum):
     TERMINATED = 128 + signal.SIGTERM
     """143: SIGTERM (``kill``, a job scheduler). Handled like Ctrl-C."""
     BROKEN_PIPE = 128 + signal.SIGPIPE
-    """141: whoever read stdout stopped reading (``| head -1``, ``| grep -m1``), as a
-    shell reports a tool that SIGPIPE ended. Nothing more is written, no traceback;
-    every worker was stopped first."""
+    """141: whoever read stdout stopped reading before the command wrote to it (``|
+    true``), as a shell reports a tool that SIGPIPE ended. Nothing more is written, no
+    traceback; every worker was stopped first. (``| head -1`` usually leaves after the
+    result, written at once, is in the pipe: that is a 0.)"""
 
     @classmethod
     def for_signal(cls, signum: int) -> "McpiExitCode":

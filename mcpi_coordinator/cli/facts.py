@@ -46,7 +46,10 @@ LOG_LEVELS: Final[tuple[str, ...]] = tuple(logs.LOG_LEVELS)
 LOG_FORMATS: Final[tuple[str, ...]] = logs.LOG_FORMATS
 
 # The drawing options' own values: ``cli.plots`` takes them from here (one home).
-INSTALL_HINT: Final[str] = "pip install 'mcpi-trio[bench]'"
+INSTALL_HINT: Final[str] = "pip install -e '.[bench]' in mcpi's source tree"
+"""Installed from a clone (README), as mcpi is: the distribution, mcpi-trio, is not
+installed from a package index, so ``pip install 'mcpi-trio[bench]'`` would fail or find
+somebody else's package."""
 MAX_SCATTER_POINTS: Final[int] = 1_000_000
 """Beyond this the quadrant is a solid fill: more points only cost memory and time."""
 MAX_FRAMES: Final[int] = 200

@@ -15,8 +15,8 @@ another option.
 
 Two ends are normal for a command-line tool and get no traceback, whatever command
 runs and whenever they come: Ctrl-C before a command has its own handling (while
-Python imports it, say) exits 130 with one line; a reader of stdout that leaves early
-(``| head -1``) exits 141, as a shell reports a tool that SIGPIPE ended. Both come out
+Python imports it, say) exits 130 with one line; a reader of stdout that leaves before the
+command writes (``| true``) exits 141, as a shell reports a tool that SIGPIPE ended. Both come out
 of the command's own ``with``/``finally`` blocks, so every worker it started is
 stopped first.
 """
@@ -64,7 +64,7 @@ environment (a command-line option always wins):
 
 exit codes: 0 done, 1 the run failed (one line says why), 2 bad arguments (nothing
 started), 130/143/129 interrupted by Ctrl-C/SIGTERM/SIGHUP (every worker stopped first),
-141 the reader of stdout left early (| head -1)
+141 the reader of stdout left before mcpi wrote to it (| true)
 
 shell completion: eval "$(mcpi completion bash)" (or zsh, fish)
 documentation: docs/ in the source (a Sphinx site: the README says how to build it;

@@ -239,7 +239,7 @@ def test_approaches_without_matplotlib_fail_before_measuring_naming_the_extra(tm
     assert done.returncode == 1
     assert done.stdout == ""  # nothing was measured
     assert done.stderr.strip().count("\n") == 0, done.stderr
-    assert "pip install 'mcpi-trio[bench]'" in done.stderr and "Traceback" not in done.stderr
+    assert "pip install -e '.[bench]' in mcpi's source tree" in done.stderr and "Traceback" not in done.stderr
 
 
 LYING_WORKER = """\

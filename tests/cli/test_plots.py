@@ -220,7 +220,7 @@ def test_estimate_plot_without_the_extra_fails_before_any_worker_starts(tmp_path
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "pip install 'mcpi-trio[bench]'" in result.stderr and "Traceback" not in result.stderr
+    assert "pip install -e '.[bench]' in mcpi's source tree" in result.stderr and "Traceback" not in result.stderr
     assert not started.exists()
 
 

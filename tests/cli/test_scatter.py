@@ -154,9 +154,9 @@ def test_missing_extra_exits_1_with_one_line_naming_it(
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "pip install 'mcpi-trio[bench]'" in result.stderr
+    assert "pip install -e '.[bench]' in mcpi's source tree" in result.stderr
     assert result.stderr == (
         f"mcpi scatter: error: pictures need matplotlib and Pillow ({missing}): "
-        "pip install 'mcpi-trio[bench]'\n"
+        "pip install -e '.[bench]' in mcpi's source tree\n"
     )
     assert not out_file.exists()
