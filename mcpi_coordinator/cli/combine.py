@@ -96,6 +96,10 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
             documents += [(shown, load_document(shown, line)) for shown, line in zip(names, lines, strict=True)]
             continue
         content = _read(name, partial(read_limited, name, MAX_FILE_BYTES))
+        if not content.strip():  # a shell's '> part1.json' of a run that failed or is still going
+            raise CombineRefused(
+                f"{name}: empty: did its 'mcpi estimate --part ... --json > {name}' fail, or not end yet?"
+            )
         documents.append((name, load_document(name, content)))
     return documents
 

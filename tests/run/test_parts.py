@@ -278,6 +278,19 @@ def _combine_in_process(capsys: pytest.CaptureFixture[str], *files: str) -> tupl
     return code, out, err
 
 
+def test_an_empty_part_file_is_named_as_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """'mcpi estimate --part 1/2 --json > part1.json' that failed (a usage error) or has
+    not ended leaves an empty file: say so, not 'Expecting value: line 1 column 1'."""
+    empty = tmp_path / "part1.json"
+    empty.write_text("\n", encoding="utf-8")
+    code, out, err = _combine_in_process(capsys, str(empty))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"mcpi combine: error: {empty}: empty: did its 'mcpi estimate --part ... --json > {empty}' fail, "
+        "or not end yet?\n"
+    )
+
+
 @pytest.fixture
 def documents(runs: dict[str, Any]) -> list[dict[str, Any]]:
     documents: list[dict[str, Any]] = [json.loads(Path(f).read_text()) for f in runs["files"]]
