@@ -55,6 +55,7 @@ exit codes: 0 estimate reported (also after an early stop)
               an estimate, if there is one, is printed first)
             2 bad arguments (nothing was started)
             130, 143, 129 stopped by Ctrl-C, SIGTERM, SIGHUP (every worker is stopped first)
+            141 the reader of stdout left before the result was written (| true)
 """
 
 
@@ -143,7 +144,10 @@ def register(subparsers: Any) -> None:
         "points, chunk size and kernel (anywhere, any worker count) and add them up with "
         "'mcpi combine' (see the example below); not with --target-error",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object on stdout (its fields: docs/estimate.md, JSON fields)",
+    )  # fmt: skip
     parser.add_argument(
         "--plot", type=cli_args.picture_path_type(".png"), default=None, metavar="FILE.png",
         help="after the run, draw the running estimate and its 95%% band against the points "
