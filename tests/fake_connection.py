@@ -65,6 +65,7 @@ class FakeConnection:
         *,
         streams: int = 1,
         group: int | None = None,
+        fields_checked: bool = False,
     ) -> int:
         assert self.usable
         request_id = next(self._ids)

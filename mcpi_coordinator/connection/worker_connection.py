@@ -92,6 +92,8 @@ class WorkerConnection:
             raise ValueError("a worker process needs stdin, stdout and stderr pipes")
         self.process = process
         self.slot = slot
+        self.pid: int = process.pid
+        """The worker process's id (read once: each answer's ``ChunkResult`` carries it)."""
         self.coordinator_end = CoordinatorEnd(client=client, task_budget=task_budget, expected_points=expected_points)
         self.welcome: Welcome | None = None
         self.failure: str | None = None
@@ -130,6 +132,8 @@ class WorkerConnection:
         self._held_at = 0.0
         """Trio's clock when the outermost ``holding`` block began: the time the requests
         sent in the block are charged from (one reading for a read's worth of them)."""
+        self._hold = _Holding(self)
+        """The ``holding`` block: one for the connection's life, its depth kept here."""
         self._queued_frames = 0
         """Writes in the outbox or being written by the writer task. Direct writes wait
         until it is 0, or a frame would overtake the ones queued before it."""
@@ -158,11 +162,6 @@ class WorkerConnection:
     def in_flight(self) -> int:
         """Requests sent and not answered yet (pings and cancelled ones included)."""
         return self.coordinator_end.in_flight
-
-    @property
-    def pid(self) -> int:
-        """The worker process's id."""
-        return self.process.pid
 
     @property
     def jobs_shown(self) -> int:
@@ -206,13 +205,16 @@ class WorkerConnection:
         *,
         streams: int = 1,
         group: int | None = None,
+        fields_checked: bool = False,
     ) -> int:
         """Send one ``sample`` (a range of ``streams``, counted per ``group``, needs
         version 2); its answer reaches the sink as ``Answered`` carrying ``token``. The
-        connection must be ``usable``."""
+        connection must be ``usable``. ``fields_checked``: the fields were checked where
+        they were made (``CoordinatorEnd.send_sample`` says what that takes)."""
         request_id = self.coordinator_end.send_sample(
-            seed, stream, points, kernel, streams=streams, group=group, now=self._now(), token=token
-        )
+            seed, stream, points, kernel, streams=streams, group=group, now=self._now(), token=token,
+            fields_checked=fields_checked,
+        )  # fmt: skip
         self._sent()
         return request_id
 
@@ -258,7 +260,7 @@ class WorkerConnection:
         than encoding and sending the frame (a cross-CPU wake-up; the pool's cost per
         request is measured by ``benchmarks/overhead.py``).
         """
-        return _Holding(self)
+        return self._hold
 
     # ------------------------------------------------------------------ stalls and failure
 
@@ -285,7 +287,9 @@ class WorkerConnection:
         ``Broken``; the first reason wins."""
         self._deliver(self.coordinator_end.fail(reason))
 
-    def _deliver(self, events: list[CoordinatorEvent]) -> None:
+    def _deliver(self, events: list[CoordinatorEvent], now: float | None = None) -> None:
+        """Hand ``events`` to the sink in a ``holding`` block; ``now``, when the caller has
+        read Trio's clock already, is the block's start (one reading per read of stdout)."""
         if not events:
             return
         for event in events:
@@ -299,7 +303,7 @@ class WorkerConnection:
                 self.failure = event.reason
                 self._welcomed.set()
                 self.failure_known.set()
-        with self.holding():  # its end moves the stall clock, for the answers and the requests
+        with self._hold.at(now):  # its end moves the stall clock, for the answers and the requests
             self._sink(self, events)
 
     # ------------------------------------------------------------------ stopping
@@ -391,7 +395,8 @@ class WorkerConnection:
                 data = await self._receive_stdout()
                 self.stdout_head = bytes(data[:HEAD_SIZE])
                 while data:
-                    self._deliver(self.coordinator_end.receive_data(data, trio.current_time()))
+                    now = trio.current_time()
+                    self._deliver(self.coordinator_end.receive_data(data, now), now)
                     data = await self._receive_stdout()
             self._stdout_eof = True
             if self.welcome is None:  # most often it exited: that is reported first
@@ -470,15 +475,24 @@ class _Holding:
     """The ``holding`` block (a class, not ``@contextmanager``: it runs once per read
     on the hot path, where a generator-based one costs more: ``benchmarks/overhead.py`` measures that path)."""
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_at", "_connection")
 
     def __init__(self, connection: WorkerConnection) -> None:
         self._connection = connection
+        self._at: float | None = None
+
+    def at(self, now: float | None) -> _Holding:
+        """The block, to begin at ``now`` (Trio's clock read by the caller just before,
+        so not read again) if it is the outermost one; None: read the clock."""
+        self._at = now
+        return self
 
     def __enter__(self) -> None:
         connection = self._connection
         if not connection._holding:
-            connection._held_at = trio.current_time()
+            at = self._at
+            connection._held_at = trio.current_time() if at is None else at
+        self._at = None
         connection._holding += 1
 
     def __exit__(self, *_exc: object) -> None:

@@ -175,9 +175,12 @@ class Connection(Protocol):
         *,
         streams: int = 1,
         group: int | None = None,
+        fields_checked: bool = False,
     ) -> int:
         """Send a ``sample`` (only while ``usable``); return its request id. Its answer
-        comes back through ``Dispatcher.on_events`` carrying ``token``."""
+        comes back through ``Dispatcher.on_events`` carrying ``token``. The dispatcher
+        sends a ``Chunk``'s fields, checked where the chunk was made, and says so
+        (``fields_checked``: ``CoordinatorEnd.send_sample``)."""
 
     def send_ping(self, token: Request) -> int:
         """Send a ``ping`` (only while ``usable``); answered as a sample is."""
@@ -451,7 +454,8 @@ class Dispatcher:
         if depth is None:
             return
         while connection.usable and connection.in_flight < depth:
-            found = self._next_for(connection)
+            # Nothing in line (one request at a time, or more workers than requests): no look.
+            found = self._next_for(connection) if self._retries or self._fresh else None
             if found is None:
                 self._roomy[connection] = None
                 return
@@ -489,12 +493,15 @@ class Dispatcher:
                     break
             else:
                 return False
-            depth = self._depth_now(connection) or 0
-            while connection.usable and connection.in_flight < depth:
+            # Each request sent takes one of its ``room``: counted here, not asked of the
+            # connection again; ``usable`` is, since a send that fails breaks it.
+            room = (self._depth_now(connection) or 0) - connection.in_flight
+            while room > 0 and connection.usable:
                 piece = self._piece_for(connection, request)
                 self._send(connection, piece)
+                room -= 1
                 if piece is request:
-                    if not (connection.usable and connection.in_flight < depth):
+                    if room <= 0 or not connection.usable:
                         self._roomy.pop(connection, None)
                     return True
             self._roomy.pop(connection, None)  # full now; the rest of the range goes on
@@ -601,20 +608,23 @@ class Dispatcher:
     def _send(self, connection: Connection, request: Request) -> None:
         request.connection = connection
         chunk = request.chunk
-        if chunk is not None:
-            if not self._out.get(connection):
-                self._since[connection] = self._clock()
-            self._out[connection] = self._out.get(connection, 0) + chunk.total_points
         if chunk is None:
             request.request_id = connection.send_ping(request)
-        elif chunk.streams == 1:
+            return
+        out = self._out.get(connection, 0)
+        if not out:
+            self._since[connection] = self._clock()
+        self._out[connection] = out + chunk.points * chunk.streams
+        # A Chunk's fields were checked against the field table where it was made.
+        if chunk.streams == 1:
             request.request_id = connection.send_sample(
-                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request
+                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request, fields_checked=True
             )
         else:  # a range, its count reported per stream
             request.request_id = connection.send_sample(
-                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request, streams=chunk.streams, group=1
-            )
+                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request, streams=chunk.streams, group=1,
+                fields_checked=True,
+            )  # fmt: skip
 
     def _unservable(self, request: Request) -> RequestFailed | None:
         """The error for a request that no slot the pool knows of can serve; None when

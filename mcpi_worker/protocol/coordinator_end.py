@@ -259,6 +259,7 @@ class CoordinatorEnd:
         group: int | None = None,
         now: float,
         token: Any = None,
+        fields_checked: bool = False,
     ) -> int:
         """Send one ``sample`` (``streams`` consecutive streams of ``points`` points each,
         counted per ``group`` of streams: a range needs version 2); return its id.
@@ -267,7 +268,13 @@ class CoordinatorEnd:
         Raises ``LocalProtocolError``, with nothing sent, outside state ``SERVING``, and
         for a sample the worker would refuse (``admission.refusal``), whose fields break
         the field table (``messages.field_problem``) or whose frame is above the worker's
-        ``max_frame`` (``framing.frame_problem``)."""
+        ``max_frame`` (``framing.frame_problem``).
+
+        ``fields_checked``: the caller made ``seed``, ``stream``, ``points``, ``kernel``,
+        ``streams`` and ``group`` where the field table was applied to them (the pool's
+        ``Chunk``, by the rules of ``admission.sample_problem``, with ``group`` 1 or None),
+        so they are not checked against it again here; the id is this end's own. Every
+        other check above still applies."""
         welcome = self._require_serving()
         sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
         # A plain sample the quick form of the rule takes (``plain_verdict``: held equal to
@@ -280,7 +287,7 @@ class CoordinatorEnd:
                 raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
             if unfit is not None:
                 raise LocalProtocolError(f"the worker would refuse it: {unfit.message}")
-        if (invalid := field_problem(sample)) is not None:
+        if not fields_checked and (invalid := field_problem(sample)) is not None:
             raise LocalProtocolError(f"not a valid sample: {invalid}")
         frame = encode(sample)
         if not taken:

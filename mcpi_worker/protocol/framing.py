@@ -153,6 +153,8 @@ class FrameDecoder:
     def next_message(self) -> Message | NeedData:
         if self._error is not None:  # ``_raise_if_broken``, without a call per frame
             self._raise_if_broken()
+        if not self._buffer:  # a read's frames all taken: its last call, without another
+            return NEED_DATA
         length = self._complete_frame_length()
         if length is None:
             return NEED_DATA

@@ -7,6 +7,7 @@ what a tiny request's round trip is made of (see benchmarks/overhead.py).
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -15,11 +16,13 @@ from typing import Any
 import trio
 from worker_process import PATIENT_START_S
 
+from mcpi_coordinator.connection.worker_connection import _Holding
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import fake_launcher
 from mcpi_worker.kernels import count_numpy
+from mcpi_worker.protocol.messages import field_problem
 
 REQUESTS = 200
 RANGE_STREAMS = 2000
@@ -222,3 +225,41 @@ async def test_a_zero_point_range_through_real_workers_takes_one_consumer_step_p
     consumer = census.steps["<test 'test_a_zero_point_range_through_real_workers_takes_one_consumer_step_per_read'>"]
     readers = _readers(census)
     assert 0 < consumer <= readers + 1 <= len(done) + 1, census.steps.most_common(8)
+
+
+@contextmanager
+def calls_to(*functions: Any) -> Iterator[Counter[str]]:
+    """Count the calls of ``functions`` (by their code) made on this thread in the block:
+    the pool's tasks and the in-process fakes all run on it."""
+    codes = {function.__code__: function.__qualname__ for function in functions}
+    counted: Counter[str] = Counter()
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        if event == "call" and frame.f_code in codes:
+            counted[codes[frame.f_code]] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield counted
+    finally:
+        sys.setprofile(None)
+
+
+async def test_a_chunks_fields_are_checked_where_it_is_made_not_again_per_request() -> None:
+    """A ``Chunk`` is checked against the protocol's field table when it is made; the
+    request that sends it does not check its fields again (``fields_checked``), and the
+    connection's ``holding`` block is one object for its life, not one per read. Both are
+    on every request's path: a call of either per request breaks this (both were)."""
+    async with counted_pool(1) as (pool, _census):
+        chunks = [Chunk(seed=1, stream=stream, points=10) for stream in range(REQUESTS)]
+        ranges = [Chunk(seed=1, stream=stream, points=0, streams=8) for stream in range(0, 8 * 10, 8)]
+        with calls_to(field_problem, _Holding.__init__, Chunk.__post_init__) as counted:
+            for chunk in chunks:
+                await pool.sample(chunk)
+            async with pool.imap_unordered(ranges) as results:
+                assert sum([len(result.stream_counts) async for result in results]) == 80
+    # Only the pieces the dispatcher cuts off the ranges are chunks made here (each
+    # checked then, once); nothing else is checked again.
+    assert counted["field_problem"] == 0, counted
+    assert counted["_Holding.__init__"] == 0, counted
+    assert counted["Chunk.__post_init__"] > 0, counted  # the profile did see the pool's calls

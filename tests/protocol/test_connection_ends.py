@@ -111,6 +111,29 @@ def test_requests_the_welcome_rules_out_are_our_bug_not_the_worker_s() -> None:
         fresh.send_ping(now=0.0)
 
 
+@pytest.mark.parametrize("fields_checked", [False, True])
+def test_a_sample_whose_fields_were_checked_where_they_were_made_still_meets_the_welcome(
+    fields_checked: bool,
+) -> None:
+    """``fields_checked`` (the pool's ``Chunk``, checked where it is made) spares the
+    field table's check alone: what the welcome rules out is refused either way, and
+    nothing is sent. Without it, fields that break the table are refused too."""
+    end = serving()
+    if not fields_checked:
+        for seed, stream in ((-1, 0), (1 << 64, 0), (1, -1), (True, 0)):
+            with pytest.raises(LocalProtocolError, match="not a valid sample"):
+                end.send_sample(seed, stream, 10, "numpy", now=0.0)
+    for kernel, points, rule in (("python", 10, "does not offer kernel"), ("numpy", 1 << 41, "max_points")):
+        with pytest.raises(LocalProtocolError, match=rule):
+            end.send_sample(1, 0, points, kernel, now=0.0, fields_checked=fields_checked)
+    v1 = CoordinatorEnd(client="tests", task_budget=budget)
+    v1.receive_data(encode(Welcome(1, "old", 1, "h", ("numpy",), 8, 1 << 20, 1 << 40)), 0.0)
+    v1.data_to_send()
+    with pytest.raises(LocalProtocolError, match="need protocol version 2"):
+        v1.send_sample(1, 0, 10, "numpy", streams=2, group=1, now=0.0, fields_checked=fields_checked)
+    assert end.data_to_send() == b"" and v1.data_to_send() == b"" and end.in_flight == v1.in_flight == 0
+
+
 def test_nothing_follows_shutdown() -> None:
     """protocol.md §9: after ``shutdown`` the worker reads nothing, so the coordinator's end
     sends nothing more: no request (refused here, our bug), and no ``cancel`` either (the
