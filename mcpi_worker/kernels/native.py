@@ -7,8 +7,8 @@ read. The machine code itself does not need numba: compiled once as C-ABI entry 
 needs only a few symbols from numba's small C helper modules and the interpreter, on
 error paths that the kernels never take. So the process that warms numba's cache
 (``warm.py``) also writes that object here, and a worker loads it with LLVM's JIT
-linker (``llvmlite.binding``: add the object, resolve its symbols, take the entry
-points' addresses) and calls it through ``ctypes``, which releases the GIL for the
+linker (``libllvmlite``, through ``llvm_link``: add the object, resolve its symbols, take
+the entry points' addresses) and calls it through ``ctypes``, which releases the GIL for the
 call as numba's ``nogil`` does. It is the machine code numba's own path runs, under
 the same Python loops (``drive.py``), so the counts and the stop checks are the same;
 ``choice.load_fused`` checks the counts against NumPy again after every load.
@@ -25,8 +25,9 @@ other user can write there), and the file must be this user's (or root's) and wr
 by nobody else. It lives where ``NUMBA_CACHE_DIR`` puts numba's cache, else beside
 numba's marker (``cache_directory``).
 
-Importing this module imports only the standard library; ``load`` imports
-``llvmlite.binding`` and loads numba's two C helper extensions, not numba, nor NumPy
+Importing this module imports only the standard library; ``load`` loads ``libllvmlite``
+(``llvm_link``: without importing ``llvmlite.binding`` where it can) and numba's two C
+helper extensions, not numba, nor NumPy
 (whose import those extensions' module initialisation makes: ``_numba_helpers``). The
 buffers the entry points take are any C-contiguous ones (``drive`` makes ``array.array``).
 """
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_worker import numba_cache, numba_marker
+from mcpi_worker.kernels import llvm_link
 
 if TYPE_CHECKING:
     from mcpi_worker.kernels.drive import Words
@@ -475,20 +477,22 @@ def cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
     return numba_marker.object_cache_directory(environ)
 
 
-def load(directory: Path | None = None, *, uid: int | None = None) -> Loaded:
+def load(directory: Path | None = None, *, uid: int | None = None, link: llvm_link.Link | None = None) -> Loaded:
     """Load the object for this process's key from ``directory`` (default:
-    ``cache_directory()``). Raises ``NativeUnavailable`` with the reason, having handed
-    LLVM nothing unless the file passed every check the module describes."""
+    ``cache_directory()``), through ``link`` (default: ``llvm_link.link_backend()``).
+    Raises ``NativeUnavailable`` with the reason, having handed LLVM nothing unless the
+    file passed every check the module describes; ``llvm_link.LinkError`` or llvmlite's
+    own where LLVM refuses it."""
     if numba_marker.numba_version() is None:
         raise NativeUnavailable("numba is not installed")
     directory = cache_directory() if directory is None else directory
     if directory is None:
         raise NativeUnavailable("there is no directory to keep it in")
     try:
-        import llvmlite.binding as llvm
+        llvm = llvm_link.link_backend() if link is None else link
     except ImportError as error:
         raise NativeUnavailable(f"llvmlite cannot be imported ({error})") from None
-    key = host_key(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    key = host_key(*llvm.host_cpu())
     path = directory / file_name(key)
     symbols, code = decode(read(path, uid=uid), key)
     needed = undefined_symbols(code)
@@ -498,19 +502,12 @@ def load(directory: Path | None = None, *, uid: int | None = None) -> Loaded:
         if address is None:
             raise NativeUnavailable(f"the object needs {name}, which this process does not have")
         llvm.add_symbol(name, address)
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    machine = target.create_target_machine(jit=True)
-    module = llvm.parse_assembly("")
-    engine = llvm.create_mcjit_compiler(module, machine)
-    engine.add_object_file(llvm.ObjectFileRef.from_data(code))
-    engine.finalize_object()
+    linked = llvm.link(code, [symbols[name] for name in ENTRY_POINTS])
     functions: dict[str, Callable[..., Any]] = {}
     for name, (result, arguments) in ENTRY_POINTS.items():
-        address = engine.get_function_address(symbols[name])
+        address = linked.addresses[symbols[name]]
         if not address:
             raise NativeUnavailable(f"the object does not define its entry point {name}")
         prototype = ctypes.CFUNCTYPE(_CTYPES[result], *(_CTYPES[a] for a in arguments))
         functions[name] = prototype(address)
-    return Loaded(NativeCompiled(functions, (engine, machine, module)), path)
+    return Loaded(NativeCompiled(functions, linked.keep_alive), path)

@@ -13,6 +13,7 @@ others are handed broken files and count through numba.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -23,11 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import llvmlite
 import llvmlite.binding as llvm
 import psutil
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from llvmlite.utils import get_library_name
 from stop_checks import stop_after
 from structlog.testing import capture_logs
 from test_kernel_worker import (
@@ -45,12 +48,13 @@ from test_kernel_worker import (
 )
 
 from mcpi_worker import numba_marker
-from mcpi_worker.kernels import Cancelled, drive, export, fused, lanes, native, numpy_impl
+from mcpi_worker.kernels import Cancelled, drive, export, fused, lanes, llvm_link, native, numpy_impl
 from mcpi_worker.kernels.checks import VERIFY_RANGES, VERIFY_SAMPLES, verify
 from mcpi_worker.kernels.choice import FusedUnavailable, LoadedFrom, load_fused
 
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
 NOBODY = 65534
+LIBRARY = str(Path(llvmlite.__file__).parent / "binding" / get_library_name())
 
 
 def numpy_counts(seed: int, first: int, streams: int, points: int) -> list[int]:
@@ -66,9 +70,17 @@ def object_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def worker_link() -> llvm_link.Link:
+    """The link a worker takes (``llvm_link.link_backend`` in a process without
+    ``llvmlite.binding``, as a worker is): this test process has imported it."""
+    if llvm_link.direct_version(llvmlite.__version__):
+        return llvm_link.DirectLink(LIBRARY)
+    return llvm_link.BindingLink()
+
+
 @pytest.fixture(scope="module")
 def loaded(object_dir: Path) -> native.NativeCompiled:
-    return native.load(object_dir).compiled
+    return native.load(object_dir, link=worker_link()).compiled
 
 
 def object_file(directory: Path) -> Path:
@@ -170,6 +182,70 @@ def test_numba_s_helpers_found_without_its_modules_are_those_its_modules_give() 
     assert {name: found[name] for name in both} == {name: given[name] for name in both}
     needed = {"numba_gil_ensure", "numba_gil_release", "numba_do_raise", "numba_unpickle", "NRT_Allocate", "NRT_Free"}
     assert needed <= both
+
+
+# ------------------------------------------------------------------ LLVM, two ways
+
+
+def test_the_direct_link_calls_each_entry_point_as_llvmlite_binding_declares_it() -> None:
+    """``DirectLink`` calls ``libllvmlite`` with the C types it writes down: they must be
+    the installed llvmlite's own (its ``ffi.lib`` declarations; a pointer to an LLVM
+    object is a pointer), or, for a version it was not checked against, it is not used."""
+    if not llvm_link.direct_version(llvmlite.__version__):
+        assert isinstance(llvm_link.link_backend(), llvm_link.BindingLink)
+        return
+
+    def plain(kind: Any) -> Any:
+        if kind is not None and kind is not ctypes.c_char_p and issubclass(kind, ctypes._Pointer):
+            return ctypes.c_void_p if kind._type_.__name__.startswith("LLVM") else kind
+        return kind
+
+    for name, (result, arguments) in llvm_link._SIGNATURES.items():
+        declared = getattr(llvm.ffi.lib, name)
+        # ctypes' default result type, int, where llvmlite declares none: a void function
+        declared_arguments = None if declared.argtypes is None else [plain(a) for a in declared.argtypes]
+        assert (plain(declared.restype), declared_arguments) == (
+            result or ctypes.c_int,
+            None if arguments is None else list(arguments),
+        ), name
+
+
+def test_both_links_see_the_same_host_cpu() -> None:
+    assert llvm_link.DirectLink(LIBRARY).host_cpu() == llvm_link.BindingLink().host_cpu()
+    assert llvm_link.BindingLink().host_cpu() == (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+
+
+@pytest.mark.parametrize(
+    ("features", "flat"),
+    [("", ""), ("+b,-a,,+c", "-a,+b,+c"), ("+a,-a", "-a"), ("-x", "-x")],
+)
+def test_features_are_flattened_as_llvmlite_flattens_them(features: str, flat: str) -> None:
+    mapping = llvm.targets.FeatureMap({f[1:]: f[0] == "+" for f in features.split(",") if f})
+    assert llvm_link.flatten_features(features) == flat == mapping.flatten()
+
+
+def test_the_object_loaded_through_llvmlite_binding_counts_as_the_direct_link_s(
+    object_dir: Path, loaded: native.NativeCompiled
+) -> None:
+    through_binding = native.load(object_dir, link=llvm_link.BindingLink()).compiled
+    verify(through_binding)
+    for compiled in (through_binding, loaded):
+        counts = drive.count_streams(compiled, 17, 2**64 - 5, 40, 333)
+        assert list(counts) == numpy_counts(17, 2**64 - 5, 40, 333)
+
+
+def test_a_process_that_loads_the_object_does_not_import_llvmlite_binding(object_dir: Path) -> None:
+    """Its Python layer is most of a load's CPU (``llvm_link``): a worker's process, which has
+    not imported it, links through ``libllvmlite``'s entry points directly, and counts."""
+    script = (
+        "import sys; from mcpi_worker.kernels import native, drive;"
+        f"compiled = native.load(native.Path({str(object_dir)!r})).compiled;"
+        "print(list(drive.count_streams(compiled, 17, 5, 20, 333)), 'llvmlite.binding' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"
+    assert done.stdout.rsplit(" ", 1)[0] == str(numpy_counts(17, 5, 20, 333))
 
 
 def test_the_load_checks_table_is_what_numpy_counts() -> None:
