@@ -138,10 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    parent_death_unavailable: str | None = None,
+    serving: Callable[[], None] | None = None,
+) -> int:
     """Run the worker; return its exit code. ``boot.main`` calls it once the parent-death
     backstop is armed, with why it could not be (``parent_death_unavailable``; None if
-    it was), to be logged once logging is configured."""
+    it was), to be logged once logging is configured, and ``serving`` to be called as the
+    worker starts serving, its start-up done (``collector.release``)."""
     args = build_parser().parse_args(argv)
     if args.self_check:
         from mcpi_worker.self_check import run_self_check
@@ -195,6 +201,8 @@ def main(argv: Sequence[str] | None = None, *, parent_death_unavailable: str | N
     )
     try:
         log.info("worker_started", version=__version__, max_inflight=args.max_inflight, jobs=args.jobs)
+        if serving is not None:
+            serving()
         outcome = worker.serve()
     except KeyboardInterrupt:
         return 130

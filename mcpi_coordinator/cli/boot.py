@@ -81,36 +81,23 @@ def release(note: Callable[[int], object] | None = None) -> None:
 hold()
 
 
-_collections_held: list[bool] = []
-
-
 def hold_collections() -> None:
     """Turn the cyclic garbage collector off while ``mcpi estimate`` imports what it runs
-    (``collections_back`` turns it on). An import allocates thousands of objects that live
-    as long as the process (modules, classes, functions, the methods that dataclasses and
-    attrs generate), and every 700 allocations set off a collection that walks the young
-    ones, finding next to no garbage: a noticeable part of the command's start, which is
-    most of a small run's wall (``benchmarks/tiny.py``, docs/estimate.md). Only for
+    (``mcpi_worker.collector`` says why; ``collections_back`` turns it on). Only for
     ``estimate``, whose handler gives the collector back once its modules are imported; a
     command that never gets there (a usage error, ``--help``) ends with it off."""
-    import gc
+    from mcpi_worker import collector
 
-    if gc.isenabled():
-        gc.disable()
-        _collections_held.append(True)
+    collector.hold()
 
 
 def collections_back() -> None:
-    """Turn the collector back on if ``hold_collections`` turned it off, with what the
-    imports made moved out of its sight first (``gc.freeze``): they are never garbage, and
-    the first collection would otherwise walk every one of them. Does nothing elsewhere
+    """Turn the collector back on if ``hold_collections`` turned it off, what the imports
+    made moved out of its sight first (``collector.release``). Does nothing elsewhere
     (the command run from Python, its tests)."""
-    import gc
+    from mcpi_worker import collector
 
-    if _collections_held:
-        _collections_held.clear()
-        gc.freeze()
-        gc.enable()
+    collector.release()
 
 
 _exit_at_once: list[bool] = []

@@ -50,17 +50,9 @@ end, the coordinator's end, the pool's dispatcher, ``Chunk``, the fakes):
   deadline: ``CoordinatorEnd``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mcpi_worker.constants import MAX_POINTS
-from mcpi_worker.protocol.coordinator_end import (
-    Answered,
-    Broken,
-    CoordinatorEnd,
-    CoordinatorEvent,
-    CoordinatorState,
-    Orphan,
-    TaskBudget,
-    Welcomed,
-)
 from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, NeedData, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
@@ -182,3 +174,32 @@ __all__ = [
     "quote",
     "usable_id",
 ]
+
+if TYPE_CHECKING:
+    from mcpi_worker.protocol.coordinator_end import (
+        Answered,
+        Broken,
+        CoordinatorEnd,
+        CoordinatorEvent,
+        CoordinatorState,
+        Orphan,
+        TaskBudget,
+        Welcomed,
+    )
+
+_COORDINATOR_END_NAMES = frozenset(
+    {"Answered", "Broken", "CoordinatorEnd", "CoordinatorEvent", "CoordinatorState", "Orphan", "TaskBudget", "Welcomed"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The coordinator's end (``coordinator_end``), imported when one of its names is first
+    asked for: a worker, which imports this package before it can answer its ``hello``,
+    never uses it, and its import is part of every worker's start."""
+    if name in _COORDINATOR_END_NAMES:
+        from mcpi_worker.protocol import coordinator_end
+
+        names = {each: getattr(coordinator_end, each) for each in _COORDINATOR_END_NAMES}
+        globals().update(names)  # found directly from now on
+        return names[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

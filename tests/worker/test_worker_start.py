@@ -1,0 +1,89 @@
+"""What a worker does before it serves: the start that two workers pay on two cores while
+their coordinator starts too (issue 18, ``benchmarks/sched_timeline.py``).
+
+A real ``mcpi-worker`` runs with a ``sitecustomize`` that notes each cyclic collection made
+while its main thread is in ``boot.main`` but not yet in ``Worker.serve``, and which
+modules it had imported when it left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HOOK = """
+import atexit, gc, json, os, sys, threading
+
+_main = threading.main_thread().ident
+_starting = []
+_served = []
+
+def _main_thread_in() -> set:
+    where = set()
+    frame = sys._current_frames().get(_main)
+    while frame is not None:
+        where.add((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+        frame = frame.f_back
+    return where
+
+def _seen(phase, info):
+    if phase != "start" or _served:
+        return
+    where = _main_thread_in()
+    if ("server.py", "serve") in where:
+        _served.append(True)
+    elif ("boot.py", "main") in where:  # the worker's start, as boot.main runs it
+        _starting.append(info["generation"])
+
+gc.callbacks.append(_seen)
+
+def _write() -> None:
+    path = os.path.join(os.environ["HOOK_DIR"], f"{os.getpid()}.json")
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({"starting": _starting, "enabled": gc.isenabled(), "modules": sorted(sys.modules)}, out)
+
+atexit.register(_write)
+"""
+
+
+def started_worker(tmp_path: Path, *arguments: str, **environ: str) -> dict[str, Any]:
+    """A real worker started with ``HOOK``, its input ended at once (it starts, serves,
+    sees the end and leaves in order): what the hook noted."""
+    hook, out = tmp_path / "hook", tmp_path / "out"
+    hook.mkdir()
+    out.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(hook), "HOOK_DIR": str(out), **environ}
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "mcpi_worker", *arguments],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (report,) = [json.loads(path.read_text(encoding="utf-8")) for path in out.glob("*.json")]
+    return report
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_no_garbage_collection_runs_while_a_worker_starts(tmp_path: Path, level: str) -> None:
+    """Its imports (the protocol's dataclasses, the kernels, structlog at ``info``) allocate
+    objects that live as long as the process, and every 700 of them set off a collection
+    that found next to nothing. The collector is off from ``boot.main`` until the worker
+    serves, and on again after."""
+    report = started_worker(tmp_path, "--log-level", level)
+    assert report["starting"] == []
+    assert report["enabled"] is True
+
+
+def test_a_worker_does_not_import_the_coordinator_s_end(tmp_path: Path) -> None:
+    """``mcpi_worker.protocol`` gives the coordinator's end (``coordinator_end``) only when one
+    of its names is asked for: a worker never does, and its import was part of every
+    worker's start."""
+    report = started_worker(tmp_path, "--log-level", "warning")
+    assert "mcpi_worker.protocol.worker_end" in report["modules"]
+    assert "mcpi_worker.protocol.coordinator_end" not in report["modules"]
