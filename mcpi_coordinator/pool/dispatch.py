@@ -383,9 +383,12 @@ class Dispatcher:
             request.retried = retry
             if self._closed is not None:
                 self._outcomes.append((request, _copy(self._closed)))
+            elif self._send_somewhere(request):
+                pass  # a worker took it (all of it): one that serves it, so it is servable
             elif (problem := self._unservable(request)) is not None:
+                # Nothing of it was sent: what a worker takes a piece of, it takes the rest of.
                 self._outcomes.append((request, problem))
-            elif not self._send_somewhere(request):
+            else:
                 # By the invariant on _roomy, no request in line could have gone where this
                 # one goes now: sending it ahead of them keeps every worker's order fair.
                 request.waiting = True
@@ -428,19 +431,19 @@ class Dispatcher:
         self, chunk: Chunk | None, *, retry: bool = False, avoid: Iterable[int] = ()
     ) -> Request:
         """Dispatch one request and wait for its outcome (``request.outcome``).
-        A cancelled caller withdraws it."""
-        done = trio.Event()
-
-        def deliver(request: Request, outcome: Outcome) -> None:
-            request.outcome = outcome
-            done.set()
-
-        request = Request(chunk, deliver, frozenset(avoid))
+        A cancelled caller withdraws it. A checkpoint either way: a cancel point even
+        when the outcome came at once (a refusal), as ``trio.Event.wait`` would be."""
+        waiter = _Waiter()
+        request = Request(chunk, waiter.deliver, frozenset(avoid))
         self.dispatch(request, retry=retry)
         try:
-            await done.wait()
+            if waiter.delivered:
+                await trio.lowlevel.checkpoint()
+            else:
+                waiter.task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         except BaseException:
-            if not done.is_set():
+            if not waiter.delivered:
                 self.withdraw(request)
             raise
         return request
@@ -690,6 +693,33 @@ class Dispatcher:
                 request.deliver(request, outcome)
         finally:
             self._busy = False
+
+
+class _Waiter:
+    """One caller of ``send_and_wait``, parked until its request's outcome is delivered:
+    what a ``trio.Event`` and a closure did, without the Event's set of waiters (there is
+    one waiter) and its wrappers, on the path of every request sent one at a time."""
+
+    __slots__ = ("delivered", "task")
+
+    def __init__(self) -> None:
+        self.delivered = False
+        self.task: trio.lowlevel.Task | None = None
+        """The parked caller, until it is woken or its wait is cancelled."""
+
+    def deliver(self, request: Request, outcome: Outcome) -> None:
+        """The request's ``Deliver``: keep the outcome and wake the caller if it waits."""
+        request.outcome = outcome
+        self.delivered = True
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        """The caller's wait is cancelled: it is no longer there to wake (it withdraws its
+        request, unless the outcome came first)."""
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 def _whole_lanes(streams: int, most: int) -> int:

@@ -247,19 +247,25 @@ def calls_to(*functions: Any) -> Iterator[Counter[str]]:
 
 async def test_a_chunks_fields_are_checked_where_it_is_made_not_again_per_request() -> None:
     """A ``Chunk`` is checked against the protocol's field table when it is made; the
-    request that sends it does not check its fields again (``fields_checked``), and the
-    connection's ``holding`` block is one object for its life, not one per read. Both are
-    on every request's path: a call of either per request breaks this (both were)."""
+    request that sends it does not check its fields again (``fields_checked``), the
+    connection's ``holding`` block is one object for its life, not one per read, and a
+    caller waiting for its one request (``sample``, ``ping``) is woken without a
+    ``trio.Event`` of its own. All are on every request's path: a call of any of them per
+    request breaks this (each was)."""
+    watched = (field_problem, _Holding.__init__, trio.Event.__init__, WorkerPool._record)
     async with counted_pool(1) as (pool, _census):
         chunks = [Chunk(seed=1, stream=stream, points=10) for stream in range(REQUESTS)]
         ranges = [Chunk(seed=1, stream=stream, points=0, streams=8) for stream in range(0, 8 * 10, 8)]
-        with calls_to(field_problem, _Holding.__init__, Chunk.__post_init__) as counted:
+        with calls_to(*watched) as one_at_a_time:
             for chunk in chunks:
                 await pool.sample(chunk)
+                await pool.ping()
+        with calls_to(*watched, Chunk.__post_init__) as batched:
             async with pool.imap_unordered(ranges) as results:
                 assert sum([len(result.stream_counts) async for result in results]) == 80
+    assert one_at_a_time == {"WorkerPool._record": REQUESTS}, one_at_a_time  # the profile saw the path
     # Only the pieces the dispatcher cuts off the ranges are chunks made here (each
-    # checked then, once); nothing else is checked again.
-    assert counted["field_problem"] == 0, counted
-    assert counted["_Holding.__init__"] == 0, counted
-    assert counted["Chunk.__post_init__"] > 0, counted  # the profile did see the pool's calls
+    # checked then, once); nothing is checked again, and the batch's own wake-ups are
+    # its business (batch.py).
+    assert batched["field_problem"] == batched["_Holding.__init__"] == 0, batched
+    assert batched["Chunk.__post_init__"] > 0, batched
