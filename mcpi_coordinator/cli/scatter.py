@@ -39,7 +39,8 @@ Needs the 'bench' extra (matplotlib, Pillow): {INSTALL_HINT}
 
 exit codes: 0 the picture was written
             1 it could not be (the extra is missing, or the file cannot be written)
-            2 bad arguments (nothing was drawn)"""
+            2 bad arguments (nothing was drawn)
+            130, 143, 129 stopped by Ctrl-C, SIGTERM, SIGHUP"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
