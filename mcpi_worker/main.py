@@ -50,6 +50,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def terminal_columns() -> int:
+    """The width ``shutil.get_terminal_size`` gives (``COLUMNS`` if a positive number, else
+    the terminal on stdout's, else 80), without importing ``shutil``: ``_Formatter``."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, its width given (``terminal_columns``, less 2 as argparse
+    takes it). argparse makes a formatter for every ``add_argument`` (to check the
+    argument's metavar), and one left to find its width imports ``shutil`` (and the
+    compression modules ``shutil`` imports): CPU at every worker's start, before it can
+    answer its ``hello``, for help that a worker started by a program never prints."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, terminal_columns() - 2 if width is None else width)
+
+
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -74,6 +102,7 @@ def _jobs(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mcpi-worker",
+        formatter_class=_Formatter,
         description=(
             "Monte Carlo sampling worker. Reads length-framed msgpack requests on stdin "
             "and writes responses on stdout; logs go to stderr. Meant to be started by a "

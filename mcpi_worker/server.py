@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import queue
 import select
-import socket
 import threading
 import time
 from collections import deque
@@ -192,7 +191,7 @@ class Worker:
         offer = WorkerOffer(
             worker=WORKER_NAME,
             pid=os.getpid(),
-            host=socket.gethostname(),
+            host=os.uname().nodename,  # gethostname() on Linux, without importing socket
             kernels=tuple(kernels),
             max_inflight=max_inflight,
             implementations=tuple(now_running.get(name, "") for name in kernels) if now_running else (),

@@ -8,14 +8,19 @@ modules it had imported when it left.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from worker_process import WorkerUnderTest
+
+from mcpi_worker import main
 
 HOOK = """
 import atexit, gc, json, os, sys, threading
@@ -80,10 +85,45 @@ def test_no_garbage_collection_runs_while_a_worker_starts(tmp_path: Path, level:
     assert report["enabled"] is True
 
 
-def test_a_worker_does_not_import_the_coordinator_s_end(tmp_path: Path) -> None:
-    """``mcpi_worker.protocol`` gives the coordinator's end (``coordinator_end``) only when one
-    of its names is asked for: a worker never does, and its import was part of every
-    worker's start."""
+@pytest.mark.parametrize(
+    "module",
+    [
+        "mcpi_worker.protocol.coordinator_end",  # mcpi_worker.protocol gives its names lazily
+        "shutil",  # argparse's formatter, for its width (main._Formatter)
+        "socket",  # for the host's name (os.uname)
+    ],
+)
+def test_a_worker_started_as_mcpi_starts_it_does_not_import(tmp_path: Path, module: str) -> None:
+    """What a worker never uses, or gets as well without, is not imported before it serves:
+    each was part of every worker's start (at ``--log-level warning``, as ``mcpi estimate``
+    starts its local workers: structlog, loaded at ``info``, imports some of them)."""
     report = started_worker(tmp_path, "--log-level", "warning")
     assert "mcpi_worker.protocol.worker_end" in report["modules"]
-    assert "mcpi_worker.protocol.coordinator_end" not in report["modules"]
+    assert module not in report["modules"]
+
+
+def test_the_host_a_worker_names_is_the_host_name() -> None:
+    """A real worker's welcome names ``os.uname().nodename``: what ``socket.gethostname()``
+    gives."""
+    worker = WorkerUnderTest()
+    try:
+        welcome = worker.handshake()
+    finally:
+        worker.close_stdin()
+        assert worker.wait() == 0
+    assert welcome.host == socket.gethostname()
+
+
+@pytest.mark.parametrize("columns", [None, "40", "123", "0", "-3", "wide"])
+def test_the_worker_s_help_is_as_wide_as_argparse_makes_it(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
+    """``main._Formatter`` works out the width as argparse's own (``shutil.get_terminal_size``)."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    ours = main.build_parser()
+    theirs = main.build_parser()
+    theirs.formatter_class = argparse.HelpFormatter
+    assert ours.format_help() == theirs.format_help()
