@@ -116,3 +116,18 @@ def test_every_environment_variable_is_documented() -> None:
     for variable, option in ENVIRONMENT.items():
         assert f"| `{variable}` | `{option}`" in DOCS, variable
     assert "| `NO_COLOR` |" in DOCS
+
+
+def test_every_install_into_the_readme_venv_is_editable() -> None:
+    """The README's commands share one ``.venv`` and a user runs them in order. A plain
+    ``pip install .`` followed by ``pip install -e .`` there breaks it: the first run
+    writes the compiled kernels' caches into ``site-packages/mcpi_worker``, pip's
+    uninstall leaves them, and that directory, a package without ``__init__.py``, then
+    hides the clone's ``mcpi_worker`` (every worker dies on an ImportError). So every
+    install the README and Getting started give into ``.venv`` is editable."""
+    root = Path(__file__).resolve().parents[2]
+    for page in (root / "README.md", root / "docs" / "getting-started.md"):
+        installs = re.findall(r"\.venv/bin/pip install ([^&\n]*)", page.read_text(encoding="utf-8"))
+        assert installs, page
+        for arguments in installs:
+            assert "-e" in arguments.split(), (page.name, arguments)
