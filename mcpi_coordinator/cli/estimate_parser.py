@@ -36,7 +36,7 @@ examples:
   mcpi estimate                              1e9 points on every core
   mcpi estimate -n 1e10 -s 42                repeatable: same seed, same count
   mcpi estimate --target-error 1e-4          stop once the 95% CI is ±1e-4
-  mcpi estimate --max-time 5 --json          whatever 5 seconds give, as JSON
+  mcpi estimate -n 1e13 --max-time 5 --json  whatever 5 seconds give, as JSON
   mcpi estimate --worker-cmd "python -m mcpi_worker --log-level debug" --log-level info
   mcpi estimate --workers 0 --host alice@node1*4 --host node2:2222*2
                                              6 workers on two machines, over ssh
