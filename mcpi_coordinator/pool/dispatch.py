@@ -386,7 +386,7 @@ class Dispatcher:
             elif self._send_somewhere(request):
                 pass  # a worker took it (all of it): one that serves it, so it is servable
             elif (problem := self._unservable(request)) is not None:
-                # Nothing of it was sent: what a worker takes a piece of, it takes the rest of.
+                # No worker took any of it: one that took a piece of a range serves the rest.
                 self._outcomes.append((request, problem))
             else:
                 # By the invariant on _roomy, no request in line could have gone where this
