@@ -258,10 +258,21 @@ def _take_stdout() -> int:
 
     ``os.dup`` returns a non-inheritable fd, so child processes cannot write frames
     either; fd 1 they inherit is stderr.
+
+    The request, response and log streams are then made blocking, which the reader
+    thread and the writers assume: a coordinator may hand us non-blocking ends (its
+    choice of file flags, which the pipe's end carries across exec), and a read that
+    found nothing yet (EAGAIN) ended the worker as if its input had ended, a write to a
+    full pipe as if its reader had gone.
     """
     sys.stdout.flush()
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
+    for fd in (0, protocol_fd, 2):
+        try:
+            os.set_blocking(fd, True)
+        except OSError:  # a descriptor without such flags: nothing to change
+            pass
     return protocol_fd
 
 

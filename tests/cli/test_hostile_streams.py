@@ -14,10 +14,13 @@ a shell starts it; nothing of a run is left in the process table.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import termios
+import time
 import uuid
 from pathlib import Path
 
@@ -27,18 +30,21 @@ from command_line import CLEAN_ENV, MCPI
 from worker_process import worker_command
 
 from mcpi_coordinator.testing.processes import is_warming, wait_until_gone
-from mcpi_worker.protocol import WORKER_MESSAGES, FrameDecoder, Hello, Ping, Shutdown, encode
+from mcpi_worker.protocol import NEED_DATA, WORKER_MESSAGES, FrameDecoder, Hello, Ping, Sample, Shutdown, encode
 
 MARK = "MCPI_TEST_STREAMS_MARK"
 ESTIMATE = ("estimate", "-n", "2e6", "--chunk-size", "1e6", "-w", "2", "-s", "5", "--startup-timeout", "300")
 
 
-def in_shell(argv: list[str], redirection: str, mark: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+def in_shell(
+    argv: list[str], redirection: str, mark: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """``argv`` run as ``exec argv REDIRECTION`` by ``/bin/sh``, its stdout and stderr
-    captured where the redirection leaves them; its environment carries ``mark``."""
+    captured where the redirection leaves them, ``stdin`` its input (if given); its
+    environment carries ``mark``."""
     return subprocess.run(
-        ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh", *argv], capture_output=True, timeout=300,
-        check=False, env={**CLEAN_ENV, MARK: mark}, **kwargs,  # type: ignore[call-overload]
+        ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh", *argv], input=stdin, capture_output=True,
+        timeout=300, check=False, env={**CLEAN_ENV, MARK: mark},
     )  # fmt: skip
 
 
@@ -87,7 +93,7 @@ def conversation() -> bytes:
 
 def test_a_worker_without_stderr_serves_and_ends_in_order() -> None:
     mark = uuid.uuid4().hex
-    done = in_shell(worker_command(), "2>&-", mark, input=conversation())
+    done = in_shell(worker_command(), "2>&-", mark, stdin=conversation())
     assert done.returncode == 0
     decoder = FrameDecoder(WORKER_MESSAGES)
     decoder.feed(done.stdout)
@@ -98,8 +104,7 @@ def test_a_worker_without_stderr_serves_and_ends_in_order() -> None:
 @pytest.mark.parametrize("redirection", [">&-", "<&-", "<&- >&- 2>&-"])
 def test_a_worker_without_stdin_or_stdout_ends_in_order_without_a_traceback(redirection: str) -> None:
     mark = uuid.uuid4().hex
-    stdin = {} if redirection.startswith("<&-") else {"input": conversation()}
-    done = in_shell(worker_command(), redirection, mark, **stdin)
+    done = in_shell(worker_command(), redirection, mark, None if redirection.startswith("<&-") else conversation())
     err = done.stderr.decode(errors="replace")
     assert (done.returncode, done.stdout) == (0, b""), err
     assert "Traceback" not in err and "Exception ignored" not in err, err
@@ -139,3 +144,44 @@ def test_fill_closed_gives_each_missing_descriptor_dev_null_and_a_stream(tmp_pat
         "before": [True, True, True], "filled": [0, 1, 2], "targets": [os.devnull] * 3,
         "modes": [os.O_RDONLY, os.O_RDONLY, os.O_WRONLY], "inheritable": [True] * 3, "streams": [0, 1, 2],
     }  # fmt: skip
+
+
+def test_a_worker_given_non_blocking_pipes_waits_on_them_as_on_blocking_ones() -> None:
+    """Its stdin and stdout ends non-blocking (O_NONBLOCK, a flag the pipe's end carries
+    across exec: a coordinator's choice). Before, the worker's first read found nothing
+    yet (EAGAIN), took that for the end of its input and exited 0 at once, unasked. Here
+    it answers a hello and 5,999 pings, more pongs than the stdout pipe holds (it is seen
+    full, the worker still there), and after a sample and the end of input, ends in order."""
+    requests_r, requests_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    os.set_blocking(requests_r, False)
+    os.set_blocking(answers_w, False)
+    pings = 5_999
+    worker = subprocess.Popen(worker_command(), stdin=requests_r, stdout=answers_w, stderr=subprocess.DEVNULL)
+    os.close(requests_r)
+    os.close(answers_w)
+    try:
+        pinged = b"".join(encode(Ping(id=i)) for i in range(1, pings + 1))
+        os.write(requests_w, encode(Hello(versions=(1, 2), client="test")) + pinged)
+        full, guard = 0, time.monotonic() + 300  # a hang guard: the pipe fills in well under a second
+        while full < 65_536 and worker.poll() is None and time.monotonic() < guard:  # the pipe full: it waits
+            full = int.from_bytes(fcntl.ioctl(answers_r, termios.FIONREAD, bytes(4)), sys.byteorder)
+            time.sleep(0.01)
+        assert (full, worker.poll()) == (65_536, None), "the worker ended on its own, or never filled its pipe"
+        os.write(requests_w, encode(Sample(id=pings + 1, seed=1, stream=0, points=1000, kernel="numpy")))
+        os.close(requests_w)
+        answers = b""
+        while chunk := os.read(answers_r, 65_536):
+            answers += chunk
+        assert worker.wait(timeout=120) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+        os.close(answers_r)
+    decoder = FrameDecoder(WORKER_MESSAGES)
+    decoder.feed(answers)
+    kinds = []
+    while (message := decoder.next_message()) is not NEED_DATA:
+        kinds.append(type(message).__name__)
+    # The sample's one answer is its result, or "cancelled" if the end of input came first (§9).
+    assert kinds[: pings + 1] == ["Welcome"] + ["Pong"] * pings and len(kinds) == pings + 2, kinds[-3:]
