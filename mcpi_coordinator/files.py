@@ -117,7 +117,16 @@ def _kind(mode: int) -> str:
 
 
 def read_stream_limited(stream: IO[bytes], limit: int) -> bytes:
-    """What ``stream`` holds until its end, if at most ``limit`` bytes; ``TooLarge`` otherwise."""
+    """What ``stream`` holds until its end, if at most ``limit`` bytes; ``TooLarge`` otherwise.
+
+    A descriptor under it that is non-blocking (O_NONBLOCK: a pipe whose other user set
+    it, as Node.js does to the pipes it is given) is made blocking first: read() then
+    stopped at what had come so far, a part of the input taken for all of it, or found
+    nothing yet and returned None (a ``TypeError`` traceback from ``mcpi combine -``)."""
+    try:
+        os.set_blocking(stream.fileno(), True)
+    except (AttributeError, OSError, ValueError):  # no descriptor (BytesIO), or no such flags
+        pass
     content = stream.read(limit + 1)
     if len(content) > limit:
         raise TooLarge(f"longer than {_size(limit)}")

@@ -8,10 +8,14 @@ rather than filling the machine.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
 import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +129,39 @@ def test_combine_reads_a_pipe_the_shell_passes_as_dev_fd_or_dev_stdin(tmp_path: 
     assert json.loads(run.stdout)["inside"] == WHOLE["inside"]
     piped = mcpi("combine", "--json", "/dev/stdin", stdin=json.dumps(WHOLE).encode())
     assert piped.returncode == 0, piped.stderr
+
+
+def test_combine_reads_all_of_a_non_blocking_stdin_that_is_still_being_written() -> None:
+    """stdin a pipe whose read end is non-blocking (Node.js sets O_NONBLOCK on the pipes
+    it hands on), its writer still writing: the first half is read (the pipe seen
+    empty), the rest comes after. Before, ``-`` read returned the first half alone, taken
+    for the whole input (not JSON: exit 2), or None, nothing having come yet (a
+    ``TypeError`` traceback). (``/dev/stdin``, opened anew, was made blocking already.)"""
+    document = json.dumps(WHOLE).encode()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    command = subprocess.Popen(
+        [*MCPI, "combine", "--json", "-"], stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(read_end)
+    try:
+        os.write(write_end, document[:20])
+        guard = time.monotonic() + 300  # a hang guard: the command starts and reads in well under that
+        while _unread(write_end) > 0 and command.poll() is None and time.monotonic() < guard:
+            time.sleep(0.01)  # until the command has read the first half: it waits for the rest now
+        os.write(write_end, document[20:])
+    except BrokenPipeError:
+        pass  # it read the first half and left: the assertion below says how
+    finally:
+        os.close(write_end)
+    out, err = command.communicate(timeout=120)
+    assert command.returncode == 0, err.decode(errors="replace")
+    assert json.loads(out)["inside"] == WHOLE["inside"]
+
+
+def _unread(pipe_end: int) -> int:
+    """Bytes in a pipe its reader has not read yet (Linux: FIONREAD on either end)."""
+    return int.from_bytes(fcntl.ioctl(pipe_end, termios.FIONREAD, bytes(4)), sys.byteorder)
 
 
 # ---------------------------------------------------------------- --hosts-file
