@@ -35,7 +35,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, copy_context
-from typing import Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
 
 STOP_SIGNALS: Final[frozenset[int]] = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 """The signals that stop ``mcpi`` in an orderly way (``cli.signals.STOP_SIGNALS``)."""
@@ -252,7 +255,21 @@ def kill_pool_workers() -> None:
     workers = multiprocessing.active_children()
     for worker in workers:
         with contextlib.suppress(OSError, ValueError):  # gone already, or closed by its pool
-            worker.kill()
+            _kill(worker)
     for worker in workers:
         with contextlib.suppress(ValueError):
             worker.join()
+
+
+def _kill(worker: BaseProcess) -> None:
+    """SIGKILL ``worker``. Its ``kill`` method needs its start method's ``Popen`` to have
+    one, and loky's (joblib's pools) has none: a Ctrl-C while ``mcpi bench overhead``
+    ran joblib or loky ended in an ``AttributeError`` traceback and exit 1. Such a
+    worker is signalled by its pid: a child of ours that ``active_children`` found
+    unreaped a moment ago; were it reaped by its pool since, the pid would have to be
+    taken by a new process within that moment to name another."""
+    try:
+        worker.kill()
+    except AttributeError:
+        if worker.pid is not None:
+            os.kill(worker.pid, signal.SIGKILL)

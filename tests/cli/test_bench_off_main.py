@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from mcpi_coordinator.bench import tasks
-from mcpi_coordinator.bench.off_main import Interrupted, Stopped, off_main_thread, on_stop
+from mcpi_coordinator.bench.off_main import Interrupted, Stopped, kill_pool_workers, off_main_thread, on_stop
 from mcpi_coordinator.cli import signals
 
 PATIENCE_S = 120
@@ -242,3 +242,21 @@ def test_a_pool_worker_forked_from_a_passing_thread_lives_until_its_owner_exits(
     if left:
         worker.kill()
     assert left == [], "the worker outlived its owner"
+
+
+def test_kill_pool_workers_kills_a_loky_worker() -> None:
+    """loky's workers (joblib's pools) have a ``Popen`` without ``kill``: a Ctrl-C while
+    ``mcpi bench overhead`` ran them ended in an ``AttributeError`` traceback (CI's
+    docs example of ``mcpi bench overhead``, stopped after its budget)."""
+    from joblib.externals import loky
+
+    executor = loky.get_reusable_executor(max_workers=1, initializer=tasks.initializer())
+    try:
+        assert executor.submit(os.getpid).result(timeout=PATIENCE_S) != os.getpid()  # a worker runs
+        workers = [psutil.Process(child.pid) for child in multiprocessing.active_children() if child.pid]
+        assert workers
+        kill_pool_workers()
+        _, left = psutil.wait_procs(workers, timeout=PATIENCE_S)
+        assert left == []
+    finally:
+        executor.shutdown(wait=True, kill_workers=True)
