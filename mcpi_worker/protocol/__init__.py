@@ -50,6 +50,7 @@ end, the coordinator's end, the pool's dispatcher, ``Chunk``, the fakes):
   deadline: ``CoordinatorEnd``.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from mcpi_worker.constants import MAX_POINTS
@@ -97,16 +98,6 @@ from mcpi_worker.protocol.messages import (
     parse_message,
     quote,
     usable_id,
-)
-from mcpi_worker.protocol.worker_end import (
-    ConnectionEnded,
-    ExitCode,
-    StartSample,
-    StopSample,
-    WorkerEnd,
-    WorkerEvent,
-    WorkerOffer,
-    WorkerState,
 )
 
 __all__ = [
@@ -186,20 +177,43 @@ if TYPE_CHECKING:
         TaskBudget,
         Welcomed,
     )
+    from mcpi_worker.protocol.worker_end import (
+        ConnectionEnded,
+        ExitCode,
+        StartSample,
+        StopSample,
+        WorkerEnd,
+        WorkerEvent,
+        WorkerOffer,
+        WorkerState,
+    )
 
-_COORDINATOR_END_NAMES = frozenset(
-    {"Answered", "Broken", "CoordinatorEnd", "CoordinatorEvent", "CoordinatorState", "Orphan", "TaskBudget", "Welcomed"}
-)
+_ENDS: dict[str, frozenset[str]] = {
+    "coordinator_end": frozenset(
+        (
+            "Answered", "Broken", "CoordinatorEnd", "CoordinatorEvent", "CoordinatorState", "Orphan", "TaskBudget",
+            "Welcomed",
+        )
+    ),
+    "worker_end": frozenset(
+        (
+            "ConnectionEnded", "ExitCode", "StartSample", "StopSample", "WorkerEnd", "WorkerEvent", "WorkerOffer",
+            "WorkerState",
+        )
+    ),
+}  # fmt: skip
+"""Each end's module and the names it gives this package."""
 
 
 def __getattr__(name: str) -> Any:
-    """The coordinator's end (``coordinator_end``), imported when one of its names is first
-    asked for: a worker, which imports this package before it can answer its ``hello``,
-    never uses it, and its import is part of every worker's start."""
-    if name in _COORDINATOR_END_NAMES:
-        from mcpi_worker.protocol import coordinator_end
-
-        names = {each: getattr(coordinator_end, each) for each in _COORDINATOR_END_NAMES}
-        globals().update(names)  # found directly from now on
-        return names[name]
+    """Each end of a connection (``coordinator_end``, ``worker_end``), imported when one of its
+    names is first asked for: a process is one end, never both, and the other end's import
+    was part of every worker's start before its ``hello`` and of the command's before its
+    own."""
+    for module_name, names in _ENDS.items():
+        if name in names:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            given = {each: getattr(module, each) for each in names}
+            globals().update(given)  # found directly from now on
+            return given[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

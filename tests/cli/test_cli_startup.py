@@ -153,8 +153,9 @@ TINY_RUN_UNUSED = (
     "mcpi_coordinator.cli.plots",
     "numpy",  # mcpi_worker.kernels' package import, for the numba cache's marker: mcpi_worker.numba_marker
     "mcpi_worker.kernels",
+    "mcpi_worker.protocol.worker_end",  # the worker's end of a connection: mcpi_worker.protocol gives it lazily
 )
-"""What a small ``mcpi estimate`` once loaded without using it (issue 22)."""
+"""What a small ``mcpi estimate`` once loaded without using it (issues 22 and 18)."""
 
 
 PLAIN_RUN_UNUSED = (
