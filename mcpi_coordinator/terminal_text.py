@@ -81,3 +81,51 @@ def printable_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]
         else:
             shown[printable(key)] = printable(value) if isinstance(value, str) else value
     return shown
+
+
+ASCII_ERRORS: Final[str] = "mcpi-ascii"
+"""The codec error handler ``ascii_where_needed`` gives a stream that cannot encode mcpi's
+text: its own characters in ASCII (``π`` as ``pi``, ``≈`` as ``~=``), any other one as
+``\\uXXXX``."""
+
+_ASCII_FORMS: Final[dict[str, str]] = {
+    "π": "pi", "≈": "~=", "−": "-", "±": "+/-", "·": "*", "×": "x", "²": "^2", "⁴": "^4", "⁶": "^6",
+    "⌊": "floor(", "⌋": ")", "→": "->", "—": "--", "–": "-", "≥": ">=", "≤": "<=", "½": "1/2", "µ": "u",
+    "…": "...", "✓": "ok", "✗": "x", "━": "=", "ε": "eps", "§": "S", "\u0302": "^",
+}  # fmt: skip
+"""The characters mcpi writes itself (its tables, notes and help), in ASCII."""
+
+
+def _ascii_forms(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return "".join(_ASCII_FORMS.get(char) or f"\\u{ord(char):04x}" for char in text), error.end
+
+
+def ascii_where_needed(*streams: object) -> None:
+    """Give each text stream whose encoding cannot write mcpi's own characters (``π``,
+    ``≈``: ``PYTHONIOENCODING=ascii``, a locale that is not installed, ``LANG=en_US``
+    of ISO 8859-1) the ``ASCII_ERRORS`` handler, so that mcpi's output is written in
+    ASCII forms where it cannot be written as it is, instead of ending the command in a
+    ``UnicodeEncodeError`` traceback as it printed its result. Streams that can (UTF-8),
+    and objects that are not text streams, are left as they are."""
+    import codecs
+
+    for stream in streams:
+        encoding = getattr(stream, "encoding", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if not isinstance(encoding, str) or reconfigure is None:
+            continue
+        try:
+            "π≈−±·×".encode(encoding)
+            continue
+        except UnicodeEncodeError:
+            pass
+        except LookupError:  # an encoding Python does not know: it would fail anyway
+            continue
+        try:
+            codecs.lookup_error(ASCII_ERRORS)
+        except LookupError:
+            codecs.register_error(ASCII_ERRORS, _ascii_forms)
+        reconfigure(errors=ASCII_ERRORS)

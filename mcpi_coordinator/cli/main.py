@@ -217,6 +217,10 @@ def _check_environment(command: argparse.ArgumentParser, args: argparse.Namespac
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mcpi`` command line; the exit code. Raises ``SystemExit`` for --help,
     --version and usage errors (argparse's way), nothing else."""
+    if not _writes_unicode(sys.stdout) or not _writes_unicode(sys.stderr):
+        from mcpi_coordinator.terminal_text import ascii_where_needed
+
+        ascii_where_needed(sys.stdout, sys.stderr)
     try:
         try:
             # From here on SIGTERM and SIGHUP come as Ctrl-C (cli.signals), also while the
@@ -258,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # while it still imports what it runs: the line and the code name the one that came.
         say("mcpi", signals.stopped_words())
         return McpiExitCode.for_signal(signals.stopped_by())
+
+
+def _writes_unicode(stream: object) -> bool:
+    """Whether ``stream`` is UTF-8 (or no text stream at all): the common case, told
+    without importing anything."""
+    encoding = getattr(stream, "encoding", None)
+    return not isinstance(encoding, str) or encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _failed_writing_stdout(error: OSError) -> bool:

@@ -15,6 +15,7 @@ a shell starts it; nothing of a run is left in the process table.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ import pytest
 from command_line import CLEAN_ENV, MCPI
 from worker_process import worker_command
 
+from mcpi_coordinator.terminal_text import ASCII_ERRORS, ascii_where_needed
 from mcpi_coordinator.testing.processes import is_warming, wait_until_gone
 from mcpi_worker.protocol import NEED_DATA, WORKER_MESSAGES, FrameDecoder, Hello, Ping, Sample, Shutdown, encode
 
@@ -185,3 +187,34 @@ def test_a_worker_given_non_blocking_pipes_waits_on_them_as_on_blocking_ones() -
         kinds.append(type(message).__name__)
     # The sample's one answer is its result, or "cancelled" if the end of input came first (§9).
     assert kinds[: pings + 1] == ["Welcome"] + ["Pong"] * pings and len(kinds) == pings + 2, kinds[-3:]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_output_in_an_encoding_without_pi_is_written_in_ascii_forms(encoding: str) -> None:
+    """stdout and stderr in an encoding that has no ``π`` or ``≈`` (``PYTHONIOENCODING``,
+    or a locale such as ``en_US.ISO-8859-1``): before, the result's first line, its help
+    (``µ``) and ``combine``'s table ended the command in a ``UnicodeEncodeError`` traceback
+    (exit 1). Now each such character is written in an ASCII form."""
+    env = {**CLEAN_ENV, "PYTHONIOENCODING": encoding}
+    runs = {
+        words: subprocess.run([*MCPI, *words], capture_output=True, env=env, timeout=300, check=False)
+        for words in (ESTIMATE, ("estimate", "--help"), ("scatter", "--help"))
+    }
+    for words, done in runs.items():
+        assert done.returncode == 0, (words, done.stderr.decode(encoding, errors="replace")[-2000:])
+        assert b"Traceback" not in done.stderr, words
+    result = runs[ESTIMATE].stdout.decode(encoding)
+    assert result.startswith("pi ~= "), result
+    assert "(estimate - math.pi)" in result, result
+    micro = "µ" if encoding == "latin-1" else "u"  # latin-1 has µ, ascii not
+    assert f"30 s + 1 {micro}s per point" in " ".join(runs[("estimate", "--help")].stdout.decode(encoding).split())
+
+
+def test_ascii_where_needed_leaves_utf8_alone_and_escapes_what_it_has_no_form_for() -> None:
+    utf8 = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    ascii_stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    ascii_where_needed(utf8, ascii_stream, None, object())
+    assert (utf8.errors, ascii_stream.errors) == ("strict", ASCII_ERRORS)
+    ascii_stream.write("π ≈ 3.14 ± 0.01 · é")
+    ascii_stream.flush()
+    assert ascii_stream.buffer.getvalue() == b"pi ~= 3.14 +/- 0.01 * \\u00e9"
