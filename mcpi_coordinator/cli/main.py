@@ -113,7 +113,12 @@ class UsageParser(argparse.ArgumentParser):
         ]
 
     def _suggest(self, message: str) -> str:
-        """argparse's message, reworded for the two mistakes people make most."""
+        """argparse's message, reworded for the mistakes people make most: a mistyped
+        command, and none at all (``mcpi``, ``mcpi bench``)."""
+        missing = re.fullmatch(r"the following arguments are required: (COMMAND|BENCHMARK)", message)
+        if missing is not None:
+            what = "command" if missing.group(1) == "COMMAND" else "benchmark"
+            return f"give a {what}: {', '.join(self.command_names())}"
         choice = re.match(r"argument (COMMAND|BENCHMARK): invalid choice: '(.*?)'", message)
         if choice is not None:
             names = self.command_names()

@@ -119,6 +119,10 @@ def test_exponents_and_decimals_that_are_whole_are_exact() -> None:
          "(see 'mcpi bench overhead --help')"),
         (["scatter", "--frames", "3", "-o", "x.png"],
          "mcpi scatter: error: --frames needs a .gif output, not 'x.png' (see 'mcpi scatter --help')"),
+        ([],  # "the following arguments are required: COMMAND" named no command
+         "mcpi: error: give a command: estimate, combine, scatter, bench, completion (see 'mcpi --help')"),
+        (["bench"],
+         "mcpi bench: error: give a benchmark: approaches, overhead (see 'mcpi bench --help')"),
     ],
 )  # fmt: skip
 def test_usage_errors_name_the_command_and_suggest_the_nearest(args: list[str], line: str) -> None:
