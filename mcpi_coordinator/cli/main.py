@@ -119,6 +119,15 @@ class UsageParser(argparse.ArgumentParser):
         if missing is not None:
             what = "command" if missing.group(1) == "COMMAND" else "benchmark"
             return f"give a {what}: {', '.join(self.command_names())}"
+        required = re.fullmatch(r"the following arguments are required: (\w+)", message)
+        if required is not None:  # a positional with choices: mcpi completion's shell
+            choices = [
+                list(action.choices)
+                for action in self._actions
+                if action.dest == required.group(1) and action.choices and not action.option_strings
+            ]
+            if choices:
+                return f"give a {required.group(1)}: {', '.join(map(str, choices[0]))}"
         choice = re.match(r"argument (COMMAND|BENCHMARK): invalid choice: '(.*?)'", message)
         if choice is not None:
             names = self.command_names()

@@ -123,6 +123,8 @@ def test_exponents_and_decimals_that_are_whole_are_exact() -> None:
          "mcpi: error: give a command: estimate, combine, scatter, bench, completion (see 'mcpi --help')"),
         (["bench"],
          "mcpi bench: error: give a benchmark: approaches, overhead (see 'mcpi bench --help')"),
+        (["completion"],
+         "mcpi completion: error: give a shell: bash, zsh, fish (see 'mcpi completion --help')"),
     ],
 )  # fmt: skip
 def test_usage_errors_name_the_command_and_suggest_the_nearest(args: list[str], line: str) -> None:
