@@ -9,7 +9,7 @@ layer (every wrapper module, ``llvmlite.ir``, ``importlib.resources``, ``tempfil
 ``zipfile``, ``platform``): several times the CPU of loading the library itself, paid by
 every worker before its first count, while two workers share two cores with their
 coordinator's own start (``benchmarks/sched_timeline.py`` shows each worker's loading
-thread; ``benchmarks/imports.py`` times the import).
+thread; ``benchmarks/object_load.py`` times a load both ways).
 
 So where llvmlite is a version whose C signatures for these entry points are the ones
 written here (``DIRECT_VERSIONS``, checked against its sources: the argument and result
