@@ -116,9 +116,15 @@ def _exit_with(owner: int) -> None:
     running Python again; nor does a pidfd on a thread of ``owner`` that ends (it is
     the process's).
 
-    Where pidfds are refused (Linux before 5.3, a seccomp filter), nothing is armed."""
+    Where pidfds are refused (Linux before 5.3, a seccomp filter) or this Python has no
+    ``os.pidfd_open`` (built against older kernel headers, as conda's Pythons are:
+    trio's issue 2855), nothing is armed: the pools' own shutdown is all there is, as
+    elsewhere, rather than an initializer that raises and breaks every pool."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return
     try:
-        pidfd = os.pidfd_open(owner)
+        pidfd = pidfd_open(owner)
     except ProcessLookupError:  # gone before we looked: nobody will read our results
         os._exit(0)
     except OSError:

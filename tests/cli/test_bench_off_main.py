@@ -260,3 +260,24 @@ def test_kill_pool_workers_kills_a_loky_worker() -> None:
         assert left == []
     finally:
         executor.shutdown(wait=True, kill_workers=True)
+
+
+A_PYTHON_WITHOUT_PIDFD_OPEN = """
+import os, threading
+del os.pidfd_open  # conda's Pythons, built against older kernel headers, have none
+from mcpi_coordinator.bench import tasks
+
+tasks.start_worker(os.getpid())
+print(sorted(thread.name for thread in threading.enumerate()))
+"""
+
+
+def test_a_pool_worker_on_a_python_without_pidfd_open_starts_without_the_backstop() -> None:
+    """``os.pidfd_open`` is missing from some Linux Pythons (conda's: trio's issue 2855):
+    the initializer then arms nothing, as where the kernel refuses pidfds, instead of
+    raising ``AttributeError`` in every worker of every pool (a broken pool)."""
+    done = subprocess.run(
+        [sys.executable, "-c", A_PYTHON_WITHOUT_PIDFD_OPEN], capture_output=True, text=True, timeout=PATIENCE_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MainThread']"
