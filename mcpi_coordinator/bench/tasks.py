@@ -134,6 +134,11 @@ def _exit_with(owner: int) -> None:
 
 def _exit_when_readable(pidfd: int) -> None:
     """A pidfd is readable once its process has exited (a zombie: the test of that is
-    the kernel's ``thread_group_exited``), and stays so."""
-    select.select([pidfd], [], [])
+    the kernel's ``thread_group_exited``), and stays so. Waited on with ``poll``, not
+    ``select``, which refuses a descriptor numbered 1024 or more (``ValueError``): a
+    worker forked by a command holding a thousand descriptors (a large pool's pipes,
+    under a soft limit above 1,024) gets its pidfd above them."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.poll()
     os._exit(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -281,3 +282,42 @@ def test_a_pool_worker_on_a_python_without_pidfd_open_starts_without_the_backsto
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['MainThread']"
+
+
+def test_a_pool_worker_whose_pidfd_is_numbered_above_1024_dies_with_its_owner() -> None:
+    """A worker forked by a command that holds over a thousand descriptors (a large pool's
+    pipes, where the soft limit is above 1,024, as in many containers) gets its pidfd
+    numbered above them: ``select`` refused it (``ValueError`` in the waiting thread, which
+    died with a traceback), and the worker outlived its SIGKILLed owner."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this test needs an open-file limit of 1,200 descriptors (hard limit {hard})")
+    crowded = (
+        f"""
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (max({soft}, 1200), {hard}))
+import os
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+assert max(held) > 1024
+"""
+        + OWNER_OF_A_STUCK_WORKER
+    )
+    owner = subprocess.Popen([sys.executable, "-c", crowded], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker: psutil.Process | None = None
+    try:
+        assert owner.stdout is not None and owner.stderr is not None
+        line = owner.stdout.readline()
+        assert line, owner.stderr.read()
+        worker = psutil.Process(int(line))
+        owner.kill()
+        owner.wait()
+        _, left = psutil.wait_procs([worker], timeout=PATIENCE_S)
+        assert left == [], "the worker outlived its owner"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        if worker is not None and worker.is_running():
+            worker.kill()
+        for stream in (owner.stdout, owner.stderr):
+            if stream is not None:
+                stream.close()
