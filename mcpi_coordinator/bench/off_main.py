@@ -21,7 +21,8 @@ own threads to end, and only then raises ``Interrupted`` from its own line. It d
 not wait for the helper: a
 ``multiprocessing.Pool`` terminated under a waiting ``get`` never wakes it. The helper
 is a daemon thread, and whatever it forks after the stop is ended by the library's own
-exit handlers and by the parent-death signal of ``tasks.start_worker``.
+exit handlers and, once the command has exited, by the thread ``tasks.start_worker``
+leaves in each pool worker (it waits on the command's pidfd: no parent-death signal).
 """
 
 from __future__ import annotations
