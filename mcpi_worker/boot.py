@@ -166,8 +166,9 @@ def main() -> NoReturn:
     from mcpi_worker.standard_fds import fill_closed
 
     fill_closed()  # before anything can take a missing one's number (and the protocol's fd 1)
-    # No cyclic collection while the worker imports and sets up what it runs (ctypes for
-    # the backstop first), up to its serving (``collector``: on the way to its first count).
+    # No cyclic collection while the worker imports what it runs (ctypes for the backstop
+    # first), up to the preparation of its kernels (``collector``: on the way to its first
+    # count).
     from mcpi_worker import collector
 
     collector.hold()
@@ -180,7 +181,7 @@ def main() -> NoReturn:
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from mcpi_worker.main import main as run_worker
 
-    code = run_worker(parent_death_unavailable=lifeline.unavailable, serving=collector.release)
+    code = run_worker(parent_death_unavailable=lifeline.unavailable, imports_done=collector.release)
     from mcpi_worker.leaving import leave
 
     leave(code)

@@ -7,8 +7,9 @@ garbage: a noticeable part of a start that is on the way to the first count (a w
 while two workers share two cores with their coordinator's own start:
 ``benchmarks/sched_timeline.py``; the command's, most of a small run's wall:
 ``benchmarks/tiny.py``). Both ways in use it: ``mcpi_worker.boot`` around the worker's
-start, ``mcpi_coordinator.cli.boot`` around ``mcpi estimate``'s imports. Imports only
-the standard library's ``gc``.
+imports, ``mcpi_coordinator.cli.boot`` around ``mcpi estimate``'s. Hold it around imports
+only, never around work: whatever cyclic garbage is made while it is held is frozen by
+``release`` and never freed. Imports only the standard library's ``gc``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def hold() -> None:
 
 def release() -> None:
     """Turn the collector back on if ``hold`` turned it off, with what was made meanwhile
-    moved out of its sight first (``gc.freeze``): it is never garbage, and the first
-    collection would otherwise walk every object of it. Does nothing elsewhere (the
+    moved out of its sight first (``gc.freeze``): what imports make lives as long as the
+    process, and the first collection would otherwise walk every object of it; garbage
+    among it is never freed. Does nothing elsewhere (the
     process run from Python, its tests)."""
     if _held:
         _held.clear()

@@ -171,12 +171,12 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     parent_death_unavailable: str | None = None,
-    serving: Callable[[], None] | None = None,
+    imports_done: Callable[[], None] | None = None,
 ) -> int:
     """Run the worker; return its exit code. ``boot.main`` calls it once the parent-death
     backstop is armed, with why it could not be (``parent_death_unavailable``; None if
-    it was), to be logged once logging is configured, and ``serving`` to be called as the
-    worker starts serving, its start-up done (``collector.release``)."""
+    it was), to be logged once logging is configured, and ``imports_done`` to be called
+    when its imports are done, before its kernels are prepared (``collector.release``)."""
     args = build_parser().parse_args(argv)
     if args.self_check:
         from mcpi_worker.self_check import run_self_check
@@ -204,6 +204,13 @@ def main(
     configure_logging(sys.stderr, args.log_level, args.log_format)
     if parent_death_unavailable is not None:
         log.warning("parent_death_signal_unavailable", error=parent_death_unavailable)
+    if imports_done is not None:
+        # Before the kernels: under MCPI_NUMPY_IMPL=fused numba loads, or compiles for
+        # seconds, right here, making cyclic garbage. Held off, the collector let it pile
+        # up, and its release (gc.freeze) then kept it for good: a worker compiling into
+        # an empty cache grew past the memory the --workers cap counts it for
+        # (tests/launch/test_fleet.py).
+        imports_done()
     try:
         implementations = prepare_kernels()  # under MCPI_NUMPY_IMPL=fused: loads numba now
     except KernelConfigError as exc:
@@ -230,8 +237,6 @@ def main(
     )
     try:
         log.info("worker_started", version=__version__, max_inflight=args.max_inflight, jobs=args.jobs)
-        if serving is not None:
-            serving()
         outcome = worker.serve()
     except KeyboardInterrupt:
         return 130

@@ -2,8 +2,8 @@
 their coordinator starts too (issue 18, ``benchmarks/sched_timeline.py``).
 
 A real ``mcpi-worker`` runs with a ``sitecustomize`` that notes each cyclic collection made
-while its main thread is in ``boot.main`` but not yet in ``Worker.serve``, and which
-modules it had imported when it left.
+while its main thread is in ``boot.main`` before it prepares its kernels, whether the
+collector is on when it does, and which modules it had imported when it left.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import atexit, gc, json, os, sys, threading
 
 _main = threading.main_thread().ident
 _starting = []
-_served = []
+_collector_on_at_kernels = []
 
 def _main_thread_in() -> set:
     where = set()
@@ -38,20 +38,22 @@ def _main_thread_in() -> set:
     return where
 
 def _seen(phase, info):
-    if phase != "start" or _served:
-        return
-    where = _main_thread_in()
-    if ("server.py", "serve") in where:
-        _served.append(True)
-    elif ("boot.py", "main") in where:  # the worker's start, as boot.main runs it
-        _starting.append(info["generation"])
+    if phase == "start" and not _collector_on_at_kernels and ("boot.py", "main") in _main_thread_in():
+        _starting.append(info["generation"])  # the worker's start, as boot.main runs it
+
+def _kernels_prepared(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "prepare_kernels":
+        _collector_on_at_kernels.append(gc.isenabled())
+        sys.setprofile(None)
 
 gc.callbacks.append(_seen)
+sys.setprofile(_kernels_prepared)  # the main thread's calls, until its kernels are prepared
 
 def _write() -> None:
     path = os.path.join(os.environ["HOOK_DIR"], f"{os.getpid()}.json")
     with open(path, "w", encoding="utf-8") as out:
-        json.dump({"starting": _starting, "enabled": gc.isenabled(), "modules": sorted(sys.modules)}, out)
+        json.dump({"starting": _starting, "collector_on_at_kernels": _collector_on_at_kernels,
+                   "enabled": gc.isenabled(), "modules": sorted(sys.modules)}, out)
 
 atexit.register(_write)
 """
@@ -79,10 +81,21 @@ def test_no_garbage_collection_runs_while_a_worker_starts(tmp_path: Path, level:
     """Its imports (the protocol's dataclasses, the kernels, structlog at ``info``) allocate
     objects that live as long as the process, and every 700 of them set off a collection
     that found next to nothing. The collector is off from ``boot.main`` until the worker
-    serves, and on again after."""
+    prepares its kernels, and on again from then."""
     report = started_worker(tmp_path, "--log-level", level)
     assert report["starting"] == []
+    assert report["collector_on_at_kernels"] == [True]
     assert report["enabled"] is True
+
+
+def test_the_collector_is_on_while_a_worker_loads_or_compiles_its_kernels(tmp_path: Path) -> None:
+    """Under ``MCPI_NUMPY_IMPL=fused`` numba loads (or, into an empty cache, compiles for
+    seconds) as the kernels are prepared, making cyclic garbage. With the collector held
+    off until the worker served, that garbage piled up and the release (``gc.freeze``)
+    kept it for good: such a worker grew past what the ``--workers`` cap counts it for
+    (``tests/launch/test_fleet.py``). The hold ends with the imports."""
+    report = started_worker(tmp_path, "--log-level", "warning", MCPI_NUMPY_IMPL="fused")
+    assert report["collector_on_at_kernels"] == [True]
 
 
 @pytest.mark.parametrize(
