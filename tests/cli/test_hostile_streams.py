@@ -156,6 +156,10 @@ def test_a_worker_given_non_blocking_pipes_waits_on_them_as_on_blocking_ones() -
     full, the worker still there), and after a sample and the end of input, ends in order."""
     requests_r, requests_w = os.pipe()
     answers_r, answers_w = os.pipe()
+    for end in (requests_w, answers_w):
+        # 64 KiB, whatever the page size (a 64 KiB-page kernel's pipes hold 1 MiB): the
+        # counts below are sized to it, the requests to fit once the worker is blocked.
+        fcntl.fcntl(end, fcntl.F_SETPIPE_SZ, 65_536)
     os.set_blocking(requests_r, False)
     os.set_blocking(answers_w, False)
     pings = 5_999
