@@ -258,8 +258,14 @@ workers = multiprocessing.active_children()
 print(*[worker.pid for worker in workers], flush=True)
 kill_pool_workers()
 # What is left of each: nothing, or a zombie (the executor's own thread may be the one
-# that reaps it; read before the executor's shutdown, which would kill it anyway).
-print(*[psutil.Process(worker.pid).status() if psutil.pid_exists(worker.pid) else "gone" for worker in workers])
+# that reaps it, also between two looks: one look; read before the executor's shutdown,
+# which would kill it anyway).
+def left(pid):
+    try:
+        return psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return "gone"
+print(*[left(worker.pid) for worker in workers])
 executor.shutdown(wait=True, kill_workers=True)
 """
 
