@@ -104,12 +104,12 @@ def _ascii_forms(error: UnicodeError) -> tuple[str, int]:
 
 
 def ascii_where_needed(*streams: object) -> None:
-    """Give each text stream whose encoding cannot write mcpi's own characters (``π``,
-    ``≈``: ``PYTHONIOENCODING=ascii``, a locale that is not installed, ``LANG=en_US``
-    of ISO 8859-1) the ``ASCII_ERRORS`` handler, so that mcpi's output is written in
+    """Give each text stream whose encoding is not UTF-8 (``PYTHONIOENCODING=ascii``, a
+    locale that is not installed, ``LANG=en_US`` of ISO 8859-1, a Japanese locale's
+    EUC-JIS-2004, which has ``π`` but not ``µ``) the ``ASCII_ERRORS`` handler, so that mcpi's output is written in
     ASCII forms where it cannot be written as it is, instead of ending the command in a
-    ``UnicodeEncodeError`` traceback as it printed its result. Streams that can (UTF-8),
-    and objects that are not text streams, are left as they are."""
+    ``UnicodeEncodeError`` traceback as it printed its result. UTF-8 streams, and
+    objects that are not text streams, are left as they are."""
     import codecs
 
     for stream in streams:
@@ -118,12 +118,12 @@ def ascii_where_needed(*streams: object) -> None:
         if not isinstance(encoding, str) or reconfigure is None:
             continue
         try:
-            "π≈−±·×".encode(encoding)
-            continue
-        except UnicodeEncodeError:
-            pass
+            if codecs.lookup(encoding).name == "utf-8":
+                continue
         except LookupError:  # an encoding Python does not know: it would fail anyway
             continue
+        # Any other encoding gets the handler, which acts only on what it cannot encode:
+        # one that has π and ≈ may still lack µ (EUC-JIS-2004).
         try:
             codecs.lookup_error(ASCII_ERRORS)
         except LookupError:

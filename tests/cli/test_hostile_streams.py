@@ -222,3 +222,23 @@ def test_ascii_where_needed_leaves_utf8_alone_and_escapes_what_it_has_no_form_fo
     ascii_stream.write("π ≈ 3.14 ± 0.01 · é")
     ascii_stream.flush()
     assert ascii_stream.buffer.getvalue() == b"pi ~= 3.14 +/- 0.01 * \\u00e9"
+
+
+def test_a_stream_whose_encoding_has_pi_but_not_all_of_mcpi_s_characters_gets_ascii_forms() -> None:
+    """EUC-JIS-2004 (a Japanese locale's) encodes ``π``, ``≈`` and ``±`` but not ``µ``:
+    a stream was given the handler only if it failed on the first few, so ``µs`` in the
+    help ended in a ``UnicodeEncodeError`` there. Every stream that is not UTF-8 gets it."""
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="euc_jis_2004")
+    ascii_where_needed(stream)
+    stream.write("π ≈ 1 µs")
+    stream.flush()
+    assert stream.buffer.getvalue() == "π ≈ 1 ".encode("euc_jis_2004") + b"us"
+
+
+def test_mcpi_help_in_euc_jis_2004_is_written_without_a_traceback() -> None:
+    """The real command under such an encoding: ``estimate --help`` says ``1 µs per point``
+    (a traceback, exit 1, before)."""
+    env = {**CLEAN_ENV, "PYTHONIOENCODING": "euc_jis_2004"}
+    done = subprocess.run([*MCPI, "estimate", "--help"], capture_output=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode("euc_jis_2004", errors="replace")[-2000:]
+    assert "30 s + 1 us per point" in " ".join(done.stdout.decode("euc_jis_2004").split())
