@@ -277,6 +277,11 @@ class WorkerConnection:
         self._stall_clock = clock
         clock.deadline = self.coordinator_end.next_deadline()
 
+    def coordinator_was_away(self) -> None:
+        """The stall clock rang long after its deadline: the coordinator was not running
+        (``CoordinatorEnd.restart_clocks``); the requests in flight are charged from now."""
+        self.coordinator_end.restart_clocks(trio.current_time())
+
     def check_stall(self) -> None:
         """The stall clock rang: break the connection if a request really is overdue (an
         answer in the same tick may have moved the deadline on)."""

@@ -466,6 +466,11 @@ class Slot:
             self._owner._settled(self, ready=ready)
 
 
+ABSENT_S: Final[float] = 1.0
+"""How late a stall clock may ring before the coordinator counts itself as having been
+away (a Trio deadline is otherwise met within milliseconds, even on a loaded machine)."""
+
+
 async def _watch(connection: WorkerConnection) -> str:
     """Wait until the connection breaks, or fail it when a request overruns the task
     timeout (a hung worker answers nothing, so only a clock can tell)."""
@@ -474,6 +479,13 @@ async def _watch(connection: WorkerConnection) -> str:
             connection.track_stalls(clock)
             await connection.failure_known.wait()
         # The clock rang. An answer may have come in the same scheduler tick and moved
-        # the deadline on: only a request still overdue now is a stall.
+        # the deadline on: only a request still overdue now is a stall. A clock that rang
+        # ABSENT_S or more after its deadline says the coordinator itself was not running
+        # (stopped: SIGSTOP, Ctrl-Z; or starved of CPU): its workers are not charged for
+        # that time, and the requests in flight are charged from now. Before, every
+        # healthy worker was judged stalled, killed and replaced as a coordinator stopped
+        # past the task timeout was continued.
+        if clock.cancelled_caught and trio.current_time() - clock.deadline >= ABSENT_S:
+            connection.coordinator_was_away()
         connection.check_stall()
     return connection.failure

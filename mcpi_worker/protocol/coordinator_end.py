@@ -408,6 +408,20 @@ class CoordinatorEnd:
             return []
         return [self._break(reason)]
 
+    def restart_clocks(self, now: float) -> None:
+        """Charge the requests in flight from ``now``, as if just sent: the driver was not
+        running for a while (stopped by SIGSTOP or Ctrl-Z, or starved of CPU) and its
+        clock ran on without it, so how long a worker has had is not known, and a worker
+        is not charged for time its coordinator was away (it may have answered
+        meanwhile, or not yet been sent what was queued). A worker that is really stuck
+        is judged one budget later."""
+        for table in (self._pings, self._samples):
+            for request in table.values():
+                if request.could_start_at != math.inf:  # a queued sample is not charged yet
+                    request.could_start_at = now
+        if self._deadline != math.inf:
+            self._deadline = self._earliest_deadline()
+
     def advance(self, now: float) -> list[CoordinatorEvent]:
         """The clock reads ``now``: ``[Broken]`` if a request has overrun its budget."""
         if self.broken is not None or now < self._deadline:

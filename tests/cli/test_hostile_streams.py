@@ -18,6 +18,7 @@ import fcntl
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import termios
@@ -242,3 +243,36 @@ def test_mcpi_help_in_euc_jis_2004_is_written_without_a_traceback() -> None:
     done = subprocess.run([*MCPI, "estimate", "--help"], capture_output=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr.decode("euc_jis_2004", errors="replace")[-2000:]
     assert "30 s + 1 us per point" in " ".join(done.stdout.decode("euc_jis_2004").split())
+
+
+def test_a_coordinator_stopped_past_the_task_timeout_does_not_blame_its_workers() -> None:
+    """``mcpi`` stopped (SIGSTOP; Ctrl-Z in a terminal) for longer than the task timeout,
+    then continued: its workers answered meanwhile, and their answers wait in the pipes.
+    Before, the stall clock rang first and both healthy workers were killed as "no answer
+    within the task timeout" and replaced (``restarts: 2``); now a stall clock that rings
+    long after its deadline tells the coordinator it was away, and the requests in flight
+    are charged from then on. The stop is a real 9 s, as the task timeout (5 s) has to
+    pass while it lasts; it comes as both workers are ready, with most of the run to go."""
+    command = subprocess.Popen(
+        [*MCPI, "estimate", "-n", "1e10", "-s", "1", "--json", "--task-timeout", "5", "--startup-timeout", "300",
+         "--log-level", "info", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLEAN_ENV, start_new_session=True,
+    )  # fmt: skip
+    assert command.stderr is not None
+    try:
+        ready = 0
+        for line in command.stderr:  # until both workers are serving
+            ready += b'"worker_ready"' in line
+            if ready == 2:
+                break
+        os.kill(command.pid, signal.SIGSTOP)
+        time.sleep(9)
+        os.kill(command.pid, signal.SIGCONT)
+        out, err = command.communicate(timeout=600)
+    finally:
+        command.kill()
+        command.wait()
+    assert command.returncode == 0, err.decode(errors="replace")[-2000:]
+    result = json.loads(out)
+    assert (result["restarts"], result["failures"]) == (0, []), result["failures"]
+    assert result["points"] == 10**10
