@@ -269,13 +269,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("mcpi", f"error: cannot write the output to stdout: {error.strerror}")
         return McpiExitCode.FAILURE
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
-        from mcpi_coordinator.cli.text import say
+        return _stopped()
+    except RuntimeError as error:
+        # Python 3.11 wraps what a descriptor's __set_name__ raises in RuntimeError, and a
+        # Ctrl-C can land in one (a dataclass field's, as a module the run imports late
+        # defines its classes): it came out as a traceback and exit 1.
+        if not isinstance(error.__cause__, KeyboardInterrupt):
+            raise
+        return _stopped()
 
-        # SIGTERM and SIGHUP come as Ctrl-C once the command runs (cli.signals), also
-        # while it still imports what it runs: the line and the code name the one that came.
-        say("mcpi", signals.stopped_words())
-        return McpiExitCode.for_signal(signals.stopped_by())
+
+def _stopped() -> int:
+    """The command was stopped by a Ctrl-C, SIGTERM or SIGHUP: its one line, and the exit
+    code of the signal. SIGTERM and SIGHUP come as Ctrl-C once the command runs
+    (``cli.signals``), also while it still imports what it runs: the line and the code
+    name the one that came."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit
+    from mcpi_coordinator.cli.text import say
+
+    say("mcpi", signals.stopped_words())
+    return McpiExitCode.for_signal(signals.stopped_by())
 
 
 def _writes_unicode(stream: object) -> bool:

@@ -192,6 +192,41 @@ def test_ctrl_c_while_the_command_starts_is_a_quiet_130(module: str) -> None:
     _assert_nothing_left(mark)
 
 
+CTRL_C_IN_SET_NAME = """
+import dataclasses, os, signal
+
+_set_name = dataclasses.Field.__set_name__
+
+
+def _ctrl_c_here(self, owner, name):
+    if owner.__name__ == "RunProgress" and os.environ.pop("CTRL_C_IN_SET_NAME", None):  # once, and not in workers
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler raises at this function's next line
+    return _set_name(self, owner, name)
+
+
+dataclasses.Field.__set_name__ = _ctrl_c_here
+"""
+"""A ``sitecustomize``: Ctrl-C lands inside a dataclass field's ``__set_name__`` as
+``mcpi estimate`` imports its progress line's module, an event of the command's start, not
+a guess of the clock (``test_ctrl_c_while_the_command_starts_is_a_quiet_130`` met it 1 run
+in many: Python 3.11 wraps what ``__set_name__`` raises in ``RuntimeError``)."""
+
+
+def test_ctrl_c_inside_a_class_definition_is_a_quiet_130(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_IN_SET_NAME, encoding="utf-8")
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        [*MCPI, "estimate", "-n", "1e9", "-w", "2", "-s", "1", *PATIENT],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        env=_env(mark, {"PYTHONPATH": str(tmp_path), "CTRL_C_IN_SET_NAME": "1"}),
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 130, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["mcpi: interrupted"], done.stderr
+    _assert_nothing_left(mark)
+
+
 BEFORE_THE_HANDLERS = [
     "mcpi_coordinator.cli.boot",  # Ctrl-C is held from here
     "argparse",
