@@ -18,7 +18,8 @@ The examples are the fenced code blocks of README.md and docs/*.md, found by Syb
   a machine too busy to start its workers completes no chunk in that time); any other
   still running after ``BUDGET_S`` (``--points 1e13``, long benchmarks) gets SIGINT and
   must then stop with 130 and no traceback, having started and run that long as it
-  should. A command whose program is not installed (``jq``) is not run, with a warning.
+  should. A command whose program is not installed (``jq``) is not run, with a warning;
+  under ``CI=true`` it fails (``.ci/run`` installs them).
 - ``<!-- skip: next "why" -->`` (Sybil's) skips the next block, for what needs other
   machines (ssh hosts, a Slurm cluster, Kubernetes) or sets up a virtual environment.
   The reason must name the test file or ``.ci/run`` that runs those commands (or their
@@ -47,6 +48,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from slurm import in_ci
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
 from sybil.parsers.myst import CodeBlockParser, SkipParser
@@ -188,6 +190,8 @@ def run_shell(example: Example) -> None:
         missing = [program for program in _programs(command) if shutil.which(program, path=path) is None]
         if missing:
             where = f"{example.path}:{example.line}"
+            if in_ci():  # .ci/run installs every program the examples use
+                pytest.fail(f"{where}: {', '.join(missing)} not installed: {command}")
             warnings.warn(f"{where}: not run, {', '.join(missing)} not installed: {command}", stacklevel=1)
             continue
         outcome = _RAN.get(command)
