@@ -2,7 +2,7 @@
 the same run with neither.
 
 On one started pool (2 workers), ``run_estimate`` over 1e10 points at the default chunk
-size (1000 chunks, ~25 s here), the three in rotating order, ``--rounds`` times;
+size (1000 chunks), the three in rotating order, ``--rounds`` times;
 medians, ratios, the load average. A whole-run wall time moves by several percent
 between rounds on a shared machine, more than the 1% targets, so each cost is also
 measured directly:
@@ -10,7 +10,8 @@ measured directly:
 - the checkpoint's own seconds (creating the file, recording each chunk, its batched
   commits, closing it) as a share of the run's wall time: the < 1% target;
 - the workers' compute (their own measure of the seconds spent in the kernel, summed)
-  with ``--verify 0.01`` against without: about 1.01, the cost of the checks.
+  with ``--verify 0.01`` against without: the checks' own cost, the checked chunks
+  counted twice and alone (one stream at a time, where the rest go as ranges).
 
     python benchmarks/runs.py [--points 1e10] [--rounds 3] [--workers 2]
 """

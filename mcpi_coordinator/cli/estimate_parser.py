@@ -208,8 +208,7 @@ def _add_run_file_arguments(parser: argparse.ArgumentParser) -> None:
         "another worker, another host if there is one, and compare; a worker caught "
         "giving a wrong count is retired and its unchecked chunks computed again. "
         "1 checks every chunk, so no single wrong worker can change the answer (default 0). "
-        "Any fraction above 0 sends the chunks one a request, which numba's loops count "
-        "several times more slowly than the ranges a plain run sends",
+        "Each checked chunk goes alone, counted more slowly than the ranges between them",
     )  # fmt: skip
     group = parser.add_mutually_exclusive_group()
     group.add_argument(

@@ -36,8 +36,8 @@ import math
 import os
 import socket
 from array import array
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import trio
@@ -180,24 +180,50 @@ class Verifier:
             raise ValueError(f"the fraction to verify must be between 0 and 1, not {self.fraction}")
         self._idle.set()
 
+    # ------------------------------------------------------------------ work out
+
+    def cut(self, chunk: Chunk) -> Iterator[Chunk]:
+        """``chunk`` (a range of missing streams) as the requests of a verified run: each
+        stream to check alone (none that is being checked already), the streams between
+        them as ranges. Which are checked depends on the seed and the stream alone
+        (``selected``), so the cut is the same on every pass and every resume."""
+        run_start: int | None = None
+        for stream in range(chunk.stream, chunk.stream + chunk.streams):
+            if not selected(self.seed, stream, self.fraction):
+                run_start = stream if run_start is None else run_start
+                continue
+            if run_start is not None:
+                yield replace(chunk, stream=run_start, streams=stream - run_start)
+                run_start = None
+            if stream not in self.pending:
+                yield replace(chunk, stream=stream, streams=1)
+        if run_start is not None:
+            yield replace(chunk, stream=run_start, streams=chunk.stream + chunk.streams - run_start)
+
     # ------------------------------------------------------------------ results in
 
     def accept(self, result: ChunkResult) -> None:
-        """Take a first count from the pool: drop it (its worker was condemned; the
-        chunk is forgotten so that it is computed again), count it on trust, or check it."""
-        stream = result.chunk.stream
+        """Take a first count from the pool, stream by stream (a range's): drop it (its
+        worker was condemned; the streams are forgotten so that they are computed
+        again), count a stream on trust, or check it."""
+        chunk = result.chunk
         if result.pid in self._condemned_pids:
-            self.forget([stream])
+            self.forget(list(range(chunk.stream, chunk.stream + chunk.streams)))
             return
-        if stream in self.pending:
-            return  # a duplicate of a chunk being checked (resent after its worker left)
-        if not selected(self.seed, stream, self.fraction):
-            self._trusted.setdefault(result.pid, array("q")).append(stream)
-            self.settle(stream, result.inside)
-            return
-        self.pending.add(stream)
-        self._idle = trio.Event()
-        self.nursery.start_soon(self._check, result, name=f"mcpi verify chunk {stream}")
+        for offset, inside in enumerate(result.stream_counts):
+            stream = chunk.stream + offset
+            if stream in self.pending:
+                continue  # a duplicate of a chunk being checked (resent after its worker left)
+            if not selected(self.seed, stream, self.fraction):
+                self._trusted.setdefault(result.pid, array("q")).append(stream)
+                self.settle(stream, inside)
+                continue
+            # ``cut`` sends a checked stream alone; one in a range is checked all the same.
+            one = Chunk(chunk.seed, stream, chunk.points, chunk.kernel)
+            first = result if chunk.streams == 1 else replace(result, chunk=one, inside=inside, insides=())
+            self.pending.add(stream)
+            self._idle = trio.Event()
+            self.nursery.start_soon(self._check, first, name=f"mcpi verify chunk {stream}")
 
     async def wait_idle(self) -> None:
         """Until no check is running."""

@@ -17,7 +17,7 @@ from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
 from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
 from mcpi_coordinator.run.estimate import EstimateResult, run_estimate
 from mcpi_coordinator.run.prefix import reference_prefix
-from mcpi_coordinator.run.verify import COORDINATOR, Source, VerificationFailed, avoid_choices, selected
+from mcpi_coordinator.run.verify import COORDINATOR, Source, VerificationFailed, Verifier, avoid_choices, selected
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import FakeLauncher, by_slot, fake_launcher
 from mcpi_worker.kernels import KERNELS
@@ -195,3 +195,38 @@ async def test_chunks_of_a_caught_worker_leave_the_checkpoint_too(
     assert result.verification.recomputed_chunks > 0
     with Checkpoint.resume(path) as again:
         assert sorted(again.stored()) == [(s, EXPECTED.counted()[1][s]) for s in range(POINTS // CHUNK)]
+
+
+# ---------------------------------------------------------------------- the requests
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 1.0])
+def test_a_verified_run_sends_each_checked_chunk_alone_and_the_others_as_ranges(fraction: float) -> None:
+    """One request a chunk made a verified run ~3x slower with numba's loops, which count a
+    range's streams side by side. ``Verifier.cut`` covers the range exactly once, in order:
+    a checked stream alone, the streams between checked ones as one range each."""
+    verifier = Verifier(None, SEED, fraction, None, settle=print, forget=print)  # type: ignore[arg-type]
+    verifier.pending.add(42)  # being checked already: not sent again
+    whole = Chunk(SEED, 0, CHUNK, streams=300)
+    pieces = list(verifier.cut(whole))
+    sent = [s for piece in pieces for s in range(piece.stream, piece.stream + piece.streams)]
+    checked = {s for s in range(300) if selected(SEED, s, fraction)}
+    assert sent == [s for s in range(300) if not (s == 42 and s in checked)]
+    for piece in pieces:
+        assert (piece.seed, piece.points, piece.kernel) == (whole.seed, whole.points, whole.kernel)
+        streams = set(range(piece.stream, piece.stream + piece.streams))
+        assert piece.streams == 1 if streams & checked else not streams & checked
+    unchecked_runs = sum(1 for s in range(300) if s not in checked and (s == 0 or s - 1 in checked))
+    assert len(pieces) == len(checked - {42}) + unchecked_runs
+
+
+async def test_a_verified_run_s_unchecked_chunks_arrive_as_ranges(autojump_clock: object) -> None:
+    """Through the pool: the results of a run checking a tenth include ranges (several
+    streams in one result), and the count is the run's."""
+    streams_per_result: list[int] = []
+    result, _, _ = await estimate(
+        {}, verify=0.1, on_chunk=lambda chunk_result, _prefix: streams_per_result.append(chunk_result.chunk.streams)
+    )
+    assert result.inside == EXPECTED.inside
+    assert max(streams_per_result) > 1
+    assert len(streams_per_result) < POINTS // CHUNK
