@@ -183,11 +183,21 @@ def test_a_pool_worker_whose_main_thread_is_stuck_in_c_dies_with_its_owner() -> 
     signal's handler was left pending while the main thread waited on its queue's lock,
     held for good by a sibling killed with the command. The worker now leaves from a
     thread of its own once the owner's pidfd says it has exited."""
-    owner = subprocess.Popen([sys.executable, "-c", OWNER_OF_A_STUCK_WORKER], stdout=subprocess.PIPE, text=True)
+    _sigkill_the_owner_and_wait_for_its_worker(OWNER_OF_A_STUCK_WORKER)
+
+
+def _sigkill_the_owner_and_wait_for_its_worker(owner_script: str) -> None:
+    """Run ``owner_script`` (it prints its worker's pid), SIGKILL it, and wait for the
+    worker to be gone."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", owner_script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     worker: psutil.Process | None = None
     try:
-        assert owner.stdout is not None
-        worker = psutil.Process(int(owner.stdout.readline()))
+        assert owner.stdout is not None and owner.stderr is not None
+        line = owner.stdout.readline()
+        assert line, owner.stderr.read()
+        worker = psutil.Process(int(line))
         owner.kill()
         owner.wait()
         _, left = psutil.wait_procs([worker], timeout=PATIENCE_S)
@@ -197,6 +207,9 @@ def test_a_pool_worker_whose_main_thread_is_stuck_in_c_dies_with_its_owner() -> 
             owner.kill()
         if worker is not None and worker.is_running():
             worker.kill()
+        for stream in (owner.stdout, owner.stderr):
+            if stream is not None:
+                stream.close()
 
 
 OWNER_FORKING_FROM_A_THREAD = """
@@ -323,22 +336,4 @@ assert max(held) > 1024
 """
         + OWNER_OF_A_STUCK_WORKER
     )
-    owner = subprocess.Popen([sys.executable, "-c", crowded], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    worker: psutil.Process | None = None
-    try:
-        assert owner.stdout is not None and owner.stderr is not None
-        line = owner.stdout.readline()
-        assert line, owner.stderr.read()
-        worker = psutil.Process(int(line))
-        owner.kill()
-        owner.wait()
-        _, left = psutil.wait_procs([worker], timeout=PATIENCE_S)
-        assert left == [], "the worker outlived its owner"
-    finally:
-        if owner.poll() is None:
-            owner.kill()
-        if worker is not None and worker.is_running():
-            worker.kill()
-        for stream in (owner.stdout, owner.stderr):
-            if stream is not None:
-                stream.close()
+    _sigkill_the_owner_and_wait_for_its_worker(crowded)
