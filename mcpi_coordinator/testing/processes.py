@@ -53,6 +53,24 @@ def is_warming(process: psutil.Process) -> bool:
         return False
 
 
+def marked(variable: str, value: str) -> list[int]:
+    """The live processes whose environment sets ``variable`` to ``value`` (a mark a test
+    gives the command it starts, inherited by its children), but for the cache-warming
+    process, which is meant to outlive the run (``is_warming``); in pid order.
+
+    Raises ``ImportError`` without psutil (the ``test`` extra)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(variable) == value and not is_warming(process):
+                found.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
 def not_warming(pids: Iterable[int]) -> list[int]:
     """The pids among ``pids`` that are not a cache-warming process now, in order (gone
     ones kept: ``still_running`` and ``wait_until_gone`` leave them out anyway)."""

@@ -24,7 +24,7 @@ import psutil
 import pytest
 from command_line import CLEAN_ENV, MCPI, PATIENT
 
-from mcpi_coordinator.testing.processes import is_warming, wait_until_gone
+from mcpi_coordinator.testing.processes import marked, wait_until_gone
 
 MARK = "MCPI_TEST_RUN_MARK"
 
@@ -33,14 +33,7 @@ def _marked(mark: str) -> list[int]:
     """Live processes whose environment carries ``mark``: the run's, and its children's,
     but for numba's cache-warming process, which ``mcpi estimate`` starts when the cache
     is cold and which is meant to outlive the run (``testing.processes.is_warming``)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(MARK) == mark and not is_warming(process):
-                found.append(process.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    return found
+    return marked(MARK, mark)
 
 
 def _assert_nothing_left(mark: str) -> None:

@@ -26,13 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 from command_line import CLEAN_ENV, MCPI
 from worker_process import worker_command
 
 from mcpi_coordinator.terminal_text import ASCII_ERRORS, ascii_where_needed
-from mcpi_coordinator.testing.processes import is_warming, wait_until_gone
+from mcpi_coordinator.testing.processes import marked, wait_until_gone
 from mcpi_worker.protocol import NEED_DATA, WORKER_MESSAGES, FrameDecoder, Hello, Ping, Sample, Shutdown, encode
 
 MARK = "MCPI_TEST_STREAMS_MARK"
@@ -53,14 +52,7 @@ def in_shell(
 
 def assert_nothing_left(mark: str) -> None:
     """No live process carries ``mark`` (numba's cache warmer apart: it outlives runs)."""
-    marked = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(MARK) == mark and not is_warming(process):
-                marked.append(process.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    left, _ = wait_until_gone(marked, timeout_s=30)
+    left, _ = wait_until_gone(marked(MARK, mark), timeout_s=30)
     assert left == [], f"processes of the run still running: {left}"
 
 
