@@ -190,7 +190,8 @@ class Verifier:
         run_start: int | None = None
         for stream in range(chunk.stream, chunk.stream + chunk.streams):
             if not selected(self.seed, stream, self.fraction):
-                run_start = stream if run_start is None else run_start
+                if run_start is None:
+                    run_start = stream
                 continue
             if run_start is not None:
                 yield replace(chunk, stream=run_start, streams=stream - run_start)
@@ -219,8 +220,10 @@ class Verifier:
                 self.settle(stream, inside)
                 continue
             # ``cut`` sends a checked stream alone; one in a range is checked all the same.
-            one = Chunk(chunk.seed, stream, chunk.points, chunk.kernel)
-            first = result if chunk.streams == 1 else replace(result, chunk=one, inside=inside, insides=())
+            first = result
+            if chunk.streams > 1:
+                one = Chunk(chunk.seed, stream, chunk.points, chunk.kernel)
+                first = replace(result, chunk=one, inside=inside, insides=())
             self.pending.add(stream)
             self._idle = trio.Event()
             self.nursery.start_soon(self._check, first, name=f"mcpi verify chunk {stream}")
