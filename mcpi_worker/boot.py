@@ -7,9 +7,10 @@ that takes many seconds when a whole fleet starts on a few cores. A coordinator
 SIGKILLed meanwhile left every starting worker running (``benchmarks/fleet.py
 cleanup`` kills a coordinator during its fleet's start-up and measures what is
 left). So this module, which imports nothing but the standard library's
-``os``, ``signal`` and ``ctypes``, asks the kernel for the parent-death signal before
-the first heavy import, and the signal is acted on wherever the main thread is: in an
-import, in argument parsing, or serving.
+``os``, ``signal`` and ``ctypes`` (and ``exit_with``'s ``threading`` and ``select`` when
+it watches the parent with a thread, below), asks the kernel for the parent-death signal
+before the first heavy import, and the signal is acted on wherever the main thread is: in
+an import, in argument parsing, or serving.
 
 Which signal (protocol.md §10.4). Linux sends it when the parent *thread* that spawned
 us exits, not the parent process. SIGKILL, which ends a worker even when someone has
@@ -26,7 +27,14 @@ coordinator is gone), is asked for when that thread lasts as long as its process
   coordinator and us), which is then the one that spawned us.
 
 Otherwise (a multi-threaded parent that did not ask: Trio's ``open_process`` spawns from
-a cached thread that retires after 10 idle seconds) the signal is SIGUSR1, whose handler
+a cached thread that retires after 10 idle seconds) no signal: a thread of the worker's
+own waits for the parent *process* to exit, on its pidfd (``mcpi_worker.exit_with``).
+Not a handler of a signal, as before: Linux signals a child at each re-parenting (to
+another thread of the dying parent, then to init), and a second signal that came while
+the first's handler ran was left for the main thread's next line of Python, which a main
+thread waiting in C (``sem_wait`` on its work queue) never ran; the worker outlived its
+parent whenever someone else held its stdin open. Only where pidfds are unavailable (Linux
+before 5.3, a Python without ``os.pidfd_open``) is the signal SIGUSR1, whose handler
 checks whether the parent process is really gone (we were re-parented) and ignores the
 signal otherwise.
 
@@ -39,9 +47,9 @@ cleanup`` measures how long a fleet takes to go).
 
 from __future__ import annotations
 
-# Only what the interpreter has loaded anyway (and ctypes, below): no dataclasses, no
-# typing at run time, whose import alone is a noticeable part of the window this module
-# closes.
+# Only what the interpreter has loaded anyway (and ctypes, below, and threading and select
+# for a parent that may have spawned us from a passing thread): no dataclasses, no typing
+# at run time, whose import alone is a noticeable part of the window this module closes.
 import os
 import signal
 import sys
@@ -92,9 +100,14 @@ def arm_parent_death() -> Lifeline:
                 asked.value = 0
             if asked.value != signal.SIGKILL:  # else: our spawner asked for it, and keeps it
                 named = os.environ.get(KILLED_WITH_PARENT) == str(parent_pid)
-                wanted = signal.SIGKILL if named or _single_threaded(parent_pid) else PARENT_DEATH_SIGNAL
+                wanted: int = signal.SIGKILL if named or _single_threaded(parent_pid) else PARENT_DEATH_SIGNAL
                 if wanted == PARENT_DEATH_SIGNAL:
-                    signal.signal(PARENT_DEATH_SIGNAL, on_parent_death_signal)
+                    from mcpi_worker.exit_with import exit_with
+
+                    if exit_with(parent_pid, name="mcpi-worker-exit-with-parent"):
+                        wanted = 0  # no signal: the thread watches the parent process itself
+                    else:
+                        signal.signal(PARENT_DEATH_SIGNAL, on_parent_death_signal)
                 if libc.prctl(PR_SET_PDEATHSIG, int(wanted), 0, 0, 0) != 0:
                     raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         except (OSError, AttributeError, ImportError) as exc:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
-import select
 import signal
 import sys
-import threading
 from collections.abc import Callable
 
+from mcpi_worker.exit_with import exit_with
 from mcpi_worker.kernels import KERNELS
 
 
@@ -101,44 +100,15 @@ def start_worker(owner: int) -> None:
 
 
 def _exit_with(owner: int) -> None:
-    """End this process with ``os._exit(0)`` once process ``owner`` has exited: from a
-    daemon thread that waits for ``owner``'s pidfd to become readable.
+    """End this process with ``os._exit(0)`` once process ``owner`` has exited
+    (``mcpi_worker.exit_with``: a daemon thread waiting on ``owner``'s pidfd).
 
     Not a parent-death signal with a handler, as before: a worker blocked on its pool's
     queue lock, which a sibling killed with the command had held, was left for good
-    (about 1 SIGKILLed ``mcpi bench overhead`` in 30 beside two busy loops). Linux
-    signals a child at each re-parenting, to another thread of the dying command first
-    (the handler rightly ignored that one, the parent process being the same) and then
-    to init; when the second came while the handler of the first was still running,
-    CPython left its handler for the main thread's next line of Python, and the main
-    thread was back waiting in ``sem_wait``, which no further signal interrupted. A
-    thread of its own that exits the process does not depend on the main thread ever
-    running Python again; nor does a pidfd on a thread of ``owner`` that ends (it is
-    the process's).
+    (about 1 SIGKILLed ``mcpi bench overhead`` in 30 beside two busy loops), its
+    handler pending for a main thread that never ran Python again.
 
-    Where pidfds are refused (Linux before 5.3, a seccomp filter) or this Python has no
-    ``os.pidfd_open`` (built against older kernel headers, as conda's Pythons are:
-    trio's issue 2855), nothing is armed: the pools' own shutdown is all there is, as
-    elsewhere, rather than an initializer that raises and breaks every pool."""
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
-        return
-    try:
-        pidfd = pidfd_open(owner)
-    except ProcessLookupError:  # gone before we looked: nobody will read our results
-        os._exit(0)
-    except OSError:
-        return
-    threading.Thread(target=_exit_when_readable, args=(pidfd,), name="mcpi-bench-exit-with-owner", daemon=True).start()
-
-
-def _exit_when_readable(pidfd: int) -> None:
-    """A pidfd is readable once its process has exited (a zombie: the test of that is
-    the kernel's ``thread_group_exited``), and stays so. Waited on with ``poll``, not
-    ``select``, which refuses a descriptor numbered 1024 or more (``ValueError``): a
-    worker forked by a command holding a thousand descriptors (a large pool's pipes,
-    under a soft limit above 1,024) gets its pidfd above them."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    poller.poll()
-    os._exit(0)
+    Where pidfds are refused or this Python has no ``os.pidfd_open``, nothing is
+    armed: the pools' own shutdown is all there is, as elsewhere, rather than an
+    initializer that raises and breaks every pool."""
+    exit_with(owner, name="mcpi-bench-exit-with-owner")

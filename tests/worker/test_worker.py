@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -562,11 +563,13 @@ INTERMEDIATE = textwrap.dedent(
 )
 
 
-def spawn_through_intermediate(mode: str) -> tuple[subprocess.Popen[str], psutil.Process, int]:
+def spawn_through_intermediate(
+    mode: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], psutil.Process, int]:
     read_fd, write_fd = os.pipe()
     parent = subprocess.Popen(
         [sys.executable, "-c", INTERMEDIATE, *worker_command(), str(read_fd), mode],
-        stdout=subprocess.PIPE, text=True, pass_fds=[read_fd],
+        stdout=subprocess.PIPE, text=True, pass_fds=[read_fd], env=env,
     )  # fmt: skip
     os.close(read_fd)
     assert parent.stdout is not None
@@ -599,6 +602,81 @@ def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
     try:
         time.sleep(0.5)  # the spawning thread has exited; its death signal has come
         assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+        parent.kill()
+        parent.wait(TIMEOUT)
+        assert_exits(worker)
+    finally:
+        os.close(stdin_write)
+        if worker.is_running():
+            worker.kill()
+
+
+HANDLER_NEVER_RUNS = """
+import signal
+# The end state of the race: the parent-death signal's Python handler never runs. Linux
+# signals a child at each re-parenting (to another thread of the dying parent, then to
+# init); a second signal that came while the first's handler ran was left for the main
+# thread's next line of Python, which a main thread waiting in C never ran. Blocked here in
+# every thread, from before the worker arms its backstop, so that it is certain.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+"""
+"""A ``sitecustomize`` for the worker: no SIGUSR1 handler of its will ever run."""
+
+NO_PIDFD_OPEN = """
+import os
+del os.pidfd_open  # conda's Pythons, built against older kernel headers, have none
+"""
+"""A ``sitecustomize`` for the worker: a Python without ``os.pidfd_open``."""
+
+
+def _with_sitecustomize(directory: Path, text: str) -> dict[str, str]:
+    """The environment of a Python that runs ``text`` as its ``sitecustomize`` first."""
+    (directory / "sitecustomize.py").write_text(text, encoding="utf-8")
+    return {**os.environ, "PYTHONPATH": str(directory)}
+
+
+def _wait_counting(worker: psutil.Process, stdin_write: int) -> None:
+    """Give ``worker`` a sample that takes hours and wait until it has spent CPU on it,
+    so that its main thread (the one that called ``serve``) is inside the kernel."""
+    before = sum(worker.cpu_times()[:2])
+    os.write(stdin_write, encode(Hello(versions=(1,), client="t")) + encode(sample(1, MAX_POINTS)))
+    deadline = time.monotonic() + TIMEOUT
+    while sum(worker.cpu_times()[:2]) < before + 0.2:
+        assert time.monotonic() < deadline, "the worker never counted"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("main_thread", ["waiting", "counting"])
+def test_a_worker_whose_handler_never_runs_dies_with_its_multithreaded_parent(tmp_path: Path, main_thread: str) -> None:
+    """A parent with several threads that did not ask for SIGKILL (Trio's ``open_process``
+    spawns from a passing thread), someone else holding the worker's stdin open (a
+    launcher that stays, ssh, srun), the parent SIGKILLed: the worker is gone, whether its
+    main thread waits for work (``sem_wait`` on its queue) or counts, without its
+    parent-death signal's handler ever running. Before, that handler was the only way
+    out: the worker outlived its parent for good (here every time; by the race, when a
+    second signal came while the first's handler ran)."""
+    parent, worker, stdin_write = spawn_through_intermediate(
+        "thread", env=_with_sitecustomize(tmp_path, HANDLER_NEVER_RUNS)
+    )
+    try:
+        if main_thread == "counting":
+            _wait_counting(worker, stdin_write)
+        parent.kill()
+        parent.wait(TIMEOUT)
+        assert_exits(worker)  # from the process table: it is gone
+    finally:
+        os.close(stdin_write)
+        if worker.is_running():
+            worker.kill()
+
+
+@pytest.mark.slow
+def test_a_worker_on_a_python_without_pidfd_open_still_dies_with_its_multithreaded_parent(tmp_path: Path) -> None:
+    """Without ``os.pidfd_open`` (conda's Pythons) the worker falls back on SIGUSR1 and its
+    handler, which ends it once its parent has gone, as before pidfds were used."""
+    parent, worker, stdin_write = spawn_through_intermediate("thread", env=_with_sitecustomize(tmp_path, NO_PIDFD_OPEN))
+    try:
         parent.kill()
         parent.wait(TIMEOUT)
         assert_exits(worker)
