@@ -414,19 +414,32 @@ class _Run:
         # the checked ones (known before anything runs) go as ranges, counted side by
         # side as in a run that checks nothing (one request a chunk made a verified run
         # ~3x slower with numba's loops). What a condemned worker had counted comes back
-        # through _redo, a chunk at a time.
+        # through _redo, cut the same way: a liar caught late had counted whole ranges.
         for chunk in self._missing_ranges():
-            while self._redo:
-                yield self._chunk(self._redo.popleft())
+            yield from self._redo_ranges()
             yield from self.verifier.cut(chunk)
         while self._redo and not self.prefix.finished:
-            yield self._chunk(self._redo.popleft())
+            yield from self._redo_ranges()
+
+    def _redo_ranges(self) -> Iterator[Chunk]:
+        """The streams waiting in ``_redo`` (taken out now, each once), as the requests of
+        a verified run: ranges of consecutive streams, cut by ``Verifier.cut``."""
+        assert self.verifier is not None, "only a verified run forgets what it counted"
+        streams = sorted(set(self._redo))
+        self._redo.clear()
+        for chunk in self._as_chunks(consecutive_runs(streams, RANGE_STREAMS)):
+            yield from self.verifier.cut(chunk)
 
     def _missing_ranges(self) -> Iterator[Chunk]:
         """The missing streams as ranges of consecutive full chunks (the pool sends a
         range in pieces sized for each worker), the run's shorter last chunk alone."""
+        return self._as_chunks(self.prefix.missing_runs(RANGE_STREAMS))
+
+    def _as_chunks(self, runs: Iterable[range]) -> Iterator[Chunk]:
+        """Each run of consecutive streams as one range of full chunks, the run's shorter
+        last chunk (the run's last stream) alone."""
         full = self.prefix.chunk_size
-        for run in self.prefix.missing_runs(RANGE_STREAMS):
+        for run in runs:
             short = self.prefix.chunk_points(run[-1]) != full
             if len(run) > short:
                 yield Chunk(self.seed, run.start, full, self.kernel, streams=len(run) - short)
@@ -465,6 +478,16 @@ class _Run:
             if self.checkpoint is not None:
                 self.checkpoint.forget(counted)
         self._redo.extend(streams)
+
+
+def consecutive_runs(streams: Sequence[int], longest: int) -> Iterator[range]:
+    """Sorted, distinct ``streams`` as runs of consecutive streams, in order, each at most
+    ``longest`` long."""
+    start = 0
+    for index in range(1, len(streams) + 1):
+        if index == len(streams) or streams[index] != streams[index - 1] + 1 or index - start == longest:
+            yield range(streams[start], streams[index - 1] + 1)
+            start = index
 
 
 @asynccontextmanager

@@ -12,10 +12,10 @@ import trio
 from structlog.testing import capture_logs
 
 from mcpi_coordinator.errors import McpiError
-from mcpi_coordinator.pool.chunks import Chunk
+from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.worker_pool import WorkerPool, WorkerStats
 from mcpi_coordinator.run.checkpoint import Checkpoint, RunParameters
-from mcpi_coordinator.run.estimate import EstimateResult, run_estimate
+from mcpi_coordinator.run.estimate import EstimateResult, consecutive_runs, run_estimate
 from mcpi_coordinator.run.prefix import reference_prefix
 from mcpi_coordinator.run.verify import COORDINATOR, Source, VerificationFailed, Verifier, avoid_choices, selected
 from mcpi_coordinator.testing import FakeBehaviour
@@ -70,7 +70,7 @@ async def count_inline(chunk: Chunk) -> int:
 
 
 async def estimate(
-    behaviours: dict[int, FakeBehaviour], workers: int = 3, **options: Any
+    behaviours: dict[int, FakeBehaviour], workers: int = 3, chunk_size: int = CHUNK, **options: Any
 ) -> tuple[EstimateResult, FakeLauncher, list[dict[str, Any]]]:
     outcome: EstimateResult | McpiError
     with capture_logs() as logs, trio.fail_after(600):
@@ -79,7 +79,7 @@ async def estimate(
             async with WorkerPool(workers, launcher=launcher) as pool:
                 try:
                     outcome = await run_estimate(
-                        pool, points=POINTS, seed=SEED, chunk_size=CHUNK, count_locally=count_inline, **options
+                        pool, points=POINTS, seed=SEED, chunk_size=chunk_size, count_locally=count_inline, **options
                     )
                 except McpiError as error:
                     outcome = error
@@ -230,3 +230,45 @@ async def test_a_verified_run_s_unchecked_chunks_arrive_as_ranges(autojump_clock
     assert result.inside == EXPECTED.inside
     assert max(streams_per_result) > 1
     assert len(streams_per_result) < POINTS // CHUNK
+
+
+def test_consecutive_runs_cuts_sorted_streams_where_they_skip_and_at_the_longest() -> None:
+    assert list(consecutive_runs([], 4)) == []
+    assert list(consecutive_runs([3], 4)) == [range(3, 4)]
+    assert list(consecutive_runs([1, 2, 3, 5, 6, 9], 4)) == [range(1, 4), range(5, 7), range(9, 10)]
+    assert list(consecutive_runs(list(range(10)), 4)) == [range(4), range(4, 8), range(8, 10)]
+
+
+async def test_a_caught_worker_s_trusted_chunks_are_counted_again_as_ranges(autojump_clock: object) -> None:
+    """The chunks a condemned worker had counted on trust were sent again one request
+    each, though it had counted them in ranges. A run of 3,000 chunks, and a worker
+    honest up to chunk 100 and wrong from there on: it is caught with ranges counted on
+    trust while chunks are still being handed out, and those come back in fewer requests
+    than chunks; the count is the run's."""
+    chunk_size = POINTS // 3000
+    liar = FakeBehaviour(wrong_count=1, wrong_count_streams=tuple(range(100, 3000)), slow=0.01)
+    results: list[ChunkResult] = []
+    result, launcher, _ = await estimate(
+        {0: liar},
+        chunk_size=chunk_size,
+        verify=0.1,
+        on_chunk=lambda chunk_result, _prefix: results.append(chunk_result),
+    )
+    assert result.inside == reference_prefix(SEED, POINTS, chunk_size).inside
+    assert result.verification is not None
+    assert [w.pid for w in result.verification.retired] == [liar_pid(launcher)]
+    liar_streams = {
+        stream
+        for chunk_result in results
+        if chunk_result.pid == liar_pid(launcher)
+        for stream in range(chunk_result.chunk.stream, chunk_result.chunk.stream + chunk_result.chunk.streams)
+    }
+    # The others' requests made only of streams the liar had counted: what was counted again.
+    again = [
+        r.chunk
+        for r in results
+        if r.pid != liar_pid(launcher)
+        and set(range(r.chunk.stream, r.chunk.stream + r.chunk.streams)) <= liar_streams
+    ]
+    assert sum(chunk.streams for chunk in again) >= result.verification.recomputed_chunks > 0
+    assert len(again) < sum(chunk.streams for chunk in again)  # fewer requests than chunks: ranges
