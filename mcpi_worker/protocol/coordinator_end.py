@@ -198,6 +198,8 @@ class CoordinatorEnd:
         self._pings: dict[int, _InFlight] = {}
         self._running = 0  # samples flagged running: the first min(jobs, len) of _samples
         self._deadline = math.inf
+        self._restarted: set[int] = set()
+        """The requests in flight whose clock ``restart_clocks`` has restarted once already."""
         self._out: list[bytes] = [encode(Hello(versions, client, expected_points))]
 
     def __repr__(self) -> str:
@@ -414,11 +416,23 @@ class CoordinatorEnd:
         clock ran on without it, so how long a worker has had is not known, and a worker
         is not charged for time its coordinator was away (it may have answered
         meanwhile, or not yet been sent what was queued). A worker that is really stuck
-        is judged one budget later."""
+        is judged one budget later.
+
+        Once per request: a request whose clock was restarted already is charged on
+        from then. Else a coordinator away at every ring (starved of CPU for good, or
+        stopped again and again) gave every request a fresh budget at each ring, and a
+        hung worker was never judged. The price: a coordinator stopped past the budget
+        twice during one request judges that request's worker, which has had a whole
+        budget since the first stop."""
+        restarted: set[int] = set()
         for table in (self._pings, self._samples):
-            for request in table.values():
-                if request.could_start_at != math.inf:  # a queued sample is not charged yet
+            for request_id, request in table.items():
+                if request.could_start_at == math.inf:  # a queued sample is not charged yet
+                    continue
+                if request_id not in self._restarted:
                     request.could_start_at = now
+                restarted.add(request_id)
+        self._restarted = restarted  # those still in flight only: the set stays small
         if self._deadline != math.inf:
             self._deadline = self._earliest_deadline()
 

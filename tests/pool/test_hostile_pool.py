@@ -232,6 +232,31 @@ async def test_a_worker_silent_on_a_request_costs_one_task_timeout(autojump_cloc
             assert launcher.launched[0].returncode == -signal.SIGKILL
 
 
+async def test_a_coordinator_away_at_every_ring_still_judges_a_hung_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A coordinator that runs 1 s in every 11 (starved of CPU, or stopped again and
+    again) finds its stall clock late at every ring. A late ring gives the requests in
+    flight a fresh budget (the coordinator was away, not the worker), but only once per
+    request: the hung worker is judged at its request's second late ring and replaced.
+    Before, each late ring gave a fresh budget, and the run never ended."""
+
+    async def away_at_every_ring() -> None:
+        while True:
+            await trio.sleep(1.0)
+            autojump_clock.jump(10.0)  # a deadline in the jump rings at its end, >= 4 s late
+
+    with trio.fail_after(FAKE_TIME_BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(away_at_every_ring)
+            launcher = fake_launcher(nursery, by_launch(FakeBehaviour(hang_after=1)))
+            async with WorkerPool(1, launcher=launcher, task_timeout=5.0) as pool:
+                assert await count_all(pool, chunks(6)) == expected_inside(6)
+                assert pool.stats.restarts == 1
+                assert ["task timeout" in failure.reason for failure in pool.stats.failures] == [True]
+            nursery.cancel_scope.cancel()
+
+
 # ------------------------------------------------------- 2. real subprocess fakes
 
 

@@ -187,6 +187,24 @@ def test_the_stall_clock_charges_a_sample_only_from_when_it_could_start() -> Non
     assert isinstance(broken, Broken) and "task timeout (10 s)" in broken.reason
 
 
+def test_a_late_ring_restarts_each_request_s_clock_once() -> None:
+    """``restart_clocks`` (the coordinator was away: its stall clock rang late) gives each
+    request in flight a fresh budget once. A second late ring during the same request
+    judges it: a coordinator away at every ring gave a fresh budget each time, and a
+    hung worker was never judged."""
+    end = serving()
+    end.send_sample(1, 0, 0, "numpy", now=0.0)  # budget 10 s
+    end.send_sample(1, 1, 0, "numpy", now=0.0)  # queued behind it: not charged yet
+    end.restart_clocks(25.0)  # away from before 10 to 25
+    assert end.next_deadline() == 35.0 and end.advance(34.9) == []
+    end.receive_data(encode(Result(1, 0, 0, 0.0)), 30.0)  # the second is charged from 30
+    end.restart_clocks(50.0)  # away again: its first restart
+    assert end.next_deadline() == 60.0 and end.advance(59.9) == []
+    end.restart_clocks(75.0)  # and again: charged on from 50
+    [broken] = end.advance(75.0)
+    assert isinstance(broken, Broken) and "task timeout (10 s)" in broken.reason
+
+
 def test_pongs_do_not_move_a_hung_sample_s_deadline() -> None:
     end = serving()
     end.send_sample(1, 0, 0, "numpy", now=0.0)  # budget 10 s
