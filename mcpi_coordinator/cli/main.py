@@ -90,15 +90,20 @@ class UsageParser(argparse.ArgumentParser):
         self.exit(McpiExitCode.USAGE, f"{self.prog}: error: {reason} (see '{self.prog} --help')\n")
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
-        # argparse drops every OSError here; a reader of --help that left must end the
-        # command as it ends any other (BrokenPipeError: exit 141), as if it were read.
+        # argparse drops every OSError here. The help or version not delivered to stdout
+        # must end the command as any other output does (``main``): a reader that left,
+        # BrokenPipeError, exit 141; a full device (/dev/full, ENOSPC) or a descriptor
+        # that takes nothing, one line and exit 1. Buffered, the write only failed at
+        # the flush, which ``main`` hears; with PYTHONUNBUFFERED=1 it fails here, and
+        # --help > /dev/full exited 0.
         out = sys.stderr if file is None else file
         try:
             out.write(message)
-        except BrokenPipeError:
+        except OSError:
             if out is sys.stdout:
                 raise
-        except (AttributeError, OSError):  # stderr closed: the exit code still says it
+            # stderr closed or full: the exit code still says it
+        except AttributeError:  # no stream at all
             pass
 
     def option_strings(self) -> list[str]:

@@ -39,14 +39,14 @@ ESTIMATE = ("estimate", "-n", "2e6", "--chunk-size", "1e6", "-w", "2", "-s", "5"
 
 
 def in_shell(
-    argv: list[str], redirection: str, mark: str, stdin: bytes | None = None
+    argv: list[str], redirection: str, mark: str, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """``argv`` run as ``exec argv REDIRECTION`` by ``/bin/sh``, its stdout and stderr
     captured where the redirection leaves them, ``stdin`` its input (if given); its
-    environment carries ``mark``."""
+    environment (``env``, else ours less mcpi's own variables) carries ``mark``."""
     return subprocess.run(
         ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh", *argv], input=stdin, capture_output=True,
-        timeout=300, check=False, env={**CLEAN_ENV, MARK: mark},
+        timeout=300, check=False, env={**(CLEAN_ENV if env is None else env), MARK: mark},
     )  # fmt: skip
 
 
@@ -71,6 +71,25 @@ def test_estimate_whose_stdout_takes_nothing_says_so_in_one_line_and_exits_1(
     assert done.returncode == 1, err
     assert err == f"mcpi: error: cannot write the output to stdout: {reason}\n"
     assert_nothing_left(mark)
+
+
+@pytest.mark.parametrize(
+    ("redirection", "reason"), [(">&-", "Bad file descriptor"), (">/dev/full", "No space left on device")]
+)
+@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("words", [["--help"], ["estimate", "--help"], ["--version"]])
+def test_help_or_version_on_a_stdout_that_takes_nothing_is_one_line_and_exit_1(
+    words: list[str], unbuffered: bool, redirection: str, reason: str
+) -> None:
+    """argparse drops an ``OSError`` from its own write of the help or the version. Buffered,
+    the write failed only at the flush, which mcpi hears; with ``PYTHONUNBUFFERED=1`` it
+    failed inside argparse, and ``mcpi --help > /dev/full`` exited 0 without a word."""
+    env = {k: v for k, v in CLEAN_ENV.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    done = in_shell([*MCPI, *words], redirection, uuid.uuid4().hex, env=env)
+    err = done.stderr.decode(errors="replace")
+    assert (done.returncode, err) == (1, f"mcpi: error: cannot write the output to stdout: {reason}\n")
 
 
 @pytest.mark.parametrize("redirection", ["2>&-", "<&-", "<&- 2>&-"])
