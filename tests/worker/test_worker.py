@@ -583,25 +583,13 @@ def assert_exits(process: psutil.Process) -> None:
     assert not process.is_running()
 
 
-@pytest.mark.slow
-def test_worker_exits_when_its_parent_dies() -> None:
-    parent, worker, stdin_write = spawn_through_intermediate("main")
+def assert_gone_with_its_parent(
+    parent: subprocess.Popen[str], worker: psutil.Process, stdin_write: int, first: Callable[[], None] = lambda: None
+) -> None:
+    """Do ``first``, SIGKILL ``parent`` and check in the process table that ``worker`` is
+    gone; whatever happens, close our end of its stdin and kill what is left."""
     try:
-        parent.kill()
-        parent.wait(TIMEOUT)
-        assert_exits(worker)  # from the process table: it is gone
-    finally:
-        os.close(stdin_write)
-        if worker.is_running():
-            worker.kill()
-
-
-@pytest.mark.slow
-def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
-    parent, worker, stdin_write = spawn_through_intermediate("thread")
-    try:
-        time.sleep(0.5)  # the spawning thread has exited; its death signal has come
-        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+        first()
         parent.kill()
         parent.wait(TIMEOUT)
         assert_exits(worker)
@@ -609,6 +597,22 @@ def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
         os.close(stdin_write)
         if worker.is_running():
             worker.kill()
+
+
+@pytest.mark.slow
+def test_worker_exits_when_its_parent_dies() -> None:
+    assert_gone_with_its_parent(*spawn_through_intermediate("main"))
+
+
+@pytest.mark.slow
+def test_worker_survives_the_exit_of_the_thread_that_spawned_it() -> None:
+    parent, worker, stdin_write = spawn_through_intermediate("thread")
+
+    def still_there() -> None:
+        time.sleep(0.5)  # the spawning thread has exited; its death signal has come
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+
+    assert_gone_with_its_parent(parent, worker, stdin_write, still_there)
 
 
 HANDLER_NEVER_RUNS = """
@@ -659,31 +663,19 @@ def test_a_worker_whose_handler_never_runs_dies_with_its_multithreaded_parent(tm
     parent, worker, stdin_write = spawn_through_intermediate(
         "thread", env=_with_sitecustomize(tmp_path, HANDLER_NEVER_RUNS)
     )
-    try:
+
+    def busy_as_asked() -> None:
         if main_thread == "counting":
             _wait_counting(worker, stdin_write)
-        parent.kill()
-        parent.wait(TIMEOUT)
-        assert_exits(worker)  # from the process table: it is gone
-    finally:
-        os.close(stdin_write)
-        if worker.is_running():
-            worker.kill()
+
+    assert_gone_with_its_parent(parent, worker, stdin_write, busy_as_asked)
 
 
 @pytest.mark.slow
 def test_a_worker_on_a_python_without_pidfd_open_still_dies_with_its_multithreaded_parent(tmp_path: Path) -> None:
     """Without ``os.pidfd_open`` (conda's Pythons) the worker falls back on SIGUSR1 and its
     handler, which ends it once its parent has gone, as before pidfds were used."""
-    parent, worker, stdin_write = spawn_through_intermediate("thread", env=_with_sitecustomize(tmp_path, NO_PIDFD_OPEN))
-    try:
-        parent.kill()
-        parent.wait(TIMEOUT)
-        assert_exits(worker)
-    finally:
-        os.close(stdin_write)
-        if worker.is_running():
-            worker.kill()
+    assert_gone_with_its_parent(*spawn_through_intermediate("thread", env=_with_sitecustomize(tmp_path, NO_PIDFD_OPEN)))
 
 
 # ------------------------------------------------------------------ hot path (in-process)
