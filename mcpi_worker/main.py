@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from mcpi_worker import __version__
 from mcpi_worker.constants import EXPECTED_POINTS, MAX_INFLIGHT_LIMIT
@@ -28,6 +28,9 @@ from mcpi_worker.kernels import NUMPY_KERNEL, KernelConfigError, kernel_implemen
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 log = get_logger("mcpi_worker")
 
@@ -48,6 +51,24 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: callers are often programs.
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops an OSError here. --help or --version on a stdout that takes
+        # nothing (a full device, a closed descriptor) then ended in the interpreter's
+        # flush at exit: "Exception ignored" and exit 120, or, unbuffered
+        # (PYTHONUNBUFFERED=1), exit 0 without a word. One line and exit 1 instead, as
+        # the self-check's report on such a stdout.
+        out = sys.stderr if file is None else file
+        stdout = out is sys.stdout
+        try:
+            out.write(message)
+            if stdout:
+                sys.stdout.flush()
+        except OSError as exc:
+            if not stdout:
+                return  # stderr closed or full: the exit code still says it
+            _drop_unwritten_stdout()
+            self.exit(ExitCode.INTERNAL, f"mcpi-worker: cannot write to stdout: {exc.strerror}\n")
 
 
 def terminal_columns() -> int:
