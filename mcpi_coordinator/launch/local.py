@@ -439,12 +439,13 @@ def _kill_in_session(pid: int, sid: int) -> bool:
     The process is held by a pidfd before its session is looked at: ``pid`` is no child
     of ours, so it may exit, be reaped by its parent and be given to a stranger between
     the look and the signal, and a pidfd signals the process it was opened on or none.
-    Without pidfds (Linux before 5.3) the signal goes by pid."""
+    Without pidfds (Linux before 5.3, or a Python without ``os.pidfd_open``, as conda's
+    are: trio's issue 2855) the signal goes by pid."""
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
-    except OSError:  # no pidfd_open here, or no descriptor left
+    except (AttributeError, OSError):  # no pidfd_open here, or no descriptor left
         pidfd = None
     try:
         if os.getsid(pid) != sid or _is_zombie(pid):

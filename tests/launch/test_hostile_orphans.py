@@ -267,3 +267,32 @@ def test_kill_in_session_signals_only_a_live_process_of_that_session() -> None:
         if leader.poll() is None:
             os.killpg(leader.pid, signal.SIGKILL)  # its group holds the child too
         leader.wait(TIMEOUT)
+
+
+KILL_IN_SESSION_WITHOUT_PIDFD_OPEN = """
+import os, signal, subprocess
+del os.pidfd_open  # conda's Pythons, built against older kernel headers, have none
+from mcpi_coordinator.launch.local import _kill_in_session
+
+leader = subprocess.Popen(
+    ["sh", "-c", "sleep 600 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True
+)
+try:
+    child = int(leader.stdout.readline())
+    print(_kill_in_session(child, leader.pid), flush=True)
+    leader.wait(300)  # its ``wait`` returns once the child is killed
+finally:
+    if leader.poll() is None:
+        os.killpg(leader.pid, signal.SIGKILL)
+"""
+
+
+def test_kill_in_session_on_a_python_without_pidfd_open_signals_by_pid() -> None:
+    """``os.pidfd_open`` is missing from some Linux Pythons (conda's: trio's issue 2855):
+    ``end_session`` then signals by pid, as on a kernel without pidfds. Before, it raised
+    ``AttributeError`` out of ``SessionProcess.kill`` when a killed worker's session
+    still held its pipes (a shell's background job, ``timeout``'s child)."""
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SESSION_WITHOUT_PIDFD_OPEN], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
