@@ -14,6 +14,7 @@ import psutil
 import pytest
 from worker_process import WorkerUnderTest
 
+from mcpi_worker import constants
 from mcpi_worker.kernels.numpy_impl import count as count_numpy
 from mcpi_worker.protocol import Result, Sample
 
@@ -26,8 +27,11 @@ def os_threads(pid: int) -> int:
 def test_a_worker_counting_with_numpy_runs_no_blas_threads() -> None:
     """NumPy's OpenBLAS starts a spinning thread per further CPU when NumPy is imported; a
     worker never calls BLAS, so its threads are its own: the main (compute) thread and the
-    reader, nothing else, after a sample counted with NumPy."""
-    worker = WorkerUnderTest(env={"MCPI_NUMPY_IMPL": "numpy"})
+    reader, nothing else, after a sample counted with NumPy. Started as ``mcpi`` starts its
+    own, naming this process (``MCPI_KILLED_WITH``, from the thread that lasts as long as
+    it): a worker whose multi-threaded parent says nothing has a third, which waits for
+    that parent's exit (``mcpi_worker.boot.arm_parent_death``)."""
+    worker = WorkerUnderTest(env={"MCPI_NUMPY_IMPL": "numpy", constants.KILLED_WITH_PARENT: str(os.getpid())})
     try:
         worker.handshake()
         worker.send(Sample(id=1, seed=1, stream=0, points=1 << 20, kernel="numpy"))
