@@ -421,9 +421,10 @@ class CoordinatorEnd:
         Once per request: a request whose clock was restarted already is charged on
         from then. Else a coordinator away at every ring (starved of CPU for good, or
         stopped again and again) gave every request a fresh budget at each ring, and a
-        hung worker was never judged. The price: a coordinator stopped past the budget
-        twice during one request judges that request's worker, which has had a whole
-        budget since the first stop."""
+        hung worker was never judged. The price: stopped past the budget twice during
+        one request, the coordinator judges that request's worker at the second late
+        ring, though the worker may have had less than a budget of the coordinator's
+        running time."""
         restarted: set[int] = set()
         for table in (self._pings, self._samples):
             for request_id, request in table.items():
