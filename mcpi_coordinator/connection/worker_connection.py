@@ -211,11 +211,14 @@ class WorkerConnection:
         version 2); its answer reaches the sink as ``Answered`` carrying ``token``. The
         connection must be ``usable``. ``fields_checked``: the fields were checked where
         they were made (``CoordinatorEnd.send_sample`` says what that takes)."""
+        holding = self._holding
         request_id = self.coordinator_end.send_sample(
-            seed, stream, points, kernel, streams=streams, group=group, now=self._now(), token=token,
-            fields_checked=fields_checked,
-        )  # fmt: skip
-        self._sent()
+            seed, stream, points, kernel, streams=streams, group=group,
+            now=self._held_at if holding else trio.current_time(), token=token, fields_checked=fields_checked,
+        )  # fmt: skip  # ``_now`` and ``_sent``, without their calls: this runs per request
+        if not holding:
+            self._move_clock()
+            self._flush()
         return request_id
 
     def send_ping(self, token: Any) -> int:

@@ -3,11 +3,13 @@
 A ``Batch`` keeps ``window`` chunks dispatched (``mcpi_coordinator.pool.dispatch``). Each
 outcome comes back as a callback in the task that read the worker's answer: a result
 goes to the ready queue, a chunk whose worker failed goes back in line (first, ahead
-of fresh work). The consumer's ``async for`` takes the next chunk from the iterator
-each time it receives a result, so the user's iterator only ever runs in the user's
-own task. Per chunk that is no task, no event and no scheduler pass of its own: with
-a task per chunk, starting and waking those tasks was most of the coordinator's cost
-for tiny chunks, and it capped the chunks a second a small pool could take (the
+of fresh work). The consumer's ``async for`` takes the next chunks from the iterator
+as it takes the last result of a burst (below), as many as the burst made room for, so
+the user's iterator only ever runs in the user's own task; those chunks that find a
+worker with room go out in one write to it, not in one write each (each write wakes
+the worker). Per chunk that is no task, no event and no scheduler pass of its own:
+with a task per chunk, starting and waking those tasks was most of the coordinator's
+cost for tiny chunks, and it capped the chunks a second a small pool could take (the
 pool's cost per request is measured by ``benchmarks/overhead.py``, figures in
 docs/bench.md).
 
@@ -84,6 +86,8 @@ class Batch:
         self._pending: dict[Request, Attempts] = {}  # dispatched, outcome not yet known
         self._ready: deque[ChunkResult | McpiError | _OutOfAttempts] = deque()
         self._arrived = trio.Event()
+        self._waiting = False
+        """The consumer waits on ``_arrived``: an outcome sets it (no call per result else)."""
         self._burst = 0
         """Results still to hand out of those ready at the consumer's last schedule
         point (at most ``len(_ready)``): they need none of their own."""
@@ -95,7 +99,9 @@ class Batch:
         self._closed = False
 
     def start(self) -> None:
-        self._refill()
+        """Fill the window: the requests a worker takes now go out in one write to it."""
+        with self._dispatcher.holding():
+            self._refill()
 
     def close(self) -> None:
         self._closed = True  # outcomes still to come are dropped
@@ -118,14 +124,22 @@ class Batch:
                 if (self._iterator_done or self._closed) and not self._pending:
                     raise StopAsyncIteration  # closed: nothing more is coming, never wait for it
                 self._arrived = trio.Event()
-                await self._arrived.wait()
+                self._waiting = True
+                try:
+                    await self._arrived.wait()
+                finally:
+                    self._waiting = False
             self._burst = len(self._ready)
         self._burst -= 1
         item = self._ready.popleft()
         if isinstance(item, ChunkResult):
             if self._held and len(self._ready) < self._window:
                 self._release()
-            self._refill()
+            if not self._burst:
+                # The burst's last result: the chunks its results made room for go out
+                # now, together (one write to each worker with room, not one per chunk).
+                with self._dispatcher.holding():
+                    self._refill()
             return item
         self.close()
         if isinstance(item, _OutOfAttempts):
@@ -171,7 +185,9 @@ class Batch:
         attempts = self._pending.pop(request)
         if self._ranges:
             self._ranges.pop(request, None)
-        self._arrived.set()
+        if self._waiting:
+            self._waiting = False  # woken once, by the first of a read's results
+            self._arrived.set()
         verdict = attempts.judge(outcome)
         if verdict is Verdict.AGAIN:
             self._dispatch(attempts)

@@ -46,8 +46,8 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
@@ -309,6 +309,21 @@ class Dispatcher:
         finally:
             self._end(outer)
 
+    def lanes(self, unready: int) -> int:
+        """Requests the pool's workers may have in flight at once: each ready worker's
+        depth (``add_worker``), and ``unready`` for each slot not retired whose worker is
+        not ready."""
+        return sum(self._depth.values()) + unready * max(0, len(self._live_slots) - len(self._depth))
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Frames sent to the ready workers inside the block go out at its end, one write
+        to each (``Connection.holding``): for a caller that sends many requests at once."""
+        with ExitStack() as stack:
+            for connection in list(self._depth):
+                stack.enter_context(connection.holding())
+            yield
+
     def forget_slot(self, slot: int) -> None:
         """``slot`` is retired: nobody will serve from it again. Requests that only it
         could have served fail now."""
@@ -340,14 +355,20 @@ class Dispatcher:
         requests become ``WorkerFailure``s, and the room freed goes to who waits."""
         outer = self._begin()
         try:
+            now = self._clock()  # the answers of one read landed together
+            outcomes = self._outcomes
             for event in events:
-                if isinstance(event, Answered):
-                    self._landed(connection, event.token)
-                    if isinstance(event.answer, Result):
-                        self._note_speed(connection, event.answer)
-                    if not event.abandoned:
-                        request: Request = event.token
-                        self._outcomes.append((request, self._outcome(connection, request, event.answer)))
+                if type(event) is Answered:
+                    request: Request = event.token
+                    answer = event.answer
+                    self._landed(connection, request, now)
+                    if type(answer) is Result:
+                        self._note_speed(connection, answer)
+                        if not event.abandoned:
+                            assert request.chunk is not None  # a sample's answer
+                            outcomes.append((request, self._record(connection, request.chunk, answer)))
+                    elif not event.abandoned:
+                        outcomes.append((request, self._outcome(connection, request, answer)))
                 elif isinstance(event, Broken):
                     self.worker_gone(connection)
                     for orphan in event.orphans:
@@ -378,12 +399,13 @@ class Dispatcher:
         """Send ``request`` to a worker with room now, or put it in line (retries first).
         Its outcome comes through ``request.deliver`` in any case, never from inside
         this call unless it is the outermost one."""
-        outer = self._begin()
+        outer = not self._busy  # ``_begin``, without a call per chunk
+        self._busy = True
         try:
             request.retried = retry
             if self._closed is not None:
                 self._outcomes.append((request, _copy(self._closed)))
-            elif self._send_somewhere(request):
+            elif self._roomy and self._send_somewhere(request):
                 pass  # a worker took it (all of it): one that serves it, so it is servable
             elif (problem := self._unservable(request)) is not None:
                 # No worker took any of it: one that took a piece of a range serves the rest.
@@ -394,7 +416,10 @@ class Dispatcher:
                 request.waiting = True
                 (self._retries if retry else self._fresh).append(request)
         finally:
-            self._end(outer)
+            if outer and not self._outcomes:
+                self._busy = False  # ``_end`` with nothing to deliver
+            else:
+                self._end(outer)
 
     def withdraw(self, request: Request) -> None:
         """The caller gave up: take the request out of line, or abandon it on its worker
@@ -456,18 +481,35 @@ class Dispatcher:
         depth = self._depth_now(connection)
         if depth is None:
             return
-        while connection.usable and connection.in_flight < depth:
-            # Nothing in line (one request at a time, or more workers than requests): no look.
-            found = self._next_for(connection) if self._retries or self._fresh else None
-            if found is None:
-                self._roomy[connection] = None
-                return
-            request, queue = found
-            piece = self._piece_for(connection, request)
-            if piece is not request:  # the rest of the range waits where it was
-                request.waiting = True
-                queue.appendleft(request)
+        # Each request sent takes one of its room: counted here, not asked of the
+        # connection again; ``usable`` is, since a send that fails breaks it.
+        room = depth - connection.in_flight
+        welcome = connection.welcome
+        fresh = self._fresh
+        while room > 0 and connection.usable:
+            request = fresh[0] if fresh and not self._retries else None
+            if request is not None and welcome is not None and _serves(welcome, connection.slot, request):
+                # The first in line, and no retry ahead of it: no look along the line.
+                fresh.popleft()
+                request.waiting = False
+                queue = fresh
+            else:
+                # Nothing in line (one request at a time, or more workers than requests): no look.
+                found = self._next_for(connection) if self._retries or fresh else None
+                if found is None:
+                    self._roomy[connection] = None
+                    return
+                request, queue = found
+            chunk = request.chunk
+            if chunk is None or chunk.streams == 1 or request.splitter is None:
+                piece = request  # what ``_piece_for`` says of it, without the call
+            else:
+                piece = self._piece_for(connection, request)
+                if piece is not request:  # the rest of the range waits where it was
+                    request.waiting = True
+                    queue.appendleft(request)
             self._send(connection, piece)
+            room -= 1
         self._roomy.pop(connection, None)
 
     def _next_for(self, connection: Connection) -> tuple[Request, deque[Request]] | None:
@@ -571,11 +613,12 @@ class Dispatcher:
         speed = self._speeds.get(connection, 0.0)
         return out if since is None else max(0.0, out - (now - since) * speed)
 
-    def _landed(self, connection: Connection, request: Request) -> None:
-        """``request``'s answer came: its points are no longer in flight on ``connection``."""
+    def _landed(self, connection: Connection, request: Request, now: float) -> None:
+        """``request``'s answer came (at ``now``): its points are no longer in flight on
+        ``connection``."""
         if request.chunk is not None and connection in self._out:
             self._out[connection] -= request.chunk.total_points
-            self._since[connection] = self._clock()
+            self._since[connection] = now
 
     def _depth_now(self, connection: Connection) -> int | None:
         """Requests ``connection`` may have in flight now (None: it is not serving)."""
@@ -594,9 +637,9 @@ class Dispatcher:
     def _note_speed(self, connection: Connection, result: Result) -> None:
         if result.implementation == LANE_IMPLEMENTATION:
             self._lanes.add(connection)
-        else:
+        elif connection in self._lanes:
             self._lanes.discard(connection)
-        if result.elapsed_s <= 0 or result.points == 0:
+        if result.points == 0 or result.elapsed_s <= 0:
             return
         # Weighed by their points: a worker's first, one-stream pieces run its slower
         # single-stream loop, and must not hold down the speed its large pieces show.

@@ -339,8 +339,11 @@ class WorkerPool:
         # At most this many chunks are in the pool at once, so a 10**13-point run
         # never builds a list: every lane busy, and as many chunks again in line, so
         # that a worker's answers start its next requests at once (``dispatch``) rather
-        # than wait for the consumer to take their results.
-        window = 2 * self.size * self._pipeline_depth
+        # than wait for the consumer to take their results. No more lanes than the
+        # ready workers really offer (a welcome's ``max_inflight`` caps the depth): a
+        # window of the depth asked for, 1024 a worker where workers take 64, had the
+        # consumer cut and queue thousands of requests before its first result.
+        window = 2 * min(self.size * self._pipeline_depth, self._dispatcher.lanes(self._pipeline_depth))
         batch = Batch(
             iter(chunks),
             window,

@@ -44,10 +44,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from mcpi_worker.protocol.admission import Unfit, plain_verdict, refusal
-from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode, frame_problem
+from mcpi_worker.protocol.framing import FrameDecoder, encode, encode_plain_sample, frame_problem
 from mcpi_worker.protocol.messages import (
     HEADER,
     PROTOCOL_VERSIONS,
@@ -66,6 +66,7 @@ from mcpi_worker.protocol.messages import (
     Welcome,
     WorkerMessage,
     field_problem,
+    sample_work,
 )
 
 
@@ -131,7 +132,8 @@ class _InFlight:
         self.points = points
         """All the points it asks for (every stream of a range)."""
         self.sample: Sample | None = None
-        """The sample sent (None for a ping): what its result must fit."""
+        """The range sent, whose result's counts per group must fit it (None for a plain
+        sample, whose result is checked by its ``points``, and for a ping)."""
         self.is_ping = is_ping
         self.budget_s = budget_s
         self.token = token
@@ -141,6 +143,10 @@ class _InFlight:
         self.sent_at = sent_at
         """When it was sent: its kernel cannot have run for longer than since then."""
 
+
+_PLAIN: Final = Sample(0, 0, 0, 0, "")
+"""A plain sample, for ``Sample.insides_problem`` of a plain sample's answer: what it says
+of the counts answering one depends on no field but that it is not a range."""
 
 _Checked = tuple[int, _InFlight, Result | Pong | Error]
 """An answer found valid: its id, its entry in the in-flight table, and the answer."""
@@ -163,7 +169,8 @@ SHOWN_WINDOW = 64
 
 TaskBudget = Callable[[int], float]
 """Seconds a request may take once it could have started, given its work counted in
-points (``Sample.work``: its points and each stream's set-up; 0 for a ping)."""
+points (``Sample.work``: its points and each stream's set-up; 0 for a ping). A function
+of the work alone: a ``CoordinatorEnd`` may ask it once for many requests of one size."""
 
 
 class CoordinatorEnd:
@@ -201,6 +208,10 @@ class CoordinatorEnd:
         self._restarted: set[int] = set()
         """The requests in flight whose clock ``restart_clocks`` has restarted once already."""
         self._out: list[bytes] = [encode(Hello(versions, client, expected_points))]
+        self._plain_points = -1
+        self._plain_budget_s = math.inf
+        """The budget of the last plain sample's points (``task_budget`` is a function of
+        the work alone: asked once per size, not once per request)."""
 
     def __repr__(self) -> str:
         return f"<CoordinatorEnd {self._state.value} in_flight={self.in_flight}>"
@@ -277,27 +288,42 @@ class CoordinatorEnd:
         ``Chunk``, by the rules of ``admission.sample_problem``, with ``group`` 1 or None),
         so they are not checked against it again here; the id is this end's own. Every
         other check above still applies."""
-        welcome = self._require_serving()
-        sample = Sample(self._next_id, seed, stream, points, kernel, streams, group)
+        welcome = self.welcome  # ``_require_serving``, without a call per request
+        if self._state is not CoordinatorState.SERVING or welcome is None:
+            welcome = self._require_serving()  # raises
+        request_id = self._next_id
         # A plain sample the quick form of the rule takes (``plain_verdict``: held equal to
         # ``sending_problem`` for valid fields) is neither refused nor too large a frame
         # once its fields are found valid below: the common case asks the rule once.
         taken = streams == 1 and group is None and plain_verdict(welcome, kernel, points) is True
-        if not taken:
-            unfit = refusal(welcome, sample)  # before the fields: a count above MAX_POINTS is above max_points
-            if unfit is not None and unfit.rule is Unfit.KERNEL:
-                raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
-            if unfit is not None:
-                raise LocalProtocolError(f"the worker would refuse it: {unfit.message}")
-        if not fields_checked and (invalid := field_problem(sample)) is not None:
-            raise LocalProtocolError(f"not a valid sample: {invalid}")
-        frame = encode(sample)
-        if not taken:
-            self._check_frame(frame, welcome)
-        request_id = self._next_id
+        if taken and fields_checked:
+            # Every request of a pool's run: nothing left to check, and nothing to keep
+            # but its points (a plain sample's answer is checked by them alone), so no
+            # Sample is built to be encoded.
+            frame = encode_plain_sample(request_id, seed, stream, points, kernel)
+            sample = None
+            if points != self._plain_points:  # a run's samples are mostly of one size
+                self._plain_points = points
+                self._plain_budget_s = self._task_budget(sample_work(points))
+        else:
+            sample = Sample(request_id, seed, stream, points, kernel, streams, group)
+            if not taken:
+                unfit = refusal(welcome, sample)  # before the fields: a count above MAX_POINTS is above max_points
+                if unfit is not None and unfit.rule is Unfit.KERNEL:
+                    raise LocalProtocolError(f"the worker does not offer kernel {kernel!r}")
+                if unfit is not None:
+                    raise LocalProtocolError(f"the worker would refuse it: {unfit.message}")
+            if not fields_checked and (invalid := field_problem(sample)) is not None:
+                raise LocalProtocolError(f"not a valid sample: {invalid}")
+            frame = encode(sample)
+            if not taken:
+                self._check_frame(frame, welcome)
         self._next_id = request_id + 1
-        request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token, now)
-        request.sample = sample
+        if sample is None:
+            request = _InFlight(points, False, self._plain_budget_s, token, now)
+        else:
+            request = _InFlight(sample.total_points, False, self._task_budget(sample.work), token, now)
+            request.sample = sample if sample.is_range else None
         if self._running < self._jobs:
             request.running = True  # blamed if the worker breaks: it may have been computing it
             self._running += 1
@@ -366,22 +392,22 @@ class CoordinatorEnd:
         """Bytes arrived from the worker's stdout at time ``now``."""
         if self.broken is not None or self._state is CoordinatorState.CLOSED:
             return []
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
         events: list[CoordinatorEvent] = []
-        while True:
-            try:
-                message = self._decoder.next_message()
-                if message is NEED_DATA:
-                    return events
-                event = self._check(message)  # type: ignore[arg-type]  # WORKER_MESSAGES only
-            except (FatalProtocolError, RequestError) as error:
-                # A worker's message that does not parse cannot be answered: the
-                # connection is over, whatever the code (protocol.md §5).
-                kind = "protocol error" if isinstance(error, FatalProtocolError) else "invalid message"
-                return [*events, self._break(f"{kind}: {error.code}: {error.message}")]
-            except _Violation as violation:
-                return [*events, self._break(str(violation))]
-            events.append(self._commit(event, now))
+        try:
+            # Each message checked, then committed, before the next is looked at.
+            while messages := decoder.next_messages():
+                for message in messages:
+                    events.append(self._commit(self._check(message), now))  # type: ignore[arg-type]
+        except (FatalProtocolError, RequestError) as error:
+            # A worker's message that does not parse cannot be answered: the
+            # connection is over, whatever the code (protocol.md §5).
+            kind = "protocol error" if isinstance(error, FatalProtocolError) else "invalid message"
+            return [*events, self._break(f"{kind}: {error.code}: {error.message}")]
+        except _Violation as violation:
+            return [*events, self._break(str(violation))]
+        return events
 
     def receive_eof(self, now: float) -> list[CoordinatorEvent]:
         """The worker's stdout ended. Orderly only after ``shutdown``, at a frame boundary,
@@ -483,8 +509,7 @@ class CoordinatorEnd:
                     f"counted {message.inside} inside out of {message.points} points "
                     f"(request id {request_id})"
                 )
-            assert request.sample is not None  # not a ping
-            if message.insides is not None or request.sample.is_range:  # else nothing to check
+            if message.insides is not None or request.sample is not None:  # else nothing to check
                 self._check_groups(request_id, request, message)
         return request_id, request, message
 
@@ -492,8 +517,7 @@ class CoordinatorEnd:
     def _check_groups(request_id: int, request: _InFlight, result: Result) -> None:
         """A range's counts per group: as many as it has groups, each possible, their
         sum ``inside``; none for a plain sample."""
-        assert request.sample is not None  # a result answering a ping is caught before
-        problem = request.sample.insides_problem(result.insides)
+        problem = (request.sample or _PLAIN).insides_problem(result.insides)
         if problem is not None:
             raise _Violation(f"sent {problem} (request id {request_id})")
         if result.insides is not None and sum(result.insides) != result.inside:

@@ -23,6 +23,8 @@ from mcpi_worker.protocol.messages import (
     FatalProtocolError,
     LocalProtocolError,
     Message,
+    RequestError,
+    Sample,
     parse_message,
 )
 
@@ -34,6 +36,11 @@ _ENCODING: Final[dict[type, tuple[tuple[str, Any], ...]]] = {
 }
 """Each message class's wire fields in order, with the value whose absence a field means
 (``_REQUIRED``: always sent), worked out once: encoding is on every request's path."""
+
+_HEADER_SIZE: Final[int] = HEADER.size
+_unpack_header: Final = HEADER.unpack_from
+_pack_header: Final = HEADER.pack
+_SAMPLE: Final[str] = Sample.TYPE
 
 _packers = threading.local()
 """A ``msgpack.Packer`` per thread, kept: ``packb`` builds one per call, which cost as
@@ -66,14 +73,45 @@ def encode(message: Message) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+_PLAIN_SAMPLE_KEYS: Final = FIELD_NAMES[Sample][:5]
+_ID, _SEED, _STREAM, _POINTS, _KERNEL = _PLAIN_SAMPLE_KEYS
+"""The fields of a plain sample's frame, in wire order: a ``Sample``'s without those a
+range adds, whose absence means one stream and no group (``OPTIONAL_FIELDS``)."""
+
+
+def encode_plain_sample(request_id: int, seed: int, stream: int, points: int, kernel: str) -> bytes:
+    """``encode(Sample(request_id, seed, stream, points, kernel))``, byte for byte (the
+    tests hold the two equal), without building the ``Sample``: the frame of each plain
+    sample a coordinator sends, the one message on every request's path. Its fields
+    ``streams`` and ``group`` are at the values their absence means, so they are left
+    out, as ``encode`` leaves them. Raises ``LocalProtocolError`` as ``encode`` does."""
+    packer = getattr(_packers, "packer", None) or _packer()
+    payload: bytes = packer.pack(
+        {"type": _SAMPLE, _ID: request_id, _SEED: seed, _STREAM: stream, _POINTS: points, _KERNEL: kernel}
+    )
+    if len(payload) > _LIMIT and (problem := frame_problem(len(payload))) is not None:
+        raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame: {problem}")
+    return _pack_header(len(payload)) + payload
+
+
 def frame_problem(size: int, max_frame: int = MAX_FRAME) -> str | None:
     """Why a frame body of ``size`` bytes may not go to a receiver that takes at most
     ``max_frame`` (its ``welcome.max_frame``; ``MAX_FRAME`` by default), or None: no
     frame is larger than ``MAX_FRAME``, whatever a receiver announces (protocol.md §2).
     The one statement of the frame-size limit: the encoder, the decoder and every sender
-    that checks a frame against a worker's ``max_frame`` ask it."""
-    limit = min(max_frame, MAX_FRAME)
+    that checks a frame against a worker's ``max_frame`` ask it (or ``frame_limit``, the
+    largest size it lets through, worked out once)."""
+    limit = frame_limit(max_frame)
     return None if size <= limit else f"frame of {size} bytes exceeds the {limit}-byte limit"
+
+
+def frame_limit(max_frame: int = MAX_FRAME) -> int:
+    """The largest frame body ``frame_problem`` lets through to a receiver taking at most
+    ``max_frame``: for a loop that checks many frames against one receiver's limit."""
+    return min(max_frame, MAX_FRAME)
+
+
+_LIMIT: Final[int] = frame_limit()
 
 
 class NeedData(Enum):
@@ -119,6 +157,7 @@ class FrameDecoder:
     def __init__(self, accept: dict[str, type[Message]], max_frame: int = MAX_FRAME) -> None:
         self._accept = accept
         self._max_frame = max_frame
+        self._limit = frame_limit(max_frame)
         self._buffer = bytearray()
         self._error: FatalProtocolError | None = None
         self._eof = False
@@ -161,6 +200,48 @@ class FrameDecoder:
         payload = bytes(self._buffer[HEADER.size : HEADER.size + length])
         del self._buffer[: HEADER.size + length]
         return self._parse(payload)
+
+    def next_messages(self) -> list[Message]:
+        """Every message whose frame is whole in the buffer, in order, or ``[]`` when
+        none is (``NEED_DATA``): what calls of ``next_message`` would return one after
+        another, decoded in one pass (a read of a pipelined stream brings dozens of
+        frames, and a call per frame and per step of it was most of what decoding cost).
+
+        The pass takes the common frame, a flat map (``_flat_map``) that
+        ``parse_message`` accepts, and stops before any other; that frame is then
+        ``next_message``'s, at the next call (at once, if it is the first), which raises
+        what it would have raised for it. So the messages before a bad frame are
+        returned first, and the error comes after them, as one call at a time would
+        have it. Raises as ``next_message`` does."""
+        if self._error is not None:
+            self._raise_if_broken()
+        buffer = self._buffer
+        size = len(buffer)
+        start = 0
+        limit = self._limit
+        accept = self._accept
+        found: list[Message] = []
+        while size - start > _HEADER_SIZE:
+            (length,) = _unpack_header(buffer, start)
+            body_start = start + _HEADER_SIZE
+            end = body_start + length
+            # A frame not whole yet, or one refused (zero-length, too large, not a
+            # fixmap): next_message waits for it, or says what is wrong with it.
+            if end > size or not 0 < length <= limit or not 0x80 <= buffer[body_start] <= 0x8F:
+                break
+            body = _flat_map(buffer[body_start:end])
+            if body is None:
+                break
+            try:
+                found.append(parse_message(body, accept))
+            except RequestError:
+                break
+            start = end
+        if found:
+            del buffer[:start]
+            return found
+        message = self.next_message()
+        return [] if message is NEED_DATA else [message]
 
     def _complete_frame_length(self) -> int | None:
         """The body length of the frame at the head of the buffer, once it is all here.
@@ -226,7 +307,7 @@ _SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
 """What msgpack decodes its scalars to (exact types: subclasses are not plain)."""
 
 
-def _flat_map(payload: bytes) -> dict[str, Any] | None:
+def _flat_map(payload: bytes | bytearray) -> dict[str, Any] | None:
     """``payload`` decoded, when it is one fixmap (``payload[0]``: 0x80 + its count of
     keys) whose keys are strings, none twice, and whose values are all scalars; None
     for anything else, which ``FrameDecoder._parse`` then decodes with every check.

@@ -224,8 +224,8 @@ class Sample:
     @property
     def work(self) -> int:
         """What computing it costs, counted in points: its points and each stream's set-up
-        (``STREAM_COST_POINTS``). Zero-point streams are not free."""
-        return self.streams * (self.points + STREAM_COST_POINTS)
+        (``STREAM_COST_POINTS``). Zero-point streams are not free (``sample_work``)."""
+        return sample_work(self.points, self.streams)
 
     def insides_problem(self, insides: tuple[int, ...] | list[int] | None) -> str | None:
         """What is wrong with ``insides`` as the counts per group answering this sample
@@ -241,6 +241,12 @@ class Sample:
         if (groups > 1 and max(insides[:-1]) > full) or insides[-1] > last:
             return "more inside than a group has points"
         return None
+
+
+def sample_work(points: int, streams: int = 1) -> int:
+    """``Sample.work`` of a sample of ``streams`` streams of ``points`` points each, for a
+    sender that has not built the ``Sample``: the one statement of that rule."""
+    return streams * (points + STREAM_COST_POINTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +548,58 @@ type and bounds, or None, 0, 0). A sized rule is checked in the loop itself: the
 loops run for every message sent and received, and a call per field was most of them."""
 
 
+def _unrolled_parser(cls: type[Message]) -> Callable[[dict[str, Any]], Message | None]:
+    """``parse_message``'s loop over ``cls``'s fields written out for ``cls`` alone, from
+    ``_FIELD_CHECKS`` (so from ``FIELDS``, the rules' one statement): a function of a
+    decoded map that returns the message when every field is valid, and None when one is
+    not (``parse_message`` then runs its loop, which says which and why). Each message
+    received takes it; the loop's turns, its tuple of seven and its list of values cost
+    more than the checks themselves. Made once per class at import, as ``dataclasses``
+    makes each class's ``__init__``: its source holds only field names (``repr``), integer
+    bounds and the names of the rule's own functions."""
+    scope: dict[str, Any] = {"cls": cls, "_MISSING": _MISSING}
+    lines = ["def parse(body):"]
+    values = []
+    for index, (name, valid, convert, absent, sized, low, high) in enumerate(_FIELD_CHECKS[cls]):
+        value = f"v{index}"
+        values.append(value)
+        lines.append(f"    {value} = body.get({name!r}, _MISSING)")
+        if sized is int:
+            fits = f"type({value}) is int and {int(low)} <= {value} <= {int(high)}"
+        elif sized is str:
+            fits = f"type({value}) is str and {int(low)} <= len({value}) <= {int(high)}"
+        else:
+            scope[f"valid{index}"] = valid
+            fits = f"{value} is not _MISSING and valid{index}({value})"
+        converted = ""
+        if convert is not None:
+            scope[f"convert{index}"] = convert
+            converted = f"{value} = convert{index}({value})"
+        if absent is _REQUIRED:
+            lines.append(f"    if not ({fits}):")
+            lines.append("        return None")
+            if converted:
+                lines.append(f"    {converted}")
+        else:
+            scope[f"absent{index}"] = absent
+            lines.append(f"    if {value} is _MISSING:")
+            lines.append(f"        {value} = absent{index}")
+            lines.append(f"    elif not ({fits}):")
+            lines.append("        return None")
+            if converted:
+                lines.append("    else:")
+                lines.append(f"        {converted}")
+    lines.append(f"    return cls({', '.join(values)})")
+    exec("\n".join(lines), scope)  # its source: made above from the field table alone
+    parse: Callable[[dict[str, Any]], Message | None] = scope["parse"]
+    return parse
+
+
+_PARSERS: Final[dict[type, Callable[[dict[str, Any]], Message | None]]] = {
+    cls: _unrolled_parser(cls) for cls in FIELDS
+}
+
+
 def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
     """Validate one decoded top-level map and build its message. Raises ``RequestError``
     (never anything else, whatever ``body`` holds).
@@ -549,14 +607,26 @@ def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Mes
     Checks in this order, and reports the first that fails (protocol.md §8 "Precedence"):
     ``type`` present and a str; ``type`` accepted here; each field in wire order, present
     (unless optional) and valid by its rule in ``FIELDS``. Unknown keys are ignored.
+    A valid message is built by its class's unrolled form of the field loop
+    (``_unrolled_parser``); the loop itself (``_parse_fields``) runs for the others, and
+    says what is wrong.
     """
     kind = body.get("type")
     cls = accept.get(kind) if type(kind) is str else None
+    if cls is not None and (message := _PARSERS[cls](body)) is not None:
+        return message
     if cls is None:
         reply_id = usable_id(body, accept)
         if not isinstance(kind, str):
             raise RequestError(ErrorCode.INVALID_REQUEST, "missing or non-string 'type'", reply_id)
         raise RequestError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {quote(kind)}", reply_id)
+    return _parse_fields(cls, body, accept)
+
+
+def _parse_fields(cls: type[Message], body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
+    """``body``'s fields checked in wire order by ``cls``'s rules and its message built;
+    ``RequestError`` for the first field that is missing (and required) or invalid."""
+    kind = cls.TYPE
     values: list[Any] = []
     for name, valid, convert, absent, sized, low, high in _FIELD_CHECKS[cls]:
         value = body.get(name, _MISSING)

@@ -32,7 +32,7 @@ from typing import Final
 
 from mcpi_worker.constants import MAX_POINTS
 from mcpi_worker.protocol.admission import Unfit, plain_verdict, refusal
-from mcpi_worker.protocol.framing import NEED_DATA, FrameDecoder, encode
+from mcpi_worker.protocol.framing import FrameDecoder, encode
 from mcpi_worker.protocol.messages import (
     COORDINATOR_MESSAGES,
     MAX_FRAME,
@@ -208,9 +208,10 @@ class WorkerEnd:
             return []
         self._decoder.feed(data)
         events: list[WorkerEvent] = []
-        while self._state in (WorkerState.AWAIT_HELLO, WorkerState.SERVING):
+        reading = (WorkerState.AWAIT_HELLO, WorkerState.SERVING)
+        while self._state in reading:
             try:
-                message = self._decoder.next_message()
+                messages = self._decoder.next_messages()
             except RequestError as error:
                 if error.request_id is None:
                     # Nobody can be told which message was bad: the stream is untrustworthy.
@@ -221,11 +222,14 @@ class WorkerEnd:
             except FatalProtocolError as error:
                 self._break(error.code, error.message, events)
                 break
-            if message is NEED_DATA:
+            if not messages:
                 break
-            if self.received is not None:
-                self.received.append(message)
-            self._handle(message, events)
+            for message in messages:
+                if self._state not in reading:
+                    break  # a shutdown (or a fatal error) came first: what follows is not read
+                if self.received is not None:
+                    self.received.append(message)
+                self._handle(message, events)
         return events
 
     def receive_eof(self) -> list[WorkerEvent]:

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 from worker_process import PATIENT_START_S
 
+from mcpi_coordinator.bench.overhead import AS_DEEP_AS_WORKERS_ALLOW
 from mcpi_coordinator.connection.worker_connection import _Holding
 from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_coordinator.pool.worker_pool import WorkerPool
@@ -269,3 +270,60 @@ async def test_a_chunks_fields_are_checked_where_it_is_made_not_again_per_reques
     # its business (batch.py).
     assert batched["field_problem"] == batched["_Holding.__init__"] == 0, batched
     assert batched["Chunk.__post_init__"] > 0, batched
+
+
+PIPELINED = 2000
+"""Chunks of the pipelined run below: enough that what a read costs is shared by many."""
+
+
+@contextmanager
+def coordinator_calls() -> Iterator[Counter[str]]:
+    """Count every Python function called in the pool's own tasks in the block (by
+    ``module:qualified name``), not in the in-process fakes' (their tasks' names say
+    "fake") nor in Trio's run loop between steps (``_Census`` counts the steps)."""
+    counted: Counter[str] = Counter()
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        if event != "call":
+            return
+        try:
+            task = trio.lowlevel.current_task()
+        except RuntimeError:
+            return  # Trio's run loop between steps: not any one task's
+        if "fake" not in task.name:
+            counted[f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_qualname}"] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield counted
+    finally:
+        sys.setprofile(None)
+
+
+async def test_a_pipelined_zero_point_sample_costs_the_coordinator_few_python_calls() -> None:
+    """``imap_unordered`` of 0-point samples through real workers, as ``mcpi bench
+    overhead``'s one-at-a-time row runs them: its rate is bound by the coordinator's CPU
+    per sample, nearly all of it Python calls (encoding each request, decoding and
+    checking each answer, the dispatch, the consumer). Counted per sample, of every
+    function run in the coordinator's tasks (mcpi's and the libraries'), so a call added
+    per request or per answer shows. It was 62-63 a sample before the batched decoding,
+    the plain sample's frame without a ``Sample``, the unrolled field checks and the
+    dispatch without its per-request look-ups; 40-42 after. And the requests a burst of
+    results makes room for go out in one write to each worker (a write per request
+    sent at the start, or to a worker with room, woke it for each: 158 writes for
+    these 2,000 samples before)."""
+    with trio.fail_after(300):  # a bound against a hang: workers start slowly on a busy machine
+        async with WorkerPool(2, pipeline_depth=AS_DEEP_AS_WORKERS_ALLOW, startup_timeout=PATIENT_START_S) as pool:
+            empty = Chunk(seed=0, stream=0, points=0)
+            async with pool.imap_unordered(empty for _ in range(8)) as results:  # warm
+                assert len([result async for result in results]) == 8
+            with coordinator_calls() as counted:
+                async with pool.imap_unordered(empty for _ in range(PIPELINED)) as results:
+                    done = [result async for result in results]
+    assert len(done) == PIPELINED and all(r.inside == 0 and r.chunk == empty for r in done)
+    reads = counted["mcpi_worker.protocol.coordinator_end:CoordinatorEnd.receive_data"]
+    writes = counted["mcpi_coordinator.connection.pipes:write_nowait"]
+    assert 0 < reads < PIPELINED, counted.most_common(8)  # the profile saw the path
+    assert writes <= 2 * reads + 2, (writes, reads)  # one per worker for each burst, and the start's
+    per_sample = sum(counted.values()) / PIPELINED
+    assert per_sample <= 45, (per_sample, counted.most_common(40))

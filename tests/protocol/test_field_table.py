@@ -33,7 +33,7 @@ from mcpi_worker.protocol import (
     WorkerOffer,
     parse_message,
 )
-from mcpi_worker.protocol.messages import FIELDS
+from mcpi_worker.protocol.messages import _PARSERS, FIELDS, _parse_fields
 
 
 class Text(str):
@@ -128,6 +128,28 @@ def test_parse_message_raises_only_request_error(accept: dict[str, type[Message]
         parse_message(body, accept)
     except RequestError:
         pass
+
+
+@pytest.mark.parametrize("accept", [COORDINATOR_MESSAGES, WORKER_MESSAGES], ids=["worker", "coordinator"])
+@given(data=st.data())
+def test_each_class_s_unrolled_parser_agrees_with_the_field_loop(
+    accept: dict[str, type[Message]], data: st.DataObject
+) -> None:
+    # parse_message builds a valid message with its class's unrolled parser, made from
+    # the table, and runs the loop over the table only to say what is wrong: the two
+    # must take the same maps and build the same messages (types included: an int
+    # where the rule converts to float, say).
+    cls, body = data.draw(bodies(accept))
+    unrolled = _PARSERS[cls](body)
+    try:
+        looped = _parse_fields(cls, body, accept)
+    except RequestError:
+        assert unrolled is None
+        return
+    assert unrolled == looped
+    assert [type(getattr(unrolled, name)) for name in FIELDS[cls]] == [
+        type(getattr(looped, name)) for name in FIELDS[cls]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ from mcpi_worker.protocol import (
     encode,
     negotiate_version,
 )
+from mcpi_worker.protocol.framing import encode_plain_sample
 
 # ------------------------------------------------------------------ helpers
 
@@ -94,16 +95,50 @@ def decode(chunks: Iterable[bytes], accept: dict[str, type], eof: bool = False) 
     return events
 
 
+def decode_batched(chunks: Iterable[bytes], accept: dict[str, type], eof: bool = False) -> list[Event]:
+    """``decode`` with ``FrameDecoder.next_messages``: every whole frame of a read at once."""
+    decoder = FrameDecoder(accept)
+    events: list[Event] = []
+
+    def drain() -> bool:
+        while True:
+            try:
+                messages = decoder.next_messages()
+            except RequestError as exc:
+                events.append(Failure(False, exc.code, exc.request_id))
+                continue
+            except FatalProtocolError as exc:
+                events.append(Failure(True, exc.code, None))
+                return False
+            if not messages:
+                return True
+            events.extend(messages)
+
+    for chunk in chunks:
+        decoder.feed(chunk)
+        if not drain():
+            return events
+    if eof:
+        try:
+            decoder.feed_eof()
+        except FatalProtocolError as exc:
+            events.append(Failure(True, exc.code, None))
+    return events
+
+
 TRAILER = Ping(id=424242)
 
 
 def decode_three_ways(
     data: bytes, accept: dict[str, type] = COORDINATOR_MESSAGES, eof: bool = False
 ) -> list[Event]:
-    """Decode ``data`` whole, byte by byte and with a trailing frame; check they agree."""
+    """Decode ``data`` whole, byte by byte and with a trailing frame, one frame at a time
+    and every whole frame at once (``next_messages``); check they all agree."""
     whole = decode([data], accept, eof)
     bytewise = decode([data[i : i + 1] for i in range(len(data))], accept, eof)
     assert bytewise == whole, "splitting the input changed the outcome"
+    assert decode_batched([data], accept, eof) == whole, "decoding a read's frames at once changed the outcome"
+    assert decode_batched([data[i : i + 1] for i in range(len(data))], accept, eof) == whole
     if not eof:
         trailer = encode(TRAILER) if accept is COORDINATOR_MESSAGES else encode(Pong(424242))
         with_trailer = decode([data + trailer], accept)
@@ -115,6 +150,7 @@ def decode_three_ways(
         else:
             assert with_trailer[: len(whole)] == whole
             assert with_trailer[len(whole) :] == [decode([trailer], accept)[0]]
+        assert decode_batched([data + trailer], accept) == with_trailer
     return whole
 
 
@@ -174,6 +210,45 @@ def accept_for(message: Message) -> dict[str, type]:
 @pytest.mark.parametrize("message", ALL_MESSAGES, ids=lambda m: type(m).__name__)
 def test_round_trip(message: Message) -> None:
     assert decode_three_ways(encode(message), accept_for(message)) == [message]
+
+
+@given(
+    request_id=st.integers(0, UINT64_MAX),
+    seed=st.integers(0, UINT64_MAX),
+    stream=st.integers(0, UINT64_MAX),
+    points=st.integers(0, MAX_POINTS),
+    kernel=st.text(max_size=20) | st.sampled_from(["numpy", "x" * MAX_TEXT]),
+)
+def test_a_plain_sample_s_frame_without_a_sample_is_encode_s(
+    request_id: int, seed: int, stream: int, points: int, kernel: str
+) -> None:
+    # What a coordinator sends for each plain sample, byte for byte the frame of the
+    # Sample it stands for (the golden frames pin encode's own bytes).
+    assert encode_plain_sample(request_id, seed, stream, points, kernel) == encode(
+        Sample(request_id, seed, stream, points, kernel)
+    )
+
+
+_STREAM_PARTS: list[bytes] = [
+    *(encode(m) for m in ALL_MESSAGES if m.TYPE in COORDINATOR_MESSAGES),
+    frame({"type": "sample", "id": 7, "seed": 1, "stream": 2, "points": -3, "kernel": "numpy"}),  # a bad field
+    frame({"type": "launch", "id": 8}),  # an unknown type, with a usable id
+    frame({"type": "ping"}),  # a missing field, no usable id
+    frame({**SAMPLE, "extra": [1, {"a": 2}]}),  # valid, not a flat map
+    frame([1, 2]),  # fatal: not a map
+    raw_frame(b""),  # fatal: zero length
+]
+
+
+@given(parts=st.lists(st.sampled_from(_STREAM_PARTS), max_size=12), cut=st.integers(1, 64))
+def test_a_read_s_frames_decoded_at_once_are_what_one_at_a_time_gives(parts: list[bytes], cut: int) -> None:
+    # Good frames, per-request errors and fatal ones in any order, read in pieces of
+    # any size: next_messages returns the messages before a bad frame, and the bad
+    # frame's error next, exactly as next_message one call at a time.
+    data = b"".join(parts)
+    reads = [data[i : i + cut] for i in range(0, len(data), cut)]
+    assert decode_batched(reads, COORDINATOR_MESSAGES) == decode(reads, COORDINATOR_MESSAGES)
+    assert decode_batched([data], COORDINATOR_MESSAGES, eof=True) == decode([data], COORDINATOR_MESSAGES, eof=True)
 
 
 def test_several_frames_in_one_stream() -> None:
