@@ -55,26 +55,18 @@ class FakeConnection:
     def holding(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def send_sample(
-        self,
-        seed: int,
-        stream: int,
-        points: int,
-        kernel: str,
-        token: Request,
-        *,
-        streams: int = 1,
-        group: int | None = None,
-        fields_checked: bool = False,
-    ) -> int:
+    def send_chunk(self, chunk: Chunk, token: Request) -> int:
+        return self._send(token, chunk.streams)
+
+    def send_ping(self, token: Request) -> int:
+        return self._send(token, 1)
+
+    def _send(self, token: Request, streams: int) -> int:
         assert self.usable
         request_id = next(self._ids)
         self.sent.append((request_id, token))
         self.streams[request_id] = streams
         return request_id
-
-    def send_ping(self, token: Request) -> int:
-        return self.send_sample(0, 0, 0, "", token)
 
     def cancel(self, request_id: int) -> None:
         self.cancelled.append(request_id)

@@ -52,6 +52,7 @@ from mcpi_worker.protocol import (
     Welcome,
     Welcomed,
 )
+from mcpi_worker.protocol.checked import CheckedSampleFields
 
 RECEIVE_SIZE: Final[int] = 64 * 1024
 
@@ -205,17 +206,23 @@ class WorkerConnection:
         *,
         streams: int = 1,
         group: int | None = None,
-        fields_checked: bool = False,
     ) -> int:
         """Send one ``sample`` (a range of ``streams``, counted per ``group``, needs
         version 2); its answer reaches the sink as ``Answered`` carrying ``token``. The
-        connection must be ``usable``. ``fields_checked``: the fields were checked where
-        they were made (``CoordinatorEnd.send_sample`` says what that takes)."""
-        holding = self._holding
+        connection must be ``usable``."""
         request_id = self.coordinator_end.send_sample(
-            seed, stream, points, kernel, streams=streams, group=group,
-            now=self._held_at if holding else trio.current_time(), token=token, fields_checked=fields_checked,
-        )  # fmt: skip  # ``_now`` and ``_sent``, without their calls: this runs per request
+            seed, stream, points, kernel, streams=streams, group=group, now=self._now(), token=token
+        )
+        self._sent()
+        return request_id
+
+    def send_chunk(self, chunk: CheckedSampleFields, token: Any) -> int:
+        """``send_sample`` for fields checked where they were made (the pool's ``Chunk``:
+        ``CoordinatorEnd.send_checked``); a range is counted stream by stream."""
+        holding = self._holding
+        request_id = self.coordinator_end.send_checked(
+            chunk, now=self._held_at if holding else trio.current_time(), token=token
+        )  # ``_now`` and ``_sent``, without their calls: this runs per request
         if not holding:
             self._move_clock()
             self._flush()

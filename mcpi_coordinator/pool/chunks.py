@@ -8,11 +8,12 @@ from mcpi_coordinator.errors import InvalidChunk
 from mcpi_worker.constants import DEFAULT_KERNEL
 from mcpi_worker.protocol import UINT64_MAX, Sample
 from mcpi_worker.protocol.admission import sample_problem
+from mcpi_worker.protocol.checked import CheckedSampleFields
 from mcpi_worker.protocol.messages import FIELDS
 
 
 @dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(CheckedSampleFields):
     """One unit of work: count ``points`` of stream ``stream`` of ``seed`` with ``kernel``;
     with ``streams`` > 1, the same for each of that many consecutive streams (a range).
 
@@ -25,7 +26,9 @@ class Chunk:
     becomes (``protocol.admission.sample_problem``: ``seed``, ``stream`` from 0 to
     2**64 - 1, ``points`` to 2**40, ``streams`` from 1 and not past stream 2**64 - 1,
     ``kernel`` at most 4096 characters). Whether a worker offers its ``kernel`` and
-    takes its size is the pool's to say (``WorkerPool.sample``).
+    takes its size is the pool's to say (``WorkerPool.sample``). Checked so, it is a
+    ``CheckedSampleFields``: its requests are not checked against the field table again
+    (``CoordinatorEnd.send_checked``).
     """
 
     seed: int

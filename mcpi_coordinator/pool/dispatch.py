@@ -165,22 +165,11 @@ class Connection(Protocol):
     def holding(self) -> AbstractContextManager[None]:
         """Frames sent inside the block go out together at its end."""
 
-    def send_sample(
-        self,
-        seed: int,
-        stream: int,
-        points: int,
-        kernel: str,
-        token: Request,
-        *,
-        streams: int = 1,
-        group: int | None = None,
-        fields_checked: bool = False,
-    ) -> int:
-        """Send a ``sample`` (only while ``usable``); return its request id. Its answer
-        comes back through ``Dispatcher.on_events`` carrying ``token``. The dispatcher
-        sends a ``Chunk``'s fields, checked where the chunk was made, and says so
-        (``fields_checked``: ``CoordinatorEnd.send_sample``)."""
+    def send_chunk(self, chunk: Chunk, token: Request) -> int:
+        """Send ``chunk`` as a ``sample`` (only while ``usable``), a range counted stream by
+        stream; return its request id. Its answer comes back through
+        ``Dispatcher.on_events`` carrying ``token``. A ``Chunk``'s fields were checked
+        where it was made, and are not again (``CoordinatorEnd.send_checked``)."""
 
     def send_ping(self, token: Request) -> int:
         """Send a ``ping`` (only while ``usable``); answered as a sample is."""
@@ -661,16 +650,7 @@ class Dispatcher:
         if not out:
             self._since[connection] = self._clock()
         self._out[connection] = out + chunk.points * chunk.streams
-        # A Chunk's fields were checked against the field table where it was made.
-        if chunk.streams == 1:
-            request.request_id = connection.send_sample(
-                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request, fields_checked=True
-            )
-        else:  # a range, its count reported per stream
-            request.request_id = connection.send_sample(
-                chunk.seed, chunk.stream, chunk.points, chunk.kernel, request, streams=chunk.streams, group=1,
-                fields_checked=True,
-            )  # fmt: skip
+        request.request_id = connection.send_chunk(chunk, request)  # a range: counted per stream
 
     def _unservable(self, request: Request) -> RequestFailed | None:
         """The error for a request that no slot the pool knows of can serve; None when

@@ -20,9 +20,9 @@ end, the coordinator's end, the pool's dispatcher, ``Chunk``, the fakes):
 
 - what each field of each message may hold, and which fields are required:
   ``messages.FIELDS`` (applied on receipt by ``parse_message``, before sending by
-  ``messages.field_problem``, or where a sender makes its fields: the pool's ``Chunk``,
-  whose requests then say ``fields_checked``; a field is optional when its dataclass
-  gives a default);
+  ``messages.field_problem``, or where a sender makes its fields: the pool's ``Chunk``, a
+  ``checked.CheckedSampleFields``, which ``CoordinatorEnd.send_checked`` alone takes; a
+  field is optional when its dataclass gives a default);
 - the order in which a bad message's problems are reported, and the id an error is
   reported under: ``messages.parse_message``, ``messages.usable_id``;
 - which messages each side accepts: ``COORDINATOR_MESSAGES``, ``WORKER_MESSAGES``;

@@ -47,6 +47,7 @@ from enum import Enum
 from typing import Any, Final
 
 from mcpi_worker.protocol.admission import Unfit, plain_verdict, refusal
+from mcpi_worker.protocol.checked import CheckedSampleFields
 from mcpi_worker.protocol.framing import FrameDecoder, encode, encode_plain_sample, frame_problem
 from mcpi_worker.protocol.messages import (
     HEADER,
@@ -272,7 +273,6 @@ class CoordinatorEnd:
         group: int | None = None,
         now: float,
         token: Any = None,
-        fields_checked: bool = False,
     ) -> int:
         """Send one ``sample`` (``streams`` consecutive streams of ``points`` points each,
         counted per ``group`` of streams: a range needs version 2); return its id.
@@ -281,13 +281,34 @@ class CoordinatorEnd:
         Raises ``LocalProtocolError``, with nothing sent, outside state ``SERVING``, and
         for a sample the worker would refuse (``admission.refusal``), whose fields break
         the field table (``messages.field_problem``) or whose frame is above the worker's
-        ``max_frame`` (``framing.frame_problem``).
+        ``max_frame`` (``framing.frame_problem``)."""
+        return self._send_sample(seed, stream, points, kernel, streams, group, now, token, False)
 
-        ``fields_checked``: the caller made ``seed``, ``stream``, ``points``, ``kernel``,
-        ``streams`` and ``group`` where the field table was applied to them (the pool's
-        ``Chunk``, by the rules of ``admission.sample_problem``, with ``group`` 1 or None),
-        so they are not checked against it again here; the id is this end's own. Every
-        other check above still applies."""
+    def send_checked(self, fields: CheckedSampleFields, *, now: float, token: Any = None) -> int:
+        """``send_sample`` for fields checked against the field table where they were made
+        (``protocol.checked``: the pool's ``Chunk``), which are not checked again here; a
+        range is counted stream by stream (``group`` 1). Every other check of
+        ``send_sample`` applies, and raises as there."""
+        streams = fields.streams
+        return self._send_sample(
+            fields.seed, fields.stream, fields.points, fields.kernel, streams, None if streams == 1 else 1, now, token,
+            True,
+        )  # fmt: skip
+
+    def _send_sample(
+        self,
+        seed: int,
+        stream: int,
+        points: int,
+        kernel: str,
+        streams: int,
+        group: int | None,
+        now: float,
+        token: Any,
+        fields_checked: bool,
+    ) -> int:
+        """``send_sample``, and ``send_checked`` (``fields_checked``: the id is this end's
+        own, and the other fields were checked where they were made)."""
         welcome = self.welcome  # ``_require_serving``, without a call per request
         if self._state is not CoordinatorState.SERVING or welcome is None:
             welcome = self._require_serving()  # raises

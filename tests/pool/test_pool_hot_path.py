@@ -248,7 +248,7 @@ def calls_to(*functions: Any) -> Iterator[Counter[str]]:
 
 async def test_a_chunks_fields_are_checked_where_it_is_made_not_again_per_request() -> None:
     """A ``Chunk`` is checked against the protocol's field table when it is made; the
-    request that sends it does not check its fields again (``fields_checked``), the
+    request that sends it does not check its fields again (``send_checked``), the
     connection's ``holding`` block is one object for its life, not one per read, and a
     caller waiting for its one request (``sample``, ``ping``) is woken without a
     ``trio.Event`` of its own. All are on every request's path: a call of any of them per

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcpi_coordinator.pool.chunks import Chunk
 from mcpi_worker.protocol import (
+    COORDINATOR_MESSAGES,
     STREAM_COST_POINTS,
     Answered,
     Broken,
@@ -24,9 +26,11 @@ from mcpi_worker.protocol import (
     CoordinatorState,
     Error,
     ErrorCode,
+    FrameDecoder,
     LocalProtocolError,
     Pong,
     Result,
+    Sample,
     Shutdown,
     StartSample,
     StopSample,
@@ -111,27 +115,43 @@ def test_requests_the_welcome_rules_out_are_our_bug_not_the_worker_s() -> None:
         fresh.send_ping(now=0.0)
 
 
-@pytest.mark.parametrize("fields_checked", [False, True])
-def test_a_sample_whose_fields_were_checked_where_they_were_made_still_meets_the_welcome(
-    fields_checked: bool,
-) -> None:
-    """``fields_checked`` (the pool's ``Chunk``, checked where it is made) spares the
-    field table's check alone: what the welcome rules out is refused either way, and
-    nothing is sent. Without it, fields that break the table are refused too."""
+@pytest.mark.parametrize("checked", [False, True])
+def test_a_sample_whose_fields_were_checked_where_they_were_made_still_meets_the_welcome(checked: bool) -> None:
+    """``send_checked`` (the pool's ``Chunk``, checked where it is made) spares the field
+    table's check alone: what the welcome rules out is refused either way, and nothing is
+    sent. ``send_sample`` refuses fields that break the table too."""
+
+    def send(end: CoordinatorEnd, points: int, kernel: str, streams: int = 1) -> int:
+        if checked:
+            return end.send_checked(Chunk(1, 0, points, kernel, streams), now=0.0)
+        return end.send_sample(1, 0, points, kernel, streams=streams, group=None if streams == 1 else 1, now=0.0)
+
     end = serving()
-    if not fields_checked:
+    if not checked:
         for seed, stream in ((-1, 0), (1 << 64, 0), (1, -1), (True, 0)):
             with pytest.raises(LocalProtocolError, match="not a valid sample"):
                 end.send_sample(seed, stream, 10, "numpy", now=0.0)
-    for kernel, points, rule in (("python", 10, "does not offer kernel"), ("numpy", 1 << 41, "max_points")):
+    for kernel, points, rule in (("python", 10, "does not offer kernel"), ("numpy", 1 << 40, "max_points")):
         with pytest.raises(LocalProtocolError, match=rule):
-            end.send_sample(1, 0, points, kernel, now=0.0, fields_checked=fields_checked)
+            send(end, points, kernel, streams=2 if points == 1 << 40 else 1)
     v1 = CoordinatorEnd(client="tests", task_budget=budget)
     v1.receive_data(encode(Welcome(1, "old", 1, "h", ("numpy",), 8, 1 << 20, 1 << 40)), 0.0)
     v1.data_to_send()
     with pytest.raises(LocalProtocolError, match="need protocol version 2"):
-        v1.send_sample(1, 0, 10, "numpy", streams=2, group=1, now=0.0, fields_checked=fields_checked)
+        send(v1, 10, "numpy", streams=2)
     assert end.data_to_send() == b"" and v1.data_to_send() == b"" and end.in_flight == v1.in_flight == 0
+
+
+def test_send_checked_sends_a_chunk_as_a_plain_sample_or_a_range_counted_per_stream() -> None:
+    end = serving()
+    end.send_checked(Chunk(1, 0, 10, "numpy"), now=0.0, token="plain")
+    end.send_checked(Chunk(1, 1, 10, "numpy", streams=3), now=0.0, token="range")
+    decoder = FrameDecoder(COORDINATOR_MESSAGES)
+    decoder.feed(end.data_to_send())
+    assert [decoder.next_message() for _ in range(2)] == [
+        Sample(1, 1, 0, 10, "numpy"),
+        Sample(2, 1, 1, 10, "numpy", streams=3, group=1),
+    ]
 
 
 def test_nothing_follows_shutdown() -> None:
