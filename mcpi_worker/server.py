@@ -279,12 +279,14 @@ class Worker:
 
         return report
 
-    def _answer_empty(self, request: Sample) -> list[WorkerEvent]:
+    def _answer_empty(self, request: Sample, implementations: Mapping[str, str]) -> list[WorkerEvent]:
         """Count a sample of no points now, on the reader with the lock held, and report it
         to the ``WorkerEnd``; return what that starts. Its counts are ``count_groups``'
         (zeros: no kernel runs, no generator is seeded), so it ends in microseconds and
         nothing can stop it first: a ``cancel`` behind it finds it answered, as it would
-        have found a job of no points (whose kernel never looks at its stop flag)."""
+        have found a job of no points (whose kernel never looks at its stop flag).
+        ``implementations``: each kernel's implementation now (``_act`` reads them once
+        for the samples of no points it answers together: none of them runs a kernel)."""
         if self._on_sample is not None:
             self._on_sample(request)
         started = time.perf_counter()
@@ -292,8 +294,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         if self._log_samples:
             log.debug("sample_done", id=request.id, points=0, elapsed_s=elapsed)
-        implementation = self._implementations().get(request.kernel, "") if self._implementations else ""
-        return self._worker_end.sample_finished(request.id, insides, elapsed, implementation)
+        return self._worker_end.sample_finished(request.id, insides, elapsed, implementations.get(request.kernel, ""))
 
     def _report_failure(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
         del self._running[request_id]
@@ -397,12 +398,15 @@ class Worker:
         of no points is answered here (``_answer_empty``), and what its answer starts (the
         next one queued) is carried out after the events before it."""
         pending = deque(events)
+        implementations: Mapping[str, str] | None = None
         while pending:
             event = pending.popleft()
             if isinstance(event, StartSample):
                 request = event.request
                 if on_reader and request.points == 0:
-                    pending.extend(self._answer_empty(request))
+                    if implementations is None:
+                        implementations = self._implementations() if self._implementations else {}
+                    pending.extend(self._answer_empty(request, implementations))
                     continue
                 job = _Job(request)
                 self._running[request.id] = job

@@ -8,6 +8,7 @@ anything is buffered on purpose.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final, NoReturn
 
@@ -23,9 +24,9 @@ from mcpi_worker.protocol.messages import (
     FatalProtocolError,
     LocalProtocolError,
     Message,
-    RequestError,
     Sample,
     parse_message,
+    parse_own_fields,
 )
 
 _REQUIRED: Final = object()
@@ -40,6 +41,7 @@ _ENCODING: Final[dict[type, tuple[tuple[str, Any], ...]]] = {
 _HEADER_SIZE: Final[int] = HEADER.size
 _unpack_header: Final = HEADER.unpack_from
 _pack_header: Final = HEADER.pack
+_unpackb: Final = msgpack.unpackb
 _SAMPLE: Final[str] = Sample.TYPE
 
 _packers = threading.local()
@@ -55,22 +57,44 @@ def _packer() -> msgpack.Packer:
     return packer
 
 
+def _unrolled_body(cls: type[Message]) -> Callable[[Any], dict[str, Any]]:
+    """The map a ``cls`` message is sent as: ``type``, then its fields in wire order, an
+    optional one left out when it has the value its absence means (which keeps version
+    1's frames as they were): ``_ENCODING`` written out for ``cls`` alone, made once at
+    import as ``messages._unrolled_parser`` is (every message sent takes it; the loop's
+    turns cost more than the map). A tuple goes as it is: msgpack packs it as the array
+    a list would be."""
+    scope: dict[str, Any] = {}
+    leading: list[str] = []
+    rest: list[str] = []
+    for index, (name, absent) in enumerate(_ENCODING[cls]):
+        if absent is _REQUIRED and not rest:
+            leading.append(f"{name!r}: m.{name}")
+        elif absent is _REQUIRED:
+            rest.append(f"    b[{name!r}] = m.{name}")
+        else:
+            scope[f"absent{index}"] = absent
+            rest += [f"    v = m.{name}", f"    if not v == absent{index}:", f"        b[{name!r}] = v"]
+    lines = ["def body(m):", f"    b = {{'type': {cls.TYPE!r}{''.join(', ' + item for item in leading)}}}", *rest]
+    exec("\n".join([*lines, "    return b"]), scope)  # its source: made above from the field table alone
+    body: Callable[[Any], dict[str, Any]] = scope["body"]
+    return body
+
+
+_BODIES: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {cls: _unrolled_body(cls) for cls in FIELD_NAMES}
+
+
 def encode(message: Message) -> bytes:
     """One complete frame (length prefix included) carrying ``message``.
 
     Raises ``LocalProtocolError`` for a message too large to send: every text field is
     bounded (``MAX_TEXT``), so only a caller building one by hand gets there.
     """
-    body: dict[str, Any] = {"type": message.TYPE}
-    for name, absent in _ENCODING[type(message)]:
-        value = getattr(message, name)
-        if absent is not _REQUIRED and value == absent:
-            continue  # absent means that value (and keeps version 1's frames as they were)
-        body[name] = list(value) if type(value) is tuple else value
-    payload: bytes = _packer().pack(body)
-    if (problem := frame_problem(len(payload))) is not None:
+    packer = getattr(_packers, "packer", None) or _packer()
+    payload: bytes = packer.pack(_BODIES[type(message)](message))
+    if len(payload) > _LIMIT and (problem := frame_problem(len(payload))) is not None:
         raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame: {problem}")
-    return HEADER.pack(len(payload)) + payload
+    return _pack_header(len(payload)) + payload
 
 
 _PLAIN_SAMPLE_KEYS: Final = FIELD_NAMES[Sample][:5]
@@ -207,12 +231,14 @@ class FrameDecoder:
         another, decoded in one pass (a read of a pipelined stream brings dozens of
         frames, and a call per frame and per step of it was most of what decoding cost).
 
-        The pass takes the common frame, a flat map (``_flat_map``) that
-        ``parse_message`` accepts, and stops before any other; that frame is then
-        ``next_message``'s, at the next call (at once, if it is the first), which raises
-        what it would have raised for it. So the messages before a bad frame are
-        returned first, and the error comes after them, as one call at a time would
-        have it. Raises as ``next_message`` does."""
+        The pass takes the common frame, a fixmap holding no key twice (it decodes to
+        as many keys as its header counts) whose keys are all its message's own and
+        valid (``parse_own_fields``, which says why that map holds plain data only),
+        and stops before any other; that frame is then ``next_message``'s, at the next
+        call (at once, if it is the first), which raises what it would have raised for
+        it. So the messages before a bad frame are returned first, and the error comes
+        after them, as one call at a time would have it. Raises as ``next_message``
+        does."""
         if self._error is not None:
             self._raise_if_broken()
         buffer = self._buffer
@@ -229,13 +255,16 @@ class FrameDecoder:
             # fixmap): next_message waits for it, or says what is wrong with it.
             if end > size or not 0 < length <= limit or not 0x80 <= buffer[body_start] <= 0x8F:
                 break
-            body = _flat_map(buffer[body_start:end])
-            if body is None:
-                break
             try:
-                found.append(parse_message(body, accept))
-            except RequestError:
+                body = _unpackb(buffer[body_start:end], raw=False, strict_map_key=True, use_list=True)
+            except Exception:  # whatever is wrong, next_message says it in its own words
                 break
+            if type(body) is not dict or len(body) != buffer[body_start] & 0x0F:
+                break
+            known = parse_own_fields(body, accept)
+            if known is None:
+                break
+            found.append(known)
             start = end
         if found:
             del buffer[:start]

@@ -600,6 +600,27 @@ _PARSERS: Final[dict[type, Callable[[dict[str, Any]], Message | None]]] = {
 }
 
 
+_OWN_KEYS: Final[dict[type, frozenset[str]]] = {cls: frozenset(("type", *names)) for cls, names in FIELD_NAMES.items()}
+"""Each message's own keys on the wire: ``type`` and its fields."""
+
+
+def parse_own_fields(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message | None:
+    """``parse_message(body, accept)`` when ``body``'s keys are all its message's own
+    (``type`` and its fields: ``FIELDS``) and every field is valid; None for any other
+    map, whatever is wrong with it (``parse_message`` then says).
+
+    For a decoder that has not checked that the map holds plain data only (protocol.md
+    §3: string keys, no extension types, bounded nesting): a map whose keys are all the
+    message's own has no value that its field's rule has not checked, and every rule
+    takes plain data only (scalars, or an array of them), so a message accepted here
+    holds nothing else. Never raises."""
+    kind = body.get("type")
+    cls = accept.get(kind) if type(kind) is str else None
+    if cls is None or not body.keys() <= _OWN_KEYS[cls]:
+        return None
+    return _PARSERS[cls](body)
+
+
 def parse_message(body: dict[str, Any], accept: dict[str, type[Message]]) -> Message:
     """Validate one decoded top-level map and build its message. Raises ``RequestError``
     (never anything else, whatever ``body`` holds).

@@ -14,12 +14,14 @@ import re
 from dataclasses import fields
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mcpi_worker.protocol import (
     COORDINATOR_MESSAGES,
+    HEADER,
     MAX_GROUPS,
     MAX_LIST,
     MAX_POINTS,
@@ -31,9 +33,10 @@ from mcpi_worker.protocol import (
     RequestError,
     WorkerEnd,
     WorkerOffer,
+    encode,
     parse_message,
 )
-from mcpi_worker.protocol.messages import _PARSERS, FIELDS, _parse_fields
+from mcpi_worker.protocol.messages import _PARSERS, FIELDS, _parse_fields, parse_own_fields
 
 
 class Text(str):
@@ -150,6 +153,49 @@ def test_each_class_s_unrolled_parser_agrees_with_the_field_loop(
     assert [type(getattr(unrolled, name)) for name in FIELDS[cls]] == [
         type(getattr(looped, name)) for name in FIELDS[cls]
     ]
+
+
+@pytest.mark.parametrize("accept", [COORDINATOR_MESSAGES, WORKER_MESSAGES], ids=["worker", "coordinator"])
+@given(data=st.data(), extra=st.sampled_from([None, ("extra", 1), ("extra", [1, {"a": 2}]), ("kernels", ["x"])]))
+def test_a_map_of_its_own_keys_alone_is_parsed_as_parse_message_parses_it(
+    accept: dict[str, type[Message]], data: st.DataObject, extra: tuple[str, Any] | None
+) -> None:
+    # The batched decoder takes a message by parse_own_fields without the plain-data
+    # scan: only a map whose keys are all its message's own, and then exactly as
+    # parse_message would; any other map is left to parse_message (None here).
+    cls, body = data.draw(bodies(accept))
+    if extra is not None and extra[0] not in FIELDS[cls]:
+        body[extra[0]] = extra[1]
+    own = parse_own_fields(body, accept)
+    try:
+        parsed = parse_message(body, accept)
+    except RequestError:
+        assert own is None
+        return
+    assert own == (parsed if set(body) <= {"type", *FIELDS[cls]} else None)
+
+
+@pytest.mark.parametrize("accept", [COORDINATOR_MESSAGES, WORKER_MESSAGES], ids=["worker", "coordinator"])
+@given(data=st.data())
+def test_a_message_is_sent_as_the_map_the_field_table_says(
+    accept: dict[str, type[Message]], data: st.DataObject
+) -> None:
+    # encode's unrolled map of each class against the table read field by field: type,
+    # then each field in wire order, an optional one left out at the value its absence
+    # means; arrays as lists.
+    cls, body = data.draw(bodies(accept))
+    try:
+        message = parse_message(body, accept)
+    except RequestError:
+        return
+    expected: dict[str, Any] = {"type": cls.TYPE}
+    for name in FIELDS[cls]:
+        value = getattr(message, name)
+        if name in OPTIONAL_FIELDS[cls] and value == OPTIONAL_FIELDS[cls][name]:
+            continue
+        expected[name] = list(value) if isinstance(value, tuple) else value
+    payload = msgpack.packb(expected, use_bin_type=True)
+    assert encode(message) == HEADER.pack(len(payload)) + payload
 
 
 @pytest.mark.parametrize(
