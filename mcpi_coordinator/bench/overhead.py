@@ -1,9 +1,9 @@
 """Per-task overhead on tiny tasks: our pool against the libraries people would use instead.
 
-Two figures per approach, from one run of ``tasks`` tasks each:
+Two figures per approach, from runs of ``tasks`` tasks each:
 - ``round_trip_us``: median time of one task submitted alone and waited for (latency);
 - ``tasks_per_s``: ``tasks`` submitted at once to ``workers`` workers (throughput),
-  pipelined as far as the approach allows.
+  pipelined as far as the approach allows: the median of ``THROUGHPUT_PASSES`` passes.
 
 Workers are started and warmed up before any clock runs: start-up is not overhead
 per task. The peers are the pools a Python user reaches for: the standard library's
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, wait
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
@@ -82,27 +82,52 @@ async def _async_round_trip_us(call: Task, tasks: int) -> float:
     return _median_us(samples)
 
 
+THROUGHPUT_PASSES: Final = 3
+"""Passes of ``tasks`` tasks at once whose median rate is an approach's tasks/s, for every
+approach alike. One pass's rate swings widely between passes through one pool on a
+shared machine (``multiprocessing.Pool.imap_unordered``'s the most; docs/bench.md says by
+how much), so the rate of one pass, which ``mcpi bench overhead`` reported, was a draw."""
+
+
+def _median_rate(run: Callable[[int], object], tasks: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The median rate of ``THROUGHPUT_PASSES`` calls of ``run(tasks)``, each timed alone
+    by ``clock`` (seconds)."""
+    rates = []
+    for _ in range(THROUGHPUT_PASSES):
+        started = clock()
+        run(tasks)
+        rates.append(tasks / (clock() - started))
+    return statistics.median(rates)
+
+
+async def _median_rate_async(run: Callable[[int], Awaitable[object]], tasks: int) -> float:
+    """``_median_rate`` of an async ``run``."""
+    rates = []
+    for _ in range(THROUGHPUT_PASSES):
+        started = time.perf_counter()
+        await run(tasks)
+        rates.append(tasks / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
 TaskGroupFactory = Callable[[], AbstractAsyncContextManager[Any]]
 """``trio.open_nursery`` or ``anyio.create_task_group``: both give ``start_soon``."""
-
-
-async def _tasks_per_s(open_group: TaskGroupFactory, call: Task, tasks: int) -> float:
-    """``tasks`` calls started at once in one task group; the approach limits concurrency."""
-    started = time.perf_counter()
-    async with open_group() as group:
-        for _ in range(tasks):
-            group.start_soon(call)
-    return tasks / (time.perf_counter() - started)
 
 
 async def _measure_async(
     name: str, call: Task, tasks: int, workers: int, open_group: TaskGroupFactory
 ) -> Overhead:
-    """Warm up, then the two figures: sequential round trip and concurrent throughput."""
-    await _tasks_per_s(open_group, call, _warm_up_count(workers))
+    """Warm up, then the two figures: sequential round trip and concurrent throughput
+    (``tasks`` calls started at once in one task group; the approach limits concurrency)."""
+
+    async def start_all(count: int) -> None:
+        async with open_group() as group:
+            for _ in range(count):
+                group.start_soon(call)
+
+    await start_all(_warm_up_count(workers))
     round_trip = await _async_round_trip_us(call, tasks)
-    per_s = await _tasks_per_s(open_group, call, tasks)
-    return Overhead(name, round_trip, per_s)
+    return Overhead(name, round_trip, await _median_rate_async(start_all, tasks))
 
 
 def _warm_up_count(workers: int) -> int:
@@ -129,9 +154,7 @@ def _executor_figures(name: str, executor: Executor, tasks: int, workers: int) -
 
     submit_all(_warm_up_count(workers))
     round_trip = _sync_round_trip_us(lambda: executor.submit(shipped.noop).result(), tasks)
-    started = time.perf_counter()
-    submit_all(tasks)
-    return Overhead(name, round_trip, tasks / (time.perf_counter() - started))
+    return Overhead(name, round_trip, _median_rate(submit_all, tasks))
 
 
 # ------------------------------------------------------------- multiprocessing.Pool
@@ -151,9 +174,7 @@ def mp_pool_apply_async(tasks: int, workers: int) -> Overhead:
 
         apply_all(_warm_up_count(workers))
         round_trip = _sync_round_trip_us(lambda: pool.apply_async(shipped.noop).get(), tasks)
-        started = time.perf_counter()
-        apply_all(tasks)
-        per_s = tasks / (time.perf_counter() - started)
+        per_s = _median_rate(apply_all, tasks)
         _close_gracefully(pool)
     return Overhead("mp-pool/apply_async", round_trip, per_s)
 
@@ -173,9 +194,7 @@ def mp_pool_imap_unordered(tasks: int, workers: int) -> Overhead:
 
         map_all(_warm_up_count(workers))
         round_trip = _sync_round_trip_us(lambda: map_all(1), tasks)
-        started = time.perf_counter()
-        map_all(tasks)
-        per_s = tasks / (time.perf_counter() - started)
+        per_s = _median_rate(map_all, tasks)
         _close_gracefully(pool)
     return Overhead("mp-pool/imap_unordered", round_trip, per_s)
 
@@ -218,9 +237,7 @@ def joblib_parallel(tasks: int, workers: int) -> Overhead:
         run_all(_warm_up_count(workers))
         # A call of one task costs milliseconds: a median of fewer keeps the run short.
         round_trip = _sync_round_trip_us(lambda: run_all(1), min(tasks, JOBLIB_ROUND_TRIPS))
-        started = time.perf_counter()
-        run_all(tasks)
-        per_s = tasks / (time.perf_counter() - started)
+        per_s = _median_rate(run_all, tasks)
     return Overhead("joblib", round_trip, per_s)
 
 
@@ -262,13 +279,11 @@ def pebble_pool(tasks: int, workers: int) -> Overhead:
 
         schedule_all(_warm_up_count(workers))
         round_trip = _sync_round_trip_us(lambda: pool.schedule(shipped.noop).result(), tasks)
-        started = time.perf_counter()
         try:
-            schedule_all(tasks)
+            per_s = _median_rate(schedule_all, tasks)
         except BaseException:  # interrupted: not after every task scheduled (dropping_queued_work)
             pool.stop()  # type: ignore[no-untyped-call]  # pebble has no annotations
             raise
-        per_s = tasks / (time.perf_counter() - started)
     return Overhead("pebble", round_trip, per_s)
 
 
@@ -361,16 +376,14 @@ def trio_pool_sample(tasks: int, workers: int, *, launcher: Launcher | None = No
             async def call() -> None:
                 await pool.sample(EMPTY_CHUNK)
 
-            async def run_many(count: int) -> float:
-                started = time.perf_counter()
+            async def run_many(count: int) -> None:
                 async with pool.imap_unordered(EMPTY_CHUNK for _ in range(count)) as results:
                     async for _ in results:
                         pass
-                return count / (time.perf_counter() - started)
 
             await run_many(_warm_up_count(workers))
             round_trip = await _async_round_trip_us(call, tasks)
-            return Overhead("trio-pool/sample", round_trip, await run_many(tasks))
+            return Overhead("trio-pool/sample", round_trip, await _median_rate_async(run_many, tasks))
 
     return trio.run(measure)
 
@@ -402,9 +415,7 @@ def trio_pool_range(tasks: int, workers: int) -> Overhead:
 
             await run(_warm_up_count(workers))
             round_trip = await _async_round_trip_us(call, tasks)
-            started = time.perf_counter()
-            await run(tasks)
-            return Overhead(RANGE_ROW, round_trip, tasks / (time.perf_counter() - started))
+            return Overhead(RANGE_ROW, round_trip, await _median_rate_async(run, tasks))
 
     return trio.run(measure)
 

@@ -247,7 +247,9 @@ class Dispatcher:
         self._known: dict[int, Welcome] = {}
         """The last welcome of every slot that is not retired: who could serve what."""
         self._largest: dict[str, int] | None = None
-        """The most points some known slot accepts, by kernel (None: to be worked out)."""
+        """The most points some known slot accepts, by kernel (None: to be worked out).
+        Worked out only once every slot has said what it offers, and back to None at any
+        change of a welcome or of the live slots."""
         self._rates: dict[Connection, float] = {}
         """Each worker's speed so far: points per second on one of its jobs."""
         self._measured: dict[Connection, tuple[float, float]] = {}
@@ -657,8 +659,10 @@ class Dispatcher:
         one can, or while some slot has not said what it offers yet (a pool that starts
         work at its first ready worker: one still starting may offer it)."""
         chunk = request.chunk
-        if chunk is None or not self._known or not self._all_known():
+        if chunk is None:
             return None
+        if self._largest is None and (not self._known or not self._all_known()):
+            return None  # (with ``_largest`` worked out, every slot had said, and still has)
         if not request.avoid and (chunk.streams == 1 or request.splitter is not None):
             # The common case, without a look at every slot.
             if self._largest is None:

@@ -463,3 +463,15 @@ def test_ctrl_c_and_sigterm_stop_in_order_and_leave_no_worker(
     assert err == f"mcpi bench approaches: {words}; every worker was stopped\n"
     _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"left running: {alive}"
+
+
+def test_an_approach_s_tasks_per_second_is_the_median_of_its_passes() -> None:
+    # One pass's rate is a draw on a shared machine (multiprocessing.Pool's imap_unordered
+    # swung twofold between passes through one pool): every approach's tasks/s is the
+    # median of THROUGHPUT_PASSES passes, each timed alone. Passes of 1, 5 and 2 s here.
+    ticks = iter([0.0, 1.0, 10.0, 15.0, 20.0, 22.0])
+    ran: list[int] = []
+    rate = overhead._median_rate(ran.append, 100, clock=lambda: next(ticks))
+    assert overhead.THROUGHPUT_PASSES == 3
+    assert ran == [100, 100, 100]
+    assert rate == 100 / 2
