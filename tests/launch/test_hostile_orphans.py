@@ -91,10 +91,17 @@ marker = sys.argv[1]
 assert become_subreaper()
 subprocess.run(["sh", "-c", f"setsid sleep 60 & setsid sh -c 'sleep 60 & echo > {marker}; sleep 60' &"],
                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+deadline = time.monotonic() + 120  # a bound against a hang, not a claim of speed
 while not os.path.exists(marker):  # the inner shell has started its own child
+    assert time.monotonic() < deadline, "the inner shell never started"
     time.sleep(0.01)
-adopted = sorted(own_children())
-sessions = {os.getsid(pid) for pid in adopted}
+# Both adopted and both in sessions of their own: the outer setsid may not have called
+# setsid() yet, and its session was then this process's (its caller's), whose every
+# process the look below took for one left behind.
+while len(adopted := sorted(own_children())) != 2 or any(_sid(pid) != pid for pid in adopted):
+    assert time.monotonic() < deadline, f"not two session leaders adopted: {adopted}"
+    time.sleep(0.01)
+sessions = set(adopted)
 ended = sorted(end_orphans())
 left = [p.pid for p in psutil.process_iter() if p.pid != os.getpid() and _sid(p.pid) in sessions]
 print(json.dumps({"adopted": adopted, "ended": ended, "children": sorted(own_children()), "left": left}))
