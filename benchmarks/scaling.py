@@ -35,6 +35,10 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    - ``--workers 1 --worker-cmd "mcpi-worker --jobs 2"`` vs ``--workers 2`` (<= 1.1x);
    - ``--chunk-size 1e4`` vs ``1e7`` at 1e9 points (<= 1.3x).
 
+   ``--against PYTHON`` runs the big ones of another installation too (that interpreter's
+   ``mcpi``, say a checkout of main before a change), in the same rounds, and prints its
+   speed-up and each of ours against its own.
+
    "Cold" is a fresh process, as after an install and a first run: numba's and the object
    cache are warmed first, and Python's bytecode caches are allowed (an untimed round
    writes them; ``PYTHONDONTWRITEBYTECODE`` is dropped from the environment, as
@@ -46,7 +50,7 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    --workers 2`` under ``auto`` vs ``MCPI_NUMPY_IMPL=numpy`` (target: not slower).
 
     python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold] [--implementations]
-    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10] [--compare-load]
+    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10] [--compare-load] [--against PYTHON]
     python benchmarks/scaling.py --first-run [--rounds 3]
 """
 
@@ -262,14 +266,18 @@ def cold_command(
 
 
 def mcpi_estimate(
-    points: int, *options: str, environ: dict[str, str] | None = None
+    points: int, *options: str, environ: dict[str, str] | None = None, python: str = sys.executable
 ) -> Callable[[], tuple[float, float, int]]:
-    argv = [*MCPI, "estimate", "--json", "--seed", str(SEED), "--points", str(points), *options]
+    argv = [python, *MCPI[1:], "estimate", "--json", "--seed", str(SEED), "--points", str(points), *options]
     return cold_command(argv, lambda out: int(json.loads(out)["inside"]), environ)
 
 
-def cold_targets(points: int, big: int, rounds: int, compare_load: bool = False) -> None:
+def cold_targets(
+    points: int, big: int, rounds: int, compare_load: bool = False, against: str | None = None
+) -> None:
     subprocess.run([sys.executable, "-P", "-c", WARM_NOW], check=True)
+    if against:
+        subprocess.run([against, "-P", "-c", WARM_NOW], check=True)
     worker = str(Path(sys.executable).with_name("mcpi-worker"))
     contenders: dict[str, Callable[[], tuple[float, float, int]]] = {
         "mcpi -w2": mcpi_estimate(points, "--workers", "2"),
@@ -282,6 +290,9 @@ def cold_targets(points: int, big: int, rounds: int, compare_load: bool = False)
         "mcpi -w2 big": mcpi_estimate(big, "--workers", "2"),
         "mcpi -w1 --jobs 2 big": mcpi_estimate(big, "--workers", "1", "--worker-cmd", f"{worker} --jobs 2"),
     }
+    if against:  # another installation's big runs, in the same rounds
+        contenders["against -w1 big"] = mcpi_estimate(big, "--workers", "1", python=against)
+        contenders["against -w2 big"] = mcpi_estimate(big, "--workers", "2", python=against)
     if compare_load:
         through_numba = {"MCPI_OBJECT_CACHE": "off"}
         contenders["mcpi -w1 big, numba"] = mcpi_estimate(big, "--workers", "1", environ=through_numba)
@@ -319,6 +330,10 @@ def cold_targets(points: int, big: int, rounds: int, compare_load: bool = False)
     ratio("mcpi -w1 big", "mcpi -w2 big", f"speed-up 1 -> 2 workers at {big:.0e}", ">= 1.8")
     ratio("mcpi -w1 --jobs 2 big", "mcpi -w2 big", "--workers 1 --jobs 2 / --workers 2", "<= 1.1")
     ratio("mcpi -w2 chunk 1e4", "mcpi -w2", "chunk 1e4 / chunk 1e7", "<= 1.3")
+    if against:
+        ratio("against -w1 big", "against -w2 big", f"--against: speed-up 1 -> 2 workers at {big:.0e}", "")
+        ratio("mcpi -w2 big", "against -w2 big", "--workers 2: ours / --against's", "")
+        ratio("mcpi -w1 big", "against -w1 big", "--workers 1: ours / --against's", "")
     if compare_load:
         ratio("mcpi -w1 big, numba", "mcpi -w2 big, numba", f"loaded through numba: speed-up at {big:.0e}", "")
         ratio("mcpi -w1 big", "mcpi -w1 big, numba", "object cache / numba load, --workers 1", "")
@@ -396,6 +411,9 @@ def main() -> None:
     parser.add_argument(
         "--first-run", action="store_true", help="a cold numba cache under auto vs MCPI_NUMPY_IMPL=numpy"
     )
+    parser.add_argument(
+        "--against", metavar="PYTHON", help="--cold: the big runs of this interpreter's mcpi too (another tree)"
+    )
     args = parser.parse_args()
     configure_logging("warning")
     # Every command runs as from an installed package, with bytecode caches allowed: where
@@ -405,7 +423,7 @@ def main() -> None:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     points = args.points
     if args.cold:
-        cold_targets(points, args.big, args.rounds, args.compare_load)
+        cold_targets(points, args.big, args.rounds, args.compare_load, args.against)
         return
     if args.first_run:
         first_run_after_install(points, args.rounds)

@@ -185,7 +185,12 @@ def main() -> NoReturn:
     from mcpi_worker import collector
 
     collector.hold()
-    lifeline = arm_parent_death()
+    lifeline = arm_parent_death()  # before any wait: a coordinator that dies meanwhile ends us
+    # Workers started together take turns at their imports (``start_turn``): the one
+    # before us is still starting beside our coordinator's own start.
+    from mcpi_worker.start_turn import wait_for_turn
+
+    turn = wait_for_turn()
     one_blas_thread()
     # structlog loads rich, when it is installed, for pretty console output and
     # tracebacks: a noticeable part of a start's CPU (``benchmarks/fleet.py startup``
@@ -194,7 +199,9 @@ def main() -> NoReturn:
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from mcpi_worker.main import main as run_worker
 
-    code = run_worker(parent_death_unavailable=lifeline.unavailable, imports_done=collector.release)
+    code = run_worker(
+        parent_death_unavailable=lifeline.unavailable, imports_done=collector.release, started=turn.pass_on
+    )
     from mcpi_worker.leaving import leave
 
     leave(code)

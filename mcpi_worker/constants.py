@@ -63,6 +63,13 @@ started as the command begins (``launch.early``), whose ``hello`` comes only onc
 command has imported Trio and the pool. The worker acts on it as on the ``hello``'s, at
 its own start (decimal digits, at most as many as a uint64 has; anything else is ignored)."""
 
+START_TURN: Final[str] = "MCPI_START_TURN"
+"""Set by ``mcpi estimate`` in the environment of local workers it starts together as it
+begins (``mcpi_coordinator.launch.early``), when there are more of them than CPUs beside
+its own: ``"WAIT,PASS"``, descriptors of inherited pipes, by which each worker waits for
+the one before it to have started before it imports anything, and lets the one after it
+start (``mcpi_worker.start_turn``, which spells the name out, says how and why)."""
+
 KILLED_WITH_PARENT: Final[str] = "MCPI_KILLED_WITH"
 """Set to its own pid in a worker's environment by a coordinator that spawns it from a
 thread that lasts as long as the coordinator (``mcpi_coordinator.launch.early.spawn``):

@@ -193,11 +193,14 @@ def main(
     *,
     parent_death_unavailable: str | None = None,
     imports_done: Callable[[], None] | None = None,
+    started: Callable[[], None] | None = None,
 ) -> int:
     """Run the worker; return its exit code. ``boot.main`` calls it once the parent-death
     backstop is armed, with why it could not be (``parent_death_unavailable``; None if
-    it was), to be logged once logging is configured, and ``imports_done`` to be called
-    when its imports are done, before its kernels are prepared (``collector.release``)."""
+    it was), to be logged once logging is configured, ``imports_done`` to be called
+    when its imports are done, before its kernels are prepared (``collector.release``),
+    and ``started`` once their preparation has begun, before it serves: the next worker's
+    turn at starting (``start_turn``)."""
     args = build_parser().parse_args(argv)
     if args.self_check:
         from mcpi_worker.self_check import run_self_check
@@ -244,6 +247,8 @@ def main(
     # 4300 digits raised ValueError, a traceback at the worker's start.
     if hint.isdecimal() and len(hint) <= MAX_HINT_DIGITS:
         NUMPY_KERNEL.expect(int(hint))
+    if started is not None:
+        started()
     # Ctrl-C: ignored from the start when our stdin is a pipe (boot.leave_ctrl_c_to_the_owner).
 
     worker = Worker(

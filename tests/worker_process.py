@@ -61,7 +61,11 @@ class EndOfOutput(Exception):
 
 class WorkerUnderTest:
     def __init__(
-        self, *args: str, stdin: int | None = subprocess.PIPE, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        stdin: int | None = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.proc = subprocess.Popen(
             [*worker_command(), *args],
@@ -69,6 +73,7 @@ class WorkerUnderTest:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=None if env is None else {**os.environ, **env},
+            pass_fds=pass_fds,
         )
         self.raw_stdout = bytearray()
         self._messages: queue.Queue[Message | ProtocolError | EndOfOutput] = queue.Queue()

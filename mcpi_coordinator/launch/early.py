@@ -17,8 +17,9 @@ which the command refuses (``capacity.check_fleet``, with the figures the comman
 uses): a command that ends with a usage error starts nothing. Anything else starts
 nothing early, and the run starts its workers as it always did. At most one worker per
 CPU is started early, and no more than the run has chunks for (the run starts no worker
-it cannot use). Workers started early and not taken (a run refused after all, a Ctrl-C
-during the imports) are killed and reaped by ``discard``, which also runs at exit;
+it cannot use); of those, at most one per CPU but one goes through its start at a time,
+leaving the command a core for its own (``start``). Workers started early and not taken
+(a run refused after all, a Ctrl-C during the imports) are killed and reaped by ``discard``, which also runs at exit;
 should the coordinator die, each worker's parent-death signal ends it
 (``mcpi_worker.boot``), or, if it died before the worker could ask for one, the end of
 the worker's input.
@@ -51,6 +52,7 @@ from mcpi_worker.constants import (
     EXPECTED_POINTS,
     KILLED_WITH_PARENT,
     MAX_INFLIGHT_LIMIT,
+    START_TURN,
 )
 
 if TYPE_CHECKING:
@@ -253,26 +255,52 @@ def start(
     environ: Mapping[str, str] = os.environ,
     *,
     choices: Mapping[str, Collection[str]] = _NO_CHOICES,
+    cpus: int | None = None,
 ) -> int:
-    """Start the workers ``plan`` says this command line will use (``choices`` as for
-    ``plan``); how many started. Never raises: a worker that cannot be started early is
-    simply started later."""
-    wanted, share = _plan(argv, environ, None, choices=choices, machine=None)
+    """Start the workers ``plan`` says this command line will use (``choices`` and
+    ``cpus`` as for ``plan``); how many started. Never raises: a worker that cannot be
+    started early is simply started later.
+
+    At most one worker per CPU but one starts at a time, the others waiting for their
+    turn (``mcpi_worker.start_turn``, ``START_TURN``): the command's own start goes on
+    beside them, and is what their first counts wait for (docs/worker.md, **Two workers
+    against one**). Worker ``i`` waits on the read end of a pipe whose write end worker
+    ``i - at_once`` closes once started (or dies with); we close our end of each as soon
+    as the worker that inherits it is started, or the start stops."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    wanted, share = _plan(argv, environ, cpus, choices=choices, machine=None)
     if wanted and not _started:
         atexit.register(discard)
     command = worker_argv(shown_level(argv, environ)) if wanted else []
-    for _ in range(wanted):
-        try:
-            # An early worker belongs to a plain ``mcpi estimate``, which warms numba's
-            # cache itself (cli.estimate._cache_warmed_here says why), and is told its
-            # share of the run's points (``EXPECTED_POINTS``): its ``hello``, which carries
-            # the same hint, comes only once the command has imported Trio and the pool,
-            # and the worker can get ready for the run's size meanwhile (a small run
-            # counts with NumPy, whose import then overlaps the command's).
-            environ = {**os.environ, CACHE_WARMED_BY_PARENT: "1", EXPECTED_POINTS: str(share)}
-            _started.append(spawn(command, environ))
-        except OSError:
-            break
+    # An early worker belongs to a plain ``mcpi estimate``, which warms numba's cache
+    # itself (cli.estimate._cache_warmed_here says why), and is told its share of the
+    # run's points (``EXPECTED_POINTS``): its ``hello``, which carries the same hint,
+    # comes only once the command has imported Trio and the pool, and the worker can get
+    # ready for the run's size meanwhile (a small run counts with NumPy, whose import
+    # then overlaps the command's).
+    told = {**os.environ, CACHE_WARMED_BY_PARENT: "1", EXPECTED_POINTS: str(share)}
+    at_once = max(1, cpus - 1)
+    waits: dict[int, int] = {}  # a worker's index -> the read end of the pipe it will wait on
+    try:
+        for index in range(wanted):
+            waiting, passing = waits.pop(index, None), None
+            if index + at_once < wanted:
+                try:
+                    waits[index + at_once], passing = os.pipe()
+                except OSError:  # no pipe: that worker will not wait
+                    pass
+            turn = [fd for fd in (waiting, passing) if fd is not None]
+            spelt = ",".join("" if fd is None else str(fd) for fd in (waiting, passing))
+            try:
+                _started.append(spawn(command, {**told, START_TURN: spelt} if turn else told, inherited=turn))
+            except OSError:
+                break
+            finally:
+                for fd in turn:  # the worker has its copies
+                    os.close(fd)
+    finally:
+        for fd in waits.values():  # of workers never started
+            os.close(fd)
     return len(_started)
 
 
@@ -296,7 +324,9 @@ def discard() -> None:
         worker.process.wait()
 
 
-def spawn(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> EarlyWorker:
+def spawn(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None, *, inherited: Sequence[int] = ()
+) -> EarlyWorker:
     """Start one process from ``argv`` (``environ``, or ours) in a session of its own, over
     pipes whose ends we keep as bare descriptors (close-on-exec, so no later child
     inherits them): a worker started early, and every local worker the pool launches
@@ -311,7 +341,8 @@ def spawn(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Earl
     ``timeout``) dies with us, and an ``mcpi-worker`` behind it asks for SIGKILL at its own
     parent's death. Pools must not call this from a thread that may end before they are
     closed (Trio's ``open_process`` spawns from its thread cache, whose threads retire
-    when idle)."""
+    when idle). ``inherited``: our descriptors the process inherits as well, by the same
+    numbers (``start``'s turns)."""
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
@@ -326,6 +357,7 @@ def spawn(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Earl
             stderr=stderr_w,
             start_new_session=True,
             env=environ,
+            pass_fds=tuple(inherited),
             preexec_fn=None if ours else _killed_with_us(),  # noqa: PLW1509 (one libc call: _killed_with_us)
         )
     except OSError:

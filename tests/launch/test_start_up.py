@@ -322,6 +322,51 @@ def test_workers_started_early_are_told_the_hint_their_hello_carries(
         early.discard()
 
 
+def _pipe_of(pid: int, fd: str) -> str:
+    return os.readlink(f"/proc/{pid}/fd/{fd}")  # "pipe:[inode]"
+
+
+def _our_pipes() -> set[str]:
+    pipes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            pipes.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # listdir's own, closed by now
+            pass
+    return pipes
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads the workers' descriptors in /proc")
+@pytest.mark.parametrize(
+    ("cpus", "workers", "waits"),
+    [(2, 2, {1: 0}), (4, 4, {3: 0}), (3, 2, {}), (2, 1, {})],
+)
+def test_workers_started_together_take_turns_leaving_the_command_a_cpu(
+    cpus: int, workers: int, waits: dict[int, int]
+) -> None:
+    """At most one worker per CPU but one starts at a time (``mcpi_worker.start_turn``):
+    each further worker waits on a pipe only the worker before it holds the other end of
+    (not the command, whose ends are closed: the end of file comes when that worker has
+    started, or died)."""
+    started = early.start(["estimate", "-n", "1e9", "-w", str(workers)], {}, cpus=cpus)
+    try:
+        assert started == workers
+        pids = [worker.process.pid for worker in early._started]
+        turns = [environment_of(pid).get("MCPI_START_TURN", ",").split(",") for pid in pids]
+        waited = {}
+        for index, (waiting, _) in enumerate(turns):
+            if waiting:
+                (passer,) = [j for j, (_, passing) in enumerate(turns)
+                             if passing and _pipe_of(pids[j], passing) == _pipe_of(pids[index], waiting)]  # fmt: skip
+                waited[index] = passer
+        assert waited == waits
+        passed_on = {_pipe_of(pid, passing) for pid, (_, passing) in zip(pids, turns, strict=True) if passing}
+        assert len(passed_on) == len(waits)
+        assert not passed_on & _our_pipes()
+    finally:
+        early.discard()
+
+
 def test_a_plain_estimate_takes_the_worker_started_as_it_began() -> None:
     env = {**os.environ, "MCPI_LOG_LEVEL": "debug", "MCPI_LOG_FORMAT": "json"}
     env.pop("MCPI_WORKER_CMD", None)
