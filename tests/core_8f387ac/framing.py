@@ -1,0 +1,279 @@
+"""Frames: a 4-byte big-endian length, then exactly one msgpack map (protocol.md §2–§3).
+
+``encode`` turns a message into one whole frame; ``FrameDecoder`` turns a byte stream
+back into validated messages, all-or-nothing per frame, with the size checked before
+anything is buffered on purpose.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import Enum
+from typing import Any, Final, NoReturn
+
+import msgpack
+
+from core_8f387ac.messages import (
+    FIELD_NAMES,
+    HEADER,
+    MAX_DEPTH,
+    MAX_FRAME,
+    OPTIONAL_FIELDS,
+    ErrorCode,
+    FatalProtocolError,
+    LocalProtocolError,
+    Message,
+    parse_message,
+)
+
+_REQUIRED: Final = object()
+
+_ENCODING: Final[dict[type, tuple[tuple[str, Any], ...]]] = {
+    cls: tuple((name, OPTIONAL_FIELDS[cls].get(name, _REQUIRED)) for name in names)
+    for cls, names in FIELD_NAMES.items()
+}
+"""Each message class's wire fields in order, with the value whose absence a field means
+(``_REQUIRED``: always sent), worked out once: encoding is on every request's path."""
+
+_packers = threading.local()
+"""A ``msgpack.Packer`` per thread, kept: ``packb`` builds one per call, which cost as
+much as the rest of encoding a ``sample``. Per thread, because a worker encodes on its
+reader and its compute threads."""
+
+
+def _packer() -> msgpack.Packer:
+    packer: msgpack.Packer | None = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)  # what packb(use_bin_type=True) uses
+    return packer
+
+
+def encode(message: Message) -> bytes:
+    """One complete frame (length prefix included) carrying ``message``.
+
+    Raises ``LocalProtocolError`` for a message too large to send: every text field is
+    bounded (``MAX_TEXT``), so only a caller building one by hand gets there.
+    """
+    body: dict[str, Any] = {"type": message.TYPE}
+    for name, absent in _ENCODING[type(message)]:
+        value = getattr(message, name)
+        if absent is not _REQUIRED and value == absent:
+            continue  # absent means that value (and keeps version 1's frames as they were)
+        body[name] = list(value) if type(value) is tuple else value
+    payload: bytes = _packer().pack(body)
+    if (problem := frame_problem(len(payload))) is not None:
+        raise LocalProtocolError(f"refusing to send a {len(payload)}-byte frame: {problem}")
+    return HEADER.pack(len(payload)) + payload
+
+
+def frame_problem(size: int, max_frame: int = MAX_FRAME) -> str | None:
+    """Why a frame body of ``size`` bytes may not go to a receiver that takes at most
+    ``max_frame`` (its ``welcome.max_frame``; ``MAX_FRAME`` by default), or None: no
+    frame is larger than ``MAX_FRAME``, whatever a receiver announces (protocol.md §2).
+    The one statement of the frame-size limit: the encoder, the decoder and every sender
+    that checks a frame against a worker's ``max_frame`` ask it."""
+    limit = min(max_frame, MAX_FRAME)
+    return None if size <= limit else f"frame of {size} bytes exceeds the {limit}-byte limit"
+
+
+class NeedData(Enum):
+    """``NEED_DATA`` is returned by ``FrameDecoder.next_message`` when a whole frame has
+    not arrived yet (an enum, so that ``message is NEED_DATA`` narrows the type)."""
+
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _map_without_duplicate_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack keeps the last of two equal keys; the protocol refuses the map instead,
+    or two readers of one frame could see two different messages."""
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise _DuplicateKey("a map has the same key twice")
+    return mapping
+
+
+class FrameDecoder:
+    """Turns a byte stream into validated messages, one frame at a time.
+
+    ``accept`` is the table of message types this side may receive
+    (``COORDINATOR_MESSAGES`` in a worker, ``WORKER_MESSAGES`` in a coordinator).
+
+    - ``feed(data)`` appends bytes; it never parses or raises.
+    - ``next_message()`` returns a message, or ``NEED_DATA``; raises ``RequestError``
+      for a well-framed but invalid message (the frame is consumed, decoding goes on)
+      and ``FatalProtocolError`` when the stream itself is broken.
+    - ``feed_eof()`` tells it the stream ended; it raises ``FatalProtocolError`` if
+      that happened inside a frame. ``at_frame_boundary`` says whether it would.
+    """
+
+    def __init__(self, accept: dict[str, type[Message]], max_frame: int = MAX_FRAME) -> None:
+        self._accept = accept
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+        self._error: FatalProtocolError | None = None
+        self._eof = False
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        return not self._buffer
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def broken(self) -> FatalProtocolError | None:
+        """The fatal error the stream broke with, once it has."""
+        return self._error
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof:
+            raise LocalProtocolError("feed() after feed_eof()")
+        self._buffer += data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._raise_if_broken()
+        if self._buffer and self._complete_frame_length() is None:
+            self._fail(
+                ErrorCode.TRUNCATED_FRAME,
+                f"stream ended inside a frame ({len(self._buffer)} bytes buffered)",
+            )
+
+    def next_message(self) -> Message | NeedData:
+        if self._error is not None:  # ``_raise_if_broken``, without a call per frame
+            self._raise_if_broken()
+        if not self._buffer:  # a read's frames all taken: its last call, without another
+            return NEED_DATA
+        length = self._complete_frame_length()
+        if length is None:
+            return NEED_DATA
+        payload = bytes(self._buffer[HEADER.size : HEADER.size + length])
+        del self._buffer[: HEADER.size + length]
+        return self._parse(payload)
+
+    def _complete_frame_length(self) -> int | None:
+        """The body length of the frame at the head of the buffer, once it is all here.
+
+        The size check happens as soon as the 4 header bytes are in, before any body
+        byte is buffered on purpose: "hell" read as a length is 1.75 GB, and must be
+        refused then, not after a 1.75 GB allocation.
+        """
+        if len(self._buffer) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buffer)
+        if length == 0:
+            self._fail(ErrorCode.MALFORMED_FRAME, "zero-length frame")
+        if (problem := frame_problem(length, self._max_frame)) is not None:
+            self._fail(ErrorCode.FRAME_TOO_LARGE, problem)
+        if len(self._buffer) < HEADER.size + length:
+            return None
+        return int(length)
+
+    def _parse(self, payload: bytes) -> Message:
+        if 0x80 <= payload[0] <= 0x8F:  # a fixmap: its count of keys is in its first byte
+            body = _flat_map(payload)
+            if body is not None:
+                return parse_message(body, self._accept)
+        try:
+            body = msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                object_pairs_hook=_map_without_duplicate_keys,
+            )
+        except UnicodeDecodeError:
+            self._fail(ErrorCode.MALFORMED_FRAME, "string is not valid UTF-8")
+        except _DuplicateKey as exc:
+            self._fail(ErrorCode.MALFORMED_FRAME, str(exc))
+        except (ValueError, msgpack.UnpackException) as exc:
+            # ExtraData, StackError, FormatError, truncated body, non-str keys: all
+            # mean the sender is not speaking this protocol.
+            # FormatError (a byte such as 0xc1 that begins no object) has no text of its own.
+            self._fail(ErrorCode.MALFORMED_FRAME, f"frame is not one msgpack object: {str(exc) or type(exc).__name__}")
+        if not isinstance(body, dict):
+            self._fail(
+                ErrorCode.MALFORMED_FRAME,
+                f"frame holds a msgpack {type(body).__name__}, not a map",
+            )
+        problem = _plain_data_problem(body, depth=1)
+        if problem is not None:
+            self._fail(ErrorCode.MALFORMED_FRAME, problem)
+        return parse_message(body, self._accept)
+
+    def _fail(self, code: ErrorCode, message: str) -> NoReturn:
+        self._error = FatalProtocolError(code, message)
+        self._buffer.clear()
+        raise self._error
+
+    def _raise_if_broken(self) -> None:
+        if self._error is not None:
+            raise FatalProtocolError(self._error.code, self._error.message)
+
+
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
+"""What msgpack decodes its scalars to (exact types: subclasses are not plain)."""
+
+
+def _flat_map(payload: bytes) -> dict[str, Any] | None:
+    """``payload`` decoded, when it is one fixmap (``payload[0]``: 0x80 + its count of
+    keys) whose keys are strings, none twice, and whose values are all scalars; None
+    for anything else, which ``FrameDecoder._parse`` then decodes with every check.
+
+    The common message (a ``sample``, a ``result`` of a plain sample, a ``ping``) is such
+    a map, and for it this is all those checks come to: nothing nested (so no depth, no
+    map inside to hold a key twice), and the top-level map held a key twice exactly when
+    it decoded to fewer keys than its header counts. It saves decoding through
+    ``object_pairs_hook``, a Python call and a list of pairs per map."""
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception:  # whatever is wrong, the full decoding says it in its own words
+        return None
+    if type(body) is not dict or len(body) != payload[0] & 0x0F:
+        return None
+    for key, value in body.items():  # a loop: quicker than map() and a set for 5 keys
+        if type(key) is not str or type(value) not in _SCALARS:
+            return None
+    return body
+
+
+def _plain_data_problem(value: Any, depth: int) -> str | None:
+    """Why ``value`` is not plain msgpack data, or None.
+
+    Plain means: string map keys, no extension types, containers nested at most
+    ``MAX_DEPTH`` levels deep (the top-level map is level 1; scalars add no level).
+    """
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        return f"containers nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, dict):
+        # strict_map_key already refused keys other than str and bytes (msgpack bin);
+        # ``in`` over ``map`` looks for bytes without a Python-level loop.
+        if bytes in map(type, value):
+            return "map keys must be msgpack strings"
+        items = list(value.values())
+    elif isinstance(value, list):
+        if _SCALARS.issuperset(map(type, value)):
+            return None  # a list of scalars (a range's counts): one C loop, not one turn each
+        items = value
+    elif value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return None
+    else:
+        return f"msgpack extension types are not allowed ({type(value).__name__})"
+    for item in items:
+        if type(item) in _SCALARS:
+            continue  # most fields: no call needed
+        problem = _plain_data_problem(item, depth + 1)
+        if problem is not None:
+            return problem
+    return None
