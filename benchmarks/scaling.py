@@ -37,7 +37,11 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
 
    ``--against PYTHON`` runs the big ones of another installation too (that interpreter's
    ``mcpi``, say a checkout of main before a change), in the same rounds, and prints its
-   speed-up and each of ours against its own.
+   speed-up and each of ours against its own. Each round says how much CPU the rest of the
+   machine took during its busiest command (``/proc/stat``): two workers on two cores have
+   no idle core to absorb it, one worker has, so every 10 ms of it costs the speed-up about
+   as much as 5 ms more of two workers' wall. ``--quiet-only MS`` keeps only rounds where
+   it stayed under MS during every command (trying up to four times ``--rounds``).
 
    "Cold" is a fresh process, as after an install and a first run: numba's and the object
    cache are warmed first, and Python's bytecode caches are allowed (an untimed round
@@ -50,7 +54,7 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    --workers 2`` under ``auto`` vs ``MCPI_NUMPY_IMPL=numpy`` (target: not slower).
 
     python benchmarks/scaling.py [--points 1e9] [--rounds 3] [--skip-cold] [--implementations]
-    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10] [--compare-load] [--against PYTHON]
+    python benchmarks/scaling.py --cold [--rounds 3] [--big 1e10] [--compare-load] [--against PYTHON] [--quiet-only MS]
     python benchmarks/scaling.py --first-run [--rounds 3]
 """
 
@@ -59,6 +63,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -247,39 +252,58 @@ def compare_implementations(points: int, rounds: int) -> None:
 PPE_NUMPY = str(Path(__file__).with_name("ppe_numpy.py"))
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every CPU of the machine has been busy since boot (``/proc/stat``: all
+    but idle and I/O wait), at the kernel's tick (10 ms); NaN where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def cold_command(
     argv: list[str], parse: Callable[[str], int], environ: dict[str, str] | None = None
-) -> Callable[[], tuple[float, float, int]]:
-    """``run() -> (wall seconds, CPU seconds of the command and its children, inside)``;
-    ``environ``: what to set in the command's environment."""
+) -> Callable[[], tuple[float, float, int, float]]:
+    """``run() -> (wall seconds, CPU seconds of the command and its children, inside, CPU
+    seconds the rest of the machine used meanwhile)``; ``environ``: what to set in the
+    command's environment. The last is what a shared machine's load took from the run:
+    two workers on two cores have no idle core to absorb it, one worker has."""
 
-    def run() -> tuple[float, float, int]:
-        before = os.times()
+    def run() -> tuple[float, float, int, float]:
+        before, busy = os.times(), machine_busy_s()
         started = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, **(environ or {})})
         wall = time.perf_counter() - started
         after = os.times()
         cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-        return wall, cpu, parse(done.stdout)
+        return wall, cpu, parse(done.stdout), max(0.0, machine_busy_s() - busy - cpu)
 
     return run
 
 
 def mcpi_estimate(
     points: int, *options: str, environ: dict[str, str] | None = None, python: str = sys.executable
-) -> Callable[[], tuple[float, float, int]]:
+) -> Callable[[], tuple[float, float, int, float]]:
     argv = [python, *MCPI[1:], "estimate", "--json", "--seed", str(SEED), "--points", str(points), *options]
     return cold_command(argv, lambda out: int(json.loads(out)["inside"]), environ)
 
 
 def cold_targets(
-    points: int, big: int, rounds: int, compare_load: bool = False, against: str | None = None
+    points: int,
+    big: int,
+    rounds: int,
+    compare_load: bool = False,
+    against: str | None = None,
+    quiet_only: float | None = None,
 ) -> None:
     subprocess.run([sys.executable, "-P", "-c", WARM_NOW], check=True)
     if against:
         subprocess.run([against, "-P", "-c", WARM_NOW], check=True)
     worker = str(Path(sys.executable).with_name("mcpi-worker"))
-    contenders: dict[str, Callable[[], tuple[float, float, int]]] = {
+    contenders: dict[str, Callable[[], tuple[float, float, int, float]]] = {
         "mcpi -w2": mcpi_estimate(points, "--workers", "2"),
         "executor+numpy x2": cold_command(
             [sys.executable, PPE_NUMPY, "--points", str(points), "--seed", str(SEED), "--workers", "2"],
@@ -300,23 +324,38 @@ def cold_targets(
     print(f"issue 18, whole cold commands: {points:.0e} and big = {big:.0e} points, {rounds} rounds; {load()}")
     walls: dict[str, list[float]] = {name: [] for name in contenders}
     cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    others: dict[str, list[float]] = {name: [] for name in contenders}
     counts: dict[str, set[int]] = {name: set() for name in contenders}
     names = list(contenders)
     for name in names:  # untimed: writes the bytecode caches, starts nothing cold in the rounds
         contenders[name]()
-    for round_number in range(rounds):
-        shift = round_number % len(names)
-        for name in names[shift:] + names[:shift]:
-            wall, cpu, inside = contenders[name]()
-            walls[name].append(wall)
-            cpus[name].append(cpu)
+    tried = 0
+    while len(walls[names[0]]) < rounds and tried < (rounds if quiet_only is None else 4 * rounds):
+        shift = tried % len(names)
+        tried += 1
+        got = {name: contenders[name]() for name in names[shift:] + names[:shift]}
+        for name, (_, _, inside, _) in got.items():
             counts[name].add(inside)
-        print(f"  round {round_number + 1}: " + ", ".join(f"{n} {walls[n][-1]:.2f}s" for n in names) + f"; {load()}")
+        busiest = max(other for _, _, _, other in got.values())
+        kept = quiet_only is None or busiest * 1000 < quiet_only
+        if kept:
+            for name, (wall_s, cpu_s, _, other) in got.items():
+                walls[name].append(wall_s)
+                cpus[name].append(cpu_s)
+                others[name].append(other)
+        print(f"  round {tried}: " + ", ".join(f"{n} {got[n][0]:.2f}s" for n in names)
+              + f"; the rest of the machine took up to {busiest * 1000:.0f} ms of CPU during a command"
+              + ("" if kept else f" (dropped: --quiet-only {quiet_only:g})") + f"; {load()}")  # fmt: skip
+    if not walls[names[0]]:
+        print(f"  no round was quiet enough in {tried} tries")
+        return
     wall = {name: statistics.median(values) for name, values in walls.items()}
     cpu = {name: statistics.median(values) for name, values in cpus.items()}
-    print(f"\n  {'':24} {'wall s':>8} {'CPU s':>8}   (every round's wall)")
+    print(f"\n  {'':24} {'wall s':>8} {'CPU s':>8} {'others':>8}   (every round's wall)")
     for name in names:
-        print(f"  {name:24} {wall[name]:8.3f} {cpu[name]:8.3f}   ({', '.join(f'{t:.2f}' for t in walls[name])})")
+        print(f"  {name:24} {wall[name]:8.3f} {cpu[name]:8.3f} {statistics.median(others[name]):8.3f}   "
+              f"({', '.join(f'{t:.2f}' for t in walls[name])})")  # fmt: skip
+    print("  others: CPU s the rest of the machine took during the command (median)")
     # The same seed, points and chunk size give the same count on any number of workers.
     same = [counts["mcpi -w2"] | counts["executor+numpy x2"], counts["mcpi -w2 chunk 1e4"]]
     same.append(set().union(*(counts[name] for name in names if "big" in name)))
@@ -414,6 +453,10 @@ def main() -> None:
     parser.add_argument(
         "--against", metavar="PYTHON", help="--cold: the big runs of this interpreter's mcpi too (another tree)"
     )
+    parser.add_argument(
+        "--quiet-only", type=float, metavar="MS",
+        help="--cold: keep only rounds in which the rest of the machine took under MS ms of CPU during each command",
+    )  # fmt: skip
     args = parser.parse_args()
     configure_logging("warning")
     # Every command runs as from an installed package, with bytecode caches allowed: where
@@ -423,7 +466,7 @@ def main() -> None:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     points = args.points
     if args.cold:
-        cold_targets(points, args.big, args.rounds, args.compare_load, args.against)
+        cold_targets(points, args.big, args.rounds, args.compare_load, args.against, args.quiet_only)
         return
     if args.first_run:
         first_run_after_install(points, args.rounds)
