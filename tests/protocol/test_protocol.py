@@ -64,46 +64,23 @@ class Failure:
 Event = Message | Failure
 
 
-def decode(chunks: Iterable[bytes], accept: dict[str, type], eof: bool = False) -> list[Event]:
-    """Feed ``chunks`` in order and collect every message or error, as a receiver would."""
+def decode(
+    chunks: Iterable[bytes], accept: dict[str, type], eof: bool = False, *, batched: bool = False
+) -> list[Event]:
+    """Feed ``chunks`` in order and collect every message or error, as a receiver would:
+    one frame at a time (``next_message``), or with ``batched`` every whole frame of a
+    read at once (``next_messages``)."""
     decoder = FrameDecoder(accept)
     events: list[Event] = []
 
     def drain() -> bool:
         while True:
             try:
-                message = decoder.next_message()
-            except RequestError as exc:
-                events.append(Failure(False, exc.code, exc.request_id))
-                continue
-            except FatalProtocolError as exc:
-                events.append(Failure(True, exc.code, None))
-                return False
-            if message is NEED_DATA:
-                return True
-            events.append(message)
-
-    for chunk in chunks:
-        decoder.feed(chunk)
-        if not drain():
-            return events
-    if eof:
-        try:
-            decoder.feed_eof()
-        except FatalProtocolError as exc:
-            events.append(Failure(True, exc.code, None))
-    return events
-
-
-def decode_batched(chunks: Iterable[bytes], accept: dict[str, type], eof: bool = False) -> list[Event]:
-    """``decode`` with ``FrameDecoder.next_messages``: every whole frame of a read at once."""
-    decoder = FrameDecoder(accept)
-    events: list[Event] = []
-
-    def drain() -> bool:
-        while True:
-            try:
-                messages = decoder.next_messages()
+                if batched:
+                    messages = decoder.next_messages()
+                else:
+                    message = decoder.next_message()
+                    messages = [] if message is NEED_DATA else [message]
             except RequestError as exc:
                 events.append(Failure(False, exc.code, exc.request_id))
                 continue
@@ -124,6 +101,10 @@ def decode_batched(chunks: Iterable[bytes], accept: dict[str, type], eof: bool =
         except FatalProtocolError as exc:
             events.append(Failure(True, exc.code, None))
     return events
+
+
+def decode_batched(chunks: Iterable[bytes], accept: dict[str, type], eof: bool = False) -> list[Event]:
+    return decode(chunks, accept, eof, batched=True)
 
 
 TRAILER = Ping(id=424242)
