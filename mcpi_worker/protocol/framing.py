@@ -174,6 +174,8 @@ class FrameDecoder:
     - ``next_message()`` returns a message, or ``NEED_DATA``; raises ``RequestError``
       for a well-framed but invalid message (the frame is consumed, decoding goes on)
       and ``FatalProtocolError`` when the stream itself is broken.
+    - ``next_messages()`` returns every whole frame's message at once (``[]`` for
+      ``NEED_DATA``), as calls of ``next_message`` would, and raises as it does.
     - ``feed_eof()`` tells it the stream ended; it raises ``FatalProtocolError`` if
       that happened inside a frame. ``at_frame_boundary`` says whether it would.
     """
