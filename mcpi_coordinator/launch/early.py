@@ -279,7 +279,7 @@ def start(
     # ready for the run's size meanwhile (a small run counts with NumPy, whose import
     # then overlaps the command's).
     told = {**os.environ, CACHE_WARMED_BY_PARENT: "1", EXPECTED_POINTS: str(share)}
-    at_once = max(1, cpus - 1)
+    at_once = max(1, cpus - 1) if os.name == "posix" else wanted  # no inherited pipes elsewhere
     waits: dict[int, int] = {}  # a worker's index -> the read end of the pipe it will wait on
     try:
         for index in range(wanted):
@@ -346,6 +346,9 @@ def spawn(
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
+    given = os.environ if environ is None else environ
+    if START_TURN in given and not inherited:  # a turn is only ours to give: one in our environment is a stray
+        environ = {name: value for name, value in given.items() if name != START_TURN}
     ours = _runs_our_worker(argv)
     if ours:
         environ = {**(os.environ if environ is None else environ), KILLED_WITH_PARENT: str(os.getpid())}

@@ -367,6 +367,32 @@ def test_workers_started_together_take_turns_leaving_the_command_a_cpu(
         early.discard()
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the workers' environment in /proc")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_turn_in_the_command_s_own_environment_reaches_no_worker(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MCPI_START_TURN`` names descriptors a worker inherits from the command that set it:
+    one in the command's own environment (a stray export) is never passed on."""
+    monkeypatch.setenv("MCPI_START_TURN", "0,1")
+    started = early.start(["estimate", "-n", "1e9", "-w", str(workers)], {}, cpus=2)
+    try:
+        assert started == workers
+        turns = [environment_of(worker.process.pid).get("MCPI_START_TURN") for worker in early._started]
+        assert "0,1" not in turns
+        assert len([turn for turn in turns if turn is not None]) == (2 if workers == 2 else 0)
+    finally:
+        early.discard()
+    process = early.spawn(early.worker_argv())
+    try:
+        assert "MCPI_START_TURN" not in environment_of(process.process.pid)
+    finally:
+        for fd in (process.stdin, process.stdout, process.stderr):
+            os.close(fd)
+        process.process.kill()
+        process.process.wait()
+
+
 def test_a_plain_estimate_takes_the_worker_started_as_it_began() -> None:
     env = {**os.environ, "MCPI_LOG_LEVEL": "debug", "MCPI_LOG_FORMAT": "json"}
     env.pop("MCPI_WORKER_CMD", None)
