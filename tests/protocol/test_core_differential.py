@@ -524,7 +524,7 @@ def stream_frame(draw: st.DrawFn, kinds: list[str], limit: int = new_messages.MA
 
 
 TYPE_EDGES: list[Any] = [
-    True, False, None, 0, 1, -1, 2**63, UINT64_MAX, -(2**63), MAX_POINTS + 1, 1.0, 0.0, -0.0, math.nan,
+    True, False, None, 0, 1, -1, 2**63, UINT64_MAX, -(2**63), MAX_POINTS + 1, float(2**64), 1.0, 0.0, -0.0, math.nan,
     math.inf, 1e300, "", "1", "numpy", "a\nb", b"", b"1", b"numpy", RawStr(b"\xff"), [], [1], [True], [1.0],
     ["numpy"], [[1]], [None], {}, {"a": 1}, {b"a": 1}, [0] * 65, ["x"] * 65,
     ext(-1, struct.pack(">I", 0)), ext(-1, struct.pack(">Iq", 0, 1)), ext(3, b"x"), Raw(b"\xc1"),
@@ -535,7 +535,8 @@ TYPE_EDGES: list[Any] = [
     {"a": nested(new_messages.MAX_DEPTH - 2)}, {"a": nested(new_messages.MAX_DEPTH - 1)},
 ]  # fmt: skip
 """A value of each msgpack type, and each encoding of a valid one, that every field is
-given in turn by ``test_every_field_takes_and_refuses_each_msgpack_type_as_before``."""
+given in turn by ``test_every_field_takes_and_refuses_each_msgpack_type_as_before`` (2**64
+itself is no msgpack integer: it comes as the float it is)."""
 
 BASE: dict[str, dict[str, Any]] = {
     kind: {"type": kind, **{name: FALLBACK[name] for name in new_messages.FIELD_NAMES[cls]}}
