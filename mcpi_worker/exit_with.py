@@ -10,10 +10,11 @@ that one: the parent process is the same) and then to init. When the second came
 the first's handler was still running, CPython left its handler for the main thread's
 next line of Python, and a main thread back waiting in C (``sem_wait`` on a lock, a
 ``read``), which no further signal interrupted, never ran it: the process outlived its
-parent for good (a bench pool worker, about 1 SIGKILLed ``mcpi bench overhead`` in 30
-beside two busy loops). A thread that exits the process does not depend on the main
-thread ever running Python again; nor does a pidfd on a thread of the watched process
-that ends (a pidfd is the process's, readable once its whole thread group has exited).
+parent for good (a bench pool worker of a SIGKILLed ``mcpi bench overhead``, in CI and
+beside busy loops: ``tests/cli/test_bench_off_main.py -k stuck_in_c``). A thread that
+exits the process does not depend on the main thread ever running Python again; nor does
+a pidfd on a thread of the watched process that ends (a pidfd is the process's,
+readable once its whole thread group has exited).
 
 Imports only ``os``, ``select`` and ``threading``: ``mcpi-worker`` arms this before its
 heavy imports.

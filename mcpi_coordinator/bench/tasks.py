@@ -105,8 +105,8 @@ def _exit_with(owner: int) -> None:
 
     Not a parent-death signal with a handler, as before: a worker blocked on its pool's
     queue lock, which a sibling killed with the command had held, was left for good
-    (about 1 SIGKILLed ``mcpi bench overhead`` in 30 beside two busy loops), its
-    handler pending for a main thread that never ran Python again.
+    (in CI and beside busy loops), its handler pending for a main thread that never ran
+    Python again.
 
     Where pidfds are refused or this Python has no ``os.pidfd_open``, nothing is
     armed: the pools' own shutdown is all there is, as elsewhere, rather than an
