@@ -63,7 +63,21 @@ def _unrolled_body(cls: type[Message]) -> Callable[[Any], dict[str, Any]]:
     1's frames as they were): ``_ENCODING`` written out for ``cls`` alone, made once at
     import as ``messages._unrolled_parser`` is (every message sent takes it; the loop's
     turns cost more than the map). A tuple goes as it is: msgpack packs it as the array
-    a list would be."""
+    a list would be. Its ``__doc__`` is its source; ``Result``'s, for one
+    (tests/protocol/test_core_differential.py holds the two equal)::
+
+        def body(m):
+            b = {'type': 'result', 'id': m.id, 'inside': m.inside, 'points': m.points, 'elapsed_s': m.elapsed_s}
+            v = m.insides
+            if not v == absent4:
+                b['insides'] = v
+            v = m.implementation
+            if not v == absent5:
+                b['implementation'] = v
+            return b
+
+    (``absent4``, ``absent5``: what a missing ``insides`` and ``implementation`` mean,
+    None and "".)"""
     scope: dict[str, Any] = {}
     leading: list[str] = []
     rest: list[str] = []
@@ -76,8 +90,10 @@ def _unrolled_body(cls: type[Message]) -> Callable[[Any], dict[str, Any]]:
             scope[f"absent{index}"] = absent
             rest += [f"    v = m.{name}", f"    if not v == absent{index}:", f"        b[{name!r}] = v"]
     lines = ["def body(m):", f"    b = {{'type': {cls.TYPE!r}{''.join(', ' + item for item in leading)}}}", *rest]
-    exec("\n".join([*lines, "    return b"]), scope)  # its source: made above from the field table alone
+    source = "\n".join([*lines, "    return b"])
+    exec(source, scope)  # its source: made above from the field table alone
     body: Callable[[Any], dict[str, Any]] = scope["body"]
+    body.__doc__ = source  # for a reader: help(), a traceback that says only <string>
     return body
 
 

@@ -556,7 +556,26 @@ def _unrolled_parser(cls: type[Message]) -> Callable[[dict[str, Any]], Message |
     received takes it; the loop's turns, its tuple of seven and its list of values cost
     more than the checks themselves. Made once per class at import, as ``dataclasses``
     makes each class's ``__init__``: its source holds only field names (``repr``), integer
-    bounds and the names of the rule's own functions."""
+    bounds and the names of the rule's own functions. Its ``__doc__`` is that source;
+    ``Hello``'s, for one (tests/protocol/test_core_differential.py holds the two equal)::
+
+        def parse(body):
+            v0 = body.get('versions', _MISSING)
+            if not (v0 is not _MISSING and valid0(v0)):
+                return None
+            v0 = convert0(v0)
+            v1 = body.get('client', _MISSING)
+            if not (type(v1) is str and 0 <= len(v1) <= 4096):
+                return None
+            v2 = body.get('expected_points', _MISSING)
+            if v2 is _MISSING:
+                v2 = absent2
+            elif not (type(v2) is int and 0 <= v2 <= 18446744073709551615):
+                return None
+            return cls(v0, v1, v2)
+
+    (``valid0``, ``convert0``: ``VERSIONS``' own; ``absent2``: the value a missing
+    ``expected_points`` means, None.)"""
     scope: dict[str, Any] = {"cls": cls, "_MISSING": _MISSING}
     lines = ["def parse(body):"]
     values = []
@@ -590,8 +609,10 @@ def _unrolled_parser(cls: type[Message]) -> Callable[[dict[str, Any]], Message |
                 lines.append("    else:")
                 lines.append(f"        {converted}")
     lines.append(f"    return cls({', '.join(values)})")
-    exec("\n".join(lines), scope)  # its source: made above from the field table alone
+    source = "\n".join(lines)
+    exec(source, scope)  # its source: made above from the field table alone
     parse: Callable[[dict[str, Any]], Message | None] = scope["parse"]
+    parse.__doc__ = source  # for a reader: help(), a traceback that says only <string>
     return parse
 
 

@@ -50,6 +50,7 @@ import itertools
 import math
 import os
 import struct
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -936,6 +937,20 @@ def test_every_message_is_encoded_as_before(data: st.DataObject) -> None:
 def test_a_plain_sample_is_encoded_as_before(request_id: int, seed: int, stream: int, size: int, name: str) -> None:
     old = outcome(lambda: old_framing.encode(old_messages.Sample(request_id, seed, stream, size, name)))
     assert outcome(lambda: new_framing.encode_plain_sample(request_id, seed, stream, size, name)) == old
+
+
+def _shown(docstring: str | None) -> str:
+    """The code block of ``docstring`` (after its ``::``), dedented."""
+    assert docstring is not None
+    block = docstring.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    return textwrap.dedent(block)
+
+
+def test_the_generated_code_is_what_the_docstrings_show() -> None:
+    """The parsers and encoders made with ``exec`` are readable where they are made: their
+    docstrings show one, and each keeps its source as its ``__doc__``."""
+    assert _shown(new_messages._unrolled_parser.__doc__) == new_messages._PARSERS[new_messages.Hello].__doc__
+    assert _shown(new_framing._unrolled_body.__doc__) == new_framing._BODIES[new_messages.Result].__doc__
 
 
 FROZEN_BLOBS = {
