@@ -501,6 +501,31 @@ FALLBACK: dict[str, Any] = {
 """A value each field's rule takes, for a draw of ``VALID_FIELDS`` that it does not."""
 
 
+@FUZZ
+@given(data=st.data(), side=st.sampled_from(["worker", "coordinator"]))
+def test_a_valid_message_with_keys_of_its_own_or_not_is_decided_as_before(data: st.DataObject, side: str) -> None:
+    """4812407's claim, aimed at: a fixmap whose keys are all its message's own skips the
+    plain-data scan, since each value then meets its field's rule. So a valid message
+    given keys that are not its own (another message's field, an unknown name, a bin or
+    non-UTF-8 key) holding anything (an extension, nesting past ``MAX_DEPTH``, a nested
+    map with a key twice or a bin key) must be decided as before, alone and in a read
+    between good frames."""
+    kinds = COORDINATOR_TYPES if side == "worker" else WORKER_TYPES
+    message = data.draw(valid_message(kinds))
+    pairs: list[tuple[Any, Any]] = list(message.items())
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(KEYS | map_keys)
+        pairs.insert(data.draw(st.integers(0, len(pairs))), (key, data.draw(st.sampled_from(TYPE_EDGES) | nasty)))
+    payload = raw_map(data.draw, pairs, data.draw(st.sampled_from([0, 0, 1, 2])))
+    bad = struct.pack(">I", len(payload)) + payload
+    good = message_frame(data.draw(valid_message(kinds)))
+    for stream in (bad, good + bad + good):
+        old, new = decoders(side)
+        old.feed(stream)
+        new.feed(stream)
+        assert drain_new(new) == drain_old(old)
+
+
 @st.composite
 def valid_message(draw: st.DrawFn, kinds: list[str]) -> dict[str, Any]:
     """A map the field table takes, of one of ``kinds`` (optional fields sometimes left out)."""
