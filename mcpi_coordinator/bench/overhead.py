@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from mcpi_coordinator.bench import tasks as shipped
-from mcpi_coordinator.bench.measure import dropping_queued_work
+from mcpi_coordinator.bench.measure import dropping_queued_work, run_trio
 from mcpi_coordinator.bench.off_main import off_main_thread, on_stop
 from mcpi_coordinator.launch.transport import Launcher
 from mcpi_coordinator.pool.chunks import Chunk
@@ -305,7 +305,7 @@ def trio_parallel(tasks: int, workers: int) -> Overhead:
 
             return await _measure_async("trio-parallel", call, tasks, workers, trio.open_nursery)
 
-    return trio.run(measure)
+    return run_trio(measure)
 
 
 # ---------------------------------------------------------------- anyio-to-process
@@ -360,7 +360,7 @@ def trio_pool(tasks: int, workers: int) -> Overhead:
 
             return await _measure_async("trio-pool", call, tasks, workers, trio.open_nursery)
 
-    return trio.run(measure)
+    return run_trio(measure)
 
 
 def trio_pool_sample(tasks: int, workers: int, *, launcher: Launcher | None = None) -> Overhead:
@@ -385,7 +385,7 @@ def trio_pool_sample(tasks: int, workers: int, *, launcher: Launcher | None = No
             round_trip = await _async_round_trip_us(call, tasks)
             return Overhead("trio-pool/sample", round_trip, await _median_rate_async(run_many, tasks))
 
-    return trio.run(measure)
+    return run_trio(measure)
 
 
 def trio_pool_range(tasks: int, workers: int) -> Overhead:
@@ -417,7 +417,7 @@ def trio_pool_range(tasks: int, workers: int) -> Overhead:
             round_trip = await _async_round_trip_us(call, tasks)
             return Overhead(RANGE_ROW, round_trip, await _median_rate_async(run, tasks))
 
-    return trio.run(measure)
+    return run_trio(measure)
 
 
 RANGE_ROW: Final = "trio-pool/range"

@@ -16,7 +16,7 @@ from functools import partial
 
 import trio
 
-from mcpi_coordinator.bench.measure import Measurement, timed_async
+from mcpi_coordinator.bench.measure import Measurement, run_trio, timed_async
 from mcpi_coordinator.bench.one_shot import OneShotExchange, exit_failure
 from mcpi_coordinator.bench.workload import Workload
 
@@ -144,4 +144,4 @@ async def _trio_measure(workload: Workload, repeat: int) -> Measurement:
 
 
 def trio_run_process(workload: Workload, repeat: int) -> Measurement:
-    return trio.run(_trio_measure, workload, repeat)
+    return run_trio(_trio_measure, workload, repeat)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import time
 
-import trio
-
-from mcpi_coordinator.bench.measure import Measurement, timed_async
+from mcpi_coordinator.bench.measure import Measurement, run_trio, timed_async
 from mcpi_coordinator.bench.workload import Workload
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.run.estimate import run_estimate
@@ -37,4 +35,4 @@ async def _measure(workload: Workload, repeat: int) -> Measurement:
 
 
 def trio_pool(workload: Workload, repeat: int) -> Measurement:
-    return trio.run(_measure, workload, repeat)
+    return run_trio(_measure, workload, repeat)

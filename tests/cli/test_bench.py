@@ -7,14 +7,17 @@ with small workloads, with real mcpi-worker processes where an approach uses the
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import trio
 
 from mcpi_coordinator.bench import approaches, overhead, report
 from mcpi_coordinator.bench.measure import Measurement, Run
@@ -475,3 +478,53 @@ def test_an_approach_s_tasks_per_second_is_the_median_of_its_passes() -> None:
     assert overhead.THROUGHPUT_PASSES == 3
     assert ran == [100, 100, 100]
     assert rate == 100 / 2
+
+
+def test_a_bench_measurement_takes_ctrl_c_only_at_a_checkpoint() -> None:
+    """``run_trio`` raises Ctrl-C at the main task's next checkpoint, not inside the code
+    between two: a Ctrl-C inside ``Nursery.start_soon`` (unprotected by Trio) left a task
+    that never ran, and a stopped ``mcpi bench overhead`` ended in ``TrioInternalError``
+    and a traceback (CI). Here the signal comes before a burst of ``start_soon`` calls;
+    the burst completes and the interrupt is raised where the main task waits next (with
+    a plain ``trio.run`` it is raised at once, inside the burst)."""
+    from mcpi_coordinator.bench.measure import run_trio
+
+    spawned: list[int] = []
+
+    async def nothing() -> None:
+        pass
+
+    async def stopped_in_a_burst() -> None:
+        async with trio.open_nursery() as nursery:
+            signal.raise_signal(signal.SIGINT)
+            for index in range(1000):
+                nursery.start_soon(nothing)
+                spawned.append(index)
+            with trio.fail_after(60):  # the Ctrl-C is taken where the main task waits
+                await trio.sleep_forever()
+
+    # Trio takes Ctrl-C over only from Python's own handler (a module imported here may
+    # have left another in place).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(BaseExceptionGroup) as raised:  # from inside the nursery
+            run_trio(stopped_in_a_burst)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    interrupted, rest = raised.value.split(KeyboardInterrupt)
+    assert interrupted is not None and rest is None, raised.value
+    assert len(spawned) == 1000
+
+
+def test_every_bench_trio_run_goes_through_run_trio() -> None:
+    """The one home of how ``mcpi bench`` runs Trio: no module of the bench calls
+    ``trio.run`` itself (``bench.measure.run_trio``'s docstring says why)."""
+    bench = Path(overhead.__file__).parent
+    direct = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(bench.glob("*.py"))
+        if path.name != "measure.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "trio.run"
+    ]
+    assert direct == []
