@@ -65,6 +65,10 @@ def wait_for_turn(environ: MutableMapping[str, str] = os.environ, stdin: int = 0
     value = environ.pop(START_TURN, "")
     waiting_text, _, passing_text = value.partition(",")
     waiting, passing = _inherited_pipe(waiting_text), _inherited_pipe(passing_text)
+    if waiting is not None and waiting == passing:
+        # Stray: a turn's two ends are two pipes. Waited on and closed, the one
+        # descriptor would be closed again by ``pass_on``, by then another file's number.
+        waiting = passing = None
     if waiting is not None:
         import select
 

@@ -120,3 +120,19 @@ def test_a_turn_on_a_file_is_not_waited_for_nor_closed(tmp_path: Path) -> None:
         environ = {START_TURN: f"{file.fileno()},{file.fileno()}"}
         wait_for_turn(environ).pass_on()
         os.fstat(file.fileno())  # still open
+
+
+def test_one_pipe_named_to_wait_on_and_to_pass_on_is_not_closed_twice() -> None:
+    """``"N,N"`` (never mcpi's: each worker waits on one pipe and passes on another) is a
+    stray value: were N waited on, closed, and closed again by ``pass_on``, the second close
+    would hit whatever file had taken the number meanwhile."""
+    read_end, write_end = os.pipe()
+    try:
+        os.close(write_end)  # its end of file: nothing to wait for, if it were waited on
+        turn = wait_for_turn({START_TURN: f"{read_end},{read_end}"})
+        with open(os.devnull, "rb") as meanwhile:  # the lowest free number: N, had N been closed
+            turn.pass_on()
+            os.fstat(meanwhile.fileno())  # still open: pass_on closed no other file
+        os.fstat(read_end)  # nor the pipe: it was not this turn's to close
+    finally:
+        os.close(read_end)
