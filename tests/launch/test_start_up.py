@@ -342,12 +342,19 @@ def _our_pipes() -> set[str]:
     [(2, 2, {1: 0}), (4, 4, {3: 0}), (3, 2, {}), (2, 1, {})],
 )
 def test_workers_started_together_take_turns_leaving_the_command_a_cpu(
-    cpus: int, workers: int, waits: dict[int, int]
+    cpus: int, workers: int, waits: dict[int, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At most one worker per CPU but one starts at a time (``mcpi_worker.start_turn``):
     each further worker waits on a pipe only the worker before it holds the other end of
     (not the command, whose ends are closed: the end of file comes when that worker has
-    started, or died)."""
+    started, or died).
+
+    Each worker is held in a ``sitecustomize`` before it runs any of ours: a worker that
+    started would close the end it passes on, and one whose turn came the end it waited
+    on, before this test could read them in ``/proc`` (on a loaded machine, the test can
+    be off its CPU for a worker's whole start)."""
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(3600)  # until early.discard kills us\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     started = early.start(["estimate", "-n", "1e9", "-w", str(workers)], {}, cpus=cpus)
     try:
         assert started == workers
