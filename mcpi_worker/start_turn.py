@@ -2,9 +2,10 @@
 
 ``mcpi estimate`` starts its local workers as it begins (``mcpi_coordinator.launch.early``),
 and until its ``hello`` the command's own start (Trio, the pool) is what every first count
-waits for. Two workers starting beside it on two cores shared the cores three ways: the
-command's start went at two thirds of a core, and once the workers were ready they waited,
-a core idle, for the rest of it (``benchmarks/sched_timeline.py``, docs/worker.md). A worker
+waits for. Two workers starting beside it on two cores shared the cores three ways, so the
+command's start went slower than on a core of its own, and once the workers were ready they
+waited, a core idle, for the rest of it (``benchmarks/sched_timeline.py``'s timeline and its
+figures: docs/worker.md, **Two workers against one**). A worker
 starting alone beside the command leaves it a core: the first worker is ready as early as
 before, the ``hello`` comes sooner, and the next worker starts on the core the first one
 left. With one worker, or a CPU to spare for each, nobody waits.
