@@ -39,8 +39,8 @@ medians over ``--rounds`` (the machine is shared; print the load with the figure
    ``mcpi``, say a checkout of main before a change), in the same rounds, and prints its
    speed-up and each of ours against its own. Each round says how much CPU the rest of the
    machine took during its busiest command (``/proc/stat``): two workers on two cores have
-   no idle core to absorb it, one worker has, so every 10 ms of it costs the speed-up about
-   as much as 5 ms more of two workers' wall. ``--quiet-only MS`` keeps only rounds where
+   no idle core to absorb it, one worker has (a model: up to half of it lands on two
+   workers' wall, none on one worker's). ``--quiet-only MS`` keeps only rounds where
    it stayed under MS during every command (trying up to four times ``--rounds``).
 
    "Cold" is a fresh process, as after an install and a first run: numba's and the object
