@@ -31,7 +31,7 @@ def run_trio(async_fn: Callable[[Unpack[Args]], Awaitable[R]], *args: *Args) -> 
     task that never ran, and ``trio.run`` ended in ``TrioInternalError`` (an
     ``AssertionError`` in ``finalize_remaining``) with a traceback and exit 1 instead of
     the quiet exit 130. The measurements start thousands of tasks in tight loops, so a
-    stopped ``mcpi bench overhead`` hit that window (CI, load 5). Every loop here awaits
+    stopped ``mcpi bench overhead`` could hit that window. Every loop here awaits
     the pool at each turn, so a Ctrl-C is still taken within one task's time.
     Raises what ``async_fn`` raises, and ``KeyboardInterrupt`` on Ctrl-C."""
     return trio.run(async_fn, *args, restrict_keyboard_interrupt_to_checkpoints=True)
