@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, NoReturn
@@ -43,6 +44,13 @@ To drive it by hand: pipe frames to it (the dozen-line Python client in docs/wor
 
 MAX_SPIN_US: Final[int] = 10_000
 
+BROKEN_PIPE: Final[int] = 128 + signal.SIGPIPE
+"""141: the reader of stdout left before ``--help``, ``--version`` or the self-check's report
+was written (``mcpi-worker --help | true``). Nothing is said: a reader that went away is no
+error worth a line, and a shell reports a tool that SIGPIPE ended so (``mcpi`` does the
+same, ``McpiExitCode.BROKEN_PIPE``). Not the serving worker's: its stdout is the protocol,
+and a coordinator that closed it ended the connection (exit 0, protocol.md §10.3)."""
+
 MAX_HINT_DIGITS: Final[int] = len(str(2**64 - 1))
 """The most digits of ``constants.EXPECTED_POINTS`` acted on: the ``hello``'s hint is a uint64."""
 
@@ -57,7 +65,8 @@ class _Parser(argparse.ArgumentParser):
         # nothing (a full device, a closed descriptor) then ended in the interpreter's
         # flush at exit: "Exception ignored" and exit 120, or, unbuffered
         # (PYTHONUNBUFFERED=1), exit 0 without a word. One line and exit 1 instead, as
-        # the self-check's report on such a stdout.
+        # the self-check's report on such a stdout. A reader that left (EPIPE): exit 141
+        # without a word (BROKEN_PIPE), where it said "cannot write" and exited 1.
         out = sys.stderr if file is None else file
         stdout = out is sys.stdout
         try:
@@ -68,6 +77,8 @@ class _Parser(argparse.ArgumentParser):
             if not stdout:
                 return  # stderr closed or full: the exit code still says it
             _drop_unwritten_stdout()
+            if isinstance(exc, BrokenPipeError):
+                self.exit(BROKEN_PIPE)
             self.exit(ExitCode.INTERNAL, f"mcpi-worker: cannot write to stdout: {exc.strerror}\n")
 
 
@@ -132,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "exit codes: 0 orderly end (stdin EOF or shutdown), 1 internal crash, "
-            "2 usage error (or started in a terminal), 3 fatal protocol error"
+            "2 usage error (or started in a terminal), 3 fatal protocol error, "
+            "141 the reader of stdout left before --help, --version or --self-check wrote to it (| true)"
         ),
     )
     parser.add_argument(
@@ -209,7 +221,10 @@ def main(
         try:
             code = run_self_check(max_inflight=args.max_inflight)
             sys.stdout.flush()
-        except OSError as exc:  # stdout full (/dev/full), closed (boot's standard_fds), broken
+        except BrokenPipeError:  # its reader left (| true, | head -0): BROKEN_PIPE, quietly
+            _drop_unwritten_stdout()
+            return BROKEN_PIPE
+        except OSError as exc:  # stdout full (/dev/full), closed (boot's standard_fds)
             _drop_unwritten_stdout()
             print(f"mcpi-worker: cannot write the self-check's report to stdout: {exc.strerror}", file=sys.stderr)
             return ExitCode.INTERNAL

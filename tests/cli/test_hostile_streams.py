@@ -104,6 +104,37 @@ def test_help_or_version_on_a_stdout_that_takes_nothing_is_one_line_and_exit_1(
     assert (done.returncode, err) == (1, f"{line}{reason}\n")
 
 
+READER_LEFT = {
+    **{name: argv for name, (argv, _line) in HELP_AND_VERSION.items()},
+    "mcpi-worker --self-check": [*worker_command(), "--self-check"],
+}
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("command", list(READER_LEFT))
+def test_help_version_or_self_check_into_a_pipe_whose_reader_left_is_a_quiet_141(
+    command: str, unbuffered: bool
+) -> None:
+    """``mcpi --help | true`` and ``mcpi-worker --help | true`` end the same way, as a tool
+    that SIGPIPE ended: status 141 and not a word (a reader that went away is no error).
+    Before, ``mcpi-worker`` said "cannot write to stdout: Broken pipe" (or "cannot write
+    the self-check's report") and exited 1, where ``mcpi`` was quiet. The pipe's reader is
+    closed before the command starts: the unluckiest ``| true``, every time."""
+    env = {k: v for k, v in CLEAN_ENV.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            READER_LEFT[command], stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+            env=env, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr.decode(errors="replace")) == (141, "")
+
+
 @pytest.mark.parametrize("redirection", ["2>&-", "<&-", "<&- 2>&-"])
 def test_estimate_without_stdin_or_stderr_reports_its_result_and_exits_0(redirection: str) -> None:
     mark = uuid.uuid4().hex
