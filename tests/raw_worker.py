@@ -118,6 +118,8 @@ FAULTS: dict[str, str] = {
     # rules the coordinator must keep, watched (exit 9 if broken)
     "max_points_1000": "welcome max_points 1000; a larger sample is an error of the coordinator",
     "max_frame_40": "welcome max_frame 40; a larger frame is an error of the coordinator",
+    "max_frame_14": "welcome max_frame 14, too small for any message (a shutdown is 15 bytes); any frame "
+    "after the welcome is an error of the coordinator",
     "max_inflight_1": "welcome max_inflight 1; a second outstanding sample is an error of the coordinator",
     # §10.2 stderr
     "stderr_not_json": "lines on stderr that are not JSON (nor UTF-8), then a correct worker",
@@ -133,6 +135,9 @@ PROCESS_FAULTS = frozenset(
     {"child_holds_pipes", "setpgid_child", "dribble", "close_stdout", "close_stdin", "sigstop", "deaf"}
 )
 """Faults in what the worker does at its first sample rather than in what it answers."""
+
+MAX_FRAME_FAULTS = {"max_frame_40": 40, "max_frame_14": 14}
+"""Faults whose welcome announces a small ``max_frame``, and the limit each one watches."""
 
 RANGE_FAULTS = frozenset({"insides_missing", "insides_wrong_length", "group_over_points", "insides_bad_sum"})
 """Faults in the per-group counts of a range's result."""
@@ -246,8 +251,8 @@ class RawWorker:
             body["kernels"] = ["numpy"] * 65
         elif self.fault == "max_points_1000":
             body["max_points"] = 1000
-        elif self.fault == "max_frame_40":
-            body["max_frame"] = 40
+        elif self.fault in MAX_FRAME_FAULTS:
+            body["max_frame"] = MAX_FRAME_FAULTS[self.fault]
         elif self.fault == "max_inflight_1":
             body["max_inflight"] = 1
         elif self.fault == "jobs_over_max_inflight":
@@ -362,8 +367,9 @@ class RawWorker:
                 (length,) = struct.unpack_from(">I", buffer)
                 if len(buffer) < 4 + length:
                     break
-                if self.fault == "max_frame_40" and welcomed and length > 40:
-                    self.violation = f"the coordinator sent a {length}-byte frame; max_frame is 40"
+                limit = MAX_FRAME_FAULTS.get(self.fault)
+                if limit is not None and welcomed and length > limit:
+                    self.violation = f"the coordinator sent a {length}-byte frame; max_frame is {limit}"
                 body = spec_worker.decode_body(buffer[4 : 4 + length])
                 buffer = buffer[4 + length :]
                 kind = body.get("type")

@@ -67,7 +67,7 @@ from mcpi_worker.protocol import (
     Sample,
     Welcome,
 )
-from mcpi_worker.protocol.admission import Unfit, most_streams, plain_verdict, sending_problem
+from mcpi_worker.protocol.admission import Unfit, most_streams, ping_problem, plain_verdict, sending_problem
 
 TARGET_PIECE_S: Final[float] = 0.25
 """Seconds of work one piece of a range should carry for the worker that takes it."""
@@ -659,10 +659,13 @@ class Dispatcher:
         one can, or while some slot has not said what it offers yet (a pool that starts
         work at its first ready worker: one still starting may offer it)."""
         chunk = request.chunk
-        if chunk is None:
-            return None
         if self._largest is None and (not self._known or not self._all_known()):
             return None  # (with ``_largest`` worked out, every slot had said, and still has)
+        if chunk is None:  # a ping: refused only by a max_frame too small for it
+            problems = [ping_problem(welcome) for welcome in self._known.values()]
+            if not problems or None in problems:
+                return None
+            return RequestFailed(f"no worker can take a ping: {problems[0]}")
         if not request.avoid and (chunk.streams == 1 or request.splitter is not None):
             # The common case, without a look at every slot.
             if self._largest is None:
@@ -762,7 +765,7 @@ def _whole_lanes(streams: int, most: int) -> int:
 def _serves(welcome: Welcome, slot: int, request: Request) -> bool:
     chunk = request.chunk
     if chunk is None:
-        return slot not in request.avoid
+        return slot not in request.avoid and ping_problem(welcome) is None
     if not request.avoid and chunk.streams == 1:
         # The hot path: one stream, no one avoided, a worker whose frames fit any plain sample.
         verdict = plain_verdict(welcome, chunk.kernel, chunk.points)

@@ -26,6 +26,7 @@ from mcpi_worker.protocol.messages import (
     RANGE_VERSION,
     UINT64_MAX,
     ErrorCode,
+    Ping,
     Sample,
     Welcome,
     field_problem,
@@ -116,6 +117,18 @@ def sending_problem(welcome: Welcome, sample: Sample) -> Refusal | str | None:
     if unfit is not None:
         return unfit
     return frame_problem(sample_frame_size(sample), welcome.max_frame)
+
+
+PING_FRAME: Final[int] = len(encode(Ping(UINT64_MAX))) - HEADER.size
+"""The body size of a ``ping`` frame with its id at its widest: what a sender checks against
+the worker's ``max_frame`` before it knows the id."""
+
+
+def ping_problem(welcome: Welcome) -> str | None:
+    """What keeps a ``ping`` from going to the worker that sent ``welcome`` (its frame
+    above the worker's ``max_frame``: a worker may announce one too small for any
+    message, protocol.md §2), or None."""
+    return frame_problem(PING_FRAME, welcome.max_frame)
 
 
 PLAIN_SAMPLE_FRAME: Final[int] = sample_frame_size(

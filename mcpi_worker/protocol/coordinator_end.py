@@ -376,7 +376,10 @@ class CoordinatorEnd:
     def cancel(self, request_id: int) -> bool:
         """Abandon a request: its answer will come as ``Answered`` with ``abandoned`` True.
         Sends ``cancel`` once while serving; after ``shutdown`` nothing may follow
-        (protocol.md §9), and the shutdown stops every request anyway. True if the request
+        (protocol.md §9), and the shutdown stops every request anyway. Nor is a ``cancel``
+        sent to a worker whose ``welcome.max_frame`` has no room for it (a ``cancel`` is two
+        bytes longer than the ``ping`` it may cancel): the request then runs to its end,
+        and its answer is waited for as any abandoned one's (§2, §7). True if the request
         is abandoned now; False (and nothing sent) if it is not in flight, already
         abandoned, or the connection is over."""
         request = self._samples.get(request_id) or self._pings.get(request_id)
@@ -387,20 +390,30 @@ class CoordinatorEnd:
             return True
         if self._state is not CoordinatorState.SERVING:
             return False
-        self._out.append(encode(Cancel(request_id)))
+        self._send_if_it_fits(encode(Cancel(request_id)))
         return True
 
     def shutdown(self) -> None:
         """Send ``shutdown``: the worker cancels what it has queued, answers everything and
-        exits. No request may follow it."""
+        exits. No request may follow it. A worker whose ``welcome.max_frame`` has no room
+        for the ``shutdown`` frame is not sent one (protocol.md §2, §9): the end of its
+        stdin, which the driver sends next, ends it in order all the same."""
         if self._state in (CoordinatorState.AWAIT_WELCOME, CoordinatorState.SERVING):
-            self._out.append(encode(Shutdown()))
+            self._send_if_it_fits(encode(Shutdown()))
             self._state = CoordinatorState.CLOSING
 
     @staticmethod
     def _check_frame(frame: bytes, welcome: Welcome) -> None:
         if (problem := frame_problem(len(frame) - HEADER.size, welcome.max_frame)) is not None:
             raise LocalProtocolError(f"the worker would refuse it: {problem}")
+
+    def _send_if_it_fits(self, frame: bytes) -> None:
+        """Queue a notification, unless the worker's ``welcome.max_frame`` has no room for
+        it (a frame above it is fatal to the worker, §2). Before the ``welcome`` the limit
+        is not known, and every notification fits the 65 536 bytes a worker SHOULD take."""
+        welcome = self.welcome
+        if welcome is None or frame_problem(len(frame) - HEADER.size, welcome.max_frame) is None:
+            self._out.append(frame)
 
     def _require_serving(self) -> Welcome:
         if self._state is not CoordinatorState.SERVING or self.welcome is None:

@@ -174,6 +174,33 @@ def test_nothing_follows_shutdown() -> None:
     assert end.receive_eof(2.0) == [] and end.state is CoordinatorState.CLOSED
 
 
+def test_no_notification_goes_past_the_max_frame_a_welcome_sets() -> None:
+    """protocol.md §2: no frame to a worker exceeds its ``welcome.max_frame``, notifications
+    included. With 15 bytes a ``ping`` (id 1) and a ``shutdown`` fit and the ``cancel`` of
+    that ping (17) does not: it is not sent, and the ping is still waited for. With 14
+    nothing fits, not even the ``shutdown``: the end of stdin ends such a worker (§9)."""
+    for max_frame, fits in ((15, True), (14, False)):
+        end = CoordinatorEnd(client="tests", task_budget=budget)
+        end.data_to_send()  # the hello
+        welcome = Welcome(2, "test", 1, "h", ("numpy",), 8, max_frame, 1 << 40)
+        assert end.receive_data(encode(welcome), 0.0) == [Welcomed(welcome)]
+        if fits:
+            ping = end.send_ping(now=0.0, token="ping")
+            assert len(end.data_to_send()) == 4 + max_frame
+            assert end.cancel(ping) is True  # abandoned, though the worker is not told
+            assert end.data_to_send() == b""
+            end.shutdown()
+            assert end.data_to_send() == encode(Shutdown())
+            [answered] = end.receive_data(encode(Pong(ping)), 1.0)
+            assert isinstance(answered, Answered) and answered.abandoned
+        else:
+            with pytest.raises(LocalProtocolError, match="would refuse"):
+                end.send_ping(now=0.0)
+            end.shutdown()
+            assert end.data_to_send() == b""
+        assert end.receive_eof(2.0) == [] and end.state is CoordinatorState.CLOSED
+
+
 def test_request_ids_count_up_and_are_never_reused() -> None:
     """protocol.md §6: one id space for samples and pings, and an id is not used again once
     its request is answered (a worker would take a late answer for the new request)."""

@@ -107,6 +107,8 @@ RULES: dict[str, Rule] = {
     "frame_length_within_welcome_max_frame": rule(
         "also at most the `welcome.max_frame` it announces",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_frame_40]",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_frame_14]",
+        "test_connection_ends.py::test_no_notification_goes_past_the_max_frame_a_welcome_sets",
     ),
     "length_checked_before_the_body": rule(
         "A receiver MUST check the length as soon as the 4 header bytes have arrived",
@@ -1502,6 +1504,14 @@ async def _max_frame(pool: WorkerPool) -> None:
     assert await pool.ping() == 0
 
 
+async def _no_room(pool: WorkerPool) -> None:
+    # Not even a ping (15 bytes) fits in 14, nor the shutdown the pool ends it with.
+    with pytest.raises(RequestFailed):
+        await pool.sample(Chunk(SEED, 0, 2000))
+    with pytest.raises(RequestFailed):
+        await pool.ping()
+
+
 async def _several(pool: WorkerPool) -> None:
     chunks = tuple(Chunk(SEED, s, 2000) for s in range(8))
     assert await count(pool, chunks) == truth(chunks)
@@ -1518,6 +1528,7 @@ KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
     "unknown_code": (_unknown_code, {}),
     "max_points_1000": (_max_points, {}),
     "max_frame_40": (_max_frame, {}),
+    "max_frame_14": (_no_room, {}),
     "max_inflight_1": (_several, {"pipeline_depth": 4}),
     "stderr_not_json": (_several, {}),
     "stderr_flood_on_shutdown": (_several, {"shutdown_grace": TIMEOUT / 2}),
