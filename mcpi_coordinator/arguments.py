@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
+from mcpi_worker.quoting import quoted
+
 T = TypeVar("T")
 
 COUNT_EXAMPLES: Final[str] = "examples: 1000000, 1_000_000, 1e6"
@@ -73,14 +75,14 @@ def count_type(
     def parse(text: str) -> int:
         number = parse_whole_number(text)
         if number is None:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({COUNT_EXAMPLES})")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is not a whole number ({COUNT_EXAMPLES})")
         if number < low:
             if low == 0:
-                raise argparse.ArgumentTypeError(f"{text!r} is negative; give 0 or more")
-            raise argparse.ArgumentTypeError(f"{text!r} is too small; give at least {low:,}")
+                raise argparse.ArgumentTypeError(f"{quoted(text)} is negative; give 0 or more")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is too small; give at least {low:,}")
         if high is not None and number > high:
             raise argparse.ArgumentTypeError(
-                f"{text!r} is too large; the most is {high:,}{reason}"
+                f"{quoted(text)} is too large; the most is {high:,}{reason}"
             )
         return number
 
@@ -113,13 +115,13 @@ def number(
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number{of_unit}") from None
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is not a number{of_unit}") from None
         if math.isnan(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number{of_unit}")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is not a number{of_unit}")
         if math.isinf(value) and value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number{of_unit}{leave_out}")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is not a finite number{of_unit}{leave_out}")
         if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {least}")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} must be {least}")
         return value
 
     parse.__name__ = unit or "number"
@@ -182,16 +184,16 @@ def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
     def picture_path(text: str) -> Path:
         path = Path(text)
         if path.suffix.lower() not in suffixes:
-            raise argparse.ArgumentTypeError(f"{text!r} must end in {expected}")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} must end in {expected}")
         if not path.parent.is_dir():
             raise argparse.ArgumentTypeError(
-                f"{text!r}: directory {str(path.parent)!r} does not exist"
+                f"{quoted(text)}: directory {quoted(path.parent)} does not exist"
             )
         if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} is a directory")
         # The picture is written beside it and renamed over it: the directory is written.
         if not os.access(path.parent, os.W_OK):
-            raise argparse.ArgumentTypeError(f"{text!r} cannot be written here (permission denied)")
+            raise argparse.ArgumentTypeError(f"{quoted(text)} cannot be written here (permission denied)")
         return path
 
     return picture_path

@@ -28,6 +28,7 @@ from mcpi_worker.constants import EXPECTED_POINTS, MAX_INFLIGHT_LIMIT
 from mcpi_worker.kernels import NUMPY_KERNEL, KernelConfigError, kernel_implementations, prepare_kernels
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
+from mcpi_worker.quoting import quoted, shortened_in
 from mcpi_worker.server import DEFAULT_MAX_INFLIGHT, DEFAULT_SPIN_S, ExitCode, Worker
 
 if TYPE_CHECKING:
@@ -56,8 +57,18 @@ MAX_HINT_DIGITS: Final[int] = len(str(2**64 - 1))
 
 
 class _Parser(argparse.ArgumentParser):
+    _words: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same signature
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._words = list(sys.argv[1:] if args is None else args)  # for error(): what was typed
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        # One line, not argparse's usage block: callers are often programs.
+        # One line, not argparse's usage block: callers are often programs. A long value
+        # argparse quoted whole (an invalid choice) is shortened (``quoting``).
+        message = shortened_in(message, self._words)
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
@@ -115,7 +126,10 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+            # Past 4,300 digits int() refuses even a number: that is out of range.
+            if text.strip().lstrip("+-").isdecimal():
+                raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {quoted(text)}") from None
+            raise argparse.ArgumentTypeError(f"not an integer: {quoted(text)}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
         return value

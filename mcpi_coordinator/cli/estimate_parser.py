@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, facts
+from mcpi_worker.quoting import quoted
 
 if TYPE_CHECKING:
     from mcpi_coordinator.launch.remote import HostSpec
@@ -196,7 +197,7 @@ def _fraction(text: str) -> float:
     """A number from 0 to 1."""
     value = cli_args.number(allow_zero=True)(text)
     if value > 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is more than 1; a fraction is from 0 to 1")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is more than 1; a fraction is from 0 to 1")
     return value
 
 

@@ -23,6 +23,7 @@ from mcpi_coordinator.launch.local import default_worker_command
 from mcpi_coordinator.launch.redact import shown_command
 from mcpi_coordinator.run.estimate import DEFAULT_CHUNK_SIZE, DEFAULT_POINTS, chunk_count
 from mcpi_worker.constants import DEFAULT_KERNEL
+from mcpi_worker.quoting import quoted
 
 
 def shown_level(args: argparse.Namespace) -> str:
@@ -57,8 +58,8 @@ def missing_program(slots: Sequence[remote.WorkerSlot], worker_cmd: str | None) 
         else:
             why = "is not a program on PATH"
         if worker_cmd is not None and any(slot.host is None and slot.command[0] == program for slot in slots):
-            return f"invalid {cli_args.named(worker_cmd, '--worker-cmd')}: {program!r} {why}"
-        return f"cannot start the workers: {program!r} {why}"
+            return f"invalid {cli_args.named(worker_cmd, '--worker-cmd')}: {quoted(program)} {why}"
+        return f"cannot start the workers: {quoted(program)} {why}"
     return None
 
 

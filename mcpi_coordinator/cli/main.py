@@ -36,6 +36,7 @@ from mcpi_coordinator.arguments import EnvValue, add_version
 from mcpi_coordinator.cli import boot, signals
 from mcpi_coordinator.cli.commands import COMMANDS
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
+from mcpi_worker.quoting import quoted, shortened_in
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -83,10 +84,25 @@ class UsageParser(argparse.ArgumentParser):
         # so let the value through and have it refused as negative, which is the truth.
         self._negative_number_matcher = re.compile(r"^-(?=\.?\d)[\d_]*\.?\d*([eE][+-]?\d+)?$")
 
+    _words: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same signature
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.typed(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def typed(self, words: Sequence[str]) -> None:
+        """Remember ``words`` as what was typed, for ``error`` to shorten in its message:
+        ``parse_known_args`` does, and ``_main`` before it checks the words itself."""
+        self._words = list(words)
+
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the reason is what a person (or a
-        # script's log) needs, and --help is one command away.
-        reason = self._suggest(message)
+        # script's log) needs, and --help is one command away. A long value argparse
+        # quoted whole (an invalid choice, an unrecognized argument) is shortened
+        # (``mcpi_worker.quoting``) among the words this parser was given.
+        reason = shortened_in(self._suggest(message), self._words)
         self.exit(McpiExitCode.USAGE, f"{self.prog}: error: {reason} (see '{self.prog} --help')\n")
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
@@ -140,7 +156,7 @@ class UsageParser(argparse.ArgumentParser):
             typed = choice.group(2)
             if typed.startswith("-"):
                 return f"{typed} is not an option of {self.prog}; options go after the {what}"
-            return f"unknown {what} {typed!r}{_did_you_mean(typed, names)}; {what}s: {', '.join(names)}"
+            return f"unknown {what} {quoted(typed)}{_did_you_mean(typed, names)}; {what}s: {', '.join(names)}"
         return message
 
     def unrecognized(self, extras: Sequence[str]) -> NoReturn:
@@ -228,7 +244,7 @@ def _check_environment(command: argparse.ArgumentParser, args: argparse.Namespac
         value = getattr(args, action.dest, None)
         if isinstance(value, EnvValue) and action.choices is not None and value not in action.choices:
             command.error(
-                f"environment variable {value.variable}={str(value)!r} is not one of "
+                f"environment variable {value.variable}={quoted(value)} is not one of "
                 f"{', '.join(map(str, action.choices))} (it sets the default of {action.option_strings[0]})"
             )
 
@@ -337,6 +353,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         early.start(words, choices={"--log-level": facts.LOG_LEVELS, "--log-format": facts.LOG_FORMATS})
     parser = build_parser(words)
+    parser.typed(words)
     _options_before_command(parser, words)
     args, extras = parser.parse_known_args(words)
     command: UsageParser = getattr(args, "command_parser", parser)

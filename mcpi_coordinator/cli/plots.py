@@ -33,6 +33,7 @@ from mcpi_coordinator.cli.facts import INSTALL_HINT
 from mcpi_coordinator.errors import McpiError
 from mcpi_coordinator.run.estimate import pi_statistics
 from mcpi_worker.kernels import inside_quarter_circle, iter_point_blocks
+from mcpi_worker.quoting import quoted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -149,7 +150,7 @@ def check_destination(out: Path) -> None:
     try:
         files.check_directory(out.parent)
     except files.UnsafeDirectory as exc:
-        raise PictureNotWritten(f"cannot write {str(out)!r}: {exc}") from None
+        raise PictureNotWritten(f"cannot write {quoted(out)}: {exc}") from None
     except OSError:
         pass
 
@@ -163,7 +164,7 @@ def _writing(out: Path) -> Iterator[IO[bytes]]:
         with files.replacing(out) as file:
             yield file
     except OSError as exc:
-        raise PictureNotWritten(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+        raise PictureNotWritten(f"cannot write {quoted(out)}: {exc.strerror or exc}") from None
 
 
 # --- the quadrant scatter -----------------------------------------------------------

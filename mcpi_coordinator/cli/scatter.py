@@ -11,6 +11,7 @@ from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, text
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_coordinator.cli.facts import INSTALL_HINT, MAX_FRAMES, MAX_SCATTER_POINTS
+from mcpi_worker.quoting import quoted
 
 DEFAULT_POINTS = 20_000
 DEFAULT_FRAMES = 40
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     is_gif = out.suffix.lower() == ".gif"
     if args.frames is not None and not is_gif:
-        args.command_parser.error(f"--frames needs a .gif output, not {str(out)!r}")
+        args.command_parser.error(f"--frames needs a .gif output, not {quoted(out)}")
     frames = (args.frames or min(DEFAULT_FRAMES, args.points)) if is_gif else 1
     if frames > args.points:
         args.command_parser.error(

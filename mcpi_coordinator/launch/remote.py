@@ -32,6 +32,7 @@ from mcpi_coordinator import files
 from mcpi_coordinator.launch.capacity import default_max_starting
 from mcpi_coordinator.launch.redact import redacted
 from mcpi_coordinator.launch.transport import Launcher, StartLimiter, WorkerProcess
+from mcpi_worker.quoting import quoted
 
 SPEC_SYNTAX: Final = "[user@]host[:port][*N]"
 MAX_WORKERS_PER_HOST: Final = 1024
@@ -111,7 +112,7 @@ def parse_host_spec(text: str) -> HostSpec:
     """
 
     def invalid(reason: str) -> RemoteConfigError:
-        return RemoteConfigError(f"invalid host spec {text!r}: {reason} (expected {SPEC_SYNTAX})")
+        return RemoteConfigError(f"invalid host spec {quoted(text)}: {reason} (expected {SPEC_SYNTAX})")
 
     if not text:
         raise invalid("it is empty")
@@ -144,7 +145,7 @@ def parse_host_spec(text: str) -> HostSpec:
         try:
             host = str(ipaddress.IPv6Address(address))
         except ValueError:
-            raise invalid(f"{address!r} in brackets is not an IPv6 address") from None
+            raise invalid(f"{quoted(address)} in brackets is not an IPv6 address") from None
         if after:
             if not after.startswith(":"):
                 raise invalid("only ':port' may follow ']'")
@@ -181,18 +182,18 @@ def read_hosts_file(path: str | Path) -> list[HostSpec]:
     try:
         text = files.read_limited(path, MAX_HOSTS_FILE_BYTES, own=True).decode("utf-8")
     except files.TooLarge as error:
-        raise RemoteConfigError(f"hosts file {str(path)!r} is {error}: not a list of hosts") from None
+        raise RemoteConfigError(f"hosts file {quoted(path)} is {error}: not a list of hosts") from None
     except files.NotOwn as error:
         raise RemoteConfigError(
-            f"hosts file {str(path)!r} {error}: whoever can write it chooses the machines that give "
+            f"hosts file {quoted(path)} {error}: whoever can write it chooses the machines that give "
             "the counts; use a file only you can write"
         ) from None
     except OSError as error:
         raise RemoteConfigError(
-            f"cannot read hosts file {str(path)!r}: {error.strerror or error}"
+            f"cannot read hosts file {quoted(path)}: {error.strerror or error}"
         ) from None
     except UnicodeDecodeError:
-        raise RemoteConfigError(f"hosts file {str(path)!r} is not UTF-8 text") from None
+        raise RemoteConfigError(f"hosts file {quoted(path)} is not UTF-8 text") from None
     specs = []
     for number, line in enumerate(text.splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
@@ -210,10 +211,10 @@ def parse_ssh_option(text: str) -> str:
     key, equals, value = text.partition("=")
     if not equals or not _SSH_OPTION_KEY.fullmatch(key) or not value.strip():
         raise RemoteConfigError(
-            f"invalid ssh option {text!r}: expected KEY=VALUE, e.g. IdentityFile=~/.ssh/id_ed25519"
+            f"invalid ssh option {quoted(text)}: expected KEY=VALUE, e.g. IdentityFile=~/.ssh/id_ed25519"
         )
     if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise RemoteConfigError(f"invalid ssh option {text!r}: control characters are not allowed")
+        raise RemoteConfigError(f"invalid ssh option {quoted(text)}: control characters are not allowed")
     return f"{key}={value}"
 
 
@@ -230,7 +231,7 @@ def split_command(text: str, what: str) -> list[str]:
     try:
         argv = shlex.split(text)
     except ValueError as error:
-        raise RemoteConfigError(f"invalid {what} {redacted(text)!r}: {error}") from None
+        raise RemoteConfigError(f"invalid {what} {quoted(redacted(text))}: {error}") from None
     if not argv:
         raise RemoteConfigError(f"invalid {what}: it is empty")
     return argv
@@ -422,7 +423,7 @@ def slots_from_args(
     if not slots:
         if args.hosts_file is not None and not from_file:
             raise RemoteConfigError(
-                f"hosts file {str(args.hosts_file)!r} lists no hosts (only blank lines and "
+                f"hosts file {quoted(args.hosts_file)} lists no hosts (only blank lines and "
                 f"comments) and --workers is {args.workers}: no worker to run"
             )
         raise RemoteConfigError(
@@ -471,6 +472,12 @@ def host_rows(workers: Sequence[HostFigures], elapsed_s: float) -> list[dict[str
     return list(rows.values())
 
 
+LONGEST_NAME: Final[int] = 253
+"""The longest host name (a DNS name has at most 253 characters) or user name (Linux's
+useradd allows 32) a host spec may hold: a longer one was tried by ssh three times, and
+every log line and error of the run quoted it whole."""
+
+
 def _check_name(
     name: str, what: str, invalid: Callable[[str], RemoteConfigError]
 ) -> None:
@@ -479,15 +486,20 @@ def _check_name(
     if name.startswith("-"):
         raise invalid(f"the {what} starts with '-', which ssh would read as an option")
     if not _NAME_CHARS.fullmatch(name):
-        raise invalid(f"the {what} {name!r} may contain only letters, digits, '.', '-' and '_'")
+        raise invalid(f"the {what} {quoted(name)} may contain only letters, digits, '.', '-' and '_'")
+    if len(name) > LONGEST_NAME:
+        raise invalid(f"the {what} is {len(name):,} characters long; the most is {LONGEST_NAME}")
 
 
 def _bounded_int(
     text: str, what: str, low: int, high: int, invalid: Callable[[str], RemoteConfigError]
 ) -> int:
     if not _DIGITS.fullmatch(text):
-        raise invalid(f"{what} must be a whole number from {low} to {high}, not {text!r}")
-    value = int(text)
+        raise invalid(f"{what} must be a whole number from {low} to {high}, not {quoted(text)}")
+    # More digits than the bound has is out of range: int() of over 4,300 digits raises
+    # ValueError, which argparse reported as "invalid _host_spec value".
+    digits = text.lstrip("0") or "0"
+    value = int(digits) if len(digits) <= len(str(high)) else high + 1
     if not low <= value <= high:
-        raise invalid(f"{what} must be from {low} to {high}, not {value}")
+        raise invalid(f"{what} must be from {low} to {high}, not {quoted(digits, quote=False)}")
     return value

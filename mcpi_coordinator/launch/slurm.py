@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from mcpi_coordinator.errors import McpiError
+from mcpi_worker.quoting import quoted
 
 JOB_ID: Final = "SLURM_JOB_ID"
 NODELIST: Final = "SLURM_JOB_NODELIST"
@@ -82,7 +83,7 @@ def parse_cpus_per_node(text: str) -> tuple[int, ...]:
     """
 
     def invalid(reason: str) -> SlurmError:
-        return SlurmError(f"{CPUS_PER_NODE}={text!r} is not a CPU count per node ({reason}); "
+        return SlurmError(f"{CPUS_PER_NODE}={quoted(text)} is not a CPU count per node ({reason}); "
                           "expected a list like 2(x3),1")
 
     if not text:
@@ -91,7 +92,7 @@ def parse_cpus_per_node(text: str) -> tuple[int, ...]:
     for item in text.split(","):
         match = _CPUS_ITEM.fullmatch(item)
         if match is None:
-            raise invalid(f"{item!r} is neither N nor N(xM) with positive N and M")
+            raise invalid(f"{quoted(item)} is neither N nor N(xM) with positive N and M")
         count, repeat = int(match[1]), int(match[2] or 1)
         if len(counts) + repeat > MAX_NODES:
             raise invalid(f"more than {MAX_NODES} nodes")
@@ -109,7 +110,7 @@ def allocation_from_environment(env: Mapping[str, str]) -> Allocation:
     if job_id is None:
         raise SlurmError(OUTSIDE_ALLOCATION)
     if not _JOB_ID.fullmatch(job_id):
-        raise SlurmError(f"{JOB_ID}={job_id!r} is not a Slurm job id")
+        raise SlurmError(f"{JOB_ID}={quoted(job_id)} is not a Slurm job id")
     nodelist = env.get(NODELIST)
     if not nodelist:
         raise SlurmError(f"{JOB_ID} is set but {NODELIST} is not: not the environment salloc, "
@@ -120,8 +121,8 @@ def allocation_from_environment(env: Mapping[str, str]) -> Allocation:
     cpus = parse_cpus_per_node(cpus_text)
     num_nodes = env.get(NUM_NODES)
     if num_nodes is not None and num_nodes != str(len(cpus)):
-        raise SlurmError(f"{CPUS_PER_NODE}={cpus_text!r} names {len(cpus)} nodes "
-                         f"but {NUM_NODES}={num_nodes!r}")
+        raise SlurmError(f"{CPUS_PER_NODE}={quoted(cpus_text)} names {len(cpus)} nodes "
+                         f"but {NUM_NODES}={quoted(num_nodes)}")
     return Allocation(job_id=job_id, nodelist=nodelist, cpus_per_node=cpus)
 
 
@@ -148,11 +149,11 @@ def expand_nodelist(
     # ("-M other-cluster", "--help") must stay a nodelist, never an option of scontrol's.
     names = tuple(run([scontrol, "show", "hostnames", "--", nodelist]).split())
     if not names:
-        raise SlurmError(f"scontrol show hostnames {nodelist!r} named no node")
+        raise SlurmError(f"scontrol show hostnames {quoted(nodelist)} named no node")
     for name in names:
         # Each becomes a --nodelist= value; refuse what srun would read otherwise.
         if not _NODE_NAME.fullmatch(name) or name.startswith("-"):
-            raise SlurmError(f"scontrol show hostnames {nodelist!r} gave {name!r}, not a node name")
+            raise SlurmError(f"scontrol show hostnames {quoted(nodelist)} gave {quoted(name)}, not a node name")
     return names
 
 
@@ -167,10 +168,10 @@ def allocation_nodes(
     allocation = allocation_from_environment(env)
     names = expand_nodelist(allocation.nodelist, run=run, scontrol=scontrol)
     if len(names) != len(allocation.cpus_per_node):
-        raise SlurmError(f"{NODELIST}={allocation.nodelist!r} names {len(names)} nodes but "
+        raise SlurmError(f"{NODELIST}={quoted(allocation.nodelist)} names {len(names)} nodes but "
                          f"{CPUS_PER_NODE} gives CPUs for {len(allocation.cpus_per_node)}")
     if len(set(names)) != len(names):
-        raise SlurmError(f"{NODELIST}={allocation.nodelist!r} names a node twice")
+        raise SlurmError(f"{NODELIST}={quoted(allocation.nodelist)} names a node twice")
     return tuple(SlurmNode(name, cpus) for name, cpus in zip(names, allocation.cpus_per_node, strict=True))
 
 
