@@ -67,6 +67,12 @@ FAULTS: dict[str, str] = {
     "second_welcome": "a second welcome, then the result",
     "before_welcome": "a pong before the welcome",
     "version_not_offered": "a welcome choosing version 3",
+    "welcome_without_version": "a welcome with no 'version'",
+    # §5 version negotiation
+    "only_version_3": "a worker speaking only version 3: a hello not offering it gets the fatal "
+    "unsupported_version (error with a nil id), exit 3",
+    "version_1_only": "a worker written before version 2: it welcomes with version 1 and would ignore "
+    "'streams' and 'group' as unknown keys; a sample carrying either is an error of the coordinator",
     "max_points_over_2_40": "a welcome whose max_points is 2**40 + 1, more than a result can report",
     "jobs_over_max_inflight": "a welcome announcing 5 jobs with max_inflight 4",
     "jobs_1025": "a welcome announcing 1025 jobs (and max_inflight 1025), above the limit of 1024",
@@ -246,6 +252,10 @@ class RawWorker:
         }  # fmt: skip
         if self.fault == "version_not_offered":
             body["version"] = 3
+        elif self.fault == "welcome_without_version":
+            del body["version"]
+        elif self.fault == "version_1_only":
+            body["version"] = 1
         elif self.fault == "max_points_over_2_40":
             body["max_points"] = (1 << 40) + 1
         elif self.fault == "long_kernels":
@@ -384,6 +394,12 @@ class RawWorker:
                 if kind == "hello":
                     if self.fault == "eof_before_welcome":
                         return 0
+                    if self.fault == "only_version_3" and 3 not in body["versions"]:
+                        message = f"no common version in {body['versions']}; this worker speaks 3"
+                        error = {"type": "error", "id": None, "code": "unsupported_version", "message": message}
+                        self.write(frame(error))
+                        sys.stderr.write(f"raw-worker: fatal protocol error: unsupported_version: {message}\n")
+                        return 3
                     if self.fault == "slow_welcome":
                         time.sleep(float(os.environ["RAW_WORKER_DELAY"]))
                     if self.fault == "dev_tty":
@@ -427,6 +443,10 @@ class RawWorker:
                 return 0
 
     def on_sample(self, request: dict[str, Any], in_read: int) -> bytes:
+        if self.fault == "version_1_only" and request.keys() & {"streams", "group"}:
+            # A worker before version 2 would count one stream of it (protocol.md §1, §6.1).
+            self.violation = f"the coordinator sent a range on a version-1 connection: {request}"
+            request = {k: v for k, v in request.items() if k not in ("streams", "group")}
         points = request.get("streams", 1) * request["points"]
         if self.fault == "max_points_1000" and points > 1000:
             self.violation = f"the coordinator sent a sample of {points} points; max_points is 1000"

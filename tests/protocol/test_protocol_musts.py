@@ -273,6 +273,11 @@ RULES: dict[str, Rule] = {
         f"{M}::test_the_worker_chooses_the_highest_common_version_whatever_the_list",
         "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
         "test_contract.py::test_unsupported_version_is_fatal",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_unknown]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_missing]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_empty]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_str]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_65]",
     ),
     "await_hello": rule(
         "A `sample` or `ping` before `hello` is answered with the per-request error",
@@ -292,6 +297,8 @@ RULES: dict[str, Rule] = {
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_points_1000]",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_frame_40]",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_inflight_1]",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[version_1_only]",
+        f"{M}::test_the_pool_gets_the_real_worker_s_counts_from_the_spec_worker_on_versions_1_and_2",
     ),
     "second_hello_fatal": rule(
         "A second `hello` is a fatal `invalid_request` error",
@@ -307,6 +314,7 @@ RULES: dict[str, Rule] = {
         "It MUST check every message from the worker completely before acting on it",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted",
         "test_bad_answers.py::test_a_bad_answer_replaces_the_worker_and_the_chunk_is_counted_elsewhere",
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[welcome_without_version]",
     ),
     "check_second_welcome": rule(
         "a second `welcome`, or any other message before the `welcome`",
@@ -390,6 +398,8 @@ RULES: dict[str, Rule] = {
         "At most `max_inflight` `sample` requests may be outstanding",
         "test_worker.py::test_busy_beyond_max_inflight",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[max_inflight_1]",
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[version_1_only]",
+        f"{M}::test_the_pool_gets_the_real_worker_s_counts_from_the_spec_worker_on_versions_1_and_2",
     ),
     "duplicate_id": rule(
         "A request whose `id` equals that of a request still outstanding",
@@ -506,6 +516,9 @@ RULES: dict[str, Rule] = {
     "code_unsupported_version": rule(
         "| `unsupported_version` | fatal |",
         "test_contract.py::test_unsupported_version_is_fatal",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_unknown]",
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[only_version_3]",
+        f"{M}::test_mcpi_estimate_ends_with_one_line_when_every_worker_breaks_a_rule[only_version_3]",
     ),
     "precedence_framing": rule(
         "1. framing and encoding, §2 and §3 rules 1–6",
@@ -922,6 +935,15 @@ FATAL_FRAMES: dict[str, tuple[bytes, str, bool]] = {
         frame({"type": "hello", "id": 7, "versions": [], "client": "x"}), "invalid_request", True,
     ),
     "second_hello_bad_versions": (frame({"type": "hello", "versions": [0], "client": "x"}), "invalid_request", False),
+    # §5 version negotiation: a hello offering no version (none, an empty list, not a list
+    # of positive integers, more than 64) is a bad hello, not one with no common version
+    "hello_versions_missing": (frame({"type": "hello", "client": "x"}), "invalid_request", True),
+    "hello_versions_empty": (frame({"type": "hello", "versions": [], "client": "x"}), "invalid_request", True),
+    "hello_versions_str": (frame({"type": "hello", "versions": ["2"], "client": "x"}), "invalid_request", True),
+    "hello_versions_65": (frame({"type": "hello", "versions": [2] * 65, "client": "x"}), "invalid_request", True),
+    "hello_versions_unknown": (
+        frame({"type": "hello", "versions": [3, 2**64 - 1], "client": "x"}), "unsupported_version", True,
+    ),
     "hello_hint_string": (frame({**HELLO_HINT, "expected_points": "1e9"}), "invalid_request", True),
     "hello_hint_negative": (frame({**HELLO_HINT, "expected_points": -1}), "invalid_request", True),
     "hello_hint_float": (frame({**HELLO_HINT, "expected_points": 1e9}), "invalid_request", True),
@@ -1398,6 +1420,8 @@ BROKEN: dict[str, Case] = {
     "second_welcome": Case("second welcome"),
     "before_welcome": Case("before its welcome"),
     "version_not_offered": Case("version 3"),
+    "welcome_without_version": Case("'version'"),
+    "only_version_3": Case("unsupported_version"),
     "jobs_over_max_inflight": Case("more than its max_inflight"),
     "jobs_1025": Case("more than the limit of 1024"),
     "implementations_short": Case("1 implementations for 2 kernels"),
@@ -1538,6 +1562,7 @@ KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
     "negative_zero_elapsed": (_several, {}),
     "split_frames": (_several, {}),
     "unknown_keys": (_several_and_a_ping, {}),
+    "version_1_only": (_several_and_a_ping, {}),
     "wide_encodings": (_several_and_a_ping, {}),
 }
 """Workers that keep the rules while our coordinator must keep its own: the limits their
@@ -1564,7 +1589,7 @@ async def test_the_coordinator_keeps_the_limits_a_welcome_sets(fault: str) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["oversize_header", "second_welcome"])
+@pytest.mark.parametrize("fault", ["oversize_header", "second_welcome", "only_version_3"])
 def test_mcpi_estimate_ends_with_one_line_when_every_worker_breaks_a_rule(fault: str) -> None:
     command = shlex.join([sys.executable, RAW_WORKER, fault])
     completed = subprocess.run(
