@@ -586,6 +586,7 @@ RULES: dict[str, Rule] = {
     "nothing_after_shutdown": rule(
         "a coordinator MUST NOT send anything after `shutdown`",
         "test_connection_ends.py::test_nothing_follows_shutdown",
+        f"{M}::test_the_worker_reads_nothing_after_shutdown",
         f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets",
     ),
     "coordinator_reaps": rule(
@@ -1069,6 +1070,31 @@ async def test_per_request_rules_answer_by_id_and_the_worker_serves_on(peer: lis
         assert len(got) == 1 and expect.check(got[0]), f"{case}: expected one {expect.answer}, got {got}"
     assert set(answers) == {e.id for e in PER_REQUEST.values()}
     assert sum(map(len, answers.values())) == len(PER_REQUEST), "a request answered twice"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_the_worker_reads_nothing_after_shutdown(peer: list[str], version: int) -> None:
+    """§9: bytes after ``shutdown`` are not read. A coordinator breaking the MUST NOT with
+    a request and a stray line in the same write as the ``shutdown`` gets neither read:
+    no pong, no fatal error (``hello world`` read as a length is ``frame_too_large``):
+    the running sample is answered ``cancelled`` and the worker exits 0."""
+    async with open_worker(peer) as (process, client, stderr):
+        with trio.fail_after(TIMEOUT):
+            assert (await client.handshake(versions=(version,))).version == version
+            await send_quietly(
+                client,
+                frame(sample(1, points=BIG))
+                + frame({"type": "shutdown"})
+                + frame({"type": "ping", "id": 2})
+                + b"hello world\n",
+            )
+            responses, status = await finish(client, process)
+            await stderr.closed.wait()
+    assert [(type(m), getattr(m, "id", "?"), getattr(m, "code", "?")) for m in responses] == [
+        (Error, 1, "cancelled")
+    ]
+    assert status == 0
+    assert "frame_too_large" not in stderr.text
 
 
 async def test_precedence_on_a_version_1_connection(peer: list[str]) -> None:
