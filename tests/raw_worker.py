@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A worker that breaks exactly one rule of protocol.md, for testing coordinators.
 
-    python tests/raw_worker.py FAULT
+    python tests/raw_worker.py FAULT [VERSION]
 
 Until the fault strikes it is a correct worker: it welcomes with version 2 (or the
-highest the hello offers), answers pings, and counts samples with ``spec_worker``'s
-kernels (written from protocol.md, importing nothing from mcpi). The fault strikes at
-the first ``sample`` (or, for a few, at the hello, the first ping or the shutdown):
+highest the hello offers; with VERSION, that version if offered), answers pings, and
+counts samples with ``spec_worker``'s kernels (written from protocol.md, importing nothing
+from mcpi). The fault strikes at the first ``sample`` (or, for a few, at the hello, the
+first ping or the shutdown):
 ``FAULTS`` says what each one writes, as raw bytes built with ``struct`` and ``msgpack``.
 A bad answer carries a count that is wrong as well, so a coordinator that counted it
 would give a wrong total. After the fault it goes on reading stdin until end of file
@@ -194,8 +195,10 @@ def fixmap(*pairs: tuple[str, Any]) -> bytes:
 
 
 class RawWorker:
-    def __init__(self, fault: str) -> None:
+    def __init__(self, fault: str, version: int | None = None) -> None:
         self.fault = fault
+        self.speaks = {1, 2} if version is None else {version}
+        """The versions it chooses from: both, or the one the command line names."""
         self.out = os.dup(1)
         os.dup2(2, 1)
         self.struck = False
@@ -246,7 +249,7 @@ class RawWorker:
 
     def welcome(self, versions: list[int]) -> bytes:
         body = {
-            "type": "welcome", "version": max(set(versions) & {1, 2}), "worker": "raw-worker",
+            "type": "welcome", "version": max(set(versions) & self.speaks), "worker": "raw-worker",
             "pid": os.getpid(), "host": "raw", "kernels": ["numpy", "python"], "max_inflight": 4,
             "max_frame": 1 << 20, "max_points": 1 << 40,
         }  # fmt: skip
@@ -561,8 +564,8 @@ def _nested(levels: int) -> Any:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in FAULTS:
-        sys.exit(f"usage: raw_worker.py FAULT; faults: {', '.join(FAULTS)}")
-    status = RawWorker(sys.argv[1]).serve()
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in FAULTS or sys.argv[2:] not in ([], ["1"], ["2"]):
+        sys.exit(f"usage: raw_worker.py FAULT [1|2]; faults: {', '.join(FAULTS)}")
+    status = RawWorker(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else None).serve()
     sys.stderr.flush()
     os._exit(status)

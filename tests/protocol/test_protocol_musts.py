@@ -782,7 +782,9 @@ def docs_page() -> str:
         "- our coordinator (`WorkerPool`, `mcpi estimate`) against `tests/raw_worker.py FAULT`,",
         "  a worker that breaks exactly one rule (or, for the `keeps_the_limits` cases, keeps",
         "  every rule and watches that the coordinator keeps its own: the limits its `welcome`",
-        "  sets, only the messages of §4.1, nothing after `shutdown`);",
+        "  sets, only the messages of §4.1, nothing after `shutdown`); each case runs on a",
+        "  version-2 connection and, as `case-v1`, on a version-1 one (but for a range's counts",
+        "  per group: no range goes to a version-1 worker);",
         "- the real `mcpi-worker` driven by coordinators written from protocol.md alone: the C",
         "  peer's client and a JavaScript one (`tests/protocol/peers/mcpi_coordinator.mjs`, run",
         "  by `test_node_peer.py`), each with its own strict msgpack decoder;",
@@ -1479,16 +1481,34 @@ def _case_params(cases: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _on_both_versions(cases: dict[str, Any], *, v2_only: frozenset[str] = frozenset()) -> list[Any]:
+    """``_case_params`` of ``cases``, each on a version-2 connection (id: the case) and, but
+    for ``v2_only``, on a version-1 one (id: ``case-v1``): the raw worker then welcomes
+    with version 1, as a worker written before version 2 would."""
+    params = []
+    for param in _case_params(cases):
+        name = param if isinstance(param, str) else param.values[0]
+        marks = () if isinstance(param, str) else param.marks
+        params.append(pytest.param(name, 2, marks=marks, id=name))
+        if name not in v2_only:
+            params.append(pytest.param(name, 1, marks=marks, id=f"{name}-v1"))
+    return params
+
+
 @asynccontextmanager
-async def hostile_then_honest(fault: str, **options: Any) -> AsyncIterator[tuple[WorkerPool, list[WorkerProcess]]]:
-    """A one-slot pool whose first worker is ``raw_worker.py fault`` and whose replacements
-    are honest in-process fakes. Yields the pool and the processes launched."""
+async def hostile_then_honest(
+    fault: str, version: int | None = None, **options: Any
+) -> AsyncIterator[tuple[WorkerPool, list[WorkerProcess]]]:
+    """A one-slot pool whose first worker is ``raw_worker.py fault`` (welcoming with
+    ``version``, or the highest our hello offers) and whose replacements are honest
+    in-process fakes. Yields the pool and the processes launched."""
     launched: list[WorkerProcess] = []
+    command = [sys.executable, RAW_WORKER, fault, *([str(version)] if version is not None else [])]
     async with trio.open_nursery() as nursery:
         honest = fake_launcher(nursery, FakeBehaviour())
 
         async def launch(index: int) -> WorkerProcess:
-            process = await (spawn_worker([sys.executable, RAW_WORKER, fault]) if not launched else honest(index))
+            process = await (spawn_worker(command) if not launched else honest(index))
             launched.append(process)
             return process
 
@@ -1512,14 +1532,19 @@ def truth(chunks: tuple[Chunk, ...]) -> dict[tuple[str, int], int]:
     }
 
 
-@pytest.mark.parametrize("fault", _case_params(BROKEN))
-async def test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted(fault: str) -> None:
+RANGE_CASES = frozenset(name for name, case in BROKEN.items() if case.chunks == RANGE)
+"""Faults in a range's counts per group: a version-1 connection is sent no range."""
+
+
+@pytest.mark.parametrize(("fault", "version"), _on_both_versions(BROKEN, v2_only=RANGE_CASES))
+async def test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted(fault: str, version: int) -> None:
     """The worker is given up on at once (not at a timeout), named in one log line with the
     rule it broke, stopped and reaped; its requests go to its replacement, and the run's
-    counts are the true ones (every bad answer carries a wrong count)."""
+    counts are the true ones (every bad answer carries a wrong count). On either version
+    (the ranges' counts per group only on version 2, where ranges are sent)."""
     case = BROKEN[fault]
     with capture_logs() as logs, trio.fail_after(TIMEOUT):
-        async with hostile_then_honest(fault) as (pool, launched):
+        async with hostile_then_honest(fault, version) as (pool, launched):
             assert await count(pool, case.chunks) == truth(case.chunks)
             assert pool.stats.restarts == 1
     [failed] = [entry for entry in logs if entry["event"] == "worker_failed"]
@@ -1600,11 +1625,11 @@ never a request id twice, and nothing after ``shutdown``. The worker exits 9 if 
 coordinator broke a rule it watches, and is never replaced."""
 
 
-@pytest.mark.parametrize("fault", _case_params(KEPT))
-async def test_the_coordinator_keeps_the_limits_a_welcome_sets(fault: str) -> None:
+@pytest.mark.parametrize(("fault", "version"), _on_both_versions(KEPT, v2_only=frozenset({"version_1_only"})))
+async def test_the_coordinator_keeps_the_limits_a_welcome_sets(fault: str, version: int) -> None:
     drive, options = KEPT[fault]
     with capture_logs() as logs, trio.fail_after(TIMEOUT):
-        async with hostile_then_honest(fault, **options) as (pool, launched):
+        async with hostile_then_honest(fault, version, **options) as (pool, launched):
             await drive(pool)
             assert pool.stats.restarts == 0
     [worker] = launched
