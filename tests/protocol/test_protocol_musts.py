@@ -264,6 +264,7 @@ RULES: dict[str, Rule] = {
     # ---------------------------------------------------------------- §5 connection states
     "nothing_before_the_first_frame": rule(
         "The worker writes nothing until it has read a whole first frame",
+        f"{M}::test_the_worker_writes_nothing_before_its_first_frame_is_whole",
         "test_golden.py::test_a_golden_ping_before_hello_is_refused_by_the_real_worker",
         "test_golden.py::test_the_real_worker_writes_the_golden_bytes",
         f"{M}::test_the_spec_worker_accepts_the_golden_frames",
@@ -1072,6 +1073,22 @@ async def test_per_request_rules_answer_by_id_and_the_worker_serves_on(peer: lis
         assert len(got) == 1 and expect.check(got[0]), f"{case}: expected one {expect.answer}, got {got}"
     assert set(answers) == {e.id for e in PER_REQUEST.values()}
     assert sum(map(len, answers.values())) == len(PER_REQUEST), "a request answered twice"
+
+
+@pytest.mark.parametrize("cut", [3, 20], ids=["inside_the_header", "inside_the_body"])
+async def test_the_worker_writes_nothing_before_its_first_frame_is_whole(peer: list[str], cut: int) -> None:
+    """§5: nothing is written until a whole first frame is read (no banner, no eager
+    ``welcome``). A first ``hello`` cut short by end of file gets only the fatal
+    ``truncated_frame``: the one frame the worker ever writes."""
+    async with open_worker(peer) as (process, client, stderr):
+        with trio.fail_after(TIMEOUT):
+            await send_quietly(client, HELLO_V2[:cut])
+            responses, status = await finish(client, process)
+            await stderr.closed.wait()
+    assert [(type(m), getattr(m, "id", "?"), getattr(m, "code", "?")) for m in responses] == [
+        (Error, None, "truncated_frame")
+    ]
+    assert status == 3
 
 
 @pytest.mark.parametrize("version", [1, 2])
