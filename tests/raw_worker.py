@@ -93,7 +93,8 @@ FAULTS: dict[str, str] = {
     "close_stdout": "closes its stdout at its first sample and reads on, answering nothing",
     "close_stdin": "closes its stdin at its first sample, answers it, and sleeps for a minute",
     "sigstop": "stops itself (SIGSTOP) at its first sample",
-    "deaf": "ignores SIGTERM, SIGINT and SIGHUP and sleeps for a minute at its first sample, reading nothing",
+    "deaf": "ignores SIGTERM, SIGINT and SIGHUP and sleeps for a minute at its first sample, reading nothing "
+    "(each of those signals it gets is appended by name to the file $RAW_WORKER_SIGNALS, if set)",
     "slow_welcome": "waits $RAW_WORKER_DELAY seconds before its welcome",
     "dev_tty": "opens /dev/tty and writes a line on it at the hello (the outcome on stderr), then serves",
     "unknown_id": "a result for an id never sent",
@@ -495,9 +496,16 @@ class RawWorker:
             os.kill(os.getpid(), signal.SIGSTOP)
             self.write(frame(self.result(request, spec_worker.count_range(request, self.stop))))
         elif self.fault == "deaf":
+            path = os.environ.get("RAW_WORKER_SIGNALS")
+
+            def note(signum: int, _frame: object) -> None:
+                assert path is not None
+                with open(path, "a", encoding="ascii") as noted:
+                    noted.write(f"{signal.Signals(signum).name}\n")
+
             for deaf_to in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(deaf_to, signal.SIG_IGN)
-            time.sleep(60)
+                signal.signal(deaf_to, note if path else signal.SIG_IGN)
+            time.sleep(60)  # a signal's handler runs, and the sleep goes on (PEP 475)
             return 0
         return None
 

@@ -601,6 +601,7 @@ RULES: dict[str, Rule] = {
     ),
     "sigterm_before_sigkill": rule(
         "but still send SIGTERM first, and SIGKILL only after the second grace period",
+        f"{M}::test_a_worker_given_up_on_gets_sigterm_before_sigkill",
         "test_pool.py::test_a_hung_worker_is_stopped_at_the_task_timeout",
         "test_pool.py::test_a_worker_ignoring_shutdown_and_sigterm_is_killed",
     ),
@@ -1567,6 +1568,34 @@ async def test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted
     [failed] = [entry for entry in logs if entry["event"] == "worker_failed"]
     assert re.search(case.reason, failed["reason"]) and "\n" not in failed["reason"], failed["reason"]
     assert all(process.returncode is not None for process in launched)  # all reaped
+
+
+@pytest.mark.slow
+async def test_a_worker_given_up_on_gets_sigterm_before_sigkill(tmp_path: Path) -> None:
+    """§9, a real process: a worker silent on its sample (``deaf``: it ignores SIGTERM,
+    SIGINT and SIGHUP, noting each it gets) is given up on at the task timeout, sent
+    SIGTERM first (a launcher such as ``ssh`` or ``srun`` ends its remote side on it), and
+    SIGKILL once the grace is over; it is reaped, and its chunk counted elsewhere. (The
+    grace is long enough for a loaded machine to run the worker's handler of SIGTERM.)"""
+    noted = tmp_path / "signals"
+    command = ["env", f"RAW_WORKER_SIGNALS={noted}", sys.executable, RAW_WORKER, "deaf"]
+    launched: list[WorkerProcess] = []
+    chunk = Chunk(SEED, 0, 2000)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            honest = fake_launcher(nursery, FakeBehaviour())
+
+            async def launch(index: int) -> WorkerProcess:
+                process = await (spawn_worker(command) if not launched else honest(index))
+                launched.append(process)
+                return process
+
+            async with WorkerPool(1, launcher=launch, task_timeout=1.0, shutdown_grace=5.0, backoff_s=0.0) as pool:
+                assert (await pool.sample(chunk)).inside == KERNELS["numpy"](SEED, 0, 2000)
+                assert pool.stats.restarts == 1
+    deaf = launched[0]
+    assert deaf.returncode == -9  # SIGKILL ended it: it ignored the SIGTERM
+    assert noted.read_text(encoding="ascii").split() == ["SIGTERM"]  # first, and it was noted
 
 
 async def test_a_ping_answered_with_a_result_breaks_the_worker() -> None:
