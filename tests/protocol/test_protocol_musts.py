@@ -630,6 +630,48 @@ RULES: dict[str, Rule] = {
     ),
 }
 
+NEGOTIATION: dict[str, tuple[str, ...]] = {
+    "a coordinator offering only version 1 (`versions: [1]`) gets version 1 from our worker, "
+    "which refuses a range and serves plain samples": (
+        f"{M}::test_precedence_on_a_version_1_connection",
+        "test_c_peer.py::test_the_c_client_finds_the_real_worker_keeps_every_rule_it_checks",
+    ),
+    "a coordinator offering versions 1 and 2 gets version 2, and ranges": (
+        f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on",
+        "test_node_peer.py::test_the_javascript_coordinator_finds_the_real_worker_keeps_every_rule_it_checks",
+    ),
+    "a coordinator offering versions our worker does not know: the highest common one, or the "
+    "fatal `unsupported_version` when there is none": (
+        f"{M}::test_the_worker_chooses_the_highest_common_version_whatever_the_list",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_unknown]",
+        "test_contract.py::test_unsupported_version_is_fatal",
+    ),
+    "a coordinator offering no version (`versions` missing, empty, not positive integers, over "
+    "64 entries): the fatal `invalid_request`": (
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_missing]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_empty]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_str]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_versions_65]",
+    ),
+    "our coordinator and a worker speaking only version 1: no range ever reaches it, the counts "
+    "are the same": (
+        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[version_1_only]",
+        f"{M}::test_the_pool_gets_the_real_worker_s_counts_from_the_spec_worker_on_versions_1_and_2",
+        f"{M}::test_mcpi_estimate_with_the_spec_worker_gives_the_real_worker_s_count",
+        "test_c_peer.py::test_mcpi_estimate_drives_the_c_worker_to_the_real_workers_counts",
+    ),
+    "our coordinator and a worker choosing a version we did not offer, or none": (
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[version_not_offered]",
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[welcome_without_version]",
+    ),
+    "our coordinator and a worker speaking only a version we do not know (it answers our hello "
+    "`unsupported_version`): replaced, and `mcpi estimate` ends with one line naming the code": (
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[only_version_3]",
+        f"{M}::test_mcpi_estimate_ends_with_one_line_when_every_worker_breaks_a_rule[only_version_3]",
+    ),
+}
+"""Version negotiation (protocol.md §5) end to end, each way, and the tests that show it."""
+
 EXEMPT: dict[str, str] = {
     "The key words MUST, MUST NOT, SHOULD and MAY are used as in RFC 2119": "the key words' own definition",
 }
@@ -795,6 +837,10 @@ def docs_page() -> str:
         "A test named `file.py::test[case]` is one case of a parametrized test (or one of the",
         "cases a table in that file lists for it); `file.py::test` is every case.",
     ]
+    lines += ["", "## Version negotiation", "", "[protocol.md §5](protocol.md#5-connection-states), each way:", ""]
+    for scenario, tests in NEGOTIATION.items():
+        lines.append(f"- {scenario}")
+        lines += [f"  - `{test}`" for test in tests]
     current = None
     for key in order:
         rule = RULES[key]
@@ -839,7 +885,7 @@ def defined_tests(path: Path) -> frozenset[str]:
 
 def test_every_rule_names_tests_that_exist() -> None:
     missing = []
-    for key, r in RULES.items():
+    for key, r in [*RULES.items(), *((scenario, Rule("", tests)) for scenario, tests in NEGOTIATION.items())]:
         assert r.tests, f"rule {key} has no test"
         for reference in r.tests:
             match = re.fullmatch(r"([\w.]+\.py)::(test_\w+)(?:\[([\w-]+)\])?", reference)
