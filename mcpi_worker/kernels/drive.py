@@ -39,11 +39,10 @@ BLOCK_POINTS: Final[int] = 1 << 20
 checks: about a millisecond of work, so a cancel is seen within milliseconds; a call
 costs microseconds, so the checks cost nothing."""
 
-WORDS_PER_PASS: Final[int] = 1024
-"""SFC64 outputs the single-stream loop generates before it tests them (8 KiB, in L1).
-The generator is a chain of dependent steps and the test is independent per point;
-done in two tight loops, the second one vectorises, and the whole runs faster than one
-loop doing both (benchmarks/kernel.py shows the two C loops side by side)."""
+RING_WORDS: Final[int] = 128
+"""The single-stream loop's buffer (1 KiB, in L1): a ring that the generator writes its
+outputs into while the test reads the outputs written ``fused.LAG_GROUPS`` groups
+before (``fused._count_outputs`` says why)."""
 
 SCRATCH_WORDS: Final[int] = 16
 """uint64 words of working memory seeding one stream needs: entropy, pool, output."""
@@ -85,8 +84,10 @@ zero-point streams still ends, and checks the stop flag, within ``LANES_POINTS_P
 # allocates it once, not once a call.
 STATE_AT: Final[int] = 0
 SCRATCH_AT: Final[int] = STATE_AT + 4
-WORDS_AT: Final[int] = SCRATCH_AT + SCRATCH_WORDS
-LANE_STATE_AT: Final[int] = WORDS_AT + WORDS_PER_PASS
+WORDS_AT: Final[int] = -(-(SCRATCH_AT + SCRATCH_WORDS) // 8) * 8
+"""On a cache line of its own (``work`` starts on one): the single-stream loop reads
+its ring 64 bytes at a time, and a load across two lines costs two."""
+LANE_STATE_AT: Final[int] = WORDS_AT + RING_WORDS
 WORK_WORDS: Final[int] = LANE_STATE_AT + 4 * LANES
 
 
@@ -97,7 +98,7 @@ class SingleStream(Protocol):
     def count_outputs(self, state: Words, points: int, words: Words) -> int:
         """Count the next ``points`` points of the SFC64 ``state`` (a, b, c, counter;
         uint64[4]) inside the quarter circle, and leave ``state`` advanced past them.
-        ``words``: uint64[WORDS_PER_PASS], scratch."""
+        ``words``: uint64[RING_WORDS], scratch."""
         ...
 
 
@@ -241,11 +242,11 @@ def count_from(
 ) -> int:
     """Count the next ``points`` points from SFC64 ``state`` (advanced past them), in
     blocks of ``block_points`` with a stop check before each. Memory is flat: the
-    state and one buffer of ``WORDS_PER_PASS`` words, whatever ``points``. Raises
+    state and one buffer of ``RING_WORDS`` words, whatever ``points``. Raises
     ``Cancelled`` when ``should_stop`` says so, ``ValueError`` for a block below 1."""
     if block_points < 1:
         raise ValueError("block_points must be at least 1")
-    words = u64(WORDS_PER_PASS)
+    words = u64(RING_WORDS)
     inside = 0
     remaining = points
     while remaining > 0:

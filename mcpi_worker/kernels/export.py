@@ -27,7 +27,7 @@ from numba.core import config
 from numba.np.numpy_support import carray
 
 from mcpi_worker.kernels import fused, fused_range, lanes, native
-from mcpi_worker.kernels.drive import LANES, WORDS_PER_PASS, WORK_WORDS
+from mcpi_worker.kernels.drive import LANES, RING_WORDS, WORK_WORDS
 
 _LOOP: Final = fused._LOOP
 _COUNT: Final = fused_range._COUNT
@@ -37,7 +37,7 @@ _SHORT: Final = lanes._COUNT_SHORT
 
 
 def count_outputs(state: Any, points: int, words: Any) -> int:
-    return _LOOP(carray(state, 4), points, carray(words, WORDS_PER_PASS))  # type: ignore[no-any-return]
+    return _LOOP(carray(state, 4), points, carray(words, RING_WORDS))  # type: ignore[no-any-return]
 
 
 def count_range(seed: Any, first: Any, streams: int, points: int, counts: Any, work: Any) -> None:

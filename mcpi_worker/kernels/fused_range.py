@@ -107,7 +107,7 @@ def _count_streams(
     ``work``: ``drive.WORK_WORDS`` words of scratch."""
     state = work[STATE_AT : STATE_AT + 4]
     scratch = work[SCRATCH_AT : SCRATCH_AT + SCRATCH_WORDS]
-    words = work[WORDS_AT : WORDS_AT + fused.WORDS_PER_PASS]
+    words = work[WORDS_AT : WORDS_AT + fused.RING_WORDS]
     for i in range(streams):
         _seed_state(seed, first + np.uint64(i), state, scratch)
         counts[i] = count_outputs(state, points, words)
