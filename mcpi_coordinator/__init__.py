@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import importlib
 
-from mcpi_worker import __version__  # one version for the distribution, written there
-
 # The public names are imported on first use (PEP 562), not here: the subprocess fake
 # worker (``python -m mcpi_coordinator.testing.fake_worker``) lives in this package and
 # must start without importing Trio, as a real worker does.
 _PUBLIC: dict[str, str] = {
+    # One version for the distribution, written there; not imported here either: the
+    # ``mcpi`` command imports this package before it holds Ctrl-C (``cli.boot``).
+    "__version__": "mcpi_worker",
     "Chunk": "mcpi_coordinator.pool.chunks",
     "ChunkResult": "mcpi_coordinator.pool.chunks",
     "ChunkFailed": "mcpi_coordinator.errors",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from mcpi_coordinator.pool.stats import PoolStats, SlotState, WorkerStats
     from mcpi_coordinator.pool.worker_pool import DEFAULT_PIPELINE_DEPTH, WorkerPool, default_task_timeout
     from mcpi_coordinator.run.estimate import EstimateResult, iter_chunks, run_estimate
+    from mcpi_worker import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -47,13 +47,38 @@ cleanup`` measures how long a fleet takes to go).
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # built in; no stub in typeshed (signal wraps it)
+
 # Only what the interpreter has loaded anyway (and ctypes, below, and threading and select
 # for a parent that may have spawned us from a passing thread): no dataclasses, no typing
 # at run time, whose import alone is a noticeable part of the window this module closes.
 import os
-import signal
-import sys
-from functools import cache
+
+
+def leave_ctrl_c_to_the_owner() -> None:
+    """Ignore SIGINT when stdin is not a terminal, from the very start.
+
+    Then a program owns our stdin and our lifetime, and ends it with the end of our
+    input, ``shutdown`` or SIGTERM; Ctrl-C in its terminal reaches our whole process
+    group, and the coordinator decides what it means, not us. Set here, before the
+    first heavy import: a SIGINT that came while the worker still imported argparse,
+    structlog or NumPy printed a ``KeyboardInterrupt`` traceback and ended it, where
+    the same SIGINT a moment later was ignored. Typed in a terminal, the worker keeps
+    Python's Ctrl-C (it says what it is and exits 2 anyway). Called as this module is
+    imported, which only the worker's ways in do (``__main__`` and the console script):
+    what is left unguarded is the interpreter's own start (and ``site``'s), the console
+    script's lines and ``mcpi_worker/__init__.py``. Done before this module imports
+    anything the interpreter has not loaded already: ``signal``'s import (it builds its
+    enums) was a noticeable part of that window; ``_signal`` is built in."""
+    if not os.isatty(0):
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+
+
+leave_ctrl_c_to_the_owner()
+
+import signal  # noqa: E402  # after SIGINT is settled (above)
+import sys  # noqa: E402
+from functools import cache  # noqa: E402
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
 if TYPE_CHECKING:
@@ -131,23 +156,6 @@ def _single_threaded(pid: int) -> bool:
         return False
 
 
-def leave_ctrl_c_to_the_owner() -> None:
-    """Ignore SIGINT when stdin is not a terminal, from the very start.
-
-    Then a program owns our stdin and our lifetime, and ends it with the end of our
-    input, ``shutdown`` or SIGTERM; Ctrl-C in its terminal reaches our whole process
-    group, and the coordinator decides what it means, not us. Set here, before the
-    first heavy import: a SIGINT that came while the worker still imported argparse,
-    structlog or NumPy printed a ``KeyboardInterrupt`` traceback and ended it, where
-    the same SIGINT a moment later was ignored. Typed in a terminal, the worker keeps
-    Python's Ctrl-C (it says what it is and exits 2 anyway). Called as this module is
-    imported, which only the worker's ways in do (``__main__`` and the console script):
-    what is left unguarded is the interpreter's own start."""
-    if not os.isatty(0):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-leave_ctrl_c_to_the_owner()
 
 BLAS_THREADS_VARIABLE: Final = "OPENBLAS_NUM_THREADS"
 

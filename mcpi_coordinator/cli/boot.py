@@ -4,14 +4,22 @@ everything else after.
 Python turns Ctrl-C into ``KeyboardInterrupt`` wherever the main thread is, and a
 command's first half second is imports: one there printed a 20–40-line traceback from
 some library's module body. ``cli.main.main`` catches ``KeyboardInterrupt`` (exit 130,
-one line), but only from inside its ``try``; this module, which imports nothing but
-``signal``, closes the gap before it: a Ctrl-C that comes while the command's modules
-load is held here, and raised as ``KeyboardInterrupt`` inside that ``try`` (``release``),
-where Python's own handler is put back for the rest of the run (Trio installs its
-handler only over Python's). SIGTERM and SIGHUP, Ctrl-C's equals once the command runs
-(``cli.signals``), are held the same way: before, either killed the command by its default
-action, without a word, where a moment later it said so and exited 143 or 129. What is
-left unguarded is the interpreter's own start.
+one line), but only from inside its ``try``; this module, which holds the signals
+before it imports anything (``_signal`` is built in), closes the gap before it: a Ctrl-C
+that comes while the command's modules load is held here, and raised as
+``KeyboardInterrupt`` inside that ``try`` (``release``), where Python's own handler is
+put back for the rest of the run (Trio installs its handler only over Python's). SIGTERM
+and SIGHUP, Ctrl-C's equals once the command runs (``cli.signals``), are held the same
+way: before, either killed the command by its default action, without a word, where a
+moment later it said so and exited 143 or 129.
+
+What is left unguarded is what runs before this module's first line: the interpreter's
+own start, ``site`` (and the ``.pth`` files of the environment: an editable install's
+finder imports ``pathlib``), the console script's own lines and this package's
+``__init__`` modules, which import nothing. A Ctrl-C there is Python's: a traceback and
+death by SIGINT (or, inside ``site``, "Fatal Python error" and exit 1); SIGTERM and SIGHUP
+there end the process by their default action, without a word (a shell says 143 or
+129). docs/faults.md has the sweep that measures that window.
 
 Only the command's way in imports this module: code that imports ``mcpi_coordinator``
 as a library keeps its SIGINT handling untouched.
@@ -19,23 +27,18 @@ as a library keeps its SIGINT handling untouched.
 
 from __future__ import annotations
 
-import signal
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import FrameType
-    from typing import TypeAlias
-
-    _Handler: TypeAlias = "Callable[[int, FrameType | None], object] | int | signal.Handlers | None"
-    """What ``signal.getsignal`` returns."""
+# The hold comes first, before this module imports anything the interpreter has not
+# loaded already: ``signal`` (which builds its enums as it is imported) is a noticeable
+# part of the window between Python's Ctrl-C handler and ours. ``_signal`` is built in
+# and loaded at the interpreter's start; ``signal``'s functions are its, wrapped.
+import _signal  # type: ignore[import-not-found]  # no stub in typeshed: the module signal wraps
 
 _held: list[int] = []
 
-_STOPS: dict[int, _Handler] = {
-    signal.SIGINT: signal.default_int_handler,
-    signal.SIGTERM: signal.SIG_DFL,
-    signal.SIGHUP: signal.SIG_DFL,
+_STOPS: dict[int, object] = {
+    _signal.SIGINT: _signal.default_int_handler,
+    _signal.SIGTERM: _signal.SIG_DFL,
+    _signal.SIGHUP: _signal.SIG_DFL,
 }
 """The signals held, each with the handler it is held only from (and given back)."""
 
@@ -48,15 +51,29 @@ def hold() -> None:
     """Hold Ctrl-C, SIGTERM and SIGHUP until ``release``. One that is ignored, or handled
     by whoever started us (``nohup``, a background job of a script), is left as it is."""
     for signum, default in _STOPS.items():
-        if signal.getsignal(signum) is default:
-            signal.signal(signum, _hold)
+        if _signal.getsignal(signum) == default:
+            _signal.signal(signum, _hold)
+
+
+hold()
+
+import signal  # noqa: E402  # after the hold (above)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import TypeAlias
+
+    _Handler: TypeAlias = "Callable[[int, FrameType | None], object] | int | signal.Handlers | None"
+    """What ``signal.getsignal`` returns."""
 
 
 def given_back(signum: int, handler: _Handler) -> _Handler:
     """The handler ``release`` gives ``signum`` back when ``handler`` is this module's
     holder, else ``handler``: what a caller that takes a held signal over (``cli.signals.handled``)
     must restore when it is done, rather than the holder."""
-    return _STOPS[signum] if handler is _hold and signum in _STOPS else handler
+    return _given(signum) if handler is _hold and signum in _STOPS else handler
 
 
 def release(note: Callable[[int], object] | None = None) -> None:
@@ -66,9 +83,9 @@ def release(note: Callable[[int], object] | None = None) -> None:
     (``main`` called from Python), nor for a signal whose handler someone else has put
     in place of the holder since (``cli.signals.handled``, entered first so that SIGTERM
     and SIGHUP never pass through their default action, which ends the process)."""
-    for signum, default in _STOPS.items():
+    for signum in _STOPS:
         if signal.getsignal(signum) is _hold:
-            signal.signal(signum, default)
+            signal.signal(signum, _given(signum))
     if _held:
         came = list(_held)
         _held.clear()
@@ -78,7 +95,9 @@ def release(note: Callable[[int], object] | None = None) -> None:
         raise KeyboardInterrupt
 
 
-hold()
+def _given(signum: int) -> _Handler:
+    """The handler ``signum`` is held from, as ``signal`` names it (``SIG_DFL`` an enum member)."""
+    return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
 
 
 def hold_collections() -> None:
