@@ -264,6 +264,8 @@ RULES: dict[str, Rule] = {
     # ---------------------------------------------------------------- §5 connection states
     "nothing_before_the_first_frame": rule(
         "The worker writes nothing until it has read a whole first frame",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[shutdown_first]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[cancel_without_id_first]",
         f"{M}::test_the_worker_writes_nothing_before_its_first_frame_is_whole",
         "test_golden.py::test_a_golden_ping_before_hello_is_refused_by_the_real_worker",
         "test_golden.py::test_the_real_worker_writes_the_golden_bytes",
@@ -381,6 +383,7 @@ RULES: dict[str, Rule] = {
         "A **usable id** is what a receiver can report a bad message under",
         "test_protocol.py::test_an_id_on_a_message_never_answered_by_id_is_not_usable",
         f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[cancel_id_not_uint64]",
+        f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[cancel_without_id_first]",
         f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[hello_with_id_and_bad_versions]",
         f"{M}::test_a_frame_breaking_an_encoding_rule_is_fatal[shutdown_with_a_junk_id]",
         f"{M}::test_per_request_rules_answer_by_id_and_the_worker_serves_on[no_type]",
@@ -982,6 +985,8 @@ FATAL_FRAMES: dict[str, tuple[bytes, str, bool]] = {
     "duplicate_key": (raw(with_pair(PING, msgpack.packb("id"), msgpack.packb(2))), "malformed_frame", False),
     "unknown_type_without_id": (frame({"type": "frobnicate"}), "unknown_type", False),
     "cancel_id_not_uint64": (frame({"type": "cancel", "id": "1"}), "invalid_request", False),
+    "cancel_without_id_first": (frame({"type": "cancel"}), "invalid_request", True),
+    "shutdown_first": (frame({"type": "shutdown"}), "", True),
     "hello_with_id_and_bad_versions": (
         frame({"type": "hello", "id": 7, "versions": [], "client": "x"}), "invalid_request", True,
     ),
@@ -1018,7 +1023,7 @@ async def test_a_frame_breaking_an_encoding_rule_is_fatal(peer: list[str], case:
             await send_quietly(client, data + frame({"type": "ping", "id": 99}))
             responses, status = await finish(client, process)
             await stderr.closed.wait()
-    if not code:  # an id key on a shutdown is an unknown key: an orderly end
+    if not code:  # a shutdown (an id key on it is an unknown key): an orderly end
         assert (responses, status) == ([], 0)
         return
     assert [(type(m), getattr(m, "id", "?"), getattr(m, "code", "?")) for m in responses] == [(Error, None, code)]
