@@ -28,6 +28,12 @@ once (``locking_mode=EXCLUSIVE``) and holds it until it closes; a second run get
 it dies with its process, SIGKILL included: a killed run never leaves a stale lock.
 Exclusive mode also keeps WAL's index in memory instead of a ``-shm`` file.
 
+A new checkpoint is its user's alone (mode 0600, as its journals): SQLite's own mode for
+a new file (0644 less the umask) let any user of the machine open it, and one who
+could read it could take a read lock on it (``fcntl``, the lock SQLite takes) and keep
+its owner's ``--resume`` refused for as long as they liked ("in use by another mcpi
+run"), besides reading the run. A file made before this keeps the mode it has.
+
 A new checkpoint is made in memory, written whole under a temporary name of its own
 (``.NAME.PID.RANDOM.partial``, created exclusively) and linked into place, so a run
 killed while creating it leaves no half-made file under the user's name; the next
@@ -199,8 +205,8 @@ class Checkpoint:
         try:
             claimed = _claim_journals(Path(os.path.realpath(target)))  # named as SQLite will
             descriptor, partial = files.create_exclusive(
-                target.parent, f".{target.name}.{os.getpid()}.", ".partial", mode=0o644
-            )  # SQLite's own mode for a new file
+                target.parent, f".{target.name}.{os.getpid()}.", ".partial", mode=0o600
+            )  # the user's alone (PRIVATE_MODE)
             try:
                 with os.fdopen(descriptor, "wb") as written:
                     written.write(_new_file(parameters))

@@ -4,8 +4,10 @@ process table checked after each), Ctrl-C, and every refusal as one line with ex
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
+import os
 import random
 import re
 import shlex
@@ -21,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 from command_line import FAKE_WORKER, MCPI, mcpi, one_line_refusal
+from second_user import second_user, shared_directory
 
 from mcpi_coordinator.run.prefix import reference_prefix
 from mcpi_coordinator.testing.processes import not_warming, still_running, wait_until_gone, workers_among
@@ -219,3 +222,49 @@ def test_two_runs_on_one_checkpoint_are_refused(tmp_path: Path) -> None:
         if first.poll() is None:
             first.kill()
     assert first.returncode == 130
+
+
+SQLITE_SHARED_BYTES = (0x40000000 + 2, 510)
+"""The byte range SQLite's readers lock (``fcntl``, F_RDLCK) in every database file: its
+SHARED lock (sqlite3's os_unix.c: PENDING_BYTE + 2, SHARED_SIZE)."""
+
+
+def test_another_user_cannot_open_a_checkpoint_nor_lock_its_owner_out_of_resume() -> None:
+    """Another user of the machine who could read a checkpoint (SQLite's own 0644 for a new
+    file) could take SQLite's read lock on it and hold it: its owner's ``--resume`` was
+    refused, "in use by another mcpi run", exit 2, for as long as they liked. Now the file
+    is its owner's alone (0600): the second user, a real one, cannot open it, and the
+    resume goes on. The checkpoint is made by a real run, in a directory both may use."""
+    other = second_user()
+    with shared_directory() as shared:
+        path = shared / "run.db"
+        made = mcpi("estimate", "-n", "4000", "--chunk-size", "1000", "-w", "1", "-s", "3", "-q",
+                    "--checkpoint", str(path), "--startup-timeout", "300", timeout=300)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        ready_r, ready_w = os.pipe()
+        release_r, release_w = os.pipe()
+        child = os.fork()
+        if child == 0:  # the second user: open the file and hold SQLite's read lock, if it can
+            try:
+                os.setgroups([])
+                os.setgid(other.pw_gid)
+                os.setuid(other.pw_uid)
+                fd = os.open(path, os.O_RDONLY)
+                start, length = SQLITE_SHARED_BYTES
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, length, start, os.SEEK_SET)
+                os.write(ready_w, b"L")
+            except OSError:
+                os.write(ready_w, b"R")
+            os.read(release_r, 1)
+            os._exit(0)
+        try:
+            held = os.read(ready_r, 1)
+            resumed = mcpi("estimate", "--resume", str(path), "-q", "--startup-timeout", "300", timeout=300)
+        finally:
+            os.write(release_w, b"x")
+            os.waitpid(child, 0)
+            for fd in (ready_r, ready_w, release_r, release_w):
+                os.close(fd)
+        assert resumed.returncode == 0, resumed.stderr
+        assert held == b"R", "the second user opened the checkpoint and locked it"
+        assert path.stat().st_mode & 0o777 == 0o600
