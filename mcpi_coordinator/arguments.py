@@ -17,6 +17,7 @@ says the bound.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 from collections.abc import Callable
@@ -185,6 +186,11 @@ def picture_path_type(*suffixes: str) -> Callable[[str], Path]:
         path = Path(text)
         if path.suffix.lower() not in suffixes:
             raise argparse.ArgumentTypeError(f"{quoted(text)} must end in {expected}")
+        try:
+            path.lstat()  # a name the system refuses (ENAMETOOLONG): is_dir() raises it, not answers
+        except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:
+                raise argparse.ArgumentTypeError(f"{quoted(text)}: {error.strerror}") from None
         if not path.parent.is_dir():
             raise argparse.ArgumentTypeError(
                 f"{quoted(text)}: directory {quoted(path.parent)} does not exist"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from mcpi_coordinator import arguments as cli_args
 from mcpi_coordinator.cli import commands, text
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
+from mcpi_worker.quoting import quoted
 
 # What combining needs is imported where it is used: parsing (--help, a usage error,
 # a TAB completion) imports none of it (``cli.commands``).
@@ -95,12 +96,13 @@ def read_documents(files: list[str]) -> list[tuple[str, dict[str, Any]]]:
             names = ["stdin"] if len(lines) == 1 else [f"stdin line {n}" for n in range(1, len(lines) + 1)]
             documents += [(shown, load_document(shown, line)) for shown, line in zip(names, lines, strict=True)]
             continue
-        content = _read(name, partial(read_limited, name, MAX_FILE_BYTES))
+        shown = quoted(name, quote=False)  # a name too long to quote whole, shortened
+        content = _read(shown, partial(read_limited, name, MAX_FILE_BYTES))
         if not content.strip():  # a shell's '> part1.json' of a run that failed or is still going
             raise CombineRefused(
-                f"{name}: empty: did its 'mcpi estimate --part ... --json > {name}' fail, or not end yet?"
+                f"{shown}: empty: did its 'mcpi estimate --part ... --json > {shown}' fail, or not end yet?"
             )
-        documents.append((name, load_document(name, content)))
+        documents.append((shown, load_document(shown, content)))
     return documents
 
 

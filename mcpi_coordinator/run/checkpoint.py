@@ -53,6 +53,7 @@ is parsed.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import math
@@ -75,6 +76,7 @@ from mcpi_coordinator.errors import CheckpointRefused, McpiError  # CheckpointRe
 from mcpi_coordinator.run.parts import Part
 from mcpi_worker import __version__  # not mcpi_coordinator's: its __init__ names the layers above
 from mcpi_worker.constants import KERNEL_VERSIONS
+from mcpi_worker.quoting import quoted
 
 FORMAT: Final[int] = 1
 """The checkpoint format this mcpi writes and reads."""
@@ -177,6 +179,7 @@ class Checkpoint:
         anyone may write that lacks the sticky bit, or cannot be written or opened;
         ``ValueError`` for a kernel with no definition version (``KERNEL_VERSIONS``)."""
         target = Path(path)
+        _check_name(target, "create")
         if target.is_dir():
             raise CheckpointRefused(
                 f"checkpoint {target} is a directory; name a new file in it, e.g. --checkpoint {target / 'run.ckpt'}"
@@ -242,6 +245,7 @@ class Checkpoint:
         or writable by anyone, in a directory anyone may write that lacks the sticky
         bit, or in use by another run."""
         target = Path(path)
+        _check_name(target, "open")
         if not target.exists():
             raise CheckpointRefused(
                 f"no checkpoint at {target}: start the run with --checkpoint {target}"
@@ -662,6 +666,18 @@ def _not_ours(status: os.stat_result) -> bool:
 
 def _not_an_empty_file_of_ours(status: os.stat_result) -> bool:
     return status.st_size > 0 or _not_ours(status)
+
+
+def _check_name(target: Path, doing: str) -> None:
+    """Refuse a name the system refuses (a part of it over 255 bytes, the whole over 4,096:
+    ENAMETOOLONG), which ``Path.is_dir`` and ``Path.exists`` raise as ``OSError`` rather
+    than answer: a traceback, before. Raises ``CheckpointRefused`` quoting the name
+    shortened (``quoting``)."""
+    try:
+        target.lstat()
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise CheckpointRefused(f"cannot {doing} checkpoint {quoted(target)}: {error.strerror}") from None
 
 
 def _journal(database: Path, suffix: str) -> Path:

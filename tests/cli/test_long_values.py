@@ -21,6 +21,8 @@ LONG = 100_000
 """Characters of the long value: below Linux's limit on one argument (128 KiB)."""
 NINES = "9" * LONG
 NAME = "a" * LONG
+LONG_NAME = "b" * 300
+"""A file name longer than Linux allows one (255 bytes), but an argument like any other."""
 SHORT_LINE = 400
 """Longer than any of these errors with the value shortened; far below the value."""
 
@@ -40,6 +42,15 @@ COMMAND_LINES = {
     "an unrecognized argument": [*MCPI, "estimate", NAME],
     "an unknown command": [*MCPI, NAME],
     "an option before the command": [*MCPI, "--points", NINES, "estimate"],
+    "mcpi combine": [*MCPI, "combine", f"/{NAME}"],
+    "mcpi scatter --out": [*MCPI, "scatter", "-o", f"/{NAME}.png"],
+    # A file name past the system's 255 bytes (ENAMETOOLONG): a traceback before, where
+    # Path.is_dir() and Path.exists() raise it rather than answer.
+    "--checkpoint, a name too long for the system": [*MCPI, "estimate", "--checkpoint", f"{LONG_NAME}.db"],
+    "--resume, a name too long for the system": [*MCPI, "estimate", "--resume", f"{LONG_NAME}.db"],
+    "--plot, a name too long for the system": [*MCPI, "estimate", "--plot", f"{LONG_NAME}.png"],
+    "mcpi scatter --out, a name too long for the system": [*MCPI, "scatter", "-o", f"{LONG_NAME}.gif"],
+    "mcpi combine, a name too long for the system": [*MCPI, "combine", f"{LONG_NAME}.json"],
     "mcpi-worker --jobs": [*worker_command(), "--jobs", NINES],
     "mcpi-worker --max-inflight": [*worker_command(), "--max-inflight", NAME],
     "mcpi-worker --log-level (argparse's invalid choice)": [*worker_command(), "--log-level", NAME],
