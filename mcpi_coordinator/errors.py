@@ -20,7 +20,8 @@ class McpiError(Exception):
 
 
 class WorkerFailure(McpiError):
-    """One worker stopped being usable: it died, broke the protocol, or hung.
+    """One worker stopped being usable: it died, broke the protocol (refusing for good a
+    request its welcome admits included), or hung.
 
     Delivered to each request that was in flight on that worker. The pool sends the
     request again elsewhere and replaces the worker, so users of the pool see it raised
@@ -36,12 +37,13 @@ class WorkerFailure(McpiError):
 
 
 class RequestFailed(McpiError):
-    """A request that no worker did or could carry out: a worker answered it with an
-    ``error``, or no worker the pool knows of can take it (none offers its kernel or
-    accepts its size, or all that do are avoided). ``retryable`` says whether sending it
-    again may succeed (``busy``, ``internal``, ``cancelled``) or not (an unknown kernel,
-    a chunk larger than the worker accepts, an invalid field; always False for "no
-    worker can take it").
+    """A request that no worker did or could carry out: a worker answered it with a
+    retryable ``error`` (``busy``, ``internal``, ``cancelled``: ``retryable`` True), or no
+    worker the pool knows of can take it (none offers its kernel or accepts its size, or
+    all that do are avoided; ``retryable`` False), or its fields are out of range
+    (``InvalidChunk``). A worker's ``error`` that is not retryable never becomes one: the
+    pool sends only what the worker's welcome admits, so such a refusal breaks the
+    worker (a ``WorkerFailure``) and the request goes elsewhere.
 
     ``WorkerPool.sample`` and ``imap_unordered`` raise it only when it is not
     retryable (retryable ones are sent again and, past ``max_chunk_attempts``, become

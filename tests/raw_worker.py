@@ -64,6 +64,11 @@ FAULTS: dict[str, str] = {
     "unknown_code": "a per-request error with a code from the future ('quantum_flux')",
     "unknown_code_nil_id": "an error with a nil id and an unknown code",
     "fatal_code_with_id": "an error carrying the sample's id and the fatal code malformed_frame",
+    # §8 refusals for good that contradict the welcome (each then serves on correctly)
+    "refuse_offered_kernel": "unknown_kernel for its first sample, whose kernel its welcome offers",
+    "refuse_valid": "invalid_request for its first sample, though the sample is valid",
+    "refuse_fresh_id": "duplicate_id for its first sample, whose id was never used",
+    "refuse_after_welcome": "handshake_required for its first sample, after its welcome",
     # §5 the coordinator's checks
     "second_welcome": "a second welcome, then the result",
     "before_welcome": "a pong before the welcome",
@@ -137,8 +142,24 @@ FAULTS: dict[str, str] = {
 }
 
 
-CONTINUES = frozenset({"unknown_code", "serial_jobs_1024", "dribble", "sigstop", "dev_tty", "negative_zero_elapsed"})
-"""Faults after which the worker serves on correctly (the rest fall silent)."""
+REFUSALS: dict[str, str] = {
+    "unknown_code": "quantum_flux",
+    "refuse_offered_kernel": "unknown_kernel",
+    "refuse_valid": "invalid_request",
+    "refuse_fresh_id": "duplicate_id",
+    "refuse_after_welcome": "handshake_required",
+}
+"""Faults answering the first sample with a per-request ``error`` that is not retryable,
+and its code: a refusal no request our coordinator sends can have earned."""
+
+CONTINUES = frozenset(
+    {*REFUSALS, "serial_jobs_1024", "dribble", "sigstop", "dev_tty", "negative_zero_elapsed"}
+)
+"""Faults after which the worker serves on correctly (the rest fall silent).
+
+With ``$RAW_WORKER_ONCE`` (a path), a fault of ``REFUSALS`` strikes only in the first
+worker that creates that file: the others serve correctly from the start (so a run whose
+worker 0 is replaced by the same command meets the fault once)."""
 
 PROCESS_FAULTS = frozenset(
     {"child_holds_pipes", "setpgid_child", "dribble", "close_stdout", "close_stdin", "sigstop", "deaf"}
@@ -203,6 +224,8 @@ class RawWorker:
         self.out = os.dup(1)
         os.dup2(2, 1)
         self.struck = False
+        self.spared = fault in REFUSALS and not _first_to_strike()
+        """A refusal fault that struck in another worker of the run ($RAW_WORKER_ONCE)."""
         self.outstanding = 0
         self.violation: str | None = None
         self.request_ids: set[Any] = set()
@@ -334,7 +357,10 @@ class RawWorker:
             "negative_elapsed": lambda: frame({**wrong, "elapsed_s": -0.5}),
             "infinite_elapsed": lambda: frame({**wrong, "elapsed_s": float("inf")}),
             "long_message": lambda: frame({"type": "error", "id": rid, "code": "internal", "message": "é" * 4097}),
-            "unknown_code": lambda: frame({"type": "error", "id": rid, "code": "quantum_flux", "message": "new"}),
+            **{
+                fault: (lambda code=code: frame({"type": "error", "id": rid, "code": code, "message": "new"}))
+                for fault, code in REFUSALS.items()
+            },
             "unknown_code_nil_id": lambda: frame({"type": "error", "id": None, "code": "quantum_flux", "message": "x"}),
             "fatal_code_with_id": lambda: frame({"type": "error", "id": rid, "code": "malformed_frame", "message": ""}),
             "second_welcome": lambda: self.welcome([1, 2]) + frame(wrong),
@@ -464,7 +490,7 @@ class RawWorker:
         # pool's first piece for a worker is one stream).
         groups = -(-request.get("streams", 1) // (request.get("group") or request.get("streams", 1)))
         unripe = self.fault in RANGE_FAULTS and groups < 2
-        answer = None if self.struck or unripe else self.strike(request)
+        answer = None if self.struck or self.spared or unripe else self.strike(request)
         if answer is None:  # this fault is not in an answer, or has struck: a correct one
             return self.encode(self.result(request, spec_worker.count_range(request, self.stop)))
         self.struck = True
@@ -562,6 +588,18 @@ class RawWorker:
             sys.stderr.write(f"raw-worker: {self.violation}\n")
             return 9
         return 0
+
+
+def _first_to_strike() -> bool:
+    """Whether this worker is the first to create ``$RAW_WORKER_ONCE`` (True without it)."""
+    path = os.environ.get("RAW_WORKER_ONCE")
+    if not path:
+        return True
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _nested(levels: int) -> Any:

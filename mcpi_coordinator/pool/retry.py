@@ -31,7 +31,9 @@ class Attempts:
     """The failures charged to one chunk (or ping) so far.
 
     Only a failure the chunk may have caused counts: a worker that refused it with a
-    retryable error, or died *while computing it*. A chunk merely queued behind the
+    retryable error, or died *while computing it*, or broke by refusing it for good
+    (the core charges that as computing it: ``CoordinatorEnd``), so a chunk every
+    worker refuses runs out of attempts. A chunk merely queued behind the
     one that broke its worker is collateral damage and costs nothing, or a worker
     that dies on every Nth request would make innocent chunks look poisonous.
     A ping costs its worker nothing, so each of its workers that fails counts, and a
@@ -49,7 +51,8 @@ class Attempts:
     def judge(self, outcome: ChunkResult | McpiError | None) -> Verdict:
         """Charge ``outcome`` against the request if it is a failure, and say what comes
         next. A ``PoolClosed``/``PoolExhausted``, and a ``RequestFailed`` that is not
-        retryable (an unknown kernel, a seed out of range), are final. Never raises."""
+        retryable (no worker offers its kernel, a seed out of range), are final. Never
+        raises."""
         if not isinstance(outcome, McpiError):
             return Verdict.FINAL
         if isinstance(outcome, WorkerFailure):

@@ -278,13 +278,14 @@ class WorkerPool:
 
         ``avoid`` names slots whose workers must not compute it (to check a count on a
         different worker). A worker that dies, breaks the protocol or stalls is
-        replaced and the chunk sent again; that ``WorkerFailure`` is not raised.
+        replaced and the chunk sent again; that ``WorkerFailure`` is not raised. So is a
+        worker that refuses it for good (a non-retryable ``error``): the pool sends only
+        what a worker's welcome admits, so that worker contradicts its welcome.
 
         Raises ``ChunkFailed`` once ``max_chunk_attempts`` workers in a row failed while
-        computing it or refused it with a retryable error (a poison chunk);
+        computing it or refused it (a poison chunk, or one every worker refuses);
         ``RequestFailed`` if no worker can take it (no worker offers its kernel or
-        accepts its size, or all that do are avoided) or one refuses it for good (a
-        worker's non-retryable error); ``PoolExhausted`` when no worker is left;
+        accepts its size, or all that do are avoided); ``PoolExhausted`` when no worker is left;
         ``PoolClosed`` once the pool is closing or closed; ``trio.Cancelled`` as any
         Trio call does (the worker is sent ``cancel`` and stays in the pool). A chunk
         whose fields are out of the protocol's range never gets here: ``Chunk`` raises
@@ -304,8 +305,9 @@ class WorkerPool:
         pool's own cost per request with no work in it (``mcpi bench overhead``), and
         it tells that a worker answers. A worker failing meanwhile is replaced and the
         ping sent again, up to ``max_chunk_attempts`` times; then that failure is
-        raised (a ``WorkerFailure``). A worker answering the ping with an ``error``
-        raises ``RequestFailed`` at once. Raises ``PoolExhausted``/``PoolClosed`` and
+        raised (a ``WorkerFailure``). A worker answering the ping with a retryable
+        ``error`` raises ``RequestFailed`` at once (one not retryable breaks the worker,
+        as for a sample). Raises ``PoolExhausted``/``PoolClosed`` and
         ``trio.Cancelled`` as ``sample`` does.
         """
         self._require_open()

@@ -37,7 +37,7 @@ from mcpi_coordinator.testing.script import (
     flood_chunks,
 )
 from mcpi_worker import kernels
-from mcpi_worker.protocol import PROTOCOL_VERSIONS
+from mcpi_worker.protocol import PROTOCOL_VERSIONS, ErrorCode
 
 STDIN: Final[int] = 0
 STDOUT: Final[int] = 1
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only for these streams (comma-separated; default every stream)")
     stream.add_argument("--wrong-count-times", type=count, default=None, metavar="N",
                         help="only for the first N results it would falsify (default always)")
+    stream.add_argument("--error-code", default=ErrorCode.INTERNAL, metavar="CODE",
+                        help="the code of --internal-errors' answers (default internal); one "
+                             "not retryable refuses what the welcome admits")
 
     pace = parser.add_argument_group("pace and capabilities")
     pace.add_argument("--slow", type=cli_args.number("seconds", allow_zero=True), default=0.0, metavar="SECONDS",
@@ -186,6 +189,7 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         silent=args.silent,
         exit_at_start=args.exit_at_start,
         bad_version=args.bad_version,
+        error_code=args.error_code,
         ignore_sigterm=args.ignore_sigterm,
         misbehave_after=args.misbehave_after,
         garbage=args.garbage,

@@ -127,6 +127,10 @@ class FakeBehaviour:
     """Only for the first N wrong-able results (None: always)."""
     internal_errors: int = 0
     """Answer the first N samples with a retryable ``internal`` error instead of a result."""
+    error_code: str = ErrorCode.INTERNAL
+    """The code of the ``internal_errors`` answers. One that is not retryable (or that no
+    protocol version has) plays a worker refusing what its welcome admits: the pool
+    takes it as broken, replaces it and sends the sample elsewhere."""
     claimed_elapsed_s: float | None = None
     """Report this as every result's ``elapsed_s``, whatever it took (None: what it took):
     a worker lying about its time, which breaks no rule (the field is informational,
@@ -408,7 +412,7 @@ class FakeWorkerCore:
         actions += self._output()  # anything written before: not part of the result
         if self._internal_errors_left > 0:
             self._internal_errors_left -= 1
-            events = self._worker_end.sample_failed(request.id, ErrorCode.INTERNAL, "fake internal error")
+            events = self._worker_end.sample_failed(request.id, b.error_code, "fake internal error")
             return actions + self._carry_out(events, job.ready_at)
         counts = self._reported_counts(request)
         count = sum(counts)

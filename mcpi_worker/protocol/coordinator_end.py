@@ -14,8 +14,12 @@ writes, sleeps, or calls back.
 Every message from the worker is checked completely before anything is committed: an
 answer for an id not in flight, a ``pong`` for a sample, a ``result`` whose ``points``
 differ from the request's or whose ``inside`` exceeds them, a second ``welcome``, a
-fatal ``error`` — each breaks the connection (``Broken``) with the request still in
-the table, so it is handed back (``Broken.orphans``) exactly once, never lost.
+fatal ``error``, an ``error`` that is not retryable (every request sent here is one the
+worker's ``welcome`` admits, so refusing it for good contradicts that welcome:
+``_broken_welcome``) — each breaks the connection (``Broken``) with the request still
+in the table, so it is handed back (``Broken.orphans``) exactly once, never lost. The
+only ``error`` answers that come out as ``Answered`` are the retryable ones (``busy``,
+``cancelled``, ``internal``).
 
 A result's ``elapsed_s`` (seconds its kernel ran: informational, by the worker's own
 clock) is valid when finite and not negative (the field table); it is also bounded
@@ -55,6 +59,7 @@ from mcpi_worker.protocol.messages import (
     WORKER_MESSAGES,
     Cancel,
     Error,
+    ErrorCode,
     FatalProtocolError,
     Hello,
     LocalProtocolError,
@@ -105,7 +110,8 @@ class Answered:
 @dataclass(frozen=True, slots=True)
 class Orphan:
     """A request still in flight when the connection broke: it will never be answered.
-    ``was_running`` is False for one that was only queued behind the running ones."""
+    ``was_running`` is False for one that was only queued behind the running ones (True
+    for the one whose answer broke the connection, queued or not: a refusal for good)."""
 
     request_id: int
     token: Any
@@ -149,12 +155,20 @@ _PLAIN: Final = Sample(0, 0, 0, 0, "")
 """A plain sample, for ``Sample.insides_problem`` of a plain sample's answer: what it says
 of the counts answering one depends on no field but that it is not a range."""
 
+_KNOWN_CODES: Final = frozenset(ErrorCode)
+"""The codes of protocol.md §8 (the same on versions 1 and 2)."""
+
 _Checked = tuple[int, _InFlight, Result | Pong | Error]
 """An answer found valid: its id, its entry in the in-flight table, and the answer."""
 
 
 class _Violation(Exception):
-    """What the worker did wrong, found while checking a message (nothing committed yet)."""
+    """What the worker did wrong, found while checking a message (nothing committed yet).
+    ``blamed``: the request its wrong answer answered, charged as if it was computing it."""
+
+    def __init__(self, reason: str, blamed: int | None = None) -> None:
+        super().__init__(reason)
+        self.blamed = blamed
 
 
 SHOWN_MIN_S = 0.001
@@ -440,7 +454,7 @@ class CoordinatorEnd:
             kind = "protocol error" if isinstance(error, FatalProtocolError) else "invalid message"
             return [*events, self._break(f"{kind}: {error.code}: {error.message}")]
         except _Violation as violation:
-            return [*events, self._break(str(violation))]
+            return [*events, self._break(str(violation), violation.blamed)]
         return events
 
     def receive_eof(self, now: float) -> list[CoordinatorEvent]:
@@ -528,6 +542,8 @@ class CoordinatorEnd:
         request = self._samples.get(request_id) or self._pings.get(request_id)
         if request is None:
             raise _Violation(f"answered request id {request_id}, which is not in flight")
+        if isinstance(message, Error) and not message.retryable:
+            raise _Violation(self._broken_welcome(request_id, message), blamed=request_id)
         if isinstance(message, Pong) and not request.is_ping:
             raise _Violation(f"answered the sample request id {request_id} with a pong")
         if isinstance(message, Result):
@@ -546,6 +562,28 @@ class CoordinatorEnd:
             if message.insides is not None or request.sample is not None:  # else nothing to check
                 self._check_groups(request_id, request, message)
         return request_id, request, message
+
+    def _broken_welcome(self, request_id: int, error: Error) -> str:
+        """Why a refusal for good (an ``error`` that is not retryable) of a request this
+        end sent breaks the worker: every request goes out only once the worker's
+        ``welcome`` admits it (``admission.refusal``, the field table, ``max_frame``),
+        with a fresh id, after the ``welcome``, and of a type of §4.1. So such a refusal
+        (``unknown_kernel`` of an offered kernel, ``invalid_request``, ``duplicate_id``,
+        ``handshake_required``, ``unknown_type``) contradicts the worker's own welcome,
+        and a code its protocol version does not have is no answer either (protocol.md
+        §8: a coordinator that checked the request may take either as the worker
+        breaking its welcome). The request goes to another worker (``Broken``), whose
+        answer decides it: a worker that counts it honestly gives its count, and a
+        request every worker refuses runs out of its attempts (a bug of this side)."""
+        assert self.welcome is not None
+        if error.code in _KNOWN_CODES:
+            return (
+                f"refused request id {request_id}, which its welcome admits: {error.code}: {error.message}"
+            )
+        return (
+            f"refused request id {request_id} with a code protocol version {self.welcome.version} "
+            f"does not have: {error.code}: {error.message}"
+        )
 
     @staticmethod
     def _check_groups(request_id: int, request: _InFlight, result: Result) -> None:
@@ -616,9 +654,11 @@ class CoordinatorEnd:
                 deadline = min(deadline, first.could_start_at + first.budget_s)
         return deadline
 
-    def _break(self, reason: str) -> Broken:
+    def _break(self, reason: str, blamed: int | None = None) -> Broken:
+        """``blamed``: a request answered wrongly, charged as one being computed (a worker
+        may refuse a request it only queued)."""
         orphans = tuple(
-            Orphan(request_id, request.token, request.running and not request.is_ping, request.abandoned)
+            Orphan(request_id, request.token, _was_running(request, request_id == blamed), request.abandoned)
             for table in (self._samples, self._pings)
             for request_id, request in table.items()
         )
@@ -631,3 +671,8 @@ class CoordinatorEnd:
         self.broken = Broken(reason, orphans)
         return self.broken
 
+
+def _was_running(request: _InFlight, blamed: bool) -> bool:
+    """Whether a request handed back by a broken connection is charged as computed there:
+    a sample the worker was running, or the request its wrong answer answered."""
+    return blamed or (request.running and not request.is_ping)

@@ -271,9 +271,9 @@ class WorkerEnd:
         self._send(result)
         return self._after_finish()
 
-    def sample_failed(self, request_id: int, code: ErrorCode, message: str) -> list[WorkerEvent]:
+    def sample_failed(self, request_id: int, code: ErrorCode | str, message: str) -> list[WorkerEvent]:
         """A started sample ended without a count: ``cancelled`` (it saw its stop flag) or
-        ``internal`` (the kernel raised)."""
+        ``internal`` (the kernel raised); a fake worker may give any code."""
         self._finish(request_id)
         self._send(Error(request_id, code, message))
         return self._after_finish()

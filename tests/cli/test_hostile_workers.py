@@ -52,16 +52,19 @@ def marked(mark: str) -> list[psutil.Process]:
     return found
 
 
-def hostile_run(fault: str, tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], list[int]]:
-    """``mcpi estimate --json`` with worker 0 ``raw_worker.py FAULT``: the finished run and
-    the pids of what the run left running (killed here, so that a failure leaves nothing)."""
+def hostile_run(
+    fault: str, tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    """``mcpi estimate --json`` with worker 0 ``raw_worker.py FAULT`` (``env`` added to its
+    environment): the finished run and the pids of what the run left running (killed here,
+    so that a failure leaves nothing)."""
     mark = uuid.uuid4().hex
     run = subprocess.run(
         [*MCPI, "estimate", "--json", *PATIENT, "-n", str(CHUNKS * CHUNK), "--chunk-size", str(CHUNK),
          "-s", str(SEED), "--kernel", "python", "--workers", "2", *options,
          "--worker-cmd", raw_worker_in_slot_0(fault)],
         capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False,
-        env={**os.environ, MARK: mark, "RAW_WORKER_PIDFILE": str(tmp_path / "children")},
+        env={**os.environ, MARK: mark, "RAW_WORKER_PIDFILE": str(tmp_path / "children"), **(env or {})},
     )  # fmt: skip
     left = marked(mark)
     for process in left:
@@ -107,6 +110,46 @@ def test_a_worker_that_leaves_at_its_first_sample_is_one_failure_and_leaves_noth
     run, left = hostile_run(fault, tmp_path)
     failure = one_failure_of_worker_0(run, left)
     assert reason in failure["reason"]
+
+
+@pytest.fixture(scope="module")
+def honest_inside() -> int:
+    """The count of the hostile runs' work by an all-honest ``mcpi estimate`` (two real workers)."""
+    run = subprocess.run(
+        [*MCPI, "estimate", "--json", *PATIENT, "-n", str(CHUNKS * CHUNK), "--chunk-size", str(CHUNK),
+         "-s", str(SEED), "--kernel", "python", "--workers", "2"],
+        capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=True,
+    )  # fmt: skip
+    return int(json.loads(run.stdout)["inside"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ("unknown_code", "quantum_flux"),
+        ("refuse_offered_kernel", "unknown_kernel"),
+        ("refuse_valid", "invalid_request"),
+        ("refuse_fresh_id", "duplicate_id"),
+        ("refuse_after_welcome", "handshake_required"),
+    ],
+)
+def test_a_worker_refusing_for_good_a_request_its_welcome_admits_is_one_failure(
+    fault: str, code: str, tmp_path: Path, honest_inside: int
+) -> None:
+    """A per-request error that is not retryable, answering a sample our coordinator
+    checked against the worker's welcome (an error code from the future, ``unknown_kernel``
+    for a kernel it offers, ``invalid_request`` for a valid sample, ``duplicate_id`` for a
+    fresh id, ``handshake_required`` after its welcome): the worker contradicts its welcome,
+    and is one failure naming the code; the chunk is counted by an honest worker, and the
+    run ends 0 with an all-honest run's count. (It used to end the run: exit 1, "worker 0
+    refused the request: quantum_flux: new".) ``$RAW_WORKER_ONCE``: only the first
+    worker 0 refuses, its replacement is honest."""
+    run, left = hostile_run(fault, tmp_path, env={"RAW_WORKER_ONCE": str(tmp_path / "struck")})
+    failure = one_failure_of_worker_0(run, left)
+    assert json.loads(run.stdout)["inside"] == honest_inside
+    assert f"{code}: new" in failure["reason"], failure["reason"]
+    [warned] = [line for line in run.stderr.splitlines() if "worker_failed" in line]
+    assert f"{code}: new" in warned
 
 
 @pytest.mark.slow

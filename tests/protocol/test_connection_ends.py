@@ -62,6 +62,42 @@ def serving(jobs: int = 1) -> CoordinatorEnd:
 # ------------------------------------------------------------------ CoordinatorEnd alone
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("quantum_flux", "with a code protocol version 2 does not have: quantum_flux: no"),
+        *((code, f"which its welcome admits: {code}: no") for code in (
+            ErrorCode.UNKNOWN_KERNEL, ErrorCode.INVALID_REQUEST, ErrorCode.DUPLICATE_ID,
+            ErrorCode.HANDSHAKE_REQUIRED, ErrorCode.UNKNOWN_TYPE,
+        )),
+    ],
+)  # fmt: skip
+def test_a_refusal_for_good_of_a_request_its_welcome_admits_breaks_the_worker(code: str, reason: str) -> None:
+    """Every request goes out only once the welcome admits it, so a per-request error that
+    is not retryable (a code of §8, or one version 2 does not have) contradicts the
+    welcome: the connection breaks, naming the request, the code and the message, and
+    the refused request comes back charged as running even when the worker had only
+    queued it (the one that was running comes back too); the ping was no one's fault."""
+    end = serving()
+    end.send_sample(1, 0, 10, "numpy", now=0.0, token="running")
+    queued = end.send_sample(1, 1, 10, "numpy", now=0.0, token="queued")
+    end.send_ping(now=0.0, token="ping")
+    [broken] = end.receive_data(encode(Error(queued, code, "no")), 1.0)
+    assert isinstance(broken, Broken)
+    assert broken.reason == f"refused request id {queued}, {reason}".replace(", with", " with")
+    assert {o.token: o.was_running for o in broken.orphans} == {"running": True, "queued": True, "ping": False}
+    assert end.state is CoordinatorState.BROKEN and end.in_flight == 0
+
+
+@pytest.mark.parametrize("code", [ErrorCode.BUSY, ErrorCode.CANCELLED, ErrorCode.INTERNAL])
+def test_a_retryable_refusal_is_the_request_s_answer(code: str) -> None:
+    end = serving()
+    request_id = end.send_sample(1, 0, 10, "numpy", now=0.0, token="chunk")
+    [answered] = end.receive_data(encode(Error(request_id, code, "later")), 1.0)
+    assert answered == Answered(request_id, Error(request_id, code, "later"), "chunk", False)
+    assert end.state is CoordinatorState.SERVING
+
+
 def test_an_answer_is_checked_whole_before_the_request_is_let_go() -> None:
     """A bad answer breaks the connection with its request still in the table: the
     request comes back as an orphan, never lost (it used to be popped first)."""

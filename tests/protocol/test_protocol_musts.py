@@ -49,7 +49,7 @@ from structlog.testing import capture_logs
 from worker_pipes import serving_over_pipes
 from worker_process import PATIENT_START_S, RAW_WORKER, SPEC_WORKER, worker_command
 
-from mcpi_coordinator.errors import RequestFailed
+from mcpi_coordinator.errors import ChunkFailed, PoolExhausted, RequestFailed
 from mcpi_coordinator.launch.local import spawn_worker
 from mcpi_coordinator.launch.transport import WorkerProcess
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
@@ -248,7 +248,7 @@ RULES: dict[str, Rule] = {
     ),
     "unknown_error_codes_accepted": rule(
         "Receivers MUST accept `error` codes they do not know",
-        f"{M}::test_the_coordinator_keeps_the_limits_a_welcome_sets[unknown_code]",
+        f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[unknown_code]",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[unknown_code_nil_id]",
         "test_protocol.py::test_round_trip",
     ),
@@ -464,6 +464,18 @@ RULES: dict[str, Rule] = {
         f"{M}::test_a_cancelled_range_is_waited_for_and_the_spec_worker_serves_on",
     ),
     # ---------------------------------------------------------------- §8 errors
+    "refusal_for_good_breaks_the_welcome": rule(
+        "MAY take a per-request error that is not retryable in answer to one of them",
+        "test_connection_ends.py::test_a_refusal_for_good_of_a_request_its_welcome_admits_breaks_the_worker",
+        *(
+            f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[{fault}]"
+            for fault in ("unknown_code", "refuse_offered_kernel", "refuse_valid", "refuse_fresh_id",
+                          "refuse_after_welcome")
+        ),
+        f"{M}::test_a_chunk_every_worker_refuses_ends_with_one_line_naming_the_code",
+        "test_refusals.py::test_one_worker_refusing_for_good_is_replaced_and_every_chunk_is_counted_once",
+        "test_hostile_workers.py::test_a_worker_refusing_for_good_a_request_its_welcome_admits_is_one_failure",
+    ),
     "error_nil_id_fatal": rule(
         "**An error with a nil id is always fatal**",
         f"{M}::test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted[unknown_code_nil_id]",
@@ -1512,7 +1524,12 @@ BROKEN: dict[str, Case] = {
     "long_message": Case("'message'"),
     "long_kernels": Case("'kernels'"),
     "max_points_over_2_40": Case("'max_points'"),
+    "unknown_code": Case("with a code protocol version [12] does not have: quantum_flux: new"),
     "unknown_code_nil_id": Case("quantum_flux"),
+    "refuse_offered_kernel": Case("which its welcome admits: unknown_kernel: new"),
+    "refuse_valid": Case("which its welcome admits: invalid_request: new"),
+    "refuse_fresh_id": Case("which its welcome admits: duplicate_id: new"),
+    "refuse_after_welcome": Case("which its welcome admits: handshake_required: new"),
     "fatal_code_with_id": Case("malformed_frame"),
     "second_welcome": Case("second welcome"),
     "before_welcome": Case("before its welcome"),
@@ -1621,6 +1638,29 @@ async def test_a_worker_breaking_a_rule_is_replaced_and_its_answer_never_counted
     assert all(process.returncode is not None for process in launched)  # all reaped
 
 
+@pytest.mark.parametrize("fault", ["unknown_code", "refuse_offered_kernel"])
+async def test_a_chunk_every_worker_refuses_ends_with_one_line_naming_the_code(fault: str) -> None:
+    """Every worker refuses its first sample for good (a bug of our own would make every
+    worker refuse): each is replaced, and the request ends, once, with one line naming
+    the code, when its attempts or the slots' restarts run out; it is never sent for
+    ever. Every worker launched is reaped."""
+    launched: list[WorkerProcess] = []
+
+    async def launch(index: int) -> WorkerProcess:
+        launched.append(await spawn_worker([sys.executable, RAW_WORKER, fault]))
+        return launched[-1]
+
+    code = "quantum_flux" if fault == "unknown_code" else "unknown_kernel"
+    with trio.fail_after(TIMEOUT):
+        async with WorkerPool(2, launcher=launch, task_timeout=TIMEOUT * 2, backoff_s=0.0) as pool:
+            with pytest.raises((ChunkFailed, PoolExhausted)) as ended:
+                await pool.sample(Chunk(SEED, 0, 2000))
+    message = str(ended.value)
+    assert f"{code}: new" in message and "\n" not in message, message
+    assert 2 <= len(launched) <= 6  # each worker refused once; the budget ended it
+    assert all(process.returncode is not None for process in launched)
+
+
 @pytest.mark.slow
 async def test_a_worker_given_up_on_gets_sigterm_before_sigkill(tmp_path: Path) -> None:
     """§9, a real process: a worker silent on its sample (``deaf``: it ignores SIGTERM,
@@ -1659,13 +1699,6 @@ async def test_a_ping_answered_with_a_result_breaks_the_worker() -> None:
     assert launched[0].returncode is not None
 
 
-async def _unknown_code(pool: WorkerPool) -> None:
-    with pytest.raises(RequestFailed, match="quantum_flux") as refused:
-        await pool.sample(Chunk(SEED, 0, 2000))
-    assert not refused.value.retryable
-    assert (await pool.sample(Chunk(SEED, 1, 2000))).inside == KERNELS["numpy"](SEED, 1, 2000)
-
-
 async def _max_points(pool: WorkerPool) -> None:
     with pytest.raises(RequestFailed, match="at most 1000 points"):
         await pool.sample(Chunk(SEED, 0, 2000))
@@ -1700,7 +1733,6 @@ async def _several_and_a_ping(pool: WorkerPool) -> None:
 
 
 KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
-    "unknown_code": (_unknown_code, {}),
     "max_points_1000": (_max_points, {}),
     "max_frame_40": (_max_frame, {}),
     "max_frame_14": (_no_room, {}),
@@ -1714,12 +1746,13 @@ KEPT: dict[str, tuple[Callable[[WorkerPool], Any], dict[str, Any]]] = {
     "wide_encodings": (_several_and_a_ping, {}),
 }
 """Workers that keep the rules while our coordinator must keep its own: the limits their
-welcome sets, an unknown error code taken as a per-request refusal, an ``elapsed_s`` of
-−0.0 taken as the 0 it equals, unknown keys ignored and every msgpack encoding of a value
-taken (not only the shortest), stderr read whatever it holds and for as long as the worker
-runs. Every one of them also watches that the coordinator sends only the messages of §4.1,
-never a request id twice, and nothing after ``shutdown``. The worker exits 9 if the
-coordinator broke a rule it watches, and is never replaced."""
+welcome sets, an ``elapsed_s`` of −0.0 taken as the 0 it equals, unknown keys ignored
+and every msgpack encoding of a value taken (not only the shortest), stderr read whatever
+it holds and for as long as the worker runs. Every one of them also watches that the
+coordinator sends only the messages of §4.1, never a request id twice, and nothing after
+``shutdown``. The worker exits 9 if the coordinator broke a rule it watches, and is never
+replaced. (An unknown error code, ``unknown_code``, is no longer among them: it breaks the
+worker, ``BROKEN``, protocol.md §8 *Refusals for good*.)"""
 
 
 @pytest.mark.parametrize(("fault", "version"), _on_both_versions(KEPT, v2_only=frozenset({"version_1_only"})))
@@ -1737,7 +1770,9 @@ async def test_the_coordinator_keeps_the_limits_a_welcome_sets(fault: str, versi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["oversize_header", "second_welcome", "only_version_3"])
+@pytest.mark.parametrize(
+    "fault", ["oversize_header", "second_welcome", "only_version_3", "unknown_code", "refuse_offered_kernel"]
+)
 def test_mcpi_estimate_ends_with_one_line_when_every_worker_breaks_a_rule(fault: str) -> None:
     command = shlex.join([sys.executable, RAW_WORKER, fault])
     completed = subprocess.run(
