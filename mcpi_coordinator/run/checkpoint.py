@@ -301,9 +301,7 @@ class Checkpoint:
             connection.close()
             _unclaim(created)
             if "locked" in str(error):
-                raise CheckpointRefused(
-                    f"checkpoint {path} is in use by another mcpi run (one run per file)"
-                ) from None
+                raise CheckpointRefused(_in_use(path, real)) from None
             raise CheckpointRefused(f"checkpoint {path} cannot be read: {_reason(error)}") from None
         except sqlite3.DatabaseError as error:
             connection.close()
@@ -666,6 +664,46 @@ def _not_ours(status: os.stat_result) -> bool:
 
 def _not_an_empty_file_of_ours(status: os.stat_result) -> bool:
     return status.st_size > 0 or _not_ours(status)
+
+
+SQLITE_LOCK_BYTES: Final[tuple[int, int]] = (0x40000000, 512)
+"""Where SQLite takes its locks in a database file (os_unix.c: PENDING_BYTE, then the
+RESERVED byte and the SHARED range): what a holder of the file's lock holds."""
+
+
+def _in_use(path: Path, real: Path) -> str:
+    """Why a checkpoint's lock could not be taken: another run of this user's, or a
+    process of another user's that can read the file (one made before checkpoints were
+    their user's alone), named with its pid (``fcntl`` F_GETLK, Linux's ``struct flock``)."""
+    import fcntl
+    import struct
+
+    plain = f"checkpoint {path} is in use by another mcpi run (one run per file)"
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            asked = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, *SQLITE_LOCK_BYTES, 0)
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, asked)
+        finally:
+            os.close(fd)
+        kind, _whence, _start, _length, pid = struct.unpack("hhqqi4x", answer)
+        if kind == fcntl.F_UNLCK or pid <= 0:
+            return plain
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except (OSError, struct.error, ValueError):
+        return plain
+    if uid == os.geteuid():
+        return f"checkpoint {path} is in use by another mcpi run (process {pid}; one run per file)"
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid {uid}"
+    return (
+        f"checkpoint {path} is locked by process {pid} of another user ({user}), which can read it: "
+        f"once it lets go, 'chmod 600 {path}' keeps others out"
+    )
 
 
 def _check_name(target: Path, doing: str) -> None:

@@ -4,6 +4,7 @@ process table checked after each), Ctrl-C, and every refusal as one line with ex
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,42 +231,70 @@ SQLITE_SHARED_BYTES = (0x40000000 + 2, 510)
 SHARED lock (sqlite3's os_unix.c: PENDING_BYTE + 2, SHARED_SIZE)."""
 
 
+@contextlib.contextmanager
+def _second_user_holding_a_read_lock(path: Path) -> Iterator[bytes]:
+    """A process of the second user (a real one: forked, then its uid and groups given up)
+    that opens ``path`` and holds SQLite's read lock on it while the block runs; yields
+    b"L" if it holds it, b"R" if the file was refused to it."""
+    other = second_user()
+    ready_r, ready_w = os.pipe()
+    release_r, release_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(other.pw_gid)
+            os.setuid(other.pw_uid)
+            fd = os.open(path, os.O_RDONLY)
+            start, length = SQLITE_SHARED_BYTES
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, length, start, os.SEEK_SET)
+            os.write(ready_w, b"L")
+        except OSError:
+            os.write(ready_w, b"R")
+        os.read(release_r, 1)
+        os._exit(0)
+    try:
+        yield os.read(ready_r, 1)
+    finally:
+        os.write(release_w, b"x")
+        os.waitpid(child, 0)
+        for fd in (ready_r, ready_w, release_r, release_w):
+            os.close(fd)
+
+
+def _small_run_checkpointed(path: Path) -> None:
+    made = mcpi("estimate", "-n", "4000", "--chunk-size", "1000", "-w", "1", "-s", "3", "-q",
+                "--checkpoint", str(path), "--startup-timeout", "300", timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+
 def test_another_user_cannot_open_a_checkpoint_nor_lock_its_owner_out_of_resume() -> None:
     """Another user of the machine who could read a checkpoint (SQLite's own 0644 for a new
     file) could take SQLite's read lock on it and hold it: its owner's ``--resume`` was
     refused, "in use by another mcpi run", exit 2, for as long as they liked. Now the file
     is its owner's alone (0600): the second user, a real one, cannot open it, and the
     resume goes on. The checkpoint is made by a real run, in a directory both may use."""
-    other = second_user()
     with shared_directory() as shared:
         path = shared / "run.db"
-        made = mcpi("estimate", "-n", "4000", "--chunk-size", "1000", "-w", "1", "-s", "3", "-q",
-                    "--checkpoint", str(path), "--startup-timeout", "300", timeout=300)  # fmt: skip
-        assert made.returncode == 0, made.stderr
-        ready_r, ready_w = os.pipe()
-        release_r, release_w = os.pipe()
-        child = os.fork()
-        if child == 0:  # the second user: open the file and hold SQLite's read lock, if it can
-            try:
-                os.setgroups([])
-                os.setgid(other.pw_gid)
-                os.setuid(other.pw_uid)
-                fd = os.open(path, os.O_RDONLY)
-                start, length = SQLITE_SHARED_BYTES
-                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, length, start, os.SEEK_SET)
-                os.write(ready_w, b"L")
-            except OSError:
-                os.write(ready_w, b"R")
-            os.read(release_r, 1)
-            os._exit(0)
-        try:
-            held = os.read(ready_r, 1)
+        _small_run_checkpointed(path)
+        with _second_user_holding_a_read_lock(path) as held:
             resumed = mcpi("estimate", "--resume", str(path), "-q", "--startup-timeout", "300", timeout=300)
-        finally:
-            os.write(release_w, b"x")
-            os.waitpid(child, 0)
-            for fd in (ready_r, ready_w, release_r, release_w):
-                os.close(fd)
         assert resumed.returncode == 0, resumed.stderr
         assert held == b"R", "the second user opened the checkpoint and locked it"
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_checkpoint_another_user_holds_locked_is_refused_naming_them() -> None:
+    """A checkpoint others can read (made before checkpoints were private, or chmod-ed):
+    the refusal named "another mcpi run" when the lock was another user's process; now it
+    names the process and its user, and how to keep them out."""
+    with shared_directory() as shared:
+        path = shared / "run.db"
+        _small_run_checkpointed(path)
+        path.chmod(0o644)
+        with _second_user_holding_a_read_lock(path) as held:
+            assert held == b"L"
+            resumed = mcpi("estimate", "--resume", str(path), "-q", timeout=300)
+        one_line_refusal(resumed, "is locked by process ")
+        assert f"of another user ({second_user().pw_name}), which can read it: " in resumed.stderr
+        assert f"'chmod 600 {path}' keeps others out" in resumed.stderr
