@@ -23,6 +23,7 @@ from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
 from mcpi_worker.kernels import count_numpy
+from mcpi_worker.protocol import Sample
 
 SEED = 77
 POINTS = 2000
@@ -94,3 +95,28 @@ async def test_a_chunk_every_worker_refuses_ends_the_call_once_naming_the_code(
     assert "quantum_flux: fake internal error" in str(ended.value) and "\n" not in str(ended.value)
     assert len(launched) <= 3 * size  # a slot retires after 3 failures before any work
     assert all(process.returncode is not None for process in launched)
+
+
+async def test_a_slot_whose_every_worker_refuses_retires_and_the_run_goes_on(autojump_clock: object) -> None:
+    """Worker 0 refuses every time it is started, beside an honest worker slow enough that
+    the refused chunks wait in line while worker 0 is replaced: each replacement takes a
+    retried chunk first and refuses it too. The slot retires after its failed starts
+    (``max_start_attempts``, 3) before any chunk runs out of its attempts (5): one
+    hostile slot never ends the run, and every chunk is counted once, by the honest one."""
+    work = [Chunk(SEED, stream, POINTS) for stream in range(8)]
+    counted: Counter[int] = Counter()
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            behaviours = by_slot({0: refusing("unknown_kernel")}, launches=None, then=FakeBehaviour(slow=10.0))
+            launcher = fake_launcher(nursery, behaviours)
+            async with WorkerPool(2, launcher=launcher, backoff_s=0.2, max_start_attempts=3) as pool:
+                async with pool.imap_unordered(work) as results:
+                    async for result in results:
+                        assert result.slot == 1 and result.inside == count_numpy(SEED, result.chunk.stream, POINTS)
+                        counted[result.chunk.stream] += 1
+                assert [worker.state for worker in pool.stats.workers] == ["retired", "ready"]
+            refused = sum(len(process.stats.errors_sent) for process in launcher.launches_for(0))
+    assert counted == Counter(range(8))
+    assert len(launcher.launches_for(0)) == 3 and refused >= 3
+    sent = [{m.stream for m in p.stats.received if isinstance(m, Sample)} for p in launcher.launches_for(0)]
+    assert set.intersection(*sent), sent  # a retried chunk went to each replacement first, and was refused
