@@ -1,6 +1,11 @@
 """Where a whole ``mcpi estimate`` goes on the CPUs, process by process and thread by thread.
 
-    python benchmarks/sched_timeline.py [--workers 2] [--points 1e10] [--rounds 3]
+    python benchmarks/sched_timeline.py [--workers 2] [--points 1e10] [--rounds 3] [--against PYTHON]
+
+``--workers 1,2`` traces each worker count in every round (interleaved: both see the same
+load), and ``--against PYTHON`` (the interpreter of another tree's venv, whose ``mcpi`` is
+beside it) runs that tree's command in the same rounds, so a change is read against the
+code before it under the same conditions.
 
 Runs ``mcpi estimate --points P --workers W --json`` (the ``mcpi`` beside this interpreter)
 under ``perf record -a`` with the scheduler's tracepoints (every switch on and off a CPU,
@@ -16,7 +21,12 @@ prints for each round, in milliseconds after the command's ``exec``:
   CPU), each worker's reader thread and kernel-loading thread;
 - the coordinator's CPU before the first worker's spawn and from the spawn to the ``hello``.
 
-Then the medians over ``--rounds``. On-CPU times are the scheduler's own accounting, so
+Then the medians over ``--rounds``, for each command: the phases above, and the CPU of the
+coordinator, of the workers' main threads and of their other threads (the kernel's loading
+thread, the reader), each before the ``hello``, from it to the last answer and after, and
+all of it together: what the two-worker command spends beyond the one-worker one, phase by
+phase (a median of sums is not the sum of medians: read the ``all`` rows as their own
+figures). On-CPU times are the scheduler's own accounting, so
 they hold on a busy machine (the wall moments do not: quote the load, printed). Needs
 ``perf`` with system-wide tracepoints (root, or ``kernel.perf_event_paranoid`` at -1).
 Bytecode caches are allowed, as for an installed package.
@@ -134,12 +144,14 @@ def one_round(python: Path, workers: int, points: int, data: Path) -> dict[str, 
 def report(trace: Trace) -> dict[str, float]:
     root, t0 = trace.root, trace.start
     workers = sorted(p for p in trace.execs if p != root and trace.names[p].startswith("python"))
-    hello = min(t for t, fd, _ in trace.writes[root] if fd > 2)
+    spawn = min(trace.execs[w] for w in workers)
+    # The first write past stderr after a worker exists: one before (Trio's wake-up socket,
+    # say) is no hello, and was taken for one.
+    hello = min(t for t, fd, _ in trace.writes[root] if fd > 2 and t > spawn)
     requests = sorted(t for t, fd, _ in trace.writes[root] if fd > 2 and t > hello + 0.001)
     answers = {w: sorted(t for tid, ws in trace.writes.items() if trace.process(tid) == w for t, fd, _ in ws
                          if fd == PROTOCOL_FD) for w in workers}  # fmt: skip
     last = max(a[-1] for a in answers.values())
-    spawn = min(trace.execs[w] for w in workers)
     figures = {
         "spawn": spawn - t0,
         "hello": hello - t0,
@@ -172,25 +184,72 @@ def report(trace: Trace) -> dict[str, float]:
         print(f"  {name:44} {before[0]:20.1f} {during[0]:19.1f} {after[0]:6.1f}   {during[1]}")
     for index, worker in enumerate(workers):
         figures[f"worker {index} CPU"] = sum(trace.cpu(t)[0] for t in trace.slices if trace.process(t) == worker)
+    figures.update(phases(trace, workers, hello, last))
+    return figures
+
+
+PHASES = ("before hello", "hello..last answer", "after")
+
+
+def phases(trace: Trace, workers: list[int], hello: float, last: float) -> dict[str, float]:
+    """CPU ms of each role (the coordinator, the workers' main threads, their other
+    threads) in each phase, and the totals."""
+    figures: dict[str, float] = {}
+    for role in ("coordinator", "workers' main threads", "workers' other threads", "all"):
+        for index, (after, before) in enumerate(((-1e18, hello), (hello, last), (last, 1e18))):
+            total = 0.0
+            for tid in trace.slices:
+                process = trace.process(tid)
+                if role == "coordinator":
+                    chosen = process == trace.root
+                elif role == "all":
+                    chosen = process == trace.root or process in workers
+                else:
+                    chosen = process in workers and (process == tid) == (role == "workers' main threads")
+                if chosen:
+                    total += trace.cpu(tid, after, before)[0]
+            figures[f"{role}, {PHASES[index]}"] = total
+        figures[f"{role}, in all"] = sum(figures[f"{role}, {phase}"] for phase in PHASES)
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="2", help="a worker count, or several: 1,2")
     parser.add_argument("--points", type=count, default=10**10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", type=Path, help="another tree's venv interpreter, run in the same rounds")
     args = parser.parse_args()
-    python = Path(sys.executable)
-    rounds: list[dict[str, float]] = []
+    try:
+        counts = [int(text) for text in args.workers.split(",")]
+    except ValueError:
+        parser.error(f"--workers: whole numbers separated by commas, not {args.workers!r}")
+    if not counts or min(counts) < 1:
+        parser.error("--workers: at least one worker")
+    pythons = {"": Path(sys.executable)}
+    if args.against is not None:
+        pythons = {"this tree, ": Path(sys.executable), "against, ": args.against}
+    commands = [(tree, python, workers) for workers in counts for tree, python in pythons.items()]
+    rounds: dict[str, list[dict[str, float]]] = {f"{tree}--workers {workers}": [] for tree, _, workers in commands}
     with tempfile.TemporaryDirectory() as directory:
         for number in range(args.rounds):
-            load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-            print(f"round {number + 1}: mcpi estimate --points {args.points:.0e} --workers {args.workers}; load {load}")
-            rounds.append(one_round(python, args.workers, args.points, Path(directory) / "perf.data"))
-    print(f"medians of {args.rounds} rounds (ms):")
-    for name in rounds[0]:
-        print(f"  {name:42} {statistics.median(r[name] for r in rounds):8.1f}")
+            shift = number % len(commands)
+            for tree, python, workers in commands[shift:] + commands[:shift]:
+                load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+                print(f"round {number + 1}: {tree}mcpi estimate --points {args.points:.0e} --workers {workers}; "
+                      f"load {load}")  # fmt: skip
+                figures = one_round(python, workers, args.points, Path(directory) / "perf.data")
+                rounds[f"{tree}--workers {workers}"].append(figures)
+    names = list(rounds)
+    print(f"medians of {args.rounds} rounds (ms); load average after: "
+          + " / ".join(f"{x:.2f}" for x in os.getloadavg()))  # fmt: skip
+    print(f"  {'':48}" + "".join(f"{name:>26}" for name in names))
+    for figure in dict.fromkeys(key for runs in rounds.values() for run in runs for key in run):
+        values = []
+        for name in names:
+            present = [run[figure] for run in rounds[name] if figure in run]
+            values.append(f"{statistics.median(present):26.1f}" if present else f"{'-':>26}")
+        print(f"  {figure:48}" + "".join(values))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,12 @@ interpreter). Then a range of 996 to 1008 streams
 workers (depth 2, one job each, as ``mcpi estimate --workers 2`` has them) that become
 ready 0 to 50 ms apart (``tests/pool/test_dispatch.py``'s ``run_range_on_lane_workers``:
 the same simulation its tests hold properties of), and the script prints when each one
-ends, how long one counted alone at the end, and an even split of all the work. No
-process or pipe is simulated: what this shows is the dispatcher's choice of pieces.
+ends, how long one counted alone at the end, and an even split of all the work. The same
+range also goes to one lane worker alone, and for both the script adds up the CPU of every
+piece as costed (the first pieces, before a worker's speed is known, and the last ones
+included) against the same streams all in full lanes: what the pieces the dispatcher chose
+cost beyond the kernel's best, with one worker and with two. No process or pipe is
+simulated: what this shows is the dispatcher's choice of pieces.
 """
 
 from __future__ import annotations
@@ -78,9 +82,18 @@ def main() -> None:
 
     lane_s = costs[64] / 64
     differences, late = [], []
+    extra: dict[int, list[float]] = {1: [], 2: []}
     for streams in STREAMS:
+        alone = run_range_on_lane_workers(1, streams, [0.0], cost)
+        extra[1].append(sum(end - begin for _, begin, end, _ in alone) - streams * lane_s)
+        print(
+            f"  {streams} streams, one worker: ends {max(end for _, _, end, _ in alone) * 1e3:6.1f} ms, "
+            f"CPU {extra[1][-1] * 1e3:5.1f} ms beyond all in full lanes ({streams * lane_s * 1e3:6.1f} ms); "
+            f"pieces {', '.join(str(chunk.streams) for *_, chunk in alone)}"
+        )
         for offset in OFFSETS_S:
             pieces = run_range_on_lane_workers(2, streams, [0.0, offset], cost)
+            extra[2].append(sum(end - begin for _, begin, end, _ in pieces) - streams * lane_s)
             ends = [max(end for slot, _, end, _ in pieces if slot == worker) for worker in (0, 1)]
             even = (streams * lane_s + offset) / 2
             differences.append(abs(ends[0] - ends[1]))
@@ -88,11 +101,13 @@ def main() -> None:
             print(
                 f"  {streams} streams, second worker {offset * 1e3:2.0f} ms later: ends {ends[0] * 1e3:6.1f} and "
                 f"{ends[1] * 1e3:6.1f} ms, one alone for {abs(ends[0] - ends[1]) * 1e3:4.1f} ms; "
-                f"all in full lanes, split evenly: {even * 1e3:6.1f} ms"
+                f"all in full lanes, split evenly: {even * 1e3:6.1f} ms; CPU {extra[2][-1] * 1e3:5.1f} ms beyond it"
             )
     print(f"one worker alone at the end: median {statistics.median(differences) * 1e3:.1f} ms, "
           f"most {max(differences) * 1e3:.1f} ms; the last end after the even split in full lanes: "
           f"median {statistics.median(late) * 1e3:.1f} ms, most {max(late) * 1e3:.1f} ms")  # fmt: skip
+    print(f"CPU of the pieces beyond all in full lanes: one worker median {statistics.median(extra[1]) * 1e3:.1f} ms, "
+          f"two workers median {statistics.median(extra[2]) * 1e3:.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
