@@ -18,8 +18,12 @@ ends, how long one counted alone at the end, and an even split of all the work. 
 range also goes to one lane worker alone, and for both the script adds up the CPU of every
 piece as costed (the first pieces, before a worker's speed is known, and the last ones
 included) against the same streams all in full lanes: what the pieces the dispatcher chose
-cost beyond the kernel's best, with one worker and with two. No process or pipe is
-simulated: what this shows is the dispatcher's choice of pieces.
+cost beyond the kernel's best, with one worker and with two. All of it twice: for workers
+whose answers alone say they count in lanes (their first pieces are one stream each, which
+a lane worker counts in its single-stream loop) and for workers whose welcomes say so, as
+the ones ``mcpi estimate`` starts early do once their load has begun (first pieces of whole
+lane groups: ``pool.dispatch.LANE_FIRST_PIECE_POINTS``). No process or pipe is simulated:
+what this shows is the dispatcher's choice of pieces.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -81,10 +86,18 @@ def main() -> None:
         return total
 
     lane_s = costs[64] / 64
+    for welcome_lanes in (False, True):
+        said = "welcomes say" if welcome_lanes else "answers alone say"
+        print(f"workers whose {said} they count in lanes:")
+        simulate(cost, lane_s, welcome_lanes=welcome_lanes)
+
+
+def simulate(cost: Callable[[int], float], lane_s: float, *, welcome_lanes: bool) -> None:
+    """Each range of ``STREAMS`` on one worker, then on two ready ``OFFSETS_S`` apart."""
     differences, late = [], []
     extra: dict[int, list[float]] = {1: [], 2: []}
     for streams in STREAMS:
-        alone = run_range_on_lane_workers(1, streams, [0.0], cost)
+        alone = run_range_on_lane_workers(1, streams, [0.0], cost, welcome_lanes=welcome_lanes)
         extra[1].append(sum(end - begin for _, begin, end, _ in alone) - streams * lane_s)
         print(
             f"  {streams} streams, one worker: ends {max(end for _, _, end, _ in alone) * 1e3:6.1f} ms, "
@@ -92,7 +105,7 @@ def main() -> None:
             f"pieces {', '.join(str(chunk.streams) for *_, chunk in alone)}"
         )
         for offset in OFFSETS_S:
-            pieces = run_range_on_lane_workers(2, streams, [0.0, offset], cost)
+            pieces = run_range_on_lane_workers(2, streams, [0.0, offset], cost, welcome_lanes=welcome_lanes)
             extra[2].append(sum(end - begin for _, begin, end, _ in pieces) - streams * lane_s)
             ends = [max(end for slot, _, end, _ in pieces if slot == worker) for worker in (0, 1)]
             even = (streams * lane_s + offset) / 2

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Final, NoReturn
 
 from mcpi_worker import __version__
 from mcpi_worker.constants import EXPECTED_POINTS, MAX_INFLIGHT_LIMIT
-from mcpi_worker.kernels import NUMPY_KERNEL, KernelConfigError, kernel_implementations, prepare_kernels
+from mcpi_worker.kernels import (
+    NUMPY_KERNEL,
+    KernelConfigError,
+    kernel_implementations,
+    prepare_kernels,
+    welcome_implementations,
+)
 from mcpi_worker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, get_logger
 from mcpi_worker.protocol import MAX_JOBS, Sample  # --jobs' bound is the protocol's (Welcome.jobs)
 from mcpi_worker.quoting import quoted, shortened_in
@@ -286,6 +292,7 @@ def main(
         max_inflight=max(args.max_inflight, args.jobs),
         jobs=args.jobs,
         implementations=kernel_implementations,
+        welcome_implementations=welcome_implementations,
         expect=NUMPY_KERNEL.expect,
         spin_s=args.spin_us / 1e6,
         on_sample=_emit_stray_output if args.test_stray_output else None,

@@ -147,7 +147,10 @@ class Worker:
 
     ``jobs`` samples run at once, each on a compute thread (a kernel that releases the
     GIL runs them in parallel). ``implementations`` says which implementation runs each
-    kernel now (``kernels.kernel_implementations``), for the welcome and each result.
+    kernel now (``kernels.kernel_implementations``), for each result and, read when the
+    ``hello`` comes, for the welcome; ``welcome_implementations``, when given, is read for
+    the welcome instead (``kernels.welcome_implementations``: what counts the next big
+    sample, a load under way included).
     ``on_sample`` is a test seam: called on the thread about to run a kernel, before it
     does (the CLI uses it for ``--test-stray-output``). ``hold_limit_s`` bounds how long results wait to go out
     together (``HOLD_LIMIT_S``); ``spin_s`` how long an idle reader polls before it
@@ -172,12 +175,14 @@ class Worker:
         spin_s: float = DEFAULT_SPIN_S,
         spare_cpu: Callable[[], bool] | None = None,
         implementations: Callable[[], Mapping[str, str]] | None = None,
+        welcome_implementations: Callable[[], Mapping[str, str]] | None = None,
         expect: Callable[[int], None] | None = None,
         lock: AbstractContextManager[object] | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self._implementations = implementations
+        self._welcome_implementations = welcome_implementations or implementations
         self._expect = expect
         self._input_fd = input_fd
         self._output_fd = output_fd
@@ -187,14 +192,12 @@ class Worker:
         self._spin_s = spin_s
         self._spare_cpu = spare_cpu if spare_cpu is not None else SpareCpu()
         self._jobs = jobs
-        now_running = implementations() if implementations is not None else {}
         offer = WorkerOffer(
             worker=WORKER_NAME,
             pid=os.getpid(),
             host=os.uname().nodename,  # gethostname() on Linux, without importing socket
             kernels=tuple(kernels),
             max_inflight=max_inflight,
-            implementations=tuple(now_running.get(name, "") for name in kernels) if now_running else (),
         )
         # Everything below is guarded by _lock; writes to output_fd happen under it too.
         self._lock = lock if lock is not None else threading.Lock()
@@ -329,6 +332,10 @@ class Worker:
             data = b""
         greeting = None
         with self._lock:
+            if not self._greeted and self._welcome_implementations is not None:
+                # Read now, not when the worker was made: a worker started before its
+                # coordinator was ready (launch/early.py) loads its kernels meanwhile.
+                self._worker_end.offer_implementations(self._offered(self._welcome_implementations()))
             events = self._worker_end.receive_data(data) if data else self._worker_end.receive_eof()
             hello, welcome = self._worker_end.hello, self._worker_end.welcome
             if not self._greeted and hello is not None and welcome is not None:
@@ -344,6 +351,11 @@ class Worker:
                 "handshake", client=hello.client, version=welcome.version,
                 expected_points=hello.expected_points,
             )  # fmt: skip
+
+    def _offered(self, running: Mapping[str, str]) -> tuple[str, ...]:
+        """``running`` as a welcome's ``implementations``: one per kernel offered, in order
+        (none when it says nothing)."""
+        return tuple(running.get(name, "") for name in self._kernels) if running else ()
 
     def _reading(self) -> bool:
         with self._lock:

@@ -20,7 +20,8 @@ from mcpi_worker import protocol
 
 
 class FakeConnection:
-    """One fake worker of ``slot`` offering ``kernels``, speaking protocol ``version``."""
+    """One fake worker of ``slot`` offering ``kernels``, speaking protocol ``version``; its
+    welcome says ``implementations`` (one per kernel, or none)."""
 
     def __init__(
         self,
@@ -30,12 +31,13 @@ class FakeConnection:
         *,
         version: int = 1,
         jobs: int = 1,
+        implementations: tuple[str, ...] = (),
     ) -> None:
         self.slot = slot
         self.pid = 1000 + slot
         self.usable = usable
         self.welcome: protocol.Welcome | None = protocol.Welcome(
-            version, "fake", self.pid, "host", kernels, 64, 1 << 20, protocol.MAX_POINTS, jobs
+            version, "fake", self.pid, "host", kernels, 64, 1 << 20, protocol.MAX_POINTS, jobs, implementations
         )
         self.jobs_shown = 1
         self.ended = trio.Event()

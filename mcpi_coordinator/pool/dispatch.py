@@ -22,7 +22,8 @@ can serve fails at once, saying what is missing.
 Ranges. A request for a range of streams whose owner can split it (``Request.splitter``)
 goes out in pieces sized for the worker that takes each one: as many streams as that
 worker computes in about ``TARGET_PIECE_S`` by its own answers so far (before its first,
-growing from one stream, ``RAMP``), and at most a share of what is left of the range
+growing from one stream, ``RAMP``; from whole lane groups, for a worker whose welcome says
+it counts the request's kernel in lanes, ``LANE_FIRST_PIECE_POINTS``), and at most a share of what is left of the range
 (``SHARE_DIVISOR``), for a worker that counts ranges in SIMD lanes a whole number of lane
 groups (``LANE_WIDTH``); a worker speaking protocol version 1 gets one stream at a time. So
 per-request overhead stops mattering at any chunk size, while no worker holds more than a
@@ -106,6 +107,23 @@ Which streams go in which piece never changes a stream's count."""
 
 LANE_IMPLEMENTATION: Final[str] = "numba-fused"
 """The implementation name (``Result.implementation``) of a worker counting in lanes."""
+
+LANE_FIRST_PIECE_POINTS: Final[int] = 1 << 29
+"""The most points in a piece sent before the worker's speed is known, to a worker whose
+welcome says it counts the request's kernel in lanes (``LANE_IMPLEMENTATION``): its pieces
+are then whole lane groups from the first (``LANE_FIRST_PIECE_STREAMS``, growing by
+``RAMP``), where one stream, the most ``FIRST_PIECE_POINTS`` allows of a long stream, ran
+its single-stream loop, several times slower a point than its lanes (``drive.long_groups``:
+1 to 3 streams go one by one). About ``TARGET_PIECE_S`` of the lanes' speed on the
+machines measured (docs/worker.md's kernel table), so the worker holds about a target
+piece before its first answer. A range of which not one lane group fits starts from one
+stream, as for any worker."""
+
+LANE_FIRST_PIECE_STREAMS: Final[int] = 2 * LANE_WIDTH
+"""A lane worker's first piece, in streams (fewer where ``LANE_FIRST_PIECE_POINTS`` says):
+two lane groups, since a group of 16 lanes takes longer a stream than 32 or more
+(``benchmarks/lane_widths.py``; ``benchmarks/tail_balance.py`` shows what the first pieces
+cost two workers)."""
 
 TAIL_S: Final[float] = 4 * TARGET_PIECE_S
 """What is left of a range, in seconds of the ready workers' speed together, below which
@@ -560,7 +578,7 @@ class Dispatcher:
                 streams = max(1, min(chunk.streams, most))
             else:
                 if rate is None:
-                    wanted = max(1, min(RAMP * self._blind.get(connection, 0), FIRST_PIECE_POINTS // points))
+                    wanted = self._blind_piece(connection, welcome, chunk.kernel, points)
                 else:
                     wanted = int(TARGET_PIECE_S * rate // points)
                 share = self._balanced_share(connection, chunk) if rate is not None else None
@@ -574,6 +592,18 @@ class Dispatcher:
         if streams >= chunk.streams:
             return request
         return request.splitter(request, streams)
+
+    def _blind_piece(self, connection: Connection, welcome: Welcome, kernel: str, points: int) -> int:
+        """Streams of ``points`` each for ``connection`` before its speed is known: one, then
+        ``RAMP`` times more per piece sent, up to ``FIRST_PIECE_POINTS``; whole lane groups
+        up to ``LANE_FIRST_PIECE_POINTS`` for a worker whose welcome says it counts
+        ``kernel`` in lanes (a long stream alone would run its single-stream loop)."""
+        before = self._blind.get(connection, 0)
+        if _counts_in_lanes(welcome, kernel):
+            most = LANE_FIRST_PIECE_POINTS // points // LANE_WIDTH * LANE_WIDTH
+            if most >= LANE_WIDTH:
+                return min(max(LANE_FIRST_PIECE_STREAMS, RAMP * before), most)
+        return max(1, min(RAMP * before, FIRST_PIECE_POINTS // points))
 
     def _balanced_share(self, connection: Connection, chunk: Chunk) -> int | None:
         """The streams of what is left of ``chunk``'s range that ``connection`` takes for
@@ -760,6 +790,14 @@ def _whole_lanes(streams: int, most: int) -> int:
     if rounded > most:
         rounded = most // LANE_WIDTH * LANE_WIDTH
     return rounded if rounded > 0 else streams
+
+
+def _counts_in_lanes(welcome: Welcome, kernel: str) -> bool:
+    """The welcome says the worker counts ``kernel`` in lanes now (``implementations``,
+    optional: a worker that does not say is not taken to)."""
+    if not welcome.implementations or kernel not in welcome.kernels:
+        return False
+    return welcome.implementations[welcome.kernels.index(kernel)] == LANE_IMPLEMENTATION
 
 
 def _serves(welcome: Welcome, slot: int, request: Request) -> bool:

@@ -55,6 +55,7 @@ __all__ = [
     "prepare_kernels",
     "python_seed",
     "stream_seed_sequence",
+    "welcome_implementations",
 ]
 
 if TYPE_CHECKING:
@@ -109,6 +110,14 @@ def kernel_implementations() -> dict[str, str]:
     ``{"numpy": "numba-fused" or "numpy", "python": "python"}``. Under ``auto`` the
     numpy kernel's entry changes once, from "numpy" to "numba-fused"."""
     return {"numpy": NUMPY_KERNEL.implementation().value, "python": PYTHON_IMPLEMENTATION}
+
+
+def welcome_implementations() -> dict[str, str]:
+    """``kernel_implementations`` as the ``welcome`` says them: the numpy kernel's is what
+    counts its next big sample (``NumpyKernel.implementation_ahead``), "numba-fused" already
+    while a load that a size hint started is under way, which that sample waits for. A
+    coordinator sizes a worker's first pieces of a range by it (``pool.dispatch``)."""
+    return {"numpy": NUMPY_KERNEL.implementation_ahead().value, "python": PYTHON_IMPLEMENTATION}
 
 
 def prepare_kernels() -> dict[str, str]:

@@ -422,6 +422,19 @@ class NumpyKernel:
     def implementation(self) -> Implementation:
         return Implementation.NUMBA_FUSED if self._fused else Implementation.NUMPY
 
+    def implementation_ahead(self) -> Implementation:
+        """What counts the next sample of ``WAIT_MIN_POINTS`` or more: the fused
+        implementation once loaded, and while a load that a size hint started is under way,
+        since such a sample waits for it (``_await_hinted_load``); else NumPy. For the
+        ``welcome`` of a worker told the run's size at its start, whose load may still run
+        when the ``hello`` comes (a load that then fails leaves NumPy, which the results
+        say)."""
+        if self._fused is not None:
+            return Implementation.NUMBA_FUSED
+        with self._lock:
+            loading = self._hinted and self._load is _Load.LOADING
+        return Implementation.NUMBA_FUSED if loading else Implementation.NUMPY
+
     def wait_until_loaded(self, timeout: float | None = None) -> Implementation:
         """Wait while a load is in progress (at most ``timeout`` s); what counts now."""
         with self._lock:

@@ -26,7 +26,7 @@ a burst's responses and write them together).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, IntEnum
 from typing import Final
 
@@ -131,6 +131,14 @@ class WorkerOffer:
             raise ValueError("a worker must offer at least one kernel")
 
 
+def _check_welcome(welcome: Welcome) -> None:
+    """Raises ``ValueError`` where ``welcome`` breaks the rules a coordinator judges a
+    welcome by (protocol.md §4.2, §5)."""
+    problem = field_problem(welcome) or welcome.problem
+    if problem is not None:
+        raise ValueError(f"this worker's welcome would break the protocol: {problem}")
+
+
 CLOSING_MESSAGE: Final = "worker is shutting down"
 CANCELLED_MESSAGE: Final = "cancelled before it started"
 
@@ -146,10 +154,7 @@ class WorkerEnd:
     def __init__(self, offer: WorkerOffer, *, jobs: int = 1, record: bool = False) -> None:
         self.offer = offer
         self.jobs = jobs
-        announced = self._welcome(max(offer.versions))
-        problem = field_problem(announced) or announced.problem
-        if problem is not None:  # the rules a coordinator judges the welcome by (protocol.md §4.2, §5)
-            raise ValueError(f"this worker's welcome would break the protocol: {problem}")
+        _check_welcome(self._welcome(max(offer.versions)))
         self.hello: Hello | None = None
         self.welcome: Welcome | None = None
         """The ``hello`` received and the ``welcome`` sent, once the handshake is done."""
@@ -335,6 +340,23 @@ class WorkerEnd:
         self.hello = hello
         self._state = WorkerState.SERVING
         self._send(self.welcome)
+
+    def offer_implementations(self, implementations: tuple[str, ...]) -> None:
+        """Have the ``welcome`` say ``implementations`` (one per kernel of the offer, in its
+        order, or none) in place of the offer's: what runs each kernel when the ``hello``
+        comes, which a worker still loading a kernel at its start knows better then than
+        when it made its ``WorkerEnd``. Before the handshake only: a ``welcome`` once sent
+        stays as it was. Raises ``ValueError`` for a tuple neither empty nor one entry per
+        kernel, or past what a welcome may hold (the rules a coordinator judges it by), and
+        after the handshake."""
+        if self._state is not WorkerState.AWAIT_HELLO:
+            raise ValueError("the welcome has been sent (or the connection has ended)")
+        offer, self.offer = self.offer, replace(self.offer, implementations=implementations)
+        try:
+            _check_welcome(self._welcome(max(offer.versions)))
+        except ValueError:
+            self.offer = offer
+            raise
 
     def _welcome(self, version: int) -> Welcome:
         """The ``welcome`` this worker sends on a connection of protocol ``version``."""

@@ -15,6 +15,8 @@ from fake_connection import FakeConnection, record
 from mcpi_coordinator.errors import McpiError, PoolClosed, RequestFailed, WorkerFailure
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
 from mcpi_coordinator.pool.dispatch import (
+    LANE_FIRST_PIECE_POINTS,
+    LANE_FIRST_PIECE_STREAMS,
     LANE_IMPLEMENTATION,
     LANE_WIDTH,
     RAMP,
@@ -318,17 +320,25 @@ def lane_piece_s(streams: int) -> float:
 
 
 def run_range_on_lane_workers(
-    workers: int, streams: int, starts: list[float], cost: Callable[[int], float] = lane_piece_s
+    workers: int,
+    streams: int,
+    starts: list[float],
+    cost: Callable[[int], float] = lane_piece_s,
+    *,
+    welcome_lanes: bool = False,
 ) -> list[tuple[int, float, float, Chunk]]:
     """A range of ``streams`` streams of 1e7 points through the dispatcher to ``workers``
     lane workers (depth 2, one job each) that become ready at ``starts`` and compute a
     piece of n streams in ``cost(n)`` seconds (default ``lane_piece_s``), on a simulated
-    clock. Every piece: (slot, start, end, chunk). ``benchmarks/tail_balance.py`` runs it
-    with costs measured on the machine it runs on."""
+    clock; with ``welcome_lanes``, their welcomes say so (as a worker's that ``mcpi
+    estimate`` started early, its load begun, does), else only their answers do. Every
+    piece: (slot, start, end, chunk). ``benchmarks/tail_balance.py`` runs it with costs
+    measured on the machine it runs on."""
     owner = Owner()
     now = 0.0
     dispatcher = Dispatcher(record, workers, clock=lambda: now)
-    fakes = [FakeConnection(slot, version=protocol.RANGE_VERSION) for slot in range(workers)]
+    said = (LANE_IMPLEMENTATION, "python") if welcome_lanes else ()
+    fakes = [FakeConnection(slot, version=protocol.RANGE_VERSION, implementations=said) for slot in range(workers)]
     busy_until = dict.fromkeys(range(workers), 0.0)
     ends: dict[tuple[int, int], tuple[float, float]] = {}
     pieces: list[tuple[int, float, float, Chunk]] = []
@@ -410,3 +420,48 @@ def test_the_streams_past_the_last_lane_group_are_shared_not_counted_by_one_work
     assert all(streams < LANE_WIDTH for _, streams in last.values()), last
     assert sum(chunk.streams for *_, chunk in pieces) == 1000
     assert abs(last[0][0] - last[1][0]) < lane_piece_s(4), last
+
+
+def test_a_worker_whose_welcome_says_it_counts_in_lanes_gets_lane_groups_from_its_first_piece() -> None:
+    """Before its first answer a worker gets one stream, then ``RAMP`` times more, up to
+    ``FIRST_PIECE_POINTS``: of 1e7-point streams, one at a time, which a lane worker counts
+    in its single-stream loop, several times slower a point. A worker whose welcome says it
+    counts the kernel in lanes gets whole lane groups from the first piece instead
+    (``LANE_FIRST_PIECE_STREAMS``, then more), up to ``LANE_FIRST_PIECE_POINTS``; where not
+    one lane group fits in that (streams of 1e9 points), one stream as before.
+    A welcome saying so of another kernel, or not saying, changes nothing."""
+    firsts: dict[tuple[tuple[str, ...], int, str], list[int]] = {}
+    for said in ((), (LANE_IMPLEMENTATION, "python"), ("numpy", LANE_IMPLEMENTATION)):
+        for points in (10**7, 10**9):
+            for kernel in ("numpy", "python"):
+                owner = Owner()
+                dispatcher = Dispatcher(record)
+                worker = FakeConnection(0, version=protocol.RANGE_VERSION, implementations=said)
+                dispatcher.add_worker(worker, depth=2)
+                chunk = Chunk(SEED, 0, points, streams=1000, kernel=kernel)
+                dispatcher.dispatch(Request(chunk, owner.deliver, splitter=owner.split))
+                firsts[said, points, kernel] = sent_streams(worker)
+    lanes, python_in_lanes = (LANE_IMPLEMENTATION, "python"), ("numpy", LANE_IMPLEMENTATION)
+    first = LANE_FIRST_PIECE_STREAMS
+    assert first % LANE_WIDTH == 0 and first * 10**7 <= LANE_FIRST_PIECE_POINTS < LANE_WIDTH * 10**9
+    in_groups = {(lanes, 10**7, "numpy"), (python_in_lanes, 10**7, "python")}
+    lane_pieces = {key for key, sizes in firsts.items() if sizes[0] == first and sizes[1] % LANE_WIDTH == 0}
+    assert lane_pieces == in_groups, firsts
+    assert all(sizes == [1, 1] for key, sizes in firsts.items() if key not in in_groups), firsts
+
+
+def test_lane_groups_from_the_first_piece_cost_two_workers_less_and_end_them_sooner() -> None:
+    """The range of ``test_the_end_of_a_range_is_shared_for_both_workers_to_end_at_once``
+    on workers whose welcomes say they count in lanes: every stream once, the pieces'
+    CPU and the later end both below what the same workers take when only their answers
+    say so (their first pieces one stream each)."""
+    for starts in ([0.0, 0.0], [0.0, 0.03]):
+        said, unsaid = (run_range_on_lane_workers(2, 1000, starts, welcome_lanes=w) for w in (True, False))
+        chunks = sorted((chunk for *_, chunk in said), key=lambda chunk: chunk.stream)
+        assert [c.stream for c in chunks] == [sum(c.streams for c in chunks[:i]) for i in range(len(chunks))]
+        assert sum(c.streams for c in chunks) == 1000
+        runs = {"said": said, "unsaid": unsaid}
+        work = {key: sum(end - begin for _, begin, end, _ in pieces) for key, pieces in runs.items()}
+        ends = {key: max(end for _, _, end, _ in pieces) for key, pieces in runs.items()}
+        assert work["said"] < work["unsaid"], (starts, work)
+        assert ends["said"] < ends["unsaid"], (starts, ends)

@@ -13,7 +13,7 @@ from worker_process import PATIENT_START_S
 
 from mcpi_coordinator.errors import RequestFailed
 from mcpi_coordinator.pool.chunks import Chunk, ChunkResult
-from mcpi_coordinator.pool.dispatch import LANE_IMPLEMENTATION, LANE_WIDTH
+from mcpi_coordinator.pool.dispatch import LANE_FIRST_PIECE_STREAMS, LANE_IMPLEMENTATION, LANE_WIDTH
 from mcpi_coordinator.pool.worker_pool import WorkerPool
 from mcpi_coordinator.testing import FakeBehaviour
 from mcpi_coordinator.testing.inprocess import by_slot, fake_launcher
@@ -160,8 +160,9 @@ async def test_ranges_through_the_real_worker_with_two_jobs() -> None:
 
 async def test_a_real_lane_worker_gets_whole_lane_groups() -> None:
     """The real worker counting in lanes (``MCPI_NUMPY_IMPL=fused``) says so in its
-    answers; after its first answer (one stream, its speed unknown) every piece it gets is
-    a multiple of the lane width, up to the rest of the range, and counts as before."""
+    welcome and its answers; every piece it gets is a multiple of the lane width, up to the
+    rest of the range, from the first (``LANE_FIRST_PIECE_STREAMS``, its speed unknown: one
+    stream, before its welcome said so), and counts as before."""
     import sys
 
     command = ["env", "MCPI_NUMPY_IMPL=fused", sys.executable, "-m", "mcpi_worker"]
@@ -170,8 +171,8 @@ async def test_a_real_lane_worker_gets_whole_lane_groups() -> None:
             results = await run(pool, [Chunk(SEED, 0, 20_000, streams=200)])
     assert {r.implementation for r in results} == {LANE_IMPLEMENTATION}
     sizes = [r.chunk.streams for r in sorted(results, key=lambda r: r.chunk.stream)]
-    assert sizes[0] == 1 and len(sizes) > 2, sizes
-    assert all(size % LANE_WIDTH == 0 for size in sizes[1:-1]), sizes
+    assert sizes[0] == LANE_FIRST_PIECE_STREAMS and len(sizes) > 2, sizes
+    assert all(size % LANE_WIDTH == 0 for size in sizes[:-1]), sizes
     assert per_stream(results) == {s: count_numpy(SEED, s, 20_000) for s in range(200)}
 
 

@@ -27,6 +27,7 @@ from mcpi_worker.protocol import (
     Error,
     ErrorCode,
     FrameDecoder,
+    Hello,
     LocalProtocolError,
     Pong,
     Result,
@@ -471,3 +472,22 @@ def test_any_interleaving_ends_every_request_exactly_once(steps: list[str], jobs
     assert all(n == 1 for n in link.ended.values()), link.ended
     assert link.coordinator.in_flight == 0
     assert math.isinf(link.coordinator.next_deadline())
+
+
+def test_the_welcome_says_the_implementations_offered_before_the_hello_and_no_others() -> None:
+    """``WorkerEnd.offer_implementations`` replaces what the welcome will say of each
+    kernel's implementation, checked by the welcome's own rules, until the hello: after it
+    the welcome sent stays, and a tuple that is not one entry per kernel is refused with
+    the offer as it was."""
+    end = WorkerEnd(OFFER)
+    with pytest.raises(ValueError, match="break the protocol"):
+        end.offer_implementations(("numpy", "python"))  # two entries for one kernel
+    with pytest.raises(ValueError, match="break the protocol"):
+        end.offer_implementations(("x" * 100_000,))  # more than a welcome's text may hold
+    assert end.offer.implementations == ()
+    end.offer_implementations(("numba-fused",))
+    end.receive_data(encode(Hello(versions=(1, 2), client="tests")))
+    assert end.welcome is not None and end.welcome.implementations == ("numba-fused",)
+    with pytest.raises(ValueError, match="has been sent"):
+        end.offer_implementations(("numpy",))
+    assert end.welcome.implementations == ("numba-fused",)

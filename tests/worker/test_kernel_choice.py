@@ -635,3 +635,24 @@ def test_a_second_long_hint_leaves_the_first_samples_wait_for_the_load() -> None
     release.set()
     first.join(TIMEOUT)
     assert (fake.loads, fake.calls) == (1, [BIG])
+
+
+def test_the_welcome_says_fused_while_a_hinted_load_runs_that_the_next_big_sample_waits_for() -> None:
+    """``implementation_ahead`` (what the welcome says): "numba-fused" as soon as a hint has
+    started the load, which the next big sample waits for, while ``implementation`` (what
+    each result says) stays "numpy" until it is loaded. Without a hint, or when the load
+    fails, both say "numpy"."""
+    _, kernel, release = loading_on_a_hint()
+    assert (kernel.implementation_ahead(), kernel.implementation()) == (
+        Implementation.NUMBA_FUSED,
+        Implementation.NUMPY,
+    )
+    release.set()
+    assert kernel.wait_until_loaded(TIMEOUT) is Implementation.NUMBA_FUSED
+    assert kernel.implementation_ahead() is Implementation.NUMBA_FUSED
+    unhinted = hinted(FakeFused())
+    assert unhinted.implementation_ahead() is Implementation.NUMPY
+    failed = hinted(FakeFused(), loader=failing(NumbaNotInstalled("numba is not installed")))
+    failed.expect(5000)
+    assert failed.wait_until_loaded(TIMEOUT) is Implementation.NUMPY
+    assert failed.implementation_ahead() is Implementation.NUMPY

@@ -343,3 +343,28 @@ async def test_a_sample_of_no_points_is_answered_in_the_hold_that_read_it(stream
     # The reader's look at its state after an answer may come before or after the
     # test's reading of the count, at the first answer and at the last: one hold either way.
     assert 2 * requests - 1 <= holds <= 2 * requests + 1, holds
+
+
+async def test_the_welcome_says_the_implementations_of_when_the_hello_came() -> None:
+    """The welcome's ``implementations`` are read when the ``hello`` comes, not when the
+    worker was made: a worker started before its coordinator is ready (``launch/early.py``)
+    loads its kernels meanwhile. ``welcome_implementations`` is read for the welcome and
+    ``implementations`` for each result: the welcome may say what will count the next big
+    sample while the results say what counted theirs."""
+    ahead = {"numpy": "numpy"}
+
+    def make(input_fd: int, output_fd: int) -> Worker:
+        return Worker(
+            input_fd, output_fd, kernels={"numpy": lambda seed, stream, points, should_stop: points // 2},
+            implementations=lambda: {"numpy": "what counted it"}, welcome_implementations=lambda: ahead,
+            spin_s=0,
+        )  # fmt: skip
+
+    async with serving_over_pipes(make) as client:
+        with trio.fail_after(TIMEOUT):
+            ahead["numpy"] = "numba-fused"  # loaded (or loading) after the worker was made
+            welcome = await client.handshake()
+            assert welcome.implementations == ("numba-fused",)
+            await client.send(_small(1))
+            answer = await client.receive()
+    assert isinstance(answer, Result) and answer.implementation == "what counted it", answer
