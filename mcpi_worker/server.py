@@ -332,7 +332,7 @@ class Worker:
             data = b""
         greeting = None
         with self._lock:
-            if not self._greeted and self._welcome_implementations is not None:
+            if self._welcome_implementations is not None and self._worker_end.state is WorkerState.AWAIT_HELLO:
                 # Read now, not when the worker was made: a worker started before its
                 # coordinator was ready (launch/early.py) loads its kernels meanwhile.
                 self._worker_end.offer_implementations(self._offered(self._welcome_implementations()))
