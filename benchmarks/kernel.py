@@ -279,7 +279,11 @@ def start_worker_once(environ: dict[str, str]) -> StartUp:
 
 def startup(rounds: int) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MCPI_", "NUMBA_"))}
-    with tempfile.TemporaryDirectory() as scratch:
+    # A worker whose cache lacks a file starts the warming process (numba_marker.start_warming)
+    # in a session of its own, writing into these directories; it may still be writing
+    # when the rounds end, and removing a directory it fills raced it ("Directory not
+    # empty"). What it leaves behind is the operating system's temporary files to clean.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
         warm_dir = str(Path(scratch) / "warm")
         start_worker_once({**base, "MCPI_NUMPY_IMPL": "fused", "NUMBA_CACHE_DIR": warm_dir})  # fill it
         cases: dict[str, Callable[[int], dict[str, str]]] = {
