@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from mcpi_coordinator.testing.script import (
     GARBAGE,
     Action,
+    CloseStdout,
     Exit,
     FakeBehaviour,
     FakeStats,
@@ -69,6 +70,7 @@ _LAZY = {
 __all__ = [
     "GARBAGE",
     "Action",
+    "CloseStdout",
     "Exit",
     "FakeBehaviour",
     "FakeLauncher",

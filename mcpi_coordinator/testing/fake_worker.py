@@ -27,6 +27,7 @@ from mcpi_coordinator.testing.script import (
     BAD_ANSWERS,
     EXIT_OK,
     Action,
+    CloseStdout,
     Exit,
     FakeBehaviour,
     FakeWorkerCore,
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exit with --exit-code at once, before reading anything")
     death.add_argument("--ignore-sigterm", action="store_true",
                        help="ignore SIGTERM, so only SIGKILL stops it")
+    death.add_argument("--close-stdout-after", type=count, metavar="N",
+                       help="close stdout when starting a sample after N results and live on: "
+                            "stdin is still read, answers go nowhere, EOF still ends it")
     death.add_argument("--leave-child", action="store_true",
                        help="when crashing, leave a child process holding stdin, stdout "
                             "and stderr open, as a careless wrapper would")
@@ -142,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="welcome with protocol version 99")
     stream.add_argument("--internal-errors", type=count, default=0, metavar="N",
                         help="answer the first N samples with a retryable 'internal' error")
+    stream.add_argument("--ignore-cancel", action="store_true",
+                        help="let a cancel stop nothing: a running sample is answered with "
+                             "its result when it is due")
+    stream.add_argument("--stderr-noise", action="store_true",
+                        help="write bytes that are no text (not UTF-8, NUL, terminal escapes, "
+                             "no newline) to stderr before every result")
     stream.add_argument("--bad-answer", choices=sorted(a for a in BAD_ANSWERS if a), default=None,
                         help="answer samples breaking an answer's rules: more inside than "
                              "points, other points, a pong, or a NaN elapsed_s")
@@ -201,6 +211,9 @@ def behaviour_from_args(args: argparse.Namespace) -> FakeBehaviour:
         claimed_elapsed_s=args.claimed_elapsed_s,
         bad_answer=args.bad_answer,
         leave_child=args.leave_child,
+        close_stdout_after=args.close_stdout_after,
+        ignore_cancel=args.ignore_cancel,
+        stderr_noise=args.stderr_noise,
         wrong_count=args.wrong_count,
         wrong_count_streams=args.wrong_count_streams,
         wrong_count_times=args.wrong_count_times,
@@ -285,9 +298,20 @@ def _perform(actions: list[Action], parent: int) -> int | None:
                 return action.code
             elif isinstance(action, Hang):
                 _hang(parent)
+            elif isinstance(action, CloseStdout):
+                _close_stdout()
     except BrokenPipeError:
         return EXIT_OK  # nobody reads our output any more: end quietly, like mcpi-worker
     return None
+
+
+def _close_stdout() -> None:
+    """Close our end of the stdout pipe (the reader sees EOF), keeping descriptor 1 open on
+    /dev/null: the core writes nothing more on it, but a number left closed would be
+    the next file's, and Python's own stdout at exit must not meet a closed one."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, STDOUT)
+    os.close(devnull)
 
 
 def _write_all(fd: int, data: bytes) -> None:

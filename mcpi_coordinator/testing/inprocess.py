@@ -34,6 +34,7 @@ from mcpi_coordinator.launch.transport import Launcher
 from mcpi_coordinator.testing.script import (
     EXIT_OK,
     Action,
+    CloseStdout,
     Exit,
     FakeBehaviour,
     FakeStats,
@@ -176,6 +177,8 @@ class FakeWorkerProcess:
                 return action.code
             elif isinstance(action, Hang):
                 await trio.sleep_forever()
+            elif isinstance(action, CloseStdout):
+                self._out.close()  # the reader sees EOF; the core writes nothing more
         return None
 
     def _end(self, code: int) -> None:

@@ -65,6 +65,12 @@ UINT64_HALF: Final[int] = 1 << 63
 
 BAD_ANSWERS: Final = frozenset({None, "inside", "points", "pong", "nan"})
 
+STDERR_NOISE: Final[bytes] = b"\xff\xfe\x00\x1b[2J\x1b]0;owned\x07\r\xc3(not text, no newline"
+"""What ``stderr_noise`` writes to stderr before each result: bytes that are no UTF-8
+(a lone ``\\xff``, a torn sequence), a NUL, terminal escapes (clear the screen, set the
+window title), a carriage return, and no line end: what a crashing library or a binary
+dumped by mistake leaves on a worker's log channel."""
+
 
 @dataclass(frozen=True)
 class FakeBehaviour:
@@ -114,6 +120,16 @@ class FakeBehaviour:
     """Answer samples with a result that breaks the protocol's rules for an answer:
     ``"inside"`` (more inside than points), ``"points"`` (not the request's points),
     ``"pong"`` (a pong instead of a result), ``"nan"`` (``elapsed_s`` NaN)."""
+    close_stdout_after: int | None = None
+    """Close stdout (the protocol channel) when starting a sample after this many results,
+    and live on without it: stdin is still read, samples still run (their answers go
+    nowhere), and end of input or ``shutdown`` still ends it with 0."""
+    ignore_cancel: bool = False
+    """A ``cancel`` stops nothing: a running sample is answered with its result when it is
+    due, as by a worker whose kernel never looks at its stop flag (a queued one is still
+    answered ``cancelled`` by the protocol core)."""
+    stderr_noise: bool = False
+    """Write ``STDERR_NOISE`` (bytes that are no text) to stderr before every result."""
     leave_child: bool = False
     """When crashing (``crash_after``), leave a child process behind that holds the
     worker's stdin, stdout and stderr open (subprocess fake only; it writes
@@ -163,7 +179,7 @@ class FakeBehaviour:
         unknown = set(self.kernels) - set(kernels.KERNELS)
         if unknown:
             raise ValueError(f"unknown kernels {sorted(unknown)}; known: {list(kernels.KERNELS)}")
-        for name in ("crash_after", "hang_after"):
+        for name in ("crash_after", "hang_after", "close_stdout_after"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -225,7 +241,12 @@ class Hang:
     """Stop doing anything for ever: no reads, no writes, deaf to EOF."""
 
 
-Action = WriteStdout | WriteStderr | FloodStderr | Exit | Hang
+@dataclass(frozen=True, slots=True)
+class CloseStdout:
+    """Close stdout and go on: the core writes nothing on it from then on."""
+
+
+Action = WriteStdout | WriteStderr | FloodStderr | Exit | Hang | CloseStdout
 
 
 def flood_chunks(nbytes: int, chunk: int = 1 << 16) -> Iterator[bytes]:
@@ -303,6 +324,10 @@ class FakeWorkerCore:
         self._flood_pending = behaviour.stderr_flood_mb > 0
         self._internal_errors_left = behaviour.internal_errors
         self._wrong_counts_left = behaviour.wrong_count_times
+        self._stdout_closed = False
+        """``close_stdout_after`` struck: nothing is written on stdout any more."""
+        self._closing_stdout: list[Action] = []
+        """The actions that close stdout, due where the sample that struck starts."""
 
     # -------------------------------------------------------------- driver interface
 
@@ -314,6 +339,9 @@ class FakeWorkerCore:
 
     def receive_data(self, data: bytes, now: float) -> list[Action]:
         """Bytes arrived on stdin at time ``now``."""
+        return self._unwritten(self._receive_data(data, now))
+
+    def _receive_data(self, data: bytes, now: float) -> list[Action]:
         if self.finished:
             return []
         greeted = self._worker_end.welcome is not None
@@ -335,7 +363,7 @@ class FakeWorkerCore:
         """stdin ended at time ``now``: an orderly end between frames, fatal inside one."""
         if self.finished:
             return []
-        return self._carry_out(self._worker_end.receive_eof(), now)
+        return self._unwritten(self._carry_out(self._worker_end.receive_eof(), now))
 
     @property
     def deadline(self) -> float | None:
@@ -352,7 +380,23 @@ class FakeWorkerCore:
                 break
             self._jobs.remove(job)
             actions += self._finish(job)
-        return actions
+        return self._unwritten(actions)
+
+    def _unwritten(self, actions: list[Action]) -> list[Action]:
+        """``actions`` less what they would write on stdout after it was closed."""
+        if not self._stdout_closed:
+            return actions
+        closed = False
+        kept: list[Action] = []
+        for action in actions:
+            if isinstance(action, CloseStdout):
+                closed = True
+            elif closed and isinstance(action, WriteStdout):
+                continue
+            kept.append(action)
+        if not closed:  # closed by an earlier call: nothing of this one goes out
+            kept = [action for action in actions if not isinstance(action, WriteStdout)]
+        return kept
 
     # -------------------------------------------------------------------- events
 
@@ -364,13 +408,17 @@ class FakeWorkerCore:
             event = pending.popleft()
             if isinstance(event, StartSample):
                 start = self._start(event.request, now)
+                if self._closing_stdout:  # after what was written before this sample
+                    actions += self._output(written) + self._closing_stdout
+                    written = None
+                    self._closing_stdout = []
                 if start:
                     actions += self._output(written)
                     written = None
                     return actions + start
             elif isinstance(event, StopSample):
                 stopping = [job for job in self._jobs if job.request.id == event.request_id]
-                if stopping:  # a fake sample stops at once
+                if stopping and not self.behaviour.ignore_cancel:  # a fake sample stops at once
                     self._jobs.remove(stopping[0])
                     pending += self._worker_end.sample_failed(event.request_id, ErrorCode.CANCELLED, "cancelled")
             elif isinstance(event, ConnectionEnded):
@@ -398,6 +446,14 @@ class FakeWorkerCore:
             return self._exit(b.exit_code, f"crashing as asked (crash_after={b.crash_after})")
         if b.hang_after is not None and self.stats.results_sent >= b.hang_after:
             return self._hang(f"hanging as asked (hang_after={b.hang_after})")
+        if (
+            b.close_stdout_after is not None
+            and self.stats.results_sent >= b.close_stdout_after
+            and not self._stdout_closed
+        ):
+            self._stdout_closed = True
+            why = log_line(f"closing stdout as asked (close_stdout_after={b.close_stdout_after})")
+            self._closing_stdout = [WriteStderr(why), CloseStdout()]
         took = b.slow * request.streams + (0.0 if b.points_per_s is None else request.total_points / b.points_per_s)
         self._jobs.append(_ScheduledSample(request, now + took, took))
         return []
@@ -409,6 +465,8 @@ class FakeWorkerCore:
         if self._flood_pending:
             self._flood_pending = False
             actions.append(FloodStderr(int(b.stderr_flood_mb * (1 << 20))))
+        if b.stderr_noise:
+            actions.append(WriteStderr(STDERR_NOISE))
         actions += self._output()  # anything written before: not part of the result
         if self._internal_errors_left > 0:
             self._internal_errors_left -= 1

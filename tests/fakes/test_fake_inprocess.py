@@ -290,6 +290,50 @@ async def test_duplicate_id_answers_twice() -> None:
     assert ids == [1, 2, 2]
 
 
+async def test_close_stdout_after_ends_stdout_and_lives_on_until_end_of_input(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with fake(FakeBehaviour(close_stdout_after=1, slow=1.0)) as (process, client, stderr):
+        with trio.fail_after(100):
+            await client.handshake()
+            await client.send(sample(1), sample(2))
+            assert isinstance(await client.receive(), Result)
+            assert await client.receive() is None  # stdout closed as sample 2 started
+            await client.send(Ping(id=3), sample(4))  # stdin is still read
+            with trio.move_on_after(60) as waited:
+                await process.wait()
+            assert waited.cancelled_caught, "it lives on without its stdout"
+            await client.close_stdin()
+            assert await process.wait() == 0
+            await stderr.closed.wait()
+    assert "closing stdout as asked" in stderr.text
+    assert [m.id for m in process.stats.received if isinstance(m, (Ping, Sample))] == [1, 2, 3, 4]
+
+
+async def test_ignore_cancel_answers_a_running_sample_with_its_result(autojump_clock: trio.abc.Clock) -> None:
+    async with fake(FakeBehaviour(ignore_cancel=True, slow=10.0)) as (_, client, _):
+        with trio.fail_after(100):
+            await client.handshake()
+            await client.send(sample(1), sample(2), Cancel(id=1), Cancel(id=2))
+            start = trio.current_time()
+            # Sample 2 was only queued: the protocol core answers it "cancelled" at once.
+            assert await client.receive() == Error(2, ErrorCode.CANCELLED, "cancelled before it started")
+            result = await client.receive()
+            assert isinstance(result, Result) and result.id == 1 and result.inside == expected(1)
+            assert trio.current_time() - start == pytest.approx(10.0)
+
+
+async def test_stderr_noise_comes_before_every_result() -> None:
+    async with fake(FakeBehaviour(stderr_noise=True)) as (_, client, stderr):
+        with trio.fail_after(10):
+            await client.handshake()
+            await client.send(sample(1), sample(2))
+            assert [isinstance(await client.receive(), Result) for _ in range(2)] == [True, True]
+            await client.close_stdin()
+            await stderr.closed.wait()
+    assert stderr.text.count("(not text, no newline") == 2
+
+
 async def test_internal_errors_are_retryable_then_it_recovers() -> None:
     async with fake(FakeBehaviour(internal_errors=1)) as (_, client, _):
         with trio.fail_after(5):

@@ -52,6 +52,7 @@ def test_behaviour_round_trips_through_the_command_line() -> None:
     behaviour = FakeBehaviour(
         crash_after=3, exit_code=-9, garbage=True, misbehave_after=2, slow=0.25,
         stderr_flood_mb=1.5, kernels=("python",), max_inflight=2, ignore_sigterm=True,
+        close_stdout_after=4, ignore_cancel=True, stderr_noise=True,
     )
     argv = behaviour_to_argv(behaviour)
     assert behaviour_from_args(build_parser().parse_args(argv)) == behaviour
@@ -101,6 +102,23 @@ async def test_hang_after_is_deaf_to_eof_and_needs_a_signal() -> None:
         process.kill()
         with trio.fail_after(30):
             assert await process.wait() == -signal.SIGKILL
+
+
+async def test_close_stdout_after_lives_on_until_end_of_input() -> None:
+    command = fake_worker_command(FakeBehaviour(close_stdout_after=1, stderr_noise=True))
+    async with open_worker(command) as (process, client, stderr):
+        with trio.fail_after(30):
+            await client.handshake()
+            await client.send(sample(1), sample(2))
+            assert isinstance(await client.receive(), Result)
+            assert await client.receive() is None  # stdout closed as sample 2 started
+            await client.send(Ping(id=3), sample(4))  # stdin is still read: no broken pipe
+            assert process.returncode is None
+            await client.close_stdin()
+            assert await process.wait() == 0
+            await stderr.closed.wait()
+    assert "closing stdout as asked" in stderr.text
+    assert "(not text, no newline" in stderr.text and "Traceback" not in stderr.text
 
 
 async def test_ignore_sigterm_survives_terminate() -> None:
