@@ -48,7 +48,7 @@ fakes (``python -m mcpi_coordinator.testing.fake_worker``) on the real clock, an
 the process table that every one of them is gone.
 
 ``MCPI_FUZZ_EXAMPLES`` sets the in-process examples (CI's default keeps this file to
-tens of seconds); the subprocess variant runs a twentieth of that, 3 at least.
+tens of seconds); the subprocess variant runs a fiftieth of that, 3 at least.
 ``pytest --hypothesis-seed=N`` varies the run.
 """
 
@@ -60,13 +60,14 @@ import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import structlog
 import trio
 import trio.testing
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from mcpi_coordinator.errors import ChunkFailed, McpiError, PoolExhausted, WorkerFailure
@@ -83,8 +84,8 @@ from mcpi_coordinator.testing.inprocess import by_launch, fake_launcher
 from mcpi_coordinator.testing.processes import wait_until_gone
 from mcpi_worker.kernels import KERNELS, count_numpy
 
-EXAMPLES = int(os.environ.get("MCPI_FUZZ_EXAMPLES", "60"))
-SUBPROCESS_EXAMPLES = max(3, EXAMPLES // 20)
+EXAMPLES = int(os.environ.get("MCPI_FUZZ_EXAMPLES", "150"))
+SUBPROCESS_EXAMPLES = max(3, EXAMPLES // 50)
 
 SEED = 2026_12_07
 POINTS = 1_000
@@ -97,8 +98,12 @@ MAX_CHUNK_ATTEMPTS = 3
 MAX_START_ATTEMPTS = 3
 STREAMS_PER_CONSUMER = 1_000
 """Each consumer counts its own block of streams; the pool's last check another."""
-FAKE_TIME_BOUND = 100_000.0
-"""Mock-clock seconds an example may take: only a hang gets there."""
+FAKE_TIME_BOUND = 1_000.0
+"""Mock-clock seconds an example may take: only a hang or a livelock gets there. The
+most an example can need is under 300 (8 faults, each at most a start-up timeout, a
+task timeout, two graces, a back-off and the wait for a failed worker's account; then
+30 s of consumer timeouts); 2,000 examples took 128 at most. A livelock (a restart
+loop, say) costs real time per mock second, so the bound is not much higher."""
 
 
 def expected(stream: int, points: int = POINTS) -> int:
@@ -339,6 +344,43 @@ async def run_estimate_once(pool: WorkerPool, spec: Estimate, ledger: Ledger, na
 # ------------------------------------------------------------------ one example
 
 
+class DeadlockError(AssertionError):
+    """Every task waits, with no deadline left: nothing can ever wake one."""
+
+
+def _deadlocked() -> None:
+    raise DeadlockError("deadlock: every task waits and no deadline is left (trio.run ends in TrioInternalError)")
+
+
+class DeadlockGuard(trio.abc.Instrument):
+    """Ends a run that can no longer move, where ``fail_after`` cannot.
+
+    Under the autojump clock, the mock-clock bound ends a hang by cancelling the example;
+    but a wait inside a shielded scope (a slot stopping its worker) does not see that,
+    and once every task waits with no deadline left, Trio polls with no timeout for ever,
+    spinning the CPU, instead of jumping the clock. Nothing can wake a task then: the
+    fakes are tasks of this run too, and nothing here runs in a thread (``count_inline``).
+    So after ``IDLE_POLLS`` polls in a row with no task run and no deadline, the guard
+    raises from the run loop (Trio reports it as ``TrioInternalError``): a failure, not a
+    test that never ends."""
+
+    IDLE_POLLS = 10_000
+
+    def __init__(self) -> None:
+        self._idle = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._idle = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        if trio.lowlevel.current_statistics().seconds_to_next_deadline < math.inf:
+            self._idle = 0
+            return
+        self._idle += 1
+        if self._idle == self.IDLE_POLLS:
+            trio.lowlevel.current_trio_token().run_sync_soon(_deadlocked)
+
+
 @dataclass(frozen=True)
 class Example:
     schedule: tuple[Fault, ...]
@@ -446,7 +488,9 @@ def run_example(example: Example) -> Ledger:
                 for fault in example.schedule[: len(launcher.launched)]:
                     event(f"fault launched: {fault.kind}")
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    trio.run(main, clock=clock, instruments=[DeadlockGuard()])
+    event(f"mock seconds: {2 ** math.ceil(math.log2(max(clock.current_time(), 1)))} at most")
 
     for call, ends in ledger.ends.items():
         assert len(ends) == 1, (call, ends)  # never both, never twice
@@ -506,7 +550,15 @@ def check_all_stopped(pool: WorkerPool) -> None:
         assert worker.pid is None, worker
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    # Real time, as a bound on a loop that never blocks (the mock clock bounds the rest):
+    # an example takes a fraction of a second even on a loaded machine.
+    deadline=timedelta(seconds=60),
+    # Not ``explain``: it reruns a failure under a tracer, minutes for one example here.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @FUZZ
