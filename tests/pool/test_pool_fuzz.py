@@ -14,7 +14,7 @@ drawn moment (after 0 to 3 results): the worker dies (any exit status, EOF), han
 answers after it was given up on (slower than the task timeout and deaf to SIGTERM, so
 its answer comes in the grace before SIGKILL), writes a bad frame (garbage, oversize,
 half a frame), a wrong request id, an answer that breaks an answer's rules, answers
-twice, refuses with retryable errors, closes its stdout and lives on, never welcomes,
+twice, refuses with retryable errors or for good, closes its stdout and lives on, never welcomes,
 welcomes wrongly, or exits at once; and any worker may also be slow, run two jobs, speak
 protocol version 1, write bytes that are no text to stderr, or ignore ``cancel``.
 Meanwhile one to three consumers share the pool: concurrent ``pool.sample`` and
@@ -144,7 +144,7 @@ exit_codes = st.sampled_from([0, 1, 3, -signal.SIGKILL, -signal.SIGSEGV])
 def faults(draw: st.DrawFn, *, liars: bool = False, late: bool = True) -> Fault:
     """A misbehaving launch (or, sometimes, a well-behaved one with odd manners)."""
     kinds = ["none", "die", "hang", "garbage", "oversize", "eof_mid_frame", "wrong_id",
-             "duplicate_id", "bad_answer", "close_stdout", "internal", "silent",
+             "duplicate_id", "bad_answer", "close_stdout", "internal", "refuse", "silent",
              "exit_at_start", "bad_version"]  # fmt: skip
     if late:
         kinds.append("late")
@@ -183,6 +183,9 @@ def faults(draw: st.DrawFn, *, liars: bool = False, late: bool = True) -> Fault:
     elif kind == "internal":
         errors = draw(st.integers(1, 3))
         options, charges, early = {"internal_errors": errors}, errors, False
+    elif kind == "refuse":  # a refusal for good of what its welcome admits: a broken worker
+        code = draw(st.sampled_from(["unknown_kernel", "invalid_request", "quantum_flux"]))
+        options, early = {"internal_errors": draw(st.integers(1, 3)), "error_code": code}, True
     elif kind == "wrong_count":
         options = {"wrong_count": draw(st.integers(1, 5)), "wrong_count_times": draw(st.sampled_from([None, 1, 2]))}
         charges, early = 0, False
