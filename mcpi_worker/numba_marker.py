@@ -151,6 +151,66 @@ def sources_digest() -> str:
     return digest.hexdigest()
 
 
+SOURCES_STAMP_PREFIX: Final[str] = "mcpi-sources-"
+"""The stamp in numba's cache directory of the kernels naming the sources its files were
+compiled from: ``mcpi-sources-<digest>`` (``match_numba_cache_to_sources``)."""
+
+
+def numba_cache_files(directory: Path) -> list[Path]:
+    """numba's files for the kernel modules in ``directory`` (numba's cache directory of
+    the kernels): ``<module>.<function>-<line>.pyXY.nbi`` and ``....nbc``."""
+    modules = tuple(f"{Path(name).stem}." for name in KERNEL_SOURCES)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    return [
+        Path(entry.path)
+        for entry in entries
+        if entry.name.startswith(modules) and entry.name.endswith((".nbi", ".nbc"))
+    ]
+
+
+def discard_numba_cache(directory: Path) -> None:
+    """Remove numba's files of every kernel module from ``directory``, and the sources
+    stamp last: the next load compiles them all. Never raises (a file another process
+    removed meanwhile, or one that cannot be removed, is left to numba: a missing data
+    file is a miss to it)."""
+    for path in numba_cache_files(directory):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    for stamp in directory.glob(f"{SOURCES_STAMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            stamp.unlink()
+
+
+def match_numba_cache_to_sources(directory: Path) -> bool:
+    """Make numba's cache of the kernels in ``directory`` hold only machine code of the
+    sources on disk now; True when it had to be emptied.
+
+    numba's index of a module's functions is checked against that module's own source
+    file only (its size and time), not against the modules its functions call: after an
+    update that changed ``drive.py`` or ``fused.py`` and not ``lanes.py``, numba loads
+    ``lanes.py``'s machine code built against the old ones, which counts wrong (the
+    self-check refuses it, and NumPy counted from then on). So the directory holds a stamp
+    named by ``sources_digest`` (every kernel source): where this one is missing, every
+    kernel module's numba files are removed and the stamp written after. Two versions
+    installed side by side have two source directories, hence two numba cache
+    directories; a process of another version sharing this one (a checkout switched
+    under a running process) can only cost a compile. Never raises: a directory that
+    cannot be emptied or stamped is numba's to miss in (``OSError`` ignored)."""
+    try:
+        stamp = directory / f"{SOURCES_STAMP_PREFIX}{sources_digest()[:32]}"
+    except OSError:  # sources not on disk: nothing to key by
+        return False
+    if stamp.exists():
+        return False
+    discard_numba_cache(directory)
+    with contextlib.suppress(OSError):
+        os.close(open_own_file(stamp))
+    return True
+
+
 def object_file_name(key: Mapping[str, str]) -> str:
     """The object cache file's name for ``key`` (its ``OBJECT_NAME_FIELDS``)."""
     named_by = "\0".join(f"{field}={key.get(field, '')}" for field in OBJECT_NAME_FIELDS)
@@ -202,6 +262,19 @@ def marker_path() -> Path | None:
     return directory / f"mcpi-fused-{key.hexdigest()[:16]}.warm"
 
 
+@cache
+def _nowhere_to_cache() -> str | None:
+    if numba_version() is None or marker_directory() is not None:
+        return None
+    named = os.environ.get("NUMBA_CACHE_DIR", "")
+    if named and first_own_directory([Path(named)]) is not None:
+        return None
+    looked = [str(KERNELS / "__pycache__"), "$XDG_CACHE_HOME or ~/.cache"]
+    if named:
+        looked.insert(0, f"NUMBA_CACHE_DIR ({named})")
+    return f"no directory to keep numba's cache in that only this user can write: {', '.join(looked)}"
+
+
 class NumbaCache:
     """numba's cache for the fused kernels, as ``choice.NumpyKernel`` sees it."""
 
@@ -232,6 +305,14 @@ class NumbaCache:
         if marker_path() is None:
             return False
         return not self.is_warm() or (object_cache_wanted() and not self.has_object())
+
+    def unavailable(self) -> str | None:
+        """Why numba has no directory here to keep the kernels' machine code in, or None
+        (also without numba: its load fails anyway). numba's choices mirror the markers':
+        ``NUMBA_CACHE_DIR``, the kernels' ``__pycache__``, the user's cache directory;
+        none of them is a directory this user alone can write (``first_own_directory``,
+        the rule ``numba_cache`` holds numba's cache to). Cached: a few ``stat`` calls."""
+        return _nowhere_to_cache()
 
     def mark_warm(self) -> None:
         path = marker_path()

@@ -54,6 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
+from types import ModuleType
 from typing import Final, Protocol
 
 from mcpi_worker.kernel_policy import Policy, object_cache_wanted, policy_from_environment
@@ -177,6 +178,11 @@ class FusedCache(Protocol):
         costs a tenth of the CPU (``OBJECT_CACHE_LOAD_POINTS``)."""
         ...
 
+    def unavailable(self) -> str | None:
+        """Why there is no directory to keep numba's cache in (then every load compiles,
+        in memory), or None."""
+        ...
+
 
 class AlwaysWarm:
     """The cache of a loader that has none (a test's fake): loading is all there is."""
@@ -192,6 +198,9 @@ class AlwaysWarm:
 
     def has_object(self) -> bool:
         return False
+
+    def unavailable(self) -> str | None:
+        return None
 
 def load_fused(object_directory: Path | None = None) -> LoadedFused:
     """Load the fused implementation: from our object cache without numba (a few
@@ -257,12 +266,25 @@ def load_numba(started: float | None = None) -> LoadedFused:
     from mcpi_worker.kernels.checks import verify
 
     try:
-        from mcpi_worker.kernels import fused, lanes
+        from mcpi_worker.kernels import fused, fused_range, lanes
     except ImportError as exc:
         raise NumbaNotInstalled(
             f"numba is not installed ({exc}); install the 'fast' extra for the fused kernel"
         ) from None
-    verify(lanes.NUMBA)
+    try:
+        verify(lanes.NUMBA)
+    except FusedUnavailable as wrong:
+        if fused.CACHE_PATH is None or not _any_from_numba_cache(fused, fused_range, lanes):
+            raise
+        # Machine code numba took from its cache and that counts wrong is stale (built
+        # against other sources than it was keyed by): left there, every later start would
+        # load it again and count with NumPy for good. Removed, the next start compiles.
+        from mcpi_worker.numba_marker import discard_numba_cache
+
+        discard_numba_cache(Path(fused.CACHE_PATH))
+        raise FusedUnavailable(
+            f"{wrong}; numba's cache of the kernels ({fused.CACHE_PATH}) was removed, so the next start compiles them"
+        ) from None
     return LoadedFused(
         fused.count,
         fused.count_from,
@@ -270,6 +292,18 @@ def load_numba(started: float | None = None) -> LoadedFused:
         time.perf_counter() - started,
         fused.COMPILED,
         fused.CACHE_PATH,
+    )
+
+
+def _any_from_numba_cache(*modules: ModuleType) -> bool:
+    """Whether any compiled function of ``modules`` was taken from numba's cache."""
+    from numba.core.dispatcher import Dispatcher
+
+    return any(
+        sum(value.stats.cache_hits.values()) > 0
+        for module in modules
+        for value in vars(module).values()
+        if isinstance(value, Dispatcher)
     )
 
 
@@ -388,6 +422,9 @@ class NumpyKernel:
             self._import_numpy_soon()
             return
         cache = self._fused_cache()
+        if self._nowhere_to_cache(cache):
+            self._import_numpy_soon()
+            return
         if not cache.is_warm():
             self._warm_cache(cache)
             self._import_numpy_soon()
@@ -566,11 +603,37 @@ class NumpyKernel:
             total = self._numpy_points
         if due:
             cache = self._fused_cache()
+            if self._nowhere_to_cache(cache):
+                return None
             if cache.is_warm():
                 self._start_background_load(f"MCPI_NUMPY_IMPL=auto, after {total} points counted with NumPy")
             else:
                 self._warm_cache(cache)
         return None
+
+    def _nowhere_to_cache(self, cache: FusedCache) -> bool:
+        """Under ``auto``, where numba has no directory to keep its cache in
+        (``FusedCache.unavailable``), every load would compile in memory, many times the
+        CPU of NumPy's whole run for a run that size: NumPy stays for good, said once.
+        Only our object cache could load without compiling, and it is kept in a directory
+        too: with none, it has no file. True when the load is not to be tried."""
+        if self.policy is not Policy.AUTO or (why := cache.unavailable()) is None:
+            return False
+        with self._lock:
+            first = self._load is _Load.NOT_TRIED
+            if first:
+                self._load, self._unavailable = _Load.FAILED, why
+                self._load_done.notify_all()
+        if first:
+            kernel_log().warning(
+                "fused_kernel_cache_unavailable",
+                reason=why,
+                implementation=Implementation.NUMPY.value,
+                consequence="MCPI_NUMPY_IMPL=auto counts with NumPy: compiling in every worker "
+                "process costs more than it saves; set NUMBA_CACHE_DIR to a directory only you "
+                "can write (mode 700) to compile once",
+            )
+        return True
 
     def _warm_cache(self, cache: FusedCache, *, object_missing: str | None = None) -> None:
         """Have a cold cache warmed by another process, once (``warm.py``); or, where the

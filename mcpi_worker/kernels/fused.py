@@ -24,7 +24,7 @@ import numpy as np
 from llvmlite import ir as llvm_ir
 from numba.core.extending import intrinsic
 
-from mcpi_worker import numba_cache
+from mcpi_worker import numba_cache, numba_marker
 from mcpi_worker.kernels import drive
 from mcpi_worker.kernels.base import StopCheck, kernel_log, never
 
@@ -207,6 +207,14 @@ def _compile() -> tuple[Any, str | None]:
             "NUMBA_CACHE_DIR at a directory only you can write (mode 700) to compile once",
         )
         return _jit(cache=False), None
+    directory = numba_cache.cache_directory(_count_outputs)
+    if directory is not None and numba_marker.match_numba_cache_to_sources(directory):
+        kernel_log().info(
+            "fused_kernel_cache_emptied",
+            directory=str(directory),
+            reason="the kernels' sources changed since numba's cache of them was written "
+            "(numba checks a module's own source only, not the modules it calls)",
+        )
     try:
         loop = _jit(cache=True)
     except RuntimeError as exc:

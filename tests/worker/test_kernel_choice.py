@@ -358,6 +358,9 @@ class FakeCache:
     def has_object(self) -> bool:
         return self.object_there
 
+    def unavailable(self) -> str | None:
+        return None
+
 
 def test_auto_with_a_cold_cache_warms_it_elsewhere_and_loads_once_it_is_warm() -> None:
     fake, cache = FakeFused(), FakeCache()

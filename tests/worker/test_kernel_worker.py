@@ -240,6 +240,38 @@ def test_where_nothing_can_be_cached_it_says_so_once_and_compiles_in_memory(tmp_
     assert (loaded["compiled"], loaded["cache_path"]) == (True, None)
 
 
+def test_under_auto_where_nothing_can_be_cached_numpy_counts_and_it_says_so_once(tmp_path: Path) -> None:
+    """No home, a ``NUMBA_CACHE_DIR`` that cannot be made, an install whose ``__pycache__``
+    cannot be written (a system user running a root-owned checkout): every load would
+    compile in memory, in every worker, many times NumPy's time for the whole run. Under
+    ``auto``, even with a hint of a long run, NumPy counts and the worker says why once.
+    (Before, the hint started that compile in every worker.)"""
+    source = tmp_path / "src"
+    shutil.copytree(
+        Path(mcpi_worker.__file__).parent,
+        source / "mcpi_worker",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (source / "mcpi_worker" / "kernels" / "__pycache__").write_text("not a directory\n")
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    environ = base_environment(
+        MCPI_NUMPY_IMPL="auto",
+        MCPI_EXPECTED_POINTS=str(10**9),  # a long run: the load would start at once
+        PYTHONPATH=str(source),
+        HOME=str(not_a_directory / "home"),
+        XDG_CACHE_HOME=str(not_a_directory / "cache"),
+        NUMBA_CACHE_DIR=str(not_a_directory / "numba"),
+    )
+    messages, logs = run_worker(environ)
+    assert_golden_answers(messages)
+    (said,) = events(logs, "fused_kernel_cache_unavailable")
+    assert said["level"] == "warning" and said["implementation"] == "numpy", said
+    assert "NUMBA_CACHE_DIR" in said["consequence"] and "NUMBA_CACHE_DIR" in said["reason"]
+    assert not events(logs, "numpy_kernel_implementation")
+    assert not events(logs, "fused_kernel_unavailable")
+
+
 # ------------------------------------------------------------------ in-process, real pipes
 
 
