@@ -308,13 +308,15 @@ class Dispatcher:
             self._depth[connection] = depth
             if per_job is not None:
                 self._per_job[connection] = per_job
-            first_welcome = connection.slot not in self._known
             self._known[connection.slot] = connection.welcome
             self._largest = self._jobs = None
             with connection.holding():  # the requests waiting for it go out in one write
                 self._fill(connection)
-            if first_welcome and self._all_known():
-                self._refuse_unservable()  # they waited to hear from every slot
+            if self._all_known():
+                # They waited to hear from every slot; and a replacement's welcome may offer
+                # less than its slot's last one did (another kernel, a smaller max_points or
+                # max_frame): a request only that one served would wait in line for ever.
+                self._refuse_unservable()
         finally:
             self._end(outer)
 

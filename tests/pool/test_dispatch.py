@@ -154,6 +154,22 @@ def test_requests_wait_for_every_slot_to_say_what_it_offers_then_fail_if_none_ca
     assert isinstance(outcome, RequestFailed) and "no worker offers kernel 'python'" in str(outcome)
 
 
+def test_a_request_a_replacement_no_longer_offers_fails_rather_than_waiting_for_ever() -> None:
+    owner = Owner()
+    dispatcher = Dispatcher(record, slots=1)
+    first = FakeConnection(0, kernels=("numpy", "python"))
+    dispatcher.add_worker(first, depth=1)
+    sent, waiting = owner.request(Chunk(SEED, 0, 10)), owner.request(Chunk(SEED, 1, 10))
+    dispatcher.dispatch(sent)
+    dispatcher.dispatch(waiting)
+    first.break_down(dispatcher, "exited (exit code 9)")
+    assert in_line(waiting)  # the slot's next worker may serve it
+    dispatcher.add_worker(FakeConnection(0, kernels=("python",)), depth=1)  # it offers numpy no more
+    assert not in_line(waiting)
+    [outcome] = [outcome for request, outcome in owner.outcomes if request is waiting]
+    assert isinstance(outcome, RequestFailed) and "no worker offers kernel 'numpy'" in str(outcome)
+
+
 def test_a_refusal_is_the_requests_outcome_and_a_pong_is_none() -> None:
     owner = Owner()
     dispatcher = Dispatcher(record)
