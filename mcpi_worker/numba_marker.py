@@ -196,8 +196,14 @@ def match_numba_cache_to_sources(directory: Path) -> bool:
     named by ``sources_digest`` (every kernel source): where this one is missing, every
     kernel module's numba files are removed and the stamp written after. Two versions
     installed side by side have two source directories, hence two numba cache
-    directories; a process of another version sharing this one (a checkout switched
-    under a running process) can only cost a compile. Never raises: a directory that
+    directories. A process of another version sharing this one (a checkout switched
+    under a running process, or its cache-warming process) that saves after the stamp
+    was written saves under its own source stamps, which numba takes for this version's
+    where a module's file did not change: one start then loads that machine code, its
+    self-check refuses it and ``choice.load_numba`` empties the directory (that start
+    counts with NumPy; the next compiles). Two processes of this version emptying it at
+    once cost a compile at most: numba writes its files whole under a temporary name and
+    takes a file missing under its index for a miss. Never raises: a directory that
     cannot be emptied or stamped is numba's to miss in (``OSError`` ignored)."""
     try:
         stamp = directory / f"{SOURCES_STAMP_PREFIX}{sources_digest()[:32]}"
