@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -126,3 +127,23 @@ def raw_worker_in_slot_0(fault: str) -> str:
     """A ``--worker-cmd``: worker 0 is ``raw_worker.py FAULT`` (a worker breaking one rule),
     every other worker the real ``mcpi-worker``."""
     return slot_0_runs(f"{PYTHON} {shlex.quote(RAW_WORKER)} {fault}")
+
+
+def until_stopped(pid: int, bound_s: float = 300.0) -> bool:
+    """Wait until our child ``pid`` stops (SIGSTOP): True then; False if it exited first,
+    or after ``bound_s`` (a bound against a hang only: a start is slow on a busy machine).
+    The stop itself is waited for (``waitid``), not polled for in the process table.
+    ``WNOWAIT`` leaves the child's states to be collected as before: a continued child's
+    exit is ``Popen``'s to reap."""
+    seen: list[os.waitid_result | None] = []
+
+    def wait() -> None:
+        try:
+            seen.append(os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT))
+        except ChildProcessError:  # reaped meanwhile: it exited
+            seen.append(None)
+
+    waiter = threading.Thread(target=wait, name=f"until-stopped-{pid}", daemon=True)
+    waiter.start()
+    waiter.join(bound_s)  # past the bound the thread is left waiting: a daemon, harmless
+    return bool(seen) and seen[0] is not None and seen[0].si_code == os.CLD_STOPPED

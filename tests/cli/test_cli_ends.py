@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from command_line import CLEAN_ENV, MCPI, PATIENT
+from command_line import CLEAN_ENV, MCPI, PATIENT, until_stopped
 
 from mcpi_coordinator.testing.processes import marked, wait_until_gone
 
@@ -263,12 +263,8 @@ def _signal_once_imported(module: str, stop: signal.Signals, mark: str, hook: Pa
         env=_env(mark, {"PYTHONPATH": str(hook), "STOP_AFTER_IMPORT": module}),
     )  # fmt: skip
     try:
-        command = psutil.Process(process.pid)
-        deadline = time.monotonic() + 300  # a bound against a hang: the command starts slowly on a busy machine
-        while command.status() != psutil.STATUS_STOPPED:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"never stopped after importing {module} (exit {process.poll()})")
-            time.sleep(0.005)
+        if not until_stopped(process.pid):
+            pytest.fail(f"never stopped after importing {module} (exit {process.poll()})")
         process.send_signal(stop)
         _resume(process)
         out, err = process.communicate(timeout=300)
@@ -352,15 +348,11 @@ def _start_until(module: str, mark: str, hook: Path) -> tuple[subprocess.Popen[s
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=_env(mark, {"PYTHONPATH": str(hook), "STOP_AT_IMPORT": module}),
     )  # fmt: skip
-    command = psutil.Process(process.pid)
-    deadline = time.monotonic() + 300  # a bound against a hang: the command starts slowly on a busy machine
-    while command.status() != psutil.STATUS_STOPPED:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            _, err = process.communicate()
-            pytest.fail(f"{module} was never imported (exit {process.returncode}): {err[-2000:]}")
-        time.sleep(0.01)
-    return process, command.children()
+    if not until_stopped(process.pid):
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"{module} was never imported (exit {process.returncode}): {err[-2000:]}")
+    return process, psutil.Process(process.pid).children()
 
 
 def _resume(process: subprocess.Popen[str]) -> None:

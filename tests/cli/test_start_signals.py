@@ -23,13 +23,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
-from command_line import CLEAN_ENV, PATIENT
+from command_line import CLEAN_ENV, PATIENT, until_stopped
 
 from mcpi_coordinator.testing.processes import marked, wait_until_gone
 
@@ -73,14 +71,10 @@ def _stopped_at(argv: list[str], after: str, nth: int, hook: Path, mark: str) ->
     process = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
     )
-    watched = psutil.Process(process.pid)
-    deadline = time.monotonic() + 300  # a bound against a hang: a start is slow on a busy machine
-    while watched.status() != psutil.STATUS_STOPPED:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            _, err = process.communicate()
-            pytest.fail(f"never reached import {nth} after {after} (exit {process.returncode}): {err[-2000:]!r}")
-        time.sleep(0.005)
+    if not until_stopped(process.pid):
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"never reached import {nth} after {after} (exit {process.returncode}): {err[-2000:]!r}")
     return process
 
 
