@@ -355,6 +355,10 @@ def _deadlocked() -> None:
     raise DeadlockError("deadlock: every task waits and no deadline is left (trio.run ends in TrioInternalError)")
 
 
+def _livelocked() -> None:
+    raise DeadlockError(f"livelock: {DeadlockGuard.STEPS} task steps (trio.run ends in TrioInternalError)")
+
+
 class DeadlockGuard(trio.abc.Instrument):
     """Ends a run that can no longer move, where ``fail_after`` cannot.
 
@@ -365,15 +369,23 @@ class DeadlockGuard(trio.abc.Instrument):
     fakes are tasks of this run too, and nothing here runs in a thread (``count_inline``).
     So after ``IDLE_POLLS`` polls in a row with no task run and no deadline, the guard
     raises from the run loop (Trio reports it as ``TrioInternalError``): a failure, not a
-    test that never ends."""
+    test that never ends. Likewise after ``STEPS`` task steps."""
 
     IDLE_POLLS = 10_000
+    STEPS = 200_000
+    """Task steps a run may take: a bound on a loop that never waits for the clock (a
+    livelock, where neither the mock clock nor idleness ever comes). 1,500 examples took
+    2,048 at most."""
 
     def __init__(self) -> None:
         self._idle = 0
+        self.steps = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self._idle = 0
+        self.steps += 1
+        if self.steps == self.STEPS:
+            trio.lowlevel.current_trio_token().run_sync_soon(_livelocked)
 
     def before_io_wait(self, timeout: float) -> None:
         if trio.lowlevel.current_statistics().seconds_to_next_deadline < math.inf:
@@ -492,7 +504,9 @@ def run_example(example: Example) -> Ledger:
                     event(f"fault launched: {fault.kind}")
 
     clock = trio.testing.MockClock(autojump_threshold=0)
-    trio.run(main, clock=clock, instruments=[DeadlockGuard()])
+    guard = DeadlockGuard()
+    trio.run(main, clock=clock, instruments=[guard])
+    event(f"task steps: {2 ** math.ceil(math.log2(max(guard.steps, 1)))} at most")
     event(f"mock seconds: {2 ** math.ceil(math.log2(max(clock.current_time(), 1)))} at most")
 
     for call, ends in ledger.ends.items():
