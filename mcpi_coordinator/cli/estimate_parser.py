@@ -255,12 +255,15 @@ def _add_remote_arguments(parser: argparse.ArgumentParser, remote_command_defaul
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mcpi_coordinator.cli import boot
+    from mcpi_coordinator.cli import signals
 
-    boot.exit_at_once()  # its workers are reaped and its files closed when it returns
+    boot = signals.way_in()  # None: run from a program, which keeps its exit and collector
+    if boot is not None:
+        boot.exit_at_once()  # its workers are reaped and its files closed when it returns
     from mcpi_coordinator.cli import estimate
 
-    boot.collections_back()  # off while the command imported (boot.hold_collections)
+    if boot is not None:
+        boot.collections_back()  # off while the command imported (boot.hold_collections)
     return estimate.run(args)
 
 

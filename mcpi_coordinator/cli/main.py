@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from mcpi_coordinator.arguments import EnvValue, add_version
-from mcpi_coordinator.cli import boot, signals
+from mcpi_coordinator.cli import signals
 from mcpi_coordinator.cli.commands import COMMANDS
 from mcpi_coordinator.cli.exit_codes import McpiExitCode
 from mcpi_worker.quoting import quoted, shortened_in
@@ -266,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # handled() flushes stdout and stderr before it gives the handlers back, so that
             # no signal after it can take a result still in a buffer with the process.
             with signals.handled():
-                boot.release(signals.note)
+                if (boot := signals.way_in()) is not None:
+                    boot.release(signals.note)
                 return _main(argv)
         finally:
             # A reader that left shows here (or in handled()'s flush), as BrokenPipeError,

@@ -21,7 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Handler: TypeAlias = "Callable[[int, FrameType | None], Any] | int | signal.Handlers | None"
+    """What ``signal.getsignal`` returns."""
 
 STOP_SIGNALS: Final[tuple[signal.Signals, ...]] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """What stops a run in an orderly way. A command with a Trio signal receiver listens
@@ -110,6 +116,30 @@ def heard() -> tuple[signal.Signals, ...]:
     return tuple(signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN)
 
 
+WAY_IN: Final[str] = "mcpi_coordinator.cli.boot"
+
+
+class WayIn(Protocol):
+    """What the command's way in (``cli.boot``) gives the command once it runs."""
+
+    def release(self, note: Callable[[int], object] | None = None) -> None: ...
+
+    def given_back(self, signum: int, handler: Handler) -> Handler: ...
+
+    def exit_at_once(self) -> None: ...
+
+    def collections_back(self) -> None: ...
+
+
+def way_in() -> WayIn | None:
+    """``cli.boot`` when the command came in through it (the ``mcpi`` script, ``python -m
+    mcpi_coordinator``), else None: ``cli.main.main`` called from a program. Looked up,
+    never imported: its import holds Ctrl-C, SIGTERM and SIGHUP until ``release``, so a
+    program that imported ``cli.main`` (or a test module) had them held, Ctrl-C dropped
+    and SIGTERM ignored, until it called ``main``, and for good if it never did."""
+    return cast("WayIn | None", sys.modules.get(WAY_IN))
+
+
 @contextmanager
 def handled() -> Iterator[None]:
     """SIGTERM and SIGHUP act as Ctrl-C while the block runs (the command's whole life),
@@ -118,11 +148,12 @@ def handled() -> Iterator[None]:
     back (``_flush_output``): after the block, SIGTERM and SIGHUP end the process by
     their default action, and a result still in stdout's buffer (stdout a pipe or a
     file) would go with it."""
-    from mcpi_coordinator.cli import boot  # imports only signal
-
+    boot = way_in()
     _received.clear()
     # From boot's holder straight to ours, and back to the handler boot held them from.
-    previous = {signum: boot.given_back(signum, signal.getsignal(signum)) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    if boot is not None:
+        previous = {signum: boot.given_back(signum, handler) for signum, handler in previous.items()}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, _as_ctrl_c)

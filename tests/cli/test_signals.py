@@ -19,9 +19,7 @@ import psutil
 import pytest
 from command_line import MCPI, PATIENT
 
-from mcpi_coordinator.cli import boot, signals
-
-assert boot  # imported here, not first inside a test's handled(): its import holds Ctrl-C (boot.hold())
+from mcpi_coordinator.cli import signals
 
 PATIENCE_S = 120.0
 """A bound on waiting for a ``KeyboardInterrupt`` that comes at once unless the code is broken."""
@@ -197,3 +195,34 @@ def _counting(process: psutil.Process) -> bool:
         return "mcpi_worker" in " ".join(process.cmdline()) and process.cpu_times().user > 1.0
     except psutil.Error:
         return False
+
+
+LIBRARY_USE = """
+import signal, sys
+from mcpi_coordinator.cli.main import main
+
+def stops() -> tuple[bool, bool, bool]:
+    return (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+        signal.getsignal(signal.SIGHUP) is signal.SIG_DFL,
+    )
+
+print("stops", *stops())
+code = main(["estimate", "-n", "4000", "-w", "1", "-s", "1", "-q", "--kernel", "python", "--no-progress"])
+print("stops", code, *stops())
+"""
+
+
+def test_a_program_that_imports_and_runs_the_command_keeps_its_stop_signals() -> None:
+    """Only the command's way in (``cli.boot``) holds Ctrl-C, SIGTERM and SIGHUP while it
+    imports. ``cli.main`` imported it too, so a program that imported ``cli.main`` had
+    Ctrl-C dropped and SIGTERM ignored until it called ``main``; and ``mcpi estimate`` run
+    through ``main`` imported it again (after ``main`` had given the signals back) and
+    held them for good. A real process, since this one's handlers are the tests'."""
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY_USE], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    said = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("stops ")]
+    assert said == [["True"] * 3, ["0"] + ["True"] * 3], done.stdout
