@@ -217,9 +217,9 @@ print("stops", code, *stops())
 def test_a_program_that_imports_and_runs_the_command_keeps_its_stop_signals() -> None:
     """Only the command's way in (``cli.boot``) holds Ctrl-C, SIGTERM and SIGHUP while it
     imports. ``cli.main`` imported it too, so a program that imported ``cli.main`` had
-    Ctrl-C dropped and SIGTERM ignored until it called ``main``; and ``mcpi estimate`` run
-    through ``main`` imported it again (after ``main`` had given the signals back) and
-    held them for good. A real process, since this one's handlers are the tests'."""
+    Ctrl-C dropped and SIGTERM ignored until it called ``main``, and for good if it never
+    did. ``mcpi estimate`` run through ``main`` must leave them as it found them too. A
+    real process, since this one's handlers are the tests'."""
     done = subprocess.run(
         [sys.executable, "-c", LIBRARY_USE], capture_output=True, text=True, timeout=300, check=False
     )
