@@ -1,9 +1,29 @@
 """Shared pytest configuration. Fixtures of one area live beside its tests."""
 
+import signal
 from collections.abc import Iterator
 
 import pytest
 import structlog
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite runs with the stop signals' usual dispositions, however it was started.
+
+    ``mcpi`` and ``mcpi-worker`` leave a stop signal that their parent ignores ignored, as
+    ``nohup`` and a shell's background jobs ask (``cli.boot.hold``): a suite started under
+    ``nohup`` (SIGHUP ignored) or as a background job of a script (SIGINT ignored) handed
+    that on to every command its tests start, and every test that stops one with it
+    waited for an end that was never coming. The tests of that rule set the ignore
+    themselves."""
+    del config
+    for signum, usual in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (signal.SIGHUP, signal.SIG_DFL),
+    ):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, usual)
 
 
 @pytest.fixture(autouse=True)
