@@ -1583,13 +1583,18 @@ def _on_both_versions(cases: dict[str, Any], *, v2_only: frozenset[str] = frozen
 
 @asynccontextmanager
 async def hostile_then_honest(
-    fault: str, version: int | None = None, **options: Any
+    fault: str, version: int | None = None, *, environ: dict[str, str] | None = None, **options: Any
 ) -> AsyncIterator[tuple[WorkerPool, list[WorkerProcess]]]:
     """A one-slot pool whose first worker is ``raw_worker.py fault`` (welcoming with
-    ``version``, or the highest our hello offers) and whose replacements are honest
-    in-process fakes. Yields the pool and the processes launched."""
+    ``version``, or the highest our hello offers; ``environ`` added to its environment)
+    and whose replacements are honest in-process fakes. Yields the pool and the
+    processes launched."""
     launched: list[WorkerProcess] = []
-    command = [sys.executable, RAW_WORKER, fault, *([str(version)] if version is not None else [])]
+    settings = [f"{name}={value}" for name, value in (environ or {}).items()]
+    command = [
+        *(["env", *settings] if settings else []),
+        sys.executable, RAW_WORKER, fault, *([str(version)] if version is not None else []),
+    ]  # fmt: skip
     async with trio.open_nursery() as nursery:
         honest = fake_launcher(nursery, FakeBehaviour())
 
@@ -1669,21 +1674,13 @@ async def test_a_worker_given_up_on_gets_sigterm_before_sigkill(tmp_path: Path) 
     SIGKILL once the grace is over; it is reaped, and its chunk counted elsewhere. (The
     grace is long enough for a loaded machine to run the worker's handler of SIGTERM.)"""
     noted = tmp_path / "signals"
-    command = ["env", f"RAW_WORKER_SIGNALS={noted}", sys.executable, RAW_WORKER, "deaf"]
-    launched: list[WorkerProcess] = []
     chunk = Chunk(SEED, 0, 2000)
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            honest = fake_launcher(nursery, FakeBehaviour())
-
-            async def launch(index: int) -> WorkerProcess:
-                process = await (spawn_worker(command) if not launched else honest(index))
-                launched.append(process)
-                return process
-
-            async with WorkerPool(1, launcher=launch, task_timeout=1.0, shutdown_grace=5.0, backoff_s=0.0) as pool:
-                assert (await pool.sample(chunk)).inside == KERNELS["numpy"](SEED, 0, 2000)
-                assert pool.stats.restarts == 1
+        async with hostile_then_honest(
+            "deaf", environ={"RAW_WORKER_SIGNALS": str(noted)}, task_timeout=1.0, shutdown_grace=5.0
+        ) as (pool, launched):
+            assert (await pool.sample(chunk)).inside == KERNELS["numpy"](SEED, 0, 2000)
+            assert pool.stats.restarts == 1
     deaf = launched[0]
     assert deaf.returncode == -9  # SIGKILL ended it: it ignored the SIGTERM
     assert noted.read_text(encoding="ascii").split() == ["SIGTERM"]  # first, and it was noted
