@@ -216,9 +216,10 @@ def test_self_check_with_numba_compares_both_implementations(cache_dir: str) -> 
     assert "same count" in done.stdout and "loads numba-fused as it starts" in done.stdout
 
 
-@pytest.mark.slow
-def test_where_nothing_can_be_cached_it_says_so_once_and_compiles_in_memory(tmp_path: Path) -> None:
-    """A read-only install and no writable user cache: numba has no cache directory."""
+def _uncacheable_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the package (the directory for ``PYTHONPATH``) whose ``kernels/__pycache__``
+    is a file, so that numba cannot cache beside the sources, and a file to put the other
+    cache directories under (nothing can be made inside a file, even by root)."""
     source = tmp_path / "src"
     shutil.copytree(
         Path(mcpi_worker.__file__).parent,
@@ -228,6 +229,13 @@ def test_where_nothing_can_be_cached_it_says_so_once_and_compiles_in_memory(tmp_
     (source / "mcpi_worker" / "kernels" / "__pycache__").write_text("not a directory\n")
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
+    return source, not_a_directory
+
+
+@pytest.mark.slow
+def test_where_nothing_can_be_cached_it_says_so_once_and_compiles_in_memory(tmp_path: Path) -> None:
+    """A read-only install and no writable user cache: numba has no cache directory."""
+    source, not_a_directory = _uncacheable_copy(tmp_path)
     environ = base_environment(
         MCPI_NUMPY_IMPL="fused", PYTHONPATH=str(source), XDG_CACHE_HOME=str(not_a_directory / "cache")
     )
@@ -246,15 +254,7 @@ def test_under_auto_where_nothing_can_be_cached_numpy_counts_and_it_says_so_once
     compile in memory, in every worker, many times NumPy's time for the whole run. Under
     ``auto``, even with a hint of a long run, NumPy counts and the worker says why once.
     (Before, the hint started that compile in every worker.)"""
-    source = tmp_path / "src"
-    shutil.copytree(
-        Path(mcpi_worker.__file__).parent,
-        source / "mcpi_worker",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    (source / "mcpi_worker" / "kernels" / "__pycache__").write_text("not a directory\n")
-    not_a_directory = tmp_path / "file"
-    not_a_directory.write_text("")
+    source, not_a_directory = _uncacheable_copy(tmp_path)
     environ = base_environment(
         MCPI_NUMPY_IMPL="auto",
         MCPI_EXPECTED_POINTS=str(10**9),  # a long run: the load would start at once
